@@ -1,0 +1,54 @@
+/*
+ * guardian-pkcs11.h — the public vendor interface of the Guardian PKCS#11 module.
+ *
+ * Include your PKCS#11 header (pkcs11.h, p11-kit/pkcs11.h, OpenSC's, ...) first.
+ *
+ * Numbering: every vendor value is  <PKCS#11 *_VENDOR_DEFINED> | 0x47440000 | n
+ * ("GD" = Guardian), with n in 0x0000..0xFFFF.  The same 16-bit window is used for
+ * mechanisms, attributes, object classes and return values, so a value seen in a
+ * trace names its kind and its owner at a glance.  Numbers are never reused: a
+ * retired value stays reserved here with a comment.
+ *
+ * Parameter structures (added with the mechanisms that use them) are flat, start
+ * with a CK_ULONG version field, and their length is checked exactly by the module
+ * (CKR_MECHANISM_PARAM_INVALID otherwise).  See docs/vendor-interface.md.
+ */
+#ifndef GUARDIAN_PKCS11_H
+#define GUARDIAN_PKCS11_H
+
+#ifndef CKM_VENDOR_DEFINED
+#error "include a PKCS#11 header (pkcs11.h) before guardian/guardian-pkcs11.h"
+#endif
+
+#define GUARDIAN_VENDOR_PREFIX 0x47440000UL /* 'G' 'D' */
+
+/* Ranges: [BASE, BASE + 0xFFFF] of each kind belongs to Guardian. */
+#define CKM_GUARDIAN_BASE (CKM_VENDOR_DEFINED | GUARDIAN_VENDOR_PREFIX)
+#define CKA_GUARDIAN_BASE (CKA_VENDOR_DEFINED | GUARDIAN_VENDOR_PREFIX)
+#define CKO_GUARDIAN_BASE (CKO_VENDOR_DEFINED | GUARDIAN_VENDOR_PREFIX)
+#define CKR_GUARDIAN_BASE (CKR_VENDOR_DEFINED | GUARDIAN_VENDOR_PREFIX)
+
+#define GUARDIAN_IS_VENDOR_VALUE(kind_base, v) \
+    (((unsigned long)(v) & ~0xFFFFUL) == (unsigned long)(kind_base))
+
+/* ---- Mechanisms -------------------------------------------------------- */
+
+/* C_UnwrapKey: import a wrapped Guardian package into the token.
+ * hUnwrappingKey = the Guardian's key-agreement key, pWrappedKey = the package. */
+#define CKM_GUARDIAN_UNWRAP_PACKAGE (CKM_GUARDIAN_BASE | 0x0001UL)
+
+/* C_DeriveKey: issue a device certificate signed by an imported production CA key.
+ * hBaseKey = the production CA private key; the result is a CKO_CERTIFICATE. */
+#define CKM_GUARDIAN_DERIVE_DEVICE_CERT (CKM_GUARDIAN_BASE | 0x0002UL)
+
+/* ---- Return values ----------------------------------------------------- */
+
+/* C_Initialize: the configuration file is missing, unreadable or malformed. */
+#define CKR_GUARDIAN_CONFIG_INVALID (CKR_GUARDIAN_BASE | 0x0001UL)
+/* C_Initialize: the backend module could not be loaded or exports no usable
+ * function list. */
+#define CKR_GUARDIAN_BACKEND_LOAD_FAILED (CKR_GUARDIAN_BASE | 0x0002UL)
+/* C_Initialize: the configured backend is the Guardian module itself. */
+#define CKR_GUARDIAN_BACKEND_IS_SELF (CKR_GUARDIAN_BASE | 0x0003UL)
+
+#endif /* GUARDIAN_PKCS11_H */

@@ -1,0 +1,41 @@
+/*
+ * registry.c — the one table of Guardian vendor mechanisms.
+ */
+#include "registry.h"
+
+static const struct guardian_mech *const table[] = {
+    &guardian_mech_unwrap_package,
+    &guardian_mech_derive_device_cert,
+};
+
+size_t guardian_mech_count(void)
+{
+    return sizeof(table) / sizeof(table[0]);
+}
+
+const struct guardian_mech *guardian_mech_at(size_t i)
+{
+    return i < guardian_mech_count() ? table[i] : NULL;
+}
+
+const struct guardian_mech *guardian_mech_find(CK_MECHANISM_TYPE type)
+{
+    for (size_t i = 0; i < guardian_mech_count(); i++)
+        if (table[i]->type == type)
+            return table[i];
+    return NULL;
+}
+
+bool guardian_mech_available(const struct guardian_mech *m, const CK_MECHANISM_TYPE *available, size_t n)
+{
+    if (m == NULL || (m->unwrap == NULL && m->derive == NULL))
+        return false;
+    for (size_t r = 0; r < m->n_requires; r++) {
+        bool found = false;
+        for (size_t i = 0; i < n && !found; i++)
+            found = available[i] == m->requires[r];
+        if (!found)
+            return false;
+    }
+    return true;
+}

@@ -1,0 +1,53 @@
+/*
+ * registry.h — what mechs/ owns: the Guardian vendor mechanisms, one file each,
+ * listed in one table (registry.c).
+ *
+ * Adding a mechanism = one mechs/<name>.c holding a const struct guardian_mech,
+ * one line in registry.c, its number in include/guardian/guardian-pkcs11.h, and
+ * tests.  module/entry.c consults the registry for C_GetMechanismList,
+ * C_GetMechanismInfo, C_UnwrapKey and C_DeriveKey; mechs/ may call the backend
+ * through the list it is given, never module/ internals.
+ */
+#ifndef GUARDIAN_MECHS_REGISTRY_H
+#define GUARDIAN_MECHS_REGISTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "p11.h"
+
+typedef CK_RV (*guardian_unwrap_fn)(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_MECHANISM *mech,
+                                    CK_OBJECT_HANDLE unwrapping_key, CK_BYTE *wrapped, CK_ULONG wrapped_len,
+                                    CK_ATTRIBUTE *templ, CK_ULONG count, CK_OBJECT_HANDLE *out);
+typedef CK_RV (*guardian_derive_fn)(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_MECHANISM *mech,
+                                    CK_OBJECT_HANDLE base_key, CK_ATTRIBUTE *templ, CK_ULONG count,
+                                    CK_OBJECT_HANDLE *out);
+
+struct guardian_mech {
+    CK_MECHANISM_TYPE type;
+    const char *name;
+    CK_MECHANISM_INFO info;
+    /* Backend mechanisms the slot must offer, all of them, for this one to be
+     * advertised there. */
+    const CK_MECHANISM_TYPE *requires;
+    size_t n_requires;
+    /* Exactly one is set once the mechanism is implemented; while neither is,
+     * the mechanism is reserved but never advertised, and calling it gives
+     * CKR_MECHANISM_INVALID. */
+    guardian_unwrap_fn unwrap;
+    guardian_derive_fn derive;
+};
+
+extern const struct guardian_mech guardian_mech_unwrap_package;
+extern const struct guardian_mech guardian_mech_derive_device_cert;
+
+/* The registered mechanism with this number, or NULL. */
+const struct guardian_mech *guardian_mech_find(CK_MECHANISM_TYPE type);
+size_t guardian_mech_count(void);
+const struct guardian_mech *guardian_mech_at(size_t i);
+
+/* True when `m` is implemented and every primitive it requires is among the
+ * `n` backend mechanisms `available`. */
+bool guardian_mech_available(const struct guardian_mech *m, const CK_MECHANISM_TYPE *available, size_t n);
+
+#endif /* GUARDIAN_MECHS_REGISTRY_H */

@@ -1,0 +1,296 @@
+/*
+ * config.c — the configuration file and its environment overrides.
+ *
+ * Format (docs/configuration.md): one "key = value" per line; blank lines and
+ * lines starting with '#' or ';' are ignored; white space around keys and values
+ * is trimmed.  Unknown keys, repeated keys, empty values and relative paths are
+ * errors: a typo in a security product's configuration must not be ignored.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "module.h"
+
+#define MAX_LINE 4096
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (err == NULL || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* Copy a path value: absolute, shorter than PATH_MAX.  `lineno` 0 means the
+ * value came from the environment variable named by `origin`. */
+static bool take_path(char *dst, const char *value, size_t vlen, const char *origin, unsigned lineno,
+                      const char *key, char *err, size_t errlen)
+{
+    char where[PATH_MAX + 16];
+
+    if (lineno > 0)
+        snprintf(where, sizeof(where), "%s:%u: '%s'", origin, lineno, key);
+    else
+        snprintf(where, sizeof(where), "%s", origin);
+    if (vlen >= PATH_MAX) {
+        set_err(err, errlen, "%s is longer than %d bytes", where, PATH_MAX - 1);
+        return false;
+    }
+    if (value[0] != '/') {
+        set_err(err, errlen, "%s must be an absolute path", where);
+        return false;
+    }
+    memcpy(dst, value, vlen);
+    dst[vlen] = '\0';
+    return true;
+}
+
+bool guardian_config_parse(const char *text, size_t len, const char *origin, struct guardian_config *cfg,
+                           char *err, size_t errlen)
+{
+    bool seen_backend = false, seen_state = false, seen_level = false;
+    unsigned lineno = 0;
+    size_t pos = 0;
+
+    return_val_if_fail(cfg != NULL, false);
+    return_val_if_fail(text != NULL || len == 0, false);
+    if (origin == NULL)
+        origin = "configuration";
+
+    memset(cfg->backend, 0, sizeof(cfg->backend));
+    memset(cfg->state_dir, 0, sizeof(cfg->state_dir));
+    cfg->log_level = -1;
+
+    if (len > GUARDIAN_CONF_MAX_BYTES) {
+        set_err(err, errlen, "%s: file is larger than %d bytes", origin, GUARDIAN_CONF_MAX_BYTES);
+        return false;
+    }
+
+    while (pos < len) {
+        size_t start = pos, end, kend, vstart, vend;
+        const char *line = text + start;
+        const char *eq;
+        char key[32];
+
+        lineno++;
+        while (pos < len && text[pos] != '\n')
+            pos++;
+        end = pos;
+        if (pos < len)
+            pos++; /* the '\n' */
+
+        if (end - start > MAX_LINE) {
+            set_err(err, errlen, "%s:%u: line longer than %d bytes", origin, lineno, MAX_LINE);
+            return false;
+        }
+        if (memchr(line, '\0', end - start) != NULL) {
+            set_err(err, errlen, "%s:%u: NUL byte in line", origin, lineno);
+            return false;
+        }
+        /* trim */
+        while (start < end && is_space(text[start]))
+            start++;
+        while (end > start && is_space(text[end - 1]))
+            end--;
+        if (start == end || text[start] == '#' || text[start] == ';')
+            continue;
+
+        line = text + start;
+        eq = memchr(line, '=', end - start);
+        if (eq == NULL) {
+            set_err(err, errlen, "%s:%u: expected 'key = value'", origin, lineno);
+            return false;
+        }
+        kend = (size_t)(eq - text);
+        while (kend > start && is_space(text[kend - 1]))
+            kend--;
+        vstart = (size_t)(eq - text) + 1;
+        while (vstart < end && is_space(text[vstart]))
+            vstart++;
+        vend = end;
+
+        if (kend == start) {
+            set_err(err, errlen, "%s:%u: missing key before '='", origin, lineno);
+            return false;
+        }
+        if (kend - start >= sizeof(key)) {
+            set_err(err, errlen, "%s:%u: unknown key '%.*s...'", origin, lineno, (int)(sizeof(key) - 1), line);
+            return false;
+        }
+        memcpy(key, line, kend - start);
+        key[kend - start] = '\0';
+        if (vend == vstart) {
+            set_err(err, errlen, "%s:%u: '%s' has no value", origin, lineno, key);
+            return false;
+        }
+
+        if (strcmp(key, "backend") == 0) {
+            if (seen_backend) {
+                set_err(err, errlen, "%s:%u: 'backend' is set twice", origin, lineno);
+                return false;
+            }
+            if (!take_path(cfg->backend, text + vstart, vend - vstart, origin, lineno, key, err, errlen))
+                return false;
+            seen_backend = true;
+        } else if (strcmp(key, "state_dir") == 0) {
+            if (seen_state) {
+                set_err(err, errlen, "%s:%u: 'state_dir' is set twice", origin, lineno);
+                return false;
+            }
+            if (!take_path(cfg->state_dir, text + vstart, vend - vstart, origin, lineno, key, err, errlen))
+                return false;
+            seen_state = true;
+        } else if (strcmp(key, "log_level") == 0) {
+            char value[16];
+            if (seen_level) {
+                set_err(err, errlen, "%s:%u: 'log_level' is set twice", origin, lineno);
+                return false;
+            }
+            if (vend - vstart >= sizeof(value)) {
+                set_err(err, errlen, "%s:%u: invalid log_level (use error, warn, info, debug or trace)",
+                        origin, lineno);
+                return false;
+            }
+            memcpy(value, text + vstart, vend - vstart);
+            value[vend - vstart] = '\0';
+            cfg->log_level = guardian_log_level_parse(value);
+            if (cfg->log_level < 0) {
+                set_err(err, errlen, "%s:%u: invalid log_level '%s' (use error, warn, info, debug or trace)",
+                        origin, lineno, value);
+                return false;
+            }
+            seen_level = true;
+        } else {
+            set_err(err, errlen, "%s:%u: unknown key '%s' (known: backend, state_dir, log_level)", origin,
+                    lineno, key);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Read a whole (small) file.  Returns 0, or an errno value. */
+static int read_file(const char *path, char **out, size_t *out_len)
+{
+    struct stat st;
+    char *buf = NULL;
+    size_t got = 0;
+    int fd, e = 0;
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    if (fstat(fd, &st) != 0) {
+        e = errno;
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        e = EINVAL;
+        goto out;
+    }
+    if (st.st_size > GUARDIAN_CONF_MAX_BYTES) {
+        e = EFBIG;
+        goto out;
+    }
+    buf = malloc((size_t)st.st_size + 1);
+    if (buf == NULL) {
+        e = ENOMEM;
+        goto out;
+    }
+    while (got < (size_t)st.st_size) {
+        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            e = n < 0 ? errno : EIO;
+            goto out;
+        }
+        got += (size_t)n;
+    }
+    *out = buf;
+    *out_len = got;
+    buf = NULL;
+out:
+    free(buf);
+    close(fd);
+    return e;
+}
+
+bool guardian_config_load(struct guardian_config *cfg, char *err, size_t errlen)
+{
+    const char *env_conf = getenv("GUARDIAN_CONF");
+    const char *env_backend = getenv("GUARDIAN_BACKEND");
+    const char *env_state = getenv("GUARDIAN_STATE_DIR");
+    const char *path = (env_conf != NULL && *env_conf != '\0') ? env_conf : GUARDIAN_DEFAULT_CONF;
+    bool explicit_file = env_conf != NULL && *env_conf != '\0';
+    bool have_env_backend = env_backend != NULL && *env_backend != '\0';
+    char *text = NULL;
+    size_t len = 0;
+    int e;
+
+    return_val_if_fail(cfg != NULL, false);
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->log_level = -1;
+
+    e = read_file(path, &text, &len);
+    if (e == 0) {
+        bool ok;
+        snprintf(cfg->source, sizeof(cfg->source), "%s", path);
+        ok = guardian_config_parse(text, len, path, cfg, err, errlen);
+        free(text);
+        if (!ok)
+            return false;
+    } else if (e == ENOENT && !explicit_file && have_env_backend) {
+        /* A test bench with GUARDIAN_BACKEND needs no file at all. */
+        cfg->source[0] = '\0';
+    } else if (e == ENOENT) {
+        set_err(err, errlen,
+                "configuration file %s not found (set GUARDIAN_CONF to its path, or GUARDIAN_BACKEND to a "
+                "backend module)",
+                path);
+        return false;
+    } else if (e == EFBIG) {
+        set_err(err, errlen, "configuration file %s is larger than %d bytes", path, GUARDIAN_CONF_MAX_BYTES);
+        return false;
+    } else if (e == EINVAL) {
+        set_err(err, errlen, "configuration file %s is not a regular file", path);
+        return false;
+    } else {
+        set_err(err, errlen, "configuration file %s cannot be read: %s", path, strerror(e));
+        return false;
+    }
+
+    if (have_env_backend) {
+        if (!take_path(cfg->backend, env_backend, strlen(env_backend), "GUARDIAN_BACKEND", 0, NULL, err,
+                       errlen))
+            return false;
+    }
+    if (env_state != NULL && *env_state != '\0') {
+        if (!take_path(cfg->state_dir, env_state, strlen(env_state), "GUARDIAN_STATE_DIR", 0, NULL, err,
+                       errlen))
+            return false;
+    }
+    if (cfg->backend[0] == '\0') {
+        set_err(err, errlen, "%s: no 'backend' set (add 'backend = /path/to/module.so' or set GUARDIAN_BACKEND)",
+                cfg->source[0] ? cfg->source : "configuration");
+        return false;
+    }
+    if (cfg->state_dir[0] == '\0')
+        snprintf(cfg->state_dir, sizeof(cfg->state_dir), "%s", GUARDIAN_DEFAULT_STATE_DIR);
+    return true;
+}

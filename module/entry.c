@@ -1,0 +1,370 @@
+/*
+ * entry.c — the exported entry points and the functions that carry Guardian
+ * behaviour.  Everything else in our function lists is a forwarder (forward.c).
+ *
+ * Exported (module/guardian.map): C_GetFunctionList, C_GetInterfaceList,
+ * C_GetInterface.  Everything else is reached through the lists.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "module.h"
+/* after module.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+#include "registry.h"
+
+#define GUARDIAN_MANUFACTURER "Guardian PKCS#11"
+#define GUARDIAN_DESCRIPTION "Guardian provisioning module"
+
+/* ---- trace helpers for the hand-written functions ------------------------- */
+
+static inline void trace_enter(const char *fn)
+{
+    if (GUARDIAN_UNLIKELY(atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
+        guardian_trace_enter(fn);
+}
+
+static inline CK_RV trace_return(const char *fn, CK_RV rv)
+{
+    if (GUARDIAN_UNLIKELY(atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
+        guardian_trace_return(fn, rv);
+    return rv;
+}
+
+/* ---- life cycle ----------------------------------------------------------- */
+
+static CK_RV entry_C_Initialize(CK_VOID_PTR init_args)
+{
+    trace_enter("C_Initialize");
+    return trace_return("C_Initialize", guardian_state_initialize(init_args));
+}
+
+static CK_RV entry_C_Finalize(CK_VOID_PTR reserved)
+{
+    trace_enter("C_Finalize");
+    return trace_return("C_Finalize", guardian_state_finalize(reserved));
+}
+
+static void pad_copy(CK_UTF8CHAR *dst, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+    memset(dst, ' ', size);
+    memcpy(dst, src, n < size ? n : size);
+}
+
+static CK_RV get_info(CK_INFO_PTR info, CK_VERSION cryptoki)
+{
+    if (guardian_backend_list() == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (info == NULL)
+        return CKR_ARGUMENTS_BAD;
+    memset(info, 0, sizeof(*info));
+    info->cryptokiVersion = cryptoki;
+    pad_copy(info->manufacturerID, sizeof(info->manufacturerID), GUARDIAN_MANUFACTURER);
+    pad_copy(info->libraryDescription, sizeof(info->libraryDescription), GUARDIAN_DESCRIPTION);
+    info->flags = 0;
+    info->libraryVersion.major = GUARDIAN_VERSION_MAJOR;
+    info->libraryVersion.minor = GUARDIAN_VERSION_MINOR;
+    return CKR_OK;
+}
+
+static CK_RV entry_C_GetInfo(CK_INFO_PTR info)
+{
+    trace_enter("C_GetInfo");
+    return trace_return("C_GetInfo", get_info(info, (CK_VERSION){2, 40}));
+}
+
+static CK_RV entry_C_GetInfo_3_0(CK_INFO_PTR info)
+{
+    trace_enter("C_GetInfo");
+    return trace_return("C_GetInfo", get_info(info, (CK_VERSION){3, 0}));
+}
+
+/* ---- mechanisms ----------------------------------------------------------- */
+
+/* The backend's mechanism list for `slot`, in a fresh array (free it). */
+static CK_RV backend_mechanisms(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, CK_MECHANISM_TYPE **out, CK_ULONG *n_out,
+                                size_t spare)
+{
+    CK_MECHANISM_TYPE *list = NULL;
+    CK_ULONG n = 0;
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    /* The list can grow between the two calls (a token inserted): retry. */
+    for (int attempt = 0; attempt < 4; attempt++) {
+        rv = be->C_GetMechanismList(slot, NULL, &n);
+        if (rv != CKR_OK)
+            goto out;
+        free(list);
+        list = calloc((size_t)n + spare + 1, sizeof(*list));
+        if (list == NULL) {
+            rv = CKR_HOST_MEMORY;
+            goto out;
+        }
+        rv = be->C_GetMechanismList(slot, list, &n);
+        if (rv != CKR_BUFFER_TOO_SMALL)
+            break;
+    }
+    if (rv != CKR_OK)
+        goto out;
+    *out = list;
+    *n_out = n;
+    list = NULL;
+out:
+    free(list);
+    return rv;
+}
+
+static CK_RV get_mechanism_list(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR out, CK_ULONG_PTR count)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_MECHANISM_TYPE *list = NULL;
+    CK_ULONG n = 0, total = 0;
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    if (be == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (count == NULL)
+        return CKR_ARGUMENTS_BAD;
+    rv = backend_mechanisms(be, slot, &list, &n, guardian_mech_count());
+    if (rv != CKR_OK)
+        goto out;
+
+    /* Drop any backend mechanism that collides with one of ours (ours win:
+     * the numbers are in our vendor range), then append ours that the slot can
+     * run. */
+    for (CK_ULONG i = 0; i < n; i++)
+        if (guardian_mech_find(list[i]) == NULL)
+            list[total++] = list[i];
+    n = total;
+    for (size_t m = 0; m < guardian_mech_count(); m++)
+        if (guardian_mech_available(guardian_mech_at(m), list, n))
+            list[total++] = guardian_mech_at(m)->type;
+
+    if (out == NULL) {
+        rv = CKR_OK;
+    } else if (*count < total) {
+        rv = CKR_BUFFER_TOO_SMALL;
+    } else {
+        memcpy(out, list, total * sizeof(*out));
+        rv = CKR_OK;
+    }
+    *count = total;
+out:
+    free(list);
+    return rv;
+}
+
+static CK_RV entry_C_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR out, CK_ULONG_PTR count)
+{
+    trace_enter("C_GetMechanismList");
+    return trace_return("C_GetMechanismList", get_mechanism_list(slot, out, count));
+}
+
+static CK_RV get_mechanism_info(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    const struct guardian_mech *m = guardian_mech_find(type);
+    CK_MECHANISM_TYPE *list = NULL;
+    CK_ULONG n = 0;
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    if (be == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (info == NULL)
+        return CKR_ARGUMENTS_BAD;
+    if (m == NULL) {
+        /* SoftHSMv2 ORs flags into the caller's struct without clearing it. */
+        memset(info, 0, sizeof(*info));
+        return be->C_GetMechanismInfo(slot, type, info);
+    }
+    rv = backend_mechanisms(be, slot, &list, &n, 0);
+    if (rv != CKR_OK)
+        goto out;
+    if (!guardian_mech_available(m, list, n)) {
+        rv = CKR_MECHANISM_INVALID;
+        goto out;
+    }
+    *info = m->info;
+    rv = CKR_OK;
+out:
+    free(list);
+    return rv;
+}
+
+static CK_RV entry_C_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
+{
+    trace_enter("C_GetMechanismInfo");
+    return trace_return("C_GetMechanismInfo", get_mechanism_info(slot, type, info));
+}
+
+/* ---- the calls that carry vendor mechanisms ---------------------------- */
+
+static CK_RV unwrap_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE unwrapping_key,
+                        CK_BYTE_PTR wrapped, CK_ULONG wrapped_len, CK_ATTRIBUTE_PTR templ, CK_ULONG count,
+                        CK_OBJECT_HANDLE_PTR out)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    const struct guardian_mech *m;
+
+    if (be == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    m = mech != NULL ? guardian_mech_find(mech->mechanism) : NULL;
+    if (m == NULL)
+        return be->C_UnwrapKey(session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out);
+    if (m->unwrap == NULL) {
+        guardian_info("mech", "%s is not available for C_UnwrapKey in this build", m->name);
+        return CKR_MECHANISM_INVALID;
+    }
+    return m->unwrap(be, session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out);
+}
+
+static CK_RV entry_C_UnwrapKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE unwrapping_key,
+                               CK_BYTE_PTR wrapped, CK_ULONG wrapped_len, CK_ATTRIBUTE_PTR templ, CK_ULONG count,
+                               CK_OBJECT_HANDLE_PTR out)
+{
+    trace_enter("C_UnwrapKey");
+    return trace_return("C_UnwrapKey",
+                        unwrap_key(session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out));
+}
+
+static CK_RV derive_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE base_key,
+                        CK_ATTRIBUTE_PTR templ, CK_ULONG count, CK_OBJECT_HANDLE_PTR out)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    const struct guardian_mech *m;
+
+    if (be == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    m = mech != NULL ? guardian_mech_find(mech->mechanism) : NULL;
+    if (m == NULL)
+        return be->C_DeriveKey(session, mech, base_key, templ, count, out);
+    if (m->derive == NULL) {
+        guardian_info("mech", "%s is not available for C_DeriveKey in this build", m->name);
+        return CKR_MECHANISM_INVALID;
+    }
+    return m->derive(be, session, mech, base_key, templ, count, out);
+}
+
+static CK_RV entry_C_DeriveKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE base_key,
+                               CK_ATTRIBUTE_PTR templ, CK_ULONG count, CK_OBJECT_HANDLE_PTR out)
+{
+    trace_enter("C_DeriveKey");
+    return trace_return("C_DeriveKey", derive_key(session, mech, base_key, templ, count, out));
+}
+
+/* ---- the function lists and interfaces ---------------------------------- */
+
+static CK_RV entry_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
+static CK_RV entry_C_GetInterfaceList(CK_INTERFACE_PTR interfaces, CK_ULONG_PTR count);
+static CK_RV entry_C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version, CK_INTERFACE_PTR_PTR iface,
+                                  CK_FLAGS flags);
+
+#define SET_FORWARDER(name, params, args) .name = guardian_fwd_##name,
+
+#define GUARDIAN_OWN_FUNCTIONS                                                                                   \
+    .C_Initialize = entry_C_Initialize, .C_Finalize = entry_C_Finalize,                                       \
+    .C_GetFunctionList = entry_C_GetFunctionList, .C_GetMechanismList = entry_C_GetMechanismList,             \
+    .C_GetMechanismInfo = entry_C_GetMechanismInfo, .C_UnwrapKey = entry_C_UnwrapKey,                         \
+    .C_DeriveKey = entry_C_DeriveKey
+
+static CK_FUNCTION_LIST list_2_40 = {
+    .version = {2, 40},
+    GUARDIAN_FORWARD_2_40(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
+    .C_GetInfo = entry_C_GetInfo,
+};
+
+static CK_FUNCTION_LIST_3_0 list_3_0 = {
+    .version = {3, 0},
+    GUARDIAN_FORWARD_2_40(SET_FORWARDER) GUARDIAN_FORWARD_3_0(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
+    .C_GetInfo = entry_C_GetInfo_3_0,
+    .C_GetInterfaceList = entry_C_GetInterfaceList,
+    .C_GetInterface = entry_C_GetInterface,
+};
+
+static CK_UTF8CHAR interface_name[] = "PKCS 11";
+static CK_INTERFACE interface_3_0 = {interface_name, &list_3_0, 0};
+static CK_INTERFACE interface_2_40 = {interface_name, &list_2_40, 0};
+
+/* The interfaces we offer, preferred first: 3.0 only over a 3.x backend. */
+static size_t offered_interfaces(CK_INTERFACE *out[2])
+{
+    size_t n = 0;
+    /* Loading may fail (no configuration yet): then only 2.40 is offered and
+     * C_Initialize reports the problem. */
+    if (guardian_state_load() == CKR_OK && guardian_state_backend_has_3_0())
+        out[n++] = &interface_3_0;
+    out[n++] = &interface_2_40;
+    return n;
+}
+
+static CK_RV entry_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
+{
+    if (list == NULL)
+        return CKR_ARGUMENTS_BAD;
+    *list = &list_2_40;
+    return CKR_OK;
+}
+
+static CK_RV entry_C_GetInterfaceList(CK_INTERFACE_PTR interfaces, CK_ULONG_PTR count)
+{
+    CK_INTERFACE *offered[2];
+    size_t n;
+
+    if (count == NULL)
+        return CKR_ARGUMENTS_BAD;
+    n = offered_interfaces(offered);
+    if (interfaces == NULL) {
+        *count = n;
+        return CKR_OK;
+    }
+    if (*count < n) {
+        *count = n;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    for (size_t i = 0; i < n; i++)
+        interfaces[i] = *offered[i];
+    *count = n;
+    return CKR_OK;
+}
+
+static CK_RV entry_C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version, CK_INTERFACE_PTR_PTR iface,
+                                  CK_FLAGS flags)
+{
+    CK_INTERFACE *offered[2];
+    size_t n;
+
+    if (iface == NULL)
+        return CKR_ARGUMENTS_BAD;
+    n = offered_interfaces(offered);
+    for (size_t i = 0; i < n; i++) {
+        const CK_VERSION *v = &((CK_FUNCTION_LIST *)offered[i]->pFunctionList)->version;
+        if (name != NULL && strcmp((const char *)name, (const char *)offered[i]->pInterfaceName) != 0)
+            continue;
+        if (version != NULL && (version->major != v->major || version->minor != v->minor))
+            continue;
+        if ((flags & offered[i]->flags) != flags)
+            continue;
+        *iface = offered[i];
+        return CKR_OK;
+    }
+    return CKR_ARGUMENTS_BAD;
+}
+
+/* ---- exported symbols ------------------------------------------------------- */
+
+GUARDIAN_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
+{
+    return entry_C_GetFunctionList(list);
+}
+
+GUARDIAN_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR interfaces, CK_ULONG_PTR count)
+{
+    return entry_C_GetInterfaceList(interfaces, count);
+}
+
+GUARDIAN_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version, CK_INTERFACE_PTR_PTR iface,
+                                     CK_FLAGS flags)
+{
+    return entry_C_GetInterface(name, version, iface, flags);
+}

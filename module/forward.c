@@ -1,0 +1,55 @@
+/*
+ * forward.c — the pass-through forwarders, generated from functions.h.
+ *
+ * Each one costs an atomic load, a NULL check and an indirect call (a few
+ * nanoseconds against the tens of microseconds of a backend operation; see
+ * docs/performance.md).  We do not point our function list straight at the
+ * backend's functions: the list is handed out before the backend is even loaded,
+ * and a forwarder is what lets a forked child see CKR_CRYPTOKI_NOT_INITIALIZED,
+ * and a function the backend leaves NULL answer CKR_FUNCTION_NOT_SUPPORTED
+ * instead of crashing.  docs/design.md has the full argument.
+ */
+#include "module.h"
+
+#define GUARDIAN_FORWARDER_2_40(name, params, args)                                  \
+    CK_RV guardian_fwd_##name params                                                 \
+    {                                                                                \
+        CK_FUNCTION_LIST *be = guardian_backend_list();                              \
+        CK_RV rv;                                                                    \
+        if (GUARDIAN_UNLIKELY(atomic_load_explicit(&guardian_trace_on,               \
+                                                   memory_order_relaxed)))          \
+            guardian_trace_enter(#name);                                             \
+        if (GUARDIAN_UNLIKELY(be == NULL))                                           \
+            rv = CKR_CRYPTOKI_NOT_INITIALIZED;                                       \
+        else if (GUARDIAN_UNLIKELY(be->name == NULL))                                \
+            rv = CKR_FUNCTION_NOT_SUPPORTED;                                         \
+        else                                                                         \
+            rv = be->name args;                                                      \
+        if (GUARDIAN_UNLIKELY(atomic_load_explicit(&guardian_trace_on,               \
+                                                   memory_order_relaxed)))          \
+            guardian_trace_return(#name, rv);                                        \
+        return rv;                                                                   \
+    }
+
+#define GUARDIAN_FORWARDER_3_0(name, params, args)                                   \
+    CK_RV guardian_fwd_##name params                                                 \
+    {                                                                                \
+        CK_FUNCTION_LIST_3_0 *be3 = guardian_backend_list3();                        \
+        CK_RV rv;                                                                    \
+        if (GUARDIAN_UNLIKELY(atomic_load_explicit(&guardian_trace_on,               \
+                                                   memory_order_relaxed)))          \
+            guardian_trace_enter(#name);                                             \
+        if (guardian_backend_list() == NULL)                                         \
+            rv = CKR_CRYPTOKI_NOT_INITIALIZED;                                       \
+        else if (be3 == NULL || be3->name == NULL)                                   \
+            rv = CKR_FUNCTION_NOT_SUPPORTED;                                         \
+        else                                                                         \
+            rv = be3->name args;                                                     \
+        if (GUARDIAN_UNLIKELY(atomic_load_explicit(&guardian_trace_on,               \
+                                                   memory_order_relaxed)))          \
+            guardian_trace_return(#name, rv);                                        \
+        return rv;                                                                   \
+    }
+
+GUARDIAN_FORWARD_2_40(GUARDIAN_FORWARDER_2_40)
+GUARDIAN_FORWARD_3_0(GUARDIAN_FORWARDER_3_0)

@@ -1,0 +1,140 @@
+/*
+ * module.h — what module/ owns: the exported entry points, the forwarding layer,
+ * the backend loader, the configuration, the module's state and its logging.
+ *
+ * module/ may call: the backend through the lists held in state.c, mechs/ through
+ * mechs/registry.h.  Nothing in module/ holds a secret: PINs and key bytes pass
+ * through forwarders untouched and are never logged.
+ */
+#ifndef GUARDIAN_MODULE_H
+#define GUARDIAN_MODULE_H
+
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "functions.h"
+#include "p11.h"
+
+#define GUARDIAN_LIKELY(x) __builtin_expect(!!(x), 1)
+#define GUARDIAN_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define GUARDIAN_EXPORT __attribute__((visibility("default")))
+
+/* ---- logging (log.c) --------------------------------------------------- */
+
+enum guardian_log_level {
+    GUARDIAN_LOG_ERROR = 0,
+    GUARDIAN_LOG_WARN = 1,
+    GUARDIAN_LOG_INFO = 2,
+    GUARDIAN_LOG_DEBUG = 3,
+    GUARDIAN_LOG_TRACE = 4, /* debug + one line per PKCS#11 call and its CKR */
+};
+
+/* Non-zero while the call trace is on: read on every forwarded call. */
+extern atomic_int guardian_trace_on;
+
+void guardian_log(enum guardian_log_level level, const char *category, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Parse "error|warn|warning|info|debug|trace" or "0".."4"; -1 when unknown. */
+int guardian_log_level_parse(const char *text);
+/* Level from the configuration; GUARDIAN_DEBUG, when set and valid, wins. */
+void guardian_log_set_level(int configured_level);
+void guardian_trace_enter(const char *function);
+void guardian_trace_return(const char *function, CK_RV rv);
+
+#define guardian_error(cat, ...) guardian_log(GUARDIAN_LOG_ERROR, cat, __VA_ARGS__)
+#define guardian_warn(cat, ...) guardian_log(GUARDIAN_LOG_WARN, cat, __VA_ARGS__)
+#define guardian_info(cat, ...) guardian_log(GUARDIAN_LOG_INFO, cat, __VA_ARGS__)
+#define guardian_debug(cat, ...) guardian_log(GUARDIAN_LOG_DEBUG, cat, __VA_ARGS__)
+
+/* A precondition that speaks: logs the failed condition and returns `val`.
+ * Under GUARDIAN_STRICT_CHECKS (sanitizer builds) it aborts instead, so a test
+ * that trips one fails loudly. */
+#ifdef GUARDIAN_STRICT_CHECKS
+#define GUARDIAN_PRECONDITION_FAILED() abort()
+#else
+#define GUARDIAN_PRECONDITION_FAILED() ((void)0)
+#endif
+#define return_val_if_fail(cond, val)                                                          \
+    do {                                                                                       \
+        if (GUARDIAN_UNLIKELY(!(cond))) {                                                      \
+            guardian_error("internal", "%s: precondition failed: %s", __func__, #cond);        \
+            GUARDIAN_PRECONDITION_FAILED();                                                    \
+            return (val);                                                                      \
+        }                                                                                      \
+    } while (0)
+
+/* ---- CKR names (ckr.c) -------------------------------------------------- */
+
+/* "CKR_OK", "CKR_GUARDIAN_CONFIG_INVALID", ...; NULL for an unknown value. */
+const char *guardian_ckr_name(CK_RV rv);
+
+/* ---- configuration (config.c) ------------------------------------------ */
+
+#define GUARDIAN_CONF_MAX_BYTES (64 * 1024)
+
+struct guardian_config {
+    char source[PATH_MAX];    /* the file read, or "" when none was */
+    char backend[PATH_MAX];   /* absolute path of the backend PKCS#11 module */
+    char state_dir[PATH_MAX]; /* absolute path of the store's directory */
+    int log_level;            /* enum guardian_log_level, or -1 when not set */
+};
+
+/* Parse configuration text (not NUL-terminated; `len` bytes).  `origin` names it
+ * in messages.  On failure returns false and writes one line to `err`. */
+bool guardian_config_parse(const char *text, size_t len, const char *origin,
+                           struct guardian_config *cfg, char *err, size_t errlen);
+
+/* The whole lookup: GUARDIAN_CONF or the default file, then the environment
+ * overrides GUARDIAN_BACKEND and GUARDIAN_STATE_DIR.  The default file may be
+ * absent when GUARDIAN_BACKEND is set; a file named by GUARDIAN_CONF may not. */
+bool guardian_config_load(struct guardian_config *cfg, char *err, size_t errlen);
+
+/* ---- backend (backend.c) ------------------------------------------------ */
+
+struct guardian_backend {
+    void *dl;
+    CK_FUNCTION_LIST *list;         /* used as a 2.40 list whatever its version says */
+    CK_FUNCTION_LIST_3_0 *list3;    /* non-NULL only if the backend offers "PKCS 11" 3.x */
+    CK_VERSION list_version;        /* the interface version we obtained */
+};
+
+/* dlopen the module at `path` and obtain its function list(s).  Refuses the
+ * Guardian module itself.  On failure writes one line to `err`. */
+CK_RV guardian_backend_open(const char *path, struct guardian_backend *be, char *err, size_t errlen);
+
+/* ---- state (state.c) ----------------------------------------------------- */
+
+/* The backend's lists while the module is initialized in this process, NULL
+ * otherwise (before C_Initialize, after C_Finalize, in a forked child). */
+extern _Atomic(CK_FUNCTION_LIST *) guardian_active_list;
+extern _Atomic(CK_FUNCTION_LIST_3_0 *) guardian_active_list3;
+
+static inline CK_FUNCTION_LIST *guardian_backend_list(void)
+{
+    return atomic_load_explicit(&guardian_active_list, memory_order_acquire);
+}
+
+static inline CK_FUNCTION_LIST_3_0 *guardian_backend_list3(void)
+{
+    return atomic_load_explicit(&guardian_active_list3, memory_order_acquire);
+}
+
+/* Load configuration and backend once per process (retried while it fails),
+ * without logging: used to probe before C_Initialize. */
+CK_RV guardian_state_load(void);
+/* True once a backend with a 3.x interface is loaded. */
+bool guardian_state_backend_has_3_0(void);
+CK_RV guardian_state_initialize(CK_VOID_PTR init_args);
+CK_RV guardian_state_finalize(CK_VOID_PTR reserved);
+const struct guardian_config *guardian_state_config(void);
+
+/* ---- forwarding (forward.c) and entry points (entry.c) ------------------ */
+
+/* One pass-through per function of functions.h: guardian_fwd_C_Sign, ... */
+#define GUARDIAN_DECLARE_FORWARDER(name, params, args) CK_RV guardian_fwd_##name params;
+GUARDIAN_FORWARD_2_40(GUARDIAN_DECLARE_FORWARDER)
+GUARDIAN_FORWARD_3_0(GUARDIAN_DECLARE_FORWARDER)
+
+#endif /* GUARDIAN_MODULE_H */

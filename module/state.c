@@ -1,0 +1,189 @@
+/*
+ * state.c — the module's life cycle: load, C_Initialize, C_Finalize, fork.
+ *
+ * One mutex (init_lock) serialises loading, C_Initialize and C_Finalize, so that
+ * threads racing C_Initialize reach the backend's C_Initialize exactly once
+ * (SoftHSMv2 2.6.1 crashes when raced); the losers get
+ * CKR_CRYPTOKI_ALREADY_INITIALIZED from us.  It is never held by the forwarders:
+ * they read guardian_active_list atomically.
+ *
+ * Fork: a pthread_atfork child handler clears the active lists, so every call in
+ * the child answers CKR_CRYPTOKI_NOT_INITIALIZED until the child calls
+ * C_Initialize.  The backend in the child still believes it is initialized
+ * (SoftHSMv2 does unless library.reset_on_fork is set), so the child's
+ * C_Initialize finalizes that inherited state first when the backend says
+ * CKR_CRYPTOKI_ALREADY_INITIALIZED.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "module.h"
+/* after module.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+_Atomic(CK_FUNCTION_LIST *) guardian_active_list = NULL;
+_Atomic(CK_FUNCTION_LIST_3_0 *) guardian_active_list3 = NULL;
+
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static bool loaded;
+static struct guardian_config config;
+static struct guardian_backend backend;
+/* Set in a forked child whose parent had initialized the backend. */
+static bool inherited_backend_init;
+
+static void atfork_child(void)
+{
+    if (atomic_load(&guardian_active_list) != NULL)
+        inherited_backend_init = true;
+    atomic_store(&guardian_active_list, NULL);
+    atomic_store(&guardian_active_list3, NULL);
+    /* The parent may have held the lock in another thread at fork time. */
+    pthread_mutex_init(&init_lock, NULL);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, atfork_child);
+}
+
+/* `quiet`: the caller is only probing (C_GetInterface* before C_Initialize);
+ * C_Initialize will report the same failure, once. */
+static CK_RV load_locked(bool quiet)
+{
+    char err[PATH_MAX + 256] = "";
+    CK_RV rv;
+
+    if (loaded)
+        return CKR_OK;
+    if (!guardian_config_load(&config, err, sizeof(err))) {
+        if (!quiet)
+            guardian_error("config", "%s", err);
+        return CKR_GUARDIAN_CONFIG_INVALID;
+    }
+    guardian_log_set_level(config.log_level);
+    rv = guardian_backend_open(config.backend, &backend, err, sizeof(err));
+    if (rv != CKR_OK) {
+        if (!quiet)
+            guardian_error("backend", "%s", err);
+        return rv;
+    }
+    guardian_info("backend", "loaded %s (interface %u.%u) using %s", config.backend,
+                  backend.list_version.major, backend.list_version.minor,
+                  config.source[0] ? config.source : "no configuration file");
+    loaded = true;
+    return CKR_OK;
+}
+
+CK_RV guardian_state_load(void)
+{
+    CK_RV rv;
+
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&init_lock);
+    rv = load_locked(true);
+    pthread_mutex_unlock(&init_lock);
+    return rv;
+}
+
+bool guardian_state_backend_has_3_0(void)
+{
+    bool has;
+    pthread_mutex_lock(&init_lock);
+    has = loaded && backend.list3 != NULL;
+    pthread_mutex_unlock(&init_lock);
+    return has;
+}
+
+const struct guardian_config *guardian_state_config(void)
+{
+    return loaded ? &config : NULL;
+}
+
+static CK_RV check_init_args(const CK_C_INITIALIZE_ARGS *args)
+{
+    int callbacks;
+
+    if (args == NULL)
+        return CKR_OK;
+    if (args->pReserved != NULL) {
+        guardian_error("init", "C_Initialize: pReserved must be NULL");
+        return CKR_ARGUMENTS_BAD;
+    }
+    callbacks = (args->CreateMutex != NULL) + (args->DestroyMutex != NULL) + (args->LockMutex != NULL) +
+                (args->UnlockMutex != NULL);
+    if (callbacks != 0 && callbacks != 4) {
+        guardian_error("init", "C_Initialize: mutex callbacks must be all set or all NULL (%d of 4 set)",
+                       callbacks);
+        return CKR_ARGUMENTS_BAD;
+    }
+    return CKR_OK;
+}
+
+CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
+{
+    CK_C_INITIALIZE_ARGS *args = init_args;
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    rv = check_init_args(args);
+    if (rv != CKR_OK)
+        return rv;
+
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&init_lock);
+    if (atomic_load(&guardian_active_list) != NULL) {
+        rv = CKR_CRYPTOKI_ALREADY_INITIALIZED;
+        goto out;
+    }
+    rv = load_locked(false);
+    if (rv != CKR_OK)
+        goto out;
+
+    /* The application's arguments reach the backend unchanged: it honours the
+     * flags and mutex callbacks exactly as it would without us. */
+    rv = backend.list->C_Initialize(init_args);
+    if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED && inherited_backend_init) {
+        guardian_debug("init", "backend still initialized from before fork(); finalizing the inherited state");
+        backend.list->C_Finalize(NULL);
+        rv = backend.list->C_Initialize(init_args);
+    }
+    if (rv != CKR_OK) {
+        const char *name = guardian_ckr_name(rv);
+        guardian_error("init", "backend C_Initialize failed: %s", name ? name : "unknown CKR");
+        goto out;
+    }
+    inherited_backend_init = false;
+    atomic_store(&guardian_active_list3, backend.list3);
+    atomic_store(&guardian_active_list, backend.list);
+    guardian_debug("init", "initialized");
+out:
+    pthread_mutex_unlock(&init_lock);
+    return rv;
+}
+
+CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    if (reserved != NULL)
+        return CKR_ARGUMENTS_BAD;
+    pthread_mutex_lock(&init_lock);
+    if (atomic_load(&guardian_active_list) == NULL) {
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+        goto out;
+    }
+    /* Stop new calls first; the standard leaves calls racing C_Finalize to the
+     * application. */
+    atomic_store(&guardian_active_list, NULL);
+    atomic_store(&guardian_active_list3, NULL);
+    rv = backend.list->C_Finalize(NULL);
+    if (rv != CKR_OK)
+        guardian_warn("init", "backend C_Finalize returned %s", guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "?");
+    if (rv == CKR_CRYPTOKI_NOT_INITIALIZED)
+        rv = CKR_OK;
+out:
+    pthread_mutex_unlock(&init_lock);
+    return rv;
+}
