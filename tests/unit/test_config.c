@@ -1,0 +1,204 @@
+/*
+ * test_config.c — the configuration parser and the environment overrides.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "module.h"
+
+static struct guardian_config cfg;
+static char err[512];
+
+static bool parse(const char *text)
+{
+    err[0] = '\0';
+    return guardian_config_parse(text, strlen(text), "test.conf", &cfg, err, sizeof(err));
+}
+
+static void test_valid(void **st)
+{
+    (void)st;
+    assert_true(parse("# comment\n; another\n\n  backend =  /usr/lib/x.so  \r\n"
+                      "state_dir=/var/lib/g\nlog_level = Debug\n"));
+    assert_string_equal(cfg.backend, "/usr/lib/x.so");
+    assert_string_equal(cfg.state_dir, "/var/lib/g");
+    assert_int_equal(cfg.log_level, GUARDIAN_LOG_DEBUG);
+    assert_true(parse(""));
+    assert_int_equal(cfg.log_level, -1);
+    assert_string_equal(cfg.backend, "");
+    assert_true(parse("backend = /a b/c.so")); /* spaces inside a value are kept */
+    assert_string_equal(cfg.backend, "/a b/c.so");
+}
+
+struct bad_case {
+    const char *text;
+    const char *message;
+};
+
+static void test_malformed(void **st)
+{
+    static const struct bad_case cases[] = {
+        {"backend /x.so\n", "test.conf:1: expected 'key = value'"},
+        {"\n\nbackendd = /x.so\n", "test.conf:3: unknown key 'backendd'"},
+        {" = /x.so\n", "test.conf:1: missing key before '='"},
+        {"backend =\n", "test.conf:1: 'backend' has no value"},
+        {"backend = x.so\n", "test.conf:1: 'backend' must be an absolute path"},
+        {"state_dir = var/lib\n", "test.conf:1: 'state_dir' must be an absolute path"},
+        {"backend = /a.so\nbackend = /b.so\n", "test.conf:2: 'backend' is set twice"},
+        {"log_level = loud\n", "test.conf:1: invalid log_level 'loud'"},
+        {"log_level = 5\n", "test.conf:1: invalid log_level '5'"},
+        {"averyveryveryveryveryverylongkeyname = 1\n", "test.conf:1: unknown key"},
+    };
+    (void)st;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_false(parse(cases[i].text));
+        if (strstr(err, cases[i].message) == NULL)
+            fail_msg("case %zu: '%s' does not contain '%s'", i, err, cases[i].message);
+    }
+}
+
+static void test_limits(void **st)
+{
+    char *big;
+    char with_nul[] = "backend = /x\0.so\n";
+    (void)st;
+
+    big = malloc(GUARDIAN_CONF_MAX_BYTES + 2);
+    memset(big, '#', GUARDIAN_CONF_MAX_BYTES + 1);
+    big[GUARDIAN_CONF_MAX_BYTES + 1] = '\0';
+    assert_false(parse(big));
+    assert_non_null(strstr(err, "larger than"));
+
+    memset(big, 'a', 5000);
+    memcpy(big, "backend = /", 11);
+    big[5000] = '\0';
+    assert_false(parse(big));
+    assert_non_null(strstr(err, "line longer than"));
+
+    memset(big, 'a', PATH_MAX + 20);
+    memcpy(big, "backend = /", 11);
+    big[PATH_MAX + 20] = '\0';
+    assert_false(parse(big));
+    assert_non_null(strstr(err, "longer than"));
+    free(big);
+
+    assert_false(guardian_config_parse(with_nul, sizeof(with_nul) - 1, "t", &cfg, err, sizeof(err)));
+    assert_non_null(strstr(err, "NUL byte"));
+}
+
+static char dir[] = "/tmp/guardian-config-XXXXXX";
+static char path[PATH_MAX];
+
+static void write_file(const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static int env_setup(void **st)
+{
+    (void)st;
+    unsetenv("GUARDIAN_CONF");
+    unsetenv("GUARDIAN_BACKEND");
+    unsetenv("GUARDIAN_STATE_DIR");
+    snprintf(path, sizeof(path), "%s/guardian.conf", dir);
+    unlink(path);
+    return 0;
+}
+
+static void test_load_from_file_and_overrides(void **st)
+{
+    (void)st;
+    write_file("backend = /from/file.so\nstate_dir = /from/file/state\n");
+    setenv("GUARDIAN_CONF", path, 1);
+    assert_true(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_string_equal(cfg.source, path);
+    assert_string_equal(cfg.backend, "/from/file.so");
+    assert_string_equal(cfg.state_dir, "/from/file/state");
+
+    setenv("GUARDIAN_BACKEND", "/from/env.so", 1);
+    setenv("GUARDIAN_STATE_DIR", "/from/env/state", 1);
+    assert_true(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_string_equal(cfg.backend, "/from/env.so");
+    assert_string_equal(cfg.state_dir, "/from/env/state");
+
+    setenv("GUARDIAN_BACKEND", "relative.so", 1);
+    assert_false(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_string_equal(err, "GUARDIAN_BACKEND must be an absolute path");
+}
+
+static void test_load_errors(void **st)
+{
+    (void)st;
+    /* A file named by GUARDIAN_CONF must exist, even with GUARDIAN_BACKEND. */
+    setenv("GUARDIAN_CONF", path, 1);
+    setenv("GUARDIAN_BACKEND", "/x.so", 1);
+    assert_false(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_non_null(strstr(err, "not found"));
+    assert_non_null(strstr(err, path));
+
+    setenv("GUARDIAN_CONF", dir, 1); /* a directory */
+    assert_false(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_non_null(strstr(err, "not a regular file"));
+
+    unsetenv("GUARDIAN_BACKEND");
+    setenv("GUARDIAN_CONF", path, 1);
+    write_file("state_dir = /s\n");
+    assert_false(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_non_null(strstr(err, "no 'backend' set"));
+
+    write_file("backend = /b.so\nfrobnicate = yes\n");
+    assert_false(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_non_null(strstr(err, ":2: unknown key 'frobnicate'"));
+}
+
+static void test_default_state_dir(void **st)
+{
+    (void)st;
+    setenv("GUARDIAN_CONF", path, 1);
+    write_file("backend = /b.so\n");
+    assert_true(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_string_equal(cfg.state_dir, GUARDIAN_DEFAULT_STATE_DIR);
+}
+
+static void test_log_levels(void **st)
+{
+    (void)st;
+    assert_int_equal(guardian_log_level_parse("error"), GUARDIAN_LOG_ERROR);
+    assert_int_equal(guardian_log_level_parse("WARNING"), GUARDIAN_LOG_WARN);
+    assert_int_equal(guardian_log_level_parse("trace"), GUARDIAN_LOG_TRACE);
+    assert_int_equal(guardian_log_level_parse("3"), GUARDIAN_LOG_DEBUG);
+    assert_int_equal(guardian_log_level_parse("34"), -1);
+    assert_int_equal(guardian_log_level_parse(""), -1);
+    assert_int_equal(guardian_log_level_parse(NULL), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_valid),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_log_levels),
+        cmocka_unit_test_setup(test_load_from_file_and_overrides, env_setup),
+        cmocka_unit_test_setup(test_load_errors, env_setup),
+        cmocka_unit_test_setup(test_default_state_dir, env_setup),
+    };
+    int failed;
+    if (mkdtemp(dir) == NULL)
+        return 1;
+    failed = cmocka_run_group_tests_name("config", tests, NULL, NULL);
+    snprintf(path, sizeof(path), "%s/guardian.conf", dir);
+    unlink(path);
+    rmdir(dir);
+    return failed;
+}
