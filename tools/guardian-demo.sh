@@ -21,8 +21,9 @@ if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 die() { printf 'guardian-demo: %s\n' "$*" >&2; exit 1; }
 
-for tool in cmake softhsm2-util pkcs11-tool openssl; do
-    command -v "$tool" >/dev/null || die "$tool is missing: install the packages listed in README.md"
+for tool in cmake cc softhsm2-util pkcs11-tool openssl; do
+    command -v "$tool" >/dev/null ||
+        die "$tool is missing; install the prerequisites: sudo apt-get install -y \$(cat $here/tools/debian-packages)"
 done
 [ -r "$softhsm" ] || die "SoftHSMv2 module not found at $softhsm (apt-get install softhsm2)"
 
