@@ -13,6 +13,11 @@
  * (SoftHSMv2 does unless library.reset_on_fork is set), so the child's
  * C_Initialize finalizes that inherited state first when the backend says
  * CKR_CRYPTOKI_ALREADY_INITIALIZED.
+ *
+ * Sharing: outside that fork case, a backend that answers
+ * CKR_CRYPTOKI_ALREADY_INITIALIZED was initialized by another user in this
+ * process (p11-kit loading SoftHSM's own .module beside ours, or an application
+ * using both): we use it as it is and do not finalize it for its owner.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -33,6 +38,10 @@ static struct guardian_config config;
 static struct guardian_backend backend;
 /* Set in a forked child whose parent had initialized the backend. */
 static bool inherited_backend_init;
+/* The backend was already initialized by someone else in this process (p11-kit
+ * or the application loading SoftHSM beside us): we share it and leave its
+ * C_Finalize to its owner. */
+static bool backend_borrowed;
 
 static void atfork_child(void)
 {
@@ -149,6 +158,13 @@ CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
         backend.list->C_Finalize(NULL);
         rv = backend.list->C_Initialize(init_args);
     }
+    backend_borrowed = false;
+    if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED && !inherited_backend_init) {
+        guardian_info("init", "backend already initialized by another user in this process: sharing it; "
+                              "our C_Finalize will leave it initialized");
+        backend_borrowed = true;
+        rv = CKR_OK;
+    }
     if (rv != CKR_OK) {
         const char *name = guardian_ckr_name(rv);
         guardian_error("init", "backend C_Initialize failed: %s", name ? name : "unknown CKR");
@@ -178,6 +194,11 @@ CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
      * application. */
     atomic_store(&guardian_active_list, NULL);
     atomic_store(&guardian_active_list3, NULL);
+    if (backend_borrowed) {
+        backend_borrowed = false;
+        rv = CKR_OK;
+        goto out;
+    }
     rv = backend.list->C_Finalize(NULL);
     if (rv != CKR_OK)
         guardian_warn("init", "backend C_Finalize returned %s", guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "?");

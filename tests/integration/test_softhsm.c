@@ -281,6 +281,26 @@ static void test_fork(void **st)
     assert_int_equal(m->C_Finalize(NULL), CKR_OK);
 }
 
+/* ---- sharing a backend another user initialized (p11-kit loads SoftHSM's own
+ * .module beside ours into the same process) ---------------------------- */
+
+static void test_shared_backend(void **st)
+{
+    CK_FUNCTION_LIST *d = test_load_module(test_softhsm_path(), NULL);
+    CK_FUNCTION_LIST *m = test_load_module(test_guardian_path(), NULL);
+    CK_SLOT_ID slot;
+    (void)st;
+
+    assert_int_equal(d->C_Initialize(NULL), CKR_OK);
+    assert_int_equal(m->C_Initialize(NULL), CKR_OK);
+    assert_int_equal(test_find_slot(m, token.label, &slot), CKR_OK);
+    assert_int_equal(sign_once(m, slot), CKR_OK);
+    assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+    /* The owner's SoftHSM is still initialized and working. */
+    assert_int_equal(sign_once(d, slot), CKR_OK);
+    assert_int_equal(d->C_Finalize(NULL), CKR_OK);
+}
+
 /* ---- racing C_Initialize (SoftHSM alone crashes here) --------------------- */
 
 struct race {
@@ -463,6 +483,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_conformance_direct_vs_module, token_setup, token_teardown),
         cmocka_unit_test_setup_teardown(test_fork, token_setup, token_teardown),
+        cmocka_unit_test_setup_teardown(test_shared_backend, token_setup, token_teardown),
         cmocka_unit_test_setup_teardown(test_initialize_race, token_setup, token_teardown),
         cmocka_unit_test_setup_teardown(test_config_and_backend_failures, token_setup, token_teardown),
     };

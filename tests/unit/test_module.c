@@ -124,6 +124,27 @@ static void test_backend_initialize_failure_passes_through(void **st)
     assert_int_equal(mod->C_Initialize(NULL), CKR_OK);
 }
 
+static void test_backend_initialized_by_someone_else(void **st)
+{
+    CK_ULONG n = 0;
+    (void)st;
+    /* Another user of the same backend in this process initialized it first. */
+    atomic_store(&fake_backend()->initialized, 1);
+    assert_int_equal(mod->C_Initialize(NULL), CKR_OK);
+    assert_int_equal(mod->C_GetSlotList(CK_FALSE, NULL, &n), CKR_OK);
+    assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
+    /* ... and it is still theirs: we did not finalize it. */
+    assert_int_equal(atomic_load(&fake_backend()->finalize_calls), 0);
+    assert_int_equal(atomic_load(&fake_backend()->initialized), 1);
+    assert_int_equal(mod->C_GetSlotList(CK_FALSE, NULL, &n), CKR_CRYPTOKI_NOT_INITIALIZED);
+    /* When we initialize it ourselves, we finalize it too. */
+    atomic_store(&fake_backend()->initialized, 0);
+    assert_int_equal(mod->C_Initialize(NULL), CKR_OK);
+    assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
+    assert_int_equal(atomic_load(&fake_backend()->finalize_calls), 1);
+    assert_int_equal(atomic_load(&fake_backend()->initialized), 0);
+}
+
 struct race {
     pthread_barrier_t barrier;
     CK_RV rv[8];
@@ -576,6 +597,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_initialize_args, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backend_initialize_failure_passes_through, setup, teardown),
         cmocka_unit_test_setup_teardown(test_initialize_race, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backend_initialized_by_someone_else, setup, teardown),
         cmocka_unit_test_setup_teardown(test_interfaces, setup, teardown),
         cmocka_unit_test(test_registry_availability),
     };
