@@ -1,0 +1,311 @@
+/*
+ * package.c — ASN.1 templates and the checked decoder of the Guardian package
+ * content.  See package.h and docs/package-format.md.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+
+#include "package.h"
+
+/* CKK_* values used in WrappedKey.keyType (PKCS#11 2.40). */
+#define PKG_CKK_RSA 0x00
+#define PKG_CKK_EC 0x03
+#define PKG_CKK_GENERIC_SECRET 0x10
+#define PKG_CKK_AES 0x1f
+
+ASN1_SEQUENCE(GUARDIAN_WRAPPED_KEY) = {
+    ASN1_SIMPLE(GUARDIAN_WRAPPED_KEY, label, ASN1_UTF8STRING),
+    ASN1_SIMPLE(GUARDIAN_WRAPPED_KEY, key_type, ASN1_INTEGER),
+    ASN1_SIMPLE(GUARDIAN_WRAPPED_KEY, wrapped, ASN1_OCTET_STRING),
+} ASN1_SEQUENCE_END(GUARDIAN_WRAPPED_KEY)
+IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_WRAPPED_KEY)
+
+ASN1_SEQUENCE(GUARDIAN_DATA_ITEM) = {
+    ASN1_SIMPLE(GUARDIAN_DATA_ITEM, name, ASN1_UTF8STRING),
+    ASN1_SIMPLE(GUARDIAN_DATA_ITEM, protection, ASN1_ENUMERATED),
+    ASN1_SIMPLE(GUARDIAN_DATA_ITEM, value, ASN1_OCTET_STRING),
+} ASN1_SEQUENCE_END(GUARDIAN_DATA_ITEM)
+IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_DATA_ITEM)
+
+ASN1_SEQUENCE(GUARDIAN_CERT_TEMPLATE) = {
+    ASN1_SIMPLE(GUARDIAN_CERT_TEMPLATE, subject, ASN1_UTF8STRING),
+    ASN1_SIMPLE(GUARDIAN_CERT_TEMPLATE, validity_days, ASN1_INTEGER),
+    ASN1_SIMPLE(GUARDIAN_CERT_TEMPLATE, key_usage, ASN1_BIT_STRING),
+    ASN1_SEQUENCE_OF_OPT(GUARDIAN_CERT_TEMPLATE, ext_key_usage, ASN1_OBJECT),
+} ASN1_SEQUENCE_END(GUARDIAN_CERT_TEMPLATE)
+IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_CERT_TEMPLATE)
+
+ASN1_SEQUENCE(GUARDIAN_KEY_TRANSPORT) = {
+    ASN1_SIMPLE(GUARDIAN_KEY_TRANSPORT, scheme, ASN1_OBJECT),
+    ASN1_SIMPLE(GUARDIAN_KEY_TRANSPORT, ephemeral_key, ASN1_OCTET_STRING),
+} ASN1_SEQUENCE_END(GUARDIAN_KEY_TRANSPORT)
+IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_KEY_TRANSPORT)
+
+ASN1_SEQUENCE(GUARDIAN_PRODUCTION_CA) = {
+    ASN1_SIMPLE(GUARDIAN_PRODUCTION_CA, key, GUARDIAN_WRAPPED_KEY),
+    ASN1_SEQUENCE_OF(GUARDIAN_PRODUCTION_CA, chain, X509),
+} ASN1_SEQUENCE_END(GUARDIAN_PRODUCTION_CA)
+IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_PRODUCTION_CA)
+
+ASN1_SEQUENCE(GUARDIAN_PACKAGE) = {
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, version, ASN1_INTEGER),
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, package_id, ASN1_OCTET_STRING),
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, target_guardian, ASN1_OCTET_STRING),
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, oem_id, ASN1_UTF8STRING),
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, product_id, ASN1_UTF8STRING),
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, release_version, ASN1_INTEGER),
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, authorised_units, ASN1_INTEGER),
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, not_after, ASN1_GENERALIZEDTIME),
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, cert_template, GUARDIAN_CERT_TEMPLATE),
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, transport, GUARDIAN_KEY_TRANSPORT),
+    ASN1_SIMPLE(GUARDIAN_PACKAGE, production_ca, GUARDIAN_PRODUCTION_CA),
+    ASN1_IMP_SEQUENCE_OF_OPT(GUARDIAN_PACKAGE, extra_keys, GUARDIAN_WRAPPED_KEY, 0),
+    ASN1_IMP_SEQUENCE_OF_OPT(GUARDIAN_PACKAGE, data_items, GUARDIAN_DATA_ITEM, 1),
+} ASN1_SEQUENCE_END(GUARDIAN_PACKAGE)
+IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_PACKAGE)
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (err != NULL && errlen > 0) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return 0;
+}
+
+/* IDs end up in certificate subjects and file names: a conservative alphabet. */
+static int id_ok(const ASN1_UTF8STRING *s, char *out)
+{
+    int n = ASN1_STRING_length(s);
+    const unsigned char *d = ASN1_STRING_get0_data(s);
+    if (n < 1 || n > GUARDIAN_PKG_NAME_MAX)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        unsigned char c = d[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-' || c == ':'))
+            return 0;
+    }
+    memcpy(out, d, (size_t)n);
+    out[n] = '\0';
+    return 1;
+}
+
+/* Labels and names: printable ASCII, no control characters. */
+static int label_ok(const ASN1_UTF8STRING *s)
+{
+    int n = ASN1_STRING_length(s);
+    const unsigned char *d = ASN1_STRING_get0_data(s);
+    if (n < 1 || n > GUARDIAN_PKG_NAME_MAX)
+        return 0;
+    for (int i = 0; i < n; i++)
+        if (d[i] < 0x20 || d[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+static int get_u64(const ASN1_INTEGER *a, uint64_t *out)
+{
+    return a != NULL && ASN1_INTEGER_get_uint64(out, a) == 1;
+}
+
+static int wrapped_key_ok(const GUARDIAN_WRAPPED_KEY *k, int private_only, const char *what, char *err,
+                          size_t errlen)
+{
+    uint64_t type = 0;
+    int n = ASN1_STRING_length(k->wrapped);
+
+    if (!label_ok(k->label))
+        return fail(err, errlen, "%s: label must be 1-%d printable ASCII characters", what, GUARDIAN_PKG_NAME_MAX);
+    if (!get_u64(k->key_type, &type))
+        return fail(err, errlen, "%s: key type is not a valid integer", what);
+    if (type != PKG_CKK_EC && type != PKG_CKK_RSA && (private_only || (type != PKG_CKK_AES && type != PKG_CKK_GENERIC_SECRET)))
+        return fail(err, errlen, "%s: unsupported key type 0x%llx", what, (unsigned long long)type);
+    /* RFC 5649 output: a multiple of 8 bytes, at least 16. */
+    if (n < 16 || n > 16384 || n % 8 != 0)
+        return fail(err, errlen, "%s: wrapped key has an invalid length (%d bytes)", what, n);
+    return 1;
+}
+
+int guardian_package_scheme(const ASN1_OBJECT *oid)
+{
+    char text[128];
+    if (oid == NULL || OBJ_obj2txt(text, sizeof(text), oid, 1) <= 0)
+        return 0;
+    if (strcmp(text, GUARDIAN_OID_KT_ECDH_AESCBC) == 0)
+        return GUARDIAN_KT_ECDH_AESCBC;
+    if (strcmp(text, GUARDIAN_OID_KT_ECDH_SHA256KDF) == 0)
+        return GUARDIAN_KT_ECDH_SHA256KDF;
+    return 0;
+}
+
+void guardian_package_free(struct guardian_package *pkg)
+{
+    if (pkg == NULL)
+        return;
+    GUARDIAN_PACKAGE_free(pkg->asn1);
+    memset(pkg, 0, sizeof(*pkg));
+}
+
+int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_package *out, char *err,
+                            size_t errlen)
+{
+    const unsigned char *p = der;
+    unsigned char *again = NULL;
+    GUARDIAN_PACKAGE *a = NULL;
+    struct tm tm;
+    uint64_t u = 0;
+    int n, ok = 0;
+
+    memset(out, 0, sizeof(*out));
+    if (der == NULL || len == 0 || len > GUARDIAN_PACKAGE_MAX_BYTES)
+        return fail(err, errlen, "package content is empty or larger than %d bytes", GUARDIAN_PACKAGE_MAX_BYTES);
+    a = d2i_GUARDIAN_PACKAGE(NULL, &p, (long)len);
+    if (a == NULL)
+        return fail(err, errlen, "package content is not a valid GuardianPackage structure");
+    if ((size_t)(p - der) != len) {
+        fail(err, errlen, "package content has %zu trailing bytes", len - (size_t)(p - der));
+        goto out;
+    }
+    /* DER only: one encoding per package, so that its digest identifies it. */
+    n = i2d_GUARDIAN_PACKAGE(a, &again);
+    if (n < 0 || (size_t)n != len || memcmp(again, der, len) != 0) {
+        fail(err, errlen, "package content is not in canonical DER");
+        goto out;
+    }
+
+    if (!get_u64(a->version, &u) || u != GUARDIAN_PACKAGE_VERSION) {
+        fail(err, errlen, "unsupported package format version (this Guardian reads version %d)",
+             GUARDIAN_PACKAGE_VERSION);
+        goto out;
+    }
+    if (ASN1_STRING_length(a->package_id) != GUARDIAN_PKG_ID_LEN) {
+        fail(err, errlen, "package ID must be %d bytes", GUARDIAN_PKG_ID_LEN);
+        goto out;
+    }
+    memcpy(out->package_id, ASN1_STRING_get0_data(a->package_id), GUARDIAN_PKG_ID_LEN);
+    if (ASN1_STRING_length(a->target_guardian) != GUARDIAN_PKG_HASH_LEN) {
+        fail(err, errlen, "target Guardian must be a %d-byte SHA-256 digest", GUARDIAN_PKG_HASH_LEN);
+        goto out;
+    }
+    memcpy(out->target_guardian, ASN1_STRING_get0_data(a->target_guardian), GUARDIAN_PKG_HASH_LEN);
+    if (!id_ok(a->oem_id, out->oem_id) || !id_ok(a->product_id, out->product_id)) {
+        fail(err, errlen, "OEM ID and product ID must be 1-%d characters of A-Z a-z 0-9 . _ - :",
+             GUARDIAN_PKG_NAME_MAX);
+        goto out;
+    }
+    if (!get_u64(a->release_version, &u) || u > UINT32_MAX) {
+        fail(err, errlen, "release version must be 0..%u", UINT32_MAX);
+        goto out;
+    }
+    out->release_version = (uint32_t)u;
+    if (!get_u64(a->authorised_units, &u) || u < 1 || u > (UINT64_C(1) << 40)) {
+        fail(err, errlen, "authorised unit count must be 1..2^40");
+        goto out;
+    }
+    out->authorised_units = u;
+    if (ASN1_STRING_length(a->not_after) != 15 || !ASN1_TIME_to_tm(a->not_after, &tm)) {
+        fail(err, errlen, "not-after must be a GeneralizedTime YYYYMMDDHHMMSSZ");
+        goto out;
+    }
+    out->not_after = (int64_t)timegm(&tm);
+
+    {
+        const GUARDIAN_CERT_TEMPLATE *t = a->cert_template;
+        int sl = ASN1_STRING_length(t->subject);
+        if (sl < 1 || sl > 512 || !get_u64(t->validity_days, &u) || u < 1 || u > 36500 ||
+            ASN1_STRING_length(t->key_usage) > 2 ||
+            (t->ext_key_usage != NULL && sk_ASN1_OBJECT_num(t->ext_key_usage) > GUARDIAN_PKG_MAX_ITEMS)) {
+            fail(err, errlen, "device certificate template is invalid (subject 1-512 bytes, validity 1-36500 days)");
+            goto out;
+        }
+    }
+
+    out->scheme = guardian_package_scheme(a->transport->scheme);
+    if (out->scheme == 0) {
+        fail(err, errlen, "unknown key transport scheme");
+        goto out;
+    }
+    n = ASN1_STRING_length(a->transport->ephemeral_key);
+    if ((n != 65 && n != 97) || ASN1_STRING_get0_data(a->transport->ephemeral_key)[0] != 0x04) {
+        fail(err, errlen, "ephemeral key must be an uncompressed P-256 or P-384 point");
+        goto out;
+    }
+
+    if (!wrapped_key_ok(a->production_ca->key, 1, "production CA key", err, errlen))
+        goto out;
+    n = sk_X509_num(a->production_ca->chain);
+    if (n < 1 || n > GUARDIAN_PKG_MAX_ITEMS) {
+        fail(err, errlen, "production CA chain must hold 1-%d certificates", GUARDIAN_PKG_MAX_ITEMS);
+        goto out;
+    }
+    if (a->extra_keys != NULL) {
+        if (sk_GUARDIAN_WRAPPED_KEY_num(a->extra_keys) > GUARDIAN_PKG_MAX_ITEMS) {
+            fail(err, errlen, "more than %d extra keys", GUARDIAN_PKG_MAX_ITEMS);
+            goto out;
+        }
+        for (int i = 0; i < sk_GUARDIAN_WRAPPED_KEY_num(a->extra_keys); i++)
+            if (!wrapped_key_ok(sk_GUARDIAN_WRAPPED_KEY_value(a->extra_keys, i), 0, "extra key", err, errlen))
+                goto out;
+    }
+    if (a->data_items != NULL) {
+        int count = sk_GUARDIAN_DATA_ITEM_num(a->data_items);
+        if (count > GUARDIAN_PKG_MAX_ITEMS) {
+            fail(err, errlen, "more than %d data items", GUARDIAN_PKG_MAX_ITEMS);
+            goto out;
+        }
+        for (int i = 0; i < count; i++) {
+            const GUARDIAN_DATA_ITEM *d = sk_GUARDIAN_DATA_ITEM_value(a->data_items, i);
+            long prot = ASN1_ENUMERATED_get(d->protection);
+            int vl = ASN1_STRING_length(d->value);
+            if (!label_ok(d->name)) {
+                fail(err, errlen, "data item %d: name must be 1-%d printable ASCII characters", i,
+                     GUARDIAN_PKG_NAME_MAX);
+                goto out;
+            }
+            for (int j = 0; j < i; j++)
+                if (ASN1_STRING_cmp(d->name, sk_GUARDIAN_DATA_ITEM_value(a->data_items, j)->name) == 0) {
+                    fail(err, errlen, "data item %d: name repeated", i);
+                    goto out;
+                }
+            if ((prot != GUARDIAN_DATA_INTEGRITY && prot != GUARDIAN_DATA_CONFIDENTIAL) || vl > GUARDIAN_PKG_MAX_DATA_BYTES ||
+                (prot == GUARDIAN_DATA_CONFIDENTIAL && (vl < 16 || vl % 8 != 0))) {
+                fail(err, errlen, "data item %d: invalid protection or value length", i);
+                goto out;
+            }
+        }
+    }
+    out->asn1 = a;
+    a = NULL;
+    ok = 1;
+out:
+    OPENSSL_free(again);
+    GUARDIAN_PACKAGE_free(a);
+    if (!ok)
+        memset(out, 0, sizeof(*out));
+    return ok;
+}
+
+int guardian_package_kek_context(const struct guardian_package *pkg, uint8_t out[32])
+{
+    const ASN1_OCTET_STRING *eph = pkg->asn1->transport->ephemeral_key;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int n = 0;
+    int ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(md, GUARDIAN_KEK_CONTEXT_LABEL, strlen(GUARDIAN_KEK_CONTEXT_LABEL)) == 1 &&
+             EVP_DigestUpdate(md, pkg->package_id, GUARDIAN_PKG_ID_LEN) == 1 &&
+             EVP_DigestUpdate(md, pkg->target_guardian, GUARDIAN_PKG_HASH_LEN) == 1 &&
+             EVP_DigestUpdate(md, ASN1_STRING_get0_data(eph), (size_t)ASN1_STRING_length(eph)) == 1 &&
+             EVP_DigestFinal_ex(md, out, &n) == 1 && n == 32;
+    EVP_MD_CTX_free(md);
+    return ok;
+}

@@ -1,0 +1,126 @@
+/*
+ * package.h — the Guardian package format (docs/package-format.md), shared by
+ * the module (unwrap-into-token) and the OEM's guardian-wrap tool.
+ *
+ * A package is a DER CMS ContentInfo of type SignedData whose encapsulated
+ * content (type id-guardian-package) is the DER GuardianPackage below.  This
+ * file holds the ASN.1 templates, the decoder with its limits, and the key
+ * transport's public computations (the KDF context); it never touches a
+ * secret: key material is unwrapped inside the backend.
+ */
+#ifndef GUARDIAN_MECHS_PACKAGE_H
+#define GUARDIAN_MECHS_PACKAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/asn1t.h>
+#include <openssl/cms.h>
+#include <openssl/x509.h>
+
+/* 2.25.<UUID 2f36db1f-1018-40c0-94de-156991ce1eaf>: an arc that needs no
+ * registration (ITU-T X.667). */
+#define GUARDIAN_OID_ARC "2.25.62758544141009244537205961397770264239"
+#define GUARDIAN_OID_PACKAGE GUARDIAN_OID_ARC ".1"
+#define GUARDIAN_OID_KT_ECDH_AESCBC GUARDIAN_OID_ARC ".2.1"
+#define GUARDIAN_OID_KT_ECDH_SHA256KDF GUARDIAN_OID_ARC ".2.2"
+
+#define GUARDIAN_PACKAGE_VERSION 1
+#define GUARDIAN_PACKAGE_MAX_BYTES (1024 * 1024)
+#define GUARDIAN_PKG_ID_LEN 16
+#define GUARDIAN_PKG_HASH_LEN 32
+#define GUARDIAN_PKG_NAME_MAX 64
+#define GUARDIAN_PKG_MAX_ITEMS 32        /* extra keys, data items, chain certs */
+#define GUARDIAN_PKG_MAX_DATA_BYTES 65536 /* one data item's value */
+#define GUARDIAN_KEK_CONTEXT_LABEL "GUARDIAN-KEK-v1"
+
+/* Data item protection. */
+#define GUARDIAN_DATA_INTEGRITY 0
+#define GUARDIAN_DATA_CONFIDENTIAL 1
+
+typedef struct {
+    ASN1_UTF8STRING *label;
+    ASN1_INTEGER *key_type; /* CKK_* */
+    ASN1_OCTET_STRING *wrapped;
+} GUARDIAN_WRAPPED_KEY;
+
+typedef struct {
+    ASN1_UTF8STRING *name;
+    ASN1_ENUMERATED *protection;
+    ASN1_OCTET_STRING *value;
+} GUARDIAN_DATA_ITEM;
+
+typedef struct {
+    ASN1_UTF8STRING *subject;       /* pattern, e.g. "CN=${device_id},O=${oem_id}" */
+    ASN1_INTEGER *validity_days;
+    ASN1_BIT_STRING *key_usage;     /* X.509 KeyUsage bits */
+    STACK_OF(ASN1_OBJECT) *ext_key_usage; /* OPTIONAL */
+} GUARDIAN_CERT_TEMPLATE;
+
+typedef struct {
+    ASN1_OBJECT *scheme;
+    ASN1_OCTET_STRING *ephemeral_key; /* X9.62 uncompressed point */
+} GUARDIAN_KEY_TRANSPORT;
+
+DEFINE_STACK_OF(GUARDIAN_WRAPPED_KEY)
+DEFINE_STACK_OF(GUARDIAN_DATA_ITEM)
+
+typedef struct {
+    GUARDIAN_WRAPPED_KEY *key;
+    STACK_OF(X509) *chain; /* production CA certificate first */
+} GUARDIAN_PRODUCTION_CA;
+
+typedef struct {
+    ASN1_INTEGER *version;
+    ASN1_OCTET_STRING *package_id;
+    ASN1_OCTET_STRING *target_guardian;
+    ASN1_UTF8STRING *oem_id;
+    ASN1_UTF8STRING *product_id;
+    ASN1_INTEGER *release_version;
+    ASN1_INTEGER *authorised_units;
+    ASN1_GENERALIZEDTIME *not_after;
+    GUARDIAN_CERT_TEMPLATE *cert_template;
+    GUARDIAN_KEY_TRANSPORT *transport;
+    GUARDIAN_PRODUCTION_CA *production_ca;
+    STACK_OF(GUARDIAN_WRAPPED_KEY) *extra_keys; /* [0] OPTIONAL */
+    STACK_OF(GUARDIAN_DATA_ITEM) *data_items;   /* [1] OPTIONAL */
+} GUARDIAN_PACKAGE;
+
+DECLARE_ASN1_FUNCTIONS(GUARDIAN_WRAPPED_KEY)
+DECLARE_ASN1_FUNCTIONS(GUARDIAN_DATA_ITEM)
+DECLARE_ASN1_FUNCTIONS(GUARDIAN_CERT_TEMPLATE)
+DECLARE_ASN1_FUNCTIONS(GUARDIAN_KEY_TRANSPORT)
+DECLARE_ASN1_FUNCTIONS(GUARDIAN_PRODUCTION_CA)
+DECLARE_ASN1_FUNCTIONS(GUARDIAN_PACKAGE)
+
+/* The checked, plain view of a decoded package (pointers into `asn1`). */
+struct guardian_package {
+    GUARDIAN_PACKAGE *asn1;
+    uint8_t package_id[GUARDIAN_PKG_ID_LEN];
+    uint8_t target_guardian[GUARDIAN_PKG_HASH_LEN];
+    char oem_id[GUARDIAN_PKG_NAME_MAX + 1];
+    char product_id[GUARDIAN_PKG_NAME_MAX + 1];
+    uint32_t release_version;
+    uint64_t authorised_units;
+    int64_t not_after; /* seconds since the epoch */
+    int scheme;        /* GUARDIAN_KT_* */
+};
+
+#define GUARDIAN_KT_ECDH_AESCBC 1
+#define GUARDIAN_KT_ECDH_SHA256KDF 2
+
+/* Decode the DER GuardianPackage content (not the CMS wrapper) and check every
+ * field against the format's limits.  On failure returns 0 and writes one line
+ * to `err`; `out` is then empty.  guardian_package_free releases it. */
+int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_package *out, char *err,
+                            size_t errlen);
+void guardian_package_free(struct guardian_package *pkg);
+
+/* C = SHA-256(label || package_id || target_guardian || ephemeral point): the
+ * KDF context that binds the KEK to this package and this Guardian. */
+int guardian_package_kek_context(const struct guardian_package *pkg, uint8_t out[32]);
+
+/* Map a scheme OID to GUARDIAN_KT_*, 0 if unknown. */
+int guardian_package_scheme(const ASN1_OBJECT *oid);
+
+#endif /* GUARDIAN_MECHS_PACKAGE_H */

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# test_guardian_wrap.sh — the OEM's wrapping tool, end to end with OpenSSL only:
+# create a package, inspect it, have `openssl cms -verify` accept it, and check
+# that tampering, a wrong root, a wrong Guardian and bad inputs are refused with
+# a clear message.  Usage: test_guardian_wrap.sh PATH/TO/guardian-wrap
+set -uo pipefail
+W=${1:?usage: $0 guardian-wrap}
+work=$(mktemp -d "${TMPDIR:-/tmp}/guardian-wrap-test-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cd "$work" || exit 1
+pass=0 fail=0
+ok() { echo "PASS $1"; pass=$((pass + 1)); }
+ko() { echo "FAIL $1"; fail=$((fail + 1)); }
+# expect NAME EXIT_CODE_EXPECTED(0|nonzero) PATTERN -- command...
+expect() {
+    local name=$1 want=$2 pattern=$3 out rc
+    shift 4
+    out=$("$@" 2>&1)
+    rc=$?
+    if { [ "$want" = 0 ] && [ $rc -ne 0 ]; } || { [ "$want" != 0 ] && [ $rc -eq 0 ]; }; then
+        ko "$name: exit $rc"; echo "$out" | sed 's/^/    /'; return
+    fi
+    if [ -n "$pattern" ] && ! grep -qE -- "$pattern" <<<"$out"; then
+        ko "$name: output lacks /$pattern/"; echo "$out" | sed 's/^/    /'; return
+    fi
+    ok "$name"
+}
+
+ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+ec_key guardian.key && openssl req -new -x509 -key guardian.key -subj /CN=guardian-1 -days 30 -out guardian.pem
+ec_key other.key && openssl req -new -x509 -key other.key -subj /CN=guardian-2 -days 30 -out other-guardian.pem
+ec_key root.key && openssl req -new -x509 -key root.key -subj "/CN=ACME Root" -days 3650 -out root.pem \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+ec_key evil.key && openssl req -new -x509 -key evil.key -subj "/CN=ACME Root" -days 3650 -out evil-root.pem
+issue() { # issue NAME SUBJECT EXT
+    ec_key "$1.key"
+    openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
+    openssl x509 -req -in "$1.csr" -CA root.pem -CAkey root.key -days 365 -out "$1.pem" \
+        -extfile <(printf '%s\n' "$3") 2>/dev/null
+}
+issue signer "/CN=ACME Package Signer" "keyUsage=critical,digitalSignature"
+issue ca "/CN=ACME Production CA" "basicConstraints=critical,CA:TRUE,pathlen:0
+keyUsage=critical,keyCertSign"
+echo "config v1" >config.txt
+head -c 32 /dev/urandom >boot.key
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out extra-rsa.key 2>/dev/null
+
+base=(create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem
+      --ca-key ca.key --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id SENSOR-1
+      --release 3 --units 1000 --not-after +365)
+
+expect "create" 0 "wrote p.gpk" -- "$W" "${base[@]}" --data config=config.txt --secret-data bootkey=boot.key \
+    --extra-key attest=extra-rsa.key --ext-key-usage clientAuth --out p.gpk
+expect "inspect with root and Guardian" 0 "signer chains to the given OEM root" -- \
+    "$W" inspect p.gpk --oem-root root.pem --guardian-cert guardian.pem
+expect "inspect shows product" 0 "product +ACME / SENSOR-1" -- "$W" inspect p.gpk
+expect "inspect lists data and keys" 0 'data item +"bootkey" confidential' -- "$W" inspect p.gpk
+expect "inspect lists extra key" 0 'extra key +"attest" \(RSA private key' -- "$W" inspect p.gpk
+expect "openssl cms -verify accepts" 0 "" -- openssl cms -verify -inform DER -in p.gpk -CAfile root.pem \
+    -binary -out content.der
+expect "x963 kdf variant" 0 "wrote q.gpk" -- "$W" "${base[@]}" --kdf x963-sha256 --out q.gpk
+expect "x963 inspect" 0 "X9.63 SHA-256" -- "$W" inspect q.gpk --oem-root root.pem
+
+# Secrets never appear in clear in the package.
+if grep -qF "$(head -c 32 boot.key | od -An -tx1 | tr -d ' \n')" <(od -An -tx1 p.gpk | tr -d ' \n'); then
+    ko "secret data in clear"
+else ok "secret data not in clear"; fi
+
+expect "wrong root refused" 1 "INVALID" -- "$W" inspect p.gpk --oem-root evil-root.pem
+expect "wrong Guardian reported" 1 "NOT other-guardian.pem" -- "$W" inspect p.gpk --guardian-cert other-guardian.pem
+size=$(stat -c %s p.gpk)
+for off in 20 200 $((size / 2)) $((size - 40)); do
+    cp p.gpk t.gpk
+    printf '\x5a' | dd of=t.gpk bs=1 seek="$off" conv=notrunc 2>/dev/null
+    cmp -s p.gpk t.gpk && printf '\xa5' | dd of=t.gpk bs=1 seek="$off" conv=notrunc 2>/dev/null
+    expect "byte $off tampered: openssl refuses" 1 "" -- openssl cms -verify -inform DER -in t.gpk -CAfile root.pem -binary -out /dev/null
+    expect "byte $off tampered: inspect refuses" 1 "INVALID|not a Guardian package|not a valid" -- "$W" inspect t.gpk --oem-root root.pem
+done
+head -c $((size - 10)) p.gpk >trunc.gpk
+expect "truncated refused" 1 "not a Guardian package" -- "$W" inspect trunc.gpk
+
+expect "missing option" 1 "missing --units" -- "$W" create --guardian-cert guardian.pem --signer-key signer.key \
+    --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --oem-id A --product-id B --release 1 \
+    --not-after +1 --out x.gpk
+expect "key/cert mismatch" 1 "does not match the public key" -- "$W" create --guardian-cert guardian.pem \
+    --signer-key ca.key --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --oem-id A --product-id B \
+    --release 1 --units 1 --not-after +1 --out x.gpk
+expect "past not-after" 1 "is in the past" -- "$W" "${base[@]/+365/2001-01-01}" --out x.gpk
+expect "bad OEM ID" 1 "OEM ID and product ID" -- "$W" create --guardian-cert guardian.pem --signer-key signer.key \
+    --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --oem-id "AC ME" --product-id B --release 1 \
+    --units 1 --not-after +1 --out x.gpk
+openssl req -new -x509 -key extra-rsa.key -subj /CN=rsa-guardian -days 1 -out rsa-guardian.pem
+expect "RSA Guardian refused" 1 "must carry an EC key" -- "$W" create --guardian-cert rsa-guardian.pem --signer-key signer.key \
+    --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --oem-id A --product-id B --release 1 \
+    --units 1 --not-after +1 --out x.gpk
+expect "not a certificate" 1 "holds no certificate" -- "$W" create --guardian-cert config.txt --signer-key signer.key \
+    --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --oem-id A --product-id B --release 1 \
+    --units 1 --not-after +1 --out x.gpk
+expect "not a package" 1 "not a Guardian package" -- "$W" inspect config.txt
+expect "unknown command" 1 "unknown command" -- "$W" frobnicate
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,802 @@
+/*
+ * guardian-wrap — the OEM's tool: wrap provisioning secrets for one Guardian,
+ * and inspect a package.  Runs on the OEM's PC with OpenSSL only; needs no HSM.
+ *
+ *   guardian-wrap create  --guardian-cert G.pem --signer-key K.pem --signer-cert C.pem ...
+ *   guardian-wrap inspect PACKAGE [--oem-root ROOT.pem] [--guardian-cert G.pem]
+ *
+ * The format is docs/package-format.md; the CLI is docs/guardian-wrap.md.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/bio.h>
+#include <openssl/cms.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include "package.h"
+
+#define PROG "guardian-wrap"
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    unsigned long e;
+    fprintf(stderr, PROG ": ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    /* OpenSSL's reason, when there is one: it often names the real cause. */
+    if ((e = ERR_peek_last_error()) != 0) {
+        char buf[256];
+        ERR_error_string_n(e, buf, sizeof(buf));
+        fprintf(stderr, PROG ": (OpenSSL: %s)\n", buf);
+    }
+    exit(1);
+}
+
+/* ---- reading inputs ---------------------------------------------------------- */
+
+static unsigned char *read_all(const char *path, size_t max, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *buf;
+    size_t n = 0, cap = 4096;
+
+    if (f == NULL)
+        die("cannot open %s: %s", path, strerror(errno));
+    buf = malloc(cap);
+    if (buf == NULL)
+        die("out of memory");
+    for (;;) {
+        size_t got;
+        if (n == cap) {
+            if (cap >= max)
+                die("%s is larger than %zu bytes", path, max);
+            cap *= 2;
+            buf = realloc(buf, cap);
+            if (buf == NULL)
+                die("out of memory");
+        }
+        got = fread(buf + n, 1, cap - n, f);
+        if (got == 0)
+            break;
+        n += got;
+    }
+    if (ferror(f))
+        die("cannot read %s", path);
+    fclose(f);
+    if (n > max)
+        die("%s is larger than %zu bytes", path, max);
+    *len = n;
+    return buf;
+}
+
+/* PEM or DER certificates: all of them, in file order. */
+static STACK_OF(X509) *read_certs(const char *path)
+{
+    STACK_OF(X509) *out = sk_X509_new_null();
+    size_t len;
+    unsigned char *data = read_all(path, 1 << 20, &len);
+    BIO *bio = BIO_new_mem_buf(data, (int)len);
+    X509 *x;
+
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+        sk_X509_push(out, x);
+    ERR_clear_error();
+    if (sk_X509_num(out) == 0) {
+        const unsigned char *p = data;
+        x = d2i_X509(NULL, &p, (long)len);
+        if (x == NULL)
+            die("%s holds no certificate (PEM or DER expected)", path);
+        sk_X509_push(out, x);
+    }
+    BIO_free(bio);
+    free(data);
+    return out;
+}
+
+static X509 *read_cert(const char *path)
+{
+    STACK_OF(X509) *all = read_certs(path);
+    X509 *x = sk_X509_shift(all);
+    if (sk_X509_num(all) > 0)
+        die("%s holds more than one certificate; give exactly one", path);
+    sk_X509_free(all);
+    return x;
+}
+
+static EVP_PKEY *read_private_key(const char *path)
+{
+    size_t len;
+    unsigned char *data = read_all(path, 1 << 20, &len);
+    BIO *bio = BIO_new_mem_buf(data, (int)len);
+    EVP_PKEY *k = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+    if (k == NULL) {
+        const unsigned char *p = data;
+        ERR_clear_error();
+        k = d2i_AutoPrivateKey(NULL, &p, (long)len);
+    }
+    OPENSSL_cleanse(data, len);
+    free(data);
+    BIO_free(bio);
+    if (k == NULL)
+        die("%s is not a private key (PEM or DER, unencrypted)", path);
+    return k;
+}
+
+static void print_hex(const uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        printf("%02x", b[i]);
+}
+
+static const ASN1_OBJECT *package_oid(void)
+{
+    static ASN1_OBJECT *oid;
+    if (oid == NULL && (oid = OBJ_txt2obj(GUARDIAN_OID_PACKAGE, 1)) == NULL)
+        die("cannot parse the package OID");
+    return oid;
+}
+
+/* ---- key transport (docs/package-format.md, "Key transport") ---------------- */
+
+/* Z = ECDH(ephemeral, guardian).x; KEK per scheme.  Returns the ephemeral
+ * public point in `eph_point` (uncompressed). */
+static void make_kek(EVP_PKEY *guardian_pub, int scheme, const uint8_t package_id[16], const uint8_t target[32],
+                     uint8_t kek[32], uint8_t *eph_point, size_t *eph_len)
+{
+    EVP_PKEY *eph = NULL;
+    EVP_PKEY_CTX *kctx = NULL, *dctx = NULL;
+    uint8_t z[66], ctx_hash[32];
+    size_t zlen = sizeof(z);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int hl = 0;
+
+    kctx = EVP_PKEY_CTX_new_from_pkey(NULL, guardian_pub, NULL);
+    if (kctx == NULL || EVP_PKEY_keygen_init(kctx) != 1 || EVP_PKEY_keygen(kctx, &eph) != 1)
+        die("cannot generate the ephemeral key on the Guardian's curve");
+    if (EVP_PKEY_get_octet_string_param(eph, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, eph_point, 97, eph_len) != 1)
+        die("cannot encode the ephemeral public key");
+    dctx = EVP_PKEY_CTX_new_from_pkey(NULL, eph, NULL);
+    if (dctx == NULL || EVP_PKEY_derive_init(dctx) != 1 || EVP_PKEY_derive_set_peer(dctx, guardian_pub) != 1 ||
+        EVP_PKEY_derive(dctx, z, &zlen) != 1)
+        die("ECDH with the Guardian's key failed");
+
+    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(md, GUARDIAN_KEK_CONTEXT_LABEL, strlen(GUARDIAN_KEK_CONTEXT_LABEL)) != 1 ||
+        EVP_DigestUpdate(md, package_id, 16) != 1 || EVP_DigestUpdate(md, target, 32) != 1 ||
+        EVP_DigestUpdate(md, eph_point, *eph_len) != 1 || EVP_DigestFinal_ex(md, ctx_hash, &hl) != 1)
+        die("SHA-256 failed");
+
+    if (scheme == GUARDIAN_KT_ECDH_AESCBC) {
+        /* KEK = AES-256-CBC(key = first 32 bytes of Z, IV = 0, C): what
+         * CKM_AES_CBC_ENCRYPT_DATA computes inside the token. */
+        EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+        uint8_t iv[16] = {0};
+        int n1 = 0, n2 = 0;
+        if (zlen < 32)
+            die("shared secret shorter than 32 bytes");
+        if (c == NULL || EVP_EncryptInit_ex(c, EVP_aes_256_cbc(), NULL, z, iv) != 1 ||
+            EVP_CIPHER_CTX_set_padding(c, 0) != 1 || EVP_EncryptUpdate(c, kek, &n1, ctx_hash, 32) != 1 ||
+            EVP_EncryptFinal_ex(c, kek + n1, &n2) != 1 || n1 + n2 != 32)
+            die("AES-CBC KDF failed");
+        EVP_CIPHER_CTX_free(c);
+    } else {
+        /* KEK = ANSI X9.63 KDF with SHA-256 (CKD_SHA256_KDF), shared info C. */
+        EVP_KDF *kdf = EVP_KDF_fetch(NULL, "X963KDF", NULL);
+        EVP_KDF_CTX *k = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, "SHA256", 0),
+            OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, z, zlen),
+            OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, ctx_hash, 32),
+            OSSL_PARAM_construct_end(),
+        };
+        if (k == NULL || EVP_KDF_derive(k, kek, 32, params) != 1)
+            die("X9.63 KDF failed");
+        EVP_KDF_CTX_free(k);
+        EVP_KDF_free(kdf);
+    }
+    OPENSSL_cleanse(z, sizeof(z));
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_CTX_free(kctx);
+    EVP_PKEY_CTX_free(dctx);
+    EVP_PKEY_free(eph);
+}
+
+/* RFC 5649 AES-256 key wrap with padding. */
+static ASN1_OCTET_STRING *wrap(const uint8_t kek[32], const uint8_t *in, size_t len)
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    uint8_t *out = malloc(len + 16);
+    int n1 = 0, n2 = 0;
+    ASN1_OCTET_STRING *s = ASN1_OCTET_STRING_new();
+
+    if (c == NULL || out == NULL || s == NULL)
+        die("out of memory");
+    EVP_CIPHER_CTX_set_flags(c, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+    if (EVP_EncryptInit_ex(c, EVP_aes_256_wrap_pad(), NULL, kek, NULL) != 1 ||
+        EVP_EncryptUpdate(c, out, &n1, in, (int)len) != 1 || EVP_EncryptFinal_ex(c, out + n1, &n2) != 1)
+        die("AES key wrap failed");
+    if (!ASN1_OCTET_STRING_set(s, out, n1 + n2))
+        die("out of memory");
+    EVP_CIPHER_CTX_free(c);
+    free(out);
+    return s;
+}
+
+static GUARDIAN_WRAPPED_KEY *wrap_private_key(const uint8_t kek[32], EVP_PKEY *key, const char *label)
+{
+    GUARDIAN_WRAPPED_KEY *w = GUARDIAN_WRAPPED_KEY_new();
+    unsigned char *p8 = NULL;
+    int n = i2d_PrivateKey(key, NULL) > 0 ? 0 : -1;
+    PKCS8_PRIV_KEY_INFO *info = EVP_PKEY2PKCS8(key);
+
+    if (w == NULL || info == NULL || n < 0)
+        die("cannot encode the private key '%s' as PKCS#8", label);
+    n = i2d_PKCS8_PRIV_KEY_INFO(info, &p8);
+    if (n <= 0)
+        die("cannot encode the private key '%s' as PKCS#8", label);
+    ASN1_STRING_set(w->label, label, (int)strlen(label));
+    ASN1_INTEGER_set(w->key_type, EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA ? 0x00 : 0x03);
+    ASN1_OCTET_STRING_free(w->wrapped);
+    w->wrapped = wrap(kek, p8, (size_t)n);
+    OPENSSL_cleanse(p8, (size_t)n);
+    OPENSSL_free(p8);
+    PKCS8_PRIV_KEY_INFO_free(info);
+    return w;
+}
+
+/* ---- create ------------------------------------------------------------------ */
+
+struct create_opts {
+    const char *guardian_cert, *signer_key, *signer_cert, *signer_chain;
+    const char *ca_key, *ca_cert, *ca_chain;
+    const char *oem_id, *product_id, *subject, *not_after, *out, *kdf;
+    const char *key_usage, *ext_key_usage;
+    long release, validity_days;
+    unsigned long long units;
+    const char *extra_keys[GUARDIAN_PKG_MAX_ITEMS];
+    int n_extra;
+    const char *data[GUARDIAN_PKG_MAX_ITEMS];
+    int data_conf[GUARDIAN_PKG_MAX_ITEMS];
+    int n_data;
+};
+
+static void set_utf8(ASN1_UTF8STRING *s, const char *v)
+{
+    if (!ASN1_STRING_set(s, v, (int)strlen(v)))
+        die("out of memory");
+}
+
+/* "YYYY-MM-DD" (end of that day, UTC) or "+N" days from now. */
+static time_t parse_not_after(const char *v)
+{
+    struct tm tm;
+    char *end = NULL;
+    memset(&tm, 0, sizeof(tm));
+    if (v[0] == '+') {
+        long d = strtol(v + 1, &end, 10);
+        if (*end != '\0' || d < 1 || d > 36500)
+            die("--not-after +N needs 1..36500 days");
+        return time(NULL) + d * 86400;
+    }
+    end = strptime(v, "%Y-%m-%d", &tm);
+    if (end == NULL || *end != '\0')
+        die("--not-after must be YYYY-MM-DD or +DAYS, not '%s'", v);
+    tm.tm_hour = 23;
+    tm.tm_min = 59;
+    tm.tm_sec = 59;
+    return timegm(&tm);
+}
+
+static void key_usage_bits(ASN1_BIT_STRING *bits, const char *list)
+{
+    static const char *const names[] = {"digitalSignature", "nonRepudiation", "keyEncipherment",
+                                        "dataEncipherment", "keyAgreement", "keyCertSign", "cRLSign"};
+    char *copy = strdup(list), *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        int found = -1;
+        for (int i = 0; i < (int)(sizeof(names) / sizeof(names[0])); i++)
+            if (strcmp(t, names[i]) == 0)
+                found = i;
+        if (found < 0)
+            die("unknown key usage '%s' (use digitalSignature, keyAgreement, keyEncipherment, ...)", t);
+        ASN1_BIT_STRING_set_bit(bits, found, 1);
+    }
+    free(copy);
+}
+
+/* "LABEL=PATH" → label (static buffer copy) and path. */
+static void split_assignment(const char *arg, const char *what, char *label, size_t cap, const char **path)
+{
+    const char *eq = strchr(arg, '=');
+    if (eq == NULL || eq == arg || eq[1] == '\0' || (size_t)(eq - arg) >= cap)
+        die("%s expects NAME=FILE, not '%s'", what, arg);
+    memcpy(label, arg, (size_t)(eq - arg));
+    label[eq - arg] = '\0';
+    *path = eq + 1;
+}
+
+/* SHA-256 of a certificate's DER: how a package names its target Guardian. */
+static void cert_sha256(X509 *x, uint8_t out[32])
+{
+    unsigned int n = 0;
+    if (X509_digest(x, EVP_sha256(), out, &n) != 1 || n != 32)
+        die("cannot hash the Guardian certificate");
+}
+
+static int create_package(const struct create_opts *o)
+{
+    X509 *guardian = read_cert(o->guardian_cert), *signer = read_cert(o->signer_cert);
+    X509 *ca_cert = read_cert(o->ca_cert);
+    STACK_OF(X509) *signer_chain = o->signer_chain ? read_certs(o->signer_chain) : sk_X509_new_null();
+    EVP_PKEY *signer_key = read_private_key(o->signer_key), *ca_key = read_private_key(o->ca_key);
+    EVP_PKEY *guardian_pub = X509_get0_pubkey(guardian);
+    GUARDIAN_PACKAGE *pkg = GUARDIAN_PACKAGE_new();
+    uint8_t kek[32], eph[97], target[32], id[16];
+    size_t eph_len = 0;
+    int scheme, n;
+    unsigned char *der = NULL;
+    BIO *content = NULL, *outbio = NULL;
+    CMS_ContentInfo *cms = NULL;
+    time_t not_after = parse_not_after(o->not_after);
+
+    if (pkg == NULL)
+        die("out of memory");
+    if (guardian_pub == NULL || EVP_PKEY_get_base_id(guardian_pub) != EVP_PKEY_EC)
+        die("%s: the Guardian certificate must carry an EC key (P-256 or P-384)", o->guardian_cert);
+    if (X509_check_private_key(signer, signer_key) != 1)
+        die("%s does not match the public key of %s", o->signer_key, o->signer_cert);
+    if (X509_check_private_key(ca_cert, ca_key) != 1)
+        die("%s does not match the public key of %s", o->ca_key, o->ca_cert);
+    if (not_after <= time(NULL))
+        die("--not-after %s is in the past", o->not_after);
+
+    if (strcmp(o->kdf, "aes-cbc") == 0 || strcmp(o->kdf, "auto") == 0)
+        scheme = GUARDIAN_KT_ECDH_AESCBC; /* every Guardian backend can run it in-token */
+    else if (strcmp(o->kdf, "x963-sha256") == 0)
+        scheme = GUARDIAN_KT_ECDH_SHA256KDF;
+    else
+        die("--kdf must be auto, aes-cbc or x963-sha256");
+
+    if (RAND_bytes(id, sizeof(id)) != 1)
+        die("no randomness for the package ID");
+    cert_sha256(guardian, target);
+    make_kek(guardian_pub, scheme, id, target, kek, eph, &eph_len);
+
+    ASN1_INTEGER_set(pkg->version, GUARDIAN_PACKAGE_VERSION);
+    ASN1_OCTET_STRING_set(pkg->package_id, id, sizeof(id));
+    ASN1_OCTET_STRING_set(pkg->target_guardian, target, sizeof(target));
+    set_utf8(pkg->oem_id, o->oem_id);
+    set_utf8(pkg->product_id, o->product_id);
+    ASN1_INTEGER_set_uint64(pkg->release_version, (uint64_t)o->release);
+    ASN1_INTEGER_set_uint64(pkg->authorised_units, o->units);
+    if (ASN1_GENERALIZEDTIME_set(pkg->not_after, not_after) == NULL)
+        die("cannot encode --not-after");
+    set_utf8(pkg->cert_template->subject, o->subject);
+    ASN1_INTEGER_set(pkg->cert_template->validity_days, o->validity_days);
+    key_usage_bits(pkg->cert_template->key_usage, o->key_usage);
+    if (o->ext_key_usage != NULL) {
+        char *copy = strdup(o->ext_key_usage), *save = NULL;
+        pkg->cert_template->ext_key_usage = sk_ASN1_OBJECT_new_null();
+        for (char *t = strtok_r(copy, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+            ASN1_OBJECT *obj = OBJ_txt2obj(t, 0);
+            if (obj == NULL)
+                die("unknown extended key usage '%s' (e.g. clientAuth, serverAuth or an OID)", t);
+            sk_ASN1_OBJECT_push(pkg->cert_template->ext_key_usage, obj);
+        }
+        free(copy);
+    }
+    ASN1_OBJECT_free(pkg->transport->scheme);
+    pkg->transport->scheme =
+        OBJ_txt2obj(scheme == GUARDIAN_KT_ECDH_AESCBC ? GUARDIAN_OID_KT_ECDH_AESCBC : GUARDIAN_OID_KT_ECDH_SHA256KDF, 1);
+    ASN1_OCTET_STRING_set(pkg->transport->ephemeral_key, eph, (int)eph_len);
+
+    GUARDIAN_WRAPPED_KEY_free(pkg->production_ca->key);
+    pkg->production_ca->key = wrap_private_key(kek, ca_key, "production-ca");
+    X509_up_ref(ca_cert);
+    sk_X509_push(pkg->production_ca->chain, ca_cert);
+    if (o->ca_chain != NULL) {
+        STACK_OF(X509) *chain = read_certs(o->ca_chain);
+        X509 *x;
+        while ((x = sk_X509_shift(chain)) != NULL)
+            sk_X509_push(pkg->production_ca->chain, x);
+        sk_X509_free(chain);
+    }
+    for (int i = 0; i < o->n_extra; i++) {
+        char label[GUARDIAN_PKG_NAME_MAX + 1];
+        const char *path;
+        EVP_PKEY *k;
+        split_assignment(o->extra_keys[i], "--extra-key", label, sizeof(label), &path);
+        k = read_private_key(path);
+        if (pkg->extra_keys == NULL)
+            pkg->extra_keys = sk_GUARDIAN_WRAPPED_KEY_new_null();
+        sk_GUARDIAN_WRAPPED_KEY_push(pkg->extra_keys, wrap_private_key(kek, k, label));
+        EVP_PKEY_free(k);
+    }
+    for (int i = 0; i < o->n_data; i++) {
+        char name[GUARDIAN_PKG_NAME_MAX + 1];
+        const char *path;
+        size_t len;
+        unsigned char *value;
+        GUARDIAN_DATA_ITEM *item = GUARDIAN_DATA_ITEM_new();
+        split_assignment(o->data[i], o->data_conf[i] ? "--secret-data" : "--data", name, sizeof(name), &path);
+        value = read_all(path, GUARDIAN_PKG_MAX_DATA_BYTES - 16, &len);
+        set_utf8(item->name, name);
+        ASN1_ENUMERATED_set(item->protection, o->data_conf[i] ? GUARDIAN_DATA_CONFIDENTIAL : GUARDIAN_DATA_INTEGRITY);
+        if (o->data_conf[i]) {
+            ASN1_OCTET_STRING_free(item->value);
+            item->value = wrap(kek, value, len);
+            OPENSSL_cleanse(value, len);
+        } else {
+            ASN1_OCTET_STRING_set(item->value, value, (int)len);
+        }
+        free(value);
+        if (pkg->data_items == NULL)
+            pkg->data_items = sk_GUARDIAN_DATA_ITEM_new_null();
+        sk_GUARDIAN_DATA_ITEM_push(pkg->data_items, item);
+    }
+    OPENSSL_cleanse(kek, sizeof(kek));
+
+    n = i2d_GUARDIAN_PACKAGE(pkg, &der);
+    if (n <= 0)
+        die("cannot encode the package");
+    {
+        /* What we wrote must pass the Guardian's own decoder. */
+        struct guardian_package check;
+        char err[256];
+        if (!guardian_package_decode(der, (size_t)n, &check, err, sizeof(err)))
+            die("invalid package: %s", err);
+        guardian_package_free(&check);
+    }
+
+    content = BIO_new_mem_buf(der, n);
+    cms = CMS_sign(NULL, NULL, NULL, NULL, CMS_BINARY | CMS_PARTIAL | CMS_NOSMIMECAP);
+    if (cms == NULL || CMS_set1_eContentType(cms, package_oid()) != 1 ||
+        CMS_add1_signer(cms, signer, signer_key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP) == NULL)
+        die("cannot set up the CMS signature");
+    for (int i = 0; i < sk_X509_num(signer_chain); i++)
+        CMS_add1_cert(cms, sk_X509_value(signer_chain, i));
+    if (CMS_final(cms, content, NULL, CMS_BINARY) != 1)
+        die("cannot sign the package");
+    outbio = BIO_new_file(o->out, "wb");
+    if (outbio == NULL)
+        die("cannot create %s: %s", o->out, strerror(errno));
+    if (i2d_CMS_bio(outbio, cms) != 1 || BIO_flush(outbio) != 1)
+        die("cannot write %s", o->out);
+    BIO_free(outbio);
+
+    printf("wrote %s\n  package id   ", o->out);
+    print_hex(id, sizeof(id));
+    printf("\n  for Guardian sha256:");
+    print_hex(target, sizeof(target));
+    printf("\n  product      %s/%s release %ld, %llu units, not after %s\n", o->oem_id, o->product_id, o->release,
+           o->units, o->not_after);
+
+    CMS_ContentInfo_free(cms);
+    BIO_free(content);
+    OPENSSL_free(der);
+    GUARDIAN_PACKAGE_free(pkg);
+    EVP_PKEY_free(signer_key);
+    EVP_PKEY_free(ca_key);
+    X509_free(guardian);
+    X509_free(signer);
+    X509_free(ca_cert);
+    sk_X509_pop_free(signer_chain, X509_free);
+    return 0;
+}
+
+static int cmd_create(int argc, char **argv)
+{
+    struct create_opts o = {.release = -1, .validity_days = 3650, .kdf = "auto", .key_usage = "digitalSignature",
+                            .subject = "CN=${device_id},OU=${product_id},O=${oem_id}"};
+    static const struct option longopts[] = {
+        {"guardian-cert", required_argument, NULL, 'g'}, {"signer-key", required_argument, NULL, 'k'},
+        {"signer-cert", required_argument, NULL, 'c'},   {"signer-chain", required_argument, NULL, 'C'},
+        {"ca-key", required_argument, NULL, 'K'},        {"ca-cert", required_argument, NULL, 'A'},
+        {"ca-chain", required_argument, NULL, 'H'},      {"oem-id", required_argument, NULL, 'O'},
+        {"product-id", required_argument, NULL, 'P'},    {"release", required_argument, NULL, 'r'},
+        {"units", required_argument, NULL, 'u'},         {"not-after", required_argument, NULL, 'n'},
+        {"subject", required_argument, NULL, 's'},       {"validity-days", required_argument, NULL, 'v'},
+        {"key-usage", required_argument, NULL, 'U'},     {"ext-key-usage", required_argument, NULL, 'E'},
+        {"extra-key", required_argument, NULL, 'x'},     {"data", required_argument, NULL, 'd'},
+        {"secret-data", required_argument, NULL, 'D'},   {"kdf", required_argument, NULL, 'f'},
+        {"out", required_argument, NULL, 'o'},           {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    int c;
+    char *end;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'g': o.guardian_cert = optarg; break;
+        case 'k': o.signer_key = optarg; break;
+        case 'c': o.signer_cert = optarg; break;
+        case 'C': o.signer_chain = optarg; break;
+        case 'K': o.ca_key = optarg; break;
+        case 'A': o.ca_cert = optarg; break;
+        case 'H': o.ca_chain = optarg; break;
+        case 'O': o.oem_id = optarg; break;
+        case 'P': o.product_id = optarg; break;
+        case 'r':
+            o.release = strtol(optarg, &end, 10);
+            if (*end != '\0' || o.release < 0 || o.release > 4294967295L)
+                die("--release must be 0..4294967295");
+            break;
+        case 'u':
+            o.units = strtoull(optarg, &end, 10);
+            if (*end != '\0' || o.units < 1 || o.units > (1ULL << 40))
+                die("--units must be 1..2^40");
+            break;
+        case 'n': o.not_after = optarg; break;
+        case 's': o.subject = optarg; break;
+        case 'v':
+            o.validity_days = strtol(optarg, &end, 10);
+            if (*end != '\0' || o.validity_days < 1 || o.validity_days > 36500)
+                die("--validity-days must be 1..36500");
+            break;
+        case 'U': o.key_usage = optarg; break;
+        case 'E': o.ext_key_usage = optarg; break;
+        case 'x':
+            if (o.n_extra == GUARDIAN_PKG_MAX_ITEMS)
+                die("at most %d --extra-key", GUARDIAN_PKG_MAX_ITEMS);
+            o.extra_keys[o.n_extra++] = optarg;
+            break;
+        case 'd':
+        case 'D':
+            if (o.n_data == GUARDIAN_PKG_MAX_ITEMS)
+                die("at most %d data items", GUARDIAN_PKG_MAX_ITEMS);
+            o.data_conf[o.n_data] = c == 'D';
+            o.data[o.n_data++] = optarg;
+            break;
+        case 'f': o.kdf = optarg; break;
+        case 'o': o.out = optarg; break;
+        case 'h':
+            printf("usage: " PROG " create --guardian-cert G.pem --signer-key K.pem --signer-cert C.pem\n"
+                   "         [--signer-chain CHAIN.pem] --ca-key CA.key --ca-cert CA.pem [--ca-chain CHAIN.pem]\n"
+                   "         --oem-id ID --product-id ID --release N --units N --not-after YYYY-MM-DD|+DAYS\n"
+                   "         [--subject PATTERN] [--validity-days N] [--key-usage LIST] [--ext-key-usage OIDS]\n"
+                   "         [--extra-key LABEL=KEY.pem]... [--data NAME=FILE]... [--secret-data NAME=FILE]...\n"
+                   "         [--kdf auto|aes-cbc|x963-sha256] --out PACKAGE\n");
+            return 0;
+        default:
+            return 2;
+        }
+    }
+#define REQUIRE(field, flag)                                                                                    \
+    if (o.field == NULL)                                                                                        \
+        die("missing --" flag " (see '" PROG " create --help')");
+    REQUIRE(guardian_cert, "guardian-cert");
+    REQUIRE(signer_key, "signer-key");
+    REQUIRE(signer_cert, "signer-cert");
+    REQUIRE(ca_key, "ca-key");
+    REQUIRE(ca_cert, "ca-cert");
+    REQUIRE(oem_id, "oem-id");
+    REQUIRE(product_id, "product-id");
+    REQUIRE(not_after, "not-after");
+    REQUIRE(out, "out");
+    if (o.release < 0)
+        die("missing --release (see '" PROG " create --help')");
+    if (o.units == 0)
+        die("missing --units (see '" PROG " create --help')");
+    return create_package(&o);
+}
+
+/* ---- inspect ------------------------------------------------------------------ */
+
+static void print_time(const char *label, int64_t t)
+{
+    char buf[64];
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    printf("%s%s", label, buf);
+}
+
+static void print_name(const char *label, const X509_NAME *name)
+{
+    char *s = X509_NAME_oneline(name, NULL, 0);
+    printf("%s%s\n", label, s ? s : "?");
+    OPENSSL_free(s);
+}
+
+static const char *key_type_name(const ASN1_INTEGER *t)
+{
+    switch (ASN1_INTEGER_get(t)) {
+    case 0x00: return "RSA private key";
+    case 0x03: return "EC private key";
+    case 0x10: return "generic secret";
+    case 0x1f: return "AES key";
+    default: return "?";
+    }
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"oem-root", required_argument, NULL, 'r'},
+                                             {"guardian-cert", required_argument, NULL, 'g'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    const char *root_path = NULL, *guardian_path = NULL, *path;
+    BIO *in, *content = BIO_new(BIO_s_mem());
+    CMS_ContentInfo *cms;
+    X509_STORE *store = NULL;
+    STACK_OF(X509) *signers;
+    struct guardian_package pkg;
+    char err[256];
+    const unsigned char *data;
+    long dlen;
+    int c, problems = 0;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'r': root_path = optarg; break;
+        case 'g': guardian_path = optarg; break;
+        case 'h':
+            printf("usage: " PROG " inspect PACKAGE [--oem-root ROOT.pem] [--guardian-cert G.pem]\n"
+                   "Prints everything but the secrets; checks the signature (and, with --oem-root,\n"
+                   "the signer's chain; with --guardian-cert, that the package targets that Guardian).\n");
+            return 0;
+        default:
+            return 2;
+        }
+    }
+    if (optind != argc - 1)
+        die("inspect takes exactly one PACKAGE (see '" PROG " inspect --help')");
+    path = argv[optind];
+
+    in = BIO_new_file(path, "rb");
+    if (in == NULL)
+        die("cannot open %s: %s", path, strerror(errno));
+    cms = d2i_CMS_bio(in, NULL);
+    BIO_free(in);
+    if (cms == NULL)
+        die("%s is not a Guardian package: not a DER CMS structure", path);
+    if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed ||
+        OBJ_cmp(CMS_get0_eContentType(cms), package_oid()) != 0)
+        die("%s is not a Guardian package: CMS content is not signed id-guardian-package", path);
+
+    if (root_path != NULL) {
+        STACK_OF(X509) *roots = read_certs(root_path);
+        store = X509_STORE_new();
+        for (int i = 0; i < sk_X509_num(roots); i++)
+            X509_STORE_add_cert(store, sk_X509_value(roots, i));
+        sk_X509_pop_free(roots, X509_free);
+    }
+    if (CMS_verify(cms, NULL, store, NULL, content,
+                   CMS_BINARY | (store == NULL ? CMS_NO_SIGNER_CERT_VERIFY : 0)) != 1) {
+        printf("signature    INVALID%s\n", store ? " (or the signer does not chain to the given root)" : "");
+        problems++;
+        /* Show what is there all the same, marked unverified. */
+        ERR_clear_error();
+        BIO_free(content);
+        content = BIO_new(BIO_s_mem());
+        {
+            ASN1_OCTET_STRING **pos = CMS_get0_content(cms);
+            if (pos != NULL && *pos != NULL)
+                BIO_write(content, ASN1_STRING_get0_data(*pos), ASN1_STRING_length(*pos));
+        }
+    } else {
+        printf("signature    valid%s\n", store ? ", signer chains to the given OEM root"
+                                               : " (signer chain NOT checked: give --oem-root)");
+    }
+    signers = CMS_get0_signers(cms);
+    for (int i = 0; i < sk_X509_num(signers); i++)
+        print_name("signed by    ", X509_get_subject_name(sk_X509_value(signers, i)));
+    sk_X509_free(signers);
+
+    dlen = BIO_get_mem_data(content, (char **)&data);
+    if (!guardian_package_decode(data, (size_t)dlen, &pkg, err, sizeof(err)))
+        die("%s: %s", path, err);
+
+    printf("package id   ");
+    print_hex(pkg.package_id, sizeof(pkg.package_id));
+    printf("\ntarget       sha256:");
+    print_hex(pkg.target_guardian, sizeof(pkg.target_guardian));
+    if (guardian_path != NULL) {
+        X509 *g = read_cert(guardian_path);
+        uint8_t h[32];
+        cert_sha256(g, h);
+        X509_free(g);
+        if (memcmp(h, pkg.target_guardian, 32) == 0) {
+            printf(" (this is %s)", guardian_path);
+        } else {
+            printf(" (NOT %s)", guardian_path);
+            problems++;
+        }
+    }
+    printf("\nproduct      %s / %s\n", pkg.oem_id, pkg.product_id);
+    printf("release      %u\nunits        %llu\n", pkg.release_version, (unsigned long long)pkg.authorised_units);
+    print_time("not after    ", pkg.not_after);
+    if (pkg.not_after < (int64_t)time(NULL)) {
+        printf(" (EXPIRED)");
+        problems++;
+    }
+    printf("\ntransport    %s\n", pkg.scheme == GUARDIAN_KT_ECDH_AESCBC
+                                      ? "ECDH + AES-256-CBC KDF + AES key wrap with padding (in-token)"
+                                      : "ECDH + X9.63 SHA-256 KDF + AES key wrap with padding");
+    {
+        const GUARDIAN_CERT_TEMPLATE *t = pkg.asn1->cert_template;
+        printf("template     subject \"%.*s\", %ld days, key usage 0x%02x", ASN1_STRING_length(t->subject),
+               ASN1_STRING_get0_data(t->subject), ASN1_INTEGER_get(t->validity_days),
+               ASN1_STRING_length(t->key_usage) > 0 ? ASN1_STRING_get0_data(t->key_usage)[0] : 0);
+        for (int i = 0; t->ext_key_usage && i < sk_ASN1_OBJECT_num(t->ext_key_usage); i++) {
+            char oid[80];
+            OBJ_obj2txt(oid, sizeof(oid), sk_ASN1_OBJECT_value(t->ext_key_usage, i), 0);
+            printf("%s%s", i == 0 ? ", EKU " : ",", oid);
+        }
+        printf("\n");
+    }
+    {
+        const GUARDIAN_PRODUCTION_CA *ca = pkg.asn1->production_ca;
+        printf("CA key       \"%.*s\" (%s, %d bytes wrapped)\n", ASN1_STRING_length(ca->key->label),
+               ASN1_STRING_get0_data(ca->key->label), key_type_name(ca->key->key_type),
+               ASN1_STRING_length(ca->key->wrapped));
+        for (int i = 0; i < sk_X509_num(ca->chain); i++)
+            print_name(i == 0 ? "CA chain     " : "             ", X509_get_subject_name(sk_X509_value(ca->chain, i)));
+    }
+    for (int i = 0; pkg.asn1->extra_keys && i < sk_GUARDIAN_WRAPPED_KEY_num(pkg.asn1->extra_keys); i++) {
+        const GUARDIAN_WRAPPED_KEY *k = sk_GUARDIAN_WRAPPED_KEY_value(pkg.asn1->extra_keys, i);
+        printf("extra key    \"%.*s\" (%s, %d bytes wrapped)\n", ASN1_STRING_length(k->label),
+               ASN1_STRING_get0_data(k->label), key_type_name(k->key_type), ASN1_STRING_length(k->wrapped));
+    }
+    for (int i = 0; pkg.asn1->data_items && i < sk_GUARDIAN_DATA_ITEM_num(pkg.asn1->data_items); i++) {
+        const GUARDIAN_DATA_ITEM *d = sk_GUARDIAN_DATA_ITEM_value(pkg.asn1->data_items, i);
+        int conf = ASN1_ENUMERATED_get(d->protection) == GUARDIAN_DATA_CONFIDENTIAL;
+        printf("data item    \"%.*s\" %s, %d bytes", ASN1_STRING_length(d->name), ASN1_STRING_get0_data(d->name),
+               conf ? "confidential" : "integrity", ASN1_STRING_length(d->value));
+        if (!conf) {
+            uint8_t h[32];
+            unsigned int hl = 0;
+            EVP_Digest(ASN1_STRING_get0_data(d->value), (size_t)ASN1_STRING_length(d->value), h, &hl, EVP_sha256(),
+                       NULL);
+            printf(", sha256:");
+            print_hex(h, hl);
+        }
+        printf("\n");
+    }
+    guardian_package_free(&pkg);
+    CMS_ContentInfo_free(cms);
+    BIO_free(content);
+    X509_STORE_free(store);
+    if (problems) {
+        printf("%d problem(s) found\n", problems);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- main ---------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        printf("usage: " PROG " create ...   wrap provisioning secrets for one Guardian\n"
+               "       " PROG " inspect PACKAGE [--oem-root ROOT.pem] [--guardian-cert G.pem]\n"
+               "Run '" PROG " COMMAND --help' for a command's options.\n");
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "create") == 0)
+        return cmd_create(argc - 1, argv + 1);
+    if (strcmp(argv[1], "inspect") == 0)
+        return cmd_inspect(argc - 1, argv + 1);
+    die("unknown command '%s' (create, inspect)", argv[1]);
+}
