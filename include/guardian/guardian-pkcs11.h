@@ -51,4 +51,25 @@
 /* C_Initialize: the configured backend is the Guardian module itself. */
 #define CKR_GUARDIAN_BACKEND_IS_SELF (CKR_GUARDIAN_BASE | 0x0003UL)
 
+/* 0x0010..0x001F: package import (C_UnwrapKey with CKM_GUARDIAN_UNWRAP_PACKAGE). */
+/* The package's not-after date has passed. */
+#define CKR_GUARDIAN_PACKAGE_EXPIRED (CKR_GUARDIAN_BASE | 0x0014UL)
+/* A package with this package ID was imported before (replay). */
+#define CKR_GUARDIAN_PACKAGE_REPLAYED (CKR_GUARDIAN_BASE | 0x0015UL)
+/* The installed release of this product is the same or newer (rollback). */
+#define CKR_GUARDIAN_PACKAGE_ROLLBACK (CKR_GUARDIAN_BASE | 0x0016UL)
+
+/* 0x0020..0x002F: production (C_DeriveKey with CKM_GUARDIAN_DERIVE_DEVICE_CERT). */
+/* The product's authorised unit count is used up. */
+#define CKR_GUARDIAN_QUOTA_EXHAUSTED (CKR_GUARDIAN_BASE | 0x0020UL)
+/* No release of this product is installed. */
+#define CKR_GUARDIAN_PRODUCT_UNKNOWN (CKR_GUARDIAN_BASE | 0x0021UL)
+
+/* 0x0030..0x003F: the Guardian's durable state (store). */
+/* The state store cannot be opened, read or written (see the log line). */
+#define CKR_GUARDIAN_STORE_FAILED (CKR_GUARDIAN_BASE | 0x0030UL)
+/* The audit trail's hash chain is broken: a record was altered, removed or
+ * reordered. */
+#define CKR_GUARDIAN_AUDIT_CORRUPT (CKR_GUARDIAN_BASE | 0x0031UL)
+
 #endif /* GUARDIAN_PKCS11_H */

@@ -1,0 +1,1432 @@
+/*
+ * store.c — the Guardian's durable state in SQLite: package registry, production
+ * counters and the hash-chained audit trail (store.h says what and why).
+ *
+ * Rules this file keeps:
+ *  - every mutation runs in one BEGIN IMMEDIATE transaction that commits when
+ *    rv is CKR_OK and rolls back otherwise (tx_begin / tx_end);
+ *  - every SQLite result code becomes a CKR code in map_sqlite() and nowhere
+ *    else; the log line names the SQLite error, never the data;
+ *  - one error-checking mutex per store guards its connection and cached
+ *    statements; it is never held while a caller's callback runs, except the
+ *    install commit_hook, which must run inside the transaction by contract;
+ *  - a store is bound to the process that opened it: after fork() the child
+ *    gets CKR_GUARDIAN_STORE_FAILED until it opens its own.
+ */
+#include "store.h"
+
+#include "guardian/guardian-pkcs11.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "module.h"
+
+/* FULL, not NORMAL: in WAL mode NORMAL survives a process crash but a power
+ * loss may roll back the last committed transactions, i.e. forget reservations
+ * whose certificates already left the Guardian, which would let the authorised
+ * count be exceeded.  FULL syncs the WAL on every COMMIT.  docs/audit-format.md,
+ * "Durability", explains the cost and the trade. */
+#ifndef GUARDIAN_STORE_SYNCHRONOUS
+#define GUARDIAN_STORE_SYNCHRONOUS "FULL"
+#endif
+/* How long a process waits for another one's write transaction. */
+#ifndef GUARDIAN_STORE_BUSY_TIMEOUT_MS
+#define GUARDIAN_STORE_BUSY_TIMEOUT_MS 10000
+#endif
+#define STORE_FILE_NAME "guardian.db"
+#define STORE_LOG "store"
+#define AUDIT_PAGE_RECORDS 64
+#define WAL_RETRY_MS 10
+
+/* ---- schema and migrations ---------------------------------------------------- */
+
+/* Version 1.  Integers are SQLite's signed 64-bit; the API's uint64_t values
+ * are kept <= INT64_MAX.  The CHECK constraints are the last line of defence
+ * of the counters: not even a bug can issue more than authorised. */
+static const char schema_v1[] =
+    "CREATE TABLE packages ("
+    "  package_id       BLOB    PRIMARY KEY CHECK (length(package_id) = 16),"
+    "  package_digest   BLOB    NOT NULL CHECK (length(package_digest) = 32),"
+    "  oem_id           TEXT    NOT NULL CHECK (length(CAST(oem_id AS BLOB)) BETWEEN 1 AND 64),"
+    "  product_id       TEXT    NOT NULL CHECK (length(CAST(product_id AS BLOB)) BETWEEN 1 AND 64),"
+    "  release_version  INTEGER NOT NULL CHECK (release_version BETWEEN 0 AND 4294967295),"
+    "  authorised_units INTEGER NOT NULL CHECK (authorised_units >= 0),"
+    "  issued_units     INTEGER NOT NULL DEFAULT 0"
+    "                   CHECK (issued_units >= 0 AND issued_units <= authorised_units),"
+    "  not_after        INTEGER NOT NULL,"
+    "  imported_at      INTEGER NOT NULL,"
+    "  import_seq       INTEGER NOT NULL"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX packages_by_product ON packages (oem_id, product_id, release_version);"
+    "CREATE TABLE products ("
+    "  oem_id       TEXT    NOT NULL,"
+    "  product_id   TEXT    NOT NULL,"
+    "  package_id   BLOB    NOT NULL UNIQUE REFERENCES packages (package_id),"
+    "  next_serial  INTEGER NOT NULL CHECK (next_serial >= 1),"
+    "  installed_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (oem_id, product_id)"
+    ") WITHOUT ROWID;"
+    "CREATE TABLE issuance ("
+    "  oem_id      TEXT    NOT NULL,"
+    "  product_id  TEXT    NOT NULL,"
+    "  serial      INTEGER NOT NULL CHECK (serial >= 1),"
+    "  package_id  BLOB    NOT NULL REFERENCES packages (package_id),"
+    "  device_id   BLOB    NOT NULL,"
+    "  reserve_seq INTEGER NOT NULL,"
+    "  issue_seq   INTEGER,"
+    "  cert_digest BLOB,"
+    "  PRIMARY KEY (oem_id, product_id, serial),"
+    "  FOREIGN KEY (oem_id, product_id) REFERENCES products (oem_id, product_id)"
+    ") WITHOUT ROWID;"
+    "CREATE TABLE audit ("
+    "  seq              INTEGER PRIMARY KEY CHECK (seq >= 1),"
+    "  type             INTEGER NOT NULL,"
+    "  time             INTEGER NOT NULL,"
+    "  oem_id           TEXT    NOT NULL,"
+    "  product_id       TEXT    NOT NULL,"
+    "  serial           INTEGER NOT NULL,"
+    "  device_id        BLOB    NOT NULL,"
+    "  digest           BLOB    NOT NULL,"
+    "  package_id       BLOB    NOT NULL,"
+    "  release_version  INTEGER NOT NULL,"
+    "  authorised_units INTEGER NOT NULL,"
+    "  prev_hash        BLOB    NOT NULL,"
+    "  hash             BLOB    NOT NULL"
+    ");"
+    /* The head of the chain, written in the same transaction as each record:
+     * it makes a truncated tail detectable. */
+    "CREATE TABLE audit_head ("
+    "  id   INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  seq  INTEGER NOT NULL CHECK (seq >= 0),"
+    "  hash BLOB    NOT NULL CHECK (length(hash) = 32)"
+    ");"
+    "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, zeroblob(32));";
+
+struct guardian_store;
+static CK_RV map_sqlite(struct guardian_store *st, int rc, const char *what);
+
+/* 0 -> 1: the whole schema. */
+static CK_RV migrate_to_1(struct guardian_store *st, sqlite3 *db)
+{
+    int rc = sqlite3_exec(db, schema_v1, NULL, NULL, NULL);
+    return map_sqlite(st, rc, "create the schema (version 1)");
+}
+
+struct migration {
+    int to_version;
+    /* Runs inside the migration's write transaction; may read and rewrite
+     * data as well as the schema. */
+    CK_RV (*apply)(struct guardian_store *st, sqlite3 *db);
+};
+
+/* Append only: entry N turns a version N-1 database into version N. */
+static const struct migration migrations[] = {
+    {1, migrate_to_1},
+};
+#define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+/* ---- cached statements --------------------------------------------------------- */
+
+enum stmt_id {
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_USER_VERSION,
+    S_PACKAGE_SEEN,
+    S_INSTALLED_RELEASE,
+    S_PACKAGE_INSERT,
+    S_PRODUCT_UPSERT,
+    S_PRODUCT_GET,
+    S_PRODUCTS_ALL,
+    S_PACKAGE_COUNT_ONE,
+    S_SERIAL_ADVANCE,
+    S_ISSUANCE_INSERT,
+    S_ISSUANCE_GET,
+    S_ISSUANCE_SET_ISSUED,
+    S_HEAD_GET,
+    S_HEAD_SET,
+    S_AUDIT_INSERT,
+    S_AUDIT_PAGE,
+    S_COUNT
+};
+
+#define PRODUCT_COLUMNS                                                                    \
+    "SELECT p.oem_id, p.product_id, p.package_id, k.release_version, k.authorised_units, " \
+    "k.issued_units, p.next_serial, k.not_after, p.installed_at "                          \
+    "FROM products p JOIN packages k ON k.package_id = p.package_id "
+
+static const char *const stmt_sql[S_COUNT] = {
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+    [S_USER_VERSION] = "PRAGMA user_version",
+    [S_PACKAGE_SEEN] = "SELECT 1 FROM packages WHERE package_id = ?1",
+    [S_INSTALLED_RELEASE] = "SELECT k.release_version FROM products p JOIN packages k "
+                            "ON k.package_id = p.package_id WHERE p.oem_id = ?1 AND p.product_id = ?2",
+    [S_PACKAGE_INSERT] = "INSERT INTO packages (package_id, package_digest, oem_id, product_id, "
+                         "release_version, authorised_units, issued_units, not_after, imported_at, "
+                         "import_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9)",
+    [S_PRODUCT_UPSERT] = "INSERT INTO products (oem_id, product_id, package_id, next_serial, installed_at) "
+                         "VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT (oem_id, product_id) DO UPDATE SET "
+                         "package_id = excluded.package_id, installed_at = excluded.installed_at",
+    [S_PRODUCT_GET] = PRODUCT_COLUMNS "WHERE p.oem_id = ?1 AND p.product_id = ?2",
+    [S_PRODUCTS_ALL] = PRODUCT_COLUMNS "ORDER BY p.oem_id, p.product_id",
+    [S_PACKAGE_COUNT_ONE] = "UPDATE packages SET issued_units = issued_units + 1 "
+                            "WHERE package_id = ?1 AND issued_units < authorised_units",
+    [S_SERIAL_ADVANCE] = "UPDATE products SET next_serial = next_serial + 1 "
+                         "WHERE oem_id = ?1 AND product_id = ?2 AND next_serial = ?3",
+    [S_ISSUANCE_INSERT] = "INSERT INTO issuance (oem_id, product_id, serial, package_id, device_id, "
+                          "reserve_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_ISSUANCE_GET] = "SELECT device_id, issue_seq FROM issuance "
+                       "WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3",
+    [S_ISSUANCE_SET_ISSUED] = "UPDATE issuance SET issue_seq = ?4, cert_digest = ?5 "
+                              "WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3 AND issue_seq IS NULL",
+    [S_HEAD_GET] = "SELECT seq, hash FROM audit_head WHERE id = 1",
+    [S_HEAD_SET] = "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1 AND seq = ?3",
+    [S_AUDIT_INSERT] = "INSERT INTO audit (seq, type, time, oem_id, product_id, serial, device_id, digest, "
+                       "package_id, release_version, authorised_units, prev_hash, hash) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    [S_AUDIT_PAGE] = "SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, "
+                     "release_version, authorised_units, prev_hash, hash FROM audit "
+                     "WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+};
+
+struct guardian_store {
+    pthread_mutex_t lock; /* guards db and stmt[] */
+    bool lock_ready;
+    pid_t pid;            /* the process that opened the store */
+    sqlite3 *db;
+    sqlite3_stmt *stmt[S_COUNT];
+    struct guardian_store *next_abandoned;
+};
+
+/* Stores closed in a process that did not open them (after fork()): kept, not
+ * freed, so that their memory stays reachable rather than leaked. */
+static struct guardian_store *abandoned;
+static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---- errors: the one place SQLite result codes become CKR codes ---------------- */
+
+static CK_RV map_sqlite(struct guardian_store *st, int rc, const char *what)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_ROW:
+    case SQLITE_DONE:
+        return CKR_OK;
+    case SQLITE_NOMEM:
+        guardian_error(STORE_LOG, "%s: out of memory", what);
+        return CKR_HOST_MEMORY;
+    default:
+        /* BUSY (after the timeout), LOCKED, IOERR, FULL, CORRUPT, NOTADB,
+         * CANTOPEN, READONLY, CONSTRAINT, ...: the state cannot be used.
+         * sqlite3_errmsg names the failing table/column at most, never a
+         * bound value. */
+        guardian_error(STORE_LOG, "%s: %s (SQLite %d): %s", what, sqlite3_errstr(rc), rc,
+                       st != NULL && st->db != NULL ? sqlite3_errmsg(st->db) : "no connection");
+        return CKR_GUARDIAN_STORE_FAILED;
+    }
+}
+
+/* ---- locking -------------------------------------------------------------------- */
+
+static CK_RV store_enter(struct guardian_store *st)
+{
+    int err;
+
+    if (GUARDIAN_UNLIKELY(st->pid != getpid())) {
+        guardian_error(STORE_LOG, "store opened by process %ld used in process %ld: reopen it after fork()",
+                       (long)st->pid, (long)getpid());
+        return CKR_GUARDIAN_STORE_FAILED;
+    }
+    err = pthread_mutex_lock(&st->lock);
+    if (GUARDIAN_UNLIKELY(err == EDEADLK)) {
+        guardian_error(STORE_LOG, "store re-entered by the thread holding it (from a commit_hook?)");
+        return CKR_GENERAL_ERROR;
+    }
+    if (GUARDIAN_UNLIKELY(err != 0)) {
+        guardian_error(STORE_LOG, "cannot lock the store: %s", strerror(err));
+        return CKR_GENERAL_ERROR;
+    }
+    return CKR_OK;
+}
+
+static void store_leave(struct guardian_store *st)
+{
+    pthread_mutex_unlock(&st->lock);
+}
+
+/* ---- statements ---------------------------------------------------------------- */
+
+static CK_RV stmt_get(struct guardian_store *st, enum stmt_id id, sqlite3_stmt **out)
+{
+    int rc;
+
+    if (st->stmt[id] == NULL) {
+        rc = sqlite3_prepare_v3(st->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[id], NULL);
+        if (rc != SQLITE_OK)
+            return map_sqlite(st, rc, "prepare");
+    }
+    *out = st->stmt[id];
+    return CKR_OK;
+}
+
+/* Every statement is reset as soon as its rows are read, so that no read is
+ * left pending across COMMIT/ROLLBACK and bound pointers are not kept. */
+static void stmt_done(sqlite3_stmt *s)
+{
+    if (s != NULL) {
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+    }
+}
+
+/* Runs a statement without bindings that returns no rows we need. */
+static CK_RV stmt_run(struct guardian_store *st, enum stmt_id id, const char *what)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    sqlite3_stmt *s = NULL;
+    int rc;
+
+    rv = stmt_get(st, id, &s);
+    if (rv != CKR_OK)
+        goto out;
+    do
+        rc = sqlite3_step(s);
+    while (rc == SQLITE_ROW);
+    rv = map_sqlite(st, rc, what);
+out:
+    stmt_done(s);
+    return rv;
+}
+
+/* ---- transactions ---------------------------------------------------------------- */
+
+static CK_RV tx_begin(struct guardian_store *st)
+{
+    return stmt_run(st, S_BEGIN, "begin transaction");
+}
+
+/* Commit when rv is CKR_OK, roll back otherwise; returns the outcome. */
+static CK_RV tx_end(struct guardian_store *st, CK_RV rv)
+{
+    if (rv == CKR_OK) {
+        rv = stmt_run(st, S_COMMIT, "commit");
+        if (rv == CKR_OK)
+            return CKR_OK;
+    }
+    /* SQLite may already have rolled back on its own (IOERR, FULL, ...). */
+    if (!sqlite3_get_autocommit(st->db))
+        (void)stmt_run(st, S_ROLLBACK, "rollback");
+    return rv;
+}
+
+/* ---- input checks ---------------------------------------------------------------- */
+
+/* An OEM or product ID: 1..GUARDIAN_ID_MAX bytes and a terminator, looked at
+ * no further than GUARDIAN_ID_MAX + 1 bytes (the size of the struct fields). */
+static bool id_ok(const char *id)
+{
+    size_t n;
+
+    if (id == NULL)
+        return false;
+    n = strnlen(id, GUARDIAN_ID_MAX + 1);
+    return n >= 1 && n <= GUARDIAN_ID_MAX;
+}
+
+static bool device_id_ok(const uint8_t *device_id, size_t len)
+{
+    return device_id != NULL && len >= 1 && len <= GUARDIAN_DEVICE_ID_MAX;
+}
+
+static bool package_ok(const struct guardian_package_info *pkg)
+{
+    return pkg != NULL && id_ok(pkg->oem_id) && id_ok(pkg->product_id) && pkg->authorised_units <= INT64_MAX;
+}
+
+/* ---- reading columns ------------------------------------------------------------- */
+
+static bool column_id(sqlite3_stmt *s, int col, char out[GUARDIAN_ID_MAX + 1])
+{
+    const unsigned char *text = sqlite3_column_text(s, col);
+    int n = sqlite3_column_bytes(s, col);
+
+    if (text == NULL || n < 0 || n > GUARDIAN_ID_MAX || memchr(text, '\0', (size_t)n) != NULL)
+        return false;
+    memcpy(out, text, (size_t)n);
+    out[n] = '\0';
+    return true;
+}
+
+/* A BLOB of 0..max bytes; the length goes to *len. */
+static bool column_blob(sqlite3_stmt *s, int col, void *out, size_t max, size_t *len)
+{
+    const void *blob;
+    int n;
+
+    if (sqlite3_column_type(s, col) != SQLITE_BLOB)
+        return false;
+    blob = sqlite3_column_blob(s, col);
+    n = sqlite3_column_bytes(s, col);
+    if (n < 0 || (size_t)n > max || (n > 0 && blob == NULL))
+        return false;
+    if (n > 0)
+        memcpy(out, blob, (size_t)n);
+    *len = (size_t)n;
+    return true;
+}
+
+static bool column_blob_exact(sqlite3_stmt *s, int col, void *out, size_t len)
+{
+    size_t got = 0;
+    return column_blob(s, col, out, len, &got) && got == len;
+}
+
+static bool column_uint(sqlite3_stmt *s, int col, uint64_t max, uint64_t *out)
+{
+    sqlite3_int64 v;
+
+    if (sqlite3_column_type(s, col) != SQLITE_INTEGER)
+        return false;
+    v = sqlite3_column_int64(s, col);
+    if (v < 0 || (uint64_t)v > max)
+        return false;
+    *out = (uint64_t)v;
+    return true;
+}
+
+/* A row of PRODUCT_COLUMNS. */
+static CK_RV product_from_row(sqlite3_stmt *s, struct guardian_product *p)
+{
+    uint64_t release = 0, issued = 0;
+
+    memset(p, 0, sizeof(*p));
+    if (!column_id(s, 0, p->oem_id) || !column_id(s, 1, p->product_id) ||
+        !column_blob_exact(s, 2, p->package_id, sizeof(p->package_id)) || !column_uint(s, 3, UINT32_MAX, &release) ||
+        !column_uint(s, 4, INT64_MAX, &p->authorised_units) || !column_uint(s, 5, p->authorised_units, &issued) ||
+        !column_uint(s, 6, INT64_MAX, &p->next_serial) || sqlite3_column_type(s, 7) != SQLITE_INTEGER ||
+        sqlite3_column_type(s, 8) != SQLITE_INTEGER) {
+        guardian_error(STORE_LOG, "a product row is malformed");
+        return CKR_GUARDIAN_STORE_FAILED;
+    }
+    p->release_version = (uint32_t)release;
+    p->issued_units = issued;
+    p->remaining_units = p->authorised_units - issued;
+    p->not_after = sqlite3_column_int64(s, 7);
+    p->installed_at = sqlite3_column_int64(s, 8);
+    return CKR_OK;
+}
+
+/* A row of S_AUDIT_PAGE; false if any field is out of its domain. */
+static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
+{
+    uint64_t type = 0, release = 0;
+
+    memset(r, 0, sizeof(*r));
+    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_ISSUE, &type) ||
+        type < GUARDIAN_AUDIT_IMPORT || sqlite3_column_type(s, 2) != SQLITE_INTEGER || !column_id(s, 3, r->oem_id) ||
+        !column_id(s, 4, r->product_id) || !column_uint(s, 5, INT64_MAX, &r->serial) ||
+        !column_blob(s, 6, r->device_id, sizeof(r->device_id), &r->device_id_len) ||
+        !column_blob_exact(s, 7, r->digest, sizeof(r->digest)) ||
+        !column_blob_exact(s, 8, r->package_id, sizeof(r->package_id)) || !column_uint(s, 9, UINT32_MAX, &release) ||
+        !column_uint(s, 10, INT64_MAX, &r->authorised_units) ||
+        !column_blob_exact(s, 11, r->prev_hash, sizeof(r->prev_hash)) ||
+        !column_blob_exact(s, 12, r->hash, sizeof(r->hash)))
+        return false;
+    r->type = (int)type;
+    r->time = sqlite3_column_int64(s, 2);
+    r->release_version = (uint32_t)release;
+    return true;
+}
+
+/* ---- the audit trail: append (inside a write transaction) ------------------------ */
+
+static CK_RV audit_head_get(struct guardian_store *st, uint64_t *seq, uint8_t hash[GUARDIAN_HASH_LEN])
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    sqlite3_stmt *s = NULL;
+    int rc;
+
+    rv = stmt_get(st, S_HEAD_GET, &s);
+    if (rv != CKR_OK)
+        goto out;
+    rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW) {
+        rv = map_sqlite(st, rc, "read the audit head");
+        if (rv == CKR_OK) {
+            guardian_error(STORE_LOG, "the audit head is missing");
+            rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+        }
+        goto out;
+    }
+    if (!column_uint(s, 0, INT64_MAX - 1, seq) || !column_blob_exact(s, 1, hash, GUARDIAN_HASH_LEN)) {
+        guardian_error(STORE_LOG, "the audit head is malformed");
+        rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+        goto out;
+    }
+    rv = CKR_OK;
+out:
+    stmt_done(s);
+    return rv;
+}
+
+/* Fills r->seq, r->prev_hash and r->hash, inserts the record and moves the head. */
+static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_record *r)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    sqlite3_stmt *s = NULL;
+    uint64_t head_seq = 0;
+    int rc;
+
+    rv = audit_head_get(st, &head_seq, r->prev_hash);
+    if (rv != CKR_OK)
+        goto out;
+    r->seq = head_seq + 1;
+    rv = guardian_audit_hash(r, r->hash);
+    if (rv != CKR_OK) {
+        guardian_error(STORE_LOG, "cannot hash audit record %llu", (unsigned long long)r->seq);
+        goto out;
+    }
+
+    rv = stmt_get(st, S_AUDIT_INSERT, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_int64(s, 1, (sqlite3_int64)r->seq)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int(s, 2, r->type)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 3, r->time)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 4, r->oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 5, r->product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 6, (sqlite3_int64)r->serial)) != SQLITE_OK ||
+        (rc = (r->device_id_len > 0
+                   ? sqlite3_bind_blob(s, 7, r->device_id, (int)r->device_id_len, SQLITE_STATIC)
+                   : sqlite3_bind_zeroblob(s, 7, 0))) != SQLITE_OK ||
+        (rc = sqlite3_bind_blob(s, 8, r->digest, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_blob(s, 9, r->package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 10, r->release_version)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 11, (sqlite3_int64)r->authorised_units)) != SQLITE_OK ||
+        (rc = sqlite3_bind_blob(s, 12, r->prev_hash, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_blob(s, 13, r->hash, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_step(s)) != SQLITE_DONE) {
+        rv = map_sqlite(st, rc, "append an audit record");
+        goto out;
+    }
+    stmt_done(s);
+
+    rv = stmt_get(st, S_HEAD_SET, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_int64(s, 1, (sqlite3_int64)r->seq)) != SQLITE_OK ||
+        (rc = sqlite3_bind_blob(s, 2, r->hash, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)head_seq)) != SQLITE_OK ||
+        (rc = sqlite3_step(s)) != SQLITE_DONE) {
+        rv = map_sqlite(st, rc, "move the audit head");
+        goto out;
+    }
+    if (sqlite3_changes(st->db) != 1) {
+        guardian_error(STORE_LOG, "the audit head moved under a write transaction");
+        rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+        goto out;
+    }
+    rv = CKR_OK;
+out:
+    stmt_done(s);
+    return rv;
+}
+
+/* ---- open and close -------------------------------------------------------------- */
+
+static void store_free(struct guardian_store *st)
+{
+    if (st == NULL)
+        return;
+    if (st->pid != getpid()) {
+        /* Inherited across fork(): the parent still owns the connection and
+         * its locks; closing it here could checkpoint or unlink the parent's
+         * WAL.  Abandon it (SQLite's advice), mutex and all. */
+        guardian_warn(STORE_LOG, "store inherited across fork() abandoned, not closed");
+        pthread_mutex_lock(&abandoned_lock);
+        st->next_abandoned = abandoned;
+        abandoned = st;
+        pthread_mutex_unlock(&abandoned_lock);
+        return;
+    }
+    for (int i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(st->stmt[i]);
+    if (st->db != NULL && sqlite3_close(st->db) != SQLITE_OK)
+        (void)map_sqlite(st, sqlite3_errcode(st->db), "close");
+    if (st->lock_ready)
+        pthread_mutex_destroy(&st->lock);
+    free(st);
+}
+
+static CK_RV read_user_version(struct guardian_store *st, int *version)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    sqlite3_stmt *s = NULL;
+    int rc;
+
+    rv = stmt_get(st, S_USER_VERSION, &s);
+    if (rv != CKR_OK)
+        goto out;
+    rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW) {
+        rv = map_sqlite(st, rc, "read the schema version");
+        if (rv == CKR_OK)
+            rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    *version = sqlite3_column_int(s, 0);
+    rv = CKR_OK;
+out:
+    stmt_done(s);
+    return rv;
+}
+
+/* Bring the schema to STORE_SCHEMA_VERSION, in one write transaction so that
+ * two processes opening a fresh state directory migrate it once. */
+static CK_RV migrate(struct guardian_store *st)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    bool in_tx = false;
+    int version = -1;
+    char sql[64];
+    int rc;
+
+    rv = read_user_version(st, &version);
+    if (rv != CKR_OK || version == STORE_SCHEMA_VERSION)
+        goto out;
+
+    rv = tx_begin(st);
+    if (rv != CKR_OK)
+        goto out;
+    in_tx = true;
+    rv = read_user_version(st, &version); /* another process may have migrated */
+    if (rv != CKR_OK)
+        goto out;
+    if (version < 0 || version > STORE_SCHEMA_VERSION) {
+        guardian_error(STORE_LOG, "state schema version %d is not supported (this module knows 0..%d)", version,
+                       STORE_SCHEMA_VERSION);
+        rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    for (size_t i = 0; i < sizeof(migrations) / sizeof(migrations[0]); i++) {
+        if (migrations[i].to_version <= version)
+            continue;
+        rv = migrations[i].apply(st, st->db);
+        if (rv != CKR_OK)
+            goto out;
+        snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", migrations[i].to_version);
+        rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+        if (rc != SQLITE_OK) {
+            rv = map_sqlite(st, rc, "set the schema version");
+            goto out;
+        }
+        guardian_info(STORE_LOG, "state schema migrated from version %d to %d", version,
+                      migrations[i].to_version);
+        version = migrations[i].to_version;
+    }
+    rv = CKR_OK;
+out:
+    if (in_tx)
+        rv = tx_end(st, rv);
+    return rv;
+}
+
+static CK_RV set_journal_wal(struct guardian_store *st)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    sqlite3_stmt *s = NULL;
+    const unsigned char *mode;
+    int rc;
+
+    rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &s, NULL);
+    if (rc != SQLITE_OK) {
+        rv = map_sqlite(st, rc, "set WAL mode");
+        goto out;
+    }
+    /* Switching a fresh file to WAL needs an exclusive lock, and SQLite
+     * does not call the busy handler for it: when several processes open a
+     * new state directory at once, retry for up to the busy timeout. */
+    for (int waited_ms = 0;; waited_ms += WAL_RETRY_MS) {
+        rc = sqlite3_step(s);
+        if ((rc & 0xff) != SQLITE_BUSY || waited_ms >= GUARDIAN_STORE_BUSY_TIMEOUT_MS)
+            break;
+        sqlite3_reset(s);
+        sqlite3_sleep(WAL_RETRY_MS);
+    }
+    if (rc != SQLITE_ROW) {
+        rv = map_sqlite(st, rc, "set WAL mode");
+        if (rv == CKR_OK)
+            rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    mode = sqlite3_column_text(s, 0);
+    if (mode == NULL || strcmp((const char *)mode, "wal") != 0) {
+        /* The durability argument assumes WAL (docs/audit-format.md). */
+        guardian_error(STORE_LOG, "the state database cannot use WAL mode here (got '%s')",
+                       mode != NULL ? (const char *)mode : "?");
+        rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    rv = CKR_OK;
+out:
+    sqlite3_finalize(s);
+    return rv;
+}
+
+static CK_RV store_open_path(const char *path, bool memory, struct guardian_store **out)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    struct guardian_store *st = NULL;
+    pthread_mutexattr_t attr;
+    int fk = 0, rc;
+
+    if (!sqlite3_threadsafe()) {
+        guardian_error(STORE_LOG, "the SQLite library was built without thread support");
+        rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    st = calloc(1, sizeof(*st));
+    if (st == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    st->pid = getpid();
+    if (pthread_mutexattr_init(&attr) != 0) {
+        rv = CKR_GENERAL_ERROR;
+        goto out;
+    }
+    /* Error-checking: a commit_hook that calls back into the store gets an
+     * error instead of deadlocking the production line. */
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+    rc = pthread_mutex_init(&st->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0) {
+        rv = CKR_GENERAL_ERROR;
+        goto out;
+    }
+    st->lock_ready = true;
+
+    rc = sqlite3_open_v2(path, &st->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX |
+                             (memory ? SQLITE_OPEN_MEMORY : 0),
+                         NULL);
+    if (rc != SQLITE_OK) {
+        rv = map_sqlite(st, rc, "open the state database");
+        goto out;
+    }
+    sqlite3_extended_result_codes(st->db, 1);
+    if ((rc = sqlite3_busy_timeout(st->db, GUARDIAN_STORE_BUSY_TIMEOUT_MS)) != SQLITE_OK ||
+        (rc = sqlite3_db_config(st->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL)) != SQLITE_OK ||
+        (rc = sqlite3_db_config(st->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL)) != SQLITE_OK ||
+        (rc = sqlite3_db_config(st->db, SQLITE_DBCONFIG_ENABLE_FKEY, 1, &fk)) != SQLITE_OK) {
+        rv = map_sqlite(st, rc, "configure the state database");
+        goto out;
+    }
+    if (fk != 1) {
+        guardian_error(STORE_LOG, "SQLite refused to enforce foreign keys");
+        rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    if (!memory) {
+        rv = set_journal_wal(st);
+        if (rv != CKR_OK)
+            goto out;
+    }
+    rc = sqlite3_exec(st->db, "PRAGMA synchronous = " GUARDIAN_STORE_SYNCHRONOUS, NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        rv = map_sqlite(st, rc, "set synchronous");
+        goto out;
+    }
+    rv = migrate(st);
+    if (rv != CKR_OK)
+        goto out;
+
+    *out = st;
+    st = NULL;
+    rv = CKR_OK;
+out:
+    store_free(st);
+    return rv;
+}
+
+CK_RV guardian_store_open(const char *dir, struct guardian_store **out)
+{
+    char path[PATH_MAX];
+    int n;
+
+    if (dir == NULL || *dir == '\0' || out == NULL)
+        return CKR_ARGUMENTS_BAD;
+    *out = NULL;
+    n = snprintf(path, sizeof(path), "%s/%s", dir, STORE_FILE_NAME);
+    if (n < 0 || (size_t)n >= sizeof(path)) {
+        guardian_error(STORE_LOG, "state directory path too long");
+        return CKR_ARGUMENTS_BAD;
+    }
+    return store_open_path(path, false, out);
+}
+
+CK_RV guardian_store_open_memory(struct guardian_store **out)
+{
+    if (out == NULL)
+        return CKR_ARGUMENTS_BAD;
+    *out = NULL;
+    return store_open_path(":memory:", true, out);
+}
+
+void guardian_store_close(struct guardian_store *st)
+{
+    store_free(st);
+}
+
+/* ---- package registry -------------------------------------------------------------- */
+
+/* The replay and rollback checks; the caller holds the lock. */
+static CK_RV package_check_locked(struct guardian_store *st, const struct guardian_package_info *pkg)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    sqlite3_stmt *s = NULL;
+    int rc;
+
+    rv = stmt_get(st, S_PACKAGE_SEEN, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_blob(s, 1, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE)) {
+        rv = map_sqlite(st, rc, "look up a package");
+        goto out;
+    }
+    if (rc == SQLITE_ROW) {
+        rv = CKR_GUARDIAN_PACKAGE_REPLAYED;
+        goto out;
+    }
+    stmt_done(s);
+
+    rv = stmt_get(st, S_INSTALLED_RELEASE, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_text(s, 1, pkg->oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 2, pkg->product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE)) {
+        rv = map_sqlite(st, rc, "look up the installed release");
+        goto out;
+    }
+    if (rc == SQLITE_ROW && sqlite3_column_int64(s, 0) >= (sqlite3_int64)pkg->release_version) {
+        rv = CKR_GUARDIAN_PACKAGE_ROLLBACK;
+        goto out;
+    }
+    rv = CKR_OK;
+out:
+    stmt_done(s);
+    return rv;
+}
+
+CK_RV guardian_store_package_check(struct guardian_store *st, const struct guardian_package_info *pkg)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    bool locked = false;
+
+    if (st == NULL || !package_ok(pkg)) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        goto out;
+    locked = true;
+    /* Advisory: install repeats the checks inside its write transaction. */
+    rv = package_check_locked(st, pkg);
+out:
+    if (locked)
+        store_leave(st);
+    return rv;
+}
+
+static CK_RV package_install_locked(struct guardian_store *st, const struct guardian_package_info *pkg)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    struct guardian_audit_record rec;
+    sqlite3_stmt *s = NULL;
+    sqlite3_int64 now = (sqlite3_int64)time(NULL);
+    int rc;
+
+    rv = package_check_locked(st, pkg);
+    if (rv != CKR_OK)
+        goto out;
+
+    memset(&rec, 0, sizeof(rec));
+    rec.type = GUARDIAN_AUDIT_IMPORT;
+    rec.time = now;
+    memcpy(rec.oem_id, pkg->oem_id, strlen(pkg->oem_id) + 1);
+    memcpy(rec.product_id, pkg->product_id, strlen(pkg->product_id) + 1);
+    memcpy(rec.digest, pkg->package_digest, GUARDIAN_HASH_LEN);
+    memcpy(rec.package_id, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN);
+    rec.release_version = pkg->release_version;
+    rec.authorised_units = pkg->authorised_units;
+    rv = audit_append(st, &rec);
+    if (rv != CKR_OK)
+        goto out;
+
+    rv = stmt_get(st, S_PACKAGE_INSERT, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_blob(s, 1, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_blob(s, 2, pkg->package_digest, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 3, pkg->oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 4, pkg->product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 5, pkg->release_version)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 6, (sqlite3_int64)pkg->authorised_units)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 7, pkg->not_after)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 8, now)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 9, (sqlite3_int64)rec.seq)) != SQLITE_OK ||
+        (rc = sqlite3_step(s)) != SQLITE_DONE) {
+        rv = map_sqlite(st, rc, "record a package");
+        goto out;
+    }
+    stmt_done(s);
+
+    /* Install or supersede: the product now counts against this package's
+     * allowance; next_serial is left as it was (never reused). */
+    rv = stmt_get(st, S_PRODUCT_UPSERT, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_text(s, 1, pkg->oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 2, pkg->product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_blob(s, 3, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 4, now)) != SQLITE_OK || (rc = sqlite3_step(s)) != SQLITE_DONE) {
+        rv = map_sqlite(st, rc, "install a product release");
+        goto out;
+    }
+    rv = CKR_OK;
+out:
+    stmt_done(s);
+    return rv;
+}
+
+CK_RV guardian_store_package_install(struct guardian_store *st, const struct guardian_package_info *pkg,
+                                     CK_RV (*commit_hook)(void *ctx), void *ctx)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    bool locked = false, in_tx = false;
+
+    if (st == NULL || !package_ok(pkg)) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        goto out;
+    locked = true;
+    rv = tx_begin(st);
+    if (rv != CKR_OK)
+        goto out;
+    in_tx = true;
+
+    rv = package_install_locked(st, pkg);
+    if (rv != CKR_OK)
+        goto out;
+    /* Inside the transaction, with the store locked: the hook must not call
+     * the store (it would get CKR_GENERAL_ERROR, not a deadlock). */
+    if (commit_hook != NULL) {
+        rv = commit_hook(ctx);
+        if (rv != CKR_OK)
+            goto out;
+    }
+    rv = CKR_OK;
+out:
+    if (in_tx)
+        rv = tx_end(st, rv);
+    if (locked)
+        store_leave(st);
+    return rv;
+}
+
+/* ---- products and counters -------------------------------------------------------- */
+
+CK_RV guardian_store_product_get(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                 struct guardian_product *out)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    sqlite3_stmt *s = NULL;
+    bool locked = false;
+    int rc;
+
+    if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || out == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        goto out;
+    locked = true;
+
+    rv = stmt_get(st, S_PRODUCT_GET, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE)) {
+        rv = map_sqlite(st, rc, "read a product");
+        goto out;
+    }
+    if (rc == SQLITE_DONE) {
+        rv = CKR_GUARDIAN_PRODUCT_UNKNOWN;
+        goto out;
+    }
+    rv = product_from_row(s, out);
+out:
+    stmt_done(s);
+    if (locked)
+        store_leave(st);
+    return rv;
+}
+
+CK_RV guardian_store_products_each(struct guardian_store *st,
+                                   CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    struct guardian_product *list = NULL, *grown;
+    size_t count = 0, cap = 0;
+    sqlite3_stmt *s = NULL;
+    bool locked = false;
+    int rc;
+
+    if (st == NULL || fn == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        goto out;
+    locked = true;
+
+    /* Products are few (one per installed release): read them all, then call
+     * fn without the lock so that it may use the store. */
+    rv = stmt_get(st, S_PRODUCTS_ALL, &s);
+    if (rv != CKR_OK)
+        goto out;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (count == cap) {
+            cap = cap != 0 ? 2 * cap : 16;
+            grown = realloc(list, cap * sizeof(*list));
+            if (grown == NULL) {
+                rv = CKR_HOST_MEMORY;
+                goto out;
+            }
+            list = grown;
+        }
+        rv = product_from_row(s, &list[count]);
+        if (rv != CKR_OK)
+            goto out;
+        count++;
+    }
+    rv = map_sqlite(st, rc, "list products");
+    if (rv != CKR_OK)
+        goto out;
+    stmt_done(s);
+    s = NULL;
+    store_leave(st);
+    locked = false;
+
+    for (size_t i = 0; i < count; i++) {
+        rv = fn(&list[i], ctx);
+        if (rv != CKR_OK)
+            goto out;
+    }
+    rv = CKR_OK;
+out:
+    stmt_done(s);
+    if (locked)
+        store_leave(st);
+    free(list);
+    return rv;
+}
+
+static CK_RV reserve_locked(struct guardian_store *st, const char *oem_id, const char *product_id,
+                            const uint8_t *device_id, size_t device_id_len, int64_t now, uint64_t *serial)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    struct guardian_product prod;
+    struct guardian_audit_record rec;
+    sqlite3_stmt *s = NULL;
+    int rc;
+
+    rv = stmt_get(st, S_PRODUCT_GET, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE)) {
+        rv = map_sqlite(st, rc, "read a product");
+        goto out;
+    }
+    if (rc == SQLITE_DONE) {
+        rv = CKR_GUARDIAN_PRODUCT_UNKNOWN;
+        goto out;
+    }
+    rv = product_from_row(s, &prod);
+    if (rv != CKR_OK)
+        goto out;
+    stmt_done(s);
+
+    if (prod.remaining_units == 0) {
+        rv = CKR_GUARDIAN_QUOTA_EXHAUSTED;
+        goto out;
+    }
+    if (prod.not_after < now) {
+        rv = CKR_GUARDIAN_PACKAGE_EXPIRED;
+        goto out;
+    }
+    if (prod.next_serial >= INT64_MAX) {
+        guardian_error(STORE_LOG, "the serial counter of a product is exhausted");
+        rv = CKR_GUARDIAN_QUOTA_EXHAUSTED;
+        goto out;
+    }
+
+    /* Count the unit; the WHERE clause re-checks the quota in SQL. */
+    rv = stmt_get(st, S_PACKAGE_COUNT_ONE, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_blob(s, 1, prod.package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_step(s)) != SQLITE_DONE) {
+        rv = map_sqlite(st, rc, "count a unit");
+        goto out;
+    }
+    if (sqlite3_changes(st->db) != 1) {
+        rv = CKR_GUARDIAN_QUOTA_EXHAUSTED;
+        goto out;
+    }
+    stmt_done(s);
+
+    rv = stmt_get(st, S_SERIAL_ADVANCE, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)prod.next_serial)) != SQLITE_OK ||
+        (rc = sqlite3_step(s)) != SQLITE_DONE) {
+        rv = map_sqlite(st, rc, "advance the serial counter");
+        goto out;
+    }
+    if (sqlite3_changes(st->db) != 1) {
+        guardian_error(STORE_LOG, "the serial counter moved under a write transaction");
+        rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    stmt_done(s);
+
+    memset(&rec, 0, sizeof(rec));
+    rec.type = GUARDIAN_AUDIT_RESERVE;
+    rec.time = now;
+    memcpy(rec.oem_id, oem_id, strlen(oem_id) + 1);
+    memcpy(rec.product_id, product_id, strlen(product_id) + 1);
+    rec.serial = prod.next_serial;
+    memcpy(rec.device_id, device_id, device_id_len);
+    rec.device_id_len = device_id_len;
+    rv = audit_append(st, &rec);
+    if (rv != CKR_OK)
+        goto out;
+
+    rv = stmt_get(st, S_ISSUANCE_INSERT, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)prod.next_serial)) != SQLITE_OK ||
+        (rc = sqlite3_bind_blob(s, 4, prod.package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_blob(s, 5, device_id, (int)device_id_len, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 6, (sqlite3_int64)rec.seq)) != SQLITE_OK ||
+        (rc = sqlite3_step(s)) != SQLITE_DONE) {
+        rv = map_sqlite(st, rc, "record a reservation");
+        goto out;
+    }
+    *serial = prod.next_serial;
+    rv = CKR_OK;
+out:
+    stmt_done(s);
+    return rv;
+}
+
+CK_RV guardian_store_reserve(struct guardian_store *st, const char *oem_id, const char *product_id,
+                             const uint8_t *device_id, size_t device_id_len, int64_t now, uint64_t *serial_out)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    bool locked = false, in_tx = false;
+    uint64_t serial = 0;
+
+    if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
+        serial_out == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        goto out;
+    locked = true;
+    rv = tx_begin(st);
+    if (rv != CKR_OK)
+        goto out;
+    in_tx = true;
+    rv = reserve_locked(st, oem_id, product_id, device_id, device_id_len, now, &serial);
+out:
+    if (in_tx)
+        rv = tx_end(st, rv);
+    if (locked)
+        store_leave(st);
+    if (rv == CKR_OK)
+        *serial_out = serial; /* only once it is durable */
+    return rv;
+}
+
+static CK_RV commit_issue_locked(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                 uint64_t serial, const uint8_t *device_id, size_t device_id_len,
+                                 const uint8_t cert_digest[GUARDIAN_HASH_LEN])
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    struct guardian_audit_record rec;
+    uint8_t reserved_device[GUARDIAN_DEVICE_ID_MAX];
+    size_t reserved_len = 0;
+    sqlite3_stmt *s = NULL;
+    int rc;
+
+    rv = stmt_get(st, S_ISSUANCE_GET, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)serial)) != SQLITE_OK ||
+        ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE)) {
+        rv = map_sqlite(st, rc, "look up a reservation");
+        goto out;
+    }
+    if (rc == SQLITE_DONE) {
+        guardian_error(STORE_LOG, "serial %llu of %s/%s was never reserved", (unsigned long long)serial, oem_id,
+                       product_id);
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    if (!column_blob(s, 0, reserved_device, sizeof(reserved_device), &reserved_len)) {
+        guardian_error(STORE_LOG, "a reservation row is malformed");
+        rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    if (reserved_len != device_id_len || memcmp(reserved_device, device_id, device_id_len) != 0) {
+        guardian_error(STORE_LOG, "serial %llu of %s/%s was reserved for another device",
+                       (unsigned long long)serial, oem_id, product_id);
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    if (sqlite3_column_type(s, 1) != SQLITE_NULL) {
+        guardian_error(STORE_LOG, "serial %llu of %s/%s is already issued", (unsigned long long)serial, oem_id,
+                       product_id);
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    stmt_done(s);
+
+    memset(&rec, 0, sizeof(rec));
+    rec.type = GUARDIAN_AUDIT_ISSUE;
+    rec.time = (int64_t)time(NULL);
+    memcpy(rec.oem_id, oem_id, strlen(oem_id) + 1);
+    memcpy(rec.product_id, product_id, strlen(product_id) + 1);
+    rec.serial = serial;
+    memcpy(rec.device_id, device_id, device_id_len);
+    rec.device_id_len = device_id_len;
+    memcpy(rec.digest, cert_digest, GUARDIAN_HASH_LEN);
+    rv = audit_append(st, &rec);
+    if (rv != CKR_OK)
+        goto out;
+
+    rv = stmt_get(st, S_ISSUANCE_SET_ISSUED, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)serial)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 4, (sqlite3_int64)rec.seq)) != SQLITE_OK ||
+        (rc = sqlite3_bind_blob(s, 5, cert_digest, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
+        (rc = sqlite3_step(s)) != SQLITE_DONE) {
+        rv = map_sqlite(st, rc, "record an issue");
+        goto out;
+    }
+    if (sqlite3_changes(st->db) != 1) {
+        guardian_error(STORE_LOG, "a reservation changed under a write transaction");
+        rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    rv = CKR_OK;
+out:
+    stmt_done(s);
+    return rv;
+}
+
+CK_RV guardian_store_commit_issue(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                  uint64_t serial, const uint8_t *device_id, size_t device_id_len,
+                                  const uint8_t cert_digest[GUARDIAN_HASH_LEN])
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    bool locked = false, in_tx = false;
+
+    if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
+        cert_digest == NULL || serial == 0 || serial > INT64_MAX) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        goto out;
+    locked = true;
+    rv = tx_begin(st);
+    if (rv != CKR_OK)
+        goto out;
+    in_tx = true;
+    rv = commit_issue_locked(st, oem_id, product_id, serial, device_id, device_id_len, cert_digest);
+out:
+    if (in_tx)
+        rv = tx_end(st, rv);
+    if (locked)
+        store_leave(st);
+    return rv;
+}
+
+/* ---- the audit trail: verify while iterating ----------------------------------------- */
+
+/* Reads records with from <= seq <= to (at most `cap`) into page[]; *count =
+ * records read and decoded.  A row that cannot be decoded ends the page early
+ * with *bad set: the records before it are still delivered and verified. */
+static CK_RV audit_page_read(struct guardian_store *st, uint64_t from, uint64_t to,
+                             struct guardian_audit_record *page, size_t cap, size_t *count, bool *bad)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    sqlite3_stmt *s = NULL;
+    int rc;
+
+    *count = 0;
+    *bad = false;
+    rv = stmt_get(st, S_AUDIT_PAGE, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if ((rc = sqlite3_bind_int64(s, 1, (sqlite3_int64)from)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 2, (sqlite3_int64)to)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)cap)) != SQLITE_OK) {
+        rv = map_sqlite(st, rc, "read the audit trail");
+        goto out;
+    }
+    while (*count < cap && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (!audit_from_row(s, &page[*count])) {
+            *bad = true;
+            rc = SQLITE_DONE;
+            break;
+        }
+        (*count)++;
+    }
+    rv = map_sqlite(st, rc, "read the audit trail");
+out:
+    stmt_done(s);
+    return rv;
+}
+
+CK_RV guardian_store_audit_each(struct guardian_store *st,
+                                CK_RV (*fn)(const struct guardian_audit_record *r, void *ctx), void *ctx)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    struct guardian_audit_record *page = NULL;
+    uint8_t head_hash[GUARDIAN_HASH_LEN], prev[GUARDIAN_HASH_LEN], hash[GUARDIAN_HASH_LEN];
+    uint64_t head_seq = 0, expect = 1;
+    size_t count = 0;
+    bool locked = false, bad = false;
+
+    if (st == NULL || fn == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    page = calloc(AUDIT_PAGE_RECORDS, sizeof(*page));
+    if (page == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+
+    /* The head fixes the end: records up to it are committed and immutable,
+     * so reading them page by page, without the lock between pages, sees one
+     * consistent trail while other threads and processes keep appending. */
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        goto out;
+    locked = true;
+    rv = audit_head_get(st, &head_seq, head_hash);
+    store_leave(st);
+    locked = false;
+    if (rv != CKR_OK)
+        goto out;
+
+    memset(prev, 0, sizeof(prev));
+    while (expect <= head_seq) {
+        rv = store_enter(st);
+        if (rv != CKR_OK)
+            goto out;
+        locked = true;
+        rv = audit_page_read(st, expect, head_seq, page, AUDIT_PAGE_RECORDS, &count, &bad);
+        store_leave(st);
+        locked = false;
+        if (rv != CKR_OK)
+            goto out;
+        if (count == 0 && !bad) {
+            guardian_error(STORE_LOG, "audit records %llu..%llu are missing", (unsigned long long)expect,
+                           (unsigned long long)head_seq);
+            rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+            goto out;
+        }
+        for (size_t i = 0; i < count; i++) {
+            const struct guardian_audit_record *r = &page[i];
+            if (r->seq != expect) {
+                guardian_error(STORE_LOG, "audit record %llu is missing (next is %llu)",
+                               (unsigned long long)expect, (unsigned long long)r->seq);
+                rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+                goto out;
+            }
+            if (memcmp(r->prev_hash, prev, sizeof(prev)) != 0) {
+                guardian_error(STORE_LOG, "audit record %llu does not follow record %llu (prev_hash)",
+                               (unsigned long long)r->seq, (unsigned long long)(r->seq - 1));
+                rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+                goto out;
+            }
+            if (guardian_audit_hash(r, hash) != CKR_OK || memcmp(hash, r->hash, sizeof(hash)) != 0) {
+                guardian_error(STORE_LOG, "audit record %llu was altered (hash)", (unsigned long long)r->seq);
+                rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+                goto out;
+            }
+            rv = fn(r, ctx);
+            if (rv != CKR_OK)
+                goto out;
+            memcpy(prev, r->hash, sizeof(prev));
+            expect++;
+        }
+        if (bad) {
+            guardian_error(STORE_LOG, "the audit record after %llu is malformed", (unsigned long long)(expect - 1));
+            rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+            goto out;
+        }
+    }
+    if (memcmp(prev, head_hash, sizeof(prev)) != 0) {
+        guardian_error(STORE_LOG, "the audit trail does not end at its head (record %llu)",
+                       (unsigned long long)head_seq);
+        rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+        goto out;
+    }
+    rv = CKR_OK;
+out:
+    if (locked)
+        store_leave(st);
+    free(page);
+    return rv;
+}

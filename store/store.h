@@ -1,0 +1,151 @@
+/*
+ * store.h — what store/ owns: the Guardian's durable state, behind this API.
+ *
+ *  - the package registry: every package ever imported (replay protection) and
+ *    the installed release per (OEM ID, product ID) (rollback protection);
+ *  - the production counters: authorised, issued and remaining units and the
+ *    next certificate serial of each installed product;
+ *  - the audit trail: an append-only, hash-chained list of records.
+ *
+ * SQLite (WAL) in <state_dir>/guardian.db.  Every mutation that touches a
+ * counter, the registry and the audit trail does so in ONE transaction that
+ * commits or rolls back as a whole.  Store errors map to CKR codes in exactly
+ * one function (store.c: map_sqlite).  store/ may call SQLite and libcrypto
+ * (SHA-256); nothing else.  Thread safety: one struct guardian_store may be
+ * used from several threads (SQLite serialized mode + an internal mutex);
+ * several processes may open the same state_dir (SQLite file locking, with a
+ * busy timeout).
+ */
+#ifndef GUARDIAN_STORE_H
+#define GUARDIAN_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "p11.h"
+
+#define GUARDIAN_ID_MAX 64           /* OEM ID and product ID, bytes of UTF-8 */
+#define GUARDIAN_DEVICE_ID_MAX 128   /* device ID, bytes */
+#define GUARDIAN_HASH_LEN 32         /* SHA-256 */
+#define GUARDIAN_PACKAGE_ID_LEN 16
+
+struct guardian_store;
+
+/* Open (creating if needed) <dir>/guardian.db; the directory must exist.
+ * Applies schema migrations up to the current schema version. */
+CK_RV guardian_store_open(const char *dir, struct guardian_store **out);
+/* A private in-memory store, for unit tests. */
+CK_RV guardian_store_open_memory(struct guardian_store **out);
+void guardian_store_close(struct guardian_store *st);
+
+/* ---- package registry ------------------------------------------------------ */
+
+struct guardian_package_info {
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
+    uint8_t package_digest[GUARDIAN_HASH_LEN]; /* SHA-256 of the package file */
+    char oem_id[GUARDIAN_ID_MAX + 1];
+    char product_id[GUARDIAN_ID_MAX + 1];
+    uint32_t release_version;
+    uint64_t authorised_units;
+    int64_t not_after; /* seconds since the epoch, UTC */
+};
+
+/* CKR_OK if the package may be installed; CKR_GUARDIAN_PACKAGE_REPLAYED if a
+ * package with this ID was ever imported; CKR_GUARDIAN_PACKAGE_ROLLBACK if the
+ * installed release of (oem_id, product_id) is >= release_version. */
+CK_RV guardian_store_package_check(struct guardian_store *st, const struct guardian_package_info *pkg);
+
+/* In one transaction: the same checks as guardian_store_package_check, then
+ * record the package, make it the installed release of its product (a newer
+ * release supersedes the older: its allowance replaces the old remaining count,
+ * the serial counter continues), and append an IMPORT audit record.
+ * `commit_hook`, if not NULL, is called inside the transaction after the rows
+ * are written and before COMMIT; if it returns non-CKR_OK the transaction is
+ * rolled back and that value returned (the caller creates its token objects
+ * there, so registry and token stay consistent). */
+CK_RV guardian_store_package_install(struct guardian_store *st, const struct guardian_package_info *pkg,
+                                     CK_RV (*commit_hook)(void *ctx), void *ctx);
+
+/* ---- products and counters ------------------------------------------------- */
+
+struct guardian_product {
+    char oem_id[GUARDIAN_ID_MAX + 1];
+    char product_id[GUARDIAN_ID_MAX + 1];
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN]; /* installed package */
+    uint32_t release_version;
+    uint64_t authorised_units; /* of the installed package */
+    uint64_t issued_units;     /* under the installed package */
+    uint64_t remaining_units;
+    uint64_t next_serial;      /* durable, never reused across releases */
+    int64_t not_after;
+    int64_t installed_at;
+};
+
+/* CKR_GUARDIAN_PRODUCT_UNKNOWN if no release of that product is installed. */
+CK_RV guardian_store_product_get(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                 struct guardian_product *out);
+/* Calls `fn` for each installed product, ordered by OEM ID then product ID;
+ * stops early and returns fn's value when it is not CKR_OK. */
+CK_RV guardian_store_products_each(struct guardian_store *st,
+                                   CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx);
+
+/* Issuing a certificate is two steps, each one transaction, so that a crash at
+ * any moment neither exceeds the quota nor loses a returned certificate's record:
+ *
+ * 1. reserve: remaining > 0 (else CKR_GUARDIAN_QUOTA_EXHAUSTED), not expired at
+ *    `now` (else CKR_GUARDIAN_PACKAGE_EXPIRED); remaining -= 1, issued += 1,
+ *    serial = next_serial++; append a RESERVE audit record (device ID, serial).
+ * 2. commit: append an ISSUE audit record (serial, device ID, SHA-256 of the
+ *    certificate DER).  Only then does the caller return the certificate.
+ *
+ * A reservation without its ISSUE record (crash, or signing failed) stays
+ * counted: it is reported as "reserved, not issued" in the audit export. */
+CK_RV guardian_store_reserve(struct guardian_store *st, const char *oem_id, const char *product_id,
+                             const uint8_t *device_id, size_t device_id_len, int64_t now, uint64_t *serial_out);
+CK_RV guardian_store_commit_issue(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                  uint64_t serial, const uint8_t *device_id, size_t device_id_len,
+                                  const uint8_t cert_digest[GUARDIAN_HASH_LEN]);
+
+/* ---- audit trail ------------------------------------------------------------- */
+
+enum guardian_audit_type {
+    GUARDIAN_AUDIT_IMPORT = 1,
+    GUARDIAN_AUDIT_RESERVE = 2,
+    GUARDIAN_AUDIT_ISSUE = 3,
+};
+
+struct guardian_audit_record {
+    uint64_t seq;  /* 1, 2, 3, ... without gaps */
+    int type;      /* enum guardian_audit_type */
+    int64_t time;  /* seconds since the epoch, UTC */
+    char oem_id[GUARDIAN_ID_MAX + 1];
+    char product_id[GUARDIAN_ID_MAX + 1];
+    uint64_t serial;                      /* RESERVE, ISSUE; 0 otherwise */
+    uint8_t device_id[GUARDIAN_DEVICE_ID_MAX];
+    size_t device_id_len;                 /* RESERVE, ISSUE */
+    uint8_t digest[GUARDIAN_HASH_LEN];    /* ISSUE: certificate; IMPORT: package */
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN]; /* IMPORT */
+    uint32_t release_version;             /* IMPORT */
+    uint64_t authorised_units;            /* IMPORT */
+    uint8_t prev_hash[GUARDIAN_HASH_LEN]; /* hash of record seq-1; zeros for seq 1 */
+    uint8_t hash[GUARDIAN_HASH_LEN];      /* SHA-256 over the canonical encoding */
+};
+
+/* The canonical byte encoding of a record that its hash covers (everything but
+ * `hash`), as documented in docs/audit-format.md.  Returns the length written,
+ * or 0 if `cap` is too small.  Shared with the OEM-side verifier. */
+size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf, size_t cap);
+/* hash = SHA-256(guardian_audit_encode(r)).  CKR_OK, or CKR_ARGUMENTS_BAD if
+ * the record cannot be encoded (an ID without its terminator, device_id_len >
+ * GUARDIAN_DEVICE_ID_MAX, ...), CKR_GENERAL_ERROR if SHA-256 failed; `out` is
+ * then all zeros and must not be compared with anything (a verifier that did
+ * would accept a forged record whose stored hash is zeros). */
+CK_RV guardian_audit_hash(const struct guardian_audit_record *r, uint8_t out[GUARDIAN_HASH_LEN]);
+
+/* Calls `fn` for each record in sequence order, after checking that each
+ * record's prev_hash is its predecessor's hash and its hash is right;
+ * CKR_GUARDIAN_AUDIT_CORRUPT (and a log line naming the record) otherwise. */
+CK_RV guardian_store_audit_each(struct guardian_store *st,
+                                CK_RV (*fn)(const struct guardian_audit_record *r, void *ctx), void *ctx);
+
+#endif /* GUARDIAN_STORE_H */
