@@ -21,6 +21,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -309,6 +310,87 @@ out:
     return rv;
 }
 
+/* bind_all: binds parameters 1, 2, ... of s, one per character of `types`, to
+ * the arguments that follow it (bind_va: to those in ap).  Varargs are not
+ * converted, so each argument must have exactly the type listed (cast at the
+ * call):
+ *   't'  const char *          text up to its NUL, not copied
+ *   'i'  sqlite3_int64         integer
+ *   'b'  const void *, int     blob of that many bytes, not copied; 0 bytes
+ *                              bind an empty blob, never NULL
+ * `types` must name every parameter of the statement.  Returns the first
+ * failing SQLite code, or SQLITE_OK. */
+static int bind_va(sqlite3_stmt *s, const char *types, va_list ap)
+{
+    int rc = SQLITE_OK;
+
+    if (strlen(types) != (size_t)sqlite3_bind_parameter_count(s))
+        return SQLITE_RANGE;
+    for (int i = 1; rc == SQLITE_OK && types[i - 1] != '\0'; i++) {
+        switch (types[i - 1]) {
+        case 't':
+            rc = sqlite3_bind_text(s, i, va_arg(ap, const char *), -1, SQLITE_STATIC);
+            break;
+        case 'i':
+            rc = sqlite3_bind_int64(s, i, va_arg(ap, sqlite3_int64));
+            break;
+        case 'b': {
+            const void *blob = va_arg(ap, const void *);
+            int len = va_arg(ap, int);
+            rc = len > 0 ? sqlite3_bind_blob(s, i, blob, len, SQLITE_STATIC) : sqlite3_bind_zeroblob(s, i, 0);
+            break;
+        }
+        default:
+            rc = SQLITE_MISUSE;
+            break;
+        }
+    }
+    return rc;
+}
+
+/* See bind_va. */
+static int bind_all(sqlite3_stmt *s, const char *types, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, types);
+    rc = bind_va(s, types, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Gets statement `id` into *s, binds it (types and arguments as for bind_all)
+ * and steps it once.  With row NULL it must finish (INSERT, UPDATE: then
+ * sqlite3_changes() tells how many rows it changed); otherwise it may also
+ * stop at a row, and *row tells whether it did.  Any other result is mapped
+ * as `what`.  *s is left to the caller's stmt_done, on failure too. */
+static CK_RV stmt_step(struct guardian_store *st, enum stmt_id id, sqlite3_stmt **s, bool *row, const char *what,
+                       const char *types, ...)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    va_list ap;
+    int rc;
+
+    rv = stmt_get(st, id, s);
+    if (rv != CKR_OK)
+        goto out;
+    va_start(ap, types);
+    rc = bind_va(*s, types, ap);
+    va_end(ap);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(*s);
+    if (rc != SQLITE_DONE && (row == NULL || rc != SQLITE_ROW)) {
+        rv = map_sqlite(st, rc, what);
+        goto out;
+    }
+    if (row != NULL)
+        *row = rc == SQLITE_ROW;
+    rv = CKR_OK;
+out:
+    return rv;
+}
+
 /* ---- transactions ---------------------------------------------------------------- */
 
 static CK_RV tx_begin(struct guardian_store *st)
@@ -486,7 +568,6 @@ static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_recor
     CK_RV rv = CKR_GENERAL_ERROR;
     sqlite3_stmt *s = NULL;
     uint64_t head_seq = 0;
-    int rc;
 
     rv = audit_head_get(st, &head_seq, r->prev_hash);
     if (rv != CKR_OK)
@@ -498,40 +579,19 @@ static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_recor
         goto out;
     }
 
-    rv = stmt_get(st, S_AUDIT_INSERT, &s);
+    rv = stmt_step(st, S_AUDIT_INSERT, &s, NULL, "append an audit record", "iiittibbbiibb", (sqlite3_int64)r->seq,
+                   (sqlite3_int64)r->type, (sqlite3_int64)r->time, r->oem_id, r->product_id,
+                   (sqlite3_int64)r->serial, r->device_id, (int)r->device_id_len, r->digest, GUARDIAN_HASH_LEN,
+                   r->package_id, GUARDIAN_PACKAGE_ID_LEN, (sqlite3_int64)r->release_version,
+                   (sqlite3_int64)r->authorised_units, r->prev_hash, GUARDIAN_HASH_LEN, r->hash, GUARDIAN_HASH_LEN);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_int64(s, 1, (sqlite3_int64)r->seq)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int(s, 2, r->type)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 3, r->time)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 4, r->oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 5, r->product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 6, (sqlite3_int64)r->serial)) != SQLITE_OK ||
-        (rc = (r->device_id_len > 0
-                   ? sqlite3_bind_blob(s, 7, r->device_id, (int)r->device_id_len, SQLITE_STATIC)
-                   : sqlite3_bind_zeroblob(s, 7, 0))) != SQLITE_OK ||
-        (rc = sqlite3_bind_blob(s, 8, r->digest, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_blob(s, 9, r->package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 10, r->release_version)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 11, (sqlite3_int64)r->authorised_units)) != SQLITE_OK ||
-        (rc = sqlite3_bind_blob(s, 12, r->prev_hash, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_blob(s, 13, r->hash, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_step(s)) != SQLITE_DONE) {
-        rv = map_sqlite(st, rc, "append an audit record");
-        goto out;
-    }
     stmt_done(s);
 
-    rv = stmt_get(st, S_HEAD_SET, &s);
+    rv = stmt_step(st, S_HEAD_SET, &s, NULL, "move the audit head", "ibi", (sqlite3_int64)r->seq, r->hash,
+                   GUARDIAN_HASH_LEN, (sqlite3_int64)head_seq);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_int64(s, 1, (sqlite3_int64)r->seq)) != SQLITE_OK ||
-        (rc = sqlite3_bind_blob(s, 2, r->hash, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)head_seq)) != SQLITE_OK ||
-        (rc = sqlite3_step(s)) != SQLITE_DONE) {
-        rv = map_sqlite(st, rc, "move the audit head");
-        goto out;
-    }
     if (sqlite3_changes(st->db) != 1) {
         guardian_error(STORE_LOG, "the audit head moved under a write transaction");
         rv = CKR_GUARDIAN_AUDIT_CORRUPT;
@@ -796,32 +856,22 @@ static CK_RV package_check_locked(struct guardian_store *st, const struct guardi
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     sqlite3_stmt *s = NULL;
-    int rc;
+    bool row = false;
 
-    rv = stmt_get(st, S_PACKAGE_SEEN, &s);
+    rv = stmt_step(st, S_PACKAGE_SEEN, &s, &row, "look up a package", "b", pkg->package_id, GUARDIAN_PACKAGE_ID_LEN);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_blob(s, 1, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE)) {
-        rv = map_sqlite(st, rc, "look up a package");
-        goto out;
-    }
-    if (rc == SQLITE_ROW) {
+    if (row) {
         rv = CKR_GUARDIAN_PACKAGE_REPLAYED;
         goto out;
     }
     stmt_done(s);
 
-    rv = stmt_get(st, S_INSTALLED_RELEASE, &s);
+    rv = stmt_step(st, S_INSTALLED_RELEASE, &s, &row, "look up the installed release", "tt", pkg->oem_id,
+                   pkg->product_id);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_text(s, 1, pkg->oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 2, pkg->product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE)) {
-        rv = map_sqlite(st, rc, "look up the installed release");
-        goto out;
-    }
-    if (rc == SQLITE_ROW && sqlite3_column_int64(s, 0) >= (sqlite3_int64)pkg->release_version) {
+    if (row && sqlite3_column_int64(s, 0) >= (sqlite3_int64)pkg->release_version) {
         rv = CKR_GUARDIAN_PACKAGE_ROLLBACK;
         goto out;
     }
@@ -858,7 +908,6 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     struct guardian_audit_record rec;
     sqlite3_stmt *s = NULL;
     sqlite3_int64 now = (sqlite3_int64)time(NULL);
-    int rc;
 
     rv = package_check_locked(st, pkg);
     if (rv != CKR_OK)
@@ -877,37 +926,18 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     if (rv != CKR_OK)
         goto out;
 
-    rv = stmt_get(st, S_PACKAGE_INSERT, &s);
+    rv = stmt_step(st, S_PACKAGE_INSERT, &s, NULL, "record a package", "bbttiiiii", pkg->package_id,
+                   GUARDIAN_PACKAGE_ID_LEN, pkg->package_digest, GUARDIAN_HASH_LEN, pkg->oem_id, pkg->product_id,
+                   (sqlite3_int64)pkg->release_version, (sqlite3_int64)pkg->authorised_units,
+                   (sqlite3_int64)pkg->not_after, now, (sqlite3_int64)rec.seq);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_blob(s, 1, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_blob(s, 2, pkg->package_digest, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 3, pkg->oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 4, pkg->product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 5, pkg->release_version)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 6, (sqlite3_int64)pkg->authorised_units)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 7, pkg->not_after)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 8, now)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 9, (sqlite3_int64)rec.seq)) != SQLITE_OK ||
-        (rc = sqlite3_step(s)) != SQLITE_DONE) {
-        rv = map_sqlite(st, rc, "record a package");
-        goto out;
-    }
     stmt_done(s);
 
     /* Install or supersede: the product now counts against this package's
      * allowance; next_serial is left as it was (never reused). */
-    rv = stmt_get(st, S_PRODUCT_UPSERT, &s);
-    if (rv != CKR_OK)
-        goto out;
-    if ((rc = sqlite3_bind_text(s, 1, pkg->oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 2, pkg->product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_blob(s, 3, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 4, now)) != SQLITE_OK || (rc = sqlite3_step(s)) != SQLITE_DONE) {
-        rv = map_sqlite(st, rc, "install a product release");
-        goto out;
-    }
-    rv = CKR_OK;
+    rv = stmt_step(st, S_PRODUCT_UPSERT, &s, NULL, "install a product release", "ttbi", pkg->oem_id,
+                   pkg->product_id, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, now);
 out:
     stmt_done(s);
     return rv;
@@ -959,7 +989,7 @@ CK_RV guardian_store_product_get(struct guardian_store *st, const char *oem_id, 
     CK_RV rv = CKR_GENERAL_ERROR;
     sqlite3_stmt *s = NULL;
     bool locked = false;
-    int rc;
+    bool row = false;
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || out == NULL) {
         rv = CKR_ARGUMENTS_BAD;
@@ -970,16 +1000,10 @@ CK_RV guardian_store_product_get(struct guardian_store *st, const char *oem_id, 
         goto out;
     locked = true;
 
-    rv = stmt_get(st, S_PRODUCT_GET, &s);
+    rv = stmt_step(st, S_PRODUCT_GET, &s, &row, "read a product", "tt", oem_id, product_id);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE)) {
-        rv = map_sqlite(st, rc, "read a product");
-        goto out;
-    }
-    if (rc == SQLITE_DONE) {
+    if (!row) {
         rv = CKR_GUARDIAN_PRODUCT_UNKNOWN;
         goto out;
     }
@@ -1059,18 +1083,12 @@ static CK_RV reserve_locked(struct guardian_store *st, const char *oem_id, const
     struct guardian_product prod;
     struct guardian_audit_record rec;
     sqlite3_stmt *s = NULL;
-    int rc;
+    bool row = false;
 
-    rv = stmt_get(st, S_PRODUCT_GET, &s);
+    rv = stmt_step(st, S_PRODUCT_GET, &s, &row, "read a product", "tt", oem_id, product_id);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE)) {
-        rv = map_sqlite(st, rc, "read a product");
-        goto out;
-    }
-    if (rc == SQLITE_DONE) {
+    if (!row) {
         rv = CKR_GUARDIAN_PRODUCT_UNKNOWN;
         goto out;
     }
@@ -1094,30 +1112,20 @@ static CK_RV reserve_locked(struct guardian_store *st, const char *oem_id, const
     }
 
     /* Count the unit; the WHERE clause re-checks the quota in SQL. */
-    rv = stmt_get(st, S_PACKAGE_COUNT_ONE, &s);
+    rv = stmt_step(st, S_PACKAGE_COUNT_ONE, &s, NULL, "count a unit", "b", prod.package_id,
+                   GUARDIAN_PACKAGE_ID_LEN);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_blob(s, 1, prod.package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_step(s)) != SQLITE_DONE) {
-        rv = map_sqlite(st, rc, "count a unit");
-        goto out;
-    }
     if (sqlite3_changes(st->db) != 1) {
         rv = CKR_GUARDIAN_QUOTA_EXHAUSTED;
         goto out;
     }
     stmt_done(s);
 
-    rv = stmt_get(st, S_SERIAL_ADVANCE, &s);
+    rv = stmt_step(st, S_SERIAL_ADVANCE, &s, NULL, "advance the serial counter", "tti", oem_id, product_id,
+                   (sqlite3_int64)prod.next_serial);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)prod.next_serial)) != SQLITE_OK ||
-        (rc = sqlite3_step(s)) != SQLITE_DONE) {
-        rv = map_sqlite(st, rc, "advance the serial counter");
-        goto out;
-    }
     if (sqlite3_changes(st->db) != 1) {
         guardian_error(STORE_LOG, "the serial counter moved under a write transaction");
         rv = CKR_GUARDIAN_STORE_FAILED;
@@ -1137,19 +1145,11 @@ static CK_RV reserve_locked(struct guardian_store *st, const char *oem_id, const
     if (rv != CKR_OK)
         goto out;
 
-    rv = stmt_get(st, S_ISSUANCE_INSERT, &s);
+    rv = stmt_step(st, S_ISSUANCE_INSERT, &s, NULL, "record a reservation", "ttibbi", oem_id, product_id,
+                   (sqlite3_int64)prod.next_serial, prod.package_id, GUARDIAN_PACKAGE_ID_LEN, device_id,
+                   (int)device_id_len, (sqlite3_int64)rec.seq);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)prod.next_serial)) != SQLITE_OK ||
-        (rc = sqlite3_bind_blob(s, 4, prod.package_id, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_blob(s, 5, device_id, (int)device_id_len, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 6, (sqlite3_int64)rec.seq)) != SQLITE_OK ||
-        (rc = sqlite3_step(s)) != SQLITE_DONE) {
-        rv = map_sqlite(st, rc, "record a reservation");
-        goto out;
-    }
     *serial = prod.next_serial;
     rv = CKR_OK;
 out:
@@ -1197,19 +1197,13 @@ static CK_RV commit_issue_locked(struct guardian_store *st, const char *oem_id, 
     uint8_t reserved_device[GUARDIAN_DEVICE_ID_MAX];
     size_t reserved_len = 0;
     sqlite3_stmt *s = NULL;
-    int rc;
+    bool row = false;
 
-    rv = stmt_get(st, S_ISSUANCE_GET, &s);
+    rv = stmt_step(st, S_ISSUANCE_GET, &s, &row, "look up a reservation", "tti", oem_id, product_id,
+                   (sqlite3_int64)serial);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)serial)) != SQLITE_OK ||
-        ((rc = sqlite3_step(s)) != SQLITE_ROW && rc != SQLITE_DONE)) {
-        rv = map_sqlite(st, rc, "look up a reservation");
-        goto out;
-    }
-    if (rc == SQLITE_DONE) {
+    if (!row) {
         guardian_error(STORE_LOG, "serial %llu of %s/%s was never reserved", (unsigned long long)serial, oem_id,
                        product_id);
         rv = CKR_ARGUMENTS_BAD;
@@ -1247,18 +1241,10 @@ static CK_RV commit_issue_locked(struct guardian_store *st, const char *oem_id, 
     if (rv != CKR_OK)
         goto out;
 
-    rv = stmt_get(st, S_ISSUANCE_SET_ISSUED, &s);
+    rv = stmt_step(st, S_ISSUANCE_SET_ISSUED, &s, NULL, "record an issue", "ttiib", oem_id, product_id,
+                   (sqlite3_int64)serial, (sqlite3_int64)rec.seq, cert_digest, GUARDIAN_HASH_LEN);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_text(s, 1, oem_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_text(s, 2, product_id, -1, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)serial)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 4, (sqlite3_int64)rec.seq)) != SQLITE_OK ||
-        (rc = sqlite3_bind_blob(s, 5, cert_digest, GUARDIAN_HASH_LEN, SQLITE_STATIC)) != SQLITE_OK ||
-        (rc = sqlite3_step(s)) != SQLITE_DONE) {
-        rv = map_sqlite(st, rc, "record an issue");
-        goto out;
-    }
     if (sqlite3_changes(st->db) != 1) {
         guardian_error(STORE_LOG, "a reservation changed under a write transaction");
         rv = CKR_GUARDIAN_STORE_FAILED;
@@ -1316,9 +1302,8 @@ static CK_RV audit_page_read(struct guardian_store *st, uint64_t from, uint64_t 
     rv = stmt_get(st, S_AUDIT_PAGE, &s);
     if (rv != CKR_OK)
         goto out;
-    if ((rc = sqlite3_bind_int64(s, 1, (sqlite3_int64)from)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 2, (sqlite3_int64)to)) != SQLITE_OK ||
-        (rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)cap)) != SQLITE_OK) {
+    rc = bind_all(s, "iii", (sqlite3_int64)from, (sqlite3_int64)to, (sqlite3_int64)cap);
+    if (rc != SQLITE_OK) {
         rv = map_sqlite(st, rc, "read the audit trail");
         goto out;
     }
