@@ -6,7 +6,8 @@
  * one line in registry.c, its number in include/guardian/guardian-pkcs11.h, and
  * tests.  module/entry.c consults the registry for C_GetMechanismList,
  * C_GetMechanismInfo, C_UnwrapKey and C_DeriveKey; mechs/ may call the backend
- * through the list it is given, never module/ internals.
+ * through the list it is given, the store it is given, and module/'s logging —
+ * no other module/ internals.
  */
 #ifndef GUARDIAN_MECHS_REGISTRY_H
 #define GUARDIAN_MECHS_REGISTRY_H
@@ -16,10 +17,14 @@
 
 #include "p11.h"
 
-typedef CK_RV (*guardian_unwrap_fn)(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_MECHANISM *mech,
+struct guardian_store;
+
+typedef CK_RV (*guardian_unwrap_fn)(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                                    CK_MECHANISM *mech,
                                     CK_OBJECT_HANDLE unwrapping_key, CK_BYTE *wrapped, CK_ULONG wrapped_len,
                                     CK_ATTRIBUTE *templ, CK_ULONG count, CK_OBJECT_HANDLE *out);
-typedef CK_RV (*guardian_derive_fn)(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_MECHANISM *mech,
+typedef CK_RV (*guardian_derive_fn)(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                                    CK_MECHANISM *mech,
                                     CK_OBJECT_HANDLE base_key, CK_ATTRIBUTE *templ, CK_ULONG count,
                                     CK_OBJECT_HANDLE *out);
 

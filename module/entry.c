@@ -216,7 +216,13 @@ static CK_RV unwrap_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
         guardian_info("mech", "%s is not available for C_UnwrapKey in this build", m->name);
         return CKR_MECHANISM_INVALID;
     }
-    return m->unwrap(be, session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out);
+    {
+        struct guardian_store *st = NULL;
+        CK_RV rv = guardian_state_store(&st);
+        if (rv != CKR_OK)
+            return rv;
+        return m->unwrap(be, st, session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out);
+    }
 }
 
 static CK_RV entry_C_UnwrapKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE unwrapping_key,
@@ -243,7 +249,13 @@ static CK_RV derive_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
         guardian_info("mech", "%s is not available for C_DeriveKey in this build", m->name);
         return CKR_MECHANISM_INVALID;
     }
-    return m->derive(be, session, mech, base_key, templ, count, out);
+    {
+        struct guardian_store *st = NULL;
+        CK_RV rv = guardian_state_store(&st);
+        if (rv != CKR_OK)
+            return rv;
+        return m->derive(be, st, session, mech, base_key, templ, count, out);
+    }
 }
 
 static CK_RV entry_C_DeriveKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE base_key,

@@ -130,6 +130,11 @@ bool guardian_state_backend_has_3_0(void);
 CK_RV guardian_state_initialize(CK_VOID_PTR init_args);
 CK_RV guardian_state_finalize(CK_VOID_PTR reserved);
 const struct guardian_config *guardian_state_config(void);
+/* The durable store in the configured state_dir, opened on first use and
+ * closed by C_Finalize; CKR_GUARDIAN_STORE_FAILED with a log line if it cannot
+ * be opened. */
+struct guardian_store;
+CK_RV guardian_state_store(struct guardian_store **out);
 
 /* ---- forwarding (forward.c) and entry points (entry.c) ------------------ */
 

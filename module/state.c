@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "module.h"
+#include "store.h"
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 
@@ -42,6 +43,8 @@ static bool inherited_backend_init;
  * or the application loading SoftHSM beside us): we share it and leave its
  * C_Finalize to its owner. */
 static bool backend_borrowed;
+/* The durable store, opened on first use by a vendor mechanism. */
+static struct guardian_store *store;
 
 static void atfork_child(void)
 {
@@ -49,6 +52,9 @@ static void atfork_child(void)
         inherited_backend_init = true;
     atomic_store(&guardian_active_list, NULL);
     atomic_store(&guardian_active_list3, NULL);
+    /* The parent's store handle is the parent's: the store refuses it in a
+     * child, and closing it here could disturb the parent's WAL. */
+    store = NULL;
     /* The parent may have held the lock in another thread at fork time. */
     pthread_mutex_init(&init_lock, NULL);
 }
@@ -65,8 +71,24 @@ static CK_RV load_locked(bool quiet)
     char err[PATH_MAX + 256] = "";
     CK_RV rv;
 
-    if (loaded)
+    if (loaded) {
+        /* Loaded in an earlier C_Initialize of this process: re-read the
+         * configuration (state_dir, log_level); the backend stays. */
+        struct guardian_config fresh;
+        if (quiet)
+            return CKR_OK;
+        if (!guardian_config_load(&fresh, err, sizeof(err))) {
+            guardian_error("config", "%s", err);
+            return CKR_GUARDIAN_CONFIG_INVALID;
+        }
+        if (strcmp(fresh.backend, config.backend) != 0)
+            guardian_warn("config", "backend changed to %s: still using %s until the process restarts",
+                          fresh.backend, config.backend);
+        snprintf(fresh.backend, sizeof(fresh.backend), "%s", config.backend);
+        config = fresh;
+        guardian_log_set_level(config.log_level);
         return CKR_OK;
+    }
     if (!guardian_config_load(&config, err, sizeof(err))) {
         if (!quiet)
             guardian_error("config", "%s", err);
@@ -194,6 +216,8 @@ CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
      * application. */
     atomic_store(&guardian_active_list, NULL);
     atomic_store(&guardian_active_list3, NULL);
+    guardian_store_close(store);
+    store = NULL;
     if (backend_borrowed) {
         backend_borrowed = false;
         rv = CKR_OK;
@@ -204,6 +228,31 @@ CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
         guardian_warn("init", "backend C_Finalize returned %s", guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "?");
     if (rv == CKR_CRYPTOKI_NOT_INITIALIZED)
         rv = CKR_OK;
+out:
+    pthread_mutex_unlock(&init_lock);
+    return rv;
+}
+
+CK_RV guardian_state_store(struct guardian_store **out)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    pthread_mutex_lock(&init_lock);
+    if (atomic_load(&guardian_active_list) == NULL) {
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+        goto out;
+    }
+    if (store == NULL) {
+        rv = guardian_store_open(config.state_dir, &store);
+        if (rv != CKR_OK) {
+            guardian_error("store", "cannot open the Guardian state in %s (state_dir; see docs/configuration.md)",
+                           config.state_dir);
+            store = NULL;
+            goto out;
+        }
+    }
+    *out = store;
+    rv = CKR_OK;
 out:
     pthread_mutex_unlock(&init_lock);
     return rv;

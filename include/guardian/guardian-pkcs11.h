@@ -51,7 +51,15 @@
 /* C_Initialize: the configured backend is the Guardian module itself. */
 #define CKR_GUARDIAN_BACKEND_IS_SELF (CKR_GUARDIAN_BASE | 0x0003UL)
 
-/* 0x0010..0x001F: package import (C_UnwrapKey with CKM_GUARDIAN_UNWRAP_PACKAGE). */
+/* 0x0010..0x001F: package import (C_UnwrapKey with CKM_GUARDIAN_UNWRAP_PACKAGE).
+ * A malformed package is the standard CKR_WRAPPED_KEY_INVALID, an oversized one
+ * CKR_WRAPPED_KEY_LEN_RANGE. */
+/* The OEM's signature over the package does not verify (altered in transit). */
+#define CKR_GUARDIAN_PACKAGE_SIGNATURE_INVALID (CKR_GUARDIAN_BASE | 0x0011UL)
+/* The package was made for another Guardian. */
+#define CKR_GUARDIAN_WRONG_GUARDIAN (CKR_GUARDIAN_BASE | 0x0012UL)
+/* The signer does not chain to an OEM root enrolled in this Guardian. */
+#define CKR_GUARDIAN_UNTRUSTED_SIGNER (CKR_GUARDIAN_BASE | 0x0013UL)
 /* The package's not-after date has passed. */
 #define CKR_GUARDIAN_PACKAGE_EXPIRED (CKR_GUARDIAN_BASE | 0x0014UL)
 /* A package with this package ID was imported before (replay). */

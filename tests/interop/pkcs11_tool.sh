@@ -70,9 +70,15 @@ check_grep "pkcs11-tool -I: direct manufacturer is SoftHSM" '^Manufacturer +Soft
 compare "-L" -L
 check_grep "pkcs11-tool -L: token $LABEL listed through the module" "token label +: $LABEL\$" out/-L.module
 compare "-T" -T
-# Our vendor mechanisms are not advertised yet: the lists must be identical.
-compare "-M" -M --token-label "$LABEL"
+# The module lists the backend's mechanisms unchanged, plus the Guardian's
+# vendor mechanisms that the slot can run (unwrap-into-token, 0xC7440001).
+capture "-M" direct -M --token-label "$LABEL"
+capture "-M" module -M --token-label "$LABEL"
+grep -vi 'mechtype-0xC744' out/-M.module >out/-M.module.standard || true
+check_same "pkcs11-tool -M: direct = module, vendor mechanisms aside" out/-M.direct out/-M.module.standard
 check_grep "pkcs11-tool -M: module lists ECDSA" '^  ECDSA, keySize=' out/-M.module
+check_grep "pkcs11-tool -M: module lists unwrap-into-token (0xC7440001, unwrap)" \
+    '^  mechtype-0xC7440001, keySize=\{256,384\}, unwrap$' out/-M.module
 
 # ---- keys ---------------------------------------------------------------------
 

@@ -370,16 +370,26 @@ static void test_mechanism_list(void **st)
     assert_int_equal(mod->C_GetMechanismList(1, NULL, NULL), CKR_ARGUMENTS_BAD);
     assert_int_equal(mod->C_GetMechanismList(2, NULL, &n), CKR_SLOT_ID_INVALID);
     assert_int_equal(mod->C_GetMechanismList(1, NULL, &n), CKR_OK);
-    /* The vendor mechanisms are reserved but not implemented yet: not listed. */
-    assert_int_equal(n, 5);
+    /* The backend's five, then unwrap-into-token (its primitives are all
+     * there); derive-device-certificate is not implemented yet. */
+    assert_int_equal(n, 6);
     n = 2;
     assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_BUFFER_TOO_SMALL);
-    assert_int_equal(n, 5);
+    assert_int_equal(n, 6);
+    n = 16;
+    assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_OK);
+    assert_int_equal(n, 6);
+    assert_int_equal(list[0], CKM_ECDSA);
+    assert_int_equal(list[4], CKM_SHA256);
+    assert_int_equal(list[5], CKM_GUARDIAN_UNWRAP_PACKAGE);
+
+    /* A slot without AES key wrap cannot run the import: not advertised. */
+    fake_backend()->mechs[3] = CKM_AES_ECB;
     n = 16;
     assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_OK);
     assert_int_equal(n, 5);
-    assert_int_equal(list[0], CKM_ECDSA);
-    assert_int_equal(list[4], CKM_SHA256);
+    for (CK_ULONG i = 0; i < n; i++)
+        assert_int_not_equal(list[i], CKM_GUARDIAN_UNWRAP_PACKAGE);
 }
 
 static void test_mechanism_list_drops_backend_collision(void **st)
@@ -391,7 +401,7 @@ static void test_mechanism_list_drops_backend_collision(void **st)
     /* A backend that (wrongly) uses a number in our range. */
     fake_backend()->mechs[fake_backend()->n_mechs++] = CKM_GUARDIAN_DERIVE_DEVICE_CERT;
     assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_OK);
-    assert_int_equal(n, 5);
+    assert_int_equal(n, 6);
     for (CK_ULONG i = 0; i < n; i++)
         assert_int_not_equal(list[i], CKM_GUARDIAN_DERIVE_DEVICE_CERT);
 }
@@ -410,21 +420,26 @@ static void test_mechanism_info(void **st)
     assert_int_equal(fake_backend()->last_mechanism, CKM_ECDSA);
 
     fake_backend()->last_name = NULL;
-    assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_UNWRAP_PACKAGE, &info), CKR_MECHANISM_INVALID);
+    assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_UNWRAP_PACKAGE, &info), CKR_OK);
+    assert_int_equal(info.flags, CKF_UNWRAP);
     assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_DERIVE_DEVICE_CERT, &info), CKR_MECHANISM_INVALID);
-    assert_int_equal(mod->C_GetMechanismInfo(2, CKM_GUARDIAN_DERIVE_DEVICE_CERT, &info), CKR_SLOT_ID_INVALID);
+    assert_int_equal(mod->C_GetMechanismInfo(2, CKM_GUARDIAN_UNWRAP_PACKAGE, &info), CKR_SLOT_ID_INVALID);
     /* The backend was asked for its list, never for our mechanism. */
     assert_string_equal(fake_backend()->last_name, "C_GetMechanismList");
+    fake_backend()->mechs[1] = CKM_AES_ECB; /* no ECDH: no import on this slot */
+    assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_UNWRAP_PACKAGE, &info), CKR_MECHANISM_INVALID);
 }
 
 static void test_vendor_mechanisms_not_forwarded(void **st)
 {
-    CK_MECHANISM unwrap = {CKM_GUARDIAN_UNWRAP_PACKAGE, NULL, 0};
+    CK_BYTE param[4] = {0};
+    CK_MECHANISM unwrap = {CKM_GUARDIAN_UNWRAP_PACKAGE, param, sizeof(param)};
     CK_MECHANISM derive = {CKM_GUARDIAN_DERIVE_DEVICE_CERT, NULL, 0};
     CK_BYTE pkg[4] = {1, 2, 3, 4};
     CK_OBJECT_HANDLE h = 0;
     (void)st;
-    assert_int_equal(mod->C_UnwrapKey(1, &unwrap, 2, pkg, sizeof(pkg), NULL, 0, &h), CKR_MECHANISM_INVALID);
+    /* No parameter version is defined yet: refused before the backend is asked. */
+    assert_int_equal(mod->C_UnwrapKey(1, &unwrap, 2, pkg, sizeof(pkg), NULL, 0, &h), CKR_MECHANISM_PARAM_INVALID);
     assert_int_equal(mod->C_DeriveKey(1, &derive, 2, NULL, 0, &h), CKR_MECHANISM_INVALID);
     assert_null(fake_backend()->last_name);
     assert_int_equal(h, 0);
@@ -434,10 +449,10 @@ static void test_vendor_mechanisms_not_forwarded(void **st)
     assert_string_equal(fake_backend()->last_name, "C_DeriveKey");
 }
 
-static CK_RV dummy_derive(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_MECHANISM *m, CK_OBJECT_HANDLE k,
-                          CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out)
+static CK_RV dummy_derive(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE s, CK_MECHANISM *m,
+                          CK_OBJECT_HANDLE k, CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out)
 {
-    (void)be, (void)s, (void)m, (void)k, (void)t, (void)n, (void)out;
+    (void)be, (void)st, (void)s, (void)m, (void)k, (void)t, (void)n, (void)out;
     return CKR_OK;
 }
 
@@ -592,6 +607,11 @@ static void test_trace_names_calls_not_pins(void **st)
 
 int main(void)
 {
+    /* The vendor mechanisms open the store in GUARDIAN_STATE_DIR. */
+    char state[] = "/tmp/guardian-unit-state-XXXXXX";
+    if (mkdtemp(state) == NULL)
+        return 1;
+    setenv("GUARDIAN_STATE_DIR", state, 1);
     const struct CMUnitTest before_init[] = {
         cmocka_unit_test_setup_teardown(test_calls_before_initialize, setup, teardown),
         cmocka_unit_test_setup_teardown(test_initialize_args, setup, teardown),
@@ -618,5 +638,11 @@ int main(void)
     };
     int failed = cmocka_run_group_tests_name("module: lifecycle and interfaces", before_init, NULL, NULL);
     failed += cmocka_run_group_tests_name("module: initialized", initialized, NULL, NULL);
+    {
+        char cmd[sizeof(state) + 16];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", state);
+        if (system(cmd) != 0)
+            failed++;
+    }
     return failed;
 }

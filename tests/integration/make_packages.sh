@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# make_packages.sh DIR GUARDIAN_WRAP — the OEM side of the unwrap tests: an OEM
+# PKI (root, package signer, production CA), a rogue PKI, another Guardian, and
+# packages made with guardian-wrap for DIR/guardian.pem (written by the test).
+set -euo pipefail
+dir=$1 W=$2
+cd "$dir"
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+root() { key "$1.key"; openssl req -new -x509 -key "$1.key" -subj "/CN=$2" -days 3650 -out "$1.pem" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign; }
+issue() { # NAME SUBJECT ROOT EXT
+    key "$1.key"
+    openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
+    openssl x509 -req -in "$1.csr" -CA "$3.pem" -CAkey "$3.key" -days 365 -out "$1.pem" \
+        -extfile <(printf '%s\n' "$4") 2>/dev/null
+}
+root oem-root "ACME Root"
+root evil-root "ACME Root"
+issue signer "/CN=ACME Package Signer" oem-root "keyUsage=critical,digitalSignature"
+issue evil-signer "/CN=ACME Package Signer" evil-root "keyUsage=critical,digitalSignature"
+issue ca "/CN=ACME Production CA" oem-root "basicConstraints=critical,CA:TRUE,pathlen:0
+keyUsage=critical,keyCertSign"
+key other-guardian.key
+openssl req -new -x509 -key other-guardian.key -subj /CN=other-guardian -days 30 -out other-guardian.pem
+echo "line-config v1" >config.txt
+head -c 32 /dev/urandom >boot.secret
+key extra.key
+
+wrap() { # OUT RELEASE [extra args]
+    local out=$1 rel=$2
+    shift 2
+    "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem \
+        --ca-key ca.key --ca-cert ca.pem --ca-chain oem-root.pem --oem-id ACME --product-id SENSOR-1 \
+        --release "$rel" --units 100 --not-after +30 --out "$out" "$@" >/dev/null
+}
+wrap good.gpk 3 --data config=config.txt --secret-data bootkey=boot.secret --extra-key attest=extra.key
+wrap older.gpk 2
+wrap newer.gpk 4
+wrap x963.gpk 5 --kdf x963-sha256
+"$W" create --guardian-cert other-guardian.pem --signer-key signer.key --signer-cert signer.pem \
+    --ca-key ca.key --ca-cert ca.pem --oem-id ACME --product-id OTHER --release 1 --units 1 \
+    --not-after +30 --out wrong-guardian.gpk >/dev/null
+"$W" create --guardian-cert guardian.pem --signer-key evil-signer.key --signer-cert evil-signer.pem \
+    --ca-key ca.key --ca-cert ca.pem --oem-id ACME --product-id EVIL --release 1 --units 1 \
+    --not-after +30 --out evil.gpk >/dev/null

@@ -1,0 +1,405 @@
+/*
+ * test_unwrap.c — CKM_GUARDIAN_UNWRAP_PACKAGE through guardian-pkcs11.so over a
+ * real SoftHSMv2 token: a package made by guardian-wrap is imported with a
+ * standard C_UnwrapKey, the imported keys are sensitive and unextractable and
+ * sign correctly, and every refusal has its CKR code and leaves no object.
+ *
+ * Setup per test run: a fresh token; the Guardian's EC key generated in it
+ * (CKA_ID "guardian") with a certificate signed by a software "centre CA";
+ * the OEM root enrolled by the SO (CKA_TRUSTED); packages made by
+ * make_packages.sh with guardian-wrap.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "softhsm_token.h"
+/* after softhsm_token.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+static struct test_token token;
+static CK_FUNCTION_LIST *m;
+static CK_SLOT_ID slot;
+static CK_SESSION_HANDLE s;
+static CK_OBJECT_HANDLE guardian_key;
+static char path_buf[PATH_MAX];
+
+static const char *path(const char *name)
+{
+    snprintf(path_buf, sizeof(path_buf), "%s/%s", token.dir, name);
+    return path_buf;
+}
+
+static unsigned char *slurp(const char *name, size_t *len)
+{
+    FILE *f = fopen(path(name), "rb");
+    unsigned char *buf = malloc(1 << 20);
+    assert_non_null(f);
+    *len = fread(buf, 1, 1 << 20, f);
+    fclose(f);
+    return buf;
+}
+
+static CK_ULONG count_objects(void)
+{
+    CK_OBJECT_HANDLE h[256];
+    CK_ULONG n = 0;
+    assert_int_equal(m->C_FindObjectsInit(s, NULL, 0), CKR_OK);
+    assert_int_equal(m->C_FindObjects(s, h, 256, &n), CKR_OK);
+    assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+    return n;
+}
+
+/* The Guardian's certificate for its in-token key, signed by a software CA. */
+static void make_guardian_cert(CK_OBJECT_HANDLE pub)
+{
+    CK_BYTE point[80], id[] = "guardian";
+    CK_ATTRIBUTE a = {CKA_EC_POINT, point, sizeof(point)};
+    EVP_PKEY *gpub = NULL, *ca = EVP_EC_gen("P-256");
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    X509 *x = X509_new();
+    unsigned char *der = NULL;
+    int der_len;
+    FILE *f;
+
+    assert_int_equal(m->C_GetAttributeValue(s, pub, &a, 1), CKR_OK);
+    {
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0),
+            OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, point + 2, a.ulValueLen - 2),
+            OSSL_PARAM_construct_end(),
+        };
+        assert_int_equal(EVP_PKEY_fromdata_init(ctx), 1);
+        assert_int_equal(EVP_PKEY_fromdata(ctx, &gpub, EVP_PKEY_PUBLIC_KEY, params), 1);
+    }
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_set_version(x, 2);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (unsigned char *)"guardian-test", -1,
+                               -1, 0);
+    X509_NAME_add_entry_by_txt(X509_get_issuer_name(x), "CN", MBSTRING_ASC, (unsigned char *)"centre-ca", -1, -1,
+                               0);
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_set_pubkey(x, gpub);
+    assert_true(X509_sign(x, ca, EVP_sha256()) > 0);
+    der_len = i2d_X509(x, &der);
+    {
+        CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+        CK_CERTIFICATE_TYPE ct = CKC_X_509;
+        CK_BBOOL yes = CK_TRUE;
+        CK_OBJECT_HANDLE h;
+        unsigned char *subj = NULL;
+        int subj_len = i2d_X509_NAME(X509_get_subject_name(x), &subj);
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+                            {CKA_TOKEN, &yes, 1}, {CKA_ID, id, sizeof(id) - 1},
+                            {CKA_VALUE, der, (CK_ULONG)der_len}, {CKA_SUBJECT, subj, (CK_ULONG)subj_len}};
+        assert_int_equal(m->C_CreateObject(s, t, 6, &h), CKR_OK);
+        OPENSSL_free(subj);
+    }
+    f = fopen(path("guardian.pem"), "w");
+    assert_non_null(f);
+    PEM_write_X509(f, x);
+    fclose(f);
+    OPENSSL_free(der);
+    X509_free(x);
+    EVP_PKEY_free(gpub);
+    EVP_PKEY_free(ca);
+    EVP_PKEY_CTX_free(ctx);
+}
+
+static void enroll_root(const char *name)
+{
+    CK_SESSION_HANDLE so;
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE ct = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE;
+    CK_BYTE label[] = "oem-root";
+    CK_OBJECT_HANDLE h;
+    FILE *f = fopen(path(name), "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    unsigned char *der = NULL, *subj = NULL;
+    int der_len = x ? i2d_X509(x, &der) : -1;
+    int subj_len = x ? i2d_X509_NAME(X509_get_subject_name(x), &subj) : -1;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+                        {CKA_TOKEN, &yes, 1}, {CKA_TRUSTED, &yes, 1}, {CKA_LABEL, label, sizeof(label) - 1},
+                        {CKA_VALUE, der, (CK_ULONG)der_len}, {CKA_SUBJECT, subj, (CK_ULONG)subj_len}};
+
+    assert_true(der_len > 0);
+    fclose(f);
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &so), CKR_OK);
+    assert_int_equal(m->C_Login(so, CKU_SO, (CK_UTF8CHAR_PTR)TEST_SO_PIN, strlen(TEST_SO_PIN)), CKR_OK);
+    assert_int_equal(m->C_CreateObject(so, t, 7, &h), CKR_OK);
+    assert_int_equal(m->C_Logout(so), CKR_OK);
+    assert_int_equal(m->C_CloseSession(so), CKR_OK);
+    OPENSSL_free(der);
+    OPENSSL_free(subj);
+    X509_free(x);
+}
+
+/* Handles of private objects do not survive a logout in SoftHSM: find the
+ * Guardian key again after each login, as an application would. */
+static void find_guardian_key(void)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_BYTE id[] = "guardian";
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, id, sizeof(id) - 1}};
+    CK_ULONG n = 0;
+    assert_int_equal(m->C_FindObjectsInit(s, t, 2), CKR_OK);
+    assert_int_equal(m->C_FindObjects(s, &guardian_key, 1, &n), CKR_OK);
+    assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+    assert_int_equal(n, 1);
+}
+
+static int setup(void **st)
+{
+    CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    CK_BYTE ec_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}, id[] = "guardian";
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE pub_t[] = {{CKA_EC_PARAMS, ec_p256, sizeof(ec_p256)}, {CKA_TOKEN, &yes, 1},
+                            {CKA_ID, id, sizeof(id) - 1}};
+    CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_DERIVE, &yes, 1}, {CKA_SENSITIVE, &yes, 1},
+                             {CKA_EXTRACTABLE, &no, 1}, {CKA_PRIVATE, &yes, 1}, {CKA_ID, id, sizeof(id) - 1}};
+    CK_OBJECT_HANDLE pub;
+    char cmd[PATH_MAX * 3];
+    (void)st;
+
+    assert_int_equal(test_token_create(&token, "unwrap"), 0);
+    assert_int_equal(mkdir(path("state"), 0700), 0);
+    setenv("GUARDIAN_STATE_DIR", path("state"), 1);
+    setenv("GUARDIAN_BACKEND", test_softhsm_path(), 1);
+    unsetenv("GUARDIAN_CONF");
+    m = test_load_module(test_guardian_path(), NULL);
+    assert_non_null(m);
+    assert_int_equal(m->C_Initialize(NULL), CKR_OK);
+    assert_int_equal(test_find_slot(m, token.label, &slot), CKR_OK);
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+    assert_int_equal(m->C_GenerateKeyPair(s, &gen, pub_t, 3, priv_t, 6, &pub, &guardian_key), CKR_OK);
+    make_guardian_cert(pub);
+    snprintf(cmd, sizeof(cmd), "%s %s %s", getenv("GUARDIAN_TEST_MAKE_PACKAGES"), token.dir,
+             getenv("GUARDIAN_TEST_WRAP"));
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(m->C_Logout(s), CKR_OK);
+    enroll_root("oem-root.pem");
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+    find_guardian_key();
+    return 0;
+}
+
+static int teardown(void **st)
+{
+    (void)st;
+    m->C_CloseAllSessions(slot);
+    assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+    test_token_destroy(&token);
+    return 0;
+}
+
+static CK_RV import(const char *name, CK_OBJECT_HANDLE *out)
+{
+    CK_MECHANISM mech = {CKM_GUARDIAN_UNWRAP_PACKAGE, NULL, 0};
+    size_t len;
+    unsigned char *pkg = slurp(name, &len);
+    CK_RV rv = m->C_UnwrapKey(s, &mech, guardian_key, pkg, (CK_ULONG)len, NULL, 0, out);
+    free(pkg);
+    return rv;
+}
+
+/* Import `name` expecting `expect`, and that nothing was created. */
+static void refused(const char *name, CK_RV expect)
+{
+    CK_ULONG before = count_objects();
+    CK_OBJECT_HANDLE h = 0;
+    CK_RV rv = import(name, &h);
+    if (rv != expect)
+        fail_msg("%s: got 0x%lx, expected 0x%lx", name, (unsigned long)rv, (unsigned long)expect);
+    assert_int_equal(count_objects(), before);
+}
+
+static void test_import_and_use(void **st)
+{
+    CK_OBJECT_HANDLE pkg_obj = 0, keys[4], data[4];
+    CK_OBJECT_CLASS priv = CKO_PRIVATE_KEY, dcls = CKO_DATA;
+    CK_BYTE value[512], id[16];
+    CK_ATTRIBUTE a;
+    CK_ULONG n = 0;
+    CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0}, wrap = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_BYTE hash[32], sig[64];
+    CK_ULONG sig_len = sizeof(sig);
+    CK_MECHANISM_TYPE mechs[256];
+    CK_ULONG n_mechs = 256;
+    int advertised = 0;
+    (void)st;
+
+    assert_int_equal(m->C_GetMechanismList(slot, mechs, &n_mechs), CKR_OK);
+    for (CK_ULONG i = 0; i < n_mechs; i++)
+        advertised |= mechs[i] == CKM_GUARDIAN_UNWRAP_PACKAGE;
+    assert_true(advertised);
+
+    assert_int_equal(import("good.gpk", &pkg_obj), CKR_OK);
+    /* The package object describes the product. */
+    a = (CK_ATTRIBUTE){CKA_VALUE, value, sizeof(value) - 1};
+    assert_int_equal(m->C_GetAttributeValue(s, pkg_obj, &a, 1), CKR_OK);
+    value[a.ulValueLen] = 0;
+    assert_non_null(strstr((char *)value, "oem_id=ACME\nproduct_id=SENSOR-1\nrelease=3\nauthorised_units=100\n"));
+    {
+        /* Every key of the package carries CKA_ID = the package ID. */
+        const char *hex = strstr((char *)value, "package_id=") + 11;
+        for (int i = 0; i < 16; i++)
+            sscanf(hex + 2 * i, "%2hhx", &id[i]);
+    }
+    {
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_ID, id, 16}};
+        assert_int_equal(m->C_FindObjectsInit(s, t, 2), CKR_OK);
+        assert_int_equal(m->C_FindObjects(s, keys, 4, &n), CKR_OK);
+        assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+        assert_int_equal(n, 2); /* production CA + the extra key */
+    }
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_BBOOL extractable = CK_TRUE, sensitive = CK_FALSE;
+        CK_ATTRIBUTE b[] = {{CKA_EXTRACTABLE, &extractable, 1}, {CKA_SENSITIVE, &sensitive, 1}};
+        CK_ULONG wl = sizeof(value);
+        assert_int_equal(m->C_GetAttributeValue(s, keys[i], b, 2), CKR_OK);
+        assert_false(extractable);
+        assert_true(sensitive);
+        a = (CK_ATTRIBUTE){CKA_VALUE, value, sizeof(value)};
+        assert_int_equal(m->C_GetAttributeValue(s, keys[i], &a, 1), CKR_ATTRIBUTE_SENSITIVE);
+        assert_int_not_equal(m->C_WrapKey(s, &wrap, guardian_key, keys[i], value, &wl), CKR_OK);
+    }
+    /* The integrity data item is readable, byte for byte. */
+    {
+        CK_BYTE label[] = "guardian:ACME/SENSOR-1/r3:config";
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &dcls, sizeof(dcls)}, {CKA_LABEL, label, sizeof(label) - 1}};
+        assert_int_equal(m->C_FindObjectsInit(s, t, 2), CKR_OK);
+        assert_int_equal(m->C_FindObjects(s, data, 4, &n), CKR_OK);
+        assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+        assert_int_equal(n, 1);
+        a = (CK_ATTRIBUTE){CKA_VALUE, value, sizeof(value)};
+        assert_int_equal(m->C_GetAttributeValue(s, data[0], &a, 1), CKR_OK);
+        assert_int_equal(a.ulValueLen, 15);
+        assert_memory_equal(value, "line-config v1\n", 15);
+    }
+    /* The production CA key signs; OpenSSL verifies with the CA certificate. */
+    {
+        CK_BYTE label[] = "guardian:ACME/SENSOR-1/r3:production-ca";
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_LABEL, label, sizeof(label) - 1}};
+        FILE *f = fopen(path("ca.pem"), "r");
+        X509 *ca = PEM_read_X509(f, NULL, NULL, NULL);
+        ECDSA_SIG *es = ECDSA_SIG_new();
+        unsigned char *der = NULL;
+        int der_len;
+        EVP_PKEY_CTX *vctx;
+        fclose(f);
+        assert_int_equal(m->C_FindObjectsInit(s, t, 2), CKR_OK);
+        assert_int_equal(m->C_FindObjects(s, keys, 4, &n), CKR_OK);
+        assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+        assert_int_equal(n, 1);
+        memset(hash, 0x42, sizeof(hash));
+        assert_int_equal(m->C_SignInit(s, &ecdsa, keys[0]), CKR_OK);
+        assert_int_equal(m->C_Sign(s, hash, sizeof(hash), sig, &sig_len), CKR_OK);
+        assert_int_equal(sig_len, 64);
+        ECDSA_SIG_set0(es, BN_bin2bn(sig, 32, NULL), BN_bin2bn(sig + 32, 32, NULL));
+        der_len = i2d_ECDSA_SIG(es, &der);
+        vctx = EVP_PKEY_CTX_new(X509_get0_pubkey(ca), NULL);
+        assert_int_equal(EVP_PKEY_verify_init(vctx), 1);
+        assert_int_equal(EVP_PKEY_verify(vctx, der, (size_t)der_len, hash, sizeof(hash)), 1);
+        EVP_PKEY_CTX_free(vctx);
+        OPENSSL_free(der);
+        ECDSA_SIG_free(es);
+        X509_free(ca);
+    }
+
+    /* Release management and replay. */
+    refused("good.gpk", CKR_GUARDIAN_PACKAGE_REPLAYED);
+    refused("older.gpk", CKR_GUARDIAN_PACKAGE_ROLLBACK);
+    assert_int_equal(import("newer.gpk", &pkg_obj), CKR_OK);
+    refused("good.gpk", CKR_GUARDIAN_PACKAGE_REPLAYED);
+}
+
+static void test_refusals(void **st)
+{
+    CK_MECHANISM mech = {CKM_GUARDIAN_UNWRAP_PACKAGE, NULL, 0};
+    CK_BYTE param[8] = {0};
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE widen = {CKA_EXTRACTABLE, &yes, 1}, narrow = {CKA_DERIVE, &no, 1};
+    CK_OBJECT_HANDLE h = 0;
+    size_t len;
+    unsigned char *pkg = slurp("good.gpk", &len), *copy = malloc(len);
+    CK_ULONG before = count_objects();
+    (void)st;
+
+    refused("wrong-guardian.gpk", CKR_GUARDIAN_WRONG_GUARDIAN);
+    refused("evil.gpk", CKR_GUARDIAN_UNTRUSTED_SIGNER);
+    refused("config.txt", CKR_WRAPPED_KEY_INVALID);
+    /* Tampering anywhere: the signature or the structure gives way first. */
+    for (size_t off = 4; off < len; off += len / 23) {
+        CK_RV rv;
+        memcpy(copy, pkg, len);
+        copy[off] ^= 0x01;
+        rv = m->C_UnwrapKey(s, &mech, guardian_key, copy, (CK_ULONG)len, NULL, 0, &h);
+        if (rv != CKR_GUARDIAN_PACKAGE_SIGNATURE_INVALID && rv != CKR_WRAPPED_KEY_INVALID &&
+            rv != CKR_GUARDIAN_UNTRUSTED_SIGNER)
+            fail_msg("byte %zu flipped: got 0x%lx", off, (unsigned long)rv);
+    }
+    assert_int_equal(m->C_UnwrapKey(s, &mech, guardian_key, pkg, (CK_ULONG)len - 1, NULL, 0, &h),
+                     CKR_WRAPPED_KEY_INVALID);
+    assert_int_equal(m->C_UnwrapKey(s, &mech, guardian_key, pkg, 0, NULL, 0, &h), CKR_WRAPPED_KEY_LEN_RANGE);
+    mech.pParameter = param;
+    mech.ulParameterLen = sizeof(param);
+    assert_int_equal(m->C_UnwrapKey(s, &mech, guardian_key, pkg, (CK_ULONG)len, NULL, 0, &h),
+                     CKR_MECHANISM_PARAM_INVALID);
+    mech.pParameter = NULL;
+    mech.ulParameterLen = 0;
+    assert_int_equal(m->C_UnwrapKey(s, &mech, guardian_key, pkg, (CK_ULONG)len, &widen, 1, &h),
+                     CKR_TEMPLATE_INCONSISTENT);
+    assert_int_equal(m->C_UnwrapKey(s, &mech, 0xdead, pkg, (CK_ULONG)len, NULL, 0, &h),
+                     CKR_UNWRAPPING_KEY_HANDLE_INVALID);
+    assert_int_equal(count_objects(), before);
+    /* Not logged in: refused before anything else. */
+    assert_int_equal(m->C_Logout(s), CKR_OK);
+    assert_int_equal(m->C_UnwrapKey(s, &mech, guardian_key, pkg, (CK_ULONG)len, NULL, 0, &h),
+                     CKR_USER_NOT_LOGGED_IN);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+    find_guardian_key();
+    /* Narrowing is allowed, and after all those refusals the package still imports. */
+    assert_int_equal(m->C_UnwrapKey(s, &mech, guardian_key, pkg, (CK_ULONG)len, &narrow, 1, &h), CKR_OK);
+    free(pkg);
+    free(copy);
+}
+
+static void test_x963_needs_backend_kdf(void **st)
+{
+    CK_OBJECT_HANDLE h = 0;
+    CK_ULONG before = count_objects();
+    CK_RV rv;
+    (void)st;
+    /* SoftHSMv2 2.6.1 has no CKD_SHA256_KDF: the import fails cleanly, leaves
+     * nothing behind, and is not recorded (a retry fails the same way, not as
+     * a replay). */
+    rv = import("x963.gpk", &h);
+    assert_int_not_equal(rv, CKR_OK);
+    assert_int_not_equal(rv, CKR_GUARDIAN_PACKAGE_REPLAYED);
+    assert_int_equal(count_objects(), before);
+    assert_int_equal(import("x963.gpk", &h), rv);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_import_and_use, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_x963_needs_backend_kdf, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("integration: unwrap-into-token", tests, NULL, NULL);
+}
