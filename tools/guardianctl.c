@@ -1,0 +1,812 @@
+/*
+ * guardianctl — the programming centre operator's tool.  Everything goes
+ * through the Guardian PKCS#11 module, like any other PKCS#11 application: the
+ * import is a standard C_UnwrapKey with CKM_GUARDIAN_UNWRAP_PACKAGE, no side door.
+ *
+ *   guardianctl [options] init [--subject DN] [--days N] [--csr FILE] [--out FILE]
+ *   guardianctl [options] import-cert CERT.pem
+ *   guardianctl [options] cert [--out FILE]
+ *   guardianctl [options] enroll-oem ROOT.pem [--yes]
+ *   guardianctl [options] list-oems
+ *   guardianctl [options] remove-oem FINGERPRINT-PREFIX [--yes]
+ *   guardianctl [options] import PACKAGE
+ *   guardianctl [options] products
+ *
+ * Options: --module PATH (or GUARDIAN_MODULE), --token LABEL (or
+ * GUARDIAN_TOKEN); PINs from GUARDIAN_PIN / GUARDIAN_SO_PIN, else asked on the
+ * terminal.  docs/guardianctl.md.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include "module.h"
+#include "store.h"
+/* after module.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+#define PROG "guardianctl"
+#define GUARDIAN_KEY_ID "guardian-identity"
+#define GUARDIAN_KEY_LABEL "guardian-identity"
+#define PACKAGE_MAX_BYTES (1024 * 1024) /* docs/package-format.md */
+
+#ifndef GUARDIAN_MODULE_PATH
+#define GUARDIAN_MODULE_PATH "guardian-pkcs11.so"
+#endif
+
+static CK_FUNCTION_LIST *p11;
+static CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
+static CK_SLOT_ID slot;
+static const char *token_label;
+static int assume_yes;
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, PROG ": ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    if (p11 != NULL) {
+        if (session != CK_INVALID_HANDLE)
+            p11->C_CloseSession(session);
+        p11->C_Finalize(NULL);
+    }
+    exit(1);
+}
+
+static const char *ckr(CK_RV rv)
+{
+    const char *n = guardian_ckr_name(rv);
+    return n ? n : "unknown CKR";
+}
+
+#define P11(call)                                                                                        \
+    do {                                                                                                 \
+        CK_RV rv_ = (call);                                                                              \
+        if (rv_ != CKR_OK)                                                                               \
+            die("%s failed: %s (0x%lx)", #call, ckr(rv_), (unsigned long)rv_);                           \
+    } while (0)
+
+/* ---- PINs ------------------------------------------------------------------ */
+
+static void read_pin(const char *env, const char *prompt, char *out, size_t cap)
+{
+    const char *v = getenv(env);
+    struct termios old, quiet;
+    size_t n;
+
+    if (v != NULL && *v != '\0') {
+        snprintf(out, cap, "%s", v);
+        return;
+    }
+    if (!isatty(STDIN_FILENO))
+        die("no %s in the environment and no terminal to ask for it", env);
+    fprintf(stderr, "%s: ", prompt);
+    tcgetattr(STDIN_FILENO, &old);
+    quiet = old;
+    quiet.c_lflag &= (tcflag_t)~ECHO;
+    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
+    if (fgets(out, (int)cap, stdin) == NULL)
+        out[0] = '\0';
+    tcsetattr(STDIN_FILENO, TCSANOW, &old);
+    fputc('\n', stderr);
+    n = strlen(out);
+    if (n > 0 && out[n - 1] == '\n')
+        out[n - 1] = '\0';
+}
+
+static void login(CK_USER_TYPE who)
+{
+    char pin[256];
+    CK_RV rv;
+    if (who == CKU_SO)
+        read_pin("GUARDIAN_SO_PIN", "Security Officer PIN", pin, sizeof(pin));
+    else
+        read_pin("GUARDIAN_PIN", "User PIN", pin, sizeof(pin));
+    rv = p11->C_Login(session, who, (CK_UTF8CHAR_PTR)pin, strlen(pin));
+    OPENSSL_cleanse(pin, sizeof(pin));
+    if (rv == CKR_PIN_INCORRECT)
+        die("wrong %s PIN for token '%s'", who == CKU_SO ? "Security Officer" : "user", token_label);
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN)
+        die("login failed: %s", ckr(rv));
+}
+
+/* ---- module and token ------------------------------------------------------------ */
+
+static void open_token(const char *module_path)
+{
+    void *dl = dlopen(module_path, RTLD_NOW | RTLD_LOCAL);
+    CK_C_GetFunctionList get;
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = 64;
+    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+    CK_RV rv;
+
+    if (dl == NULL)
+        die("cannot load the Guardian module %s: %s (use --module or GUARDIAN_MODULE)", module_path, dlerror());
+    get = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList");
+    if (get == NULL || get(&p11) != CKR_OK)
+        die("%s is not a PKCS#11 module", module_path);
+    rv = p11->C_Initialize(&args);
+    if (rv != CKR_OK) {
+        p11 = NULL;
+        die("the Guardian module did not initialize: %s (its log line above says why)", ckr(rv));
+    }
+    P11(p11->C_GetSlotList(CK_TRUE, slots, &n));
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        size_t len = strlen(token_label);
+        if (p11->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+            continue;
+        if (len <= 32 && memcmp(ti.label, token_label, len) == 0 && (len == 32 || ti.label[len] == ' ')) {
+            slot = slots[i];
+            P11(p11->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &session));
+            return;
+        }
+    }
+    die("no token labelled '%s' (use --token or GUARDIAN_TOKEN; 'pkcs11-tool --module %s -L' lists them)",
+        token_label, module_path);
+}
+
+static void close_token(void)
+{
+    p11->C_CloseSession(session);
+    session = CK_INVALID_HANDLE;
+    p11->C_Finalize(NULL);
+    p11 = NULL;
+}
+
+static CK_ULONG find_all(CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max)
+{
+    CK_ULONG count = 0;
+    P11(p11->C_FindObjectsInit(session, t, n));
+    P11(p11->C_FindObjects(session, out, max, &count));
+    P11(p11->C_FindObjectsFinal(session));
+    return count;
+}
+
+static unsigned char *get_attr(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *len)
+{
+    CK_ATTRIBUTE a = {type, NULL, 0};
+    P11(p11->C_GetAttributeValue(session, h, &a, 1));
+    a.pValue = malloc(a.ulValueLen + 1);
+    if (a.pValue == NULL)
+        die("out of memory");
+    P11(p11->C_GetAttributeValue(session, h, &a, 1));
+    ((unsigned char *)a.pValue)[a.ulValueLen] = 0;
+    *len = a.ulValueLen;
+    return a.pValue;
+}
+
+static CK_OBJECT_HANDLE find_identity(CK_OBJECT_CLASS cls)
+{
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID)}};
+    CK_OBJECT_HANDLE h[2];
+    CK_ULONG n = find_all(t, 2, h, 2);
+    if (n > 1)
+        die("more than one Guardian identity object of class %lu in token '%s'", (unsigned long)cls, token_label);
+    return n == 1 ? h[0] : CK_INVALID_HANDLE;
+}
+
+/* ---- certificates ------------------------------------------------------------------ */
+
+static void fingerprint(X509 *x, char out[65])
+{
+    unsigned char md[32];
+    unsigned int n = 0;
+    X509_digest(x, EVP_sha256(), md, &n);
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static X509 *read_cert_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    X509 *x;
+    if (f == NULL)
+        die("cannot open %s: %s", path, strerror(errno));
+    x = PEM_read_X509(f, NULL, NULL, NULL);
+    if (x == NULL) {
+        rewind(f);
+        ERR_clear_error();
+        x = d2i_X509_fp(f, NULL);
+    }
+    fclose(f);
+    if (x == NULL)
+        die("%s is not an X.509 certificate (PEM or DER)", path);
+    return x;
+}
+
+static X509 *cert_from_object(CK_OBJECT_HANDLE h)
+{
+    CK_ULONG len;
+    unsigned char *der = get_attr(h, CKA_VALUE, &len);
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    free(der);
+    if (x == NULL)
+        die("a certificate object in the token does not parse");
+    return x;
+}
+
+static CK_OBJECT_HANDLE create_cert_object(X509 *x, const void *id, size_t id_len, const char *label, int trusted)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE ct = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE;
+    unsigned char *der = NULL, *subj = NULL, *iss = NULL, *ser = NULL;
+    int der_len = i2d_X509(x, &der), subj_len = i2d_X509_NAME(X509_get_subject_name(x), &subj);
+    int iss_len = i2d_X509_NAME(X509_get_issuer_name(x), &iss);
+    int ser_len = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &ser);
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},       {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+        {CKA_TOKEN, &yes, 1},                 {CKA_ID, (void *)id, id_len},
+        {CKA_LABEL, (void *)label, strlen(label)}, {CKA_VALUE, der, (CK_ULONG)der_len},
+        {CKA_SUBJECT, subj, (CK_ULONG)subj_len}, {CKA_ISSUER, iss, (CK_ULONG)iss_len},
+        {CKA_SERIAL_NUMBER, ser, (CK_ULONG)ser_len}, {CKA_TRUSTED, &yes, 1},
+    };
+    CK_OBJECT_HANDLE h;
+    CK_RV rv = p11->C_CreateObject(session, t, trusted ? 10 : 9, &h);
+    OPENSSL_free(der);
+    OPENSSL_free(subj);
+    OPENSSL_free(iss);
+    OPENSSL_free(ser);
+    if (rv == CKR_ATTRIBUTE_READ_ONLY && trusted)
+        die("the token refused CKA_TRUSTED: enrolment needs the Security Officer");
+    if (rv != CKR_OK)
+        die("cannot store the certificate in the token: %s", ckr(rv));
+    return h;
+}
+
+/* The Guardian's public key as an EVP_PKEY, from the token's CKA_EC_POINT. */
+static EVP_PKEY *identity_public_key(CK_OBJECT_HANDLE pub)
+{
+    CK_ULONG len;
+    unsigned char *pt = get_attr(pub, CKA_EC_POINT, &len);
+    EVP_PKEY *k = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    /* CKA_EC_POINT is a DER OCTET STRING around the X9.62 point. */
+    if (len != 67 || pt[0] != 0x04 || pt[1] != 65)
+        die("the Guardian public key is not an uncompressed P-256 point");
+    {
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0),
+            OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, pt + 2, 65),
+            OSSL_PARAM_construct_end(),
+        };
+        if (ctx == NULL || EVP_PKEY_fromdata_init(ctx) != 1 ||
+            EVP_PKEY_fromdata(ctx, &k, EVP_PKEY_PUBLIC_KEY, params) != 1)
+            die("cannot read the Guardian public key");
+    }
+    EVP_PKEY_CTX_free(ctx);
+    free(pt);
+    return k;
+}
+
+/* Sign `tbs` (SHA-256, ECDSA) with the Guardian key inside the token; returns
+ * a DER ECDSA-Sig-Value. */
+static unsigned char *token_sign(CK_OBJECT_HANDLE key, const unsigned char *tbs, size_t tbs_len, int *sig_len)
+{
+    CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0};
+    unsigned char hash[32], raw[132], *der = NULL;
+    unsigned int hl = 0;
+    CK_ULONG raw_len = sizeof(raw);
+    ECDSA_SIG *sig = ECDSA_SIG_new();
+
+    EVP_Digest(tbs, tbs_len, hash, &hl, EVP_sha256(), NULL);
+    P11(p11->C_SignInit(session, &ecdsa, key));
+    P11(p11->C_Sign(session, hash, hl, raw, &raw_len));
+    if (sig == NULL || raw_len % 2 != 0 ||
+        ECDSA_SIG_set0(sig, BN_bin2bn(raw, (int)raw_len / 2, NULL), BN_bin2bn(raw + raw_len / 2, (int)raw_len / 2, NULL)) != 1)
+        die("cannot encode the signature");
+    *sig_len = i2d_ECDSA_SIG(sig, &der);
+    ECDSA_SIG_free(sig);
+    return der;
+}
+
+/* Put a token-made signature into an X.509 structure signed first with a
+ * throwaway key of the same type (which set the algorithm identifiers). */
+static void replace_signature(const ASN1_BIT_STRING *psig, const unsigned char *der, int len)
+{
+    ASN1_BIT_STRING *sig = (ASN1_BIT_STRING *)psig;
+    if (!ASN1_BIT_STRING_set(sig, (unsigned char *)der, len))
+        die("out of memory");
+    sig->flags &= ~(ASN1_STRING_FLAG_BITS_LEFT | 0x07);
+    sig->flags |= ASN1_STRING_FLAG_BITS_LEFT;
+}
+
+static void add_ext(X509 *x, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509_EXTENSION *e;
+    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
+    e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (e == NULL || !X509_add_ext(x, e, -1))
+        die("cannot add extension %s", value);
+    X509_EXTENSION_free(e);
+}
+
+static void write_pem_cert(X509 *x, const char *out)
+{
+    FILE *f = out ? fopen(out, "w") : stdout;
+    if (f == NULL)
+        die("cannot create %s: %s", out, strerror(errno));
+    PEM_write_X509(f, x);
+    if (out)
+        fclose(f);
+}
+
+static int cmd_init(int argc, char **argv)
+{
+    static const struct option opts[] = {{"subject", required_argument, NULL, 's'},
+                                         {"days", required_argument, NULL, 'd'},
+                                         {"csr", required_argument, NULL, 'c'},
+                                         {"out", required_argument, NULL, 'o'},
+                                         {NULL, 0, NULL, 0}};
+    const char *subject = NULL, *csr_out = NULL, *out = NULL;
+    long days = 3650;
+    CK_OBJECT_HANDLE priv, pub, cert;
+    EVP_PKEY *gpub, *dummy;
+    char subject_buf[128], fpr[65];
+    int c;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': subject = optarg; break;
+        case 'd': days = strtol(optarg, NULL, 10); break;
+        case 'c': csr_out = optarg; break;
+        case 'o': out = optarg; break;
+        default: return 2;
+        }
+    }
+    if (days < 1 || days > 36500)
+        die("--days must be 1..36500");
+    login(CKU_USER);
+
+    priv = find_identity(CKO_PRIVATE_KEY);
+    cert = find_identity(CKO_CERTIFICATE);
+    if (priv != CK_INVALID_HANDLE) {
+        if (cert != CK_INVALID_HANDLE) {
+            X509 *x = cert_from_object(cert);
+            fingerprint(x, fpr);
+            fprintf(stderr, "Guardian already initialized in token '%s'; certificate sha256:%s\n", token_label, fpr);
+            if (out)
+                write_pem_cert(x, out);
+            X509_free(x);
+            return 0;
+        }
+        fprintf(stderr, "Guardian key exists in token '%s' but has no certificate yet\n", token_label);
+        pub = find_identity(CKO_PUBLIC_KEY);
+    } else {
+        CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+        CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+        CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+        CK_ATTRIBUTE pub_t[] = {{CKA_EC_PARAMS, p256, sizeof(p256)}, {CKA_TOKEN, &yes, 1},
+                                {CKA_VERIFY, &yes, 1}, {CKA_ID, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID)},
+                                {CKA_LABEL, GUARDIAN_KEY_LABEL, strlen(GUARDIAN_KEY_LABEL)}};
+        CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},
+                                 {CKA_SENSITIVE, &yes, 1},   {CKA_EXTRACTABLE, &no, 1},
+                                 {CKA_DERIVE, &yes, 1},      {CKA_SIGN, &yes, 1},
+                                 {CKA_ID, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID)},
+                                 {CKA_LABEL, GUARDIAN_KEY_LABEL, strlen(GUARDIAN_KEY_LABEL)}};
+        P11(p11->C_GenerateKeyPair(session, &gen, pub_t, 5, priv_t, 8, &pub, &priv));
+        fprintf(stderr, "generated the Guardian key pair (EC P-256, sensitive, never extractable) in token '%s'\n",
+                token_label);
+    }
+    if (pub == CK_INVALID_HANDLE)
+        die("the Guardian public key object is missing from the token");
+    gpub = identity_public_key(pub);
+    dummy = EVP_EC_gen("P-256");
+    if (subject == NULL) {
+        snprintf(subject_buf, sizeof(subject_buf), "/CN=Guardian %s", token_label);
+        subject = subject_buf;
+    }
+
+    if (csr_out != NULL) {
+        X509_REQ *req = X509_REQ_new();
+        X509_NAME *name = X509_NAME_new();
+        const ASN1_BIT_STRING *psig;
+        unsigned char *tbs = NULL, *sig;
+        int tbs_len, sig_len;
+        FILE *f;
+        if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)subject + (strncmp(subject, "/CN=", 4) == 0 ? 4 : 0), -1, -1, 0) != 1)
+            die("invalid --subject");
+        X509_REQ_set_subject_name(req, name);
+        X509_REQ_set_pubkey(req, gpub);
+        X509_REQ_sign(req, dummy, EVP_sha256());
+        tbs_len = i2d_re_X509_REQ_tbs(req, &tbs);
+        sig = token_sign(priv, tbs, (size_t)tbs_len, &sig_len);
+        X509_REQ_get0_signature(req, &psig, NULL);
+        replace_signature(psig, sig, sig_len);
+        if (X509_REQ_verify(req, gpub) != 1)
+            die("the token-made CSR signature does not verify");
+        f = fopen(csr_out, "w");
+        if (f == NULL)
+            die("cannot create %s", csr_out);
+        PEM_write_X509_REQ(f, req);
+        fclose(f);
+        fprintf(stderr, "wrote %s: have the centre's CA sign it, then 'guardianctl import-cert CERT.pem'\n", csr_out);
+        OPENSSL_free(tbs);
+        OPENSSL_free(sig);
+        X509_NAME_free(name);
+        X509_REQ_free(req);
+    } else {
+        X509 *x = X509_new();
+        X509_NAME *name = X509_NAME_new();
+        const ASN1_BIT_STRING *psig;
+        unsigned char *tbs = NULL, *sig, serial[16];
+        int tbs_len, sig_len;
+        BIGNUM *bn;
+        if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)subject + (strncmp(subject, "/CN=", 4) == 0 ? 4 : 0), -1, -1, 0) != 1)
+            die("invalid --subject");
+        X509_set_version(x, 2);
+        RAND_bytes(serial, sizeof(serial));
+        serial[0] &= 0x7f;
+        bn = BN_bin2bn(serial, sizeof(serial), NULL);
+        BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
+        BN_free(bn);
+        X509_set_subject_name(x, name);
+        X509_set_issuer_name(x, name);
+        X509_gmtime_adj(X509_getm_notBefore(x), 0);
+        X509_gmtime_adj(X509_getm_notAfter(x), days * 86400L);
+        X509_set_pubkey(x, gpub);
+        add_ext(x, NID_basic_constraints, "critical,CA:FALSE");
+        add_ext(x, NID_key_usage, "critical,digitalSignature,keyAgreement");
+        add_ext(x, NID_subject_key_identifier, "hash");
+        X509_sign(x, dummy, EVP_sha256());
+        tbs_len = i2d_re_X509_tbs(x, &tbs);
+        sig = token_sign(priv, tbs, (size_t)tbs_len, &sig_len);
+        X509_get0_signature(&psig, NULL, x);
+        replace_signature(psig, sig, sig_len);
+        if (X509_verify(x, gpub) != 1)
+            die("the token-made certificate signature does not verify");
+        create_cert_object(x, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID), GUARDIAN_KEY_LABEL, 0);
+        fingerprint(x, fpr);
+        fprintf(stderr, "Guardian certificate (self-signed, %ld days) sha256:%s\n", days, fpr);
+        write_pem_cert(x, out);
+        if (out)
+            fprintf(stderr, "wrote %s: give it to your OEM customers\n", out);
+        OPENSSL_free(tbs);
+        OPENSSL_free(sig);
+        X509_NAME_free(name);
+        X509_free(x);
+    }
+    EVP_PKEY_free(gpub);
+    EVP_PKEY_free(dummy);
+    return 0;
+}
+
+static int cmd_import_cert(int argc, char **argv)
+{
+    X509 *x;
+    EVP_PKEY *gpub;
+    CK_OBJECT_HANDLE pub, old;
+    char fpr[65];
+    if (argc != 2)
+        die("usage: " PROG " import-cert CERT.pem");
+    x = read_cert_file(argv[1]);
+    login(CKU_USER);
+    pub = find_identity(CKO_PUBLIC_KEY);
+    if (pub == CK_INVALID_HANDLE)
+        die("no Guardian key in token '%s': run '" PROG " init --csr FILE' first", token_label);
+    gpub = identity_public_key(pub);
+    if (EVP_PKEY_eq(gpub, X509_get0_pubkey(x)) != 1)
+        die("%s is not a certificate for this Guardian's key", argv[1]);
+    old = find_identity(CKO_CERTIFICATE);
+    create_cert_object(x, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID), GUARDIAN_KEY_LABEL, 0);
+    if (old != CK_INVALID_HANDLE)
+        P11(p11->C_DestroyObject(session, old));
+    fingerprint(x, fpr);
+    fprintf(stderr, "installed the Guardian certificate sha256:%s%s\n", fpr, old ? " (replacing the previous one)" : "");
+    EVP_PKEY_free(gpub);
+    X509_free(x);
+    return 0;
+}
+
+static int cmd_cert(int argc, char **argv)
+{
+    CK_OBJECT_HANDLE h = find_identity(CKO_CERTIFICATE);
+    X509 *x;
+    const char *out = (argc == 3 && strcmp(argv[1], "--out") == 0) ? argv[2] : NULL;
+    if (h == CK_INVALID_HANDLE)
+        die("no Guardian certificate in token '%s': run '" PROG " init'", token_label);
+    x = cert_from_object(h);
+    write_pem_cert(x, out);
+    X509_free(x);
+    return 0;
+}
+
+/* ---- OEM roots ------------------------------------------------------------------------ */
+
+static CK_ULONG list_roots(CK_OBJECT_HANDLE *out, CK_ULONG max)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TRUSTED, &yes, 1}};
+    return find_all(t, 2, out, max);
+}
+
+static int confirm(const char *question)
+{
+    char answer[16];
+    if (assume_yes)
+        return 1;
+    if (!isatty(STDIN_FILENO))
+        die("%s — no terminal to confirm: pass --yes", question);
+    fprintf(stderr, "%s [y/N] ", question);
+    return fgets(answer, sizeof(answer), stdin) != NULL && (answer[0] == 'y' || answer[0] == 'Y');
+}
+
+static int cmd_enroll(int argc, char **argv)
+{
+    X509 *x;
+    char fpr[65], label[96], *subject;
+    CK_OBJECT_HANDLE roots[64];
+    CK_ULONG n;
+    if (argc != 2)
+        die("usage: " PROG " enroll-oem ROOT.pem [--yes]");
+    x = read_cert_file(argv[1]);
+    fingerprint(x, fpr);
+    subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+    n = list_roots(roots, 64);
+    for (CK_ULONG i = 0; i < n; i++) {
+        X509 *y = cert_from_object(roots[i]);
+        char f2[65];
+        fingerprint(y, f2);
+        X509_free(y);
+        if (strcmp(f2, fpr) == 0) {
+            fprintf(stderr, "already enrolled: %s sha256:%s\n", subject, fpr);
+            OPENSSL_free(subject);
+            X509_free(x);
+            return 0;
+        }
+    }
+    printf("OEM root  %s\nsha256    %s\n", subject, fpr);
+    if (!confirm("Check this fingerprint with the OEM out of band. Enrol this OEM root?"))
+        die("not enrolled");
+    login(CKU_SO);
+    snprintf(label, sizeof(label), "oem-root:%.80s", subject);
+    create_cert_object(x, fpr, 40, label, 1);
+    P11(p11->C_Logout(session));
+    fprintf(stderr, "enrolled: packages signed under this root can now be imported\n");
+    OPENSSL_free(subject);
+    X509_free(x);
+    return 0;
+}
+
+static int cmd_list_oems(void)
+{
+    CK_OBJECT_HANDLE roots[64];
+    CK_ULONG n = list_roots(roots, 64);
+    for (CK_ULONG i = 0; i < n; i++) {
+        X509 *x = cert_from_object(roots[i]);
+        char fpr[65], *subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+        fingerprint(x, fpr);
+        printf("sha256:%s  %s\n", fpr, subject);
+        OPENSSL_free(subject);
+        X509_free(x);
+    }
+    if (n == 0)
+        fprintf(stderr, "no OEM root enrolled in token '%s' ('" PROG " enroll-oem ROOT.pem')\n", token_label);
+    return 0;
+}
+
+static int cmd_remove_oem(int argc, char **argv)
+{
+    CK_OBJECT_HANDLE roots[64], match = CK_INVALID_HANDLE;
+    CK_ULONG n;
+    int matches = 0;
+    const char *prefix;
+    if (argc != 2 || strlen(argv[1]) < 8)
+        die("usage: " PROG " remove-oem FINGERPRINT-PREFIX (at least 8 hex digits, from list-oems) [--yes]");
+    prefix = strncmp(argv[1], "sha256:", 7) == 0 ? argv[1] + 7 : argv[1];
+    n = list_roots(roots, 64);
+    for (CK_ULONG i = 0; i < n; i++) {
+        X509 *x = cert_from_object(roots[i]);
+        char fpr[65];
+        fingerprint(x, fpr);
+        X509_free(x);
+        if (strncmp(fpr, prefix, strlen(prefix)) == 0) {
+            match = roots[i];
+            matches++;
+        }
+    }
+    if (matches != 1)
+        die("%s OEM root matches '%s'", matches == 0 ? "no" : "more than one", prefix);
+    if (!confirm("Remove this OEM root? Its packages can no longer be imported."))
+        die("not removed");
+    login(CKU_SO);
+    /* Re-find under the SO session: handles may change across logins. */
+    n = list_roots(roots, 64);
+    for (CK_ULONG i = 0; i < n; i++) {
+        X509 *x = cert_from_object(roots[i]);
+        char fpr[65];
+        fingerprint(x, fpr);
+        X509_free(x);
+        if (strncmp(fpr, prefix, strlen(prefix)) == 0)
+            P11(p11->C_DestroyObject(session, roots[i]));
+    }
+    (void)match;
+    P11(p11->C_Logout(session));
+    fprintf(stderr, "removed\n");
+    return 0;
+}
+
+/* ---- packages ------------------------------------------------------------------------------ */
+
+static const char *explain(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_GUARDIAN_PACKAGE_SIGNATURE_INVALID: return "the OEM signature does not verify: the file was altered";
+    case CKR_GUARDIAN_WRONG_GUARDIAN: return "the package was made for another Guardian";
+    case CKR_GUARDIAN_UNTRUSTED_SIGNER: return "the signer does not chain to an enrolled OEM root (enroll-oem)";
+    case CKR_GUARDIAN_PACKAGE_EXPIRED: return "the package's not-after date has passed: ask the OEM for a new one";
+    case CKR_GUARDIAN_PACKAGE_REPLAYED: return "this package was already imported";
+    case CKR_GUARDIAN_PACKAGE_ROLLBACK: return "a newer or equal release of this product is installed";
+    case CKR_WRAPPED_KEY_INVALID: return "not a valid Guardian package";
+    case CKR_WRAPPED_KEY_LEN_RANGE: return "the file is empty or too large";
+    case CKR_MECHANISM_INVALID: return "this Guardian's backend cannot run the package import";
+    case CKR_GUARDIAN_STORE_FAILED: return "the Guardian state store failed (see the log line)";
+    default: return NULL;
+    }
+}
+
+static int cmd_import(int argc, char **argv)
+{
+    FILE *f;
+    unsigned char *pkg = malloc(PACKAGE_MAX_BYTES + 1);
+    size_t len;
+    CK_MECHANISM mech = {CKM_GUARDIAN_UNWRAP_PACKAGE, NULL, 0};
+    CK_OBJECT_HANDLE key, obj = 0;
+    CK_RV rv;
+    CK_ULONG vlen;
+    unsigned char *summary;
+
+    if (argc != 2)
+        die("usage: " PROG " import PACKAGE");
+    f = fopen(argv[1], "rb");
+    if (f == NULL || pkg == NULL)
+        die("cannot open %s: %s", argv[1], strerror(errno));
+    len = fread(pkg, 1, PACKAGE_MAX_BYTES + 1, f);
+    fclose(f);
+    login(CKU_USER);
+    key = find_identity(CKO_PRIVATE_KEY);
+    if (key == CK_INVALID_HANDLE)
+        die("no Guardian key in token '%s': run '" PROG " init' first", token_label);
+    rv = p11->C_UnwrapKey(session, &mech, key, pkg, (CK_ULONG)len, NULL, 0, &obj);
+    free(pkg);
+    if (rv != CKR_OK) {
+        const char *why = explain(rv);
+        die("import of %s refused: %s%s%s", argv[1], ckr(rv), why ? ": " : "", why ? why : "");
+    }
+    summary = get_attr(obj, CKA_VALUE, &vlen);
+    printf("imported %s\n%s", argv[1], summary);
+    free(summary);
+    return 0;
+}
+
+static CK_RV print_product(const struct guardian_product *p, void *ctx)
+{
+    char when[32];
+    time_t t = (time_t)p->not_after;
+    struct tm tm;
+    (void)ctx;
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%d", &tm);
+    printf("%-16s %-20s %8u %10llu %10llu %10llu  %s%s\n", p->oem_id, p->product_id, p->release_version,
+           (unsigned long long)p->authorised_units, (unsigned long long)p->issued_units,
+           (unsigned long long)p->remaining_units, when, t < time(NULL) ? " (expired)" : "");
+    return CKR_OK;
+}
+
+static int cmd_products(void)
+{
+    struct guardian_config cfg;
+    struct guardian_store *st = NULL;
+    char err[512];
+    CK_RV rv;
+    /* Read-only view of the store the module writes (same configuration). */
+    if (!guardian_config_load(&cfg, err, sizeof(err)))
+        die("%s", err);
+    rv = guardian_store_open(cfg.state_dir, &st);
+    if (rv != CKR_OK)
+        die("cannot open the Guardian state in %s: %s", cfg.state_dir, ckr(rv));
+    printf("%-16s %-20s %8s %10s %10s %10s  %s\n", "OEM", "PRODUCT", "RELEASE", "AUTHORISED", "ISSUED", "REMAINING",
+           "NOT AFTER");
+    rv = guardian_store_products_each(st, print_product, NULL);
+    guardian_store_close(st);
+    if (rv != CKR_OK)
+        die("cannot list products: %s", ckr(rv));
+    return 0;
+}
+
+/* ---- main -------------------------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: " PROG " [--module PATH] [--token LABEL] COMMAND [ARGS]\n"
+               "  init [--subject /CN=NAME] [--days N] [--csr FILE] [--out FILE]\n"
+               "                       create the Guardian key pair and its certificate (or a CSR)\n"
+               "  import-cert CERT     install a CA-signed certificate for the Guardian key\n"
+               "  cert [--out FILE]    print the Guardian certificate (PEM) for OEMs\n"
+               "  enroll-oem ROOT.pem  trust an OEM root (Security Officer) [--yes]\n"
+               "  list-oems            list enrolled OEM roots\n"
+               "  remove-oem FPR       remove an OEM root (Security Officer) [--yes]\n"
+               "  import PACKAGE       import a wrapped package (C_UnwrapKey through the module)\n"
+               "  products             installed products, quotas, remaining units\n"
+               "PINs: GUARDIAN_PIN, GUARDIAN_SO_PIN, else asked on the terminal.\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *module_path = getenv("GUARDIAN_MODULE") ? getenv("GUARDIAN_MODULE") : GUARDIAN_MODULE_PATH;
+    int i = 1, rc;
+
+    token_label = getenv("GUARDIAN_TOKEN") ? getenv("GUARDIAN_TOKEN") : "guardian";
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--module") == 0 && i + 1 < argc)
+            module_path = argv[++i];
+        else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc)
+            token_label = argv[++i];
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    for (int j = i + 1; j < argc; j++)
+        if (strcmp(argv[j], "--yes") == 0) {
+            assume_yes = 1;
+            for (int k = j; k < argc - 1; k++)
+                argv[k] = argv[k + 1];
+            argc--;
+            j--;
+        }
+    if (strcmp(argv[i], "products") == 0)
+        return cmd_products();
+    open_token(module_path);
+    if (strcmp(argv[i], "init") == 0)
+        rc = cmd_init(argc - i, argv + i);
+    else if (strcmp(argv[i], "import-cert") == 0)
+        rc = cmd_import_cert(argc - i, argv + i);
+    else if (strcmp(argv[i], "cert") == 0)
+        rc = cmd_cert(argc - i, argv + i);
+    else if (strcmp(argv[i], "enroll-oem") == 0)
+        rc = cmd_enroll(argc - i, argv + i);
+    else if (strcmp(argv[i], "list-oems") == 0)
+        rc = cmd_list_oems();
+    else if (strcmp(argv[i], "remove-oem") == 0)
+        rc = cmd_remove_oem(argc - i, argv + i);
+    else if (strcmp(argv[i], "import") == 0)
+        rc = cmd_import(argc - i, argv + i);
+    else
+        die("unknown command '%s' (see '" PROG " --help')", argv[i]);
+    close_token();
+    return rc;
+}
