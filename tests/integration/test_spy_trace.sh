@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# test_spy_trace.sh MODULE GUARDIANCTL GUARDIAN_WRAP — no plaintext secret passes
+# through the module during an import.  OpenSC's pkcs11-spy sits between the
+# Guardian module and SoftHSM and logs every call with its byte buffers; the
+# test made the package, so it knows the production CA private key (its
+# scalar) and a confidential data item, and searches the spy's trace for them.
+# A positive control (the CA certificate, which does cross the interface) proves
+# the search would find bytes that are there.
+set -uo pipefail
+M=${1:?module} CTL=${2:?guardianctl} W=${3:?guardian-wrap}
+SPY=${PKCS11SPY_MODULE:-/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so}
+SOFTHSM=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+work=$(mktemp -d "${TMPDIR:-/tmp}/guardian-spy-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cd "$work" || exit 1
+pass=0 fail=0
+ok() { echo "PASS $1"; pass=$((pass + 1)); }
+ko() { echo "FAIL $1"; fail=$((fail + 1)); }
+[ -r "$SPY" ] || { echo "FAIL pkcs11-spy not found at $SPY (package opensc)"; echo "0 passed, 1 failed"; exit 1; }
+
+mkdir tokens state
+printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$work" >softhsm2.conf
+export SOFTHSM2_CONF=$work/softhsm2.conf GUARDIAN_STATE_DIR=$work/state GUARDIAN_MODULE=$M GUARDIAN_TOKEN=spy
+export GUARDIAN_PIN=1234 GUARDIAN_SO_PIN=12345678 GUARDIAN_DEBUG=
+unset GUARDIAN_CONF
+softhsm2-util --init-token --free --label spy --pin 1234 --so-pin 12345678 >/dev/null
+# The module's backend is the spy, and the spy's is SoftHSM.
+export GUARDIAN_BACKEND=$SPY PKCS11SPY=$SOFTHSM PKCS11SPY_OUTPUT=$work/spy.log
+
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key root.key
+openssl req -new -x509 -key root.key -subj "/CN=ACME Root" -days 30 -out root.pem \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+for n in signer ca; do
+    key $n.key
+    openssl req -new -key $n.key -subj "/CN=ACME $n" -out $n.csr
+    openssl x509 -req -in $n.csr -CA root.pem -CAkey root.key -days 30 -out $n.pem \
+        -extfile <(printf 'basicConstraints=CA:TRUE\nkeyUsage=keyCertSign,digitalSignature\n') 2>/dev/null
+done
+head -c 48 /dev/urandom >secret.bin
+
+"$CTL" init --out guardian.pem >/dev/null 2>&1 && ok "guardianctl init through the spy" || ko "guardianctl init through the spy"
+"$CTL" enroll-oem root.pem --yes >/dev/null 2>&1 && ok "enroll-oem through the spy" || ko "enroll-oem through the spy"
+"$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
+    --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id SPY --release 1 --units 10 \
+    --not-after +10 --secret-data boot=secret.bin --out p.gpk >/dev/null || ko "guardian-wrap create"
+: >spy.log # only the import is searched
+if "$CTL" import p.gpk >import.out 2>&1; then ok "import through the spy"; else ko "import through the spy"; cat import.out; fi
+grep -q "C_UnwrapKey" spy.log && ok "the spy saw the import (C_UnwrapKey in its trace)" || ko "the spy saw no C_UnwrapKey"
+
+# All bytes the spy dumped, as one lowercase hex stream.
+x='[0-9a-fA-F]'
+awk "/^    $x$x$x$x$x$x$x$x  /"' { for (i = 2; i <= 17 && $i ~ /^[0-9A-Fa-f][0-9A-Fa-f]$/; i++) printf "%s", tolower($i) }' \
+    spy.log >dump.hex
+hex() { od -An -tx1 -v "$1" | tr -d ' \n'; }
+# found NEEDLE_HEX: any 12-byte window of it in the dump?
+found() {
+    local h=$1 i
+    for ((i = 0; i + 24 <= ${#h}; i += 8)); do
+        grep -q "${h:i:24}" dump.hex && return 0
+    done
+    return 1
+}
+[ -s dump.hex ] && ok "the spy dumped $(($(wc -c <dump.hex) / 2)) bytes of buffers" || ko "the spy dumped no bytes"
+
+openssl x509 -in ca.pem -outform DER -out ca.der
+found "$(hex ca.der)" && ok "positive control: the CA certificate is found in the trace" \
+                      || ko "positive control: the CA certificate is not found (the search is broken)"
+scalar=$(openssl ec -in ca.key -text -noout 2>/dev/null | awk '/priv:/{f=1;next} /pub:/{f=0} f' | tr -d ' :\n')
+[ ${#scalar} -ge 62 ] || ko "could not read the CA private scalar"
+found "$scalar" && ko "the CA private key (scalar) appears in the trace" || ok "the CA private key (scalar) is not in the trace"
+# (Not the whole PKCS#8 encoding: its header and embedded public point are
+# public and do cross the interface; the secret in it is the scalar.)
+found "$(hex secret.bin)" && ko "the confidential data item appears in the trace" || ok "the confidential data item is not in the trace"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
