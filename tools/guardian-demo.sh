@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # guardian-demo.sh — the main job, end to end, on a SoftHSM token made on the fly.
 #
-# Today (foundation): builds the module if needed, creates a throwaway SoftHSMv2
-# token and a Guardian configuration in a temporary directory, then through the
-# Guardian module: shows the module, its slots and mechanisms, generates an EC
-# P-256 key pair in the token, signs with it, and has OpenSSL verify the
-# signature with the public key read back through the module.
+# Builds what it needs, creates a throwaway SoftHSMv2 token and a Guardian
+# configuration in a temporary directory, then runs the story so far, everything
+# through the Guardian module: Guardian identity (guardianctl init) -> OEM PKI
+# (OpenSSL) -> OEM root enrolment (Security Officer) -> wrapping
+# (guardian-wrap create/inspect, openssl cms -verify) -> import (C_UnwrapKey with
+# CKM_GUARDIAN_UNWRAP_PACKAGE) -> the imported CA key signs, OpenSSL verifies.
+# Device-certificate production (issue #4) comes next.
 #
 # Usage: tools/guardian-demo.sh [--keep]   (--keep leaves the temporary directory)
 set -euo pipefail
@@ -27,10 +29,10 @@ for tool in cmake cc softhsm2-util pkcs11-tool openssl; do
 done
 [ -r "$softhsm" ] || die "SoftHSMv2 module not found at $softhsm (apt-get install softhsm2)"
 
-if [ ! -f "$module" ]; then
-    step "Building the module ($build)"
+if [ ! -f "$module" ] || [ ! -x "$build/tools/guardianctl" ] || [ ! -x "$build/tools/guardian-wrap" ]; then
+    step "Building the module and tools ($build)"
     cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-    cmake --build "$build" -j"$(nproc)" --target guardian-pkcs11 >/dev/null
+    cmake --build "$build" -j"$(nproc)" --target guardian-pkcs11 guardianctl guardian-wrap >/dev/null
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/guardian-demo-XXXXXX")
@@ -51,42 +53,79 @@ step "A Guardian configuration naming SoftHSM as backend"
 cat >"$work/guardian.conf" <<EOF
 backend = $softhsm
 state_dir = $work/state
-log_level = warn
+log_level = error
 EOF
 sed 's/^/  /' "$work/guardian.conf"
 export GUARDIAN_CONF="$work/guardian.conf"
 unset GUARDIAN_BACKEND GUARDIAN_STATE_DIR
 
 p11() { pkcs11-tool --module "$module" "$@"; }
+ctl() { "$build/tools/guardianctl" --module "$module" --token guardian-demo "$@"; }
+wrap() { "$build/tools/guardian-wrap" "$@"; }
+export GUARDIAN_PIN=1234 GUARDIAN_SO_PIN=12345678 # demo only: an operator types them
 
-step "The module (C_GetInfo)"
+step "The module (C_GetInfo) and the token, through the Guardian"
 p11 --show-info | sed 's/^/  /'
+p11 --list-slots | grep -E 'Slot|token label' | sed 's/^/  /'
 
-step "Slots and tokens, through the Guardian"
-p11 --list-slots | sed 's/^/  /'
+step "1. Guardian identity: key pair inside the token, certificate signed by it"
+ctl init --subject /CN=guardian-demo --out "$work/guardian.pem" 2>&1 | sed 's/^/  /'
+openssl x509 -in "$work/guardian.pem" -noout -subject -fingerprint -sha256 | sed 's/^/  /'
 
-step "Mechanisms the Guardian offers on the demo token"
-p11 --token-label guardian-demo --list-mechanisms | grep '^  ' >"$work/mechs.txt"
-sed 's/^/  /' "$work/mechs.txt" | head -n 12
-n_mechs=$(wc -l <"$work/mechs.txt")
-echo "    ... $n_mechs mechanisms in all"
+step "2. OEM side (OpenSSL only): root, package signer, production CA"
+oem="$work/oem"
+mkdir -p "$oem"
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key "$oem/root.key"
+openssl req -new -x509 -key "$oem/root.key" -subj "/O=ACME/CN=ACME Root CA" -days 3650 -out "$oem/root.pem" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+issue() { # NAME SUBJECT EXTENSIONS
+    key "$oem/$1.key"
+    openssl req -new -key "$oem/$1.key" -subj "$2" -out "$oem/$1.csr"
+    openssl x509 -req -in "$oem/$1.csr" -CA "$oem/root.pem" -CAkey "$oem/root.key" -days 730 \
+        -out "$oem/$1.pem" -extfile <(printf '%s\n' "$3") 2>/dev/null
+}
+issue signer "/O=ACME/CN=ACME Package Signer" "keyUsage=critical,digitalSignature"
+issue production-ca "/O=ACME/CN=ACME Production CA 1" "basicConstraints=critical,CA:TRUE,pathlen:0
+keyUsage=critical,keyCertSign"
+echo "telemetry_interval=60" >"$oem/config.txt"
+echo "  made $oem/{root,signer,production-ca}.pem"
 
-step "An EC P-256 key pair generated inside the token"
-p11 --token-label guardian-demo --login --pin 1234 --keypairgen --key-type EC:prime256v1 \
-    --label demo-key --id 01 | sed 's/^/  /'
+step "3. Security Officer enrols the OEM root (fingerprint checked out of band)"
+ctl enroll-oem "$oem/root.pem" --yes 2>&1 | sed 's/^/  /'
 
-step "Signing a SHA-256 digest inside the token (CKM_ECDSA), verified by OpenSSL"
+step "4. OEM wraps its secrets for this one Guardian"
+wrap create --guardian-cert "$work/guardian.pem" --signer-key "$oem/signer.key" --signer-cert "$oem/signer.pem" \
+    --ca-key "$oem/production-ca.key" --ca-cert "$oem/production-ca.pem" --ca-chain "$oem/root.pem" \
+    --oem-id ACME --product-id SENSOR-1 --release 1 --units 1000 --not-after +90 \
+    --data config="$oem/config.txt" --out "$work/acme-sensor-1-r1.gpk" | sed 's/^/  /'
+wrap inspect "$work/acme-sensor-1-r1.gpk" --oem-root "$oem/root.pem" --guardian-cert "$work/guardian.pem" |
+    sed 's/^/  /'
+openssl cms -verify -inform DER -in "$work/acme-sensor-1-r1.gpk" -CAfile "$oem/root.pem" -binary \
+    -out /dev/null 2>&1 | sed 's/^/  openssl cms: /'
+
+step "5. Import into the Guardian: C_UnwrapKey, unwrapped inside the HSM"
+ctl import "$work/acme-sensor-1-r1.gpk" | tee "$work/import.txt" | sed 's/^/  /'
+package_id=$(sed -n 's/^package_id=//p' "$work/import.txt")
+echo "  a replay is refused:"
+ctl import "$work/acme-sensor-1-r1.gpk" 2>&1 | grep guardianctl | sed 's/^/    /' || true
+ctl products | sed 's/^/  /'
+p11 --token-label guardian-demo --login --pin 1234 --list-objects --type privkey 2>/dev/null |
+    grep -E 'Private Key|label|Access' | sed 's/^/  /'
+
+step "6. The imported production CA key signs inside the token; OpenSSL verifies"
 echo "Guardian demo: $(date -u +%FT%TZ)" >"$work/message.txt"
 openssl dgst -sha256 -binary "$work/message.txt" >"$work/message.sha256"
-p11 --token-label guardian-demo --login --pin 1234 --sign --mechanism ECDSA --id 01 \
-    --signature-format openssl --input-file "$work/message.sha256" --output-file "$work/message.sig" 2>&1 |
+# Every key of the package has CKA_ID = the package ID; this one has only the CA key.
+p11 --token-label guardian-demo --login --pin 1234 --sign --mechanism ECDSA \
+    --id "$package_id" --signature-format openssl \
+    --input-file "$work/message.sha256" --output-file "$work/message.sig" 2>&1 | sed 's/^/  /'
+openssl x509 -in "$oem/production-ca.pem" -pubkey -noout >"$work/production-ca.pub"
+openssl dgst -sha256 -verify "$work/production-ca.pub" -signature "$work/message.sig" "$work/message.txt" |
     sed 's/^/  /'
-p11 --token-label guardian-demo --read-object --type pubkey --id 01 --output-file "$work/pub.der" >/dev/null
-openssl pkey -pubin -inform DER -in "$work/pub.der" -out "$work/pub.pem"
-openssl dgst -sha256 -verify "$work/pub.pem" -signature "$work/message.sig" "$work/message.txt" | sed 's/^/  /'
 
 step "Summary"
-echo "  module:    $module"
-echo "  backend:   $softhsm"
-echo "  token:     guardian-demo ($n_mechs mechanisms)"
-echo "  signature: $(stat -c %s "$work/message.sig") bytes DER, verified by OpenSSL"
+echo "  module:    $module (backend $softhsm)"
+echo "  Guardian:  $(openssl x509 -in "$work/guardian.pem" -noout -fingerprint -sha256 | cut -d= -f2)"
+echo "  package:   ACME/SENSOR-1 release 1, 1000 units: imported, replay refused"
+echo "  CA key:    sensitive, CKA_EXTRACTABLE false, signs in the token (verified by OpenSSL)"
