@@ -546,6 +546,26 @@ static CK_ULONG list_roots(CK_OBJECT_HANDLE *out, CK_ULONG max)
     return find_all(t, 2, out, max);
 }
 
+/* How many enrolled roots have a SHA-256 fingerprint starting with `prefix`;
+ * the last one found goes to `match`. */
+static int roots_matching(const char *prefix, CK_OBJECT_HANDLE *match)
+{
+    CK_OBJECT_HANDLE roots[64];
+    CK_ULONG n = list_roots(roots, 64);
+    int matches = 0;
+    for (CK_ULONG i = 0; i < n; i++) {
+        X509 *x = cert_from_object(roots[i]);
+        char fpr[65];
+        fingerprint(x, fpr);
+        X509_free(x);
+        if (strncmp(fpr, prefix, strlen(prefix)) == 0) {
+            *match = roots[i];
+            matches++;
+        }
+    }
+    return matches;
+}
+
 static int confirm(const char *question)
 {
     char answer[16];
@@ -561,25 +581,17 @@ static int cmd_enroll(int argc, char **argv)
 {
     X509 *x;
     char fpr[65], label[96], *subject;
-    CK_OBJECT_HANDLE roots[64];
-    CK_ULONG n;
+    CK_OBJECT_HANDLE existing;
     if (argc != 2)
         die("usage: " PROG " enroll-oem ROOT.pem [--yes]");
     x = read_cert_file(argv[1]);
     fingerprint(x, fpr);
     subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
-    n = list_roots(roots, 64);
-    for (CK_ULONG i = 0; i < n; i++) {
-        X509 *y = cert_from_object(roots[i]);
-        char f2[65];
-        fingerprint(y, f2);
-        X509_free(y);
-        if (strcmp(f2, fpr) == 0) {
-            fprintf(stderr, "already enrolled: %s sha256:%s\n", subject, fpr);
-            OPENSSL_free(subject);
-            X509_free(x);
-            return 0;
-        }
+    if (roots_matching(fpr, &existing) > 0) {
+        fprintf(stderr, "already enrolled: %s sha256:%s\n", subject, fpr);
+        OPENSSL_free(subject);
+        X509_free(x);
+        return 0;
     }
     printf("OEM root  %s\nsha256    %s\n", subject, fpr);
     if (!confirm("Check this fingerprint with the OEM out of band. Enrol this OEM root?"))
@@ -613,40 +625,22 @@ static int cmd_list_oems(void)
 
 static int cmd_remove_oem(int argc, char **argv)
 {
-    CK_OBJECT_HANDLE roots[64], match = CK_INVALID_HANDLE;
-    CK_ULONG n;
-    int matches = 0;
+    CK_OBJECT_HANDLE match = CK_INVALID_HANDLE;
+    int matches;
     const char *prefix;
     if (argc != 2 || strlen(argv[1]) < 8)
         die("usage: " PROG " remove-oem FINGERPRINT-PREFIX (at least 8 hex digits, from list-oems) [--yes]");
     prefix = strncmp(argv[1], "sha256:", 7) == 0 ? argv[1] + 7 : argv[1];
-    n = list_roots(roots, 64);
-    for (CK_ULONG i = 0; i < n; i++) {
-        X509 *x = cert_from_object(roots[i]);
-        char fpr[65];
-        fingerprint(x, fpr);
-        X509_free(x);
-        if (strncmp(fpr, prefix, strlen(prefix)) == 0) {
-            match = roots[i];
-            matches++;
-        }
-    }
+    matches = roots_matching(prefix, &match);
     if (matches != 1)
         die("%s OEM root matches '%s'", matches == 0 ? "no" : "more than one", prefix);
     if (!confirm("Remove this OEM root? Its packages can no longer be imported."))
         die("not removed");
     login(CKU_SO);
-    /* Re-find under the SO session: handles may change across logins. */
-    n = list_roots(roots, 64);
-    for (CK_ULONG i = 0; i < n; i++) {
-        X509 *x = cert_from_object(roots[i]);
-        char fpr[65];
-        fingerprint(x, fpr);
-        X509_free(x);
-        if (strncmp(fpr, prefix, strlen(prefix)) == 0)
-            P11(p11->C_DestroyObject(session, roots[i]));
-    }
-    (void)match;
+    /* Find it again under the SO session: handles may change across logins. */
+    if (roots_matching(prefix, &match) != 1)
+        die("the OEM root changed while logging in; nothing removed");
+    P11(p11->C_DestroyObject(session, match));
     P11(p11->C_Logout(session));
     fprintf(stderr, "removed\n");
     return 0;

@@ -7,36 +7,26 @@
 # A positive control (the CA certificate, which does cross the interface) proves
 # the search would find bytes that are there.
 set -uo pipefail
-M=${1:?module} CTL=${2:?guardianctl} W=${3:?guardian-wrap}
+M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") W=$(realpath "${3:?guardian-wrap}")
 SPY=${PKCS11SPY_MODULE:-/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so}
 SOFTHSM=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 work=$(mktemp -d "${TMPDIR:-/tmp}/guardian-spy-XXXXXX")
 trap 'rm -rf "$work"' EXIT
+HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$work" || exit 1
-pass=0 fail=0
-ok() { echo "PASS $1"; pass=$((pass + 1)); }
-ko() { echo "FAIL $1"; fail=$((fail + 1)); }
+# shellcheck source=../lib/testlib.sh
+. "$HERE/../lib/testlib.sh"
 [ -r "$SPY" ] || { echo "FAIL pkcs11-spy not found at $SPY (package opensc)"; echo "0 passed, 1 failed"; exit 1; }
 
-mkdir tokens state
-printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$work" >softhsm2.conf
-export SOFTHSM2_CONF=$work/softhsm2.conf GUARDIAN_STATE_DIR=$work/state GUARDIAN_MODULE=$M GUARDIAN_TOKEN=spy
+mkdir state
+softhsm_token "$work" spy
+export GUARDIAN_STATE_DIR=$work/state GUARDIAN_MODULE=$M GUARDIAN_TOKEN=spy
 export GUARDIAN_PIN=1234 GUARDIAN_SO_PIN=12345678 GUARDIAN_DEBUG=
 unset GUARDIAN_CONF
-softhsm2-util --init-token --free --label spy --pin 1234 --so-pin 12345678 >/dev/null
 # The module's backend is the spy, and the spy's is SoftHSM.
 export GUARDIAN_BACKEND=$SPY PKCS11SPY=$SOFTHSM PKCS11SPY_OUTPUT=$work/spy.log
 
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-key root.key
-openssl req -new -x509 -key root.key -subj "/CN=ACME Root" -days 30 -out root.pem \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
-for n in signer ca; do
-    key $n.key
-    openssl req -new -key $n.key -subj "/CN=ACME $n" -out $n.csr
-    openssl x509 -req -in $n.csr -CA root.pem -CAkey root.key -days 30 -out $n.pem \
-        -extfile <(printf 'basicConstraints=CA:TRUE\nkeyUsage=keyCertSign,digitalSignature\n') 2>/dev/null
-done
+oem_pki
 head -c 48 /dev/urandom >secret.bin
 
 "$CTL" init --out guardian.pem >/dev/null 2>&1 && ok "guardianctl init through the spy" || ko "guardianctl init through the spy"
@@ -73,5 +63,4 @@ found "$scalar" && ko "the CA private key (scalar) appears in the trace" || ok "
 # public and do cross the interface; the secret in it is the scalar.)
 found "$(hex secret.bin)" && ko "the confidential data item appears in the trace" || ok "the confidential data item is not in the trace"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

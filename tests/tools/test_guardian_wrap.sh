@@ -4,43 +4,18 @@
 # that tampering, a wrong root, a wrong Guardian and bad inputs are refused with
 # a clear message.  Usage: test_guardian_wrap.sh PATH/TO/guardian-wrap
 set -uo pipefail
-W=${1:?usage: $0 guardian-wrap}
+W=$(realpath "${1:?usage: $0 guardian-wrap}")
 work=$(mktemp -d "${TMPDIR:-/tmp}/guardian-wrap-test-XXXXXX")
 trap 'rm -rf "$work"' EXIT
+HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$work" || exit 1
-pass=0 fail=0
-ok() { echo "PASS $1"; pass=$((pass + 1)); }
-ko() { echo "FAIL $1"; fail=$((fail + 1)); }
-# expect NAME EXIT_CODE_EXPECTED(0|nonzero) PATTERN -- command...
-expect() {
-    local name=$1 want=$2 pattern=$3 out rc
-    shift 4
-    out=$("$@" 2>&1)
-    rc=$?
-    if { [ "$want" = 0 ] && [ $rc -ne 0 ]; } || { [ "$want" != 0 ] && [ $rc -eq 0 ]; }; then
-        ko "$name: exit $rc"; echo "$out" | sed 's/^/    /'; return
-    fi
-    if [ -n "$pattern" ] && ! grep -qE -- "$pattern" <<<"$out"; then
-        ko "$name: output lacks /$pattern/"; echo "$out" | sed 's/^/    /'; return
-    fi
-    ok "$name"
-}
+# shellcheck source=../lib/testlib.sh
+. "$HERE/../lib/testlib.sh"
 
-ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
 ec_key guardian.key && openssl req -new -x509 -key guardian.key -subj /CN=guardian-1 -days 30 -out guardian.pem
 ec_key other.key && openssl req -new -x509 -key other.key -subj /CN=guardian-2 -days 30 -out other-guardian.pem
-ec_key root.key && openssl req -new -x509 -key root.key -subj "/CN=ACME Root" -days 3650 -out root.pem \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+oem_pki
 ec_key evil.key && openssl req -new -x509 -key evil.key -subj "/CN=ACME Root" -days 3650 -out evil-root.pem
-issue() { # issue NAME SUBJECT EXT
-    ec_key "$1.key"
-    openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
-    openssl x509 -req -in "$1.csr" -CA root.pem -CAkey root.key -days 365 -out "$1.pem" \
-        -extfile <(printf '%s\n' "$3") 2>/dev/null
-}
-issue signer "/CN=ACME Package Signer" "keyUsage=critical,digitalSignature"
-issue ca "/CN=ACME Production CA" "basicConstraints=critical,CA:TRUE,pathlen:0
-keyUsage=critical,keyCertSign"
 echo "config v1" >config.txt
 head -c 32 /dev/urandom >boot.key
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out extra-rsa.key 2>/dev/null
@@ -99,5 +74,4 @@ expect "not a certificate" 1 "holds no certificate" -- "$W" create --guardian-ce
 expect "not a package" 1 "not a Guardian package" -- "$W" inspect config.txt
 expect "unknown command" 1 "unknown command" -- "$W" frobnicate
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

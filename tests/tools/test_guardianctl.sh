@@ -4,44 +4,21 @@
 # path, enrolment (SO only, confirmation), listing and removal of OEM roots,
 # import with its refusals explained, products, and error messages.
 set -uo pipefail
-M=${1:?module} CTL=${2:?guardianctl} W=${3:?guardian-wrap}
+M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") W=$(realpath "${3:?guardian-wrap}")
 work=$(mktemp -d "${TMPDIR:-/tmp}/guardianctl-test-XXXXXX")
 trap 'rm -rf "$work"' EXIT
+HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$work" || exit 1
-pass=0 fail=0
-ok() { echo "PASS $1"; pass=$((pass + 1)); }
-ko() { echo "FAIL $1"; fail=$((fail + 1)); }
-expect() { # NAME 0|1 PATTERN -- cmd...
-    local name=$1 want=$2 pattern=$3 out rc
-    shift 4
-    out=$("$@" 2>&1 </dev/null)
-    rc=$?
-    if { [ "$want" = 0 ] && [ $rc -ne 0 ]; } || { [ "$want" != 0 ] && [ $rc -eq 0 ]; }; then
-        ko "$name: exit $rc"; echo "$out" | sed 's/^/    /'; return
-    fi
-    if [ -n "$pattern" ] && ! grep -qE -- "$pattern" <<<"$out"; then
-        ko "$name: output lacks /$pattern/"; echo "$out" | sed 's/^/    /'; return
-    fi
-    ok "$name"
-}
+# shellcheck source=../lib/testlib.sh
+. "$HERE/../lib/testlib.sh"
 
-mkdir tokens state
-printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$work" >softhsm2.conf
-export SOFTHSM2_CONF=$work/softhsm2.conf GUARDIAN_STATE_DIR=$work/state GUARDIAN_MODULE=$M GUARDIAN_TOKEN=ctl
+mkdir state
+softhsm_token "$work" ctl
+export GUARDIAN_STATE_DIR=$work/state GUARDIAN_MODULE=$M GUARDIAN_TOKEN=ctl
 export GUARDIAN_BACKEND=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so} GUARDIAN_PIN=1234 GUARDIAN_SO_PIN=12345678
 unset GUARDIAN_CONF GUARDIAN_DEBUG
-softhsm2-util --init-token --free --label ctl --pin 1234 --so-pin 12345678 >/dev/null
 
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-key root.key
-openssl req -new -x509 -key root.key -subj "/CN=ACME Root" -days 30 -out root.pem \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
-for n in signer ca; do
-    key $n.key
-    openssl req -new -key $n.key -subj "/CN=ACME $n" -out $n.csr
-    openssl x509 -req -in $n.csr -CA root.pem -CAkey root.key -days 30 -out $n.pem \
-        -extfile <(printf 'basicConstraints=CA:TRUE\nkeyUsage=keyCertSign,digitalSignature\n') 2>/dev/null
-done
+oem_pki
 
 expect "wrong token label" 1 "no token labelled 'nope'" -- "$CTL" --token nope list-oems
 expect "wrong PIN" 1 "wrong user PIN" -- env GUARDIAN_PIN=9999 "$CTL" init
@@ -83,5 +60,4 @@ expect "list-oems after removal" 0 "no OEM root enrolled" -- "$CTL" list-oems
 expect "import after the root was removed" 1 "enroll-oem" -- "$CTL" import r3.gpk
 expect "unknown command" 1 "unknown command" -- "$CTL" frobnicate
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish
