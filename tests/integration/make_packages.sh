@@ -43,3 +43,19 @@ wrap x963.gpk 5 --kdf x963-sha256
 "$W" create --guardian-cert guardian.pem --signer-key evil-signer.key --signer-cert evil-signer.pem \
     --ca-key ca.key --ca-cert ca.pem --oem-id ACME --product-id EVIL --release 1 --units 1 \
     --not-after +30 --out evil.gpk >/dev/null
+
+# An expired package: guardian-wrap refuses to make one, so take a valid
+# package's content, move its not-after (the content's only GeneralizedTime)
+# to 2001, and sign it again as the OEM would, with stock OpenSSL.
+wrap expired-src.gpk 9
+openssl cms -verify -inform DER -in expired-src.gpk -CAfile oem-root.pem -binary -out content.der 2>/dev/null
+python3 - <<'PY'
+import re
+data = open("content.der", "rb").read()
+new, n = re.subn(rb"\x18\x0f\d{14}Z", b"\x18\x0f20010101000000Z", data, count=1)
+assert n == 1, "no not-after found"
+open("content-expired.der", "wb").write(new)
+PY
+openssl cms -sign -binary -nodetach -nosmimecap -md sha256 -outform DER \
+    -econtent_type 2.25.62758544141009244537205961397770264239.1 -in content-expired.der \
+    -signer signer.pem -inkey signer.key -out expired.gpk
