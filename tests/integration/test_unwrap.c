@@ -25,6 +25,7 @@
 #include <openssl/x509.h>
 
 #include "softhsm_token.h"
+#include "vectors.h"
 /* after softhsm_token.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 
@@ -401,12 +402,83 @@ static void test_x963_needs_backend_kdf(void **st)
     assert_int_equal(import("x963.gpk", &h), rv);
 }
 
+/* The key-transport vectors (tests/vectors/, made with Python's cryptography)
+ * run through the backend exactly as the module runs them: the in-token chain
+ * must reproduce the KEK, and unwrap the vector's CA key. */
+static void test_vectors_in_token(void **st)
+{
+    const char *vpath = getenv("GUARDIAN_TEST_VECTORS");
+    size_t lg = 0, le = 0, lc = 0, lk = 0, lw = 0, lp = 0;
+    unsigned char *gd = vector_get(vpath, "guardian_private", &lg), *ep = vector_get(vpath, "ephemeral_public", &le);
+    unsigned char *c = vector_get(vpath, "kdf_context_c", &lc), *kek_v = vector_get(vpath, "kek_ecdh_aescbc", &lk);
+    unsigned char *w = vector_get(vpath, "wrapped_aescbc", &lw), *p8 = vector_get(vpath, "ca_private_pkcs8", &lp);
+    CK_OBJECT_CLASS priv = CKO_PRIVATE_KEY, secret = CKO_SECRET_KEY;
+    CK_KEY_TYPE ec = CKK_EC, aes = CKK_AES;
+    CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}, value[64], hash[32], sig[64];
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ULONG len32 = 32, sig_len = sizeof(sig);
+    CK_OBJECT_HANDLE g, z, kek, ca;
+    CK_ECDH1_DERIVE_PARAMS ecdh = {CKD_NULL, 0, NULL, 0, NULL};
+    CK_AES_CBC_ENCRYPT_DATA_PARAMS cbc;
+    CK_MECHANISM m_ecdh = {CKM_ECDH1_DERIVE, &ecdh, sizeof(ecdh)}, m_cbc = {CKM_AES_CBC_ENCRYPT_DATA, &cbc, sizeof(cbc)};
+    CK_MECHANISM m_kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0}, m_ecdsa = {CKM_ECDSA, NULL, 0};
+    CK_ATTRIBUTE g_t[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_KEY_TYPE, &ec, sizeof(ec)},
+                          {CKA_EC_PARAMS, p256, sizeof(p256)}, {CKA_VALUE, gd, lg}, {CKA_TOKEN, &no, 1},
+                          {CKA_DERIVE, &yes, 1}};
+    CK_ATTRIBUTE z_t[] = {{CKA_CLASS, &secret, sizeof(secret)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                          {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &no, 1}, {CKA_DERIVE, &yes, 1}};
+    /* Extractable here only so that the test can compare it with the vector. */
+    CK_ATTRIBUTE kek_t[] = {{CKA_CLASS, &secret, sizeof(secret)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                            {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &no, 1}, {CKA_UNWRAP, &yes, 1},
+                            {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1}};
+    CK_ATTRIBUTE ca_t[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_KEY_TYPE, &ec, sizeof(ec)},
+                           {CKA_TOKEN, &no, 1}, {CKA_SIGN, &yes, 1}};
+    CK_ATTRIBUTE get = {CKA_VALUE, value, sizeof(value)};
+    (void)st;
+
+    assert_non_null(gd);
+    assert_non_null(p8);
+    ecdh.pPublicData = ep;
+    ecdh.ulPublicDataLen = le;
+    memset(&cbc, 0, sizeof(cbc));
+    cbc.pData = c;
+    cbc.length = lc;
+    assert_int_equal(m->C_CreateObject(s, g_t, 6, &g), CKR_OK);
+    assert_int_equal(m->C_DeriveKey(s, &m_ecdh, g, z_t, 5, &z), CKR_OK);
+    assert_int_equal(m->C_DeriveKey(s, &m_cbc, z, kek_t, 7, &kek), CKR_OK);
+    assert_int_equal(m->C_GetAttributeValue(s, kek, &get, 1), CKR_OK);
+    assert_int_equal(get.ulValueLen, lk);
+    assert_memory_equal(value, kek_v, lk);
+    assert_int_equal(m->C_UnwrapKey(s, &m_kwp, kek, w, lw, ca_t, 4, &ca), CKR_OK);
+    memset(hash, 0x5a, sizeof(hash));
+    assert_int_equal(m->C_SignInit(s, &m_ecdsa, ca), CKR_OK);
+    assert_int_equal(m->C_Sign(s, hash, sizeof(hash), sig, &sig_len), CKR_OK);
+    {
+        const unsigned char *q = p8;
+        EVP_PKEY *k = d2i_AutoPrivateKey(NULL, &q, (long)lp);
+        ECDSA_SIG *es = ECDSA_SIG_new();
+        unsigned char *der = NULL;
+        int der_len;
+        EVP_PKEY_CTX *vctx = EVP_PKEY_CTX_new(k, NULL);
+        ECDSA_SIG_set0(es, BN_bin2bn(sig, 32, NULL), BN_bin2bn(sig + 32, 32, NULL));
+        der_len = i2d_ECDSA_SIG(es, &der);
+        assert_int_equal(EVP_PKEY_verify_init(vctx), 1);
+        assert_int_equal(EVP_PKEY_verify(vctx, der, (size_t)der_len, hash, sizeof(hash)), 1);
+        EVP_PKEY_CTX_free(vctx);
+        OPENSSL_free(der);
+        ECDSA_SIG_free(es);
+        EVP_PKEY_free(k);
+    }
+    free(gd), free(ep), free(c), free(kek_v), free(w), free(p8);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_import_and_use, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_x963_needs_backend_kdf, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_vectors_in_token, setup, teardown),
     };
     return cmocka_run_group_tests_name("integration: unwrap-into-token", tests, NULL, NULL);
 }
