@@ -362,6 +362,15 @@ static void test_refusals(void **st)
     assert_int_equal(flipped_ok, 0);
     assert_int_equal(m->C_UnwrapKey(s, &mech, guardian_key, pkg, (CK_ULONG)len - 1, NULL, 0, &h),
                      CKR_WRAPPED_KEY_INVALID);
+    /* Extended: a byte appended after the DER. */
+    {
+        unsigned char *longer = malloc(len + 1);
+        memcpy(longer, pkg, len);
+        longer[len] = 0;
+        assert_int_equal(m->C_UnwrapKey(s, &mech, guardian_key, longer, (CK_ULONG)len + 1, NULL, 0, &h),
+                         CKR_WRAPPED_KEY_INVALID);
+        free(longer);
+    }
     assert_int_equal(m->C_UnwrapKey(s, &mech, guardian_key, pkg, 0, NULL, 0, &h), CKR_WRAPPED_KEY_LEN_RANGE);
     mech.pParameter = param;
     mech.ulParameterLen = sizeof(param);
