@@ -19,6 +19,7 @@
 #include <openssl/cms.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
+#include <openssl/engine.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
@@ -121,12 +122,43 @@ static X509 *read_cert(const char *path)
     return x;
 }
 
+/* The OEM signing key may live in a token: a pkcs11: URI (RFC 7512), loaded
+ * through OpenSSL's libp11 engine (Debian 12 packages no PKCS#11 provider for
+ * OpenSSL 3).  The PKCS#11 module is PKCS11_MODULE_PATH, else p11-kit's proxy. */
+static EVP_PKEY *load_pkcs11_key(const char *uri)
+{
+    ENGINE *e;
+    EVP_PKEY *k;
+    const char *module = getenv("PKCS11_MODULE_PATH");
+
+    ENGINE_load_builtin_engines();
+    e = ENGINE_by_id("pkcs11");
+    if (e == NULL)
+        die("a pkcs11: key needs OpenSSL's pkcs11 engine (Debian: libengine-pkcs11-openssl)");
+    if (module != NULL && ENGINE_ctrl_cmd_string(e, "MODULE_PATH", module, 0) != 1)
+        die("the pkcs11 engine refused MODULE_PATH %s", module);
+    if (ENGINE_init(e) != 1)
+        die("the pkcs11 engine did not initialize (module %s)", module ? module : "p11-kit-proxy");
+    k = ENGINE_load_private_key(e, uri, NULL, NULL);
+    if (k == NULL)
+        die("no private key at %s (check token=, object= and pin-value= or pin-source=)", uri);
+    ENGINE_finish(e);
+    ENGINE_free(e);
+    return k;
+}
+
 static EVP_PKEY *read_private_key(const char *path)
 {
     size_t len;
-    unsigned char *data = read_all(path, 1 << 20, &len);
-    BIO *bio = BIO_new_mem_buf(data, (int)len);
-    EVP_PKEY *k = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+    unsigned char *data;
+    BIO *bio;
+    EVP_PKEY *k;
+
+    if (strncmp(path, "pkcs11:", 7) == 0)
+        return load_pkcs11_key(path);
+    data = read_all(path, 1 << 20, &len);
+    bio = BIO_new_mem_buf(data, (int)len);
+    k = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
     if (k == NULL) {
         const unsigned char *p = data;
         ERR_clear_error();

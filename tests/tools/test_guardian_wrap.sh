@@ -2,7 +2,8 @@
 # test_guardian_wrap.sh — the OEM's wrapping tool, end to end with OpenSSL only:
 # create a package, inspect it, have `openssl cms -verify` accept it, and check
 # that tampering, a wrong root, a wrong Guardian and bad inputs are refused with
-# a clear message.  Usage: test_guardian_wrap.sh PATH/TO/guardian-wrap
+# a clear message; also a signing key in a SoftHSM token by pkcs11: URI.
+# Usage: test_guardian_wrap.sh PATH/TO/guardian-wrap
 set -uo pipefail
 W=$(realpath "${1:?usage: $0 guardian-wrap}")
 work=$(mktemp -d "${TMPDIR:-/tmp}/guardian-wrap-test-XXXXXX")
@@ -40,6 +41,26 @@ expect "x963 inspect" 0 "X9.63 SHA-256" -- "$W" inspect q.gpk --oem-root root.pe
 if grep -qF "$(head -c 32 boot.key | od -An -tx1 | tr -d ' \n')" <(od -An -tx1 p.gpk | tr -d ' \n'); then
     ko "secret data in clear"
 else ok "secret data not in clear"; fi
+
+# The OEM signing key in a token, by pkcs11: URI (through OpenSSL's pkcs11 engine).
+softhsm_token "$work" oem-hsm
+pkcs11-tool --module "${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}" --token-label oem-hsm -l -p 1234 \
+    --keypairgen --key-type EC:prime256v1 --label pkg-signer --id 5a >/dev/null 2>&1
+pkcs11-tool --module "${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}" --token-label oem-hsm \
+    --read-object --type pubkey --id 5a -o hsm-pub.der >/dev/null 2>&1
+openssl pkey -pubin -inform DER -in hsm-pub.der -out hsm-pub.pem
+openssl x509 -new -force_pubkey hsm-pub.pem -subj "/CN=ACME HSM Signer" -CA root.pem -CAkey root.key \
+    -days 30 -out hsm-signer.pem 2>/dev/null
+expect "create with a pkcs11: signing key" 0 "wrote hsm.gpk" -- env \
+    PKCS11_MODULE_PATH="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}" "$W" "${base[@]}" \
+    --signer-key "pkcs11:token=oem-hsm;object=pkg-signer;type=private;pin-value=1234" \
+    --signer-cert hsm-signer.pem --out hsm.gpk
+expect "the token-signed package verifies" 0 "" -- openssl cms -verify -inform DER -in hsm.gpk -CAfile root.pem \
+    -binary -out /dev/null
+expect "a pkcs11: key that is not there" 1 "no private key at pkcs11:" -- env \
+    PKCS11_MODULE_PATH="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}" "$W" "${base[@]}" \
+    --signer-key "pkcs11:token=oem-hsm;object=nope;type=private;pin-value=1234" \
+    --signer-cert hsm-signer.pem --out x.gpk
 
 expect "wrong root refused" 1 "INVALID" -- "$W" inspect p.gpk --oem-root evil-root.pem
 expect "wrong Guardian reported" 1 "NOT other-guardian.pem" -- "$W" inspect p.gpk --guardian-cert other-guardian.pem
