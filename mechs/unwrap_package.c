@@ -20,9 +20,9 @@
  * Every object of a package carries CKA_ID = the package ID (keys and
  * certificates) or CKA_APPLICATION = "guardian:<package id hex>" (data objects),
  * and a label "guardian:<oem>/<product>/r<release>:<name>", so C_FindObjects
- * finds them.  The handle returned is the package object: a CKO_DATA object
- * (CKA_APPLICATION "guardian:<id>", CKA_LABEL "guardian-package:<oem>/<product>/r<release>")
- * whose CKA_VALUE describes the package (docs/unwrap-mechanism.md).
+ * finds them.  The handle returned is the package object, a CKO_GUARDIAN_PACKAGE
+ * object served by the module (module/package_objects.c) with CKA_ID = the
+ * package ID and live counters (docs/unwrap-mechanism.md).
  */
 #include <stdio.h>
 #include <string.h>
@@ -50,7 +50,6 @@ struct import {
     CK_OBJECT_HANDLE kek;
     CK_OBJECT_HANDLE created[MAX_OBJECTS];
     size_t n_created;
-    CK_OBJECT_HANDLE package_object;
     char prefix[GUARDIAN_PKG_NAME_MAX * 2 + 32]; /* "guardian:OEM/PRODUCT/rN" */
     char application[9 + 2 * GUARDIAN_PKG_ID_LEN + 1];
     /* Narrowing from the caller's template: usages it switched off. */
@@ -377,7 +376,6 @@ static void destroy_all(struct import *im)
     for (size_t i = im->n_created; i > 0; i--)
         im->be->C_DestroyObject(im->session, im->created[i - 1]);
     im->n_created = 0;
-    im->package_object = CK_INVALID_HANDLE;
 }
 
 static CK_RV track(struct import *im, CK_OBJECT_HANDLE h)
@@ -524,8 +522,7 @@ static CK_RV create_certificate(struct import *im, X509 *x, int index)
     return rv;
 }
 
-static CK_RV create_data(struct import *im, const char *label, const void *value, CK_ULONG len,
-                         CK_OBJECT_HANDLE *out)
+static CK_RV create_data(struct import *im, const char *label, const void *value, CK_ULONG len)
 {
     CK_OBJECT_CLASS cls = CKO_DATA;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
@@ -541,8 +538,6 @@ static CK_RV create_data(struct import *im, const char *label, const void *value
         guardian_error("unwrap", "cannot create data object '%s': %s", label, ckr(rv));
         return rv;
     }
-    if (out != NULL)
-        *out = h;
     return track(im, h);
 }
 
@@ -552,8 +547,7 @@ static CK_RV create_objects(void *ctx)
     struct import *im = ctx;
     GUARDIAN_PACKAGE *a = im->pkg.asn1;
     CK_OBJECT_HANDLE h;
-    char summary[512], label[sizeof(im->prefix) + GUARDIAN_PKG_NAME_MAX + 16];
-    char id_hex[2 * GUARDIAN_PKG_ID_LEN + 1];
+    char label[sizeof(im->prefix) + GUARDIAN_PKG_NAME_MAX + 16];
     CK_RV rv;
 
     rv = unwrap_one(im, a->production_ca->key, "production-ca", &h);
@@ -577,23 +571,10 @@ static CK_RV create_objects(void *ctx)
         } else {
             snprintf(label, sizeof(label), "%s:%.*s", im->prefix, ASN1_STRING_length(d->name),
                      ASN1_STRING_get0_data(d->name));
-            rv = create_data(im, label, ASN1_STRING_get0_data(d->value), (CK_ULONG)ASN1_STRING_length(d->value),
-                             NULL);
+            rv = create_data(im, label, ASN1_STRING_get0_data(d->value), (CK_ULONG)ASN1_STRING_length(d->value));
         }
     }
-    if (rv != CKR_OK)
-        return rv;
-
-    for (int i = 0; i < GUARDIAN_PKG_ID_LEN; i++)
-        snprintf(id_hex + 2 * i, 3, "%02x", im->pkg.package_id[i]);
-    snprintf(summary, sizeof(summary),
-             "format=guardian-package-1\npackage_id=%s\noem_id=%s\nproduct_id=%s\nrelease=%u\nauthorised_units=%llu\n"
-             "not_after=%lld\n",
-             id_hex, im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version,
-             (unsigned long long)im->pkg.authorised_units, (long long)im->pkg.not_after);
-    snprintf(label, sizeof(label), "guardian-package:%s/%s/r%u", im->pkg.oem_id, im->pkg.product_id,
-             im->pkg.release_version);
-    return create_data(im, label, summary, strlen(summary), &im->package_object);
+    return rv;
 }
 
 /* The caller's template may only narrow what the package decides. */
@@ -740,7 +721,8 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     guardian_info("unwrap", "imported package %s/%s r%u: %zu objects, %llu units", im.pkg.oem_id,
                   im.pkg.product_id, im.pkg.release_version, im.n_created,
                   (unsigned long long)im.pkg.authorised_units);
-    *out = im.package_object;
+    /* The package object is the module's own CKO_GUARDIAN_PACKAGE object. */
+    *out = guardian_package_object_handle(im.pkg.oem_id, im.pkg.product_id);
     rv = CKR_OK;
 out:
     if (im.kek != CK_INVALID_HANDLE)

@@ -265,6 +265,153 @@ static CK_RV entry_C_DeriveKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech,
     return trace_return("C_DeriveKey", derive_key(session, mech, base_key, templ, count, out));
 }
 
+/* ---- objects: the backend's, and the module's package objects ------------------ */
+
+static CK_RV entry_C_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_GetAttributeValue");
+    if (GUARDIAN_UNLIKELY(be == NULL))
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if (GUARDIAN_UNLIKELY(guardian_is_package_object(h)))
+        rv = guardian_package_objects_get(be, s, h, t, n);
+    else
+        rv = be->C_GetAttributeValue(s, h, t, n);
+    return trace_return("C_GetAttributeValue", rv);
+}
+
+/* Package objects are read-only and cannot be copied or destroyed. */
+static CK_RV package_object_refusal(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_RV refusal)
+{
+    CK_SESSION_INFO si;
+    CK_ULONG size;
+    CK_RV rv = be->C_GetSessionInfo(s, &si);
+    if (rv != CKR_OK)
+        return rv;
+    return guardian_package_objects_size(h, &size) == CKR_OK ? refusal : CKR_OBJECT_HANDLE_INVALID;
+}
+
+static CK_RV entry_C_SetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_SetAttributeValue");
+    if (be == NULL)
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if (guardian_is_package_object(h))
+        rv = package_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
+    else
+        rv = be->C_SetAttributeValue(s, h, t, n);
+    return trace_return("C_SetAttributeValue", rv);
+}
+
+static CK_RV entry_C_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_DestroyObject");
+    if (be == NULL)
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if (guardian_is_package_object(h))
+        rv = package_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
+    else
+        rv = be->C_DestroyObject(s, h);
+    return trace_return("C_DestroyObject", rv);
+}
+
+static CK_RV entry_C_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                                CK_OBJECT_HANDLE_PTR out)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_CopyObject");
+    if (be == NULL)
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if (guardian_is_package_object(h))
+        rv = package_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
+    else
+        rv = be->C_CopyObject(s, h, t, n, out);
+    return trace_return("C_CopyObject", rv);
+}
+
+static CK_RV entry_C_GetObjectSize(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ULONG_PTR size)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_GetObjectSize");
+    if (be == NULL)
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if (guardian_is_package_object(h))
+        rv = package_object_refusal(be, s, h, guardian_package_objects_size(h, size));
+    else
+        rv = be->C_GetObjectSize(s, h, size);
+    return trace_return("C_GetObjectSize", rv);
+}
+
+static CK_RV entry_C_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_FindObjectsInit");
+    rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : guardian_package_objects_find_init(be, s, t, n);
+    return trace_return("C_FindObjectsInit", rv);
+}
+
+static CK_RV entry_C_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR out, CK_ULONG max, CK_ULONG_PTR count)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    int handled = 0;
+    CK_RV rv;
+    trace_enter("C_FindObjects");
+    if (GUARDIAN_UNLIKELY(be == NULL))
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else {
+        rv = guardian_package_objects_find(be, s, out, max, count, &handled);
+        if (GUARDIAN_LIKELY(!handled))
+            rv = be->C_FindObjects(s, out, max, count);
+    }
+    return trace_return("C_FindObjects", rv);
+}
+
+static CK_RV entry_C_FindObjectsFinal(CK_SESSION_HANDLE s)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    int handled = 0;
+    CK_RV rv;
+    trace_enter("C_FindObjectsFinal");
+    if (GUARDIAN_UNLIKELY(be == NULL))
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else {
+        rv = guardian_package_objects_find_final(be, s, &handled);
+        if (GUARDIAN_LIKELY(!handled))
+            rv = be->C_FindObjectsFinal(s);
+    }
+    return trace_return("C_FindObjectsFinal", rv);
+}
+
+static CK_RV entry_C_CloseSession(CK_SESSION_HANDLE s)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_CloseSession");
+    rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : be->C_CloseSession(s);
+    if (rv == CKR_OK)
+        guardian_package_objects_session_closed(s);
+    return trace_return("C_CloseSession", rv);
+}
+
+static CK_RV entry_C_CloseAllSessions(CK_SLOT_ID slot)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_CloseAllSessions");
+    rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : be->C_CloseAllSessions(slot);
+    if (rv == CKR_OK)
+        guardian_package_objects_session_closed(CK_INVALID_HANDLE);
+    return trace_return("C_CloseAllSessions", rv);
+}
+
 /* ---- the function lists and interfaces ---------------------------------- */
 
 static CK_RV entry_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
@@ -278,17 +425,22 @@ static CK_RV entry_C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version, 
     .C_Initialize = entry_C_Initialize, .C_Finalize = entry_C_Finalize,                                       \
     .C_GetFunctionList = entry_C_GetFunctionList, .C_GetMechanismList = entry_C_GetMechanismList,             \
     .C_GetMechanismInfo = entry_C_GetMechanismInfo, .C_UnwrapKey = entry_C_UnwrapKey,                         \
-    .C_DeriveKey = entry_C_DeriveKey
+    .C_DeriveKey = entry_C_DeriveKey, .C_GetAttributeValue = entry_C_GetAttributeValue,                       \
+    .C_SetAttributeValue = entry_C_SetAttributeValue, .C_DestroyObject = entry_C_DestroyObject,               \
+    .C_CopyObject = entry_C_CopyObject, .C_GetObjectSize = entry_C_GetObjectSize,                             \
+    .C_FindObjectsInit = entry_C_FindObjectsInit, .C_FindObjects = entry_C_FindObjects,                       \
+    .C_FindObjectsFinal = entry_C_FindObjectsFinal, .C_CloseSession = entry_C_CloseSession,                   \
+    .C_CloseAllSessions = entry_C_CloseAllSessions
 
 static CK_FUNCTION_LIST list_2_40 = {
     .version = {2, 40},
-    GUARDIAN_FORWARD_2_40(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
+    GUARDIAN_FORWARD_2_40_PLAIN(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
     .C_GetInfo = entry_C_GetInfo,
 };
 
 static CK_FUNCTION_LIST_3_0 list_3_0 = {
     .version = {3, 0},
-    GUARDIAN_FORWARD_2_40(SET_FORWARDER) GUARDIAN_FORWARD_3_0(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
+    GUARDIAN_FORWARD_2_40_PLAIN(SET_FORWARDER) GUARDIAN_FORWARD_3_0(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
     .C_GetInfo = entry_C_GetInfo_3_0,
     .C_GetInterfaceList = entry_C_GetInterfaceList,
     .C_GetInterface = entry_C_GetInterface,

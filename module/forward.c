@@ -69,5 +69,5 @@
         return slow_##name args;                                                     \
     }
 
-GUARDIAN_FORWARD_2_40(GUARDIAN_FORWARDER_2_40)
+GUARDIAN_FORWARD_2_40_PLAIN(GUARDIAN_FORWARDER_2_40)
 GUARDIAN_FORWARD_3_0(GUARDIAN_FORWARDER_3_0)

@@ -135,12 +135,36 @@ const struct guardian_config *guardian_state_config(void);
  * be opened. */
 struct guardian_store;
 CK_RV guardian_state_store(struct guardian_store **out);
+/* The same without logging or creating the state directory's database when
+ * the directory does not exist: for plain PKCS#11 users of the module. */
+CK_RV guardian_state_store_quiet(struct guardian_store **out);
+
+/* ---- package objects (package_objects.c) -------------------------------- */
+
+/* Handles of the module's own CKO_GUARDIAN_PACKAGE objects. */
+#define GUARDIAN_VOBJ_BASE 0x47440000UL
+static inline int guardian_is_package_object(CK_OBJECT_HANDLE h)
+{
+    return (h & ~(CK_OBJECT_HANDLE)0xFFFF) == GUARDIAN_VOBJ_BASE;
+}
+void guardian_package_objects_reset(void);
+CK_OBJECT_HANDLE guardian_package_object_handle(const char *oem_id, const char *product_id);
+CK_RV guardian_package_objects_get(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE h,
+                                   CK_ATTRIBUTE_PTR templ, CK_ULONG count);
+CK_RV guardian_package_objects_size(CK_OBJECT_HANDLE h, CK_ULONG_PTR size);
+CK_RV guardian_package_objects_find_init(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR templ,
+                                         CK_ULONG count);
+CK_RV guardian_package_objects_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR out,
+                                    CK_ULONG max, CK_ULONG_PTR count, int *handled);
+CK_RV guardian_package_objects_find_final(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, int *handled);
+/* A session ended (CK_INVALID_HANDLE: all of them): forget its searches. */
+void guardian_package_objects_session_closed(CK_SESSION_HANDLE s);
 
 /* ---- forwarding (forward.c) and entry points (entry.c) ------------------ */
 
 /* One pass-through per function of functions.h: guardian_fwd_C_Sign, ... */
 #define GUARDIAN_DECLARE_FORWARDER(name, params, args) CK_RV guardian_fwd_##name params;
-GUARDIAN_FORWARD_2_40(GUARDIAN_DECLARE_FORWARDER)
+GUARDIAN_FORWARD_2_40_PLAIN(GUARDIAN_DECLARE_FORWARDER)
 GUARDIAN_FORWARD_3_0(GUARDIAN_DECLARE_FORWARDER)
 
 #endif /* GUARDIAN_MODULE_H */

@@ -22,6 +22,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "module.h"
 #include "store.h"
@@ -55,6 +56,7 @@ static void atfork_child(void)
     /* The parent's store handle is the parent's: the store refuses it in a
      * child, and closing it here could disturb the parent's WAL. */
     store = NULL;
+    /* (package_objects.c is reset by the child's C_Initialize.) */
     /* The parent may have held the lock in another thread at fork time. */
     pthread_mutex_init(&init_lock, NULL);
 }
@@ -193,6 +195,7 @@ CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
         goto out;
     }
     inherited_backend_init = false;
+    guardian_package_objects_reset();
     atomic_store(&guardian_active_list3, backend.list3);
     atomic_store(&guardian_active_list, backend.list);
     guardian_debug("init", "initialized");
@@ -218,6 +221,7 @@ CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
     atomic_store(&guardian_active_list3, NULL);
     guardian_store_close(store);
     store = NULL;
+    guardian_package_objects_reset();
     if (backend_borrowed) {
         backend_borrowed = false;
         rv = CKR_OK;
@@ -228,6 +232,34 @@ CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
         guardian_warn("init", "backend C_Finalize returned %s", guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "?");
     if (rv == CKR_CRYPTOKI_NOT_INITIALIZED)
         rv = CKR_OK;
+out:
+    pthread_mutex_unlock(&init_lock);
+    return rv;
+}
+
+CK_RV guardian_state_store_quiet(struct guardian_store **out)
+{
+    struct stat st_dir;
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    pthread_mutex_lock(&init_lock);
+    if (atomic_load(&guardian_active_list) == NULL) {
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+        goto out;
+    }
+    if (store == NULL) {
+        if (stat(config.state_dir, &st_dir) != 0 || !S_ISDIR(st_dir.st_mode)) {
+            rv = CKR_GUARDIAN_STORE_FAILED;
+            goto out;
+        }
+        rv = guardian_store_open(config.state_dir, &store);
+        if (rv != CKR_OK) {
+            store = NULL;
+            goto out;
+        }
+    }
+    *out = store;
+    rv = CKR_OK;
 out:
     pthread_mutex_unlock(&init_lock);
     return rv;

@@ -673,8 +673,6 @@ static int cmd_import(int argc, char **argv)
     CK_MECHANISM mech = {CKM_GUARDIAN_UNWRAP_PACKAGE, NULL, 0};
     CK_OBJECT_HANDLE key, obj = 0;
     CK_RV rv;
-    CK_ULONG vlen;
-    unsigned char *summary;
 
     if (argc != 2)
         die("usage: " PROG " import PACKAGE");
@@ -693,9 +691,27 @@ static int cmd_import(int argc, char **argv)
         const char *why = explain(rv);
         die("import of %s refused: %s%s%s", argv[1], ckr(rv), why ? ": " : "", why ? why : "");
     }
-    summary = get_attr(obj, CKA_VALUE, &vlen);
-    printf("imported %s\n%s", argv[1], summary);
-    free(summary);
+    {
+        /* The package object (CKO_GUARDIAN_PACKAGE) describes what is installed. */
+        CK_ULONG release = 0, authorised = 0, remaining = 0, not_after = 0;
+        CK_BYTE id[16];
+        char oem[65] = "", product[65] = "";
+        CK_ATTRIBUTE a[] = {{CKA_GUARDIAN_OEM_ID, oem, sizeof(oem) - 1},
+                            {CKA_GUARDIAN_PRODUCT_ID, product, sizeof(product) - 1},
+                            {CKA_GUARDIAN_RELEASE, &release, sizeof(release)},
+                            {CKA_GUARDIAN_AUTHORISED_UNITS, &authorised, sizeof(authorised)},
+                            {CKA_GUARDIAN_REMAINING_UNITS, &remaining, sizeof(remaining)},
+                            {CKA_GUARDIAN_NOT_AFTER, &not_after, sizeof(not_after)},
+                            {CKA_GUARDIAN_PACKAGE_ID, id, sizeof(id)}};
+        P11(p11->C_GetAttributeValue(session, obj, a, sizeof(a) / sizeof(a[0])));
+        oem[a[0].ulValueLen] = '\0';
+        product[a[1].ulValueLen] = '\0';
+        printf("imported %s\npackage_id=", argv[1]);
+        for (int i = 0; i < 16; i++)
+            printf("%02x", id[i]);
+        printf("\noem_id=%s\nproduct_id=%s\nrelease=%lu\nauthorised_units=%lu\nremaining_units=%lu\nnot_after=%lu\n",
+               oem, product, release, authorised, remaining, not_after);
+    }
     return 0;
 }
 

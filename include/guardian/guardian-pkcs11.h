@@ -41,6 +41,23 @@
  * hBaseKey = the production CA private key; the result is a CKO_CERTIFICATE. */
 #define CKM_GUARDIAN_DERIVE_DEVICE_CERT (CKM_GUARDIAN_BASE | 0x0002UL)
 
+/* ---- Object class and attributes -------------------------------------------- */
+
+/* The package object: one per installed product release, served by the module
+ * (C_UnwrapKey with CKM_GUARDIAN_UNWRAP_PACKAGE returns its handle; C_FindObjects
+ * finds it by class, CKA_ID or label).  Read-only, CKA_TOKEN TRUE, CKA_PRIVATE
+ * FALSE.  Counters are live from the Guardian's store. */
+#define CKO_GUARDIAN_PACKAGE (CKO_GUARDIAN_BASE | 0x0001UL)
+
+#define CKA_GUARDIAN_OEM_ID (CKA_GUARDIAN_BASE | 0x0001UL)           /* UTF-8, no NUL */
+#define CKA_GUARDIAN_PRODUCT_ID (CKA_GUARDIAN_BASE | 0x0002UL)       /* UTF-8, no NUL */
+#define CKA_GUARDIAN_RELEASE (CKA_GUARDIAN_BASE | 0x0003UL)          /* CK_ULONG */
+#define CKA_GUARDIAN_AUTHORISED_UNITS (CKA_GUARDIAN_BASE | 0x0004UL) /* CK_ULONG */
+#define CKA_GUARDIAN_ISSUED_UNITS (CKA_GUARDIAN_BASE | 0x0005UL)     /* CK_ULONG */
+#define CKA_GUARDIAN_REMAINING_UNITS (CKA_GUARDIAN_BASE | 0x0006UL)  /* CK_ULONG */
+#define CKA_GUARDIAN_NOT_AFTER (CKA_GUARDIAN_BASE | 0x0007UL)        /* CK_ULONG, seconds since 1970 UTC */
+#define CKA_GUARDIAN_PACKAGE_ID (CKA_GUARDIAN_BASE | 0x0008UL)       /* 16 bytes (also its CKA_ID) */
+
 /* ---- Return values ----------------------------------------------------- */
 
 /* C_Initialize: the configuration file is missing, unreadable or malformed. */

@@ -249,16 +249,57 @@ static void test_import_and_use(void **st)
     assert_true(advertised);
 
     assert_int_equal(import("good.gpk", &pkg_obj), CKR_OK);
-    /* The package object describes the product. */
-    a = (CK_ATTRIBUTE){CKA_VALUE, value, sizeof(value) - 1};
-    assert_int_equal(m->C_GetAttributeValue(s, pkg_obj, &a, 1), CKR_OK);
-    value[a.ulValueLen] = 0;
-    assert_non_null(strstr((char *)value, "oem_id=ACME\nproduct_id=SENSOR-1\nrelease=3\nauthorised_units=100\n"));
+    /* The package object: the module's CKO_GUARDIAN_PACKAGE, live counters. */
     {
-        /* Every key of the package carries CKA_ID = the package ID. */
-        const char *hex = strstr((char *)value, "package_id=") + 11;
-        for (int i = 0; i < 16; i++)
-            sscanf(hex + 2 * i, "%2hhx", &id[i]);
+        CK_OBJECT_CLASS cls = 0;
+        CK_ULONG release = 0, authorised = 0, remaining = 0;
+        CK_BBOOL modifiable = CK_TRUE;
+        char oem[16] = "";
+        CK_ATTRIBUTE b[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_OEM_ID, oem, sizeof(oem)},
+                            {CKA_GUARDIAN_RELEASE, &release, sizeof(release)},
+                            {CKA_GUARDIAN_AUTHORISED_UNITS, &authorised, sizeof(authorised)},
+                            {CKA_GUARDIAN_REMAINING_UNITS, &remaining, sizeof(remaining)},
+                            {CKA_GUARDIAN_PACKAGE_ID, id, sizeof(id)}, {CKA_MODIFIABLE, &modifiable, 1}};
+        CK_ATTRIBUTE bad[] = {{CKA_VALUE, value, sizeof(value)}, {CKA_GUARDIAN_RELEASE, &release, 1}};
+        CK_ULONG size = 0;
+        assert_int_equal(m->C_GetAttributeValue(s, pkg_obj, b, 7), CKR_OK);
+        assert_int_equal(cls, CKO_GUARDIAN_PACKAGE);
+        assert_int_equal(b[1].ulValueLen, 4);
+        assert_memory_equal(oem, "ACME", 4);
+        assert_int_equal(release, 3);
+        assert_int_equal(authorised, 100);
+        assert_int_equal(remaining, 100);
+        assert_false(modifiable);
+        /* PKCS#11 rules: unknown attribute, short buffer. */
+        assert_int_equal(m->C_GetAttributeValue(s, pkg_obj, bad, 2), CKR_ATTRIBUTE_TYPE_INVALID);
+        assert_int_equal(bad[0].ulValueLen, (CK_ULONG)-1);
+        assert_int_equal(bad[1].ulValueLen, (CK_ULONG)-1);
+        assert_int_equal(m->C_DestroyObject(s, pkg_obj), CKR_ACTION_PROHIBITED);
+        assert_int_equal(m->C_SetAttributeValue(s, pkg_obj, b, 1), CKR_ACTION_PROHIBITED);
+        assert_int_equal(m->C_GetObjectSize(s, pkg_obj, &size), CKR_OK);
+        assert_int_equal(m->C_GetAttributeValue(s, pkg_obj + 1000, b, 1), CKR_OBJECT_HANDLE_INVALID);
+    }
+    /* Found by class, and by CKA_ID together with the package's keys and certificates. */
+    {
+        CK_OBJECT_CLASS pcls = CKO_GUARDIAN_PACKAGE;
+        CK_ATTRIBUTE by_class = {CKA_CLASS, &pcls, sizeof(pcls)}, by_id = {CKA_ID, id, 16};
+        CK_OBJECT_HANDLE all[16];
+        int seen_pkg = 0;
+        assert_int_equal(m->C_FindObjectsInit(s, &by_class, 1), CKR_OK);
+        assert_int_equal(m->C_FindObjectsInit(s, &by_class, 1), CKR_OPERATION_ACTIVE);
+        assert_int_equal(m->C_FindObjects(s, all, 16, &n), CKR_OK);
+        assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+        assert_int_equal(n, 1);
+        assert_int_equal(all[0], pkg_obj);
+        assert_int_equal(m->C_FindObjectsInit(s, &by_id, 1), CKR_OK);
+        assert_int_equal(m->C_FindObjects(s, all, 16, &n), CKR_OK);
+        assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+        for (CK_ULONG i = 0; i < n; i++)
+            seen_pkg += all[i] == pkg_obj;
+        assert_int_equal(seen_pkg, 1);
+        /* CA key, extra key, confidential data (a secret key), CA and root
+         * certificates, and the package object. */
+        assert_int_equal(n, 6);
     }
     {
         CK_ATTRIBUTE t[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_ID, id, 16}};

@@ -45,7 +45,7 @@ expect "list-oems" 0 "sha256:[0-9a-f]{64}  /CN=ACME Root" -- "$CTL" list-oems
 "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
     --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id CTL-1 --release 1 --units 25 \
     --not-after +10 --out r1.gpk >/dev/null
-expect "import" 0 "oem_id=ACME" -- "$CTL" import r2.gpk
+expect "import" 0 "remaining_units=25" -- "$CTL" import r2.gpk
 expect "import again: replay explained" 1 "already imported" -- "$CTL" import r2.gpk
 expect "import older: rollback explained" 1 "newer or equal release" -- "$CTL" import r1.gpk
 expect "import garbage" 1 "not a valid Guardian package" -- "$CTL" import root.pem

@@ -1,0 +1,383 @@
+/*
+ * package_objects.c — the CKO_GUARDIAN_PACKAGE objects, served by the module.
+ *
+ * SoftHSMv2 (like many HSMs) stores no vendor object classes, so the package
+ * objects live here: one per installed product release, read from the store.
+ * Their handles are in a reserved range (GUARDIAN_VOBJ_BASE | n) that the
+ * module intercepts in C_GetAttributeValue, C_FindObjects*, C_DestroyObject,
+ * C_SetAttributeValue, C_CopyObject and C_GetObjectSize; every other handle
+ * goes to the backend untouched.  The range is chosen far from the small
+ * sequential handles backends hand out; docs/unwrap-mechanism.md says so.
+ *
+ * Cost on the hot path: C_GetAttributeValue and C_FindObjects test one handle
+ * range or one atomic counter; C_FindObjectsInit matches the template against
+ * an in-memory list of the (few) products, refreshed from the store at most
+ * once a second and after every import.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "module.h"
+#include "store.h"
+/* after module.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+#define MAX_PRODUCTS 256
+#define MAX_FINDS 64
+
+struct vobj {
+    CK_OBJECT_HANDLE handle;
+    struct guardian_product p;
+    char label[2 * GUARDIAN_ID_MAX + 40];
+};
+
+struct find_state {
+    int active;
+    CK_SESSION_HANDLE session;
+    CK_BBOOL backend_active;
+    CK_OBJECT_HANDLE matches[MAX_PRODUCTS];
+    CK_ULONG n, pos;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct vobj objs[MAX_PRODUCTS];
+static size_t n_objs;
+static atomic_size_t n_objs_visible; /* n_objs, readable without the lock */
+static CK_OBJECT_HANDLE next_handle = GUARDIAN_VOBJ_BASE + 1;
+static atomic_llong refreshed_at; /* time() of the last refresh */
+static struct find_state finds[MAX_FINDS];
+static atomic_int n_finds; /* read without the lock on every C_FindObjects */
+
+static CK_RV refresh_one(const struct guardian_product *p, void *ctx)
+{
+    size_t i;
+    (void)ctx;
+    for (i = 0; i < n_objs; i++)
+        if (strcmp(objs[i].p.oem_id, p->oem_id) == 0 && strcmp(objs[i].p.product_id, p->product_id) == 0)
+            break;
+    if (i == n_objs) {
+        if (n_objs == MAX_PRODUCTS)
+            return CKR_OK; /* more products than package objects: the rest stay in the store */
+        objs[n_objs++].handle = next_handle++;
+        atomic_store(&n_objs_visible, n_objs);
+    }
+    objs[i].p = *p;
+    snprintf(objs[i].label, sizeof(objs[i].label), "guardian-package:%s/%s/r%u", p->oem_id, p->product_id,
+             p->release_version);
+    return CKR_OK;
+}
+
+/* The store, quietly: NULL when there is none (a plain PKCS#11 user of the
+ * module may have no state directory).  Called before taking `lock`, so that
+ * `lock` never nests the module's init lock. */
+static struct guardian_store *store_or_null(void)
+{
+    struct guardian_store *st = NULL;
+    return guardian_state_store_quiet(&st) == CKR_OK ? st : NULL;
+}
+
+/* With the lock held. */
+static void refresh_locked(struct guardian_store *st, int force)
+{
+    long long now = (long long)time(NULL);
+    if (!force && now == atomic_load(&refreshed_at))
+        return;
+    atomic_store(&refreshed_at, now); /* also without a store: look again in a second */
+    if (st == NULL)
+        return;
+    guardian_store_products_each(st, refresh_one, NULL);
+}
+
+void guardian_package_objects_reset(void)
+{
+    pthread_mutex_lock(&lock);
+    n_objs = 0;
+    atomic_store(&n_objs_visible, 0);
+    atomic_store(&refreshed_at, 0);
+    memset(finds, 0, sizeof(finds));
+    atomic_store(&n_finds, 0);
+    pthread_mutex_unlock(&lock);
+}
+
+CK_OBJECT_HANDLE guardian_package_object_handle(const char *oem_id, const char *product_id)
+{
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    struct guardian_store *st = store_or_null();
+    pthread_mutex_lock(&lock);
+    refresh_locked(st, 1);
+    for (size_t i = 0; i < n_objs; i++)
+        if (strcmp(objs[i].p.oem_id, oem_id) == 0 && strcmp(objs[i].p.product_id, product_id) == 0)
+            h = objs[i].handle;
+    pthread_mutex_unlock(&lock);
+    return h;
+}
+
+/* ---- attributes -------------------------------------------------------------- */
+
+/* Fill `a` from `value`; the PKCS#11 rules for a NULL or short buffer. */
+static CK_RV put(CK_ATTRIBUTE *a, const void *value, CK_ULONG len)
+{
+    if (a->pValue == NULL) {
+        a->ulValueLen = len;
+        return CKR_OK;
+    }
+    if (a->ulValueLen < len) {
+        a->ulValueLen = (CK_ULONG)-1;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    memcpy(a->pValue, value, len);
+    a->ulValueLen = len;
+    return CKR_OK;
+}
+
+/* One attribute of `o`: CKR_OK, CKR_BUFFER_TOO_SMALL or CKR_ATTRIBUTE_TYPE_INVALID. */
+static CK_RV attribute(const struct vobj *o, CK_ATTRIBUTE *a)
+{
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_PACKAGE;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ULONG v;
+
+    switch (a->type) {
+    case CKA_CLASS: return put(a, &cls, sizeof(cls));
+    case CKA_TOKEN: return put(a, &yes, sizeof(yes));
+    case CKA_PRIVATE: case CKA_MODIFIABLE: case CKA_COPYABLE: case CKA_DESTROYABLE: return put(a, &no, sizeof(no));
+    case CKA_LABEL: return put(a, o->label, strlen(o->label));
+    case CKA_ID: case CKA_GUARDIAN_PACKAGE_ID: return put(a, o->p.package_id, sizeof(o->p.package_id));
+    case CKA_GUARDIAN_OEM_ID: return put(a, o->p.oem_id, strlen(o->p.oem_id));
+    case CKA_GUARDIAN_PRODUCT_ID: return put(a, o->p.product_id, strlen(o->p.product_id));
+    case CKA_GUARDIAN_RELEASE: v = o->p.release_version; return put(a, &v, sizeof(v));
+    case CKA_GUARDIAN_AUTHORISED_UNITS: v = (CK_ULONG)o->p.authorised_units; return put(a, &v, sizeof(v));
+    case CKA_GUARDIAN_ISSUED_UNITS: v = (CK_ULONG)o->p.issued_units; return put(a, &v, sizeof(v));
+    case CKA_GUARDIAN_REMAINING_UNITS: v = (CK_ULONG)o->p.remaining_units; return put(a, &v, sizeof(v));
+    case CKA_GUARDIAN_NOT_AFTER: v = (CK_ULONG)o->p.not_after; return put(a, &v, sizeof(v));
+    default:
+        a->ulValueLen = (CK_ULONG)-1;
+        return CKR_ATTRIBUTE_TYPE_INVALID;
+    }
+}
+
+static struct vobj *lookup_locked(CK_OBJECT_HANDLE h)
+{
+    for (size_t i = 0; i < n_objs; i++)
+        if (objs[i].handle == h)
+            return &objs[i];
+    return NULL;
+}
+
+CK_RV guardian_package_objects_get(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE h,
+                                   CK_ATTRIBUTE_PTR templ, CK_ULONG count)
+{
+    CK_SESSION_INFO si;
+    struct vobj *o, copy;
+    CK_RV rv = be->C_GetSessionInfo(session, &si), worst = CKR_OK;
+
+    if (rv != CKR_OK)
+        return rv;
+    struct guardian_store *st;
+
+    if (templ == NULL && count != 0)
+        return CKR_ARGUMENTS_BAD;
+    st = store_or_null();
+    pthread_mutex_lock(&lock);
+    refresh_locked(st, 1); /* counters are live */
+    o = lookup_locked(h);
+    if (o != NULL)
+        copy = *o;
+    pthread_mutex_unlock(&lock);
+    if (o == NULL)
+        return CKR_OBJECT_HANDLE_INVALID;
+    for (CK_ULONG i = 0; i < count; i++) {
+        CK_RV r = attribute(&copy, &templ[i]);
+        if (r == CKR_ATTRIBUTE_TYPE_INVALID || (r == CKR_BUFFER_TOO_SMALL && worst == CKR_OK))
+            worst = r;
+    }
+    return worst;
+}
+
+CK_RV guardian_package_objects_size(CK_OBJECT_HANDLE h, CK_ULONG_PTR size)
+{
+    CK_RV rv = CKR_OBJECT_HANDLE_INVALID;
+    if (size == NULL)
+        return CKR_ARGUMENTS_BAD;
+    pthread_mutex_lock(&lock);
+    if (lookup_locked(h) != NULL) {
+        *size = sizeof(struct vobj);
+        rv = CKR_OK;
+    }
+    pthread_mutex_unlock(&lock);
+    return rv;
+}
+
+/* ---- finding --------------------------------------------------------------------- */
+
+/* Does `o` match every attribute of the template? */
+static int matches(const struct vobj *o, const CK_ATTRIBUTE *templ, CK_ULONG count)
+{
+    for (CK_ULONG i = 0; i < count; i++) {
+        unsigned char buf[256];
+        CK_ATTRIBUTE a = {templ[i].type, buf, sizeof(buf)};
+        if (attribute(o, &a) != CKR_OK || a.ulValueLen != templ[i].ulValueLen ||
+            (a.ulValueLen > 0 && (templ[i].pValue == NULL || memcmp(buf, templ[i].pValue, a.ulValueLen) != 0)))
+            return 0;
+    }
+    return 1;
+}
+
+/* Could the backend object store see these attributes at all?  Templates that
+ * ask for our class or our attributes are ours alone. */
+static int ours_only(const CK_ATTRIBUTE *templ, CK_ULONG count)
+{
+    for (CK_ULONG i = 0; i < count; i++) {
+        if (GUARDIAN_IS_VENDOR_VALUE(CKA_GUARDIAN_BASE, templ[i].type))
+            return 1;
+        if (templ[i].type == CKA_CLASS && templ[i].pValue != NULL && templ[i].ulValueLen == sizeof(CK_OBJECT_CLASS) &&
+            *(const CK_OBJECT_CLASS *)templ[i].pValue == CKO_GUARDIAN_PACKAGE)
+            return 1;
+    }
+    return 0;
+}
+
+static struct find_state *find_locked(CK_SESSION_HANDLE s)
+{
+    for (int i = 0; i < MAX_FINDS; i++)
+        if (finds[i].active && finds[i].session == s)
+            return &finds[i];
+    return NULL;
+}
+
+void guardian_package_objects_session_closed(CK_SESSION_HANDLE s)
+{
+    if (GUARDIAN_LIKELY(atomic_load_explicit(&n_finds, memory_order_relaxed) == 0))
+        return;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_FINDS; i++)
+        if (finds[i].active && (s == CK_INVALID_HANDLE || finds[i].session == s)) {
+            memset(&finds[i], 0, sizeof(finds[i]));
+            atomic_fetch_sub(&n_finds, 1);
+        }
+    pthread_mutex_unlock(&lock);
+}
+
+CK_RV guardian_package_objects_find_init(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR templ,
+                                         CK_ULONG count)
+{
+    CK_OBJECT_HANDLE found[MAX_PRODUCTS];
+    CK_ULONG n = 0;
+    int only = templ != NULL && ours_only(templ, count);
+    struct find_state *f = NULL;
+    CK_RV rv;
+
+    struct guardian_store *st = NULL;
+
+    if (templ == NULL && count != 0)
+        return be->C_FindObjectsInit(s, templ, count);
+    /* The store is read at most once a second here. */
+    if (atomic_load_explicit(&refreshed_at, memory_order_relaxed) != (long long)time(NULL)) {
+        st = store_or_null();
+        pthread_mutex_lock(&lock);
+        refresh_locked(st, 0);
+        pthread_mutex_unlock(&lock);
+    }
+    /* The usual case, without taking the lock: no package object exists, no
+     * search of ours is active, the template is not ours. */
+    if (GUARDIAN_LIKELY(atomic_load_explicit(&n_objs_visible, memory_order_relaxed) == 0 &&
+                        atomic_load_explicit(&n_finds, memory_order_relaxed) == 0 && !only))
+        return be->C_FindObjectsInit(s, templ, count);
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < n_objs; i++)
+        if (matches(&objs[i], templ, count))
+            found[n++] = objs[i].handle;
+    if (atomic_load(&n_finds) > 0 && find_locked(s) != NULL) {
+        pthread_mutex_unlock(&lock);
+        return CKR_OPERATION_ACTIVE;
+    }
+    pthread_mutex_unlock(&lock);
+
+    if (n == 0 && !only)
+        return be->C_FindObjectsInit(s, templ, count); /* the usual case: nothing of ours */
+
+    if (only) {
+        CK_SESSION_INFO si;
+        rv = be->C_GetSessionInfo(s, &si);
+    } else {
+        rv = be->C_FindObjectsInit(s, templ, count);
+    }
+    if (rv != CKR_OK)
+        return rv;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_FINDS && f == NULL; i++)
+        if (!finds[i].active)
+            f = &finds[i];
+    if (f == NULL) {
+        pthread_mutex_unlock(&lock);
+        if (!only)
+            be->C_FindObjectsFinal(s);
+        guardian_error("objects", "more than %d concurrent searches that include package objects", MAX_FINDS);
+        return CKR_HOST_MEMORY;
+    }
+    f->active = 1;
+    f->session = s;
+    f->backend_active = only ? CK_FALSE : CK_TRUE;
+    memcpy(f->matches, found, n * sizeof(found[0]));
+    f->n = n;
+    f->pos = 0;
+    atomic_fetch_add(&n_finds, 1);
+    pthread_mutex_unlock(&lock);
+    return CKR_OK;
+}
+
+/* CKR_OK and *handled = 1 when the session has a search that includes package
+ * objects; *handled = 0 means: forward to the backend as is. */
+CK_RV guardian_package_objects_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR out,
+                                    CK_ULONG max, CK_ULONG_PTR count, int *handled)
+{
+    struct find_state *f;
+    CK_ULONG got = 0;
+    CK_RV rv = CKR_OK;
+
+    *handled = 0;
+    if (GUARDIAN_LIKELY(atomic_load_explicit(&n_finds, memory_order_relaxed) == 0))
+        return CKR_OK;
+    pthread_mutex_lock(&lock);
+    f = find_locked(s);
+    pthread_mutex_unlock(&lock);
+    if (f == NULL)
+        return CKR_OK;
+    *handled = 1;
+    if (out == NULL || count == NULL)
+        return CKR_ARGUMENTS_BAD;
+    if (f->backend_active) {
+        rv = be->C_FindObjects(s, out, max, &got);
+        if (rv != CKR_OK)
+            return rv;
+    }
+    pthread_mutex_lock(&lock);
+    while (got < max && f->pos < f->n)
+        out[got++] = f->matches[f->pos++];
+    pthread_mutex_unlock(&lock);
+    *count = got;
+    return CKR_OK;
+}
+
+CK_RV guardian_package_objects_find_final(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, int *handled)
+{
+    struct find_state *f;
+    CK_RV rv = CKR_OK;
+
+    *handled = 0;
+    if (GUARDIAN_LIKELY(atomic_load_explicit(&n_finds, memory_order_relaxed) == 0))
+        return CKR_OK;
+    pthread_mutex_lock(&lock);
+    f = find_locked(s);
+    if (f != NULL) {
+        *handled = 1;
+        if (f->backend_active)
+            rv = be->C_FindObjectsFinal(s);
+        memset(f, 0, sizeof(*f));
+        atomic_fetch_sub(&n_finds, 1);
+    }
+    pthread_mutex_unlock(&lock);
+    return rv;
+}
