@@ -36,6 +36,7 @@
 #include "module.h"
 #include "package.h"
 #include "registry.h"
+#include "unwrap_package.h"
 #include "store.h"
 /* after the headers above: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
@@ -52,8 +53,7 @@ struct import {
     size_t n_created;
     char prefix[GUARDIAN_PKG_NAME_MAX * 2 + 32]; /* "guardian:OEM/PRODUCT/rN" */
     char application[9 + 2 * GUARDIAN_PKG_ID_LEN + 1];
-    /* Narrowing from the caller's template: usages it switched off. */
-    CK_BBOOL allow_sign, allow_decrypt, allow_derive, allow_unwrap;
+    struct guardian_unwrap_usage usage; /* narrowed by the caller's template */
 };
 
 static const char *ckr(CK_RV rv)
@@ -451,8 +451,8 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
     CK_KEY_TYPE kt = (CK_KEY_TYPE)ASN1_INTEGER_get(wk->key_type);
     CK_OBJECT_CLASS cls = (kt == CKK_EC || kt == CKK_RSA) ? CKO_PRIVATE_KEY : CKO_SECRET_KEY;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_BBOOL sign = cls == CKO_PRIVATE_KEY ? im->allow_sign : CK_FALSE;
-    CK_BBOOL decrypt = im->allow_decrypt, derive = im->allow_derive, unwrap = im->allow_unwrap;
+    CK_BBOOL sign = cls == CKO_PRIVATE_KEY ? im->usage.sign : CK_FALSE;
+    CK_BBOOL decrypt = im->usage.decrypt, derive = im->usage.derive, unwrap = im->usage.unwrap;
     char label[sizeof(im->prefix) + GUARDIAN_PKG_NAME_MAX + 2];
     CK_ATTRIBUTE t[] = {
         {CKA_CLASS, &cls, sizeof(cls)},          {CKA_KEY_TYPE, &kt, sizeof(kt)},
@@ -577,10 +577,19 @@ static CK_RV create_objects(void *ctx)
     return rv;
 }
 
-/* The caller's template may only narrow what the package decides. */
-static CK_RV apply_template(struct import *im, const CK_ATTRIBUTE *templ, CK_ULONG count)
+CK_RV guardian_unwrap_check_arguments(const CK_MECHANISM *mech, const CK_ATTRIBUTE *templ, CK_ULONG count,
+                                      struct guardian_unwrap_usage *usage)
 {
-    im->allow_sign = im->allow_decrypt = im->allow_derive = im->allow_unwrap = CK_TRUE;
+    usage->sign = usage->decrypt = usage->derive = usage->unwrap = CK_TRUE;
+    if (mech == NULL || (templ == NULL && count != 0))
+        return CKR_ARGUMENTS_BAD;
+    /* A NULL parameter means the defaults; no parameter version is defined yet. */
+    if (mech->pParameter != NULL || mech->ulParameterLen != 0) {
+        guardian_error("unwrap", "CKM_GUARDIAN_UNWRAP_PACKAGE takes no parameter in this version (got %lu bytes)",
+                       (unsigned long)mech->ulParameterLen);
+        return CKR_MECHANISM_PARAM_INVALID;
+    }
+    /* The caller's template may only narrow what the package decides. */
     for (CK_ULONG i = 0; i < count; i++) {
         const CK_ATTRIBUTE *a = &templ[i];
         CK_BBOOL v;
@@ -588,10 +597,10 @@ static CK_RV apply_template(struct import *im, const CK_ATTRIBUTE *templ, CK_ULO
             goto inconsistent;
         v = *(const CK_BBOOL *)a->pValue;
         switch (a->type) {
-        case CKA_SIGN: if (!v) im->allow_sign = CK_FALSE; break;
-        case CKA_DECRYPT: if (!v) im->allow_decrypt = CK_FALSE; break;
-        case CKA_DERIVE: if (!v) im->allow_derive = CK_FALSE; break;
-        case CKA_UNWRAP: if (!v) im->allow_unwrap = CK_FALSE; break;
+        case CKA_SIGN: if (!v) usage->sign = CK_FALSE; break;
+        case CKA_DECRYPT: if (!v) usage->decrypt = CK_FALSE; break;
+        case CKA_DERIVE: if (!v) usage->derive = CK_FALSE; break;
+        case CKA_UNWRAP: if (!v) usage->unwrap = CK_FALSE; break;
         case CKA_TOKEN: case CKA_PRIVATE: case CKA_SENSITIVE:
             if (!v) goto inconsistent; /* the package's objects are all of these */
             break;
@@ -634,17 +643,13 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
         rv = CKR_HOST_MEMORY;
         goto out;
     }
-    if (out == NULL || (wrapped == NULL && wrapped_len != 0) || (templ == NULL && count != 0)) {
+    if (out == NULL || (wrapped == NULL && wrapped_len != 0)) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
     }
-    /* A NULL parameter means the defaults; no parameter version is defined yet. */
-    if (mech->pParameter != NULL || mech->ulParameterLen != 0) {
-        guardian_error("unwrap", "CKM_GUARDIAN_UNWRAP_PACKAGE takes no parameter in this version (got %lu bytes)",
-                       (unsigned long)mech->ulParameterLen);
-        rv = CKR_MECHANISM_PARAM_INVALID;
+    rv = guardian_unwrap_check_arguments(mech, templ, count, &im.usage);
+    if (rv != CKR_OK)
         goto out;
-    }
     rv = be->C_GetSessionInfo(session, &si);
     if (rv != CKR_OK)
         goto out;
@@ -653,9 +658,6 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
         guardian_error("unwrap", "importing a package needs a read-write session with the user logged in");
         goto out;
     }
-    rv = apply_template(&im, templ, count);
-    if (rv != CKR_OK)
-        goto out;
     if (wrapped_len == 0 || wrapped_len > GUARDIAN_PACKAGE_MAX_BYTES) {
         guardian_error("unwrap", "refused: package of %lu bytes (1..%d allowed)", (unsigned long)wrapped_len,
                        GUARDIAN_PACKAGE_MAX_BYTES);

@@ -174,13 +174,27 @@ CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
     if (rv != CKR_OK)
         goto out;
 
-    /* The application's arguments reach the backend unchanged: it honours the
-     * flags and mutex callbacks exactly as it would without us. */
-    rv = backend.list->C_Initialize(init_args);
-    if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED && inherited_backend_init) {
-        guardian_debug("init", "backend still initialized from before fork(); finalizing the inherited state");
-        backend.list->C_Finalize(NULL);
-        rv = backend.list->C_Initialize(init_args);
+    /* The application's mutex callbacks and flags reach the backend as given.
+     * One change: without callbacks, the backend is always told it may use OS
+     * locking.  An application that passes NULL promises not to call from
+     * several threads, and some do anyway (pkcs11-tool --test-threads: the main
+     * thread initializes with NULL, test threads then call concurrently);
+     * SoftHSMv2 initialized without locking crashes then.  Locking when not
+     * strictly needed costs the backend little and breaks no caller. */
+    {
+        CK_C_INITIALIZE_ARGS upgraded;
+        CK_VOID_PTR be_args = init_args;
+        if (args == NULL || (args->CreateMutex == NULL && !(args->flags & CKF_OS_LOCKING_OK))) {
+            memset(&upgraded, 0, sizeof(upgraded));
+            upgraded.flags = (args ? args->flags : 0) | CKF_OS_LOCKING_OK;
+            be_args = &upgraded;
+        }
+        rv = backend.list->C_Initialize(be_args);
+        if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED && inherited_backend_init) {
+            guardian_debug("init", "backend still initialized from before fork(); finalizing the inherited state");
+            backend.list->C_Finalize(NULL);
+            rv = backend.list->C_Initialize(be_args);
+        }
     }
     backend_borrowed = false;
     if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED && !inherited_backend_init) {

@@ -34,6 +34,10 @@ static CK_RV fake_C_Initialize(CK_VOID_PTR args)
 {
     atomic_fetch_add(&state.init_calls, 1);
     state.last_init_args = args;
+    if (args != NULL)
+        state.last_init_copy = *(CK_C_INITIALIZE_ARGS *)args;
+    else
+        memset(&state.last_init_copy, 0, sizeof(state.last_init_copy));
     if (state.init_delay_us)
         usleep(state.init_delay_us);
     if (atomic_load(&state.initialized))

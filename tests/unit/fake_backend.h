@@ -29,7 +29,8 @@ struct fake_backend {
     atomic_int initialized;
     atomic_int init_calls;
     atomic_int finalize_calls;
-    CK_VOID_PTR last_init_args;
+    CK_VOID_PTR last_init_args;        /* the pointer received */
+    CK_C_INITIALIZE_ARGS last_init_copy; /* what it pointed to (zeros for NULL) */
     const char *last_name;     /* last forwarded function reached */
     CK_ULONG last_a;           /* its first argument */
     CK_ULONG calls;

@@ -110,6 +110,19 @@ static void test_initialize_args(void **st)
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
     assert_int_equal(mod->C_Initialize(&args), CKR_OK);
+    assert_ptr_equal(fake_backend()->last_init_args, &args);
+    assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
+
+    /* NULL (or no locking asked for): the backend is still allowed OS locking,
+     * so that an application breaking its single-thread promise cannot crash it. */
+    assert_int_equal(mod->C_Initialize(NULL), CKR_OK);
+    assert_non_null(fake_backend()->last_init_args);
+    assert_int_equal(fake_backend()->last_init_copy.flags, CKF_OS_LOCKING_OK);
+    assert_null(fake_backend()->last_init_copy.CreateMutex);
+    assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
+    args.flags = CKF_LIBRARY_CANT_CREATE_OS_THREADS;
+    assert_int_equal(mod->C_Initialize(&args), CKR_OK);
+    assert_int_equal(fake_backend()->last_init_copy.flags, CKF_LIBRARY_CANT_CREATE_OS_THREADS | CKF_OS_LOCKING_OK);
     assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
 }
 
