@@ -271,6 +271,10 @@ static CK_RV entry_C_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
+    /* Hot path, as in the forwarders: a tail call. */
+    if (GUARDIAN_LIKELY(be != NULL && !guardian_is_package_object(h) &&
+                        !atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
+        return be->C_GetAttributeValue(s, h, t, n);
     trace_enter("C_GetAttributeValue");
     if (GUARDIAN_UNLIKELY(be == NULL))
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -353,6 +357,9 @@ static CK_RV entry_C_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
+    if (GUARDIAN_LIKELY(be != NULL && !atomic_load_explicit(&guardian_trace_on, memory_order_relaxed) &&
+                        guardian_package_objects_idle(t, n)))
+        return be->C_FindObjectsInit(s, t, n);
     trace_enter("C_FindObjectsInit");
     rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : guardian_package_objects_find_init(be, s, t, n);
     return trace_return("C_FindObjectsInit", rv);
@@ -363,6 +370,9 @@ static CK_RV entry_C_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR out, 
     CK_FUNCTION_LIST *be = guardian_backend_list();
     int handled = 0;
     CK_RV rv;
+    if (GUARDIAN_LIKELY(be != NULL && !guardian_package_objects_searching() &&
+                        !atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
+        return be->C_FindObjects(s, out, max, count);
     trace_enter("C_FindObjects");
     if (GUARDIAN_UNLIKELY(be == NULL))
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -379,6 +389,9 @@ static CK_RV entry_C_FindObjectsFinal(CK_SESSION_HANDLE s)
     CK_FUNCTION_LIST *be = guardian_backend_list();
     int handled = 0;
     CK_RV rv;
+    if (GUARDIAN_LIKELY(be != NULL && !guardian_package_objects_searching() &&
+                        !atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
+        return be->C_FindObjectsFinal(s);
     trace_enter("C_FindObjectsFinal");
     if (GUARDIAN_UNLIKELY(be == NULL))
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;

@@ -148,6 +148,11 @@ static inline int guardian_is_package_object(CK_OBJECT_HANDLE h)
     return (h & ~(CK_OBJECT_HANDLE)0xFFFF) == GUARDIAN_VOBJ_BASE;
 }
 void guardian_package_objects_reset(void);
+/* Non-zero when a search with this template cannot involve package objects
+ * (none exists, none of ours is active, looked at the store this second). */
+int guardian_package_objects_idle(const CK_ATTRIBUTE *templ, CK_ULONG count);
+/* Non-zero while some session has a search that includes package objects. */
+int guardian_package_objects_searching(void);
 CK_OBJECT_HANDLE guardian_package_object_handle(const char *oem_id, const char *product_id);
 CK_RV guardian_package_objects_get(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE h,
                                    CK_ATTRIBUTE_PTR templ, CK_ULONG count);

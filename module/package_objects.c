@@ -90,6 +90,21 @@ static void refresh_locked(struct guardian_store *st, int force)
     guardian_store_products_each(st, refresh_one, NULL);
 }
 
+static int ours_only(const CK_ATTRIBUTE *templ, CK_ULONG count);
+
+int guardian_package_objects_idle(const CK_ATTRIBUTE *templ, CK_ULONG count)
+{
+    return atomic_load_explicit(&n_objs_visible, memory_order_relaxed) == 0 &&
+           atomic_load_explicit(&n_finds, memory_order_relaxed) == 0 &&
+           atomic_load_explicit(&refreshed_at, memory_order_relaxed) == (long long)time(NULL) &&
+           (templ == NULL || !ours_only(templ, count));
+}
+
+int guardian_package_objects_searching(void)
+{
+    return atomic_load_explicit(&n_finds, memory_order_relaxed) != 0;
+}
+
 void guardian_package_objects_reset(void)
 {
     pthread_mutex_lock(&lock);
