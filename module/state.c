@@ -251,7 +251,9 @@ out:
     return rv;
 }
 
-CK_RV guardian_state_store_quiet(struct guardian_store **out)
+/* The store, opened on first use.  `quiet`: no log line, and no database
+ * created when the state directory does not exist (plain PKCS#11 users). */
+static CK_RV state_store(struct guardian_store **out, bool quiet)
 {
     struct stat st_dir;
     CK_RV rv = CKR_GENERAL_ERROR;
@@ -262,12 +264,15 @@ CK_RV guardian_state_store_quiet(struct guardian_store **out)
         goto out;
     }
     if (store == NULL) {
-        if (stat(config.state_dir, &st_dir) != 0 || !S_ISDIR(st_dir.st_mode)) {
+        if (quiet && (stat(config.state_dir, &st_dir) != 0 || !S_ISDIR(st_dir.st_mode))) {
             rv = CKR_GUARDIAN_STORE_FAILED;
             goto out;
         }
         rv = guardian_store_open(config.state_dir, &store);
         if (rv != CKR_OK) {
+            if (!quiet)
+                guardian_error("store", "cannot open the Guardian state in %s (state_dir; see docs/configuration.md)",
+                               config.state_dir);
             store = NULL;
             goto out;
         }
@@ -279,27 +284,12 @@ out:
     return rv;
 }
 
+CK_RV guardian_state_store_quiet(struct guardian_store **out)
+{
+    return state_store(out, true);
+}
+
 CK_RV guardian_state_store(struct guardian_store **out)
 {
-    CK_RV rv = CKR_GENERAL_ERROR;
-
-    pthread_mutex_lock(&init_lock);
-    if (atomic_load(&guardian_active_list) == NULL) {
-        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
-        goto out;
-    }
-    if (store == NULL) {
-        rv = guardian_store_open(config.state_dir, &store);
-        if (rv != CKR_OK) {
-            guardian_error("store", "cannot open the Guardian state in %s (state_dir; see docs/configuration.md)",
-                           config.state_dir);
-            store = NULL;
-            goto out;
-        }
-    }
-    *out = store;
-    rv = CKR_OK;
-out:
-    pthread_mutex_unlock(&init_lock);
-    return rv;
+    return state_store(out, false);
 }
