@@ -295,17 +295,24 @@ out:
     return ok;
 }
 
-int guardian_package_kek_context(const struct guardian_package *pkg, uint8_t out[32])
+int guardian_kek_context(const uint8_t package_id[GUARDIAN_PKG_ID_LEN], const uint8_t target[GUARDIAN_PKG_HASH_LEN],
+                         const uint8_t *ephemeral_point, size_t point_len, uint8_t out[32])
 {
-    const ASN1_OCTET_STRING *eph = pkg->asn1->transport->ephemeral_key;
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned int n = 0;
     int ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
              EVP_DigestUpdate(md, GUARDIAN_KEK_CONTEXT_LABEL, strlen(GUARDIAN_KEK_CONTEXT_LABEL)) == 1 &&
-             EVP_DigestUpdate(md, pkg->package_id, GUARDIAN_PKG_ID_LEN) == 1 &&
-             EVP_DigestUpdate(md, pkg->target_guardian, GUARDIAN_PKG_HASH_LEN) == 1 &&
-             EVP_DigestUpdate(md, ASN1_STRING_get0_data(eph), (size_t)ASN1_STRING_length(eph)) == 1 &&
-             EVP_DigestFinal_ex(md, out, &n) == 1 && n == 32;
+             EVP_DigestUpdate(md, package_id, GUARDIAN_PKG_ID_LEN) == 1 &&
+             EVP_DigestUpdate(md, target, GUARDIAN_PKG_HASH_LEN) == 1 &&
+             EVP_DigestUpdate(md, ephemeral_point, point_len) == 1 && EVP_DigestFinal_ex(md, out, &n) == 1 &&
+             n == 32;
     EVP_MD_CTX_free(md);
     return ok;
+}
+
+int guardian_package_kek_context(const struct guardian_package *pkg, uint8_t out[32])
+{
+    const ASN1_OCTET_STRING *eph = pkg->asn1->transport->ephemeral_key;
+    return guardian_kek_context(pkg->package_id, pkg->target_guardian, ASN1_STRING_get0_data(eph),
+                                (size_t)ASN1_STRING_length(eph), out);
 }

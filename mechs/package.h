@@ -117,7 +117,11 @@ int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_pack
 void guardian_package_free(struct guardian_package *pkg);
 
 /* C = SHA-256(label || package_id || target_guardian || ephemeral point): the
- * KDF context that binds the KEK to this package and this Guardian. */
+ * KDF context that binds the KEK to this package and this Guardian.  One
+ * definition for both sides: guardian-wrap (making) and the module (opening). */
+int guardian_kek_context(const uint8_t package_id[GUARDIAN_PKG_ID_LEN], const uint8_t target[GUARDIAN_PKG_HASH_LEN],
+                         const uint8_t *ephemeral_point, size_t point_len, uint8_t out[32]);
+/* The same, from a decoded package. */
 int guardian_package_kek_context(const struct guardian_package *pkg, uint8_t out[32]);
 
 /* Map a scheme OID to GUARDIAN_KT_*, 0 if unknown. */

@@ -197,8 +197,6 @@ static void make_kek(EVP_PKEY *guardian_pub, int scheme, const uint8_t package_i
     EVP_PKEY_CTX *kctx = NULL, *dctx = NULL;
     uint8_t z[66], ctx_hash[32];
     size_t zlen = sizeof(z);
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    unsigned int hl = 0;
 
     kctx = EVP_PKEY_CTX_new_from_pkey(NULL, guardian_pub, NULL);
     if (kctx == NULL || EVP_PKEY_keygen_init(kctx) != 1 || EVP_PKEY_keygen(kctx, &eph) != 1)
@@ -210,10 +208,7 @@ static void make_kek(EVP_PKEY *guardian_pub, int scheme, const uint8_t package_i
         EVP_PKEY_derive(dctx, z, &zlen) != 1)
         die("ECDH with the Guardian's key failed");
 
-    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
-        EVP_DigestUpdate(md, GUARDIAN_KEK_CONTEXT_LABEL, strlen(GUARDIAN_KEK_CONTEXT_LABEL)) != 1 ||
-        EVP_DigestUpdate(md, package_id, 16) != 1 || EVP_DigestUpdate(md, target, 32) != 1 ||
-        EVP_DigestUpdate(md, eph_point, *eph_len) != 1 || EVP_DigestFinal_ex(md, ctx_hash, &hl) != 1)
+    if (!guardian_kek_context(package_id, target, eph_point, *eph_len, ctx_hash))
         die("SHA-256 failed");
 
     if (scheme == GUARDIAN_KT_ECDH_AESCBC) {
@@ -245,7 +240,6 @@ static void make_kek(EVP_PKEY *guardian_pub, int scheme, const uint8_t package_i
         EVP_KDF_free(kdf);
     }
     OPENSSL_cleanse(z, sizeof(z));
-    EVP_MD_CTX_free(md);
     EVP_PKEY_CTX_free(kctx);
     EVP_PKEY_CTX_free(dctx);
     EVP_PKEY_free(eph);

@@ -52,6 +52,22 @@ static unsigned char *slurp(const char *name, size_t *len)
     return buf;
 }
 
+/* OpenSSL verifies a raw r||s P-256 signature (CKM_ECDSA output) over `hash`. */
+static void assert_ecdsa_verifies(EVP_PKEY *key, const CK_BYTE *hash, size_t hash_len, const CK_BYTE sig[64])
+{
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    unsigned char *der = NULL;
+    int der_len;
+    EVP_PKEY_CTX *vctx = EVP_PKEY_CTX_new(key, NULL);
+    ECDSA_SIG_set0(es, BN_bin2bn(sig, 32, NULL), BN_bin2bn(sig + 32, 32, NULL));
+    der_len = i2d_ECDSA_SIG(es, &der);
+    assert_int_equal(EVP_PKEY_verify_init(vctx), 1);
+    assert_int_equal(EVP_PKEY_verify(vctx, der, (size_t)der_len, hash, hash_len), 1);
+    EVP_PKEY_CTX_free(vctx);
+    OPENSSL_free(der);
+    ECDSA_SIG_free(es);
+}
+
 static CK_ULONG count_objects(void)
 {
     CK_OBJECT_HANDLE h[256];
@@ -338,10 +354,6 @@ static void test_import_and_use(void **st)
         CK_ATTRIBUTE t[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_LABEL, label, sizeof(label) - 1}};
         FILE *f = fopen(path("ca.pem"), "r");
         X509 *ca = PEM_read_X509(f, NULL, NULL, NULL);
-        ECDSA_SIG *es = ECDSA_SIG_new();
-        unsigned char *der = NULL;
-        int der_len;
-        EVP_PKEY_CTX *vctx;
         fclose(f);
         assert_int_equal(m->C_FindObjectsInit(s, t, 2), CKR_OK);
         assert_int_equal(m->C_FindObjects(s, keys, 4, &n), CKR_OK);
@@ -351,14 +363,7 @@ static void test_import_and_use(void **st)
         assert_int_equal(m->C_SignInit(s, &ecdsa, keys[0]), CKR_OK);
         assert_int_equal(m->C_Sign(s, hash, sizeof(hash), sig, &sig_len), CKR_OK);
         assert_int_equal(sig_len, 64);
-        ECDSA_SIG_set0(es, BN_bin2bn(sig, 32, NULL), BN_bin2bn(sig + 32, 32, NULL));
-        der_len = i2d_ECDSA_SIG(es, &der);
-        vctx = EVP_PKEY_CTX_new(X509_get0_pubkey(ca), NULL);
-        assert_int_equal(EVP_PKEY_verify_init(vctx), 1);
-        assert_int_equal(EVP_PKEY_verify(vctx, der, (size_t)der_len, hash, sizeof(hash)), 1);
-        EVP_PKEY_CTX_free(vctx);
-        OPENSSL_free(der);
-        ECDSA_SIG_free(es);
+        assert_ecdsa_verifies(X509_get0_pubkey(ca), hash, sizeof(hash), sig);
         X509_free(ca);
     }
 
@@ -506,17 +511,7 @@ static void test_vectors_in_token(void **st)
     {
         const unsigned char *q = p8;
         EVP_PKEY *k = d2i_AutoPrivateKey(NULL, &q, (long)lp);
-        ECDSA_SIG *es = ECDSA_SIG_new();
-        unsigned char *der = NULL;
-        int der_len;
-        EVP_PKEY_CTX *vctx = EVP_PKEY_CTX_new(k, NULL);
-        ECDSA_SIG_set0(es, BN_bin2bn(sig, 32, NULL), BN_bin2bn(sig + 32, 32, NULL));
-        der_len = i2d_ECDSA_SIG(es, &der);
-        assert_int_equal(EVP_PKEY_verify_init(vctx), 1);
-        assert_int_equal(EVP_PKEY_verify(vctx, der, (size_t)der_len, hash, sizeof(hash)), 1);
-        EVP_PKEY_CTX_free(vctx);
-        OPENSSL_free(der);
-        ECDSA_SIG_free(es);
+        assert_ecdsa_verifies(k, hash, sizeof(hash), sig);
         EVP_PKEY_free(k);
     }
     free(gd), free(ep), free(c), free(kek_v), free(w), free(p8);
