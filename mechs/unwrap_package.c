@@ -630,6 +630,8 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     uint8_t self[32];
     char err[256];
     const unsigned char *data;
+    unsigned char *tmpl_der = NULL, *ca_der = NULL;
+    int tmpl_len, ca_len;
     long dlen;
     CK_RV rv = CKR_GENERAL_ERROR;
 
@@ -712,6 +714,19 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     for (int i = 0; i < GUARDIAN_PKG_ID_LEN; i++)
         snprintf(im.application + 9 + 2 * i, 3, "%02x", im.pkg.package_id[i]);
 
+    /* The store keeps what issuing certificates needs: the template and the
+     * production CA certificate (both public). */
+    tmpl_len = i2d_GUARDIAN_CERT_TEMPLATE(im.pkg.asn1->cert_template, &tmpl_der);
+    ca_len = i2d_X509(sk_X509_value(im.pkg.asn1->production_ca->chain, 0), &ca_der);
+    if (tmpl_len <= 0 || ca_len <= 0) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    info.cert_template = tmpl_der;
+    info.cert_template_len = (size_t)tmpl_len;
+    info.ca_cert = ca_der;
+    info.ca_cert_len = (size_t)ca_len;
+
     rv = derive_kek(&im);
     if (rv != CKR_OK)
         goto out;
@@ -731,6 +746,8 @@ out:
         be->C_DestroyObject(session, im.kek);
     guardian_package_free(&im.pkg);
     BIO_free(content);
+    OPENSSL_free(tmpl_der);
+    OPENSSL_free(ca_der);
     return rv;
 }
 

@@ -31,11 +31,20 @@
 
 #include "module.h"
 
-/* FULL, not NORMAL: in WAL mode NORMAL survives a process crash but a power
- * loss may roll back the last committed transactions, i.e. forget reservations
- * whose certificates already left the Guardian, which would let the authorised
- * count be exceeded.  FULL syncs the WAL on every COMMIT.  docs/audit-format.md,
- * "Durability", explains the cost and the trade. */
+#include <openssl/evp.h>
+
+/* Two durabilities, chosen per transaction (docs/audit-format.md, "Durability"):
+ *  - FULL for everything that makes units spendable or records what the OEM
+ *    authorised: package installs and reservations.  In WAL mode NORMAL
+ *    survives a process crash but a power loss may roll back the last commits,
+ *    i.e. forget reservations whose certificates already left the Guardian,
+ *    which would let the authorised count be exceeded.  FULL syncs the WAL on
+ *    COMMIT, and with it every earlier NORMAL commit.
+ *  - NORMAL for ISSUE and RELEASE records: they only ever spend or return
+ *    units already reserved durably.  A process crash loses none of them; a
+ *    power loss may lose the last few, which then read "reserved, not issued"
+ *    - counted against the quota, never free again.  NORMAL costs ~8 us a
+ *    commit here, FULL ~160 us. */
 #ifndef GUARDIAN_STORE_SYNCHRONOUS
 #define GUARDIAN_STORE_SYNCHRONOUS "FULL"
 #endif
@@ -122,6 +131,22 @@ static CK_RV migrate_to_1(struct guardian_store *st, sqlite3 *db)
     return map_sqlite(st, rc, "create the schema (version 1)");
 }
 
+/* 1 -> 2: what issuing certificates needs.  packages: the certificate template
+ * and the production CA certificate (DER), so that the module builds
+ * certificates from the store alone; issuance: the certificate itself (for the
+ * audit export) and the RELEASE record of a reservation given back. */
+static const char schema_v2[] =
+    "ALTER TABLE packages ADD COLUMN cert_template BLOB;"
+    "ALTER TABLE packages ADD COLUMN ca_cert BLOB;"
+    "ALTER TABLE issuance ADD COLUMN certificate BLOB;"
+    "ALTER TABLE issuance ADD COLUMN release_seq INTEGER;";
+
+static CK_RV migrate_to_2(struct guardian_store *st, sqlite3 *db)
+{
+    int rc = sqlite3_exec(db, schema_v2, NULL, NULL, NULL);
+    return map_sqlite(st, rc, "migrate the schema to version 2");
+}
+
 struct migration {
     int to_version;
     /* Runs inside the migration's write transaction; may read and rewrite
@@ -132,6 +157,7 @@ struct migration {
 /* Append only: entry N turns a version N-1 database into version N. */
 static const struct migration migrations[] = {
     {1, migrate_to_1},
+    {2, migrate_to_2},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -139,6 +165,8 @@ static const struct migration migrations[] = {
 
 enum stmt_id {
     S_BEGIN,
+    S_SYNC_FULL,
+    S_SYNC_NORMAL,
     S_COMMIT,
     S_ROLLBACK,
     S_USER_VERSION,
@@ -148,11 +176,14 @@ enum stmt_id {
     S_PRODUCT_UPSERT,
     S_PRODUCT_GET,
     S_PRODUCTS_ALL,
-    S_PACKAGE_COUNT_ONE,
+    S_PACKAGE_COUNT,
     S_SERIAL_ADVANCE,
     S_ISSUANCE_INSERT,
     S_ISSUANCE_GET,
     S_ISSUANCE_SET_ISSUED,
+    S_ISSUANCE_SET_RELEASED,
+    S_CERTIFICATE_GET,
+    S_PACKAGE_GET,
     S_HEAD_GET,
     S_HEAD_SET,
     S_AUDIT_INSERT,
@@ -167,6 +198,8 @@ enum stmt_id {
 
 static const char *const stmt_sql[S_COUNT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_SYNC_FULL] = "PRAGMA synchronous = " GUARDIAN_STORE_SYNCHRONOUS,
+    [S_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
     [S_COMMIT] = "COMMIT",
     [S_ROLLBACK] = "ROLLBACK",
     [S_USER_VERSION] = "PRAGMA user_version",
@@ -175,22 +208,30 @@ static const char *const stmt_sql[S_COUNT] = {
                             "ON k.package_id = p.package_id WHERE p.oem_id = ?1 AND p.product_id = ?2",
     [S_PACKAGE_INSERT] = "INSERT INTO packages (package_id, package_digest, oem_id, product_id, "
                          "release_version, authorised_units, issued_units, not_after, imported_at, "
-                         "import_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9)",
+                         "import_seq, cert_template, ca_cert) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11)",
     [S_PRODUCT_UPSERT] = "INSERT INTO products (oem_id, product_id, package_id, next_serial, installed_at) "
                          "VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT (oem_id, product_id) DO UPDATE SET "
                          "package_id = excluded.package_id, installed_at = excluded.installed_at",
     [S_PRODUCT_GET] = PRODUCT_COLUMNS "WHERE p.oem_id = ?1 AND p.product_id = ?2",
     [S_PRODUCTS_ALL] = PRODUCT_COLUMNS "ORDER BY p.oem_id, p.product_id",
-    [S_PACKAGE_COUNT_ONE] = "UPDATE packages SET issued_units = issued_units + 1 "
-                            "WHERE package_id = ?1 AND issued_units < authorised_units",
-    [S_SERIAL_ADVANCE] = "UPDATE products SET next_serial = next_serial + 1 "
+    [S_PACKAGE_COUNT] = "UPDATE packages SET issued_units = issued_units + ?2 "
+                        "WHERE package_id = ?1 AND issued_units + ?2 BETWEEN 0 AND authorised_units",
+    [S_SERIAL_ADVANCE] = "UPDATE products SET next_serial = next_serial + ?4 "
                          "WHERE oem_id = ?1 AND product_id = ?2 AND next_serial = ?3",
     [S_ISSUANCE_INSERT] = "INSERT INTO issuance (oem_id, product_id, serial, package_id, device_id, "
                           "reserve_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    [S_ISSUANCE_GET] = "SELECT device_id, issue_seq FROM issuance "
+    [S_ISSUANCE_GET] = "SELECT device_id, issue_seq, release_seq, package_id FROM issuance "
                        "WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3",
-    [S_ISSUANCE_SET_ISSUED] = "UPDATE issuance SET issue_seq = ?4, cert_digest = ?5 "
-                              "WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3 AND issue_seq IS NULL",
+    [S_ISSUANCE_SET_ISSUED] = "UPDATE issuance SET issue_seq = ?4, cert_digest = ?5, device_id = ?6, "
+                              "certificate = ?7 WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3 "
+                              "AND issue_seq IS NULL AND release_seq IS NULL",
+    [S_ISSUANCE_SET_RELEASED] = "UPDATE issuance SET release_seq = ?4 WHERE oem_id = ?1 AND product_id = ?2 "
+                                "AND serial = ?3 AND issue_seq IS NULL AND release_seq IS NULL",
+    [S_CERTIFICATE_GET] = "SELECT certificate FROM issuance "
+                          "WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3 AND issue_seq IS NOT NULL",
+    [S_PACKAGE_GET] = "SELECT k.oem_id, k.product_id, k.release_version, k.not_after, k.cert_template, "
+                      "k.ca_cert, p.package_id IS NOT NULL FROM packages k LEFT JOIN products p "
+                      "ON p.package_id = k.package_id WHERE k.package_id = ?1",
     [S_HEAD_GET] = "SELECT seq, hash FROM audit_head WHERE id = 1",
     [S_HEAD_SET] = "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1 AND seq = ?3",
     [S_AUDIT_INSERT] = "INSERT INTO audit (seq, type, time, oem_id, product_id, serial, device_id, digest, "
@@ -207,6 +248,7 @@ struct guardian_store {
     pid_t pid;            /* the process that opened the store */
     sqlite3 *db;
     sqlite3_stmt *stmt[S_COUNT];
+    bool sync_full;       /* the connection's synchronous setting is FULL */
     struct guardian_store *next_abandoned;
 };
 
@@ -393,8 +435,16 @@ out:
 
 /* ---- transactions ---------------------------------------------------------------- */
 
-static CK_RV tx_begin(struct guardian_store *st)
+/* BEGIN IMMEDIATE, with the durability the transaction's COMMIT needs (see
+ * GUARDIAN_STORE_SYNCHRONOUS above); the pragma runs only when it changes. */
+static CK_RV tx_begin(struct guardian_store *st, bool durable)
 {
+    if (st->sync_full != durable) {
+        CK_RV rv = stmt_run(st, durable ? S_SYNC_FULL : S_SYNC_NORMAL, "set synchronous");
+        if (rv != CKR_OK)
+            return rv;
+        st->sync_full = durable;
+    }
     return stmt_run(st, S_BEGIN, "begin transaction");
 }
 
@@ -409,6 +459,21 @@ static CK_RV tx_end(struct guardian_store *st, CK_RV rv)
     /* SQLite may already have rolled back on its own (IOERR, FULL, ...). */
     if (!sqlite3_get_autocommit(st->db))
         (void)stmt_run(st, S_ROLLBACK, "rollback");
+    return rv;
+}
+
+/* The one shape of every mutation: lock the store, BEGIN IMMEDIATE, run `fn`,
+ * COMMIT if it returned CKR_OK and roll back otherwise, unlock. */
+static CK_RV store_write(struct guardian_store *st, bool durable, CK_RV (*fn)(struct guardian_store *st, void *ctx),
+                         void *ctx)
+{
+    CK_RV rv = store_enter(st);
+    if (rv != CKR_OK)
+        return rv;
+    rv = tx_begin(st, durable);
+    if (rv == CKR_OK)
+        rv = tx_end(st, fn(st, ctx));
+    store_leave(st);
     return rv;
 }
 
@@ -515,7 +580,7 @@ static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
     uint64_t type = 0, release = 0;
 
     memset(r, 0, sizeof(*r));
-    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_ISSUE, &type) ||
+    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_RELEASE, &type) ||
         type < GUARDIAN_AUDIT_IMPORT || sqlite3_column_type(s, 2) != SQLITE_INTEGER || !column_id(s, 3, r->oem_id) ||
         !column_id(s, 4, r->product_id) || !column_uint(s, 5, INT64_MAX, &r->serial) ||
         !column_blob(s, 6, r->device_id, sizeof(r->device_id), &r->device_id_len) ||
@@ -666,7 +731,7 @@ static CK_RV migrate(struct guardian_store *st)
     if (rv != CKR_OK || version == STORE_SCHEMA_VERSION)
         goto out;
 
-    rv = tx_begin(st);
+    rv = tx_begin(st, true);
     if (rv != CKR_OK)
         goto out;
     in_tx = true;
@@ -808,6 +873,7 @@ static CK_RV store_open_path(const char *path, bool memory, struct guardian_stor
         rv = map_sqlite(st, rc, "set synchronous");
         goto out;
     }
+    st->sync_full = true;
     rv = migrate(st);
     if (rv != CKR_OK)
         goto out;
@@ -926,10 +992,11 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     if (rv != CKR_OK)
         goto out;
 
-    rv = stmt_step(st, S_PACKAGE_INSERT, &s, NULL, "record a package", "bbttiiiii", pkg->package_id,
+    rv = stmt_step(st, S_PACKAGE_INSERT, &s, NULL, "record a package", "bbttiiiiibb", pkg->package_id,
                    GUARDIAN_PACKAGE_ID_LEN, pkg->package_digest, GUARDIAN_HASH_LEN, pkg->oem_id, pkg->product_id,
                    (sqlite3_int64)pkg->release_version, (sqlite3_int64)pkg->authorised_units,
-                   (sqlite3_int64)pkg->not_after, now, (sqlite3_int64)rec.seq);
+                   (sqlite3_int64)pkg->not_after, now, (sqlite3_int64)rec.seq, pkg->cert_template,
+                   (int)pkg->cert_template_len, pkg->ca_cert, (int)pkg->ca_cert_len);
     if (rv != CKR_OK)
         goto out;
     stmt_done(s);
@@ -943,42 +1010,98 @@ out:
     return rv;
 }
 
+struct install_args {
+    const struct guardian_package_info *pkg;
+    CK_RV (*commit_hook)(void *ctx);
+    void *ctx;
+};
+
+static CK_RV install_tx(struct guardian_store *st, void *ctx)
+{
+    struct install_args *a = ctx;
+    CK_RV rv = package_install_locked(st, a->pkg);
+    /* Inside the transaction, with the store locked: the hook must not call
+     * the store (it would get CKR_GENERAL_ERROR, not a deadlock). */
+    if (rv == CKR_OK && a->commit_hook != NULL)
+        rv = a->commit_hook(a->ctx);
+    return rv;
+}
+
 CK_RV guardian_store_package_install(struct guardian_store *st, const struct guardian_package_info *pkg,
                                      CK_RV (*commit_hook)(void *ctx), void *ctx)
 {
-    CK_RV rv = CKR_GENERAL_ERROR;
-    bool locked = false, in_tx = false;
+    struct install_args a = {pkg, commit_hook, ctx};
 
-    if (st == NULL || !package_ok(pkg)) {
-        rv = CKR_ARGUMENTS_BAD;
-        goto out;
-    }
+    if (st == NULL || !package_ok(pkg) || pkg->cert_template_len > INT_MAX || pkg->ca_cert_len > INT_MAX)
+        return CKR_ARGUMENTS_BAD;
+    return store_write(st, true, install_tx, &a);
+}
+
+CK_RV guardian_store_package_material(struct guardian_store *st, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                                      struct guardian_package_material *out)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    sqlite3_stmt *s = NULL;
+    bool row = false;
+    uint64_t release = 0;
+    const void *blob;
+    int n;
+
+    if (st == NULL || package_id == NULL || out == NULL)
+        return CKR_ARGUMENTS_BAD;
+    memset(out, 0, sizeof(*out));
     rv = store_enter(st);
     if (rv != CKR_OK)
-        goto out;
-    locked = true;
-    rv = tx_begin(st);
+        return rv;
+    rv = stmt_step(st, S_PACKAGE_GET, &s, &row, "read a package", "b", package_id, GUARDIAN_PACKAGE_ID_LEN);
     if (rv != CKR_OK)
         goto out;
-    in_tx = true;
-
-    rv = package_install_locked(st, pkg);
-    if (rv != CKR_OK)
+    if (!row) {
+        rv = CKR_GUARDIAN_PRODUCT_UNKNOWN;
         goto out;
-    /* Inside the transaction, with the store locked: the hook must not call
-     * the store (it would get CKR_GENERAL_ERROR, not a deadlock). */
-    if (commit_hook != NULL) {
-        rv = commit_hook(ctx);
-        if (rv != CKR_OK)
+    }
+    if (!column_id(s, 0, out->oem_id) || !column_id(s, 1, out->product_id) ||
+        !column_uint(s, 2, UINT32_MAX, &release) || sqlite3_column_type(s, 3) != SQLITE_INTEGER) {
+        guardian_error(STORE_LOG, "a package row is malformed");
+        rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    memcpy(out->package_id, package_id, GUARDIAN_PACKAGE_ID_LEN);
+    out->release_version = (uint32_t)release;
+    out->not_after = sqlite3_column_int64(s, 3);
+    out->installed = sqlite3_column_int(s, 6) != 0;
+    for (int col = 4; col <= 5; col++) {
+        uint8_t **dst = col == 4 ? &out->cert_template : &out->ca_cert;
+        size_t *dst_len = col == 4 ? &out->cert_template_len : &out->ca_cert_len;
+        blob = sqlite3_column_blob(s, col);
+        n = sqlite3_column_bytes(s, col);
+        if (blob == NULL || n <= 0)
+            continue; /* imported before schema 2, or none given */
+        *dst = malloc((size_t)n);
+        if (*dst == NULL) {
+            rv = CKR_HOST_MEMORY;
             goto out;
+        }
+        memcpy(*dst, blob, (size_t)n);
+        *dst_len = (size_t)n;
     }
     rv = CKR_OK;
 out:
-    if (in_tx)
-        rv = tx_end(st, rv);
-    if (locked)
-        store_leave(st);
+    stmt_done(s);
+    store_leave(st);
+    if (rv != CKR_OK)
+        guardian_store_package_material_free(out);
     return rv;
+}
+
+void guardian_store_package_material_free(struct guardian_package_material *m)
+{
+    if (m == NULL)
+        return;
+    free(m->cert_template);
+    free(m->ca_cert);
+    m->cert_template = m->ca_cert = NULL;
+    m->cert_template_len = m->ca_cert_len = 0;
 }
 
 /* ---- products and counters -------------------------------------------------------- */
@@ -1076,16 +1199,29 @@ out:
     return rv;
 }
 
-static CK_RV reserve_locked(struct guardian_store *st, const char *oem_id, const char *product_id,
-                            const uint8_t *device_id, size_t device_id_len, int64_t now, uint64_t *serial)
+struct reserve_args {
+    const char *oem_id, *product_id;
+    const uint8_t *package_id; /* NULL: whichever release is installed */
+    const uint8_t *device_id;  /* NULL for a block reservation */
+    size_t device_id_len;
+    int64_t now;
+    uint64_t want;
+    uint64_t first, got; /* out */
+};
+
+/* Count up to `want` units (at least one) against the installed release and
+ * take as many serials, one RESERVE record each. */
+static CK_RV reserve_tx(struct guardian_store *st, void *ctx)
 {
+    struct reserve_args *a = ctx;
     CK_RV rv = CKR_GENERAL_ERROR;
     struct guardian_product prod;
     struct guardian_audit_record rec;
     sqlite3_stmt *s = NULL;
     bool row = false;
+    uint64_t n;
 
-    rv = stmt_step(st, S_PRODUCT_GET, &s, &row, "read a product", "tt", oem_id, product_id);
+    rv = stmt_step(st, S_PRODUCT_GET, &s, &row, "read a product", "tt", a->oem_id, a->product_id);
     if (rv != CKR_OK)
         goto out;
     if (!row) {
@@ -1097,23 +1233,28 @@ static CK_RV reserve_locked(struct guardian_store *st, const char *oem_id, const
         goto out;
     stmt_done(s);
 
+    if (a->package_id != NULL && memcmp(a->package_id, prod.package_id, GUARDIAN_PACKAGE_ID_LEN) != 0) {
+        rv = CKR_GUARDIAN_PACKAGE_SUPERSEDED;
+        goto out;
+    }
     if (prod.remaining_units == 0) {
         rv = CKR_GUARDIAN_QUOTA_EXHAUSTED;
         goto out;
     }
-    if (prod.not_after < now) {
+    if (prod.not_after < a->now) {
         rv = CKR_GUARDIAN_PACKAGE_EXPIRED;
         goto out;
     }
-    if (prod.next_serial >= INT64_MAX) {
+    n = a->want < prod.remaining_units ? a->want : prod.remaining_units;
+    if (prod.next_serial > (uint64_t)INT64_MAX - n) {
         guardian_error(STORE_LOG, "the serial counter of a product is exhausted");
         rv = CKR_GUARDIAN_QUOTA_EXHAUSTED;
         goto out;
     }
 
-    /* Count the unit; the WHERE clause re-checks the quota in SQL. */
-    rv = stmt_step(st, S_PACKAGE_COUNT_ONE, &s, NULL, "count a unit", "b", prod.package_id,
-                   GUARDIAN_PACKAGE_ID_LEN);
+    /* Count the units; the WHERE clause re-checks the quota in SQL. */
+    rv = stmt_step(st, S_PACKAGE_COUNT, &s, NULL, "count units", "bi", prod.package_id, GUARDIAN_PACKAGE_ID_LEN,
+                   (sqlite3_int64)n);
     if (rv != CKR_OK)
         goto out;
     if (sqlite3_changes(st->db) != 1) {
@@ -1122,8 +1263,8 @@ static CK_RV reserve_locked(struct guardian_store *st, const char *oem_id, const
     }
     stmt_done(s);
 
-    rv = stmt_step(st, S_SERIAL_ADVANCE, &s, NULL, "advance the serial counter", "tti", oem_id, product_id,
-                   (sqlite3_int64)prod.next_serial);
+    rv = stmt_step(st, S_SERIAL_ADVANCE, &s, NULL, "advance the serial counter", "ttii", a->oem_id, a->product_id,
+                   (sqlite3_int64)prod.next_serial, (sqlite3_int64)n);
     if (rv != CKR_OK)
         goto out;
     if (sqlite3_changes(st->db) != 1) {
@@ -1133,24 +1274,28 @@ static CK_RV reserve_locked(struct guardian_store *st, const char *oem_id, const
     }
     stmt_done(s);
 
-    memset(&rec, 0, sizeof(rec));
-    rec.type = GUARDIAN_AUDIT_RESERVE;
-    rec.time = now;
-    memcpy(rec.oem_id, oem_id, strlen(oem_id) + 1);
-    memcpy(rec.product_id, product_id, strlen(product_id) + 1);
-    rec.serial = prod.next_serial;
-    memcpy(rec.device_id, device_id, device_id_len);
-    rec.device_id_len = device_id_len;
-    rv = audit_append(st, &rec);
-    if (rv != CKR_OK)
-        goto out;
-
-    rv = stmt_step(st, S_ISSUANCE_INSERT, &s, NULL, "record a reservation", "ttibbi", oem_id, product_id,
-                   (sqlite3_int64)prod.next_serial, prod.package_id, GUARDIAN_PACKAGE_ID_LEN, device_id,
-                   (int)device_id_len, (sqlite3_int64)rec.seq);
-    if (rv != CKR_OK)
-        goto out;
-    *serial = prod.next_serial;
+    for (uint64_t i = 0; i < n; i++) {
+        memset(&rec, 0, sizeof(rec));
+        rec.type = GUARDIAN_AUDIT_RESERVE;
+        rec.time = a->now;
+        memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
+        memcpy(rec.product_id, a->product_id, strlen(a->product_id) + 1);
+        rec.serial = prod.next_serial + i;
+        if (a->device_id != NULL)
+            memcpy(rec.device_id, a->device_id, a->device_id_len);
+        rec.device_id_len = a->device_id != NULL ? a->device_id_len : 0;
+        rv = audit_append(st, &rec);
+        if (rv != CKR_OK)
+            goto out;
+        rv = stmt_step(st, S_ISSUANCE_INSERT, &s, NULL, "record a reservation", "ttibbi", a->oem_id, a->product_id,
+                       (sqlite3_int64)rec.serial, prod.package_id, GUARDIAN_PACKAGE_ID_LEN, rec.device_id,
+                       (int)rec.device_id_len, (sqlite3_int64)rec.seq);
+        if (rv != CKR_OK)
+            goto out;
+        stmt_done(s);
+    }
+    a->first = prod.next_serial;
+    a->got = n;
     rv = CKR_OK;
 out:
     stmt_done(s);
@@ -1160,89 +1305,114 @@ out:
 CK_RV guardian_store_reserve(struct guardian_store *st, const char *oem_id, const char *product_id,
                              const uint8_t *device_id, size_t device_id_len, int64_t now, uint64_t *serial_out)
 {
-    CK_RV rv = CKR_GENERAL_ERROR;
-    bool locked = false, in_tx = false;
-    uint64_t serial = 0;
+    struct reserve_args a = {oem_id, product_id, NULL, device_id, device_id_len, now, 1, 0, 0};
+    CK_RV rv;
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
-        serial_out == NULL) {
-        rv = CKR_ARGUMENTS_BAD;
-        goto out;
-    }
-    rv = store_enter(st);
-    if (rv != CKR_OK)
-        goto out;
-    locked = true;
-    rv = tx_begin(st);
-    if (rv != CKR_OK)
-        goto out;
-    in_tx = true;
-    rv = reserve_locked(st, oem_id, product_id, device_id, device_id_len, now, &serial);
-out:
-    if (in_tx)
-        rv = tx_end(st, rv);
-    if (locked)
-        store_leave(st);
+        serial_out == NULL)
+        return CKR_ARGUMENTS_BAD;
+    rv = store_write(st, true, reserve_tx, &a);
     if (rv == CKR_OK)
-        *serial_out = serial; /* only once it is durable */
+        *serial_out = a.first; /* only once it is durable */
     return rv;
 }
 
-static CK_RV commit_issue_locked(struct guardian_store *st, const char *oem_id, const char *product_id,
-                                 uint64_t serial, const uint8_t *device_id, size_t device_id_len,
-                                 const uint8_t cert_digest[GUARDIAN_HASH_LEN])
+CK_RV guardian_store_reserve_block(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                   const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], int64_t now, uint64_t want,
+                                   uint64_t *first_serial, uint64_t *count)
 {
+    struct reserve_args a = {oem_id, product_id, package_id, NULL, 0, now, want, 0, 0};
+    CK_RV rv;
+
+    if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || want == 0 || want > GUARDIAN_RESERVE_MAX ||
+        first_serial == NULL || count == NULL)
+        return CKR_ARGUMENTS_BAD;
+    rv = store_write(st, true, reserve_tx, &a);
+    if (rv == CKR_OK) {
+        *first_serial = a.first;
+        *count = a.got;
+    }
+    return rv;
+}
+
+struct issue_args {
+    const char *oem_id, *product_id;
+    uint64_t serial;
+    int type; /* GUARDIAN_AUDIT_ISSUE or GUARDIAN_AUDIT_RELEASE */
+    const uint8_t *device_id;
+    size_t device_id_len;
+    const uint8_t *digest;
+    const uint8_t *cert;
+    size_t cert_len;
+};
+
+/* Settle a reservation: ISSUE (the certificate left, or is about to leave, the
+ * Guardian) or RELEASE (it never will; the unit is counted back). */
+static CK_RV settle_tx(struct guardian_store *st, void *ctx)
+{
+    struct issue_args *a = ctx;
     CK_RV rv = CKR_GENERAL_ERROR;
     struct guardian_audit_record rec;
-    uint8_t reserved_device[GUARDIAN_DEVICE_ID_MAX];
+    uint8_t reserved_device[GUARDIAN_DEVICE_ID_MAX], package_id[GUARDIAN_PACKAGE_ID_LEN];
     size_t reserved_len = 0;
     sqlite3_stmt *s = NULL;
     bool row = false;
 
-    rv = stmt_step(st, S_ISSUANCE_GET, &s, &row, "look up a reservation", "tti", oem_id, product_id,
-                   (sqlite3_int64)serial);
+    rv = stmt_step(st, S_ISSUANCE_GET, &s, &row, "look up a reservation", "tti", a->oem_id, a->product_id,
+                   (sqlite3_int64)a->serial);
     if (rv != CKR_OK)
         goto out;
     if (!row) {
-        guardian_error(STORE_LOG, "serial %llu of %s/%s was never reserved", (unsigned long long)serial, oem_id,
-                       product_id);
+        guardian_error(STORE_LOG, "serial %llu of %s/%s was never reserved", (unsigned long long)a->serial,
+                       a->oem_id, a->product_id);
         rv = CKR_ARGUMENTS_BAD;
         goto out;
     }
-    if (!column_blob(s, 0, reserved_device, sizeof(reserved_device), &reserved_len)) {
+    if (!column_blob(s, 0, reserved_device, sizeof(reserved_device), &reserved_len) ||
+        !column_blob_exact(s, 3, package_id, sizeof(package_id))) {
         guardian_error(STORE_LOG, "a reservation row is malformed");
         rv = CKR_GUARDIAN_STORE_FAILED;
         goto out;
     }
-    if (reserved_len != device_id_len || memcmp(reserved_device, device_id, device_id_len) != 0) {
+    /* A block reservation (no device yet) may be issued to any device; one
+     * made for a device only to that device. */
+    if (a->type == GUARDIAN_AUDIT_ISSUE && reserved_len != 0 &&
+        (reserved_len != a->device_id_len || memcmp(reserved_device, a->device_id, a->device_id_len) != 0)) {
         guardian_error(STORE_LOG, "serial %llu of %s/%s was reserved for another device",
-                       (unsigned long long)serial, oem_id, product_id);
+                       (unsigned long long)a->serial, a->oem_id, a->product_id);
         rv = CKR_ARGUMENTS_BAD;
         goto out;
     }
-    if (sqlite3_column_type(s, 1) != SQLITE_NULL) {
-        guardian_error(STORE_LOG, "serial %llu of %s/%s is already issued", (unsigned long long)serial, oem_id,
-                       product_id);
+    if (sqlite3_column_type(s, 1) != SQLITE_NULL || sqlite3_column_type(s, 2) != SQLITE_NULL) {
+        guardian_error(STORE_LOG, "serial %llu of %s/%s is already %s", (unsigned long long)a->serial, a->oem_id,
+                       a->product_id, sqlite3_column_type(s, 1) != SQLITE_NULL ? "issued" : "released");
         rv = CKR_ARGUMENTS_BAD;
         goto out;
     }
     stmt_done(s);
 
     memset(&rec, 0, sizeof(rec));
-    rec.type = GUARDIAN_AUDIT_ISSUE;
+    rec.type = a->type;
     rec.time = (int64_t)time(NULL);
-    memcpy(rec.oem_id, oem_id, strlen(oem_id) + 1);
-    memcpy(rec.product_id, product_id, strlen(product_id) + 1);
-    rec.serial = serial;
-    memcpy(rec.device_id, device_id, device_id_len);
-    rec.device_id_len = device_id_len;
-    memcpy(rec.digest, cert_digest, GUARDIAN_HASH_LEN);
+    memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
+    memcpy(rec.product_id, a->product_id, strlen(a->product_id) + 1);
+    rec.serial = a->serial;
+    if (a->type == GUARDIAN_AUDIT_ISSUE) {
+        memcpy(rec.device_id, a->device_id, a->device_id_len);
+        rec.device_id_len = a->device_id_len;
+        memcpy(rec.digest, a->digest, GUARDIAN_HASH_LEN);
+    }
     rv = audit_append(st, &rec);
     if (rv != CKR_OK)
         goto out;
 
-    rv = stmt_step(st, S_ISSUANCE_SET_ISSUED, &s, NULL, "record an issue", "ttiib", oem_id, product_id,
-                   (sqlite3_int64)serial, (sqlite3_int64)rec.seq, cert_digest, GUARDIAN_HASH_LEN);
+    if (a->type == GUARDIAN_AUDIT_ISSUE)
+        rv = stmt_step(st, S_ISSUANCE_SET_ISSUED, &s, NULL, "record an issue", "ttiibbb", a->oem_id, a->product_id,
+                       (sqlite3_int64)a->serial, (sqlite3_int64)rec.seq, a->digest, GUARDIAN_HASH_LEN, a->device_id,
+                       (int)a->device_id_len, a->cert, (int)a->cert_len);
+    else
+        rv = stmt_step(st, S_ISSUANCE_SET_RELEASED, &s, NULL, "record a release", "ttii", a->oem_id, a->product_id,
+                       (sqlite3_int64)a->serial, (sqlite3_int64)rec.seq);
     if (rv != CKR_OK)
         goto out;
     if (sqlite3_changes(st->db) != 1) {
@@ -1250,7 +1420,17 @@ static CK_RV commit_issue_locked(struct guardian_store *st, const char *oem_id, 
         rv = CKR_GUARDIAN_STORE_FAILED;
         goto out;
     }
-    rv = CKR_OK;
+    stmt_done(s);
+    if (a->type == GUARDIAN_AUDIT_RELEASE) {
+        /* Counted back against the package it was counted against. */
+        rv = stmt_step(st, S_PACKAGE_COUNT, &s, NULL, "count a unit back", "bi", package_id,
+                       GUARDIAN_PACKAGE_ID_LEN, (sqlite3_int64)-1);
+        if (rv == CKR_OK && sqlite3_changes(st->db) != 1) {
+            guardian_error(STORE_LOG, "serial %llu of %s/%s: nothing to count back", (unsigned long long)a->serial,
+                           a->oem_id, a->product_id);
+            rv = CKR_GUARDIAN_STORE_FAILED;
+        }
+    }
 out:
     stmt_done(s);
     return rv;
@@ -1260,28 +1440,73 @@ CK_RV guardian_store_commit_issue(struct guardian_store *st, const char *oem_id,
                                   uint64_t serial, const uint8_t *device_id, size_t device_id_len,
                                   const uint8_t cert_digest[GUARDIAN_HASH_LEN])
 {
-    CK_RV rv = CKR_GENERAL_ERROR;
-    bool locked = false, in_tx = false;
+    struct issue_args a = {oem_id, product_id, serial, GUARDIAN_AUDIT_ISSUE, device_id, device_id_len,
+                           cert_digest, NULL, 0};
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
-        cert_digest == NULL || serial == 0 || serial > INT64_MAX) {
-        rv = CKR_ARGUMENTS_BAD;
-        goto out;
-    }
+        cert_digest == NULL || serial == 0 || serial > INT64_MAX)
+        return CKR_ARGUMENTS_BAD;
+    return store_write(st, false, settle_tx, &a);
+}
+
+CK_RV guardian_store_issue(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
+                           const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len)
+{
+    uint8_t digest[GUARDIAN_HASH_LEN];
+    unsigned int dl = 0;
+    struct issue_args a = {oem_id, product_id, serial, GUARDIAN_AUDIT_ISSUE, device_id, device_id_len,
+                           digest, cert, cert_len};
+
+    if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
+        cert == NULL || cert_len == 0 || cert_len > GUARDIAN_CERT_MAX || serial == 0 || serial > INT64_MAX)
+        return CKR_ARGUMENTS_BAD;
+    if (EVP_Digest(cert, cert_len, digest, &dl, EVP_sha256(), NULL) != 1 || dl != GUARDIAN_HASH_LEN)
+        return CKR_GENERAL_ERROR;
+    return store_write(st, false, settle_tx, &a);
+}
+
+CK_RV guardian_store_release(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial)
+{
+    struct issue_args a = {oem_id, product_id, serial, GUARDIAN_AUDIT_RELEASE, NULL, 0, NULL, NULL, 0};
+
+    if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || serial == 0 || serial > INT64_MAX)
+        return CKR_ARGUMENTS_BAD;
+    return store_write(st, false, settle_tx, &a);
+}
+
+CK_RV guardian_store_certificate_get(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                     uint64_t serial, uint8_t **der, size_t *len)
+{
+    CK_RV rv;
+    sqlite3_stmt *s = NULL;
+    bool row = false;
+    const void *blob;
+    int n;
+
+    if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || der == NULL || len == NULL || serial > INT64_MAX)
+        return CKR_ARGUMENTS_BAD;
+    *der = NULL;
+    *len = 0;
     rv = store_enter(st);
     if (rv != CKR_OK)
-        goto out;
-    locked = true;
-    rv = tx_begin(st);
-    if (rv != CKR_OK)
-        goto out;
-    in_tx = true;
-    rv = commit_issue_locked(st, oem_id, product_id, serial, device_id, device_id_len, cert_digest);
-out:
-    if (in_tx)
-        rv = tx_end(st, rv);
-    if (locked)
-        store_leave(st);
+        return rv;
+    rv = stmt_step(st, S_CERTIFICATE_GET, &s, &row, "read a certificate", "tti", oem_id, product_id,
+                   (sqlite3_int64)serial);
+    if (rv == CKR_OK && row) {
+        blob = sqlite3_column_blob(s, 0);
+        n = sqlite3_column_bytes(s, 0);
+        if (blob != NULL && n > 0) {
+            *der = malloc((size_t)n);
+            if (*der == NULL)
+                rv = CKR_HOST_MEMORY;
+            else {
+                memcpy(*der, blob, (size_t)n);
+                *len = (size_t)n;
+            }
+        }
+    }
+    stmt_done(s);
+    store_leave(st);
     return rv;
 }
 

@@ -48,6 +48,13 @@ struct guardian_package_info {
     uint32_t release_version;
     uint64_t authorised_units;
     int64_t not_after; /* seconds since the epoch, UTC */
+    /* What the module needs to issue certificates from the store alone (may
+     * be NULL/0 for a store-only test): the package's CertTemplate, DER, and
+     * its production CA certificate, DER. */
+    const uint8_t *cert_template;
+    size_t cert_template_len;
+    const uint8_t *ca_cert;
+    size_t ca_cert_len;
 };
 
 /* CKR_OK if the package may be installed; CKR_GUARDIAN_PACKAGE_REPLAYED if a
@@ -65,6 +72,25 @@ CK_RV guardian_store_package_check(struct guardian_store *st, const struct guard
  * there, so registry and token stay consistent). */
 CK_RV guardian_store_package_install(struct guardian_store *st, const struct guardian_package_info *pkg,
                                      CK_RV (*commit_hook)(void *ctx), void *ctx);
+
+/* What an imported package left for issuing certificates. */
+struct guardian_package_material {
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
+    char oem_id[GUARDIAN_ID_MAX + 1];
+    char product_id[GUARDIAN_ID_MAX + 1];
+    uint32_t release_version;
+    int64_t not_after;
+    int installed;            /* non-zero: the installed release of its product */
+    uint8_t *cert_template;   /* malloc'd DER, NULL if none was recorded */
+    size_t cert_template_len;
+    uint8_t *ca_cert;         /* malloc'd DER, NULL if none was recorded */
+    size_t ca_cert_len;
+};
+
+/* CKR_GUARDIAN_PRODUCT_UNKNOWN if no package with this ID was ever imported. */
+CK_RV guardian_store_package_material(struct guardian_store *st, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                                      struct guardian_package_material *out);
+void guardian_store_package_material_free(struct guardian_package_material *m);
 
 /* ---- products and counters ------------------------------------------------- */
 
@@ -106,12 +132,42 @@ CK_RV guardian_store_commit_issue(struct guardian_store *st, const char *oem_id,
                                   uint64_t serial, const uint8_t *device_id, size_t device_id_len,
                                   const uint8_t cert_digest[GUARDIAN_HASH_LEN]);
 
+/* The module's path, which amortises the power-safe commit over many units:
+ *
+ * reserve_block: like reserve, for up to `want` (1..GUARDIAN_RESERVE_MAX) units
+ *   at once and for no device yet, and only while `package_id` is the installed
+ *   release (else CKR_GUARDIAN_PACKAGE_SUPERSEDED); *count = units reserved
+ *   (>= 1, fewer than `want` when fewer remain), serials *first_serial ..
+ *   *first_serial + *count - 1, one RESERVE record each (empty device ID).
+ *   Committed with synchronous=FULL: survives a power loss.
+ * issue: the ISSUE record of one reserved serial, binding it to the device,
+ *   with the certificate itself (kept for the audit export; its SHA-256 is the
+ *   record's digest).  Committed with synchronous=NORMAL: survives a process
+ *   crash; a power loss may lose it, and the serial then reads "reserved, not
+ *   issued" - still counted.
+ * release: a RELEASE record for a reserved serial that will never be issued
+ *   (the module gives back what it reserved and did not use, at C_Finalize):
+ *   the unit is counted back; the serial is never reused. */
+#define GUARDIAN_RESERVE_MAX 1024
+#define GUARDIAN_CERT_MAX 16384
+CK_RV guardian_store_reserve_block(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                   const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], int64_t now, uint64_t want,
+                                   uint64_t *first_serial, uint64_t *count);
+CK_RV guardian_store_issue(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
+                           const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len);
+CK_RV guardian_store_release(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial);
+/* The certificate recorded with the ISSUE of `serial` (malloc'd; *der NULL and
+ * *len 0 when none was recorded or the serial is not issued). */
+CK_RV guardian_store_certificate_get(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                     uint64_t serial, uint8_t **der, size_t *len);
+
 /* ---- audit trail ------------------------------------------------------------- */
 
 enum guardian_audit_type {
     GUARDIAN_AUDIT_IMPORT = 1,
     GUARDIAN_AUDIT_RESERVE = 2,
     GUARDIAN_AUDIT_ISSUE = 3,
+    GUARDIAN_AUDIT_RELEASE = 4,
 };
 
 struct guardian_audit_record {
@@ -120,7 +176,7 @@ struct guardian_audit_record {
     int64_t time;  /* seconds since the epoch, UTC */
     char oem_id[GUARDIAN_ID_MAX + 1];
     char product_id[GUARDIAN_ID_MAX + 1];
-    uint64_t serial;                      /* RESERVE, ISSUE; 0 otherwise */
+    uint64_t serial;                      /* RESERVE, ISSUE, RELEASE; 0 otherwise */
     uint8_t device_id[GUARDIAN_DEVICE_ID_MAX];
     size_t device_id_len;                 /* RESERVE, ISSUE */
     uint8_t digest[GUARDIAN_HASH_LEN];    /* ISSUE: certificate; IMPORT: package */

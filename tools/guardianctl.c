@@ -35,29 +35,21 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
-#include "module.h"
-#include "store.h"
-/* after module.h: the vendor header needs the PKCS#11 types */
-#include "guardian/guardian-pkcs11.h"
+#include "guardianctl.h"
 
-#define PROG "guardianctl"
-#define GUARDIAN_KEY_ID "guardian-identity"
-#define GUARDIAN_KEY_LABEL "guardian-identity"
 #define PACKAGE_MAX_BYTES (1024 * 1024) /* docs/package-format.md */
 
 #ifndef GUARDIAN_MODULE_PATH
 #define GUARDIAN_MODULE_PATH "guardian-pkcs11.so"
 #endif
 
-static CK_FUNCTION_LIST *p11;
-static CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
-static CK_SLOT_ID slot;
-static const char *token_label;
-static int assume_yes;
+CK_FUNCTION_LIST *p11;
+CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
+CK_SLOT_ID slot;
+const char *token_label;
+int assume_yes;
 
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-
-static void die(const char *fmt, ...)
+void die(const char *fmt, ...)
 {
     va_list ap;
     fprintf(stderr, PROG ": ");
@@ -73,22 +65,16 @@ static void die(const char *fmt, ...)
     exit(1);
 }
 
-static const char *ckr(CK_RV rv)
+const char *ckr(CK_RV rv)
 {
     const char *n = guardian_ckr_name(rv);
     return n ? n : "unknown CKR";
 }
 
-#define P11(call)                                                                                        \
-    do {                                                                                                 \
-        CK_RV rv_ = (call);                                                                              \
-        if (rv_ != CKR_OK)                                                                               \
-            die("%s failed: %s (0x%lx)", #call, ckr(rv_), (unsigned long)rv_);                           \
-    } while (0)
 
 /* ---- PINs ------------------------------------------------------------------ */
 
-static void read_pin(const char *env, const char *prompt, char *out, size_t cap)
+void read_pin(const char *env, const char *prompt, char *out, size_t cap)
 {
     const char *v = getenv(env);
     struct termios old, quiet;
@@ -114,7 +100,7 @@ static void read_pin(const char *env, const char *prompt, char *out, size_t cap)
         out[n - 1] = '\0';
 }
 
-static void login(CK_USER_TYPE who)
+void login(CK_USER_TYPE who)
 {
     char pin[256];
     CK_RV rv;
@@ -132,7 +118,7 @@ static void login(CK_USER_TYPE who)
 
 /* ---- module and token ------------------------------------------------------------ */
 
-static void open_token(const char *module_path)
+void open_token(const char *module_path)
 {
     void *dl = dlopen(module_path, RTLD_NOW | RTLD_LOCAL);
     CK_C_GetFunctionList get;
@@ -167,7 +153,7 @@ static void open_token(const char *module_path)
         token_label, module_path);
 }
 
-static void close_token(void)
+void close_token(void)
 {
     p11->C_CloseSession(session);
     session = CK_INVALID_HANDLE;
@@ -175,7 +161,7 @@ static void close_token(void)
     p11 = NULL;
 }
 
-static CK_ULONG find_all(CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max)
+CK_ULONG find_all(CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max)
 {
     CK_ULONG count = 0;
     P11(p11->C_FindObjectsInit(session, t, n));
@@ -184,7 +170,7 @@ static CK_ULONG find_all(CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out, CK_
     return count;
 }
 
-static unsigned char *get_attr(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *len)
+unsigned char *get_attr(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *len)
 {
     CK_ATTRIBUTE a = {type, NULL, 0};
     P11(p11->C_GetAttributeValue(session, h, &a, 1));
@@ -197,7 +183,7 @@ static unsigned char *get_attr(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_UL
     return a.pValue;
 }
 
-static CK_OBJECT_HANDLE find_identity(CK_OBJECT_CLASS cls)
+CK_OBJECT_HANDLE find_identity(CK_OBJECT_CLASS cls)
 {
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID)}};
     CK_OBJECT_HANDLE h[2];
@@ -209,7 +195,7 @@ static CK_OBJECT_HANDLE find_identity(CK_OBJECT_CLASS cls)
 
 /* ---- certificates ------------------------------------------------------------------ */
 
-static void fingerprint(X509 *x, char out[65])
+void fingerprint(X509 *x, char out[65])
 {
     unsigned char md[32];
     unsigned int n = 0;
@@ -218,7 +204,7 @@ static void fingerprint(X509 *x, char out[65])
         snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
-static X509 *read_cert_file(const char *path)
+X509 *read_cert_file(const char *path)
 {
     FILE *f = fopen(path, "rb");
     X509 *x;
@@ -236,7 +222,7 @@ static X509 *read_cert_file(const char *path)
     return x;
 }
 
-static X509 *cert_from_object(CK_OBJECT_HANDLE h)
+X509 *cert_from_object(CK_OBJECT_HANDLE h)
 {
     CK_ULONG len;
     unsigned char *der = get_attr(h, CKA_VALUE, &len);
@@ -304,7 +290,7 @@ static EVP_PKEY *identity_public_key(CK_OBJECT_HANDLE pub)
 
 /* Sign `tbs` (SHA-256, ECDSA) with the Guardian key inside the token; returns
  * a DER ECDSA-Sig-Value. */
-static unsigned char *token_sign(CK_OBJECT_HANDLE key, const unsigned char *tbs, size_t tbs_len, int *sig_len)
+unsigned char *token_sign(CK_OBJECT_HANDLE key, const unsigned char *tbs, size_t tbs_len, int *sig_len)
 {
     CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0};
     unsigned char hash[32], raw[132], *der = NULL;
@@ -729,18 +715,25 @@ static CK_RV print_product(const struct guardian_product *p, void *ctx)
     return CKR_OK;
 }
 
-static int cmd_products(void)
+struct guardian_store *open_store(void)
 {
     struct guardian_config cfg;
     struct guardian_store *st = NULL;
     char err[512];
     CK_RV rv;
-    /* Read-only view of the store the module writes (same configuration). */
+    /* The store the module writes (same configuration). */
     if (!guardian_config_load(&cfg, err, sizeof(err)))
         die("%s", err);
     rv = guardian_store_open(cfg.state_dir, &st);
     if (rv != CKR_OK)
         die("cannot open the Guardian state in %s: %s", cfg.state_dir, ckr(rv));
+    return st;
+}
+
+static int cmd_products(void)
+{
+    struct guardian_store *st = open_store();
+    CK_RV rv;
     printf("%-16s %-20s %8s %10s %10s %10s  %s\n", "OEM", "PRODUCT", "RELEASE", "AUTHORISED", "ISSUED", "REMAINING",
            "NOT AFTER");
     rv = guardian_store_products_each(st, print_product, NULL);

@@ -38,8 +38,33 @@
 #define CKM_GUARDIAN_UNWRAP_PACKAGE (CKM_GUARDIAN_BASE | 0x0001UL)
 
 /* C_DeriveKey: issue a device certificate signed by an imported production CA key.
- * hBaseKey = the production CA private key; the result is a CKO_CERTIFICATE. */
+ * hBaseKey = the production CA private key; pParameter = a
+ * CK_GUARDIAN_DEVICE_CERT_PARAMS; the result is a CKO_CERTIFICATE (CKC_X_509),
+ * a session object unless the template sets CKA_TOKEN TRUE.
+ * See docs/derive-mechanism.md. */
 #define CKM_GUARDIAN_DERIVE_DEVICE_CERT (CKM_GUARDIAN_BASE | 0x0002UL)
+
+/* ---- Mechanism parameters ------------------------------------------------ */
+
+/* Device ID formats (CK_GUARDIAN_DEVICE_CERT_PARAMS.deviceIdFormat). */
+/* 1..64 characters of A-Z a-z 0-9 and - . _ : (e.g. a printed serial number). */
+#define CKG_GUARDIAN_DEVICE_ID_TEXT 1UL
+/* 1..32 raw bytes (e.g. a chip's unique ID); written as lowercase hex in the
+ * certificate's subject. */
+#define CKG_GUARDIAN_DEVICE_ID_BINARY 2UL
+
+#define CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION 1UL
+
+/* Flat: no pointer to a pointer, nothing written back.  ulParameterLen must be
+ * exactly sizeof(CK_GUARDIAN_DEVICE_CERT_PARAMS). */
+typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
+    CK_ULONG version;            /* CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION */
+    CK_ULONG deviceIdFormat;     /* CKG_GUARDIAN_DEVICE_ID_* */
+    CK_BYTE_PTR pDeviceId;
+    CK_ULONG ulDeviceIdLen;
+    CK_BYTE_PTR pPublicKeyInfo;  /* the device's SubjectPublicKeyInfo, DER */
+    CK_ULONG ulPublicKeyInfoLen; /* EC P-256/P-384 (named curve, uncompressed point) or RSA 2048..4096 */
+} CK_GUARDIAN_DEVICE_CERT_PARAMS;
 
 /* ---- Object class and attributes -------------------------------------------- */
 
@@ -89,6 +114,20 @@
 #define CKR_GUARDIAN_QUOTA_EXHAUSTED (CKR_GUARDIAN_BASE | 0x0020UL)
 /* No release of this product is installed. */
 #define CKR_GUARDIAN_PRODUCT_UNKNOWN (CKR_GUARDIAN_BASE | 0x0021UL)
+/* The device public key is not a well-formed SubjectPublicKeyInfo, or its EC
+ * point is not on its curve, or its RSA modulus is malformed. */
+#define CKR_GUARDIAN_DEVICE_KEY_INVALID (CKR_GUARDIAN_BASE | 0x0022UL)
+/* The device key is well formed but of an algorithm, curve or size this
+ * Guardian does not certify (EC P-256/P-384 and RSA 2048..4096 only). */
+#define CKR_GUARDIAN_DEVICE_KEY_UNSUPPORTED (CKR_GUARDIAN_BASE | 0x0023UL)
+/* The device key is the production CA's own public key. */
+#define CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY (CKR_GUARDIAN_BASE | 0x0024UL)
+/* Unknown device ID format, or an ID not valid in its format. */
+#define CKR_GUARDIAN_DEVICE_ID_INVALID (CKR_GUARDIAN_BASE | 0x0025UL)
+/* The base key is not the production CA key of an imported package. */
+#define CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY (CKR_GUARDIAN_BASE | 0x0026UL)
+/* The base key belongs to a release that a newer one has replaced. */
+#define CKR_GUARDIAN_PACKAGE_SUPERSEDED (CKR_GUARDIAN_BASE | 0x0027UL)
 
 /* 0x0030..0x003F: the Guardian's durable state (store). */
 /* The state store cannot be opened, read or written (see the log line). */

@@ -219,7 +219,7 @@ static void test_open_reopen_file(void **state)
     assert_int_equal(reserve(st, "dev-1", NOW, &serial), CKR_OK);
     guardian_store_close(st);
 
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 1);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 2);
 
     /* Reopen twice: the migration is not applied again, the data is there. */
     for (int round = 0; round < 2; round++) {
@@ -231,7 +231,7 @@ static void test_open_reopen_file(void **state)
         assert_int_equal(read_trail(st, t), CKR_OK);
         assert_int_equal(t->count, 2);
         guardian_store_close(st);
-        assert_int_equal(query_int(&d, "PRAGMA user_version"), 1);
+        assert_int_equal(query_int(&d, "PRAGMA user_version"), 2);
         assert_int_equal(query_int(&d, "SELECT count(*) FROM sqlite_schema WHERE name = 'audit'"), 1);
     }
 
@@ -301,7 +301,7 @@ static void test_migration_failure_rolls_back(void **state)
     tamper(&d, "DROP TABLE audit");
     st = open_dir(&d);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 1);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 2);
     tmpdir_remove(&d);
 }
 
@@ -1235,7 +1235,7 @@ static void test_concurrent_fresh_open(void **state)
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
     }
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 1);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 2);
     st = open_dir(&d);
     for (int i = 0; i < FRESH_PROCS; i++) {
         char product[16];
@@ -1432,6 +1432,100 @@ static void test_crash_durability(void **state)
     tmpdir_remove(&d);
 }
 
+/* The module's path: block reservations (power-safe), ISSUE with the
+ * certificate, RELEASE of what was not used, and the package's material. */
+static void test_block_issue_release(void **state)
+{
+    struct guardian_store *st = open_memory();
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 7), b = make_pkg(0xB2, OEM, PRODUCT, 2, 3);
+    struct guardian_package_material m;
+    struct guardian_product p;
+    struct trail *t = trail_new();
+    static const uint8_t tmpl[] = {0x30, 0x03, 0x02, 0x01, 0x07}, ca[] = {0x30, 0x00};
+    static const uint8_t cert[] = {0x30, 0x03, 0x01, 0x01, 0xff};
+    uint64_t first = 0, got = 0;
+    uint8_t *der = NULL;
+    size_t len = 0;
+    (void)state;
+
+    a.cert_template = tmpl;
+    a.cert_template_len = sizeof(tmpl);
+    a.ca_cert = ca;
+    a.ca_cert_len = sizeof(ca);
+    assert_int_equal(guardian_store_package_install(st, &a, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_package_material(st, a.package_id, &m), CKR_OK);
+    assert_string_equal(m.oem_id, OEM);
+    assert_string_equal(m.product_id, PRODUCT);
+    assert_true(m.installed);
+    assert_int_equal(m.cert_template_len, sizeof(tmpl));
+    assert_memory_equal(m.cert_template, tmpl, sizeof(tmpl));
+    assert_int_equal(m.ca_cert_len, sizeof(ca));
+    guardian_store_package_material_free(&m);
+    assert_int_equal(guardian_store_package_material(st, b.package_id, &m), CKR_GUARDIAN_PRODUCT_UNKNOWN);
+
+    /* 5 of 7, then the 2 left, then none. */
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 5, &first, &got), CKR_OK);
+    assert_int_equal(first, 1);
+    assert_int_equal(got, 5);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 5, &first, &got), CKR_OK);
+    assert_int_equal(first, 6);
+    assert_int_equal(got, 2);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 1, &first, &got),
+                     CKR_GUARDIAN_QUOTA_EXHAUSTED);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, FAR_FUTURE + 1, 1, &first, &got),
+                     CKR_GUARDIAN_QUOTA_EXHAUSTED);
+
+    /* Issue serial 1 to any device; its certificate is kept. */
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, 1, (const uint8_t *)"dev-1", 5, cert, sizeof(cert)),
+                     CKR_OK);
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, 1, (const uint8_t *)"dev-2", 5, cert, sizeof(cert)),
+                     CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_certificate_get(st, OEM, PRODUCT, 1, &der, &len), CKR_OK);
+    assert_int_equal(len, sizeof(cert));
+    assert_memory_equal(der, cert, sizeof(cert));
+    free(der);
+    assert_int_equal(guardian_store_certificate_get(st, OEM, PRODUCT, 2, &der, &len), CKR_OK);
+    assert_null(der);
+    assert_int_equal(len, 0);
+
+    /* Release 2..7: the units come back, the serials are gone for good. */
+    for (uint64_t s = 2; s <= 7; s++)
+        assert_int_equal(guardian_store_release(st, OEM, PRODUCT, s), CKR_OK);
+    assert_int_equal(guardian_store_release(st, OEM, PRODUCT, 2), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_release(st, OEM, PRODUCT, 1), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_release(st, OEM, PRODUCT, 8), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, 3, (const uint8_t *)"dev-3", 5, cert, sizeof(cert)),
+                     CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
+    assert_int_equal(p.issued_units, 1);
+    assert_int_equal(p.remaining_units, 6);
+    assert_int_equal(p.next_serial, 8);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 2, &first, &got), CKR_OK);
+    assert_int_equal(first, 8);
+
+    /* A newer release supersedes: the old package can no longer reserve, and
+     * a serial counted against the old one is counted back against it. */
+    assert_int_equal(guardian_store_package_install(st, &b, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 1, &first, &got),
+                     CKR_GUARDIAN_PACKAGE_SUPERSEDED);
+    assert_int_equal(guardian_store_package_material(st, a.package_id, &m), CKR_OK);
+    assert_false(m.installed);
+    assert_non_null(m.cert_template);
+    guardian_store_package_material_free(&m);
+    assert_int_equal(guardian_store_release(st, OEM, PRODUCT, 8), CKR_OK);
+    assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
+    assert_int_equal(p.remaining_units, 3);
+
+    /* The trail: IMPORT, 7 RESERVE, ISSUE, 6 RELEASE, 2 RESERVE, IMPORT, RELEASE. */
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_IMPORT), 2);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_RESERVE), 9);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_ISSUE), 1);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_RELEASE), 7);
+    free(t);
+    guardian_store_close(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1443,6 +1537,7 @@ int main(void)
         cmocka_unit_test(test_reserve_until_exhausted),
         cmocka_unit_test(test_expiry_and_unknown),
         cmocka_unit_test(test_commit_issue),
+        cmocka_unit_test(test_block_issue_release),
         cmocka_unit_test(test_commit_hook),
         cmocka_unit_test(test_arguments),
         cmocka_unit_test(test_audit_encoding_vectors),

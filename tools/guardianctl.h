@@ -1,0 +1,66 @@
+/*
+ * guardianctl.h — what the guardianctl commands share (guardianctl.c owns it):
+ * the module and token opened once per run, errors that end the run, PINs,
+ * object lookups and signing with the Guardian's identity key.  One file per
+ * group of commands: guardianctl.c (identity, OEM roots, import, products),
+ * ctl_audit.c (audit export), ctl_provision.c (the provisioning run).
+ */
+#ifndef GUARDIANCTL_H
+#define GUARDIANCTL_H
+
+#include <stddef.h>
+
+#include <openssl/x509.h>
+
+#include "module.h"
+#include "store.h"
+/* after module.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+#define PROG "guardianctl"
+#define GUARDIAN_KEY_ID "guardian-identity"
+#define GUARDIAN_KEY_LABEL "guardian-identity"
+
+extern CK_FUNCTION_LIST *p11;       /* the Guardian module, once open_token ran */
+extern CK_SESSION_HANDLE session;   /* a read-write session on the token */
+extern CK_SLOT_ID slot;
+extern const char *token_label;
+extern int assume_yes;              /* --yes was given */
+
+/* Print "guardianctl: <message>", close the session, finalize, exit(1). */
+void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* The CKR_* name of rv (vendor codes included). */
+const char *ckr(CK_RV rv);
+#define P11(call)                                                                                        \
+    do {                                                                                                 \
+        CK_RV rv_ = (call);                                                                              \
+        if (rv_ != CKR_OK)                                                                               \
+            die("%s failed: %s (0x%lx)", #call, ckr(rv_), (unsigned long)rv_);                           \
+    } while (0)
+
+/* PIN from the environment variable `env`, else from the terminal without echo. */
+void read_pin(const char *env, const char *prompt, char *out, size_t cap);
+void login(CK_USER_TYPE who);
+void open_token(const char *module_path);
+void close_token(void);
+/* The store in the configured state directory (dies if it cannot be opened). */
+struct guardian_store *open_store(void);
+
+CK_ULONG find_all(CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max);
+/* malloc'd value (NUL-terminated for convenience); dies on error. */
+unsigned char *get_attr(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *len);
+/* The Guardian identity object of class `cls`, or CK_INVALID_HANDLE. */
+CK_OBJECT_HANDLE find_identity(CK_OBJECT_CLASS cls);
+
+void fingerprint(X509 *x, char out[65]); /* SHA-256, lowercase hex */
+X509 *read_cert_file(const char *path);  /* PEM or DER; dies otherwise */
+X509 *cert_from_object(CK_OBJECT_HANDLE h);
+/* SHA-256 + ECDSA with the Guardian key inside the token; a DER
+ * ECDSA-Sig-Value (OPENSSL_malloc'd) and its length. */
+unsigned char *token_sign(CK_OBJECT_HANDLE key, const unsigned char *tbs, size_t tbs_len, int *sig_len);
+
+/* Commands in their own files. */
+int cmd_audit(int argc, char **argv);     /* ctl_audit.c */
+int cmd_provision(int argc, char **argv); /* ctl_provision.c */
+
+#endif /* GUARDIANCTL_H */
