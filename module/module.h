@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "functions.h"
@@ -164,6 +165,45 @@ CK_RV guardian_package_objects_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, C
 CK_RV guardian_package_objects_find_final(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, int *handled);
 /* A session ended (CK_INVALID_HANDLE: all of them): forget its searches. */
 void guardian_package_objects_session_closed(CK_SESSION_HANDLE s);
+
+/* ---- certificate objects (cert_objects.c) ---------------------------------- */
+
+/* The session certificate objects made by CKM_GUARDIAN_DERIVE_DEVICE_CERT live
+ * in the module, not in the backend: SoftHSMv2 keeps destroyed session objects
+ * until C_Finalize and scans every object on each C_FindObjects, so 100,000
+ * certificates there cost memory and time that a production run cannot spend.
+ * Handles are GUARDIAN_COBJ_BASE | n (n in 1..0xFFFF, reused after destroy). */
+#define GUARDIAN_COBJ_BASE 0x47450000UL
+static inline int guardian_is_module_object(CK_OBJECT_HANDLE h)
+{
+    /* 0x4744xxxx package objects, 0x4745xxxx certificate objects: one test. */
+    return (h & ~(CK_OBJECT_HANDLE)0x1FFFF) == GUARDIAN_VOBJ_BASE;
+}
+static inline int guardian_is_cert_object(CK_OBJECT_HANDLE h)
+{
+    return (h & ~(CK_OBJECT_HANDLE)0xFFFF) == GUARDIAN_COBJ_BASE;
+}
+
+/* What a certificate object holds; every pointer is copied. */
+struct guardian_cert_object_value {
+    const uint8_t *der;     /* the certificate, CKA_VALUE */
+    size_t der_len;
+    const uint8_t *subject; /* DER Name, CKA_SUBJECT */
+    size_t subject_len;
+    const uint8_t *issuer;  /* DER Name, CKA_ISSUER */
+    size_t issuer_len;
+    const uint8_t *serial;  /* DER INTEGER (tag and length included), CKA_SERIAL_NUMBER */
+    size_t serial_len;
+    const uint8_t *id;      /* CKA_ID */
+    size_t id_len;
+    const char *label;      /* CKA_LABEL, UTF-8, NUL-terminated */
+};
+
+/* A session object (CKO_CERTIFICATE, CKC_X_509, CKA_TOKEN FALSE) of `session`,
+ * destroyed by C_DestroyObject, C_CloseSession, C_CloseAllSessions or
+ * C_Finalize.  CKR_HOST_MEMORY when the module holds 65,535 already. */
+CK_RV guardian_cert_object_create(CK_SESSION_HANDLE session, const struct guardian_cert_object_value *v,
+                                  CK_OBJECT_HANDLE *out);
 
 /* ---- forwarding (forward.c) and entry points (entry.c) ------------------ */
 
