@@ -4,16 +4,22 @@
  *
  *   guardian-wrap create  --guardian-cert G.pem --signer-key K.pem --signer-cert C.pem ...
  *   guardian-wrap inspect PACKAGE [--oem-root ROOT.pem] [--guardian-cert G.pem]
+ *   guardian-wrap verify-report REPORT --guardian G.pem --ca-chain CHAIN.pem [--root ROOT.pem] ...
  *
- * The format is docs/package-format.md; the CLI is docs/guardian-wrap.md.
+ * The format is docs/package-format.md; the CLI is docs/guardian-wrap.md; the
+ * audit report docs/audit-report.md (tools/report.c reads and checks it).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/bio.h>
 #include <openssl/cms.h>
@@ -28,8 +34,13 @@
 #include <openssl/x509v3.h>
 
 #include "package.h"
+#include "report.h"
 
 #define PROG "guardian-wrap"
+
+/* exit status of die(): 1, but 2 for verify-report, whose 1 means "the
+ * report does not verify" and 2 "the command could not run". */
+static int die_status = 1;
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -48,7 +59,7 @@ static void die(const char *fmt, ...)
         ERR_error_string_n(e, buf, sizeof(buf));
         fprintf(stderr, PROG ": (OpenSSL: %s)\n", buf);
     }
-    exit(1);
+    exit(die_status);
 }
 
 /* ---- reading inputs ---------------------------------------------------------- */
@@ -810,6 +821,133 @@ static int cmd_inspect(int argc, char **argv)
     return 0;
 }
 
+/* ---- verify-report ------------------------------------------------------------ */
+
+/* What the OEM's own package file says, for the report's quota check. */
+static void read_package_file(const char *path, struct report_package *out)
+{
+    size_t len;
+    unsigned char *data = read_all(path, GUARDIAN_PACKAGE_MAX_BYTES, &len);
+    const unsigned char *p = data;
+    unsigned int hl = 0;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
+    ASN1_OCTET_STRING **content = cms ? CMS_get0_content(cms) : NULL;
+    struct guardian_package pkg;
+    char err[256];
+
+    if (content == NULL || *content == NULL || OBJ_cmp(CMS_get0_eContentType(cms), package_oid()) != 0)
+        die("%s is not a Guardian package", path);
+    if (!guardian_package_decode(ASN1_STRING_get0_data(*content), (size_t)ASN1_STRING_length(*content), &pkg, err,
+                                 sizeof(err)))
+        die("%s: %s", path, err);
+    memset(out, 0, sizeof(*out));
+    out->name = path;
+    if (EVP_Digest(data, len, out->digest, &hl, EVP_sha256(), NULL) != 1)
+        die("SHA-256 failed");
+    memcpy(out->package_id, pkg.package_id, sizeof(out->package_id));
+    snprintf(out->oem_id, sizeof(out->oem_id), "%s", pkg.oem_id);
+    snprintf(out->product_id, sizeof(out->product_id), "%s", pkg.product_id);
+    out->release_version = pkg.release_version;
+    out->authorised_units = pkg.authorised_units;
+    guardian_package_free(&pkg);
+    CMS_ContentInfo_free(cms);
+    free(data);
+}
+
+static int cmd_verify_report(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"guardian", required_argument, NULL, 'g'},
+                                             {"ca-chain", required_argument, NULL, 'c'},
+                                             {"root", required_argument, NULL, 'r'},
+                                             {"package", required_argument, NULL, 'p'},
+                                             {"authorised", required_argument, NULL, 'a'},
+                                             {"product", required_argument, NULL, 'P'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    const char *guardian_path = NULL, *chain_path = NULL, *root_path = NULL, *authorised = NULL, *path;
+    const char *package_paths[GUARDIAN_PKG_MAX_ITEMS];
+    struct report_package packages[GUARDIAN_PKG_MAX_ITEMS];
+    struct report_inputs in;
+    struct stat st;
+    const uint8_t *data = (const uint8_t *)"";
+    void *map = NULL;
+    unsigned long problems;
+    int c, n_packages = 0, fd;
+    char *end;
+
+    die_status = 2;
+    memset(&in, 0, sizeof(in));
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'g': guardian_path = optarg; break;
+        case 'c': chain_path = optarg; break;
+        case 'r': root_path = optarg; break;
+        case 'p':
+            if (n_packages == GUARDIAN_PKG_MAX_ITEMS)
+                die("at most %d --package", GUARDIAN_PKG_MAX_ITEMS);
+            package_paths[n_packages++] = optarg;
+            break;
+        case 'a': authorised = optarg; break;
+        case 'P': in.product = optarg; break;
+        case 'h':
+            printf("usage: " PROG " verify-report REPORT --guardian GUARDIAN-CERT.pem --ca-chain PRODUCTION-CHAIN.pem\n"
+                   "         [--root OEM-ROOT.pem] [--package PACKAGE]... [--authorised N --product OEM/PRODUCT]\n"
+                   "Checks the Guardian's signature, every record hash and the chain, the quotas and every\n"
+                   "certificate.  Exit 0: OK; 1: the report does not verify; 2: usage or file error.\n");
+            return 0;
+        default:
+            return 2;
+        }
+    }
+    if (optind != argc - 1)
+        die("verify-report takes exactly one REPORT (see '" PROG " verify-report --help')");
+    if (guardian_path == NULL || chain_path == NULL)
+        die("verify-report needs --guardian and --ca-chain (see '" PROG " verify-report --help')");
+    if ((authorised == NULL) != (in.product == NULL))
+        die("--authorised and --product go together");
+    if (authorised != NULL) {
+        errno = 0;
+        in.authorised = strtoull(authorised, &end, 10);
+        if (errno != 0 || *end != '\0' || authorised[0] < '0' || authorised[0] > '9')
+            die("--authorised must be a number of units");
+        if (strchr(in.product, '/') == NULL)
+            die("--product must be OEM/PRODUCT");
+    }
+    path = argv[optind];
+    in.guardian = read_cert(guardian_path);
+    in.ca_chain = read_certs(chain_path);
+    in.root = root_path ? read_cert(root_path) : NULL;
+    for (int i = 0; i < n_packages; i++)
+        read_package_file(package_paths[i], &packages[i]);
+    in.packages = packages;
+    in.n_packages = (size_t)n_packages;
+    in.out = stdout;
+    in.name = path;
+
+    fd = open(path, O_RDONLY);
+    if (fd < 0 || fstat(fd, &st) != 0)
+        die("cannot open %s: %s", path, strerror(errno));
+    if ((uint64_t)st.st_size > REPORT_MAX_BYTES)
+        die("%s is larger than %zu bytes", path, REPORT_MAX_BYTES);
+    if (st.st_size > 0) {
+        map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED)
+            die("cannot read %s: %s", path, strerror(errno));
+        data = map;
+    }
+    close(fd);
+
+    problems = report_verify(data, (size_t)st.st_size, &in);
+
+    if (map != NULL)
+        munmap(map, (size_t)st.st_size);
+    X509_free(in.guardian);
+    X509_free(in.root);
+    sk_X509_pop_free(in.ca_chain, X509_free);
+    return problems == 0 ? 0 : 1;
+}
+
 /* ---- main ---------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -817,6 +955,7 @@ int main(int argc, char **argv)
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         printf("usage: " PROG " create ...   wrap provisioning secrets for one Guardian\n"
                "       " PROG " inspect PACKAGE [--oem-root ROOT.pem] [--guardian-cert G.pem]\n"
+               "       " PROG " verify-report REPORT --guardian G.pem --ca-chain CHAIN.pem [--root ROOT.pem] ...\n"
                "Run '" PROG " COMMAND --help' for a command's options.\n");
         return argc < 2 ? 2 : 0;
     }
@@ -824,5 +963,7 @@ int main(int argc, char **argv)
         return cmd_create(argc - 1, argv + 1);
     if (strcmp(argv[1], "inspect") == 0)
         return cmd_inspect(argc - 1, argv + 1);
-    die("unknown command '%s' (create, inspect)", argv[1]);
+    if (strcmp(argv[1], "verify-report") == 0)
+        return cmd_verify_report(argc - 1, argv + 1);
+    die("unknown command '%s' (create, inspect, verify-report)", argv[1]);
 }

@@ -1,0 +1,223 @@
+/*
+ * audit_fixture.c — test helper for tests/tools/test_audit_report.sh.
+ *
+ *   audit_fixture issue STATE_DIR CA.key CA.pem OEM PRODUCT ISSUE RELEASE KEEP
+ *       reserves ISSUE + RELEASE + KEEP units of the installed package through
+ *       the store API (guardian_store_reserve_block), issues ISSUE device
+ *       certificates signed with CA.key following the device certificate
+ *       profile (docs/audit-report.md), releases RELEASE and leaves KEEP
+ *       reserved, not issued: the trail a provisioning run leaves behind.
+ *   audit_fixture rehash IN OUT one|chain SEQ
+ *       recomputes the hash of record SEQ (one), or of SEQ and every record
+ *       after it with their prev_hash links and the head line (chain): what a
+ *       forger who altered a record would do.  Other lines are copied.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "report.h"
+
+#define DEVICE_EXT_OID "2.25.62758544141009244537205961397770264239.3"
+
+static void fail(const char *what)
+{
+    fprintf(stderr, "audit_fixture: %s\n", what);
+    exit(1);
+}
+
+/* DER TLV with a definite length (< 65536). */
+static size_t tlv(uint8_t *out, uint8_t tag, const void *v, size_t n)
+{
+    size_t h = 0;
+    out[h++] = tag;
+    if (n < 128) {
+        out[h++] = (uint8_t)n;
+    } else if (n < 256) {
+        out[h++] = 0x81;
+        out[h++] = (uint8_t)n;
+    } else {
+        out[h++] = 0x82;
+        out[h++] = (uint8_t)(n >> 8);
+        out[h++] = (uint8_t)n;
+    }
+    memmove(out + h, v, n);
+    return h + n;
+}
+
+static X509 *device_cert(EVP_PKEY *ca_key, X509 *ca, const char *oem, const char *product,
+                         const struct guardian_product *p, uint64_t serial, const char *device)
+{
+    X509 *x = X509_new();
+    EVP_PKEY *dev = EVP_EC_gen("P-256");
+    uint8_t sn[16], body[1024], seq[1100], rel[5];
+    size_t n = 0, rel_len = 0;
+    BIGNUM *bn;
+    X509_NAME *name = X509_NAME_new();
+    ASN1_OCTET_STRING *val = ASN1_OCTET_STRING_new();
+    ASN1_OBJECT *oid = OBJ_txt2obj(DEVICE_EXT_OID, 1);
+    X509_EXTENSION *ext;
+
+    if (x == NULL || dev == NULL || name == NULL || val == NULL || oid == NULL)
+        fail("out of memory");
+    sn[0] = (uint8_t)(0x40 | (p->package_id[0] & 0x3f));
+    memcpy(sn + 1, p->package_id + 1, 7);
+    for (int i = 0; i < 8; i++)
+        sn[8 + i] = (uint8_t)(serial >> (56 - 8 * i));
+    bn = BN_bin2bn(sn, 16, NULL);
+    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
+    BN_free(bn);
+    X509_set_version(x, 2);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)device, -1, -1, 0);
+    X509_set_subject_name(x, name);
+    X509_set_issuer_name(x, X509_get_subject_name(ca));
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365);
+    X509_set_pubkey(x, dev);
+    /* release INTEGER, minimal positive encoding */
+    {
+        uint8_t b[5] = {0, (uint8_t)(p->release_version >> 24), (uint8_t)(p->release_version >> 16),
+                        (uint8_t)(p->release_version >> 8), (uint8_t)p->release_version};
+        size_t i = 0;
+        while (i < 4 && b[i] == 0 && !(b[i + 1] & 0x80))
+            i++;
+        rel_len = 5 - i;
+        memcpy(rel, b + i, rel_len);
+    }
+    n += tlv(body + n, 0x0c, oem, strlen(oem));
+    n += tlv(body + n, 0x0c, product, strlen(product));
+    n += tlv(body + n, 0x04, device, strlen(device));
+    n += tlv(body + n, 0x04, p->package_id, 16);
+    n += tlv(body + n, 0x02, rel, rel_len);
+    n = tlv(seq, 0x30, body, n);
+    ASN1_OCTET_STRING_set(val, seq, (int)n);
+    ext = X509_EXTENSION_create_by_OBJ(NULL, oid, 0, val);
+    if (ext == NULL || !X509_add_ext(x, ext, -1) || !X509_sign(x, ca_key, EVP_sha256()))
+        fail("cannot make a device certificate");
+    X509_EXTENSION_free(ext);
+    ASN1_OBJECT_free(oid);
+    ASN1_OCTET_STRING_free(val);
+    X509_NAME_free(name);
+    EVP_PKEY_free(dev);
+    return x;
+}
+
+static int issue(char **argv)
+{
+    struct guardian_store *st;
+    struct guardian_product p;
+    FILE *f;
+    EVP_PKEY *ca_key;
+    X509 *ca;
+    uint64_t n_issue = strtoull(argv[7], NULL, 10), n_release = strtoull(argv[8], NULL, 10);
+    uint64_t n_keep = strtoull(argv[9], NULL, 10), first = 0, got = 0;
+
+    if ((f = fopen(argv[3], "r")) == NULL || (ca_key = PEM_read_PrivateKey(f, NULL, NULL, NULL)) == NULL)
+        fail("cannot read the CA key");
+    fclose(f);
+    if ((f = fopen(argv[4], "r")) == NULL || (ca = PEM_read_X509(f, NULL, NULL, NULL)) == NULL)
+        fail("cannot read the CA certificate");
+    fclose(f);
+    if (guardian_store_open(argv[2], &st) != CKR_OK)
+        fail("cannot open the store");
+    if (guardian_store_product_get(st, argv[5], argv[6], &p) != CKR_OK)
+        fail("no such product");
+    if (guardian_store_reserve_block(st, p.oem_id, p.product_id, p.package_id, (int64_t)time(NULL),
+                                     n_issue + n_release + n_keep, &first, &got) != CKR_OK ||
+        got != n_issue + n_release + n_keep)
+        fail("cannot reserve the units");
+    for (uint64_t i = 0; i < n_issue; i++) {
+        char device[32];
+        unsigned char *der = NULL;
+        int len;
+        X509 *x;
+        snprintf(device, sizeof(device), "DEV-%06llu", (unsigned long long)(first + i));
+        x = device_cert(ca_key, ca, p.oem_id, p.product_id, &p, first + i, device);
+        len = i2d_X509(x, &der);
+        if (len <= 0 || guardian_store_issue(st, p.oem_id, p.product_id, first + i, (const uint8_t *)device,
+                                             strlen(device), der, (size_t)len) != CKR_OK)
+            fail("cannot record an issued certificate");
+        OPENSSL_free(der);
+        X509_free(x);
+    }
+    for (uint64_t i = 0; i < n_release; i++)
+        if (guardian_store_release(st, p.oem_id, p.product_id, first + n_issue + i) != CKR_OK)
+            fail("cannot release a unit");
+    guardian_store_close(st);
+    EVP_PKEY_free(ca_key);
+    X509_free(ca);
+    printf("issued %llu, released %llu, kept %llu (serials %llu..%llu)\n", (unsigned long long)n_issue,
+           (unsigned long long)n_release, (unsigned long long)n_keep, (unsigned long long)first,
+           (unsigned long long)(first + got - 1));
+    return 0;
+}
+
+static int rehash(char **argv)
+{
+    FILE *in = fopen(argv[2], "r"), *out = fopen(argv[3], "w");
+    int chain = strcmp(argv[4], "chain") == 0;
+    uint64_t from = strtoull(argv[5], NULL, 10), head_seq = 0;
+    uint8_t prev[GUARDIAN_HASH_LEN] = {0};
+    int have_prev = 0;
+    static char line[REPORT_MAX_LINE + 2];
+    static char *lines[1 << 16];
+    size_t n = 0, head_idx = (size_t)-1;
+
+    if (in == NULL || out == NULL)
+        fail("cannot open the files");
+    while (n < sizeof(lines) / sizeof(lines[0]) && fgets(line, sizeof(line), in) != NULL) {
+        if (strncmp(line, "head ", 5) == 0)
+            head_idx = n;
+        lines[n++] = strdup(line);
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct guardian_audit_record r;
+        size_t len = strlen(lines[i]);
+        char buf[2048];
+        if (strncmp(lines[i], "record ", 7) != 0 || report_parse_record(lines[i], len - 1, &r, NULL) != NULL)
+            continue;
+        if (r.seq >= from && (chain || r.seq == from)) {
+            if (chain && have_prev)
+                memcpy(r.prev_hash, prev, sizeof(prev));
+            guardian_audit_hash(&r, r.hash);
+            report_format_record(&r, buf, sizeof(buf));
+            free(lines[i]);
+            lines[i] = strdup(buf);
+        }
+        memcpy(prev, r.hash, sizeof(prev));
+        have_prev = 1;
+        head_seq = r.seq;
+    }
+    if (chain && head_idx != (size_t)-1) {
+        char buf[128];
+        int o = snprintf(buf, sizeof(buf), "head %llu ", (unsigned long long)head_seq);
+        for (int k = 0; k < GUARDIAN_HASH_LEN; k++)
+            o += snprintf(buf + o, sizeof(buf) - (size_t)o, "%02x", prev[k]);
+        snprintf(buf + o, sizeof(buf) - (size_t)o, "\n");
+        free(lines[head_idx]);
+        lines[head_idx] = strdup(buf);
+    }
+    for (size_t i = 0; i < n; i++) {
+        fputs(lines[i], out);
+        free(lines[i]);
+    }
+    fclose(in);
+    fclose(out);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 10 && strcmp(argv[1], "issue") == 0)
+        return issue(argv);
+    if (argc == 6 && strcmp(argv[1], "rehash") == 0)
+        return rehash(argv);
+    fprintf(stderr, "usage: audit_fixture issue STATE_DIR CA.key CA.pem OEM PRODUCT ISSUE RELEASE KEEP\n"
+                    "       audit_fixture rehash IN OUT one|chain SEQ\n");
+    return 2;
+}

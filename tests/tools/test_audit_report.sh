@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# test_audit_report.sh MODULE GUARDIANCTL GUARDIAN_WRAP AUDIT_FIXTURE — the signed
+# audit report end to end: a Guardian on a fresh SoftHSM token, an OEM PKI,
+# enrolment, guardian-wrap create, guardianctl import, certificates issued,
+# `guardianctl audit export`, `guardian-wrap verify-report` OK; then every kind
+# of tampering, each detected with its own message, and malformed input.
+#
+# Certificates are issued by audit_fixture through the store API (reserve_block,
+# issue, release) with device certificates signed by the package's production
+# CA key following the profile, until `guardianctl provision` exists.
+set -uo pipefail
+M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") W=$(realpath "${3:?guardian-wrap}")
+FIX=$(realpath "${4:?audit_fixture}")
+work=$(mktemp -d "${TMPDIR:-/tmp}/audit-report-test-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$work" || exit 1
+# shellcheck source=../lib/testlib.sh
+. "$HERE/../lib/testlib.sh"
+
+mkdir state
+softhsm_token "$work" audit
+export GUARDIAN_STATE_DIR=$work/state GUARDIAN_MODULE=$M GUARDIAN_TOKEN=audit
+export GUARDIAN_BACKEND=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so} GUARDIAN_PIN=1234 GUARDIAN_SO_PIN=12345678
+unset GUARDIAN_CONF GUARDIAN_DEBUG
+
+oem_pki 2>/dev/null
+"$CTL" init --out guardian.pem 2>/dev/null || ko "guardianctl init"
+"$CTL" enroll-oem root.pem --yes >/dev/null 2>&1 || ko "enroll-oem"
+
+# wrap PRODUCT RELEASE UNITS OUT
+wrap() {
+    "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
+        --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id "$1" --release "$2" --units "$3" \
+        --not-after +30 --out "$4" >/dev/null || ko "guardian-wrap create $4"
+}
+wrap SENSOR-1 1 10 s1r1.gpk
+wrap SENSOR-1 2 3 s1r2.gpk
+wrap OTHER-2 1 5 o2r1.gpk
+"$CTL" import s1r1.gpk >/dev/null || ko "import s1r1"
+"$CTL" import o2r1.gpk >/dev/null || ko "import o2r1"
+# SENSOR-1 release 1: 6 issued, 1 released, 1 reserved and never issued.
+"$FIX" issue state ca.key ca.pem ACME SENSOR-1 6 1 1 >/dev/null || ko "issue under release 1"
+"$FIX" issue state ca.key ca.pem ACME OTHER-2 2 0 0 >/dev/null || ko "issue OTHER-2"
+# Release 2 supersedes release 1: its 3 units count afresh, serials continue.
+"$CTL" import s1r2.gpk >/dev/null || ko "import s1r2"
+"$FIX" issue state ca.key ca.pem ACME SENSOR-1 2 0 0 >/dev/null || ko "issue under release 2"
+
+verify() { "$W" verify-report "$@"; }
+V=(--guardian guardian.pem --ca-chain ca.pem --root root.pem)
+
+# ---- export and verify ---------------------------------------------------------------
+expect "audit export" 0 "exported 26 records \(head 26, 0 of them redacted\), 10 certificates" -- \
+    "$CTL" audit export --out report.txt
+expect "verify-report OK" 0 "^OK$" -- verify report.txt "${V[@]}" --package s1r1.gpk --package s1r2.gpk
+expect "summary release 1" 0 "ACME/SENSOR-1 release 1 .*authorised 10, reserved 8, released 1, issued 6, reserved-not-issued 1, remaining 3, certificates verified 6/6" -- \
+    verify report.txt "${V[@]}"
+expect "summary release 2" 0 "ACME/SENSOR-1 release 2 .*authorised 3, reserved 2, released 0, issued 2, reserved-not-issued 0, remaining 1, certificates verified 2/2" -- \
+    verify report.txt "${V[@]}"
+expect "without --root (production CA only)" 0 "^OK$" -- verify report.txt --guardian guardian.pem --ca-chain ca.pem
+expect "the OEM's own total, met" 0 "^OK$" -- verify report.txt "${V[@]}" --authorised 10 --product ACME/SENSOR-1
+expect "the OEM's own total, exceeded" 1 "ACME/SENSOR-1: used 9 units \(reserved, not released\) but you authorised 8" -- \
+    verify report.txt "${V[@]}" --authorised 8 --product ACME/SENSOR-1
+expect "a package the trail does not have" 1 "package s1r3.gpk .* was not imported" -- \
+    bash -c "cp s1r1.gpk s1r3.gpk && echo >>s1r3.gpk; $W verify-report report.txt ${V[*]} --package s1r3.gpk"
+expect "export to stdout is the same format" 0 "^GUARDIAN AUDIT REPORT 1$" -- "$CTL" audit export
+grep -q '^certificate ' report.txt && {
+    grep -m1 '^certificate ' report.txt | cut -d' ' -f3 | base64 -d | openssl x509 -inform DER -out dev.pem
+    expect "a device certificate verifies with stock openssl" 0 "dev.pem: OK" -- \
+        openssl verify -CAfile root.pem -untrusted ca.pem dev.pem
+}
+
+# Restricted to one product: the whole chain, other products' records redacted.
+expect "export --product" 0 "exported 26 records \(head 26, 5 of them redacted\), 8 certificates" -- \
+    "$CTL" audit export --product ACME/SENSOR-1 --out sensor.txt
+expect "verify the restricted report" 0 "^OK$" -- verify sensor.txt "${V[@]}" --package s1r1.gpk
+grep -q 'OTHER-2' sensor.txt && ko "restricted report names another product" || ok "restricted report hides OTHER-2"
+expect "export --product unknown" 1 "no product ACME/NOPE" -- "$CTL" audit export --product ACME/NOPE
+
+# ---- tampering -------------------------------------------------------------------------
+# edit FILE AWK-PROGRAM: rewrite the report with awk.
+edit() { awk "$2" report.txt >"$1"; }
+# resign FILE KEY: replace the signature line with one made with KEY over the rest.
+resign() {
+    head -n -1 "$1" >"$1.body"
+    { cat "$1.body"; printf 'signature %s\n' "$(openssl dgst -sha256 -sign "$2" "$1.body" | base64 -w0)"; } >"$1"
+}
+
+edit altered.txt '$1 == "record" && $2 == 3 { $4 = $4 + 1 } { print }'
+expect "record altered, hash kept" 1 "record 3 was altered: its hash does not match its content" -- verify altered.txt "${V[@]}"
+"$FIX" rehash altered.txt rehashed.txt one 3
+expect "record altered and re-hashed: chain break" 1 "record 4 does not follow record 3" -- verify rehashed.txt "${V[@]}"
+edit removed.txt '!($1 == "record" && $2 == 4) { print }'
+expect "record removed" 1 "record 4 is missing: record 5 follows 3" -- verify removed.txt "${V[@]}"
+edit swapped.txt '$1 == "record" && $2 == 5 { held = $0; next } { print } $1 == "record" && $2 == 6 { print held }'
+expect "records swapped" 1 "records 5 and 6 are out of order" -- verify swapped.txt "${V[@]}"
+edit certalt.txt '$1 == "certificate" && !done { $3 = substr($3, 1, 99) (substr($3, 100, 1) == "A" ? "B" : "A") substr($3, 101); done = 1 } { print }'
+expect "certificate altered" 1 "does not match record [0-9]+: its SHA-256 differs" -- verify certalt.txt "${V[@]}"
+edit certgone.txt '$1 == "certificate" && !done { done = 1; next } { print }'
+expect "certificate removed" 1 "record [0-9]+ \(ISSUE of serial 1 of ACME/SENSOR-1\): its certificate is missing" -- \
+    verify certgone.txt "${V[@]}"
+expect "every tampered report fails its signature too" 1 "signature does not verify" -- verify removed.txt "${V[@]}"
+
+# The signature itself: one bit of s changed.
+tail -n 1 report.txt | cut -d' ' -f2 | base64 -d >sig.der
+last=$(tail -c 1 sig.der | od -An -tu1 | tr -d ' ')
+{ head -c -1 sig.der; printf "\\$(printf %o $((last ^ 1)))"; } >sig2.der
+{ head -n -1 report.txt; printf 'signature %s\n' "$(base64 -w0 sig2.der)"; } >sigalt.txt
+expect "signature altered" 1 "the report's signature does not verify against the Guardian certificate" -- \
+    verify sigalt.txt "${V[@]}"
+
+# Another key: a fake Guardian.
+ec_key fake.key
+openssl req -new -x509 -key fake.key -subj "/CN=Fake Guardian" -days 30 -out fake.pem 2>/dev/null
+cp report.txt otherkey.txt && resign otherkey.txt fake.key
+expect "signed by another key" 1 "signature does not verify against the Guardian certificate given" -- \
+    verify otherkey.txt "${V[@]}"
+expect "checked against another Guardian certificate" 1 "the report names another Guardian" -- \
+    verify report.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
+
+# Over quota: two more RESERVE+ISSUE under release 2 (3 units, 2 used), the chain
+# re-hashed, the fake Guardian's certificate embedded and its signature: the
+# signature then verifies against fake.pem, and the quota check still fails.
+z64=$(printf '0%.0s' $(seq 64)) z32=$(printf '0%.0s' $(seq 32))
+awk -v z64="$z64" -v z32="$z32" '
+    $1 == "record" { last = $2; serial = ($3 == "RESERVE" && $7 > serial) ? $7 : serial }
+    $1 == "certificate" && !added {
+        for (i = 1; i <= 2; i++) {
+            print "record " last + 1 " RESERVE 1700000000 ACME SENSOR-1 " serial + i " - " z64 " " z32 " 0 0 " z64 " " z64
+            print "record " last + 2 " ISSUE 1700000000 ACME SENSOR-1 " serial + i " 4445562d58 " z64 " " z32 " 0 0 " z64 " " z64
+            last += 2
+        }
+        added = 1
+    }
+    { print }' report.txt >forged.txt
+"$FIX" rehash forged.txt forged2.txt chain 27
+awk -v pem="$(cat fake.pem)" '
+    /^-----BEGIN CERTIFICATE-----$/ { print pem; skip = 1; next }
+    skip && /^-----END CERTIFICATE-----$/ { skip = 0; next }
+    !skip { print }' forged2.txt >forged.txt
+resign forged.txt fake.key
+expect "over quota, forged and re-signed: quota" 1 "ACME/SENSOR-1 release 2: used 4 units \(reserved, not released\) at record 29 but the package authorised 3" -- \
+    verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
+expect "over quota, forged: the fake key's signature is valid" 1 "signature +valid" -- \
+    verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
+expect "over quota, forged: the Guardian counters disagree" 1 "the Guardian counts 2 units used of ACME/SENSOR-1 .* but the trail adds up to 4" -- \
+    verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
+expect "over quota, forged: against the real Guardian" 1 "signature does not verify" -- verify forged.txt "${V[@]}"
+
+# ---- malformed input and usage -----------------------------------------------------------
+head -n -1 report.txt >truncated.txt
+expect "truncated" 1 "ends without its signature line" -- verify truncated.txt "${V[@]}"
+expect "garbage" 1 "malformed report: line 1: not a Guardian audit report" -- verify root.pem "${V[@]}"
+edit badline.txt '$1 == "record" && $2 == 2 { $0 = $0 " extra" } { print }'
+expect "an extra field" 1 "malformed report: line [0-9]+: a record line has 14 fields" -- verify badline.txt "${V[@]}"
+edit upper.txt '$1 == "record" && $2 == 2 { $14 = toupper($14) } { print }'
+expect "upper-case hex" 1 "malformed report: line [0-9]+: bad prev_hash or hash" -- verify upper.txt "${V[@]}"
+printf '\r' >>truncated.txt
+expect "a carriage return" 1 "malformed report: line [0-9]+" -- verify truncated.txt "${V[@]}"
+
+verify missing.txt "${V[@]}" >/dev/null 2>&1; rc=$?
+[ $rc -eq 2 ] && ok "missing report: exit 2" || ko "missing report: exit $rc"
+verify report.txt --ca-chain ca.pem >/dev/null 2>&1; rc=$?
+[ $rc -eq 2 ] && ok "missing --guardian: exit 2" || ko "missing --guardian: exit $rc"
+verify altered.txt "${V[@]}" >/dev/null 2>&1; rc=$?
+[ $rc -eq 1 ] && ok "a failed verification: exit 1" || ko "a failed verification: exit $rc"
+
+finish

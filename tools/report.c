@@ -1,0 +1,1378 @@
+/*
+ * report.c — the signed audit report: canonical lines (written by guardianctl
+ * audit export) and the strict reader and verifier (guardian-wrap
+ * verify-report).  The format, every check and the reasons are in
+ * docs/audit-report.md; the audit record and its hash in docs/audit-format.md.
+ *
+ * The reader treats the report as hostile: every line is bounded, printable
+ * ASCII, ends with '\n' and must re-format to exactly itself; counts are
+ * bounded before anything is allocated; nothing is trusted until the
+ * signature, the hash chain and the certificates have been checked.  One pass
+ * parses the lines, then the checks run over the parsed records in order.
+ */
+#include "report.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+/* GUARDIAN_OID_ARC ".3" (mechs/package.h): the device certificate extension. */
+#define REPORT_DEVICE_EXT_OID "2.25.62758544141009244537205961397770264239.3"
+#define REPORT_PROBLEMS_SHOWN 100
+#define REPORT_PEM_BEGIN "-----BEGIN CERTIFICATE-----"
+#define REPORT_PEM_END "-----END CERTIFICATE-----"
+
+static const char *const type_names[] = {NULL, "IMPORT", "RESERVE", "ISSUE", "RELEASE"};
+#define TYPE_REDACTED 0
+#define TYPE_MAX GUARDIAN_AUDIT_RELEASE
+
+/* ---- small encoders ------------------------------------------------------------ */
+
+static char *put_hex(char *p, const uint8_t *b, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        *p++ = digits[b[i] >> 4];
+        *p++ = digits[b[i] & 15];
+    }
+    *p = '\0';
+    return p;
+}
+
+static int id_safe(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-' || c == ':';
+}
+
+/* An ID, percent-encoded: bytes outside [A-Za-z0-9._:-] as %XX (upper case).
+ * `out` holds 3 * 64 + 1 bytes.  0 if the ID is empty or longer than 64. */
+static size_t put_id(char *out, const char *id)
+{
+    static const char digits[] = "0123456789ABCDEF";
+    size_t n = strnlen(id, GUARDIAN_ID_MAX + 1);
+    char *p = out;
+    if (n == 0 || n > GUARDIAN_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)id[i];
+        if (id_safe(c)) {
+            *p++ = (char)c;
+        } else {
+            *p++ = '%';
+            *p++ = digits[c >> 4];
+            *p++ = digits[c & 15];
+        }
+    }
+    *p = '\0';
+    return (size_t)(p - out);
+}
+
+static const char b64_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+size_t report_base64(const uint8_t *in, size_t len, char *out, size_t cap)
+{
+    size_t need = (len + 2) / 3 * 4, o = 0;
+    if (cap < need + 1)
+        return 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < len)
+            v |= in[i + 2];
+        out[o++] = b64_alphabet[(v >> 18) & 63];
+        out[o++] = b64_alphabet[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? b64_alphabet[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return o;
+}
+
+size_t report_format_record(const struct guardian_audit_record *r, char *out, size_t cap)
+{
+    char oem[3 * GUARDIAN_ID_MAX + 1], product[3 * GUARDIAN_ID_MAX + 1];
+    char dev[2 * GUARDIAN_DEVICE_ID_MAX + 1], digest[65], pkg[33], prev[65], hash[65];
+    int n;
+
+    if (r->type < GUARDIAN_AUDIT_IMPORT || r->type > TYPE_MAX || r->device_id_len > GUARDIAN_DEVICE_ID_MAX ||
+        put_id(oem, r->oem_id) == 0 || put_id(product, r->product_id) == 0)
+        return 0;
+    if (r->device_id_len == 0)
+        strcpy(dev, "-");
+    else
+        put_hex(dev, r->device_id, r->device_id_len);
+    put_hex(digest, r->digest, sizeof(r->digest));
+    put_hex(pkg, r->package_id, sizeof(r->package_id));
+    put_hex(prev, r->prev_hash, sizeof(r->prev_hash));
+    put_hex(hash, r->hash, sizeof(r->hash));
+    n = snprintf(out, cap, "record %llu %s %lld %s %s %llu %s %s %s %u %llu %s %s\n", (unsigned long long)r->seq,
+                 type_names[r->type], (long long)r->time, oem, product, (unsigned long long)r->serial, dev, digest,
+                 pkg, r->release_version, (unsigned long long)r->authorised_units, prev, hash);
+    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
+}
+
+size_t report_format_redacted(const struct guardian_audit_record *r, char *out, size_t cap)
+{
+    char prev[65], hash[65];
+    int n;
+    put_hex(prev, r->prev_hash, sizeof(r->prev_hash));
+    put_hex(hash, r->hash, sizeof(r->hash));
+    n = snprintf(out, cap, "redacted %llu %s %s\n", (unsigned long long)r->seq, prev, hash);
+    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
+}
+
+size_t report_format_product(const struct guardian_product *p, char *out, size_t cap)
+{
+    char oem[3 * GUARDIAN_ID_MAX + 1], product[3 * GUARDIAN_ID_MAX + 1], pkg[33];
+    int n;
+    if (put_id(oem, p->oem_id) == 0 || put_id(product, p->product_id) == 0)
+        return 0;
+    put_hex(pkg, p->package_id, sizeof(p->package_id));
+    n = snprintf(out, cap, "product %s %s %u %s %llu %llu %llu\n", oem, product, p->release_version, pkg,
+                 (unsigned long long)p->authorised_units, (unsigned long long)p->issued_units,
+                 (unsigned long long)p->next_serial);
+    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
+}
+
+size_t report_format_scope(const char *oem_id, const char *product_id, char *out, size_t cap)
+{
+    char oem[3 * GUARDIAN_ID_MAX + 1], product[3 * GUARDIAN_ID_MAX + 1];
+    int n;
+    if (put_id(oem, oem_id) == 0 || put_id(product, product_id) == 0)
+        return 0;
+    n = snprintf(out, cap, "%s/%s", oem, product);
+    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
+}
+
+/* ---- strict decoders (canonical form is checked by re-formatting) ---------------- */
+
+static int hex_val(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1; /* upper case is not canonical */
+}
+
+static int get_hex(const char *s, size_t len, uint8_t *out, size_t n)
+{
+    if (len != 2 * n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi = hex_val(s[2 * i]), lo = hex_val(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return 0;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 1;
+}
+
+static int get_u64(const char *s, size_t len, uint64_t max, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (len == 0 || len > 20 || (len > 1 && s[0] == '0'))
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned d;
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        d = (unsigned)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return 0;
+        v = v * 10 + d;
+    }
+    if (v > max)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+static int get_i64(const char *s, size_t len, int64_t *out)
+{
+    uint64_t v;
+    if (len > 1 && s[0] == '-') {
+        if (!get_u64(s + 1, len - 1, (uint64_t)INT64_MAX + 1, &v) || v == 0)
+            return 0;
+        *out = v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v;
+        return 1;
+    }
+    if (!get_u64(s, len, INT64_MAX, &v))
+        return 0;
+    *out = (int64_t)v;
+    return 1;
+}
+
+/* A percent-encoded ID into `out` (GUARDIAN_ID_MAX + 1 bytes). */
+static int get_id(const char *s, size_t len, char *out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (n == GUARDIAN_ID_MAX)
+            return 0;
+        if (c == '%') {
+            static const char up[] = "0123456789ABCDEF";
+            const char *hi, *lo;
+            if (i + 2 >= len)
+                return 0;
+            hi = memchr(up, s[i + 1], 16);
+            lo = memchr(up, s[i + 2], 16);
+            if (hi == NULL || lo == NULL)
+                return 0;
+            c = (unsigned char)((hi - up) << 4 | (lo - up));
+            if (c == 0)
+                return 0;
+            i += 2;
+        } else if (!id_safe(c)) {
+            return 0;
+        }
+        out[n++] = (char)c;
+    }
+    out[n] = '\0';
+    return n > 0;
+}
+
+static int b64_val(char c)
+{
+    const char *p = c ? strchr(b64_alphabet, c) : NULL;
+    return p ? (int)(p - b64_alphabet) : -1;
+}
+
+/* Strict base64: length a multiple of 4, '=' only as padding; the caller
+ * checks the canonical form (unused bits zero) by re-encoding. */
+static uint8_t *get_base64(const char *s, size_t len, size_t *out_len)
+{
+    size_t pad = 0, n;
+    uint8_t *out;
+    if (len == 0 || len % 4 != 0)
+        return NULL;
+    if (s[len - 1] == '=')
+        pad = s[len - 2] == '=' ? 2 : 1;
+    n = len / 4 * 3 - pad;
+    out = malloc(n + 3);
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0, o = 0; i < len; i += 4) {
+        int v[4];
+        for (int k = 0; k < 4; k++) {
+            v[k] = (i + (size_t)k >= len - pad) ? 0 : b64_val(s[i + (size_t)k]);
+            if (v[k] < 0) {
+                free(out);
+                return NULL;
+            }
+        }
+        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        out[o++] = (uint8_t)(w >> 16);
+        out[o++] = (uint8_t)(w >> 8);
+        out[o++] = (uint8_t)w;
+    }
+    *out_len = n;
+    return out;
+}
+
+/* ---- the verifier's state ---------------------------------------------------------- */
+
+struct rrec {
+    uint64_t seq, serial, units;
+    int64_t time;
+    const char *dev_hex;    /* into the report; NULL when empty */
+    const char *cert;       /* base64 of the certificate line, NULL when none */
+    size_t cert_len;
+    unsigned long line, cert_line;
+    uint32_t release;
+    uint16_t product;
+    uint8_t type;           /* TYPE_REDACTED or enum guardian_audit_type */
+    uint8_t dev_len;
+    uint8_t altered;        /* the recomputed hash differs */
+    uint8_t digest[GUARDIAN_HASH_LEN], package_id[GUARDIAN_PACKAGE_ID_LEN];
+    uint8_t prev[GUARDIAN_HASH_LEN], hash[GUARDIAN_HASH_LEN];
+};
+
+struct rproduct {
+    char oem_id[GUARDIAN_ID_MAX + 1], product_id[GUARDIAN_ID_MAX + 1];
+    char name[2 * GUARDIAN_ID_MAX + 2]; /* for messages */
+    long pkg;                           /* last IMPORT's package, -1 before any */
+    uint64_t max_serial, net, peak;
+    int listed;                         /* has a product line */
+    unsigned long line;
+    uint32_t p_release;                 /* from its product line */
+    uint8_t p_package_id[GUARDIAN_PACKAGE_ID_LEN];
+    uint64_t p_authorised, p_issued, p_next_serial;
+};
+
+struct rpkg {
+    size_t product;
+    uint64_t seq;
+    uint8_t id[GUARDIAN_PACKAGE_ID_LEN], digest[GUARDIAN_HASH_LEN];
+    uint32_t release;
+    uint64_t authorised, reserved, released, issued, certs_ok, net, peak;
+    int over;
+};
+
+enum { S_RESERVED = 1, S_ISSUED, S_RELEASED };
+
+struct rserial {
+    uint64_t serial;
+    size_t rec;             /* index of its RESERVE record */
+    size_t settled;         /* index of its ISSUE or RELEASE record */
+    uint32_t product, pkg;
+    uint8_t state;          /* 0: empty slot */
+};
+
+struct rcert {
+    uint64_t seq;
+    const char *b64;
+    size_t len;
+    unsigned long line;
+};
+
+struct vctx {
+    const struct report_inputs *in;
+    unsigned long problems, line;
+    int parse_failed;
+    /* header */
+    int64_t exported;
+    int scoped;
+    char scope_oem[GUARDIAN_ID_MAX + 1], scope_product[GUARDIAN_ID_MAX + 1];
+    uint64_t head_seq;
+    uint8_t head_hash[GUARDIAN_HASH_LEN];
+    X509 *guardian;
+    /* body */
+    struct rrec *recs;
+    size_t n_recs, cap_recs, n_redacted, n_reserve;
+    struct rproduct *products;
+    size_t n_products, last_product;
+    struct rpkg *pkgs;
+    size_t n_pkgs;
+    struct rserial *serials;
+    size_t serial_cap;
+    struct rcert *certs;
+    size_t n_certs;
+    const char *sig;
+    size_t sig_len, signed_len;
+    X509_STORE *root_store;
+};
+
+static void say(struct vctx *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(struct vctx *v, const char *fmt, ...)
+{
+    va_list ap;
+    if (v->in->out == NULL)
+        return;
+    va_start(ap, fmt);
+    vfprintf(v->in->out, fmt, ap);
+    va_end(ap);
+}
+
+static void problem(struct vctx *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void problem(struct vctx *v, const char *fmt, ...)
+{
+    va_list ap;
+    v->problems++;
+    if (v->in->out == NULL || v->problems > REPORT_PROBLEMS_SHOWN)
+        return;
+    fputs("problem: ", v->in->out);
+    va_start(ap, fmt);
+    vfprintf(v->in->out, fmt, ap);
+    va_end(ap);
+    fputc('\n', v->in->out);
+}
+
+/* A malformed report: one problem naming the line; parsing stops. */
+static int malformed(struct vctx *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int malformed(struct vctx *v, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    problem(v, "malformed report: line %lu: %s", v->line, msg);
+    v->parse_failed = 1;
+    return 0;
+}
+
+/* Split a line into at most `max` space-separated fields (no empty field). */
+static size_t split(const char *s, size_t len, const char **f, size_t *fl, size_t max)
+{
+    size_t n = 0, start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || s[i] == ' ') {
+            if (i == start || n == max)
+                return 0;
+            f[n] = s + start;
+            fl[n++] = i - start;
+            start = i + 1;
+        }
+    }
+    return n;
+}
+
+static int field_is(const char *f, size_t fl, const char *word)
+{
+    return fl == strlen(word) && memcmp(f, word, fl) == 0;
+}
+
+static long find_product(struct vctx *v, const char *oem, const char *product, int create)
+{
+    struct rproduct *p;
+    if (v->n_products > 0) {
+        p = &v->products[v->last_product];
+        if (strcmp(p->oem_id, oem) == 0 && strcmp(p->product_id, product) == 0)
+            return (long)v->last_product;
+    }
+    for (size_t i = 0; i < v->n_products; i++)
+        if (strcmp(v->products[i].oem_id, oem) == 0 && strcmp(v->products[i].product_id, product) == 0)
+            return (long)(v->last_product = i);
+    if (!create)
+        return -1;
+    if (v->n_products == REPORT_MAX_PRODUCTS)
+        return -2;
+    p = &v->products[v->n_products];
+    memset(p, 0, sizeof(*p));
+    strcpy(p->oem_id, oem);
+    strcpy(p->product_id, product);
+    snprintf(p->name, sizeof(p->name), "%s/%s", oem, product);
+    p->pkg = -1;
+    v->last_product = v->n_products;
+    return (long)v->n_products++;
+}
+
+/* ---- parsing ------------------------------------------------------------------------ */
+
+const char *report_parse_record(const char *s, size_t len, struct guardian_audit_record *r, const char **dev_hex)
+{
+    const char *f[14];
+    size_t fl[14], n = split(s, len, f, fl, 14);
+    char again[REPORT_MAX_LINE];
+    uint64_t u;
+    int type = 0;
+
+    memset(r, 0, sizeof(*r));
+    if (n != 14 || !field_is(f[0], fl[0], "record"))
+        return "a record line has 14 fields separated by single spaces";
+    for (int t = GUARDIAN_AUDIT_IMPORT; t <= TYPE_MAX; t++)
+        if (field_is(f[2], fl[2], type_names[t]))
+            type = t;
+    if (!get_u64(f[1], fl[1], INT64_MAX, &r->seq) || r->seq == 0)
+        return "bad record number";
+    if (type == 0)
+        return "unknown record type";
+    r->type = type;
+    if (!get_i64(f[3], fl[3], &r->time))
+        return "bad time";
+    if (!get_id(f[4], fl[4], r->oem_id) || !get_id(f[5], fl[5], r->product_id))
+        return "bad OEM or product ID";
+    if (!get_u64(f[6], fl[6], INT64_MAX, &r->serial))
+        return "bad serial";
+    if (!field_is(f[7], fl[7], "-")) {
+        if (fl[7] % 2 != 0 || fl[7] / 2 > GUARDIAN_DEVICE_ID_MAX || !get_hex(f[7], fl[7], r->device_id, fl[7] / 2))
+            return "bad device ID (lower-case hex of 1..128 bytes, or -)";
+        r->device_id_len = fl[7] / 2;
+    }
+    if (!get_hex(f[8], fl[8], r->digest, sizeof(r->digest)) ||
+        !get_hex(f[9], fl[9], r->package_id, sizeof(r->package_id)))
+        return "bad digest or package ID";
+    if (!get_u64(f[10], fl[10], UINT32_MAX, &u))
+        return "bad release";
+    r->release_version = (uint32_t)u;
+    if (!get_u64(f[11], fl[11], INT64_MAX, &r->authorised_units))
+        return "bad authorised units";
+    if (!get_hex(f[12], fl[12], r->prev_hash, sizeof(r->prev_hash)) ||
+        !get_hex(f[13], fl[13], r->hash, sizeof(r->hash)))
+        return "bad prev_hash or hash";
+    if (report_format_record(r, again, sizeof(again)) != len + 1 || memcmp(again, s, len) != 0)
+        return "not in canonical form";
+    if (dev_hex != NULL)
+        *dev_hex = r->device_id_len ? f[7] : NULL;
+    return NULL;
+}
+
+static int parse_record(struct vctx *v, const char *s, size_t len)
+{
+    struct guardian_audit_record r;
+    struct rrec *x;
+    const char *dev_hex = NULL, *why = report_parse_record(s, len, &r, &dev_hex);
+    long prod;
+
+    if (why != NULL)
+        return malformed(v, "%s", why);
+    prod = find_product(v, r.oem_id, r.product_id, 1);
+    if (prod == -2)
+        return malformed(v, "more than %d products", REPORT_MAX_PRODUCTS);
+    x = &v->recs[v->n_recs++];
+    memset(x, 0, sizeof(*x));
+    x->seq = r.seq;
+    x->type = (uint8_t)r.type;
+    x->time = r.time;
+    x->product = (uint16_t)prod;
+    x->serial = r.serial;
+    x->dev_hex = dev_hex;
+    x->dev_len = (uint8_t)r.device_id_len;
+    memcpy(x->digest, r.digest, sizeof(x->digest));
+    memcpy(x->package_id, r.package_id, sizeof(x->package_id));
+    x->release = r.release_version;
+    x->units = r.authorised_units;
+    memcpy(x->prev, r.prev_hash, sizeof(x->prev));
+    memcpy(x->hash, r.hash, sizeof(x->hash));
+    x->line = v->line;
+    {
+        uint8_t h[GUARDIAN_HASH_LEN];
+        x->altered = guardian_audit_hash(&r, h) != CKR_OK || memcmp(h, r.hash, sizeof(h)) != 0;
+    }
+    if (r.type == GUARDIAN_AUDIT_RESERVE)
+        v->n_reserve++;
+    return 1;
+}
+
+static int parse_redacted(struct vctx *v, const char *s, size_t len)
+{
+    const char *f[4];
+    size_t fl[4];
+    struct guardian_audit_record r;
+    struct rrec *x;
+    char again[256];
+
+    memset(&r, 0, sizeof(r));
+    if (split(s, len, f, fl, 4) != 4 || !get_u64(f[1], fl[1], INT64_MAX, &r.seq) || r.seq == 0 ||
+        !get_hex(f[2], fl[2], r.prev_hash, sizeof(r.prev_hash)) || !get_hex(f[3], fl[3], r.hash, sizeof(r.hash)))
+        return malformed(v, "a redacted line is 'redacted SEQ PREV_HASH HASH'");
+    if (report_format_redacted(&r, again, sizeof(again)) != len + 1 || memcmp(again, s, len) != 0)
+        return malformed(v, "not in canonical form");
+    x = &v->recs[v->n_recs++];
+    memset(x, 0, sizeof(*x));
+    x->seq = r.seq;
+    x->type = TYPE_REDACTED;
+    memcpy(x->prev, r.prev_hash, sizeof(x->prev));
+    memcpy(x->hash, r.hash, sizeof(x->hash));
+    x->line = v->line;
+    v->n_redacted++;
+    return 1;
+}
+
+static int parse_product(struct vctx *v, const char *s, size_t len)
+{
+    const char *f[8];
+    size_t fl[8];
+    struct guardian_product p;
+    struct rproduct *x;
+    char again[1024];
+    uint64_t u;
+    long i;
+
+    memset(&p, 0, sizeof(p));
+    if (split(s, len, f, fl, 8) != 8 || !get_id(f[1], fl[1], p.oem_id) || !get_id(f[2], fl[2], p.product_id) ||
+        !get_u64(f[3], fl[3], UINT32_MAX, &u) || !get_hex(f[4], fl[4], p.package_id, sizeof(p.package_id)) ||
+        !get_u64(f[5], fl[5], INT64_MAX, &p.authorised_units) || !get_u64(f[6], fl[6], INT64_MAX, &p.issued_units) ||
+        !get_u64(f[7], fl[7], INT64_MAX, &p.next_serial))
+        return malformed(v, "a product line is 'product OEM PRODUCT RELEASE PACKAGE-ID AUTHORISED ISSUED "
+                            "NEXT-SERIAL'");
+    p.release_version = (uint32_t)u;
+    if (report_format_product(&p, again, sizeof(again)) != len + 1 || memcmp(again, s, len) != 0)
+        return malformed(v, "not in canonical form");
+    if (v->n_products > 0) {
+        const struct rproduct *last = &v->products[v->n_products - 1];
+        int c = strcmp(last->oem_id, p.oem_id);
+        if (c > 0 || (c == 0 && strcmp(last->product_id, p.product_id) >= 0))
+            return malformed(v, "product lines must be in (OEM, product) order, each once");
+    }
+    i = find_product(v, p.oem_id, p.product_id, 1);
+    if (i == -2)
+        return malformed(v, "more than %d products", REPORT_MAX_PRODUCTS);
+    x = &v->products[i];
+    x->listed = 1;
+    x->line = v->line;
+    x->p_release = p.release_version;
+    memcpy(x->p_package_id, p.package_id, sizeof(p.package_id));
+    x->p_authorised = p.authorised_units;
+    x->p_issued = p.issued_units;
+    x->p_next_serial = p.next_serial;
+    return 1;
+}
+
+static const struct rrec *find_rec(const struct vctx *v, uint64_t seq)
+{
+    size_t lo = 0, hi = v->n_recs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v->recs[mid].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < v->n_recs && v->recs[lo].seq == seq ? &v->recs[lo] : NULL;
+}
+
+/* The Guardian certificate block: PEM exactly as PEM_write_bio_X509 writes it. */
+static int parse_pem(struct vctx *v, const char *start, const char *end, unsigned long first_line)
+{
+    BIO *in = BIO_new_mem_buf(start, (int)(end - start)), *out = BIO_new(BIO_s_mem());
+    char *again = NULL;
+    long again_len;
+    int ok = 0;
+
+    if (in != NULL && out != NULL)
+        v->guardian = PEM_read_bio_X509(in, NULL, NULL, NULL);
+    ERR_clear_error();
+    if (v->guardian == NULL) {
+        v->line = first_line;
+        malformed(v, "the Guardian certificate does not parse");
+    } else if (!PEM_write_bio_X509(out, v->guardian) || (again_len = BIO_get_mem_data(out, &again)) < 0 ||
+               (size_t)again_len != (size_t)(end - start) || memcmp(again, start, (size_t)again_len) != 0) {
+        v->line = first_line;
+        malformed(v, "the Guardian certificate is not in canonical PEM form");
+    } else {
+        ok = 1;
+    }
+    BIO_free(in);
+    BIO_free(out);
+    return ok;
+}
+
+enum section { SEC_MAGIC, SEC_EXPORTED, SEC_SCOPE, SEC_HEAD, SEC_PEM, SEC_IN_PEM, SEC_PRODUCTS, SEC_RECORDS,
+               SEC_CERTS, SEC_SIGNATURE, SEC_END };
+
+static int parse(struct vctx *v, const uint8_t *data, size_t len)
+{
+    size_t pos = 0;
+    enum section sec = SEC_MAGIC;
+    const char *pem_start = NULL;
+    unsigned long pem_line = 0, pem_lines = 0;
+    uint64_t last_cert_seq = 0;
+
+    if (len > REPORT_MAX_BYTES) {
+        v->line = 0;
+        return malformed(v, "larger than %zu bytes", REPORT_MAX_BYTES);
+    }
+    /* Size the arrays by the number of lines (bounded) before allocating. */
+    {
+        size_t lines = 0;
+        for (size_t i = 0; i < len; i++)
+            lines += data[i] == '\n';
+        v->cap_recs = lines < REPORT_MAX_RECORDS ? lines : REPORT_MAX_RECORDS;
+        v->recs = calloc(v->cap_recs + 1, sizeof(*v->recs));
+        v->certs = calloc(v->cap_recs + 1, sizeof(*v->certs));
+        v->products = calloc(REPORT_MAX_PRODUCTS, sizeof(*v->products));
+        if (v->recs == NULL || v->certs == NULL || v->products == NULL) {
+            v->line = 0;
+            return malformed(v, "out of memory");
+        }
+    }
+    while (pos < len) {
+        const char *s = (const char *)data + pos;
+        const char *nl = memchr(s, '\n', len - pos);
+        size_t l;
+        v->line++;
+        if (nl == NULL)
+            return malformed(v, "the last line does not end with a newline (truncated?)");
+        l = (size_t)(nl - s);
+        if (l > REPORT_MAX_LINE)
+            return malformed(v, "longer than %d characters", REPORT_MAX_LINE);
+        for (size_t i = 0; i < l; i++)
+            if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
+                return malformed(v, "a character that is not printable ASCII (column %zu)", i + 1);
+        pos += l + 1;
+        if (sec == SEC_END)
+            return malformed(v, "text after the signature line");
+        if (sec == SEC_IN_PEM) {
+            if (++pem_lines > REPORT_MAX_PEM_LINES)
+                return malformed(v, "the Guardian certificate is too long");
+            if (l == strlen(REPORT_PEM_END) && memcmp(s, REPORT_PEM_END, l) == 0) {
+                if (!parse_pem(v, pem_start, s + l + 1, pem_line))
+                    return 0;
+                sec = SEC_PRODUCTS;
+            }
+            continue;
+        }
+        switch (sec) {
+        case SEC_MAGIC:
+            if (l != strlen(REPORT_MAGIC) || memcmp(s, REPORT_MAGIC, l) != 0)
+                return malformed(v, "not a Guardian audit report (the first line must be '" REPORT_MAGIC "')");
+            sec = SEC_EXPORTED;
+            continue;
+        case SEC_EXPORTED:
+            if (l < 10 || memcmp(s, "exported ", 9) != 0 || !get_i64(s + 9, l - 9, &v->exported))
+                return malformed(v, "expected 'exported SECONDS-SINCE-1970'");
+            sec = SEC_SCOPE;
+            continue;
+        case SEC_SCOPE: {
+            const char *slash;
+            char again[512];
+            if (l < 7 || memcmp(s, "scope ", 6) != 0)
+                return malformed(v, "expected 'scope all' or 'scope OEM/PRODUCT'");
+            if (l == 9 && memcmp(s + 6, "all", 3) == 0) {
+                sec = SEC_HEAD;
+                continue;
+            }
+            slash = memchr(s + 6, '/', l - 6);
+            if (slash == NULL || !get_id(s + 6, (size_t)(slash - s - 6), v->scope_oem) ||
+                !get_id(slash + 1, (size_t)(s + l - slash - 1), v->scope_product) ||
+                report_format_scope(v->scope_oem, v->scope_product, again, sizeof(again)) != l - 6 ||
+                memcmp(again, s + 6, l - 6) != 0)
+                return malformed(v, "expected 'scope all' or 'scope OEM/PRODUCT' in canonical form");
+            v->scoped = 1;
+            sec = SEC_HEAD;
+            continue;
+        }
+        case SEC_HEAD: {
+            const char *f[3];
+            size_t fl[3];
+            char again[128];
+            if (split(s, l, f, fl, 3) != 3 || !field_is(f[0], fl[0], "head") ||
+                !get_u64(f[1], fl[1], INT64_MAX, &v->head_seq) ||
+                !get_hex(f[2], fl[2], v->head_hash, sizeof(v->head_hash)))
+                return malformed(v, "expected 'head SEQ HASH'");
+            snprintf(again, sizeof(again), "head %llu", (unsigned long long)v->head_seq);
+            if (strlen(again) != fl[0] + 1 + fl[1])
+                return malformed(v, "not in canonical form");
+            sec = SEC_PEM;
+            continue;
+        }
+        case SEC_PEM:
+            if (l != strlen(REPORT_PEM_BEGIN) || memcmp(s, REPORT_PEM_BEGIN, l) != 0)
+                return malformed(v, "expected the Guardian certificate ('" REPORT_PEM_BEGIN "')");
+            pem_start = s;
+            pem_line = v->line;
+            sec = SEC_IN_PEM;
+            continue;
+        default:
+            break;
+        }
+        /* Body lines: the first word says which; sections come in order. */
+        if (l > 8 && memcmp(s, "product ", 8) == 0) {
+            if (sec != SEC_PRODUCTS)
+                return malformed(v, "a product line after the records");
+            if (!parse_product(v, s, l))
+                return 0;
+        } else if ((l > 7 && memcmp(s, "record ", 7) == 0) || (l > 9 && memcmp(s, "redacted ", 9) == 0)) {
+            if (sec > SEC_RECORDS)
+                return malformed(v, "a record line after the certificates");
+            sec = SEC_RECORDS;
+            if (v->n_recs == v->cap_recs)
+                return malformed(v, "more than %zu records", REPORT_MAX_RECORDS);
+            if (!(s[2] == 'c' ? parse_record(v, s, l) : parse_redacted(v, s, l)))
+                return 0;
+        } else if (l > 12 && memcmp(s, "certificate ", 12) == 0) {
+            const char *f[3];
+            size_t fl[3];
+            uint64_t seq;
+            char again[32];
+            sec = SEC_CERTS;
+            if (split(s, l, f, fl, 3) != 3 || !get_u64(f[1], fl[1], INT64_MAX, &seq))
+                return malformed(v, "a certificate line is 'certificate SEQ BASE64-DER'");
+            snprintf(again, sizeof(again), "%llu", (unsigned long long)seq);
+            if (strlen(again) != fl[1])
+                return malformed(v, "not in canonical form");
+            if (seq <= last_cert_seq)
+                return malformed(v, "certificate lines must be in record order, one per record");
+            last_cert_seq = seq;
+            if (v->n_certs == v->cap_recs)
+                return malformed(v, "more certificate lines than records");
+            v->certs[v->n_certs].seq = seq;
+            v->certs[v->n_certs].b64 = f[2];
+            v->certs[v->n_certs].len = fl[2];
+            v->certs[v->n_certs++].line = v->line;
+        } else if (l > 10 && memcmp(s, "signature ", 10) == 0) {
+            if (sec < SEC_PRODUCTS)
+                return malformed(v, "the signature line comes last");
+            v->signed_len = (size_t)(s - (const char *)data);
+            v->sig = s + 10;
+            v->sig_len = l - 10;
+            sec = SEC_END;
+        } else {
+            return malformed(v, "unknown line (a line starts with product, record, redacted, certificate or "
+                                "signature)");
+        }
+    }
+    if (sec == SEC_MAGIC) {
+        v->line = 0;
+        return malformed(v, "the report is empty");
+    }
+    if (sec != SEC_END) {
+        v->line++;
+        return malformed(v, "the report ends without its signature line (truncated?)");
+    }
+    return 1;
+}
+
+/* ---- the signature ---------------------------------------------------------------- */
+
+static void fingerprint_hex(X509 *x, char out[65])
+{
+    uint8_t md[32];
+    unsigned int n = 0;
+    memset(md, 0, sizeof(md));
+    X509_digest(x, EVP_sha256(), md, &n);
+    put_hex(out, md, sizeof(md));
+}
+
+static void check_signature(struct vctx *v, const uint8_t *data)
+{
+    X509 *signer = v->in->guardian ? v->in->guardian : v->guardian;
+    EVP_PKEY *key = X509_get0_pubkey(signer);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    size_t sig_len = 0;
+    uint8_t *sig = get_base64(v->sig, v->sig_len, &sig_len);
+    char again[256], fpr[65];
+    int ok = 0;
+
+    if (v->in->guardian != NULL && X509_cmp(v->in->guardian, v->guardian) != 0) {
+        char mine[65];
+        fingerprint_hex(v->guardian, fpr);
+        fingerprint_hex(v->in->guardian, mine);
+        problem(v, "the report names another Guardian (certificate sha256:%s), not the one given (sha256:%s)", fpr,
+                mine);
+    }
+    if (sig == NULL || sig_len > 160 || report_base64(sig, sig_len, again, sizeof(again)) != v->sig_len ||
+        memcmp(again, v->sig, v->sig_len) != 0) {
+        problem(v, "the report's signature line is not a canonical base64 signature");
+    } else if (key != NULL && md != NULL && EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+               EVP_DigestVerify(md, sig, sig_len, data, v->signed_len) == 1) {
+        ok = 1;
+    }
+    ERR_clear_error();
+    if (!ok && sig != NULL)
+        problem(v, "the report's signature does not verify against the Guardian certificate%s: the report was "
+                   "altered, or signed by another key",
+                v->in->guardian ? " given" : " in the report");
+    say(v, "signature  %s\n", ok ? "valid (Guardian identity key)" : "INVALID");
+    EVP_MD_CTX_free(md);
+    free(sig);
+}
+
+/* ---- the chain ------------------------------------------------------------------------ */
+
+static int rec_cmp(const void *a, const void *b)
+{
+    const struct rrec *x = a, *y = b;
+    if (x->seq != y->seq)
+        return x->seq < y->seq ? -1 : 1;
+    return x->line < y->line ? -1 : x->line > y->line;
+}
+
+static void check_chain(struct vctx *v)
+{
+    static const uint8_t zeros[GUARDIAN_HASH_LEN];
+    size_t sorted = 1;
+
+    /* In the file's order: any decrease is a disorder. */
+    for (size_t i = 1; i < v->n_recs; i++) {
+        if (v->recs[i].seq < v->recs[i - 1].seq) {
+            sorted = 0;
+            problem(v, "records %llu and %llu are out of order (lines %lu and %lu)",
+                    (unsigned long long)v->recs[i].seq, (unsigned long long)v->recs[i - 1].seq, v->recs[i - 1].line,
+                    v->recs[i].line);
+        }
+    }
+    if (!sorted)
+        qsort(v->recs, v->n_recs, sizeof(*v->recs), rec_cmp);
+
+    for (size_t i = 0; i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i], *p = i ? &v->recs[i - 1] : NULL;
+        uint64_t want = p ? p->seq + 1 : 1;
+        if (p != NULL && r->seq == p->seq) {
+            problem(v, "record %llu appears twice (lines %lu and %lu)", (unsigned long long)r->seq, p->line, r->line);
+            continue;
+        }
+        if (r->seq != want) {
+            if (p == NULL)
+                problem(v, "record%s 1%s missing: the report starts at record %llu", r->seq > 2 ? "s" : "",
+                        r->seq > 2 ? "..N are" : " is", (unsigned long long)r->seq);
+            else if (r->seq == want + 1)
+                problem(v, "record %llu is missing: record %llu follows %llu", (unsigned long long)want,
+                        (unsigned long long)r->seq, (unsigned long long)p->seq);
+            else
+                problem(v, "records %llu to %llu are missing: record %llu follows %llu", (unsigned long long)want,
+                        (unsigned long long)(r->seq - 1), (unsigned long long)r->seq, (unsigned long long)p->seq);
+        } else if (memcmp(r->prev, p ? p->hash : zeros, GUARDIAN_HASH_LEN) != 0) {
+            if (p == NULL)
+                problem(v, "record 1 does not start the trail: its prev_hash is not zeros");
+            else
+                problem(v, "record %llu does not follow record %llu: its prev_hash is not record %llu's hash "
+                           "(record %llu was altered and re-hashed, or a record was replaced)",
+                        (unsigned long long)r->seq, (unsigned long long)p->seq, (unsigned long long)p->seq,
+                        (unsigned long long)p->seq);
+        }
+        if (r->altered)
+            problem(v, "record %llu was altered: its hash does not match its content (line %lu)",
+                    (unsigned long long)r->seq, r->line);
+        if (r->type == TYPE_REDACTED && !v->scoped)
+            problem(v, "record %llu is redacted in a report of the whole trail", (unsigned long long)r->seq);
+        if (r->type != TYPE_REDACTED && v->scoped &&
+            (strcmp(v->products[r->product].oem_id, v->scope_oem) != 0 ||
+             strcmp(v->products[r->product].product_id, v->scope_product) != 0))
+            problem(v, "record %llu is of %s, outside the report's scope", (unsigned long long)r->seq,
+                    v->products[r->product].name);
+    }
+    /* Certificates to their ISSUE records (now in order). */
+    for (size_t i = 0; i < v->n_certs; i++) {
+        struct rrec *r = (struct rrec *)find_rec(v, v->certs[i].seq);
+        if (r == NULL || r->type != GUARDIAN_AUDIT_ISSUE || r->cert != NULL) {
+            problem(v, "line %lu: a certificate for record %llu, which is not an ISSUE record in this report",
+                    v->certs[i].line, (unsigned long long)v->certs[i].seq);
+            continue;
+        }
+        r->cert = v->certs[i].b64;
+        r->cert_len = v->certs[i].len;
+        r->cert_line = v->certs[i].line;
+    }
+    if (v->n_recs == 0) {
+        if (v->head_seq != 0 || memcmp(v->head_hash, zeros, GUARDIAN_HASH_LEN) != 0)
+            problem(v, "the report has no records but its head is record %llu", (unsigned long long)v->head_seq);
+    } else {
+        const struct rrec *last = &v->recs[v->n_recs - 1];
+        if (last->seq != v->head_seq || memcmp(last->hash, v->head_hash, GUARDIAN_HASH_LEN) != 0)
+            problem(v, "the trail does not end at the signed head: the head is record %llu, the last record is %llu%s",
+                    (unsigned long long)v->head_seq, (unsigned long long)last->seq,
+                    last->seq == v->head_seq ? " with another hash" : "");
+    }
+}
+
+/* ---- certificates ------------------------------------------------------------------------ */
+
+static int check_ext(const X509 *x, const struct rproduct *prod, const uint8_t *dev, size_t dev_len,
+                     const struct rpkg *pkg, const char **why)
+{
+    ASN1_OBJECT *oid = OBJ_txt2obj(REPORT_DEVICE_EXT_OID, 1);
+    int idx = oid ? X509_get_ext_by_OBJ(x, oid, -1) : -1, ok = 0;
+    X509_EXTENSION *e;
+    const ASN1_OCTET_STRING *val;
+    const unsigned char *p, *end;
+    long slen;
+    int tag, cls;
+    ASN1_UTF8STRING *oem = NULL, *product = NULL;
+    ASN1_OCTET_STRING *devid = NULL, *pkgid = NULL;
+    ASN1_INTEGER *release = NULL;
+    uint64_t rel = 0;
+
+    *why = "it has no Guardian device extension";
+    if (idx < 0)
+        goto out;
+    *why = "it has the Guardian device extension twice";
+    if (X509_get_ext_by_OBJ(x, oid, idx) >= 0)
+        goto out;
+    e = X509_get_ext(x, idx);
+    *why = "its Guardian device extension is critical";
+    if (X509_EXTENSION_get_critical(e))
+        goto out;
+    val = X509_EXTENSION_get_data(e);
+    p = ASN1_STRING_get0_data(val);
+    end = p + ASN1_STRING_length(val);
+    *why = "its Guardian device extension does not decode";
+    if (ASN1_get_object(&p, &slen, &tag, &cls, end - p) != V_ASN1_CONSTRUCTED || tag != V_ASN1_SEQUENCE ||
+        cls != V_ASN1_UNIVERSAL || p + slen != end)
+        goto out;
+    if ((oem = d2i_ASN1_UTF8STRING(NULL, &p, end - p)) == NULL ||
+        (product = d2i_ASN1_UTF8STRING(NULL, &p, end - p)) == NULL ||
+        (devid = d2i_ASN1_OCTET_STRING(NULL, &p, end - p)) == NULL ||
+        (pkgid = d2i_ASN1_OCTET_STRING(NULL, &p, end - p)) == NULL ||
+        (release = d2i_ASN1_INTEGER(NULL, &p, end - p)) == NULL || p != end ||
+        ASN1_INTEGER_get_uint64(&rel, release) != 1)
+        goto out;
+    *why = "its OEM or product ID differs from the record's";
+    if ((size_t)ASN1_STRING_length(oem) != strlen(prod->oem_id) ||
+        memcmp(ASN1_STRING_get0_data(oem), prod->oem_id, strlen(prod->oem_id)) != 0 ||
+        (size_t)ASN1_STRING_length(product) != strlen(prod->product_id) ||
+        memcmp(ASN1_STRING_get0_data(product), prod->product_id, strlen(prod->product_id)) != 0)
+        goto out;
+    *why = "its device ID differs from the record's";
+    if ((size_t)ASN1_STRING_length(devid) != dev_len || memcmp(ASN1_STRING_get0_data(devid), dev, dev_len) != 0)
+        goto out;
+    *why = "its package ID or release differs from the package the unit counted against";
+    if (ASN1_STRING_length(pkgid) != GUARDIAN_PACKAGE_ID_LEN ||
+        memcmp(ASN1_STRING_get0_data(pkgid), pkg->id, GUARDIAN_PACKAGE_ID_LEN) != 0 || rel != pkg->release)
+        goto out;
+    ok = 1;
+    *why = NULL;
+out:
+    ASN1_OBJECT_free(oid);
+    ASN1_UTF8STRING_free(oem);
+    ASN1_UTF8STRING_free(product);
+    ASN1_OCTET_STRING_free(devid);
+    ASN1_OCTET_STRING_free(pkgid);
+    ASN1_INTEGER_free(release);
+    return ok;
+}
+
+static void check_certificate(struct vctx *v, const struct rrec *r, struct rpkg *pkg)
+{
+    const struct rproduct *prod = &v->products[r->product];
+    X509 *ca = v->in->ca_chain && sk_X509_num(v->in->ca_chain) > 0 ? sk_X509_value(v->in->ca_chain, 0) : NULL;
+    size_t der_len = 0;
+    uint8_t *der, md[32], dev[GUARDIAN_DEVICE_ID_MAX], serial[16], want[16];
+    unsigned int mdl = 0;
+    const unsigned char *p;
+    X509 *x = NULL;
+    BIGNUM *bn = NULL;
+    char again[REPORT_MAX_LINE];
+    const char *why = NULL;
+    int nid;
+
+    if (r->cert == NULL) {
+        problem(v, "record %llu (ISSUE of serial %llu of %s): its certificate is missing from the report",
+                (unsigned long long)r->seq, (unsigned long long)r->serial, prod->name);
+        return;
+    }
+    der = get_base64(r->cert, r->cert_len, &der_len);
+    if (der == NULL || der_len > GUARDIAN_CERT_MAX ||
+        report_base64(der, der_len, again, sizeof(again)) != r->cert_len || memcmp(again, r->cert, r->cert_len) != 0) {
+        problem(v, "line %lu: the certificate of record %llu is not canonical base64", r->cert_line,
+                (unsigned long long)r->seq);
+        free(der);
+        return;
+    }
+    if (EVP_Digest(der, der_len, md, &mdl, EVP_sha256(), NULL) != 1 || memcmp(md, r->digest, 32) != 0) {
+        problem(v, "the certificate for serial %llu (line %lu) does not match record %llu: its SHA-256 differs "
+                   "from the record's digest (altered or replaced)",
+                (unsigned long long)r->serial, r->cert_line, (unsigned long long)r->seq);
+        free(der);
+        return;
+    }
+    p = der;
+    x = d2i_X509(NULL, &p, (long)der_len);
+    if (x == NULL || p != der + der_len) {
+        why = "it is not a DER X.509 certificate";
+        goto out;
+    }
+    if (r->dev_len)
+        get_hex(r->dev_hex, 2u * r->dev_len, dev, r->dev_len);
+    nid = X509_get_signature_nid(x);
+    if (ca != NULL) {
+        if (X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(ca)) != 0 ||
+            X509_verify(x, X509_get0_pubkey(ca)) != 1) {
+            problem(v, "certificate for serial %llu (record %llu) does not verify against the production CA",
+                    (unsigned long long)r->serial, (unsigned long long)r->seq);
+            goto done;
+        }
+        if (v->root_store != NULL) {
+            X509_STORE_CTX *sc = X509_STORE_CTX_new();
+            int ok = sc && X509_STORE_CTX_init(sc, v->root_store, x, v->in->ca_chain) == 1 &&
+                     X509_verify_cert(sc) == 1;
+            if (!ok)
+                problem(v, "certificate for serial %llu (record %llu) does not chain to the OEM root: %s",
+                        (unsigned long long)r->serial, (unsigned long long)r->seq,
+                        sc ? X509_verify_cert_error_string(X509_STORE_CTX_get_error(sc)) : "out of memory");
+            X509_STORE_CTX_free(sc);
+            if (!ok)
+                goto done;
+        }
+    }
+    if (nid != NID_ecdsa_with_SHA256 && nid != NID_ecdsa_with_SHA384 && nid != NID_sha256WithRSAEncryption) {
+        why = "its signature algorithm is not ecdsa-with-SHA256/384 or sha256WithRSAEncryption";
+        goto out;
+    }
+    /* serialNumber: 0x40 | (package_id[0] & 0x3f), package_id[1..7], serial (u64 big-endian). */
+    want[0] = (uint8_t)(0x40 | (pkg->id[0] & 0x3f));
+    memcpy(want + 1, pkg->id + 1, 7);
+    for (int i = 0; i < 8; i++)
+        want[8 + i] = (uint8_t)(r->serial >> (56 - 8 * i));
+    bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    if (bn == NULL || BN_is_negative(bn) || BN_num_bytes(bn) != 16 || BN_bn2binpad(bn, serial, 16) != 16 ||
+        memcmp(serial, want, 16) != 0) {
+        why = "its serialNumber does not carry the record's serial and package";
+        goto out;
+    }
+    if (!check_ext(x, prod, dev, r->dev_len, pkg, &why))
+        goto out;
+    pkg->certs_ok++;
+out:
+    if (why != NULL)
+        problem(v, "certificate for serial %llu (record %llu) does not match the certificate profile: %s",
+                (unsigned long long)r->serial, (unsigned long long)r->seq, why);
+done:
+    ERR_clear_error();
+    BN_free(bn);
+    X509_free(x);
+    free(der);
+}
+
+/* ---- accounting -------------------------------------------------------------------------- */
+
+static struct rserial *serial_slot(struct vctx *v, uint32_t product, uint64_t serial)
+{
+    size_t mask = v->serial_cap - 1;
+    size_t h = (size_t)((serial * 0x9e3779b97f4a7c15ULL) ^ ((uint64_t)product * 0xff51afd7ed558ccdULL)) & mask;
+    while (v->serials[h].state != 0 && (v->serials[h].serial != serial || v->serials[h].product != product))
+        h = (h + 1) & mask;
+    return &v->serials[h];
+}
+
+static void check_accounting(struct vctx *v)
+{
+    v->serial_cap = 16;
+    while (v->serial_cap < 2 * v->n_reserve + 2)
+        v->serial_cap *= 2;
+    v->serials = calloc(v->serial_cap, sizeof(*v->serials));
+    v->pkgs = calloc(REPORT_MAX_PACKAGES, sizeof(*v->pkgs));
+    if (v->serials == NULL || v->pkgs == NULL) {
+        problem(v, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i];
+        struct rproduct *prod = &v->products[r->product];
+        struct rserial *s;
+        struct rpkg *pkg;
+        unsigned long long seq = (unsigned long long)r->seq, serial = (unsigned long long)r->serial;
+
+        if (r->type == TYPE_REDACTED || (i > 0 && r->seq == v->recs[i - 1].seq))
+            continue;
+        if (r->type == GUARDIAN_AUDIT_IMPORT) {
+            for (size_t k = 0; k < v->n_pkgs; k++)
+                if (memcmp(v->pkgs[k].id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0)
+                    problem(v, "record %llu imports package %s again (replay; first imported by record %llu)", seq,
+                            prod->name, (unsigned long long)v->pkgs[k].seq);
+            if (prod->pkg >= 0 && v->pkgs[prod->pkg].release >= r->release)
+                problem(v, "record %llu imports release %u of %s after release %u (rollback)", seq, r->release,
+                        prod->name, v->pkgs[prod->pkg].release);
+            if (v->n_pkgs == REPORT_MAX_PACKAGES) {
+                problem(v, "record %llu: more than %d package imports", seq, REPORT_MAX_PACKAGES);
+                return;
+            }
+            pkg = &v->pkgs[v->n_pkgs];
+            pkg->product = r->product;
+            pkg->seq = r->seq;
+            memcpy(pkg->id, r->package_id, sizeof(pkg->id));
+            memcpy(pkg->digest, r->digest, sizeof(pkg->digest));
+            pkg->release = r->release;
+            pkg->authorised = r->units;
+            prod->pkg = (long)v->n_pkgs++;
+            continue;
+        }
+        if (r->serial == 0) {
+            problem(v, "record %llu (%s) has serial 0", seq, type_names[r->type]);
+            continue;
+        }
+        s = serial_slot(v, r->product, r->serial);
+        if (r->type == GUARDIAN_AUDIT_RESERVE) {
+            if (prod->pkg < 0) {
+                problem(v, "record %llu reserves serial %llu of %s, but no package of that product was imported "
+                           "before it",
+                        seq, serial, prod->name);
+                continue;
+            }
+            if (s->state != 0) {
+                problem(v, "serial %llu of %s was reserved twice (records %llu and %llu)", serial, prod->name,
+                        (unsigned long long)v->recs[s->rec].seq, seq);
+                continue;
+            }
+            s->state = S_RESERVED;
+            s->serial = r->serial;
+            s->product = r->product;
+            s->pkg = (uint32_t)prod->pkg;
+            s->rec = i;
+            pkg = &v->pkgs[prod->pkg];
+            pkg->reserved++;
+            if (++pkg->net > pkg->peak)
+                pkg->peak = pkg->net;
+            if (++prod->net > prod->peak)
+                prod->peak = prod->net;
+            if (r->serial > prod->max_serial)
+                prod->max_serial = r->serial;
+            if (pkg->net > pkg->authorised && !pkg->over) {
+                pkg->over = 1;
+                problem(v, "%s release %u: used %llu units (reserved, not released) at record %llu but the package "
+                           "authorised %llu",
+                        prod->name, pkg->release, (unsigned long long)pkg->net, seq,
+                        (unsigned long long)pkg->authorised);
+            }
+            continue;
+        }
+        /* ISSUE or RELEASE settles a reservation. */
+        if (s->state == 0) {
+            problem(v, "record %llu %s serial %llu of %s, which was never reserved", seq,
+                    r->type == GUARDIAN_AUDIT_ISSUE ? "issues" : "releases", serial, prod->name);
+            continue;
+        }
+        if (s->state != S_RESERVED) {
+            problem(v, "serial %llu of %s was %s by record %llu and %s again by record %llu", serial, prod->name,
+                    s->state == S_ISSUED ? "issued" : "released", (unsigned long long)v->recs[s->settled].seq,
+                    r->type == GUARDIAN_AUDIT_ISSUE ? "issued" : "released", seq);
+            continue;
+        }
+        pkg = &v->pkgs[s->pkg];
+        s->settled = i;
+        if (r->type == GUARDIAN_AUDIT_RELEASE) {
+            s->state = S_RELEASED;
+            pkg->released++;
+            pkg->net--;
+            prod->net--;
+            continue;
+        }
+        {
+            const struct rrec *res = &v->recs[s->rec];
+            if (res->dev_len != 0 &&
+                (res->dev_len != r->dev_len || memcmp(res->dev_hex, r->dev_hex, 2u * r->dev_len) != 0))
+                problem(v, "record %llu issues serial %llu to another device than record %llu reserved it for", seq,
+                        serial, (unsigned long long)res->seq);
+        }
+        s->state = S_ISSUED;
+        pkg->issued++;
+        check_certificate(v, r, pkg);
+    }
+}
+
+/* The Guardian's own counters (product lines) against what the trail adds up to. */
+static void check_products(struct vctx *v)
+{
+    for (size_t i = 0; i < v->n_products; i++) {
+        struct rproduct *p = &v->products[i];
+        const struct rpkg *k = p->pkg >= 0 ? &v->pkgs[p->pkg] : NULL;
+        int in_scope = !v->scoped || (strcmp(p->oem_id, v->scope_oem) == 0 && strcmp(p->product_id, v->scope_product) == 0);
+        if (!p->listed) {
+            if (k != NULL && in_scope)
+                problem(v, "%s has records but no product line", p->name);
+            continue;
+        }
+        if (!in_scope) {
+            problem(v, "line %lu: a product line for %s, outside the report's scope", p->line, p->name);
+            continue;
+        }
+        if (k == NULL) {
+            problem(v, "line %lu: %s has a product line but no IMPORT record", p->line, p->name);
+            continue;
+        }
+        if (memcmp(k->id, p->p_package_id, GUARDIAN_PACKAGE_ID_LEN) != 0 || k->release != p->p_release ||
+            k->authorised != p->p_authorised)
+            problem(v, "the Guardian's installed package of %s (line %lu) is not the last one the trail imported "
+                       "(record %llu)",
+                    p->name, p->line, (unsigned long long)k->seq);
+        else if (k->net != p->p_issued)
+            problem(v, "the Guardian counts %llu units used of %s (line %lu) but the trail adds up to %llu",
+                    (unsigned long long)p->p_issued, p->name, p->line, (unsigned long long)k->net);
+        if (p->p_next_serial != p->max_serial + 1)
+            problem(v, "the Guardian's next serial of %s is %llu (line %lu) but the trail's last serial is %llu",
+                    p->name, (unsigned long long)p->p_next_serial, p->line, (unsigned long long)p->max_serial);
+    }
+}
+
+/* What the OEM knows: its own package files and its authorised total. */
+static void check_oem_inputs(struct vctx *v)
+{
+    for (size_t j = 0; j < v->in->n_packages; j++) {
+        const struct report_package *f = &v->in->packages[j];
+        const struct rpkg *k = NULL;
+        for (size_t i = 0; i < v->n_pkgs && k == NULL; i++)
+            if (memcmp(v->pkgs[i].digest, f->digest, GUARDIAN_HASH_LEN) == 0)
+                k = &v->pkgs[i];
+        if (k == NULL) {
+            problem(v, "package %s (%s/%s release %u) was not imported in this trail%s", f->name, f->oem_id,
+                    f->product_id, f->release_version, v->scoped ? " (or is outside the report's scope)" : "");
+            continue;
+        }
+        if (strcmp(v->products[k->product].oem_id, f->oem_id) != 0 ||
+            strcmp(v->products[k->product].product_id, f->product_id) != 0 ||
+            memcmp(k->id, f->package_id, GUARDIAN_PACKAGE_ID_LEN) != 0 || k->release != f->release_version ||
+            k->authorised != f->authorised_units) {
+            problem(v, "record %llu imports package %s but describes it otherwise (it claims %s release %u, %llu "
+                       "units; the package says %s/%s release %u, %llu units)",
+                    (unsigned long long)k->seq, f->name, v->products[k->product].name, k->release,
+                    (unsigned long long)k->authorised, f->oem_id, f->product_id, f->release_version,
+                    (unsigned long long)f->authorised_units);
+        }
+        if (k->peak > f->authorised_units && k->authorised == f->authorised_units && k->over)
+            continue; /* already reported against the same number */
+        if (k->peak > f->authorised_units)
+            problem(v, "%s release %u: used %llu units (reserved, not released) but the package %s authorised %llu",
+                    v->products[k->product].name, k->release, (unsigned long long)k->peak, f->name,
+                    (unsigned long long)f->authorised_units);
+    }
+    if (v->in->product != NULL) {
+        long i = -1;
+        for (size_t k = 0; k < v->n_products && i < 0; k++)
+            if (strcmp(v->products[k].name, v->in->product) == 0)
+                i = (long)k;
+        if (i < 0 || v->products[i].pkg < 0)
+            problem(v, "%s does not appear in the report", v->in->product);
+        else if (v->products[i].peak > v->in->authorised)
+            problem(v, "%s: used %llu units (reserved, not released) but you authorised %llu", v->in->product,
+                    (unsigned long long)v->products[i].peak, (unsigned long long)v->in->authorised);
+    }
+}
+
+static void summary(struct vctx *v)
+{
+    for (size_t i = 0; i < v->n_pkgs; i++) {
+        const struct rpkg *k = &v->pkgs[i];
+        char id[33];
+        put_hex(id, k->id, sizeof(k->id));
+        say(v,
+            "%s release %u (package %s, record %llu): authorised %llu, reserved %llu, released %llu, issued %llu, "
+            "reserved-not-issued %llu, remaining %llu, certificates verified %llu/%llu\n",
+            v->products[k->product].name, k->release, id, (unsigned long long)k->seq,
+            (unsigned long long)k->authorised, (unsigned long long)k->reserved, (unsigned long long)k->released,
+            (unsigned long long)k->issued, (unsigned long long)(k->reserved - k->released - k->issued),
+            (unsigned long long)(k->authorised > k->net ? k->authorised - k->net : 0),
+            (unsigned long long)k->certs_ok, (unsigned long long)k->issued);
+    }
+}
+
+unsigned long report_verify(const uint8_t *data, size_t len, const struct report_inputs *in)
+{
+    struct vctx v;
+    char fpr[65], when[32];
+
+    memset(&v, 0, sizeof(v));
+    v.in = in;
+    if (parse(&v, data, len)) {
+        time_t t = (time_t)v.exported;
+        struct tm tm;
+        char *subject = X509_NAME_oneline(X509_get_subject_name(v.guardian), NULL, 0);
+        if (gmtime_r(&t, &tm) == NULL || strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+            strcpy(when, "?");
+        fingerprint_hex(v.guardian, fpr);
+        say(&v, "report     %s: %zu records (head %llu), %zu redacted, %zu certificates, exported %s, scope %s%s%s\n",
+            in->name ? in->name : "-", v.n_recs, (unsigned long long)v.head_seq, v.n_redacted, v.n_certs, when,
+            v.scoped ? v.scope_oem : "all", v.scoped ? "/" : "", v.scoped ? v.scope_product : "");
+        say(&v, "guardian   %s sha256:%s\n", subject ? subject : "?", fpr);
+        OPENSSL_free(subject);
+        check_signature(&v, data);
+        if (in->root != NULL && in->ca_chain != NULL && sk_X509_num(in->ca_chain) > 0) {
+            v.root_store = X509_STORE_new();
+            if (v.root_store != NULL) {
+                X509_STORE_CTX *sc = X509_STORE_CTX_new();
+                X509_STORE_add_cert(v.root_store, in->root);
+                /* Device certificates outlive nothing here: the question is
+                 * whether they were issued under the chain, not today. */
+                X509_STORE_set_flags(v.root_store, X509_V_FLAG_NO_CHECK_TIME);
+                if (sc == NULL || X509_STORE_CTX_init(sc, v.root_store, sk_X509_value(in->ca_chain, 0), in->ca_chain) != 1 ||
+                    X509_verify_cert(sc) != 1)
+                    problem(&v, "the production CA does not chain to the OEM root: %s",
+                            sc ? X509_verify_cert_error_string(X509_STORE_CTX_get_error(sc)) : "out of memory");
+                X509_STORE_CTX_free(sc);
+            }
+        }
+        check_chain(&v);
+        check_accounting(&v);
+        check_products(&v);
+        check_oem_inputs(&v);
+        summary(&v);
+    }
+    if (v.problems > REPORT_PROBLEMS_SHOWN)
+        say(&v, "(%lu more problems not shown)\n", v.problems - REPORT_PROBLEMS_SHOWN);
+    if (v.problems == 0)
+        say(&v, "OK\n");
+    else
+        say(&v, "FAILED: %lu problem%s\n", v.problems, v.problems == 1 ? "" : "s");
+    X509_STORE_free(v.root_store);
+    X509_free(v.guardian);
+    free(v.recs);
+    free(v.certs);
+    free(v.products);
+    free(v.pkgs);
+    free(v.serials);
+    ERR_clear_error();
+    return v.problems;
+}

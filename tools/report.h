@@ -1,0 +1,81 @@
+/*
+ * report.h — the signed audit report (docs/audit-report.md): its canonical
+ * lines, written by `guardianctl audit export` and read back, strictly, by
+ * `guardian-wrap verify-report` on the OEM's side.  One file owns both
+ * directions so that there is exactly one way to write a line: the reader
+ * parses a line, formats what it parsed and refuses the line unless the two
+ * are byte for byte the same.
+ *
+ * Needs libcrypto and store/audit.c (record hashes) only: no SQLite, no module.
+ * The reader is a fuzz target (tests/fuzz/fuzz_report.c): it treats the report
+ * as hostile input, with limits on size, line length and counts.
+ */
+#ifndef GUARDIAN_TOOLS_REPORT_H
+#define GUARDIAN_TOOLS_REPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <openssl/x509.h>
+
+#include "store.h"
+
+#define REPORT_MAGIC "GUARDIAN AUDIT REPORT 1"
+#define REPORT_MAX_BYTES ((size_t)1 << 31)  /* 2 GiB */
+#define REPORT_MAX_LINE 24576               /* a 16 KiB certificate in base64, and its prefix */
+#define REPORT_MAX_RECORDS ((size_t)1 << 21) /* about a million certificates per report */
+#define REPORT_MAX_PRODUCTS 1024
+#define REPORT_MAX_PACKAGES 4096
+#define REPORT_MAX_PEM_LINES 256             /* the Guardian certificate: 16 KiB */
+
+/* ---- writing (guardianctl audit export) ------------------------------------ */
+
+/* One canonical line, with its '\n'; the length written, or 0 if `cap` is too
+ * small or the record cannot be written (an ID of 0 or more than 64 bytes). */
+size_t report_format_record(const struct guardian_audit_record *r, char *out, size_t cap);
+/* A record of another product in a report restricted to one product. */
+size_t report_format_redacted(const struct guardian_audit_record *r, char *out, size_t cap);
+size_t report_format_product(const struct guardian_product *p, char *out, size_t cap);
+/* "OEM/PRODUCT" with each ID percent-encoded as in a record line. */
+size_t report_format_scope(const char *oem_id, const char *product_id, char *out, size_t cap);
+/* Standard base64 with padding, no line breaks; NUL-terminated; the length of
+ * the text, or 0 if `cap` < 4 * ceil(len / 3) + 1. */
+size_t report_base64(const uint8_t *in, size_t len, char *out, size_t cap);
+
+/* Parses one record line (without its '\n') strictly: NULL on success, else
+ * why not.  `dev_hex`, if not NULL, points at the device ID's hex (or NULL). */
+const char *report_parse_record(const char *s, size_t len, struct guardian_audit_record *r, const char **dev_hex);
+
+/* ---- verifying (guardian-wrap verify-report) -------------------------------- */
+
+/* A package file the OEM made, as it knows it (guardian-wrap decodes it). */
+struct report_package {
+    const char *name;                           /* file name, for messages */
+    uint8_t digest[GUARDIAN_HASH_LEN];          /* SHA-256 of the file */
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
+    char oem_id[GUARDIAN_ID_MAX + 1];
+    char product_id[GUARDIAN_ID_MAX + 1];
+    uint32_t release_version;
+    uint64_t authorised_units;
+};
+
+struct report_inputs {
+    X509 *guardian;                 /* the Guardian certificate the OEM trusts; NULL: the embedded one (fuzzing) */
+    STACK_OF(X509) *ca_chain;       /* production CA first, then towards the root; NULL: certificates unchecked */
+    X509 *root;                     /* OEM root: build every chain up to it; NULL: production CA only */
+    const struct report_package *packages;
+    size_t n_packages;
+    const char *product;            /* "OEM/PRODUCT" for `authorised` */
+    uint64_t authorised;            /* with `product`: the OEM's total for that product */
+    FILE *out;                      /* summary and problems; NULL: silent */
+    const char *name;               /* the report's file name, for messages */
+};
+
+/* Verifies a whole report held in memory.  Returns the number of problems
+ * found (0: the report verifies); a malformed report is one problem, named by
+ * its line number, and ends the verification.  Prints the summary and every
+ * problem (up to a limit, then a count) to in->out. */
+unsigned long report_verify(const uint8_t *data, size_t len, const struct report_inputs *in);
+
+#endif /* GUARDIAN_TOOLS_REPORT_H */
