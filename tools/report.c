@@ -500,6 +500,19 @@ const char *report_parse_record(const char *s, size_t len, struct guardian_audit
     return NULL;
 }
 
+/* The next parsed record: what every line type has (the caller checked the capacity). */
+static struct rrec *append_rec(struct vctx *v, const struct guardian_audit_record *r, int type)
+{
+    struct rrec *x = &v->recs[v->n_recs++];
+    memset(x, 0, sizeof(*x));
+    x->seq = r->seq;
+    x->type = (uint8_t)type;
+    memcpy(x->prev, r->prev_hash, sizeof(x->prev));
+    memcpy(x->hash, r->hash, sizeof(x->hash));
+    x->line = v->line;
+    return x;
+}
+
 static int parse_record(struct vctx *v, const char *s, size_t len)
 {
     struct guardian_audit_record r;
@@ -512,10 +525,7 @@ static int parse_record(struct vctx *v, const char *s, size_t len)
     prod = find_product(v, r.oem_id, r.product_id, 1);
     if (prod == -2)
         return malformed(v, "more than %d products", REPORT_MAX_PRODUCTS);
-    x = &v->recs[v->n_recs++];
-    memset(x, 0, sizeof(*x));
-    x->seq = r.seq;
-    x->type = (uint8_t)r.type;
+    x = append_rec(v, &r, r.type);
     x->time = r.time;
     x->product = (uint16_t)prod;
     x->serial = r.serial;
@@ -525,9 +535,6 @@ static int parse_record(struct vctx *v, const char *s, size_t len)
     memcpy(x->package_id, r.package_id, sizeof(x->package_id));
     x->release = r.release_version;
     x->units = r.authorised_units;
-    memcpy(x->prev, r.prev_hash, sizeof(x->prev));
-    memcpy(x->hash, r.hash, sizeof(x->hash));
-    x->line = v->line;
     {
         uint8_t h[GUARDIAN_HASH_LEN];
         x->altered = guardian_audit_hash(&r, h) != CKR_OK || memcmp(h, r.hash, sizeof(h)) != 0;
@@ -542,7 +549,6 @@ static int parse_redacted(struct vctx *v, const char *s, size_t len)
     const char *f[4];
     size_t fl[4];
     struct guardian_audit_record r;
-    struct rrec *x;
     char again[256];
 
     memset(&r, 0, sizeof(r));
@@ -551,13 +557,7 @@ static int parse_redacted(struct vctx *v, const char *s, size_t len)
         return malformed(v, "a redacted line is 'redacted SEQ PREV_HASH HASH'");
     if (report_format_redacted(&r, again, sizeof(again)) != len + 1 || memcmp(again, s, len) != 0)
         return malformed(v, "not in canonical form");
-    x = &v->recs[v->n_recs++];
-    memset(x, 0, sizeof(*x));
-    x->seq = r.seq;
-    x->type = TYPE_REDACTED;
-    memcpy(x->prev, r.prev_hash, sizeof(x->prev));
-    memcpy(x->hash, r.hash, sizeof(x->hash));
-    x->line = v->line;
+    append_rec(v, &r, TYPE_REDACTED);
     v->n_redacted++;
     return 1;
 }
