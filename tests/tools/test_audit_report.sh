@@ -5,9 +5,11 @@
 # `guardianctl audit export`, `guardian-wrap verify-report` OK; then every kind
 # of tampering, each detected with its own message, and malformed input.
 #
-# Certificates are issued by audit_fixture through the store API (reserve_block,
-# issue, release) with device certificates signed by the package's production
-# CA key following the profile, until `guardianctl provision` exists.
+# The main fixture's certificates are issued by audit_fixture through the store
+# API (reserve_block, issue, release: exact control over released and
+# never-issued units), signed by the package's production CA key following the
+# profile; when guardianctl has `provision`, certificates from the module's
+# derive mechanism are exported and verified as well.
 set -uo pipefail
 M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") W=$(realpath "${3:?guardian-wrap}")
 FIX=$(realpath "${4:?audit_fixture}")
@@ -146,6 +148,20 @@ expect "over quota, forged: the fake key's signature is valid" 1 "signature +val
 expect "over quota, forged: the Guardian counters disagree" 1 "the Guardian counts 2 units used of ACME/SENSOR-1 .* but the trail adds up to 4" -- \
     verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
 expect "over quota, forged: against the real Guardian" 1 "signature does not verify" -- verify forged.txt "${V[@]}"
+
+# ---- the real pipeline, when guardianctl has provision -----------------------------------
+# Certificates made by the module's derive mechanism (CKM_GUARDIAN_DERIVE_DEVICE_CERT)
+# must pass the same checks as the fixture's, profile included.
+if "$CTL" --help | grep -q '^  provision'; then
+    wrap REAL-3 1 5 r3r1.gpk
+    "$CTL" import r3r1.gpk >/dev/null || ko "import r3r1"
+    expect "provision 3 parts" 0 "provisioned 3 parts" -- "$CTL" provision --product ACME/REAL-3 --count 3 --out parts
+    "$CTL" audit export --product ACME/REAL-3 --out real.txt 2>/dev/null || ko "export after provision"
+    expect "provisioned certificates verify" 0 "ACME/REAL-3 release 1 .*issued 3, .*certificates verified 3/3" -- \
+        verify real.txt "${V[@]}" --package r3r1.gpk --authorised 5 --product ACME/REAL-3
+else
+    ok "guardianctl provision not built yet: certificates from audit_fixture only"
+fi
 
 # ---- malformed input and usage -----------------------------------------------------------
 head -n -1 report.txt >truncated.txt
