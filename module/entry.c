@@ -265,35 +265,53 @@ static CK_RV entry_C_DeriveKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech,
     return trace_return("C_DeriveKey", derive_key(session, mech, base_key, templ, count, out));
 }
 
-/* ---- objects: the backend's, and the module's package objects ------------------ */
+/* ---- objects: the backend's, and the module's own (package and certificate objects) ---- */
+
+static CK_RV module_object_get(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_PTR t,
+                               CK_ULONG n)
+{
+    if (guardian_is_cert_object(h))
+        return guardian_cert_objects_get(be, s, h, t, n);
+    return guardian_package_objects_get(be, s, h, t, n);
+}
 
 static CK_RV entry_C_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n)
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    /* Hot path, as in the forwarders: a tail call. */
-    if (GUARDIAN_LIKELY(be != NULL && !guardian_is_package_object(h) &&
+    /* Hot path, as in the forwarders: a tail call.  One mask compare covers
+     * both kinds of module object. */
+    if (GUARDIAN_LIKELY(be != NULL && !guardian_is_module_object(h) &&
                         !atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
         return be->C_GetAttributeValue(s, h, t, n);
     trace_enter("C_GetAttributeValue");
     if (GUARDIAN_UNLIKELY(be == NULL))
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
-    else if (GUARDIAN_UNLIKELY(guardian_is_package_object(h)))
-        rv = guardian_package_objects_get(be, s, h, t, n);
+    else if (GUARDIAN_UNLIKELY(guardian_is_module_object(h)))
+        rv = module_object_get(be, s, h, t, n);
     else
         rv = be->C_GetAttributeValue(s, h, t, n);
     return trace_return("C_GetAttributeValue", rv);
 }
 
-/* Package objects are read-only and cannot be copied or destroyed. */
-static CK_RV package_object_refusal(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_RV refusal)
+/* CKR_OK and its size when the module holds `h`, CKR_OBJECT_HANDLE_INVALID otherwise. */
+static CK_RV module_object_size(CK_OBJECT_HANDLE h, CK_ULONG_PTR size)
+{
+    if (guardian_is_cert_object(h))
+        return guardian_cert_objects_size(h, size);
+    return guardian_package_objects_size(h, size);
+}
+
+/* The module's objects are read-only and cannot be copied; package objects
+ * cannot be destroyed either.  The session must be valid, the object live. */
+static CK_RV module_object_refusal(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_RV refusal)
 {
     CK_SESSION_INFO si;
     CK_ULONG size;
     CK_RV rv = be->C_GetSessionInfo(s, &si);
     if (rv != CKR_OK)
         return rv;
-    return guardian_package_objects_size(h, &size) == CKR_OK ? refusal : CKR_OBJECT_HANDLE_INVALID;
+    return module_object_size(h, &size) == CKR_OK ? refusal : CKR_OBJECT_HANDLE_INVALID;
 }
 
 static CK_RV entry_C_SetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n)
@@ -303,8 +321,8 @@ static CK_RV entry_C_SetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
     trace_enter("C_SetAttributeValue");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
-    else if (guardian_is_package_object(h))
-        rv = package_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
+    else if (guardian_is_module_object(h))
+        rv = module_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
     else
         rv = be->C_SetAttributeValue(s, h, t, n);
     return trace_return("C_SetAttributeValue", rv);
@@ -317,8 +335,10 @@ static CK_RV entry_C_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
     trace_enter("C_DestroyObject");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if (guardian_is_cert_object(h))
+        rv = guardian_cert_objects_destroy(be, s, h);
     else if (guardian_is_package_object(h))
-        rv = package_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
+        rv = module_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
     else
         rv = be->C_DestroyObject(s, h);
     return trace_return("C_DestroyObject", rv);
@@ -332,8 +352,8 @@ static CK_RV entry_C_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTR
     trace_enter("C_CopyObject");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
-    else if (guardian_is_package_object(h))
-        rv = package_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
+    else if (guardian_is_module_object(h))
+        rv = module_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
     else
         rv = be->C_CopyObject(s, h, t, n, out);
     return trace_return("C_CopyObject", rv);
@@ -346,8 +366,8 @@ static CK_RV entry_C_GetObjectSize(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_U
     trace_enter("C_GetObjectSize");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
-    else if (guardian_is_package_object(h))
-        rv = package_object_refusal(be, s, h, guardian_package_objects_size(h, size));
+    else if (guardian_is_module_object(h))
+        rv = module_object_refusal(be, s, h, module_object_size(h, size));
     else
         rv = be->C_GetObjectSize(s, h, size);
     return trace_return("C_GetObjectSize", rv);
@@ -358,7 +378,7 @@ static CK_RV entry_C_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
     if (GUARDIAN_LIKELY(be != NULL && !atomic_load_explicit(&guardian_trace_on, memory_order_relaxed) &&
-                        guardian_package_objects_idle(t, n)))
+                        guardian_package_objects_idle(t, n) && guardian_cert_objects_idle(t, n)))
         return be->C_FindObjectsInit(s, t, n);
     trace_enter("C_FindObjectsInit");
     rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : guardian_package_objects_find_init(be, s, t, n);
@@ -409,8 +429,11 @@ static CK_RV entry_C_CloseSession(CK_SESSION_HANDLE s)
     CK_RV rv;
     trace_enter("C_CloseSession");
     rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : be->C_CloseSession(s);
-    if (rv == CKR_OK)
+    /* A session the backend no longer knows has no objects either. */
+    if (rv == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) {
         guardian_package_objects_session_closed(s);
+        guardian_cert_objects_session_closed(s);
+    }
     return trace_return("C_CloseSession", rv);
 }
 
@@ -420,8 +443,10 @@ static CK_RV entry_C_CloseAllSessions(CK_SLOT_ID slot)
     CK_RV rv;
     trace_enter("C_CloseAllSessions");
     rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : be->C_CloseAllSessions(slot);
-    if (rv == CKR_OK)
+    if (rv == CKR_OK) {
         guardian_package_objects_session_closed(CK_INVALID_HANDLE);
+        guardian_cert_objects_slot_closed(slot);
+    }
     return trace_return("C_CloseAllSessions", rv);
 }
 

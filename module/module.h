@@ -140,6 +140,22 @@ CK_RV guardian_state_store(struct guardian_store **out);
  * the directory does not exist: for plain PKCS#11 users of the module. */
 CK_RV guardian_state_store_quiet(struct guardian_store **out);
 
+/* ---- attributes of the module's own objects (attr.c) --------------------- */
+
+/* One attribute of one object: CKR_OK, CKR_BUFFER_TOO_SMALL or CKR_ATTRIBUTE_TYPE_INVALID. */
+typedef CK_RV (*guardian_attr_fn)(const void *obj, CK_ATTRIBUTE *a);
+/* Fill `a` from `value`: the length alone for a NULL buffer; for a short one
+ * CKR_BUFFER_TOO_SMALL and ulValueLen = CK_UNAVAILABLE_INFORMATION. */
+CK_RV guardian_attr_put(CK_ATTRIBUTE *a, const void *value, CK_ULONG len);
+/* An attribute the object does not have: CKR_ATTRIBUTE_TYPE_INVALID,
+ * ulValueLen = CK_UNAVAILABLE_INFORMATION. */
+CK_RV guardian_attr_invalid(CK_ATTRIBUTE *a);
+/* C_GetAttributeValue over `templ` with `one`: every attribute is filled, the
+ * result is CKR_ATTRIBUTE_TYPE_INVALID, else CKR_BUFFER_TOO_SMALL, else CKR_OK. */
+CK_RV guardian_attr_fill(const void *obj, guardian_attr_fn one, CK_ATTRIBUTE *templ, CK_ULONG count);
+/* Non-zero when the template entry `want` asks for exactly this value. */
+int guardian_attr_equal(const CK_ATTRIBUTE *want, const void *value, CK_ULONG len);
+
 /* ---- package objects (package_objects.c) -------------------------------- */
 
 /* Handles of the module's own CKO_GUARDIAN_PACKAGE objects. */
@@ -152,7 +168,8 @@ void guardian_package_objects_reset(void);
 /* Non-zero when a search with this template cannot involve package objects
  * (none exists, none of ours is active, looked at the store this second). */
 int guardian_package_objects_idle(const CK_ATTRIBUTE *templ, CK_ULONG count);
-/* Non-zero while some session has a search that includes package objects. */
+/* Non-zero while some session has a search that includes module objects
+ * (package or certificate objects: the find machinery serves both). */
 int guardian_package_objects_searching(void);
 CK_OBJECT_HANDLE guardian_package_object_handle(const char *oem_id, const char *product_id);
 CK_RV guardian_package_objects_get(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE h,
@@ -204,6 +221,37 @@ struct guardian_cert_object_value {
  * C_Finalize.  CKR_HOST_MEMORY when the module holds 65,535 already. */
 CK_RV guardian_cert_object_create(CK_SESSION_HANDLE session, const struct guardian_cert_object_value *v,
                                   CK_OBJECT_HANDLE *out);
+
+/* How many certificate objects are live: read without a lock on the hot path
+ * of C_FindObjectsInit, where 0 keeps the search a tail call to the backend. */
+extern atomic_ulong guardian_cert_objects_live;
+/* Non-zero when some certificate object could match the template (it names no
+ * attribute they lack and no fixed value they do not have). */
+int guardian_cert_objects_may_match(const CK_ATTRIBUTE *templ, CK_ULONG count);
+/* Non-zero when a search with this template cannot involve certificate objects. */
+static inline int guardian_cert_objects_idle(const CK_ATTRIBUTE *templ, CK_ULONG count)
+{
+    return GUARDIAN_LIKELY(atomic_load_explicit(&guardian_cert_objects_live, memory_order_relaxed) == 0) ||
+           !guardian_cert_objects_may_match(templ, count);
+}
+/* The handles of the live certificate objects matching the template, in a
+ * fresh array (NULL when none; free it). */
+CK_RV guardian_cert_objects_match(const CK_ATTRIBUTE *templ, CK_ULONG count, CK_OBJECT_HANDLE **out,
+                                  CK_ULONG *n_out);
+/* C_GetAttributeValue, C_GetObjectSize, C_DestroyObject for a certificate
+ * object handle (C_GetObjectSize and the refusals: entry.c checks the session). */
+CK_RV guardian_cert_objects_get(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE h,
+                                CK_ATTRIBUTE_PTR templ, CK_ULONG count);
+CK_RV guardian_cert_objects_size(CK_OBJECT_HANDLE h, CK_ULONG_PTR size);
+CK_RV guardian_cert_objects_destroy(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE h);
+/* A session ended: destroy its objects. */
+void guardian_cert_objects_session_closed(CK_SESSION_HANDLE session);
+/* C_CloseAllSessions(slot): destroy the objects of every session of the slot. */
+void guardian_cert_objects_slot_closed(CK_SLOT_ID slot);
+/* Destroy every object (C_Initialize, C_Finalize). */
+void guardian_cert_objects_reset(void);
+/* In a fork child: the lock may have been held by another parent thread. */
+void guardian_cert_objects_atfork_child(void);
 
 /* ---- forwarding (forward.c) and entry points (entry.c) ------------------ */
 

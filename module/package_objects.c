@@ -13,6 +13,11 @@
  * range or one atomic counter; C_FindObjectsInit matches the template against
  * an in-memory list of the (few) products, refreshed from the store at most
  * once a second and after every import.
+ *
+ * The search machinery here also serves the certificate objects of
+ * cert_objects.c: a search that may find either kind of module object gets a
+ * find_state, whose matches (package objects, then certificate objects) follow
+ * the backend's.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -37,7 +42,7 @@ struct find_state {
     int active;
     CK_SESSION_HANDLE session;
     CK_BBOOL backend_active;
-    CK_OBJECT_HANDLE matches[MAX_PRODUCTS];
+    CK_OBJECT_HANDLE *matches; /* malloc'd: up to 256 packages and 65,535 certificates */
     CK_ULONG n, pos;
 };
 
@@ -49,6 +54,13 @@ static CK_OBJECT_HANDLE next_handle = GUARDIAN_VOBJ_BASE + 1;
 static atomic_llong refreshed_at; /* time() of the last refresh */
 static struct find_state finds[MAX_FINDS];
 static atomic_int n_finds; /* read without the lock on every C_FindObjects */
+
+/* Free a search's slot (the lock held; the caller counts n_finds). */
+static void end_find_locked(struct find_state *f)
+{
+    free(f->matches);
+    memset(f, 0, sizeof(*f));
+}
 
 static CK_RV refresh_one(const struct guardian_product *p, void *ctx)
 {
@@ -111,11 +123,9 @@ void guardian_package_objects_reset(void)
     n_objs = 0;
     atomic_store(&n_objs_visible, 0);
     atomic_store(&refreshed_at, 0);
-    /* Only the slots in use: the table is 128 KiB of untouched zero pages
-     * otherwise, and stays out of resident memory that way. */
     for (int i = 0; i < MAX_FINDS; i++)
         if (finds[i].active)
-            memset(&finds[i], 0, sizeof(finds[i]));
+            end_find_locked(&finds[i]);
     atomic_store(&n_finds, 0);
     pthread_mutex_unlock(&lock);
 }
@@ -135,46 +145,31 @@ CK_OBJECT_HANDLE guardian_package_object_handle(const char *oem_id, const char *
 
 /* ---- attributes -------------------------------------------------------------- */
 
-/* Fill `a` from `value`; the PKCS#11 rules for a NULL or short buffer. */
-static CK_RV put(CK_ATTRIBUTE *a, const void *value, CK_ULONG len)
+/* One attribute of `obj` (a struct vobj): a guardian_attr_fn. */
+static CK_RV attribute(const void *obj, CK_ATTRIBUTE *a)
 {
-    if (a->pValue == NULL) {
-        a->ulValueLen = len;
-        return CKR_OK;
-    }
-    if (a->ulValueLen < len) {
-        a->ulValueLen = (CK_ULONG)-1;
-        return CKR_BUFFER_TOO_SMALL;
-    }
-    memcpy(a->pValue, value, len);
-    a->ulValueLen = len;
-    return CKR_OK;
-}
-
-/* One attribute of `o`: CKR_OK, CKR_BUFFER_TOO_SMALL or CKR_ATTRIBUTE_TYPE_INVALID. */
-static CK_RV attribute(const struct vobj *o, CK_ATTRIBUTE *a)
-{
+    const struct vobj *o = obj;
     CK_OBJECT_CLASS cls = CKO_GUARDIAN_PACKAGE;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_ULONG v;
+    CK_ULONG v = 0, len = sizeof(v);
+    const void *p = &v; /* the CK_ULONG attributes */
 
     switch (a->type) {
-    case CKA_CLASS: return put(a, &cls, sizeof(cls));
-    case CKA_TOKEN: return put(a, &yes, sizeof(yes));
-    case CKA_PRIVATE: case CKA_MODIFIABLE: case CKA_COPYABLE: case CKA_DESTROYABLE: return put(a, &no, sizeof(no));
-    case CKA_LABEL: return put(a, o->label, strlen(o->label));
-    case CKA_ID: case CKA_GUARDIAN_PACKAGE_ID: return put(a, o->p.package_id, sizeof(o->p.package_id));
-    case CKA_GUARDIAN_OEM_ID: return put(a, o->p.oem_id, strlen(o->p.oem_id));
-    case CKA_GUARDIAN_PRODUCT_ID: return put(a, o->p.product_id, strlen(o->p.product_id));
-    case CKA_GUARDIAN_RELEASE: v = o->p.release_version; return put(a, &v, sizeof(v));
-    case CKA_GUARDIAN_AUTHORISED_UNITS: v = (CK_ULONG)o->p.authorised_units; return put(a, &v, sizeof(v));
-    case CKA_GUARDIAN_ISSUED_UNITS: v = (CK_ULONG)o->p.issued_units; return put(a, &v, sizeof(v));
-    case CKA_GUARDIAN_REMAINING_UNITS: v = (CK_ULONG)o->p.remaining_units; return put(a, &v, sizeof(v));
-    case CKA_GUARDIAN_NOT_AFTER: v = (CK_ULONG)o->p.not_after; return put(a, &v, sizeof(v));
-    default:
-        a->ulValueLen = (CK_ULONG)-1;
-        return CKR_ATTRIBUTE_TYPE_INVALID;
+    case CKA_CLASS: p = &cls, len = sizeof(cls); break;
+    case CKA_TOKEN: p = &yes, len = sizeof(yes); break;
+    case CKA_PRIVATE: case CKA_MODIFIABLE: case CKA_COPYABLE: case CKA_DESTROYABLE: p = &no, len = sizeof(no); break;
+    case CKA_LABEL: p = o->label, len = strlen(o->label); break;
+    case CKA_ID: case CKA_GUARDIAN_PACKAGE_ID: p = o->p.package_id, len = sizeof(o->p.package_id); break;
+    case CKA_GUARDIAN_OEM_ID: p = o->p.oem_id, len = strlen(o->p.oem_id); break;
+    case CKA_GUARDIAN_PRODUCT_ID: p = o->p.product_id, len = strlen(o->p.product_id); break;
+    case CKA_GUARDIAN_RELEASE: v = o->p.release_version; break;
+    case CKA_GUARDIAN_AUTHORISED_UNITS: v = (CK_ULONG)o->p.authorised_units; break;
+    case CKA_GUARDIAN_ISSUED_UNITS: v = (CK_ULONG)o->p.issued_units; break;
+    case CKA_GUARDIAN_REMAINING_UNITS: v = (CK_ULONG)o->p.remaining_units; break;
+    case CKA_GUARDIAN_NOT_AFTER: v = (CK_ULONG)o->p.not_after; break;
+    default: return guardian_attr_invalid(a);
     }
+    return guardian_attr_put(a, p, len);
 }
 
 static struct vobj *lookup_locked(CK_OBJECT_HANDLE h)
@@ -190,14 +185,11 @@ CK_RV guardian_package_objects_get(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE sessi
 {
     CK_SESSION_INFO si;
     struct vobj *o, copy;
-    CK_RV rv = be->C_GetSessionInfo(session, &si), worst = CKR_OK;
+    CK_RV rv = be->C_GetSessionInfo(session, &si);
+    struct guardian_store *st;
 
     if (rv != CKR_OK)
         return rv;
-    struct guardian_store *st;
-
-    if (templ == NULL && count != 0)
-        return CKR_ARGUMENTS_BAD;
     st = store_or_null();
     pthread_mutex_lock(&lock);
     refresh_locked(st, 1); /* counters are live */
@@ -207,12 +199,7 @@ CK_RV guardian_package_objects_get(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE sessi
     pthread_mutex_unlock(&lock);
     if (o == NULL)
         return CKR_OBJECT_HANDLE_INVALID;
-    for (CK_ULONG i = 0; i < count; i++) {
-        CK_RV r = attribute(&copy, &templ[i]);
-        if (r == CKR_ATTRIBUTE_TYPE_INVALID || (r == CKR_BUFFER_TOO_SMALL && worst == CKR_OK))
-            worst = r;
-    }
-    return worst;
+    return guardian_attr_fill(&copy, attribute, templ, count);
 }
 
 CK_RV guardian_package_objects_size(CK_OBJECT_HANDLE h, CK_ULONG_PTR size)
@@ -237,8 +224,7 @@ static int matches(const struct vobj *o, const CK_ATTRIBUTE *templ, CK_ULONG cou
     for (CK_ULONG i = 0; i < count; i++) {
         unsigned char buf[256];
         CK_ATTRIBUTE a = {templ[i].type, buf, sizeof(buf)};
-        if (attribute(o, &a) != CKR_OK || a.ulValueLen != templ[i].ulValueLen ||
-            (a.ulValueLen > 0 && (templ[i].pValue == NULL || memcmp(buf, templ[i].pValue, a.ulValueLen) != 0)))
+        if (attribute(o, &a) != CKR_OK || !guardian_attr_equal(&templ[i], buf, a.ulValueLen))
             return 0;
     }
     return 1;
@@ -273,7 +259,7 @@ void guardian_package_objects_session_closed(CK_SESSION_HANDLE s)
     pthread_mutex_lock(&lock);
     for (int i = 0; i < MAX_FINDS; i++)
         if (finds[i].active && (s == CK_INVALID_HANDLE || finds[i].session == s)) {
-            memset(&finds[i], 0, sizeof(finds[i]));
+            end_find_locked(&finds[i]);
             atomic_fetch_sub(&n_finds, 1);
         }
     pthread_mutex_unlock(&lock);
@@ -282,13 +268,12 @@ void guardian_package_objects_session_closed(CK_SESSION_HANDLE s)
 CK_RV guardian_package_objects_find_init(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR templ,
                                          CK_ULONG count)
 {
-    CK_OBJECT_HANDLE found[MAX_PRODUCTS];
-    CK_ULONG n = 0;
+    CK_OBJECT_HANDLE found[MAX_PRODUCTS], *certs = NULL, *all = NULL;
+    CK_ULONG n = 0, n_certs = 0;
     int only = templ != NULL && ours_only(templ, count);
     struct find_state *f = NULL;
-    CK_RV rv;
-
     struct guardian_store *st = NULL;
+    CK_RV rv = CKR_GENERAL_ERROR;
 
     if (templ == NULL && count != 0)
         return be->C_FindObjectsInit(s, templ, count);
@@ -300,9 +285,11 @@ CK_RV guardian_package_objects_find_init(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE
         pthread_mutex_unlock(&lock);
     }
     /* The usual case, without taking the lock: no package object exists, no
-     * search of ours is active, the template is not ours. */
+     * search of ours is active, the template is not ours, and no certificate
+     * object could match. */
     if (GUARDIAN_LIKELY(atomic_load_explicit(&n_objs_visible, memory_order_relaxed) == 0 &&
-                        atomic_load_explicit(&n_finds, memory_order_relaxed) == 0 && !only))
+                        atomic_load_explicit(&n_finds, memory_order_relaxed) == 0 && !only &&
+                        guardian_cert_objects_idle(templ, count)))
         return be->C_FindObjectsInit(s, templ, count);
     pthread_mutex_lock(&lock);
     for (size_t i = 0; i < n_objs; i++)
@@ -313,10 +300,27 @@ CK_RV guardian_package_objects_find_init(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE
         return CKR_OPERATION_ACTIVE;
     }
     pthread_mutex_unlock(&lock);
+    /* A template that is ours alone names our class or attributes: no
+     * certificate object has them. */
+    if (!only) {
+        rv = guardian_cert_objects_match(templ, count, &certs, &n_certs);
+        if (rv != CKR_OK)
+            return rv;
+    }
 
-    if (n == 0 && !only)
+    if (n == 0 && n_certs == 0 && !only)
         return be->C_FindObjectsInit(s, templ, count); /* the usual case: nothing of ours */
 
+    if (n + n_certs > 0) {
+        all = malloc((n + n_certs) * sizeof(*all));
+        if (all == NULL) {
+            rv = CKR_HOST_MEMORY;
+            goto out;
+        }
+        memcpy(all, found, n * sizeof(*all));
+        if (n_certs > 0)
+            memcpy(all + n, certs, n_certs * sizeof(*all));
+    }
     if (only) {
         CK_SESSION_INFO si;
         rv = be->C_GetSessionInfo(s, &si);
@@ -324,7 +328,7 @@ CK_RV guardian_package_objects_find_init(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE
         rv = be->C_FindObjectsInit(s, templ, count);
     }
     if (rv != CKR_OK)
-        return rv;
+        goto out;
     pthread_mutex_lock(&lock);
     for (int i = 0; i < MAX_FINDS && f == NULL; i++)
         if (!finds[i].active)
@@ -333,21 +337,27 @@ CK_RV guardian_package_objects_find_init(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE
         pthread_mutex_unlock(&lock);
         if (!only)
             be->C_FindObjectsFinal(s);
-        guardian_error("objects", "more than %d concurrent searches that include package objects", MAX_FINDS);
-        return CKR_HOST_MEMORY;
+        guardian_error("objects", "more than %d concurrent searches that include module objects", MAX_FINDS);
+        rv = CKR_HOST_MEMORY;
+        goto out;
     }
     f->active = 1;
     f->session = s;
     f->backend_active = only ? CK_FALSE : CK_TRUE;
-    memcpy(f->matches, found, n * sizeof(found[0]));
-    f->n = n;
+    f->matches = all;
+    all = NULL;
+    f->n = n + n_certs;
     f->pos = 0;
     atomic_fetch_add(&n_finds, 1);
     pthread_mutex_unlock(&lock);
-    return CKR_OK;
+    rv = CKR_OK;
+out:
+    free(all);
+    free(certs);
+    return rv;
 }
 
-/* CKR_OK and *handled = 1 when the session has a search that includes package
+/* CKR_OK and *handled = 1 when the session has a search that includes module
  * objects; *handled = 0 means: forward to the backend as is. */
 CK_RV guardian_package_objects_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR out,
                                     CK_ULONG max, CK_ULONG_PTR count, int *handled)
@@ -394,7 +404,7 @@ CK_RV guardian_package_objects_find_final(CK_FUNCTION_LIST *be, CK_SESSION_HANDL
         *handled = 1;
         if (f->backend_active)
             rv = be->C_FindObjectsFinal(s);
-        memset(f, 0, sizeof(*f));
+        end_find_locked(f);
         atomic_fetch_sub(&n_finds, 1);
     }
     pthread_mutex_unlock(&lock);

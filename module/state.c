@@ -56,7 +56,10 @@ static void atfork_child(void)
     /* The parent's store handle is the parent's: the store refuses it in a
      * child, and closing it here could disturb the parent's WAL. */
     store = NULL;
-    /* (package_objects.c is reset by the child's C_Initialize.) */
+    /* (package_objects.c and cert_objects.c are reset by the child's
+     * C_Initialize; the certificate objects' lock may be held by another
+     * parent thread.) */
+    guardian_cert_objects_atfork_child();
     /* The parent may have held the lock in another thread at fork time. */
     pthread_mutex_init(&init_lock, NULL);
 }
@@ -210,6 +213,7 @@ CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
     }
     inherited_backend_init = false;
     guardian_package_objects_reset();
+    guardian_cert_objects_reset();
     atomic_store(&guardian_active_list3, backend.list3);
     atomic_store(&guardian_active_list, backend.list);
     guardian_debug("init", "initialized");
@@ -236,6 +240,7 @@ CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
     guardian_store_close(store);
     store = NULL;
     guardian_package_objects_reset();
+    guardian_cert_objects_reset();
     if (backend_borrowed) {
         backend_borrowed = false;
         rv = CKR_OK;
