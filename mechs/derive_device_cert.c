@@ -1,15 +1,615 @@
 /*
  * derive_device_cert.c — CKM_GUARDIAN_DERIVE_DEVICE_CERT (C_DeriveKey).
  *
- * Issues an X.509 device certificate signed inside the backend by an imported
- * production CA key.  SoftHSMv2 has no ECDSA-with-hash mechanism, so the
- * certificate is hashed by the module and signed with raw CKM_ECDSA: that is the
- * primitive a slot must offer.  Not implemented yet (issue #4): until then the
- * mechanism is reserved, never advertised, and CKR_MECHANISM_INVALID.
+ * Issues one X.509 device certificate, signed inside the backend by an
+ * imported production CA key (the base key), counted against the product's
+ * authorised units and recorded in the audit trail before the handle is
+ * returned (docs/derive-mechanism.md, docs/certificate-profile.md).
+ *
+ * Per call: check the parameters and the device key (cert_builder.c, no
+ * EVP_PKEY), find the package by the base key's CKA_ID in a per-process cache
+ * (built once per package from the store, and proven to match the key by one
+ * test signature), take a serial from this process's block of reserved units
+ * (guardian_store_reserve_block, power-safe, 1, 2, 4, ... up to 64 units at a
+ * time), fill the TBSCertificate, hash it here and sign the hash with raw
+ * CKM_ECDSA (SoftHSMv2 has no ECDSA-with-hash) or CKM_RSA_PKCS over a
+ * DigestInfo, record ISSUE with the certificate (guardian_store_issue), and
+ * return a module-held session certificate object (module/cert_objects.c), or
+ * a backend token object if the template asks for CKA_TOKEN TRUE.
+ *
+ * Units reserved and not used are given back (RELEASE) at C_Finalize; a killed
+ * process leaves them "reserved, not issued": counted, never issued twice.
  */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/ecdsa.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+
+#include "cert_builder.h"
+#include "module.h"
 #include "registry.h"
-/* after registry.h: the vendor header needs the PKCS#11 types */
+#include "store.h"
+/* after the headers above: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
+
+#define LOG "derive"
+#define MAX_ISSUERS 64
+#define BLOCK_MAX 64
+#define DEVICE_TEXT_MAX 64
+#define DEVICE_BINARY_MAX 32
+#define LABEL_MAX 255
+
+struct issuer {
+    struct guardian_cert_issuer cb;
+    int64_t not_after;
+    char label[GUARDIAN_PKG_NAME_MAX * 2 + 48]; /* the CA key's label */
+    pthread_mutex_t lock;                       /* guards what follows */
+    CK_OBJECT_HANDLE proven_key;                /* a handle shown to hold this CA's private key */
+    uint64_t next, end;                         /* reserved serials [next, end) */
+    uint64_t block;                             /* size of the next reservation */
+};
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct issuer *issuers[MAX_ISSUERS];
+static size_t n_issuers;
+static pid_t cache_pid;
+
+/* ---- parameters ----------------------------------------------------------------- */
+
+struct device_in {
+    uint8_t id[DEVICE_TEXT_MAX];
+    size_t id_len;
+    char text[2 * DEVICE_BINARY_MAX + 1];
+    struct guardian_device_key key;
+};
+
+static CK_RV check_params(const CK_MECHANISM *mech, struct device_in *dev)
+{
+    const CK_GUARDIAN_DEVICE_CERT_PARAMS *p;
+    const char *why = NULL;
+    int r;
+
+    if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(*p)) {
+        guardian_error(LOG, "the parameter must be a CK_GUARDIAN_DEVICE_CERT_PARAMS (%zu bytes), got %lu bytes",
+                       sizeof(*p), (unsigned long)mech->ulParameterLen);
+        return CKR_MECHANISM_PARAM_INVALID;
+    }
+    p = mech->pParameter;
+    if (p->version != CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION) {
+        guardian_error(LOG, "parameter version %lu is not supported (this module knows 1)", (unsigned long)p->version);
+        return CKR_MECHANISM_PARAM_INVALID;
+    }
+    if ((p->pDeviceId == NULL && p->ulDeviceIdLen != 0) || (p->pPublicKeyInfo == NULL && p->ulPublicKeyInfoLen != 0))
+        return CKR_ARGUMENTS_BAD;
+
+    switch (p->deviceIdFormat) {
+    case CKG_GUARDIAN_DEVICE_ID_TEXT:
+        if (p->ulDeviceIdLen < 1 || p->ulDeviceIdLen > DEVICE_TEXT_MAX) {
+            guardian_error(LOG, "refused: a text device ID has 1..64 characters, got %lu",
+                           (unsigned long)p->ulDeviceIdLen);
+            return CKR_GUARDIAN_DEVICE_ID_INVALID;
+        }
+        for (CK_ULONG i = 0; i < p->ulDeviceIdLen; i++) {
+            unsigned char c = p->pDeviceId[i];
+            if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+                  c == '.' || c == '_' || c == ':')) {
+                guardian_error(LOG, "refused: a text device ID may hold only A-Z a-z 0-9 - . _ : (byte %lu is not)",
+                               (unsigned long)i);
+                return CKR_GUARDIAN_DEVICE_ID_INVALID;
+            }
+        }
+        memcpy(dev->id, p->pDeviceId, p->ulDeviceIdLen);
+        dev->id_len = p->ulDeviceIdLen;
+        memcpy(dev->text, p->pDeviceId, p->ulDeviceIdLen);
+        dev->text[p->ulDeviceIdLen] = '\0';
+        break;
+    case CKG_GUARDIAN_DEVICE_ID_BINARY:
+        if (p->ulDeviceIdLen < 1 || p->ulDeviceIdLen > DEVICE_BINARY_MAX) {
+            guardian_error(LOG, "refused: a binary device ID has 1..32 bytes, got %lu",
+                           (unsigned long)p->ulDeviceIdLen);
+            return CKR_GUARDIAN_DEVICE_ID_INVALID;
+        }
+        memcpy(dev->id, p->pDeviceId, p->ulDeviceIdLen);
+        dev->id_len = p->ulDeviceIdLen;
+        for (CK_ULONG i = 0; i < p->ulDeviceIdLen; i++)
+            snprintf(dev->text + 2 * i, 3, "%02x", p->pDeviceId[i]);
+        break;
+    default:
+        guardian_error(LOG, "refused: device ID format %lu is unknown (1 text, 2 binary)",
+                       (unsigned long)p->deviceIdFormat);
+        return CKR_GUARDIAN_DEVICE_ID_INVALID;
+    }
+
+    r = guardian_device_key_check(p->pPublicKeyInfo, p->ulPublicKeyInfoLen, &dev->key, &why);
+    if (r != GUARDIAN_DEVKEY_OK) {
+        guardian_error(LOG, "refused: device %s: public key %s: %s", dev->text,
+                       r == GUARDIAN_DEVKEY_UNSUPPORTED ? "not supported" : "invalid", why);
+        return r == GUARDIAN_DEVKEY_UNSUPPORTED ? CKR_GUARDIAN_DEVICE_KEY_UNSUPPORTED : CKR_GUARDIAN_DEVICE_KEY_INVALID;
+    }
+    return CKR_OK;
+}
+
+struct out_template {
+    CK_BBOOL token;
+    const CK_ATTRIBUTE *label, *id;
+};
+
+/* The template may name the class and type (the only ones produced), choose
+ * CKA_TOKEN, and set CKA_LABEL and CKA_ID; anything else is refused. */
+static CK_RV check_template(const CK_ATTRIBUTE *t, CK_ULONG n, struct out_template *o)
+{
+    memset(o, 0, sizeof(*o));
+    if (t == NULL && n != 0)
+        return CKR_ARGUMENTS_BAD;
+    for (CK_ULONG i = 0; i < n; i++) {
+        const CK_ATTRIBUTE *a = &t[i];
+        switch (a->type) {
+        case CKA_CLASS:
+            if (a->pValue == NULL || a->ulValueLen != sizeof(CK_OBJECT_CLASS) ||
+                *(CK_OBJECT_CLASS *)a->pValue != CKO_CERTIFICATE)
+                return CKR_TEMPLATE_INCONSISTENT;
+            break;
+        case CKA_CERTIFICATE_TYPE:
+            if (a->pValue == NULL || a->ulValueLen != sizeof(CK_CERTIFICATE_TYPE) ||
+                *(CK_CERTIFICATE_TYPE *)a->pValue != CKC_X_509)
+                return CKR_TEMPLATE_INCONSISTENT;
+            break;
+        case CKA_TOKEN:
+        case CKA_PRIVATE:
+            if (a->pValue == NULL || a->ulValueLen != sizeof(CK_BBOOL))
+                return CKR_ATTRIBUTE_VALUE_INVALID;
+            if (a->type == CKA_TOKEN)
+                o->token = *(CK_BBOOL *)a->pValue != CK_FALSE;
+            else if (*(CK_BBOOL *)a->pValue != CK_FALSE)
+                return CKR_TEMPLATE_INCONSISTENT; /* certificates are public */
+            break;
+        case CKA_LABEL:
+            if ((a->pValue == NULL && a->ulValueLen != 0) || a->ulValueLen > LABEL_MAX)
+                return CKR_ATTRIBUTE_VALUE_INVALID;
+            o->label = a;
+            break;
+        case CKA_ID:
+            if ((a->pValue == NULL && a->ulValueLen != 0) || a->ulValueLen > 64)
+                return CKR_ATTRIBUTE_VALUE_INVALID;
+            o->id = a;
+            break;
+        default:
+            guardian_error(LOG, "template attribute 0x%lx is not accepted (only CKA_CLASS, CKA_CERTIFICATE_TYPE, "
+                                "CKA_TOKEN, CKA_PRIVATE FALSE, CKA_LABEL, CKA_ID)",
+                           (unsigned long)a->type);
+            return CKR_ATTRIBUTE_TYPE_INVALID;
+        }
+    }
+    return CKR_OK;
+}
+
+/* ---- signing inside the backend ------------------------------------------------------ */
+
+static const uint8_t digest_info_sha256[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                             0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+
+/* Sign a hash with the CA key: raw ECDSA (r || s) or PKCS#1 v1.5. */
+static CK_RV token_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key,
+                        const struct guardian_cert_issuer *is, const uint8_t *hash, size_t hash_len, uint8_t *sig,
+                        CK_ULONG *sig_len)
+{
+    CK_MECHANISM m = {is->ca_kind == GUARDIAN_DEVKEY_RSA ? CKM_RSA_PKCS : CKM_ECDSA, NULL, 0};
+    uint8_t di[sizeof(digest_info_sha256) + 32];
+    const uint8_t *in = hash;
+    CK_ULONG in_len = hash_len;
+    CK_RV rv;
+
+    if (is->ca_kind == GUARDIAN_DEVKEY_RSA) {
+        memcpy(di, digest_info_sha256, sizeof(digest_info_sha256));
+        memcpy(di + sizeof(digest_info_sha256), hash, 32);
+        in = di;
+        in_len = sizeof(di);
+    }
+    rv = be->C_SignInit(session, &m, key);
+    if (rv != CKR_OK)
+        return rv;
+    rv = be->C_Sign(session, (CK_BYTE_PTR)in, in_len, sig, sig_len);
+    if (rv == CKR_OK && *sig_len != is->ca_sig_len)
+        rv = CKR_FUNCTION_FAILED;
+    return rv;
+}
+
+/* One test signature, verified with the CA certificate's key: the base key
+ * really is this package's production CA key, not merely labelled so. */
+static CK_RV prove_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key, struct issuer *is)
+{
+    uint8_t hash[48], sig[1024], der[1100];
+    CK_ULONG sig_len = sizeof(sig);
+    size_t hl = (size_t)EVP_MD_get_size(is->cb.md), der_len = 0;
+    EVP_PKEY_CTX *ctx = NULL;
+    CK_RV rv;
+    int ok = 0;
+
+    if (RAND_bytes(hash, (int)hl) != 1)
+        return CKR_FUNCTION_FAILED;
+    rv = token_sign(be, session, key, &is->cb, hash, hl, sig, &sig_len);
+    if (rv != CKR_OK)
+        return rv;
+    if (is->cb.ca_kind == GUARDIAN_DEVKEY_RSA) {
+        memcpy(der, digest_info_sha256, sizeof(digest_info_sha256));
+        memcpy(der + sizeof(digest_info_sha256), hash, 32);
+        der_len = sizeof(digest_info_sha256) + 32;
+    } else {
+        ECDSA_SIG *s = ECDSA_SIG_new();
+        unsigned char *p = der;
+        if (s != NULL && ECDSA_SIG_set0(s, BN_bin2bn(sig, (int)sig_len / 2, NULL),
+                                        BN_bin2bn(sig + sig_len / 2, (int)sig_len / 2, NULL)) == 1) {
+            int n = i2d_ECDSA_SIG(s, &p);
+            der_len = n > 0 ? (size_t)n : 0;
+        }
+        ECDSA_SIG_free(s);
+    }
+    ctx = EVP_PKEY_CTX_new(is->cb.ca_pub, NULL);
+    if (ctx != NULL && is->cb.ca_kind == GUARDIAN_DEVKEY_RSA) {
+        uint8_t rec[1024];
+        size_t rl = sizeof(rec);
+        ok = EVP_PKEY_verify_recover_init(ctx) == 1 && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1 &&
+             EVP_PKEY_verify_recover(ctx, rec, &rl, sig, sig_len) == 1 && rl == der_len &&
+             CRYPTO_memcmp(rec, der, rl) == 0;
+    } else if (ctx != NULL) {
+        ok = der_len > 0 && EVP_PKEY_verify_init(ctx) == 1 && EVP_PKEY_verify(ctx, der, der_len, hash, hl) == 1;
+    }
+    EVP_PKEY_CTX_free(ctx);
+    ERR_clear_error();
+    if (!ok) {
+        guardian_error(LOG, "refused: the base key does not match the production CA certificate of %s/%s r%u",
+                       is->cb.oem_id, is->cb.product_id, is->cb.release);
+        return CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY;
+    }
+    return CKR_OK;
+}
+
+/* ---- the issuer cache ------------------------------------------------------------------- */
+
+static void issuer_free(struct issuer *is)
+{
+    if (is == NULL)
+        return;
+    guardian_cert_issuer_free(&is->cb);
+    pthread_mutex_destroy(&is->lock);
+    OPENSSL_free(is);
+}
+
+/* A forked child starts without the parent's reservations (they are the
+ * parent's to use or give back) and without its cache. */
+static void cache_check_pid_locked(void)
+{
+    pid_t pid = getpid();
+    if (cache_pid == pid)
+        return;
+    if (cache_pid != 0)
+        n_issuers = 0; /* the parent's memory: left alone, not freed twice */
+    cache_pid = pid;
+}
+
+static CK_RV issuer_load(struct guardian_store *st, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                         struct issuer **out)
+{
+    struct guardian_package_material m;
+    struct issuer *is;
+    char err[256] = "";
+    CK_RV rv = guardian_store_package_material(st, package_id, &m);
+
+    if (rv == CKR_GUARDIAN_PRODUCT_UNKNOWN) {
+        guardian_error(LOG, "refused: the base key's CKA_ID names no imported package");
+        return CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY;
+    }
+    if (rv != CKR_OK)
+        return rv;
+    is = OPENSSL_zalloc(sizeof(*is));
+    if (is == NULL) {
+        guardian_store_package_material_free(&m);
+        return CKR_HOST_MEMORY;
+    }
+    pthread_mutex_init(&is->lock, NULL);
+    if (!guardian_cert_issuer_init(&is->cb, package_id, m.oem_id, m.product_id, m.release_version,
+                                   m.cert_template, m.cert_template_len, m.ca_cert, m.ca_cert_len, err,
+                                   sizeof(err))) {
+        guardian_error(LOG, "package %s/%s r%u cannot issue certificates: %s", m.oem_id, m.product_id,
+                       m.release_version, err);
+        guardian_store_package_material_free(&m);
+        issuer_free(is);
+        return CKR_FUNCTION_FAILED;
+    }
+    is->not_after = m.not_after;
+    is->block = 1;
+    snprintf(is->label, sizeof(is->label), "guardian:%s/%s/r%u:production-ca", m.oem_id, m.product_id,
+             m.release_version);
+    guardian_store_package_material_free(&m);
+    *out = is;
+    return CKR_OK;
+}
+
+static CK_RV issuer_get(struct guardian_store *st, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                        struct issuer **out)
+{
+    struct issuer *is = NULL;
+    CK_RV rv;
+
+    pthread_mutex_lock(&cache_lock);
+    cache_check_pid_locked();
+    for (size_t i = 0; i < n_issuers; i++)
+        if (memcmp(issuers[i]->cb.package_id, package_id, GUARDIAN_PACKAGE_ID_LEN) == 0) {
+            *out = issuers[i];
+            pthread_mutex_unlock(&cache_lock);
+            return CKR_OK;
+        }
+    /* Built under the lock: once per package per process. */
+    if (n_issuers == MAX_ISSUERS) {
+        rv = CKR_HOST_MEMORY;
+        guardian_error(LOG, "more than %d packages used in one process", MAX_ISSUERS);
+    } else {
+        rv = issuer_load(st, package_id, &is);
+        if (rv == CKR_OK)
+            issuers[n_issuers++] = is;
+    }
+    pthread_mutex_unlock(&cache_lock);
+    *out = is;
+    return rv;
+}
+
+/* The base key: a private key whose CKA_ID is a package ID and whose label is
+ * that package's production CA label, proven by signature on first use. */
+static CK_RV base_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                             CK_OBJECT_HANDLE key, struct issuer **out)
+{
+    CK_OBJECT_CLASS cls = 0;
+    CK_BYTE id[GUARDIAN_PACKAGE_ID_LEN + 1];
+    char label[sizeof(((struct issuer *)0)->label)];
+    CK_ATTRIBUTE a[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_ID, id, sizeof(id)},
+        {CKA_LABEL, label, sizeof(label) - 1},
+    };
+    struct issuer *is;
+    CK_OBJECT_HANDLE proven;
+    CK_RV rv;
+
+    if (guardian_is_module_object(key)) {
+        guardian_error(LOG, "refused: the base key is a package or certificate object, not a key");
+        return CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY;
+    }
+    rv = be->C_GetAttributeValue(session, key, a, 3);
+
+    if (rv == CKR_OBJECT_HANDLE_INVALID)
+        return CKR_KEY_HANDLE_INVALID;
+    if ((rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) || cls != CKO_PRIVATE_KEY ||
+        a[1].ulValueLen != GUARDIAN_PACKAGE_ID_LEN || a[2].ulValueLen == (CK_ULONG)-1) {
+        if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL && rv != CKR_ATTRIBUTE_TYPE_INVALID)
+            return rv;
+        guardian_error(LOG, "refused: the base key is not the production CA key of an imported package");
+        return CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY;
+    }
+    label[a[2].ulValueLen] = '\0';
+    rv = issuer_get(st, id, &is);
+    if (rv != CKR_OK)
+        return rv;
+    if (strcmp(label, is->label) != 0) {
+        guardian_error(LOG, "refused: the base key is labelled \"%s\", not %s's production CA key \"%s\"", label,
+                       is->cb.product_id, is->label);
+        return CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY;
+    }
+    pthread_mutex_lock(&is->lock);
+    proven = is->proven_key;
+    pthread_mutex_unlock(&is->lock);
+    if (proven != key) {
+        rv = prove_key(be, session, key, is);
+        if (rv != CKR_OK)
+            return rv;
+        pthread_mutex_lock(&is->lock);
+        is->proven_key = key;
+        pthread_mutex_unlock(&is->lock);
+    }
+    *out = is;
+    return CKR_OK;
+}
+
+/* ---- units ----------------------------------------------------------------------------------- */
+
+/* One serial from this process's reserved block, reserving more (FULL
+ * durability) when it is used up: 1, 2, 4, ... BLOCK_MAX units at a time, so
+ * a first article reserves one unit and a long run one commit per 64. */
+static CK_RV take_serial(struct guardian_store *st, struct issuer *is, int64_t now, uint64_t *serial)
+{
+    uint64_t first = 0, got = 0;
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&is->lock);
+    if (is->next == is->end) {
+        rv = guardian_store_reserve_block(st, is->cb.oem_id, is->cb.product_id, is->cb.package_id, now, is->block,
+                                          &first, &got);
+        if (rv == CKR_OK) {
+            is->next = first;
+            is->end = first + got;
+            if (is->block < BLOCK_MAX)
+                is->block *= 2;
+        }
+    }
+    if (rv == CKR_OK)
+        *serial = is->next++;
+    pthread_mutex_unlock(&is->lock);
+    return rv;
+}
+
+/* Give back the unused part of each block (C_Finalize). */
+static void derive_finalize(struct guardian_store *st)
+{
+    pthread_mutex_lock(&cache_lock);
+    cache_check_pid_locked();
+    for (size_t i = 0; i < n_issuers; i++) {
+        struct issuer *is = issuers[i];
+        uint64_t unused = is->end - is->next;
+        for (; st != NULL && is->next < is->end; is->next++)
+            if (guardian_store_release(st, is->cb.oem_id, is->cb.product_id, is->next) != CKR_OK)
+                break; /* logged; the rest stay reserved, not issued */
+        if (unused > 0)
+            guardian_info(LOG, "%s/%s: %llu reserved units given back", is->cb.oem_id, is->cb.product_id,
+                          (unsigned long long)(unused - (is->end - is->next)));
+        issuer_free(is);
+        issuers[i] = NULL;
+    }
+    n_issuers = 0;
+    pthread_mutex_unlock(&cache_lock);
+}
+
+/* ---- the mechanism ----------------------------------------------------------------------------- */
+
+static CK_RV make_object(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const struct out_template *o,
+                         const uint8_t *cert, size_t cert_len, const uint8_t ski[20], const char *default_label,
+                         CK_OBJECT_HANDLE *out)
+{
+    struct guardian_cert_slices sl;
+    const void *id = o->id != NULL ? o->id->pValue : ski;
+    size_t id_len = o->id != NULL ? o->id->ulValueLen : 20;
+    char label[LABEL_MAX + 1];
+
+    if (o->label != NULL) {
+        memcpy(label, o->label->pValue, o->label->ulValueLen);
+        label[o->label->ulValueLen] = '\0';
+    } else {
+        snprintf(label, sizeof(label), "%s", default_label);
+    }
+    if (!guardian_cert_slices(cert, cert_len, &sl))
+        return CKR_GENERAL_ERROR;
+    if (o->token) {
+        CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+        CK_CERTIFICATE_TYPE ct = CKC_X_509;
+        CK_BBOOL yes = CK_TRUE;
+        CK_ATTRIBUTE t[] = {
+            {CKA_CLASS, &cls, sizeof(cls)},
+            {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_VALUE, (void *)cert, cert_len},
+            {CKA_SUBJECT, (void *)sl.subject, sl.subject_len},
+            {CKA_ISSUER, (void *)sl.issuer, sl.issuer_len},
+            {CKA_SERIAL_NUMBER, (void *)sl.serial, sl.serial_len},
+            {CKA_ID, (void *)id, id_len},
+            {CKA_LABEL, label, strlen(label)},
+        };
+        return be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
+    }
+    {
+        struct guardian_cert_object_value v = {cert,      cert_len,      sl.subject, sl.subject_len, sl.issuer,
+                                               sl.issuer_len, sl.serial, sl.serial_len, id,       id_len,
+                                               label};
+        return guardian_cert_object_create(session, &v, out);
+    }
+}
+
+static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                                CK_MECHANISM *mech, CK_OBJECT_HANDLE base_key, CK_ATTRIBUTE *templ, CK_ULONG count,
+                                CK_OBJECT_HANDLE *out)
+{
+    struct device_in dev;
+    struct out_template o;
+    struct issuer *is = NULL;
+    struct guardian_device d;
+    uint8_t buf[GUARDIAN_CERT_BUF], hash[EVP_MAX_MD_SIZE], sig[1024], ski[20];
+    char default_label[LABEL_MAX + 1];
+    unsigned int hl = 0;
+    CK_ULONG sig_len = sizeof(sig);
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    uint64_t serial = 0;
+    int64_t now = (int64_t)time(NULL);
+    size_t tbs_len, cert_len;
+    CK_RV rv;
+
+    if (out == NULL || mech == NULL)
+        return CKR_ARGUMENTS_BAD;
+    rv = check_params(mech, &dev);
+    if (rv != CKR_OK)
+        return rv;
+    rv = check_template(templ, count, &o);
+    if (rv != CKR_OK)
+        return rv;
+    rv = base_key_issuer(be, st, session, base_key, &is);
+    if (rv != CKR_OK)
+        return rv;
+
+    if (dev.key.key_len == is->cb.ca_key_len && memcmp(dev.key.key, is->cb.ca_key, dev.key.key_len) == 0) {
+        guardian_error(LOG, "refused: device %s presents the production CA's own public key", dev.text);
+        return CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY;
+    }
+    if (is->not_after < now) {
+        guardian_error(LOG, "refused: %s/%s r%u: the allowance expired", is->cb.oem_id, is->cb.product_id,
+                       is->cb.release);
+        return CKR_GUARDIAN_PACKAGE_EXPIRED;
+    }
+
+    rv = take_serial(st, is, now, &serial);
+    if (rv != CKR_OK) {
+        if (rv == CKR_GUARDIAN_QUOTA_EXHAUSTED)
+            guardian_error(LOG, "refused: %s/%s: all authorised units are used (quota exhausted)", is->cb.oem_id,
+                           is->cb.product_id);
+        else if (rv == CKR_GUARDIAN_PACKAGE_SUPERSEDED)
+            guardian_error(LOG, "refused: %s/%s r%u was superseded by a newer release: use its CA key",
+                           is->cb.oem_id, is->cb.product_id, is->cb.release);
+        else if (rv == CKR_GUARDIAN_PACKAGE_EXPIRED)
+            guardian_error(LOG, "refused: %s/%s r%u: the allowance expired", is->cb.oem_id, is->cb.product_id,
+                           is->cb.release);
+        return rv;
+    }
+
+    d.id = dev.id;
+    d.id_len = dev.id_len;
+    d.id_text = dev.text;
+    d.key = &dev.key;
+    tbs_len = guardian_tbs_build(&is->cb, serial, now, &d, buf, sizeof(buf), ski);
+    if (tbs_len == 0 || EVP_Digest(buf, tbs_len, hash, &hl, is->cb.md, NULL) != 1) {
+        rv = CKR_GENERAL_ERROR;
+        goto unused;
+    }
+    rv = token_sign(be, session, base_key, &is->cb, hash, hl, sig, &sig_len);
+    if (rv != CKR_OK) {
+        guardian_error(LOG, "the backend refused to sign with the production CA key: %s",
+                       guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "vendor CKR");
+        goto unused;
+    }
+    cert_len = guardian_cert_finish(&is->cb, buf, sizeof(buf), tbs_len, sig, sig_len);
+    if (cert_len == 0) {
+        rv = CKR_GENERAL_ERROR;
+        goto unused;
+    }
+
+    snprintf(default_label, sizeof(default_label), "device:%s/%s:%s", is->cb.oem_id, is->cb.product_id, dev.text);
+    rv = make_object(be, session, &o, buf, cert_len, ski, default_label, &h);
+    if (rv != CKR_OK)
+        goto unused;
+    /* Recorded before the handle leaves: a certificate the caller holds has
+     * its ISSUE record. */
+    rv = guardian_store_issue(st, is->cb.oem_id, is->cb.product_id, serial, dev.id, dev.id_len, buf, cert_len);
+    if (rv != CKR_OK) {
+        be->C_DestroyObject(session, h);
+        /* The serial stays reserved, not issued: whether the record reached
+         * the disk is unknown, so it is not handed out again. */
+        return rv;
+    }
+    guardian_debug(LOG, "issued %s/%s serial %llu to %s", is->cb.oem_id, is->cb.product_id,
+                   (unsigned long long)serial, dev.text);
+    *out = h;
+    return CKR_OK;
+
+unused:
+    /* No certificate exists: the serial goes back to this process's block. */
+    pthread_mutex_lock(&is->lock);
+    if (is->next == serial + 1)
+        is->next = serial;
+    pthread_mutex_unlock(&is->lock);
+    return rv;
+}
 
 static const CK_MECHANISM_TYPE requires[] = {
     CKM_ECDSA,
@@ -21,5 +621,6 @@ const struct guardian_mech guardian_mech_derive_device_cert = {
     .info = {.ulMinKeySize = 256, .ulMaxKeySize = 4096, .flags = CKF_DERIVE},
     .requires = requires,
     .n_requires = sizeof(requires) / sizeof(requires[0]),
-    .derive = NULL,
+    .derive = derive_device_cert,
+    .finalize = derive_finalize,
 };

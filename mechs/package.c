@@ -37,6 +37,7 @@ ASN1_SEQUENCE(GUARDIAN_CERT_TEMPLATE) = {
     ASN1_SIMPLE(GUARDIAN_CERT_TEMPLATE, validity_days, ASN1_INTEGER),
     ASN1_SIMPLE(GUARDIAN_CERT_TEMPLATE, key_usage, ASN1_BIT_STRING),
     ASN1_SEQUENCE_OF_OPT(GUARDIAN_CERT_TEMPLATE, ext_key_usage, ASN1_OBJECT),
+    ASN1_IMP_OPT(GUARDIAN_CERT_TEMPLATE, device_ext_oid, ASN1_OBJECT, 0),
 } ASN1_SEQUENCE_END(GUARDIAN_CERT_TEMPLATE)
 IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_CERT_TEMPLATE)
 
@@ -80,6 +81,16 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
         va_end(ap);
     }
     return 0;
+}
+
+int guardian_device_ext_oid_ok(const ASN1_OBJECT *oid)
+{
+    static const unsigned char id_ce[] = {0x55, 0x1d}, id_pkix[] = {0x2b, 0x06, 0x01, 0x05, 0x05, 0x07};
+    const unsigned char *d = OBJ_get0_data(oid);
+    size_t n = OBJ_length(oid);
+    if (d == NULL || n < 3 || n > GUARDIAN_DEVICE_EXT_OID_MAX)
+        return 0;
+    return memcmp(d, id_ce, sizeof(id_ce)) != 0 && (n < sizeof(id_pkix) || memcmp(d, id_pkix, sizeof(id_pkix)) != 0);
 }
 
 /* IDs end up in certificate subjects and file names: a conservative alphabet. */
@@ -226,6 +237,11 @@ int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_pack
             ASN1_STRING_length(t->key_usage) > 2 ||
             (t->ext_key_usage != NULL && sk_ASN1_OBJECT_num(t->ext_key_usage) > GUARDIAN_PKG_MAX_ITEMS)) {
             fail(err, errlen, "device certificate template is invalid (subject 1-512 bytes, validity 1-36500 days)");
+            goto out;
+        }
+        if (t->device_ext_oid != NULL && !guardian_device_ext_oid_ok(t->device_ext_oid)) {
+            fail(err, errlen, "device-identity extension OID is invalid (3-32 bytes, not under 2.5.29 or "
+                              "1.3.6.1.5.5.7)");
             goto out;
         }
     }

@@ -55,6 +55,7 @@ typedef struct {
     ASN1_INTEGER *validity_days;
     ASN1_BIT_STRING *key_usage;     /* X.509 KeyUsage bits */
     STACK_OF(ASN1_OBJECT) *ext_key_usage; /* OPTIONAL */
+    ASN1_OBJECT *device_ext_oid;    /* [0] OPTIONAL: the device-identity extension's OID */
 } GUARDIAN_CERT_TEMPLATE;
 
 typedef struct {
@@ -123,6 +124,14 @@ int guardian_kek_context(const uint8_t package_id[GUARDIAN_PKG_ID_LEN], const ui
                          const uint8_t *ephemeral_point, size_t point_len, uint8_t out[32]);
 /* The same, from a decoded package. */
 int guardian_package_kek_context(const struct guardian_package *pkg, uint8_t out[32]);
+
+/* The device-identity extension's OID: the template's device_ext_oid when the
+ * OEM names one (an arc under its own enterprise number, for consumers that
+ * cannot parse 128-bit arcs), else GUARDIAN_OID_DEVICE.  Accepted: 3..32 bytes
+ * of DER contents, not under id-ce (2.5.29) or id-pkix (1.3.6.1.5.5.7). */
+#define GUARDIAN_OID_DEVICE GUARDIAN_OID_ARC ".3"
+#define GUARDIAN_DEVICE_EXT_OID_MAX 32
+int guardian_device_ext_oid_ok(const ASN1_OBJECT *oid);
 
 /* Map a scheme OID to GUARDIAN_KT_*, 0 if unknown. */
 int guardian_package_scheme(const ASN1_OBJECT *oid);

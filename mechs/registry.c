@@ -39,3 +39,10 @@ bool guardian_mech_available(const struct guardian_mech *m, const CK_MECHANISM_T
     }
     return true;
 }
+
+void guardian_mechs_finalize(struct guardian_store *st)
+{
+    for (size_t i = 0; i < guardian_mech_count(); i++)
+        if (table[i]->finalize != NULL)
+            table[i]->finalize(st);
+}

@@ -41,6 +41,9 @@ struct guardian_mech {
      * CKR_MECHANISM_INVALID. */
     guardian_unwrap_fn unwrap;
     guardian_derive_fn derive;
+    /* Optional: C_Finalize is closing the store; give back what the
+     * mechanism holds (the derive mechanism's reserved, unused units). */
+    void (*finalize)(struct guardian_store *st);
 };
 
 extern const struct guardian_mech guardian_mech_unwrap_package;
@@ -50,6 +53,9 @@ extern const struct guardian_mech guardian_mech_derive_device_cert;
 const struct guardian_mech *guardian_mech_find(CK_MECHANISM_TYPE type);
 size_t guardian_mech_count(void);
 const struct guardian_mech *guardian_mech_at(size_t i);
+
+/* Every mechanism's finalize hook, before C_Finalize closes the store. */
+void guardian_mechs_finalize(struct guardian_store *st);
 
 /* True when `m` is implemented and every primitive it requires is among the
  * `n` backend mechanisms `available`. */

@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 
 #include "module.h"
+#include "registry.h"
 #include "store.h"
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
@@ -237,6 +238,7 @@ CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
      * application. */
     atomic_store(&guardian_active_list, NULL);
     atomic_store(&guardian_active_list3, NULL);
+    guardian_mechs_finalize(store);
     guardian_store_close(store);
     store = NULL;
     guardian_package_objects_reset();

@@ -33,6 +33,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "cert_builder.h"
 #include "package.h"
 #include "report.h"
 
@@ -305,7 +306,7 @@ struct create_opts {
     const char *guardian_cert, *signer_key, *signer_cert, *signer_chain;
     const char *ca_key, *ca_cert, *ca_chain;
     const char *oem_id, *product_id, *subject, *not_after, *out, *kdf;
-    const char *key_usage, *ext_key_usage;
+    const char *key_usage, *ext_key_usage, *device_ext_oid;
     long release, validity_days;
     unsigned long long units;
     const char *extra_keys[GUARDIAN_PKG_MAX_ITEMS];
@@ -426,7 +427,22 @@ static int create_package(const struct create_opts *o)
     ASN1_INTEGER_set_uint64(pkg->authorised_units, o->units);
     if (ASN1_GENERALIZEDTIME_set(pkg->not_after, not_after) == NULL)
         die("cannot encode --not-after");
+    {
+        /* The module refuses a pattern it cannot fill: refuse it here, before
+         * the package travels (same parser, mechs/cert_builder.c). */
+        struct guardian_subject_pattern pat;
+        char perr_buf[160];
+        if (!guardian_subject_pattern_parse(o->subject, strlen(o->subject), &pat, perr_buf, sizeof(perr_buf)))
+            die("--subject: %s", perr_buf);
+    }
     set_utf8(pkg->cert_template->subject, o->subject);
+    if (o->device_ext_oid != NULL) {
+        pkg->cert_template->device_ext_oid = OBJ_txt2obj(o->device_ext_oid, 1);
+        if (pkg->cert_template->device_ext_oid == NULL ||
+            !guardian_device_ext_oid_ok(pkg->cert_template->device_ext_oid))
+            die("--device-ext-oid: '%s' is not a usable OID (dotted numbers; not under 2.5.29 or 1.3.6.1.5.5.7)",
+                o->device_ext_oid);
+    }
     ASN1_INTEGER_set(pkg->cert_template->validity_days, o->validity_days);
     key_usage_bits(pkg->cert_template->key_usage, o->key_usage);
     if (o->ext_key_usage != NULL) {
@@ -555,7 +571,7 @@ static int cmd_create(int argc, char **argv)
         {"extra-key", required_argument, NULL, 'x'},     {"data", required_argument, NULL, 'd'},
         {"secret-data", required_argument, NULL, 'D'},   {"kdf", required_argument, NULL, 'f'},
         {"out", required_argument, NULL, 'o'},           {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+        {"device-ext-oid", required_argument, NULL, 'X'}, {NULL, 0, NULL, 0}};
     int c;
     char *end;
 
@@ -590,6 +606,7 @@ static int cmd_create(int argc, char **argv)
             break;
         case 'U': o.key_usage = optarg; break;
         case 'E': o.ext_key_usage = optarg; break;
+        case 'X': o.device_ext_oid = optarg; break;
         case 'x':
             if (o.n_extra == GUARDIAN_PKG_MAX_ITEMS)
                 die("at most %d --extra-key", GUARDIAN_PKG_MAX_ITEMS);
@@ -609,6 +626,7 @@ static int cmd_create(int argc, char **argv)
                    "         [--signer-chain CHAIN.pem] --ca-key CA.key --ca-cert CA.pem [--ca-chain CHAIN.pem]\n"
                    "         --oem-id ID --product-id ID --release N --units N --not-after YYYY-MM-DD|+DAYS\n"
                    "         [--subject PATTERN] [--validity-days N] [--key-usage LIST] [--ext-key-usage OIDS]\n"
+                   "         [--device-ext-oid OID]\n"
                    "         [--extra-key LABEL=KEY.pem]... [--data NAME=FILE]... [--secret-data NAME=FILE]...\n"
                    "         [--kdf auto|aes-cbc|x963-sha256] --out PACKAGE\n");
             return 0;
@@ -780,6 +798,11 @@ static int cmd_inspect(int argc, char **argv)
             OBJ_obj2txt(oid, sizeof(oid), sk_ASN1_OBJECT_value(t->ext_key_usage, i), 0);
             printf("%s%s", i == 0 ? ", EKU " : ",", oid);
         }
+        if (t->device_ext_oid != NULL) {
+            char oid[128];
+            OBJ_obj2txt(oid, sizeof(oid), t->device_ext_oid, 1);
+            printf(", device extension %s", oid);
+        }
         printf("\n");
     }
     {
@@ -862,6 +885,7 @@ static int cmd_verify_report(int argc, char **argv)
                                              {"package", required_argument, NULL, 'p'},
                                              {"authorised", required_argument, NULL, 'a'},
                                              {"product", required_argument, NULL, 'P'},
+                                             {"device-ext-oid", required_argument, NULL, 'X'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     const char *guardian_path = NULL, *chain_path = NULL, *root_path = NULL, *authorised = NULL, *path;
@@ -890,9 +914,11 @@ static int cmd_verify_report(int argc, char **argv)
             break;
         case 'a': authorised = optarg; break;
         case 'P': in.product = optarg; break;
+        case 'X': in.device_ext_oid = optarg; break;
         case 'h':
             printf("usage: " PROG " verify-report REPORT --guardian GUARDIAN-CERT.pem --ca-chain PRODUCTION-CHAIN.pem\n"
                    "         [--root OEM-ROOT.pem] [--package PACKAGE]... [--authorised N --product OEM/PRODUCT]\n"
+                   "         [--device-ext-oid OID]   (the --device-ext-oid the packages were made with)\n"
                    "Checks the Guardian's signature, every record hash and the chain, the quotas and every\n"
                    "certificate.  Exit 0: OK; 1: the report does not verify; 2: usage or file error.\n");
             return 0;

@@ -942,10 +942,10 @@ static void check_chain(struct vctx *v)
 
 /* ---- certificates ------------------------------------------------------------------------ */
 
-static int check_ext(const X509 *x, const struct rproduct *prod, const uint8_t *dev, size_t dev_len,
-                     const struct rpkg *pkg, const char **why)
+static int check_ext(const struct vctx *v, const X509 *x, const struct rproduct *prod, const uint8_t *dev,
+                     size_t dev_len, const struct rpkg *pkg, const char **why)
 {
-    ASN1_OBJECT *oid = OBJ_txt2obj(REPORT_DEVICE_EXT_OID, 1);
+    ASN1_OBJECT *oid = OBJ_txt2obj(v->in->device_ext_oid != NULL ? v->in->device_ext_oid : REPORT_DEVICE_EXT_OID, 1);
     int idx = oid ? X509_get_ext_by_OBJ(x, oid, -1) : -1, ok = 0;
     X509_EXTENSION *e;
     const ASN1_OCTET_STRING *val;
@@ -1084,7 +1084,7 @@ static void check_certificate(struct vctx *v, const struct rrec *r, struct rpkg 
         why = "its serialNumber does not carry the record's serial and package";
         goto out;
     }
-    if (!check_ext(x, prod, dev, r->dev_len, pkg, &why))
+    if (!check_ext(v, x, prod, dev, r->dev_len, pkg, &why))
         goto out;
     pkg->certs_ok++;
 out:

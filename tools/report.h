@@ -68,6 +68,7 @@ struct report_inputs {
     size_t n_packages;
     const char *product;            /* "OEM/PRODUCT" for `authorised` */
     uint64_t authorised;            /* with `product`: the OEM's total for that product */
+    const char *device_ext_oid;     /* the package template's device-extension OID; NULL: Guardian's default */
     FILE *out;                      /* summary and problems; NULL: silent */
     const char *name;               /* the report's file name, for messages */
 };

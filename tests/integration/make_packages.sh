@@ -44,6 +44,18 @@ wrap x963.gpk 5 --kdf x963-sha256
     --ca-key ca.key --ca-cert ca.pem --oem-id ACME --product-id EVIL --release 1 --units 1 \
     --not-after +30 --out evil.gpk >/dev/null
 
+# Derive tests: a small quota, and an RSA production CA.
+"$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem \
+    --ca-key ca.key --ca-cert ca.pem --ca-chain oem-root.pem --oem-id ACME --product-id SMALL --release 1 \
+    --units 3 --not-after +30 --out small.gpk >/dev/null
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out rsa-ca.key 2>/dev/null
+openssl req -new -key rsa-ca.key -subj "/CN=ACME RSA Production CA" -out rsa-ca.csr
+openssl x509 -req -in rsa-ca.csr -CA oem-root.pem -CAkey oem-root.key -days 365 -out rsa-ca.pem \
+    -extfile <(printf 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign\nsubjectKeyIdentifier=hash\n') 2>/dev/null
+"$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem \
+    --ca-key rsa-ca.key --ca-cert rsa-ca.pem --ca-chain oem-root.pem --oem-id ACME --product-id RSA-1 --release 1 \
+    --units 10 --not-after +30 --out rsa.gpk >/dev/null
+
 # An expired package: guardian-wrap refuses to make one, so take a valid
 # package's content, move its not-after (the content's only GeneralizedTime)
 # to 2001, and sign it again as the OEM would, with stock OpenSSL.

@@ -1,8 +1,12 @@
 /*
- * test_unwrap.c — CKM_GUARDIAN_UNWRAP_PACKAGE through guardian-pkcs11.so over a
- * real SoftHSMv2 token: a package made by guardian-wrap is imported with a
- * standard C_UnwrapKey, the imported keys are sensitive and unextractable and
- * sign correctly, and every refusal has its CKR code and leaves no object.
+ * test_unwrap.c — the Guardian vendor mechanisms through guardian-pkcs11.so over
+ * a real SoftHSMv2 token.  CKM_GUARDIAN_UNWRAP_PACKAGE: a package made by
+ * guardian-wrap is imported with a standard C_UnwrapKey, the imported keys are
+ * sensitive and unextractable and sign correctly, and every refusal has its CKR
+ * code and leaves no object.  CKM_GUARDIAN_DERIVE_DEVICE_CERT: certificates for
+ * EC and RSA device keys under EC and RSA production CAs verify with OpenSSL
+ * up to the OEM root, carry the profile's fields, count against the quota, and
+ * every refusal has its CKR code and spends no unit.
  *
  * Setup per test run: a fresh token; the Guardian's EC key generated in it
  * (CKA_ID "guardian") with a certificate signed by a software "centre CA";
@@ -23,6 +27,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "softhsm_token.h"
 #include "vectors.h"
@@ -517,6 +522,405 @@ static void test_vectors_in_token(void **st)
     free(gd), free(ep), free(c), free(kek_v), free(w), free(p8);
 }
 
+/* ---- CKM_GUARDIAN_DERIVE_DEVICE_CERT ------------------------------------------------------ */
+
+static EVP_PKEY *gen_key(const char *alg, const char *curve_or_bits)
+{
+    EVP_PKEY *k = NULL;
+    if (strcmp(alg, "RSA") == 0)
+        k = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)atoi(curve_or_bits));
+    else if (strcmp(alg, "EC") == 0)
+        k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", curve_or_bits);
+    else
+        k = EVP_PKEY_Q_keygen(NULL, NULL, alg);
+    assert_non_null(k);
+    return k;
+}
+
+static size_t spki_of(EVP_PKEY *k, unsigned char *out)
+{
+    unsigned char *p = out;
+    int n = i2d_PUBKEY(k, &p);
+    assert_true(n > 0 && n <= 1024);
+    return (size_t)n;
+}
+
+static CK_RV derive_raw(CK_OBJECT_HANDLE base, CK_ULONG fmt, const void *id, size_t id_len, const unsigned char *spki,
+                        size_t spki_len, CK_ATTRIBUTE *t, CK_ULONG nt, CK_OBJECT_HANDLE *out)
+{
+    CK_GUARDIAN_DEVICE_CERT_PARAMS p = {CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION, fmt, (CK_BYTE_PTR)id, id_len,
+                                        (CK_BYTE_PTR)spki, spki_len};
+    CK_MECHANISM mech = {CKM_GUARDIAN_DERIVE_DEVICE_CERT, &p, sizeof(p)};
+    return m->C_DeriveKey(s, &mech, base, t, nt, out);
+}
+
+static CK_RV derive(CK_OBJECT_HANDLE base, const char *device_id, EVP_PKEY *k, CK_OBJECT_HANDLE *out)
+{
+    unsigned char spki[1024];
+    size_t n = spki_of(k, spki);
+    return derive_raw(base, CKG_GUARDIAN_DEVICE_ID_TEXT, device_id, strlen(device_id), spki, n, NULL, 0, out);
+}
+
+/* The production CA key of the package behind package object `pkg_obj`: the
+ * private key with its CKA_ID labelled "...:production-ca". */
+static CK_OBJECT_HANDLE ca_key_of(CK_OBJECT_HANDLE pkg_obj)
+{
+    CK_BYTE id[16];
+    CK_OBJECT_CLASS priv = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE a = {CKA_ID, id, sizeof(id)};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_ID, id, sizeof(id)}};
+    CK_OBJECT_HANDLE h[8], found = CK_INVALID_HANDLE;
+    CK_ULONG n = 0;
+    assert_int_equal(m->C_GetAttributeValue(s, pkg_obj, &a, 1), CKR_OK);
+    assert_int_equal(m->C_FindObjectsInit(s, t, 2), CKR_OK);
+    assert_int_equal(m->C_FindObjects(s, h, 8, &n), CKR_OK);
+    assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+    for (CK_ULONG i = 0; i < n; i++) {
+        char label[128];
+        CK_ATTRIBUTE l = {CKA_LABEL, label, sizeof(label) - 1};
+        assert_int_equal(m->C_GetAttributeValue(s, h[i], &l, 1), CKR_OK);
+        label[l.ulValueLen] = '\0';
+        if (l.ulValueLen > 14 && strcmp(label + l.ulValueLen - 14, ":production-ca") == 0)
+            found = h[i];
+    }
+    assert_int_not_equal(found, CK_INVALID_HANDLE);
+    return found;
+}
+
+static CK_ULONG remaining_of(CK_OBJECT_HANDLE pkg_obj)
+{
+    CK_ULONG v = 0;
+    CK_ATTRIBUTE a = {CKA_GUARDIAN_REMAINING_UNITS, &v, sizeof(v)};
+    assert_int_equal(m->C_GetAttributeValue(s, pkg_obj, &a, 1), CKR_OK);
+    return v;
+}
+
+/* The certificate object's value, checked against its other attributes. */
+static X509 *cert_of(CK_OBJECT_HANDLE h)
+{
+    CK_BYTE value[4096], subject[512], issuer[512], serial[64];
+    CK_OBJECT_CLASS cls = 0;
+    CK_CERTIFICATE_TYPE ct = 0;
+    CK_BBOOL is_token = CK_TRUE;
+    CK_ATTRIBUTE a[] = {{CKA_VALUE, value, sizeof(value)},   {CKA_SUBJECT, subject, sizeof(subject)},
+                        {CKA_ISSUER, issuer, sizeof(issuer)}, {CKA_SERIAL_NUMBER, serial, sizeof(serial)},
+                        {CKA_CLASS, &cls, sizeof(cls)},       {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+                        {CKA_TOKEN, &is_token, sizeof(is_token)}};
+    const unsigned char *p = value;
+    unsigned char *der = NULL;
+    X509 *x;
+    int len;
+    assert_int_equal(m->C_GetAttributeValue(s, h, a, 7), CKR_OK);
+    assert_int_equal(cls, CKO_CERTIFICATE);
+    assert_int_equal(ct, CKC_X_509);
+    x = d2i_X509(NULL, &p, (long)a[0].ulValueLen);
+    assert_non_null(x);
+    assert_ptr_equal(p, value + a[0].ulValueLen);
+    len = i2d_X509_NAME(X509_get_subject_name(x), &der);
+    assert_int_equal((CK_ULONG)len, a[1].ulValueLen);
+    assert_memory_equal(der, subject, (size_t)len);
+    OPENSSL_free(der);
+    der = NULL;
+    len = i2d_X509_NAME(X509_get_issuer_name(x), &der);
+    assert_int_equal((CK_ULONG)len, a[2].ulValueLen);
+    assert_memory_equal(der, issuer, (size_t)len);
+    OPENSSL_free(der);
+    der = NULL;
+    len = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &der);
+    assert_int_equal((CK_ULONG)len, a[3].ulValueLen);
+    assert_memory_equal(der, serial, (size_t)len);
+    OPENSSL_free(der);
+    return x;
+}
+
+/* openssl verify -CAfile oem-root.pem -untrusted <ca> device.pem */
+static void assert_chains(X509 *x, const char *ca_name)
+{
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    STACK_OF(X509) *untrusted = sk_X509_new_null();
+    FILE *f;
+    X509 *root, *ca;
+    int ok;
+
+    f = fopen(path("oem-root.pem"), "r");
+    root = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    f = fopen(path(ca_name), "r");
+    ca = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    assert_non_null(root);
+    assert_non_null(ca);
+    X509_STORE_add_cert(store, root);
+    sk_X509_push(untrusted, ca);
+    X509_STORE_CTX_init(ctx, store, x, untrusted);
+    ok = X509_verify_cert(ctx);
+    if (ok != 1)
+        fail_msg("device certificate does not verify: %s",
+                 X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(store);
+    sk_X509_pop_free(untrusted, X509_free);
+    X509_free(root);
+}
+
+static void assert_profile(X509 *x, const char *device_id, EVP_PKEY *device_key, uint64_t serial)
+{
+    char cn[128];
+    const ASN1_INTEGER *sn = X509_get_serialNumber(x);
+    unsigned char snb[32];
+    int n = BN_bn2bin(ASN1_INTEGER_to_BN(sn, NULL), snb);
+    ASN1_OBJECT *oid = OBJ_txt2obj("2.25.62758544141009244537205961397770264239.3", 1);
+    uint64_t low = 0;
+
+    assert_int_equal(X509_get_version(x), X509_VERSION_3);
+    assert_true(X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, sizeof(cn)) > 0);
+    assert_string_equal(cn, device_id);
+    assert_true(X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_organizationName, cn, sizeof(cn)) > 0);
+    assert_string_equal(cn, "ACME");
+    assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(x), device_key), 1);
+    assert_int_equal(n, 16);
+    for (int i = 8; i < 16; i++)
+        low = low << 8 | snb[i];
+    assert_int_equal(low, serial);
+    assert_true(X509_get_extension_flags(x) & EXFLAG_BCONS);
+    assert_false(X509_check_ca(x));
+    assert_non_null(X509_get0_subject_key_id(x));
+    assert_non_null(X509_get0_authority_key_id(x));
+    assert_true(X509_get_ext_by_OBJ(x, oid, -1) >= 0);
+    ASN1_OBJECT_free(oid);
+}
+
+static void test_derive_certificates(void **st)
+{
+    CK_OBJECT_HANDLE pkg_obj = 0, rsa_obj = 0, ca, rsa_ca, cert;
+    static const struct {
+        const char *alg, *param;
+    } kinds[] = {{"EC", "P-256"}, {"EC", "P-384"}, {"RSA", "2048"}};
+    CK_MECHANISM_INFO info;
+    char id[32];
+    uint64_t serial = 0;
+    (void)st;
+
+    assert_int_equal(import("good.gpk", &pkg_obj), CKR_OK);
+    assert_int_equal(import("rsa.gpk", &rsa_obj), CKR_OK);
+    assert_int_equal(m->C_GetMechanismInfo(slot, CKM_GUARDIAN_DERIVE_DEVICE_CERT, &info), CKR_OK);
+    assert_true(info.flags & CKF_DERIVE);
+    ca = ca_key_of(pkg_obj);
+    rsa_ca = ca_key_of(rsa_obj);
+
+    for (size_t k = 0; k < 3; k++) {
+        EVP_PKEY *dk = gen_key(kinds[k].alg, kinds[k].param);
+        X509 *x;
+        /* EC production CA */
+        snprintf(id, sizeof(id), "SN-%zu-ec", k);
+        assert_int_equal(derive(ca, id, dk, &cert), CKR_OK);
+        x = cert_of(cert);
+        assert_profile(x, id, dk, ++serial);
+        assert_chains(x, "ca.pem");
+        X509_free(x);
+        assert_int_equal(m->C_DestroyObject(s, cert), CKR_OK);
+        /* RSA production CA */
+        snprintf(id, sizeof(id), "SN-%zu-rsa", k);
+        assert_int_equal(derive(rsa_ca, id, dk, &cert), CKR_OK);
+        x = cert_of(cert);
+        assert_profile(x, id, dk, k + 1);
+        assert_chains(x, "rsa-ca.pem");
+        X509_free(x);
+        assert_int_equal(m->C_DestroyObject(s, cert), CKR_OK);
+        EVP_PKEY_free(dk);
+    }
+    assert_int_equal(remaining_of(pkg_obj), 97);
+    assert_int_equal(remaining_of(rsa_obj), 7);
+
+    /* A binary device ID is shown as hex; a token object when asked. */
+    {
+        EVP_PKEY *dk = gen_key("EC", "P-256");
+        unsigned char spki[1024], raw[4] = {0xde, 0xad, 0xbe, 0xef};
+        size_t n = spki_of(dk, spki);
+        CK_BBOOL yes = CK_TRUE, is_token = CK_FALSE;
+        CK_ATTRIBUTE t[] = {{CKA_TOKEN, &yes, 1}, {CKA_LABEL, "line-7", 6}};
+        CK_ATTRIBUTE q = {CKA_TOKEN, &is_token, 1};
+        X509 *x;
+        assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_BINARY, raw, 4, spki, n, t, 2, &cert), CKR_OK);
+        assert_int_equal(m->C_GetAttributeValue(s, cert, &q, 1), CKR_OK);
+        assert_true(is_token);
+        x = cert_of(cert);
+        assert_profile(x, "deadbeef", dk, ++serial);
+        X509_free(x);
+        assert_int_equal(m->C_DestroyObject(s, cert), CKR_OK);
+        EVP_PKEY_free(dk);
+    }
+}
+
+static void test_derive_refusals(void **st)
+{
+    CK_OBJECT_HANDLE pkg_obj = 0, small_obj = 0, ca, small_ca, cert = 0;
+    EVP_PKEY *good = gen_key("EC", "P-256");
+    unsigned char spki[1100], bad[1100];
+    size_t n;
+    CK_ULONG before;
+    (void)st;
+
+    assert_int_equal(import("good.gpk", &pkg_obj), CKR_OK);
+    assert_int_equal(import("small.gpk", &small_obj), CKR_OK);
+    ca = ca_key_of(pkg_obj);
+    small_ca = ca_key_of(small_obj);
+    before = remaining_of(pkg_obj);
+    n = spki_of(good, spki);
+
+    /* Device keys: unsupported curves and algorithms, not on the curve,
+     * malformed, compressed, the CA's own key. */
+    {
+        static const struct {
+            const char *alg, *param;
+        } unsupported[] = {{"EC", "P-521"}, {"EC", "secp256k1"}, {"ED25519", NULL}, {"RSA", "1024"}};
+        for (size_t i = 0; i < sizeof(unsupported) / sizeof(unsupported[0]); i++) {
+            EVP_PKEY *k = gen_key(unsupported[i].alg, unsupported[i].param);
+            if (derive(ca, "dev-x", k, &cert) != CKR_GUARDIAN_DEVICE_KEY_UNSUPPORTED)
+                fail_msg("%s %s not refused as unsupported", unsupported[i].alg,
+                         unsupported[i].param ? unsupported[i].param : "");
+            EVP_PKEY_free(k);
+        }
+    }
+    memcpy(bad, spki, n);
+    bad[n - 1] ^= 0x01; /* y off the curve */
+    assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_TEXT, "dev-x", 5, bad, n, NULL, 0, &cert),
+                     CKR_GUARDIAN_DEVICE_KEY_INVALID);
+    assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_TEXT, "dev-x", 5, spki, n - 1, NULL, 0, &cert),
+                     CKR_GUARDIAN_DEVICE_KEY_INVALID);
+    memcpy(bad, spki, n);
+    bad[n] = 0;
+    assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_TEXT, "dev-x", 5, bad, n + 1, NULL, 0, &cert),
+                     CKR_GUARDIAN_DEVICE_KEY_INVALID);
+    assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_TEXT, "dev-x", 5, (const unsigned char *)"\x30\x00", 2,
+                                NULL, 0, &cert),
+                     CKR_GUARDIAN_DEVICE_KEY_INVALID);
+    {
+        EC_GROUP *g = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+        EVP_PKEY *k = gen_key("EC", "P-256");
+        unsigned char *p = bad;
+        int len;
+        EVP_PKEY_set_utf8_string_param(k, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, "compressed");
+        len = i2d_PUBKEY(k, &p);
+        assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_TEXT, "dev-x", 5, bad, (size_t)len, NULL, 0, &cert),
+                         CKR_GUARDIAN_DEVICE_KEY_UNSUPPORTED);
+        EVP_PKEY_free(k);
+        EC_GROUP_free(g);
+    }
+    {
+        FILE *f = fopen(path("ca.pem"), "r");
+        X509 *cax = PEM_read_X509(f, NULL, NULL, NULL);
+        size_t cn;
+        fclose(f);
+        cn = spki_of(X509_get0_pubkey(cax), bad);
+        assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_TEXT, "dev-x", 5, bad, cn, NULL, 0, &cert),
+                         CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY);
+        X509_free(cax);
+    }
+
+    /* Device IDs. */
+    assert_int_equal(derive_raw(ca, 99, "dev-x", 5, spki, n, NULL, 0, &cert), CKR_GUARDIAN_DEVICE_ID_INVALID);
+    assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_TEXT, "dev x", 5, spki, n, NULL, 0, &cert),
+                     CKR_GUARDIAN_DEVICE_ID_INVALID);
+    assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_TEXT, "", 0, spki, n, NULL, 0, &cert),
+                     CKR_GUARDIAN_DEVICE_ID_INVALID);
+    assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_BINARY, bad, 33, spki, n, NULL, 0, &cert),
+                     CKR_GUARDIAN_DEVICE_ID_INVALID);
+
+    /* Base keys that are not an imported production CA key. */
+    assert_int_equal(derive(guardian_key, "dev-x", good, &cert), CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY);
+    assert_int_equal(derive(pkg_obj, "dev-x", good, &cert), CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY);
+    assert_int_equal(derive(0x7fff, "dev-x", good, &cert), CKR_KEY_HANDLE_INVALID);
+    {
+        /* A key that claims to be the CA key (same CKA_ID and label) but is not. */
+        CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+        CK_BYTE ec_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}, id[16];
+        char label[128];
+        CK_ATTRIBUTE la = {CKA_LABEL, label, sizeof(label)}, ia = {CKA_ID, id, sizeof(id)};
+        CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+        CK_OBJECT_HANDLE pub, priv;
+        assert_int_equal(m->C_GetAttributeValue(s, ca, &la, 1), CKR_OK);
+        assert_int_equal(m->C_GetAttributeValue(s, ca, &ia, 1), CKR_OK);
+        {
+            CK_ATTRIBUTE pub_t[] = {{CKA_EC_PARAMS, ec_p256, sizeof(ec_p256)}, {CKA_TOKEN, &no, 1}};
+            CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &no, 1}, {CKA_SIGN, &yes, 1}, la, ia};
+            assert_int_equal(m->C_GenerateKeyPair(s, &gen, pub_t, 2, priv_t, 4, &pub, &priv), CKR_OK);
+        }
+        assert_int_equal(derive(priv, "dev-x", good, &cert), CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY);
+    }
+
+    /* Parameters and template. */
+    {
+        CK_GUARDIAN_DEVICE_CERT_PARAMS p = {2, CKG_GUARDIAN_DEVICE_ID_TEXT, (CK_BYTE_PTR) "dev-x", 5, spki, n};
+        CK_MECHANISM mech = {CKM_GUARDIAN_DERIVE_DEVICE_CERT, &p, sizeof(p)};
+        CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
+        CK_ATTRIBUTE t1 = {CKA_CLASS, &sk, sizeof(sk)}, t2 = {CKA_VALUE, "x", 1};
+        assert_int_equal(m->C_DeriveKey(s, &mech, ca, NULL, 0, &cert), CKR_MECHANISM_PARAM_INVALID);
+        p.version = 1;
+        mech.ulParameterLen = sizeof(p) - 1;
+        assert_int_equal(m->C_DeriveKey(s, &mech, ca, NULL, 0, &cert), CKR_MECHANISM_PARAM_INVALID);
+        mech.pParameter = NULL;
+        mech.ulParameterLen = 0;
+        assert_int_equal(m->C_DeriveKey(s, &mech, ca, NULL, 0, &cert), CKR_MECHANISM_PARAM_INVALID);
+        assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_TEXT, "dev-x", 5, spki, n, &t1, 1, &cert),
+                         CKR_TEMPLATE_INCONSISTENT);
+        assert_int_equal(derive_raw(ca, CKG_GUARDIAN_DEVICE_ID_TEXT, "dev-x", 5, spki, n, &t2, 1, &cert),
+                         CKR_ATTRIBUTE_TYPE_INVALID);
+    }
+    /* None of that spent a unit. */
+    assert_int_equal(remaining_of(pkg_obj), before);
+
+    /* Quota: 3 units, then a vendor code that says so. */
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "small-%d", i);
+        assert_int_equal(derive(small_ca, id, good, &cert), CKR_OK);
+        assert_int_equal(m->C_DestroyObject(s, cert), CKR_OK);
+    }
+    assert_int_equal(derive(small_ca, "small-3", good, &cert), CKR_GUARDIAN_QUOTA_EXHAUSTED);
+    assert_int_equal(remaining_of(small_obj), 0);
+
+    /* A newer release supersedes the old CA key. */
+    assert_int_equal(derive(ca, "dev-ok", good, &cert), CKR_OK);
+    {
+        CK_OBJECT_HANDLE newer = 0;
+        assert_int_equal(import("newer.gpk", &newer), CKR_OK);
+        /* This process still holds units it reserved under release 3; once
+         * they are used (or given back at C_Finalize) the old key stops. */
+        for (int i = 0; i < 100; i++) {
+            CK_RV rv = derive(ca, "dev-old", good, &cert);
+            if (rv == CKR_GUARDIAN_PACKAGE_SUPERSEDED)
+                break;
+            assert_int_equal(rv, CKR_OK);
+            assert_int_equal(m->C_DestroyObject(s, cert), CKR_OK);
+            assert_true(i < 64);
+        }
+        assert_int_equal(derive(ca_key_of(newer), "dev-new", good, &cert), CKR_OK);
+    }
+    EVP_PKEY_free(good);
+}
+
+/* An allowance that expires after the import is refused from then on. */
+static void test_derive_expired(void **st)
+{
+    CK_OBJECT_HANDLE pkg_obj = 0, cert = 0, ca;
+    EVP_PKEY *k = gen_key("EC", "P-256");
+    char cmd[PATH_MAX * 2];
+    (void)st;
+
+    assert_int_equal(import("good.gpk", &pkg_obj), CKR_OK);
+    ca = ca_key_of(pkg_obj);
+    snprintf(cmd, sizeof(cmd),
+             "python3 -c 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); "
+             "c.execute(\"UPDATE packages SET not_after = 1000\"); c.commit()' %s",
+             path("state/guardian.db"));
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(derive(ca, "late-1", k, &cert), CKR_GUARDIAN_PACKAGE_EXPIRED);
+    assert_int_equal(remaining_of(pkg_obj), 100);
+    EVP_PKEY_free(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -524,6 +928,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_x963_needs_backend_kdf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vectors_in_token, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_derive_certificates, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_derive_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_derive_expired, setup, teardown),
     };
-    return cmocka_run_group_tests_name("integration: unwrap-into-token", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("integration: vendor mechanisms", tests, NULL, NULL);
 }

@@ -383,26 +383,34 @@ static void test_mechanism_list(void **st)
     assert_int_equal(mod->C_GetMechanismList(1, NULL, NULL), CKR_ARGUMENTS_BAD);
     assert_int_equal(mod->C_GetMechanismList(2, NULL, &n), CKR_SLOT_ID_INVALID);
     assert_int_equal(mod->C_GetMechanismList(1, NULL, &n), CKR_OK);
-    /* The backend's five, then unwrap-into-token (its primitives are all
-     * there); derive-device-certificate is not implemented yet. */
-    assert_int_equal(n, 6);
+    /* The backend's five, then unwrap-into-token and derive-device-
+     * certificate (their primitives are all there). */
+    assert_int_equal(n, 7);
     n = 2;
     assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_BUFFER_TOO_SMALL);
-    assert_int_equal(n, 6);
+    assert_int_equal(n, 7);
     n = 16;
     assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_OK);
-    assert_int_equal(n, 6);
+    assert_int_equal(n, 7);
     assert_int_equal(list[0], CKM_ECDSA);
     assert_int_equal(list[4], CKM_SHA256);
     assert_int_equal(list[5], CKM_GUARDIAN_UNWRAP_PACKAGE);
+    assert_int_equal(list[6], CKM_GUARDIAN_DERIVE_DEVICE_CERT);
 
     /* A slot without AES key wrap cannot run the import: not advertised. */
     fake_backend()->mechs[3] = CKM_AES_ECB;
     n = 16;
     assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_OK);
-    assert_int_equal(n, 5);
+    assert_int_equal(n, 6);
     for (CK_ULONG i = 0; i < n; i++)
         assert_int_not_equal(list[i], CKM_GUARDIAN_UNWRAP_PACKAGE);
+    /* Nor without raw ECDSA, the derive mechanism's signing primitive. */
+    fake_backend()->mechs[0] = CKM_SHA384;
+    n = 16;
+    assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_OK);
+    assert_int_equal(n, 5);
+    for (CK_ULONG i = 0; i < n; i++)
+        assert_int_not_equal(list[i], CKM_GUARDIAN_DERIVE_DEVICE_CERT);
 }
 
 static void test_mechanism_list_drops_backend_collision(void **st)
@@ -414,9 +422,11 @@ static void test_mechanism_list_drops_backend_collision(void **st)
     /* A backend that (wrongly) uses a number in our range. */
     fake_backend()->mechs[fake_backend()->n_mechs++] = CKM_GUARDIAN_DERIVE_DEVICE_CERT;
     assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_OK);
-    assert_int_equal(n, 6);
-    for (CK_ULONG i = 0; i < n; i++)
+    /* Listed once, as ours (after the backend's own five). */
+    assert_int_equal(n, 7);
+    for (CK_ULONG i = 0; i < 6; i++)
         assert_int_not_equal(list[i], CKM_GUARDIAN_DERIVE_DEVICE_CERT);
+    assert_int_equal(list[6], CKM_GUARDIAN_DERIVE_DEVICE_CERT);
 }
 
 static void test_mechanism_info(void **st)
@@ -435,7 +445,8 @@ static void test_mechanism_info(void **st)
     fake_backend()->last_name = NULL;
     assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_UNWRAP_PACKAGE, &info), CKR_OK);
     assert_int_equal(info.flags, CKF_UNWRAP);
-    assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_DERIVE_DEVICE_CERT, &info), CKR_MECHANISM_INVALID);
+    assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_DERIVE_DEVICE_CERT, &info), CKR_OK);
+    assert_int_equal(info.flags, CKF_DERIVE);
     assert_int_equal(mod->C_GetMechanismInfo(2, CKM_GUARDIAN_UNWRAP_PACKAGE, &info), CKR_SLOT_ID_INVALID);
     /* The backend was asked for its list, never for our mechanism. */
     assert_string_equal(fake_backend()->last_name, "C_GetMechanismList");
@@ -451,9 +462,10 @@ static void test_vendor_mechanisms_not_forwarded(void **st)
     CK_BYTE pkg[4] = {1, 2, 3, 4};
     CK_OBJECT_HANDLE h = 0;
     (void)st;
-    /* No parameter version is defined yet: refused before the backend is asked. */
+    /* Bad parameters (none defined for unwrap; derive's is missing): refused
+     * before the backend is asked. */
     assert_int_equal(mod->C_UnwrapKey(1, &unwrap, 2, pkg, sizeof(pkg), NULL, 0, &h), CKR_MECHANISM_PARAM_INVALID);
-    assert_int_equal(mod->C_DeriveKey(1, &derive, 2, NULL, 0, &h), CKR_MECHANISM_INVALID);
+    assert_int_equal(mod->C_DeriveKey(1, &derive, 2, NULL, 0, &h), CKR_MECHANISM_PARAM_INVALID);
     assert_null(fake_backend()->last_name);
     assert_int_equal(h, 0);
     /* NULL mechanism: the backend decides, as it would without us. */
