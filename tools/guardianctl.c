@@ -757,6 +757,9 @@ static void usage(FILE *f)
                "  remove-oem FPR       remove an OEM root (Security Officer) [--yes]\n"
                "  import PACKAGE       import a wrapped package (C_UnwrapKey through the module)\n"
                "  products             installed products, quotas, remaining units\n"
+               "  provision --product OEM/PRODUCT --count N [--out DIR] [--threads T] [--first K]\n"
+               "            [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet]\n"
+               "                       issue certificates for N simulated parts (resumable)\n"
                "  audit export [--product OEM/PRODUCT] [--out FILE]\n"
                "                       the audit trail and certificates, signed by the Guardian key\n"
                "PINs: GUARDIAN_PIN, GUARDIAN_SO_PIN, else asked on the terminal.\n");
@@ -810,6 +813,8 @@ int main(int argc, char **argv)
         rc = cmd_remove_oem(argc - i, argv + i);
     else if (strcmp(argv[i], "import") == 0)
         rc = cmd_import(argc - i, argv + i);
+    else if (strcmp(argv[i], "provision") == 0)
+        rc = cmd_provision(argc - i, argv + i);
     else if (strcmp(argv[i], "audit") == 0)
         rc = cmd_audit(argc - i, argv + i);
     else

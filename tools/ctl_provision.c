@@ -1,0 +1,377 @@
+/*
+ * ctl_provision.c — `guardianctl provision`: the programming system's job, for
+ * N simulated parts.  Each part makes its key pair (as a real part would, on
+ * chip; the private key is discarded), and the certificate is derived through
+ * the module with a standard C_DeriveKey(CKM_GUARDIAN_DERIVE_DEVICE_CERT) —
+ * the same call a real programming system makes — and written out as
+ * <out>/<device-id>.pem.
+ *
+ * Several worker threads, each with its own session; a progress bar with rate
+ * and ETA on a terminal, a plain line every 10 % otherwise; SIGINT/SIGTERM stop
+ * cleanly (the parts in flight finish, the module gives back the units it
+ * reserved and did not use); running the same command again resumes: a part
+ * whose certificate file exists is skipped.  docs/guardianctl.md, "provision".
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "guardianctl.h"
+
+#define MAX_THREADS 16
+
+struct run {
+    char oem[GUARDIAN_ID_MAX + 1], product[GUARDIAN_ID_MAX + 1];
+    CK_BYTE package_id[GUARDIAN_PACKAGE_ID_LEN];
+    const char *out_dir, *prefix, *key_type;
+    unsigned long long first, count;
+    int threads, quiet;
+    atomic_ullong next;      /* next index to take */
+    atomic_ullong issued, skipped, failed;
+    atomic_int stop;         /* 1: stop taking parts (Ctrl-C, quota, error) */
+    pthread_mutex_t err_lock;
+    CK_RV first_error;
+    char first_error_part[96];
+};
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    interrupted = 1;
+    signal(sig, SIG_DFL); /* a second Ctrl-C ends the process at once */
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- the package and its CA key --------------------------------------------------- */
+
+static void find_package(struct run *r)
+{
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_PACKAGE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_GUARDIAN_OEM_ID, r->oem, strlen(r->oem)},
+                        {CKA_GUARDIAN_PRODUCT_ID, r->product, strlen(r->product)}};
+    CK_OBJECT_HANDLE h;
+    CK_ULONG remaining = 0;
+    CK_ATTRIBUTE a[] = {{CKA_GUARDIAN_PACKAGE_ID, r->package_id, sizeof(r->package_id)},
+                        {CKA_GUARDIAN_REMAINING_UNITS, &remaining, sizeof(remaining)}};
+
+    if (find_all(t, 3, &h, 1) != 1)
+        die("product %s/%s is not installed ('" PROG " products' lists what is)", r->oem, r->product);
+    P11(p11->C_GetAttributeValue(session, h, a, 2));
+    if (!r->quiet)
+        printf("%s/%s: %lu units remaining\n", r->oem, r->product, (unsigned long)remaining);
+}
+
+/* The production CA key: CKA_ID = the package ID, label "...:production-ca". */
+static CK_OBJECT_HANDLE find_ca_key(CK_SESSION_HANDLE s, const struct run *r)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)r->package_id, sizeof(r->package_id)}};
+    CK_OBJECT_HANDLE h[8];
+    CK_ULONG n = 0;
+
+    if (p11->C_FindObjectsInit(s, t, 2) != CKR_OK || p11->C_FindObjects(s, h, 8, &n) != CKR_OK)
+        n = 0;
+    p11->C_FindObjectsFinal(s);
+    for (CK_ULONG i = 0; i < n; i++) {
+        char label[160];
+        CK_ATTRIBUTE l = {CKA_LABEL, label, sizeof(label) - 1};
+        if (p11->C_GetAttributeValue(s, h[i], &l, 1) != CKR_OK)
+            continue;
+        label[l.ulValueLen] = '\0';
+        if (l.ulValueLen > 14 && strcmp(label + l.ulValueLen - 14, ":production-ca") == 0)
+            return h[i];
+    }
+    return CK_INVALID_HANDLE;
+}
+
+/* ---- one part ------------------------------------------------------------------------- */
+
+static EVP_PKEY *part_keygen(const char *type)
+{
+    if (strcmp(type, "rsa2048") == 0)
+        return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    return EVP_PKEY_Q_keygen(NULL, NULL, "EC", strcmp(type, "p384") == 0 ? "P-384" : "P-256");
+}
+
+/* Write <out>/<id>.pem atomically (temporary file, then rename). */
+static int write_cert(const struct run *r, const char *id, const unsigned char *der, size_t len)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 16];
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    FILE *f;
+    int ok;
+
+    snprintf(path, sizeof(path), "%s/%s.pem", r->out_dir, id);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if (x == NULL)
+        return 0;
+    f = fopen(tmp, "w");
+    ok = f != NULL && PEM_write_X509(f, x) == 1;
+    if (f != NULL && fclose(f) != 0)
+        ok = 0;
+    X509_free(x);
+    if (ok && rename(tmp, path) != 0)
+        ok = 0;
+    if (!ok)
+        unlink(tmp);
+    return ok;
+}
+
+static void record_error(struct run *r, CK_RV rv, const char *id)
+{
+    pthread_mutex_lock(&r->err_lock);
+    if (r->first_error == CKR_OK) {
+        r->first_error = rv;
+        snprintf(r->first_error_part, sizeof(r->first_error_part), "%s", id);
+    }
+    pthread_mutex_unlock(&r->err_lock);
+}
+
+static void *worker(void *arg)
+{
+    struct run *r = arg;
+    CK_SESSION_HANDLE s;
+    CK_OBJECT_HANDLE ca;
+    unsigned char *value = malloc(GUARDIAN_CERT_MAX);
+
+    if (value == NULL || p11->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s) != CKR_OK) {
+        record_error(r, CKR_HOST_MEMORY, "(session)");
+        atomic_store(&r->stop, 1);
+        free(value);
+        return NULL;
+    }
+    ca = find_ca_key(s, r);
+    if (ca == CK_INVALID_HANDLE) {
+        record_error(r, CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY, "(no production CA key in the token)");
+        atomic_store(&r->stop, 1);
+    }
+
+    while (!atomic_load(&r->stop) && !interrupted) {
+        unsigned long long i = atomic_fetch_add(&r->next, 1);
+        char id[80], path[PATH_MAX];
+        unsigned char spki[1024], *sp = spki;
+        EVP_PKEY *k;
+        int spki_len;
+        CK_GUARDIAN_DEVICE_CERT_PARAMS params;
+        CK_MECHANISM mech = {CKM_GUARDIAN_DERIVE_DEVICE_CERT, &params, sizeof(params)};
+        CK_OBJECT_HANDLE cert = CK_INVALID_HANDLE;
+        CK_ATTRIBUTE v = {CKA_VALUE, value, GUARDIAN_CERT_MAX};
+        CK_RV rv;
+
+        if (i >= r->first + r->count)
+            break;
+        snprintf(id, sizeof(id), "%s%06llu", r->prefix, i);
+        snprintf(path, sizeof(path), "%s/%s.pem", r->out_dir, id);
+        if (access(path, F_OK) == 0) { /* done in an earlier run */
+            atomic_fetch_add(&r->skipped, 1);
+            continue;
+        }
+        k = part_keygen(r->key_type);
+        spki_len = k != NULL ? i2d_PUBKEY(k, &sp) : -1;
+        EVP_PKEY_free(k); /* the part keeps its private key; the simulation has no use for it */
+        if (spki_len <= 0) {
+            record_error(r, CKR_HOST_MEMORY, id);
+            atomic_fetch_add(&r->failed, 1);
+            atomic_store(&r->stop, 1);
+            break;
+        }
+        params.version = CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION;
+        params.deviceIdFormat = CKG_GUARDIAN_DEVICE_ID_TEXT;
+        params.pDeviceId = (CK_BYTE_PTR)id;
+        params.ulDeviceIdLen = strlen(id);
+        params.pPublicKeyInfo = spki;
+        params.ulPublicKeyInfoLen = (CK_ULONG)spki_len;
+
+        rv = p11->C_DeriveKey(s, &mech, ca, NULL, 0, &cert);
+        if (rv == CKR_OK) {
+            rv = p11->C_GetAttributeValue(s, cert, &v, 1);
+            if (rv == CKR_OK && !write_cert(r, id, value, v.ulValueLen))
+                rv = CKR_FUNCTION_FAILED;
+            p11->C_DestroyObject(s, cert);
+        }
+        if (rv != CKR_OK) {
+            record_error(r, rv, id);
+            atomic_fetch_add(&r->failed, 1);
+            atomic_store(&r->stop, 1);
+            break;
+        }
+        atomic_fetch_add(&r->issued, 1);
+    }
+    p11->C_CloseSession(s);
+    free(value);
+    return NULL;
+}
+
+/* ---- progress -------------------------------------------------------------------------- */
+
+static void progress(struct run *r, double t0, int final, int *last_decile)
+{
+    unsigned long long issued = atomic_load(&r->issued), done = issued + atomic_load(&r->skipped);
+    double el = now_s() - t0, rate = el > 0 ? (double)issued / el : 0;
+    double eta = rate > 0 ? (double)(r->count - done) / rate : 0;
+    int pct = r->count ? (int)(100 * done / r->count) : 100;
+
+    if (r->quiet)
+        return;
+    if (isatty(STDERR_FILENO)) {
+        char bar[31];
+        int fill = pct * 30 / 100;
+        memset(bar, '#', (size_t)fill);
+        memset(bar + fill, '.', (size_t)(30 - fill));
+        bar[30] = '\0';
+        fprintf(stderr, "\r[%s] %llu/%llu %3d%%  %.0f certs/s  ETA %d:%02d:%02d ", bar, done, r->count, pct, rate,
+                (int)eta / 3600, (int)eta / 60 % 60, (int)eta % 60);
+        if (final)
+            fputc('\n', stderr);
+        fflush(stderr);
+    } else if (pct / 10 > *last_decile || final) {
+        *last_decile = pct / 10;
+        fprintf(stderr, "provision: %llu/%llu parts (%d%%), %.0f certs/s, ETA %ds\n", done, r->count, pct, rate,
+                (int)eta);
+    }
+}
+
+/* ---- the command ------------------------------------------------------------------------- */
+
+static void usage_provision(void)
+{
+    die("usage: " PROG " provision --product OEM/PRODUCT --count N [--out DIR] [--threads T]\n"
+        "       [--first K] [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet]");
+}
+
+int cmd_provision(int argc, char **argv)
+{
+    static struct run r;
+    pthread_t th[MAX_THREADS];
+    struct sigaction sa;
+    char default_out[2 * GUARDIAN_ID_MAX + 32];
+    const char *product = NULL, *slash;
+    double t0;
+    int last_decile = -1, n_threads;
+
+    memset(&r, 0, sizeof(r));
+    r.threads = 2;
+    r.prefix = "SN-";
+    r.key_type = "p256";
+    r.first = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char *end = NULL;
+        if (strcmp(a, "--quiet") == 0) {
+            r.quiet = 1;
+            continue;
+        }
+        if (v == NULL)
+            usage_provision();
+        i++;
+        if (strcmp(a, "--product") == 0)
+            product = v;
+        else if (strcmp(a, "--count") == 0)
+            r.count = strtoull(v, &end, 10);
+        else if (strcmp(a, "--first") == 0)
+            r.first = strtoull(v, &end, 10);
+        else if (strcmp(a, "--threads") == 0)
+            r.threads = (int)strtol(v, &end, 10);
+        else if (strcmp(a, "--out") == 0)
+            r.out_dir = v;
+        else if (strcmp(a, "--prefix") == 0)
+            r.prefix = v;
+        else if (strcmp(a, "--key-type") == 0)
+            r.key_type = v;
+        else
+            usage_provision();
+        if (end != NULL && *end != '\0')
+            die("%s: '%s' is not a number", a, v);
+    }
+    if (product == NULL || (slash = strchr(product, '/')) == NULL || slash == product || slash[1] == '\0' ||
+        (size_t)(slash - product) > GUARDIAN_ID_MAX || strlen(slash + 1) > GUARDIAN_ID_MAX)
+        usage_provision();
+    if (r.count < 1 || r.count > (1ULL << 40))
+        die("--count must be 1..2^40");
+    if (r.threads < 1 || r.threads > MAX_THREADS)
+        die("--threads must be 1..%d", MAX_THREADS);
+    if (strcmp(r.key_type, "p256") != 0 && strcmp(r.key_type, "p384") != 0 && strcmp(r.key_type, "rsa2048") != 0)
+        die("--key-type must be p256, p384 or rsa2048");
+    if (strlen(r.prefix) > 40 || strspn(r.prefix, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._:") !=
+                                     strlen(r.prefix))
+        die("--prefix may hold up to 40 of A-Z a-z 0-9 - . _ :");
+    memcpy(r.oem, product, (size_t)(slash - product));
+    snprintf(r.product, sizeof(r.product), "%s", slash + 1);
+    if (r.out_dir == NULL) {
+        snprintf(default_out, sizeof(default_out), "certs-%s-%s", r.oem, r.product);
+        r.out_dir = default_out;
+    }
+    if (mkdir(r.out_dir, 0755) != 0 && errno != EEXIST)
+        die("cannot create %s: %s", r.out_dir, strerror(errno));
+    pthread_mutex_init(&r.err_lock, NULL);
+
+    login(CKU_USER);
+    find_package(&r);
+    atomic_store(&r.next, r.first);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    t0 = now_s();
+    for (n_threads = 0; n_threads < r.threads; n_threads++)
+        if (pthread_create(&th[n_threads], NULL, worker, &r) != 0)
+            break;
+    if (n_threads == 0)
+        die("cannot start a worker thread");
+    for (;;) {
+        unsigned long long done = atomic_load(&r.issued) + atomic_load(&r.skipped) + atomic_load(&r.failed);
+        if (done >= r.count || atomic_load(&r.stop) || interrupted)
+            break;
+        progress(&r, t0, 0, &last_decile);
+        usleep(200 * 1000);
+    }
+    for (int i = 0; i < n_threads; i++)
+        pthread_join(th[i], NULL);
+    progress(&r, t0, 1, &last_decile);
+
+    {
+        double el = now_s() - t0;
+        unsigned long long issued = atomic_load(&r.issued), skipped = atomic_load(&r.skipped);
+        printf("provisioned %llu parts in %.1f s (%.0f certs/s, %d threads); %llu already done; certificates in %s/\n",
+               issued, el, el > 0 ? (double)issued / el : 0.0, n_threads, skipped, r.out_dir);
+        if (r.first_error != CKR_OK) {
+            const char *why = r.first_error == CKR_GUARDIAN_QUOTA_EXHAUSTED ? "the authorised quota is used up"
+                              : r.first_error == CKR_GUARDIAN_PACKAGE_EXPIRED
+                                  ? "the package's allowance has expired"
+                                  : r.first_error == CKR_GUARDIAN_PACKAGE_SUPERSEDED
+                                        ? "a newer release of the product was imported; run again to use it"
+                                        : "see the module's log line above";
+            fprintf(stderr, PROG ": stopped at part %s: %s (%s)\n", r.first_error_part, ckr(r.first_error), why);
+            return 1;
+        }
+        if (interrupted) {
+            fprintf(stderr, PROG ": interrupted after %llu of %llu parts; run the same command again to resume\n",
+                    issued + skipped, r.count);
+            return 130;
+        }
+    }
+    return 0;
+}
