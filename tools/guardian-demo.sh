@@ -2,22 +2,31 @@
 # guardian-demo.sh — the main job, end to end, on a SoftHSM token made on the fly.
 #
 # Builds what it needs, creates a throwaway SoftHSMv2 token and a Guardian
-# configuration in a temporary directory, then runs the story so far, everything
+# configuration in a temporary directory, then runs the whole story, everything
 # through the Guardian module: Guardian identity (guardianctl init) -> OEM PKI
 # (OpenSSL) -> OEM root enrolment (Security Officer) -> wrapping
 # (guardian-wrap create/inspect, openssl cms -verify) -> import (C_UnwrapKey with
-# CKM_GUARDIAN_UNWRAP_PACKAGE) -> the imported CA key signs, OpenSSL verifies.
-# Device-certificate production (issue #4) comes next.
+# CKM_GUARDIAN_UNWRAP_PACKAGE) -> provisioning run (C_DeriveKey with
+# CKM_GUARDIAN_DERIVE_DEVICE_CERT per part) -> signed audit export -> the OEM
+# verifies the report offline -> openssl verify of every certificate.
 #
-# Usage: tools/guardian-demo.sh [--keep]   (--keep leaves the temporary directory)
+# Usage: tools/guardian-demo.sh [--keep] [--parts N]
+#        (--keep leaves the temporary directory; --parts defaults to 1000)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build="${GUARDIAN_BUILD_DIR:-$here/build}"
 module="$build/guardian-pkcs11.so"
 softhsm="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
-keep=0
-[ "${1:-}" = "--keep" ] && keep=1
+keep=0 parts=1000
+while [ $# -gt 0 ]; do
+    case $1 in
+    --keep) keep=1 ;;
+    --parts) parts=$2; shift ;;
+    *) echo "usage: $0 [--keep] [--parts N]" >&2; exit 2 ;;
+    esac
+    shift
+done
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
@@ -106,26 +115,43 @@ openssl cms -verify -inform DER -in "$work/acme-sensor-1-r1.gpk" -CAfile "$oem/r
 
 step "5. Import into the Guardian: C_UnwrapKey, unwrapped inside the HSM"
 ctl import "$work/acme-sensor-1-r1.gpk" | tee "$work/import.txt" | sed 's/^/  /'
-package_id=$(sed -n 's/^package_id=//p' "$work/import.txt")
 echo "  a replay is refused:"
 ctl import "$work/acme-sensor-1-r1.gpk" 2>&1 | grep guardianctl | sed 's/^/    /' || true
 ctl products | sed 's/^/  /'
 p11 --token-label guardian-demo --login --pin 1234 --list-objects --type privkey 2>/dev/null |
     grep -E 'Private Key|label|Access' | sed 's/^/  /'
 
-step "6. The imported production CA key signs inside the token; OpenSSL verifies"
-echo "Guardian demo: $(date -u +%FT%TZ)" >"$work/message.txt"
-openssl dgst -sha256 -binary "$work/message.txt" >"$work/message.sha256"
-# Every key of the package has CKA_ID = the package ID; this one has only the CA key.
-p11 --token-label guardian-demo --login --pin 1234 --sign --mechanism ECDSA \
-    --id "$package_id" --signature-format openssl \
-    --input-file "$work/message.sha256" --output-file "$work/message.sig" 2>&1 | sed 's/^/  /'
-openssl x509 -in "$oem/production-ca.pem" -pubkey -noout >"$work/production-ca.pub"
-openssl dgst -sha256 -verify "$work/production-ca.pub" -signature "$work/message.sig" "$work/message.txt" |
-    sed 's/^/  /'
+step "6. Production: $parts parts, one certificate each (C_DeriveKey through the module)"
+ctl provision --product ACME/SENSOR-1 --count "$parts" --threads 2 --out "$work/certs" 2>&1 | sed 's/^/  /'
+ctl products | sed 's/^/  /'
+echo "  one of them:"
+openssl x509 -in "$work/certs/SN-000001.pem" -noout -subject -issuer -serial -dates | sed 's/^/    /'
+
+step "7. Audit export, signed by the Guardian's identity key"
+ctl audit export --out "$work/audit-report.txt" 2>&1 | sed 's/^/  /'
+echo "  $(wc -l <"$work/audit-report.txt") lines, $(wc -c <"$work/audit-report.txt") bytes"
+
+step "8. OEM side, offline: verify the report against the Guardian certificate and the production CA"
+wrap verify-report "$work/audit-report.txt" --guardian "$work/guardian.pem" \
+    --ca-chain "$oem/production-ca.pem" --root "$oem/root.pem" 2>&1 | sed 's/^/  /'
+echo "  a copy whose import record claims 9000 authorised units instead of 1000 is rejected:"
+sed '0,/^record 1 IMPORT/s/ 1000 0000000000000000/ 9000 0000000000000000/' "$work/audit-report.txt" \
+    >"$work/audit-altered.txt"
+if wrap verify-report "$work/audit-altered.txt" --guardian "$work/guardian.pem" \
+    --ca-chain "$oem/production-ca.pem" --root "$oem/root.pem" >"$work/altered.out" 2>&1; then
+    die "an altered report was accepted"
+fi
+grep -E '^(problem|FAILED)' "$work/altered.out" | sed 's/^/    /'
+
+step "9. openssl verify of every certificate against the OEM root"
+verified=$(cd "$work/certs" && find . -name '*.pem' -print0 | xargs -0 openssl verify -CAfile "$oem/root.pem" \
+    -untrusted "$oem/production-ca.pem" | grep -c ': OK$' || true)
+echo "  $verified of $parts certificates: OK"
+[ "$verified" = "$parts" ] || die "only $verified of $parts certificates verify"
 
 step "Summary"
 echo "  module:    $module (backend $softhsm)"
 echo "  Guardian:  $(openssl x509 -in "$work/guardian.pem" -noout -fingerprint -sha256 | cut -d= -f2)"
 echo "  package:   ACME/SENSOR-1 release 1, 1000 units: imported, replay refused"
-echo "  CA key:    sensitive, CKA_EXTRACTABLE false, signs in the token (verified by OpenSSL)"
+echo "  produced:  $parts device certificates, all verify up to the OEM root"
+echo "  audit:     signed report verified by the OEM; an altered copy rejected"
