@@ -97,6 +97,8 @@ struct dout {
 
 static void dput(struct dout *d, const void *b, size_t n)
 {
+    if (n == 0)
+        return;
     if (d->err || n > d->cap - d->len) {
         d->err = true;
         return;

@@ -669,7 +669,8 @@ static void assert_profile(X509 *x, const char *device_id, EVP_PKEY *device_key,
     char cn[128];
     const ASN1_INTEGER *sn = X509_get_serialNumber(x);
     unsigned char snb[32];
-    int n = BN_bn2bin(ASN1_INTEGER_to_BN(sn, NULL), snb);
+    BIGNUM *bn = ASN1_INTEGER_to_BN(sn, NULL);
+    int n = BN_bn2bin(bn, snb);
     ASN1_OBJECT *oid = OBJ_txt2obj("2.25.62758544141009244537205961397770264239.3", 1);
     uint64_t low = 0;
 
@@ -680,6 +681,7 @@ static void assert_profile(X509 *x, const char *device_id, EVP_PKEY *device_key,
     assert_string_equal(cn, "ACME");
     assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(x), device_key), 1);
     assert_int_equal(n, 16);
+    BN_free(bn);
     for (int i = 8; i < 16; i++)
         low = low << 8 | snb[i];
     assert_int_equal(low, serial);

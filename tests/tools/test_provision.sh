@@ -97,11 +97,18 @@ expect "resume after SIGINT" 0 "already done" -- \
 [ "$(find run-int -name "*.pem" | wc -l)" = 40 ] && ok "resumed run completed: 40 RSA parts" || ko "resumed run incomplete"
 
 # Any PKCS#11 consumer: PyKCS11 makes the same C_DeriveKey (docs/derive-mechanism.md).
-/usr/bin/python3 "$HERE/pykcs11_derive.py" "$M" prov 1234 ACME PY ca.pem >py.out 2>&1 || echo "FAIL exit status $?" >>py.out
-while read -r verdict rest; do
-    case $verdict in PASS) ok "PyKCS11: $rest" ;; FAIL) ko "PyKCS11: $rest" ;; esac
-done <py.out
-grep -q "^FAIL" py.out && sed "s/^/    /" py.out
+if ldd "$M" | grep -q libasan; then
+    # PyKCS11's SWIG extension trips an ASan CHECK inside python3 even with the
+    # runtime preloaded (measured): this check runs in the normal build.
+    echo "SKIP PyKCS11 with an ASan-built module (runs in the normal build)"
+else
+    /usr/bin/python3 "$HERE/pykcs11_derive.py" "$M" prov 1234 ACME PY ca.pem >py.out 2>&1 ||
+        echo "FAIL exit status $?" >>py.out
+    while read -r verdict rest; do
+        case $verdict in PASS) ok "PyKCS11: $rest" ;; FAIL) ko "PyKCS11: $rest" ;; esac
+    done <py.out
+    grep -q "^FAIL" py.out && sed "s/^/    /" py.out
+fi
 
 # Refusals explained.
 expect "unknown product" 1 "not installed" -- "$CTL" provision --product ACME/NOPE --count 1
