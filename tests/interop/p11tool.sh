@@ -126,6 +126,8 @@ else
 fi
 check_grep "p11tool --list-mechanisms (module): unwrap-into-token 0xC7440001 advertised" \
     '^\[0xc7440001\] .*unwrap' out/list-mechanisms.module
+check_grep "p11tool --list-mechanisms (module): derive-device-certificate 0xC7440002 advertised" \
+    '^\[0xc7440002\] .*derive' out/list-mechanisms.module
 if [ -s out/mech-info ]; then
     sed 's/^INFO /INFO p11tool --list-mechanisms: /' out/mech-info
 fi

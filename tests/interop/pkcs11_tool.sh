@@ -71,7 +71,8 @@ compare "-L" -L
 check_grep "pkcs11-tool -L: token $LABEL listed through the module" "token label +: $LABEL\$" out/-L.module
 compare "-T" -T
 # The module lists the backend's mechanisms unchanged, plus the Guardian's
-# vendor mechanisms that the slot can run (unwrap-into-token, 0xC7440001).
+# vendor mechanisms that the slot can run (unwrap-into-token, 0xC7440001;
+# derive-device-certificate, 0xC7440002).
 capture "-M" direct -M --token-label "$LABEL"
 capture "-M" module -M --token-label "$LABEL"
 grep -vi 'mechtype-0xC744' out/-M.module >out/-M.module.standard || true
@@ -79,6 +80,8 @@ check_same "pkcs11-tool -M: direct = module, vendor mechanisms aside" out/-M.dir
 check_grep "pkcs11-tool -M: module lists ECDSA" '^  ECDSA, keySize=' out/-M.module
 check_grep "pkcs11-tool -M: module lists unwrap-into-token (0xC7440001, unwrap)" \
     '^  mechtype-0xC7440001, keySize=\{256,384\}, unwrap$' out/-M.module
+check_grep "pkcs11-tool -M: module lists derive-device-certificate (0xC7440002, derive)" \
+    '^  mechtype-0xC7440002, keySize=\{256,4096\}, derive$' out/-M.module
 
 # ---- keys ---------------------------------------------------------------------
 
