@@ -37,6 +37,15 @@
  *   module (C_GenerateRandom 16 bytes and C_GetAttributeValue, alternating),
  *   after a warm-up; the same through the backend alone as a control.
  *
+ * - cert (opt-in): the two arms do different work.  Module arm: one device
+ *   certificate, as a programming system gets it: C_DeriveKey
+ *   (CKM_GUARDIAN_DERIVE_DEVICE_CERT) on the imported production CA key, with
+ *   the module's durable quota and audit, then C_GetAttributeValue(CKA_VALUE)
+ *   and C_DestroyObject of the certificate object.  Direct arm: C_SignInit +
+ *   C_Sign (CKM_ECDSA, 32-byte hash) with the same CA key through the
+ *   backend's own list: the signature a certificate cannot do without.  The
+ *   ratio is certificates/s over signatures/s; the target is 0.5.
+ *
  * Exit status: 0 on success, 1 on a PKCS#11 or system error, 2 on bad usage.
  */
 #include <dlfcn.h>
@@ -59,6 +68,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include <p11-kit/pkcs11.h>
 /* after the PKCS#11 header: the module's vendor return values */
 #include "guardian/guardian-pkcs11.h"
@@ -70,6 +82,11 @@
 #define MAX_THREADS 16
 #define RSS_CHILD_PAIRS 3 /* A-B then B-A then A-B: six fresh processes */
 #define GROWTH_WARMUP_CALLS 20000UL
+/* cert: device public keys made before timing (key generation is the part's
+ * cost, not the Guardian's), used round-robin; each call a new device ID. */
+#define DEVICE_POOL 1024
+#define DEVICE_SPKI_MAX 128
+#define CERT_VALUE_MAX 4096
 /* The memory children get the PIN here, not on a command line others can read. */
 #define CHILD_PIN_ENV "GUARDIAN_BENCH_PIN"
 
@@ -95,6 +112,9 @@ static const char *ckr_name(CK_RV rv)
         N(CKR_CRYPTOKI_NOT_INITIALIZED) N(CKR_CRYPTOKI_ALREADY_INITIALIZED) N(CKR_DOMAIN_PARAMS_INVALID)
         N(CKR_RANDOM_NO_RNG) N(CKR_CURVE_NOT_SUPPORTED) N(CKR_ACTION_PROHIBITED)
         N(CKR_GUARDIAN_CONFIG_INVALID) N(CKR_GUARDIAN_BACKEND_LOAD_FAILED) N(CKR_GUARDIAN_BACKEND_IS_SELF)
+        N(CKR_GUARDIAN_QUOTA_EXHAUSTED) N(CKR_GUARDIAN_PRODUCT_UNKNOWN) N(CKR_GUARDIAN_DEVICE_KEY_INVALID)
+        N(CKR_GUARDIAN_DEVICE_ID_INVALID) N(CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY) N(CKR_GUARDIAN_PACKAGE_SUPERSEDED)
+        N(CKR_GUARDIAN_PACKAGE_EXPIRED) N(CKR_GUARDIAN_STORE_FAILED) N(CKR_GUARDIAN_AUDIT_CORRUPT)
 #undef N
     default:
         return rv >= CKR_VENDOR_DEFINED ? "vendor-defined CKR" : "unknown CKR";
@@ -157,8 +177,9 @@ static void usage(FILE *f)
             "  --round-ms MS        length of one interleaved round (default 50)\n"
             "  --threads LIST       thread counts to run, comma-separated (default 1,2)\n"
             "  --memory-calls N     calls for the memory growth check, 0 to skip (default 1000000)\n"
-            "  --calls LIST         any of sign,getattr,find,random,sessioninfo\n"
-            "                       (default: sign,getattr,find,random)\n"
+            "  --calls LIST         any of sign,getattr,find,random,sessioninfo,cert\n"
+            "                       (default: sign,getattr,find,random; cert needs a token holding an\n"
+            "                       imported package: tests/bench/cert-bench.sh sets one up)\n"
             "  --csv                CSV on stdout (the readable table goes to stderr)\n"
             "  --verbose            print each block's ratio (to judge the spread)\n");
 }
@@ -187,10 +208,12 @@ static bool parse_threads(const char *text, struct options *o)
 }
 
 /* The short names accepted by --calls, in the order of calls[] below. */
-static const char *const call_keys[] = {"sign", "getattr", "find", "random", "sessioninfo"};
-/* The default set; "sessioninfo" is an opt-in diagnostic (see op_sessioninfo). */
+static const char *const call_keys[] = {"sign", "getattr", "find", "random", "sessioninfo", "cert"};
+/* The default set; "sessioninfo" is an opt-in diagnostic (see op_sessioninfo),
+ * "cert" needs a token with an imported package (tests/bench/cert-bench.sh). */
 #define DEFAULT_CALLS 0xfU
 #define N_CALLS (sizeof(call_keys) / sizeof(call_keys[0]))
+#define CALL_CERT (1U << 5)
 
 static bool parse_calls(const char *text, unsigned *mask)
 {
@@ -298,7 +321,8 @@ static int parse_options(int argc, char **argv, struct options *o)
             break;
         case OPT_CALLS:
             if (!parse_calls(optarg, &o->calls_mask)) {
-                fprintf(stderr, "guardian-bench: --calls wants a list of sign,getattr,find,random,sessioninfo\n");
+                fprintf(stderr,
+                        "guardian-bench: --calls wants a list of sign,getattr,find,random,sessioninfo,cert\n");
                 return 2;
             }
             break;
@@ -607,6 +631,12 @@ out:
 struct shared_keys {
     CK_OBJECT_HANDLE priv, pub;
     char label[sizeof(BENCH_KEY_LABEL)];
+    /* cert only: the production CA key and the device key pool */
+    CK_OBJECT_HANDLE ca;
+    unsigned run_tag; /* makes device IDs unique across runs on one store */
+    size_t n_devices;
+    CK_BYTE (*device_spki)[DEVICE_SPKI_MAX];
+    CK_ULONG *device_spki_len;
 };
 
 struct worker;
@@ -630,7 +660,10 @@ struct worker {
     struct runner *runner;
     const struct shared_keys *keys;
     CK_SESSION_HANDLE session;
+    int index;              /* thread number, part of the device IDs */
     CK_BYTE hash[32];
+    unsigned long devices;  /* cert: certificates this worker asked for */
+    CK_BYTE *cert_value;    /* cert: CERT_VALUE_MAX bytes */
     /* Results of the last round. */
     unsigned long ops;
     double elapsed;
@@ -638,14 +671,15 @@ struct worker {
     const char *fn;
 };
 
-static CK_RV op_sign(CK_FUNCTION_LIST *l, struct worker *w, const char **fn)
+/* C_SignInit + C_Sign, CKM_ECDSA over the worker's 32-byte hash, with `key`. */
+static CK_RV sign_hash(CK_FUNCTION_LIST *l, struct worker *w, CK_OBJECT_HANDLE key, const char **fn)
 {
     CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
-    CK_BYTE sig[72];
+    CK_BYTE sig[132];
     CK_ULONG sig_len = sizeof(sig);
     CK_RV rv;
 
-    rv = l->C_SignInit(w->session, &mech, w->keys->priv);
+    rv = l->C_SignInit(w->session, &mech, key);
     if (rv != CKR_OK) {
         *fn = "C_SignInit";
         return rv;
@@ -654,6 +688,11 @@ static CK_RV op_sign(CK_FUNCTION_LIST *l, struct worker *w, const char **fn)
     if (rv != CKR_OK)
         *fn = "C_Sign";
     return rv;
+}
+
+static CK_RV op_sign(CK_FUNCTION_LIST *l, struct worker *w, const char **fn)
+{
+    return sign_hash(l, w, w->keys->priv, fn);
 }
 
 static CK_RV op_getattr(CK_FUNCTION_LIST *l, struct worker *w, const char **fn)
@@ -719,16 +758,173 @@ static CK_RV op_sessioninfo(CK_FUNCTION_LIST *l, struct worker *w, const char **
     return rv;
 }
 
+/* cert, direct arm: the CA key's raw ECDSA signature of a hash, through the
+ * backend's own list (what any certificate costs at least). */
+static CK_RV op_ca_sign(CK_FUNCTION_LIST *l, struct worker *w, const char **fn)
+{
+    return sign_hash(l, w, w->keys->ca, fn);
+}
+
+/* cert, module arm: one device certificate, as a programming system gets it. */
+static CK_RV op_cert(CK_FUNCTION_LIST *l, struct worker *w, const char **fn)
+{
+    const struct shared_keys *k = w->keys;
+    size_t d = w->devices % k->n_devices;
+    char id[64];
+    int id_len = snprintf(id, sizeof(id), "B%x-%d-%lu", k->run_tag, w->index, w->devices);
+    CK_GUARDIAN_DEVICE_CERT_PARAMS params = {
+        CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION, CKG_GUARDIAN_DEVICE_ID_TEXT, (CK_BYTE_PTR)id, (CK_ULONG)id_len,
+        k->device_spki[d], k->device_spki_len[d],
+    };
+    CK_MECHANISM mech = {CKM_GUARDIAN_DERIVE_DEVICE_CERT, &params, sizeof(params)};
+    CK_OBJECT_HANDLE cert = CK_INVALID_HANDLE;
+    CK_ATTRIBUTE v = {CKA_VALUE, w->cert_value, CERT_VALUE_MAX};
+    CK_RV rv;
+
+    w->devices++;
+    rv = l->C_DeriveKey(w->session, &mech, k->ca, NULL, 0, &cert);
+    if (rv != CKR_OK) {
+        *fn = "C_DeriveKey (CKM_GUARDIAN_DERIVE_DEVICE_CERT)";
+        return rv;
+    }
+    rv = l->C_GetAttributeValue(w->session, cert, &v, 1);
+    if (rv != CKR_OK) {
+        *fn = "C_GetAttributeValue (certificate CKA_VALUE)";
+        l->C_DestroyObject(w->session, cert);
+        return rv;
+    }
+    rv = l->C_DestroyObject(w->session, cert);
+    if (rv != CKR_OK)
+        *fn = "C_DestroyObject (certificate)";
+    return rv;
+}
+
 static const struct call_desc {
     const char *name;
-    op_fn op;
+    op_fn op;        /* both arms, or the module arm when op_direct is set */
+    op_fn op_direct; /* NULL: the same op through the backend's list */
+    double target;   /* the ratio the verdict compares against */
 } calls[N_CALLS] = {
-    {"C_SignInit+C_Sign (ECDSA P-256)", op_sign},
-    {"C_GetAttributeValue (EC_POINT)", op_getattr},
-    {"C_FindObjects Init/Find/Final", op_find},
-    {"C_GenerateRandom (32 B)", op_random},
-    {"C_GetSessionInfo (diagnostic)", op_sessioninfo},
+    {"C_SignInit+C_Sign (ECDSA P-256)", op_sign, NULL, 0.99},
+    {"C_GetAttributeValue (EC_POINT)", op_getattr, NULL, 0.99},
+    {"C_FindObjects Init/Find/Final", op_find, NULL, 0.99},
+    {"C_GenerateRandom (32 B)", op_random, NULL, 0.99},
+    {"C_GetSessionInfo (diagnostic)", op_sessioninfo, NULL, 0.99},
+    {"certificate / CA C_Sign", op_cert, op_ca_sign, 0.5},
 };
+/* ---- cert: the production CA key and the device keys ----------------------- */
+
+/* The first private key labelled "...:production-ca" with a 16-byte CKA_ID
+ * (a package ID): the imported production CA key (tools/ctl_provision.c finds
+ * it the same way). */
+static CK_RV find_ca_key(CK_FUNCTION_LIST *l, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *out)
+{
+    static const char suffix[] = ":production-ca";
+    CK_OBJECT_CLASS klass = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE tmpl = {CKA_CLASS, &klass, sizeof(klass)};
+    CK_OBJECT_HANDLE h[64];
+    CK_ULONG n = 0;
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    *out = CK_INVALID_HANDLE;
+    P11_CHECK(l->C_FindObjectsInit(s, &tmpl, 1), "C_FindObjectsInit (CA key)");
+    rv = l->C_FindObjects(s, h, 64, &n);
+    l->C_FindObjectsFinal(s);
+    if (rv != CKR_OK) {
+        report_ckr("C_FindObjects (CA key)", rv);
+        goto out;
+    }
+    for (CK_ULONG i = 0; i < n; i++) {
+        char label[256];
+        CK_BYTE id[32];
+        CK_ATTRIBUTE a[] = {{CKA_LABEL, label, sizeof(label) - 1}, {CKA_ID, id, sizeof(id)}};
+        if (l->C_GetAttributeValue(s, h[i], a, 2) != CKR_OK || a[1].ulValueLen != 16)
+            continue;
+        label[a[0].ulValueLen] = '\0';
+        if (a[0].ulValueLen > sizeof(suffix) - 1 &&
+            strcmp(label + a[0].ulValueLen - (sizeof(suffix) - 1), suffix) == 0) {
+            *out = h[i];
+            fprintf(stderr, "guardian-bench: certificate issuer: %s\n", label);
+            rv = CKR_OK;
+            goto out;
+        }
+    }
+    FAIL("--calls cert: the token holds no imported production CA key (label \"...%s\"); "
+         "tests/bench/cert-bench.sh makes such a token",
+         suffix);
+out:
+    return rv;
+}
+
+/* DEVICE_POOL P-256 SubjectPublicKeyInfos, made with OpenSSL before timing. */
+static CK_RV make_device_pool(struct shared_keys *k)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    k->device_spki = calloc(DEVICE_POOL, sizeof(*k->device_spki));
+    k->device_spki_len = calloc(DEVICE_POOL, sizeof(*k->device_spki_len));
+    if (k->device_spki == NULL || k->device_spki_len == NULL)
+        FAIL("out of memory");
+    for (size_t i = 0; i < DEVICE_POOL; i++) {
+        EVP_PKEY *pk = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+        unsigned char *p = k->device_spki[i];
+        int len = pk != NULL && i2d_PUBKEY(pk, NULL) <= DEVICE_SPKI_MAX ? i2d_PUBKEY(pk, &p) : -1;
+        EVP_PKEY_free(pk);
+        if (len <= 0)
+            FAIL("cannot make a P-256 device key with OpenSSL");
+        k->device_spki_len[i] = (CK_ULONG)len;
+    }
+    k->n_devices = DEVICE_POOL;
+    k->run_tag = (unsigned)getpid() ^ (unsigned)time(NULL) << 12;
+    rv = CKR_OK;
+out:
+    return rv;
+}
+
+/* One certificate through the module, before timing: it parses as X.509 and
+ * the derive path works (the first call also proves the CA key to the module). */
+static CK_RV cert_sanity(CK_FUNCTION_LIST *l, CK_SESSION_HANDLE s, const struct shared_keys *k)
+{
+    struct worker w;
+    const unsigned char *p;
+    X509 *x;
+    const char *fn = "";
+    CK_BYTE value[CERT_VALUE_MAX];
+    CK_OBJECT_HANDLE cert = CK_INVALID_HANDLE;
+    CK_ATTRIBUTE v = {CKA_VALUE, value, sizeof(value)};
+    char id[32];
+    int id_len = snprintf(id, sizeof(id), "B%x-sanity", k->run_tag);
+    CK_GUARDIAN_DEVICE_CERT_PARAMS params = {
+        CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION, CKG_GUARDIAN_DEVICE_ID_TEXT, (CK_BYTE_PTR)id, (CK_ULONG)id_len,
+        k->device_spki[0], k->device_spki_len[0],
+    };
+    CK_MECHANISM mech = {CKM_GUARDIAN_DERIVE_DEVICE_CERT, &params, sizeof(params)};
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    memset(&w, 0, sizeof(w));
+    w.keys = k;
+    w.session = s;
+    P11_CHECK(op_ca_sign(l, &w, &fn), "C_Sign with the CA key (sanity)");
+    P11_CHECK(l->C_DeriveKey(s, &mech, k->ca, NULL, 0, &cert), "C_DeriveKey (sanity)");
+    rv = l->C_GetAttributeValue(s, cert, &v, 1);
+    l->C_DestroyObject(s, cert);
+    if (rv != CKR_OK) {
+        report_ckr("C_GetAttributeValue (certificate, sanity)", rv);
+        goto out;
+    }
+    p = value;
+    x = d2i_X509(NULL, &p, (long)v.ulValueLen);
+    if (x == NULL || p != value + v.ulValueLen) {
+        X509_free(x);
+        FAIL("the derived certificate does not parse as X.509");
+    }
+    X509_free(x);
+    fprintf(stderr, "guardian-bench: sanity certificate: %lu bytes DER\n", (unsigned long)v.ulValueLen);
+    rv = CKR_OK;
+out:
+    return rv;
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -781,6 +977,7 @@ struct result {
     double ratio_min, ratio_p25, ratio_med, ratio_p75, ratio_max; /* over ABBA blocks */
     double ci_lo, ci_hi;   /* 95 % confidence interval of the median ratio */
     double round_cv[2];    /* coefficient of variation of per-round rates, per arm */
+    double target;         /* of the verdict */
 };
 
 /* One round of `arm` on all workers; returns the aggregate rate (ops/s). */
@@ -823,6 +1020,7 @@ static CK_RV bench_call(struct runner *r, struct worker *ws, int nw, const struc
     double *round_rate[2] = {NULL, NULL}, *ratios = NULL;
     double (*ops_sum[2])[2] = {NULL, NULL}; /* per arm, per thread: {ops, seconds} */
     size_t nr[2] = {0, 0};
+    op_fn ops[2] = {call->op_direct != NULL ? call->op_direct : call->op, call->op};
     double warm;
     CK_RV rv = CKR_GENERAL_ERROR;
 
@@ -842,8 +1040,7 @@ static CK_RV bench_call(struct runner *r, struct worker *ws, int nw, const struc
 
     /* Warm-up, not counted: caches, branch predictors, SoftHSM's lazy state. */
     for (int a = 0; a < 2; a++) {
-        rv = run_round(r, ws, nw, call->op, lists[a], o->round_s > 0.2 ? o->round_s : 0.2, &warm, NULL,
-                       (enum arm)a);
+        rv = run_round(r, ws, nw, ops[a], lists[a], o->round_s > 0.2 ? o->round_s : 0.2, &warm, NULL, (enum arm)a);
         if (rv != CKR_OK)
             goto out;
     }
@@ -859,7 +1056,7 @@ static CK_RV bench_call(struct runner *r, struct worker *ws, int nw, const struc
         for (int k = 0; k < 4; k++) {
             enum arm a = order[b % 2][k];
             double rate = 0.0;
-            rv = run_round(r, ws, nw, call->op, lists[a], o->round_s, &rate, ops_sum[a], a);
+            rv = run_round(r, ws, nw, ops[a], lists[a], o->round_s, &rate, ops_sum[a], a);
             if (rv != CKR_OK)
                 goto out;
             round_rate[a][nr[a]++] = rate;
@@ -873,6 +1070,7 @@ static CK_RV bench_call(struct runner *r, struct worker *ws, int nw, const struc
 
     memset(res, 0, sizeof(*res));
     res->call = call->name;
+    res->target = call->target;
     res->threads = nw;
     res->blocks = blocks;
     for (int a = 0; a < 2; a++) {
@@ -928,6 +1126,11 @@ static CK_RV bench_threads(int nw, const CK_SESSION_HANDLE *sessions, const stru
         ws[i].runner = &r;
         ws[i].keys = keys;
         ws[i].session = sessions[i];
+        ws[i].index = i;
+        if ((o->calls_mask & CALL_CERT) && (ws[i].cert_value = malloc(CERT_VALUE_MAX)) == NULL) {
+            r.quit = true;
+            FAIL("out of memory");
+        }
         for (size_t j = 0; j < sizeof(ws[i].hash); j++)
             ws[i].hash[j] = (CK_BYTE)(j * 7 + (size_t)i);
         if (pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]) != 0) {
@@ -958,6 +1161,8 @@ out:
     }
     for (int i = 0; i < started; i++)
         pthread_join(ws[i].thread, NULL);
+    for (int i = 0; i < nw; i++)
+        free(ws[i].cert_value);
     if (barriers) {
         pthread_barrier_destroy(&r.start);
         pthread_barrier_destroy(&r.done);
@@ -1243,13 +1448,13 @@ static void print_machine(FILE *f, const struct options *o, int argc, char **arg
             o->round_s * 1000.0, o->seconds);
 }
 
-/* A verdict against the target ratio 0.99, honest about the noise. */
+/* A verdict against the call's target ratio (0.99; cert 0.5), honest about the noise. */
 static const char *verdict(const struct result *r)
 {
-    if (r->ratio_med >= 0.99)
+    if (r->ratio_med >= r->target)
         return "ok";
-    if (r->ci_hi >= 0.99)
-        return "noise?"; /* below, but 0.99 is inside the 95 % interval */
+    if (r->ci_hi >= r->target)
+        return "noise?"; /* below, but the target is inside the 95 % interval */
     return "SLOWER";
 }
 
@@ -1268,7 +1473,21 @@ static void print_table(FILE *f, const struct result *res, size_t n)
     fprintf(f, "direct/s, module/s: all ops / all time per arm (per thread, summed over threads)\n"
                "ratio: median over ABBA/BAAB blocks of module rate / direct rate, with its 95%% CI\n"
                "pooled: module/s / direct/s; IQR: spread of the block ratios; CV%%: per-round rate\n"
-               "variation (the larger arm's); verdict vs 0.99: ok, noise? (0.99 inside the CI), SLOWER\n");
+               "variation (the larger arm's); verdict vs the target (0.99; certificate 0.5): ok,\n"
+               "noise? (target inside the CI), SLOWER\n");
+    for (size_t i = 0; i < n; i++)
+        if (res[i].call == calls[5].name) {
+            fprintf(f, "certificate: direct/s = C_Sign/s with the CA key through SoftHSM, module/s = certificates/s"
+                       " (C_DeriveKey + C_GetAttributeValue + C_DestroyObject)\n");
+            break;
+        }
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++)
+            if (res[i].call == calls[5].name && res[j].call == calls[5].name && res[i].threads == 1)
+                fprintf(f, "certificates/s through the module: %d thread %.0f, %d threads %.0f (x%.3f; not "
+                           "interleaved)\n",
+                        res[i].threads, res[i].rate[ARM_MODULE], res[j].threads, res[j].rate[ARM_MODULE],
+                        res[j].rate[ARM_MODULE] / res[i].rate[ARM_MODULE]);
 }
 
 /* One CSV table: `unit` says whether direct/module are ops/s or KiB; memory rows
@@ -1435,6 +1654,19 @@ int main(int argc, char **argv)
         P11_CHECK(backend.list->C_Verify(sessions[0], hash, sizeof(hash), sig, sig_len), "C_Verify (sanity)");
     }
 
+    if (o.calls_mask & CALL_CERT) {
+        rv = find_ca_key(module.list, sessions[0], &keys.ca);
+        if (rv != CKR_OK)
+            goto out;
+        fprintf(stderr, "guardian-bench: %d P-256 device keys with OpenSSL (not timed) ...\n", DEVICE_POOL);
+        rv = make_device_pool(&keys);
+        if (rv != CKR_OK)
+            goto out;
+        rv = cert_sanity(module.list, sessions[0], &keys);
+        if (rv != CKR_OK)
+            goto out;
+    }
+
     print_machine(table, &o, argc, argv);
     {
         /* per call and thread count: 4 rounds per block, plus one warm-up round per arm */
@@ -1514,5 +1746,7 @@ out:
     if (tmpdir[0] != '\0')
         remove_tree(tmpdir);
     free(results);
+    free(keys.device_spki);
+    free(keys.device_spki_len);
     return rv == CKR_OK ? 0 : 1;
 }
