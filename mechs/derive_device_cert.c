@@ -10,7 +10,7 @@
  * EVP_PKEY), find the package by the base key's CKA_ID in a per-process cache
  * (built once per package from the store, and proven to match the key by one
  * test signature), take a serial from this process's block of reserved units
- * (guardian_store_reserve_block, power-safe, 1, 2, 4, ... up to 64 units at a
+ * (guardian_store_reserve_block, power-safe, 1, 2, 4, ... up to 256 units at a
  * time), fill the TBSCertificate, hash it here and sign the hash with raw
  * CKM_ECDSA (SoftHSMv2 has no ECDSA-with-hash) or CKM_RSA_PKCS over a
  * DigestInfo, record ISSUE with the certificate (guardian_store_issue), and
@@ -42,7 +42,9 @@
 
 #define LOG "derive"
 #define MAX_ISSUERS 64
-#define BLOCK_MAX 64
+/* Units reserved at a time, at most: one FULL commit (~3 ms of fsync on this
+ * VM) per block; a killed process loses at most the rest of its block. */
+#define BLOCK_MAX 256
 #define DEVICE_TEXT_MAX 64
 #define DEVICE_BINARY_MAX 32
 #define LABEL_MAX 255
@@ -51,8 +53,11 @@ struct issuer {
     struct guardian_cert_issuer cb;
     int64_t not_after;
     char label[GUARDIAN_PKG_NAME_MAX * 2 + 48]; /* the CA key's label */
+    /* A handle shown (by a test signature) to hold this CA's private key;
+     * guarded by cache_lock.  Forgotten when the module sees it destroyed, a
+     * logout or a session close, or a signature with it fail. */
+    CK_OBJECT_HANDLE proven_key;
     pthread_mutex_t lock;                       /* guards what follows */
-    CK_OBJECT_HANDLE proven_key;                /* a handle shown to hold this CA's private key */
     uint64_t next, end;                         /* reserved serials [next, end) */
     uint64_t block;                             /* size of the next reservation */
 };
@@ -361,6 +366,30 @@ static CK_RV issuer_get(struct guardian_store *st, const uint8_t package_id[GUAR
     return rv;
 }
 
+/* The issuer whose proven key `key` is, or NULL.  The hot path: SoftHSMv2
+ * re-reads a token object's file for every attribute read (44-68 us here), so
+ * a key proven once is not asked for its attributes again. */
+static struct issuer *proven_issuer(CK_OBJECT_HANDLE key)
+{
+    struct issuer *found = NULL;
+    pthread_mutex_lock(&cache_lock);
+    cache_check_pid_locked();
+    for (size_t i = 0; i < n_issuers && found == NULL; i++)
+        if (issuers[i]->proven_key == key)
+            found = issuers[i];
+    pthread_mutex_unlock(&cache_lock);
+    return found;
+}
+
+static void derive_forget(CK_OBJECT_HANDLE h)
+{
+    pthread_mutex_lock(&cache_lock);
+    for (size_t i = 0; i < n_issuers; i++)
+        if (h == CK_INVALID_HANDLE || issuers[i]->proven_key == h)
+            issuers[i]->proven_key = CK_INVALID_HANDLE;
+    pthread_mutex_unlock(&cache_lock);
+}
+
 /* The base key: a private key whose CKA_ID is a package ID and whose label is
  * that package's production CA label, proven by signature on first use. */
 static CK_RV base_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
@@ -402,16 +431,16 @@ static CK_RV base_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st, CK
                        is->cb.product_id, is->label);
         return CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY;
     }
-    pthread_mutex_lock(&is->lock);
+    pthread_mutex_lock(&cache_lock);
     proven = is->proven_key;
-    pthread_mutex_unlock(&is->lock);
+    pthread_mutex_unlock(&cache_lock);
     if (proven != key) {
         rv = prove_key(be, session, key, is);
         if (rv != CKR_OK)
             return rv;
-        pthread_mutex_lock(&is->lock);
+        pthread_mutex_lock(&cache_lock);
         is->proven_key = key;
-        pthread_mutex_unlock(&is->lock);
+        pthread_mutex_unlock(&cache_lock);
     }
     *out = is;
     return CKR_OK;
@@ -421,7 +450,7 @@ static CK_RV base_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st, CK
 
 /* One serial from this process's reserved block, reserving more (FULL
  * durability) when it is used up: 1, 2, 4, ... BLOCK_MAX units at a time, so
- * a first article reserves one unit and a long run one commit per 64. */
+ * a first article reserves one unit and a long run one commit per 256. */
 static CK_RV take_serial(struct guardian_store *st, struct issuer *is, int64_t now, uint64_t *serial)
 {
     uint64_t first = 0, got = 0;
@@ -535,9 +564,11 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
     rv = check_template(templ, count, &o);
     if (rv != CKR_OK)
         return rv;
-    rv = base_key_issuer(be, st, session, base_key, &is);
-    if (rv != CKR_OK)
-        return rv;
+    if (base_key == CK_INVALID_HANDLE || (is = proven_issuer(base_key)) == NULL) {
+        rv = base_key_issuer(be, st, session, base_key, &is);
+        if (rv != CKR_OK)
+            return rv;
+    }
 
     if (dev.key.key_len == is->cb.ca_key_len && memcmp(dev.key.key, is->cb.ca_key, dev.key.key_len) == 0) {
         guardian_error(LOG, "refused: device %s presents the production CA's own public key", dev.text);
@@ -574,6 +605,8 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
     }
     rv = token_sign(be, session, base_key, &is->cb, hash, hl, sig, &sig_len);
     if (rv != CKR_OK) {
+        if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID)
+            derive_forget(base_key);
         guardian_error(LOG, "the backend refused to sign with the production CA key: %s",
                        guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "vendor CKR");
         goto unused;
@@ -623,4 +656,5 @@ const struct guardian_mech guardian_mech_derive_device_cert = {
     .n_requires = sizeof(requires) / sizeof(requires[0]),
     .derive = derive_device_cert,
     .finalize = derive_finalize,
+    .forget = derive_forget,
 };

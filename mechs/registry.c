@@ -46,3 +46,10 @@ void guardian_mechs_finalize(struct guardian_store *st)
         if (table[i]->finalize != NULL)
             table[i]->finalize(st);
 }
+
+void guardian_mechs_forget(CK_OBJECT_HANDLE h)
+{
+    for (size_t i = 0; i < guardian_mech_count(); i++)
+        if (table[i]->forget != NULL)
+            table[i]->forget(h);
+}

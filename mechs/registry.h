@@ -44,6 +44,10 @@ struct guardian_mech {
     /* Optional: C_Finalize is closing the store; give back what the
      * mechanism holds (the derive mechanism's reserved, unused units). */
     void (*finalize)(struct guardian_store *st);
+    /* Optional: object `h` was destroyed, or (CK_INVALID_HANDLE) a logout or
+     * a closed session may have invalidated every handle: forget what was
+     * cached about them.  Called on those calls' paths: must be cheap. */
+    void (*forget)(CK_OBJECT_HANDLE h);
 };
 
 extern const struct guardian_mech guardian_mech_unwrap_package;
@@ -56,6 +60,8 @@ const struct guardian_mech *guardian_mech_at(size_t i);
 
 /* Every mechanism's finalize hook, before C_Finalize closes the store. */
 void guardian_mechs_finalize(struct guardian_store *st);
+/* Every mechanism's forget hook. */
+void guardian_mechs_forget(CK_OBJECT_HANDLE h);
 
 /* True when `m` is implemented and every primitive it requires is among the
  * `n` backend mechanisms `available`. */

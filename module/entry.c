@@ -339,8 +339,8 @@ static CK_RV entry_C_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
         rv = guardian_cert_objects_destroy(be, s, h);
     else if (guardian_is_package_object(h))
         rv = module_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
-    else
-        rv = be->C_DestroyObject(s, h);
+    else if ((rv = be->C_DestroyObject(s, h)) == CKR_OK)
+        guardian_mechs_forget(h); /* the backend may hand the number out again */
     return trace_return("C_DestroyObject", rv);
 }
 
@@ -433,8 +433,21 @@ static CK_RV entry_C_CloseSession(CK_SESSION_HANDLE s)
     if (rv == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) {
         guardian_package_objects_session_closed(s);
         guardian_cert_objects_session_closed(s);
+        /* The last session's close logs out: private handles may be gone. */
+        guardian_mechs_forget(CK_INVALID_HANDLE);
     }
     return trace_return("C_CloseSession", rv);
+}
+
+static CK_RV entry_C_Logout(CK_SESSION_HANDLE s)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_Logout");
+    rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : be->C_Logout(s);
+    if (rv == CKR_OK)
+        guardian_mechs_forget(CK_INVALID_HANDLE);
+    return trace_return("C_Logout", rv);
 }
 
 static CK_RV entry_C_CloseAllSessions(CK_SLOT_ID slot)
@@ -446,6 +459,7 @@ static CK_RV entry_C_CloseAllSessions(CK_SLOT_ID slot)
     if (rv == CKR_OK) {
         guardian_package_objects_session_closed(CK_INVALID_HANDLE);
         guardian_cert_objects_slot_closed(slot);
+        guardian_mechs_forget(CK_INVALID_HANDLE);
     }
     return trace_return("C_CloseAllSessions", rv);
 }
@@ -468,7 +482,7 @@ static CK_RV entry_C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version, 
     .C_CopyObject = entry_C_CopyObject, .C_GetObjectSize = entry_C_GetObjectSize,                             \
     .C_FindObjectsInit = entry_C_FindObjectsInit, .C_FindObjects = entry_C_FindObjects,                       \
     .C_FindObjectsFinal = entry_C_FindObjectsFinal, .C_CloseSession = entry_C_CloseSession,                   \
-    .C_CloseAllSessions = entry_C_CloseAllSessions
+    .C_CloseAllSessions = entry_C_CloseAllSessions, .C_Logout = entry_C_Logout
 
 static CK_FUNCTION_LIST list_2_40 = {
     .version = {2, 40},

@@ -31,7 +31,6 @@
       (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE d, CK_OBJECT_HANDLE e), \
       (a, b, c, d, e)) \
     X(C_Login, (CK_SESSION_HANDLE a, CK_USER_TYPE b, CK_UTF8CHAR_PTR c, CK_ULONG d), (a, b, c, d)) \
-    X(C_Logout, (CK_SESSION_HANDLE a), (a)) \
     X(C_CreateObject, (CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE_PTR d), \
       (a, b, c, d)) \
     X(C_EncryptInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c), (a, b, c)) \
@@ -93,8 +92,11 @@
     X(C_CancelFunction, (CK_SESSION_HANDLE a), (a)) \
     X(C_WaitForSlotEvent, (CK_FLAGS a, CK_SLOT_ID_PTR b, CK_VOID_PTR c), (a, b, c))
 
-/* Passed through unless the object is a package object (package_objects.c). */
+/* Passed through unless the object is one of the module's own (package_objects.c,
+ * cert_objects.c); C_Logout and the session closers also tell the vendor
+ * mechanisms that handles they cached may no longer name the same object. */
 #define GUARDIAN_FORWARD_2_40_OBJECTS(X) \
+    X(C_Logout, (CK_SESSION_HANDLE a), (a)) \
     X(C_CloseSession, (CK_SESSION_HANDLE a), (a)) \
     X(C_CloseAllSessions, (CK_SLOT_ID a), (a)) \
     X(C_CopyObject, \
