@@ -142,9 +142,13 @@ CK_RV guardian_store_commit_issue(struct guardian_store *st, const char *oem_id,
  *   Committed with synchronous=FULL: survives a power loss.
  * issue: the ISSUE record of one reserved serial, binding it to the device,
  *   with the certificate itself (kept for the audit export; its SHA-256 is the
- *   record's digest).  Committed with synchronous=NORMAL: survives a process
- *   crash; a power loss may lose it, and the serial then reads "reserved, not
- *   issued" - still counted.
+ *   record's digest).  A file-backed store appends it to this process's issue
+ *   journal (<dir>/issued-<pid>-<time>.journal, one write()) and folds the
+ *   journal into the trail at the next reservation, release or
+ *   guardian_store_flush, and at close; a journal left by a killed process is
+ *   folded by the next opener.  Either way it survives a process crash; a
+ *   power loss may lose it, and the serial then reads "reserved, not issued" -
+ *   still counted.  (An in-memory store commits it at once, synchronous=NORMAL.)
  * release: a RELEASE record for a reserved serial that will never be issued
  *   (the module gives back what it reserved and did not use, at C_Finalize):
  *   the unit is counted back; the serial is never reused. */
@@ -156,6 +160,8 @@ CK_RV guardian_store_reserve_block(struct guardian_store *st, const char *oem_id
 CK_RV guardian_store_issue(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
                            const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len);
 CK_RV guardian_store_release(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial);
+/* Fold this process's issue journal into the trail now (one power-safe commit). */
+CK_RV guardian_store_flush(struct guardian_store *st);
 /* The certificate recorded with the ISSUE of `serial` (malloc'd; *der NULL and
  * *len 0 when none was recorded or the serial is not issued). */
 CK_RV guardian_store_certificate_get(struct guardian_store *st, const char *oem_id, const char *product_id,

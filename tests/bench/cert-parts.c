@@ -15,9 +15,9 @@
  *   SHA-256 of the TBS  EVP_Digest
  *   cert finish         guardian_cert_finish (signature appended, wrapped)
  *   CA key attributes   C_GetAttributeValue(CKA_CLASS, CKA_ID, CKA_LABEL) of the CA
- *                       key: the module reads them on every derive
+ *                       key: the module reads them until the key is proven (then no longer)
  *   ECDSA sign          C_SignInit + C_Sign (CKM_ECDSA) with the CA key, in SoftHSM
- *   store issue         guardian_store_issue (ISSUE record + the certificate, NORMAL commit)
+ *   store issue         guardian_store_issue (the ISSUE record + certificate: a journal append)
  *   store reserve / 64  guardian_store_reserve_block(64) (FULL commit), per unit
  *   and for comparison:
  *   OpenSSL X509 build  the same TBSCertificate with OpenSSL's X509 API (d2i_PUBKEY,
@@ -268,7 +268,7 @@ static const struct step {
     {"certificate finish (sig, wrap)", step_finish, true},
     {"CA key C_GetAttributeValue (3 attrs)", step_ca_attrs, true},
     {"ECDSA P-256 C_SignInit+C_Sign (SoftHSM)", step_sign, true},
-    {"guardian_store_issue (NORMAL)", step_issue, true},
+    {"guardian_store_issue (journal append)", step_issue, true},
     {"OpenSSL X509 API: same TBS (compare)", step_openssl, false},
     {"d2i_PUBKEY of the device key (compare)", step_d2i_pubkey, false},
 };

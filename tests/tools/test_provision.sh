@@ -48,7 +48,7 @@ import glob, hashlib, sqlite3, ssl, sys
 db = sqlite3.connect(sys.argv[1])
 issued = {bytes(d) for (d,) in db.execute("SELECT digest FROM audit WHERE type = 3")}
 stored = {hashlib.sha256(bytes(c)).digest() for (c,) in
-          db.execute("SELECT certificate FROM issuance WHERE issue_seq IS NOT NULL")}
+          db.execute("SELECT c.certificate FROM certificates c JOIN issuance i ON i.issue_seq = c.issue_seq")}
 missing = 0
 files = [f for d in sys.argv[2:] for f in glob.glob(d + "/*.pem")]
 for f in files:

@@ -9,6 +9,7 @@
  * temporary directory.  Child processes never return into cmocka: they report
  * through pipes and _exit().
  */
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -88,12 +89,22 @@ static void tmpdir_make(struct tmpdir *d)
 static void tmpdir_remove(struct tmpdir *d)
 {
     static const char *const files[] = {"guardian.db", "guardian.db-wal", "guardian.db-shm"};
-    char path[128];
+    char path[512];
+
+    DIR *dir = opendir(d->path);
+    struct dirent *e;
 
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         snprintf(path, sizeof(path), "%s/%s", d->path, files[i]);
         unlink(path);
     }
+    while (dir != NULL && (e = readdir(dir)) != NULL)
+        if (strncmp(e->d_name, "issued-", 7) == 0) {
+            snprintf(path, sizeof(path), "%s/%s", d->path, e->d_name);
+            unlink(path);
+        }
+    if (dir != NULL)
+        closedir(dir);
     rmdir(d->path);
 }
 
@@ -1526,6 +1537,135 @@ static void test_block_issue_release(void **state)
     guardian_store_close(st);
 }
 
+/* The issue journal of a file-backed store: an ISSUE is one append, folded
+ * into the trail by the next write, a flush or close; a journal left by a
+ * process that died is folded by the next opener, a torn tail is ignored, and
+ * folding the same records twice changes nothing. */
+static size_t journal_files(const struct tmpdir *d, char *name, size_t cap)
+{
+    DIR *dir = opendir(d->path);
+    struct dirent *e;
+    size_t n = 0;
+    assert_non_null(dir);
+    while ((e = readdir(dir)) != NULL)
+        if (strncmp(e->d_name, "issued-", 7) == 0) {
+            if (name != NULL && strlen(d->path) + strlen(e->d_name) + 2 <= cap)
+                snprintf(name, cap, "%.63s/%.180s", d->path, e->d_name);
+            n++;
+        }
+    closedir(dir);
+    return n;
+}
+
+static void copy_file(const char *from, const char *to, size_t extra_garbage)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    char buf[4096];
+    size_t n;
+    assert_non_null(in);
+    assert_non_null(out);
+    while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    for (size_t i = 0; i < extra_garbage; i++)
+        fputc('G', out);
+    fclose(in);
+    fclose(out);
+}
+
+static void test_issue_journal(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 100);
+    static const uint8_t cert[] = {0x30, 0x03, 0x01, 0x01, 0xff};
+    uint64_t first = 0, got = 0;
+    char journal[256], saved[300];
+    uint8_t *der = NULL;
+    size_t len = 0;
+    pid_t pid;
+    int status;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(journal_files(&d, NULL, 0), 1);
+    assert_int_equal(guardian_store_package_install(st, &a, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 8, &first, &got), CKR_OK);
+    for (uint64_t s = 1; s <= 3; s++)
+        assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, s, (const uint8_t *)"dev", 3, cert, sizeof(cert)),
+                         CKR_OK);
+    /* Appended, not yet in the trail. */
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 0);
+    assert_int_equal(journal_files(&d, journal, sizeof(journal)), 1);
+    snprintf(saved, sizeof(saved), "%s/issued-1-0.journal", d.path);
+    copy_file(journal, saved, 0); /* a copy, to fold again below */
+    unlink(saved);
+    copy_file(journal, saved, 0);
+    assert_int_equal(guardian_store_flush(st), CKR_OK);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 3);
+    assert_int_equal(guardian_store_certificate_get(st, OEM, PRODUCT, 2, &der, &len), CKR_OK);
+    assert_int_equal(len, sizeof(cert));
+    free(der);
+    /* Issued twice through the journal: the second fold refuses it. */
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, 4, (const uint8_t *)"dev", 3, cert, sizeof(cert)),
+                     CKR_OK);
+    guardian_store_close(st);
+    /* close folded serial 4 and removed its journal; the copy of the first
+     * journal (serials 1-3, already folded) is "dead": the next opener folds
+     * it again, harmlessly. */
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 4);
+    st = open_dir(&d);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 4);
+    assert_int_equal(journal_files(&d, NULL, 0), 1); /* only the new opener's own */
+
+    /* A process that dies without closing: its journal is folded by the next
+     * opener, up to a torn tail. */
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct guardian_store *child = NULL;
+        int ok = guardian_store_open(d.path, &child) == CKR_OK &&
+                 guardian_store_reserve_block(child, OEM, PRODUCT, a.package_id, NOW, 4, &first, &got) == CKR_OK;
+        for (uint64_t s = first; ok && s < first + 2; s++)
+            ok = guardian_store_issue(child, OEM, PRODUCT, s, (const uint8_t *)"kid", 3, cert, sizeof(cert)) ==
+                 CKR_OK;
+        if (!ok)
+            _exit(1);
+        raise(SIGKILL); /* no close: killed (and no leak check under valgrind) */
+        _exit(2);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    assert_int_equal(journal_files(&d, NULL, 0), 2);
+    {
+        char dead[512] = "";
+        DIR *dir = opendir(d.path);
+        struct dirent *e;
+        char own[64];
+        snprintf(own, sizeof(own), "issued-%ld-", (long)getpid());
+        while ((e = readdir(dir)) != NULL)
+            if (strncmp(e->d_name, "issued-", 7) == 0 && strncmp(e->d_name, own, strlen(own)) != 0)
+                snprintf(dead, sizeof(dead), "%.63s/%.255s", d.path, e->d_name);
+        closedir(dir);
+        assert_true(dead[0] != '\0');
+        copy_file(dead, saved, 5); /* a torn write at its end */
+        unlink(dead);
+    }
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 4);
+    guardian_store_close(st);
+    st = open_dir(&d); /* recovers the dead journal */
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 6);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3 AND device_id = CAST('kid' AS BLOB)"), 2);
+    assert_int_equal(journal_files(&d, NULL, 0), 1);
+    {
+        struct trail *t = trail_new();
+        assert_int_equal(read_trail(st, t), CKR_OK);
+        free(t);
+    }
+    guardian_store_close(st);
+    tmpdir_remove(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1538,6 +1678,7 @@ int main(void)
         cmocka_unit_test(test_expiry_and_unknown),
         cmocka_unit_test(test_commit_issue),
         cmocka_unit_test(test_block_issue_release),
+        cmocka_unit_test(test_issue_journal),
         cmocka_unit_test(test_commit_hook),
         cmocka_unit_test(test_arguments),
         cmocka_unit_test(test_audit_encoding_vectors),
