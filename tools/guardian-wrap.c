@@ -877,6 +877,30 @@ static void read_package_file(const char *path, struct report_package *out)
     free(data);
 }
 
+/* The report at `path`, mapped read-only (NULL for an empty file, *data then
+ * points at ""); dies if it cannot be read or is too large. */
+static void *map_report(const char *path, const uint8_t **data, size_t *size)
+{
+    struct stat st;
+    void *map = NULL;
+    int fd = open(path, O_RDONLY);
+
+    if (fd < 0 || fstat(fd, &st) != 0)
+        die("cannot open %s: %s", path, strerror(errno));
+    if ((uint64_t)st.st_size > REPORT_MAX_BYTES)
+        die("%s is larger than %zu bytes", path, REPORT_MAX_BYTES);
+    *data = (const uint8_t *)"";
+    *size = (size_t)st.st_size;
+    if (st.st_size > 0) {
+        map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED)
+            die("cannot read %s: %s", path, strerror(errno));
+        *data = map;
+    }
+    close(fd);
+    return map;
+}
+
 static int cmd_verify_report(int argc, char **argv)
 {
     static const struct option longopts[] = {{"guardian", required_argument, NULL, 'g'},
@@ -886,17 +910,19 @@ static int cmd_verify_report(int argc, char **argv)
                                              {"authorised", required_argument, NULL, 'a'},
                                              {"product", required_argument, NULL, 'P'},
                                              {"device-ext-oid", required_argument, NULL, 'X'},
+                                             {"previous", required_argument, NULL, 'v'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     const char *guardian_path = NULL, *chain_path = NULL, *root_path = NULL, *authorised = NULL, *path;
+    const char *previous_path = NULL;
     const char *package_paths[GUARDIAN_PKG_MAX_ITEMS];
     struct report_package packages[GUARDIAN_PKG_MAX_ITEMS];
     struct report_inputs in;
-    struct stat st;
-    const uint8_t *data = (const uint8_t *)"";
-    void *map = NULL;
+    const uint8_t *data = NULL;
+    size_t size = 0;
+    void *map = NULL, *previous_map = NULL;
     unsigned long problems;
-    int c, n_packages = 0, fd;
+    int c, n_packages = 0;
     char *end;
 
     die_status = 2;
@@ -915,10 +941,12 @@ static int cmd_verify_report(int argc, char **argv)
         case 'a': authorised = optarg; break;
         case 'P': in.product = optarg; break;
         case 'X': in.device_ext_oid = optarg; break;
+        case 'v': previous_path = optarg; break;
         case 'h':
             printf("usage: " PROG " verify-report REPORT --guardian GUARDIAN-CERT.pem --ca-chain PRODUCTION-CHAIN.pem\n"
                    "         [--root OEM-ROOT.pem] [--package PACKAGE]... [--authorised N --product OEM/PRODUCT]\n"
                    "         [--device-ext-oid OID]   (the --device-ext-oid the packages were made with)\n"
+                   "         [--previous OLD-REPORT]  (an earlier report: this one must extend it)\n"
                    "Checks the Guardian's signature, every record hash and the chain, the quotas and every\n"
                    "certificate.  Exit 0: OK; 1: the report does not verify; 2: usage or file error.\n");
             return 0;
@@ -951,23 +979,18 @@ static int cmd_verify_report(int argc, char **argv)
     in.out = stdout;
     in.name = path;
 
-    fd = open(path, O_RDONLY);
-    if (fd < 0 || fstat(fd, &st) != 0)
-        die("cannot open %s: %s", path, strerror(errno));
-    if ((uint64_t)st.st_size > REPORT_MAX_BYTES)
-        die("%s is larger than %zu bytes", path, REPORT_MAX_BYTES);
-    if (st.st_size > 0) {
-        map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED)
-            die("cannot read %s: %s", path, strerror(errno));
-        data = map;
+    map = map_report(path, &data, &size);
+    if (previous_path != NULL) {
+        previous_map = map_report(previous_path, &in.previous, &in.previous_len);
+        in.previous_name = previous_path;
     }
-    close(fd);
 
-    problems = report_verify(data, (size_t)st.st_size, &in);
+    problems = report_verify(data, size, &in);
 
     if (map != NULL)
-        munmap(map, (size_t)st.st_size);
+        munmap(map, size);
+    if (previous_map != NULL)
+        munmap(previous_map, in.previous_len);
     X509_free(in.guardian);
     X509_free(in.root);
     sk_X509_pop_free(in.ca_chain, X509_free);

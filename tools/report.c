@@ -1319,6 +1319,54 @@ static void summary(struct vctx *v)
     }
 }
 
+/* The trail is append-only and each hash covers every record before it, so
+ * this report extends an earlier one iff it holds the earlier head's record
+ * with the same hash.  A Guardian whose database was rewritten (records
+ * recomputed from an altered one, or a tail cut and the head moved back)
+ * cannot produce that, even though it can sign the rewritten trail. */
+static void check_previous(struct vctx *v)
+{
+    struct report_inputs quiet = *v->in;
+    struct vctx old;
+    const struct rrec *same = NULL;
+
+    quiet.out = NULL;
+    quiet.previous = NULL;
+    memset(&old, 0, sizeof(old));
+    old.in = &quiet;
+    if (!parse(&old, v->in->previous, v->in->previous_len)) {
+        problem(v, "the previous report %s does not parse (line %lu)", v->in->previous_name ? v->in->previous_name : "",
+                old.line);
+        goto out;
+    }
+    check_signature(&old, v->in->previous);
+    if (old.problems != 0) {
+        problem(v, "the previous report %s is not signed by this Guardian", v->in->previous_name ? v->in->previous_name : "");
+        goto out;
+    }
+    for (size_t i = 0; i < v->n_recs; i++)
+        if (v->recs[i].seq == old.head_seq)
+            same = &v->recs[i];
+    if (old.head_seq > v->head_seq)
+        problem(v, "this report ends at record %llu, before the previous report's head (record %llu): records were "
+                   "removed from the trail",
+                (unsigned long long)v->head_seq, (unsigned long long)old.head_seq);
+    else if (old.head_seq != 0 && (same == NULL || memcmp(same->hash, old.head_hash, GUARDIAN_HASH_LEN) != 0))
+        problem(v, "this report does not extend the previous one: record %llu differs from the one the previous "
+                   "report signed (the trail was rewritten)",
+                (unsigned long long)old.head_seq);
+    else
+        say(v, "previous   %s: head record %llu found unchanged: this report extends it\n",
+            v->in->previous_name ? v->in->previous_name : "-", (unsigned long long)old.head_seq);
+out:
+    X509_free(old.guardian);
+    free(old.recs);
+    free(old.certs);
+    free(old.products);
+    free(old.pkgs);
+    free(old.serials);
+}
+
 unsigned long report_verify(const uint8_t *data, size_t len, const struct report_inputs *in)
 {
     struct vctx v;
@@ -1355,6 +1403,8 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
             }
         }
         check_chain(&v);
+        if (in->previous != NULL)
+            check_previous(&v);
         check_accounting(&v);
         check_products(&v);
         check_oem_inputs(&v);

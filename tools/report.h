@@ -69,6 +69,9 @@ struct report_inputs {
     const char *product;            /* "OEM/PRODUCT" for `authorised` */
     uint64_t authorised;            /* with `product`: the OEM's total for that product */
     const char *device_ext_oid;     /* the package template's device-extension OID; NULL: Guardian's default */
+    const uint8_t *previous;        /* an earlier report of this Guardian: this one must extend it; NULL: none */
+    size_t previous_len;
+    const char *previous_name;
     FILE *out;                      /* summary and problems; NULL: silent */
     const char *name;               /* the report's file name, for messages */
 };

@@ -149,6 +149,26 @@ expect "over quota, forged: the Guardian counters disagree" 1 "the Guardian coun
     verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
 expect "over quota, forged: against the real Guardian" 1 "signature does not verify" -- verify forged.txt "${V[@]}"
 
+# --previous: a later report must extend an earlier one (same record at the
+# earlier head).  A centre that rewrites its trail can re-sign it with the
+# Guardian key it holds, but cannot keep the earlier head's hash.
+expect "--previous: a report extends itself" 0 "head record 26 found unchanged: this report extends it" -- \
+    verify report.txt "${V[@]}" --previous report.txt
+embed_fake() { awk -v pem="$(cat fake.pem)" '
+    /^-----BEGIN CERTIFICATE-----$/ { print pem; skip = 1; next }
+    skip && /^-----END CERTIFICATE-----$/ { skip = 0; next }
+    !skip { print }' "$1" >"$2"; resign "$2" fake.key; }
+embed_fake report.txt prevfake.txt
+"$FIX" rehash altered.txt rewritten0.txt chain 3
+embed_fake rewritten0.txt rewritten.txt
+expect "--previous: the rewritten trail verifies on its own" 0 "^OK$" -- \
+    verify rewritten.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
+expect "--previous: a rewritten, re-signed trail does not extend the earlier report" 1 \
+    "does not extend the previous one: record 26 differs" -- \
+    verify rewritten.txt --guardian fake.pem --ca-chain ca.pem --root root.pem --previous prevfake.txt
+expect "--previous: an earlier report from another Guardian is refused" 1 "is not signed by this Guardian" -- \
+    verify report.txt "${V[@]}" --previous prevfake.txt
+
 # ---- the real pipeline, when guardianctl has provision -----------------------------------
 # Certificates made by the module's derive mechanism (CKM_GUARDIAN_DERIVE_DEVICE_CERT)
 # must pass the same checks as the fixture's, profile included.
@@ -159,6 +179,12 @@ if "$CTL" --help | grep -q '^  provision'; then
     "$CTL" audit export --product ACME/REAL-3 --out real.txt 2>/dev/null || ko "export after provision"
     expect "provisioned certificates verify" 0 "ACME/REAL-3 release 1 .*issued 3, .*certificates verified 3/3" -- \
         verify real.txt "${V[@]}" --package r3r1.gpk --authorised 5 --product ACME/REAL-3
+    "$CTL" provision --product ACME/REAL-3 --count 4 --out parts >/dev/null 2>&1 || ko "provision a fourth part"
+    "$CTL" audit export --product ACME/REAL-3 --out real2.txt 2>/dev/null || ko "second export"
+    expect "--previous: the next export extends the first" 0 "this report extends it" -- \
+        verify real2.txt "${V[@]}" --previous real.txt
+    expect "--previous: an older report cannot stand for a newer one" 1 "before the previous report's head" -- \
+        verify real.txt "${V[@]}" --previous real2.txt
 else
     ok "guardianctl provision not built yet: certificates from audit_fixture only"
 fi
