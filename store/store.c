@@ -1843,6 +1843,7 @@ static void journal_recover(struct guardian_store *st, const char *dir)
 static CK_RV journal_open(struct guardian_store *st, const char *dir)
 {
     struct timespec ts;
+    char tmp[PATH_MAX + 8];
     int n;
 
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -1853,11 +1854,18 @@ static CK_RV journal_open(struct guardian_store *st, const char *dir)
     st->journal_buf = malloc(JOURNAL_RECORD_MAX);
     if (st->journal_buf == NULL)
         return CKR_HOST_MEMORY;
-    st->journal_fd = open(st->journal_path, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (st->journal_fd < 0 || flock(st->journal_fd, LOCK_EX | LOCK_NB) != 0) {
+    /* Locked under a name recovery does not look at, then renamed: no other
+     * process can ever see this journal unlocked and take it for a dead one. */
+    n = snprintf(tmp, sizeof(tmp), "%s.new", st->journal_path);
+    if (n < 0 || (size_t)n >= sizeof(tmp))
+        return CKR_ARGUMENTS_BAD;
+    st->journal_fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (st->journal_fd < 0 || flock(st->journal_fd, LOCK_EX | LOCK_NB) != 0 || rename(tmp, st->journal_path) != 0) {
         guardian_error(STORE_LOG, "cannot create the issue journal in %s: %s", dir, strerror(errno));
-        if (st->journal_fd >= 0)
+        if (st->journal_fd >= 0) {
             close(st->journal_fd);
+            unlink(tmp);
+        }
         st->journal_fd = -1;
         return CKR_GUARDIAN_STORE_FAILED;
     }
