@@ -209,7 +209,6 @@ enum stmt_id {
     S_ISSUANCE_SET_RELEASED,
     S_CERTIFICATE_INSERT,
     S_CERTIFICATE_GET,
-    S_ISSUED_DIGEST,
     S_PACKAGE_GET,
     S_HEAD_GET,
     S_HEAD_SET,
@@ -247,14 +246,13 @@ static const char *const stmt_sql[S_COUNT] = {
                          "WHERE oem_id = ?1 AND product_id = ?2 AND next_serial = ?3",
     [S_ISSUANCE_INSERT] = "INSERT INTO issuance (oem_id, product_id, serial, package_id, device_id, "
                           "reserve_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    [S_ISSUANCE_GET] = "SELECT device_id, issue_seq, release_seq, package_id FROM issuance "
+    [S_ISSUANCE_GET] = "SELECT device_id, issue_seq, release_seq, package_id, cert_digest FROM issuance "
                        "WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3",
     [S_ISSUANCE_SET_ISSUED] = "UPDATE issuance SET issue_seq = ?4, cert_digest = ?5, device_id = ?6 "
                               "WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3 "
                               "AND issue_seq IS NULL AND release_seq IS NULL",
     [S_ISSUANCE_SET_RELEASED] = "UPDATE issuance SET release_seq = ?4 WHERE oem_id = ?1 AND product_id = ?2 "
                                 "AND serial = ?3 AND issue_seq IS NULL AND release_seq IS NULL",
-    [S_ISSUED_DIGEST] = "SELECT cert_digest FROM issuance WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3",
     [S_CERTIFICATE_INSERT] = "INSERT INTO certificates (issue_seq, certificate) VALUES (?1, ?2)",
     [S_CERTIFICATE_GET] = "SELECT c.certificate FROM issuance i JOIN certificates c ON c.issue_seq = i.issue_seq "
                           "WHERE i.oem_id = ?1 AND i.product_id = ?2 AND i.serial = ?3",
@@ -594,6 +592,25 @@ static bool column_blob_exact(sqlite3_stmt *s, int col, void *out, size_t len)
 {
     size_t got = 0;
     return column_blob(s, col, out, len, &got) && got == len;
+}
+
+/* A copy of a BLOB column in a fresh malloc'd buffer; *out NULL and *len 0
+ * when the column is NULL or empty.  CKR_HOST_MEMORY if the copy fails. */
+static CK_RV column_blob_dup(sqlite3_stmt *s, int col, uint8_t **out, size_t *len)
+{
+    const void *blob = sqlite3_column_blob(s, col);
+    int n = sqlite3_column_bytes(s, col);
+
+    *out = NULL;
+    *len = 0;
+    if (blob == NULL || n <= 0)
+        return CKR_OK;
+    *out = malloc((size_t)n);
+    if (*out == NULL)
+        return CKR_HOST_MEMORY;
+    memcpy(*out, blob, (size_t)n);
+    *len = (size_t)n;
+    return CKR_OK;
 }
 
 static bool column_uint(sqlite3_stmt *s, int col, uint64_t max, uint64_t *out)
@@ -1134,8 +1151,6 @@ CK_RV guardian_store_package_material(struct guardian_store *st, const uint8_t p
     sqlite3_stmt *s = NULL;
     bool row = false;
     uint64_t release = 0;
-    const void *blob;
-    int n;
 
     if (st == NULL || package_id == NULL || out == NULL)
         return CKR_ARGUMENTS_BAD;
@@ -1160,21 +1175,12 @@ CK_RV guardian_store_package_material(struct guardian_store *st, const uint8_t p
     out->release_version = (uint32_t)release;
     out->not_after = sqlite3_column_int64(s, 3);
     out->installed = sqlite3_column_int(s, 6) != 0;
-    for (int col = 4; col <= 5; col++) {
-        uint8_t **dst = col == 4 ? &out->cert_template : &out->ca_cert;
-        size_t *dst_len = col == 4 ? &out->cert_template_len : &out->ca_cert_len;
-        blob = sqlite3_column_blob(s, col);
-        n = sqlite3_column_bytes(s, col);
-        if (blob == NULL || n <= 0)
-            continue; /* imported before schema 2, or none given */
-        *dst = malloc((size_t)n);
-        if (*dst == NULL) {
-            rv = CKR_HOST_MEMORY;
-            goto out;
-        }
-        memcpy(*dst, blob, (size_t)n);
-        *dst_len = (size_t)n;
-    }
+    /* NULL for a package imported before schema 2, or a store-only test. */
+    rv = column_blob_dup(s, 4, &out->cert_template, &out->cert_template_len);
+    if (rv == CKR_OK)
+        rv = column_blob_dup(s, 5, &out->ca_cert, &out->ca_cert_len);
+    if (rv != CKR_OK)
+        goto out;
     rv = CKR_OK;
 out:
     stmt_done(s);
@@ -1478,11 +1484,9 @@ static CK_RV settle_tx(struct guardian_store *st, void *ctx)
     if (a->replay && sqlite3_column_type(s, 1) != SQLITE_NULL) {
         /* Folded before, and the journal not yet emptied (a crash between
          * the fold's COMMIT and its truncation): nothing to do. */
-        stmt_done(s);
-        rv = stmt_step(st, S_ISSUED_DIGEST, &s, &row, "look up an issue", "tti", a->oem_id, a->product_id,
-                       (sqlite3_int64)a->serial);
-        if (rv == CKR_OK && row && sqlite3_column_bytes(s, 0) == GUARDIAN_HASH_LEN &&
-            memcmp(sqlite3_column_blob(s, 0), a->digest, GUARDIAN_HASH_LEN) == 0)
+        uint8_t recorded[GUARDIAN_HASH_LEN];
+        if (column_blob_exact(s, 4, recorded, sizeof(recorded)) &&
+            memcmp(recorded, a->digest, GUARDIAN_HASH_LEN) == 0)
             goto out;
         guardian_error(STORE_LOG, "serial %llu of %s/%s: the journal's certificate differs from the recorded one",
                        (unsigned long long)a->serial, a->oem_id, a->product_id);
@@ -1594,8 +1598,6 @@ CK_RV guardian_store_certificate_get(struct guardian_store *st, const char *oem_
     CK_RV rv;
     sqlite3_stmt *s = NULL;
     bool row = false;
-    const void *blob;
-    int n;
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || der == NULL || len == NULL || serial > INT64_MAX)
         return CKR_ARGUMENTS_BAD;
@@ -1606,19 +1608,8 @@ CK_RV guardian_store_certificate_get(struct guardian_store *st, const char *oem_
         return rv;
     rv = stmt_step(st, S_CERTIFICATE_GET, &s, &row, "read a certificate", "tti", oem_id, product_id,
                    (sqlite3_int64)serial);
-    if (rv == CKR_OK && row) {
-        blob = sqlite3_column_blob(s, 0);
-        n = sqlite3_column_bytes(s, 0);
-        if (blob != NULL && n > 0) {
-            *der = malloc((size_t)n);
-            if (*der == NULL)
-                rv = CKR_HOST_MEMORY;
-            else {
-                memcpy(*der, blob, (size_t)n);
-                *len = (size_t)n;
-            }
-        }
-    }
+    if (rv == CKR_OK && row)
+        rv = column_blob_dup(s, 0, der, len);
     stmt_done(s);
     store_leave(st);
     return rv;
@@ -1789,6 +1780,18 @@ CK_RV guardian_store_flush(struct guardian_store *st)
     return store_write(st, true, NULL, NULL);
 }
 
+struct fold_args {
+    int fd;
+    const char *name;
+    size_t folded;
+};
+
+static CK_RV fold_tx(struct guardian_store *st, void *ctx)
+{
+    struct fold_args *a = ctx;
+    return journal_fold_locked(st, a->fd, a->name, &a->folded);
+}
+
 /* Journals left by processes that ended without closing the store (killed,
  * crashed): their owner's lock is gone, so fold and remove them.  A journal
  * whose lock is held belongs to a live process. */
@@ -1796,6 +1799,7 @@ static void journal_recover(struct guardian_store *st, const char *dir)
 {
     DIR *d = opendir(dir);
     struct dirent *e;
+    struct fold_args fa;
 
     if (d == NULL)
         return;
@@ -1818,15 +1822,11 @@ static void journal_recover(struct guardian_store *st, const char *dir)
             close(fd); /* a live process's */
             continue;
         }
-        rv = store_enter(st);
-        if (rv == CKR_OK) {
-            rv = tx_begin(st, true);
-            if (rv == CKR_OK) {
-                rv = journal_fold_locked(st, fd, e->d_name, &folded);
-                rv = tx_end(st, rv);
-            }
-            store_leave(st);
-        }
+        fa.fd = fd;
+        fa.name = e->d_name;
+        fa.folded = 0;
+        rv = store_write(st, true, fold_tx, &fa);
+        folded = fa.folded;
         if (rv == CKR_OK) {
             if (ftruncate(fd, 0) != 0 || unlink(path) != 0)
                 guardian_warn(STORE_LOG, "issue journal %s: folded but not removed: %s", e->d_name, strerror(errno));
