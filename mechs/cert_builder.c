@@ -320,10 +320,11 @@ static bool isalnum_ascii(uint8_t c)
 
 static const char *const variables[] = {"${device_id}", "${oem_id}", "${product_id}"};
 
-static int perr(char *err, size_t errlen, const char *fmt, const char *a)
+/* Writes `msg` to err (when given) and returns 0: the parsers' refusal. */
+static int ierr(char *err, size_t errlen, const char *msg)
 {
     if (err != NULL && errlen > 0)
-        snprintf(err, errlen, fmt, a);
+        snprintf(err, errlen, "%s", msg);
     return 0;
 }
 
@@ -339,15 +340,14 @@ int guardian_subject_pattern_parse(const char *s, size_t len, struct guardian_su
         while (i < len && s[i] != '=' && s[i] != ',')
             i++;
         if (i == len || s[i] != '=')
-            return perr(err, errlen, "subject pattern: \"%s\" lacks TYPE=", "");
+            return ierr(err, errlen, "subject pattern: an attribute lacks TYPE=");
         type_len = i - type_start;
         for (t = 0; t < sizeof(attribute_types) / sizeof(attribute_types[0]); t++)
             if (strlen(attribute_types[t].name) == type_len &&
                 memcmp(attribute_types[t].name, s + type_start, type_len) == 0)
                 break;
         if (t == sizeof(attribute_types) / sizeof(attribute_types[0]))
-            return perr(err, errlen, "subject pattern: unknown attribute type (allowed: CN O OU C L ST serialNumber)%s",
-                        "");
+            return ierr(err, errlen, "subject pattern: unknown attribute type (allowed: CN O OU C L ST serialNumber)");
         value_start = ++i;
         while (i < len && s[i] != ',')
             i++;
@@ -355,25 +355,24 @@ int guardian_subject_pattern_parse(const char *s, size_t len, struct guardian_su
         if (i < len)
             i++; /* the comma */
         if (value_len == 0 || value_len > GUARDIAN_SUBJECT_MAX_VALUE)
-            return perr(err, errlen, "subject pattern: a value is empty or longer than 128 bytes%s", "");
+            return ierr(err, errlen, "subject pattern: a value is empty or longer than 128 bytes");
         for (size_t v = value_start; v < value_start + value_len; v++) {
             unsigned char c = (unsigned char)s[v];
             if (c < 0x20 || c == 0x7f || c == '=' || c == '+' || c == '\\' || c == '"')
-                return perr(err, errlen, "subject pattern: a value holds a character that needs escaping%s", "");
+                return ierr(err, errlen, "subject pattern: a value holds a character that needs escaping");
             if (c == '$') {
                 size_t k, rest = value_start + value_len - v;
                 for (k = 0; k < sizeof(variables) / sizeof(variables[0]); k++)
                     if (strlen(variables[k]) <= rest && memcmp(s + v, variables[k], strlen(variables[k])) == 0)
                         break;
                 if (k == sizeof(variables) / sizeof(variables[0]))
-                    return perr(err, errlen,
-                                "subject pattern: unknown variable (allowed: ${device_id} ${oem_id} ${product_id})%s",
-                                "");
+                    return ierr(err, errlen,
+                                "subject pattern: unknown variable (allowed: ${device_id} ${oem_id} ${product_id})");
                 v += strlen(variables[k]) - 1;
             }
         }
         if (p.n == GUARDIAN_SUBJECT_MAX_RDNS)
-            return perr(err, errlen, "subject pattern: more than 16 attributes%s", "");
+            return ierr(err, errlen, "subject pattern: more than 16 attributes");
         memcpy(p.rdn[p.n].oid, attribute_types[t].oid, 3);
         p.rdn[p.n].oid_len = 3;
         p.rdn[p.n].string_tag = attribute_types[t].tag;
@@ -382,7 +381,7 @@ int guardian_subject_pattern_parse(const char *s, size_t len, struct guardian_su
         p.n++;
     }
     if (p.n == 0)
-        return perr(err, errlen, "subject pattern is empty%s", "");
+        return ierr(err, errlen, "subject pattern is empty");
     *out = p;
     return 1;
 }
@@ -462,13 +461,6 @@ static void put_extension(struct dout *d, const uint8_t *oid, size_t oid_len, bo
         dput(d, yes, sizeof(yes));
     dtlv(d, 0x04, value, value_len);
     dwrap(d, start, 0x30);
-}
-
-static int ierr(char *err, size_t errlen, const char *msg)
-{
-    if (err != NULL && errlen > 0)
-        snprintf(err, errlen, "%s", msg);
-    return 0;
 }
 
 int guardian_cert_issuer_init(struct guardian_cert_issuer *is, const uint8_t package_id[GUARDIAN_PKG_ID_LEN],

@@ -200,6 +200,14 @@ static CK_RV check_template(const CK_ATTRIBUTE *t, CK_ULONG n, struct out_templa
 
 static const uint8_t digest_info_sha256[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
                                              0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+#define DIGEST_INFO_LEN (sizeof(digest_info_sha256) + 32)
+
+/* The PKCS#1 v1.5 DigestInfo of a SHA-256 hash: what CKM_RSA_PKCS signs. */
+static void digest_info(const uint8_t hash[32], uint8_t out[DIGEST_INFO_LEN])
+{
+    memcpy(out, digest_info_sha256, sizeof(digest_info_sha256));
+    memcpy(out + sizeof(digest_info_sha256), hash, 32);
+}
 
 /* Sign a hash with the CA key: raw ECDSA (r || s) or PKCS#1 v1.5. */
 static CK_RV token_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key,
@@ -207,14 +215,13 @@ static CK_RV token_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJE
                         CK_ULONG *sig_len)
 {
     CK_MECHANISM m = {is->ca_kind == GUARDIAN_DEVKEY_RSA ? CKM_RSA_PKCS : CKM_ECDSA, NULL, 0};
-    uint8_t di[sizeof(digest_info_sha256) + 32];
+    uint8_t di[DIGEST_INFO_LEN];
     const uint8_t *in = hash;
     CK_ULONG in_len = hash_len;
     CK_RV rv;
 
     if (is->ca_kind == GUARDIAN_DEVKEY_RSA) {
-        memcpy(di, digest_info_sha256, sizeof(digest_info_sha256));
-        memcpy(di + sizeof(digest_info_sha256), hash, 32);
+        digest_info(hash, di);
         in = di;
         in_len = sizeof(di);
     }
@@ -244,9 +251,8 @@ static CK_RV prove_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJEC
     if (rv != CKR_OK)
         return rv;
     if (is->cb.ca_kind == GUARDIAN_DEVKEY_RSA) {
-        memcpy(der, digest_info_sha256, sizeof(digest_info_sha256));
-        memcpy(der + sizeof(digest_info_sha256), hash, 32);
-        der_len = sizeof(digest_info_sha256) + 32;
+        digest_info(hash, der);
+        der_len = DIGEST_INFO_LEN;
     } else {
         ECDSA_SIG *s = ECDSA_SIG_new();
         unsigned char *p = der;
