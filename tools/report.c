@@ -1319,6 +1319,18 @@ static void summary(struct vctx *v)
     }
 }
 
+/* What parse() and the checks allocated. */
+static void vctx_free(struct vctx *v)
+{
+    X509_STORE_free(v->root_store);
+    X509_free(v->guardian);
+    free(v->recs);
+    free(v->certs);
+    free(v->products);
+    free(v->pkgs);
+    free(v->serials);
+}
+
 /* The trail is append-only and each hash covers every record before it, so
  * this report extends an earlier one iff it holds the earlier head's record
  * with the same hash.  A Guardian whose database was rewritten (records
@@ -1359,12 +1371,7 @@ static void check_previous(struct vctx *v)
         say(v, "previous   %s: head record %llu found unchanged: this report extends it\n",
             v->in->previous_name ? v->in->previous_name : "-", (unsigned long long)old.head_seq);
 out:
-    X509_free(old.guardian);
-    free(old.recs);
-    free(old.certs);
-    free(old.products);
-    free(old.pkgs);
-    free(old.serials);
+    vctx_free(&old);
 }
 
 unsigned long report_verify(const uint8_t *data, size_t len, const struct report_inputs *in)
@@ -1416,13 +1423,7 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
         say(&v, "OK\n");
     else
         say(&v, "FAILED: %lu problem%s\n", v.problems, v.problems == 1 ? "" : "s");
-    X509_STORE_free(v.root_store);
-    X509_free(v.guardian);
-    free(v.recs);
-    free(v.certs);
-    free(v.products);
-    free(v.pkgs);
-    free(v.serials);
+    vctx_free(&v);
     ERR_clear_error();
     return v.problems;
 }
