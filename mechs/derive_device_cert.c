@@ -103,9 +103,7 @@ static CK_RV check_params(const CK_MECHANISM *mech, struct device_in *dev)
             return CKR_GUARDIAN_DEVICE_ID_INVALID;
         }
         for (CK_ULONG i = 0; i < p->ulDeviceIdLen; i++) {
-            unsigned char c = p->pDeviceId[i];
-            if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-                  c == '.' || c == '_' || c == ':')) {
+            if (!guardian_id_char(p->pDeviceId[i])) {
                 guardian_error(LOG, "refused: a text device ID may hold only A-Z a-z 0-9 - . _ : (byte %lu is not)",
                                (unsigned long)i);
                 return CKR_GUARDIAN_DEVICE_ID_INVALID;

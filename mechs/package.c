@@ -93,6 +93,12 @@ int guardian_device_ext_oid_ok(const ASN1_OBJECT *oid)
     return memcmp(d, id_ce, sizeof(id_ce)) != 0 && (n < sizeof(id_pkix) || memcmp(d, id_pkix, sizeof(id_pkix)) != 0);
 }
 
+int guardian_id_char(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-' || c == ':';
+}
+
 /* IDs end up in certificate subjects and file names: a conservative alphabet. */
 static int id_ok(const ASN1_UTF8STRING *s, char *out)
 {
@@ -100,12 +106,9 @@ static int id_ok(const ASN1_UTF8STRING *s, char *out)
     const unsigned char *d = ASN1_STRING_get0_data(s);
     if (n < 1 || n > GUARDIAN_PKG_NAME_MAX)
         return 0;
-    for (int i = 0; i < n; i++) {
-        unsigned char c = d[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-              c == '-' || c == ':'))
+    for (int i = 0; i < n; i++)
+        if (!guardian_id_char(d[i]))
             return 0;
-    }
     memcpy(out, d, (size_t)n);
     out[n] = '\0';
     return 1;

@@ -133,6 +133,10 @@ int guardian_package_kek_context(const struct guardian_package *pkg, uint8_t out
 #define GUARDIAN_DEVICE_EXT_OID_MAX 32
 int guardian_device_ext_oid_ok(const ASN1_OBJECT *oid);
 
+/* The alphabet of OEM IDs, product IDs and text device IDs, which end up in
+ * certificate subjects and file names: A-Z a-z 0-9 . _ - : */
+int guardian_id_char(unsigned char c);
+
 /* Map a scheme OID to GUARDIAN_KT_*, 0 if unknown. */
 int guardian_package_scheme(const ASN1_OBJECT *oid);
 
