@@ -83,6 +83,34 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKA_GUARDIAN_NOT_AFTER (CKA_GUARDIAN_BASE | 0x0007UL)        /* CK_ULONG, seconds since 1970 UTC */
 #define CKA_GUARDIAN_PACKAGE_ID (CKA_GUARDIAN_BASE | 0x0008UL)       /* 16 bytes (also its CKA_ID) */
 
+/* Request objects (C_CreateObject with CKA_CLASS = CKO_GUARDIAN_REQUEST): a
+ * Guardian operation asked for with calls any PKCS#11 binding and remoting
+ * layer carries.  The request is never stored: the call runs the operation and
+ * returns the handle of its result (see docs/vendor-interface.md). */
+#define CKO_GUARDIAN_REQUEST (CKO_GUARDIAN_BASE | 0x0002UL)
+
+#define CKA_GUARDIAN_REQUEST (CKA_GUARDIAN_BASE | 0x0010UL)   /* CK_ULONG: CKG_GUARDIAN_REQ_* */
+#define CKA_GUARDIAN_OEM_IDS (CKA_GUARDIAN_BASE | 0x0011UL)   /* UTF-8, comma-separated, no NUL */
+#define CKA_GUARDIAN_VALIDITY_DAYS (CKA_GUARDIAN_BASE | 0x0012UL) /* CK_ULONG */
+
+/* CKG_GUARDIAN_REQ_* values of CKA_GUARDIAN_REQUEST. */
+/* SO session: enrol CKA_VALUE (an OEM root CA certificate, DER) for the OEM IDs
+ * in CKA_GUARDIAN_OEM_IDS; returns the trusted certificate object. */
+#define CKG_GUARDIAN_REQ_ENROL_ROOT 1UL
+/* User session: the audit report (docs/audit-report.md), built from the store
+ * and signed by the Guardian; CKA_GUARDIAN_OEM_ID + CKA_GUARDIAN_PRODUCT_ID
+ * narrow it to one product.  Returns a session CKO_DATA object whose CKA_VALUE
+ * is the report. */
+#define CKG_GUARDIAN_REQ_AUDIT_EXPORT 2UL
+/* User session: make the Guardian's identity (keys made by the module, never
+ * by the caller) and its self-signed certificate (CKA_LABEL = subject CN,
+ * CKA_GUARDIAN_VALIDITY_DAYS); idempotent.  Returns the certificate object. */
+#define CKG_GUARDIAN_REQ_IDENTITY 3UL
+/* User session: a CSR for the Guardian's key (CKA_LABEL = subject CN), signed
+ * by the Guardian; returns a session CKO_DATA object whose CKA_VALUE is the
+ * CSR, DER. */
+#define CKG_GUARDIAN_REQ_IDENTITY_CSR 4UL
+
 /* ---- Return values ----------------------------------------------------- */
 
 /* C_Initialize: the configuration file is missing, unreadable or malformed. */
@@ -108,6 +136,8 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKR_GUARDIAN_PACKAGE_REPLAYED (CKR_GUARDIAN_BASE | 0x0015UL)
 /* The installed release of this product is the same or newer (rollback). */
 #define CKR_GUARDIAN_PACKAGE_ROLLBACK (CKR_GUARDIAN_BASE | 0x0016UL)
+/* The signer's root is enrolled, but not for the package's OEM ID. */
+#define CKR_GUARDIAN_OEM_NOT_ENROLLED (CKR_GUARDIAN_BASE | 0x0017UL)
 
 /* 0x0020..0x002F: production (C_DeriveKey with CKM_GUARDIAN_DERIVE_DEVICE_CERT). */
 /* The product's authorised unit count is used up. */
@@ -135,5 +165,21 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 /* The audit trail's hash chain is broken: a record was altered, removed or
  * reordered. */
 #define CKR_GUARDIAN_AUDIT_CORRUPT (CKR_GUARDIAN_BASE | 0x0031UL)
+/* The state store is behind the anchor the token holds: a restored backup, a
+ * deleted or swapped database, or another state directory. */
+#define CKR_GUARDIAN_STATE_ROLLBACK (CKR_GUARDIAN_BASE | 0x0032UL)
+/* The host clock is earlier than the newest audit record: time never runs
+ * backwards in the trail. */
+#define CKR_GUARDIAN_CLOCK_BEHIND (CKR_GUARDIAN_BASE | 0x0033UL)
+/* The state directory or a file in it is a symbolic link, not owned by this
+ * user, or open to other users. */
+#define CKR_GUARDIAN_STATE_UNSAFE (CKR_GUARDIAN_BASE | 0x0034UL)
+
+/* 0x0040..0x004F: Guardian requests and ownership. */
+/* A request object is malformed: unknown CKG_GUARDIAN_REQ_*, a missing or
+ * extra attribute (the log line names it). */
+#define CKR_GUARDIAN_REQUEST_INVALID (CKR_GUARDIAN_BASE | 0x0040UL)
+/* The certificate offered as an OEM root is not a CA certificate. */
+#define CKR_GUARDIAN_ROOT_NOT_CA (CKR_GUARDIAN_BASE | 0x0041UL)
 
 #endif /* GUARDIAN_PKCS11_H */
