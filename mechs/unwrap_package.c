@@ -36,12 +36,14 @@
 #include "module.h"
 #include "package.h"
 #include "registry.h"
+#include "request.h"
 #include "unwrap_package.h"
 #include "store.h"
 /* after the headers above: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 
 #define MAX_OBJECTS (8 + 3 * GUARDIAN_PKG_MAX_ITEMS)
+#define MAX_ROOTS 64
 
 struct import {
     CK_FUNCTION_LIST *be;
@@ -54,7 +56,14 @@ struct import {
     char prefix[GUARDIAN_PKG_NAME_MAX * 2 + 32]; /* "guardian:OEM/PRODUCT/rN" */
     char application[9 + 2 * GUARDIAN_PKG_ID_LEN + 1];
     struct guardian_unwrap_usage usage; /* narrowed by the caller's template */
+    /* The enrolled roots and their labels ("guardian-root:<oem ids>"). */
+    X509 *roots[MAX_ROOTS];
+    char *root_labels[MAX_ROOTS];
+    CK_ULONG root_label_lens[MAX_ROOTS];
+    size_t n_roots;
 };
+
+static void roots_free(struct import *im);
 
 static const char *ckr(CK_RV rv)
 {
@@ -153,37 +162,59 @@ out:
     return rv;
 }
 
-/* The enrolled OEM roots: certificate objects with CKA_TRUSTED = TRUE (only the
- * SO can set it). */
+/* The enrolled OEM roots: trusted certificate objects that the module made at
+ * enrolment (label "guardian-root:<oem ids>", enrol_root.c).  A trusted
+ * certificate without that label was not enrolled through the Guardian (or
+ * by a version before OEM IDs were bound to roots) and is not a root here.
+ * Their certificates and labels stay in `im` for the OEM ID check. */
 static CK_RV enrolled_roots(struct import *im, X509_STORE **out)
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_BBOOL yes = CK_TRUE;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TRUSTED, &yes, sizeof(yes)}};
-    CK_OBJECT_HANDLE found[64];
+    CK_OBJECT_HANDLE found[MAX_ROOTS];
     CK_ULONG n = 0;
     X509_STORE *store = X509_STORE_new();
-    int added = 0;
-    CK_RV rv = store ? find(im, t, 2, found, 64, &n) : CKR_HOST_MEMORY;
+    int added = 0, unbound = 0;
+    CK_RV rv = store ? find(im, t, 2, found, MAX_ROOTS, &n) : CKR_HOST_MEMORY;
 
     if (rv != CKR_OK)
         goto out;
+    roots_free(im);
     for (CK_ULONG i = 0; i < n; i++) {
-        CK_BYTE *der = NULL;
-        CK_ULONG len = 0;
+        CK_BYTE *der = NULL, *label = NULL;
+        CK_ULONG len = 0, label_len = 0;
         const unsigned char *p;
         X509 *x;
-        if (get_attr(im, found[i], CKA_VALUE, &der, &len) != CKR_OK)
+        if (get_attr(im, found[i], CKA_LABEL, &label, &label_len) != CKR_OK ||
+            label_len <= strlen(GUARDIAN_ROOT_PREFIX) ||
+            memcmp(label, GUARDIAN_ROOT_PREFIX, strlen(GUARDIAN_ROOT_PREFIX)) != 0) {
+            OPENSSL_free(label);
+            unbound++;
             continue;
+        }
+        if (get_attr(im, found[i], CKA_VALUE, &der, &len) != CKR_OK) {
+            OPENSSL_free(label);
+            continue;
+        }
         p = der;
         x = d2i_X509(NULL, &p, (long)len);
-        if (x != NULL && X509_STORE_add_cert(store, x) == 1)
-            added++;
-        X509_free(x);
         OPENSSL_free(der);
+        if (x != NULL && X509_STORE_add_cert(store, x) == 1) {
+            im->roots[im->n_roots] = x;
+            im->root_labels[im->n_roots] = (char *)label;
+            im->root_label_lens[im->n_roots++] = label_len;
+            added++;
+        } else {
+            X509_free(x);
+            OPENSSL_free(label);
+        }
     }
     if (added == 0) {
-        guardian_error("unwrap", "no OEM root is enrolled in this Guardian (guardianctl enroll-oem)");
+        guardian_error("unwrap", "no OEM root is enrolled in this Guardian (guardianctl enroll-oem --oem-id)%s",
+                       unbound ? "; trusted certificates without OEM IDs (enrolled by an older version) do not "
+                                 "count: remove and enrol them again"
+                               : "");
         rv = CKR_GUARDIAN_UNTRUSTED_SIGNER;
         goto out;
     }
@@ -192,6 +223,66 @@ static CK_RV enrolled_roots(struct import *im, X509_STORE **out)
     rv = CKR_OK;
 out:
     X509_STORE_free(store);
+    return rv;
+}
+
+static void roots_free(struct import *im)
+{
+    for (size_t i = 0; i < im->n_roots; i++) {
+        X509_free(im->roots[i]);
+        OPENSSL_free(im->root_labels[i]);
+    }
+    im->n_roots = 0;
+}
+
+/* The package's OEM ID must be one its signer's root was enrolled for, so
+ * that one OEM's root cannot sign for another OEM's products.  The chain is
+ * built again from the package's certificates to the enrolled roots (the
+ * signature and chain were verified already). */
+static CK_RV root_allows_oem(struct import *im, const CK_BYTE *data, CK_ULONG len)
+{
+    const unsigned char *p = data;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
+    STACK_OF(X509) *certs = cms ? CMS_get1_certs(cms) : NULL;
+    STACK_OF(CMS_SignerInfo) *sis = cms ? CMS_get0_SignerInfos(cms) : NULL;
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    X509 *signer = NULL, *root;
+    CK_RV rv = CKR_GUARDIAN_UNTRUSTED_SIGNER;
+
+    if (store == NULL || ctx == NULL || sis == NULL || sk_CMS_SignerInfo_num(sis) != 1)
+        goto out;
+    for (size_t i = 0; i < im->n_roots; i++)
+        X509_STORE_add_cert(store, im->roots[i]);
+    for (int i = 0; certs != NULL && i < sk_X509_num(certs) && signer == NULL; i++)
+        if (CMS_SignerInfo_cert_cmp(sk_CMS_SignerInfo_value(sis, 0), sk_X509_value(certs, i)) == 0)
+            signer = sk_X509_value(certs, i);
+    if (signer == NULL || X509_STORE_CTX_init(ctx, store, signer, certs) != 1 || X509_verify_cert(ctx) != 1)
+        goto out;
+    root = sk_X509_value(X509_STORE_CTX_get0_chain(ctx), sk_X509_num(X509_STORE_CTX_get0_chain(ctx)) - 1);
+    for (size_t i = 0; i < im->n_roots; i++) {
+        if (X509_cmp(root, im->roots[i]) != 0)
+            continue;
+        if (guardian_root_allows(im->root_labels[i], im->root_label_lens[i], im->pkg.oem_id)) {
+            rv = CKR_OK;
+            goto out;
+        }
+        guardian_error("unwrap", "refused: package %s/%s r%u is signed under an OEM root that is not enrolled for "
+                                 "OEM ID '%s' (it is enrolled for %.*s)",
+                       im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version, im->pkg.oem_id,
+                       (int)(im->root_label_lens[i] - strlen(GUARDIAN_ROOT_PREFIX)),
+                       im->root_labels[i] + strlen(GUARDIAN_ROOT_PREFIX));
+        rv = CKR_GUARDIAN_OEM_NOT_ENROLLED;
+        goto out;
+    }
+out:
+    if (rv == CKR_GUARDIAN_UNTRUSTED_SIGNER)
+        guardian_error("unwrap", "refused: the package signer's root could not be found among the enrolled roots");
+    ERR_clear_error();
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(store);
+    sk_X509_pop_free(certs, X509_free);
+    CMS_ContentInfo_free(cms);
     return rv;
 }
 
@@ -385,6 +476,9 @@ static CK_RV track(struct import *im, CK_OBJECT_HANDLE h)
         return CKR_GENERAL_ERROR;
     }
     im->created[im->n_created++] = h;
+    /* A backend may give a destroyed object's number to this new one: let
+     * the policy classify it afresh (its label makes it the Guardian's). */
+    guardian_policy_forget(h);
     return CKR_OK;
 }
 
@@ -399,14 +493,20 @@ static CK_RV derive_kek(struct import *im)
     CK_OBJECT_HANDLE z = CK_INVALID_HANDLE;
     CK_ECDH1_DERIVE_PARAMS ecdh;
     CK_MECHANISM m = {CKM_ECDH1_DERIVE, &ecdh, sizeof(ecdh)};
+    /* Session objects, never extractable, each with one use, and labelled as
+     * the Guardian's so that no standard call may use them meanwhile
+     * (policy.c) — another thread of the caller could find them. */
+    static const char z_label[] = GUARDIAN_IMPORT_PREFIX "shared-secret", kek_label[] = GUARDIAN_IMPORT_PREFIX "kek";
     CK_ATTRIBUTE z_t[] = {{CKA_CLASS, &secret, sizeof(secret)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
                           {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &no, sizeof(no)},
                           {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
-                          {CKA_DERIVE, &yes, sizeof(yes)}};
+                          {CKA_DERIVE, &yes, sizeof(yes)}, {CKA_LABEL, (void *)z_label, sizeof(z_label) - 1},
+                          {CKA_MODIFIABLE, &no, sizeof(no)}};
     CK_ATTRIBUTE kek_t[] = {{CKA_CLASS, &secret, sizeof(secret)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
                             {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &no, sizeof(no)},
                             {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
-                            {CKA_UNWRAP, &yes, sizeof(yes)}};
+                            {CKA_UNWRAP, &yes, sizeof(yes)}, {CKA_LABEL, (void *)kek_label, sizeof(kek_label) - 1},
+                            {CKA_MODIFIABLE, &no, sizeof(no)}};
     CK_RV rv;
 
     if (!guardian_package_kek_context(&im->pkg, context))
@@ -419,25 +519,26 @@ static CK_RV derive_kek(struct import *im)
         ecdh.kdf = CKD_SHA256_KDF;
         ecdh.pSharedData = context;
         ecdh.ulSharedDataLen = sizeof(context);
-        rv = im->be->C_DeriveKey(im->session, &m, im->guardian_key, kek_t, 7, &im->kek);
+        rv = im->be->C_DeriveKey(im->session, &m, im->guardian_key, kek_t, 9, &im->kek);
         if (rv != CKR_OK)
             guardian_error("unwrap", "ECDH with CKD_SHA256_KDF failed in the backend: %s (a backend without "
                                      "it needs packages made with --kdf aes-cbc)", ckr(rv));
         return rv;
     }
     ecdh.kdf = CKD_NULL;
-    rv = im->be->C_DeriveKey(im->session, &m, im->guardian_key, z_t, 7, &z);
+    rv = im->be->C_DeriveKey(im->session, &m, im->guardian_key, z_t, 9, &z);
     if (rv != CKR_OK) {
         guardian_error("unwrap", "ECDH in the backend failed: %s", ckr(rv));
         return rv;
     }
+    guardian_policy_forget(z);
     {
         CK_AES_CBC_ENCRYPT_DATA_PARAMS cbc;
         CK_MECHANISM m2 = {CKM_AES_CBC_ENCRYPT_DATA, &cbc, sizeof(cbc)};
         memset(&cbc, 0, sizeof(cbc));
         cbc.pData = context;
         cbc.length = sizeof(context);
-        rv = im->be->C_DeriveKey(im->session, &m2, z, kek_t, 7, &im->kek);
+        rv = im->be->C_DeriveKey(im->session, &m2, z, kek_t, 9, &im->kek);
         if (rv != CKR_OK)
             guardian_error("unwrap", "AES_CBC_ENCRYPT_DATA in the backend failed: %s", ckr(rv));
     }
@@ -461,7 +562,9 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
         {CKA_ID, im->pkg.package_id, GUARDIAN_PKG_ID_LEN},
         {CKA_LABEL, label, 0},                   {CKA_SIGN, &sign, sizeof(sign)},
         {CKA_DECRYPT, &decrypt, sizeof(decrypt)}, {CKA_DERIVE, &derive, sizeof(derive)},
-        {CKA_UNWRAP, &unwrap, sizeof(unwrap)},
+        {CKA_UNWRAP, &unwrap, sizeof(unwrap)},   {CKA_MODIFIABLE, &no, sizeof(no)},
+        {CKA_COPYABLE, &no, sizeof(no)},         {CKA_WRAP, &no, sizeof(no)},
+        {CKA_ENCRYPT, &no, sizeof(no)},
     };
     CK_ULONG n_attrs = sizeof(t) / sizeof(t[0]);
     CK_RV rv;
@@ -488,7 +591,7 @@ static CK_RV create_certificate(struct import *im, X509 *x, int index)
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_CERTIFICATE_TYPE ct = CKC_X_509;
-    CK_BBOOL yes = CK_TRUE;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     CK_ULONG category = 2; /* authority */
     unsigned char *der = NULL, *subj = NULL, *iss = NULL, *serial = NULL;
     int der_len = i2d_X509(x, &der), subj_len = i2d_X509_NAME(X509_get_subject_name(x), &subj);
@@ -505,7 +608,7 @@ static CK_RV create_certificate(struct import *im, X509 *x, int index)
             {CKA_ID, im->pkg.package_id, GUARDIAN_PKG_ID_LEN},
             {CKA_LABEL, label, 0},               {CKA_VALUE, der, (CK_ULONG)der_len},
             {CKA_SUBJECT, subj, (CK_ULONG)subj_len}, {CKA_ISSUER, iss, (CK_ULONG)iss_len},
-            {CKA_SERIAL_NUMBER, serial, (CK_ULONG)ser_len},
+            {CKA_SERIAL_NUMBER, serial, (CK_ULONG)ser_len}, {CKA_MODIFIABLE, &no, sizeof(no)},
         };
         snprintf(label, sizeof(label), "%s:%s%d", im->prefix, index == 0 ? "production-ca-cert" : "chain-", index);
         t[5].ulValueLen = strlen(label);
@@ -684,6 +787,9 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
         rv = CKR_GUARDIAN_WRONG_GUARDIAN;
         goto out;
     }
+    rv = root_allows_oem(&im, wrapped, wrapped_len);
+    if (rv != CKR_OK)
+        goto out;
     if (im.pkg.not_after < (int64_t)time(NULL)) {
         guardian_error("unwrap", "refused: package %s/%s r%u expired", im.pkg.oem_id, im.pkg.product_id,
                        im.pkg.release_version);
@@ -730,6 +836,7 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     rv = derive_kek(&im);
     if (rv != CKR_OK)
         goto out;
+    guardian_policy_forget(im.kek);
     rv = guardian_store_package_install(st, &info, create_objects, &im);
     if (rv != CKR_OK) {
         destroy_all(&im);
@@ -745,6 +852,7 @@ out:
     if (im.kek != CK_INVALID_HANDLE)
         be->C_DestroyObject(session, im.kek);
     guardian_package_free(&im.pkg);
+    roots_free(&im);
     BIO_free(content);
     OPENSSL_free(tmpl_der);
     OPENSSL_free(ca_der);

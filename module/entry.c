@@ -12,6 +12,7 @@
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 #include "registry.h"
+#include "request.h"
 
 #define GUARDIAN_MANUFACTURER "Guardian PKCS#11"
 #define GUARDIAN_DESCRIPTION "Guardian provisioning module"
@@ -210,8 +211,12 @@ static CK_RV unwrap_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
     if (be == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     m = mech != NULL ? guardian_mech_find(mech->mechanism) : NULL;
-    if (m == NULL)
-        return be->C_UnwrapKey(session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out);
+    if (m == NULL) {
+        CK_RV rv = guardian_policy_check(be, session, unwrapping_key, GUARDIAN_OP_UNWRAP_WITH, "C_UnwrapKey");
+        if (rv == CKR_OK)
+            rv = guardian_policy_template(templ, count, "C_UnwrapKey");
+        return rv != CKR_OK ? rv : be->C_UnwrapKey(session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out);
+    }
     if (m->unwrap == NULL) {
         guardian_info("mech", "%s is not available for C_UnwrapKey in this build", m->name);
         return CKR_MECHANISM_INVALID;
@@ -243,8 +248,12 @@ static CK_RV derive_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
     if (be == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     m = mech != NULL ? guardian_mech_find(mech->mechanism) : NULL;
-    if (m == NULL)
-        return be->C_DeriveKey(session, mech, base_key, templ, count, out);
+    if (m == NULL) {
+        CK_RV rv = guardian_policy_check(be, session, base_key, GUARDIAN_OP_DERIVE, "C_DeriveKey");
+        if (rv == CKR_OK)
+            rv = guardian_policy_template(templ, count, "C_DeriveKey");
+        return rv != CKR_OK ? rv : be->C_DeriveKey(session, mech, base_key, templ, count, out);
+    }
     if (m->derive == NULL) {
         guardian_info("mech", "%s is not available for C_DeriveKey in this build", m->name);
         return CKR_MECHANISM_INVALID;
@@ -323,7 +332,8 @@ static CK_RV entry_C_SetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (guardian_is_module_object(h))
         rv = module_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
-    else
+    else if ((rv = guardian_policy_check(be, s, h, GUARDIAN_OP_SET_ATTRIBUTE, "C_SetAttributeValue")) == CKR_OK &&
+             (rv = guardian_policy_template(t, n, "C_SetAttributeValue")) == CKR_OK)
         rv = be->C_SetAttributeValue(s, h, t, n);
     return trace_return("C_SetAttributeValue", rv);
 }
@@ -339,8 +349,12 @@ static CK_RV entry_C_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
         rv = guardian_cert_objects_destroy(be, s, h);
     else if (guardian_is_package_object(h))
         rv = module_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
-    else if ((rv = be->C_DestroyObject(s, h)) == CKR_OK)
-        guardian_mechs_forget(h); /* the backend may hand the number out again */
+    else if ((rv = guardian_policy_check(be, s, h, GUARDIAN_OP_DESTROY, "C_DestroyObject")) == CKR_OK &&
+             (rv = be->C_DestroyObject(s, h)) == CKR_OK) {
+        /* The backend may hand the number out again. */
+        guardian_mechs_forget(h);
+        guardian_policy_forget(h);
+    }
     return trace_return("C_DestroyObject", rv);
 }
 
@@ -354,7 +368,8 @@ static CK_RV entry_C_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTR
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (guardian_is_module_object(h))
         rv = module_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
-    else
+    else if ((rv = guardian_policy_check(be, s, h, GUARDIAN_OP_COPY, "C_CopyObject")) == CKR_OK &&
+             (rv = guardian_policy_template(t, n, "C_CopyObject")) == CKR_OK)
         rv = be->C_CopyObject(s, h, t, n, out);
     return trace_return("C_CopyObject", rv);
 }
@@ -423,6 +438,88 @@ static CK_RV entry_C_FindObjectsFinal(CK_SESSION_HANDLE s)
     return trace_return("C_FindObjectsFinal", rv);
 }
 
+/* ---- calls the policy checks by key or template (policy.c) ------------------ */
+
+static CK_RV entry_C_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR out)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_CreateObject");
+    if (be == NULL)
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if (guardian_request_is(t, n)) {
+        struct guardian_store *st = NULL;
+        rv = guardian_state_store(&st);
+        if (rv == CKR_OK)
+            rv = guardian_request_run(be, st, s, t, n, out);
+    }
+    else if ((rv = guardian_policy_template(t, n, "C_CreateObject")) == CKR_OK)
+        rv = be->C_CreateObject(s, t, n, out);
+    return trace_return("C_CreateObject", rv);
+}
+
+static CK_RV entry_C_GenerateKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                                 CK_OBJECT_HANDLE_PTR out)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_GenerateKey");
+    if (be == NULL)
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if ((rv = guardian_policy_template(t, n, "C_GenerateKey")) == CKR_OK)
+        rv = be->C_GenerateKey(s, m, t, n, out);
+    return trace_return("C_GenerateKey", rv);
+}
+
+static CK_RV entry_C_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pub, CK_ULONG n_pub,
+                                     CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv, CK_OBJECT_HANDLE_PTR out_pub,
+                                     CK_OBJECT_HANDLE_PTR out_priv)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_GenerateKeyPair");
+    if (be == NULL)
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if ((rv = guardian_policy_template(pub, n_pub, "C_GenerateKeyPair")) == CKR_OK &&
+             (rv = guardian_policy_template(priv, n_priv, "C_GenerateKeyPair")) == CKR_OK)
+        rv = be->C_GenerateKeyPair(s, m, pub, n_pub, priv, n_priv, out_pub, out_priv);
+    return trace_return("C_GenerateKeyPair", rv);
+}
+
+static CK_RV entry_C_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wrapping, CK_OBJECT_HANDLE key,
+                             CK_BYTE_PTR out, CK_ULONG_PTR out_len)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv;
+    trace_enter("C_WrapKey");
+    if (be == NULL)
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if ((rv = guardian_policy_check(be, s, wrapping, GUARDIAN_OP_WRAP_WITH, "C_WrapKey")) == CKR_OK &&
+             (rv = guardian_policy_check(be, s, key, GUARDIAN_OP_WRAPPED, "C_WrapKey")) == CKR_OK)
+        rv = be->C_WrapKey(s, m, wrapping, key, out, out_len);
+    return trace_return("C_WrapKey", rv);
+}
+
+/* A saved operation state names the keys it ran with: restoring one is using them. */
+static CK_RV entry_C_SetOperationState(CK_SESSION_HANDLE s, CK_BYTE_PTR state, CK_ULONG len, CK_OBJECT_HANDLE enc,
+                                       CK_OBJECT_HANDLE auth)
+{
+    CK_FUNCTION_LIST *be = guardian_backend_list();
+    CK_RV rv = CKR_OK;
+    trace_enter("C_SetOperationState");
+    if (be == NULL)
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else {
+        if (enc != CK_INVALID_HANDLE)
+            rv = guardian_policy_check(be, s, enc, GUARDIAN_OP_DECRYPT, "C_SetOperationState");
+        if (rv == CKR_OK && auth != CK_INVALID_HANDLE)
+            rv = guardian_policy_check(be, s, auth, GUARDIAN_OP_SIGN, "C_SetOperationState");
+        if (rv == CKR_OK)
+            rv = be->C_SetOperationState(s, state, len, enc, auth);
+    }
+    return trace_return("C_SetOperationState", rv);
+}
+
 static CK_RV entry_C_CloseSession(CK_SESSION_HANDLE s)
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
@@ -445,8 +542,10 @@ static CK_RV entry_C_Logout(CK_SESSION_HANDLE s)
     CK_RV rv;
     trace_enter("C_Logout");
     rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : be->C_Logout(s);
-    if (rv == CKR_OK)
+    if (rv == CKR_OK) {
         guardian_mechs_forget(CK_INVALID_HANDLE);
+        guardian_policy_reset();
+    }
     return trace_return("C_Logout", rv);
 }
 
@@ -460,6 +559,7 @@ static CK_RV entry_C_CloseAllSessions(CK_SLOT_ID slot)
         guardian_package_objects_session_closed(CK_INVALID_HANDLE);
         guardian_cert_objects_slot_closed(slot);
         guardian_mechs_forget(CK_INVALID_HANDLE);
+        guardian_policy_reset();
     }
     return trace_return("C_CloseAllSessions", rv);
 }
@@ -482,17 +582,21 @@ static CK_RV entry_C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version, 
     .C_CopyObject = entry_C_CopyObject, .C_GetObjectSize = entry_C_GetObjectSize,                             \
     .C_FindObjectsInit = entry_C_FindObjectsInit, .C_FindObjects = entry_C_FindObjects,                       \
     .C_FindObjectsFinal = entry_C_FindObjectsFinal, .C_CloseSession = entry_C_CloseSession,                   \
-    .C_CloseAllSessions = entry_C_CloseAllSessions, .C_Logout = entry_C_Logout
+    .C_CloseAllSessions = entry_C_CloseAllSessions, .C_Logout = entry_C_Logout,                               \
+    .C_CreateObject = entry_C_CreateObject, .C_GenerateKey = entry_C_GenerateKey,                             \
+    .C_GenerateKeyPair = entry_C_GenerateKeyPair, .C_WrapKey = entry_C_WrapKey,                               \
+    .C_SetOperationState = entry_C_SetOperationState
 
 static CK_FUNCTION_LIST list_2_40 = {
     .version = {2, 40},
-    GUARDIAN_FORWARD_2_40_PLAIN(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
+    GUARDIAN_FORWARD_2_40_PLAIN(SET_FORWARDER) GUARDIAN_FORWARD_2_40_KEYED(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
     .C_GetInfo = entry_C_GetInfo,
 };
 
 static CK_FUNCTION_LIST_3_0 list_3_0 = {
     .version = {3, 0},
-    GUARDIAN_FORWARD_2_40_PLAIN(SET_FORWARDER) GUARDIAN_FORWARD_3_0(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
+    GUARDIAN_FORWARD_2_40_PLAIN(SET_FORWARDER) GUARDIAN_FORWARD_2_40_KEYED(SET_FORWARDER)
+    GUARDIAN_FORWARD_3_0(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
     .C_GetInfo = entry_C_GetInfo_3_0,
     .C_GetInterfaceList = entry_C_GetInterfaceList,
     .C_GetInterface = entry_C_GetInterface,

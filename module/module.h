@@ -253,11 +253,108 @@ void guardian_cert_objects_reset(void);
 /* In a fork child: the lock may have been held by another parent thread. */
 void guardian_cert_objects_atfork_child(void);
 
+/* ---- ownership and policy (policy.c) ---------------------------------------- */
+
+/* The marks of the Guardian's objects (policy.c explains why they prove
+ * ownership: callers cannot set them through the module). */
+#define GUARDIAN_MARK_PREFIX "guardian"              /* CKA_LABEL or CKA_APPLICATION */
+#define GUARDIAN_IDENTITY_ID "guardian-identity"     /* CKA_ID and CKA_LABEL of the identity */
+#define GUARDIAN_IMPORT_PREFIX "guardian-import:"    /* an import's intermediate keys */
+#define GUARDIAN_ANCHOR_LABEL "guardian-anchor"      /* the state anchor data object */
+#define GUARDIAN_OUTPUT_PREFIX "guardian-output:"    /* a request's output object */
+#define GUARDIAN_ROOT_PREFIX "guardian-root:"        /* an enrolled OEM root: "guardian-root:ACME,FOO" */
+
+enum guardian_role {
+    GUARDIAN_ROLE_UNOWNED = 1,
+    GUARDIAN_ROLE_IDENTITY,
+    GUARDIAN_ROLE_PRODUCTION,
+    GUARDIAN_ROLE_SECRET,
+    GUARDIAN_ROLE_INTERMEDIATE,
+    GUARDIAN_ROLE_STATE,
+    GUARDIAN_ROLE_PUBLIC,
+    GUARDIAN_ROLE_ROOT,
+    GUARDIAN_ROLE_OUTPUT,
+    GUARDIAN_ROLE_COUNT
+};
+
+/* What a standard call does with an object. */
+enum guardian_op {
+    GUARDIAN_OP_ENCRYPT,
+    GUARDIAN_OP_DECRYPT,
+    GUARDIAN_OP_SIGN,
+    GUARDIAN_OP_SIGN_RECOVER,
+    GUARDIAN_OP_VERIFY,
+    GUARDIAN_OP_VERIFY_RECOVER,
+    GUARDIAN_OP_DIGEST_KEY,
+    GUARDIAN_OP_DERIVE,      /* base key of a standard C_DeriveKey */
+    GUARDIAN_OP_UNWRAP_WITH, /* unwrapping key of a standard C_UnwrapKey */
+    GUARDIAN_OP_WRAP_WITH,   /* wrapping key of C_WrapKey */
+    GUARDIAN_OP_WRAPPED,     /* the key C_WrapKey would wrap */
+    GUARDIAN_OP_SET_ATTRIBUTE,
+    GUARDIAN_OP_COPY,
+    GUARDIAN_OP_DESTROY,
+    GUARDIAN_OP_COUNT
+};
+
+/* The policy's cache: words (handle << 8 | role), 0 empty, UINT64_MAX a
+ * tombstone; written under policy.c's lock, read without one. */
+#define GUARDIAN_POLICY_CACHE_BITS 12
+#define GUARDIAN_POLICY_CACHE_PROBES 8
+extern _Atomic uint64_t guardian_policy_cache[1u << GUARDIAN_POLICY_CACHE_BITS];
+
+static inline size_t guardian_policy_slot(CK_OBJECT_HANDLE h)
+{
+    return (size_t)(((uint64_t)h * 0x9E3779B97F4A7C15ull) >> (64 - GUARDIAN_POLICY_CACHE_BITS));
+}
+
+/* The cached role of `h`, 0 when not cached. */
+static inline int guardian_policy_cached_role(CK_OBJECT_HANDLE h)
+{
+    const size_t mask = (1u << GUARDIAN_POLICY_CACHE_BITS) - 1;
+    size_t i = guardian_policy_slot(h);
+    if (GUARDIAN_UNLIKELY(h >> 56))
+        return 0;
+    for (int k = 0; k < GUARDIAN_POLICY_CACHE_PROBES; k++) {
+        uint64_t w = atomic_load_explicit(&guardian_policy_cache[(i + k) & mask], memory_order_relaxed);
+        if (w == 0)
+            return 0;
+        if ((w >> 8) == h && w != UINT64_MAX)
+            return (int)(w & 0xff);
+    }
+    return 0;
+}
+
+/* The hot path: non-zero when `h` is cached as an object that is not the
+ * Guardian's (the call may go straight to the backend); zero means "ask
+ * guardian_policy_check". */
+static inline int guardian_policy_fast(CK_OBJECT_HANDLE h)
+{
+    return guardian_policy_cached_role(h) == GUARDIAN_ROLE_UNOWNED;
+}
+/* The full check: classifies `h` if needed (reading its attributes in session
+ * `s`), then CKR_OK, or CKR_KEY_FUNCTION_NOT_PERMITTED / CKR_ACTION_PROHIBITED
+ * with one log line naming `function`.  An object the session cannot read gives
+ * CKR_OK: the backend then refuses the call itself. */
+CK_RV guardian_policy_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, enum guardian_op op,
+                            const char *function);
+/* The role of `h` from its attributes (uncached); the backend's error when the
+ * session cannot read the object. */
+CK_RV guardian_policy_classify(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, int *role);
+/* A caller's template may not create or change an object into one that carries
+ * the Guardian's marks (or CKA_TRUSTED): CKR_OK or CKR_ACTION_PROHIBITED. */
+CK_RV guardian_policy_template(const CK_ATTRIBUTE *t, CK_ULONG n, const char *function);
+/* `h` was destroyed: its number may name another object later. */
+void guardian_policy_forget(CK_OBJECT_HANDLE h);
+/* Forget everything (C_Initialize, C_Finalize, logout, session closed). */
+void guardian_policy_reset(void);
+void guardian_policy_atfork_child(void);
+
 /* ---- forwarding (forward.c) and entry points (entry.c) ------------------ */
 
 /* One pass-through per function of functions.h: guardian_fwd_C_Sign, ... */
 #define GUARDIAN_DECLARE_FORWARDER(name, params, args) CK_RV guardian_fwd_##name params;
 GUARDIAN_FORWARD_2_40_PLAIN(GUARDIAN_DECLARE_FORWARDER)
+GUARDIAN_FORWARD_2_40_KEYED(GUARDIAN_DECLARE_FORWARDER)
 GUARDIAN_FORWARD_3_0(GUARDIAN_DECLARE_FORWARDER)
 
 #endif /* GUARDIAN_MODULE_H */

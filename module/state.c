@@ -61,6 +61,7 @@ static void atfork_child(void)
      * C_Initialize; the certificate objects' lock may be held by another
      * parent thread.) */
     guardian_cert_objects_atfork_child();
+    guardian_policy_atfork_child();
     /* The parent may have held the lock in another thread at fork time. */
     pthread_mutex_init(&init_lock, NULL);
 }
@@ -215,6 +216,7 @@ CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
     inherited_backend_init = false;
     guardian_package_objects_reset();
     guardian_cert_objects_reset();
+    guardian_policy_reset();
     atomic_store(&guardian_active_list3, backend.list3);
     atomic_store(&guardian_active_list, backend.list);
     guardian_debug("init", "initialized");
@@ -243,6 +245,7 @@ CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
     store = NULL;
     guardian_package_objects_reset();
     guardian_cert_objects_reset();
+    guardian_policy_reset();
     if (backend_borrowed) {
         backend_borrowed = false;
         rv = CKR_OK;

@@ -101,7 +101,7 @@ echo "telemetry_interval=60" >"$oem/config.txt"
 echo "  made $oem/{root,signer,production-ca}.pem"
 
 step "3. Security Officer enrols the OEM root (fingerprint checked out of band)"
-ctl enroll-oem "$oem/root.pem" --yes 2>&1 | sed 's/^/  /'
+ctl enroll-oem "$oem/root.pem" --oem-id ACME --yes 2>&1 | sed 's/^/  /'
 
 step "4. OEM wraps its secrets for this one Guardian"
 wrap create --guardian-cert "$work/guardian.pem" --signer-key "$oem/signer.key" --signer-cert "$oem/signer.pem" \

@@ -563,30 +563,88 @@ static int confirm(const char *question)
     return fgets(answer, sizeof(answer), stdin) != NULL && (answer[0] == 'y' || answer[0] == 'Y');
 }
 
+/* "AB:CD:..." as `openssl x509 -fingerprint -sha256` prints it. */
+static void colon_fingerprint(X509 *x, char out[96])
+{
+    unsigned char md[32];
+    unsigned int n = 0;
+    X509_digest(x, EVP_sha256(), md, &n);
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 3 * i, 4, "%02X%s", md[i], i < 31 ? ":" : "");
+}
+
 static int cmd_enroll(int argc, char **argv)
 {
     X509 *x;
-    char fpr[65], label[96], *subject;
-    CK_OBJECT_HANDLE existing;
-    if (argc != 2)
-        die("usage: " PROG " enroll-oem ROOT.pem [--yes]");
-    x = read_cert_file(argv[1]);
-    fingerprint(x, fpr);
-    subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
-    if (roots_matching(fpr, &existing) > 0) {
-        fprintf(stderr, "already enrolled: %s sha256:%s\n", subject, fpr);
-        OPENSSL_free(subject);
-        X509_free(x);
-        return 0;
+    char fpr[65], colons[96], ids[1100] = "", *subject;
+    unsigned char *der = NULL;
+    int der_len;
+    const char *file = NULL;
+    CK_OBJECT_HANDLE existing, h;
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
+    CK_ULONG type = CKG_GUARDIAN_REQ_ENROL_ROOT;
+    CK_RV rv;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--oem-id") == 0 && i + 1 < argc) {
+            const char *id = argv[++i];
+            if (strlen(ids) + strlen(id) + 2 > sizeof(ids))
+                die("too many --oem-id");
+            if (ids[0] != '\0')
+                strcat(ids, ",");
+            strcat(ids, id);
+        } else if (file == NULL && argv[i][0] != '-') {
+            file = argv[i];
+        } else {
+            die("usage: " PROG " enroll-oem ROOT.pem --oem-id OEM [--oem-id OEM...] [--yes]");
+        }
     }
-    printf("OEM root  %s\nsha256    %s\n", subject, fpr);
-    if (!confirm("Check this fingerprint with the OEM out of band. Enrol this OEM root?"))
+    if (file == NULL || ids[0] == '\0')
+        die("usage: " PROG " enroll-oem ROOT.pem --oem-id OEM [--oem-id OEM...] [--yes] (name every OEM ID this "
+            "root may sign packages for)");
+    x = read_cert_file(file);
+    fingerprint(x, fpr);
+    colon_fingerprint(x, colons);
+    subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+    if (X509_check_ca(x) != 1)
+        die("%s (%s) is not a CA certificate: an OEM root must have basicConstraints CA:TRUE", file, subject);
+    if (roots_matching(fpr, &existing) > 0) {
+        CK_ULONG len;
+        unsigned char *label = get_attr(existing, CKA_LABEL, &len);
+        const char *prefix = "guardian-root:";
+        int same = len > strlen(prefix) && strcmp((char *)label + strlen(prefix), ids) == 0;
+        if (same) {
+            fprintf(stderr, "already enrolled: %s sha256:%s for %s\n", subject, fpr, ids);
+            free(label);
+            OPENSSL_free(subject);
+            X509_free(x);
+            return 0;
+        }
+        die("%s is already enrolled as '%s': remove it first (" PROG " remove-oem %.16s) to change its OEM IDs",
+            subject, (char *)label, fpr);
+    }
+    printf("OEM root  %s\nOEM IDs   %s\nsha256    %s\nSHA256 Fingerprint=%s\n", subject, ids, fpr, colons);
+    if (!confirm("Check this fingerprint with the OEM out of band. Enrol this OEM root for these OEM IDs?"))
         die("not enrolled");
     login(CKU_SO);
-    snprintf(label, sizeof(label), "oem-root:%.80s", subject);
-    create_cert_object(x, fpr, 40, label, 1);
+    der_len = i2d_X509(x, &der);
+    if (der_len <= 0)
+        die("cannot encode %s", file);
+    {
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_GUARDIAN_REQUEST, &type, sizeof(type)},
+                            {CKA_VALUE, der, (CK_ULONG)der_len},
+                            {CKA_GUARDIAN_OEM_IDS, ids, (CK_ULONG)strlen(ids)}};
+        rv = p11->C_CreateObject(session, t, 4, &h);
+    }
+    OPENSSL_free(der);
+    if (rv == CKR_GUARDIAN_ROOT_NOT_CA)
+        die("%s is not a CA certificate", file);
+    if (rv == CKR_ATTRIBUTE_VALUE_INVALID)
+        die("the OEM IDs '%s' are not valid (1..64 characters of A-Z a-z 0-9 - . _ : each, at most 16)", ids);
+    if (rv != CKR_OK)
+        die("enrolment refused: %s (0x%lx); the module's log line says why", ckr(rv), (unsigned long)rv);
     P11(p11->C_Logout(session));
-    fprintf(stderr, "enrolled: packages signed under this root can now be imported\n");
+    fprintf(stderr, "enrolled: packages signed under this root for %s can now be imported\n", ids);
     OPENSSL_free(subject);
     X509_free(x);
     return 0;
@@ -599,13 +657,23 @@ static int cmd_list_oems(void)
     for (CK_ULONG i = 0; i < n; i++) {
         X509 *x = cert_from_object(roots[i]);
         char fpr[65], *subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+        CK_ULONG len;
+        unsigned char *label = get_attr(roots[i], CKA_LABEL, &len);
+        const char *prefix = "guardian-root:";
         fingerprint(x, fpr);
-        printf("sha256:%s  %s\n", fpr, subject);
+        if (len > strlen(prefix) && strncmp((char *)label, prefix, strlen(prefix)) == 0)
+            printf("sha256:%s  %s  for %s\n", fpr, subject, (char *)label + strlen(prefix));
+        else
+            printf("sha256:%s  %s  for no OEM ID (enrolled before roots were bound to OEM IDs: remove-oem and "
+                   "enroll-oem --oem-id again)\n",
+                   fpr, subject);
+        free(label);
         OPENSSL_free(subject);
         X509_free(x);
     }
     if (n == 0)
-        fprintf(stderr, "no OEM root enrolled in token '%s' ('" PROG " enroll-oem ROOT.pem')\n", token_label);
+        fprintf(stderr, "no OEM root enrolled in token '%s' ('" PROG " enroll-oem ROOT.pem --oem-id OEM')\n",
+                token_label);
     return 0;
 }
 

@@ -56,7 +56,7 @@ export GUARDIAN_BACKEND=$BACKEND GUARDIAN_PIN=1234 GUARDIAN_SO_PIN=12345678
 unset GUARDIAN_CONF GUARDIAN_DEBUG
 oem_pki >/dev/null 2>&1
 "$CTL" init --out guardian.pem >/dev/null
-"$CTL" enroll-oem root.pem --yes >/dev/null
+"$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null
 "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
     --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id BENCH --release 1 --units "$UNITS" \
     --not-after +30 --out bench.gpk >/dev/null

@@ -30,7 +30,7 @@ oem_pki
 head -c 48 /dev/urandom >secret.bin
 
 "$CTL" init --out guardian.pem >/dev/null 2>&1 && ok "guardianctl init through the spy" || ko "guardianctl init through the spy"
-"$CTL" enroll-oem root.pem --yes >/dev/null 2>&1 && ok "enroll-oem through the spy" || ko "enroll-oem through the spy"
+"$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null 2>&1 && ok "enroll-oem through the spy" || ko "enroll-oem through the spy"
 "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
     --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id SPY --release 1 --units 10 \
     --not-after +10 --secret-data boot=secret.bin --out p.gpk >/dev/null || ko "guardian-wrap create"

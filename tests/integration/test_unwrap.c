@@ -140,32 +140,31 @@ static void make_guardian_cert(CK_OBJECT_HANDLE pub)
     EVP_PKEY_CTX_free(ctx);
 }
 
+/* The SO enrols the OEM root for OEM ID "ACME" with a Guardian request
+ * (C_CreateObject of a CKO_GUARDIAN_REQUEST): the module makes the trusted
+ * certificate itself. */
 static void enroll_root(const char *name)
 {
     CK_SESSION_HANDLE so;
-    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
-    CK_CERTIFICATE_TYPE ct = CKC_X_509;
-    CK_BBOOL yes = CK_TRUE;
-    CK_BYTE label[] = "oem-root";
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
+    CK_ULONG type = CKG_GUARDIAN_REQ_ENROL_ROOT;
+    CK_BYTE ids[] = "ACME";
     CK_OBJECT_HANDLE h;
     FILE *f = fopen(path(name), "r");
     X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
-    unsigned char *der = NULL, *subj = NULL;
+    unsigned char *der = NULL;
     int der_len = x ? i2d_X509(x, &der) : -1;
-    int subj_len = x ? i2d_X509_NAME(X509_get_subject_name(x), &subj) : -1;
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
-                        {CKA_TOKEN, &yes, 1}, {CKA_TRUSTED, &yes, 1}, {CKA_LABEL, label, sizeof(label) - 1},
-                        {CKA_VALUE, der, (CK_ULONG)der_len}, {CKA_SUBJECT, subj, (CK_ULONG)subj_len}};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_REQUEST, &type, sizeof(type)},
+                        {CKA_VALUE, der, (CK_ULONG)der_len}, {CKA_GUARDIAN_OEM_IDS, ids, sizeof(ids) - 1}};
 
     assert_true(der_len > 0);
     fclose(f);
     assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &so), CKR_OK);
     assert_int_equal(m->C_Login(so, CKU_SO, (CK_UTF8CHAR_PTR)TEST_SO_PIN, strlen(TEST_SO_PIN)), CKR_OK);
-    assert_int_equal(m->C_CreateObject(so, t, 7, &h), CKR_OK);
+    assert_int_equal(m->C_CreateObject(so, t, 4, &h), CKR_OK);
     assert_int_equal(m->C_Logout(so), CKR_OK);
     assert_int_equal(m->C_CloseSession(so), CKR_OK);
     OPENSSL_free(der);
-    OPENSSL_free(subj);
     X509_free(x);
 }
 

@@ -28,7 +28,7 @@ unset GUARDIAN_CONF GUARDIAN_DEBUG
 
 oem_pki 2>/dev/null
 "$CTL" init --out guardian.pem 2>/dev/null || ko "guardianctl init"
-"$CTL" enroll-oem root.pem --yes >/dev/null 2>&1 || ko "enroll-oem"
+"$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null 2>&1 || ko "enroll-oem"
 
 # wrap PRODUCT RELEASE UNITS OUT
 wrap() {

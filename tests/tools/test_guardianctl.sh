@@ -33,10 +33,10 @@ expect "init is idempotent" 0 "already initialized" -- "$CTL" init --out guardia
 cmp -s guardian.pem centre-signed.pem && ok "cert exported = the installed certificate" || ko "cert exported differs"
 expect "cert" 0 "BEGIN CERTIFICATE" -- "$CTL" cert
 
-expect "enroll-oem without --yes and no terminal" 1 "pass --yes" -- "$CTL" enroll-oem root.pem
-expect "enroll-oem wrong SO PIN" 1 "wrong Security Officer PIN" -- env GUARDIAN_SO_PIN=00000000 "$CTL" enroll-oem root.pem --yes
-expect "enroll-oem shows the fingerprint" 0 "sha256 +[0-9a-f]{64}" -- "$CTL" enroll-oem root.pem --yes
-expect "enroll-oem again" 0 "already enrolled" -- "$CTL" enroll-oem root.pem --yes
+expect "enroll-oem without --yes and no terminal" 1 "pass --yes" -- "$CTL" enroll-oem root.pem --oem-id ACME
+expect "enroll-oem wrong SO PIN" 1 "wrong Security Officer PIN" -- env GUARDIAN_SO_PIN=00000000 "$CTL" enroll-oem root.pem --oem-id ACME --yes
+expect "enroll-oem shows the fingerprint" 0 "sha256 +[0-9a-f]{64}" -- "$CTL" enroll-oem root.pem --oem-id ACME --yes
+expect "enroll-oem again" 0 "already enrolled" -- "$CTL" enroll-oem root.pem --oem-id ACME --yes
 expect "list-oems" 0 "sha256:[0-9a-f]{64}  /CN=ACME Root" -- "$CTL" list-oems
 
 "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \

@@ -24,7 +24,7 @@ unset GUARDIAN_CONF GUARDIAN_DEBUG
 
 oem_pki
 "$CTL" init --out guardian.pem >/dev/null 2>&1 || { ko "guardianctl init"; finish; exit; }
-"$CTL" enroll-oem root.pem --yes >/dev/null 2>&1 || ko "enroll-oem"
+"$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null 2>&1 || ko "enroll-oem"
 pkg() { # PRODUCT UNITS [guardian-wrap options]
     local product=$1 units=$2
     shift 2

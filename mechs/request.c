@@ -1,0 +1,94 @@
+/*
+ * request.c — the one table of Guardian request types, and what every
+ * request goes through before its handler runs: the session it needs and the
+ * attributes it takes (request.h).
+ */
+#include <string.h>
+
+#include "module.h"
+#include "request.h"
+/* after module.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+static const struct guardian_request_type *const table[] = {
+    &guardian_request_enrol_root,
+};
+
+int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count)
+{
+    for (CK_ULONG i = 0; templ != NULL && i < count; i++)
+        if (templ[i].type == CKA_CLASS && templ[i].pValue != NULL && templ[i].ulValueLen == sizeof(CK_OBJECT_CLASS))
+            return *(const CK_OBJECT_CLASS *)templ[i].pValue == CKO_GUARDIAN_REQUEST;
+    return 0;
+}
+
+const CK_ATTRIBUTE *guardian_request_attr(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type)
+{
+    for (CK_ULONG i = 0; i < rq->count; i++)
+        if (rq->templ[i].type == type)
+            return &rq->templ[i];
+    return NULL;
+}
+
+CK_RV guardian_request_ulong(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, bool required,
+                             CK_ULONG *out)
+{
+    const CK_ATTRIBUTE *a = guardian_request_attr(rq, type);
+    if (a == NULL && !required)
+        return CKR_OK;
+    if (a == NULL || a->pValue == NULL || a->ulValueLen != sizeof(CK_ULONG)) {
+        guardian_error("request", "attribute 0x%lx of the request is %s", (unsigned long)type,
+                       a == NULL ? "missing" : "not a CK_ULONG");
+        return CKR_GUARDIAN_REQUEST_INVALID;
+    }
+    memcpy(out, a->pValue, sizeof(*out));
+    return CKR_OK;
+}
+
+CK_RV guardian_request_run(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                           const CK_ATTRIBUTE *templ, CK_ULONG count, CK_OBJECT_HANDLE *out)
+{
+    struct guardian_request rq = {templ, count, 0};
+    const struct guardian_request_type *t = NULL;
+    CK_SESSION_INFO si;
+    CK_RV rv;
+
+    if (out == NULL || (templ == NULL && count != 0))
+        return CKR_ARGUMENTS_BAD;
+    rv = guardian_request_ulong(&rq, CKA_GUARDIAN_REQUEST, true, &rq.type);
+    if (rv != CKR_OK)
+        return rv;
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+        if (table[i]->type == rq.type)
+            t = table[i];
+    if (t == NULL) {
+        guardian_error("request", "unknown Guardian request %lu", (unsigned long)rq.type);
+        return CKR_GUARDIAN_REQUEST_INVALID;
+    }
+    for (CK_ULONG i = 0; i < count; i++) {
+        bool known = templ[i].type == CKA_CLASS || templ[i].type == CKA_GUARDIAN_REQUEST;
+        for (size_t k = 0; k < t->n_attributes && !known; k++)
+            known = templ[i].type == t->attributes[k];
+        for (CK_ULONG j = 0; j < i && known; j++)
+            if (templ[j].type == templ[i].type)
+                known = false;
+        if (!known) {
+            guardian_error("request", "%s: attribute 0x%lx is not one it takes, or is given twice", t->name,
+                           (unsigned long)templ[i].type);
+            return CKR_GUARDIAN_REQUEST_INVALID;
+        }
+    }
+    rv = be->C_GetSessionInfo(session, &si);
+    if (rv != CKR_OK)
+        return rv;
+    if (t->session == GUARDIAN_REQUEST_SO && si.state != CKS_RW_SO_FUNCTIONS) {
+        guardian_error("request", "%s needs a read-write session with the Security Officer logged in", t->name);
+        return si.state == CKS_RO_PUBLIC_SESSION ? CKR_SESSION_READ_ONLY : CKR_USER_NOT_LOGGED_IN;
+    }
+    if (t->session == GUARDIAN_REQUEST_USER && si.state != CKS_RW_USER_FUNCTIONS &&
+        si.state != CKS_RO_USER_FUNCTIONS) {
+        guardian_error("request", "%s needs a session with the user logged in", t->name);
+        return CKR_USER_NOT_LOGGED_IN;
+    }
+    return t->run(be, st, session, &rq, out);
+}
