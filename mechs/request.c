@@ -12,6 +12,9 @@
 
 static const struct guardian_request_type *const table[] = {
     &guardian_request_enrol_root,
+    &guardian_request_identity,
+    &guardian_request_identity_csr,
+    &guardian_request_identity_cert,
 };
 
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count)
@@ -85,10 +88,14 @@ CK_RV guardian_request_run(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_S
         guardian_error("request", "%s needs a read-write session with the Security Officer logged in", t->name);
         return si.state == CKS_RO_PUBLIC_SESSION ? CKR_SESSION_READ_ONLY : CKR_USER_NOT_LOGGED_IN;
     }
-    if (t->session == GUARDIAN_REQUEST_USER && si.state != CKS_RW_USER_FUNCTIONS &&
+    if (t->session != GUARDIAN_REQUEST_SO && si.state != CKS_RW_USER_FUNCTIONS &&
         si.state != CKS_RO_USER_FUNCTIONS) {
         guardian_error("request", "%s needs a session with the user logged in", t->name);
         return CKR_USER_NOT_LOGGED_IN;
+    }
+    if (t->session == GUARDIAN_REQUEST_USER_RW && si.state != CKS_RW_USER_FUNCTIONS) {
+        guardian_error("request", "%s needs a read-write session", t->name);
+        return CKR_SESSION_READ_ONLY;
     }
     return t->run(be, st, session, &rq, out);
 }

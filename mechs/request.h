@@ -35,7 +35,8 @@ typedef CK_RV (*guardian_request_fn)(CK_FUNCTION_LIST *be, struct guardian_store
                                      const struct guardian_request *rq, CK_OBJECT_HANDLE *out);
 
 enum guardian_request_session {
-    GUARDIAN_REQUEST_USER, /* a session with the user logged in */
+    GUARDIAN_REQUEST_USER,    /* a session with the user logged in */
+    GUARDIAN_REQUEST_USER_RW, /* a read-write session with the user logged in */
     GUARDIAN_REQUEST_SO,   /* a read-write Security Officer session */
 };
 
@@ -51,6 +52,9 @@ struct guardian_request_type {
 };
 
 extern const struct guardian_request_type guardian_request_enrol_root;
+extern const struct guardian_request_type guardian_request_identity;
+extern const struct guardian_request_type guardian_request_identity_csr;
+extern const struct guardian_request_type guardian_request_identity_cert;
 
 /* Non-zero when the template is a request (CKA_CLASS = CKO_GUARDIAN_REQUEST). */
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count);

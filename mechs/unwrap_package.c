@@ -563,9 +563,10 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
         {CKA_LABEL, label, 0},                   {CKA_SIGN, &sign, sizeof(sign)},
         {CKA_DECRYPT, &decrypt, sizeof(decrypt)}, {CKA_DERIVE, &derive, sizeof(derive)},
         {CKA_UNWRAP, &unwrap, sizeof(unwrap)},   {CKA_MODIFIABLE, &no, sizeof(no)},
-        {CKA_COPYABLE, &no, sizeof(no)},         {CKA_WRAP, &no, sizeof(no)},
-        {CKA_ENCRYPT, &no, sizeof(no)},
     };
+    /* CKA_COPYABLE is read-only in SoftHSM's C_UnwrapKey, and a generic
+     * secret cannot encrypt or wrap there; copies and every standard use are
+     * refused by the policy (policy.c) in any case. */
     CK_ULONG n_attrs = sizeof(t) / sizeof(t[0]);
     CK_RV rv;
 

@@ -234,60 +234,6 @@ X509 *cert_from_object(CK_OBJECT_HANDLE h)
     return x;
 }
 
-static CK_OBJECT_HANDLE create_cert_object(X509 *x, const void *id, size_t id_len, const char *label, int trusted)
-{
-    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
-    CK_CERTIFICATE_TYPE ct = CKC_X_509;
-    CK_BBOOL yes = CK_TRUE;
-    unsigned char *der = NULL, *subj = NULL, *iss = NULL, *ser = NULL;
-    int der_len = i2d_X509(x, &der), subj_len = i2d_X509_NAME(X509_get_subject_name(x), &subj);
-    int iss_len = i2d_X509_NAME(X509_get_issuer_name(x), &iss);
-    int ser_len = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &ser);
-    CK_ATTRIBUTE t[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},       {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
-        {CKA_TOKEN, &yes, 1},                 {CKA_ID, (void *)id, id_len},
-        {CKA_LABEL, (void *)label, strlen(label)}, {CKA_VALUE, der, (CK_ULONG)der_len},
-        {CKA_SUBJECT, subj, (CK_ULONG)subj_len}, {CKA_ISSUER, iss, (CK_ULONG)iss_len},
-        {CKA_SERIAL_NUMBER, ser, (CK_ULONG)ser_len}, {CKA_TRUSTED, &yes, 1},
-    };
-    CK_OBJECT_HANDLE h;
-    CK_RV rv = p11->C_CreateObject(session, t, trusted ? 10 : 9, &h);
-    OPENSSL_free(der);
-    OPENSSL_free(subj);
-    OPENSSL_free(iss);
-    OPENSSL_free(ser);
-    if (rv == CKR_ATTRIBUTE_READ_ONLY && trusted)
-        die("the token refused CKA_TRUSTED: enrolment needs the Security Officer");
-    if (rv != CKR_OK)
-        die("cannot store the certificate in the token: %s", ckr(rv));
-    return h;
-}
-
-/* The Guardian's public key as an EVP_PKEY, from the token's CKA_EC_POINT. */
-static EVP_PKEY *identity_public_key(CK_OBJECT_HANDLE pub)
-{
-    CK_ULONG len;
-    unsigned char *pt = get_attr(pub, CKA_EC_POINT, &len);
-    EVP_PKEY *k = NULL;
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
-    /* CKA_EC_POINT is a DER OCTET STRING around the X9.62 point. */
-    if (len != 67 || pt[0] != 0x04 || pt[1] != 65)
-        die("the Guardian public key is not an uncompressed P-256 point");
-    {
-        OSSL_PARAM params[] = {
-            OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0),
-            OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, pt + 2, 65),
-            OSSL_PARAM_construct_end(),
-        };
-        if (ctx == NULL || EVP_PKEY_fromdata_init(ctx) != 1 ||
-            EVP_PKEY_fromdata(ctx, &k, EVP_PKEY_PUBLIC_KEY, params) != 1)
-            die("cannot read the Guardian public key");
-    }
-    EVP_PKEY_CTX_free(ctx);
-    free(pt);
-    return k;
-}
-
 /* Sign `tbs` (SHA-256, ECDSA) with the Guardian key inside the token; returns
  * a DER ECDSA-Sig-Value. */
 unsigned char *token_sign(CK_OBJECT_HANDLE key, const unsigned char *tbs, size_t tbs_len, int *sig_len)
@@ -309,28 +255,6 @@ unsigned char *token_sign(CK_OBJECT_HANDLE key, const unsigned char *tbs, size_t
     return der;
 }
 
-/* Put a token-made signature into an X.509 structure signed first with a
- * throwaway key of the same type (which set the algorithm identifiers). */
-static void replace_signature(const ASN1_BIT_STRING *psig, const unsigned char *der, int len)
-{
-    ASN1_BIT_STRING *sig = (ASN1_BIT_STRING *)psig;
-    if (!ASN1_BIT_STRING_set(sig, (unsigned char *)der, len))
-        die("out of memory");
-    sig->flags &= ~(ASN1_STRING_FLAG_BITS_LEFT | 0x07);
-    sig->flags |= ASN1_STRING_FLAG_BITS_LEFT;
-}
-
-static void add_ext(X509 *x, int nid, const char *value)
-{
-    X509V3_CTX ctx;
-    X509_EXTENSION *e;
-    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-    e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    if (e == NULL || !X509_add_ext(x, e, -1))
-        die("cannot add extension %s", value);
-    X509_EXTENSION_free(e);
-}
-
 static void write_pem_cert(X509 *x, const char *out)
 {
     FILE *f = out ? fopen(out, "w") : stdout;
@@ -339,6 +263,18 @@ static void write_pem_cert(X509 *x, const char *out)
     PEM_write_X509(f, x);
     if (out)
         fclose(f);
+}
+
+/* A Guardian request (C_CreateObject of a CKO_GUARDIAN_REQUEST) with `extra`
+ * attributes; returns the result's handle or the module's CKR code. */
+static CK_RV request(CK_ULONG type, CK_ATTRIBUTE *extra, CK_ULONG n_extra, CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
+    CK_ATTRIBUTE t[8] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_REQUEST, &type, sizeof(type)}};
+    if (n_extra > 6)
+        die("internal: too many request attributes");
+    memcpy(t + 2, extra, n_extra * sizeof(*extra));
+    return p11->C_CreateObject(session, t, 2 + n_extra, out);
 }
 
 static int cmd_init(int argc, char **argv)
@@ -350,9 +286,10 @@ static int cmd_init(int argc, char **argv)
                                          {NULL, 0, NULL, 0}};
     const char *subject = NULL, *csr_out = NULL, *out = NULL;
     long days = 3650;
-    CK_OBJECT_HANDLE priv, pub, cert;
-    EVP_PKEY *gpub, *dummy;
+    CK_OBJECT_HANDLE priv, cert, h;
     char subject_buf[128], fpr[65];
+    CK_ULONG udays;
+    CK_RV rv;
     int c;
 
     optind = 1;
@@ -371,140 +308,96 @@ static int cmd_init(int argc, char **argv)
 
     priv = find_identity(CKO_PRIVATE_KEY);
     cert = find_identity(CKO_CERTIFICATE);
-    if (priv != CK_INVALID_HANDLE) {
-        if (cert != CK_INVALID_HANDLE) {
-            X509 *x = cert_from_object(cert);
-            fingerprint(x, fpr);
-            fprintf(stderr, "Guardian already initialized in token '%s'; certificate sha256:%s\n", token_label, fpr);
-            if (out)
-                write_pem_cert(x, out);
-            X509_free(x);
-            return 0;
-        }
-        fprintf(stderr, "Guardian key exists in token '%s' but has no certificate yet\n", token_label);
-        pub = find_identity(CKO_PUBLIC_KEY);
-    } else {
-        CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
-        CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-        CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-        CK_ATTRIBUTE pub_t[] = {{CKA_EC_PARAMS, p256, sizeof(p256)}, {CKA_TOKEN, &yes, 1},
-                                {CKA_VERIFY, &yes, 1}, {CKA_ID, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID)},
-                                {CKA_LABEL, GUARDIAN_KEY_LABEL, strlen(GUARDIAN_KEY_LABEL)}};
-        CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},
-                                 {CKA_SENSITIVE, &yes, 1},   {CKA_EXTRACTABLE, &no, 1},
-                                 {CKA_DERIVE, &yes, 1},      {CKA_SIGN, &yes, 1},
-                                 {CKA_ID, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID)},
-                                 {CKA_LABEL, GUARDIAN_KEY_LABEL, strlen(GUARDIAN_KEY_LABEL)}};
-        P11(p11->C_GenerateKeyPair(session, &gen, pub_t, 5, priv_t, 8, &pub, &priv));
-        fprintf(stderr, "generated the Guardian key pair (EC P-256, sensitive, never extractable) in token '%s'\n",
-                token_label);
+    if (priv != CK_INVALID_HANDLE && cert != CK_INVALID_HANDLE) {
+        X509 *x = cert_from_object(cert);
+        fingerprint(x, fpr);
+        fprintf(stderr, "Guardian already initialized in token '%s'; certificate sha256:%s\n", token_label, fpr);
+        if (out)
+            write_pem_cert(x, out);
+        X509_free(x);
+        return 0;
     }
-    if (pub == CK_INVALID_HANDLE)
-        die("the Guardian public key object is missing from the token");
-    gpub = identity_public_key(pub);
-    dummy = EVP_EC_gen("P-256");
+    if (priv != CK_INVALID_HANDLE)
+        fprintf(stderr, "Guardian key exists in token '%s' but has no certificate yet\n", token_label);
     if (subject == NULL) {
         snprintf(subject_buf, sizeof(subject_buf), "/CN=Guardian %s", token_label);
         subject = subject_buf;
     }
-
+    if (strncmp(subject, "/CN=", 4) == 0)
+        subject += 4;
+    udays = (CK_ULONG)days;
+    {
+        /* The module makes the keys (if none) and signs what it built. */
+        CK_ATTRIBUTE t[] = {{CKA_LABEL, (void *)subject, (CK_ULONG)strlen(subject)},
+                            {CKA_GUARDIAN_VALIDITY_DAYS, &udays, sizeof(udays)}};
+        rv = request(csr_out ? CKG_GUARDIAN_REQ_IDENTITY_CSR : CKG_GUARDIAN_REQ_IDENTITY, t, csr_out ? 1 : 2, &h);
+    }
+    if (rv == CKR_ATTRIBUTE_VALUE_INVALID)
+        die("invalid --subject: a CN of 1..64 characters, no control characters");
+    if (rv != CKR_OK)
+        die("the module refused to make the Guardian identity: %s (0x%lx); its log line says why", ckr(rv),
+            (unsigned long)rv);
+    if (priv == CK_INVALID_HANDLE)
+        fprintf(stderr, "generated the Guardian key pair (EC P-256, sensitive, never extractable) in token '%s'\n",
+                token_label);
     if (csr_out != NULL) {
-        X509_REQ *req = X509_REQ_new();
-        X509_NAME *name = X509_NAME_new();
-        const ASN1_BIT_STRING *psig;
-        unsigned char *tbs = NULL, *sig;
-        int tbs_len, sig_len;
+        CK_ULONG len;
+        unsigned char *der = get_attr(h, CKA_VALUE, &len);
+        const unsigned char *p = der;
+        X509_REQ *req = d2i_X509_REQ(NULL, &p, (long)len);
         FILE *f;
-        if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)subject + (strncmp(subject, "/CN=", 4) == 0 ? 4 : 0), -1, -1, 0) != 1)
-            die("invalid --subject");
-        X509_REQ_set_subject_name(req, name);
-        X509_REQ_set_pubkey(req, gpub);
-        X509_REQ_sign(req, dummy, EVP_sha256());
-        tbs_len = i2d_re_X509_REQ_tbs(req, &tbs);
-        sig = token_sign(priv, tbs, (size_t)tbs_len, &sig_len);
-        X509_REQ_get0_signature(req, &psig, NULL);
-        replace_signature(psig, sig, sig_len);
-        if (X509_REQ_verify(req, gpub) != 1)
-            die("the token-made CSR signature does not verify");
+        P11(p11->C_DestroyObject(session, h));
+        if (req == NULL)
+            die("the module's CSR does not parse");
         f = fopen(csr_out, "w");
         if (f == NULL)
-            die("cannot create %s", csr_out);
-        PEM_write_X509_REQ(f, req);
-        fclose(f);
+            die("cannot create %s: %s", csr_out, strerror(errno));
+        if (!PEM_write_X509_REQ(f, req) || fclose(f) != 0)
+            die("cannot write %s", csr_out);
         fprintf(stderr, "wrote %s: have the centre's CA sign it, then 'guardianctl import-cert CERT.pem'\n", csr_out);
-        OPENSSL_free(tbs);
-        OPENSSL_free(sig);
-        X509_NAME_free(name);
         X509_REQ_free(req);
+        free(der);
     } else {
-        X509 *x = X509_new();
-        X509_NAME *name = X509_NAME_new();
-        const ASN1_BIT_STRING *psig;
-        unsigned char *tbs = NULL, *sig, serial[16];
-        int tbs_len, sig_len;
-        BIGNUM *bn;
-        if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)subject + (strncmp(subject, "/CN=", 4) == 0 ? 4 : 0), -1, -1, 0) != 1)
-            die("invalid --subject");
-        X509_set_version(x, 2);
-        RAND_bytes(serial, sizeof(serial));
-        serial[0] &= 0x7f;
-        bn = BN_bin2bn(serial, sizeof(serial), NULL);
-        BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
-        BN_free(bn);
-        X509_set_subject_name(x, name);
-        X509_set_issuer_name(x, name);
-        X509_gmtime_adj(X509_getm_notBefore(x), 0);
-        X509_gmtime_adj(X509_getm_notAfter(x), days * 86400L);
-        X509_set_pubkey(x, gpub);
-        add_ext(x, NID_basic_constraints, "critical,CA:FALSE");
-        add_ext(x, NID_key_usage, "critical,digitalSignature,keyAgreement");
-        add_ext(x, NID_subject_key_identifier, "hash");
-        X509_sign(x, dummy, EVP_sha256());
-        tbs_len = i2d_re_X509_tbs(x, &tbs);
-        sig = token_sign(priv, tbs, (size_t)tbs_len, &sig_len);
-        X509_get0_signature(&psig, NULL, x);
-        replace_signature(psig, sig, sig_len);
-        if (X509_verify(x, gpub) != 1)
-            die("the token-made certificate signature does not verify");
-        create_cert_object(x, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID), GUARDIAN_KEY_LABEL, 0);
+        X509 *x = cert_from_object(h);
         fingerprint(x, fpr);
         fprintf(stderr, "Guardian certificate (self-signed, %ld days) sha256:%s\n", days, fpr);
         write_pem_cert(x, out);
         if (out)
             fprintf(stderr, "wrote %s: give it to your OEM customers\n", out);
-        OPENSSL_free(tbs);
-        OPENSSL_free(sig);
-        X509_NAME_free(name);
         X509_free(x);
     }
-    EVP_PKEY_free(gpub);
-    EVP_PKEY_free(dummy);
     return 0;
 }
 
 static int cmd_import_cert(int argc, char **argv)
 {
     X509 *x;
-    EVP_PKEY *gpub;
-    CK_OBJECT_HANDLE pub, old;
+    CK_OBJECT_HANDLE old, h;
+    unsigned char *der = NULL;
+    int der_len;
     char fpr[65];
+    CK_RV rv;
     if (argc != 2)
         die("usage: " PROG " import-cert CERT.pem");
     x = read_cert_file(argv[1]);
     login(CKU_USER);
-    pub = find_identity(CKO_PUBLIC_KEY);
-    if (pub == CK_INVALID_HANDLE)
+    if (find_identity(CKO_PUBLIC_KEY) == CK_INVALID_HANDLE)
         die("no Guardian key in token '%s': run '" PROG " init --csr FILE' first", token_label);
-    gpub = identity_public_key(pub);
-    if (EVP_PKEY_eq(gpub, X509_get0_pubkey(x)) != 1)
-        die("%s is not a certificate for this Guardian's key", argv[1]);
     old = find_identity(CKO_CERTIFICATE);
-    create_cert_object(x, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID), GUARDIAN_KEY_LABEL, 0);
-    if (old != CK_INVALID_HANDLE)
-        P11(p11->C_DestroyObject(session, old));
+    der_len = i2d_X509(x, &der);
+    if (der_len <= 0)
+        die("cannot encode %s", argv[1]);
+    {
+        CK_ATTRIBUTE t[] = {{CKA_VALUE, der, (CK_ULONG)der_len}};
+        rv = request(CKG_GUARDIAN_REQ_IDENTITY_CERT, t, 1, &h);
+    }
+    OPENSSL_free(der);
+    if (rv == CKR_ATTRIBUTE_VALUE_INVALID)
+        die("%s is not a certificate for this Guardian's key", argv[1]);
+    if (rv != CKR_OK)
+        die("the module refused the certificate: %s (0x%lx)", ckr(rv), (unsigned long)rv);
     fingerprint(x, fpr);
     fprintf(stderr, "installed the Guardian certificate sha256:%s%s\n", fpr, old ? " (replacing the previous one)" : "");
-    EVP_PKEY_free(gpub);
     X509_free(x);
     return 0;
 }

@@ -110,6 +110,10 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * by the Guardian; returns a session CKO_DATA object whose CKA_VALUE is the
  * CSR, DER. */
 #define CKG_GUARDIAN_REQ_IDENTITY_CSR 4UL
+/* User session: install CKA_VALUE (a certificate for the Guardian's key, DER:
+ * a centre CA's answer to the CSR, or a renewal) as the Guardian certificate,
+ * replacing the previous one.  Returns the certificate object. */
+#define CKG_GUARDIAN_REQ_IDENTITY_CERT 5UL
 
 /* ---- Return values ----------------------------------------------------- */
 

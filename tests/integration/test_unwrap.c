@@ -352,7 +352,9 @@ static void test_import_and_use(void **st)
         assert_int_equal(a.ulValueLen, 15);
         assert_memory_equal(value, "line-config v1\n", 15);
     }
-    /* The production CA key signs; OpenSSL verifies with the CA certificate. */
+    /* The production CA key serves only the derive mechanism: a standard
+     * C_SignInit with it is refused by the module's policy (the derive tests
+     * show it signs certificates that verify under the CA certificate). */
     {
         CK_BYTE label[] = "guardian:ACME/SENSOR-1/r3:production-ca";
         CK_ATTRIBUTE t[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_LABEL, label, sizeof(label) - 1}};
@@ -364,10 +366,9 @@ static void test_import_and_use(void **st)
         assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
         assert_int_equal(n, 1);
         memset(hash, 0x42, sizeof(hash));
-        assert_int_equal(m->C_SignInit(s, &ecdsa, keys[0]), CKR_OK);
-        assert_int_equal(m->C_Sign(s, hash, sizeof(hash), sig, &sig_len), CKR_OK);
-        assert_int_equal(sig_len, 64);
-        assert_ecdsa_verifies(X509_get0_pubkey(ca), hash, sizeof(hash), sig);
+        assert_int_equal(m->C_SignInit(s, &ecdsa, keys[0]), CKR_KEY_FUNCTION_NOT_PERMITTED);
+        assert_int_equal(m->C_Sign(s, hash, sizeof(hash), sig, &sig_len), CKR_OPERATION_NOT_INITIALIZED);
+        (void)sig_len;
         X509_free(ca);
     }
 
@@ -846,7 +847,13 @@ static void test_derive_refusals(void **st)
         {
             CK_ATTRIBUTE pub_t[] = {{CKA_EC_PARAMS, ec_p256, sizeof(ec_p256)}, {CKA_TOKEN, &no, 1}};
             CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &no, 1}, {CKA_SIGN, &yes, 1}, la, ia};
-            assert_int_equal(m->C_GenerateKeyPair(s, &gen, pub_t, 2, priv_t, 4, &pub, &priv), CKR_OK);
+            /* Through the module no caller may make an object carrying the
+             * Guardian's label; straight at the backend (sharing the
+             * module's SoftHSM and its sessions) one can. */
+            CK_FUNCTION_LIST *direct = test_load_module(test_softhsm_path(), NULL);
+            assert_int_equal(m->C_GenerateKeyPair(s, &gen, pub_t, 2, priv_t, 4, &pub, &priv), CKR_ACTION_PROHIBITED);
+            assert_non_null(direct);
+            assert_int_equal(direct->C_GenerateKeyPair(s, &gen, pub_t, 2, priv_t, 4, &pub, &priv), CKR_OK);
         }
         assert_int_equal(derive(priv, "dev-x", good, &cert), CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY);
     }

@@ -1,0 +1,25 @@
+/*
+ * identity.h — the Guardian's identity objects, for the module's own use
+ * (identity.c; the audit export signs with it too).
+ */
+#ifndef GUARDIAN_MECHS_IDENTITY_H
+#define GUARDIAN_MECHS_IDENTITY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "p11.h"
+
+/* The identity object of class `cls` (CKA_ID "guardian-identity"), or
+ * CK_INVALID_HANDLE when there is none; an error when there are several. */
+CK_RV guardian_identity_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out);
+/* SHA-256 of `data`, signed with the identity key in the backend (CKM_ECDSA);
+ * a DER ECDSA-Sig-Value in *der (OPENSSL_free it). */
+CK_RV guardian_identity_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const uint8_t *data,
+                             size_t len, uint8_t **der, int *der_len);
+/* A request's output: a session CKO_DATA object labelled
+ * "guardian-output:<name>" holding `value`, which the caller reads and destroys. */
+CK_RV guardian_output_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *name, const uint8_t *value,
+                             size_t len, CK_OBJECT_HANDLE *out);
+
+#endif /* GUARDIAN_MECHS_IDENTITY_H */
