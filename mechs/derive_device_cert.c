@@ -33,6 +33,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
+#include "anchor.h"
 #include "cert_builder.h"
 #include "module.h"
 #include "registry.h"
@@ -428,6 +429,10 @@ static CK_RV base_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st, CK
     }
     label[a[2].ulValueLen] = '\0';
     rv = issuer_get(st, id, &is);
+    /* A key whose package the store does not know: a store behind the
+     * token's anchor (deleted, restored, redirected) says so by name. */
+    if (rv == CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY && guardian_anchor_check(be, session, st) == CKR_GUARDIAN_STATE_ROLLBACK)
+        return CKR_GUARDIAN_STATE_ROLLBACK;
     if (rv != CKR_OK)
         return rv;
     if (strcmp(label, is->label) != 0) {
@@ -455,15 +460,28 @@ static CK_RV base_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st, CK
 /* One serial from this process's reserved block, reserving more (FULL
  * durability) when it is used up: 1, 2, 4, ... BLOCK_MAX units at a time, so
  * a first article reserves one unit and a long run one commit per 256. */
-static CK_RV take_serial(struct guardian_store *st, struct issuer *is, int64_t now, uint64_t *serial)
+static CK_RV take_serial(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st,
+                         struct issuer *is, int64_t now, uint64_t *serial)
 {
     uint64_t first = 0, got = 0;
     CK_RV rv = CKR_OK;
 
     pthread_mutex_lock(&is->lock);
     if (is->next == is->end) {
-        rv = guardian_store_reserve_block(st, is->cb.oem_id, is->cb.product_id, is->cb.package_id, now, is->block,
-                                          &first, &got);
+        /* The store must not be behind the token's anchor (a restored backup
+         * would grant these units and serials again); once the block is
+         * committed, the anchor moves up to it before any unit is used. */
+        rv = guardian_anchor_check(be, session, st);
+        if (rv == CKR_OK)
+            rv = guardian_store_reserve_block(st, is->cb.oem_id, is->cb.product_id, is->cb.package_id, now,
+                                              is->block, &first, &got);
+        if (rv == CKR_OK && guardian_anchor_update(be, session, st) != CKR_OK) {
+            /* Committed but not anchored: give the block back rather than
+             * use units a restored backup could grant again. */
+            for (uint64_t u = first; u < first + got; u++)
+                guardian_store_release(st, is->cb.oem_id, is->cb.product_id, u);
+            rv = CKR_GUARDIAN_STORE_FAILED;
+        }
         if (rv == CKR_OK) {
             is->next = first;
             is->end = first + got;
@@ -584,7 +602,7 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
         return CKR_GUARDIAN_PACKAGE_EXPIRED;
     }
 
-    rv = take_serial(st, is, now, &serial);
+    rv = take_serial(be, session, st, is, now, &serial);
     if (rv != CKR_OK) {
         if (rv == CKR_GUARDIAN_QUOTA_EXHAUSTED)
             guardian_error(LOG, "refused: %s/%s: all authorised units are used (quota exhausted)", is->cb.oem_id,

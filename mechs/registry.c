@@ -1,6 +1,7 @@
 /*
  * registry.c — the one table of Guardian vendor mechanisms.
  */
+#include "anchor.h"
 #include "registry.h"
 
 static const struct guardian_mech *const table[] = {
@@ -49,6 +50,8 @@ void guardian_mechs_finalize(struct guardian_store *st)
 
 void guardian_mechs_forget(CK_OBJECT_HANDLE h)
 {
+    if (h == CK_INVALID_HANDLE)
+        guardian_anchor_forget();
     for (size_t i = 0; i < guardian_mech_count(); i++)
         if (table[i]->forget != NULL)
             table[i]->forget(h);

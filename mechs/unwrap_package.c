@@ -35,6 +35,7 @@
 
 #include "module.h"
 #include "package.h"
+#include "anchor.h"
 #include "registry.h"
 #include "request.h"
 #include "unwrap_package.h"
@@ -805,6 +806,11 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     info.release_version = im.pkg.release_version;
     info.authorised_units = im.pkg.authorised_units;
     info.not_after = im.pkg.not_after;
+    /* The store must not be behind the token's anchor (a restored backup
+     * would accept this package again). */
+    rv = guardian_anchor_check(be, session, st);
+    if (rv != CKR_OK)
+        goto out;
     rv = guardian_store_package_check(st, &info);
     if (rv != CKR_OK) {
         guardian_error("unwrap", "refused: package %s/%s r%u: %s", im.pkg.oem_id, im.pkg.product_id,
@@ -843,6 +849,10 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
         destroy_all(&im);
         goto out;
     }
+    if (guardian_anchor_update(be, session, st) != CKR_OK)
+        guardian_error("unwrap", "package %s/%s r%u is imported, but the token's state anchor could not be moved "
+                                 "up: a restored backup of the state could import it again",
+                       im.pkg.oem_id, im.pkg.product_id, im.pkg.release_version);
     guardian_info("unwrap", "imported package %s/%s r%u: %zu objects, %llu units", im.pkg.oem_id,
                   im.pkg.product_id, im.pkg.release_version, im.n_created,
                   (unsigned long long)im.pkg.authorised_units);

@@ -2035,3 +2035,218 @@ out:
     free(page);
     return rv;
 }
+
+/* ---- the token's anchor of the store ---------------------------------------------------------
+ *
+ * "GANC" | u32 version 1 | u64 head seq | 32 head hash | u32 n | n × (16 package id |
+ * u64 next serial of its product if installed, else 0); big-endian.  Units are
+ * not anchored by count: a RELEASE gives units back legitimately, whereas the
+ * next serial only grows (every reservation takes serials, none comes back). */
+
+#define ANCHOR_MAGIC "GANC"
+#define ANCHOR_HEADER (4 + 4 + 8 + GUARDIAN_HASH_LEN + 4)
+#define ANCHOR_ENTRY (GUARDIAN_PACKAGE_ID_LEN + 8)
+#define ANCHOR_MAX_ENTRIES 4096
+
+static void put_be(uint8_t *p, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static uint64_t get_be(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static const char anchor_entries_sql[] =
+    "SELECT k.package_id, COALESCE(p.next_serial, 0) FROM packages k "
+    "LEFT JOIN products p ON p.package_id = k.package_id ORDER BY k.import_seq";
+
+static CK_RV head_locked(struct guardian_store *st, uint64_t *seq, uint8_t hash[GUARDIAN_HASH_LEN])
+{
+    sqlite3_stmt *s = NULL;
+    bool row = false;
+    CK_RV rv = stmt_step(st, S_HEAD_GET, &s, &row, "read the chain head", "");
+    if (rv == CKR_OK && (!row || !column_uint(s, 0, INT64_MAX, seq) ||
+                         !column_blob_exact(s, 1, hash, GUARDIAN_HASH_LEN)))
+        rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+    stmt_done(s);
+    return rv;
+}
+
+CK_RV guardian_store_head_seq(struct guardian_store *st, uint64_t *seq)
+{
+    uint8_t hash[GUARDIAN_HASH_LEN];
+    CK_RV rv = st != NULL && seq != NULL ? store_enter(st) : CKR_ARGUMENTS_BAD;
+    if (rv != CKR_OK)
+        return rv;
+    rv = head_locked(st, seq, hash);
+    store_leave(st);
+    return rv;
+}
+
+CK_RV guardian_store_anchor_get(struct guardian_store *st, uint8_t **buf, size_t *len)
+{
+    sqlite3_stmt *s = NULL;
+    uint8_t *b = NULL;
+    size_t cap = ANCHOR_HEADER + 16 * ANCHOR_ENTRY, n = 0;
+    uint64_t seq = 0;
+    CK_RV rv = st != NULL && buf != NULL && len != NULL ? store_enter(st) : CKR_ARGUMENTS_BAD;
+    int rc;
+
+    if (rv != CKR_OK)
+        return rv;
+    b = malloc(cap);
+    if (b == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    memcpy(b, ANCHOR_MAGIC, 4);
+    put_be(b + 4, 1, 4);
+    rv = head_locked(st, &seq, b + 16);
+    if (rv != CKR_OK)
+        goto out;
+    put_be(b + 8, seq, 8);
+    rc = sqlite3_prepare_v2(st->db, anchor_entries_sql, -1, &s, NULL);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW && n < ANCHOR_MAX_ENTRIES) {
+        uint8_t *e;
+        uint64_t next = 0;
+        if (ANCHOR_HEADER + (n + 1) * ANCHOR_ENTRY > cap) {
+            uint8_t *bigger = realloc(b, cap * 2);
+            if (bigger == NULL) {
+                rv = CKR_HOST_MEMORY;
+                goto out;
+            }
+            b = bigger;
+            cap *= 2;
+        }
+        e = b + ANCHOR_HEADER + n * ANCHOR_ENTRY;
+        if (!column_blob_exact(s, 0, e, GUARDIAN_PACKAGE_ID_LEN) || !column_uint(s, 1, INT64_MAX, &next)) {
+            rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+            goto out;
+        }
+        put_be(e + GUARDIAN_PACKAGE_ID_LEN, next, 8);
+        n++;
+        rc = SQLITE_OK;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        rv = map_sqlite(st, rc, "read the packages for the anchor");
+        goto out;
+    }
+    put_be(b + 16 + GUARDIAN_HASH_LEN, n, 4);
+    *buf = b;
+    *len = ANCHOR_HEADER + n * ANCHOR_ENTRY;
+    b = NULL;
+    rv = CKR_OK;
+out:
+    sqlite3_finalize(s);
+    free(b);
+    store_leave(st);
+    return rv;
+}
+
+static const char anchor_package_sql[] =
+    "SELECT 0, COALESCE(p.next_serial, 0), k.oem_id, k.product_id, k.release_version, "
+    "(SELECT next_serial FROM products q WHERE q.oem_id = k.oem_id AND q.product_id = k.product_id) "
+    "FROM packages k LEFT JOIN products p ON p.package_id = k.package_id WHERE k.package_id = ?1";
+
+CK_RV guardian_store_anchor_check(struct guardian_store *st, const uint8_t *buf, size_t len, int *newer)
+{
+    uint8_t hash[GUARDIAN_HASH_LEN];
+    uint64_t seq = 0, a_seq, n;
+    sqlite3_stmt *s = NULL, *rec = NULL;
+    bool ahead = false;
+    CK_RV rv = st != NULL && buf != NULL && newer != NULL ? store_enter(st) : CKR_ARGUMENTS_BAD;
+
+    if (rv != CKR_OK)
+        return rv;
+    *newer = 0;
+    if (len < ANCHOR_HEADER || memcmp(buf, ANCHOR_MAGIC, 4) != 0 || get_be(buf + 4, 4) != 1 ||
+        (n = get_be(buf + 16 + GUARDIAN_HASH_LEN, 4)) > ANCHOR_MAX_ENTRIES || len != ANCHOR_HEADER + n * ANCHOR_ENTRY) {
+        guardian_error(STORE_LOG, "the token's state anchor is not one this version reads (%zu bytes)", len);
+        rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+        goto out;
+    }
+    a_seq = get_be(buf + 8, 8);
+    rv = head_locked(st, &seq, hash);
+    if (rv != CKR_OK)
+        goto out;
+    rv = CKR_GUARDIAN_STATE_ROLLBACK;
+    if (seq < a_seq) {
+        guardian_error(STORE_LOG, "the state store is older than the token's anchor: its audit trail ends at record "
+                                  "%llu, the token has seen record %llu (a restored backup, a deleted or swapped "
+                                  "guardian.db, or another state directory); refusing to grant anything from it",
+                       (unsigned long long)seq, (unsigned long long)a_seq);
+        goto out;
+    }
+    ahead = seq > a_seq;
+    if (a_seq > 0) {
+        bool row = false;
+        uint8_t at[GUARDIAN_HASH_LEN];
+        int rc = sqlite3_prepare_v2(st->db, "SELECT hash FROM audit WHERE seq = ?1", -1, &rec, NULL);
+        if (rc == SQLITE_OK && sqlite3_bind_int64(rec, 1, (sqlite3_int64)a_seq) == SQLITE_OK)
+            rc = sqlite3_step(rec);
+        row = rc == SQLITE_ROW;
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            rv = map_sqlite(st, rc, "read the anchored record");
+            goto out;
+        }
+        if (!row || !column_blob_exact(rec, 0, at, GUARDIAN_HASH_LEN) ||
+            memcmp(at, buf + 16, GUARDIAN_HASH_LEN) != 0) {
+            guardian_error(STORE_LOG, "the state store is not the one the token anchored: its record %llu differs from "
+                                      "the token's (a swapped guardian.db or another state directory)",
+                           (unsigned long long)a_seq);
+            goto out;
+        }
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        const uint8_t *e = buf + ANCHOR_HEADER + i * ANCHOR_ENTRY;
+        uint64_t want_next = get_be(e + GUARDIAN_PACKAGE_ID_LEN, 8);
+        uint64_t next = 0, product_next = 0;
+        int rc;
+        sqlite3_finalize(s);
+        s = NULL;
+        rc = sqlite3_prepare_v2(st->db, anchor_package_sql, -1, &s, NULL);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_blob(s, 1, e, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_step(s);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            rv = map_sqlite(st, rc, "read a package for the anchor");
+            goto out;
+        }
+        if (rc == SQLITE_DONE) {
+            guardian_error(STORE_LOG, "the state store lacks package %llu of the token's anchor (a restored backup, or "
+                                      "a database edited or swapped): it could be imported again",
+                           (unsigned long long)i + 1);
+            goto out;
+        }
+        if (!column_uint(s, 1, INT64_MAX, &next)) {
+            rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+            goto out;
+        }
+        if (sqlite3_column_type(s, 5) == SQLITE_INTEGER)
+            product_next = (uint64_t)sqlite3_column_int64(s, 5);
+        if (want_next > 0 && product_next < want_next) {
+            guardian_error(STORE_LOG, "the state store is behind the token's anchor for %s/%s r%lld: next serial %llu, "
+                                      "the token has seen %llu (a restored backup or an edited database): units and "
+                                      "serials would be granted twice",
+                           (const char *)sqlite3_column_text(s, 2), (const char *)sqlite3_column_text(s, 3),
+                           (long long)sqlite3_column_int64(s, 4), (unsigned long long)product_next,
+                           (unsigned long long)want_next);
+            goto out;
+        }
+        ahead = ahead || (want_next > 0 && next > want_next);
+    }
+    *newer = ahead;
+    rv = CKR_OK;
+out:
+    sqlite3_finalize(s);
+    sqlite3_finalize(rec);
+    store_leave(st);
+    return rv;
+}

@@ -210,4 +210,26 @@ CK_RV guardian_audit_hash(const struct guardian_audit_record *r, uint8_t out[GUA
 CK_RV guardian_store_audit_each(struct guardian_store *st,
                                 CK_RV (*fn)(const struct guardian_audit_record *r, void *ctx), void *ctx);
 
+/* ---- the token's anchor of the store ------------------------------------------ */
+
+/* The Guardian's token keeps a copy of what the store must never fall behind
+ * (mechs/anchor.c writes it there): the audit chain's head (seq and hash),
+ * every imported package and, for the installed ones, the product's next
+ * serial.  A restored backup, a deleted or swapped
+ * database, or another state directory is behind it.  The encoding is this
+ * file's business (docs/audit-format.md, "The anchor").
+ *
+ * anchor_get: the store's current anchor, malloc'd into *buf.
+ * anchor_check: CKR_OK when the store has everything the anchor names (the
+ *   record at its seq with its hash, each package, each installed product
+ *   with at least its next serial), else
+ *   CKR_GUARDIAN_STATE_ROLLBACK with a log line saying what is missing;
+ *   CKR_GUARDIAN_AUDIT_CORRUPT for bytes that are no anchor.
+ *   *newer is set when the store is strictly ahead of the anchor (it should
+ *   be written again). */
+CK_RV guardian_store_anchor_get(struct guardian_store *st, uint8_t **buf, size_t *len);
+CK_RV guardian_store_anchor_check(struct guardian_store *st, const uint8_t *buf, size_t len, int *newer);
+/* The chain head's seq: 0 for a store with no record. */
+CK_RV guardian_store_head_seq(struct guardian_store *st, uint64_t *seq);
+
 #endif /* GUARDIAN_STORE_H */

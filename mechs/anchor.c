@@ -1,0 +1,245 @@
+/*
+ * anchor.c — the Guardian token's anchor of the state store.
+ *
+ * The store (SQLite in the state directory) can be copied back, deleted,
+ * swapped or pointed elsewhere by whoever controls the host; the token
+ * cannot be rewound that way.  So the token holds an anchor of the store: a
+ * private, token CKO_DATA object labelled "guardian-anchor" whose CKA_VALUE is
+ * store.h's anchor encoding (the chain head, each package's issued units and
+ * each installed product's next serial).  Every import and every reservation
+ * block is checked against it before the store grants anything and moves it
+ * up after the store committed, so a store that is behind it — a restored
+ * backup, a deleted or swapped guardian.db, GUARDIAN_STATE_DIR pointing at
+ * another directory — is refused with CKR_GUARDIAN_STATE_ROLLBACK.
+ *
+ * The object belongs to the Guardian (policy.c: role STATE): no standard call
+ * through the module may change, copy or destroy it.  Someone who
+ * loads the backend directly with the user PIN can delete it (then the next
+ * operation anchors whatever store is there): that remainder is what the
+ * service mode removes (docs/threat-model.md).
+ *
+ * Cost: one C_FindObjects the first time, one C_GetAttributeValue and one
+ * C_SetAttributeValue of a token object per block of up to 256 units.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anchor.h"
+#include "module.h"
+#include "store.h"
+/* after module.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+#define LOG "anchor"
+#define ANCHOR_MAX_BYTES (1024 * 1024)
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static CK_OBJECT_HANDLE cached = CK_INVALID_HANDLE;
+
+static const char *ckr(CK_RV rv)
+{
+    const char *n = guardian_ckr_name(rv);
+    return n ? n : "vendor CKR";
+}
+
+void guardian_anchor_forget(void)
+{
+    pthread_mutex_lock(&lock);
+    cached = CK_INVALID_HANDLE;
+    pthread_mutex_unlock(&lock);
+}
+
+/* The anchor with the highest seq; an update writes the new one before it
+ * destroys the old (SoftHSM keeps a data object's CKA_VALUE read-only), so
+ * after a crash there may be two: the older is destroyed here. */
+static uint64_t anchor_seq(const uint8_t *buf, size_t len);
+
+static CK_RV find_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_TOKEN, &yes, sizeof(yes)},
+                        {CKA_LABEL, (void *)GUARDIAN_ANCHOR_LABEL, sizeof(GUARDIAN_ANCHOR_LABEL) - 1}};
+    CK_OBJECT_HANDLE found[4];
+    CK_ULONG n = 0;
+    CK_RV rv;
+    if (cached != CK_INVALID_HANDLE) {
+        *out = cached;
+        return CKR_OK;
+    }
+    rv = be->C_FindObjectsInit(s, t, 3);
+    if (rv != CKR_OK)
+        return rv;
+    rv = be->C_FindObjects(s, found, 4, &n);
+    be->C_FindObjectsFinal(s);
+    if (rv != CKR_OK)
+        return rv;
+    if (n > 2) {
+        guardian_error(LOG, "the token holds %lu state anchors: it was tampered with outside the Guardian",
+                       (unsigned long)n);
+        return CKR_GUARDIAN_STATE_ROLLBACK;
+    }
+    if (n == 2) {
+        uint8_t v[2][16];
+        CK_ATTRIBUTE a[2] = {{CKA_VALUE, NULL, 0}, {CKA_VALUE, NULL, 0}};
+        uint64_t seq[2] = {0, 0};
+        for (int i = 0; i < 2; i++) {
+            CK_BYTE *full = NULL;
+            rv = be->C_GetAttributeValue(s, found[i], &a[i], 1);
+            if (rv == CKR_OK && (full = malloc(a[i].ulValueLen ? a[i].ulValueLen : 1)) == NULL)
+                rv = CKR_HOST_MEMORY;
+            if (rv == CKR_OK) {
+                a[i].pValue = full;
+                rv = be->C_GetAttributeValue(s, found[i], &a[i], 1);
+            }
+            if (rv == CKR_OK) {
+                memcpy(v[i], full, a[i].ulValueLen < 16 ? a[i].ulValueLen : 16);
+                seq[i] = anchor_seq(full, a[i].ulValueLen);
+            }
+            free(full);
+            if (rv != CKR_OK)
+                return rv;
+        }
+        {
+            int keep = seq[1] > seq[0];
+            be->C_DestroyObject(s, found[!keep]);
+            found[0] = found[keep];
+            n = 1;
+        }
+    }
+    *out = cached = n == 1 ? found[0] : CK_INVALID_HANDLE;
+    return CKR_OK;
+}
+
+/* The anchor's bytes (malloc'd) or *buf NULL when the token has none. */
+static CK_RV read_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h, uint8_t **buf, size_t *len)
+{
+    CK_ATTRIBUTE a = {CKA_VALUE, NULL, 0};
+    CK_RV rv;
+    *buf = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        rv = find_locked(be, s, h);
+        if (rv != CKR_OK || *h == CK_INVALID_HANDLE)
+            return rv;
+        a.pValue = NULL;
+        rv = be->C_GetAttributeValue(s, *h, &a, 1);
+        if (rv == CKR_OBJECT_HANDLE_INVALID) {
+            cached = CK_INVALID_HANDLE; /* a stale handle: find it again */
+            continue;
+        }
+        break;
+    }
+    if (rv != CKR_OK)
+        return rv;
+    if (a.ulValueLen == 0 || a.ulValueLen > ANCHOR_MAX_BYTES)
+        return CKR_GUARDIAN_AUDIT_CORRUPT;
+    a.pValue = malloc(a.ulValueLen);
+    if (a.pValue == NULL)
+        return CKR_HOST_MEMORY;
+    rv = be->C_GetAttributeValue(s, *h, &a, 1);
+    if (rv != CKR_OK) {
+        free(a.pValue);
+        return rv;
+    }
+    *buf = a.pValue;
+    *len = a.ulValueLen;
+    return CKR_OK;
+}
+
+static CK_RV write_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE old, const uint8_t *buf,
+                          size_t len)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_OBJECT_HANDLE h;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_TOKEN, &yes, sizeof(yes)},
+                        {CKA_PRIVATE, &yes, sizeof(yes)},
+                        {CKA_MODIFIABLE, &no, sizeof(no)},
+                        {CKA_LABEL, (void *)GUARDIAN_ANCHOR_LABEL, sizeof(GUARDIAN_ANCHOR_LABEL) - 1},
+                        {CKA_APPLICATION, (void *)GUARDIAN_ANCHOR_LABEL, sizeof(GUARDIAN_ANCHOR_LABEL) - 1},
+                        {CKA_VALUE, (void *)buf, (CK_ULONG)len}};
+    /* The new one first: a crash in between leaves two, and the newer wins. */
+    CK_RV rv = be->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &h);
+    if (rv != CKR_OK) {
+        guardian_error(LOG, "cannot write the state anchor into the token: %s", ckr(rv));
+        return rv;
+    }
+    guardian_policy_forget(h);
+    cached = h;
+    if (old != CK_INVALID_HANDLE && be->C_DestroyObject(s, old) == CKR_OK)
+        guardian_policy_forget(old);
+    return CKR_OK;
+}
+
+static uint64_t anchor_seq(const uint8_t *buf, size_t len)
+{
+    uint64_t v = 0;
+    for (size_t i = 8; i < 16 && i < len; i++)
+        v = v << 8 | buf[i];
+    return v;
+}
+
+CK_RV guardian_anchor_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st)
+{
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    uint8_t *buf = NULL, *now = NULL;
+    size_t len = 0, now_len = 0;
+    int newer = 0;
+    CK_RV rv;
+
+    pthread_mutex_lock(&lock);
+    rv = read_locked(be, session, &h, &buf, &len);
+    if (rv != CKR_OK) {
+        if (rv != CKR_GUARDIAN_STATE_ROLLBACK)
+            guardian_error(LOG, "cannot read the token's state anchor: %s", ckr(rv));
+        goto out;
+    }
+    if (buf == NULL) {
+        /* No anchor yet: a new Guardian, or the first run of a version with
+         * anchors.  Anchor what is here. */
+        rv = guardian_store_anchor_get(st, &now, &now_len);
+        if (rv == CKR_OK)
+            rv = write_locked(be, session, CK_INVALID_HANDLE, now, now_len);
+        if (rv == CKR_OK && anchor_seq(now, now_len) > 0)
+            guardian_warn(LOG, "the token had no state anchor: anchored the state store as it is now (record %llu)",
+                          (unsigned long long)anchor_seq(now, now_len));
+        goto out;
+    }
+    rv = guardian_store_anchor_check(st, buf, len, &newer);
+out:
+    pthread_mutex_unlock(&lock);
+    free(buf);
+    free(now);
+    return rv;
+}
+
+CK_RV guardian_anchor_update(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st)
+{
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    uint8_t *buf = NULL, *now = NULL;
+    size_t len = 0, now_len = 0;
+    int newer = 0;
+    CK_RV rv;
+
+    pthread_mutex_lock(&lock);
+    rv = guardian_store_anchor_get(st, &now, &now_len);
+    if (rv != CKR_OK)
+        goto out;
+    rv = read_locked(be, session, &h, &buf, &len);
+    if (rv != CKR_OK)
+        goto out;
+    /* Never down: another process may have moved it further already. */
+    if (buf != NULL && (guardian_store_anchor_check(st, buf, len, &newer) != CKR_OK || !newer)) {
+        rv = CKR_OK;
+        goto out;
+    }
+    rv = write_locked(be, session, h, now, now_len);
+out:
+    pthread_mutex_unlock(&lock);
+    free(buf);
+    free(now);
+    return rv;
+}
