@@ -21,6 +21,7 @@
  * process leaves them "reserved, not issued": counted, never issued twice.
  */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -48,6 +49,7 @@
 #define DEVICE_TEXT_MAX 64
 #define DEVICE_BINARY_MAX 32
 #define LABEL_MAX 255
+#define ID_MAX 64
 
 struct issuer {
     struct guardian_cert_issuer cb;
@@ -140,9 +142,15 @@ static CK_RV check_params(const CK_MECHANISM *mech, struct device_in *dev)
     return CKR_OK;
 }
 
+/* What the template asks for, copied out of the caller's memory: read once,
+ * so a value cannot change between the check and its use, and an empty value
+ * ({CKA_LABEL, NULL, 0}) is an empty buffer here, never a NULL to memcpy. */
 struct out_template {
     CK_BBOOL token;
-    const CK_ATTRIBUTE *label, *id;
+    bool has_label, has_id;
+    char label[LABEL_MAX + 1]; /* NUL-terminated */
+    uint8_t id[ID_MAX];
+    size_t id_len;
 };
 
 /* The template may name the class and type (the only ones produced), choose
@@ -177,12 +185,18 @@ static CK_RV check_template(const CK_ATTRIBUTE *t, CK_ULONG n, struct out_templa
         case CKA_LABEL:
             if ((a->pValue == NULL && a->ulValueLen != 0) || a->ulValueLen > LABEL_MAX)
                 return CKR_ATTRIBUTE_VALUE_INVALID;
-            o->label = a;
+            if (a->ulValueLen > 0)
+                memcpy(o->label, a->pValue, a->ulValueLen);
+            o->label[a->ulValueLen] = '\0';
+            o->has_label = true;
             break;
         case CKA_ID:
-            if ((a->pValue == NULL && a->ulValueLen != 0) || a->ulValueLen > 64)
+            if ((a->pValue == NULL && a->ulValueLen != 0) || a->ulValueLen > ID_MAX)
                 return CKR_ATTRIBUTE_VALUE_INVALID;
-            o->id = a;
+            if (a->ulValueLen > 0)
+                memcpy(o->id, a->pValue, a->ulValueLen);
+            o->id_len = a->ulValueLen;
+            o->has_id = true;
             break;
         default:
             guardian_error(LOG, "template attribute 0x%lx is not accepted (only CKA_CLASS, CKA_CERTIFICATE_TYPE, "
@@ -505,16 +519,10 @@ static CK_RV make_object(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const 
                          CK_OBJECT_HANDLE *out)
 {
     struct guardian_cert_slices sl;
-    const void *id = o->id != NULL ? o->id->pValue : ski;
-    size_t id_len = o->id != NULL ? o->id->ulValueLen : 20;
-    char label[LABEL_MAX + 1];
+    const void *id = o->has_id ? o->id : ski;
+    size_t id_len = o->has_id ? o->id_len : 20;
+    const char *label = o->has_label ? o->label : default_label;
 
-    if (o->label != NULL) {
-        memcpy(label, o->label->pValue, o->label->ulValueLen);
-        label[o->label->ulValueLen] = '\0';
-    } else {
-        snprintf(label, sizeof(label), "%s", default_label);
-    }
     if (!guardian_cert_slices(cert, cert_len, &sl))
         return CKR_GENERAL_ERROR;
     if (o->token) {
@@ -530,7 +538,7 @@ static CK_RV make_object(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const 
             {CKA_ISSUER, (void *)sl.issuer, sl.issuer_len},
             {CKA_SERIAL_NUMBER, (void *)sl.serial, sl.serial_len},
             {CKA_ID, (void *)id, id_len},
-            {CKA_LABEL, label, strlen(label)},
+            {CKA_LABEL, (void *)label, strlen(label)},
         };
         return be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
     }
