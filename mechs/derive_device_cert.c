@@ -71,69 +71,77 @@ static pid_t cache_pid;
 
 /* ---- parameters ----------------------------------------------------------------- */
 
+/* The device, as checked: every byte copied out of the caller's memory before
+ * it is checked, and only the copies used afterwards.  The caller's buffers
+ * may change under us at any time (another thread of the application): what
+ * goes into the certificate and the audit trail is what was checked. */
 struct device_in {
     uint8_t id[DEVICE_TEXT_MAX];
     size_t id_len;
     char text[2 * DEVICE_BINARY_MAX + 1];
-    struct guardian_device_key key;
+    uint8_t spki[GUARDIAN_DEVKEY_MAX_DER]; /* the SubjectPublicKeyInfo */
+    struct guardian_device_key key;        /* points into spki */
 };
 
 static CK_RV check_params(const CK_MECHANISM *mech, struct device_in *dev)
 {
-    const CK_GUARDIAN_DEVICE_CERT_PARAMS *p;
+    CK_GUARDIAN_DEVICE_CERT_PARAMS p;
+    const uint8_t *spki = NULL;
+    CK_ULONG id_max;
     const char *why = NULL;
     int r;
 
-    if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(*p)) {
+    if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(p)) {
         guardian_error(LOG, "the parameter must be a CK_GUARDIAN_DEVICE_CERT_PARAMS (%zu bytes), got %lu bytes",
-                       sizeof(*p), (unsigned long)mech->ulParameterLen);
+                       sizeof(p), (unsigned long)mech->ulParameterLen);
         return CKR_MECHANISM_PARAM_INVALID;
     }
-    p = mech->pParameter;
-    if (p->version != CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION) {
-        guardian_error(LOG, "parameter version %lu is not supported (this module knows 1)", (unsigned long)p->version);
+    memcpy(&p, mech->pParameter, sizeof(p));
+    if (p.version != CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION) {
+        guardian_error(LOG, "parameter version %lu is not supported (this module knows 1)", (unsigned long)p.version);
         return CKR_MECHANISM_PARAM_INVALID;
     }
-    if ((p->pDeviceId == NULL && p->ulDeviceIdLen != 0) || (p->pPublicKeyInfo == NULL && p->ulPublicKeyInfoLen != 0))
+    if ((p.pDeviceId == NULL && p.ulDeviceIdLen != 0) || (p.pPublicKeyInfo == NULL && p.ulPublicKeyInfoLen != 0))
         return CKR_ARGUMENTS_BAD;
 
-    switch (p->deviceIdFormat) {
-    case CKG_GUARDIAN_DEVICE_ID_TEXT:
-        if (p->ulDeviceIdLen < 1 || p->ulDeviceIdLen > DEVICE_TEXT_MAX) {
-            guardian_error(LOG, "refused: a text device ID has 1..64 characters, got %lu",
-                           (unsigned long)p->ulDeviceIdLen);
-            return CKR_GUARDIAN_DEVICE_ID_INVALID;
-        }
-        for (CK_ULONG i = 0; i < p->ulDeviceIdLen; i++) {
-            if (!guardian_id_char(p->pDeviceId[i])) {
-                guardian_error(LOG, "refused: a text device ID may hold only A-Z a-z 0-9 - . _ : (byte %lu is not)",
-                               (unsigned long)i);
+    switch (p.deviceIdFormat) {
+    case CKG_GUARDIAN_DEVICE_ID_TEXT: id_max = DEVICE_TEXT_MAX; break;
+    case CKG_GUARDIAN_DEVICE_ID_BINARY: id_max = DEVICE_BINARY_MAX; break;
+    default:
+        guardian_error(LOG, "refused: device ID format %lu is unknown (1 text, 2 binary)",
+                       (unsigned long)p.deviceIdFormat);
+        return CKR_GUARDIAN_DEVICE_ID_INVALID;
+    }
+    if (p.ulDeviceIdLen < 1 || p.ulDeviceIdLen > id_max) {
+        guardian_error(LOG, "refused: a %s device ID has 1..%lu %s, got %lu",
+                       id_max == DEVICE_TEXT_MAX ? "text" : "binary", (unsigned long)id_max,
+                       id_max == DEVICE_TEXT_MAX ? "characters" : "bytes", (unsigned long)p.ulDeviceIdLen);
+        return CKR_GUARDIAN_DEVICE_ID_INVALID;
+    }
+    memcpy(dev->id, p.pDeviceId, p.ulDeviceIdLen);
+    dev->id_len = p.ulDeviceIdLen;
+    if (p.deviceIdFormat == CKG_GUARDIAN_DEVICE_ID_TEXT) {
+        for (size_t i = 0; i < dev->id_len; i++) {
+            if (!guardian_id_char(dev->id[i])) {
+                guardian_error(LOG, "refused: a text device ID may hold only A-Z a-z 0-9 - . _ : (byte %zu is not)",
+                               i);
                 return CKR_GUARDIAN_DEVICE_ID_INVALID;
             }
         }
-        memcpy(dev->id, p->pDeviceId, p->ulDeviceIdLen);
-        dev->id_len = p->ulDeviceIdLen;
-        memcpy(dev->text, p->pDeviceId, p->ulDeviceIdLen);
-        dev->text[p->ulDeviceIdLen] = '\0';
-        break;
-    case CKG_GUARDIAN_DEVICE_ID_BINARY:
-        if (p->ulDeviceIdLen < 1 || p->ulDeviceIdLen > DEVICE_BINARY_MAX) {
-            guardian_error(LOG, "refused: a binary device ID has 1..32 bytes, got %lu",
-                           (unsigned long)p->ulDeviceIdLen);
-            return CKR_GUARDIAN_DEVICE_ID_INVALID;
-        }
-        memcpy(dev->id, p->pDeviceId, p->ulDeviceIdLen);
-        dev->id_len = p->ulDeviceIdLen;
-        for (CK_ULONG i = 0; i < p->ulDeviceIdLen; i++)
-            snprintf(dev->text + 2 * i, 3, "%02x", p->pDeviceId[i]);
-        break;
-    default:
-        guardian_error(LOG, "refused: device ID format %lu is unknown (1 text, 2 binary)",
-                       (unsigned long)p->deviceIdFormat);
-        return CKR_GUARDIAN_DEVICE_ID_INVALID;
+        memcpy(dev->text, dev->id, dev->id_len);
+        dev->text[dev->id_len] = '\0';
+    } else {
+        for (size_t i = 0; i < dev->id_len; i++)
+            snprintf(dev->text + 2 * i, 3, "%02x", dev->id[i]);
     }
 
-    r = guardian_device_key_check(p->pPublicKeyInfo, p->ulPublicKeyInfoLen, &dev->key, &why);
+    /* Longer than any key accepted, or empty: not copied; the check refuses
+     * it by its length. */
+    if (p.ulPublicKeyInfoLen > 0 && p.ulPublicKeyInfoLen <= sizeof(dev->spki)) {
+        memcpy(dev->spki, p.pPublicKeyInfo, p.ulPublicKeyInfoLen);
+        spki = dev->spki;
+    }
+    r = guardian_device_key_check(spki, p.ulPublicKeyInfoLen, &dev->key, &why);
     if (r != GUARDIAN_DEVKEY_OK) {
         guardian_error(LOG, "refused: device %s: public key %s: %s", dev->text,
                        r == GUARDIAN_DEVKEY_UNSUPPORTED ? "not supported" : "invalid", why);

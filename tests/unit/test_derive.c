@@ -538,11 +538,63 @@ static void test_template_empty_values(void **st)
     EVP_PKEY_free(dk);
 }
 
+/* ---- the caller's memory is read once ----------------------------------------------------------- */
+
+static unsigned char race_spki[1024];
+static size_t race_spki_len;
+static char race_id[16];
+static CK_GUARDIAN_DEVICE_CERT_PARAMS race_params;
+
+/* Another thread of the caller rewrites the parameters after the module
+ * checked them: the device key's point moves off the curve, the device ID
+ * gets a character the check refuses, the key's length changes. */
+static void rewrite_parameters(void)
+{
+    race_spki[race_spki_len - 1] ^= 0x01;
+    race_id[2] = ' ';
+    race_params.ulPublicKeyInfoLen = race_spki_len - 1;
+}
+
+static void test_parameters_copied_before_checking(void **st)
+{
+    EVP_PKEY *dk = device_key();
+    unsigned char original[1024], *der = NULL;
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    X509 *x;
+    char cn[64];
+    int len;
+    (void)st;
+
+    race_spki_len = spki_of(dk, race_spki);
+    memcpy(original, race_spki, race_spki_len);
+    snprintf(race_id, sizeof(race_id), "SN-race");
+    race_params = (CK_GUARDIAN_DEVICE_CERT_PARAMS){CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION,
+                                                   CKG_GUARDIAN_DEVICE_ID_TEXT, (CK_BYTE_PTR)race_id,
+                                                   strlen(race_id), race_spki, race_spki_len};
+    on_key_lookup = rewrite_parameters;
+    assert_int_equal(derive_raw(SESSION, packages[0].key, &race_params, NULL, 0, &h), CKR_OK);
+    on_key_lookup = NULL;
+    assert_int_not_equal(memcmp(race_spki, original, race_spki_len), 0); /* it did change */
+
+    /* The certificate holds the key and the ID that were checked. */
+    x = cert_of(h);
+    len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der);
+    assert_int_equal((size_t)len, race_spki_len);
+    assert_memory_equal(der, original, race_spki_len);
+    assert_true(X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, sizeof(cn)) > 0);
+    assert_string_equal(cn, "SN-race");
+    OPENSSL_free(der);
+    X509_free(x);
+    assert_int_equal(mod->C_DestroyObject(SESSION, h), CKR_OK);
+    EVP_PKEY_free(dk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_issue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_template_empty_values, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_parameters_copied_before_checking, setup, teardown),
     };
     return cmocka_run_group_tests_name("derive device certificate", tests, group_setup, group_teardown);
 }
