@@ -13,9 +13,11 @@
  * (guardian_store_reserve_block, power-safe, 1, 2, 4, ... up to 256 units at a
  * time), fill the TBSCertificate, hash it here and sign the hash with raw
  * CKM_ECDSA (SoftHSMv2 has no ECDSA-with-hash) or CKM_RSA_PKCS over a
- * DigestInfo, record ISSUE with the certificate (guardian_store_issue), and
- * return a module-held session certificate object (module/cert_objects.c), or
- * a backend token object if the template asks for CKA_TOKEN TRUE.
+ * DigestInfo, make the module-held session certificate object hidden
+ * (module/cert_objects.c), record ISSUE with the certificate
+ * (guardian_store_issue), and only then publish the object and return its
+ * handle; a backend token object (CKA_TOKEN TRUE) is created after the record.
+ * No one can see a certificate whose ISSUE record is not written.
  *
  * Units reserved and not used are given back (RELEASE) at C_Finalize; a killed
  * process leaves them "reserved, not issued": counted, never issued twice.
@@ -522,40 +524,46 @@ static void derive_finalize(struct guardian_store *st)
 
 /* ---- the mechanism ----------------------------------------------------------------------------- */
 
-static CK_RV make_object(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const struct out_template *o,
-                         const uint8_t *cert, size_t cert_len, const uint8_t ski[20], const char *default_label,
-                         CK_OBJECT_HANDLE *out)
+/* The certificate object's values: the certificate, its slices, and the
+ * label and ID from the template or the defaults. */
+static CK_RV object_values(const struct out_template *o, const uint8_t *cert, size_t cert_len, const uint8_t ski[20],
+                           const char *default_label, struct guardian_cert_object_value *v)
 {
     struct guardian_cert_slices sl;
-    const void *id = o->has_id ? o->id : ski;
-    size_t id_len = o->has_id ? o->id_len : 20;
-    const char *label = o->has_label ? o->label : default_label;
 
     if (!guardian_cert_slices(cert, cert_len, &sl))
         return CKR_GENERAL_ERROR;
-    if (o->token) {
-        CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
-        CK_CERTIFICATE_TYPE ct = CKC_X_509;
-        CK_BBOOL yes = CK_TRUE;
-        CK_ATTRIBUTE t[] = {
-            {CKA_CLASS, &cls, sizeof(cls)},
-            {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
-            {CKA_TOKEN, &yes, sizeof(yes)},
-            {CKA_VALUE, (void *)cert, cert_len},
-            {CKA_SUBJECT, (void *)sl.subject, sl.subject_len},
-            {CKA_ISSUER, (void *)sl.issuer, sl.issuer_len},
-            {CKA_SERIAL_NUMBER, (void *)sl.serial, sl.serial_len},
-            {CKA_ID, (void *)id, id_len},
-            {CKA_LABEL, (void *)label, strlen(label)},
-        };
-        return be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
-    }
-    {
-        struct guardian_cert_object_value v = {cert,      cert_len,      sl.subject, sl.subject_len, sl.issuer,
-                                               sl.issuer_len, sl.serial, sl.serial_len, id,       id_len,
-                                               label};
-        return guardian_cert_object_create(session, &v, out);
-    }
+    memset(v, 0, sizeof(*v));
+    v->der = cert, v->der_len = cert_len;
+    v->subject = sl.subject, v->subject_len = sl.subject_len;
+    v->issuer = sl.issuer, v->issuer_len = sl.issuer_len;
+    v->serial = sl.serial, v->serial_len = sl.serial_len;
+    v->id = o->has_id ? o->id : ski;
+    v->id_len = o->has_id ? o->id_len : 20;
+    v->label = o->has_label ? o->label : default_label;
+    return CKR_OK;
+}
+
+/* A token certificate: the backend's object, created only once the ISSUE
+ * record is written (a backend has no hidden objects). */
+static CK_RV token_object_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session,
+                                 const struct guardian_cert_object_value *v, CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE ct = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_VALUE, (void *)v->der, v->der_len},
+        {CKA_SUBJECT, (void *)v->subject, v->subject_len},
+        {CKA_ISSUER, (void *)v->issuer, v->issuer_len},
+        {CKA_SERIAL_NUMBER, (void *)v->serial, v->serial_len},
+        {CKA_ID, (void *)v->id, v->id_len},
+        {CKA_LABEL, (void *)v->label, strlen(v->label)},
+    };
+    return be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
 }
 
 static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
@@ -570,6 +578,8 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
     char default_label[LABEL_MAX + 1];
     unsigned int hl = 0;
     CK_ULONG sig_len = sizeof(sig);
+    struct guardian_cert_object_value v;
+    struct guardian_cert_object *pending = NULL;
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
     uint64_t serial = 0;
     int64_t now = (int64_t)time(NULL);
@@ -584,6 +594,19 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
     rv = check_template(templ, count, &o);
     if (rv != CKR_OK)
         return rv;
+    if (o.token) {
+        /* Refused before a unit is spent: the token object is created only
+         * after the ISSUE record, when a refusal would leave a recorded
+         * certificate without its object. */
+        CK_SESSION_INFO si;
+        rv = be->C_GetSessionInfo(session, &si);
+        if (rv != CKR_OK)
+            return rv;
+        if (!(si.flags & CKF_RW_SESSION)) {
+            guardian_error(LOG, "refused: a token certificate (CKA_TOKEN TRUE) needs a read/write session");
+            return CKR_SESSION_READ_ONLY;
+        }
+    }
     if (base_key == CK_INVALID_HANDLE || (is = proven_issuer(base_key)) == NULL) {
         rv = base_key_issuer(be, st, session, base_key, &is);
         if (rv != CKR_OK)
@@ -638,16 +661,37 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
     }
 
     snprintf(default_label, sizeof(default_label), "device:%s/%s:%s", is->cb.oem_id, is->cb.product_id, dev.text);
-    rv = make_object(be, session, &o, buf, cert_len, ski, default_label, &h);
+    rv = object_values(&o, buf, cert_len, ski, default_label, &v);
     if (rv != CKR_OK)
         goto unused;
-    /* Recorded before the handle leaves: a certificate the caller holds has
-     * its ISSUE record. */
+    /* A session object is made now, hidden, so that running out of objects
+     * or memory is found before the record; no call can see it yet. */
+    if (!o.token) {
+        rv = guardian_cert_object_prepare(session, &v, &pending);
+        if (rv != CKR_OK)
+            goto unused;
+    }
+    /* Recorded before anyone can see the certificate: no other thread finds
+     * or reads the object, and the caller gets no handle, before its ISSUE
+     * record is written. */
     rv = guardian_store_issue(st, is->cb.oem_id, is->cb.product_id, serial, dev.id, dev.id_len, buf, cert_len);
     if (rv != CKR_OK) {
-        be->C_DestroyObject(session, h);
+        guardian_cert_object_discard(pending);
         /* The serial stays reserved, not issued: whether the record reached
          * the disk is unknown, so it is not handed out again. */
+        return rv;
+    }
+    if (o.token)
+        rv = token_object_create(be, session, &v, &h);
+    else
+        rv = guardian_cert_object_publish(pending, &h);
+    if (rv != CKR_OK) {
+        /* Recorded as issued (the certificate is in the audit trail), but no
+         * object holds it: the serial is spent. */
+        guardian_error(LOG, "%s/%s serial %llu for device %s is recorded as issued, but its object could not be "
+                            "created: %s",
+                       is->cb.oem_id, is->cb.product_id, (unsigned long long)serial, dev.text,
+                       guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "vendor CKR");
         return rv;
     }
     guardian_debug(LOG, "issued %s/%s serial %llu to %s", is->cb.oem_id, is->cb.product_id,

@@ -589,12 +589,139 @@ static void test_parameters_copied_before_checking(void **st)
     EVP_PKEY_free(dk);
 }
 
+/* ---- no certificate object before its ISSUE record --------------------------------------------------- */
+
+static atomic_long seen_found, seen_get_rv, seen_live, seen_creates;
+
+static void *look(void *arg)
+{
+    CK_BYTE buf[16];
+    CK_ATTRIBUTE a = {CKA_LABEL, buf, sizeof(buf)};
+    (void)arg;
+    /* Another session of the application: session objects are everyone's. */
+    atomic_store(&seen_found, (long)certificates_found(202));
+    atomic_store(&seen_get_rv, (long)mod->C_GetAttributeValue(202, FIRST_CERT, &a, 1));
+    atomic_store(&seen_live, (long)atomic_load(&guardian_cert_objects_live));
+    atomic_store(&seen_creates, (long)atomic_load(&creates));
+    return NULL;
+}
+
+/* While the ISSUE record is written, another thread looks for the object. */
+static void look_from_another_thread(void)
+{
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, look, NULL), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+}
+
+static void test_invisible_until_recorded(void **st)
+{
+    EVP_PKEY *dk = device_key();
+    unsigned char spki[1024], value[4096];
+    size_t n = spki_of(dk, spki);
+    CK_ULONG len = sizeof(value);
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    (void)st;
+
+    atomic_store(&seen_found, -1);
+    on_issue = look_from_another_thread;
+    assert_int_equal(derive(packages[0].key, "SN-vis", spki, n, NULL, 0, &h), CKR_OK);
+    on_issue = NULL;
+    assert_int_equal(atomic_load(&issues), 1);
+    if (atomic_load(&seen_found) != 0 || atomic_load(&seen_get_rv) != CKR_OBJECT_HANDLE_INVALID ||
+        atomic_load(&seen_live) != 0)
+        fail_msg("while its ISSUE record was written, another thread found %ld certificate object(s), read "
+                 "0x%lx with C_GetAttributeValue (%ld live)",
+                 atomic_load(&seen_found), (unsigned long)atomic_load(&seen_get_rv), atomic_load(&seen_live));
+    /* Once C_DeriveKey returned, everyone sees it. */
+    assert_int_equal(h, FIRST_CERT);
+    assert_int_equal(certificates_found(202), 1);
+    assert_int_equal(read_value(h, value, &len), CKR_OK);
+    assert_int_equal(mod->C_DestroyObject(SESSION, h), CKR_OK);
+    EVP_PKEY_free(dk);
+}
+
+static void test_issue_failure_leaves_no_object(void **st)
+{
+    EVP_PKEY *dk = device_key();
+    unsigned char spki[1024], value[4096];
+    size_t n = spki_of(dk, spki);
+    CK_ULONG len = sizeof(value), size = 0;
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    (void)st;
+
+    issue_fails = CKR_GUARDIAN_STORE_FAILED;
+    assert_int_equal(derive(packages[0].key, "SN-fail", spki, n, NULL, 0, &h), CKR_GUARDIAN_STORE_FAILED);
+    issue_fails = CKR_OK;
+    assert_int_equal(h, CK_INVALID_HANDLE);
+    /* No object: not findable, not readable by the handle it would have had. */
+    assert_int_equal(certificates_found(SESSION), 0);
+    assert_int_equal(read_value(FIRST_CERT, value, &len), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(mod->C_GetObjectSize(SESSION, FIRST_CERT, &size), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(atomic_load(&guardian_cert_objects_live), 0);
+    /* ... and the backend was not asked to destroy a handle of ours. */
+    if (atomic_load(&destroys) != 0)
+        fail_msg("the backend was asked to destroy handle 0x%lx", (unsigned long)atomic_load(&destroyed_handle));
+
+    /* The next certificate is issued as usual. */
+    assert_int_equal(derive(packages[0].key, "SN-next", spki, n, NULL, 0, &h), CKR_OK);
+    assert_int_equal(certificates_found(SESSION), 1);
+    assert_int_equal(mod->C_DestroyObject(SESSION, h), CKR_OK);
+    EVP_PKEY_free(dk);
+}
+
+/* A token object (the backend's) is created only after its ISSUE record:
+ * the backend has no hidden objects. */
+static void test_token_object_after_record(void **st)
+{
+    EVP_PKEY *dk = device_key();
+    unsigned char spki[1024];
+    size_t n = spki_of(dk, spki);
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_TOKEN, &yes, 1}};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    (void)st;
+
+    atomic_store(&seen_creates, -1);
+    on_issue = look_from_another_thread;
+    assert_int_equal(derive(packages[0].key, "SN-tok", spki, n, t, 1, &h), CKR_OK);
+    on_issue = NULL;
+    assert_int_equal(h, 0x300);
+    assert_int_equal(atomic_load(&seen_creates), 0);
+    assert_int_equal(atomic_load(&creates), 1);
+
+    /* The record fails: nothing is created in the token. */
+    issue_fails = CKR_GUARDIAN_STORE_FAILED;
+    assert_int_equal(derive(packages[0].key, "SN-tok2", spki, n, t, 1, &h), CKR_GUARDIAN_STORE_FAILED);
+    issue_fails = CKR_OK;
+    assert_int_equal(atomic_load(&creates), 1);
+    assert_int_equal(atomic_load(&destroys), 0);
+
+    /* A read-only session cannot hold a token object: refused before a unit
+     * is spent or anything is signed. */
+    {
+        CK_GUARDIAN_DEVICE_CERT_PARAMS p = {CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION, CKG_GUARDIAN_DEVICE_ID_TEXT,
+                                            (CK_BYTE_PTR) "SN-ro", 5, spki, n};
+        int before = atomic_load(&issues);
+        assert_int_equal(derive_raw(RO_SESSION, packages[0].key, &p, t, 1, &h), CKR_SESSION_READ_ONLY);
+        assert_int_equal(atomic_load(&issues), before);
+        assert_int_equal(atomic_load(&creates), 1);
+        /* A session object from the same session is fine. */
+        assert_int_equal(derive_raw(RO_SESSION, packages[0].key, &p, NULL, 0, &h), CKR_OK);
+        assert_int_equal(mod->C_DestroyObject(RO_SESSION, h), CKR_OK);
+    }
+    EVP_PKEY_free(dk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_issue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_template_empty_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parameters_copied_before_checking, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_invisible_until_recorded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_issue_failure_leaves_no_object, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_object_after_record, setup, teardown),
     };
     return cmocka_run_group_tests_name("derive device certificate", tests, group_setup, group_teardown);
 }
