@@ -11,8 +11,9 @@
  * objects from another thread while the ISSUE record is being written.
  *
  * Packages (installed straight into the store, as an import would leave them):
- * SENSOR-1, whose CA certificate carries an uncompressed P-256 point, and
- * COMPRESSED, whose CA certificate carries the point in compressed form.
+ * SENSOR-1, whose CA certificate carries an uncompressed P-256 point,
+ * COMPRESSED, whose CA certificate carries the point in compressed form, and
+ * RSA-1, with an RSA-2048 CA (CKM_RSA_PKCS over a DigestInfo).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -35,6 +36,7 @@
 #include <openssl/ec.h>
 #include <openssl/ecdsa.h>
 #include <openssl/evp.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 
 #include "fake_backend.h"
@@ -62,11 +64,13 @@ struct package {
     uint8_t *ca_cert;
     size_t ca_cert_len;
     int compressed;          /* the CA certificate's point is compressed */
+    int rsa;                 /* an RSA-2048 CA instead of P-256 */
 };
 
 static struct package packages[] = {
     {.product = "SENSOR-1", .key = 0x100},
     {.product = "COMPRESSED", .key = 0x200, .compressed = 1},
+    {.product = "RSA-1", .key = 0x400, .rsa = 1},
 };
 #define N_PACKAGES (sizeof(packages) / sizeof(packages[0]))
 
@@ -97,7 +101,7 @@ static void make_ca(struct package *p)
     unsigned char *der = NULL;
     int len;
 
-    p->ca = EVP_EC_gen("P-256");
+    p->ca = p->rsa ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
     assert_non_null(p->ca);
     if (p->compressed)
         assert_int_equal(EVP_PKEY_set_utf8_string_param(p->ca, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
@@ -119,7 +123,8 @@ static void make_ca(struct package *p)
         const unsigned char *pk = NULL;
         int pk_len = 0;
         X509_PUBKEY_get0_param(NULL, &pk, &pk_len, NULL, X509_get_X509_PUBKEY(x));
-        assert_int_equal(pk_len, p->compressed ? 33 : 65);
+        if (!p->rsa)
+            assert_int_equal(pk_len, p->compressed ? 33 : 65);
     }
     p->ca_cert = der;
     p->ca_cert_len = (size_t)len;
@@ -163,15 +168,16 @@ static struct package *package_of(CK_OBJECT_HANDLE key)
     return NULL;
 }
 
-/* The SubjectPublicKeyInfo of `k`, uncompressed. */
+/* The SubjectPublicKeyInfo of `k` (an EC point uncompressed). */
 static size_t spki_of(EVP_PKEY *k, unsigned char *out)
 {
     EVP_PKEY *copy = EVP_PKEY_dup(k);
     unsigned char *p = out;
     int n;
     assert_non_null(copy);
-    assert_int_equal(EVP_PKEY_set_utf8_string_param(copy, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, "uncompressed"),
-                     1);
+    if (EVP_PKEY_is_a(copy, "EC"))
+        assert_int_equal(
+            EVP_PKEY_set_utf8_string_param(copy, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, "uncompressed"), 1);
     n = i2d_PUBKEY(copy, &p);
     EVP_PKEY_free(copy);
     assert_true(n > 0 && n <= 1024);
@@ -239,16 +245,32 @@ static CK_RV token_get_attribute(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATT
 
 static CK_RV token_sign_init(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
 {
+    struct package *p = package_of(k);
     (void)s;
-    if (m == NULL || m->mechanism != CKM_ECDSA)
-        return CKR_MECHANISM_INVALID;
-    if (package_of(k) == NULL)
+    if (p == NULL)
         return CKR_KEY_HANDLE_INVALID;
+    if (m == NULL || m->mechanism != (p->rsa ? CKM_RSA_PKCS : CKM_ECDSA))
+        return CKR_MECHANISM_INVALID;
     signing_key = k;
     return CKR_OK;
 }
 
-/* Raw ECDSA over the hash given: r || s, 32 bytes each. */
+/* CKM_RSA_PKCS: PKCS#1 v1.5 padding of the data given (a DigestInfo). */
+static CK_RV rsa_sign(EVP_PKEY *key, const CK_BYTE *data, CK_ULONG len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(key, NULL);
+    size_t n = *sig_len;
+    CK_RV rv = CKR_FUNCTION_FAILED;
+    if (ctx != NULL && EVP_PKEY_sign_init(ctx) == 1 && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1 &&
+        EVP_PKEY_sign(ctx, sig, &n, data, len) == 1) {
+        *sig_len = n;
+        rv = CKR_OK;
+    }
+    EVP_PKEY_CTX_free(ctx);
+    return rv;
+}
+
+/* Raw ECDSA over the hash given: r || s, 32 bytes each; or CKM_RSA_PKCS. */
 static CK_RV token_sign(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len)
 {
     struct package *p = package_of(signing_key);
@@ -263,6 +285,8 @@ static CK_RV token_sign(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG len, CK_
     signing_key = CK_INVALID_HANDLE;
     if (p == NULL)
         return CKR_OPERATION_NOT_INITIALIZED;
+    if (p->rsa)
+        return *sig_len < 256 ? CKR_BUFFER_TOO_SMALL : rsa_sign(p->ca, data, len, sig, sig_len);
     if (*sig_len < 64) {
         *sig_len = 64;
         return CKR_BUFFER_TOO_SMALL;
@@ -589,6 +613,42 @@ static void test_parameters_copied_before_checking(void **st)
     EVP_PKEY_free(dk);
 }
 
+/* ---- the production CA's own key is refused, in any encoding --------------------------------------- */
+
+static void test_ca_key_refused(void **st)
+{
+    unsigned char spki[1024];
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    (void)st;
+
+    for (size_t i = 0; i < N_PACKAGES; i++) {
+        /* The device sends the CA's key uncompressed (compressed device keys
+         * are refused as unsupported); the COMPRESSED package's CA
+         * certificate holds the same point compressed; RSA-1's CA key is
+         * re-encoded from its certificate. */
+        size_t n = spki_of(packages[i].ca, spki);
+        CK_RV rv = derive(packages[i].key, "SN-ca", spki, n, NULL, 0, &h);
+        if (rv != CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY)
+            fail_msg("%s: the CA's own key gave 0x%lx, not CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY", packages[i].product,
+                     (unsigned long)rv);
+    }
+    assert_int_equal(certificates_found(SESSION), 0);
+    assert_int_equal(atomic_load(&issues), 0);
+
+    /* A device key of its own is still accepted under the compressed CA. */
+    {
+        EVP_PKEY *dk = device_key();
+        size_t n = spki_of(dk, spki);
+        X509 *x;
+        assert_int_equal(derive(packages[1].key, "SN-dev", spki, n, NULL, 0, &h), CKR_OK);
+        x = cert_of(h);
+        assert_int_equal(X509_verify(x, packages[1].ca), 1);
+        X509_free(x);
+        assert_int_equal(mod->C_DestroyObject(SESSION, h), CKR_OK);
+        EVP_PKEY_free(dk);
+    }
+}
+
 /* ---- no certificate object before its ISSUE record --------------------------------------------------- */
 
 static atomic_long seen_found, seen_get_rv, seen_live, seen_creates;
@@ -719,6 +779,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_issue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_template_empty_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parameters_copied_before_checking, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_key_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invisible_until_recorded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_issue_failure_leaves_no_object, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_object_after_record, setup, teardown),
