@@ -328,6 +328,16 @@ static void cache_check_pid_locked(void)
     cache_pid = pid;
 }
 
+/* The pthread_atfork child handler (through the registry): cache_lock may
+ * have been held by another parent thread, and so may each issuer's lock
+ * (take_serial holds it across a reservation); the child drops the parent's
+ * issuers, as cache_check_pid_locked would, and never takes those. */
+static void derive_atfork_child(void)
+{
+    pthread_mutex_init(&cache_lock, NULL);
+    n_issuers = 0; /* the parent's memory: left alone, not freed twice */
+}
+
 static CK_RV issuer_load(struct guardian_store *st, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
                          struct issuer **out)
 {
@@ -721,4 +731,5 @@ const struct guardian_mech guardian_mech_derive_device_cert = {
     .derive = derive_device_cert,
     .finalize = derive_finalize,
     .forget = derive_forget,
+    .atfork_child = derive_atfork_child,
 };

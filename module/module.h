@@ -165,6 +165,8 @@ static inline int guardian_is_package_object(CK_OBJECT_HANDLE h)
     return (h & ~(CK_OBJECT_HANDLE)0xFFFF) == GUARDIAN_VOBJ_BASE;
 }
 void guardian_package_objects_reset(void);
+/* In a fork child: the lock may have been held by another parent thread. */
+void guardian_package_objects_atfork_child(void);
 /* Non-zero when a search with this template cannot involve package objects
  * (none exists, none of ours is active, looked at the store this second). */
 int guardian_package_objects_idle(const CK_ATTRIBUTE *templ, CK_ULONG count);

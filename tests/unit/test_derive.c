@@ -8,7 +8,10 @@
  * with the CA's private key in OpenSSL (raw r || s, as CKM_ECDSA does).  The
  * store is reached through link-time seams (-Wl,--wrap, tests/unit/
  * CMakeLists.txt): guardian_store_issue, to fail it or to look at the module's
- * objects from another thread while the ISSUE record is being written.
+ * objects from another thread while the ISSUE record is being written;
+ * guardian_store_package_material and guardian_store_products_each, to stop a
+ * thread while it holds the derive cache's or the package objects' lock and
+ * fork() under it.
  *
  * Packages (installed straight into the store, as an import would leave them):
  * SENSOR-1, whose CA certificate carries an uncompressed P-256 point,
@@ -49,6 +52,7 @@
 #define SESSION 101          /* a R/W session in slot 1 */
 #define RO_SESSION 501       /* a read-only session in slot 5 */
 #define FIRST_CERT (GUARDIAN_COBJ_BASE | 1) /* the first certificate object after C_Initialize */
+#define CHILD_TIMEOUT 10     /* seconds before a child that hangs is killed by alarm() */
 
 static CK_FUNCTION_LIST *mod;
 static char state_dir[64];
@@ -364,6 +368,17 @@ CK_RV __real_guardian_store_issue(struct guardian_store *st, const char *oem_id,
 CK_RV __wrap_guardian_store_issue(struct guardian_store *st, const char *oem_id, const char *product_id,
                                   uint64_t serial, const uint8_t *device_id, size_t device_id_len,
                                   const uint8_t *cert, size_t cert_len);
+CK_RV __real_guardian_store_package_material(struct guardian_store *st,
+                                             const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                                             struct guardian_package_material *out);
+CK_RV __wrap_guardian_store_package_material(struct guardian_store *st,
+                                             const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                                             struct guardian_package_material *out);
+CK_RV __real_guardian_store_products_each(struct guardian_store *st,
+                                          CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx);
+CK_RV __wrap_guardian_store_products_each(struct guardian_store *st,
+                                          CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx);
+
 static CK_RV issue_fails;            /* non-zero: guardian_store_issue returns it */
 static void (*on_issue)(void);       /* called as the ISSUE record is written */
 static atomic_int issues;
@@ -378,6 +393,70 @@ CK_RV __wrap_guardian_store_issue(struct guardian_store *st, const char *oem_id,
     if (issue_fails != CKR_OK)
         return issue_fails;
     return __real_guardian_store_issue(st, oem_id, product_id, serial, device_id, device_id_len, cert, cert_len);
+}
+
+/* A gate: the thread that reaches a gated store call (in the process that
+ * closed the gate) waits there, with the lock its caller holds, until the
+ * gate opens. */
+struct gate {
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    pid_t owner;   /* the process whose threads stop; 0: open */
+    int waiting;
+};
+static struct gate gate_material = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+static struct gate gate_products = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+
+static void gate_close(struct gate *g)
+{
+    pthread_mutex_lock(&g->m);
+    g->owner = getpid();
+    g->waiting = 0;
+    pthread_mutex_unlock(&g->m);
+}
+
+static void gate_pass(struct gate *g)
+{
+    pid_t me = getpid();
+    pthread_mutex_lock(&g->m);
+    if (g->owner == me) {
+        g->waiting = 1;
+        pthread_cond_broadcast(&g->c);
+        while (g->owner == me)
+            pthread_cond_wait(&g->c, &g->m);
+    }
+    pthread_mutex_unlock(&g->m);
+}
+
+static void gate_wait_for_thread(struct gate *g)
+{
+    pthread_mutex_lock(&g->m);
+    while (!g->waiting)
+        pthread_cond_wait(&g->c, &g->m);
+    pthread_mutex_unlock(&g->m);
+}
+
+static void gate_open(struct gate *g)
+{
+    pthread_mutex_lock(&g->m);
+    g->owner = 0;
+    pthread_cond_broadcast(&g->c);
+    pthread_mutex_unlock(&g->m);
+}
+
+CK_RV __wrap_guardian_store_package_material(struct guardian_store *st,
+                                             const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                                             struct guardian_package_material *out)
+{
+    gate_pass(&gate_material);
+    return __real_guardian_store_package_material(st, package_id, out);
+}
+
+CK_RV __wrap_guardian_store_products_each(struct guardian_store *st,
+                                          CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx)
+{
+    gate_pass(&gate_products);
+    return __real_guardian_store_products_each(st, fn, ctx);
 }
 
 /* ---- setup ---------------------------------------------------------------------------------- */
@@ -773,6 +852,98 @@ static void test_token_object_after_record(void **st)
     EVP_PKEY_free(dk);
 }
 
+/* ---- fork() while another thread holds a lock ---------------------------------------------------------- */
+
+static void *derive_in_thread(void *arg)
+{
+    EVP_PKEY *dk = device_key();
+    unsigned char spki[1024];
+    size_t n = spki_of(dk, spki);
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv = derive(packages[0].key, "SN-thread", spki, n, NULL, 0, &h);
+    (void)arg;
+    if (rv == CKR_OK)
+        rv = mod->C_DestroyObject(SESSION, h);
+    EVP_PKEY_free(dk);
+    return (void *)(uintptr_t)rv;
+}
+
+static void *read_package_object(void *arg)
+{
+    CK_ULONG v = 0;
+    CK_ATTRIBUTE a = {CKA_GUARDIAN_RELEASE, &v, sizeof(v)};
+    (void)arg;
+    mod->C_GetAttributeValue(SESSION, GUARDIAN_VOBJ_BASE + 1, &a, 1);
+    return (void *)(uintptr_t)CKR_OK;
+}
+
+/* What the child does: initialize again and take the locks' paths. */
+static int child_work(void)
+{
+    EVP_PKEY *dk;
+    unsigned char spki[1024];
+    size_t n;
+    CK_ULONG v = 0;
+    CK_ATTRIBUTE a = {CKA_GUARDIAN_RELEASE, &v, sizeof(v)};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+
+    alarm(CHILD_TIMEOUT); /* a deadlock kills the child: the test fails, not hangs */
+    if (mod->C_Initialize(NULL) != CKR_OK)
+        return 2;
+    h = guardian_package_object_handle(OEM, "SENSOR-1");
+    if (h == CK_INVALID_HANDLE || mod->C_GetAttributeValue(SESSION, h, &a, 1) != CKR_OK || v != 1)
+        return 3;
+    dk = EVP_EC_gen("P-256");
+    n = spki_of(dk, spki);
+    if (derive(packages[0].key, "SN-child", spki, n, NULL, 0, &h) != CKR_OK)
+        return 4;
+    if (mod->C_DestroyObject(SESSION, h) != CKR_OK)
+        return 5;
+    EVP_PKEY_free(dk);
+    return mod->C_Finalize(NULL) == CKR_OK ? 0 : 6;
+}
+
+/* A thread stops at `g` (inside the lock the test is about), the process
+ * forks, the child runs child_work(). */
+static void fork_with_lock_held(struct gate *g, void *(*thread_fn)(void *), const char *lock_name)
+{
+    pthread_t t;
+    pid_t pid;
+    int status = 0;
+    void *ret = NULL;
+
+    gate_close(g);
+    assert_int_equal(pthread_create(&t, NULL, thread_fn, NULL), 0);
+    gate_wait_for_thread(g);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(child_work());
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    gate_open(g);
+    assert_int_equal(pthread_join(t, &ret), 0);
+    assert_int_equal((CK_RV)(uintptr_t)ret, CKR_OK);
+    if (WIFSIGNALED(status))
+        fail_msg("the child %s (signal %d) with the %s held by a parent thread at fork()",
+                 WTERMSIG(status) == SIGALRM ? "deadlocked" : "died", WTERMSIG(status), lock_name);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) != 0)
+        fail_msg("the child failed at step %d", WEXITSTATUS(status));
+}
+
+static void test_fork_with_package_lock_held(void **st)
+{
+    (void)st;
+    fork_with_lock_held(&gate_products, read_package_object, "package objects' lock");
+}
+
+static void test_fork_with_derive_cache_lock_held(void **st)
+{
+    (void)st;
+    fork_with_lock_held(&gate_material, derive_in_thread, "derive cache's lock");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -783,6 +954,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_invisible_until_recorded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_issue_failure_leaves_no_object, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_object_after_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fork_with_package_lock_held, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fork_with_derive_cache_lock_held, setup, teardown),
     };
     return cmocka_run_group_tests_name("derive device certificate", tests, group_setup, group_teardown);
 }
