@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -552,24 +553,36 @@ int guardian_cert_issuer_init(struct guardian_cert_issuer *is, const uint8_t pac
             goto out;
         }
         {
-            unsigned char *pt = NULL;
-            size_t n = EVP_PKEY_get1_encoded_public_key(pub, &pt);
-            if (n == 0 || n > sizeof(is->ca_key)) {
-                OPENSSL_free(pt);
+            /* The point as a device key carries it: uncompressed, 04 || X ||
+             * Y, built from the coordinates.  The certificate may hold it
+             * compressed (or hybrid), and what form an encoding call returns
+             * is not documented (it follows the key's conversion format in
+             * some OpenSSL versions): the is-CA-key test compares points,
+             * not encodings. */
+            BIGNUM *x = NULL, *y = NULL;
+            size_t fl = is->ca_sig_len / 2; /* the field size */
+            int got = EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_EC_PUB_X, &x) == 1 &&
+                      EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_EC_PUB_Y, &y) == 1 &&
+                      1 + 2 * fl <= sizeof(is->ca_key) && BN_bn2binpad(x, is->ca_key + 1, (int)fl) == (int)fl &&
+                      BN_bn2binpad(y, is->ca_key + 1 + fl, (int)fl) == (int)fl;
+            BN_free(x);
+            BN_free(y);
+            if (!got) {
                 ierr(err, errlen, "the production CA's EC point cannot be read");
                 goto out;
             }
-            memcpy(is->ca_key, pt, n);
-            is->ca_key_len = n;
-            OPENSSL_free(pt);
+            is->ca_key[0] = 0x04;
+            is->ca_key_len = 1 + 2 * fl;
         }
     } else if (EVP_PKEY_is_a(pub, "RSA")) {
-        const unsigned char *pk = NULL;
-        int pk_len = 0;
+        /* RSAPublicKey encoded again here, as DER: the same bytes as a
+         * (strictly read) device key with the same modulus and exponent,
+         * whatever the certificate's encoder did. */
+        unsigned char *pk = NULL;
         int bits = EVP_PKEY_get_bits(pub);
-        if (bits < 2048 || bits > 8192 ||
-            !X509_PUBKEY_get0_param(NULL, &pk, &pk_len, NULL, X509_get_X509_PUBKEY(ca)) || pk_len <= 0 ||
-            (size_t)pk_len > sizeof(is->ca_key)) {
+        int pk_len = bits >= 2048 && bits <= 8192 ? i2d_PublicKey(pub, &pk) : 0;
+        if (pk_len <= 0 || (size_t)pk_len > sizeof(is->ca_key)) {
+            OPENSSL_free(pk);
             ierr(err, errlen, "the production CA's RSA key is not 2048..8192 bits");
             goto out;
         }
@@ -580,6 +593,7 @@ int guardian_cert_issuer_init(struct guardian_cert_issuer *is, const uint8_t pac
         is->ca_sig_len = (size_t)(bits + 7) / 8;
         memcpy(is->ca_key, pk, (size_t)pk_len);
         is->ca_key_len = (size_t)pk_len;
+        OPENSSL_free(pk);
     } else {
         ierr(err, errlen, "the production CA's key is neither EC nor RSA");
         goto out;

@@ -88,7 +88,10 @@ struct guardian_cert_issuer {
     size_t device_ext_oid_len;
     uint8_t *fixed_ext;         /* BC, KU, EKU, AKI: Extension DERs back to back */
     size_t fixed_ext_len;
-    uint8_t ca_key[GUARDIAN_DEVKEY_MAX_DER]; /* the CA's public key bits (EC: uncompressed) */
+    /* The CA's public key as a device key would carry it, to refuse a device
+     * key that is the CA's own: EC the uncompressed point (whatever form the
+     * CA certificate uses), RSA the RSAPublicKey DER (one encoding: DER). */
+    uint8_t ca_key[GUARDIAN_DEVKEY_MAX_DER];
     size_t ca_key_len;
     EVP_PKEY *ca_pub;
 };

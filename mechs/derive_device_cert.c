@@ -13,14 +13,17 @@
  * (guardian_store_reserve_block, power-safe, 1, 2, 4, ... up to 256 units at a
  * time), fill the TBSCertificate, hash it here and sign the hash with raw
  * CKM_ECDSA (SoftHSMv2 has no ECDSA-with-hash) or CKM_RSA_PKCS over a
- * DigestInfo, record ISSUE with the certificate (guardian_store_issue), and
- * return a module-held session certificate object (module/cert_objects.c), or
- * a backend token object if the template asks for CKA_TOKEN TRUE.
+ * DigestInfo, make the module-held session certificate object hidden
+ * (module/cert_objects.c), record ISSUE with the certificate
+ * (guardian_store_issue), and only then publish the object and return its
+ * handle; a backend token object (CKA_TOKEN TRUE) is created after the record.
+ * No one can see a certificate whose ISSUE record is not written.
  *
  * Units reserved and not used are given back (RELEASE) at C_Finalize; a killed
  * process leaves them "reserved, not issued": counted, never issued twice.
  */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -49,6 +52,7 @@
 #define DEVICE_TEXT_MAX 64
 #define DEVICE_BINARY_MAX 32
 #define LABEL_MAX 255
+#define ID_MAX 64
 
 struct issuer {
     struct guardian_cert_issuer cb;
@@ -70,69 +74,77 @@ static pid_t cache_pid;
 
 /* ---- parameters ----------------------------------------------------------------- */
 
+/* The device, as checked: every byte copied out of the caller's memory before
+ * it is checked, and only the copies used afterwards.  The caller's buffers
+ * may change under us at any time (another thread of the application): what
+ * goes into the certificate and the audit trail is what was checked. */
 struct device_in {
     uint8_t id[DEVICE_TEXT_MAX];
     size_t id_len;
     char text[2 * DEVICE_BINARY_MAX + 1];
-    struct guardian_device_key key;
+    uint8_t spki[GUARDIAN_DEVKEY_MAX_DER]; /* the SubjectPublicKeyInfo */
+    struct guardian_device_key key;        /* points into spki */
 };
 
 static CK_RV check_params(const CK_MECHANISM *mech, struct device_in *dev)
 {
-    const CK_GUARDIAN_DEVICE_CERT_PARAMS *p;
+    CK_GUARDIAN_DEVICE_CERT_PARAMS p;
+    const uint8_t *spki = NULL;
+    CK_ULONG id_max;
     const char *why = NULL;
     int r;
 
-    if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(*p)) {
+    if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(p)) {
         guardian_error(LOG, "the parameter must be a CK_GUARDIAN_DEVICE_CERT_PARAMS (%zu bytes), got %lu bytes",
-                       sizeof(*p), (unsigned long)mech->ulParameterLen);
+                       sizeof(p), (unsigned long)mech->ulParameterLen);
         return CKR_MECHANISM_PARAM_INVALID;
     }
-    p = mech->pParameter;
-    if (p->version != CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION) {
-        guardian_error(LOG, "parameter version %lu is not supported (this module knows 1)", (unsigned long)p->version);
+    memcpy(&p, mech->pParameter, sizeof(p));
+    if (p.version != CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION) {
+        guardian_error(LOG, "parameter version %lu is not supported (this module knows 1)", (unsigned long)p.version);
         return CKR_MECHANISM_PARAM_INVALID;
     }
-    if ((p->pDeviceId == NULL && p->ulDeviceIdLen != 0) || (p->pPublicKeyInfo == NULL && p->ulPublicKeyInfoLen != 0))
+    if ((p.pDeviceId == NULL && p.ulDeviceIdLen != 0) || (p.pPublicKeyInfo == NULL && p.ulPublicKeyInfoLen != 0))
         return CKR_ARGUMENTS_BAD;
 
-    switch (p->deviceIdFormat) {
-    case CKG_GUARDIAN_DEVICE_ID_TEXT:
-        if (p->ulDeviceIdLen < 1 || p->ulDeviceIdLen > DEVICE_TEXT_MAX) {
-            guardian_error(LOG, "refused: a text device ID has 1..64 characters, got %lu",
-                           (unsigned long)p->ulDeviceIdLen);
-            return CKR_GUARDIAN_DEVICE_ID_INVALID;
-        }
-        for (CK_ULONG i = 0; i < p->ulDeviceIdLen; i++) {
-            if (!guardian_id_char(p->pDeviceId[i])) {
-                guardian_error(LOG, "refused: a text device ID may hold only A-Z a-z 0-9 - . _ : (byte %lu is not)",
-                               (unsigned long)i);
+    switch (p.deviceIdFormat) {
+    case CKG_GUARDIAN_DEVICE_ID_TEXT: id_max = DEVICE_TEXT_MAX; break;
+    case CKG_GUARDIAN_DEVICE_ID_BINARY: id_max = DEVICE_BINARY_MAX; break;
+    default:
+        guardian_error(LOG, "refused: device ID format %lu is unknown (1 text, 2 binary)",
+                       (unsigned long)p.deviceIdFormat);
+        return CKR_GUARDIAN_DEVICE_ID_INVALID;
+    }
+    if (p.ulDeviceIdLen < 1 || p.ulDeviceIdLen > id_max) {
+        guardian_error(LOG, "refused: a %s device ID has 1..%lu %s, got %lu",
+                       id_max == DEVICE_TEXT_MAX ? "text" : "binary", (unsigned long)id_max,
+                       id_max == DEVICE_TEXT_MAX ? "characters" : "bytes", (unsigned long)p.ulDeviceIdLen);
+        return CKR_GUARDIAN_DEVICE_ID_INVALID;
+    }
+    memcpy(dev->id, p.pDeviceId, p.ulDeviceIdLen);
+    dev->id_len = p.ulDeviceIdLen;
+    if (p.deviceIdFormat == CKG_GUARDIAN_DEVICE_ID_TEXT) {
+        for (size_t i = 0; i < dev->id_len; i++) {
+            if (!guardian_id_char(dev->id[i])) {
+                guardian_error(LOG, "refused: a text device ID may hold only A-Z a-z 0-9 - . _ : (byte %zu is not)",
+                               i);
                 return CKR_GUARDIAN_DEVICE_ID_INVALID;
             }
         }
-        memcpy(dev->id, p->pDeviceId, p->ulDeviceIdLen);
-        dev->id_len = p->ulDeviceIdLen;
-        memcpy(dev->text, p->pDeviceId, p->ulDeviceIdLen);
-        dev->text[p->ulDeviceIdLen] = '\0';
-        break;
-    case CKG_GUARDIAN_DEVICE_ID_BINARY:
-        if (p->ulDeviceIdLen < 1 || p->ulDeviceIdLen > DEVICE_BINARY_MAX) {
-            guardian_error(LOG, "refused: a binary device ID has 1..32 bytes, got %lu",
-                           (unsigned long)p->ulDeviceIdLen);
-            return CKR_GUARDIAN_DEVICE_ID_INVALID;
-        }
-        memcpy(dev->id, p->pDeviceId, p->ulDeviceIdLen);
-        dev->id_len = p->ulDeviceIdLen;
-        for (CK_ULONG i = 0; i < p->ulDeviceIdLen; i++)
-            snprintf(dev->text + 2 * i, 3, "%02x", p->pDeviceId[i]);
-        break;
-    default:
-        guardian_error(LOG, "refused: device ID format %lu is unknown (1 text, 2 binary)",
-                       (unsigned long)p->deviceIdFormat);
-        return CKR_GUARDIAN_DEVICE_ID_INVALID;
+        memcpy(dev->text, dev->id, dev->id_len);
+        dev->text[dev->id_len] = '\0';
+    } else {
+        for (size_t i = 0; i < dev->id_len; i++)
+            snprintf(dev->text + 2 * i, 3, "%02x", dev->id[i]);
     }
 
-    r = guardian_device_key_check(p->pPublicKeyInfo, p->ulPublicKeyInfoLen, &dev->key, &why);
+    /* Longer than any key accepted, or empty: not copied; the check refuses
+     * it by its length. */
+    if (p.ulPublicKeyInfoLen > 0 && p.ulPublicKeyInfoLen <= sizeof(dev->spki)) {
+        memcpy(dev->spki, p.pPublicKeyInfo, p.ulPublicKeyInfoLen);
+        spki = dev->spki;
+    }
+    r = guardian_device_key_check(spki, p.ulPublicKeyInfoLen, &dev->key, &why);
     if (r != GUARDIAN_DEVKEY_OK) {
         guardian_error(LOG, "refused: device %s: public key %s: %s", dev->text,
                        r == GUARDIAN_DEVKEY_UNSUPPORTED ? "not supported" : "invalid", why);
@@ -141,9 +153,15 @@ static CK_RV check_params(const CK_MECHANISM *mech, struct device_in *dev)
     return CKR_OK;
 }
 
+/* What the template asks for, copied out of the caller's memory: read once,
+ * so a value cannot change between the check and its use, and an empty value
+ * ({CKA_LABEL, NULL, 0}) is an empty buffer here, never a NULL to memcpy. */
 struct out_template {
     CK_BBOOL token;
-    const CK_ATTRIBUTE *label, *id;
+    bool has_label, has_id;
+    char label[LABEL_MAX + 1]; /* NUL-terminated */
+    uint8_t id[ID_MAX];
+    size_t id_len;
 };
 
 /* The template may name the class and type (the only ones produced), choose
@@ -178,12 +196,18 @@ static CK_RV check_template(const CK_ATTRIBUTE *t, CK_ULONG n, struct out_templa
         case CKA_LABEL:
             if ((a->pValue == NULL && a->ulValueLen != 0) || a->ulValueLen > LABEL_MAX)
                 return CKR_ATTRIBUTE_VALUE_INVALID;
-            o->label = a;
+            if (a->ulValueLen > 0)
+                memcpy(o->label, a->pValue, a->ulValueLen);
+            o->label[a->ulValueLen] = '\0';
+            o->has_label = true;
             break;
         case CKA_ID:
-            if ((a->pValue == NULL && a->ulValueLen != 0) || a->ulValueLen > 64)
+            if ((a->pValue == NULL && a->ulValueLen != 0) || a->ulValueLen > ID_MAX)
                 return CKR_ATTRIBUTE_VALUE_INVALID;
-            o->id = a;
+            if (a->ulValueLen > 0)
+                memcpy(o->id, a->pValue, a->ulValueLen);
+            o->id_len = a->ulValueLen;
+            o->has_id = true;
             break;
         default:
             guardian_error(LOG, "template attribute 0x%lx is not accepted (only CKA_CLASS, CKA_CERTIFICATE_TYPE, "
@@ -303,6 +327,16 @@ static void cache_check_pid_locked(void)
     if (cache_pid != 0)
         n_issuers = 0; /* the parent's memory: left alone, not freed twice */
     cache_pid = pid;
+}
+
+/* The pthread_atfork child handler (through the registry): cache_lock may
+ * have been held by another parent thread, and so may each issuer's lock
+ * (take_serial holds it across a reservation); the child drops the parent's
+ * issuers, as cache_check_pid_locked would, and never takes those. */
+static void derive_atfork_child(void)
+{
+    pthread_mutex_init(&cache_lock, NULL);
+    n_issuers = 0; /* the parent's memory: left alone, not freed twice */
 }
 
 static CK_RV issuer_load(struct guardian_store *st, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
@@ -518,46 +552,46 @@ static void derive_finalize(struct guardian_store *st)
 
 /* ---- the mechanism ----------------------------------------------------------------------------- */
 
-static CK_RV make_object(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const struct out_template *o,
-                         const uint8_t *cert, size_t cert_len, const uint8_t ski[20], const char *default_label,
-                         CK_OBJECT_HANDLE *out)
+/* The certificate object's values: the certificate, its slices, and the
+ * label and ID from the template or the defaults. */
+static CK_RV object_values(const struct out_template *o, const uint8_t *cert, size_t cert_len, const uint8_t ski[20],
+                           const char *default_label, struct guardian_cert_object_value *v)
 {
     struct guardian_cert_slices sl;
-    const void *id = o->id != NULL ? o->id->pValue : ski;
-    size_t id_len = o->id != NULL ? o->id->ulValueLen : 20;
-    char label[LABEL_MAX + 1];
 
-    if (o->label != NULL) {
-        memcpy(label, o->label->pValue, o->label->ulValueLen);
-        label[o->label->ulValueLen] = '\0';
-    } else {
-        snprintf(label, sizeof(label), "%s", default_label);
-    }
     if (!guardian_cert_slices(cert, cert_len, &sl))
         return CKR_GENERAL_ERROR;
-    if (o->token) {
-        CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
-        CK_CERTIFICATE_TYPE ct = CKC_X_509;
-        CK_BBOOL yes = CK_TRUE;
-        CK_ATTRIBUTE t[] = {
-            {CKA_CLASS, &cls, sizeof(cls)},
-            {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
-            {CKA_TOKEN, &yes, sizeof(yes)},
-            {CKA_VALUE, (void *)cert, cert_len},
-            {CKA_SUBJECT, (void *)sl.subject, sl.subject_len},
-            {CKA_ISSUER, (void *)sl.issuer, sl.issuer_len},
-            {CKA_SERIAL_NUMBER, (void *)sl.serial, sl.serial_len},
-            {CKA_ID, (void *)id, id_len},
-            {CKA_LABEL, label, strlen(label)},
-        };
-        return be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
-    }
-    {
-        struct guardian_cert_object_value v = {cert,      cert_len,      sl.subject, sl.subject_len, sl.issuer,
-                                               sl.issuer_len, sl.serial, sl.serial_len, id,       id_len,
-                                               label};
-        return guardian_cert_object_create(session, &v, out);
-    }
+    memset(v, 0, sizeof(*v));
+    v->der = cert, v->der_len = cert_len;
+    v->subject = sl.subject, v->subject_len = sl.subject_len;
+    v->issuer = sl.issuer, v->issuer_len = sl.issuer_len;
+    v->serial = sl.serial, v->serial_len = sl.serial_len;
+    v->id = o->has_id ? o->id : ski;
+    v->id_len = o->has_id ? o->id_len : 20;
+    v->label = o->has_label ? o->label : default_label;
+    return CKR_OK;
+}
+
+/* A token certificate: the backend's object, created only once the ISSUE
+ * record is written (a backend has no hidden objects). */
+static CK_RV token_object_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session,
+                                 const struct guardian_cert_object_value *v, CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE ct = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_VALUE, (void *)v->der, v->der_len},
+        {CKA_SUBJECT, (void *)v->subject, v->subject_len},
+        {CKA_ISSUER, (void *)v->issuer, v->issuer_len},
+        {CKA_SERIAL_NUMBER, (void *)v->serial, v->serial_len},
+        {CKA_ID, (void *)v->id, v->id_len},
+        {CKA_LABEL, (void *)v->label, strlen(v->label)},
+    };
+    return be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
 }
 
 static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
@@ -572,6 +606,8 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
     char default_label[LABEL_MAX + 1];
     unsigned int hl = 0;
     CK_ULONG sig_len = sizeof(sig);
+    struct guardian_cert_object_value v;
+    struct guardian_cert_object *pending = NULL;
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
     uint64_t serial = 0;
     int64_t now = (int64_t)time(NULL);
@@ -586,6 +622,19 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
     rv = check_template(templ, count, &o);
     if (rv != CKR_OK)
         return rv;
+    if (o.token) {
+        /* Refused before a unit is spent: the token object is created only
+         * after the ISSUE record, when a refusal would leave a recorded
+         * certificate without its object. */
+        CK_SESSION_INFO si;
+        rv = be->C_GetSessionInfo(session, &si);
+        if (rv != CKR_OK)
+            return rv;
+        if (!(si.flags & CKF_RW_SESSION)) {
+            guardian_error(LOG, "refused: a token certificate (CKA_TOKEN TRUE) needs a read/write session");
+            return CKR_SESSION_READ_ONLY;
+        }
+    }
     if (base_key == CK_INVALID_HANDLE || (is = proven_issuer(base_key)) == NULL) {
         rv = base_key_issuer(be, st, session, base_key, &is);
         if (rv != CKR_OK)
@@ -640,16 +689,37 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
     }
 
     snprintf(default_label, sizeof(default_label), "device:%s/%s:%s", is->cb.oem_id, is->cb.product_id, dev.text);
-    rv = make_object(be, session, &o, buf, cert_len, ski, default_label, &h);
+    rv = object_values(&o, buf, cert_len, ski, default_label, &v);
     if (rv != CKR_OK)
         goto unused;
-    /* Recorded before the handle leaves: a certificate the caller holds has
-     * its ISSUE record. */
+    /* A session object is made now, hidden, so that running out of objects
+     * or memory is found before the record; no call can see it yet. */
+    if (!o.token) {
+        rv = guardian_cert_object_prepare(session, &v, &pending);
+        if (rv != CKR_OK)
+            goto unused;
+    }
+    /* Recorded before anyone can see the certificate: no other thread finds
+     * or reads the object, and the caller gets no handle, before its ISSUE
+     * record is written. */
     rv = guardian_store_issue(st, is->cb.oem_id, is->cb.product_id, serial, dev.id, dev.id_len, buf, cert_len);
     if (rv != CKR_OK) {
-        be->C_DestroyObject(session, h);
+        guardian_cert_object_discard(pending);
         /* The serial stays reserved, not issued: whether the record reached
          * the disk is unknown, so it is not handed out again. */
+        return rv;
+    }
+    if (o.token)
+        rv = token_object_create(be, session, &v, &h);
+    else
+        rv = guardian_cert_object_publish(pending, &h);
+    if (rv != CKR_OK) {
+        /* Recorded as issued (the certificate is in the audit trail), but no
+         * object holds it: the serial is spent. */
+        guardian_error(LOG, "%s/%s serial %llu for device %s is recorded as issued, but its object could not be "
+                            "created: %s",
+                       is->cb.oem_id, is->cb.product_id, (unsigned long long)serial, dev.text,
+                       guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "vendor CKR");
         return rv;
     }
     guardian_debug(LOG, "issued %s/%s serial %llu to %s", is->cb.oem_id, is->cb.product_id,
@@ -679,4 +749,5 @@ const struct guardian_mech guardian_mech_derive_device_cert = {
     .derive = derive_device_cert,
     .finalize = derive_finalize,
     .forget = derive_forget,
+    .atfork_child = derive_atfork_child,
 };

@@ -56,3 +56,10 @@ void guardian_mechs_forget(CK_OBJECT_HANDLE h)
         if (table[i]->forget != NULL)
             table[i]->forget(h);
 }
+
+void guardian_mechs_atfork_child(void)
+{
+    for (size_t i = 0; i < guardian_mech_count(); i++)
+        if (table[i]->atfork_child != NULL)
+            table[i]->atfork_child();
+}

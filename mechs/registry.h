@@ -48,6 +48,10 @@ struct guardian_mech {
      * a closed session may have invalidated every handle: forget what was
      * cached about them.  Called on those calls' paths: must be cheap. */
     void (*forget)(CK_OBJECT_HANDLE h);
+    /* Optional: in a fork() child (the pthread_atfork child handler, before
+     * anything else runs there): re-initialise the mechanism's locks, which
+     * another parent thread may have held at fork time. */
+    void (*atfork_child)(void);
 };
 
 extern const struct guardian_mech guardian_mech_unwrap_package;
@@ -62,6 +66,8 @@ const struct guardian_mech *guardian_mech_at(size_t i);
 void guardian_mechs_finalize(struct guardian_store *st);
 /* Every mechanism's forget hook. */
 void guardian_mechs_forget(CK_OBJECT_HANDLE h);
+/* Every mechanism's atfork_child hook. */
+void guardian_mechs_atfork_child(void);
 
 /* True when `m` is implemented and every primitive it requires is among the
  * `n` backend mechanisms `available`. */

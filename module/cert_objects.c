@@ -20,6 +20,11 @@
  * covers a forked child: it must call C_Initialize).  Like every session
  * object they are visible to all sessions of the application.
  *
+ * Visibility: an object is made in two steps (guardian_cert_object_prepare,
+ * then _publish or _discard), so the derive mechanism can write the
+ * certificate's ISSUE record in between: a prepared object holds a handle
+ * number that no one else can get, but no call can find it or read it.
+ *
  * Cost on the hot path: none but one relaxed load of guardian_cert_objects_live
  * in C_FindObjectsInit; handles are told apart with one mask compare
  * (guardian_is_module_object).  One mutex guards the tables; it is never held
@@ -42,6 +47,7 @@ struct cobj {
     CK_OBJECT_HANDLE handle;
     CK_SESSION_HANDLE session;
     CK_SLOT_ID slot;
+    unsigned generation; /* of the tables its number was taken from */
     size_t size; /* of this allocation: C_GetObjectSize */
     const unsigned char *value[N_VALUES];
     CK_ULONG len[N_VALUES];
@@ -57,6 +63,7 @@ static uint16_t free_next[MAX_OBJECTS + 1];   /* the FIFO of destroyed numbers *
 static unsigned free_head, free_tail;         /* 0: empty */
 static unsigned fresh = 1;                    /* fresh..MAX_OBJECTS never used yet */
 static struct cobj *live;                     /* head of the list of live objects */
+static unsigned generation;                   /* counts resets: a prepared object from before one is void */
 
 /* ---- numbers and the live list (with the lock held) ------------------------- */
 
@@ -85,18 +92,24 @@ static void link_locked(struct cobj *o)
     atomic_fetch_add(&guardian_cert_objects_live, 1);
 }
 
-/* Take `o` out of the tables; the caller frees it after unlocking. */
-static void unlink_locked(struct cobj *o)
+/* Number `n` goes to the end of the FIFO of destroyed numbers. */
+static void give_back_number_locked(unsigned n)
 {
-    unsigned n = (unsigned)(o->handle & MAX_OBJECTS);
-
-    slots[n] = NULL;
     free_next[n] = 0;
     if (free_tail != 0)
         free_next[free_tail] = (uint16_t)n;
     else
         free_head = n;
     free_tail = n;
+}
+
+/* Take `o` out of the tables; the caller frees it after unlocking. */
+static void unlink_locked(struct cobj *o)
+{
+    unsigned n = (unsigned)(o->handle & MAX_OBJECTS);
+
+    slots[n] = NULL;
+    give_back_number_locked(n);
     if (o->prev != NULL)
         o->prev->next = o->next;
     else
@@ -143,8 +156,14 @@ static void free_chain(struct cobj *o)
 
 /* ---- creating ------------------------------------------------------------------ */
 
-CK_RV guardian_cert_object_create(CK_SESSION_HANDLE session, const struct guardian_cert_object_value *v,
-                                  CK_OBJECT_HANDLE *out)
+/* module.h's name for a prepared object is this file's struct cobj. */
+static struct cobj *prepared(struct guardian_cert_object *p)
+{
+    return (struct cobj *)(void *)p;
+}
+
+CK_RV guardian_cert_object_prepare(CK_SESSION_HANDLE session, const struct guardian_cert_object_value *v,
+                                   struct guardian_cert_object **out)
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     const void *src[N_VALUES];
@@ -194,11 +213,13 @@ CK_RV guardian_cert_object_create(CK_SESSION_HANDLE session, const struct guardi
         memcpy(o->check_value, md, CHECK_VALUE_LEN);
     }
 
+    /* The number is this object's from now on, but it is in no table: no
+     * call can find the object or read it until it is published. */
     pthread_mutex_lock(&lock);
     n = take_number_locked();
     if (n != 0) {
         o->handle = GUARDIAN_COBJ_BASE | n;
-        link_locked(o);
+        o->generation = generation;
     }
     pthread_mutex_unlock(&lock);
     if (n == 0) {
@@ -206,9 +227,54 @@ CK_RV guardian_cert_object_create(CK_SESSION_HANDLE session, const struct guardi
         free(o);
         return CKR_HOST_MEMORY;
     }
-    *out = o->handle;
-    guardian_debug("objects", "certificate object %#lx created in session %lu", *out, session);
+    *out = (struct guardian_cert_object *)(void *)o;
     return CKR_OK;
+}
+
+CK_RV guardian_cert_object_publish(struct guardian_cert_object *p, CK_OBJECT_HANDLE *out)
+{
+    struct cobj *o = prepared(p);
+    int current;
+
+    return_val_if_fail(o != NULL && out != NULL, CKR_ARGUMENTS_BAD);
+    pthread_mutex_lock(&lock);
+    current = o->generation == generation;
+    if (current)
+        link_locked(o);
+    pthread_mutex_unlock(&lock);
+    if (!current) {
+        /* C_Finalize (or C_Initialize) ran meanwhile and ended every
+         * session, this object's too; the tables it was numbered in are gone. */
+        free(o);
+        return CKR_SESSION_HANDLE_INVALID;
+    }
+    *out = o->handle;
+    guardian_debug("objects", "certificate object %#lx created in session %lu", *out, o->session);
+    return CKR_OK;
+}
+
+void guardian_cert_object_discard(struct guardian_cert_object *p)
+{
+    struct cobj *o = prepared(p);
+
+    if (o == NULL)
+        return;
+    pthread_mutex_lock(&lock);
+    if (o->generation == generation)
+        give_back_number_locked((unsigned)(o->handle & MAX_OBJECTS));
+    pthread_mutex_unlock(&lock);
+    free(o);
+}
+
+CK_RV guardian_cert_object_create(CK_SESSION_HANDLE session, const struct guardian_cert_object_value *v,
+                                  CK_OBJECT_HANDLE *out)
+{
+    struct guardian_cert_object *p = NULL;
+    CK_RV rv = guardian_cert_object_prepare(session, v, &p);
+
+    if (rv != CKR_OK)
+        return rv;
+    return guardian_cert_object_publish(p, out);
 }
 
 /* ---- attributes ------------------------------------------------------------------ */
@@ -420,6 +486,7 @@ void guardian_cert_objects_reset(void)
      * (and touch its pages). */
     fresh = 1;
     free_head = free_tail = 0;
+    generation++;
     pthread_mutex_unlock(&lock);
     free_chain(gone);
 }

@@ -165,6 +165,8 @@ static inline int guardian_is_package_object(CK_OBJECT_HANDLE h)
     return (h & ~(CK_OBJECT_HANDLE)0xFFFF) == GUARDIAN_VOBJ_BASE;
 }
 void guardian_package_objects_reset(void);
+/* In a fork child: the lock may have been held by another parent thread. */
+void guardian_package_objects_atfork_child(void);
 /* Non-zero when a search with this template cannot involve package objects
  * (none exists, none of ours is active, looked at the store this second). */
 int guardian_package_objects_idle(const CK_ATTRIBUTE *templ, CK_ULONG count);
@@ -221,6 +223,19 @@ struct guardian_cert_object_value {
  * C_Finalize.  CKR_HOST_MEMORY when the module holds 65,535 already. */
 CK_RV guardian_cert_object_create(CK_SESSION_HANDLE session, const struct guardian_cert_object_value *v,
                                   CK_OBJECT_HANDLE *out);
+
+/* The same in two steps, for a caller that must do something between making
+ * the object and letting anyone see it (the derive mechanism writes the ISSUE
+ * record): _prepare makes the object and reserves its handle, but no call can
+ * find or read it; then exactly one of _publish (it becomes live: *out is its
+ * handle) or _discard (freed, never seen).  _publish fails, freeing the
+ * object, only when C_Finalize or C_Initialize ran in between
+ * (CKR_SESSION_HANDLE_INVALID: every session ended). */
+struct guardian_cert_object;
+CK_RV guardian_cert_object_prepare(CK_SESSION_HANDLE session, const struct guardian_cert_object_value *v,
+                                   struct guardian_cert_object **out);
+CK_RV guardian_cert_object_publish(struct guardian_cert_object *o, CK_OBJECT_HANDLE *out);
+void guardian_cert_object_discard(struct guardian_cert_object *o);
 
 /* How many certificate objects are live: read without a lock on the hot path
  * of C_FindObjectsInit, where 0 keeps the search a tail call to the backend. */

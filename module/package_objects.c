@@ -130,6 +130,12 @@ void guardian_package_objects_reset(void)
     pthread_mutex_unlock(&lock);
 }
 
+void guardian_package_objects_atfork_child(void)
+{
+    /* The objects and searches stay until the child's C_Initialize resets them. */
+    pthread_mutex_init(&lock, NULL);
+}
+
 CK_OBJECT_HANDLE guardian_package_object_handle(const char *oem_id, const char *product_id)
 {
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;

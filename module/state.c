@@ -57,11 +57,14 @@ static void atfork_child(void)
     /* The parent's store handle is the parent's: the store refuses it in a
      * child, and closing it here could disturb the parent's WAL. */
     store = NULL;
-    /* (package_objects.c and cert_objects.c are reset by the child's
-     * C_Initialize; the certificate objects' lock may be held by another
-     * parent thread.) */
+    /* package_objects.c and cert_objects.c are reset by the child's
+     * C_Initialize, the mechanisms' caches on their first use in the child;
+     * but each one's lock may have been held by another parent thread at
+     * fork time, and would then never be unlocked in the child. */
+    guardian_package_objects_atfork_child();
     guardian_cert_objects_atfork_child();
     guardian_policy_atfork_child();
+    guardian_mechs_atfork_child();
     /* The parent may have held the lock in another thread at fork time. */
     pthread_mutex_init(&init_lock, NULL);
 }
