@@ -748,6 +748,14 @@ static int rec_cmp(const void *a, const void *b)
     return x->line < y->line ? -1 : x->line > y->line;
 }
 
+/* A report restricted to one product shows every record of that product's
+ * OEM in clear (all its products: it cannot hide one of them from the OEM)
+ * and redacts only the records of other OEMs. */
+static int outside_scope(const struct vctx *v, const struct rproduct *p)
+{
+    return v->scoped && strcmp(p->oem_id, v->scope_oem) != 0;
+}
+
 static void check_chain(struct vctx *v)
 {
     static const uint8_t zeros[GUARDIAN_HASH_LEN];
@@ -796,9 +804,7 @@ static void check_chain(struct vctx *v)
                     (unsigned long long)r->seq, r->line);
         if (r->type == TYPE_REDACTED && !v->scoped)
             problem(v, "record %llu is redacted in a report of the whole trail", (unsigned long long)r->seq);
-        if (r->type != TYPE_REDACTED && v->scoped &&
-            (strcmp(v->products[r->product].oem_id, v->scope_oem) != 0 ||
-             strcmp(v->products[r->product].product_id, v->scope_product) != 0))
+        if (r->type != TYPE_REDACTED && outside_scope(v, &v->products[r->product]))
             problem(v, "record %llu is of %s, outside the report's scope", (unsigned long long)r->seq,
                     v->products[r->product].name);
     }
@@ -1116,7 +1122,7 @@ static void check_products(struct vctx *v)
     for (size_t i = 0; i < v->n_products; i++) {
         struct rproduct *p = &v->products[i];
         const struct rpkg *k = p->pkg >= 0 ? &v->pkgs[p->pkg] : NULL;
-        int in_scope = !v->scoped || (strcmp(p->oem_id, v->scope_oem) == 0 && strcmp(p->product_id, v->scope_product) == 0);
+        int in_scope = !outside_scope(v, p);
         if (!p->listed) {
             if (k != NULL && in_scope)
                 problem(v, "%s has records but no product line", p->name);
