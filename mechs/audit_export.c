@@ -47,7 +47,7 @@ struct text {
 
 static void text_add(struct text *t, const void *s, size_t n)
 {
-    if (t->rv != CKR_OK)
+    if (t->rv != CKR_OK || n == 0)
         return;
     if (n > t->cap - t->len) {
         size_t cap = t->cap ? t->cap : 65536;
@@ -259,8 +259,12 @@ static CK_RV identity_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 **x, 
         return rv;
     if ((rv = be->C_GetAttributeValue(s, h, &a, 1)) != CKR_OK)
         return rv;
-    if (a.ulValueLen == 0 || a.ulValueLen > 65536 || (a.pValue = malloc(a.ulValueLen)) == NULL)
-        return a.ulValueLen == 0 || a.ulValueLen > 65536 ? CKR_GENERAL_ERROR : CKR_HOST_MEMORY;
+    if (a.ulValueLen == 0 || a.ulValueLen > 65536) {
+        guardian_error(LOG, "refused: the Guardian identity certificate in the token is empty or too large");
+        return CKR_GENERAL_ERROR;
+    }
+    if ((a.pValue = malloc(a.ulValueLen)) == NULL)
+        return CKR_HOST_MEMORY;
     if ((rv = be->C_GetAttributeValue(s, h, &a, 1)) != CKR_OK)
         goto out;
     p = a.pValue;
@@ -282,8 +286,8 @@ out:
 }
 
 /* SHA-256 of the report so far, signed with CKM_ECDSA by the identity key in
- * the backend, as its "signature" line; checked with the certificate's key
- * first, so that a key and a certificate that do not belong together never
+ * the backend, appended as its "signature" line once the certificate's key
+ * verifies it: a key and a certificate that do not belong together never
  * make a report. */
 static CK_RV sign_report(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *cert, struct text *t)
 {
