@@ -234,27 +234,6 @@ X509 *cert_from_object(CK_OBJECT_HANDLE h)
     return x;
 }
 
-/* Sign `tbs` (SHA-256, ECDSA) with the Guardian key inside the token; returns
- * a DER ECDSA-Sig-Value. */
-unsigned char *token_sign(CK_OBJECT_HANDLE key, const unsigned char *tbs, size_t tbs_len, int *sig_len)
-{
-    CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0};
-    unsigned char hash[32], raw[132], *der = NULL;
-    unsigned int hl = 0;
-    CK_ULONG raw_len = sizeof(raw);
-    ECDSA_SIG *sig = ECDSA_SIG_new();
-
-    EVP_Digest(tbs, tbs_len, hash, &hl, EVP_sha256(), NULL);
-    P11(p11->C_SignInit(session, &ecdsa, key));
-    P11(p11->C_Sign(session, hash, hl, raw, &raw_len));
-    if (sig == NULL || raw_len % 2 != 0 ||
-        ECDSA_SIG_set0(sig, BN_bin2bn(raw, (int)raw_len / 2, NULL), BN_bin2bn(raw + raw_len / 2, (int)raw_len / 2, NULL)) != 1)
-        die("cannot encode the signature");
-    *sig_len = i2d_ECDSA_SIG(sig, &der);
-    ECDSA_SIG_free(sig);
-    return der;
-}
-
 static void write_pem_cert(X509 *x, const char *out)
 {
     FILE *f = out ? fopen(out, "w") : stdout;

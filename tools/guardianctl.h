@@ -1,7 +1,8 @@
 /*
  * guardianctl.h — what the guardianctl commands share (guardianctl.c owns it):
  * the module and token opened once per run, errors that end the run, PINs,
- * object lookups and signing with the Guardian's identity key.  One file per
+ * object lookups.  guardianctl signs nothing with the Guardian's identity key:
+ * the module does, for what it built (Guardian requests).  One file per
  * group of commands: guardianctl.c (identity, OEM roots, import, products),
  * ctl_audit.c (audit export), ctl_provision.c (the provisioning run).
  */
@@ -55,9 +56,6 @@ CK_OBJECT_HANDLE find_identity(CK_OBJECT_CLASS cls);
 void fingerprint(X509 *x, char out[65]); /* SHA-256, lowercase hex */
 X509 *read_cert_file(const char *path);  /* PEM or DER; dies otherwise */
 X509 *cert_from_object(CK_OBJECT_HANDLE h);
-/* SHA-256 + ECDSA with the Guardian key inside the token; a DER
- * ECDSA-Sig-Value (OPENSSL_malloc'd) and its length. */
-unsigned char *token_sign(CK_OBJECT_HANDLE key, const unsigned char *tbs, size_t tbs_len, int *sig_len);
 
 /* Commands in their own files. */
 int cmd_audit(int argc, char **argv);     /* ctl_audit.c */

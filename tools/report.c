@@ -1,8 +1,9 @@
 /*
- * report.c — the signed audit report: canonical lines (written by guardianctl
- * audit export) and the strict reader and verifier (guardian-wrap
- * verify-report).  The format, every check and the reasons are in
- * docs/audit-report.md; the audit record and its hash in docs/audit-format.md.
+ * report.c — the signed audit report: the strict reader and verifier
+ * (guardian-wrap verify-report) of the lines that mechs/report_write.c writes
+ * (inside the module, mechs/audit_export.c).  The format, every check and the
+ * reasons are in docs/audit-report.md; the audit record and its hash in
+ * docs/audit-format.md.
  *
  * The reader treats the report as hostile: every line is bounded, printable
  * ASCII, ends with '\n' and must re-format to exactly itself; counts are
@@ -31,129 +32,14 @@
 #define REPORT_PEM_BEGIN "-----BEGIN CERTIFICATE-----"
 #define REPORT_PEM_END "-----END CERTIFICATE-----"
 
-static const char *const type_names[] = {NULL, "IMPORT", "RESERVE", "ISSUE", "RELEASE"};
+/* The writer's names (mechs/report_write.c): one table of record types, one ID
+ * alphabet, one base64 alphabet for both directions. */
+#define type_names report_type_names
 #define TYPE_REDACTED 0
-#define TYPE_MAX GUARDIAN_AUDIT_RELEASE
-
-/* ---- small encoders ------------------------------------------------------------ */
-
-static char *put_hex(char *p, const uint8_t *b, size_t n)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        *p++ = digits[b[i] >> 4];
-        *p++ = digits[b[i] & 15];
-    }
-    *p = '\0';
-    return p;
-}
-
-static int id_safe(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-           c == '-' || c == ':';
-}
-
-/* An ID, percent-encoded: bytes outside [A-Za-z0-9._:-] as %XX (upper case).
- * `out` holds 3 * 64 + 1 bytes.  0 if the ID is empty or longer than 64. */
-static size_t put_id(char *out, const char *id)
-{
-    static const char digits[] = "0123456789ABCDEF";
-    size_t n = strnlen(id, GUARDIAN_ID_MAX + 1);
-    char *p = out;
-    if (n == 0 || n > GUARDIAN_ID_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)id[i];
-        if (id_safe(c)) {
-            *p++ = (char)c;
-        } else {
-            *p++ = '%';
-            *p++ = digits[c >> 4];
-            *p++ = digits[c & 15];
-        }
-    }
-    *p = '\0';
-    return (size_t)(p - out);
-}
-
-static const char b64_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-size_t report_base64(const uint8_t *in, size_t len, char *out, size_t cap)
-{
-    size_t need = (len + 2) / 3 * 4, o = 0;
-    if (cap < need + 1)
-        return 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[o++] = b64_alphabet[(v >> 18) & 63];
-        out[o++] = b64_alphabet[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? b64_alphabet[v & 63] : '=';
-    }
-    out[o] = '\0';
-    return o;
-}
-
-size_t report_format_record(const struct guardian_audit_record *r, char *out, size_t cap)
-{
-    char oem[3 * GUARDIAN_ID_MAX + 1], product[3 * GUARDIAN_ID_MAX + 1];
-    char dev[2 * GUARDIAN_DEVICE_ID_MAX + 1], digest[65], pkg[33], prev[65], hash[65];
-    int n;
-
-    if (r->type < GUARDIAN_AUDIT_IMPORT || r->type > TYPE_MAX || r->device_id_len > GUARDIAN_DEVICE_ID_MAX ||
-        put_id(oem, r->oem_id) == 0 || put_id(product, r->product_id) == 0)
-        return 0;
-    if (r->device_id_len == 0)
-        strcpy(dev, "-");
-    else
-        put_hex(dev, r->device_id, r->device_id_len);
-    put_hex(digest, r->digest, sizeof(r->digest));
-    put_hex(pkg, r->package_id, sizeof(r->package_id));
-    put_hex(prev, r->prev_hash, sizeof(r->prev_hash));
-    put_hex(hash, r->hash, sizeof(r->hash));
-    n = snprintf(out, cap, "record %llu %s %lld %s %s %llu %s %s %s %u %llu %s %s\n", (unsigned long long)r->seq,
-                 type_names[r->type], (long long)r->time, oem, product, (unsigned long long)r->serial, dev, digest,
-                 pkg, r->release_version, (unsigned long long)r->authorised_units, prev, hash);
-    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
-}
-
-size_t report_format_redacted(const struct guardian_audit_record *r, char *out, size_t cap)
-{
-    char prev[65], hash[65];
-    int n;
-    put_hex(prev, r->prev_hash, sizeof(r->prev_hash));
-    put_hex(hash, r->hash, sizeof(r->hash));
-    n = snprintf(out, cap, "redacted %llu %s %s\n", (unsigned long long)r->seq, prev, hash);
-    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
-}
-
-size_t report_format_product(const struct guardian_product *p, char *out, size_t cap)
-{
-    char oem[3 * GUARDIAN_ID_MAX + 1], product[3 * GUARDIAN_ID_MAX + 1], pkg[33];
-    int n;
-    if (put_id(oem, p->oem_id) == 0 || put_id(product, p->product_id) == 0)
-        return 0;
-    put_hex(pkg, p->package_id, sizeof(p->package_id));
-    n = snprintf(out, cap, "product %s %s %u %s %llu %llu %llu\n", oem, product, p->release_version, pkg,
-                 (unsigned long long)p->authorised_units, (unsigned long long)p->issued_units,
-                 (unsigned long long)p->next_serial);
-    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
-}
-
-size_t report_format_scope(const char *oem_id, const char *product_id, char *out, size_t cap)
-{
-    char oem[3 * GUARDIAN_ID_MAX + 1], product[3 * GUARDIAN_ID_MAX + 1];
-    int n;
-    if (put_id(oem, oem_id) == 0 || put_id(product, product_id) == 0)
-        return 0;
-    n = snprintf(out, cap, "%s/%s", oem, product);
-    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
-}
+#define TYPE_MAX REPORT_TYPE_MAX
+#define put_hex report_hex
+#define id_safe report_id_char
+#define b64_alphabet report_base64_alphabet
 
 /* ---- strict decoders (canonical form is checked by re-formatting) ---------------- */
 
@@ -862,6 +748,14 @@ static int rec_cmp(const void *a, const void *b)
     return x->line < y->line ? -1 : x->line > y->line;
 }
 
+/* A report restricted to one product shows every record of that product's
+ * OEM in clear (all its products: it cannot hide one of them from the OEM)
+ * and redacts only the records of other OEMs. */
+static int outside_scope(const struct vctx *v, const struct rproduct *p)
+{
+    return v->scoped && strcmp(p->oem_id, v->scope_oem) != 0;
+}
+
 static void check_chain(struct vctx *v)
 {
     static const uint8_t zeros[GUARDIAN_HASH_LEN];
@@ -910,9 +804,7 @@ static void check_chain(struct vctx *v)
                     (unsigned long long)r->seq, r->line);
         if (r->type == TYPE_REDACTED && !v->scoped)
             problem(v, "record %llu is redacted in a report of the whole trail", (unsigned long long)r->seq);
-        if (r->type != TYPE_REDACTED && v->scoped &&
-            (strcmp(v->products[r->product].oem_id, v->scope_oem) != 0 ||
-             strcmp(v->products[r->product].product_id, v->scope_product) != 0))
+        if (r->type != TYPE_REDACTED && outside_scope(v, &v->products[r->product]))
             problem(v, "record %llu is of %s, outside the report's scope", (unsigned long long)r->seq,
                     v->products[r->product].name);
     }
@@ -1230,7 +1122,7 @@ static void check_products(struct vctx *v)
     for (size_t i = 0; i < v->n_products; i++) {
         struct rproduct *p = &v->products[i];
         const struct rpkg *k = p->pkg >= 0 ? &v->pkgs[p->pkg] : NULL;
-        int in_scope = !v->scoped || (strcmp(p->oem_id, v->scope_oem) == 0 && strcmp(p->product_id, v->scope_product) == 0);
+        int in_scope = !outside_scope(v, p);
         if (!p->listed) {
             if (k != NULL && in_scope)
                 problem(v, "%s has records but no product line", p->name);

@@ -1,12 +1,14 @@
 /*
- * report.h — the signed audit report (docs/audit-report.md): its canonical
- * lines, written by `guardianctl audit export` and read back, strictly, by
- * `guardian-wrap verify-report` on the OEM's side.  One file owns both
- * directions so that there is exactly one way to write a line: the reader
- * parses a line, formats what it parsed and refuses the line unless the two
- * are byte for byte the same.
+ * report.h — the signed audit report (docs/audit-report.md), read back,
+ * strictly, by `guardian-wrap verify-report` on the OEM's side.  The lines are
+ * written inside the module (mechs/audit_export.c) by mechs/report_write.c,
+ * which this reader compiles too, so that there is exactly one way to write a
+ * line: the reader parses a line, formats what it parsed with the writer and
+ * refuses the line unless the two are byte for byte the same.
  *
- * Needs libcrypto and store/audit.c (record hashes) only: no SQLite, no module.
+ * Needs libcrypto, mechs/report_write.c and store/audit.c (record hashes)
+ * only: no SQLite, no module.
+ *
  * The reader is a fuzz target (tests/fuzz/fuzz_report.c): it treats the report
  * as hostile input, with limits on size, line length and counts.
  */
@@ -19,29 +21,15 @@
 
 #include <openssl/x509.h>
 
+#include "report_write.h" /* the lines, written: mechs/report_write.c */
 #include "store.h"
 
-#define REPORT_MAGIC "GUARDIAN AUDIT REPORT 1"
 #define REPORT_MAX_BYTES ((size_t)1 << 31)  /* 2 GiB */
 #define REPORT_MAX_LINE 24576               /* a 16 KiB certificate in base64, and its prefix */
 #define REPORT_MAX_RECORDS ((size_t)1 << 21) /* about a million certificates per report */
 #define REPORT_MAX_PRODUCTS 1024
 #define REPORT_MAX_PACKAGES 4096
 #define REPORT_MAX_PEM_LINES 256             /* the Guardian certificate: 16 KiB */
-
-/* ---- writing (guardianctl audit export) ------------------------------------ */
-
-/* One canonical line, with its '\n'; the length written, or 0 if `cap` is too
- * small or the record cannot be written (an ID of 0 or more than 64 bytes). */
-size_t report_format_record(const struct guardian_audit_record *r, char *out, size_t cap);
-/* A record of another product in a report restricted to one product. */
-size_t report_format_redacted(const struct guardian_audit_record *r, char *out, size_t cap);
-size_t report_format_product(const struct guardian_product *p, char *out, size_t cap);
-/* "OEM/PRODUCT" with each ID percent-encoded as in a record line. */
-size_t report_format_scope(const char *oem_id, const char *product_id, char *out, size_t cap);
-/* Standard base64 with padding, no line breaks; NUL-terminated; the length of
- * the text, or 0 if `cap` < 4 * ceil(len / 3) + 1. */
-size_t report_base64(const uint8_t *in, size_t len, char *out, size_t cap);
 
 /* Parses one record line (without its '\n') strictly: NULL on success, else
  * why not.  `dev_hex`, if not NULL, points at the device ID's hex (or NULL). */

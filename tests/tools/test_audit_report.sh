@@ -72,11 +72,14 @@ grep -q '^certificate ' report.txt && {
         openssl verify -CAfile root.pem -untrusted ca.pem dev.pem
 }
 
-# Restricted to one product: the whole chain, other products' records redacted.
-expect "export --product" 0 "exported 26 records \(head 26, 5 of them redacted\), 8 certificates" -- \
+# Restricted to one product: the whole chain; every record of the product's
+# OEM in clear (OTHER-2 is ACME's too: an export for ACME cannot hide it),
+# other OEMs' records redacted (below, once BETA has some).
+expect "export --product" 0 "exported 26 records \(head 26, 0 of them redacted\), 10 certificates" -- \
     "$CTL" audit export --product ACME/SENSOR-1 --out sensor.txt
 expect "verify the restricted report" 0 "^OK$" -- verify sensor.txt "${V[@]}" --package s1r1.gpk
-grep -q 'OTHER-2' sensor.txt && ko "restricted report names another product" || ok "restricted report hides OTHER-2"
+grep -q '^scope ACME/SENSOR-1$' sensor.txt && grep -q '^product ACME OTHER-2 ' sensor.txt &&
+    ok "restricted report shows the OEM's other product" || ko "restricted report hides ACME/OTHER-2"
 expect "export --product unknown" 1 "no product ACME/NOPE" -- "$CTL" audit export --product ACME/NOPE
 
 # ---- tampering -------------------------------------------------------------------------
@@ -168,6 +171,31 @@ expect "--previous: a rewritten, re-signed trail does not extend the earlier rep
     verify rewritten.txt --guardian fake.pem --ca-chain ca.pem --root root.pem --previous prevfake.txt
 expect "--previous: an earlier report from another Guardian is refused" 1 "is not signed by this Guardian" -- \
     verify report.txt "${V[@]}" --previous prevfake.txt
+
+# ---- another OEM: its records are the only ones a restricted report redacts ---------------
+mkdir beta && (cd beta && oem_pki 2>/dev/null)
+"$CTL" enroll-oem beta/root.pem --oem-id BETA --yes >/dev/null 2>&1 || ko "enroll-oem BETA"
+"$W" create --guardian-cert guardian.pem --signer-key beta/signer.key --signer-cert beta/signer.pem \
+    --ca-key beta/ca.key --ca-cert beta/ca.pem --ca-chain beta/root.pem --oem-id BETA --product-id GADGET \
+    --release 1 --units 4 --not-after +30 --out beta.gpk >/dev/null || ko "guardian-wrap create beta.gpk"
+"$CTL" import beta.gpk >/dev/null || ko "import beta.gpk"
+"$FIX" issue state beta/ca.key beta/ca.pem BETA GADGET 2 0 0 >/dev/null || ko "issue BETA/GADGET"
+expect "export --product: another OEM's records redacted" 0 \
+    "exported 31 records \(head 31, 5 of them redacted\), 10 certificates" -- \
+    "$CTL" audit export --product ACME/SENSOR-1 --out acme.txt
+expect "verify the ACME report" 0 "^OK$" -- verify acme.txt "${V[@]}" --package s1r1.gpk --package s1r2.gpk
+grep -q 'BETA\|GADGET' acme.txt && ko "ACME's report names BETA" || ok "ACME's report hides BETA"
+expect "export --product for BETA" 0 "exported 31 records \(head 31, 26 of them redacted\), 2 certificates" -- \
+    "$CTL" audit export --product BETA/GADGET --out beta.txt
+expect "verify the BETA report" 0 "BETA/GADGET release 1 .*issued 2, .*certificates verified 2/2" -- \
+    verify beta.txt --guardian guardian.pem --ca-chain beta/ca.pem --root beta/root.pem --package beta.gpk
+grep -q 'ACME\|SENSOR-1' beta.txt && ko "BETA's report names ACME" || ok "BETA's report hides ACME"
+# A restricted report that shows another OEM's record in clear is refused.
+awk 'FNR == NR { if ($1 == "record" && $5 == "BETA") clear[$2] = $0; next }
+     $1 == "redacted" && ($2 in clear) && !done { print clear[$2]; done = 1; next } { print }' \
+    beta.txt acme.txt >acme-leak.txt
+expect "a restricted report with another OEM's record in clear" 1 "record [0-9]+ is of BETA/GADGET, outside the report's scope" -- \
+    verify acme-leak.txt "${V[@]}"
 
 # ---- the real pipeline, when guardianctl has provision -----------------------------------
 # Certificates made by the module's derive mechanism (CKM_GUARDIAN_DERIVE_DEVICE_CERT)

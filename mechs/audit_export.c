@@ -1,0 +1,417 @@
+/*
+ * audit_export.c — CKG_GUARDIAN_REQ_AUDIT_EXPORT: the signed audit report
+ * (docs/audit-report.md), built inside the module from the store and signed
+ * in the backend by the Guardian identity key.
+ *
+ * Why here.  The identity key signs only what the Guardian itself wrote: a
+ * caller cannot have it sign chosen bytes (an old report re-dated, a trail
+ * rewritten) because the policy (module/policy.c) refuses every standard call
+ * with the key, and this request takes no bytes from the caller — only, for a
+ * restricted report, the product to restrict it to.
+ *
+ * Scope.  A report restricted to one product shows every record of that
+ * product's OEM in clear (all its products, with their certificates and
+ * product lines), and redacts only the records of other OEMs: an export made
+ * for an OEM cannot hide any of that OEM's records from it.
+ *
+ * The report is a session CKO_DATA object of the caller's session (private,
+ * not modifiable, label "guardian-output:audit-report", CKA_VALUE = the
+ * report): the caller reads it and destroys it, nothing else (policy.c).
+ */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "identity.h"
+#include "module.h"
+#include "report_write.h"
+#include "request.h"
+#include "store.h"
+/* after module.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+#define LOG "audit"
+#define EXPORT_ATTEMPTS 5
+
+/* A growing text; `rv` is sticky: the first failure ends the build. */
+struct text {
+    char *p;
+    size_t len, cap;
+    CK_RV rv;
+};
+
+static void text_add(struct text *t, const void *s, size_t n)
+{
+    if (t->rv != CKR_OK || n == 0)
+        return;
+    if (n > t->cap - t->len) {
+        size_t cap = t->cap ? t->cap : 65536;
+        char *p;
+        while (cap - t->len < n) {
+            if (cap > SIZE_MAX / 2) {
+                t->rv = CKR_HOST_MEMORY;
+                return;
+            }
+            cap *= 2;
+        }
+        p = realloc(t->p, cap);
+        if (p == NULL) {
+            t->rv = CKR_HOST_MEMORY;
+            return;
+        }
+        t->p = p;
+        t->cap = cap;
+    }
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
+}
+
+/* One formatted line; `len` 0 means the writer could not write it. */
+static void text_line(struct text *t, const char *line, size_t len, const char *what)
+{
+    if (t->rv == CKR_OK && len == 0) {
+        guardian_error(LOG, "cannot write %s into the report (a field the format cannot carry)", what);
+        t->rv = CKR_GENERAL_ERROR;
+    }
+    text_add(t, line, len);
+}
+
+struct issued {
+    uint64_t seq, serial;
+    char oem_id[GUARDIAN_ID_MAX + 1], product_id[GUARDIAN_ID_MAX + 1];
+};
+
+struct export {
+    char oem_id[GUARDIAN_ID_MAX + 1], product_id[GUARDIAN_ID_MAX + 1];
+    int scoped;
+    struct text *into; /* where the callbacks write */
+    struct guardian_audit_record last;
+    struct issued *issued; /* the in-clear ISSUE records, in order */
+    size_t n_issued, cap_issued;
+};
+
+static int in_scope(const struct export *e, const char *oem_id)
+{
+    return !e->scoped || strcmp(oem_id, e->oem_id) == 0;
+}
+
+static CK_RV product_line(const struct guardian_product *p, void *ctx)
+{
+    struct export *e = ctx;
+    char line[1024];
+    if (in_scope(e, p->oem_id))
+        text_line(e->into, line, report_format_product(p, line, sizeof(line)), "a product line");
+    return e->into->rv;
+}
+
+static CK_RV record_line(const struct guardian_audit_record *r, void *ctx)
+{
+    struct export *e = ctx;
+    char line[2048];
+    struct issued *i;
+
+    e->last = *r;
+    if (!in_scope(e, r->oem_id)) {
+        text_line(e->into, line, report_format_redacted(r, line, sizeof(line)), "a redacted record");
+        return e->into->rv;
+    }
+    text_line(e->into, line, report_format_record(r, line, sizeof(line)), "a record");
+    if (e->into->rv != CKR_OK || r->type != GUARDIAN_AUDIT_ISSUE)
+        return e->into->rv;
+    if (e->n_issued == e->cap_issued) {
+        size_t cap = e->cap_issued ? 2 * e->cap_issued : 1024;
+        struct issued *p = realloc(e->issued, cap * sizeof(*p));
+        if (p == NULL)
+            return CKR_HOST_MEMORY;
+        e->issued = p;
+        e->cap_issued = cap;
+    }
+    i = &e->issued[e->n_issued++];
+    i->seq = r->seq;
+    i->serial = r->serial;
+    memcpy(i->oem_id, r->oem_id, sizeof(i->oem_id));
+    memcpy(i->product_id, r->product_id, sizeof(i->product_id));
+    return CKR_OK;
+}
+
+static CK_RV read_products(struct guardian_store *st, struct export *e, struct text *t)
+{
+    CK_RV rv;
+    t->len = 0;
+    e->into = t;
+    rv = guardian_store_products_each(st, product_line, e);
+    return rv != CKR_OK ? rv : t->rv;
+}
+
+/* Products, then the trail, then the products again into `body`: the counters
+ * and the trail agree only if no unit was reserved or released in between, so
+ * a read that overlapped production is done again. */
+static CK_RV read_consistent(struct guardian_store *st, struct export *e, struct text *body)
+{
+    struct text before = {0}, after = {0};
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    for (int attempt = 0; attempt < EXPORT_ATTEMPTS; attempt++) {
+        if (attempt > 0) {
+            struct timespec pause = {1, 0};
+            guardian_warn(LOG, "production changed the counters during the export; reading again");
+            nanosleep(&pause, NULL);
+        }
+        if ((rv = read_products(st, e, &before)) != CKR_OK)
+            goto out;
+        body->len = 0;
+        text_add(body, before.p, before.len);
+        memset(&e->last, 0, sizeof(e->last));
+        e->n_issued = 0;
+        e->into = body;
+        rv = guardian_store_audit_each(st, record_line, e);
+        if (rv == CKR_OK)
+            rv = body->rv;
+        if (rv == CKR_GUARDIAN_AUDIT_CORRUPT) {
+            guardian_error(LOG, "the audit trail is corrupt (the line above names the record): not exported; keep "
+                                "guardian.db as it is and tell the OEM");
+            goto out;
+        }
+        if (rv != CKR_OK)
+            goto out;
+        if ((rv = read_products(st, e, &after)) != CKR_OK)
+            goto out;
+        if (after.len == before.len && memcmp(after.p, before.p, before.len) == 0)
+            goto out;
+    }
+    guardian_error(LOG, "refused: production kept changing the counters during %d attempts; export when the line "
+                        "pauses",
+                   EXPORT_ATTEMPTS);
+    rv = CKR_FUNCTION_FAILED;
+out:
+    free(before.p);
+    free(after.p);
+    return rv;
+}
+
+/* The certificates of the in-clear ISSUE records, in record order. */
+static CK_RV certificate_lines(struct guardian_store *st, const struct export *e, struct text *t)
+{
+    char *line = malloc(GUARDIAN_CERT_MAX / 3 * 4 + 64);
+    size_t missing = 0;
+    CK_RV rv = CKR_HOST_MEMORY;
+
+    if (line == NULL)
+        return rv;
+    for (size_t i = 0; i < e->n_issued && t->rv == CKR_OK; i++) {
+        uint8_t *der = NULL;
+        size_t der_len = 0;
+        rv = guardian_store_certificate_get(st, e->issued[i].oem_id, e->issued[i].product_id, e->issued[i].serial,
+                                            &der, &der_len);
+        if (rv != CKR_OK) {
+            guardian_error(LOG, "cannot read the certificate of serial %llu of %s/%s",
+                           (unsigned long long)e->issued[i].serial, e->issued[i].oem_id, e->issued[i].product_id);
+            goto out;
+        }
+        if (der == NULL || der_len > GUARDIAN_CERT_MAX)
+            missing++;
+        else
+            text_line(t, line, report_format_certificate(e->issued[i].seq, der, der_len, line,
+                                                         GUARDIAN_CERT_MAX / 3 * 4 + 64),
+                      "a certificate");
+        free(der);
+    }
+    if (missing > 0)
+        guardian_warn(LOG, "%zu issued certificates were not recorded in the store; the report lacks them and will "
+                           "not verify",
+                      missing);
+    rv = t->rv;
+out:
+    free(line);
+    return rv;
+}
+
+/* The one identity object of `cls` (identity.c finds it). */
+static CK_RV find_identity(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out)
+{
+    CK_RV rv = guardian_identity_find(be, s, cls, out);
+    if (rv == CKR_OK && *out == CK_INVALID_HANDLE) {
+        guardian_error(LOG, "refused: the token has no Guardian identity %s (CKA_ID \"" GUARDIAN_IDENTITY_ID
+                            "\"); initialise the Guardian first",
+                       cls == CKO_PRIVATE_KEY ? "key" : "certificate");
+        rv = CKR_KEY_HANDLE_INVALID;
+    }
+    return rv;
+}
+
+/* The identity certificate from the token, and its PEM as OpenSSL writes it. */
+static CK_RV identity_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 **x, struct text *pem)
+{
+    CK_OBJECT_HANDLE h;
+    CK_ATTRIBUTE a = {CKA_VALUE, NULL, 0};
+    const unsigned char *p;
+    BIO *bio = NULL;
+    char *data;
+    long data_len;
+    CK_RV rv = find_identity(be, s, CKO_CERTIFICATE, &h);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((rv = be->C_GetAttributeValue(s, h, &a, 1)) != CKR_OK)
+        return rv;
+    if (a.ulValueLen == 0 || a.ulValueLen > 65536) {
+        guardian_error(LOG, "refused: the Guardian identity certificate in the token is empty or too large");
+        return CKR_GENERAL_ERROR;
+    }
+    if ((a.pValue = malloc(a.ulValueLen)) == NULL)
+        return CKR_HOST_MEMORY;
+    if ((rv = be->C_GetAttributeValue(s, h, &a, 1)) != CKR_OK)
+        goto out;
+    p = a.pValue;
+    *x = d2i_X509(NULL, &p, (long)a.ulValueLen);
+    rv = CKR_GENERAL_ERROR;
+    if (*x == NULL) {
+        guardian_error(LOG, "refused: the Guardian identity certificate in the token does not parse");
+        goto out;
+    }
+    bio = BIO_new(BIO_s_mem());
+    if (bio == NULL || !PEM_write_bio_X509(bio, *x) || (data_len = BIO_get_mem_data(bio, &data)) <= 0)
+        goto out;
+    text_add(pem, data, (size_t)data_len);
+    rv = pem->rv;
+out:
+    BIO_free(bio);
+    free(a.pValue);
+    return rv;
+}
+
+/* SHA-256 of the report so far, signed with CKM_ECDSA by the identity key in
+ * the backend, appended as its "signature" line once the certificate's key
+ * verifies it: a key and a certificate that do not belong together never
+ * make a report. */
+static CK_RV sign_report(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *cert, struct text *t)
+{
+    CK_OBJECT_HANDLE key;
+    uint8_t *der = NULL;
+    int der_len = 0;
+    EVP_MD_CTX *md = NULL;
+    char line[512];
+    CK_RV rv = find_identity(be, s, CKO_PRIVATE_KEY, &key);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((rv = guardian_identity_sign(be, s, key, (const uint8_t *)t->p, t->len, &der, &der_len)) != CKR_OK)
+        goto out;
+    rv = CKR_GENERAL_ERROR;
+    md = EVP_MD_CTX_new();
+    if (md == NULL || EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, X509_get0_pubkey(cert)) != 1 ||
+        EVP_DigestVerify(md, der, (size_t)der_len, (const uint8_t *)t->p, t->len) != 1) {
+        guardian_error(LOG, "refused: the identity key's signature does not verify with the identity certificate "
+                            "(they do not belong together)");
+        goto out;
+    }
+    text_line(t, line, report_format_signature(der, (size_t)der_len, line, sizeof(line)), "the signature");
+    rv = t->rv;
+out:
+    EVP_MD_CTX_free(md);
+    OPENSSL_free(der);
+    return rv;
+}
+
+/* An optional ID attribute into `out`: 1..64 bytes, no NUL. */
+static CK_RV scope_id(const CK_ATTRIBUTE *a, const char *name, char out[GUARDIAN_ID_MAX + 1])
+{
+    if (a->pValue == NULL || a->ulValueLen == 0 || a->ulValueLen > GUARDIAN_ID_MAX ||
+        memchr(a->pValue, 0, a->ulValueLen) != NULL) {
+        guardian_error(LOG, "refused: %s must be 1..%d bytes without NUL", name, GUARDIAN_ID_MAX);
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    }
+    memcpy(out, a->pValue, a->ulValueLen);
+    out[a->ulValueLen] = '\0';
+    return CKR_OK;
+}
+
+static CK_RV audit_export(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                          const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
+{
+    const CK_ATTRIBUTE *oem = guardian_request_attr(rq, CKA_GUARDIAN_OEM_ID);
+    const CK_ATTRIBUTE *product = guardian_request_attr(rq, CKA_GUARDIAN_PRODUCT_ID);
+    static const uint8_t zeros[GUARDIAN_HASH_LEN];
+    struct export e;
+    struct text report = {0}, body = {0}, pem = {0};
+    CK_SESSION_HANDLE work = CK_INVALID_HANDLE;
+    CK_SESSION_INFO si;
+    X509 *cert = NULL;
+    char header[1024];
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    memset(&e, 0, sizeof(e));
+    if ((oem == NULL) != (product == NULL)) {
+        guardian_error(LOG, "refused: a restricted export needs both CKA_GUARDIAN_OEM_ID and "
+                            "CKA_GUARDIAN_PRODUCT_ID (neither: the whole trail)");
+        return CKR_GUARDIAN_REQUEST_INVALID;
+    }
+    if (oem != NULL) {
+        struct guardian_product p;
+        if ((rv = scope_id(oem, "CKA_GUARDIAN_OEM_ID", e.oem_id)) != CKR_OK ||
+            (rv = scope_id(product, "CKA_GUARDIAN_PRODUCT_ID", e.product_id)) != CKR_OK)
+            return rv;
+        rv = guardian_store_product_get(st, e.oem_id, e.product_id, &p);
+        if (rv == CKR_GUARDIAN_PRODUCT_UNKNOWN)
+            guardian_error(LOG, "refused: no product %s/%s in this Guardian", e.oem_id, e.product_id);
+        if (rv != CKR_OK)
+            return rv;
+        e.scoped = 1;
+    }
+
+    /* The identity is looked up, and the report signed, in a session of our
+     * own on the caller's slot (logged in as the caller's is): the caller's
+     * searches and operations in progress are left alone. */
+    if ((rv = be->C_GetSessionInfo(session, &si)) != CKR_OK ||
+        (rv = be->C_OpenSession(si.slotID, CKF_SERIAL_SESSION, NULL, NULL, &work)) != CKR_OK)
+        goto out;
+    if ((rv = identity_cert(be, work, &cert, &pem)) != CKR_OK)
+        goto out;
+
+    /* This process's issue journal first, so that its issued units are in the trail. */
+    if ((rv = guardian_store_flush(st)) != CKR_OK)
+        goto out;
+    if ((rv = read_consistent(st, &e, &body)) != CKR_OK)
+        goto out;
+    text_line(&report, header,
+              report_format_header((int64_t)time(NULL), e.scoped ? e.oem_id : NULL, e.product_id, e.last.seq,
+                                   e.last.seq ? e.last.hash : zeros, header, sizeof(header)),
+              "the header");
+    text_add(&report, pem.p, pem.len);
+    text_add(&report, body.p, body.len);
+    if ((rv = certificate_lines(st, &e, &report)) != CKR_OK)
+        goto out;
+    if ((rv = sign_report(be, work, cert, &report)) != CKR_OK)
+        goto out;
+    if ((rv = guardian_output_create(be, session, "audit-report", (const uint8_t *)report.p, report.len, out)) !=
+        CKR_OK)
+        goto out;
+    guardian_info(LOG, "exported the audit report (head %llu, scope %s%s%s, %zu bytes)",
+                  (unsigned long long)e.last.seq, e.scoped ? e.oem_id : "all", e.scoped ? "/" : "",
+                  e.scoped ? e.product_id : "", report.len);
+out:
+    if (work != CK_INVALID_HANDLE)
+        be->C_CloseSession(work);
+    X509_free(cert);
+    free(report.p);
+    free(body.p);
+    free(pem.p);
+    free(e.issued);
+    return rv;
+}
+
+static const CK_ATTRIBUTE_TYPE attributes[] = {CKA_GUARDIAN_OEM_ID, CKA_GUARDIAN_PRODUCT_ID};
+
+const struct guardian_request_type guardian_request_audit_export = {
+    .type = CKG_GUARDIAN_REQ_AUDIT_EXPORT,
+    .name = "CKG_GUARDIAN_REQ_AUDIT_EXPORT",
+    .session = GUARDIAN_REQUEST_USER,
+    .attributes = attributes,
+    .n_attributes = sizeof(attributes) / sizeof(attributes[0]),
+    .run = audit_export,
+};
