@@ -27,6 +27,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "anchor.h"
 #include "identity.h"
 #include "module.h"
 #include "report_write.h"
@@ -373,6 +374,10 @@ static CK_RV audit_export(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SE
     if ((rv = identity_cert(be, work, &cert, &pem)) != CKR_OK)
         goto out;
 
+    /* A store behind the token's anchor (a restored backup) is not the
+     * Guardian's state: it is not reported as such. */
+    if ((rv = guardian_anchor_check(be, work, st)) != CKR_OK)
+        goto out;
     /* This process's issue journal first, so that its issued units are in the trail. */
     if ((rv = guardian_store_flush(st)) != CKR_OK)
         goto out;

@@ -74,8 +74,11 @@ static void find_package(struct run *r)
     CK_ATTRIBUTE a[] = {{CKA_GUARDIAN_PACKAGE_ID, r->package_id, sizeof(r->package_id)},
                         {CKA_GUARDIAN_REMAINING_UNITS, &remaining, sizeof(remaining)}};
 
-    if (find_all(t, 3, &h, 1) != 1)
+    if (find_all(t, 3, &h, 1) != 1) {
+        /* A store behind the token's anchor knows no product: say that. */
+        guardian_store_close(open_store());
         die("product %s/%s is not installed ('" PROG " products' lists what is)", r->oem, r->product);
+    }
     P11(p11->C_GetAttributeValue(session, h, a, 2));
     if (!r->quiet)
         printf("%s/%s: %lu units remaining\n", r->oem, r->product, (unsigned long)remaining);

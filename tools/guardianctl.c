@@ -655,6 +655,37 @@ static CK_RV print_product(const struct guardian_product *p, void *ctx)
     return CKR_OK;
 }
 
+/* With the user logged in, the store read here must not be behind the token's
+ * state anchor (a restored backup, a deleted guardian.db, another state
+ * directory): say so now rather than report a product as not installed. */
+static void check_anchor(struct guardian_store *st, const char *dir)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, sizeof(yes)},
+                        {CKA_LABEL, (void *)GUARDIAN_ANCHOR_LABEL, sizeof(GUARDIAN_ANCHOR_LABEL) - 1}};
+    CK_OBJECT_HANDLE h[2];
+    CK_SESSION_INFO si;
+    CK_ULONG n, len;
+    unsigned char *value;
+    int newer = 0;
+    CK_RV rv;
+    if (p11 == NULL || p11->C_GetSessionInfo(session, &si) != CKR_OK ||
+        (si.state != CKS_RO_USER_FUNCTIONS && si.state != CKS_RW_USER_FUNCTIONS))
+        return;
+    n = find_all(t, 3, h, 2);
+    if (n == 0)
+        return; /* the module anchors the store at its first operation */
+    value = get_attr(h[n - 1], CKA_VALUE, &len);
+    rv = guardian_store_anchor_check(st, value, len, &newer);
+    free(value);
+    if (rv == CKR_GUARDIAN_STATE_ROLLBACK)
+        die("the Guardian state in %s is older than the token's anchor (CKR_GUARDIAN_STATE_ROLLBACK): a restored "
+            "backup, a deleted or swapped guardian.db, or another state directory; put the Guardian's current state "
+            "back, nothing is granted from this one",
+            dir);
+}
+
 struct guardian_store *open_store(void)
 {
     struct guardian_config cfg;
@@ -667,6 +698,7 @@ struct guardian_store *open_store(void)
     rv = guardian_store_open(cfg.state_dir, &st);
     if (rv != CKR_OK)
         die("cannot open the Guardian state in %s: %s", cfg.state_dir, ckr(rv));
+    check_anchor(st, cfg.state_dir);
     return st;
 }
 
