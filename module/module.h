@@ -272,7 +272,7 @@ void guardian_cert_objects_atfork_child(void);
 
 /* The marks of the Guardian's objects (policy.c explains why they prove
  * ownership: callers cannot set them through the module). */
-#define GUARDIAN_MARK_PREFIX "guardian"              /* CKA_LABEL or CKA_APPLICATION */
+#define GUARDIAN_PACKAGE_PREFIX "guardian:"          /* a package's objects (label, data CKA_APPLICATION) */
 #define GUARDIAN_IDENTITY_ID "guardian-identity"     /* CKA_ID and CKA_LABEL of the identity */
 #define GUARDIAN_IMPORT_PREFIX "guardian-import:"    /* an import's intermediate keys */
 #define GUARDIAN_ANCHOR_LABEL "guardian-anchor"      /* the state anchor data object */

@@ -196,6 +196,22 @@ static int equals(const CK_BYTE *v, CK_ULONG len, const char *s)
     return v != NULL && len == strlen(s) && memcmp(v, s, len) == 0;
 }
 
+/* The labels (and data-object applications) the module gives its objects:
+ * exactly these prefixes, so that an operator's "guardian-test" key stays the
+ * operator's. */
+static const char *const marks[] = {
+    GUARDIAN_PACKAGE_PREFIX, GUARDIAN_IDENTITY_ID, GUARDIAN_IMPORT_PREFIX,
+    GUARDIAN_ANCHOR_LABEL,   GUARDIAN_OUTPUT_PREFIX, GUARDIAN_ROOT_PREFIX,
+};
+
+static int has_mark(const CK_BYTE *v, CK_ULONG len)
+{
+    for (size_t i = 0; i < sizeof(marks) / sizeof(marks[0]); i++)
+        if (has_prefix(v, len, marks[i]))
+            return 1;
+    return 0;
+}
+
 /* One attribute into `buf` (cap bytes): its length, or CK_UNAVAILABLE_INFORMATION
  * when the object lacks it; a longer value is truncated to cap (only prefixes
  * are compared).  CKR_OK or the backend's error for the object itself. */
@@ -265,8 +281,7 @@ CK_RV guardian_policy_classify(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJ
             trusted = CK_FALSE;
     }
 
-    guardian_mark = has_prefix(label, label_len, GUARDIAN_MARK_PREFIX) ||
-                    equals(id, id_len, GUARDIAN_IDENTITY_ID) || has_prefix(app, app_len, GUARDIAN_MARK_PREFIX);
+    guardian_mark = has_mark(label, label_len) || equals(id, id_len, GUARDIAN_IDENTITY_ID) || has_mark(app, app_len);
     if (cls == CKO_CERTIFICATE && trusted)
         role = GUARDIAN_ROLE_ROOT;
     else if (!guardian_mark)
@@ -338,12 +353,12 @@ CK_RV guardian_policy_template(const CK_ATTRIBUTE *t, CK_ULONG n, const char *fu
             continue;
         switch (t[i].type) {
         case CKA_LABEL:
-            if (has_prefix(v, len, GUARDIAN_MARK_PREFIX))
-                why = "a CKA_LABEL beginning with \"" GUARDIAN_MARK_PREFIX "\"";
+            if (has_mark(v, len))
+                why = "a CKA_LABEL of the Guardian's (\"guardian:\", \"guardian-identity\", \"guardian-root:\", ...)";
             break;
         case CKA_APPLICATION:
-            if (has_prefix(v, len, GUARDIAN_MARK_PREFIX))
-                why = "a CKA_APPLICATION beginning with \"" GUARDIAN_MARK_PREFIX "\"";
+            if (has_mark(v, len))
+                why = "a CKA_APPLICATION of the Guardian's (\"guardian:\", \"guardian-anchor\")";
             break;
         case CKA_ID:
             if (equals(v, len, GUARDIAN_IDENTITY_ID))

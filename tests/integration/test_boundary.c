@@ -381,11 +381,12 @@ static void test_marks_cannot_be_forged(void **st)
     assert_int_equal(m->C_DestroyObject(s, mine), CKR_OK);
 }
 
-/* What the operator owns works exactly as it does without the Guardian. */
+/* What the operator owns works exactly as it does without the Guardian, a
+ * label that merely begins with "guardian" included. */
 static void test_operator_objects_unaffected(void **st)
 {
     CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0}, ecdsa = {CKM_ECDSA, NULL, 0};
-    CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}, label[] = "operator-key";
+    CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}, label[] = "guardian-test-key";
     CK_BBOOL yes = CK_TRUE;
     CK_ATTRIBUTE pub_t[] = {{CKA_EC_PARAMS, p256, sizeof(p256)}};
     CK_ATTRIBUTE priv_t[] = {{CKA_SIGN, &yes, 1}, {CKA_DERIVE, &yes, 1}};
