@@ -56,6 +56,22 @@ openssl x509 -req -in rsa-ca.csr -CA oem-root.pem -CAkey oem-root.key -days 365 
     --ca-key rsa-ca.key --ca-cert rsa-ca.pem --ca-chain oem-root.pem --oem-id ACME --product-id RSA-1 --release 1 \
     --units 10 --not-after +30 --out rsa.gpk >/dev/null
 
+# Content signed again as the OEM would, with stock OpenSSL: OpenSSL's ECDSA s
+# is random, and a Guardian takes only the low-s form (guardian-wrap writes
+# it; docs/package-format.md), so sign until the signature is low-s.
+oem_sign() { # CONTENT OUT
+    for _ in $(seq 64); do
+        openssl cms -sign -binary -nodetach -nosmimecap -md sha256 -outform DER \
+            -econtent_type 2.25.62758544141009244537205961397770264239.1 -in "$1" \
+            -signer signer.pem -inkey signer.key -out "$2"
+        # (inspect exits 1 for an expired package: only its container line counts)
+        report=$("$W" inspect "$2" --oem-root oem-root.pem || true)
+        grep -q '^container *exactly as signed' <<<"$report" && return 0
+    done
+    echo "make_packages.sh: no low-s signature in 64 tries" >&2
+    return 1
+}
+
 # An expired package: guardian-wrap refuses to make one, so take a valid
 # package's content, move its not-after (the content's only GeneralizedTime)
 # to 2001, and sign it again as the OEM would, with stock OpenSSL.
@@ -68,6 +84,4 @@ new, n = re.subn(rb"\x18\x0f\d{14}Z", b"\x18\x0f20010101000000Z", data, count=1)
 assert n == 1, "no not-after found"
 open("content-expired.der", "wb").write(new)
 PY
-openssl cms -sign -binary -nodetach -nosmimecap -md sha256 -outform DER \
-    -econtent_type 2.25.62758544141009244537205961397770264239.1 -in content-expired.der \
-    -signer signer.pem -inkey signer.key -out expired.gpk
+oem_sign content-expired.der expired.gpk
