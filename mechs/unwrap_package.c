@@ -28,7 +28,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/bn.h>
 #include <openssl/cms.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -251,6 +253,73 @@ out:
     return rv;
 }
 
+/* The package's ephemeral public key goes to the backend's ECDH as it is: it
+ * must be an uncompressed point on the Guardian key's curve (the key's
+ * CKA_EC_PARAMS, a named curve), not the point at infinity, and in the
+ * prime-order subgroup, so that the backend never multiplies the Guardian's
+ * key by a point of another curve or of small order (invalid-curve and
+ * small-subgroup attacks on the key).  The OEM's signature does not make the
+ * point safe: whoever holds an OEM signing key could otherwise probe the key. */
+static CK_RV check_ephemeral_point(struct import *im)
+{
+    const ASN1_OCTET_STRING *eph = im->pkg.asn1->transport->ephemeral_key;
+    const unsigned char *e = ASN1_STRING_get0_data(eph), *p;
+    size_t e_len = (size_t)ASN1_STRING_length(eph), field;
+    CK_BYTE *params = NULL;
+    CK_ULONG params_len = 0;
+    ASN1_OBJECT *curve = NULL;
+    EC_GROUP *group = NULL;
+    EC_POINT *point = NULL, *times_order = NULL;
+    BN_CTX *bn = BN_CTX_new();
+    const char *why = NULL;
+    CK_RV rv = bn ? get_attr(im, im->guardian_key, CKA_EC_PARAMS, &params, &params_len) : CKR_HOST_MEMORY;
+
+    if (rv != CKR_OK) {
+        guardian_error("unwrap", "cannot read the Guardian key's curve (CKA_EC_PARAMS): %s", ckr(rv));
+        goto out;
+    }
+    p = params;
+    curve = d2i_ASN1_OBJECT(NULL, &p, (long)params_len);
+    if (curve == NULL || p != params + params_len ||
+        (group = EC_GROUP_new_by_curve_name(OBJ_obj2nid(curve))) == NULL) {
+        guardian_error("unwrap", "the Guardian key's CKA_EC_PARAMS is not a named curve this module knows");
+        rv = CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT;
+        goto out;
+    }
+    point = EC_POINT_new(group);
+    times_order = EC_POINT_new(group);
+    if (point == NULL || times_order == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    field = ((size_t)EC_GROUP_get_degree(group) + 7) / 8;
+    if (e_len != 1 + 2 * field || e[0] != POINT_CONVERSION_UNCOMPRESSED)
+        why = "not an uncompressed point of the Guardian's curve";
+    else if (EC_POINT_oct2point(group, point, e, e_len, bn) != 1 || EC_POINT_is_on_curve(group, point, bn) != 1)
+        why = "not on the Guardian's curve";
+    else if (EC_POINT_is_at_infinity(group, point))
+        why = "the point at infinity";
+    else if (EC_POINT_mul(group, times_order, NULL, point, EC_GROUP_get0_order(group), bn) != 1 ||
+             !EC_POINT_is_at_infinity(group, times_order))
+        why = "not in the curve's prime-order subgroup";
+    if (why != NULL) {
+        guardian_error("unwrap", "refused: package %s/%s r%u: its ephemeral key is %s (%s)", im->pkg.oem_id,
+                       im->pkg.product_id, im->pkg.release_version, why, OBJ_nid2sn(OBJ_obj2nid(curve)));
+        rv = CKR_WRAPPED_KEY_INVALID;
+        goto out;
+    }
+    rv = CKR_OK;
+out:
+    ERR_clear_error();
+    EC_POINT_free(point);
+    EC_POINT_free(times_order);
+    EC_GROUP_free(group);
+    ASN1_OBJECT_free(curve);
+    BN_CTX_free(bn);
+    OPENSSL_free(params);
+    return rv;
+}
+
 /* ---- step 2 and 3: inside the backend --------------------------------------- */
 
 static void destroy_all(struct import *im)
@@ -289,8 +358,10 @@ static CK_RV derive_kek(struct import *im)
                             {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &no, sizeof(no)},
                             {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
                             {CKA_UNWRAP, &yes, sizeof(yes)}};
-    CK_RV rv;
+    CK_RV rv = check_ephemeral_point(im);
 
+    if (rv != CKR_OK)
+        return rv;
     if (!guardian_package_kek_context(&im->pkg, context))
         return CKR_GENERAL_ERROR;
     memset(&ecdh, 0, sizeof(ecdh));
