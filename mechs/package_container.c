@@ -8,6 +8,7 @@
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
+#include <openssl/ess.h>
 #include <openssl/objects.h>
 #include <openssl/x509v3.h>
 
@@ -176,6 +177,32 @@ out:
     return path;
 }
 
+int guardian_signing_cert_attr(const STACK_OF(X509) *path, unsigned char **der)
+{
+    STACK_OF(X509) *rest = sk_X509_new_null();
+    ESS_SIGNING_CERT_V2 *sc = NULL;
+    int n = -1;
+
+    *der = NULL;
+    if (rest == NULL || sk_X509_num(path) < 1)
+        goto out;
+    for (int i = 1; i < sk_X509_num(path); i++)
+        if (sk_X509_push(rest, sk_X509_value(path, i)) <= 0)
+            goto out;
+    sc = OSSL_ESS_signing_cert_v2_new_init(EVP_sha256(), sk_X509_value(path, 0), rest, 1);
+    if (sc != NULL)
+        n = i2d_ESS_SIGNING_CERT_V2(sc, der);
+out:
+    ESS_SIGNING_CERT_V2_free(sc);
+    sk_X509_free(rest);
+    if (n <= 0) {
+        OPENSSL_free(*der);
+        *der = NULL;
+        n = -1;
+    }
+    return n;
+}
+
 /* The SignerInfo names its signer by issuer and serial, which CMS matches
  * loosely (X509_NAME_cmp ignores case and string types): the bytes must be the
  * signer certificate's own. */
@@ -209,7 +236,7 @@ const char *guardian_container_profile(CMS_ContentInfo *cms, const uint8_t *data
     static const unsigned char sha256_set[] = {0x31, 0x0d, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48,
                                                0x01, 0x65, 0x03, 0x04, 0x02, 0x01};
     const unsigned char *p = data, *set_der = NULL;
-    unsigned char *again = NULL;
+    unsigned char *again = NULL, *expected = NULL;
     long l, set_len = 0;
     int tag, cls, again_len, n_choices = 0;
     STACK_OF(CMS_SignerInfo) *sis = CMS_get0_SignerInfos(cms);
@@ -353,11 +380,31 @@ const char *guardian_container_profile(CMS_ContentInfo *cms, const uint8_t *data
             goto out;
         }
     }
+    /* And those certificates byte for byte: the signed attribute lists them. */
+    {
+        const ASN1_STRING *attr = CMS_signed_get0_data_by_OBJ(
+            si, OBJ_nid2obj(NID_id_smime_aa_signingCertificateV2), -3, V_ASN1_SEQUENCE);
+        int n = guardian_signing_cert_attr(path, &expected);
+        if (n < 0) {
+            why = "cannot encode the expected signingCertificateV2 attribute";
+            goto out;
+        }
+        if (attr == NULL) {
+            why = "no signed signingCertificateV2 attribute binds the certificate set (made by an older "
+                  "guardian-wrap? make the package again)";
+            goto out;
+        }
+        if (ASN1_STRING_length(attr) != n || memcmp(ASN1_STRING_get0_data(attr), expected, (size_t)n) != 0) {
+            why = "the certificates are not the ones the signed signingCertificateV2 attribute lists";
+            goto out;
+        }
+    }
     goto out;
 malformed:
     why = "the container is malformed";
 out:
     OPENSSL_free(again);
+    OPENSSL_free(expected);
     sk_X509_pop_free(certs, X509_free);
     sk_X509_pop_free(path, X509_free);
     return why;

@@ -37,6 +37,15 @@ int guardian_ecdsa_sig_make_low_s(EVP_PKEY *key, ASN1_OCTET_STRING *sig);
  * X509_free).  NULL on allocation failure. */
 STACK_OF(X509) *guardian_signer_path(X509 *signer, const STACK_OF(X509) *candidates);
 
+/* The DER SigningCertificateV2 (RFC 5035) of `path` (signer first): one
+ * ESSCertIDv2 per certificate, SHA-256, with issuerSerial, in path order.
+ * guardian-wrap signs it as an attribute, so that the certificate set is
+ * covered by the signature too: an ECDSA signature on a certificate is as
+ * malleable as the package's own, and a certificate rewritten so still
+ * verifies.  For the signer alone it is what `openssl cms -sign -cades` adds.
+ * Returns the length (OPENSSL_free *der) or -1. */
+int guardian_signing_cert_attr(const STACK_OF(X509) *path, unsigned char **der);
+
 /* NULL when the container (`cms`, parsed from exactly `data`/`len`, whose
  * signature CMS_verify has checked) is exactly the profile, else a static
  * reason for a log line.  `roots`: the enrolled OEM roots (the module) or the

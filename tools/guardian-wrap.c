@@ -435,6 +435,7 @@ static int create_package(const struct create_opts *o)
     unsigned char *der = NULL;
     BIO *content = NULL;
     CMS_ContentInfo *cms = NULL;
+    CMS_SignerInfo *si = NULL;
     STACK_OF(X509) *signer_path = NULL;
     time_t not_after = parse_not_after(o->not_after);
 
@@ -584,11 +585,22 @@ static int create_package(const struct create_opts *o)
     content = BIO_new_mem_buf(der, n);
     cms = CMS_sign(NULL, NULL, NULL, NULL, CMS_BINARY | CMS_PARTIAL | CMS_NOSMIMECAP);
     if (cms == NULL || CMS_set1_eContentType(cms, package_oid()) != 1 ||
-        CMS_add1_signer(cms, signer, signer_key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP) == NULL)
+        (si = CMS_add1_signer(cms, signer, signer_key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP)) == NULL)
         die("cannot set up the CMS signature");
     for (int i = 1; i < sk_X509_num(signer_path); i++)
         if (CMS_add1_cert(cms, sk_X509_value(signer_path, i)) != 1)
             die("cannot add the signer's chain to the package");
+    {
+        /* The certificates' bytes are signed too (SigningCertificateV2). */
+        unsigned char *attr = NULL;
+        int attr_len = guardian_signing_cert_attr(signer_path, &attr);
+        ASN1_STRING *seq = ASN1_STRING_new();
+        if (attr_len < 0 || seq == NULL || ASN1_STRING_set(seq, attr, attr_len) != 1 ||
+            CMS_signed_add1_attr_by_NID(si, NID_id_smime_aa_signingCertificateV2, V_ASN1_SEQUENCE, seq, -1) != 1)
+            die("cannot add the signingCertificateV2 attribute");
+        ASN1_STRING_free(seq);
+        OPENSSL_free(attr);
+    }
     if (CMS_final(cms, content, NULL, CMS_BINARY) != 1)
         die("cannot sign the package");
     write_package(cms, signer, o->out);

@@ -114,7 +114,7 @@ openssl x509 -req -in rsa-ca.csr -CA oem-root.pem -CAkey oem-root.key -days 365 
 # it; docs/package-format.md), so sign until the signature is low-s.
 oem_sign() { # CONTENT OUT
     for _ in $(seq 64); do
-        openssl cms -sign -binary -nodetach -nosmimecap -md sha256 -outform DER \
+        openssl cms -sign -binary -nodetach -nosmimecap -cades -md sha256 -outform DER \
             -econtent_type 2.25.62758544141009244537205961397770264239.1 -in "$1" \
             -signer signer.pem -inkey signer.key -out "$2"
         # (inspect exits 1 for an expired package: only its container line counts)

@@ -579,6 +579,43 @@ static void edit_empty_unsigned_attrs(CMS_ContentInfo *cms)
     ASN1_OCTET_STRING_free(o);
 }
 
+/* The signer certificate's own ECDSA signature (by the OEM root) rewritten as
+ * (r, n - s): the certificate still verifies, and its bytes differ.  CMS_get1_certs
+ * hands out the container's own certificate objects. */
+static void edit_signer_cert_s(CMS_ContentInfo *cms)
+{
+    STACK_OF(X509) *certs = CMS_get1_certs(cms);
+    X509 *root = read_pem_cert("oem-root.pem"), *signer = NULL;
+    const ASN1_BIT_STRING *csig = NULL;
+    ASN1_BIT_STRING *sig;
+    const unsigned char *p;
+    ECDSA_SIG *es;
+    BIGNUM *order = NULL, *flipped = BN_new();
+    unsigned char *der = NULL;
+    int n;
+
+    for (int i = 0; i < sk_X509_num(certs); i++)
+        if (X509_check_issued(root, sk_X509_value(certs, i)) == X509_V_OK)
+            signer = sk_X509_value(certs, i);
+    assert_non_null(signer);
+    X509_get0_signature(&csig, NULL, signer);
+    sig = (ASN1_BIT_STRING *)csig;
+    p = ASN1_STRING_get0_data(sig);
+    es = d2i_ECDSA_SIG(NULL, &p, ASN1_STRING_length(sig));
+    assert_non_null(es);
+    assert_int_equal(EVP_PKEY_get_bn_param(X509_get0_pubkey(root), OSSL_PKEY_PARAM_EC_ORDER, &order), 1);
+    assert_int_equal(BN_sub(flipped, order, ECDSA_SIG_get0_s(es)), 1);
+    assert_int_equal(ECDSA_SIG_set0(es, BN_dup(ECDSA_SIG_get0_r(es)), flipped), 1);
+    n = i2d_ECDSA_SIG(es, &der);
+    assert_true(n > 0);
+    assert_int_equal(ASN1_BIT_STRING_set(sig, der, n), 1);
+    OPENSSL_free(der);
+    BN_free(order);
+    ECDSA_SIG_free(es);
+    X509_free(root);
+    sk_X509_pop_free(certs, X509_free);
+}
+
 /* An RSA signature with a leading zero byte: the same integer. */
 static void edit_rsa_leading_zero(CMS_ContentInfo *cms)
 {
@@ -591,19 +628,29 @@ static void edit_rsa_leading_zero(CMS_ContentInfo *cms)
 }
 
 /* The SignerInfo's issuer name with one letter in the other case: X509_NAME_cmp
- * ignores case, so CMS still finds the signer.  The SignerInfo is the last part
- * of the file, so the last "ACME Root" is its issuer's. */
+ * ignores case, so CMS still finds the signer.  The SignerInfo follows the
+ * certificate set, which holds only the signer's certificate: the first "ACME
+ * Root" after that certificate is the SignerInfo's issuer. */
 static void write_sid_case_changed(const char *in, const char *out)
 {
     size_t len;
-    unsigned char *der = slurp(in, &len);
-    unsigned char *at = NULL;
+    unsigned char *der = slurp(in, &len), *cert = NULL, *at = NULL;
+    X509 *signer = read_pem_cert("signer.pem");
+    int cert_len = i2d_X509(signer, &cert);
+    size_t from = 0;
     FILE *f;
-    for (size_t i = 0; i + 9 <= len; i++)
+    assert_true(cert_len > 0);
+    for (size_t i = 0; from == 0 && i + (size_t)cert_len <= len; i++)
+        if (memcmp(der + i, cert, (size_t)cert_len) == 0)
+            from = i + (size_t)cert_len;
+    assert_true(from > 0);
+    for (size_t i = from; at == NULL && i + 9 <= len; i++)
         if (memcmp(der + i, "ACME Root", 9) == 0)
             at = der + i;
     assert_non_null(at);
     at[0] = 'a';
+    OPENSSL_free(cert);
+    X509_free(signer);
     f = fopen(path(out), "wb");
     assert_non_null(f);
     assert_int_equal(fwrite(der, 1, len, f), len);
@@ -619,7 +666,8 @@ static void write_sid_case_changed(const char *in, const char *out)
 static void test_container_exactly_as_signed(void **st)
 {
     static const char *const altered[] = {"high-s.gpk", "extra-cert.gpk", "with-root.gpk", "empty-unsigned.gpk",
-                                          "empty-crls.gpk", "sid-case.gpk", "chained-with-root.gpk"};
+                                          "empty-crls.gpk", "sid-case.gpk", "chained-with-root.gpk",
+                                          "signer-cert-s.gpk"};
     CK_OBJECT_HANDLE h = 0;
     (void)st;
 
@@ -629,6 +677,7 @@ static void test_container_exactly_as_signed(void **st)
     alter("good.gpk", "empty-unsigned.gpk", edit_empty_unsigned_attrs);
     write_sid_case_changed("good.gpk", "sid-case.gpk");
     alter("chained.gpk", "chained-with-root.gpk", edit_add_root);
+    alter("good.gpk", "signer-cert-s.gpk", edit_signer_cert_s);
     alter("rsa-signed.gpk", "rsa-leading-zero.gpk", edit_rsa_leading_zero);
     for (size_t i = 0; i < sizeof(altered) / sizeof(altered[0]); i++) {
         if (!openssl_verifies(altered[i]))

@@ -51,18 +51,25 @@ expect "(r, n-s) still verifies with openssl" 0 "" -- openssl cms -verify -infor
 expect "inspect: a high-s package is altered" 1 "ALTERED outside its signature: the ECDSA signature is high-s" -- \
     "$W" inspect high-s.gpk --oem-root root.pem
 expect "inspect: high-s, without a root too" 1 "ALTERED .*high-s" -- "$W" inspect high-s.gpk
-# Stock OpenSSL signing the same content makes the profile once its s is low;
-# with one more certificate in the set it does not.
+# Stock OpenSSL signing the same content makes the profile with -cades (the
+# signed signingCertificateV2 attribute) once its s is low; with one more
+# certificate in the set, or without the attribute, it does not.
 oem_cms() { # OUT [openssl cms -sign args]
     local out=$1
     shift
-    openssl cms -sign -binary -nodetach -nosmimecap -md sha256 -outform DER -in content.der \
+    openssl cms -sign -binary -nodetach -nosmimecap -cades -md sha256 -outform DER -in content.der \
         -econtent_type 2.25.62758544141009244537205961397770264239.1 -signer signer.pem -inkey signer.key \
         -out "$out" "$@"
     python3 "$SIG" check "$out" >/dev/null || python3 "$SIG" flip "$out" "$out"
 }
 oem_cms stock.gpk
 expect "inspect: openssl cms -sign, low-s" 0 "container +exactly as signed" -- "$W" inspect stock.gpk --oem-root root.pem
+openssl cms -sign -binary -nodetach -nosmimecap -md sha256 -outform DER -in content.der \
+    -econtent_type 2.25.62758544141009244537205961397770264239.1 -signer signer.pem -inkey signer.key \
+    -out no-ess.gpk
+python3 "$SIG" check no-ess.gpk >/dev/null || python3 "$SIG" flip no-ess.gpk no-ess.gpk
+expect "inspect: no signingCertificateV2" 1 "ALTERED .*no signed signingCertificateV2" -- \
+    "$W" inspect no-ess.gpk --oem-root root.pem
 oem_cms extra-cert.gpk -certfile ca.pem
 expect "inspect: one more certificate in the set" 1 "ALTERED .*certificate set" -- \
     "$W" inspect extra-cert.gpk --oem-root root.pem
