@@ -28,7 +28,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/bn.h>
 #include <openssl/cms.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -36,6 +38,7 @@
 #include "module.h"
 #include "package.h"
 #include "anchor.h"
+#include "package_container.h"
 #include "registry.h"
 #include "request.h"
 #include "unwrap_package.h"
@@ -287,127 +290,6 @@ out:
     return rv;
 }
 
-/* The OEM signature covers the content and the signed attributes only; CMS
- * leaves the rest of the container (versions, algorithm lists, the
- * certificate set, unsigned attributes) malleable.  A package must not be
- * changeable at all, so the container must be exactly what guardian-wrap
- * makes: canonical DER, SignedData version 3, digestAlgorithms = {SHA-256},
- * one SignerInfo with SHA-256 and the matching signature algorithm, no
- * unsigned attributes, no CRLs, and every certificate in the set valid under
- * the enrolled roots.  Returns a static reason, or NULL when it conforms. */
-static const char *container_profile(CMS_ContentInfo *cms, const CK_BYTE *data, CK_ULONG len, X509_STORE *roots)
-{
-    static const unsigned char sha256_set[] = {0x31, 0x0d, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48,
-                                               0x01, 0x65, 0x03, 0x04, 0x02, 0x01};
-    const unsigned char *p = data;
-    unsigned char *again = NULL;
-    long l;
-    int tag, cls, n, again_len;
-    STACK_OF(CMS_SignerInfo) *sis = CMS_get0_SignerInfos(cms);
-    STACK_OF(X509) *certs = NULL;
-    STACK_OF(X509_CRL) *crls = NULL;
-    const char *why = NULL;
-
-    again_len = i2d_CMS_ContentInfo(cms, &again);
-    if (again_len < 0 || (CK_ULONG)again_len != len || memcmp(again, data, len) != 0) {
-        why = "the container is not canonical DER";
-        goto out;
-    }
-    /* ContentInfo SEQUENCE, contentType OID, [0], SignedData SEQUENCE, version. */
-    if ((ASN1_get_object(&p, &l, &tag, &cls, (long)len) & 0x80) || tag != V_ASN1_SEQUENCE)
-        goto malformed;
-    if ((ASN1_get_object(&p, &l, &tag, &cls, (long)len) & 0x80) || tag != V_ASN1_OBJECT)
-        goto malformed;
-    p += l;
-    if ((ASN1_get_object(&p, &l, &tag, &cls, (long)len) & 0x80) || cls != V_ASN1_CONTEXT_SPECIFIC || tag != 0)
-        goto malformed;
-    if ((ASN1_get_object(&p, &l, &tag, &cls, (long)len) & 0x80) || tag != V_ASN1_SEQUENCE)
-        goto malformed;
-    if ((ASN1_get_object(&p, &l, &tag, &cls, (long)len) & 0x80) || tag != V_ASN1_INTEGER || l != 1 || p[0] != 3) {
-        why = "SignedData version is not 3";
-        goto out;
-    }
-    p += l;
-    if ((size_t)(data + len - p) < sizeof(sha256_set) || memcmp(p, sha256_set, sizeof(sha256_set)) != 0) {
-        why = "digestAlgorithms is not exactly {SHA-256}";
-        goto out;
-    }
-    /* Skip digestAlgorithms, encapContentInfo, [0] certificates, [1] CRLs;
-     * then SignerInfos SET, SignerInfo SEQUENCE, its version: 1
-     * (issuerAndSerialNumber, as guardian-wrap makes). */
-    for (int field = 0; field < 4; field++) {
-        const unsigned char *q = p;
-        if (ASN1_get_object(&q, &l, &tag, &cls, (long)(data + len - p)) & 0x80)
-            goto malformed;
-        if (field >= 2 && !(cls == V_ASN1_CONTEXT_SPECIFIC && tag == field - 2))
-            continue; /* optional [0]/[1] absent */
-        p = q + l;
-    }
-    if ((ASN1_get_object(&p, &l, &tag, &cls, (long)(data + len - p)) & 0x80) || tag != V_ASN1_SET ||
-        (ASN1_get_object(&p, &l, &tag, &cls, (long)(data + len - p)) & 0x80) || tag != V_ASN1_SEQUENCE ||
-        (ASN1_get_object(&p, &l, &tag, &cls, (long)(data + len - p)) & 0x80) || tag != V_ASN1_INTEGER) {
-        why = "the SignerInfos are malformed";
-        goto out;
-    }
-    if (l != 1 || p[0] != 1) {
-        why = "SignerInfo version is not 1";
-        goto out;
-    }
-    if (sk_CMS_SignerInfo_num(sis) != 1) {
-        why = "not exactly one SignerInfo";
-        goto out;
-    }
-    {
-        CMS_SignerInfo *si = sk_CMS_SignerInfo_value(sis, 0);
-        X509_ALGOR *dig = NULL, *sig = NULL;
-        EVP_PKEY *pk = NULL;
-        X509 *signer = NULL;
-        const ASN1_OBJECT *oid;
-        int ptype, want;
-        CMS_SignerInfo_get0_algs(si, &pk, &signer, &dig, &sig);
-        X509_ALGOR_get0(&oid, &ptype, NULL, dig);
-        if (OBJ_obj2nid(oid) != NID_sha256 || ptype != V_ASN1_UNDEF) {
-            why = "the signer's digest algorithm is not SHA-256 without parameters";
-            goto out;
-        }
-        X509_ALGOR_get0(&oid, &ptype, NULL, sig);
-        want = (pk != NULL && EVP_PKEY_get_base_id(pk) == EVP_PKEY_EC) ? NID_ecdsa_with_SHA256 : NID_sha256WithRSAEncryption;
-        if (OBJ_obj2nid(oid) != want ||
-            (want == NID_ecdsa_with_SHA256 ? ptype != V_ASN1_UNDEF : (ptype != V_ASN1_NULL && ptype != V_ASN1_UNDEF))) {
-            why = "the signature algorithm does not match the signer's key and SHA-256";
-            goto out;
-        }
-        if (CMS_unsigned_get_attr_count(si) > 0) {
-            why = "unsigned attributes are present";
-            goto out;
-        }
-    }
-    crls = CMS_get1_crls(cms);
-    if (crls != NULL && sk_X509_CRL_num(crls) > 0) {
-        why = "CRLs are present";
-        goto out;
-    }
-    certs = CMS_get1_certs(cms);
-    for (n = 0; certs != NULL && n < sk_X509_num(certs); n++) {
-        X509_STORE_CTX *ctx = X509_STORE_CTX_new();
-        int ok = ctx != NULL && X509_STORE_CTX_init(ctx, roots, sk_X509_value(certs, n), certs) == 1 &&
-                 X509_verify_cert(ctx) == 1;
-        X509_STORE_CTX_free(ctx);
-        if (!ok) {
-            why = "a certificate in the package does not verify under the enrolled roots";
-            goto out;
-        }
-    }
-    goto out;
-malformed:
-    why = "the container is malformed";
-out:
-    OPENSSL_free(again);
-    sk_X509_pop_free(certs, X509_free);
-    sk_X509_CRL_pop_free(crls, X509_CRL_free);
-    return why;
-}
-
 /* CMS checks; on success `content` holds the verified GuardianPackage DER. */
 static CK_RV verify_container(struct import *im, const CK_BYTE *data, CK_ULONG len, BIO *content)
 {
@@ -444,7 +326,9 @@ static CK_RV verify_container(struct import *im, const CK_BYTE *data, CK_ULONG l
         goto out;
     }
     {
-        const char *why = container_profile(cms, data, len, roots);
+        /* The IMPORT record binds SHA-256 of this file: it must be the file
+         * the OEM signed, in the one encoding (package_container.h). */
+        const char *why = guardian_container_profile(cms, data, len, roots);
         if (why != NULL) {
             guardian_error("unwrap", "refused: the package was altered outside its signature: %s", why);
             rv = CKR_GUARDIAN_PACKAGE_SIGNATURE_INVALID;
@@ -458,6 +342,73 @@ out:
     BIO_free(scratch);
     X509_STORE_free(roots);
     CMS_ContentInfo_free(cms);
+    return rv;
+}
+
+/* The package's ephemeral public key goes to the backend's ECDH as it is: it
+ * must be an uncompressed point on the Guardian key's curve (the key's
+ * CKA_EC_PARAMS, a named curve), not the point at infinity, and in the
+ * prime-order subgroup, so that the backend never multiplies the Guardian's
+ * key by a point of another curve or of small order (invalid-curve and
+ * small-subgroup attacks on the key).  The OEM's signature does not make the
+ * point safe: whoever holds an OEM signing key could otherwise probe the key. */
+static CK_RV check_ephemeral_point(struct import *im)
+{
+    const ASN1_OCTET_STRING *eph = im->pkg.asn1->transport->ephemeral_key;
+    const unsigned char *e = ASN1_STRING_get0_data(eph), *p;
+    size_t e_len = (size_t)ASN1_STRING_length(eph), field;
+    CK_BYTE *params = NULL;
+    CK_ULONG params_len = 0;
+    ASN1_OBJECT *curve = NULL;
+    EC_GROUP *group = NULL;
+    EC_POINT *point = NULL, *times_order = NULL;
+    BN_CTX *bn = BN_CTX_new();
+    const char *why = NULL;
+    CK_RV rv = bn ? get_attr(im, im->guardian_key, CKA_EC_PARAMS, &params, &params_len) : CKR_HOST_MEMORY;
+
+    if (rv != CKR_OK) {
+        guardian_error("unwrap", "cannot read the Guardian key's curve (CKA_EC_PARAMS): %s", ckr(rv));
+        goto out;
+    }
+    p = params;
+    curve = d2i_ASN1_OBJECT(NULL, &p, (long)params_len);
+    if (curve == NULL || p != params + params_len ||
+        (group = EC_GROUP_new_by_curve_name(OBJ_obj2nid(curve))) == NULL) {
+        guardian_error("unwrap", "the Guardian key's CKA_EC_PARAMS is not a named curve this module knows");
+        rv = CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT;
+        goto out;
+    }
+    point = EC_POINT_new(group);
+    times_order = EC_POINT_new(group);
+    if (point == NULL || times_order == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    field = ((size_t)EC_GROUP_get_degree(group) + 7) / 8;
+    if (e_len != 1 + 2 * field || e[0] != POINT_CONVERSION_UNCOMPRESSED)
+        why = "not an uncompressed point of the Guardian's curve";
+    else if (EC_POINT_oct2point(group, point, e, e_len, bn) != 1 || EC_POINT_is_on_curve(group, point, bn) != 1)
+        why = "not on the Guardian's curve";
+    else if (EC_POINT_is_at_infinity(group, point))
+        why = "the point at infinity";
+    else if (EC_POINT_mul(group, times_order, NULL, point, EC_GROUP_get0_order(group), bn) != 1 ||
+             !EC_POINT_is_at_infinity(group, times_order))
+        why = "not in the curve's prime-order subgroup";
+    if (why != NULL) {
+        guardian_error("unwrap", "refused: package %s/%s r%u: its ephemeral key is %s (%s)", im->pkg.oem_id,
+                       im->pkg.product_id, im->pkg.release_version, why, OBJ_nid2sn(OBJ_obj2nid(curve)));
+        rv = CKR_WRAPPED_KEY_INVALID;
+        goto out;
+    }
+    rv = CKR_OK;
+out:
+    ERR_clear_error();
+    EC_POINT_free(point);
+    EC_POINT_free(times_order);
+    EC_GROUP_free(group);
+    ASN1_OBJECT_free(curve);
+    BN_CTX_free(bn);
+    OPENSSL_free(params);
     return rv;
 }
 
@@ -508,8 +459,10 @@ static CK_RV derive_kek(struct import *im)
                             {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
                             {CKA_UNWRAP, &yes, sizeof(yes)}, {CKA_LABEL, (void *)kek_label, sizeof(kek_label) - 1},
                             {CKA_MODIFIABLE, &no, sizeof(no)}};
-    CK_RV rv;
+    CK_RV rv = check_ephemeral_point(im);
 
+    if (rv != CKR_OK)
+        return rv;
     if (!guardian_package_kek_context(&im->pkg, context))
         return CKR_GENERAL_ERROR;
     memset(&ecdh, 0, sizeof(ecdh));

@@ -35,6 +35,7 @@
 
 #include "cert_builder.h"
 #include "package.h"
+#include "package_container.h"
 #include "report.h"
 
 #define PROG "guardian-wrap"
@@ -379,6 +380,47 @@ static void cert_sha256(X509 *x, uint8_t out[32])
         die("cannot hash the Guardian certificate");
 }
 
+/* Write the signed package as the one encoding a Guardian accepts
+ * (docs/package-format.md, "The container exactly as signed").  OpenSSL signs
+ * ECDSA with whatever s comes out, but (r, s) and (r, n - s) both verify, so
+ * the Guardian takes only the low-s form: half of all signatures are turned
+ * into it here, by the public key (the private key may be in a token).  Then
+ * what would be written is checked as a Guardian checks it. */
+static void write_package(CMS_ContentInfo *cms, X509 *signer, const char *path)
+{
+    CMS_SignerInfo *si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+    EVP_PKEY *pub = X509_get0_pubkey(signer);
+    unsigned char *der = NULL;
+    const unsigned char *p;
+    CMS_ContentInfo *again;
+    BIO *sink = BIO_new(BIO_s_null()), *out;
+    const char *why;
+    int len;
+
+    if (si == NULL || pub == NULL || sink == NULL)
+        die("cannot read back the CMS signature");
+    if (EVP_PKEY_get_base_id(pub) == EVP_PKEY_EC &&
+        guardian_ecdsa_sig_make_low_s(pub, CMS_SignerInfo_get0_signature(si)) != 1)
+        die("cannot put the ECDSA signature in low-s form");
+    len = i2d_CMS_ContentInfo(cms, &der);
+    p = der;
+    again = len > 0 ? d2i_CMS_ContentInfo(NULL, &p, len) : NULL;
+    if (again == NULL || CMS_verify(again, NULL, NULL, NULL, sink, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1)
+        die("the package's signature does not verify");
+    why = guardian_container_profile(again, der, (size_t)len, NULL);
+    if (why != NULL)
+        die("the package would be refused by a Guardian: %s", why);
+    out = BIO_new_file(path, "wb");
+    if (out == NULL)
+        die("cannot create %s: %s", path, strerror(errno));
+    if (BIO_write(out, der, len) != len || BIO_flush(out) != 1)
+        die("cannot write %s", path);
+    BIO_free(out);
+    BIO_free(sink);
+    CMS_ContentInfo_free(again);
+    OPENSSL_free(der);
+}
+
 static int create_package(const struct create_opts *o)
 {
     X509 *guardian = read_cert(o->guardian_cert), *signer = read_cert(o->signer_cert);
@@ -391,8 +433,10 @@ static int create_package(const struct create_opts *o)
     size_t eph_len = 0;
     int scheme, n;
     unsigned char *der = NULL;
-    BIO *content = NULL, *outbio = NULL;
+    BIO *content = NULL;
     CMS_ContentInfo *cms = NULL;
+    CMS_SignerInfo *si = NULL;
+    STACK_OF(X509) *signer_path = NULL;
     time_t not_after = parse_not_after(o->not_after);
 
     if (pkg == NULL)
@@ -519,21 +563,47 @@ static int create_package(const struct create_opts *o)
         guardian_package_free(&check);
     }
 
+    /* The certificates it carries: the signer's, then its path up to (not
+     * including) the root; a Guardian refuses any other set. */
+    signer_path = guardian_signer_path(signer, signer_chain);
+    if (signer_path == NULL)
+        die("out of memory");
+    for (int i = 0; i < sk_X509_num(signer_chain); i++) {
+        X509 *x = sk_X509_value(signer_chain, i), *top = sk_X509_value(signer_path, sk_X509_num(signer_path) - 1);
+        int on_path = 0;
+        for (int j = 0; j < sk_X509_num(signer_path); j++)
+            on_path |= X509_cmp(x, sk_X509_value(signer_path, j)) == 0;
+        if (on_path || (X509_self_signed(x, 0) == 1 && X509_check_issued(x, top) == X509_V_OK))
+            continue; /* the root is not carried: the Guardian has it enrolled */
+        {
+            char *name = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+            die("--signer-chain: %s is not on the signer's path to its root (a Guardian refuses a package that "
+                "carries any other certificate)", name ? name : "a certificate");
+        }
+    }
+
     content = BIO_new_mem_buf(der, n);
     cms = CMS_sign(NULL, NULL, NULL, NULL, CMS_BINARY | CMS_PARTIAL | CMS_NOSMIMECAP);
     if (cms == NULL || CMS_set1_eContentType(cms, package_oid()) != 1 ||
-        CMS_add1_signer(cms, signer, signer_key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP) == NULL)
+        (si = CMS_add1_signer(cms, signer, signer_key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP)) == NULL)
         die("cannot set up the CMS signature");
-    for (int i = 0; i < sk_X509_num(signer_chain); i++)
-        CMS_add1_cert(cms, sk_X509_value(signer_chain, i));
+    for (int i = 1; i < sk_X509_num(signer_path); i++)
+        if (CMS_add1_cert(cms, sk_X509_value(signer_path, i)) != 1)
+            die("cannot add the signer's chain to the package");
+    {
+        /* The certificates' bytes are signed too (SigningCertificateV2). */
+        unsigned char *attr = NULL;
+        int attr_len = guardian_signing_cert_attr(signer_path, &attr);
+        ASN1_STRING *seq = ASN1_STRING_new();
+        if (attr_len < 0 || seq == NULL || ASN1_STRING_set(seq, attr, attr_len) != 1 ||
+            CMS_signed_add1_attr_by_NID(si, NID_id_smime_aa_signingCertificateV2, V_ASN1_SEQUENCE, seq, -1) != 1)
+            die("cannot add the signingCertificateV2 attribute");
+        ASN1_STRING_free(seq);
+        OPENSSL_free(attr);
+    }
     if (CMS_final(cms, content, NULL, CMS_BINARY) != 1)
         die("cannot sign the package");
-    outbio = BIO_new_file(o->out, "wb");
-    if (outbio == NULL)
-        die("cannot create %s: %s", o->out, strerror(errno));
-    if (i2d_CMS_bio(outbio, cms) != 1 || BIO_flush(outbio) != 1)
-        die("cannot write %s", o->out);
-    BIO_free(outbio);
+    write_package(cms, signer, o->out);
 
     printf("wrote %s\n  package id   ", o->out);
     print_hex(id, sizeof(id));
@@ -552,6 +622,7 @@ static int create_package(const struct create_opts *o)
     X509_free(signer);
     X509_free(ca_cert);
     sk_X509_pop_free(signer_chain, X509_free);
+    sk_X509_pop_free(signer_path, X509_free);
     return 0;
 }
 
@@ -689,8 +760,11 @@ static int cmd_inspect(int argc, char **argv)
                                              {"guardian-cert", required_argument, NULL, 'g'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
-    const char *root_path = NULL, *guardian_path = NULL, *path;
-    BIO *in, *content = BIO_new(BIO_s_mem());
+    const char *root_path = NULL, *guardian_path = NULL, *path, *why;
+    BIO *content = BIO_new(BIO_s_mem());
+    unsigned char *file;
+    const unsigned char *p;
+    size_t file_len = 0;
     CMS_ContentInfo *cms;
     X509_STORE *store = NULL;
     STACK_OF(X509) *signers;
@@ -718,12 +792,10 @@ static int cmd_inspect(int argc, char **argv)
         die("inspect takes exactly one PACKAGE (see '" PROG " inspect --help')");
     path = argv[optind];
 
-    in = BIO_new_file(path, "rb");
-    if (in == NULL)
-        die("cannot open %s: %s", path, strerror(errno));
-    cms = d2i_CMS_bio(in, NULL);
-    BIO_free(in);
-    if (cms == NULL)
+    file = read_all(path, GUARDIAN_PACKAGE_MAX_BYTES, &file_len);
+    p = file;
+    cms = d2i_CMS_ContentInfo(NULL, &p, (long)file_len);
+    if (cms == NULL || p != file + file_len)
         die("%s is not a Guardian package: not a DER CMS structure", path);
     if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed ||
         OBJ_cmp(CMS_get0_eContentType(cms), package_oid()) != 0)
@@ -752,6 +824,14 @@ static int cmd_inspect(int argc, char **argv)
     } else {
         printf("signature    valid%s\n", store ? ", signer chains to the given OEM root"
                                                : " (signer chain NOT checked: give --oem-root)");
+        /* What a Guardian checks beyond the signature: the one encoding. */
+        why = guardian_container_profile(cms, file, file_len, store);
+        if (why != NULL) {
+            printf("container    ALTERED outside its signature: %s\n", why);
+            problems++;
+        } else {
+            printf("container    exactly as signed\n");
+        }
     }
     signers = CMS_get0_signers(cms);
     for (int i = 0; i < sk_X509_num(signers); i++)
@@ -837,6 +917,7 @@ static int cmd_inspect(int argc, char **argv)
     CMS_ContentInfo_free(cms);
     BIO_free(content);
     X509_STORE_free(store);
+    free(file);
     if (problems) {
         printf("%d problem(s) found\n", problems);
         return 1;

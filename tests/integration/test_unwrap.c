@@ -23,7 +23,10 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <openssl/cms.h>
 #include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -444,6 +447,264 @@ static void test_refusals(void **st)
     assert_int_equal(m->C_UnwrapKey(s, &mech, guardian_key, pkg, (CK_ULONG)len, &narrow, 1, &h), CKR_OK);
     free(pkg);
     free(copy);
+}
+
+/* ---- the container exactly as signed (docs/package-format.md) --------------- */
+
+static X509 *read_pem_cert(const char *name)
+{
+    FILE *f = fopen(path(name), "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    assert_non_null(x);
+    fclose(f);
+    return x;
+}
+
+static CMS_ContentInfo *read_cms(const char *name)
+{
+    size_t len;
+    unsigned char *der = slurp(name, &len);
+    const unsigned char *p = der;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
+    assert_non_null(cms);
+    free(der);
+    return cms;
+}
+
+/* Stock OpenSSL accepts `name`: its signature verifies and its signer chains
+ * to the OEM root.  An alteration that passes this is one only the container
+ * profile can catch. */
+static int openssl_verifies(const char *name)
+{
+    CMS_ContentInfo *cms = read_cms(name);
+    X509_STORE *store = X509_STORE_new();
+    X509 *root = read_pem_cert("oem-root.pem");
+    BIO *sink = BIO_new(BIO_s_null());
+    int ok;
+    X509_STORE_add_cert(store, root);
+    ok = CMS_verify(cms, NULL, store, NULL, sink, CMS_BINARY) == 1;
+    ERR_clear_error();
+    BIO_free(sink);
+    X509_free(root);
+    X509_STORE_free(store);
+    CMS_ContentInfo_free(cms);
+    return ok;
+}
+
+/* `in` changed by `edit` as a man in the middle would (parsed, changed,
+ * re-encoded as DER), written to `out`. */
+static void alter(const char *in, const char *out, void (*edit)(CMS_ContentInfo *))
+{
+    size_t len;
+    unsigned char *before = slurp(in, &len), *after = NULL;
+    CMS_ContentInfo *cms = read_cms(in);
+    int n;
+    FILE *f;
+    edit(cms);
+    n = i2d_CMS_ContentInfo(cms, &after);
+    assert_true(n > 0);
+    assert_false((size_t)n == len && memcmp(before, after, len) == 0);
+    f = fopen(path(out), "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(after, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    OPENSSL_free(after);
+    free(before);
+    CMS_ContentInfo_free(cms);
+}
+
+static ASN1_OCTET_STRING *signature_of(CMS_ContentInfo *cms)
+{
+    CMS_SignerInfo *si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+    assert_non_null(si);
+    return CMS_SignerInfo_get0_signature(si);
+}
+
+/* (r, s) -> (r, n - s): the same signature, still valid; the one guardian-wrap
+ * wrote must have been the low-s one. */
+static void edit_high_s(CMS_ContentInfo *cms)
+{
+    ASN1_OCTET_STRING *sig = signature_of(cms);
+    const unsigned char *p = ASN1_STRING_get0_data(sig);
+    ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, ASN1_STRING_length(sig));
+    X509 *signer = read_pem_cert("signer.pem");
+    BIGNUM *order = NULL, *half = BN_new(), *flipped = BN_new();
+    unsigned char *der = NULL;
+    int n;
+
+    assert_non_null(es);
+    assert_int_equal(EVP_PKEY_get_bn_param(X509_get0_pubkey(signer), OSSL_PKEY_PARAM_EC_ORDER, &order), 1);
+    assert_int_equal(BN_rshift1(half, order), 1);
+    assert_true(BN_cmp(ECDSA_SIG_get0_s(es), half) <= 0);
+    assert_int_equal(BN_sub(flipped, order, ECDSA_SIG_get0_s(es)), 1);
+    assert_int_equal(ECDSA_SIG_set0(es, BN_dup(ECDSA_SIG_get0_r(es)), flipped), 1);
+    n = i2d_ECDSA_SIG(es, &der);
+    assert_true(n > 0);
+    assert_int_equal(ASN1_OCTET_STRING_set(sig, der, n), 1);
+    OPENSSL_free(der);
+    BN_free(order);
+    BN_free(half);
+    ECDSA_SIG_free(es);
+    X509_free(signer);
+}
+
+static void add_cert(CMS_ContentInfo *cms, const char *name)
+{
+    X509 *x = read_pem_cert(name);
+    assert_int_equal(CMS_add1_cert(cms, x), 1);
+    X509_free(x);
+}
+
+/* The production CA's certificate: issued by the enrolled root, so it
+ * verifies, but it is not on the signer's path. */
+static void edit_add_ca_cert(CMS_ContentInfo *cms)
+{
+    add_cert(cms, "ca.pem");
+}
+
+static void edit_add_root(CMS_ContentInfo *cms)
+{
+    add_cert(cms, "oem-root.pem");
+}
+
+/* An unsignedAttrs [1] that holds nothing: added and taken away again. */
+static void edit_empty_unsigned_attrs(CMS_ContentInfo *cms)
+{
+    CMS_SignerInfo *si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+    ASN1_OCTET_STRING *o = ASN1_OCTET_STRING_new();
+    assert_int_equal(ASN1_OCTET_STRING_set(o, (const unsigned char *)"x", 1), 1);
+    assert_int_equal(CMS_unsigned_add1_attr_by_NID(si, NID_pkcs9_challengePassword, V_ASN1_OCTET_STRING, o, -1), 1);
+    X509_ATTRIBUTE_free(CMS_unsigned_delete_attr(si, 0));
+    assert_int_equal(CMS_unsigned_get_attr_count(si), 0);
+    ASN1_OCTET_STRING_free(o);
+}
+
+/* The signer certificate's own ECDSA signature (by the OEM root) rewritten as
+ * (r, n - s): the certificate still verifies, and its bytes differ.  CMS_get1_certs
+ * hands out the container's own certificate objects. */
+static void edit_signer_cert_s(CMS_ContentInfo *cms)
+{
+    STACK_OF(X509) *certs = CMS_get1_certs(cms);
+    X509 *root = read_pem_cert("oem-root.pem"), *signer = NULL;
+    const ASN1_BIT_STRING *csig = NULL;
+    ASN1_BIT_STRING *sig;
+    const unsigned char *p;
+    ECDSA_SIG *es;
+    BIGNUM *order = NULL, *flipped = BN_new();
+    unsigned char *der = NULL;
+    int n;
+
+    for (int i = 0; i < sk_X509_num(certs); i++)
+        if (X509_check_issued(root, sk_X509_value(certs, i)) == X509_V_OK)
+            signer = sk_X509_value(certs, i);
+    assert_non_null(signer);
+    X509_get0_signature(&csig, NULL, signer);
+    sig = (ASN1_BIT_STRING *)csig;
+    p = ASN1_STRING_get0_data(sig);
+    es = d2i_ECDSA_SIG(NULL, &p, ASN1_STRING_length(sig));
+    assert_non_null(es);
+    assert_int_equal(EVP_PKEY_get_bn_param(X509_get0_pubkey(root), OSSL_PKEY_PARAM_EC_ORDER, &order), 1);
+    assert_int_equal(BN_sub(flipped, order, ECDSA_SIG_get0_s(es)), 1);
+    assert_int_equal(ECDSA_SIG_set0(es, BN_dup(ECDSA_SIG_get0_r(es)), flipped), 1);
+    n = i2d_ECDSA_SIG(es, &der);
+    assert_true(n > 0);
+    assert_int_equal(ASN1_BIT_STRING_set(sig, der, n), 1);
+    OPENSSL_free(der);
+    BN_free(order);
+    ECDSA_SIG_free(es);
+    X509_free(root);
+    sk_X509_pop_free(certs, X509_free);
+}
+
+/* An RSA signature with a leading zero byte: the same integer. */
+static void edit_rsa_leading_zero(CMS_ContentInfo *cms)
+{
+    ASN1_OCTET_STRING *sig = signature_of(cms);
+    int n = ASN1_STRING_length(sig);
+    unsigned char *longer = calloc(1, (size_t)n + 1);
+    memcpy(longer + 1, ASN1_STRING_get0_data(sig), (size_t)n);
+    assert_int_equal(ASN1_OCTET_STRING_set(sig, longer, n + 1), 1);
+    free(longer);
+}
+
+/* The SignerInfo's issuer name with one letter in the other case: X509_NAME_cmp
+ * ignores case, so CMS still finds the signer.  The SignerInfo follows the
+ * certificate set, which holds only the signer's certificate: the first "ACME
+ * Root" after that certificate is the SignerInfo's issuer. */
+static void write_sid_case_changed(const char *in, const char *out)
+{
+    size_t len;
+    unsigned char *der = slurp(in, &len), *cert = NULL, *at = NULL;
+    X509 *signer = read_pem_cert("signer.pem");
+    int cert_len = i2d_X509(signer, &cert);
+    size_t from = 0;
+    FILE *f;
+    assert_true(cert_len > 0);
+    for (size_t i = 0; from == 0 && i + (size_t)cert_len <= len; i++)
+        if (memcmp(der + i, cert, (size_t)cert_len) == 0)
+            from = i + (size_t)cert_len;
+    assert_true(from > 0);
+    for (size_t i = from; at == NULL && i + 9 <= len; i++)
+        if (memcmp(der + i, "ACME Root", 9) == 0)
+            at = der + i;
+    assert_non_null(at);
+    at[0] = 'a';
+    OPENSSL_free(cert);
+    X509_free(signer);
+    f = fopen(path(out), "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(der, 1, len, f), len);
+    fclose(f);
+    free(der);
+}
+
+/* What anyone can change in transit without the OEM's key still verifies with
+ * stock OpenSSL but would import under the same package ID with another
+ * SHA-256, breaking the OEM's verify-report --package: each is refused, twice
+ * (nothing was recorded), leaves no object, and the genuine package imports
+ * afterwards. */
+static void test_container_exactly_as_signed(void **st)
+{
+    static const char *const altered[] = {"high-s.gpk", "extra-cert.gpk", "with-root.gpk", "empty-unsigned.gpk",
+                                          "empty-crls.gpk", "sid-case.gpk", "chained-with-root.gpk",
+                                          "signer-cert-s.gpk"};
+    CK_OBJECT_HANDLE h = 0;
+    (void)st;
+
+    alter("good.gpk", "high-s.gpk", edit_high_s);
+    alter("good.gpk", "extra-cert.gpk", edit_add_ca_cert);
+    alter("good.gpk", "with-root.gpk", edit_add_root);
+    alter("good.gpk", "empty-unsigned.gpk", edit_empty_unsigned_attrs);
+    write_sid_case_changed("good.gpk", "sid-case.gpk");
+    alter("chained.gpk", "chained-with-root.gpk", edit_add_root);
+    alter("good.gpk", "signer-cert-s.gpk", edit_signer_cert_s);
+    alter("rsa-signed.gpk", "rsa-leading-zero.gpk", edit_rsa_leading_zero);
+    for (size_t i = 0; i < sizeof(altered) / sizeof(altered[0]); i++) {
+        if (!openssl_verifies(altered[i]))
+            fail_msg("%s: stock OpenSSL refuses it: not an alteration only the profile catches", altered[i]);
+        refused(altered[i], CKR_GUARDIAN_PACKAGE_SIGNATURE_INVALID);
+        refused(altered[i], CKR_GUARDIAN_PACKAGE_SIGNATURE_INVALID);
+    }
+    /* PKCS#1 v1.5 has one signature per key and message: no other length. */
+    refused("rsa-leading-zero.gpk", CKR_GUARDIAN_PACKAGE_SIGNATURE_INVALID);
+    /* A signer's intermediate is needed: without it, no chain. */
+    refused("no-intermediate.gpk", CKR_GUARDIAN_UNTRUSTED_SIGNER);
+
+    assert_int_equal(import("good.gpk", &h), CKR_OK);
+    assert_int_equal(import("rsa-signed.gpk", &h), CKR_OK);
+    assert_int_equal(import("chained.gpk", &h), CKR_OK);
+    refused("high-s.gpk", CKR_GUARDIAN_PACKAGE_SIGNATURE_INVALID);
+}
+
+/* A package the OEM's key signed, whose ephemeral key is off the Guardian's
+ * curve: refused before the backend's ECDH, and not recorded. */
+static void test_ephemeral_point_off_curve(void **st)
+{
+    (void)st;
+    assert_true(openssl_verifies("off-curve.gpk"));
+    refused("off-curve.gpk", CKR_WRAPPED_KEY_INVALID);
+    refused("off-curve.gpk", CKR_WRAPPED_KEY_INVALID);
+    refused("expired.gpk", CKR_GUARDIAN_PACKAGE_EXPIRED);
 }
 
 static void test_x963_needs_backend_kdf(void **st)
@@ -938,6 +1199,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_import_and_use, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_container_exactly_as_signed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ephemeral_point_off_curve, setup, teardown),
         cmocka_unit_test_setup_teardown(test_x963_needs_backend_kdf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vectors_in_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_derive_certificates, setup, teardown),

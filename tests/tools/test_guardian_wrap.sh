@@ -36,6 +36,59 @@ expect "openssl cms -verify accepts" 0 "" -- openssl cms -verify -inform DER -in
     -binary -out content.der
 expect "x963 kdf variant" 0 "wrote q.gpk" -- "$W" "${base[@]}" --kdf x963-sha256 --out q.gpk
 expect "x963 inspect" 0 "X9.63 SHA-256" -- "$W" inspect q.gpk --oem-root root.pem
+expect "inspect: the container is as signed" 0 "container +exactly as signed" -- "$W" inspect p.gpk --oem-root root.pem
+
+# The one container a Guardian takes (docs/package-format.md, "The container
+# exactly as signed").  OpenSSL's ECDSA s is random and (r, n-s) verifies too:
+# guardian-wrap writes the low-s form, every time, as a DER parser of our own
+# (not OpenSSL's) reads it.
+SIG=$HERE/../lib/package_sig.py
+for i in $(seq 40); do "$W" "${base[@]}" --out "low-$i.gpk" >/dev/null || ko "create low-$i.gpk"; done
+expect "40 packages, every signature low-s" 0 "" -- python3 "$SIG" check low-*.gpk
+python3 "$SIG" flip p.gpk high-s.gpk
+expect "(r, n-s) still verifies with openssl" 0 "" -- openssl cms -verify -inform DER -in high-s.gpk \
+    -CAfile root.pem -binary -out /dev/null
+expect "inspect: a high-s package is altered" 1 "ALTERED outside its signature: the ECDSA signature is high-s" -- \
+    "$W" inspect high-s.gpk --oem-root root.pem
+expect "inspect: high-s, without a root too" 1 "ALTERED .*high-s" -- "$W" inspect high-s.gpk
+# Stock OpenSSL signing the same content makes the profile with -cades (the
+# signed signingCertificateV2 attribute) once its s is low; with one more
+# certificate in the set, or without the attribute, it does not.
+oem_cms() { # OUT [openssl cms -sign args]
+    local out=$1
+    shift
+    openssl cms -sign -binary -nodetach -nosmimecap -cades -md sha256 -outform DER -in content.der \
+        -econtent_type 2.25.62758544141009244537205961397770264239.1 -signer signer.pem -inkey signer.key \
+        -out "$out" "$@"
+    python3 "$SIG" check "$out" >/dev/null || python3 "$SIG" flip "$out" "$out"
+}
+oem_cms stock.gpk
+expect "inspect: openssl cms -sign, low-s" 0 "container +exactly as signed" -- "$W" inspect stock.gpk --oem-root root.pem
+openssl cms -sign -binary -nodetach -nosmimecap -md sha256 -outform DER -in content.der \
+    -econtent_type 2.25.62758544141009244537205961397770264239.1 -signer signer.pem -inkey signer.key \
+    -out no-ess.gpk
+python3 "$SIG" check no-ess.gpk >/dev/null || python3 "$SIG" flip no-ess.gpk no-ess.gpk
+expect "inspect: no signingCertificateV2" 1 "ALTERED .*no signed signingCertificateV2" -- \
+    "$W" inspect no-ess.gpk --oem-root root.pem
+oem_cms extra-cert.gpk -certfile ca.pem
+expect "inspect: one more certificate in the set" 1 "ALTERED .*certificate set" -- \
+    "$W" inspect extra-cert.gpk --oem-root root.pem
+expect "inspect: one more certificate, without a root" 1 "ALTERED .*certificate set" -- "$W" inspect extra-cert.gpk
+oem_cms with-root.gpk -certfile root.pem
+expect "inspect: the root in the set" 1 "ALTERED .*certificate set" -- "$W" inspect with-root.gpk --oem-root root.pem
+# A signer under an intermediate CA: the intermediate travels, the root not.
+oem_issue sub "/CN=ACME Signing CA" root "basicConstraints=critical,CA:TRUE,pathlen:0
+keyUsage=critical,keyCertSign"
+oem_issue sub-signer "/CN=ACME Sub Signer" sub "keyUsage=critical,digitalSignature"
+cat sub.pem root.pem >sub-chain.pem
+expect "create: --signer-chain with the intermediate and the root" 0 "wrote s.gpk" -- "$W" "${base[@]}" \
+    --signer-key sub-signer.key --signer-cert sub-signer.pem --signer-chain sub-chain.pem --out s.gpk
+expect "inspect: signer and intermediate, as signed" 0 "container +exactly as signed" -- \
+    "$W" inspect s.gpk --oem-root root.pem
+expect "the set: the signer and the intermediate only" 0 "^2$" -- bash -c \
+    "openssl cms -cmsout -print -inform DER -in s.gpk | grep -c 'subject: CN'"
+expect "create: a --signer-chain certificate off the signer's path" 1 "ACME Production CA is not on the signer's path" -- \
+    "$W" "${base[@]}" --signer-chain ca.pem --out x.gpk
 
 # Secrets never appear in clear in the package.
 if grep -qF "$(head -c 32 boot.key | od -An -tx1 | tr -d ' \n')" <(od -An -tx1 p.gpk | tr -d ' \n'); then
@@ -57,6 +110,15 @@ expect "create with a pkcs11: signing key" 0 "wrote hsm.gpk" -- env \
     --signer-cert hsm-signer.pem --out hsm.gpk
 expect "the token-signed package verifies" 0 "" -- openssl cms -verify -inform DER -in hsm.gpk -CAfile root.pem \
     -binary -out /dev/null
+# The token signs with whatever s comes out too: guardian-wrap turns it low-s.
+for i in $(seq 12); do
+    env PKCS11_MODULE_PATH="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}" "$W" "${base[@]}" \
+        --signer-key "pkcs11:token=oem-hsm;object=pkg-signer;type=private;pin-value=1234" \
+        --signer-cert hsm-signer.pem --out "hsm-$i.gpk" >/dev/null || ko "create hsm-$i.gpk"
+done
+expect "12 token-signed packages, every signature low-s" 0 "" -- python3 "$SIG" check hsm-*.gpk
+expect "inspect: the token-signed container is as signed" 0 "container +exactly as signed" -- \
+    "$W" inspect hsm-1.gpk --oem-root root.pem
 expect "a pkcs11: key that is not there" 1 "no private key at pkcs11:" -- env \
     PKCS11_MODULE_PATH="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}" "$W" "${base[@]}" \
     --signer-key "pkcs11:token=oem-hsm;object=nope;type=private;pin-value=1234" \
@@ -70,7 +132,7 @@ for off in 20 200 $((size / 2)) $((size - 40)); do
     printf '\x5a' | dd of=t.gpk bs=1 seek="$off" conv=notrunc 2>/dev/null
     cmp -s p.gpk t.gpk && printf '\xa5' | dd of=t.gpk bs=1 seek="$off" conv=notrunc 2>/dev/null
     expect "byte $off tampered: openssl refuses" 1 "" -- openssl cms -verify -inform DER -in t.gpk -CAfile root.pem -binary -out /dev/null
-    expect "byte $off tampered: inspect refuses" 1 "INVALID|not a Guardian package|not a valid" -- "$W" inspect t.gpk --oem-root root.pem
+    expect "byte $off tampered: inspect refuses" 1 "INVALID|ALTERED|not a Guardian package|not a valid" -- "$W" inspect t.gpk --oem-root root.pem
 done
 head -c $((size - 10)) p.gpk >trunc.gpk
 expect "truncated refused" 1 "not a Guardian package" -- "$W" inspect trunc.gpk

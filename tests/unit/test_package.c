@@ -2,6 +2,8 @@
  * test_package.c — the package content decoder (mechs/package.c) against
  * hand-built GuardianPackage structures: a valid one decodes, and each field out
  * of its limits (docs/package-format.md) is refused with a message naming it.
+ * And the container's building blocks (mechs/package_container.c): low-s
+ * ECDSA, the signer's path, the signingCertificateV2 attribute.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,11 +11,14 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/x509.h>
 
 #include "package.h"
+#include "package_container.h"
 
 static X509 *some_cert(void)
 {
@@ -254,12 +259,174 @@ static void test_not_canonical_der(void **st)
     GUARDIAN_PACKAGE_free(p);
 }
 
+/* ---- the container's building blocks ---------------------------------------- */
+
+/* A DER ECDSA signature over `hash` by `k`, as the octet string a SignerInfo
+ * holds. */
+static ASN1_OCTET_STRING *ecdsa_sign(EVP_PKEY *k, const unsigned char hash[32])
+{
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(k, NULL);
+    unsigned char sig[160];
+    size_t n = sizeof(sig);
+    ASN1_OCTET_STRING *o = ASN1_OCTET_STRING_new();
+    assert_int_equal(EVP_PKEY_sign_init(c), 1);
+    assert_int_equal(EVP_PKEY_sign(c, sig, &n, hash, 32), 1);
+    assert_int_equal(ASN1_OCTET_STRING_set(o, sig, (int)n), 1);
+    EVP_PKEY_CTX_free(c);
+    return o;
+}
+
+static int ecdsa_verifies(EVP_PKEY *k, const unsigned char hash[32], const ASN1_OCTET_STRING *sig)
+{
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(k, NULL);
+    int ok = EVP_PKEY_verify_init(c) == 1 &&
+             EVP_PKEY_verify(c, ASN1_STRING_get0_data(sig), (size_t)ASN1_STRING_length(sig), hash, 32) == 1;
+    EVP_PKEY_CTX_free(c);
+    return ok;
+}
+
+/* (r, s) -> (r, n - s), by hand. */
+static void flip_s(EVP_PKEY *k, ASN1_OCTET_STRING *sig)
+{
+    const unsigned char *p = ASN1_STRING_get0_data(sig);
+    ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, ASN1_STRING_length(sig));
+    BIGNUM *order = NULL, *flipped = BN_new();
+    unsigned char *der = NULL;
+    int n;
+    assert_non_null(es);
+    assert_int_equal(EVP_PKEY_get_bn_param(k, OSSL_PKEY_PARAM_EC_ORDER, &order), 1);
+    assert_int_equal(BN_sub(flipped, order, ECDSA_SIG_get0_s(es)), 1);
+    assert_int_equal(ECDSA_SIG_set0(es, BN_dup(ECDSA_SIG_get0_r(es)), flipped), 1);
+    n = i2d_ECDSA_SIG(es, &der);
+    assert_int_equal(ASN1_OCTET_STRING_set(sig, der, n), 1);
+    OPENSSL_free(der);
+    BN_free(order);
+    ECDSA_SIG_free(es);
+}
+
+static int low_s(EVP_PKEY *k, const ASN1_OCTET_STRING *sig)
+{
+    return guardian_ecdsa_sig_low_s(k, ASN1_STRING_get0_data(sig), (size_t)ASN1_STRING_length(sig));
+}
+
+static void test_ecdsa_low_s(void **st)
+{
+    static const char *const curves[] = {"P-256", "P-384"};
+    unsigned char hash[32];
+    (void)st;
+    memset(hash, 0x5a, sizeof(hash));
+    for (size_t c = 0; c < 2; c++) {
+        EVP_PKEY *k = EVP_EC_gen(curves[c]), *rsa = EVP_RSA_gen(2048);
+        int seen[2] = {0, 0};
+        /* Signatures as OpenSSL makes them: either form; both verify; the
+         * rewrite always gives the low one, which still verifies. */
+        for (int i = 0; i < 64 && !(seen[0] && seen[1]); i++) {
+            ASN1_OCTET_STRING *sig = ecdsa_sign(k, hash), *twin = ASN1_STRING_dup(sig);
+            int was_low = low_s(k, sig);
+            assert_true(was_low == 0 || was_low == 1);
+            seen[was_low] = 1;
+            flip_s(k, twin);
+            assert_int_equal(low_s(k, twin), !was_low);
+            assert_true(ecdsa_verifies(k, hash, sig));
+            assert_true(ecdsa_verifies(k, hash, twin));
+            assert_int_equal(guardian_ecdsa_sig_make_low_s(k, sig), 1);
+            assert_int_equal(guardian_ecdsa_sig_make_low_s(k, twin), 1);
+            assert_int_equal(low_s(k, sig), 1);
+            assert_int_equal(ASN1_STRING_cmp(sig, twin), 0);
+            assert_true(ecdsa_verifies(k, hash, sig));
+            if (i == 0) {
+                /* Not DER (a trailing byte), and not an EC key: neither. */
+                unsigned char longer[160];
+                int n = ASN1_STRING_length(sig);
+                memcpy(longer, ASN1_STRING_get0_data(sig), (size_t)n);
+                longer[n] = 0;
+                assert_int_equal(guardian_ecdsa_sig_low_s(k, longer, (size_t)n + 1), -1);
+                assert_int_equal(low_s(rsa, sig), -1);
+                assert_int_equal(guardian_ecdsa_sig_make_low_s(rsa, sig), 0);
+            }
+            ASN1_OCTET_STRING_free(sig);
+            ASN1_OCTET_STRING_free(twin);
+        }
+        assert_true(seen[0] && seen[1]);
+        EVP_PKEY_free(k);
+        EVP_PKEY_free(rsa);
+    }
+}
+
+static X509 *cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key)
+{
+    X509 *x = X509_new();
+    static long serial = 100;
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : X509_get_subject_name(x));
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_set_pubkey(x, key);
+    assert_true(X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()) > 0);
+    return x;
+}
+
+static void test_signer_path_and_attribute(void **st)
+{
+    EVP_PKEY *rk = EVP_EC_gen("P-256"), *ik = EVP_EC_gen("P-256"), *sk = EVP_EC_gen("P-256");
+    X509 *root = cert("root", rk, NULL, NULL), *inter = cert("inter", ik, root, rk);
+    X509 *signer = cert("signer", sk, inter, ik), *other = cert("other", sk, root, rk);
+    STACK_OF(X509) *cands = sk_X509_new_null(), *path, *empty = sk_X509_new_null();
+    unsigned char *a = NULL, *b = NULL;
+    int al, bl;
+    (void)st;
+
+    /* The root and a certificate off the path are not on it; order of the
+     * candidates does not matter. */
+    sk_X509_push(cands, other);
+    sk_X509_push(cands, root);
+    sk_X509_push(cands, inter);
+    path = guardian_signer_path(signer, cands);
+    assert_int_equal(sk_X509_num(path), 2);
+    assert_ptr_equal(sk_X509_value(path, 0), signer);
+    assert_ptr_equal(sk_X509_value(path, 1), inter);
+    al = guardian_signing_cert_attr(path, &a);
+    assert_true(al > 0);
+    bl = guardian_signing_cert_attr(path, &b);
+    assert_int_equal(al, bl);
+    assert_memory_equal(a, b, (size_t)al);
+    OPENSSL_free(b);
+    sk_X509_pop_free(path, X509_free);
+    /* Without the intermediate: the signer alone, and another attribute. */
+    path = guardian_signer_path(signer, empty);
+    assert_int_equal(sk_X509_num(path), 1);
+    bl = guardian_signing_cert_attr(path, &b);
+    assert_true(bl > 0 && bl < al);
+    OPENSSL_free(b);
+    sk_X509_pop_free(path, X509_free);
+    /* A self-signed signer is its own path. */
+    path = guardian_signer_path(root, cands);
+    assert_int_equal(sk_X509_num(path), 1);
+    sk_X509_pop_free(path, X509_free);
+    assert_int_equal(guardian_signing_cert_attr(empty, &b), -1);
+
+    OPENSSL_free(a);
+    sk_X509_free(cands);
+    sk_X509_free(empty);
+    X509_free(root);
+    X509_free(inter);
+    X509_free(signer);
+    X509_free(other);
+    EVP_PKEY_free(rk);
+    EVP_PKEY_free(ik);
+    EVP_PKEY_free(sk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_fields_out_of_limits),
         cmocka_unit_test(test_not_canonical_der),
+        cmocka_unit_test(test_ecdsa_low_s),
+        cmocka_unit_test(test_signer_path_and_attribute),
     };
     int failed = cmocka_run_group_tests_name("package decoder", tests, NULL, NULL);
     X509_free(some_cert());
