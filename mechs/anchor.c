@@ -198,14 +198,17 @@ CK_RV guardian_anchor_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, str
         goto out;
     }
     if (buf == NULL) {
-        /* No anchor yet: a new Guardian, or the first run of a version with
-         * anchors.  Anchor what is here. */
+        /* No anchor yet.  A new Guardian with an empty store: nothing to
+         * anchor (the first import writes it).  A store with records: the
+         * first run of a version with anchors; anchor what is here. */
         rv = guardian_store_anchor_get(st, &now, &now_len);
-        if (rv == CKR_OK)
+        if (rv == CKR_OK && anchor_seq(now, now_len) > 0) {
             rv = write_locked(be, session, CK_INVALID_HANDLE, now, now_len);
-        if (rv == CKR_OK && anchor_seq(now, now_len) > 0)
-            guardian_warn(LOG, "the token had no state anchor: anchored the state store as it is now (record %llu)",
-                          (unsigned long long)anchor_seq(now, now_len));
+            if (rv == CKR_OK)
+                guardian_warn(LOG, "the token had no state anchor: anchored the state store as it is now (record "
+                                   "%llu)",
+                              (unsigned long long)anchor_seq(now, now_len));
+        }
         goto out;
     }
     rv = guardian_store_anchor_check(st, buf, len, &newer);

@@ -223,12 +223,31 @@ static CK_RV put(CK_ATTRIBUTE *a, const void *v, CK_ULONG len)
     return CKR_OK;
 }
 
+/* The token's state anchor (mechs/anchor.c): one data object, handles from
+ * ANCHOR_HANDLE up (an update makes a new one, then destroys the old). */
+#define ANCHOR_HANDLE 0x10000
+static unsigned char anchor_value[65536];
+static CK_ULONG anchor_len;
+static CK_OBJECT_HANDLE anchor_handle;
+
+static int is_anchor(CK_OBJECT_HANDLE h)
+{
+    return h >= ANCHOR_HANDLE && h < ANCHOR_HANDLE + 0x10000;
+}
+
 static CK_RV token_get_attribute(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n)
 {
     struct package *p = package_of(h);
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
     CK_RV rv = CKR_OK;
     (void)s;
+    if (is_anchor(h)) {
+        if (h != anchor_handle)
+            return CKR_OBJECT_HANDLE_INVALID;
+        if (n != 1 || t[0].type != CKA_VALUE)
+            return CKR_ATTRIBUTE_TYPE_INVALID;
+        return put(&t[0], anchor_value, anchor_len);
+    }
     if (p == NULL)
         return CKR_OBJECT_HANDLE_INVALID;
     if (on_key_lookup != NULL)
@@ -336,7 +355,12 @@ static CK_RV token_create(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n, C
     for (CK_ULONG i = 0; i < n; i++)
         if (t[i].type == CKA_CLASS && t[i].ulValueLen == sizeof(CK_OBJECT_CLASS) &&
             *(CK_OBJECT_CLASS *)t[i].pValue == CKO_DATA) {
-            *out = 0x400;
+            for (CK_ULONG j = 0; j < n; j++)
+                if (t[j].type == CKA_VALUE && t[j].ulValueLen <= sizeof(anchor_value)) {
+                    memcpy(anchor_value, t[j].pValue, t[j].ulValueLen);
+                    anchor_len = t[j].ulValueLen;
+                }
+            *out = anchor_handle = anchor_handle ? anchor_handle + 1 : ANCHOR_HANDLE;
             return CKR_OK;
         }
     atomic_fetch_add(&creates, 1);
@@ -347,6 +371,8 @@ static CK_RV token_create(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n, C
 static CK_RV token_destroy(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
 {
     (void)s;
+    if (is_anchor(h))
+        return CKR_OK; /* the anchor's previous copy */
     atomic_fetch_add(&destroys, 1);
     atomic_store(&destroyed_handle, h);
     return CKR_OK;
