@@ -148,6 +148,10 @@ expect "over quota, forged: the fake key's signature is valid" 1 "signature +val
 expect "over quota, forged: the Guardian counters disagree" 1 "the Guardian counts 2 units used of ACME/SENSOR-1 .* but the trail adds up to 4" -- \
     verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
 expect "over quota, forged: against the real Guardian" 1 "signature does not verify" -- verify forged.txt "${V[@]}"
+# The forged reservations are dated 2023: before the records they follow.
+expect "forged with an old date: the clock ran backwards" 1 \
+    "record 27 \(RESERVE of ACME/SENSOR-1\) is dated 2023-11-14T22:13:20Z, [0-9]+ s before record [0-9]+ \(.*\): the Guardian's clock was set back" -- \
+    verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
 
 # --previous: a later report must extend an earlier one (same record at the
 # earlier head).  A centre that rewrites its trail can re-sign it with the
