@@ -2513,6 +2513,10 @@ static CK_RV journal_open(struct guardian_store *st)
         st->journal_fd = -1;
         return CKR_GUARDIAN_STORE_FAILED;
     }
+    /* The journal's name made durable before any reservation can name it as
+     * its holder: a power loss must not make it look deleted. */
+    if (fsync(st->dir_fd) != 0)
+        guardian_warn(STORE_LOG, "cannot sync the state directory %s: %s", st->dir, strerror(errno));
     st->journal_size = 0;
     return CKR_OK;
 }
