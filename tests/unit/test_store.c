@@ -777,6 +777,13 @@ static void vector_record(int which, struct guardian_audit_record *r, const uint
     }
 }
 
+static const char vec4_enc[] =
+    "4744415544495431000000000000000400000005000000006553f1c80000000461636d650000000873656e736f722d3100000000000000"
+    "02000000276973737565642d343234322d313730303030303030303030303030303030302e6a6f75726e616c000000000000000000000000"
+    "000000000000000000000000000000000000000022222222222222222222222222222222000000010000000000000003eb6e789c5a20f27d"
+    "c768a419af7501b62b08f332fad04aeaea4491a4da9ed046";
+static const char vec4_hash[] = "1ab382f4242c248f9f4db691c362bbd504413e914a911fcfc6c1b6da89ef1cff";
+
 static void test_audit_encoding_vectors(void **state)
 {
     struct guardian_audit_record r;
@@ -805,6 +812,31 @@ static void test_audit_encoding_vectors(void **state)
     assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
     hex_to_bytes(vec3_hash, want, sizeof(want));
     assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+
+    /* Record 4: JOURNAL_LOST of serials 2..4 (docs/audit-format.md). */
+    {
+        static const char journal[] = "issued-4242-1700000000000000000.journal";
+        uint8_t enc4[191];
+        memset(&r, 0, sizeof(r));
+        r.seq = 4;
+        r.type = GUARDIAN_AUDIT_JOURNAL_LOST;
+        r.time = 1700000200;
+        strcpy(r.oem_id, "acme");
+        strcpy(r.product_id, "sensor-1");
+        r.serial = 2;
+        memcpy(r.device_id, journal, strlen(journal));
+        r.device_id_len = strlen(journal);
+        memset(r.package_id, 0x22, sizeof(r.package_id));
+        r.release_version = GUARDIAN_JOURNAL_MISSING;
+        r.authorised_units = 3;
+        memcpy(r.prev_hash, want, GUARDIAN_HASH_LEN);
+        hex_to_bytes(vec4_enc, enc4, sizeof(enc4));
+        assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), sizeof(enc4));
+        assert_memory_equal(buf, enc4, sizeof(enc4));
+        assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+        hex_to_bytes(vec4_hash, want, sizeof(want));
+        assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+    }
 
     /* Largest record: 396 bytes.  Negative time is two's complement. */
     memset(&r, 0, sizeof(r));
