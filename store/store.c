@@ -1171,6 +1171,10 @@ static CK_RV state_file_open(const struct guardian_store *st, const char *name, 
                            st->dir, name);
             return CKR_GUARDIAN_STATE_UNSAFE;
         }
+        if (errno == EISDIR) {
+            guardian_error(STORE_LOG, "%s/%s is not a regular file: refused; remove it", st->dir, name);
+            return CKR_GUARDIAN_STATE_UNSAFE;
+        }
         guardian_error(STORE_LOG, "cannot open %s/%s: %s", st->dir, name, strerror(errno));
         return CKR_GUARDIAN_STORE_FAILED;
     }
