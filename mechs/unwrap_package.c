@@ -691,6 +691,7 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     unsigned char *tmpl_der = NULL, *ca_der = NULL;
     int tmpl_len, ca_len;
     long dlen;
+    int64_t now;
     CK_RV rv = CKR_GENERAL_ERROR;
 
     memset(&im, 0, sizeof(im));
@@ -745,7 +746,10 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     rv = root_allows_oem(&im, wrapped, wrapped_len);
     if (rv != CKR_OK)
         goto out;
-    if (im.pkg.not_after < (int64_t)time(NULL)) {
+    /* One reading of the clock for the expiry check here and the store's
+     * (which also refuses a clock behind its audit trail). */
+    now = (int64_t)time(NULL);
+    if (im.pkg.not_after < now) {
         guardian_error("unwrap", "refused: package %s/%s r%u expired", im.pkg.oem_id, im.pkg.product_id,
                        im.pkg.release_version);
         rv = CKR_GUARDIAN_PACKAGE_EXPIRED;
@@ -764,7 +768,7 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     rv = guardian_anchor_check(be, session, st);
     if (rv != CKR_OK)
         goto out;
-    rv = guardian_store_package_check(st, &info);
+    rv = guardian_store_package_check(st, &info, now);
     if (rv != CKR_OK) {
         guardian_error("unwrap", "refused: package %s/%s r%u: %s", im.pkg.oem_id, im.pkg.product_id,
                        im.pkg.release_version,
@@ -797,7 +801,7 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     if (rv != CKR_OK)
         goto out;
     guardian_policy_forget(im.kek);
-    rv = guardian_store_package_install(st, &info, create_objects, &im);
+    rv = guardian_store_package_install(st, &info, now, create_objects, &im);
     if (rv != CKR_OK) {
         destroy_all(&im);
         goto out;

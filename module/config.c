@@ -233,9 +233,12 @@ out:
 
 bool guardian_config_load(struct guardian_config *cfg, char *err, size_t errlen)
 {
-    const char *env_conf = getenv("GUARDIAN_CONF");
-    const char *env_backend = getenv("GUARDIAN_BACKEND");
-    const char *env_state = getenv("GUARDIAN_STATE_DIR");
+    /* secure_getenv: in a setuid or setcap process (AT_SECURE) the overrides
+     * are ignored, so that whoever starts it cannot point it at another
+     * backend, configuration or state directory. */
+    const char *env_conf = secure_getenv("GUARDIAN_CONF");
+    const char *env_backend = secure_getenv("GUARDIAN_BACKEND");
+    const char *env_state = secure_getenv("GUARDIAN_STATE_DIR");
     const char *path = (env_conf != NULL && *env_conf != '\0') ? env_conf : GUARDIAN_DEFAULT_CONF;
     bool explicit_file = env_conf != NULL && *env_conf != '\0';
     bool have_env_backend = env_backend != NULL && *env_backend != '\0';

@@ -45,7 +45,7 @@ static void apply_level(int level)
  * configuration is read (a bad configuration, say) already honour it. */
 static int env_level(void)
 {
-    const char *v = getenv("GUARDIAN_DEBUG");
+    const char *v = secure_getenv("GUARDIAN_DEBUG"); /* ignored when setuid/setcap, like config.c's */
     if (v == NULL || *v == '\0')
         return -1;
     if (strcmp(v, "1") == 0 || strcasecmp(v, "yes") == 0 || strcasecmp(v, "on") == 0)

@@ -11,9 +11,13 @@
  *    statements; it is never held while a caller's callback runs, except the
  *    install commit_hook, which must run inside the transaction by contract;
  *  - a store is bound to the process that opened it: after fork() the child
- *    gets CKR_GUARDIAN_STORE_FAILED until it opens its own.
+ *    gets CKR_GUARDIAN_STORE_FAILED until it opens its own;
+ *  - the state directory is checked once (not a symlink, ours, not writable
+ *    by others) and then used through a descriptor: every file in it is
+ *    opened relative to that descriptor, without following symlinks, 0600.
  */
 #include "store.h"
+#include "journal.h"
 
 #include "guardian/guardian-pkcs11.h"
 
@@ -72,6 +76,8 @@
 #define GUARDIAN_STORE_PAGE_SIZE "2048"
 #endif
 #define STORE_FILE_NAME "guardian.db"
+#define STORE_DIR_MODE 0700
+#define STORE_FILE_MODE 0600
 #define STORE_LOG "store"
 #define AUDIT_PAGE_RECORDS 64
 #define WAL_RETRY_MS 10
@@ -172,6 +178,34 @@ static CK_RV migrate_to_2(struct guardian_store *st, sqlite3 *db)
     return map_sqlite(st, rc, "migrate the schema to version 2");
 }
 
+/* 2 -> 3: what makes a lost issue journal and a clock set back visible.
+ * audit_head.max_time: the newest time of any record (the trail's times are
+ * not monotone in seq: a journal folded late carries its ISSUEs' own times),
+ * moved in the transaction of each append; NULL while the trail is empty.
+ * holders: each process that reserved (its issue journal's file name), from
+ * its first reservation until its journal is folded for the last time (at its
+ * close, or by the opener that recovers it).  AUTOINCREMENT: an ID is never
+ * reused, so a reservation's holder names one process forever.
+ * issuance.holder: the process whose journal may hold the ISSUE; lost_seq:
+ * the JOURNAL_LOST record that declared the serial lost. */
+static const char schema_v3[] =
+    "ALTER TABLE audit_head ADD COLUMN max_time INTEGER;"
+    "UPDATE audit_head SET max_time = (SELECT max(time) FROM audit);"
+    "CREATE TABLE holders ("
+    "  id        INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  journal   TEXT    NOT NULL UNIQUE CHECK (length(CAST(journal AS BLOB)) BETWEEN 1 AND 128),"
+    "  opened_at INTEGER NOT NULL"
+    ");"
+    "ALTER TABLE issuance ADD COLUMN holder INTEGER;"
+    "ALTER TABLE issuance ADD COLUMN lost_seq INTEGER;"
+    "CREATE INDEX issuance_by_holder ON issuance (holder) WHERE holder IS NOT NULL;";
+
+static CK_RV migrate_to_3(struct guardian_store *st, sqlite3 *db)
+{
+    int rc = sqlite3_exec(db, schema_v3, NULL, NULL, NULL);
+    return map_sqlite(st, rc, "migrate the schema to version 3");
+}
+
 struct migration {
     int to_version;
     /* Runs inside the migration's write transaction; may read and rewrite
@@ -183,6 +217,7 @@ struct migration {
 static const struct migration migrations[] = {
     {1, migrate_to_1},
     {2, migrate_to_2},
+    {3, migrate_to_3},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -214,6 +249,13 @@ enum stmt_id {
     S_HEAD_SET,
     S_AUDIT_INSERT,
     S_AUDIT_PAGE,
+    S_HOLDER_INSERT,
+    S_HOLDER_BY_JOURNAL,
+    S_HOLDER_GET,
+    S_HOLDER_DELETE,
+    S_HOLDERS_ALL,
+    S_ISSUANCE_OPEN_BY_HOLDER,
+    S_ISSUANCE_SET_LOST,
     S_COUNT
 };
 
@@ -245,7 +287,7 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_SERIAL_ADVANCE] = "UPDATE products SET next_serial = next_serial + ?4 "
                          "WHERE oem_id = ?1 AND product_id = ?2 AND next_serial = ?3",
     [S_ISSUANCE_INSERT] = "INSERT INTO issuance (oem_id, product_id, serial, package_id, device_id, "
-                          "reserve_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                          "reserve_seq, holder) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [S_ISSUANCE_GET] = "SELECT device_id, issue_seq, release_seq, package_id, cert_digest FROM issuance "
                        "WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3",
     [S_ISSUANCE_SET_ISSUED] = "UPDATE issuance SET issue_seq = ?4, cert_digest = ?5, device_id = ?6 "
@@ -259,14 +301,27 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_PACKAGE_GET] = "SELECT k.oem_id, k.product_id, k.release_version, k.not_after, k.cert_template, "
                       "k.ca_cert, p.package_id IS NOT NULL FROM packages k LEFT JOIN products p "
                       "ON p.package_id = k.package_id WHERE k.package_id = ?1",
-    [S_HEAD_GET] = "SELECT seq, hash FROM audit_head WHERE id = 1",
-    [S_HEAD_SET] = "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1 AND seq = ?3",
+    [S_HEAD_GET] = "SELECT seq, hash, max_time FROM audit_head WHERE id = 1",
+    [S_HEAD_SET] = "UPDATE audit_head SET seq = ?1, hash = ?2, "
+                   "max_time = CASE WHEN max_time IS NULL OR max_time < ?4 THEN ?4 ELSE max_time END "
+                   "WHERE id = 1 AND seq = ?3",
     [S_AUDIT_INSERT] = "INSERT INTO audit (seq, type, time, oem_id, product_id, serial, device_id, digest, "
                        "package_id, release_version, authorised_units, prev_hash, hash) "
                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     [S_AUDIT_PAGE] = "SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, "
                      "release_version, authorised_units, prev_hash, hash FROM audit "
                      "WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+    [S_HOLDER_INSERT] = "INSERT INTO holders (journal, opened_at) VALUES (?1, ?2)",
+    [S_HOLDER_BY_JOURNAL] = "SELECT id FROM holders WHERE journal = ?1",
+    [S_HOLDER_GET] = "SELECT journal FROM holders WHERE id = ?1",
+    [S_HOLDER_DELETE] = "DELETE FROM holders WHERE id = ?1",
+    [S_HOLDERS_ALL] = "SELECT id, journal FROM holders ORDER BY id",
+    [S_ISSUANCE_OPEN_BY_HOLDER] = "SELECT oem_id, product_id, serial, package_id FROM issuance "
+                                  "WHERE holder = ?1 AND issue_seq IS NULL AND release_seq IS NULL "
+                                  "AND lost_seq IS NULL ORDER BY oem_id, product_id, serial",
+    [S_ISSUANCE_SET_LOST] = "UPDATE issuance SET lost_seq = ?6 WHERE oem_id = ?1 AND product_id = ?2 "
+                            "AND serial BETWEEN ?3 AND ?4 AND holder = ?5 AND issue_seq IS NULL "
+                            "AND release_seq IS NULL AND lost_seq IS NULL",
 };
 
 struct guardian_store {
@@ -282,8 +337,16 @@ struct guardian_store {
      * process's journal by the next opener.  -1: none (in-memory store). */
     int journal_fd;
     off_t journal_size;
-    char journal_path[PATH_MAX];
-    uint8_t *journal_buf; /* one encoded record */
+    char journal_name[NAME_MAX + 1]; /* in the state directory */
+    uint8_t *journal_buf;            /* one encoded record */
+    /* The state directory, checked once at open (file-backed stores; -1 for
+     * an in-memory one): every file in it is opened relative to this. */
+    int dir_fd;
+    char dir[PATH_MAX];
+    /* This process's row in `holders`: 0 until its first reservation commits
+     * it (holder_uncommitted while the transaction that adds it is open). */
+    sqlite3_int64 holder_id;
+    bool holder_uncommitted;
     struct guardian_store *next_abandoned;
 };
 
@@ -296,6 +359,14 @@ static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static CK_RV map_sqlite(struct guardian_store *st, int rc, const char *what)
 {
+    if (rc == SQLITE_CANTOPEN_SYMLINK) {
+        /* SQLITE_OPEN_NOFOLLOW: the database was swapped for a link after
+         * the store's own check. */
+        guardian_error(STORE_LOG, "%s: the state database is a symbolic link: refused (remove the link, and find "
+                                  "out who made it)",
+                       what);
+        return CKR_GUARDIAN_STATE_UNSAFE;
+    }
     switch (rc & 0xff) {
     case SQLITE_OK:
     case SQLITE_ROW:
@@ -393,6 +464,7 @@ out:
  * call):
  *   't'  const char *          text up to its NUL, not copied
  *   'i'  sqlite3_int64         integer
+ *   'N'  sqlite3_int64         integer, or NULL when it is 0
  *   'b'  const void *, int     blob of that many bytes, not copied; 0 bytes
  *                              bind an empty blob, never NULL
  * `types` must name every parameter of the statement.  Returns the first
@@ -411,6 +483,11 @@ static int bind_va(sqlite3_stmt *s, const char *types, va_list ap)
         case 'i':
             rc = sqlite3_bind_int64(s, i, va_arg(ap, sqlite3_int64));
             break;
+        case 'N': {
+            sqlite3_int64 v = va_arg(ap, sqlite3_int64);
+            rc = v != 0 ? sqlite3_bind_int64(s, i, v) : sqlite3_bind_null(s, i);
+            break;
+        }
         case 'b': {
             const void *blob = va_arg(ap, const void *);
             int len = va_arg(ap, int);
@@ -497,9 +574,45 @@ static CK_RV tx_end(struct guardian_store *st, CK_RV rv)
     return rv;
 }
 
-static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *name, size_t *folded);
+/* What folding one issue journal found. */
+struct fold_result {
+    size_t folded;                     /* ISSUE records folded (or found folded before) */
+    size_t size;                       /* bytes read from the file */
+    bool damaged;                      /* a cut or invalid record, or not the bytes its writer wrote */
+    uint8_t digest[GUARDIAN_HASH_LEN]; /* SHA-256 of the bytes read */
+};
+
+static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *name, off_t expect,
+                                 struct fold_result *res);
+static CK_RV journal_lost_locked(struct guardian_store *st, sqlite3_int64 holder, const char *journal, int reason,
+                                 const uint8_t digest[GUARDIAN_HASH_LEN]);
 static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
                             const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len);
+
+/* Fold this process's own journal, inside the caller's write transaction.
+ * Only this process writes it (it holds the flock), so anything but the bytes
+ * it wrote means someone else changed it: a JOURNAL_LOST record then names
+ * the serials this process still holds open.  *nonempty: the file had bytes,
+ * to be emptied once the transaction commits. */
+static CK_RV own_journal_fold_locked(struct guardian_store *st, bool *nonempty)
+{
+    struct fold_result fr;
+    struct stat sb;
+    CK_RV rv;
+
+    *nonempty = false;
+    if (st->journal_fd < 0)
+        return CKR_OK;
+    if (st->journal_size == 0 && fstat(st->journal_fd, &sb) == 0 && sb.st_size == 0)
+        return CKR_OK; /* the common case of a write with nothing issued since the last */
+    rv = journal_fold_locked(st, st->journal_fd, st->journal_name, st->journal_size, &fr);
+    if (rv != CKR_OK)
+        return rv;
+    *nonempty = fr.size > 0 || st->journal_size > 0; /* empty it, and restart the count */
+    if (fr.damaged && st->holder_id != 0)
+        rv = journal_lost_locked(st, st->holder_id, st->journal_name, GUARDIAN_JOURNAL_DAMAGED, fr.digest);
+    return rv;
+}
 
 /* The one shape of every mutation: lock the store, BEGIN IMMEDIATE, fold this
  * process's issue journal into the trail, run `fn`, COMMIT if it returned
@@ -508,18 +621,23 @@ static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const
 static CK_RV store_write(struct guardian_store *st, bool durable, CK_RV (*fn)(struct guardian_store *st, void *ctx),
                          void *ctx)
 {
-    size_t folded = 0;
+    bool journal_nonempty = false;
     CK_RV rv = store_enter(st);
     if (rv != CKR_OK)
         return rv;
     rv = tx_begin(st, durable);
     if (rv == CKR_OK) {
-        if (st->journal_fd >= 0 && st->journal_size > 0)
-            rv = journal_fold_locked(st, st->journal_fd, st->journal_path, &folded);
+        rv = own_journal_fold_locked(st, &journal_nonempty);
         if (rv == CKR_OK && fn != NULL)
             rv = fn(st, ctx);
         rv = tx_end(st, rv);
-        if (rv == CKR_OK && st->journal_fd >= 0 && st->journal_size > 0) {
+        if (st->holder_uncommitted) {
+            /* This process's holder row was added in this transaction. */
+            if (rv != CKR_OK)
+                st->holder_id = 0;
+            st->holder_uncommitted = false;
+        }
+        if (rv == CKR_OK && journal_nonempty) {
             /* Committed: the journal's records are in the trail now.  A crash
              * before this truncation folds them again, harmlessly. */
             if (ftruncate(st->journal_fd, 0) == 0)
@@ -654,7 +772,7 @@ static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
     uint64_t type = 0, release = 0;
 
     memset(r, 0, sizeof(*r));
-    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_RELEASE, &type) ||
+    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_JOURNAL_LOST, &type) ||
         type < GUARDIAN_AUDIT_IMPORT || sqlite3_column_type(s, 2) != SQLITE_INTEGER || !column_id(s, 3, r->oem_id) ||
         !column_id(s, 4, r->product_id) || !column_uint(s, 5, INT64_MAX, &r->serial) ||
         !column_blob(s, 6, r->device_id, sizeof(r->device_id), &r->device_id_len) ||
@@ -672,7 +790,10 @@ static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
 
 /* ---- the audit trail: append (inside a write transaction) ------------------------ */
 
-static CK_RV audit_head_get(struct guardian_store *st, uint64_t *seq, uint8_t hash[GUARDIAN_HASH_LEN])
+/* The head: the last record's seq and hash, and the newest time of any record
+ * (*has_time false while the trail is empty); max_time may be NULL. */
+static CK_RV audit_head_read(struct guardian_store *st, uint64_t *seq, uint8_t hash[GUARDIAN_HASH_LEN],
+                             int64_t *max_time, bool *has_time)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     sqlite3_stmt *s = NULL;
@@ -690,15 +811,59 @@ static CK_RV audit_head_get(struct guardian_store *st, uint64_t *seq, uint8_t ha
         }
         goto out;
     }
-    if (!column_uint(s, 0, INT64_MAX - 1, seq) || !column_blob_exact(s, 1, hash, GUARDIAN_HASH_LEN)) {
+    if (!column_uint(s, 0, INT64_MAX - 1, seq) || !column_blob_exact(s, 1, hash, GUARDIAN_HASH_LEN) ||
+        (sqlite3_column_type(s, 2) != SQLITE_NULL && sqlite3_column_type(s, 2) != SQLITE_INTEGER) ||
+        (*seq > 0 && sqlite3_column_type(s, 2) == SQLITE_NULL)) {
         guardian_error(STORE_LOG, "the audit head is malformed");
         rv = CKR_GUARDIAN_AUDIT_CORRUPT;
         goto out;
+    }
+    if (max_time != NULL) {
+        *has_time = sqlite3_column_type(s, 2) == SQLITE_INTEGER;
+        *max_time = *has_time ? sqlite3_column_int64(s, 2) : 0;
     }
     rv = CKR_OK;
 out:
     stmt_done(s);
     return rv;
+}
+
+static CK_RV audit_head_get(struct guardian_store *st, uint64_t *seq, uint8_t hash[GUARDIAN_HASH_LEN])
+{
+    return audit_head_read(st, seq, hash, NULL, NULL);
+}
+
+/* "2025-06-01T12:00:00Z" */
+static void iso8601(int64_t t, char out[32])
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    if (gmtime_r(&tt, &tm) == NULL || strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(out, 32, "%lld s", (long long)t);
+}
+
+/* Time never runs backwards (store.h, GUARDIAN_STORE_CLOCK_SLACK_S): `now`
+ * against the newest time of any record; the caller holds the lock. */
+static CK_RV clock_check_locked(struct guardian_store *st, int64_t now, const char *what)
+{
+    uint8_t hash[GUARDIAN_HASH_LEN];
+    uint64_t seq = 0;
+    int64_t newest = 0;
+    bool has = false;
+    char now_text[32], newest_text[32];
+    CK_RV rv = audit_head_read(st, &seq, hash, &newest, &has);
+
+    if (rv != CKR_OK || !has || newest <= now || (uint64_t)newest - (uint64_t)now <= GUARDIAN_STORE_CLOCK_SLACK_S)
+        return rv;
+    iso8601(now, now_text);
+    iso8601(newest, newest_text);
+    guardian_error(STORE_LOG, "%s refused: the clock says %s but the audit trail already has a record dated %s: "
+                              "the clock is behind the trail by %llu s (more than %d s); set the system clock "
+                              "right, then retry",
+                   what, now_text, newest_text, (unsigned long long)((uint64_t)newest - (uint64_t)now),
+                   GUARDIAN_STORE_CLOCK_SLACK_S);
+    return CKR_GUARDIAN_CLOCK_BEHIND;
 }
 
 /* Fills r->seq, r->prev_hash and r->hash, inserts the record and moves the head. */
@@ -727,8 +892,8 @@ static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_recor
         goto out;
     stmt_done(s);
 
-    rv = stmt_step(st, S_HEAD_SET, &s, NULL, "move the audit head", "ibi", (sqlite3_int64)r->seq, r->hash,
-                   GUARDIAN_HASH_LEN, (sqlite3_int64)head_seq);
+    rv = stmt_step(st, S_HEAD_SET, &s, NULL, "move the audit head", "ibii", (sqlite3_int64)r->seq, r->hash,
+                   GUARDIAN_HASH_LEN, (sqlite3_int64)head_seq, (sqlite3_int64)r->time);
     if (rv != CKR_OK)
         goto out;
     if (sqlite3_changes(st->db) != 1) {
@@ -767,6 +932,8 @@ static void store_free(struct guardian_store *st)
         pthread_mutex_destroy(&st->lock);
     if (st->journal_fd >= 0)
         close(st->journal_fd); /* an open that failed after creating it: the next opener folds it */
+    if (st->dir_fd >= 0)
+        close(st->dir_fd);
     free(st->journal_buf);
     free(st);
 }
@@ -886,8 +1053,159 @@ out:
     return rv;
 }
 
-static void journal_recover(struct guardian_store *st, const char *dir);
-static CK_RV journal_open(struct guardian_store *st, const char *dir);
+/* ---- the state directory and its files ------------------------------------------- */
+
+/* The state directory: created 0700 if missing (its parent must exist), else
+ * refused unless it is a real directory of this effective uid that no one
+ * else may write (CKR_GUARDIAN_STATE_UNSAFE, with what to do).  *out: a
+ * descriptor of it, for openat() and friends. */
+static CK_RV state_dir_open(const char *dir, int *out)
+{
+    struct stat sb;
+    bool created = false;
+    int fd;
+
+    *out = -1;
+    if (lstat(dir, &sb) != 0) {
+        if (errno != ENOENT) {
+            guardian_error(STORE_LOG, "cannot use the state directory %s: %s", dir, strerror(errno));
+            return CKR_GUARDIAN_STORE_FAILED;
+        }
+        if (mkdir(dir, STORE_DIR_MODE) == 0)
+            created = true;
+        else if (errno != EEXIST) {
+            guardian_error(STORE_LOG, "cannot create the state directory %s: %s (its parent directory must exist)",
+                           dir, strerror(errno));
+            return CKR_GUARDIAN_STORE_FAILED;
+        }
+        if (lstat(dir, &sb) != 0) {
+            guardian_error(STORE_LOG, "cannot use the state directory %s: %s", dir, strerror(errno));
+            return CKR_GUARDIAN_STORE_FAILED;
+        }
+    }
+    if (S_ISLNK(sb.st_mode)) {
+        guardian_error(STORE_LOG, "the state directory %s is a symbolic link: refused; set state_dir (or "
+                                  "GUARDIAN_STATE_DIR) to the directory itself",
+                       dir);
+        return CKR_GUARDIAN_STATE_UNSAFE;
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        if (fd < 0 && e != ELOOP && e != ENOTDIR) {
+            guardian_error(STORE_LOG, "cannot open the state directory %s: %s", dir, strerror(e));
+            return CKR_GUARDIAN_STORE_FAILED;
+        }
+        guardian_error(STORE_LOG, "the state directory %s is not a directory (or was just replaced by a link): "
+                                  "refused; set state_dir to a directory",
+                       dir);
+        return CKR_GUARDIAN_STATE_UNSAFE;
+    }
+    /* mkdir() applied the umask: make the mode what the store asked for. */
+    if (created && (sb.st_mode & 07777) != STORE_DIR_MODE && fchmod(fd, STORE_DIR_MODE) == 0)
+        sb.st_mode = (sb.st_mode & ~(mode_t)07777) | STORE_DIR_MODE;
+    if (sb.st_uid != geteuid()) {
+        guardian_error(STORE_LOG, "the state directory %s belongs to uid %lu, not to this process's uid %lu: "
+                                  "refused; chown %lu %s (or run as its owner)",
+                       dir, (unsigned long)sb.st_uid, (unsigned long)geteuid(), (unsigned long)geteuid(), dir);
+        close(fd);
+        return CKR_GUARDIAN_STATE_UNSAFE;
+    }
+    if ((sb.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        guardian_error(STORE_LOG, "the state directory %s is writable by %s (mode %04o): refused; chmod 700 %s",
+                       dir, (sb.st_mode & S_IWOTH) != 0 ? "others" : "its group", (unsigned)(sb.st_mode & 07777),
+                       dir);
+        close(fd);
+        return CKR_GUARDIAN_STATE_UNSAFE;
+    }
+    if (created)
+        guardian_info(STORE_LOG, "created the state directory %s (mode 0700)", dir);
+    *out = fd;
+    return CKR_OK;
+}
+
+/* A file of the store in the state directory (guardian.db, -wal, -shm, an
+ * issue journal) opened by `fd`: a regular file of this effective uid, or
+ * CKR_GUARDIAN_STATE_UNSAFE; set to 0600 whatever the umask made it. */
+static CK_RV state_file_vet(const struct guardian_store *st, int fd, const char *name)
+{
+    struct stat sb;
+
+    if (fstat(fd, &sb) != 0) {
+        guardian_error(STORE_LOG, "cannot stat %s/%s: %s", st->dir, name, strerror(errno));
+        return CKR_GUARDIAN_STORE_FAILED;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        guardian_error(STORE_LOG, "%s/%s is not a regular file: refused; remove it", st->dir, name);
+        return CKR_GUARDIAN_STATE_UNSAFE;
+    }
+    if (sb.st_uid != geteuid()) {
+        guardian_error(STORE_LOG, "%s/%s belongs to uid %lu, not to this process's uid %lu: refused; chown %lu %s/%s",
+                       st->dir, name, (unsigned long)sb.st_uid, (unsigned long)geteuid(), (unsigned long)geteuid(),
+                       st->dir, name);
+        return CKR_GUARDIAN_STATE_UNSAFE;
+    }
+    if ((sb.st_mode & 07777) != STORE_FILE_MODE && fchmod(fd, STORE_FILE_MODE) != 0) {
+        guardian_error(STORE_LOG, "cannot chmod 600 %s/%s: %s", st->dir, name, strerror(errno));
+        return CKR_GUARDIAN_STORE_FAILED;
+    }
+    return CKR_OK;
+}
+
+/* Opens `name` in the state directory without following a symbolic link
+ * (CKR_GUARDIAN_STATE_UNSAFE if it is one) and vets it; *fd -1 and CKR_OK if
+ * it does not exist and `flags` has no O_CREAT. */
+static CK_RV state_file_open(const struct guardian_store *st, const char *name, int flags, int *fd)
+{
+    CK_RV rv;
+
+    *fd = openat(st->dir_fd, name, flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, STORE_FILE_MODE);
+    if (*fd < 0) {
+        if (errno == ENOENT && (flags & O_CREAT) == 0)
+            return CKR_OK;
+        if (errno == ELOOP) {
+            guardian_error(STORE_LOG, "%s/%s is a symbolic link: refused; remove it (the store makes its own files) "
+                                      "and find out who made it",
+                           st->dir, name);
+            return CKR_GUARDIAN_STATE_UNSAFE;
+        }
+        if (errno == EISDIR) {
+            guardian_error(STORE_LOG, "%s/%s is not a regular file: refused; remove it", st->dir, name);
+            return CKR_GUARDIAN_STATE_UNSAFE;
+        }
+        guardian_error(STORE_LOG, "cannot open %s/%s: %s", st->dir, name, strerror(errno));
+        return CKR_GUARDIAN_STORE_FAILED;
+    }
+    rv = state_file_vet(st, *fd, name);
+    if (rv != CKR_OK) {
+        close(*fd);
+        *fd = -1;
+    }
+    return rv;
+}
+
+/* guardian.db (created empty here, 0600, so that SQLite finds it and gives
+ * its -wal and -shm the same mode: it creates them with the database's mode,
+ * whatever the umask), then the -wal and -shm that exist. */
+static CK_RV state_files_prepare(const struct guardian_store *st)
+{
+    static const char *const names[] = {STORE_FILE_NAME, STORE_FILE_NAME "-wal", STORE_FILE_NAME "-shm"};
+    CK_RV rv = CKR_OK;
+
+    for (size_t i = 0; rv == CKR_OK && i < sizeof(names) / sizeof(names[0]); i++) {
+        int fd = -1;
+        rv = state_file_open(st, names[i], O_RDWR | (i == 0 ? O_CREAT : 0), &fd);
+        if (fd >= 0)
+            close(fd);
+    }
+    return rv;
+}
+
+static CK_RV journal_recover(struct guardian_store *st);
+static CK_RV journal_orphans(struct guardian_store *st);
+static CK_RV journal_open(struct guardian_store *st);
 
 static CK_RV store_open_path(const char *path, const char *dir, struct guardian_store **out)
 {
@@ -909,6 +1227,7 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
     }
     st->pid = getpid();
     st->journal_fd = -1;
+    st->dir_fd = -1;
     if (pthread_mutexattr_init(&attr) != 0) {
         rv = CKR_GENERAL_ERROR;
         goto out;
@@ -924,12 +1243,20 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
     }
     st->lock_ready = true;
 
+    if (!memory) {
+        snprintf(st->dir, sizeof(st->dir), "%s", dir);
+        rv = state_dir_open(dir, &st->dir_fd);
+        if (rv == CKR_OK)
+            rv = state_files_prepare(st);
+        if (rv != CKR_OK)
+            goto out;
+    }
     rc = sqlite3_open_v2(path, &st->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX |
-                             (memory ? SQLITE_OPEN_MEMORY : 0),
+                             (memory ? SQLITE_OPEN_MEMORY : SQLITE_OPEN_NOFOLLOW),
                          NULL);
     if (rc != SQLITE_OK) {
-        rv = map_sqlite(st, rc, "open the state database");
+        rv = map_sqlite(st, st->db != NULL ? sqlite3_extended_errcode(st->db) : rc, "open the state database");
         goto out;
     }
     sqlite3_extended_result_codes(st->db, 1);
@@ -971,8 +1298,13 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
     if (rv != CKR_OK)
         goto out;
     if (!memory) {
-        journal_recover(st, dir);
-        rv = journal_open(st, dir);
+        /* Before this process has a journal or a holder row: every journal
+         * and holder found belongs to another process. */
+        rv = journal_recover(st);
+        if (rv == CKR_OK)
+            rv = journal_orphans(st);
+        if (rv == CKR_OK)
+            rv = journal_open(st);
         if (rv != CKR_OK)
             goto out;
     }
@@ -987,18 +1319,30 @@ out:
 
 CK_RV guardian_store_open(const char *dir, struct guardian_store **out)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX], clean[PATH_MAX];
+    size_t len;
     int n;
 
     if (dir == NULL || *dir == '\0' || out == NULL)
         return CKR_ARGUMENTS_BAD;
     *out = NULL;
-    n = snprintf(path, sizeof(path), "%s/%s", dir, STORE_FILE_NAME);
+    /* Without trailing slashes: "link/" would make lstat() and O_NOFOLLOW
+     * look through a symbolic link. */
+    len = strnlen(dir, sizeof(clean));
+    if (len >= sizeof(clean)) {
+        guardian_error(STORE_LOG, "state directory path too long");
+        return CKR_ARGUMENTS_BAD;
+    }
+    while (len > 1 && dir[len - 1] == '/')
+        len--;
+    memcpy(clean, dir, len);
+    clean[len] = '\0';
+    n = snprintf(path, sizeof(path), "%s/%s", clean, STORE_FILE_NAME);
     if (n < 0 || (size_t)n >= sizeof(path)) {
         guardian_error(STORE_LOG, "state directory path too long");
         return CKR_ARGUMENTS_BAD;
     }
-    return store_open_path(path, dir, out);
+    return store_open_path(path, clean, out);
 }
 
 CK_RV guardian_store_open_memory(struct guardian_store **out)
@@ -1009,13 +1353,30 @@ CK_RV guardian_store_open_memory(struct guardian_store **out)
     return store_open_path(":memory:", NULL, out);
 }
 
+/* The last fold of this process's journal: its holder row goes with it, so
+ * that no opener takes the journal's absence for a loss. */
+static CK_RV close_tx(struct guardian_store *st, void *ctx)
+{
+    sqlite3_stmt *s = NULL;
+    CK_RV rv = CKR_OK;
+
+    (void)ctx;
+    if (st->holder_id != 0)
+        rv = stmt_step(st, S_HOLDER_DELETE, &s, NULL, "forget this process's holder row", "i", st->holder_id);
+    stmt_done(s);
+    return rv;
+}
+
 void guardian_store_close(struct guardian_store *st)
 {
     if (st != NULL && st->pid == getpid() && st->journal_fd >= 0) {
-        /* Fold what is left; if that fails the journal stays for the next
-         * opener, which folds it once our lock is gone. */
-        if (guardian_store_flush(st) == CKR_OK && st->journal_size == 0 && unlink(st->journal_path) != 0)
-            guardian_warn(STORE_LOG, "cannot remove the issue journal: %s", strerror(errno));
+        /* Fold what is left; if that fails the journal and the holder row
+         * stay for the next opener, which folds it once our lock is gone. */
+        if (store_write(st, true, close_tx, NULL) == CKR_OK) {
+            st->holder_id = 0;
+            if (st->journal_size == 0 && unlinkat(st->dir_fd, st->journal_name, 0) != 0)
+                guardian_warn(STORE_LOG, "cannot remove the issue journal %s: %s", st->journal_name, strerror(errno));
+        }
         close(st->journal_fd);
         st->journal_fd = -1;
     }
@@ -1024,13 +1385,20 @@ void guardian_store_close(struct guardian_store *st)
 
 /* ---- package registry -------------------------------------------------------------- */
 
-/* The replay and rollback checks; the caller holds the lock. */
-static CK_RV package_check_locked(struct guardian_store *st, const struct guardian_package_info *pkg)
+/* The clock, expiry, replay and rollback checks; the caller holds the lock. */
+static CK_RV package_check_locked(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     sqlite3_stmt *s = NULL;
     bool row = false;
 
+    rv = clock_check_locked(st, now, "import");
+    if (rv != CKR_OK)
+        goto out;
+    if (pkg->not_after < now) {
+        rv = CKR_GUARDIAN_PACKAGE_EXPIRED;
+        goto out;
+    }
     rv = stmt_step(st, S_PACKAGE_SEEN, &s, &row, "look up a package", "b", pkg->package_id, GUARDIAN_PACKAGE_ID_LEN);
     if (rv != CKR_OK)
         goto out;
@@ -1054,7 +1422,7 @@ out:
     return rv;
 }
 
-CK_RV guardian_store_package_check(struct guardian_store *st, const struct guardian_package_info *pkg)
+CK_RV guardian_store_package_check(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     bool locked = false;
@@ -1068,21 +1436,35 @@ CK_RV guardian_store_package_check(struct guardian_store *st, const struct guard
         goto out;
     locked = true;
     /* Advisory: install repeats the checks inside its write transaction. */
-    rv = package_check_locked(st, pkg);
+    rv = package_check_locked(st, pkg, now);
 out:
     if (locked)
         store_leave(st);
     return rv;
 }
 
-static CK_RV package_install_locked(struct guardian_store *st, const struct guardian_package_info *pkg)
+CK_RV guardian_store_check_clock(struct guardian_store *st, int64_t now)
+{
+    CK_RV rv;
+
+    if (st == NULL)
+        return CKR_ARGUMENTS_BAD;
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        return rv;
+    rv = clock_check_locked(st, now, "operation");
+    store_leave(st);
+    return rv;
+}
+
+static CK_RV package_install_locked(struct guardian_store *st, const struct guardian_package_info *pkg,
+                                    int64_t now)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     struct guardian_audit_record rec;
     sqlite3_stmt *s = NULL;
-    sqlite3_int64 now = (sqlite3_int64)time(NULL);
 
-    rv = package_check_locked(st, pkg);
+    rv = package_check_locked(st, pkg, now);
     if (rv != CKR_OK)
         goto out;
 
@@ -1102,7 +1484,7 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     rv = stmt_step(st, S_PACKAGE_INSERT, &s, NULL, "record a package", "bbttiiiiibb", pkg->package_id,
                    GUARDIAN_PACKAGE_ID_LEN, pkg->package_digest, GUARDIAN_HASH_LEN, pkg->oem_id, pkg->product_id,
                    (sqlite3_int64)pkg->release_version, (sqlite3_int64)pkg->authorised_units,
-                   (sqlite3_int64)pkg->not_after, now, (sqlite3_int64)rec.seq, pkg->cert_template,
+                   (sqlite3_int64)pkg->not_after, (sqlite3_int64)now, (sqlite3_int64)rec.seq, pkg->cert_template,
                    (int)pkg->cert_template_len, pkg->ca_cert, (int)pkg->ca_cert_len);
     if (rv != CKR_OK)
         goto out;
@@ -1111,7 +1493,7 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     /* Install or supersede: the product now counts against this package's
      * allowance; next_serial is left as it was (never reused). */
     rv = stmt_step(st, S_PRODUCT_UPSERT, &s, NULL, "install a product release", "ttbi", pkg->oem_id,
-                   pkg->product_id, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, now);
+                   pkg->product_id, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, (sqlite3_int64)now);
 out:
     stmt_done(s);
     return rv;
@@ -1119,6 +1501,7 @@ out:
 
 struct install_args {
     const struct guardian_package_info *pkg;
+    int64_t now;
     CK_RV (*commit_hook)(void *ctx);
     void *ctx;
 };
@@ -1126,7 +1509,7 @@ struct install_args {
 static CK_RV install_tx(struct guardian_store *st, void *ctx)
 {
     struct install_args *a = ctx;
-    CK_RV rv = package_install_locked(st, a->pkg);
+    CK_RV rv = package_install_locked(st, a->pkg, a->now);
     /* Inside the transaction, with the store locked: the hook must not call
      * the store (it would get CKR_GENERAL_ERROR, not a deadlock). */
     if (rv == CKR_OK && a->commit_hook != NULL)
@@ -1134,10 +1517,10 @@ static CK_RV install_tx(struct guardian_store *st, void *ctx)
     return rv;
 }
 
-CK_RV guardian_store_package_install(struct guardian_store *st, const struct guardian_package_info *pkg,
+CK_RV guardian_store_package_install(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now,
                                      CK_RV (*commit_hook)(void *ctx), void *ctx)
 {
-    struct install_args a = {pkg, commit_hook, ctx};
+    struct install_args a = {pkg, now, commit_hook, ctx};
 
     if (st == NULL || !package_ok(pkg) || pkg->cert_template_len > INT_MAX || pkg->ca_cert_len > INT_MAX)
         return CKR_ARGUMENTS_BAD;
@@ -1295,6 +1678,30 @@ out:
     return rv;
 }
 
+/* This process's row in `holders`, added by its first reservation (file-backed
+ * stores: an in-memory store commits every ISSUE at once, so its
+ * reservations have no holder).  *id 0: none. */
+static CK_RV holder_register_locked(struct guardian_store *st, sqlite3_int64 *id)
+{
+    sqlite3_stmt *s = NULL;
+    CK_RV rv = CKR_OK;
+
+    *id = 0;
+    if (st->journal_fd < 0)
+        return CKR_OK;
+    if (st->holder_id == 0) {
+        rv = stmt_step(st, S_HOLDER_INSERT, &s, NULL, "record this process as a holder", "ti", st->journal_name,
+                       (sqlite3_int64)time(NULL));
+        stmt_done(s);
+        if (rv != CKR_OK)
+            return rv;
+        st->holder_id = sqlite3_last_insert_rowid(st->db);
+        st->holder_uncommitted = true; /* store_write forgets it if the transaction rolls back */
+    }
+    *id = st->holder_id;
+    return CKR_OK;
+}
+
 struct reserve_args {
     const char *oem_id, *product_id;
     const uint8_t *package_id; /* NULL: whichever release is installed */
@@ -1314,9 +1721,13 @@ static CK_RV reserve_tx(struct guardian_store *st, void *ctx)
     struct guardian_product prod;
     struct guardian_audit_record rec;
     sqlite3_stmt *s = NULL;
+    sqlite3_int64 holder = 0;
     bool row = false;
     uint64_t n;
 
+    rv = clock_check_locked(st, a->now, "reservation");
+    if (rv != CKR_OK)
+        goto out;
     rv = stmt_step(st, S_PRODUCT_GET, &s, &row, "read a product", "tt", a->oem_id, a->product_id);
     if (rv != CKR_OK)
         goto out;
@@ -1370,6 +1781,9 @@ static CK_RV reserve_tx(struct guardian_store *st, void *ctx)
     }
     stmt_done(s);
 
+    rv = holder_register_locked(st, &holder);
+    if (rv != CKR_OK)
+        goto out;
     for (uint64_t i = 0; i < n; i++) {
         memset(&rec, 0, sizeof(rec));
         rec.type = GUARDIAN_AUDIT_RESERVE;
@@ -1383,9 +1797,9 @@ static CK_RV reserve_tx(struct guardian_store *st, void *ctx)
         rv = audit_append(st, &rec);
         if (rv != CKR_OK)
             goto out;
-        rv = stmt_step(st, S_ISSUANCE_INSERT, &s, NULL, "record a reservation", "ttibbi", a->oem_id, a->product_id,
+        rv = stmt_step(st, S_ISSUANCE_INSERT, &s, NULL, "record a reservation", "ttibbiN", a->oem_id, a->product_id,
                        (sqlite3_int64)rec.serial, prod.package_id, GUARDIAN_PACKAGE_ID_LEN, rec.device_id,
-                       (int)rec.device_id_len, (sqlite3_int64)rec.seq);
+                       (int)rec.device_id_len, (sqlite3_int64)rec.seq, holder);
         if (rv != CKR_OK)
             goto out;
         stmt_done(s);
@@ -1617,159 +2031,285 @@ CK_RV guardian_store_certificate_get(struct guardian_store *st, const char *oem_
 
 /* ---- the issue journal --------------------------------------------------------------- */
 
-/* One record: "GDJ1", u32 body length, body, SHA-256(body).  Body: serial u64,
- * time i64, then oem ID, product ID and device ID each as u8 length + bytes,
- * then the certificate as u16 length + bytes.  A record is appended with one
- * write() on an O_APPEND descriptor: a process killed at any moment leaves
- * whole records (Linux completes a regular file's write), so only a power
- * loss can leave a torn tail, which folding detects and ignores. */
-#define JOURNAL_MAGIC "GDJ1"
+/* The record format and its parser are journal.c's.  A record is appended
+ * with one write() on an O_APPEND descriptor: a process killed at any moment
+ * leaves whole records (Linux completes a regular file's write), so only a
+ * power loss - or someone who edits the file - leaves a cut or invalid
+ * record, which folding detects and reports as a JOURNAL_LOST record. */
 #define JOURNAL_PREFIX "issued-"
 #define JOURNAL_SUFFIX ".journal"
-#define JOURNAL_HEADER 8
-#define JOURNAL_BODY_MAX (8 + 8 + 3 * 1 + 2 * GUARDIAN_ID_MAX + GUARDIAN_DEVICE_ID_MAX + 2 + GUARDIAN_CERT_MAX)
-#define JOURNAL_RECORD_MAX (JOURNAL_HEADER + JOURNAL_BODY_MAX + GUARDIAN_HASH_LEN)
-#define JOURNAL_FILE_MAX ((off_t)GUARDIAN_RESERVE_MAX * 4 * JOURNAL_RECORD_MAX)
+#define JOURNAL_FILE_MAX ((off_t)GUARDIAN_RESERVE_MAX * 4 * GUARDIAN_JOURNAL_RECORD_MAX)
 
-static uint8_t *jput(uint8_t *p, uint64_t v, int bytes)
+/* A journal's file name as this store makes it: issued-<pid>-<digits>.journal. */
+static bool journal_name_ok(const char *name)
 {
-    for (int i = bytes - 1; i >= 0; i--)
-        *p++ = (uint8_t)(v >> (8 * i));
-    return p;
-}
+    size_t n = strnlen(name, NAME_MAX + 1), pl = strlen(JOURNAL_PREFIX), sl = strlen(JOURNAL_SUFFIX);
 
-static uint64_t jget(const uint8_t *p, int bytes)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static size_t journal_encode(uint8_t *b, const char *oem, const char *product, uint64_t serial, int64_t t,
-                             const uint8_t *dev, size_t dev_len, const uint8_t *cert, size_t cert_len)
-{
-    uint8_t *p = b + JOURNAL_HEADER;
-    size_t ol = strlen(oem), pl = strlen(product), body;
-    unsigned int hl = 0;
-
-    p = jput(p, serial, 8);
-    p = jput(p, (uint64_t)t, 8);
-    *p++ = (uint8_t)ol;
-    memcpy(p, oem, ol), p += ol;
-    *p++ = (uint8_t)pl;
-    memcpy(p, product, pl), p += pl;
-    *p++ = (uint8_t)dev_len;
-    memcpy(p, dev, dev_len), p += dev_len;
-    p = jput(p, cert_len, 2);
-    memcpy(p, cert, cert_len), p += cert_len;
-    body = (size_t)(p - b) - JOURNAL_HEADER;
-    memcpy(b, JOURNAL_MAGIC, 4);
-    jput(b + 4, body, 4);
-    if (EVP_Digest(b + JOURNAL_HEADER, body, p, &hl, EVP_sha256(), NULL) != 1 || hl != GUARDIAN_HASH_LEN)
-        return 0;
-    return JOURNAL_HEADER + body + GUARDIAN_HASH_LEN;
-}
-
-/* One length-prefixed field of the body; false if it overruns. */
-static bool jfield(const uint8_t **p, const uint8_t *end, size_t len_bytes, size_t max, const uint8_t **v,
-                   size_t *len)
-{
-    if ((size_t)(end - *p) < len_bytes)
+    if (n <= pl + sl || n > GUARDIAN_DEVICE_ID_MAX || strncmp(name, JOURNAL_PREFIX, pl) != 0 ||
+        strcmp(name + n - sl, JOURNAL_SUFFIX) != 0)
         return false;
-    *len = (size_t)jget(*p, (int)len_bytes);
-    *p += len_bytes;
-    if (*len > max || (size_t)(end - *p) < *len)
-        return false;
-    *v = *p;
-    *p += *len;
+    for (size_t i = pl; i < n - sl; i++)
+        if (!((name[i] >= '0' && name[i] <= '9') || name[i] == '-'))
+            return false;
     return true;
 }
 
-/* Fold every whole record of the journal `fd` into the trail, as ISSUE
- * records; the caller holds the lock and a write transaction. */
-static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *name, size_t *folded)
+/* Fold every whole, valid record of the journal `fd` into the trail as ISSUE
+ * records; the caller holds the lock and a write transaction.  `expect`: the
+ * bytes its writer appended (this process's own journal), or -1 (another
+ * process's).  A record that does not parse, or that the store refuses (a
+ * serial never reserved, already settled, or issued with another
+ * certificate), makes the journal damaged: the caller declares the holder's
+ * open serials lost.  A valid record after a refused one is still folded;
+ * nothing after a cut or unparsable one can be found again. */
+static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *name, off_t expect,
+                                 struct fold_result *res)
 {
     CK_RV rv = CKR_OK;
     struct stat sb;
     uint8_t *buf = NULL;
-    size_t size, off = 0, got = 0;
+    size_t size, got = 0, off = 0;
+    unsigned int hl = 0;
 
-    *folded = 0;
-    if (fstat(fd, &sb) != 0 || sb.st_size < 0 || sb.st_size > JOURNAL_FILE_MAX) {
-        guardian_error(STORE_LOG, "issue journal %s: unreadable or too large", name);
+    memset(res, 0, sizeof(*res));
+    if (fstat(fd, &sb) != 0 || sb.st_size < 0) {
+        guardian_error(STORE_LOG, "issue journal %s: cannot stat it: %s", name, strerror(errno));
         return CKR_GUARDIAN_STORE_FAILED;
     }
-    size = (size_t)sb.st_size;
-    if (size == 0)
-        return CKR_OK;
-    buf = malloc(size);
+    size = (size_t)(sb.st_size > JOURNAL_FILE_MAX ? JOURNAL_FILE_MAX : sb.st_size);
+    if (sb.st_size > JOURNAL_FILE_MAX) {
+        guardian_error(STORE_LOG, "issue journal %s: %lld bytes, more than any journal the store writes: only the "
+                                  "first %zu are read",
+                       name, (long long)sb.st_size, size);
+        res->damaged = true;
+    }
+    if (expect >= 0 && sb.st_size != expect) {
+        guardian_error(STORE_LOG, "issue journal %s holds %lld bytes but this process wrote %lld: someone else "
+                                  "changed it",
+                       name, (long long)sb.st_size, (long long)expect);
+        res->damaged = true;
+    }
+    buf = malloc(size > 0 ? size : 1);
     if (buf == NULL)
         return CKR_HOST_MEMORY;
     while (got < size) {
         ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            guardian_error(STORE_LOG, "issue journal %s: read failed", name);
+        if (n < 0) {
+            guardian_error(STORE_LOG, "issue journal %s: read failed: %s", name, strerror(errno));
             rv = CKR_GUARDIAN_STORE_FAILED;
             goto out;
         }
+        if (n == 0)
+            break; /* shorter than fstat said: cut meanwhile */
         got += (size_t)n;
     }
-    while (size - off >= JOURNAL_HEADER) {
-        const uint8_t *rec = buf + off, *p, *end, *oem, *product, *dev, *cert;
-        size_t body = (size_t)jget(rec + 4, 4), ol, pl, dl, cl;
-        uint8_t hash[GUARDIAN_HASH_LEN], digest[GUARDIAN_HASH_LEN];
-        char oem_id[GUARDIAN_ID_MAX + 1], product_id[GUARDIAN_ID_MAX + 1];
-        unsigned int hl = 0;
+    size = got;
+    res->size = size;
+    if (EVP_Digest(buf, size, res->digest, &hl, EVP_sha256(), NULL) != 1 || hl != GUARDIAN_HASH_LEN) {
+        rv = CKR_GENERAL_ERROR;
+        goto out;
+    }
+    while (off < size) {
+        struct guardian_journal_record jr;
+        uint8_t digest[GUARDIAN_HASH_LEN];
+        enum guardian_journal_parse pr;
         struct issue_args a;
+        size_t used = 0;
 
-        if (memcmp(rec, JOURNAL_MAGIC, 4) != 0 || body > JOURNAL_BODY_MAX ||
-            size - off < JOURNAL_HEADER + body + GUARDIAN_HASH_LEN)
+        pr = guardian_journal_parse(buf + off, size - off, &jr, &used);
+        if (pr != GUARDIAN_JOURNAL_OK) {
+            guardian_error(STORE_LOG, "issue journal %s: %s at byte %zu, after %zu whole records: %zu bytes cannot "
+                                      "be read",
+                           name, pr == GUARDIAN_JOURNAL_SHORT ? "a cut record" : "an invalid record", off,
+                           res->folded, size - off);
+            res->damaged = true;
             break;
-        if (EVP_Digest(rec + JOURNAL_HEADER, body, hash, &hl, EVP_sha256(), NULL) != 1 ||
-            memcmp(hash, rec + JOURNAL_HEADER + body, GUARDIAN_HASH_LEN) != 0)
-            break;
-        p = rec + JOURNAL_HEADER + 16;
-        end = rec + JOURNAL_HEADER + body;
-        if (!jfield(&p, end, 1, GUARDIAN_ID_MAX, &oem, &ol) || ol == 0 ||
-            !jfield(&p, end, 1, GUARDIAN_ID_MAX, &product, &pl) || pl == 0 ||
-            !jfield(&p, end, 1, GUARDIAN_DEVICE_ID_MAX, &dev, &dl) || dl == 0 ||
-            !jfield(&p, end, 2, GUARDIAN_CERT_MAX, &cert, &cl) || cl == 0 || p != end)
-            break;
-        memcpy(oem_id, oem, ol);
-        oem_id[ol] = '\0';
-        memcpy(product_id, product, pl);
-        product_id[pl] = '\0';
-        if (EVP_Digest(cert, cl, digest, &hl, EVP_sha256(), NULL) != 1) {
+        }
+        if (EVP_Digest(jr.cert, jr.cert_len, digest, &hl, EVP_sha256(), NULL) != 1) {
             rv = CKR_GENERAL_ERROR;
             goto out;
         }
         memset(&a, 0, sizeof(a));
-        a.oem_id = oem_id;
-        a.product_id = product_id;
-        a.serial = jget(rec + JOURNAL_HEADER, 8);
-        a.time = (int64_t)jget(rec + JOURNAL_HEADER + 8, 8);
+        a.oem_id = jr.oem_id;
+        a.product_id = jr.product_id;
+        a.serial = jr.serial;
+        a.time = jr.time;
         a.type = GUARDIAN_AUDIT_ISSUE;
-        a.device_id = dev;
-        a.device_id_len = dl;
+        a.device_id = jr.device_id;
+        a.device_id_len = jr.device_id_len;
         a.digest = digest;
-        a.cert = cert;
-        a.cert_len = cl;
+        a.cert = jr.cert;
+        a.cert_len = jr.cert_len;
         a.replay = true;
         rv = settle_tx(st, &a);
-        if (rv != CKR_OK)
+        if (rv == CKR_ARGUMENTS_BAD || rv == CKR_GUARDIAN_AUDIT_CORRUPT) {
+            /* Refused before it wrote anything (settle_tx logged why). */
+            guardian_error(STORE_LOG, "issue journal %s: the record at byte %zu (serial %llu of %s/%s) is refused",
+                           name, off, (unsigned long long)jr.serial, jr.oem_id, jr.product_id);
+            res->damaged = true;
+            rv = CKR_OK;
+        } else if (rv != CKR_OK) {
             goto out;
-        (*folded)++;
-        off += JOURNAL_HEADER + body + GUARDIAN_HASH_LEN;
+        } else {
+            res->folded++;
+        }
+        off += used;
     }
-    if (off < size)
-        guardian_warn(STORE_LOG, "issue journal %s: %zu bytes after record %zu are not a whole record (a write "
-                                 "cut by a power loss?); ignored",
-                      name, size - off, *folded);
 out:
     free(buf);
+    return rv;
+}
+
+/* The pid in a journal's name, or -1. */
+static long journal_pid(const char *journal)
+{
+    const char *p = journal + strlen(JOURNAL_PREFIX);
+    char *end = NULL;
+    long pid;
+
+    if (strncmp(journal, JOURNAL_PREFIX, strlen(JOURNAL_PREFIX)) != 0)
+        return -1;
+    pid = strtol(p, &end, 10);
+    return end != p && *end == '-' && pid > 0 ? pid : -1;
+}
+
+struct open_serial {
+    char oem_id[GUARDIAN_ID_MAX + 1], product_id[GUARDIAN_ID_MAX + 1];
+    uint64_t serial;
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
+};
+
+/* The serials `holder` reserved that are neither issued, released nor already
+ * declared lost, in (OEM, product, serial) order; *list malloc'd. */
+static CK_RV holder_open_serials(struct guardian_store *st, sqlite3_int64 holder, struct open_serial **list,
+                                 size_t *count)
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    struct open_serial *grown, *o;
+    sqlite3_stmt *s = NULL;
+    size_t cap = 0;
+    int rc;
+
+    *list = NULL;
+    *count = 0;
+    rv = stmt_get(st, S_ISSUANCE_OPEN_BY_HOLDER, &s);
+    if (rv != CKR_OK)
+        goto out;
+    rc = bind_all(s, "i", holder);
+    while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+        rc = sqlite3_step(s);
+        if (rc != SQLITE_ROW)
+            break;
+        if (*count == cap) {
+            cap = cap != 0 ? 2 * cap : 64;
+            grown = realloc(*list, cap * sizeof(**list));
+            if (grown == NULL) {
+                rv = CKR_HOST_MEMORY;
+                goto out;
+            }
+            *list = grown;
+        }
+        o = &(*list)[*count];
+        if (!column_id(s, 0, o->oem_id) || !column_id(s, 1, o->product_id) ||
+            !column_uint(s, 2, INT64_MAX, &o->serial) ||
+            !column_blob_exact(s, 3, o->package_id, sizeof(o->package_id))) {
+            guardian_error(STORE_LOG, "a reservation row is malformed");
+            rv = CKR_GUARDIAN_STORE_FAILED;
+            goto out;
+        }
+        (*count)++;
+    }
+    rv = map_sqlite(st, rc, "list a holder's open reservations");
+out:
+    stmt_done(s);
+    if (rv != CKR_OK) {
+        free(*list);
+        *list = NULL;
+        *count = 0;
+    }
+    return rv;
+}
+
+/* Declare lost every serial `holder` still holds open: one JOURNAL_LOST record
+ * per run of consecutive serials of one product and package (format:
+ * docs/audit-format.md), in the caller's write transaction.  The units stay
+ * counted; the serials are marked so that no later opener declares them
+ * again, and may still be issued by their holder if it is alive after all
+ * (its journal deleted under it). */
+static CK_RV journal_lost_locked(struct guardian_store *st, sqlite3_int64 holder, const char *journal, int reason,
+                                 const uint8_t digest[GUARDIAN_HASH_LEN])
+{
+    CK_RV rv = CKR_GENERAL_ERROR;
+    struct open_serial *list = NULL;
+    struct guardian_audit_record rec;
+    sqlite3_stmt *s = NULL;
+    size_t count = 0, name_len = strnlen(journal, GUARDIAN_DEVICE_ID_MAX);
+    long pid = journal_pid(journal);
+    char process[32];
+
+    rv = holder_open_serials(st, holder, &list, &count);
+    if (rv != CKR_OK)
+        goto out;
+    if (pid > 0)
+        snprintf(process, sizeof(process), "process %ld", pid);
+    else
+        snprintf(process, sizeof(process), "an unknown process");
+    for (size_t i = 0, j; i < count; i = j) {
+        const struct open_serial *a = &list[i];
+        for (j = i + 1; j < count && strcmp(list[j].oem_id, a->oem_id) == 0 &&
+                        strcmp(list[j].product_id, a->product_id) == 0 &&
+                        memcmp(list[j].package_id, a->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0 &&
+                        list[j].serial == a->serial + (j - i);
+             j++)
+            ;
+        memset(&rec, 0, sizeof(rec));
+        rec.type = GUARDIAN_AUDIT_JOURNAL_LOST;
+        rec.time = (int64_t)time(NULL);
+        memcpy(rec.oem_id, a->oem_id, sizeof(rec.oem_id));
+        memcpy(rec.product_id, a->product_id, sizeof(rec.product_id));
+        rec.serial = a->serial;
+        memcpy(rec.device_id, journal, name_len);
+        rec.device_id_len = name_len;
+        if (reason == GUARDIAN_JOURNAL_DAMAGED && digest != NULL)
+            memcpy(rec.digest, digest, GUARDIAN_HASH_LEN);
+        memcpy(rec.package_id, a->package_id, GUARDIAN_PACKAGE_ID_LEN);
+        rec.release_version = (uint32_t)reason;
+        rec.authorised_units = (uint64_t)(j - i);
+        rv = audit_append(st, &rec);
+        if (rv != CKR_OK)
+            goto out;
+        rv = stmt_step(st, S_ISSUANCE_SET_LOST, &s, NULL, "mark serials lost", "ttiiii", a->oem_id, a->product_id,
+                       (sqlite3_int64)a->serial, (sqlite3_int64)(a->serial + (j - i) - 1), holder,
+                       (sqlite3_int64)rec.seq);
+        if (rv != CKR_OK)
+            goto out;
+        if ((size_t)sqlite3_changes(st->db) != j - i) {
+            guardian_error(STORE_LOG, "reservations changed under a write transaction");
+            rv = CKR_GUARDIAN_STORE_FAILED;
+            goto out;
+        }
+        stmt_done(s);
+        guardian_error(STORE_LOG, "issue journal of %s lost (%s %s): serials %llu..%llu of %s/%s may have been "
+                                  "issued without a record; audit record %llu (JOURNAL_LOST) tells the OEM",
+                       process, journal_name_ok(journal) ? journal : "(a malformed journal name)",
+                       reason == GUARDIAN_JOURNAL_MISSING ? "is missing" : "is damaged",
+                       (unsigned long long)a->serial, (unsigned long long)(a->serial + (j - i) - 1), a->oem_id,
+                       a->product_id, (unsigned long long)rec.seq);
+    }
+    rv = CKR_OK;
+out:
+    stmt_done(s);
+    free(list);
+    return rv;
+}
+
+static CK_RV holder_forget_locked(struct guardian_store *st, sqlite3_int64 holder)
+{
+    sqlite3_stmt *s = NULL;
+    CK_RV rv = stmt_step(st, S_HOLDER_DELETE, &s, NULL, "forget a holder", "i", holder);
+    stmt_done(s);
     return rv;
 }
 
@@ -1780,95 +2320,207 @@ CK_RV guardian_store_flush(struct guardian_store *st)
     return store_write(st, true, NULL, NULL);
 }
 
-struct fold_args {
+struct recover_args {
     int fd;
     const char *name;
-    size_t folded;
+    struct fold_result fr;
 };
 
-static CK_RV fold_tx(struct guardian_store *st, void *ctx)
+/* A dead process's journal: fold it; if it is damaged, declare its holder's
+ * open serials lost; forget the holder (its journal is folded for good). */
+static CK_RV recover_tx(struct guardian_store *st, void *ctx)
 {
-    struct fold_args *a = ctx;
-    return journal_fold_locked(st, a->fd, a->name, &a->folded);
+    struct recover_args *a = ctx;
+    sqlite3_stmt *s = NULL;
+    sqlite3_int64 holder = 0;
+    bool row = false;
+    CK_RV rv = journal_fold_locked(st, a->fd, a->name, -1, &a->fr);
+
+    if (rv != CKR_OK)
+        goto out;
+    rv = stmt_step(st, S_HOLDER_BY_JOURNAL, &s, &row, "look up a holder", "t", a->name);
+    if (rv != CKR_OK || !row) {
+        /* No holder (it never reserved, or a copy under another name): its
+         * records are folded, and a damage has no serials to name. */
+        goto out;
+    }
+    holder = sqlite3_column_int64(s, 0);
+    stmt_done(s);
+    s = NULL;
+    if (a->fr.damaged)
+        rv = journal_lost_locked(st, holder, a->name, GUARDIAN_JOURNAL_DAMAGED, a->fr.digest);
+    if (rv == CKR_OK)
+        rv = holder_forget_locked(st, holder);
+out:
+    stmt_done(s);
+    return rv;
 }
 
 /* Journals left by processes that ended without closing the store (killed,
  * crashed): their owner's lock is gone, so fold and remove them.  A journal
- * whose lock is held belongs to a live process. */
-static void journal_recover(struct guardian_store *st, const char *dir)
+ * whose lock is held belongs to a live process.  A journal that is a symbolic
+ * link or not a regular file of ours refuses the open. */
+static CK_RV journal_recover(struct guardian_store *st)
 {
-    DIR *d = opendir(dir);
+    CK_RV rv = CKR_OK;
     struct dirent *e;
-    struct fold_args fa;
+    DIR *d;
+    int dfd = dup(st->dir_fd);
 
-    if (d == NULL)
-        return;
-    while ((e = readdir(d)) != NULL) {
-        char path[PATH_MAX];
-        size_t nl = strlen(e->d_name), folded = 0;
-        int fd, n;
-        CK_RV rv;
+    if (dfd < 0 || (d = fdopendir(dfd)) == NULL) {
+        if (dfd >= 0)
+            close(dfd);
+        guardian_error(STORE_LOG, "cannot list the state directory %s: %s", st->dir, strerror(errno));
+        return CKR_GUARDIAN_STORE_FAILED;
+    }
+    while (rv == CKR_OK && (e = readdir(d)) != NULL) {
+        size_t nl = strlen(e->d_name);
+        struct recover_args ra;
+        CK_RV frv;
+        int fd = -1;
 
         if (strncmp(e->d_name, JOURNAL_PREFIX, strlen(JOURNAL_PREFIX)) != 0 || nl <= strlen(JOURNAL_SUFFIX) ||
             strcmp(e->d_name + nl - strlen(JOURNAL_SUFFIX), JOURNAL_SUFFIX) != 0)
             continue;
-        n = snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        if (n < 0 || (size_t)n >= sizeof(path))
-            continue;
-        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-            continue;
+        rv = state_file_open(st, e->d_name, O_RDWR, &fd);
+        if (rv != CKR_OK || fd < 0)
+            continue; /* refused (rv says so), or gone meanwhile */
         if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
             close(fd); /* a live process's */
             continue;
         }
-        fa.fd = fd;
-        fa.name = e->d_name;
-        fa.folded = 0;
-        rv = store_write(st, true, fold_tx, &fa);
-        folded = fa.folded;
-        if (rv == CKR_OK) {
-            if (ftruncate(fd, 0) != 0 || unlink(path) != 0)
+        memset(&ra, 0, sizeof(ra));
+        ra.fd = fd;
+        ra.name = e->d_name;
+        frv = store_write(st, true, recover_tx, &ra);
+        if (frv == CKR_OK) {
+            if (ftruncate(fd, 0) != 0 || unlinkat(st->dir_fd, e->d_name, 0) != 0)
                 guardian_warn(STORE_LOG, "issue journal %s: folded but not removed: %s", e->d_name, strerror(errno));
-            if (folded > 0)
+            if (ra.fr.folded > 0)
                 guardian_info(STORE_LOG, "recovered %zu ISSUE records from %s (its process ended without closing "
                                          "the store)",
-                              folded, e->d_name);
+                              ra.fr.folded, e->d_name);
+        } else {
+            guardian_error(STORE_LOG, "issue journal %s: not recovered; it stays for the next opener", e->d_name);
         }
         close(fd);
     }
     closedir(d);
+    return rv;
 }
 
-static CK_RV journal_open(struct guardian_store *st, const char *dir)
+struct orphan_args {
+    sqlite3_int64 id;
+    char journal[NAME_MAX + 1];
+};
+
+/* journal_orphans' transaction: the holder is still recorded and its journal
+ * still missing (checked again under the write lock: the process that folds
+ * a journal forgets its holder before it removes the file). */
+static CK_RV orphan_tx(struct guardian_store *st, void *ctx)
+{
+    static const uint8_t zeros[GUARDIAN_HASH_LEN];
+    struct orphan_args *a = ctx;
+    sqlite3_stmt *s = NULL;
+    struct stat sb;
+    bool row = false;
+    CK_RV rv = stmt_step(st, S_HOLDER_GET, &s, &row, "look up a holder", "i", a->id);
+
+    stmt_done(s);
+    if (rv != CKR_OK || !row)
+        return rv;
+    if (journal_name_ok(a->journal) && fstatat(st->dir_fd, a->journal, &sb, AT_SYMLINK_NOFOLLOW) == 0)
+        return CKR_OK;
+    rv = journal_lost_locked(st, a->id, a->journal, GUARDIAN_JOURNAL_MISSING, zeros);
+    if (rv == CKR_OK)
+        rv = holder_forget_locked(st, a->id);
+    return rv;
+}
+
+/* Holders whose journal is gone although no process folded it for the last
+ * time: someone deleted it (or renamed it away).  Their open serials may have
+ * been issued, so each gets a JOURNAL_LOST record. */
+static CK_RV journal_orphans(struct guardian_store *st)
+{
+    struct orphan_args *list = NULL, *grown;
+    size_t count = 0, cap = 0;
+    sqlite3_stmt *s = NULL;
+    CK_RV rv;
+    int rc = SQLITE_OK;
+
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        return rv;
+    rv = stmt_get(st, S_HOLDERS_ALL, &s);
+    while (rv == CKR_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const unsigned char *name = sqlite3_column_text(s, 1);
+        if (count == cap) {
+            cap = cap != 0 ? 2 * cap : 16;
+            grown = realloc(list, cap * sizeof(*list));
+            if (grown == NULL) {
+                rv = CKR_HOST_MEMORY;
+                break;
+            }
+            list = grown;
+        }
+        list[count].id = sqlite3_column_int64(s, 0);
+        snprintf(list[count].journal, sizeof(list[count].journal), "%s", name != NULL ? (const char *)name : "");
+        count++;
+    }
+    if (rv == CKR_OK)
+        rv = map_sqlite(st, rc, "list the holders");
+    stmt_done(s);
+    store_leave(st);
+
+    for (size_t i = 0; rv == CKR_OK && i < count; i++) {
+        struct stat sb;
+        if (list[i].id == st->holder_id ||
+            (journal_name_ok(list[i].journal) &&
+             fstatat(st->dir_fd, list[i].journal, &sb, AT_SYMLINK_NOFOLLOW) == 0))
+            continue; /* a live process's, or a dead one's the next opener folds */
+        if (store_write(st, true, orphan_tx, &list[i]) != CKR_OK)
+            guardian_error(STORE_LOG, "the missing issue journal %s is not recorded yet; the next opener retries",
+                           list[i].journal);
+    }
+    free(list);
+    return rv;
+}
+
+static CK_RV journal_open(struct guardian_store *st)
 {
     struct timespec ts;
-    char tmp[PATH_MAX + 8];
+    char tmp[NAME_MAX + 1];
     int n;
 
     clock_gettime(CLOCK_REALTIME, &ts);
-    n = snprintf(st->journal_path, sizeof(st->journal_path), "%s/" JOURNAL_PREFIX "%ld-%lld%09ld" JOURNAL_SUFFIX,
-                 dir, (long)st->pid, (long long)ts.tv_sec, (long)ts.tv_nsec);
-    if (n < 0 || (size_t)n >= sizeof(st->journal_path))
-        return CKR_ARGUMENTS_BAD;
-    st->journal_buf = malloc(JOURNAL_RECORD_MAX);
+    n = snprintf(st->journal_name, sizeof(st->journal_name), JOURNAL_PREFIX "%ld-%lld%09ld" JOURNAL_SUFFIX,
+                 (long)st->pid, (long long)ts.tv_sec, (long)ts.tv_nsec);
+    if (n < 0 || (size_t)n >= sizeof(st->journal_name) || !journal_name_ok(st->journal_name))
+        return CKR_GENERAL_ERROR;
+    st->journal_buf = malloc(GUARDIAN_JOURNAL_RECORD_MAX);
     if (st->journal_buf == NULL)
         return CKR_HOST_MEMORY;
     /* Locked under a name recovery does not look at, then renamed: no other
      * process can ever see this journal unlocked and take it for a dead one. */
-    n = snprintf(tmp, sizeof(tmp), "%s.new", st->journal_path);
+    n = snprintf(tmp, sizeof(tmp), "%s.new", st->journal_name);
     if (n < 0 || (size_t)n >= sizeof(tmp))
-        return CKR_ARGUMENTS_BAD;
-    st->journal_fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (st->journal_fd < 0 || flock(st->journal_fd, LOCK_EX | LOCK_NB) != 0 || rename(tmp, st->journal_path) != 0) {
-        guardian_error(STORE_LOG, "cannot create the issue journal in %s: %s", dir, strerror(errno));
+        return CKR_GENERAL_ERROR;
+    st->journal_fd = openat(st->dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC | O_NOFOLLOW,
+                            STORE_FILE_MODE);
+    if (st->journal_fd < 0 || fchmod(st->journal_fd, STORE_FILE_MODE) != 0 ||
+        flock(st->journal_fd, LOCK_EX | LOCK_NB) != 0 || renameat(st->dir_fd, tmp, st->dir_fd, st->journal_name) != 0) {
+        guardian_error(STORE_LOG, "cannot create the issue journal in %s: %s", st->dir, strerror(errno));
         if (st->journal_fd >= 0) {
             close(st->journal_fd);
-            unlink(tmp);
+            unlinkat(st->dir_fd, tmp, 0);
         }
         st->journal_fd = -1;
         return CKR_GUARDIAN_STORE_FAILED;
     }
+    /* The journal's name made durable before any reservation can name it as
+     * its holder: a power loss must not make it look deleted. */
+    if (fsync(st->dir_fd) != 0)
+        guardian_warn(STORE_LOG, "cannot sync the state directory %s: %s", st->dir, strerror(errno));
     st->journal_size = 0;
     return CKR_OK;
 }
@@ -1882,8 +2534,8 @@ static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const
 
     if (rv != CKR_OK)
         return rv;
-    len = journal_encode(st->journal_buf, oem_id, product_id, serial, (int64_t)time(NULL), device_id, device_id_len,
-                         cert, cert_len);
+    len = guardian_journal_encode(st->journal_buf, GUARDIAN_JOURNAL_RECORD_MAX, oem_id, product_id, serial,
+                                  (int64_t)time(NULL), device_id, device_id_len, cert, cert_len);
     rv = len > 0 ? CKR_OK : CKR_GENERAL_ERROR;
     while (rv == CKR_OK && done < len) {
         ssize_t n = write(st->journal_fd, st->journal_buf + done, len - done);

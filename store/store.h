@@ -31,8 +31,18 @@
 
 struct guardian_store;
 
-/* Open (creating if needed) <dir>/guardian.db; the directory must exist.
- * Applies schema migrations up to the current schema version. */
+/* Open (creating if needed) <dir>/guardian.db and apply schema migrations up
+ * to the current schema version; then fold the issue journals of processes
+ * that ended without closing, and record a JOURNAL_LOST for each process whose
+ * journal is missing or damaged (below).
+ *
+ * The directory is created (mode 0700) if it is missing; its parent must
+ * exist.  CKR_GUARDIAN_STATE_UNSAFE, with one log line saying what to fix,
+ * when the directory is a symbolic link, is not owned by the effective uid,
+ * or is writable by group or others, and when guardian.db, its -wal or -shm,
+ * or an issue journal is a symbolic link, not a regular file, or not owned by
+ * the effective uid.  guardian.db, -wal, -shm and the journals are created
+ * 0600 whatever the umask (existing ones are set to 0600). */
 CK_RV guardian_store_open(const char *dir, struct guardian_store **out);
 /* A private in-memory store, for unit tests. */
 CK_RV guardian_store_open_memory(struct guardian_store **out);
@@ -57,20 +67,38 @@ struct guardian_package_info {
     size_t ca_cert_len;
 };
 
-/* CKR_OK if the package may be installed; CKR_GUARDIAN_PACKAGE_REPLAYED if a
- * package with this ID was ever imported; CKR_GUARDIAN_PACKAGE_ROLLBACK if the
- * installed release of (oem_id, product_id) is >= release_version. */
-CK_RV guardian_store_package_check(struct guardian_store *st, const struct guardian_package_info *pkg);
+/* Time never runs backwards.  An import or a reservation whose `now` is more
+ * than GUARDIAN_STORE_CLOCK_SLACK_S seconds before the newest time of any
+ * audit record is refused with CKR_GUARDIAN_CLOCK_BEHIND and a log line that
+ * names both times, and writes nothing: a clock set back cannot revive an
+ * expired package or backdate production.  The slack covers a caller that
+ * read the clock and then waited for the write lock (busy timeout 10 s)
+ * while another process wrote a record; a clock set back by up to the slack
+ * is not detected, and since the newest time only grows, repeated small
+ * steps back gain no more than the slack in total. */
+#define GUARDIAN_STORE_CLOCK_SLACK_S 30
+/* The same check on its own, without writing: CKR_OK or CKR_GUARDIAN_CLOCK_BEHIND. */
+CK_RV guardian_store_check_clock(struct guardian_store *st, int64_t now);
 
-/* In one transaction: the same checks as guardian_store_package_check, then
- * record the package, make it the installed release of its product (a newer
- * release supersedes the older: its allowance replaces the old remaining count,
- * the serial counter continues), and append an IMPORT audit record.
+/* CKR_OK if the package may be installed at `now` (seconds since the epoch,
+ * UTC: the caller's clock, the same it checked anything else with);
+ * CKR_GUARDIAN_CLOCK_BEHIND if `now` is behind the audit trail (above);
+ * CKR_GUARDIAN_PACKAGE_EXPIRED if not_after < now;
+ * CKR_GUARDIAN_PACKAGE_REPLAYED if a package with this ID was ever imported;
+ * CKR_GUARDIAN_PACKAGE_ROLLBACK if the installed release of (oem_id,
+ * product_id) is >= release_version. */
+CK_RV guardian_store_package_check(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now);
+
+/* In one transaction: the same checks as guardian_store_package_check at
+ * `now`, then record the package, make it the installed release of its
+ * product (a newer release supersedes the older: its allowance replaces the
+ * old remaining count, the serial counter continues), and append an IMPORT
+ * audit record dated `now`.
  * `commit_hook`, if not NULL, is called inside the transaction after the rows
  * are written and before COMMIT; if it returns non-CKR_OK the transaction is
  * rolled back and that value returned (the caller creates its token objects
  * there, so registry and token stay consistent). */
-CK_RV guardian_store_package_install(struct guardian_store *st, const struct guardian_package_info *pkg,
+CK_RV guardian_store_package_install(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now,
                                      CK_RV (*commit_hook)(void *ctx), void *ctx);
 
 /* What an imported package left for issuing certificates. */
@@ -118,8 +146,10 @@ CK_RV guardian_store_products_each(struct guardian_store *st,
 /* Issuing a certificate is two steps, each one transaction, so that a crash at
  * any moment neither exceeds the quota nor loses a returned certificate's record:
  *
- * 1. reserve: remaining > 0 (else CKR_GUARDIAN_QUOTA_EXHAUSTED), not expired at
- *    `now` (else CKR_GUARDIAN_PACKAGE_EXPIRED); remaining -= 1, issued += 1,
+ * 1. reserve: `now` not behind the trail (else CKR_GUARDIAN_CLOCK_BEHIND, see
+ *    guardian_store_check_clock), remaining > 0 (else
+ *    CKR_GUARDIAN_QUOTA_EXHAUSTED), not expired at `now` (else
+ *    CKR_GUARDIAN_PACKAGE_EXPIRED); remaining -= 1, issued += 1,
  *    serial = next_serial++; append a RESERVE audit record (device ID, serial).
  * 2. commit: append an ISSUE audit record (serial, device ID, SHA-256 of the
  *    certificate DER).  Only then does the caller return the certificate.
@@ -149,6 +179,12 @@ CK_RV guardian_store_commit_issue(struct guardian_store *st, const char *oem_id,
  *   folded by the next opener.  Either way it survives a process crash; a
  *   power loss may lose it, and the serial then reads "reserved, not issued" -
  *   still counted.  (An in-memory store commits it at once, synchronous=NORMAL.)
+ *   Each reservation of a file-backed store records its holder (the journal
+ *   that may hold its ISSUE).  When a holder's journal is missing although the
+ *   holder ended with serials still open, or its journal is damaged (a cut or
+ *   invalid record), the store appends a JOURNAL_LOST record naming the
+ *   journal and those serials, in the transaction that discovers it: they stay
+ *   counted, and the OEM's verifier fails the report.
  * release: a RELEASE record for a reserved serial that will never be issued
  *   (the module gives back what it reserved and did not use, at C_Finalize):
  *   the unit is counted back; the serial is never reused. */
@@ -174,6 +210,13 @@ enum guardian_audit_type {
     GUARDIAN_AUDIT_RESERVE = 2,
     GUARDIAN_AUDIT_ISSUE = 3,
     GUARDIAN_AUDIT_RELEASE = 4,
+    GUARDIAN_AUDIT_JOURNAL_LOST = 5,
+};
+
+/* Why a JOURNAL_LOST record was written (its release_version field). */
+enum guardian_journal_lost_reason {
+    GUARDIAN_JOURNAL_MISSING = 1, /* the holder ended with serials open and its journal is gone */
+    GUARDIAN_JOURNAL_DAMAGED = 2, /* its journal ends in a cut record, or a record does not verify */
 };
 
 struct guardian_audit_record {
@@ -182,13 +225,13 @@ struct guardian_audit_record {
     int64_t time;  /* seconds since the epoch, UTC */
     char oem_id[GUARDIAN_ID_MAX + 1];
     char product_id[GUARDIAN_ID_MAX + 1];
-    uint64_t serial;                      /* RESERVE, ISSUE, RELEASE; 0 otherwise */
+    uint64_t serial;                      /* RESERVE, ISSUE, RELEASE; JOURNAL_LOST: first serial; 0 otherwise */
     uint8_t device_id[GUARDIAN_DEVICE_ID_MAX];
-    size_t device_id_len;                 /* RESERVE, ISSUE */
-    uint8_t digest[GUARDIAN_HASH_LEN];    /* ISSUE: certificate; IMPORT: package */
-    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN]; /* IMPORT */
-    uint32_t release_version;             /* IMPORT */
-    uint64_t authorised_units;            /* IMPORT */
+    size_t device_id_len;                 /* RESERVE, ISSUE; JOURNAL_LOST: the journal's file name */
+    uint8_t digest[GUARDIAN_HASH_LEN];    /* ISSUE: certificate; IMPORT: package; JOURNAL_LOST: journal or zeros */
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN]; /* IMPORT; JOURNAL_LOST: the package the serials counted against */
+    uint32_t release_version;             /* IMPORT; JOURNAL_LOST: enum guardian_journal_lost_reason */
+    uint64_t authorised_units;            /* IMPORT; JOURNAL_LOST: number of serials (serial .. serial + n - 1) */
     uint8_t prev_hash[GUARDIAN_HASH_LEN]; /* hash of record seq-1; zeros for seq 1 */
     uint8_t hash[GUARDIAN_HASH_LEN];      /* SHA-256 over the canonical encoding */
 };

@@ -204,6 +204,7 @@ struct rpkg {
     uint8_t id[GUARDIAN_PACKAGE_ID_LEN], digest[GUARDIAN_HASH_LEN];
     uint32_t release;
     uint64_t authorised, reserved, released, issued, certs_ok, net, peak;
+    uint64_t lost; /* reserved, not issued, and named by a JOURNAL-LOST record */
     int over;
 };
 
@@ -215,6 +216,7 @@ struct rserial {
     size_t settled;         /* index of its ISSUE or RELEASE record */
     uint32_t product, pkg;
     uint8_t state;          /* 0: empty slot */
+    uint8_t lost;           /* named by a JOURNAL-LOST record while still reserved */
 };
 
 struct rcert {
@@ -832,6 +834,51 @@ static void check_chain(struct vctx *v)
     }
 }
 
+/* ---- the clock ---------------------------------------------------------------------------- */
+
+static void iso8601(int64_t t, char out[32])
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    if (gmtime_r(&tt, &tm) == NULL || strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(out, 32, "%lld", (long long)t);
+}
+
+/* Time never runs backwards (docs/audit-format.md): the Guardian refuses an
+ * import or a reservation dated more than GUARDIAN_STORE_CLOCK_SLACK_S
+ * seconds before the newest record it holds.  An IMPORT or RESERVE dated so
+ * in the report means the clock was set back and the store's own check was
+ * bypassed (its state edited, or a trail rewritten).  A run of such
+ * reservations is one problem. */
+static void check_clock(struct vctx *v)
+{
+    const struct rrec *newest = NULL;
+    uint64_t run_end = 0; /* seq after the last record of the run being reported */
+
+    for (size_t i = 0; i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i];
+        if (r->type == TYPE_REDACTED || (i > 0 && r->seq == v->recs[i - 1].seq))
+            continue;
+        if (newest != NULL && (r->type == GUARDIAN_AUDIT_IMPORT || r->type == GUARDIAN_AUDIT_RESERVE) &&
+            newest->time > r->time && (uint64_t)newest->time - (uint64_t)r->time > GUARDIAN_STORE_CLOCK_SLACK_S) {
+            if (r->type == GUARDIAN_AUDIT_IMPORT || r->seq != run_end) {
+                char t[32], n[32];
+                iso8601(r->time, t);
+                iso8601(newest->time, n);
+                problem(v, "record %llu (%s of %s) is dated %s, %llu s before record %llu (%s): the Guardian's clock "
+                           "was set back",
+                        (unsigned long long)r->seq, type_names[r->type], v->products[r->product].name, t,
+                        (unsigned long long)((uint64_t)newest->time - (uint64_t)r->time),
+                        (unsigned long long)newest->seq, n);
+            }
+            run_end = r->seq + 1;
+        }
+        if (newest == NULL || r->time > newest->time)
+            newest = r;
+    }
+}
+
 /* ---- certificates ------------------------------------------------------------------------ */
 
 static int check_ext(const struct vctx *v, const X509 *x, const struct rproduct *prod, const uint8_t *dev,
@@ -1001,6 +1048,78 @@ static struct rserial *serial_slot(struct vctx *v, uint32_t product, uint64_t se
     return &v->serials[h];
 }
 
+/* A JOURNAL-LOST record's journal name (its device ID field), printable. */
+static void lost_journal_name(const struct rrec *r, char *out, size_t cap, long *pid)
+{
+    size_t n = 0;
+    char *end = NULL;
+
+    *pid = -1;
+    for (size_t i = 0; i < r->dev_len && n + 1 < cap; i++) {
+        int hi = hex_val(r->dev_hex[2 * i]), lo = hex_val(r->dev_hex[2 * i + 1]);
+        int c = hi << 4 | lo;
+        out[n++] = c > 0x20 && c < 0x7f ? (char)c : '?';
+    }
+    out[n] = '\0';
+    if (strncmp(out, "issued-", 7) == 0) {
+        long p = strtol(out + 7, &end, 10);
+        if (end != out + 7 && *end == '-' && p > 0)
+            *pid = p;
+    }
+}
+
+/* JOURNAL-LOST: the Guardian found the issue journal of a process that held
+ * serials open missing or damaged.  Those serials stay counted, but
+ * certificates may have left under them without an ISSUE record: the report
+ * fails, naming them.  A serial named must be reserved and still open. */
+static void check_lost(struct vctx *v, const struct rrec *r, struct rproduct *prod)
+{
+    unsigned long long seq = (unsigned long long)r->seq, first = (unsigned long long)r->serial;
+    char name[GUARDIAN_DEVICE_ID_MAX + 1], who[48];
+    int unreserved = 0, settled = 0, other_pkg = 0;
+    long pid;
+
+    if (r->serial == 0 || r->units == 0 || r->units > v->n_reserve || r->serial > INT64_MAX - (r->units - 1) ||
+        r->dev_len == 0 || (r->release != GUARDIAN_JOURNAL_MISSING && r->release != GUARDIAN_JOURNAL_DAMAGED)) {
+        problem(v, "record %llu (JOURNAL-LOST) is malformed: it needs serials 1.. that were reserved, a journal name "
+                   "and a reason 1 (missing) or 2 (damaged)",
+                seq);
+        return;
+    }
+    lost_journal_name(r, name, sizeof(name), &pid);
+    if (pid > 0)
+        snprintf(who, sizeof(who), "process %ld", pid);
+    else
+        snprintf(who, sizeof(who), "an unknown process");
+    problem(v, "issue journal of %s lost: serials %llu..%llu of %s may have been issued without a record "
+               "(record %llu: journal %s %s)",
+            who, first, (unsigned long long)(r->serial + r->units - 1), prod->name, seq, name,
+            r->release == GUARDIAN_JOURNAL_MISSING ? "missing" : "damaged");
+    for (uint64_t k = 0; k < r->units; k++) {
+        struct rserial *s = serial_slot(v, r->product, r->serial + k);
+        if (s->state == 0)
+            unreserved++;
+        else if (s->state != S_RESERVED)
+            settled++;
+        else {
+            if (memcmp(v->pkgs[s->pkg].id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) != 0)
+                other_pkg++;
+            if (!s->lost) {
+                s->lost = 1;
+                v->pkgs[s->pkg].lost++;
+            }
+        }
+    }
+    if (unreserved > 0)
+        problem(v, "record %llu declares %d serials of %s lost that were never reserved", seq, unreserved, prod->name);
+    if (settled > 0)
+        problem(v, "record %llu declares %d serials of %s lost that were already issued or released", seq, settled,
+                prod->name);
+    if (other_pkg > 0)
+        problem(v, "record %llu names another package than the one %d of its serials counted against", seq,
+                other_pkg);
+}
+
 static void check_accounting(struct vctx *v)
 {
     v->serial_cap = 16;
@@ -1041,6 +1160,10 @@ static void check_accounting(struct vctx *v)
             pkg->release = r->release;
             pkg->authorised = r->units;
             prod->pkg = (long)v->n_pkgs++;
+            continue;
+        }
+        if (r->type == GUARDIAN_AUDIT_JOURNAL_LOST) {
+            check_lost(v, r, prod);
             continue;
         }
         if (r->serial == 0) {
@@ -1096,6 +1219,11 @@ static void check_accounting(struct vctx *v)
         }
         pkg = &v->pkgs[s->pkg];
         s->settled = i;
+        if (s->lost) {
+            /* Its holder was alive after all (its journal deleted under it). */
+            s->lost = 0;
+            pkg->lost--;
+        }
         if (r->type == GUARDIAN_AUDIT_RELEASE) {
             s->state = S_RELEASED;
             pkg->released++;
@@ -1198,14 +1326,16 @@ static void summary(struct vctx *v)
 {
     for (size_t i = 0; i < v->n_pkgs; i++) {
         const struct rpkg *k = &v->pkgs[i];
-        char id[33];
+        char id[33], lost[64] = "";
         put_hex(id, k->id, sizeof(k->id));
+        if (k->lost > 0)
+            snprintf(lost, sizeof(lost), " (%llu of them in a lost issue journal)", (unsigned long long)k->lost);
         say(v,
             "%s release %u (package %s, record %llu): authorised %llu, reserved %llu, released %llu, issued %llu, "
-            "reserved-not-issued %llu, remaining %llu, certificates verified %llu/%llu\n",
+            "reserved-not-issued %llu%s, remaining %llu, certificates verified %llu/%llu\n",
             v->products[k->product].name, k->release, id, (unsigned long long)k->seq,
             (unsigned long long)k->authorised, (unsigned long long)k->reserved, (unsigned long long)k->released,
-            (unsigned long long)k->issued, (unsigned long long)(k->reserved - k->released - k->issued),
+            (unsigned long long)k->issued, (unsigned long long)(k->reserved - k->released - k->issued), lost,
             (unsigned long long)(k->authorised > k->net ? k->authorised - k->net : 0),
             (unsigned long long)k->certs_ok, (unsigned long long)k->issued);
     }
@@ -1302,6 +1432,7 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
             }
         }
         check_chain(&v);
+        check_clock(&v);
         if (in->previous != NULL)
             check_previous(&v);
         check_accounting(&v);

@@ -7,11 +7,15 @@
  *       certificates signed with CA.key following the device certificate
  *       profile (docs/audit-report.md), releases RELEASE and leaves KEEP
  *       reserved, not issued: the trail a provisioning run leaves behind.
+ *   audit_fixture issue ... KEEP die
+ *       the same, then SIGKILLs itself instead of closing the store: a line
+ *       killed mid-production, its issue journal left behind unfolded.
  *   audit_fixture rehash IN OUT one|chain SEQ
  *       recomputes the hash of record SEQ (one), or of SEQ and every record
  *       after it with their prev_hash links and the head line (chain): what a
  *       forger who altered a record would do.  Other lines are copied.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,7 +111,7 @@ static X509 *device_cert(EVP_PKEY *ca_key, X509 *ca, const char *oem, const char
     return x;
 }
 
-static int issue(char **argv)
+static int issue(char **argv, int die)
 {
     struct guardian_store *st;
     struct guardian_product p;
@@ -148,6 +152,11 @@ static int issue(char **argv)
     for (uint64_t i = 0; i < n_release; i++)
         if (guardian_store_release(st, p.oem_id, p.product_id, first + n_issue + i) != CKR_OK)
             fail("cannot release a unit");
+    if (die) {
+        printf("serials %llu..%llu, killed\n", (unsigned long long)first, (unsigned long long)(first + got - 1));
+        fflush(stdout);
+        raise(SIGKILL);
+    }
     guardian_store_close(st);
     EVP_PKEY_free(ca_key);
     X509_free(ca);
@@ -214,10 +223,12 @@ static int rehash(char **argv)
 int main(int argc, char **argv)
 {
     if (argc == 10 && strcmp(argv[1], "issue") == 0)
-        return issue(argv);
+        return issue(argv, 0);
+    if (argc == 11 && strcmp(argv[1], "issue") == 0 && strcmp(argv[10], "die") == 0)
+        return issue(argv, 1);
     if (argc == 6 && strcmp(argv[1], "rehash") == 0)
         return rehash(argv);
-    fprintf(stderr, "usage: audit_fixture issue STATE_DIR CA.key CA.pem OEM PRODUCT ISSUE RELEASE KEEP\n"
+    fprintf(stderr, "usage: audit_fixture issue STATE_DIR CA.key CA.pem OEM PRODUCT ISSUE RELEASE KEEP [die]\n"
                     "       audit_fixture rehash IN OUT one|chain SEQ\n");
     return 2;
 }

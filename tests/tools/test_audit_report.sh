@@ -151,6 +151,10 @@ expect "over quota, forged: the fake key's signature is valid" 1 "signature +val
 expect "over quota, forged: the Guardian counters disagree" 1 "the Guardian counts 2 units used of ACME/SENSOR-1 .* but the trail adds up to 4" -- \
     verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
 expect "over quota, forged: against the real Guardian" 1 "signature does not verify" -- verify forged.txt "${V[@]}"
+# The forged reservations are dated 2023: before the records they follow.
+expect "forged with an old date: the clock ran backwards" 1 \
+    "record 27 \(RESERVE of ACME/SENSOR-1\) is dated 2023-11-14T22:13:20Z, [0-9]+ s before record [0-9]+ \(.*\): the Guardian's clock was set back" -- \
+    verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
 
 # --previous: a later report must extend an earlier one (same record at the
 # earlier head).  A centre that rewrites its trail can re-sign it with the
@@ -216,6 +220,40 @@ if "$CTL" --help | grep -q '^  provision'; then
 else
     ok "guardianctl provision not built yet: certificates from audit_fixture only"
 fi
+
+# ---- a lost issue journal ----------------------------------------------------------------
+# A line killed mid-production leaves its issue journal for the next opener to
+# fold.  Deleted, or cut inside a record, the certificates it recorded are
+# gone: the next opener (here the export) writes a JOURNAL-LOST record naming
+# the serials the line held open, and the OEM's verifier fails the report.
+wrap LOST-4 1 10 l4r1.gpk
+"$CTL" import l4r1.gpk >/dev/null || ko "import l4r1"
+# die OEM PRODUCT ISSUE RELEASE KEEP: audit_fixture issue ... die, without the shell's "Killed" line.
+die() { bash -c '"$@" >/dev/null 2>&1; exit 0' die "$FIX" issue state ca.key ca.pem "$@" die 2>/dev/null; }
+die ACME LOST-4 1 0 1 # serials 1..2, killed
+set -- state/issued-*.journal
+[ $# -eq 1 ] && [ -f "$1" ] || ko "the killed line left one journal ($*)"
+pid=${1#state/issued-}; pid=${pid%%-*}
+rm -f "$1"
+"$CTL" audit export --out lost.txt 2>/dev/null || ko "export after a deleted journal"
+grep -q '^record [0-9]* JOURNAL-LOST .* ACME LOST-4 1 ' lost.txt && ok "the export carries the JOURNAL-LOST record" ||
+    ko "no JOURNAL-LOST record in the export"
+expect "a deleted journal fails the report" 1 \
+    "issue journal of process $pid lost: serials 1\.\.2 of ACME/LOST-4 may have been issued without a record \(record [0-9]+: journal issued-$pid-[0-9]+\.journal missing\)" -- \
+    verify lost.txt "${V[@]}"
+expect "its units stay counted" 1 "ACME/LOST-4 release 1 .*reserved 2, released 0, issued 0, reserved-not-issued 2 \(2 of them in a lost issue journal\), remaining 8" -- \
+    verify lost.txt "${V[@]}"
+die ACME LOST-4 3 0 1 # serials 3..6, killed
+set -- state/issued-*.journal
+[ $# -eq 1 ] && [ -f "$1" ] || ko "the killed line left one journal ($*)"
+pid=${1#state/issued-}; pid=${pid%%-*}
+truncate -s -5 "$1"
+"$CTL" audit export --product ACME/LOST-4 --out lost2.txt 2>/dev/null || ko "export after a cut journal"
+expect "a journal cut inside a record fails the report" 1 \
+    "issue journal of process $pid lost: serials 5\.\.6 of ACME/LOST-4 may have been issued without a record \(record [0-9]+: journal issued-$pid-[0-9]+\.journal damaged\)" -- \
+    verify lost2.txt "${V[@]}" --package l4r1.gpk
+expect "what the cut journal still held is issued" 1 "ACME/LOST-4 release 1 .*reserved 6, released 0, issued 2, .*certificates verified 2/2" -- \
+    verify lost2.txt "${V[@]}"
 
 # ---- malformed input and usage -----------------------------------------------------------
 head -n -1 report.txt >truncated.txt

@@ -158,7 +158,7 @@ static void install_packages(void)
         info.cert_template_len = tmpl_len;
         info.ca_cert = p->ca_cert;
         info.ca_cert_len = p->ca_cert_len;
-        assert_int_equal(guardian_store_package_install(st, &info, NULL, NULL), CKR_OK);
+        assert_int_equal(guardian_store_package_install(st, &info, (int64_t)time(NULL), NULL, NULL), CKR_OK);
         snprintf(p->label, sizeof(p->label), "guardian:%s/%s/r1:production-ca", OEM, p->product);
     }
     guardian_store_close(st);

@@ -29,13 +29,18 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include <openssl/evp.h>
+
+#include "journal.h"
 #include "store.h"
 
 #include "guardian/guardian-pkcs11.h"
 
 #define OEM "acme"
 #define PRODUCT "sensor-1"
-#define NOW ((int64_t)1700000000)
+/* The wall clock: the store refuses a reservation or an import dated before
+ * its newest audit record (GUARDIAN_STORE_CLOCK_SLACK_S). */
+#define NOW ((int64_t)time(NULL))
 #define FAR_FUTURE ((int64_t)4102444800) /* 2100-01-01 */
 
 /* ---- helpers ------------------------------------------------------------------------ */
@@ -60,7 +65,7 @@ static CK_RV install(struct guardian_store *st, uint8_t id, const char *oem, con
                      uint64_t units)
 {
     struct guardian_package_info p = make_pkg(id, oem, product, release, units);
-    return guardian_store_package_install(st, &p, NULL, NULL);
+    return guardian_store_package_install(st, &p, NOW, NULL, NULL);
 }
 
 static CK_RV reserve(struct guardian_store *st, const char *dev, int64_t now, uint64_t *serial)
@@ -230,7 +235,7 @@ static void test_open_reopen_file(void **state)
     assert_int_equal(reserve(st, "dev-1", NOW, &serial), CKR_OK);
     guardian_store_close(st);
 
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 2);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
 
     /* Reopen twice: the migration is not applied again, the data is there. */
     for (int round = 0; round < 2; round++) {
@@ -242,7 +247,7 @@ static void test_open_reopen_file(void **state)
         assert_int_equal(read_trail(st, t), CKR_OK);
         assert_int_equal(t->count, 2);
         guardian_store_close(st);
-        assert_int_equal(query_int(&d, "PRAGMA user_version"), 2);
+        assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
         assert_int_equal(query_int(&d, "SELECT count(*) FROM sqlite_schema WHERE name = 'audit'"), 1);
     }
 
@@ -312,7 +317,7 @@ static void test_migration_failure_rolls_back(void **state)
     tamper(&d, "DROP TABLE audit");
     st = open_dir(&d);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 2);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
     tmpdir_remove(&d);
 }
 
@@ -331,10 +336,10 @@ static void test_install_replay_rollback_supersede(void **state)
     (void)state;
 
     assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_GUARDIAN_PRODUCT_UNKNOWN);
-    assert_int_equal(guardian_store_package_check(st, &a), CKR_OK);
-    assert_int_equal(guardian_store_package_install(st, &a, NULL, NULL), CKR_OK);
-    assert_int_equal(guardian_store_package_check(st, &a), CKR_GUARDIAN_PACKAGE_REPLAYED);
-    assert_int_equal(guardian_store_package_install(st, &a, NULL, NULL), CKR_GUARDIAN_PACKAGE_REPLAYED);
+    assert_int_equal(guardian_store_package_check(st, &a, NOW), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_package_check(st, &a, NOW), CKR_GUARDIAN_PACKAGE_REPLAYED);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_GUARDIAN_PACKAGE_REPLAYED);
 
     assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
     assert_string_equal(p.oem_id, OEM);
@@ -354,13 +359,13 @@ static void test_install_replay_rollback_supersede(void **state)
     }
 
     /* Same release, new ID: rollback.  Older release: rollback. */
-    assert_int_equal(guardian_store_package_check(st, &old), CKR_GUARDIAN_PACKAGE_ROLLBACK);
-    assert_int_equal(guardian_store_package_install(st, &old, NULL, NULL), CKR_GUARDIAN_PACKAGE_ROLLBACK);
+    assert_int_equal(guardian_store_package_check(st, &old, NOW), CKR_GUARDIAN_PACKAGE_ROLLBACK);
+    assert_int_equal(guardian_store_package_install(st, &old, NOW, NULL, NULL), CKR_GUARDIAN_PACKAGE_ROLLBACK);
     old.release_version = 0;
-    assert_int_equal(guardian_store_package_install(st, &old, NULL, NULL), CKR_GUARDIAN_PACKAGE_ROLLBACK);
+    assert_int_equal(guardian_store_package_install(st, &old, NOW, NULL, NULL), CKR_GUARDIAN_PACKAGE_ROLLBACK);
 
     /* Newer release supersedes: its allowance, issued back to 0, serials continue. */
-    assert_int_equal(guardian_store_package_install(st, &b, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &b, NOW, NULL, NULL), CKR_OK);
     assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
     assert_memory_equal(p.package_id, b.package_id, GUARDIAN_PACKAGE_ID_LEN);
     assert_int_equal(p.release_version, 2);
@@ -372,12 +377,12 @@ static void test_install_replay_rollback_supersede(void **state)
     assert_int_equal(serial, 4);
 
     /* The superseded package is still a replay, not a rollback. */
-    assert_int_equal(guardian_store_package_check(st, &a), CKR_GUARDIAN_PACKAGE_REPLAYED);
-    assert_int_equal(guardian_store_package_install(st, &a, NULL, NULL), CKR_GUARDIAN_PACKAGE_REPLAYED);
-    assert_int_equal(guardian_store_package_install(st, &b, NULL, NULL), CKR_GUARDIAN_PACKAGE_REPLAYED);
+    assert_int_equal(guardian_store_package_check(st, &a, NOW), CKR_GUARDIAN_PACKAGE_REPLAYED);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_GUARDIAN_PACKAGE_REPLAYED);
+    assert_int_equal(guardian_store_package_install(st, &b, NOW, NULL, NULL), CKR_GUARDIAN_PACKAGE_REPLAYED);
     /* Same release as installed, new ID: rollback. */
-    assert_int_equal(guardian_store_package_check(st, &c), CKR_GUARDIAN_PACKAGE_ROLLBACK);
-    assert_int_equal(guardian_store_package_install(st, &c, NULL, NULL), CKR_GUARDIAN_PACKAGE_ROLLBACK);
+    assert_int_equal(guardian_store_package_check(st, &c, NOW), CKR_GUARDIAN_PACKAGE_ROLLBACK);
+    assert_int_equal(guardian_store_package_install(st, &c, NOW, NULL, NULL), CKR_GUARDIAN_PACKAGE_ROLLBACK);
 
     /* Another product of the same OEM is independent. */
     assert_int_equal(install(st, 0xE5, OEM, "sensor-2", 1, 1), CKR_OK);
@@ -457,13 +462,14 @@ static void test_reserve_until_exhausted(void **state)
     struct guardian_product p;
     struct trail *t = trail_new();
     uint64_t serial = 0;
+    const int64_t now = NOW;
     (void)state;
 
     assert_int_equal(install(st, 1, OEM, PRODUCT, 1, 7), CKR_OK);
     for (uint64_t i = 1; i <= 7; i++) {
         char dev[16];
         snprintf(dev, sizeof(dev), "dev-%llu", (unsigned long long)i);
-        assert_int_equal(reserve(st, dev, NOW, &serial), CKR_OK);
+        assert_int_equal(reserve(st, dev, now, &serial), CKR_OK);
         assert_int_equal(serial, i);
         assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
         assert_int_equal(p.issued_units, i);
@@ -482,7 +488,7 @@ static void test_reserve_until_exhausted(void **state)
     assert_int_equal(t->count, 8);
     assert_int_equal(count_type(t, GUARDIAN_AUDIT_RESERVE), 7);
     assert_int_equal(t->rec[7].serial, 7);
-    assert_int_equal(t->rec[7].time, NOW);
+    assert_int_equal(t->rec[7].time, now);
     assert_int_equal(t->rec[7].device_id_len, 5);
     assert_memory_equal(t->rec[7].device_id, "dev-7", 5);
 
@@ -499,17 +505,21 @@ static void test_expiry_and_unknown(void **state)
     struct guardian_package_info pkg = make_pkg(1, OEM, PRODUCT, 1, 10);
     struct guardian_product p;
     uint64_t serial = 0;
+    const int64_t now = NOW;
     (void)state;
 
-    assert_int_equal(reserve(st, "dev", NOW, &serial), CKR_GUARDIAN_PRODUCT_UNKNOWN);
-    pkg.not_after = NOW;
-    assert_int_equal(guardian_store_package_install(st, &pkg, NULL, NULL), CKR_OK);
-    assert_int_equal(guardian_store_reserve(st, OEM, "sensor-9", (const uint8_t *)"d", 1, NOW, &serial),
+    assert_int_equal(reserve(st, "dev", now, &serial), CKR_GUARDIAN_PRODUCT_UNKNOWN);
+    pkg.not_after = now;
+    /* An expired package is not installed; one that expires at `now` is. */
+    assert_int_equal(guardian_store_package_check(st, &pkg, now + 1), CKR_GUARDIAN_PACKAGE_EXPIRED);
+    assert_int_equal(guardian_store_package_install(st, &pkg, now + 1, NULL, NULL), CKR_GUARDIAN_PACKAGE_EXPIRED);
+    assert_int_equal(guardian_store_package_install(st, &pkg, now, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_reserve(st, OEM, "sensor-9", (const uint8_t *)"d", 1, now, &serial),
                      CKR_GUARDIAN_PRODUCT_UNKNOWN);
-    assert_int_equal(guardian_store_reserve(st, "acm", PRODUCT, (const uint8_t *)"d", 1, NOW, &serial),
+    assert_int_equal(guardian_store_reserve(st, "acm", PRODUCT, (const uint8_t *)"d", 1, now, &serial),
                      CKR_GUARDIAN_PRODUCT_UNKNOWN);
-    assert_int_equal(reserve(st, "dev", NOW, &serial), CKR_OK); /* not_after itself is still valid */
-    assert_int_equal(reserve(st, "dev", NOW + 1, &serial), CKR_GUARDIAN_PACKAGE_EXPIRED);
+    assert_int_equal(reserve(st, "dev", now, &serial), CKR_OK); /* not_after itself is still valid */
+    assert_int_equal(reserve(st, "dev", now + 1, &serial), CKR_GUARDIAN_PACKAGE_EXPIRED);
     assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
     assert_int_equal(p.issued_units, 1);
     assert_int_equal(p.remaining_units, 9);
@@ -594,10 +604,10 @@ static void test_commit_hook(void **state)
     (void)state;
 
     /* A failing hook on a fresh product: nothing at all is left behind. */
-    assert_int_equal(guardian_store_package_install(st, &v1, hook, &h), CKR_FUNCTION_FAILED);
+    assert_int_equal(guardian_store_package_install(st, &v1, NOW, hook, &h), CKR_FUNCTION_FAILED);
     assert_int_equal(h.calls, 1);
     assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_GUARDIAN_PRODUCT_UNKNOWN);
-    assert_int_equal(guardian_store_package_check(st, &v1), CKR_OK); /* not recorded: no replay */
+    assert_int_equal(guardian_store_package_check(st, &v1, NOW), CKR_OK); /* not recorded: no replay */
     assert_int_equal(read_trail(st, t), CKR_OK);
     assert_int_equal(t->count, 0);
     assert_int_equal(reserve(st, "dev", NOW, &serial), CKR_GUARDIAN_PRODUCT_UNKNOWN);
@@ -605,19 +615,19 @@ static void test_commit_hook(void **state)
     /* A succeeding hook: installed, called once. */
     h.result = CKR_OK;
     h.calls = 0;
-    assert_int_equal(guardian_store_package_install(st, &v1, hook, &h), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &v1, NOW, hook, &h), CKR_OK);
     assert_int_equal(h.calls, 1);
     assert_int_equal(reserve(st, "dev", NOW, &serial), CKR_OK);
 
     /* A failing hook on a supersede: the old release stays installed, untouched. */
     h.result = CKR_DEVICE_ERROR;
-    assert_int_equal(guardian_store_package_install(st, &v2, hook, &h), CKR_DEVICE_ERROR);
+    assert_int_equal(guardian_store_package_install(st, &v2, NOW, hook, &h), CKR_DEVICE_ERROR);
     assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
     assert_memory_equal(p.package_id, v1.package_id, GUARDIAN_PACKAGE_ID_LEN);
     assert_int_equal(p.issued_units, 1);
     assert_int_equal(p.remaining_units, 9);
     assert_int_equal(p.next_serial, 2);
-    assert_int_equal(guardian_store_package_check(st, &v2), CKR_OK);
+    assert_int_equal(guardian_store_package_check(st, &v2, NOW), CKR_OK);
     assert_int_equal(read_trail(st, t), CKR_OK);
     assert_int_equal(t->count, 2); /* IMPORT v1, RESERVE */
 
@@ -626,7 +636,7 @@ static void test_commit_hook(void **state)
     h.result = CKR_OK;
     h.reenter = st;
     h.reenter_rv = CKR_OK;
-    assert_int_equal(guardian_store_package_install(st, &v2, hook, &h), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &v2, NOW, hook, &h), CKR_OK);
     assert_int_equal(h.reenter_rv, CKR_GENERAL_ERROR);
     assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
     assert_int_equal(p.release_version, 2);
@@ -674,10 +684,10 @@ static void test_arguments(void **state)
     memset(dev, 'd', sizeof(dev));
 
     /* NULLs */
-    assert_int_equal(guardian_store_package_check(NULL, &pkg), CKR_ARGUMENTS_BAD);
-    assert_int_equal(guardian_store_package_check(st, NULL), CKR_ARGUMENTS_BAD);
-    assert_int_equal(guardian_store_package_install(NULL, &pkg, NULL, NULL), CKR_ARGUMENTS_BAD);
-    assert_int_equal(guardian_store_package_install(st, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_package_check(NULL, &pkg, NOW), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_package_check(st, NULL, NOW), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_package_install(NULL, &pkg, NOW, NULL, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_package_install(st, NULL, NOW, NULL, NULL), CKR_ARGUMENTS_BAD);
     assert_int_equal(guardian_store_product_get(NULL, OEM, PRODUCT, &p), CKR_ARGUMENTS_BAD);
     assert_int_equal(guardian_store_product_get(st, NULL, PRODUCT, &p), CKR_ARGUMENTS_BAD);
     assert_int_equal(guardian_store_product_get(st, OEM, NULL, &p), CKR_ARGUMENTS_BAD);
@@ -688,7 +698,7 @@ static void test_arguments(void **state)
 
     /* ID lengths: 64 bytes is the limit; 65, empty, or no terminator is refused. */
     pkg = make_pkg(1, id64, id64, 1, 10);
-    assert_int_equal(guardian_store_package_install(st, &pkg, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &pkg, NOW, NULL, NULL), CKR_OK);
     assert_int_equal(guardian_store_product_get(st, id64, id64, &p), CKR_OK);
     assert_string_equal(p.oem_id, id64);
     assert_int_equal(guardian_store_product_get(st, id65, id64, &p), CKR_ARGUMENTS_BAD);
@@ -696,12 +706,12 @@ static void test_arguments(void **state)
     assert_int_equal(guardian_store_product_get(st, "", PRODUCT, &p), CKR_ARGUMENTS_BAD);
     pkg = make_pkg(2, OEM, PRODUCT, 1, 10);
     memset(pkg.oem_id, 'x', sizeof(pkg.oem_id)); /* no terminator anywhere */
-    assert_int_equal(guardian_store_package_check(st, &pkg), CKR_ARGUMENTS_BAD);
-    assert_int_equal(guardian_store_package_install(st, &pkg, NULL, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_package_check(st, &pkg, NOW), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_package_install(st, &pkg, NOW, NULL, NULL), CKR_ARGUMENTS_BAD);
     pkg = make_pkg(2, OEM, "", 1, 10);
-    assert_int_equal(guardian_store_package_install(st, &pkg, NULL, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_package_install(st, &pkg, NOW, NULL, NULL), CKR_ARGUMENTS_BAD);
     pkg = make_pkg(2, OEM, PRODUCT, 1, (uint64_t)INT64_MAX + 1);
-    assert_int_equal(guardian_store_package_install(st, &pkg, NULL, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_package_install(st, &pkg, NOW, NULL, NULL), CKR_ARGUMENTS_BAD);
 
     /* Device IDs: 1..128 bytes. */
     assert_int_equal(guardian_store_reserve(st, id64, id64, dev, GUARDIAN_DEVICE_ID_MAX, NOW, &serial), CKR_OK);
@@ -767,6 +777,13 @@ static void vector_record(int which, struct guardian_audit_record *r, const uint
     }
 }
 
+static const char vec4_enc[] =
+    "4744415544495431000000000000000400000005000000006553f1c80000000461636d650000000873656e736f722d3100000000000000"
+    "02000000276973737565642d343234322d313730303030303030303030303030303030302e6a6f75726e616c000000000000000000000000"
+    "000000000000000000000000000000000000000022222222222222222222222222222222000000010000000000000003eb6e789c5a20f27d"
+    "c768a419af7501b62b08f332fad04aeaea4491a4da9ed046";
+static const char vec4_hash[] = "1ab382f4242c248f9f4db691c362bbd504413e914a911fcfc6c1b6da89ef1cff";
+
 static void test_audit_encoding_vectors(void **state)
 {
     struct guardian_audit_record r;
@@ -795,6 +812,31 @@ static void test_audit_encoding_vectors(void **state)
     assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
     hex_to_bytes(vec3_hash, want, sizeof(want));
     assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+
+    /* Record 4: JOURNAL_LOST of serials 2..4 (docs/audit-format.md). */
+    {
+        static const char journal[] = "issued-4242-1700000000000000000.journal";
+        uint8_t enc4[191];
+        memset(&r, 0, sizeof(r));
+        r.seq = 4;
+        r.type = GUARDIAN_AUDIT_JOURNAL_LOST;
+        r.time = 1700000200;
+        strcpy(r.oem_id, "acme");
+        strcpy(r.product_id, "sensor-1");
+        r.serial = 2;
+        memcpy(r.device_id, journal, strlen(journal));
+        r.device_id_len = strlen(journal);
+        memset(r.package_id, 0x22, sizeof(r.package_id));
+        r.release_version = GUARDIAN_JOURNAL_MISSING;
+        r.authorised_units = 3;
+        memcpy(r.prev_hash, want, GUARDIAN_HASH_LEN);
+        hex_to_bytes(vec4_enc, enc4, sizeof(enc4));
+        assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), sizeof(enc4));
+        assert_memory_equal(buf, enc4, sizeof(enc4));
+        assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+        hex_to_bytes(vec4_hash, want, sizeof(want));
+        assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+    }
 
     /* Largest record: 396 bytes.  Negative time is two's complement. */
     memset(&r, 0, sizeof(r));
@@ -1246,7 +1288,7 @@ static void test_concurrent_fresh_open(void **state)
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
     }
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 2);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
     st = open_dir(&d);
     for (int i = 0; i < FRESH_PROCS; i++) {
         char product[16];
@@ -1463,7 +1505,7 @@ static void test_block_issue_release(void **state)
     a.cert_template_len = sizeof(tmpl);
     a.ca_cert = ca;
     a.ca_cert_len = sizeof(ca);
-    assert_int_equal(guardian_store_package_install(st, &a, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
     assert_int_equal(guardian_store_package_material(st, a.package_id, &m), CKR_OK);
     assert_string_equal(m.oem_id, OEM);
     assert_string_equal(m.product_id, PRODUCT);
@@ -1516,7 +1558,7 @@ static void test_block_issue_release(void **state)
 
     /* A newer release supersedes: the old package can no longer reserve, and
      * a serial counted against the old one is counted back against it. */
-    assert_int_equal(guardian_store_package_install(st, &b, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &b, NOW, NULL, NULL), CKR_OK);
     assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 1, &first, &got),
                      CKR_GUARDIAN_PACKAGE_SUPERSEDED);
     assert_int_equal(guardian_store_package_material(st, a.package_id, &m), CKR_OK);
@@ -1539,8 +1581,10 @@ static void test_block_issue_release(void **state)
 
 /* The issue journal of a file-backed store: an ISSUE is one append, folded
  * into the trail by the next write, a flush or close; a journal left by a
- * process that died is folded by the next opener, a torn tail is ignored, and
- * folding the same records twice changes nothing. */
+ * process that died is folded by the next opener up to a torn tail, and
+ * folding the same records twice changes nothing.  (What a missing or
+ * damaged journal costs - a JOURNAL_LOST record - is test_journal_deleted's
+ * and test_journal_damaged's.) */
 static size_t journal_files(const struct tmpdir *d, char *name, size_t cap)
 {
     DIR *dir = opendir(d->path);
@@ -1589,7 +1633,7 @@ static void test_issue_journal(void **state)
     tmpdir_make(&d);
     st = open_dir(&d);
     assert_int_equal(journal_files(&d, NULL, 0), 1);
-    assert_int_equal(guardian_store_package_install(st, &a, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
     assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 8, &first, &got), CKR_OK);
     for (uint64_t s = 1; s <= 3; s++)
         assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, s, (const uint8_t *)"dev", 3, cert, sizeof(cert)),
@@ -1619,7 +1663,9 @@ static void test_issue_journal(void **state)
     assert_int_equal(journal_files(&d, NULL, 0), 1); /* only the new opener's own */
 
     /* A process that dies without closing: its journal is folded by the next
-     * opener, up to a torn tail. */
+     * opener, up to a torn tail.  Here it is also renamed: under its own name
+     * it is missing, so its holder's two serials left open are declared
+     * lost. */
     pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
@@ -1656,6 +1702,8 @@ static void test_issue_journal(void **state)
     st = open_dir(&d); /* recovers the dead journal */
     assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 6);
     assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3 AND device_id = CAST('kid' AS BLOB)"), 2);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 5"), 1);
+    assert_int_equal(query_int(&d, "SELECT authorised_units FROM audit WHERE type = 5"), 2);
     assert_int_equal(journal_files(&d, NULL, 0), 1);
     {
         struct trail *t = trail_new();
@@ -1664,6 +1712,534 @@ static void test_issue_journal(void **state)
     }
     guardian_store_close(st);
     tmpdir_remove(&d);
+}
+
+/* ---- the state directory and its files -------------------------------------------------- */
+
+static mode_t mode_of(const char *dir, const char *name)
+{
+    char path[512];
+    struct stat sb;
+    snprintf(path, sizeof(path), "%s%s%s", dir, name != NULL ? "/" : "", name != NULL ? name : "");
+    assert_int_equal(lstat(path, &sb), 0);
+    return sb.st_mode & 07777;
+}
+
+static void path_join(char *out, size_t cap, const char *dir, const char *name)
+{
+    assert_true((size_t)snprintf(out, cap, "%s/%s", dir, name) < cap);
+}
+
+/* With umask 0 (the most permissive): a missing state directory is created
+ * 0700, guardian.db, its -wal and -shm and the journal are 0600; an existing
+ * database that the umask made group-readable is set to 0600. */
+static void test_state_created_private(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st = NULL;
+    char sub[sizeof(((struct tmpdir *)0)->path)], journal[256];
+    mode_t old = umask(0);
+    uint64_t serial = 0;
+    (void)state;
+
+    tmpdir_make(&d);
+    path_join(sub, sizeof(sub), d.path, "state");
+    assert_int_equal(guardian_store_open(sub, &st), CKR_OK); /* created if missing */
+    assert_int_equal(mode_of(sub, NULL), 0700);
+    assert_int_equal(install(st, 1, OEM, PRODUCT, 1, 10), CKR_OK);
+    assert_int_equal(reserve(st, "dev-1", NOW, &serial), CKR_OK);
+    assert_int_equal(mode_of(sub, "guardian.db"), 0600);
+    assert_int_equal(mode_of(sub, "guardian.db-wal"), 0600);
+    assert_int_equal(mode_of(sub, "guardian.db-shm"), 0600);
+    {
+        struct tmpdir s2;
+        snprintf(s2.path, sizeof(s2.path), "%s", sub);
+        assert_int_equal(journal_files(&s2, journal, sizeof(journal)), 1);
+    }
+    assert_int_equal(mode_of(journal, NULL), 0600);
+    guardian_store_close(st);
+
+    /* An existing database left 0644 by an earlier version: made 0600. */
+    path_join(journal, sizeof(journal), sub, "guardian.db");
+    assert_int_equal(chmod(journal, 0644), 0);
+    st = NULL;
+    assert_int_equal(guardian_store_open(sub, &st), CKR_OK);
+    assert_int_equal(mode_of(sub, "guardian.db"), 0600);
+    guardian_store_close(st);
+    umask(old);
+
+    /* A parent that does not exist is not created. */
+    path_join(journal, sizeof(journal), d.path, "no/such");
+    st = NULL;
+    assert_int_equal(guardian_store_open(journal, &st), CKR_GUARDIAN_STORE_FAILED);
+    assert_null(st);
+    {
+        struct tmpdir s2;
+        snprintf(s2.path, sizeof(s2.path), "%s", sub);
+        tmpdir_remove(&s2);
+    }
+    tmpdir_remove(&d);
+}
+
+static void expect_unsafe(const char *dir)
+{
+    struct guardian_store *st = NULL;
+    assert_int_equal(guardian_store_open(dir, &st), CKR_GUARDIAN_STATE_UNSAFE);
+    assert_null(st);
+}
+
+/* A state directory that is a symlink, not ours, writable by others, or not
+ * a directory; a guardian.db, -wal or journal that is a symlink or not a
+ * regular file: CKR_GUARDIAN_STATE_UNSAFE, and the link's target untouched. */
+static void test_state_unsafe_refused(void **state)
+{
+    struct tmpdir d, real;
+    struct guardian_store *st = NULL;
+    char link[128], path[256], target[256], slash[160];
+    struct stat sb;
+    (void)state;
+
+    tmpdir_make(&d);
+    tmpdir_make(&real);
+
+    /* The directory itself. */
+    path_join(link, sizeof(link), d.path, "link");
+    assert_int_equal(symlink(real.path, link), 0);
+    expect_unsafe(link);
+    snprintf(slash, sizeof(slash), "%s/", link);
+    expect_unsafe(slash); /* "link/" would resolve through the link */
+    path_join(path, sizeof(path), real.path, "guardian.db");
+    assert_int_equal(lstat(path, &sb), -1); /* nothing made behind the link */
+    unlink(link);
+
+    assert_int_equal(chmod(real.path, 0770), 0);
+    expect_unsafe(real.path);
+    assert_int_equal(chmod(real.path, 0702), 0);
+    expect_unsafe(real.path);
+    assert_int_equal(chmod(real.path, 0755), 0); /* readable by others is fine */
+    st = open_dir(&real);
+    guardian_store_close(st);
+    assert_int_equal(chmod(real.path, 0700), 0);
+    if (geteuid() == 0) {
+        assert_int_equal(chown(real.path, 65534, 65534), 0);
+        expect_unsafe(real.path);
+        assert_int_equal(chown(real.path, 0, 0), 0);
+    }
+    path_join(path, sizeof(path), d.path, "file");
+    {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fclose(f);
+    }
+    expect_unsafe(path);
+    unlink(path);
+
+    /* Its files. */
+    path_join(target, sizeof(target), d.path, "elsewhere.db");
+    {
+        FILE *f = fopen(target, "w");
+        assert_non_null(f);
+        fclose(f);
+    }
+    path_join(path, sizeof(path), real.path, "guardian.db");
+    unlink(path);
+    assert_int_equal(symlink(target, path), 0);
+    expect_unsafe(real.path);
+    assert_int_equal(stat(target, &sb), 0);
+    assert_int_equal(sb.st_size, 0); /* not written through the link */
+    unlink(path);
+
+    st = open_dir(&real); /* a fresh database */
+    guardian_store_close(st);
+    path_join(path, sizeof(path), real.path, "guardian.db-wal");
+    unlink(path);
+    assert_int_equal(symlink(target, path), 0);
+    expect_unsafe(real.path);
+    unlink(path);
+
+    path_join(path, sizeof(path), real.path, "issued-1-1.journal");
+    assert_int_equal(symlink(target, path), 0);
+    expect_unsafe(real.path);
+    unlink(path);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    expect_unsafe(real.path);
+    unlink(path);
+    st = open_dir(&real); /* and nothing else was wrong */
+    guardian_store_close(st);
+
+    unlink(target);
+    tmpdir_remove(&real);
+    tmpdir_remove(&d);
+}
+
+/* ---- time never runs backwards -------------------------------------------------------------- */
+
+static void test_clock_behind(void **state)
+{
+    struct guardian_store *st = open_memory();
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 10), b = make_pkg(0xB2, OEM, PRODUCT, 2, 10);
+    const int64_t now = NOW, behind = now - GUARDIAN_STORE_CLOCK_SLACK_S - 1;
+    struct guardian_product p;
+    struct trail *t = trail_new();
+    uint64_t serial = 0, first = 0, got = 0;
+    size_t records;
+    (void)state;
+
+    /* An empty trail: any clock is fine. */
+    assert_int_equal(guardian_store_check_clock(st, 0), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &a, now, NULL, NULL), CKR_OK);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    records = t->count;
+
+    /* Behind the trail by more than the slack: refused, nothing written. */
+    assert_int_equal(guardian_store_check_clock(st, behind), CKR_GUARDIAN_CLOCK_BEHIND);
+    assert_int_equal(guardian_store_package_check(st, &b, behind), CKR_GUARDIAN_CLOCK_BEHIND);
+    assert_int_equal(guardian_store_package_install(st, &b, behind, NULL, NULL), CKR_GUARDIAN_CLOCK_BEHIND);
+    assert_int_equal(reserve(st, "dev-1", behind, &serial), CKR_GUARDIAN_CLOCK_BEHIND);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, behind, 4, &first, &got),
+                     CKR_GUARDIAN_CLOCK_BEHIND);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, records);
+    assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
+    assert_int_equal(p.release_version, 1); /* b was not installed */
+    assert_int_equal(p.issued_units, 0);
+    assert_int_equal(p.next_serial, 1);
+    assert_int_equal(guardian_store_package_check(st, &b, now), CKR_OK); /* b is not taken as replayed */
+
+    /* Within the slack: a caller that read the clock, then waited for the lock. */
+    assert_int_equal(reserve(st, "dev-1", now - GUARDIAN_STORE_CLOCK_SLACK_S, &serial), CKR_OK);
+
+    /* The newest time of ANY record counts, not the last record's: a record
+     * dated ahead (a clock that was fast) moves the floor for good. */
+    assert_int_equal(reserve(st, "dev-2", now + 1000, &serial), CKR_OK);
+    assert_int_equal(reserve(st, "dev-3", now + 1000 - GUARDIAN_STORE_CLOCK_SLACK_S, &serial), CKR_OK);
+    assert_int_equal(reserve(st, "dev-4", now, &serial), CKR_GUARDIAN_CLOCK_BEHIND);
+    assert_int_equal(guardian_store_package_install(st, &b, now, NULL, NULL), CKR_GUARDIAN_CLOCK_BEHIND);
+    assert_int_equal(guardian_store_package_install(st, &b, now + 1000, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_check_clock(NULL, now), CKR_ARGUMENTS_BAD);
+    guardian_store_close(st);
+    free(t);
+}
+
+/* The floor is durable: a reopened store (another process) refuses the same. */
+static void test_clock_behind_durable(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    const int64_t now = NOW;
+    uint64_t serial = 0;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(install(st, 1, OEM, PRODUCT, 1, 10), CKR_OK);
+    assert_int_equal(reserve(st, "dev-1", now + 3600, &serial), CKR_OK);
+    guardian_store_close(st);
+    st = open_dir(&d);
+    assert_int_equal(reserve(st, "dev-2", now, &serial), CKR_GUARDIAN_CLOCK_BEHIND);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit"), 2);
+    assert_int_equal(query_int(&d, "SELECT max_time FROM audit_head"), now + 3600);
+    guardian_store_close(st);
+    tmpdir_remove(&d);
+}
+
+/* ---- lost or damaged issue journals ----------------------------------------------------------- */
+
+static const uint8_t small_cert[] = {0x30, 0x03, 0x01, 0x01, 0xff};
+
+/* A child process that opens the store, reserves `want` units in one block,
+ * issues the first `issue` and is SIGKILLed; returns its pid once it is dead.
+ * Its journal is then <dir>/issued-<pid>-*.journal. */
+static pid_t child_issue_and_die(const struct tmpdir *d, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                                 uint64_t want, uint64_t issue)
+{
+    int status;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct guardian_store *child = NULL;
+        uint64_t first = 0, got = 0;
+        int ok = guardian_store_open(d->path, &child) == CKR_OK &&
+                 guardian_store_reserve_block(child, OEM, PRODUCT, package_id, NOW, want, &first, &got) == CKR_OK &&
+                 got == want;
+        for (uint64_t s = first; ok && s < first + issue; s++)
+            ok = guardian_store_issue(child, OEM, PRODUCT, s, (const uint8_t *)"kid", 3, small_cert,
+                                      sizeof(small_cert)) == CKR_OK;
+        if (!ok)
+            _exit(1);
+        raise(SIGKILL); /* no close: killed */
+        _exit(2);
+    }
+    status = wait_child(pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    return pid;
+}
+
+static void journal_of(const struct tmpdir *d, pid_t pid, char *out, size_t cap)
+{
+    char prefix[64];
+    DIR *dir = opendir(d->path);
+    struct dirent *e;
+
+    out[0] = '\0';
+    snprintf(prefix, sizeof(prefix), "issued-%ld-", (long)pid);
+    assert_non_null(dir);
+    while ((e = readdir(dir)) != NULL)
+        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0)
+            snprintf(out, cap, "%.63s/%.180s", d->path, e->d_name);
+    closedir(dir);
+    assert_true(out[0] != '\0');
+}
+
+static const struct guardian_audit_record *last_of_type(const struct trail *t, int type)
+{
+    for (size_t i = t->count; i > 0; i--)
+        if (t->rec[i - 1].type == type)
+            return &t->rec[i - 1];
+    return NULL;
+}
+
+/* A killed line whose issue journal was deleted: the next opener appends a
+ * JOURNAL_LOST record naming the journal and the serials the process held
+ * open, in the transaction that finds it; the units stay spent; nobody
+ * declares them twice.  A journal left intact, and a process that closed,
+ * give no such record. */
+static void test_journal_deleted(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 100);
+    struct trail *t = trail_new();
+    const struct guardian_audit_record *lost;
+    struct guardian_product p;
+    char journal[256];
+    uint64_t first = 0, got = 0;
+    pid_t pid;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    /* This process's own block stays open across everything below. */
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 2, &first, &got), CKR_OK);
+    guardian_store_close(st);
+
+    /* Killed, journal intact: folded, no JOURNAL_LOST. */
+    child_issue_and_die(&d, a.package_id, 4, 1);
+    st = open_dir(&d);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 5"), 0);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 1);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM holders"), 0);
+    guardian_store_close(st);
+
+    /* Killed, journal deleted: serials 7..14 (3 issued, all 8 open in the
+     * trail) are declared lost. */
+    pid = child_issue_and_die(&d, a.package_id, 8, 3);
+    journal_of(&d, pid, journal, sizeof(journal));
+    assert_int_equal(unlink(journal), 0);
+    st = open_dir(&d);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_JOURNAL_LOST), 1);
+    lost = last_of_type(t, GUARDIAN_AUDIT_JOURNAL_LOST);
+    assert_non_null(lost);
+    assert_int_equal(lost->serial, 7);
+    assert_int_equal(lost->authorised_units, 8);
+    assert_int_equal(lost->release_version, GUARDIAN_JOURNAL_MISSING);
+    assert_string_equal(lost->oem_id, OEM);
+    assert_string_equal(lost->product_id, PRODUCT);
+    assert_memory_equal(lost->package_id, a.package_id, GUARDIAN_PACKAGE_ID_LEN);
+    {
+        const char *base = strrchr(journal, '/') + 1;
+        static const uint8_t zeros[GUARDIAN_HASH_LEN];
+        assert_int_equal(lost->device_id_len, strlen(base));
+        assert_memory_equal(lost->device_id, base, strlen(base));
+        assert_memory_equal(lost->digest, zeros, GUARDIAN_HASH_LEN);
+    }
+    assert_int_equal(lost->seq, t->rec[t->count - 1].seq); /* the last record: written at this open */
+    /* Units stay spent: 2 (ours) + 4 + 8. */
+    assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
+    assert_int_equal(p.issued_units, 14);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM issuance WHERE lost_seq IS NOT NULL"), 8);
+    guardian_store_close(st);
+
+    /* Declared once. */
+    st = open_dir(&d);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 5"), 1);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM holders"), 0);
+    /* A lost serial may still be released or issued by a holder that turns
+     * out to be alive; it counts back like any other. */
+    assert_int_equal(guardian_store_release(st, OEM, PRODUCT, 14), CKR_OK);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    guardian_store_close(st);
+    free(t);
+    tmpdir_remove(&d);
+}
+
+/* A killed line whose journal was cut inside a record, or altered: what
+ * verifies is folded, and the serials still open get a JOURNAL_LOST record
+ * (reason: damaged, with the SHA-256 of the journal as found).  A journal cut
+ * exactly between two records looks like a process killed a moment earlier:
+ * the honest limit, bounded by the open block. */
+static void test_journal_damaged(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 100);
+    struct trail *t = trail_new();
+    const struct guardian_audit_record *lost;
+    char journal[256];
+    uint8_t bytes[4096], digest[GUARDIAN_HASH_LEN];
+    size_t len, record;
+    FILE *f;
+    pid_t pid;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    guardian_store_close(st);
+
+    /* Cut 7 bytes into the third record. */
+    pid = child_issue_and_die(&d, a.package_id, 8, 3); /* serials 1..8 */
+    journal_of(&d, pid, journal, sizeof(journal));
+    f = fopen(journal, "rb");
+    assert_non_null(f);
+    len = fread(bytes, 1, sizeof(bytes), f);
+    fclose(f);
+    record = len / 3;
+    assert_int_equal(len % 3, 0); /* three records of one size */
+    assert_int_equal(truncate(journal, (off_t)(len - 7)), 0);
+    assert_int_equal(EVP_Digest(bytes, len - 7, digest, NULL, EVP_sha256(), NULL), 1);
+    st = open_dir(&d);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_ISSUE), 2);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_JOURNAL_LOST), 1);
+    lost = last_of_type(t, GUARDIAN_AUDIT_JOURNAL_LOST);
+    assert_int_equal(lost->serial, 3);
+    assert_int_equal(lost->authorised_units, 6);
+    assert_int_equal(lost->release_version, GUARDIAN_JOURNAL_DAMAGED);
+    assert_memory_equal(lost->digest, digest, GUARDIAN_HASH_LEN);
+    assert_int_equal(journal_files(&d, NULL, 0), 1); /* the damaged one is removed; ours stays */
+    guardian_store_close(st);
+
+    /* One byte of the second record altered: the first folds; nothing after
+     * an invalid record is read (its length may be what was altered), so
+     * serials 10..16 are lost. */
+    pid = child_issue_and_die(&d, a.package_id, 8, 3); /* serials 9..16 */
+    journal_of(&d, pid, journal, sizeof(journal));
+    f = fopen(journal, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, (long)(record + 20), SEEK_SET), 0);
+    fputc('X', f);
+    fclose(f);
+    st = open_dir(&d);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_ISSUE), 3);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_JOURNAL_LOST), 2);
+    lost = last_of_type(t, GUARDIAN_AUDIT_JOURNAL_LOST);
+    assert_int_equal(lost->serial, 10);
+    assert_int_equal(lost->authorised_units, 7);
+    assert_int_equal(lost->release_version, GUARDIAN_JOURNAL_DAMAGED);
+    guardian_store_close(st);
+
+    /* Cut exactly after the first record: indistinguishable from a kill. */
+    pid = child_issue_and_die(&d, a.package_id, 8, 3); /* serials 17..24 */
+    journal_of(&d, pid, journal, sizeof(journal));
+    assert_int_equal(truncate(journal, (off_t)record), 0);
+    st = open_dir(&d);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 5"), 2);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 4);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    guardian_store_close(st);
+    free(t);
+    tmpdir_remove(&d);
+}
+
+/* A live process's own journal cut under it: its next write transaction
+ * declares the serials it holds open lost; it can go on issuing them. */
+static void test_own_journal_tampered(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 100);
+    char journal[256];
+    uint64_t first = 0, got = 0;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 4, &first, &got), CKR_OK);
+    for (uint64_t s = 1; s <= 2; s++)
+        assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, s, (const uint8_t *)"dev", 3, small_cert,
+                                              sizeof(small_cert)),
+                         CKR_OK);
+    assert_int_equal(journal_files(&d, journal, sizeof(journal)), 1);
+    assert_int_equal(truncate(journal, 0), 0); /* both ISSUEs gone */
+    assert_int_equal(guardian_store_flush(st), CKR_OK);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 0);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 5"), 1);
+    assert_int_equal(query_int(&d, "SELECT serial FROM audit WHERE type = 5"), 1);
+    assert_int_equal(query_int(&d, "SELECT authorised_units FROM audit WHERE type = 5"), 4);
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, 3, (const uint8_t *)"dev", 3, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_OK);
+    guardian_store_close(st);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 1);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 5"), 1);
+    st = open_dir(&d);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 5"), 1);
+    guardian_store_close(st);
+    tmpdir_remove(&d);
+}
+
+/* The journal record parser (store/journal.c) on its own: round trip, and a
+ * record shorter than its fixed part refused without reading past it (the
+ * fuzz corpus replays the same under every build; ASan builds check reads). */
+static void test_journal_parser(void **state)
+{
+    uint8_t buf[GUARDIAN_JOURNAL_RECORD_MAX];
+    struct guardian_journal_record r;
+    size_t len, used = 0;
+    (void)state;
+
+    len = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3, small_cert,
+                                  sizeof(small_cert));
+    assert_int_equal(len, 8 + 21 + 4 + 8 + 3 + sizeof(small_cert) + 32);
+    assert_int_equal(guardian_journal_parse(buf, len, &r, &used), GUARDIAN_JOURNAL_OK);
+    assert_int_equal(used, len);
+    assert_int_equal(r.serial, 7);
+    assert_int_equal(r.time, -1);
+    assert_string_equal(r.oem_id, OEM);
+    assert_string_equal(r.product_id, PRODUCT);
+    assert_int_equal(r.device_id_len, 3);
+    assert_int_equal(r.cert_len, sizeof(small_cert));
+    for (size_t cut = 0; cut < len; cut++)
+        assert_int_equal(guardian_journal_parse(buf, cut, &r, &used), GUARDIAN_JOURNAL_SHORT);
+    /* Bodies of 0..24 bytes with a matching SHA-256: refused as invalid. */
+    for (size_t body = 0; body < GUARDIAN_JOURNAL_BODY_MIN; body++) {
+        uint8_t *rec = malloc(8 + body + 32);
+        assert_non_null(rec);
+        memcpy(rec, "GDJ1", 4);
+        rec[4] = rec[5] = rec[6] = 0;
+        rec[7] = (uint8_t)body;
+        memset(rec + 8, 0x01, body);
+        assert_int_equal(EVP_Digest(rec + 8, body, rec + 8 + body, NULL, EVP_sha256(), NULL), 1);
+        assert_int_equal(guardian_journal_parse(rec, 8 + body + 32, &r, &used), GUARDIAN_JOURNAL_BAD);
+        assert_int_equal(used, 0);
+        free(rec);
+    }
+    /* Out of range on the way in. */
+    assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 0, 0, (const uint8_t *)"d", 1,
+                                             small_cert, sizeof(small_cert)),
+                     0);
+    assert_int_equal(guardian_journal_encode(buf, sizeof(buf), "", PRODUCT, 1, 0, (const uint8_t *)"d", 1, small_cert,
+                                             sizeof(small_cert)),
+                     0);
+    assert_int_equal(guardian_journal_encode(buf, 10, OEM, PRODUCT, 1, 0, (const uint8_t *)"d", 1, small_cert,
+                                             sizeof(small_cert)),
+                     0);
 }
 
 int main(void)
@@ -1690,6 +2266,14 @@ int main(void)
         cmocka_unit_test(test_concurrent_fresh_open),
         cmocka_unit_test(test_writer_waits_for_lock),
         cmocka_unit_test(test_crash_durability),
+        cmocka_unit_test(test_state_created_private),
+        cmocka_unit_test(test_state_unsafe_refused),
+        cmocka_unit_test(test_clock_behind),
+        cmocka_unit_test(test_clock_behind_durable),
+        cmocka_unit_test(test_journal_deleted),
+        cmocka_unit_test(test_journal_damaged),
+        cmocka_unit_test(test_own_journal_tampered),
+        cmocka_unit_test(test_journal_parser),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

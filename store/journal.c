@@ -1,0 +1,141 @@
+/*
+ * journal.c — the issue journal's record codec (journal.h says what and why).
+ *
+ * The parser reads a file that the centre's operator may have written: it
+ * checks every length against the bytes that are left before it reads a
+ * field, so a record shorter than its fixed part, or one whose fields claim
+ * more than its body holds, is refused without reading past it.  The hash
+ * proves only that a record was not cut or garbled by accident: anyone can
+ * compute SHA-256, so a valid record still goes through the store's own
+ * checks (a reserved serial, not yet issued) when it is folded.
+ */
+#include "journal.h"
+
+#include <stdbool.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+static uint8_t *put_be(uint8_t *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--)
+        *p++ = (uint8_t)(v >> (8 * i));
+    return p;
+}
+
+static uint64_t get_be(const uint8_t *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static bool id_in_range(const char *id)
+{
+    size_t n = id != NULL ? strnlen(id, GUARDIAN_ID_MAX + 1) : 0;
+    return n >= 1 && n <= GUARDIAN_ID_MAX;
+}
+
+size_t guardian_journal_encode(uint8_t *buf, size_t cap, const char *oem_id, const char *product_id,
+                               uint64_t serial, int64_t t, const uint8_t *device_id, size_t device_id_len,
+                               const uint8_t *cert, size_t cert_len)
+{
+    uint8_t *p;
+    size_t ol, pl, body;
+    unsigned int hl = 0;
+
+    if (buf == NULL || !id_in_range(oem_id) || !id_in_range(product_id) || serial == 0 || serial > INT64_MAX ||
+        device_id == NULL || device_id_len == 0 || device_id_len > GUARDIAN_DEVICE_ID_MAX || cert == NULL ||
+        cert_len == 0 || cert_len > GUARDIAN_CERT_MAX)
+        return 0;
+    ol = strlen(oem_id);
+    pl = strlen(product_id);
+    body = GUARDIAN_JOURNAL_BODY_FIXED + ol + pl + device_id_len + cert_len;
+    if (cap < GUARDIAN_JOURNAL_HEADER + body + GUARDIAN_HASH_LEN)
+        return 0;
+
+    memcpy(buf, GUARDIAN_JOURNAL_MAGIC, 4);
+    p = put_be(buf + 4, body, 4);
+    p = put_be(p, serial, 8);
+    p = put_be(p, (uint64_t)t, 8);
+    *p++ = (uint8_t)ol;
+    memcpy(p, oem_id, ol), p += ol;
+    *p++ = (uint8_t)pl;
+    memcpy(p, product_id, pl), p += pl;
+    *p++ = (uint8_t)device_id_len;
+    memcpy(p, device_id, device_id_len), p += device_id_len;
+    p = put_be(p, cert_len, 2);
+    memcpy(p, cert, cert_len), p += cert_len;
+    if (EVP_Digest(buf + GUARDIAN_JOURNAL_HEADER, body, p, &hl, EVP_sha256(), NULL) != 1 || hl != GUARDIAN_HASH_LEN)
+        return 0;
+    return GUARDIAN_JOURNAL_HEADER + body + GUARDIAN_HASH_LEN;
+}
+
+/* One length-prefixed field: a `len_bytes`-byte length (1..max), then that
+ * many bytes, all before `end`.  Advances *p; false if anything overruns. */
+static bool take_field(const uint8_t **p, const uint8_t *end, int len_bytes, size_t max, const uint8_t **v,
+                       size_t *len)
+{
+    if (*p > end || (size_t)(end - *p) < (size_t)len_bytes)
+        return false;
+    *len = (size_t)get_be(*p, len_bytes);
+    *p += len_bytes;
+    if (*len == 0 || *len > max || (size_t)(end - *p) < *len)
+        return false;
+    *v = *p;
+    *p += *len;
+    return true;
+}
+
+static bool take_id(const uint8_t **p, const uint8_t *end, char out[GUARDIAN_ID_MAX + 1])
+{
+    const uint8_t *v = NULL;
+    size_t n = 0;
+
+    if (!take_field(p, end, 1, GUARDIAN_ID_MAX, &v, &n) || memchr(v, '\0', n) != NULL)
+        return false;
+    memcpy(out, v, n);
+    out[n] = '\0';
+    return true;
+}
+
+enum guardian_journal_parse guardian_journal_parse(const uint8_t *buf, size_t len, struct guardian_journal_record *r,
+                                                   size_t *used)
+{
+    uint8_t hash[GUARDIAN_HASH_LEN];
+    const uint8_t *p, *end;
+    unsigned int hl = 0;
+    size_t body;
+
+    memset(r, 0, sizeof(*r));
+    *used = 0;
+    if (len < GUARDIAN_JOURNAL_HEADER)
+        return len == 0 || memcmp(buf, GUARDIAN_JOURNAL_MAGIC, len < 4 ? len : 4) == 0 ? GUARDIAN_JOURNAL_SHORT
+                                                                                        : GUARDIAN_JOURNAL_BAD;
+    if (memcmp(buf, GUARDIAN_JOURNAL_MAGIC, 4) != 0)
+        return GUARDIAN_JOURNAL_BAD;
+    body = (size_t)get_be(buf + 4, 4);
+    /* Before anything else is read: the body must hold its fixed part. */
+    if (body < GUARDIAN_JOURNAL_BODY_MIN || body > GUARDIAN_JOURNAL_BODY_MAX)
+        return GUARDIAN_JOURNAL_BAD;
+    if (len - GUARDIAN_JOURNAL_HEADER < body + GUARDIAN_HASH_LEN)
+        return GUARDIAN_JOURNAL_SHORT;
+    if (EVP_Digest(buf + GUARDIAN_JOURNAL_HEADER, body, hash, &hl, EVP_sha256(), NULL) != 1 ||
+        hl != GUARDIAN_HASH_LEN || memcmp(hash, buf + GUARDIAN_JOURNAL_HEADER + body, GUARDIAN_HASH_LEN) != 0)
+        return GUARDIAN_JOURNAL_BAD;
+
+    p = buf + GUARDIAN_JOURNAL_HEADER;
+    end = p + body;
+    r->serial = get_be(p, 8);
+    r->time = (int64_t)get_be(p + 8, 8);
+    p += 16;
+    if (r->serial == 0 || r->serial > INT64_MAX || !take_id(&p, end, r->oem_id) || !take_id(&p, end, r->product_id) ||
+        !take_field(&p, end, 1, GUARDIAN_DEVICE_ID_MAX, &r->device_id, &r->device_id_len) ||
+        !take_field(&p, end, 2, GUARDIAN_CERT_MAX, &r->cert, &r->cert_len) || p != end) {
+        memset(r, 0, sizeof(*r));
+        return GUARDIAN_JOURNAL_BAD;
+    }
+    *used = GUARDIAN_JOURNAL_HEADER + body + GUARDIAN_HASH_LEN;
+    return GUARDIAN_JOURNAL_OK;
+}

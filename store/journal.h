@@ -1,0 +1,67 @@
+/*
+ * journal.h — the issue journal's record codec, internal to store/ (and its
+ * fuzz target, tests/fuzz/fuzz_journal.c).
+ *
+ * A file-backed store appends each ISSUE to its process's issue journal,
+ * <state_dir>/issued-<pid>-<time>.journal, with one write() of one record,
+ * and folds the journal into the audit trail later (store.c).  The journal
+ * lives in a directory the centre's operator may be able to write, so the
+ * parser treats it as hostile: every length is checked against what is left
+ * before a byte is read.  Format (docs/audit-format.md, "The issue journal"):
+ *
+ *   "GDJ1" | u32 body length | body | SHA-256(body)
+ *   body = serial u64 | time i64 | u8 n + OEM ID | u8 n + product ID
+ *          | u8 n + device ID | u16 n + certificate (DER)
+ *
+ * Integers big-endian.  Only libcrypto (SHA-256), no SQLite, no logging.
+ */
+#ifndef GUARDIAN_STORE_JOURNAL_H
+#define GUARDIAN_STORE_JOURNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+#define GUARDIAN_JOURNAL_MAGIC "GDJ1"
+#define GUARDIAN_JOURNAL_HEADER 8 /* magic, body length */
+/* The fixed part of a body and its four length fields: 8 + 8 + 1 + 1 + 1 + 2. */
+#define GUARDIAN_JOURNAL_BODY_FIXED 21
+/* Every field at least one byte long. */
+#define GUARDIAN_JOURNAL_BODY_MIN (GUARDIAN_JOURNAL_BODY_FIXED + 4)
+#define GUARDIAN_JOURNAL_BODY_MAX \
+    (GUARDIAN_JOURNAL_BODY_FIXED + 2 * GUARDIAN_ID_MAX + GUARDIAN_DEVICE_ID_MAX + GUARDIAN_CERT_MAX)
+#define GUARDIAN_JOURNAL_RECORD_MAX (GUARDIAN_JOURNAL_HEADER + GUARDIAN_JOURNAL_BODY_MAX + GUARDIAN_HASH_LEN)
+
+/* One parsed record.  device_id and cert point into the parsed buffer. */
+struct guardian_journal_record {
+    uint64_t serial; /* 1..INT64_MAX */
+    int64_t time;
+    char oem_id[GUARDIAN_ID_MAX + 1];     /* 1..64 bytes, no NUL inside */
+    char product_id[GUARDIAN_ID_MAX + 1]; /* 1..64 bytes, no NUL inside */
+    const uint8_t *device_id;             /* 1..128 bytes */
+    size_t device_id_len;
+    const uint8_t *cert;                  /* 1..GUARDIAN_CERT_MAX bytes */
+    size_t cert_len;
+};
+
+enum guardian_journal_parse {
+    GUARDIAN_JOURNAL_OK = 0,   /* a whole, valid record */
+    GUARDIAN_JOURNAL_SHORT,    /* fewer bytes than the record its header announces (a cut write) */
+    GUARDIAN_JOURNAL_BAD,      /* not a valid record: magic, length, hash or a field */
+};
+
+/* Encodes one record into buf (at least GUARDIAN_JOURNAL_RECORD_MAX bytes, or
+ * `cap` if smaller and enough).  The length written, or 0 if a field is out of
+ * its range (the same ranges the parser accepts) or SHA-256 failed. */
+size_t guardian_journal_encode(uint8_t *buf, size_t cap, const char *oem_id, const char *product_id,
+                               uint64_t serial, int64_t t, const uint8_t *device_id, size_t device_id_len,
+                               const uint8_t *cert, size_t cert_len);
+
+/* Parses the record at the start of buf[0..len).  GUARDIAN_JOURNAL_OK: *r is
+ * filled and *used is the record's length; otherwise *r and *used are zero.
+ * Reads no byte outside buf[0..len). */
+enum guardian_journal_parse guardian_journal_parse(const uint8_t *buf, size_t len, struct guardian_journal_record *r,
+                                                   size_t *used);
+
+#endif /* GUARDIAN_STORE_JOURNAL_H */
