@@ -348,8 +348,9 @@ static inline int guardian_policy_fast(CK_OBJECT_HANDLE h)
 }
 /* The full check: classifies `h` if needed (reading its attributes in session
  * `s`), then CKR_OK, or CKR_KEY_FUNCTION_NOT_PERMITTED / CKR_ACTION_PROHIBITED
- * with one log line naming `function`.  An object the session cannot read gives
- * CKR_OK: the backend then refuses the call itself. */
+ * with one log line naming `function`.  An object the session cannot read is
+ * not used either (fail closed): the code the call gives for a handle it
+ * cannot use (CKR_KEY_HANDLE_INVALID, CKR_OBJECT_HANDLE_INVALID, ...). */
 CK_RV guardian_policy_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, enum guardian_op op,
                             const char *function);
 /* The role of `h` from its attributes (uncached); the backend's error when the

@@ -84,6 +84,18 @@ static const char *const op_names[GUARDIAN_OP_COUNT] = {
     [GUARDIAN_OP_COPY] = "copy",                  [GUARDIAN_OP_DESTROY] = "destroy",
 };
 
+/* What each operation answers for a handle it cannot use. */
+static const CK_RV unusable_handle[GUARDIAN_OP_COUNT] = {
+    [GUARDIAN_OP_ENCRYPT] = CKR_KEY_HANDLE_INVALID,       [GUARDIAN_OP_DECRYPT] = CKR_KEY_HANDLE_INVALID,
+    [GUARDIAN_OP_SIGN] = CKR_KEY_HANDLE_INVALID,          [GUARDIAN_OP_SIGN_RECOVER] = CKR_KEY_HANDLE_INVALID,
+    [GUARDIAN_OP_VERIFY] = CKR_KEY_HANDLE_INVALID,        [GUARDIAN_OP_VERIFY_RECOVER] = CKR_KEY_HANDLE_INVALID,
+    [GUARDIAN_OP_DIGEST_KEY] = CKR_KEY_HANDLE_INVALID,    [GUARDIAN_OP_DERIVE] = CKR_KEY_HANDLE_INVALID,
+    [GUARDIAN_OP_UNWRAP_WITH] = CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+    [GUARDIAN_OP_WRAP_WITH] = CKR_WRAPPING_KEY_HANDLE_INVALID,
+    [GUARDIAN_OP_WRAPPED] = CKR_KEY_HANDLE_INVALID,       [GUARDIAN_OP_SET_ATTRIBUTE] = CKR_OBJECT_HANDLE_INVALID,
+    [GUARDIAN_OP_COPY] = CKR_OBJECT_HANDLE_INVALID,       [GUARDIAN_OP_DESTROY] = CKR_OBJECT_HANDLE_INVALID,
+};
+
 _Atomic uint64_t guardian_policy_cache[CACHE_SIZE];
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned cache_used; /* words written since the last reset (tombstones included) */
@@ -310,10 +322,15 @@ CK_RV guardian_policy_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT
 
     if (role == 0) {
         rv = guardian_policy_classify(be, s, h, &role);
-        /* An object this session cannot read (a bad handle, a private object
-         * before login): the backend answers the call itself. */
+        /* SoftHSM's file store can fail a read while another process
+         * rewrites the token: once more before giving up. */
+        if (rv != CKR_OK && rv != CKR_SESSION_HANDLE_INVALID && rv != CKR_CRYPTOKI_NOT_INITIALIZED)
+            rv = guardian_policy_classify(be, s, h, &role);
+        /* An object the policy cannot classify is not used: fail closed,
+         * with the code the call itself gives for a handle it cannot use
+         * (a bad handle, a private object before login). */
         if (rv != CKR_OK)
-            return CKR_OK;
+            return rv != CKR_OBJECT_HANDLE_INVALID ? rv : unusable_handle[op];
         cache_put(h, role);
     }
     switch (policy[role][op]) {

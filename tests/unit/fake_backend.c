@@ -30,6 +30,32 @@ FAKE_EXPORT struct fake_backend *fake_backend(void)
 GUARDIAN_FORWARD_2_40(FAKE_FUNCTION)
 GUARDIAN_FORWARD_3_0(FAKE_FUNCTION)
 
+/* The policy's classification reads (see fake_backend.h), else a plain fake. */
+static CK_RV fake_C_GetAttributeValue_classified(CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c,
+                                                 CK_ULONG d)
+{
+    if (state.object_class != 0 && d == 1 && c != NULL) {
+        switch (c[0].type) {
+        case CKA_CLASS:
+            if (c[0].pValue != NULL && c[0].ulValueLen >= sizeof(CK_OBJECT_CLASS))
+                memcpy(c[0].pValue, &state.object_class, sizeof(CK_OBJECT_CLASS));
+            c[0].ulValueLen = sizeof(CK_OBJECT_CLASS);
+            return CKR_OK;
+        case CKA_LABEL:
+        case CKA_ID:
+        case CKA_APPLICATION:
+        case CKA_TRUSTED:
+            if (c[0].pValue != NULL) /* the policy asks for the length first */
+                break;
+            c[0].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            return CKR_ATTRIBUTE_TYPE_INVALID;
+        default:
+            break;
+        }
+    }
+    return fake_C_GetAttributeValue(a, b, c, d);
+}
+
 static CK_RV fake_C_Initialize(CK_VOID_PTR args)
 {
     atomic_fetch_add(&state.init_calls, 1);
@@ -125,7 +151,10 @@ static CK_RV fake_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out);
     .C_Initialize = fake_C_Initialize, .C_Finalize = fake_C_Finalize, .C_GetInfo = fake_C_GetInfo, \
     .C_GetFunctionList = fake_C_GetFunctionList, .C_GetMechanismList = fake_C_GetMechanismList,    \
     .C_GetMechanismInfo = fake_C_GetMechanismInfo, .C_UnwrapKey = fake_C_UnwrapKey,                \
-    .C_DeriveKey = fake_C_DeriveKey
+    .C_DeriveKey = fake_C_DeriveKey, .C_GetAttributeValue = fake_C_GetAttributeValue_classified
+
+/* FAKE_OWN replaces some generated entries (C_GetAttributeValue): on purpose. */
+#pragma GCC diagnostic ignored "-Woverride-init"
 
 /* Like SoftHSMv2 2.6.1: a 2.40 list whose version field claims 3.1. */
 static CK_FUNCTION_LIST list_2_40 = {
@@ -163,6 +192,7 @@ FAKE_EXPORT void fake_backend_reset(void)
     int initialized = atomic_load(&state.initialized);
     memset(&state, 0, sizeof(state));
     atomic_store(&state.initialized, initialized);
+    state.object_class = CKO_SECRET_KEY;
     list_2_40 = pristine_2_40;
     list_3_0 = pristine_3_0;
 }

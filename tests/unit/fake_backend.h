@@ -24,6 +24,13 @@ struct fake_backend {
     CK_MECHANISM_TYPE mechs[FAKE_MAX_MECHS];
     CK_ULONG n_mechs;
     CK_FLAGS mech_info_flags;  /* ORed into the caller's struct, as SoftHSM does */
+    /* The class every object has when the module's policy (module/policy.c)
+     * classifies it: one-attribute reads of CKA_CLASS answer it, of CKA_LABEL,
+     * CKA_ID, CKA_APPLICATION and CKA_TRUSTED without a buffer "no such
+     * attribute", and none of
+     * them is recorded as a forwarded call.  CKO_SECRET_KEY after
+     * fake_backend_reset(): every object is the operator's. */
+    CK_OBJECT_CLASS object_class;
 
     /* recorded */
     atomic_int initialized;

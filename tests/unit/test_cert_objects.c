@@ -264,7 +264,7 @@ static void test_short_buffer_and_unknown_attribute(void **st)
 static void test_object_calls(void **st)
 {
     CK_OBJECT_HANDLE h = make(101, 9), copy = 0, dead = GUARDIAN_COBJ_BASE | 0x1234;
-    CK_ATTRIBUTE label = {CKA_LABEL, NULL, 0};
+    CK_ATTRIBUTE label = {CKA_LABEL, NULL, 0}, value = {CKA_VALUE, NULL, 0};
     CK_ULONG size = 0;
     (void)st;
 
@@ -300,7 +300,7 @@ static void test_object_calls(void **st)
     /* Other handles still reach the backend. */
     h = make(101, 10);
     fake_backend()->rv = CKR_DEVICE_MEMORY;
-    assert_int_equal(mod->C_GetAttributeValue(101, 5, &label, 1), CKR_DEVICE_MEMORY);
+    assert_int_equal(mod->C_GetAttributeValue(101, 5, &value, 1), CKR_DEVICE_MEMORY);
     assert_string_equal(fake_backend()->last_name, "C_GetAttributeValue");
     assert_int_equal(mod->C_DestroyObject(101, 5), CKR_DEVICE_MEMORY);
     assert_string_equal(fake_backend()->last_name, "C_DestroyObject");

@@ -268,7 +268,7 @@ static void test_every_function_forwarded(void **st)
     CK_ULONG len = sizeof(buf);
     CK_SLOT_ID slot = 0;
     CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
-    CK_ATTRIBUTE attr = {CKA_LABEL, NULL, 0};
+    CK_ATTRIBUTE attr = {CKA_VALUE, NULL, 0}; /* not an attribute the policy classifies by */
     CK_OBJECT_HANDLE h = 0;
     CK_SESSION_INFO si;
     CK_SLOT_INFO sli;
