@@ -16,6 +16,7 @@ static const struct guardian_request_type *const table[] = {
     &guardian_request_identity_csr,
     &guardian_request_identity_cert,
     &guardian_request_audit_export,
+    &guardian_request_probe,
 };
 
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count)

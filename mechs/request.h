@@ -56,6 +56,7 @@ extern const struct guardian_request_type guardian_request_identity;
 extern const struct guardian_request_type guardian_request_identity_csr;
 extern const struct guardian_request_type guardian_request_identity_cert;
 extern const struct guardian_request_type guardian_request_audit_export; /* audit_export.c */
+extern const struct guardian_request_type guardian_request_probe;        /* probe.c */
 
 /* Non-zero when the template is a request (CKA_CLASS = CKO_GUARDIAN_REQUEST). */
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count);

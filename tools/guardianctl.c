@@ -11,6 +11,7 @@
  *   guardianctl [options] remove-oem FINGERPRINT-PREFIX [--yes]
  *   guardianctl [options] import PACKAGE
  *   guardianctl [options] products
+ *   guardianctl [options] status
  *
  * Options: --module PATH (or GUARDIAN_MODULE), --token LABEL (or
  * GUARDIAN_TOKEN); PINs from GUARDIAN_PIN / GUARDIAN_SO_PIN, else asked on the
@@ -641,15 +642,15 @@ static int cmd_import(int argc, char **argv)
     return 0;
 }
 
+/* One product line; `ctx` is an indent (a string) or NULL. */
 static CK_RV print_product(const struct guardian_product *p, void *ctx)
 {
     char when[32];
     time_t t = (time_t)p->not_after;
     struct tm tm;
-    (void)ctx;
     gmtime_r(&t, &tm);
     strftime(when, sizeof(when), "%Y-%m-%d", &tm);
-    printf("%-16s %-20s %8u %10llu %10llu %10llu  %s%s\n", p->oem_id, p->product_id, p->release_version,
+    printf("%s%-16s %-20s %8u %10llu %10llu %10llu  %s%s\n", ctx ? (const char *)ctx : "", p->oem_id, p->product_id, p->release_version,
            (unsigned long long)p->authorised_units, (unsigned long long)p->issued_units,
            (unsigned long long)p->remaining_units, when, t < time(NULL) ? " (expired)" : "");
     return CKR_OK;
@@ -715,6 +716,190 @@ static int cmd_products(void)
     return 0;
 }
 
+/* ---- status ------------------------------------------------------------------------------------ */
+
+/* A fixed-width, blank-padded CK_TOKEN_INFO / CK_INFO field without its padding. */
+static void trimmed(char *out, const CK_UTF8CHAR *field, size_t width)
+{
+    size_t n = width;
+    while (n > 0 && (field[n - 1] == ' ' || field[n - 1] == '\0'))
+        n--;
+    memcpy(out, field, n);
+    out[n] = '\0';
+}
+
+static void print_token_flags(CK_FLAGS f)
+{
+    static const struct {
+        CK_FLAGS flag;
+        const char *name;
+    } names[] = {
+        {CKF_RNG, "rng"},
+        {CKF_WRITE_PROTECTED, "write-protected"},
+        {CKF_LOGIN_REQUIRED, "login-required"},
+        {CKF_USER_PIN_INITIALIZED, "user-pin-initialized"},
+        {CKF_PROTECTED_AUTHENTICATION_PATH, "protected-authentication-path"},
+        {CKF_TOKEN_INITIALIZED, "token-initialized"},
+        {CKF_USER_PIN_COUNT_LOW, "USER-PIN-COUNT-LOW"},
+        {CKF_USER_PIN_FINAL_TRY, "USER-PIN-FINAL-TRY"},
+        {CKF_USER_PIN_LOCKED, "USER-PIN-LOCKED"},
+        {CKF_USER_PIN_TO_BE_CHANGED, "USER-PIN-TO-BE-CHANGED"},
+        {CKF_SO_PIN_COUNT_LOW, "SO-PIN-COUNT-LOW"},
+        {CKF_SO_PIN_FINAL_TRY, "SO-PIN-FINAL-TRY"},
+        {CKF_SO_PIN_LOCKED, "SO-PIN-LOCKED"},
+        {CKF_SO_PIN_TO_BE_CHANGED, "SO-PIN-TO-BE-CHANGED"},
+    };
+    const char *sep = "";
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (f & names[i].flag) {
+            printf("%s%s", sep, names[i].name);
+            sep = " ";
+        }
+    printf("\n");
+}
+
+/* One line of the probe's text: "<name> <verdict> <CKR> <sentence>". */
+struct probe_line {
+    char name[40], verdict[16], rv[64];
+    const char *sentence;
+};
+
+static int parse_probe_line(char *line, struct probe_line *out)
+{
+    int off = 0;
+    if (sscanf(line, "%39s %15s %63s %n", out->name, out->verdict, out->rv, &off) != 3 || off == 0)
+        return 0;
+    out->sentence = line + off;
+    return 1;
+}
+
+static int cmd_status(void)
+{
+    struct guardian_config cfg;
+    struct guardian_store *st;
+    CK_TOKEN_INFO ti;
+    CK_OBJECT_HANDLE cert, roots[64], probe_out = CK_INVALID_HANDLE;
+    CK_ULONG n_roots, probe_len = 0;
+    char err[512], field[65], *probe_text = NULL, *save = NULL, *line;
+    int n_not = 0;
+    CK_RV rv;
+
+    if (!guardian_config_load(&cfg, err, sizeof(err)))
+        die("%s", err);
+    login(CKU_USER);
+
+    P11(p11->C_GetTokenInfo(slot, &ti));
+    printf("Token\n");
+    trimmed(field, ti.label, sizeof(ti.label));
+    printf("  label         %s\n", field);
+    trimmed(field, ti.model, sizeof(ti.model));
+    printf("  model         %s\n", field);
+    trimmed(field, ti.manufacturerID, sizeof(ti.manufacturerID));
+    printf("  manufacturer  %s\n", field);
+    trimmed(field, ti.serialNumber, sizeof(ti.serialNumber));
+    printf("  serial        %s\n", field);
+    printf("  flags         ");
+    print_token_flags(ti.flags);
+
+    printf("\nBackend\n");
+    printf("  library       %s\n", cfg.backend);
+    printf("  configuration %s\n", cfg.source[0] ? cfg.source : "(none: GUARDIAN_BACKEND from the environment)");
+    printf("  state         %s\n", cfg.state_dir);
+
+    printf("\nGuardian identity\n");
+    cert = find_identity(CKO_CERTIFICATE);
+    if (cert == CK_INVALID_HANDLE) {
+        printf("  none: run '" PROG " init'\n");
+    } else {
+        X509 *x = cert_from_object(cert);
+        char colons[96], *subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+        colon_fingerprint(x, colons);
+        printf("  subject       %s\n", subject);
+        printf("  SHA256 Fingerprint=%s\n", colons);
+        OPENSSL_free(subject);
+        X509_free(x);
+    }
+
+    printf("\nEnrolled OEM roots\n");
+    n_roots = list_roots(roots, 64);
+    for (CK_ULONG i = 0; i < n_roots; i++) {
+        X509 *x = cert_from_object(roots[i]);
+        char colons[96], *subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+        CK_ULONG len;
+        unsigned char *label = get_attr(roots[i], CKA_LABEL, &len);
+        const char *prefix = "guardian-root:";
+        int bound = len > strlen(prefix) && strncmp((char *)label, prefix, strlen(prefix)) == 0;
+        colon_fingerprint(x, colons);
+        printf("  %s  for %s\n    SHA256 Fingerprint=%s\n", subject,
+               bound ? (char *)label + strlen(prefix) : "no OEM ID (enrolled before roots were bound to OEM IDs)",
+               colons);
+        free(label);
+        OPENSSL_free(subject);
+        X509_free(x);
+    }
+    if (n_roots == 0)
+        printf("  none ('" PROG " enroll-oem ROOT.pem --oem-id OEM')\n");
+
+    printf("\nProducts\n");
+    st = open_store();
+    printf("  %-16s %-20s %8s %10s %10s %10s  %s\n", "OEM", "PRODUCT", "RELEASE", "AUTHORISED", "ISSUED",
+           "REMAINING", "NOT AFTER");
+    rv = guardian_store_products_each(st, print_product, "  ");
+    guardian_store_close(st);
+    if (rv != CKR_OK)
+        die("cannot list products: %s", ckr(rv));
+
+    /* The probe: the module tries each protection on throwaway objects. */
+    rv = request(CKG_GUARDIAN_REQ_PROBE, NULL, 0, &probe_out);
+    if (rv != CKR_OK)
+        die("the module could not probe the backend: %s (0x%lx); its log line says why", ckr(rv), (unsigned long)rv);
+    probe_text = (char *)get_attr(probe_out, CKA_VALUE, &probe_len);
+    P11(p11->C_DestroyObject(session, probe_out));
+
+    printf("\nWhat the backend itself enforces (tried by the module on throwaway session objects)\n");
+    {
+        char *copy = strdup(probe_text);
+        if (copy == NULL)
+            die("out of memory");
+        for (line = strtok_r(copy, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+            struct probe_line pl;
+            if (!parse_probe_line(line, &pl))
+                die("the module's probe answer does not parse: '%s'", line);
+            printf("  %-20s %-13s %s\n", pl.name, pl.verdict, pl.rv);
+        }
+        free(copy);
+    }
+
+    printf("\nThrough the Guardian module every Guardian object is refused to standard calls. Someone who holds "
+           "this backend's own user PIN and loads %s directly could still:\n",
+           cfg.backend);
+    save = NULL;
+    for (line = strtok_r(probe_text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        struct probe_line pl;
+        if (parse_probe_line(line, &pl) && strcmp(pl.verdict, "NOT-ENFORCED") == 0) {
+            printf("  - %s (%s is not enforced)\n", pl.sentence, pl.name);
+            n_not++;
+        }
+    }
+    printf("  - sign with the production CA keys and the identity key, within their usage flags: issue device "
+           "certificates that no quota counts and no audit record lists, sign reports and CSRs as this "
+           "Guardian;\n"
+           "  - derive with the identity key (ECDH, CKA_DERIVE) the key-encryption key of any package made for "
+           "this Guardian, and so unwrap its secrets, the production CA key included, as keys of their own "
+           "choosing;\n"
+           "  - delete token objects, including the state anchor, the enrolled OEM roots and the Guardian "
+           "identity;\n"
+           "  - read the state directory %s (packages imported, counters, the audit trail), and change it where "
+           "the account can write it.\n",
+           cfg.state_dir);
+    if (n_not == 0)
+        printf("(The backend enforced every protection it supports; the remainder above is what no backend "
+               "setting removes.)\n");
+    printf("Service mode (p11-kit server, next issue) removes that: the operators never hold the backend's PIN.\n");
+    free(probe_text);
+    return 0;
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -729,6 +914,8 @@ static void usage(FILE *f)
                "  remove-oem FPR       remove an OEM root (Security Officer) [--yes]\n"
                "  import PACKAGE       import a wrapped package (C_UnwrapKey through the module)\n"
                "  products             installed products, quotas, remaining units\n"
+               "  status               token, backend, identity, OEM roots, products, and what the backend\n"
+               "                       itself enforces against someone who holds its own PIN\n"
                "  provision --product OEM/PRODUCT --count N [--out DIR] [--threads T] [--first K]\n"
                "            [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet]\n"
                "                       issue certificates for N simulated parts (resumable)\n"
@@ -789,6 +976,8 @@ int main(int argc, char **argv)
         rc = cmd_provision(argc - i, argv + i);
     else if (strcmp(argv[i], "audit") == 0)
         rc = cmd_audit(argc - i, argv + i);
+    else if (strcmp(argv[i], "status") == 0)
+        rc = cmd_status();
     else
         die("unknown command '%s' (see '" PROG " --help')", argv[i]);
     close_token();

@@ -114,6 +114,15 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * a centre CA's answer to the CSR, or a renewal) as the Guardian certificate,
  * replacing the previous one.  Returns the certificate object. */
 #define CKG_GUARDIAN_REQ_IDENTITY_CERT 5UL
+/* User session, read-write: find out which key protections the backend really
+ * enforces (CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_MODIFIABLE, CKA_COPYABLE, usage
+ * flags, CKA_ALLOWED_MECHANISMS, derive and unwrap templates, CKA_DESTROYABLE,
+ * CKA_TRUSTED for the SO alone) by trying each on throwaway session objects.
+ * Returns a session CKO_DATA object whose CKA_VALUE is text, one line per
+ * protection: "<name> <ENFORCED|NOT-ENFORCED|UNSUPPORTED> <CKR name> <what the
+ * holder of the backend's PIN could do when it is not enforced>"
+ * (docs/backend-protections.md). */
+#define CKG_GUARDIAN_REQ_PROBE 6UL
 
 /* ---- Return values ----------------------------------------------------- */
 

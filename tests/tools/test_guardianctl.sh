@@ -2,7 +2,8 @@
 # test_guardianctl.sh MODULE GUARDIANCTL GUARDIAN_WRAP — the operator's tool on a
 # fresh SoftHSM token, through the Guardian module: init (idempotent), the CSR
 # path, enrolment (SO only, confirmation), listing and removal of OEM roots,
-# import with its refusals explained, products, and error messages.
+# import with its refusals explained, products, status (with the backend
+# probe), and error messages.
 set -uo pipefail
 M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") W=$(realpath "${3:?guardian-wrap}")
 work=$(mktemp -d "${TMPDIR:-/tmp}/guardianctl-test-XXXXXX")
@@ -50,6 +51,16 @@ expect "import again: replay explained" 1 "already imported" -- "$CTL" import r2
 expect "import older: rollback explained" 1 "newer or equal release" -- "$CTL" import r1.gpk
 expect "import garbage" 1 "not a valid Guardian package" -- "$CTL" import root.pem
 expect "products" 0 "ACME +CTL-1 +2 +25 +0 +25" -- "$CTL" products
+
+# status: the token, the identity (fingerprint as openssl prints it), the
+# roots, the products, and the probe of what the backend itself enforces.
+gfpr=$(openssl x509 -in guardian.pem -noout -fingerprint -sha256 | sed 's/.*=//')
+expect "status" 0 "sensitive +ENFORCED" -- "$CTL" status
+expect "status: identity fingerprint" 0 "SHA256 Fingerprint=$gfpr" -- "$CTL" status
+expect "status: roots with their OEM IDs, products" 0 "for ACME" -- "$CTL" status
+expect "status: products" 0 "ACME +CTL-1 +2 +25 +0 +25" -- "$CTL" status
+expect "status: the honest remainder" 0 "loads .*libsofthsm2.so directly could still" -- "$CTL" status
+expect "status needs the user PIN" 1 "wrong user PIN" -- env GUARDIAN_PIN=9999 "$CTL" status
 
 fpr=$("$CTL" list-oems | awk '{print substr($1, 8, 16)}')
 expect "remove-oem needs a known fingerprint" 1 "no OEM root matches" -- "$CTL" remove-oem 0000000000000000 --yes
