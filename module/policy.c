@@ -331,6 +331,7 @@ CK_RV guardian_policy_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT
          * (a bad handle, a private object before login). */
         if (rv != CKR_OK)
             return rv != CKR_OBJECT_HANDLE_INVALID ? rv : unusable_handle[op];
+        guardian_debug("policy", "object 0x%lx: %s", (unsigned long)h, role_names[role]);
         cache_put(h, role);
     }
     switch (policy[role][op]) {
