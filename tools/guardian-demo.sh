@@ -121,11 +121,34 @@ ctl products | sed 's/^/  /'
 p11 --token-label guardian-demo --login --pin 1234 --list-objects --type privkey 2>/dev/null |
     grep -E 'Private Key|label|Access' | sed 's/^/  /'
 
+cp -a "$work/state" "$work/state-backup" # a copy an operator might restore later
+
 step "6. Production: $parts parts, one certificate each (C_DeriveKey through the module)"
 ctl provision --product ACME/SENSOR-1 --count "$parts" --threads 2 --out "$work/certs" 2>&1 | sed 's/^/  /'
 ctl products | sed 's/^/  /'
 echo "  one of them:"
 openssl x509 -in "$work/certs/SN-000001.pem" -noout -subject -issuer -serial -dates | sed 's/^/    /'
+
+step "6b. The boundary: what an operator holding the user PIN cannot do through the module"
+pkgid=$(wrap inspect "$work/acme-sensor-1-r1.gpk" 2>/dev/null | awk '/^package id/ {print $3}')
+openssl rand 32 >"$work/h.bin"
+if p11 --token-label guardian-demo --login --pin 1234 --sign -m ECDSA --id "$pkgid" -i "$work/h.bin" \
+    -o "$work/forged.sig" >"$work/sign.out" 2>&1; then
+    die "a standard C_Sign with the production CA key was allowed"
+fi
+echo "  pkcs11-tool --sign with the production CA key: $(grep -o 'CKR_[A-Z_]*' "$work/sign.out" | head -1)"
+if p11 --token-label guardian-demo --login --pin 1234 --sign -m ECDSA --id "$(printf guardian-identity |
+    od -An -tx1 | tr -d ' \n')" -i "$work/h.bin" -o "$work/forged.sig" >"$work/sign.out" 2>&1; then
+    die "a standard C_Sign with the Guardian key was allowed"
+fi
+echo "  pkcs11-tool --sign with the Guardian key (a forged report): $(grep -o 'CKR_[A-Z_]*' "$work/sign.out" | head -1)"
+sed "s|^state_dir = .*|state_dir = $work/state-backup|" "$GUARDIAN_CONF" >"$work/backup.conf"
+if GUARDIAN_CONF=$work/backup.conf ctl provision --product ACME/SENSOR-1 --count 1 --out "$work/again" \
+    >"$work/restore.out" 2>&1; then
+    die "production from a restored copy of the state was allowed"
+fi
+echo "  production from the state copied before the run (a restored backup):"
+grep -m1 -E 'older than|STATE_ROLLBACK' "$work/restore.out" | sed 's/^/    /'
 
 step "7. Audit export, signed by the Guardian's identity key"
 ctl audit export --out "$work/audit-report.txt" 2>&1 | sed 's/^/  /'
@@ -155,3 +178,4 @@ echo "  Guardian:  $(openssl x509 -in "$work/guardian.pem" -noout -fingerprint -
 echo "  package:   ACME/SENSOR-1 release 1, 1000 units: imported, replay refused"
 echo "  produced:  $parts device certificates, all verify up to the OEM root"
 echo "  audit:     signed report verified by the OEM; an altered copy rejected"
+echo "  boundary:  the CA key and the Guardian key refused to standard calls; a restored state refused"
