@@ -55,6 +55,12 @@ void guardian_anchor_forget(void)
  * after a crash there may be two: the older is destroyed here. */
 static uint64_t anchor_seq(const uint8_t *buf, size_t len);
 
+void guardian_anchor_atfork_child(void)
+{
+    pthread_mutex_init(&lock, NULL);
+    cached = CK_INVALID_HANDLE;
+}
+
 static CK_RV find_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_CLASS cls = CKO_DATA;

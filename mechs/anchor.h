@@ -18,5 +18,8 @@ CK_RV guardian_anchor_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, str
 CK_RV guardian_anchor_update(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st);
 /* Forget the cached handle of the anchor object (logout, session closed). */
 void guardian_anchor_forget(void);
+/* In a fork() child: the lock may have been held by another parent thread;
+ * the parent's handle is not the child's. */
+void guardian_anchor_atfork_child(void);
 
 #endif /* GUARDIAN_MECHS_ANCHOR_H */
