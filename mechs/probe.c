@@ -214,7 +214,8 @@ static CK_RV copy(struct probe *p, CK_OBJECT_HANDLE h, CK_ATTRIBUTE *extra, CK_U
     *out = CK_INVALID_HANDLE;
     if (n_extra > MAX_EXTRA)
         return CKR_GENERAL_ERROR;
-    memcpy(t, extra, n_extra * sizeof(*extra));
+    if (n_extra > 0)
+        memcpy(t, extra, n_extra * sizeof(*extra));
     rv = seen(p, p->be->C_CopyObject(p->s, h, t, n_extra, out));
     if (rv == CKR_OK)
         made(p, *out);

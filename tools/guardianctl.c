@@ -253,7 +253,8 @@ static CK_RV request(CK_ULONG type, CK_ATTRIBUTE *extra, CK_ULONG n_extra, CK_OB
     CK_ATTRIBUTE t[8] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_REQUEST, &type, sizeof(type)}};
     if (n_extra > 6)
         die("internal: too many request attributes");
-    memcpy(t + 2, extra, n_extra * sizeof(*extra));
+    if (n_extra > 0)
+        memcpy(t + 2, extra, n_extra * sizeof(*extra));
     return p11->C_CreateObject(session, t, 2 + n_extra, out);
 }
 
