@@ -732,7 +732,9 @@ static void fingerprint_hex(X509 *x, char out[65])
 static void check_signature(struct vctx *v, const uint8_t *data)
 {
     X509 *given = v->in->guardian, *given_s = v->in->guardian_signing;
-    X509 *signer = v->signing ? v->signing : given ? given : v->guardian;
+    /* The OEM's own S if it gave one, else the report's (which must have
+     * issued A, checked below); a one-key report: the OEM's A. */
+    X509 *signer = v->signing ? (given_s ? given_s : v->signing) : given ? given : v->guardian;
     EVP_PKEY *key = X509_get0_pubkey(signer);
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     size_t sig_len = 0;
@@ -776,7 +778,7 @@ static void check_signature(struct vctx *v, const uint8_t *data)
     if (!ok && sig != NULL)
         problem(v, "the report's signature does not verify against the Guardian%s certificate%s: the report was "
                    "altered, or signed by another key",
-                v->signing ? "'s signing" : "", v->signing ? " in the report" : given ? " given" : " in the report");
+                v->signing ? "'s signing" : "", (v->signing ? given_s : given) ? " given" : " in the report");
     say(v, "signature  %s\n",
         !ok ? "INVALID" : v->signing ? "valid (Guardian signing key)" : "valid (Guardian identity key, one-key report)");
     EVP_MD_CTX_free(md);
