@@ -1,9 +1,11 @@
 /*
  * audit_export.c — CKG_GUARDIAN_REQ_AUDIT_EXPORT: the signed audit report
  * (docs/audit-report.md), built inside the module from the store and signed
- * in the backend by the Guardian identity key.
+ * in the backend by the Guardian's signing key; it carries the agreement
+ * certificate A (what OEMs wrap for) and the signing certificate S, which
+ * issued A and verifies the signature.
  *
- * Why here.  The identity key signs only what the Guardian itself wrote: a
+ * Why here.  The signing key signs only what the Guardian itself wrote: a
  * caller cannot have it sign chosen bytes (an old report re-dated, a trail
  * rewritten) because the policy (module/policy.c) refuses every standard call
  * with the key, and this request takes no bytes from the caller — only, for a
@@ -232,64 +234,47 @@ out:
     return rv;
 }
 
-/* The one identity object of `cls` (identity.c finds it). */
-static CK_RV find_identity(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out)
+/* The Guardian's two certificates from the token — A (agreement, the one
+ * OEMs wrap for) and S (signing, the report's signer), A issued by S — and
+ * their PEM, A then S, as OpenSSL writes it. */
+static CK_RV identity_certs(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 **a, X509 **sc, struct text *pem)
 {
-    CK_RV rv = guardian_identity_find(be, s, cls, out);
-    if (rv == CKR_OK && *out == CK_INVALID_HANDLE) {
-        guardian_error(LOG, "refused: the token has no Guardian identity %s (CKA_ID \"" GUARDIAN_IDENTITY_ID
-                            "\"); initialise the Guardian first",
-                       cls == CKO_PRIVATE_KEY ? "key" : "certificate");
-        rv = CKR_KEY_HANDLE_INVALID;
-    }
-    return rv;
-}
-
-/* The identity certificate from the token, and its PEM as OpenSSL writes it. */
-static CK_RV identity_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 **x, struct text *pem)
-{
-    CK_OBJECT_HANDLE h;
-    CK_ATTRIBUTE a = {CKA_VALUE, NULL, 0};
-    const unsigned char *p;
     BIO *bio = NULL;
     char *data;
     long data_len;
-    CK_RV rv = find_identity(be, s, CKO_CERTIFICATE, &h);
+    CK_RV rv = guardian_identity_cert(be, s, GUARDIAN_IDENTITY_ID, a, NULL);
 
+    if (rv == CKR_OK)
+        rv = guardian_identity_cert(be, s, GUARDIAN_SIGNING_ID, sc, NULL);
     if (rv != CKR_OK)
         return rv;
-    if ((rv = be->C_GetAttributeValue(s, h, &a, 1)) != CKR_OK)
-        return rv;
-    if (a.ulValueLen == 0 || a.ulValueLen > 65536) {
-        guardian_error(LOG, "refused: the Guardian identity certificate in the token is empty or too large");
-        return CKR_GENERAL_ERROR;
+    if (*a == NULL || *sc == NULL) {
+        guardian_error(LOG, "refused: the token has no Guardian %s certificate (CKA_ID \"%s\"); initialise the "
+                            "Guardian first (a Guardian made before the signing key was split off: run "
+                            "guardianctl init once)",
+                       *a == NULL ? "agreement" : "signing", *a == NULL ? GUARDIAN_IDENTITY_ID : GUARDIAN_SIGNING_ID);
+        return CKR_KEY_HANDLE_INVALID;
     }
-    if ((a.pValue = malloc(a.ulValueLen)) == NULL)
-        return CKR_HOST_MEMORY;
-    if ((rv = be->C_GetAttributeValue(s, h, &a, 1)) != CKR_OK)
-        goto out;
-    p = a.pValue;
-    *x = d2i_X509(NULL, &p, (long)a.ulValueLen);
-    rv = CKR_GENERAL_ERROR;
-    if (*x == NULL) {
-        guardian_error(LOG, "refused: the Guardian identity certificate in the token does not parse");
-        goto out;
+    if (!guardian_identity_issued_by(*a, *sc)) {
+        guardian_error(LOG, "refused: the Guardian certificate is not issued by its signing certificate (no "
+                            "report could be tied to it); run guardianctl init to issue it again");
+        return CKR_KEY_HANDLE_INVALID;
     }
     bio = BIO_new(BIO_s_mem());
-    if (bio == NULL || !PEM_write_bio_X509(bio, *x) || (data_len = BIO_get_mem_data(bio, &data)) <= 0)
+    rv = CKR_GENERAL_ERROR;
+    if (bio == NULL || !PEM_write_bio_X509(bio, *a) || !PEM_write_bio_X509(bio, *sc) ||
+        (data_len = BIO_get_mem_data(bio, &data)) <= 0)
         goto out;
     text_add(pem, data, (size_t)data_len);
     rv = pem->rv;
 out:
     BIO_free(bio);
-    free(a.pValue);
     return rv;
 }
 
-/* SHA-256 of the report so far, signed with CKM_ECDSA by the identity key in
- * the backend, appended as its "signature" line once the certificate's key
- * verifies it: a key and a certificate that do not belong together never
- * make a report. */
+/* SHA-256 of the report so far, signed with CKM_ECDSA by the signing key in
+ * the backend, appended as its "signature" line once S's key verifies it: a
+ * key and a certificate that do not belong together never make a report. */
 static CK_RV sign_report(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *cert, struct text *t)
 {
     CK_OBJECT_HANDLE key;
@@ -297,17 +282,22 @@ static CK_RV sign_report(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *cert, 
     int der_len = 0;
     EVP_MD_CTX *md = NULL;
     char line[512];
-    CK_RV rv = find_identity(be, s, CKO_PRIVATE_KEY, &key);
+    CK_RV rv = guardian_identity_find(be, s, GUARDIAN_SIGNING_ID, CKO_PRIVATE_KEY, &key);
 
     if (rv != CKR_OK)
         return rv;
+    if (key == CK_INVALID_HANDLE) {
+        guardian_error(LOG, "refused: the token has no Guardian signing key (CKA_ID \"" GUARDIAN_SIGNING_ID "\"); "
+                            "run guardianctl init");
+        return CKR_KEY_HANDLE_INVALID;
+    }
     if ((rv = guardian_identity_sign(be, s, key, (const uint8_t *)t->p, t->len, &der, &der_len)) != CKR_OK)
         goto out;
     rv = CKR_GENERAL_ERROR;
     md = EVP_MD_CTX_new();
     if (md == NULL || EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, X509_get0_pubkey(cert)) != 1 ||
         EVP_DigestVerify(md, der, (size_t)der_len, (const uint8_t *)t->p, t->len) != 1) {
-        guardian_error(LOG, "refused: the identity key's signature does not verify with the identity certificate "
+        guardian_error(LOG, "refused: the signing key's signature does not verify with the signing certificate "
                             "(they do not belong together)");
         goto out;
     }
@@ -342,7 +332,7 @@ static CK_RV audit_export(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SE
     struct text report = {0}, body = {0}, pem = {0};
     CK_SESSION_HANDLE work = CK_INVALID_HANDLE;
     CK_SESSION_INFO si;
-    X509 *cert = NULL;
+    X509 *cert = NULL, *signing = NULL;
     char header[1024];
     CK_RV rv = CKR_GENERAL_ERROR;
 
@@ -371,7 +361,7 @@ static CK_RV audit_export(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SE
     if ((rv = be->C_GetSessionInfo(session, &si)) != CKR_OK ||
         (rv = be->C_OpenSession(si.slotID, CKF_SERIAL_SESSION, NULL, NULL, &work)) != CKR_OK)
         goto out;
-    if ((rv = identity_cert(be, work, &cert, &pem)) != CKR_OK)
+    if ((rv = identity_certs(be, work, &cert, &signing, &pem)) != CKR_OK)
         goto out;
 
     /* A store behind the token's anchor (a restored backup) is not the
@@ -391,7 +381,7 @@ static CK_RV audit_export(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SE
     text_add(&report, body.p, body.len);
     if ((rv = certificate_lines(st, &e, &report)) != CKR_OK)
         goto out;
-    if ((rv = sign_report(be, work, cert, &report)) != CKR_OK)
+    if ((rv = sign_report(be, work, signing, &report)) != CKR_OK)
         goto out;
     if ((rv = guardian_output_create(be, session, "audit-report", (const uint8_t *)report.p, report.len, out)) !=
         CKR_OK)
@@ -403,6 +393,7 @@ out:
     if (work != CK_INVALID_HANDLE)
         be->C_CloseSession(work);
     X509_free(cert);
+    X509_free(signing);
     free(report.p);
     free(body.p);
     free(pem.p);

@@ -1,16 +1,27 @@
 /*
  * identity.c — the Guardian's identity, made and used by the module only.
  *
- *   CKG_GUARDIAN_REQ_IDENTITY       keys (if none) and a self-signed certificate
- *   CKG_GUARDIAN_REQ_IDENTITY_CSR   keys (if none) and a CSR, as an output object
- *   CKG_GUARDIAN_REQ_IDENTITY_CERT  install a certificate issued for the key
- *                                   (a centre CA's answer to the CSR, or a renewal)
+ *   CKG_GUARDIAN_REQ_IDENTITY       both key pairs (if none), the signing
+ *                                   certificate S (self-signed, if none) and
+ *                                   the agreement certificate A issued by S
+ *   CKG_GUARDIAN_REQ_IDENTITY_CSR   both key pairs (if none) and a CSR for the
+ *                                   signing key, as an output object
+ *   CKG_GUARDIAN_REQ_IDENTITY_CERT  install a certificate issued elsewhere: for
+ *                                   the signing key (the centre CA's answer to
+ *                                   the CSR, or a renewal) as S, then A again
+ *                                   under it; for the agreement key, as A
  *
- * The identity key pair is generated here with fixed attributes (sensitive,
- * never extractable, not modifiable, not copyable, derive and sign only), so no
- * caller chooses them; the policy (policy.c) then refuses every standard call
- * that would use it, and the module signs with it only what it built itself:
- * its certificate or CSR here, the audit report in audit_export.c.
+ * Two key pairs, each generated here with fixed attributes (sensitive, never
+ * extractable, not modifiable, not copyable), so no caller chooses them:
+ *   - the agreement key (CKA_ID "guardian-identity"): derive only — ECDH of a
+ *     package import.  Its certificate A is what OEMs wrap for (a package's
+ *     target is A's SHA-256);
+ *   - the signing key (CKA_ID "guardian-signing"): sign only — its own
+ *     certificate S or CSR, A, and the audit reports (audit_export.c).
+ * So whoever reaches the backend directly can no longer sign a report with
+ * the key that must derive, nor derive with the key that signs.  The policy
+ * (policy.c) refuses every standard call that would use either, and the
+ * module signs only what it built itself.
  */
 #include <stdio.h>
 #include <string.h>
@@ -38,10 +49,10 @@ static const char *ckr(CK_RV rv)
     return n ? n : "vendor CKR";
 }
 
-CK_RV guardian_identity_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out)
+CK_RV guardian_identity_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *id, CK_OBJECT_CLASS cls,
+                            CK_OBJECT_HANDLE *out)
 {
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
-                        {CKA_ID, (void *)GUARDIAN_IDENTITY_ID, sizeof(GUARDIAN_IDENTITY_ID) - 1}};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)id, (CK_ULONG)strlen(id)}};
     CK_OBJECT_HANDLE found[2];
     CK_ULONG n = 0;
     CK_RV rv = be->C_FindObjectsInit(s, t, 2);
@@ -53,13 +64,58 @@ CK_RV guardian_identity_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJEC
     if (rv != CKR_OK)
         return rv;
     if (n > 1) {
-        guardian_error("identity", "more than one Guardian identity object of class %lu in the token",
+        guardian_error("identity", "more than one Guardian object %s of class %lu in the token", id,
                        (unsigned long)cls);
         return CKR_GENERAL_ERROR;
     }
     if (n == 1)
         *out = found[0];
     return CKR_OK;
+}
+
+CK_RV guardian_identity_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *id, X509 **x,
+                             CK_OBJECT_HANDLE *handle)
+{
+    CK_OBJECT_HANDLE h;
+    CK_ATTRIBUTE a = {CKA_VALUE, NULL, 0};
+    const unsigned char *p;
+    CK_RV rv = guardian_identity_find(be, s, id, CKO_CERTIFICATE, &h);
+
+    *x = NULL;
+    if (handle != NULL)
+        *handle = h;
+    if (rv != CKR_OK || h == CK_INVALID_HANDLE)
+        return rv;
+    if ((rv = be->C_GetAttributeValue(s, h, &a, 1)) != CKR_OK)
+        return rv;
+    if (a.ulValueLen == 0 || a.ulValueLen > 65536) {
+        guardian_error("identity", "the Guardian certificate %s in the token is empty or too large", id);
+        return CKR_GENERAL_ERROR;
+    }
+    if ((a.pValue = malloc(a.ulValueLen)) == NULL)
+        return CKR_HOST_MEMORY;
+    if ((rv = be->C_GetAttributeValue(s, h, &a, 1)) != CKR_OK)
+        goto out;
+    p = a.pValue;
+    *x = d2i_X509(NULL, &p, (long)a.ulValueLen);
+    rv = CKR_OK;
+    if (*x == NULL) {
+        guardian_error("identity", "the Guardian certificate %s in the token does not parse", id);
+        rv = CKR_GENERAL_ERROR;
+    }
+out:
+    ERR_clear_error();
+    free(a.pValue);
+    return rv;
+}
+
+int guardian_identity_issued_by(X509 *agreement, X509 *signing)
+{
+    EVP_PKEY *k = X509_get0_pubkey(signing);
+    int ok = k != NULL && X509_NAME_cmp(X509_get_issuer_name(agreement), X509_get_subject_name(signing)) == 0 &&
+             X509_verify(agreement, k) == 1;
+    ERR_clear_error();
+    return ok;
 }
 
 CK_RV guardian_identity_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const uint8_t *data,
@@ -130,80 +186,180 @@ static CK_RV public_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HAN
     return rv;
 }
 
-/* The identity key pair, generated when the token has none. */
-static CK_RV ensure_keys(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *priv, CK_OBJECT_HANDLE *pub)
+/* Which of the two key pairs. */
+enum key_role { AGREEMENT, SIGNING };
+
+static const char *key_id(enum key_role role)
+{
+    return role == AGREEMENT ? GUARDIAN_IDENTITY_ID : GUARDIAN_SIGNING_ID;
+}
+
+struct keys {
+    CK_OBJECT_HANDLE priv, pub;
+    EVP_PKEY *key; /* the public key */
+};
+
+static void keys_free(struct keys *k)
+{
+    EVP_PKEY_free(k->key);
+    k->key = NULL;
+}
+
+/* One of the identity's key pairs, generated when the token has none.  The
+ * agreement key derives only (package imports), the signing key signs only
+ * (its certificate or CSR, the agreement certificate, reports): the module
+ * chooses every attribute, no caller does. */
+static CK_RV ensure_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, enum key_role role, struct keys *k)
 {
     CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
     CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    void *id = (void *)GUARDIAN_IDENTITY_ID;
-    CK_ULONG id_len = sizeof(GUARDIAN_IDENTITY_ID) - 1;
+    CK_BBOOL derive = role == AGREEMENT ? CK_TRUE : CK_FALSE, sign = role == SIGNING ? CK_TRUE : CK_FALSE;
+    const char *id = key_id(role);
+    CK_ULONG id_len = (CK_ULONG)strlen(id);
     CK_ATTRIBUTE pub_t[] = {{CKA_EC_PARAMS, p256, sizeof(p256)}, {CKA_TOKEN, &yes, 1},
-                            {CKA_VERIFY, &yes, 1},                {CKA_ENCRYPT, &no, 1},
+                            {CKA_VERIFY, &sign, 1},               {CKA_ENCRYPT, &no, 1},
                             {CKA_WRAP, &no, 1},                   {CKA_DERIVE, &no, 1},
-                            {CKA_MODIFIABLE, &no, 1},             {CKA_ID, id, id_len},
-                            {CKA_LABEL, id, id_len}};
+                            {CKA_MODIFIABLE, &no, 1},             {CKA_ID, (void *)id, id_len},
+                            {CKA_LABEL, (void *)id, id_len}};
     CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},   {CKA_SENSITIVE, &yes, 1},
-                             {CKA_EXTRACTABLE, &no, 1},  {CKA_DERIVE, &yes, 1},    {CKA_SIGN, &yes, 1},
+                             {CKA_EXTRACTABLE, &no, 1},  {CKA_DERIVE, &derive, 1}, {CKA_SIGN, &sign, 1},
                              {CKA_DECRYPT, &no, 1},      {CKA_UNWRAP, &no, 1},     {CKA_SIGN_RECOVER, &no, 1},
-                             {CKA_MODIFIABLE, &no, 1},   {CKA_COPYABLE, &no, 1},   {CKA_ID, id, id_len},
-                             {CKA_LABEL, id, id_len}};
-    CK_RV rv = guardian_identity_find(be, s, CKO_PRIVATE_KEY, priv);
+                             {CKA_MODIFIABLE, &no, 1},   {CKA_COPYABLE, &no, 1},   {CKA_ID, (void *)id, id_len},
+                             {CKA_LABEL, (void *)id, id_len}};
+    CK_RV rv = guardian_identity_find(be, s, id, CKO_PRIVATE_KEY, &k->priv);
+    k->key = NULL;
     if (rv == CKR_OK)
-        rv = guardian_identity_find(be, s, CKO_PUBLIC_KEY, pub);
+        rv = guardian_identity_find(be, s, id, CKO_PUBLIC_KEY, &k->pub);
     if (rv != CKR_OK)
         return rv;
-    if (*priv != CK_INVALID_HANDLE && *pub != CK_INVALID_HANDLE)
-        return CKR_OK;
-    if (*priv != CK_INVALID_HANDLE || *pub != CK_INVALID_HANDLE) {
-        guardian_error("identity", "the token holds half of a Guardian identity key pair");
+    if (k->priv == CK_INVALID_HANDLE && k->pub == CK_INVALID_HANDLE) {
+        rv = be->C_GenerateKeyPair(s, &gen, pub_t, sizeof(pub_t) / sizeof(pub_t[0]), priv_t,
+                                   sizeof(priv_t) / sizeof(priv_t[0]), &k->pub, &k->priv);
+        if (rv != CKR_OK) {
+            guardian_error("identity", "cannot generate the Guardian %s key pair in the backend: %s",
+                           role == AGREEMENT ? "agreement" : "signing", ckr(rv));
+            return rv;
+        }
+        guardian_policy_forget(k->pub);
+        guardian_policy_forget(k->priv);
+        guardian_info("identity", "generated the Guardian %s key pair %s (EC P-256, sensitive, never extractable, "
+                                  "%s only)",
+                      role == AGREEMENT ? "agreement" : "signing", id, role == AGREEMENT ? "derive" : "sign");
+    } else if (k->priv == CK_INVALID_HANDLE || k->pub == CK_INVALID_HANDLE) {
+        guardian_error("identity", "the token holds half of the Guardian key pair %s", id);
         return CKR_GENERAL_ERROR;
     }
-    rv = be->C_GenerateKeyPair(s, &gen, pub_t, sizeof(pub_t) / sizeof(pub_t[0]), priv_t,
-                               sizeof(priv_t) / sizeof(priv_t[0]), pub, priv);
-    if (rv != CKR_OK) {
-        guardian_error("identity", "cannot generate the Guardian key pair in the backend: %s", ckr(rv));
-        return rv;
-    }
-    guardian_policy_forget(*pub);
-    guardian_policy_forget(*priv);
-    guardian_info("identity", "generated the Guardian identity key pair (EC P-256, sensitive, never extractable)");
-    return CKR_OK;
+    return public_key(be, s, k->pub, &k->key);
 }
 
-/* The subject CN from CKA_LABEL (1..64 printable characters), or "Guardian". */
-static CK_RV subject_name(const struct guardian_request *rq, X509_NAME **out)
+/* The existing key pair `role`, or CKR_KEY_HANDLE_INVALID (logged). */
+static CK_RV existing_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, enum key_role role, struct keys *k)
+{
+    const char *id = key_id(role);
+    CK_RV rv = guardian_identity_find(be, s, id, CKO_PRIVATE_KEY, &k->priv);
+    k->key = NULL;
+    if (rv == CKR_OK)
+        rv = guardian_identity_find(be, s, id, CKO_PUBLIC_KEY, &k->pub);
+    if (rv != CKR_OK)
+        return rv;
+    if (k->priv == CK_INVALID_HANDLE || k->pub == CK_INVALID_HANDLE)
+        return CKR_KEY_HANDLE_INVALID;
+    return public_key(be, s, k->pub, &k->key);
+}
+
+/* The common name from CKA_LABEL into cn (1..GUARDIAN_CN_MAX printable
+ * characters; the signing certificate adds " signing"), or "" without one. */
+#define SIGNING_SUFFIX " signing"
+#define GUARDIAN_CN_MAX (64 - (int)sizeof(SIGNING_SUFFIX) + 1)
+static CK_RV label_cn(const struct guardian_request *rq, char cn[65])
 {
     const CK_ATTRIBUTE *a = guardian_request_attr(rq, CKA_LABEL);
-    char cn[65] = "Guardian";
-    if (a != NULL) {
-        if (a->pValue == NULL || a->ulValueLen == 0 || a->ulValueLen > 64) {
-            guardian_error("identity", "CKA_LABEL (the subject's CN) must be 1..64 bytes");
-            return CKR_ATTRIBUTE_VALUE_INVALID;
-        }
-        memcpy(cn, a->pValue, a->ulValueLen);
-        cn[a->ulValueLen] = '\0';
-        for (size_t i = 0; i < a->ulValueLen; i++)
-            if ((unsigned char)cn[i] < 0x20 || cn[i] == 0x7f) {
-                guardian_error("identity", "CKA_LABEL (the subject's CN) holds a control character");
-                return CKR_ATTRIBUTE_VALUE_INVALID;
-            }
-    }
-    *out = X509_NAME_new();
-    if (*out == NULL || X509_NAME_add_entry_by_txt(*out, "CN", MBSTRING_UTF8, (unsigned char *)cn, -1, -1, 0) != 1) {
-        X509_NAME_free(*out);
-        *out = NULL;
+    cn[0] = '\0';
+    if (a == NULL)
+        return CKR_OK;
+    if (a->pValue == NULL || a->ulValueLen == 0 || a->ulValueLen > GUARDIAN_CN_MAX) {
+        guardian_error("identity", "CKA_LABEL (the subject's CN) must be 1..%d bytes", GUARDIAN_CN_MAX);
         return CKR_ATTRIBUTE_VALUE_INVALID;
     }
+    memcpy(cn, a->pValue, a->ulValueLen);
+    cn[a->ulValueLen] = '\0';
+    for (size_t i = 0; i < a->ulValueLen; i++)
+        if ((unsigned char)cn[i] < 0x20 || cn[i] == 0x7f) {
+            guardian_error("identity", "CKA_LABEL (the subject's CN) holds a control character");
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        }
     return CKR_OK;
 }
 
-static int add_ext(X509 *x, int nid, const char *value)
+/* The CN of a certificate's subject, UTF-8, into cn (empty when it has none
+ * or it is longer than 64 bytes). */
+static void cert_cn(X509 *x, char cn[65])
+{
+    const X509_NAME *n = X509_get_subject_name(x);
+    int i = n ? X509_NAME_get_index_by_NID(n, NID_commonName, -1) : -1;
+    unsigned char *u = NULL;
+    int len = i >= 0 ? ASN1_STRING_to_UTF8(&u, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i))) : -1;
+    cn[0] = '\0';
+    if (len > 0 && len <= 64 && memchr(u, 0, (size_t)len) == NULL) {
+        memcpy(cn, u, (size_t)len);
+        cn[len] = '\0';
+    }
+    OPENSSL_free(u);
+}
+
+static X509_NAME *cn_name(const char *cn, const char *suffix)
+{
+    char buf[160];
+    X509_NAME *n = X509_NAME_new();
+    snprintf(buf, sizeof(buf), "%s%s", cn, suffix);
+    if (n == NULL || X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (unsigned char *)buf, -1, -1, 0) != 1) {
+        X509_NAME_free(n);
+        n = NULL;
+    }
+    return n;
+}
+
+/* The signing certificate's subject: "CN=<cn> signing", <cn> the label given,
+ * else the agreement certificate's CN (an upgraded Guardian keeps its name),
+ * else "Guardian". */
+static X509_NAME *signing_name(const char *cn, X509 *agreement)
+{
+    char old[65] = "";
+    if (cn[0] == '\0' && agreement != NULL)
+        cert_cn(agreement, old);
+    if (cn[0] == '\0')
+        cn = old[0] != '\0' && strlen(old) <= (size_t)GUARDIAN_CN_MAX ? old : "Guardian";
+    return cn_name(cn, SIGNING_SUFFIX);
+}
+
+/* The agreement certificate's subject: "CN=<cn>" for a label given; else the
+ * current agreement certificate's subject (a re-issue keeps it); else the
+ * signing certificate's CN without " signing" (or with " agreement"). */
+static X509_NAME *agreement_name(const char *cn, X509 *agreement, X509 *signing)
+{
+    char scn[65] = "";
+    size_t n, k = strlen(SIGNING_SUFFIX);
+    if (cn[0] != '\0')
+        return cn_name(cn, "");
+    if (agreement != NULL &&
+        X509_NAME_cmp(X509_get_subject_name(agreement), X509_get_subject_name(signing)) != 0)
+        return X509_NAME_dup(X509_get_subject_name(agreement));
+    cert_cn(signing, scn);
+    n = strlen(scn);
+    if (n > k && strcmp(scn + n - k, SIGNING_SUFFIX) == 0) {
+        scn[n - k] = '\0';
+        return cn_name(scn, "");
+    }
+    return n > 0 && n + strlen(" agreement") <= 64 ? cn_name(scn, " agreement") : cn_name("Guardian", "");
+}
+
+static int add_ext(X509 *x, X509 *issuer, int nid, const char *value)
 {
     X509V3_CTX ctx;
     X509_EXTENSION *e;
     int ok;
-    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
+    X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
     e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
     ok = e != NULL && X509_add_ext(x, e, -1) == 1;
     X509_EXTENSION_free(e);
@@ -220,9 +376,71 @@ static int set_signature(const ASN1_BIT_STRING *psig, const uint8_t *der, int le
     return 1;
 }
 
-/* A certificate object for the identity; the previous one, if any, is
- * destroyed once the new one exists. */
-static CK_RV install_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *x, CK_OBJECT_HANDLE *out)
+/* A certificate for `subject_key`, signed in the backend by the signing key:
+ * the signing certificate S (issuer NULL: self-signed, a CA for A only) or the
+ * agreement certificate A (issuer S: key agreement only, within S's
+ * validity).  Checked against the signing key before it is returned. */
+static CK_RV make_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const X509_NAME *subject, EVP_PKEY *subject_key,
+                       X509 *issuer, const struct keys *signer, CK_ULONG days, X509 **out)
+{
+    X509 *x = X509_new();
+    EVP_PKEY *dummy = EVP_EC_gen("P-256"); /* fills the algorithm fields; its signature is replaced */
+    unsigned char *tbs = NULL, serial[16];
+    uint8_t *sig = NULL;
+    int tbs_len, sig_len = 0, ok;
+    BIGNUM *bn = NULL;
+    const ASN1_BIT_STRING *psig;
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    *out = NULL;
+    if (x == NULL || dummy == NULL || RAND_bytes(serial, sizeof(serial)) != 1)
+        goto out;
+    serial[0] &= 0x7f;
+    bn = BN_bin2bn(serial, sizeof(serial), NULL);
+    ok = bn != NULL && X509_set_version(x, 2) == 1 && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL &&
+         X509_set_subject_name(x, subject) == 1 &&
+         X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : subject) == 1 &&
+         X509_gmtime_adj(X509_getm_notBefore(x), 0) != NULL &&
+         X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400L) != NULL && X509_set_pubkey(x, subject_key) == 1;
+    /* A within S: openssl verify checks both validities. */
+    if (ok && issuer != NULL && ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(issuer)) > 0)
+        ok = X509_set1_notAfter(x, X509_get0_notAfter(issuer)) == 1;
+    if (ok && issuer == NULL)
+        ok = add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") &&
+             add_ext(x, x, NID_key_usage, "critical,digitalSignature,keyCertSign") &&
+             add_ext(x, x, NID_subject_key_identifier, "hash");
+    else if (ok)
+        ok = add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") &&
+             add_ext(x, issuer, NID_key_usage, "critical,keyAgreement") &&
+             add_ext(x, issuer, NID_subject_key_identifier, "hash") &&
+             (X509_get0_subject_key_id(issuer) == NULL ||
+              add_ext(x, issuer, NID_authority_key_identifier, "keyid:always"));
+    if (!ok || X509_sign(x, dummy, EVP_sha256()) <= 0 || (tbs_len = i2d_re_X509_tbs(x, &tbs)) <= 0)
+        goto out;
+    if ((rv = guardian_identity_sign(be, s, signer->priv, tbs, (size_t)tbs_len, &sig, &sig_len)) != CKR_OK)
+        goto out;
+    rv = CKR_GENERAL_ERROR;
+    X509_get0_signature(&psig, NULL, x);
+    if (!set_signature(psig, sig, sig_len) || X509_verify(x, signer->key) != 1) {
+        guardian_error("identity", "the certificate the backend signed does not verify");
+        goto out;
+    }
+    *out = x;
+    x = NULL;
+    rv = CKR_OK;
+out:
+    ERR_clear_error();
+    BN_free(bn);
+    OPENSSL_free(tbs);
+    OPENSSL_free(sig);
+    X509_free(x);
+    EVP_PKEY_free(dummy);
+    return rv;
+}
+
+/* The certificate object `id` (GUARDIAN_IDENTITY_ID: A, GUARDIAN_SIGNING_ID:
+ * S); the previous one, if any, is destroyed once the new one exists. */
+static CK_RV install_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *id, X509 *x, CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_CERTIFICATE_TYPE ct = CKC_X_509;
@@ -231,12 +449,13 @@ static CK_RV install_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *x, CK
     int der_len = i2d_X509(x, &der), subj_len = i2d_X509_NAME(X509_get_subject_name(x), &subj);
     int iss_len = i2d_X509_NAME(X509_get_issuer_name(x), &iss);
     int ser_len = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &serial);
+    CK_ULONG id_len = (CK_ULONG)strlen(id);
     CK_OBJECT_HANDLE old = CK_INVALID_HANDLE;
     CK_RV rv = CKR_HOST_MEMORY;
 
     if (der_len <= 0 || subj_len <= 0 || iss_len <= 0 || ser_len <= 0)
         goto out;
-    rv = guardian_identity_find(be, s, CKO_CERTIFICATE, &old);
+    rv = guardian_identity_find(be, s, id, CKO_CERTIFICATE, &old);
     if (rv != CKR_OK)
         goto out;
     {
@@ -245,8 +464,8 @@ static CK_RV install_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *x, CK
             {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
             {CKA_TOKEN, &yes, sizeof(yes)},
             {CKA_MODIFIABLE, &no, sizeof(no)},
-            {CKA_ID, (void *)GUARDIAN_IDENTITY_ID, sizeof(GUARDIAN_IDENTITY_ID) - 1},
-            {CKA_LABEL, (void *)GUARDIAN_IDENTITY_ID, sizeof(GUARDIAN_IDENTITY_ID) - 1},
+            {CKA_ID, (void *)id, id_len},
+            {CKA_LABEL, (void *)id, id_len},
             {CKA_VALUE, der, (CK_ULONG)der_len},
             {CKA_SUBJECT, subj, (CK_ULONG)subj_len},
             {CKA_ISSUER, iss, (CK_ULONG)iss_len},
@@ -255,7 +474,7 @@ static CK_RV install_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *x, CK
         rv = be->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), out);
     }
     if (rv != CKR_OK) {
-        guardian_error("identity", "cannot create the Guardian certificate object: %s", ckr(rv));
+        guardian_error("identity", "cannot create the Guardian certificate object %s: %s", id, ckr(rv));
         goto out;
     }
     guardian_policy_forget(*out);
@@ -266,6 +485,32 @@ out:
     OPENSSL_free(subj);
     OPENSSL_free(iss);
     OPENSSL_free(serial);
+    return rv;
+}
+
+/* A new agreement certificate under `signing`, installed in place of `old`
+ * (if any): its SHA-256, the packages' target, changes. */
+static CK_RV issue_agreement(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *cn, const struct keys *agree,
+                             const struct keys *sign, X509 *signing, X509 *old, CK_ULONG days, CK_OBJECT_HANDLE *out)
+{
+    X509_NAME *name = agreement_name(cn, old, signing);
+    X509 *a = NULL;
+    CK_RV rv = CKR_HOST_MEMORY;
+
+    if (name == NULL)
+        goto out;
+    if ((rv = make_cert(be, s, name, agree->key, signing, sign, days, &a)) != CKR_OK ||
+        (rv = install_cert(be, s, GUARDIAN_IDENTITY_ID, a, out)) != CKR_OK)
+        goto out;
+    if (old != NULL)
+        guardian_warn("identity", "re-issued the Guardian certificate under the signing certificate: its SHA-256 "
+                                  "changed, so give the OEMs the new one (guardianctl cert); packages made for the "
+                                  "old one are refused as CKR_GUARDIAN_WRONG_GUARDIAN");
+    else
+        guardian_info("identity", "made the Guardian certificate (key agreement, issued by the signing certificate)");
+out:
+    X509_NAME_free(name);
+    X509_free(a);
     return rv;
 }
 
@@ -292,19 +537,19 @@ CK_RV guardian_output_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const ch
     return rv;
 }
 
+/* Both key pairs; the signing certificate S (self-signed, when there is none);
+ * the agreement certificate A, issued by S (again, when the current one is
+ * not: a Guardian made before the split had one self-signed certificate for
+ * one key that both derived and signed).  Returns A. */
 static CK_RV identity(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE s,
                       const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
 {
-    CK_OBJECT_HANDLE priv, pub, cert = CK_INVALID_HANDLE;
+    struct keys agree = {0}, sign = {0};
+    CK_OBJECT_HANDLE a_handle, s_handle;
     CK_ULONG days = DEFAULT_DAYS;
     X509_NAME *name = NULL;
-    X509 *x = NULL;
-    EVP_PKEY *gpub = NULL, *dummy = NULL;
-    unsigned char *tbs = NULL, serial[16];
-    uint8_t *sig = NULL;
-    int tbs_len, sig_len = 0;
-    BIGNUM *bn = NULL;
-    const ASN1_BIT_STRING *psig;
+    X509 *a = NULL, *sc = NULL;
+    char cn[65];
     CK_RV rv;
     (void)st;
 
@@ -314,91 +559,75 @@ static CK_RV identity(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSIO
         guardian_error("identity", "CKA_GUARDIAN_VALIDITY_DAYS must be 1..%d", MAX_DAYS);
         return CKR_ATTRIBUTE_VALUE_INVALID;
     }
-    if ((rv = subject_name(rq, &name)) != CKR_OK)
+    if ((rv = label_cn(rq, cn)) != CKR_OK)
         return rv;
-    if ((rv = ensure_keys(be, s, &priv, &pub)) != CKR_OK)
+    if ((rv = ensure_key(be, s, AGREEMENT, &agree)) != CKR_OK || (rv = ensure_key(be, s, SIGNING, &sign)) != CKR_OK ||
+        (rv = guardian_identity_cert(be, s, GUARDIAN_IDENTITY_ID, &a, &a_handle)) != CKR_OK ||
+        (rv = guardian_identity_cert(be, s, GUARDIAN_SIGNING_ID, &sc, &s_handle)) != CKR_OK)
         goto out;
-    if ((rv = guardian_identity_find(be, s, CKO_CERTIFICATE, &cert)) != CKR_OK)
-        goto out;
-    if (cert != CK_INVALID_HANDLE) {
-        *out = cert; /* idempotent: the Guardian has its certificate */
+    if (sc == NULL) {
+        rv = CKR_HOST_MEMORY;
+        if ((name = signing_name(cn, a)) == NULL)
+            goto out;
+        if ((rv = make_cert(be, s, name, sign.key, NULL, &sign, days, &sc)) != CKR_OK ||
+            (rv = install_cert(be, s, GUARDIAN_SIGNING_ID, sc, &s_handle)) != CKR_OK)
+            goto out;
+        guardian_info("identity", "made the Guardian's self-signed signing certificate (%lu days)",
+                      (unsigned long)days);
+    }
+    if (a != NULL && guardian_identity_issued_by(a, sc)) {
+        *out = a_handle; /* idempotent: the Guardian has its certificates */
         goto out;
     }
-    if ((rv = public_key(be, s, pub, &gpub)) != CKR_OK)
-        goto out;
-    rv = CKR_GENERAL_ERROR;
-    x = X509_new();
-    dummy = EVP_EC_gen("P-256"); /* fills the algorithm fields; its signature is replaced */
-    if (x == NULL || dummy == NULL || RAND_bytes(serial, sizeof(serial)) != 1)
-        goto out;
-    serial[0] &= 0x7f;
-    bn = BN_bin2bn(serial, sizeof(serial), NULL);
-    if (bn == NULL || X509_set_version(x, 2) != 1 || BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) == NULL ||
-        X509_set_subject_name(x, name) != 1 || X509_set_issuer_name(x, name) != 1 ||
-        X509_gmtime_adj(X509_getm_notBefore(x), 0) == NULL ||
-        X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400L) == NULL || X509_set_pubkey(x, gpub) != 1 ||
-        !add_ext(x, NID_basic_constraints, "critical,CA:FALSE") ||
-        !add_ext(x, NID_key_usage, "critical,digitalSignature,keyAgreement") ||
-        !add_ext(x, NID_subject_key_identifier, "hash") || X509_sign(x, dummy, EVP_sha256()) <= 0)
-        goto out;
-    tbs_len = i2d_re_X509_tbs(x, &tbs);
-    if (tbs_len <= 0)
-        goto out;
-    if ((rv = guardian_identity_sign(be, s, priv, tbs, (size_t)tbs_len, &sig, &sig_len)) != CKR_OK)
-        goto out;
-    rv = CKR_GENERAL_ERROR;
-    X509_get0_signature(&psig, NULL, x);
-    if (!set_signature(psig, sig, sig_len) || X509_verify(x, gpub) != 1) {
-        guardian_error("identity", "the certificate the backend signed does not verify");
-        goto out;
-    }
-    rv = install_cert(be, s, x, out);
-    if (rv == CKR_OK)
-        guardian_info("identity", "made the Guardian's self-signed certificate (%lu days)", (unsigned long)days);
+    rv = issue_agreement(be, s, cn, &agree, &sign, sc, a, days, out);
 out:
-    ERR_clear_error();
-    BN_free(bn);
-    OPENSSL_free(tbs);
-    OPENSSL_free(sig);
+    keys_free(&agree);
+    keys_free(&sign);
     X509_NAME_free(name);
-    X509_free(x);
-    EVP_PKEY_free(gpub);
-    EVP_PKEY_free(dummy);
+    X509_free(a);
+    X509_free(sc);
     return rv;
 }
 
+/* Both key pairs, and a PKCS#10 CSR for the signing key, signed by it (the
+ * proof of possession): the centre's CA answers with S, and the module then
+ * issues A under it (identity_cert). */
 static CK_RV identity_csr(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE s,
                           const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
 {
-    CK_OBJECT_HANDLE priv, pub;
+    struct keys agree = {0}, sign = {0};
     X509_NAME *name = NULL;
     X509_REQ *req = NULL;
-    EVP_PKEY *gpub = NULL, *dummy = NULL;
+    X509 *a = NULL;
+    EVP_PKEY *dummy = NULL;
     unsigned char *tbs = NULL, *der = NULL;
     uint8_t *sig = NULL;
     int tbs_len, sig_len = 0, der_len;
     const ASN1_BIT_STRING *psig;
+    char cn[65];
     CK_RV rv;
     (void)st;
 
-    if ((rv = subject_name(rq, &name)) != CKR_OK)
+    if ((rv = label_cn(rq, cn)) != CKR_OK)
         return rv;
-    if ((rv = ensure_keys(be, s, &priv, &pub)) != CKR_OK || (rv = public_key(be, s, pub, &gpub)) != CKR_OK)
+    if ((rv = ensure_key(be, s, AGREEMENT, &agree)) != CKR_OK || (rv = ensure_key(be, s, SIGNING, &sign)) != CKR_OK ||
+        (rv = guardian_identity_cert(be, s, GUARDIAN_IDENTITY_ID, &a, NULL)) != CKR_OK)
         goto out;
     rv = CKR_GENERAL_ERROR;
+    name = signing_name(cn, a);
     req = X509_REQ_new();
     dummy = EVP_EC_gen("P-256");
-    if (req == NULL || dummy == NULL || X509_REQ_set_subject_name(req, name) != 1 ||
-        X509_REQ_set_pubkey(req, gpub) != 1 || X509_REQ_sign(req, dummy, EVP_sha256()) <= 0)
+    if (name == NULL || req == NULL || dummy == NULL || X509_REQ_set_subject_name(req, name) != 1 ||
+        X509_REQ_set_pubkey(req, sign.key) != 1 || X509_REQ_sign(req, dummy, EVP_sha256()) <= 0)
         goto out;
     tbs_len = i2d_re_X509_REQ_tbs(req, &tbs);
     if (tbs_len <= 0)
         goto out;
-    if ((rv = guardian_identity_sign(be, s, priv, tbs, (size_t)tbs_len, &sig, &sig_len)) != CKR_OK)
+    if ((rv = guardian_identity_sign(be, s, sign.priv, tbs, (size_t)tbs_len, &sig, &sig_len)) != CKR_OK)
         goto out;
     rv = CKR_GENERAL_ERROR;
     X509_REQ_get0_signature(req, &psig, NULL);
-    if (!set_signature(psig, sig, sig_len) || X509_REQ_verify(req, gpub) != 1) {
+    if (!set_signature(psig, sig, sig_len) || X509_REQ_verify(req, sign.key) != 1) {
         guardian_error("identity", "the CSR the backend signed does not verify");
         goto out;
     }
@@ -408,24 +637,38 @@ static CK_RV identity_csr(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SE
     rv = guardian_output_create(be, s, "csr", der, (size_t)der_len, out);
 out:
     ERR_clear_error();
+    keys_free(&agree);
+    keys_free(&sign);
     OPENSSL_free(tbs);
     OPENSSL_free(sig);
     OPENSSL_free(der);
     X509_NAME_free(name);
     X509_REQ_free(req);
-    EVP_PKEY_free(gpub);
+    X509_free(a);
     EVP_PKEY_free(dummy);
     return rv;
 }
 
+/* S must be able to issue A and sign reports, as `openssl verify` sees it. */
+static int can_issue(X509 *x)
+{
+    uint32_t flags = X509_get_extension_flags(x);
+    uint32_t ku = X509_get_key_usage(x);
+    return (flags & EXFLAG_CA) != 0 && (ku & KU_KEY_CERT_SIGN) != 0 && (ku & KU_DIGITAL_SIGNATURE) != 0;
+}
+
+/* A certificate issued elsewhere: for the signing key, it becomes S and the
+ * module issues A under it (the centre CA's answer to the CSR, or a renewal);
+ * for the agreement key, it becomes A if S issued it.  Returns A. */
 static CK_RV identity_cert(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE s,
                            const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
 {
     const CK_ATTRIBUTE *value = guardian_request_attr(rq, CKA_VALUE);
-    CK_OBJECT_HANDLE priv, pub;
-    EVP_PKEY *gpub = NULL;
+    struct keys agree = {0}, sign = {0};
+    CK_OBJECT_HANDLE h;
+    CK_ULONG days = DEFAULT_DAYS;
     const unsigned char *p;
-    X509 *x = NULL;
+    X509 *x = NULL, *a = NULL, *sc = NULL;
     CK_RV rv;
     (void)st;
 
@@ -433,37 +676,66 @@ static CK_RV identity_cert(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_S
         guardian_error("identity", "the request needs CKA_VALUE: the certificate, DER");
         return CKR_GUARDIAN_REQUEST_INVALID;
     }
-    if ((rv = guardian_identity_find(be, s, CKO_PRIVATE_KEY, &priv)) != CKR_OK ||
-        (rv = guardian_identity_find(be, s, CKO_PUBLIC_KEY, &pub)) != CKR_OK)
+    if ((rv = guardian_request_ulong(rq, CKA_GUARDIAN_VALIDITY_DAYS, false, &days)) != CKR_OK)
         return rv;
-    if (priv == CK_INVALID_HANDLE || pub == CK_INVALID_HANDLE) {
-        guardian_error("identity", "no Guardian key in the token to install a certificate for");
-        return CKR_KEY_HANDLE_INVALID;
+    if (days < 1 || days > MAX_DAYS) {
+        guardian_error("identity", "CKA_GUARDIAN_VALIDITY_DAYS must be 1..%d", MAX_DAYS);
+        return CKR_ATTRIBUTE_VALUE_INVALID;
     }
-    if ((rv = public_key(be, s, pub, &gpub)) != CKR_OK)
-        return rv;
+    rv = existing_key(be, s, AGREEMENT, &agree);
+    if (rv == CKR_OK)
+        rv = existing_key(be, s, SIGNING, &sign);
+    if (rv == CKR_KEY_HANDLE_INVALID)
+        guardian_error("identity", "no Guardian key pairs in the token to install a certificate for (make them "
+                                   "with CKG_GUARDIAN_REQ_IDENTITY_CSR, or CKG_GUARDIAN_REQ_IDENTITY)");
+    if (rv != CKR_OK)
+        goto out;
+    if ((rv = guardian_identity_cert(be, s, GUARDIAN_IDENTITY_ID, &a, &h)) != CKR_OK ||
+        (rv = guardian_identity_cert(be, s, GUARDIAN_SIGNING_ID, &sc, NULL)) != CKR_OK)
+        goto out;
     p = value->pValue;
     x = d2i_X509(NULL, &p, (long)value->ulValueLen);
+    rv = CKR_ATTRIBUTE_VALUE_INVALID;
     if (x == NULL || p != (const unsigned char *)value->pValue + value->ulValueLen) {
         guardian_error("identity", "refused: CKA_VALUE is not one DER X.509 certificate");
-        rv = CKR_ATTRIBUTE_VALUE_INVALID;
-    } else if (EVP_PKEY_eq(gpub, X509_get0_pubkey(x)) != 1) {
-        guardian_error("identity", "refused: the certificate is not for this Guardian's key");
-        rv = CKR_ATTRIBUTE_VALUE_INVALID;
-    } else {
-        rv = install_cert(be, s, x, out);
+    } else if (EVP_PKEY_eq(sign.key, X509_get0_pubkey(x)) == 1) {
+        if (!can_issue(x)) {
+            guardian_error("identity", "refused: a certificate for the signing key must be a CA certificate "
+                                       "(basicConstraints CA:TRUE, pathlen:0) with keyUsage digitalSignature and "
+                                       "keyCertSign: it issues the Guardian's agreement certificate and signs its "
+                                       "reports");
+            goto out;
+        }
+        if ((rv = install_cert(be, s, GUARDIAN_SIGNING_ID, x, &h)) != CKR_OK)
+            goto out;
+        guardian_info("identity", "installed a new Guardian signing certificate");
+        rv = issue_agreement(be, s, "", &agree, &sign, x, a, days, out);
+    } else if (EVP_PKEY_eq(agree.key, X509_get0_pubkey(x)) == 1) {
+        if (sc == NULL || !guardian_identity_issued_by(x, sc)) {
+            guardian_error("identity", "refused: a certificate for the agreement key must be issued by the "
+                                       "Guardian's signing certificate (which signs the reports), else no report "
+                                       "can be tied to it");
+            goto out;
+        }
+        rv = install_cert(be, s, GUARDIAN_IDENTITY_ID, x, out);
         if (rv == CKR_OK)
-            guardian_info("identity", "installed a new Guardian certificate");
+            guardian_info("identity", "installed a new Guardian agreement certificate");
+    } else {
+        guardian_error("identity", "refused: the certificate is for neither of this Guardian's keys");
     }
+out:
     ERR_clear_error();
+    keys_free(&agree);
+    keys_free(&sign);
     X509_free(x);
-    EVP_PKEY_free(gpub);
+    X509_free(a);
+    X509_free(sc);
     return rv;
 }
 
 static const CK_ATTRIBUTE_TYPE identity_attributes[] = {CKA_LABEL, CKA_GUARDIAN_VALIDITY_DAYS, CKA_TOKEN};
 static const CK_ATTRIBUTE_TYPE csr_attributes[] = {CKA_LABEL, CKA_TOKEN};
-static const CK_ATTRIBUTE_TYPE cert_attributes[] = {CKA_VALUE, CKA_TOKEN};
+static const CK_ATTRIBUTE_TYPE cert_attributes[] = {CKA_VALUE, CKA_GUARDIAN_VALIDITY_DAYS, CKA_TOKEN};
 
 const struct guardian_request_type guardian_request_identity = {
     .type = CKG_GUARDIAN_REQ_IDENTITY,

@@ -8,12 +8,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/x509.h>
+
 #include "p11.h"
 
-/* The identity object of class `cls` (CKA_ID "guardian-identity"), or
- * CK_INVALID_HANDLE when there is none; an error when there are several. */
-CK_RV guardian_identity_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out);
-/* SHA-256 of `data`, signed with the identity key in the backend (CKM_ECDSA);
+/* The identity object of class `cls` with CKA_ID `id` (GUARDIAN_IDENTITY_ID:
+ * the agreement key and its certificate A; GUARDIAN_SIGNING_ID: the signing
+ * key and its certificate S), or CK_INVALID_HANDLE when there is none; an
+ * error when there are several. */
+CK_RV guardian_identity_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *id, CK_OBJECT_CLASS cls,
+                             CK_OBJECT_HANDLE *out);
+/* The certificate object `id`, parsed (NULL when there is none; X509_free
+ * it), and its handle if `handle` is not NULL. */
+CK_RV guardian_identity_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *id, X509 **x,
+                             CK_OBJECT_HANDLE *handle);
+/* 1 when `agreement`'s issuer is `signing`'s subject and `signing`'s key
+ * verifies its signature. */
+int guardian_identity_issued_by(X509 *agreement, X509 *signing);
+/* SHA-256 of `data`, signed with an identity key in the backend (CKM_ECDSA);
  * a DER ECDSA-Sig-Value in *der (OPENSSL_free it). */
 CK_RV guardian_identity_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const uint8_t *data,
                              size_t len, uint8_t **der, int *der_len);

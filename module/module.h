@@ -273,7 +273,8 @@ void guardian_cert_objects_atfork_child(void);
 /* The marks of the Guardian's objects (policy.c explains why they prove
  * ownership: callers cannot set them through the module). */
 #define GUARDIAN_PACKAGE_PREFIX "guardian:"          /* a package's objects (label, data CKA_APPLICATION) */
-#define GUARDIAN_IDENTITY_ID "guardian-identity"     /* CKA_ID and CKA_LABEL of the identity */
+#define GUARDIAN_IDENTITY_ID "guardian-identity"     /* CKA_ID and CKA_LABEL of the agreement key and its certificate */
+#define GUARDIAN_SIGNING_ID "guardian-signing"       /* CKA_ID and CKA_LABEL of the signing key and its certificate */
 #define GUARDIAN_IMPORT_PREFIX "guardian-import:"    /* an import's intermediate keys */
 #define GUARDIAN_ANCHOR_LABEL "guardian-anchor"      /* the state anchor data object */
 #define GUARDIAN_OUTPUT_PREFIX "guardian-output:"    /* a request's output object */

@@ -3,7 +3,9 @@
  * touch it: one table, consulted by handle.
  *
  * Ownership.  An object belongs to the Guardian when the module made it: the
- * identity key and certificate (CKA_ID / CKA_LABEL "guardian-identity"), every
+ * identity's two key pairs and their certificates (CKA_ID / CKA_LABEL
+ * "guardian-identity": the agreement key, derive only; "guardian-signing":
+ * the signing key, sign only), every
  * object of an imported package (label "guardian:<oem>/<product>/r<n>:...",
  * data objects CKA_APPLICATION "guardian:<package id>"), the import's
  * intermediate keys ("guardian-import:..."), the state anchor
@@ -64,7 +66,7 @@ static const unsigned char policy[GUARDIAN_ROLE_COUNT][GUARDIAN_OP_COUNT] = {
 
 static const char *const role_names[GUARDIAN_ROLE_COUNT] = {
     [GUARDIAN_ROLE_UNOWNED] = "not the Guardian's",
-    [GUARDIAN_ROLE_IDENTITY] = "the Guardian's identity key",
+    [GUARDIAN_ROLE_IDENTITY] = "a Guardian identity key (agreement or signing)",
     [GUARDIAN_ROLE_PRODUCTION] = "a production CA key of an imported package",
     [GUARDIAN_ROLE_SECRET] = "a confidential data item of an imported package",
     [GUARDIAN_ROLE_INTERMEDIATE] = "an intermediate key of a package import",
@@ -212,9 +214,15 @@ static int equals(const CK_BYTE *v, CK_ULONG len, const char *s)
  * exactly these prefixes, so that an operator's "guardian-test" key stays the
  * operator's. */
 static const char *const marks[] = {
-    GUARDIAN_PACKAGE_PREFIX, GUARDIAN_IDENTITY_ID, GUARDIAN_IMPORT_PREFIX,
+    GUARDIAN_PACKAGE_PREFIX, GUARDIAN_IDENTITY_ID,   GUARDIAN_SIGNING_ID,  GUARDIAN_IMPORT_PREFIX,
     GUARDIAN_ANCHOR_LABEL,   GUARDIAN_OUTPUT_PREFIX, GUARDIAN_ROOT_PREFIX,
 };
+
+/* The identity's CKA_IDs: the agreement key's and the signing key's. */
+static int is_identity_id(const CK_BYTE *v, CK_ULONG len)
+{
+    return equals(v, len, GUARDIAN_IDENTITY_ID) || equals(v, len, GUARDIAN_SIGNING_ID);
+}
 
 static int has_mark(const CK_BYTE *v, CK_ULONG len)
 {
@@ -293,7 +301,7 @@ CK_RV guardian_policy_classify(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJ
             trusted = CK_FALSE;
     }
 
-    guardian_mark = has_mark(label, label_len) || equals(id, id_len, GUARDIAN_IDENTITY_ID) || has_mark(app, app_len);
+    guardian_mark = has_mark(label, label_len) || is_identity_id(id, id_len) || has_mark(app, app_len);
     if (cls == CKO_CERTIFICATE && trusted)
         role = GUARDIAN_ROLE_ROOT;
     else if (!guardian_mark)
@@ -302,7 +310,7 @@ CK_RV guardian_policy_classify(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJ
         role = has_prefix(label, label_len, GUARDIAN_OUTPUT_PREFIX) ? GUARDIAN_ROLE_OUTPUT
                : has_prefix(label, label_len, GUARDIAN_ANCHOR_LABEL) ? GUARDIAN_ROLE_STATE
                                                                      : GUARDIAN_ROLE_PUBLIC;
-    else if (equals(id, id_len, GUARDIAN_IDENTITY_ID) || equals(label, label_len, GUARDIAN_IDENTITY_ID))
+    else if (is_identity_id(id, id_len) || is_identity_id(label, label_len))
         role = GUARDIAN_ROLE_IDENTITY;
     else if (has_prefix(label, label_len, GUARDIAN_IMPORT_PREFIX))
         role = GUARDIAN_ROLE_INTERMEDIATE;
@@ -372,15 +380,16 @@ CK_RV guardian_policy_template(const CK_ATTRIBUTE *t, CK_ULONG n, const char *fu
         switch (t[i].type) {
         case CKA_LABEL:
             if (has_mark(v, len))
-                why = "a CKA_LABEL of the Guardian's (\"guardian:\", \"guardian-identity\", \"guardian-root:\", ...)";
+                why = "a CKA_LABEL of the Guardian's (\"guardian:\", \"guardian-identity\", \"guardian-signing\", "
+                      "\"guardian-root:\", ...)";
             break;
         case CKA_APPLICATION:
             if (has_mark(v, len))
                 why = "a CKA_APPLICATION of the Guardian's (\"guardian:\", \"guardian-anchor\")";
             break;
         case CKA_ID:
-            if (equals(v, len, GUARDIAN_IDENTITY_ID))
-                why = "the Guardian identity's CKA_ID";
+            if (is_identity_id(v, len))
+                why = "a CKA_ID of the Guardian identity's (\"guardian-identity\", \"guardian-signing\")";
             break;
         case CKA_TRUSTED:
             if (len == sizeof(CK_BBOOL) && *v != CK_FALSE)

@@ -3,7 +3,7 @@
 #
 # Builds what it needs, creates a throwaway SoftHSMv2 token and a Guardian
 # configuration in a temporary directory, then runs the whole story, everything
-# through the Guardian module: Guardian identity (guardianctl init) -> OEM PKI
+# through the Guardian module: Guardian identity (guardianctl init: agreement and signing keys) -> OEM PKI
 # (OpenSSL) -> OEM root enrolment (Security Officer) -> wrapping
 # (guardian-wrap create/inspect, openssl cms -verify) -> import (C_UnwrapKey with
 # CKM_GUARDIAN_UNWRAP_PACKAGE) -> provisioning run (C_DeriveKey with
@@ -77,9 +77,15 @@ step "The module (C_GetInfo) and the token, through the Guardian"
 p11 --show-info | sed 's/^/  /'
 p11 --list-slots | grep -E 'Slot|token label' | sed 's/^/  /'
 
-step "1. Guardian identity: key pair inside the token, certificate signed by it"
+step "1. Guardian identity: two key pairs inside the token (agreement: derive only; signing: sign only)"
 ctl init --subject /CN=guardian-demo --out "$work/guardian.pem" 2>&1 | sed 's/^/  /'
-openssl x509 -in "$work/guardian.pem" -noout -subject -fingerprint -sha256 | sed 's/^/  /'
+awk '/BEGIN CERT/ { n++ } n == 1' "$work/guardian.pem" >"$work/guardian-agreement.pem"
+awk '/BEGIN CERT/ { n++ } n == 2' "$work/guardian.pem" >"$work/guardian-signing.pem"
+echo "  guardian.pem: the Guardian certificate (what OEMs wrap for), then its signing certificate"
+for c in agreement signing; do
+    openssl x509 -in "$work/guardian-$c.pem" -noout -subject -issuer -fingerprint -sha256 | sed 's/^/    /'
+done
+openssl verify -CAfile "$work/guardian-signing.pem" "$work/guardian-agreement.pem" | sed 's/^/  /'
 
 step "2. OEM side (OpenSSL only): root, package signer, production CA"
 oem="$work/oem"
@@ -137,11 +143,11 @@ if p11 --token-label guardian-demo --login --pin 1234 --sign -m ECDSA --id "$pkg
     die "a standard C_Sign with the production CA key was allowed"
 fi
 echo "  pkcs11-tool --sign with the production CA key: $(grep -o 'CKR_[A-Z_]*' "$work/sign.out" | head -1)"
-if p11 --token-label guardian-demo --login --pin 1234 --sign -m ECDSA --id "$(printf guardian-identity |
+if p11 --token-label guardian-demo --login --pin 1234 --sign -m ECDSA --id "$(printf guardian-signing |
     od -An -tx1 | tr -d ' \n')" -i "$work/h.bin" -o "$work/forged.sig" >"$work/sign.out" 2>&1; then
-    die "a standard C_Sign with the Guardian key was allowed"
+    die "a standard C_Sign with the Guardian signing key was allowed"
 fi
-echo "  pkcs11-tool --sign with the Guardian key (a forged report): $(grep -o 'CKR_[A-Z_]*' "$work/sign.out" | head -1)"
+echo "  pkcs11-tool --sign with the Guardian signing key (a forged report): $(grep -o 'CKR_[A-Z_]*' "$work/sign.out" | head -1)"
 sed "s|^state_dir = .*|state_dir = $work/state-backup|" "$GUARDIAN_CONF" >"$work/backup.conf"
 if GUARDIAN_CONF=$work/backup.conf ctl provision --product ACME/SENSOR-1 --count 1 --out "$work/again" \
     >"$work/restore.out" 2>&1; then
@@ -150,7 +156,7 @@ fi
 echo "  production from the state copied before the run (a restored backup):"
 grep -m1 -E 'older than|STATE_ROLLBACK' "$work/restore.out" | sed 's/^/    /'
 
-step "7. Audit export, signed by the Guardian's identity key"
+step "7. Audit export, signed by the Guardian's signing key"
 ctl audit export --out "$work/audit-report.txt" 2>&1 | sed 's/^/  /'
 echo "  $(wc -l <"$work/audit-report.txt") lines, $(wc -c <"$work/audit-report.txt") bytes"
 
@@ -174,7 +180,7 @@ echo "  $verified of $parts certificates: OK"
 
 step "Summary"
 echo "  module:    $module (backend $softhsm)"
-echo "  Guardian:  $(openssl x509 -in "$work/guardian.pem" -noout -fingerprint -sha256 | cut -d= -f2)"
+echo "  Guardian:  $(openssl x509 -in "$work/guardian.pem" -noout -fingerprint -sha256 | cut -d= -f2) (signing: $(openssl x509 -in "$work/guardian-signing.pem" -noout -fingerprint -sha256 | cut -d= -f2))"
 echo "  package:   ACME/SENSOR-1 release 1, 1000 units: imported, replay refused"
 echo "  produced:  $parts device certificates, all verify up to the OEM root"
 echo "  audit:     signed report verified by the OEM; an altered copy rejected"

@@ -135,6 +135,39 @@ static X509 *read_cert(const char *path)
     return x;
 }
 
+/* The Guardian's certificates as `guardianctl cert` writes them: the Guardian
+ * certificate A first (the key packages are wrapped for, the target), then
+ * optionally its signing certificate S, which must have issued A.  A file
+ * holding A alone (or a Guardian made before the signing key was split off)
+ * is one certificate.  *signing gets S or NULL when signing is not NULL. */
+static X509 *read_guardian(const char *path, X509 **signing)
+{
+    STACK_OF(X509) *all = read_certs(path);
+    X509 *a = sk_X509_shift(all), *sc = sk_X509_shift(all);
+    if (sk_X509_num(all) > 0)
+        die("%s holds more than two certificates; give the Guardian certificate, optionally followed by its "
+            "signing certificate ('guardianctl cert' writes both)",
+            path);
+    sk_X509_free(all);
+    if (sc != NULL) {
+        EVP_PKEY *k = X509_get0_pubkey(sc);
+        if (X509_get_key_usage(a) & KU_KEY_CERT_SIGN)
+            die("%s: the first certificate is the Guardian's signing certificate; the Guardian certificate (key "
+                "agreement) comes first, as 'guardianctl cert' writes it",
+                path);
+        if (k == NULL || X509_NAME_cmp(X509_get_issuer_name(a), X509_get_subject_name(sc)) != 0 ||
+            X509_verify(a, k) != 1)
+            die("%s: the second certificate did not issue the first (expected the Guardian certificate, then its "
+                "signing certificate)",
+                path);
+    }
+    if (signing != NULL)
+        *signing = sc;
+    else
+        X509_free(sc);
+    return a;
+}
+
 /* The OEM signing key may live in a token: a pkcs11: URI (RFC 7512), loaded
  * through OpenSSL's libp11 engine (Debian 12 packages no PKCS#11 provider for
  * OpenSSL 3).  The PKCS#11 module is PKCS11_MODULE_PATH, else p11-kit's proxy. */
@@ -423,7 +456,7 @@ static void write_package(CMS_ContentInfo *cms, X509 *signer, const char *path)
 
 static int create_package(const struct create_opts *o)
 {
-    X509 *guardian = read_cert(o->guardian_cert), *signer = read_cert(o->signer_cert);
+    X509 *guardian = read_guardian(o->guardian_cert, NULL), *signer = read_cert(o->signer_cert);
     X509 *ca_cert = read_cert(o->ca_cert);
     STACK_OF(X509) *signer_chain = o->signer_chain ? read_certs(o->signer_chain) : sk_X509_new_null();
     EVP_PKEY *signer_key = read_private_key(o->signer_key), *ca_key = read_private_key(o->ca_key);
@@ -847,7 +880,7 @@ static int cmd_inspect(int argc, char **argv)
     printf("\ntarget       sha256:");
     print_hex(pkg.target_guardian, sizeof(pkg.target_guardian));
     if (guardian_path != NULL) {
-        X509 *g = read_cert(guardian_path);
+        X509 *g = read_guardian(guardian_path, NULL);
         uint8_t h[32];
         cert_sha256(g, h);
         X509_free(g);
@@ -1050,7 +1083,7 @@ static int cmd_verify_report(int argc, char **argv)
             die("--product must be OEM/PRODUCT");
     }
     path = argv[optind];
-    in.guardian = read_cert(guardian_path);
+    in.guardian = read_guardian(guardian_path, &in.guardian_signing);
     in.ca_chain = read_certs(chain_path);
     in.root = root_path ? read_cert(root_path) : NULL;
     for (int i = 0; i < n_packages; i++)
@@ -1073,6 +1106,7 @@ static int cmd_verify_report(int argc, char **argv)
     if (previous_map != NULL)
         munmap(previous_map, in.previous_len);
     X509_free(in.guardian);
+    X509_free(in.guardian_signing);
     X509_free(in.root);
     sk_X509_pop_free(in.ca_chain, X509_free);
     return problems == 0 ? 0 : 1;

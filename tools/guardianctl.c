@@ -184,14 +184,24 @@ unsigned char *get_attr(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *le
     return a.pValue;
 }
 
-CK_OBJECT_HANDLE find_identity(CK_OBJECT_CLASS cls)
+static CK_OBJECT_HANDLE find_id(const char *id, CK_OBJECT_CLASS cls)
 {
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, GUARDIAN_KEY_ID, strlen(GUARDIAN_KEY_ID)}};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)id, strlen(id)}};
     CK_OBJECT_HANDLE h[2];
     CK_ULONG n = find_all(t, 2, h, 2);
     if (n > 1)
-        die("more than one Guardian identity object of class %lu in token '%s'", (unsigned long)cls, token_label);
+        die("more than one Guardian object %s of class %lu in token '%s'", id, (unsigned long)cls, token_label);
     return n == 1 ? h[0] : CK_INVALID_HANDLE;
+}
+
+CK_OBJECT_HANDLE find_identity(CK_OBJECT_CLASS cls)
+{
+    return find_id(GUARDIAN_KEY_ID, cls);
+}
+
+CK_OBJECT_HANDLE find_signing(CK_OBJECT_CLASS cls)
+{
+    return find_id(GUARDIAN_SIGNING_KEY_ID, cls);
 }
 
 /* ---- certificates ------------------------------------------------------------------ */
@@ -235,14 +245,21 @@ X509 *cert_from_object(CK_OBJECT_HANDLE h)
     return x;
 }
 
-static void write_pem_cert(X509 *x, const char *out)
+/* The Guardian's certificates as OEMs take them: A (the target of their
+ * packages) first, then S (which issued A and signs the reports), if any. */
+static void write_pem_certs(X509 *a, X509 *sc, const char *out)
 {
     FILE *f = out ? fopen(out, "w") : stdout;
     if (f == NULL)
         die("cannot create %s: %s", out, strerror(errno));
-    PEM_write_X509(f, x);
-    if (out)
-        fclose(f);
+    if (!PEM_write_X509(f, a) || (sc != NULL && !PEM_write_X509(f, sc)) || fflush(f) != 0 || (out && fclose(f) != 0))
+        die("cannot write %s", out ? out : "the certificates");
+}
+
+/* The certificate object, or NULL when there is none. */
+static X509 *cert_or_null(CK_OBJECT_HANDLE h)
+{
+    return h == CK_INVALID_HANDLE ? NULL : cert_from_object(h);
 }
 
 /* A Guardian request (C_CreateObject of a CKO_GUARDIAN_REQUEST) with `extra`
@@ -258,6 +275,17 @@ static CK_RV request(CK_ULONG type, CK_ATTRIBUTE *extra, CK_ULONG n_extra, CK_OB
     return p11->C_CreateObject(session, t, 2 + n_extra, out);
 }
 
+/* What OEMs need to hear when A changed (an upgrade, a new signing
+ * certificate): their packages name A's SHA-256. */
+static void say_certificate_changed(const char *old_fpr, const char *new_fpr, const char *out)
+{
+    fprintf(stderr,
+            "the Guardian certificate CHANGED (sha256:%s, was sha256:%s): give your OEM customers the new %s; "
+            "packages made for the old certificate are refused (CKR_GUARDIAN_WRONG_GUARDIAN) until they wrap "
+            "again for the new one\n",
+            new_fpr, old_fpr, out ? out : "certificates ('" PROG " cert --out guardian.pem')");
+}
+
 static int cmd_init(int argc, char **argv)
 {
     static const struct option opts[] = {{"subject", required_argument, NULL, 's'},
@@ -267,9 +295,11 @@ static int cmd_init(int argc, char **argv)
                                          {NULL, 0, NULL, 0}};
     const char *subject = NULL, *csr_out = NULL, *out = NULL;
     long days = 3650;
-    CK_OBJECT_HANDLE priv, cert, h;
-    char subject_buf[128], fpr[65];
-    CK_ULONG udays;
+    CK_OBJECT_HANDLE priv, sign_priv, h;
+    X509 *old_a, *a, *sc;
+    char subject_buf[128], fpr[65], old_fpr[65] = "", sfpr[65];
+    CK_ATTRIBUTE t[2];
+    CK_ULONG udays, n = 0;
     CK_RV rv;
     int c;
 
@@ -288,39 +318,40 @@ static int cmd_init(int argc, char **argv)
     login(CKU_USER);
 
     priv = find_identity(CKO_PRIVATE_KEY);
-    cert = find_identity(CKO_CERTIFICATE);
-    if (priv != CK_INVALID_HANDLE && cert != CK_INVALID_HANDLE) {
-        X509 *x = cert_from_object(cert);
-        fingerprint(x, fpr);
-        fprintf(stderr, "Guardian already initialized in token '%s'; certificate sha256:%s\n", token_label, fpr);
-        if (out)
-            write_pem_cert(x, out);
-        X509_free(x);
-        return 0;
+    sign_priv = find_signing(CKO_PRIVATE_KEY);
+    old_a = cert_or_null(find_identity(CKO_CERTIFICATE));
+    if (old_a != NULL)
+        fingerprint(old_a, old_fpr);
+    if (priv != CK_INVALID_HANDLE && sign_priv == CK_INVALID_HANDLE)
+        fprintf(stderr, "Guardian in token '%s' has one key for key agreement and signing (made before the "
+                        "signing key was split off): making its signing key%s\n",
+                token_label, csr_out ? "" : " and issuing its certificate again under it");
+    /* The module makes the keys (if none) and signs what it built.  A name
+     * only for a new Guardian (or when asked): an existing one keeps its own. */
+    if (subject != NULL || old_a == NULL) {
+        if (subject == NULL) {
+            snprintf(subject_buf, sizeof(subject_buf), "/CN=Guardian %s", token_label);
+            subject = subject_buf;
+        }
+        if (strncmp(subject, "/CN=", 4) == 0)
+            subject += 4;
+        t[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)subject, (CK_ULONG)strlen(subject)};
     }
-    if (priv != CK_INVALID_HANDLE)
-        fprintf(stderr, "Guardian key exists in token '%s' but has no certificate yet\n", token_label);
-    if (subject == NULL) {
-        snprintf(subject_buf, sizeof(subject_buf), "/CN=Guardian %s", token_label);
-        subject = subject_buf;
-    }
-    if (strncmp(subject, "/CN=", 4) == 0)
-        subject += 4;
     udays = (CK_ULONG)days;
-    {
-        /* The module makes the keys (if none) and signs what it built. */
-        CK_ATTRIBUTE t[] = {{CKA_LABEL, (void *)subject, (CK_ULONG)strlen(subject)},
-                            {CKA_GUARDIAN_VALIDITY_DAYS, &udays, sizeof(udays)}};
-        rv = request(csr_out ? CKG_GUARDIAN_REQ_IDENTITY_CSR : CKG_GUARDIAN_REQ_IDENTITY, t, csr_out ? 1 : 2, &h);
-    }
+    if (csr_out == NULL)
+        t[n++] = (CK_ATTRIBUTE){CKA_GUARDIAN_VALIDITY_DAYS, &udays, sizeof(udays)};
+    rv = request(csr_out ? CKG_GUARDIAN_REQ_IDENTITY_CSR : CKG_GUARDIAN_REQ_IDENTITY, t, n, &h);
     if (rv == CKR_ATTRIBUTE_VALUE_INVALID)
-        die("invalid --subject: a CN of 1..64 characters, no control characters");
+        die("invalid --subject: a CN of 1..56 characters, no control characters");
     if (rv != CKR_OK)
         die("the module refused to make the Guardian identity: %s (0x%lx); its log line says why", ckr(rv),
             (unsigned long)rv);
     if (priv == CK_INVALID_HANDLE)
-        fprintf(stderr, "generated the Guardian key pair (EC P-256, sensitive, never extractable) in token '%s'\n",
+        fprintf(stderr, "generated the Guardian key pairs (EC P-256, sensitive, never extractable) in token '%s': "
+                        "agreement (derive only) and signing (sign only)\n",
                 token_label);
+    else if (sign_priv == CK_INVALID_HANDLE)
+        fprintf(stderr, "generated the Guardian signing key pair (EC P-256, sign only) in token '%s'\n", token_label);
     if (csr_out != NULL) {
         CK_ULONG len;
         unsigned char *der = get_attr(h, CKA_VALUE, &len);
@@ -335,36 +366,56 @@ static int cmd_init(int argc, char **argv)
             die("cannot create %s: %s", csr_out, strerror(errno));
         if (!PEM_write_X509_REQ(f, req) || fclose(f) != 0)
             die("cannot write %s", csr_out);
-        fprintf(stderr, "wrote %s: have the centre's CA sign it, then 'guardianctl import-cert CERT.pem'\n", csr_out);
+        fprintf(stderr, "wrote %s, the signing key's CSR: have the centre's CA sign it as a CA certificate "
+                        "(basicConstraints CA:TRUE,pathlen:0; keyUsage digitalSignature,keyCertSign), then '" PROG
+                        " import-cert CERT.pem'\n",
+                csr_out);
         X509_REQ_free(req);
         free(der);
-    } else {
-        X509 *x = cert_from_object(h);
-        fingerprint(x, fpr);
-        fprintf(stderr, "Guardian certificate (self-signed, %ld days) sha256:%s\n", days, fpr);
-        write_pem_cert(x, out);
-        if (out)
-            fprintf(stderr, "wrote %s: give it to your OEM customers\n", out);
-        X509_free(x);
+        X509_free(old_a);
+        return 0;
     }
+    a = cert_from_object(h);
+    sc = cert_or_null(find_signing(CKO_CERTIFICATE));
+    if (sc == NULL)
+        die("the module made no signing certificate; its log line says why");
+    fingerprint(a, fpr);
+    fingerprint(sc, sfpr);
+    if (old_a != NULL && strcmp(old_fpr, fpr) == 0)
+        fprintf(stderr, "Guardian already initialized in token '%s'; certificate sha256:%s\n", token_label, fpr);
+    else
+        fprintf(stderr, "Guardian certificate (key agreement, the target of OEM packages) sha256:%s\n", fpr);
+    fprintf(stderr, "signing certificate (issued it, signs reports) sha256:%s\n", sfpr);
+    if (old_a != NULL && strcmp(old_fpr, fpr) != 0)
+        say_certificate_changed(old_fpr, fpr, out);
+    write_pem_certs(a, sc, out);
+    if (out)
+        fprintf(stderr, "wrote %s (the Guardian certificate, then its signing certificate): give it to your OEM "
+                        "customers\n",
+                out);
+    X509_free(a);
+    X509_free(sc);
+    X509_free(old_a);
     return 0;
 }
 
 static int cmd_import_cert(int argc, char **argv)
 {
-    X509 *x;
-    CK_OBJECT_HANDLE old, h;
+    X509 *x, *old_a, *a, *sc;
+    CK_OBJECT_HANDLE h;
     unsigned char *der = NULL;
     int der_len;
-    char fpr[65];
+    char fpr[65], old_fpr[65] = "", sfpr[65];
     CK_RV rv;
     if (argc != 2)
         die("usage: " PROG " import-cert CERT.pem");
     x = read_cert_file(argv[1]);
     login(CKU_USER);
-    if (find_identity(CKO_PUBLIC_KEY) == CK_INVALID_HANDLE)
-        die("no Guardian key in token '%s': run '" PROG " init --csr FILE' first", token_label);
-    old = find_identity(CKO_CERTIFICATE);
+    if (find_identity(CKO_PUBLIC_KEY) == CK_INVALID_HANDLE || find_signing(CKO_PUBLIC_KEY) == CK_INVALID_HANDLE)
+        die("no Guardian key pairs in token '%s': run '" PROG " init --csr FILE' first", token_label);
+    old_a = cert_or_null(find_identity(CKO_CERTIFICATE));
+    if (old_a != NULL)
+        fingerprint(old_a, old_fpr);
     der_len = i2d_X509(x, &der);
     if (der_len <= 0)
         die("cannot encode %s", argv[1]);
@@ -374,25 +425,50 @@ static int cmd_import_cert(int argc, char **argv)
     }
     OPENSSL_free(der);
     if (rv == CKR_ATTRIBUTE_VALUE_INVALID)
-        die("%s is not a certificate for this Guardian's key", argv[1]);
+        die("%s refused: it is for neither Guardian key, or for the signing key but not a CA certificate (it "
+            "must be a CA certificate: CA:TRUE, keyUsage digitalSignature,keyCertSign), or for the agreement key "
+            "but not issued by the signing certificate (the module's log line says which)",
+            argv[1]);
     if (rv != CKR_OK)
         die("the module refused the certificate: %s (0x%lx)", ckr(rv), (unsigned long)rv);
-    fingerprint(x, fpr);
-    fprintf(stderr, "installed the Guardian certificate sha256:%s%s\n", fpr, old ? " (replacing the previous one)" : "");
+    a = cert_from_object(h);
+    sc = cert_or_null(find_signing(CKO_CERTIFICATE));
+    fingerprint(a, fpr);
+    if (sc != NULL && X509_cmp(sc, x) == 0) {
+        fingerprint(sc, sfpr);
+        fprintf(stderr, "installed the signing certificate sha256:%s and issued the Guardian certificate "
+                        "sha256:%s under it\n",
+                sfpr, fpr);
+    } else {
+        fprintf(stderr, "installed the Guardian certificate sha256:%s\n", fpr);
+    }
+    if (old_a != NULL && strcmp(old_fpr, fpr) != 0)
+        say_certificate_changed(old_fpr, fpr, NULL);
+    else if (old_a == NULL)
+        fprintf(stderr, "give your OEM customers the certificates: '" PROG " cert --out guardian.pem'\n");
     X509_free(x);
+    X509_free(a);
+    X509_free(sc);
+    X509_free(old_a);
     return 0;
 }
 
 static int cmd_cert(int argc, char **argv)
 {
     CK_OBJECT_HANDLE h = find_identity(CKO_CERTIFICATE);
-    X509 *x;
+    X509 *a, *sc;
     const char *out = (argc == 3 && strcmp(argv[1], "--out") == 0) ? argv[2] : NULL;
     if (h == CK_INVALID_HANDLE)
         die("no Guardian certificate in token '%s': run '" PROG " init'", token_label);
-    x = cert_from_object(h);
-    write_pem_cert(x, out);
-    X509_free(x);
+    a = cert_from_object(h);
+    sc = cert_or_null(find_signing(CKO_CERTIFICATE));
+    if (sc == NULL)
+        fprintf(stderr, PROG ": warning: no signing certificate in token '%s' (a Guardian made before the "
+                        "signing key was split off): run '" PROG " init' once (docs/operator-guide.md)\n",
+                token_label);
+    write_pem_certs(a, sc, out);
+    X509_free(a);
+    X509_free(sc);
     return 0;
 }
 
@@ -809,16 +885,33 @@ static int cmd_status(void)
 
     printf("\nGuardian identity\n");
     cert = find_identity(CKO_CERTIFICATE);
-    if (cert == CK_INVALID_HANDLE) {
+    if (cert == CK_INVALID_HANDLE && find_signing(CKO_PRIVATE_KEY) != CK_INVALID_HANDLE) {
+        printf("  key pairs made, no signing certificate yet: '" PROG " import-cert' the centre CA's answer to the "
+               "CSR, or '" PROG " init' for self-signed certificates\n");
+    } else if (cert == CK_INVALID_HANDLE) {
         printf("  none: run '" PROG " init'\n");
     } else {
-        X509 *x = cert_from_object(cert);
-        char colons[96], *subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
-        colon_fingerprint(x, colons);
-        printf("  subject       %s\n", subject);
-        printf("  SHA256 Fingerprint=%s\n", colons);
-        OPENSSL_free(subject);
-        X509_free(x);
+        X509 *a = cert_from_object(cert), *sc = cert_or_null(find_signing(CKO_CERTIFICATE));
+        X509 *both[2] = {a, sc};
+        const char *what[2] = {"certificate (key agreement: the target of OEM packages)",
+                               "signing certificate (issued it; signs reports)"};
+        for (int i = 0; i < 2 && both[i] != NULL; i++) {
+            char colons[96], *subject = X509_NAME_oneline(X509_get_subject_name(both[i]), NULL, 0);
+            char *issuer = X509_NAME_oneline(X509_get_issuer_name(both[i]), NULL, 0);
+            colon_fingerprint(both[i], colons);
+            printf("  %s\n    subject     %s\n    issuer      %s\n    SHA256 Fingerprint=%s\n", what[i], subject,
+                   issuer, colons);
+            OPENSSL_free(subject);
+            OPENSSL_free(issuer);
+        }
+        if (find_signing(CKO_PRIVATE_KEY) == CK_INVALID_HANDLE)
+            printf("  no signing key: this Guardian was made before the signing key was split off; run '" PROG
+                   " init' once (docs/operator-guide.md, \"Upgrading a Guardian made before the split\")\n");
+        else if (sc == NULL)
+            printf("  no signing certificate yet: '" PROG " import-cert' the CA's answer to the CSR, or '" PROG
+                   " init'\n");
+        X509_free(a);
+        X509_free(sc);
     }
 
     printf("\nEnrolled OEM roots\n");
@@ -882,10 +975,11 @@ static int cmd_status(void)
             n_not++;
         }
     }
-    printf("  - sign with the production CA keys and the identity key, within their usage flags: issue device "
-           "certificates that no quota counts and no audit record lists, sign reports and CSRs as this "
+    printf("  - sign with the production CA keys and the Guardian's signing key, within their usage flags: issue "
+           "device certificates that no quota counts and no audit record lists, sign reports and CSRs as this "
            "Guardian;\n"
-           "  - derive with the identity key (ECDH, CKA_DERIVE) the key-encryption key of any package made for "
+           "  - derive with the Guardian's agreement key (ECDH, CKA_DERIVE; it cannot sign) the key-encryption key "
+           "of any package made for "
            "this Guardian, and so unwrap its secrets, the production CA key included, as keys of their own "
            "choosing;\n"
            "  - delete token objects, including the state anchor, the enrolled OEM roots and the Guardian "
@@ -907,9 +1001,10 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: " PROG " [--module PATH] [--token LABEL] COMMAND [ARGS]\n"
                "  init [--subject /CN=NAME] [--days N] [--csr FILE] [--out FILE]\n"
-               "                       create the Guardian key pair and its certificate (or a CSR)\n"
-               "  import-cert CERT     install a CA-signed certificate for the Guardian key\n"
-               "  cert [--out FILE]    print the Guardian certificate (PEM) for OEMs\n"
+               "                       create the Guardian's key pairs (agreement, signing) and certificates\n"
+               "                       (or the signing key's CSR); upgrades a one-key Guardian\n"
+               "  import-cert CERT     install a CA-signed certificate for the signing key (or agreement key)\n"
+               "  cert [--out FILE]    print the Guardian certificate, then its signing certificate (PEM)\n"
                "  enroll-oem ROOT.pem  trust an OEM root (Security Officer) [--yes]\n"
                "  list-oems            list enrolled OEM roots\n"
                "  remove-oem FPR       remove an OEM root (Security Officer) [--yes]\n"
@@ -921,7 +1016,7 @@ static void usage(FILE *f)
                "            [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet]\n"
                "                       issue certificates for N simulated parts (resumable)\n"
                "  audit export [--product OEM/PRODUCT] [--out FILE]\n"
-               "                       the audit trail and certificates, signed by the Guardian key\n"
+               "                       the audit trail and certificates, signed by the Guardian's signing key\n"
                "PINs: GUARDIAN_PIN, GUARDIAN_SO_PIN, else asked on the terminal.\n");
 }
 

@@ -19,8 +19,9 @@
 #include "guardian/guardian-pkcs11.h"
 
 #define PROG "guardianctl"
-#define GUARDIAN_KEY_ID "guardian-identity"
+#define GUARDIAN_KEY_ID "guardian-identity"     /* the agreement key and its certificate A (what OEMs wrap for) */
 #define GUARDIAN_KEY_LABEL "guardian-identity"
+#define GUARDIAN_SIGNING_KEY_ID "guardian-signing" /* the signing key and its certificate S (issued A, signs reports) */
 
 extern CK_FUNCTION_LIST *p11;       /* the Guardian module, once open_token ran */
 extern CK_SESSION_HANDLE session;   /* a read-write session on the token */
@@ -52,6 +53,8 @@ CK_ULONG find_all(CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG m
 unsigned char *get_attr(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG *len);
 /* The Guardian identity object of class `cls`, or CK_INVALID_HANDLE. */
 CK_OBJECT_HANDLE find_identity(CK_OBJECT_CLASS cls);
+/* The signing key's object of class `cls` (CKA_ID "guardian-signing"). */
+CK_OBJECT_HANDLE find_signing(CK_OBJECT_CLASS cls);
 
 void fingerprint(X509 *x, char out[65]); /* SHA-256, lowercase hex */
 X509 *read_cert_file(const char *path);  /* PEM or DER; dies otherwise */

@@ -236,7 +236,8 @@ struct vctx {
     char scope_oem[GUARDIAN_ID_MAX + 1], scope_product[GUARDIAN_ID_MAX + 1];
     uint64_t head_seq;
     uint8_t head_hash[GUARDIAN_HASH_LEN];
-    X509 *guardian;
+    X509 *guardian; /* A: the Guardian certificate, what packages target */
+    X509 *signing;  /* S: the signing certificate that issued A; NULL in a one-key report */
     /* body */
     struct rrec *recs;
     size_t n_recs, cap_recs, n_redacted, n_reserve;
@@ -503,8 +504,10 @@ static const struct rrec *find_rec(const struct vctx *v, uint64_t seq)
     return lo < v->n_recs && v->recs[lo].seq == seq ? &v->recs[lo] : NULL;
 }
 
-/* The Guardian certificate block: PEM exactly as PEM_write_bio_X509 writes it. */
-static int parse_pem(struct vctx *v, const char *start, const char *end, unsigned long first_line)
+/* A Guardian certificate block (A, then S): PEM exactly as
+ * PEM_write_bio_X509 writes it. */
+static int parse_pem(struct vctx *v, const char *start, const char *end, unsigned long first_line, X509 **into,
+                     const char *what)
 {
     BIO *in = BIO_new_mem_buf(start, (int)(end - start)), *out = BIO_new(BIO_s_mem());
     char *again = NULL;
@@ -512,15 +515,15 @@ static int parse_pem(struct vctx *v, const char *start, const char *end, unsigne
     int ok = 0;
 
     if (in != NULL && out != NULL)
-        v->guardian = PEM_read_bio_X509(in, NULL, NULL, NULL);
+        *into = PEM_read_bio_X509(in, NULL, NULL, NULL);
     ERR_clear_error();
-    if (v->guardian == NULL) {
+    if (*into == NULL) {
         v->line = first_line;
-        malformed(v, "the Guardian certificate does not parse");
-    } else if (!PEM_write_bio_X509(out, v->guardian) || (again_len = BIO_get_mem_data(out, &again)) < 0 ||
+        malformed(v, "the %s does not parse", what);
+    } else if (!PEM_write_bio_X509(out, *into) || (again_len = BIO_get_mem_data(out, &again)) < 0 ||
                (size_t)again_len != (size_t)(end - start) || memcmp(again, start, (size_t)again_len) != 0) {
         v->line = first_line;
-        malformed(v, "the Guardian certificate is not in canonical PEM form");
+        malformed(v, "the %s is not in canonical PEM form", what);
     } else {
         ok = 1;
     }
@@ -529,8 +532,9 @@ static int parse_pem(struct vctx *v, const char *start, const char *end, unsigne
     return ok;
 }
 
-enum section { SEC_MAGIC, SEC_EXPORTED, SEC_SCOPE, SEC_HEAD, SEC_PEM, SEC_IN_PEM, SEC_PRODUCTS, SEC_RECORDS,
-               SEC_CERTS, SEC_SIGNATURE, SEC_END };
+/* SEC_PEM_NEXT: after A, either S's block or (a one-key report) the body. */
+enum section { SEC_MAGIC, SEC_EXPORTED, SEC_SCOPE, SEC_HEAD, SEC_PEM, SEC_IN_PEM, SEC_PEM_NEXT, SEC_PRODUCTS,
+               SEC_RECORDS, SEC_CERTS, SEC_SIGNATURE, SEC_END };
 
 static int parse(struct vctx *v, const uint8_t *data, size_t len)
 {
@@ -576,11 +580,14 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
             return malformed(v, "text after the signature line");
         if (sec == SEC_IN_PEM) {
             if (++pem_lines > REPORT_MAX_PEM_LINES)
-                return malformed(v, "the Guardian certificate is too long");
+                return malformed(v, "the Guardian %scertificate is too long", v->guardian ? "signing " : "");
             if (l == strlen(REPORT_PEM_END) && memcmp(s, REPORT_PEM_END, l) == 0) {
-                if (!parse_pem(v, pem_start, s + l + 1, pem_line))
+                int first = v->guardian == NULL;
+                if (!parse_pem(v, pem_start, s + l + 1, pem_line, first ? &v->guardian : &v->signing,
+                               first ? "Guardian certificate" : "Guardian signing certificate"))
                     return 0;
-                sec = SEC_PRODUCTS;
+                pem_lines = 0;
+                sec = first ? SEC_PEM_NEXT : SEC_PRODUCTS;
             }
             continue;
         }
@@ -635,6 +642,15 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
             pem_line = v->line;
             sec = SEC_IN_PEM;
             continue;
+        case SEC_PEM_NEXT:
+            sec = SEC_PRODUCTS;
+            if (l == strlen(REPORT_PEM_BEGIN) && memcmp(s, REPORT_PEM_BEGIN, l) == 0) {
+                pem_start = s;
+                pem_line = v->line;
+                sec = SEC_IN_PEM;
+                continue;
+            }
+            break;
         default:
             break;
         }
@@ -706,22 +722,50 @@ static void fingerprint_hex(X509 *x, char out[65])
     put_hex(out, md, sizeof(md));
 }
 
+/* Who signed: the signing certificate S, which must have issued the Guardian
+ * certificate A (its issuer is S's subject and S's key verifies it), so that
+ * the A the OEM wrapped for vouches for nothing but its own S.  A one-key
+ * report (made before the Guardian's signing key was split off) carries A
+ * alone, signed by A's key; only a certificate allowed to sign
+ * (digitalSignature) can be such a signer, which a new Guardian's A (key
+ * agreement only) is not. */
 static void check_signature(struct vctx *v, const uint8_t *data)
 {
-    X509 *signer = v->in->guardian ? v->in->guardian : v->guardian;
+    X509 *given = v->in->guardian, *given_s = v->in->guardian_signing;
+    /* The OEM's own S if it gave one, else the report's (which must have
+     * issued A, checked below); a one-key report: the OEM's A. */
+    X509 *signer = v->signing ? (given_s ? given_s : v->signing) : given ? given : v->guardian;
     EVP_PKEY *key = X509_get0_pubkey(signer);
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     size_t sig_len = 0;
     uint8_t *sig = get_base64(v->sig, v->sig_len, &sig_len);
-    char again[256], fpr[65];
+    char again[256], fpr[65], mine[65];
     int ok = 0;
 
-    if (v->in->guardian != NULL && X509_cmp(v->in->guardian, v->guardian) != 0) {
-        char mine[65];
+    if (given != NULL && X509_cmp(given, v->guardian) != 0) {
         fingerprint_hex(v->guardian, fpr);
-        fingerprint_hex(v->in->guardian, mine);
+        fingerprint_hex(given, mine);
         problem(v, "the report names another Guardian (certificate sha256:%s), not the one given (sha256:%s)", fpr,
                 mine);
+    }
+    if (v->signing != NULL) {
+        EVP_PKEY *sk = X509_get0_pubkey(v->signing);
+        if (sk == NULL || X509_NAME_cmp(X509_get_issuer_name(v->guardian), X509_get_subject_name(v->signing)) != 0 ||
+            X509_verify(v->guardian, sk) != 1) {
+            fingerprint_hex(v->signing, fpr);
+            problem(v, "the report's signing certificate (sha256:%s) did not issue the Guardian certificate: it is "
+                       "not this Guardian's signing key",
+                    fpr);
+        }
+        if (given_s != NULL && (sk == NULL || EVP_PKEY_eq(X509_get0_pubkey(given_s), sk) != 1)) {
+            fingerprint_hex(v->signing, fpr);
+            fingerprint_hex(given_s, mine);
+            problem(v, "the report's signing certificate (sha256:%s) is not the one given (sha256:%s)", fpr, mine);
+        }
+    } else if ((X509_get_key_usage(signer) & KU_DIGITAL_SIGNATURE) == 0) {
+        problem(v, "the report carries no signing certificate, and the Guardian certificate may not sign (key "
+                   "agreement only): only a Guardian made before its signing key was split off signs with its "
+                   "Guardian certificate's key");
     }
     if (sig == NULL || sig_len > 160 || report_base64(sig, sig_len, again, sizeof(again)) != v->sig_len ||
         memcmp(again, v->sig, v->sig_len) != 0) {
@@ -732,10 +776,11 @@ static void check_signature(struct vctx *v, const uint8_t *data)
     }
     ERR_clear_error();
     if (!ok && sig != NULL)
-        problem(v, "the report's signature does not verify against the Guardian certificate%s: the report was "
+        problem(v, "the report's signature does not verify against the Guardian%s certificate%s: the report was "
                    "altered, or signed by another key",
-                v->in->guardian ? " given" : " in the report");
-    say(v, "signature  %s\n", ok ? "valid (Guardian identity key)" : "INVALID");
+                v->signing ? "'s signing" : "", (v->signing ? given_s : given) ? " given" : " in the report");
+    say(v, "signature  %s\n",
+        !ok ? "INVALID" : v->signing ? "valid (Guardian signing key)" : "valid (Guardian identity key, one-key report)");
     EVP_MD_CTX_free(md);
     free(sig);
 }
@@ -1346,6 +1391,7 @@ static void vctx_free(struct vctx *v)
 {
     X509_STORE_free(v->root_store);
     X509_free(v->guardian);
+    X509_free(v->signing);
     free(v->recs);
     free(v->certs);
     free(v->products);
@@ -1372,6 +1418,17 @@ static void check_previous(struct vctx *v)
         problem(v, "the previous report %s does not parse (line %lu)", v->in->previous_name ? v->in->previous_name : "",
                 old.line);
         goto out;
+    }
+    /* Across the upgrade that split off the signing key the Guardian
+     * certificate was issued again for the same agreement key: an earlier
+     * report naming the earlier certificate of that key is this Guardian's. */
+    if (quiet.guardian != NULL && X509_cmp(old.guardian, quiet.guardian) != 0 &&
+        EVP_PKEY_eq(X509_get0_pubkey(old.guardian), X509_get0_pubkey(quiet.guardian)) == 1) {
+        quiet.guardian = old.guardian;
+        quiet.guardian_signing = NULL;
+        say(v, "previous   %s names the Guardian's earlier certificate for the same key (issued again when its "
+               "signing key was split off)\n",
+            v->in->previous_name ? v->in->previous_name : "-");
     }
     check_signature(&old, v->in->previous);
     if (old.problems != 0) {

@@ -49,7 +49,8 @@ struct report_package {
 };
 
 struct report_inputs {
-    X509 *guardian;                 /* the Guardian certificate the OEM trusts; NULL: the embedded one (fuzzing) */
+    X509 *guardian;                 /* the Guardian certificate the OEM trusts (A); NULL: the embedded one (fuzzing) */
+    X509 *guardian_signing;         /* its signing certificate S, if the OEM has it; NULL: the report's */
     STACK_OF(X509) *ca_chain;       /* production CA first, then towards the root; NULL: certificates unchecked */
     X509 *root;                     /* OEM root: build every chain up to it; NULL: production CA only */
     const struct report_package *packages;

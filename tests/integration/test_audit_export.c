@@ -20,7 +20,9 @@
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/err.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "softhsm_token.h"
 /* after softhsm_token.h: the vendor header needs the PKCS#11 types */
@@ -30,7 +32,8 @@ static struct test_token token;
 static CK_FUNCTION_LIST *m;
 static CK_SLOT_ID slot;
 static CK_SESSION_HANDLE s;
-static X509 *identity; /* the Guardian certificate the module made */
+static X509 *identity; /* the Guardian (agreement) certificate the module made: what OEMs wrap for */
+static X509 *signing;  /* the Guardian's signing certificate: it issued `identity` and signs reports */
 static char path_buf[PATH_MAX];
 
 static const char *path(const char *name)
@@ -70,9 +73,31 @@ static void make_identity(void)
     identity = d2i_X509(NULL, &p, (long)len);
     assert_non_null(identity);
     free(der);
+    {
+        CK_OBJECT_CLASS cert_cls = CKO_CERTIFICATE;
+        CK_ATTRIBUTE find[] = {{CKA_CLASS, &cert_cls, sizeof(cert_cls)}, {CKA_ID, "guardian-signing", 16}};
+        CK_OBJECT_HANDLE h;
+        CK_ULONG n = 0;
+        assert_int_equal(m->C_FindObjectsInit(s, find, 2), CKR_OK);
+        assert_int_equal(m->C_FindObjects(s, &h, 1, &n), CKR_OK);
+        assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+        assert_int_equal(n, 1);
+        der = value_of(h, &len);
+        p = der;
+        signing = d2i_X509(NULL, &p, (long)len);
+        assert_non_null(signing);
+        free(der);
+    }
+    /* A is issued by S; S is self-signed; A agrees keys only, S signs. */
+    assert_int_equal(X509_check_issued(signing, identity), X509_V_OK);
+    assert_int_equal(X509_check_issued(signing, signing), X509_V_OK);
+    assert_int_equal(X509_get_key_usage(identity), KU_KEY_AGREEMENT);
+    assert_int_equal(X509_get_key_usage(signing), KU_DIGITAL_SIGNATURE | KU_KEY_CERT_SIGN);
+    assert_int_equal(X509_check_ca(identity), 0);
     f = fopen(path("guardian.pem"), "w");
     assert_non_null(f);
     PEM_write_X509(f, identity);
+    PEM_write_X509(f, signing);
     fclose(f);
 }
 
@@ -156,7 +181,8 @@ static int teardown(void **st)
     m->C_CloseAllSessions(slot);
     assert_int_equal(m->C_Finalize(NULL), CKR_OK);
     X509_free(identity);
-    identity = NULL;
+    X509_free(signing);
+    identity = signing = NULL;
     test_token_destroy(&token);
     return 0;
 }
@@ -176,7 +202,8 @@ static CK_RV export(const char *oem, const char *product, CK_OBJECT_HANDLE *out)
 }
 
 /* The report's last line is "signature BASE64": a DER ECDSA-Sig-Value over
- * every byte before it, by the key of the Guardian certificate. */
+ * every byte before it, by the key of the signing certificate (not the
+ * agreement key, which cannot sign). */
 static void assert_signed_by_identity(const unsigned char *r, size_t len)
 {
     const char *sig_line, *b64;
@@ -196,31 +223,44 @@ static void assert_signed_by_identity(const unsigned char *r, size_t len)
     der_len = EVP_DecodeBlock(der, (const unsigned char *)b64, (int)b64_len);
     assert_true(der_len > 0);
     der_len -= (b64[b64_len - 1] == '=') + (b64[b64_len - 2] == '='); /* EVP_DecodeBlock keeps the padding */
-    assert_int_equal(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, X509_get0_pubkey(identity)), 1);
+    assert_int_equal(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, X509_get0_pubkey(signing)), 1);
     assert_int_equal(EVP_DigestVerify(md, der, (size_t)der_len, r, tbs_len), 1);
+    {
+        /* Not the agreement key (a context of its own: a re-initialised one
+         * may keep the previous key). */
+        EVP_MD_CTX *other = EVP_MD_CTX_new();
+        assert_int_equal(EVP_DigestVerifyInit(other, NULL, EVP_sha256(), NULL, X509_get0_pubkey(identity)), 1);
+        assert_int_not_equal(EVP_DigestVerify(other, der, (size_t)der_len, r, tbs_len), 1);
+        EVP_MD_CTX_free(other);
+        ERR_clear_error();
+    }
     /* One byte changed: the signature no longer holds. */
     {
         unsigned char *copy = malloc(tbs_len);
         memcpy(copy, r, tbs_len);
         copy[tbs_len / 2] ^= 1;
-        assert_int_equal(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, X509_get0_pubkey(identity)), 1);
+        assert_int_equal(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, X509_get0_pubkey(signing)), 1);
         assert_int_not_equal(EVP_DigestVerify(md, der, (size_t)der_len, copy, tbs_len), 1);
         free(copy);
     }
     EVP_MD_CTX_free(md);
 }
 
-/* The Guardian certificate, as PEM_write_X509 writes it, is in the report. */
+/* The Guardian certificates, A then S, as PEM_write_X509 writes them, follow
+ * the head line. */
 static void assert_holds_identity_pem(const unsigned char *r)
 {
     BIO *b = BIO_new(BIO_s_mem());
-    char *pem, *copy;
+    char *pem, *copy, *at;
     long n;
     assert_int_equal(PEM_write_bio_X509(b, identity), 1);
+    assert_int_equal(PEM_write_bio_X509(b, signing), 1);
     n = BIO_get_mem_data(b, &pem);
     assert_true(n > 0);
     copy = strndup(pem, (size_t)n);
-    assert_non_null(strstr((const char *)r, copy));
+    at = strstr((const char *)r, copy);
+    assert_non_null(at);
+    assert_memory_equal(at + n, "product ", 8);
     free(copy);
     BIO_free(b);
 }

@@ -34,6 +34,7 @@ static CK_FUNCTION_LIST *m;
 static CK_SLOT_ID slot;
 static CK_SESSION_HANDLE s;
 static CK_OBJECT_HANDLE identity, ca_key, secret, root_cert, identity_cert;
+static CK_OBJECT_HANDLE signing; /* the Guardian's signing key: sign only, and only by the module */
 static void refind(void);
 
 static const char *path(const char *name)
@@ -98,6 +99,7 @@ static void refind(void)
 {
     CK_BYTE ca_label[] = "guardian:ACME/SENSOR-1/r3:production-ca", s_label[] = "guardian:ACME/SENSOR-1/r3:bootkey";
     identity = find_one(CKO_PRIVATE_KEY, CKA_ID, "guardian-identity", 17);
+    signing = find_one(CKO_PRIVATE_KEY, CKA_ID, "guardian-signing", 16);
     ca_key = find_one(CKO_PRIVATE_KEY, CKA_LABEL, ca_label, sizeof(ca_label) - 1);
     secret = find_one(CKO_SECRET_KEY, CKA_LABEL, s_label, sizeof(s_label) - 1);
 }
@@ -264,10 +266,15 @@ static void test_keys_cannot_be_used(void **st)
         EVP_PKEY_get_octet_string_param(k, "encoded-pub-key", point, sizeof(point), &pl);
         EVP_PKEY_free(k);
     }
-    /* ECDH with the identity key into an extractable secret: Z, then the KEK. */
+    /* ECDH with the agreement key into an extractable secret: Z, then the
+     * KEK; or with the signing key. */
     assert_int_equal(m->C_DeriveKey(s, &m_ecdh, identity, z_t, 4, &z), CKR_KEY_FUNCTION_NOT_PERMITTED);
-    /* Signing any bytes with the identity key (forged reports) or the CA key
-     * (certificates outside the quota). */
+    assert_int_equal(m->C_DeriveKey(s, &m_ecdh, signing, z_t, 4, &z), CKR_KEY_FUNCTION_NOT_PERMITTED);
+    /* Signing any bytes with the signing key (forged reports, certificates
+     * for another key), the agreement key, or the CA key (certificates
+     * outside the quota). */
+    assert_int_equal(m->C_SignInit(s, &m_ecdsa, signing), CKR_KEY_FUNCTION_NOT_PERMITTED);
+    assert_int_equal(m->C_SignRecoverInit(s, &m_ecdsa, signing), CKR_KEY_FUNCTION_NOT_PERMITTED);
     assert_int_equal(m->C_SignInit(s, &m_ecdsa, identity), CKR_KEY_FUNCTION_NOT_PERMITTED);
     assert_int_equal(m->C_SignInit(s, &m_ecdsa, ca_key), CKR_KEY_FUNCTION_NOT_PERMITTED);
     assert_int_equal(m->C_SignRecoverInit(s, &m_ecdsa, ca_key), CKR_KEY_FUNCTION_NOT_PERMITTED);
@@ -281,6 +288,7 @@ static void test_keys_cannot_be_used(void **st)
     assert_int_equal(m->C_DigestInit(s, &m_sha), CKR_OK);
     assert_int_equal(m->C_DigestKey(s, ca_key), CKR_KEY_FUNCTION_NOT_PERMITTED);
     assert_int_equal(m->C_DigestKey(s, identity), CKR_KEY_FUNCTION_NOT_PERMITTED);
+    assert_int_equal(m->C_DigestKey(s, signing), CKR_KEY_FUNCTION_NOT_PERMITTED);
     assert_int_equal(m->C_DigestKey(s, secret), CKR_KEY_FUNCTION_NOT_PERMITTED);
     out_len = sizeof(out);
     m->C_DigestFinal(s, out, &out_len);
@@ -298,6 +306,26 @@ static void test_keys_cannot_be_used(void **st)
     assert_int_equal(count_objects(), before);
 }
 
+/* Two key pairs: the agreement key derives only, the signing key signs only;
+ * both sensitive, never extractable, not modifiable (read through the module,
+ * which lets attributes be read). */
+static void test_identity_keys_split(void **st)
+{
+    CK_BBOOL derive, sign, sensitive, extractable, modifiable;
+    CK_ATTRIBUTE a[] = {{CKA_DERIVE, &derive, 1},           {CKA_SIGN, &sign, 1},
+                        {CKA_SENSITIVE, &sensitive, 1},     {CKA_EXTRACTABLE, &extractable, 1},
+                        {CKA_MODIFIABLE, &modifiable, 1}};
+    (void)st;
+    assert_int_not_equal(signing, CK_INVALID_HANDLE);
+    assert_int_not_equal(signing, identity);
+    assert_int_equal(m->C_GetAttributeValue(s, identity, a, 5), CKR_OK);
+    assert_true(derive == CK_TRUE && sign == CK_FALSE && sensitive == CK_TRUE && extractable == CK_FALSE &&
+                modifiable == CK_FALSE);
+    assert_int_equal(m->C_GetAttributeValue(s, signing, a, 5), CKR_OK);
+    assert_true(derive == CK_FALSE && sign == CK_TRUE && sensitive == CK_TRUE && extractable == CK_FALSE &&
+                modifiable == CK_FALSE);
+}
+
 static void test_objects_cannot_be_changed(void **st)
 {
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE, v = CK_FALSE;
@@ -309,6 +337,7 @@ static void test_objects_cannot_be_changed(void **st)
     (void)st;
     assert_int_equal(m->C_SetAttributeValue(s, ca_key, widen, 1), CKR_ACTION_PROHIBITED);
     assert_int_equal(m->C_SetAttributeValue(s, identity, widen, 1), CKR_ACTION_PROHIBITED);
+    assert_int_equal(m->C_SetAttributeValue(s, signing, widen, 1), CKR_ACTION_PROHIBITED);
     assert_int_equal(m->C_SetAttributeValue(s, secret, sign, 1), CKR_ACTION_PROHIBITED);
     assert_int_equal(m->C_SetAttributeValue(s, root_cert, token_false, 1), CKR_ACTION_PROHIBITED);
     assert_int_equal(m->C_GetAttributeValue(s, ca_key, &get, 1), CKR_OK);
@@ -317,7 +346,14 @@ static void test_objects_cannot_be_changed(void **st)
     assert_int_equal(m->C_CopyObject(s, secret, NULL, 0, &copy), CKR_ACTION_PROHIBITED);
     assert_int_equal(m->C_DestroyObject(s, ca_key), CKR_ACTION_PROHIBITED);
     assert_int_equal(m->C_DestroyObject(s, identity), CKR_ACTION_PROHIBITED);
+    assert_int_equal(m->C_DestroyObject(s, signing), CKR_ACTION_PROHIBITED);
     assert_int_equal(m->C_DestroyObject(s, identity_cert), CKR_ACTION_PROHIBITED);
+    {
+        CK_BYTE sid[] = "guardian-signing";
+        CK_OBJECT_HANDLE signing_cert = find_one(CKO_CERTIFICATE, CKA_ID, sid, sizeof(sid) - 1);
+        assert_int_equal(m->C_DestroyObject(s, signing_cert), CKR_ACTION_PROHIBITED);
+        assert_int_equal(m->C_SetAttributeValue(s, signing_cert, token_false, 1), CKR_ACTION_PROHIBITED);
+    }
     assert_int_equal(m->C_DestroyObject(s, root_cert), CKR_ACTION_PROHIBITED);
     {
         /* The state anchor: neither changed nor destroyed. */
@@ -370,6 +406,10 @@ static void test_marks_cannot_be_forged(void **st)
     CK_ATTRIBUTE plain[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_VALUE, der, 2}};
     CK_ATTRIBUTE relabel[] = {{CKA_LABEL, root_label, sizeof(root_label) - 1}};
     CK_ATTRIBUTE reid[] = {{CKA_ID, id, sizeof(id) - 1}};
+    CK_BYTE sid[] = "guardian-signing";
+    CK_ATTRIBUTE resid[] = {{CKA_ID, sid, sizeof(sid) - 1}}, reslabel[] = {{CKA_LABEL, sid, sizeof(sid) - 1}};
+    CK_ATTRIBUTE signing_id[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_ID, sid, sizeof(sid) - 1},
+                                 {CKA_VALUE, der, 2}};
     CK_OBJECT_HANDLE h, mine;
     (void)st;
     assert_int_equal(m->C_CreateObject(s, trusted, 5, &h), CKR_ACTION_PROHIBITED);
@@ -377,6 +417,10 @@ static void test_marks_cannot_be_forged(void **st)
     assert_int_equal(m->C_CreateObject(s, plain, 2, &mine), CKR_OK);
     assert_int_equal(m->C_SetAttributeValue(s, mine, relabel, 1), CKR_ACTION_PROHIBITED);
     assert_int_equal(m->C_SetAttributeValue(s, mine, reid, 1), CKR_ACTION_PROHIBITED);
+    /* The signing key's marks, likewise. */
+    assert_int_equal(m->C_CreateObject(s, signing_id, 3, &h), CKR_ACTION_PROHIBITED);
+    assert_int_equal(m->C_SetAttributeValue(s, mine, resid, 1), CKR_ACTION_PROHIBITED);
+    assert_int_equal(m->C_SetAttributeValue(s, mine, reslabel, 1), CKR_ACTION_PROHIBITED);
     assert_int_equal(m->C_CopyObject(s, mine, relabel, 1, &h), CKR_ACTION_PROHIBITED);
     assert_int_equal(m->C_DestroyObject(s, mine), CKR_OK);
 }
@@ -496,6 +540,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_keys_cannot_be_used, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_identity_keys_split, setup, teardown),
         cmocka_unit_test_setup_teardown(test_objects_cannot_be_changed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrap_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_marks_cannot_be_forged, setup, teardown),

@@ -28,6 +28,9 @@ unset GUARDIAN_CONF GUARDIAN_DEBUG
 
 oem_pki 2>/dev/null
 "$CTL" init --out guardian.pem 2>/dev/null || ko "guardianctl init"
+# guardian.pem: the Guardian certificate A (what packages target), then the
+# signing certificate S (issued A, signs reports).
+awk '/BEGIN CERT/ { n++ } n == 1' guardian.pem >agreement.pem
 "$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null 2>&1 || ko "enroll-oem"
 
 # wrap PRODUCT RELEASE UNITS OUT
@@ -111,15 +114,62 @@ tail -n 1 report.txt | cut -d' ' -f2 | base64 -d >sig.der
 last=$(tail -c 1 sig.der | od -An -tu1 | tr -d ' ')
 { head -c -1 sig.der; printf "\\$(printf %o $((last ^ 1)))"; } >sig2.der
 { head -n -1 report.txt; printf 'signature %s\n' "$(base64 -w0 sig2.der)"; } >sigalt.txt
-expect "signature altered" 1 "the report's signature does not verify against the Guardian certificate" -- \
+expect "signature altered" 1 "the report's signature does not verify against the Guardian's signing certificate" -- \
     verify sigalt.txt "${V[@]}"
 
-# Another key: a fake Guardian.
+# Another key: a fake Guardian, made as the module makes one: a signing
+# certificate (fake-s, key fake.key, a CA) that issued the Guardian
+# certificate (fake-a, key agreement); fake.pem holds both, A first.
 ec_key fake.key
-openssl req -new -x509 -key fake.key -subj "/CN=Fake Guardian" -days 30 -out fake.pem 2>/dev/null
+ec_key fake-a.key
+openssl req -new -x509 -key fake.key -subj "/CN=Fake Guardian signing" -days 30 -out fake-s.pem \
+    -addext basicConstraints=critical,CA:TRUE,pathlen:0 -addext keyUsage=critical,digitalSignature,keyCertSign 2>/dev/null
+openssl req -new -key fake-a.key -subj "/CN=Fake Guardian" -out fake-a.csr
+openssl x509 -req -in fake-a.csr -CA fake-s.pem -CAkey fake.key -days 30 -out fake-a.pem \
+    -extfile <(printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,keyAgreement\n') 2>/dev/null
+cat fake-a.pem fake-s.pem >fake.pem
+# embed PEM IN OUT: the report IN with the Guardian certificate block(s) replaced by PEM's.
+embed() { awk -v pem="$(cat "$1")" '
+    /^-----BEGIN CERTIFICATE-----$/ { if (!done) print pem; done = 1; skip = 1; next }
+    skip && /^-----END CERTIFICATE-----$/ { skip = 0; next }
+    !skip { print }' "$2" >"$3"; }
 cp report.txt otherkey.txt && resign otherkey.txt fake.key
-expect "signed by another key" 1 "signature does not verify against the Guardian certificate given" -- \
+expect "signed by another key" 1 "signature does not verify against the Guardian's signing certificate given" -- \
     verify otherkey.txt "${V[@]}"
+expect "signed by another key, the OEM holding A alone" 1 "signature does not verify against the Guardian's signing certificate in the report" -- \
+    verify otherkey.txt --guardian agreement.pem --ca-chain ca.pem
+expect "the OEM holding A alone: S comes from the report" 0 "^OK$" -- \
+    verify report.txt --guardian agreement.pem --ca-chain ca.pem --root root.pem
+# The real A with another signing certificate, signed by its key: S did not issue A.
+awk -v pem="$(cat fake-s.pem)" '
+    /^-----BEGIN CERTIFICATE-----$/ { n++ } n == 2 && /^-----BEGIN/ { print pem; skip = 1; next }
+    skip && /^-----END CERTIFICATE-----$/ { skip = 0; n++; next }
+    !skip { print }' report.txt >othersigner.txt
+resign othersigner.txt fake.key
+expect "a signing certificate that did not issue the Guardian certificate" 1 "did not issue the Guardian certificate" -- \
+    verify othersigner.txt --guardian agreement.pem --ca-chain ca.pem
+expect "... nor is the one the OEM holds" 1 "signature does not verify against the Guardian's signing certificate given" -- \
+    verify othersigner.txt "${V[@]}"
+# A one-key report (the format before the signing key was split off): the
+# Guardian certificate alone, its key signing.  Verifiable when that
+# certificate may sign; the Guardian certificate of today (key agreement
+# only) cannot stand for one.
+openssl req -new -x509 -key fake-a.key -subj "/CN=Old Guardian" -days 30 -out old.pem \
+    -addext basicConstraints=critical,CA:FALSE -addext keyUsage=critical,digitalSignature,keyAgreement 2>/dev/null
+embed old.pem report.txt onekey.txt && resign onekey.txt fake-a.key
+expect "a one-key report verifies against its certificate" 0 "signature +valid \(Guardian identity key, one-key report\)" -- \
+    verify onekey.txt --guardian old.pem --ca-chain ca.pem --root root.pem
+embed agreement.pem report.txt onekeynew.txt && resign onekeynew.txt fake-a.key
+expect "a one-key report naming a key-agreement-only certificate" 1 "the Guardian certificate may not sign" -- \
+    verify onekeynew.txt --guardian agreement.pem --ca-chain ca.pem
+# Across the upgrade: the earlier one-key report names the earlier
+# certificate of the same agreement key; --previous accepts it.
+embed fake.pem report.txt upgraded.txt && resign upgraded.txt fake.key
+expect "--previous across the upgrade (same agreement key, certificate issued again)" 0 \
+    "names the Guardian's earlier certificate for the same key" -- \
+    verify upgraded.txt --guardian fake.pem --ca-chain ca.pem --root root.pem --previous onekey.txt
+expect "--previous across the upgrade: extends it" 0 "head record 26 found unchanged: this report extends it" -- \
+    verify upgraded.txt --guardian fake.pem --ca-chain ca.pem --root root.pem --previous onekey.txt
 expect "checked against another Guardian certificate" 1 "the report names another Guardian" -- \
     verify report.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
 
@@ -139,10 +189,7 @@ awk -v z64="$z64" -v z32="$z32" '
     }
     { print }' report.txt >forged.txt
 "$FIX" rehash forged.txt forged2.txt chain 27
-awk -v pem="$(cat fake.pem)" '
-    /^-----BEGIN CERTIFICATE-----$/ { print pem; skip = 1; next }
-    skip && /^-----END CERTIFICATE-----$/ { skip = 0; next }
-    !skip { print }' forged2.txt >forged.txt
+embed fake.pem forged2.txt forged.txt
 resign forged.txt fake.key
 expect "over quota, forged and re-signed: quota" 1 "ACME/SENSOR-1 release 2: used 4 units \(reserved, not released\) at record 29 but the package authorised 3" -- \
     verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
@@ -161,10 +208,7 @@ expect "forged with an old date: the clock ran backwards" 1 \
 # Guardian key it holds, but cannot keep the earlier head's hash.
 expect "--previous: a report extends itself" 0 "head record 26 found unchanged: this report extends it" -- \
     verify report.txt "${V[@]}" --previous report.txt
-embed_fake() { awk -v pem="$(cat fake.pem)" '
-    /^-----BEGIN CERTIFICATE-----$/ { print pem; skip = 1; next }
-    skip && /^-----END CERTIFICATE-----$/ { skip = 0; next }
-    !skip { print }' "$1" >"$2"; resign "$2" fake.key; }
+embed_fake() { embed fake.pem "$1" "$2"; resign "$2" fake.key; }
 embed_fake report.txt prevfake.txt
 "$FIX" rehash altered.txt rewritten0.txt chain 3
 embed_fake rewritten0.txt rewritten.txt

@@ -69,10 +69,12 @@ atk() {
 }
 hex() { printf %s "$1" | od -An -tx1 | tr -d ' \n'; }
 GKID=$(hex guardian-identity)
+GSKID=$(hex guardian-signing)
 # The Guardian's objects (docs/unwrap-mechanism.md, guardianctl.h), as boundary_attacks.py selectors.
 CA_LABEL="guardian:ACME/SENSOR-1/r1:production-ca"
 CA="private:label=$CA_LABEL"
 GK="private:id=guardian-identity"
+GSK="private:id=guardian-signing"
 FW="secret:label=guardian:ACME/SENSOR-1/r1:fw-key"
 CFG="data:label=guardian:ACME/SENSOR-1/r1:config"
 CACERT="cert:label=guardian:ACME/SENSOR-1/r1:production-ca-cert0"
@@ -280,6 +282,7 @@ p11 --derive -m ECDH1-DERIVE --id 0a01 -i eph.der -o z-op.bin >/dev/null 2>&1 &&
     ok "control: ECDH1-DERIVE with the operator's own key op-ec works (32-byte secret)" ||
     ko "control: ECDH1-DERIVE with the operator's key op-ec failed"
 attack "PyKCS11 C_DeriveKey(ECDH1_DERIVE) with the Guardian key" CKR_KEY_FUNCTION_NOT_PERMITTED ecdh "$GK"
+attack "PyKCS11 C_DeriveKey(ECDH1_DERIVE) with the Guardian signing key" CKR_KEY_FUNCTION_NOT_PERMITTED ecdh "$GSK"
 attack "PyKCS11 C_DeriveKey(ECDH1_DERIVE) with the production CA key" refused ecdh "$CA"
 attack "control: PyKCS11 C_DeriveKey(ECDH1_DERIVE) with op-ec" allowed ecdh private:label=op-ec
 
@@ -307,6 +310,8 @@ fi
 same "issued/remaining of ACME/SENSOR-1 unchanged (guardianctl products)" "$before" "$(product_line ACME SENSOR-1)"
 refused "openssl dgst -sha256 -sign '$(uri guardian-identity)': a report signature by the Guardian key" "" forged.sig -- \
     ossl dgst -sha256 -engine pkcs11 -keyform engine -sign "$(uri guardian-identity)" -out forged.sig config.txt
+refused "openssl dgst -sha256 -sign '$(uri guardian-signing)': a report signature by the Guardian's signing key" "" forged.sig -- \
+    ossl dgst -sha256 -engine pkcs11 -keyform engine -sign "$(uri guardian-signing)" -out forged.sig config.txt
 ossl req -new -x509 -engine pkcs11 -keyform engine -key "$(uri op-ec)" -subj /CN=op -days 1 -sha256 -out op.pem \
     >/dev/null 2>&1 && ok "control: openssl req -x509 with the operator's key op-ec through the engine works" ||
     ko "control: openssl with the engine and op-ec failed (the attacks above prove nothing)"
@@ -315,6 +320,16 @@ section "(3) signing, decrypting, digesting and wrapping with the Guardian's key
 openssl dgst -sha256 -binary config.txt >h.bin
 refused "pkcs11-tool --sign -m ECDSA --id guardian-identity" CKR_KEY_FUNCTION_NOT_PERMITTED sig.bin -- \
     p11 --sign -m ECDSA --id "$GKID" -i h.bin -o sig.bin
+refused "pkcs11-tool --sign -m ECDSA --id guardian-signing" CKR_KEY_FUNCTION_NOT_PERMITTED sig.bin -- \
+    p11 --sign -m ECDSA --id "$GSKID" -i h.bin -o sig.bin
+# At the backend directly (bench: the operator holds its PIN) the split holds
+# by the keys' own usage flags: the agreement key cannot sign, the signing key
+# cannot derive.
+direct() { stock pkcs11-tool --module "$GUARDIAN_BACKEND" --token-label "$G" --login --pin 1234 "$@"; }
+refused "at the backend directly: pkcs11-tool --sign with the agreement key (CKA_SIGN false)" "CKR_" sig.bin -- \
+    direct --sign -m ECDSA --id "$GKID" -i h.bin -o sig.bin
+refused "at the backend directly: pkcs11-tool --derive with the signing key (CKA_DERIVE false)" "CKR_" z.bin -- \
+    direct --derive -m ECDH1-DERIVE --id "$GSKID" -i eph.der -o z.bin
 # pkcs11-tool 0.23 picks the signing key by --id alone (--label is ignored for
 # --sign: it then takes the first private key it finds, which may be op-ec).
 refused "pkcs11-tool --sign -m ECDSA --id <package ID> (the production CA key)" CKR_KEY_FUNCTION_NOT_PERMITTED sig.bin -- \
@@ -326,6 +341,7 @@ attack "PyKCS11 C_GetAttributeValue(CKA_VALUE) of the production CA key" refused
 attack "PyKCS11 C_GetAttributeValue(CKA_VALUE) of the Guardian key" refused reveal "$GK" CKA_VALUE
 attack "control: PyKCS11 C_GetAttributeValue(CKA_VALUE) of op-secret" allowed reveal secret:label=op-secret CKA_VALUE
 attack "PyKCS11 C_SignInit/C_Sign with the Guardian key" CKR_KEY_FUNCTION_NOT_PERMITTED sign "$GK"
+attack "PyKCS11 C_SignInit/C_Sign with the Guardian signing key" CKR_KEY_FUNCTION_NOT_PERMITTED sign "$GSK"
 attack "PyKCS11 C_SignInit/C_Sign with the production CA key" CKR_KEY_FUNCTION_NOT_PERMITTED sign "$CA"
 attack "PyKCS11 C_SignInit/C_Sign (HMAC) with the confidential item" refused sign "$FW"
 attack "PyKCS11 C_VerifyInit/C_Verify (HMAC) with the confidential item (a MAC oracle)" refused verify "$FW"
@@ -459,6 +475,7 @@ attack "PyKCS11 C_DestroyObject of the production CA key" CKR_ACTION_PROHIBITED 
 attack "PyKCS11 C_DestroyObject of the enrolled root" CKR_ACTION_PROHIBITED destroy "$ROOT"
 attack "PyKCS11 C_DestroyObject of the Guardian certificate" CKR_ACTION_PROHIBITED destroy "$GCERT"
 attack "PyKCS11 C_DestroyObject of the Guardian key" CKR_ACTION_PROHIBITED destroy "$GK"
+attack "PyKCS11 C_DestroyObject of the Guardian signing key" CKR_ACTION_PROHIBITED destroy "$GSK"
 attack "PyKCS11 C_DestroyObject of the Guardian's public key" CKR_ACTION_PROHIBITED destroy public:id=guardian-identity
 attack "PyKCS11 C_DestroyObject of the confidential item" CKR_ACTION_PROHIBITED destroy "$FW"
 attack "PyKCS11 C_DestroyObject of the integrity data item" CKR_ACTION_PROHIBITED destroy "$CFG"
