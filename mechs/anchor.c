@@ -27,6 +27,7 @@
 
 #include "anchor.h"
 #include "module.h"
+#include "registry.h"
 #include "store.h"
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
@@ -75,11 +76,7 @@ static CK_RV find_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HA
         *out = cached;
         return CKR_OK;
     }
-    rv = be->C_FindObjectsInit(s, t, 3);
-    if (rv != CKR_OK)
-        return rv;
-    rv = be->C_FindObjects(s, found, 4, &n);
-    be->C_FindObjectsFinal(s);
+    rv = guardian_backend_find(be, s, t, 3, found, 4, &n);
     if (rv != CKR_OK)
         return rv;
     if (n > 2) {

@@ -20,6 +20,7 @@
 
 #include "module.h"
 #include "package.h"
+#include "registry.h"
 #include "request.h"
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
@@ -132,11 +133,7 @@ static CK_RV enrol_root(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESS
      * change the SO must make by removing it first. */
     {
         CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, fpr, 40}};
-        rv = be->C_FindObjectsInit(session, t, 2);
-        if (rv != CKR_OK)
-            goto out;
-        rv = be->C_FindObjects(session, found, 2, &n);
-        be->C_FindObjectsFinal(session);
+        rv = guardian_backend_find(be, session, t, 2, found, 2, &n);
         if (rv != CKR_OK)
             goto out;
     }

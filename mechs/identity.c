@@ -36,6 +36,7 @@
 
 #include "identity.h"
 #include "module.h"
+#include "registry.h"
 #include "request.h"
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
@@ -55,12 +56,8 @@ CK_RV guardian_identity_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const ch
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)id, (CK_ULONG)strlen(id)}};
     CK_OBJECT_HANDLE found[2];
     CK_ULONG n = 0;
-    CK_RV rv = be->C_FindObjectsInit(s, t, 2);
+    CK_RV rv = guardian_backend_find(be, s, t, 2, found, 2, &n);
     *out = CK_INVALID_HANDLE;
-    if (rv != CKR_OK)
-        return rv;
-    rv = be->C_FindObjects(s, found, 2, &n);
-    be->C_FindObjectsFinal(s);
     if (rv != CKR_OK)
         return rv;
     if (n > 1) {

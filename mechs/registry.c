@@ -64,3 +64,15 @@ void guardian_mechs_atfork_child(void)
         if (table[i]->atfork_child != NULL)
             table[i]->atfork_child();
 }
+
+CK_RV guardian_backend_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_ATTRIBUTE *templ, CK_ULONG n,
+                            CK_OBJECT_HANDLE *found, CK_ULONG max, CK_ULONG *count)
+{
+    CK_RV rv = be->C_FindObjectsInit(s, templ, n);
+    *count = 0;
+    if (rv != CKR_OK)
+        return rv;
+    rv = be->C_FindObjects(s, found, max, count);
+    be->C_FindObjectsFinal(s);
+    return rv;
+}

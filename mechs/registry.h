@@ -73,4 +73,9 @@ void guardian_mechs_atfork_child(void);
  * `n` backend mechanisms `available`. */
 bool guardian_mech_available(const struct guardian_mech *m, const CK_MECHANISM_TYPE *available, size_t n);
 
+/* Up to `max` handles of the objects matching `templ`, found through the
+ * backend list (the mechanisms' own searches, never the caller's). */
+CK_RV guardian_backend_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_ATTRIBUTE *templ, CK_ULONG n,
+                            CK_OBJECT_HANDLE *found, CK_ULONG max, CK_ULONG *count);
+
 #endif /* GUARDIAN_MECHS_REGISTRY_H */

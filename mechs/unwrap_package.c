@@ -103,12 +103,7 @@ static CK_RV get_attr(struct import *im, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE t
 static CK_RV find(struct import *im, CK_ATTRIBUTE *templ, CK_ULONG n, CK_OBJECT_HANDLE *found, CK_ULONG max,
                   CK_ULONG *count)
 {
-    CK_RV rv = im->be->C_FindObjectsInit(im->session, templ, n);
-    if (rv != CKR_OK)
-        return rv;
-    rv = im->be->C_FindObjects(im->session, found, max, count);
-    im->be->C_FindObjectsFinal(im->session);
-    return rv;
+    return guardian_backend_find(im->be, im->session, templ, n, found, max, count);
 }
 
 /* SHA-256 of the Guardian certificate that goes with the unwrapping key (same
