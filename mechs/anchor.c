@@ -237,10 +237,15 @@ CK_RV guardian_anchor_update(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, st
     rv = read_locked(be, session, &h, &buf, &len);
     if (rv != CKR_OK)
         goto out;
-    /* Never down: another process may have moved it further already. */
-    if (buf != NULL && (guardian_store_anchor_check(st, buf, len, &newer) != CKR_OK || !newer)) {
-        rv = CKR_OK;
-        goto out;
+    /* Never down: another process on the same store may have moved it
+     * further already (then this store still has all it names: nothing to
+     * write).  A store that no longer has what the anchor names is another
+     * store, raced past the check by a process on the genuine one: refused,
+     * so that both cannot grant the same units. */
+    if (buf != NULL) {
+        rv = guardian_store_anchor_check(st, buf, len, &newer);
+        if (rv != CKR_OK || !newer)
+            goto out;
     }
     rv = write_locked(be, session, h, now, now_len);
 out:

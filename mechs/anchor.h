@@ -14,7 +14,9 @@ struct guardian_store;
  * now (a new Guardian, or one made by a version before anchors). */
 CK_RV guardian_anchor_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st);
 /* After the store committed an import or a reservation: the anchor moves up
- * to the store's state (never down). */
+ * to the store's state (never down).  CKR_GUARDIAN_STATE_ROLLBACK when the
+ * token's anchor names what this store lacks (another process moved it up
+ * from another store meanwhile): the caller must not use what it reserved. */
 CK_RV guardian_anchor_update(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st);
 /* Forget the cached handle of the anchor object (logout, session closed). */
 void guardian_anchor_forget(void);

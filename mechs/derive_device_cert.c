@@ -513,12 +513,14 @@ static CK_RV take_serial(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct
         if (rv == CKR_OK)
             rv = guardian_store_reserve_block(st, is->cb.oem_id, is->cb.product_id, is->cb.package_id, now,
                                               is->block, &first, &got);
-        if (rv == CKR_OK && guardian_anchor_update(be, session, st) != CKR_OK) {
+        if (rv == CKR_OK && (rv = guardian_anchor_update(be, session, st)) != CKR_OK) {
             /* Committed but not anchored: give the block back rather than
-             * use units a restored backup could grant again. */
+             * use units a restored backup (or another store) could grant
+             * again. */
             for (uint64_t u = first; u < first + got; u++)
                 guardian_store_release(st, is->cb.oem_id, is->cb.product_id, u);
-            rv = CKR_GUARDIAN_STORE_FAILED;
+            if (rv != CKR_GUARDIAN_STATE_ROLLBACK)
+                rv = CKR_GUARDIAN_STORE_FAILED;
         }
         if (rv == CKR_OK) {
             is->next = first;
