@@ -150,17 +150,20 @@ int cmd_audit(int argc, char **argv)
     const char *scope = NULL, *out = NULL;
     int c;
 
-    if (argc < 2 || strcmp(argv[1], "export") != 0)
-        die("usage: " PROG " audit export [--product OEM/PRODUCT] [--out REPORT]");
+    if (argc < 2)
+        usage_die("audit", "needs a subcommand: export");
+    if (strcmp(argv[1], "export") != 0)
+        usage_die("audit", "unknown subcommand '%s' (export)", argv[1]);
     optind = 1;
     while ((c = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
         switch (c) {
         case 'p': scope = optarg; break;
         case 'o': out = optarg; break;
-        default: die("usage: " PROG " audit export [--product OEM/PRODUCT] [--out REPORT]");
+        default: usage_die("audit", "unknown option '%s'", argv[optind]);
         }
     }
     if (optind != argc - 1)
-        die("usage: " PROG " audit export [--product OEM/PRODUCT] [--out REPORT]");
+        usage_die("audit", "unexpected argument '%s'", argv[optind + 1]);
+    need_token();
     return export_report(scope, out);
 }

@@ -257,11 +257,6 @@ static void progress(struct run *r, double t0, int final, int *last_decile)
 
 /* ---- the command ------------------------------------------------------------------------- */
 
-static void usage_provision(void)
-{
-    die("usage: " PROG " provision --product OEM/PRODUCT --count N [--out DIR] [--threads T]\n"
-        "       [--first K] [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet]");
-}
 
 int cmd_provision(int argc, char **argv)
 {
@@ -285,8 +280,10 @@ int cmd_provision(int argc, char **argv)
             r.quiet = 1;
             continue;
         }
+        if (strncmp(a, "--", 2) != 0)
+            usage_die("provision", "unexpected argument '%s'", a);
         if (v == NULL)
-            usage_provision();
+            usage_die("provision", "option '%s' needs a value", a);
         i++;
         if (strcmp(a, "--product") == 0)
             product = v;
@@ -303,24 +300,28 @@ int cmd_provision(int argc, char **argv)
         else if (strcmp(a, "--key-type") == 0)
             r.key_type = v;
         else
-            usage_provision();
-        if (end != NULL && *end != '\0')
-            die("%s: '%s' is not a number", a, v);
+            usage_die("provision", "unknown option '%s'", a);
+        if (end != NULL && (*end != '\0' || end == v || v[0] == '-'))
+            usage_die("provision", "%s: '%s' is not a number", a, v);
     }
-    if (product == NULL || (slash = strchr(product, '/')) == NULL || slash == product || slash[1] == '\0' ||
+    if (product == NULL)
+        usage_die("provision", "needs --product OEM/PRODUCT and --count N");
+    if ((slash = strchr(product, '/')) == NULL || slash == product || slash[1] == '\0' ||
         (size_t)(slash - product) > GUARDIAN_ID_MAX || strlen(slash + 1) > GUARDIAN_ID_MAX)
-        usage_provision();
+        usage_die("provision", "--product must be OEM/PRODUCT (each 1..%d characters), not '%s'", GUARDIAN_ID_MAX,
+                  product);
     if (r.count < 1 || r.count > (1ULL << 40))
-        die("--count must be 1..2^40");
+        usage_die("provision", "--count must be 1..2^40");
     if (r.threads < 1 || r.threads > MAX_THREADS)
-        die("--threads must be 1..%d", MAX_THREADS);
+        usage_die("provision", "--threads must be 1..%d", MAX_THREADS);
     if (strcmp(r.key_type, "p256") != 0 && strcmp(r.key_type, "p384") != 0 && strcmp(r.key_type, "rsa2048") != 0)
-        die("--key-type must be p256, p384 or rsa2048");
+        usage_die("provision", "--key-type must be p256, p384 or rsa2048, not '%s'", r.key_type);
     if (strlen(r.prefix) > 40 || strspn(r.prefix, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._:") !=
                                      strlen(r.prefix))
-        die("--prefix may hold up to 40 of A-Z a-z 0-9 - . _ :");
+        usage_die("provision", "--prefix may hold up to 40 of A-Z a-z 0-9 - . _ :");
     memcpy(r.oem, product, (size_t)(slash - product));
     snprintf(r.product, sizeof(r.product), "%s", slash + 1);
+    need_token();
     if (r.out_dir == NULL) {
         snprintf(default_out, sizeof(default_out), "certs-%s-%s", r.oem, r.product);
         r.out_dir = default_out;
@@ -373,7 +374,7 @@ int cmd_provision(int argc, char **argv)
         if (interrupted) {
             fprintf(stderr, PROG ": interrupted after %llu of %llu parts; run the same command again to resume\n",
                     issued + skipped, r.count);
-            return 130;
+            return EXIT_INTERRUPTED;
         }
     }
     return 0;

@@ -50,6 +50,17 @@ CK_SLOT_ID slot;
 const char *token_label;
 int assume_yes;
 
+/* Close what open_token opened (if it ran) and exit with `status`. */
+static void __attribute__((noreturn)) leave(int status)
+{
+    if (p11 != NULL) {
+        if (session != CK_INVALID_HANDLE)
+            p11->C_CloseSession(session);
+        p11->C_Finalize(NULL);
+    }
+    exit(status);
+}
+
 void die(const char *fmt, ...)
 {
     va_list ap;
@@ -58,12 +69,18 @@ void die(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
-    if (p11 != NULL) {
-        if (session != CK_INVALID_HANDLE)
-            p11->C_CloseSession(session);
-        p11->C_Finalize(NULL);
-    }
-    exit(1);
+    leave(EXIT_REFUSED);
+}
+
+void usage_die(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, PROG ": %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (" PROG " %s --help)\n", cmd);
+    leave(EXIT_USAGE);
 }
 
 const char *ckr(CK_RV rv)
@@ -152,6 +169,14 @@ void open_token(const char *module_path)
     }
     die("no token labelled '%s' (use --token or GUARDIAN_TOKEN; 'pkcs11-tool --module %s -L' lists them)",
         token_label, module_path);
+}
+
+static const char *module_path = GUARDIAN_MODULE_PATH;
+
+void need_token(void)
+{
+    if (p11 == NULL)
+        open_token(module_path);
 }
 
 void close_token(void)
@@ -307,14 +332,21 @@ static int cmd_init(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 's': subject = optarg; break;
-        case 'd': days = strtol(optarg, NULL, 10); break;
+        case 'd': {
+            char *end;
+            days = strtol(optarg, &end, 10);
+            if (*end != '\0' || days < 1 || days > 36500)
+                usage_die("init", "--days must be 1..36500, not '%s'", optarg);
+            break;
+        }
         case 'c': csr_out = optarg; break;
         case 'o': out = optarg; break;
-        default: return 2;
+        default: usage_die("init", "unknown option '%s'", argv[optind - 1]);
         }
     }
-    if (days < 1 || days > 36500)
-        die("--days must be 1..36500");
+    if (optind != argc)
+        usage_die("init", "unexpected argument '%s'", argv[optind]);
+    need_token();
     login(CKU_USER);
 
     priv = find_identity(CKO_PRIVATE_KEY);
@@ -408,8 +440,9 @@ static int cmd_import_cert(int argc, char **argv)
     char fpr[65], old_fpr[65] = "", sfpr[65];
     CK_RV rv;
     if (argc != 2)
-        die("usage: " PROG " import-cert CERT.pem");
+        usage_die("import-cert", "takes exactly one CERT.pem");
     x = read_cert_file(argv[1]);
+    need_token();
     login(CKU_USER);
     if (find_identity(CKO_PUBLIC_KEY) == CK_INVALID_HANDLE || find_signing(CKO_PUBLIC_KEY) == CK_INVALID_HANDLE)
         die("no Guardian key pairs in token '%s': run '" PROG " init --csr FILE' first", token_label);
@@ -455,9 +488,13 @@ static int cmd_import_cert(int argc, char **argv)
 
 static int cmd_cert(int argc, char **argv)
 {
-    CK_OBJECT_HANDLE h = find_identity(CKO_CERTIFICATE);
+    CK_OBJECT_HANDLE h;
     X509 *a, *sc;
     const char *out = (argc == 3 && strcmp(argv[1], "--out") == 0) ? argv[2] : NULL;
+    if (argc != 1 && out == NULL)
+        usage_die("cert", "takes only --out FILE");
+    need_token();
+    h = find_identity(CKO_CERTIFICATE);
     if (h == CK_INVALID_HANDLE)
         die("no Guardian certificate in token '%s': run '" PROG " init'", token_label);
     a = cert_from_object(h);
@@ -545,12 +582,12 @@ static int cmd_enroll(int argc, char **argv)
         } else if (file == NULL && argv[i][0] != '-') {
             file = argv[i];
         } else {
-            die("usage: " PROG " enroll-oem ROOT.pem --oem-id OEM [--oem-id OEM...] [--yes]");
+            usage_die("enroll-oem", "unexpected argument '%s'", argv[i]);
         }
     }
     if (file == NULL || ids[0] == '\0')
-        die("usage: " PROG " enroll-oem ROOT.pem --oem-id OEM [--oem-id OEM...] [--yes] (name every OEM ID this "
-            "root may sign packages for)");
+        usage_die("enroll-oem", "needs ROOT.pem and --oem-id OEM for every OEM ID this root may sign packages for");
+    need_token();
     x = read_cert_file(file);
     fingerprint(x, fpr);
     colon_fingerprint(x, colons);
@@ -633,7 +670,8 @@ static int cmd_remove_oem(int argc, char **argv)
     int matches;
     const char *prefix;
     if (argc != 2 || strlen(argv[1]) < 8)
-        die("usage: " PROG " remove-oem FINGERPRINT-PREFIX (at least 8 hex digits, from list-oems) [--yes]");
+        usage_die("remove-oem", "takes one FINGERPRINT-PREFIX (at least 8 hex digits, from list-oems)");
+    need_token();
     prefix = strncmp(argv[1], "sha256:", 7) == 0 ? argv[1] + 7 : argv[1];
     matches = roots_matching(prefix, &match);
     if (matches != 1)
@@ -679,7 +717,8 @@ static int cmd_import(int argc, char **argv)
     CK_RV rv;
 
     if (argc != 2)
-        die("usage: " PROG " import PACKAGE");
+        usage_die("import", "takes exactly one PACKAGE");
+    need_token();
     f = fopen(argv[1], "rb");
     if (f == NULL || pkg == NULL)
         die("cannot open %s: %s", argv[1], strerror(errno));
@@ -997,85 +1036,211 @@ static int cmd_status(void)
 
 /* ---- main -------------------------------------------------------------------------------------- */
 
+static int run_list_oems(int argc, char **argv)
+{
+    if (argc != 1)
+        usage_die("list-oems", "unexpected argument '%s'", argv[1]);
+    need_token();
+    return cmd_list_oems();
+}
+
+static int run_products(int argc, char **argv)
+{
+    if (argc != 1)
+        usage_die("products", "unexpected argument '%s'", argv[1]);
+    return cmd_products();
+}
+
+static int run_status(int argc, char **argv)
+{
+    if (argc != 1)
+        usage_die("status", "unexpected argument '%s'", argv[1]);
+    need_token();
+    return cmd_status();
+}
+
+/* The commands: their usage, the options they take ("name=" takes a value),
+ * main checks a command's options against this
+ * table, and answers --help, before anything is loaded or opened. */
+static const struct command {
+    const char *name, *args, *about;
+    const char *opts[10];
+    int (*run)(int argc, char **argv);
+} commands[] = {
+    {"init", "[--subject /CN=NAME] [--days N] [--csr FILE] [--out FILE]",
+     "create the Guardian's key pairs (agreement, signing) and certificates\n"
+     "(or the signing key's CSR); upgrades a one-key Guardian",
+     {"subject=", "days=", "csr=", "out="}, cmd_init},
+    {"import-cert", "CERT", "install a CA-signed certificate for the signing key (or agreement key)", {""}, cmd_import_cert},
+    {"cert", "[--out FILE]", "print the Guardian certificate, then its signing certificate (PEM)", {"out="}, cmd_cert},
+    {"enroll-oem", "ROOT.pem --oem-id OEM [--oem-id OEM...] [--yes]", "trust an OEM root (Security Officer)",
+     {"oem-id=", "yes"}, cmd_enroll},
+    {"list-oems", "", "list enrolled OEM roots", {""}, run_list_oems},
+    {"remove-oem", "FINGERPRINT-PREFIX [--yes]", "remove an OEM root (Security Officer)", {"yes"}, cmd_remove_oem},
+    {"import", "PACKAGE", "import a wrapped package (C_UnwrapKey through the module)", {""}, cmd_import},
+    {"products", "", "installed products, quotas, remaining units (from the store)", {""}, run_products},
+    {"status", "",
+     "token, backend, identity, OEM roots, products, and what the backend\n"
+     "itself enforces against someone who holds its own PIN",
+     {""}, run_status},
+    {"provision",
+     "--product OEM/PRODUCT --count N [--out DIR] [--threads T] [--first K]\n"
+     "    [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet]",
+     "issue certificates for N simulated parts (resumable)",
+     {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet"}, cmd_provision},
+    {"audit", "export [--product OEM/PRODUCT] [--out FILE]",
+     "the audit trail and certificates, signed by the Guardian's signing key", {"product=", "out="}, cmd_audit},
+};
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: " PROG " [--module PATH] [--token LABEL] COMMAND [ARGS]\n"
-               "  init [--subject /CN=NAME] [--days N] [--csr FILE] [--out FILE]\n"
-               "                       create the Guardian's key pairs (agreement, signing) and certificates\n"
-               "                       (or the signing key's CSR); upgrades a one-key Guardian\n"
-               "  import-cert CERT     install a CA-signed certificate for the signing key (or agreement key)\n"
-               "  cert [--out FILE]    print the Guardian certificate, then its signing certificate (PEM)\n"
-               "  enroll-oem ROOT.pem  trust an OEM root (Security Officer) [--yes]\n"
-               "  list-oems            list enrolled OEM roots\n"
-               "  remove-oem FPR       remove an OEM root (Security Officer) [--yes]\n"
-               "  import PACKAGE       import a wrapped package (C_UnwrapKey through the module)\n"
-               "  products             installed products, quotas, remaining units\n"
-               "  status               token, backend, identity, OEM roots, products, and what the backend\n"
-               "                       itself enforces against someone who holds its own PIN\n"
-               "  provision --product OEM/PRODUCT --count N [--out DIR] [--threads T] [--first K]\n"
-               "            [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet]\n"
-               "                       issue certificates for N simulated parts (resumable)\n"
-               "  audit export [--product OEM/PRODUCT] [--out FILE]\n"
-               "                       the audit trail and certificates, signed by the Guardian's signing key\n"
-               "PINs: GUARDIAN_PIN, GUARDIAN_SO_PIN, else asked on the terminal.\n");
+               "       " PROG " --version | --help | COMMAND --help\n");
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        const char *a = commands[i].about;
+        fprintf(f, "  %s %s\n", commands[i].name, commands[i].args);
+        while (*a != '\0') {
+            const char *nl = strchr(a, '\n');
+            int len = nl ? (int)(nl - a) : (int)strlen(a);
+            fprintf(f, "        %.*s\n", len, a);
+            a += len + (nl != NULL);
+        }
+    }
+    fprintf(f, "PINs: GUARDIAN_PIN, GUARDIAN_SO_PIN, else asked on the terminal.\n"
+               "Exit status: 0 done; 1 refused or failed; 2 usage error; 130 provision interrupted.\n");
+}
+
+static void command_usage(const struct command *c)
+{
+    printf("usage: " PROG " [--module PATH] [--token LABEL] %s %s\n%s\n", c->name, c->args, c->about);
+    printf("docs/guardianctl.md; exit status: 0 done, 1 refused or failed, 2 usage error%s.\n",
+           strcmp(c->name, "provision") == 0 ? ", 130 interrupted" : "");
+}
+
+/* 1 if `arg` ("--name" or "--name=value") is one of c's options; *takes_value
+ * says whether it needs one. */
+static int known_option(const struct command *c, const char *arg, int *takes_value)
+{
+    const char *name = arg + 2, *eq = strchr(name, '=');
+    size_t len = eq ? (size_t)(eq - name) : strlen(name);
+    for (size_t i = 0; i < sizeof(c->opts) / sizeof(c->opts[0]) && c->opts[i] != NULL; i++) {
+        const char *o = c->opts[i];
+        size_t olen = strcspn(o, "=");
+        if (olen == len && olen > 0 && strncmp(o, name, len) == 0) {
+            *takes_value = o[olen] == '=';
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Before anything is loaded: --help / -h anywhere prints the command's usage;
+ * an unknown option, or one without its value, is a usage error.  Returns a
+ * copy of argv with every "--name=value" split in two, which is what the
+ * commands' own parsers expect. */
+static char **check_options(const struct command *c, int argc, char **argv, int *out_argc)
+{
+    char **v = calloc((size_t)argc * 2 + 1, sizeof(*v));
+    int n = 0;
+    if (v == NULL)
+        die("out of memory");
+    for (int j = 1; j < argc; j++)
+        if (strcmp(argv[j], "--help") == 0 || strcmp(argv[j], "-h") == 0) {
+            command_usage(c);
+            exit(0);
+        }
+    v[n++] = argv[0];
+    for (int j = 1; j < argc; j++) {
+        const char *a = argv[j], *eq;
+        int takes_value = 0;
+        if (a[0] != '-' || a[1] == '\0') {
+            v[n++] = argv[j];
+            continue;
+        }
+        if (a[1] != '-' || !known_option(c, a, &takes_value))
+            usage_die(c->name, "unknown option '%s'", a);
+        eq = strchr(a, '=');
+        if (eq != NULL && !takes_value)
+            usage_die(c->name, "option '%.*s' takes no value", (int)(eq - a), a);
+        if (eq != NULL) {
+            char *name = strndup(a, (size_t)(eq - a));
+            if (name == NULL)
+                die("out of memory");
+            v[n++] = name;
+            v[n++] = (char *)eq + 1;
+            continue;
+        }
+        v[n++] = argv[j];
+        if (takes_value) {
+            if (j + 1 >= argc)
+                usage_die(c->name, "option '%s' needs a value", a);
+            v[n++] = argv[++j];
+        }
+    }
+    *out_argc = n;
+    return v;
 }
 
 int main(int argc, char **argv)
 {
-    const char *module_path = getenv("GUARDIAN_MODULE") ? getenv("GUARDIAN_MODULE") : GUARDIAN_MODULE_PATH;
-    int i = 1, rc;
+    const struct command *cmd = NULL;
+    char **cargv;
+    int i = 1, cargc, rc;
 
+    opterr = 0; /* the commands name a bad option themselves */
+    if (getenv("GUARDIAN_MODULE") != NULL)
+        module_path = getenv("GUARDIAN_MODULE");
     token_label = getenv("GUARDIAN_TOKEN") ? getenv("GUARDIAN_TOKEN") : "guardian";
     for (; i < argc && argv[i][0] == '-'; i++) {
-        if (strcmp(argv[i], "--module") == 0 && i + 1 < argc)
+        if ((strcmp(argv[i], "--module") == 0 || strcmp(argv[i], "--token") == 0) && i + 1 >= argc) {
+            fprintf(stderr, PROG ": option '%s' needs a value (" PROG " --help)\n", argv[i]);
+            return EXIT_USAGE;
+        } else if (strcmp(argv[i], "--module") == 0)
             module_path = argv[++i];
-        else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc)
+        else if (strcmp(argv[i], "--token") == 0)
             token_label = argv[++i];
         else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf(PROG " " GUARDIAN_TOOLS_VERSION "\n");
+            return 0;
         } else {
-            usage(stderr);
-            return 2;
+            fprintf(stderr, PROG ": unknown option '%s' (" PROG " --help)\n", argv[i]);
+            return EXIT_USAGE;
         }
     }
     if (i >= argc) {
         usage(stderr);
-        return 2;
+        return EXIT_USAGE;
     }
-    for (int j = i + 1; j < argc; j++)
-        if (strcmp(argv[j], "--yes") == 0) {
+    if (strcmp(argv[i], "version") == 0) {
+        printf(PROG " " GUARDIAN_TOOLS_VERSION "\n");
+        return 0;
+    }
+    if (strcmp(argv[i], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t k = 0; k < N_COMMANDS; k++)
+        if (strcmp(argv[i], commands[k].name) == 0)
+            cmd = &commands[k];
+    if (cmd == NULL) {
+        fprintf(stderr, PROG ": unknown command '%s' (" PROG " --help)\n", argv[i]);
+        return EXIT_USAGE;
+    }
+    cargv = check_options(cmd, argc - i, argv + i, &cargc);
+    for (int j = 1; j < cargc; j++)
+        if (strcmp(cargv[j], "--yes") == 0) {
             assume_yes = 1;
-            for (int k = j; k < argc - 1; k++)
-                argv[k] = argv[k + 1];
-            argc--;
+            memmove(cargv + j, cargv + j + 1, (size_t)(cargc - j) * sizeof(*cargv));
+            cargc--;
             j--;
         }
-    if (strcmp(argv[i], "products") == 0)
-        return cmd_products();
-    open_token(module_path);
-    if (strcmp(argv[i], "init") == 0)
-        rc = cmd_init(argc - i, argv + i);
-    else if (strcmp(argv[i], "import-cert") == 0)
-        rc = cmd_import_cert(argc - i, argv + i);
-    else if (strcmp(argv[i], "cert") == 0)
-        rc = cmd_cert(argc - i, argv + i);
-    else if (strcmp(argv[i], "enroll-oem") == 0)
-        rc = cmd_enroll(argc - i, argv + i);
-    else if (strcmp(argv[i], "list-oems") == 0)
-        rc = cmd_list_oems();
-    else if (strcmp(argv[i], "remove-oem") == 0)
-        rc = cmd_remove_oem(argc - i, argv + i);
-    else if (strcmp(argv[i], "import") == 0)
-        rc = cmd_import(argc - i, argv + i);
-    else if (strcmp(argv[i], "provision") == 0)
-        rc = cmd_provision(argc - i, argv + i);
-    else if (strcmp(argv[i], "audit") == 0)
-        rc = cmd_audit(argc - i, argv + i);
-    else if (strcmp(argv[i], "status") == 0)
-        rc = cmd_status();
-    else
-        die("unknown command '%s' (see '" PROG " --help')", argv[i]);
-    close_token();
+    rc = cmd->run(cargc, cargv);
+    if (p11 != NULL)
+        close_token();
+    free(cargv);
     return rc;
 }

@@ -29,8 +29,18 @@ extern CK_SLOT_ID slot;
 extern const char *token_label;
 extern int assume_yes;              /* --yes was given */
 
+/* Exit statuses, the same in guardian-wrap (docs/guardianctl.md): 0 done,
+ * 1 refused or failed, 2 a usage error (nothing was touched), 130 a
+ * provisioning run stopped by SIGINT/SIGTERM. */
+#define EXIT_REFUSED 1
+#define EXIT_USAGE 2
+#define EXIT_INTERRUPTED 130
+
 /* Print "guardianctl: <message>", close the session, finalize, exit(1). */
 void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* A usage error of command `cmd`: "guardianctl: CMD: <message> (guardianctl
+ * CMD --help)", close the session if open, exit(2). */
+void usage_die(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 /* The CKR_* name of rv (vendor codes included). */
 const char *ckr(CK_RV rv);
 #define P11(call)                                                                                        \
@@ -44,6 +54,9 @@ const char *ckr(CK_RV rv);
 void read_pin(const char *env, const char *prompt, char *out, size_t cap);
 void login(CK_USER_TYPE who);
 void open_token(const char *module_path);
+/* Open the token (the module main was told of) unless open: each command
+ * calls it once its arguments are checked, so usage errors load nothing. */
+void need_token(void);
 void close_token(void);
 /* The store in the configured state directory (dies if it cannot be opened). */
 struct guardian_store *open_store(void);

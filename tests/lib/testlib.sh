@@ -28,6 +28,26 @@ expect() {
     ok "$name"
 }
 
+# expect_rc NAME CODE PATTERN -- CMD...: as expect, but CMD must exit with exactly
+# CODE (the tools' convention: 0 done, 1 refused/failed, 2 usage error).
+expect_rc() {
+    local name=$1 want=$2 pattern=$3 out rc
+    shift 4
+    out=$("$@" 2>&1 </dev/null)
+    rc=$?
+    if [ "$rc" -ne "$want" ]; then
+        ko "$name: exit $rc, not $want"
+        echo "$out" | sed 's/^/    /'
+        return
+    fi
+    if [ -n "$pattern" ] && ! grep -qE -- "$pattern" <<<"$out"; then
+        ko "$name: output lacks /$pattern/"
+        echo "$out" | sed 's/^/    /'
+        return
+    fi
+    ok "$name"
+}
+
 # finish: the closing line every runner understands, and the exit status.
 finish() {
     echo "$pass passed, $fail failed"

@@ -23,6 +23,28 @@ unset GUARDIAN_CONF GUARDIAN_DEBUG
 
 oem_pki
 
+# Command-line conventions: --version, --help everywhere, usage errors named,
+# exit 2; none of these loads the module (GUARDIAN_MODULE points nowhere).
+for c in init import-cert cert enroll-oem list-oems remove-oem import products status provision audit; do
+    expect_rc "$c --help: its usage, exit 0, no module" 0 "^usage: guardianctl .* $c" -- \
+        env GUARDIAN_MODULE=/nonexistent "$CTL" "$c" --help
+done
+expect_rc "provision -h" 0 "usage: .*provision --product" -- env GUARDIAN_MODULE=/nonexistent "$CTL" provision -h
+expect_rc "--help" 0 "^usage: guardianctl" -- "$CTL" --help
+expect_rc "--version" 0 "^guardianctl [0-9]+\.[0-9]+\.[0-9]+$" -- env GUARDIAN_MODULE=/nonexistent "$CTL" --version
+expect_rc "version" 0 "^guardianctl [0-9]+\.[0-9]+\.[0-9]+$" -- env GUARDIAN_MODULE=/nonexistent "$CTL" version
+expect_rc "unknown option named, exit 2" 2 \
+    "guardianctl: provision: unknown option '--cuont' \(guardianctl provision --help\)" -- \
+    env GUARDIAN_MODULE=/nonexistent "$CTL" provision --cuont 5
+expect_rc "unknown command named, exit 2" 2 "unknown command 'frobnicate'" -- "$CTL" frobnicate
+expect_rc "unknown global option, exit 2" 2 "unknown option '--modul'" -- "$CTL" --modul x status
+expect_rc "option without its value, exit 2" 2 "init: option '--days' needs a value" -- "$CTL" init --days
+expect_rc "bad value before the module loads, exit 2" 2 "provision: --threads must be 1" -- \
+    env GUARDIAN_MODULE=/nonexistent "$CTL" provision --product A/B --count 5 --threads=0
+expect_rc "unknown audit subcommand, exit 2" 2 "audit: unknown subcommand 'expotr'" -- "$CTL" audit expotr
+expect_rc "stray argument, exit 2" 2 "status: unexpected argument 'now'" -- "$CTL" status now
+expect_rc "a refusal is exit 1" 1 "no token labelled 'nope'" -- "$CTL" --token nope list-oems
+
 expect "wrong token label" 1 "no token labelled 'nope'" -- "$CTL" --token nope list-oems
 expect "wrong PIN" 1 "wrong user PIN" -- env GUARDIAN_PIN=9999 "$CTL" init
 expect "no PIN, no terminal" 1 "no GUARDIAN_PIN in the environment" -- env -u GUARDIAN_PIN "$CTL" init
