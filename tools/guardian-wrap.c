@@ -9,6 +9,7 @@
  * The format is docs/package-format.md; the CLI is docs/guardian-wrap.md; the
  * audit report docs/audit-report.md (tools/report.c reads and checks it).
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -40,9 +41,16 @@
 
 #define PROG "guardian-wrap"
 
+/* Exit statuses, as in guardianctl (docs/guardian-wrap.md): 0 done, 1 refused
+ * or failed, 2 a usage error.  verify-report keeps its own documented meaning
+ * of 1, "the report does not verify", so that a file it cannot read is not
+ * taken for a failed check: its die() exits 2 (see die_status). */
+#define EXIT_REFUSED 1
+#define EXIT_USAGE 2
+
 /* exit status of die(): 1, but 2 for verify-report, whose 1 means "the
  * report does not verify" and 2 "the command could not run". */
-static int die_status = 1;
+static int die_status = EXIT_REFUSED;
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -62,6 +70,116 @@ static void die(const char *fmt, ...)
         fprintf(stderr, PROG ": (OpenSSL: %s)\n", buf);
     }
     exit(die_status);
+}
+
+static void usage_die(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+
+/* A usage error of `cmd`: named, with where to look, exit 2. */
+static void usage_die(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, PROG ": %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (" PROG " %s --help)\n", cmd);
+    exit(EXIT_USAGE);
+}
+
+/* getopt_long returned '?' or ':' (optstring starts with ':', opterr is 0). */
+static void bad_option(const char *cmd, int c, char **argv)
+{
+    if (c == ':')
+        usage_die(cmd, "option '%s' needs a value", argv[optind - 1]);
+    if (optopt != 0)
+        usage_die(cmd, "unknown option '-%c'", optopt);
+    usage_die(cmd, "unknown option '%s'", argv[optind - 1]);
+}
+
+/* ---- passphrases (--passin), as openssl takes them ------------------------- */
+
+/* A --passin source: pass:TEXT, env:VAR, file:PATH (its first line) or fd:N
+ * (a line read from it).  Resolved when a key first needs it, once. */
+struct passin {
+    const char *spec;
+    char value[1024];
+    int resolved, asked;
+};
+
+static int passin_spec_valid(const char *spec)
+{
+    if (strncmp(spec, "fd:", 3) == 0) {
+        const char *d = spec + 3;
+        if (*d == '\0')
+            return 0;
+        for (; *d; d++)
+            if (!isdigit((unsigned char)*d))
+                return 0;
+        return 1;
+    }
+    return strncmp(spec, "pass:", 5) == 0 || (strncmp(spec, "env:", 4) == 0 && spec[4] != '\0') ||
+           (strncmp(spec, "file:", 5) == 0 && spec[5] != '\0');
+}
+
+/* The first line of fd (without its end of line) into out. */
+static int read_line_fd(int fd, char *out, size_t cap)
+{
+    size_t n = 0;
+    char ch;
+    ssize_t r;
+    while (n + 1 < cap && (r = read(fd, &ch, 1)) == 1 && ch != '\n')
+        out[n++] = ch;
+    if (n > 0 && out[n - 1] == '\r')
+        n--;
+    out[n] = '\0';
+    return 1;
+}
+
+static void passin_resolve(struct passin *p)
+{
+    const char *s = p->spec;
+    if (p->resolved)
+        return;
+    if (strncmp(s, "pass:", 5) == 0) {
+        snprintf(p->value, sizeof(p->value), "%s", s + 5);
+    } else if (strncmp(s, "env:", 4) == 0) {
+        const char *v = getenv(s + 4);
+        if (v == NULL)
+            die("--passin %s: no variable %s in the environment", s, s + 4);
+        snprintf(p->value, sizeof(p->value), "%s", v);
+    } else if (strncmp(s, "file:", 5) == 0) {
+        int fd = open(s + 5, O_RDONLY);
+        if (fd < 0)
+            die("--passin %s: cannot open %s: %s", s, s + 5, strerror(errno));
+        read_line_fd(fd, p->value, sizeof(p->value));
+        close(fd);
+    } else {
+        read_line_fd(atoi(s + 3), p->value, sizeof(p->value));
+    }
+    p->resolved = 1;
+}
+
+static void passin_wipe(struct passin *p)
+{
+    OPENSSL_cleanse(p->value, sizeof(p->value));
+    p->resolved = 0;
+}
+
+/* OpenSSL's pem_password_cb: the --passin passphrase; without one, the
+ * terminal as openssl would ask; without a terminal, none (the caller says). */
+static int passin_cb(char *buf, int size, int rwflag, void *u)
+{
+    struct passin *p = u;
+    size_t len;
+    p->asked = 1;
+    if (p->spec == NULL)
+        return isatty(STDIN_FILENO) ? PEM_def_callback(buf, size, rwflag, NULL) : -1;
+    passin_resolve(p);
+    len = strlen(p->value);
+    if (len >= (size_t)size)
+        return -1;
+    memcpy(buf, p->value, len);
+    return (int)len;
 }
 
 /* ---- reading inputs ---------------------------------------------------------- */
@@ -193,7 +311,7 @@ static EVP_PKEY *load_pkcs11_key(const char *uri)
     return k;
 }
 
-static EVP_PKEY *read_private_key(const char *path)
+static EVP_PKEY *read_private_key(const char *path, struct passin *pass)
 {
     size_t len;
     unsigned char *data;
@@ -204,7 +322,19 @@ static EVP_PKEY *read_private_key(const char *path)
         return load_pkcs11_key(path);
     data = read_all(path, 1 << 20, &len);
     bio = BIO_new_mem_buf(data, (int)len);
-    k = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+    pass->asked = 0;
+    k = PEM_read_bio_PrivateKey(bio, NULL, passin_cb, pass);
+    if (k == NULL && pass->asked) {
+        OPENSSL_cleanse(data, len);
+        free(data);
+        BIO_free(bio);
+        if (pass->spec == NULL)
+            die("%s is encrypted: give its passphrase with --passin pass:TEXT|env:VAR|file:PATH|fd:N (no terminal "
+                "to ask on)",
+                path);
+        die("cannot decrypt %s with the passphrase from --passin %.*s (wrong passphrase?)", path,
+            (int)strcspn(pass->spec, ":"), pass->spec);
+    }
     if (k == NULL) {
         const unsigned char *p = data;
         ERR_clear_error();
@@ -214,7 +344,7 @@ static EVP_PKEY *read_private_key(const char *path)
     free(data);
     BIO_free(bio);
     if (k == NULL)
-        die("%s is not a private key (PEM or DER, unencrypted)", path);
+        die("%s is not a private key (PEM, encrypted or not, or unencrypted DER)", path);
     return k;
 }
 
@@ -341,6 +471,9 @@ struct create_opts {
     const char *ca_key, *ca_cert, *ca_chain;
     const char *oem_id, *product_id, *subject, *not_after, *out, *kdf;
     const char *key_usage, *ext_key_usage, *device_ext_oid;
+    struct passin passin, ca_passin; /* ca_passin.spec NULL: the CA key takes --passin */
+    int force;
+    time_t not_after_time;
     long release, validity_days;
     unsigned long long units;
     const char *extra_keys[GUARDIAN_PKG_MAX_ITEMS];
@@ -356,25 +489,45 @@ static void set_utf8(ASN1_UTF8STRING *s, const char *v)
         die("out of memory");
 }
 
-/* "YYYY-MM-DD" (end of that day, UTC) or "+N" days from now. */
+/* "YYYY-MM-DD" (end of that day, UTC, a real date) or "+N" days from now
+ * (N a whole number 1..36500); in the future.  A usage error otherwise. */
 static time_t parse_not_after(const char *v)
 {
+    static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     struct tm tm;
-    char *end = NULL;
+    int y, m, d, max;
+    time_t t;
+
     memset(&tm, 0, sizeof(tm));
     if (v[0] == '+') {
-        long d = strtol(v + 1, &end, 10);
-        if (*end != '\0' || d < 1 || d > 36500)
-            die("--not-after +N needs 1..36500 days");
-        return time(NULL) + d * 86400;
+        long n = 0;
+        size_t len = strlen(v + 1);
+        if (len == 0 || len > 5 || strspn(v + 1, "0123456789") != len || (n = strtol(v + 1, NULL, 10)) < 1 ||
+            n > 36500)
+            usage_die("create", "--not-after '%s': +DAYS needs a whole number of days, 1..36500", v);
+        return time(NULL) + (time_t)n * 86400;
     }
-    end = strptime(v, "%Y-%m-%d", &tm);
-    if (end == NULL || *end != '\0')
-        die("--not-after must be YYYY-MM-DD or +DAYS, not '%s'", v);
+    if (strlen(v) != 10 || v[4] != '-' || v[7] != '-' || strspn(v, "0123456789") != 4 ||
+        strspn(v + 5, "0123456789") != 2 || strspn(v + 8, "0123456789") != 2)
+        usage_die("create", "--not-after must be YYYY-MM-DD or +DAYS, not '%s'", v);
+    y = atoi(v);
+    m = atoi(v + 5);
+    d = atoi(v + 8);
+    if (m < 1 || m > 12)
+        usage_die("create", "--not-after '%s' is not a date: no month %02d", v, m);
+    max = mdays[m - 1] + (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0));
+    if (d < 1 || d > max)
+        usage_die("create", "--not-after '%s' is not a date: %04d-%02d has %d days", v, y, m, max);
+    tm.tm_year = y - 1900;
+    tm.tm_mon = m - 1;
+    tm.tm_mday = d;
     tm.tm_hour = 23;
     tm.tm_min = 59;
     tm.tm_sec = 59;
-    return timegm(&tm);
+    t = timegm(&tm);
+    if (t <= time(NULL))
+        usage_die("create", "--not-after %s is in the past", v);
+    return t;
 }
 
 static void key_usage_bits(ASN1_BIT_STRING *bits, const char *list)
@@ -419,14 +572,60 @@ static void cert_sha256(X509 *x, uint8_t out[32])
  * the Guardian takes only the low-s form: half of all signatures are turned
  * into it here, by the public key (the private key may be in a token).  Then
  * what would be written is checked as a Guardian checks it. */
-static void write_package(CMS_ContentInfo *cms, X509 *signer, const char *path)
+/* Write `len` bytes as `path` through a temporary file in the same folder
+ * and a rename: a reader never sees half a file.  An existing `path` is kept
+ * (and this fails, naming --force) unless `force`. */
+static void write_new_file(const char *path, const unsigned char *data, size_t len, int force)
+{
+    char tmp[4096];
+    mode_t mask = umask(0);
+    int fd, placeholder = 0;
+    size_t done = 0;
+
+    umask(mask);
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", path) >= (int)sizeof(tmp))
+        die("%s: the name is too long", path);
+    if (!force) {
+        /* Claim the name first: two runs cannot both take it. */
+        int p = open(path, O_WRONLY | O_CREAT | O_EXCL, 0666);
+        if (p < 0 && errno == EEXIST)
+            die("%s exists: not overwritten (give --force to replace it)", path);
+        if (p < 0)
+            die("cannot create %s: %s", path, strerror(errno));
+        close(p);
+        placeholder = 1;
+    }
+    fd = mkstemp(tmp);
+    if (fd < 0) {
+        int e = errno;
+        if (placeholder)
+            unlink(path);
+        die("cannot create a temporary file next to %s: %s", path, strerror(e));
+    }
+    fchmod(fd, 0666 & ~mask);
+    while (done < len) {
+        ssize_t w = write(fd, data + done, len - done);
+        if (w <= 0)
+            break;
+        done += (size_t)w;
+    }
+    if (done != len || fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        if (placeholder)
+            unlink(path);
+        die("cannot write %s: %s", path, strerror(e));
+    }
+}
+
+static void write_package(CMS_ContentInfo *cms, X509 *signer, const char *path, int force)
 {
     CMS_SignerInfo *si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
     EVP_PKEY *pub = X509_get0_pubkey(signer);
     unsigned char *der = NULL;
     const unsigned char *p;
     CMS_ContentInfo *again;
-    BIO *sink = BIO_new(BIO_s_null()), *out;
+    BIO *sink = BIO_new(BIO_s_null());
     const char *why;
     int len;
 
@@ -443,23 +642,19 @@ static void write_package(CMS_ContentInfo *cms, X509 *signer, const char *path)
     why = guardian_container_profile(again, der, (size_t)len, NULL);
     if (why != NULL)
         die("the package would be refused by a Guardian: %s", why);
-    out = BIO_new_file(path, "wb");
-    if (out == NULL)
-        die("cannot create %s: %s", path, strerror(errno));
-    if (BIO_write(out, der, len) != len || BIO_flush(out) != 1)
-        die("cannot write %s", path);
-    BIO_free(out);
+    write_new_file(path, der, (size_t)len, force);
     BIO_free(sink);
     CMS_ContentInfo_free(again);
     OPENSSL_free(der);
 }
 
-static int create_package(const struct create_opts *o)
+static int create_package(struct create_opts *o)
 {
     X509 *guardian = read_guardian(o->guardian_cert, NULL), *signer = read_cert(o->signer_cert);
     X509 *ca_cert = read_cert(o->ca_cert);
     STACK_OF(X509) *signer_chain = o->signer_chain ? read_certs(o->signer_chain) : sk_X509_new_null();
-    EVP_PKEY *signer_key = read_private_key(o->signer_key), *ca_key = read_private_key(o->ca_key);
+    EVP_PKEY *signer_key = read_private_key(o->signer_key, &o->passin);
+    EVP_PKEY *ca_key = read_private_key(o->ca_key, o->ca_passin.spec ? &o->ca_passin : &o->passin);
     EVP_PKEY *guardian_pub = X509_get0_pubkey(guardian);
     GUARDIAN_PACKAGE *pkg = GUARDIAN_PACKAGE_new();
     uint8_t kek[32], eph[97], target[32], id[16];
@@ -470,7 +665,7 @@ static int create_package(const struct create_opts *o)
     CMS_ContentInfo *cms = NULL;
     CMS_SignerInfo *si = NULL;
     STACK_OF(X509) *signer_path = NULL;
-    time_t not_after = parse_not_after(o->not_after);
+    time_t not_after = o->not_after_time;
 
     if (pkg == NULL)
         die("out of memory");
@@ -480,8 +675,6 @@ static int create_package(const struct create_opts *o)
         die("%s does not match the public key of %s", o->signer_key, o->signer_cert);
     if (X509_check_private_key(ca_cert, ca_key) != 1)
         die("%s does not match the public key of %s", o->ca_key, o->ca_cert);
-    if (not_after <= time(NULL))
-        die("--not-after %s is in the past", o->not_after);
 
     if (strcmp(o->kdf, "aes-cbc") == 0 || strcmp(o->kdf, "auto") == 0)
         scheme = GUARDIAN_KT_ECDH_AESCBC; /* every Guardian backend can run it in-token */
@@ -554,7 +747,7 @@ static int create_package(const struct create_opts *o)
         const char *path;
         EVP_PKEY *k;
         split_assignment(o->extra_keys[i], "--extra-key", label, sizeof(label), &path);
-        k = read_private_key(path);
+        k = read_private_key(path, &o->passin);
         if (pkg->extra_keys == NULL)
             pkg->extra_keys = sk_GUARDIAN_WRAPPED_KEY_new_null();
         sk_GUARDIAN_WRAPPED_KEY_push(pkg->extra_keys, wrap_private_key(kek, k, label));
@@ -636,7 +829,9 @@ static int create_package(const struct create_opts *o)
     }
     if (CMS_final(cms, content, NULL, CMS_BINARY) != 1)
         die("cannot sign the package");
-    write_package(cms, signer, o->out);
+    passin_wipe(&o->passin);
+    passin_wipe(&o->ca_passin);
+    write_package(cms, signer, o->out, o->force);
 
     printf("wrote %s\n  package id   ", o->out);
     print_hex(id, sizeof(id));
@@ -674,13 +869,14 @@ static int cmd_create(int argc, char **argv)
         {"key-usage", required_argument, NULL, 'U'},     {"ext-key-usage", required_argument, NULL, 'E'},
         {"extra-key", required_argument, NULL, 'x'},     {"data", required_argument, NULL, 'd'},
         {"secret-data", required_argument, NULL, 'D'},   {"kdf", required_argument, NULL, 'f'},
-        {"out", required_argument, NULL, 'o'},           {"help", no_argument, NULL, 'h'},
+        {"out", required_argument, NULL, 'o'},           {"force", no_argument, NULL, 'F'},
+        {"passin", required_argument, NULL, 'p'},        {"ca-passin", required_argument, NULL, 'a'},
         {"device-ext-oid", required_argument, NULL, 'X'}, {NULL, 0, NULL, 0}};
     int c;
     char *end;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":o:", longopts, NULL)) != -1) {
         switch (c) {
         case 'g': o.guardian_cert = optarg; break;
         case 'k': o.signer_key = optarg; break;
@@ -694,53 +890,53 @@ static int cmd_create(int argc, char **argv)
         case 'r':
             o.release = strtol(optarg, &end, 10);
             if (*end != '\0' || o.release < 0 || o.release > 4294967295L)
-                die("--release must be 0..4294967295");
+                usage_die("create", "--release must be 0..4294967295, not '%s'", optarg);
             break;
         case 'u':
             o.units = strtoull(optarg, &end, 10);
             if (*end != '\0' || o.units < 1 || o.units > (1ULL << 40))
-                die("--units must be 1..2^40");
+                usage_die("create", "--units must be 1..2^40, not '%s'", optarg);
             break;
         case 'n': o.not_after = optarg; break;
         case 's': o.subject = optarg; break;
         case 'v':
             o.validity_days = strtol(optarg, &end, 10);
             if (*end != '\0' || o.validity_days < 1 || o.validity_days > 36500)
-                die("--validity-days must be 1..36500");
+                usage_die("create", "--validity-days must be 1..36500, not '%s'", optarg);
             break;
         case 'U': o.key_usage = optarg; break;
         case 'E': o.ext_key_usage = optarg; break;
         case 'X': o.device_ext_oid = optarg; break;
         case 'x':
             if (o.n_extra == GUARDIAN_PKG_MAX_ITEMS)
-                die("at most %d --extra-key", GUARDIAN_PKG_MAX_ITEMS);
+                usage_die("create", "at most %d --extra-key", GUARDIAN_PKG_MAX_ITEMS);
             o.extra_keys[o.n_extra++] = optarg;
             break;
         case 'd':
         case 'D':
             if (o.n_data == GUARDIAN_PKG_MAX_ITEMS)
-                die("at most %d data items", GUARDIAN_PKG_MAX_ITEMS);
+                usage_die("create", "at most %d data items", GUARDIAN_PKG_MAX_ITEMS);
             o.data_conf[o.n_data] = c == 'D';
             o.data[o.n_data++] = optarg;
             break;
         case 'f': o.kdf = optarg; break;
         case 'o': o.out = optarg; break;
-        case 'h':
-            printf("usage: " PROG " create --guardian-cert G.pem --signer-key K.pem --signer-cert C.pem\n"
-                   "         [--signer-chain CHAIN.pem] --ca-key CA.key --ca-cert CA.pem [--ca-chain CHAIN.pem]\n"
-                   "         --oem-id ID --product-id ID --release N --units N --not-after YYYY-MM-DD|+DAYS\n"
-                   "         [--subject PATTERN] [--validity-days N] [--key-usage LIST] [--ext-key-usage OIDS]\n"
-                   "         [--device-ext-oid OID]\n"
-                   "         [--extra-key LABEL=KEY.pem]... [--data NAME=FILE]... [--secret-data NAME=FILE]...\n"
-                   "         [--kdf auto|aes-cbc|x963-sha256] --out PACKAGE\n");
-            return 0;
-        default:
-            return 2;
+        case 'p':
+        case 'a':
+            if (!passin_spec_valid(optarg))
+                usage_die("create", "--%s '%s': use pass:TEXT, env:VAR, file:PATH or fd:N", c == 'p' ? "passin" : "ca-passin",
+                          optarg);
+            (c == 'p' ? &o.passin : &o.ca_passin)->spec = optarg;
+            break;
+        case 'F': o.force = 1; break;
+        default: bad_option("create", c, argv);
         }
     }
+    if (optind != argc)
+        usage_die("create", "unexpected argument '%s'", argv[optind]);
 #define REQUIRE(field, flag)                                                                                    \
     if (o.field == NULL)                                                                                        \
-        die("missing --" flag " (see '" PROG " create --help')");
+        usage_die("create", "missing --" flag);
     REQUIRE(guardian_cert, "guardian-cert");
     REQUIRE(signer_key, "signer-key");
     REQUIRE(signer_cert, "signer-cert");
@@ -751,9 +947,13 @@ static int cmd_create(int argc, char **argv)
     REQUIRE(not_after, "not-after");
     REQUIRE(out, "out");
     if (o.release < 0)
-        die("missing --release (see '" PROG " create --help')");
+        usage_die("create", "missing --release");
     if (o.units == 0)
-        die("missing --units (see '" PROG " create --help')");
+        usage_die("create", "missing --units");
+    o.not_after_time = parse_not_after(o.not_after);
+    /* Before any key is read or passphrase asked: the answer would be the same. */
+    if (!o.force && access(o.out, F_OK) == 0)
+        die("%s exists: not overwritten (give --force to replace it)", o.out);
     return create_package(&o);
 }
 
@@ -791,7 +991,6 @@ static int cmd_inspect(int argc, char **argv)
 {
     static const struct option longopts[] = {{"oem-root", required_argument, NULL, 'r'},
                                              {"guardian-cert", required_argument, NULL, 'g'},
-                                             {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     const char *root_path = NULL, *guardian_path = NULL, *path, *why;
     BIO *content = BIO_new(BIO_s_mem());
@@ -808,21 +1007,15 @@ static int cmd_inspect(int argc, char **argv)
     int c, problems = 0;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
         case 'r': root_path = optarg; break;
         case 'g': guardian_path = optarg; break;
-        case 'h':
-            printf("usage: " PROG " inspect PACKAGE [--oem-root ROOT.pem] [--guardian-cert G.pem]\n"
-                   "Prints everything but the secrets; checks the signature (and, with --oem-root,\n"
-                   "the signer's chain; with --guardian-cert, that the package targets that Guardian).\n");
-            return 0;
-        default:
-            return 2;
+        default: bad_option("inspect", c, argv);
         }
     }
     if (optind != argc - 1)
-        die("inspect takes exactly one PACKAGE (see '" PROG " inspect --help')");
+        usage_die("inspect", "takes exactly one PACKAGE");
     path = argv[optind];
 
     file = read_all(path, GUARDIAN_PACKAGE_MAX_BYTES, &file_len);
@@ -1025,7 +1218,6 @@ static int cmd_verify_report(int argc, char **argv)
                                              {"product", required_argument, NULL, 'P'},
                                              {"device-ext-oid", required_argument, NULL, 'X'},
                                              {"previous", required_argument, NULL, 'v'},
-                                             {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     const char *guardian_path = NULL, *chain_path = NULL, *root_path = NULL, *authorised = NULL, *path;
     const char *previous_path = NULL;
@@ -1042,45 +1234,36 @@ static int cmd_verify_report(int argc, char **argv)
     die_status = 2;
     memset(&in, 0, sizeof(in));
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
         case 'g': guardian_path = optarg; break;
         case 'c': chain_path = optarg; break;
         case 'r': root_path = optarg; break;
         case 'p':
             if (n_packages == GUARDIAN_PKG_MAX_ITEMS)
-                die("at most %d --package", GUARDIAN_PKG_MAX_ITEMS);
+                usage_die("verify-report", "at most %d --package", GUARDIAN_PKG_MAX_ITEMS);
             package_paths[n_packages++] = optarg;
             break;
         case 'a': authorised = optarg; break;
         case 'P': in.product = optarg; break;
         case 'X': in.device_ext_oid = optarg; break;
         case 'v': previous_path = optarg; break;
-        case 'h':
-            printf("usage: " PROG " verify-report REPORT --guardian GUARDIAN-CERT.pem --ca-chain PRODUCTION-CHAIN.pem\n"
-                   "         [--root OEM-ROOT.pem] [--package PACKAGE]... [--authorised N --product OEM/PRODUCT]\n"
-                   "         [--device-ext-oid OID]   (the --device-ext-oid the packages were made with)\n"
-                   "         [--previous OLD-REPORT]  (an earlier report: this one must extend it)\n"
-                   "Checks the Guardian's signature, every record hash and the chain, the quotas and every\n"
-                   "certificate.  Exit 0: OK; 1: the report does not verify; 2: usage or file error.\n");
-            return 0;
-        default:
-            return 2;
+        default: bad_option("verify-report", c, argv);
         }
     }
     if (optind != argc - 1)
-        die("verify-report takes exactly one REPORT (see '" PROG " verify-report --help')");
+        usage_die("verify-report", "takes exactly one REPORT");
     if (guardian_path == NULL || chain_path == NULL)
-        die("verify-report needs --guardian and --ca-chain (see '" PROG " verify-report --help')");
+        usage_die("verify-report", "needs --guardian and --ca-chain");
     if ((authorised == NULL) != (in.product == NULL))
-        die("--authorised and --product go together");
+        usage_die("verify-report", "--authorised and --product go together");
     if (authorised != NULL) {
         errno = 0;
         in.authorised = strtoull(authorised, &end, 10);
         if (errno != 0 || *end != '\0' || authorised[0] < '0' || authorised[0] > '9')
-            die("--authorised must be a number of units");
+            usage_die("verify-report", "--authorised must be a number of units, not '%s'", authorised);
         if (strchr(in.product, '/') == NULL)
-            die("--product must be OEM/PRODUCT");
+            usage_die("verify-report", "--product must be OEM/PRODUCT, not '%s'", in.product);
     }
     path = argv[optind];
     in.guardian = read_guardian(guardian_path, &in.guardian_signing);
@@ -1114,20 +1297,83 @@ static int cmd_verify_report(int argc, char **argv)
 
 /* ---- main ---------------------------------------------------------------------- */
 
-int main(int argc, char **argv)
+static const char create_usage[] =
+    "usage: " PROG " create --guardian-cert G.pem --signer-key K.pem --signer-cert C.pem\n"
+    "         [--signer-chain CHAIN.pem] --ca-key CA.key --ca-cert CA.pem [--ca-chain CHAIN.pem]\n"
+    "         --oem-id ID --product-id ID --release N --units N --not-after YYYY-MM-DD|+DAYS\n"
+    "         [--subject PATTERN] [--validity-days N] [--key-usage LIST] [--ext-key-usage OIDS]\n"
+    "         [--device-ext-oid OID]\n"
+    "         [--extra-key LABEL=KEY.pem]... [--data NAME=FILE]... [--secret-data NAME=FILE]...\n"
+    "         [--kdf auto|aes-cbc|x963-sha256]\n"
+    "         [--passin pass:TEXT|env:VAR|file:PATH|fd:N] [--ca-passin SOURCE]\n"
+    "         --out PACKAGE [--force]\n"
+    "Encrypted PEM keys: --passin (every key), --ca-passin (the CA key, if its passphrase differs).\n"
+    "An existing PACKAGE is not overwritten without --force.\n"
+    "Exit 0: written; 1: refused or failed; 2: usage error.\n";
+static const char inspect_usage[] =
+    "usage: " PROG " inspect PACKAGE [--oem-root ROOT.pem] [--guardian-cert G.pem]\n"
+    "Prints everything but the secrets; checks the signature (and, with --oem-root,\n"
+    "the signer's chain; with --guardian-cert, that the package targets that Guardian).\n"
+    "Exit 0: no problem; 1: problems found (or a file could not be read); 2: usage error.\n";
+static const char verify_usage[] =
+    "usage: " PROG " verify-report REPORT --guardian GUARDIAN-CERT.pem --ca-chain PRODUCTION-CHAIN.pem\n"
+    "         [--root OEM-ROOT.pem] [--package PACKAGE]... [--authorised N --product OEM/PRODUCT]\n"
+    "         [--device-ext-oid OID]   (the --device-ext-oid the packages were made with)\n"
+    "         [--previous OLD-REPORT]  (an earlier report: this one must extend it)\n"
+    "Checks the Guardian's signature, every record hash and the chain, the quotas and every\n"
+    "certificate.  Exit 0: OK; 1: the report does not verify; 2: usage or file error.\n";
+
+static const struct command {
+    const char *name, *usage;
+    int (*run)(int argc, char **argv);
+} commands[] = {
+    {"create", create_usage, cmd_create},
+    {"inspect", inspect_usage, cmd_inspect},
+    {"verify-report", verify_usage, cmd_verify_report},
+};
+
+static void usage(FILE *f)
 {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        printf("usage: " PROG " create ...   wrap provisioning secrets for one Guardian\n"
+    fprintf(f, "usage: " PROG " create ...   wrap provisioning secrets for one Guardian\n"
                "       " PROG " inspect PACKAGE [--oem-root ROOT.pem] [--guardian-cert G.pem]\n"
                "       " PROG " verify-report REPORT --guardian G.pem --ca-chain CHAIN.pem [--root ROOT.pem] ...\n"
-               "Run '" PROG " COMMAND --help' for a command's options.\n");
-        return argc < 2 ? 2 : 0;
+               "       " PROG " --version | --help | COMMAND --help\n"
+               "Run '" PROG " COMMAND --help' for a command's options.\n"
+               "Exit status: 0 done; 1 refused or failed (verify-report: the report does not verify);\n"
+               "2 usage error (verify-report: also a file it cannot read).\n");
+}
+
+int main(int argc, char **argv)
+{
+    const struct command *cmd = NULL;
+
+    opterr = 0; /* bad_option names a bad option itself */
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
     }
-    if (strcmp(argv[1], "create") == 0)
-        return cmd_create(argc - 1, argv + 1);
-    if (strcmp(argv[1], "inspect") == 0)
-        return cmd_inspect(argc - 1, argv + 1);
-    if (strcmp(argv[1], "verify-report") == 0)
-        return cmd_verify_report(argc - 1, argv + 1);
-    die("unknown command '%s' (create, inspect, verify-report)", argv[1]);
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+        printf(PROG " " GUARDIAN_TOOLS_VERSION "\n");
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            cmd = &commands[i];
+    if (cmd == NULL) {
+        fprintf(stderr, PROG ": unknown %s '%s' (create, inspect, verify-report; " PROG " --help)\n",
+                argv[1][0] == '-' ? "option" : "command", argv[1]);
+        return EXIT_USAGE;
+    }
+    /* --help anywhere after the command: its usage, before any option is
+     * checked or any file read. */
+    for (int i = 2; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(cmd->usage, stdout);
+            return 0;
+        }
+    return cmd->run(argc - 1, argv + 1);
 }

@@ -157,4 +157,57 @@ expect "not a certificate" 1 "holds no certificate" -- "$W" create --guardian-ce
 expect "not a package" 1 "not a Guardian package" -- "$W" inspect config.txt
 expect "unknown command" 1 "unknown command" -- "$W" frobnicate
 
+# Command-line conventions (docs/guardian-wrap.md): --version, --help on every
+# command (before any file is read), usage errors named with exit 2.
+expect_rc "--version" 0 "^guardian-wrap [0-9]+\.[0-9]+\.[0-9]+$" -- "$W" --version
+expect_rc "version" 0 "^guardian-wrap [0-9]+\.[0-9]+\.[0-9]+$" -- "$W" version
+expect_rc "--help" 0 "^usage: guardian-wrap create" -- "$W" --help
+for c in create inspect verify-report; do
+    expect_rc "$c --help: its usage, exit 0" 0 "^usage: guardian-wrap $c" -- "$W" "$c" --help
+    expect_rc "$c -h after other options, no file read" 0 "^usage: guardian-wrap $c" -- \
+        "$W" "$c" --guardian-cert /nonexistent -h
+    expect_rc "$c: unknown option named, exit 2" 2 \
+        "guardian-wrap: $c: unknown option '--cuont' \(guardian-wrap $c --help\)" -- "$W" "$c" --cuont 5
+done
+expect_rc "unknown command: exit 2" 2 "unknown command 'frobnicate'" -- "$W" frobnicate
+expect_rc "missing value: exit 2" 2 "create: option '--out' needs a value" -- "$W" "${base[@]}" --out
+expect_rc "missing option: exit 2" 2 "create: missing --out" -- "$W" "${base[@]}"
+expect_rc "a refusal: exit 1" 1 "does not match the public key" -- "$W" "${base[@]/signer.key/ca.key}" --out mm.gpk
+
+# Dates: a real calendar date, or +DAYS a whole number 1..36500.
+for d in 2027-02-30 2027-13-01 2027-02-29 2027-12-31x 2027-1-01 27-12-31 +0 +-5 "+ 5" +1x +36501 tomorrow; do
+    expect_rc "--not-after '$d' refused, named" 2 "--not-after .*'${d//+/[+]}'" -- \
+        "$W" "${base[@]/+365/$d}" --out date.gpk
+done
+expect_rc "--not-after 2096-02-29 (a leap year) taken" 0 "wrote leap.gpk" -- "$W" "${base[@]/+365/2096-02-29}" --out leap.gpk
+[ -e date.gpk ] && ko "a refused date left date.gpk" || ok "a refused date writes nothing"
+
+# An existing output is kept unless --force; the write goes through a rename.
+echo keep >exists.gpk
+expect_rc "create: an existing --out refused" 1 "exists.gpk exists: not overwritten \(give --force" -- \
+    "$W" "${base[@]}" --out exists.gpk
+[ "$(cat exists.gpk)" = keep ] && ok "the existing file is untouched" || ko "the existing file was changed"
+expect_rc "create --force replaces it" 0 "wrote exists.gpk" -- "$W" "${base[@]}" --out exists.gpk --force
+expect_rc "the replaced package inspects" 0 "container +exactly as signed" -- "$W" inspect exists.gpk
+ls ./*.tmp-* >/dev/null 2>&1 && ko "temporary files left" || ok "no temporary file left"
+
+# Encrypted PEM keys without a terminal: --passin as openssl takes it.
+openssl pkey -in signer.key -aes256 -passout pass:s3cret -out signer-enc.key
+openssl pkey -in ca.key -aes256 -passout pass:ca-pass -out ca-enc.key
+enc=("${base[@]/signer.key/signer-enc.key}")
+expect_rc "encrypted key, no --passin, no terminal: refused" 1 "signer-enc.key is encrypted: give its passphrase with --passin" -- \
+    "$W" "${enc[@]}" --out enc0.gpk
+expect_rc "--passin pass:" 0 "wrote enc1.gpk" -- "$W" "${enc[@]}" --passin pass:s3cret --out enc1.gpk
+expect_rc "--passin env:" 0 "wrote enc2.gpk" -- env PW=s3cret "$W" "${enc[@]}" --passin env:PW --out enc2.gpk
+printf 's3cret\n' >pw.txt
+expect_rc "--passin file:" 0 "wrote enc3.gpk" -- "$W" "${enc[@]}" --passin file:pw.txt --out enc3.gpk
+expect_rc "--passin fd:" 0 "wrote enc4.gpk" -- bash -c '"$0" "${@}" --passin fd:3 --out enc4.gpk 3<pw.txt' "$W" "${enc[@]}"
+expect_rc "--passin with the wrong passphrase: refused" 1 "cannot decrypt signer-enc.key .*wrong passphrase" -- \
+    "$W" "${enc[@]}" --passin pass:nope --out enc5.gpk
+expect_rc "--passin env: of an unset variable" 1 "no variable NOPE_PW" -- "$W" "${enc[@]}" --passin env:NOPE_PW --out enc6.gpk
+expect_rc "--passin with an unknown source: exit 2" 2 "--passin 'stdin': use pass:" -- "$W" "${enc[@]}" --passin stdin --out enc7.gpk
+expect_rc "--ca-passin for a CA key with its own passphrase" 0 "wrote enc8.gpk" -- \
+    "$W" "${enc[@]/ca.key/ca-enc.key}" --passin pass:s3cret --ca-passin pass:ca-pass --out enc8.gpk
+expect_rc "the passphrase-made package inspects" 0 "container +exactly as signed" -- "$W" inspect enc8.gpk --oem-root root.pem
+
 finish
