@@ -121,18 +121,19 @@ static int passin_spec_valid(const char *spec)
            (strncmp(spec, "file:", 5) == 0 && spec[5] != '\0');
 }
 
-/* The first line of fd (without its end of line) into out. */
+/* The first line of fd (without its end of line) into out; 0 if fd cannot
+ * be read. */
 static int read_line_fd(int fd, char *out, size_t cap)
 {
     size_t n = 0;
     char ch;
-    ssize_t r;
+    ssize_t r = 0;
     while (n + 1 < cap && (r = read(fd, &ch, 1)) == 1 && ch != '\n')
         out[n++] = ch;
     if (n > 0 && out[n - 1] == '\r')
         n--;
     out[n] = '\0';
-    return 1;
+    return r >= 0;
 }
 
 static void passin_resolve(struct passin *p)
@@ -151,10 +152,11 @@ static void passin_resolve(struct passin *p)
         int fd = open(s + 5, O_RDONLY);
         if (fd < 0)
             die("--passin %s: cannot open %s: %s", s, s + 5, strerror(errno));
-        read_line_fd(fd, p->value, sizeof(p->value));
+        if (!read_line_fd(fd, p->value, sizeof(p->value)))
+            die("--passin %s: cannot read %s: %s", s, s + 5, strerror(errno));
         close(fd);
-    } else {
-        read_line_fd(atoi(s + 3), p->value, sizeof(p->value));
+    } else if (!read_line_fd(atoi(s + 3), p->value, sizeof(p->value))) {
+        die("--passin %s: cannot read descriptor %s: %s", s, s + 3, strerror(errno));
     }
     p->resolved = 1;
 }

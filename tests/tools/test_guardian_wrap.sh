@@ -202,6 +202,8 @@ expect_rc "--passin env:" 0 "wrote enc2.gpk" -- env PW=s3cret "$W" "${enc[@]}" -
 printf 's3cret\n' >pw.txt
 expect_rc "--passin file:" 0 "wrote enc3.gpk" -- "$W" "${enc[@]}" --passin file:pw.txt --out enc3.gpk
 expect_rc "--passin fd:" 0 "wrote enc4.gpk" -- bash -c '"$0" "${@}" --passin fd:3 --out enc4.gpk 3<pw.txt' "$W" "${enc[@]}"
+expect_rc "--passin fd: of a closed descriptor" 1 "--passin fd:9: cannot read descriptor 9" -- \
+    bash -c '"$0" "$@" 9<&-' "$W" "${enc[@]}" --passin fd:9 --out enc9.gpk
 expect_rc "--passin with the wrong passphrase: refused" 1 "cannot decrypt signer-enc.key .*wrong passphrase" -- \
     "$W" "${enc[@]}" --passin pass:nope --out enc5.gpk
 expect_rc "--passin env: of an unset variable" 1 "no variable NOPE_PW" -- "$W" "${enc[@]}" --passin env:NOPE_PW --out enc6.gpk
