@@ -8,6 +8,9 @@
  *
  * The format is docs/package-format.md; the CLI is docs/guardian-wrap.md; the
  * audit report docs/audit-report.md (tools/report.c reads and checks it).
+ * --version; --help on its own or after any command.  Exit 0 done, 1 refused
+ * or failed, 2 usage error (verify-report: 1 does not verify, 2 also a file
+ * it cannot read).
  */
 #include <ctype.h>
 #include <errno.h>

@@ -15,7 +15,9 @@
  *
  * Options: --module PATH (or GUARDIAN_MODULE), --token LABEL (or
  * GUARDIAN_TOKEN); PINs from GUARDIAN_PIN / GUARDIAN_SO_PIN, else asked on the
- * terminal.  docs/guardianctl.md.
+ * terminal.  --version; --help on its own or after any command, answered
+ * (like every usage error, exit 2) before the module is loaded.  Exit 0 done,
+ * 1 refused or failed, 2 usage, 130 provision interrupted.  docs/guardianctl.md.
  */
 #include <dlfcn.h>
 #include <errno.h>
