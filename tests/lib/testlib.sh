@@ -16,16 +16,10 @@ expect() {
     out=$("$@" 2>&1 </dev/null)
     rc=$?
     if { [ "$want" = 0 ] && [ $rc -ne 0 ]; } || { [ "$want" != 0 ] && [ $rc -eq 0 ]; }; then
-        ko "$name: exit $rc"
-        echo "$out" | sed 's/^/    /'
+        shown_ko "$name: exit $rc" "$out"
         return
     fi
-    if [ -n "$pattern" ] && ! grep -qE -- "$pattern" <<<"$out"; then
-        ko "$name: output lacks /$pattern/"
-        echo "$out" | sed 's/^/    /'
-        return
-    fi
-    ok "$name"
+    output_matches "$name" "$pattern" "$out"
 }
 
 # expect_rc NAME CODE PATTERN -- CMD...: as expect, but CMD must exit with exactly
@@ -36,16 +30,25 @@ expect_rc() {
     out=$("$@" 2>&1 </dev/null)
     rc=$?
     if [ "$rc" -ne "$want" ]; then
-        ko "$name: exit $rc, not $want"
-        echo "$out" | sed 's/^/    /'
+        shown_ko "$name: exit $rc, not $want" "$out"
         return
     fi
-    if [ -n "$pattern" ] && ! grep -qE -- "$pattern" <<<"$out"; then
-        ko "$name: output lacks /$pattern/"
-        echo "$out" | sed 's/^/    /'
+    output_matches "$name" "$pattern" "$out"
+}
+
+# output_matches NAME PATTERN OUTPUT: ok when PATTERN (empty: anything) matches.
+output_matches() {
+    if [ -n "$2" ] && ! grep -qE -- "$2" <<<"$3"; then
+        shown_ko "$1: output lacks /$2/" "$3"
         return
     fi
-    ok "$name"
+    ok "$1"
+}
+
+# shown_ko WHAT OUTPUT: a failure, with the command's output indented below it.
+shown_ko() {
+    ko "$1"
+    echo "$2" | sed 's/^/    /'
 }
 
 # finish: the closing line every runner understands, and the exit status.
