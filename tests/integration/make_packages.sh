@@ -4,6 +4,7 @@
 # packages made with guardian-wrap for DIR/guardian.pem (written by the test).
 set -euo pipefail
 dir=$1 W=$2
+HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$dir"
 key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
 root() { key "$1.key"; openssl req -new -x509 -key "$1.key" -subj "/CN=$2" -days 3650 -out "$1.pem" \
@@ -38,35 +39,7 @@ wrap good.gpk 3 --data config=config.txt --secret-data bootkey=boot.secret --ext
 # good.gpk with an empty CRL set ([1] holding nothing) after its certificates:
 # the signature does not cover it, OpenSSL parses it, re-encodes it to the same
 # bytes and verifies the package (docs/package-format.md).
-python3 - <<'PY'
-def head(b, i):  # (tag, start of the value, length of the value)
-    tag, n = b[i], b[i + 1]
-    if n < 0x80:
-        return tag, i + 2, n
-    k = n & 0x7f
-    return tag, i + 2 + k, int.from_bytes(b[i + 2:i + 2 + k], "big")
-def tlv(tag, value):
-    n = len(value)
-    if n < 0x80:
-        return bytes([tag, n]) + value
-    ln = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(ln)]) + ln + value
-def children(b, i, end):
-    out = []
-    while i < end:
-        _, v, n = head(b, i)
-        out.append(b[i:v + n])
-        i = v + n
-    return out
-pkg = open("good.gpk", "rb").read()
-_, v, n = head(pkg, 0)                       # ContentInfo
-oid, explicit = children(pkg, v, v + n)
-_, v, n = head(explicit, 0)                  # [0]
-_, v, n = head(explicit, v)                  # SignedData
-fields = children(explicit, v, v + n)
-fields.insert([f[0] for f in fields].index(0xa0) + 1, b"\xa1\x00")
-open("empty-crls.gpk", "wb").write(tlv(0x30, oid + tlv(0xa0, tlv(0x30, b"".join(fields)))))
-PY
+python3 "$HERE/../lib/package_sig.py" empty-crls good.gpk empty-crls.gpk
 wrap older.gpk 2
 wrap newer.gpk 4
 wrap x963.gpk 5 --kdf x963-sha256

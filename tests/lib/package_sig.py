@@ -6,6 +6,9 @@ parser of its own (not OpenSSL's, not guardian-wrap's), for the shell tests.
                                     P-384 signer); exit 1 if any is high-s
   package_sig.py flip IN OUT        writes IN with its signature (r, s) replaced
                                     by (r, n - s): still valid, other bytes
+  package_sig.py empty-crls IN OUT  writes IN with an empty CRL set ([1] holding
+                                    nothing) after its certificates: outside the
+                                    signature, and OpenSSL still verifies it
 """
 import sys
 
@@ -83,6 +86,11 @@ def main():
         sd[-1] = tlv(0x31, tlv(0x30, b"".join(si)))
         out = tlv(0x30, ci[0] + tlv(0xA0, tlv(0x30, b"".join(sd))))
         open(sys.argv[3], "wb").write(out)
+        return 0
+    if len(sys.argv) == 4 and sys.argv[1] == "empty-crls":
+        ci, sd, _ = path(open(sys.argv[2], "rb").read())
+        sd.insert([f[0] for f in sd].index(0xA0) + 1, b"\xa1\x00")
+        open(sys.argv[3], "wb").write(tlv(0x30, ci[0] + tlv(0xA0, tlv(0x30, b"".join(sd)))))
         return 0
     print(__doc__, file=sys.stderr)
     return 2
