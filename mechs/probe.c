@@ -113,24 +113,39 @@ static struct result verdict(enum verdict v, CK_RV rv)
 
 #define MAX_EXTRA 8
 
-/* An AES-256 session key with the `extra` attributes (no duplicates of the base). */
+/* The template of an AES-256 session key of the probe's, then `extra` (no
+ * duplicates of the base): its length, or 0 when `extra` does not fit. */
+#define AES_BASE 5
+static CK_OBJECT_CLASS secret_class = CKO_SECRET_KEY;
+static CK_KEY_TYPE aes_type = CKK_AES;
+static CK_ULONG aes_len = 32;
+
+static CK_ULONG aes_template(CK_ATTRIBUTE t[AES_BASE + MAX_EXTRA], const CK_ATTRIBUTE *extra, CK_ULONG n_extra)
+{
+    const CK_ATTRIBUTE base[AES_BASE] = {{CKA_CLASS, &secret_class, sizeof(secret_class)},
+                                         {CKA_KEY_TYPE, &aes_type, sizeof(aes_type)},
+                                         {CKA_VALUE_LEN, &aes_len, sizeof(aes_len)},
+                                         {CKA_TOKEN, &no, sizeof(no)},
+                                         {CKA_LABEL, (void *)PROBE_LABEL, sizeof(PROBE_LABEL) - 1}};
+    if (n_extra > MAX_EXTRA)
+        return 0;
+    memcpy(t, base, sizeof(base));
+    if (n_extra > 0)
+        memcpy(t + AES_BASE, extra, n_extra * sizeof(*extra));
+    return AES_BASE + n_extra;
+}
+
+/* An AES-256 session key with the `extra` attributes. */
 static CK_RV aes_key(struct probe *p, const CK_ATTRIBUTE *extra, CK_ULONG n_extra, CK_OBJECT_HANDLE *out)
 {
     CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_KEY_TYPE kt = CKK_AES;
-    CK_ULONG len = 32;
-    CK_ATTRIBUTE t[5 + MAX_EXTRA] = {{CKA_CLASS, &cls, sizeof(cls)},
-                                     {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                                     {CKA_VALUE_LEN, &len, sizeof(len)},
-                                     {CKA_TOKEN, &no, sizeof(no)},
-                                     {CKA_LABEL, (void *)PROBE_LABEL, sizeof(PROBE_LABEL) - 1}};
+    CK_ATTRIBUTE t[AES_BASE + MAX_EXTRA];
+    CK_ULONG n = aes_template(t, extra, n_extra);
     CK_RV rv;
     *out = CK_INVALID_HANDLE;
-    if (n_extra > MAX_EXTRA)
+    if (n == 0)
         return CKR_GENERAL_ERROR;
-    memcpy(t + 5, extra, n_extra * sizeof(*extra));
-    rv = seen(p, p->be->C_GenerateKey(p->s, &gen, t, 5 + n_extra, out));
+    rv = seen(p, p->be->C_GenerateKey(p->s, &gen, t, n, out));
     if (rv == CKR_OK)
         made(p, *out);
     return rv;
@@ -230,20 +245,13 @@ static CK_RV derive_aes(struct probe *p, CK_OBJECT_HANDLE base, const CK_ATTRIBU
     CK_BYTE data[32] = "guardian probe: derive 32 bytes";
     CK_KEY_DERIVATION_STRING_DATA sd = {data, sizeof(data)};
     CK_MECHANISM m = {CKM_AES_ECB_ENCRYPT_DATA, &sd, sizeof(sd)};
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_KEY_TYPE kt = CKK_AES;
-    CK_ULONG len = 32;
-    CK_ATTRIBUTE t[5 + MAX_EXTRA] = {{CKA_CLASS, &cls, sizeof(cls)},
-                                     {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                                     {CKA_VALUE_LEN, &len, sizeof(len)},
-                                     {CKA_TOKEN, &no, sizeof(no)},
-                                     {CKA_LABEL, (void *)PROBE_LABEL, sizeof(PROBE_LABEL) - 1}};
+    CK_ATTRIBUTE t[AES_BASE + MAX_EXTRA];
+    CK_ULONG n = aes_template(t, extra, n_extra);
     CK_RV rv;
     *out = CK_INVALID_HANDLE;
-    if (n_extra > MAX_EXTRA)
+    if (n == 0)
         return CKR_GENERAL_ERROR;
-    memcpy(t + 5, extra, n_extra * sizeof(*extra));
-    rv = seen(p, p->be->C_DeriveKey(p->s, &m, base, t, 5 + n_extra, out));
+    rv = seen(p, p->be->C_DeriveKey(p->s, &m, base, t, n, out));
     if (rv == CKR_OK)
         made(p, *out);
     return rv;
