@@ -24,6 +24,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "guardian_fixture.h"
 #include "softhsm_token.h"
 /* after softhsm_token.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
@@ -101,31 +102,6 @@ static void make_identity(void)
     fclose(f);
 }
 
-static void enroll_root(void)
-{
-    CK_SESSION_HANDLE so;
-    CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
-    CK_ULONG type = CKG_GUARDIAN_REQ_ENROL_ROOT;
-    CK_BYTE ids[] = "ACME";
-    CK_OBJECT_HANDLE h;
-    FILE *f = fopen(path("oem-root.pem"), "r");
-    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
-    unsigned char *der = NULL;
-    int der_len = x ? i2d_X509(x, &der) : -1;
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_REQUEST, &type, sizeof(type)},
-                        {CKA_VALUE, der, (CK_ULONG)der_len}, {CKA_GUARDIAN_OEM_IDS, ids, sizeof(ids) - 1}};
-
-    assert_true(der_len > 0);
-    fclose(f);
-    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &so), CKR_OK);
-    assert_int_equal(m->C_Login(so, CKU_SO, (CK_UTF8CHAR_PTR)TEST_SO_PIN, strlen(TEST_SO_PIN)), CKR_OK);
-    assert_int_equal(m->C_CreateObject(so, t, 4, &h), CKR_OK);
-    assert_int_equal(m->C_Logout(so), CKR_OK);
-    assert_int_equal(m->C_CloseSession(so), CKR_OK);
-    OPENSSL_free(der);
-    X509_free(x);
-}
-
 static void import_good(void)
 {
     CK_MECHANISM mech = {CKM_GUARDIAN_UNWRAP_PACKAGE, NULL, 0};
@@ -169,7 +145,10 @@ static int setup(void **st)
              getenv("GUARDIAN_TEST_WRAP"));
     assert_int_equal(system(cmd), 0);
     assert_int_equal(m->C_Logout(s), CKR_OK);
-    enroll_root();
+    {
+        CK_OBJECT_HANDLE root;
+        assert_int_equal(test_enrol_root(m, slot, path("oem-root.pem"), "ACME", &root), CKR_OK);
+    }
     assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
     import_good();
     return 0;

@@ -25,6 +25,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "guardian_fixture.h"
 #include "softhsm_token.h"
 /* after the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
@@ -104,28 +105,15 @@ static void refind(void)
     secret = find_one(CKO_SECRET_KEY, CKA_LABEL, s_label, sizeof(s_label) - 1);
 }
 
+/* The SO enrols a root (the user's session logs out meanwhile, and back in). */
 static CK_RV enrol(const char *pem, const char *ids, CK_OBJECT_HANDLE *out)
 {
-    CK_SESSION_HANDLE so;
-    FILE *f = fopen(path(pem), "r");
-    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
-    unsigned char *der = NULL;
-    int der_len = x ? i2d_X509(x, &der) : -1;
-    CK_ATTRIBUTE t[] = {{CKA_VALUE, der, (CK_ULONG)der_len}, {CKA_GUARDIAN_OEM_IDS, (void *)ids, strlen(ids)}};
     CK_RV rv;
-    assert_true(der_len > 0);
-    fclose(f);
-    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &so), CKR_OK);
     m->C_Logout(s);
-    assert_int_equal(m->C_Login(so, CKU_SO, (CK_UTF8CHAR_PTR)TEST_SO_PIN, strlen(TEST_SO_PIN)), CKR_OK);
-    rv = request(so, CKG_GUARDIAN_REQ_ENROL_ROOT, t, 2, out);
-    assert_int_equal(m->C_Logout(so), CKR_OK);
-    assert_int_equal(m->C_CloseSession(so), CKR_OK);
+    rv = test_enrol_root(m, slot, path(pem), ids, out);
     assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
     if (ca_key != CK_INVALID_HANDLE)
         refind();
-    OPENSSL_free(der);
-    X509_free(x);
     return rv;
 }
 

@@ -32,6 +32,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "guardian_fixture.h"
 #include "softhsm_token.h"
 #include "vectors.h"
 /* after softhsm_token.h: the vendor header needs the PKCS#11 types */
@@ -143,34 +144,6 @@ static void make_guardian_cert(CK_OBJECT_HANDLE pub)
     EVP_PKEY_CTX_free(ctx);
 }
 
-/* The SO enrols the OEM root for OEM ID "ACME" with a Guardian request
- * (C_CreateObject of a CKO_GUARDIAN_REQUEST): the module makes the trusted
- * certificate itself. */
-static void enroll_root(const char *name)
-{
-    CK_SESSION_HANDLE so;
-    CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
-    CK_ULONG type = CKG_GUARDIAN_REQ_ENROL_ROOT;
-    CK_BYTE ids[] = "ACME";
-    CK_OBJECT_HANDLE h;
-    FILE *f = fopen(path(name), "r");
-    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
-    unsigned char *der = NULL;
-    int der_len = x ? i2d_X509(x, &der) : -1;
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_REQUEST, &type, sizeof(type)},
-                        {CKA_VALUE, der, (CK_ULONG)der_len}, {CKA_GUARDIAN_OEM_IDS, ids, sizeof(ids) - 1}};
-
-    assert_true(der_len > 0);
-    fclose(f);
-    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &so), CKR_OK);
-    assert_int_equal(m->C_Login(so, CKU_SO, (CK_UTF8CHAR_PTR)TEST_SO_PIN, strlen(TEST_SO_PIN)), CKR_OK);
-    assert_int_equal(m->C_CreateObject(so, t, 4, &h), CKR_OK);
-    assert_int_equal(m->C_Logout(so), CKR_OK);
-    assert_int_equal(m->C_CloseSession(so), CKR_OK);
-    OPENSSL_free(der);
-    X509_free(x);
-}
-
 /* Handles of private objects do not survive a logout in SoftHSM: find the
  * Guardian key again after each login, as an application would. */
 static void find_guardian_key(void)
@@ -215,7 +188,12 @@ static int setup(void **st)
              getenv("GUARDIAN_TEST_WRAP"));
     assert_int_equal(system(cmd), 0);
     assert_int_equal(m->C_Logout(s), CKR_OK);
-    enroll_root("oem-root.pem");
+    {
+        /* The SO enrols the OEM root for OEM ID "ACME" (the module makes the
+         * trusted certificate itself). */
+        CK_OBJECT_HANDLE root;
+        assert_int_equal(test_enrol_root(m, slot, path("oem-root.pem"), "ACME", &root), CKR_OK);
+    }
     assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
     find_guardian_key();
     return 0;
