@@ -51,17 +51,15 @@ void guardian_anchor_forget(void)
     pthread_mutex_unlock(&lock);
 }
 
-/* The anchor with the highest seq; an update writes the new one before it
- * destroys the old (SoftHSM keeps a data object's CKA_VALUE read-only), so
- * after a crash there may be two: the older is destroyed here. */
-static uint64_t anchor_seq(const uint8_t *buf, size_t len);
-
 void guardian_anchor_atfork_child(void)
 {
     pthread_mutex_init(&lock, NULL);
     cached = CK_INVALID_HANDLE;
 }
 
+/* The anchor with the highest seq; an update writes the new one before it
+ * destroys the old (SoftHSM keeps a data object's CKA_VALUE read-only), so
+ * after a crash there may be two: the older is destroyed here. */
 static CK_RV find_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_CLASS cls = CKO_DATA;
@@ -99,7 +97,7 @@ static CK_RV find_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HA
             }
             if (rv == CKR_OK) {
                 memcpy(v[i], full, a[i].ulValueLen < 16 ? a[i].ulValueLen : 16);
-                seq[i] = anchor_seq(full, a[i].ulValueLen);
+                seq[i] = guardian_store_anchor_seq(full, a[i].ulValueLen);
             }
             free(full);
             if (rv != CKR_OK)
@@ -177,14 +175,6 @@ static CK_RV write_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_H
     return CKR_OK;
 }
 
-static uint64_t anchor_seq(const uint8_t *buf, size_t len)
-{
-    uint64_t v = 0;
-    for (size_t i = 8; i < 16 && i < len; i++)
-        v = v << 8 | buf[i];
-    return v;
-}
-
 CK_RV guardian_anchor_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st)
 {
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
@@ -205,12 +195,12 @@ CK_RV guardian_anchor_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, str
          * anchor (the first import writes it).  A store with records: the
          * first run of a version with anchors; anchor what is here. */
         rv = guardian_store_anchor_get(st, &now, &now_len);
-        if (rv == CKR_OK && anchor_seq(now, now_len) > 0) {
+        if (rv == CKR_OK && guardian_store_anchor_seq(now, now_len) > 0) {
             rv = write_locked(be, session, CK_INVALID_HANDLE, now, now_len);
             if (rv == CKR_OK)
                 guardian_warn(LOG, "the token had no state anchor: anchored the state store as it is now (record "
                                    "%llu)",
-                              (unsigned long long)anchor_seq(now, now_len));
+                              (unsigned long long)guardian_store_anchor_seq(now, now_len));
         }
         goto out;
     }

@@ -2718,27 +2718,9 @@ static const char anchor_entries_sql[] =
     "SELECT k.package_id, COALESCE(p.next_serial, 0) FROM packages k "
     "LEFT JOIN products p ON p.package_id = k.package_id ORDER BY k.import_seq";
 
-static CK_RV head_locked(struct guardian_store *st, uint64_t *seq, uint8_t hash[GUARDIAN_HASH_LEN])
+uint64_t guardian_store_anchor_seq(const uint8_t *buf, size_t len)
 {
-    sqlite3_stmt *s = NULL;
-    bool row = false;
-    CK_RV rv = stmt_step(st, S_HEAD_GET, &s, &row, "read the chain head", "");
-    if (rv == CKR_OK && (!row || !column_uint(s, 0, INT64_MAX, seq) ||
-                         !column_blob_exact(s, 1, hash, GUARDIAN_HASH_LEN)))
-        rv = CKR_GUARDIAN_AUDIT_CORRUPT;
-    stmt_done(s);
-    return rv;
-}
-
-CK_RV guardian_store_head_seq(struct guardian_store *st, uint64_t *seq)
-{
-    uint8_t hash[GUARDIAN_HASH_LEN];
-    CK_RV rv = st != NULL && seq != NULL ? store_enter(st) : CKR_ARGUMENTS_BAD;
-    if (rv != CKR_OK)
-        return rv;
-    rv = head_locked(st, seq, hash);
-    store_leave(st);
-    return rv;
+    return buf != NULL && len >= ANCHOR_HEADER && memcmp(buf, ANCHOR_MAGIC, 4) == 0 ? get_be(buf + 8, 8) : 0;
 }
 
 CK_RV guardian_store_anchor_get(struct guardian_store *st, uint8_t **buf, size_t *len)
@@ -2759,7 +2741,7 @@ CK_RV guardian_store_anchor_get(struct guardian_store *st, uint8_t **buf, size_t
     }
     memcpy(b, ANCHOR_MAGIC, 4);
     put_be(b + 4, 1, 4);
-    rv = head_locked(st, &seq, b + 16);
+    rv = audit_head_get(st, &seq, b + 16);
     if (rv != CKR_OK)
         goto out;
     put_be(b + 8, seq, 8);
@@ -2824,7 +2806,7 @@ CK_RV guardian_store_anchor_check(struct guardian_store *st, const uint8_t *buf,
         goto out;
     }
     a_seq = get_be(buf + 8, 8);
-    rv = head_locked(st, &seq, hash);
+    rv = audit_head_get(st, &seq, hash);
     if (rv != CKR_OK)
         goto out;
     rv = CKR_GUARDIAN_STATE_ROLLBACK;

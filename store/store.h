@@ -272,7 +272,7 @@ CK_RV guardian_store_audit_each(struct guardian_store *st,
  *   be written again). */
 CK_RV guardian_store_anchor_get(struct guardian_store *st, uint8_t **buf, size_t *len);
 CK_RV guardian_store_anchor_check(struct guardian_store *st, const uint8_t *buf, size_t len, int *newer);
-/* The chain head's seq: 0 for a store with no record. */
-CK_RV guardian_store_head_seq(struct guardian_store *st, uint64_t *seq);
+/* The chain head's seq an anchor names (0 for bytes that are no anchor). */
+uint64_t guardian_store_anchor_seq(const uint8_t *buf, size_t len);
 
 #endif /* GUARDIAN_STORE_H */
