@@ -248,21 +248,20 @@ static CK_RV read_attr(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HAND
     if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
         return CKR_OK;
     if (a.ulValueLen > cap) {
-        *len = a.ulValueLen; /* longer than anything compared exactly */
-        /* Read the prefix by reading the whole value would need a buffer of
-         * the object's size; labels and IDs beyond `cap` are not ours, but a
-         * prefix still decides ownership: read it whole. */
-        {
-            CK_BYTE *tmp = malloc(a.ulValueLen);
-            if (tmp == NULL)
-                return CKR_HOST_MEMORY;
-            a.pValue = tmp;
-            rv = be->C_GetAttributeValue(s, h, &a, 1);
-            if (rv == CKR_OK)
-                memcpy(buf, tmp, cap);
-            free(tmp);
-            return rv;
+        /* Longer than anything compared exactly (the full length says so),
+         * but its prefix still decides ownership (a package label can be
+         * ~200 bytes): read it whole, keep the first `cap` bytes. */
+        CK_BYTE *tmp = malloc(a.ulValueLen);
+        if (tmp == NULL)
+            return CKR_HOST_MEMORY;
+        a.pValue = tmp;
+        rv = be->C_GetAttributeValue(s, h, &a, 1);
+        if (rv == CKR_OK) {
+            memcpy(buf, tmp, cap);
+            *len = a.ulValueLen;
         }
+        free(tmp);
+        return rv;
     }
     a.pValue = buf;
     rv = be->C_GetAttributeValue(s, h, &a, 1);

@@ -442,6 +442,30 @@ static void test_operator_objects_unaffected(void **st)
     assert_int_equal(derive("op-1"), CKR_OK);
 }
 
+/* A package label longer than the policy's read buffer (~100 bytes with a
+ * 64-character product ID) is classified by its prefix all the same. */
+static void test_long_labels_are_owned(void **st)
+{
+    char cmd[PATH_MAX * 3], label[160];
+    const char *product = "P123456789012345678901234567890123456789012345678901234567890123";
+    CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0};
+    CK_OBJECT_HANDLE key, copy;
+    (void)st;
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && %s create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem"
+             " --ca-key ca.key --ca-cert ca.pem --ca-chain oem-root.pem --oem-id ACME --product-id %s --release 1"
+             " --units 5 --not-after +30 --out long.gpk >/dev/null",
+             token.dir, getenv("GUARDIAN_TEST_WRAP"), product);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(import("long.gpk"), CKR_OK);
+    snprintf(label, sizeof(label), "guardian:ACME/%s/r1:production-ca", product);
+    assert_true(strlen(label) > 64);
+    key = find_one(CKO_PRIVATE_KEY, CKA_LABEL, label, strlen(label));
+    assert_int_equal(m->C_SignInit(s, &ecdsa, key), CKR_KEY_FUNCTION_NOT_PERMITTED);
+    assert_int_equal(m->C_CopyObject(s, key, NULL, 0, &copy), CKR_ACTION_PROHIBITED);
+    assert_int_equal(m->C_DestroyObject(s, key), CKR_ACTION_PROHIBITED);
+}
+
 /* ---- OEM roots sign only for their OEM IDs ---------------------------------------------- */
 
 static void test_roots_bound_to_oem_ids(void **st)
@@ -533,6 +557,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_wrap_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_marks_cannot_be_forged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_operator_objects_unaffected, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_labels_are_owned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roots_bound_to_oem_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_restored_backup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_deleted, setup, teardown),
