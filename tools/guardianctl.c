@@ -22,6 +22,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,6 +148,10 @@ void open_token(const char *module_path)
     CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
     CK_RV rv;
 
+    /* A module that remotes its calls (p11-kit-client.so, to the Guardian
+     * service) writes to a socket: when the service has gone, that write must
+     * fail with CKR_DEVICE_ERROR, not end this process (docs/service-mode.md). */
+    signal(SIGPIPE, SIG_IGN);
     if (dl == NULL)
         die("cannot load the Guardian module %s: %s (use --module or GUARDIAN_MODULE)", module_path, dlerror());
     get = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList");
@@ -169,6 +174,10 @@ void open_token(const char *module_path)
             return;
         }
     }
+    if (strstr(module_path, "p11-kit-client") != NULL)
+        die("no token labelled '%s' through the Guardian service at %s: is the service running, and are you in "
+            "its operators' group? (p11-kit-client.so shows no token when it cannot connect; docs/service-mode.md)",
+            token_label, getenv("P11_KIT_SERVER_ADDRESS") ? getenv("P11_KIT_SERVER_ADDRESS") : "(P11_KIT_SERVER_ADDRESS unset)");
     die("no token labelled '%s' (use --token or GUARDIAN_TOKEN; 'pkcs11-tool --module %s -L' lists them)",
         token_label, module_path);
 }
