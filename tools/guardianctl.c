@@ -842,14 +842,74 @@ struct guardian_store *open_store(void)
     return st;
 }
 
+/* Whether this account can read the store the module writes: on the bench
+ * (the module in this process) it can; an operator of the Guardian service
+ * cannot, the state directory is the service account's (docs/service-mode.md),
+ * nor need there be a configuration on the operator's side. */
+int store_readable(void)
+{
+    struct guardian_config cfg;
+    char err[512];
+    return guardian_config_load(&cfg, err, sizeof(err)) && access(cfg.state_dir, R_OK | X_OK) == 0;
+}
+
+/* The products as the module serves them: one CKO_GUARDIAN_PACKAGE object per
+ * installed release, read by the module from its store. */
+static CK_RV products_from_token(CK_RV (*each)(const struct guardian_product *, void *), void *ctx)
+{
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_PACKAGE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
+    CK_OBJECT_HANDLE h[256];
+    CK_ULONG n;
+    need_token();
+    n = find_all(t, 1, h, 256);
+    for (CK_ULONG i = 0; i < n; i++) {
+        struct guardian_product p = {0};
+        CK_ULONG release = 0, authorised = 0, issued = 0, remaining = 0, not_after = 0;
+        CK_ATTRIBUTE a[] = {{CKA_GUARDIAN_OEM_ID, p.oem_id, sizeof(p.oem_id) - 1},
+                            {CKA_GUARDIAN_PRODUCT_ID, p.product_id, sizeof(p.product_id) - 1},
+                            {CKA_GUARDIAN_RELEASE, &release, sizeof(release)},
+                            {CKA_GUARDIAN_AUTHORISED_UNITS, &authorised, sizeof(authorised)},
+                            {CKA_GUARDIAN_ISSUED_UNITS, &issued, sizeof(issued)},
+                            {CKA_GUARDIAN_REMAINING_UNITS, &remaining, sizeof(remaining)},
+                            {CKA_GUARDIAN_NOT_AFTER, &not_after, sizeof(not_after)}};
+        CK_RV rv = p11->C_GetAttributeValue(session, h[i], a, sizeof(a) / sizeof(a[0]));
+        if (rv != CKR_OK)
+            return rv;
+        p.oem_id[a[0].ulValueLen] = '\0';
+        p.product_id[a[1].ulValueLen] = '\0';
+        p.release_version = (uint32_t)release;
+        p.authorised_units = authorised;
+        p.issued_units = issued;
+        p.remaining_units = remaining;
+        p.not_after = (int64_t)not_after;
+        rv = each(&p, ctx);
+        if (rv != CKR_OK)
+            return rv;
+    }
+    return CKR_OK;
+}
+
+/* Every installed product: from the store where this account can read it,
+ * else from the module's package objects (the Guardian service). */
+static CK_RV products_each(CK_RV (*each)(const struct guardian_product *, void *), void *ctx)
+{
+    struct guardian_store *st;
+    CK_RV rv;
+    if (!store_readable())
+        return products_from_token(each, ctx);
+    st = open_store();
+    rv = guardian_store_products_each(st, each, ctx);
+    guardian_store_close(st);
+    return rv;
+}
+
 static int cmd_products(void)
 {
-    struct guardian_store *st = open_store();
     CK_RV rv;
     printf("%-16s %-20s %8s %10s %10s %10s  %s\n", "OEM", "PRODUCT", "RELEASE", "AUTHORISED", "ISSUED", "REMAINING",
            "NOT AFTER");
-    rv = guardian_store_products_each(st, print_product, NULL);
-    guardian_store_close(st);
+    rv = products_each(print_product, NULL);
     if (rv != CKR_OK)
         die("cannot list products: %s", ckr(rv));
     return 0;
@@ -915,16 +975,16 @@ static int parse_probe_line(char *line, struct probe_line *out)
 static int cmd_status(void)
 {
     struct guardian_config cfg;
-    struct guardian_store *st;
     CK_TOKEN_INFO ti;
     CK_OBJECT_HANDLE cert, roots[64], probe_out = CK_INVALID_HANDLE;
     CK_ULONG n_roots, probe_len = 0;
     char err[512], field[65], *probe_text = NULL, *save = NULL, *line;
-    int n_not = 0;
+    int n_not = 0, have_cfg;
     CK_RV rv;
 
-    if (!guardian_config_load(&cfg, err, sizeof(err)))
-        die("%s", err);
+    /* No configuration here: the module runs elsewhere (the Guardian service,
+     * whose configuration and state are its own account's). */
+    have_cfg = guardian_config_load(&cfg, err, sizeof(err));
     login(CKU_USER);
 
     P11(p11->C_GetTokenInfo(slot, &ti));
@@ -941,9 +1001,14 @@ static int cmd_status(void)
     print_token_flags(ti.flags);
 
     printf("\nBackend\n");
-    printf("  library       %s\n", cfg.backend);
-    printf("  configuration %s\n", cfg.source[0] ? cfg.source : "(none: GUARDIAN_BACKEND from the environment)");
-    printf("  state         %s\n", cfg.state_dir);
+    if (have_cfg) {
+        printf("  library       %s\n", cfg.backend);
+        printf("  configuration %s\n", cfg.source[0] ? cfg.source : "(none: GUARDIAN_BACKEND from the environment)");
+        printf("  state         %s\n", cfg.state_dir);
+    } else {
+        printf("  behind %s: the module, its configuration and its state are the Guardian service's\n",
+               module_path);
+    }
 
     printf("\nGuardian identity\n");
     cert = find_identity(CKO_CERTIFICATE);
@@ -997,11 +1062,9 @@ static int cmd_status(void)
         printf("  none ('" PROG " enroll-oem ROOT.pem --oem-id OEM')\n");
 
     printf("\nProducts\n");
-    st = open_store();
     printf("  %-16s %-20s %8s %10s %10s %10s  %s\n", "OEM", "PRODUCT", "RELEASE", "AUTHORISED", "ISSUED",
            "REMAINING", "NOT AFTER");
-    rv = guardian_store_products_each(st, print_product, "  ");
-    guardian_store_close(st);
+    rv = products_each(print_product, "  ");
     if (rv != CKR_OK)
         die("cannot list products: %s", ckr(rv));
 
@@ -1028,7 +1091,7 @@ static int cmd_status(void)
 
     printf("\nThrough the Guardian module every Guardian object is refused to standard calls. Someone who holds "
            "this backend's own user PIN and loads %s directly could still:\n",
-           cfg.backend);
+           have_cfg ? cfg.backend : "the backend's module");
     save = NULL;
     for (line = strtok_r(probe_text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
         struct probe_line pl;
@@ -1046,13 +1109,18 @@ static int cmd_status(void)
            "choosing;\n"
            "  - delete token objects, including the state anchor, the enrolled OEM roots and the Guardian "
            "identity;\n"
-           "  - read the state directory %s (packages imported, counters, the audit trail), and change it where "
+           "  - read the state directory%s%s (packages imported, counters, the audit trail), and change it where "
            "the account can write it.\n",
-           cfg.state_dir);
+           have_cfg ? " " : "", have_cfg ? cfg.state_dir : "");
     if (n_not == 0)
         printf("(The backend enforced every protection it supports; the remainder above is what no backend "
                "setting removes.)\n");
-    printf("Service mode (p11-kit server, next issue) removes that: the operators never hold the backend's PIN.\n");
+    if (have_cfg)
+        printf("Service mode (docs/service-mode.md) removes that: the operators never hold the backend's PIN.\n");
+    else
+        printf("Here the module runs in the Guardian service: the backend's PIN, its token and the state directory "
+               "belong to the service's account, and operators hold none of them (root on the service's host "
+               "does; docs/service-mode.md).\n");
     free(probe_text);
     return 0;
 }

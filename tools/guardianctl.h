@@ -60,6 +60,9 @@ void need_token(void);
 void close_token(void);
 /* The store in the configured state directory (dies if it cannot be opened). */
 struct guardian_store *open_store(void);
+/* Whether this account can read that store: not an operator of the Guardian
+ * service, whose state belongs to the service's account. */
+int store_readable(void);
 
 CK_ULONG find_all(CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max);
 /* malloc'd value (NUL-terminated for convenience); dies on error. */
