@@ -180,6 +180,26 @@ for lang in "${LANGS[@]}"; do
     check_eq "$lang: the report holds each certificate the example wrote out" 0 "$missing"
 done
 
+# docs/vendor-interface.md: a vendor CK_ULONG of another size than the
+# module's (a 32-bit client's 4 bytes) crosses the RPC unchanged and is
+# refused, never misread.
+cat >ulong4.py <<'PY'
+import sys
+import PyKCS11
+lib = PyKCS11.PyKCS11Lib()
+lib.load(sys.argv[1])
+slot = [s for s in lib.getSlotList(True) if lib.getTokenInfo(s).label.strip() == sys.argv[2]][0]
+session = lib.openSession(slot, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+session.login(sys.argv[3])
+try:
+    session.createObject([(PyKCS11.CKA_CLASS, 0xC7440002), (0xC7440010, (2).to_bytes(4, "little"))])
+    print("accepted")
+except PyKCS11.PyKCS11Error as e:
+    print(hex(e.value))
+PY
+check_eq "a 4-byte CK_ULONG request type through the RPC is CKR_GUARDIAN_REQUEST_INVALID" 0xc7440040 \
+    "$("$PY" ulong4.py "$CLIENT" "$LABEL" "$USER_PIN" 2>&1)"
+
 # The store itself (guardianctl products reads it directly, not through the
 # module): each product issued exactly what its example asked for, so no unit
 # stayed reserved in a p11-kit-remote process after its client left.
