@@ -48,7 +48,7 @@ cleanup() {
     "$SETUP" uninstall "${opts[@]}" --purge >/dev/null 2>&1
     for a in "$op" "$other" "$svc"; do userdel "$a" 2>/dev/null; done
     for g in "$ops" "$svc" "$op" "$other"; do groupdel "$g" 2>/dev/null; done
-    rm -rf "$work"
+    [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"
 }
 trap cleanup EXIT
 section() { printf '\n# %s\n' "$*"; }
@@ -298,10 +298,13 @@ expect_rc "status before the service runs: as installed" 0 "^OK$" -- "$SETUP" st
 # ---- 4. the service and an operator --------------------------------------------------------
 
 section "4. the service (guardian-service-setup run) and an operator"
-"$SETUP" run "${opts[@]}" >service.log 2>&1 &
-service=$!
-pids+=("$service")
+# Under strace, to check the unit's system call filter and
+# MemoryDenyWriteExecute= against what the service really does.
+strace -f -qq -o service.trace "$SETUP" run "${opts[@]}" >service.log 2>&1 &
+pids+=($!)
 for _ in $(seq 100); do grep -q '^ready:' service.log && break; sleep 0.1; done
+service=$(head -n 1 service.trace | awk '{print $1}')
+pids+=("$service")
 expect "run: the service is ready" 0 "^ready: P11_KIT_SERVER_ADDRESS=unix:path=$sock" -- cat service.log
 mode_is "$sock" 0660 "$svc:$ops"
 mode_is "$(dirname "$sock")" 0750 "$svc:$ops"
@@ -347,11 +350,34 @@ pin_refused "backend.pin owned by root"
 chown "$svc" "$conf/backend.pin"
 expect "backend.pin 0400 again: alice works" 0 "behind $CLIENT" -- opctl status
 kill -TERM "$service"
-wait "$service"
-rc=$?
-[ $rc = 0 ] && ok "run stops on SIGTERM (exit 0)" || ko "run on SIGTERM: exit $rc"
+for _ in $(seq 50); do kill -0 "$service" 2>/dev/null || break; sleep 0.1; done
+expect "run stops on SIGTERM, exit 0" 0 "^$service exit_group\(0\)" -- cat service.trace
 [ ! -e "$sock" ] && ok "... and its socket is gone" || ko "the socket is left"
 unset P11_KIT_SERVER_ADDRESS GUARDIAN_PIN
+
+# The system calls of p11-kit server, its p11-kit-remote processes and the
+# module in them (every process from the exec of p11-kit on), against the
+# unit's SystemCallFilter=@system-service ~@privileged @resources.
+traced=$(awk '
+    /execve\("[^"]*p11-kit[^"]*"/ && / = 0$/ { mine[$1] = 1 }
+    ($1 in mine) && /(clone|clone3|fork|vfork)[(]/ && / = [0-9]+$/ { mine[$NF] = 1 }
+    ($1 in mine) && /resumed>/ && /(clone|clone3|fork|vfork) resumed>/ && / = [0-9]+$/ { mine[$NF] = 1 }
+    ($1 in mine) { line = $0; sub(/^[0-9]+ +/, "", line); sub(/^<\.\.\. /, "", line)
+                   if (match(line, /^[a-z_0-9]+/)) print substr(line, RSTART, RLENGTH) }' service.trace | sort -u)
+if command -v systemd-analyze >/dev/null; then
+    group() { # @GROUP: its system calls, nested groups expanded
+        systemd-analyze syscall-filter "$1" | sed -e 's/#.*//' -e 's/^ *//' | grep -v -e '^$' -e "^$1\$" |
+            while read -r c; do case $c in @*) group "$c" ;; *) echo "$c" ;; esac; done
+    }
+    allowed=$(comm -23 <(group @system-service | sort -u) <({ group @privileged; group @resources; } | sort -u))
+    outside=$(comm -23 <(echo "$traced") <(echo "$allowed") | tr '\n' ' ')
+    [ -n "$traced" ] && [ -z "$outside" ] &&
+        ok "the service's $(wc -l <<<"$traced") system calls are all in the unit's filter" ||
+        ko "system calls outside the unit's filter: ${outside:-(none traced)}"
+fi
+wx=$(grep -c -E '(mmap|mprotect|pkey_mprotect)\(.*(PROT_WRITE\|PROT_EXEC|PROT_READ\|PROT_WRITE\|PROT_EXEC)|mprotect\(.*PROT_EXEC' service.trace)
+[ "$wx" = 0 ] && ok "no mapping made writable and executable (MemoryDenyWriteExecute=yes holds)" ||
+    ko "$wx writable+executable mappings: $(grep -m2 -E 'PROT_WRITE\|PROT_EXEC|mprotect\(.*PROT_EXEC' service.trace)"
 
 # ---- 5. the demo ---------------------------------------------------------------------------
 
