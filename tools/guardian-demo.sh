@@ -122,7 +122,7 @@ service_up() {
     done
     grep -q '^ready:' "$work/service.log" || { cat "$work/service.log" >&2; die "the service did not start"; }
     step "The service runs as $svc_user; alice works as $op_user through $client_module"
-    ps -o user=,pid=,args= --ppid "$service_pid" -p "$service_pid" | sed 's/^/  /'
+    ps -o user:16=,pid=,args= --ppid "$service_pid" -p "$service_pid" | sed 's/^/  /'
     ls -l "$svc_socket" | sed 's/^/  /'
     echo "  P11_KIT_SERVER_ADDRESS=$address"
     export GUARDIAN_PIN="alice:$alice_secret" GUARDIAN_SO_PIN="$so_secret" # demo only: they would type them
@@ -160,11 +160,11 @@ service_boundary() {
     refused_to_operator "    list the token directory" ls "$svc_tokens/tokens"
     refused_to_operator "    read the state (guardian.db)" cat "$svc_state/guardian.db"
     refused_to_operator "    copy the state, to restore it later" cp -a "$svc_state" "$opdir/state-copy"
-    refused_to_operator "    the backend directly with the service's SoftHSM configuration" \
+    refused_to_operator "    the backend directly with the service's SoftHSM configuration (unreadable)" \
         env SOFTHSM2_CONF="$svc_tokens/softhsm2.conf" pkcs11-tool --module "$softhsm" -L
     printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\n' "$svc_tokens" >"$opdir/softhsm2.conf"
     chown "$op_user" "$opdir/softhsm2.conf"
-    refused_to_operator "    the backend directly with a configuration of its own naming the token directory" \
+    refused_to_operator "    the backend directly with a configuration of its own naming the token directory (unreadable)" \
         env SOFTHSM2_CONF="$opdir/softhsm2.conf" pkcs11-tool --module "$softhsm" --token-label guardian-demo -O
 }
 
@@ -256,7 +256,11 @@ wrap inspect "$work/acme-sensor-1-r1.gpk" --oem-root "$oem/root.pem" --guardian-
 openssl cms -verify -inform DER -in "$work/acme-sensor-1-r1.gpk" -CAfile "$oem/root.pem" -binary \
     -out /dev/null 2>&1 | sed 's/^/  openssl cms: /'
 
-step "5. Import into the Guardian: C_UnwrapKey, unwrapped inside the HSM"
+if [ "$service" = 1 ]; then
+    step "5. Import into the Guardian: the import request through the service, unwrapped inside the HSM"
+else
+    step "5. Import into the Guardian: C_UnwrapKey, unwrapped inside the HSM"
+fi
 ctl import "$work/acme-sensor-1-r1.gpk" | tee "$work/import.txt" | sed 's/^/  /'
 echo "  a replay is refused:"
 ctl import "$work/acme-sensor-1-r1.gpk" 2>&1 | grep guardianctl | sed 's/^/    /' || true
@@ -266,7 +270,11 @@ p11 --token-label guardian-demo --login --pin env:GUARDIAN_PIN --list-objects --
 
 [ "$service" = 1 ] || cp -a "$work/state" "$work/state-backup" # a copy an operator might restore later
 
-step "6. Production: $parts parts, one certificate each (C_DeriveKey through the module)"
+if [ "$service" = 1 ]; then
+    step "6. Production: $parts parts, one certificate each (a device-certificate request each, through the service)"
+else
+    step "6. Production: $parts parts, one certificate each (C_DeriveKey through the module)"
+fi
 ctl provision --product ACME/SENSOR-1 --count "$parts" --threads 2 --out "$opdir/certs" 2>&1 | sed 's/^/  /'
 ctl products | sed 's/^/  /'
 echo "  one of them:"
@@ -311,7 +319,8 @@ step "8. OEM side, offline: verify the report against the Guardian certificate a
 wrap verify-report "$work/audit-report.txt" --guardian "$gpem" \
     --ca-chain "$oem/production-ca.pem" --root "$oem/root.pem" 2>&1 | sed 's/^/  /'
 echo "  a copy whose import record claims 9000 authorised units instead of 1000 is rejected:"
-sed '0,/^record 1 IMPORT/s/ 1000 0000000000000000/ 9000 0000000000000000/' "$work/audit-report.txt" \
+# (the first IMPORT record, whatever its number: credential records may come first)
+sed '0,/^record [0-9]* IMPORT /{/^record [0-9]* IMPORT /s/ 1000 / 9000 /}' "$work/audit-report.txt" \
     >"$work/audit-altered.txt"
 if wrap verify-report "$work/audit-altered.txt" --guardian "$gpem" \
     --ca-chain "$oem/production-ca.pem" --root "$oem/root.pem" >"$work/altered.out" 2>&1; then

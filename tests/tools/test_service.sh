@@ -301,7 +301,8 @@ section "4. the service (guardian-service-setup run) and an operator"
 # Under strace, to check the unit's system call filter and
 # MemoryDenyWriteExecute= against what the service really does.
 strace -f -qq -o service.trace "$SETUP" run "${opts[@]}" >service.log 2>&1 &
-pids+=($!)
+tracer=$!
+pids+=("$tracer")
 for _ in $(seq 100); do grep -q '^ready:' service.log && break; sleep 0.1; done
 service=$(head -n 1 service.trace | awk '{print $1}')
 pids+=("$service")
@@ -346,12 +347,14 @@ chmod 0644 "$conf/backend.pin"
 pin_refused "backend.pin 0644"
 chmod 0400 "$conf/backend.pin"
 chown root "$conf/backend.pin"
-pin_refused "backend.pin owned by root"
+pin_refused "backend.pin owned by root (0400: the service cannot read it)"
 chown "$svc" "$conf/backend.pin"
 expect "backend.pin 0400 again: alice works" 0 "behind $CLIENT" -- opctl status
 kill -TERM "$service"
-for _ in $(seq 50); do kill -0 "$service" 2>/dev/null || break; sleep 0.1; done
-expect "run stops on SIGTERM, exit 0" 0 "^$service exit_group\(0\)" -- cat service.trace
+# strace ends (and has written everything) once its last tracee has.
+for _ in $(seq 100); do kill -0 "$tracer" 2>/dev/null || break; sleep 0.1; done
+wait "$tracer"
+expect "run stops on SIGTERM, exit 0" 0 "^$service +exit_group\(0\)" -- cat service.trace
 [ ! -e "$sock" ] && ok "... and its socket is gone" || ko "the socket is left"
 unset P11_KIT_SERVER_ADDRESS GUARDIAN_PIN
 
