@@ -83,7 +83,7 @@ setup=("$build/tools/guardian-service-setup")
 svc_opts=(--root "$sandbox" --user "$svc_user" --group "$svc_user" --operators-group "$ops_group"
     --conf-dir "$svc_conf" --state-dir "$svc_state" --token-dir "$svc_tokens" --socket "$svc_socket"
     --token guardian-demo --module "$module" --guardianctl "$build/tools/guardianctl")
-service_pid=""
+service_pid="" made_accounts=0 made_op=0
 
 # as_operator CMD...: CMD as the operator's account (its groups: its own and
 # the operators'), in its directory, with the client's environment. PINs stay
@@ -97,9 +97,11 @@ as_operator() {
 service_up() {
     step "The Guardian service in a sandbox ($sandbox), made by guardian-service-setup"
     chmod 0755 "$work"
+    made_accounts=1 # from here on, service_down removes what the demo made
     if ! getent passwd "$op_user" >/dev/null; then
         useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
             --comment "Guardian demo operator" "$op_user"
+        made_op=1
     fi
     echo "  the operator's account: $op_user (no PIN of the backend, nothing of the service)"
     mkdir -p "$opdir"
@@ -129,16 +131,19 @@ service_up() {
 }
 
 service_down() {
-    [ -n "$service_pid" ] || return 0
-    kill -TERM "$service_pid" 2>/dev/null || true
-    wait "$service_pid" 2>/dev/null || true
-    service_pid=""
+    if [ -n "$service_pid" ]; then
+        kill -TERM "$service_pid" 2>/dev/null || true
+        wait "$service_pid" 2>/dev/null || true
+        service_pid=""
+    fi
+    [ "$made_accounts" = 1 ] || return 0
+    made_accounts=0
     if [ "$keep" = 1 ]; then
         echo "kept the service's accounts and files; remove them with:"
         echo "  ${setup[*]} uninstall ${svc_opts[*]} --purge; userdel $op_user"
     else
         "${setup[@]}" uninstall "${svc_opts[@]}" --purge >/dev/null || echo "guardian-demo: uninstall failed" >&2
-        userdel "$op_user" 2>/dev/null || true
+        [ "$made_op" = 0 ] || userdel "$op_user" 2>/dev/null || true
     fi
 }
 

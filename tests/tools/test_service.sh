@@ -34,6 +34,16 @@ SOFTHSM=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
 PY=/usr/bin/python3
 HOLD=$HERE/p11kit_client.py
+# An ASan-built module (tests/run-all.sh's second build) inside p11-kit's
+# processes needs ASan's runtime preloaded into them, and then they hang:
+# p11-kit-remote at exit (libp11-kit's destructor waits in freelocale for
+# glibc's locale lock) and p11-kit server at its first refused connection
+# (measured, p11-kit 0.24.1). The module's own code runs under ASan in the
+# integration tests; the service is tested in the normal build.
+if ldd "$M" 2>/dev/null | grep -q libasan; then
+    echo "SKIP: $M is built with ASan, which hangs p11-kit server and p11-kit-remote (see the comment); the normal build runs this test"
+    exit 77
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/service-test-XXXXXX")
 chmod 0755 "$work"
@@ -41,10 +51,16 @@ cd "$work" || exit 1
 prefix=gts$$
 svc=$prefix-svc ops=$prefix-ops op=$prefix-op other=$prefix-other
 pids=() opts=()
+# stop PID: SIGTERM, up to 5 s to end, then SIGKILL; returns its exit status.
+stop() {
+    kill -TERM "$1" 2>/dev/null || return 0
+    for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null && echo "(pid $1 did not end on SIGTERM: killed)"
+    wait "$1" 2>/dev/null
+}
 cleanup() {
     local p
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+    for p in "${pids[@]}"; do stop "$p"; done
     "$SETUP" uninstall "${opts[@]}" --purge >/dev/null 2>&1
     for a in "$op" "$other" "$svc"; do userdel "$a" 2>/dev/null; done
     for g in "$ops" "$svc" "$op" "$other"; do groupdel "$g" 2>/dev/null; done
@@ -77,12 +93,11 @@ server_start() {
     for _ in $(seq 50); do grep -q P11_KIT_SERVER_ADDRESS "$log" && return 0; sleep 0.1; done
     return 1
 }
-server_stop() {
-    kill -TERM "$server" 2>/dev/null
-    wait "$server" 2>/dev/null
-}
-# remotes: the p11-kit-remote processes serving $server's connections.
+server_stop() { stop "$server"; }
+# remotes: the p11-kit-remote processes serving $server's connections;
+# quiet: wait (up to 5 s) until there are none (the last client's has ended).
 remotes() { pgrep -P "$server" -d ' ' || true; }
+quiet() { for _ in $(seq 50); do [ -z "$(remotes)" ] && return 0; sleep 0.1; done; }
 
 # ---- 1. p11-kit server ---------------------------------------------------------------------
 
@@ -123,13 +138,13 @@ expect_rc "an account that cannot write the socket connects to nothing: no slots
 server_stop
 GUARDIAN_DEBUG=trace server_start facts/trace.log -n "$work/facts/s.sock" pkcs11:token=facts
 pkcs11-tool --module "$CLIENT" -L >/dev/null 2>&1
-sleep 0.3
+quiet
 r=$(grep -o 'guardian\[[0-9]*\]: trace: call: C_Finalize = ' facts/trace.log | sort | uniq -c | awk '{print $1}')
 [ "$r" = 2 ] && ok "a client's C_Finalize reaches the module (after p11-kit's own C_Initialize/C_Finalize/C_Initialize)" ||
     ko "C_Finalize lines of a client that finalized: '$r'"
-"$PY" "$HOLD" hold 1234 10 >/dev/null 2>&1 &
+"$PY" "$HOLD" hold 1234 10 >facts/c.out 2>&1 &
 c=$!
-sleep 1
+for _ in $(seq 50); do grep -q STATE facts/c.out && break; sleep 0.1; done
 rp=$(remotes)
 kill -KILL "$c"
 wait "$c" 2>/dev/null
@@ -151,18 +166,21 @@ survive() { # OUT ARGS...: p11kit_client.py survive; kills its p11-kit-remote on
     local p=$!
     exec 9>"$fifo"
     for _ in $(seq 50); do grep -q READY "$out" && break; sleep 0.1; done
-    kill -KILL "$(remotes)" 2>/dev/null
+    # shellcheck disable=SC2046 # one pid each
+    kill -KILL $(remotes) 2>/dev/null
     sleep 0.3
     echo go >&9
     exec 9>&-
     wait "$p"
 }
+quiet
 survive facts/survive.out
 if [ "$(sed -n 2,3p facts/survive.out | sort -u)" = "ERROR CKR_DEVICE_ERROR" ] && grep -q '^SLOTS 1' facts/survive.out; then
     ok "its p11-kit-remote killed: every later call CKR_DEVICE_ERROR, no reconnection; a new C_Initialize connects"
 else
     ko "after its p11-kit-remote died: $(tr '\n' ' ' <facts/survive.out)"
 fi
+quiet
 survive facts/sigpipe.out --sigpipe-default
 rc=$?
 [ "$rc" = 141 ] && ok "... and a client that does not ignore SIGPIPE dies of it (exit 141) at its next call" ||
@@ -209,8 +227,7 @@ if command -v systemd-socket-activate >/dev/null; then
     else
         ko "socket activation: the client exited $rc; own socket: $(ls "$work/facts/own.sock" 2>&1)"
     fi
-    kill -TERM "$act" 2>/dev/null # systemd-socket-activate execs the server: the same process
-    wait "$act" 2>/dev/null
+    stop "$act" # systemd-socket-activate execs the server: the same process
 else
     echo "SKIP LISTEN_FDS check: systemd-socket-activate is missing (package systemd)"
 fi
@@ -249,8 +266,8 @@ printf '%s\n%s\n' "$SO_SECRET" "$ALICE" >pins.txt
 strace -f -qq -e trace=execve -s 4096 -o install.trace "$SETUP" install "${opts[@]}" --operator alice \
     --so-pin-file - --operator-pin-file - --subject /CN=service-test <pins.txt >install.out 2>&1
 rc=$?
-[ $rc = 0 ] && ok "install" || { ko "install: exit $rc"; sed 's/^/    /' install.out; }
 sed 's/^/    /' install.out
+[ $rc = 0 ] && ok "install" || ko "install: exit $rc (its output above)"
 leaks=""
 for f in "$conf/backend.pin" "$conf/backend-so.pin"; do
     [ -r "$f" ] && leaks+=$(grep -c -F -f <(head -n 1 "$f") install.trace)
@@ -385,7 +402,7 @@ wx=$(grep -c -E '(mmap|mprotect|pkey_mprotect)\(.*(PROT_WRITE\|PROT_EXEC|PROT_RE
 # ---- 5. the demo ---------------------------------------------------------------------------
 
 section "5. tools/guardian-demo.sh --service"
-GUARDIAN_DEMO_ACCOUNTS=${prefix}d GUARDIAN_BUILD_DIR=$(dirname "$M") "$SRC/tools/guardian-demo.sh" --service --parts 50 \
+GUARDIAN_DEMO_ACCOUNTS="${prefix}d" GUARDIAN_BUILD_DIR="$(dirname "$M")" "$SRC/tools/guardian-demo.sh" --service --parts 50 \
     >demo.out 2>&1
 rc=$?
 if [ $rc = 0 ]; then
