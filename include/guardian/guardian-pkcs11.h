@@ -143,6 +143,13 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * CKA_LABEL, CKA_ID of the certificate object, as the derive template takes
  * them.  Returns the certificate object (CKO_CERTIFICATE, CKA_VALUE = DER). */
 #define CKG_GUARDIAN_REQ_DEVICE_CERT 8UL
+/* User session (read-only will do): the Guardian's state as only the module
+ * can read it, checked now: the configuration's paths, the audit trail's hash
+ * chain walked from its first record (its head, the records by type), the
+ * store against the token's anchor, the installed products and their units.
+ * No secret.  Returns a session CKO_DATA object whose CKA_VALUE is text, one
+ * "key=value" per line (docs/vendor-interface.md, "The status"). */
+#define CKG_GUARDIAN_REQ_STATUS 9UL
 
 /* ---- Return values ----------------------------------------------------- */
 
