@@ -3,7 +3,10 @@
  * through the Guardian PKCS#11 module, like any other PKCS#11 application, no
  * side door; every Guardian operation is a request (C_CreateObject of a
  * CKO_GUARDIAN_REQUEST), which p11-kit's RPC carries, so the module may run
- * in-process or behind `p11-kit server` (--module p11-kit-client.so).
+ * in-process or behind `p11-kit server` (--module p11-kit-client.so).  It
+ * reads neither the state directory nor the module's configuration (behind
+ * the server both are the service account's): products are the module's
+ * CKO_GUARDIAN_PACKAGE objects, the state is CKG_GUARDIAN_REQ_STATUS.
  *
  *   guardianctl [options] init [--subject DN] [--days N] [--csr FILE] [--out FILE]
  *   guardianctl [options] import-cert CERT.pem
