@@ -69,7 +69,7 @@ fi
 
 # ---- the accounts ------------------------------------------------------------------
 
-SVC= OP=
+SVC="" OP=""
 # shellcheck disable=SC2317 # called through on_exit
 remove_accounts() {
     local u
@@ -133,7 +133,7 @@ must "init token $LABEL (as the service's account)" as "$SVC" "${svc_env[@]}" so
 
 # ---- the servers --------------------------------------------------------------------
 
-SERVER_PID= SOFTHSM_SERVER_PID=
+SERVER_PID="" SOFTHSM_SERVER_PID=""
 # alive PID: the process runs (a zombie does not: it has ended, unreaped).
 alive() {
     local st
@@ -164,7 +164,7 @@ kill_servers() {
         if alive "$p"; then kill -9 "$p" 2>/dev/null || true; fi
         wait "$p" 2>/dev/null || true
     done
-    SERVER_PID= SOFTHSM_SERVER_PID=
+    SERVER_PID="" SOFTHSM_SERVER_PID=""
     return 0
 }
 on_exit kill_servers
