@@ -206,6 +206,40 @@ static CK_RV migrate_to_3(struct guardian_store *st, sqlite3 *db)
     return map_sqlite(st, rc, "migrate the schema to version 3");
 }
 
+/* 3 -> 4: Guardian credentials, and the operator of every record.
+ * credentials: one row per role and name (the SO: role 0, name ''; an
+ * operator: role 1 and its name), the scrypt salt, hash and parameters, the
+ * consecutive failures (counted durably before a PIN is compared) and when
+ * it was last set.  audit.operator: who was logged in when the record was
+ * written; audit.encoding: the canonical encoding its hash covers (store.h,
+ * enum guardian_audit_encoding) - 1 for every record written before this
+ * migration, whose hashes must still verify as they were computed, 2 for
+ * every record since. */
+static const char schema_v4[] =
+    "CREATE TABLE credentials ("
+    "  role       INTEGER NOT NULL CHECK (role IN (0, 1)),"
+    "  name       TEXT    NOT NULL CHECK (length(CAST(name AS BLOB)) <= 32),"
+    "  salt       BLOB    NOT NULL CHECK (length(salt) = 16),"
+    "  hash       BLOB    NOT NULL CHECK (length(hash) = 32),"
+    "  kdf_n      INTEGER NOT NULL CHECK (kdf_n BETWEEN 1 AND 4294967295),"
+    "  kdf_r      INTEGER NOT NULL CHECK (kdf_r BETWEEN 1 AND 4294967295),"
+    "  kdf_p      INTEGER NOT NULL CHECK (kdf_p BETWEEN 1 AND 4294967295),"
+    "  failures   INTEGER NOT NULL DEFAULT 0 CHECK (failures BETWEEN 0 AND 4294967295),"
+    "  changed_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (role, name),"
+    "  CHECK ((role = 0 AND name = '') OR (role = 1 AND name <> ''))"
+    ") WITHOUT ROWID;"
+    "ALTER TABLE audit ADD COLUMN operator TEXT NOT NULL DEFAULT '' "
+    "  CHECK (length(CAST(operator AS BLOB)) <= 32);"
+    "ALTER TABLE audit ADD COLUMN encoding INTEGER NOT NULL DEFAULT 1 "
+    "  CHECK (encoding IN (1, 2) AND (encoding = 2 OR operator = ''));";
+
+static CK_RV migrate_to_4(struct guardian_store *st, sqlite3 *db)
+{
+    int rc = sqlite3_exec(db, schema_v4, NULL, NULL, NULL);
+    return map_sqlite(st, rc, "migrate the schema to version 4");
+}
+
 struct migration {
     int to_version;
     /* Runs inside the migration's write transaction; may read and rewrite
@@ -218,6 +252,7 @@ static const struct migration migrations[] = {
     {1, migrate_to_1},
     {2, migrate_to_2},
     {3, migrate_to_3},
+    {4, migrate_to_4},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -306,10 +341,10 @@ static const char *const stmt_sql[S_COUNT] = {
                    "max_time = CASE WHEN max_time IS NULL OR max_time < ?4 THEN ?4 ELSE max_time END "
                    "WHERE id = 1 AND seq = ?3",
     [S_AUDIT_INSERT] = "INSERT INTO audit (seq, type, time, oem_id, product_id, serial, device_id, digest, "
-                       "package_id, release_version, authorised_units, prev_hash, hash) "
-                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                       "package_id, release_version, authorised_units, prev_hash, hash, operator, encoding) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     [S_AUDIT_PAGE] = "SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, "
-                     "release_version, authorised_units, prev_hash, hash FROM audit "
+                     "release_version, authorised_units, prev_hash, hash, operator, encoding FROM audit "
                      "WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
     [S_HOLDER_INSERT] = "INSERT INTO holders (journal, opened_at) VALUES (?1, ?2)",
     [S_HOLDER_BY_JOURNAL] = "SELECT id FROM holders WHERE journal = ?1",
@@ -347,6 +382,11 @@ struct guardian_store {
      * it (holder_uncommitted while the transaction that adds it is open). */
     sqlite3_int64 holder_id;
     bool holder_uncommitted;
+    /* Who every record this handle writes names (guardian_store_set_operator);
+     * operator_invalid: the last name set was refused, and so is every write
+     * that would record it until a valid one is set. */
+    char operator_name[GUARDIAN_OPERATOR_MAX + 1];
+    bool operator_invalid;
     struct guardian_store *next_abandoned;
 };
 
@@ -688,6 +728,20 @@ static bool column_id(sqlite3_stmt *s, int col, char out[GUARDIAN_ID_MAX + 1])
     return true;
 }
 
+/* An operator's name (TEXT, guardian_operator_name_ok, "" allowed). */
+static bool column_operator(sqlite3_stmt *s, int col, char out[GUARDIAN_OPERATOR_MAX + 1])
+{
+    const unsigned char *text = sqlite3_column_text(s, col);
+    int n = sqlite3_column_bytes(s, col);
+
+    if (sqlite3_column_type(s, col) != SQLITE_TEXT || text == NULL || n < 0 || n > GUARDIAN_OPERATOR_MAX ||
+        memchr(text, '\0', (size_t)n) != NULL)
+        return false;
+    memcpy(out, text, (size_t)n);
+    out[n] = '\0';
+    return guardian_operator_name_ok(out);
+}
+
 /* A BLOB of 0..max bytes; the length goes to *len. */
 static bool column_blob(sqlite3_stmt *s, int col, void *out, size_t max, size_t *len)
 {
@@ -769,10 +823,10 @@ static CK_RV product_from_row(sqlite3_stmt *s, struct guardian_product *p)
 /* A row of S_AUDIT_PAGE; false if any field is out of its domain. */
 static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
 {
-    uint64_t type = 0, release = 0;
+    uint64_t type = 0, release = 0, encoding = 0;
 
     memset(r, 0, sizeof(*r));
-    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_JOURNAL_LOST, &type) ||
+    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_CREDENTIAL, &type) ||
         type < GUARDIAN_AUDIT_IMPORT || sqlite3_column_type(s, 2) != SQLITE_INTEGER || !column_id(s, 3, r->oem_id) ||
         !column_id(s, 4, r->product_id) || !column_uint(s, 5, INT64_MAX, &r->serial) ||
         !column_blob(s, 6, r->device_id, sizeof(r->device_id), &r->device_id_len) ||
@@ -780,11 +834,13 @@ static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
         !column_blob_exact(s, 8, r->package_id, sizeof(r->package_id)) || !column_uint(s, 9, UINT32_MAX, &release) ||
         !column_uint(s, 10, INT64_MAX, &r->authorised_units) ||
         !column_blob_exact(s, 11, r->prev_hash, sizeof(r->prev_hash)) ||
-        !column_blob_exact(s, 12, r->hash, sizeof(r->hash)))
+        !column_blob_exact(s, 12, r->hash, sizeof(r->hash)) || !column_operator(s, 13, r->operator_name) ||
+        !column_uint(s, 14, GUARDIAN_AUDIT_ENCODING_2, &encoding) || encoding < GUARDIAN_AUDIT_ENCODING_1)
         return false;
     r->type = (int)type;
     r->time = sqlite3_column_int64(s, 2);
     r->release_version = (uint32_t)release;
+    r->encoding = (int)encoding;
     return true;
 }
 
@@ -866,6 +922,44 @@ static CK_RV clock_check_locked(struct guardian_store *st, int64_t now, const ch
     return CKR_GUARDIAN_CLOCK_BEHIND;
 }
 
+/* A new record of `type` dated `t`, as this store writes every record now:
+ * encoding 2, naming the current operator (guardian_store_set_operator);
+ * every other field zero.  The caller holds the lock.  Refused while the
+ * operator last set was invalid: no record may name the wrong one. */
+static CK_RV record_init(struct guardian_store *st, struct guardian_audit_record *r, int type, int64_t t)
+{
+    memset(r, 0, sizeof(*r));
+    if (st->operator_invalid) {
+        guardian_error(STORE_LOG, "nothing is recorded while the operator name last set is invalid: set a valid "
+                                  "one (guardian_store_set_operator)");
+        return CKR_ARGUMENTS_BAD;
+    }
+    r->type = type;
+    r->time = t;
+    r->encoding = GUARDIAN_AUDIT_ENCODING_2;
+    memcpy(r->operator_name, st->operator_name, sizeof(r->operator_name));
+    return CKR_OK;
+}
+
+void guardian_store_set_operator(struct guardian_store *st, const char *name)
+{
+    if (st == NULL || store_enter(st) != CKR_OK)
+        return;
+    if (name == NULL)
+        name = "";
+    if (guardian_operator_name_ok(name)) {
+        snprintf(st->operator_name, sizeof(st->operator_name), "%s", name);
+        st->operator_invalid = false;
+    } else {
+        /* Never logged: it may be what a client typed. */
+        guardian_error(STORE_LOG, "an operator name that is not one ([a-z0-9][a-z0-9._-]{0,31}) was set: nothing is "
+                                  "recorded until a valid one is set");
+        st->operator_name[0] = '\0';
+        st->operator_invalid = true;
+    }
+    store_leave(st);
+}
+
 /* Fills r->seq, r->prev_hash and r->hash, inserts the record and moves the head. */
 static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_record *r)
 {
@@ -883,11 +977,12 @@ static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_recor
         goto out;
     }
 
-    rv = stmt_step(st, S_AUDIT_INSERT, &s, NULL, "append an audit record", "iiittibbbiibb", (sqlite3_int64)r->seq,
+    rv = stmt_step(st, S_AUDIT_INSERT, &s, NULL, "append an audit record", "iiittibbbiibbti", (sqlite3_int64)r->seq,
                    (sqlite3_int64)r->type, (sqlite3_int64)r->time, r->oem_id, r->product_id,
                    (sqlite3_int64)r->serial, r->device_id, (int)r->device_id_len, r->digest, GUARDIAN_HASH_LEN,
                    r->package_id, GUARDIAN_PACKAGE_ID_LEN, (sqlite3_int64)r->release_version,
-                   (sqlite3_int64)r->authorised_units, r->prev_hash, GUARDIAN_HASH_LEN, r->hash, GUARDIAN_HASH_LEN);
+                   (sqlite3_int64)r->authorised_units, r->prev_hash, GUARDIAN_HASH_LEN, r->hash, GUARDIAN_HASH_LEN,
+                   r->operator_name, (sqlite3_int64)r->encoding);
     if (rv != CKR_OK)
         goto out;
     stmt_done(s);
@@ -1468,9 +1563,9 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     if (rv != CKR_OK)
         goto out;
 
-    memset(&rec, 0, sizeof(rec));
-    rec.type = GUARDIAN_AUDIT_IMPORT;
-    rec.time = now;
+    rv = record_init(st, &rec, GUARDIAN_AUDIT_IMPORT, now);
+    if (rv != CKR_OK)
+        goto out;
     memcpy(rec.oem_id, pkg->oem_id, strlen(pkg->oem_id) + 1);
     memcpy(rec.product_id, pkg->product_id, strlen(pkg->product_id) + 1);
     memcpy(rec.digest, pkg->package_digest, GUARDIAN_HASH_LEN);
@@ -1785,9 +1880,9 @@ static CK_RV reserve_tx(struct guardian_store *st, void *ctx)
     if (rv != CKR_OK)
         goto out;
     for (uint64_t i = 0; i < n; i++) {
-        memset(&rec, 0, sizeof(rec));
-        rec.type = GUARDIAN_AUDIT_RESERVE;
-        rec.time = a->now;
+        rv = record_init(st, &rec, GUARDIAN_AUDIT_RESERVE, a->now);
+        if (rv != CKR_OK)
+            goto out;
         memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
         memcpy(rec.product_id, a->product_id, strlen(a->product_id) + 1);
         rec.serial = prod.next_serial + i;
@@ -1856,6 +1951,7 @@ struct issue_args {
     const uint8_t *cert;
     size_t cert_len;
     bool replay; /* from a journal: an ISSUE already recorded with this digest is fine */
+    const char *operator_name; /* from a journal: its record's operator; NULL: the current one */
 };
 
 /* Settle a reservation: ISSUE (the certificate left, or is about to leave, the
@@ -1915,9 +2011,11 @@ static CK_RV settle_tx(struct guardian_store *st, void *ctx)
     }
     stmt_done(s);
 
-    memset(&rec, 0, sizeof(rec));
-    rec.type = a->type;
-    rec.time = a->time != 0 ? a->time : (int64_t)time(NULL);
+    rv = record_init(st, &rec, a->type, a->time != 0 ? a->time : (int64_t)time(NULL));
+    if (rv != CKR_OK)
+        goto out;
+    if (a->operator_name != NULL) /* from a journal: who issued it, then */
+        memcpy(rec.operator_name, a->operator_name, sizeof(rec.operator_name));
     memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
     memcpy(rec.product_id, a->product_id, strlen(a->product_id) + 1);
     rec.serial = a->serial;
@@ -1971,7 +2069,7 @@ CK_RV guardian_store_commit_issue(struct guardian_store *st, const char *oem_id,
                                   const uint8_t cert_digest[GUARDIAN_HASH_LEN])
 {
     struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_ISSUE, device_id, device_id_len,
-                           cert_digest, NULL, 0, false};
+                           cert_digest, NULL, 0, false, NULL};
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
         cert_digest == NULL || serial == 0 || serial > INT64_MAX)
@@ -1985,7 +2083,7 @@ CK_RV guardian_store_issue(struct guardian_store *st, const char *oem_id, const 
     uint8_t digest[GUARDIAN_HASH_LEN];
     unsigned int dl = 0;
     struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_ISSUE, device_id, device_id_len,
-                           digest, cert, cert_len, false};
+                           digest, cert, cert_len, false, NULL};
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
         cert == NULL || cert_len == 0 || cert_len > GUARDIAN_CERT_MAX || serial == 0 || serial > INT64_MAX)
@@ -1999,7 +2097,8 @@ CK_RV guardian_store_issue(struct guardian_store *st, const char *oem_id, const 
 
 CK_RV guardian_store_release(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial)
 {
-    struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_RELEASE, NULL, 0, NULL, NULL, 0, false};
+    struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_RELEASE, NULL, 0, NULL, NULL, 0, false,
+                           NULL};
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || serial == 0 || serial > INT64_MAX)
         return CKR_ARGUMENTS_BAD;
@@ -2143,6 +2242,7 @@ static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *
         a.cert = jr.cert;
         a.cert_len = jr.cert_len;
         a.replay = true;
+        a.operator_name = jr.operator_name;
         rv = settle_tx(st, &a);
         if (rv == CKR_ARGUMENTS_BAD || rv == CKR_GUARDIAN_AUDIT_CORRUPT) {
             /* Refused before it wrote anything (settle_tx logged why). */
@@ -2264,9 +2364,9 @@ static CK_RV journal_lost_locked(struct guardian_store *st, sqlite3_int64 holder
                         list[j].serial == a->serial + (j - i);
              j++)
             ;
-        memset(&rec, 0, sizeof(rec));
-        rec.type = GUARDIAN_AUDIT_JOURNAL_LOST;
-        rec.time = (int64_t)time(NULL);
+        rv = record_init(st, &rec, GUARDIAN_AUDIT_JOURNAL_LOST, (int64_t)time(NULL));
+        if (rv != CKR_OK)
+            goto out;
         memcpy(rec.oem_id, a->oem_id, sizeof(rec.oem_id));
         memcpy(rec.product_id, a->product_id, sizeof(rec.product_id));
         rec.serial = a->serial;
@@ -2534,8 +2634,14 @@ static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const
 
     if (rv != CKR_OK)
         return rv;
+    if (st->operator_invalid) {
+        guardian_error(STORE_LOG, "nothing is recorded while the operator name last set is invalid: set a valid "
+                                  "one (guardian_store_set_operator)");
+        store_leave(st);
+        return CKR_ARGUMENTS_BAD;
+    }
     len = guardian_journal_encode(st->journal_buf, GUARDIAN_JOURNAL_RECORD_MAX, oem_id, product_id, serial,
-                                  (int64_t)time(NULL), device_id, device_id_len, cert, cert_len);
+                                  (int64_t)time(NULL), device_id, device_id_len, cert, cert_len, st->operator_name);
     rv = len > 0 ? CKR_OK : CKR_GENERAL_ERROR;
     while (rv == CKR_OK && done < len) {
         ssize_t n = write(st->journal_fd, st->journal_buf + done, len - done);
