@@ -320,6 +320,74 @@ CK_RV guardian_store_audit_each(struct guardian_store *st,
  * set: no record names the wrong one. */
 void guardian_store_set_operator(struct guardian_store *st, const char *name);
 
+/* ---- Guardian credentials --------------------------------------------------------- */
+
+/* In service mode (docs/configuration.md, backend_pin_file) C_Login takes the
+ * Guardian's own credentials, kept here: the SO's (role CKU_SO, name "") and
+ * one per operator (role CKU_USER, name [a-z0-9][a-z0-9._-]{0,31}, never
+ * "so", which names the SO in records).  The store keeps what the module
+ * derived (scrypt: salt, 32-byte hash, parameters) and the consecutive
+ * failures; it never sees a PIN.  Every write is one BEGIN IMMEDIATE
+ * transaction committed with synchronous=FULL: a failure counted is counted
+ * even if the process is killed or the power fails the moment after, and
+ * the CREDENTIAL audit record commits with the change it records.  No PIN,
+ * salt or hash ever goes into a record. */
+#define GUARDIAN_CREDENTIAL_MAX_FAILURES 5 /* consecutive failures that lock a credential */
+
+struct guardian_credential {
+    char name[GUARDIAN_OPERATOR_MAX + 1]; /* "" for the SO */
+    int role;                             /* CKU_SO (0) or CKU_USER (1) */
+    uint8_t salt[16];
+    uint8_t hash[32];
+    uint32_t kdf_n, kdf_r, kdf_p;         /* each >= 1 */
+    uint32_t failures;                    /* consecutive */
+    int64_t changed_at;                   /* seconds since the epoch, UTC: when it was last put */
+};
+
+/* Arguments common to all: `role` CKU_SO with `name` "" (or NULL), or CKU_USER
+ * with a name of the syntax above; anything else is CKR_ARGUMENTS_BAD (the
+ * caller checks the syntax of what a client typed first).  A credential that
+ * does not exist is CKR_USER_PIN_NOT_INITIALIZED, and nothing is written. */
+
+/* The credential of (role, name) into *out.  A locked one is returned too:
+ * locked means out->failures >= GUARDIAN_CREDENTIAL_MAX_FAILURES, which the
+ * caller checks (CKR_PIN_LOCKED) before it compares anything. */
+CK_RV guardian_store_credential_get(struct guardian_store *st, int role, const char *name,
+                                    struct guardian_credential *out);
+/* Inserts cred's (role, name) or replaces it - salt, hash, KDF parameters -
+ * with failures 0 (so a reset unlocks) and changed_at now (cred->failures and
+ * cred->changed_at are not used), and appends a CREDENTIAL record: serial =
+ * `action`, device_id = `subject`, the current operator; one transaction,
+ * synchronous=FULL.  `action`: GUARDIAN_CREDENTIAL_SO_SET (role CKU_SO),
+ * GUARDIAN_CREDENTIAL_USER_SET (CKU_USER) or GUARDIAN_CREDENTIAL_CHANGED
+ * (either); `subject`: whose credential it is, a name of the syntax above or
+ * "so", or NULL for cred's own ("so" for the SO).  CKR_ARGUMENTS_BAD for
+ * another action, an action of the other role, kdf_n, kdf_r or kdf_p 0, or
+ * the user name "so". */
+CK_RV guardian_store_credential_put(struct guardian_store *st, const struct guardian_credential *cred, int action,
+                                    const char *subject);
+/* Removes (role, name) and appends a CREDENTIAL record (subject: the name,
+ * "so" for the SO); one transaction, synchronous=FULL.  `action`:
+ * GUARDIAN_CREDENTIAL_SO_CLEARED (role CKU_SO) or GUARDIAN_CREDENTIAL_REMOVED
+ * (CKU_USER). */
+CK_RV guardian_store_credential_remove(struct guardian_store *st, int role, const char *name, int action);
+/* One more consecutive failure, durable (synchronous=FULL) before this
+ * returns: call it BEFORE comparing the PIN, so that killing the process
+ * during the comparison cannot save an attempt.  *failures_now (may be NULL)
+ * = the count after it (saturating at UINT32_MAX).  When it reaches
+ * GUARDIAN_CREDENTIAL_MAX_FAILURES the same transaction appends a
+ * CREDENTIAL record GUARDIAN_CREDENTIAL_LOCKED (once: further failures count
+ * on without another record). */
+CK_RV guardian_store_credential_failed(struct guardian_store *st, int role, const char *name, uint32_t *failures_now);
+/* The PIN was right: failures back to 0 (no record; nothing is written when
+ * it is 0 already). */
+CK_RV guardian_store_credential_succeeded(struct guardian_store *st, int role, const char *name);
+/* For the token flags: whether the SO is set and its failures (0 if not);
+ * the number of operators, the most failures any has, and how many are
+ * locked.  Any output may be NULL. */
+CK_RV guardian_store_credential_summary(struct guardian_store *st, bool *so_set, size_t *n_users,
+                                        uint32_t *max_user_failures, size_t *n_users_locked, uint32_t *so_failures);
+
 /* ---- the token's anchor of the store ------------------------------------------ */
 
 /* The Guardian's token keeps a copy of what the store must never fall behind

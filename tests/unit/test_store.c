@@ -2428,6 +2428,351 @@ static void test_journal_parser(void **state)
                      0);
 }
 
+/* ---- Guardian credentials ---------------------------------------------------------------- */
+
+static struct guardian_credential make_cred(int role, const char *name, uint8_t fill)
+{
+    struct guardian_credential c;
+
+    memset(&c, 0, sizeof(c));
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    c.role = role;
+    memset(c.salt, fill, sizeof(c.salt));
+    memset(c.hash, (int)(0x80u | fill), sizeof(c.hash));
+    c.kdf_n = 32768;
+    c.kdf_r = 8;
+    c.kdf_p = 1;
+    c.failures = 77;   /* not used by put */
+    c.changed_at = -5; /* not used by put */
+    return c;
+}
+
+/* The CREDENTIAL record at trail index i: action, subject, operator. */
+static void assert_credential_record(const struct trail *t, size_t i, int action, const char *subject,
+                                     const char *operator_name)
+{
+    const struct guardian_audit_record *r;
+
+    assert_true(i < t->count);
+    r = &t->rec[i];
+    assert_int_equal(r->type, GUARDIAN_AUDIT_CREDENTIAL);
+    assert_int_equal(r->encoding, GUARDIAN_AUDIT_ENCODING_2);
+    assert_int_equal(r->serial, action);
+    assert_int_equal(r->device_id_len, strlen(subject));
+    assert_memory_equal(r->device_id, subject, strlen(subject));
+    assert_string_equal(r->operator_name, operator_name);
+    assert_string_equal(r->oem_id, "");
+    assert_string_equal(r->product_id, "");
+    assert_int_equal(r->release_version, 0);
+    assert_int_equal(r->authorised_units, 0);
+    for (size_t k = 0; k < GUARDIAN_HASH_LEN; k++)
+        assert_int_equal(r->digest[k], 0);
+    for (size_t k = 0; k < GUARDIAN_PACKAGE_ID_LEN; k++)
+        assert_int_equal(r->package_id[k], 0);
+    assert_true(r->time >= NOW - 60 && r->time <= NOW);
+}
+
+/* Neither a salt nor a hash byte pattern of the credentials appears in any
+ * record's encoding. */
+static void assert_no_secret_in_trail(const struct trail *t, const struct guardian_credential *c)
+{
+    uint8_t buf[GUARDIAN_AUDIT_ENCODING_MAX];
+
+    for (size_t i = 0; i < t->count; i++) {
+        size_t len = guardian_audit_encode(&t->rec[i], buf, sizeof(buf));
+        assert_true(len > 0);
+        for (size_t k = 0; k + 8 <= len; k++) {
+            assert_false(memcmp(buf + k, c->salt, 8) == 0);
+            assert_false(memcmp(buf + k, c->hash, 8) == 0);
+        }
+    }
+}
+
+static void test_credentials(void **state)
+{
+    struct guardian_store *st = open_memory();
+    struct trail *t = trail_new();
+    struct guardian_credential so = make_cred(CKU_SO, "", 0x11), alice = make_cred(CKU_USER, "alice", 0x22);
+    struct guardian_credential bob = make_cred(CKU_USER, "bob-2.x_y", 0x33), got;
+    bool so_set = true;
+    size_t n_users = 9, n_locked = 9;
+    uint32_t max_fail = 9, so_fail = 9, now_fail = 0;
+    (void)state;
+
+    /* Nothing yet. */
+    assert_int_equal(guardian_store_credential_get(st, CKU_SO, "", &got), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_failed(st, CKU_USER, "alice", &now_fail), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_succeeded(st, CKU_USER, "alice"), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_remove(st, CKU_USER, "alice", GUARDIAN_CREDENTIAL_REMOVED),
+                     CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_remove(st, CKU_SO, NULL, GUARDIAN_CREDENTIAL_SO_CLEARED),
+                     CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_false(so_set);
+    assert_int_equal(n_users, 0);
+    assert_int_equal(max_fail, 0);
+    assert_int_equal(n_locked, 0);
+    assert_int_equal(so_fail, 0);
+    assert_int_equal(guardian_store_credential_summary(st, NULL, NULL, NULL, NULL, NULL), CKR_OK);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 0); /* none of those wrote anything */
+
+    /* The SO (C_InitToken: no operator logged in), then alice by the SO. */
+    assert_int_equal(guardian_store_credential_put(st, &so, GUARDIAN_CREDENTIAL_SO_SET, NULL), CKR_OK);
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_credential_put(st, &alice, GUARDIAN_CREDENTIAL_USER_SET, "alice"), CKR_OK);
+    assert_int_equal(guardian_store_credential_put(st, &bob, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK);
+    assert_string_equal(got.name, "alice");
+    assert_int_equal(got.role, CKU_USER);
+    assert_memory_equal(got.salt, alice.salt, sizeof(got.salt));
+    assert_memory_equal(got.hash, alice.hash, sizeof(got.hash));
+    assert_int_equal(got.kdf_n, 32768);
+    assert_int_equal(got.kdf_r, 8);
+    assert_int_equal(got.kdf_p, 1);
+    assert_int_equal(got.failures, 0);
+    assert_true(got.changed_at >= NOW - 60 && got.changed_at <= NOW);
+    assert_int_equal(guardian_store_credential_get(st, CKU_SO, NULL, &got), CKR_OK);
+    assert_string_equal(got.name, "");
+    assert_int_equal(got.role, CKU_SO);
+    assert_memory_equal(got.hash, so.hash, sizeof(got.hash));
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_true(so_set);
+    assert_int_equal(n_users, 2);
+    assert_int_equal(max_fail, 0);
+    assert_int_equal(n_locked, 0);
+
+    /* Failures count, success resets (no record). */
+    guardian_store_set_operator(st, NULL);
+    for (uint32_t i = 1; i <= 3; i++) {
+        assert_int_equal(guardian_store_credential_failed(st, CKU_USER, "alice", &now_fail), CKR_OK);
+        assert_int_equal(now_fail, i);
+    }
+    assert_int_equal(guardian_store_credential_failed(st, CKU_SO, "", NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_int_equal(max_fail, 3);
+    assert_int_equal(so_fail, 1);
+    assert_int_equal(n_locked, 0);
+    assert_int_equal(guardian_store_credential_succeeded(st, CKU_USER, "alice"), CKR_OK);
+    assert_int_equal(guardian_store_credential_succeeded(st, CKU_USER, "alice"), CKR_OK); /* already 0 */
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK);
+    assert_int_equal(got.failures, 0);
+    assert_int_equal(guardian_store_credential_get(st, CKU_SO, "", &got), CKR_OK);
+    assert_int_equal(got.failures, 1); /* one's success is not another's */
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 3);
+
+    /* Five consecutive failures lock: one LOCKED record at the fifth, none after. */
+    guardian_store_set_operator(st, "bob-2.x_y");
+    for (uint32_t i = 1; i <= GUARDIAN_CREDENTIAL_MAX_FAILURES + 2; i++) {
+        assert_int_equal(guardian_store_credential_failed(st, CKU_USER, "alice", &now_fail), CKR_OK);
+        assert_int_equal(now_fail, i);
+        assert_int_equal(read_trail(st, t), CKR_OK);
+        assert_int_equal(t->count, i < GUARDIAN_CREDENTIAL_MAX_FAILURES ? 3 : 4);
+    }
+    assert_credential_record(t, 3, GUARDIAN_CREDENTIAL_LOCKED, "alice", "bob-2.x_y");
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK); /* still there */
+    assert_int_equal(got.failures, GUARDIAN_CREDENTIAL_MAX_FAILURES + 2);
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_int_equal(n_locked, 1);
+    assert_int_equal(max_fail, GUARDIAN_CREDENTIAL_MAX_FAILURES + 2);
+    /* The SO locks too. */
+    for (int i = 0; i < GUARDIAN_CREDENTIAL_MAX_FAILURES - 1; i++)
+        assert_int_equal(guardian_store_credential_failed(st, CKU_SO, NULL, &now_fail), CKR_OK);
+    assert_int_equal(now_fail, GUARDIAN_CREDENTIAL_MAX_FAILURES);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_credential_record(t, 4, GUARDIAN_CREDENTIAL_LOCKED, "so", "bob-2.x_y");
+
+    /* A reset by the SO unlocks; a change of one's own PIN is recorded. */
+    guardian_store_set_operator(st, "so");
+    alice = make_cred(CKU_USER, "alice", 0x44);
+    assert_int_equal(guardian_store_credential_put(st, &alice, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK);
+    assert_int_equal(got.failures, 0);
+    assert_memory_equal(got.salt, alice.salt, sizeof(got.salt));
+    guardian_store_set_operator(st, "alice");
+    bob = make_cred(CKU_USER, "alice", 0x55);
+    assert_int_equal(guardian_store_credential_put(st, &bob, GUARDIAN_CREDENTIAL_CHANGED, NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_int_equal(n_locked, 0);
+    assert_int_equal(n_users, 2);
+    assert_int_equal(so_fail, GUARDIAN_CREDENTIAL_MAX_FAILURES);
+
+    /* Removal: recorded, then absent. */
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_credential_remove(st, CKU_USER, "bob-2.x_y", GUARDIAN_CREDENTIAL_REMOVED), CKR_OK);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "bob-2.x_y", &got), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_remove(st, CKU_USER, "bob-2.x_y", GUARDIAN_CREDENTIAL_REMOVED),
+                     CKR_USER_PIN_NOT_INITIALIZED);
+    guardian_store_set_operator(st, "");
+    assert_int_equal(guardian_store_credential_remove(st, CKU_SO, "", GUARDIAN_CREDENTIAL_SO_CLEARED), CKR_OK);
+    assert_int_equal(guardian_store_credential_get(st, CKU_SO, "", &got), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_false(so_set);
+    assert_int_equal(so_fail, 0);
+    assert_int_equal(n_users, 1);
+
+    /* The whole story, in order, naming who did what and never a secret. */
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 9);
+    assert_credential_record(t, 0, GUARDIAN_CREDENTIAL_SO_SET, "so", "");
+    assert_credential_record(t, 1, GUARDIAN_CREDENTIAL_USER_SET, "alice", "so");
+    assert_credential_record(t, 2, GUARDIAN_CREDENTIAL_USER_SET, "bob-2.x_y", "so");
+    assert_credential_record(t, 3, GUARDIAN_CREDENTIAL_LOCKED, "alice", "bob-2.x_y");
+    assert_credential_record(t, 4, GUARDIAN_CREDENTIAL_LOCKED, "so", "bob-2.x_y");
+    assert_credential_record(t, 5, GUARDIAN_CREDENTIAL_USER_SET, "alice", "so");
+    assert_credential_record(t, 6, GUARDIAN_CREDENTIAL_CHANGED, "alice", "alice");
+    assert_credential_record(t, 7, GUARDIAN_CREDENTIAL_REMOVED, "bob-2.x_y", "so");
+    assert_credential_record(t, 8, GUARDIAN_CREDENTIAL_SO_CLEARED, "so", "");
+    assert_no_secret_in_trail(t, &so);
+    assert_no_secret_in_trail(t, &alice);
+    assert_no_secret_in_trail(t, &bob);
+    free(t);
+    guardian_store_close(st);
+}
+
+static void test_credential_arguments(void **state)
+{
+    struct guardian_store *st = open_memory();
+    struct guardian_credential c = make_cred(CKU_USER, "alice", 1), got;
+    struct trail *t = trail_new();
+    uint32_t f = 0;
+    static const char *const bad[] = {"Alice", "-a", ".a", "_a", "a b", "a:b", "a/b",
+                                      "abcdefghijklmnopqrstuvwxyz0123456"};
+    (void)state;
+
+    assert_int_equal(guardian_store_credential_get(NULL, CKU_USER, "alice", &got), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "", &got), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, NULL, &got), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_SO, "alice", &got), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_CONTEXT_SPECIFIC, "", &got), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, -1, "alice", &got), CKR_ARGUMENTS_BAD);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct guardian_credential b = make_cred(CKU_USER, "x", 1);
+        memcpy(b.name, bad[i], strlen(bad[i]) < sizeof(b.name) ? strlen(bad[i]) + 1 : sizeof(b.name));
+        if (guardian_store_credential_get(st, CKU_USER, bad[i], &got) != CKR_ARGUMENTS_BAD ||
+            guardian_store_credential_failed(st, CKU_USER, bad[i], &f) != CKR_ARGUMENTS_BAD ||
+            guardian_store_credential_succeeded(st, CKU_USER, bad[i]) != CKR_ARGUMENTS_BAD ||
+            guardian_store_credential_remove(st, CKU_USER, bad[i], GUARDIAN_CREDENTIAL_REMOVED) != CKR_ARGUMENTS_BAD ||
+            guardian_store_credential_put(st, &b, GUARDIAN_CREDENTIAL_USER_SET, NULL) != CKR_ARGUMENTS_BAD)
+            fail_msg("name '%s' accepted", bad[i]);
+    }
+    /* A name without its terminator in the struct. */
+    memset(c.name, 'a', sizeof(c.name));
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    /* "so" names the SO in records: no operator is called so. */
+    c = make_cred(CKU_USER, "so", 1);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "so", &got), CKR_USER_PIN_NOT_INITIALIZED);
+    /* Actions: each for its role; LOCKED is the store's own. */
+    c = make_cred(CKU_USER, "alice", 1);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_SO_SET, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_LOCKED, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_REMOVED, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, 0, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, 7, NULL), CKR_ARGUMENTS_BAD);
+    c = make_cred(CKU_SO, "", 1);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_remove(st, CKU_SO, "", GUARDIAN_CREDENTIAL_REMOVED), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_remove(st, CKU_USER, "alice", GUARDIAN_CREDENTIAL_SO_CLEARED),
+                     CKR_ARGUMENTS_BAD);
+    /* KDF parameters 0, a subject that is no name. */
+    c = make_cred(CKU_USER, "alice", 1);
+    c.kdf_n = 0;
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    c = make_cred(CKU_USER, "alice", 1);
+    c.kdf_p = 0;
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    c = make_cred(CKU_USER, "alice", 1);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, ""), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, "Alice"), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(NULL, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, NULL, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_summary(NULL, NULL, NULL, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+    /* None of it wrote a thing. */
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 0);
+    free(t);
+    guardian_store_close(st);
+}
+
+/* A failure is counted durably before the PIN is compared: across a close, and
+ * across a process SIGKILLed the moment the count returned (nothing else ran:
+ * no close, no other write).  The fifth locks, in the same commit. */
+static void test_credential_failures_durable(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct guardian_credential c = make_cred(CKU_USER, "alice", 7), got;
+    struct trail *t = trail_new();
+    uint32_t f = 0;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_failed(st, CKU_USER, "alice", &f), CKR_OK);
+    assert_int_equal(f, 1);
+    guardian_store_close(st);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK);
+    assert_int_equal(got.failures, 1);
+    guardian_store_close(st);
+    assert_int_equal(query_int(&d, "SELECT failures FROM credentials WHERE name = 'alice'"), 1);
+
+    for (uint32_t round = 2; round <= GUARDIAN_CREDENTIAL_MAX_FAILURES; round++) {
+        int report[2], status;
+        uint32_t seen = 0;
+        pid_t pid;
+
+        assert_int_equal(pipe(report), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            struct guardian_store *mine = NULL;
+            uint32_t now_fail = 0;
+            close(report[0]);
+            if (guardian_store_open(d.path, &mine) != CKR_OK)
+                _exit(40);
+            guardian_store_set_operator(mine, "mallory");
+            if (guardian_store_credential_failed(mine, CKU_USER, "alice", &now_fail) != CKR_OK)
+                _exit(41);
+            /* What the parent sees comes only after the call returned; then
+             * the process dies before it can do anything else. */
+            if (write(report[1], &now_fail, sizeof(now_fail)) != (ssize_t)sizeof(now_fail))
+                _exit(42);
+            raise(SIGKILL);
+            _exit(43);
+        }
+        close(report[1]);
+        assert_int_equal(read(report[0], &seen, sizeof(seen)), (ssize_t)sizeof(seen));
+        close(report[0]);
+        status = wait_child(pid);
+        assert_true(WIFSIGNALED(status));
+        assert_int_equal(WTERMSIG(status), SIGKILL);
+        assert_int_equal(seen, round);
+        /* Read behind the store's back first: the row itself, as committed. */
+        assert_int_equal(query_int(&d, "SELECT failures FROM credentials WHERE name = 'alice'"), round);
+        st = open_dir(&d);
+        assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK);
+        assert_int_equal(got.failures, round);
+        guardian_store_close(st);
+    }
+    st = open_dir(&d);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 2);
+    assert_credential_record(t, 1, GUARDIAN_CREDENTIAL_LOCKED, "alice", "mallory");
+    /* The SO's reset unlocks, durably. */
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
+    guardian_store_close(st);
+    assert_int_equal(query_int(&d, "SELECT failures FROM credentials WHERE name = 'alice'"), 0);
+    free(t);
+    tmpdir_remove(&d);
+}
+
 /* ---- the operator in every record ---------------------------------------------------------- */
 
 static void assert_operator(const struct guardian_audit_record *r, int type, const char *operator_name)
@@ -2780,6 +3125,7 @@ static void test_migration_from_v3(void **state)
     struct guardian_audit_record v3[4];
     struct guardian_product p;
     struct trail *t = trail_new();
+    struct guardian_credential c = make_cred(CKU_USER, "alice", 3);
     uint64_t serial = 0;
     uint8_t h[GUARDIAN_HASH_LEN];
     (void)state;
@@ -2805,14 +3151,17 @@ static void test_migration_from_v3(void **state)
     assert_int_equal(t->rec[4].serial, 2);
     assert_memory_equal(t->rec[4].prev_hash, v3[3].hash, GUARDIAN_HASH_LEN);
     /* New records continue the chain in encoding 2, with their operator. */
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
     guardian_store_set_operator(st, "alice");
     assert_int_equal(reserve(st, "DEV-0003", NOW, &serial), CKR_OK);
     assert_int_equal(serial, 3);
     assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
     assert_int_equal(p.issued_units, 3);
     assert_int_equal(read_trail(st, t), CKR_OK);
-    assert_int_equal(t->count, 6);
-    assert_operator(&t->rec[5], GUARDIAN_AUDIT_RESERVE, "alice");
+    assert_int_equal(t->count, 7);
+    assert_credential_record(t, 5, GUARDIAN_CREDENTIAL_USER_SET, "alice", "so");
+    assert_operator(&t->rec[6], GUARDIAN_AUDIT_RESERVE, "alice");
     guardian_store_close(st);
     /* Reopened: nothing migrates again, everything verifies. */
     assert_int_equal(verify_dir(&d, NULL), CKR_OK);
@@ -2824,16 +3173,16 @@ static void test_migration_from_v3(void **state)
     assert_int_equal(verify_dir(&d, NULL), CKR_GUARDIAN_AUDIT_CORRUPT);
     tamper(&d, "UPDATE audit SET encoding = 1 WHERE seq = 2");
     assert_int_equal(verify_dir(&d, NULL), CKR_OK);
-    tamper(&d, "UPDATE audit SET operator = '' WHERE seq = 6");
+    tamper(&d, "UPDATE audit SET operator = '' WHERE seq = 7");
     assert_int_equal(verify_dir(&d, NULL), CKR_GUARDIAN_AUDIT_CORRUPT);
-    tamper(&d, "UPDATE audit SET operator = 'alice' WHERE seq = 6");
+    tamper(&d, "UPDATE audit SET operator = 'alice' WHERE seq = 7");
     assert_int_equal(verify_dir(&d, NULL), CKR_OK);
     {
         char path[128];
         sqlite3 *db = NULL;
         snprintf(path, sizeof(path), "%s/guardian.db", d.path);
         assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-        assert_int_equal(sqlite3_exec(db, "UPDATE audit SET encoding = 1 WHERE seq = 6", NULL, NULL, NULL),
+        assert_int_equal(sqlite3_exec(db, "UPDATE audit SET encoding = 1 WHERE seq = 7", NULL, NULL, NULL),
                          SQLITE_CONSTRAINT);
         assert_int_equal(sqlite3_exec(db, "UPDATE audit SET operator = 'x' WHERE seq = 1", NULL, NULL, NULL),
                          SQLITE_CONSTRAINT);
@@ -2876,6 +3225,9 @@ int main(void)
         cmocka_unit_test(test_journal_damaged),
         cmocka_unit_test(test_own_journal_tampered),
         cmocka_unit_test(test_journal_parser),
+        cmocka_unit_test(test_credentials),
+        cmocka_unit_test(test_credential_arguments),
+        cmocka_unit_test(test_credential_failures_durable),
         cmocka_unit_test(test_operator_in_records),
         cmocka_unit_test(test_operator_threads),
         cmocka_unit_test(test_migration_from_v3),
