@@ -2354,10 +2354,11 @@ CK_RV guardian_store_credential_put(struct guardian_store *st, const struct guar
     if (!(action == GUARDIAN_CREDENTIAL_CHANGED || (action == GUARDIAN_CREDENTIAL_SO_SET && cred->role == (int)CKU_SO) ||
           (action == GUARDIAN_CREDENTIAL_USER_SET && cred->role == (int)CKU_USER)))
         return CKR_ARGUMENTS_BAD;
-    if (subject == NULL)
-        subject = credential_subject(cred->role, a.key);
-    if (subject[0] == '\0' || !guardian_operator_name_ok(subject))
+    /* The record names whose credential it is, and nothing else: a caller
+     * cannot make it name another. */
+    if (subject != NULL && strcmp(subject, credential_subject(cred->role, a.key)) != 0)
         return CKR_ARGUMENTS_BAD;
+    subject = credential_subject(cred->role, a.key);
     a.role = cred->role;
     a.cred = cred;
     a.action = action;

@@ -360,10 +360,10 @@ CK_RV guardian_store_credential_get(struct guardian_store *st, int role, const c
  * `action`, device_id = `subject`, the current operator; one transaction,
  * synchronous=FULL.  `action`: GUARDIAN_CREDENTIAL_SO_SET (role CKU_SO),
  * GUARDIAN_CREDENTIAL_USER_SET (CKU_USER) or GUARDIAN_CREDENTIAL_CHANGED
- * (either); `subject`: whose credential it is, a name of the syntax above or
- * "so", or NULL for cred's own ("so" for the SO).  CKR_ARGUMENTS_BAD for
- * another action, an action of the other role, kdf_n, kdf_r or kdf_p 0, or
- * the user name "so". */
+ * (either); `subject`: whose credential it is - cred's name, "so" for the
+ * SO - or NULL for the same (a record names no one else).  CKR_ARGUMENTS_BAD
+ * for another action, an action of the other role, another subject, kdf_n,
+ * kdf_r or kdf_p 0, or the user name "so". */
 CK_RV guardian_store_credential_put(struct guardian_store *st, const struct guardian_credential *cred, int action,
                                     const char *subject);
 /* Removes (role, name) and appends a CREDENTIAL record (subject: the name,

@@ -2519,7 +2519,7 @@ static void test_credentials(void **state)
     assert_int_equal(t->count, 0); /* none of those wrote anything */
 
     /* The SO (C_InitToken: no operator logged in), then alice by the SO. */
-    assert_int_equal(guardian_store_credential_put(st, &so, GUARDIAN_CREDENTIAL_SO_SET, NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_put(st, &so, GUARDIAN_CREDENTIAL_SO_SET, "so"), CKR_OK);
     guardian_store_set_operator(st, "so");
     assert_int_equal(guardian_store_credential_put(st, &alice, GUARDIAN_CREDENTIAL_USER_SET, "alice"), CKR_OK);
     assert_int_equal(guardian_store_credential_put(st, &bob, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
@@ -2688,6 +2688,12 @@ static void test_credential_arguments(void **state)
     c = make_cred(CKU_USER, "alice", 1);
     assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, ""), CKR_ARGUMENTS_BAD);
     assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, "Alice"), CKR_ARGUMENTS_BAD);
+    /* The subject is whose credential it is, never another name. */
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, "bob"), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, "so"), CKR_ARGUMENTS_BAD);
+    c = make_cred(CKU_SO, "", 1);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_SO_SET, "alice"), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_SO_SET, ""), CKR_ARGUMENTS_BAD);
     assert_int_equal(guardian_store_credential_put(NULL, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
     assert_int_equal(guardian_store_credential_put(st, NULL, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
     assert_int_equal(guardian_store_credential_summary(NULL, NULL, NULL, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
