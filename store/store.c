@@ -944,13 +944,16 @@ static CK_RV clock_check_locked(struct guardian_store *st, int64_t now, const ch
 }
 
 /* A new record of `type` dated `t`, as this store writes every record now:
- * encoding 2, naming the current operator (guardian_store_set_operator);
- * every other field zero.  The caller holds the lock.  Refused while the
- * operator last set was invalid: no record may name the wrong one. */
-static CK_RV record_init(struct guardian_store *st, struct guardian_audit_record *r, int type, int64_t t)
+ * encoding 2, naming `operator_name` - an ISSUE folded from a journal names
+ * who issued it - or, when that is NULL, the current operator
+ * (guardian_store_set_operator); every other field zero.  The caller holds
+ * the lock.  Naming the current operator is refused while the one last set
+ * was invalid: no record may name the wrong one. */
+static CK_RV record_init(struct guardian_store *st, struct guardian_audit_record *r, int type, int64_t t,
+                         const char *operator_name)
 {
     memset(r, 0, sizeof(*r));
-    if (st->operator_invalid) {
+    if (operator_name == NULL && st->operator_invalid) {
         guardian_error(STORE_LOG, "nothing is recorded while the operator name last set is invalid: set a valid "
                                   "one (guardian_store_set_operator)");
         return CKR_ARGUMENTS_BAD;
@@ -958,7 +961,8 @@ static CK_RV record_init(struct guardian_store *st, struct guardian_audit_record
     r->type = type;
     r->time = t;
     r->encoding = GUARDIAN_AUDIT_ENCODING_2;
-    memcpy(r->operator_name, st->operator_name, sizeof(r->operator_name));
+    snprintf(r->operator_name, sizeof(r->operator_name), "%s",
+             operator_name != NULL ? operator_name : st->operator_name);
     return CKR_OK;
 }
 
@@ -1584,7 +1588,7 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     if (rv != CKR_OK)
         goto out;
 
-    rv = record_init(st, &rec, GUARDIAN_AUDIT_IMPORT, now);
+    rv = record_init(st, &rec, GUARDIAN_AUDIT_IMPORT, now, NULL);
     if (rv != CKR_OK)
         goto out;
     memcpy(rec.oem_id, pkg->oem_id, strlen(pkg->oem_id) + 1);
@@ -1901,7 +1905,7 @@ static CK_RV reserve_tx(struct guardian_store *st, void *ctx)
     if (rv != CKR_OK)
         goto out;
     for (uint64_t i = 0; i < n; i++) {
-        rv = record_init(st, &rec, GUARDIAN_AUDIT_RESERVE, a->now);
+        rv = record_init(st, &rec, GUARDIAN_AUDIT_RESERVE, a->now, NULL);
         if (rv != CKR_OK)
             goto out;
         memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
@@ -2032,11 +2036,10 @@ static CK_RV settle_tx(struct guardian_store *st, void *ctx)
     }
     stmt_done(s);
 
-    rv = record_init(st, &rec, a->type, a->time != 0 ? a->time : (int64_t)time(NULL));
+    /* From a journal: who issued it, then (not whoever folds it now). */
+    rv = record_init(st, &rec, a->type, a->time != 0 ? a->time : (int64_t)time(NULL), a->operator_name);
     if (rv != CKR_OK)
         goto out;
-    if (a->operator_name != NULL) /* from a journal: who issued it, then */
-        memcpy(rec.operator_name, a->operator_name, sizeof(rec.operator_name));
     memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
     memcpy(rec.product_id, a->product_id, strlen(a->product_id) + 1);
     rec.serial = a->serial;
@@ -2176,7 +2179,7 @@ static CK_RV credential_record_locked(struct guardian_store *st, int action, con
 {
     struct guardian_audit_record rec;
     size_t n = strlen(subject);
-    CK_RV rv = record_init(st, &rec, GUARDIAN_AUDIT_CREDENTIAL, now);
+    CK_RV rv = record_init(st, &rec, GUARDIAN_AUDIT_CREDENTIAL, now, NULL);
 
     if (rv != CKR_OK)
         return rv;
@@ -2700,7 +2703,7 @@ static CK_RV journal_lost_locked(struct guardian_store *st, sqlite3_int64 holder
                         list[j].serial == a->serial + (j - i);
              j++)
             ;
-        rv = record_init(st, &rec, GUARDIAN_AUDIT_JOURNAL_LOST, (int64_t)time(NULL));
+        rv = record_init(st, &rec, GUARDIAN_AUDIT_JOURNAL_LOST, (int64_t)time(NULL), NULL);
         if (rv != CKR_OK)
             goto out;
         memcpy(rec.oem_id, a->oem_id, sizeof(rec.oem_id));

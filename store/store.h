@@ -5,7 +5,10 @@
  *    the installed release per (OEM ID, product ID) (rollback protection);
  *  - the production counters: authorised, issued and remaining units and the
  *    next certificate serial of each installed product;
- *  - the audit trail: an append-only, hash-chained list of records.
+ *  - the audit trail: an append-only, hash-chained list of records, each
+ *    naming the operator logged in when it was written;
+ *  - the Guardian credentials of service mode (the SO's and the operators'
+ *    scrypt hashes and their consecutive failures).
  *
  * SQLite (WAL) in <state_dir>/guardian.db.  Every mutation that touches a
  * counter, the registry and the audit trail does so in ONE transaction that

@@ -2934,7 +2934,26 @@ static void test_operator_in_records(void **state)
     assert_int_equal(t->count, 13);
     assert_operator(&t->rec[11], GUARDIAN_AUDIT_RESERVE, "");
     assert_operator(&t->rec[12], GUARDIAN_AUDIT_JOURNAL_LOST, "");
+    /* An invalid operator refuses what would name it, not the fold of what
+     * alice issued before it was set. */
+    guardian_store_set_operator(st, "alice");
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 1, &first, &got), CKR_OK);
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, first, (const uint8_t *)"dev-e", 5, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_OK);
+    guardian_store_set_operator(st, "not a name");
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, first, (const uint8_t *)"dev-e", 5, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_flush(st), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 1, &first, &got),
+                     CKR_ARGUMENTS_BAD);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 15);
+    assert_operator(&t->rec[13], GUARDIAN_AUDIT_RESERVE, "alice");
+    assert_operator(&t->rec[14], GUARDIAN_AUDIT_ISSUE, "alice");
     guardian_store_close(st);
+    assert_int_equal(verify_dir(&d, NULL), CKR_OK);
     free(t);
     tmpdir_remove(&d);
 }
