@@ -2354,7 +2354,8 @@ CK_RV guardian_store_credential_put(struct guardian_store *st, const struct guar
     /* "so" names the SO in every record: no operator may be called so. */
     if (cred->role == (int)CKU_USER && strcmp(a.key, "so") == 0)
         return CKR_ARGUMENTS_BAD;
-    if (!(action == GUARDIAN_CREDENTIAL_CHANGED || (action == GUARDIAN_CREDENTIAL_SO_SET && cred->role == (int)CKU_SO) ||
+    if (!(action == GUARDIAN_CREDENTIAL_CHANGED ||
+          (action == GUARDIAN_CREDENTIAL_SO_SET && cred->role == (int)CKU_SO) ||
           (action == GUARDIAN_CREDENTIAL_USER_SET && cred->role == (int)CKU_USER)))
         return CKR_ARGUMENTS_BAD;
     /* The record names whose credential it is, and nothing else: a caller

@@ -3034,8 +3034,8 @@ static const char v3_schema[] =
     " package_id BLOB NOT NULL UNIQUE REFERENCES packages (package_id),"
     " next_serial INTEGER NOT NULL CHECK (next_serial >= 1), installed_at INTEGER NOT NULL,"
     " PRIMARY KEY (oem_id, product_id)) WITHOUT ROWID;"
-    "CREATE TABLE issuance (oem_id TEXT NOT NULL, product_id TEXT NOT NULL, serial INTEGER NOT NULL CHECK (serial >= 1),"
-    " package_id BLOB NOT NULL REFERENCES packages (package_id), device_id BLOB NOT NULL,"
+    "CREATE TABLE issuance (oem_id TEXT NOT NULL, product_id TEXT NOT NULL,"
+    " serial INTEGER NOT NULL CHECK (serial >= 1), package_id BLOB NOT NULL REFERENCES packages (package_id), device_id BLOB NOT NULL,"
     " reserve_seq INTEGER NOT NULL, issue_seq INTEGER, cert_digest BLOB, PRIMARY KEY (oem_id, product_id, serial),"
     " FOREIGN KEY (oem_id, product_id) REFERENCES products (oem_id, product_id)) WITHOUT ROWID;"
     "CREATE TABLE audit (seq INTEGER PRIMARY KEY CHECK (seq >= 1), type INTEGER NOT NULL, time INTEGER NOT NULL,"
@@ -3118,7 +3118,8 @@ static void make_v3_state(const struct tmpdir *d, struct guardian_audit_record r
         hex_of(r->digest, GUARDIAN_HASH_LEN, digest);
         hex_of(r->package_id, GUARDIAN_PACKAGE_ID_LEN, pkg);
         snprintf(sql, sizeof(sql),
-                 "INSERT INTO audit VALUES (%llu, %d, %lld, '%s', '%s', %llu, x'%s', x'%s', x'%s', %u, %llu, x'%s', x'%s');"
+                 "INSERT INTO audit VALUES (%llu, %d, %lld, '%s', '%s', %llu, x'%s', x'%s', x'%s', %u, %llu, "
+                 "x'%s', x'%s');"
                  "UPDATE audit_head SET seq = %llu, hash = x'%s', max_time = 1700000150;",
                  (unsigned long long)r->seq, r->type, (long long)r->time, r->oem_id, r->product_id,
                  (unsigned long long)r->serial, dev, digest, pkg, r->release_version,
