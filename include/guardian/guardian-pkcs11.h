@@ -160,6 +160,10 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKR_GUARDIAN_BACKEND_LOAD_FAILED (CKR_GUARDIAN_BASE | 0x0002UL)
 /* C_Initialize: the configured backend is the Guardian module itself. */
 #define CKR_GUARDIAN_BACKEND_IS_SELF (CKR_GUARDIAN_BASE | 0x0003UL)
+/* C_Login in service mode: the Guardian credential was right, but the backend
+ * refused the PIN in backend_pin_file (or backend_so_pin_file is not set for
+ * the Security Officer); the log line says which. */
+#define CKR_GUARDIAN_BACKEND_LOGIN_FAILED (CKR_GUARDIAN_BASE | 0x0004UL)
 
 /* 0x0010..0x001F: package import (C_UnwrapKey with CKM_GUARDIAN_UNWRAP_PACKAGE).
  * A malformed package is the standard CKR_WRAPPED_KEY_INVALID, an oversized one
