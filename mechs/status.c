@@ -7,9 +7,11 @@
  * The answer is checked now, not cached: the audit trail's hash chain is
  * walked from its first record (guardian_store_audit_each verifies every
  * link), the store is compared with the token's anchor without writing either
- * (anchor.h: guardian_anchor_compare), and the installed products are counted
- * from the store.  It holds no secret: paths, counts, the chain head's hash
- * (which every audit report carries) and words.
+ * (anchor.h: guardian_anchor_compare), the installed products are counted
+ * from the store, and so are the Guardian's credentials (service mode: whether
+ * the SO is set, how many operators, how many locked).  It holds no secret:
+ * paths, counts, the chain head's hash (which every audit report carries) and
+ * words; no credential's name, salt or hash.
  *
  * The output: a session CKO_DATA object "guardian-output:status" whose
  * CKA_VALUE is text, one "key=value" per line, in the order and with the
@@ -33,7 +35,7 @@
 
 struct counts {
     uint64_t records;          /* records whose links verified */
-    uint64_t by_type[6];       /* [enum guardian_audit_type], [0] any other type */
+    uint64_t by_type[7];       /* [enum guardian_audit_type], [0] any other type */
     uint64_t head_seq;
     uint8_t head_hash[GUARDIAN_HASH_LEN];
     int64_t head_time, newest_time;
@@ -43,7 +45,7 @@ struct counts {
 static CK_RV count_record(const struct guardian_audit_record *r, void *ctx)
 {
     struct counts *c = ctx;
-    size_t t = r->type >= GUARDIAN_AUDIT_IMPORT && r->type <= GUARDIAN_AUDIT_JOURNAL_LOST ? (size_t)r->type : 0;
+    size_t t = r->type >= GUARDIAN_AUDIT_IMPORT && r->type <= GUARDIAN_AUDIT_CREDENTIAL ? (size_t)r->type : 0;
     c->records++;
     c->by_type[t]++;
     c->head_seq = r->seq;
@@ -119,6 +121,9 @@ static CK_RV status(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
     struct text t = {.len = 0, .rv = CKR_OK};
     enum guardian_anchor_state anchor = GUARDIAN_ANCHOR_ABSENT;
     uint64_t anchor_seq = 0;
+    bool so_set = false;
+    size_t n_users = 0, n_locked = 0;
+    uint32_t max_user_failures = 0, so_failures = 0;
     CK_RV chain, rv;
     (void)rq;
 
@@ -134,6 +139,9 @@ static CK_RV status(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
     if ((rv = guardian_store_products_each(st, count_product, &c)) != CKR_OK)
         return rv;
     if ((rv = guardian_anchor_compare(be, session, st, &anchor, &anchor_seq)) != CKR_OK)
+        return rv;
+    if ((rv = guardian_store_credential_summary(st, &so_set, &n_users, &max_user_failures, &n_locked,
+                                                &so_failures)) != CKR_OK)
         return rv;
 
     add(&t, "version=%d\n", STATUS_VERSION);
@@ -153,6 +161,7 @@ static CK_RV status(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
     add(&t, "records_issue=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_ISSUE]);
     add(&t, "records_release=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_RELEASE]);
     add(&t, "records_journal_lost=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_JOURNAL_LOST]);
+    add(&t, "records_credential=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_CREDENTIAL]);
     add(&t, "records_other=%llu\n", (unsigned long long)c.by_type[0]);
     add(&t, "anchor=%s\n", anchor_word(anchor));
     add(&t, "anchor_seq=%llu\n", (unsigned long long)anchor_seq);
@@ -160,6 +169,13 @@ static CK_RV status(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
     add(&t, "units_authorised=%llu\n", (unsigned long long)c.authorised);
     add(&t, "units_issued=%llu\n", (unsigned long long)c.issued);
     add(&t, "units_remaining=%llu\n", (unsigned long long)c.remaining);
+    add(&t, "service_mode=%s\n", guardian_service_mode() ? "yes" : "no");
+    add(&t, "so=%s\n", so_set ? "set" : "unset");
+    add(&t, "so_failures=%lu\n", (unsigned long)so_failures);
+    add(&t, "so_locked=%s\n", so_set && so_failures >= GUARDIAN_CREDENTIAL_MAX_FAILURES ? "yes" : "no");
+    add(&t, "operators=%zu\n", n_users);
+    add(&t, "operators_locked=%zu\n", n_locked);
+    add(&t, "operators_max_failures=%lu\n", (unsigned long)max_user_failures);
     if (t.rv != CKR_OK)
         return t.rv;
     rv = guardian_output_create(be, session, "status", (const uint8_t *)t.buf, t.len, out);

@@ -920,7 +920,7 @@ void read_status(struct guardian_status *s)
 /* The status's "Guardian state" section. */
 static void print_state(const struct guardian_status *s)
 {
-    char when[40] = "-";
+    char when[40] = "-", v[16];
     time_t t = (time_t)s->audit_head_time;
     struct tm tm;
     if (s->audit_head_seq > 0 && gmtime_r(&t, &tm) != NULL)
@@ -930,10 +930,11 @@ static void print_state(const struct guardian_status *s)
                s->audit_records == 1 ? "" : "s", s->audit_head_seq, when);
     else
         printf("  audit trail   hash chain BROKEN after record %llu (CKR_GUARDIAN_AUDIT_CORRUPT)\n", s->audit_records);
-    printf("                %llu import, %llu reserve, %llu issue, %llu release, %llu journal lost\n",
+    printf("                %llu import, %llu reserve, %llu issue, %llu release, %llu journal lost, %llu "
+           "credential\n",
            status_number(s, "records_import"), status_number(s, "records_reserve"),
            status_number(s, "records_issue"), status_number(s, "records_release"),
-           status_number(s, "records_journal_lost"));
+           status_number(s, "records_journal_lost"), status_number(s, "records_credential"));
     if (strcmp(s->anchor, "absent") == 0)
         printf("  anchor        none in the token yet (the first import writes it)\n");
     else if (strcmp(s->anchor, "agrees") == 0)
@@ -950,6 +951,28 @@ static void print_state(const struct guardian_status *s)
     printf("  products      %llu installed: %llu units authorised, %llu issued, %llu remaining\n", s->products,
            status_number(s, "units_authorised"), status_number(s, "units_issued"),
            status_number(s, "units_remaining"));
+    status_word(s, "service_mode", v, sizeof(v));
+    if (strcmp(v, "yes") != 0) {
+        printf("  service mode  no: C_Login takes the backend's own PINs\n");
+        return;
+    }
+    printf("  service mode  yes: C_Login takes the Guardian's own credentials; the module alone holds the "
+           "backend's PIN\n");
+    {
+        char so_locked[8];
+        unsigned long long ops = status_number(s, "operators");
+        status_word(s, "so", v, sizeof(v));
+        status_word(s, "so_locked", so_locked, sizeof(so_locked));
+        if (strcmp(v, "set") == 0)
+            printf("  credentials   Security Officer set%s (%llu failed logins in a row)",
+                   strcmp(so_locked, "yes") == 0 ? " and LOCKED" : "", status_number(s, "so_failures"));
+        else
+            printf("  credentials   no Security Officer yet (C_InitToken sets it)");
+        printf("; %llu operator%s, %llu locked", ops, ops == 1 ? "" : "s", status_number(s, "operators_locked"));
+        if (ops > 0)
+            printf(" (at most %llu failed logins in a row)", status_number(s, "operators_max_failures"));
+        printf("\n");
+    }
 }
 
 void die_if_state_unsound(const struct guardian_status *s)

@@ -146,8 +146,9 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 /* User session (read-only will do): the Guardian's state as only the module
  * can read it, checked now: the configuration's paths, the audit trail's hash
  * chain walked from its first record (its head, the records by type), the
- * store against the token's anchor, the installed products and their units.
- * No secret.  Returns a session CKO_DATA object whose CKA_VALUE is text, one
+ * store against the token's anchor, the installed products and their units,
+ * the service mode and the Guardian's credentials counted (SO set, operators,
+ * locked ones).  No secret, no credential's name.  Returns a session CKO_DATA object whose CKA_VALUE is text, one
  * "key=value" per line (docs/vendor-interface.md, "The status"). */
 #define CKG_GUARDIAN_REQ_STATUS 9UL
 

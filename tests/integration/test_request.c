@@ -16,7 +16,7 @@
  *
  * And CKG_GUARDIAN_REQ_STATUS, which has no mechanism: what it reports of the
  * store (the chain, the anchor, the counts) as the store changes, a restored
- * copy and an altered record.
+ * copy and an altered record; in service mode, the credentials counted.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -976,6 +976,12 @@ static void test_status(void **st)
     STATUS_IS(text, "audit_head_hash", "0000000000000000000000000000000000000000000000000000000000000000");
     STATUS_IS(text, "anchor", "absent");
     STATUS_IS(text, "products", "0");
+    /* Not the service mode: the backend's own PINs, no Guardian credential. */
+    STATUS_IS(text, "service_mode", "no");
+    STATUS_IS(text, "so", "unset");
+    STATUS_IS(text, "operators", "0");
+    STATUS_IS(text, "operators_locked", "0");
+    STATUS_IS(text, "records_credential", "0");
     /* No secret and nothing of the token's PINs: only the documented keys. */
     assert_null(strstr(text, TEST_PIN "\n"));
 
@@ -1051,6 +1057,93 @@ static void test_status(void **st)
     EVP_PKEY_free(k);
 }
 
+/* The status in service mode (docs/configuration.md, backend_pin_file): the
+ * Guardian's credentials counted, never named.  A token and configuration of
+ * its own, the scrypt cost at its minimum. */
+static void write_file(const char *name, const char *text, mode_t mode)
+{
+    FILE *f;
+    unlink(path(name));
+    f = fopen(path(name), "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(path(name), mode), 0);
+}
+
+static int setup_service(void **st)
+{
+    char text[4 * PATH_MAX];
+    (void)st;
+    assert_int_equal(test_token_create(&token, "status"), 0);
+    assert_int_equal(mkdir(path("state"), 0700), 0);
+    write_file("backend.pin", TEST_PIN "\n", 0400);
+    write_file("backend-so.pin", TEST_SO_PIN "\n", 0400);
+    snprintf(text, sizeof(text),
+             "backend = %s\nstate_dir = %s\nbackend_pin_file = %s\nbackend_so_pin_file = %s\npin_kdf_cost = 1024\n",
+             test_softhsm_path(), path("state"), path("backend.pin"), path("backend-so.pin"));
+    write_file("guardian.conf", text, 0600);
+    setenv("GUARDIAN_CONF", path("guardian.conf"), 1);
+    unsetenv("GUARDIAN_BACKEND");
+    unsetenv("GUARDIAN_STATE_DIR");
+    m = test_load_module(test_guardian_path(), NULL);
+    assert_non_null(m);
+    assert_int_equal(m->C_Initialize(NULL), CKR_OK);
+    assert_int_equal(test_find_slot(m, token.label, &slot), CKR_OK);
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+    return 0;
+}
+
+static int teardown_service(void **st)
+{
+    int rc = teardown(st);
+    unsetenv("GUARDIAN_CONF");
+    return rc;
+}
+
+static CK_RV login_as(CK_USER_TYPE who, const char *pin)
+{
+    return m->C_Login(s, who, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)strlen(pin));
+}
+
+static void test_status_service_mode(void **st)
+{
+    static char text[8192];
+    static const char so[] = "so-secret-1", alice[] = "alice:alice-secret", bob[] = "bob:bob-secret-9";
+    (void)st;
+
+    assert_int_equal(m->C_InitToken(slot, (CK_UTF8CHAR_PTR)so, strlen(so), (CK_UTF8CHAR_PTR)"x"), CKR_OK);
+    assert_int_equal(login_as(CKU_SO, so), CKR_OK);
+    assert_int_equal(m->C_InitPIN(s, (CK_UTF8CHAR_PTR)alice, strlen(alice)), CKR_OK);
+    assert_int_equal(m->C_InitPIN(s, (CK_UTF8CHAR_PTR)bob, strlen(bob)), CKR_OK);
+    assert_int_equal(m->C_Logout(s), CKR_OK);
+    /* bob locked: five consecutive failures, the fifth answered as the lock. */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(login_as(CKU_USER, "bob:not-the-secret"), i < 4 ? CKR_PIN_INCORRECT : CKR_PIN_LOCKED);
+    assert_int_equal(login_as(CKU_USER, bob), CKR_PIN_LOCKED);
+
+    assert_int_equal(login_as(CKU_USER, alice), CKR_OK);
+    status_in(s, text, sizeof(text));
+    STATUS_IS(text, "service_mode", "yes");
+    STATUS_IS(text, "configuration", path("guardian.conf"));
+    STATUS_IS(text, "so", "set");
+    STATUS_IS(text, "so_failures", "0");
+    STATUS_IS(text, "so_locked", "no");
+    STATUS_IS(text, "operators", "2");
+    STATUS_IS(text, "operators_locked", "1");
+    STATUS_IS(text, "operators_max_failures", "5");
+    /* SO set, alice set, bob set, bob locked. */
+    STATUS_IS(text, "records_credential", "4");
+    STATUS_IS(text, "records_other", "0");
+    STATUS_IS(text, "audit_chain", "ok");
+    /* Counted, never named; no secret, no PIN file's content. */
+    assert_null(strstr(text, "alice"));
+    assert_null(strstr(text, "bob"));
+    assert_null(strstr(text, "secret"));
+    assert_null(strstr(text, "=" TEST_PIN "\n"));
+    assert_null(strstr(text, "backend.pin"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1060,6 +1153,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_cert_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_cert_quota_and_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_status_service_mode, setup_service, teardown_service),
     };
     return cmocka_run_group_tests_name("integration: Guardian requests = mechanisms", tests, NULL, NULL);
 }
