@@ -1,10 +1,14 @@
 #!/bin/bash
 #
-# p11kit_remote.sh <guardian-pkcs11.so> — the service mode's transport: the
+# p11kit_remote.sh <guardian-pkcs11.so> — the service mode (issue 9): the
 # module inside `p11-kit server`, run as an account of its own that holds the
-# SoftHSM token and the Guardian's state directory (both 0700), and every
-# guardianctl command on the other side of the socket through
-# p11-kit-client.so, as another account that can read neither: init,
+# SoftHSM token, the Guardian's state directory, its configuration and the
+# backend's PIN files (all its own, 0700/0600/0400), with backend_pin_file set:
+# C_Login takes the Guardian's own credentials (an SO and operator "line7",
+# made by the service's account as guardian-service-setup does).  Every
+# guardianctl command runs on the other side of the socket through
+# p11-kit-client.so, as another account that can read none of it, logged in
+# as line7: init,
 # enroll-oem, import (a replay refused), products, status, provision --count 5
 # (resumed), audit export (the report verified on the OEM's side); every
 # certificate checked with openssl verify up to the OEM root.  The vendor
@@ -26,7 +30,8 @@
 # first (setpriv) and every client as the second, and removes both at the end.
 # Not root (or without useradd/setpriv): everything runs as the current user,
 # said by a SKIP line; the checks that the operator cannot read the state are
-# skipped then.
+# skipped then.  The comparison with SoftHSM behind the same RPC logs in with
+# the backend's own PIN (1234): the test's, not something an operator holds.
 #
 # guardianctl and guardian-wrap: $GUARDIANCTL and $GUARDIAN_WRAP (ctest sets
 # them), else build/tools/ next to the module.
@@ -50,6 +55,9 @@
 CTL=$(readlink -f "${GUARDIANCTL:-$(dirname "${1:-.}")/tools/guardianctl}" || true)
 W=$(readlink -f "${GUARDIAN_WRAP:-$(dirname "${1:-.}")/tools/guardian-wrap}" || true)
 interop_init p11kit_remote "$@"
+# A reader that goes away (| head) must not kill the script before its EXIT
+# trap has stopped the servers and removed the accounts it made.
+trap 'exec >/dev/null; exit 141' PIPE
 
 M=$GUARDIAN_MODULE
 CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
@@ -109,7 +117,8 @@ as() {
 as_svc=()
 [ -z "$SVC" ] || as_svc=(setpriv --reuid="$SVC" --regid="$SVC" --init-groups --)
 
-# The service's side: the token and the state, its account's alone.
+# The service's side: the token, the state, the configuration and the
+# backend's PINs, its account's alone.
 SVCDIR=$WORK/service RUNDIR=$WORK/run OPDIR=$WORK/operator
 mkdir -p "$SVCDIR/tokens" "$SVCDIR/state" "$RUNDIR" "$OPDIR"
 cat >"$SVCDIR/softhsm2.conf" <<EOF
@@ -118,6 +127,20 @@ objectstore.backend = file
 log.level = ERROR
 slots.removable = false
 EOF
+printf '%s\n' "$USER_PIN" >"$SVCDIR/backend.pin"
+printf '%s\n' "$SO_PIN" >"$SVCDIR/backend-so.pin"
+chmod 0400 "$SVCDIR/backend.pin" "$SVCDIR/backend-so.pin"
+# pin_kdf_cost at its minimum keeps the test fast (docs/configuration.md).
+cat >"$SVCDIR/guardian.conf" <<EOF
+backend = $SOFTHSM_MODULE
+state_dir = $SVCDIR/state
+backend_pin_file = $SVCDIR/backend.pin
+backend_so_pin_file = $SVCDIR/backend-so.pin
+pin_kdf_cost = 1024
+EOF
+chmod 0600 "$SVCDIR/guardian.conf"
+# The Guardian's own credentials (service mode: NAME:SECRET for an operator).
+GUARDIAN_SO=remote-so-secret OPERATOR_PIN=line7:line7-secret-1
 chmod 0700 "$SVCDIR" "$SVCDIR/tokens" "$SVCDIR/state" "$OPDIR"
 chmod 0755 "$RUNDIR"
 chmod 0711 "$WORK" # each account reaches its own directory, not the other's
@@ -125,11 +148,19 @@ if [ -n "$SVC" ]; then
     chown -R "$SVC:$SVC" "$SVCDIR" "$RUNDIR"
     chown -R "$OP:$OP" "$OPDIR"
 fi
-# The module's environment in the service (no configuration file).
+# The module's environment in the service: its configuration file.
 svc_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$SVCDIR" SOFTHSM2_CONF="$SVCDIR/softhsm2.conf"
-    GUARDIAN_BACKEND="$SOFTHSM_MODULE" GUARDIAN_STATE_DIR="$SVCDIR/state")
+    GUARDIAN_CONF="$SVCDIR/guardian.conf")
 must "init token $LABEL (as the service's account)" as "$SVC" "${svc_env[@]}" softhsm2-util --init-token --free \
     --label "$LABEL" --pin "$USER_PIN" --so-pin "$SO_PIN"
+# The Guardian SO and operator line7, through the module in-process as the
+# service's account (as guardian-service-setup makes them); C_InitToken in
+# service mode sets the Guardian SO and never reaches the backend.
+must "the Guardian SO (C_InitToken in service mode, as the service's account)" as "$SVC" "${svc_env[@]}" \
+    GSO="$GUARDIAN_SO" pkcs11-tool --module "$M" --token-label "$LABEL" --init-token --label "$LABEL" --so-pin env:GSO
+must "operator line7 (C_InitPIN by the Guardian SO, as the service's account)" as "$SVC" "${svc_env[@]}" \
+    GSO="$GUARDIAN_SO" GOP="$OPERATOR_PIN" pkcs11-tool --module "$M" --token-label "$LABEL" --init-pin --login \
+    --login-type so --so-pin env:GSO --new-pin env:GOP
 
 # ---- the servers --------------------------------------------------------------------
 
@@ -211,13 +242,15 @@ if [ -n "$SVC" ]; then
     check_fails "the operator's account cannot read the token directory" as "$OP" ls "$SVCDIR/tokens"
     check_fails "the operator's account cannot open the backend's token itself" \
         as "$OP" env SOFTHSM2_CONF="$SVCDIR/softhsm2.conf" softhsm2-util --show-slots
+    check_fails "the operator's account cannot read the backend's PIN file" as "$OP" cat "$SVCDIR/backend.pin"
+    check_fails "the operator's account cannot read the module's configuration" as "$OP" cat "$SVCDIR/guardian.conf"
 fi
 
 ADDRESS=unix:path=$SOCK
 # The operator's environment: the client's address and the PINs, nothing of
 # the service (no GUARDIAN_STATE_DIR, GUARDIAN_BACKEND, SOFTHSM2_CONF).
 op_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$OPDIR" P11_KIT_SERVER_ADDRESS="$ADDRESS"
-    GUARDIAN_TOKEN="$LABEL" GUARDIAN_PIN="$USER_PIN" GUARDIAN_SO_PIN="$SO_PIN")
+    GUARDIAN_TOKEN="$LABEL" GUARDIAN_PIN="$OPERATOR_PIN" GUARDIAN_SO_PIN="$GUARDIAN_SO")
 # ctl ARGS...: guardianctl through p11-kit-client.so, as the operator, in its directory.
 ctl() { (cd "$OPDIR" && as "$OP" "${op_env[@]}" "$CTL" --module "$CLIENT" "$@"); }
 # give FILE...: hand the OEM's files to the operator.
@@ -252,7 +285,12 @@ give root.pem
 
 # ---- guardianctl through p11-kit-client.so ----------------------------------------
 
-check "guardianctl init through p11-kit-client.so" ctl init --subject /CN=remote-line --out guardian.pem
+rc=0
+(cd "$OPDIR" && as "$OP" "${op_env[@]}" GUARDIAN_PIN="$USER_PIN" "$CTL" --module "$CLIENT" init \
+    --out none.pem) >backend-pin.out 2>&1 || rc=$?
+check_eq "the backend's own PIN is no login through the service (service mode)" 1 "$rc"
+check "guardianctl init through p11-kit-client.so (operator line7)" ctl init --subject /CN=remote-line \
+    --out guardian.pem
 check_grep "guardian.pem holds the Guardian certificate" "BEGIN CERTIFICATE" "$OPDIR/guardian.pem"
 check "guardianctl enroll-oem through p11-kit-client.so (SO login over the socket)" \
     ctl enroll-oem root.pem --oem-id ACME --yes
@@ -317,6 +355,10 @@ check_grep "status: records by type" "^ +1 import, [0-9]+ reserve, 5 issue, [0-9
 check_grep "status: the store against the token's anchor" \
     "^  anchor +the store (agrees with|is ahead of) the token's anchor" status.out
 check_grep "status: the probe of the backend" "^  sensitive +ENFORCED" status.out
+check_grep "status: the service mode, from the module" "^  service mode +yes: C_Login takes the Guardian's own" status.out
+check_grep "status: the Guardian's credentials, counted" \
+    "^  credentials +Security Officer set \(0 failed logins in a row\); 1 operator, 0 locked" status.out
+check_grep "status: the configuration the service's module read" "^  configuration +$SVCDIR/guardian.conf$" status.out
 
 rc=0
 ctl audit export --out remote.report >audit.out 2>&1 || rc=$?
@@ -365,7 +407,7 @@ if ! "$PY" -c 'import PyKCS11' 2>/dev/null; then
 else
     # The vendor mechanism, for contrast.
     rc=0
-    as "$OP" "${op_env[@]}" "$PY" - "$CLIENT" "$USER_PIN" "$OPDIR/remote-1.gpk" >mech.out 2>&1 <<'PY' || rc=$?
+    as "$OP" "${op_env[@]}" "$PY" - "$CLIENT" "$OPERATOR_PIN" "$OPDIR/remote-1.gpk" >mech.out 2>&1 <<'PY' || rc=$?
 import sys
 import PyKCS11
 lib = PyKCS11.PyKCS11Lib()
@@ -393,9 +435,10 @@ PY
     chmod 0644 device.spki
     RA=$INTEROP_DIR/rpc_attributes.py
     must "attributes in-process (rpc_attributes.py dump, the service's account)" as "$SVC" "${svc_env[@]}" \
-        "$PY" "$RA" dump "$M" "$USER_PIN" "$SVCDIR/inprocess.json" --request ACME/REMOTE-1 RPC-IN "$WORK/device.spki"
+        "$PY" "$RA" dump "$M" "$OPERATOR_PIN" "$SVCDIR/inprocess.json" --request ACME/REMOTE-1 RPC-IN \
+        "$WORK/device.spki"
     must "attributes through p11-kit-client.so (rpc_attributes.py dump, the operator's account)" as "$OP" \
-        "${op_env[@]}" "$PY" "$RA" dump "$CLIENT" "$USER_PIN" "$OPDIR/rpc.json" --request ACME/REMOTE-1 RPC-RPC \
+        "${op_env[@]}" "$PY" "$RA" dump "$CLIENT" "$OPERATOR_PIN" "$OPDIR/rpc.json" --request ACME/REMOTE-1 RPC-RPC \
         "$WORK/device.spki"
     if ! start_server "$SOFTHSM_MODULE" "$RUNDIR/softhsm.sock" softhsm-server.out softhsm-server.err; then
         SOFTHSM_SERVER_PID=$STARTED_PID
