@@ -76,9 +76,9 @@ size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf
         return 0;
     operator_len = strlen(r->operator_name);
     /* Encoding 1 has no operator field: a record that names one, or one of a
-     * type that did not exist before encoding 2, would carry a field its hash
-     * does not cover. */
-    if (r->encoding == GUARDIAN_AUDIT_ENCODING_1 && (operator_len != 0 || r->type == GUARDIAN_AUDIT_CREDENTIAL))
+     * type that did not exist before encoding 2 (CREDENTIAL, EXPORT: each
+     * names who did it), would carry a field its hash does not cover. */
+    if (r->encoding == GUARDIAN_AUDIT_ENCODING_1 && (operator_len != 0 || r->type > GUARDIAN_AUDIT_JOURNAL_LOST))
         return 0;
 
     need = sizeof(audit_magic_1) + 8 + 4 + 8 + (4 + oem_len) + (4 + product_len) + 8 + (4 + r->device_id_len) +

@@ -242,6 +242,18 @@ static CK_RV migrate_to_4(struct guardian_store *st, sqlite3 *db)
     return map_sqlite(st, rc, "migrate the schema to version 4");
 }
 
+/* 4 -> 5: nothing to change in the tables; from now on the trail may hold
+ * EXPORT records (type 7, store.h), which a module of schema 4 would read as
+ * a corrupt trail.  The version says so first: that module refuses the
+ * database ("state schema version 5 is not supported") instead of going on
+ * producing on a trail it could no longer export (it would call it corrupt). */
+static CK_RV migrate_to_5(struct guardian_store *st, sqlite3 *db)
+{
+    (void)st;
+    (void)db;
+    return CKR_OK;
+}
+
 struct migration {
     int to_version;
     /* Runs inside the migration's write transaction; may read and rewrite
@@ -255,6 +267,7 @@ static const struct migration migrations[] = {
     {2, migrate_to_2},
     {3, migrate_to_3},
     {4, migrate_to_4},
+    {5, migrate_to_5},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -847,7 +860,7 @@ static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
     uint64_t type = 0, release = 0, encoding = 0;
 
     memset(r, 0, sizeof(*r));
-    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_CREDENTIAL, &type) ||
+    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_TYPE_MAX, &type) ||
         type < GUARDIAN_AUDIT_IMPORT || sqlite3_column_type(s, 2) != SQLITE_INTEGER || !column_id(s, 3, r->oem_id) ||
         !column_id(s, 4, r->product_id) || !column_uint(s, 5, INT64_MAX, &r->serial) ||
         !column_blob(s, 6, r->device_id, sizeof(r->device_id), &r->device_id_len) ||
@@ -1737,63 +1750,75 @@ out:
     return rv;
 }
 
-CK_RV guardian_store_products_each(struct guardian_store *st,
-                                   CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx)
+/* Every installed product, ordered by OEM ID then product ID, into a
+ * malloc'd list (*list NULL when there is none); the caller holds the lock. */
+static CK_RV products_read_locked(struct guardian_store *st, struct guardian_product **list, size_t *count)
 {
-    CK_RV rv = CKR_GENERAL_ERROR;
-    struct guardian_product *list = NULL, *grown;
-    size_t count = 0, cap = 0;
+    struct guardian_product *grown;
+    size_t cap = 0;
     sqlite3_stmt *s = NULL;
-    bool locked = false;
+    CK_RV rv;
     int rc;
 
-    if (st == NULL || fn == NULL) {
-        rv = CKR_ARGUMENTS_BAD;
-        goto out;
-    }
-    rv = store_enter(st);
-    if (rv != CKR_OK)
-        goto out;
-    locked = true;
-
-    /* Products are few (one per installed release): read them all, then call
-     * fn without the lock so that it may use the store. */
+    *list = NULL;
+    *count = 0;
     rv = stmt_get(st, S_PRODUCTS_ALL, &s);
     if (rv != CKR_OK)
         goto out;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (count == cap) {
+        if (*count == cap) {
             cap = cap != 0 ? 2 * cap : 16;
-            grown = realloc(list, cap * sizeof(*list));
+            grown = realloc(*list, cap * sizeof(**list));
             if (grown == NULL) {
                 rv = CKR_HOST_MEMORY;
                 goto out;
             }
-            list = grown;
+            *list = grown;
         }
-        rv = product_from_row(s, &list[count]);
+        rv = product_from_row(s, &(*list)[*count]);
         if (rv != CKR_OK)
             goto out;
-        count++;
+        (*count)++;
     }
     rv = map_sqlite(st, rc, "list products");
-    if (rv != CKR_OK)
-        goto out;
-    stmt_done(s);
-    s = NULL;
-    store_leave(st);
-    locked = false;
-
-    for (size_t i = 0; i < count; i++) {
-        rv = fn(&list[i], ctx);
-        if (rv != CKR_OK)
-            goto out;
-    }
-    rv = CKR_OK;
 out:
     stmt_done(s);
-    if (locked)
-        store_leave(st);
+    if (rv != CKR_OK) {
+        free(*list);
+        *list = NULL;
+        *count = 0;
+    }
+    return rv;
+}
+
+/* fn for each product of `list`, stopping at the first that is not CKR_OK. */
+static CK_RV products_call(const struct guardian_product *list, size_t count,
+                           CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx)
+{
+    CK_RV rv = CKR_OK;
+    for (size_t i = 0; i < count && fn != NULL && rv == CKR_OK; i++)
+        rv = fn(&list[i], ctx);
+    return rv;
+}
+
+CK_RV guardian_store_products_each(struct guardian_store *st,
+                                   CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx)
+{
+    struct guardian_product *list = NULL;
+    size_t count = 0;
+    CK_RV rv;
+
+    if (st == NULL || fn == NULL)
+        return CKR_ARGUMENTS_BAD;
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        return rv;
+    /* Products are few (one per installed release): read them all, then call
+     * fn without the lock so that it may use the store. */
+    rv = products_read_locked(st, &list, &count);
+    store_leave(st);
+    if (rv == CKR_OK)
+        rv = products_call(list, count, fn, ctx);
     free(list);
     return rv;
 }
@@ -3131,6 +3156,76 @@ out:
     if (locked)
         store_leave(st);
     free(page);
+    return rv;
+}
+
+/* ---- the audit trail: exports ----------------------------------------------------------- */
+
+struct export_args {
+    const char *oem_id, *product_id; /* NULL: the whole trail */
+    int64_t now;
+    struct guardian_audit_record rec;
+    struct guardian_product *products;
+    size_t n_products;
+};
+
+/* The EXPORT record and the products as they stand at it (store.h). */
+static CK_RV export_tx(struct guardian_store *st, void *ctx)
+{
+    struct export_args *a = ctx;
+    sqlite3_stmt *s = NULL;
+    uint8_t head_hash[GUARDIAN_HASH_LEN];
+    uint64_t head_seq = 0;
+    bool row = false;
+    CK_RV rv;
+
+    if (a->oem_id != NULL) {
+        rv = stmt_step(st, S_PRODUCT_GET, &s, &row, "read a product", "tt", a->oem_id, a->product_id);
+        stmt_done(s);
+        if (rv != CKR_OK)
+            return rv;
+        if (!row)
+            return CKR_GUARDIAN_PRODUCT_UNKNOWN;
+    }
+    rv = audit_head_get(st, &head_seq, head_hash);
+    if (rv == CKR_OK)
+        rv = record_init(st, &a->rec, GUARDIAN_AUDIT_EXPORT, a->now, NULL);
+    if (rv != CKR_OK)
+        return rv;
+    if (a->oem_id != NULL) {
+        snprintf(a->rec.oem_id, sizeof(a->rec.oem_id), "%s", a->oem_id);
+        snprintf(a->rec.product_id, sizeof(a->rec.product_id), "%s", a->product_id);
+    }
+    /* The last record the report covers before this one: audit_append
+     * numbers this one head_seq + 1, in the same transaction. */
+    a->rec.serial = head_seq;
+    rv = audit_append(st, &a->rec);
+    if (rv == CKR_OK)
+        rv = products_read_locked(st, &a->products, &a->n_products);
+    return rv;
+}
+
+CK_RV guardian_store_record_export(struct guardian_store *st, const char *oem_id, const char *product_id, int64_t now,
+                                   CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx,
+                                   struct guardian_audit_record *record)
+{
+    struct export_args a;
+    CK_RV rv;
+
+    if (st == NULL || (oem_id == NULL) != (product_id == NULL) ||
+        (oem_id != NULL && (!id_ok(oem_id) || !id_ok(product_id))))
+        return CKR_ARGUMENTS_BAD;
+    memset(&a, 0, sizeof(a));
+    a.oem_id = oem_id;
+    a.product_id = product_id;
+    a.now = now;
+    rv = store_write(st, true, export_tx, &a);
+    if (rv == CKR_OK) {
+        if (record != NULL)
+            *record = a.rec;
+        rv = products_call(a.products, a.n_products, fn, ctx);
+    }
+    free(a.products);
     return rv;
 }
 

@@ -238,7 +238,9 @@ enum guardian_audit_type {
     GUARDIAN_AUDIT_RELEASE = 4,
     GUARDIAN_AUDIT_JOURNAL_LOST = 5,
     GUARDIAN_AUDIT_CREDENTIAL = 6, /* a Guardian credential set, changed, locked or removed (schema 4 on) */
+    GUARDIAN_AUDIT_EXPORT = 7,     /* an audit report exported: who, when, what scope (schema 5 on) */
 };
+#define GUARDIAN_AUDIT_TYPE_MAX GUARDIAN_AUDIT_EXPORT
 
 /* The canonical encoding a record's hash covers (docs/audit-format.md).  Each
  * record keeps the one it was written with, so that a trail from before
@@ -272,7 +274,8 @@ struct guardian_audit_record {
     char oem_id[GUARDIAN_ID_MAX + 1];
     char product_id[GUARDIAN_ID_MAX + 1];
     uint64_t serial;                      /* RESERVE, ISSUE, RELEASE; JOURNAL_LOST: first serial;
-                                             CREDENTIAL: enum guardian_credential_action; 0 otherwise */
+                                             CREDENTIAL: enum guardian_credential_action;
+                                             EXPORT: the seq of the record before it (0: none); 0 otherwise */
     uint8_t device_id[GUARDIAN_DEVICE_ID_MAX];
     size_t device_id_len;                 /* RESERVE, ISSUE; JOURNAL_LOST: the journal's file name;
                                              CREDENTIAL: the subject's name ("so" for the SO) */
@@ -292,7 +295,7 @@ struct guardian_audit_record {
 /* The canonical byte encoding of a record that its hash covers (everything but
  * `hash`), as documented in docs/audit-format.md, in the record's `encoding`:
  * 1 is exactly the bytes of before schema 4 (and needs operator_name "" and a
- * type other than CREDENTIAL), 2 adds operator_name.  Returns the length
+ * type of then, IMPORT .. JOURNAL_LOST), 2 adds operator_name.  Returns the length
  * written (at most GUARDIAN_AUDIT_ENCODING_MAX), or 0 if `cap` is too small or
  * the record cannot be encoded.  Shared with the OEM-side verifier. */
 #define GUARDIAN_AUDIT_ENCODING_MAX 432
@@ -312,10 +315,30 @@ CK_RV guardian_audit_hash(const struct guardian_audit_record *r, uint8_t out[GUA
 CK_RV guardian_store_audit_each(struct guardian_store *st,
                                 CK_RV (*fn)(const struct guardian_audit_record *r, void *ctx), void *ctx);
 
+/* An audit export, recorded before its report is built (mechs/audit_export.c),
+ * so that the signed report covers its own EXPORT record as its last.  One
+ * write transaction, synchronous=FULL: this process's issue journal folded
+ * first (its certificates belong in the report), then, for a restricted
+ * export (oem_id and product_id, both or neither), the product must be
+ * installed (CKR_GUARDIAN_PRODUCT_UNKNOWN, nothing written); then the EXPORT
+ * record is appended - time `now`, the scope (empty: the whole trail), serial
+ * = the seq of the record before it (0 for none), device ID, digest, package,
+ * release and units zero, the current operator - and the installed products
+ * are read as they stand at that record.  After COMMIT, `fn` (may be NULL) is
+ * called for each product, ordered by OEM ID then product ID (stops early and
+ * returns fn's value when it is not CKR_OK), and *record (may be NULL) is the
+ * EXPORT record, hash included.  The report covers records 1 .. record->seq
+ * with those products: the counters are exactly what those records add up
+ * to, whatever production appends meanwhile (counters and records change
+ * only together, in one transaction). */
+CK_RV guardian_store_record_export(struct guardian_store *st, const char *oem_id, const char *product_id, int64_t now,
+                                   CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx,
+                                   struct guardian_audit_record *record);
+
 /* The operator named in every record this store handle writes from now on
  * (IMPORT, RESERVE, ISSUE - in the issue journal too, so a folded ISSUE
  * names who issued it, not who folded it -, RELEASE, JOURNAL_LOST,
- * CREDENTIAL): the logged-in operator's name, "so" for the SO, "" or NULL for
+ * CREDENTIAL, EXPORT): the logged-in operator's name, "so" for the SO, "" or NULL for
  * none.  Per handle, thread-safe (taken under the store's lock, so a record
  * names either the old or the new one, whole).  A name that is not "" nor of
  * guardian_operator_name_ok is logged and refused, and so is every write

@@ -235,7 +235,7 @@ static void test_open_reopen_file(void **state)
     assert_int_equal(reserve(st, "dev-1", NOW, &serial), CKR_OK);
     guardian_store_close(st);
 
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 4);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
 
     /* Reopen twice: the migration is not applied again, the data is there. */
     for (int round = 0; round < 2; round++) {
@@ -247,7 +247,7 @@ static void test_open_reopen_file(void **state)
         assert_int_equal(read_trail(st, t), CKR_OK);
         assert_int_equal(t->count, 2);
         guardian_store_close(st);
-        assert_int_equal(query_int(&d, "PRAGMA user_version"), 4);
+        assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
         assert_int_equal(query_int(&d, "SELECT count(*) FROM sqlite_schema WHERE name = 'audit'"), 1);
     }
 
@@ -317,7 +317,7 @@ static void test_migration_failure_rolls_back(void **state)
     tamper(&d, "DROP TABLE audit");
     st = open_dir(&d);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 4);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
     tmpdir_remove(&d);
 }
 
@@ -785,7 +785,7 @@ static const char vec4_enc[] =
     "c768a419af7501b62b08f332fad04aeaea4491a4da9ed046";
 static const char vec4_hash[] = "1ab382f4242c248f9f4db691c362bbd504413e914a911fcfc6c1b6da89ef1cff";
 
-/* Records 5..7 of docs/audit-format.md: encoding 2 (GDAUDIT2), continuing the
+/* Records 5..9 of docs/audit-format.md: encoding 2 (GDAUDIT2), continuing the
  * chain of records 1..4 (computed there independently, Python). */
 static const char vec5_enc[] =
     "4744415544495432000000000000000500000002000000006553f22c0000000461636d650000000873656e736f722d31000000000000"
@@ -799,11 +799,19 @@ static const char vec6_enc[] =
     "000000000000000002736f9a2933a67935cf475de215e64baa234979598a54b4f5d5d9c3e433b2df5a660f";
 static const char vec6_hash[] = "562b7c2de1b4c2b2f7bf058d7be989e00df0da4597ccef2bbfcf52424d89ab1e";
 static const char vec7_hash[] = "ab64b3d23c262b6b11815662d40bf32c70743085a08a33c8602d3902a3d2532e";
+/* Records 8 and 9: EXPORT (type 7), of the whole trail and of one product. */
+static const char vec8_enc[] =
+    "4744415544495432000000000000000800000007000000006553f3580000000000000000000000000000000700000000000000000000"
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "00000005616c696365ab64b3d23c262b6b11815662d40bf32c70743085a08a33c8602d3902a3d2532e";
+static const char vec8_hash[] = "bfe5790bfc13829d9e04fd77e434bd52e0b0362f5bac912fa222a417692c75f3";
+static const char vec9_hash[] = "e382200854cbeafe9500dac8e170f96d66d64f1005d8c3ca1321a1d7102cbc7d";
 
 static void test_audit_encoding_2_vectors(const uint8_t hash4[GUARDIAN_HASH_LEN])
 {
     struct guardian_audit_record r;
-    uint8_t buf[GUARDIAN_AUDIT_ENCODING_MAX], enc5[161], enc6[151], h[GUARDIAN_HASH_LEN], want[GUARDIAN_HASH_LEN];
+    uint8_t buf[GUARDIAN_AUDIT_ENCODING_MAX], enc5[161], enc6[151], enc8[149], h[GUARDIAN_HASH_LEN],
+        want[GUARDIAN_HASH_LEN];
 
     /* Record 5: RESERVE by operator "alice", serial 5, block (no device). */
     memset(&r, 0, sizeof(r));
@@ -868,6 +876,44 @@ static void test_audit_encoding_2_vectors(const uint8_t hash4[GUARDIAN_HASH_LEN]
     assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
     hex_to_bytes(vec7_hash, want, sizeof(want));
     assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+
+    /* Record 8: EXPORT of the whole trail by "alice"; serial 7, the record
+     * before it; no OEM, no product, nothing else. */
+    memset(&r, 0, sizeof(r));
+    r.encoding = GUARDIAN_AUDIT_ENCODING_2;
+    r.seq = 8;
+    r.type = GUARDIAN_AUDIT_EXPORT;
+    r.time = 1700000600;
+    r.serial = 7;
+    strcpy(r.operator_name, "alice");
+    memcpy(r.prev_hash, want, GUARDIAN_HASH_LEN);
+    hex_to_bytes(vec8_enc, enc8, sizeof(enc8));
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), sizeof(enc8));
+    assert_memory_equal(buf, enc8, sizeof(enc8));
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+    hex_to_bytes(vec8_hash, want, sizeof(want));
+    assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+    /* An EXPORT record names who exported: encoding 1 cannot carry it. */
+    r.encoding = GUARDIAN_AUDIT_ENCODING_1;
+    r.operator_name[0] = '\0';
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_ARGUMENTS_BAD);
+
+    /* Record 9: EXPORT restricted to acme/sensor-1, by "bob", serial 8. */
+    memset(&r, 0, sizeof(r));
+    r.encoding = GUARDIAN_AUDIT_ENCODING_2;
+    r.seq = 9;
+    r.type = GUARDIAN_AUDIT_EXPORT;
+    r.time = 1700000700;
+    strcpy(r.oem_id, "acme");
+    strcpy(r.product_id, "sensor-1");
+    r.serial = 8;
+    strcpy(r.operator_name, "bob");
+    memcpy(r.prev_hash, want, GUARDIAN_HASH_LEN);
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 159);
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+    hex_to_bytes(vec9_hash, want, sizeof(want));
+    assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
 }
 
 static void test_audit_encoding_vectors(void **state)
@@ -925,7 +971,7 @@ static void test_audit_encoding_vectors(void **state)
         assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
     }
 
-    /* Records 5..7: encoding 2, with the operator (docs/audit-format.md). */
+    /* Records 5..9: encoding 2, with the operator (docs/audit-format.md). */
     test_audit_encoding_2_vectors(want);
 
     /* Largest record: 396 bytes in encoding 1, 432 in encoding 2 (a 32-byte
@@ -1087,6 +1133,8 @@ static void test_audit_tamper(void **state)
         {"units altered", "UPDATE audit SET authorised_units = 1000000 WHERE seq = 1"},
         {"cert digest altered", "UPDATE audit SET digest = zeroblob(32) WHERE seq = 3"},
         {"type altered", "UPDATE audit SET type = 2 WHERE seq = 3"},
+        {"type made EXPORT", "UPDATE audit SET type = 7 WHERE seq = 3"},
+        {"type unknown", "UPDATE audit SET type = 8 WHERE seq = 3"},
         {"middle deleted", "DELETE FROM audit WHERE seq = 3"},
         {"first deleted", "DELETE FROM audit WHERE seq = 1"},
         {"last deleted", "DELETE FROM audit WHERE seq = 7"},
@@ -1424,7 +1472,7 @@ static void test_concurrent_fresh_open(void **state)
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
     }
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 4);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
     st = open_dir(&d);
     for (int i = 0; i < FRESH_PROCS; i++) {
         char product[16];
@@ -2428,6 +2476,159 @@ static void test_journal_parser(void **state)
                      0);
 }
 
+/* ---- exports ------------------------------------------------------------------------------ */
+
+struct seen_products {
+    size_t count;
+    struct guardian_product p[4];
+    CK_RV rv; /* what the callback returns */
+};
+
+static CK_RV see_product(const struct guardian_product *p, void *ctx)
+{
+    struct seen_products *sp = ctx;
+    if (sp->count < 4)
+        sp->p[sp->count] = *p;
+    sp->count++;
+    return sp->rv;
+}
+
+/* The EXPORT record at trail index i: the scope, serial the record before it,
+ * the operator, nothing else. */
+static void assert_export_record(const struct trail *t, size_t i, const char *oem, const char *product,
+                                 const char *operator_name)
+{
+    const struct guardian_audit_record *r;
+
+    assert_true(i < t->count);
+    r = &t->rec[i];
+    assert_int_equal(r->type, GUARDIAN_AUDIT_EXPORT);
+    assert_int_equal(r->encoding, GUARDIAN_AUDIT_ENCODING_2);
+    assert_int_equal(r->seq, i + 1);
+    assert_int_equal(r->serial, i);
+    assert_string_equal(r->oem_id, oem);
+    assert_string_equal(r->product_id, product);
+    assert_string_equal(r->operator_name, operator_name);
+    assert_int_equal(r->device_id_len, 0);
+    assert_int_equal(r->release_version, 0);
+    assert_int_equal(r->authorised_units, 0);
+    for (size_t k = 0; k < GUARDIAN_HASH_LEN; k++)
+        assert_int_equal(r->digest[k], 0);
+    for (size_t k = 0; k < GUARDIAN_PACKAGE_ID_LEN; k++)
+        assert_int_equal(r->package_id[k], 0);
+}
+
+static void test_export_record(void **state)
+{
+    struct guardian_store *st = open_memory();
+    struct guardian_audit_record rec;
+    struct seen_products sp;
+    struct trail *t = trail_new();
+    uint64_t serial = 0;
+    int64_t now = NOW;
+    (void)state;
+
+    /* An empty trail: record 1, serial 0; no product to list. */
+    memset(&sp, 0, sizeof(sp));
+    assert_int_equal(guardian_store_record_export(st, NULL, NULL, now, see_product, &sp, &rec), CKR_OK);
+    assert_int_equal(rec.seq, 1);
+    assert_int_equal(rec.serial, 0);
+    assert_int_equal(rec.time, now);
+    assert_int_equal(sp.count, 0);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 1);
+    assert_export_record(t, 0, "", "", "");
+    assert_memory_equal(t->rec[0].hash, rec.hash, GUARDIAN_HASH_LEN);
+
+    /* Production, then an export by alice restricted to the product: the
+     * counters come as they stand at the EXPORT record. */
+    assert_int_equal(install(st, 1, OEM, PRODUCT, 1, 10), CKR_OK);
+    assert_int_equal(reserve(st, "dev-1", now, &serial), CKR_OK);
+    assert_int_equal(install(st, 2, OEM, "other", 1, 5), CKR_OK);
+    guardian_store_set_operator(st, "alice");
+    memset(&sp, 0, sizeof(sp));
+    assert_int_equal(guardian_store_record_export(st, OEM, PRODUCT, now, see_product, &sp, &rec), CKR_OK);
+    assert_int_equal(rec.seq, 5);
+    assert_int_equal(sp.count, 2); /* every product: the caller keeps those of its scope */
+    assert_string_equal(sp.p[0].product_id, "other");
+    assert_string_equal(sp.p[1].product_id, PRODUCT);
+    assert_int_equal(sp.p[1].issued_units, 1);
+    assert_int_equal(sp.p[1].next_serial, 2);
+    /* Two exports, two records; NULL callback and record are fine. */
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_record_export(st, NULL, NULL, now, NULL, NULL, NULL), CKR_OK);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 6);
+    assert_export_record(t, 4, OEM, PRODUCT, "alice");
+    assert_export_record(t, 5, "", "", "so");
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_EXPORT), 3);
+
+    /* A product that is not installed: refused, nothing written. */
+    assert_int_equal(guardian_store_record_export(st, OEM, "nope", now, see_product, &sp, &rec),
+                     CKR_GUARDIAN_PRODUCT_UNKNOWN);
+    assert_int_equal(guardian_store_record_export(st, "beta", PRODUCT, now, see_product, &sp, &rec),
+                     CKR_GUARDIAN_PRODUCT_UNKNOWN);
+    /* Both scope IDs or neither, each an ID. */
+    assert_int_equal(guardian_store_record_export(st, OEM, NULL, now, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_record_export(st, NULL, PRODUCT, now, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_record_export(st, "", PRODUCT, now, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_record_export(NULL, NULL, NULL, now, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+    /* No record names an operator that was refused. */
+    guardian_store_set_operator(st, "Not A Name");
+    assert_int_equal(guardian_store_record_export(st, NULL, NULL, now, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 6);
+
+    /* The callback's failure is returned; the record is committed by then. */
+    guardian_store_set_operator(st, "");
+    memset(&sp, 0, sizeof(sp));
+    sp.rv = CKR_HOST_MEMORY;
+    assert_int_equal(guardian_store_record_export(st, NULL, NULL, now, see_product, &sp, &rec), CKR_HOST_MEMORY);
+    assert_int_equal(sp.count, 1);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 7);
+    assert_export_record(t, 6, "", "", "");
+    guardian_store_close(st);
+    free(t);
+}
+
+/* A file-backed store folds this process's issue journal before the EXPORT
+ * record: the certificates issued before an export are in its report. */
+static void test_export_after_journal(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 100);
+    struct guardian_audit_record rec;
+    struct trail *t = trail_new();
+    uint64_t first = 0, got = 0;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 2, &first, &got), CKR_OK);
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, 1, (const uint8_t *)"dev", 3, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_OK);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 3"), 0);
+    assert_int_equal(guardian_store_record_export(st, NULL, NULL, NOW, NULL, NULL, &rec), CKR_OK);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 5); /* IMPORT, 2 RESERVE, ISSUE, EXPORT */
+    assert_int_equal(t->rec[3].type, GUARDIAN_AUDIT_ISSUE);
+    assert_export_record(t, 4, "", "", "");
+    assert_int_equal(rec.seq, 5);
+    guardian_store_close(st);
+    /* Reopened, the trail with its EXPORT record verifies. */
+    st = open_dir(&d);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 5);
+    guardian_store_close(st);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 7 AND encoding = 2"), 1);
+    tmpdir_remove(&d);
+    free(t);
+}
+
 /* ---- Guardian credentials ---------------------------------------------------------------- */
 
 static struct guardian_credential make_cred(int role, const char *name, uint8_t fill)
@@ -3160,7 +3361,7 @@ static void test_migration_from_v3(void **state)
     make_v3_state(&d, v3);
     assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
     st = open_dir(&d);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 4);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
     assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE encoding = 1 AND operator = ''"), 4);
     /* The old records verify as they were, and the journal of the process
      * the old module left behind folds into an encoding 2 ISSUE (no operator). */
@@ -3251,6 +3452,8 @@ int main(void)
         cmocka_unit_test(test_journal_damaged),
         cmocka_unit_test(test_own_journal_tampered),
         cmocka_unit_test(test_journal_parser),
+        cmocka_unit_test(test_export_record),
+        cmocka_unit_test(test_export_after_journal),
         cmocka_unit_test(test_credentials),
         cmocka_unit_test(test_credential_arguments),
         cmocka_unit_test(test_credential_failures_durable),
