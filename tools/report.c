@@ -37,7 +37,8 @@
 #define type_names report_type_names
 #define TYPE_REDACTED 0
 #define TYPE_MAX REPORT_TYPE_MAX
-/* A CREDENTIAL record's product index: it has none. */
+/* The product index of a CREDENTIAL record, or of the EXPORT record of the
+ * whole trail: they have none. */
 #define NO_PRODUCT UINT16_MAX
 /* An operator index: records of encoding 1 (before operators were recorded). */
 #define OP_NOT_RECORDED 0
@@ -406,6 +407,10 @@ const char *report_parse_record(const char *s, size_t len, struct guardian_audit
     if (type == GUARDIAN_AUDIT_CREDENTIAL) {
         if (!field_is(f[4], fl[4], "-") || !field_is(f[5], fl[5], "-"))
             return "a CREDENTIAL record has no OEM or product ID ('-')";
+    } else if (type == GUARDIAN_AUDIT_EXPORT && (field_is(f[4], fl[4], "-") || field_is(f[5], fl[5], "-"))) {
+        /* The whole trail: no scope ("-" is no ID here: the ID "-" is %2D). */
+        if (!field_is(f[4], fl[4], "-") || !field_is(f[5], fl[5], "-"))
+            return "an EXPORT record's scope is an OEM and a product ID, or '- -' for the whole trail";
     } else if (!get_id(f[4], fl[4], r->oem_id) || !get_id(f[5], fl[5], r->product_id)) {
         return "bad OEM or product ID";
     }
@@ -437,6 +442,7 @@ const char *report_parse_record(const char *s, size_t len, struct guardian_audit
         return "bad prev_hash or hash";
     if (report_format_record(r, again, sizeof(again)) != len + 1 || memcmp(again, s, len) != 0)
         return type == GUARDIAN_AUDIT_CREDENTIAL && n == 14 ? "a CREDENTIAL record names its operator (15 fields)"
+               : type == GUARDIAN_AUDIT_EXPORT && n == 14   ? "an EXPORT record names its operator (15 fields)"
                                                             : "not in canonical form";
     if (dev_hex != NULL)
         *dev_hex = r->device_id_len ? f[7] : NULL;
@@ -467,7 +473,7 @@ static int parse_record(struct vctx *v, const char *s, size_t len)
         return malformed(v, "%s", why);
     if (v->version == 1 && r.encoding != GUARDIAN_AUDIT_ENCODING_1)
         return malformed(v, "a record line of 15 fields (with an operator) in a version 1 report");
-    if (r.type != GUARDIAN_AUDIT_CREDENTIAL) {
+    if (r.type != GUARDIAN_AUDIT_CREDENTIAL && r.oem_id[0] != '\0') {
         prod = find_product(v, r.oem_id, r.product_id, 1);
         if (prod == -2)
             return malformed(v, "more than %d products", REPORT_MAX_PRODUCTS);
@@ -1299,6 +1305,75 @@ static void check_credential(struct vctx *v, const struct rrec *r)
                 so ? "an operator's" : "the SO's");
 }
 
+/* EXPORT: an audit report exported.  Nothing is counted; the fields must be
+ * those the store writes: serial = the record before it (the last the
+ * export covered before its own), the scope an installed product or none,
+ * every other field zero (docs/audit-format.md). */
+static void check_export(struct vctx *v, const struct rrec *r)
+{
+    static const uint8_t zeros[GUARDIAN_HASH_LEN];
+
+    if (r->serial != r->seq - 1 || r->dev_len != 0 || memcmp(r->digest, zeros, sizeof(r->digest)) != 0 ||
+        memcmp(r->package_id, zeros, sizeof(r->package_id)) != 0 || r->release != 0 || r->units != 0) {
+        problem(v, "record %llu (EXPORT) is malformed: it needs serial %llu (the record before it), and no device, "
+                   "digest, package, release or units",
+                (unsigned long long)r->seq, (unsigned long long)(r->seq - 1));
+        return;
+    }
+    /* The Guardian exports an installed product only: one imported before. */
+    if (r->product != NO_PRODUCT && v->products[r->product].pkg < 0)
+        problem(v, "record %llu (EXPORT) is an export of %s, which no record before it imported",
+                (unsigned long long)r->seq, v->products[r->product].name);
+}
+
+/* The scope an EXPORT record names, as the scope line writes it. */
+static void export_scope(const struct vctx *v, const struct rrec *r, char *out, size_t cap)
+{
+    if (r->product == NO_PRODUCT)
+        snprintf(out, cap, "all");
+    else
+        snprintf(out, cap, "%s", v->products[r->product].name);
+}
+
+/* The report's own EXPORT record.  A Guardian that records its exports
+ * writes the record of each export before it builds the report, which covers
+ * the trail up to it: its last record.  So once a report shows an EXPORT
+ * record, its last record is its own, naming the report's scope and export
+ * time.  A report without any (made before exports were recorded) still
+ * verifies; the summary says the exporter is not recorded. */
+static void check_own_export(struct vctx *v)
+{
+    const struct rrec *seen = NULL, *last = v->n_recs > 0 ? &v->recs[v->n_recs - 1] : NULL;
+    char scope[2 * GUARDIAN_ID_MAX + 2], want[2 * GUARDIAN_ID_MAX + 2];
+
+    for (size_t i = 0; i < v->n_recs; i++)
+        if (v->recs[i].type == GUARDIAN_AUDIT_EXPORT)
+            seen = &v->recs[i];
+    if (seen == NULL)
+        return;
+    if (seen != last) {
+        problem(v, "the report does not end with its own EXPORT record: its last record is %llu, after EXPORT "
+                   "record %llu (the Guardian records each export as the last record of its report)",
+                (unsigned long long)last->seq, (unsigned long long)seen->seq);
+        return;
+    }
+    export_scope(v, last, scope, sizeof(scope));
+    if (v->scoped)
+        snprintf(want, sizeof(want), "%s/%s", v->scope_oem, v->scope_product);
+    else
+        snprintf(want, sizeof(want), "all");
+    if (strcmp(scope, want) != 0)
+        problem(v, "record %llu, the report's own EXPORT record, is an export of %s but the report's scope is %s",
+                (unsigned long long)last->seq, scope, want);
+    if (last->time != v->exported) {
+        char t[32], e[32];
+        iso8601(last->time, t);
+        iso8601(v->exported, e);
+        problem(v, "record %llu, the report's own EXPORT record, is dated %s but the report says it was exported %s",
+                (unsigned long long)last->seq, t, e);
+    }
+}
+
 static void check_accounting(struct vctx *v)
 {
     v->serial_cap = 16;
@@ -1321,6 +1396,10 @@ static void check_accounting(struct vctx *v)
             continue;
         if (r->type == GUARDIAN_AUDIT_CREDENTIAL) {
             check_credential(v, r);
+            continue;
+        }
+        if (r->type == GUARDIAN_AUDIT_EXPORT) {
+            check_export(v, r);
             continue;
         }
         prod = &v->products[r->product];
@@ -1539,7 +1618,8 @@ static void say_operators(struct vctx *v, const size_t *order, const uint64_t *c
 static void summary(struct vctx *v)
 {
     uint64_t *by_op = NULL, *total = NULL;
-    size_t n_credentials = 0, *order = NULL;
+    size_t n_credentials = 0, n_exports = 0, *order = NULL;
+    const struct rrec *own_export = NULL;
 
     /* Units issued per operator and package: each ISSUE that settled its
      * reservation (check_accounting) counts for the operator it names. */
@@ -1613,6 +1693,33 @@ static void summary(struct vctx *v)
     }
     if (n_credentials > CREDENTIAL_LINES_SHOWN)
         say(v, "(%zu more credential records not shown)\n", n_credentials - CREDENTIAL_LINES_SHOWN);
+    /* Exports, in trail order: who exported what, when; the report's own
+     * (its last record) as "exported by". */
+    for (size_t i = 0; i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i];
+        char when[32], scope[2 * GUARDIAN_ID_MAX + 2];
+        if (r->type != GUARDIAN_AUDIT_EXPORT || (i > 0 && r->seq == v->recs[i - 1].seq))
+            continue;
+        iso8601(r->time, when);
+        export_scope(v, r, scope, sizeof(scope));
+        if (i == v->n_recs - 1) {
+            own_export = r;
+            continue;
+        }
+        if (++n_exports <= CREDENTIAL_LINES_SHOWN)
+            say(v, "export record %llu %s by %s: scope %s\n", (unsigned long long)r->seq, when,
+                operator_label(v, r->op), scope);
+    }
+    if (n_exports > CREDENTIAL_LINES_SHOWN)
+        say(v, "(%zu more export records not shown)\n", n_exports - CREDENTIAL_LINES_SHOWN);
+    if (own_export != NULL) {
+        char when[32];
+        iso8601(own_export->time, when);
+        say(v, "exported by %s at %s (record %llu, the report's own)\n", operator_label(v, own_export->op), when,
+            (unsigned long long)own_export->seq);
+    } else {
+        say(v, "exported by (not recorded: the Guardian did not record its exports when it made this report)\n");
+    }
     free(by_op);
     free(total);
     free(order);
@@ -1722,6 +1829,7 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
             }
         }
         check_chain(&v);
+        check_own_export(&v);
         check_clock(&v);
         if (in->previous != NULL)
             check_previous(&v);
