@@ -15,8 +15,12 @@
  *       makes it in service mode: ACTION so-set, user-set, changed, fail,
  *       so-cleared or removed; SUBJECT the operator's name, "so" for the SO
  *       (salt and hash are fixed test bytes: no KDF runs here).
- *   In both, $AUDIT_FIXTURE_OPERATOR, if set, is the operator the records name
- *   (guardian_store_set_operator).
+ *   audit_fixture export STATE_DIR [OEM PRODUCT]
+ *       the EXPORT record an audit export writes before it builds its report
+ *       (guardian_store_record_export), of the whole trail or of one product,
+ *       without the report: what an export leaves in the trail for the next.
+ *   In all three, $AUDIT_FIXTURE_OPERATOR, if set, is the operator the records
+ *   name (guardian_store_set_operator).
  *   audit_fixture rehash IN OUT one|chain SEQ
  *       recomputes the hash of record SEQ (one), or of SEQ and every record
  *       after it with their prev_hash links and the head line (chain): what a
@@ -212,6 +216,22 @@ static int credential(char **argv)
     return 0;
 }
 
+static int export_record(int argc, char **argv)
+{
+    struct guardian_store *st;
+    CK_RV rv;
+
+    if (guardian_store_open(argv[2], &st) != CKR_OK)
+        fail("cannot open the store");
+    guardian_store_set_operator(st, getenv("AUDIT_FIXTURE_OPERATOR"));
+    rv = guardian_store_record_export(st, argc == 5 ? argv[3] : NULL, argc == 5 ? argv[4] : NULL, (int64_t)time(NULL),
+                                      NULL, NULL, NULL);
+    guardian_store_close(st);
+    if (rv != CKR_OK)
+        fail("the export record was refused");
+    return 0;
+}
+
 static int rehash(char **argv)
 {
     FILE *in = fopen(argv[2], "r"), *out = fopen(argv[3], "w");
@@ -276,8 +296,11 @@ int main(int argc, char **argv)
         return rehash(argv);
     if (argc == 5 && strcmp(argv[1], "credential") == 0)
         return credential(argv);
+    if ((argc == 3 || argc == 5) && strcmp(argv[1], "export") == 0)
+        return export_record(argc, argv);
     fprintf(stderr, "usage: audit_fixture issue STATE_DIR CA.key CA.pem OEM PRODUCT ISSUE RELEASE KEEP [die]\n"
                     "       audit_fixture credential STATE_DIR ACTION SUBJECT\n"
+                    "       audit_fixture export STATE_DIR [OEM PRODUCT]\n"
                     "       audit_fixture rehash IN OUT one|chain SEQ\n");
     return 2;
 }
