@@ -104,8 +104,9 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKG_GUARDIAN_REQ_ENROL_ROOT 1UL
 /* User session: the audit report (docs/audit-report.md), built from the store
  * and signed by the Guardian; CKA_GUARDIAN_OEM_ID + CKA_GUARDIAN_PRODUCT_ID
- * narrow it to one product.  Returns a session CKO_DATA object whose CKA_VALUE
- * is the report. */
+ * narrow it to one product.  Each export is recorded first (an EXPORT audit
+ * record: who, when, what scope), as the report's last record.  Returns a
+ * session CKO_DATA object whose CKA_VALUE is the report. */
 #define CKG_GUARDIAN_REQ_AUDIT_EXPORT 2UL
 /* User session: make the Guardian's identity (keys made by the module, never
  * by the caller) and its self-signed certificate (CKA_LABEL = subject CN,
