@@ -1362,7 +1362,10 @@ static void check_own_export(struct vctx *v)
         snprintf(want, sizeof(want), "%s/%s", v->scope_oem, v->scope_product);
     else
         snprintf(want, sizeof(want), "all");
-    if (strcmp(scope, want) != 0)
+    /* The IDs one by one: an ID may hold a '/'. */
+    if (last->product == NO_PRODUCT ? v->scoped
+                                    : !v->scoped || strcmp(v->products[last->product].oem_id, v->scope_oem) != 0 ||
+                                          strcmp(v->products[last->product].product_id, v->scope_product) != 0)
         problem(v, "record %llu, the report's own EXPORT record, is an export of %s but the report's scope is %s",
                 (unsigned long long)last->seq, scope, want);
     if (last->time != v->exported) {
