@@ -31,11 +31,12 @@
 #include "guardian/guardian-pkcs11.h"
 
 #define LOG "status"
-#define STATUS_VERSION 1
+/* 2 adds records_export (EXPORT records: version 1 counted them as records_other). */
+#define STATUS_VERSION 2
 
 struct counts {
     uint64_t records;          /* records whose links verified */
-    uint64_t by_type[7];       /* [enum guardian_audit_type], [0] any other type */
+    uint64_t by_type[GUARDIAN_AUDIT_TYPE_MAX + 1]; /* [enum guardian_audit_type], [0] any other type */
     uint64_t head_seq;
     uint8_t head_hash[GUARDIAN_HASH_LEN];
     int64_t head_time, newest_time;
@@ -45,7 +46,7 @@ struct counts {
 static CK_RV count_record(const struct guardian_audit_record *r, void *ctx)
 {
     struct counts *c = ctx;
-    size_t t = r->type >= GUARDIAN_AUDIT_IMPORT && r->type <= GUARDIAN_AUDIT_CREDENTIAL ? (size_t)r->type : 0;
+    size_t t = r->type >= GUARDIAN_AUDIT_IMPORT && r->type <= GUARDIAN_AUDIT_TYPE_MAX ? (size_t)r->type : 0;
     c->records++;
     c->by_type[t]++;
     c->head_seq = r->seq;
@@ -162,6 +163,7 @@ static CK_RV status(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
     add(&t, "records_release=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_RELEASE]);
     add(&t, "records_journal_lost=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_JOURNAL_LOST]);
     add(&t, "records_credential=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_CREDENTIAL]);
+    add(&t, "records_export=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_EXPORT]);
     add(&t, "records_other=%llu\n", (unsigned long long)c.by_type[0]);
     add(&t, "anchor=%s\n", anchor_word(anchor));
     add(&t, "anchor_seq=%llu\n", (unsigned long long)anchor_seq);

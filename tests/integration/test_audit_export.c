@@ -245,6 +245,34 @@ static char *line_starting(const char *r, const char *prefix, const char **after
     return NULL;
 }
 
+/* The value of `key` in the Guardian's status (CKG_GUARDIAN_REQ_STATUS), malloc'd. */
+static char *status_value(const char *key)
+{
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
+    CK_ULONG type = CKG_GUARDIAN_REQ_STATUS, len;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_REQUEST, &type, sizeof(type)}};
+    CK_OBJECT_HANDLE h;
+    char prefix[64], *text, *v;
+
+    assert_int_equal(m->C_CreateObject(s, t, 2, &h), CKR_OK);
+    text = (char *)value_of(h, &len);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    snprintf(prefix, sizeof(prefix), "\n%s=", key);
+    v = strstr(text, prefix);
+    assert_non_null(v);
+    v = strndup(v + strlen(prefix), strcspn(v + strlen(prefix), "\n"));
+    free(text);
+    return v;
+}
+
+static void assert_status(const char *key, const char *want)
+{
+    char *v = status_value(key);
+    if (strcmp(v, want) != 0)
+        fail_msg("status %s=%s, not %s", key, v, want);
+    free(v);
+}
+
 /* The report's own EXPORT record: record SEQ, the last record line, with the
  * scope ("- -" for the whole trail), serial SEQ - 1, nothing else, dated the
  * report's "exported" time, named by operator `op` ("-": none), its hash
@@ -369,6 +397,10 @@ static void test_export_signed(void **st)
     /* Its own record, the last: an export of the whole trail, by nobody
      * (in-process, no service mode). */
     assert_own_export((char *)r, 2, "- -", "-");
+    /* The token's anchor moved up to it, as after an import. */
+    assert_status("records_export", "1");
+    assert_status("anchor", "agrees");
+    assert_status("anchor_seq", "2");
     assert_holds_identity_pem(r);
     assert_signed_by_identity(r, len);
     assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);

@@ -966,7 +966,7 @@ static void test_status(void **st)
     /* A new Guardian: an empty trail, no anchor, no product; the paths are
      * the module's configuration (from the environment here). */
     status_in(s, text, sizeof(text));
-    assert_true(strncmp(text, "version=1\n", 10) == 0);
+    assert_true(strncmp(text, "version=2\n", 10) == 0);
     STATUS_IS(text, "backend", test_softhsm_path());
     STATUS_IS(text, "configuration", "");
     STATUS_IS(text, "state_dir", path("state"));
@@ -982,6 +982,7 @@ static void test_status(void **st)
     STATUS_IS(text, "operators", "0");
     STATUS_IS(text, "operators_locked", "0");
     STATUS_IS(text, "records_credential", "0");
+    STATUS_IS(text, "records_export", "0");
     /* No secret and nothing of the token's PINs: only the documented keys. */
     assert_null(strstr(text, TEST_PIN "\n"));
 
@@ -1134,6 +1135,7 @@ static void test_status_service_mode(void **st)
     STATUS_IS(text, "operators_max_failures", "5");
     /* SO set, alice set, bob set, bob locked. */
     STATUS_IS(text, "records_credential", "4");
+    STATUS_IS(text, "records_export", "0");
     STATUS_IS(text, "records_other", "0");
     STATUS_IS(text, "audit_chain", "ok");
     /* Counted, never named; no secret, no PIN file's content. */
