@@ -931,10 +931,11 @@ static void print_state(const struct guardian_status *s)
     else
         printf("  audit trail   hash chain BROKEN after record %llu (CKR_GUARDIAN_AUDIT_CORRUPT)\n", s->audit_records);
     printf("                %llu import, %llu reserve, %llu issue, %llu release, %llu journal lost, %llu "
-           "credential\n",
+           "credential, %llu export\n",
            status_number(s, "records_import"), status_number(s, "records_reserve"),
            status_number(s, "records_issue"), status_number(s, "records_release"),
-           status_number(s, "records_journal_lost"), status_number(s, "records_credential"));
+           status_number(s, "records_journal_lost"), status_number(s, "records_credential"),
+           status_number(s, "records_export"));
     if (strcmp(s->anchor, "absent") == 0)
         printf("  anchor        none in the token yet (the first import writes it)\n");
     else if (strcmp(s->anchor, "agrees") == 0)
