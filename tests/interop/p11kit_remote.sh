@@ -351,7 +351,7 @@ check_grep "status: the service's state directory, named by its module" "^  stat
 check_grep "status: the products" "^  ACME +REMOTE-1 +1 +20 +5 +15 " status.out
 check_grep "status: the audit chain, checked by the service's module" \
     "^  audit trail +[0-9]+ records, hash chain intact; head [0-9]+" status.out
-check_grep "status: records by type" "^ +1 import, [0-9]+ reserve, 5 issue, [0-9]+ release, 0 journal lost, [0-9]+ credential$" status.out
+check_grep "status: records by type" "^ +1 import, [0-9]+ reserve, 5 issue, [0-9]+ release, 0 journal lost, [0-9]+ credential, [0-9]+ export$" status.out
 check_grep "status: the store against the token's anchor" \
     "^  anchor +the store (agrees with|is ahead of) the token's anchor" status.out
 check_grep "status: the probe of the backend" "^  sensitive +ENFORCED" status.out
