@@ -13,8 +13,17 @@
  *
  * Scope.  A report restricted to one product shows every record of that
  * product's OEM in clear (all its products, with their certificates and
- * product lines), and redacts only the records of other OEMs: an export made
- * for an OEM cannot hide any of that OEM's records from it.
+ * product lines), and the records that are no OEM's - CREDENTIAL, and the
+ * EXPORT records of whole-trail exports -, and redacts only the records of
+ * other OEMs: an export made for an OEM cannot hide any of that OEM's records
+ * from it.
+ *
+ * Its own record.  Before the report is built, the export writes an EXPORT
+ * record (store.h, guardian_store_record_export: who, when, what scope) in
+ * a transaction of its own that also reads the products' counters as they
+ * stand at that record; the report covers the trail up to and including it,
+ * so the signed report names its exporter as its last record, and its
+ * counters agree with its records however production goes on meanwhile.
  *
  * The report is a session CKO_DATA object of the caller's session (private,
  * not modifiable, label "guardian-output:audit-report", CKA_VALUE = the
@@ -39,7 +48,6 @@
 #include "guardian/guardian-pkcs11.h"
 
 #define LOG "audit"
-#define EXPORT_ATTEMPTS 5
 
 /* A growing text; `rv` is sticky: the first failure ends the build. */
 struct text {
@@ -93,6 +101,7 @@ struct export {
     char oem_id[GUARDIAN_ID_MAX + 1], product_id[GUARDIAN_ID_MAX + 1];
     int scoped;
     struct text *into; /* where the callbacks write */
+    uint64_t end;      /* the export's own record: the last the report covers */
     struct guardian_audit_record last;
     struct issued *issued; /* the in-clear ISSUE records, in order */
     size_t n_issued, cap_issued;
@@ -118,8 +127,18 @@ static CK_RV record_line(const struct guardian_audit_record *r, void *ctx)
     char line[2048];
     struct issued *i;
 
+    /* Records appended after the export's own (production goes on) are the
+     * next report's. */
+    if (r->seq > e->end)
+        return CKR_OK;
     e->last = *r;
-    if (!in_scope(e, r->oem_id)) {
+    /* A CREDENTIAL record is no OEM's: every report shows it (who could
+     * operate the Guardian, a lockout, an SO recovery), and it discloses no
+     * other customer's production; nor is the EXPORT record of the whole
+     * trail (who exported it, when).  An export restricted to a product is
+     * that product's OEM's. */
+    if (r->type != GUARDIAN_AUDIT_CREDENTIAL && !(r->type == GUARDIAN_AUDIT_EXPORT && r->oem_id[0] == '\0') &&
+        !in_scope(e, r->oem_id)) {
         text_line(e->into, line, report_format_redacted(r, line, sizeof(line)), "a redacted record");
         return e->into->rv;
     }
@@ -142,58 +161,19 @@ static CK_RV record_line(const struct guardian_audit_record *r, void *ctx)
     return CKR_OK;
 }
 
-static CK_RV read_products(struct guardian_store *st, struct export *e, struct text *t)
+/* The trail up to the export's own record, verified by the store as it
+ * reads, into `body`. */
+static CK_RV read_trail(struct guardian_store *st, struct export *e, struct text *body)
 {
     CK_RV rv;
-    t->len = 0;
-    e->into = t;
-    rv = guardian_store_products_each(st, product_line, e);
-    return rv != CKR_OK ? rv : t->rv;
-}
 
-/* Products, then the trail, then the products again into `body`: the counters
- * and the trail agree only if no unit was reserved or released in between, so
- * a read that overlapped production is done again. */
-static CK_RV read_consistent(struct guardian_store *st, struct export *e, struct text *body)
-{
-    struct text before = {0}, after = {0};
-    CK_RV rv = CKR_GENERAL_ERROR;
-
-    for (int attempt = 0; attempt < EXPORT_ATTEMPTS; attempt++) {
-        if (attempt > 0) {
-            struct timespec pause = {1, 0};
-            guardian_warn(LOG, "production changed the counters during the export; reading again");
-            nanosleep(&pause, NULL);
-        }
-        if ((rv = read_products(st, e, &before)) != CKR_OK)
-            goto out;
-        body->len = 0;
-        text_add(body, before.p, before.len);
-        memset(&e->last, 0, sizeof(e->last));
-        e->n_issued = 0;
-        e->into = body;
-        rv = guardian_store_audit_each(st, record_line, e);
-        if (rv == CKR_OK)
-            rv = body->rv;
-        if (rv == CKR_GUARDIAN_AUDIT_CORRUPT) {
-            guardian_error(LOG, "the audit trail is corrupt (the line above names the record): not exported; keep "
-                                "guardian.db as it is and tell the OEM");
-            goto out;
-        }
-        if (rv != CKR_OK)
-            goto out;
-        if ((rv = read_products(st, e, &after)) != CKR_OK)
-            goto out;
-        if (after.len == before.len && memcmp(after.p, before.p, before.len) == 0)
-            goto out;
-    }
-    guardian_error(LOG, "refused: production kept changing the counters during %d attempts; export when the line "
-                        "pauses",
-                   EXPORT_ATTEMPTS);
-    rv = CKR_FUNCTION_FAILED;
-out:
-    free(before.p);
-    free(after.p);
+    e->into = body;
+    rv = guardian_store_audit_each(st, record_line, e);
+    if (rv == CKR_OK)
+        rv = body->rv;
+    if (rv == CKR_GUARDIAN_AUDIT_CORRUPT)
+        guardian_error(LOG, "the audit trail is corrupt (the line above names the record): not exported; keep "
+                            "guardian.db as it is and tell the OEM");
     return rv;
 }
 
@@ -272,26 +252,33 @@ out:
     return rv;
 }
 
+/* The signing key (CKA_ID "guardian-signing"), looked up before anything is
+ * recorded: a Guardian that cannot sign writes no EXPORT record. */
+static CK_RV signing_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *key)
+{
+    CK_RV rv = guardian_identity_find(be, s, GUARDIAN_SIGNING_ID, CKO_PRIVATE_KEY, key);
+
+    if (rv == CKR_OK && *key == CK_INVALID_HANDLE) {
+        guardian_error(LOG, "refused: the token has no Guardian signing key (CKA_ID \"" GUARDIAN_SIGNING_ID "\"); "
+                            "run guardianctl init");
+        rv = CKR_KEY_HANDLE_INVALID;
+    }
+    return rv;
+}
+
 /* SHA-256 of the report so far, signed with CKM_ECDSA by the signing key in
  * the backend, appended as its "signature" line once S's key verifies it: a
  * key and a certificate that do not belong together never make a report. */
-static CK_RV sign_report(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *cert, struct text *t)
+static CK_RV sign_report(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, X509 *cert,
+                         struct text *t)
 {
-    CK_OBJECT_HANDLE key;
     uint8_t *der = NULL;
     int der_len = 0;
     EVP_MD_CTX *md = NULL;
     char line[512];
-    CK_RV rv = guardian_identity_find(be, s, GUARDIAN_SIGNING_ID, CKO_PRIVATE_KEY, &key);
+    CK_RV rv = guardian_identity_sign(be, s, key, (const uint8_t *)t->p, t->len, &der, &der_len);
 
     if (rv != CKR_OK)
-        return rv;
-    if (key == CK_INVALID_HANDLE) {
-        guardian_error(LOG, "refused: the token has no Guardian signing key (CKA_ID \"" GUARDIAN_SIGNING_ID "\"); "
-                            "run guardianctl init");
-        return CKR_KEY_HANDLE_INVALID;
-    }
-    if ((rv = guardian_identity_sign(be, s, key, (const uint8_t *)t->p, t->len, &der, &der_len)) != CKR_OK)
         goto out;
     rv = CKR_GENERAL_ERROR;
     md = EVP_MD_CTX_new();
@@ -327,74 +314,104 @@ static CK_RV audit_export(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SE
 {
     const CK_ATTRIBUTE *oem = guardian_request_attr(rq, CKA_GUARDIAN_OEM_ID);
     const CK_ATTRIBUTE *product = guardian_request_attr(rq, CKA_GUARDIAN_PRODUCT_ID);
-    static const uint8_t zeros[GUARDIAN_HASH_LEN];
+    const int64_t now = (int64_t)time(NULL);
     struct export e;
-    struct text report = {0}, body = {0}, pem = {0};
+    struct guardian_audit_record own;
+    struct text report = {0}, products = {0}, body = {0}, pem = {0};
     CK_SESSION_HANDLE work = CK_INVALID_HANDLE;
+    CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
     CK_SESSION_INFO si;
     X509 *cert = NULL, *signing = NULL;
     char header[1024];
     CK_RV rv = CKR_GENERAL_ERROR;
 
     memset(&e, 0, sizeof(e));
+    memset(&own, 0, sizeof(own));
     if ((oem == NULL) != (product == NULL)) {
         guardian_error(LOG, "refused: a restricted export needs both CKA_GUARDIAN_OEM_ID and "
                             "CKA_GUARDIAN_PRODUCT_ID (neither: the whole trail)");
         return CKR_GUARDIAN_REQUEST_INVALID;
     }
     if (oem != NULL) {
-        struct guardian_product p;
         if ((rv = scope_id(oem, "CKA_GUARDIAN_OEM_ID", e.oem_id)) != CKR_OK ||
             (rv = scope_id(product, "CKA_GUARDIAN_PRODUCT_ID", e.product_id)) != CKR_OK)
-            return rv;
-        rv = guardian_store_product_get(st, e.oem_id, e.product_id, &p);
-        if (rv == CKR_GUARDIAN_PRODUCT_UNKNOWN)
-            guardian_error(LOG, "refused: no product %s/%s in this Guardian", e.oem_id, e.product_id);
-        if (rv != CKR_OK)
             return rv;
         e.scoped = 1;
     }
 
     /* The identity is looked up, and the report signed, in a session of our
      * own on the caller's slot (logged in as the caller's is): the caller's
-     * searches and operations in progress are left alone. */
+     * searches and operations in progress are left alone.  Both certificates
+     * and the key first: a Guardian that cannot sign a report records no
+     * export. */
     if ((rv = be->C_GetSessionInfo(session, &si)) != CKR_OK ||
         (rv = be->C_OpenSession(si.slotID, CKF_SERIAL_SESSION, NULL, NULL, &work)) != CKR_OK)
         goto out;
-    if ((rv = identity_certs(be, work, &cert, &signing, &pem)) != CKR_OK)
+    if ((rv = identity_certs(be, work, &cert, &signing, &pem)) != CKR_OK ||
+        (rv = signing_key(be, work, &key)) != CKR_OK)
         goto out;
 
     /* A store behind the token's anchor (a restored backup) is not the
-     * Guardian's state: it is not reported as such. */
+     * Guardian's state: it is not reported as such, nor written to. */
     if ((rv = guardian_anchor_check(be, work, st)) != CKR_OK)
         goto out;
-    /* This process's issue journal first, so that its issued units are in the trail. */
-    if ((rv = guardian_store_flush(st)) != CKR_OK)
+    /* The export's own record, in its own transaction (this process's issue
+     * journal folded first), and the product lines as the counters stand at
+     * it. */
+    e.into = &products;
+    rv = guardian_store_record_export(st, e.scoped ? e.oem_id : NULL, e.scoped ? e.product_id : NULL, now,
+                                      product_line, &e, &own);
+    if (rv == CKR_OK)
+        rv = products.rv;
+    if (rv == CKR_GUARDIAN_PRODUCT_UNKNOWN)
+        guardian_error(LOG, "refused: no product %s/%s in this Guardian", e.oem_id, e.product_id);
+    if (rv != CKR_OK)
         goto out;
-    if ((rv = read_consistent(st, &e, &body)) != CKR_OK)
+    e.end = own.seq;
+    /* The anchor moves up to the EXPORT record, as after an import: the
+     * token then names a trail that holds the export, and a store restored
+     * from before it is refused. */
+    if ((rv = guardian_anchor_update(be, work, st)) != CKR_OK) {
+        guardian_error(LOG, "the export is recorded (record %llu) but the token's state anchor could not be moved "
+                            "up to it: no report",
+                       (unsigned long long)own.seq);
         goto out;
+    }
+    if ((rv = read_trail(st, &e, &body)) != CKR_OK)
+        goto out;
+    if (e.last.seq != own.seq || memcmp(e.last.hash, own.hash, GUARDIAN_HASH_LEN) != 0) {
+        guardian_error(LOG, "the trail read back does not end at the export's own record %llu: not exported",
+                       (unsigned long long)own.seq);
+        rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+        goto out;
+    }
     text_line(&report, header,
-              report_format_header((int64_t)time(NULL), e.scoped ? e.oem_id : NULL, e.product_id, e.last.seq,
-                                   e.last.seq ? e.last.hash : zeros, header, sizeof(header)),
+              report_format_header(now, e.scoped ? e.oem_id : NULL, e.product_id, own.seq, own.hash, header,
+                                   sizeof(header)),
               "the header");
     text_add(&report, pem.p, pem.len);
+    text_add(&report, products.p, products.len);
     text_add(&report, body.p, body.len);
     if ((rv = certificate_lines(st, &e, &report)) != CKR_OK)
         goto out;
-    if ((rv = sign_report(be, work, signing, &report)) != CKR_OK)
+    if ((rv = sign_report(be, work, key, signing, &report)) != CKR_OK)
         goto out;
     if ((rv = guardian_output_create(be, session, "audit-report", (const uint8_t *)report.p, report.len, out)) !=
         CKR_OK)
         goto out;
-    guardian_info(LOG, "exported the audit report (head %llu, scope %s%s%s, %zu bytes)",
-                  (unsigned long long)e.last.seq, e.scoped ? e.oem_id : "all", e.scoped ? "/" : "",
-                  e.scoped ? e.product_id : "", report.len);
+    guardian_info(LOG, "exported the audit report (record %llu by %s, scope %s%s%s, %zu bytes)",
+                  (unsigned long long)own.seq, own.operator_name[0] != '\0' ? own.operator_name : "(none)",
+                  e.scoped ? e.oem_id : "all", e.scoped ? "/" : "", e.scoped ? e.product_id : "", report.len);
 out:
+    if (rv != CKR_OK && own.seq != 0)
+        guardian_warn(LOG, "export record %llu stays in the trail without a report (the next report shows it)",
+                      (unsigned long long)own.seq);
     if (work != CK_INVALID_HANDLE)
         be->C_CloseSession(work);
     X509_free(cert);
     X509_free(signing);
     free(report.p);
+    free(products.p);
     free(body.p);
     free(pem.p);
     free(e.issued);

@@ -6,7 +6,11 @@
  * Setup per test: a fresh token; the Guardian identity made by the module
  * (CKG_GUARDIAN_REQ_IDENTITY); the OEM root enrolled by the SO; one package
  * (make_packages.sh, guardian-wrap) imported, so the trail has a record and
- * the store a product.
+ * the store a product.  In service mode (setup_service), the same with the
+ * Guardian's own SO and operator alice logged in: every record names them.
+ *
+ * Every export writes its own EXPORT record first (who, when, what scope),
+ * and the report covers the trail up to it: its last record.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <openssl/bio.h>
@@ -36,6 +41,8 @@ static CK_SESSION_HANDLE s;
 static X509 *identity; /* the Guardian (agreement) certificate the module made: what OEMs wrap for */
 static X509 *signing;  /* the Guardian's signing certificate: it issued `identity` and signs reports */
 static char path_buf[PATH_MAX];
+
+#define ALICE "alice:alice-secret"
 
 static const char *path(const char *name)
 {
@@ -124,22 +131,63 @@ static void import_good(void)
     free(pkg);
 }
 
-static int setup(void **st)
+static void write_file(const char *file, const char *text, mode_t mode)
+{
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(file, mode), 0);
+}
+
+static const char *user_pin;
+
+static int setup_mode(int service)
 {
     char cmd[PATH_MAX * 3];
-    (void)st;
 
     assert_int_equal(test_token_create(&token, "audit"), 0);
     assert_int_equal(mkdir(path("state"), 0700), 0);
-    setenv("GUARDIAN_STATE_DIR", path("state"), 1);
-    setenv("GUARDIAN_BACKEND", test_softhsm_path(), 1);
-    unsetenv("GUARDIAN_CONF");
+    if (service) {
+        /* docs/service-mode.md: the backend's PINs in files only the module
+         * reads; the Guardian's own SO (here with the PIN test_enrol_root
+         * logs in with) and operator alice. */
+        char conf[4 * PATH_MAX + 128], state_dir[PATH_MAX], pin[PATH_MAX], so_pin[PATH_MAX];
+        snprintf(state_dir, sizeof(state_dir), "%s", path("state"));
+        snprintf(pin, sizeof(pin), "%s", path("backend.pin"));
+        snprintf(so_pin, sizeof(so_pin), "%s", path("backend-so.pin"));
+        write_file(pin, TEST_PIN "\n", 0400);
+        write_file(so_pin, TEST_SO_PIN "\n", 0400);
+        snprintf(conf, sizeof(conf),
+                 "backend = %s\nstate_dir = %s\nbackend_pin_file = %s\nbackend_so_pin_file = %s\n"
+                 "pin_kdf_cost = 1024\n",
+                 test_softhsm_path(), state_dir, pin, so_pin);
+        write_file(path("guardian.conf"), conf, 0600);
+        setenv("GUARDIAN_CONF", path("guardian.conf"), 1);
+        unsetenv("GUARDIAN_STATE_DIR");
+        unsetenv("GUARDIAN_BACKEND");
+        user_pin = ALICE;
+    } else {
+        setenv("GUARDIAN_STATE_DIR", path("state"), 1);
+        setenv("GUARDIAN_BACKEND", test_softhsm_path(), 1);
+        unsetenv("GUARDIAN_CONF");
+        user_pin = TEST_PIN;
+    }
     m = test_load_module(test_guardian_path(), NULL);
     assert_non_null(m);
     assert_int_equal(m->C_Initialize(NULL), CKR_OK);
     assert_int_equal(test_find_slot(m, token.label, &slot), CKR_OK);
+    if (service) {
+        assert_int_equal(m->C_InitToken(slot, (CK_UTF8CHAR_PTR)TEST_SO_PIN, strlen(TEST_SO_PIN), (CK_UTF8CHAR_PTR)"x"),
+                         CKR_OK);
+        assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+        assert_int_equal(m->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)TEST_SO_PIN, strlen(TEST_SO_PIN)), CKR_OK);
+        assert_int_equal(m->C_InitPIN(s, (CK_UTF8CHAR_PTR)ALICE, strlen(ALICE)), CKR_OK);
+        assert_int_equal(m->C_Logout(s), CKR_OK);
+        assert_int_equal(m->C_CloseSession(s), CKR_OK);
+    }
     assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
-    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)user_pin, strlen(user_pin)), CKR_OK);
     make_identity();
     snprintf(cmd, sizeof(cmd), "%s %s %s", getenv("GUARDIAN_TEST_MAKE_PACKAGES"), token.dir,
              getenv("GUARDIAN_TEST_WRAP"));
@@ -149,9 +197,21 @@ static int setup(void **st)
         CK_OBJECT_HANDLE root;
         assert_int_equal(test_enrol_root(m, slot, path("oem-root.pem"), "ACME", &root), CKR_OK);
     }
-    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)user_pin, strlen(user_pin)), CKR_OK);
     import_good();
     return 0;
+}
+
+static int setup(void **st)
+{
+    (void)st;
+    return setup_mode(0);
+}
+
+static int setup_service(void **st)
+{
+    (void)st;
+    return setup_mode(1);
 }
 
 static int teardown(void **st)
@@ -162,8 +222,84 @@ static int teardown(void **st)
     X509_free(identity);
     X509_free(signing);
     identity = signing = NULL;
+    unsetenv("GUARDIAN_CONF");
     test_token_destroy(&token);
     return 0;
+}
+
+/* The line of the report that starts with `prefix` (malloc'd, without its
+ * '\n'), or NULL; *after: the line after it. */
+static char *line_starting(const char *r, const char *prefix, const char **after)
+{
+    size_t n = strlen(prefix);
+    for (const char *p = r; *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        if (len >= n && memcmp(p, prefix, n) == 0) {
+            if (after != NULL)
+                *after = nl ? nl + 1 : p + len;
+            return strndup(p, len);
+        }
+        p += len + (nl != NULL);
+    }
+    return NULL;
+}
+
+/* The value of `key` in the Guardian's status (CKG_GUARDIAN_REQ_STATUS), malloc'd. */
+static char *status_value(const char *key)
+{
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
+    CK_ULONG type = CKG_GUARDIAN_REQ_STATUS, len;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_REQUEST, &type, sizeof(type)}};
+    CK_OBJECT_HANDLE h;
+    char prefix[64], *text, *v;
+
+    assert_int_equal(m->C_CreateObject(s, t, 2, &h), CKR_OK);
+    text = (char *)value_of(h, &len);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    snprintf(prefix, sizeof(prefix), "\n%s=", key);
+    v = strstr(text, prefix);
+    assert_non_null(v);
+    v = strndup(v + strlen(prefix), strcspn(v + strlen(prefix), "\n"));
+    free(text);
+    return v;
+}
+
+static void assert_status(const char *key, const char *want)
+{
+    char *v = status_value(key);
+    if (strcmp(v, want) != 0)
+        fail_msg("status %s=%s, not %s", key, v, want);
+    free(v);
+}
+
+/* The report's own EXPORT record: record SEQ, the last record line, with the
+ * scope ("- -" for the whole trail), serial SEQ - 1, nothing else, dated the
+ * report's "exported" time, named by operator `op` ("-": none), its hash
+ * the signed head's. */
+static void assert_own_export(const char *r, unsigned seq, const char *scope, const char *op)
+{
+    char prefix[64], want[512], *line, *head, *exported;
+    const char *after = NULL;
+
+    exported = line_starting(r, "exported ", NULL);
+    assert_non_null(exported);
+    snprintf(prefix, sizeof(prefix), "record %u ", seq);
+    line = line_starting(r, prefix, &after);
+    assert_non_null(line);
+    snprintf(want, sizeof(want), "record %u EXPORT %s %s %u - %064d %032d 0 0 %s ", seq, exported + 9, scope, seq - 1,
+             0, 0, op);
+    if (strncmp(line, want, strlen(want)) != 0)
+        fail_msg("record %u is\n  %s\nnot\n  %s...", seq, line, want);
+    /* The last record: certificates or the signature follow. */
+    assert_true(strncmp(after, "certificate ", 12) == 0 || strncmp(after, "signature ", 10) == 0);
+    snprintf(prefix, sizeof(prefix), "head %u ", seq);
+    head = line_starting(r, prefix, NULL);
+    assert_non_null(head);
+    assert_string_equal(head + strlen(prefix), line + strlen(line) - 64);
+    free(head);
+    free(line);
+    free(exported);
 }
 
 /* C_CreateObject of the export request, scoped when oem/product are given. */
@@ -254,27 +390,122 @@ static void test_export_signed(void **st)
     assert_int_equal(export(NULL, NULL, &h), CKR_OK);
     r = value_of(h, &len);
     assert_int_equal(strlen((char *)r), len);
-    assert_memory_equal(r, "GUARDIAN AUDIT REPORT 1\nexported ", 33);
-    assert_non_null(strstr((char *)r, "\nscope all\nhead 1 "));
+    assert_memory_equal(r, "GUARDIAN AUDIT REPORT 2\nexported ", 33);
+    assert_non_null(strstr((char *)r, "\nscope all\nhead 2 "));
     assert_non_null(strstr((char *)r, "\nproduct ACME SENSOR-1 3 "));
     assert_non_null(strstr((char *)r, "\nrecord 1 IMPORT "));
+    /* Its own record, the last: an export of the whole trail, by nobody
+     * (in-process, no service mode). */
+    assert_own_export((char *)r, 2, "- -", "-");
+    /* The token's anchor moved up to it, as after an import. */
+    assert_status("records_export", "1");
+    assert_status("anchor", "agrees");
+    assert_status("anchor_seq", "2");
     assert_holds_identity_pem(r);
     assert_signed_by_identity(r, len);
     assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
     free(r);
 
-    /* Restricted to the product: the same record in clear, scope named. */
+    /* Restricted to the product: the same record in clear, scope named, the
+     * earlier export shown (it is no OEM's), its own record last. */
     assert_int_equal(export("ACME", "SENSOR-1", &h), CKR_OK);
     r = value_of(h, &len);
-    assert_non_null(strstr((char *)r, "\nscope ACME/SENSOR-1\nhead 1 "));
+    assert_non_null(strstr((char *)r, "\nscope ACME/SENSOR-1\nhead 3 "));
     assert_non_null(strstr((char *)r, "\nrecord 1 IMPORT "));
+    assert_non_null(strstr((char *)r, "\nrecord 2 EXPORT "));
+    assert_own_export((char *)r, 3, "ACME SENSOR-1", "-");
     assert_signed_by_identity(r, len);
     assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
     free(r);
 
-    /* Restricted to another OEM's product that this Guardian does not have. */
+    /* Restricted to another OEM's product that this Guardian does not have:
+     * refused, and nothing recorded. */
     assert_int_equal(export("BETA", "SENSOR-1", &h), CKR_GUARDIAN_PRODUCT_UNKNOWN);
     assert_int_equal(export("ACME", "NOPE", &h), CKR_GUARDIAN_PRODUCT_UNKNOWN);
+    assert_int_equal(export(NULL, NULL, &h), CKR_OK);
+    r = value_of(h, &len);
+    assert_own_export((char *)r, 4, "- -", "-");
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    free(r);
+}
+
+/* Service mode: the EXPORT record names the operator logged in; two exports
+ * give two records, each report ending with its own. */
+static void test_export_names_operator(void **st)
+{
+    CK_OBJECT_HANDLE h;
+    CK_ULONG len;
+    unsigned char *r;
+    char *line;
+    (void)st;
+
+    assert_int_equal(export(NULL, NULL, &h), CKR_OK);
+    r = value_of(h, &len);
+    /* SO set (nobody logged in), alice set by the SO, the identity, the
+     * root, the import; then the export by alice. */
+    line = line_starting((char *)r, "record 2 CREDENTIAL ", NULL);
+    assert_non_null(line);
+    assert_non_null(strstr(line, " 0 0 so "));
+    free(line);
+    line = line_starting((char *)r, "head ", NULL);
+    assert_non_null(line);
+    {
+        unsigned seq = (unsigned)strtoul(line + 5, NULL, 10);
+        assert_true(seq >= 4);
+        assert_own_export((char *)r, seq, "- -", "alice");
+        assert_signed_by_identity(r, len);
+        assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+        free(r);
+        free(line);
+
+        assert_int_equal(export("ACME", "SENSOR-1", &h), CKR_OK);
+        r = value_of(h, &len);
+        assert_own_export((char *)r, seq + 1, "ACME SENSOR-1", "alice");
+        /* The first export is still there, unchanged in kind. */
+        {
+            char prefix[64];
+            snprintf(prefix, sizeof(prefix), "record %u EXPORT ", seq);
+            line = line_starting((char *)r, prefix, NULL);
+            assert_non_null(line);
+            assert_non_null(strstr(line, " - - "));
+            assert_non_null(strstr(line, " 0 0 alice "));
+            free(line);
+        }
+    }
+    assert_signed_by_identity(r, len);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    free(r);
+}
+
+static void run(const char *fmt)
+{
+    char cmd[PATH_MAX * 3];
+    snprintf(cmd, sizeof(cmd), fmt, token.dir, token.dir, token.dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* An export moves the token's anchor up to its EXPORT record: a store
+ * restored from before it is not the Guardian's state, and is neither
+ * reported nor written to. */
+static void test_export_moves_anchor(void **st)
+{
+    CK_OBJECT_HANDLE h;
+    (void)st;
+
+    assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+    run("cp -a %s/state %s/state-backup");
+    assert_int_equal(m->C_Initialize(NULL), CKR_OK);
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)user_pin, strlen(user_pin)), CKR_OK);
+    assert_int_equal(export(NULL, NULL, &h), CKR_OK);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+    run("rm -rf %s/state && mv %s/state-backup %s/state");
+    assert_int_equal(m->C_Initialize(NULL), CKR_OK);
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)user_pin, strlen(user_pin)), CKR_OK);
+    assert_int_equal(export(NULL, NULL, &h), CKR_GUARDIAN_STATE_ROLLBACK);
+    assert_int_equal(export("ACME", "SENSOR-1", &h), CKR_GUARDIAN_STATE_ROLLBACK);
 }
 
 static void test_export_refusals(void **st)
@@ -298,12 +529,21 @@ static void test_export_refusals(void **st)
     assert_int_equal(m->C_Logout(s), CKR_OK);
     assert_int_equal(export(NULL, NULL, &h), CKR_USER_NOT_LOGGED_IN);
     assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+    /* None of these recorded an export: the next report's own is record 2. */
+    assert_int_equal(export(NULL, NULL, &h), CKR_OK);
+    {
+        CK_ULONG len;
+        unsigned char *r = value_of(h, &len);
+        assert_own_export((char *)r, 2, "- -", "-");
+        free(r);
+    }
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
 }
 
 static void test_output_read_and_destroy_only(void **st)
 {
     CK_OBJECT_HANDLE h, copy;
-    CK_BYTE label[] = "mine", forged[] = "GUARDIAN AUDIT REPORT 1\n";
+    CK_BYTE label[] = "mine", forged[] = "GUARDIAN AUDIT REPORT 2\n";
     CK_BBOOL yes = CK_TRUE, priv = CK_FALSE, token_obj = CK_TRUE;
     CK_OBJECT_CLASS cls = 0;
     char got[64];
@@ -336,6 +576,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_export_signed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_output_read_and_destroy_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_names_operator, setup_service, teardown),
+        cmocka_unit_test_setup_teardown(test_export_moves_anchor, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

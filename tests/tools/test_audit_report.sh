@@ -55,7 +55,9 @@ verify() { "$W" verify-report "$@"; }
 V=(--guardian guardian.pem --ca-chain ca.pem --root root.pem)
 
 # ---- export and verify ---------------------------------------------------------------
-expect "audit export" 0 "exported 26 records \(head 26, 0 of them redacted\), 10 certificates" -- \
+# Each export first writes its own EXPORT record (record 27 here), the
+# report's last.
+expect "audit export" 0 "exported 27 records \(head 27, 0 of them redacted\), 10 certificates" -- \
     "$CTL" audit export --out report.txt
 expect "verify-report OK" 0 "^OK$" -- verify report.txt "${V[@]}" --package s1r1.gpk --package s1r2.gpk
 expect "summary release 1" 0 "ACME/SENSOR-1 release 1 .*authorised 10, reserved 8, released 1, issued 6, reserved-not-issued 1, remaining 3, certificates verified 6/6" -- \
@@ -68,7 +70,17 @@ expect "the OEM's own total, exceeded" 1 "ACME/SENSOR-1: used 9 units \(reserved
     verify report.txt "${V[@]}" --authorised 8 --product ACME/SENSOR-1
 expect "a package the trail does not have" 1 "package s1r3.gpk .* was not imported" -- \
     bash -c "cp s1r1.gpk s1r3.gpk && echo >>s1r3.gpk; $W verify-report report.txt ${V[*]} --package s1r3.gpk"
-expect "export to stdout is the same format" 0 "^GUARDIAN AUDIT REPORT 1$" -- "$CTL" audit export
+expect "export to stdout is the same format" 0 "^GUARDIAN AUDIT REPORT 2$" -- "$CTL" audit export # record 28
+expect "the report's own EXPORT record, last: the whole trail, by nobody (in-process)" 0 \
+    "^record 27 EXPORT [0-9]+ - - 26 - 0{64} 0{32} 0 0 - [0-9a-f]{64} [0-9a-f]{64}$" -- cat report.txt
+[ "$(grep '^record \|^redacted ' report.txt | tail -n 1 | cut -d' ' -f2,3)" = "27 EXPORT" ] &&
+    ok "the EXPORT record is the report's last" || ko "the EXPORT record is not the report's last"
+[ "$(awk '$1 == "exported" { t = $2 } $1 == "record" && $3 == "EXPORT" { r = $4 } END { print (t == r) }' report.txt)" = 1 ] &&
+    ok "the EXPORT record is dated the report's export time" || ko "the EXPORT record's time differs from the report's"
+expect "the summary names the exporter" 0 "^exported by \(none\) at [-0-9T:]+Z \(record 27, the report's own\)$" -- \
+    verify report.txt "${V[@]}"
+expect "every record names its operator (none here: no login in-process)" 0 \
+    "^record [0-9]+ ISSUE [0-9]+ ACME SENSOR-1 1 [0-9a-f]+ [0-9a-f]{64} 0{32} 0 0 - [0-9a-f]{64} [0-9a-f]{64}$" -- cat report.txt
 grep -q '^certificate ' report.txt && {
     grep -m1 '^certificate ' report.txt | cut -d' ' -f3 | base64 -d | openssl x509 -inform DER -out dev.pem
     expect "a device certificate verifies with stock openssl" 0 "dev.pem: OK" -- \
@@ -78,9 +90,13 @@ grep -q '^certificate ' report.txt && {
 # Restricted to one product: the whole chain; every record of the product's
 # OEM in clear (OTHER-2 is ACME's too: an export for ACME cannot hide it),
 # other OEMs' records redacted (below, once BETA has some).
-expect "export --product" 0 "exported 26 records \(head 26, 0 of them redacted\), 10 certificates" -- \
+expect "export --product" 0 "exported 29 records \(head 29, 0 of them redacted\), 10 certificates" -- \
     "$CTL" audit export --product ACME/SENSOR-1 --out sensor.txt
 expect "verify the restricted report" 0 "^OK$" -- verify sensor.txt "${V[@]}" --package s1r1.gpk
+expect "a restricted report's own EXPORT record names its scope" 0 \
+    "^record 29 EXPORT [0-9]+ ACME SENSOR-1 28 - 0{64} 0{32} 0 0 - " -- cat sensor.txt
+expect "... and shows the earlier exports of the whole trail" 0 "^export record 28 [-0-9T:]+Z by \(none\): scope all$" -- \
+    verify sensor.txt "${V[@]}"
 grep -q '^scope ACME/SENSOR-1$' sensor.txt && grep -q '^product ACME OTHER-2 ' sensor.txt &&
     ok "restricted report shows the OEM's other product" || ko "restricted report hides ACME/OTHER-2"
 expect "export --product unknown" 1 "no product ACME/NOPE" -- "$CTL" audit export --product ACME/NOPE
@@ -168,7 +184,7 @@ embed fake.pem report.txt upgraded.txt && resign upgraded.txt fake.key
 expect "--previous across the upgrade (same agreement key, certificate issued again)" 0 \
     "names the Guardian's earlier certificate for the same key" -- \
     verify upgraded.txt --guardian fake.pem --ca-chain ca.pem --root root.pem --previous onekey.txt
-expect "--previous across the upgrade: extends it" 0 "head record 26 found unchanged: this report extends it" -- \
+expect "--previous across the upgrade: extends it" 0 "head record 27 found unchanged: this report extends it" -- \
     verify upgraded.txt --guardian fake.pem --ca-chain ca.pem --root root.pem --previous onekey.txt
 expect "checked against another Guardian certificate" 1 "the report names another Guardian" -- \
     verify report.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
@@ -181,17 +197,17 @@ awk -v z64="$z64" -v z32="$z32" '
     $1 == "record" { last = $2; serial = ($3 == "RESERVE" && $7 > serial) ? $7 : serial }
     $1 == "certificate" && !added {
         for (i = 1; i <= 2; i++) {
-            print "record " last + 1 " RESERVE 1700000000 ACME SENSOR-1 " serial + i " - " z64 " " z32 " 0 0 " z64 " " z64
-            print "record " last + 2 " ISSUE 1700000000 ACME SENSOR-1 " serial + i " 4445562d58 " z64 " " z32 " 0 0 " z64 " " z64
+            print "record " last + 1 " RESERVE 1700000000 ACME SENSOR-1 " serial + i " - " z64 " " z32 " 0 0 - " z64 " " z64
+            print "record " last + 2 " ISSUE 1700000000 ACME SENSOR-1 " serial + i " 4445562d58 " z64 " " z32 " 0 0 - " z64 " " z64
             last += 2
         }
         added = 1
     }
     { print }' report.txt >forged.txt
-"$FIX" rehash forged.txt forged2.txt chain 27
+"$FIX" rehash forged.txt forged2.txt chain 28
 embed fake.pem forged2.txt forged.txt
 resign forged.txt fake.key
-expect "over quota, forged and re-signed: quota" 1 "ACME/SENSOR-1 release 2: used 4 units \(reserved, not released\) at record 29 but the package authorised 3" -- \
+expect "over quota, forged and re-signed: quota" 1 "ACME/SENSOR-1 release 2: used 4 units \(reserved, not released\) at record 30 but the package authorised 3" -- \
     verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
 expect "over quota, forged: the fake key's signature is valid" 1 "signature +valid" -- \
     verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
@@ -200,13 +216,17 @@ expect "over quota, forged: the Guardian counters disagree" 1 "the Guardian coun
 expect "over quota, forged: against the real Guardian" 1 "signature does not verify" -- verify forged.txt "${V[@]}"
 # The forged reservations are dated 2023: before the records they follow.
 expect "forged with an old date: the clock ran backwards" 1 \
-    "record 27 \(RESERVE of ACME/SENSOR-1\) is dated 2023-11-14T22:13:20Z, [0-9]+ s before record [0-9]+ \(.*\): the Guardian's clock was set back" -- \
+    "record 28 \(RESERVE of ACME/SENSOR-1\) is dated 2023-11-14T22:13:20Z, [0-9]+ s before record [0-9]+ \(.*\): the Guardian's clock was set back" -- \
+    verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
+# Appended after the report's own EXPORT record: not what the Guardian writes.
+expect "records forged after the report's own EXPORT record" 1 \
+    "the report does not end with its own EXPORT record: its last record is 31, after EXPORT record 27" -- \
     verify forged.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
 
 # --previous: a later report must extend an earlier one (same record at the
 # earlier head).  A centre that rewrites its trail can re-sign it with the
 # Guardian key it holds, but cannot keep the earlier head's hash.
-expect "--previous: a report extends itself" 0 "head record 26 found unchanged: this report extends it" -- \
+expect "--previous: a report extends itself" 0 "head record 27 found unchanged: this report extends it" -- \
     verify report.txt "${V[@]}" --previous report.txt
 embed_fake() { embed fake.pem "$1" "$2"; resign "$2" fake.key; }
 embed_fake report.txt prevfake.txt
@@ -215,7 +235,7 @@ embed_fake rewritten0.txt rewritten.txt
 expect "--previous: the rewritten trail verifies on its own" 0 "^OK$" -- \
     verify rewritten.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
 expect "--previous: a rewritten, re-signed trail does not extend the earlier report" 1 \
-    "does not extend the previous one: record 26 differs" -- \
+    "does not extend the previous one: record 27 differs" -- \
     verify rewritten.txt --guardian fake.pem --ca-chain ca.pem --root root.pem --previous prevfake.txt
 expect "--previous: an earlier report from another Guardian is refused" 1 "is not signed by this Guardian" -- \
     verify report.txt "${V[@]}" --previous prevfake.txt
@@ -229,21 +249,181 @@ mkdir beta && (cd beta && oem_pki 2>/dev/null)
 "$CTL" import beta.gpk >/dev/null || ko "import beta.gpk"
 "$FIX" issue state beta/ca.key beta/ca.pem BETA GADGET 2 0 0 >/dev/null || ko "issue BETA/GADGET"
 expect "export --product: another OEM's records redacted" 0 \
-    "exported 31 records \(head 31, 5 of them redacted\), 10 certificates" -- \
+    "exported 35 records \(head 35, 5 of them redacted\), 10 certificates" -- \
     "$CTL" audit export --product ACME/SENSOR-1 --out acme.txt
 expect "verify the ACME report" 0 "^OK$" -- verify acme.txt "${V[@]}" --package s1r1.gpk --package s1r2.gpk
 grep -q 'BETA\|GADGET' acme.txt && ko "ACME's report names BETA" || ok "ACME's report hides BETA"
-expect "export --product for BETA" 0 "exported 31 records \(head 31, 26 of them redacted\), 2 certificates" -- \
+# ACME's 26 records and its two restricted exports (29, 35) redacted; the
+# whole-trail exports (27, 28) are no OEM's and stay in clear.
+expect "export --product for BETA" 0 "exported 36 records \(head 36, 28 of them redacted\), 2 certificates" -- \
     "$CTL" audit export --product BETA/GADGET --out beta.txt
 expect "verify the BETA report" 0 "BETA/GADGET release 1 .*issued 2, .*certificates verified 2/2" -- \
     verify beta.txt --guardian guardian.pem --ca-chain beta/ca.pem --root beta/root.pem --package beta.gpk
 grep -q 'ACME\|SENSOR-1' beta.txt && ko "BETA's report names ACME" || ok "BETA's report hides ACME"
+grep -q '^record 27 EXPORT [0-9]* - - ' beta.txt && grep -q '^redacted 29 ' beta.txt &&
+    ok "BETA's report shows the whole-trail exports, not ACME's" || ko "BETA's report mis-scopes the exports"
 # A restricted report that shows another OEM's record in clear is refused.
 awk 'FNR == NR { if ($1 == "record" && $5 == "BETA") clear[$2] = $0; next }
      $1 == "redacted" && ($2 in clear) && !done { print clear[$2]; done = 1; next } { print }' \
     beta.txt acme.txt >acme-leak.txt
 expect "a restricted report with another OEM's record in clear" 1 "record [0-9]+ is of BETA/GADGET, outside the report's scope" -- \
     verify acme-leak.txt "${V[@]}"
+
+# ---- operators and credentials --------------------------------------------------------------
+# Every record names the operator logged in when it was written (set here by
+# audit_fixture, as the module does at login); CREDENTIAL records say which
+# credential changed, how, and who changed it - never a PIN or a hash.
+cred() { AUDIT_FIXTURE_OPERATOR=$1 "$FIX" credential state "$2" "$3" || ko "credential $2 $3 by '$1'"; }
+cred "" so-set so
+cred so user-set alice
+cred so user-set bob
+for i in 1 2 3 4 5; do cred "" fail bob; done
+cred alice changed alice
+wrap OPS-5 1 6 o5r1.gpk
+"$CTL" import o5r1.gpk >/dev/null || ko "import o5r1"
+AUDIT_FIXTURE_OPERATOR=alice "$FIX" issue state ca.key ca.pem ACME OPS-5 3 1 0 >/dev/null || ko "issue OPS-5 as alice"
+AUDIT_FIXTURE_OPERATOR=so "$FIX" issue state ca.key ca.pem ACME OPS-5 1 0 0 >/dev/null || ko "issue OPS-5 as so"
+# An export by carol (its record: the report carol got is not this one).
+AUDIT_FIXTURE_OPERATOR=carol "$FIX" export state || ko "an export record by carol"
+# ACME's report (BETA's records redacted: its certificates need BETA's CA).
+"$CTL" audit export --product ACME/OPS-5 --out ops.txt >/dev/null 2>&1 || ko "export with operators"
+expect "a report with operators and credentials verifies" 0 "^OK$" -- verify ops.txt "${V[@]}" --package o5r1.gpk
+expect "units issued per operator, per package" 0 "^    issued by operator: alice 3, so 1$" -- verify ops.txt "${V[@]}"
+expect "units issued per operator, in all (an export is no unit)" 0 "^operators  units issued: alice 3, so 1, \(none\) 10$" -- \
+    verify ops.txt "${V[@]}"
+expect "an earlier export, by its operator" 0 "^export record [0-9]+ [-0-9T:]+Z by carol: scope all$" -- \
+    verify ops.txt "${V[@]}"
+expect "the report's own export" 0 "^exported by \(none\) at [-0-9T:]+Z \(record [0-9]+, the report's own\)$" -- \
+    verify ops.txt "${V[@]}"
+expect "credential event: the SO set" 0 "^credential record [0-9]+ [-0-9T:]+Z by \(none\): the SO PIN set$" -- \
+    verify ops.txt "${V[@]}"
+expect "credential event: an operator set by the SO" 0 "^credential record [0-9]+ .* by so: operator alice set or reset by the SO$" -- \
+    verify ops.txt "${V[@]}"
+expect "credential event: locked" 0 "^credential record [0-9]+ .* by \(none\): bob locked after 5 consecutive failed logins$" -- \
+    verify ops.txt "${V[@]}"
+expect "credential event: own PIN changed" 0 "^credential record [0-9]+ .* by alice: alice changed its own PIN$" -- \
+    verify ops.txt "${V[@]}"
+grep -q 'a5a5a5a5\|5a5a5a5a' ops.txt && ko "a credential's salt or hash is in the report" || ok "no credential secret in the report"
+grep -q '^record [0-9]* CREDENTIAL [0-9]* - - 2 616c696365 0\{64\} 0\{32\} 0 0 so ' ops.txt &&
+    ok "a CREDENTIAL line: no OEM, no product, action, subject, operator" || ko "no CREDENTIAL line for alice set by so"
+# A report for another OEM shows the credential records too (they are no OEM's).
+"$CTL" audit export --product BETA/GADGET --out beta-ops.txt >/dev/null 2>&1 || ko "export BETA with credentials"
+expect "a restricted report shows the credential records" 0 "bob locked after 5 consecutive failed logins" -- \
+    verify beta-ops.txt --guardian guardian.pem --ca-chain beta/ca.pem --root beta/root.pem
+expect "... and verifies" 0 "^OK$" -- verify beta-ops.txt --guardian guardian.pem --ca-chain beta/ca.pem
+# The operator is under the hash.
+awk '$1 == "record" && $3 == "ISSUE" && $13 == "alice" && !done { $13 = "so"; done = 1 } { print }' ops.txt >opalt.txt
+expect "an ISSUE's operator changed" 1 "record [0-9]+ was altered: its hash does not match its content" -- \
+    verify opalt.txt "${V[@]}"
+# Its operator dropped (the old encoding), the chain re-hashed and re-signed:
+# a record without an operator after records that have one is no Guardian's.
+seq=$(awk '$1 == "record" && $3 == "ISSUE" && $13 == "alice" { print $2; exit }' ops.txt)
+awk -v seq="$seq" '$1 == "record" && $2 == seq { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line } { print }' \
+    ops.txt >opdrop0.txt
+"$FIX" rehash opdrop0.txt opdrop1.txt chain "$seq"
+embed_fake opdrop1.txt opdrop.txt
+expect "an operator dropped, the trail re-hashed and re-signed" 1 \
+    "record $seq has no operator \(the encoding of before operators were recorded\) but record [0-9]+ before it has one" -- \
+    verify opdrop.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
+awk '$1 == "record" && $3 == "CREDENTIAL" && !done { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line; done = 1 } { print }' \
+    ops.txt >credold.txt
+expect "a CREDENTIAL line without its operator" 1 "malformed report: line [0-9]+: a CREDENTIAL record names its operator" -- \
+    verify credold.txt "${V[@]}"
+# A CREDENTIAL record the store cannot have written: its subject is not whose
+# credential the action changes (re-hashed and re-signed, so only the check
+# of the record itself can tell).
+awk '$1 == "record" && $3 == "CREDENTIAL" && $7 == 1 && !done { $8 = "616c696365"; done = 1 } { print }' ops.txt >credso0.txt
+"$FIX" rehash credso0.txt credso1.txt chain "$(awk '$1 == "record" && $3 == "CREDENTIAL" && $7 == 1 { print $2; exit }' ops.txt)"
+embed_fake credso1.txt credso.txt
+expect "the SO's action naming an operator, re-hashed and re-signed" 1 "\(CREDENTIAL\) names alice for an action that is the SO's" -- \
+    verify credso.txt --guardian fake.pem --ca-chain ca.pem
+awk '$1 == "record" && $3 == "CREDENTIAL" && $7 == 2 && !done { $8 = "736f"; done = 1 } { print }' ops.txt >credso2.txt
+"$FIX" rehash credso2.txt credso3.txt chain "$(awk '$1 == "record" && $3 == "CREDENTIAL" && $7 == 2 { print $2; exit }' ops.txt)"
+embed_fake credso3.txt credso4.txt
+expect "an operator's action naming so, re-hashed and re-signed" 1 "\(CREDENTIAL\) names so for an action that is an operator's" -- \
+    verify credso4.txt --guardian fake.pem --ca-chain ca.pem
+
+# EXPORT records: who exported is under the hash; a record the store cannot
+# have written, or a report that does not end with its own, is caught even
+# re-hashed and re-signed.
+cseq=$(awk '$1 == "record" && $3 == "EXPORT" && $13 == "carol" { print $2; exit }' ops.txt)
+own=$(awk '$1 == "head" { print $2 }' ops.txt)
+awk -v s="$cseq" '$1 == "record" && $2 == s { $13 = "alice" } { print }' ops.txt >expop.txt
+expect "an EXPORT record's operator changed" 1 "record $cseq was altered: its hash does not match its content" -- \
+    verify expop.txt "${V[@]}"
+awk -v s="$cseq" '$1 == "record" && $2 == s { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line } { print }' \
+    ops.txt >expold.txt
+expect "an EXPORT line without its operator" 1 "malformed report: line [0-9]+: an EXPORT record names its operator" -- \
+    verify expold.txt "${V[@]}"
+awk -v s="$cseq" '$1 == "record" && $2 == s { $7 = 1 } { print }' ops.txt >expser0.txt
+"$FIX" rehash expser0.txt expser1.txt chain "$cseq"
+embed_fake expser1.txt expser.txt
+expect "an EXPORT record's serial forged, re-hashed and re-signed" 1 \
+    "record $cseq \(EXPORT\) is malformed: it needs serial $((cseq - 1)) \(the record before it\)" -- \
+    verify expser.txt --guardian fake.pem --ca-chain ca.pem
+awk -v s="$cseq" '$1 == "record" && $2 == s { $5 = "ACME"; $6 = "NEVER" } { print }' ops.txt >expnever0.txt
+"$FIX" rehash expnever0.txt expnever1.txt chain "$cseq"
+embed_fake expnever1.txt expnever.txt
+expect "an export of a product never imported, re-hashed and re-signed" 1 \
+    "record $cseq \(EXPORT\) is an export of ACME/NEVER, which no record before it imported" -- \
+    verify expnever.txt --guardian fake.pem --ca-chain ca.pem
+# The report's own EXPORT record cut off, the head moved back to the record
+# before it (ACME's report, where that is a redacted BETA record) and the
+# report re-signed: it no longer says who exported it, yet earlier exports
+# show the Guardian records them.
+awk 'FNR == NR { if ($1 == "head") h = $2; if ($2 == h - 1) prev = $NF; next }
+     $1 == "head" { $0 = "head " h - 1 " " prev } !(($1 == "record" || $1 == "redacted") && $2 == h) { print }' \
+    acme.txt acme.txt >expcut0.txt
+embed_fake expcut0.txt expcut.txt
+expect "the report's own EXPORT record removed, the head moved back, re-signed" 1 \
+    "the report does not end with its own EXPORT record: its last record is 34, after EXPORT record 29" -- \
+    verify expcut.txt --guardian fake.pem --ca-chain ca.pem
+# ... or with an earlier EXPORT record then last: it is not this report's.
+awk -v s="$own" '!($1 == "record" && $2 == s) { print }' ops.txt >expcut2.txt
+"$FIX" rehash expcut2.txt expcut3.txt chain "$own"
+embed_fake expcut3.txt expcut4.txt
+expect "the report's own EXPORT record removed, carol's then last" 1 \
+    "record $cseq, the report's own EXPORT record, is an export of all but the report's scope is ACME/OPS-5" -- \
+    verify expcut4.txt --guardian fake.pem --ca-chain ca.pem
+# Its scope or its time changed: not the report it is the record of.
+awk -v s="$own" '$1 == "record" && $2 == s { $5 = "ACME"; $6 = "SENSOR-1" } { print }' ops.txt >expscope0.txt
+"$FIX" rehash expscope0.txt expscope1.txt chain "$own"
+embed_fake expscope1.txt expscope.txt
+expect "the report's own EXPORT record naming another scope" 1 \
+    "record $own, the report's own EXPORT record, is an export of ACME/SENSOR-1 but the report's scope is ACME/OPS-5" -- \
+    verify expscope.txt --guardian fake.pem --ca-chain ca.pem
+awk -v s="$own" '$1 == "record" && $2 == s { $4 = $4 - 3600 } { print }' ops.txt >exptime0.txt
+"$FIX" rehash exptime0.txt exptime1.txt chain "$own"
+embed_fake exptime1.txt exptime.txt
+expect "the report's own EXPORT record dated otherwise than the report" 1 \
+    "record $own, the report's own EXPORT record, is dated .* but the report says it was exported" -- \
+    verify exptime.txt --guardian fake.pem --ca-chain ca.pem
+# The ID "-" as an export's scope is written %2D: "- -" is the whole trail only.
+awk -v s="$own" '$1 == "record" && $2 == s { $6 = "-" } { print }' ops.txt >expdash.txt
+expect "an EXPORT record's scope half '-'" 1 "malformed report: line [0-9]+: an EXPORT record's scope is an OEM and a product ID" -- \
+    verify expdash.txt "${V[@]}"
+
+# A report made before operators were recorded (version 1: every record of
+# the old encoding, 14 fields) still verifies: report.txt as such a Guardian
+# wrote it - magic 1, no operator field, hashed in the old encoding - signed by
+# the fake Guardian.
+awk 'NR == 1 { $0 = "GUARDIAN AUDIT REPORT 1" }
+     $1 == "record" && $3 == "EXPORT" { next }
+     $1 == "record" { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line } { print }' \
+    report.txt >v1body.txt
+"$FIX" rehash v1body.txt v1rehashed.txt chain 1
+embed_fake v1rehashed.txt v1.txt
+expect "a version 1 report still verifies" 0 "^OK$" -- verify v1.txt --guardian fake.pem --ca-chain ca.pem --root root.pem \
+    --package s1r1.gpk --package s1r2.gpk
+expect "... with its summary" 0 "ACME/SENSOR-1 release 1 .*authorised 10, reserved 8, released 1, issued 6, reserved-not-issued 1, remaining 3, certificates verified 6/6" -- \
+    verify v1.txt --guardian fake.pem --ca-chain ca.pem
+verify v1.txt --guardian fake.pem --ca-chain ca.pem | grep -q 'operator' && ko "a version 1 report shows operators" ||
+    ok "a version 1 report shows no operator lines"
+expect "... and says its exporter is not recorded" 0 "^exported by \(not recorded" -- \
+    verify v1.txt --guardian fake.pem --ca-chain ca.pem
+awk 'NR == 1 { $0 = "GUARDIAN AUDIT REPORT 1" } { print }' ops.txt >v1ops.txt
+expect "a version 1 report with an operator line" 1 "malformed report: line [0-9]+: a record line of 15 fields \(with an operator\) in a version 1 report" -- \
+    verify v1ops.txt "${V[@]}"
 
 # ---- the real pipeline, when guardianctl has provision -----------------------------------
 # Certificates made by the module's derive mechanism (CKM_GUARDIAN_DERIVE_DEVICE_CERT)
