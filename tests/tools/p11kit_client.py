@@ -6,6 +6,9 @@ connection, for test_service.sh's checks of how p11-kit server behaves
   p11kit_client.py hold PIN|- SECONDS
       open a read-write session on the first token, log in (unless -), print
       "STATE <CKS_*>", sleep, print "STATE <CKS_*>" again.
+  p11kit_client.py so-login PIN
+      log in as the Security Officer in a read-write session: "STATE <CKS_*>",
+      or "ERROR CKR_*" (exit 1).
   p11kit_client.py survive PIN|- [--sigpipe-default]
       open a session and log in, print "READY", wait for a line on stdin (the
       test kills what serves this connection meanwhile), then print the
@@ -22,11 +25,11 @@ import PyKCS11
 CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 
 
-def session(lib, pin):
+def session(lib, pin, who=PyKCS11.CKU_USER):
     slot = lib.getSlotList(tokenPresent=True)[0]
     s = lib.openSession(slot, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
     if pin != "-":
-        s.login(pin)
+        s.login(pin, who)
     return s
 
 
@@ -43,6 +46,13 @@ def main():
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     lib = PyKCS11.PyKCS11Lib()
     lib.load(CLIENT)
+    if cmd == "so-login":
+        try:
+            print(state(session(lib, pin, PyKCS11.CKU_SO)))
+        except PyKCS11.PyKCS11Error as e:
+            print("ERROR %s" % PyKCS11.CKR[e.value])
+            sys.exit(1)
+        return
     s = session(lib, pin)
     if cmd == "hold":
         print(state(s), flush=True)

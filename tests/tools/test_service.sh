@@ -334,7 +334,7 @@ export P11_KIT_SERVER_ADDRESS=unix:path=$sock GUARDIAN_PIN=alice:$ALICE
 opctl() { as "$op" env P11_KIT_SERVER_ADDRESS="$P11_KIT_SERVER_ADDRESS" GUARDIAN_PIN="$GUARDIAN_PIN" \
     "$CTL" --module "$CLIENT" --token gtest "$@"; }
 expect "the operator: guardianctl cert through the service" 0 "BEGIN CERTIFICATE" -- opctl cert
-expect "the operator: guardianctl status logged in as alice" 0 "behind $CLIENT" -- opctl status
+expect "the operator: guardianctl status logged in as alice (service mode, the credentials)" 0 "service mode +yes: C_Login takes the Guardian.s own credentials" -- opctl status
 expect "someone outside $ops: no token through the service" 1 "is the service running, and are you in its operators' group" -- \
     as "$other" env P11_KIT_SERVER_ADDRESS="$P11_KIT_SERVER_ADDRESS" "$CTL" --module "$CLIENT" --token gtest cert
 for f in "$conf/backend.pin" "$conf/backend-so.pin" "$tokens/softhsm2.conf" "$state/guardian.db"; do
@@ -366,7 +366,18 @@ chmod 0400 "$conf/backend.pin"
 chown root "$conf/backend.pin"
 pin_refused "backend.pin owned by root (0400: the service cannot read it)"
 chown "$svc" "$conf/backend.pin"
-expect "backend.pin 0400 again: alice works" 0 "behind $CLIENT" -- opctl status
+expect "backend.pin 0400 again: alice works" 0 "service mode +yes" -- opctl status
+# The Security Officer's recovery, with the service running.
+so_login() { # SECRET: an SO login through the service as the operator's account
+    as "$op" env P11_KIT_SERVER_ADDRESS="$P11_KIT_SERVER_ADDRESS" "$PY" "$HOLD" so-login "$1"
+}
+expect "the SO's PIN logs in through the service" 0 "^STATE 4" -- so_login "$SO_SECRET"
+NEW_SO=so-new-$(openssl rand -hex 8)
+expect "reset-so: cleared with the backend's SO PIN, a new SO PIN set" 0 "set the new Security Officer PIN" -- \
+    "$SETUP" reset-so "${opts[@]}" --so-pin-file <(echo "$NEW_SO")
+expect "... the old SO PIN is refused" 1 "CKR_PIN_INCORRECT" -- so_login "$SO_SECRET"
+expect "... the new one logs in" 0 "^STATE 4" -- so_login "$NEW_SO"
+expect "... both changes are audit records" 0 "[45] credential" -- opctl status
 kill -TERM "$service"
 # strace ends (and has written everything) once its last tracee has.
 for _ in $(seq 100); do kill -0 "$tracer" 2>/dev/null || break; sleep 0.1; done
