@@ -240,6 +240,15 @@ exec_start=$(sed -n 's/^ExecStart=//p' "$UNIT")
 run_cmd=$("$SETUP" run --dry-run)
 [ "$run_cmd" = "$exec_start" ] && ok "its ExecStart is what 'guardian-service-setup run' runs: $exec_start" ||
     ko "ExecStart '$exec_start' is not what guardian-service-setup runs: '$run_cmd'"
+# cmake --install puts the unit and the setup tool under the prefix it is given
+# (DESTDIR: nothing of it lands outside $work).
+if DESTDIR=$work/dest cmake --install "$(dirname "$UNIT")" --prefix /opt/gtest >install-cmake.out 2>&1; then
+    [ -f dest/opt/gtest/lib/systemd/system/guardian-pkcs11.service ] && [ -x dest/opt/gtest/sbin/guardian-service-setup ] &&
+        ok "cmake --install --prefix /opt/gtest: lib/systemd/system/guardian-pkcs11.service and sbin/guardian-service-setup" ||
+        ko "cmake --install --prefix: $(grep -E 'guardian-(pkcs11.service|service-setup)' install-cmake.out)"
+else
+    ko "cmake --install: $(tail -3 install-cmake.out)"
+fi
 if command -v systemd-analyze >/dev/null; then
     # The unit names the installed guardian-service-setup; verify a copy that
     # names the built one (verify checks that every Exec* command exists).
