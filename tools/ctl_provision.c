@@ -240,6 +240,12 @@ static const char *stop_reason(CK_RV rv)
     case CKR_GUARDIAN_PACKAGE_EXPIRED: return "the package's allowance has expired";
     case CKR_GUARDIAN_PACKAGE_SUPERSEDED: return "a newer release of the product was imported; run again to use it";
     case CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY: return "the token holds no usable production CA key of this package";
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT:
+        /* p11-kit-client.so's answer once its connection is gone. */
+        return "the token went away (through the Guardian service: the connection was lost, or the service "
+               "restarted); once it is back, run the same command again to resume";
     default: return "see the module's log line above";
     }
 }
@@ -339,8 +345,25 @@ int cmd_provision(int argc, char **argv)
         progress(&r, t0, 0, &last_decile);
         usleep(200 * 1000);
     }
-    for (int i = 0; i < n_threads; i++)
-        pthread_join(th[i], NULL);
+    /* After an error, a worker may never come back: p11-kit-client.so 0.24
+     * leaves a thread waiting for ever on a connection that died under
+     * another thread's call (measured: kill -9 of the Guardian service with
+     * two threads; tests/tools/test_service_faults.sh).  Its part was not
+     * issued to us, so stop without it rather than hang the line. */
+    for (int i = 0; i < n_threads; i++) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += 10;
+        if (!atomic_load(&r.stop) || interrupted) {
+            pthread_join(th[i], NULL);
+        } else if (pthread_timedjoin_np(th[i], NULL, &deadline) != 0) {
+            fprintf(stderr, PROG ": stopped at part %s: %s (%s); a call through the module has not returned 10 s "
+                                 "later: exiting without it\n",
+                    r.first_error_part, ckr(r.first_error), stop_reason(r.first_error));
+            fflush(stdout);
+            _exit(1);
+        }
+    }
     progress(&r, t0, 1, &last_decile);
 
     {
