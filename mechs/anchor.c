@@ -162,17 +162,37 @@ static CK_RV write_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_H
                         {CKA_LABEL, (void *)GUARDIAN_ANCHOR_LABEL, sizeof(GUARDIAN_ANCHOR_LABEL) - 1},
                         {CKA_APPLICATION, (void *)GUARDIAN_ANCHOR_LABEL, sizeof(GUARDIAN_ANCHOR_LABEL) - 1},
                         {CKA_VALUE, (void *)buf, (CK_ULONG)len}};
+    CK_SESSION_INFO si;
+    CK_SESSION_HANDLE own = CK_INVALID_HANDLE;
+    CK_RV rv = be->C_GetSessionInfo(s, &si);
+
+    if (rv != CKR_OK)
+        return rv;
+    /* Issuing a session certificate needs no read-write session, but a block
+     * of units moves the anchor, a token object: through a read-write
+     * session of our own on the same slot (the caller's login covers it). */
+    if (!(si.flags & CKF_RW_SESSION)) {
+        rv = be->C_OpenSession(si.slotID, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &own);
+        if (rv != CKR_OK) {
+            guardian_error(LOG, "cannot open a read-write session to write the state anchor: %s", ckr(rv));
+            return rv;
+        }
+        s = own;
+    }
     /* The new one first: a crash in between leaves two, and the newer wins. */
-    CK_RV rv = be->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &h);
+    rv = be->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &h);
     if (rv != CKR_OK) {
         guardian_error(LOG, "cannot write the state anchor into the token: %s", ckr(rv));
-        return rv;
+        goto out;
     }
     guardian_policy_forget(h);
     cached = h;
     if (old != CK_INVALID_HANDLE && be->C_DestroyObject(s, old) == CKR_OK)
         guardian_policy_forget(old);
-    return CKR_OK;
+out:
+    if (own != CK_INVALID_HANDLE)
+        be->C_CloseSession(own);
+    return rv;
 }
 
 CK_RV guardian_anchor_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st)

@@ -42,6 +42,7 @@
 #include "cert_builder.h"
 #include "module.h"
 #include "registry.h"
+#include "request.h"
 #include "store.h"
 /* after the headers above: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
@@ -102,44 +103,42 @@ struct device_in {
     struct guardian_device_key key;        /* points into spki */
 };
 
-static CK_RV check_params(const CK_MECHANISM *mech, struct device_in *dev)
+/* The device as the caller gave it: the mechanism parameter's fields, or the
+ * request's attributes. */
+struct device_arg {
+    CK_ULONG format; /* CKG_GUARDIAN_DEVICE_ID_* */
+    const CK_BYTE *id;
+    CK_ULONG id_len;
+    const CK_BYTE *spki;
+    CK_ULONG spki_len;
+};
+
+/* The device ID and key, checked and copied into `dev`: the same checks and
+ * CKR codes for both paths. */
+static CK_RV check_device(const struct device_arg *p, struct device_in *dev)
 {
-    CK_GUARDIAN_DEVICE_CERT_PARAMS p;
     const uint8_t *spki = NULL;
     CK_ULONG id_max;
     const char *why = NULL;
     int r;
 
-    if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(p)) {
-        guardian_error(LOG, "the parameter must be a CK_GUARDIAN_DEVICE_CERT_PARAMS (%zu bytes), got %lu bytes",
-                       sizeof(p), (unsigned long)mech->ulParameterLen);
-        return CKR_MECHANISM_PARAM_INVALID;
-    }
-    memcpy(&p, mech->pParameter, sizeof(p));
-    if (p.version != CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION) {
-        guardian_error(LOG, "parameter version %lu is not supported (this module knows 1)", (unsigned long)p.version);
-        return CKR_MECHANISM_PARAM_INVALID;
-    }
-    if ((p.pDeviceId == NULL && p.ulDeviceIdLen != 0) || (p.pPublicKeyInfo == NULL && p.ulPublicKeyInfoLen != 0))
-        return CKR_ARGUMENTS_BAD;
-
-    switch (p.deviceIdFormat) {
+    switch (p->format) {
     case CKG_GUARDIAN_DEVICE_ID_TEXT: id_max = DEVICE_TEXT_MAX; break;
     case CKG_GUARDIAN_DEVICE_ID_BINARY: id_max = DEVICE_BINARY_MAX; break;
     default:
         guardian_error(LOG, "refused: device ID format %lu is unknown (1 text, 2 binary)",
-                       (unsigned long)p.deviceIdFormat);
+                       (unsigned long)p->format);
         return CKR_GUARDIAN_DEVICE_ID_INVALID;
     }
-    if (p.ulDeviceIdLen < 1 || p.ulDeviceIdLen > id_max) {
+    if (p->id_len < 1 || p->id_len > id_max) {
         guardian_error(LOG, "refused: a %s device ID has 1..%lu %s, got %lu",
                        id_max == DEVICE_TEXT_MAX ? "text" : "binary", (unsigned long)id_max,
-                       id_max == DEVICE_TEXT_MAX ? "characters" : "bytes", (unsigned long)p.ulDeviceIdLen);
+                       id_max == DEVICE_TEXT_MAX ? "characters" : "bytes", (unsigned long)p->id_len);
         return CKR_GUARDIAN_DEVICE_ID_INVALID;
     }
-    memcpy(dev->id, p.pDeviceId, p.ulDeviceIdLen);
-    dev->id_len = p.ulDeviceIdLen;
-    if (p.deviceIdFormat == CKG_GUARDIAN_DEVICE_ID_TEXT) {
+    memcpy(dev->id, p->id, p->id_len);
+    dev->id_len = p->id_len;
+    if (p->format == CKG_GUARDIAN_DEVICE_ID_TEXT) {
         for (size_t i = 0; i < dev->id_len; i++) {
             if (!guardian_id_char(dev->id[i])) {
                 guardian_error(LOG, "refused: a text device ID may hold only A-Z a-z 0-9 - . _ : (byte %zu is not)",
@@ -156,17 +155,39 @@ static CK_RV check_params(const CK_MECHANISM *mech, struct device_in *dev)
 
     /* Longer than any key accepted, or empty: not copied; the check refuses
      * it by its length. */
-    if (p.ulPublicKeyInfoLen > 0 && p.ulPublicKeyInfoLen <= sizeof(dev->spki)) {
-        memcpy(dev->spki, p.pPublicKeyInfo, p.ulPublicKeyInfoLen);
+    if (p->spki_len > 0 && p->spki_len <= sizeof(dev->spki)) {
+        memcpy(dev->spki, p->spki, p->spki_len);
         spki = dev->spki;
     }
-    r = guardian_device_key_check(spki, p.ulPublicKeyInfoLen, &dev->key, &why);
+    r = guardian_device_key_check(spki, p->spki_len, &dev->key, &why);
     if (r != GUARDIAN_DEVKEY_OK) {
         guardian_error(LOG, "refused: device %s: public key %s: %s", dev->text,
                        r == GUARDIAN_DEVKEY_UNSUPPORTED ? "not supported" : "invalid", why);
         return r == GUARDIAN_DEVKEY_UNSUPPORTED ? CKR_GUARDIAN_DEVICE_KEY_UNSUPPORTED : CKR_GUARDIAN_DEVICE_KEY_INVALID;
     }
     return CKR_OK;
+}
+
+/* The mechanism parameter: a CK_GUARDIAN_DEVICE_CERT_PARAMS of this version. */
+static CK_RV check_params(const CK_MECHANISM *mech, struct device_in *dev)
+{
+    CK_GUARDIAN_DEVICE_CERT_PARAMS p;
+    struct device_arg a;
+
+    if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(p)) {
+        guardian_error(LOG, "the parameter must be a CK_GUARDIAN_DEVICE_CERT_PARAMS (%zu bytes), got %lu bytes",
+                       sizeof(p), (unsigned long)mech->ulParameterLen);
+        return CKR_MECHANISM_PARAM_INVALID;
+    }
+    memcpy(&p, mech->pParameter, sizeof(p));
+    if (p.version != CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION) {
+        guardian_error(LOG, "parameter version %lu is not supported (this module knows 1)", (unsigned long)p.version);
+        return CKR_MECHANISM_PARAM_INVALID;
+    }
+    if ((p.pDeviceId == NULL && p.ulDeviceIdLen != 0) || (p.pPublicKeyInfo == NULL && p.ulPublicKeyInfoLen != 0))
+        return CKR_ARGUMENTS_BAD;
+    a = (struct device_arg){p.deviceIdFormat, p.pDeviceId, p.ulDeviceIdLen, p.pPublicKeyInfo, p.ulPublicKeyInfoLen};
+    return check_device(&a, dev);
 }
 
 /* What the template asks for, copied out of the caller's memory: read once,
@@ -673,13 +694,40 @@ static CK_RV token_object_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session
     return be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
 }
 
-static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
-                                CK_MECHANISM *mech, CK_OBJECT_HANDLE base_key, CK_ATTRIBUTE *templ, CK_ULONG count,
-                                CK_OBJECT_HANDLE *out)
+/* The output's template, and the session it needs: a token certificate is
+ * refused in a read-only session before a unit is spent (its object is made
+ * only after the ISSUE record, when a refusal would leave a recorded
+ * certificate without its object).  The label and ID may not be the
+ * Guardian's marks (policy.c): a token certificate with CKA_ID
+ * "guardian-identity" would be taken for the Guardian's own. */
+static CK_RV check_output(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const CK_ATTRIBUTE *templ,
+                          CK_ULONG count, const char *function, struct out_template *o)
 {
-    struct device_in dev;
-    struct out_template o;
-    struct issuer *is = NULL;
+    CK_SESSION_INFO si;
+    CK_RV rv = check_template(templ, count, o);
+
+    if (rv != CKR_OK)
+        return rv;
+    rv = guardian_policy_template(templ, count, function);
+    if (rv != CKR_OK || !o->token)
+        return rv;
+    rv = be->C_GetSessionInfo(session, &si);
+    if (rv != CKR_OK)
+        return rv;
+    if (!(si.flags & CKF_RW_SESSION)) {
+        guardian_error(LOG, "refused: a token certificate (CKA_TOKEN TRUE) needs a read/write session");
+        return CKR_SESSION_READ_ONLY;
+    }
+    return CKR_OK;
+}
+
+/* One certificate for the checked device `dev`, signed with `key`, the proven
+ * production CA key of `is`: the one code path of the mechanism and the
+ * request from the CA key check to the handle. */
+static CK_RV issue_certificate(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                               const struct device_in *dev, const struct out_template *o, struct issuer *is,
+                               CK_OBJECT_HANDLE key, CK_OBJECT_HANDLE *out)
+{
     struct guardian_device d;
     uint8_t buf[GUARDIAN_CERT_BUF], hash[EVP_MAX_MD_SIZE], sig[1024], ski[20];
     char default_label[LABEL_MAX + 1];
@@ -693,35 +741,8 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
     size_t tbs_len, cert_len;
     CK_RV rv;
 
-    if (out == NULL || mech == NULL)
-        return CKR_ARGUMENTS_BAD;
-    rv = check_params(mech, &dev);
-    if (rv != CKR_OK)
-        return rv;
-    rv = check_template(templ, count, &o);
-    if (rv != CKR_OK)
-        return rv;
-    if (o.token) {
-        /* Refused before a unit is spent: the token object is created only
-         * after the ISSUE record, when a refusal would leave a recorded
-         * certificate without its object. */
-        CK_SESSION_INFO si;
-        rv = be->C_GetSessionInfo(session, &si);
-        if (rv != CKR_OK)
-            return rv;
-        if (!(si.flags & CKF_RW_SESSION)) {
-            guardian_error(LOG, "refused: a token certificate (CKA_TOKEN TRUE) needs a read/write session");
-            return CKR_SESSION_READ_ONLY;
-        }
-    }
-    if (base_key == CK_INVALID_HANDLE || (is = proven_issuer(base_key)) == NULL) {
-        rv = base_key_issuer(be, st, session, base_key, &is);
-        if (rv != CKR_OK)
-            return rv;
-    }
-
-    if (dev.key.key_len == is->cb.ca_key_len && memcmp(dev.key.key, is->cb.ca_key, dev.key.key_len) == 0) {
-        guardian_error(LOG, "refused: device %s presents the production CA's own public key", dev.text);
+    if (dev->key.key_len == is->cb.ca_key_len && memcmp(dev->key.key, is->cb.ca_key, dev->key.key_len) == 0) {
+        guardian_error(LOG, "refused: device %s presents the production CA's own public key", dev->text);
         return CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY;
     }
     if (is->not_after < now) {
@@ -744,19 +765,19 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
         return rv;
     }
 
-    d.id = dev.id;
-    d.id_len = dev.id_len;
-    d.id_text = dev.text;
-    d.key = &dev.key;
+    d.id = dev->id;
+    d.id_len = dev->id_len;
+    d.id_text = dev->text;
+    d.key = &dev->key;
     tbs_len = guardian_tbs_build(&is->cb, serial, now, &d, buf, sizeof(buf), ski);
     if (tbs_len == 0 || EVP_Digest(buf, tbs_len, hash, &hl, is->cb.md, NULL) != 1) {
         rv = CKR_GENERAL_ERROR;
         goto unused;
     }
-    rv = token_sign(be, session, base_key, &is->cb, hash, hl, sig, &sig_len);
+    rv = token_sign(be, session, key, &is->cb, hash, hl, sig, &sig_len);
     if (rv != CKR_OK) {
         if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID)
-            derive_forget(base_key);
+            derive_forget(key);
         guardian_error(LOG, "the backend refused to sign with the production CA key: %s",
                        guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "vendor CKR");
         goto unused;
@@ -767,13 +788,13 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
         goto unused;
     }
 
-    snprintf(default_label, sizeof(default_label), "device:%s/%s:%s", is->cb.oem_id, is->cb.product_id, dev.text);
-    rv = object_values(&o, buf, cert_len, ski, default_label, &v);
+    snprintf(default_label, sizeof(default_label), "device:%s/%s:%s", is->cb.oem_id, is->cb.product_id, dev->text);
+    rv = object_values(o, buf, cert_len, ski, default_label, &v);
     if (rv != CKR_OK)
         goto unused;
     /* A session object is made now, hidden, so that running out of objects
      * or memory is found before the record; no call can see it yet. */
-    if (!o.token) {
+    if (!o->token) {
         rv = guardian_cert_object_prepare(session, &v, &pending);
         if (rv != CKR_OK)
             goto unused;
@@ -781,14 +802,14 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
     /* Recorded before anyone can see the certificate: no other thread finds
      * or reads the object, and the caller gets no handle, before its ISSUE
      * record is written. */
-    rv = guardian_store_issue(st, is->cb.oem_id, is->cb.product_id, serial, dev.id, dev.id_len, buf, cert_len);
+    rv = guardian_store_issue(st, is->cb.oem_id, is->cb.product_id, serial, dev->id, dev->id_len, buf, cert_len);
     if (rv != CKR_OK) {
         guardian_cert_object_discard(pending);
         /* The serial stays reserved, not issued: whether the record reached
          * the disk is unknown, so it is not handed out again. */
         return rv;
     }
-    if (o.token)
+    if (o->token)
         rv = token_object_create(be, session, &v, &h);
     else
         rv = guardian_cert_object_publish(pending, &h);
@@ -797,12 +818,12 @@ static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st,
          * object holds it: the serial is spent. */
         guardian_error(LOG, "%s/%s serial %llu for device %s is recorded as issued, but its object could not be "
                             "created: %s",
-                       is->cb.oem_id, is->cb.product_id, (unsigned long long)serial, dev.text,
+                       is->cb.oem_id, is->cb.product_id, (unsigned long long)serial, dev->text,
                        guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "vendor CKR");
         return rv;
     }
     guardian_debug(LOG, "issued %s/%s serial %llu to %s", is->cb.oem_id, is->cb.product_id,
-                   (unsigned long long)serial, dev.text);
+                   (unsigned long long)serial, dev->text);
     *out = h;
     return CKR_OK;
 
@@ -814,6 +835,208 @@ unused:
     pthread_mutex_unlock(&is->lock);
     return rv;
 }
+
+static CK_RV derive_device_cert(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                                CK_MECHANISM *mech, CK_OBJECT_HANDLE base_key, CK_ATTRIBUTE *templ, CK_ULONG count,
+                                CK_OBJECT_HANDLE *out)
+{
+    struct device_in dev;
+    struct out_template o;
+    struct issuer *is = NULL;
+    CK_RV rv;
+
+    if (out == NULL || mech == NULL)
+        return CKR_ARGUMENTS_BAD;
+    rv = check_params(mech, &dev);
+    if (rv != CKR_OK)
+        return rv;
+    rv = check_output(be, session, templ, count, "C_DeriveKey", &o);
+    if (rv != CKR_OK)
+        return rv;
+    if (base_key == CK_INVALID_HANDLE || (is = proven_issuer(base_key)) == NULL) {
+        rv = base_key_issuer(be, st, session, base_key, &is);
+        if (rv != CKR_OK)
+            return rv;
+    }
+    return issue_certificate(be, st, session, &dev, &o, is, base_key, out);
+}
+
+/* ---- the request ------------------------------------------------------------------------------- */
+
+/* The package a request names: CKA_GUARDIAN_PACKAGE_ID, or the installed
+ * release of CKA_GUARDIAN_OEM_ID + CKA_GUARDIAN_PRODUCT_ID (one or the other),
+ * read and checked before anything else. */
+struct package_name {
+    bool by_id;
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
+    char oem_id[GUARDIAN_ID_MAX + 1], product_id[GUARDIAN_ID_MAX + 1];
+};
+
+static CK_RV request_package_name(const struct guardian_request *rq, struct package_name *pn)
+{
+    const CK_ATTRIBUTE *pid, *oem, *product;
+    CK_RV rv;
+
+    if ((rv = guardian_request_bytes(rq, CKA_GUARDIAN_PACKAGE_ID, false, &pid)) != CKR_OK ||
+        (rv = guardian_request_bytes(rq, CKA_GUARDIAN_OEM_ID, false, &oem)) != CKR_OK ||
+        (rv = guardian_request_bytes(rq, CKA_GUARDIAN_PRODUCT_ID, false, &product)) != CKR_OK)
+        return rv;
+    if (pid != NULL ? oem != NULL || product != NULL : oem == NULL || product == NULL) {
+        guardian_error(LOG, "refused: the request names its package by CKA_GUARDIAN_PACKAGE_ID, or by "
+                            "CKA_GUARDIAN_OEM_ID and CKA_GUARDIAN_PRODUCT_ID (the installed release), not %s",
+                       pid != NULL ? "both ways" : oem != NULL || product != NULL ? "half of one" : "at all");
+        return CKR_GUARDIAN_REQUEST_INVALID;
+    }
+    pn->by_id = pid != NULL;
+    if (pn->by_id) {
+        if (pid->ulValueLen != GUARDIAN_PACKAGE_ID_LEN) {
+            guardian_error(LOG, "refused: CKA_GUARDIAN_PACKAGE_ID has %d bytes, not %lu", GUARDIAN_PACKAGE_ID_LEN,
+                           (unsigned long)pid->ulValueLen);
+            return CKR_GUARDIAN_REQUEST_INVALID;
+        }
+        memcpy(pn->package_id, pid->pValue, GUARDIAN_PACKAGE_ID_LEN);
+        return CKR_OK;
+    }
+    for (int i = 0; i < 2; i++) {
+        const CK_ATTRIBUTE *a = i == 0 ? oem : product;
+        char *to = i == 0 ? pn->oem_id : pn->product_id;
+        if (a->ulValueLen == 0 || a->ulValueLen > GUARDIAN_ID_MAX || memchr(a->pValue, 0, a->ulValueLen) != NULL) {
+            guardian_error(LOG, "refused: %s must be 1..%d bytes without NUL",
+                           i == 0 ? "CKA_GUARDIAN_OEM_ID" : "CKA_GUARDIAN_PRODUCT_ID", GUARDIAN_ID_MAX);
+            return CKR_GUARDIAN_REQUEST_INVALID;
+        }
+        memcpy(to, a->pValue, a->ulValueLen);
+        to[a->ulValueLen] = '\0';
+    }
+    return CKR_OK;
+}
+
+/* The package ID of a product's installed release, from the store. */
+static CK_RV installed_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                               struct package_name *pn)
+{
+    struct guardian_product p;
+    CK_RV rv = guardian_store_product_get(st, pn->oem_id, pn->product_id, &p);
+
+    if (rv == CKR_GUARDIAN_PRODUCT_UNKNOWN) {
+        /* A store behind the token's anchor knows no product: say so by name. */
+        if (guardian_anchor_check(be, session, st) == CKR_GUARDIAN_STATE_ROLLBACK)
+            return CKR_GUARDIAN_STATE_ROLLBACK;
+        guardian_error(LOG, "refused: no release of %s/%s is installed", pn->oem_id, pn->product_id);
+    }
+    if (rv == CKR_OK)
+        memcpy(pn->package_id, p.package_id, GUARDIAN_PACKAGE_ID_LEN);
+    return rv;
+}
+
+/* The production CA key of the package: the key proven in this process, or
+ * the private key the token holds with the package's CKA_ID and production CA
+ * label, which then passes exactly the mechanism's base key checks (class,
+ * CKA_ID, label, a test signature). */
+static CK_RV package_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                                const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], struct issuer **out,
+                                CK_OBJECT_HANDLE *key)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_OBJECT_HANDLE found[8];
+    CK_ULONG n = 0;
+    struct issuer *is;
+    CK_RV rv = issuer_get(st, package_id, &is);
+
+    if (rv == CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY && guardian_anchor_check(be, session, st) == CKR_GUARDIAN_STATE_ROLLBACK)
+        return CKR_GUARDIAN_STATE_ROLLBACK;
+    if (rv != CKR_OK)
+        return rv;
+    pthread_mutex_lock(&cache_lock);
+    *key = is->proven_key;
+    pthread_mutex_unlock(&cache_lock);
+    if (*key != CK_INVALID_HANDLE) {
+        *out = is;
+        return CKR_OK;
+    }
+    {
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_ID, (void *)package_id, GUARDIAN_PACKAGE_ID_LEN},
+                            {CKA_LABEL, is->label, (CK_ULONG)strlen(is->label)}};
+        rv = guardian_backend_find(be, session, t, 3, found, sizeof(found) / sizeof(found[0]), &n);
+    }
+    if (rv != CKR_OK)
+        return rv;
+    if (n == 0) {
+        guardian_error(LOG, "refused: the token holds no production CA key \"%s\"", is->label);
+        return CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY;
+    }
+    /* More than one is an object made at the backend directly under the
+     * Guardian's label: the one that proves itself is the CA key. */
+    rv = CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY;
+    for (CK_ULONG i = 0; i < n && rv != CKR_OK; i++) {
+        rv = base_key_issuer(be, st, session, found[i], out);
+        *key = found[i];
+    }
+    return rv;
+}
+
+/* CKG_GUARDIAN_REQ_DEVICE_CERT: the derive mechanism's parameter as
+ * attributes, its template's CKA_TOKEN, CKA_LABEL and CKA_ID as the request's,
+ * the base key found here from the package the request names. */
+static CK_RV device_cert_request(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                                 const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
+{
+    static const CK_ATTRIBUTE_TYPE output_types[] = {CKA_TOKEN, CKA_LABEL, CKA_ID};
+    CK_ATTRIBUTE output[sizeof(output_types) / sizeof(output_types[0])];
+    CK_ULONG n_output = 0;
+    const CK_ATTRIBUTE *id, *spki;
+    struct device_arg a = {CKG_GUARDIAN_DEVICE_ID_TEXT, NULL, 0, NULL, 0};
+    struct device_in dev;
+    struct out_template o;
+    struct package_name pn;
+    struct issuer *is = NULL;
+    CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+    CK_RV rv;
+
+    /* Every attribute read and its type checked (CKR_GUARDIAN_REQUEST_INVALID)
+     * before the mechanism's own checks run on the values. */
+    if ((rv = request_package_name(rq, &pn)) != CKR_OK ||
+        (rv = guardian_request_bytes(rq, CKA_GUARDIAN_DEVICE_ID, true, &id)) != CKR_OK ||
+        (rv = guardian_request_ulong(rq, CKA_GUARDIAN_DEVICE_ID_FORMAT, false, &a.format)) != CKR_OK ||
+        (rv = guardian_request_bytes(rq, CKA_GUARDIAN_DEVICE_SPKI, true, &spki)) != CKR_OK)
+        return rv;
+    a.id = id->pValue;
+    a.id_len = id->ulValueLen;
+    a.spki = spki->pValue;
+    a.spki_len = spki->ulValueLen;
+    rv = check_device(&a, &dev);
+    if (rv != CKR_OK)
+        return rv;
+    for (size_t i = 0; i < sizeof(output_types) / sizeof(output_types[0]); i++) {
+        const CK_ATTRIBUTE *t = guardian_request_attr(rq, output_types[i]);
+        if (t != NULL)
+            output[n_output++] = *t;
+    }
+    rv = check_output(be, session, output, n_output, "C_CreateObject", &o);
+    if (rv != CKR_OK)
+        return rv;
+    if (!pn.by_id && (rv = installed_package(be, st, session, &pn)) != CKR_OK)
+        return rv;
+    rv = package_key_issuer(be, st, session, pn.package_id, &is, &key);
+    if (rv != CKR_OK)
+        return rv;
+    return issue_certificate(be, st, session, &dev, &o, is, key, out);
+}
+
+static const CK_ATTRIBUTE_TYPE request_attributes[] = {
+    CKA_GUARDIAN_PACKAGE_ID, CKA_GUARDIAN_OEM_ID, CKA_GUARDIAN_PRODUCT_ID, CKA_GUARDIAN_DEVICE_ID,
+    CKA_GUARDIAN_DEVICE_ID_FORMAT, CKA_GUARDIAN_DEVICE_SPKI, CKA_TOKEN, CKA_LABEL, CKA_ID,
+};
+
+const struct guardian_request_type guardian_request_device_cert = {
+    .type = CKG_GUARDIAN_REQ_DEVICE_CERT,
+    .name = "CKG_GUARDIAN_REQ_DEVICE_CERT",
+    .session = GUARDIAN_REQUEST_USER,
+    .attributes = request_attributes,
+    .n_attributes = sizeof(request_attributes) / sizeof(request_attributes[0]),
+    .run = device_cert_request,
+};
 
 static const CK_MECHANISM_TYPE requires[] = {
     CKM_ECDSA,

@@ -17,6 +17,8 @@ static const struct guardian_request_type *const table[] = {
     &guardian_request_identity_cert,
     &guardian_request_audit_export,
     &guardian_request_probe,
+    &guardian_request_import,
+    &guardian_request_device_cert,
 };
 
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count)
@@ -47,6 +49,22 @@ CK_RV guardian_request_ulong(const struct guardian_request *rq, CK_ATTRIBUTE_TYP
         return CKR_GUARDIAN_REQUEST_INVALID;
     }
     memcpy(out, a->pValue, sizeof(*out));
+    return CKR_OK;
+}
+
+CK_RV guardian_request_bytes(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, bool required,
+                             const CK_ATTRIBUTE **out)
+{
+    const CK_ATTRIBUTE *a = guardian_request_attr(rq, type);
+    *out = NULL;
+    if (a == NULL && !required)
+        return CKR_OK;
+    if (a == NULL || (a->pValue == NULL && a->ulValueLen != 0)) {
+        guardian_error("request", "attribute 0x%lx of the request is %s", (unsigned long)type,
+                       a == NULL ? "missing" : "without a value");
+        return CKR_GUARDIAN_REQUEST_INVALID;
+    }
+    *out = a;
     return CKR_OK;
 }
 

@@ -31,6 +31,12 @@ const CK_ATTRIBUTE *guardian_request_attr(const struct guardian_request *rq, CK_
 CK_RV guardian_request_ulong(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, bool required,
                              CK_ULONG *out);
 
+/* A byte-string attribute: CKR_OK and *out (NULL when it is absent and not
+ * required), or CKR_GUARDIAN_REQUEST_INVALID (logged) when it is absent and
+ * required, or has no value but a length. */
+CK_RV guardian_request_bytes(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, bool required,
+                             const CK_ATTRIBUTE **out);
+
 typedef CK_RV (*guardian_request_fn)(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
                                      const struct guardian_request *rq, CK_OBJECT_HANDLE *out);
 
@@ -57,6 +63,8 @@ extern const struct guardian_request_type guardian_request_identity_csr;
 extern const struct guardian_request_type guardian_request_identity_cert;
 extern const struct guardian_request_type guardian_request_audit_export; /* audit_export.c */
 extern const struct guardian_request_type guardian_request_probe;        /* probe.c */
+extern const struct guardian_request_type guardian_request_import;       /* unwrap_package.c */
+extern const struct guardian_request_type guardian_request_device_cert;  /* derive_device_cert.c */
 
 /* Non-zero when the template is a request (CKA_CLASS = CKO_GUARDIAN_REQUEST). */
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count);

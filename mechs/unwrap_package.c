@@ -23,6 +23,10 @@
  * finds them.  The handle returned is the package object, a CKO_GUARDIAN_PACKAGE
  * object served by the module (module/package_objects.c) with CKA_ID = the
  * package ID and live counters (docs/unwrap-mechanism.md).
+ *
+ * CKG_GUARDIAN_REQ_IMPORT (a C_CreateObject request, for callers behind a
+ * remoting layer that drops vendor mechanisms) runs the same import with the
+ * Guardian's agreement key, which the module finds itself.
  */
 #include <stdio.h>
 #include <string.h>
@@ -38,6 +42,7 @@
 #include "module.h"
 #include "package.h"
 #include "anchor.h"
+#include "identity.h"
 #include "package_container.h"
 #include "registry.h"
 #include "request.h"
@@ -672,9 +677,12 @@ CK_RV guardian_unwrap_check_arguments(const CK_MECHANISM *mech, const CK_ATTRIBU
     return CKR_OK;
 }
 
-static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
-                            CK_MECHANISM *mech, CK_OBJECT_HANDLE unwrapping_key, CK_BYTE *wrapped,
-                            CK_ULONG wrapped_len, CK_ATTRIBUTE *templ, CK_ULONG count, CK_OBJECT_HANDLE *out)
+/* The import, once the caller's arguments are checked: the one code path of
+ * CKM_GUARDIAN_UNWRAP_PACKAGE and CKG_GUARDIAN_REQ_IMPORT, from the session
+ * check to the package object's handle. */
+static CK_RV import_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                            CK_OBJECT_HANDLE unwrapping_key, const CK_BYTE *wrapped, CK_ULONG wrapped_len,
+                            const struct guardian_unwrap_usage *usage, CK_OBJECT_HANDLE *out)
 {
     struct import im;
     CK_SESSION_INFO si;
@@ -695,17 +703,12 @@ static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     im.guardian_key = unwrapping_key;
     im.kek = CK_INVALID_HANDLE;
 
+    im.usage = *usage;
+
     if (content == NULL) {
         rv = CKR_HOST_MEMORY;
         goto out;
     }
-    if (out == NULL || (wrapped == NULL && wrapped_len != 0)) {
-        rv = CKR_ARGUMENTS_BAD;
-        goto out;
-    }
-    rv = guardian_unwrap_check_arguments(mech, templ, count, &im.usage);
-    if (rv != CKR_OK)
-        goto out;
     rv = be->C_GetSessionInfo(session, &si);
     if (rv != CKR_OK)
         goto out;
@@ -821,6 +824,57 @@ out:
     OPENSSL_free(ca_der);
     return rv;
 }
+
+static CK_RV unwrap_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                            CK_MECHANISM *mech, CK_OBJECT_HANDLE unwrapping_key, CK_BYTE *wrapped,
+                            CK_ULONG wrapped_len, CK_ATTRIBUTE *templ, CK_ULONG count, CK_OBJECT_HANDLE *out)
+{
+    struct guardian_unwrap_usage usage;
+    CK_RV rv;
+
+    if (out == NULL || (wrapped == NULL && wrapped_len != 0))
+        return CKR_ARGUMENTS_BAD;
+    rv = guardian_unwrap_check_arguments(mech, templ, count, &usage);
+    if (rv != CKR_OK)
+        return rv;
+    return import_package(be, st, session, unwrapping_key, wrapped, wrapped_len, &usage, out);
+}
+
+/* CKG_GUARDIAN_REQ_IMPORT: the package in CKA_VALUE, the unwrapping key the
+ * Guardian's agreement key, found here rather than named by the caller (a
+ * remoting layer carries the request, not the vendor mechanism).  No template
+ * narrows the usages: the package's own. */
+static CK_RV import_request(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                            const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
+{
+    const struct guardian_unwrap_usage usage = {CK_TRUE, CK_TRUE, CK_TRUE, CK_TRUE};
+    const CK_ATTRIBUTE *value;
+    CK_OBJECT_HANDLE key;
+    CK_RV rv = guardian_request_bytes(rq, CKA_VALUE, true, &value);
+
+    if (rv != CKR_OK)
+        return rv;
+    rv = guardian_identity_find(be, session, GUARDIAN_IDENTITY_ID, CKO_PRIVATE_KEY, &key);
+    if (rv != CKR_OK)
+        return rv;
+    if (key == CK_INVALID_HANDLE) {
+        guardian_error("unwrap", "refused: the token has no Guardian agreement key (CKA_ID \"" GUARDIAN_IDENTITY_ID
+                                 "\"); run guardianctl init");
+        return CKR_UNWRAPPING_KEY_HANDLE_INVALID;
+    }
+    return import_package(be, st, session, key, value->pValue, value->ulValueLen, &usage, out);
+}
+
+static const CK_ATTRIBUTE_TYPE import_attributes[] = {CKA_VALUE};
+
+const struct guardian_request_type guardian_request_import = {
+    .type = CKG_GUARDIAN_REQ_IMPORT,
+    .name = "CKG_GUARDIAN_REQ_IMPORT",
+    .session = GUARDIAN_REQUEST_USER_RW,
+    .attributes = import_attributes,
+    .n_attributes = sizeof(import_attributes) / sizeof(import_attributes[0]),
+    .run = import_request,
+};
 
 static const CK_MECHANISM_TYPE requires[] = {
     CKM_ECDH1_DERIVE,

@@ -1,10 +1,11 @@
 /*
  * ctl_provision.c — `guardianctl provision`: the programming system's job, for
  * N simulated parts.  Each part makes its key pair (as a real part would, on
- * chip; the private key is discarded), and the certificate is derived through
- * the module with a standard C_DeriveKey(CKM_GUARDIAN_DERIVE_DEVICE_CERT) —
- * the same call a real programming system makes — and written out as
- * <out>/<device-id>.pem.
+ * chip; the private key is discarded), and the certificate is issued by the
+ * module for a CKG_GUARDIAN_REQ_DEVICE_CERT request (C_CreateObject, which
+ * p11-kit's RPC carries; in the module the same code as
+ * C_DeriveKey(CKM_GUARDIAN_DERIVE_DEVICE_CERT), with the production CA key of
+ * the package the module finds itself) and written out as <out>/<device-id>.pem.
  *
  * Several worker threads, each with its own session; a progress bar with rate
  * and ETA on a terminal, a plain line every 10 % otherwise; SIGINT/SIGTERM stop
@@ -61,7 +62,7 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* ---- the package and its CA key --------------------------------------------------- */
+/* ---- the package -------------------------------------------------------------------- */
 
 static void find_package(struct run *r)
 {
@@ -82,29 +83,6 @@ static void find_package(struct run *r)
     P11(p11->C_GetAttributeValue(session, h, a, 2));
     if (!r->quiet)
         printf("%s/%s: %lu units remaining\n", r->oem, r->product, (unsigned long)remaining);
-}
-
-/* The production CA key: CKA_ID = the package ID, label "...:production-ca". */
-static CK_OBJECT_HANDLE find_ca_key(CK_SESSION_HANDLE s, const struct run *r)
-{
-    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)r->package_id, sizeof(r->package_id)}};
-    CK_OBJECT_HANDLE h[8];
-    CK_ULONG n = 0;
-
-    if (p11->C_FindObjectsInit(s, t, 2) != CKR_OK || p11->C_FindObjects(s, h, 8, &n) != CKR_OK)
-        n = 0;
-    p11->C_FindObjectsFinal(s);
-    for (CK_ULONG i = 0; i < n; i++) {
-        char label[160];
-        CK_ATTRIBUTE l = {CKA_LABEL, label, sizeof(label) - 1};
-        if (p11->C_GetAttributeValue(s, h[i], &l, 1) != CKR_OK)
-            continue;
-        label[l.ulValueLen] = '\0';
-        if (l.ulValueLen > 14 && strcmp(label + l.ulValueLen - 14, ":production-ca") == 0)
-            return h[i];
-    }
-    return CK_INVALID_HANDLE;
 }
 
 /* ---- one part ------------------------------------------------------------------------- */
@@ -155,7 +133,6 @@ static void *worker(void *arg)
 {
     struct run *r = arg;
     CK_SESSION_HANDLE s;
-    CK_OBJECT_HANDLE ca;
     unsigned char *value = malloc(GUARDIAN_CERT_MAX);
 
     if (value == NULL || p11->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s) != CKR_OK) {
@@ -164,20 +141,13 @@ static void *worker(void *arg)
         free(value);
         return NULL;
     }
-    ca = find_ca_key(s, r);
-    if (ca == CK_INVALID_HANDLE) {
-        record_error(r, CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY, "(no production CA key in the token)");
-        atomic_store(&r->stop, 1);
-    }
-
     while (!atomic_load(&r->stop) && !interrupted) {
         unsigned long long i = atomic_fetch_add(&r->next, 1);
         char id[80], path[PATH_MAX];
         unsigned char spki[1024], *sp = spki;
         EVP_PKEY *k;
         int spki_len;
-        CK_GUARDIAN_DEVICE_CERT_PARAMS params;
-        CK_MECHANISM mech = {CKM_GUARDIAN_DERIVE_DEVICE_CERT, &params, sizeof(params)};
+        CK_ULONG format = CKG_GUARDIAN_DEVICE_ID_TEXT;
         CK_OBJECT_HANDLE cert = CK_INVALID_HANDLE;
         CK_ATTRIBUTE v = {CKA_VALUE, value, GUARDIAN_CERT_MAX};
         CK_RV rv;
@@ -199,14 +169,15 @@ static void *worker(void *arg)
             atomic_store(&r->stop, 1);
             break;
         }
-        params.version = CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION;
-        params.deviceIdFormat = CKG_GUARDIAN_DEVICE_ID_TEXT;
-        params.pDeviceId = (CK_BYTE_PTR)id;
-        params.ulDeviceIdLen = strlen(id);
-        params.pPublicKeyInfo = spki;
-        params.ulPublicKeyInfoLen = (CK_ULONG)spki_len;
-
-        rv = p11->C_DeriveKey(s, &mech, ca, NULL, 0, &cert);
+        {
+            /* The package found at the start: a newer release imported
+             * meanwhile stops the run (superseded), as its CA key would. */
+            CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_PACKAGE_ID, r->package_id, sizeof(r->package_id)},
+                                {CKA_GUARDIAN_DEVICE_ID_FORMAT, &format, sizeof(format)},
+                                {CKA_GUARDIAN_DEVICE_ID, id, (CK_ULONG)strlen(id)},
+                                {CKA_GUARDIAN_DEVICE_SPKI, spki, (CK_ULONG)spki_len}};
+            rv = request_in(s, CKG_GUARDIAN_REQ_DEVICE_CERT, t, sizeof(t) / sizeof(t[0]), &cert);
+        }
         if (rv == CKR_OK) {
             rv = p11->C_GetAttributeValue(s, cert, &v, 1);
             if (rv == CKR_OK && !write_cert(r, id, value, v.ulValueLen))
@@ -256,6 +227,18 @@ static void progress(struct run *r, double t0, int final, int *last_decile)
 }
 
 /* ---- the command ------------------------------------------------------------------------- */
+
+/* Why the run stopped, for the error that stopped it. */
+static const char *stop_reason(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_GUARDIAN_QUOTA_EXHAUSTED: return "the authorised quota is used up";
+    case CKR_GUARDIAN_PACKAGE_EXPIRED: return "the package's allowance has expired";
+    case CKR_GUARDIAN_PACKAGE_SUPERSEDED: return "a newer release of the product was imported; run again to use it";
+    case CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY: return "the token holds no usable production CA key of this package";
+    default: return "see the module's log line above";
+    }
+}
 
 
 int cmd_provision(int argc, char **argv)
@@ -362,12 +345,7 @@ int cmd_provision(int argc, char **argv)
         printf("provisioned %llu parts in %.1f s (%.0f certs/s, %d threads); %llu already done; certificates in %s/\n",
                issued, el, el > 0 ? (double)issued / el : 0.0, n_threads, skipped, r.out_dir);
         if (r.first_error != CKR_OK) {
-            const char *why = r.first_error == CKR_GUARDIAN_QUOTA_EXHAUSTED ? "the authorised quota is used up"
-                              : r.first_error == CKR_GUARDIAN_PACKAGE_EXPIRED
-                                  ? "the package's allowance has expired"
-                                  : r.first_error == CKR_GUARDIAN_PACKAGE_SUPERSEDED
-                                        ? "a newer release of the product was imported; run again to use it"
-                                        : "see the module's log line above";
+            const char *why = stop_reason(r.first_error);
             fprintf(stderr, PROG ": stopped at part %s: %s (%s)\n", r.first_error_part, ckr(r.first_error), why);
             return 1;
         }

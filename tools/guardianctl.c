@@ -1,7 +1,9 @@
 /*
  * guardianctl — the programming centre operator's tool.  Everything goes
- * through the Guardian PKCS#11 module, like any other PKCS#11 application: the
- * import is a standard C_UnwrapKey with CKM_GUARDIAN_UNWRAP_PACKAGE, no side door.
+ * through the Guardian PKCS#11 module, like any other PKCS#11 application, no
+ * side door; every Guardian operation is a request (C_CreateObject of a
+ * CKO_GUARDIAN_REQUEST), which p11-kit's RPC carries, so the module may run
+ * in-process or behind `p11-kit server` (--module p11-kit-client.so).
  *
  *   guardianctl [options] init [--subject DN] [--days N] [--csr FILE] [--out FILE]
  *   guardianctl [options] import-cert CERT.pem
@@ -289,17 +291,23 @@ static X509 *cert_or_null(CK_OBJECT_HANDLE h)
     return h == CK_INVALID_HANDLE ? NULL : cert_from_object(h);
 }
 
-/* A Guardian request (C_CreateObject of a CKO_GUARDIAN_REQUEST) with `extra`
- * attributes; returns the result's handle or the module's CKR code. */
-static CK_RV request(CK_ULONG type, CK_ATTRIBUTE *extra, CK_ULONG n_extra, CK_OBJECT_HANDLE *out)
+CK_RV request_in(CK_SESSION_HANDLE s, CK_ULONG type, const CK_ATTRIBUTE *extra, CK_ULONG n_extra,
+                 CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
-    CK_ATTRIBUTE t[8] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_REQUEST, &type, sizeof(type)}};
-    if (n_extra > 6)
+    CK_ATTRIBUTE t[2 + REQUEST_MAX_EXTRA] = {{CKA_CLASS, &cls, sizeof(cls)},
+                                             {CKA_GUARDIAN_REQUEST, &type, sizeof(type)}};
+    if (n_extra > REQUEST_MAX_EXTRA)
         die("internal: too many request attributes");
     if (n_extra > 0)
         memcpy(t + 2, extra, n_extra * sizeof(*extra));
-    return p11->C_CreateObject(session, t, 2 + n_extra, out);
+    return p11->C_CreateObject(s, t, 2 + n_extra, out);
+}
+
+/* A Guardian request in the command's session. */
+static CK_RV request(CK_ULONG type, CK_ATTRIBUTE *extra, CK_ULONG n_extra, CK_OBJECT_HANDLE *out)
+{
+    return request_in(session, type, extra, n_extra, out);
 }
 
 /* What OEMs need to hear when A changed (an upgrade, a new signing
@@ -714,8 +722,7 @@ static int cmd_import(int argc, char **argv)
     FILE *f;
     unsigned char *pkg = malloc(PACKAGE_MAX_BYTES + 1);
     size_t len;
-    CK_MECHANISM mech = {CKM_GUARDIAN_UNWRAP_PACKAGE, NULL, 0};
-    CK_OBJECT_HANDLE key, obj = 0;
+    CK_OBJECT_HANDLE obj = 0;
     CK_RV rv;
 
     if (argc != 2)
@@ -727,10 +734,15 @@ static int cmd_import(int argc, char **argv)
     len = fread(pkg, 1, PACKAGE_MAX_BYTES + 1, f);
     fclose(f);
     login(CKU_USER);
-    key = find_identity(CKO_PRIVATE_KEY);
-    if (key == CK_INVALID_HANDLE)
+    if (find_identity(CKO_PRIVATE_KEY) == CK_INVALID_HANDLE)
         die("no Guardian key in token '%s': run '" PROG " init' first", token_label);
-    rv = p11->C_UnwrapKey(session, &mech, key, pkg, (CK_ULONG)len, NULL, 0, &obj);
+    {
+        /* The request, not C_UnwrapKey with the vendor mechanism: the same
+         * import in the module (with the Guardian key it finds itself), and
+         * a call p11-kit's RPC carries. */
+        CK_ATTRIBUTE t[] = {{CKA_VALUE, pkg, (CK_ULONG)len}};
+        rv = request(CKG_GUARDIAN_REQ_IMPORT, t, 1, &obj);
+    }
     free(pkg);
     if (rv != CKR_OK) {
         const char *why = explain(rv);
@@ -1079,7 +1091,7 @@ static const struct command {
      {"oem-id=", "yes"}, cmd_enroll},
     {"list-oems", "", "list enrolled OEM roots", {""}, run_list_oems},
     {"remove-oem", "FINGERPRINT-PREFIX [--yes]", "remove an OEM root (Security Officer)", {"yes"}, cmd_remove_oem},
-    {"import", "PACKAGE", "import a wrapped package (C_UnwrapKey through the module)", {""}, cmd_import},
+    {"import", "PACKAGE", "import a wrapped package (unwrapped inside the HSM by the module)", {""}, cmd_import},
     {"products", "", "installed products, quotas, remaining units (from the store)", {""}, run_products},
     {"status", "",
      "token, backend, identity, OEM roots, products, and what the backend\n"

@@ -69,6 +69,13 @@ CK_OBJECT_HANDLE find_identity(CK_OBJECT_CLASS cls);
 /* The signing key's object of class `cls` (CKA_ID "guardian-signing"). */
 CK_OBJECT_HANDLE find_signing(CK_OBJECT_CLASS cls);
 
+/* A Guardian request (C_CreateObject of a CKO_GUARDIAN_REQUEST of `type`)
+ * with up to REQUEST_MAX_EXTRA `extra` attributes, in session `s`; the
+ * result's handle or the module's CKR code. */
+#define REQUEST_MAX_EXTRA 10
+CK_RV request_in(CK_SESSION_HANDLE s, CK_ULONG type, const CK_ATTRIBUTE *extra, CK_ULONG n_extra,
+                 CK_OBJECT_HANDLE *out);
+
 void fingerprint(X509 *x, char out[65]); /* SHA-256, lowercase hex */
 X509 *read_cert_file(const char *path);  /* PEM or DER; dies otherwise */
 X509 *cert_from_object(CK_OBJECT_HANDLE h);

@@ -92,6 +92,11 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKA_GUARDIAN_REQUEST (CKA_GUARDIAN_BASE | 0x0010UL)   /* CK_ULONG: CKG_GUARDIAN_REQ_* */
 #define CKA_GUARDIAN_OEM_IDS (CKA_GUARDIAN_BASE | 0x0011UL)   /* UTF-8, comma-separated, no NUL */
 #define CKA_GUARDIAN_VALIDITY_DAYS (CKA_GUARDIAN_BASE | 0x0012UL) /* CK_ULONG */
+/* CKG_GUARDIAN_REQ_DEVICE_CERT: the device, as CK_GUARDIAN_DEVICE_CERT_PARAMS
+ * carries it for the derive mechanism. */
+#define CKA_GUARDIAN_DEVICE_ID (CKA_GUARDIAN_BASE | 0x0013UL)        /* bytes: pDeviceId */
+#define CKA_GUARDIAN_DEVICE_ID_FORMAT (CKA_GUARDIAN_BASE | 0x0014UL) /* CK_ULONG: CKG_GUARDIAN_DEVICE_ID_* */
+#define CKA_GUARDIAN_DEVICE_SPKI (CKA_GUARDIAN_BASE | 0x0015UL)      /* SubjectPublicKeyInfo, DER */
 
 /* CKG_GUARDIAN_REQ_* values of CKA_GUARDIAN_REQUEST. */
 /* SO session: enrol CKA_VALUE (an OEM root CA certificate, DER) for the OEM IDs
@@ -123,6 +128,21 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * holder of the backend's PIN could do when it is not enforced>"
  * (docs/backend-protections.md). */
 #define CKG_GUARDIAN_REQ_PROBE 6UL
+/* User session, read-write: import CKA_VALUE (a package file's bytes) with the
+ * Guardian's agreement key, found by the module (CKA_ID "guardian-identity"):
+ * exactly what C_UnwrapKey with CKM_GUARDIAN_UNWRAP_PACKAGE does (the same
+ * checks, CKR codes, atomicity and audit record).  Returns the
+ * CKO_GUARDIAN_PACKAGE object. */
+#define CKG_GUARDIAN_REQ_IMPORT 7UL
+/* User session: issue one device certificate, exactly what C_DeriveKey with
+ * CKM_GUARDIAN_DERIVE_DEVICE_CERT does, with the production CA key of the
+ * package CKA_GUARDIAN_PACKAGE_ID, or of the installed release of
+ * CKA_GUARDIAN_OEM_ID + CKA_GUARDIAN_PRODUCT_ID.  The device:
+ * CKA_GUARDIAN_DEVICE_ID, CKA_GUARDIAN_DEVICE_ID_FORMAT (optional, default
+ * CKG_GUARDIAN_DEVICE_ID_TEXT), CKA_GUARDIAN_DEVICE_SPKI; optional CKA_TOKEN,
+ * CKA_LABEL, CKA_ID of the certificate object, as the derive template takes
+ * them.  Returns the certificate object (CKO_CERTIFICATE, CKA_VALUE = DER). */
+#define CKG_GUARDIAN_REQ_DEVICE_CERT 8UL
 
 /* ---- Return values ----------------------------------------------------- */
 

@@ -12,7 +12,7 @@ if [ $# -ne 1 ] || [ -z "$1" ]; then
 fi
 here=$(cd "$(dirname "$0")" && pwd)
 module=$1
-SCRIPTS="pkcs11_tool openssl_engine p11tool p11kit pykcs11 nss"
+SCRIPTS="pkcs11_tool openssl_engine p11tool p11kit p11kit_remote pykcs11 nss"
 
 passed=0
 failed=0

@@ -1,0 +1,906 @@
+/*
+ * test_request.c — CKG_GUARDIAN_REQ_IMPORT and CKG_GUARDIAN_REQ_DEVICE_CERT
+ * (C_CreateObject requests, what reaches the module through p11-kit's RPC)
+ * against the mechanisms they stand for, CKM_GUARDIAN_UNWRAP_PACKAGE and
+ * CKM_GUARDIAN_DERIVE_DEVICE_CERT, through guardian-pkcs11.so over a real
+ * SoftHSMv2 token: for every case both paths give the same CKR code, leave
+ * the same objects, count the same units and write the same audit records;
+ * what only a request can get wrong (its attributes) is
+ * CKR_GUARDIAN_REQUEST_INVALID and spends nothing.
+ *
+ * Each test gets its own token and state directory; the Guardian identity is
+ * made by the module (CKG_GUARDIAN_REQ_IDENTITY), the ACME root enrolled by
+ * the SO, and the packages made by make_packages.sh, plus two twins (TWIN-A
+ * for the mechanism, TWIN-B for the request: the same content but the
+ * product ID) and a package OTHER's root signs for ACME's product.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <sqlite3.h>
+
+#include "guardian_fixture.h"
+#include "softhsm_token.h"
+/* after the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+static struct test_token token;
+static CK_FUNCTION_LIST *m;
+static CK_SLOT_ID slot;
+static CK_SESSION_HANDLE s;
+
+static const char *path(const char *name)
+{
+    static char buf[8][PATH_MAX];
+    static int next;
+    char *p = buf[next++ % 8];
+    snprintf(p, PATH_MAX, "%s/%s", token.dir, name);
+    return p;
+}
+
+static unsigned char *slurp(const char *name, size_t *len)
+{
+    FILE *f = fopen(path(name), "rb");
+    unsigned char *buf;
+    long n;
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    rewind(f);
+    buf = malloc((size_t)n + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+static CK_ULONG count_objects(void)
+{
+    CK_OBJECT_HANDLE h[256];
+    CK_ULONG n = 0;
+    assert_int_equal(m->C_FindObjectsInit(s, NULL, 0), CKR_OK);
+    assert_int_equal(m->C_FindObjects(s, h, 256, &n), CKR_OK);
+    assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+    return n;
+}
+
+/* The one object of class `cls` whose `type` is `value`, or CK_INVALID_HANDLE. */
+static CK_OBJECT_HANDLE find_one(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type, const void *value, CK_ULONG len)
+{
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {type, (void *)value, len}};
+    CK_OBJECT_HANDLE h[2];
+    CK_ULONG n = 0;
+    assert_int_equal(m->C_FindObjectsInit(s, t, 2), CKR_OK);
+    assert_int_equal(m->C_FindObjects(s, h, 2, &n), CKR_OK);
+    assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+    assert_true(n <= 1);
+    return n == 1 ? h[0] : CK_INVALID_HANDLE;
+}
+
+static CK_RV request(CK_SESSION_HANDLE session, CK_ULONG type, const CK_ATTRIBUTE *extra, CK_ULONG n_extra,
+                     CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
+    CK_ATTRIBUTE t[16] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_REQUEST, &type, sizeof(type)}};
+    assert_true(n_extra <= 14);
+    if (n_extra > 0)
+        memcpy(t + 2, extra, n_extra * sizeof(*extra));
+    return m->C_CreateObject(session, t, 2 + n_extra, out);
+}
+
+/* Both paths gave `expect`. */
+#define SAME(expect, rv_mech, rv_req, what)                                                                      \
+    do {                                                                                                         \
+        CK_RV e_ = (expect), a_ = (rv_mech), b_ = (rv_req);                                                      \
+        if (a_ != e_ || b_ != e_)                                                                                \
+            fail_msg("%s: mechanism 0x%lx, request 0x%lx, expected 0x%lx", (what), (unsigned long)a_,             \
+                     (unsigned long)b_, (unsigned long)e_);                                                      \
+    } while (0)
+
+/* ---- the module, the token, the packages ------------------------------------------------- */
+
+static void open_module(void)
+{
+    m = test_load_module(test_guardian_path(), NULL);
+    assert_non_null(m);
+    assert_int_equal(m->C_Initialize(NULL), CKR_OK);
+    assert_int_equal(test_find_slot(m, token.label, &slot), CKR_OK);
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+}
+
+static void run(const char *cmd)
+{
+    if (system(cmd) != 0)
+        fail_msg("set-up command failed: %s", cmd);
+}
+
+static int setup(void **st)
+{
+    CK_ULONG days = 30;
+    CK_BYTE cn[] = "request-test", value[4096];
+    CK_ATTRIBUTE t[] = {{CKA_LABEL, cn, sizeof(cn) - 1}, {CKA_GUARDIAN_VALIDITY_DAYS, &days, sizeof(days)}};
+    CK_ATTRIBUTE v = {CKA_VALUE, value, sizeof(value)};
+    CK_OBJECT_HANDLE h;
+    char cmd[PATH_MAX * 4];
+    const char *wrap = getenv("GUARDIAN_TEST_WRAP");
+    FILE *f;
+    (void)st;
+
+    assert_int_equal(test_token_create(&token, "request"), 0);
+    assert_int_equal(mkdir(path("state"), 0700), 0);
+    setenv("GUARDIAN_STATE_DIR", path("state"), 1);
+    setenv("GUARDIAN_BACKEND", test_softhsm_path(), 1);
+    unsetenv("GUARDIAN_CONF");
+    open_module();
+    assert_int_equal(request(s, CKG_GUARDIAN_REQ_IDENTITY, t, 2, &h), CKR_OK);
+    assert_int_equal(m->C_GetAttributeValue(s, h, &v, 1), CKR_OK);
+    {
+        const unsigned char *p = value;
+        X509 *x = d2i_X509(NULL, &p, (long)v.ulValueLen);
+        assert_non_null(x);
+        f = fopen(path("guardian.pem"), "w");
+        assert_non_null(f);
+        PEM_write_X509(f, x);
+        fclose(f);
+        X509_free(x);
+    }
+    snprintf(cmd, sizeof(cmd), "%s %s %s", getenv("GUARDIAN_TEST_MAKE_PACKAGES"), token.dir, wrap);
+    run(cmd);
+    /* The twins: the same package but for the product ID (3 units, data, a
+     * confidential item, an extra key). */
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof(cmd),
+                 "cd %s && %s create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem"
+                 " --ca-key ca.key --ca-cert ca.pem --ca-chain oem-root.pem --oem-id ACME --product-id TWIN-%c"
+                 " --release 1 --units 3 --not-after +30 --data config=config.txt --secret-data bootkey=boot.secret"
+                 " --extra-key attest=extra.key --out twin-%c.gpk >/dev/null",
+                 token.dir, wrap, "AB"[i], "ab"[i]);
+        run(cmd);
+    }
+    /* A second OEM, "OTHER", whose root signs a package claiming ACME's product. */
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other-root.key 2>/dev/null"
+             " && openssl req -new -x509 -key other-root.key -subj /CN=OTHER-Root -days 30 -out other-root.pem"
+             " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+             " && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other-signer.key 2>/dev/null"
+             " && openssl req -new -key other-signer.key -subj /CN=OTHER-Signer -out other-signer.csr"
+             " && openssl x509 -req -in other-signer.csr -CA other-root.pem -CAkey other-root.key -days 30"
+             " -out other-signer.pem 2>/dev/null"
+             " && %s create --guardian-cert guardian.pem --signer-key other-signer.key --signer-cert other-signer.pem"
+             " --ca-key ca.key --ca-cert ca.pem --oem-id ACME --product-id SENSOR-1 --release 99 --units 1000"
+             " --not-after +30 --out takeover.gpk >/dev/null",
+             token.dir, wrap);
+    run(cmd);
+    assert_int_equal(m->C_Logout(s), CKR_OK);
+    assert_int_equal(test_enrol_root(m, slot, path("oem-root.pem"), "ACME", &h), CKR_OK);
+    assert_int_equal(test_enrol_root(m, slot, path("other-root.pem"), "OTHER", &h), CKR_OK);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+    return 0;
+}
+
+static int teardown(void **st)
+{
+    (void)st;
+    m->C_CloseAllSessions(slot);
+    assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+    test_token_destroy(&token);
+    return 0;
+}
+
+/* The product's audit records as lines of what both paths must write alike
+ * ("type serial device-id-hex release units"): read from the state database
+ * once the module is finalized (the issue journal folded, the unused units
+ * given back), then the module is opened again. */
+static void records_of(const char *product, char *out, size_t cap)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    size_t used = 0;
+
+    assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+    assert_int_equal(sqlite3_open_v2(path("state/guardian.db"), &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT type, serial, hex(device_id), release_version, authorised_units "
+                                        "FROM audit WHERE product_id = ? ORDER BY seq",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(q, 1, product, -1, SQLITE_STATIC);
+    out[0] = '\0';
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        int n = snprintf(out + used, cap - used, "%d %lld %s %lld %lld\n", sqlite3_column_int(q, 0),
+                         (long long)sqlite3_column_int64(q, 1), (const char *)sqlite3_column_text(q, 2),
+                         (long long)sqlite3_column_int64(q, 3), (long long)sqlite3_column_int64(q, 4));
+        assert_true(n > 0 && (size_t)n < cap - used);
+        used += (size_t)n;
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    open_module();
+}
+
+/* ---- import ------------------------------------------------------------------------------ */
+
+static CK_OBJECT_HANDLE agreement_key(void)
+{
+    CK_OBJECT_HANDLE h = find_one(CKO_PRIVATE_KEY, CKA_ID, "guardian-identity", 17);
+    assert_int_not_equal(h, CK_INVALID_HANDLE);
+    return h;
+}
+
+static CK_RV mech_import_in(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key, const unsigned char *pkg, size_t len,
+                            CK_OBJECT_HANDLE *out)
+{
+    CK_MECHANISM mech = {CKM_GUARDIAN_UNWRAP_PACKAGE, NULL, 0};
+    return m->C_UnwrapKey(session, &mech, key, (CK_BYTE_PTR)pkg, (CK_ULONG)len, NULL, 0, out);
+}
+
+static CK_RV req_import_in(CK_SESSION_HANDLE session, const unsigned char *pkg, size_t len, CK_OBJECT_HANDLE *out)
+{
+    CK_ATTRIBUTE t[] = {{CKA_VALUE, (void *)pkg, (CK_ULONG)len}};
+    return request(session, CKG_GUARDIAN_REQ_IMPORT, t, 1, out);
+}
+
+/* Import `name` both ways, expecting `expect` from each, and that a refusal
+ * left no object and no record. */
+static void import_both(const char *name, CK_RV expect)
+{
+    size_t len;
+    unsigned char *pkg = slurp(name, &len);
+    CK_ULONG before = count_objects();
+    CK_OBJECT_HANDLE h = 0;
+    CK_RV a = mech_import_in(s, agreement_key(), pkg, len, &h);
+    CK_RV b = req_import_in(s, pkg, len, &h);
+    SAME(expect, a, b, name);
+    if (expect != CKR_OK)
+        assert_int_equal(count_objects(), before);
+    free(pkg);
+}
+
+static CK_RV req_import(const char *name, CK_OBJECT_HANDLE *out)
+{
+    size_t len;
+    unsigned char *pkg = slurp(name, &len);
+    CK_RV rv = req_import_in(s, pkg, len, out);
+    free(pkg);
+    return rv;
+}
+
+static CK_RV mech_import(const char *name, CK_OBJECT_HANDLE *out)
+{
+    size_t len;
+    unsigned char *pkg = slurp(name, &len);
+    CK_RV rv = mech_import_in(s, agreement_key(), pkg, len, out);
+    free(pkg);
+    return rv;
+}
+
+/* The package object of ACME's `product`. */
+static CK_OBJECT_HANDLE package_object(const char *product)
+{
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_PACKAGE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_GUARDIAN_OEM_ID, "ACME", 4},
+                        {CKA_GUARDIAN_PRODUCT_ID, (void *)product, (CK_ULONG)strlen(product)}};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG n = 0;
+    assert_int_equal(m->C_FindObjectsInit(s, t, 3), CKR_OK);
+    assert_int_equal(m->C_FindObjects(s, &h, 1, &n), CKR_OK);
+    assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+    assert_int_equal(n, 1);
+    return h;
+}
+
+static CK_ULONG ulong_of(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
+{
+    CK_ULONG v = 0;
+    CK_ATTRIBUTE a = {type, &v, sizeof(v)};
+    assert_int_equal(m->C_GetAttributeValue(s, h, &a, 1), CKR_OK);
+    return v;
+}
+
+static void test_import(void **st)
+{
+    CK_OBJECT_HANDLE pkg_obj = 0, h = 0;
+    CK_ULONG before;
+    size_t len;
+    unsigned char *pkg;
+    (void)st;
+
+    /* Refusals: the same code from both, nothing made. */
+    import_both("wrong-guardian.gpk", CKR_GUARDIAN_WRONG_GUARDIAN);
+    import_both("evil.gpk", CKR_GUARDIAN_UNTRUSTED_SIGNER);
+    import_both("takeover.gpk", CKR_GUARDIAN_OEM_NOT_ENROLLED);
+    import_both("expired.gpk", CKR_GUARDIAN_PACKAGE_EXPIRED);
+    import_both("config.txt", CKR_WRAPPED_KEY_INVALID);
+    import_both("off-curve.gpk", CKR_WRAPPED_KEY_INVALID);
+    import_both("no-intermediate.gpk", CKR_GUARDIAN_UNTRUSTED_SIGNER);
+    /* Tampered in transit: every 7th byte flipped in turn gives the same
+     * refusal both ways. */
+    pkg = slurp("good.gpk", &len);
+    for (size_t off = 0; off < len; off += 7) {
+        CK_RV a, b;
+        pkg[off] ^= 0x01;
+        a = mech_import_in(s, agreement_key(), pkg, len, &h);
+        b = req_import_in(s, pkg, len, &h);
+        pkg[off] ^= 0x01;
+        if (a != b || a == CKR_OK)
+            fail_msg("byte %zu flipped: mechanism 0x%lx, request 0x%lx", off, (unsigned long)a, (unsigned long)b);
+    }
+    SAME(CKR_WRAPPED_KEY_INVALID, mech_import_in(s, agreement_key(), pkg, len - 1, &h),
+         req_import_in(s, pkg, len - 1, &h), "truncated");
+    SAME(CKR_WRAPPED_KEY_LEN_RANGE, mech_import_in(s, agreement_key(), pkg, 0, &h), req_import_in(s, pkg, 0, &h),
+         "empty");
+    {
+        unsigned char *big = calloc(1, (1 << 20) + 1);
+        SAME(CKR_WRAPPED_KEY_LEN_RANGE, mech_import_in(s, agreement_key(), big, (1 << 20) + 1, &h),
+             req_import_in(s, big, (1 << 20) + 1, &h), "oversized");
+        free(big);
+    }
+
+    /* The good package: the package object, live counters; then both paths
+     * call it a replay, and the older release a rollback.  (Another product
+     * first, so that the state anchor exists and is not counted below.) */
+    assert_int_equal(mech_import("rsa.gpk", &h), CKR_OK);
+    before = count_objects();
+    assert_int_equal(req_import("good.gpk", &pkg_obj), CKR_OK);
+    assert_int_equal(ulong_of(pkg_obj, CKA_CLASS), CKO_GUARDIAN_PACKAGE);
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_RELEASE), 3);
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_REMAINING_UNITS), 100);
+    /* CA key, extra key, confidential item, CA and root certificates, the
+     * integrity data item, and the package object. */
+    assert_int_equal(count_objects(), before + 7);
+    assert_int_not_equal(find_one(CKO_PRIVATE_KEY, CKA_LABEL, "guardian:ACME/SENSOR-1/r3:production-ca", 39),
+                         CK_INVALID_HANDLE);
+    import_both("good.gpk", CKR_GUARDIAN_PACKAGE_REPLAYED);
+    import_both("older.gpk", CKR_GUARDIAN_PACKAGE_ROLLBACK);
+    assert_int_equal(mech_import("newer.gpk", &h), CKR_OK);
+    import_both("newer.gpk", CKR_GUARDIAN_PACKAGE_REPLAYED);
+
+    /* The twins: the same objects and the same record, one way each. */
+    {
+        CK_OBJECT_HANDLE a_obj = 0, b_obj = 0;
+        CK_ULONG n0 = count_objects(), n1, n2;
+        char ra[4096], rb[4096];
+        assert_int_equal(mech_import("twin-a.gpk", &a_obj), CKR_OK);
+        n1 = count_objects();
+        assert_int_equal(req_import("twin-b.gpk", &b_obj), CKR_OK);
+        n2 = count_objects();
+        assert_int_equal(n1 - n0, n2 - n1);
+        assert_int_equal(ulong_of(a_obj, CKA_GUARDIAN_AUTHORISED_UNITS), ulong_of(b_obj, CKA_GUARDIAN_AUTHORISED_UNITS));
+        records_of("TWIN-A", ra, sizeof(ra));
+        records_of("TWIN-B", rb, sizeof(rb));
+        assert_string_equal(ra, "1 0  1 3\n"); /* IMPORT, release 1, 3 units */
+        assert_string_equal(ra, rb);
+    }
+    free(pkg);
+}
+
+/* Sessions and the request's own attributes. */
+static void test_import_sessions_and_attributes(void **st)
+{
+    CK_SESSION_HANDLE ro;
+    CK_OBJECT_HANDLE h = 0, key;
+    size_t len;
+    unsigned char *pkg = slurp("good.gpk", &len);
+    unsigned int four = CKG_GUARDIAN_REQ_IMPORT;
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
+    CK_ULONG before = count_objects();
+    (void)st;
+
+    /* A read-only session, then a public one. */
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &ro), CKR_OK);
+    key = agreement_key();
+    SAME(CKR_SESSION_READ_ONLY, mech_import_in(ro, key, pkg, len, &h), req_import_in(ro, pkg, len, &h), "RO session");
+    assert_int_equal(m->C_Logout(s), CKR_OK);
+    SAME(CKR_USER_NOT_LOGGED_IN, mech_import_in(s, key, pkg, len, &h), req_import_in(s, pkg, len, &h),
+         "public R/W session");
+    SAME(CKR_USER_NOT_LOGGED_IN, mech_import_in(ro, key, pkg, len, &h), req_import_in(ro, pkg, len, &h),
+         "public R/O session");
+    assert_int_equal(m->C_CloseSession(ro), CKR_OK);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+
+    /* Missing, unknown, twice, without a value, ill-typed. */
+    assert_int_equal(request(s, CKG_GUARDIAN_REQ_IMPORT, NULL, 0, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    {
+        CK_ATTRIBUTE t[] = {{CKA_VALUE, pkg, (CK_ULONG)len}, {CKA_LABEL, "x", 1}};
+        assert_int_equal(request(s, CKG_GUARDIAN_REQ_IMPORT, t, 2, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    }
+    {
+        CK_ATTRIBUTE t[] = {{CKA_VALUE, pkg, (CK_ULONG)len}, {CKA_VALUE, pkg, (CK_ULONG)len}};
+        assert_int_equal(request(s, CKG_GUARDIAN_REQ_IMPORT, t, 2, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    }
+    {
+        CK_ATTRIBUTE t[] = {{CKA_VALUE, NULL, (CK_ULONG)len}};
+        assert_int_equal(request(s, CKG_GUARDIAN_REQ_IMPORT, t, 1, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    }
+    {
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_GUARDIAN_REQUEST, &four, sizeof(four)},
+                            {CKA_VALUE, pkg, (CK_ULONG)len}};
+        assert_int_equal(m->C_CreateObject(s, t, 3, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    }
+    assert_int_equal(count_objects(), before);
+    /* All that changed nothing: the package imports. */
+    assert_int_equal(req_import_in(s, pkg, len, &h), CKR_OK);
+
+    /* A token whose agreement key is gone (destroyed at the backend
+     * directly: the module would refuse): the request has no key to use. */
+    {
+        CK_FUNCTION_LIST *direct = test_load_module(test_softhsm_path(), NULL);
+        CK_OBJECT_HANDLE cert_h;
+        assert_non_null(direct);
+        assert_int_equal(direct->C_DestroyObject(s, agreement_key()), CKR_OK);
+        assert_int_equal(req_import("newer.gpk", &cert_h), CKR_UNWRAPPING_KEY_HANDLE_INVALID);
+    }
+    free(pkg);
+}
+
+/* ---- device certificates ----------------------------------------------------------------- */
+
+struct device {
+    CK_ULONG format;
+    const void *id;
+    size_t id_len;
+    const unsigned char *spki;
+    size_t spki_len;
+};
+
+static size_t spki_of(EVP_PKEY *k, unsigned char *out)
+{
+    unsigned char *p = out;
+    int n = i2d_PUBKEY(k, &p);
+    assert_true(n > 0 && n <= 1100);
+    return (size_t)n;
+}
+
+static CK_RV mech_cert_in(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE ca, const struct device *d,
+                          CK_ATTRIBUTE *templ, CK_ULONG n, CK_OBJECT_HANDLE *out)
+{
+    CK_GUARDIAN_DEVICE_CERT_PARAMS p = {CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION, d->format, (CK_BYTE_PTR)d->id,
+                                        d->id_len, (CK_BYTE_PTR)d->spki, d->spki_len};
+    CK_MECHANISM mech = {CKM_GUARDIAN_DERIVE_DEVICE_CERT, &p, sizeof(p)};
+    return m->C_DeriveKey(session, &mech, ca, templ, n, out);
+}
+
+/* The request for package `package_id` (NULL: by OEM ACME and `product`),
+ * with the derive template's attributes `templ` as its own. */
+static CK_RV req_cert_in(CK_SESSION_HANDLE session, const CK_BYTE *package_id, const char *product,
+                         const struct device *d, const CK_ATTRIBUTE *templ, CK_ULONG n, CK_OBJECT_HANDLE *out)
+{
+    CK_ATTRIBUTE t[12];
+    CK_ULONG k = 0;
+    if (package_id != NULL) {
+        t[k++] = (CK_ATTRIBUTE){CKA_GUARDIAN_PACKAGE_ID, (void *)package_id, 16};
+    } else {
+        t[k++] = (CK_ATTRIBUTE){CKA_GUARDIAN_OEM_ID, "ACME", 4};
+        t[k++] = (CK_ATTRIBUTE){CKA_GUARDIAN_PRODUCT_ID, (void *)product, (CK_ULONG)strlen(product)};
+    }
+    t[k++] = (CK_ATTRIBUTE){CKA_GUARDIAN_DEVICE_ID_FORMAT, (void *)&d->format, sizeof(d->format)};
+    t[k++] = (CK_ATTRIBUTE){CKA_GUARDIAN_DEVICE_ID, (void *)d->id, (CK_ULONG)d->id_len};
+    t[k++] = (CK_ATTRIBUTE){CKA_GUARDIAN_DEVICE_SPKI, (void *)d->spki, (CK_ULONG)d->spki_len};
+    assert_true(k + n <= 12);
+    if (n > 0)
+        memcpy(t + k, templ, n * sizeof(*templ));
+    return request(session, CKG_GUARDIAN_REQ_DEVICE_CERT, t, k + n, out);
+}
+
+/* What a test of the device certificates works with: SENSOR-1 r3 and SMALL
+ * (3 units), imported through the mechanism. */
+static CK_OBJECT_HANDLE pkg_obj, small_obj;
+static CK_BYTE pkg_id[16], small_id[16];
+
+static CK_OBJECT_HANDLE ca_key(const char *product, unsigned release)
+{
+    char label[128];
+    CK_OBJECT_HANDLE h;
+    snprintf(label, sizeof(label), "guardian:ACME/%s/r%u:production-ca", product, release);
+    h = find_one(CKO_PRIVATE_KEY, CKA_LABEL, label, (CK_ULONG)strlen(label));
+    assert_int_not_equal(h, CK_INVALID_HANDLE);
+    return h;
+}
+
+static void package_id_of(CK_OBJECT_HANDLE obj, CK_BYTE id[16])
+{
+    CK_ATTRIBUTE a = {CKA_GUARDIAN_PACKAGE_ID, id, 16};
+    assert_int_equal(m->C_GetAttributeValue(s, obj, &a, 1), CKR_OK);
+}
+
+static void import_for_certs(void)
+{
+    assert_int_equal(mech_import("good.gpk", &pkg_obj), CKR_OK);
+    assert_int_equal(mech_import("small.gpk", &small_obj), CKR_OK);
+    package_id_of(pkg_obj, pkg_id);
+    package_id_of(small_obj, small_id);
+}
+
+/* Issue both ways for SENSOR-1 expecting `expect`; a certificate made is
+ * destroyed again. */
+static void cert_both(const struct device *d, CK_ATTRIBUTE *templ, CK_ULONG n, CK_RV expect, const char *what)
+{
+    CK_OBJECT_HANDLE a_h = 0, b_h = 0;
+    CK_RV a = mech_cert_in(s, ca_key("SENSOR-1", 3), d, templ, n, &a_h);
+    CK_RV b = req_cert_in(s, pkg_id, NULL, d, templ, n, &b_h);
+    SAME(expect, a, b, what);
+    if (a == CKR_OK)
+        assert_int_equal(m->C_DestroyObject(s, a_h), CKR_OK);
+    if (b == CKR_OK)
+        assert_int_equal(m->C_DestroyObject(s, b_h), CKR_OK);
+}
+
+/* The certificate object's DER, parsed; it chains to the OEM root through ca.pem. */
+static X509 *cert_of(CK_OBJECT_HANDLE h)
+{
+    CK_BYTE value[4096];
+    CK_OBJECT_CLASS cls = 0;
+    CK_ATTRIBUTE a[] = {{CKA_VALUE, value, sizeof(value)}, {CKA_CLASS, &cls, sizeof(cls)}};
+    const unsigned char *p = value;
+    X509 *x, *root, *ca;
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    STACK_OF(X509) *untrusted = sk_X509_new_null();
+    FILE *f;
+
+    assert_int_equal(m->C_GetAttributeValue(s, h, a, 2), CKR_OK);
+    assert_int_equal(cls, CKO_CERTIFICATE);
+    x = d2i_X509(NULL, &p, (long)a[0].ulValueLen);
+    assert_non_null(x);
+    f = fopen(path("oem-root.pem"), "r");
+    root = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    f = fopen(path("ca.pem"), "r");
+    ca = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    X509_STORE_add_cert(store, root);
+    sk_X509_push(untrusted, ca);
+    X509_STORE_CTX_init(ctx, store, x, untrusted);
+    if (X509_verify_cert(ctx) != 1)
+        fail_msg("device certificate does not verify: %s", X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(store);
+    sk_X509_pop_free(untrusted, X509_free);
+    X509_free(root);
+    return x;
+}
+
+static void assert_cn(X509 *x, const char *cn)
+{
+    char got[128];
+    assert_true(X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, got, sizeof(got)) > 0);
+    assert_string_equal(got, cn);
+}
+
+static void test_device_cert(void **st)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    unsigned char spki[1100];
+    size_t n = spki_of(k, spki);
+    struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, "SN-1", 4, spki, n};
+    CK_OBJECT_HANDLE h = 0;
+    CK_ULONG remaining;
+    X509 *x;
+    (void)st;
+
+    import_for_certs();
+    remaining = ulong_of(pkg_obj, CKA_GUARDIAN_REMAINING_UNITS);
+    /* By package ID, by OEM and product, by the mechanism: one unit each. */
+    assert_int_equal(req_cert_in(s, pkg_id, NULL, &d, NULL, 0, &h), CKR_OK);
+    x = cert_of(h);
+    assert_cn(x, "SN-1");
+    assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(x), k), 1);
+    X509_free(x);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_REMAINING_UNITS), remaining - 1);
+    d.id = "SN-2";
+    assert_int_equal(req_cert_in(s, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_OK);
+    x = cert_of(h);
+    assert_cn(x, "SN-2");
+    X509_free(x);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    d.id = "SN-3";
+    assert_int_equal(mech_cert_in(s, ca_key("SENSOR-1", 3), &d, NULL, 0, &h), CKR_OK);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_REMAINING_UNITS), remaining - 3);
+    /* A binary ID, shown as hex; a token object with the caller's label and ID. */
+    {
+        CK_BBOOL yes = CK_TRUE, is_token = CK_FALSE;
+        char label[16] = "";
+        CK_BYTE id[4] = "";
+        CK_ATTRIBUTE t[] = {{CKA_TOKEN, &yes, 1}, {CKA_LABEL, "line-7", 6}, {CKA_ID, "\x01\x02", 2}};
+        CK_ATTRIBUTE q[] = {{CKA_TOKEN, &is_token, 1}, {CKA_LABEL, label, sizeof(label)}, {CKA_ID, id, sizeof(id)}};
+        struct device b = {CKG_GUARDIAN_DEVICE_ID_BINARY, "\xde\xad\xbe\xef", 4, spki, n};
+        assert_int_equal(req_cert_in(s, pkg_id, NULL, &b, t, 3, &h), CKR_OK);
+        assert_int_equal(m->C_GetAttributeValue(s, h, q, 3), CKR_OK);
+        assert_true(is_token);
+        assert_int_equal(q[1].ulValueLen, 6);
+        assert_memory_equal(label, "line-7", 6);
+        assert_int_equal(q[2].ulValueLen, 2);
+        x = cert_of(h);
+        assert_cn(x, "deadbeef");
+        X509_free(x);
+        assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    }
+    /* The default format is text: no CKA_GUARDIAN_DEVICE_ID_FORMAT. */
+    {
+        CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_PACKAGE_ID, pkg_id, 16},
+                            {CKA_GUARDIAN_DEVICE_ID, "SN-5", 4},
+                            {CKA_GUARDIAN_DEVICE_SPKI, spki, (CK_ULONG)n}};
+        assert_int_equal(request(s, CKG_GUARDIAN_REQ_DEVICE_CERT, t, 3, &h), CKR_OK);
+        x = cert_of(h);
+        assert_cn(x, "SN-5");
+        X509_free(x);
+        assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    }
+    /* Units are counted when reserved, in blocks of 1, 2, 4, ...: 7 for 5
+     * certificates; the unused 2 are given back at C_Finalize. */
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_REMAINING_UNITS), remaining - 7);
+    {
+        char r[4096];
+        int issued = 0;
+        records_of("SENSOR-1", r, sizeof(r));
+        for (const char *p = r; *p != '\0'; p = strchr(p, '\n') + 1)
+            issued += strncmp(p, "3 ", 2) == 0;
+        assert_int_equal(issued, 5);
+        assert_int_equal(ulong_of(package_object("SENSOR-1"), CKA_GUARDIAN_REMAINING_UNITS), remaining - 5);
+    }
+    EVP_PKEY_free(k);
+}
+
+static void test_device_cert_refusals(void **st)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    unsigned char spki[1100], bad[1100];
+    size_t n = spki_of(k, spki);
+    struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, "dev-x", 5, spki, n};
+    CK_OBJECT_HANDLE h = 0;
+    CK_ULONG remaining;
+    (void)st;
+
+    import_for_certs();
+    remaining = ulong_of(pkg_obj, CKA_GUARDIAN_REMAINING_UNITS);
+
+    /* Device keys: off the curve, cut short, trailing bytes, not DER,
+     * unsupported, the CA's own. */
+    memcpy(bad, spki, n);
+    bad[n - 1] ^= 0x01;
+    d.spki = bad;
+    cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_KEY_INVALID, "point off the curve");
+    d.spki_len = n - 1;
+    cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_KEY_INVALID, "SPKI cut short");
+    memcpy(bad, spki, n);
+    bad[n] = 0;
+    d.spki_len = n + 1;
+    cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_KEY_INVALID, "SPKI with a trailing byte");
+    d.spki = (const unsigned char *)"\x30\x00";
+    d.spki_len = 2;
+    cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_KEY_INVALID, "empty SEQUENCE");
+    d.spki_len = 0;
+    cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_KEY_INVALID, "no SPKI bytes");
+    {
+        EVP_PKEY *p521 = EVP_EC_gen("P-521");
+        d.spki = bad;
+        d.spki_len = spki_of(p521, bad);
+        cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_KEY_UNSUPPORTED, "P-521");
+        EVP_PKEY_free(p521);
+    }
+    {
+        FILE *f = fopen(path("ca.pem"), "r");
+        X509 *cax = PEM_read_X509(f, NULL, NULL, NULL);
+        fclose(f);
+        d.spki_len = spki_of(X509_get0_pubkey(cax), bad);
+        cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY, "the CA key as the device key");
+        X509_free(cax);
+    }
+    d.spki = spki;
+    d.spki_len = n;
+
+    /* Device IDs. */
+    d.format = 99;
+    cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_ID_INVALID, "format 99");
+    d.format = CKG_GUARDIAN_DEVICE_ID_TEXT;
+    d.id = "dev x";
+    cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_ID_INVALID, "a space in a text ID");
+    d.id_len = 0;
+    cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_ID_INVALID, "an empty ID");
+    d.format = CKG_GUARDIAN_DEVICE_ID_BINARY;
+    d.id = bad;
+    d.id_len = 33;
+    cert_both(&d, NULL, 0, CKR_GUARDIAN_DEVICE_ID_INVALID, "a 33-byte binary ID");
+    d.format = CKG_GUARDIAN_DEVICE_ID_TEXT;
+    d.id = "dev-x";
+    d.id_len = 5;
+
+    /* The output template: the derive mechanism's rules, and no Guardian marks. */
+    {
+        CK_BBOOL yes = CK_TRUE;
+        CK_ULONG wide = 1;
+        CK_SESSION_HANDLE ro;
+        CK_ATTRIBUTE token_long = {CKA_TOKEN, &wide, sizeof(wide)};
+        CK_ATTRIBUTE id_mark = {CKA_ID, "guardian-identity", 17}, signing_mark = {CKA_ID, "guardian-signing", 16};
+        CK_ATTRIBUTE label_mark = {CKA_LABEL, "guardian:ACME/SENSOR-1/r3:production-ca-cert", 44};
+        CK_ATTRIBUTE root_mark = {CKA_LABEL, "guardian-root:ACME", 18}, token_true = {CKA_TOKEN, &yes, 1};
+        cert_both(&d, &token_long, 1, CKR_ATTRIBUTE_VALUE_INVALID, "CKA_TOKEN not a CK_BBOOL");
+        cert_both(&d, &id_mark, 1, CKR_ACTION_PROHIBITED, "CKA_ID guardian-identity");
+        cert_both(&d, &signing_mark, 1, CKR_ACTION_PROHIBITED, "CKA_ID guardian-signing");
+        cert_both(&d, &label_mark, 1, CKR_ACTION_PROHIBITED, "a package label");
+        cert_both(&d, &root_mark, 1, CKR_ACTION_PROHIBITED, "a root label");
+        /* A token certificate needs a read/write session. */
+        assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &ro), CKR_OK);
+        SAME(CKR_SESSION_READ_ONLY, mech_cert_in(ro, ca_key("SENSOR-1", 3), &d, &token_true, 1, &h),
+             req_cert_in(ro, pkg_id, NULL, &d, &token_true, 1, &h), "token certificate in a R/O session");
+        /* A session certificate does not. */
+        assert_int_equal(mech_cert_in(ro, ca_key("SENSOR-1", 3), &d, NULL, 0, &h), CKR_OK);
+        assert_int_equal(m->C_DestroyObject(ro, h), CKR_OK);
+        assert_int_equal(req_cert_in(ro, pkg_id, NULL, &d, NULL, 0, &h), CKR_OK);
+        assert_int_equal(m->C_DestroyObject(ro, h), CKR_OK);
+        assert_int_equal(m->C_CloseSession(ro), CKR_OK);
+        remaining = ulong_of(pkg_obj, CKA_GUARDIAN_REMAINING_UNITS);
+    }
+
+    /* What only a request can get wrong: its attributes. */
+    {
+        CK_BYTE short_id[15] = {0}, unknown[16] = {0};
+        unsigned int four = CKG_GUARDIAN_DEVICE_ID_TEXT;
+        CK_ULONG fmt = CKG_GUARDIAN_DEVICE_ID_TEXT;
+        CK_ATTRIBUTE pid = {CKA_GUARDIAN_PACKAGE_ID, pkg_id, 16}, oem = {CKA_GUARDIAN_OEM_ID, "ACME", 4};
+        CK_ATTRIBUTE product = {CKA_GUARDIAN_PRODUCT_ID, "SENSOR-1", 8};
+        CK_ATTRIBUTE id = {CKA_GUARDIAN_DEVICE_ID, "dev-x", 5}, key = {CKA_GUARDIAN_DEVICE_SPKI, spki, (CK_ULONG)n};
+        CK_ATTRIBUTE format = {CKA_GUARDIAN_DEVICE_ID_FORMAT, &fmt, sizeof(fmt)};
+        const struct {
+            const char *what;
+            CK_ATTRIBUTE t[6];
+            CK_ULONG n;
+        } cases[] = {
+            {"no device ID", {pid, key}, 2},
+            {"no device key", {pid, id}, 2},
+            {"no package", {id, key}, 2},
+            {"OEM without product", {oem, id, key}, 3},
+            {"product without OEM", {product, id, key}, 3},
+            {"package ID and product", {pid, oem, product, id, key}, 5},
+            {"a 15-byte package ID", {{CKA_GUARDIAN_PACKAGE_ID, short_id, 15}, id, key}, 3},
+            {"an empty OEM ID", {{CKA_GUARDIAN_OEM_ID, "", 0}, product, id, key}, 4},
+            {"a NUL in the product ID", {oem, {CKA_GUARDIAN_PRODUCT_ID, "SENSOR-1\0x", 10}, id, key}, 4},
+            {"a 4-byte format", {pid, {CKA_GUARDIAN_DEVICE_ID_FORMAT, &four, sizeof(four)}, id, key}, 4},
+            {"a device ID without a value", {pid, {CKA_GUARDIAN_DEVICE_ID, NULL, 5}, key}, 3},
+            {"an attribute it does not take", {pid, id, key, {CKA_VALUE, "x", 1}}, 4},
+            {"CKA_PRIVATE (the derive template's, not the request's)", {pid, id, key, {CKA_PRIVATE, "\0", 1}}, 4},
+            {"the device ID twice", {pid, id, key, id}, 4},
+            {"the format twice", {pid, format, id, key, format}, 5},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            CK_RV rv = request(s, CKG_GUARDIAN_REQ_DEVICE_CERT, cases[i].t, cases[i].n, &h);
+            if (rv != CKR_GUARDIAN_REQUEST_INVALID)
+                fail_msg("%s: 0x%lx, not CKR_GUARDIAN_REQUEST_INVALID", cases[i].what, (unsigned long)rv);
+        }
+        /* Well formed, but naming nothing installed. */
+        assert_int_equal(req_cert_in(s, unknown, NULL, &d, NULL, 0, &h), CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY);
+        assert_int_equal(req_cert_in(s, NULL, "NO-SUCH", &d, NULL, 0, &h), CKR_GUARDIAN_PRODUCT_UNKNOWN);
+    }
+    /* None of that spent a unit. */
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_REMAINING_UNITS), remaining);
+
+    /* Not logged in: the request says so before anything else. */
+    {
+        CK_SESSION_HANDLE ro;
+        assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &ro), CKR_OK);
+        assert_int_equal(m->C_Logout(s), CKR_OK);
+        assert_int_equal(req_cert_in(s, pkg_id, NULL, &d, NULL, 0, &h), CKR_USER_NOT_LOGGED_IN);
+        assert_int_equal(req_cert_in(ro, pkg_id, NULL, &d, NULL, 0, &h), CKR_USER_NOT_LOGGED_IN);
+        assert_int_equal(req_cert_in(ro, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_USER_NOT_LOGGED_IN);
+        assert_int_equal(m->C_CloseSession(ro), CKR_OK);
+        assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+    }
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_REMAINING_UNITS), remaining);
+
+    /* A key at the backend under the CA key's CKA_ID and label that is not
+     * the CA key: the mechanism refuses it as base key, the request passes it
+     * over for the one that proves itself. */
+    {
+        CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+        CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+        CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+        CK_ATTRIBUTE pub_t[] = {{CKA_EC_PARAMS, p256, sizeof(p256)}, {CKA_TOKEN, &no, 1}};
+        CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &no, 1}, {CKA_SIGN, &yes, 1}, {CKA_ID, pkg_id, 16},
+                                 {CKA_LABEL, "guardian:ACME/SENSOR-1/r3:production-ca", 39}};
+        CK_FUNCTION_LIST *direct = test_load_module(test_softhsm_path(), NULL);
+        CK_OBJECT_HANDLE pub, priv;
+        assert_non_null(direct);
+        /* A fresh module: nothing proven yet in this process. */
+        assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+        open_module();
+        assert_int_equal(direct->C_GenerateKeyPair(s, &gen, pub_t, 2, priv_t, 4, &pub, &priv), CKR_OK);
+        assert_int_equal(mech_cert_in(s, priv, &d, NULL, 0, &h), CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY);
+        assert_int_equal(req_cert_in(s, pkg_id, NULL, &d, NULL, 0, &h), CKR_OK);
+        assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    }
+    EVP_PKEY_free(k);
+}
+
+/* The quota both ways, with the same records; then a newer release
+ * supersedes the old package for both. */
+static void test_device_cert_quota_and_records(void **st)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    unsigned char spki[1100];
+    size_t n = spki_of(k, spki);
+    CK_OBJECT_HANDLE a_obj = 0, b_obj = 0, h = 0;
+    CK_BYTE b_id[16];
+    char ra[4096], rb[4096];
+    (void)st;
+
+    assert_int_equal(mech_import("twin-a.gpk", &a_obj), CKR_OK);
+    assert_int_equal(req_import("twin-b.gpk", &b_obj), CKR_OK);
+    package_id_of(b_obj, b_id);
+    for (int i = 1; i <= 4; i++) {
+        char id[16];
+        struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, id, 0, spki, n};
+        CK_OBJECT_HANDLE a_h = 0, b_h = 0;
+        CK_RV a, b;
+        snprintf(id, sizeof(id), "T-%d", i);
+        d.id_len = strlen(id);
+        a = mech_cert_in(s, ca_key("TWIN-A", 1), &d, NULL, 0, &a_h);
+        b = req_cert_in(s, i % 2 ? b_id : NULL, "TWIN-B", &d, NULL, 0, &b_h);
+        SAME(i <= 3 ? CKR_OK : CKR_GUARDIAN_QUOTA_EXHAUSTED, a, b, id);
+        if (i <= 3) {
+            assert_int_equal(m->C_DestroyObject(s, a_h), CKR_OK);
+            assert_int_equal(m->C_DestroyObject(s, b_h), CKR_OK);
+        }
+    }
+    assert_int_equal(ulong_of(a_obj, CKA_GUARDIAN_REMAINING_UNITS), 0);
+    assert_int_equal(ulong_of(b_obj, CKA_GUARDIAN_REMAINING_UNITS), 0);
+    assert_int_equal(ulong_of(b_obj, CKA_GUARDIAN_ISSUED_UNITS), 3);
+    records_of("TWIN-A", ra, sizeof(ra));
+    records_of("TWIN-B", rb, sizeof(rb));
+    assert_string_equal(ra, rb);
+    /* IMPORT, then per part a RESERVE (blocks of 1 and 2) and an ISSUE. */
+    assert_non_null(strstr(ra, "3 3 542D33 0 0\n")); /* ISSUE of serial 3 to "T-3" */
+
+    /* A newer release of SENSOR-1: the old package ID is superseded for the
+     * request as its CA key is for the mechanism (once the units this
+     * process holds under it are used); the product's name follows it. */
+    {
+        CK_OBJECT_HANDLE old_obj = 0, new_obj = 0;
+        CK_BYTE old_id[16];
+        struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, "S-1", 3, spki, n};
+        CK_RV a = CKR_OK, b = CKR_OK;
+        assert_int_equal(mech_import("good.gpk", &old_obj), CKR_OK);
+        package_id_of(old_obj, old_id);
+        assert_int_equal(req_cert_in(s, old_id, NULL, &d, NULL, 0, &h), CKR_OK);
+        assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+        assert_int_equal(req_import("newer.gpk", &new_obj), CKR_OK);
+        for (int i = 0; i < 64 && (a == CKR_OK || b == CKR_OK); i++) {
+            if (a == CKR_OK && (a = mech_cert_in(s, ca_key("SENSOR-1", 3), &d, NULL, 0, &h)) == CKR_OK)
+                assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+            if (b == CKR_OK && (b = req_cert_in(s, old_id, NULL, &d, NULL, 0, &h)) == CKR_OK)
+                assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+        }
+        SAME(CKR_GUARDIAN_PACKAGE_SUPERSEDED, a, b, "the superseded release");
+        assert_int_equal(req_cert_in(s, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_OK);
+        assert_int_equal(ulong_of(new_obj, CKA_GUARDIAN_ISSUED_UNITS), 1);
+    }
+    EVP_PKEY_free(k);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_import, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_import_sessions_and_attributes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_cert, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_cert_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_cert_quota_and_records, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("integration: Guardian requests = mechanisms", tests, NULL, NULL);
+}
