@@ -3,8 +3,8 @@
  * through any PKCS#11 library: the Guardian module in-process, or
  * p11-kit-client.so in front of `p11-kit server` (the service model).
  *
- *   service-bench --module LIB --token-label L [--pin P] --path mech|request|sign
- *                 [--workers N] [--procs] [--seconds S] [--warmup S] [--tag T]
+ *   service-bench --module LIB --token-label L [--pin P] --path mech|request|sign|rtt
+ *                 [--workers N] [--procs] [--seconds S] [--warmup S] [--tag T] [--keep N]
  *
  * One certificate, as a programming system gets it:
  *   mech     C_DeriveKey(CKM_GUARDIAN_DERIVE_DEVICE_CERT) on the production CA
@@ -12,12 +12,15 @@
  *   request  C_CreateObject of a CKO_GUARDIAN_REQUEST, CKG_GUARDIAN_REQ_DEVICE_CERT,
  *            naming the CA key's package by CKA_GUARDIAN_PACKAGE_ID
  * each followed by C_GetAttributeValue(CKA_VALUE) and C_DestroyObject of the
- * returned certificate object.  Each certificate has a new text device ID and a
+ * returned certificate object (with --keep N, no C_DestroyObject: every N
+ * certificates a new session, and the old one closed with its objects).  Each certificate has a new text device ID and a
  * P-256 key from a pool made before timing (the part's key generation is not the
  * Guardian's cost).
  *   sign     C_SignInit + C_Sign (CKM_ECDSA, 32-byte hash) with the same CA key:
  *            the signature no certificate can do without.  The module refuses a
  *            plain C_Sign with a production CA key, so LIB is the backend here.
+ *   rtt      C_GetSessionInfo, about the cheapest call there is: through the
+ *            service, the cost of one RPC round trip.
  *
  * Workers: N threads in this process, each with its own session (--workers N),
  * or N processes (--procs), each loading LIB on its own: N clients of the
@@ -80,8 +83,9 @@
 #define LAT_MAX (1u << 20) /* timed operations kept per worker */
 #define PIN_ENV "GUARDIAN_BENCH_PIN"
 
-enum path { PATH_MECH, PATH_REQUEST, PATH_SIGN };
-static const char *const path_names[] = {"mech", "request", "sign"};
+enum path { PATH_MECH, PATH_REQUEST, PATH_SIGN, PATH_RTT };
+static const char *const path_names[] = {"mech", "request", "sign", "rtt"};
+#define N_PATHS 4
 
 struct options {
     const char *module;
@@ -92,6 +96,7 @@ struct options {
     bool procs;
     double seconds, warmup;
     const char *tag;
+    unsigned long keep; /* 0: destroy each certificate; N: close the session every N instead */
 };
 
 /* One worker's results, in memory shared with the parent (--procs). */
@@ -180,18 +185,24 @@ static CK_RV lib_load(const struct options *o, struct lib *b)
     }
     memset(want, ' ', sizeof(want));
     memcpy(want, o->label, ll < 32 ? ll : 32);
-    if ((rv = b->l->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK) {
-        report("C_GetSlotList", rv);
-        return rv;
-    }
-    for (CK_ULONG i = 0; i < n; i++) {
-        CK_TOKEN_INFO ti;
-        if (b->l->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, want, 32) == 0) {
-            b->slot = slots[i];
-            return CKR_OK;
+    /* A few tries: another process writing the token's files (SoftHSM's
+     * file store) can make its token unreadable for a moment. */
+    for (int attempt = 0; attempt < 20; attempt++, nap(0.05)) {
+        n = 64;
+        if ((rv = b->l->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK) {
+            report("C_GetSlotList", rv);
+            return rv;
+        }
+        for (CK_ULONG i = 0; i < n; i++) {
+            CK_TOKEN_INFO ti;
+            if (b->l->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, want, 32) == 0) {
+                b->slot = slots[i];
+                return CKR_OK;
+            }
         }
     }
-    fprintf(stderr, PROG ": no token labelled '%s' through %s\n", o->label, o->module);
+    fprintf(stderr, PROG ": no token labelled '%s' through %s (%lu slots with a token)\n", o->label, o->module,
+            (unsigned long)n);
     return CKR_TOKEN_NOT_PRESENT;
 }
 
@@ -273,6 +284,8 @@ static CK_RV fetch_and_destroy(struct worker *w, CK_OBJECT_HANDLE cert, const ch
     CK_ATTRIBUTE v = {CKA_VALUE, w->value, sizeof(w->value)};
     CK_RV rv = l->C_GetAttributeValue(w->session, cert, &v, 1);
 
+    if (rv == CKR_OK && w->o->keep > 0 && v.ulValueLen >= 64 && w->value[0] == 0x30)
+        return CKR_OK; /* destroyed with its session (rotate_session) */
     if (rv != CKR_OK) {
         *fn = "C_GetAttributeValue (certificate CKA_VALUE)";
         l->C_DestroyObject(w->session, cert);
@@ -286,6 +299,30 @@ static CK_RV fetch_and_destroy(struct worker *w, CK_OBJECT_HANDLE cert, const ch
     rv = l->C_DestroyObject(w->session, cert);
     if (rv != CKR_OK)
         *fn = "C_DestroyObject (certificate)";
+    return rv;
+}
+
+/* --keep N: every N certificates a new session replaces the worker's, and
+ * closing the old one destroys its certificate objects (one call for N
+ * instead of N C_DestroyObject).  The new one is opened first: closing a
+ * token's last session would log the user out. */
+static CK_RV rotate_session(struct worker *w, const char **fn)
+{
+    CK_FUNCTION_LIST *l = w->lib->l;
+    CK_SESSION_HANDLE s;
+    CK_RV rv;
+
+    if (w->o->keep == 0 || w->o->path > PATH_REQUEST || w->n % w->o->keep != 0)
+        return CKR_OK;
+    rv = l->C_OpenSession(w->lib->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+    if (rv != CKR_OK) {
+        *fn = "C_OpenSession (--keep)";
+        return rv;
+    }
+    rv = l->C_CloseSession(w->session);
+    w->session = s;
+    if (rv != CKR_OK)
+        *fn = "C_CloseSession (--keep)";
     return rv;
 }
 
@@ -315,7 +352,8 @@ static CK_RV one_op(struct worker *w, const char **fn)
             *fn = "C_DeriveKey (CKM_GUARDIAN_DERIVE_DEVICE_CERT)";
             return rv;
         }
-        return fetch_and_destroy(w, cert, fn);
+        rv = fetch_and_destroy(w, cert, fn);
+        return rv == CKR_OK ? rotate_session(w, fn) : rv;
     }
     case PATH_REQUEST: {
         CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
@@ -332,7 +370,15 @@ static CK_RV one_op(struct worker *w, const char **fn)
             *fn = "C_CreateObject (CKG_GUARDIAN_REQ_DEVICE_CERT)";
             return rv;
         }
-        return fetch_and_destroy(w, cert, fn);
+        rv = fetch_and_destroy(w, cert, fn);
+        return rv == CKR_OK ? rotate_session(w, fn) : rv;
+    }
+    case PATH_RTT: {
+        CK_SESSION_INFO si;
+        rv = b->l->C_GetSessionInfo(w->session, &si);
+        if (rv != CKR_OK)
+            *fn = "C_GetSessionInfo";
+        return rv;
     }
     case PATH_SIGN: {
         CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
@@ -416,7 +462,13 @@ static int run_workers(const struct options *o, struct shared *sh, int first, in
             goto fail;
         }
     }
-    rv = b.l->C_Login(ws[0].session, CKU_USER, (CK_UTF8CHAR_PTR)o->pin, (CK_ULONG)strlen(o->pin));
+    /* Tried again a few times, as the slot search: SoftHSM may read a token
+     * file another process is writing and take the PIN for unset. */
+    for (int attempt = 0; attempt < 20; attempt++, nap(0.05)) {
+        rv = b.l->C_Login(ws[0].session, CKU_USER, (CK_UTF8CHAR_PTR)o->pin, (CK_ULONG)strlen(o->pin));
+        if (rv != CKR_USER_PIN_NOT_INITIALIZED && rv != CKR_GENERAL_ERROR && rv != CKR_DEVICE_ERROR)
+            break;
+    }
     if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
         report("C_Login", rv);
         goto fail;
@@ -472,12 +524,14 @@ static void *worker_thread(void *arg)
 
 static int usage(FILE *f)
 {
-    fprintf(f, "usage: " PROG " --module LIB --token-label L [--pin P] --path mech|request|sign\n"
+    fprintf(f, "usage: " PROG " --module LIB --token-label L [--pin P] --path mech|request|sign|rtt\n"
                "                     [--workers N] [--procs] [--seconds S] [--warmup S] [--tag T]\n"
                "  --pin P      the user PIN (or $" PIN_ENV ")\n"
                "  --workers N  1..16 concurrent sessions (default 1); --procs: one process each\n"
                "  --seconds S  timed seconds (default 3); --warmup S untimed, per worker (default 0.5)\n"
-               "  --tag T      part of every device ID (default: the pid)\n");
+               "  --tag T      part of every device ID (default: the pid)\n"
+               "  --keep N     no C_DestroyObject per certificate: a new session every N\n"
+               "               certificates, the old one closed (its objects with it)\n");
     return 2;
 }
 
@@ -488,7 +542,8 @@ int main(int argc, char **argv)
         {"pin", required_argument, NULL, 'p'},    {"path", required_argument, NULL, 'P'},
         {"workers", required_argument, NULL, 'w'}, {"procs", no_argument, NULL, 'f'},
         {"seconds", required_argument, NULL, 's'}, {"warmup", required_argument, NULL, 'W'},
-        {"tag", required_argument, NULL, 't'},    {"help", no_argument, NULL, 'h'},
+        {"tag", required_argument, NULL, 't'},    {"keep", required_argument, NULL, 'k'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct options o = {.workers = 1, .seconds = 3, .warmup = 0.5, .path = (enum path) - 1};
@@ -509,7 +564,7 @@ int main(int argc, char **argv)
         case 'l': o.label = optarg; break;
         case 'p': o.pin = optarg; break;
         case 'P':
-            for (int i = 0; i < 3; i++)
+            for (int i = 0; i < N_PATHS; i++)
                 if (strcmp(optarg, path_names[i]) == 0)
                     o.path = (enum path)i;
             break;
@@ -530,6 +585,11 @@ int main(int argc, char **argv)
                 return usage(stderr);
             break;
         case 't': o.tag = optarg; break;
+        case 'k':
+            o.keep = strtoul(optarg, &end, 10);
+            if (*end != '\0' || o.keep > 60000)
+                return usage(stderr);
+            break;
         case 'h': usage(stdout); return 0;
         default: return usage(stderr);
         }
@@ -537,7 +597,7 @@ int main(int argc, char **argv)
     if (o.pin == NULL)
         o.pin = getenv(PIN_ENV);
     if (optind != argc || o.module == NULL || o.label == NULL || o.pin == NULL || (int)o.path < 0 ||
-        (int)o.path > 2)
+        (int)o.path >= N_PATHS)
         return usage(stderr);
     if (o.tag == NULL) {
         snprintf(tag, sizeof(tag), "%lx", (unsigned long)getpid());
@@ -629,10 +689,10 @@ int main(int argc, char **argv)
             rate += (double)s->ops / s->elapsed;
     }
     qsort(all, n_all, sizeof(*all), cmp_float);
-    printf("result path=%s workers=%d mode=%s seconds=%.2f ops=%llu rate=%.1f p50_us=%.1f p90_us=%.1f "
+    printf("result path=%s%s workers=%d mode=%s seconds=%.2f ops=%llu rate=%.1f p50_us=%.1f p90_us=%.1f "
            "p99_us=%.1f max_us=%.1f errors=0\n",
-           path_names[o.path], o.workers, o.procs ? "procs" : "threads", o.seconds, (unsigned long long)ops, rate,
-           pct(all, n_all, 0.50), pct(all, n_all, 0.90), pct(all, n_all, 0.99), n_all ? all[n_all - 1] : 0.0);
+           path_names[o.path], o.keep > 0 ? "+keep" : "", o.workers, o.procs ? "procs" : "threads", o.seconds,
+           (unsigned long long)ops, rate, pct(all, n_all, 0.50), pct(all, n_all, 0.90), pct(all, n_all, 0.99), n_all ? all[n_all - 1] : 0.0);
     free(all);
     munmap(sh, sh_size);
     return 0;
