@@ -53,7 +53,7 @@
  * VM) and one state-anchor write into the token (~4 ms on SoftHSM's file
  * store: a new object and the old one destroyed) per block; a killed process
  * loses at most the rest of its block and its spare (counted, never issued:
- * up to 1.5 x BLOCK_MAX).  At 256 the anchor cost 13-18 % of the certificate
+ * up to 2 x BLOCK_MAX).  At 256 the anchor cost 13-18 % of the certificate
  * rate; at 1024 the rate is back above what it was before anchors
  * (docs/performance.md). */
 #define BLOCK_MAX 1024
@@ -561,10 +561,13 @@ static CK_RV reserve(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct gua
 /* One serial from this process's reserved block, reserving more (FULL
  * durability) when it is used up: 1, 2, 4, ... BLOCK_MAX units at a time, so
  * a first article reserves one unit and a long run one commit per 1,024.
- * From blocks of EARLY_MIN units on, the next block is reserved while half of
- * the one in hand is left, by the thread that took that serial, and kept as
- * the spare: the other threads go on issuing meanwhile, and a thread waits
- * for a reservation only when both blocks are used up. */
+ * From blocks of EARLY_MIN units on, the next block is reserved as soon as
+ * the one in hand is started, by the thread that took its first serial, and
+ * kept as the spare: the other threads go on issuing meanwhile, and a thread
+ * waits for a reservation only when both blocks are used up.  (Reserved when
+ * half the block was left, the spare was late once or twice per second on
+ * this loaded VM, where a reservation takes 20-100 ms and 1,024 units last
+ * 60 ms at two threads.) */
 static CK_RV take_serial(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st,
                          struct issuer *is, int64_t now, uint64_t *serial)
 {
@@ -582,8 +585,7 @@ static CK_RV take_serial(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct
         if (is->next < is->end) {
             *serial = is->next++;
             have = true;
-            early = !is->refilling && !is->early_failed && is->spare_count == 0 && is->block >= 2 * EARLY_MIN &&
-                    is->end - is->next <= is->block / 2;
+            early = !is->refilling && !is->early_failed && is->spare_count == 0 && is->block >= 2 * EARLY_MIN;
             break;
         }
         if (!is->refilling)

@@ -936,7 +936,7 @@ static CK_RV derive_serial(const unsigned char *spki, size_t n, const char *devi
 }
 
 /* Blocks of 1, 2, ... 64 are reserved when used up; from the block of 64
- * on, the next block is reserved while half of the one in hand is left.  A refused early
+ * on, the next block is reserved as soon as the one in hand is started.  A refused early
  * reservation does not fail the call that made it: the units in hand are
  * issued, and the refusal is the answer once they are used up. */
 static void test_spare_block(void **st)
