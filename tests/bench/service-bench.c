@@ -38,8 +38,10 @@
  * go to stderr.  tests/bench/service-bench.sh runs the variants interleaved and
  * takes the medians (docs/performance.md, "Issue #9").
  *
- * Exit status: 0 on success; 1 on a PKCS#11 or system error (an operation that
- * fails stops the run: a benchmark of errors measures nothing); 2 on bad usage.
+ * Exit status: 0 on success; 1 on a PKCS#11 or system error (in the set-up, or
+ * more than ERRORS_MAX timed operations of one worker failing: a benchmark of
+ * errors measures nothing; fewer are reported and counted in errors=); 2 on
+ * bad usage.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -82,6 +84,10 @@
 #define CERT_VALUE_MAX 4096
 #define LAT_MAX (1u << 20) /* timed operations kept per worker */
 #define PIN_ENV "GUARDIAN_BENCH_PIN"
+/* Failed timed operations tolerated per worker (each reported, and counted in
+ * errors=): a rare one, such as two processes racing on SoftHSM's file store,
+ * does not void a run; more do. */
+#define ERRORS_MAX 10
 
 enum path { PATH_MECH, PATH_REQUEST, PATH_SIGN, PATH_RTT };
 static const char *const path_names[] = {"mech", "request", "sign", "rtt"};
@@ -103,6 +109,7 @@ struct options {
 struct slot {
     atomic_int state; /* 0 setting up, 1 ready, 2 done, -1 failed */
     uint64_t ops;
+    uint64_t errors; /* timed operations that failed (not in ops nor in the latencies) */
     double elapsed;
     uint32_t n_lat;
     float lat_us[LAT_MAX];
@@ -187,7 +194,7 @@ static CK_RV lib_load(const struct options *o, struct lib *b)
     memcpy(want, o->label, ll < 32 ? ll : 32);
     /* A few tries: another process writing the token's files (SoftHSM's
      * file store) can make its token unreadable for a moment. */
-    for (int attempt = 0; attempt < 20; attempt++, nap(0.05)) {
+    for (int attempt = 0; attempt < 100; attempt++, nap(0.05)) {
         n = 64;
         if ((rv = b->l->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK) {
             report("C_GetSlotList", rv);
@@ -426,9 +433,16 @@ static void *worker_main(void *arg)
         rv = one_op(w, &fn);
         last = now_s();
         if (rv != CKR_OK) {
-            report(fn, rv);
-            atomic_store(&s->state, -1);
-            return NULL;
+            /* Counted and reported; more than ERRORS_MAX stops the run. */
+            if (s->errors++ < 3)
+                report(fn, rv);
+            if (s->errors > ERRORS_MAX) {
+                fprintf(stderr, PROG ": more than %d failed operations: stopped\n", ERRORS_MAX);
+                atomic_store(&s->state, -1);
+                return NULL;
+            }
+            t = last;
+            continue;
         }
         if (s->n_lat < LAT_MAX)
             s->lat_us[s->n_lat++] = (float)((last - t) * 1e6);
@@ -553,7 +567,7 @@ int main(int argc, char **argv)
     pid_t pids[MAX_WORKERS];
     float *all;
     size_t n_all = 0;
-    uint64_t ops = 0;
+    uint64_t ops = 0, errors = 0;
     double rate = 0, deadline;
     int c, ret = 0, ready;
 
@@ -685,14 +699,16 @@ int main(int argc, char **argv)
         memcpy(all + n_all, s->lat_us, s->n_lat * sizeof(*all));
         n_all += s->n_lat;
         ops += s->ops;
+        errors += s->errors;
         if (s->elapsed > 0)
             rate += (double)s->ops / s->elapsed;
     }
     qsort(all, n_all, sizeof(*all), cmp_float);
     printf("result path=%s%s workers=%d mode=%s seconds=%.2f ops=%llu rate=%.1f p50_us=%.1f p90_us=%.1f "
-           "p99_us=%.1f max_us=%.1f errors=0\n",
+           "p99_us=%.1f max_us=%.1f errors=%llu\n",
            path_names[o.path], o.keep > 0 ? "+keep" : "", o.workers, o.procs ? "procs" : "threads", o.seconds,
-           (unsigned long long)ops, rate, pct(all, n_all, 0.50), pct(all, n_all, 0.90), pct(all, n_all, 0.99), n_all ? all[n_all - 1] : 0.0);
+           (unsigned long long)ops, rate, pct(all, n_all, 0.50), pct(all, n_all, 0.90), pct(all, n_all, 0.99),
+           n_all ? all[n_all - 1] : 0.0, (unsigned long long)errors);
     free(all);
     munmap(sh, sh_size);
     return 0;

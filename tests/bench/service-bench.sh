@@ -54,6 +54,7 @@ function minmax(arr, n, want,   i, m) {
 {
     r = field($0, "round"); v = $2
     rate[v, r] = field($0, "rate") + 0; p50[v, r] = field($0, "p50_us") + 0; p99[v, r] = field($0, "p99_us") + 0
+    errs[v] += field($0, "errors")
     if (r + 0 > rounds) rounds = r + 0
     if (!(v in known)) { known[v] = 1; order[++nv] = v }
 }
@@ -70,13 +71,13 @@ function ratio(a, b, label,   r, k, x) {
     if (k > 0) printf "  %-34s %6.3f  (rounds: %.3f .. %.3f)\n", label, median(x, k), minmax(x, k, "min"), minmax(x, k, "max")
 }
 END {
-    printf "\n%-13s %10s %21s %9s %9s %9s\n", "variant", "median/s", "range/s", "p50 us", "p99 us", "worst p99"
+    printf "\n%-13s %10s %21s %9s %9s %9s %6s\n", "variant", "median/s", "range/s", "p50 us", "p99 us", "worst p99", "errors"
     for (i = 1; i <= nv; i++) {
         v = order[i]; k = 0
         for (r = 1; r <= rounds; r++) if ((v, r) in rate) { k++; a[k] = rate[v, r]; b[k] = p50[v, r]; c[k] = p99[v, r] }
         if (k == 0) continue
-        printf "%-13s %10.0f %10.0f..%-10.0f %9.1f %9.1f %9.1f\n", v, median(a, k), minmax(a, k, "min"),
-            minmax(a, k, "max"), median(b, k), median(c, k), minmax(c, k, "max")
+        printf "%-13s %10.0f %10.0f..%-10.0f %9.1f %9.1f %9.1f %6d\n", v, median(a, k), minmax(a, k, "min"),
+            minmax(a, k, "max"), median(b, k), median(c, k), minmax(c, k, "max"), errs[v]
     }
     print "\npaired ratios (per round, median over rounds):"
     ratio("svc-p1", "req-t1", "service / in-process, 1 client")
@@ -213,8 +214,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for v in "${order[@]}"; do
         # One more try: a run that fails in its set-up (SoftHSM's file store
         # read while another process writes it) says nothing about the rate.
-        line=$(run "$v") || line=$(run "$v") || {
-            echo "service-bench: $v failed twice (round $round); see $work/runs.err" >&2
+        line=$(run "$v") || line=$(run "$v") || line=$(run "$v") || {
+            echo "service-bench: $v failed three times (round $round); see $work/runs.err" >&2
             tail -5 "$work/runs.err" >&2
             exit 1
         }
