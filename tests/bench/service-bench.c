@@ -32,9 +32,11 @@
  *
  * Output: one line on stdout,
  *   result path=P workers=N mode=threads|procs seconds=S ops=K rate=R
- *          p50_us=… p90_us=… p99_us=… max_us=… errors=E
+ *          p50_us=… p90_us=… p99_us=… max_us=… errors=E cpu_us=C
  * rate is the sum over workers of ops / that worker's elapsed time; the
- * percentiles are over every operation of every worker.  Progress and errors
+ * percentiles are over every operation of every worker; cpu_us is the
+ * workers' own CPU time per operation (CLOCK_THREAD_CPUTIME_ID: through the
+ * service, the client's share only).  Progress and errors
  * go to stderr.  tests/bench/service-bench.sh runs the variants interleaved and
  * takes the medians (docs/performance.md, "Issue #9").
  *
@@ -88,6 +90,7 @@
  * errors=): a rare one, such as two processes racing on SoftHSM's file store,
  * does not void a run; more do. */
 #define ERRORS_MAX 10
+#define SETUP_TRIES 8
 
 enum path { PATH_MECH, PATH_REQUEST, PATH_SIGN, PATH_RTT };
 static const char *const path_names[] = {"mech", "request", "sign", "rtt"};
@@ -110,6 +113,7 @@ struct slot {
     atomic_int state; /* 0 setting up, 1 ready, 2 done, -1 failed */
     uint64_t ops;
     uint64_t errors; /* timed operations that failed (not in ops nor in the latencies) */
+    double cpu;      /* the worker thread's CPU time over the timed window (s) */
     double elapsed;
     uint32_t n_lat;
     float lat_us[LAT_MAX];
@@ -125,6 +129,13 @@ static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -163,15 +174,9 @@ struct worker {
     CK_BYTE value[CERT_VALUE_MAX];
 };
 
-static CK_RV lib_load(const struct options *o, struct lib *b)
+static CK_RV lib_open(const struct options *o, struct lib *b)
 {
     CK_C_GetFunctionList get;
-    CK_C_INITIALIZE_ARGS args;
-    CK_SLOT_ID slots[64];
-    CK_ULONG n = 64;
-    CK_UTF8CHAR want[32];
-    size_t ll = strlen(o->label);
-    CK_RV rv;
 
     memset(b, 0, sizeof(*b));
     b->dl = dlopen(o->module, RTLD_NOW | RTLD_LOCAL);
@@ -182,8 +187,23 @@ static CK_RV lib_load(const struct options *o, struct lib *b)
     get = (CK_C_GetFunctionList)dlsym(b->dl, "C_GetFunctionList");
     if (get == NULL || get(&b->l) != CKR_OK || b->l == NULL) {
         fprintf(stderr, PROG ": %s: no function list\n", o->module);
+        b->l = NULL;
         return CKR_GENERAL_ERROR;
     }
+    return CKR_OK;
+}
+
+/* C_Initialize and the slot of the token labelled o->label.
+ * CKR_TOKEN_NOT_PRESENT (reported only when `quiet` is false): no such token. */
+static CK_RV lib_init(const struct options *o, struct lib *b, bool quiet)
+{
+    CK_C_INITIALIZE_ARGS args;
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = 64;
+    CK_UTF8CHAR want[32];
+    size_t ll = strlen(o->label);
+    CK_RV rv;
+
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
     if ((rv = b->l->C_Initialize(&args)) != CKR_OK) {
@@ -192,24 +212,20 @@ static CK_RV lib_load(const struct options *o, struct lib *b)
     }
     memset(want, ' ', sizeof(want));
     memcpy(want, o->label, ll < 32 ? ll : 32);
-    /* A few tries: another process writing the token's files (SoftHSM's
-     * file store) can make its token unreadable for a moment. */
-    for (int attempt = 0; attempt < 100; attempt++, nap(0.05)) {
-        n = 64;
-        if ((rv = b->l->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK) {
-            report("C_GetSlotList", rv);
-            return rv;
-        }
-        for (CK_ULONG i = 0; i < n; i++) {
-            CK_TOKEN_INFO ti;
-            if (b->l->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, want, 32) == 0) {
-                b->slot = slots[i];
-                return CKR_OK;
-            }
+    if ((rv = b->l->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK) {
+        report("C_GetSlotList", rv);
+        return rv;
+    }
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (b->l->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, want, 32) == 0) {
+            b->slot = slots[i];
+            return CKR_OK;
         }
     }
-    fprintf(stderr, PROG ": no token labelled '%s' through %s (%lu slots with a token)\n", o->label, o->module,
-            (unsigned long)n);
+    if (!quiet)
+        fprintf(stderr, PROG ": no token labelled '%s' through %s (%lu slots with a token)\n", o->label, o->module,
+                (unsigned long)n);
     return CKR_TOKEN_NOT_PRESENT;
 }
 
@@ -276,6 +292,7 @@ static void lib_unload(struct lib *b)
 {
     if (b->l != NULL)
         b->l->C_Finalize(NULL);
+    b->l = NULL;
     for (size_t i = 0; i < DEVICE_POOL; i++)
         free(b->spki[i]);
     /* Not dlclose()d: a library's atexit handlers may still run. */
@@ -410,7 +427,7 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     struct slot *s = w->slot;
     const char *fn = "";
-    double t0, t, last = 0;
+    double t0, t, last = 0, cpu0;
     CK_RV rv = CKR_OK;
 
     /* Warm-up: the module proves the key, its reservation blocks grow. */
@@ -429,6 +446,7 @@ static void *worker_main(void *arg)
     while ((t = now_s()) < w->sh->start)
         ;
     t0 = t;
+    cpu0 = thread_cpu_s();
     while (t < w->sh->end) {
         rv = one_op(w, &fn);
         last = now_s();
@@ -450,6 +468,7 @@ static void *worker_main(void *arg)
         t = last;
     }
     s->elapsed = last - t0;
+    s->cpu = thread_cpu_s() - cpu0;
     atomic_store(&s->state, 2);
     return NULL;
 }
@@ -464,28 +483,35 @@ static int run_workers(const struct options *o, struct shared *sh, int first, in
     int started = 0, ret = 1;
     CK_RV rv;
 
-    if (ws == NULL)
+    if (ws == NULL || lib_open(o, &b) != CKR_OK)
         goto fail;
-    if (lib_load(o, &b) != CKR_OK)
-        goto fail;
-    for (int i = 0; i < n; i++) {
-        ws[i].o = o, ws[i].lib = &b, ws[i].sh = sh, ws[i].slot = &sh->slot[first + i], ws[i].index = first + i;
-        rv = b.l->C_OpenSession(b.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &ws[i].session);
-        if (rv != CKR_OK) {
-            report("C_OpenSession", rv);
-            goto fail;
+    /* SoftHSM reads its token files at C_Initialize: a token whose files
+     * another process was rewriting at that moment (an anchor update) is
+     * missing until the next C_Initialize, or looks uninitialised (C_Login
+     * answers CKR_USER_PIN_NOT_INITIALIZED).  So the set-up is tried again
+     * from C_Initialize, a few times. */
+    for (int attempt = 1;; attempt++) {
+        bool last = attempt == SETUP_TRIES;
+        rv = lib_init(o, &b, !last);
+        for (int i = 0; rv == CKR_OK && i < n; i++) {
+            ws[i].o = o, ws[i].lib = &b, ws[i].sh = sh, ws[i].slot = &sh->slot[first + i], ws[i].index = first + i;
+            rv = b.l->C_OpenSession(b.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &ws[i].session);
+            if (rv != CKR_OK)
+                report("C_OpenSession", rv);
         }
-    }
-    /* Tried again a few times, as the slot search: SoftHSM may read a token
-     * file another process is writing and take the PIN for unset. */
-    for (int attempt = 0; attempt < 20; attempt++, nap(0.05)) {
-        rv = b.l->C_Login(ws[0].session, CKU_USER, (CK_UTF8CHAR_PTR)o->pin, (CK_ULONG)strlen(o->pin));
-        if (rv != CKR_USER_PIN_NOT_INITIALIZED && rv != CKR_GENERAL_ERROR && rv != CKR_DEVICE_ERROR)
+        if (rv == CKR_OK) {
+            rv = b.l->C_Login(ws[0].session, CKU_USER, (CK_UTF8CHAR_PTR)o->pin, (CK_ULONG)strlen(o->pin));
+            if (rv == CKR_USER_ALREADY_LOGGED_IN)
+                rv = CKR_OK;
+            if (rv != CKR_OK && (last || rv != CKR_USER_PIN_NOT_INITIALIZED))
+                report("C_Login", rv);
+        }
+        if (rv == CKR_OK)
             break;
-    }
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-        report("C_Login", rv);
-        goto fail;
+        if (last || (rv != CKR_TOKEN_NOT_PRESENT && rv != CKR_USER_PIN_NOT_INITIALIZED))
+            goto fail;
+        b.l->C_Finalize(NULL);
+        nap(0.05 * attempt);
     }
     if (find_ca_key(&b, ws[0].session) != CKR_OK || make_device_pool(&b) != CKR_OK)
         goto fail;
@@ -506,7 +532,7 @@ static int run_workers(const struct options *o, struct shared *sh, int first, in
 fail:
     for (int i = first; i < first + n; i++)
         atomic_store(&sh->slot[i].state, -1);
-    if (ws != NULL)
+    if (ws != NULL && b.l != NULL)
         lib_unload(&b);
     free(ws);
     return 1;
@@ -568,7 +594,7 @@ int main(int argc, char **argv)
     float *all;
     size_t n_all = 0;
     uint64_t ops = 0, errors = 0;
-    double rate = 0, deadline;
+    double rate = 0, deadline, cpu = 0;
     int c, ret = 0, ready;
 
     while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
@@ -700,15 +726,16 @@ int main(int argc, char **argv)
         n_all += s->n_lat;
         ops += s->ops;
         errors += s->errors;
+        cpu += s->cpu;
         if (s->elapsed > 0)
             rate += (double)s->ops / s->elapsed;
     }
     qsort(all, n_all, sizeof(*all), cmp_float);
     printf("result path=%s%s workers=%d mode=%s seconds=%.2f ops=%llu rate=%.1f p50_us=%.1f p90_us=%.1f "
-           "p99_us=%.1f max_us=%.1f errors=%llu\n",
+           "p99_us=%.1f max_us=%.1f errors=%llu cpu_us=%.1f\n",
            path_names[o.path], o.keep > 0 ? "+keep" : "", o.workers, o.procs ? "procs" : "threads", o.seconds,
            (unsigned long long)ops, rate, pct(all, n_all, 0.50), pct(all, n_all, 0.90), pct(all, n_all, 0.99),
-           n_all ? all[n_all - 1] : 0.0, (unsigned long long)errors);
+           n_all ? all[n_all - 1] : 0.0, (unsigned long long)errors, ops ? cpu * 1e6 / (double)ops : 0.0);
     free(all);
     munmap(sh, sh_size);
     return 0;
