@@ -232,6 +232,42 @@ out:
     return rv;
 }
 
+CK_RV guardian_anchor_compare(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st,
+                              enum guardian_anchor_state *state, uint64_t *seq)
+{
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int newer = 0;
+    CK_RV rv;
+
+    *state = GUARDIAN_ANCHOR_ABSENT;
+    *seq = 0;
+    pthread_mutex_lock(&lock);
+    rv = read_locked(be, session, &h, &buf, &len);
+    pthread_mutex_unlock(&lock);
+    if (rv == CKR_GUARDIAN_STATE_ROLLBACK || rv == CKR_GUARDIAN_AUDIT_CORRUPT) {
+        /* More anchors than a crash leaves, or one of no plausible size. */
+        *state = GUARDIAN_ANCHOR_INVALID;
+        return CKR_OK;
+    }
+    if (rv != CKR_OK) {
+        guardian_error(LOG, "cannot read the token's state anchor: %s", ckr(rv));
+        return rv;
+    }
+    if (buf == NULL)
+        return CKR_OK;
+    *seq = guardian_store_anchor_seq(buf, len);
+    rv = guardian_store_anchor_check(st, buf, len, &newer);
+    free(buf);
+    switch (rv) {
+    case CKR_OK: *state = newer ? GUARDIAN_ANCHOR_STORE_AHEAD : GUARDIAN_ANCHOR_AGREES; return CKR_OK;
+    case CKR_GUARDIAN_STATE_ROLLBACK: *state = GUARDIAN_ANCHOR_BEHIND; return CKR_OK;
+    case CKR_GUARDIAN_AUDIT_CORRUPT: *state = GUARDIAN_ANCHOR_INVALID; return CKR_OK;
+    default: return rv;
+    }
+}
+
 CK_RV guardian_anchor_update(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st)
 {
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;

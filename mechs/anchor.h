@@ -4,6 +4,8 @@
 #ifndef GUARDIAN_MECHS_ANCHOR_H
 #define GUARDIAN_MECHS_ANCHOR_H
 
+#include <stdint.h>
+
 #include "p11.h"
 
 struct guardian_store;
@@ -18,6 +20,29 @@ CK_RV guardian_anchor_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, str
  * token's anchor names what this store lacks (another process moved it up
  * from another store meanwhile): the caller must not use what it reserved. */
 CK_RV guardian_anchor_update(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st);
+/* How the store stands against the token's anchor (CKG_GUARDIAN_REQ_STATUS
+ * reports it).  ABSENT: the token has no anchor (a new Guardian: the first
+ * import writes it); AGREES: the store has exactly what it names;
+ * STORE_AHEAD: the store has more (records since the last anchored import or
+ * block: releases at C_Finalize, issue records folded; the next import or
+ * block moves it up); BEHIND: the store lacks what it names (a restored
+ * backup, a deleted or swapped database, another state directory: what
+ * guardian_anchor_check refuses with CKR_GUARDIAN_STATE_ROLLBACK); INVALID:
+ * bytes that are no anchor, or more anchor objects than a crash leaves (the
+ * token was changed outside the Guardian). */
+enum guardian_anchor_state {
+    GUARDIAN_ANCHOR_ABSENT,
+    GUARDIAN_ANCHOR_AGREES,
+    GUARDIAN_ANCHOR_STORE_AHEAD,
+    GUARDIAN_ANCHOR_BEHIND,
+    GUARDIAN_ANCHOR_INVALID,
+};
+/* The comparison alone: neither the store nor the anchor is written (unlike
+ * guardian_anchor_check, which anchors a store the token has no anchor for).
+ * *seq: the chain head the anchor names (0 when there is none).  CKR_OK, or
+ * the backend's or the store's error reading them. */
+CK_RV guardian_anchor_compare(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st,
+                              enum guardian_anchor_state *state, uint64_t *seq);
 /* Forget the cached handle of the anchor object (logout, session closed). */
 void guardian_anchor_forget(void);
 /* In a fork() child: the lock may have been held by another parent thread;

@@ -13,8 +13,9 @@
  *
  * Scope.  A report restricted to one product shows every record of that
  * product's OEM in clear (all its products, with their certificates and
- * product lines), and redacts only the records of other OEMs: an export made
- * for an OEM cannot hide any of that OEM's records from it.
+ * product lines), and the CREDENTIAL records (no OEM's), and redacts only the
+ * records of other OEMs: an export made for an OEM cannot hide any of that
+ * OEM's records from it.
  *
  * The report is a session CKO_DATA object of the caller's session (private,
  * not modifiable, label "guardian-output:audit-report", CKA_VALUE = the
@@ -119,7 +120,10 @@ static CK_RV record_line(const struct guardian_audit_record *r, void *ctx)
     struct issued *i;
 
     e->last = *r;
-    if (!in_scope(e, r->oem_id)) {
+    /* A CREDENTIAL record is no OEM's: every report shows it (who could
+     * operate the Guardian, a lockout, an SO recovery), and it discloses no
+     * other customer's production. */
+    if (r->type != GUARDIAN_AUDIT_CREDENTIAL && !in_scope(e, r->oem_id)) {
         text_line(e->into, line, report_format_redacted(r, line, sizeof(line)), "a redacted record");
         return e->into->rv;
     }

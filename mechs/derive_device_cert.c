@@ -23,6 +23,12 @@
  * Units reserved and not used (the block in hand and the spare) are given
  * back (RELEASE) at C_Finalize; a killed process leaves them "reserved, not
  * issued": counted, never issued twice.
+ *
+ * CKG_GUARDIAN_REQ_DEVICE_CERT (a C_CreateObject request, for callers behind
+ * a remoting layer that drops vendor mechanisms) carries the parameter as
+ * attributes and names a package instead of the CA key: the module finds the
+ * key, puts it through the base-key checks, and issues with the same
+ * issue_certificate().
  */
 #include <pthread.h>
 #include <stdbool.h>

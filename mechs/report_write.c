@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
-const char *const report_type_names[REPORT_TYPE_MAX + 1] = {NULL, "IMPORT", "RESERVE", "ISSUE", "RELEASE",
-                                                              "JOURNAL-LOST"};
+const char *const report_type_names[REPORT_TYPE_MAX + 1] = {NULL,      "IMPORT",       "RESERVE",   "ISSUE",
+                                                              "RELEASE", "JOURNAL-LOST", "CREDENTIAL"};
 const char report_base64_alphabet[65] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 char *report_hex(char *p, const uint8_t *b, size_t n)
@@ -102,12 +102,30 @@ size_t report_format_header(int64_t exported, const char *oem_id, const char *pr
 
 size_t report_format_record(const struct guardian_audit_record *r, char *out, size_t cap)
 {
-    char oem[3 * GUARDIAN_ID_MAX + 1], product[3 * GUARDIAN_ID_MAX + 1];
+    char oem[3 * GUARDIAN_ID_MAX + 1], product[3 * GUARDIAN_ID_MAX + 1], op[GUARDIAN_OPERATOR_MAX + 2];
     char dev[2 * GUARDIAN_DEVICE_ID_MAX + 1], digest[65], pkg[33], prev[65], hash[65];
+    const int credential = r->type == GUARDIAN_AUDIT_CREDENTIAL;
 
     if (r->type < GUARDIAN_AUDIT_IMPORT || r->type > REPORT_TYPE_MAX || r->device_id_len > GUARDIAN_DEVICE_ID_MAX ||
-        put_id(oem, r->oem_id) == 0 || put_id(product, r->product_id) == 0)
+        (r->encoding != GUARDIAN_AUDIT_ENCODING_1 && r->encoding != GUARDIAN_AUDIT_ENCODING_2) ||
+        !guardian_operator_name_ok(r->operator_name))
         return 0;
+    /* Encoding 1 has no operator and knows no CREDENTIAL record (the
+     * encoding refuses both: the line would show what no hash covers). */
+    if (r->encoding == GUARDIAN_AUDIT_ENCODING_1 && (credential || r->operator_name[0] != '\0'))
+        return 0;
+    /* A CREDENTIAL record is no product's: "-" is not an ID there (an ID
+     * "-" of another record type is written "-" too, but is never empty). */
+    if (credential) {
+        if (r->oem_id[0] != '\0' || r->product_id[0] != '\0')
+            return 0;
+        strcpy(oem, "-");
+        strcpy(product, "-");
+    } else if (put_id(oem, r->oem_id) == 0 || put_id(product, r->product_id) == 0) {
+        return 0;
+    }
+    /* Names are [a-z0-9][a-z0-9._-]*: "-" is none of them. */
+    snprintf(op, sizeof(op), "%s ", r->operator_name[0] != '\0' ? r->operator_name : "-");
     if (r->device_id_len == 0)
         strcpy(dev, "-");
     else
@@ -116,10 +134,11 @@ size_t report_format_record(const struct guardian_audit_record *r, char *out, si
     report_hex(pkg, r->package_id, sizeof(r->package_id));
     report_hex(prev, r->prev_hash, sizeof(r->prev_hash));
     report_hex(hash, r->hash, sizeof(r->hash));
-    return fitted(snprintf(out, cap, "record %llu %s %lld %s %s %llu %s %s %s %u %llu %s %s\n",
+    return fitted(snprintf(out, cap, "record %llu %s %lld %s %s %llu %s %s %s %u %llu %s%s %s\n",
                            (unsigned long long)r->seq, report_type_names[r->type], (long long)r->time, oem, product,
                            (unsigned long long)r->serial, dev, digest, pkg, r->release_version,
-                           (unsigned long long)r->authorised_units, prev, hash),
+                           (unsigned long long)r->authorised_units,
+                           r->encoding == GUARDIAN_AUDIT_ENCODING_2 ? op : "", prev, hash),
                   cap);
 }
 

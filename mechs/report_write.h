@@ -17,10 +17,14 @@
 
 #include "store.h"
 
-#define REPORT_MAGIC "GUARDIAN AUDIT REPORT 1"
+/* What the Guardian writes: version 2, whose record lines name the operator of
+ * each record of encoding 2.  Version 1 (reports made before schema 4: every
+ * record of encoding 1, 14 fields, types 1..5) is still read. */
+#define REPORT_MAGIC "GUARDIAN AUDIT REPORT 2"
+#define REPORT_MAGIC_1 "GUARDIAN AUDIT REPORT 1"
 
 /* Record types by their report name; [0] is NULL (a redacted line has no type). */
-#define REPORT_TYPE_MAX GUARDIAN_AUDIT_JOURNAL_LOST
+#define REPORT_TYPE_MAX GUARDIAN_AUDIT_CREDENTIAL
 extern const char *const report_type_names[REPORT_TYPE_MAX + 1];
 /* The base64 alphabet (standard, '=' padding). */
 extern const char report_base64_alphabet[65];
@@ -39,6 +43,10 @@ char *report_hex(char *p, const uint8_t *b, size_t n);
  * OEM/PRODUCT" (oem_id NULL: all), "head SEQ HASH" (zeros for an empty trail). */
 size_t report_format_header(int64_t exported, const char *oem_id, const char *product_id, uint64_t head_seq,
                             const uint8_t head_hash[GUARDIAN_HASH_LEN], char *out, size_t cap);
+/* "record SEQ TYPE TIME OEM PRODUCT SERIAL DEVICE DIGEST PACKAGE-ID RELEASE
+ * UNITS [OPERATOR] PREV-HASH HASH": OPERATOR (the name, or "-" for none) for a
+ * record of encoding 2 only, so that the line shows exactly what its hash
+ * covers; OEM and PRODUCT "-" for a CREDENTIAL record (it has none). */
 size_t report_format_record(const struct guardian_audit_record *r, char *out, size_t cap);
 /* A record outside a restricted report's scope: "redacted SEQ PREV-HASH HASH". */
 size_t report_format_redacted(const struct guardian_audit_record *r, char *out, size_t cap);

@@ -7,6 +7,7 @@
  * errors: a typo in a security product's configuration must not be ignored.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,11 +61,24 @@ static bool take_path(char *dst, const char *value, size_t vlen, const char *ori
     return true;
 }
 
+/* The keys whose value is an absolute path. */
+enum { SEEN_LEVEL = 1u << 0, SEEN_KDF = 1u << 1 };
+static const struct path_key {
+    const char *name;
+    size_t offset;
+    unsigned bit;
+} path_keys[] = {
+    {"backend", offsetof(struct guardian_config, backend), 1u << 2},
+    {"state_dir", offsetof(struct guardian_config, state_dir), 1u << 3},
+    {"backend_pin_file", offsetof(struct guardian_config, backend_pin_file), 1u << 4},
+    {"backend_so_pin_file", offsetof(struct guardian_config, backend_so_pin_file), 1u << 5},
+};
+
 bool guardian_config_parse(const char *text, size_t len, const char *origin, struct guardian_config *cfg,
                            char *err, size_t errlen)
 {
-    bool seen_backend = false, seen_state = false, seen_level = false;
-    unsigned lineno = 0;
+    unsigned seen = 0, lineno = 0;
+    const struct path_key *path_key;
     size_t pos = 0;
 
     return_val_if_fail(cfg != NULL, false);
@@ -74,7 +88,10 @@ bool guardian_config_parse(const char *text, size_t len, const char *origin, str
 
     memset(cfg->backend, 0, sizeof(cfg->backend));
     memset(cfg->state_dir, 0, sizeof(cfg->state_dir));
+    memset(cfg->backend_pin_file, 0, sizeof(cfg->backend_pin_file));
+    memset(cfg->backend_so_pin_file, 0, sizeof(cfg->backend_so_pin_file));
     cfg->log_level = -1;
+    cfg->pin_kdf_n = GUARDIAN_PIN_KDF_N_DEFAULT;
 
     if (len > GUARDIAN_CONF_MAX_BYTES) {
         set_err(err, errlen, "%s: file is larger than %d bytes", origin, GUARDIAN_CONF_MAX_BYTES);
@@ -139,25 +156,40 @@ bool guardian_config_parse(const char *text, size_t len, const char *origin, str
             return false;
         }
 
-        if (strcmp(key, "backend") == 0) {
-            if (seen_backend) {
-                set_err(err, errlen, "%s:%u: 'backend' is set twice", origin, lineno);
+        path_key = NULL;
+        for (size_t k = 0; k < sizeof(path_keys) / sizeof(path_keys[0]); k++)
+            if (strcmp(key, path_keys[k].name) == 0)
+                path_key = &path_keys[k];
+        if (path_key != NULL) {
+            char *dst = (char *)cfg + path_key->offset;
+            if (seen & path_key->bit) {
+                set_err(err, errlen, "%s:%u: '%s' is set twice", origin, lineno, key);
                 return false;
             }
-            if (!take_path(cfg->backend, text + vstart, vend - vstart, origin, lineno, key, err, errlen))
+            if (!take_path(dst, text + vstart, vend - vstart, origin, lineno, key, err, errlen))
                 return false;
-            seen_backend = true;
-        } else if (strcmp(key, "state_dir") == 0) {
-            if (seen_state) {
-                set_err(err, errlen, "%s:%u: 'state_dir' is set twice", origin, lineno);
+            seen |= path_key->bit;
+        } else if (strcmp(key, "pin_kdf_cost") == 0) {
+            char value[16], *endp = NULL;
+            unsigned long n;
+            if (seen & SEEN_KDF) {
+                set_err(err, errlen, "%s:%u: 'pin_kdf_cost' is set twice", origin, lineno);
                 return false;
             }
-            if (!take_path(cfg->state_dir, text + vstart, vend - vstart, origin, lineno, key, err, errlen))
+            snprintf(value, sizeof(value), "%.*s", (int)(vend - vstart), text + vstart);
+            errno = 0;
+            n = strtoul(value, &endp, 10);
+            if (vend - vstart >= sizeof(value) || errno != 0 || endp == value || *endp != '\0' ||
+                n < GUARDIAN_PIN_KDF_N_MIN || n > GUARDIAN_PIN_KDF_N_MAX || (n & (n - 1)) != 0) {
+                set_err(err, errlen, "%s:%u: pin_kdf_cost must be a power of two from %u to %u (scrypt N)", origin,
+                        lineno, GUARDIAN_PIN_KDF_N_MIN, GUARDIAN_PIN_KDF_N_MAX);
                 return false;
-            seen_state = true;
+            }
+            cfg->pin_kdf_n = (uint32_t)n;
+            seen |= SEEN_KDF;
         } else if (strcmp(key, "log_level") == 0) {
             char value[16];
-            if (seen_level) {
+            if (seen & SEEN_LEVEL) {
                 set_err(err, errlen, "%s:%u: 'log_level' is set twice", origin, lineno);
                 return false;
             }
@@ -174,10 +206,12 @@ bool guardian_config_parse(const char *text, size_t len, const char *origin, str
                         origin, lineno, value);
                 return false;
             }
-            seen_level = true;
+            seen |= SEEN_LEVEL;
         } else {
-            set_err(err, errlen, "%s:%u: unknown key '%s' (known: backend, state_dir, log_level)", origin,
-                    lineno, key);
+            set_err(err, errlen,
+                    "%s:%u: unknown key '%s' (known: backend, state_dir, log_level, backend_pin_file, "
+                    "backend_so_pin_file, pin_kdf_cost)",
+                    origin, lineno, key);
             return false;
         }
     }
@@ -249,6 +283,7 @@ bool guardian_config_load(struct guardian_config *cfg, char *err, size_t errlen)
     return_val_if_fail(cfg != NULL, false);
     memset(cfg, 0, sizeof(*cfg));
     cfg->log_level = -1;
+    cfg->pin_kdf_n = GUARDIAN_PIN_KDF_N_DEFAULT;
 
     e = read_file(path, &text, &len);
     if (e == 0) {

@@ -17,33 +17,18 @@
 #define GUARDIAN_MANUFACTURER "Guardian PKCS#11"
 #define GUARDIAN_DESCRIPTION "Guardian provisioning module"
 
-/* ---- trace helpers for the hand-written functions ------------------------- */
-
-static inline void trace_enter(const char *fn)
-{
-    if (GUARDIAN_UNLIKELY(atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
-        guardian_trace_enter(fn);
-}
-
-static inline CK_RV trace_return(const char *fn, CK_RV rv)
-{
-    if (GUARDIAN_UNLIKELY(atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
-        guardian_trace_return(fn, rv);
-    return rv;
-}
-
 /* ---- life cycle ----------------------------------------------------------- */
 
 static CK_RV entry_C_Initialize(CK_VOID_PTR init_args)
 {
-    trace_enter("C_Initialize");
-    return trace_return("C_Initialize", guardian_state_initialize(init_args));
+    guardian_trace_in("C_Initialize");
+    return guardian_trace_out("C_Initialize", guardian_state_initialize(init_args));
 }
 
 static CK_RV entry_C_Finalize(CK_VOID_PTR reserved)
 {
-    trace_enter("C_Finalize");
-    return trace_return("C_Finalize", guardian_state_finalize(reserved));
+    guardian_trace_in("C_Finalize");
+    return guardian_trace_out("C_Finalize", guardian_state_finalize(reserved));
 }
 
 static void pad_copy(CK_UTF8CHAR *dst, size_t size, const char *src)
@@ -71,14 +56,14 @@ static CK_RV get_info(CK_INFO_PTR info, CK_VERSION cryptoki)
 
 static CK_RV entry_C_GetInfo(CK_INFO_PTR info)
 {
-    trace_enter("C_GetInfo");
-    return trace_return("C_GetInfo", get_info(info, (CK_VERSION){2, 40}));
+    guardian_trace_in("C_GetInfo");
+    return guardian_trace_out("C_GetInfo", get_info(info, (CK_VERSION){2, 40}));
 }
 
 static CK_RV entry_C_GetInfo_3_0(CK_INFO_PTR info)
 {
-    trace_enter("C_GetInfo");
-    return trace_return("C_GetInfo", get_info(info, (CK_VERSION){3, 0}));
+    guardian_trace_in("C_GetInfo");
+    return guardian_trace_out("C_GetInfo", get_info(info, (CK_VERSION){3, 0}));
 }
 
 /* ---- mechanisms ----------------------------------------------------------- */
@@ -158,8 +143,8 @@ out:
 
 static CK_RV entry_C_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR out, CK_ULONG_PTR count)
 {
-    trace_enter("C_GetMechanismList");
-    return trace_return("C_GetMechanismList", get_mechanism_list(slot, out, count));
+    guardian_trace_in("C_GetMechanismList");
+    return guardian_trace_out("C_GetMechanismList", get_mechanism_list(slot, out, count));
 }
 
 static CK_RV get_mechanism_info(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
@@ -195,8 +180,8 @@ out:
 
 static CK_RV entry_C_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
 {
-    trace_enter("C_GetMechanismInfo");
-    return trace_return("C_GetMechanismInfo", get_mechanism_info(slot, type, info));
+    guardian_trace_in("C_GetMechanismInfo");
+    return guardian_trace_out("C_GetMechanismInfo", get_mechanism_info(slot, type, info));
 }
 
 /* ---- the calls that carry vendor mechanisms ---------------------------- */
@@ -234,8 +219,8 @@ static CK_RV entry_C_UnwrapKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech,
                                CK_BYTE_PTR wrapped, CK_ULONG wrapped_len, CK_ATTRIBUTE_PTR templ, CK_ULONG count,
                                CK_OBJECT_HANDLE_PTR out)
 {
-    trace_enter("C_UnwrapKey");
-    return trace_return("C_UnwrapKey",
+    guardian_trace_in("C_UnwrapKey");
+    return guardian_trace_out("C_UnwrapKey",
                         unwrap_key(session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out));
 }
 
@@ -270,8 +255,8 @@ static CK_RV derive_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
 static CK_RV entry_C_DeriveKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE base_key,
                                CK_ATTRIBUTE_PTR templ, CK_ULONG count, CK_OBJECT_HANDLE_PTR out)
 {
-    trace_enter("C_DeriveKey");
-    return trace_return("C_DeriveKey", derive_key(session, mech, base_key, templ, count, out));
+    guardian_trace_in("C_DeriveKey");
+    return guardian_trace_out("C_DeriveKey", derive_key(session, mech, base_key, templ, count, out));
 }
 
 /* ---- objects: the backend's, and the module's own (package and certificate objects) ---- */
@@ -293,14 +278,14 @@ static CK_RV entry_C_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
     if (GUARDIAN_LIKELY(be != NULL && !guardian_is_module_object(h) &&
                         !atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
         return be->C_GetAttributeValue(s, h, t, n);
-    trace_enter("C_GetAttributeValue");
+    guardian_trace_in("C_GetAttributeValue");
     if (GUARDIAN_UNLIKELY(be == NULL))
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (GUARDIAN_UNLIKELY(guardian_is_module_object(h)))
         rv = module_object_get(be, s, h, t, n);
     else
         rv = be->C_GetAttributeValue(s, h, t, n);
-    return trace_return("C_GetAttributeValue", rv);
+    return guardian_trace_out("C_GetAttributeValue", rv);
 }
 
 /* CKR_OK and its size when the module holds `h`, CKR_OBJECT_HANDLE_INVALID otherwise. */
@@ -327,7 +312,7 @@ static CK_RV entry_C_SetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_SetAttributeValue");
+    guardian_trace_in("C_SetAttributeValue");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (guardian_is_module_object(h))
@@ -335,14 +320,14 @@ static CK_RV entry_C_SetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, 
     else if ((rv = guardian_policy_check(be, s, h, GUARDIAN_OP_SET_ATTRIBUTE, "C_SetAttributeValue")) == CKR_OK &&
              (rv = guardian_policy_template(t, n, "C_SetAttributeValue")) == CKR_OK)
         rv = be->C_SetAttributeValue(s, h, t, n);
-    return trace_return("C_SetAttributeValue", rv);
+    return guardian_trace_out("C_SetAttributeValue", rv);
 }
 
 static CK_RV entry_C_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_DestroyObject");
+    guardian_trace_in("C_DestroyObject");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (guardian_is_cert_object(h))
@@ -355,7 +340,7 @@ static CK_RV entry_C_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
         guardian_mechs_forget(h);
         guardian_policy_forget(h);
     }
-    return trace_return("C_DestroyObject", rv);
+    return guardian_trace_out("C_DestroyObject", rv);
 }
 
 static CK_RV entry_C_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n,
@@ -363,7 +348,7 @@ static CK_RV entry_C_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTR
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_CopyObject");
+    guardian_trace_in("C_CopyObject");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (guardian_is_module_object(h))
@@ -371,21 +356,21 @@ static CK_RV entry_C_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTR
     else if ((rv = guardian_policy_check(be, s, h, GUARDIAN_OP_COPY, "C_CopyObject")) == CKR_OK &&
              (rv = guardian_policy_template(t, n, "C_CopyObject")) == CKR_OK)
         rv = be->C_CopyObject(s, h, t, n, out);
-    return trace_return("C_CopyObject", rv);
+    return guardian_trace_out("C_CopyObject", rv);
 }
 
 static CK_RV entry_C_GetObjectSize(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ULONG_PTR size)
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_GetObjectSize");
+    guardian_trace_in("C_GetObjectSize");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (guardian_is_module_object(h))
         rv = module_object_refusal(be, s, h, module_object_size(h, size));
     else
         rv = be->C_GetObjectSize(s, h, size);
-    return trace_return("C_GetObjectSize", rv);
+    return guardian_trace_out("C_GetObjectSize", rv);
 }
 
 static CK_RV entry_C_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n)
@@ -395,9 +380,9 @@ static CK_RV entry_C_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK
     if (GUARDIAN_LIKELY(be != NULL && !atomic_load_explicit(&guardian_trace_on, memory_order_relaxed) &&
                         guardian_package_objects_idle(t, n) && guardian_cert_objects_idle(t, n)))
         return be->C_FindObjectsInit(s, t, n);
-    trace_enter("C_FindObjectsInit");
+    guardian_trace_in("C_FindObjectsInit");
     rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : guardian_package_objects_find_init(be, s, t, n);
-    return trace_return("C_FindObjectsInit", rv);
+    return guardian_trace_out("C_FindObjectsInit", rv);
 }
 
 static CK_RV entry_C_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR out, CK_ULONG max, CK_ULONG_PTR count)
@@ -408,7 +393,7 @@ static CK_RV entry_C_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR out, 
     if (GUARDIAN_LIKELY(be != NULL && !guardian_package_objects_searching() &&
                         !atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
         return be->C_FindObjects(s, out, max, count);
-    trace_enter("C_FindObjects");
+    guardian_trace_in("C_FindObjects");
     if (GUARDIAN_UNLIKELY(be == NULL))
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else {
@@ -416,7 +401,7 @@ static CK_RV entry_C_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR out, 
         if (GUARDIAN_LIKELY(!handled))
             rv = be->C_FindObjects(s, out, max, count);
     }
-    return trace_return("C_FindObjects", rv);
+    return guardian_trace_out("C_FindObjects", rv);
 }
 
 static CK_RV entry_C_FindObjectsFinal(CK_SESSION_HANDLE s)
@@ -427,7 +412,7 @@ static CK_RV entry_C_FindObjectsFinal(CK_SESSION_HANDLE s)
     if (GUARDIAN_LIKELY(be != NULL && !guardian_package_objects_searching() &&
                         !atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
         return be->C_FindObjectsFinal(s);
-    trace_enter("C_FindObjectsFinal");
+    guardian_trace_in("C_FindObjectsFinal");
     if (GUARDIAN_UNLIKELY(be == NULL))
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else {
@@ -435,7 +420,7 @@ static CK_RV entry_C_FindObjectsFinal(CK_SESSION_HANDLE s)
         if (GUARDIAN_LIKELY(!handled))
             rv = be->C_FindObjectsFinal(s);
     }
-    return trace_return("C_FindObjectsFinal", rv);
+    return guardian_trace_out("C_FindObjectsFinal", rv);
 }
 
 /* ---- calls the policy checks by key or template (policy.c) ------------------ */
@@ -444,7 +429,7 @@ static CK_RV entry_C_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_UL
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_CreateObject");
+    guardian_trace_in("C_CreateObject");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (guardian_request_is(t, n)) {
@@ -455,7 +440,7 @@ static CK_RV entry_C_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_UL
     }
     else if ((rv = guardian_policy_template(t, n, "C_CreateObject")) == CKR_OK)
         rv = be->C_CreateObject(s, t, n, out);
-    return trace_return("C_CreateObject", rv);
+    return guardian_trace_out("C_CreateObject", rv);
 }
 
 static CK_RV entry_C_GenerateKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n,
@@ -463,12 +448,12 @@ static CK_RV entry_C_GenerateKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATT
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_GenerateKey");
+    guardian_trace_in("C_GenerateKey");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if ((rv = guardian_policy_template(t, n, "C_GenerateKey")) == CKR_OK)
         rv = be->C_GenerateKey(s, m, t, n, out);
-    return trace_return("C_GenerateKey", rv);
+    return guardian_trace_out("C_GenerateKey", rv);
 }
 
 static CK_RV entry_C_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pub, CK_ULONG n_pub,
@@ -477,13 +462,13 @@ static CK_RV entry_C_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_GenerateKeyPair");
+    guardian_trace_in("C_GenerateKeyPair");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if ((rv = guardian_policy_template(pub, n_pub, "C_GenerateKeyPair")) == CKR_OK &&
              (rv = guardian_policy_template(priv, n_priv, "C_GenerateKeyPair")) == CKR_OK)
         rv = be->C_GenerateKeyPair(s, m, pub, n_pub, priv, n_priv, out_pub, out_priv);
-    return trace_return("C_GenerateKeyPair", rv);
+    return guardian_trace_out("C_GenerateKeyPair", rv);
 }
 
 static CK_RV entry_C_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wrapping, CK_OBJECT_HANDLE key,
@@ -491,13 +476,13 @@ static CK_RV entry_C_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_WrapKey");
+    guardian_trace_in("C_WrapKey");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if ((rv = guardian_policy_check(be, s, wrapping, GUARDIAN_OP_WRAP_WITH, "C_WrapKey")) == CKR_OK &&
              (rv = guardian_policy_check(be, s, key, GUARDIAN_OP_WRAPPED, "C_WrapKey")) == CKR_OK)
         rv = be->C_WrapKey(s, m, wrapping, key, out, out_len);
-    return trace_return("C_WrapKey", rv);
+    return guardian_trace_out("C_WrapKey", rv);
 }
 
 /* A saved operation state names the keys it ran with: restoring one is using them. */
@@ -506,7 +491,7 @@ static CK_RV entry_C_SetOperationState(CK_SESSION_HANDLE s, CK_BYTE_PTR state, C
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv = CKR_OK;
-    trace_enter("C_SetOperationState");
+    guardian_trace_in("C_SetOperationState");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else {
@@ -517,14 +502,14 @@ static CK_RV entry_C_SetOperationState(CK_SESSION_HANDLE s, CK_BYTE_PTR state, C
         if (rv == CKR_OK)
             rv = be->C_SetOperationState(s, state, len, enc, auth);
     }
-    return trace_return("C_SetOperationState", rv);
+    return guardian_trace_out("C_SetOperationState", rv);
 }
 
 static CK_RV entry_C_CloseSession(CK_SESSION_HANDLE s)
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_CloseSession");
+    guardian_trace_in("C_CloseSession");
     rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : be->C_CloseSession(s);
     /* A session the backend no longer knows has no objects either. */
     if (rv == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) {
@@ -533,35 +518,42 @@ static CK_RV entry_C_CloseSession(CK_SESSION_HANDLE s)
         /* The last session's close logs out: private handles may be gone. */
         guardian_mechs_forget(CK_INVALID_HANDLE);
     }
-    return trace_return("C_CloseSession", rv);
+    return guardian_trace_out("C_CloseSession", rv);
 }
 
 static CK_RV entry_C_Logout(CK_SESSION_HANDLE s)
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_Logout");
+    CK_SESSION_INFO si;
+    bool have_slot = false;
+    guardian_trace_in("C_Logout");
+    if (be != NULL && guardian_service_mode())
+        have_slot = be->C_GetSessionInfo(s, &si) == CKR_OK;
     rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : be->C_Logout(s);
     if (rv == CKR_OK) {
+        if (have_slot)
+            guardian_credentials_logged_out(si.slotID);
         guardian_mechs_forget(CK_INVALID_HANDLE);
         guardian_policy_reset();
     }
-    return trace_return("C_Logout", rv);
+    return guardian_trace_out("C_Logout", rv);
 }
 
 static CK_RV entry_C_CloseAllSessions(CK_SLOT_ID slot)
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     CK_RV rv;
-    trace_enter("C_CloseAllSessions");
+    guardian_trace_in("C_CloseAllSessions");
     rv = be == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : be->C_CloseAllSessions(slot);
     if (rv == CKR_OK) {
         guardian_package_objects_session_closed(CK_INVALID_HANDLE);
         guardian_cert_objects_slot_closed(slot);
+        guardian_credentials_logged_out(slot);
         guardian_mechs_forget(CK_INVALID_HANDLE);
         guardian_policy_reset();
     }
-    return trace_return("C_CloseAllSessions", rv);
+    return guardian_trace_out("C_CloseAllSessions", rv);
 }
 
 /* ---- the function lists and interfaces ---------------------------------- */
@@ -585,7 +577,9 @@ static CK_RV entry_C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version, 
     .C_CloseAllSessions = entry_C_CloseAllSessions, .C_Logout = entry_C_Logout,                               \
     .C_CreateObject = entry_C_CreateObject, .C_GenerateKey = entry_C_GenerateKey,                             \
     .C_GenerateKeyPair = entry_C_GenerateKeyPair, .C_WrapKey = entry_C_WrapKey,                               \
-    .C_SetOperationState = entry_C_SetOperationState
+    .C_SetOperationState = entry_C_SetOperationState, .C_GetTokenInfo = guardian_cred_C_GetTokenInfo,       \
+    .C_InitToken = guardian_cred_C_InitToken, .C_InitPIN = guardian_cred_C_InitPIN,                           \
+    .C_SetPIN = guardian_cred_C_SetPIN, .C_Login = guardian_cred_C_Login
 
 static CK_FUNCTION_LIST list_2_40 = {
     .version = {2, 40},
@@ -596,7 +590,8 @@ static CK_FUNCTION_LIST list_2_40 = {
 static CK_FUNCTION_LIST_3_0 list_3_0 = {
     .version = {3, 0},
     GUARDIAN_FORWARD_2_40_PLAIN(SET_FORWARDER) GUARDIAN_FORWARD_2_40_KEYED(SET_FORWARDER)
-    GUARDIAN_FORWARD_3_0(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
+    GUARDIAN_FORWARD_3_0_PLAIN(SET_FORWARDER) GUARDIAN_FORWARD_3_0_KEYED(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
+    .C_LoginUser = guardian_cred_C_LoginUser,
     .C_GetInfo = entry_C_GetInfo_3_0,
     .C_GetInterfaceList = entry_C_GetInterfaceList,
     .C_GetInterface = entry_C_GetInterface,

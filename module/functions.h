@@ -18,16 +18,10 @@
 #define GUARDIAN_FORWARD_2_40_PLAIN(X) \
     X(C_GetSlotList, (CK_BBOOL a, CK_SLOT_ID_PTR b, CK_ULONG_PTR c), (a, b, c)) \
     X(C_GetSlotInfo, (CK_SLOT_ID a, CK_SLOT_INFO_PTR b), (a, b)) \
-    X(C_GetTokenInfo, (CK_SLOT_ID a, CK_TOKEN_INFO_PTR b), (a, b)) \
-    X(C_InitToken, (CK_SLOT_ID a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d), (a, b, c, d)) \
-    X(C_InitPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c), (a, b, c)) \
-    X(C_SetPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d, CK_ULONG e), \
-      (a, b, c, d, e)) \
     X(C_OpenSession, (CK_SLOT_ID a, CK_FLAGS b, CK_VOID_PTR c, CK_NOTIFY d, CK_SESSION_HANDLE_PTR e), \
       (a, b, c, d, e)) \
     X(C_GetSessionInfo, (CK_SESSION_HANDLE a, CK_SESSION_INFO_PTR b), (a, b)) \
     X(C_GetOperationState, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c), (a, b, c)) \
-    X(C_Login, (CK_SESSION_HANDLE a, CK_USER_TYPE b, CK_UTF8CHAR_PTR c, CK_ULONG d), (a, b, c, d)) \
     X(C_Encrypt, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e), \
       (a, b, c, d, e)) \
     X(C_EncryptUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e), \
@@ -68,6 +62,21 @@
     X(C_GetFunctionStatus, (CK_SESSION_HANDLE a), (a)) \
     X(C_CancelFunction, (CK_SESSION_HANDLE a), (a)) \
     X(C_WaitForSlotEvent, (CK_FLAGS a, CK_SLOT_ID_PTR b, CK_VOID_PTR c), (a, b, c))
+
+/* Written by hand in credentials.c: in service mode (docs/service-mode.md) the
+ * Guardian's own credentials, never forwarded; passed through otherwise. */
+#define GUARDIAN_FORWARD_2_40_CREDENTIALS(X) \
+    X(C_GetTokenInfo, (CK_SLOT_ID a, CK_TOKEN_INFO_PTR b), (a, b)) \
+    X(C_InitToken, (CK_SLOT_ID a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d), (a, b, c, d)) \
+    X(C_InitPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c), (a, b, c)) \
+    X(C_SetPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d, CK_ULONG e), \
+      (a, b, c, d, e)) \
+    X(C_Login, (CK_SESSION_HANDLE a, CK_USER_TYPE b, CK_UTF8CHAR_PTR c, CK_ULONG d), (a, b, c, d))
+
+#define GUARDIAN_FORWARD_3_0_CREDENTIALS(X)                                                                  \
+    X(C_LoginUser,                                                                                     \
+      (CK_SESSION_HANDLE a, CK_USER_TYPE b, CK_UTF8CHAR_PTR c, CK_ULONG d, CK_UTF8CHAR_PTR e, CK_ULONG f), \
+      (a, b, c, d, e, f))
 
 /* Passed through once the policy (policy.c) allows the key the call names:
  * GUARDIAN_KEY_<name> is that argument, GUARDIAN_OP_<name> what the call does
@@ -154,15 +163,13 @@
     X(C_FindObjectsFinal, (CK_SESSION_HANDLE a), (a))
 
 #define GUARDIAN_FORWARD_2_40(X) \
-    GUARDIAN_FORWARD_2_40_PLAIN(X) GUARDIAN_FORWARD_2_40_KEYED(X) GUARDIAN_FORWARD_2_40_GUARDED(X) \
-    GUARDIAN_FORWARD_2_40_OBJECTS(X)
+    GUARDIAN_FORWARD_2_40_PLAIN(X) GUARDIAN_FORWARD_2_40_CREDENTIALS(X) GUARDIAN_FORWARD_2_40_KEYED(X) \
+    GUARDIAN_FORWARD_2_40_GUARDED(X) GUARDIAN_FORWARD_2_40_OBJECTS(X)
 
 /* The functions PKCS#11 3.0 added, other than the interface queries. */
-#define GUARDIAN_FORWARD_3_0(X) GUARDIAN_FORWARD_3_0_PLAIN(X) GUARDIAN_FORWARD_3_0_KEYED(X)
+#define GUARDIAN_FORWARD_3_0(X) \
+    GUARDIAN_FORWARD_3_0_PLAIN(X) GUARDIAN_FORWARD_3_0_CREDENTIALS(X) GUARDIAN_FORWARD_3_0_KEYED(X)
 #define GUARDIAN_FORWARD_3_0_PLAIN(X)                                                                        \
-    X(C_LoginUser,                                                                                     \
-      (CK_SESSION_HANDLE a, CK_USER_TYPE b, CK_UTF8CHAR_PTR c, CK_ULONG d, CK_UTF8CHAR_PTR e, CK_ULONG f), \
-      (a, b, c, d, e, f))                                                                              \
     X(C_SessionCancel, (CK_SESSION_HANDLE a, CK_FLAGS b), (a, b))                                        \
     X(C_EncryptMessage,                                                                                \
       (CK_SESSION_HANDLE a, CK_VOID_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG e, CK_BYTE_PTR f,         \

@@ -45,6 +45,21 @@ void guardian_log_set_level(int configured_level);
 void guardian_trace_enter(const char *function);
 void guardian_trace_return(const char *function, CK_RV rv);
 
+/* The trace of a hand-written function (entry.c, credentials.c): one relaxed
+ * load while the trace is off. */
+static inline void guardian_trace_in(const char *fn)
+{
+    if (GUARDIAN_UNLIKELY(atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
+        guardian_trace_enter(fn);
+}
+
+static inline CK_RV guardian_trace_out(const char *fn, CK_RV rv)
+{
+    if (GUARDIAN_UNLIKELY(atomic_load_explicit(&guardian_trace_on, memory_order_relaxed)))
+        guardian_trace_return(fn, rv);
+    return rv;
+}
+
 #define guardian_error(cat, ...) guardian_log(GUARDIAN_LOG_ERROR, cat, __VA_ARGS__)
 #define guardian_warn(cat, ...) guardian_log(GUARDIAN_LOG_WARN, cat, __VA_ARGS__)
 #define guardian_info(cat, ...) guardian_log(GUARDIAN_LOG_INFO, cat, __VA_ARGS__)
@@ -81,7 +96,17 @@ struct guardian_config {
     char backend[PATH_MAX];   /* absolute path of the backend PKCS#11 module */
     char state_dir[PATH_MAX]; /* absolute path of the store's directory */
     int log_level;            /* enum guardian_log_level, or -1 when not set */
+    /* Service mode (docs/service-mode.md): set, the Guardian takes its own
+     * credentials at C_Login and logs into the backend with the PIN in this
+     * file, which only the service's user can read. */
+    char backend_pin_file[PATH_MAX];
+    char backend_so_pin_file[PATH_MAX]; /* the backend SO's, for the Guardian SO */
+    uint32_t pin_kdf_n;                 /* scrypt N for new Guardian PINs */
 };
+
+#define GUARDIAN_PIN_KDF_N_MIN 1024u
+#define GUARDIAN_PIN_KDF_N_MAX 1048576u
+#define GUARDIAN_PIN_KDF_N_DEFAULT 32768u
 
 /* Parse configuration text (not NUL-terminated; `len` bytes).  `origin` names it
  * in messages.  On failure returns false and writes one line to `err`. */
@@ -366,11 +391,34 @@ void guardian_policy_forget(CK_OBJECT_HANDLE h);
 void guardian_policy_reset(void);
 void guardian_policy_atfork_child(void);
 
+/* ---- the Guardian's own credentials (credentials.c) ---------------------- */
+
+/* True when the configuration sets backend_pin_file: C_Login then takes the
+ * Guardian's credentials and the module alone logs into the backend. */
+bool guardian_service_mode(void);
+/* C_Initialize: the PIN files the configuration names are usable (one log
+ * line and CKR_GUARDIAN_CONFIG_INVALID otherwise). */
+CK_RV guardian_credentials_check_config(const struct guardian_config *cfg);
+/* Forget every login (C_Initialize, C_Finalize) / in a fork child. */
+void guardian_credentials_reset(void);
+void guardian_credentials_atfork_child(void);
+/* The backend logged `slot` out (C_Logout, C_CloseAllSessions). */
+void guardian_credentials_logged_out(CK_SLOT_ID slot);
+CK_RV guardian_cred_C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info);
+CK_RV guardian_cred_C_InitToken(CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG len, CK_UTF8CHAR_PTR label);
+CK_RV guardian_cred_C_InitPIN(CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR pin, CK_ULONG len);
+CK_RV guardian_cred_C_SetPIN(CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR old, CK_ULONG old_len, CK_UTF8CHAR_PTR pin,
+                             CK_ULONG len);
+CK_RV guardian_cred_C_Login(CK_SESSION_HANDLE s, CK_USER_TYPE who, CK_UTF8CHAR_PTR pin, CK_ULONG len);
+CK_RV guardian_cred_C_LoginUser(CK_SESSION_HANDLE s, CK_USER_TYPE who, CK_UTF8CHAR_PTR pin, CK_ULONG len,
+                                CK_UTF8CHAR_PTR user, CK_ULONG user_len);
+
 /* ---- forwarding (forward.c) and entry points (entry.c) ------------------ */
 
 /* One pass-through per function of functions.h: guardian_fwd_C_Sign, ... */
 #define GUARDIAN_DECLARE_FORWARDER(name, params, args) CK_RV guardian_fwd_##name params;
 GUARDIAN_FORWARD_2_40_PLAIN(GUARDIAN_DECLARE_FORWARDER)
+GUARDIAN_FORWARD_2_40_CREDENTIALS(GUARDIAN_DECLARE_FORWARDER)
 GUARDIAN_FORWARD_2_40_KEYED(GUARDIAN_DECLARE_FORWARDER)
 GUARDIAN_FORWARD_3_0(GUARDIAN_DECLARE_FORWARDER)
 

@@ -64,6 +64,7 @@ static void atfork_child(void)
     guardian_package_objects_atfork_child();
     guardian_cert_objects_atfork_child();
     guardian_policy_atfork_child();
+    guardian_credentials_atfork_child();
     guardian_mechs_atfork_child();
     /* The parent may have held the lock in another thread at fork time. */
     pthread_mutex_init(&init_lock, NULL);
@@ -179,6 +180,8 @@ CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
         goto out;
     }
     rv = load_locked(false);
+    if (rv == CKR_OK)
+        rv = guardian_credentials_check_config(&config);
     if (rv != CKR_OK)
         goto out;
 
@@ -220,6 +223,7 @@ CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
     guardian_package_objects_reset();
     guardian_cert_objects_reset();
     guardian_policy_reset();
+    guardian_credentials_reset();
     atomic_store(&guardian_active_list3, backend.list3);
     atomic_store(&guardian_active_list, backend.list);
     guardian_debug("init", "initialized");
@@ -249,6 +253,7 @@ CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
     guardian_package_objects_reset();
     guardian_cert_objects_reset();
     guardian_policy_reset();
+    guardian_credentials_reset();
     if (backend_borrowed) {
         backend_borrowed = false;
         rv = CKR_OK;

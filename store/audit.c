@@ -5,7 +5,10 @@
  * so that the OEM-side verifier can compile this file unchanged and recompute
  * every hash of an exported trail.  The encoding is specified byte by byte in
  * docs/audit-format.md; change it only together with that page, and then with
- * a new magic ("GDAUDIT2"), never silently.
+ * a new magic, never silently.  There are two, and a record keeps the one it
+ * was written with (its `encoding`): "GDAUDIT1" for every record written
+ * before schema 4, unchanged so that those trails still verify, and
+ * "GDAUDIT2", the same fields and the operator, for every record since.
  */
 #include <string.h>
 
@@ -15,13 +18,17 @@
 
 #include "guardian/guardian-pkcs11.h"
 
-static const uint8_t audit_magic[8] = {'G', 'D', 'A', 'U', 'D', 'I', 'T', '1'};
+static const uint8_t audit_magic_1[8] = {'G', 'D', 'A', 'U', 'D', 'I', 'T', '1'};
+static const uint8_t audit_magic_2[8] = {'G', 'D', 'A', 'U', 'D', 'I', 'T', '2'};
 
-/* Largest encoding: magic, seq, type, time, 2 x (length + 64), serial,
- * length + 128, digest, package ID, release, units, prev_hash = 396 bytes. */
-#define AUDIT_ENCODING_MAX                                                                          \
+/* Largest encoding 1: magic, seq, type, time, 2 x (length + 64), serial,
+ * length + 128, digest, package ID, release, units, prev_hash = 396 bytes;
+ * encoding 2 adds length + 32 for the operator: 432 bytes. */
+#define AUDIT_ENCODING_1_MAX                                                                        \
     (8 + 8 + 4 + 8 + 2 * (4 + GUARDIAN_ID_MAX) + 8 + (4 + GUARDIAN_DEVICE_ID_MAX) + GUARDIAN_HASH_LEN + \
      GUARDIAN_PACKAGE_ID_LEN + 4 + 8 + GUARDIAN_HASH_LEN)
+_Static_assert(AUDIT_ENCODING_1_MAX + 4 + GUARDIAN_OPERATOR_MAX == GUARDIAN_AUDIT_ENCODING_MAX,
+               "GUARDIAN_AUDIT_ENCODING_MAX is the largest encoding 2");
 
 static uint8_t *put_u32(uint8_t *p, uint32_t v)
 {
@@ -52,10 +59,12 @@ static uint8_t *put_string(uint8_t *p, const void *src, size_t len)
 
 size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf, size_t cap)
 {
-    size_t oem_len, product_len, need;
+    size_t oem_len, product_len, operator_len, need;
     uint8_t *p;
 
     if (r == NULL || buf == NULL || r->type < 0)
+        return 0;
+    if (r->encoding != GUARDIAN_AUDIT_ENCODING_1 && r->encoding != GUARDIAN_AUDIT_ENCODING_2)
         return 0;
     /* The ID fields are C strings inside fixed arrays: a missing terminator
      * or an over-long ID makes the record unencodable, never truncated. */
@@ -63,14 +72,24 @@ size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf
     product_len = strnlen(r->product_id, sizeof(r->product_id));
     if (oem_len > GUARDIAN_ID_MAX || product_len > GUARDIAN_ID_MAX || r->device_id_len > GUARDIAN_DEVICE_ID_MAX)
         return 0;
+    if (!guardian_operator_name_ok(r->operator_name))
+        return 0;
+    operator_len = strlen(r->operator_name);
+    /* Encoding 1 has no operator field: a record that names one, or one of a
+     * type that did not exist before encoding 2, would carry a field its hash
+     * does not cover. */
+    if (r->encoding == GUARDIAN_AUDIT_ENCODING_1 && (operator_len != 0 || r->type == GUARDIAN_AUDIT_CREDENTIAL))
+        return 0;
 
-    need = sizeof(audit_magic) + 8 + 4 + 8 + (4 + oem_len) + (4 + product_len) + 8 + (4 + r->device_id_len) +
+    need = sizeof(audit_magic_1) + 8 + 4 + 8 + (4 + oem_len) + (4 + product_len) + 8 + (4 + r->device_id_len) +
            GUARDIAN_HASH_LEN + GUARDIAN_PACKAGE_ID_LEN + 4 + 8 + GUARDIAN_HASH_LEN;
+    if (r->encoding == GUARDIAN_AUDIT_ENCODING_2)
+        need += 4 + operator_len;
     if (cap < need)
         return 0;
 
     p = buf;
-    p = put_bytes(p, audit_magic, sizeof(audit_magic));
+    p = put_bytes(p, r->encoding == GUARDIAN_AUDIT_ENCODING_1 ? audit_magic_1 : audit_magic_2, sizeof(audit_magic_1));
     p = put_u64(p, r->seq);
     p = put_u32(p, (uint32_t)r->type);
     p = put_u64(p, (uint64_t)r->time); /* two's complement */
@@ -82,6 +101,8 @@ size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf
     p = put_bytes(p, r->package_id, GUARDIAN_PACKAGE_ID_LEN);
     p = put_u32(p, r->release_version);
     p = put_u64(p, r->authorised_units);
+    if (r->encoding == GUARDIAN_AUDIT_ENCODING_2)
+        p = put_string(p, r->operator_name, operator_len);
     p = put_bytes(p, r->prev_hash, GUARDIAN_HASH_LEN);
     return (size_t)(p - buf);
 }
@@ -89,7 +110,7 @@ size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf
 CK_RV guardian_audit_hash(const struct guardian_audit_record *r, uint8_t out[GUARDIAN_HASH_LEN])
 {
     CK_RV rv = CKR_GENERAL_ERROR;
-    uint8_t buf[AUDIT_ENCODING_MAX];
+    uint8_t buf[GUARDIAN_AUDIT_ENCODING_MAX];
     unsigned int out_len = 0;
     size_t len;
 

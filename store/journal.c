@@ -39,23 +39,26 @@ static bool id_in_range(const char *id)
 
 size_t guardian_journal_encode(uint8_t *buf, size_t cap, const char *oem_id, const char *product_id,
                                uint64_t serial, int64_t t, const uint8_t *device_id, size_t device_id_len,
-                               const uint8_t *cert, size_t cert_len)
+                               const uint8_t *cert, size_t cert_len, const char *operator_name)
 {
     uint8_t *p;
-    size_t ol, pl, body;
+    size_t ol, pl, opl, body;
     unsigned int hl = 0;
 
+    if (operator_name == NULL)
+        operator_name = "";
     if (buf == NULL || !id_in_range(oem_id) || !id_in_range(product_id) || serial == 0 || serial > INT64_MAX ||
         device_id == NULL || device_id_len == 0 || device_id_len > GUARDIAN_DEVICE_ID_MAX || cert == NULL ||
-        cert_len == 0 || cert_len > GUARDIAN_CERT_MAX)
+        cert_len == 0 || cert_len > GUARDIAN_CERT_MAX || !guardian_operator_name_ok(operator_name))
         return 0;
     ol = strlen(oem_id);
     pl = strlen(product_id);
-    body = GUARDIAN_JOURNAL_BODY_FIXED + ol + pl + device_id_len + cert_len;
+    opl = strlen(operator_name);
+    body = GUARDIAN_JOURNAL_BODY_FIXED + ol + pl + device_id_len + cert_len + (opl > 0 ? 1 + opl : 0);
     if (cap < GUARDIAN_JOURNAL_HEADER + body + GUARDIAN_HASH_LEN)
         return 0;
 
-    memcpy(buf, GUARDIAN_JOURNAL_MAGIC, 4);
+    memcpy(buf, opl > 0 ? GUARDIAN_JOURNAL_MAGIC_2 : GUARDIAN_JOURNAL_MAGIC, 4);
     p = put_be(buf + 4, body, 4);
     p = put_be(p, serial, 8);
     p = put_be(p, (uint64_t)t, 8);
@@ -67,6 +70,10 @@ size_t guardian_journal_encode(uint8_t *buf, size_t cap, const char *oem_id, con
     memcpy(p, device_id, device_id_len), p += device_id_len;
     p = put_be(p, cert_len, 2);
     memcpy(p, cert, cert_len), p += cert_len;
+    if (opl > 0) {
+        *p++ = (uint8_t)opl;
+        memcpy(p, operator_name, opl), p += opl;
+    }
     if (EVP_Digest(buf + GUARDIAN_JOURNAL_HEADER, body, p, &hl, EVP_sha256(), NULL) != 1 || hl != GUARDIAN_HASH_LEN)
         return 0;
     return GUARDIAN_JOURNAL_HEADER + body + GUARDIAN_HASH_LEN;
@@ -88,16 +95,22 @@ static bool take_field(const uint8_t **p, const uint8_t *end, int len_bytes, siz
     return true;
 }
 
-static bool take_id(const uint8_t **p, const uint8_t *end, char out[GUARDIAN_ID_MAX + 1])
+/* A u8-length text field of 1..max bytes, no NUL inside, into out[max + 1]. */
+static bool take_text(const uint8_t **p, const uint8_t *end, size_t max, char *out)
 {
     const uint8_t *v = NULL;
     size_t n = 0;
 
-    if (!take_field(p, end, 1, GUARDIAN_ID_MAX, &v, &n) || memchr(v, '\0', n) != NULL)
+    if (!take_field(p, end, 1, max, &v, &n) || memchr(v, '\0', n) != NULL)
         return false;
     memcpy(out, v, n);
     out[n] = '\0';
     return true;
+}
+
+static bool take_id(const uint8_t **p, const uint8_t *end, char out[GUARDIAN_ID_MAX + 1])
+{
+    return take_text(p, end, GUARDIAN_ID_MAX, out);
 }
 
 enum guardian_journal_parse guardian_journal_parse(const uint8_t *buf, size_t len, struct guardian_journal_record *r,
@@ -106,18 +119,26 @@ enum guardian_journal_parse guardian_journal_parse(const uint8_t *buf, size_t le
     uint8_t hash[GUARDIAN_HASH_LEN];
     const uint8_t *p, *end;
     unsigned int hl = 0;
+    bool with_operator;
     size_t body;
 
     memset(r, 0, sizeof(*r));
     *used = 0;
     if (len < GUARDIAN_JOURNAL_HEADER)
-        return len == 0 || memcmp(buf, GUARDIAN_JOURNAL_MAGIC, len < 4 ? len : 4) == 0 ? GUARDIAN_JOURNAL_SHORT
-                                                                                        : GUARDIAN_JOURNAL_BAD;
-    if (memcmp(buf, GUARDIAN_JOURNAL_MAGIC, 4) != 0)
+        return len == 0 || memcmp(buf, GUARDIAN_JOURNAL_MAGIC, len < 4 ? len : 4) == 0 ||
+                       memcmp(buf, GUARDIAN_JOURNAL_MAGIC_2, len < 4 ? len : 4) == 0
+                   ? GUARDIAN_JOURNAL_SHORT
+                   : GUARDIAN_JOURNAL_BAD;
+    if (memcmp(buf, GUARDIAN_JOURNAL_MAGIC, 4) == 0)
+        with_operator = false;
+    else if (memcmp(buf, GUARDIAN_JOURNAL_MAGIC_2, 4) == 0)
+        with_operator = true;
+    else
         return GUARDIAN_JOURNAL_BAD;
     body = (size_t)get_be(buf + 4, 4);
     /* Before anything else is read: the body must hold its fixed part. */
-    if (body < GUARDIAN_JOURNAL_BODY_MIN || body > GUARDIAN_JOURNAL_BODY_MAX)
+    if (body < (with_operator ? GUARDIAN_JOURNAL_BODY_2_MIN : GUARDIAN_JOURNAL_BODY_MIN) ||
+        body > (with_operator ? GUARDIAN_JOURNAL_BODY_MAX : GUARDIAN_JOURNAL_BODY_1_MAX))
         return GUARDIAN_JOURNAL_BAD;
     if (len - GUARDIAN_JOURNAL_HEADER < body + GUARDIAN_HASH_LEN)
         return GUARDIAN_JOURNAL_SHORT;
@@ -132,7 +153,10 @@ enum guardian_journal_parse guardian_journal_parse(const uint8_t *buf, size_t le
     p += 16;
     if (r->serial == 0 || r->serial > INT64_MAX || !take_id(&p, end, r->oem_id) || !take_id(&p, end, r->product_id) ||
         !take_field(&p, end, 1, GUARDIAN_DEVICE_ID_MAX, &r->device_id, &r->device_id_len) ||
-        !take_field(&p, end, 2, GUARDIAN_CERT_MAX, &r->cert, &r->cert_len) || p != end) {
+        !take_field(&p, end, 2, GUARDIAN_CERT_MAX, &r->cert, &r->cert_len) ||
+        (with_operator && (!take_text(&p, end, GUARDIAN_OPERATOR_MAX, r->operator_name) ||
+                           !guardian_operator_name_ok(r->operator_name))) ||
+        p != end) {
         memset(r, 0, sizeof(*r));
         return GUARDIAN_JOURNAL_BAD;
     }

@@ -13,7 +13,14 @@
  *   body = serial u64 | time i64 | u8 n + OEM ID | u8 n + product ID
  *          | u8 n + device ID | u16 n + certificate (DER)
  *
- * Integers big-endian.  Only libcrypto (SHA-256), no SQLite, no logging.
+ *   "GDJ2" | u32 body length | body | SHA-256(body)
+ *   body = the GDJ1 body | u8 n + operator (1..32 bytes)
+ *
+ * GDJ2 carries the operator who issued the certificate (the ISSUE record's
+ * operator); a record without one is GDJ1, byte for byte what journals held
+ * before operators were recorded, so each record has exactly one encoding and
+ * a journal left by an earlier version still folds.  Integers big-endian.
+ * Only libcrypto (SHA-256), no SQLite, no logging.
  */
 #ifndef GUARDIAN_STORE_JOURNAL_H
 #define GUARDIAN_STORE_JOURNAL_H
@@ -23,14 +30,18 @@
 
 #include "store.h"
 
-#define GUARDIAN_JOURNAL_MAGIC "GDJ1"
+#define GUARDIAN_JOURNAL_MAGIC "GDJ1"   /* without an operator */
+#define GUARDIAN_JOURNAL_MAGIC_2 "GDJ2" /* with one */
 #define GUARDIAN_JOURNAL_HEADER 8 /* magic, body length */
-/* The fixed part of a body and its four length fields: 8 + 8 + 1 + 1 + 1 + 2. */
+/* The fixed part of a GDJ1 body and its four length fields: 8 + 8 + 1 + 1 + 1 + 2. */
 #define GUARDIAN_JOURNAL_BODY_FIXED 21
-/* Every field at least one byte long. */
+/* Every field at least one byte long (GDJ1: 25; GDJ2, with the operator's
+ * length and at least one byte of it: 27). */
 #define GUARDIAN_JOURNAL_BODY_MIN (GUARDIAN_JOURNAL_BODY_FIXED + 4)
-#define GUARDIAN_JOURNAL_BODY_MAX \
+#define GUARDIAN_JOURNAL_BODY_2_MIN (GUARDIAN_JOURNAL_BODY_MIN + 2)
+#define GUARDIAN_JOURNAL_BODY_1_MAX \
     (GUARDIAN_JOURNAL_BODY_FIXED + 2 * GUARDIAN_ID_MAX + GUARDIAN_DEVICE_ID_MAX + GUARDIAN_CERT_MAX)
+#define GUARDIAN_JOURNAL_BODY_MAX (GUARDIAN_JOURNAL_BODY_1_MAX + 1 + GUARDIAN_OPERATOR_MAX)
 #define GUARDIAN_JOURNAL_RECORD_MAX (GUARDIAN_JOURNAL_HEADER + GUARDIAN_JOURNAL_BODY_MAX + GUARDIAN_HASH_LEN)
 
 /* One parsed record.  device_id and cert point into the parsed buffer. */
@@ -43,6 +54,7 @@ struct guardian_journal_record {
     size_t device_id_len;
     const uint8_t *cert;                  /* 1..GUARDIAN_CERT_MAX bytes */
     size_t cert_len;
+    char operator_name[GUARDIAN_OPERATOR_MAX + 1]; /* GDJ2: 1..32 bytes (guardian_operator_name_ok); GDJ1: "" */
 };
 
 enum guardian_journal_parse {
@@ -52,11 +64,12 @@ enum guardian_journal_parse {
 };
 
 /* Encodes one record into buf (at least GUARDIAN_JOURNAL_RECORD_MAX bytes, or
- * `cap` if smaller and enough).  The length written, or 0 if a field is out of
- * its range (the same ranges the parser accepts) or SHA-256 failed. */
+ * `cap` if smaller and enough): GDJ2 when `operator_name` is a name, GDJ1
+ * when it is "" or NULL.  The length written, or 0 if a field is out of its
+ * range (the same ranges the parser accepts) or SHA-256 failed. */
 size_t guardian_journal_encode(uint8_t *buf, size_t cap, const char *oem_id, const char *product_id,
                                uint64_t serial, int64_t t, const uint8_t *device_id, size_t device_id_len,
-                               const uint8_t *cert, size_t cert_len);
+                               const uint8_t *cert, size_t cert_len, const char *operator_name);
 
 /* Parses the record at the start of buf[0..len).  GUARDIAN_JOURNAL_OK: *r is
  * filled and *used is the record's length; otherwise *r and *used are zero.

@@ -1,6 +1,7 @@
 /*
  * store.c — the Guardian's durable state in SQLite: package registry, production
- * counters and the hash-chained audit trail (store.h says what and why).
+ * counters, the hash-chained audit trail and the Guardian credentials
+ * (store.h says what and why).
  *
  * Rules this file keeps:
  *  - every mutation runs in one BEGIN IMMEDIATE transaction that commits when
@@ -39,6 +40,7 @@
 
 #include "module.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 /* Two durabilities, chosen per transaction (docs/audit-format.md, "Durability"):
@@ -206,6 +208,40 @@ static CK_RV migrate_to_3(struct guardian_store *st, sqlite3 *db)
     return map_sqlite(st, rc, "migrate the schema to version 3");
 }
 
+/* 3 -> 4: Guardian credentials, and the operator of every record.
+ * credentials: one row per role and name (the SO: role 0, name ''; an
+ * operator: role 1 and its name), the scrypt salt, hash and parameters, the
+ * consecutive failures (counted durably before a PIN is compared) and when
+ * it was last set.  audit.operator: who was logged in when the record was
+ * written; audit.encoding: the canonical encoding its hash covers (store.h,
+ * enum guardian_audit_encoding) - 1 for every record written before this
+ * migration, whose hashes must still verify as they were computed, 2 for
+ * every record since. */
+static const char schema_v4[] =
+    "CREATE TABLE credentials ("
+    "  role       INTEGER NOT NULL CHECK (role IN (0, 1)),"
+    "  name       TEXT    NOT NULL CHECK (length(CAST(name AS BLOB)) <= 32),"
+    "  salt       BLOB    NOT NULL CHECK (length(salt) = 16),"
+    "  hash       BLOB    NOT NULL CHECK (length(hash) = 32),"
+    "  kdf_n      INTEGER NOT NULL CHECK (kdf_n BETWEEN 1 AND 4294967295),"
+    "  kdf_r      INTEGER NOT NULL CHECK (kdf_r BETWEEN 1 AND 4294967295),"
+    "  kdf_p      INTEGER NOT NULL CHECK (kdf_p BETWEEN 1 AND 4294967295),"
+    "  failures   INTEGER NOT NULL DEFAULT 0 CHECK (failures BETWEEN 0 AND 4294967295),"
+    "  changed_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (role, name),"
+    "  CHECK ((role = 0 AND name = '') OR (role = 1 AND name <> ''))"
+    ") WITHOUT ROWID;"
+    "ALTER TABLE audit ADD COLUMN operator TEXT NOT NULL DEFAULT '' "
+    "  CHECK (length(CAST(operator AS BLOB)) <= 32);"
+    "ALTER TABLE audit ADD COLUMN encoding INTEGER NOT NULL DEFAULT 1 "
+    "  CHECK (encoding IN (1, 2) AND (encoding = 2 OR operator = ''));";
+
+static CK_RV migrate_to_4(struct guardian_store *st, sqlite3 *db)
+{
+    int rc = sqlite3_exec(db, schema_v4, NULL, NULL, NULL);
+    return map_sqlite(st, rc, "migrate the schema to version 4");
+}
+
 struct migration {
     int to_version;
     /* Runs inside the migration's write transaction; may read and rewrite
@@ -218,6 +254,7 @@ static const struct migration migrations[] = {
     {1, migrate_to_1},
     {2, migrate_to_2},
     {3, migrate_to_3},
+    {4, migrate_to_4},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -256,6 +293,12 @@ enum stmt_id {
     S_HOLDERS_ALL,
     S_ISSUANCE_OPEN_BY_HOLDER,
     S_ISSUANCE_SET_LOST,
+    S_CREDENTIAL_GET,
+    S_CREDENTIAL_PUT,
+    S_CREDENTIAL_DELETE,
+    S_CREDENTIAL_FAILED,
+    S_CREDENTIAL_SUCCEEDED,
+    S_CREDENTIAL_SUMMARY,
     S_COUNT
 };
 
@@ -306,10 +349,10 @@ static const char *const stmt_sql[S_COUNT] = {
                    "max_time = CASE WHEN max_time IS NULL OR max_time < ?4 THEN ?4 ELSE max_time END "
                    "WHERE id = 1 AND seq = ?3",
     [S_AUDIT_INSERT] = "INSERT INTO audit (seq, type, time, oem_id, product_id, serial, device_id, digest, "
-                       "package_id, release_version, authorised_units, prev_hash, hash) "
-                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                       "package_id, release_version, authorised_units, prev_hash, hash, operator, encoding) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     [S_AUDIT_PAGE] = "SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, "
-                     "release_version, authorised_units, prev_hash, hash FROM audit "
+                     "release_version, authorised_units, prev_hash, hash, operator, encoding FROM audit "
                      "WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
     [S_HOLDER_INSERT] = "INSERT INTO holders (journal, opened_at) VALUES (?1, ?2)",
     [S_HOLDER_BY_JOURNAL] = "SELECT id FROM holders WHERE journal = ?1",
@@ -322,6 +365,19 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ISSUANCE_SET_LOST] = "UPDATE issuance SET lost_seq = ?6 WHERE oem_id = ?1 AND product_id = ?2 "
                             "AND serial BETWEEN ?3 AND ?4 AND holder = ?5 AND issue_seq IS NULL "
                             "AND release_seq IS NULL AND lost_seq IS NULL",
+    [S_CREDENTIAL_GET] = "SELECT salt, hash, kdf_n, kdf_r, kdf_p, failures, changed_at FROM credentials "
+                         "WHERE role = ?1 AND name = ?2",
+    [S_CREDENTIAL_PUT] = "INSERT INTO credentials (role, name, salt, hash, kdf_n, kdf_r, kdf_p, failures, changed_at) "
+                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8) ON CONFLICT (role, name) DO UPDATE SET "
+                         "salt = excluded.salt, hash = excluded.hash, kdf_n = excluded.kdf_n, "
+                         "kdf_r = excluded.kdf_r, kdf_p = excluded.kdf_p, failures = 0, "
+                         "changed_at = excluded.changed_at",
+    [S_CREDENTIAL_DELETE] = "DELETE FROM credentials WHERE role = ?1 AND name = ?2",
+    [S_CREDENTIAL_FAILED] = "UPDATE credentials SET failures = min(failures + 1, 4294967295) "
+                            "WHERE role = ?1 AND name = ?2",
+    [S_CREDENTIAL_SUCCEEDED] = "UPDATE credentials SET failures = 0 WHERE role = ?1 AND name = ?2 AND failures <> 0",
+    [S_CREDENTIAL_SUMMARY] = "SELECT role, count(*), max(failures), sum(failures >= ?1) FROM credentials "
+                             "GROUP BY role ORDER BY role",
 };
 
 struct guardian_store {
@@ -342,8 +398,9 @@ struct guardian_store {
     /* Guards journal_fd's bytes, journal_size and journal_buf: an append
      * takes only this lock, never `lock`, so a certificate is not kept
      * waiting by a write transaction of another thread (a reservation folds
-     * a whole block's records and commits FULL: ~20 ms).  Order: `lock`,
-     * then journal_lock. */
+     * a whole block's records and commits FULL: ~20 ms).  The operator
+     * fields below are written holding both, as an append reads them.
+     * Order: `lock`, then journal_lock. */
     pthread_mutex_t journal_lock;
     /* The state directory, checked once at open (file-backed stores; -1 for
      * an in-memory one): every file in it is opened relative to this. */
@@ -353,6 +410,11 @@ struct guardian_store {
      * it (holder_uncommitted while the transaction that adds it is open). */
     sqlite3_int64 holder_id;
     bool holder_uncommitted;
+    /* Who every record this handle writes names (guardian_store_set_operator);
+     * operator_invalid: the last name set was refused, and so is every write
+     * that would record it until a valid one is set. */
+    char operator_name[GUARDIAN_OPERATOR_MAX + 1];
+    bool operator_invalid;
     struct guardian_store *next_abandoned;
 };
 
@@ -768,6 +830,20 @@ static bool column_id(sqlite3_stmt *s, int col, char out[GUARDIAN_ID_MAX + 1])
     return true;
 }
 
+/* An operator's name (TEXT, guardian_operator_name_ok, "" allowed). */
+static bool column_operator(sqlite3_stmt *s, int col, char out[GUARDIAN_OPERATOR_MAX + 1])
+{
+    const unsigned char *text = sqlite3_column_text(s, col);
+    int n = sqlite3_column_bytes(s, col);
+
+    if (sqlite3_column_type(s, col) != SQLITE_TEXT || text == NULL || n < 0 || n > GUARDIAN_OPERATOR_MAX ||
+        memchr(text, '\0', (size_t)n) != NULL)
+        return false;
+    memcpy(out, text, (size_t)n);
+    out[n] = '\0';
+    return guardian_operator_name_ok(out);
+}
+
 /* A BLOB of 0..max bytes; the length goes to *len. */
 static bool column_blob(sqlite3_stmt *s, int col, void *out, size_t max, size_t *len)
 {
@@ -849,10 +925,10 @@ static CK_RV product_from_row(sqlite3_stmt *s, struct guardian_product *p)
 /* A row of S_AUDIT_PAGE; false if any field is out of its domain. */
 static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
 {
-    uint64_t type = 0, release = 0;
+    uint64_t type = 0, release = 0, encoding = 0;
 
     memset(r, 0, sizeof(*r));
-    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_JOURNAL_LOST, &type) ||
+    if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_CREDENTIAL, &type) ||
         type < GUARDIAN_AUDIT_IMPORT || sqlite3_column_type(s, 2) != SQLITE_INTEGER || !column_id(s, 3, r->oem_id) ||
         !column_id(s, 4, r->product_id) || !column_uint(s, 5, INT64_MAX, &r->serial) ||
         !column_blob(s, 6, r->device_id, sizeof(r->device_id), &r->device_id_len) ||
@@ -860,11 +936,13 @@ static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
         !column_blob_exact(s, 8, r->package_id, sizeof(r->package_id)) || !column_uint(s, 9, UINT32_MAX, &release) ||
         !column_uint(s, 10, INT64_MAX, &r->authorised_units) ||
         !column_blob_exact(s, 11, r->prev_hash, sizeof(r->prev_hash)) ||
-        !column_blob_exact(s, 12, r->hash, sizeof(r->hash)))
+        !column_blob_exact(s, 12, r->hash, sizeof(r->hash)) || !column_operator(s, 13, r->operator_name) ||
+        !column_uint(s, 14, GUARDIAN_AUDIT_ENCODING_2, &encoding) || encoding < GUARDIAN_AUDIT_ENCODING_1)
         return false;
     r->type = (int)type;
     r->time = sqlite3_column_int64(s, 2);
     r->release_version = (uint32_t)release;
+    r->encoding = (int)encoding;
     return true;
 }
 
@@ -946,6 +1024,51 @@ static CK_RV clock_check_locked(struct guardian_store *st, int64_t now, const ch
     return CKR_GUARDIAN_CLOCK_BEHIND;
 }
 
+/* A new record of `type` dated `t`, as this store writes every record now:
+ * encoding 2, naming `operator_name` - an ISSUE folded from a journal names
+ * who issued it - or, when that is NULL, the current operator
+ * (guardian_store_set_operator); every other field zero.  The caller holds
+ * the lock.  Naming the current operator is refused while the one last set
+ * was invalid: no record may name the wrong one. */
+static CK_RV record_init(struct guardian_store *st, struct guardian_audit_record *r, int type, int64_t t,
+                         const char *operator_name)
+{
+    memset(r, 0, sizeof(*r));
+    if (operator_name == NULL && st->operator_invalid) {
+        guardian_error(STORE_LOG, "nothing is recorded while the operator name last set is invalid: set a valid "
+                                  "one (guardian_store_set_operator)");
+        return CKR_ARGUMENTS_BAD;
+    }
+    r->type = type;
+    r->time = t;
+    r->encoding = GUARDIAN_AUDIT_ENCODING_2;
+    snprintf(r->operator_name, sizeof(r->operator_name), "%s",
+             operator_name != NULL ? operator_name : st->operator_name);
+    return CKR_OK;
+}
+
+void guardian_store_set_operator(struct guardian_store *st, const char *name)
+{
+    if (st == NULL || store_enter(st) != CKR_OK)
+        return;
+    if (name == NULL)
+        name = "";
+    /* Both locks: journal_append reads the name holding journal_lock alone. */
+    pthread_mutex_lock(&st->journal_lock);
+    if (guardian_operator_name_ok(name)) {
+        snprintf(st->operator_name, sizeof(st->operator_name), "%s", name);
+        st->operator_invalid = false;
+    } else {
+        /* Never logged: it may be what a client typed. */
+        guardian_error(STORE_LOG, "an operator name that is not one ([a-z0-9][a-z0-9._-]{0,31}) was set: nothing is "
+                                  "recorded until a valid one is set");
+        st->operator_name[0] = '\0';
+        st->operator_invalid = true;
+    }
+    pthread_mutex_unlock(&st->journal_lock);
+    store_leave(st);
+}
+
 /* Fills r->seq, r->prev_hash and r->hash, inserts the record and moves the head. */
 static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_record *r)
 {
@@ -963,11 +1086,12 @@ static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_recor
         goto out;
     }
 
-    rv = stmt_step(st, S_AUDIT_INSERT, &s, NULL, "append an audit record", "iiittibbbiibb", (sqlite3_int64)r->seq,
+    rv = stmt_step(st, S_AUDIT_INSERT, &s, NULL, "append an audit record", "iiittibbbiibbti", (sqlite3_int64)r->seq,
                    (sqlite3_int64)r->type, (sqlite3_int64)r->time, r->oem_id, r->product_id,
                    (sqlite3_int64)r->serial, r->device_id, (int)r->device_id_len, r->digest, GUARDIAN_HASH_LEN,
                    r->package_id, GUARDIAN_PACKAGE_ID_LEN, (sqlite3_int64)r->release_version,
-                   (sqlite3_int64)r->authorised_units, r->prev_hash, GUARDIAN_HASH_LEN, r->hash, GUARDIAN_HASH_LEN);
+                   (sqlite3_int64)r->authorised_units, r->prev_hash, GUARDIAN_HASH_LEN, r->hash, GUARDIAN_HASH_LEN,
+                   r->operator_name, (sqlite3_int64)r->encoding);
     if (rv != CKR_OK)
         goto out;
     stmt_done(s);
@@ -1552,9 +1676,9 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     if (rv != CKR_OK)
         goto out;
 
-    memset(&rec, 0, sizeof(rec));
-    rec.type = GUARDIAN_AUDIT_IMPORT;
-    rec.time = now;
+    rv = record_init(st, &rec, GUARDIAN_AUDIT_IMPORT, now, NULL);
+    if (rv != CKR_OK)
+        goto out;
     memcpy(rec.oem_id, pkg->oem_id, strlen(pkg->oem_id) + 1);
     memcpy(rec.product_id, pkg->product_id, strlen(pkg->product_id) + 1);
     memcpy(rec.digest, pkg->package_digest, GUARDIAN_HASH_LEN);
@@ -1869,9 +1993,9 @@ static CK_RV reserve_tx(struct guardian_store *st, void *ctx)
     if (rv != CKR_OK)
         goto out;
     for (uint64_t i = 0; i < n; i++) {
-        memset(&rec, 0, sizeof(rec));
-        rec.type = GUARDIAN_AUDIT_RESERVE;
-        rec.time = a->now;
+        rv = record_init(st, &rec, GUARDIAN_AUDIT_RESERVE, a->now, NULL);
+        if (rv != CKR_OK)
+            goto out;
         memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
         memcpy(rec.product_id, a->product_id, strlen(a->product_id) + 1);
         rec.serial = prod.next_serial + i;
@@ -1940,6 +2064,7 @@ struct issue_args {
     const uint8_t *cert;
     size_t cert_len;
     bool replay; /* from a journal: an ISSUE already recorded with this digest is fine */
+    const char *operator_name; /* from a journal: its record's operator; NULL: the current one */
 };
 
 /* Settle a reservation: ISSUE (the certificate left, or is about to leave, the
@@ -1999,9 +2124,10 @@ static CK_RV settle_tx(struct guardian_store *st, void *ctx)
     }
     stmt_done(s);
 
-    memset(&rec, 0, sizeof(rec));
-    rec.type = a->type;
-    rec.time = a->time != 0 ? a->time : (int64_t)time(NULL);
+    /* From a journal: who issued it, then (not whoever folds it now). */
+    rv = record_init(st, &rec, a->type, a->time != 0 ? a->time : (int64_t)time(NULL), a->operator_name);
+    if (rv != CKR_OK)
+        goto out;
     memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
     memcpy(rec.product_id, a->product_id, strlen(a->product_id) + 1);
     rec.serial = a->serial;
@@ -2055,7 +2181,7 @@ CK_RV guardian_store_commit_issue(struct guardian_store *st, const char *oem_id,
                                   const uint8_t cert_digest[GUARDIAN_HASH_LEN])
 {
     struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_ISSUE, device_id, device_id_len,
-                           cert_digest, NULL, 0, false};
+                           cert_digest, NULL, 0, false, NULL};
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
         cert_digest == NULL || serial == 0 || serial > INT64_MAX)
@@ -2069,7 +2195,7 @@ CK_RV guardian_store_issue(struct guardian_store *st, const char *oem_id, const 
     uint8_t digest[GUARDIAN_HASH_LEN];
     unsigned int dl = 0;
     struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_ISSUE, device_id, device_id_len,
-                           digest, cert, cert_len, false};
+                           digest, cert, cert_len, false, NULL};
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
         cert == NULL || cert_len == 0 || cert_len > GUARDIAN_CERT_MAX || serial == 0 || serial > INT64_MAX)
@@ -2083,7 +2209,8 @@ CK_RV guardian_store_issue(struct guardian_store *st, const char *oem_id, const 
 
 CK_RV guardian_store_release(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial)
 {
-    struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_RELEASE, NULL, 0, NULL, NULL, 0, false};
+    struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_RELEASE, NULL, 0, NULL, NULL, 0, false,
+                           NULL};
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || serial == 0 || serial > INT64_MAX)
         return CKR_ARGUMENTS_BAD;
@@ -2110,6 +2237,322 @@ CK_RV guardian_store_certificate_get(struct guardian_store *st, const char *oem_
         rv = column_blob_dup(s, 0, der, len);
     stmt_done(s);
     store_leave(st);
+    return rv;
+}
+
+/* ---- Guardian credentials ------------------------------------------------------------- */
+
+/* (role, name) as the API takes it: CKU_SO with "" (NULL is ""), or CKU_USER
+ * with a non-empty name of guardian_operator_name_ok.  *key: the name as the
+ * credentials table keys it. */
+static bool credential_key_ok(int role, const char *name, const char **key)
+{
+    if (name == NULL)
+        name = "";
+    *key = name;
+    if (role == (int)CKU_SO)
+        return name[0] == '\0';
+    return role == (int)CKU_USER && name[0] != '\0' && guardian_operator_name_ok(name);
+}
+
+/* The subject a CREDENTIAL record names: the operator's name, "so" for the SO. */
+static const char *credential_subject(int role, const char *key)
+{
+    return role == (int)CKU_SO ? "so" : key;
+}
+
+/* Appends the CREDENTIAL record of `action` on `subject`, in the caller's
+ * write transaction. */
+static CK_RV credential_record_locked(struct guardian_store *st, int action, const char *subject, int64_t now)
+{
+    struct guardian_audit_record rec;
+    size_t n = strlen(subject);
+    CK_RV rv = record_init(st, &rec, GUARDIAN_AUDIT_CREDENTIAL, now, NULL);
+
+    if (rv != CKR_OK)
+        return rv;
+    rec.serial = (uint64_t)action;
+    memcpy(rec.device_id, subject, n);
+    rec.device_id_len = n;
+    return audit_append(st, &rec);
+}
+
+struct credential_args {
+    int role;
+    const char *key;
+    const struct guardian_credential *cred; /* put */
+    int action;
+    const char *subject;
+    uint32_t failures; /* out: failed */
+};
+
+/* Reads the failures of (role, key); *found false if there is no such row. */
+static CK_RV credential_failures_locked(struct guardian_store *st, int role, const char *key, bool *found,
+                                        uint32_t *failures)
+{
+    sqlite3_stmt *s = NULL;
+    uint64_t f = 0;
+    CK_RV rv = stmt_step(st, S_CREDENTIAL_GET, &s, found, "read a credential", "it", (sqlite3_int64)role, key);
+
+    if (rv == CKR_OK && *found) {
+        if (!column_uint(s, 5, UINT32_MAX, &f)) {
+            guardian_error(STORE_LOG, "a credential row is malformed");
+            rv = CKR_GUARDIAN_STORE_FAILED;
+        }
+        *failures = (uint32_t)f;
+    }
+    stmt_done(s);
+    return rv;
+}
+
+static CK_RV credential_put_tx(struct guardian_store *st, void *ctx)
+{
+    struct credential_args *a = ctx;
+    const struct guardian_credential *c = a->cred;
+    int64_t now = (int64_t)time(NULL);
+    sqlite3_stmt *s = NULL;
+    CK_RV rv;
+
+    rv = stmt_step(st, S_CREDENTIAL_PUT, &s, NULL, "write a credential", "itbbiiii", (sqlite3_int64)a->role, a->key,
+                   c->salt, (int)sizeof(c->salt), c->hash, (int)sizeof(c->hash), (sqlite3_int64)c->kdf_n,
+                   (sqlite3_int64)c->kdf_r, (sqlite3_int64)c->kdf_p, (sqlite3_int64)now);
+    stmt_done(s);
+    if (rv == CKR_OK)
+        rv = credential_record_locked(st, a->action, a->subject, now);
+    return rv;
+}
+
+static CK_RV credential_remove_tx(struct guardian_store *st, void *ctx)
+{
+    struct credential_args *a = ctx;
+    sqlite3_stmt *s = NULL;
+    CK_RV rv;
+
+    rv = stmt_step(st, S_CREDENTIAL_DELETE, &s, NULL, "remove a credential", "it", (sqlite3_int64)a->role, a->key);
+    if (rv == CKR_OK && sqlite3_changes(st->db) != 1)
+        rv = CKR_USER_PIN_NOT_INITIALIZED;
+    stmt_done(s);
+    if (rv == CKR_OK)
+        rv = credential_record_locked(st, a->action, credential_subject(a->role, a->key), (int64_t)time(NULL));
+    return rv;
+}
+
+static CK_RV credential_failed_tx(struct guardian_store *st, void *ctx)
+{
+    struct credential_args *a = ctx;
+    sqlite3_stmt *s = NULL;
+    bool found = false;
+    CK_RV rv;
+
+    rv = stmt_step(st, S_CREDENTIAL_FAILED, &s, NULL, "count a failed login", "it", (sqlite3_int64)a->role, a->key);
+    stmt_done(s);
+    if (rv != CKR_OK)
+        return rv;
+    if (sqlite3_changes(st->db) != 1)
+        return CKR_USER_PIN_NOT_INITIALIZED;
+    rv = credential_failures_locked(st, a->role, a->key, &found, &a->failures);
+    if (rv == CKR_OK && !found) {
+        guardian_error(STORE_LOG, "a credential changed under a write transaction");
+        rv = CKR_GUARDIAN_STORE_FAILED;
+    }
+    if (rv == CKR_OK && a->failures == GUARDIAN_CREDENTIAL_MAX_FAILURES) {
+        guardian_warn(STORE_LOG, "%s locked after %d consecutive failed logins",
+                      a->role == (int)CKU_SO ? "the SO" : a->key, GUARDIAN_CREDENTIAL_MAX_FAILURES);
+        rv = credential_record_locked(st, GUARDIAN_CREDENTIAL_LOCKED, credential_subject(a->role, a->key),
+                                      (int64_t)time(NULL));
+    }
+    return rv;
+}
+
+static CK_RV credential_succeeded_tx(struct guardian_store *st, void *ctx)
+{
+    struct credential_args *a = ctx;
+    sqlite3_stmt *s = NULL;
+    bool found = false;
+    uint32_t failures = 0;
+    CK_RV rv = credential_failures_locked(st, a->role, a->key, &found, &failures);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (!found)
+        return CKR_USER_PIN_NOT_INITIALIZED;
+    if (failures == 0)
+        return CKR_OK; /* nothing to write: the COMMIT of an unchanged database syncs nothing */
+    rv = stmt_step(st, S_CREDENTIAL_SUCCEEDED, &s, NULL, "reset the failed logins", "it", (sqlite3_int64)a->role,
+                   a->key);
+    stmt_done(s);
+    return rv;
+}
+
+CK_RV guardian_store_credential_get(struct guardian_store *st, int role, const char *name,
+                                    struct guardian_credential *out)
+{
+    uint64_t n = 0, r = 0, p = 0, failures = 0;
+    sqlite3_stmt *s = NULL;
+    const char *key = NULL;
+    bool row = false;
+    CK_RV rv;
+
+    if (st == NULL || out == NULL || !credential_key_ok(role, name, &key))
+        return CKR_ARGUMENTS_BAD;
+    memset(out, 0, sizeof(*out));
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        return rv;
+    rv = stmt_step(st, S_CREDENTIAL_GET, &s, &row, "read a credential", "it", (sqlite3_int64)role, key);
+    if (rv != CKR_OK)
+        goto out;
+    if (!row) {
+        rv = CKR_USER_PIN_NOT_INITIALIZED;
+        goto out;
+    }
+    if (!column_blob_exact(s, 0, out->salt, sizeof(out->salt)) ||
+        !column_blob_exact(s, 1, out->hash, sizeof(out->hash)) || !column_uint(s, 2, UINT32_MAX, &n) ||
+        !column_uint(s, 3, UINT32_MAX, &r) || !column_uint(s, 4, UINT32_MAX, &p) ||
+        !column_uint(s, 5, UINT32_MAX, &failures) || sqlite3_column_type(s, 6) != SQLITE_INTEGER) {
+        guardian_error(STORE_LOG, "a credential row is malformed");
+        rv = CKR_GUARDIAN_STORE_FAILED;
+        goto out;
+    }
+    snprintf(out->name, sizeof(out->name), "%s", key);
+    out->role = role;
+    out->kdf_n = (uint32_t)n;
+    out->kdf_r = (uint32_t)r;
+    out->kdf_p = (uint32_t)p;
+    out->failures = (uint32_t)failures;
+    out->changed_at = sqlite3_column_int64(s, 6);
+    rv = CKR_OK;
+out:
+    stmt_done(s);
+    store_leave(st);
+    if (rv != CKR_OK)
+        OPENSSL_cleanse(out, sizeof(*out));
+    return rv;
+}
+
+CK_RV guardian_store_credential_put(struct guardian_store *st, const struct guardian_credential *cred, int action,
+                                    const char *subject)
+{
+    struct credential_args a;
+
+    memset(&a, 0, sizeof(a));
+    if (st == NULL || cred == NULL || !credential_key_ok(cred->role, cred->name, &a.key) || cred->kdf_n == 0 ||
+        cred->kdf_r == 0 || cred->kdf_p == 0)
+        return CKR_ARGUMENTS_BAD;
+    /* "so" names the SO in every record: no operator may be called so. */
+    if (cred->role == (int)CKU_USER && strcmp(a.key, "so") == 0)
+        return CKR_ARGUMENTS_BAD;
+    if (!(action == GUARDIAN_CREDENTIAL_CHANGED ||
+          (action == GUARDIAN_CREDENTIAL_SO_SET && cred->role == (int)CKU_SO) ||
+          (action == GUARDIAN_CREDENTIAL_USER_SET && cred->role == (int)CKU_USER)))
+        return CKR_ARGUMENTS_BAD;
+    /* The record names whose credential it is, and nothing else: a caller
+     * cannot make it name another. */
+    if (subject != NULL && strcmp(subject, credential_subject(cred->role, a.key)) != 0)
+        return CKR_ARGUMENTS_BAD;
+    subject = credential_subject(cred->role, a.key);
+    a.role = cred->role;
+    a.cred = cred;
+    a.action = action;
+    a.subject = subject;
+    return store_write(st, true, credential_put_tx, &a);
+}
+
+CK_RV guardian_store_credential_remove(struct guardian_store *st, int role, const char *name, int action)
+{
+    struct credential_args a;
+
+    memset(&a, 0, sizeof(a));
+    if (st == NULL || !credential_key_ok(role, name, &a.key) ||
+        !((action == GUARDIAN_CREDENTIAL_SO_CLEARED && role == (int)CKU_SO) ||
+          (action == GUARDIAN_CREDENTIAL_REMOVED && role == (int)CKU_USER)))
+        return CKR_ARGUMENTS_BAD;
+    a.role = role;
+    a.action = action;
+    return store_write(st, true, credential_remove_tx, &a);
+}
+
+CK_RV guardian_store_credential_failed(struct guardian_store *st, int role, const char *name, uint32_t *failures_now)
+{
+    struct credential_args a;
+    CK_RV rv;
+
+    memset(&a, 0, sizeof(a));
+    if (st == NULL || !credential_key_ok(role, name, &a.key))
+        return CKR_ARGUMENTS_BAD;
+    a.role = role;
+    rv = store_write(st, true, credential_failed_tx, &a);
+    if (rv == CKR_OK && failures_now != NULL)
+        *failures_now = a.failures; /* only once it is durable */
+    return rv;
+}
+
+CK_RV guardian_store_credential_succeeded(struct guardian_store *st, int role, const char *name)
+{
+    struct credential_args a;
+
+    memset(&a, 0, sizeof(a));
+    if (st == NULL || !credential_key_ok(role, name, &a.key))
+        return CKR_ARGUMENTS_BAD;
+    a.role = role;
+    return store_write(st, true, credential_succeeded_tx, &a);
+}
+
+CK_RV guardian_store_credential_summary(struct guardian_store *st, bool *so_set, size_t *n_users,
+                                        uint32_t *max_user_failures, size_t *n_users_locked, uint32_t *so_failures)
+{
+    bool so = false;
+    size_t users = 0, locked = 0;
+    uint32_t user_max = 0, so_fail = 0;
+    sqlite3_stmt *s = NULL;
+    CK_RV rv;
+    int rc;
+
+    if (st == NULL)
+        return CKR_ARGUMENTS_BAD;
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        return rv;
+    rv = stmt_get(st, S_CREDENTIAL_SUMMARY, &s);
+    if (rv != CKR_OK)
+        goto out;
+    rc = bind_all(s, "i", (sqlite3_int64)GUARDIAN_CREDENTIAL_MAX_FAILURES);
+    while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+        uint64_t role = 0, count = 0, max = 0, n_locked = 0;
+        rc = sqlite3_step(s);
+        if (rc != SQLITE_ROW)
+            break;
+        if (!column_uint(s, 0, CKU_USER, &role) || !column_uint(s, 1, INT64_MAX, &count) ||
+            !column_uint(s, 2, UINT32_MAX, &max) || !column_uint(s, 3, INT64_MAX, &n_locked)) {
+            guardian_error(STORE_LOG, "the credentials are malformed");
+            rv = CKR_GUARDIAN_STORE_FAILED;
+            goto out;
+        }
+        if (role == CKU_SO) {
+            so = count > 0;
+            so_fail = (uint32_t)max;
+        } else {
+            users = (size_t)count;
+            user_max = (uint32_t)max;
+            locked = (size_t)n_locked;
+        }
+    }
+    rv = map_sqlite(st, rc, "summarise the credentials");
+out:
+    stmt_done(s);
+    store_leave(st);
+    if (rv == CKR_OK) {
+        if (so_set != NULL)
+            *so_set = so;
+        if (n_users != NULL)
+            *n_users = users;
+        if (max_user_failures != NULL)
+            *max_user_failures = user_max;
+        if (n_users_locked != NULL)
+            *n_users_locked = locked;
+        if (so_failures != NULL)
+            *so_failures = so_fail;
+    }
     return rv;
 }
 
@@ -2239,6 +2682,7 @@ static CK_RV journal_fold_buf(struct guardian_store *st, const char *name, const
         a.cert = jr.cert;
         a.cert_len = jr.cert_len;
         a.replay = true;
+        a.operator_name = jr.operator_name;
         rv = settle_tx(st, &a);
         if (rv == CKR_ARGUMENTS_BAD || rv == CKR_GUARDIAN_AUDIT_CORRUPT) {
             /* Refused before it wrote anything (settle_tx logged why). */
@@ -2377,9 +2821,9 @@ static CK_RV journal_lost_locked(struct guardian_store *st, sqlite3_int64 holder
                         list[j].serial == a->serial + (j - i);
              j++)
             ;
-        memset(&rec, 0, sizeof(rec));
-        rec.type = GUARDIAN_AUDIT_JOURNAL_LOST;
-        rec.time = (int64_t)time(NULL);
+        rv = record_init(st, &rec, GUARDIAN_AUDIT_JOURNAL_LOST, (int64_t)time(NULL), NULL);
+        if (rv != CKR_OK)
+            goto out;
         memcpy(rec.oem_id, a->oem_id, sizeof(rec.oem_id));
         memcpy(rec.product_id, a->product_id, sizeof(rec.product_id));
         rec.serial = a->serial;
@@ -2652,8 +3096,14 @@ static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const
         return CKR_GUARDIAN_STORE_FAILED;
     }
     pthread_mutex_lock(&st->journal_lock);
+    if (st->operator_invalid) {
+        guardian_error(STORE_LOG, "nothing is recorded while the operator name last set is invalid: set a valid "
+                                  "one (guardian_store_set_operator)");
+        pthread_mutex_unlock(&st->journal_lock);
+        return CKR_ARGUMENTS_BAD;
+    }
     len = guardian_journal_encode(st->journal_buf, GUARDIAN_JOURNAL_RECORD_MAX, oem_id, product_id, serial,
-                                  (int64_t)time(NULL), device_id, device_id_len, cert, cert_len);
+                                  (int64_t)time(NULL), device_id, device_id_len, cert, cert_len, st->operator_name);
     rv = len > 0 ? CKR_OK : CKR_GENERAL_ERROR;
     while (rv == CKR_OK && done < len) {
         ssize_t n = write(st->journal_fd, st->journal_buf + done, len - done);

@@ -5,7 +5,10 @@
  *    the installed release per (OEM ID, product ID) (rollback protection);
  *  - the production counters: authorised, issued and remaining units and the
  *    next certificate serial of each installed product;
- *  - the audit trail: an append-only, hash-chained list of records.
+ *  - the audit trail: an append-only, hash-chained list of records, each
+ *    naming the operator logged in when it was written;
+ *  - the Guardian credentials of service mode (the SO's and the operators'
+ *    scrypt hashes and their consecutive failures).
  *
  * SQLite (WAL) in <state_dir>/guardian.db.  Every mutation that touches a
  * counter, the registry and the audit trail does so in ONE transaction that
@@ -19,8 +22,10 @@
 #ifndef GUARDIAN_STORE_H
 #define GUARDIAN_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "p11.h"
 
@@ -28,6 +33,27 @@
 #define GUARDIAN_DEVICE_ID_MAX 128   /* device ID, bytes */
 #define GUARDIAN_HASH_LEN 32         /* SHA-256 */
 #define GUARDIAN_PACKAGE_ID_LEN 16
+#define GUARDIAN_OPERATOR_MAX 32     /* an operator's name, bytes */
+
+/* An operator's name as records carry it: "" (no operator: in-process,
+ * without service mode) or [a-z0-9][a-z0-9._-]{0,31} ("so" is the SO).  Looks
+ * at no more than GUARDIAN_OPERATOR_MAX + 1 bytes, so a name without its
+ * terminator inside a struct's array is refused, never overrun.  Inline and
+ * pure: the OEM-side reader uses it without the store. */
+static inline bool guardian_operator_name_ok(const char *name)
+{
+    size_t n = name != NULL ? strnlen(name, GUARDIAN_OPERATOR_MAX + 1) : GUARDIAN_OPERATOR_MAX + 1;
+
+    if (n > GUARDIAN_OPERATOR_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+        if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-')))
+            return false;
+    }
+    return true;
+}
 
 struct guardian_store;
 
@@ -211,6 +237,15 @@ enum guardian_audit_type {
     GUARDIAN_AUDIT_ISSUE = 3,
     GUARDIAN_AUDIT_RELEASE = 4,
     GUARDIAN_AUDIT_JOURNAL_LOST = 5,
+    GUARDIAN_AUDIT_CREDENTIAL = 6, /* a Guardian credential set, changed, locked or removed (schema 4 on) */
+};
+
+/* The canonical encoding a record's hash covers (docs/audit-format.md).  Each
+ * record keeps the one it was written with, so that a trail from before
+ * schema 4 still verifies: its records were hashed without an operator. */
+enum guardian_audit_encoding {
+    GUARDIAN_AUDIT_ENCODING_1 = 1, /* "GDAUDIT1": no operator; every record written before schema 4 */
+    GUARDIAN_AUDIT_ENCODING_2 = 2, /* "GDAUDIT2": with the operator; every record written since */
 };
 
 /* Why a JOURNAL_LOST record was written (its release_version field). */
@@ -219,32 +254,56 @@ enum guardian_journal_lost_reason {
     GUARDIAN_JOURNAL_DAMAGED = 2, /* its journal ends in a cut record, or a record does not verify */
 };
 
+/* What a CREDENTIAL record (type 6) records: its `serial` field
+ * (guardian_store_credential_put, _remove, _failed). */
+enum guardian_credential_action {
+    GUARDIAN_CREDENTIAL_SO_SET = 1,     /* the SO PIN set (C_InitToken with no Guardian SO yet) */
+    GUARDIAN_CREDENTIAL_USER_SET = 2,   /* an operator set or reset (unlocked) by the SO (C_InitPIN) */
+    GUARDIAN_CREDENTIAL_CHANGED = 3,    /* the logged-in one changed its own PIN (C_SetPIN) */
+    GUARDIAN_CREDENTIAL_LOCKED = 4,     /* GUARDIAN_CREDENTIAL_MAX_FAILURES consecutive failures */
+    GUARDIAN_CREDENTIAL_SO_CLEARED = 5, /* the SO cleared with the backend SO PIN (recovery) */
+    GUARDIAN_CREDENTIAL_REMOVED = 6,    /* an operator removed */
+};
+
 struct guardian_audit_record {
     uint64_t seq;  /* 1, 2, 3, ... without gaps */
     int type;      /* enum guardian_audit_type */
     int64_t time;  /* seconds since the epoch, UTC */
     char oem_id[GUARDIAN_ID_MAX + 1];
     char product_id[GUARDIAN_ID_MAX + 1];
-    uint64_t serial;                      /* RESERVE, ISSUE, RELEASE; JOURNAL_LOST: first serial; 0 otherwise */
+    uint64_t serial;                      /* RESERVE, ISSUE, RELEASE; JOURNAL_LOST: first serial;
+                                             CREDENTIAL: enum guardian_credential_action; 0 otherwise */
     uint8_t device_id[GUARDIAN_DEVICE_ID_MAX];
-    size_t device_id_len;                 /* RESERVE, ISSUE; JOURNAL_LOST: the journal's file name */
+    size_t device_id_len;                 /* RESERVE, ISSUE; JOURNAL_LOST: the journal's file name;
+                                             CREDENTIAL: the subject's name ("so" for the SO) */
     uint8_t digest[GUARDIAN_HASH_LEN];    /* ISSUE: certificate; IMPORT: package; JOURNAL_LOST: journal or zeros */
     uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN]; /* IMPORT; JOURNAL_LOST: the package the serials counted against */
     uint32_t release_version;             /* IMPORT; JOURNAL_LOST: enum guardian_journal_lost_reason */
     uint64_t authorised_units;            /* IMPORT; JOURNAL_LOST: number of serials (serial .. serial + n - 1) */
+    /* Encoding 2: the operator logged in when the record was written
+     * (guardian_store_set_operator; an ISSUE: when the certificate was
+     * issued): a name, "so" for the SO, "" for none.  Encoding 1: "". */
+    char operator_name[GUARDIAN_OPERATOR_MAX + 1];
+    int encoding;                         /* enum guardian_audit_encoding; 0 is no encoding */
     uint8_t prev_hash[GUARDIAN_HASH_LEN]; /* hash of record seq-1; zeros for seq 1 */
     uint8_t hash[GUARDIAN_HASH_LEN];      /* SHA-256 over the canonical encoding */
 };
 
 /* The canonical byte encoding of a record that its hash covers (everything but
- * `hash`), as documented in docs/audit-format.md.  Returns the length written,
- * or 0 if `cap` is too small.  Shared with the OEM-side verifier. */
+ * `hash`), as documented in docs/audit-format.md, in the record's `encoding`:
+ * 1 is exactly the bytes of before schema 4 (and needs operator_name "" and a
+ * type other than CREDENTIAL), 2 adds operator_name.  Returns the length
+ * written (at most GUARDIAN_AUDIT_ENCODING_MAX), or 0 if `cap` is too small or
+ * the record cannot be encoded.  Shared with the OEM-side verifier. */
+#define GUARDIAN_AUDIT_ENCODING_MAX 432
 size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf, size_t cap);
 /* hash = SHA-256(guardian_audit_encode(r)).  CKR_OK, or CKR_ARGUMENTS_BAD if
  * the record cannot be encoded (an ID without its terminator, device_id_len >
- * GUARDIAN_DEVICE_ID_MAX, ...), CKR_GENERAL_ERROR if SHA-256 failed; `out` is
- * then all zeros and must not be compared with anything (a verifier that did
- * would accept a forged record whose stored hash is zeros). */
+ * GUARDIAN_DEVICE_ID_MAX, an encoding other than 1 or 2, an operator name in
+ * encoding 1 or not of guardian_operator_name_ok, ...), CKR_GENERAL_ERROR if
+ * SHA-256 failed; `out` is then all zeros and must not be compared with
+ * anything (a verifier that did would accept a forged record whose stored
+ * hash is zeros). */
 CK_RV guardian_audit_hash(const struct guardian_audit_record *r, uint8_t out[GUARDIAN_HASH_LEN]);
 
 /* Calls `fn` for each record in sequence order, after checking that each
@@ -252,6 +311,85 @@ CK_RV guardian_audit_hash(const struct guardian_audit_record *r, uint8_t out[GUA
  * CKR_GUARDIAN_AUDIT_CORRUPT (and a log line naming the record) otherwise. */
 CK_RV guardian_store_audit_each(struct guardian_store *st,
                                 CK_RV (*fn)(const struct guardian_audit_record *r, void *ctx), void *ctx);
+
+/* The operator named in every record this store handle writes from now on
+ * (IMPORT, RESERVE, ISSUE - in the issue journal too, so a folded ISSUE
+ * names who issued it, not who folded it -, RELEASE, JOURNAL_LOST,
+ * CREDENTIAL): the logged-in operator's name, "so" for the SO, "" or NULL for
+ * none.  Per handle, thread-safe (taken under the store's lock, so a record
+ * names either the old or the new one, whole).  A name that is not "" nor of
+ * guardian_operator_name_ok is logged and refused, and so is every write
+ * that would record an operator (CKR_ARGUMENTS_BAD) until a valid name is
+ * set: no record names the wrong one. */
+void guardian_store_set_operator(struct guardian_store *st, const char *name);
+
+/* ---- Guardian credentials --------------------------------------------------------- */
+
+/* In service mode (docs/configuration.md, backend_pin_file) C_Login takes the
+ * Guardian's own credentials, kept here: the SO's (role CKU_SO, name "") and
+ * one per operator (role CKU_USER, name [a-z0-9][a-z0-9._-]{0,31}, never
+ * "so", which names the SO in records).  The store keeps what the module
+ * derived (scrypt: salt, 32-byte hash, parameters) and the consecutive
+ * failures; it never sees a PIN.  Every write is one BEGIN IMMEDIATE
+ * transaction committed with synchronous=FULL: a failure counted is counted
+ * even if the process is killed or the power fails the moment after, and
+ * the CREDENTIAL audit record commits with the change it records.  No PIN,
+ * salt or hash ever goes into a record. */
+#define GUARDIAN_CREDENTIAL_MAX_FAILURES 5 /* consecutive failures that lock a credential */
+
+struct guardian_credential {
+    char name[GUARDIAN_OPERATOR_MAX + 1]; /* "" for the SO */
+    int role;                             /* CKU_SO (0) or CKU_USER (1) */
+    uint8_t salt[16];
+    uint8_t hash[32];
+    uint32_t kdf_n, kdf_r, kdf_p;         /* each >= 1 */
+    uint32_t failures;                    /* consecutive */
+    int64_t changed_at;                   /* seconds since the epoch, UTC: when it was last put */
+};
+
+/* Arguments common to all: `role` CKU_SO with `name` "" (or NULL), or CKU_USER
+ * with a name of the syntax above; anything else is CKR_ARGUMENTS_BAD (the
+ * caller checks the syntax of what a client typed first).  A credential that
+ * does not exist is CKR_USER_PIN_NOT_INITIALIZED, and nothing is written. */
+
+/* The credential of (role, name) into *out.  A locked one is returned too:
+ * locked means out->failures >= GUARDIAN_CREDENTIAL_MAX_FAILURES, which the
+ * caller checks (CKR_PIN_LOCKED) before it compares anything. */
+CK_RV guardian_store_credential_get(struct guardian_store *st, int role, const char *name,
+                                    struct guardian_credential *out);
+/* Inserts cred's (role, name) or replaces it - salt, hash, KDF parameters -
+ * with failures 0 (so a reset unlocks) and changed_at now (cred->failures and
+ * cred->changed_at are not used), and appends a CREDENTIAL record: serial =
+ * `action`, device_id = `subject`, the current operator; one transaction,
+ * synchronous=FULL.  `action`: GUARDIAN_CREDENTIAL_SO_SET (role CKU_SO),
+ * GUARDIAN_CREDENTIAL_USER_SET (CKU_USER) or GUARDIAN_CREDENTIAL_CHANGED
+ * (either); `subject`: whose credential it is - cred's name, "so" for the
+ * SO - or NULL for the same (a record names no one else).  CKR_ARGUMENTS_BAD
+ * for another action, an action of the other role, another subject, kdf_n,
+ * kdf_r or kdf_p 0, or the user name "so". */
+CK_RV guardian_store_credential_put(struct guardian_store *st, const struct guardian_credential *cred, int action,
+                                    const char *subject);
+/* Removes (role, name) and appends a CREDENTIAL record (subject: the name,
+ * "so" for the SO); one transaction, synchronous=FULL.  `action`:
+ * GUARDIAN_CREDENTIAL_SO_CLEARED (role CKU_SO) or GUARDIAN_CREDENTIAL_REMOVED
+ * (CKU_USER). */
+CK_RV guardian_store_credential_remove(struct guardian_store *st, int role, const char *name, int action);
+/* One more consecutive failure, durable (synchronous=FULL) before this
+ * returns: call it BEFORE comparing the PIN, so that killing the process
+ * during the comparison cannot save an attempt.  *failures_now (may be NULL)
+ * = the count after it (saturating at UINT32_MAX).  When it reaches
+ * GUARDIAN_CREDENTIAL_MAX_FAILURES the same transaction appends a
+ * CREDENTIAL record GUARDIAN_CREDENTIAL_LOCKED (once: further failures count
+ * on without another record). */
+CK_RV guardian_store_credential_failed(struct guardian_store *st, int role, const char *name, uint32_t *failures_now);
+/* The PIN was right: failures back to 0 (no record; nothing is written when
+ * it is 0 already). */
+CK_RV guardian_store_credential_succeeded(struct guardian_store *st, int role, const char *name);
+/* For the token flags: whether the SO is set and its failures (0 if not);
+ * the number of operators, the most failures any has, and how many are
+ * locked.  Any output may be NULL. */
+CK_RV guardian_store_credential_summary(struct guardian_store *st, bool *so_set, size_t *n_users,
+                                        uint32_t *max_user_failures, size_t *n_users_locked, uint32_t *so_failures);
 
 /* ---- the token's anchor of the store ------------------------------------------ */
 

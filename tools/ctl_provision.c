@@ -76,8 +76,12 @@ static void find_package(struct run *r)
                         {CKA_GUARDIAN_REMAINING_UNITS, &remaining, sizeof(remaining)}};
 
     if (find_all(t, 3, &h, 1) != 1) {
-        /* A store behind the token's anchor knows no product: say that. */
-        guardian_store_close(open_store());
+        /* A store behind the token's anchor knows no product: say that
+         * (the module checks; the state may be the service's). */
+        struct guardian_status gs;
+        read_status(&gs);
+        die_if_state_unsound(&gs);
+        free(gs.text);
         die("product %s/%s is not installed ('" PROG " products' lists what is)", r->oem, r->product);
     }
     P11(p11->C_GetAttributeValue(session, h, a, 2));

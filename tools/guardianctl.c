@@ -3,7 +3,10 @@
  * through the Guardian PKCS#11 module, like any other PKCS#11 application, no
  * side door; every Guardian operation is a request (C_CreateObject of a
  * CKO_GUARDIAN_REQUEST), which p11-kit's RPC carries, so the module may run
- * in-process or behind `p11-kit server` (--module p11-kit-client.so).
+ * in-process or behind `p11-kit server` (--module p11-kit-client.so).  It
+ * reads neither the state directory nor the module's configuration (behind
+ * the server both are the service account's): products are the module's
+ * CKO_GUARDIAN_PACKAGE objects, the state is CKG_GUARDIAN_REQ_STATUS.
  *
  *   guardianctl [options] init [--subject DN] [--days N] [--csr FILE] [--out FILE]
  *   guardianctl [options] import-cert CERT.pem
@@ -772,78 +775,220 @@ static int cmd_import(int argc, char **argv)
     return 0;
 }
 
-/* One product line; `ctx` is an indent (a string) or NULL. */
-static CK_RV print_product(const struct guardian_product *p, void *ctx)
+/* ---- products and the Guardian's state, through the module ------------------------------------ */
+
+/* An installed product as its CKO_GUARDIAN_PACKAGE object describes it (the
+ * module reads the object's counters live from its store). */
+struct product {
+    char oem[GUARDIAN_ID_MAX + 1], product[GUARDIAN_ID_MAX + 1];
+    CK_ULONG release, authorised, issued, remaining, not_after;
+};
+
+static int product_order(const void *a, const void *b)
 {
-    char when[32];
-    time_t t = (time_t)p->not_after;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(when, sizeof(when), "%Y-%m-%d", &tm);
-    printf("%s%-16s %-20s %8u %10llu %10llu %10llu  %s%s\n", ctx ? (const char *)ctx : "", p->oem_id, p->product_id, p->release_version,
-           (unsigned long long)p->authorised_units, (unsigned long long)p->issued_units,
-           (unsigned long long)p->remaining_units, when, t < time(NULL) ? " (expired)" : "");
-    return CKR_OK;
+    const struct product *x = a, *y = b;
+    int c = strcmp(x->oem, y->oem);
+    return c != 0 ? c : strcmp(x->product, y->product);
 }
 
-/* With the user logged in, the store read here must not be behind the token's
- * state anchor (a restored backup, a deleted guardian.db, another state
- * directory): say so now rather than report a product as not installed. */
-static void check_anchor(struct guardian_store *st, const char *dir)
+/* Every installed product, ordered by OEM ID then product ID: the package
+ * objects the module serves (one per installed release, CKA_PRIVATE FALSE: no
+ * login needed), so the same through p11-kit-client.so as in-process, and
+ * nothing of the state directory is read here.  *out is malloc'd. */
+static size_t list_products(struct product **out)
 {
-    CK_OBJECT_CLASS cls = CKO_DATA;
-    CK_BBOOL yes = CK_TRUE;
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, sizeof(yes)},
-                        {CKA_LABEL, (void *)GUARDIAN_ANCHOR_LABEL, sizeof(GUARDIAN_ANCHOR_LABEL) - 1}};
-    CK_OBJECT_HANDLE h[2];
-    CK_SESSION_INFO si;
-    CK_ULONG n, len;
-    unsigned char *value;
-    int newer = 0;
-    CK_RV rv;
-    if (p11 == NULL || p11->C_GetSessionInfo(session, &si) != CKR_OK ||
-        (si.state != CKS_RO_USER_FUNCTIONS && si.state != CKS_RW_USER_FUNCTIONS))
-        return;
-    n = find_all(t, 3, h, 2);
-    if (n == 0)
-        return; /* the module anchors the store at its first operation */
-    value = get_attr(h[n - 1], CKA_VALUE, &len);
-    rv = guardian_store_anchor_check(st, value, len, &newer);
-    free(value);
-    if (rv == CKR_GUARDIAN_STATE_ROLLBACK)
-        die("the Guardian state in %s is older than the token's anchor (CKR_GUARDIAN_STATE_ROLLBACK): a restored "
-            "backup, a deleted or swapped guardian.db, or another state directory; put the Guardian's current state "
-            "back, nothing is granted from this one",
-            dir);
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_PACKAGE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
+    CK_OBJECT_HANDLE h[256];
+    CK_ULONG n = find_all(t, 1, h, 256);
+    struct product *p = calloc(n ? n : 1, sizeof(*p));
+    if (p == NULL)
+        die("out of memory");
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_ATTRIBUTE a[] = {{CKA_GUARDIAN_OEM_ID, p[i].oem, GUARDIAN_ID_MAX},
+                            {CKA_GUARDIAN_PRODUCT_ID, p[i].product, GUARDIAN_ID_MAX},
+                            {CKA_GUARDIAN_RELEASE, &p[i].release, sizeof(CK_ULONG)},
+                            {CKA_GUARDIAN_AUTHORISED_UNITS, &p[i].authorised, sizeof(CK_ULONG)},
+                            {CKA_GUARDIAN_ISSUED_UNITS, &p[i].issued, sizeof(CK_ULONG)},
+                            {CKA_GUARDIAN_REMAINING_UNITS, &p[i].remaining, sizeof(CK_ULONG)},
+                            {CKA_GUARDIAN_NOT_AFTER, &p[i].not_after, sizeof(CK_ULONG)}};
+        CK_RV rv = p11->C_GetAttributeValue(session, h[i], a, sizeof(a) / sizeof(a[0]));
+        if (rv != CKR_OK)
+            die("cannot read package object 0x%lx: %s (0x%lx)", (unsigned long)h[i], ckr(rv), (unsigned long)rv);
+        for (size_t k = 2; k < sizeof(a) / sizeof(a[0]); k++)
+            if (a[k].ulValueLen != sizeof(CK_ULONG))
+                die("package object 0x%lx: attribute 0x%lx is not a CK_ULONG (%lu bytes): a module of another "
+                    "CK_ULONG size?",
+                    (unsigned long)h[i], (unsigned long)a[k].type, (unsigned long)a[k].ulValueLen);
+        p[i].oem[a[0].ulValueLen] = '\0';
+        p[i].product[a[1].ulValueLen] = '\0';
+    }
+    qsort(p, n, sizeof(*p), product_order);
+    *out = p;
+    return n;
 }
 
-struct guardian_store *open_store(void)
+/* The product table, each line after `indent`. */
+static void print_products(const char *indent)
 {
-    struct guardian_config cfg;
-    struct guardian_store *st = NULL;
-    char err[512];
-    CK_RV rv;
-    /* The store the module writes (same configuration). */
-    if (!guardian_config_load(&cfg, err, sizeof(err)))
-        die("%s", err);
-    rv = guardian_store_open(cfg.state_dir, &st);
-    if (rv != CKR_OK)
-        die("cannot open the Guardian state in %s: %s", cfg.state_dir, ckr(rv));
-    check_anchor(st, cfg.state_dir);
-    return st;
+    struct product *p;
+    size_t n = list_products(&p);
+    printf("%s%-16s %-20s %8s %10s %10s %10s  %s\n", indent, "OEM", "PRODUCT", "RELEASE", "AUTHORISED", "ISSUED",
+           "REMAINING", "NOT AFTER");
+    for (size_t i = 0; i < n; i++) {
+        char when[32];
+        time_t t = (time_t)p[i].not_after;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(when, sizeof(when), "%Y-%m-%d", &tm);
+        printf("%s%-16s %-20s %8lu %10lu %10lu %10lu  %s%s\n", indent, p[i].oem, p[i].product, p[i].release,
+               p[i].authorised, p[i].issued, p[i].remaining, when, t < time(NULL) ? " (expired)" : "");
+    }
+    free(p);
 }
 
 static int cmd_products(void)
 {
-    struct guardian_store *st = open_store();
-    CK_RV rv;
-    printf("%-16s %-20s %8s %10s %10s %10s  %s\n", "OEM", "PRODUCT", "RELEASE", "AUTHORISED", "ISSUED", "REMAINING",
-           "NOT AFTER");
-    rv = guardian_store_products_each(st, print_product, NULL);
-    guardian_store_close(st);
-    if (rv != CKR_OK)
-        die("cannot list products: %s", ckr(rv));
+    print_products("");
     return 0;
+}
+
+/* One "key=value" line of the status text; NULL when absent. */
+static const char *status_value(const struct guardian_status *s, const char *key, char *out, size_t cap)
+{
+    size_t klen = strlen(key);
+    for (const char *line = s->text; *line != '\0';) {
+        const char *nl = strchr(line, '\n');
+        size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        if (len > klen && strncmp(line, key, klen) == 0 && line[klen] == '=') {
+            snprintf(out, cap, "%.*s", (int)(len - klen - 1), line + klen + 1);
+            return out;
+        }
+        line += len + (nl != NULL);
+    }
+    return NULL;
+}
+
+static unsigned long long status_number(const struct guardian_status *s, const char *key)
+{
+    char v[32], *end = NULL;
+    unsigned long long n;
+    if (status_value(s, key, v, sizeof(v)) == NULL)
+        die("the module's status has no '%s' (an older module?)", key);
+    n = strtoull(v, &end, 10);
+    if (end == v || *end != '\0')
+        die("the module's status: '%s=%s' is not a number", key, v);
+    return n;
+}
+
+static void status_word(const struct guardian_status *s, const char *key, char *out, size_t cap)
+{
+    if (status_value(s, key, out, cap) == NULL)
+        die("the module's status has no '%s' (an older module?)", key);
+}
+
+void read_status(struct guardian_status *s)
+{
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG len = 0;
+    char v[32];
+    CK_RV rv = request(CKG_GUARDIAN_REQ_STATUS, NULL, 0, &h);
+
+    if (rv != CKR_OK)
+        die("the module could not report the Guardian's state: %s (0x%lx)%s", ckr(rv), (unsigned long)rv,
+            rv == CKR_GUARDIAN_REQUEST_INVALID ? ": a module older than this guardianctl"
+                                               : "; its log line says why");
+    memset(s, 0, sizeof(*s));
+    s->text = (char *)get_attr(h, CKA_VALUE, &len);
+    P11(p11->C_DestroyObject(session, h));
+    if (status_number(s, "version") < 1)
+        die("the module's status is of an unknown version");
+    if (status_value(s, "backend", s->backend, sizeof(s->backend)) == NULL ||
+        status_value(s, "configuration", s->configuration, sizeof(s->configuration)) == NULL ||
+        status_value(s, "state_dir", s->state_dir, sizeof(s->state_dir)) == NULL)
+        die("the module's status names no backend, configuration or state directory");
+    status_word(s, "audit_chain", v, sizeof(v));
+    s->chain_ok = strcmp(v, "ok") == 0;
+    status_word(s, "anchor", s->anchor, sizeof(s->anchor));
+    s->audit_records = status_number(s, "audit_records");
+    s->audit_head_seq = status_number(s, "audit_head_seq");
+    s->audit_head_time = status_number(s, "audit_head_time");
+    s->anchor_seq = status_number(s, "anchor_seq");
+    s->products = status_number(s, "products");
+}
+
+/* The status's "Guardian state" section. */
+static void print_state(const struct guardian_status *s)
+{
+    char when[40] = "-", v[16];
+    time_t t = (time_t)s->audit_head_time;
+    struct tm tm;
+    if (s->audit_head_seq > 0 && gmtime_r(&t, &tm) != NULL)
+        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    if (s->chain_ok)
+        printf("  audit trail   %llu record%s, hash chain intact; head %llu, %s\n", s->audit_records,
+               s->audit_records == 1 ? "" : "s", s->audit_head_seq, when);
+    else
+        printf("  audit trail   hash chain BROKEN after record %llu (CKR_GUARDIAN_AUDIT_CORRUPT)\n", s->audit_records);
+    printf("                %llu import, %llu reserve, %llu issue, %llu release, %llu journal lost, %llu "
+           "credential\n",
+           status_number(s, "records_import"), status_number(s, "records_reserve"),
+           status_number(s, "records_issue"), status_number(s, "records_release"),
+           status_number(s, "records_journal_lost"), status_number(s, "records_credential"));
+    if (strcmp(s->anchor, "absent") == 0)
+        printf("  anchor        none in the token yet (the first import writes it)\n");
+    else if (strcmp(s->anchor, "agrees") == 0)
+        printf("  anchor        the store agrees with the token's anchor (record %llu)\n", s->anchor_seq);
+    else if (strcmp(s->anchor, "store-ahead") == 0)
+        printf("  anchor        the store is ahead of the token's anchor (record %llu): the next import or block of "
+               "units moves it up\n",
+               s->anchor_seq);
+    else if (strcmp(s->anchor, "behind") == 0)
+        printf("  anchor        the store is BEHIND the token's anchor (record %llu): CKR_GUARDIAN_STATE_ROLLBACK\n",
+               s->anchor_seq);
+    else
+        printf("  anchor        INVALID: not an anchor the Guardian wrote (%s)\n", s->anchor);
+    printf("  products      %llu installed: %llu units authorised, %llu issued, %llu remaining\n", s->products,
+           status_number(s, "units_authorised"), status_number(s, "units_issued"),
+           status_number(s, "units_remaining"));
+    status_word(s, "service_mode", v, sizeof(v));
+    if (strcmp(v, "yes") != 0) {
+        printf("  service mode  no: C_Login takes the backend's own PINs\n");
+        return;
+    }
+    printf("  service mode  yes: C_Login takes the Guardian's own credentials; the module alone holds the "
+           "backend's PIN\n");
+    {
+        char so_locked[8];
+        unsigned long long ops = status_number(s, "operators");
+        status_word(s, "so", v, sizeof(v));
+        status_word(s, "so_locked", so_locked, sizeof(so_locked));
+        if (strcmp(v, "set") == 0)
+            printf("  credentials   Security Officer set%s (%llu failed logins in a row)",
+                   strcmp(so_locked, "yes") == 0 ? " and LOCKED" : "", status_number(s, "so_failures"));
+        else
+            printf("  credentials   no Security Officer yet (C_InitToken sets it)");
+        printf("; %llu operator%s, %llu locked", ops, ops == 1 ? "" : "s", status_number(s, "operators_locked"));
+        if (ops > 0)
+            printf(" (at most %llu failed logins in a row)", status_number(s, "operators_max_failures"));
+        printf("\n");
+    }
+}
+
+void die_if_state_unsound(const struct guardian_status *s)
+{
+    if (strcmp(s->anchor, "behind") == 0)
+        die("the Guardian state in %s is older than the token's anchor (CKR_GUARDIAN_STATE_ROLLBACK): a restored "
+            "backup, a deleted or swapped guardian.db, or another state directory; put the Guardian's current state "
+            "back, nothing is granted from this one",
+            s->state_dir);
+    if (strcmp(s->anchor, "invalid") == 0)
+        die("the token's state anchor is not one the Guardian wrote (CKR_GUARDIAN_STATE_ROLLBACK): the token was "
+            "changed outside the Guardian; nothing is granted until it is put right");
+    if (!s->chain_ok)
+        die("the audit trail in %s is corrupt after record %llu (CKR_GUARDIAN_AUDIT_CORRUPT): a record was "
+            "altered, removed or reordered; the module's log line names it",
+            s->state_dir, s->audit_records);
 }
 
 /* ---- status ------------------------------------------------------------------------------------ */
@@ -905,18 +1050,18 @@ static int parse_probe_line(char *line, struct probe_line *out)
 
 static int cmd_status(void)
 {
-    struct guardian_config cfg;
-    struct guardian_store *st;
+    struct guardian_status gs;
     CK_TOKEN_INFO ti;
     CK_OBJECT_HANDLE cert, roots[64], probe_out = CK_INVALID_HANDLE;
     CK_ULONG n_roots, probe_len = 0;
-    char err[512], field[65], *probe_text = NULL, *save = NULL, *line;
+    char field[65], *probe_text = NULL, *save = NULL, *line;
     int n_not = 0;
     CK_RV rv;
 
-    if (!guardian_config_load(&cfg, err, sizeof(err)))
-        die("%s", err);
     login(CKU_USER);
+    /* What only the store knows, from the module (its configuration and its
+     * state may be another account's: the Guardian service). */
+    read_status(&gs);
 
     P11(p11->C_GetTokenInfo(slot, &ti));
     printf("Token\n");
@@ -932,9 +1077,9 @@ static int cmd_status(void)
     print_token_flags(ti.flags);
 
     printf("\nBackend\n");
-    printf("  library       %s\n", cfg.backend);
-    printf("  configuration %s\n", cfg.source[0] ? cfg.source : "(none: GUARDIAN_BACKEND from the environment)");
-    printf("  state         %s\n", cfg.state_dir);
+    printf("  library       %s\n", gs.backend);
+    printf("  configuration %s\n", gs.configuration[0] ? gs.configuration : "(none: GUARDIAN_BACKEND from the environment)");
+    printf("  state         %s\n", gs.state_dir);
 
     printf("\nGuardian identity\n");
     cert = find_identity(CKO_CERTIFICATE);
@@ -988,13 +1133,10 @@ static int cmd_status(void)
         printf("  none ('" PROG " enroll-oem ROOT.pem --oem-id OEM')\n");
 
     printf("\nProducts\n");
-    st = open_store();
-    printf("  %-16s %-20s %8s %10s %10s %10s  %s\n", "OEM", "PRODUCT", "RELEASE", "AUTHORISED", "ISSUED",
-           "REMAINING", "NOT AFTER");
-    rv = guardian_store_products_each(st, print_product, "  ");
-    guardian_store_close(st);
-    if (rv != CKR_OK)
-        die("cannot list products: %s", ckr(rv));
+    print_products("  ");
+
+    printf("\nGuardian state (checked by the module now)\n");
+    print_state(&gs);
 
     /* The probe: the module tries each protection on throwaway objects. */
     rv = request(CKG_GUARDIAN_REQ_PROBE, NULL, 0, &probe_out);
@@ -1019,7 +1161,7 @@ static int cmd_status(void)
 
     printf("\nThrough the Guardian module every Guardian object is refused to standard calls. Someone who holds "
            "this backend's own user PIN and loads %s directly could still:\n",
-           cfg.backend);
+           gs.backend);
     save = NULL;
     for (line = strtok_r(probe_text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
         struct probe_line pl;
@@ -1039,12 +1181,15 @@ static int cmd_status(void)
            "identity;\n"
            "  - read the state directory %s (packages imported, counters, the audit trail), and change it where "
            "the account can write it.\n",
-           cfg.state_dir);
+           gs.state_dir);
     if (n_not == 0)
         printf("(The backend enforced every protection it supports; the remainder above is what no backend "
                "setting removes.)\n");
     printf("Service mode (p11-kit server, next issue) removes that: the operators never hold the backend's PIN.\n");
     free(probe_text);
+    /* Everything is shown; a state that grants nothing ends in a refusal. */
+    die_if_state_unsound(&gs);
+    free(gs.text);
     return 0;
 }
 
@@ -1062,6 +1207,7 @@ static int run_products(int argc, char **argv)
 {
     if (argc != 1)
         usage_die("products", "unexpected argument '%s'", argv[1]);
+    need_token();
     return cmd_products();
 }
 
@@ -1092,9 +1238,10 @@ static const struct command {
     {"list-oems", "", "list enrolled OEM roots", {""}, run_list_oems},
     {"remove-oem", "FINGERPRINT-PREFIX [--yes]", "remove an OEM root (Security Officer)", {"yes"}, cmd_remove_oem},
     {"import", "PACKAGE", "import a wrapped package (unwrapped inside the HSM by the module)", {""}, cmd_import},
-    {"products", "", "installed products, quotas, remaining units (from the store)", {""}, run_products},
+    {"products", "", "installed products, quotas, remaining units (the module's package objects)", {""}, run_products},
     {"status", "",
-     "token, backend, identity, OEM roots, products, and what the backend\n"
+     "token, backend, identity, OEM roots, products, the state (audit chain,\n"
+     "anchor; checked by the module now), and what the backend\n"
      "itself enforces against someone who holds its own PIN",
      {""}, run_status},
     {"provision",

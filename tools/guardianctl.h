@@ -1,7 +1,7 @@
 /*
  * guardianctl.h — what the guardianctl commands share (guardianctl.c owns it):
  * the module and token opened once per run, errors that end the run, PINs,
- * object lookups.  guardianctl signs nothing with the Guardian's identity key:
+ * object lookups, the Guardian's state.  guardianctl signs nothing with the Guardian's identity key:
  * the module does, for what it built (Guardian requests).  One file per
  * group of commands: guardianctl.c (identity, OEM roots, import, products),
  * ctl_audit.c (audit export), ctl_provision.c (the provisioning run).
@@ -9,12 +9,13 @@
 #ifndef GUARDIANCTL_H
 #define GUARDIANCTL_H
 
+#include <limits.h>
 #include <stddef.h>
 
 #include <openssl/x509.h>
 
-#include "module.h"
-#include "store.h"
+#include "module.h" /* guardian_ckr_name (module/ckr.c is linked, nothing else of module/) */
+#include "store.h"  /* the ID and package-ID sizes only: nothing of store/ is linked */
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 
@@ -58,8 +59,22 @@ void open_token(const char *module_path);
  * calls it once its arguments are checked, so usage errors load nothing. */
 void need_token(void);
 void close_token(void);
-/* The store in the configured state directory (dies if it cannot be opened). */
-struct guardian_store *open_store(void);
+/* The Guardian's state as the module reports it (CKG_GUARDIAN_REQ_STATUS,
+ * docs/vendor-interface.md "The status"): guardianctl never reads the state
+ * directory or the module's configuration itself, which behind p11-kit
+ * server belong to the service's account. */
+struct guardian_status {
+    char *text;                    /* the request's output, "key=value" lines (malloc'd) */
+    char backend[PATH_MAX], configuration[PATH_MAX], state_dir[PATH_MAX];
+    char anchor[16];               /* absent, agrees, store-ahead, behind, invalid */
+    int chain_ok;                  /* the audit trail's hash chain verified */
+    unsigned long long audit_records, audit_head_seq, audit_head_time, anchor_seq, products;
+};
+/* Asks the module (the user logged in); dies when it refuses. */
+void read_status(struct guardian_status *s);
+/* Dies, saying why and with the CKR name, when the store is behind the
+ * token's anchor, the anchor is not the Guardian's, or the chain is broken. */
+void die_if_state_unsound(const struct guardian_status *s);
 
 CK_ULONG find_all(CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max);
 /* malloc'd value (NUL-terminated for convenience); dies on error. */

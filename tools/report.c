@@ -37,6 +37,10 @@
 #define type_names report_type_names
 #define TYPE_REDACTED 0
 #define TYPE_MAX REPORT_TYPE_MAX
+/* A CREDENTIAL record's product index: it has none. */
+#define NO_PRODUCT UINT16_MAX
+/* An operator index: records of encoding 1 (before operators were recorded). */
+#define OP_NOT_RECORDED 0
 #define put_hex report_hex
 #define id_safe report_id_char
 #define b64_alphabet report_base64_alphabet
@@ -180,6 +184,8 @@ struct rrec {
     uint32_t release;
     uint16_t product;
     uint8_t type;           /* TYPE_REDACTED or enum guardian_audit_type */
+    uint8_t encoding;       /* enum guardian_audit_encoding; 0 for a redacted line */
+    uint16_t op;            /* index into vctx.ops; OP_NOT_RECORDED for encoding 1 */
     uint8_t dev_len;
     uint8_t altered;        /* the recomputed hash differs */
     uint8_t digest[GUARDIAN_HASH_LEN], package_id[GUARDIAN_PACKAGE_ID_LEN];
@@ -226,10 +232,16 @@ struct rcert {
     unsigned long line;
 };
 
+/* An operator named by the records (encoding 2): "" for none. */
+struct rop {
+    char name[GUARDIAN_OPERATOR_MAX + 1];
+};
+
 struct vctx {
     const struct report_inputs *in;
     unsigned long problems, line;
     int parse_failed;
+    int version; /* of the report: 1 (REPORT_MAGIC_1) or 2 */
     /* header */
     int64_t exported;
     int scoped;
@@ -249,6 +261,8 @@ struct vctx {
     size_t serial_cap;
     struct rcert *certs;
     size_t n_certs;
+    struct rop *ops; /* [OP_NOT_RECORDED] is a placeholder */
+    size_t n_ops, last_op;
     const char *sig;
     size_t sig_len, signed_len;
     X509_STORE *root_store;
@@ -339,19 +353,46 @@ static long find_product(struct vctx *v, const char *oem, const char *product, i
     return (long)v->n_products++;
 }
 
+/* The index of operator `name` in v->ops, added if new; -1 beyond
+ * REPORT_MAX_OPERATORS. */
+static long find_operator(struct vctx *v, const char *name)
+{
+    if (v->n_ops > OP_NOT_RECORDED + 1 && strcmp(v->ops[v->last_op].name, name) == 0)
+        return (long)v->last_op;
+    for (size_t i = OP_NOT_RECORDED + 1; i < v->n_ops; i++)
+        if (strcmp(v->ops[i].name, name) == 0)
+            return (long)(v->last_op = i);
+    if (v->n_ops == REPORT_MAX_OPERATORS)
+        return -1;
+    snprintf(v->ops[v->n_ops].name, sizeof(v->ops[v->n_ops].name), "%s", name);
+    v->last_op = v->n_ops;
+    return (long)v->n_ops++;
+}
+
+/* An operator as the summary names it. */
+static const char *operator_label(const struct vctx *v, size_t op)
+{
+    if (op == OP_NOT_RECORDED)
+        return "(not recorded)";
+    return v->ops[op].name[0] != '\0' ? v->ops[op].name : "(none)";
+}
+
 /* ---- parsing ------------------------------------------------------------------------ */
 
 const char *report_parse_record(const char *s, size_t len, struct guardian_audit_record *r, const char **dev_hex)
 {
-    const char *f[14];
-    size_t fl[14], n = split(s, len, f, fl, 14);
+    const char *f[15];
+    size_t fl[15], n = split(s, len, f, fl, 15), last;
     char again[REPORT_MAX_LINE];
     uint64_t u;
     int type = 0;
 
     memset(r, 0, sizeof(*r));
-    if (n != 14 || !field_is(f[0], fl[0], "record"))
-        return "a record line has 14 fields separated by single spaces";
+    /* 14 fields: a record of encoding 1; 15: of encoding 2, with its operator. */
+    if ((n != 14 && n != 15) || !field_is(f[0], fl[0], "record"))
+        return "a record line has 14 fields, or 15 with its operator, separated by single spaces";
+    r->encoding = n == 15 ? GUARDIAN_AUDIT_ENCODING_2 : GUARDIAN_AUDIT_ENCODING_1;
+    last = n - 1;
     for (int t = GUARDIAN_AUDIT_IMPORT; t <= TYPE_MAX; t++)
         if (field_is(f[2], fl[2], type_names[t]))
             type = t;
@@ -362,8 +403,12 @@ const char *report_parse_record(const char *s, size_t len, struct guardian_audit
     r->type = type;
     if (!get_i64(f[3], fl[3], &r->time))
         return "bad time";
-    if (!get_id(f[4], fl[4], r->oem_id) || !get_id(f[5], fl[5], r->product_id))
+    if (type == GUARDIAN_AUDIT_CREDENTIAL) {
+        if (!field_is(f[4], fl[4], "-") || !field_is(f[5], fl[5], "-"))
+            return "a CREDENTIAL record has no OEM or product ID ('-')";
+    } else if (!get_id(f[4], fl[4], r->oem_id) || !get_id(f[5], fl[5], r->product_id)) {
         return "bad OEM or product ID";
+    }
     if (!get_u64(f[6], fl[6], INT64_MAX, &r->serial))
         return "bad serial";
     if (!field_is(f[7], fl[7], "-")) {
@@ -379,11 +424,20 @@ const char *report_parse_record(const char *s, size_t len, struct guardian_audit
     r->release_version = (uint32_t)u;
     if (!get_u64(f[11], fl[11], INT64_MAX, &r->authorised_units))
         return "bad authorised units";
-    if (!get_hex(f[12], fl[12], r->prev_hash, sizeof(r->prev_hash)) ||
-        !get_hex(f[13], fl[13], r->hash, sizeof(r->hash)))
+    if (n == 15 && !field_is(f[12], fl[12], "-")) {
+        if (fl[12] > GUARDIAN_OPERATOR_MAX)
+            return "bad operator (a name of [a-z0-9][a-z0-9._-]{0,31}, or -)";
+        memcpy(r->operator_name, f[12], fl[12]);
+        r->operator_name[fl[12]] = '\0';
+        if (!guardian_operator_name_ok(r->operator_name))
+            return "bad operator (a name of [a-z0-9][a-z0-9._-]{0,31}, or -)";
+    }
+    if (!get_hex(f[last - 1], fl[last - 1], r->prev_hash, sizeof(r->prev_hash)) ||
+        !get_hex(f[last], fl[last], r->hash, sizeof(r->hash)))
         return "bad prev_hash or hash";
     if (report_format_record(r, again, sizeof(again)) != len + 1 || memcmp(again, s, len) != 0)
-        return "not in canonical form";
+        return type == GUARDIAN_AUDIT_CREDENTIAL && n == 14 ? "a CREDENTIAL record names its operator (15 fields)"
+                                                            : "not in canonical form";
     if (dev_hex != NULL)
         *dev_hex = r->device_id_len ? f[7] : NULL;
     return NULL;
@@ -407,16 +461,27 @@ static int parse_record(struct vctx *v, const char *s, size_t len)
     struct guardian_audit_record r;
     struct rrec *x;
     const char *dev_hex = NULL, *why = report_parse_record(s, len, &r, &dev_hex);
-    long prod;
+    long prod = NO_PRODUCT, op = OP_NOT_RECORDED;
 
     if (why != NULL)
         return malformed(v, "%s", why);
-    prod = find_product(v, r.oem_id, r.product_id, 1);
-    if (prod == -2)
-        return malformed(v, "more than %d products", REPORT_MAX_PRODUCTS);
+    if (v->version == 1 && r.encoding != GUARDIAN_AUDIT_ENCODING_1)
+        return malformed(v, "a record line of 15 fields (with an operator) in a version 1 report");
+    if (r.type != GUARDIAN_AUDIT_CREDENTIAL) {
+        prod = find_product(v, r.oem_id, r.product_id, 1);
+        if (prod == -2)
+            return malformed(v, "more than %d products", REPORT_MAX_PRODUCTS);
+    }
+    if (r.encoding == GUARDIAN_AUDIT_ENCODING_2) {
+        op = find_operator(v, r.operator_name);
+        if (op < 0)
+            return malformed(v, "more than %d operators", REPORT_MAX_OPERATORS);
+    }
     x = append_rec(v, &r, r.type);
     x->time = r.time;
     x->product = (uint16_t)prod;
+    x->encoding = (uint8_t)r.encoding;
+    x->op = (uint16_t)op;
     x->serial = r.serial;
     x->dev_hex = dev_hex;
     x->dev_len = (uint8_t)r.device_id_len;
@@ -557,7 +622,9 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
         v->recs = calloc(v->cap_recs + 1, sizeof(*v->recs));
         v->certs = calloc(v->cap_recs + 1, sizeof(*v->certs));
         v->products = calloc(REPORT_MAX_PRODUCTS, sizeof(*v->products));
-        if (v->recs == NULL || v->certs == NULL || v->products == NULL) {
+        v->ops = calloc(REPORT_MAX_OPERATORS, sizeof(*v->ops));
+        v->n_ops = OP_NOT_RECORDED + 1;
+        if (v->recs == NULL || v->certs == NULL || v->products == NULL || v->ops == NULL) {
             v->line = 0;
             return malformed(v, "out of memory");
         }
@@ -593,8 +660,13 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
         }
         switch (sec) {
         case SEC_MAGIC:
-            if (l != strlen(REPORT_MAGIC) || memcmp(s, REPORT_MAGIC, l) != 0)
-                return malformed(v, "not a Guardian audit report (the first line must be '" REPORT_MAGIC "')");
+            if (l == strlen(REPORT_MAGIC) && memcmp(s, REPORT_MAGIC, l) == 0)
+                v->version = 2;
+            else if (l == strlen(REPORT_MAGIC_1) && memcmp(s, REPORT_MAGIC_1, l) == 0)
+                v->version = 1; /* made before operators were recorded */
+            else
+                return malformed(v, "not a Guardian audit report (the first line must be '" REPORT_MAGIC
+                                    "', or '" REPORT_MAGIC_1 "' for an earlier one)");
             sec = SEC_EXPORTED;
             continue;
         case SEC_EXPORTED:
@@ -806,6 +878,8 @@ static int outside_scope(const struct vctx *v, const struct rproduct *p)
 static void check_chain(struct vctx *v)
 {
     static const uint8_t zeros[GUARDIAN_HASH_LEN];
+    const struct rrec *first_2 = NULL; /* the first in-clear record of encoding 2 */
+    int downgraded = 0;
     size_t sorted = 1;
 
     /* In the file's order: any decrease is a disorder. */
@@ -851,9 +925,21 @@ static void check_chain(struct vctx *v)
                     (unsigned long long)r->seq, r->line);
         if (r->type == TYPE_REDACTED && !v->scoped)
             problem(v, "record %llu is redacted in a report of the whole trail", (unsigned long long)r->seq);
-        if (r->type != TYPE_REDACTED && outside_scope(v, &v->products[r->product]))
+        if (r->type != TYPE_REDACTED && r->product != NO_PRODUCT && outside_scope(v, &v->products[r->product]))
             problem(v, "record %llu is of %s, outside the report's scope", (unsigned long long)r->seq,
                     v->products[r->product].name);
+        /* Once a store has migrated, every record it writes names its
+         * operator (docs/audit-format.md): an operator-less record after one
+         * that names its operator is not the Guardian's doing. */
+        if (r->encoding == GUARDIAN_AUDIT_ENCODING_2 && first_2 == NULL)
+            first_2 = r;
+        else if (r->encoding == GUARDIAN_AUDIT_ENCODING_1 && first_2 != NULL && !downgraded) {
+            downgraded = 1;
+            problem(v, "record %llu has no operator (the encoding of before operators were recorded) but record %llu "
+                       "before it has one: no Guardian writes that (the trail was edited, or written on by an older "
+                       "module)",
+                    (unsigned long long)r->seq, (unsigned long long)first_2->seq);
+        }
     }
     /* Certificates to their ISSUE records (now in order). */
     for (size_t i = 0; i < v->n_certs; i++) {
@@ -1165,6 +1251,54 @@ static void check_lost(struct vctx *v, const struct rrec *r, struct rproduct *pr
                 other_pkg);
 }
 
+/* What each action of a CREDENTIAL record is, for the summary. */
+static const char *const credential_actions[] = {
+    NULL,
+    "the SO PIN set",
+    "operator %s set or reset by the SO",
+    "%s changed its own PIN",
+    "%s locked after 5 consecutive failed logins",
+    "the SO cleared with the backend SO PIN (recovery)",
+    "operator %s removed",
+};
+#define CREDENTIAL_ACTION_MAX 6
+
+/* A CREDENTIAL record's subject, decoded; false if it is no name. */
+static int credential_subject(const struct rrec *r, char out[GUARDIAN_OPERATOR_MAX + 1])
+{
+    if (r->dev_len == 0 || r->dev_len > GUARDIAN_OPERATOR_MAX)
+        return 0;
+    for (size_t i = 0; i < r->dev_len; i++)
+        out[i] = (char)(hex_val(r->dev_hex[2 * i]) << 4 | hex_val(r->dev_hex[2 * i + 1]));
+    out[r->dev_len] = '\0';
+    return guardian_operator_name_ok(out);
+}
+
+/* CREDENTIAL: a change to the Guardian's credentials.  No secret is in it,
+ * nothing is counted; the fields must be those the store writes: an action
+ * 1..6, a subject that is a name ("so" for the SO's own actions, never for an
+ * operator's), every other field zero (docs/audit-format.md). */
+static void check_credential(struct vctx *v, const struct rrec *r)
+{
+    static const uint8_t zeros[GUARDIAN_HASH_LEN];
+    char subject[GUARDIAN_OPERATOR_MAX + 1];
+    int so;
+
+    if (r->serial < 1 || r->serial > CREDENTIAL_ACTION_MAX || !credential_subject(r, subject) ||
+        memcmp(r->digest, zeros, sizeof(r->digest)) != 0 || memcmp(r->package_id, zeros, sizeof(r->package_id)) != 0 ||
+        r->release != 0 || r->units != 0) {
+        problem(v, "record %llu (CREDENTIAL) is malformed: it needs an action 1..6, a subject that is an operator's "
+                   "name or so, and no digest, package, release or units",
+                (unsigned long long)r->seq);
+        return;
+    }
+    so = strcmp(subject, "so") == 0;
+    if ((r->serial == GUARDIAN_CREDENTIAL_SO_SET || r->serial == GUARDIAN_CREDENTIAL_SO_CLEARED) != so &&
+        (r->serial != GUARDIAN_CREDENTIAL_CHANGED && r->serial != GUARDIAN_CREDENTIAL_LOCKED))
+        problem(v, "record %llu (CREDENTIAL) names %s for an action that is %s", (unsigned long long)r->seq, subject,
+                so ? "an operator's" : "the SO's");
+}
+
 static void check_accounting(struct vctx *v)
 {
     v->serial_cap = 16;
@@ -1178,13 +1312,18 @@ static void check_accounting(struct vctx *v)
     }
     for (size_t i = 0; i < v->n_recs; i++) {
         const struct rrec *r = &v->recs[i];
-        struct rproduct *prod = &v->products[r->product];
+        struct rproduct *prod;
         struct rserial *s;
         struct rpkg *pkg;
         unsigned long long seq = (unsigned long long)r->seq, serial = (unsigned long long)r->serial;
 
         if (r->type == TYPE_REDACTED || (i > 0 && r->seq == v->recs[i - 1].seq))
             continue;
+        if (r->type == GUARDIAN_AUDIT_CREDENTIAL) {
+            check_credential(v, r);
+            continue;
+        }
+        prod = &v->products[r->product];
         if (r->type == GUARDIAN_AUDIT_IMPORT) {
             for (size_t k = 0; k < v->n_pkgs; k++)
                 if (memcmp(v->pkgs[k].id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0)
@@ -1367,8 +1506,67 @@ static void check_oem_inputs(struct vctx *v)
     }
 }
 
+/* The summary's order of operators: names alphabetically, then none, then
+ * not recorded. */
+static const struct vctx *op_order_ctx;
+static int op_order_cmp(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    const char *nx = op_order_ctx->ops[x].name, *ny = op_order_ctx->ops[y].name;
+    int rx = x == OP_NOT_RECORDED ? 2 : nx[0] == '\0', ry = y == OP_NOT_RECORDED ? 2 : ny[0] == '\0';
+    if (rx != ry)
+        return rx - ry;
+    return rx == 0 ? strcmp(nx, ny) : 0;
+}
+
+/* "alice 4, bob 2, (none) 1": units issued per operator, from counts[op],
+ * in `order`. */
+static void say_operators(struct vctx *v, const size_t *order, const uint64_t *counts)
+{
+    const char *sep = "";
+    for (size_t k = 0; k < v->n_ops; k++) {
+        size_t op = order[k];
+        if (counts[op] == 0)
+            continue;
+        say(v, "%s%s %llu", sep, operator_label(v, op), (unsigned long long)counts[op]);
+        sep = ", ";
+    }
+    say(v, "\n");
+}
+
+#define CREDENTIAL_LINES_SHOWN 1000
+
 static void summary(struct vctx *v)
 {
+    uint64_t *by_op = NULL, *total = NULL;
+    size_t n_credentials = 0, *order = NULL;
+
+    /* Units issued per operator and package: each ISSUE that settled its
+     * reservation (check_accounting) counts for the operator it names. */
+    /* Only records of encoding 2 name an operator: a report without one
+     * (made before operators were recorded) has no operator lines. */
+    if (v->serials != NULL && v->pkgs != NULL && v->n_pkgs > 0 && v->n_ops > OP_NOT_RECORDED + 1) {
+        by_op = calloc(v->n_pkgs * v->n_ops, sizeof(*by_op));
+        total = calloc(v->n_ops, sizeof(*total));
+        order = calloc(v->n_ops, sizeof(*order));
+    }
+    if (by_op != NULL && total != NULL && order != NULL) {
+        for (size_t op = 0; op < v->n_ops; op++)
+            order[op] = op;
+        op_order_ctx = v;
+        qsort(order, v->n_ops, sizeof(*order), op_order_cmp);
+        for (size_t i = 0; i < v->n_recs; i++) {
+            const struct rrec *r = &v->recs[i];
+            const struct rserial *sl;
+            if (r->type != GUARDIAN_AUDIT_ISSUE || (i > 0 && r->seq == v->recs[i - 1].seq))
+                continue;
+            sl = serial_slot(v, r->product, r->serial);
+            if (sl->state == S_ISSUED && sl->settled == i) {
+                by_op[sl->pkg * v->n_ops + r->op]++;
+                total[r->op]++;
+            }
+        }
+    }
     for (size_t i = 0; i < v->n_pkgs; i++) {
         const struct rpkg *k = &v->pkgs[i];
         char id[33], lost[64] = "";
@@ -1383,7 +1581,41 @@ static void summary(struct vctx *v)
             (unsigned long long)k->issued, (unsigned long long)(k->reserved - k->released - k->issued), lost,
             (unsigned long long)(k->authorised > k->net ? k->authorised - k->net : 0),
             (unsigned long long)k->certs_ok, (unsigned long long)k->issued);
+        if (order != NULL && k->issued > 0) {
+            say(v, "    issued by operator: ");
+            say_operators(v, order, by_op + i * v->n_ops);
+        }
     }
+    if (order != NULL) {
+        uint64_t any = 0;
+        for (size_t op = 0; op < v->n_ops; op++)
+            any += total[op];
+        if (any > 0) {
+            say(v, "operators  units issued: ");
+            say_operators(v, order, total);
+        }
+    }
+    /* Credential events, in trail order: what happened, to whom, by whom. */
+    for (size_t i = 0; i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i];
+        char subject[GUARDIAN_OPERATOR_MAX + 1], when[32], what[96];
+        if (r->type != GUARDIAN_AUDIT_CREDENTIAL || (i > 0 && r->seq == v->recs[i - 1].seq))
+            continue;
+        if (++n_credentials > CREDENTIAL_LINES_SHOWN)
+            continue;
+        iso8601(r->time, when);
+        if (r->serial >= 1 && r->serial <= CREDENTIAL_ACTION_MAX && credential_subject(r, subject))
+            snprintf(what, sizeof(what), credential_actions[r->serial], subject);
+        else
+            snprintf(what, sizeof(what), "(malformed)");
+        say(v, "credential record %llu %s by %s: %s\n", (unsigned long long)r->seq, when, operator_label(v, r->op),
+            what);
+    }
+    if (n_credentials > CREDENTIAL_LINES_SHOWN)
+        say(v, "(%zu more credential records not shown)\n", n_credentials - CREDENTIAL_LINES_SHOWN);
+    free(by_op);
+    free(total);
+    free(order);
 }
 
 /* What parse() and the checks allocated. */
@@ -1397,6 +1629,7 @@ static void vctx_free(struct vctx *v)
     free(v->products);
     free(v->pkgs);
     free(v->serials);
+    free(v->ops);
 }
 
 /* The trail is append-only and each hash covers every record before it, so

@@ -30,9 +30,12 @@
 #define REPORT_MAX_PRODUCTS 1024
 #define REPORT_MAX_PACKAGES 4096
 #define REPORT_MAX_PEM_LINES 256             /* the Guardian certificate: 16 KiB */
+#define REPORT_MAX_OPERATORS 256             /* distinct operators named by the records */
 
 /* Parses one record line (without its '\n') strictly: NULL on success, else
- * why not.  `dev_hex`, if not NULL, points at the device ID's hex (or NULL). */
+ * why not.  14 fields make a record of encoding 1, 15 (with the operator) one
+ * of encoding 2 (r->encoding).  `dev_hex`, if not NULL, points at the device
+ * ID's hex (or NULL). */
 const char *report_parse_record(const char *s, size_t len, struct guardian_audit_record *r, const char **dev_hex);
 
 /* ---- verifying (guardian-wrap verify-report) -------------------------------- */

@@ -143,6 +143,14 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * CKA_LABEL, CKA_ID of the certificate object, as the derive template takes
  * them.  Returns the certificate object (CKO_CERTIFICATE, CKA_VALUE = DER). */
 #define CKG_GUARDIAN_REQ_DEVICE_CERT 8UL
+/* User session (read-only will do): the Guardian's state as only the module
+ * can read it, checked now: the configuration's paths, the audit trail's hash
+ * chain walked from its first record (its head, the records by type), the
+ * store against the token's anchor, the installed products and their units,
+ * the service mode and the Guardian's credentials counted (SO set, operators,
+ * locked ones).  No secret, no credential's name.  Returns a session CKO_DATA object whose CKA_VALUE is text, one
+ * "key=value" per line (docs/vendor-interface.md, "The status"). */
+#define CKG_GUARDIAN_REQ_STATUS 9UL
 
 /* ---- Return values ----------------------------------------------------- */
 
@@ -153,6 +161,10 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKR_GUARDIAN_BACKEND_LOAD_FAILED (CKR_GUARDIAN_BASE | 0x0002UL)
 /* C_Initialize: the configured backend is the Guardian module itself. */
 #define CKR_GUARDIAN_BACKEND_IS_SELF (CKR_GUARDIAN_BASE | 0x0003UL)
+/* C_Login in service mode: the Guardian credential was right, but the backend
+ * refused the PIN in backend_pin_file (or backend_so_pin_file is not set for
+ * the Security Officer); the log line says which. */
+#define CKR_GUARDIAN_BACKEND_LOGIN_FAILED (CKR_GUARDIAN_BASE | 0x0004UL)
 
 /* 0x0010..0x001F: package import (C_UnwrapKey with CKM_GUARDIAN_UNWRAP_PACKAGE).
  * A malformed package is the standard CKR_WRAPPED_KEY_INVALID, an oversized one

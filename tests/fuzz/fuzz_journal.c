@@ -3,8 +3,9 @@
  * (guardian_journal_parse, store/journal.c): the bytes of a journal file in a
  * state directory that the centre's operator may be able to write.  The input
  * is read as a journal is folded: record after record until one does not
- * parse.  Every record that parses must encode back to exactly its bytes, and
- * must lie within the input (ASan checks every read).
+ * parse.  Every record that parses must encode back to exactly its bytes (a
+ * GDJ1 record without an operator, a GDJ2 record with one), and must lie
+ * within the input (ASan checks every read).
  */
 #include <stdint.h>
 #include <string.h>
@@ -31,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (used == 0 || used > size - off || r.device_id < data + off || r.cert + r.cert_len > data + off + used)
             __builtin_trap();
         len = guardian_journal_encode(again, sizeof(again), r.oem_id, r.product_id, r.serial, r.time, r.device_id,
-                                      r.device_id_len, r.cert, r.cert_len);
+                                      r.device_id_len, r.cert, r.cert_len, r.operator_name);
         if (len != used || memcmp(again, data + off, used) != 0)
             __builtin_trap(); /* one record, one encoding */
         off += used;

@@ -254,7 +254,7 @@ static void test_export_signed(void **st)
     assert_int_equal(export(NULL, NULL, &h), CKR_OK);
     r = value_of(h, &len);
     assert_int_equal(strlen((char *)r), len);
-    assert_memory_equal(r, "GUARDIAN AUDIT REPORT 1\nexported ", 33);
+    assert_memory_equal(r, "GUARDIAN AUDIT REPORT 2\nexported ", 33);
     assert_non_null(strstr((char *)r, "\nscope all\nhead 1 "));
     assert_non_null(strstr((char *)r, "\nproduct ACME SENSOR-1 3 "));
     assert_non_null(strstr((char *)r, "\nrecord 1 IMPORT "));
@@ -303,7 +303,7 @@ static void test_export_refusals(void **st)
 static void test_output_read_and_destroy_only(void **st)
 {
     CK_OBJECT_HANDLE h, copy;
-    CK_BYTE label[] = "mine", forged[] = "GUARDIAN AUDIT REPORT 1\n";
+    CK_BYTE label[] = "mine", forged[] = "GUARDIAN AUDIT REPORT 2\n";
     CK_BBOOL yes = CK_TRUE, priv = CK_FALSE, token_obj = CK_TRUE;
     CK_OBJECT_CLASS cls = 0;
     char got[64];

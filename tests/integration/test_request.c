@@ -13,6 +13,10 @@
  * the SO, and the packages made by make_packages.sh, plus two twins (TWIN-A
  * for the mechanism, TWIN-B for the request: the same content but the
  * product ID) and a package OTHER's root signs for ACME's product.
+ *
+ * And CKG_GUARDIAN_REQ_STATUS, which has no mechanism: what it reports of the
+ * store (the chain, the anchor, the counts) as the store changes, a restored
+ * copy and an altered record; in service mode, the credentials counted.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -893,6 +897,253 @@ static void test_device_cert_quota_and_records(void **st)
     EVP_PKEY_free(k);
 }
 
+/* ---- the status ------------------------------------------------------------------------------ */
+
+/* CKG_GUARDIAN_REQ_STATUS in `session`: its text in `out`, the object checked
+ * (a session CKO_DATA "guardian-output:status") and destroyed. */
+static void status_in(CK_SESSION_HANDLE session, char *out, size_t cap)
+{
+    CK_OBJECT_HANDLE h = 0;
+    CK_OBJECT_CLASS cls = 0;
+    CK_BBOOL token_obj = CK_TRUE;
+    char label[64];
+    CK_ATTRIBUTE a[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_TOKEN, &token_obj, sizeof(token_obj)},
+                        {CKA_LABEL, label, sizeof(label) - 1},
+                        {CKA_VALUE, out, (CK_ULONG)cap - 1}};
+    assert_int_equal(request(session, CKG_GUARDIAN_REQ_STATUS, NULL, 0, &h), CKR_OK);
+    assert_int_equal(m->C_GetAttributeValue(session, h, a, 4), CKR_OK);
+    label[a[2].ulValueLen] = '\0';
+    out[a[3].ulValueLen] = '\0';
+    assert_int_equal(cls, CKO_DATA);
+    assert_false(token_obj);
+    assert_string_equal(label, "guardian-output:status");
+    assert_int_equal(m->C_DestroyObject(session, h), CKR_OK);
+}
+
+/* The value of `key` in a status text (asserted present). */
+static const char *status_of(const char *text, const char *key)
+{
+    static char v[PATH_MAX];
+    size_t klen = strlen(key);
+    for (const char *line = text; *line != '\0';) {
+        const char *nl = strchr(line, '\n');
+        assert_non_null(nl); /* every line ends in a newline */
+        if ((size_t)(nl - line) > klen && strncmp(line, key, klen) == 0 && line[klen] == '=') {
+            snprintf(v, sizeof(v), "%.*s", (int)(nl - line - (long)klen - 1), line + klen + 1);
+            return v;
+        }
+        line = nl + 1;
+    }
+    fail_msg("no %s= in the status:\n%s", key, text);
+    return NULL;
+}
+
+#define STATUS_IS(text, key, want) assert_string_equal(status_of((text), (key)), (want))
+
+/* Copy (or put back) the state database with its WAL, the module finalized. */
+static void state_copy(const char *from, const char *to)
+{
+    char cmd[PATH_MAX * 3];
+    snprintf(cmd, sizeof(cmd), "cd %s && mkdir -p -m 0700 %s && for f in guardian.db guardian.db-wal guardian.db-shm;"
+             " do rm -f %s/$f; if [ -e %s/$f ]; then cp -p %s/$f %s/$f; fi; done", token.dir, to, to, from, from, to);
+    run(cmd);
+}
+
+static void test_status(void **st)
+{
+    static char text[8192];
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    unsigned char spki[1100];
+    size_t n = spki_of(k, spki);
+    struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, "ST-1", 4, spki, n};
+    CK_OBJECT_HANDLE h = 0, pkg = 0;
+    CK_SESSION_HANDLE ro = CK_INVALID_HANDLE;
+    CK_ATTRIBUTE extra = {CKA_LABEL, "x", 1};
+    char units[32];
+    (void)st;
+
+    /* A new Guardian: an empty trail, no anchor, no product; the paths are
+     * the module's configuration (from the environment here). */
+    status_in(s, text, sizeof(text));
+    assert_true(strncmp(text, "version=1\n", 10) == 0);
+    STATUS_IS(text, "backend", test_softhsm_path());
+    STATUS_IS(text, "configuration", "");
+    STATUS_IS(text, "state_dir", path("state"));
+    STATUS_IS(text, "audit_chain", "ok");
+    STATUS_IS(text, "audit_records", "0");
+    STATUS_IS(text, "audit_head_seq", "0");
+    STATUS_IS(text, "audit_head_hash", "0000000000000000000000000000000000000000000000000000000000000000");
+    STATUS_IS(text, "anchor", "absent");
+    STATUS_IS(text, "products", "0");
+    /* Not the service mode: the backend's own PINs, no Guardian credential. */
+    STATUS_IS(text, "service_mode", "no");
+    STATUS_IS(text, "so", "unset");
+    STATUS_IS(text, "operators", "0");
+    STATUS_IS(text, "operators_locked", "0");
+    STATUS_IS(text, "records_credential", "0");
+    /* No secret and nothing of the token's PINs: only the documented keys. */
+    assert_null(strstr(text, TEST_PIN "\n"));
+
+    /* Who may ask: a user session, read-only will do; no attribute besides. */
+    assert_int_equal(request(s, CKG_GUARDIAN_REQ_STATUS, &extra, 1, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &ro), CKR_OK);
+    status_in(ro, text, sizeof(text));
+    STATUS_IS(text, "audit_chain", "ok");
+    assert_int_equal(m->C_Logout(s), CKR_OK);
+    assert_int_equal(request(ro, CKG_GUARDIAN_REQ_STATUS, NULL, 0, &h), CKR_USER_NOT_LOGGED_IN);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)TEST_PIN, 4), CKR_OK);
+
+    /* An import: one record, anchored, one product with its units. */
+    assert_int_equal(req_import("good.gpk", &pkg), CKR_OK);
+    status_in(s, text, sizeof(text));
+    STATUS_IS(text, "audit_records", "1");
+    STATUS_IS(text, "audit_head_seq", "1");
+    STATUS_IS(text, "records_import", "1");
+    STATUS_IS(text, "anchor", "agrees");
+    STATUS_IS(text, "anchor_seq", "1");
+    STATUS_IS(text, "products", "1");
+    snprintf(units, sizeof(units), "%lu", (unsigned long)ulong_of(pkg, CKA_GUARDIAN_AUTHORISED_UNITS));
+    STATUS_IS(text, "units_authorised", units);
+    STATUS_IS(text, "units_remaining", units);
+    assert_int_not_equal(strcmp(status_of(text, "audit_head_hash"),
+                                "0000000000000000000000000000000000000000000000000000000000000000"),
+                         0);
+
+    /* A certificate: its RESERVE and (this process's journal folded first)
+     * its ISSUE are in the trail the status walked; the anchor is not behind. */
+    assert_int_equal(req_cert_in(ro, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_OK);
+    assert_int_equal(m->C_DestroyObject(ro, h), CKR_OK);
+    status_in(ro, text, sizeof(text));
+    STATUS_IS(text, "records_reserve", "1");
+    STATUS_IS(text, "records_issue", "1");
+    STATUS_IS(text, "audit_chain", "ok");
+    assert_true(strcmp(status_of(text, "anchor"), "agrees") == 0 || strcmp(status_of(text, "anchor"), "store-ahead") == 0);
+    snprintf(units, sizeof(units), "%lu", (unsigned long)ulong_of(pkg, CKA_GUARDIAN_ISSUED_UNITS));
+    STATUS_IS(text, "units_issued", units);
+    assert_int_equal(m->C_CloseSession(ro), CKR_OK);
+
+    /* A restored copy (taken before a certificate moved the anchor): reported
+     * as behind, not refused; the store as it was is put back. */
+    assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+    state_copy("state", "backup");
+    open_module();
+    assert_int_equal(req_cert_in(s, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_OK);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+    state_copy("state", "current");
+    state_copy("backup", "state");
+    open_module();
+    status_in(s, text, sizeof(text));
+    STATUS_IS(text, "anchor", "behind");
+    STATUS_IS(text, "audit_chain", "ok");
+    assert_int_equal(req_cert_in(s, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_GUARDIAN_STATE_ROLLBACK);
+    assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+    state_copy("current", "state");
+
+    /* An altered record: the chain is reported broken before it. */
+    {
+        sqlite3 *db = NULL;
+        assert_int_equal(sqlite3_open(path("state/guardian.db"), &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, "UPDATE audit SET serial = serial + 1 WHERE seq = 2", NULL, NULL, NULL),
+                         SQLITE_OK);
+        sqlite3_close(db);
+    }
+    open_module();
+    status_in(s, text, sizeof(text));
+    STATUS_IS(text, "audit_chain", "corrupt");
+    STATUS_IS(text, "audit_records", "1");
+    STATUS_IS(text, "audit_head_seq", "1");
+    EVP_PKEY_free(k);
+}
+
+/* The status in service mode (docs/configuration.md, backend_pin_file): the
+ * Guardian's credentials counted, never named.  A token and configuration of
+ * its own, the scrypt cost at its minimum. */
+static void write_file(const char *name, const char *text, mode_t mode)
+{
+    FILE *f;
+    unlink(path(name));
+    f = fopen(path(name), "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(path(name), mode), 0);
+}
+
+static int setup_service(void **st)
+{
+    char text[4 * PATH_MAX];
+    (void)st;
+    assert_int_equal(test_token_create(&token, "status"), 0);
+    assert_int_equal(mkdir(path("state"), 0700), 0);
+    write_file("backend.pin", TEST_PIN "\n", 0400);
+    write_file("backend-so.pin", TEST_SO_PIN "\n", 0400);
+    snprintf(text, sizeof(text),
+             "backend = %s\nstate_dir = %s\nbackend_pin_file = %s\nbackend_so_pin_file = %s\npin_kdf_cost = 1024\n",
+             test_softhsm_path(), path("state"), path("backend.pin"), path("backend-so.pin"));
+    write_file("guardian.conf", text, 0600);
+    setenv("GUARDIAN_CONF", path("guardian.conf"), 1);
+    unsetenv("GUARDIAN_BACKEND");
+    unsetenv("GUARDIAN_STATE_DIR");
+    m = test_load_module(test_guardian_path(), NULL);
+    assert_non_null(m);
+    assert_int_equal(m->C_Initialize(NULL), CKR_OK);
+    assert_int_equal(test_find_slot(m, token.label, &slot), CKR_OK);
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+    return 0;
+}
+
+static int teardown_service(void **st)
+{
+    int rc = teardown(st);
+    unsetenv("GUARDIAN_CONF");
+    return rc;
+}
+
+static CK_RV login_as(CK_USER_TYPE who, const char *pin)
+{
+    return m->C_Login(s, who, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)strlen(pin));
+}
+
+static void test_status_service_mode(void **st)
+{
+    static char text[8192];
+    static const char so[] = "so-secret-1", alice[] = "alice:alice-secret", bob[] = "bob:bob-secret-9";
+    (void)st;
+
+    assert_int_equal(m->C_InitToken(slot, (CK_UTF8CHAR_PTR)so, strlen(so), (CK_UTF8CHAR_PTR)"x"), CKR_OK);
+    assert_int_equal(login_as(CKU_SO, so), CKR_OK);
+    assert_int_equal(m->C_InitPIN(s, (CK_UTF8CHAR_PTR)alice, strlen(alice)), CKR_OK);
+    assert_int_equal(m->C_InitPIN(s, (CK_UTF8CHAR_PTR)bob, strlen(bob)), CKR_OK);
+    assert_int_equal(m->C_Logout(s), CKR_OK);
+    /* bob locked: five consecutive failures, the fifth answered as the lock. */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(login_as(CKU_USER, "bob:not-the-secret"), i < 4 ? CKR_PIN_INCORRECT : CKR_PIN_LOCKED);
+    assert_int_equal(login_as(CKU_USER, bob), CKR_PIN_LOCKED);
+
+    assert_int_equal(login_as(CKU_USER, alice), CKR_OK);
+    status_in(s, text, sizeof(text));
+    STATUS_IS(text, "service_mode", "yes");
+    STATUS_IS(text, "configuration", path("guardian.conf"));
+    STATUS_IS(text, "so", "set");
+    STATUS_IS(text, "so_failures", "0");
+    STATUS_IS(text, "so_locked", "no");
+    STATUS_IS(text, "operators", "2");
+    STATUS_IS(text, "operators_locked", "1");
+    STATUS_IS(text, "operators_max_failures", "5");
+    /* SO set, alice set, bob set, bob locked. */
+    STATUS_IS(text, "records_credential", "4");
+    STATUS_IS(text, "records_other", "0");
+    STATUS_IS(text, "audit_chain", "ok");
+    /* Counted, never named; no secret, no PIN file's content. */
+    assert_null(strstr(text, "alice"));
+    assert_null(strstr(text, "bob"));
+    assert_null(strstr(text, "secret"));
+    assert_null(strstr(text, "=" TEST_PIN "\n"));
+    assert_null(strstr(text, "backend.pin"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -901,6 +1152,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_cert, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_cert_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_cert_quota_and_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_status_service_mode, setup_service, teardown_service),
     };
     return cmocka_run_group_tests_name("integration: Guardian requests = mechanisms", tests, NULL, NULL);
 }

@@ -12,7 +12,12 @@ if [ $# -ne 1 ] || [ -z "$1" ]; then
 fi
 here=$(cd "$(dirname "$0")" && pwd)
 module=$1
-SCRIPTS="pkcs11_tool openssl_engine p11tool p11kit p11kit_remote pykcs11 nss"
+SCRIPTS="pkcs11_tool openssl_engine p11tool p11kit p11kit_remote pykcs11 nss examples"
+# examples.sh also needs the tools and the example programs: those of the
+# build directory the module is in (build/guardian-pkcs11.so), when there.
+build=$(dirname "$(readlink -f "$module")")
+examples_args=("$build/tools/guardianctl" "$build/tools/guardian-wrap" "$build/docs/examples/c/issue_cert")
+[ ! -x "$build/docs/examples/go/issue_cert" ] || examples_args+=("$build/docs/examples/go/issue_cert")
 
 passed=0
 failed=0
@@ -24,7 +29,16 @@ for s in $SCRIPTS; do
     echo "=== $s"
     start=$(date +%s)
     rc=0
-    "$here/$s.sh" "$module" 2>&1 | tee "$tmp/$s.out" || rc=$?
+    args=("$module")
+    if [ "$s" = examples ]; then
+        if [ ! -x "${examples_args[2]}" ]; then
+            echo "SKIP examples: no ${examples_args[2]} beside the module (build the tree's examples)"
+            skipped=$((skipped + 1))
+            continue
+        fi
+        args+=("${examples_args[@]}")
+    fi
+    "$here/$s.sh" "${args[@]}" 2>&1 | tee "$tmp/$s.out" || rc=$?
     echo "=== $s: exit status $rc, $(($(date +%s) - start)) s"
     summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' "$tmp/$s.out" | tail -n 1 || true)
     if [ -z "$summary" ]; then

@@ -10,6 +10,13 @@
  *   audit_fixture issue ... KEEP die
  *       the same, then SIGKILLs itself instead of closing the store: a line
  *       killed mid-production, its issue journal left behind unfolded.
+ *   audit_fixture credential STATE_DIR ACTION SUBJECT
+ *       a Guardian credential change through the store API, as the module
+ *       makes it in service mode: ACTION so-set, user-set, changed, fail,
+ *       so-cleared or removed; SUBJECT the operator's name, "so" for the SO
+ *       (salt and hash are fixed test bytes: no KDF runs here).
+ *   In both, $AUDIT_FIXTURE_OPERATOR, if set, is the operator the records name
+ *   (guardian_store_set_operator).
  *   audit_fixture rehash IN OUT one|chain SEQ
  *       recomputes the hash of record SEQ (one), or of SEQ and every record
  *       after it with their prev_hash links and the head line (chain): what a
@@ -129,6 +136,7 @@ static int issue(char **argv, int die)
     fclose(f);
     if (guardian_store_open(argv[2], &st) != CKR_OK)
         fail("cannot open the store");
+    guardian_store_set_operator(st, getenv("AUDIT_FIXTURE_OPERATOR"));
     if (guardian_store_product_get(st, argv[5], argv[6], &p) != CKR_OK)
         fail("no such product");
     if (guardian_store_reserve_block(st, p.oem_id, p.product_id, p.package_id, (int64_t)time(NULL),
@@ -163,6 +171,44 @@ static int issue(char **argv, int die)
     printf("issued %llu, released %llu, kept %llu (serials %llu..%llu)\n", (unsigned long long)n_issue,
            (unsigned long long)n_release, (unsigned long long)n_keep, (unsigned long long)first,
            (unsigned long long)(first + got - 1));
+    return 0;
+}
+
+static int credential(char **argv)
+{
+    static const char *const actions[] = {NULL, "so-set", "user-set", "changed", "fail", "so-cleared", "removed"};
+    struct guardian_store *st;
+    struct guardian_credential c;
+    const char *subject = argv[4];
+    int so = strcmp(subject, "so") == 0, action = 0, role = so ? (int)CKU_SO : (int)CKU_USER;
+    const char *name = so ? "" : subject;
+    CK_RV rv;
+
+    for (int i = 1; i < (int)(sizeof(actions) / sizeof(actions[0])); i++)
+        if (strcmp(argv[3], actions[i]) == 0)
+            action = i;
+    if (action == 0)
+        fail("unknown credential action");
+    if (guardian_store_open(argv[2], &st) != CKR_OK)
+        fail("cannot open the store");
+    guardian_store_set_operator(st, getenv("AUDIT_FIXTURE_OPERATOR"));
+    memset(&c, 0, sizeof(c));
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    c.role = role;
+    memset(c.salt, 0x5a, sizeof(c.salt));
+    memset(c.hash, 0xa5, sizeof(c.hash));
+    c.kdf_n = 32768;
+    c.kdf_r = 8;
+    c.kdf_p = 1;
+    if (action == GUARDIAN_CREDENTIAL_LOCKED)
+        rv = guardian_store_credential_failed(st, role, name, NULL);
+    else if (action == GUARDIAN_CREDENTIAL_SO_CLEARED || action == GUARDIAN_CREDENTIAL_REMOVED)
+        rv = guardian_store_credential_remove(st, role, name, action);
+    else
+        rv = guardian_store_credential_put(st, &c, action, NULL);
+    guardian_store_close(st);
+    if (rv != CKR_OK)
+        fail("the credential change was refused");
     return 0;
 }
 
@@ -228,7 +274,10 @@ int main(int argc, char **argv)
         return issue(argv, 1);
     if (argc == 6 && strcmp(argv[1], "rehash") == 0)
         return rehash(argv);
+    if (argc == 5 && strcmp(argv[1], "credential") == 0)
+        return credential(argv);
     fprintf(stderr, "usage: audit_fixture issue STATE_DIR CA.key CA.pem OEM PRODUCT ISSUE RELEASE KEEP [die]\n"
+                    "       audit_fixture credential STATE_DIR ACTION SUBJECT\n"
                     "       audit_fixture rehash IN OUT one|chain SEQ\n");
     return 2;
 }

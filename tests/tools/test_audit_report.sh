@@ -68,7 +68,9 @@ expect "the OEM's own total, exceeded" 1 "ACME/SENSOR-1: used 9 units \(reserved
     verify report.txt "${V[@]}" --authorised 8 --product ACME/SENSOR-1
 expect "a package the trail does not have" 1 "package s1r3.gpk .* was not imported" -- \
     bash -c "cp s1r1.gpk s1r3.gpk && echo >>s1r3.gpk; $W verify-report report.txt ${V[*]} --package s1r3.gpk"
-expect "export to stdout is the same format" 0 "^GUARDIAN AUDIT REPORT 1$" -- "$CTL" audit export
+expect "export to stdout is the same format" 0 "^GUARDIAN AUDIT REPORT 2$" -- "$CTL" audit export
+expect "every record names its operator (none here: no login in-process)" 0 \
+    "^record [0-9]+ ISSUE [0-9]+ ACME SENSOR-1 1 [0-9a-f]+ [0-9a-f]{64} 0{32} 0 0 - [0-9a-f]{64} [0-9a-f]{64}$" -- cat report.txt
 grep -q '^certificate ' report.txt && {
     grep -m1 '^certificate ' report.txt | cut -d' ' -f3 | base64 -d | openssl x509 -inform DER -out dev.pem
     expect "a device certificate verifies with stock openssl" 0 "dev.pem: OK" -- \
@@ -181,8 +183,8 @@ awk -v z64="$z64" -v z32="$z32" '
     $1 == "record" { last = $2; serial = ($3 == "RESERVE" && $7 > serial) ? $7 : serial }
     $1 == "certificate" && !added {
         for (i = 1; i <= 2; i++) {
-            print "record " last + 1 " RESERVE 1700000000 ACME SENSOR-1 " serial + i " - " z64 " " z32 " 0 0 " z64 " " z64
-            print "record " last + 2 " ISSUE 1700000000 ACME SENSOR-1 " serial + i " 4445562d58 " z64 " " z32 " 0 0 " z64 " " z64
+            print "record " last + 1 " RESERVE 1700000000 ACME SENSOR-1 " serial + i " - " z64 " " z32 " 0 0 - " z64 " " z64
+            print "record " last + 2 " ISSUE 1700000000 ACME SENSOR-1 " serial + i " 4445562d58 " z64 " " z32 " 0 0 - " z64 " " z64
             last += 2
         }
         added = 1
@@ -244,6 +246,93 @@ awk 'FNR == NR { if ($1 == "record" && $5 == "BETA") clear[$2] = $0; next }
     beta.txt acme.txt >acme-leak.txt
 expect "a restricted report with another OEM's record in clear" 1 "record [0-9]+ is of BETA/GADGET, outside the report's scope" -- \
     verify acme-leak.txt "${V[@]}"
+
+# ---- operators and credentials --------------------------------------------------------------
+# Every record names the operator logged in when it was written (set here by
+# audit_fixture, as the module does at login); CREDENTIAL records say which
+# credential changed, how, and who changed it - never a PIN or a hash.
+cred() { AUDIT_FIXTURE_OPERATOR=$1 "$FIX" credential state "$2" "$3" || ko "credential $2 $3 by '$1'"; }
+cred "" so-set so
+cred so user-set alice
+cred so user-set bob
+for i in 1 2 3 4 5; do cred "" fail bob; done
+cred alice changed alice
+wrap OPS-5 1 6 o5r1.gpk
+"$CTL" import o5r1.gpk >/dev/null || ko "import o5r1"
+AUDIT_FIXTURE_OPERATOR=alice "$FIX" issue state ca.key ca.pem ACME OPS-5 3 1 0 >/dev/null || ko "issue OPS-5 as alice"
+AUDIT_FIXTURE_OPERATOR=so "$FIX" issue state ca.key ca.pem ACME OPS-5 1 0 0 >/dev/null || ko "issue OPS-5 as so"
+# ACME's report (BETA's records redacted: its certificates need BETA's CA).
+"$CTL" audit export --product ACME/OPS-5 --out ops.txt >/dev/null 2>&1 || ko "export with operators"
+expect "a report with operators and credentials verifies" 0 "^OK$" -- verify ops.txt "${V[@]}" --package o5r1.gpk
+expect "units issued per operator, per package" 0 "^    issued by operator: alice 3, so 1$" -- verify ops.txt "${V[@]}"
+expect "units issued per operator, in all" 0 "^operators  units issued: alice 3, so 1, \(none\) 10$" -- \
+    verify ops.txt "${V[@]}"
+expect "credential event: the SO set" 0 "^credential record [0-9]+ [-0-9T:]+Z by \(none\): the SO PIN set$" -- \
+    verify ops.txt "${V[@]}"
+expect "credential event: an operator set by the SO" 0 "^credential record [0-9]+ .* by so: operator alice set or reset by the SO$" -- \
+    verify ops.txt "${V[@]}"
+expect "credential event: locked" 0 "^credential record [0-9]+ .* by \(none\): bob locked after 5 consecutive failed logins$" -- \
+    verify ops.txt "${V[@]}"
+expect "credential event: own PIN changed" 0 "^credential record [0-9]+ .* by alice: alice changed its own PIN$" -- \
+    verify ops.txt "${V[@]}"
+grep -q 'a5a5a5a5\|5a5a5a5a' ops.txt && ko "a credential's salt or hash is in the report" || ok "no credential secret in the report"
+grep -q '^record [0-9]* CREDENTIAL [0-9]* - - 2 616c696365 0\{64\} 0\{32\} 0 0 so ' ops.txt &&
+    ok "a CREDENTIAL line: no OEM, no product, action, subject, operator" || ko "no CREDENTIAL line for alice set by so"
+# A report for another OEM shows the credential records too (they are no OEM's).
+"$CTL" audit export --product BETA/GADGET --out beta-ops.txt >/dev/null 2>&1 || ko "export BETA with credentials"
+expect "a restricted report shows the credential records" 0 "bob locked after 5 consecutive failed logins" -- \
+    verify beta-ops.txt --guardian guardian.pem --ca-chain beta/ca.pem --root beta/root.pem
+expect "... and verifies" 0 "^OK$" -- verify beta-ops.txt --guardian guardian.pem --ca-chain beta/ca.pem
+# The operator is under the hash.
+awk '$1 == "record" && $3 == "ISSUE" && $13 == "alice" && !done { $13 = "so"; done = 1 } { print }' ops.txt >opalt.txt
+expect "an ISSUE's operator changed" 1 "record [0-9]+ was altered: its hash does not match its content" -- \
+    verify opalt.txt "${V[@]}"
+# Its operator dropped (the old encoding), the chain re-hashed and re-signed:
+# a record without an operator after records that have one is no Guardian's.
+seq=$(awk '$1 == "record" && $3 == "ISSUE" && $13 == "alice" { print $2; exit }' ops.txt)
+awk -v seq="$seq" '$1 == "record" && $2 == seq { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line } { print }' \
+    ops.txt >opdrop0.txt
+"$FIX" rehash opdrop0.txt opdrop1.txt chain "$seq"
+embed_fake opdrop1.txt opdrop.txt
+expect "an operator dropped, the trail re-hashed and re-signed" 1 \
+    "record $seq has no operator \(the encoding of before operators were recorded\) but record [0-9]+ before it has one" -- \
+    verify opdrop.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
+awk '$1 == "record" && $3 == "CREDENTIAL" && !done { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line; done = 1 } { print }' \
+    ops.txt >credold.txt
+expect "a CREDENTIAL line without its operator" 1 "malformed report: line [0-9]+: a CREDENTIAL record names its operator" -- \
+    verify credold.txt "${V[@]}"
+# A CREDENTIAL record the store cannot have written: its subject is not whose
+# credential the action changes (re-hashed and re-signed, so only the check
+# of the record itself can tell).
+awk '$1 == "record" && $3 == "CREDENTIAL" && $7 == 1 && !done { $8 = "616c696365"; done = 1 } { print }' ops.txt >credso0.txt
+"$FIX" rehash credso0.txt credso1.txt chain "$(awk '$1 == "record" && $3 == "CREDENTIAL" && $7 == 1 { print $2; exit }' ops.txt)"
+embed_fake credso1.txt credso.txt
+expect "the SO's action naming an operator, re-hashed and re-signed" 1 "\(CREDENTIAL\) names alice for an action that is the SO's" -- \
+    verify credso.txt --guardian fake.pem --ca-chain ca.pem
+awk '$1 == "record" && $3 == "CREDENTIAL" && $7 == 2 && !done { $8 = "736f"; done = 1 } { print }' ops.txt >credso2.txt
+"$FIX" rehash credso2.txt credso3.txt chain "$(awk '$1 == "record" && $3 == "CREDENTIAL" && $7 == 2 { print $2; exit }' ops.txt)"
+embed_fake credso3.txt credso4.txt
+expect "an operator's action naming so, re-hashed and re-signed" 1 "\(CREDENTIAL\) names so for an action that is an operator's" -- \
+    verify credso4.txt --guardian fake.pem --ca-chain ca.pem
+
+# A report made before operators were recorded (version 1: every record of
+# the old encoding, 14 fields) still verifies: report.txt as such a Guardian
+# wrote it - magic 1, no operator field, hashed in the old encoding - signed by
+# the fake Guardian.
+awk 'NR == 1 { $0 = "GUARDIAN AUDIT REPORT 1" }
+     $1 == "record" { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line } { print }' \
+    report.txt >v1body.txt
+"$FIX" rehash v1body.txt v1rehashed.txt chain 1
+embed_fake v1rehashed.txt v1.txt
+expect "a version 1 report still verifies" 0 "^OK$" -- verify v1.txt --guardian fake.pem --ca-chain ca.pem --root root.pem \
+    --package s1r1.gpk --package s1r2.gpk
+expect "... with its summary" 0 "ACME/SENSOR-1 release 1 .*authorised 10, reserved 8, released 1, issued 6, reserved-not-issued 1, remaining 3, certificates verified 6/6" -- \
+    verify v1.txt --guardian fake.pem --ca-chain ca.pem
+verify v1.txt --guardian fake.pem --ca-chain ca.pem | grep -q 'operator' && ko "a version 1 report shows operators" ||
+    ok "a version 1 report shows no operator lines"
+awk 'NR == 1 { $0 = "GUARDIAN AUDIT REPORT 1" } { print }' ops.txt >v1ops.txt
+expect "a version 1 report with an operator line" 1 "malformed report: line [0-9]+: a record line of 15 fields \(with an operator\) in a version 1 report" -- \
+    verify v1ops.txt "${V[@]}"
 
 # ---- the real pipeline, when guardianctl has provision -----------------------------------
 # Certificates made by the module's derive mechanism (CKM_GUARDIAN_DERIVE_DEVICE_CERT)

@@ -108,6 +108,47 @@ expect "status: roots with their OEM IDs, products" 0 "for ACME" -- "$CTL" statu
 expect "status: products" 0 "ACME +CTL-1 +2 +25 +0 +25" -- "$CTL" status
 expect "status: the honest remainder" 0 "loads .*libsofthsm2.so directly could still" -- "$CTL" status
 expect "status needs the user PIN" 1 "wrong user PIN" -- env GUARDIAN_PIN=9999 "$CTL" status
+# What only the store knows comes from the module (CKG_GUARDIAN_REQ_STATUS),
+# checked now: guardianctl reads neither the state directory nor the module's
+# configuration (behind p11-kit server they are the service account's), and
+# links nothing of store/.
+expect "status: the audit chain, checked by the module" 0 \
+    "audit trail +1 record, hash chain intact; head 1, 20[0-9-]+ [0-9:]+ UTC" -- "$CTL" status
+expect "status: records by type" 0 "^ +1 import, 0 reserve, 0 issue, 0 release, 0 journal lost, 0 credential$" -- \
+    "$CTL" status
+expect "status: not the service mode" 0 "service mode +no: C_Login takes the backend's own PINs" -- "$CTL" status
+expect "status: the anchor agrees" 0 "anchor +the store agrees with the token's anchor \(record 1\)" -- "$CTL" status
+expect "status: the state's products and units" 0 \
+    "products +1 installed: 25 units authorised, 0 issued, 25 remaining" -- "$CTL" status
+expect "status: the backend and state from the module" 0 "state +$work/state$" -- "$CTL" status
+if nm "$CTL" 2>/dev/null | grep -Eq ' [TtUu] (guardian_store_|guardian_config_|sqlite3_)'; then
+    ko "guardianctl links no store, configuration or SQLite code"
+else
+    ok "guardianctl links no store, configuration or SQLite code"
+fi
+# A restored copy of the state (taken before one part was provisioned):
+# status shows it all, then refuses by name; so does provision for a product
+# the copy does not know.
+cp -a state state-copy
+expect "provision 1 part (after the copy)" 0 "provisioned 1 parts" -- "$CTL" provision --product ACME/CTL-1 --count 1 --out prov
+mv state state-now && cp -a state-copy state
+expect_rc "status of a restored copy: exit 1, the rollback named" 1 \
+    "older than the token's anchor \(CKR_GUARDIAN_STATE_ROLLBACK\)" -- "$CTL" status
+expect_rc "status of a restored copy: its state section says so" 1 \
+    "anchor +the store is BEHIND the token's anchor \(record [0-9]+\): CKR_GUARDIAN_STATE_ROLLBACK" -- "$CTL" status
+expect_rc "provision of a product unknown to the restored copy: the rollback named" 1 \
+    "older than the token's anchor" -- "$CTL" provision --product ACME/NOPE --count 1 --out prov
+rm -rf state && mv state-now state
+expect "status of the current state again" 0 "anchor +the store (agrees with|is ahead of) the token's anchor" -- \
+    "$CTL" status
+# An altered audit record: the chain check the module runs for status names it.
+tamper() { python3 -c 'import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.execute("UPDATE audit SET serial = serial + (?) WHERE seq = 1", (int(sys.argv[2]),)); db.commit()' "$work/state/guardian.db" "$1"; }
+tamper 1
+expect_rc "status of an altered trail: exit 1, named" 1 \
+    "audit trail in .* is corrupt after record 0 \(CKR_GUARDIAN_AUDIT_CORRUPT\)" -- "$CTL" status
+expect_rc "status of an altered trail: its state section says so" 1 "hash chain BROKEN after record 0" -- "$CTL" status
+tamper -1
+expect "status once the record is put back" 0 "hash chain intact" -- "$CTL" status
 
 fpr=$("$CTL" list-oems | awk '{print substr($1, 8, 16)}')
 expect "remove-oem needs a known fingerprint" 1 "no OEM root matches" -- "$CTL" remove-oem 0000000000000000 --yes

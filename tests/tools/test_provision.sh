@@ -157,13 +157,14 @@ import hashlib, sqlite3, struct, sys
 db = sqlite3.connect(sys.argv[1])
 prev = bytes(32)
 n = 0
-for (seq, typ, t, oem, prod, serial, dev, dig, pid, rel, auth, ph, h) in db.execute(
+for (seq, typ, t, oem, prod, serial, dev, dig, pid, rel, auth, op, v, ph, h) in db.execute(
         "SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, release_version, "
-        "authorised_units, prev_hash, hash FROM audit ORDER BY seq"):
+        "authorised_units, operator, encoding, prev_hash, hash FROM audit ORDER BY seq"):
     s = lambda b: struct.pack(">I", len(b)) + b
-    enc = (b"GDAUDIT1" + struct.pack(">QIq", seq, typ, t) + s(oem.encode()) + s(prod.encode()) +
-           struct.pack(">Q", serial) + s(bytes(dev)) + bytes(dig) + bytes(pid) + struct.pack(">IQ", rel, auth) +
-           bytes(ph))
+    # docs/audit-format.md: encoding 1 (before schema 4), encoding 2 adds the operator
+    enc = ((b"GDAUDIT1" if v == 1 else b"GDAUDIT2") + struct.pack(">QIq", seq, typ, t) + s(oem.encode()) +
+           s(prod.encode()) + struct.pack(">Q", serial) + s(bytes(dev)) + bytes(dig) + bytes(pid) +
+           struct.pack(">IQ", rel, auth) + (s(op.encode()) if v == 2 else b"") + bytes(ph))
     assert bytes(ph) == prev, f"record {seq}: prev_hash"
     assert hashlib.sha256(enc).digest() == bytes(h), f"record {seq}: hash"
     prev = bytes(h)

@@ -35,6 +35,15 @@ static void test_valid(void **st)
     assert_string_equal(cfg.backend, "");
     assert_true(parse("backend = /a b/c.so")); /* spaces inside a value are kept */
     assert_string_equal(cfg.backend, "/a b/c.so");
+    assert_string_equal(cfg.backend_pin_file, "");
+    assert_int_equal(cfg.pin_kdf_n, GUARDIAN_PIN_KDF_N_DEFAULT);
+    assert_true(parse("backend_pin_file = /etc/guardian/backend.pin\nbackend_so_pin_file = /etc/g/so.pin\n"
+                      "pin_kdf_cost = 1024\n"));
+    assert_string_equal(cfg.backend_pin_file, "/etc/guardian/backend.pin");
+    assert_string_equal(cfg.backend_so_pin_file, "/etc/g/so.pin");
+    assert_int_equal(cfg.pin_kdf_n, 1024);
+    assert_true(parse("pin_kdf_cost = 1048576\n"));
+    assert_int_equal(cfg.pin_kdf_n, 1048576);
 }
 
 struct bad_case {
@@ -55,6 +64,14 @@ static void test_malformed(void **st)
         {"log_level = loud\n", "test.conf:1: invalid log_level 'loud'"},
         {"log_level = 5\n", "test.conf:1: invalid log_level '5'"},
         {"averyveryveryveryveryverylongkeyname = 1\n", "test.conf:1: unknown key"},
+        {"backend_pin_file = pin\n", "test.conf:1: 'backend_pin_file' must be an absolute path"},
+        {"backend_so_pin_file = /a\nbackend_so_pin_file = /b\n", "test.conf:2: 'backend_so_pin_file' is set twice"},
+        {"pin_kdf_cost = 1000\n", "test.conf:1: pin_kdf_cost must be a power of two from 1024 to 1048576"},
+        {"pin_kdf_cost = 512\n", "pin_kdf_cost must be a power of two"},
+        {"pin_kdf_cost = 2097152\n", "pin_kdf_cost must be a power of two"},
+        {"pin_kdf_cost = 4096x\n", "pin_kdf_cost must be a power of two"},
+        {"pin_kdf_cost = 99999999999999999999999\n", "pin_kdf_cost must be a power of two"},
+        {"pin_kdf_cost = 1024\npin_kdf_cost = 1024\n", "test.conf:2: 'pin_kdf_cost' is set twice"},
     };
     (void)st;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

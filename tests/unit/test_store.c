@@ -235,7 +235,7 @@ static void test_open_reopen_file(void **state)
     assert_int_equal(reserve(st, "dev-1", NOW, &serial), CKR_OK);
     guardian_store_close(st);
 
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 4);
 
     /* Reopen twice: the migration is not applied again, the data is there. */
     for (int round = 0; round < 2; round++) {
@@ -247,7 +247,7 @@ static void test_open_reopen_file(void **state)
         assert_int_equal(read_trail(st, t), CKR_OK);
         assert_int_equal(t->count, 2);
         guardian_store_close(st);
-        assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
+        assert_int_equal(query_int(&d, "PRAGMA user_version"), 4);
         assert_int_equal(query_int(&d, "SELECT count(*) FROM sqlite_schema WHERE name = 'audit'"), 1);
     }
 
@@ -317,7 +317,7 @@ static void test_migration_failure_rolls_back(void **state)
     tamper(&d, "DROP TABLE audit");
     st = open_dir(&d);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 4);
     tmpdir_remove(&d);
 }
 
@@ -750,6 +750,7 @@ static const char vec3_hash[] = "eb6e789c5a20f27dc768a419af7501b62b08f332fad04ae
 static void vector_record(int which, struct guardian_audit_record *r, const uint8_t prev[GUARDIAN_HASH_LEN])
 {
     memset(r, 0, sizeof(*r));
+    r->encoding = GUARDIAN_AUDIT_ENCODING_1;
     snprintf(r->oem_id, sizeof(r->oem_id), "acme");
     snprintf(r->product_id, sizeof(r->product_id), "sensor-1");
     memcpy(r->prev_hash, prev, GUARDIAN_HASH_LEN);
@@ -783,6 +784,91 @@ static const char vec4_enc[] =
     "000000000000000000000000000000000000000022222222222222222222222222222222000000010000000000000003eb6e789c5a20f27d"
     "c768a419af7501b62b08f332fad04aeaea4491a4da9ed046";
 static const char vec4_hash[] = "1ab382f4242c248f9f4db691c362bbd504413e914a911fcfc6c1b6da89ef1cff";
+
+/* Records 5..7 of docs/audit-format.md: encoding 2 (GDAUDIT2), continuing the
+ * chain of records 1..4 (computed there independently, Python). */
+static const char vec5_enc[] =
+    "4744415544495432000000000000000500000002000000006553f22c0000000461636d650000000873656e736f722d31000000000000"
+    "000500000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "00000000000000000000000000000005616c6963651ab382f4242c248f9f4db691c362bbd504413e914a911fcfc6c1b6da89ef1cff";
+static const char vec5_hash[] = "9a2933a67935cf475de215e64baa234979598a54b4f5d5d9c3e433b2df5a660f";
+static const char vec5_v1_hash[] = "5395fc77c7e7506fc067eb206c9ca67ea4dc179a6f51bbf45a6a6f66d3f1a3e8";
+static const char vec6_enc[] =
+    "4744415544495432000000000000000600000006000000006553f2900000000000000000000000000000000200000005616c69636500"
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "000000000000000002736f9a2933a67935cf475de215e64baa234979598a54b4f5d5d9c3e433b2df5a660f";
+static const char vec6_hash[] = "562b7c2de1b4c2b2f7bf058d7be989e00df0da4597ccef2bbfcf52424d89ab1e";
+static const char vec7_hash[] = "ab64b3d23c262b6b11815662d40bf32c70743085a08a33c8602d3902a3d2532e";
+
+static void test_audit_encoding_2_vectors(const uint8_t hash4[GUARDIAN_HASH_LEN])
+{
+    struct guardian_audit_record r;
+    uint8_t buf[GUARDIAN_AUDIT_ENCODING_MAX], enc5[161], enc6[151], h[GUARDIAN_HASH_LEN], want[GUARDIAN_HASH_LEN];
+
+    /* Record 5: RESERVE by operator "alice", serial 5, block (no device). */
+    memset(&r, 0, sizeof(r));
+    r.encoding = GUARDIAN_AUDIT_ENCODING_2;
+    r.seq = 5;
+    r.type = GUARDIAN_AUDIT_RESERVE;
+    r.time = 1700000300;
+    strcpy(r.oem_id, "acme");
+    strcpy(r.product_id, "sensor-1");
+    r.serial = 5;
+    strcpy(r.operator_name, "alice");
+    memcpy(r.prev_hash, hash4, GUARDIAN_HASH_LEN);
+    hex_to_bytes(vec5_enc, enc5, sizeof(enc5));
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), sizeof(enc5));
+    assert_memory_equal(buf, enc5, sizeof(enc5));
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(enc5) - 1), 0);
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+    hex_to_bytes(vec5_hash, want, sizeof(want));
+    assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+    /* The same fields in encoding 1 (no operator) hash otherwise: the magic
+     * and the operator are covered, a record cannot change encodings. */
+    r.encoding = GUARDIAN_AUDIT_ENCODING_1;
+    r.operator_name[0] = '\0';
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+    hex_to_bytes(vec5_v1_hash, want, sizeof(want));
+    assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+    r.encoding = GUARDIAN_AUDIT_ENCODING_2;
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_OK); /* operator "": not the vector either */
+    hex_to_bytes(vec5_hash, want, sizeof(want));
+    assert_memory_not_equal(h, want, GUARDIAN_HASH_LEN);
+
+    /* Record 6: CREDENTIAL, action 2 (operator set by the SO), subject
+     * "alice", by "so"; no OEM, no product. */
+    memset(&r, 0, sizeof(r));
+    r.encoding = GUARDIAN_AUDIT_ENCODING_2;
+    r.seq = 6;
+    r.type = GUARDIAN_AUDIT_CREDENTIAL;
+    r.time = 1700000400;
+    r.serial = GUARDIAN_CREDENTIAL_USER_SET;
+    memcpy(r.device_id, "alice", 5);
+    r.device_id_len = 5;
+    strcpy(r.operator_name, "so");
+    hex_to_bytes(vec5_hash, r.prev_hash, sizeof(r.prev_hash));
+    hex_to_bytes(vec6_enc, enc6, sizeof(enc6));
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), sizeof(enc6));
+    assert_memory_equal(buf, enc6, sizeof(enc6));
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+    hex_to_bytes(vec6_hash, want, sizeof(want));
+    assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+
+    /* Record 7: CREDENTIAL, action 4 (locked), subject "bob", no operator. */
+    memset(&r, 0, sizeof(r));
+    r.encoding = GUARDIAN_AUDIT_ENCODING_2;
+    r.seq = 7;
+    r.type = GUARDIAN_AUDIT_CREDENTIAL;
+    r.time = 1700000500;
+    r.serial = GUARDIAN_CREDENTIAL_LOCKED;
+    memcpy(r.device_id, "bob", 3);
+    r.device_id_len = 3;
+    memcpy(r.prev_hash, want, GUARDIAN_HASH_LEN);
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 147);
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+    hex_to_bytes(vec7_hash, want, sizeof(want));
+    assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+}
 
 static void test_audit_encoding_vectors(void **state)
 {
@@ -818,6 +904,7 @@ static void test_audit_encoding_vectors(void **state)
         static const char journal[] = "issued-4242-1700000000000000000.journal";
         uint8_t enc4[191];
         memset(&r, 0, sizeof(r));
+        r.encoding = GUARDIAN_AUDIT_ENCODING_1;
         r.seq = 4;
         r.type = GUARDIAN_AUDIT_JOURNAL_LOST;
         r.time = 1700000200;
@@ -838,8 +925,20 @@ static void test_audit_encoding_vectors(void **state)
         assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
     }
 
-    /* Largest record: 396 bytes.  Negative time is two's complement. */
+    /* Records 5..7: encoding 2, with the operator (docs/audit-format.md). */
+    test_audit_encoding_2_vectors(want);
+
+    /* Largest record: 396 bytes in encoding 1, 432 in encoding 2 (a 32-byte
+     * operator).  Negative time is two's complement. */
     memset(&r, 0, sizeof(r));
+    r.encoding = GUARDIAN_AUDIT_ENCODING_2;
+    memset(r.oem_id, 'o', GUARDIAN_ID_MAX);
+    memset(r.product_id, 'p', GUARDIAN_ID_MAX);
+    memset(r.operator_name, 'q', GUARDIAN_OPERATOR_MAX);
+    r.device_id_len = GUARDIAN_DEVICE_ID_MAX;
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), GUARDIAN_AUDIT_ENCODING_MAX);
+    memset(&r, 0, sizeof(r));
+    r.encoding = GUARDIAN_AUDIT_ENCODING_1;
     memset(r.oem_id, 'o', GUARDIAN_ID_MAX);
     memset(r.product_id, 'p', GUARDIAN_ID_MAX);
     r.device_id_len = GUARDIAN_DEVICE_ID_MAX;
@@ -858,6 +957,40 @@ static void test_audit_encoding_vectors(void **state)
     assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
     assert_int_equal(guardian_audit_hash(&r, h), CKR_ARGUMENTS_BAD);
     assert_int_equal(guardian_audit_hash(NULL, h), CKR_ARGUMENTS_BAD);
+    /* No encoding, or one this version does not know. */
+    vector_record(1, &r, zero);
+    r.encoding = 0;
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
+    r.encoding = 3;
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
+    /* Encoding 1 cannot carry an operator, nor a CREDENTIAL record: the
+     * field would not be covered by the hash. */
+    vector_record(1, &r, zero);
+    strcpy(r.operator_name, "alice");
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_ARGUMENTS_BAD);
+    r.operator_name[0] = '\0';
+    r.type = GUARDIAN_AUDIT_CREDENTIAL;
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
+    /* Encoding 2: an operator name outside its syntax, or without its
+     * terminator, is refused. */
+    vector_record(1, &r, zero);
+    r.encoding = GUARDIAN_AUDIT_ENCODING_2;
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 156);
+    static const char *const bad_names[] = {"Alice", "-bob", ".x", "a b", "a/b", "a:b", "\xc3\xa9"};
+    for (size_t i = 0; i < sizeof(bad_names) / sizeof(bad_names[0]); i++) {
+        snprintf(r.operator_name, sizeof(r.operator_name), "%s", bad_names[i]);
+        if (guardian_audit_encode(&r, buf, sizeof(buf)) != 0)
+            fail_msg("operator name '%s' encoded", bad_names[i]);
+    }
+    memset(r.operator_name, 'a', sizeof(r.operator_name)); /* 33 bytes, no terminator */
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
+    assert_false(guardian_operator_name_ok(NULL));
+    assert_true(guardian_operator_name_ok(""));
+    assert_true(guardian_operator_name_ok("so"));
+    assert_true(guardian_operator_name_ok("0a._-"));
+    assert_true(guardian_operator_name_ok("abcdefghijklmnopqrstuvwxyz012345"));
+    assert_false(guardian_operator_name_ok("abcdefghijklmnopqrstuvwxyz0123456"));
 }
 
 /* ---- the audit chain ------------------------------------------------------------------------- */
@@ -964,6 +1097,9 @@ static void test_audit_tamper(void **state)
         {"hash replaced", "UPDATE audit SET hash = zeroblob(32) WHERE seq = 5"},
         {"hash truncated", "UPDATE audit SET hash = x'00' WHERE seq = 5"},
         {"device id made text", "UPDATE audit SET device_id = 'dev-a' WHERE seq = 2"},
+        {"operator altered", "UPDATE audit SET operator = 'mallory' WHERE seq = 2"},
+        {"encoding downgraded", "UPDATE audit SET encoding = 1 WHERE seq = 3"},
+        {"operator not a name", "UPDATE audit SET operator = 'Mallory' WHERE seq = 2"},
         {"head missing", "DELETE FROM audit_head"},
         {"everything deleted", "DELETE FROM audit"},
     };
@@ -1288,7 +1424,7 @@ static void test_concurrent_fresh_open(void **state)
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
     }
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 4);
     st = open_dir(&d);
     for (int i = 0; i < FRESH_PROCS; i++) {
         char product[16];
@@ -2261,8 +2397,9 @@ static void test_journal_parser(void **state)
     (void)state;
 
     len = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3, small_cert,
-                                  sizeof(small_cert));
+                                  sizeof(small_cert), "");
     assert_int_equal(len, 8 + 21 + 4 + 8 + 3 + sizeof(small_cert) + 32);
+    assert_memory_equal(buf, "GDJ1", 4); /* no operator: the format of before, byte for byte */
     assert_int_equal(guardian_journal_parse(buf, len, &r, &used), GUARDIAN_JOURNAL_OK);
     assert_int_equal(used, len);
     assert_int_equal(r.serial, 7);
@@ -2271,13 +2408,62 @@ static void test_journal_parser(void **state)
     assert_string_equal(r.product_id, PRODUCT);
     assert_int_equal(r.device_id_len, 3);
     assert_int_equal(r.cert_len, sizeof(small_cert));
+    assert_string_equal(r.operator_name, "");
     for (size_t cut = 0; cut < len; cut++)
         assert_int_equal(guardian_journal_parse(buf, cut, &r, &used), GUARDIAN_JOURNAL_SHORT);
-    /* Bodies of 0..24 bytes with a matching SHA-256: refused as invalid. */
-    for (size_t body = 0; body < GUARDIAN_JOURNAL_BODY_MIN; body++) {
+    assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
+                                             small_cert, sizeof(small_cert), NULL),
+                     len); /* NULL: no operator either */
+
+    /* With an operator: GDJ2, one more field; the round trip keeps it. */
+    {
+        uint8_t again[GUARDIAN_JOURNAL_RECORD_MAX];
+        size_t len2 = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
+                                              small_cert, sizeof(small_cert), "alice.b");
+        assert_int_equal(len2, len + 1 + 7);
+        assert_memory_equal(buf, "GDJ2", 4);
+        assert_int_equal(guardian_journal_parse(buf, len2, &r, &used), GUARDIAN_JOURNAL_OK);
+        assert_int_equal(used, len2);
+        assert_string_equal(r.operator_name, "alice.b");
+        assert_int_equal(r.serial, 7);
+        assert_int_equal(r.cert_len, sizeof(small_cert));
+        assert_int_equal(guardian_journal_encode(again, sizeof(again), r.oem_id, r.product_id, r.serial, r.time,
+                                                 r.device_id, r.device_id_len, r.cert, r.cert_len, r.operator_name),
+                         len2);
+        assert_memory_equal(again, buf, len2);
+        for (size_t cut = 0; cut < len2; cut++)
+            assert_int_equal(guardian_journal_parse(buf, cut, &r, &used), GUARDIAN_JOURNAL_SHORT);
+        /* The longest operator; one byte more, or outside the syntax, is refused. */
+        assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
+                                                 small_cert, sizeof(small_cert), "abcdefghijklmnopqrstuvwxyz012345"),
+                         len + 1 + 32);
+        assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
+                                                 small_cert, sizeof(small_cert), "abcdefghijklmnopqrstuvwxyz0123456"),
+                         0);
+        assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
+                                                 small_cert, sizeof(small_cert), "Alice"),
+                         0);
+        /* A GDJ2 record whose operator is not a name, hash recomputed: refused. */
+        len2 = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3, small_cert,
+                                       sizeof(small_cert), "alice");
+        buf[len2 - 32 - 5] = 'A';
+        assert_int_equal(EVP_Digest(buf + 8, len2 - 8 - 32, buf + len2 - 32, NULL, EVP_sha256(), NULL), 1);
+        assert_int_equal(guardian_journal_parse(buf, len2, &r, &used), GUARDIAN_JOURNAL_BAD);
+        /* ... and a GDJ1 body relabelled GDJ2 (no operator field): refused. */
+        len2 = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3, small_cert,
+                                       sizeof(small_cert), "");
+        memcpy(buf, "GDJ2", 4);
+        assert_int_equal(guardian_journal_parse(buf, len2, &r, &used), GUARDIAN_JOURNAL_BAD);
+    }
+    /* Bodies of 0..24 bytes (GDJ1), 0..26 (GDJ2) with a matching SHA-256:
+     * refused as invalid. */
+    for (size_t body = 0; body < GUARDIAN_JOURNAL_BODY_2_MIN; body++) {
         uint8_t *rec = malloc(8 + body + 32);
         assert_non_null(rec);
-        memcpy(rec, "GDJ1", 4);
+        if (body >= GUARDIAN_JOURNAL_BODY_MIN)
+            memcpy(rec, "GDJ2", 4);
+        else
+            memcpy(rec, body % 2 ? "GDJ1" : "GDJ2", 4);
         rec[4] = rec[5] = rec[6] = 0;
         rec[7] = (uint8_t)body;
         memset(rec + 8, 0x01, body);
@@ -2288,14 +2474,805 @@ static void test_journal_parser(void **state)
     }
     /* Out of range on the way in. */
     assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 0, 0, (const uint8_t *)"d", 1,
-                                             small_cert, sizeof(small_cert)),
+                                             small_cert, sizeof(small_cert), ""),
                      0);
     assert_int_equal(guardian_journal_encode(buf, sizeof(buf), "", PRODUCT, 1, 0, (const uint8_t *)"d", 1, small_cert,
-                                             sizeof(small_cert)),
+                                             sizeof(small_cert), ""),
                      0);
     assert_int_equal(guardian_journal_encode(buf, 10, OEM, PRODUCT, 1, 0, (const uint8_t *)"d", 1, small_cert,
-                                             sizeof(small_cert)),
+                                             sizeof(small_cert), ""),
                      0);
+}
+
+/* ---- Guardian credentials ---------------------------------------------------------------- */
+
+static struct guardian_credential make_cred(int role, const char *name, uint8_t fill)
+{
+    struct guardian_credential c;
+
+    memset(&c, 0, sizeof(c));
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    c.role = role;
+    memset(c.salt, fill, sizeof(c.salt));
+    memset(c.hash, (int)(0x80u | fill), sizeof(c.hash));
+    c.kdf_n = 32768;
+    c.kdf_r = 8;
+    c.kdf_p = 1;
+    c.failures = 77;   /* not used by put */
+    c.changed_at = -5; /* not used by put */
+    return c;
+}
+
+/* The CREDENTIAL record at trail index i: action, subject, operator. */
+static void assert_credential_record(const struct trail *t, size_t i, int action, const char *subject,
+                                     const char *operator_name)
+{
+    const struct guardian_audit_record *r;
+
+    assert_true(i < t->count);
+    r = &t->rec[i];
+    assert_int_equal(r->type, GUARDIAN_AUDIT_CREDENTIAL);
+    assert_int_equal(r->encoding, GUARDIAN_AUDIT_ENCODING_2);
+    assert_int_equal(r->serial, action);
+    assert_int_equal(r->device_id_len, strlen(subject));
+    assert_memory_equal(r->device_id, subject, strlen(subject));
+    assert_string_equal(r->operator_name, operator_name);
+    assert_string_equal(r->oem_id, "");
+    assert_string_equal(r->product_id, "");
+    assert_int_equal(r->release_version, 0);
+    assert_int_equal(r->authorised_units, 0);
+    for (size_t k = 0; k < GUARDIAN_HASH_LEN; k++)
+        assert_int_equal(r->digest[k], 0);
+    for (size_t k = 0; k < GUARDIAN_PACKAGE_ID_LEN; k++)
+        assert_int_equal(r->package_id[k], 0);
+    assert_true(r->time >= NOW - 60 && r->time <= NOW);
+}
+
+/* Neither a salt nor a hash byte pattern of the credentials appears in any
+ * record's encoding. */
+static void assert_no_secret_in_trail(const struct trail *t, const struct guardian_credential *c)
+{
+    uint8_t buf[GUARDIAN_AUDIT_ENCODING_MAX];
+
+    for (size_t i = 0; i < t->count; i++) {
+        size_t len = guardian_audit_encode(&t->rec[i], buf, sizeof(buf));
+        assert_true(len > 0);
+        for (size_t k = 0; k + 8 <= len; k++) {
+            assert_false(memcmp(buf + k, c->salt, 8) == 0);
+            assert_false(memcmp(buf + k, c->hash, 8) == 0);
+        }
+    }
+}
+
+static void test_credentials(void **state)
+{
+    struct guardian_store *st = open_memory();
+    struct trail *t = trail_new();
+    struct guardian_credential so = make_cred(CKU_SO, "", 0x11), alice = make_cred(CKU_USER, "alice", 0x22);
+    struct guardian_credential bob = make_cred(CKU_USER, "bob-2.x_y", 0x33), got;
+    bool so_set = true;
+    size_t n_users = 9, n_locked = 9;
+    uint32_t max_fail = 9, so_fail = 9, now_fail = 0;
+    (void)state;
+
+    /* Nothing yet. */
+    assert_int_equal(guardian_store_credential_get(st, CKU_SO, "", &got), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_failed(st, CKU_USER, "alice", &now_fail), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_succeeded(st, CKU_USER, "alice"), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_remove(st, CKU_USER, "alice", GUARDIAN_CREDENTIAL_REMOVED),
+                     CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_remove(st, CKU_SO, NULL, GUARDIAN_CREDENTIAL_SO_CLEARED),
+                     CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_false(so_set);
+    assert_int_equal(n_users, 0);
+    assert_int_equal(max_fail, 0);
+    assert_int_equal(n_locked, 0);
+    assert_int_equal(so_fail, 0);
+    assert_int_equal(guardian_store_credential_summary(st, NULL, NULL, NULL, NULL, NULL), CKR_OK);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 0); /* none of those wrote anything */
+
+    /* The SO (C_InitToken: no operator logged in), then alice by the SO. */
+    assert_int_equal(guardian_store_credential_put(st, &so, GUARDIAN_CREDENTIAL_SO_SET, "so"), CKR_OK);
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_credential_put(st, &alice, GUARDIAN_CREDENTIAL_USER_SET, "alice"), CKR_OK);
+    assert_int_equal(guardian_store_credential_put(st, &bob, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK);
+    assert_string_equal(got.name, "alice");
+    assert_int_equal(got.role, CKU_USER);
+    assert_memory_equal(got.salt, alice.salt, sizeof(got.salt));
+    assert_memory_equal(got.hash, alice.hash, sizeof(got.hash));
+    assert_int_equal(got.kdf_n, 32768);
+    assert_int_equal(got.kdf_r, 8);
+    assert_int_equal(got.kdf_p, 1);
+    assert_int_equal(got.failures, 0);
+    assert_true(got.changed_at >= NOW - 60 && got.changed_at <= NOW);
+    assert_int_equal(guardian_store_credential_get(st, CKU_SO, NULL, &got), CKR_OK);
+    assert_string_equal(got.name, "");
+    assert_int_equal(got.role, CKU_SO);
+    assert_memory_equal(got.hash, so.hash, sizeof(got.hash));
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_true(so_set);
+    assert_int_equal(n_users, 2);
+    assert_int_equal(max_fail, 0);
+    assert_int_equal(n_locked, 0);
+
+    /* Failures count, success resets (no record). */
+    guardian_store_set_operator(st, NULL);
+    for (uint32_t i = 1; i <= 3; i++) {
+        assert_int_equal(guardian_store_credential_failed(st, CKU_USER, "alice", &now_fail), CKR_OK);
+        assert_int_equal(now_fail, i);
+    }
+    assert_int_equal(guardian_store_credential_failed(st, CKU_SO, "", NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_int_equal(max_fail, 3);
+    assert_int_equal(so_fail, 1);
+    assert_int_equal(n_locked, 0);
+    assert_int_equal(guardian_store_credential_succeeded(st, CKU_USER, "alice"), CKR_OK);
+    assert_int_equal(guardian_store_credential_succeeded(st, CKU_USER, "alice"), CKR_OK); /* already 0 */
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK);
+    assert_int_equal(got.failures, 0);
+    assert_int_equal(guardian_store_credential_get(st, CKU_SO, "", &got), CKR_OK);
+    assert_int_equal(got.failures, 1); /* one's success is not another's */
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 3);
+
+    /* Five consecutive failures lock: one LOCKED record at the fifth, none after. */
+    guardian_store_set_operator(st, "bob-2.x_y");
+    for (uint32_t i = 1; i <= GUARDIAN_CREDENTIAL_MAX_FAILURES + 2; i++) {
+        assert_int_equal(guardian_store_credential_failed(st, CKU_USER, "alice", &now_fail), CKR_OK);
+        assert_int_equal(now_fail, i);
+        assert_int_equal(read_trail(st, t), CKR_OK);
+        assert_int_equal(t->count, i < GUARDIAN_CREDENTIAL_MAX_FAILURES ? 3 : 4);
+    }
+    assert_credential_record(t, 3, GUARDIAN_CREDENTIAL_LOCKED, "alice", "bob-2.x_y");
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK); /* still there */
+    assert_int_equal(got.failures, GUARDIAN_CREDENTIAL_MAX_FAILURES + 2);
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_int_equal(n_locked, 1);
+    assert_int_equal(max_fail, GUARDIAN_CREDENTIAL_MAX_FAILURES + 2);
+    /* The SO locks too. */
+    for (int i = 0; i < GUARDIAN_CREDENTIAL_MAX_FAILURES - 1; i++)
+        assert_int_equal(guardian_store_credential_failed(st, CKU_SO, NULL, &now_fail), CKR_OK);
+    assert_int_equal(now_fail, GUARDIAN_CREDENTIAL_MAX_FAILURES);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_credential_record(t, 4, GUARDIAN_CREDENTIAL_LOCKED, "so", "bob-2.x_y");
+
+    /* A reset by the SO unlocks; a change of one's own PIN is recorded. */
+    guardian_store_set_operator(st, "so");
+    alice = make_cred(CKU_USER, "alice", 0x44);
+    assert_int_equal(guardian_store_credential_put(st, &alice, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK);
+    assert_int_equal(got.failures, 0);
+    assert_memory_equal(got.salt, alice.salt, sizeof(got.salt));
+    guardian_store_set_operator(st, "alice");
+    bob = make_cred(CKU_USER, "alice", 0x55);
+    assert_int_equal(guardian_store_credential_put(st, &bob, GUARDIAN_CREDENTIAL_CHANGED, NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_int_equal(n_locked, 0);
+    assert_int_equal(n_users, 2);
+    assert_int_equal(so_fail, GUARDIAN_CREDENTIAL_MAX_FAILURES);
+
+    /* Removal: recorded, then absent. */
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_credential_remove(st, CKU_USER, "bob-2.x_y", GUARDIAN_CREDENTIAL_REMOVED), CKR_OK);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "bob-2.x_y", &got), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_remove(st, CKU_USER, "bob-2.x_y", GUARDIAN_CREDENTIAL_REMOVED),
+                     CKR_USER_PIN_NOT_INITIALIZED);
+    guardian_store_set_operator(st, "");
+    assert_int_equal(guardian_store_credential_remove(st, CKU_SO, "", GUARDIAN_CREDENTIAL_SO_CLEARED), CKR_OK);
+    assert_int_equal(guardian_store_credential_get(st, CKU_SO, "", &got), CKR_USER_PIN_NOT_INITIALIZED);
+    assert_int_equal(guardian_store_credential_summary(st, &so_set, &n_users, &max_fail, &n_locked, &so_fail), CKR_OK);
+    assert_false(so_set);
+    assert_int_equal(so_fail, 0);
+    assert_int_equal(n_users, 1);
+
+    /* The whole story, in order, naming who did what and never a secret. */
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 9);
+    assert_credential_record(t, 0, GUARDIAN_CREDENTIAL_SO_SET, "so", "");
+    assert_credential_record(t, 1, GUARDIAN_CREDENTIAL_USER_SET, "alice", "so");
+    assert_credential_record(t, 2, GUARDIAN_CREDENTIAL_USER_SET, "bob-2.x_y", "so");
+    assert_credential_record(t, 3, GUARDIAN_CREDENTIAL_LOCKED, "alice", "bob-2.x_y");
+    assert_credential_record(t, 4, GUARDIAN_CREDENTIAL_LOCKED, "so", "bob-2.x_y");
+    assert_credential_record(t, 5, GUARDIAN_CREDENTIAL_USER_SET, "alice", "so");
+    assert_credential_record(t, 6, GUARDIAN_CREDENTIAL_CHANGED, "alice", "alice");
+    assert_credential_record(t, 7, GUARDIAN_CREDENTIAL_REMOVED, "bob-2.x_y", "so");
+    assert_credential_record(t, 8, GUARDIAN_CREDENTIAL_SO_CLEARED, "so", "");
+    assert_no_secret_in_trail(t, &so);
+    assert_no_secret_in_trail(t, &alice);
+    assert_no_secret_in_trail(t, &bob);
+    free(t);
+    guardian_store_close(st);
+}
+
+static void test_credential_arguments(void **state)
+{
+    struct guardian_store *st = open_memory();
+    struct guardian_credential c = make_cred(CKU_USER, "alice", 1), got;
+    struct trail *t = trail_new();
+    uint32_t f = 0;
+    static const char *const bad[] = {"Alice", "-a", ".a", "_a", "a b", "a:b", "a/b",
+                                      "abcdefghijklmnopqrstuvwxyz0123456"};
+    (void)state;
+
+    assert_int_equal(guardian_store_credential_get(NULL, CKU_USER, "alice", &got), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "", &got), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, NULL, &got), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_SO, "alice", &got), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_CONTEXT_SPECIFIC, "", &got), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, -1, "alice", &got), CKR_ARGUMENTS_BAD);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct guardian_credential b = make_cred(CKU_USER, "x", 1);
+        memcpy(b.name, bad[i], strlen(bad[i]) < sizeof(b.name) ? strlen(bad[i]) + 1 : sizeof(b.name));
+        if (guardian_store_credential_get(st, CKU_USER, bad[i], &got) != CKR_ARGUMENTS_BAD ||
+            guardian_store_credential_failed(st, CKU_USER, bad[i], &f) != CKR_ARGUMENTS_BAD ||
+            guardian_store_credential_succeeded(st, CKU_USER, bad[i]) != CKR_ARGUMENTS_BAD ||
+            guardian_store_credential_remove(st, CKU_USER, bad[i], GUARDIAN_CREDENTIAL_REMOVED) != CKR_ARGUMENTS_BAD ||
+            guardian_store_credential_put(st, &b, GUARDIAN_CREDENTIAL_USER_SET, NULL) != CKR_ARGUMENTS_BAD)
+            fail_msg("name '%s' accepted", bad[i]);
+    }
+    /* A name without its terminator in the struct. */
+    memset(c.name, 'a', sizeof(c.name));
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    /* "so" names the SO in records: no operator is called so. */
+    c = make_cred(CKU_USER, "so", 1);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "so", &got), CKR_USER_PIN_NOT_INITIALIZED);
+    /* Actions: each for its role; LOCKED is the store's own. */
+    c = make_cred(CKU_USER, "alice", 1);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_SO_SET, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_LOCKED, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_REMOVED, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, 0, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, 7, NULL), CKR_ARGUMENTS_BAD);
+    c = make_cred(CKU_SO, "", 1);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_remove(st, CKU_SO, "", GUARDIAN_CREDENTIAL_REMOVED), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_remove(st, CKU_USER, "alice", GUARDIAN_CREDENTIAL_SO_CLEARED),
+                     CKR_ARGUMENTS_BAD);
+    /* KDF parameters 0, a subject that is no name. */
+    c = make_cred(CKU_USER, "alice", 1);
+    c.kdf_n = 0;
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    c = make_cred(CKU_USER, "alice", 1);
+    c.kdf_p = 0;
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    c = make_cred(CKU_USER, "alice", 1);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, ""), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, "Alice"), CKR_ARGUMENTS_BAD);
+    /* The subject is whose credential it is, never another name. */
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, "bob"), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, "so"), CKR_ARGUMENTS_BAD);
+    c = make_cred(CKU_SO, "", 1);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_SO_SET, "alice"), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_SO_SET, ""), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(NULL, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_put(st, NULL, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_credential_summary(NULL, NULL, NULL, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+    /* None of it wrote a thing. */
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 0);
+    free(t);
+    guardian_store_close(st);
+}
+
+/* A failure is counted durably before the PIN is compared: across a close, and
+ * across a process SIGKILLed the moment the count returned (nothing else ran:
+ * no close, no other write).  The fifth locks, in the same commit. */
+static void test_credential_failures_durable(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct guardian_credential c = make_cred(CKU_USER, "alice", 7), got;
+    struct trail *t = trail_new();
+    uint32_t f = 0;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
+    assert_int_equal(guardian_store_credential_failed(st, CKU_USER, "alice", &f), CKR_OK);
+    assert_int_equal(f, 1);
+    guardian_store_close(st);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK);
+    assert_int_equal(got.failures, 1);
+    guardian_store_close(st);
+    assert_int_equal(query_int(&d, "SELECT failures FROM credentials WHERE name = 'alice'"), 1);
+
+    for (uint32_t round = 2; round <= GUARDIAN_CREDENTIAL_MAX_FAILURES; round++) {
+        int report[2], status;
+        uint32_t seen = 0;
+        pid_t pid;
+
+        assert_int_equal(pipe(report), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            struct guardian_store *mine = NULL;
+            uint32_t now_fail = 0;
+            close(report[0]);
+            if (guardian_store_open(d.path, &mine) != CKR_OK)
+                _exit(40);
+            guardian_store_set_operator(mine, "mallory");
+            if (guardian_store_credential_failed(mine, CKU_USER, "alice", &now_fail) != CKR_OK)
+                _exit(41);
+            /* What the parent sees comes only after the call returned; then
+             * the process dies before it can do anything else. */
+            if (write(report[1], &now_fail, sizeof(now_fail)) != (ssize_t)sizeof(now_fail))
+                _exit(42);
+            raise(SIGKILL);
+            _exit(43);
+        }
+        close(report[1]);
+        assert_int_equal(read(report[0], &seen, sizeof(seen)), (ssize_t)sizeof(seen));
+        close(report[0]);
+        status = wait_child(pid);
+        assert_true(WIFSIGNALED(status));
+        assert_int_equal(WTERMSIG(status), SIGKILL);
+        assert_int_equal(seen, round);
+        /* Read behind the store's back first: the row itself, as committed. */
+        assert_int_equal(query_int(&d, "SELECT failures FROM credentials WHERE name = 'alice'"), round);
+        st = open_dir(&d);
+        assert_int_equal(guardian_store_credential_get(st, CKU_USER, "alice", &got), CKR_OK);
+        assert_int_equal(got.failures, round);
+        guardian_store_close(st);
+    }
+    st = open_dir(&d);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 2);
+    assert_credential_record(t, 1, GUARDIAN_CREDENTIAL_LOCKED, "alice", "mallory");
+    /* The SO's reset unlocks, durably. */
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
+    guardian_store_close(st);
+    assert_int_equal(query_int(&d, "SELECT failures FROM credentials WHERE name = 'alice'"), 0);
+    free(t);
+    tmpdir_remove(&d);
+}
+
+/* ---- the operator in every record ---------------------------------------------------------- */
+
+static void assert_operator(const struct guardian_audit_record *r, int type, const char *operator_name)
+{
+    if (r->type != type || strcmp(r->operator_name, operator_name) != 0 || r->encoding != GUARDIAN_AUDIT_ENCODING_2)
+        fail_msg("record %llu: type %d operator '%s' encoding %d, expected type %d operator '%s' encoding 2",
+                 (unsigned long long)r->seq, r->type, r->operator_name, r->encoding, type, operator_name);
+}
+
+static void test_operator_in_records(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct trail *t = trail_new();
+    struct guardian_package_info a = make_pkg(1, OEM, PRODUCT, 1, 20);
+    uint64_t first = 0, got = 0, serial = 0;
+    uint8_t digest[GUARDIAN_HASH_LEN];
+    (void)state;
+
+    memset(digest, 0x5a, sizeof(digest));
+    /* In memory: every record names whoever is set when it is written. */
+    st = open_memory();
+    guardian_store_set_operator(st, "carol");
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(reserve(st, "dev-1", NOW, &serial), CKR_OK);
+    guardian_store_set_operator(st, "dave");
+    assert_int_equal(guardian_store_commit_issue(st, OEM, PRODUCT, serial, (const uint8_t *)"dev-1", 5, digest),
+                     CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 2, &first, &got), CKR_OK);
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, first, (const uint8_t *)"dev-2", 5, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_OK);
+    guardian_store_set_operator(st, NULL);
+    assert_int_equal(guardian_store_release(st, OEM, PRODUCT, first + 1), CKR_OK);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 7);
+    assert_operator(&t->rec[0], GUARDIAN_AUDIT_IMPORT, "carol");
+    assert_operator(&t->rec[1], GUARDIAN_AUDIT_RESERVE, "carol");
+    assert_operator(&t->rec[2], GUARDIAN_AUDIT_ISSUE, "dave");
+    assert_operator(&t->rec[3], GUARDIAN_AUDIT_RESERVE, "dave");
+    assert_operator(&t->rec[4], GUARDIAN_AUDIT_RESERVE, "dave");
+    assert_operator(&t->rec[5], GUARDIAN_AUDIT_ISSUE, "so");
+    assert_operator(&t->rec[6], GUARDIAN_AUDIT_RELEASE, "");
+
+    /* An invalid name refuses every write until a valid one is set: no
+     * record names the wrong operator. */
+    guardian_store_set_operator(st, "Eve Smith");
+    assert_int_equal(reserve(st, "dev-3", NOW, &serial), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_release(st, OEM, PRODUCT, first + 1), CKR_ARGUMENTS_BAD);
+    guardian_store_set_operator(st, "abcdefghijklmnopqrstuvwxyz0123456"); /* 33 bytes */
+    assert_int_equal(reserve(st, "dev-3", NOW, &serial), CKR_ARGUMENTS_BAD);
+    guardian_store_set_operator(st, "eve");
+    assert_int_equal(reserve(st, "dev-3", NOW, &serial), CKR_OK);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 8);
+    assert_operator(&t->rec[7], GUARDIAN_AUDIT_RESERVE, "eve");
+    guardian_store_set_operator(NULL, "x"); /* harmless */
+    guardian_store_close(st);
+
+    /* File-backed: an ISSUE goes through the issue journal and names who
+     * issued it, not who (or which process) folds it. */
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    guardian_store_set_operator(st, "alice");
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 4, &first, &got), CKR_OK);
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, first, (const uint8_t *)"dev-a", 5, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_OK);
+    guardian_store_set_operator(st, "bob");
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, first + 1, (const uint8_t *)"dev-b", 5, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_OK);
+    guardian_store_set_operator(st, "");
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, first + 2, (const uint8_t *)"dev-c", 5, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_OK);
+    guardian_store_set_operator(st, "carol");
+    assert_int_equal(guardian_store_flush(st), CKR_OK); /* folded by carol's write */
+    assert_int_equal(guardian_store_release(st, OEM, PRODUCT, first + 3), CKR_OK);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 9);
+    assert_operator(&t->rec[0], GUARDIAN_AUDIT_IMPORT, "alice");
+    for (size_t i = 1; i <= 4; i++)
+        assert_operator(&t->rec[i], GUARDIAN_AUDIT_RESERVE, "alice");
+    assert_operator(&t->rec[5], GUARDIAN_AUDIT_ISSUE, "alice");
+    assert_operator(&t->rec[6], GUARDIAN_AUDIT_ISSUE, "bob");
+    assert_operator(&t->rec[7], GUARDIAN_AUDIT_ISSUE, "");
+    assert_operator(&t->rec[8], GUARDIAN_AUDIT_RELEASE, "carol");
+    /* Issued by dave in a process killed before it folded: the next opener
+     * folds it, and the record still names dave. */
+    {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            struct guardian_store *mine = NULL;
+            uint64_t f2 = 0, g2 = 0;
+            if (guardian_store_open(d.path, &mine) != CKR_OK)
+                _exit(50);
+            guardian_store_set_operator(mine, "dave");
+            if (guardian_store_reserve_block(mine, OEM, PRODUCT, a.package_id, NOW, 1, &f2, &g2) != CKR_OK ||
+                guardian_store_issue(mine, OEM, PRODUCT, f2, (const uint8_t *)"dev-d", 5, small_cert,
+                                     sizeof(small_cert)) != CKR_OK)
+                _exit(51);
+            raise(SIGKILL);
+            _exit(52);
+        }
+        assert_true(WIFSIGNALED(wait_child(pid)));
+    }
+    guardian_store_close(st);
+    st = open_dir(&d);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 11);
+    assert_operator(&t->rec[9], GUARDIAN_AUDIT_RESERVE, "dave");
+    assert_operator(&t->rec[10], GUARDIAN_AUDIT_ISSUE, "dave");
+    /* A JOURNAL_LOST names the operator of the process that found the loss. */
+    {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            struct guardian_store *mine = NULL;
+            uint64_t f2 = 0, g2 = 0;
+            if (guardian_store_open(d.path, &mine) != CKR_OK)
+                _exit(60);
+            if (guardian_store_reserve_block(mine, OEM, PRODUCT, a.package_id, NOW, 1, &f2, &g2) != CKR_OK)
+                _exit(61);
+            raise(SIGKILL);
+            _exit(62);
+        }
+        assert_true(WIFSIGNALED(wait_child(pid)));
+    }
+    {
+        DIR *dir = opendir(d.path);
+        struct dirent *e;
+        char path[512];
+        size_t removed = 0;
+        assert_non_null(dir);
+        while ((e = readdir(dir)) != NULL)
+            if (strncmp(e->d_name, "issued-", 7) == 0 && strstr(e->d_name, ".journal") != NULL &&
+                strtol(e->d_name + 7, NULL, 10) != (long)getpid()) {
+                snprintf(path, sizeof(path), "%s/%s", d.path, e->d_name);
+                assert_int_equal(unlink(path), 0);
+                removed++;
+            }
+        closedir(dir);
+        assert_int_equal(removed, 1);
+    }
+    guardian_store_set_operator(st, "erin");
+    guardian_store_close(st);
+    st = open_dir(&d); /* finds the loss while opening: before any operator is set */
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 13);
+    assert_operator(&t->rec[11], GUARDIAN_AUDIT_RESERVE, "");
+    assert_operator(&t->rec[12], GUARDIAN_AUDIT_JOURNAL_LOST, "");
+    /* An invalid operator refuses what would name it, not the fold of what
+     * alice issued before it was set. */
+    guardian_store_set_operator(st, "alice");
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 1, &first, &got), CKR_OK);
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, first, (const uint8_t *)"dev-e", 5, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_OK);
+    guardian_store_set_operator(st, "not a name");
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, first, (const uint8_t *)"dev-e", 5, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_flush(st), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 1, &first, &got),
+                     CKR_ARGUMENTS_BAD);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 15);
+    assert_operator(&t->rec[13], GUARDIAN_AUDIT_RESERVE, "alice");
+    assert_operator(&t->rec[14], GUARDIAN_AUDIT_ISSUE, "alice");
+    guardian_store_close(st);
+    assert_int_equal(verify_dir(&d, NULL), CKR_OK);
+    free(t);
+    tmpdir_remove(&d);
+}
+
+/* Threads changing the operator while others write: each record names one
+ * whole name, one of those set, never a mix. */
+#define OPERATOR_THREADS 3
+#define OPERATOR_ROUNDS 60
+struct operator_race {
+    struct guardian_store *st;
+    int index;
+    CK_RV rv;
+};
+
+static void *operator_race_thread(void *arg)
+{
+    struct operator_race *o = arg;
+    static const char *const names[] = {"a", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "cc.c"};
+    uint64_t serial = 0;
+
+    for (int i = 0; i < OPERATOR_ROUNDS && o->rv == CKR_OK; i++) {
+        if (o->index == 0)
+            guardian_store_set_operator(o->st, names[i % 3]);
+        else
+            o->rv = reserve(o->st, "dev", NOW, &serial);
+    }
+    return NULL;
+}
+
+static void test_operator_threads(void **state)
+{
+    struct guardian_store *st = open_memory();
+    struct trail *t = trail_new();
+    struct operator_race o[OPERATOR_THREADS];
+    pthread_t tid[OPERATOR_THREADS];
+    (void)state;
+
+    assert_int_equal(install(st, 1, OEM, PRODUCT, 1, 1000), CKR_OK);
+    for (int i = 0; i < OPERATOR_THREADS; i++) {
+        o[i].st = st;
+        o[i].index = i;
+        o[i].rv = CKR_OK;
+        assert_int_equal(pthread_create(&tid[i], NULL, operator_race_thread, &o[i]), 0);
+    }
+    for (int i = 0; i < OPERATOR_THREADS; i++) {
+        pthread_join(tid[i], NULL);
+        assert_int_equal(o[i].rv, CKR_OK);
+    }
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 1 + (OPERATOR_THREADS - 1) * OPERATOR_ROUNDS);
+    for (size_t i = 1; i < t->count; i++) {
+        const char *n = t->rec[i].operator_name;
+        assert_true(strcmp(n, "") == 0 || strcmp(n, "a") == 0 || strcmp(n, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb") == 0 ||
+                    strcmp(n, "cc.c") == 0);
+    }
+    free(t);
+    guardian_store_close(st);
+}
+
+/* ---- migration from schema 3: old records keep their encoding ----------------------------- */
+
+/* A state database as the schema 3 module left it: its tables (the text of
+ * migrations 1..3), records 1..3 of docs/audit-format.md (hashed in
+ * encoding 1, today's bytes, which test_audit_encoding_vectors pins) and a
+ * fourth, a block reservation of serial 2 whose ISSUE is in the issue
+ * journal of a process killed before it folded it (GDJ1: no operator). */
+static const char v3_schema[] =
+    "CREATE TABLE packages (package_id BLOB PRIMARY KEY CHECK (length(package_id) = 16),"
+    " package_digest BLOB NOT NULL CHECK (length(package_digest) = 32),"
+    " oem_id TEXT NOT NULL CHECK (length(CAST(oem_id AS BLOB)) BETWEEN 1 AND 64),"
+    " product_id TEXT NOT NULL CHECK (length(CAST(product_id AS BLOB)) BETWEEN 1 AND 64),"
+    " release_version INTEGER NOT NULL CHECK (release_version BETWEEN 0 AND 4294967295),"
+    " authorised_units INTEGER NOT NULL CHECK (authorised_units >= 0),"
+    " issued_units INTEGER NOT NULL DEFAULT 0 CHECK (issued_units >= 0 AND issued_units <= authorised_units),"
+    " not_after INTEGER NOT NULL, imported_at INTEGER NOT NULL, import_seq INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX packages_by_product ON packages (oem_id, product_id, release_version);"
+    "CREATE TABLE products (oem_id TEXT NOT NULL, product_id TEXT NOT NULL,"
+    " package_id BLOB NOT NULL UNIQUE REFERENCES packages (package_id),"
+    " next_serial INTEGER NOT NULL CHECK (next_serial >= 1), installed_at INTEGER NOT NULL,"
+    " PRIMARY KEY (oem_id, product_id)) WITHOUT ROWID;"
+    "CREATE TABLE issuance (oem_id TEXT NOT NULL, product_id TEXT NOT NULL,"
+    " serial INTEGER NOT NULL CHECK (serial >= 1), package_id BLOB NOT NULL REFERENCES packages (package_id), device_id BLOB NOT NULL,"
+    " reserve_seq INTEGER NOT NULL, issue_seq INTEGER, cert_digest BLOB, PRIMARY KEY (oem_id, product_id, serial),"
+    " FOREIGN KEY (oem_id, product_id) REFERENCES products (oem_id, product_id)) WITHOUT ROWID;"
+    "CREATE TABLE audit (seq INTEGER PRIMARY KEY CHECK (seq >= 1), type INTEGER NOT NULL, time INTEGER NOT NULL,"
+    " oem_id TEXT NOT NULL, product_id TEXT NOT NULL, serial INTEGER NOT NULL, device_id BLOB NOT NULL,"
+    " digest BLOB NOT NULL, package_id BLOB NOT NULL, release_version INTEGER NOT NULL,"
+    " authorised_units INTEGER NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL);"
+    "CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL CHECK (seq >= 0),"
+    " hash BLOB NOT NULL CHECK (length(hash) = 32));"
+    "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, zeroblob(32));"
+    "ALTER TABLE packages ADD COLUMN cert_template BLOB;"
+    "ALTER TABLE packages ADD COLUMN ca_cert BLOB;"
+    "ALTER TABLE issuance ADD COLUMN release_seq INTEGER;"
+    "CREATE TABLE certificates (issue_seq INTEGER PRIMARY KEY,"
+    " certificate BLOB NOT NULL CHECK (length(certificate) BETWEEN 1 AND 16384));"
+    "ALTER TABLE audit_head ADD COLUMN max_time INTEGER;"
+    "UPDATE audit_head SET max_time = (SELECT max(time) FROM audit);"
+    "CREATE TABLE holders (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " journal TEXT NOT NULL UNIQUE CHECK (length(CAST(journal AS BLOB)) BETWEEN 1 AND 128),"
+    " opened_at INTEGER NOT NULL);"
+    "ALTER TABLE issuance ADD COLUMN holder INTEGER;"
+    "ALTER TABLE issuance ADD COLUMN lost_seq INTEGER;"
+    "CREATE INDEX issuance_by_holder ON issuance (holder) WHERE holder IS NOT NULL;"
+    "PRAGMA user_version = 3;";
+
+static void hex_of(const uint8_t *b, size_t n, char *out)
+{
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+static void make_v3_state(const struct tmpdir *d, struct guardian_audit_record rec[4])
+{
+    static const uint8_t zero[GUARDIAN_HASH_LEN];
+    char sql[4096], prev[65], hash[65], dev[2 * GUARDIAN_DEVICE_ID_MAX + 1], digest[65], pkg[33];
+    char path[128];
+    sqlite3 *db = NULL;
+
+    vector_record(1, &rec[0], zero);
+    assert_int_equal(guardian_audit_hash(&rec[0], rec[0].hash), CKR_OK);
+    vector_record(2, &rec[1], rec[0].hash);
+    assert_int_equal(guardian_audit_hash(&rec[1], rec[1].hash), CKR_OK);
+    vector_record(3, &rec[2], rec[1].hash);
+    assert_int_equal(guardian_audit_hash(&rec[2], rec[2].hash), CKR_OK);
+    memset(&rec[3], 0, sizeof(rec[3]));
+    rec[3].encoding = GUARDIAN_AUDIT_ENCODING_1;
+    rec[3].seq = 4;
+    rec[3].type = GUARDIAN_AUDIT_RESERVE;
+    rec[3].time = 1700000150;
+    strcpy(rec[3].oem_id, "acme");
+    strcpy(rec[3].product_id, "sensor-1");
+    rec[3].serial = 2;
+    memcpy(rec[3].prev_hash, rec[2].hash, GUARDIAN_HASH_LEN);
+    assert_int_equal(guardian_audit_hash(&rec[3], rec[3].hash), CKR_OK);
+
+    snprintf(path, sizeof(path), "%s/guardian.db", d->path);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL), SQLITE_OK);
+    if (sqlite3_exec(db, v3_schema, NULL, NULL, NULL) != SQLITE_OK)
+        fail_msg("v3 schema: %s", sqlite3_errmsg(db));
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO packages (package_id, package_digest, oem_id, product_id, release_version, authorised_units,"
+             " issued_units, not_after, imported_at, import_seq) VALUES (x'%s', x'%s', 'acme', 'sensor-1', 3, 1000, 2,"
+             " %lld, 1700000000, 1);"
+             "INSERT INTO products VALUES ('acme', 'sensor-1', x'%s', 3, 1700000000);"
+             "INSERT INTO issuance (oem_id, product_id, serial, package_id, device_id, reserve_seq, issue_seq,"
+             " cert_digest) VALUES ('acme', 'sensor-1', 1, x'%s', x'4445562d30303031', 2, 3, x'%s');"
+             "INSERT INTO issuance (oem_id, product_id, serial, package_id, device_id, reserve_seq) VALUES"
+             " ('acme', 'sensor-1', 2, x'%s', x'', 4);",
+             "22222222222222222222222222222222", "1111111111111111111111111111111111111111111111111111111111111111",
+             (long long)FAR_FUTURE, "22222222222222222222222222222222", "22222222222222222222222222222222",
+             "3333333333333333333333333333333333333333333333333333333333333333", "22222222222222222222222222222222");
+    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        fail_msg("v3 rows: %s", sqlite3_errmsg(db));
+    for (int i = 0; i < 4; i++) {
+        const struct guardian_audit_record *r = &rec[i];
+        hex_of(r->prev_hash, GUARDIAN_HASH_LEN, prev);
+        hex_of(r->hash, GUARDIAN_HASH_LEN, hash);
+        hex_of(r->device_id, r->device_id_len, dev);
+        hex_of(r->digest, GUARDIAN_HASH_LEN, digest);
+        hex_of(r->package_id, GUARDIAN_PACKAGE_ID_LEN, pkg);
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO audit VALUES (%llu, %d, %lld, '%s', '%s', %llu, x'%s', x'%s', x'%s', %u, %llu, "
+                 "x'%s', x'%s');"
+                 "UPDATE audit_head SET seq = %llu, hash = x'%s', max_time = 1700000150;",
+                 (unsigned long long)r->seq, r->type, (long long)r->time, r->oem_id, r->product_id,
+                 (unsigned long long)r->serial, dev, digest, pkg, r->release_version,
+                 (unsigned long long)r->authorised_units, prev, hash, (unsigned long long)r->seq, hash);
+        if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
+            fail_msg("v3 audit: %s", sqlite3_errmsg(db));
+    }
+    sqlite3_close(db);
+    /* The killed process's journal: one GDJ1 record, the ISSUE of serial 2. */
+    {
+        uint8_t buf[GUARDIAN_JOURNAL_RECORD_MAX];
+        size_t len = guardian_journal_encode(buf, sizeof(buf), "acme", "sensor-1", 2, 1700000160,
+                                             (const uint8_t *)"DEV-0002", 8, small_cert, sizeof(small_cert), NULL);
+        FILE *f;
+        assert_memory_equal(buf, "GDJ1", 4);
+        snprintf(path, sizeof(path), "%s/issued-1-1700000000000000000.journal", d->path);
+        f = fopen(path, "wb");
+        assert_non_null(f);
+        assert_int_equal(fwrite(buf, 1, len, f), len);
+        fclose(f);
+        assert_int_equal(chmod(path, 0600), 0);
+    }
+}
+
+static void test_migration_from_v3(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct guardian_audit_record v3[4];
+    struct guardian_product p;
+    struct trail *t = trail_new();
+    struct guardian_credential c = make_cred(CKU_USER, "alice", 3);
+    uint64_t serial = 0;
+    uint8_t h[GUARDIAN_HASH_LEN];
+    (void)state;
+
+    tmpdir_make(&d);
+    make_v3_state(&d, v3);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
+    st = open_dir(&d);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 4);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE encoding = 1 AND operator = ''"), 4);
+    /* The old records verify as they were, and the journal of the process
+     * the old module left behind folds into an encoding 2 ISSUE (no operator). */
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 5);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(t->rec[i].encoding, GUARDIAN_AUDIT_ENCODING_1);
+        assert_string_equal(t->rec[i].operator_name, "");
+        assert_memory_equal(t->rec[i].hash, v3[i].hash, GUARDIAN_HASH_LEN);
+    }
+    hex_to_bytes(vec3_hash, h, sizeof(h));
+    assert_memory_equal(t->rec[2].hash, h, GUARDIAN_HASH_LEN); /* the document's record 3, unchanged */
+    assert_operator(&t->rec[4], GUARDIAN_AUDIT_ISSUE, "");
+    assert_int_equal(t->rec[4].serial, 2);
+    assert_memory_equal(t->rec[4].prev_hash, v3[3].hash, GUARDIAN_HASH_LEN);
+    /* New records continue the chain in encoding 2, with their operator. */
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
+    guardian_store_set_operator(st, "alice");
+    assert_int_equal(reserve(st, "DEV-0003", NOW, &serial), CKR_OK);
+    assert_int_equal(serial, 3);
+    assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
+    assert_int_equal(p.issued_units, 3);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 7);
+    assert_credential_record(t, 5, GUARDIAN_CREDENTIAL_USER_SET, "alice", "so");
+    assert_operator(&t->rec[6], GUARDIAN_AUDIT_RESERVE, "alice");
+    guardian_store_close(st);
+    /* Reopened: nothing migrates again, everything verifies. */
+    assert_int_equal(verify_dir(&d, NULL), CKR_OK);
+
+    /* An old record cannot be passed off as new, nor a new one as old: the
+     * encoding (its magic) is under the hash; and an old record cannot be
+     * given an operator (the schema refuses, and the hash would break). */
+    tamper(&d, "UPDATE audit SET encoding = 2 WHERE seq = 2");
+    assert_int_equal(verify_dir(&d, NULL), CKR_GUARDIAN_AUDIT_CORRUPT);
+    tamper(&d, "UPDATE audit SET encoding = 1 WHERE seq = 2");
+    assert_int_equal(verify_dir(&d, NULL), CKR_OK);
+    tamper(&d, "UPDATE audit SET operator = '' WHERE seq = 7");
+    assert_int_equal(verify_dir(&d, NULL), CKR_GUARDIAN_AUDIT_CORRUPT);
+    tamper(&d, "UPDATE audit SET operator = 'alice' WHERE seq = 7");
+    assert_int_equal(verify_dir(&d, NULL), CKR_OK);
+    {
+        char path[128];
+        sqlite3 *db = NULL;
+        snprintf(path, sizeof(path), "%s/guardian.db", d.path);
+        assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, "UPDATE audit SET encoding = 1 WHERE seq = 7", NULL, NULL, NULL),
+                         SQLITE_CONSTRAINT);
+        assert_int_equal(sqlite3_exec(db, "UPDATE audit SET operator = 'x' WHERE seq = 1", NULL, NULL, NULL),
+                         SQLITE_CONSTRAINT);
+        sqlite3_close(db);
+    }
+    assert_int_equal(verify_dir(&d, NULL), CKR_OK);
+    free(t);
+    tmpdir_remove(&d);
 }
 
 int main(void)
@@ -2331,6 +3308,12 @@ int main(void)
         cmocka_unit_test(test_journal_damaged),
         cmocka_unit_test(test_own_journal_tampered),
         cmocka_unit_test(test_journal_parser),
+        cmocka_unit_test(test_credentials),
+        cmocka_unit_test(test_credential_arguments),
+        cmocka_unit_test(test_credential_failures_durable),
+        cmocka_unit_test(test_operator_in_records),
+        cmocka_unit_test(test_operator_threads),
+        cmocka_unit_test(test_migration_from_v3),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
