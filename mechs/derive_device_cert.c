@@ -10,8 +10,9 @@
  * EVP_PKEY), find the package by the base key's CKA_ID in a per-process cache
  * (built once per package from the store, and proven to match the key by one
  * test signature), take a serial from this process's block of reserved units
- * (guardian_store_reserve_block, power-safe, 1, 2, 4, ... up to 256 units at a
- * time), fill the TBSCertificate, hash it here and sign the hash with raw
+ * (guardian_store_reserve_block, power-safe, 1, 2, 4, ... up to 1,024 units at
+ * a time; the next block reserved early, so other threads never wait for it),
+ * fill the TBSCertificate, hash it here and sign the hash with raw
  * CKM_ECDSA (SoftHSMv2 has no ECDSA-with-hash) or CKM_RSA_PKCS over a
  * DigestInfo, make the module-held session certificate object hidden
  * (module/cert_objects.c), record ISSUE with the certificate
@@ -19,8 +20,9 @@
  * handle; a backend token object (CKA_TOKEN TRUE) is created after the record.
  * No one can see a certificate whose ISSUE record is not written.
  *
- * Units reserved and not used are given back (RELEASE) at C_Finalize; a killed
- * process leaves them "reserved, not issued": counted, never issued twice.
+ * Units reserved and not used (the block in hand and the spare) are given
+ * back (RELEASE) at C_Finalize; a killed process leaves them "reserved, not
+ * issued": counted, never issued twice.
  *
  * CKG_GUARDIAN_REQ_DEVICE_CERT (a C_CreateObject request, for callers behind
  * a remoting layer that drops vendor mechanisms) carries the parameter as
@@ -56,10 +58,16 @@
 /* Units reserved at a time, at most: one FULL commit (~3 ms of fsync on this
  * VM) and one state-anchor write into the token (~4 ms on SoftHSM's file
  * store: a new object and the old one destroyed) per block; a killed process
- * loses at most the rest of its block (counted, never issued).  At 256 the
- * anchor cost 13-18 % of the certificate rate; at 1024 the rate is back above
- * what it was before anchors (docs/performance.md). */
+ * loses at most the rest of its block and its spare (counted, never issued:
+ * up to 2 x BLOCK_MAX).  At 256 the anchor cost 13-18 % of the certificate
+ * rate; at 1024 the rate is back above what it was before anchors
+ * (docs/performance.md). */
 #define BLOCK_MAX 1024
+/* From blocks of this size on, the next block is reserved early (the spare),
+ * so that no other thread waits for the reservation; smaller ones, a short
+ * run's first few, are reserved when used up, and a first article reserves
+ * one unit. */
+#define EARLY_MIN 64
 #define DEVICE_TEXT_MAX 64
 #define DEVICE_BINARY_MAX 32
 #define LABEL_MAX 255
@@ -74,8 +82,12 @@ struct issuer {
      * logout or a session close, or a signature with it fail. */
     CK_OBJECT_HANDLE proven_key;
     pthread_mutex_t lock;                       /* guards what follows */
+    pthread_cond_t refilled;                    /* a reservation ended (refilling went false) */
     uint64_t next, end;                         /* reserved serials [next, end) */
+    uint64_t spare_first, spare_count;          /* the next block, committed and anchored, or 0 */
     uint64_t block;                             /* size of the next reservation */
+    bool refilling;                             /* a thread is reserving (outside the lock) */
+    bool early_failed;                          /* an early reservation failed: wait for the empty block */
 };
 
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -344,6 +356,7 @@ static void issuer_free(struct issuer *is)
     if (is == NULL)
         return;
     guardian_cert_issuer_free(&is->cb);
+    pthread_cond_destroy(&is->refilled);
     pthread_mutex_destroy(&is->lock);
     OPENSSL_free(is);
 }
@@ -390,6 +403,7 @@ static CK_RV issuer_load(struct guardian_store *st, const uint8_t package_id[GUA
         return CKR_HOST_MEMORY;
     }
     pthread_mutex_init(&is->lock, NULL);
+    pthread_cond_init(&is->refilled, NULL);
     if (!guardian_cert_issuer_init(&is->cb, package_id, m.oem_id, m.product_id, m.release_version,
                                    m.cert_template, m.cert_template_len, m.ca_cert, m.ca_cert_len, err,
                                    sizeof(err))) {
@@ -522,42 +536,100 @@ static CK_RV base_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st, CK
 
 /* ---- units ----------------------------------------------------------------------------------- */
 
+/* One reservation of is->block units: checked against the token's anchor,
+ * committed (FULL durability), and the anchor moved up to it, before any of
+ * its units may be used.  Called without is->lock: the store and the backend
+ * take their time (a FULL commit folding the last block's ISSUE records, a
+ * token object written: ~20 ms per 1,024 units here), and the other threads
+ * go on issuing from the block in hand meanwhile. */
+static CK_RV reserve(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st, struct issuer *is,
+                     uint64_t want, int64_t now, uint64_t *first, uint64_t *got)
+{
+    /* The store must not be behind the token's anchor (a restored backup
+     * would grant these units and serials again); once the block is
+     * committed, the anchor moves up to it before any unit is used. */
+    CK_RV rv = guardian_anchor_check(be, session, st);
+    if (rv == CKR_OK)
+        rv = guardian_store_reserve_block(st, is->cb.oem_id, is->cb.product_id, is->cb.package_id, now, want, first,
+                                          got);
+    if (rv == CKR_OK && (rv = guardian_anchor_update(be, session, st)) != CKR_OK) {
+        /* Committed but not anchored: give the block back rather than
+         * use units a restored backup (or another store) could grant
+         * again. */
+        for (uint64_t u = *first; u < *first + *got; u++)
+            guardian_store_release(st, is->cb.oem_id, is->cb.product_id, u);
+        if (rv != CKR_GUARDIAN_STATE_ROLLBACK)
+            rv = CKR_GUARDIAN_STORE_FAILED;
+    }
+    return rv;
+}
+
 /* One serial from this process's reserved block, reserving more (FULL
  * durability) when it is used up: 1, 2, 4, ... BLOCK_MAX units at a time, so
- * a first article reserves one unit and a long run one commit per 256. */
+ * a first article reserves one unit and a long run one commit per 1,024.
+ * From blocks of EARLY_MIN units on, the next block is reserved as soon as
+ * the one in hand is started, by the thread that took its first serial, and
+ * kept as the spare: the other threads go on issuing meanwhile, and a thread
+ * waits for a reservation only when both blocks are used up.  (Reserved when
+ * half the block was left, the spare was late once or twice per second on
+ * this loaded VM, where a reservation takes 20-100 ms and 1,024 units last
+ * 60 ms at two threads.) */
 static CK_RV take_serial(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st,
                          struct issuer *is, int64_t now, uint64_t *serial)
 {
-    uint64_t first = 0, got = 0;
-    CK_RV rv = CKR_OK;
+    uint64_t first = 0, got = 0, want;
+    bool have = false, early = false;
+    CK_RV rv;
 
     pthread_mutex_lock(&is->lock);
-    if (is->next == is->end) {
-        /* The store must not be behind the token's anchor (a restored backup
-         * would grant these units and serials again); once the block is
-         * committed, the anchor moves up to it before any unit is used. */
-        rv = guardian_anchor_check(be, session, st);
-        if (rv == CKR_OK)
-            rv = guardian_store_reserve_block(st, is->cb.oem_id, is->cb.product_id, is->cb.package_id, now,
-                                              is->block, &first, &got);
-        if (rv == CKR_OK && (rv = guardian_anchor_update(be, session, st)) != CKR_OK) {
-            /* Committed but not anchored: give the block back rather than
-             * use units a restored backup (or another store) could grant
-             * again. */
-            for (uint64_t u = first; u < first + got; u++)
-                guardian_store_release(st, is->cb.oem_id, is->cb.product_id, u);
-            if (rv != CKR_GUARDIAN_STATE_ROLLBACK)
-                rv = CKR_GUARDIAN_STORE_FAILED;
+    for (;;) {
+        if (is->next == is->end && is->spare_count > 0) {
+            is->next = is->spare_first;
+            is->end = is->spare_first + is->spare_count;
+            is->spare_count = 0;
         }
-        if (rv == CKR_OK) {
-            is->next = first;
-            is->end = first + got;
-            if (is->block < BLOCK_MAX)
-                is->block *= 2;
+        if (is->next < is->end) {
+            *serial = is->next++;
+            have = true;
+            early = !is->refilling && !is->early_failed && is->spare_count == 0 && is->block >= 2 * EARLY_MIN;
+            break;
         }
+        if (!is->refilling)
+            break; /* nothing left and no one reserving: this call reserves */
+        pthread_cond_wait(&is->refilled, &is->lock);
     }
-    if (rv == CKR_OK)
-        *serial = is->next++;
+    if (have && !early) {
+        pthread_mutex_unlock(&is->lock);
+        return CKR_OK;
+    }
+    is->refilling = true;
+    want = is->block;
+    pthread_mutex_unlock(&is->lock);
+
+    rv = reserve(be, session, st, is, want, now, &first, &got);
+
+    pthread_mutex_lock(&is->lock);
+    is->refilling = false;
+    if (rv == CKR_OK) {
+        is->early_failed = false;
+        if (is->block < BLOCK_MAX)
+            is->block *= 2;
+        if (have) {
+            is->spare_first = first;
+            is->spare_count = got;
+        } else {
+            *serial = first;
+            is->next = first + 1;
+            is->end = first + got;
+        }
+    } else if (have) {
+        /* This call has its serial; the refusal (quota exhausted, a
+         * superseded release, a store behind the anchor) is the answer of
+         * the reservation made when the block in hand is used up. */
+        is->early_failed = true;
+        rv = CKR_OK;
+    }
+    pthread_cond_broadcast(&is->refilled);
     pthread_mutex_unlock(&is->lock);
     return rv;
 }
@@ -569,13 +641,16 @@ static void derive_finalize(struct guardian_store *st)
     cache_check_pid_locked();
     for (size_t i = 0; i < n_issuers; i++) {
         struct issuer *is = issuers[i];
-        uint64_t unused = is->end - is->next;
-        for (; st != NULL && is->next < is->end; is->next++)
+        uint64_t unused = is->end - is->next + is->spare_count, given = 0;
+        for (; st != NULL && is->next < is->end; is->next++, given++)
             if (guardian_store_release(st, is->cb.oem_id, is->cb.product_id, is->next) != CKR_OK)
                 break; /* logged; the rest stay reserved, not issued */
+        for (; st != NULL && is->next == is->end && is->spare_count > 0; is->spare_first++, is->spare_count--, given++)
+            if (guardian_store_release(st, is->cb.oem_id, is->cb.product_id, is->spare_first) != CKR_OK)
+                break;
         if (unused > 0)
             guardian_info(LOG, "%s/%s: %llu reserved units given back", is->cb.oem_id, is->cb.product_id,
-                          (unsigned long long)(unused - (is->end - is->next)));
+                          (unsigned long long)given);
         issuer_free(is);
         issuers[i] = NULL;
     }

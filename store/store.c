@@ -408,6 +408,13 @@ struct guardian_store {
     off_t journal_size;
     char journal_name[NAME_MAX + 1]; /* in the state directory */
     uint8_t *journal_buf;            /* one encoded record */
+    /* Guards journal_fd's bytes, journal_size and journal_buf: an append
+     * takes only this lock, never `lock`, so a certificate is not kept
+     * waiting by a write transaction of another thread (a reservation folds
+     * a whole block's records and commits FULL: ~20 ms).  The operator
+     * fields below are written holding both, as an append reads them.
+     * Order: `lock`, then journal_lock. */
+    pthread_mutex_t journal_lock;
     /* The state directory, checked once at open (file-backed stores; -1 for
      * an in-memory one): every file in it is opened relative to this. */
     int dir_fd;
@@ -653,55 +660,135 @@ struct fold_result {
     size_t folded;                     /* ISSUE records folded (or found folded before) */
     size_t size;                       /* bytes read from the file */
     bool damaged;                      /* a cut or invalid record, or not the bytes its writer wrote */
-    uint8_t digest[GUARDIAN_HASH_LEN]; /* SHA-256 of the bytes read */
+    uint8_t digest[GUARDIAN_HASH_LEN]; /* SHA-256 of the bytes read: set when damaged (it names them) */
 };
 
 static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *name, off_t expect,
                                  struct fold_result *res);
+static CK_RV journal_read(int fd, const char *name, off_t expect, uint8_t **buf, struct fold_result *res);
+static CK_RV journal_fold_buf(struct guardian_store *st, const char *name, const uint8_t *buf, size_t from,
+                              struct fold_result *res);
 static CK_RV journal_lost_locked(struct guardian_store *st, sqlite3_int64 holder, const char *journal, int reason,
                                  const uint8_t digest[GUARDIAN_HASH_LEN]);
 static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
                             const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len);
 
-/* Fold this process's own journal, inside the caller's write transaction.
- * Only this process writes it (it holds the flock), so anything but the bytes
- * it wrote means someone else changed it: a JOURNAL_LOST record then names
- * the serials this process still holds open.  *nonempty: the file had bytes,
- * to be emptied once the transaction commits. */
-static CK_RV own_journal_fold_locked(struct guardian_store *st, bool *nonempty)
-{
+/* This process's own journal, read whole with journal_lock held by the
+ * caller: its bytes, and `to`, the size its appends reached.  Only this
+ * process writes it (it holds the flock), so anything but the bytes it wrote
+ * means someone else changed it (fold_result.damaged). */
+struct own_journal {
+    uint8_t *buf;
+    off_t to;
+    bool nonempty; /* the file had bytes: empty it once they are committed */
     struct fold_result fr;
-    struct stat sb;
-    CK_RV rv;
+};
 
-    *nonempty = false;
-    if (st->journal_fd < 0)
-        return CKR_OK;
+static CK_RV own_journal_read_jlocked(struct guardian_store *st, struct own_journal *j)
+{
+    struct stat sb;
+
+    memset(j, 0, sizeof(*j));
+    j->to = st->journal_size;
     if (st->journal_size == 0 && fstat(st->journal_fd, &sb) == 0 && sb.st_size == 0)
         return CKR_OK; /* the common case of a write with nothing issued since the last */
-    rv = journal_fold_locked(st, st->journal_fd, st->journal_name, st->journal_size, &fr);
-    if (rv != CKR_OK)
-        return rv;
-    *nonempty = fr.size > 0 || st->journal_size > 0; /* empty it, and restart the count */
-    if (fr.damaged && st->holder_id != 0)
-        rv = journal_lost_locked(st, st->holder_id, st->journal_name, GUARDIAN_JOURNAL_DAMAGED, fr.digest);
+    j->nonempty = true;
+    return journal_read(st->journal_fd, st->journal_name, st->journal_size, &j->buf, &j->fr);
+}
+
+/* Fold the records read into `j` from byte `from` (a record boundary: where
+ * an earlier fold of the same write stopped), inside the caller's write
+ * transaction; a damaged journal gets a JOURNAL_LOST record naming the
+ * serials this process still holds open. */
+static CK_RV own_journal_fold_locked(struct guardian_store *st, struct own_journal *j, off_t from)
+{
+    CK_RV rv = CKR_OK;
+
+    if (j->buf != NULL)
+        rv = journal_fold_buf(st, st->journal_name, j->buf, (size_t)from, &j->fr);
+    free(j->buf);
+    j->buf = NULL;
+    if (rv == CKR_OK && j->fr.damaged && st->holder_id != 0)
+        rv = journal_lost_locked(st, st->holder_id, st->journal_name, GUARDIAN_JOURNAL_DAMAGED, j->fr.digest);
     return rv;
+}
+
+/* Records appended while a write transaction ran (up to `folded`, the journal
+ * was folded in it and is committed) are folded too, in transactions of the
+ * durability they had in the journal (NORMAL), and the journal is emptied
+ * once every record in it is committed.  The last pass holds journal_lock
+ * from its read to the truncation, so it is kept short: it is the third, or
+ * the first whose tail is at most CATCH_UP_LOCKED bytes.  A pass that fails
+ * leaves the journal as it is: the next write folds its records (after a
+ * crash, the next opener), those folded before again, harmlessly. */
+#define CATCH_UP_PASSES 3
+#define CATCH_UP_LOCKED ((off_t)32 * 1024)
+static void journal_catch_up_locked(struct guardian_store *st, off_t folded, bool nonempty)
+{
+    for (int pass = 0;; pass++) {
+        struct own_journal j;
+        bool last;
+        CK_RV rv;
+
+        pthread_mutex_lock(&st->journal_lock);
+        if (st->journal_size == folded) {
+            if (nonempty || folded > 0) {
+                /* Committed: the journal's records are in the trail now.  A
+                 * crash before this truncation folds them again, harmlessly. */
+                if (ftruncate(st->journal_fd, 0) == 0)
+                    st->journal_size = 0;
+                else
+                    guardian_warn(STORE_LOG, "cannot empty the issue journal: %s", strerror(errno));
+            }
+            pthread_mutex_unlock(&st->journal_lock);
+            return;
+        }
+        last = pass + 1 >= CATCH_UP_PASSES || st->journal_size - folded <= CATCH_UP_LOCKED;
+        rv = own_journal_read_jlocked(st, &j);
+        if (!last)
+            pthread_mutex_unlock(&st->journal_lock);
+        if (rv == CKR_OK)
+            rv = tx_begin(st, false);
+        if (rv == CKR_OK)
+            rv = tx_end(st, own_journal_fold_locked(st, &j, folded));
+        free(j.buf);
+        if (last) {
+            if (rv == CKR_OK && ftruncate(st->journal_fd, 0) == 0)
+                st->journal_size = 0;
+            else if (rv == CKR_OK)
+                guardian_warn(STORE_LOG, "cannot empty the issue journal: %s", strerror(errno));
+            pthread_mutex_unlock(&st->journal_lock);
+            return;
+        }
+        if (rv != CKR_OK)
+            return;
+        folded = j.to;
+        nonempty = true;
+    }
 }
 
 /* The one shape of every mutation: lock the store, BEGIN IMMEDIATE, fold this
  * process's issue journal into the trail, run `fn`, COMMIT if it returned
- * CKR_OK and roll back otherwise, empty the journal once its records are
- * committed, unlock. */
+ * CKR_OK and roll back otherwise, fold what was appended meanwhile and empty
+ * the journal once its records are committed, unlock. */
 static CK_RV store_write(struct guardian_store *st, bool durable, CK_RV (*fn)(struct guardian_store *st, void *ctx),
                          void *ctx)
 {
-    bool journal_nonempty = false;
+    struct own_journal j;
     CK_RV rv = store_enter(st);
     if (rv != CKR_OK)
         return rv;
+    memset(&j, 0, sizeof(j));
     rv = tx_begin(st, durable);
     if (rv == CKR_OK) {
-        rv = own_journal_fold_locked(st, &journal_nonempty);
+        if (st->journal_fd >= 0) {
+            pthread_mutex_lock(&st->journal_lock);
+            rv = own_journal_read_jlocked(st, &j);
+            pthread_mutex_unlock(&st->journal_lock);
+            if (rv == CKR_OK)
+                rv = own_journal_fold_locked(st, &j, 0);
+            free(j.buf);
+        }
         if (rv == CKR_OK && fn != NULL)
             rv = fn(st, ctx);
         rv = tx_end(st, rv);
@@ -711,14 +798,8 @@ static CK_RV store_write(struct guardian_store *st, bool durable, CK_RV (*fn)(st
                 st->holder_id = 0;
             st->holder_uncommitted = false;
         }
-        if (rv == CKR_OK && journal_nonempty) {
-            /* Committed: the journal's records are in the trail now.  A crash
-             * before this truncation folds them again, harmlessly. */
-            if (ftruncate(st->journal_fd, 0) == 0)
-                st->journal_size = 0;
-            else
-                guardian_warn(STORE_LOG, "cannot empty the issue journal: %s", strerror(errno));
-        }
+        if (rv == CKR_OK && st->journal_fd >= 0)
+            journal_catch_up_locked(st, j.to, j.nonempty);
     }
     store_leave(st);
     return rv;
@@ -985,6 +1066,8 @@ void guardian_store_set_operator(struct guardian_store *st, const char *name)
         return;
     if (name == NULL)
         name = "";
+    /* Both locks: journal_append reads the name holding journal_lock alone. */
+    pthread_mutex_lock(&st->journal_lock);
     if (guardian_operator_name_ok(name)) {
         snprintf(st->operator_name, sizeof(st->operator_name), "%s", name);
         st->operator_invalid = false;
@@ -995,6 +1078,7 @@ void guardian_store_set_operator(struct guardian_store *st, const char *name)
         st->operator_name[0] = '\0';
         st->operator_invalid = true;
     }
+    pthread_mutex_unlock(&st->journal_lock);
     store_leave(st);
 }
 
@@ -1061,8 +1145,10 @@ static void store_free(struct guardian_store *st)
         sqlite3_finalize(st->stmt[i]);
     if (st->db != NULL && sqlite3_close(st->db) != SQLITE_OK)
         (void)map_sqlite(st, sqlite3_errcode(st->db), "close");
-    if (st->lock_ready)
+    if (st->lock_ready) {
         pthread_mutex_destroy(&st->lock);
+        pthread_mutex_destroy(&st->journal_lock);
+    }
     if (st->journal_fd >= 0)
         close(st->journal_fd); /* an open that failed after creating it: the next opener folds it */
     if (st->dir_fd >= 0)
@@ -1369,6 +1455,8 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
      * error instead of deadlocking the production line. */
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
     rc = pthread_mutex_init(&st->lock, &attr);
+    if (rc == 0 && (rc = pthread_mutex_init(&st->journal_lock, &attr)) != 0)
+        pthread_mutex_destroy(&st->lock);
     pthread_mutexattr_destroy(&attr);
     if (rc != 0) {
         rv = CKR_GENERAL_ERROR;
@@ -2518,23 +2606,17 @@ static bool journal_name_ok(const char *name)
     return true;
 }
 
-/* Fold every whole, valid record of the journal `fd` into the trail as ISSUE
- * records; the caller holds the lock and a write transaction.  `expect`: the
- * bytes its writer appended (this process's own journal), or -1 (another
- * process's).  A record that does not parse, or that the store refuses (a
- * serial never reserved, already settled, or issued with another
- * certificate), makes the journal damaged: the caller declares the holder's
- * open serials lost.  A valid record after a refused one is still folded;
- * nothing after a cut or unparsable one can be found again. */
-static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *name, off_t expect,
-                                 struct fold_result *res)
+/* Read the whole journal `fd` into *buf (malloc'd, res->size bytes).  `expect`: the bytes its writer appended (this
+ * process's own journal), or -1 (another process's); anything else, or more
+ * than any journal the store writes, makes it damaged. */
+static CK_RV journal_read(int fd, const char *name, off_t expect, uint8_t **buf_out, struct fold_result *res)
 {
     CK_RV rv = CKR_OK;
     struct stat sb;
     uint8_t *buf = NULL;
-    size_t size, got = 0, off = 0;
-    unsigned int hl = 0;
+    size_t size, got = 0;
 
+    *buf_out = NULL;
     memset(res, 0, sizeof(*res));
     if (fstat(fd, &sb) != 0 || sb.st_size < 0) {
         guardian_error(STORE_LOG, "issue journal %s: cannot stat it: %s", name, strerror(errno));
@@ -2569,12 +2651,30 @@ static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *
             break; /* shorter than fstat said: cut meanwhile */
         got += (size_t)n;
     }
-    size = got;
-    res->size = size;
-    if (EVP_Digest(buf, size, res->digest, &hl, EVP_sha256(), NULL) != 1 || hl != GUARDIAN_HASH_LEN) {
-        rv = CKR_GENERAL_ERROR;
-        goto out;
-    }
+    res->size = got;
+    *buf_out = buf;
+    return CKR_OK;
+out:
+    free(buf);
+    return rv;
+}
+
+/* Fold every whole, valid record of `buf` (res->size bytes, read by
+ * journal_read) from byte `from` on into the trail as ISSUE records, and
+ * when the journal is damaged its SHA-256 into res->digest; the caller holds
+ * the lock and a write transaction.  A record that does not
+ * parse, or that the store refuses (a serial never reserved, already settled,
+ * or issued with another certificate), makes the journal damaged: the caller
+ * declares the holder's open serials lost.  A valid record after a refused
+ * one is still folded; nothing after a cut or unparsable one can be found
+ * again. */
+static CK_RV journal_fold_buf(struct guardian_store *st, const char *name, const uint8_t *buf, size_t from,
+                              struct fold_result *res)
+{
+    size_t size = res->size, off = from;
+    unsigned int hl = 0;
+    CK_RV rv = CKR_OK;
+
     while (off < size) {
         struct guardian_journal_record jr;
         uint8_t digest[GUARDIAN_HASH_LEN];
@@ -2622,7 +2722,24 @@ static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *
         }
         off += used;
     }
+    /* Only a damaged journal's bytes are named (in its JOURNAL_LOST record):
+     * hashing every fold's whole journal cost ~1 ms per block of 1,024. */
+    if (res->damaged && (EVP_Digest(buf, size, res->digest, &hl, EVP_sha256(), NULL) != 1 || hl != GUARDIAN_HASH_LEN))
+        rv = CKR_GENERAL_ERROR;
 out:
+    return rv;
+}
+
+/* journal_read, then journal_fold_buf from the start: another process's
+ * journal (recovery), with the lock and a write transaction held. */
+static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *name, off_t expect,
+                                 struct fold_result *res)
+{
+    uint8_t *buf = NULL;
+    CK_RV rv = journal_read(fd, name, expect, &buf, res);
+
+    if (rv == CKR_OK)
+        rv = journal_fold_buf(st, name, buf, 0, res);
     free(buf);
     return rv;
 }
@@ -2990,19 +3107,24 @@ static CK_RV journal_open(struct guardian_store *st)
     return CKR_OK;
 }
 
-/* Append one ISSUE to the journal, under the lock. */
+/* Append one ISSUE to the journal, under journal_lock alone (not the
+ * store's lock: a write transaction of another thread does not hold it up). */
 static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
                             const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len)
 {
     size_t len, done = 0;
-    CK_RV rv = store_enter(st);
+    CK_RV rv;
 
-    if (rv != CKR_OK)
-        return rv;
+    if (GUARDIAN_UNLIKELY(st->pid != getpid())) {
+        guardian_error(STORE_LOG, "store opened by process %ld used in process %ld: reopen it after fork()",
+                       (long)st->pid, (long)getpid());
+        return CKR_GUARDIAN_STORE_FAILED;
+    }
+    pthread_mutex_lock(&st->journal_lock);
     if (st->operator_invalid) {
         guardian_error(STORE_LOG, "nothing is recorded while the operator name last set is invalid: set a valid "
                                   "one (guardian_store_set_operator)");
-        store_leave(st);
+        pthread_mutex_unlock(&st->journal_lock);
         return CKR_ARGUMENTS_BAD;
     }
     len = guardian_journal_encode(st->journal_buf, GUARDIAN_JOURNAL_RECORD_MAX, oem_id, product_id, serial,
@@ -3024,7 +3146,7 @@ static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const
     }
     if (rv == CKR_OK)
         st->journal_size += (off_t)len;
-    store_leave(st);
+    pthread_mutex_unlock(&st->journal_lock);
     return rv;
 }
 

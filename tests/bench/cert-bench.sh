@@ -45,22 +45,11 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$work"
-# shellcheck source=../lib/testlib.sh
-. "$SRC/tests/lib/testlib.sh"
+# shellcheck source=tests/bench/bench-setup.sh
+. "$HERE/bench-setup.sh"
 
 echo "== setup: token, Guardian identity, OEM PKI, package ($UNITS units), import"
-mkdir state
-softhsm_token "$work" certbench
-export GUARDIAN_STATE_DIR=$work/state GUARDIAN_MODULE=$M GUARDIAN_TOKEN=certbench
-export GUARDIAN_BACKEND=$BACKEND GUARDIAN_PIN=1234 GUARDIAN_SO_PIN=12345678
-unset GUARDIAN_CONF GUARDIAN_DEBUG
-oem_pki >/dev/null 2>&1
-"$CTL" init --out guardian.pem >/dev/null
-"$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null
-"$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
-    --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id BENCH --release 1 --units "$UNITS" \
-    --not-after +30 --out bench.gpk >/dev/null
-"$CTL" import bench.gpk >/dev/null
+bench_setup "$work" certbench "$UNITS"
 "$CTL" products
 
 db=$work/state/guardian.db

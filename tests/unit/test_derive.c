@@ -407,10 +407,29 @@ CK_RV __real_guardian_store_package_material(struct guardian_store *st,
 CK_RV __wrap_guardian_store_package_material(struct guardian_store *st,
                                              const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
                                              struct guardian_package_material *out);
+CK_RV __real_guardian_store_reserve_block(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                          const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], int64_t now,
+                                          uint64_t want, uint64_t *first_serial, uint64_t *count);
+CK_RV __wrap_guardian_store_reserve_block(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                          const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], int64_t now,
+                                          uint64_t want, uint64_t *first_serial, uint64_t *count);
 CK_RV __real_guardian_store_products_each(struct guardian_store *st,
                                           CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx);
 CK_RV __wrap_guardian_store_products_each(struct guardian_store *st,
                                           CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx);
+
+static atomic_int reservations;      /* guardian_store_reserve_block calls */
+static CK_RV reserve_refusal;        /* non-zero: guardian_store_reserve_block returns it */
+
+CK_RV __wrap_guardian_store_reserve_block(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                          const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], int64_t now,
+                                          uint64_t want, uint64_t *first_serial, uint64_t *count)
+{
+    atomic_fetch_add(&reservations, 1);
+    if (reserve_refusal != CKR_OK)
+        return reserve_refusal;
+    return __real_guardian_store_reserve_block(st, oem_id, product_id, package_id, now, want, first_serial, count);
+}
 
 static CK_RV issue_fails;            /* non-zero: guardian_store_issue returns it */
 static void (*on_issue)(void);       /* called as the ISSUE record is written */
@@ -885,6 +904,131 @@ static void test_token_object_after_record(void **st)
     EVP_PKEY_free(dk);
 }
 
+/* ---- reservation blocks: the spare, reserved early --------------------------------------------------- */
+
+#define SERIAL_HEX 48 /* a certificate serial number (up to 20 bytes) in hex */
+
+/* One certificate of packages[0]'s CA, destroyed; its serial number in hex
+ * in serial[SERIAL_HEX] (no cmocka assertion: threads call this). */
+static CK_RV derive_serial(const unsigned char *spki, size_t n, const char *device_id, char *serial)
+{
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv = derive(packages[0].key, device_id, spki, n, NULL, 0, &h);
+    if (rv != CKR_OK)
+        return rv;
+    if (serial != NULL) {
+        unsigned char der[4096];
+        CK_ULONG len = sizeof(der);
+        const unsigned char *p = der;
+        X509 *x = read_value(h, der, &len) == CKR_OK ? d2i_X509(NULL, &p, (long)len) : NULL;
+        const ASN1_INTEGER *sn = x != NULL ? X509_get0_serialNumber(x) : NULL;
+        int sl = sn != NULL ? ASN1_STRING_length(sn) : 0;
+        serial[0] = '\0';
+        for (int i = 0; i < sl && 2 * i + 2 < SERIAL_HEX; i++)
+            snprintf(serial + 2 * i, 3, "%02x", ASN1_STRING_get0_data(sn)[i]);
+        X509_free(x);
+        if (sl == 0)
+            rv = CKR_GENERAL_ERROR;
+    }
+    if (mod->C_DestroyObject(SESSION, h) != CKR_OK)
+        rv = CKR_GENERAL_ERROR;
+    return rv;
+}
+
+/* Blocks of 1, 2, ... 64 are reserved when used up; from the block of 64
+ * on, the next block is reserved as soon as the one in hand is started.  A refused early
+ * reservation does not fail the call that made it: the units in hand are
+ * issued, and the refusal is the answer once they are used up. */
+static void test_spare_block(void **st)
+{
+    EVP_PKEY *dk = device_key();
+    unsigned char spki[1024];
+    size_t n = spki_of(dk, spki);
+    char id[32];
+    int issued = 0;
+    CK_RV rv = CKR_OK;
+    (void)st;
+
+    atomic_store(&reservations, 0);
+    for (int i = 0; i < 127; i++) {
+        snprintf(id, sizeof(id), "SN-ramp-%d", i);
+        assert_int_equal(derive_serial(spki, n, id, NULL), CKR_OK);
+    }
+    /* 1 + 2 + ... + 32 when used up, 64 when used up (the 64th
+     * certificate), and the 65th reserved the spare of 128. */
+    assert_int_equal(atomic_load(&reservations), 8);
+    /* The 128th takes the spare and reserves the next one (256) early; the
+     * 129th reserves nothing. */
+    assert_int_equal(derive_serial(spki, n, "SN-128", NULL), CKR_OK);
+    assert_int_equal(atomic_load(&reservations), 9);
+    assert_int_equal(derive_serial(spki, n, "SN-129", NULL), CKR_OK);
+    assert_int_equal(atomic_load(&reservations), 9);
+
+    /* Every later reservation refused: the 126 units left in hand and the
+     * spare's 256 are issued, one early attempt is made, then the refusal. */
+    reserve_refusal = CKR_GUARDIAN_QUOTA_EXHAUSTED;
+    while (rv == CKR_OK && issued < 1000) {
+        snprintf(id, sizeof(id), "SN-left-%d", issued);
+        rv = derive_serial(spki, n, id, NULL);
+        if (rv == CKR_OK)
+            issued++;
+    }
+    reserve_refusal = CKR_OK;
+    assert_int_equal(rv, CKR_GUARDIAN_QUOTA_EXHAUSTED);
+    assert_int_equal(issued, 126 + 256);
+    assert_int_equal(atomic_load(&reservations), 9 + 2);
+    /* And the next reservation that is granted clears the refusal. */
+    assert_int_equal(derive_serial(spki, n, "SN-again", NULL), CKR_OK);
+    EVP_PKEY_free(dk);
+}
+
+#define THREAD_CERTS 300
+static char thread_serials[2][THREAD_CERTS][SERIAL_HEX];
+
+static void *derive_many(void *arg)
+{
+    int t = (int)(intptr_t)arg;
+    EVP_PKEY *dk = device_key();
+    unsigned char spki[1024];
+    size_t n = spki_of(dk, spki);
+    char id[32];
+    CK_RV rv = CKR_OK;
+
+    for (int i = 0; i < THREAD_CERTS && rv == CKR_OK; i++) {
+        snprintf(id, sizeof(id), "SN-t%d-%d", t, i);
+        rv = derive_serial(spki, n, id, thread_serials[t][i]);
+    }
+    EVP_PKEY_free(dk);
+    return (void *)(uintptr_t)rv;
+}
+
+static int cmp_serial(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* Two threads issuing while blocks and spares are reserved under them: every
+ * call succeeds and no serial is issued twice. */
+static void test_two_threads_distinct_serials(void **st)
+{
+    pthread_t t[2];
+    void *ret[2] = {NULL, NULL};
+    static char all[2 * THREAD_CERTS][SERIAL_HEX];
+    (void)st;
+
+    for (intptr_t i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, derive_many, (void *)i), 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_join(t[i], &ret[i]), 0);
+        assert_int_equal((CK_RV)(uintptr_t)ret[i], CKR_OK);
+    }
+    memcpy(all, thread_serials, sizeof(all));
+    qsort(all, 2 * THREAD_CERTS, sizeof(all[0]), cmp_serial);
+    for (int i = 1; i < 2 * THREAD_CERTS; i++)
+        if (strcmp(all[i], all[i - 1]) == 0)
+            fail_msg("serial %s issued twice", all[i]);
+}
+
 /* ---- fork() while another thread holds a lock ---------------------------------------------------------- */
 
 static void *derive_in_thread(void *arg)
@@ -998,6 +1142,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_invisible_until_recorded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_issue_failure_leaves_no_object, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_object_after_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spare_block, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_threads_distinct_serials, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fork_with_package_lock_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fork_with_derive_cache_lock_held, setup, teardown),
     };

@@ -1914,6 +1914,62 @@ static void path_join(char *out, size_t cap, const char *dir, const char *name)
     assert_true((size_t)snprintf(out, cap, "%s/%s", dir, name) < cap);
 }
 
+/* An ISSUE appended while another write transaction is open (here from the
+ * commit hook of an import, inside that transaction) does not wait for it:
+ * the append takes only the journal's own lock.  The write folds what was
+ * appended meanwhile once it committed, and empties the journal. */
+struct issue_hook_ctx {
+    struct guardian_store *st;
+    CK_RV rv[3];
+};
+
+static CK_RV issue_hook(void *ctx)
+{
+    struct issue_hook_ctx *h = ctx;
+    static const uint8_t cert[] = {0x30, 0x03, 0x01, 0x01, 0xff};
+    for (int i = 0; i < 3; i++)
+        h->rv[i] = guardian_store_issue(h->st, OEM, PRODUCT, (uint64_t)i + 1, (const uint8_t *)"dev-h", 5, cert,
+                                        sizeof(cert));
+    return CKR_OK;
+}
+
+static void test_issue_during_write(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 100), b = make_pkg(0xB2, OEM, "OTHER", 1, 5);
+    struct issue_hook_ctx h;
+    struct trail *t = trail_new();
+    char journal[256];
+    struct stat sb;
+    uint8_t *der = NULL;
+    size_t len = 0;
+    uint64_t first = 0, got = 0;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 10, &first, &got), CKR_OK);
+    memset(&h, 0, sizeof(h));
+    h.st = st;
+    assert_int_equal(guardian_store_package_install(st, &b, NOW, issue_hook, &h), CKR_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(h.rv[i], CKR_OK);
+    /* Folded and committed by that write, the journal empty again. */
+    assert_int_equal(journal_files(&d, journal, sizeof(journal)), 1);
+    assert_int_equal(stat(journal, &sb), 0);
+    assert_int_equal(sb.st_size, 0);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_ISSUE), 3);
+    assert_int_equal(guardian_store_certificate_get(st, OEM, PRODUCT, 3, &der, &len), CKR_OK);
+    assert_non_null(der);
+    free(der);
+    guardian_store_close(st);
+    free(t);
+    tmpdir_remove(&d);
+}
+
 /* With umask 0 (the most permissive): a missing state directory is created
  * 0700, guardian.db, its -wal and -shm and the journal are 0600; an existing
  * database that the umask made group-readable is set to 0600. */
@@ -3433,6 +3489,7 @@ int main(void)
         cmocka_unit_test(test_commit_issue),
         cmocka_unit_test(test_block_issue_release),
         cmocka_unit_test(test_issue_journal),
+        cmocka_unit_test(test_issue_during_write),
         cmocka_unit_test(test_commit_hook),
         cmocka_unit_test(test_arguments),
         cmocka_unit_test(test_audit_encoding_vectors),
