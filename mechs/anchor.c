@@ -18,8 +18,15 @@
  * operation anchors whatever store is there): that remainder is what the
  * service mode removes (docs/threat-model.md).
  *
- * Cost: one C_FindObjects the first time, one C_GetAttributeValue and one
- * C_SetAttributeValue of a token object per block of up to 256 units.
+ * Processes: every process on this state (each connection of the service is
+ * one) moves the same object, so each look at it holds the store's anchor
+ * lock (an flock in the state directory) besides this process's mutex: no
+ * process sees another's update half done (two objects, or a handle
+ * destroyed between two reads).
+ *
+ * Cost: one C_FindObjects the first time, two C_GetAttributeValue, one
+ * C_CreateObject and one C_DestroyObject of a token object per block of up
+ * to 1,024 units, and an flock pair.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -118,35 +125,34 @@ static CK_RV find_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HA
 static CK_RV read_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h, uint8_t **buf, size_t *len)
 {
     CK_ATTRIBUTE a = {CKA_VALUE, NULL, 0};
-    CK_RV rv;
+    CK_RV rv = CKR_GENERAL_ERROR;
     *buf = NULL;
+    /* A handle cached from before another process's update names an object
+     * that is gone: find the anchor again (the lock keeps it from going
+     * between the find and the reads). */
     for (int attempt = 0; attempt < 2; attempt++) {
         rv = find_locked(be, s, h);
         if (rv != CKR_OK || *h == CK_INVALID_HANDLE)
             return rv;
         a.pValue = NULL;
         rv = be->C_GetAttributeValue(s, *h, &a, 1);
-        if (rv == CKR_OBJECT_HANDLE_INVALID) {
-            cached = CK_INVALID_HANDLE; /* a stale handle: find it again */
-            continue;
+        if (rv == CKR_OK && (a.ulValueLen == 0 || a.ulValueLen > ANCHOR_MAX_BYTES))
+            return CKR_GUARDIAN_AUDIT_CORRUPT;
+        if (rv == CKR_OK && (a.pValue = malloc(a.ulValueLen)) == NULL)
+            return CKR_HOST_MEMORY;
+        if (rv == CKR_OK)
+            rv = be->C_GetAttributeValue(s, *h, &a, 1);
+        if (rv == CKR_OK) {
+            *buf = a.pValue;
+            *len = a.ulValueLen;
+            return CKR_OK;
         }
-        break;
-    }
-    if (rv != CKR_OK)
-        return rv;
-    if (a.ulValueLen == 0 || a.ulValueLen > ANCHOR_MAX_BYTES)
-        return CKR_GUARDIAN_AUDIT_CORRUPT;
-    a.pValue = malloc(a.ulValueLen);
-    if (a.pValue == NULL)
-        return CKR_HOST_MEMORY;
-    rv = be->C_GetAttributeValue(s, *h, &a, 1);
-    if (rv != CKR_OK) {
         free(a.pValue);
-        return rv;
+        if (rv != CKR_OBJECT_HANDLE_INVALID)
+            break;
+        cached = CK_INVALID_HANDLE;
     }
-    *buf = a.pValue;
-    *len = a.ulValueLen;
-    return CKR_OK;
+    return rv;
 }
 
 static CK_RV write_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE old, const uint8_t *buf,
@@ -204,6 +210,11 @@ CK_RV guardian_anchor_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, str
     CK_RV rv;
 
     pthread_mutex_lock(&lock);
+    rv = guardian_store_anchor_lock(st);
+    if (rv != CKR_OK) {
+        pthread_mutex_unlock(&lock);
+        return rv;
+    }
     rv = read_locked(be, session, &h, &buf, &len);
     if (rv != CKR_OK) {
         if (rv != CKR_GUARDIAN_STATE_ROLLBACK)
@@ -226,6 +237,7 @@ CK_RV guardian_anchor_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, str
     }
     rv = guardian_store_anchor_check(st, buf, len, &newer);
 out:
+    guardian_store_anchor_unlock(st);
     pthread_mutex_unlock(&lock);
     free(buf);
     free(now);
@@ -244,7 +256,11 @@ CK_RV guardian_anchor_compare(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, s
     *state = GUARDIAN_ANCHOR_ABSENT;
     *seq = 0;
     pthread_mutex_lock(&lock);
-    rv = read_locked(be, session, &h, &buf, &len);
+    rv = guardian_store_anchor_lock(st);
+    if (rv == CKR_OK) {
+        rv = read_locked(be, session, &h, &buf, &len);
+        guardian_store_anchor_unlock(st);
+    }
     pthread_mutex_unlock(&lock);
     if (rv == CKR_GUARDIAN_STATE_ROLLBACK || rv == CKR_GUARDIAN_AUDIT_CORRUPT) {
         /* More anchors than a crash leaves, or one of no plausible size. */
@@ -277,6 +293,11 @@ CK_RV guardian_anchor_update(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, st
     CK_RV rv;
 
     pthread_mutex_lock(&lock);
+    rv = guardian_store_anchor_lock(st);
+    if (rv != CKR_OK) {
+        pthread_mutex_unlock(&lock);
+        return rv;
+    }
     rv = guardian_store_anchor_get(st, &now, &now_len);
     if (rv != CKR_OK)
         goto out;
@@ -295,6 +316,7 @@ CK_RV guardian_anchor_update(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, st
     }
     rv = write_locked(be, session, h, now, now_len);
 out:
+    guardian_store_anchor_unlock(st);
     pthread_mutex_unlock(&lock);
     free(buf);
     free(now);

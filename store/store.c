@@ -418,6 +418,10 @@ struct guardian_store {
     /* The state directory, checked once at open (file-backed stores; -1 for
      * an in-memory one): every file in it is opened relative to this. */
     int dir_fd;
+    /* anchor.lock in the state directory, opened on the first
+     * guardian_store_anchor_lock: serialises the token anchor's updates
+     * across processes. -1 until then. */
+    int anchor_lock_fd;
     char dir[PATH_MAX];
     /* This process's row in `holders`: 0 until its first reservation commits
      * it (holder_uncommitted while the transaction that adds it is open). */
@@ -1153,6 +1157,8 @@ static void store_free(struct guardian_store *st)
         close(st->journal_fd); /* an open that failed after creating it: the next opener folds it */
     if (st->dir_fd >= 0)
         close(st->dir_fd);
+    if (st->anchor_lock_fd >= 0)
+        close(st->anchor_lock_fd);
     free(st->journal_buf);
     free(st);
 }
@@ -1447,6 +1453,7 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
     st->pid = getpid();
     st->journal_fd = -1;
     st->dir_fd = -1;
+    st->anchor_lock_fd = -1;
     if (pthread_mutexattr_init(&attr) != 0) {
         rv = CKR_GENERAL_ERROR;
         goto out;
@@ -3384,6 +3391,41 @@ static const char anchor_entries_sql[] =
 uint64_t guardian_store_anchor_seq(const uint8_t *buf, size_t len)
 {
     return buf != NULL && len >= ANCHOR_HEADER && memcmp(buf, ANCHOR_MAGIC, 4) == 0 ? get_be(buf + 8, 8) : 0;
+}
+
+#define ANCHOR_LOCK_NAME "anchor.lock"
+
+CK_RV guardian_store_anchor_lock(struct guardian_store *st)
+{
+    CK_RV rv = CKR_OK;
+    int fd;
+
+    return_val_if_fail(st != NULL, CKR_ARGUMENTS_BAD);
+    if (st->dir_fd < 0)
+        return CKR_OK; /* an in-memory store: one process only */
+    pthread_mutex_lock(&st->lock);
+    if (st->anchor_lock_fd < 0) {
+        rv = state_file_open(st, ANCHOR_LOCK_NAME, O_RDWR | O_CREAT, &fd);
+        if (rv == CKR_OK)
+            st->anchor_lock_fd = fd;
+    }
+    fd = st->anchor_lock_fd;
+    pthread_mutex_unlock(&st->lock);
+    if (rv != CKR_OK)
+        return rv;
+    while (flock(fd, LOCK_EX) != 0) {
+        if (errno != EINTR) {
+            guardian_error(STORE_LOG, "cannot lock %s/%s: %s", st->dir, ANCHOR_LOCK_NAME, strerror(errno));
+            return CKR_GUARDIAN_STORE_FAILED;
+        }
+    }
+    return CKR_OK;
+}
+
+void guardian_store_anchor_unlock(struct guardian_store *st)
+{
+    if (st != NULL && st->anchor_lock_fd >= 0)
+        flock(st->anchor_lock_fd, LOCK_UN);
 }
 
 CK_RV guardian_store_anchor_get(struct guardian_store *st, uint8_t **buf, size_t *len)

@@ -433,6 +433,16 @@ CK_RV guardian_store_credential_summary(struct guardian_store *st, bool *so_set,
  *   be written again). */
 CK_RV guardian_store_anchor_get(struct guardian_store *st, uint8_t **buf, size_t *len);
 CK_RV guardian_store_anchor_check(struct guardian_store *st, const uint8_t *buf, size_t len, int *newer);
+/* The token's anchor is one object that every process on this state moves
+ * (mechs/anchor.c: a new object written, then the old one destroyed): its
+ * readers and writers take this lock around each look at it, so that no
+ * process finds another's half-done update (two objects, or a handle
+ * destroyed between two reads).  An exclusive flock on anchor.lock in the
+ * state directory (0600, never a link), taken after the caller's own mutex
+ * (flock does not exclude threads sharing the descriptor); nothing for an
+ * in-memory store.  CKR_OK, or the store's error (logged). */
+CK_RV guardian_store_anchor_lock(struct guardian_store *st);
+void guardian_store_anchor_unlock(struct guardian_store *st);
 /* The chain head's seq an anchor names (0 for bytes that are no anchor). */
 uint64_t guardian_store_anchor_seq(const uint8_t *buf, size_t len);
 

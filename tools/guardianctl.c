@@ -167,16 +167,32 @@ void open_token(const char *module_path)
         p11 = NULL;
         die("the Guardian module did not initialize: %s (its log line above says why)", ckr(rv));
     }
-    P11(p11->C_GetSlotList(CK_TRUE, slots, &n));
-    for (CK_ULONG i = 0; i < n; i++) {
-        CK_TOKEN_INFO ti;
-        size_t len = strlen(token_label);
-        if (p11->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
-            continue;
-        if (len <= 32 && memcmp(ti.label, token_label, len) == 0 && (len == 32 || ti.label[len] == ' ')) {
-            slot = slots[i];
-            P11(p11->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &session));
-            return;
+    /* SoftHSM reads its token directory at C_Initialize: a process that
+     * starts while another writes the token may not see it (measured, 4
+     * processes started at once: ../shared/INTEROP-NOTES.md).  So a token
+     * not found is looked for again after a new C_Initialize, 5 times in 1 s. */
+    for (int attempt = 0; attempt < 5; attempt++) {
+        if (attempt > 0) {
+            p11->C_Finalize(NULL);
+            usleep(200 * 1000);
+            rv = p11->C_Initialize(&args);
+            if (rv != CKR_OK) {
+                p11 = NULL;
+                die("the Guardian module did not initialize: %s (its log line above says why)", ckr(rv));
+            }
+        }
+        n = 64;
+        P11(p11->C_GetSlotList(CK_TRUE, slots, &n));
+        for (CK_ULONG i = 0; i < n; i++) {
+            CK_TOKEN_INFO ti;
+            size_t len = strlen(token_label);
+            if (p11->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+                continue;
+            if (len <= 32 && memcmp(ti.label, token_label, len) == 0 && (len == 32 || ti.label[len] == ' ')) {
+                slot = slots[i];
+                P11(p11->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &session));
+                return;
+            }
         }
     }
     if (strstr(module_path, "p11-kit-client") != NULL)
