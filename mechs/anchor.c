@@ -31,6 +31,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "anchor.h"
 #include "module.h"
@@ -185,8 +186,16 @@ static CK_RV write_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_H
         }
         s = own;
     }
-    /* The new one first: a crash in between leaves two, and the newer wins. */
-    rv = be->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &h);
+    /* The new one first: a crash in between leaves two, and the newer wins.
+     * SoftHSM fails a token object's creation now and then with
+     * CKR_GENERAL_ERROR while another process reads the token's files (a
+     * login): try again, 3 times. */
+    for (int attempt = 0;; attempt++) {
+        rv = be->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &h);
+        if (rv != CKR_GENERAL_ERROR || attempt == 3)
+            break;
+        usleep(20 * 1000);
+    }
     if (rv != CKR_OK) {
         guardian_error(LOG, "cannot write the state anchor into the token: %s", ckr(rv));
         goto out;

@@ -197,10 +197,18 @@ static CK_RV backend_login(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_USER_TY
         return CKR_GUARDIAN_BACKEND_LOGIN_FAILED;
     }
     rv = pin_file_read(path, key, pin, &len);
-    if (rv == CKR_OK) {
+    /* SoftHSM's C_Login reads the token's files and fails now and then while
+     * another process (another connection of the service) rewrites them:
+     * CKR_GENERAL_ERROR or CKR_USER_PIN_NOT_INITIALIZED (measured).  The
+     * Guardian credential was right: try the backend again, 3 times. */
+    for (int attempt = 0; rv == CKR_OK; attempt++) {
         rv = be->C_Login(s, who, pin, (CK_ULONG)len);
-        OPENSSL_cleanse(pin, sizeof(pin));
+        if ((rv != CKR_GENERAL_ERROR && rv != CKR_USER_PIN_NOT_INITIALIZED) || attempt == 3)
+            break;
+        usleep(50 * 1000);
+        rv = CKR_OK;
     }
+    OPENSSL_cleanse(pin, sizeof(pin));
     if (rv == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
         rv == CKR_SESSION_READ_ONLY_EXISTS || rv == CKR_USER_ANOTHER_ALREADY_LOGGED_IN ||
         rv == CKR_USER_TOO_MANY_TYPES || rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT)

@@ -134,7 +134,17 @@ void login(CK_USER_TYPE who)
         read_pin("GUARDIAN_SO_PIN", "Security Officer PIN", pin, sizeof(pin));
     else
         read_pin("GUARDIAN_PIN", "User PIN", pin, sizeof(pin));
-    rv = p11->C_Login(session, who, (CK_UTF8CHAR_PTR)pin, strlen(pin));
+    /* SoftHSM's C_Login reads the token's files and fails with
+     * CKR_GENERAL_ERROR or CKR_USER_PIN_NOT_INITIALIZED while another process
+     * rewrites them (measured: 1 in ~100 of 4 processes starting together):
+     * try again, 3 times. */
+    for (int attempt = 0; attempt < 4; attempt++) {
+        if (attempt > 0)
+            usleep(100 * 1000);
+        rv = p11->C_Login(session, who, (CK_UTF8CHAR_PTR)pin, strlen(pin));
+        if (rv != CKR_GENERAL_ERROR && rv != CKR_USER_PIN_NOT_INITIALIZED)
+            break;
+    }
     OPENSSL_cleanse(pin, sizeof(pin));
     if (rv == CKR_PIN_INCORRECT)
         die("wrong %s PIN for token '%s'", who == CKU_SO ? "Security Officer" : "user", token_label);
