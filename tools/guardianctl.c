@@ -126,6 +126,9 @@ void read_pin(const char *env, const char *prompt, char *out, size_t cap)
         out[n - 1] = '\0';
 }
 
+/* The module open_token loaded, to start again from it (login). */
+static const char *opened_module;
+
 void login(CK_USER_TYPE who)
 {
     char pin[256];
@@ -139,8 +142,13 @@ void login(CK_USER_TYPE who)
      * rewrites them (measured: 1 in ~100 of 4 processes starting together):
      * try again, 3 times. */
     for (int attempt = 0; attempt < 4; attempt++) {
-        if (attempt > 0)
+        if (attempt > 0) {
+            /* What SoftHSM read of the token stays wrong until the next
+             * C_Initialize: start again from there. */
             usleep(100 * 1000);
+            close_token();
+            open_token(opened_module);
+        }
         rv = p11->C_Login(session, who, (CK_UTF8CHAR_PTR)pin, strlen(pin));
         if (rv != CKR_GENERAL_ERROR && rv != CKR_USER_PIN_NOT_INITIALIZED)
             break;
@@ -156,6 +164,7 @@ void login(CK_USER_TYPE who)
 
 void open_token(const char *module_path)
 {
+    opened_module = module_path;
     void *dl = dlopen(module_path, RTLD_NOW | RTLD_LOCAL);
     CK_C_GetFunctionList get;
     CK_SLOT_ID slots[64];
@@ -179,8 +188,9 @@ void open_token(const char *module_path)
     }
     /* SoftHSM reads its token directory at C_Initialize: a process that
      * starts while another writes the token may not see it (measured, 4
-     * processes started at once: ../shared/INTEROP-NOTES.md).  So a token
-     * not found is looked for again after a new C_Initialize, 5 times in 1 s. */
+     * processes started at once: ../shared/INTEROP-NOTES.md), or see it
+     * without its user PIN.  So a token not found is looked for again after
+     * a new C_Initialize, 5 times in 1 s. */
     for (int attempt = 0; attempt < 5; attempt++) {
         if (attempt > 0) {
             p11->C_Finalize(NULL);
@@ -199,6 +209,11 @@ void open_token(const char *module_path)
             if (p11->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
                 continue;
             if (len <= 32 && memcmp(ti.label, token_label, len) == 0 && (len == 32 || ti.label[len] == ' ')) {
+                /* Read while another process rewrote it, SoftHSM's token can
+                 * look as if it had no user PIN until the next
+                 * C_Initialize (measured): look again. */
+                if (!(ti.flags & CKF_USER_PIN_INITIALIZED) && attempt < 4)
+                    break;
                 slot = slots[i];
                 P11(p11->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &session));
                 return;
