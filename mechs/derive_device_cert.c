@@ -28,7 +28,10 @@
  * a remoting layer that drops vendor mechanisms) carries the parameter as
  * attributes and names a package instead of the CA key: the module finds the
  * key, puts it through the base-key checks, and issues with the same
- * issue_certificate().
+ * issue_certificate().  CKG_GUARDIAN_REQ_DEVICE_CERTS (a gang programmer's
+ * batch of 1..64 devices in one call, one RPC instead of three per
+ * certificate through the Guardian service) checks every entry first and
+ * then runs issue_certificate() for each in order.
  */
 #include <pthread.h>
 #include <stdbool.h>
@@ -46,6 +49,8 @@
 
 #include "anchor.h"
 #include "cert_builder.h"
+#include "device_batch.h"
+#include "identity.h"
 #include "module.h"
 #include "registry.h"
 #include "request.h"
@@ -1031,6 +1036,141 @@ static CK_RV device_cert_request(CK_FUNCTION_LIST *be, struct guardian_store *st
         return rv;
     return issue_certificate(be, st, session, &dev, &o, is, key, out);
 }
+
+/* ---- the batch request ----------------------------------------------------------------------- */
+
+/* CKG_GUARDIAN_REQ_DEVICE_CERTS: the devices of CKA_GUARDIAN_DEVICE_BATCH,
+ * every one checked as the single request checks its device (and against the
+ * CA key) before the first is issued; then each issued by
+ * issue_certificate(), in order, as a session certificate object whose DER
+ * is copied into the result and which is then destroyed.  The first failure
+ * stops the batch: the entries before it stay issued (their ISSUE records are
+ * written), it has its CKR, the ones after it CKR_FUNCTION_CANCELED (not
+ * tried, nothing spent). */
+static CK_RV device_certs_request(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                                  const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
+{
+    struct guardian_batch_entry e[GUARDIAN_DEVICE_BATCH_MAX];
+    const CK_ATTRIBUTE *batch;
+    struct device_in *dev = NULL;
+    struct out_template o;
+    struct package_name pn;
+    struct issuer *is = NULL;
+    CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+    uint8_t *copy = NULL, *result = NULL;
+    size_t n = 0, used = 0, cap, issued = 0;
+    const char *why = NULL;
+    CK_RV rv, first = CKR_OK;
+
+    if ((rv = request_package_name(rq, &pn)) != CKR_OK ||
+        (rv = guardian_request_bytes(rq, CKA_GUARDIAN_DEVICE_BATCH, true, &batch)) != CKR_OK)
+        return rv;
+    /* Copied once: what is checked is what is issued, whatever the caller's
+     * other threads do to its buffer meanwhile. */
+    copy = malloc(batch->ulValueLen > 0 ? batch->ulValueLen : 1);
+    if (copy == NULL)
+        return CKR_HOST_MEMORY;
+    if (batch->ulValueLen > 0)
+        memcpy(copy, batch->pValue, batch->ulValueLen);
+    if (guardian_device_batch_parse(copy, batch->ulValueLen, e, &n, &why) != 0) {
+        guardian_error(LOG, "refused: CKA_GUARDIAN_DEVICE_BATCH: %s", why);
+        rv = CKR_GUARDIAN_REQUEST_INVALID;
+        goto out;
+    }
+    dev = malloc(n * sizeof(*dev));
+    if (dev == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct device_arg a = {e[i].format, e[i].id, e[i].id_len, e[i].spki, e[i].spki_len};
+        rv = check_device(&a, &dev[i]);
+        if (rv != CKR_OK) {
+            guardian_error(LOG, "refused: the batch's entry %zu (of %zu) is not valid: nothing issued", i, n);
+            goto out;
+        }
+    }
+    /* The single request's output with no template: a session object. */
+    rv = check_output(be, session, NULL, 0, "C_CreateObject", &o);
+    if (rv != CKR_OK)
+        goto out;
+    if (!pn.by_id && (rv = installed_package(be, st, session, &pn)) != CKR_OK)
+        goto out;
+    rv = package_key_issuer(be, st, session, pn.package_id, &is, &key);
+    if (rv != CKR_OK)
+        goto out;
+    /* issue_certificate()'s one check of a device that needs the CA: made
+     * for all of them here, before anything is spent. */
+    for (size_t i = 0; i < n; i++) {
+        if (dev[i].key.key_len == is->cb.ca_key_len && memcmp(dev[i].key.key, is->cb.ca_key, dev[i].key.key_len) == 0) {
+            guardian_error(LOG, "refused: the batch's entry %zu, device %s, presents the production CA's own public "
+                                "key: nothing issued", i, dev[i].text);
+            rv = CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY;
+            goto out;
+        }
+    }
+
+    cap = n * (GUARDIAN_DEVICE_BATCH_RESULT_HEADER + GUARDIAN_CERT_BUF);
+    result = malloc(cap);
+    if (result == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint8_t der[GUARDIAN_CERT_BUF];
+        CK_ATTRIBUTE v = {CKA_VALUE, der, sizeof(der)};
+        CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+
+        rv = first != CKR_OK ? CKR_FUNCTION_CANCELED : issue_certificate(be, st, session, &dev[i], &o, is, key, &h);
+        if (rv == CKR_OK) {
+            rv = guardian_cert_objects_get(be, session, h, &v, 1);
+            guardian_cert_objects_destroy(be, session, h);
+            if (rv != CKR_OK)
+                guardian_error(LOG, "%s/%s: the batch's entry %zu is recorded as issued, but its certificate could "
+                                    "not be read back: %s",
+                               is->cb.oem_id, is->cb.product_id, i, guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "vendor CKR");
+        }
+        if (rv == CKR_OK)
+            issued++;
+        else if (first == CKR_OK)
+            first = rv;
+        if (guardian_device_batch_put_result(result, cap, &used, (uint32_t)rv, der, rv == CKR_OK ? v.ulValueLen : 0) !=
+            0) {
+            rv = CKR_GENERAL_ERROR;
+            goto out;
+        }
+    }
+    if (issued == 0) {
+        rv = first; /* the first entry's CKR: nothing was issued */
+        goto out;
+    }
+    if (first != CKR_OK)
+        guardian_warn(LOG, "%s/%s: batch of %zu stopped after %zu certificates: %s", is->cb.oem_id, is->cb.product_id,
+                      n, issued, guardian_ckr_name(first) ? guardian_ckr_name(first) : "vendor CKR");
+    rv = guardian_output_create(be, session, "device-certs", result, used, out);
+    if (rv != CKR_OK)
+        guardian_error(LOG, "%s/%s: %zu certificates of the batch are recorded as issued, but the result object "
+                            "could not be created (the audit trail holds them)",
+                       is->cb.oem_id, is->cb.product_id, issued);
+out:
+    free(result);
+    free(dev);
+    free(copy);
+    return rv;
+}
+
+static const CK_ATTRIBUTE_TYPE batch_attributes[] = {
+    CKA_GUARDIAN_PACKAGE_ID, CKA_GUARDIAN_OEM_ID, CKA_GUARDIAN_PRODUCT_ID, CKA_GUARDIAN_DEVICE_BATCH,
+};
+
+const struct guardian_request_type guardian_request_device_certs = {
+    .type = CKG_GUARDIAN_REQ_DEVICE_CERTS,
+    .name = "CKG_GUARDIAN_REQ_DEVICE_CERTS",
+    .session = GUARDIAN_REQUEST_USER,
+    .attributes = batch_attributes,
+    .n_attributes = sizeof(batch_attributes) / sizeof(batch_attributes[0]),
+    .run = device_certs_request,
+};
 
 static const CK_ATTRIBUTE_TYPE request_attributes[] = {
     CKA_GUARDIAN_PACKAGE_ID, CKA_GUARDIAN_OEM_ID, CKA_GUARDIAN_PRODUCT_ID, CKA_GUARDIAN_DEVICE_ID,

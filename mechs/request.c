@@ -20,6 +20,7 @@ static const struct guardian_request_type *const table[] = {
     &guardian_request_import,
     &guardian_request_device_cert,
     &guardian_request_status,
+    &guardian_request_device_certs,
 };
 
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count)

@@ -65,6 +65,7 @@ extern const struct guardian_request_type guardian_request_audit_export; /* audi
 extern const struct guardian_request_type guardian_request_probe;        /* probe.c */
 extern const struct guardian_request_type guardian_request_import;       /* unwrap_package.c */
 extern const struct guardian_request_type guardian_request_device_cert;  /* derive_device_cert.c */
+extern const struct guardian_request_type guardian_request_device_certs; /* derive_device_cert.c */
 extern const struct guardian_request_type guardian_request_status;       /* status.c */
 
 /* Non-zero when the template is a request (CKA_CLASS = CKO_GUARDIAN_REQUEST). */

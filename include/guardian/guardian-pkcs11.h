@@ -97,6 +97,11 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKA_GUARDIAN_DEVICE_ID (CKA_GUARDIAN_BASE | 0x0013UL)        /* bytes: pDeviceId */
 #define CKA_GUARDIAN_DEVICE_ID_FORMAT (CKA_GUARDIAN_BASE | 0x0014UL) /* CK_ULONG: CKG_GUARDIAN_DEVICE_ID_* */
 #define CKA_GUARDIAN_DEVICE_SPKI (CKA_GUARDIAN_BASE | 0x0015UL)      /* SubjectPublicKeyInfo, DER */
+/* CKG_GUARDIAN_REQ_DEVICE_CERTS: 1..64 devices, each encoded as
+ * format (4 bytes, big-endian), ID length (2, BE), ID, SPKI length (2, BE),
+ * SPKI; a byte string, so no CK_ULONG inside it crosses a remoting layer in
+ * the sender's byte order (docs/vendor-interface.md, "The batch encoding"). */
+#define CKA_GUARDIAN_DEVICE_BATCH (CKA_GUARDIAN_BASE | 0x0016UL)
 
 /* CKG_GUARDIAN_REQ_* values of CKA_GUARDIAN_REQUEST. */
 /* SO session: enrol CKA_VALUE (an OEM root CA certificate, DER) for the OEM IDs
@@ -152,6 +157,17 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * locked ones).  No secret, no credential's name.  Returns a session CKO_DATA object whose CKA_VALUE is text, one
  * "key=value" per line (docs/vendor-interface.md, "The status"). */
 #define CKG_GUARDIAN_REQ_STATUS 9UL
+/* User session (read-only will do): issue up to 64 device certificates in one
+ * call, for a gang programmer, each exactly as CKG_GUARDIAN_REQ_DEVICE_CERT
+ * would.  The package as for CKG_GUARDIAN_REQ_DEVICE_CERT; the devices in
+ * CKA_GUARDIAN_DEVICE_BATCH.  Every entry is checked before any is issued (a
+ * bad one refuses the whole request, with the single request's code); then
+ * they are issued in order until one fails (the quota, say): those before it
+ * stay issued.  Returns a session CKO_DATA object "guardian-output:device-certs"
+ * whose CKA_VALUE holds one record per entry: status (the entry's CKR, 4
+ * bytes BE), certificate length (4, BE), the DER.  The call returns CKR_OK
+ * when at least one certificate was issued, else the first entry's CKR. */
+#define CKG_GUARDIAN_REQ_DEVICE_CERTS 10UL
 
 /* ---- Return values ----------------------------------------------------- */
 

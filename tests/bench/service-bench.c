@@ -3,8 +3,8 @@
  * through any PKCS#11 library: the Guardian module in-process, or
  * p11-kit-client.so in front of `p11-kit server` (the service model).
  *
- *   service-bench --module LIB --token-label L [--pin P] --path mech|request|sign|rtt
- *                 [--workers N] [--procs] [--seconds S] [--warmup S] [--tag T] [--keep N]
+ *   service-bench --module LIB --token-label L [--pin P] --path mech|request|sign|rtt|batch
+ *                 [--workers N] [--procs] [--seconds S] [--warmup S] [--tag T] [--keep N] [--batch N]
  *
  * One certificate, as a programming system gets it:
  *   mech     C_DeriveKey(CKM_GUARDIAN_DERIVE_DEVICE_CERT) on the production CA
@@ -16,6 +16,11 @@
  * certificates a new session, and the old one closed with its objects).  Each certificate has a new text device ID and a
  * P-256 key from a pool made before timing (the part's key generation is not the
  * Guardian's cost).
+ *   batch    C_CreateObject of one CKG_GUARDIAN_REQ_DEVICE_CERTS request for --batch N
+ *            (default 16) devices, C_GetAttributeValue of its result and
+ *            C_DestroyObject: three RPCs for N certificates (reported as
+ *            path=batchN; ops and rate count certificates, and each
+ *            certificate's latency is its batch's divided by N)
  *   sign     C_SignInit + C_Sign (CKM_ECDSA, 32-byte hash) with the same CA key:
  *            the signature no certificate can do without.  The module refuses a
  *            plain C_Sign with a production CA key, so LIB is the backend here.
@@ -92,9 +97,17 @@
 #define ERRORS_MAX 10
 #define SETUP_TRIES 8
 
-enum path { PATH_MECH, PATH_REQUEST, PATH_SIGN, PATH_RTT };
-static const char *const path_names[] = {"mech", "request", "sign", "rtt"};
-#define N_PATHS 4
+enum path { PATH_MECH, PATH_REQUEST, PATH_SIGN, PATH_RTT, PATH_BATCH };
+static const char *const path_names[] = {"mech", "request", "sign", "rtt", "batch"};
+#define N_PATHS 5
+#define BATCH_MAX 64
+/* The batch request and its attribute (issue 9); older headers lack them. */
+#ifndef CKG_GUARDIAN_REQ_DEVICE_CERTS
+#define CKG_GUARDIAN_REQ_DEVICE_CERTS 10UL
+#endif
+#ifndef CKA_GUARDIAN_DEVICE_BATCH
+#define CKA_GUARDIAN_DEVICE_BATCH (CKA_GUARDIAN_BASE | 0x0016UL)
+#endif
 
 struct options {
     const char *module;
@@ -106,6 +119,7 @@ struct options {
     double seconds, warmup;
     const char *tag;
     unsigned long keep; /* 0: destroy each certificate; N: close the session every N instead */
+    unsigned batch;     /* --path batch: certificates per request (default 16) */
 };
 
 /* One worker's results, in memory shared with the parent (--procs). */
@@ -172,6 +186,8 @@ struct worker {
     CK_SESSION_HANDLE session;
     unsigned long n; /* operations so far, warm-up included: the device ID's number */
     CK_BYTE value[CERT_VALUE_MAX];
+    unsigned certs;        /* certificates the last operation issued */
+    CK_BYTE *batch_in, *batch_out; /* --path batch: the request's encoding, its result */
 };
 
 static CK_RV lib_open(const struct options *o, struct lib *b)
@@ -360,6 +376,7 @@ static CK_RV one_op(struct worker *w, const char **fn)
     CK_RV rv;
 
     w->n++;
+    w->certs = 1;
     if (id_len <= 0 || (size_t)id_len >= sizeof(id)) {
         *fn = "device ID (--tag too long)";
         return CKR_ARGUMENTS_BAD;
@@ -396,6 +413,74 @@ static CK_RV one_op(struct worker *w, const char **fn)
         }
         rv = fetch_and_destroy(w, cert, fn);
         return rv == CKR_OK ? rotate_session(w, fn) : rv;
+    }
+    case PATH_BATCH: {
+        /* One CKG_GUARDIAN_REQ_DEVICE_CERTS of o->batch devices, its result
+         * read (every record's status checked) and destroyed: three RPCs for
+         * o->batch certificates. */
+        CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
+        CK_ULONG req = CKG_GUARDIAN_REQ_DEVICE_CERTS;
+        size_t used = 0, out_cap = (size_t)w->o->batch * (8 + CERT_VALUE_MAX), pos = 0;
+        unsigned got = 0;
+        if (w->batch_in == NULL) {
+            w->batch_in = malloc((size_t)BATCH_MAX * (8 + sizeof(id) + 1024));
+            w->batch_out = malloc(out_cap);
+            if (w->batch_in == NULL || w->batch_out == NULL) {
+                *fn = "malloc";
+                return CKR_HOST_MEMORY;
+            }
+        }
+        for (unsigned i = 0; i < w->o->batch; i++) {
+            CK_BYTE *p = w->batch_in + used;
+            size_t dd = (d + i) % DEVICE_POOL;
+            int n = snprintf(id, sizeof(id), "B%s-%ld-%d-%lu-%u", w->o->tag, (long)getpid(), w->index, w->n, i);
+            if (n <= 0 || (size_t)n >= sizeof(id) || b->spki_len[dd] > 1024) {
+                *fn = "device ID (--tag too long)";
+                return CKR_ARGUMENTS_BAD;
+            }
+            p[0] = 0, p[1] = 0, p[2] = 0, p[3] = (CK_BYTE)CKG_GUARDIAN_DEVICE_ID_TEXT;
+            p[4] = (CK_BYTE)(n >> 8), p[5] = (CK_BYTE)n;
+            memcpy(p + 6, id, (size_t)n);
+            p[6 + n] = (CK_BYTE)(b->spki_len[dd] >> 8), p[7 + n] = (CK_BYTE)b->spki_len[dd];
+            memcpy(p + 8 + n, b->spki[dd], b->spki_len[dd]);
+            used += 8 + (size_t)n + b->spki_len[dd];
+        }
+        {
+            CK_ATTRIBUTE t[] = {
+                {CKA_CLASS, &cls, sizeof(cls)},
+                {CKA_GUARDIAN_REQUEST, &req, sizeof(req)},
+                {CKA_GUARDIAN_PACKAGE_ID, b->package_id, sizeof(b->package_id)},
+                {CKA_GUARDIAN_DEVICE_BATCH, w->batch_in, (CK_ULONG)used},
+            };
+            CK_ATTRIBUTE v = {CKA_VALUE, w->batch_out, (CK_ULONG)out_cap};
+            rv = b->l->C_CreateObject(w->session, t, sizeof(t) / sizeof(t[0]), &cert);
+            if (rv != CKR_OK) {
+                *fn = "C_CreateObject (CKG_GUARDIAN_REQ_DEVICE_CERTS)";
+                return rv;
+            }
+            rv = b->l->C_GetAttributeValue(w->session, cert, &v, 1);
+            b->l->C_DestroyObject(w->session, cert);
+            if (rv != CKR_OK) {
+                *fn = "C_GetAttributeValue (batch result)";
+                return rv;
+            }
+            while (v.ulValueLen - pos >= 8) {
+                CK_BYTE *r = w->batch_out + pos;
+                unsigned long st = (unsigned long)r[0] << 24 | (unsigned long)r[1] << 16 | r[2] << 8 | r[3];
+                size_t len = (size_t)r[4] << 24 | (size_t)r[5] << 16 | (size_t)r[6] << 8 | r[7];
+                if (v.ulValueLen - pos - 8 < len)
+                    break;
+                if (st == CKR_OK && len >= 64 && r[8] == 0x30)
+                    got++;
+                pos += 8 + len;
+            }
+        }
+        w->certs = got;
+        if (got != w->o->batch) {
+            *fn = "the batch result (an entry without its certificate)";
+            return CKR_GENERAL_ERROR;
+        }
+        return CKR_OK;
     }
     case PATH_RTT: {
         CK_SESSION_INFO si;
@@ -462,9 +547,10 @@ static void *worker_main(void *arg)
             t = last;
             continue;
         }
+        /* Per certificate: a batch's time shared by its certificates. */
         if (s->n_lat < LAT_MAX)
-            s->lat_us[s->n_lat++] = (float)((last - t) * 1e6);
-        s->ops++;
+            s->lat_us[s->n_lat++] = (float)((last - t) * 1e6 / w->certs);
+        s->ops += w->certs;
         t = last;
     }
     s->elapsed = last - t0;
@@ -564,14 +650,15 @@ static void *worker_thread(void *arg)
 
 static int usage(FILE *f)
 {
-    fprintf(f, "usage: " PROG " --module LIB --token-label L [--pin P] --path mech|request|sign|rtt\n"
+    fprintf(f, "usage: " PROG " --module LIB --token-label L [--pin P] --path mech|request|sign|rtt|batch\n"
                "                     [--workers N] [--procs] [--seconds S] [--warmup S] [--tag T]\n"
                "  --pin P      the user PIN (or $" PIN_ENV ")\n"
                "  --workers N  1..16 concurrent sessions (default 1); --procs: one process each\n"
                "  --seconds S  timed seconds (default 3); --warmup S untimed, per worker (default 0.5)\n"
                "  --tag T      part of every device ID (default: the pid)\n"
                "  --keep N     no C_DestroyObject per certificate: a new session every N\n"
-               "               certificates, the old one closed (its objects with it)\n");
+               "               certificates, the old one closed (its objects with it)\n"
+               "  --batch N    --path batch: N (1..64, default 16) certificates per request\n");
     return 2;
 }
 
@@ -583,10 +670,10 @@ int main(int argc, char **argv)
         {"workers", required_argument, NULL, 'w'}, {"procs", no_argument, NULL, 'f'},
         {"seconds", required_argument, NULL, 's'}, {"warmup", required_argument, NULL, 'W'},
         {"tag", required_argument, NULL, 't'},    {"keep", required_argument, NULL, 'k'},
-        {"help", no_argument, NULL, 'h'},
+        {"batch", required_argument, NULL, 'b'},  {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct options o = {.workers = 1, .seconds = 3, .warmup = 0.5, .path = (enum path) - 1};
+    struct options o = {.workers = 1, .seconds = 3, .warmup = 0.5, .path = (enum path) - 1, .batch = 16};
     char tag[32];
     struct shared *sh;
     size_t sh_size;
@@ -628,6 +715,11 @@ int main(int argc, char **argv)
         case 'k':
             o.keep = strtoul(optarg, &end, 10);
             if (*end != '\0' || o.keep > 60000)
+                return usage(stderr);
+            break;
+        case 'b':
+            o.batch = (unsigned)strtoul(optarg, &end, 10);
+            if (*end != '\0' || o.batch < 1 || o.batch > BATCH_MAX)
                 return usage(stderr);
             break;
         case 'h': usage(stdout); return 0;
@@ -731,9 +823,12 @@ int main(int argc, char **argv)
             rate += (double)s->ops / s->elapsed;
     }
     qsort(all, n_all, sizeof(*all), cmp_float);
-    printf("result path=%s%s workers=%d mode=%s seconds=%.2f ops=%llu rate=%.1f p50_us=%.1f p90_us=%.1f "
+    char batch_name[16] = "";
+    if (o.path == PATH_BATCH)
+        snprintf(batch_name, sizeof(batch_name), "%u", o.batch);
+    printf("result path=%s%s%s workers=%d mode=%s seconds=%.2f ops=%llu rate=%.1f p50_us=%.1f p90_us=%.1f "
            "p99_us=%.1f max_us=%.1f errors=%llu cpu_us=%.1f\n",
-           path_names[o.path], o.keep > 0 ? "+keep" : "", o.workers, o.procs ? "procs" : "threads", o.seconds,
+           path_names[o.path], batch_name, o.keep > 0 ? "+keep" : "", o.workers, o.procs ? "procs" : "threads", o.seconds,
            (unsigned long long)ops, rate, pct(all, n_all, 0.50), pct(all, n_all, 0.90), pct(all, n_all, 0.99),
            n_all ? all[n_all - 1] : 0.0, (unsigned long long)errors, ops ? cpu * 1e6 / (double)ops : 0.0);
     free(all);

@@ -23,6 +23,9 @@
 #                     1 and 2 client processes (each its own connection and server process)
 #   reqk-t1 svck-p1 svck-p2  the same without a C_DestroyObject per certificate: a
 #                     new session every 1,000 certificates (service-bench --keep)
+#   batch-t1 batch-p2 svcb-p1 svcb-p2  the CKG_GUARDIAN_REQ_DEVICE_CERTS batch of
+#                     SERVICE_BENCH_BATCH (default 16) devices per request, in-process
+#                     and through the service (rates and latencies per certificate)
 #   rtt-t1 rttsvc-p1  C_GetSessionInfo in-process and through the service: one RPC
 #   base-mech-t1 base-mech-t2  SERVICE_BENCH_BASE_MODULE in-process (an earlier build), threads
 #
@@ -89,6 +92,11 @@ END {
     ratio("svck-p1", "reqk-t1", "service / in-process, --keep, 1 client")
     ratio("svck-p1", "req-t1", "service --keep / in-process, 1 client")
     ratio("svck-p2", "req-p2", "service --keep / in-process, 2 clients")
+    ratio("svcb-p1", "req-t1", "service batch / in-process single, 1 client")
+    ratio("svcb-p2", "req-p2", "service batch / in-process single, 2 clients")
+    ratio("svcb-p1", "batch-t1", "service batch / in-process batch, 1 client")
+    ratio("svcb-p2", "batch-p2", "service batch / in-process batch, 2 clients")
+    ratio("batch-t1", "req-t1", "in-process: batch / single")
     ratio("sign-t2", "sign-t1", "scaling: C_Sign, 2 threads / 1")
     ratio("mech-t2", "mech-t1", "scaling: certificates, 2 threads / 1")
     ratio("mech-p2", "mech-t1", "scaling: certificates, 2 procs / 1")
@@ -165,6 +173,10 @@ variant() {
     reqk-t1) echo "$M request 1 threads 1000" ;;
     svck-p1) echo "$CLIENT request 1 procs 1000" ;;
     svck-p2) echo "$CLIENT request 2 procs 1000" ;;
+    batch-t1) echo "$M batch 1 threads 0" ;;
+    batch-p2) echo "$M batch 2 procs 0" ;;
+    svcb-p1) echo "$CLIENT batch 1 procs 0" ;;
+    svcb-p2) echo "$CLIENT batch 2 procs 0" ;;
     rtt-t1) echo "$M rtt 1 threads 0" ;;
     rttsvc-p1) echo "$CLIENT rtt 1 procs 0" ;;
     base-mech-t1) echo "$BASE mech 1 threads 0" ;;
@@ -181,7 +193,7 @@ run() {
     # shellcheck disable=SC2086 # $procs: no word or one
     P11_KIT_SERVER_ADDRESS=unix:path=$sock GUARDIAN_BENCH_PIN=1234 \
         "$SB" --module "$lib" --token-label "$LABEL" --path "$path" --workers "$workers" $procs --keep "$keep" \
-        --seconds "$SECS" --warmup 0.5 --tag "$name-$round" 2>>"$work/runs.err" | sed "s/^result /$name /"
+        --batch "${SERVICE_BENCH_BATCH:-16}" --seconds "$SECS" --warmup 0.5 --tag "$name-$round" 2>>"$work/runs.err" | sed "s/^result /$name /"
 }
 
 # Which variants this build supports: the request needs CKG_GUARDIAN_REQ_DEVICE_CERT.
@@ -192,6 +204,9 @@ else
     variants=(sign-t1 sign-t2 mech-t1 mech-t2 mech-p2)
     if SECS=0.2 run req-t1 | grep -q rate= && SECS=0.2 run svc-p1 | grep -q rate=; then
         variants+=(req-t1 req-t2 req-p2 svc-p1 svc-p2 reqk-t1 svck-p1 svck-p2 rtt-t1 rttsvc-p1)
+        if SECS=0.2 run batch-t1 | grep -q rate=; then
+            variants+=(batch-t1 batch-p2 svcb-p1 svcb-p2)
+        fi
     else
         echo "service-bench: the module answers no CKG_GUARDIAN_REQ_DEVICE_CERT request (or the service" \
             "failed; see $work/runs.err): request and service variants left out" >&2

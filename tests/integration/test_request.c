@@ -897,6 +897,254 @@ static void test_device_cert_quota_and_records(void **st)
     EVP_PKEY_free(k);
 }
 
+/* ---- the batch (CKG_GUARDIAN_REQ_DEVICE_CERTS) -------------------------------------------- */
+
+/* Append one entry of CKA_GUARDIAN_DEVICE_BATCH's encoding. */
+static size_t batch_put(unsigned char *b, size_t used, CK_ULONG format, const void *id, size_t id_len,
+                        const unsigned char *spki, size_t spki_len)
+{
+    unsigned char *p = b + used;
+    p[0] = (unsigned char)(format >> 24), p[1] = (unsigned char)(format >> 16);
+    p[2] = (unsigned char)(format >> 8), p[3] = (unsigned char)format;
+    p[4] = (unsigned char)(id_len >> 8), p[5] = (unsigned char)id_len;
+    memcpy(p + 6, id, id_len);
+    p[6 + id_len] = (unsigned char)(spki_len >> 8), p[7 + id_len] = (unsigned char)spki_len;
+    memcpy(p + 8 + id_len, spki, spki_len);
+    return used + 8 + id_len + spki_len;
+}
+
+/* `n` entries "<prefix>-1".. with the same key. */
+static size_t batch_of(unsigned char *b, const char *prefix, int n, const unsigned char *spki, size_t spki_len)
+{
+    size_t used = 0;
+    for (int i = 1; i <= n; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "%s-%d", prefix, i);
+        used = batch_put(b, used, CKG_GUARDIAN_DEVICE_ID_TEXT, id, strlen(id), spki, spki_len);
+    }
+    return used;
+}
+
+static CK_RV batch_req(const CK_BYTE *package_id, const char *product, const unsigned char *b, size_t len,
+                       CK_OBJECT_HANDLE *out)
+{
+    CK_ATTRIBUTE t[3];
+    CK_ULONG k = 0;
+    if (package_id != NULL) {
+        t[k++] = (CK_ATTRIBUTE){CKA_GUARDIAN_PACKAGE_ID, (void *)package_id, 16};
+    } else {
+        t[k++] = (CK_ATTRIBUTE){CKA_GUARDIAN_OEM_ID, "ACME", 4};
+        t[k++] = (CK_ATTRIBUTE){CKA_GUARDIAN_PRODUCT_ID, (void *)product, (CK_ULONG)strlen(product)};
+    }
+    t[k++] = (CK_ATTRIBUTE){CKA_GUARDIAN_DEVICE_BATCH, (void *)b, (CK_ULONG)len};
+    *out = CK_INVALID_HANDLE;
+    return request(s, CKG_GUARDIAN_REQ_DEVICE_CERTS, t, k, out);
+}
+
+static unsigned long be32_at(const unsigned char *p)
+{
+    return (unsigned long)p[0] << 24 | (unsigned long)p[1] << 16 | (unsigned long)p[2] << 8 | p[3];
+}
+
+/* The result object's records: status[i] and the CN of each certificate
+ * (verified up to the OEM root as cert_of does) in cn[i]; the object is
+ * checked (label, class) and destroyed.  Returns the number of records. */
+static int batch_result(CK_OBJECT_HANDLE h, CK_RV status[], char cn[][32])
+{
+    static unsigned char value[64 * 4200];
+    char label[64] = {0};
+    CK_OBJECT_CLASS cls = 0;
+    CK_ATTRIBUTE a[] = {{CKA_VALUE, value, sizeof(value)}, {CKA_LABEL, label, sizeof(label) - 1},
+                        {CKA_CLASS, &cls, sizeof(cls)}};
+    size_t pos = 0;
+    int n = 0;
+
+    assert_int_equal(m->C_GetAttributeValue(s, h, a, 3), CKR_OK);
+    assert_int_equal(cls, CKO_DATA);
+    label[a[1].ulValueLen] = '\0';
+    assert_string_equal(label, "guardian-output:device-certs");
+    while (pos < a[0].ulValueLen) {
+        size_t len;
+        assert_true(a[0].ulValueLen - pos >= 8);
+        status[n] = be32_at(value + pos);
+        len = be32_at(value + pos + 4);
+        pos += 8;
+        assert_true(a[0].ulValueLen - pos >= len);
+        cn[n][0] = '\0';
+        assert_true((status[n] == CKR_OK) == (len > 0));
+        if (len > 0) {
+            const unsigned char *p = value + pos;
+            X509 *x = d2i_X509(NULL, &p, (long)len);
+            assert_non_null(x);
+            assert_true(p == value + pos + len);
+            assert_true(X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn[n], 32) > 0);
+            X509_free(x);
+        }
+        pos += len;
+        n++;
+    }
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    return n;
+}
+
+/* A batch is N single requests: the same ISSUE (and RESERVE) records, the
+ * same units; the quota running out at entry k leaves 0..k-1 issued. */
+static void test_device_certs_batch(void **st)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    unsigned char spki[1100], b[8192];
+    size_t n = spki_of(k, spki), len;
+    CK_OBJECT_HANDLE a_obj = 0, b_obj = 0, h = 0;
+    CK_BYTE b_id[16];
+    CK_RV status[64];
+    char cn[64][32], ra[4096], rb[4096];
+    (void)st;
+
+    assert_int_equal(mech_import("twin-a.gpk", &a_obj), CKR_OK);
+    assert_int_equal(req_import("twin-b.gpk", &b_obj), CKR_OK);
+    package_id_of(b_obj, b_id);
+    /* TWIN-A: three single requests; TWIN-B: one batch of the same three. */
+    for (int i = 1; i <= 3; i++) {
+        char id[16];
+        struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, id, 0, spki, n};
+        snprintf(id, sizeof(id), "T-%d", i);
+        d.id_len = strlen(id);
+        assert_int_equal(req_cert_in(s, NULL, "TWIN-A", &d, NULL, 0, &h), CKR_OK);
+        assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    }
+    len = batch_of(b, "T", 3, spki, n);
+    assert_int_equal(batch_req(b_id, NULL, b, len, &h), CKR_OK);
+    assert_int_equal(batch_result(h, status, cn), 3);
+    for (int i = 0; i < 3; i++) {
+        char want[16];
+        snprintf(want, sizeof(want), "T-%d", i + 1);
+        assert_int_equal(status[i], CKR_OK);
+        assert_string_equal(cn[i], want);
+    }
+    assert_int_equal(ulong_of(a_obj, CKA_GUARDIAN_ISSUED_UNITS), 3);
+    assert_int_equal(ulong_of(b_obj, CKA_GUARDIAN_ISSUED_UNITS), 3);
+    /* Nothing left: the first entry's code, and no result object. */
+    len = batch_of(b, "U", 2, spki, n);
+    assert_int_equal(batch_req(NULL, "TWIN-B", b, len, &h), CKR_GUARDIAN_QUOTA_EXHAUSTED);
+    assert_int_equal(h, CK_INVALID_HANDLE);
+    records_of("TWIN-A", ra, sizeof(ra));
+    records_of("TWIN-B", rb, sizeof(rb));
+    assert_string_equal(ra, rb);
+    assert_non_null(strstr(rb, "3 3 542D33 0 0\n")); /* ISSUE of serial 3 to "T-3" */
+
+    /* SMALL has 3 units: a batch of 5 issues 3, the 4th is refused, the 5th
+     * not tried; the call succeeds (something was issued). */
+    import_for_certs();
+    len = batch_of(b, "G", 5, spki, n);
+    assert_int_equal(batch_req(small_id, NULL, b, len, &h), CKR_OK);
+    assert_int_equal(batch_result(h, status, cn), 5);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(status[i], CKR_OK);
+    assert_string_equal(cn[2], "G-3");
+    assert_int_equal(status[3], CKR_GUARDIAN_QUOTA_EXHAUSTED);
+    assert_int_equal(status[4], CKR_FUNCTION_CANCELED);
+    assert_int_equal(ulong_of(small_obj, CKA_GUARDIAN_ISSUED_UNITS), 3);
+    assert_int_equal(ulong_of(small_obj, CKA_GUARDIAN_REMAINING_UNITS), 0);
+    records_of("SMALL", ra, sizeof(ra));
+    assert_non_null(strstr(ra, "3 3 472D33 0 0\n")); /* ISSUE of serial 3 to "G-3" */
+    assert_null(strstr(ra, "472D34"));                 /* nothing for "G-4" */
+    EVP_PKEY_free(k);
+}
+
+struct bad_entry {
+    CK_ULONG format;
+    const char *id;
+    const unsigned char *key;
+    size_t key_len;
+    CK_RV expect;
+    const char *what;
+};
+
+/* A bad entry anywhere refuses the whole batch with the code a single
+ * request gives it, and spends nothing; so does a bad encoding (empty, 65
+ * entries, cut short anywhere, a trailing byte), as
+ * CKR_GUARDIAN_REQUEST_INVALID. */
+static void test_device_certs_refusals(void **st)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    unsigned char spki[1100], bad[1100], ca_spki[1100], b[80000];
+    size_t n = spki_of(k, spki), ca_n, len, one;
+    CK_OBJECT_HANDLE h = 0;
+    CK_ULONG issued;
+    struct bad_entry cases[4];
+    (void)st;
+
+    import_for_certs();
+    {
+        FILE *f = fopen(path("ca.pem"), "r");
+        X509 *ca = PEM_read_X509(f, NULL, NULL, NULL);
+        fclose(f);
+        ca_n = spki_of(X509_get0_pubkey(ca), ca_spki);
+        X509_free(ca);
+    }
+    memcpy(bad, spki, n);
+    bad[n - 1] ^= 0x01;
+    cases[0] = (struct bad_entry){CKG_GUARDIAN_DEVICE_ID_TEXT, "bad/id", spki, n, CKR_GUARDIAN_DEVICE_ID_INVALID,
+                                  "a text ID with '/'"};
+    cases[1] = (struct bad_entry){7, "B-2", spki, n, CKR_GUARDIAN_DEVICE_ID_INVALID, "format 7"};
+    cases[2] = (struct bad_entry){CKG_GUARDIAN_DEVICE_ID_TEXT, "B-2", bad, n, CKR_GUARDIAN_DEVICE_KEY_INVALID,
+                                  "a point off the curve"};
+    cases[3] = (struct bad_entry){CKG_GUARDIAN_DEVICE_ID_TEXT, "B-2", ca_spki, ca_n,
+                                  CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY, "the CA's own key"};
+    issued = ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS);
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct device d = {cases[c].format, cases[c].id, strlen(cases[c].id), cases[c].key, cases[c].key_len};
+        CK_RV single = req_cert_in(s, pkg_id, NULL, &d, NULL, 0, &h);
+        /* the bad entry second of three: the first is good, and not issued */
+        len = batch_put(b, 0, CKG_GUARDIAN_DEVICE_ID_TEXT, "B-1", 3, spki, n);
+        len = batch_put(b, len, cases[c].format, cases[c].id, strlen(cases[c].id), cases[c].key, cases[c].key_len);
+        len = batch_put(b, len, CKG_GUARDIAN_DEVICE_ID_TEXT, "B-3", 3, spki, n);
+        if (single != cases[c].expect)
+            fail_msg("%s: the single request gave 0x%lx", cases[c].what, (unsigned long)single);
+        if (batch_req(pkg_id, NULL, b, len, &h) != cases[c].expect)
+            fail_msg("%s: the batch did not give the single request's code", cases[c].what);
+        assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS), issued);
+    }
+
+    /* The encoding. */
+    assert_int_equal(batch_req(pkg_id, NULL, b, 0, &h), CKR_GUARDIAN_REQUEST_INVALID);      /* N = 0 */
+    assert_int_equal(batch_req(pkg_id, NULL, NULL, 0, &h), CKR_GUARDIAN_REQUEST_INVALID);   /* N = 0 */
+    len = batch_of(b, "N", 65, spki, n);
+    assert_int_equal(batch_req(pkg_id, NULL, b, len, &h), CKR_GUARDIAN_REQUEST_INVALID);    /* N = 65 */
+    len = batch_of(b, "N", 64, spki, n);
+    b[len] = 0;
+    assert_int_equal(batch_req(pkg_id, NULL, b, len + 1, &h), CKR_GUARDIAN_REQUEST_INVALID); /* trailing byte */
+    one = batch_of(b, "C", 1, spki, n);
+    len = batch_of(b, "C", 2, spki, n);
+    for (size_t cut = 1; cut < len; cut++) {
+        if (cut == one)
+            continue; /* a whole first entry: a batch of one */
+        if (batch_req(pkg_id, NULL, b, cut, &h) != CKR_GUARDIAN_REQUEST_INVALID)
+            fail_msg("a batch cut to %zu of %zu bytes was not refused", cut, len);
+    }
+    /* An attribute the batch does not take (the single request's CKA_TOKEN). */
+    {
+        CK_BBOOL no = CK_FALSE;
+        CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_PACKAGE_ID, pkg_id, 16},
+                            {CKA_GUARDIAN_DEVICE_BATCH, b, (CK_ULONG)one},
+                            {CKA_TOKEN, &no, sizeof(no)}};
+        assert_int_equal(request(s, CKG_GUARDIAN_REQ_DEVICE_CERTS, t, 3, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    }
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS), issued);
+    /* And a good one of 64 goes through. */
+    len = batch_of(b, "N", 64, spki, n);
+    assert_int_equal(batch_req(pkg_id, NULL, b, len, &h), CKR_OK);
+    {
+        CK_RV status[64];
+        char cn[64][32];
+        assert_int_equal(batch_result(h, status, cn), 64);
+        assert_string_equal(cn[63], "N-64");
+    }
+    /* At least those 64 (the module's reservation blocks count too). */
+    assert_true(ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS) >= issued + 64);
+    EVP_PKEY_free(k);
+}
+
 /* ---- the status ------------------------------------------------------------------------------ */
 
 /* CKG_GUARDIAN_REQ_STATUS in `session`: its text in `out`, the object checked
@@ -1154,6 +1402,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_cert, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_cert_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_cert_quota_and_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_certs_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_certs_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status_service_mode, setup_service, teardown_service),
     };
