@@ -40,7 +40,8 @@ service_require() {
         command -v "$tool" >/dev/null || { echo "SKIP: $tool is missing"; exit 77; }
     done
     if ldd "$M" 2>/dev/null | grep -q libasan; then
-        echo "SKIP: $M is built with ASan, which hangs p11-kit server and p11-kit-remote (tests/lib/service.sh says why); the normal build runs this test"
+        echo "SKIP: $M is built with ASan, which hangs p11-kit server and p11-kit-remote" \
+            "(tests/lib/service.sh says why); the normal build runs this test"
         exit 77
     fi
 }
