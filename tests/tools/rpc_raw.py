@@ -21,12 +21,22 @@ Objects are named by boundary_attacks.py's selectors (CLASS:FIELD=VALUE).
 
 Attacks (SEL = the key used):
   sign SEL                  C_SignInit(CKM_ECDSA) + C_Sign: the raw client works (a control)
-  ecdh SEL                  C_DeriveKey(CKM_ECDH1_DERIVE, CKD_NULL) with a NULL public-data
-                            pointer: the module must refuse a Guardian key before the
-                            parameter is looked at; an operator's key reaches the backend,
-                            which refuses the NULL pointer (CKR_MECHANISM_PARAM_INVALID)
+  ecdh SEL [ADDR]           C_DeriveKey(CKM_ECDH1_DERIVE, CKD_NULL) with the public-data
+                            pointer ADDR (default 0, NULL): the module must refuse a Guardian
+                            key before the parameter is looked at; an operator's key reaches
+                            the backend, which refuses the NULL pointer
+                            (CKR_MECHANISM_PARAM_INVALID)
   wrapped SEL WRAPPING      C_WrapKey(CKM_AES_KEY_WRAP_PAD) of SEL under WRAPPING
   unwrapwith SEL            C_UnwrapKey(CKM_AES_KEY_WRAP_PAD) with SEL as unwrapping key
+  devcert SEL ADDR          C_DeriveKey(CKM_GUARDIAN_DERIVE_DEVICE_CERT) with SEL (the
+                            production CA key) and a CK_GUARDIAN_DEVICE_CERT_PARAMS whose
+                            pDeviceId (32 bytes, binary) and pPublicKeyInfo are ADDR
+
+The parameter of a mechanism outside p11-kit's list reaches the module as the
+client's bytes: a pointer in it is an address the client chose, read in the
+service's p11-kit-remote (ADDR 0x1000: that process dies of SIGSEGV).  ecdh
+with an ADDR and devcert show it; the module should refuse such mechanisms in
+service mode (measured with p11-kit 0.24.1; see the test's report).
 """
 import os
 import socket
@@ -51,6 +61,8 @@ CKA_CLASS, CKA_TOKEN, CKA_LABEL, CKA_ID, CKA_KEY_TYPE = 0x0, 0x1, 0x3, 0x102, 0x
 CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_VALUE_LEN = 0x103, 0x162, 0x161
 CKO_SECRET_KEY, CKK_GENERIC_SECRET = 4, 0x10
 CKM_ECDSA, CKM_ECDH1_DERIVE, CKM_AES_KEY_WRAP_PAD = 0x1041, 0x1050, 0x210A
+CKM_GUARDIAN_DERIVE_DEVICE_CERT = 0x80000000 | 0x47440000 | 0x0002
+CKO_CERTIFICATE, CKG_GUARDIAN_DEVICE_ID_BINARY = 1, 2
 CKD_NULL = 1
 BOOL_ATTRS = {CKA_TOKEN, CKA_SENSITIVE, CKA_EXTRACTABLE}
 ULONG_ATTRS = {CKA_CLASS, CKA_KEY_TYPE, CKA_VALUE_LEN}
@@ -201,11 +213,20 @@ def attack(c, session, name, args):
         # CK_ECDH1_DERIVE_PARAMS {kdf, ulSharedDataLen, pSharedData, ulPublicDataLen, pPublicData}:
         # a real point would need a pointer into the service's memory; NULL says whether the
         # module looked at the key first (a Guardian key) or passed the call on (the backend's answer).
-        params = struct.pack("<QQQQQ", CKD_NULL, 0, 0, 65, 0)
-        NOTES.append("C_DeriveKey(CKM_ECDH1_DERIVE, %d-byte parameter, pPublicData NULL)" % len(params))
+        addr = int(args[1], 0) if len(args) > 1 else 0
+        params = struct.pack("<QQQQQ", CKD_NULL, 0, 0, 65, addr)
+        NOTES.append("C_DeriveKey(CKM_ECDH1_DERIVE, %d-byte parameter, pPublicData 0x%x)" % (len(params), addr))
         h = c.call("C_DeriveKey", u64(session) + mechanism(CKM_ECDH1_DERIVE, params) + u64(key) +
                    attributes(Z_TEMPLATE)).u64()
         return "ALLOWED derived key handle %d" % h
+    if name == "devcert":
+        addr = int(args[1], 0)
+        # {version 1, deviceIdFormat BINARY, pDeviceId, 32, pPublicKeyInfo, 91}: the module's header's layout.
+        params = struct.pack("<QQQQQQ", 1, CKG_GUARDIAN_DEVICE_ID_BINARY, addr, 32, addr, 91)
+        NOTES.append("C_DeriveKey(CKM_GUARDIAN_DERIVE_DEVICE_CERT, pDeviceId = pPublicKeyInfo = 0x%x)" % addr)
+        h = c.call("C_DeriveKey", u64(session) + mechanism(CKM_GUARDIAN_DERIVE_DEVICE_CERT, params) + u64(key) +
+                   attributes([(CKA_CLASS, CKO_CERTIFICATE), (CKA_TOKEN, False)])).u64()
+        return "ALLOWED certificate handle %d" % h
     if name == "wrapped":
         wrapping = find(c, session, args[1])
         w = c.call("C_WrapKey", u64(session) + mechanism(CKM_AES_KEY_WRAP_PAD) + u64(wrapping) + u64(key) +

@@ -391,6 +391,8 @@ both "PyKCS11 C_UnwrapKey (RSA-PKCS) with the Guardian key" CKR_KEY_FUNCTION_NOT
 both "PyKCS11 C_UnwrapKey (AES-ECB) with the confidential item" CKR_KEY_FUNCTION_NOT_PERMITTED unwrapwith "$FW" aes-ecb
 notsent "PyKCS11 C_WrapKey of op-secret with the confidential item as wrapping key (AES-KEY-WRAP-PAD)" \
     CKR_KEY_FUNCTION_NOT_PERMITTED wrapwith "$FW" secret:label=op-secret
+raw "C_WrapKey of op-secret with the confidential item as wrapping key (AES-KEY-WRAP-PAD)" \
+    CKR_KEY_FUNCTION_NOT_PERMITTED wrapped secret:label=op-secret "$FW"
 both "PyKCS11 C_WrapKey of op-secret with the confidential item as wrapping key (AES-ECB)" \
     CKR_KEY_FUNCTION_NOT_PERMITTED wrapwith "$FW" secret:label=op-secret aes-ecb
 
@@ -696,4 +698,6 @@ expect "... and it extends the first (--previous)" 0 "this report extends it" --
 
 printf '\n# the codes: in-process | through the service\n'
 awk -F'\t' '{printf "    %-100s %-32s %s\n", $1, $2, $3}' codes.tsv
+awk -F'\t' '$1 ~ /^control/ {c++; next} $1 ~ /raw RPC client/ {r++; next} $3 ~ /not sent/ {n++; next} {s++}
+    END {printf "    %d calls with the same code in-process and through p11-kit-client.so; %d that p11-kit-client.so does not send (CKR_MECHANISM_INVALID), %d sent by the raw RPC client instead; %d controls\n", s, n, r, c}' codes.tsv
 finish
