@@ -1,8 +1,12 @@
 #!/usr/bin/python3
 """boundary_attacks.py MODULE TOKEN PIN ATTACK [ARGS...] -- one attack of a
 dishonest operator (who holds the user PIN) on an object, through the module,
-with PyKCS11 (and ctypes on the same function list for the two calls PyKCS11
-1.5 lacks: C_CopyObject, C_SignRecoverInit).  Used by test_boundary.sh.
+with PyKCS11 (and ctypes on the module's function list for the two calls
+PyKCS11 1.5 lacks: C_CopyObject, C_SignRecoverInit).  Used by test_boundary.sh
+and, with MODULE = p11-kit-client.so and PIN = NAME:SECRET, by
+test_service_boundary.sh.  p11-kit-client.so makes a new connection for each
+C_GetFunctionList: the ctypes calls then open a session of their own on it,
+log in and find the object again there.
 
 Prints one verdict line first:
   REFUSED <CKR name>   the call failed and nothing changed
@@ -28,12 +32,24 @@ Attacks (SEL = the object attacked):
   encrypt SEL                 C_EncryptInit (+ C_Encrypt)
   digestkey SEL               C_DigestInit(SHA-256) + C_DigestKey + C_DigestFinal
   ecdh SEL                    C_DeriveKey(ECDH1_DERIVE, CKD_NULL, P-256 generator) -> extractable secret
-  unwrapwith SEL              C_UnwrapKey with SEL as the unwrapping key (standard mechanism)
-  wrapwith SEL TARGET         C_WrapKey of TARGET with SEL as the wrapping key
-  wrapped SEL WRAPPING        C_WrapKey of SEL under WRAPPING (AES-KEY-WRAP-PAD)
+  unwrapwith SEL [MECH]       C_UnwrapKey with SEL as the unwrapping key (standard mechanism)
+  wrapwith SEL TARGET [MECH]  C_WrapKey of TARGET with SEL as the wrapping key
+  wrapped SEL WRAPPING [MECH] C_WrapKey of SEL under WRAPPING
   setattr SEL CKA_X VALUE     C_SetAttributeValue (VALUE true/false or text), then read back
   copy SEL [CKA_X=VALUE...]   C_CopyObject with that template
   destroy SEL                 C_DestroyObject, then look for it again
+  create CLASS [CKA_X=VALUE...] C_CreateObject of a CLASS object (a CLASSES name) with that
+                              template (VALUE true/false, a number for a CK_ULONG attribute,
+                              hex:HEX or file:PATH for bytes, else text); a made object is
+                              destroyed again
+  enrol ROOT.der OEM-IDS      the SO's enrolment request (CKG_GUARDIAN_REQ_ENROL_ROOT) in this
+                              (user) session
+  initpin NEW-PIN             C_InitPIN (the SO's: makes or resets an operator) in this session
+  issue PRODUCT DEVICE-ID SPKI.der OUT.der [CKA_X=VALUE...]
+                              a control: the device certificate request
+                              (CKG_GUARDIAN_REQ_DEVICE_CERT, PRODUCT = OEM/PRODUCT), with
+                              e.g. CKA_TOKEN=true; writes the certificate's DER to OUT.der
+MECH (wrapping, unwrapping): aes-key-wrap-pad (the default), aes-ecb, rsa-pkcs.
 """
 import ctypes
 import os
@@ -69,6 +85,25 @@ def vendor_names():
 VENDOR = vendor_names()
 
 
+def vendor_constants():
+    """CKA_GUARDIAN_*, CKO_GUARDIAN_* and CKG_GUARDIAN_REQ_* values from the public header."""
+    bases = {"CKA": PyKCS11.CKA_VENDOR_DEFINED | 0x47440000, "CKO": PyKCS11.CKO_VENDOR_DEFINED | 0x47440000}
+    values = {}
+    try:
+        text = open(HEADER).read()
+    except OSError:
+        return values
+    for full, kind, n in re.findall(r"#define ((CK[AO])_GUARDIAN_\w+) \(CK[AO]_GUARDIAN_BASE \| (0x[0-9A-Fa-f]+)UL\)",
+                                    text):
+        values[full] = bases[kind] | int(n, 16)
+    for name, n in re.findall(r"#define (CKG_GUARDIAN_REQ_\w+) (\d+)UL", text):
+        values[name] = int(n)
+    return values
+
+
+GUARDIAN = vendor_constants()
+
+
 # PKCS#11 2.40 codes that PyKCS11 1.5 does not name.
 MISSING = {0x1B: "CKR_ACTION_PROHIBITED", 0x140: "CKR_CURVE_NOT_SUPPORTED"}
 
@@ -85,6 +120,7 @@ def ckr_name(rv):
 
 
 NOTES = []
+TOKEN, PIN = "", ""  # main's, for Direct
 
 
 def note(text):
@@ -181,11 +217,112 @@ def count(s, sel=None):
     return len(s.findObjects(template_of(sel) if sel else []))
 
 
+class Direct:
+    """C_CopyObject and C_SignRecoverInit through ctypes.  On the module itself
+    the ctypes function list is PyKCS11's: its session and handles serve.
+    p11-kit-client.so answers each C_GetFunctionList with a new connection (its
+    client.c): then this opens a session of its own on that one, logs in, finds
+    the object again (handles are per connection) and counts objects there."""
+
+    def __init__(self, lib_path, s, sel, obj):
+        self.fl, self.own = function_list(lib_path), False
+        info = (ctypes.c_ulong * 8)()
+        if cfunc(self.fl, "C_GetSessionInfo", ctypes.c_ulong, ctypes.c_void_p)(s.session.value(), info) == 0:
+            self.session, self.obj, self.count = s.session.value(), obj.value(), lambda: count(s)
+            return
+        note("the ctypes function list is a connection of its own: a session, a login and the object there")
+        self.own = True
+        rv = cfunc(self.fl, "C_Initialize", ctypes.c_void_p)(None)
+        if rv not in (0, 0x191):  # CKR_CRYPTOKI_ALREADY_INITIALIZED
+            sys.exit("ERROR C_Initialize (ctypes): %s" % ckr_name(rv))
+        get_slots = cfunc(self.fl, "C_GetSlotList", ctypes.c_ubyte, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong))
+        n = ctypes.c_ulong(0)
+        get_slots(1, None, ctypes.byref(n))
+        slots = (ctypes.c_ulong * max(1, n.value))()
+        get_slots(1, slots, ctypes.byref(n))
+        token_info = cfunc(self.fl, "C_GetTokenInfo", ctypes.c_ulong, ctypes.c_void_p)
+        mine = []
+        for slot in slots[:n.value]:
+            ti = ctypes.create_string_buffer(512)
+            if token_info(slot, ti) == 0 and ti.raw[:32].decode(errors="replace").rstrip() == TOKEN:
+                mine.append(slot)
+        if len(mine) != 1:
+            sys.exit("ERROR ctypes: %d tokens labelled %r" % (len(mine), TOKEN))
+        h = ctypes.c_ulong(0)
+        rv = cfunc(self.fl, "C_OpenSession", ctypes.c_ulong, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.POINTER(ctypes.c_ulong))(mine[0], PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION,
+                                                   None, None, ctypes.byref(h))
+        if rv != 0:
+            sys.exit("ERROR C_OpenSession (ctypes): %s" % ckr_name(rv))
+        self.session = h.value
+        pin = PIN.encode()
+        rv = cfunc(self.fl, "C_Login", ctypes.c_ulong, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong)(
+            self.session, PyKCS11.CKU_USER, pin, len(pin))
+        if rv not in (0, 0x100):  # CKR_USER_ALREADY_LOGGED_IN
+            sys.exit("ERROR C_Login (ctypes): %s" % ckr_name(rv))
+        found = self.find(template_of(sel))
+        if len(found) != 1:
+            sys.exit("ERROR ctypes: %d objects match %s" % (len(found), sel))
+        self.obj = found[0]
+        self.count = lambda: len(self.find([]))
+        note("on that connection %s = handle %d" % (sel, self.obj))
+
+    def find(self, template):
+        keep, attrs = [], []
+        for t, v in template:
+            raw = (v.to_bytes(ctypes.sizeof(ctypes.c_ulong), sys.byteorder) if isinstance(v, int)
+                   else v.encode() if isinstance(v, str) else bytes(v))
+            buf = ctypes.create_string_buffer(raw, max(1, len(raw)))
+            keep.append(buf)
+            attrs.append(CK_ATTRIBUTE(t, ctypes.cast(buf, ctypes.c_void_p), len(raw)))
+        arr = (CK_ATTRIBUTE * max(1, len(attrs)))(*attrs)
+        init = cfunc(self.fl, "C_FindObjectsInit", ctypes.c_ulong, ctypes.POINTER(CK_ATTRIBUTE), ctypes.c_ulong)
+        more = cfunc(self.fl, "C_FindObjects", ctypes.c_ulong, ctypes.POINTER(ctypes.c_ulong), ctypes.c_ulong,
+                     ctypes.POINTER(ctypes.c_ulong))
+        if init(self.session, arr, len(attrs)) != 0:
+            sys.exit("ERROR C_FindObjectsInit (ctypes)")
+        found, batch, n = [], (ctypes.c_ulong * 64)(), ctypes.c_ulong(0)
+        while more(self.session, batch, 64, ctypes.byref(n)) == 0 and n.value:
+            found += batch[:n.value]
+        cfunc(self.fl, "C_FindObjectsFinal", ctypes.c_ulong)(self.session)
+        return found
+
+    def close(self):
+        if self.own:
+            cfunc(self.fl, "C_Finalize", ctypes.c_void_p)(None)
+
+
 def attr_code(name):
     code = PyKCS11.CKA.get(name)
     if not isinstance(code, int):
         sys.exit("ERROR unknown attribute %s" % name)
     return code
+
+
+def create_value(s, code, v):
+    """A template value for C_CreateObject: true/false, a number for a CK_ULONG
+    attribute, hex:HEX or file:PATH for bytes, else text (bytes where PyKCS11
+    takes bytes)."""
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    if v.startswith("hex:"):
+        return bytes.fromhex(v[4:])
+    if v.startswith("file:"):
+        with open(v[5:], "rb") as f:
+            return f.read()
+    if s.isNum(code):
+        return int(v, 0)
+    return v.encode() if s.isBin(code) else v
+
+
+def request(s, what, attrs):
+    """C_CreateObject of a CKO_GUARDIAN_REQUEST (docs/vendor-interface.md); the result's handle.
+    Vendor attributes cross as bytes: a CK_ULONG is sizeof(CK_ULONG) bytes in the machine's order."""
+    ulong = ctypes.sizeof(ctypes.c_ulong)
+    t = [(PyKCS11.CKA_CLASS, GUARDIAN["CKO_GUARDIAN_REQUEST"]),
+         (GUARDIAN["CKA_GUARDIAN_REQUEST"], GUARDIAN[what].to_bytes(ulong, sys.byteorder))] + attrs
+    note("C_CreateObject of a CKO_GUARDIAN_REQUEST, %s" % what)
+    return call("C_CreateObject (%s)" % what, s.createObject, t)
 
 
 def parse_value(v):
@@ -214,6 +351,17 @@ def sign_mechanism(kt):
     return PyKCS11.Mechanism(PyKCS11.CKM_SHA256_HMAC, None)
 
 
+def wrap_mechanism(name):
+    """MECH of the wrapping attacks."""
+    if name == "aes-key-wrap-pad":
+        return PyKCS11.Mechanism(CKM_AES_KEY_WRAP_PAD, None)
+    if name == "aes-ecb":
+        return PyKCS11.Mechanism(PyKCS11.CKM_AES_ECB, None)
+    if name == "rsa-pkcs":
+        return PyKCS11.Mechanism(PyKCS11.CKM_RSA_PKCS, None)
+    sys.exit("ERROR unknown wrapping mechanism %r" % name)
+
+
 def cipher_mechanism(kt):
     if kt == PyKCS11.CKK_RSA:
         return PyKCS11.Mechanism(PyKCS11.CKM_RSA_PKCS, None)
@@ -230,6 +378,46 @@ def attack(lib_path, s, name, args):
         return "COUNT %d" % count(s)
     if name == "exists":
         return "FOUND %d" % count(s, args[0])
+
+    if name == "create":
+        t = [(PyKCS11.CKA_CLASS, CLASSES[args[0]])]
+        for a in args[1:]:
+            n, v = a.split("=", 1)
+            t.append((attr_code(n), create_value(s, attr_code(n), v)))
+        note("C_CreateObject of a %s object with %s" % (args[0], " ".join(args[1:])))
+        before = count(s)
+        try:
+            h = s.createObject(t)
+        except PyKCS11.PyKCS11Error as e:
+            if count(s) != before:
+                return "CHANGED %s (the object count changed)" % ckr_name(e.value)
+            raise Refused(e.value, "C_CreateObject") from None
+        s.destroyObject(h)
+        return "ALLOWED the object was made (handle %d; destroyed again)" % h.value()
+    if name == "enrol":
+        with open(args[0], "rb") as f:
+            der = f.read()
+        h = request(s, "CKG_GUARDIAN_REQ_ENROL_ROOT", [(PyKCS11.CKA_VALUE, der),
+                                                      (GUARDIAN["CKA_GUARDIAN_OEM_IDS"], args[1].encode())])
+        return "ALLOWED the root was enrolled (handle %d)" % h.value()
+    if name == "initpin":
+        call("C_InitPIN", s.initPin, args[0])
+        return "ALLOWED C_InitPIN returned CKR_OK"
+    if name == "issue":
+        oem, product = args[0].split("/", 1)
+        with open(args[2], "rb") as f:
+            spki = f.read()
+        t = [(GUARDIAN["CKA_GUARDIAN_OEM_ID"], oem.encode()), (GUARDIAN["CKA_GUARDIAN_PRODUCT_ID"], product.encode()),
+             (GUARDIAN["CKA_GUARDIAN_DEVICE_ID"], args[1].encode()), (GUARDIAN["CKA_GUARDIAN_DEVICE_SPKI"], spki)]
+        for a in args[4:]:
+            n, v = a.split("=", 1)
+            t.append((attr_code(n), create_value(s, attr_code(n), v)))
+        h = request(s, "CKG_GUARDIAN_REQ_DEVICE_CERT", t)
+        der = read_attr(s, h, PyKCS11.CKA_VALUE)
+        with open(args[3], "wb") as f:
+            f.write(der)
+        on_token = read_attr(s, h, PyKCS11.CKA_TOKEN)
+        return "ALLOWED certificate of %d bytes, CKA_TOKEN %s" % (len(der), on_token)
 
     obj = find(s, args[0])
     note("object %s = handle %d" % (args[0], obj.value()))
@@ -259,11 +447,12 @@ def attack(lib_path, s, name, args):
             raise Refused(e.value, "C_VerifyInit/C_Verify") from None
         return "ALLOWED"
     if name == "signrecover":
-        fl = function_list(lib_path)
-        f = cfunc(fl, "C_SignRecoverInit", ctypes.c_ulong, ctypes.POINTER(CK_MECHANISM), ctypes.c_ulong)
         kt = key_type(s, obj)
+        d = Direct(lib_path, s, args[0], obj)
+        f = cfunc(d.fl, "C_SignRecoverInit", ctypes.c_ulong, ctypes.POINTER(CK_MECHANISM), ctypes.c_ulong)
         m = CK_MECHANISM(PyKCS11.CKM_RSA_PKCS if kt == PyKCS11.CKK_RSA else PyKCS11.CKM_ECDSA, None, 0)
-        rv = f(s.session.value(), ctypes.byref(m), obj.value())
+        rv = f(d.session, ctypes.byref(m), d.obj)
+        d.close()
         if rv != 0:
             raise Refused(rv, "C_SignRecoverInit")
         return "ALLOWED (C_SignRecoverInit returned CKR_OK)"
@@ -288,7 +477,9 @@ def attack(lib_path, s, name, args):
         return "ALLOWED shared secret %s" % (z.hex() if isinstance(z, bytes) else z)
     if name == "unwrapwith":
         kt = key_type(s, obj)
-        if kt == PyKCS11.CKK_RSA:
+        if len(args) > 1:
+            mech, blob = wrap_mechanism(args[1]), b"\x33" * (256 if kt == PyKCS11.CKK_RSA else 48)
+        elif kt == PyKCS11.CKK_RSA:
             mech, blob = PyKCS11.RSAOAEPMechanism(PyKCS11.CKM_SHA_1, PyKCS11.CKG_MGF1_SHA1), b"\x33" * 256
         elif kt == PyKCS11.CKK_EC:
             mech, blob = PyKCS11.Mechanism(CKM_AES_KEY_WRAP_PAD, None), b"\x33" * 40  # no EC unwrap exists
@@ -301,13 +492,18 @@ def attack(lib_path, s, name, args):
     if name == "wrapwith":
         target = find(s, args[1])
         kt = key_type(s, obj)
-        mech = (PyKCS11.RSAOAEPMechanism(PyKCS11.CKM_SHA_1, PyKCS11.CKG_MGF1_SHA1) if kt == PyKCS11.CKK_RSA
-                else PyKCS11.Mechanism(CKM_AES_KEY_WRAP_PAD, None))
+        if len(args) > 2:
+            mech = wrap_mechanism(args[2])
+        elif kt == PyKCS11.CKK_RSA:
+            mech = PyKCS11.RSAOAEPMechanism(PyKCS11.CKM_SHA_1, PyKCS11.CKG_MGF1_SHA1)
+        else:
+            mech = PyKCS11.Mechanism(CKM_AES_KEY_WRAP_PAD, None)
         w = call("C_WrapKey", s.wrapKey, obj, target, mech)
         return "ALLOWED %d wrapped bytes" % len(w)
     if name == "wrapped":
         wrapping = find(s, args[1])
-        w = call("C_WrapKey", s.wrapKey, wrapping, obj, PyKCS11.Mechanism(CKM_AES_KEY_WRAP_PAD, None))
+        mech = wrap_mechanism(args[2] if len(args) > 2 else "aes-key-wrap-pad")
+        w = call("C_WrapKey", s.wrapKey, wrapping, obj, mech)
         return "ALLOWED %d wrapped bytes: the secret left the token" % len(w)
     if name == "setattr":
         code, value = attr_code(args[1]), parse_value(args[2])
@@ -324,8 +520,8 @@ def attack(lib_path, s, name, args):
             raise Refused(e.value, "C_SetAttributeValue") from None
         return "ALLOWED %s is now %r" % (args[1], read_attr(s, obj, code))
     if name == "copy":
-        fl = function_list(lib_path)
-        f = cfunc(fl, "C_CopyObject", ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(CK_ATTRIBUTE), ctypes.c_ulong,
+        d = Direct(lib_path, s, args[0], obj)
+        f = cfunc(d.fl, "C_CopyObject", ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(CK_ATTRIBUTE), ctypes.c_ulong,
                   ctypes.POINTER(ctypes.c_ulong))
         keep, attrs = [], []
         for a in args[1:]:
@@ -336,11 +532,13 @@ def attack(lib_path, s, name, args):
             keep.append(buf)
             attrs.append(CK_ATTRIBUTE(attr_code(n), ctypes.cast(buf, ctypes.c_void_p), len(buf.raw)))
         arr = (CK_ATTRIBUTE * max(1, len(attrs)))(*attrs)
-        before = count(s)
+        before = d.count()
         out = ctypes.c_ulong(0)
-        rv = f(s.session.value(), obj.value(), arr, len(attrs), ctypes.byref(out))
+        rv = f(d.session, d.obj, arr, len(attrs), ctypes.byref(out))
+        after = d.count()
+        d.close()
         if rv != 0:
-            if count(s) != before:
+            if after != before:
                 return "CHANGED %s (the object count changed)" % ckr_name(rv)
             raise Refused(rv, "C_CopyObject")
         return "ALLOWED copy = handle %d" % out.value
@@ -359,7 +557,9 @@ def attack(lib_path, s, name, args):
 def main():
     if len(sys.argv) < 5:
         sys.exit(__doc__)
+    global TOKEN, PIN
     module, token, pin, name, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+    TOKEN, PIN = token, pin
     lib = PyKCS11.PyKCS11Lib()
     lib.load(module)
     slots = [sl for sl in lib.getSlotList(tokenPresent=True) if lib.getTokenInfo(sl).label.strip() == token]

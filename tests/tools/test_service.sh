@@ -17,72 +17,25 @@
 # root: otherwise it is skipped (exit 77).
 set -uo pipefail
 umask 022
-if [ "$(id -u)" != 0 ]; then
-    echo "SKIP: test_service.sh makes system accounts and switches to them: it needs root"
-    exit 77
-fi
 M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") SETUP=$(realpath "${3:?guardian-service-setup}")
 UNIT=$(realpath "${4:?guardian-pkcs11.service}")
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$(cd "$HERE/../.." && pwd)
 # shellcheck source=../lib/testlib.sh
 . "$HERE/../lib/testlib.sh"
-for tool in p11-kit setpriv useradd pkcs11-tool strace /usr/bin/python3; do
-    command -v "$tool" >/dev/null || { echo "SKIP: $tool is missing"; exit 77; }
-done
-SOFTHSM=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
+# shellcheck source=../lib/service.sh
+. "$HERE/../lib/service.sh"
+service_require test_service.sh pkcs11-tool strace
 PY=/usr/bin/python3
 HOLD=$HERE/p11kit_client.py
-# An ASan-built module (tests/run-all.sh's second build) inside p11-kit's
-# processes needs ASan's runtime preloaded into them, and then they hang:
-# p11-kit-remote at exit (libp11-kit's destructor waits in freelocale for
-# glibc's locale lock) and p11-kit server at its first refused connection
-# (measured, p11-kit 0.24.1). The module's own code runs under ASan in the
-# integration tests; the service is tested in the normal build.
-if ldd "$M" 2>/dev/null | grep -q libasan; then
-    echo "SKIP: $M is built with ASan, which hangs p11-kit server and p11-kit-remote (see the comment); the normal build runs this test"
-    exit 77
-fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/service-test-XXXXXX")
-chmod 0755 "$work"
-cd "$work" || exit 1
 prefix=gts$$
-svc=$prefix-svc ops=$prefix-ops op=$prefix-op other=$prefix-other
-pids=() opts=()
-# stop PID: SIGTERM, up to 5 s to end, then SIGKILL; returns its exit status.
-stop() {
-    kill -TERM "$1" 2>/dev/null || return 0
-    for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$1" 2>/dev/null && echo "(pid $1 did not end on SIGTERM: killed)"
-    wait "$1" 2>/dev/null
-}
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do stop "$p"; done
-    "$SETUP" uninstall "${opts[@]}" --purge >/dev/null 2>&1
-    for a in "$op" "$other" "$svc"; do userdel "$a" 2>/dev/null; done
-    for g in "$ops" "$svc" "$op" "$other"; do groupdel "$g" 2>/dev/null; done
-    [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT
+service_work service-test "$prefix"
 section() { printf '\n# %s\n' "$*"; }
 
-# Accounts: the service's, an operator (in the operators' group by a
-# supplementary group, as usermod -a -G makes it), and someone else.
-groupadd --system "$ops"
-for a in "$op" "$other"; do
-    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$a"
-done
-usermod -a -G "$ops" "$op"
-# as ACCOUNT CMD...: CMD as ACCOUNT with its groups, without the bench's variables.
-as() {
-    local a=$1
-    shift
-    setpriv --reuid="$a" --regid="$a" --init-groups -- env -u GUARDIAN_CONF -u SOFTHSM2_CONF -u GUARDIAN_BACKEND \
-        -u GUARDIAN_STATE_DIR HOME=/nonexistent "$@"
-}
+# Accounts: the service's (made by install), an operator (in the operators'
+# group by a supplementary group, as usermod -a -G makes it), and someone else.
+service_accounts "$op" "$other"
 # server_start LOG ARGS...: p11-kit server in the foreground (its pid in $server).
 server_start() {
     local log=$1
@@ -265,15 +218,8 @@ fi
 # ---- 3. install in a sandbox ---------------------------------------------------------------
 
 section "3. guardian-service-setup install in a sandbox"
-root=$work/root
-conf=$root/etc/guardian state=$root/var/lib/guardian tokens=$root/var/lib/guardian-softhsm
-sock=$root/run/guardian/pkcs11.sock
-opts=(--root "$root" --user "$svc" --group "$svc" --operators-group "$ops" --conf-dir "$conf" --state-dir "$state"
-    --token-dir "$tokens" --socket "$sock" --token gtest --module "$M" --guardianctl "$CTL" --backend "$SOFTHSM")
-SO_SECRET=so-$(openssl rand -hex 8) ALICE=alice-$(openssl rand -hex 8)
-printf '%s\n%s\n' "$SO_SECRET" "$ALICE" >pins.txt
-strace -f -qq -e trace=execve -s 4096 -o install.trace "$SETUP" install "${opts[@]}" --operator alice \
-    --so-pin-file - --operator-pin-file - --subject /CN=service-test <pins.txt >install.out 2>&1
+service_sandbox gtest
+service_install /CN=service-test strace -f -qq -e trace=execve -s 4096 -o install.trace
 rc=$?
 sed 's/^/    /' install.out
 [ $rc = 0 ] && ok "install" || ko "install: exit $rc (its output above)"
@@ -326,10 +272,8 @@ expect_rc "status before the service runs: as installed" 0 "^OK$" -- "$SETUP" st
 section "4. the service (guardian-service-setup run) and an operator"
 # Under strace, to check the unit's system call filter and
 # MemoryDenyWriteExecute= against what the service really does.
-strace -f -qq -o service.trace "$SETUP" run "${opts[@]}" >service.log 2>&1 &
-tracer=$!
-pids+=("$tracer")
-for _ in $(seq 100); do grep -q '^ready:' service.log && break; sleep 0.1; done
+service_start strace -f -qq -o service.trace
+tracer=$runner
 service=$(head -n 1 service.trace | awk '{print $1}')
 pids+=("$service")
 expect "run: the service is ready" 0 "^ready: P11_KIT_SERVER_ADDRESS=unix:path=$sock" -- cat service.log
@@ -340,8 +284,6 @@ expect "p11-kit server runs as $svc" 0 "^ *$(id -u "$svc") .*--provider $M --nam
 expect_rc "status with the service running: as installed, the token through the socket" 0 "token through the socket +gtest" -- \
     "$SETUP" status "${opts[@]}"
 export P11_KIT_SERVER_ADDRESS=unix:path=$sock GUARDIAN_PIN=alice:$ALICE
-opctl() { as "$op" env P11_KIT_SERVER_ADDRESS="$P11_KIT_SERVER_ADDRESS" GUARDIAN_PIN="$GUARDIAN_PIN" \
-    "$CTL" --module "$CLIENT" --token gtest "$@"; }
 expect "the operator: guardianctl cert through the service" 0 "BEGIN CERTIFICATE" -- opctl cert
 expect "the operator: guardianctl status logged in as alice (service mode, the credentials)" 0 "service mode +yes: C_Login takes the Guardian.s own credentials" -- opctl status
 expect "someone outside $ops: no token through the service" 1 "is the service running, and are you in its operators' group" -- \
@@ -391,6 +333,7 @@ kill -TERM "$service"
 # strace ends (and has written everything) once its last tracee has.
 for _ in $(seq 100); do kill -0 "$tracer" 2>/dev/null || break; sleep 0.1; done
 wait "$tracer"
+runner=""
 expect "run stops on SIGTERM, exit 0" 0 "^$service +exit_group\(0\)" -- cat service.trace
 [ ! -e "$sock" ] && ok "... and its socket is gone" || ko "the socket is left"
 unset P11_KIT_SERVER_ADDRESS GUARDIAN_PIN

@@ -18,83 +18,25 @@
 # shows the operator. The test reads the state as root (an observer): the
 # operators cannot.
 set -uo pipefail
-if [ "$(id -u)" != 0 ]; then
-    echo "SKIP: test_service_faults.sh makes system accounts and switches to them: it needs root"
-    exit 77
-fi
 M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") W=$(realpath "${3:?guardian-wrap}")
 SETUP=$(realpath "${4:?guardian-service-setup}")
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../lib/testlib.sh
 . "$HERE/../lib/testlib.sh"
-for tool in p11-kit setpriv useradd /usr/bin/python3; do
-    command -v "$tool" >/dev/null || { echo "SKIP: $tool is missing"; exit 77; }
-done
-if ldd "$M" 2>/dev/null | grep -q libasan; then
-    echo "SKIP: $M is built with ASan, which hangs p11-kit server and p11-kit-remote (test_service.sh says why)"
-    exit 77
-fi
-SOFTHSM=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
+# shellcheck source=../lib/service.sh
+. "$HERE/../lib/service.sh"
+service_require test_service_faults.sh
 KILLS=${GUARDIAN_TEST_KILLS:-5}
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/service-faults-XXXXXX")
-chmod 0755 "$work"
-cd "$work" || exit 1
-prefix=gtf$$
-svc=$prefix-svc ops=$prefix-ops op=$prefix-op
-runner="" opts=()
-service_stop() {
-    [ -n "$runner" ] || return 0
-    kill -TERM "$runner" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$runner" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$runner" 2>/dev/null
-    wait "$runner" 2>/dev/null
-    pkill -KILL -u "$svc" 2>/dev/null
-    runner=""
-}
-cleanup() {
-    service_stop
-    pkill -KILL -u "$op" 2>/dev/null
-    "$SETUP" uninstall "${opts[@]}" --purge >/dev/null 2>&1
-    for a in "$op" "$svc"; do userdel "$a" 2>/dev/null; done
-    for g in "$ops" "$svc" "$op"; do groupdel "$g" 2>/dev/null; done
-    [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT
+service_work service-faults gtf$$
 section() { printf '\n# %s\n' "$*"; }
 
-groupadd --system "$ops"
-useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$op"
-usermod -a -G "$ops" "$op"
-root=$work/root
-conf=$root/etc/guardian state=$root/var/lib/guardian sock=$root/run/guardian/pkcs11.sock
-opts=(--root "$root" --user "$svc" --group "$svc" --operators-group "$ops" --conf-dir "$conf" --state-dir "$state"
-    --token-dir "$root/var/lib/guardian-softhsm" --socket "$sock" --token faults --module "$M" --guardianctl "$CTL"
-    --backend "$SOFTHSM")
-SO_SECRET=so-$(openssl rand -hex 8) ALICE=alice-$(openssl rand -hex 8)
-printf '%s\n%s\n' "$SO_SECRET" "$ALICE" >pins.txt
-"$SETUP" install "${opts[@]}" --operator alice --so-pin-file - --operator-pin-file - --subject /CN=faults \
-    <pins.txt >install.out 2>&1 || { cat install.out; echo "FAIL install"; exit 1; }
+service_accounts "$op"
+service_sandbox faults
+service_install /CN=faults || { cat install.out; echo "FAIL install"; exit 1; }
 
-# service_start: guardian-service-setup run (p11-kit server as $svc); the
-# server's pid in $server.
-service_start() {
-    : >service.log
-    "$SETUP" run "${opts[@]}" >>service.log 2>&1 &
-    runner=$!
-    for _ in $(seq 100); do grep -q '^ready:' service.log && break; sleep 0.1; done
-    server=$(sed -n 's/^ready: .*p11-kit server pid \([0-9]*\).*/\1/p' service.log | tail -n 1)
-    [ -n "$server" ]
-}
 # remotes: the p11-kit-remote processes of the service's connections.
 remotes() { pgrep -u "$svc" -f p11-kit-remote -d ' ' || true; }
-# opctl ARGS...: guardianctl as the operator account, through the service.
-opctl() {
-    setpriv --reuid="$op" --regid="$op" --init-groups -- env -i PATH="$PATH" HOME=/nonexistent \
-        P11_KIT_SERVER_ADDRESS="unix:path=$sock" GUARDIAN_PIN="alice:$ALICE" ${SO:+GUARDIAN_SO_PIN="$SO"} \
-        "$CTL" --module "$CLIENT" --token faults "$@"
-}
 issued() { opctl products | awk -v p="$1" '$2 == p {print $5}'; }
 
 section "setup: the service, an OEM root, two products"
