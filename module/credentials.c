@@ -59,6 +59,39 @@ static struct login {
 } logins[MAX_LOGINS];
 static pthread_mutex_t cred_lock = PTHREAD_MUTEX_INITIALIZER;
 
+atomic_int guardian_service_on;
+
+/* Mechanisms whose parameter may reach the backend in service mode: flat
+ * bytes or flat structs, and OAEP, which p11-kit serialises and rebuilds
+ * with pointers of its own (rpc-message.c). */
+static const CK_MECHANISM_TYPE flat_parameter[] = {
+    CKM_AES_CBC, CKM_AES_CBC_PAD, CKM_AES_OFB, CKM_AES_CFB8, CKM_AES_CFB64, CKM_AES_CFB128, CKM_AES_CTS,
+    CKM_AES_CTR, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD, CKM_DES3_CBC, CKM_DES3_CBC_PAD,
+    CKM_RSA_PKCS_PSS, CKM_SHA1_RSA_PKCS_PSS, CKM_SHA224_RSA_PKCS_PSS, CKM_SHA256_RSA_PKCS_PSS,
+    CKM_SHA384_RSA_PKCS_PSS, CKM_SHA512_RSA_PKCS_PSS, CKM_RSA_PKCS_OAEP,
+};
+
+CK_RV guardian_service_mechanism_check(const CK_MECHANISM *m, const char *function)
+{
+    if (m == NULL || !atomic_load_explicit(&guardian_service_on, memory_order_relaxed))
+        return CKR_OK;
+    if ((m->mechanism & CKM_VENDOR_DEFINED) != 0) {
+        guardian_warn(CRED_LOG, "%s: refused: vendor mechanism 0x%lx in service mode (the Guardian's operations are "
+                                "CKO_GUARDIAN_REQUEST requests: docs/vendor-interface.md)",
+                      function, (unsigned long)m->mechanism);
+        return CKR_MECHANISM_INVALID;
+    }
+    if (m->pParameter == NULL && m->ulParameterLen == 0)
+        return CKR_OK;
+    for (size_t i = 0; i < sizeof(flat_parameter) / sizeof(flat_parameter[0]); i++)
+        if (flat_parameter[i] == m->mechanism)
+            return CKR_OK;
+    guardian_warn(CRED_LOG, "%s: refused: mechanism 0x%lx with a parameter in service mode (p11-kit's RPC cannot "
+                            "carry its pointers; docs/service-mode.md)",
+                  function, (unsigned long)m->mechanism);
+    return CKR_MECHANISM_INVALID;
+}
+
 bool guardian_service_mode(void)
 {
     const struct guardian_config *cfg = guardian_state_config();
@@ -161,6 +194,7 @@ CK_RV guardian_credentials_check_config(const struct guardian_config *cfg)
     size_t len = 0;
     CK_RV rv;
 
+    atomic_store(&guardian_service_on, 0);
     if (cfg->backend_pin_file[0] == '\0') {
         if (cfg->backend_so_pin_file[0] != '\0') {
             guardian_error("config", "%s: backend_so_pin_file is set without backend_pin_file (service mode needs "
@@ -176,6 +210,8 @@ CK_RV guardian_credentials_check_config(const struct guardian_config *cfg)
         rv = pin_file_read(cfg->backend_so_pin_file, "backend_so_pin_file", pin, &len);
         OPENSSL_cleanse(pin, sizeof(pin));
     }
+    if (rv == CKR_OK)
+        atomic_store(&guardian_service_on, 1);
     return rv;
 }
 

@@ -123,7 +123,8 @@ static CK_RV get_mechanism_list(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR out, CK_U
         if (guardian_mech_find(list[i]) == NULL)
             list[total++] = list[i];
     n = total;
-    for (size_t m = 0; m < guardian_mech_count(); m++)
+    /* In service mode they are not callable (the operations are requests). */
+    for (size_t m = 0; m < guardian_mech_count() && !atomic_load(&guardian_service_on); m++)
         if (guardian_mech_available(guardian_mech_at(m), list, n))
             list[total++] = guardian_mech_at(m)->type;
 
@@ -164,6 +165,8 @@ static CK_RV get_mechanism_info(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECH
         memset(info, 0, sizeof(*info));
         return be->C_GetMechanismInfo(slot, type, info);
     }
+    if (atomic_load(&guardian_service_on))
+        return CKR_MECHANISM_INVALID; /* not callable in service mode */
     rv = backend_mechanisms(be, slot, &list, &n, 0);
     if (rv != CKR_OK)
         goto out;
@@ -196,8 +199,12 @@ static CK_RV unwrap_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
     if (be == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     m = mech != NULL ? guardian_mech_find(mech->mechanism) : NULL;
+    if (m != NULL && guardian_service_mechanism_check(mech, "C_UnwrapKey") != CKR_OK)
+        return CKR_MECHANISM_INVALID; /* service mode: requests, not mechanisms */
     if (m == NULL) {
         CK_RV rv = guardian_policy_check(be, session, unwrapping_key, GUARDIAN_OP_UNWRAP_WITH, "C_UnwrapKey");
+        if (rv == CKR_OK)
+            rv = guardian_service_mechanism_check(mech, "C_UnwrapKey");
         if (rv == CKR_OK)
             rv = guardian_policy_template(templ, count, "C_UnwrapKey");
         return rv != CKR_OK ? rv : be->C_UnwrapKey(session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out);
@@ -233,8 +240,12 @@ static CK_RV derive_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
     if (be == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     m = mech != NULL ? guardian_mech_find(mech->mechanism) : NULL;
+    if (m != NULL && guardian_service_mechanism_check(mech, "C_DeriveKey") != CKR_OK)
+        return CKR_MECHANISM_INVALID; /* service mode: requests, not mechanisms */
     if (m == NULL) {
         CK_RV rv = guardian_policy_check(be, session, base_key, GUARDIAN_OP_DERIVE, "C_DeriveKey");
+        if (rv == CKR_OK)
+            rv = guardian_service_mechanism_check(mech, "C_DeriveKey");
         if (rv == CKR_OK)
             rv = guardian_policy_template(templ, count, "C_DeriveKey");
         return rv != CKR_OK ? rv : be->C_DeriveKey(session, mech, base_key, templ, count, out);
@@ -451,7 +462,8 @@ static CK_RV entry_C_GenerateKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATT
     guardian_trace_in("C_GenerateKey");
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
-    else if ((rv = guardian_policy_template(t, n, "C_GenerateKey")) == CKR_OK)
+    else if ((rv = guardian_policy_template(t, n, "C_GenerateKey")) == CKR_OK &&
+             (rv = guardian_service_mechanism_check(m, "C_GenerateKey")) == CKR_OK)
         rv = be->C_GenerateKey(s, m, t, n, out);
     return guardian_trace_out("C_GenerateKey", rv);
 }
@@ -466,7 +478,8 @@ static CK_RV entry_C_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if ((rv = guardian_policy_template(pub, n_pub, "C_GenerateKeyPair")) == CKR_OK &&
-             (rv = guardian_policy_template(priv, n_priv, "C_GenerateKeyPair")) == CKR_OK)
+             (rv = guardian_policy_template(priv, n_priv, "C_GenerateKeyPair")) == CKR_OK &&
+             (rv = guardian_service_mechanism_check(m, "C_GenerateKeyPair")) == CKR_OK)
         rv = be->C_GenerateKeyPair(s, m, pub, n_pub, priv, n_priv, out_pub, out_priv);
     return guardian_trace_out("C_GenerateKeyPair", rv);
 }
@@ -480,7 +493,8 @@ static CK_RV entry_C_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_
     if (be == NULL)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if ((rv = guardian_policy_check(be, s, wrapping, GUARDIAN_OP_WRAP_WITH, "C_WrapKey")) == CKR_OK &&
-             (rv = guardian_policy_check(be, s, key, GUARDIAN_OP_WRAPPED, "C_WrapKey")) == CKR_OK)
+             (rv = guardian_policy_check(be, s, key, GUARDIAN_OP_WRAPPED, "C_WrapKey")) == CKR_OK &&
+             (rv = guardian_service_mechanism_check(m, "C_WrapKey")) == CKR_OK)
         rv = be->C_WrapKey(s, m, wrapping, key, out, out_len);
     return guardian_trace_out("C_WrapKey", rv);
 }

@@ -85,7 +85,8 @@
         else if (be->name == NULL)                                                   \
             rv = CKR_FUNCTION_NOT_SUPPORTED;                                         \
         else if ((rv = guardian_policy_check(be, a, GUARDIAN_KEY_##name,             \
-                                             GUARDIAN_OPOF_##name, #name)) == CKR_OK) \
+                                             GUARDIAN_OPOF_##name, #name)) == CKR_OK && \
+                 (rv = guardian_service_mechanism_check(GUARDIAN_MECH_##name, #name)) == CKR_OK) \
             rv = be->name args;                                                      \
         if (atomic_load_explicit(&guardian_trace_on, memory_order_relaxed))          \
             guardian_trace_return(#name, rv);                                        \
@@ -97,7 +98,8 @@
         if (GUARDIAN_LIKELY(be != NULL && be->name != NULL &&                        \
                             !atomic_load_explicit(&guardian_trace_on,                \
                                                   memory_order_relaxed) &&          \
-                            guardian_policy_fast(GUARDIAN_KEY_##name)))              \
+                            guardian_policy_fast(GUARDIAN_KEY_##name) &&             \
+                            guardian_mech_fast(GUARDIAN_MECH_##name)))               \
             return be->name args;                                                    \
         return slow_##name args;                                                     \
     }
@@ -115,7 +117,8 @@
         else if (be3 == NULL || be3->name == NULL)                                   \
             rv = CKR_FUNCTION_NOT_SUPPORTED;                                         \
         else if ((rv = guardian_policy_check(be, a, GUARDIAN_KEY_##name,             \
-                                             GUARDIAN_OPOF_##name, #name)) == CKR_OK) \
+                                             GUARDIAN_OPOF_##name, #name)) == CKR_OK && \
+                 (rv = guardian_service_mechanism_check(GUARDIAN_MECH_##name, #name)) == CKR_OK) \
             rv = be3->name args;                                                     \
         if (atomic_load_explicit(&guardian_trace_on, memory_order_relaxed))          \
             guardian_trace_return(#name, rv);                                        \
@@ -128,7 +131,8 @@
                             guardian_backend_list() != NULL &&                       \
                             !atomic_load_explicit(&guardian_trace_on,                \
                                                   memory_order_relaxed) &&          \
-                            guardian_policy_fast(GUARDIAN_KEY_##name)))              \
+                            guardian_policy_fast(GUARDIAN_KEY_##name) &&             \
+                            guardian_mech_fast(GUARDIAN_MECH_##name)))               \
             return be3->name args;                                                   \
         return slow_##name args;                                                     \
     }

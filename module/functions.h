@@ -96,6 +96,18 @@
     X(C_MessageSignInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c), (a, b, c)) \
     X(C_MessageVerifyInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c), (a, b, c))
 
+/* GUARDIAN_MECH_<name>: the mechanism the call names (NULL: none). */
+#define GUARDIAN_MECH_C_EncryptInit b
+#define GUARDIAN_MECH_C_DecryptInit b
+#define GUARDIAN_MECH_C_DigestKey NULL
+#define GUARDIAN_MECH_C_SignInit b
+#define GUARDIAN_MECH_C_SignRecoverInit b
+#define GUARDIAN_MECH_C_VerifyInit b
+#define GUARDIAN_MECH_C_VerifyRecoverInit b
+#define GUARDIAN_MECH_C_MessageEncryptInit b
+#define GUARDIAN_MECH_C_MessageDecryptInit b
+#define GUARDIAN_MECH_C_MessageSignInit b
+#define GUARDIAN_MECH_C_MessageVerifyInit b
 #define GUARDIAN_KEY_C_EncryptInit c
 #define GUARDIAN_OPOF_C_EncryptInit GUARDIAN_OP_ENCRYPT
 #define GUARDIAN_KEY_C_DecryptInit c

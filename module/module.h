@@ -404,6 +404,24 @@ void guardian_credentials_reset(void);
 void guardian_credentials_atfork_child(void);
 /* The backend logged `slot` out (C_Logout, C_CloseAllSessions). */
 void guardian_credentials_logged_out(CK_SLOT_ID slot);
+/* Non-zero while this process runs the module in service mode: read on the
+ * keyed forwarders' hot path. */
+extern atomic_int guardian_service_on;
+/* Service mode: p11-kit server hands a mechanism it does not serialise to the
+ * module as the client's raw bytes, pointers included (p11-kit 0.24.1 and
+ * upstream; measured with a client of the operator's own that speaks the RPC
+ * directly): a parameter that holds pointers would be read at addresses the
+ * client chose.  So in service mode only mechanisms whose parameter is flat
+ * (an IV, CK_AES_CTR_PARAMS, CK_RSA_PKCS_PSS_PARAMS) or rebuilt by p11-kit
+ * itself (CK_RSA_PKCS_OAEP_PARAMS) reach the backend with a parameter, and no
+ * Guardian vendor mechanism at all (its operations are requests):
+ * CKR_MECHANISM_INVALID with one log line otherwise. */
+CK_RV guardian_service_mechanism_check(const CK_MECHANISM *m, const char *function);
+static inline int guardian_mech_fast(const CK_MECHANISM *m)
+{
+    return m == NULL || (m->pParameter == NULL && (m->mechanism & CKM_VENDOR_DEFINED) == 0) ||
+           !atomic_load_explicit(&guardian_service_on, memory_order_relaxed);
+}
 CK_RV guardian_cred_C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info);
 CK_RV guardian_cred_C_InitToken(CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG len, CK_UTF8CHAR_PTR label);
 CK_RV guardian_cred_C_InitPIN(CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR pin, CK_ULONG len);

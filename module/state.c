@@ -254,6 +254,7 @@ CK_RV guardian_state_finalize(CK_VOID_PTR reserved)
     guardian_cert_objects_reset();
     guardian_policy_reset();
     guardian_credentials_reset();
+    atomic_store(&guardian_service_on, 0);
     if (backend_borrowed) {
         backend_borrowed = false;
         rv = CKR_OK;

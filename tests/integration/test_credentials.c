@@ -447,6 +447,52 @@ static void test_credential_records(void **st)
     assert_int_equal(m->C_CloseSession(s), CKR_OK);
 }
 
+/* Service mode: no vendor mechanism, and no mechanism whose parameter holds
+ * pointers (p11-kit-remote hands such a parameter over as the client's raw
+ * bytes); flat parameters and none at all go through. */
+static void test_service_mechanisms(void **st)
+{
+    CK_SESSION_HANDLE s;
+    CK_MECHANISM_TYPE list[512];
+    CK_ULONG n = 512;
+    CK_MECHANISM_INFO info;
+    CK_MECHANISM keygen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_ULONG len = 16;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE kt[] = {{CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_ENCRYPT, &yes, sizeof(yes)},
+                         {CKA_DERIVE, &yes, sizeof(yes)}};
+    CK_OBJECT_HANDLE key, out;
+    CK_BYTE iv[16] = {0}, gcm_iv[12] = {0};
+    CK_MECHANISM cbc = {CKM_AES_CBC_PAD, iv, sizeof(iv)};
+    CK_GCM_PARAMS gcm = {gcm_iv, sizeof(gcm_iv), 96, NULL, 0, 128};
+    CK_MECHANISM gcm_mech = {CKM_AES_GCM, &gcm, sizeof(gcm)};
+    CK_KEY_DERIVATION_STRING_DATA kd = {(CK_BYTE_PTR)0x1000, 16};
+    CK_MECHANISM derive = {CKM_AES_ECB_ENCRYPT_DATA, &kd, sizeof(kd)};
+    CK_GUARDIAN_DEVICE_CERT_PARAMS dp = {CK_GUARDIAN_DEVICE_CERT_PARAMS_VERSION, CKG_GUARDIAN_DEVICE_ID_TEXT,
+                                         (CK_BYTE_PTR)0x1000, 4, (CK_BYTE_PTR)0x1000, 91};
+    CK_MECHANISM dev = {CKM_GUARDIAN_DERIVE_DEVICE_CERT, &dp, sizeof(dp)};
+    (void)st;
+
+    provision_credentials();
+    assert_int_equal(m->C_GetMechanismList(slot, list, &n), CKR_OK);
+    for (CK_ULONG i = 0; i < n; i++)
+        assert_false(GUARDIAN_IS_VENDOR_VALUE(CKM_GUARDIAN_BASE, list[i]));
+    assert_int_equal(m->C_GetMechanismInfo(slot, CKM_GUARDIAN_DERIVE_DEVICE_CERT, &info), CKR_MECHANISM_INVALID);
+    s = open_rw();
+    assert_int_equal(login(s, CKU_USER, ALICE), CKR_OK);
+    assert_int_equal(m->C_GenerateKey(s, &keygen, kt, 3, &key), CKR_OK);
+    assert_int_equal(m->C_EncryptInit(s, &cbc, key), CKR_OK); /* an IV: flat */
+    {
+        CK_BYTE pt[16] = {0}, ct[32];
+        CK_ULONG ct_len = sizeof(ct);
+        assert_int_equal(m->C_Encrypt(s, pt, sizeof(pt), ct, &ct_len), CKR_OK);
+    }
+    assert_int_equal(m->C_EncryptInit(s, &gcm_mech, key), CKR_MECHANISM_INVALID);      /* pointers */
+    assert_int_equal(m->C_DeriveKey(s, &derive, key, NULL, 0, &out), CKR_MECHANISM_INVALID); /* pointer 0x1000 */
+    assert_int_equal(m->C_DeriveKey(s, &dev, key, NULL, 0, &out), CKR_MECHANISM_INVALID);    /* vendor */
+    assert_int_equal(m->C_CloseSession(s), CKR_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -458,6 +504,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_init_token_and_so_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pin_file_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_credential_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_service_mechanisms, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -266,12 +266,18 @@ notsent "PyKCS11 C_DeriveKey(ECDH1_DERIVE) with the production CA key" CKR_KEY_F
 raw "C_DeriveKey(ECDH1_DERIVE) with the Guardian key" CKR_KEY_FUNCTION_NOT_PERMITTED ecdh "$GK"
 raw "C_DeriveKey(ECDH1_DERIVE) with the Guardian signing key" CKR_KEY_FUNCTION_NOT_PERMITTED ecdh "$GSK"
 raw "C_DeriveKey(ECDH1_DERIVE) with the production CA key" CKR_KEY_FUNCTION_NOT_PERMITTED ecdh "$CA"
-# The raw client's parameter has no point (a pointer into the service could
-# not be given): with the operator's own key the call goes on to SoftHSM, which
-# refuses the NULL point. So the Guardian keys above were refused by the
-# module before their parameter was looked at.
-raw "control: C_DeriveKey(ECDH1_DERIVE) with op-ec reaches the backend (NULL point)" CKR_MECHANISM_PARAM_INVALID \
+# The Guardian keys above were refused by the module before their parameter
+# was looked at.  With the operator's own key the policy lets the call on, and
+# service mode refuses the mechanism itself: p11-kit-remote hands its
+# parameter over as the client's bytes, so its pointers are addresses the
+# client chose (before that check, ADDR 0x1000 killed the connection's
+# process with SIGSEGV, in SoftHSM's memcpy).
+raw "service mode: C_DeriveKey(ECDH1_DERIVE) with op-ec is refused (a parameter with pointers)" CKR_MECHANISM_INVALID \
     ecdh private:label=op-ec
+raw "... with the pointer 0x1000 too, and the connection's process lives" CKR_MECHANISM_INVALID \
+    ecdh private:label=op-ec 0x1000
+raw "service mode: C_DeriveKey(CKM_GUARDIAN_DERIVE_DEVICE_CERT) by a raw client, pointers 0x1000: refused, nothing read" \
+    CKR_MECHANISM_INVALID devcert "$CA" 0x1000
 same "no new object after the ECDH attempts ($n0 objects)" "$n0" "$(objects)"
 
 # ---- (2) the production CA key through the libp11 engine ------------------------------------
