@@ -43,25 +43,7 @@ remaining() { "$CTL" products | awk -v p="$1" '$2 == p {print $6}'; }
 
 # Every certificate file in DIR... has an ISSUE record whose digest is the
 # certificate's SHA-256, and the store holds that very certificate.
-check_recorded() {
-    python3 - "$work/state/guardian.db" "$@" <<'PY'
-import glob, hashlib, sqlite3, ssl, sys
-db = sqlite3.connect(sys.argv[1])
-issued = {bytes(d) for (d,) in db.execute("SELECT digest FROM audit WHERE type = 3")}
-stored = {hashlib.sha256(bytes(c)).digest() for (c,) in
-          db.execute("SELECT c.certificate FROM certificates c JOIN issuance i ON i.issue_seq = c.issue_seq")}
-missing = 0
-files = [f for d in sys.argv[2:] for f in glob.glob(d + "/*.pem")]
-for f in files:
-    der = ssl.PEM_cert_to_DER_cert(open(f).read())
-    h = hashlib.sha256(der).digest()
-    if h not in issued or h not in stored:
-        missing += 1
-        print("no ISSUE record for", f)
-print(f"{len(files)} certificates, {missing} without their record")
-sys.exit(1 if missing else 0)
-PY
-}
+check_recorded() { python3 "$HERE/../lib/audit_check.py" "$work/state/guardian.db" recorded "$@"; }
 
 # ---- a run, its certificates, progress output, resume ---------------------------------
 expect "provision 120 parts" 0 "provisioned 120 parts" -- "$CTL" provision --product ACME/RUN --count 120 --out run
@@ -179,24 +161,7 @@ iss=$(issued CRASH)
 check_recorded crash >check.out && ok "every certificate a killed process wrote has its ISSUE record" ||
     { ko "kill -9: records"; sed 's/^/    /' check.out; }
 # The trail still verifies end to end after the kills.
-python3 - "$work/state/guardian.db" >chain.out <<'PY' && ok "audit chain intact after the kills" || { ko "audit chain"; cat chain.out; }
-import hashlib, sqlite3, struct, sys
-db = sqlite3.connect(sys.argv[1])
-prev = bytes(32)
-n = 0
-for (seq, typ, t, oem, prod, serial, dev, dig, pid, rel, auth, op, v, ph, h) in db.execute(
-        "SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, release_version, "
-        "authorised_units, operator, encoding, prev_hash, hash FROM audit ORDER BY seq"):
-    s = lambda b: struct.pack(">I", len(b)) + b
-    # docs/audit-format.md: encoding 1 (before schema 4), encoding 2 adds the operator
-    enc = ((b"GDAUDIT1" if v == 1 else b"GDAUDIT2") + struct.pack(">QIq", seq, typ, t) + s(oem.encode()) +
-           s(prod.encode()) + struct.pack(">Q", serial) + s(bytes(dev)) + bytes(dig) + bytes(pid) +
-           struct.pack(">IQ", rel, auth) + (s(op.encode()) if v == 2 else b"") + bytes(ph))
-    assert bytes(ph) == prev, f"record {seq}: prev_hash"
-    assert hashlib.sha256(enc).digest() == bytes(h), f"record {seq}: hash"
-    prev = bytes(h)
-    n += 1
-print(n, "records chain")
-PY
+python3 "$HERE/../lib/audit_check.py" "$work/state/guardian.db" chain >chain.out &&
+    ok "audit chain intact after the kills" || { ko "audit chain"; cat chain.out; }
 
 finish
