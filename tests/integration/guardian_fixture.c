@@ -1,10 +1,12 @@
 /*
  * guardian_fixture.c — see guardian_fixture.h.
  */
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -42,4 +44,40 @@ CK_RV test_enrol_root(CK_FUNCTION_LIST *m, CK_SLOT_ID slot, const char *pem_path
     OPENSSL_free(der);
     X509_free(x);
     return rv;
+}
+
+const char *test_path(const char *dir, const char *name)
+{
+    static char buf[8][PATH_MAX];
+    static int next;
+    char *p = buf[next++ % 8];
+    snprintf(p, PATH_MAX, "%s/%s", dir, name);
+    return p;
+}
+
+unsigned char *test_slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *buf;
+    long n;
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    rewind(f);
+    buf = malloc((size_t)n + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+CK_ULONG test_count_objects(CK_FUNCTION_LIST *m, CK_SESSION_HANDLE s)
+{
+    CK_OBJECT_HANDLE h[256];
+    CK_ULONG n = 0;
+    assert_int_equal(m->C_FindObjectsInit(s, NULL, 0), CKR_OK);
+    assert_int_equal(m->C_FindObjects(s, h, 256, &n), CKR_OK);
+    assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+    return n;
 }

@@ -40,15 +40,10 @@ static CK_SLOT_ID slot;
 static CK_SESSION_HANDLE s;
 static X509 *identity; /* the Guardian (agreement) certificate the module made: what OEMs wrap for */
 static X509 *signing;  /* the Guardian's signing certificate: it issued `identity` and signs reports */
-static char path_buf[PATH_MAX];
 
 #define ALICE "alice:alice-secret"
 
-static const char *path(const char *name)
-{
-    snprintf(path_buf, sizeof(path_buf), "%s/%s", token.dir, name);
-    return path_buf;
-}
+static const char *path(const char *name) { return test_path(token.dir, name); }
 
 /* CKA_VALUE of `h`, length first (malloc'd, NUL-terminated). */
 static unsigned char *value_of(CK_OBJECT_HANDLE h, CK_ULONG *len)

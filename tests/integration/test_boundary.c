@@ -38,41 +38,11 @@ static CK_OBJECT_HANDLE identity, ca_key, secret, root_cert, identity_cert;
 static CK_OBJECT_HANDLE signing; /* the Guardian's signing key: sign only, and only by the module */
 static void refind(void);
 
-static const char *path(const char *name)
-{
-    static char buf[8][PATH_MAX];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, PATH_MAX, "%s/%s", token.dir, name);
-    return p;
-}
+static const char *path(const char *name) { return test_path(token.dir, name); }
 
-static unsigned char *slurp(const char *name, size_t *len)
-{
-    FILE *f = fopen(path(name), "rb");
-    unsigned char *buf;
-    long n;
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    rewind(f);
-    buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
+static unsigned char *slurp(const char *name, size_t *len) { return test_slurp(path(name), len); }
 
-static CK_ULONG count_objects(void)
-{
-    CK_OBJECT_HANDLE h[256];
-    CK_ULONG n = 0;
-    assert_int_equal(m->C_FindObjectsInit(s, NULL, 0), CKR_OK);
-    assert_int_equal(m->C_FindObjects(s, h, 256, &n), CKR_OK);
-    assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
-    return n;
-}
+static CK_ULONG count_objects(void) { return test_count_objects(m, s); }
 
 static CK_OBJECT_HANDLE find_one(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type, const void *value, CK_ULONG len)
 {

@@ -43,23 +43,10 @@ static CK_FUNCTION_LIST *m;
 static CK_SLOT_ID slot;
 static CK_SESSION_HANDLE s;
 static CK_OBJECT_HANDLE guardian_key;
-static char path_buf[PATH_MAX];
 
-static const char *path(const char *name)
-{
-    snprintf(path_buf, sizeof(path_buf), "%s/%s", token.dir, name);
-    return path_buf;
-}
+static const char *path(const char *name) { return test_path(token.dir, name); }
 
-static unsigned char *slurp(const char *name, size_t *len)
-{
-    FILE *f = fopen(path(name), "rb");
-    unsigned char *buf = malloc(1 << 20);
-    assert_non_null(f);
-    *len = fread(buf, 1, 1 << 20, f);
-    fclose(f);
-    return buf;
-}
+static unsigned char *slurp(const char *name, size_t *len) { return test_slurp(path(name), len); }
 
 /* OpenSSL verifies a raw r||s P-256 signature (CKM_ECDSA output) over `hash`. */
 static void assert_ecdsa_verifies(EVP_PKEY *key, const CK_BYTE *hash, size_t hash_len, const CK_BYTE sig[64])
@@ -77,15 +64,7 @@ static void assert_ecdsa_verifies(EVP_PKEY *key, const CK_BYTE *hash, size_t has
     ECDSA_SIG_free(es);
 }
 
-static CK_ULONG count_objects(void)
-{
-    CK_OBJECT_HANDLE h[256];
-    CK_ULONG n = 0;
-    assert_int_equal(m->C_FindObjectsInit(s, NULL, 0), CKR_OK);
-    assert_int_equal(m->C_FindObjects(s, h, 256, &n), CKR_OK);
-    assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
-    return n;
-}
+static CK_ULONG count_objects(void) { return test_count_objects(m, s); }
 
 /* The Guardian's certificate for its in-token key, signed by a software CA. */
 static void make_guardian_cert(CK_OBJECT_HANDLE pub)
