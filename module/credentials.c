@@ -342,9 +342,10 @@ static CK_RV credential_verify(struct guardian_store *st, int role, const char *
 
     rv = guardian_store_credential_get(st, role, role == CKU_SO ? "" : name, &c);
     if (rv == CKR_USER_PIN_NOT_INITIALIZED) {
-        /* The same work as a known name, so that timing does not list names. */
-        static const struct guardian_credential dummy = {.kdf_n = GUARDIAN_PIN_KDF_N_DEFAULT, .kdf_r = KDF_R,
-                                                         .kdf_p = KDF_P};
+        /* The same work as a known name, so that timing does not list names:
+         * the cost new credentials get here. */
+        const struct guardian_credential dummy = {.kdf_n = guardian_state_config()->pin_kdf_n, .kdf_r = KDF_R,
+                                                  .kdf_p = KDF_P};
         bool any_operator = false;
         size_t n_users = 0, n_locked = 0;
         uint32_t max_fail = 0, so_fail = 0;
