@@ -51,6 +51,8 @@
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=../lib/reach.sh
+. "$(dirname "$0")/../lib/reach.sh"
 # Before interop_init, which moves into $WORK: relative paths as given.
 CTL=$(readlink -f "${GUARDIANCTL:-$(dirname "${1:-.}")/tools/guardianctl}" || true)
 W=$(readlink -f "${GUARDIAN_WRAP:-$(dirname "${1:-.}")/tools/guardian-wrap}" || true)
@@ -84,7 +86,10 @@ remove_accounts() {
     for u in $OP $SVC; do userdel "$u" 2>/dev/null || true; done
     return 0
 }
-if [ "$(id -u)" = 0 ] && command -v useradd >/dev/null && command -v setpriv >/dev/null; then
+# The other accounts must be able to reach the module, guardianctl and this
+# directory (not so in a clone made in a 0700 `mktemp -d` directory).
+blocked=$(blocked_for_others "$M" "$CTL" "$0") || blocked=""
+if [ -z "$blocked" ] && [ "$(id -u)" = 0 ] && command -v useradd >/dev/null && command -v setpriv >/dev/null; then
     suffix=$(printf '%04x' $((RANDOM % 65536)))
     # Registered before the servers' clean-up: it runs after it.
     on_exit remove_accounts
@@ -99,7 +104,8 @@ if [ "$(id -u)" = 0 ] && command -v useradd >/dev/null && command -v setpriv >/d
     done
     pass "two temporary accounts: the service's $SVC, the operator's $OP"
 else
-    skip "the server and the clients as two other accounts" "not root, or no useradd/setpriv: all as $(id -un)"
+    skip "the server and the clients as two other accounts" \
+        "${blocked:+$blocked lets no other account through, }not root, or no useradd/setpriv: all as $(id -un)"
 fi
 # as ACCOUNT CMD...: CMD as ACCOUNT (its own group only), or as this user
 # when there are no accounts.

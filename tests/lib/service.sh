@@ -39,6 +39,13 @@ service_require() {
     for tool in p11-kit setpriv useradd /usr/bin/python3 "$@"; do
         command -v "$tool" >/dev/null || { echo "SKIP: $tool is missing"; exit 77; }
     done
+    local blocked
+    if blocked=$(blocked_for_others "$M" "$CTL" "$HERE/x"); then
+        echo "SKIP: $blocked (mode $(stat -c %a "$blocked")) lets no other account through, and the service's" \
+            "and the operator's accounts must load $M and run $CTL and the test's scripts; build in a" \
+            "directory others can traverse (chmod o+x on it) to run $name"
+        exit 77
+    fi
     if ldd "$M" 2>/dev/null | grep -q libasan; then
         echo "SKIP: $M is built with ASan, which hangs p11-kit server and p11-kit-remote" \
             "(tests/lib/service.sh says why); the normal build runs this test"

@@ -89,3 +89,6 @@ oem_pki() {
     oem_issue ca "/CN=ACME Production CA" root "basicConstraints=critical,CA:TRUE,pathlen:0
 keyUsage=critical,keyCertSign"
 }
+
+# shellcheck source=reach.sh
+. "$(dirname "${BASH_SOURCE[0]}")/reach.sh"
