@@ -148,6 +148,7 @@ _backend_up_tpm2() {
     _backend_need dbus dbus-daemon || return 1
     _backend_need tpm2-tools tpm2_getrandom || return 1
     _backend_need libtss2-tcti-tabrmd0 /usr/lib/x86_64-linux-gnu/libtss2-tcti-tabrmd.so.0 || return 1
+    _backend_need libtss2-tcti-swtpm0 /usr/lib/x86_64-linux-gnu/libtss2-tcti-swtpm.so.0 || return 1
     _backend_need libtpm2-pkcs11-1 /usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so || return 1
     _backend_need libtpm2-pkcs11-tools tpm2_ptool || return 1
     BACKEND_MODULE=/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so
@@ -175,9 +176,23 @@ _backend_up_tpm2() {
     pid=$(cat "$d/swtpm.pid")
     _BACKEND_PIDS+=("$pid")
 
-    # A private session bus for tpm2-abrmd (no system bus, no policy files).
-    dbus-daemon --session --address="unix:path=$d/bus" --nofork --nopidfile \
-        </dev/null >"$d/log/dbus.log" 2>&1 &
+    # A private bus for tpm2-abrmd, with a configuration of its own (no system
+    # bus, no system policy files): the session bus's rules, on DIR/bus.
+    cat >"$d/bus.conf" <<BUSCONF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path=$d/bus</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+BUSCONF
+    dbus-daemon --config-file="$d/bus.conf" --nofork --nopidfile </dev/null >"$d/log/dbus.log" 2>&1 &
     _BACKEND_PIDS+=("$!")
     if ! _backend_wait 5 test -S "$d/bus"; then
         _backend_msg "dbus-daemon did not create $d/bus (log: $d/log/dbus.log)"
