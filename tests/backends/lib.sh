@@ -18,6 +18,8 @@
 #   BACKEND_MODULE      the backend's PKCS#11 module
 #   BACKEND_INIT_ARGS   what its C_Initialize needs in pReserved ("" = NULL; NSS)
 #   BACKEND_UP_MS       the bring-up time in milliseconds (also printed)
+#   BACKEND_SLOT        the token's slot ID (decimal; prefer the label: SoftHSM's
+#                       slot IDs change whenever a token is initialised)
 # and the variables the backend's clients need (SOFTHSM2_CONF; TPM2_PKCS11_TCTI,
 # TPM2_PKCS11_STORE, TPM2TOOLS_TCTI, DBUS_SESSION_BUS_ADDRESS).  opencryptoki
 # runs in a private mount + IPC namespace: its clients must be started with
@@ -346,8 +348,20 @@ backend_up() {
         return "$rc"
     fi
     BACKEND_UP_MS=$(($(_backend_now_ms) - t0))
+    # The token's slot ID (SoftHSM's change at every initialisation; NSS's
+    # database token is always the second slot, and pkcs11-tool cannot pass
+    # NSS its init string to ask).
+    BACKEND_SLOT=
+    if [ "$kind" = nss ]; then
+        BACKEND_SLOT=2
+    elif command -v pkcs11-tool >/dev/null; then
+        BACKEND_SLOT=$(backend_exec pkcs11-tool --module "$BACKEND_MODULE" -L 2>/dev/null </dev/null |
+            awk -v l="$BACKEND_LABEL" '/^Slot [0-9]+ \(0x[0-9a-f]+\)/ { s = $3; gsub(/[():]/, "", s) }
+                $1 == "token" && $2 == "label" { sub(/^ *token label *: /, ""); if ($0 == l) { print s; exit } }')
+        [ -n "$BACKEND_SLOT" ] && BACKEND_SLOT=$((BACKEND_SLOT))
+    fi
     export BACKEND_KIND BACKEND_DIR BACKEND_LABEL BACKEND_USER_PIN BACKEND_SO_PIN BACKEND_MODULE \
-        BACKEND_INIT_ARGS BACKEND_UP_MS
-    printf 'INFO backend %s up in %d ms (token %s, module %s)\n' "$kind" "$BACKEND_UP_MS" "$BACKEND_LABEL" \
-        "$BACKEND_MODULE"
+        BACKEND_INIT_ARGS BACKEND_UP_MS BACKEND_SLOT
+    printf 'INFO backend %s up in %d ms (token %s in slot %s, module %s)\n' "$kind" "$BACKEND_UP_MS" \
+        "$BACKEND_LABEL" "${BACKEND_SLOT:-?}" "$BACKEND_MODULE"
 }
