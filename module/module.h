@@ -118,8 +118,9 @@ bool guardian_config_parse(const char *text, size_t len, const char *origin,
                            struct guardian_config *cfg, char *err, size_t errlen);
 
 /* The whole lookup: GUARDIAN_CONF or the default file, then the environment
- * overrides GUARDIAN_BACKEND, GUARDIAN_STATE_DIR and GUARDIAN_BACKEND_INIT_ARGS.  The default file may be
- * absent when GUARDIAN_BACKEND is set; a file named by GUARDIAN_CONF may not. */
+ * overrides GUARDIAN_BACKEND, GUARDIAN_STATE_DIR and GUARDIAN_BACKEND_INIT_ARGS.
+ * The default file may be absent when GUARDIAN_BACKEND is set; a file named by
+ * GUARDIAN_CONF may not. */
 bool guardian_config_load(struct guardian_config *cfg, char *err, size_t errlen);
 
 /* ---- backend (backend.c) ------------------------------------------------ */
