@@ -1196,6 +1196,7 @@ const struct guardian_mech guardian_mech_derive_device_cert = {
     .info = {.ulMinKeySize = 256, .ulMaxKeySize = 4096, .flags = CKF_DERIVE},
     .requires = requires,
     .n_requires = sizeof(requires) / sizeof(requires[0]),
+    .selftest = guardian_selftest_derive_device_cert,
     .derive = derive_device_cert,
     .finalize = derive_finalize,
     .forget = derive_forget,

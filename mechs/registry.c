@@ -60,6 +60,7 @@ void guardian_mechs_forget(CK_OBJECT_HANDLE h)
 void guardian_mechs_atfork_child(void)
 {
     guardian_anchor_atfork_child();
+    guardian_selftest_atfork_child();
     for (size_t i = 0; i < guardian_mech_count(); i++)
         if (table[i]->atfork_child != NULL)
             table[i]->atfork_child();

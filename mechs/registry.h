@@ -32,10 +32,16 @@ struct guardian_mech {
     CK_MECHANISM_TYPE type;
     const char *name;
     CK_MECHANISM_INFO info;
-    /* Backend mechanisms the slot must offer, all of them, for this one to be
-     * advertised there. */
+    /* Backend mechanisms the slot must list, all of them, for this one to be
+     * advertised there when its self-test cannot decide (below). */
     const CK_MECHANISM_TYPE *requires;
     size_t n_requires;
+    /* The self-test of the primitives it needs, on session objects of
+     * session `s` (selftest.c): GUARDIAN_SELFTEST_PASS, _FAIL (a primitive
+     * does not work: `why` says which), or _UNKNOWN (it could not be tried:
+     * no session, a login needed; `why` says why).  NULL: none, the list
+     * rule alone. */
+    int (*selftest)(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);
     /* Exactly one is set once the mechanism is implemented; while neither is,
      * the mechanism is reserved but never advertised, and calling it gives
      * CKR_MECHANISM_INVALID. */
@@ -70,8 +76,31 @@ void guardian_mechs_forget(CK_OBJECT_HANDLE h);
 void guardian_mechs_atfork_child(void);
 
 /* True when `m` is implemented and every primitive it requires is among the
- * `n` backend mechanisms `available`. */
+ * `n` backend mechanisms `available` (the list rule). */
 bool guardian_mech_available(const struct guardian_mech *m, const CK_MECHANISM_TYPE *available, size_t n);
+
+/* ---- advertising by self-test (selftest.c) -------------------------------- */
+
+enum { GUARDIAN_SELFTEST_PASS = 1, GUARDIAN_SELFTEST_FAIL = 2, GUARDIAN_SELFTEST_UNKNOWN = 3 };
+
+/* Whether `m` is advertised (and callable) on `slot`: the result of its
+ * self-test there, run once per slot for every mechanism in one session of
+ * the slot and kept until guardian_mechs_selftest_reset(); while the test
+ * cannot decide (it is then run again next time), the list rule over the
+ * slot's `n` mechanisms `list` (read from the backend when `list` is NULL).
+ * Never true for a mechanism that is not implemented. */
+bool guardian_mech_advertised(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, const struct guardian_mech *m,
+                              const CK_MECHANISM_TYPE *list, size_t n);
+/* Forget every result (C_Initialize, C_Finalize: the next look tests again). */
+void guardian_mechs_selftest_reset(void);
+/* A C_Login, C_Logout or closed session changed the login state: test the
+ * undecided mechanisms again at their next look. */
+void guardian_mechs_selftest_login_changed(void);
+/* In a fork child: the results' lock may have been held by another parent thread. */
+void guardian_selftest_atfork_child(void);
+/* The self-tests themselves, for the mechanisms' tables. */
+int guardian_selftest_unwrap_package(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);
+int guardian_selftest_derive_device_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);
 
 /* Up to `max` handles of the objects matching `templ`, found through the
  * backend list (the mechanisms' own searches, never the caller's). */

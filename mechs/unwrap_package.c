@@ -888,5 +888,6 @@ const struct guardian_mech guardian_mech_unwrap_package = {
     .info = {.ulMinKeySize = 256, .ulMaxKeySize = 384, .flags = CKF_UNWRAP},
     .requires = requires,
     .n_requires = sizeof(requires) / sizeof(requires[0]),
+    .selftest = guardian_selftest_unwrap_package,
     .unwrap = unwrap_package,
 };

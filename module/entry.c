@@ -21,14 +21,23 @@
 
 static CK_RV entry_C_Initialize(CK_VOID_PTR init_args)
 {
+    CK_RV rv;
     guardian_trace_in("C_Initialize");
-    return guardian_trace_out("C_Initialize", guardian_state_initialize(init_args));
+    rv = guardian_state_initialize(init_args);
+    /* A new backend session of the library: its slots are tested afresh. */
+    if (rv == CKR_OK)
+        guardian_mechs_selftest_reset();
+    return guardian_trace_out("C_Initialize", rv);
 }
 
 static CK_RV entry_C_Finalize(CK_VOID_PTR reserved)
 {
+    CK_RV rv;
     guardian_trace_in("C_Finalize");
-    return guardian_trace_out("C_Finalize", guardian_state_finalize(reserved));
+    rv = guardian_state_finalize(reserved);
+    if (rv == CKR_OK)
+        guardian_mechs_selftest_reset();
+    return guardian_trace_out("C_Finalize", rv);
 }
 
 static void pad_copy(CK_UTF8CHAR *dst, size_t size, const char *src)
@@ -123,9 +132,11 @@ static CK_RV get_mechanism_list(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR out, CK_U
         if (guardian_mech_find(list[i]) == NULL)
             list[total++] = list[i];
     n = total;
-    /* In service mode they are not callable (the operations are requests). */
+    /* In service mode they are not callable (the operations are requests).
+     * Ours are listed where their self-test passes on the slot's token
+     * (mechs/selftest.c; the first call per slot runs it). */
     for (size_t m = 0; m < guardian_mech_count() && !atomic_load(&guardian_service_on); m++)
-        if (guardian_mech_available(guardian_mech_at(m), list, n))
+        if (guardian_mech_advertised(be, slot, guardian_mech_at(m), list, n))
             list[total++] = guardian_mech_at(m)->type;
 
     if (out == NULL) {
@@ -148,7 +159,15 @@ static CK_RV entry_C_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR out
     return guardian_trace_out("C_GetMechanismList", get_mechanism_list(slot, out, count));
 }
 
-static CK_RV get_mechanism_info(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
+/* The CK_MECHANISM_INFO flags that PKCS#11 3.0 added (message-based
+ * operations, CKF_FIND_OBJECTS, CKF_EC_CURVENAME): a caller of the 2.40 list
+ * does not know them, and a 3.0 backend (NSS softoken) sets them. */
+#define GUARDIAN_CKF_3_0_ONLY                                                                              \
+    (GUARDIAN_CKF_MESSAGE_ENCRYPT | GUARDIAN_CKF_MESSAGE_DECRYPT | GUARDIAN_CKF_MESSAGE_SIGN |                \
+     GUARDIAN_CKF_MESSAGE_VERIFY | GUARDIAN_CKF_MULTI_MESSAGE | GUARDIAN_CKF_FIND_OBJECTS |                  \
+     GUARDIAN_CKF_EC_CURVENAME)
+
+static CK_RV get_mechanism_info(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info, bool v3)
 {
     CK_FUNCTION_LIST *be = guardian_backend_list();
     const struct guardian_mech *m = guardian_mech_find(type);
@@ -163,14 +182,17 @@ static CK_RV get_mechanism_info(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECH
     if (m == NULL) {
         /* SoftHSMv2 ORs flags into the caller's struct without clearing it. */
         memset(info, 0, sizeof(*info));
-        return be->C_GetMechanismInfo(slot, type, info);
+        rv = be->C_GetMechanismInfo(slot, type, info);
+        if (rv == CKR_OK && !v3)
+            info->flags &= ~(CK_FLAGS)GUARDIAN_CKF_3_0_ONLY;
+        return rv;
     }
     if (atomic_load(&guardian_service_on))
         return CKR_MECHANISM_INVALID; /* not callable in service mode */
     rv = backend_mechanisms(be, slot, &list, &n, 0);
     if (rv != CKR_OK)
         goto out;
-    if (!guardian_mech_available(m, list, n)) {
+    if (!guardian_mech_advertised(be, slot, m, list, n)) {
         rv = CKR_MECHANISM_INVALID;
         goto out;
     }
@@ -184,7 +206,32 @@ out:
 static CK_RV entry_C_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
 {
     guardian_trace_in("C_GetMechanismInfo");
-    return guardian_trace_out("C_GetMechanismInfo", get_mechanism_info(slot, type, info));
+    return guardian_trace_out("C_GetMechanismInfo", get_mechanism_info(slot, type, info, false));
+}
+
+static CK_RV entry_C_GetMechanismInfo_3_0(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
+{
+    guardian_trace_in("C_GetMechanismInfo");
+    return guardian_trace_out("C_GetMechanismInfo", get_mechanism_info(slot, type, info, true));
+}
+
+/* A vendor mechanism is callable in `session` only where it is advertised:
+ * CKR_MECHANISM_INVALID elsewhere, as for any mechanism a slot lacks. */
+static CK_RV mech_callable(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const struct guardian_mech *m,
+                           const char *function)
+{
+    CK_SESSION_INFO si;
+    CK_RV rv;
+    memset(&si, 0, sizeof(si));
+    rv = be->C_GetSessionInfo(session, &si);
+    if (rv != CKR_OK)
+        return rv;
+    if (!guardian_mech_advertised(be, si.slotID, m, NULL, 0)) {
+        guardian_info("mech", "%s: %s is not advertised on slot %lu (its self-test did not pass there)", function,
+                      m->name, (unsigned long)si.slotID);
+        return CKR_MECHANISM_INVALID;
+    }
+    return CKR_OK;
 }
 
 /* ---- the calls that carry vendor mechanisms ---------------------------- */
@@ -215,7 +262,9 @@ static CK_RV unwrap_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
     }
     {
         struct guardian_store *st = NULL;
-        CK_RV rv = guardian_state_store(&st);
+        CK_RV rv = mech_callable(be, session, m, "C_UnwrapKey");
+        if (rv == CKR_OK)
+            rv = guardian_state_store(&st);
         if (rv != CKR_OK)
             return rv;
         return m->unwrap(be, st, session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out);
@@ -256,7 +305,9 @@ static CK_RV derive_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
     }
     {
         struct guardian_store *st = NULL;
-        CK_RV rv = guardian_state_store(&st);
+        CK_RV rv = mech_callable(be, session, m, "C_DeriveKey");
+        if (rv == CKR_OK)
+            rv = guardian_state_store(&st);
         if (rv != CKR_OK)
             return rv;
         return m->derive(be, st, session, mech, base_key, templ, count, out);
@@ -531,6 +582,7 @@ static CK_RV entry_C_CloseSession(CK_SESSION_HANDLE s)
         guardian_cert_objects_session_closed(s);
         /* The last session's close logs out: private handles may be gone. */
         guardian_mechs_forget(CK_INVALID_HANDLE);
+        guardian_mechs_selftest_login_changed();
     }
     return guardian_trace_out("C_CloseSession", rv);
 }
@@ -549,9 +601,29 @@ static CK_RV entry_C_Logout(CK_SESSION_HANDLE s)
         if (have_slot)
             guardian_credentials_logged_out(si.slotID);
         guardian_mechs_forget(CK_INVALID_HANDLE);
+        guardian_mechs_selftest_login_changed();
         guardian_policy_reset();
     }
     return guardian_trace_out("C_Logout", rv);
+}
+
+/* A login makes objects possible that were not (tpm2-pkcs11 makes none before
+ * it): the self-tests that could not decide run again. */
+static CK_RV entry_C_Login(CK_SESSION_HANDLE s, CK_USER_TYPE who, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+    CK_RV rv = guardian_cred_C_Login(s, who, pin, len);
+    if (rv == CKR_OK)
+        guardian_mechs_selftest_login_changed();
+    return rv;
+}
+
+static CK_RV entry_C_LoginUser(CK_SESSION_HANDLE s, CK_USER_TYPE who, CK_UTF8CHAR_PTR pin, CK_ULONG len,
+                               CK_UTF8CHAR_PTR user, CK_ULONG user_len)
+{
+    CK_RV rv = guardian_cred_C_LoginUser(s, who, pin, len, user, user_len);
+    if (rv == CKR_OK)
+        guardian_mechs_selftest_login_changed();
+    return rv;
 }
 
 static CK_RV entry_C_CloseAllSessions(CK_SLOT_ID slot)
@@ -565,6 +637,7 @@ static CK_RV entry_C_CloseAllSessions(CK_SLOT_ID slot)
         guardian_cert_objects_slot_closed(slot);
         guardian_credentials_logged_out(slot);
         guardian_mechs_forget(CK_INVALID_HANDLE);
+        guardian_mechs_selftest_login_changed();
         guardian_policy_reset();
     }
     return guardian_trace_out("C_CloseAllSessions", rv);
@@ -582,7 +655,7 @@ static CK_RV entry_C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version, 
 #define GUARDIAN_OWN_FUNCTIONS                                                                                   \
     .C_Initialize = entry_C_Initialize, .C_Finalize = entry_C_Finalize,                                       \
     .C_GetFunctionList = entry_C_GetFunctionList, .C_GetMechanismList = entry_C_GetMechanismList,             \
-    .C_GetMechanismInfo = entry_C_GetMechanismInfo, .C_UnwrapKey = entry_C_UnwrapKey,                         \
+    .C_UnwrapKey = entry_C_UnwrapKey,                                                                         \
     .C_DeriveKey = entry_C_DeriveKey, .C_GetAttributeValue = entry_C_GetAttributeValue,                       \
     .C_SetAttributeValue = entry_C_SetAttributeValue, .C_DestroyObject = entry_C_DestroyObject,               \
     .C_CopyObject = entry_C_CopyObject, .C_GetObjectSize = entry_C_GetObjectSize,                             \
@@ -593,20 +666,22 @@ static CK_RV entry_C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version, 
     .C_GenerateKeyPair = entry_C_GenerateKeyPair, .C_WrapKey = entry_C_WrapKey,                               \
     .C_SetOperationState = entry_C_SetOperationState, .C_GetTokenInfo = guardian_cred_C_GetTokenInfo,       \
     .C_InitToken = guardian_cred_C_InitToken, .C_InitPIN = guardian_cred_C_InitPIN,                           \
-    .C_SetPIN = guardian_cred_C_SetPIN, .C_Login = guardian_cred_C_Login
+    .C_SetPIN = guardian_cred_C_SetPIN, .C_Login = entry_C_Login
 
 static CK_FUNCTION_LIST list_2_40 = {
     .version = {2, 40},
     GUARDIAN_FORWARD_2_40_PLAIN(SET_FORWARDER) GUARDIAN_FORWARD_2_40_KEYED(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
     .C_GetInfo = entry_C_GetInfo,
+    .C_GetMechanismInfo = entry_C_GetMechanismInfo,
 };
 
 static CK_FUNCTION_LIST_3_0 list_3_0 = {
     .version = {3, 0},
     GUARDIAN_FORWARD_2_40_PLAIN(SET_FORWARDER) GUARDIAN_FORWARD_2_40_KEYED(SET_FORWARDER)
     GUARDIAN_FORWARD_3_0_PLAIN(SET_FORWARDER) GUARDIAN_FORWARD_3_0_KEYED(SET_FORWARDER) GUARDIAN_OWN_FUNCTIONS,
-    .C_LoginUser = guardian_cred_C_LoginUser,
+    .C_LoginUser = entry_C_LoginUser,
     .C_GetInfo = entry_C_GetInfo_3_0,
+    .C_GetMechanismInfo = entry_C_GetMechanismInfo_3_0,
     .C_GetInterfaceList = entry_C_GetInterfaceList,
     .C_GetInterface = entry_C_GetInterface,
 };

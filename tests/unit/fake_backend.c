@@ -31,6 +31,61 @@ FAKE_EXPORT struct fake_backend *fake_backend(void)
 GUARDIAN_FORWARD_2_40(FAKE_FUNCTION)
 GUARDIAN_FORWARD_3_0(FAKE_FUNCTION)
 
+/* The scripted answer to a primitive with mechanism `m`. */
+static CK_RV broken(CK_MECHANISM_PTR m)
+{
+    for (CK_ULONG i = 0; m != NULL && i < state.n_broken; i++)
+        if (state.broken[i] == m->mechanism)
+            return state.broken_rv ? state.broken_rv : CKR_MECHANISM_INVALID;
+    return CKR_OK;
+}
+
+#define FAKE_PRIMITIVE(name, params, check, args)                                           \
+    static CK_RV fake_##name##_scripted params                                              \
+    {                                                                                      \
+        CK_RV scripted = broken(check);                                                    \
+        if (scripted != CKR_OK) {                                                          \
+            state.last_name = #name;                                                       \
+            state.last_mechanism = (check)->mechanism;                                     \
+            return scripted;                                                               \
+        }                                                                                  \
+        return fake_##name args;                                                           \
+    }
+FAKE_PRIMITIVE(C_SignInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c), b, (a, b, c))
+FAKE_PRIMITIVE(C_GenerateKeyPair,
+               (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_ATTRIBUTE_PTR c, CK_ULONG d, CK_ATTRIBUTE_PTR e,
+                CK_ULONG f, CK_OBJECT_HANDLE_PTR g, CK_OBJECT_HANDLE_PTR h),
+               b, (a, b, c, d, e, f, g, h))
+
+static CK_RV fake_C_CreateObject_scripted(CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE_PTR d)
+{
+    if (state.create_rv != CKR_OK) {
+        state.last_name = "C_CreateObject";
+        return state.create_rv;
+    }
+    return fake_C_CreateObject(a, b, c, d);
+}
+
+static CK_RV fake_C_OpenSession_counted(CK_SLOT_ID a, CK_FLAGS b, CK_VOID_PTR c, CK_NOTIFY d,
+                                        CK_SESSION_HANDLE_PTR e)
+{
+    atomic_fetch_add(&state.open_sessions, 1);
+    return fake_C_OpenSession(a, b, c, d, e);
+}
+
+/* Every session is on slot 1, the fake's one slot with a token. */
+static CK_RV fake_C_GetSessionInfo_slot(CK_SESSION_HANDLE a, CK_SESSION_INFO_PTR b)
+{
+    CK_RV rv = fake_C_GetSessionInfo(a, b);
+    if (rv == CKR_OK && b != NULL) {
+        memset(b, 0, sizeof(*b));
+        b->slotID = 1;
+        b->state = CKS_RW_USER_FUNCTIONS;
+        b->flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
+    }
+    return rv;
+}
+
 /* The policy's classification reads (see fake_backend.h), else a plain fake. */
 static CK_RV fake_C_GetAttributeValue_classified(CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c,
                                                  CK_ULONG d)
@@ -134,6 +189,8 @@ static CK_RV fake_C_UnwrapKey(CK_SESSION_HANDLE a, CK_MECHANISM_PTR m, CK_OBJECT
     state.last_name = "C_UnwrapKey";
     state.last_a = a;
     state.last_mechanism = m ? m->mechanism : (CK_MECHANISM_TYPE)-1;
+    if (broken(m) != CKR_OK)
+        return broken(m);
     *out = 77;
     return state.rv;
 }
@@ -145,6 +202,8 @@ static CK_RV fake_C_DeriveKey(CK_SESSION_HANDLE a, CK_MECHANISM_PTR m, CK_OBJECT
     state.last_name = "C_DeriveKey";
     state.last_a = a;
     state.last_mechanism = m ? m->mechanism : (CK_MECHANISM_TYPE)-1;
+    if (broken(m) != CKR_OK)
+        return broken(m);
     *out = 78;
     return state.rv;
 }
@@ -156,7 +215,10 @@ static CK_RV fake_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out);
     .C_Initialize = fake_C_Initialize, .C_Finalize = fake_C_Finalize, .C_GetInfo = fake_C_GetInfo, \
     .C_GetFunctionList = fake_C_GetFunctionList, .C_GetMechanismList = fake_C_GetMechanismList,    \
     .C_GetMechanismInfo = fake_C_GetMechanismInfo, .C_UnwrapKey = fake_C_UnwrapKey,                \
-    .C_DeriveKey = fake_C_DeriveKey, .C_GetAttributeValue = fake_C_GetAttributeValue_classified
+    .C_DeriveKey = fake_C_DeriveKey, .C_GetAttributeValue = fake_C_GetAttributeValue_classified,  \
+    .C_SignInit = fake_C_SignInit_scripted, .C_GenerateKeyPair = fake_C_GenerateKeyPair_scripted,  \
+    .C_CreateObject = fake_C_CreateObject_scripted, .C_OpenSession = fake_C_OpenSession_counted,   \
+    .C_GetSessionInfo = fake_C_GetSessionInfo_slot
 
 /* FAKE_OWN replaces some generated entries (C_GetAttributeValue): on purpose. */
 #pragma GCC diagnostic ignored "-Woverride-init"

@@ -24,6 +24,14 @@ struct fake_backend {
     CK_MECHANISM_TYPE mechs[FAKE_MAX_MECHS];
     CK_ULONG n_mechs;
     CK_FLAGS mech_info_flags;  /* ORed into the caller's struct, as SoftHSM does */
+    /* Mechanisms the token does not do, whatever its list says: C_SignInit,
+     * C_DeriveKey, C_UnwrapKey and C_GenerateKeyPair with one of them return
+     * `broken_rv` (CKR_MECHANISM_INVALID when 0).  The vendor mechanisms'
+     * self-tests (mechs/selftest.c) meet them. */
+    CK_MECHANISM_TYPE broken[4];
+    CK_ULONG n_broken;
+    CK_RV broken_rv;
+    CK_RV create_rv;           /* when non-zero, what C_CreateObject returns */
     /* The class every object has when the module's policy (module/policy.c)
      * classifies it: one-attribute reads of CKA_CLASS answer it, of CKA_LABEL,
      * CKA_ID, CKA_APPLICATION and CKA_TRUSTED without a buffer "no such
@@ -43,6 +51,7 @@ struct fake_backend {
     CK_ULONG last_a;           /* its first argument */
     CK_ULONG calls;
     CK_MECHANISM_TYPE last_mechanism;
+    atomic_int open_sessions;  /* C_OpenSession calls */
 };
 
 struct fake_backend *fake_backend(void);

@@ -426,6 +426,25 @@ static void script_mechs(void)
     fake_backend()->n_mechs = sizeof(m) / sizeof(m[0]);
 }
 
+/* A new C_Initialize: the self-tests run again (their results are kept per
+ * slot until then). */
+static void reinitialize(void)
+{
+    assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
+    assert_int_equal(mod->C_Initialize(NULL), CKR_OK);
+}
+
+static bool listed(CK_MECHANISM_TYPE type)
+{
+    CK_MECHANISM_TYPE list[16];
+    CK_ULONG n = 16;
+    assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_OK);
+    for (CK_ULONG i = 0; i < n; i++)
+        if (list[i] == type)
+            return true;
+    return false;
+}
+
 static void test_mechanism_list(void **st)
 {
     CK_MECHANISM_TYPE list[16];
@@ -437,7 +456,7 @@ static void test_mechanism_list(void **st)
     assert_int_equal(mod->C_GetMechanismList(2, NULL, &n), CKR_SLOT_ID_INVALID);
     assert_int_equal(mod->C_GetMechanismList(1, NULL, &n), CKR_OK);
     /* The backend's five, then unwrap-into-token and derive-device-
-     * certificate (their primitives are all there). */
+     * certificate (their self-tests pass on this token). */
     assert_int_equal(n, 7);
     n = 2;
     assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_BUFFER_TOO_SMALL);
@@ -450,20 +469,144 @@ static void test_mechanism_list(void **st)
     assert_int_equal(list[5], CKM_GUARDIAN_UNWRAP_PACKAGE);
     assert_int_equal(list[6], CKM_GUARDIAN_DERIVE_DEVICE_CERT);
 
-    /* A slot without AES key wrap cannot run the import: not advertised. */
+    /* What the token does counts, not the names it lists: a token that does
+     * AES key wrap without listing it (NSS and CKM_AES_CBC_ENCRYPT_DATA)... */
     fake_backend()->mechs[3] = CKM_AES_ECB;
+    reinitialize();
+    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
+    /* ... and one that lists it and fails it (NSS's 0x210A is not RFC 5649). */
+    script_mechs();
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_KEY_WRAP_PAD;
+    fake_backend()->broken_rv = CKR_WRAPPED_KEY_INVALID;
+    reinitialize();
+    assert_false(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
+    assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
     n = 16;
     assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_OK);
     assert_int_equal(n, 6);
-    for (CK_ULONG i = 0; i < n; i++)
-        assert_int_not_equal(list[i], CKM_GUARDIAN_UNWRAP_PACKAGE);
-    /* Nor without raw ECDSA, the derive mechanism's signing primitive. */
-    fake_backend()->mechs[0] = CKM_SHA384;
-    n = 16;
-    assert_int_equal(mod->C_GetMechanismList(1, list, &n), CKR_OK);
-    assert_int_equal(n, 5);
-    for (CK_ULONG i = 0; i < n; i++)
-        assert_int_not_equal(list[i], CKM_GUARDIAN_DERIVE_DEVICE_CERT);
+
+    /* No ECDSA (opencryptoki has no EC): derive still runs with an RSA-only
+     * production CA... */
+    fake_backend()->n_broken = 0;
+    fake_backend()->broken_rv = 0;
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_ECDSA;
+    reinitialize();
+    assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
+    /* ... but not without either signature. */
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_RSA_PKCS;
+    reinitialize();
+    assert_false(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
+    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
+    /* Either derivation of the key-encryption key is enough for the import;
+     * neither is not. */
+    fake_backend()->n_broken = 0;
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_CBC_ENCRYPT_DATA;
+    reinitialize();
+    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE)); /* CKD_SHA256_KDF */
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_ECDH1_DERIVE;
+    reinitialize();
+    assert_false(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
+}
+
+/* Once per slot: the first look runs the self-tests in one session, later
+ * ones reuse the result until C_Finalize/C_Initialize. */
+static void test_selftest_once_per_slot(void **st)
+{
+    CK_MECHANISM_INFO info;
+    (void)st;
+    script_mechs();
+    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
+    assert_int_equal(atomic_load(&fake_backend()->open_sessions), 1);
+    assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
+    assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_UNWRAP_PACKAGE, &info), CKR_OK);
+    assert_int_equal(atomic_load(&fake_backend()->open_sessions), 1);
+    /* A primitive that breaks later changes nothing until the next cycle. */
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_ECDH1_DERIVE;
+    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
+    reinitialize();
+    assert_false(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
+    assert_int_equal(atomic_load(&fake_backend()->open_sessions), 2);
+    /* A slot where no session opens: the list decides, and it is tried again. */
+    fake_backend()->n_broken = 0;
+    reinitialize();
+    fake_backend()->rv = CKR_SESSION_COUNT;
+    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
+    fake_backend()->mechs[1] = CKM_AES_ECB; /* ECDH no longer listed */
+    assert_false(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
+    fake_backend()->rv = CKR_OK;
+}
+
+/* A self-test that needs a login (tpm2-pkcs11 makes no object before it)
+ * cannot decide: the names in the list answer until a login, after which it
+ * runs again. */
+static void test_selftest_undecided_until_login(void **st)
+{
+    CK_SESSION_HANDLE s = 5;
+    (void)st;
+    script_mechs();
+    fake_backend()->create_rv = CKR_USER_NOT_LOGGED_IN;
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_KEY_WRAP_PAD;
+    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE)); /* the list rule */
+    assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
+    fake_backend()->create_rv = CKR_OK;
+    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE)); /* not re-run yet */
+    assert_int_equal(mod->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR) "1234", 4), CKR_OK);
+    assert_false(listed(CKM_GUARDIAN_UNWRAP_PACKAGE)); /* decided: KWP fails */
+    assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
+}
+
+/* Calling a vendor mechanism on a slot that does not advertise it is
+ * CKR_MECHANISM_INVALID, before the mechanism looks at anything. */
+static void test_unadvertised_mechanism_invalid(void **st)
+{
+    CK_MECHANISM unwrap = {CKM_GUARDIAN_UNWRAP_PACKAGE, NULL, 0};
+    CK_MECHANISM derive = {CKM_GUARDIAN_DERIVE_DEVICE_CERT, NULL, 0};
+    CK_MECHANISM_INFO info;
+    CK_BYTE pkg[4] = {1, 2, 3, 4};
+    CK_OBJECT_HANDLE h = 0;
+    (void)st;
+    script_mechs();
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_ECDH1_DERIVE;
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_ECDSA;
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_RSA_PKCS;
+    assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_UNWRAP_PACKAGE, &info), CKR_MECHANISM_INVALID);
+    assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_DERIVE_DEVICE_CERT, &info), CKR_MECHANISM_INVALID);
+    assert_int_equal(mod->C_UnwrapKey(1, &unwrap, 2, pkg, sizeof(pkg), NULL, 0, &h), CKR_MECHANISM_INVALID);
+    assert_int_equal(mod->C_DeriveKey(1, &derive, 2, NULL, 0, &h), CKR_MECHANISM_INVALID);
+    assert_int_equal(h, 0);
+    /* The backend never saw them. */
+    assert_int_not_equal(fake_backend()->last_mechanism, CKM_GUARDIAN_UNWRAP_PACKAGE);
+    assert_int_not_equal(fake_backend()->last_mechanism, CKM_GUARDIAN_DERIVE_DEVICE_CERT);
+    /* Where they work, the same calls reach the mechanisms (which refuse the
+     * missing parameter). */
+    fake_backend()->n_broken = 0;
+    reinitialize();
+    assert_int_equal(mod->C_DeriveKey(1, &derive, 2, NULL, 0, &h), CKR_MECHANISM_PARAM_INVALID);
+}
+
+/* A 2.40 caller does not get the flags PKCS#11 3.0 added; a caller of the
+ * 3.0 interface of a 3.0 backend does. */
+static void test_mechanism_info_3_0_flags(void **st)
+{
+    const CK_FLAGS v3_only = 0x7e | 0x04000000; /* CKF_MESSAGE_*, _MULTI_MESSAGE, _FIND_OBJECTS, _EC_CURVENAME */
+    CK_MECHANISM_INFO info;
+    (void)st;
+    fake_backend()->mech_info_flags = CKF_ENCRYPT | CKF_DECRYPT | v3_only | CKF_EC_NAMEDCURVE;
+    assert_int_equal(mod->C_GetMechanismInfo(1, CKM_AES_GCM, &info), CKR_OK);
+    assert_int_equal(info.flags, CKF_ENCRYPT | CKF_DECRYPT | CKF_EC_NAMEDCURVE);
+    {
+        CK_INTERFACE *iface = NULL;
+        CK_VERSION v30 = {3, 0};
+        CK_RV rv = C_GetInterface((CK_UTF8CHAR_PTR) "PKCS 11", &v30, &iface, 0);
+#ifdef FAKE_WITH_3_0
+        assert_int_equal(rv, CKR_OK);
+        CK_FUNCTION_LIST_3_0 *l3 = iface->pFunctionList;
+        assert_int_equal(l3->C_GetMechanismInfo(1, CKM_AES_GCM, &info), CKR_OK);
+        assert_int_equal(info.flags, CKF_ENCRYPT | CKF_DECRYPT | v3_only | CKF_EC_NAMEDCURVE);
+#else
+        assert_int_equal(rv, CKR_ARGUMENTS_BAD); /* no 3.0 interface over a 2.40 backend */
+#endif
+    }
 }
 
 static void test_mechanism_list_drops_backend_collision(void **st)
@@ -501,10 +644,9 @@ static void test_mechanism_info(void **st)
     assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_DERIVE_DEVICE_CERT, &info), CKR_OK);
     assert_int_equal(info.flags, CKF_DERIVE);
     assert_int_equal(mod->C_GetMechanismInfo(2, CKM_GUARDIAN_UNWRAP_PACKAGE, &info), CKR_SLOT_ID_INVALID);
-    /* The backend was asked for its list, never for our mechanism. */
-    assert_string_equal(fake_backend()->last_name, "C_GetMechanismList");
-    fake_backend()->mechs[1] = CKM_AES_ECB; /* no ECDH: no import on this slot */
-    assert_int_equal(mod->C_GetMechanismInfo(1, CKM_GUARDIAN_UNWRAP_PACKAGE, &info), CKR_MECHANISM_INVALID);
+    /* The backend was never asked about our mechanism. */
+    assert_int_not_equal(fake_backend()->last_mechanism, CKM_GUARDIAN_UNWRAP_PACKAGE);
+    assert_int_not_equal(fake_backend()->last_mechanism, CKM_GUARDIAN_DERIVE_DEVICE_CERT);
 }
 
 static void test_vendor_mechanisms_not_forwarded(void **st)
@@ -517,9 +659,13 @@ static void test_vendor_mechanisms_not_forwarded(void **st)
     (void)st;
     /* Bad parameters (none defined for unwrap; derive's is missing): refused
      * before the backend is asked. */
+    script_mechs();
     assert_int_equal(mod->C_UnwrapKey(1, &unwrap, 2, pkg, sizeof(pkg), NULL, 0, &h), CKR_MECHANISM_PARAM_INVALID);
     assert_int_equal(mod->C_DeriveKey(1, &derive, 2, NULL, 0, &h), CKR_MECHANISM_PARAM_INVALID);
-    assert_null(fake_backend()->last_name);
+    /* The backend was asked which slot the session is on (and ran the
+     * self-tests there), never with our mechanisms. */
+    assert_int_not_equal(fake_backend()->last_mechanism, CKM_GUARDIAN_UNWRAP_PACKAGE);
+    assert_int_not_equal(fake_backend()->last_mechanism, CKM_GUARDIAN_DERIVE_DEVICE_CERT);
     assert_int_equal(h, 0);
     /* NULL mechanism: the backend decides, as it would without us. */
     fake_backend()->rv = CKR_ARGUMENTS_BAD;
@@ -711,6 +857,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mechanism_list, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_mechanism_list_drops_backend_collision, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_mechanism_info, setup_init, teardown),
+        cmocka_unit_test_setup_teardown(test_selftest_once_per_slot, setup_init, teardown),
+        cmocka_unit_test_setup_teardown(test_selftest_undecided_until_login, setup_init, teardown),
+        cmocka_unit_test_setup_teardown(test_unadvertised_mechanism_invalid, setup_init, teardown),
+        cmocka_unit_test_setup_teardown(test_mechanism_info_3_0_flags, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_vendor_mechanisms_not_forwarded, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_fork_child_must_reinitialize, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_trace_names_calls_not_pins, setup_init, teardown),

@@ -1,0 +1,524 @@
+/*
+ * selftest.c — a vendor mechanism is advertised on a slot when the primitives
+ * it needs work there, tried once per slot, not when their names appear in the
+ * slot's mechanism list: NSS softoken does CKM_AES_CBC_ENCRYPT_DATA without
+ * listing it, and a name in a list says nothing of what the backend means by
+ * it (NSS's 0x210A is RFC 3394 with PKCS#7 padding, SoftHSM's is RFC 5649).
+ *
+ * The tests use session objects only, made public (CKA_PRIVATE FALSE) so that
+ * no login is needed, destroyed before the session closes: nothing is left in
+ * the token.  Each is a known-answer test (selftest_vectors.h, made by
+ * make_selftest_vectors.py):
+ *
+ *  - CKM_GUARDIAN_UNWRAP_PACKAGE: a fixed EC P-256 key, ECDH with a fixed
+ *    point, the key-encryption key derived as an import derives it (CKD_NULL
+ *    then CKM_AES_CBC_ENCRYPT_DATA, or CKD_SHA256_KDF), and C_UnwrapKey with
+ *    CKM_AES_KEY_WRAP_PAD of a fixed RFC 5649 blob holding the PKCS#8 of an EC
+ *    key, into a session private key.  The unwrap succeeds only when every
+ *    step computed the right bytes (RFC 5649's integrity check).  Either KDF
+ *    passing is enough: the package's scheme picks one.
+ *  - CKM_GUARDIAN_DERIVE_DEVICE_CERT: a signature with CKM_ECDSA by a fixed
+ *    P-256 key, else with CKM_RSA_PKCS by a fixed RSA-2048 key (an RSA-only
+ *    production CA: derive_device_cert.c signs with either); where the backend
+ *    refuses both keys from their values (tpm2-pkcs11), a generated P-256
+ *    session key.
+ *
+ * A step can fail three ways: a code that says the primitive is not there or
+ * not right (CKR_MECHANISM_INVALID, CKR_WRAPPED_KEY_INVALID, …) fails the test;
+ * a code that says it could not be tried now (CKR_USER_NOT_LOGGED_IN, no
+ * token, out of sessions or memory, …) leaves it undecided: the list rule
+ * answers meanwhile and the test runs again at the first look after a login
+ * or logout through the module (tpm2-pkcs11 makes no object, not even a
+ * session one, before the user logs in); and loading the
+ * fixed key of the unwrap test being refused also leaves it undecided (an
+ * import never loads a key in clear: the refusal says nothing of its
+ * primitives).
+ *
+ * Results are kept per slot until C_Finalize/C_Initialize, and logged at debug
+ * level (category "selftest") with the step that failed and the time taken.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "module.h"
+#include "registry.h"
+#include "selftest_vectors.h"
+/* after module.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+#define LOG "selftest"
+#define MAX_SLOTS 32
+#define MAX_MECHS 8
+#define MAX_OBJECTS 8
+
+/* ---- the steps ------------------------------------------------------------ */
+
+struct run {
+    CK_FUNCTION_LIST *be;
+    CK_SESSION_HANDLE s;
+    CK_OBJECT_HANDLE made[MAX_OBJECTS];
+    size_t n_made;
+    char *why;
+    size_t why_len;
+};
+
+static const char *ckr(CK_RV rv)
+{
+    const char *n = guardian_ckr_name(rv);
+    return n ? n : "vendor CKR";
+}
+
+/* Codes that say "not now" rather than "not this primitive". */
+static bool undecided(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_SESSION_COUNT:
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_SESSION_CLOSED:
+    case CKR_SESSION_READ_ONLY:
+    case CKR_SESSION_READ_WRITE_SO_EXISTS:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_MEMORY:
+    case CKR_DEVICE_REMOVED:
+    case CKR_HOST_MEMORY:
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+    case CKR_OPERATION_ACTIVE:
+    case CKR_FUNCTION_CANCELED:
+    case CKR_PIN_EXPIRED:
+    case CKR_SLOT_ID_INVALID:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The outcome of step `what` that returned `rv` (CKR_OK: none yet). */
+static int step(struct run *r, CK_RV rv, const char *what)
+{
+    if (rv == CKR_OK)
+        return 0;
+    snprintf(r->why, r->why_len, "%s: %s", what, ckr(rv));
+    return undecided(rv) ? GUARDIAN_SELFTEST_UNKNOWN : GUARDIAN_SELFTEST_FAIL;
+}
+
+static void keep(struct run *r, CK_OBJECT_HANDLE h)
+{
+    if (r->n_made < MAX_OBJECTS)
+        r->made[r->n_made++] = h;
+    else
+        r->be->C_DestroyObject(r->s, h);
+}
+
+static void clean(struct run *r)
+{
+    for (size_t i = 0; i < r->n_made; i++) {
+        r->be->C_DestroyObject(r->s, r->made[i]);
+        /* The backend may give the number to a caller's object later. */
+        guardian_policy_forget(r->made[i]);
+    }
+    r->n_made = 0;
+}
+
+static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+
+/* The fixed P-256 key (sign and derive), a public session object. */
+static CK_RV load_ec_key(struct run *r, CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE kt = CKK_EC;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},           {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},             {CKA_PRIVATE, &no, sizeof(no)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},       {CKA_DERIVE, &yes, sizeof(yes)},
+        {CKA_SIGN, &yes, sizeof(yes)},            {CKA_EC_PARAMS, (void *)st_ec_params, sizeof(st_ec_params)},
+        {CKA_VALUE, (void *)st_ec_d, sizeof(st_ec_d)},
+    };
+    CK_RV rv = r->be->C_CreateObject(r->s, t, sizeof(t) / sizeof(t[0]), out);
+    if (rv == CKR_OK)
+        keep(r, *out);
+    return rv;
+}
+
+static CK_RV load_rsa_key(struct run *r, CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE kt = CKK_RSA;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_PRIVATE, &no, sizeof(no)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_MODULUS, (void *)st_rsa_n, sizeof(st_rsa_n)},
+        {CKA_PUBLIC_EXPONENT, (void *)st_rsa_e, sizeof(st_rsa_e)},
+        {CKA_PRIVATE_EXPONENT, (void *)st_rsa_d, sizeof(st_rsa_d)},
+        {CKA_PRIME_1, (void *)st_rsa_p, sizeof(st_rsa_p)},
+        {CKA_PRIME_2, (void *)st_rsa_q, sizeof(st_rsa_q)},
+        {CKA_EXPONENT_1, (void *)st_rsa_dp, sizeof(st_rsa_dp)},
+        {CKA_EXPONENT_2, (void *)st_rsa_dq, sizeof(st_rsa_dq)},
+        {CKA_COEFFICIENT, (void *)st_rsa_qinv, sizeof(st_rsa_qinv)},
+    };
+    CK_RV rv = r->be->C_CreateObject(r->s, t, sizeof(t) / sizeof(t[0]), out);
+    if (rv == CKR_OK)
+        keep(r, *out);
+    return rv;
+}
+
+/* ---- CKM_GUARDIAN_UNWRAP_PACKAGE ------------------------------------------- */
+
+/* The session AES-256 key an ECDH (or the CBC derivation) makes. */
+static CK_RV derive_aes(struct run *r, CK_MECHANISM *m, CK_OBJECT_HANDLE base, CK_ATTRIBUTE_TYPE use,
+                        CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ULONG len = 32;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_PRIVATE, &no, sizeof(no)},     {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)}, {use, &yes, sizeof(yes)},
+    };
+    CK_RV rv = r->be->C_DeriveKey(r->s, m, base, t, sizeof(t) / sizeof(t[0]), out);
+    if (rv == CKR_OK)
+        keep(r, *out);
+    return rv;
+}
+
+static CK_RV unwrap_known(struct run *r, CK_OBJECT_HANDLE kek, const CK_BYTE *blob, CK_ULONG len)
+{
+    CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE kt = CKK_EC;
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},   {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},     {CKA_PRIVATE, &no, sizeof(no)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_SIGN, &yes, sizeof(yes)},
+    };
+    CK_RV rv = r->be->C_UnwrapKey(r->s, &kwp, kek, (CK_BYTE_PTR)blob, len, t, sizeof(t) / sizeof(t[0]), &h);
+    if (rv == CKR_OK)
+        keep(r, h);
+    return rv;
+}
+
+/* One way of making the key-encryption key, then the unwrap under it. */
+static int unwrap_path(struct run *r, CK_OBJECT_HANDLE key, bool sha256_kdf)
+{
+    CK_ECDH1_DERIVE_PARAMS ecdh;
+    CK_MECHANISM m = {CKM_ECDH1_DERIVE, &ecdh, sizeof(ecdh)};
+    CK_OBJECT_HANDLE z = CK_INVALID_HANDLE, kek = CK_INVALID_HANDLE;
+    int res;
+
+    memset(&ecdh, 0, sizeof(ecdh));
+    ecdh.pPublicData = (CK_BYTE_PTR)st_peer_point;
+    ecdh.ulPublicDataLen = sizeof(st_peer_point);
+    if (sha256_kdf) {
+        ecdh.kdf = CKD_SHA256_KDF;
+        ecdh.pSharedData = (CK_BYTE_PTR)st_context;
+        ecdh.ulSharedDataLen = sizeof(st_context);
+        if ((res = step(r, derive_aes(r, &m, key, CKA_UNWRAP, &kek), "ECDH1_DERIVE with CKD_SHA256_KDF")))
+            return res;
+        return step(r, unwrap_known(r, kek, st_wrapped_kdf, sizeof(st_wrapped_kdf)),
+                    "AES_KEY_WRAP_PAD (RFC 5649) unwrap under the SHA256_KDF key");
+    }
+    ecdh.kdf = CKD_NULL;
+    if ((res = step(r, derive_aes(r, &m, key, CKA_DERIVE, &z), "ECDH1_DERIVE with CKD_NULL")))
+        return res;
+    {
+        CK_AES_CBC_ENCRYPT_DATA_PARAMS cbc;
+        CK_MECHANISM m2 = {CKM_AES_CBC_ENCRYPT_DATA, &cbc, sizeof(cbc)};
+        memset(&cbc, 0, sizeof(cbc));
+        cbc.pData = (CK_BYTE_PTR)st_context;
+        cbc.length = sizeof(st_context);
+        if ((res = step(r, derive_aes(r, &m2, z, CKA_UNWRAP, &kek), "AES_CBC_ENCRYPT_DATA")))
+            return res;
+    }
+    return step(r, unwrap_known(r, kek, st_wrapped_cbc, sizeof(st_wrapped_cbc)),
+                "AES_KEY_WRAP_PAD (RFC 5649) unwrap under the AES_CBC_ENCRYPT_DATA key");
+}
+
+int guardian_selftest_unwrap_package(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len)
+{
+    struct run r = {.be = be, .s = s, .why = why, .why_len = why_len};
+    CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+    char first[160] = "";
+    int a, b;
+    CK_RV rv = load_ec_key(&r, &key);
+
+    if (rv != CKR_OK) {
+        snprintf(why, why_len, "the test's EC key cannot be loaded (C_CreateObject: %s)", ckr(rv));
+        return GUARDIAN_SELFTEST_UNKNOWN;
+    }
+    a = unwrap_path(&r, key, false);
+    snprintf(first, sizeof(first), "%s", why);
+    b = a == 0 ? 0 : unwrap_path(&r, key, true);
+    clean(&r);
+    if (a != 0 && b == 0)
+        snprintf(why, why_len, "ECDH CKD_SHA256_KDF + RFC 5649 unwrap (the CKD_NULL path: %s)", first);
+    if (a == 0 || b == 0) {
+        if (a == 0)
+            snprintf(why, why_len, "ECDH CKD_NULL + AES_CBC_ENCRYPT_DATA + RFC 5649 unwrap");
+        return GUARDIAN_SELFTEST_PASS;
+    }
+    {
+        char second[160];
+        snprintf(second, sizeof(second), "%s", why);
+        snprintf(why, why_len, "%s; %s", first, second);
+    }
+    return a == GUARDIAN_SELFTEST_UNKNOWN || b == GUARDIAN_SELFTEST_UNKNOWN ? GUARDIAN_SELFTEST_UNKNOWN
+                                                                            : GUARDIAN_SELFTEST_FAIL;
+}
+
+/* ---- CKM_GUARDIAN_DERIVE_DEVICE_CERT -------------------------------------- */
+
+/* A signature of a SHA-256 hash as derive_device_cert.c makes one. */
+static CK_RV sign_with(struct run *r, CK_OBJECT_HANDLE key, CK_MECHANISM_TYPE type)
+{
+    /* DigestInfo(SHA-256) for CKM_RSA_PKCS, the bare hash for CKM_ECDSA. */
+    static const CK_BYTE digest_info[19 + 32] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                                 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+    CK_MECHANISM m = {type, NULL, 0};
+    CK_BYTE sig[512];
+    CK_ULONG sig_len = sizeof(sig);
+    const CK_BYTE *in = type == CKM_RSA_PKCS ? digest_info : digest_info + 19;
+    CK_ULONG in_len = type == CKM_RSA_PKCS ? sizeof(digest_info) : 32;
+    CK_RV rv = r->be->C_SignInit(r->s, &m, key);
+    if (rv != CKR_OK)
+        return rv;
+    rv = r->be->C_Sign(r->s, (CK_BYTE_PTR)in, in_len, sig, &sig_len);
+    if (rv == CKR_OK && (sig_len == 0 || sig_len > sizeof(sig)))
+        rv = CKR_FUNCTION_FAILED;
+    return rv;
+}
+
+static CK_RV generate_ec_key(struct run *r, CK_OBJECT_HANDLE *out)
+{
+    CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE;
+    CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &no, sizeof(no)},
+                            {CKA_EC_PARAMS, (void *)st_ec_params, sizeof(st_ec_params)}};
+    CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &no, sizeof(no)},
+                             {CKA_SENSITIVE, &yes, sizeof(yes)},
+                             {CKA_SIGN, &yes, sizeof(yes)},
+                             {CKA_PRIVATE, &no, sizeof(no)}};
+    CK_RV rv = r->be->C_GenerateKeyPair(r->s, &gen, pub_t, 2, priv_t, 4, &pub, out);
+    /* A token that wants its private keys private (logged in by now). */
+    if (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_TEMPLATE_INCONSISTENT)
+        rv = r->be->C_GenerateKeyPair(r->s, &gen, pub_t, 2, priv_t, 3, &pub, out);
+    if (rv == CKR_OK) {
+        keep(r, pub);
+        keep(r, *out);
+    }
+    return rv;
+}
+
+/* One way of signing: `load` makes the key; `type` signs. 0 when it works. */
+static int sign_attempt(struct run *r, CK_RV (*load)(struct run *, CK_OBJECT_HANDLE *), CK_MECHANISM_TYPE type,
+                        const char *what, bool *loaded)
+{
+    CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+    char step_name[80];
+    CK_RV rv = load(r, &key);
+    if (rv != CKR_OK) {
+        /* No key to test with says nothing of the signature: undecided. */
+        snprintf(step_name, sizeof(step_name), "%s key", what);
+        step(r, rv, step_name);
+        return GUARDIAN_SELFTEST_UNKNOWN;
+    }
+    *loaded = true;
+    snprintf(step_name, sizeof(step_name), "%s signature", what);
+    rv = sign_with(r, key, type);
+    if (rv == CKR_OK)
+        snprintf(r->why, r->why_len, "%s signature", what);
+    return step(r, rv, step_name);
+}
+
+int guardian_selftest_derive_device_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len)
+{
+    struct run r = {.be = be, .s = s, .why = why, .why_len = why_len};
+    char tried[3][140] = {"", "", ""};
+    bool ec_loaded = false, rsa_loaded = false, unknown = false;
+    int res;
+
+    res = sign_attempt(&r, load_ec_key, CKM_ECDSA, "CKM_ECDSA (fixed P-256)", &ec_loaded);
+    if (res == 0)
+        goto pass;
+    unknown |= res == GUARDIAN_SELFTEST_UNKNOWN;
+    snprintf(tried[0], sizeof(tried[0]), "%s", why);
+    /* An RSA-only production CA signs with CKM_RSA_PKCS (opencryptoki: no EC). */
+    res = sign_attempt(&r, load_rsa_key, CKM_RSA_PKCS, "CKM_RSA_PKCS (fixed RSA-2048)", &rsa_loaded);
+    if (res == 0)
+        goto pass;
+    unknown |= res == GUARDIAN_SELFTEST_UNKNOWN;
+    snprintf(tried[1], sizeof(tried[1]), "%s", why);
+    if (!ec_loaded) {
+        /* No key from its value (tpm2-pkcs11): one the token makes. */
+        bool made = false;
+        res = sign_attempt(&r, generate_ec_key, CKM_ECDSA, "CKM_ECDSA (generated P-256)", &made);
+        if (res == 0)
+            goto pass;
+        unknown |= res == GUARDIAN_SELFTEST_UNKNOWN;
+        snprintf(tried[2], sizeof(tried[2]), "%s", why);
+    }
+    clean(&r);
+    snprintf(why, why_len, "%s; %s%s%s", tried[0], tried[1], tried[2][0] ? "; " : "", tried[2]);
+    return unknown ? GUARDIAN_SELFTEST_UNKNOWN : GUARDIAN_SELFTEST_FAIL;
+pass:
+    clean(&r);
+    return GUARDIAN_SELFTEST_PASS;
+}
+
+/* ---- the per-slot results ------------------------------------------------- */
+
+struct slot_result {
+    CK_SLOT_ID slot;
+    bool used;
+    unsigned char res[MAX_MECHS]; /* GUARDIAN_SELFTEST_*, 0 not run */
+    bool retry;                   /* the login state changed: test the undecided again */
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct slot_result results[MAX_SLOTS];
+static size_t next_victim;
+
+void guardian_mechs_selftest_reset(void)
+{
+    pthread_mutex_lock(&lock);
+    memset(results, 0, sizeof(results));
+    next_victim = 0;
+    pthread_mutex_unlock(&lock);
+}
+
+void guardian_mechs_selftest_login_changed(void)
+{
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < MAX_SLOTS; i++)
+        results[i].retry = true;
+    pthread_mutex_unlock(&lock);
+}
+
+void guardian_selftest_atfork_child(void)
+{
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    lock = fresh;
+}
+
+static struct slot_result *slot_entry(CK_SLOT_ID slot)
+{
+    struct slot_result *e;
+    for (size_t i = 0; i < MAX_SLOTS; i++)
+        if (results[i].used && results[i].slot == slot)
+            return &results[i];
+    for (size_t i = 0; i < MAX_SLOTS; i++)
+        if (!results[i].used) {
+            e = &results[i];
+            goto fresh;
+        }
+    e = &results[next_victim++ % MAX_SLOTS];
+fresh:
+    memset(e, 0, sizeof(*e));
+    e->used = true;
+    e->slot = slot;
+    return e;
+}
+
+static double ms_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* Every undecided mechanism's test on `slot`, in one session (lock held). */
+static void run_tests(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, struct slot_result *e)
+{
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    struct timespec t0;
+    char why[400];
+    CK_RV rv;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* Read-write when possible (a backend may want it for session objects);
+     * read-only where the token is write-protected. */
+    rv = be->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+    if (rv != CKR_OK)
+        rv = be->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
+    if (rv != CKR_OK) {
+        guardian_debug(LOG, "slot %lu: no session for the self-test (%s): the mechanism list decides meanwhile",
+                       (unsigned long)slot, ckr(rv));
+        return;
+    }
+    for (size_t i = 0; i < guardian_mech_count() && i < MAX_MECHS; i++) {
+        const struct guardian_mech *m = guardian_mech_at(i);
+        struct timespec t1;
+        int res;
+        if ((e->res[i] != 0 && e->res[i] != GUARDIAN_SELFTEST_UNKNOWN) || m->selftest == NULL)
+            continue;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        why[0] = '\0';
+        res = m->selftest(be, s, why, sizeof(why));
+        guardian_debug(LOG, "slot %lu: %s %s (%s) in %.2f ms", (unsigned long)slot, m->name,
+                       res == GUARDIAN_SELFTEST_PASS   ? "works: advertised"
+                       : res == GUARDIAN_SELFTEST_FAIL ? "does not work: not advertised"
+                                                       : "could not be tested now: the mechanism list decides",
+                       why, ms_since(&t1));
+        e->res[i] = (unsigned char)res;
+    }
+    be->C_CloseSession(s);
+    guardian_debug(LOG, "slot %lu: self-test took %.2f ms", (unsigned long)slot, ms_since(&t0));
+}
+
+static int result_of(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, size_t index)
+{
+    int res;
+    pthread_mutex_lock(&lock);
+    {
+        struct slot_result *e = slot_entry(slot);
+        if (e->res[index] == 0 || (e->res[index] == GUARDIAN_SELFTEST_UNKNOWN && e->retry))
+            run_tests(be, slot, e);
+        e->retry = false;
+        res = e->res[index];
+    }
+    pthread_mutex_unlock(&lock);
+    return res;
+}
+
+bool guardian_mech_advertised(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, const struct guardian_mech *m,
+                              const CK_MECHANISM_TYPE *list, size_t n)
+{
+    size_t index = guardian_mech_count();
+    int res = 0;
+    bool ok = false;
+
+    if (m == NULL || (m->unwrap == NULL && m->derive == NULL))
+        return false;
+    for (size_t i = 0; i < guardian_mech_count(); i++)
+        if (guardian_mech_at(i) == m)
+            index = i;
+    if (m->selftest != NULL && index < MAX_MECHS)
+        res = result_of(be, slot, index);
+    if (res == GUARDIAN_SELFTEST_PASS || res == GUARDIAN_SELFTEST_FAIL)
+        return res == GUARDIAN_SELFTEST_PASS;
+    /* Undecided: the names in the slot's list. */
+    if (list != NULL)
+        return guardian_mech_available(m, list, n);
+    {
+        CK_ULONG count = 0;
+        CK_MECHANISM_TYPE *mine;
+        if (be->C_GetMechanismList(slot, NULL, &count) != CKR_OK)
+            return false;
+        mine = calloc((size_t)count + 1, sizeof(*mine));
+        if (mine != NULL && be->C_GetMechanismList(slot, mine, &count) == CKR_OK)
+            ok = guardian_mech_available(m, mine, count);
+        free(mine);
+    }
+    return ok;
+}
