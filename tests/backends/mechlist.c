@@ -1,0 +1,172 @@
+/*
+ * mechlist.c — what a PKCS#11 module lists on the slot of a token, as a
+ * caller of a given interface sees it: one line "0xTYPE 0xFLAGS" per
+ * mechanism (C_GetMechanismList, then C_GetMechanismInfo of each), then with
+ * --call one line "call 0xTYPE CKR" per Guardian vendor mechanism, the
+ * C_UnwrapKey / C_DeriveKey with it (on a handle that is no key) answering
+ * whether the mechanism may be called on this slot at all.  On stderr: how long
+ * the first C_GetMechanismList of the slot took and how long a second one
+ * took ("first-list-us N second-list-us M"; through the module the first one
+ * runs the mechanisms' self-tests).
+ *
+ *   mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call]
+ *
+ * --iface 2.40 takes the list of C_GetFunctionList (the default), 3.0 that of
+ * C_GetInterface("PKCS 11", 3.0).  tests/backends/test_advertise.sh runs it
+ * straight on each backend and through the module.  A test tool only.
+ */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "p11.h"
+/* after p11.h: the vendor header needs the PKCS#11 types */
+#include "guardian/guardian-pkcs11.h"
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call]\n");
+    return 2;
+}
+
+static double us_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) * 1e6 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e3;
+}
+
+static CK_RV find_slot(CK_FUNCTION_LIST *f, const char *label, CK_SLOT_ID *out)
+{
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = 64;
+    CK_RV rv = f->C_GetSlotList(CK_TRUE, slots, &n);
+    if (rv != CKR_OK)
+        return rv;
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        size_t len = strlen(label);
+        if (f->C_GetTokenInfo(slots[i], &ti) != CKR_OK || len > sizeof(ti.label))
+            continue;
+        if (memcmp(ti.label, label, len) == 0 &&
+            (len == sizeof(ti.label) || strspn((char *)ti.label + len, " ") == sizeof(ti.label) - len)) {
+            *out = slots[i];
+            return CKR_OK;
+        }
+    }
+    return CKR_TOKEN_NOT_PRESENT;
+}
+
+int main(int argc, char **argv)
+{
+    const char *iface = "2.40", *pin = NULL;
+    int call = 0;
+    void *dl;
+    CK_FUNCTION_LIST *f = NULL;
+    CK_SLOT_ID slot = 0;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    CK_MECHANISM_TYPE list[512];
+    CK_ULONG n = 512;
+    CK_RV rv;
+
+    if (argc < 3)
+        return usage();
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--iface") == 0 && i + 1 < argc)
+            iface = argv[++i];
+        else if (strcmp(argv[i], "--login") == 0 && i + 1 < argc)
+            pin = argv[++i];
+        else if (strcmp(argv[i], "--call") == 0)
+            call = 1;
+        else
+            return usage();
+    }
+    dl = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (dl == NULL) {
+        fprintf(stderr, "mechlist: %s\n", dlerror());
+        return 1;
+    }
+    if (strcmp(iface, "3.0") == 0) {
+        CK_C_GetInterface gi = (CK_C_GetInterface)dlsym(dl, "C_GetInterface");
+        CK_INTERFACE *it = NULL;
+        CK_VERSION v = {3, 0};
+        if (gi == NULL || (rv = gi((CK_UTF8CHAR_PTR) "PKCS 11", &v, &it, 0)) != CKR_OK || it == NULL) {
+            fprintf(stderr, "mechlist: no PKCS 11 3.0 interface\n");
+            return 1;
+        }
+        f = it->pFunctionList;
+    } else {
+        CK_C_GetFunctionList gf = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList");
+        if (gf == NULL || gf(&f) != CKR_OK) {
+            fprintf(stderr, "mechlist: no C_GetFunctionList\n");
+            return 1;
+        }
+    }
+    if ((rv = f->C_Initialize(NULL)) != CKR_OK) {
+        fprintf(stderr, "mechlist: C_Initialize: 0x%lx\n", (unsigned long)rv);
+        return 1;
+    }
+    if ((rv = find_slot(f, argv[2], &slot)) != CKR_OK) {
+        fprintf(stderr, "mechlist: no token labelled %s: 0x%lx\n", argv[2], (unsigned long)rv);
+        return 1;
+    }
+    if (pin != NULL || call) {
+        rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+        if (rv == CKR_OK && pin != NULL)
+            rv = f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)strlen(pin));
+        if (rv != CKR_OK) {
+            fprintf(stderr, "mechlist: session/login: 0x%lx\n", (unsigned long)rv);
+            return 1;
+        }
+    }
+    {
+        struct timespec t0;
+        double first, second;
+        CK_ULONG again = 512;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        rv = f->C_GetMechanismList(slot, list, &n);
+        first = us_since(&t0);
+        if (rv != CKR_OK) {
+            fprintf(stderr, "mechlist: C_GetMechanismList: 0x%lx\n", (unsigned long)rv);
+            return 1;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        rv = f->C_GetMechanismList(slot, list, &again);
+        second = us_since(&t0);
+        if (rv != CKR_OK || again != n) {
+            fprintf(stderr, "mechlist: second C_GetMechanismList: 0x%lx, %lu mechanisms\n", (unsigned long)rv,
+                    (unsigned long)again);
+            return 1;
+        }
+        fprintf(stderr, "first-list-us %.0f second-list-us %.0f\n", first, second);
+    }
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_MECHANISM_INFO info;
+        memset(&info, 0, sizeof(info));
+        rv = f->C_GetMechanismInfo(slot, list[i], &info);
+        if (rv != CKR_OK)
+            printf("0x%08lx info-rv 0x%lx\n", (unsigned long)list[i], (unsigned long)rv);
+        else
+            printf("0x%08lx 0x%08lx\n", (unsigned long)list[i], (unsigned long)info.flags);
+    }
+    if (call) {
+        static const CK_MECHANISM_TYPE vendor[] = {CKM_GUARDIAN_UNWRAP_PACKAGE, CKM_GUARDIAN_DERIVE_DEVICE_CERT};
+        for (size_t i = 0; i < sizeof(vendor) / sizeof(vendor[0]); i++) {
+            CK_MECHANISM m = {vendor[i], NULL, 0};
+            CK_MECHANISM_INFO info;
+            CK_OBJECT_HANDLE out = CK_INVALID_HANDLE;
+            CK_BYTE b = 0;
+            rv = vendor[i] == CKM_GUARDIAN_UNWRAP_PACKAGE ? f->C_UnwrapKey(s, &m, 0x7fff0001, &b, 1, NULL, 0, &out)
+                                                          : f->C_DeriveKey(s, &m, 0x7fff0001, NULL, 0, &out);
+            printf("call 0x%08lx 0x%lx\n", (unsigned long)vendor[i], (unsigned long)rv);
+            printf("info 0x%08lx 0x%lx\n", (unsigned long)vendor[i],
+                   (unsigned long)f->C_GetMechanismInfo(slot, vendor[i], &info));
+        }
+    }
+    if (s != CK_INVALID_HANDLE)
+        f->C_CloseSession(s);
+    f->C_Finalize(NULL);
+    return 0;
+}
