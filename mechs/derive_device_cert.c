@@ -1186,16 +1186,18 @@ const struct guardian_request_type guardian_request_device_cert = {
     .run = device_cert_request,
 };
 
-static const CK_MECHANISM_TYPE requires[] = {
+/* The production CA's signature: ECDSA, or RSA PKCS#1 v1.5 for an RSA CA. */
+static const CK_MECHANISM_TYPE signatures[] = {
     CKM_ECDSA,
+    CKM_RSA_PKCS,
 };
 
 const struct guardian_mech guardian_mech_derive_device_cert = {
     .type = CKM_GUARDIAN_DERIVE_DEVICE_CERT,
     .name = "CKM_GUARDIAN_DERIVE_DEVICE_CERT",
     .info = {.ulMinKeySize = 256, .ulMaxKeySize = 4096, .flags = CKF_DERIVE},
-    .requires = requires,
-    .n_requires = sizeof(requires) / sizeof(requires[0]),
+    .requires_one_of = signatures,
+    .n_requires_one_of = sizeof(signatures) / sizeof(signatures[0]),
     .selftest = guardian_selftest_derive_device_cert,
     .derive = derive_device_cert,
     .finalize = derive_finalize,

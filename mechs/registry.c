@@ -38,7 +38,11 @@ bool guardian_mech_available(const struct guardian_mech *m, const CK_MECHANISM_T
         if (!found)
             return false;
     }
-    return true;
+    for (size_t r = 0; r < m->n_requires_one_of; r++)
+        for (size_t i = 0; i < n; i++)
+            if (available[i] == m->requires_one_of[r])
+                return true;
+    return m->n_requires_one_of == 0;
 }
 
 void guardian_mechs_finalize(struct guardian_store *st)

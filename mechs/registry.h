@@ -36,6 +36,10 @@ struct guardian_mech {
      * advertised there when its self-test cannot decide (below). */
     const CK_MECHANISM_TYPE *requires;
     size_t n_requires;
+    /* ... and at least one of these, when there are any (derive: CKM_ECDSA
+     * or CKM_RSA_PKCS, the production CA's signature). */
+    const CK_MECHANISM_TYPE *requires_one_of;
+    size_t n_requires_one_of;
     /* The self-test of the primitives it needs, on session objects of
      * session `s` (selftest.c): GUARDIAN_SELFTEST_PASS, _FAIL (a primitive
      * does not work: `why` says which), or _UNKNOWN (it could not be tried:
@@ -75,8 +79,9 @@ void guardian_mechs_forget(CK_OBJECT_HANDLE h);
 /* Every mechanism's atfork_child hook. */
 void guardian_mechs_atfork_child(void);
 
-/* True when `m` is implemented and every primitive it requires is among the
- * `n` backend mechanisms `available` (the list rule). */
+/* True when `m` is implemented, every primitive it requires is among the `n`
+ * backend mechanisms `available` and, when it names any, one of its
+ * `requires_one_of` too (the list rule). */
 bool guardian_mech_available(const struct guardian_mech *m, const CK_MECHANISM_TYPE *available, size_t n);
 
 /* ---- advertising by self-test (selftest.c) -------------------------------- */

@@ -544,14 +544,26 @@ static void test_selftest_undecided_until_login(void **st)
     CK_SESSION_HANDLE s = 5;
     (void)st;
     script_mechs();
+    /* No key can be made before the login: no test can run. */
     fake_backend()->create_rv = CKR_USER_NOT_LOGGED_IN;
-    fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_KEY_WRAP_PAD;
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_EC_KEY_PAIR_GEN;
+    fake_backend()->broken_rv = CKR_USER_NOT_LOGGED_IN;
     assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE)); /* the list rule */
     assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
+    fake_backend()->mechs[0] = CKM_RSA_PKCS; /* an RSA-only CA signs with it */
+    assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
+    fake_backend()->mechs[0] = CKM_SHA384; /* no signature listed */
+    assert_false(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
+    fake_backend()->mechs[0] = CKM_ECDSA;
+    /* Keys can be made now, and the token's key wrap is not RFC 5649. */
     fake_backend()->create_rv = CKR_OK;
-    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE)); /* not re-run yet */
+    fake_backend()->broken[0] = CKM_AES_KEY_WRAP_PAD;
+    fake_backend()->broken_rv = CKR_WRAPPED_KEY_INVALID;
+    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE)); /* not run again yet */
     assert_int_equal(mod->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR) "1234", 4), CKR_OK);
-    assert_false(listed(CKM_GUARDIAN_UNWRAP_PACKAGE)); /* decided: KWP fails */
+    assert_false(listed(CKM_GUARDIAN_UNWRAP_PACKAGE)); /* decided: the unwrap fails */
+    assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
+    fake_backend()->mechs[0] = CKM_SHA384; /* decided: the list no longer matters */
     assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
 }
 
@@ -691,6 +703,18 @@ static void test_registry_availability(void **st)
     assert_true(guardian_mech_available(&m, have, 3));
     assert_false(guardian_mech_available(&m, have, 2)); /* CKM_ECDSA missing */
     assert_false(guardian_mech_available(NULL, have, 3));
+    /* One of: derive's ECDSA or RSA PKCS#1 v1.5 (an RSA-only CA). */
+    {
+        static const CK_MECHANISM_TYPE sig[] = {CKM_ECDSA, CKM_RSA_PKCS};
+        CK_MECHANISM_TYPE rsa_only[] = {CKM_SHA256, CKM_RSA_PKCS};
+        m.requires_one_of = sig;
+        m.n_requires_one_of = 2;
+        m.n_requires = 1; /* CKM_ECDSA no longer required */
+        m.requires = req + 1;
+        assert_true(guardian_mech_available(&m, rsa_only, 2));
+        assert_true(guardian_mech_available(&m, have, 3));
+        assert_false(guardian_mech_available(&m, rsa_only, 1)); /* neither signature */
+    }
     assert_null(guardian_mech_find(CKM_ECDSA));
     assert_ptr_equal(guardian_mech_find(CKM_GUARDIAN_UNWRAP_PACKAGE), &guardian_mech_unwrap_package);
     assert_ptr_equal(guardian_mech_find(CKM_GUARDIAN_DERIVE_DEVICE_CERT), &guardian_mech_derive_device_cert);
