@@ -89,7 +89,20 @@ e_ = 65537
 d_ = pow(e_, -1, (p_ - 1) * (q_ - 1))
 r = rsa.RSAPrivateNumbers(p_, q_, d_, d_ % (p_ - 1), d_ % (q_ - 1), pow(q_, -1, p_),
                           rsa.RSAPublicNumbers(e_, p_ * q_))
-r.private_key()  # cryptography checks the key is consistent
+rsa_key = r.private_key()  # cryptography checks the key is consistent
+
+# The certificate of the CKA_TRUSTED check (selftest.c): self-signed by the
+# RSA key (PKCS#1 v1.5 signatures are deterministic), fixed dates.
+import datetime
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Guardian self-test")])
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(rsa_key.public_key())
+        .serial_number(1).not_valid_before(datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc))
+        .not_valid_after(datetime.datetime(2036, 1, 1, tzinfo=datetime.timezone.utc))
+        .sign(rsa_key, hashes.SHA256()))
+cert_der = cert.public_bytes(serialization.Encoding.DER)
+subject_der = name.public_bytes()
 
 
 def be(n, size=None):
@@ -114,4 +127,6 @@ print(carray("st_rsa_q", be(r.q, 128)))
 print(carray("st_rsa_dp", be(r.dmp1, 128)))
 print(carray("st_rsa_dq", be(r.dmq1, 128)))
 print(carray("st_rsa_qinv", be(r.iqmp, 128)))
+print(carray("st_cert", cert_der))
+print(carray("st_cert_subject", subject_der))
 print("\n#endif")

@@ -103,6 +103,15 @@ void guardian_mechs_selftest_reset(void);
 void guardian_mechs_selftest_login_changed(void);
 /* In a fork child: the results' lock may have been held by another parent thread. */
 void guardian_selftest_atfork_child(void);
+/* Whether the token of `session` (a plain user's) keeps CKA_TRUSTED TRUE for
+ * its Security Officer: a session certificate with it is refused there while
+ * the same certificate without it is made (in a read-only session of the
+ * module's own on the same slot, closed at once).  Tried
+ * once per slot until C_Finalize/C_Initialize; false, with the reason in
+ * `why`, where a plain user can set it (tpm2-pkcs11, NSS softoken) or where
+ * it cannot be seen.  The import counts enrolled roots only where it is true
+ * (docs/threat-model.md). */
+bool guardian_trusted_so_only(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, char *why, size_t why_len);
 /* The self-tests themselves, for the mechanisms' tables. */
 int guardian_selftest_unwrap_package(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);
 int guardian_selftest_derive_device_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);

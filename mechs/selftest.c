@@ -383,6 +383,7 @@ struct slot_result {
     bool used;
     unsigned char res[MAX_MECHS]; /* GUARDIAN_SELFTEST_*, 0 not run */
     bool retry;                   /* the login state changed: test the undecided again */
+    unsigned char trusted;        /* CKA_TRUSTED: 0 not tried, 1 the SO's only, 2 not (or not known) */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -492,6 +493,95 @@ static int result_of(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, size_t index)
     }
     pthread_mutex_unlock(&lock);
     return res;
+}
+
+/* ---- is CKA_TRUSTED the Security Officer's? ------------------------------- */
+
+static CK_RV make_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, bool trusted)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE ct = CKC_X_509;
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+                        {CKA_TOKEN, &no, sizeof(no)},
+                        {CKA_SUBJECT, (void *)st_cert_subject, sizeof(st_cert_subject)},
+                        {CKA_VALUE, (void *)st_cert, sizeof(st_cert)},
+                        {CKA_TRUSTED, &yes, sizeof(yes)}};
+    CK_RV rv = be->C_CreateObject(s, t, trusted ? 6 : 5, &h);
+    if (rv == CKR_OK) {
+        be->C_DestroyObject(s, h);
+        guardian_policy_forget(h);
+    }
+    return rv;
+}
+
+/* The two certificates, in a read-only session of our own (a plain user's:
+ * the login is the application's): nothing touches the caller's session, and
+ * closing ours ends whatever the backend kept of them. */
+static CK_RV trusted_trial(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, CK_RV *control, CK_RV *trusted)
+{
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    CK_RV rv = be->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
+    if (rv != CKR_OK)
+        return rv;
+    *control = make_cert(be, s, false);
+    if (*control == CKR_OK)
+        *trusted = make_cert(be, s, true);
+    be->C_CloseSession(s);
+    return CKR_OK;
+}
+
+bool guardian_trusted_so_only(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, char *why, size_t why_len)
+{
+    CK_SESSION_INFO si;
+    CK_RV rv, control = CKR_GENERAL_ERROR, trusted = CKR_GENERAL_ERROR;
+    int res;
+
+    memset(&si, 0, sizeof(si));
+    rv = be->C_GetSessionInfo(session, &si);
+    if (rv != CKR_OK) {
+        snprintf(why, why_len, "C_GetSessionInfo: %s", ckr(rv));
+        return false;
+    }
+    if (si.state != CKS_RO_USER_FUNCTIONS && si.state != CKS_RW_USER_FUNCTIONS) {
+        snprintf(why, why_len, "the session is not a plain user's (state %lu)", (unsigned long)si.state);
+        return false;
+    }
+    pthread_mutex_lock(&lock);
+    {
+        struct slot_result *e = slot_entry(si.slotID);
+        if (e->trusted == 0) {
+            /* The control first: a certificate this token makes at all. */
+            rv = trusted_trial(be, si.slotID, &control, &trusted);
+            if (rv == CKR_OK)
+                rv = control;
+            if (rv != CKR_OK) {
+                snprintf(why, why_len, "this token makes no session certificate here (%s): whether a plain user "
+                                       "can make a trusted one cannot be seen", ckr(rv));
+                if (undecided(rv)) {
+                    pthread_mutex_unlock(&lock);
+                    return false; /* tried again next time */
+                }
+                e->trusted = 2;
+            } else {
+                rv = trusted;
+                e->trusted = rv == CKR_OK ? 2 : 1;
+                snprintf(why, why_len, "%s", rv == CKR_OK ? "a plain user can make a CKA_TRUSTED certificate on "
+                                                            "this token, so a trusted certificate proves no enrolment"
+                                                          : "CKA_TRUSTED is the SO's");
+            }
+            guardian_debug(LOG, "slot %lu: %s", (unsigned long)si.slotID, why);
+        } else {
+            snprintf(why, why_len, "%s", e->trusted == 1 ? "CKA_TRUSTED is the SO's"
+                                                          : "a plain user can make a CKA_TRUSTED certificate on "
+                                                            "this token (or it could not be seen that one cannot), "
+                                                            "so a trusted certificate proves no enrolment");
+        }
+        res = e->trusted;
+    }
+    pthread_mutex_unlock(&lock);
+    return res == 1;
 }
 
 bool guardian_mech_advertised(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, const struct guardian_mech *m,

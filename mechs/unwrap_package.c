@@ -170,7 +170,11 @@ out:
  * enrolment (label "guardian-root:<oem ids>", enrol_root.c).  A trusted
  * certificate without that label was not enrolled through the Guardian (or
  * by a version before OEM IDs were bound to roots) and is not a root here.
- * Their certificates and labels stay in `im` for the OEM ID check. */
+ * Their certificates and labels stay in `im` for the OEM ID check.  Only on
+ * a token that keeps CKA_TRUSTED for its SO: where a plain user can make a
+ * trusted certificate (tpm2-pkcs11, NSS softoken), one that the module made
+ * cannot be told from one a user planted with the backend's PIN, and none
+ * counts (docs/threat-model.md). */
 static CK_RV enrolled_roots(struct import *im, X509_STORE **out)
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
@@ -181,9 +185,15 @@ static CK_RV enrolled_roots(struct import *im, X509_STORE **out)
     X509_STORE *store = X509_STORE_new();
     int added = 0, unbound = 0;
     CK_RV rv = store ? find(im, t, 2, found, MAX_ROOTS, &n) : CKR_HOST_MEMORY;
+    char why[200];
 
     if (rv != CKR_OK)
         goto out;
+    if (!guardian_trusted_so_only(im->be, im->session, why, sizeof(why))) {
+        guardian_error("unwrap", "refused: no OEM root counts on this token: %s (docs/threat-model.md)", why);
+        rv = CKR_GUARDIAN_OEM_NOT_ENROLLED;
+        goto out;
+    }
     roots_free(im);
     for (CK_ULONG i = 0; i < n; i++) {
         CK_BYTE *der = NULL, *label = NULL;

@@ -63,6 +63,9 @@ static CK_RV fake_C_CreateObject_scripted(CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR 
         state.last_name = "C_CreateObject";
         return state.create_rv;
     }
+    for (CK_ULONG i = 0; state.refuse_trusted && b != NULL && i < c; i++)
+        if (b[i].type == CKA_TRUSTED && b[i].ulValueLen == 1 && *(CK_BBOOL *)b[i].pValue == CK_TRUE)
+            return CKR_ATTRIBUTE_READ_ONLY; /* as SoftHSM does for a plain user */
     return fake_C_CreateObject(a, b, c, d);
 }
 

@@ -32,6 +32,7 @@ struct fake_backend {
     CK_ULONG n_broken;
     CK_RV broken_rv;
     CK_RV create_rv;           /* when non-zero, what C_CreateObject returns */
+    int refuse_trusted;        /* C_CreateObject with CKA_TRUSTED TRUE: CKR_ATTRIBUTE_READ_ONLY */
     /* The class every object has when the module's policy (module/policy.c)
      * classifies it: one-attribute reads of CKA_CLASS answer it, of CKA_LABEL,
      * CKA_ID, CKA_APPLICATION and CKA_TRUSTED without a buffer "no such

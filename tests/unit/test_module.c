@@ -596,6 +596,34 @@ static void test_unadvertised_mechanism_invalid(void **st)
     assert_int_equal(mod->C_DeriveKey(1, &derive, 2, NULL, 0, &h), CKR_MECHANISM_PARAM_INVALID);
 }
 
+/* Enrolled roots count only on a token that keeps CKA_TRUSTED for its SO
+ * (mechs/unwrap_package.c): tried once per slot, in a session of its own. */
+static void test_trusted_so_only(void **st)
+{
+    char why[200];
+    int opened;
+    (void)st;
+    /* tpm2-pkcs11 and NSS: a plain user makes a trusted certificate. */
+    assert_false(guardian_trusted_so_only(fake_backend_list(), 5, why, sizeof(why)));
+    assert_non_null(strstr(why, "plain user can make a CKA_TRUSTED certificate"));
+    opened = atomic_load(&fake_backend()->open_sessions);
+    assert_int_equal(opened, 1);
+    /* Kept for the slot: the token is not asked again. */
+    fake_backend()->refuse_trusted = 1;
+    assert_false(guardian_trusted_so_only(fake_backend_list(), 5, why, sizeof(why)));
+    assert_int_equal(atomic_load(&fake_backend()->open_sessions), opened);
+    /* SoftHSM refuses it to a plain user: after a new C_Initialize, true. */
+    reinitialize();
+    assert_true(guardian_trusted_so_only(fake_backend_list(), 5, why, sizeof(why)));
+    assert_string_equal(why, "CKA_TRUSTED is the SO's");
+    /* Where even the control cannot be made now, false and tried again. */
+    reinitialize();
+    fake_backend()->create_rv = CKR_USER_NOT_LOGGED_IN;
+    assert_false(guardian_trusted_so_only(fake_backend_list(), 5, why, sizeof(why)));
+    fake_backend()->create_rv = CKR_OK;
+    assert_true(guardian_trusted_so_only(fake_backend_list(), 5, why, sizeof(why)));
+}
+
 /* A 2.40 caller does not get the flags PKCS#11 3.0 added; a caller of the
  * 3.0 interface of a 3.0 backend does. */
 static void test_mechanism_info_3_0_flags(void **st)
@@ -885,6 +913,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_selftest_undecided_until_login, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_unadvertised_mechanism_invalid, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_mechanism_info_3_0_flags, setup_init, teardown),
+        cmocka_unit_test_setup_teardown(test_trusted_so_only, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_vendor_mechanisms_not_forwarded, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_fork_child_must_reinitialize, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_trace_names_calls_not_pins, setup_init, teardown),
