@@ -502,13 +502,17 @@ static CK_RV make_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, bool trusted)
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_CERTIFICATE_TYPE ct = CKC_X_509;
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    static const CK_BYTE serial[] = {0x02, 0x01, 0x01}; /* the certificate's, DER */
+    /* NSS wants the issuer and serial number (CKR_TEMPLATE_INCOMPLETE without). */
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
                         {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
                         {CKA_TOKEN, &no, sizeof(no)},
                         {CKA_SUBJECT, (void *)st_cert_subject, sizeof(st_cert_subject)},
                         {CKA_VALUE, (void *)st_cert, sizeof(st_cert)},
+                        {CKA_ISSUER, (void *)st_cert_subject, sizeof(st_cert_subject)},
+                        {CKA_SERIAL_NUMBER, (void *)serial, sizeof(serial)},
                         {CKA_TRUSTED, &yes, sizeof(yes)}};
-    CK_RV rv = be->C_CreateObject(s, t, trusted ? 6 : 5, &h);
+    CK_RV rv = be->C_CreateObject(s, t, trusted ? 8 : 7, &h);
     if (rv == CKR_OK) {
         be->C_DestroyObject(s, h);
         guardian_policy_forget(h);

@@ -9,7 +9,12 @@
  * took ("first-list-us N second-list-us M"; through the module the first one
  * runs the mechanisms' self-tests).
  *
- *   mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call]
+ *   mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call] [--trusted]
+ *
+ * --trusted (with --login): what the import's CKA_TRUSTED check
+ * (mechs/selftest.c guardian_trusted_so_only) does, straight on the module
+ * given: in a read-only session, a session certificate without CKA_TRUSTED,
+ * then with it; one line "trusted CONTROL-CKR TRUSTED-CKR".
  *
  * --iface 2.40 takes the list of C_GetFunctionList (the default), 3.0 that of
  * C_GetInterface("PKCS 11", 3.0).  tests/backends/test_advertise.sh runs it
@@ -24,10 +29,12 @@
 #include "p11.h"
 /* after p11.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
+/* st_cert, st_cert_subject: the certificate the module's check makes */
+#include "selftest_vectors.h"
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call]\n");
+    fprintf(stderr, "usage: mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call] [--trusted]\n");
     return 2;
 }
 
@@ -62,7 +69,7 @@ static CK_RV find_slot(CK_FUNCTION_LIST *f, const char *label, CK_SLOT_ID *out)
 int main(int argc, char **argv)
 {
     const char *iface = "2.40", *pin = NULL;
-    int call = 0;
+    int call = 0, trusted = 0;
     void *dl;
     CK_FUNCTION_LIST *f = NULL;
     CK_SLOT_ID slot = 0;
@@ -80,6 +87,8 @@ int main(int argc, char **argv)
             pin = argv[++i];
         else if (strcmp(argv[i], "--call") == 0)
             call = 1;
+        else if (strcmp(argv[i], "--trusted") == 0)
+            trusted = 1;
         else
             return usage();
     }
@@ -164,6 +173,31 @@ int main(int argc, char **argv)
             printf("info 0x%08lx 0x%lx\n", (unsigned long)vendor[i],
                    (unsigned long)f->C_GetMechanismInfo(slot, vendor[i], &info));
         }
+    }
+    if (trusted) {
+        CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+        CK_CERTIFICATE_TYPE ct = CKC_X_509;
+        CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+        static const CK_BYTE serial[] = {0x02, 0x01, 0x01}; /* the certificate's, DER */
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+                            {CKA_TOKEN, &no, sizeof(no)},
+                            {CKA_SUBJECT, (void *)st_cert_subject, sizeof(st_cert_subject)},
+                            {CKA_VALUE, (void *)st_cert, sizeof(st_cert)},
+                            {CKA_ISSUER, (void *)st_cert_subject, sizeof(st_cert_subject)},
+                            {CKA_SERIAL_NUMBER, (void *)serial, sizeof(serial)},
+                            {CKA_TRUSTED, &yes, sizeof(yes)}};
+        CK_SESSION_HANDLE ro = CK_INVALID_HANDLE;
+        CK_OBJECT_HANDLE h;
+        CK_RV control = CKR_GENERAL_ERROR, with = CKR_GENERAL_ERROR;
+        rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &ro);
+        if (rv == CKR_OK && (control = f->C_CreateObject(ro, t, 7, &h)) == CKR_OK)
+            f->C_DestroyObject(ro, h);
+        if (rv == CKR_OK && control == CKR_OK && (with = f->C_CreateObject(ro, t, 8, &h)) == CKR_OK)
+            f->C_DestroyObject(ro, h);
+        if (ro != CK_INVALID_HANDLE)
+            f->C_CloseSession(ro);
+        printf("trusted 0x%lx 0x%lx\n", (unsigned long)(rv != CKR_OK ? rv : control), (unsigned long)with);
     }
     if (s != CK_INVALID_HANDLE)
         f->C_CloseSession(s);

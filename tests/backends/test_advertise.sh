@@ -8,6 +8,9 @@
 # the bits PKCS#11 3.0 added (NSS softoken is a 3.0 module), while a 3.0 caller
 # sees them (docs/backends.md "What each backend advertises").
 #
+# And the fact the import's OEM-root check reads: whether a plain user can make
+# a CKA_TRUSTED certificate (docs/threat-model.md, section 2).
+#
 # Expected, measured on Debian 12 (the reason is in docs/backends.md):
 #   softhsm       unwrap-package and derive-device-cert
 #   nss           derive (its 0x210A is RFC 3394 + PKCS#7: the RFC 5649 unwrap fails)
@@ -139,6 +142,20 @@ check_eq "$KIND: the same Guardian mechanisms listed when logged in" "$EXPECTED"
     "$(vendor_listed out/module-login)"
 grep -h 'selftest: .*took' out/module-login.err | sed "s/^guardian\[[0-9]*\]: debug: /$KIND logged in: /" |
     while read -r line; do info "$line"; done
+
+# ---- CKA_TRUSTED: the fact the import's root check reads (mechs/selftest.c) ------------
+
+# A plain user's read-only session, a session certificate without CKA_TRUSTED
+# (the control) and with it, straight on the backend. The import counts roots
+# only where the control is made and the trusted one refused.
+list trusted direct 2.40 --login "$BACKEND_USER_PIN" --trusted
+case $KIND in
+softhsm) want='trusted 0x0 0x10' ;;      # CKR_ATTRIBUTE_READ_ONLY: roots count
+opencryptoki) want='trusted 0x0 0xd1' ;; # CKR_TEMPLATE_INCONSISTENT (for the SO too): roots count, none can be made
+nss) want='trusted 0x0 0x0' ;;           # a plain user makes it: no root counts
+tpm2) want='trusted 0xb5 0x5' ;;         # CKR_SESSION_READ_ONLY: cannot be seen, no root counts
+esac
+check_eq "$KIND: a plain user's trusted session certificate" "$want" "$(grep '^trusted ' out/trusted)"
 
 # ---- flags: a 2.40 caller sees the 2.40 list's, a 3.0 caller the 3.0 list's --------
 
