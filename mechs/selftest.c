@@ -36,6 +36,10 @@
  *
  * Results are kept per slot until C_Finalize/C_Initialize, and logged at debug
  * level (category "selftest") with the step that failed and the time taken.
+ *
+ * Beside them, per slot too: whether the token keeps CKA_TRUSTED for its SO
+ * (guardian_trusted_so_only), which the import reads before it counts any
+ * enrolled OEM root (unwrap_package.c, docs/threat-model.md).
  */
 #include <pthread.h>
 #include <stdio.h>
