@@ -10,11 +10,17 @@
  * runs the mechanisms' self-tests).
  *
  *   mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call] [--trusted]
+ *            [--plant CERT.der LABEL]
  *
  * --trusted (with --login): what the import's CKA_TRUSTED check
  * (mechs/selftest.c guardian_trusted_so_only) does, straight on the module
  * given: in a read-only session, a session certificate without CKA_TRUSTED,
  * then with it; one line "trusted CONTROL-CKR TRUSTED-CKR".
+ *
+ * --plant CERT.der LABEL (with --login): what a user holding the backend's
+ * PIN could do beside the module: make a token certificate with CKA_TRUSTED
+ * TRUE and the label an enrolment gives ("guardian-root:ACME"), straight on
+ * the module given; one line "plant CKR".
  *
  * --iface 2.40 takes the list of C_GetFunctionList (the default), 3.0 that of
  * C_GetInterface("PKCS 11", 3.0).  tests/backends/test_advertise.sh runs it
@@ -26,6 +32,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/x509.h>
+
 #include "p11.h"
 /* after p11.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
@@ -34,7 +42,8 @@
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call] [--trusted]\n");
+    fprintf(stderr, "usage: mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call] [--trusted] "
+                    "[--plant CERT.der LABEL]\n");
     return 2;
 }
 
@@ -68,7 +77,7 @@ static CK_RV find_slot(CK_FUNCTION_LIST *f, const char *label, CK_SLOT_ID *out)
 
 int main(int argc, char **argv)
 {
-    const char *iface = "2.40", *pin = NULL;
+    const char *iface = "2.40", *pin = NULL, *plant = NULL, *plant_label = NULL;
     int call = 0, trusted = 0;
     void *dl;
     CK_FUNCTION_LIST *f = NULL;
@@ -89,6 +98,10 @@ int main(int argc, char **argv)
             call = 1;
         else if (strcmp(argv[i], "--trusted") == 0)
             trusted = 1;
+        else if (strcmp(argv[i], "--plant") == 0 && i + 2 < argc) {
+            plant = argv[++i];
+            plant_label = argv[++i];
+        }
         else
             return usage();
     }
@@ -121,7 +134,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "mechlist: no token labelled %s: 0x%lx\n", argv[2], (unsigned long)rv);
         return 1;
     }
-    if (pin != NULL || call) {
+    if (pin != NULL || call || plant != NULL) {
         rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
         if (rv == CKR_OK && pin != NULL)
             rv = f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)strlen(pin));
@@ -198,6 +211,41 @@ int main(int argc, char **argv)
         if (ro != CK_INVALID_HANDLE)
             f->C_CloseSession(ro);
         printf("trusted 0x%lx 0x%lx\n", (unsigned long)(rv != CKR_OK ? rv : control), (unsigned long)with);
+    }
+    if (plant != NULL) {
+        static unsigned char der[65536];
+        unsigned char *subj = NULL, *iss = NULL, *ser = NULL;
+        const unsigned char *q = der;
+        FILE *in = fopen(plant, "rb");
+        size_t len = in ? fread(der, 1, sizeof(der), in) : 0;
+        X509 *x = len > 0 ? d2i_X509(NULL, &q, (long)len) : NULL;
+        int subj_len = x ? i2d_X509_NAME(X509_get_subject_name(x), &subj) : -1;
+        int iss_len = x ? i2d_X509_NAME(X509_get_issuer_name(x), &iss) : -1;
+        int ser_len = x ? i2d_ASN1_INTEGER(X509_get_serialNumber(x), &ser) : -1;
+        CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+        CK_CERTIFICATE_TYPE ct = CKC_X_509;
+        CK_BBOOL yes = CK_TRUE;
+        CK_OBJECT_HANDLE h;
+        if (in != NULL)
+            fclose(in);
+        if (subj_len <= 0 || iss_len <= 0 || ser_len <= 0) {
+            fprintf(stderr, "mechlist: %s is not a DER certificate\n", plant);
+            return 1;
+        }
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+                            {CKA_TOKEN, &yes, sizeof(yes)},
+                            {CKA_TRUSTED, &yes, sizeof(yes)},
+                            {CKA_LABEL, (void *)plant_label, (CK_ULONG)strlen(plant_label)},
+                            {CKA_VALUE, der, (CK_ULONG)len},
+                            {CKA_SUBJECT, subj, (CK_ULONG)subj_len},
+                            {CKA_ISSUER, iss, (CK_ULONG)iss_len},
+                            {CKA_SERIAL_NUMBER, ser, (CK_ULONG)ser_len}};
+        printf("plant 0x%lx\n", (unsigned long)f->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &h));
+        OPENSSL_free(subj);
+        OPENSSL_free(iss);
+        OPENSSL_free(ser);
+        X509_free(x);
     }
     if (s != CK_INVALID_HANDLE)
         f->C_CloseSession(s);

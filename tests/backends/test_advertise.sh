@@ -9,7 +9,9 @@
 # sees them (docs/backends.md "What each backend advertises").
 #
 # And the fact the import's OEM-root check reads: whether a plain user can make
-# a CKA_TRUSTED certificate (docs/threat-model.md, section 2).
+# a CKA_TRUSTED certificate (docs/threat-model.md, section 2), as a session
+# object (the check) and as the attack itself, a token certificate labelled
+# "guardian-root:ACME" planted beside the module.
 #
 # Expected, measured on Debian 12 (the reason is in docs/backends.md):
 #   softhsm       unwrap-package and derive-device-cert
@@ -105,7 +107,11 @@ list() {
             >"out/$name" 2>"out/$name.err" || rc=$?
         ;;
     esac
-    check_eq "mechlist $name: exit status" 0 "$rc"
+    if [ "$rc" -eq 0 ]; then
+        pass "mechlist $name"
+    else
+        fail "mechlist $name" "exit status $rc" "out/$name.err"
+    fi
 }
 
 vendor_listed() {
@@ -156,6 +162,18 @@ nss) want='trusted 0x0 0x0' ;;           # a plain user makes it: no root counts
 tpm2) want='trusted 0xb5 0x5' ;;         # CKR_SESSION_READ_ONLY: cannot be seen, no root counts
 esac
 check_eq "$KIND: a plain user's trusted session certificate" "$want" "$(grep '^trusted ' out/trusted)"
+# The attack itself, beside the module: a plain user plants a token
+# certificate labelled as an enrolment would label it.
+openssl req -new -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout out/root.key -subj "/CN=Planted" \
+    -days 30 -addext basicConstraints=critical,CA:TRUE -outform der -out out/root.der 2>out/root.err
+list plant direct 2.40 --login "$BACKEND_USER_PIN" --plant "$WORK/out/root.der" guardian-root:ACME
+case $KIND in
+softhsm) want='plant 0x10' ;;      # CKR_ATTRIBUTE_READ_ONLY
+opencryptoki) want='plant 0xd1' ;; # CKR_TEMPLATE_INCONSISTENT
+nss | tpm2) want='plant 0x0' ;;    # planted: why the import counts no root there
+esac
+check_eq "$KIND: a plain user plants a trusted 'guardian-root:ACME' token certificate" "$want" \
+    "$(grep '^plant ' out/plant)"
 
 # ---- flags: a 2.40 caller sees the 2.40 list's, a 3.0 caller the 3.0 list's --------
 
