@@ -707,7 +707,14 @@ static int create_package(struct create_opts *o)
          * the package travels (same parser, mechs/cert_builder.c). */
         struct guardian_subject_pattern pat;
         char perr_buf[160];
+        uint8_t name[4096];
         if (!guardian_subject_pattern_parse(o->subject, strlen(o->subject), &pat, perr_buf, sizeof(perr_buf)))
+            die("--subject: %s", perr_buf);
+        /* The OEM and product IDs are known now: a PrintableString value
+         * they make unwritable ('_' in C or serialNumber) is refused here,
+         * not at every device ("A" stands for a device ID that fits). */
+        if (guardian_subject_der(&pat, "A", o->oem_id, o->product_id, name, sizeof(name), perr_buf,
+                                 sizeof(perr_buf)) == 0)
             die("--subject: %s", perr_buf);
     }
     set_utf8(pkg->cert_template->subject, o->subject);
@@ -717,6 +724,13 @@ static int create_package(struct create_opts *o)
             !guardian_device_ext_oid_ok(pkg->cert_template->device_ext_oid))
             die("--device-ext-oid: '%s' is not a usable OID (dotted numbers; not under 2.5.29 or 1.3.6.1.5.5.7)",
                 o->device_ext_oid);
+    } else {
+        /* No OID given: say "no device-identity extension" in the signed
+         * template ([1] noDeviceExt); a template with neither field means the
+         * legacy 2.25 default (docs/certificate-profile.md). */
+        pkg->cert_template->no_device_ext = ASN1_NULL_new();
+        if (pkg->cert_template->no_device_ext == NULL)
+            die("out of memory");
     }
     ASN1_INTEGER_set(pkg->cert_template->validity_days, o->validity_days);
     key_usage_bits(pkg->cert_template->key_usage, o->key_usage);
@@ -1113,6 +1127,10 @@ static int cmd_inspect(int argc, char **argv)
             char oid[128];
             OBJ_obj2txt(oid, sizeof(oid), t->device_ext_oid, 1);
             printf(", device extension %s", oid);
+        } else if (t->no_device_ext != NULL) {
+            printf(", no device extension");
+        } else {
+            printf(", device extension %s (the default of packages made before 2026-12)", GUARDIAN_OID_DEVICE);
         }
         printf("\n");
     }
