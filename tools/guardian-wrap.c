@@ -1202,6 +1202,16 @@ static void read_package_file(const char *path, struct report_package *out)
     snprintf(out->product_id, sizeof(out->product_id), "%s", pkg.product_id);
     out->release_version = pkg.release_version;
     out->authorised_units = pkg.authorised_units;
+    {
+        /* Compared with the report's template line of its IMPORT. */
+        unsigned char *der = NULL;
+        int n = i2d_GUARDIAN_CERT_TEMPLATE(pkg.asn1->cert_template, &der);
+        if (n <= 0 || (out->cert_template = malloc((size_t)n)) == NULL)
+            die("out of memory");
+        memcpy(out->cert_template, der, (size_t)n);
+        out->cert_template_len = (size_t)n;
+        OPENSSL_free(der);
+    }
     guardian_package_free(&pkg);
     CMS_ContentInfo_free(cms);
     free(data);
@@ -1315,6 +1325,8 @@ static int cmd_verify_report(int argc, char **argv)
     X509_free(in.guardian_signing);
     X509_free(in.root);
     sk_X509_pop_free(in.ca_chain, X509_free);
+    for (int i = 0; i < n_packages; i++)
+        free(packages[i].cert_template);
     return problems == 0 ? 0 : 1;
 }
 
