@@ -889,6 +889,9 @@ static void assert_profile(X509 *x, const char *device_id, EVP_PKEY *device_key,
     unsigned char snb[32];
     BIGNUM *bn = ASN1_INTEGER_to_BN(sn, NULL);
     int n = BN_bn2bin(bn, snb);
+    /* make_packages.sh writes templates as packages signed before
+     * noDeviceExt existed: neither field, so the legacy default extension
+     * (mechs/package.h), which such packages must keep giving. */
     ASN1_OBJECT *oid = OBJ_txt2obj("2.25.62758544141009244537205961397770264239.3", 1);
     uint64_t low = 0;
 
