@@ -1337,7 +1337,7 @@ static const char create_usage[] =
     "         [--signer-chain CHAIN.pem] --ca-key CA.key --ca-cert CA.pem [--ca-chain CHAIN.pem]\n"
     "         --oem-id ID --product-id ID --release N --units N --not-after YYYY-MM-DD|+DAYS\n"
     "         [--subject PATTERN] [--validity-days N] [--key-usage LIST] [--ext-key-usage OIDS]\n"
-    "         [--device-ext-oid OID]\n"
+    "         [--device-ext-oid OID]   (without it: no device-identity extension)\n"
     "         [--extra-key LABEL=KEY.pem]... [--data NAME=FILE]... [--secret-data NAME=FILE]...\n"
     "         [--kdf auto|aes-cbc|x963-sha256]\n"
     "         [--passin pass:TEXT|env:VAR|file:PATH|fd:N] [--ca-passin SOURCE]\n"
@@ -1353,7 +1353,7 @@ static const char inspect_usage[] =
 static const char verify_usage[] =
     "usage: " PROG " verify-report REPORT --guardian GUARDIAN-CERT.pem --ca-chain PRODUCTION-CHAIN.pem\n"
     "         [--root OEM-ROOT.pem] [--package PACKAGE]... [--authorised N --product OEM/PRODUCT]\n"
-    "         [--device-ext-oid OID]   (the --device-ext-oid the packages were made with)\n"
+    "         [--device-ext-oid OID]   (for releases an old report or --package does not describe)\n"
     "         [--previous OLD-REPORT]  (an earlier report: this one must extend it)\n"
     "Checks the Guardian's signature, every record hash and the chain, the quotas and every\n"
     "certificate.  Exit 0: OK; 1: the report does not verify; 2: usage or file error.\n";
