@@ -453,7 +453,11 @@ if "$CTL" --help | grep -q '^  provision'; then
     # report).
     wrap EXT-5 1 5 e5r1.gpk --device-ext-oid 1.3.6.1.4.1.55555.1
     "$CTL" import e5r1.gpk >/dev/null || ko "import e5r1"
+    # SUBJ-6: another subject pattern (checked against each certificate too).
+    wrap SUBJ-6 1 5 s6r1.gpk --subject 'CN=${device_id},O=${oem_id}'
+    "$CTL" import s6r1.gpk >/dev/null || ko "import s6r1"
     expect "provision EXT-5" 0 "provisioned 2 parts" -- "$CTL" provision --product ACME/EXT-5 --count 2 --out parts-e5
+    expect "provision SUBJ-6" 0 "provisioned 1 parts" -- "$CTL" provision --product ACME/SUBJ-6 --count 1 --out parts-s6
     # ACME's report: all of ACME's products in clear (BETA's, under another
     # production CA, redacted: one --ca-chain per report).
     "$CTL" audit export --product ACME/EXT-5 --out mixed.txt 2>/dev/null || ko "export ACME's products"
@@ -486,6 +490,16 @@ if "$CTL" --help | grep -q '^  provision'; then
     expect "... and the OEM's package says otherwise" 1 "record $e5 imports package e5r1.gpk but the report's template of it differs from the package's" -- \
         verify mixswap.txt --guardian fake.pem --ca-chain ca.pem --package e5r1.gpk
     expect "... and the genuine signature no longer verifies" 1 "signature does not verify" -- verify mixswap0.txt "${V[@]}"
+    # REAL-3's template line replaced by SUBJ-6's (same extension setting,
+    # another subject pattern): REAL-3's certificates do not have that subject.
+    s6=$(awk '$1 == "record" && $3 == "IMPORT" && $6 == "SUBJ-6" { print $2 }' mixed.txt)
+    awk -v r="$r3" -v e="$s6" '$1 == "template" && $2 == e { t = $3 } { line[NR] = $0; f2[NR] = $2; f1[NR] = $1 }
+        END { for (i = 1; i <= NR; i++) print (f1[i] == "template" && f2[i] == r ? "template " r " " t : line[i]) }' \
+        mixed.txt >mixsubj0.txt
+    embed_fake mixsubj0.txt mixsubj.txt
+    expect "a release's subject pattern swapped: its certificates do not match" 1 \
+        "record $r3cert\) does not match the certificate profile: its subject is not the release's subject pattern filled with the record's IDs" -- \
+        verify mixsubj.txt --guardian fake.pem --ca-chain ca.pem
     # A template line dropped from a version 3 report: EXT-5 then falls back to
     # the legacy default, and its certificates do not match that either.
     grep -v "^template $e5 " mixed.txt >mixdrop0.txt
