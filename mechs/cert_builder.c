@@ -324,7 +324,6 @@ static bool printable_char(uint8_t c)
     return isalnum_ascii(c) || (c != '\0' && strchr(" '()+,-./:=?", c) != NULL);
 }
 
-
 /* Writes `msg` to err (when given) and returns 0: the parsers' refusal. */
 static int ierr(char *err, size_t errlen, const char *msg)
 {
@@ -468,9 +467,10 @@ int guardian_subject_check(const struct guardian_cert_issuer *is, const char *de
 /* The subject Name: RDNs in DER order (the pattern's reversed). */
 static void put_subject(struct dout *d, const struct guardian_cert_issuer *is, const struct guardian_device *dev)
 {
-    size_t n = d->err || d->len > d->cap ? 0
-                                         : guardian_subject_der(&is->subject, dev->id_text, is->oem_id,
-                                                                is->product_id, d->p + d->len, d->cap - d->len, NULL, 0);
+    size_t n = 0;
+    if (!d->err && d->len <= d->cap)
+        n = guardian_subject_der(&is->subject, dev->id_text, is->oem_id, is->product_id, d->p + d->len,
+                                 d->cap - d->len, NULL, 0);
     if (n == 0)
         d->err = true;
     else

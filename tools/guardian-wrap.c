@@ -1130,7 +1130,8 @@ static int cmd_inspect(int argc, char **argv)
         } else if (t->no_device_ext != NULL) {
             printf(", no device extension");
         } else {
-            printf(", device extension %s (the default of packages made before 2026-12)", GUARDIAN_OID_DEVICE);
+            printf(", device extension %s (the legacy default: a package made before noDeviceExt)",
+                   GUARDIAN_OID_DEVICE);
         }
         printf("\n");
     }

@@ -1198,9 +1198,10 @@ static int check_ext(const struct vctx *v, const X509 *x, const struct rproduct 
 {
     /* The release's own setting when the report carries its template; else
      * what the OEM says (--device-ext-oid), else the legacy default. */
+    const char *flag = v->in->device_ext_oid != NULL ? v->in->device_ext_oid : REPORT_DEVICE_EXT_OID;
     ASN1_OBJECT *oid = pkg->tmpl != NULL
                            ? ASN1_OBJECT_create(NID_undef, (unsigned char *)pkg->ext_oid, pkg->ext_oid_len, NULL, NULL)
-                           : OBJ_txt2obj(v->in->device_ext_oid != NULL ? v->in->device_ext_oid : REPORT_DEVICE_EXT_OID, 1);
+                           : OBJ_txt2obj(flag, 1);
     int idx = oid ? X509_get_ext_by_OBJ(x, oid, -1) : -1, ok = 0;
     X509_EXTENSION *e;
     const ASN1_OCTET_STRING *val;
