@@ -218,8 +218,9 @@ struct rpkg {
     uint64_t authorised, reserved, released, issued, certs_ok, net, peak;
     uint64_t lost; /* reserved, not issued, and named by a JOURNAL-LOST record */
     int over;
-    /* Its template line (version 3), decoded: its certificates' profile. */
-    GUARDIAN_CERT_TEMPLATE *tmpl;      /* NULL: none in the report */
+    /* Its template (the report's template line, or the --package file's),
+     * decoded: its certificates' profile (attach_template). */
+    GUARDIAN_CERT_TEMPLATE *tmpl;      /* NULL: none known */
     int tmpl_bad;                      /* a template line that does not decode (reported) */
     struct guardian_subject_pattern *subject;
     uint8_t ext_oid[GUARDIAN_DEVICE_EXT_OID_MAX];
