@@ -17,8 +17,12 @@
  *     creation fails, every object made so far is destroyed and nothing is
  *     recorded; if the commit fails, the objects are destroyed too.
  *
- * Every object of a package carries CKA_ID = the package ID (keys and
- * certificates) or CKA_APPLICATION = "guardian:<package id hex>" (data objects),
+ * Every object of a package carries CKA_ID = the package ID (keys and the
+ * production CA certificate) or CKA_APPLICATION = "guardian:<package id hex>"
+ * (data objects); the other certificates of the chain (intermediates, the
+ * OEM root) carry the SHA-1 of their own public key, the usual CKA_ID, so
+ * that clients that pair a key with its certificate by CKA_ID (NSS, Java's
+ * PKCS11 keystore) pair the production CA key with its own certificate only,
  * and a label "guardian:<oem>/<product>/r<release>:<name>", so C_FindObjects
  * finds them.  The handle returned is the package object, a CKO_GUARDIAN_PACKAGE
  * object served by the module (module/package_objects.c) with CKA_ID = the
@@ -37,6 +41,7 @@
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 
 #include "module.h"
@@ -553,14 +558,22 @@ static CK_RV create_certificate(struct import *im, X509 *x, int index)
     int iss_len = i2d_X509_NAME(X509_get_issuer_name(x), &iss);
     int ser_len = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &serial);
     char label[sizeof(im->prefix) + 32];
+    /* The production CA certificate (index 0) has its key's CKA_ID, the
+     * package ID; every other certificate the SHA-1 of its public key (20
+     * bytes: never a package ID, 16). */
+    unsigned char key_sha1[SHA_DIGEST_LENGTH];
+    unsigned int key_sha1_len = 0;
+    int keyed = index > 0 && X509_pubkey_digest(x, EVP_sha1(), key_sha1, &key_sha1_len) == 1 &&
+                key_sha1_len == SHA_DIGEST_LENGTH;
     CK_OBJECT_HANDLE h;
     CK_RV rv = CKR_HOST_MEMORY;
 
-    if (der_len > 0 && subj_len > 0 && iss_len > 0 && ser_len > 0) {
+    if (der_len > 0 && subj_len > 0 && iss_len > 0 && ser_len > 0 && (index == 0 || keyed)) {
         CK_ATTRIBUTE t[] = {
             {CKA_CLASS, &cls, sizeof(cls)},      {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
             {CKA_TOKEN, &yes, sizeof(yes)},      {CKA_CERTIFICATE_CATEGORY, &category, sizeof(category)},
-            {CKA_ID, im->pkg.package_id, GUARDIAN_PKG_ID_LEN},
+            {CKA_ID, index == 0 ? im->pkg.package_id : key_sha1,
+             index == 0 ? GUARDIAN_PKG_ID_LEN : SHA_DIGEST_LENGTH},
             {CKA_LABEL, label, 0},               {CKA_VALUE, der, (CK_ULONG)der_len},
             {CKA_SUBJECT, subj, (CK_ULONG)subj_len}, {CKA_ISSUER, iss, (CK_ULONG)iss_len},
             {CKA_SERIAL_NUMBER, serial, (CK_ULONG)ser_len}, {CKA_MODIFIABLE, &no, sizeof(no)},
