@@ -296,9 +296,9 @@ static void test_import_and_use(void **st)
         for (CK_ULONG i = 0; i < n; i++)
             seen_pkg += all[i] == pkg_obj;
         assert_int_equal(seen_pkg, 1);
-        /* CA key, extra key, confidential data (a secret key), the CA
-         * certificate, and the package object: not the root certificate. */
-        assert_int_equal(n, 5);
+        /* The CA key, the CA certificate and the package object: not the
+         * root certificate, nor the extra key and the confidential item. */
+        assert_int_equal(n, 3);
     }
     /* Key and certificate pair by CKA_ID as NSS and Java pair them: the
      * production CA key's CKA_ID is its own certificate's, the root's is the
@@ -341,11 +341,26 @@ static void test_import_and_use(void **st)
         assert_memory_equal(got, sha1, 20);
     }
     {
+        /* One private key has the package ID (the production CA key); the
+         * extra key's CKA_ID is the package ID followed by its label, the
+         * confidential item's too. */
+        CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
+        CK_BYTE extra_id[16 + 6], item_id[16 + 7];
         CK_ATTRIBUTE t[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_ID, id, 16}};
-        assert_int_equal(m->C_FindObjectsInit(s, t, 2), CKR_OK);
-        assert_int_equal(m->C_FindObjects(s, keys, 4, &n), CKR_OK);
-        assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
-        assert_int_equal(n, 2); /* production CA + the extra key */
+        CK_ATTRIBUTE te[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_ID, extra_id, sizeof(extra_id)}};
+        CK_ATTRIBUTE ti[] = {{CKA_CLASS, &secret, sizeof(secret)}, {CKA_ID, item_id, sizeof(item_id)}};
+        CK_ULONG n_extra = 0, n_item = 0;
+        memcpy(extra_id, id, 16);
+        memcpy(extra_id + 16, "attest", 6);
+        memcpy(item_id, id, 16);
+        memcpy(item_id + 16, "bootkey", 7);
+        assert_int_equal(find_objects(t, 2, keys, 4, &n), CKR_OK);
+        assert_int_equal(n, 1); /* the production CA key */
+        assert_int_equal(find_objects(te, 2, keys + 1, 3, &n_extra), CKR_OK);
+        assert_int_equal(n_extra, 1);
+        assert_int_equal(find_objects(ti, 2, keys + 2, 2, &n_item), CKR_OK);
+        assert_int_equal(n_item, 1);
+        n = 3; /* the CA key, the extra key, the confidential item: checked below */
     }
     for (CK_ULONG i = 0; i < n; i++) {
         CK_BBOOL extractable = CK_TRUE, sensitive = CK_FALSE;

@@ -11,7 +11,8 @@
 #     configured with the module): the key's PrivateKeyEntry has the
 #     production CA certificate first, then the root; no entry pairs the key
 #     with the root (before: an entry "…:chain-1" whose certificate was the
-#     root);
+#     root); the package has an extra key, whose CKA_ID is not the CA
+#     certificate's (before it was: two keys for one certificate);
 # and pairing opens nothing: a certificate request signed with the paired
 # key (keytool -certreq) fails, with the module's refusal of C_SignInit
 # logged (module/policy.c).  Java is skipped when keytool is not installed
@@ -52,9 +53,10 @@ export GUARDIAN_TOKEN=$LABEL GUARDIAN_MODULE=$M GUARDIAN_PIN=$USER_PIN GUARDIAN_
 must "OEM PKI (root, package signer, production CA)" oem_pki
 must "guardianctl init" "$CTL" init --out guardian.pem
 must "guardianctl enroll-oem" "$CTL" enroll-oem root.pem --oem-id ACME --yes
-must "guardian-wrap create" "$W" create --guardian-cert guardian.pem --signer-key signer.key \
+must "an extra key" ec_key extra.key
+must "guardian-wrap create (with an extra key)" "$W" create --guardian-cert guardian.pem --signer-key signer.key \
     --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --ca-chain root.pem --oem-id ACME \
-    --product-id PAIR-1 --release 1 --units 5 --not-after +10 --out pair.gpk
+    --product-id PAIR-1 --release 1 --units 5 --not-after +10 --extra-key attest=extra.key --out pair.gpk
 must "guardianctl import" "$CTL" import pair.gpk
 printf '%s\n' "$USER_PIN" >pin.txt
 
@@ -82,6 +84,19 @@ check_same "NSS: the certificates with a private key are the production CA's and
     nss-keyed.expected nss-keyed.txt
 must "certutil -K -h $LABEL" sh -c "certutil -K -h '$LABEL' -d sql:db -f pin.txt >nss-K.txt"
 check_grep "NSS: certutil -K lists the production CA key" " $PREFIX:production-ca\$" nss-K.txt
+# The production CA certificate's CKA_ID (pkcs11-tool, a public object) is
+# the CKA_ID of one private key only, the CA key's: not the extra key's too.
+must "pkcs11-tool --list-objects --type cert" sh -c \
+    "pkcs11-tool --module '$M' --token-label '$LABEL' --list-objects --type cert >certs.txt"
+ca_id=$(awk -v l="$PREFIX:production-ca-cert0" '$1 == "label:" { on = ($2 == l) } on && $1 == "ID:" { print $2; exit }' certs.txt)
+awk -v id="$ca_id" '{ for (i = 1; i < NF; i++) if ($i == id) print $NF }' nss-K.txt >nss-ca-id-keys.txt
+printf '%s\n' "$PREFIX:production-ca" >nss-ca-id-keys.expected
+if [ -n "$ca_id" ]; then
+    check_same "NSS: the one private key with the CA certificate's CKA_ID ($ca_id) is the CA key" \
+        nss-ca-id-keys.expected nss-ca-id-keys.txt
+else
+    fail "NSS: the CA certificate's CKA_ID" "pkcs11-tool does not show $PREFIX:production-ca-cert0" certs.txt
+fi
 
 # ---- Java's PKCS11 keystore ------------------------------------------------------
 
