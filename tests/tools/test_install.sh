@@ -88,7 +88,8 @@ if [ "$configured" != "$X" ]; then
 fi
 
 # pkg-config and a program built against the installed header.
-export PKG_CONFIG_PATH=$(dirname "$pc")
+PKG_CONFIG_PATH=$(dirname "$pc")
+export PKG_CONFIG_PATH
 expect "pkg-config --print-requires: p11-kit-1" 0 '^p11-kit-1$' -- pkg-config --print-requires guardian-pkcs11
 expect "pkg-config --variable=module: the installed module" 0 "^$so\$" -- \
     pkg-config --variable=module guardian-pkcs11
