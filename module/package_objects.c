@@ -24,7 +24,7 @@
  * reads it (CKR_OBJECT_HANDLE_INVALID), as it finds none of that token's
  * keys.  The backend is asked in a session of the module's own (the caller's
  * may have a search active), and the answer kept per slot for a second, like
- * the products.
+ * the products, and forgotten at each import.
  *
  * The search machinery here also serves the certificate objects of
  * cert_objects.c: a search that may find either kind of module object gets a
@@ -182,13 +182,18 @@ struct release_mark {
 };
 
 /* Sets bit i of `present` for each mark the token in `slot` holds, asked in a
- * read-only session of our own, without the lock. */
+ * session of our own, without the lock.  A read/write one where the token
+ * allows it: a read-only session, even for a moment, would make another
+ * thread's C_Login(CKU_SO) fail with CKR_SESSION_READ_ONLY_EXISTS. */
 static CK_RV ask_token(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, const struct release_mark *marks, size_t n,
                        uint64_t present[MAX_PRODUCTS / 64])
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_SESSION_HANDLE own = CK_INVALID_HANDLE;
-    CK_RV rv = be->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &own);
+    CK_RV rv = be->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &own);
+
+    if (rv == CKR_TOKEN_WRITE_PROTECTED)
+        rv = be->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &own);
 
     memset(present, 0, MAX_PRODUCTS / 8);
     for (size_t i = 0; rv == CKR_OK && i < n; i++) {
