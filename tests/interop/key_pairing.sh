@@ -15,8 +15,8 @@
 #     certificate's (before it was: two keys for one certificate);
 # and pairing opens nothing: a certificate request signed with the paired
 # key (keytool -certreq) fails, with the module's refusal of C_SignInit
-# logged (module/policy.c).  Java is skipped when keytool is not installed
-# (apt-get install default-jdk-headless).
+# logged (module/policy.c).  Without keytool (default-jdk-headless, in
+# tools/debian-packages) the Java checks FAIL, naming the package.
 #
 # guardianctl and guardian-wrap: $GUARDIANCTL and $GUARDIAN_WRAP (ctest sets
 # them), else build/tools/ next to the module.
@@ -101,7 +101,7 @@ fi
 # ---- Java's PKCS11 keystore ------------------------------------------------------
 
 if ! command -v keytool >/dev/null 2>&1; then
-    skip "Java PKCS11 keystore" "keytool is not installed (apt-get install default-jdk-headless)"
+    fail "Java PKCS11 keystore" "keytool is not installed (apt-get install default-jdk-headless)"
     finish
 fi
 slot=$(pkcs11-tool --module "$M" --list-slots 2>/dev/null |
