@@ -1804,11 +1804,8 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
     memset(&v, 0, sizeof(v));
     v.in = in;
     if (parse(&v, data, len)) {
-        time_t t = (time_t)v.exported;
-        struct tm tm;
         char *subject = X509_NAME_oneline(X509_get_subject_name(v.guardian), NULL, 0);
-        if (gmtime_r(&t, &tm) == NULL || strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
-            strcpy(when, "?");
+        iso8601(v.exported, when);
         fingerprint_hex(v.guardian, fpr);
         say(&v, "report     %s: %zu records (head %llu), %zu redacted, %zu certificates, exported %s, scope %s%s%s\n",
             in->name ? in->name : "-", v.n_recs, (unsigned long long)v.head_seq, v.n_redacted, v.n_certs, when,
