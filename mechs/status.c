@@ -9,7 +9,10 @@
  * link), the store is compared with the token's anchor without writing either
  * (anchor.h: guardian_anchor_compare), the installed products are counted
  * from the store, and so are the Guardian's credentials (service mode: whether
- * the SO is set, how many operators, how many locked).  It holds no secret:
+ * the SO is set, how many operators, how many locked), and, in the same walk
+ * of the trail, each product's ISSUE records of the last RATE_WINDOW_S
+ * seconds (the running lines' rate, which guardianctl status turns into an
+ * ETA: the trail is where every process's certificates meet).  It holds no secret:
  * paths, counts, the chain head's hash (which every audit report carries) and
  * words; no credential's name, salt or hash.
  *

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1184,7 +1185,7 @@ static void test_status(void **st)
     /* A new Guardian: an empty trail, no anchor, no product; the paths are
      * the module's configuration (from the environment here). */
     status_in(s, text, sizeof(text));
-    assert_true(strncmp(text, "version=2\n", 10) == 0);
+    assert_true(strncmp(text, "version=3\n", 10) == 0);
     STATUS_IS(text, "backend", test_softhsm_path());
     STATUS_IS(text, "configuration", "");
     STATUS_IS(text, "state_dir", path("state"));
@@ -1201,6 +1202,13 @@ static void test_status(void **st)
     STATUS_IS(text, "operators_locked", "0");
     STATUS_IS(text, "records_credential", "0");
     STATUS_IS(text, "records_export", "0");
+    /* The rate's window and the module's clock; no product, no rate line. */
+    STATUS_IS(text, "rate_window", "60");
+    {
+        long long now = strtoll(status_of(text, "now"), NULL, 10);
+        assert_true(now <= (long long)time(NULL) && now >= (long long)time(NULL) - 5);
+    }
+    assert_null(strstr(text, "issued_recent."));
     /* No secret and nothing of the token's PINs: only the documented keys. */
     assert_null(strstr(text, TEST_PIN "\n"));
 
@@ -1225,6 +1233,7 @@ static void test_status(void **st)
     snprintf(units, sizeof(units), "%lu", (unsigned long)ulong_of(pkg, CKA_GUARDIAN_AUTHORISED_UNITS));
     STATUS_IS(text, "units_authorised", units);
     STATUS_IS(text, "units_remaining", units);
+    STATUS_IS(text, "issued_recent.ACME/SENSOR-1", "0");
     assert_int_not_equal(strcmp(status_of(text, "audit_head_hash"),
                                 "0000000000000000000000000000000000000000000000000000000000000000"),
                          0);
@@ -1237,6 +1246,8 @@ static void test_status(void **st)
     STATUS_IS(text, "records_reserve", "1");
     STATUS_IS(text, "records_issue", "1");
     STATUS_IS(text, "audit_chain", "ok");
+    /* The running line's count: that ISSUE record is within the last 60 s. */
+    STATUS_IS(text, "issued_recent.ACME/SENSOR-1", "1");
     assert_true(strcmp(status_of(text, "anchor"), "agrees") == 0 || strcmp(status_of(text, "anchor"), "store-ahead") == 0);
     snprintf(units, sizeof(units), "%lu", (unsigned long)ulong_of(pkg, CKA_GUARDIAN_ISSUED_UNITS));
     STATUS_IS(text, "units_issued", units);

@@ -176,6 +176,11 @@ assert all(o["state"]["audit_chain"] == "ok" for o in objs)' watch.json; then
 else
     shown_ko "status --watch: exit $rc, $n lines" "$(cat watch.err)"
 fi
+timeout --preserve-status -s INT 2.5 "$CTL" status --watch 1 >watch.txt 2>&1
+rc=$?
+n=$(grep -c "^Guardian state" watch.txt)
+[ $rc = 0 ] && [ "$n" -ge 2 ] && ! grep -q $'\033' watch.txt && ok "status --watch 1 into a pipe: $n reports, no screen clearing" ||
+    shown_ko "status --watch (text): exit $rc, $n reports" "$(head -5 watch.txt)"
 expect_rc "status --watch 0 is a usage error" 2 "--watch takes a number of seconds" -- "$CTL" status --watch 0
 
 # ---- audit export --json -----------------------------------------------------------------------
