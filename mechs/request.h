@@ -67,6 +67,7 @@ extern const struct guardian_request_type guardian_request_import;       /* unwr
 extern const struct guardian_request_type guardian_request_device_cert;  /* derive_device_cert.c */
 extern const struct guardian_request_type guardian_request_device_certs; /* derive_device_cert.c */
 extern const struct guardian_request_type guardian_request_status;       /* status.c */
+extern const struct guardian_request_type guardian_request_retire_ca;    /* retire.c */
 
 /* Non-zero when the template is a request (CKA_CLASS = CKO_GUARDIAN_REQUEST). */
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count);

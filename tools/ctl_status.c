@@ -151,8 +151,8 @@ static void json_yes(struct ctl_json *j, const char *name, const struct guardian
 
 static void status_json(const struct guardian_status *gs)
 {
-    static const char *const types[] = {"import", "reserve", "issue", "release", "journal_lost", "credential",
-                                        "export", "other"};
+    static const char *const types[] = {"import",     "reserve", "issue",  "release", "journal_lost",
+                                        "credential", "export",  "retire", "other"};
     struct ctl_json j;
     CK_TOKEN_INFO ti;
     CK_OBJECT_HANDLE roots[64];
@@ -213,7 +213,7 @@ static void status_json(const struct guardian_status *gs)
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         char key[40];
         snprintf(key, sizeof(key), "records_%s", types[i]);
-        ctl_json_uint(&j, types[i], status_number(gs, key));
+        ctl_json_uint(&j, types[i], status_value(gs, key, v, sizeof(v)) ? status_number(gs, key) : 0);
     }
     ctl_json_close(&j);
     ctl_json_string(&j, "anchor", gs->anchor);

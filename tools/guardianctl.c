@@ -651,7 +651,7 @@ void json_root(struct ctl_json *j, CK_OBJECT_HANDLE h)
     X509_free(x);
 }
 
-static int confirm(const char *question)
+int confirm(const char *question)
 {
     char answer[16];
     if (assume_yes)
@@ -1405,6 +1405,10 @@ static const struct command {
      "in the manifest (default DIR/manifest.jsonl) once its file is durable",
      {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet", "manifest=", "json"},
      cmd_provision},
+    {"retire-ca", "--product OEM/PRODUCT --release N [--yes] [--json]",
+     "destroy a superseded release's production CA key in the token\n"
+     "(recorded in the audit trail; never the installed release's)",
+     {"product=", "release=", "yes", "json"}, cmd_retire_ca},
     {"audit", "export [--product OEM/PRODUCT] [--out FILE] [--json]",
      "the audit trail and certificates, signed by the Guardian's signing key", {"product=", "out=", "json"},
      cmd_audit},

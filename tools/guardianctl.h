@@ -137,6 +137,9 @@ X509 *cert_from_object(CK_OBJECT_HANDLE h);
 /* Commands in their own files. */
 int cmd_audit(int argc, char **argv);     /* ctl_audit.c */
 int cmd_provision(int argc, char **argv); /* ctl_provision.c */
+int cmd_retire_ca(int argc, char **argv); /* ctl_retire.c */
+/* 1 when --yes was given or the terminal's answer is yes; dies without a terminal. */
+int confirm(const char *question);
 /* ctl_status.c: `status` (--json, --watch) around guardianctl.c's human
  * report (status_report), and the running lines' rate and ETA. */
 int run_status(int argc, char **argv);

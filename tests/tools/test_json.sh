@@ -202,4 +202,40 @@ expect_rc "status (text) on a corrupted trail" 1 "hash chain BROKEN after record
 cp pristine.db state/guardian.db
 expect "status once the row is put back" 0 "hash chain intact" -- "$CTL" status
 
+# ---- retire-ca: a superseded release's CA key destroyed, recorded, shown by verify-report --------
+"$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
+    --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id LINE --release 2 --units 100 \
+    --not-after +10 --out line2.gpk >/dev/null && "$CTL" import line2.gpk >/dev/null 2>&1 || ko "release 2 imported"
+# the CA key objects of each release, as the backend itself lists them
+ca_keys() { pkcs11-tool --module "$GUARDIAN_BACKEND" --token-label json --login --pin 1234 -O 2>/dev/null |
+    grep -c "label: *guardian:ACME/LINE/r$1:production-ca"; }
+[ "$(ca_keys 1)" = 2 ] && ok "before: release 1's CA key and certificate are in the token" || ko "before: $(ca_keys 1) objects of r1"
+expect_rc "retire-ca of the installed release: refused" 1 "release 2 of ACME/LINE is the installed one \(CKR_GUARDIAN_RELEASE_CURRENT\)" -- \
+    "$CTL" retire-ca --product ACME/LINE --release 2 --yes
+expect_rc "retire-ca without --yes and no terminal: refused" 1 "no terminal to confirm: pass --yes" -- \
+    "$CTL" retire-ca --product ACME/LINE --release 1
+expect_rc "retire-ca of a release never imported" 1 "no release 7 of ACME/LINE was imported .*CKR_GUARDIAN_PRODUCT_UNKNOWN" -- \
+    "$CTL" retire-ca --product ACME/LINE --release 7 --yes
+expect_rc "retire-ca --release x: usage" 2 "--release must be a release number" -- "$CTL" retire-ca --product ACME/LINE --release x
+"$CTL" retire-ca --product ACME/LINE --release 1 --yes --json >retire.json 2>retire.err
+schema "retire-ca --json: release 1 retired, recorded now, 1 key and 1 certificate destroyed" retire.json \
+    'o["oem_id"] == "ACME" and o["release"] == 1 and hexs(o["package_id"], 32) and uint(o["record"])
+     and o["recorded_now"] is True and o["keys_destroyed"] == 1 and o["certificates_destroyed"] == 1'
+[ "$(ca_keys 1)" = 0 ] && [ "$(ca_keys 2)" = 2 ] && ok "after: release 1's CA key and certificate are gone, release 2's stay" ||
+    ko "after: r1 $(ca_keys 1), r2 $(ca_keys 2) objects"
+expect_rc "retire-ca twice: refused" 1 "retired already \(CKR_GUARDIAN_CA_RETIRED\)" -- \
+    "$CTL" retire-ca --product ACME/LINE --release 1 --yes
+python3 -c 'import sqlite3, sys; db = sqlite3.connect(sys.argv[1])
+rows = db.execute("SELECT oem_id, product_id, release_version, serial, authorised_units, hex(package_id) FROM audit WHERE type = 10").fetchall()
+pkg = db.execute("SELECT hex(package_id) FROM packages WHERE release_version = 1").fetchone()[0]
+assert rows == [("ACME", "LINE", 1, 0, 0, pkg)], rows' state/guardian.db &&
+    ok "one RETIRE record (type 10): ACME/LINE release 1, its package" || ko "the RETIRE record"
+expect "provision goes on with release 2" 0 "provisioned 3 parts" -- "$CTL" provision --product ACME/LINE --count 3 --first 500 --out run3
+"$CTL" audit export --out retired.report >/dev/null 2>&1
+expect "verify-report shows the retirement and verifies" 0 \
+    "retired +record [0-9]+ 20[0-9-]+T[0-9:]+Z by .*: the production CA key of ACME/LINE release 1 \(package [0-9a-f]{32}\)" -- \
+    "$W" verify-report retired.report --guardian guardian.pem --ca-chain ca.pem --root root.pem
+"$CTL" status --json >status2.json 2>&1
+schema "status --json counts the RETIRE record" status2.json 'o["state"]["records"]["retire"] == 1'
+
 finish
