@@ -57,9 +57,12 @@ static CK_RV destroy_labelled(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, C
     CK_RV rv = guardian_backend_find(be, session, t, 3, found, sizeof(found) / sizeof(found[0]), &count);
     for (CK_ULONG i = 0; rv == CKR_OK && i < count; i++) {
         rv = be->C_DestroyObject(session, found[i]);
-        if (rv == CKR_OK)
+        if (rv == CKR_OK) {
+            /* The backend may hand the number out again (as C_DestroyObject does). */
+            guardian_mechs_forget(found[i]);
+            guardian_policy_forget(found[i]);
             (*n)++;
-        else
+        } else
             guardian_error(LOG, "the backend refused to destroy %s: %s", label, guardian_ckr_name(rv));
     }
     return rv;
