@@ -204,7 +204,7 @@ expect "status once the row is put back" 0 "hash chain intact" -- "$CTL" status
 
 # ---- retire-ca: a superseded release's CA key destroyed, recorded, shown by verify-report --------
 "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
-    --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id LINE --release 2 --units 100 \
+    --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id LINE --release 2 --units 2000 \
     --not-after +10 --out line2.gpk >/dev/null && "$CTL" import line2.gpk >/dev/null 2>&1 || ko "release 2 imported"
 # the CA key objects of each release, as the backend itself lists them
 ca_keys() { pkcs11-tool --module "$GUARDIAN_BACKEND" --token-label json --login --pin 1234 -O 2>/dev/null |
@@ -237,5 +237,23 @@ expect "verify-report shows the retirement and verifies" 0 \
     "$W" verify-report retired.report --guardian guardian.pem --ca-chain ca.pem --root root.pem
 "$CTL" status --json >status2.json 2>&1
 schema "status --json counts the RETIRE record" status2.json 'o["state"]["records"]["retire"] == 1'
+
+# kill -9 in the middle of a run: every line names a file that exists (a line is written only once its
+# file is on disk); the resumed run lists every file, the ones the kill left without a line included.
+"$CTL" provision --product ACME/LINE --count 400 --first 2000 --out killed --quiet >/dev/null 2>&1 &
+pid=$!
+for _ in $(seq 200); do [ -s killed/manifest.jsonl ] && break; sleep 0.05; done
+kill -9 $pid
+wait $pid 2>/dev/null
+missing=0
+while read -r f; do [ -e "killed/$f" ] || missing=$((missing + 1)); done < <(python3 -c '
+import json, sys
+for l in open(sys.argv[1]):
+    print(json.loads(l)["file"])' killed/manifest.jsonl)
+files=$(find killed -name '*.pem' | wc -l)
+[ $missing = 0 ] && ok "kill -9: $(wc -l <killed/manifest.jsonl) manifest lines, $files files, every line's file exists" ||
+    ko "kill -9: $missing manifest lines name no file"
+"$CTL" provision --product ACME/LINE --count 400 --first 2000 --out killed --quiet >/dev/null 2>&1 || ko "resume after kill -9"
+check_manifest killed 400
 
 finish
