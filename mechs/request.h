@@ -37,6 +37,11 @@ CK_RV guardian_request_ulong(const struct guardian_request *rq, CK_ATTRIBUTE_TYP
 CK_RV guardian_request_bytes(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, bool required,
                              const CK_ATTRIBUTE **out);
 
+/* A required OEM or product ID attribute (`name` for the log): 1..64 bytes
+ * without NUL, copied NUL-terminated into out (GUARDIAN_ID_MAX + 1 bytes);
+ * CKR_GUARDIAN_REQUEST_INVALID (logged) otherwise. */
+CK_RV guardian_request_id(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, const char *name, char *out);
+
 typedef CK_RV (*guardian_request_fn)(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
                                      const struct guardian_request *rq, CK_OBJECT_HANDLE *out);
 

@@ -71,7 +71,6 @@ static CK_RV destroy_labelled(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, C
 static CK_RV retire(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
                     const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
 {
-    const CK_ATTRIBUTE *oem, *product;
     char oem_id[GUARDIAN_ID_MAX + 1], product_id[GUARDIAN_ID_MAX + 1];
     char label[2 * GUARDIAN_ID_MAX + 48], text[512], pkg_hex[2 * GUARDIAN_PACKAGE_ID_LEN + 1];
     struct guardian_audit_record rec;
@@ -81,21 +80,10 @@ static CK_RV retire(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
     int n;
     CK_RV rv;
 
-    if ((rv = guardian_request_bytes(rq, CKA_GUARDIAN_OEM_ID, true, &oem)) != CKR_OK ||
-        (rv = guardian_request_bytes(rq, CKA_GUARDIAN_PRODUCT_ID, true, &product)) != CKR_OK ||
+    if ((rv = guardian_request_id(rq, CKA_GUARDIAN_OEM_ID, "CKA_GUARDIAN_OEM_ID", oem_id)) != CKR_OK ||
+        (rv = guardian_request_id(rq, CKA_GUARDIAN_PRODUCT_ID, "CKA_GUARDIAN_PRODUCT_ID", product_id)) != CKR_OK ||
         (rv = guardian_request_ulong(rq, CKA_GUARDIAN_RELEASE, true, &release)) != CKR_OK)
         return rv;
-    for (int i = 0; i < 2; i++) {
-        const CK_ATTRIBUTE *a = i == 0 ? oem : product;
-        char *to = i == 0 ? oem_id : product_id;
-        if (a->ulValueLen == 0 || a->ulValueLen > GUARDIAN_ID_MAX || memchr(a->pValue, 0, a->ulValueLen) != NULL) {
-            guardian_error(LOG, "refused: %s must be 1..%d bytes without NUL",
-                           i == 0 ? "CKA_GUARDIAN_OEM_ID" : "CKA_GUARDIAN_PRODUCT_ID", GUARDIAN_ID_MAX);
-            return CKR_GUARDIAN_REQUEST_INVALID;
-        }
-        memcpy(to, a->pValue, a->ulValueLen);
-        to[a->ulValueLen] = '\0';
-    }
     if (release > UINT32_MAX) {
         guardian_error(LOG, "refused: release %lu is no release number (0..%lu)", (unsigned long)release,
                        (unsigned long)UINT32_MAX);
