@@ -14,9 +14,12 @@
  *   guardianctl [options] enroll-oem ROOT.pem [--yes]
  *   guardianctl [options] list-oems
  *   guardianctl [options] remove-oem FINGERPRINT-PREFIX [--yes]
- *   guardianctl [options] import PACKAGE
- *   guardianctl [options] products
- *   guardianctl [options] status
+ *   guardianctl [options] import PACKAGE [--json]
+ *   guardianctl [options] products [--json]
+ *   guardianctl [options] status [--json] [--watch [SECONDS]]
+ *   guardianctl [options] provision --product OEM/PRODUCT --count N ... [--manifest FILE] [--json]
+ *   guardianctl [options] retire-ca --product OEM/PRODUCT --release N [--yes] [--json]
+ *   guardianctl [options] audit export [--product OEM/PRODUCT] [--out FILE] [--json]
  *
  * Options: --module PATH (or GUARDIAN_MODULE), --token LABEL (or
  * GUARDIAN_TOKEN); PINs from GUARDIAN_PIN / GUARDIAN_SO_PIN, else asked on the

@@ -4,7 +4,9 @@
  * object lookups, the Guardian's state.  guardianctl signs nothing with the Guardian's identity key:
  * the module does, for what it built (Guardian requests).  One file per
  * group of commands: guardianctl.c (identity, OEM roots, import, products),
- * ctl_audit.c (audit export), ctl_provision.c (the provisioning run).
+ * ctl_audit.c (audit export), ctl_provision.c (the provisioning run) and
+ * ctl_manifest.c (its manifest), ctl_status.c (status: --json, --watch, rates),
+ * ctl_retire.c (retire-ca); ctl_json.c writes every --json object.
  */
 #ifndef GUARDIANCTL_H
 #define GUARDIANCTL_H

@@ -216,6 +216,8 @@ expect_rc "retire-ca without --yes and no terminal: refused" 1 "no terminal to c
     "$CTL" retire-ca --product ACME/LINE --release 1
 expect_rc "retire-ca of a release never imported" 1 "no release 7 of ACME/LINE was imported .*CKR_GUARDIAN_PRODUCT_UNKNOWN" -- \
     "$CTL" retire-ca --product ACME/LINE --release 7 --yes
+expect_rc "retire-ca --help: its usage, no module" 0 "^usage: guardianctl .* retire-ca --product OEM/PRODUCT --release N" -- \
+    env GUARDIAN_MODULE=/nonexistent "$CTL" retire-ca --help
 expect_rc "retire-ca --release x: usage" 2 "--release must be a release number" -- "$CTL" retire-ca --product ACME/LINE --release x
 "$CTL" retire-ca --product ACME/LINE --release 1 --yes --json >retire.json 2>retire.err
 schema "retire-ca --json: release 1 retired, recorded now, 1 key and 1 certificate destroyed" retire.json \
