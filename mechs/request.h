@@ -37,6 +37,11 @@ CK_RV guardian_request_ulong(const struct guardian_request *rq, CK_ATTRIBUTE_TYP
 CK_RV guardian_request_bytes(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, bool required,
                              const CK_ATTRIBUTE **out);
 
+/* A required OEM or product ID attribute (`name` for the log): 1..64 bytes
+ * without NUL, copied NUL-terminated into out (GUARDIAN_ID_MAX + 1 bytes);
+ * CKR_GUARDIAN_REQUEST_INVALID (logged) otherwise. */
+CK_RV guardian_request_id(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, const char *name, char *out);
+
 typedef CK_RV (*guardian_request_fn)(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
                                      const struct guardian_request *rq, CK_OBJECT_HANDLE *out);
 
@@ -67,6 +72,7 @@ extern const struct guardian_request_type guardian_request_import;       /* unwr
 extern const struct guardian_request_type guardian_request_device_cert;  /* derive_device_cert.c */
 extern const struct guardian_request_type guardian_request_device_certs; /* derive_device_cert.c */
 extern const struct guardian_request_type guardian_request_status;       /* status.c */
+extern const struct guardian_request_type guardian_request_retire_ca;    /* retire.c */
 
 /* Non-zero when the template is a request (CKA_CLASS = CKO_GUARDIAN_REQUEST). */
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count);

@@ -3589,3 +3589,121 @@ out:
     store_leave(st);
     return rv;
 }
+
+/* ---- the audit trail: retired production CA keys ----------------------------------------- */
+
+struct retire_args {
+    const char *oem_id, *product_id;
+    uint32_t release;
+    int64_t now;
+    struct guardian_audit_record rec;
+    bool already;
+};
+
+static const char retire_package_sql[] =
+    "SELECT k.package_id, COALESCE(p.package_id = k.package_id, 0) FROM packages k "
+    "LEFT JOIN products p ON p.oem_id = k.oem_id AND p.product_id = k.product_id "
+    "WHERE k.oem_id = ?1 AND k.product_id = ?2 AND k.release_version = ?3";
+static const char retire_record_sql[] = "SELECT seq, time, operator, hash FROM audit WHERE type = ?1 AND package_id = ?2 "
+                                        "ORDER BY seq LIMIT 1";
+
+static CK_RV retire_tx(struct guardian_store *st, void *ctx)
+{
+    struct retire_args *a = ctx;
+    sqlite3_stmt *s = NULL;
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
+    uint64_t current = 0, seq = 0, t = 0;
+    CK_RV rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+    int rc = sqlite3_prepare_v2(st->db, retire_package_sql, -1, &s, NULL);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(s, 1, a->oem_id, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(s, 2, a->product_id, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)a->release);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+        guardian_error(STORE_LOG, "no release %u of %s/%s was imported", (unsigned)a->release, a->oem_id,
+                       a->product_id);
+        rv = CKR_GUARDIAN_PRODUCT_UNKNOWN;
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        rv = map_sqlite(st, rc, "read the package to retire");
+        goto out;
+    }
+    if (!column_blob_exact(s, 0, package_id, sizeof(package_id)) || !column_uint(s, 1, 1, &current))
+        goto out;
+    if (current) {
+        guardian_error(STORE_LOG, "release %u of %s/%s is the installed one: its production CA key is not retired",
+                       (unsigned)a->release, a->oem_id, a->product_id);
+        rv = CKR_GUARDIAN_RELEASE_CURRENT;
+        goto out;
+    }
+    sqlite3_finalize(s);
+    s = NULL;
+    rc = sqlite3_prepare_v2(st->db, retire_record_sql, -1, &s, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 1, GUARDIAN_AUDIT_RETIRE);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_blob(s, 2, package_id, sizeof(package_id), SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        rv = map_sqlite(st, rc, "look for the release's RETIRE record");
+        goto out;
+    }
+    memset(&a->rec, 0, sizeof(a->rec));
+    if (rc == SQLITE_ROW) {
+        const unsigned char *op = sqlite3_column_text(s, 2);
+        if (!column_uint(s, 0, INT64_MAX, &seq) || !column_uint(s, 1, INT64_MAX, &t) ||
+            !column_blob_exact(s, 3, a->rec.hash, sizeof(a->rec.hash)))
+            goto out;
+        a->already = true;
+        a->rec.type = GUARDIAN_AUDIT_RETIRE;
+        a->rec.seq = seq;
+        a->rec.time = (int64_t)t;
+        snprintf(a->rec.operator_name, sizeof(a->rec.operator_name), "%s", op != NULL ? (const char *)op : "");
+    } else {
+        rv = record_init(st, &a->rec, GUARDIAN_AUDIT_RETIRE, a->now, NULL);
+        if (rv != CKR_OK)
+            goto out;
+        snprintf(a->rec.oem_id, sizeof(a->rec.oem_id), "%s", a->oem_id);
+        snprintf(a->rec.product_id, sizeof(a->rec.product_id), "%s", a->product_id);
+        a->rec.release_version = a->release;
+        memcpy(a->rec.package_id, package_id, sizeof(package_id));
+        if ((rv = audit_append(st, &a->rec)) != CKR_OK)
+            goto out;
+    }
+    snprintf(a->rec.oem_id, sizeof(a->rec.oem_id), "%s", a->oem_id);
+    snprintf(a->rec.product_id, sizeof(a->rec.product_id), "%s", a->product_id);
+    memcpy(a->rec.package_id, package_id, sizeof(package_id));
+    a->rec.release_version = a->release;
+    rv = CKR_OK;
+out:
+    sqlite3_finalize(s);
+    return rv;
+}
+
+CK_RV guardian_store_record_retire(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                   uint32_t release, int64_t now, struct guardian_audit_record *record, bool *already)
+{
+    struct retire_args a;
+    CK_RV rv;
+
+    if (st == NULL || record == NULL || already == NULL || !id_ok(oem_id) || !id_ok(product_id))
+        return CKR_ARGUMENTS_BAD;
+    memset(&a, 0, sizeof(a));
+    a.oem_id = oem_id;
+    a.product_id = product_id;
+    a.release = release;
+    a.now = now;
+    rv = store_write(st, true, retire_tx, &a);
+    if (rv == CKR_OK) {
+        *record = a.rec;
+        *already = a.already;
+    }
+    return rv;
+}

@@ -239,8 +239,10 @@ enum guardian_audit_type {
     GUARDIAN_AUDIT_JOURNAL_LOST = 5,
     GUARDIAN_AUDIT_CREDENTIAL = 6, /* a Guardian credential set, changed, locked or removed (schema 4 on) */
     GUARDIAN_AUDIT_EXPORT = 7,     /* an audit report exported: who, when, what scope (schema 5 on) */
+    /* 8, 9: OUTCOME, REISSUE (issue #11, helper "outcomes") */
+    GUARDIAN_AUDIT_RETIRE = 10,    /* a superseded release's production CA key destroyed: who, when, which */
 };
-#define GUARDIAN_AUDIT_TYPE_MAX GUARDIAN_AUDIT_EXPORT
+#define GUARDIAN_AUDIT_TYPE_MAX GUARDIAN_AUDIT_RETIRE
 
 /* The canonical encoding a record's hash covers (docs/audit-format.md).  Each
  * record keeps the one it was written with, so that a trail from before
@@ -334,6 +336,21 @@ CK_RV guardian_store_audit_each(struct guardian_store *st,
 CK_RV guardian_store_record_export(struct guardian_store *st, const char *oem_id, const char *product_id, int64_t now,
                                    CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx,
                                    struct guardian_audit_record *record);
+
+/* A superseded release's production CA key retired (mechs/retire.c): one
+ * write transaction, synchronous=FULL, this process's journal folded first.
+ * The release `release` of oem_id/product_id must have been imported
+ * (CKR_GUARDIAN_PRODUCT_UNKNOWN otherwise) and must not be the installed one
+ * (CKR_GUARDIAN_RELEASE_CURRENT: its key is the line's).  When a RETIRE
+ * record of that package exists already, nothing is written, *already is
+ * true and *record is that record; otherwise a RETIRE record is appended -
+ * time `now`, the IDs, the package ID, the release, the current operator,
+ * serial, device, digest and units zero - and *record is it (hash
+ * included).  The record comes before the key is destroyed: a crash between
+ * the two leaves a recorded retirement whose key the next retire-ca
+ * destroys, never a key gone without a record. */
+CK_RV guardian_store_record_retire(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                   uint32_t release, int64_t now, struct guardian_audit_record *record, bool *already);
 
 /* The operator named in every record this store handle writes from now on
  * (IMPORT, RESERVE, ISSUE - in the issue journal too, so a folded ISSUE

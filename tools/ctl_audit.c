@@ -26,6 +26,7 @@
 /* What the summary line says, counted from the report's own lines. */
 struct counts {
     unsigned long long records, redacted, certificates, issued, head;
+    long long exported; /* the report's "exported" line: seconds since 1970 */
 };
 
 static void count_lines(const char *r, size_t len, struct counts *c)
@@ -46,6 +47,8 @@ static void count_lines(const char *r, size_t len, struct counts *c)
             c->certificates++;
         } else if (l > 5 && memcmp(p, "head ", 5) == 0) {
             c->head = strtoull(p + 5, NULL, 10);
+        } else if (l > 9 && memcmp(p, "exported ", 9) == 0) {
+            c->exported = strtoll(p + 9, NULL, 10);
         }
         p += l + 1;
     }
@@ -131,9 +134,25 @@ static int export_report(const char *scope, const char *out)
         X509_free(x);
         BIO_free(b);
     }
-    fprintf(stderr, "exported %llu records (head %llu, %llu of them redacted), %llu certificates; signed by the "
-                    "Guardian sha256:%s%s%s\n",
-            c.records, c.head, c.redacted, c.certificates, fpr, out ? "; wrote " : "", out ? out : "");
+    if (json_out) {
+        struct ctl_json j;
+        ctl_json_begin(&j, stdout);
+        ctl_json_object(&j, NULL);
+        ctl_json_string(&j, "out", out);
+        ctl_json_string(&j, "scope", scope);
+        ctl_json_time(&j, "exported", (int64_t)c.exported);
+        ctl_json_uint(&j, "records", c.records);
+        ctl_json_uint(&j, "head_seq", c.head);
+        ctl_json_uint(&j, "redacted", c.redacted);
+        ctl_json_uint(&j, "certificates", c.certificates);
+        ctl_json_uint(&j, "issued", c.issued);
+        ctl_json_string(&j, "guardian_sha256", fpr);
+        ctl_json_end(&j);
+    } else {
+        fprintf(stderr, "exported %llu records (head %llu, %llu of them redacted), %llu certificates; signed by the "
+                        "Guardian sha256:%s%s%s\n",
+                c.records, c.head, c.redacted, c.certificates, fpr, out ? "; wrote " : "", out ? out : "");
+    }
     if (c.issued > c.certificates)
         fprintf(stderr, PROG ": warning: %llu issued certificates were not recorded in the store; the report lacks "
                         "them and will not verify\n",
@@ -164,6 +183,8 @@ int cmd_audit(int argc, char **argv)
     }
     if (optind != argc - 1)
         usage_die("audit", "unexpected argument '%s'", argv[optind + 1]);
+    if (json_out && out == NULL)
+        usage_die("audit", "--json needs --out FILE (standard output carries the JSON summary, not the report)");
     need_token();
     return export_report(scope, out);
 }

@@ -15,6 +15,12 @@
  * cleanly (the parts in flight finish, the module gives back the units it
  * reserved and did not use); running the same command again resumes: a part
  * whose certificate file exists is skipped.  docs/guardianctl.md, "provision".
+ *
+ * The manifest (ctl_manifest.c) lists every certificate file of the
+ * directory, one JSON line per device, each line written only once its
+ * certificate file is on disk (syncfs first), so that after a crash or power
+ * loss every line names a file that exists; a file a crash left without its
+ * line gets it when the run resumes.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +38,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "ctl_manifest.h"
 #include "guardianctl.h"
 
 #define MAX_THREADS 16
@@ -56,6 +63,7 @@ struct run {
     pthread_mutex_t err_lock;
     CK_RV first_error;
     char first_error_part[96];
+    struct manifest *manifest;
 };
 
 static volatile sig_atomic_t interrupted;
@@ -96,7 +104,7 @@ static void find_package(struct run *r)
         die("product %s/%s is not installed ('" PROG " products' lists what is)", r->oem, r->product);
     }
     P11(p11->C_GetAttributeValue(session, h, a, 2));
-    if (!r->quiet)
+    if (!r->quiet && !json_out)
         printf("%s/%s: %lu units remaining\n", r->oem, r->product, (unsigned long)remaining);
 }
 
@@ -187,6 +195,7 @@ static void *worker(void *arg)
         snprintf(id, sizeof(id), "%s%06llu", r->prefix, i);
         snprintf(path, sizeof(path), "%s/%s.pem", r->out_dir, id);
         if (access(path, F_OK) == 0) { /* done in an earlier run */
+            manifest_recover(r->manifest, id, path);
             atomic_fetch_add(&r->skipped, 1);
             continue;
         }
@@ -214,6 +223,8 @@ static void *worker(void *arg)
             rv = p11->C_GetAttributeValue(s, cert, &v, 1);
             if (rv == CKR_OK && !write_cert(r, id, value, v.ulValueLen))
                 rv = CKR_FUNCTION_FAILED;
+            if (rv == CKR_OK)
+                manifest_add(r->manifest, id, value, v.ulValueLen, (int64_t)time(NULL));
         }
         if (rv != CKR_OK) {
             record_error(r, rv, id);
@@ -237,7 +248,7 @@ static void progress(struct run *r, double t0, int final, int *last_decile)
     double eta = rate > 0 ? (double)(r->count - done) / rate : 0;
     int pct = r->count ? (int)(100 * done / r->count) : 100;
 
-    if (r->quiet)
+    if (r->quiet || json_out)
         return;
     if (isatty(STDERR_FILENO)) {
         char bar[31];
@@ -284,7 +295,8 @@ int cmd_provision(int argc, char **argv)
     pthread_t th[MAX_THREADS];
     struct sigaction sa;
     char default_out[2 * GUARDIAN_ID_MAX + 32];
-    const char *product = NULL, *slash;
+    const char *product = NULL, *slash, *manifest_path = NULL;
+    char manifest_default[PATH_MAX];
     double t0;
     int last_decile = -1, n_threads;
 
@@ -319,6 +331,8 @@ int cmd_provision(int argc, char **argv)
             r.prefix = v;
         else if (strcmp(a, "--key-type") == 0)
             r.key_type = v;
+        else if (strcmp(a, "--manifest") == 0)
+            manifest_path = v;
         else
             usage_die("provision", "unknown option '%s'", a);
         if (end != NULL && (*end != '\0' || end == v || v[0] == '-'))
@@ -348,6 +362,13 @@ int cmd_provision(int argc, char **argv)
     }
     if (mkdir(r.out_dir, 0755) != 0 && errno != EEXIST)
         die("cannot create %s: %s", r.out_dir, strerror(errno));
+    if (manifest_path == NULL) {
+        if ((size_t)snprintf(manifest_default, sizeof(manifest_default), "%s/manifest.jsonl", r.out_dir) >=
+            sizeof(manifest_default))
+            die("--out %s: path too long", r.out_dir);
+        manifest_path = manifest_default;
+    }
+    r.manifest = manifest_open(manifest_path, r.out_dir);
     pthread_mutex_init(&r.err_lock, NULL);
 
     login(CKU_USER);
@@ -371,6 +392,10 @@ int cmd_provision(int argc, char **argv)
             break;
         progress(&r, t0, 0, &last_decile);
         usleep(200 * 1000);
+        if (!manifest_flush(r.manifest)) {
+            record_error(&r, CKR_FUNCTION_FAILED, "(manifest)");
+            atomic_store(&r.stop, 1);
+        }
     }
     /* After an error, a worker may never come back: p11-kit-client.so 0.24
      * leaves a thread waiting for ever on a connection that died under
@@ -387,17 +412,51 @@ int cmd_provision(int argc, char **argv)
             fprintf(stderr, PROG ": stopped at part %s: %s (%s); a call through the module has not returned 10 s "
                                  "later: exiting without it\n",
                     r.first_error_part, ckr(r.first_error), stop_reason(r.first_error));
+            manifest_flush(r.manifest); /* the certificates written so far */
             fflush(stdout);
             _exit(1);
         }
     }
     progress(&r, t0, 1, &last_decile);
+    if (!manifest_flush(r.manifest))
+        record_error(&r, CKR_FUNCTION_FAILED, "(manifest)");
+    manifest_close(r.manifest);
 
     {
         double el = now_s() - t0;
         unsigned long long issued = atomic_load(&r.issued), skipped = atomic_load(&r.skipped);
-        printf("provisioned %llu parts in %.1f s (%.0f certs/s, %d threads); %llu already done; certificates in %s/\n",
-               issued, el, el > 0 ? (double)issued / el : 0.0, n_threads, skipped, r.out_dir);
+        if (json_out) {
+            struct ctl_json j;
+            char msg[512];
+            ctl_json_begin(&j, stdout);
+            ctl_json_object(&j, NULL);
+            ctl_json_string(&j, "oem_id", r.oem);
+            ctl_json_string(&j, "product_id", r.product);
+            ctl_json_string(&j, "out", r.out_dir);
+            ctl_json_string(&j, "manifest", manifest_path);
+            ctl_json_uint(&j, "first", r.first);
+            ctl_json_uint(&j, "count", r.count);
+            ctl_json_uint(&j, "issued", issued);
+            ctl_json_uint(&j, "skipped", skipped);
+            ctl_json_uint(&j, "failed", atomic_load(&r.failed));
+            ctl_json_int(&j, "threads", n_threads);
+            ctl_json_real(&j, "elapsed_s", el);
+            ctl_json_real(&j, "rate_per_s", el > 0 ? (double)issued / el : 0.0);
+            ctl_json_bool(&j, "interrupted", interrupted && r.first_error == CKR_OK);
+            if (r.first_error != CKR_OK) {
+                snprintf(msg, sizeof(msg), "stopped at part %s: %s", r.first_error_part, stop_reason(r.first_error));
+                ctl_json_object(&j, "error");
+                ctl_json_string(&j, "code", ckr(r.first_error));
+                ctl_json_string(&j, "message", msg);
+                ctl_json_string(&j, "part", r.first_error_part);
+                ctl_json_close(&j);
+            }
+            ctl_json_end(&j);
+        } else {
+            printf("provisioned %llu parts in %.1f s (%.0f certs/s, %d threads); %llu already done; certificates in "
+                   "%s/\n",
+                   issued, el, el > 0 ? (double)issued / el : 0.0, n_threads, skipped, r.out_dir);
+        }
         if (r.first_error != CKR_OK) {
             const char *why = stop_reason(r.first_error);
             fprintf(stderr, PROG ": stopped at part %s: %s (%s)\n", r.first_error_part, ckr(r.first_error), why);

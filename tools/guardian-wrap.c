@@ -856,8 +856,14 @@ static int create_package(struct create_opts *o)
     print_hex(id, sizeof(id));
     printf("\n  for Guardian sha256:");
     print_hex(target, sizeof(target));
-    printf("\n  product      %s/%s release %ld, %llu units, not after %s\n", o->oem_id, o->product_id, o->release,
-           o->units, o->not_after);
+    {
+        char when[32];
+        struct tm tm;
+        if (gmtime_r(&o->not_after_time, &tm) == NULL || strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+            snprintf(when, sizeof(when), "%s", o->not_after);
+        printf("\n  product      %s/%s release %ld, %llu units, not after %s\n", o->oem_id, o->product_id,
+               o->release, o->units, when);
+    }
 
     CMS_ContentInfo_free(cms);
     BIO_free(content);
@@ -984,7 +990,7 @@ static void print_time(const char *label, int64_t t)
     time_t tt = (time_t)t;
     struct tm tm;
     gmtime_r(&tt, &tm);
-    strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm); /* ISO 8601, as every time the tools print */
     printf("%s%s", label, buf);
 }
 

@@ -14,9 +14,12 @@
  *   guardianctl [options] enroll-oem ROOT.pem [--yes]
  *   guardianctl [options] list-oems
  *   guardianctl [options] remove-oem FINGERPRINT-PREFIX [--yes]
- *   guardianctl [options] import PACKAGE
- *   guardianctl [options] products
- *   guardianctl [options] status
+ *   guardianctl [options] import PACKAGE [--json]
+ *   guardianctl [options] products [--json]
+ *   guardianctl [options] status [--json] [--watch [SECONDS]]
+ *   guardianctl [options] provision --product OEM/PRODUCT --count N ... [--manifest FILE] [--json]
+ *   guardianctl [options] retire-ca --product OEM/PRODUCT --release N [--yes] [--json]
+ *   guardianctl [options] audit export [--product OEM/PRODUCT] [--out FILE] [--json]
  *
  * Options: --module PATH (or GUARDIAN_MODULE), --token LABEL (or
  * GUARDIAN_TOKEN); PINs from GUARDIAN_PIN / GUARDIAN_SO_PIN, else asked on the
@@ -57,6 +60,7 @@ CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
 CK_SLOT_ID slot;
 const char *token_label;
 int assume_yes;
+int json_out;
 
 /* Close what open_token opened (if it ran) and exit with `status`. */
 static void __attribute__((noreturn)) leave(int status)
@@ -69,25 +73,48 @@ static void __attribute__((noreturn)) leave(int status)
     exit(status);
 }
 
+/* --json: the error as the one object on stdout.  Its code is the first
+ * CKR_ name the message gives (the module's answer), else `fallback`. */
+static void json_error(const char *msg, const char *fallback)
+{
+    struct ctl_json j;
+    char code[64];
+    const char *c = strstr(msg, "CKR_");
+    if (c != NULL)
+        snprintf(code, sizeof(code), "%.*s", (int)strspn(c, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"), c);
+    else
+        snprintf(code, sizeof(code), "%s", fallback);
+    ctl_json_begin(&j, stdout);
+    ctl_json_object(&j, NULL);
+    ctl_json_object(&j, "error");
+    ctl_json_string(&j, "code", code);
+    ctl_json_string(&j, "message", msg);
+    ctl_json_end(&j);
+}
+
 void die(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, PROG ": ");
+    char msg[4096];
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    fprintf(stderr, PROG ": %s\n", msg);
+    if (json_out)
+        json_error(msg, "CKR_FUNCTION_FAILED");
     leave(EXIT_REFUSED);
 }
 
 void usage_die(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, PROG ": %s: ", cmd);
+    char msg[4096];
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fprintf(stderr, " (" PROG " %s --help)\n", cmd);
+    fprintf(stderr, PROG ": %s: %s (" PROG " %s --help)\n", cmd, msg, cmd);
+    if (json_out)
+        json_error(msg, "CKR_ARGUMENTS_BAD");
     leave(EXIT_USAGE);
 }
 
@@ -338,8 +365,7 @@ static void write_pem_certs(X509 *a, X509 *sc, const char *out)
         die("cannot write %s", out ? out : "the certificates");
 }
 
-/* The certificate object, or NULL when there is none. */
-static X509 *cert_or_null(CK_OBJECT_HANDLE h)
+X509 *cert_or_null(CK_OBJECT_HANDLE h)
 {
     return h == CK_INVALID_HANDLE ? NULL : cert_from_object(h);
 }
@@ -574,7 +600,7 @@ static int cmd_cert(int argc, char **argv)
 
 /* ---- OEM roots ------------------------------------------------------------------------ */
 
-static CK_ULONG list_roots(CK_OBJECT_HANDLE *out, CK_ULONG max)
+CK_ULONG list_roots(CK_OBJECT_HANDLE *out, CK_ULONG max)
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_BBOOL yes = CK_TRUE;
@@ -602,7 +628,33 @@ static int roots_matching(const char *prefix, CK_OBJECT_HANDLE *match)
     return matches;
 }
 
-static int confirm(const char *question)
+/* One enrolled root as a --json object: subject, sha256, oem_ids (empty: a
+ * root enrolled before roots were bound to OEM IDs). */
+void json_root(struct ctl_json *j, CK_OBJECT_HANDLE h)
+{
+    X509 *x = cert_from_object(h);
+    char fpr[65], *subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+    CK_ULONG len;
+    unsigned char *label = get_attr(h, CKA_LABEL, &len);
+    const char *prefix = "guardian-root:";
+    fingerprint(x, fpr);
+    ctl_json_object(j, NULL);
+    ctl_json_string(j, "subject", subject);
+    ctl_json_string(j, "sha256", fpr);
+    ctl_json_array(j, "oem_ids");
+    if (len > strlen(prefix) && strncmp((char *)label, prefix, strlen(prefix)) == 0)
+        for (char *id = (char *)label + strlen(prefix), *comma; *id != '\0'; id = comma ? comma + 1 : id + strlen(id)) {
+            comma = strchr(id, ',');
+            ctl_json_string_n(j, NULL, id, comma ? (size_t)(comma - id) : strlen(id));
+        }
+    ctl_json_close(j);
+    ctl_json_close(j);
+    free(label);
+    OPENSSL_free(subject);
+    X509_free(x);
+}
+
+int confirm(const char *question)
 {
     char answer[16];
     if (assume_yes)
@@ -613,8 +665,7 @@ static int confirm(const char *question)
     return fgets(answer, sizeof(answer), stdin) != NULL && (answer[0] == 'y' || answer[0] == 'Y');
 }
 
-/* "AB:CD:..." as `openssl x509 -fingerprint -sha256` prints it. */
-static void colon_fingerprint(X509 *x, char out[96])
+void colon_fingerprint(X509 *x, char out[96])
 {
     unsigned char md[32];
     unsigned int n = 0;
@@ -700,10 +751,28 @@ static int cmd_enroll(int argc, char **argv)
     return 0;
 }
 
-static int cmd_list_oems(void)
+/* list-oems --json: {"oem_roots": [{"subject", "sha256", "oem_ids": [...]}]} */
+static int json_list_oems(void)
 {
     CK_OBJECT_HANDLE roots[64];
     CK_ULONG n = list_roots(roots, 64);
+    struct ctl_json j;
+    ctl_json_begin(&j, stdout);
+    ctl_json_object(&j, NULL);
+    ctl_json_array(&j, "oem_roots");
+    for (CK_ULONG i = 0; i < n; i++)
+        json_root(&j, roots[i]);
+    ctl_json_end(&j);
+    return 0;
+}
+
+static int cmd_list_oems(void)
+{
+    CK_OBJECT_HANDLE roots[64];
+    CK_ULONG n;
+    if (json_out)
+        return json_list_oems();
+    n = list_roots(roots, 64);
     for (CK_ULONG i = 0; i < n; i++) {
         X509 *x = cert_from_object(roots[i]);
         char fpr[65], *subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
@@ -816,23 +885,36 @@ static int cmd_import(int argc, char **argv)
         P11(p11->C_GetAttributeValue(session, obj, a, sizeof(a) / sizeof(a[0])));
         oem[a[0].ulValueLen] = '\0';
         product[a[1].ulValueLen] = '\0';
-        printf("imported %s\npackage_id=", argv[1]);
-        for (int i = 0; i < 16; i++)
-            printf("%02x", id[i]);
-        printf("\noem_id=%s\nproduct_id=%s\nrelease=%lu\nauthorised_units=%lu\nremaining_units=%lu\nnot_after=%lu\n",
-               oem, product, release, authorised, remaining, not_after);
+        if (json_out) {
+            struct ctl_json j;
+            ctl_json_begin(&j, stdout);
+            ctl_json_object(&j, NULL);
+            ctl_json_string(&j, "imported", argv[1]);
+            ctl_json_hex(&j, "package_id", id, sizeof(id));
+            ctl_json_string(&j, "oem_id", oem);
+            ctl_json_string(&j, "product_id", product);
+            ctl_json_uint(&j, "release", release);
+            ctl_json_uint(&j, "authorised_units", authorised);
+            ctl_json_uint(&j, "remaining_units", remaining);
+            ctl_json_time(&j, "not_after", (int64_t)not_after);
+            ctl_json_end(&j);
+            return 0;
+        }
+        {
+            char when[32];
+            ctl_iso8601((int64_t)not_after, when);
+            printf("imported %s\npackage_id=", argv[1]);
+            for (int i = 0; i < 16; i++)
+                printf("%02x", id[i]);
+            printf("\noem_id=%s\nproduct_id=%s\nrelease=%lu\nauthorised_units=%lu\nremaining_units=%lu\n"
+                   "not_after=%s\nnot_after_unix=%lu\n",
+                   oem, product, release, authorised, remaining, when, not_after);
+        }
     }
     return 0;
 }
 
 /* ---- products and the Guardian's state, through the module ------------------------------------ */
-
-/* An installed product as its CKO_GUARDIAN_PACKAGE object describes it (the
- * module reads the object's counters live from its store). */
-struct product {
-    char oem[GUARDIAN_ID_MAX + 1], product[GUARDIAN_ID_MAX + 1];
-    CK_ULONG release, authorised, issued, remaining, not_after;
-};
 
 static int product_order(const void *a, const void *b)
 {
@@ -845,7 +927,7 @@ static int product_order(const void *a, const void *b)
  * objects the module serves (one per installed release, CKA_PRIVATE FALSE: no
  * login needed), so the same through p11-kit-client.so as in-process, and
  * nothing of the state directory is read here.  *out is malloc'd. */
-static size_t list_products(struct product **out)
+size_t list_products(struct product **out)
 {
     CK_OBJECT_CLASS cls = CKO_GUARDIAN_PACKAGE;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
@@ -861,11 +943,12 @@ static size_t list_products(struct product **out)
                             {CKA_GUARDIAN_AUTHORISED_UNITS, &p[i].authorised, sizeof(CK_ULONG)},
                             {CKA_GUARDIAN_ISSUED_UNITS, &p[i].issued, sizeof(CK_ULONG)},
                             {CKA_GUARDIAN_REMAINING_UNITS, &p[i].remaining, sizeof(CK_ULONG)},
-                            {CKA_GUARDIAN_NOT_AFTER, &p[i].not_after, sizeof(CK_ULONG)}};
+                            {CKA_GUARDIAN_NOT_AFTER, &p[i].not_after, sizeof(CK_ULONG)},
+                            {CKA_GUARDIAN_PACKAGE_ID, p[i].package_id, sizeof(p[i].package_id)}};
         CK_RV rv = p11->C_GetAttributeValue(session, h[i], a, sizeof(a) / sizeof(a[0]));
         if (rv != CKR_OK)
             die("cannot read package object 0x%lx: %s (0x%lx)", (unsigned long)h[i], ckr(rv), (unsigned long)rv);
-        for (size_t k = 2; k < sizeof(a) / sizeof(a[0]); k++)
+        for (size_t k = 2; k < 7; k++)
             if (a[k].ulValueLen != sizeof(CK_ULONG))
                 die("package object 0x%lx: attribute 0x%lx is not a CK_ULONG (%lu bytes): a module of another "
                     "CK_ULONG size?",
@@ -888,23 +971,51 @@ static void print_products(const char *indent)
     for (size_t i = 0; i < n; i++) {
         char when[32];
         time_t t = (time_t)p[i].not_after;
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(when, sizeof(when), "%Y-%m-%d", &tm);
+        ctl_iso8601((int64_t)p[i].not_after, when);
         printf("%s%-16s %-20s %8lu %10lu %10lu %10lu  %s%s\n", indent, p[i].oem, p[i].product, p[i].release,
                p[i].authorised, p[i].issued, p[i].remaining, when, t < time(NULL) ? " (expired)" : "");
     }
     free(p);
 }
 
+/* A product's members in a --json object (docs/guardianctl.md). */
+void json_product(struct ctl_json *j, const struct product *p)
+{
+    ctl_json_string(j, "oem_id", p->oem);
+    ctl_json_string(j, "product_id", p->product);
+    ctl_json_uint(j, "release", p->release);
+    ctl_json_hex(j, "package_id", p->package_id, sizeof(p->package_id));
+    ctl_json_uint(j, "authorised_units", p->authorised);
+    ctl_json_uint(j, "issued_units", p->issued);
+    ctl_json_uint(j, "remaining_units", p->remaining);
+    ctl_json_time(j, "not_after", (int64_t)p->not_after);
+    ctl_json_bool(j, "expired", (time_t)p->not_after < time(NULL));
+}
+
 static int cmd_products(void)
 {
-    print_products("");
+    struct product *p;
+    size_t n;
+    struct ctl_json j;
+    if (!json_out) {
+        print_products("");
+        return 0;
+    }
+    n = list_products(&p);
+    ctl_json_begin(&j, stdout);
+    ctl_json_object(&j, NULL);
+    ctl_json_array(&j, "products");
+    for (size_t i = 0; i < n; i++) {
+        ctl_json_object(&j, NULL);
+        json_product(&j, &p[i]);
+        ctl_json_close(&j);
+    }
+    ctl_json_end(&j);
+    free(p);
     return 0;
 }
 
-/* One "key=value" line of the status text; NULL when absent. */
-static const char *status_value(const struct guardian_status *s, const char *key, char *out, size_t cap)
+const char *status_value(const struct guardian_status *s, const char *key, char *out, size_t cap)
 {
     size_t klen = strlen(key);
     for (const char *line = s->text; *line != '\0';) {
@@ -919,7 +1030,7 @@ static const char *status_value(const struct guardian_status *s, const char *key
     return NULL;
 }
 
-static unsigned long long status_number(const struct guardian_status *s, const char *key)
+unsigned long long status_number(const struct guardian_status *s, const char *key)
 {
     char v[32], *end = NULL;
     unsigned long long n;
@@ -974,7 +1085,7 @@ static void print_state(const struct guardian_status *s)
     time_t t = (time_t)s->audit_head_time;
     struct tm tm;
     if (s->audit_head_seq > 0 && gmtime_r(&t, &tm) != NULL)
-        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+        ctl_iso8601((int64_t)t, when);
     if (s->chain_ok)
         printf("  audit trail   %llu record%s, hash chain intact; head %llu, %s\n", s->audit_records,
                s->audit_records == 1 ? "" : "s", s->audit_head_seq, when);
@@ -1026,26 +1137,41 @@ static void print_state(const struct guardian_status *s)
     }
 }
 
+const char *state_unsound(const struct guardian_status *s, const char **code)
+{
+    static char msg[PATH_MAX + 512];
+    *code = "CKR_GUARDIAN_STATE_ROLLBACK";
+    if (strcmp(s->anchor, "behind") == 0)
+        snprintf(msg, sizeof(msg),
+                 "the Guardian state in %s is older than the token's anchor (CKR_GUARDIAN_STATE_ROLLBACK): a restored "
+                 "backup, a deleted or swapped guardian.db, or another state directory; put the Guardian's current "
+                 "state back, nothing is granted from this one",
+                 s->state_dir);
+    else if (strcmp(s->anchor, "invalid") == 0)
+        snprintf(msg, sizeof(msg),
+                 "the token's state anchor is not one the Guardian wrote (CKR_GUARDIAN_STATE_ROLLBACK): the token was "
+                 "changed outside the Guardian; nothing is granted until it is put right");
+    else if (!s->chain_ok) {
+        *code = "CKR_GUARDIAN_AUDIT_CORRUPT";
+        snprintf(msg, sizeof(msg),
+                 "the audit trail in %s is corrupt after record %llu (CKR_GUARDIAN_AUDIT_CORRUPT): a record was "
+                 "altered, removed or reordered; the module's log line names it",
+                 s->state_dir, s->audit_records);
+    } else
+        return NULL;
+    return msg;
+}
+
 void die_if_state_unsound(const struct guardian_status *s)
 {
-    if (strcmp(s->anchor, "behind") == 0)
-        die("the Guardian state in %s is older than the token's anchor (CKR_GUARDIAN_STATE_ROLLBACK): a restored "
-            "backup, a deleted or swapped guardian.db, or another state directory; put the Guardian's current state "
-            "back, nothing is granted from this one",
-            s->state_dir);
-    if (strcmp(s->anchor, "invalid") == 0)
-        die("the token's state anchor is not one the Guardian wrote (CKR_GUARDIAN_STATE_ROLLBACK): the token was "
-            "changed outside the Guardian; nothing is granted until it is put right");
-    if (!s->chain_ok)
-        die("the audit trail in %s is corrupt after record %llu (CKR_GUARDIAN_AUDIT_CORRUPT): a record was "
-            "altered, removed or reordered; the module's log line names it",
-            s->state_dir, s->audit_records);
+    const char *code, *msg = state_unsound(s, &code);
+    if (msg != NULL)
+        die("%s", msg);
 }
 
 /* ---- status ------------------------------------------------------------------------------------ */
 
-/* A fixed-width, blank-padded CK_TOKEN_INFO / CK_INFO field without its padding. */
-static void trimmed(char *out, const CK_UTF8CHAR *field, size_t width)
+void trimmed(char *out, const CK_UTF8CHAR *field, size_t width)
 {
     size_t n = width;
     while (n > 0 && (field[n - 1] == ' ' || field[n - 1] == '\0'))
@@ -1084,13 +1210,7 @@ static void print_token_flags(CK_FLAGS f)
     printf("\n");
 }
 
-/* One line of the probe's text: "<name> <verdict> <CKR> <sentence>". */
-struct probe_line {
-    char name[40], verdict[16], rv[64];
-    const char *sentence;
-};
-
-static int parse_probe_line(char *line, struct probe_line *out)
+int parse_probe_line(char *line, struct probe_line *out)
 {
     int off = 0;
     if (sscanf(line, "%39s %15s %63s %n", out->name, out->verdict, out->rv, &off) != 3 || off == 0)
@@ -1099,20 +1219,15 @@ static int parse_probe_line(char *line, struct probe_line *out)
     return 1;
 }
 
-static int cmd_status(void)
+void status_report(const struct guardian_status *s)
 {
-    struct guardian_status gs;
+    struct guardian_status gs = *s;
     CK_TOKEN_INFO ti;
     CK_OBJECT_HANDLE cert, roots[64], probe_out = CK_INVALID_HANDLE;
     CK_ULONG n_roots, probe_len = 0;
     char field[65], *probe_text = NULL, *save = NULL, *line;
     int n_not = 0;
     CK_RV rv;
-
-    login(CKU_USER);
-    /* What only the store knows, from the module (its configuration and its
-     * state may be another account's: the Guardian service). */
-    read_status(&gs);
 
     P11(p11->C_GetTokenInfo(slot, &ti));
     printf("Token\n");
@@ -1184,7 +1299,7 @@ static int cmd_status(void)
         printf("  none ('" PROG " enroll-oem ROOT.pem --oem-id OEM')\n");
 
     printf("\nProducts\n");
-    print_products("  ");
+    print_status_products(&gs, "  ");
 
     printf("\nGuardian state (checked by the module now)\n");
     print_state(&gs);
@@ -1238,10 +1353,6 @@ static int cmd_status(void)
                "setting removes.)\n");
     printf("Service mode (p11-kit server, next issue) removes that: the operators never hold the backend's PIN.\n");
     free(probe_text);
-    /* Everything is shown; a state that grants nothing ends in a refusal. */
-    die_if_state_unsound(&gs);
-    free(gs.text);
-    return 0;
 }
 
 /* ---- main -------------------------------------------------------------------------------------- */
@@ -1262,20 +1373,12 @@ static int run_products(int argc, char **argv)
     return cmd_products();
 }
 
-static int run_status(int argc, char **argv)
-{
-    if (argc != 1)
-        usage_die("status", "unexpected argument '%s'", argv[1]);
-    need_token();
-    return cmd_status();
-}
-
 /* The commands: their usage, the options they take ("name=" takes a value),
  * main checks a command's options against this
  * table, and answers --help, before anything is loaded or opened. */
 static const struct command {
     const char *name, *args, *about;
-    const char *opts[10];
+    const char *opts[12];
     int (*run)(int argc, char **argv);
 } commands[] = {
     {"init", "[--subject /CN=NAME] [--days N] [--csr FILE] [--out FILE]",
@@ -1286,22 +1389,32 @@ static const struct command {
     {"cert", "[--out FILE]", "print the Guardian certificate, then its signing certificate (PEM)", {"out="}, cmd_cert},
     {"enroll-oem", "ROOT.pem --oem-id OEM [--oem-id OEM...] [--yes]", "trust an OEM root (Security Officer)",
      {"oem-id=", "yes"}, cmd_enroll},
-    {"list-oems", "", "list enrolled OEM roots", {""}, run_list_oems},
+    {"list-oems", "[--json]", "list enrolled OEM roots", {"json"}, run_list_oems},
     {"remove-oem", "FINGERPRINT-PREFIX [--yes]", "remove an OEM root (Security Officer)", {"yes"}, cmd_remove_oem},
-    {"import", "PACKAGE", "import a wrapped package (unwrapped inside the HSM by the module)", {""}, cmd_import},
-    {"products", "", "installed products, quotas, remaining units (the module's package objects)", {""}, run_products},
-    {"status", "",
-     "token, backend, identity, OEM roots, products, the state (audit chain,\n"
-     "anchor; checked by the module now), and what the backend\n"
-     "itself enforces against someone who holds its own PIN",
-     {""}, run_status},
+    {"import", "PACKAGE [--json]", "import a wrapped package (unwrapped inside the HSM by the module)", {"json"},
+     cmd_import},
+    {"products", "[--json]", "installed products, quotas, remaining units (the module's package objects)", {"json"},
+     run_products},
+    {"status", "[--json] [--watch [SECONDS]]",
+     "token, backend, identity, OEM roots, products with the running lines'\n"
+     "rate and ETA, the state (audit chain, anchor; checked by the module\n"
+     "now), and what the backend itself enforces against someone who holds\n"
+     "its own PIN; --watch refreshes every SECONDS (default 2) until Ctrl-C",
+     {"json", "watch"}, run_status},
     {"provision",
      "--product OEM/PRODUCT --count N [--out DIR] [--threads T] [--first K]\n"
-     "    [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet]",
-     "issue certificates for N simulated parts (resumable)",
-     {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet"}, cmd_provision},
-    {"audit", "export [--product OEM/PRODUCT] [--out FILE]",
-     "the audit trail and certificates, signed by the Guardian's signing key", {"product=", "out="}, cmd_audit},
+     "    [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet] [--manifest FILE] [--json]",
+     "issue certificates for N simulated parts (resumable); each is listed\n"
+     "in the manifest (default DIR/manifest.jsonl) once its file is durable",
+     {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet", "manifest=", "json"},
+     cmd_provision},
+    {"retire-ca", "--product OEM/PRODUCT --release N [--yes] [--json]",
+     "destroy a superseded release's production CA key in the token\n"
+     "(recorded in the audit trail; never the installed release's)",
+     {"product=", "release=", "yes", "json"}, cmd_retire_ca},
+    {"audit", "export [--product OEM/PRODUCT] [--out FILE] [--json]",
+     "the audit trail and certificates, signed by the Guardian's signing key", {"product=", "out=", "json"},
+     cmd_audit},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -1442,10 +1555,13 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": unknown command '%s' (" PROG " --help)\n", argv[i]);
         return EXIT_USAGE;
     }
+    for (int j = i + 1; j < argc; j++) /* so that a usage error is JSON too */
+        if (strcmp(argv[j], "--json") == 0)
+            json_out = 1;
     cargv = check_options(cmd, argc - i, argv + i, &cargc);
     for (int j = 1; j < cargc; j++)
-        if (strcmp(cargv[j], "--yes") == 0) {
-            assume_yes = 1;
+        if (strcmp(cargv[j], "--yes") == 0 || strcmp(cargv[j], "--json") == 0) {
+            *(strcmp(cargv[j], "--yes") == 0 ? &assume_yes : &json_out) = 1;
             memmove(cargv + j, cargv + j + 1, (size_t)(cargc - j) * sizeof(*cargv));
             cargc--;
             j--;

@@ -409,7 +409,7 @@ const char *report_parse_record(const char *s, size_t len, struct guardian_audit
     r->encoding = n == 15 ? GUARDIAN_AUDIT_ENCODING_2 : GUARDIAN_AUDIT_ENCODING_1;
     last = n - 1;
     for (int t = GUARDIAN_AUDIT_IMPORT; t <= TYPE_MAX; t++)
-        if (field_is(f[2], fl[2], type_names[t]))
+        if (type_names[t] != NULL && field_is(f[2], fl[2], type_names[t]))
             type = t;
     if (!get_u64(f[1], fl[1], INT64_MAX, &r->seq) || r->seq == 0)
         return "bad record number";
@@ -1522,6 +1522,41 @@ static void check_export(struct vctx *v, const struct rrec *r)
                 (unsigned long long)r->seq, v->products[r->product].name);
 }
 
+/* RETIRE: a superseded release's production CA key destroyed.  Nothing is
+ * counted; the fields must be those the store writes (the IDs, the package
+ * and its release, the operator; serial, device, digest and units zero), the
+ * package one that a record before it imported for that product and
+ * release, not the product's installed one at that point, and retired once. */
+static void check_retire(struct vctx *v, size_t at, const struct rproduct *prod)
+{
+    static const uint8_t zeros[GUARDIAN_HASH_LEN];
+    const struct rrec *r = &v->recs[at];
+    long found = -1;
+
+    if (r->serial != 0 || r->dev_len != 0 || memcmp(r->digest, zeros, sizeof(r->digest)) != 0 || r->units != 0) {
+        problem(v, "record %llu (RETIRE) is malformed: it has no serial, device, digest or units",
+                (unsigned long long)r->seq);
+        return;
+    }
+    for (size_t k = 0; k < v->n_pkgs; k++)
+        if (memcmp(v->pkgs[k].id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0 && v->pkgs[k].product == r->product &&
+            v->pkgs[k].release == r->release)
+            found = (long)k;
+    if (found < 0) {
+        problem(v, "record %llu (RETIRE) retires release %u of %s, which no record before it imported",
+                (unsigned long long)r->seq, r->release, prod->name);
+        return;
+    }
+    if (prod->pkg == found)
+        problem(v, "record %llu (RETIRE) retires release %u of %s while it is the installed release",
+                (unsigned long long)r->seq, r->release, prod->name);
+    for (size_t i = 0; i < at; i++)
+        if (v->recs[i].type == GUARDIAN_AUDIT_RETIRE && v->recs[i].seq != r->seq &&
+            memcmp(v->recs[i].package_id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0)
+            problem(v, "record %llu (RETIRE) retires release %u of %s again (record %llu did)",
+                    (unsigned long long)r->seq, r->release, prod->name, (unsigned long long)v->recs[i].seq);
+}
+
 /* The scope an EXPORT record names, as the scope line writes it. */
 static void export_scope(const struct vctx *v, const struct rrec *r, char *out, size_t cap)
 {
@@ -1602,6 +1637,10 @@ static void check_accounting(struct vctx *v)
             continue;
         }
         prod = &v->products[r->product];
+        if (r->type == GUARDIAN_AUDIT_RETIRE) {
+            check_retire(v, i, prod);
+            continue;
+        }
         if (r->type == GUARDIAN_AUDIT_IMPORT) {
             for (size_t k = 0; k < v->n_pkgs; k++)
                 if (memcmp(v->pkgs[k].id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0)
@@ -1921,6 +1960,18 @@ static void summary(struct vctx *v)
     }
     if (n_exports > CREDENTIAL_LINES_SHOWN)
         say(v, "(%zu more export records not shown)\n", n_exports - CREDENTIAL_LINES_SHOWN);
+    /* Retired production CA keys, in trail order: which release, when, by whom. */
+    for (size_t i = 0; i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i];
+        char when[32], pkg[2 * GUARDIAN_PACKAGE_ID_LEN + 1];
+        if (r->type != GUARDIAN_AUDIT_RETIRE || (i > 0 && r->seq == v->recs[i - 1].seq))
+            continue;
+        iso8601(r->time, when);
+        report_hex(pkg, r->package_id, sizeof(r->package_id));
+        say(v, "retired    record %llu %s by %s: the production CA key of %s release %u (package %s)\n",
+            (unsigned long long)r->seq, when, operator_label(v, r->op), v->products[r->product].name, r->release,
+            pkg);
+    }
     if (own_export != NULL) {
         char when[32];
         iso8601(own_export->time, when);
@@ -2015,11 +2066,8 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
     memset(&v, 0, sizeof(v));
     v.in = in;
     if (parse(&v, data, len)) {
-        time_t t = (time_t)v.exported;
-        struct tm tm;
         char *subject = X509_NAME_oneline(X509_get_subject_name(v.guardian), NULL, 0);
-        if (gmtime_r(&t, &tm) == NULL || strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
-            strcpy(when, "?");
+        iso8601(v.exported, when);
         fingerprint_hex(v.guardian, fpr);
         say(&v, "report     %s: %zu records (head %llu), %zu redacted, %zu certificates, exported %s, scope %s%s%s\n",
             in->name ? in->name : "-", v.n_recs, (unsigned long long)v.head_seq, v.n_redacted, v.n_certs, when,

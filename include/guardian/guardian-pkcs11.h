@@ -168,6 +168,19 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * bytes BE), certificate length (4, BE), the DER.  The call returns CKR_OK
  * when at least one certificate was issued, else the first entry's CKR. */
 #define CKG_GUARDIAN_REQ_DEVICE_CERTS 10UL
+/* 11: CKG_GUARDIAN_REQ_PART_OUTCOME (issue #11, helper "outcomes"). */
+/* Read-write user session: retire a superseded release's production CA key.
+ * CKA_GUARDIAN_OEM_ID, CKA_GUARDIAN_PRODUCT_ID, CKA_GUARDIAN_RELEASE name an
+ * imported release that is not the installed one.  The module records a
+ * RETIRE audit record (the operator, the package ID, the release), then
+ * destroys that release's production CA private key and its certificate
+ * object in the backend.  Refused: the installed release
+ * (CKR_GUARDIAN_RELEASE_CURRENT), a release never imported
+ * (CKR_GUARDIAN_PRODUCT_UNKNOWN), one retired already whose key is gone
+ * (CKR_GUARDIAN_CA_RETIRED; a recorded one whose key a crash left is
+ * destroyed, without a second record).  Returns a session CKO_DATA object
+ * "guardian-output:retire-ca", "key=value" lines (docs/vendor-interface.md). */
+#define CKG_GUARDIAN_REQ_RETIRE_CA 12UL
 
 /* ---- Return values ----------------------------------------------------- */
 
@@ -220,6 +233,12 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY (CKR_GUARDIAN_BASE | 0x0026UL)
 /* The base key belongs to a release that a newer one has replaced. */
 #define CKR_GUARDIAN_PACKAGE_SUPERSEDED (CKR_GUARDIAN_BASE | 0x0027UL)
+/* CKG_GUARDIAN_REQ_RETIRE_CA: the release named is the installed one; its
+ * production CA key is the line's and is never retired. */
+#define CKR_GUARDIAN_RELEASE_CURRENT (CKR_GUARDIAN_BASE | 0x002cUL)
+/* CKG_GUARDIAN_REQ_RETIRE_CA: that release's production CA key was retired
+ * already (its RETIRE record exists and the key is gone). */
+#define CKR_GUARDIAN_CA_RETIRED (CKR_GUARDIAN_BASE | 0x002dUL)
 
 /* 0x0030..0x003F: the Guardian's durable state (store). */
 /* The state store cannot be opened, read or written (see the log line). */

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1184,7 +1185,7 @@ static void test_status(void **st)
     /* A new Guardian: an empty trail, no anchor, no product; the paths are
      * the module's configuration (from the environment here). */
     status_in(s, text, sizeof(text));
-    assert_true(strncmp(text, "version=2\n", 10) == 0);
+    assert_true(strncmp(text, "version=3\n", 10) == 0);
     STATUS_IS(text, "backend", test_softhsm_path());
     STATUS_IS(text, "configuration", "");
     STATUS_IS(text, "state_dir", path("state"));
@@ -1201,6 +1202,13 @@ static void test_status(void **st)
     STATUS_IS(text, "operators_locked", "0");
     STATUS_IS(text, "records_credential", "0");
     STATUS_IS(text, "records_export", "0");
+    /* The rate's window and the module's clock; no product, no rate line. */
+    STATUS_IS(text, "rate_window", "60");
+    {
+        long long now = strtoll(status_of(text, "now"), NULL, 10);
+        assert_true(now <= (long long)time(NULL) && now >= (long long)time(NULL) - 5);
+    }
+    assert_null(strstr(text, "issued_recent."));
     /* No secret and nothing of the token's PINs: only the documented keys. */
     assert_null(strstr(text, TEST_PIN "\n"));
 
@@ -1225,6 +1233,7 @@ static void test_status(void **st)
     snprintf(units, sizeof(units), "%lu", (unsigned long)ulong_of(pkg, CKA_GUARDIAN_AUTHORISED_UNITS));
     STATUS_IS(text, "units_authorised", units);
     STATUS_IS(text, "units_remaining", units);
+    STATUS_IS(text, "issued_recent.ACME/SENSOR-1", "0");
     assert_int_not_equal(strcmp(status_of(text, "audit_head_hash"),
                                 "0000000000000000000000000000000000000000000000000000000000000000"),
                          0);
@@ -1237,6 +1246,8 @@ static void test_status(void **st)
     STATUS_IS(text, "records_reserve", "1");
     STATUS_IS(text, "records_issue", "1");
     STATUS_IS(text, "audit_chain", "ok");
+    /* The running line's count: that ISSUE record is within the last 60 s. */
+    STATUS_IS(text, "issued_recent.ACME/SENSOR-1", "1");
     assert_true(strcmp(status_of(text, "anchor"), "agrees") == 0 || strcmp(status_of(text, "anchor"), "store-ahead") == 0);
     snprintf(units, sizeof(units), "%lu", (unsigned long)ulong_of(pkg, CKA_GUARDIAN_ISSUED_UNITS));
     STATUS_IS(text, "units_issued", units);
@@ -1273,6 +1284,109 @@ static void test_status(void **st)
     STATUS_IS(text, "audit_chain", "corrupt");
     STATUS_IS(text, "audit_records", "1");
     STATUS_IS(text, "audit_head_seq", "1");
+    EVP_PKEY_free(k);
+}
+
+/* ---- retiring a superseded release's CA key (CKG_GUARDIAN_REQ_RETIRE_CA) ----------------- */
+
+static CK_RV req_retire(CK_SESSION_HANDLE session, const char *product, CK_ULONG release, CK_OBJECT_HANDLE *out)
+{
+    CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_OEM_ID, "ACME", 4},
+                        {CKA_GUARDIAN_PRODUCT_ID, (void *)product, (CK_ULONG)strlen(product)},
+                        {CKA_GUARDIAN_RELEASE, &release, sizeof(release)}};
+    return request(session, CKG_GUARDIAN_REQ_RETIRE_CA, t, 3, out);
+}
+
+static void test_retire_ca(void **st)
+{
+    static char text[8192];
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    unsigned char spki[1100];
+    char value[1024];
+    size_t n = spki_of(k, spki);
+    struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, "RT-1", 4, spki, n};
+    CK_OBJECT_HANDLE old_obj = 0, new_obj = 0, h = 0;
+    CK_SESSION_HANDLE ro = CK_INVALID_HANDLE;
+    CK_BYTE old_id[16];
+    const char *r3 = "guardian:ACME/SENSOR-1/r3:production-ca", *r3_cert = "guardian:ACME/SENSOR-1/r3:production-ca-cert0";
+    (void)st;
+
+    /* Release 3 installed: its key is the line's, never retired. */
+    assert_int_equal(req_import("good.gpk", &old_obj), CKR_OK);
+    package_id_of(old_obj, old_id);
+    assert_int_equal(req_retire(s, "SENSOR-1", 3, &h), CKR_GUARDIAN_RELEASE_CURRENT);
+    /* Release 4 replaces it; 4 is now the one refused. */
+    assert_int_equal(req_import("newer.gpk", &new_obj), CKR_OK);
+    assert_int_equal(req_retire(s, "SENSOR-1", 4, &h), CKR_GUARDIAN_RELEASE_CURRENT);
+    /* A release, or a product, never imported. */
+    assert_int_equal(req_retire(s, "SENSOR-1", 2, &h), CKR_GUARDIAN_PRODUCT_UNKNOWN);
+    assert_int_equal(req_retire(s, "NO-SUCH", 3, &h), CKR_GUARDIAN_PRODUCT_UNKNOWN);
+    /* A read-only session, a request without its release, a release that is no number. */
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &ro), CKR_OK);
+    assert_int_equal(req_retire(ro, "SENSOR-1", 3, &h), CKR_SESSION_READ_ONLY);
+    assert_int_equal(m->C_CloseSession(ro), CKR_OK);
+    {
+        CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_OEM_ID, "ACME", 4}, {CKA_GUARDIAN_PRODUCT_ID, "SENSOR-1", 8}};
+        assert_int_equal(request(s, CKG_GUARDIAN_REQ_RETIRE_CA, t, 2, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    }
+    assert_int_equal(req_retire(s, "SENSOR-1", (CK_ULONG)UINT32_MAX + 1, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    /* Nothing of that was recorded or destroyed. */
+    assert_int_not_equal(find_one(CKO_PRIVATE_KEY, CKA_LABEL, r3, (CK_ULONG)strlen(r3)), CK_INVALID_HANDLE);
+    assert_int_not_equal(find_one(CKO_CERTIFICATE, CKA_LABEL, r3_cert, (CK_ULONG)strlen(r3_cert)), CK_INVALID_HANDLE);
+    status_in(s, text, sizeof(text));
+    STATUS_IS(text, "records_retire", "0");
+
+    /* Release 3: recorded, then its CA key and certificate destroyed; release 4's stay. */
+    assert_int_equal(req_retire(s, "SENSOR-1", 3, &h), CKR_OK);
+    {
+        char label[64];
+        CK_ATTRIBUTE a[] = {{CKA_LABEL, label, sizeof(label) - 1}, {CKA_VALUE, value, sizeof(value) - 1}};
+        assert_int_equal(m->C_GetAttributeValue(s, h, a, 2), CKR_OK);
+        label[a[0].ulValueLen] = '\0';
+        value[a[1].ulValueLen] = '\0';
+        assert_string_equal(label, "guardian-output:retire-ca");
+        assert_non_null(strstr(value, "release=3\n"));
+        assert_non_null(strstr(value, "recorded_now=yes\n"));
+        assert_non_null(strstr(value, "keys_destroyed=1\ncertificates_destroyed=1\n"));
+    }
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    assert_int_equal(find_one(CKO_PRIVATE_KEY, CKA_LABEL, r3, (CK_ULONG)strlen(r3)), CK_INVALID_HANDLE);
+    assert_int_equal(find_one(CKO_CERTIFICATE, CKA_LABEL, r3_cert, (CK_ULONG)strlen(r3_cert)), CK_INVALID_HANDLE);
+    assert_int_not_equal(ca_key("SENSOR-1", 4), CK_INVALID_HANDLE);
+    /* Twice: refused, nothing more recorded. */
+    assert_int_equal(req_retire(s, "SENSOR-1", 3, &h), CKR_GUARDIAN_CA_RETIRED);
+    /* Derive for release 3 is refused: the token holds no CA key of it now
+     * (found missing before the store would say superseded); 4 issues. */
+    assert_int_equal(req_cert_in(s, old_id, NULL, &d, NULL, 0, &h), CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY);
+    assert_int_equal(req_cert_in(s, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_OK);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    status_in(s, text, sizeof(text));
+    STATUS_IS(text, "records_retire", "1");
+    STATUS_IS(text, "audit_chain", "ok");
+    /* The one RETIRE record: type 10, the IDs, the package, the release; nothing else. */
+    {
+        sqlite3 *db = NULL;
+        sqlite3_stmt *q = NULL;
+        assert_int_equal(sqlite3_open_v2(path("state/guardian.db"), &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db,
+                                            "SELECT oem_id, product_id, release_version, serial, length(device_id), "
+                                            "authorised_units, package_id, operator FROM audit WHERE type = 10",
+                                            -1, &q, NULL),
+                         SQLITE_OK);
+        assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+        assert_string_equal((const char *)sqlite3_column_text(q, 0), "ACME");
+        assert_string_equal((const char *)sqlite3_column_text(q, 1), "SENSOR-1");
+        assert_int_equal(sqlite3_column_int64(q, 2), 3);
+        assert_int_equal(sqlite3_column_int64(q, 3), 0);
+        assert_int_equal(sqlite3_column_int64(q, 4), 0);
+        assert_int_equal(sqlite3_column_int64(q, 5), 0);
+        assert_int_equal(sqlite3_column_bytes(q, 6), 16);
+        assert_memory_equal(sqlite3_column_blob(q, 6), old_id, 16);
+        assert_string_equal((const char *)sqlite3_column_text(q, 7), ""); /* no Guardian operator outside service mode */
+        assert_int_equal(sqlite3_step(q), SQLITE_DONE);
+        sqlite3_finalize(q);
+        sqlite3_close(db);
+    }
     EVP_PKEY_free(k);
 }
 
@@ -1375,6 +1489,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_certs_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_certs_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retire_ca, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status_service_mode, setup_service, teardown_service),
     };
     return cmocka_run_group_tests_name("integration: Guardian requests = mechanisms", tests, NULL, NULL);
