@@ -102,6 +102,10 @@ struct guardian_config {
     char backend_pin_file[PATH_MAX];
     char backend_so_pin_file[PATH_MAX]; /* the backend SO's, for the Guardian SO */
     uint32_t pin_kdf_n;                 /* scrypt N for new Guardian PINs */
+    /* Set when guardian_config_load failed because nothing configures the
+     * module: no file at the default path, no GUARDIAN_CONF, no
+     * GUARDIAN_BACKEND (C_Initialize: CKR_GUARDIAN_NOT_CONFIGURED, quietly). */
+    bool unconfigured;
 };
 
 #define GUARDIAN_PIN_KDF_N_MIN 1024u
