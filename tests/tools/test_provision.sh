@@ -98,9 +98,11 @@ expect "unknown product" 1 "not installed" -- "$CTL" provision --product ACME/NO
 expect "bad count" 1 "--count must be" -- "$CTL" provision --product ACME/RUN --count 0
 
 # ---- 2 processes x 2 threads racing a quota of 50 -------------------------------------------
-"$CTL" provision --product ACME/RACE --count 100 --threads 2 --prefix A- --out race-a >race-a.out 2>&1 &
+# Each asks for all 50 (a --count beyond the remaining units is refused before
+# the start: test_errors.sh), together twice the quota.
+"$CTL" provision --product ACME/RACE --count 50 --threads 2 --prefix A- --out race-a >race-a.out 2>&1 &
 a=$!
-"$CTL" provision --product ACME/RACE --count 100 --threads 2 --prefix B- --out race-b >race-b.out 2>&1 &
+"$CTL" provision --product ACME/RACE --count 50 --threads 2 --prefix B- --out race-b >race-b.out 2>&1 &
 b=$!
 wait $a
 wait $b
