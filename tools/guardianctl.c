@@ -22,7 +22,8 @@
  * GUARDIAN_TOKEN); PINs from GUARDIAN_PIN / GUARDIAN_SO_PIN, else asked on the
  * terminal.  --version; --help on its own or after any command, answered
  * (like every usage error, exit 2) before the module is loaded.  Exit 0 done,
- * 1 refused or failed, 2 usage, 130 provision interrupted.  docs/guardianctl.md.
+ * 1 refused or failed, 2 usage, 130 interrupted (provision, a PIN prompt): the
+ * same as guardian-wrap.  docs/guardianctl.md, guardianctl(1).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -1546,14 +1547,14 @@ static void usage(FILE *f)
         }
     }
     fprintf(f, "PINs: GUARDIAN_PIN, GUARDIAN_SO_PIN, else asked on the terminal.\n"
-               "Exit status: 0 done; 1 refused or failed; 2 usage error; 130 provision interrupted.\n");
+               "Exit status (as guardian-wrap): 0 done; 1 refused or failed; 2 usage error; 130 interrupted.\n");
 }
 
 static void command_usage(const struct command *c)
 {
     printf("usage: " PROG " [--module PATH] [--token LABEL] %s %s\n%s\n", c->name, c->args, c->about);
-    printf("docs/guardianctl.md; exit status: 0 done, 1 refused or failed, 2 usage error%s.\n",
-           strcmp(c->name, "provision") == 0 ? ", 130 interrupted" : "");
+    printf("guardianctl(1), docs/guardianctl.md; exit status: 0 done, 1 refused or failed, 2 usage error, "
+           "130 interrupted.\n");
 }
 
 /* 1 if `arg` ("--name" or "--name=value") is one of c's options; *takes_value
