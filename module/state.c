@@ -366,6 +366,7 @@ static CK_RV state_dir_usable(const char *dir)
 static CK_RV state_store(struct guardian_store **out, bool quiet)
 {
     struct stat st_dir;
+    struct statvfs vfs;
     CK_RV rv = CKR_GENERAL_ERROR;
 
     pthread_mutex_lock(&init_lock);
@@ -382,6 +383,21 @@ static CK_RV state_store(struct guardian_store **out, bool quiet)
                 guardian_warn("store",
                               "the state directory %s (%s) does not exist: no product is shown; mount its file "
                               "system or correct the setting",
+                              config.state_dir, state_dir_origin(origin, sizeof(origin)));
+            }
+            rv = CKR_GUARDIAN_STORE_FAILED;
+            goto out;
+        }
+        if (quiet && statvfs(config.state_dir, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) != 0) {
+            /* SQLite cannot open it there (its -shm): say why, once, rather
+             * than the raw open error, and show no product. */
+            static bool said_ro;
+            char origin[PATH_MAX + 32];
+            if (!said_ro) {
+                said_ro = true;
+                guardian_warn("store",
+                              "the state directory %s (%s) is on a read-only file system: no product is shown; "
+                              "remount it read-write",
                               config.state_dir, state_dir_origin(origin, sizeof(origin)));
             }
             rv = CKR_GUARDIAN_STORE_FAILED;

@@ -157,6 +157,12 @@ if [ "$(id -u)" -eq 0 ] && unshare -m true 2>/dev/null; then
     expect_rc "CKR_GUARDIAN_STATE_UNAVAILABLE named" 1 "CKR_GUARDIAN_STATE_UNAVAILABLE" -- \
         unshare -m --propagation private sh -c 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"' \
         sh "$work/state" "$CTL" "${prov[@]}" --count 1 --out s3
+    out=$(unshare -m --propagation private sh -c 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"' \
+        sh "$work/state" "$CTL" products 2>&1)
+    output_matches "state dir read-only: products says so" \
+        "^guardian\[[0-9]+\]: warn: store: the state directory $work/state .*read-only file system: no product is shown" "$out"
+    grep -q "cannot open" <<<"$out" && shown_ko "state dir read-only: SQLite's open error shown" "$out" ||
+        ok "state dir read-only: one line, not SQLite's open error"
 else
     chmod 500 state
     expect_rc "state dir not writable: which, what, what to do" 1 "state directory $work/state .*is not writable.*chmod 700" -- \
