@@ -497,6 +497,10 @@ void write_output(const char *path, const void *data, size_t len, int force)
     }
     if (force ? rename(tmp, path) != 0 : link(tmp, path) != 0) {
         e = errno;
+        /* A file system without hard links (vfat, some FUSE): rename, which
+         * is still atomic, if the name is still free. */
+        if (!force && (e == EPERM || e == EOPNOTSUPP) && access(path, F_OK) != 0 && rename(tmp, path) == 0)
+            return;
         unlink(tmp);
         if (e == EEXIST)
             die("%s appeared meanwhile: not overwritten (give --force to replace it)", path);
