@@ -16,12 +16,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,6 +51,7 @@
  * be read, a report that does not verify), 2 a usage error: nothing read. */
 #define EXIT_REFUSED 1
 #define EXIT_USAGE 2
+#define EXIT_INTERRUPTED 130 /* a passphrase prompt ended by SIGINT/SIGTERM */
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -102,7 +105,8 @@ static void bad_option(const char *cmd, int c, char **argv)
 struct passin {
     const char *spec;
     char value[1024];
-    int resolved, asked;
+    int resolved, asked, typed; /* typed: asked on the terminal */
+    const char *path;           /* the key being read, for the prompt */
 };
 
 static int passin_spec_valid(const char *spec)
@@ -170,15 +174,70 @@ static void passin_wipe(struct passin *p)
     p->resolved = 0;
 }
 
-/* OpenSSL's pem_password_cb: the --passin passphrase; without one, the
- * terminal as openssl would ask; without a terminal, none (the caller says). */
+/* The terminal as it was before the passphrase prompt turned its echo off:
+ * SIGINT, SIGTERM, SIGHUP or SIGQUIT during the prompt put it back and end the
+ * run with 130 (OpenSSL's own prompt, PEM_def_callback, swallowed Ctrl-C and
+ * went on waiting for a line: measured). */
+static struct termios prompt_saved;
+static volatile sig_atomic_t prompt_echo_off;
+
+static void prompt_signal(int sig)
+{
+    (void)sig;
+    if (prompt_echo_off)
+        tcsetattr(STDIN_FILENO, TCSANOW, &prompt_saved);
+    if (write(STDERR_FILENO, "\n", 1) < 0) {
+        /* nothing left to do */
+    }
+    _exit(EXIT_INTERRUPTED);
+}
+
+/* One line from the terminal (stdin) with its echo off; -1 when it cannot. */
+static int prompt_passphrase(const char *path, char *buf, int size)
+{
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+    struct sigaction sa, before[4];
+    struct termios quiet;
+    size_t n;
+    int ok;
+
+    if (tcgetattr(STDIN_FILENO, &prompt_saved) != 0)
+        return -1;
+    fprintf(stderr, "Enter the pass phrase of %s: ", path);
+    fflush(stderr);
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = prompt_signal;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < 4; i++)
+        sigaddset(&sa.sa_mask, sigs[i]);
+    for (size_t i = 0; i < 4; i++)
+        sigaction(sigs[i], &sa, &before[i]);
+    quiet = prompt_saved;
+    quiet.c_lflag &= (tcflag_t)~ECHO;
+    prompt_echo_off = 1;
+    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
+    ok = read_line_fd(STDIN_FILENO, buf, (size_t)size);
+    tcsetattr(STDIN_FILENO, TCSANOW, &prompt_saved);
+    prompt_echo_off = 0;
+    for (size_t i = 0; i < 4; i++)
+        sigaction(sigs[i], &before[i], NULL);
+    fputc('\n', stderr);
+    n = strlen(buf);
+    return ok ? (int)n : -1;
+}
+
+/* OpenSSL's pem_password_cb: the --passin passphrase; without one, asked on
+ * the terminal; without a terminal, none (the caller says). */
 static int passin_cb(char *buf, int size, int rwflag, void *u)
 {
     struct passin *p = u;
     size_t len;
+    (void)rwflag;
     p->asked = 1;
-    if (p->spec == NULL)
-        return isatty(STDIN_FILENO) ? PEM_def_callback(buf, size, rwflag, NULL) : -1;
+    if (p->spec == NULL) {
+        p->typed = isatty(STDIN_FILENO);
+        return p->typed ? prompt_passphrase(p->path, buf, size) : -1;
+    }
     passin_resolve(p);
     len = strlen(p->value);
     if (len >= (size_t)size)
@@ -328,11 +387,14 @@ static EVP_PKEY *read_private_key(const char *path, struct passin *pass)
     data = read_all(path, 1 << 20, &len);
     bio = BIO_new_mem_buf(data, (int)len);
     pass->asked = 0;
+    pass->path = path;
     k = PEM_read_bio_PrivateKey(bio, NULL, passin_cb, pass);
     if (k == NULL && pass->asked) {
         OPENSSL_cleanse(data, len);
         free(data);
         BIO_free(bio);
+        if (pass->spec == NULL && pass->typed)
+            die("cannot decrypt %s with the passphrase typed (wrong passphrase?)", path);
         if (pass->spec == NULL)
             die("%s is encrypted: give its passphrase with --passin pass:TEXT|env:VAR|file:PATH|fd:N|stdin (no terminal "
                 "to ask on)",

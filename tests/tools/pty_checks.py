@@ -3,7 +3,7 @@
 
   pty_checks.py echo CMD...
       Runs CMD on a pseudo-terminal (stdin, stdout, stderr) with no PIN in the
-      environment, waits for its PIN prompt, checks the prompt turned the
+      environment, waits for its PIN (or passphrase) prompt, checks the prompt turned the
       terminal's ECHO off, sends SIGINT (or $SIGNAL: TERM), and checks that CMD
       exited 130 and the terminal has ECHO again (what `stty -a` shows as
       "echo").
@@ -50,7 +50,7 @@ def check_echo(cmd):
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k not in ("GUARDIAN_PIN", "GUARDIAN_SO_PIN")}
     p = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
-    out, seen = read_until(master, rb"PIN: ", 30)
+    out, seen = read_until(master, rb"(PIN|pass phrase of .*): ", 30)
     if not seen:
         p.kill()
         print("no PIN prompt; output: %r" % out)

@@ -106,6 +106,10 @@ expect_rc "SIGINT at the PIN prompt: echo restored, exit 130" 0 "on again after 
     python3 "$HERE/pty_checks.py" echo "$CTL" status
 expect_rc "SIGTERM at the PIN prompt: echo restored, exit 130" 0 "on again after SIGTERM" -- \
     env SIGNAL=TERM python3 "$HERE/pty_checks.py" echo "$CTL" status
+# guardian-wrap's passphrase prompt (an encrypted key, no --passin, a terminal).
+expect_rc "SIGINT at guardian-wrap's passphrase prompt: echo restored, exit 130" 0 "on again after SIGINT" -- \
+    python3 "$HERE/pty_checks.py" echo "$W" "${base[@]/signer.key/signer-enc.key}" --out tty.gpk
+[ ! -e tty.gpk ] && ok "an interrupted passphrase prompt writes nothing" || ko "tty.gpk written after SIGINT"
 
 # ---- item 6: errors that say what to do ----------------------------------------------------
 prov=(provision --product ACME/ERR-1)
