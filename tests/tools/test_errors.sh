@@ -35,6 +35,11 @@ base=(create --guardian-cert guardian.pem --signer-key signer.key --signer-cert 
 "$W" "${base[@]}" --out err.gpk >/dev/null 2>&1 || ko "guardian-wrap create"
 "$CTL" import err.gpk >/dev/null 2>&1 || ko "import"
 
+# An ASan-built module (tests/run-all.sh's second build) needs its runtime
+# preloaded into stock tools (p11-kit) and beside libfaketime (as in
+# test_boundary.sh).
+asan_rt=$(ldd "$M" 2>/dev/null | awk '/libasan/ {print $3; exit}')
+
 # issued: the product's issued count; records: the audit trail's length.
 issued() { "$CTL" products 2>/dev/null | awk '$1 == "ACME" && $2 == "ERR-1" { print $5 }'; }
 records() { "$CTL" status 2>/dev/null | sed -n 's/^ *audit trail *\([0-9]*\) record.*/\1/p'; }
@@ -178,7 +183,8 @@ unspent "state directory missing, empty or read-only"
 # The module's error line once, not once per thread: four workers refused for
 # the same reason (a clock behind the trail) print one line.
 if command -v faketime >/dev/null; then
-    out=$(faketime -f '-2d' "$CTL" "${prov[@]}" --count 4 --threads 4 --out clock 2>&1)
+    out=$(env FAKETIME_DONT_FAKE_MONOTONIC=1 ${asan_rt:+ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0} \
+        timeout 120 faketime -f '-2d' "$CTL" "${prov[@]}" --count 4 --threads 4 --out clock 2>&1)
     n=$(grep -c "^guardian\[[0-9]*\]: error: .*clock" <<<"$out")
     [ "$n" = 1 ] && ok "one module error line for 4 threads" || shown_ko "module error lines for 4 threads: $n, not 1" "$out"
     ISSUED=$(issued) RECORDS=$(records)
@@ -192,20 +198,26 @@ expect_rc "unconfigured module: guardianctl says so" 1 "is not configured: no co
     env -u GUARDIAN_BACKEND -u GUARDIAN_STATE_DIR "$CTL" products
 out=$(env -u GUARDIAN_BACKEND -u GUARDIAN_STATE_DIR "$CTL" products 2>&1)
 grep -q "^guardian\[" <<<"$out" && shown_ko "unconfigured: the module wrote to stderr" "$out" || ok "unconfigured: no module line on stderr"
-if command -v p11-kit >/dev/null; then
+if [ -n "$asan_rt" ]; then
+    # p11-kit loads every registered module; with the ASan runtime preloaded
+    # into it, one of Debian's (tpm2, opensc) never returns (measured): the
+    # p11-kit cases run in the normal build.
+    echo "SKIP p11-kit list-modules with an ASan-built module (runs in the normal build)"
+elif command -v p11-kit >/dev/null; then
     if [ "$(id -u)" -eq 0 ]; then MODDIR=/etc/pkcs11/modules; else MODDIR=$HOME/.config/pkcs11/modules; fi
     MODFILE=$MODDIR/guardian-errors-test-$$.module
     if mkdir -p "$MODDIR" && printf 'module: %s\ncritical: no\n' "$M" >"$MODFILE"; then
         cleanup+=("rm -f '$MODFILE'")
-        out=$(env -i PATH="$PATH" HOME="${HOME:-/root}" p11-kit list-modules 2>&1 >/dev/null)
+        out=$(env -i PATH="$PATH" HOME="${HOME:-/root}" timeout 60 p11-kit list-modules 2>&1 >/dev/null)
+        [ $? -eq 124 ] && ko "p11-kit list-modules did not return in 60 s"
         grep -qi "guardian" <<<"$out" && shown_ko "p11-kit list-modules, unconfigured: the module spoke on stderr" "$out" ||
             ok "p11-kit list-modules, unconfigured: nothing from the module on stderr"
-        out=$(env -i PATH="$PATH" HOME="${HOME:-/root}" p11-kit list-modules 2>/dev/null)
+        out=$(env -i PATH="$PATH" HOME="${HOME:-/root}" timeout 60 p11-kit list-modules 2>/dev/null)
         grep -q "guardian-errors-test-$$" <<<"$out" && shown_ko "unconfigured: p11-kit lists the module" "$out" ||
             ok "unconfigured: p11-kit skips the module (C_Initialize failed quietly)"
         # The same registration, configured: listed (the test can tell).
         out=$(env -i PATH="$PATH" HOME="${HOME:-/root}" SOFTHSM2_CONF="$SOFTHSM2_CONF" GUARDIAN_BACKEND="$GUARDIAN_BACKEND" \
-            GUARDIAN_STATE_DIR="$work/state" p11-kit list-modules 2>/dev/null)
+            GUARDIAN_STATE_DIR="$work/state" timeout 60 p11-kit list-modules 2>/dev/null)
         grep -q "guardian-errors-test-$$" <<<"$out" && ok "configured: p11-kit lists the module" ||
             shown_ko "configured: p11-kit does not list the module" "$out"
     else
