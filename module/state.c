@@ -389,33 +389,31 @@ static CK_RV state_store(struct guardian_store **out, bool quiet)
         goto out;
     }
     if (store == NULL) {
-        if (quiet && (stat(config.state_dir, &st_dir) != 0 || !S_ISDIR(st_dir.st_mode))) {
-            static bool said;
+        if (quiet) {
+            /* Missing (said only when it was set: the default's absence is
+             * a plain PKCS#11 user's), or read-only (SQLite cannot open it
+             * there, its -shm: said in words rather than its open error). */
+            static bool said_missing, said_ro;
+            const char *why = NULL;
+            bool *said = NULL;
             char origin[PATH_MAX + 32];
-            if (!said && strcmp(config.state_dir, GUARDIAN_DEFAULT_STATE_DIR) != 0) {
-                said = true;
-                guardian_warn("store",
-                              "the state directory %s (%s) does not exist: no product is shown; mount its file "
-                              "system or correct the setting",
-                              config.state_dir, state_dir_origin(origin, sizeof(origin)));
+            if (stat(config.state_dir, &st_dir) != 0 || !S_ISDIR(st_dir.st_mode)) {
+                if (strcmp(config.state_dir, GUARDIAN_DEFAULT_STATE_DIR) != 0)
+                    why = "does not exist: no product is shown; mount its file system or correct the setting";
+                said = &said_missing;
+            } else if (statvfs(config.state_dir, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) != 0) {
+                why = "is on a read-only file system: no product is shown; remount it read-write";
+                said = &said_ro;
             }
-            rv = CKR_GUARDIAN_STORE_FAILED;
-            goto out;
-        }
-        if (quiet && statvfs(config.state_dir, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) != 0) {
-            /* SQLite cannot open it there (its -shm): say why, once, rather
-             * than the raw open error, and show no product. */
-            static bool said_ro;
-            char origin[PATH_MAX + 32];
-            if (!said_ro) {
-                said_ro = true;
-                guardian_warn("store",
-                              "the state directory %s (%s) is on a read-only file system: no product is shown; "
-                              "remount it read-write",
-                              config.state_dir, state_dir_origin(origin, sizeof(origin)));
+            if (said != NULL) {
+                if (why != NULL && !*said) {
+                    *said = true;
+                    guardian_warn("store", "the state directory %s (%s) %s", config.state_dir,
+                                  state_dir_origin(origin, sizeof(origin)), why);
+                }
+                rv = CKR_GUARDIAN_STORE_FAILED;
+                goto out;
             }
-            rv = CKR_GUARDIAN_STORE_FAILED;
-            goto out;
         }
         if (!quiet && (rv = state_dir_usable(config.state_dir)) != CKR_OK)
             goto out;

@@ -16,14 +16,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,6 +41,7 @@
 #include "package.h"
 #include "package_container.h"
 #include "report.h"
+#include "tty_prompt.h"
 
 #define PROG "guardian-wrap"
 
@@ -51,7 +50,7 @@
  * be read, a report that does not verify), 2 a usage error: nothing read. */
 #define EXIT_REFUSED 1
 #define EXIT_USAGE 2
-#define EXIT_INTERRUPTED 130 /* a passphrase prompt ended by SIGINT/SIGTERM */
+/* 130: a passphrase prompt ended by SIGINT/SIGTERM (tty_prompt.c) */
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -174,56 +173,15 @@ static void passin_wipe(struct passin *p)
     p->resolved = 0;
 }
 
-/* The terminal as it was before the passphrase prompt turned its echo off:
- * SIGINT, SIGTERM, SIGHUP or SIGQUIT during the prompt put it back and end the
- * run with 130 (OpenSSL's own prompt, PEM_def_callback, swallowed Ctrl-C and
- * went on waiting for a line: measured). */
-static struct termios prompt_saved;
-static volatile sig_atomic_t prompt_echo_off;
-
-static void prompt_signal(int sig)
-{
-    (void)sig;
-    if (prompt_echo_off)
-        tcsetattr(STDIN_FILENO, TCSANOW, &prompt_saved);
-    if (write(STDERR_FILENO, "\n", 1) < 0) {
-        /* nothing left to do */
-    }
-    _exit(EXIT_INTERRUPTED);
-}
-
-/* One line from the terminal (stdin) with its echo off; -1 when it cannot. */
+/* A passphrase asked on the terminal, echo off (tty_prompt.c: SIGINT or
+ * SIGTERM there restore the echo and exit 130).  OpenSSL's own prompt,
+ * PEM_def_callback, swallowed Ctrl-C and went on waiting for a line
+ * (measured). */
 static int prompt_passphrase(const char *path, char *buf, int size)
 {
-    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
-    struct sigaction sa, before[4];
-    struct termios quiet;
-    size_t n;
-    int ok;
-
-    if (tcgetattr(STDIN_FILENO, &prompt_saved) != 0)
-        return -1;
-    fprintf(stderr, "Enter the pass phrase of %s: ", path);
-    fflush(stderr);
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = prompt_signal;
-    sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < 4; i++)
-        sigaddset(&sa.sa_mask, sigs[i]);
-    for (size_t i = 0; i < 4; i++)
-        sigaction(sigs[i], &sa, &before[i]);
-    quiet = prompt_saved;
-    quiet.c_lflag &= (tcflag_t)~ECHO;
-    prompt_echo_off = 1;
-    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
-    ok = read_line_fd(STDIN_FILENO, buf, (size_t)size);
-    tcsetattr(STDIN_FILENO, TCSANOW, &prompt_saved);
-    prompt_echo_off = 0;
-    for (size_t i = 0; i < 4; i++)
-        sigaction(sigs[i], &before[i], NULL);
-    fputc('\n', stderr);
-    n = strlen(buf);
-    return ok ? (int)n : -1;
+    char prompt[PATH_MAX + 32];
+    snprintf(prompt, sizeof(prompt), "Enter the pass phrase of %s", path);
+    return tty_read_secret(prompt, buf, (size_t)size) ? (int)strlen(buf) : -1;
 }
 
 /* OpenSSL's pem_password_cb: the --passin passphrase; without one, asked on

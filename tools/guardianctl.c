@@ -47,6 +47,7 @@
 #include <openssl/x509v3.h>
 
 #include "guardianctl.h"
+#include "tty_prompt.h"
 
 #define PACKAGE_MAX_BYTES (1024 * 1024) /* docs/package-format.md */
 
@@ -102,31 +103,9 @@ const char *ckr(CK_RV rv)
 
 /* ---- PINs ------------------------------------------------------------------ */
 
-/* The terminal as it was before the PIN prompt turned its echo off: a
- * SIGINT, SIGTERM, SIGHUP or SIGQUIT during the prompt puts it back (tcsetattr
- * is async-signal-safe) before the process ends with 130, so an interrupted
- * prompt never leaves the operator's shell without echo. */
-static struct termios prompt_saved;
-static volatile sig_atomic_t prompt_echo_off;
-
-static void prompt_signal(int sig)
-{
-    (void)sig;
-    if (prompt_echo_off)
-        tcsetattr(STDIN_FILENO, TCSANOW, &prompt_saved);
-    if (write(STDERR_FILENO, "\n", 1) < 0) {
-        /* nothing left to do */
-    }
-    _exit(EXIT_INTERRUPTED);
-}
-
 void read_pin(const char *env, const char *prompt, char *out, size_t cap)
 {
-    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
     const char *v = getenv(env);
-    struct termios old, quiet;
-    struct sigaction sa, before[4];
-    size_t n;
 
     if (v != NULL && *v != '\0') {
         snprintf(out, cap, "%s", v);
@@ -134,30 +113,9 @@ void read_pin(const char *env, const char *prompt, char *out, size_t cap)
     }
     if (!isatty(STDIN_FILENO))
         die("no %s in the environment and no terminal to ask for it", env);
-    fprintf(stderr, "%s: ", prompt);
-    tcgetattr(STDIN_FILENO, &old);
-    prompt_saved = old;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = prompt_signal;
-    sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < 4; i++)
-        sigaddset(&sa.sa_mask, sigs[i]);
-    for (size_t i = 0; i < 4; i++)
-        sigaction(sigs[i], &sa, &before[i]);
-    quiet = old;
-    quiet.c_lflag &= (tcflag_t)~ECHO;
-    prompt_echo_off = 1;
-    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
-    if (fgets(out, (int)cap, stdin) == NULL)
-        out[0] = '\0';
-    tcsetattr(STDIN_FILENO, TCSANOW, &old);
-    prompt_echo_off = 0;
-    for (size_t i = 0; i < 4; i++)
-        sigaction(sigs[i], &before[i], NULL);
-    fputc('\n', stderr);
-    n = strlen(out);
-    if (n > 0 && out[n - 1] == '\n')
-        out[n - 1] = '\0';
+    /* Echo off; Ctrl-C there puts it back and exits 130 (tty_prompt.c). */
+    if (!tty_read_secret(prompt, out, cap))
+        die("cannot read the %s from the terminal", prompt);
 }
 
 /* The module open_token loaded, to start again from it (login). */
