@@ -148,6 +148,11 @@ void login(CK_USER_TYPE who)
     OPENSSL_cleanse(pin, sizeof(pin));
     if (rv == CKR_PIN_INCORRECT)
         die("wrong %s PIN for token '%s'", who == CKU_SO ? "Security Officer" : "user", token_label);
+    if (rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT)
+        /* p11-kit-client.so's answer once its connection is gone. */
+        die("login failed: %s: the token went away (through the Guardian service: the connection was lost, or the "
+            "service restarted); once it is back, run the same command again",
+            ckr(rv));
     if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN)
         die("login failed: %s", ckr(rv));
 }
