@@ -79,22 +79,7 @@ static void refused(CK_RV rv, const char *scope)
     }
 }
 
-static void write_atomically(const char *out, const unsigned char *report, size_t len)
-{
-    char tmp[4096];
-    FILE *o;
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", out) >= sizeof(tmp))
-        die("%s: path too long", out);
-    o = fopen(tmp, "w");
-    if (o == NULL)
-        die("cannot create %s: %s", tmp, strerror(errno));
-    if (fwrite(report, 1, len, o) != len || fflush(o) != 0 || fsync(fileno(o)) != 0 || fclose(o) != 0)
-        die("cannot write %s: %s", tmp, strerror(errno));
-    if (rename(tmp, out) != 0)
-        die("cannot rename %s to %s: %s", tmp, out, strerror(errno));
-}
-
-static int export_report(const char *scope, const char *out)
+static int export_report(const char *scope, const char *out, int force)
 {
     CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
     CK_ULONG type = CKG_GUARDIAN_REQ_AUDIT_EXPORT, n = 2;
@@ -121,7 +106,7 @@ static int export_report(const char *scope, const char *out)
     P11(p11->C_DestroyObject(session, h));
 
     if (out != NULL)
-        write_atomically(out, report, len);
+        write_output(out, report, len, force);
     else if (fwrite(report, 1, len, stdout) != len || fflush(stdout) != 0)
         die("cannot write the report to standard output");
 
@@ -165,9 +150,10 @@ int cmd_audit(int argc, char **argv)
 {
     static const struct option opts[] = {{"product", required_argument, NULL, 'p'},
                                          {"out", required_argument, NULL, 'o'},
+                                         {"force", no_argument, NULL, 'F'},
                                          {NULL, 0, NULL, 0}};
     const char *scope = NULL, *out = NULL;
-    int c;
+    int c, force = 0;
 
     if (argc < 2)
         usage_die("audit", "needs a subcommand: export");
@@ -178,6 +164,7 @@ int cmd_audit(int argc, char **argv)
         switch (c) {
         case 'p': scope = optarg; break;
         case 'o': out = optarg; break;
+        case 'F': force = 1; break;
         default: usage_die("audit", "unknown option '%s'", argv[optind]);
         }
     }
@@ -185,6 +172,9 @@ int cmd_audit(int argc, char **argv)
         usage_die("audit", "unexpected argument '%s'", argv[optind + 1]);
     if (json_out && out == NULL)
         usage_die("audit", "--json needs --out FILE (standard output carries the JSON summary, not the report)");
+    /* Before the export, which is itself recorded: a report that could not
+     * be written must not leave an EXPORT record behind. */
+    check_output("audit export", out, force);
     need_token();
-    return export_report(scope, out);
+    return export_report(scope, out, force);
 }

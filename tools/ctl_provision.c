@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,7 +67,24 @@ struct run {
     struct manifest *manifest;
 };
 
+/* The largest part number (--first + --count - 1): device IDs are
+ * <prefix><number>, and the workers' counter runs up to one past the last
+ * part per thread, so it must not wrap (a wrapped counter issued part 0 and
+ * ran for ever).  2^63-1 leaves it room and is 19 digits. */
+#define PART_NUMBER_MAX 9223372036854775807ULL
+
 static volatile sig_atomic_t interrupted;
+
+/* --count / --first: a whole number (no sign), not out of range. */
+static unsigned long long number(const char *opt, const char *v, char **end)
+{
+    unsigned long long n;
+    errno = 0;
+    n = strtoull(v, end, 10);
+    if (errno == ERANGE)
+        usage_die("provision", "%s '%s' is larger than %llu", opt, v, (unsigned long long)PART_NUMBER_MAX);
+    return n;
+}
 
 static void on_signal(int sig)
 {
@@ -82,6 +100,27 @@ static double now_s(void)
 }
 
 /* ---- the package -------------------------------------------------------------------- */
+
+/* Before the first unit is spent: refuse a run that needs more units than
+ * remain.  The parts to issue are those without a certificate file (a resumed
+ * run skips the others); counted until more than `remaining` are found, so
+ * the check costs at most (files present + remaining + 1) stat calls. */
+static void check_remaining(const struct run *r, CK_ULONG remaining)
+{
+    unsigned long long missing = 0;
+    char path[PATH_MAX];
+    if (r->count <= remaining)
+        return;
+    for (unsigned long long i = r->first; i < r->first + r->count && missing <= remaining; i++) {
+        snprintf(path, sizeof(path), "%s/%s%06llu.pem", r->out_dir, r->prefix, i);
+        if (access(path, F_OK) != 0)
+            missing++;
+    }
+    if (missing > remaining)
+        die("--count %llu: %s/%s has only %lu units remaining, fewer than the parts to issue; nothing was issued "
+            "(lower --count to %lu, or import a new release of the product)",
+            r->count, r->oem, r->product, (unsigned long)remaining, (unsigned long)remaining);
+}
 
 static void find_package(struct run *r)
 {
@@ -104,6 +143,7 @@ static void find_package(struct run *r)
         die("product %s/%s is not installed ('" PROG " products' lists what is)", r->oem, r->product);
     }
     P11(p11->C_GetAttributeValue(session, h, a, 2));
+    check_remaining(r, remaining);
     if (!r->quiet && !json_out)
         printf("%s/%s: %lu units remaining\n", r->oem, r->product, (unsigned long)remaining);
 }
@@ -241,6 +281,18 @@ static void *worker(void *arg)
 
 /* ---- progress -------------------------------------------------------------------------- */
 
+/* The terminal's width: TIOCGWINSZ on stderr, else COLUMNS, else 80. */
+static int terminal_columns(void)
+{
+    struct winsize ws;
+    const char *c = getenv("COLUMNS");
+    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        return ws.ws_col;
+    if (c != NULL && atoi(c) > 0)
+        return atoi(c);
+    return 80;
+}
+
 static void progress(struct run *r, double t0, int final, int *last_decile)
 {
     unsigned long long issued = atomic_load(&r->issued), done = issued + atomic_load(&r->skipped);
@@ -251,13 +303,37 @@ static void progress(struct run *r, double t0, int final, int *last_decile)
     if (r->quiet || json_out)
         return;
     if (isatty(STDERR_FILENO)) {
-        char bar[31];
-        int fill = pct * 30 / 100;
-        memset(bar, '#', (size_t)fill);
-        memset(bar + fill, '.', (size_t)(30 - fill));
-        bar[30] = '\0';
-        fprintf(stderr, "\r[%s] %llu/%llu %3d%%  %.0f certs/s  ETA %d:%02d:%02d ", bar, done, r->count, pct, rate,
-                (int)eta / 3600, (int)eta / 60 % 60, (int)eta % 60);
+        /* One line that never wraps: the text, and a bar in what is left of
+         * the terminal's width (TIOCGWINSZ, else COLUMNS, else 80) minus one
+         * column (a line that fills the last column wraps on some terminals);
+         * narrower, the text without the rate; narrower still no bar, then
+         * the text cut. */
+        char text[160], bar[512];
+        int cols = terminal_columns(), width, len, fill;
+        len = snprintf(text, sizeof(text), "%llu/%llu %3d%%  %.0f certs/s  ETA %d:%02d:%02d", done, r->count, pct,
+                       rate, (int)eta / 3600, (int)eta / 60 % 60, (int)eta % 60);
+        if (len < 0 || len >= (int)sizeof(text))
+            len = (int)strlen(text);
+        width = cols - 1 - len - 3; /* "[" bar "] " */
+        if (width < 10) { /* narrow: the rate goes, the bar stays */
+            len = snprintf(text, sizeof(text), "%llu/%llu %3d%% ETA %d:%02d:%02d", done, r->count, pct,
+                           (int)eta / 3600, (int)eta / 60 % 60, (int)eta % 60);
+            if (len < 0 || len >= (int)sizeof(text))
+                len = (int)strlen(text);
+            width = cols - 1 - len - 3;
+        }
+        if (width > (int)sizeof(bar) - 1)
+            width = (int)sizeof(bar) - 1;
+        if (width >= 10) {
+            fill = pct * width / 100;
+            memset(bar, '#', (size_t)fill);
+            memset(bar + fill, '.', (size_t)(width - fill));
+            bar[width] = '\0';
+            fprintf(stderr, "\r[%s] %s", bar, text);
+        } else {
+            fprintf(stderr, "\r%.*s%*s", cols - 1 < len ? cols - 1 : len, text,
+                    cols - 1 > len ? cols - 1 - len : 0, "");
+        }
         if (final)
             fputc('\n', stderr);
         fflush(stderr);
@@ -320,9 +396,9 @@ int cmd_provision(int argc, char **argv)
         if (strcmp(a, "--product") == 0)
             product = v;
         else if (strcmp(a, "--count") == 0)
-            r.count = strtoull(v, &end, 10);
+            r.count = number(a, v, &end);
         else if (strcmp(a, "--first") == 0)
-            r.first = strtoull(v, &end, 10);
+            r.first = number(a, v, &end);
         else if (strcmp(a, "--threads") == 0)
             r.threads = (int)strtol(v, &end, 10);
         else if (strcmp(a, "--out") == 0)
@@ -346,6 +422,10 @@ int cmd_provision(int argc, char **argv)
                   product);
     if (r.count < 1 || r.count > (1ULL << 40))
         usage_die("provision", "--count must be 1..2^40");
+    if (r.first > PART_NUMBER_MAX || r.count - 1 > PART_NUMBER_MAX - r.first)
+        usage_die("provision", "--first %llu --count %llu: the last part would be beyond the largest part number, "
+                  "%llu (2^63-1); lower --first or --count",
+                  r.first, r.count, (unsigned long long)PART_NUMBER_MAX);
     if (r.threads < 1 || r.threads > MAX_THREADS)
         usage_die("provision", "--threads must be 1..%d", MAX_THREADS);
     if (strcmp(r.key_type, "p256") != 0 && strcmp(r.key_type, "p384") != 0 && strcmp(r.key_type, "rsa2048") != 0)
@@ -360,8 +440,9 @@ int cmd_provision(int argc, char **argv)
         snprintf(default_out, sizeof(default_out), "certs-%s-%s", r.oem, r.product);
         r.out_dir = default_out;
     }
-    if (mkdir(r.out_dir, 0755) != 0 && errno != EEXIST)
-        die("cannot create %s: %s", r.out_dir, strerror(errno));
+    /* Before the login and the first unit: a directory no certificate can
+     * be written to would cost a unit per part. */
+    check_output_dir(r.out_dir);
     if (manifest_path == NULL) {
         if ((size_t)snprintf(manifest_default, sizeof(manifest_default), "%s/manifest.jsonl", r.out_dir) >=
             sizeof(manifest_default))

@@ -9,8 +9,8 @@
  * The format is docs/package-format.md; the CLI is docs/guardian-wrap.md; the
  * audit report docs/audit-report.md (tools/report.c reads and checks it).
  * --version; --help on its own or after any command.  Exit 0 done, 1 refused
- * or failed, 2 usage error (verify-report: 1 does not verify, 2 also a file
- * it cannot read).
+ * or failed (verify-report: does not verify, or a file it cannot read), 2
+ * usage error: the convention of guardianctl.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -41,19 +41,16 @@
 #include "package.h"
 #include "package_container.h"
 #include "report.h"
+#include "tty_prompt.h"
 
 #define PROG "guardian-wrap"
 
-/* Exit statuses, as in guardianctl (docs/guardian-wrap.md): 0 done, 1 refused
- * or failed, 2 a usage error.  verify-report keeps its own documented meaning
- * of 1, "the report does not verify", so that a file it cannot read is not
- * taken for a failed check: its die() exits 2 (see die_status). */
+/* Exit statuses, one convention with guardianctl (docs/guardian-wrap.md):
+ * 0 done (verify-report: verifies), 1 refused or failed (a file that cannot
+ * be read, a report that does not verify), 2 a usage error: nothing read. */
 #define EXIT_REFUSED 1
 #define EXIT_USAGE 2
-
-/* exit status of die(): 1, but 2 for verify-report, whose 1 means "the
- * report does not verify" and 2 "the command could not run". */
-static int die_status = EXIT_REFUSED;
+/* 130: a passphrase prompt ended by SIGINT/SIGTERM (tty_prompt.c) */
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -72,7 +69,7 @@ static void die(const char *fmt, ...)
         ERR_error_string_n(e, buf, sizeof(buf));
         fprintf(stderr, PROG ": (OpenSSL: %s)\n", buf);
     }
-    exit(die_status);
+    exit(EXIT_REFUSED);
 }
 
 static void usage_die(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
@@ -101,12 +98,14 @@ static void bad_option(const char *cmd, int c, char **argv)
 
 /* ---- passphrases (--passin), as openssl takes them ------------------------- */
 
-/* A --passin source: pass:TEXT, env:VAR, file:PATH (its first line) or fd:N
- * (a line read from it).  Resolved when a key first needs it, once. */
+/* A --passin source: pass:TEXT, env:VAR, file:PATH (its first line), fd:N
+ * (a line read from it) or stdin (a line read from standard input), as
+ * openssl's -passin.  Resolved when a key first needs it, once. */
 struct passin {
     const char *spec;
     char value[1024];
-    int resolved, asked;
+    int resolved, asked, typed; /* typed: asked on the terminal */
+    const char *path;           /* the key being read, for the prompt */
 };
 
 static int passin_spec_valid(const char *spec)
@@ -120,7 +119,8 @@ static int passin_spec_valid(const char *spec)
                 return 0;
         return 1;
     }
-    return strncmp(spec, "pass:", 5) == 0 || (strncmp(spec, "env:", 4) == 0 && spec[4] != '\0') ||
+    return strcmp(spec, "stdin") == 0 || strncmp(spec, "pass:", 5) == 0 ||
+           (strncmp(spec, "env:", 4) == 0 && spec[4] != '\0') ||
            (strncmp(spec, "file:", 5) == 0 && spec[5] != '\0');
 }
 
@@ -158,6 +158,9 @@ static void passin_resolve(struct passin *p)
         if (!read_line_fd(fd, p->value, sizeof(p->value)))
             die("--passin %s: cannot read %s: %s", s, s + 5, strerror(errno));
         close(fd);
+    } else if (strcmp(s, "stdin") == 0) {
+        if (!read_line_fd(STDIN_FILENO, p->value, sizeof(p->value)))
+            die("--passin stdin: cannot read standard input: %s", strerror(errno));
     } else if (!read_line_fd(atoi(s + 3), p->value, sizeof(p->value))) {
         die("--passin %s: cannot read descriptor %s: %s", s, s + 3, strerror(errno));
     }
@@ -170,15 +173,29 @@ static void passin_wipe(struct passin *p)
     p->resolved = 0;
 }
 
-/* OpenSSL's pem_password_cb: the --passin passphrase; without one, the
- * terminal as openssl would ask; without a terminal, none (the caller says). */
+/* A passphrase asked on the terminal, echo off (tty_prompt.c: SIGINT or
+ * SIGTERM there restore the echo and exit 130).  OpenSSL's own prompt,
+ * PEM_def_callback, swallowed Ctrl-C and went on waiting for a line
+ * (measured). */
+static int prompt_passphrase(const char *path, char *buf, int size)
+{
+    char prompt[PATH_MAX + 32];
+    snprintf(prompt, sizeof(prompt), "Enter the pass phrase of %s", path);
+    return tty_read_secret(prompt, buf, (size_t)size) ? (int)strlen(buf) : -1;
+}
+
+/* OpenSSL's pem_password_cb: the --passin passphrase; without one, asked on
+ * the terminal; without a terminal, none (the caller says). */
 static int passin_cb(char *buf, int size, int rwflag, void *u)
 {
     struct passin *p = u;
     size_t len;
+    (void)rwflag;
     p->asked = 1;
-    if (p->spec == NULL)
-        return isatty(STDIN_FILENO) ? PEM_def_callback(buf, size, rwflag, NULL) : -1;
+    if (p->spec == NULL) {
+        p->typed = isatty(STDIN_FILENO);
+        return p->typed ? prompt_passphrase(p->path, buf, size) : -1;
+    }
     passin_resolve(p);
     len = strlen(p->value);
     if (len >= (size_t)size)
@@ -328,13 +345,16 @@ static EVP_PKEY *read_private_key(const char *path, struct passin *pass)
     data = read_all(path, 1 << 20, &len);
     bio = BIO_new_mem_buf(data, (int)len);
     pass->asked = 0;
+    pass->path = path;
     k = PEM_read_bio_PrivateKey(bio, NULL, passin_cb, pass);
     if (k == NULL && pass->asked) {
         OPENSSL_cleanse(data, len);
         free(data);
         BIO_free(bio);
+        if (pass->spec == NULL && pass->typed)
+            die("cannot decrypt %s with the passphrase typed (wrong passphrase?)", path);
         if (pass->spec == NULL)
-            die("%s is encrypted: give its passphrase with --passin pass:TEXT|env:VAR|file:PATH|fd:N (no terminal "
+            die("%s is encrypted: give its passphrase with --passin pass:TEXT|env:VAR|file:PATH|fd:N|stdin (no terminal "
                 "to ask on)",
                 path);
         die("cannot decrypt %s with the passphrase from --passin %.*s (wrong passphrase?)", path,
@@ -949,7 +969,7 @@ static int cmd_create(int argc, char **argv)
         case 'p':
         case 'a':
             if (!passin_spec_valid(optarg))
-                usage_die("create", "--%s '%s': use pass:TEXT, env:VAR, file:PATH or fd:N", c == 'p' ? "passin" : "ca-passin",
+                usage_die("create", "--%s '%s': use pass:TEXT, env:VAR, file:PATH, fd:N or stdin", c == 'p' ? "passin" : "ca-passin",
                           optarg);
             (c == 'p' ? &o.passin : &o.ca_passin)->spec = optarg;
             break;
@@ -1271,7 +1291,6 @@ static int cmd_verify_report(int argc, char **argv)
     int c, n_packages = 0;
     char *end;
 
-    die_status = 2;
     memset(&in, 0, sizeof(in));
     optind = 1;
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
@@ -1347,9 +1366,10 @@ static const char create_usage[] =
     "         [--device-ext-oid OID]   (without it: no device-identity extension)\n"
     "         [--extra-key LABEL=KEY.pem]... [--data NAME=FILE]... [--secret-data NAME=FILE]...\n"
     "         [--kdf auto|aes-cbc|x963-sha256]\n"
-    "         [--passin pass:TEXT|env:VAR|file:PATH|fd:N] [--ca-passin SOURCE]\n"
+    "         [--passin pass:TEXT|env:VAR|file:PATH|fd:N|stdin] [--ca-passin SOURCE]\n"
     "         --out PACKAGE [--force]\n"
-    "Encrypted PEM keys: --passin (every key), --ca-passin (the CA key, if its passphrase differs).\n"
+    "Encrypted PEM keys: --passin (every key), --ca-passin (the CA key, if its passphrase differs);\n"
+    "pass:TEXT shows in ps: prefer env:, file:, fd: or stdin.\n"
     "An existing PACKAGE is not overwritten without --force.\n"
     "Exit 0: written; 1: refused or failed; 2: usage error.\n";
 static const char inspect_usage[] =
@@ -1363,7 +1383,7 @@ static const char verify_usage[] =
     "         [--device-ext-oid OID]   (for releases an old report or --package does not describe)\n"
     "         [--previous OLD-REPORT]  (an earlier report: this one must extend it)\n"
     "Checks the Guardian's signature, every record hash and the chain, the quotas and every\n"
-    "certificate.  Exit 0: OK; 1: the report does not verify; 2: usage or file error.\n";
+    "certificate.  Exit 0: OK; 1: the report does not verify, or a file cannot be read; 2: usage error.\n";
 
 static const struct command {
     const char *name, *usage;
@@ -1382,7 +1402,7 @@ static void usage(FILE *f)
                "       " PROG " --version | --help | COMMAND --help\n"
                "Run '" PROG " COMMAND --help' for a command's options.\n"
                "Exit status: 0 done; 1 refused or failed (verify-report: the report does not verify);\n"
-               "2 usage error (verify-report: also a file it cannot read).\n");
+               "2 usage error (nothing read); the same as guardianctl.\n");
 }
 
 int main(int argc, char **argv)

@@ -25,7 +25,8 @@
  * GUARDIAN_TOKEN); PINs from GUARDIAN_PIN / GUARDIAN_SO_PIN, else asked on the
  * terminal.  --version; --help on its own or after any command, answered
  * (like every usage error, exit 2) before the module is loaded.  Exit 0 done,
- * 1 refused or failed, 2 usage, 130 provision interrupted.  docs/guardianctl.md.
+ * 1 refused or failed, 2 usage, 130 interrupted (provision, a PIN prompt): the
+ * same as guardian-wrap.  docs/guardianctl.md, guardianctl(1).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -35,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,6 +50,7 @@
 #include <openssl/x509v3.h>
 
 #include "guardianctl.h"
+#include "tty_prompt.h"
 
 #define PACKAGE_MAX_BYTES (1024 * 1024) /* docs/package-format.md */
 
@@ -130,8 +133,6 @@ const char *ckr(CK_RV rv)
 void read_pin(const char *env, const char *prompt, char *out, size_t cap)
 {
     const char *v = getenv(env);
-    struct termios old, quiet;
-    size_t n;
 
     if (v != NULL && *v != '\0') {
         snprintf(out, cap, "%s", v);
@@ -139,18 +140,9 @@ void read_pin(const char *env, const char *prompt, char *out, size_t cap)
     }
     if (!isatty(STDIN_FILENO))
         die("no %s in the environment and no terminal to ask for it", env);
-    fprintf(stderr, "%s: ", prompt);
-    tcgetattr(STDIN_FILENO, &old);
-    quiet = old;
-    quiet.c_lflag &= (tcflag_t)~ECHO;
-    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
-    if (fgets(out, (int)cap, stdin) == NULL)
-        out[0] = '\0';
-    tcsetattr(STDIN_FILENO, TCSANOW, &old);
-    fputc('\n', stderr);
-    n = strlen(out);
-    if (n > 0 && out[n - 1] == '\n')
-        out[n - 1] = '\0';
+    /* Echo off; Ctrl-C there puts it back and exits 130 (tty_prompt.c). */
+    if (!tty_read_secret(prompt, out, cap))
+        die("cannot read the %s from the terminal", prompt);
 }
 
 /* The module open_token loaded, to start again from it (login). */
@@ -183,11 +175,42 @@ void login(CK_USER_TYPE who)
     OPENSSL_cleanse(pin, sizeof(pin));
     if (rv == CKR_PIN_INCORRECT)
         die("wrong %s PIN for token '%s'", who == CKU_SO ? "Security Officer" : "user", token_label);
+    if (rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT)
+        /* p11-kit-client.so's answer once its connection is gone. */
+        die("login failed: %s: the token went away (through the Guardian service: the connection was lost, or the "
+            "service restarted); once it is back, run the same command again",
+            ckr(rv));
     if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN)
         die("login failed: %s", ckr(rv));
 }
 
 /* ---- module and token ------------------------------------------------------------ */
+
+/* A module that is not the Guardian (the plain SoftHSM module given as
+ * --module, say) answers every PKCS#11 call but no Guardian request: say so
+ * before anything is asked of it.  The Guardian's C_GetInfo names it; a
+ * module that forwards (p11-kit-client.so to the Guardian service) is taken
+ * as what it fronts. */
+static void not_guardian_dies(const char *module_path)
+{
+    CK_INFO info;
+    char manufacturer[33], description[33];
+    if (strstr(module_path, "p11-kit") != NULL || p11->C_GetInfo(&info) != CKR_OK)
+        return;
+    if (memcmp(info.manufacturerID, "Guardian", 8) == 0)
+        return;
+    snprintf(manufacturer, sizeof(manufacturer), "%.32s", (const char *)info.manufacturerID);
+    snprintf(description, sizeof(description), "%.32s", (const char *)info.libraryDescription);
+    for (int k = 31; k >= 0 && (manufacturer[k] == ' ' || manufacturer[k] == '\0'); k--)
+        manufacturer[k] = '\0';
+    for (int k = 31; k >= 0 && (description[k] == ' ' || description[k] == '\0'); k--)
+        description[k] = '\0';
+    p11->C_Finalize(NULL);
+    p11 = NULL;
+    die("%s is not the Guardian module (it is '%s' by '%s': it knows no Guardian request); use --module %s, "
+        "which loads it as its backend (guardian.conf(5))",
+        module_path, description, manufacturer, GUARDIAN_MODULE_PATH);
+}
 
 void open_token(const char *module_path)
 {
@@ -209,10 +232,18 @@ void open_token(const char *module_path)
     if (get == NULL || get(&p11) != CKR_OK)
         die("%s is not a PKCS#11 module", module_path);
     rv = p11->C_Initialize(&args);
+    if (rv == CKR_GUARDIAN_NOT_CONFIGURED) {
+        p11 = NULL;
+        die("the Guardian module %s is not configured: no configuration file %s, no GUARDIAN_CONF and no "
+            "GUARDIAN_BACKEND; write that file (backend = the HSM's module, state_dir = ...: guardian.conf(5)) "
+            "or set GUARDIAN_CONF",
+            module_path, GUARDIAN_DEFAULT_CONF);
+    }
     if (rv != CKR_OK) {
         p11 = NULL;
         die("the Guardian module did not initialize: %s (its log line above says why)", ckr(rv));
     }
+    not_guardian_dies(module_path);
     /* SoftHSM reads its token directory at C_Initialize: a process that
      * starts while another writes the token may not see it (measured, 4
      * processes started at once: ../shared/INTEROP-NOTES.md), or see it
@@ -247,12 +278,27 @@ void open_token(const char *module_path)
             }
         }
     }
-    if (strstr(module_path, "p11-kit-client") != NULL)
+    if (strstr(module_path, "p11-kit-client") != NULL && n == 0)
         die("no token labelled '%s' through the Guardian service at %s: is the service running, and are you in "
             "its operators' group? (p11-kit-client.so shows no token when it cannot connect; docs/service-mode.md)",
             token_label, getenv("P11_KIT_SERVER_ADDRESS") ? getenv("P11_KIT_SERVER_ADDRESS") : "(P11_KIT_SERVER_ADDRESS unset)");
-    die("no token labelled '%s' (use --token or GUARDIAN_TOKEN; 'pkcs11-tool --module %s -L' lists them)",
-        token_label, module_path);
+    {
+        /* Name the tokens there are: the label given may be a typo. */
+        char labels[1024] = "";
+        size_t used = 0;
+        for (CK_ULONG i = 0; i < n && used + 40 < sizeof(labels); i++) {
+            CK_TOKEN_INFO ti;
+            int len = 32;
+            if (p11->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+                continue;
+            while (len > 0 && ti.label[len - 1] == ' ')
+                len--;
+            used += (size_t)snprintf(labels + used, sizeof(labels) - used, len ? "%s'%.*s'" : "%s(one without a label)",
+                                     used ? ", " : "", len, (const char *)ti.label);
+        }
+        die("no token labelled '%s' (--token or GUARDIAN_TOKEN); %s%s", token_label,
+            n == 0 ? "the module shows no token at all" : "the tokens there are: ", labels);
+    }
 }
 
 static const char *module_path = GUARDIAN_MODULE_PATH;
@@ -354,15 +400,122 @@ X509 *cert_from_object(CK_OBJECT_HANDLE h)
     return x;
 }
 
-/* The Guardian's certificates as OEMs take them: A (the target of their
- * packages) first, then S (which issued A and signs the reports), if any. */
-static void write_pem_certs(X509 *a, X509 *sc, const char *out)
+/* ---- output files ---------------------------------------------------------------- */
+
+/* The directory part of `path` ("." when it has none) into dir. */
+static void dir_of(const char *path, char *dir, size_t cap)
 {
-    FILE *f = out ? fopen(out, "w") : stdout;
-    if (f == NULL)
-        die("cannot create %s: %s", out, strerror(errno));
-    if (!PEM_write_X509(f, a) || (sc != NULL && !PEM_write_X509(f, sc)) || fflush(f) != 0 || (out && fclose(f) != 0))
-        die("cannot write %s", out ? out : "the certificates");
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        snprintf(dir, cap, ".");
+    else if (slash == path)
+        snprintf(dir, cap, "/");
+    else
+        snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+}
+
+/* Make and remove a file in `dir`: the one proof that a file can be written
+ * there (root passes every permission check, a read-only mount does not). */
+static void probe_dir(const char *dir, const char *what)
+{
+    char tmp[PATH_MAX];
+    struct stat st;
+    int fd;
+    if (stat(dir, &st) != 0)
+        die("cannot write %s: the directory %s %s; create it first", what, dir,
+            errno == ENOENT ? "does not exist" : strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        die("cannot write %s: %s is not a directory", what, dir);
+    if (snprintf(tmp, sizeof(tmp), "%s/.guardianctl-probe-XXXXXX", dir) >= (int)sizeof(tmp))
+        die("cannot write %s: the path is too long", what);
+    fd = mkstemp(tmp);
+    if (fd < 0)
+        die("cannot write %s: no new file can be made in %s: %s%s", what, dir, strerror(errno),
+            errno == EROFS ? " (remount it read-write or choose another directory)" : "");
+    close(fd);
+    unlink(tmp);
+}
+
+void check_output(const char *cmd, const char *path, int force)
+{
+    char dir[PATH_MAX];
+    struct stat st;
+    if (path == NULL)
+        return;
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            die("%s: %s is a directory: name a file", cmd, path);
+        if (!force)
+            die("%s: %s exists: not overwritten (give --force to replace it)", cmd, path);
+    }
+    dir_of(path, dir, sizeof(dir));
+    probe_dir(dir, path);
+}
+
+void check_output_dir(const char *dir)
+{
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        die("cannot create the directory %s: %s", dir, strerror(errno));
+    probe_dir(dir, "the certificates (--out)");
+}
+
+void write_output(const char *path, const void *data, size_t len, int force)
+{
+    char tmp[PATH_MAX + 32];
+    size_t done = 0;
+    int fd, e;
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", path) >= (int)sizeof(tmp))
+        die("%s: the path is too long", path);
+    fd = mkstemp(tmp);
+    if (fd < 0)
+        die("cannot create a temporary file next to %s: %s", path, strerror(errno));
+    {
+        mode_t mask = umask(0);
+        umask(mask);
+        fchmod(fd, 0666 & ~mask);
+    }
+    while (done < len) {
+        ssize_t w = write(fd, (const char *)data + done, len - done);
+        if (w <= 0)
+            break;
+        done += (size_t)w;
+    }
+    if (done != len || fsync(fd) != 0 || close(fd) != 0) {
+        e = errno;
+        unlink(tmp);
+        die("cannot write %s: %s", path, strerror(e));
+    }
+    if (force ? rename(tmp, path) != 0 : link(tmp, path) != 0) {
+        e = errno;
+        /* A file system without hard links (vfat, some FUSE): rename, which
+         * is still atomic, if the name is still free. */
+        if (!force && (e == EPERM || e == EOPNOTSUPP) && access(path, F_OK) != 0 && rename(tmp, path) == 0)
+            return;
+        unlink(tmp);
+        if (e == EEXIST)
+            die("%s appeared meanwhile: not overwritten (give --force to replace it)", path);
+        die("cannot write %s: %s", path, strerror(e));
+    }
+    if (!force)
+        unlink(tmp);
+}
+
+/* The Guardian's certificates as OEMs take them: A (the target of their
+ * packages) first, then S (which issued A and signs the reports), if any;
+ * to `out` (write_output) or standard output. */
+static void write_pem_certs(X509 *a, X509 *sc, const char *out, int force)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data;
+    long len;
+    if (b == NULL || !PEM_write_bio_X509(b, a) || (sc != NULL && !PEM_write_bio_X509(b, sc)))
+        die("out of memory");
+    len = BIO_get_mem_data(b, &data);
+    if (out != NULL)
+        write_output(out, data, (size_t)len, force);
+    else if (fwrite(data, 1, (size_t)len, stdout) != (size_t)len || fflush(stdout) != 0)
+        die("cannot write the certificates to standard output");
+    BIO_free(b);
 }
 
 X509 *cert_or_null(CK_OBJECT_HANDLE h)
@@ -406,9 +559,11 @@ static int cmd_init(int argc, char **argv)
                                          {"days", required_argument, NULL, 'd'},
                                          {"csr", required_argument, NULL, 'c'},
                                          {"out", required_argument, NULL, 'o'},
+                                         {"force", no_argument, NULL, 'F'},
                                          {NULL, 0, NULL, 0}};
     const char *subject = NULL, *csr_out = NULL, *out = NULL;
     long days = 3650;
+    int force = 0;
     CK_OBJECT_HANDLE priv, sign_priv, h;
     X509 *old_a, *a, *sc;
     char subject_buf[128], fpr[65], old_fpr[65] = "", sfpr[65];
@@ -430,11 +585,15 @@ static int cmd_init(int argc, char **argv)
         }
         case 'c': csr_out = optarg; break;
         case 'o': out = optarg; break;
+        case 'F': force = 1; break;
         default: usage_die("init", "unknown option '%s'", argv[optind - 1]);
         }
     }
     if (optind != argc)
         usage_die("init", "unexpected argument '%s'", argv[optind]);
+    if (csr_out != NULL && out != NULL)
+        usage_die("init", "--csr and --out go separately (the certificates come with import-cert)");
+    check_output("init", csr_out ? csr_out : out, force);
     need_token();
     login(CKU_USER);
 
@@ -478,15 +637,17 @@ static int cmd_init(int argc, char **argv)
         unsigned char *der = get_attr(h, CKA_VALUE, &len);
         const unsigned char *p = der;
         X509_REQ *req = d2i_X509_REQ(NULL, &p, (long)len);
-        FILE *f;
+        BIO *b = BIO_new(BIO_s_mem());
+        char *pem;
+        long pem_len;
         P11(p11->C_DestroyObject(session, h));
         if (req == NULL)
             die("the module's CSR does not parse");
-        f = fopen(csr_out, "w");
-        if (f == NULL)
-            die("cannot create %s: %s", csr_out, strerror(errno));
-        if (!PEM_write_X509_REQ(f, req) || fclose(f) != 0)
-            die("cannot write %s", csr_out);
+        if (b == NULL || !PEM_write_bio_X509_REQ(b, req))
+            die("out of memory");
+        pem_len = BIO_get_mem_data(b, &pem);
+        write_output(csr_out, pem, (size_t)pem_len, force);
+        BIO_free(b);
         fprintf(stderr, "wrote %s, the signing key's CSR: have the centre's CA sign it as a CA certificate "
                         "(basicConstraints CA:TRUE,pathlen:0; keyUsage digitalSignature,keyCertSign), then '" PROG
                         " import-cert CERT.pem'\n",
@@ -509,7 +670,7 @@ static int cmd_init(int argc, char **argv)
     fprintf(stderr, "signing certificate (issued it, signs reports) sha256:%s\n", sfpr);
     if (old_a != NULL && strcmp(old_fpr, fpr) != 0)
         say_certificate_changed(old_fpr, fpr, out);
-    write_pem_certs(a, sc, out);
+    write_pem_certs(a, sc, out, force);
     if (out)
         fprintf(stderr, "wrote %s (the Guardian certificate, then its signing certificate): give it to your OEM "
                         "customers\n",
@@ -579,9 +740,17 @@ static int cmd_cert(int argc, char **argv)
 {
     CK_OBJECT_HANDLE h;
     X509 *a, *sc;
-    const char *out = (argc == 3 && strcmp(argv[1], "--out") == 0) ? argv[2] : NULL;
-    if (argc != 1 && out == NULL)
-        usage_die("cert", "takes only --out FILE");
+    const char *out = NULL;
+    int force = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--force") == 0)
+            force = 1;
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc && out == NULL)
+            out = argv[++i];
+        else
+            usage_die("cert", "takes only --out FILE [--force]");
+    }
+    check_output("cert", out, force);
     need_token();
     h = find_identity(CKO_CERTIFICATE);
     if (h == CK_INVALID_HANDLE)
@@ -592,7 +761,7 @@ static int cmd_cert(int argc, char **argv)
         fprintf(stderr, PROG ": warning: no signing certificate in token '%s' (a Guardian made before the "
                         "signing key was split off): run '" PROG " init' once (docs/operator-guide.md)\n",
                 token_label);
-    write_pem_certs(a, sc, out);
+    write_pem_certs(a, sc, out, force);
     X509_free(a);
     X509_free(sc);
     return 0;
@@ -847,14 +1016,28 @@ static int cmd_import(int argc, char **argv)
     CK_OBJECT_HANDLE obj = 0;
     CK_RV rv;
 
+    struct stat st;
+
     if (argc != 2)
         usage_die("import", "takes exactly one PACKAGE");
-    need_token();
+    /* The file before the token: a directory, an empty or an oversized file
+     * is named here, not sent to the module to be refused as bytes. */
+    if (stat(argv[1], &st) != 0)
+        die("cannot open %s: %s", argv[1], strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        die("%s is a directory, not a package: name the package file (guardian-wrap create --out FILE.gpk)",
+            argv[1]);
+    if (!S_ISREG(st.st_mode))
+        die("%s is not a regular file: name the package file", argv[1]);
+    if (st.st_size == 0 || st.st_size > PACKAGE_MAX_BYTES)
+        die("%s has %lld bytes: a package has 1..%d (docs/package-format.md)", argv[1], (long long)st.st_size,
+            PACKAGE_MAX_BYTES);
     f = fopen(argv[1], "rb");
     if (f == NULL || pkg == NULL)
         die("cannot open %s: %s", argv[1], strerror(errno));
     len = fread(pkg, 1, PACKAGE_MAX_BYTES + 1, f);
     fclose(f);
+    need_token();
     login(CKU_USER);
     if (find_identity(CKO_PRIVATE_KEY) == CK_INVALID_HANDLE)
         die("no Guardian key in token '%s': run '" PROG " init' first", token_label);
@@ -1141,7 +1324,17 @@ const char *state_unsound(const struct guardian_status *s, const char **code)
 {
     static char msg[PATH_MAX + 512];
     *code = "CKR_GUARDIAN_STATE_ROLLBACK";
-    if (strcmp(s->anchor, "behind") == 0)
+    /* No record at all while the token has seen some: not an old copy but no
+     * state, most often a file system that is not mounted (its mount point
+     * is an empty directory) or a state_dir naming another directory. */
+    if (strcmp(s->anchor, "behind") == 0 && s->audit_records == 0)
+        snprintf(msg, sizeof(msg),
+                 "the Guardian state in %s is empty while the token has seen record %llu "
+                 "(CKR_GUARDIAN_STATE_ROLLBACK): is the file system that holds it mounted? is state_dir (or "
+                 "GUARDIAN_STATE_DIR) the Guardian's directory? mount it or correct the setting; nothing is granted "
+                 "from an empty state",
+                 s->state_dir, s->anchor_seq);
+    else if (strcmp(s->anchor, "behind") == 0)
         snprintf(msg, sizeof(msg),
                  "the Guardian state in %s is older than the token's anchor (CKR_GUARDIAN_STATE_ROLLBACK): a restored "
                  "backup, a deleted or swapped guardian.db, or another state directory; put the Guardian's current "
@@ -1381,12 +1574,13 @@ static const struct command {
     const char *opts[12];
     int (*run)(int argc, char **argv);
 } commands[] = {
-    {"init", "[--subject /CN=NAME] [--days N] [--csr FILE] [--out FILE]",
+    {"init", "[--subject /CN=NAME] [--days N] [--csr FILE | --out FILE] [--force]",
      "create the Guardian's key pairs (agreement, signing) and certificates\n"
      "(or the signing key's CSR); upgrades a one-key Guardian",
-     {"subject=", "days=", "csr=", "out="}, cmd_init},
+     {"subject=", "days=", "csr=", "out=", "force"}, cmd_init},
     {"import-cert", "CERT", "install a CA-signed certificate for the signing key (or agreement key)", {""}, cmd_import_cert},
-    {"cert", "[--out FILE]", "print the Guardian certificate, then its signing certificate (PEM)", {"out="}, cmd_cert},
+    {"cert", "[--out FILE] [--force]", "print the Guardian certificate, then its signing certificate (PEM)",
+     {"out=", "force"}, cmd_cert},
     {"enroll-oem", "ROOT.pem --oem-id OEM [--oem-id OEM...] [--yes]", "trust an OEM root (Security Officer)",
      {"oem-id=", "yes"}, cmd_enroll},
     {"list-oems", "[--json]", "list enrolled OEM roots", {"json"}, run_list_oems},
@@ -1412,8 +1606,8 @@ static const struct command {
      "destroy a superseded release's production CA key in the token\n"
      "(recorded in the audit trail; never the installed release's)",
      {"product=", "release=", "yes", "json"}, cmd_retire_ca},
-    {"audit", "export [--product OEM/PRODUCT] [--out FILE] [--json]",
-     "the audit trail and certificates, signed by the Guardian's signing key", {"product=", "out=", "json"},
+    {"audit", "export [--product OEM/PRODUCT] [--out FILE] [--force] [--json]",
+     "the audit trail and certificates, signed by the Guardian's signing key", {"product=", "out=", "force", "json"},
      cmd_audit},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -1433,14 +1627,14 @@ static void usage(FILE *f)
         }
     }
     fprintf(f, "PINs: GUARDIAN_PIN, GUARDIAN_SO_PIN, else asked on the terminal.\n"
-               "Exit status: 0 done; 1 refused or failed; 2 usage error; 130 provision interrupted.\n");
+               "Exit status (as guardian-wrap): 0 done; 1 refused or failed; 2 usage error; 130 interrupted.\n");
 }
 
 static void command_usage(const struct command *c)
 {
     printf("usage: " PROG " [--module PATH] [--token LABEL] %s %s\n%s\n", c->name, c->args, c->about);
-    printf("docs/guardianctl.md; exit status: 0 done, 1 refused or failed, 2 usage error%s.\n",
-           strcmp(c->name, "provision") == 0 ? ", 130 interrupted" : "");
+    printf("guardianctl(1), docs/guardianctl.md; exit status: 0 done, 1 refused or failed, 2 usage error, "
+           "130 interrupted.\n");
 }
 
 /* 1 if `arg` ("--name" or "--name=value") is one of c's options; *takes_value

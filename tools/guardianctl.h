@@ -136,6 +136,19 @@ void fingerprint(X509 *x, char out[65]); /* SHA-256, lowercase hex */
 X509 *read_cert_file(const char *path);  /* PEM or DER; dies otherwise */
 X509 *cert_from_object(CK_OBJECT_HANDLE h);
 
+/* Output files (--out, --csr): never overwritten silently.  check_output
+ * runs before the token is opened or anything is spent: it refuses (exit 1)
+ * a `path` that exists unless `force` (naming --force), and a directory that
+ * cannot take a new file (missing, read-only, not a directory), saying
+ * which.  write_output writes through a temporary file in the same directory:
+ * with `force` renamed over `path`, without it linked to `path`, so a file
+ * that appeared meanwhile is still not replaced. */
+void check_output(const char *cmd, const char *path, int force);
+void write_output(const char *path, const void *data, size_t len, int force);
+/* A directory that will hold output files (provision --out): created if
+ * missing, and proved writable by making (and removing) a file in it. */
+void check_output_dir(const char *dir);
+
 /* Commands in their own files. */
 int cmd_audit(int argc, char **argv);     /* ctl_audit.c */
 int cmd_provision(int argc, char **argv); /* ctl_provision.c */

@@ -255,6 +255,16 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 /* The state directory or a file in it is a symbolic link, not owned by this
  * user, or open to other users. */
 #define CKR_GUARDIAN_STATE_UNSAFE (CKR_GUARDIAN_BASE | 0x0034UL)
+/* The state directory is missing, on a file system that is not mounted (it
+ * is empty while the token's anchor has seen records) or read-only: the log
+ * line names the directory, what is wrong and what to do.  Nothing was
+ * created in it and nothing granted. */
+#define CKR_GUARDIAN_STATE_UNAVAILABLE (CKR_GUARDIAN_BASE | 0x0035UL)
+/* C_Initialize: the module is not configured (no configuration file at the
+ * default path, no GUARDIAN_CONF, no GUARDIAN_BACKEND).  Returned without a
+ * line on stderr: every p11-kit client loads registered modules, and one that
+ * nobody set up must not speak in all of them (docs/configuration.md). */
+#define CKR_GUARDIAN_NOT_CONFIGURED (CKR_GUARDIAN_BASE | 0x0036UL)
 
 /* 0x0040..0x004F: Guardian requests and ownership. */
 /* A request object is malformed: unknown CKG_GUARDIAN_REQ_*, a missing or

@@ -198,6 +198,7 @@ for d in 2027-02-30 2027-13-01 2027-02-29 2027-12-31x 2027-1-01 27-12-31 +0 +-5 
         "$W" "${base[@]/+365/$d}" --out date.gpk
 done
 expect_rc "--not-after 2096-02-29 (a leap year) taken" 0 "wrote leap.gpk" -- "$W" "${base[@]/+365/2096-02-29}" --out leap.gpk
+expect_rc "--not-after 2028-02-29 (a leap year) taken" 0 "wrote leap28.gpk" -- "$W" "${base[@]/+365/2028-02-29}" --out leap28.gpk
 [ -e date.gpk ] && ko "a refused date left date.gpk" || ok "a refused date writes nothing"
 
 # An existing output is kept unless --force; the write goes through a rename.
@@ -225,7 +226,8 @@ expect_rc "--passin fd: of a closed descriptor" 1 "--passin fd:9: cannot read de
 expect_rc "--passin with the wrong passphrase: refused" 1 "cannot decrypt signer-enc.key .*wrong passphrase" -- \
     "$W" "${enc[@]}" --passin pass:nope --out enc5.gpk
 expect_rc "--passin env: of an unset variable" 1 "no variable NOPE_PW" -- "$W" "${enc[@]}" --passin env:NOPE_PW --out enc6.gpk
-expect_rc "--passin with an unknown source: exit 2" 2 "--passin 'stdin': use pass:" -- "$W" "${enc[@]}" --passin stdin --out enc7.gpk
+expect_rc "--passin with an unknown source: exit 2" 2 "--passin 'stdn': use pass:" -- "$W" "${enc[@]}" --passin stdn --out enc7.gpk
+expect_rc "--passin stdin" 0 "wrote enc10.gpk" -- bash -c '"$0" "$@" <pw.txt' "$W" "${enc[@]}" --passin stdin --out enc10.gpk
 expect_rc "--ca-passin for a CA key with its own passphrase" 0 "wrote enc8.gpk" -- \
     "$W" "${enc[@]/ca.key/ca-enc.key}" --passin pass:s3cret --ca-passin pass:ca-pass --out enc8.gpk
 expect_rc "the passphrase-made package inspects" 0 "container +exactly as signed" -- "$W" inspect enc8.gpk --oem-root root.pem
