@@ -21,6 +21,7 @@ static const struct guardian_request_type *const table[] = {
     &guardian_request_device_cert,
     &guardian_request_status,
     &guardian_request_device_certs,
+    &guardian_request_part_outcome,
 };
 
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count)

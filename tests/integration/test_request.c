@@ -848,6 +848,11 @@ static void test_device_cert_quota_and_records(void **st)
         CK_OBJECT_HANDLE old_obj = 0, new_obj = 0;
         CK_BYTE old_id[16];
         struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, "S-1", 3, spki, n};
+        /* A device ID each: asked again, one would get its certificate back
+         * without a reservation (nothing spent, nothing superseded). */
+        char ida[16], idb[16];
+        struct device da = {CKG_GUARDIAN_DEVICE_ID_TEXT, ida, 0, spki, n};
+        struct device db = {CKG_GUARDIAN_DEVICE_ID_TEXT, idb, 0, spki, n};
         CK_RV a = CKR_OK, b = CKR_OK;
         assert_int_equal(mech_import("good.gpk", &old_obj), CKR_OK);
         package_id_of(old_obj, old_id);
@@ -855,12 +860,17 @@ static void test_device_cert_quota_and_records(void **st)
         assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
         assert_int_equal(req_import("newer.gpk", &new_obj), CKR_OK);
         for (int i = 0; i < 64 && (a == CKR_OK || b == CKR_OK); i++) {
-            if (a == CKR_OK && (a = mech_cert_in(s, ca_key("SENSOR-1", 3), &d, NULL, 0, &h)) == CKR_OK)
+            snprintf(ida, sizeof(ida), "SA-%d", i);
+            snprintf(idb, sizeof(idb), "SB-%d", i);
+            da.id_len = strlen(ida);
+            db.id_len = strlen(idb);
+            if (a == CKR_OK && (a = mech_cert_in(s, ca_key("SENSOR-1", 3), &da, NULL, 0, &h)) == CKR_OK)
                 assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
-            if (b == CKR_OK && (b = req_cert_in(s, old_id, NULL, &d, NULL, 0, &h)) == CKR_OK)
+            if (b == CKR_OK && (b = req_cert_in(s, old_id, NULL, &db, NULL, 0, &h)) == CKR_OK)
                 assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
         }
         SAME(CKR_GUARDIAN_PACKAGE_SUPERSEDED, a, b, "the superseded release");
+        d.id = "S-2";
         assert_int_equal(req_cert_in(s, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_OK);
         assert_int_equal(ulong_of(new_obj, CKA_GUARDIAN_ISSUED_UNITS), 1);
     }
@@ -1247,6 +1257,7 @@ static void test_status(void **st)
     assert_int_equal(m->C_Finalize(NULL), CKR_OK);
     state_copy("state", "backup");
     open_module();
+    d.id = "ST-2"; /* a new device: ST-1 asked again would spend nothing, move no anchor */
     assert_int_equal(req_cert_in(s, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_OK);
     assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
     assert_int_equal(m->C_Finalize(NULL), CKR_OK);
