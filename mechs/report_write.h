@@ -21,12 +21,13 @@
  * each record of encoding 2.  Version 1 (reports made before schema 4: every
  * record of encoding 1, 14 fields, types 1..5) is still read.  Records of
  * type EXPORT (7) are new in version 2 without a new number: a report made
- * since ends with its own (docs/audit-report.md). */
+ * since ends with its own (docs/audit-report.md); so are OUTCOME (8) and
+ * REISSUE (9), of schema 6, lines of the same 15 fields. */
 #define REPORT_MAGIC "GUARDIAN AUDIT REPORT 2"
 #define REPORT_MAGIC_1 "GUARDIAN AUDIT REPORT 1"
 
 /* Record types by their report name; [0] is NULL (a redacted line has no type). */
-#define REPORT_TYPE_MAX GUARDIAN_AUDIT_EXPORT
+#define REPORT_TYPE_MAX GUARDIAN_AUDIT_REISSUE
 extern const char *const report_type_names[REPORT_TYPE_MAX + 1];
 /* The base64 alphabet (standard, '=' padding). */
 extern const char report_base64_alphabet[65];

@@ -164,6 +164,8 @@ static CK_RV status(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
     add(&t, "records_journal_lost=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_JOURNAL_LOST]);
     add(&t, "records_credential=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_CREDENTIAL]);
     add(&t, "records_export=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_EXPORT]);
+    add(&t, "records_outcome=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_OUTCOME]);
+    add(&t, "records_reissue=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_REISSUE]);
     add(&t, "records_other=%llu\n", (unsigned long long)c.by_type[0]);
     add(&t, "anchor=%s\n", anchor_word(anchor));
     add(&t, "anchor_seq=%llu\n", (unsigned long long)anchor_seq);

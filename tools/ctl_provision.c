@@ -50,6 +50,7 @@ struct run {
     const char *out_dir, *prefix, *key_type;
     unsigned long long first, count;
     int threads, quiet;
+    CK_BBOOL reissue;        /* --reissue: CKA_GUARDIAN_REISSUE TRUE in each request */
     atomic_ullong next;      /* next index to take */
     atomic_ullong issued, skipped, failed;
     atomic_int stop;         /* 1: stop taking parts (Ctrl-C, quota, error) */
@@ -205,8 +206,11 @@ static void *worker(void *arg)
             CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_PACKAGE_ID, r->package_id, sizeof(r->package_id)},
                                 {CKA_GUARDIAN_DEVICE_ID_FORMAT, &format, sizeof(format)},
                                 {CKA_GUARDIAN_DEVICE_ID, id, (CK_ULONG)strlen(id)},
-                                {CKA_GUARDIAN_DEVICE_SPKI, spki, (CK_ULONG)spki_len}};
-            rv = request_in(s, CKG_GUARDIAN_REQ_DEVICE_CERT, t, sizeof(t) / sizeof(t[0]), &cert);
+                                {CKA_GUARDIAN_DEVICE_SPKI, spki, (CK_ULONG)spki_len},
+                                {CKA_GUARDIAN_REISSUE, &r->reissue, sizeof(r->reissue)}};
+            /* Without --reissue the attribute is left out (a module of
+             * before re-issues refuses it). */
+            rv = request_in(s, CKG_GUARDIAN_REQ_DEVICE_CERT, t, sizeof(t) / sizeof(t[0]) - (r->reissue ? 0 : 1), &cert);
         }
         if (rv == CKR_OK) {
             /* Not destroyed: the session's close frees it (SESSION_CERTS). */
@@ -267,6 +271,9 @@ static const char *stop_reason(CK_RV rv)
     case CKR_GUARDIAN_PACKAGE_EXPIRED: return "the package's allowance has expired";
     case CKR_GUARDIAN_PACKAGE_SUPERSEDED: return "a newer release of the product was imported; run again to use it";
     case CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY: return "the token holds no usable production CA key of this package";
+    case CKR_GUARDIAN_DEVICE_ALREADY_ISSUED:
+        return "the part already holds a certificate for another key (its certificate file is gone, and the part "
+               "made a new key); run again with --reissue to issue it a new certificate (recorded as a re-issue)";
     case CKR_DEVICE_ERROR:
     case CKR_DEVICE_REMOVED:
     case CKR_TOKEN_NOT_PRESENT:
@@ -298,6 +305,10 @@ int cmd_provision(int argc, char **argv)
         char *end = NULL;
         if (strcmp(a, "--quiet") == 0) {
             r.quiet = 1;
+            continue;
+        }
+        if (strcmp(a, "--reissue") == 0) {
+            r.reissue = CK_TRUE;
             continue;
         }
         if (strncmp(a, "--", 2) != 0)

@@ -1297,11 +1297,14 @@ static const struct command {
      {""}, run_status},
     {"provision",
      "--product OEM/PRODUCT --count N [--out DIR] [--threads T] [--first K]\n"
-     "    [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet]",
+     "    [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet] [--reissue]",
      "issue certificates for N simulated parts (resumable)",
-     {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet"}, cmd_provision},
+     {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet", "reissue"}, cmd_provision},
     {"audit", "export [--product OEM/PRODUCT] [--out FILE]",
      "the audit trail and certificates, signed by the Guardian's signing key", {"product=", "out="}, cmd_audit},
+    {"part", "--product OEM/PRODUCT (--device ID | --from FILE) [--hex] programmed|scrapped",
+     "report what became of issued parts (an OUTCOME audit record each)", {"product=", "device=", "from=", "hex"},
+     cmd_part},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

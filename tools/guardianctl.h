@@ -98,5 +98,6 @@ X509 *cert_from_object(CK_OBJECT_HANDLE h);
 /* Commands in their own files. */
 int cmd_audit(int argc, char **argv);     /* ctl_audit.c */
 int cmd_provision(int argc, char **argv); /* ctl_provision.c */
+int cmd_part(int argc, char **argv);      /* ctl_part.c */
 
 #endif /* GUARDIANCTL_H */
