@@ -4158,11 +4158,12 @@ static CK_RV reissue_tx(struct guardian_store *st, void *ctx)
     bool found = false, has;
     CK_RV rv = device_get_locked(st, a->oem_id, a->product_id, a->device_id, a->device_id_len, &d, package_id,
                                  &found);
+    uint64_t current = d.serial;
 
-    guardian_store_device_cert_free(&d);
+    guardian_store_device_cert_free(&d); /* only its serial is needed */
     if (rv != CKR_OK)
         return rv;
-    if (!found || d.serial != ra->old_serial) {
+    if (!found || current != ra->old_serial) {
         guardian_error(STORE_LOG, "%s/%s: a re-issue of serial %llu for a device whose certificate is %s",
                        a->oem_id, a->product_id, (unsigned long long)ra->old_serial,
                        found ? "another one" : "none");
@@ -4255,19 +4256,21 @@ static CK_RV outcome_tx(struct guardian_store *st, void *ctx)
     sqlite3_stmt *s = NULL;
     uint32_t release = 0;
     bool found = false;
+    int outcome;
     CK_RV rv = clock_check_locked(st, a->now, "part outcome");
 
     if (rv == CKR_OK)
         rv = device_get_locked(st, a->oem_id, a->product_id, a->device_id, a->device_id_len, &d, package_id, &found);
-    guardian_store_device_cert_free(&d);
+    a->serial = d.serial;
+    outcome = d.outcome;
+    guardian_store_device_cert_free(&d); /* only its serial and outcome are needed */
     if (rv != CKR_OK)
         return rv;
     if (!found)
         return CKR_GUARDIAN_DEVICE_NOT_ISSUED;
-    a->serial = d.serial;
-    if (d.outcome == a->outcome)
+    if (outcome == a->outcome)
         return CKR_OK; /* reported before: nothing new to record */
-    if (d.outcome == GUARDIAN_OUTCOME_SCRAPPED)
+    if (outcome == GUARDIAN_OUTCOME_SCRAPPED)
         return CKR_GUARDIAN_PART_SCRAPPED;
     rv = package_release_locked(st, package_id, &release);
     if (rv == CKR_OK)
@@ -4276,7 +4279,7 @@ static CK_RV outcome_tx(struct guardian_store *st, void *ctx)
         return rv;
     memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
     memcpy(rec.product_id, a->product_id, strlen(a->product_id) + 1);
-    rec.serial = d.serial;
+    rec.serial = a->serial;
     memcpy(rec.device_id, a->device_id, a->device_id_len);
     rec.device_id_len = a->device_id_len;
     memcpy(rec.package_id, package_id, GUARDIAN_PACKAGE_ID_LEN);
