@@ -302,6 +302,7 @@ static CK_RV migrate_to_6(struct guardian_store *st, sqlite3 *db)
         bool has = cert != NULL && cert_len > 0 && cert_spki_hash(cert, (size_t)cert_len, h);
 
         no_key += !has;
+        rc = SQLITE_OK;
         for (int c = 0; c < 5; c++)
             rc = rc == SQLITE_OK ? sqlite3_bind_value(wr, c + 1, sqlite3_column_value(rd, c)) : rc;
         if (rc == SQLITE_OK)
