@@ -31,8 +31,9 @@
 #include "guardian/guardian-pkcs11.h"
 
 #define LOG "status"
-/* 2 adds records_export (EXPORT records: version 1 counted them as records_other). */
-#define STATUS_VERSION 2
+/* 2 adds records_export (EXPORT records: version 1 counted them as records_other);
+ * 3 adds records_outcome and records_reissue (schema 6). */
+#define STATUS_VERSION 3
 
 struct counts {
     uint64_t records;          /* records whose links verified */

@@ -1194,7 +1194,7 @@ static void test_status(void **st)
     /* A new Guardian: an empty trail, no anchor, no product; the paths are
      * the module's configuration (from the environment here). */
     status_in(s, text, sizeof(text));
-    assert_true(strncmp(text, "version=2\n", 10) == 0);
+    assert_true(strncmp(text, "version=3\n", 10) == 0);
     STATUS_IS(text, "backend", test_softhsm_path());
     STATUS_IS(text, "configuration", "");
     STATUS_IS(text, "state_dir", path("state"));
