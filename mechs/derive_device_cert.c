@@ -1016,18 +1016,9 @@ static CK_RV request_package_name(const struct guardian_request *rq, struct pack
         memcpy(pn->package_id, pid->pValue, GUARDIAN_PACKAGE_ID_LEN);
         return CKR_OK;
     }
-    for (int i = 0; i < 2; i++) {
-        const CK_ATTRIBUTE *a = i == 0 ? oem : product;
-        char *to = i == 0 ? pn->oem_id : pn->product_id;
-        if (a->ulValueLen == 0 || a->ulValueLen > GUARDIAN_ID_MAX || memchr(a->pValue, 0, a->ulValueLen) != NULL) {
-            guardian_error(LOG, "refused: %s must be 1..%d bytes without NUL",
-                           i == 0 ? "CKA_GUARDIAN_OEM_ID" : "CKA_GUARDIAN_PRODUCT_ID", GUARDIAN_ID_MAX);
-            return CKR_GUARDIAN_REQUEST_INVALID;
-        }
-        memcpy(to, a->pValue, a->ulValueLen);
-        to[a->ulValueLen] = '\0';
-    }
-    return CKR_OK;
+    if ((rv = guardian_request_id(rq, CKA_GUARDIAN_OEM_ID, "CKA_GUARDIAN_OEM_ID", pn->oem_id)) != CKR_OK)
+        return rv;
+    return guardian_request_id(rq, CKA_GUARDIAN_PRODUCT_ID, "CKA_GUARDIAN_PRODUCT_ID", pn->product_id);
 }
 
 /* The package ID of a product's installed release, from the store. */

@@ -28,24 +28,6 @@
 
 #define LOG "outcome"
 
-/* CKA_GUARDIAN_OEM_ID or CKA_GUARDIAN_PRODUCT_ID: 1..64 bytes without NUL. */
-static CK_RV request_id(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, const char *name,
-                        char out[GUARDIAN_ID_MAX + 1])
-{
-    const CK_ATTRIBUTE *a = NULL;
-    CK_RV rv = guardian_request_bytes(rq, type, true, &a);
-
-    if (rv != CKR_OK)
-        return rv;
-    if (a->ulValueLen == 0 || a->ulValueLen > GUARDIAN_ID_MAX || memchr(a->pValue, 0, a->ulValueLen) != NULL) {
-        guardian_error(LOG, "refused: %s must be 1..%d bytes without NUL", name, GUARDIAN_ID_MAX);
-        return CKR_GUARDIAN_REQUEST_INVALID;
-    }
-    memcpy(out, a->pValue, a->ulValueLen);
-    out[a->ulValueLen] = '\0';
-    return CKR_OK;
-}
-
 static CK_RV part_outcome(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
                           const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
 {
@@ -60,8 +42,8 @@ static CK_RV part_outcome(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SE
     CK_RV rv;
     int n;
 
-    if ((rv = request_id(rq, CKA_GUARDIAN_OEM_ID, "CKA_GUARDIAN_OEM_ID", oem_id)) != CKR_OK ||
-        (rv = request_id(rq, CKA_GUARDIAN_PRODUCT_ID, "CKA_GUARDIAN_PRODUCT_ID", product_id)) != CKR_OK ||
+    if ((rv = guardian_request_id(rq, CKA_GUARDIAN_OEM_ID, "CKA_GUARDIAN_OEM_ID", oem_id)) != CKR_OK ||
+        (rv = guardian_request_id(rq, CKA_GUARDIAN_PRODUCT_ID, "CKA_GUARDIAN_PRODUCT_ID", product_id)) != CKR_OK ||
         (rv = guardian_request_bytes(rq, CKA_GUARDIAN_DEVICE_ID, true, &id)) != CKR_OK ||
         (rv = guardian_request_ulong(rq, CKA_GUARDIAN_DEVICE_ID_FORMAT, false, &format)) != CKR_OK ||
         (rv = guardian_request_ulong(rq, CKA_GUARDIAN_PART_OUTCOME, true, &outcome)) != CKR_OK)

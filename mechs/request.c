@@ -7,6 +7,7 @@
 
 #include "module.h"
 #include "request.h"
+#include "store.h" /* GUARDIAN_ID_MAX */
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 
@@ -68,6 +69,22 @@ CK_RV guardian_request_bytes(const struct guardian_request *rq, CK_ATTRIBUTE_TYP
         return CKR_GUARDIAN_REQUEST_INVALID;
     }
     *out = a;
+    return CKR_OK;
+}
+
+CK_RV guardian_request_id(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, const char *name,
+                          char out[GUARDIAN_ID_MAX + 1])
+{
+    const CK_ATTRIBUTE *a = guardian_request_attr(rq, type);
+
+    if (a == NULL || a->pValue == NULL || a->ulValueLen == 0 || a->ulValueLen > GUARDIAN_ID_MAX ||
+        memchr(a->pValue, 0, a->ulValueLen) != NULL) {
+        guardian_error("request", "refused: %s must be %s1..%d bytes without NUL", name,
+                       a == NULL ? "given, " : "", GUARDIAN_ID_MAX);
+        return CKR_GUARDIAN_REQUEST_INVALID;
+    }
+    memcpy(out, a->pValue, a->ulValueLen);
+    out[a->ulValueLen] = '\0';
     return CKR_OK;
 }
 

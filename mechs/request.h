@@ -37,6 +37,12 @@ CK_RV guardian_request_ulong(const struct guardian_request *rq, CK_ATTRIBUTE_TYP
 CK_RV guardian_request_bytes(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, bool required,
                              const CK_ATTRIBUTE **out);
 
+/* An OEM or product ID attribute (`name` for the log line): 1..64 bytes
+ * without NUL, copied into out with its terminator; CKR_OK, or
+ * CKR_GUARDIAN_REQUEST_INVALID (logged) when it is absent or not that. */
+CK_RV guardian_request_id(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, const char *name,
+                          char out[65]);
+
 typedef CK_RV (*guardian_request_fn)(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
                                      const struct guardian_request *rq, CK_OBJECT_HANDLE *out);
 

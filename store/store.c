@@ -595,15 +595,22 @@ static CK_RV map_sqlite(struct guardian_store *st, int rc, const char *what)
 
 /* ---- locking -------------------------------------------------------------------- */
 
+/* A store is bound to the process that opened it (logged when it is not). */
+static bool same_process(const struct guardian_store *st)
+{
+    if (st->pid == getpid())
+        return true;
+    guardian_error(STORE_LOG, "store opened by process %ld used in process %ld: reopen it after fork()", (long)st->pid,
+                   (long)getpid());
+    return false;
+}
+
 static CK_RV store_enter(struct guardian_store *st)
 {
     int err;
 
-    if (GUARDIAN_UNLIKELY(st->pid != getpid())) {
-        guardian_error(STORE_LOG, "store opened by process %ld used in process %ld: reopen it after fork()",
-                       (long)st->pid, (long)getpid());
+    if (GUARDIAN_UNLIKELY(!same_process(st)))
         return CKR_GUARDIAN_STORE_FAILED;
-    }
     err = pthread_mutex_lock(&st->lock);
     if (GUARDIAN_UNLIKELY(err == EDEADLK)) {
         guardian_error(STORE_LOG, "store re-entered by the thread holding it (from a commit_hook?)");
@@ -3457,11 +3464,8 @@ static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const
     size_t len, done = 0;
     CK_RV rv;
 
-    if (GUARDIAN_UNLIKELY(st->pid != getpid())) {
-        guardian_error(STORE_LOG, "store opened by process %ld used in process %ld: reopen it after fork()",
-                       (long)st->pid, (long)getpid());
+    if (GUARDIAN_UNLIKELY(!same_process(st)))
         return CKR_GUARDIAN_STORE_FAILED;
-    }
     pthread_mutex_lock(&st->journal_lock);
     if (st->operator_invalid) {
         guardian_error(STORE_LOG, "nothing is recorded while the operator name last set is invalid: set a valid "
@@ -4042,11 +4046,8 @@ static CK_RV device_lookup(struct guardian_store *st, bool claim, const char *oe
     *found = false;
     if (!device_args_ok(st, oem_id, product_id, device_id, device_id_len))
         return CKR_ARGUMENTS_BAD;
-    if (GUARDIAN_UNLIKELY(st->pid != getpid())) {
-        guardian_error(STORE_LOG, "store opened by process %ld used in process %ld: reopen it after fork()",
-                       (long)st->pid, (long)getpid());
+    if (GUARDIAN_UNLIKELY(!same_process(st)))
         return CKR_GUARDIAN_STORE_FAILED;
-    }
     pthread_mutex_lock(&st->journal_lock);
     for (;;) {
         p = device_find_jlocked(st, oem_id, product_id, device_id, device_id_len);
@@ -4126,6 +4127,35 @@ static CK_RV package_release_locked(struct guardian_store *st, const uint8_t pac
     return rv;
 }
 
+/* A device's record (OUTCOME, REISSUE): the product, `serial`, the device,
+ * the serial's package and its release, `digest` (NULL: zeros) and `units`,
+ * the current operator; inside a write transaction. */
+static CK_RV device_record_locked(struct guardian_store *st, int type, int64_t t, const char *oem_id,
+                                  const char *product_id, uint64_t serial, const uint8_t *device_id,
+                                  size_t device_id_len, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                                  const uint8_t *digest, uint64_t units)
+{
+    struct guardian_audit_record rec;
+    uint32_t release = 0;
+    CK_RV rv = package_release_locked(st, package_id, &release);
+
+    if (rv == CKR_OK)
+        rv = record_init(st, &rec, type, t, NULL);
+    if (rv != CKR_OK)
+        return rv;
+    memcpy(rec.oem_id, oem_id, strlen(oem_id) + 1);
+    memcpy(rec.product_id, product_id, strlen(product_id) + 1);
+    rec.serial = serial;
+    memcpy(rec.device_id, device_id, device_id_len);
+    rec.device_id_len = device_id_len;
+    if (digest != NULL)
+        memcpy(rec.digest, digest, GUARDIAN_HASH_LEN);
+    memcpy(rec.package_id, package_id, GUARDIAN_PACKAGE_ID_LEN);
+    rec.release_version = release;
+    rec.authorised_units = units;
+    return audit_append(st, &rec);
+}
+
 /* The device's index row, read inside a write transaction. */
 static CK_RV device_get_locked(struct guardian_store *st, const char *oem_id, const char *product_id,
                                const uint8_t *device_id, size_t device_id_len, struct guardian_device_cert *d,
@@ -4152,10 +4182,8 @@ static CK_RV reissue_tx(struct guardian_store *st, void *ctx)
     struct reissue_args *ra = ctx;
     struct issue_args *a = &ra->issue;
     struct guardian_device_cert d;
-    struct guardian_audit_record rec;
     uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], h[GUARDIAN_HASH_LEN];
     sqlite3_stmt *s = NULL;
-    uint32_t release = 0;
     bool found = false, has;
     CK_RV rv = device_get_locked(st, a->oem_id, a->product_id, a->device_id, a->device_id_len, &d, package_id,
                                  &found);
@@ -4179,21 +4207,8 @@ static CK_RV reissue_tx(struct guardian_store *st, void *ctx)
         rv = CKR_GUARDIAN_STORE_FAILED;
     stmt_done(s);
     if (rv == CKR_OK)
-        rv = package_release_locked(st, package_id, &release);
-    if (rv == CKR_OK)
-        rv = record_init(st, &rec, GUARDIAN_AUDIT_REISSUE, (int64_t)time(NULL), NULL);
-    if (rv != CKR_OK)
-        return rv;
-    memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
-    memcpy(rec.product_id, a->product_id, strlen(a->product_id) + 1);
-    rec.serial = a->serial;
-    memcpy(rec.device_id, a->device_id, a->device_id_len);
-    rec.device_id_len = a->device_id_len;
-    memcpy(rec.digest, a->digest, GUARDIAN_HASH_LEN);
-    memcpy(rec.package_id, package_id, GUARDIAN_PACKAGE_ID_LEN);
-    rec.release_version = release;
-    rec.authorised_units = ra->old_serial;
-    rv = audit_append(st, &rec);
+        rv = device_record_locked(st, GUARDIAN_AUDIT_REISSUE, (int64_t)time(NULL), a->oem_id, a->product_id, a->serial,
+                                  a->device_id, a->device_id_len, package_id, a->digest, ra->old_serial);
     if (rv != CKR_OK)
         return rv;
     has = cert_spki_hash(a->cert, a->cert_len, h);
@@ -4252,10 +4267,8 @@ static CK_RV outcome_tx(struct guardian_store *st, void *ctx)
 {
     struct outcome_args *a = ctx;
     struct guardian_device_cert d = {0};
-    struct guardian_audit_record rec;
     uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
     sqlite3_stmt *s = NULL;
-    uint32_t release = 0;
     bool found = false;
     int outcome;
     CK_RV rv = clock_check_locked(st, a->now, "part outcome");
@@ -4273,20 +4286,8 @@ static CK_RV outcome_tx(struct guardian_store *st, void *ctx)
         return CKR_OK; /* reported before: nothing new to record */
     if (outcome == GUARDIAN_OUTCOME_SCRAPPED)
         return CKR_GUARDIAN_PART_SCRAPPED;
-    rv = package_release_locked(st, package_id, &release);
-    if (rv == CKR_OK)
-        rv = record_init(st, &rec, GUARDIAN_AUDIT_OUTCOME, a->now, NULL);
-    if (rv != CKR_OK)
-        return rv;
-    memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);
-    memcpy(rec.product_id, a->product_id, strlen(a->product_id) + 1);
-    rec.serial = a->serial;
-    memcpy(rec.device_id, a->device_id, a->device_id_len);
-    rec.device_id_len = a->device_id_len;
-    memcpy(rec.package_id, package_id, GUARDIAN_PACKAGE_ID_LEN);
-    rec.release_version = release;
-    rec.authorised_units = (uint64_t)a->outcome;
-    rv = audit_append(st, &rec);
+    rv = device_record_locked(st, GUARDIAN_AUDIT_OUTCOME, a->now, a->oem_id, a->product_id, a->serial, a->device_id,
+                              a->device_id_len, package_id, NULL, (uint64_t)a->outcome);
     if (rv != CKR_OK)
         return rv;
     rv = stmt_step(st, S_DEVICE_SET_OUTCOME, &s, NULL, "record a part's outcome", "ttbi", a->oem_id, a->product_id,
