@@ -110,6 +110,40 @@ static EVP_PKEY *part_keygen(const char *type)
     return EVP_PKEY_Q_keygen(NULL, NULL, "EC", strcmp(type, "p384") == 0 ? "P-384" : "P-256");
 }
 
+/* The part's public key (SubjectPublicKeyInfo, DER) into spki[cap]: the one
+ * kept in <out>/<id>.spki by a run that was stopped before the part's
+ * certificate was written, else a new key pair's, kept there (temporary
+ * file, then rename) before it is sent.  A real part keeps its key; so does
+ * the simulated one until its certificate is written, so a resumed part asks
+ * again with the same key and gets the certificate already issued, nothing
+ * spent (docs/derive-mechanism.md, "Asking again").  The length, or -1. */
+static int part_spki(const struct run *r, const char *id, unsigned char *spki, size_t cap)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 16];
+    unsigned char *sp = spki;
+    EVP_PKEY *k;
+    FILE *f;
+    int len;
+
+    snprintf(path, sizeof(path), "%s/%s.spki", r->out_dir, id);
+    if ((f = fopen(path, "r")) != NULL) {
+        size_t n = fread(spki, 1, cap, f);
+        fclose(f);
+        return n > 0 && n < cap ? (int)n : -1;
+    }
+    k = part_keygen(r->key_type);
+    len = k != NULL && i2d_PUBKEY(k, NULL) <= (int)cap ? i2d_PUBKEY(k, &sp) : -1;
+    EVP_PKEY_free(k); /* the part keeps its private key; the simulation has no use for it */
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if (len <= 0 || (f = fopen(tmp, "w")) == NULL)
+        return -1;
+    if (fwrite(spki, 1, (size_t)len, f) != (size_t)len || fclose(f) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return len;
+}
+
 /* Write <out>/<id>.pem atomically (temporary file, then rename). */
 static int write_cert(const struct run *r, const char *id, const unsigned char *der, size_t len)
 {
@@ -161,8 +195,7 @@ static void *worker(void *arg)
     while (!atomic_load(&r->stop) && !interrupted) {
         unsigned long long i = atomic_fetch_add(&r->next, 1);
         char id[80], path[PATH_MAX];
-        unsigned char spki[1024], *sp = spki;
-        EVP_PKEY *k;
+        unsigned char spki[1024];
         int spki_len;
         CK_ULONG format = CKG_GUARDIAN_DEVICE_ID_TEXT;
         CK_OBJECT_HANDLE cert = CK_INVALID_HANDLE;
@@ -191,9 +224,7 @@ static void *worker(void *arg)
             atomic_fetch_add(&r->skipped, 1);
             continue;
         }
-        k = part_keygen(r->key_type);
-        spki_len = k != NULL ? i2d_PUBKEY(k, &sp) : -1;
-        EVP_PKEY_free(k); /* the part keeps its private key; the simulation has no use for it */
+        spki_len = part_spki(r, id, spki, sizeof(spki));
         if (spki_len <= 0) {
             record_error(r, CKR_HOST_MEMORY, id);
             atomic_fetch_add(&r->failed, 1);
@@ -218,6 +249,12 @@ static void *worker(void *arg)
             rv = p11->C_GetAttributeValue(s, cert, &v, 1);
             if (rv == CKR_OK && !write_cert(r, id, value, v.ulValueLen))
                 rv = CKR_FUNCTION_FAILED;
+            if (rv == CKR_OK) {
+                /* The certificate is written: the part's key goes with it. */
+                char kept[PATH_MAX];
+                snprintf(kept, sizeof(kept), "%s/%s.spki", r->out_dir, id);
+                unlink(kept);
+            }
         }
         if (rv != CKR_OK) {
             record_error(r, rv, id);

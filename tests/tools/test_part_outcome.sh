@@ -59,6 +59,15 @@ expect "part --help without a token" 0 "usage: .*part --product" -- env GUARDIAN
 before=$(issued LINE)
 [ "$before" = 6 ] && ok "outcomes spend nothing (6 issued)" || ko "issued after outcomes: $before"
 
+# ---- a part that kept its key (a run killed before its file was written) ----------------
+# What a killed run leaves: the part's key file, no certificate file.
+openssl x509 -in run/SN-000006.pem -pubkey -noout | openssl pkey -pubin -outform DER -out run/SN-000006.spki
+mv run/SN-000006.pem was-6.pem
+expect "resumed with the kept key" 0 "provisioned 1 parts" -- "$CTL" provision --product ACME/LINE --count 6 --out run
+cmp -s run/SN-000006.pem was-6.pem && ok "the same certificate returned" || ko "another certificate on resume"
+[ "$(issued LINE)" = 6 ] && ok "asking again spent nothing" || ko "issued after asking again: $(issued LINE)"
+[ ! -e run/SN-000006.spki ] && ok "the key file removed with the certificate written" || ko "key file left"
+
 # ---- a part that made a new key: refused, then re-issued ------------------------------
 rm run/SN-000005.pem
 expect "another key refused without --reissue" 1 "another key .*--reissue" -- \
