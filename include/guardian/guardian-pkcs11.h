@@ -159,8 +159,13 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * CKA_GUARDIAN_OEM_ID + CKA_GUARDIAN_PRODUCT_ID.  The device:
  * CKA_GUARDIAN_DEVICE_ID, CKA_GUARDIAN_DEVICE_ID_FORMAT (optional, default
  * CKG_GUARDIAN_DEVICE_ID_TEXT), CKA_GUARDIAN_DEVICE_SPKI; optional CKA_TOKEN,
- * CKA_LABEL, CKA_ID of the certificate object, as the derive template takes
- * them.  Returns the certificate object (CKO_CERTIFICATE, CKA_VALUE = DER). */
+ * CKA_LABEL, CKA_ID of the certificate object and CKA_GUARDIAN_REISSUE, as the
+ * derive template takes them.  Returns the certificate object
+ * (CKO_CERTIFICATE, CKA_VALUE = DER).  A device ID that already holds a
+ * certificate of the product gets that certificate again for the same key
+ * (nothing spent) and CKR_GUARDIAN_DEVICE_ALREADY_ISSUED for another key,
+ * unless CKA_GUARDIAN_REISSUE TRUE (docs/derive-mechanism.md, "Asking
+ * again"). */
 #define CKG_GUARDIAN_REQ_DEVICE_CERT 8UL
 /* User session (read-only will do): the Guardian's state as only the module
  * can read it, checked now: the configuration's paths, the audit trail's hash
@@ -173,7 +178,7 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 /* User session (read-only will do): issue up to 64 device certificates in one
  * call, for a gang programmer, each exactly as CKG_GUARDIAN_REQ_DEVICE_CERT
  * would.  The package as for CKG_GUARDIAN_REQ_DEVICE_CERT; the devices in
- * CKA_GUARDIAN_DEVICE_BATCH.  Every entry is checked before any is issued (a
+ * CKA_GUARDIAN_DEVICE_BATCH; optional CKA_GUARDIAN_REISSUE for all of them.  Every entry is checked before any is issued (a
  * bad one refuses the whole request, with the single request's code); then
  * they are issued in order until one fails (the quota, say): those before it
  * stay issued.  Returns a session CKO_DATA object "guardian-output:device-certs"
