@@ -862,6 +862,15 @@ static CK_RV issue_new_certificate(CK_FUNCTION_LIST *be, struct guardian_store *
         return CKR_GUARDIAN_PACKAGE_EXPIRED;
     }
 
+    {
+        /* A subject the pattern cannot write faithfully (a PrintableString
+         * value with '_') is refused before a unit is spent. */
+        char why[200];
+        if (!guardian_subject_check(&is->cb, dev->text, why, sizeof(why))) {
+            guardian_error(LOG, "refused: device %s of %s/%s: %s", dev->text, is->cb.oem_id, is->cb.product_id, why);
+            return CKR_GUARDIAN_DEVICE_ID_INVALID;
+        }
+    }
     rv = take_serial(be, session, st, is, now, &serial);
     if (rv != CKR_OK) {
         if (rv == CKR_GUARDIAN_QUOTA_EXHAUSTED)
@@ -1208,6 +1217,15 @@ static CK_RV device_certs_request(CK_FUNCTION_LIST *be, struct guardian_store *s
                                 "key: nothing issued", i, dev[i].text);
             rv = CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY;
             goto out;
+        }
+        {
+            char subject_why[200];
+            if (!guardian_subject_check(&is->cb, dev[i].text, subject_why, sizeof(subject_why))) {
+                guardian_error(LOG, "refused: the batch's entry %zu, device %s: %s: nothing issued", i, dev[i].text,
+                               subject_why);
+                rv = CKR_GUARDIAN_DEVICE_ID_INVALID;
+                goto out;
+            }
         }
         /* A device with a certificate for another key, without a re-issue:
          * refused before anything is spent too (issue_certificate checks it

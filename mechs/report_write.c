@@ -194,6 +194,11 @@ size_t report_format_certificate(uint64_t seq, const uint8_t *der, size_t der_le
     return base64_line("certificate", &seq, der, der_len, out, cap);
 }
 
+size_t report_format_template(uint64_t seq, const uint8_t *der, size_t der_len, char *out, size_t cap)
+{
+    return base64_line("template", &seq, der, der_len, out, cap);
+}
+
 size_t report_format_signature(const uint8_t *sig, size_t sig_len, char *out, size_t cap)
 {
     return base64_line("signature", NULL, sig, sig_len, out, cap);

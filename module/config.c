@@ -61,6 +61,19 @@ static bool take_path(char *dst, const char *value, size_t vlen, const char *ori
     return true;
 }
 
+/* backend_init_args: passed to the backend as it is (NSS softoken parses it);
+ * only its length is ours to check (a NUL cannot reach here). */
+static bool take_init_args(char *dst, const char *value, size_t vlen, const char *where, char *err, size_t errlen)
+{
+    if (vlen > GUARDIAN_BACKEND_INIT_ARGS_MAX) {
+        set_err(err, errlen, "%s is longer than %d bytes", where, GUARDIAN_BACKEND_INIT_ARGS_MAX);
+        return false;
+    }
+    memcpy(dst, value, vlen);
+    dst[vlen] = '\0';
+    return true;
+}
+
 /* The keys whose value is an absolute path. */
 enum { SEEN_LEVEL = 1u << 0, SEEN_KDF = 1u << 1 };
 static const struct path_key {
@@ -90,6 +103,7 @@ bool guardian_config_parse(const char *text, size_t len, const char *origin, str
     memset(cfg->state_dir, 0, sizeof(cfg->state_dir));
     memset(cfg->backend_pin_file, 0, sizeof(cfg->backend_pin_file));
     memset(cfg->backend_so_pin_file, 0, sizeof(cfg->backend_so_pin_file));
+    memset(cfg->backend_init_args, 0, sizeof(cfg->backend_init_args));
     cfg->log_level = -1;
     cfg->pin_kdf_n = GUARDIAN_PIN_KDF_N_DEFAULT;
 
@@ -207,10 +221,19 @@ bool guardian_config_parse(const char *text, size_t len, const char *origin, str
                 return false;
             }
             seen |= SEEN_LEVEL;
+        } else if (strcmp(key, "backend_init_args") == 0) {
+            char where[PATH_MAX + 48];
+            if (cfg->backend_init_args[0] != '\0') { /* values are never empty */
+                set_err(err, errlen, "%s:%u: 'backend_init_args' is set twice", origin, lineno);
+                return false;
+            }
+            snprintf(where, sizeof(where), "%s:%u: 'backend_init_args'", origin, lineno);
+            if (!take_init_args(cfg->backend_init_args, text + vstart, vend - vstart, where, err, errlen))
+                return false;
         } else {
             set_err(err, errlen,
                     "%s:%u: unknown key '%s' (known: backend, state_dir, log_level, backend_pin_file, "
-                    "backend_so_pin_file, pin_kdf_cost)",
+                    "backend_so_pin_file, pin_kdf_cost, backend_init_args)",
                     origin, lineno, key);
             return false;
         }
@@ -273,6 +296,7 @@ bool guardian_config_load(struct guardian_config *cfg, char *err, size_t errlen)
     const char *env_conf = secure_getenv("GUARDIAN_CONF");
     const char *env_backend = secure_getenv("GUARDIAN_BACKEND");
     const char *env_state = secure_getenv("GUARDIAN_STATE_DIR");
+    const char *env_init_args = secure_getenv("GUARDIAN_BACKEND_INIT_ARGS");
     const char *path = (env_conf != NULL && *env_conf != '\0') ? env_conf : GUARDIAN_DEFAULT_CONF;
     bool explicit_file = env_conf != NULL && *env_conf != '\0';
     bool have_env_backend = env_backend != NULL && *env_backend != '\0';
@@ -321,6 +345,11 @@ bool guardian_config_load(struct guardian_config *cfg, char *err, size_t errlen)
     if (env_state != NULL && *env_state != '\0') {
         if (!take_path(cfg->state_dir, env_state, strlen(env_state), "GUARDIAN_STATE_DIR", 0, NULL, err,
                        errlen))
+            return false;
+    }
+    if (env_init_args != NULL && *env_init_args != '\0') {
+        if (!take_init_args(cfg->backend_init_args, env_init_args, strlen(env_init_args),
+                            "GUARDIAN_BACKEND_INIT_ARGS", err, errlen))
             return false;
     }
     if (cfg->backend[0] == '\0') {

@@ -90,6 +90,7 @@ const char *guardian_ckr_name(CK_RV rv);
 /* ---- configuration (config.c) ------------------------------------------ */
 
 #define GUARDIAN_CONF_MAX_BYTES (64 * 1024)
+#define GUARDIAN_BACKEND_INIT_ARGS_MAX 1024
 
 struct guardian_config {
     char source[PATH_MAX];    /* the file read, or "" when none was */
@@ -102,6 +103,9 @@ struct guardian_config {
     char backend_pin_file[PATH_MAX];
     char backend_so_pin_file[PATH_MAX]; /* the backend SO's, for the Guardian SO */
     uint32_t pin_kdf_n;                 /* scrypt N for new Guardian PINs */
+    /* Passed as pReserved of the backend's C_Initialize ("" = NULL): NSS
+     * softoken's "configdir='sql:…' …" string (docs/configuration.md). */
+    char backend_init_args[GUARDIAN_BACKEND_INIT_ARGS_MAX + 1];
 };
 
 #define GUARDIAN_PIN_KDF_N_MIN 1024u
@@ -114,8 +118,9 @@ bool guardian_config_parse(const char *text, size_t len, const char *origin,
                            struct guardian_config *cfg, char *err, size_t errlen);
 
 /* The whole lookup: GUARDIAN_CONF or the default file, then the environment
- * overrides GUARDIAN_BACKEND and GUARDIAN_STATE_DIR.  The default file may be
- * absent when GUARDIAN_BACKEND is set; a file named by GUARDIAN_CONF may not. */
+ * overrides GUARDIAN_BACKEND, GUARDIAN_STATE_DIR and GUARDIAN_BACKEND_INIT_ARGS.
+ * The default file may be absent when GUARDIAN_BACKEND is set; a file named by
+ * GUARDIAN_CONF may not. */
 bool guardian_config_load(struct guardian_config *cfg, char *err, size_t errlen);
 
 /* ---- backend (backend.c) ------------------------------------------------ */

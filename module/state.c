@@ -191,13 +191,27 @@ CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
      * several threads, and some do anyway (pkcs11-tool --test-threads: the main
      * thread initializes with NULL, test threads then call concurrently);
      * SoftHSMv2 initialized without locking crashes then.  Locking when not
-     * strictly needed costs the backend little and breaks no caller. */
+     * strictly needed costs the backend little and breaks no caller.
+     * The other: pReserved (always NULL from the caller) becomes the
+     * configured backend_init_args when that is set (NSS softoken's
+     * "configdir=…" string); the string lives in `config`, which outlives the
+     * backend's initialisation. */
     {
         CK_C_INITIALIZE_ARGS upgraded;
         CK_VOID_PTR be_args = init_args;
-        if (args == NULL || (args->CreateMutex == NULL && !(args->flags & CKF_OS_LOCKING_OK))) {
-            memset(&upgraded, 0, sizeof(upgraded));
-            upgraded.flags = (args ? args->flags : 0) | CKF_OS_LOCKING_OK;
+        bool lock_upgrade = args == NULL || (args->CreateMutex == NULL && !(args->flags & CKF_OS_LOCKING_OK));
+        if (lock_upgrade || config.backend_init_args[0] != '\0') {
+            if (args != NULL)
+                upgraded = *args;
+            else
+                memset(&upgraded, 0, sizeof(upgraded));
+            if (lock_upgrade)
+                upgraded.flags |= CKF_OS_LOCKING_OK;
+            if (config.backend_init_args[0] != '\0') {
+                upgraded.pReserved = config.backend_init_args;
+                guardian_debug("init", "backend C_Initialize gets backend_init_args (%zu bytes) as pReserved",
+                               strlen(config.backend_init_args));
+            }
             be_args = &upgraded;
         }
         rv = backend.list->C_Initialize(be_args);

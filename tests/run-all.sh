@@ -7,13 +7,33 @@
 #   3. build-fuzz/   clang + libFuzzer: every fuzz target for a fixed budget
 #
 # Ends with one line "N passed, N failed" (ctest suites counted test by test)
-# and exits non-zero if anything failed.  Options: --quick skips stages 2 and 3.
+# and exits non-zero if anything failed.
+#
+# Usage: tests/run-all.sh [--quick] [--help]
+#   --quick   stage 1 only (skips ASan+UBSan and the fuzz targets)
+# Missing Debian packages (tools/debian-packages) are installed first when run
+# as root; otherwise the command to install them is printed and nothing runs.
+# Exit status: 0 everything passed; 1 something failed; 2 usage error.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
 quick=0
-[ "${1:-}" = "--quick" ] && quick=1
+for arg in "$@"; do
+    case $arg in
+    --quick) quick=1 ;;
+    -h | --help)
+        sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -uo/d' -e 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "run-all: unknown option '$arg'" >&2
+        echo "usage: $0 [--quick] [--help]" >&2
+        exit 2
+        ;;
+    esac
+done
+"$here/tools/ensure-packages.sh" || exit 1
 
 # Tests must not inherit a developer's Guardian or SoftHSM settings.
 unset GUARDIAN_CONF GUARDIAN_BACKEND GUARDIAN_STATE_DIR GUARDIAN_DEBUG SOFTHSM2_CONF

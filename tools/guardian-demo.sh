@@ -19,8 +19,14 @@
 # group, through p11-kit-client.so. Needs root (it makes the accounts and removes
 # them at the end); GUARDIAN_DEMO_ACCOUNTS (default gdemo) prefixes their names.
 #
-# Usage: tools/guardian-demo.sh [--keep] [--parts N] [--service]
-#        (--keep leaves the temporary directory; --parts defaults to 1000)
+# Usage: tools/guardian-demo.sh [--keep] [--parts N] [--service] [--help]
+#   --keep       leave the temporary directory (and say where it is)
+#   --parts N    produce N parts (1..1000000, default 1000): the package
+#                authorises exactly max(N, 1000) units
+#   --service    the production way, through the Guardian service (root)
+# Missing Debian packages (tools/debian-packages) are installed first when run
+# as root; otherwise the command to install them is printed and nothing runs.
+# Exit status: 0 the whole story passed; 1 a step failed; 2 usage error.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,15 +34,41 @@ build="${GUARDIAN_BUILD_DIR:-$here/build}"
 module="$build/guardian-pkcs11.so"
 softhsm="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 keep=0 parts=1000 service=0
+usage() { echo "usage: $0 [--keep] [--parts N] [--service] [--help]  (--help for details)"; }
+usage_die() {
+    printf 'guardian-demo: %s
+' "$*" >&2
+    usage >&2
+    exit 2
+}
 while [ $# -gt 0 ]; do
     case $1 in
+    -h | --help)
+        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'
+        exit 0
+        ;;
     --keep) keep=1 ;;
-    --parts) parts=$2; shift ;;
+    --parts | --parts=*)
+        if [ "$1" = --parts ]; then
+            [ $# -ge 2 ] || usage_die "--parts needs a number"
+            parts=$2
+            shift
+        else
+            parts=${1#--parts=}
+        fi
+        [[ $parts =~ ^[1-9][0-9]{0,6}$ ]] && [ "$parts" -le 1000000 ] ||
+            usage_die "--parts must be a whole number from 1 to 1000000, not '$parts'"
+        ;;
     --service) service=1 ;;
-    *) echo "usage: $0 [--keep] [--parts N] [--service]" >&2; exit 2 ;;
+    *) usage_die "unknown option '$1'" ;;
     esac
     shift
 done
+# The package is as large as the run: the OEM authorises at least what is made.
+units=$((parts > 1000 ? parts : 1000))
+# What the demo itself needs of tools/debian-packages (the tests need more).
+"$here/tools/ensure-packages.sh" build-essential cmake pkg-config libp11-kit-dev p11-kit p11-kit-modules \
+    libssl-dev openssl libcmocka-dev libsqlite3-dev softhsm2 opensc procps || exit 1
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
@@ -44,7 +76,7 @@ die() { printf 'guardian-demo: %s\n' "$*" >&2; exit 1; }
 
 for tool in cmake cc softhsm2-util pkcs11-tool openssl; do
     command -v "$tool" >/dev/null ||
-        die "$tool is missing; install the prerequisites: sudo apt-get install -y \$(cat $here/tools/debian-packages)"
+        die "$tool is missing although its package is installed: is PATH complete? ($PATH)"
 done
 [ -r "$softhsm" ] || die "SoftHSMv2 module not found at $softhsm (apt-get install softhsm2)"
 client_module=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
@@ -254,7 +286,7 @@ ctl enroll-oem "$work/acme-root.pem" --oem-id ACME --yes 2>&1 | sed 's/^/  /'
 step "4. OEM wraps its secrets for this one Guardian"
 wrap create --guardian-cert "$gpem" --signer-key "$oem/signer.key" --signer-cert "$oem/signer.pem" \
     --ca-key "$oem/production-ca.key" --ca-cert "$oem/production-ca.pem" --ca-chain "$oem/root.pem" \
-    --oem-id ACME --product-id SENSOR-1 --release 1 --units 1000 --not-after +90 \
+    --oem-id ACME --product-id SENSOR-1 --release 1 --units "$units" --not-after +90 \
     --data config="$oem/config.txt" --out "$work/acme-sensor-1-r1.gpk" | sed 's/^/  /'
 wrap inspect "$work/acme-sensor-1-r1.gpk" --oem-root "$oem/root.pem" --guardian-cert "$gpem" |
     sed 's/^/  /'
@@ -323,9 +355,9 @@ echo "  $(wc -l <"$work/audit-report.txt") lines, $(wc -c <"$work/audit-report.t
 step "8. OEM side, offline: verify the report against the Guardian certificate and the production CA"
 wrap verify-report "$work/audit-report.txt" --guardian "$gpem" \
     --ca-chain "$oem/production-ca.pem" --root "$oem/root.pem" 2>&1 | sed 's/^/  /'
-echo "  a copy whose import record claims 9000 authorised units instead of 1000 is rejected:"
+echo "  a copy whose import record claims $((units * 9)) authorised units instead of $units is rejected:"
 # (the first IMPORT record, whatever its number: credential records may come first)
-sed '0,/^record [0-9]* IMPORT /{/^record [0-9]* IMPORT /s/ 1000 / 9000 /}' "$work/audit-report.txt" \
+sed "0,/^record [0-9]* IMPORT /{/^record [0-9]* IMPORT /s/ $units / $((units * 9)) /}" "$work/audit-report.txt" \
     >"$work/audit-altered.txt"
 if wrap verify-report "$work/audit-altered.txt" --guardian "$gpem" \
     --ca-chain "$oem/production-ca.pem" --root "$oem/root.pem" >"$work/altered.out" 2>&1; then
@@ -346,7 +378,7 @@ else
     echo "  module:    $module (backend $softhsm)"
 fi
 echo "  Guardian:  $(openssl x509 -in "$gpem" -noout -fingerprint -sha256 | cut -d= -f2) (signing: $(openssl x509 -in "$work/guardian-signing.pem" -noout -fingerprint -sha256 | cut -d= -f2))"
-echo "  package:   ACME/SENSOR-1 release 1, 1000 units: imported, replay refused"
+echo "  package:   ACME/SENSOR-1 release 1, $units units: imported, replay refused"
 echo "  produced:  $parts device certificates, all verify up to the OEM root"
 echo "  audit:     signed report verified by the OEM; an altered copy rejected"
 if [ "$service" = 1 ]; then

@@ -707,7 +707,14 @@ static int create_package(struct create_opts *o)
          * the package travels (same parser, mechs/cert_builder.c). */
         struct guardian_subject_pattern pat;
         char perr_buf[160];
+        uint8_t name[4096];
         if (!guardian_subject_pattern_parse(o->subject, strlen(o->subject), &pat, perr_buf, sizeof(perr_buf)))
+            die("--subject: %s", perr_buf);
+        /* The OEM and product IDs are known now: a PrintableString value
+         * they make unwritable ('_' in C or serialNumber) is refused here,
+         * not at every device ("A" stands for a device ID that fits). */
+        if (guardian_subject_der(&pat, "A", o->oem_id, o->product_id, name, sizeof(name), perr_buf,
+                                 sizeof(perr_buf)) == 0)
             die("--subject: %s", perr_buf);
     }
     set_utf8(pkg->cert_template->subject, o->subject);
@@ -717,6 +724,13 @@ static int create_package(struct create_opts *o)
             !guardian_device_ext_oid_ok(pkg->cert_template->device_ext_oid))
             die("--device-ext-oid: '%s' is not a usable OID (dotted numbers; not under 2.5.29 or 1.3.6.1.5.5.7)",
                 o->device_ext_oid);
+    } else {
+        /* No OID given: say "no device-identity extension" in the signed
+         * template ([1] noDeviceExt); a template with neither field means the
+         * legacy 2.25 default (docs/certificate-profile.md). */
+        pkg->cert_template->no_device_ext = ASN1_NULL_new();
+        if (pkg->cert_template->no_device_ext == NULL)
+            die("out of memory");
     }
     ASN1_INTEGER_set(pkg->cert_template->validity_days, o->validity_days);
     key_usage_bits(pkg->cert_template->key_usage, o->key_usage);
@@ -1113,6 +1127,11 @@ static int cmd_inspect(int argc, char **argv)
             char oid[128];
             OBJ_obj2txt(oid, sizeof(oid), t->device_ext_oid, 1);
             printf(", device extension %s", oid);
+        } else if (t->no_device_ext != NULL) {
+            printf(", no device extension");
+        } else {
+            printf(", device extension %s (the legacy default: a package made before noDeviceExt)",
+                   GUARDIAN_OID_DEVICE);
         }
         printf("\n");
     }
@@ -1184,6 +1203,16 @@ static void read_package_file(const char *path, struct report_package *out)
     snprintf(out->product_id, sizeof(out->product_id), "%s", pkg.product_id);
     out->release_version = pkg.release_version;
     out->authorised_units = pkg.authorised_units;
+    {
+        /* Compared with the report's template line of its IMPORT. */
+        unsigned char *der = NULL;
+        int n = i2d_GUARDIAN_CERT_TEMPLATE(pkg.asn1->cert_template, &der);
+        if (n <= 0 || (out->cert_template = malloc((size_t)n)) == NULL)
+            die("out of memory");
+        memcpy(out->cert_template, der, (size_t)n);
+        out->cert_template_len = (size_t)n;
+        OPENSSL_free(der);
+    }
     guardian_package_free(&pkg);
     CMS_ContentInfo_free(cms);
     free(data);
@@ -1297,6 +1326,8 @@ static int cmd_verify_report(int argc, char **argv)
     X509_free(in.guardian_signing);
     X509_free(in.root);
     sk_X509_pop_free(in.ca_chain, X509_free);
+    for (int i = 0; i < n_packages; i++)
+        free(packages[i].cert_template);
     return problems == 0 ? 0 : 1;
 }
 
@@ -1307,7 +1338,7 @@ static const char create_usage[] =
     "         [--signer-chain CHAIN.pem] --ca-key CA.key --ca-cert CA.pem [--ca-chain CHAIN.pem]\n"
     "         --oem-id ID --product-id ID --release N --units N --not-after YYYY-MM-DD|+DAYS\n"
     "         [--subject PATTERN] [--validity-days N] [--key-usage LIST] [--ext-key-usage OIDS]\n"
-    "         [--device-ext-oid OID]\n"
+    "         [--device-ext-oid OID]   (without it: no device-identity extension)\n"
     "         [--extra-key LABEL=KEY.pem]... [--data NAME=FILE]... [--secret-data NAME=FILE]...\n"
     "         [--kdf auto|aes-cbc|x963-sha256]\n"
     "         [--passin pass:TEXT|env:VAR|file:PATH|fd:N] [--ca-passin SOURCE]\n"
@@ -1323,7 +1354,7 @@ static const char inspect_usage[] =
 static const char verify_usage[] =
     "usage: " PROG " verify-report REPORT --guardian GUARDIAN-CERT.pem --ca-chain PRODUCTION-CHAIN.pem\n"
     "         [--root OEM-ROOT.pem] [--package PACKAGE]... [--authorised N --product OEM/PRODUCT]\n"
-    "         [--device-ext-oid OID]   (the --device-ext-oid the packages were made with)\n"
+    "         [--device-ext-oid OID]   (for releases an old report or --package does not describe)\n"
     "         [--previous OLD-REPORT]  (an earlier report: this one must extend it)\n"
     "Checks the Guardian's signature, every record hash and the chain, the quotas and every\n"
     "certificate.  Exit 0: OK; 1: the report does not verify; 2: usage or file error.\n";

@@ -13,6 +13,9 @@
  */
 #include "report.h"
 
+#include "cert_builder.h" /* the subject a template gives: mechs/cert_builder.c */
+#include "package.h"      /* DeviceCertTemplate and its device-extension setting */
+
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,8 +29,10 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-/* GUARDIAN_OID_ARC ".3" (mechs/package.h): the device certificate extension. */
-#define REPORT_DEVICE_EXT_OID "2.25.62758544141009244537205961397770264239.3"
+/* The device certificate extension of a release whose template the report
+ * does not carry (versions 1 and 2) and no --device-ext-oid names: the
+ * legacy default (mechs/package.h). */
+#define REPORT_DEVICE_EXT_OID GUARDIAN_OID_DEVICE
 #define REPORT_PROBLEMS_SHOWN 100
 #define REPORT_PEM_BEGIN "-----BEGIN CERTIFICATE-----"
 #define REPORT_PEM_END "-----END CERTIFICATE-----"
@@ -213,6 +218,13 @@ struct rpkg {
     uint64_t authorised, reserved, released, issued, certs_ok, net, peak;
     uint64_t lost; /* reserved, not issued, and named by a JOURNAL-LOST record */
     int over;
+    /* Its template (the report's template line, or the --package file's),
+     * decoded: its certificates' profile (attach_template). */
+    GUARDIAN_CERT_TEMPLATE *tmpl;      /* NULL: none known */
+    int tmpl_bad;                      /* a template line that does not decode (reported) */
+    struct guardian_subject_pattern *subject;
+    uint8_t ext_oid[GUARDIAN_DEVICE_EXT_OID_MAX];
+    int ext_oid_len;                   /* 0: no device-identity extension */
 };
 
 enum { S_RESERVED = 1, S_ISSUED, S_RELEASED };
@@ -242,7 +254,7 @@ struct vctx {
     const struct report_inputs *in;
     unsigned long problems, line;
     int parse_failed;
-    int version; /* of the report: 1 (REPORT_MAGIC_1) or 2 */
+    int version; /* of the report: 1 (REPORT_MAGIC_1), 2 (REPORT_MAGIC_2) or 3 */
     /* header */
     int64_t exported;
     int scoped;
@@ -262,6 +274,8 @@ struct vctx {
     size_t serial_cap;
     struct rcert *certs;
     size_t n_certs;
+    struct rcert *tmpls; /* template lines (version 3), in record order */
+    size_t n_tmpls;
     struct rop *ops; /* [OP_NOT_RECORDED] is a placeholder */
     size_t n_ops, last_op;
     const char *sig;
@@ -605,7 +619,33 @@ static int parse_pem(struct vctx *v, const char *start, const char *end, unsigne
 
 /* SEC_PEM_NEXT: after A, either S's block or (a one-key report) the body. */
 enum section { SEC_MAGIC, SEC_EXPORTED, SEC_SCOPE, SEC_HEAD, SEC_PEM, SEC_IN_PEM, SEC_PEM_NEXT, SEC_PRODUCTS,
-               SEC_RECORDS, SEC_CERTS, SEC_SIGNATURE, SEC_END };
+               SEC_RECORDS, SEC_TEMPLATES, SEC_CERTS, SEC_SIGNATURE, SEC_END };
+
+/* "WORD SEQ BASE64" (a certificate or template line) into `into`, in record
+ * order, one per record. */
+static int parse_seq_b64(struct vctx *v, const char *s, size_t l, const char *what, uint64_t *last,
+                         struct rcert *into, size_t *n)
+{
+    const char *f[3];
+    size_t fl[3];
+    uint64_t seq;
+    char again[32];
+    if (split(s, l, f, fl, 3) != 3 || !get_u64(f[1], fl[1], INT64_MAX, &seq))
+        return malformed(v, "a %s line is '%s SEQ BASE64-DER'", what, what);
+    snprintf(again, sizeof(again), "%llu", (unsigned long long)seq);
+    if (strlen(again) != fl[1])
+        return malformed(v, "not in canonical form");
+    if (seq <= *last)
+        return malformed(v, "%s lines must be in record order, one per record", what);
+    *last = seq;
+    if (*n == v->cap_recs)
+        return malformed(v, "more %s lines than records", what);
+    into[*n].seq = seq;
+    into[*n].b64 = f[2];
+    into[*n].len = fl[2];
+    into[(*n)++].line = v->line;
+    return 1;
+}
 
 static int parse(struct vctx *v, const uint8_t *data, size_t len)
 {
@@ -613,7 +653,7 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
     enum section sec = SEC_MAGIC;
     const char *pem_start = NULL;
     unsigned long pem_line = 0, pem_lines = 0;
-    uint64_t last_cert_seq = 0;
+    uint64_t last_cert_seq = 0, last_tmpl_seq = 0;
 
     if (len > REPORT_MAX_BYTES) {
         v->line = 0;
@@ -627,10 +667,11 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
         v->cap_recs = lines < REPORT_MAX_RECORDS ? lines : REPORT_MAX_RECORDS;
         v->recs = calloc(v->cap_recs + 1, sizeof(*v->recs));
         v->certs = calloc(v->cap_recs + 1, sizeof(*v->certs));
+        v->tmpls = calloc(v->cap_recs + 1, sizeof(*v->tmpls));
         v->products = calloc(REPORT_MAX_PRODUCTS, sizeof(*v->products));
         v->ops = calloc(REPORT_MAX_OPERATORS, sizeof(*v->ops));
         v->n_ops = OP_NOT_RECORDED + 1;
-        if (v->recs == NULL || v->certs == NULL || v->products == NULL || v->ops == NULL) {
+        if (v->recs == NULL || v->certs == NULL || v->tmpls == NULL || v->products == NULL || v->ops == NULL) {
             v->line = 0;
             return malformed(v, "out of memory");
         }
@@ -667,12 +708,14 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
         switch (sec) {
         case SEC_MAGIC:
             if (l == strlen(REPORT_MAGIC) && memcmp(s, REPORT_MAGIC, l) == 0)
-                v->version = 2;
+                v->version = 3;
+            else if (l == strlen(REPORT_MAGIC_2) && memcmp(s, REPORT_MAGIC_2, l) == 0)
+                v->version = 2; /* made before reports carried the templates */
             else if (l == strlen(REPORT_MAGIC_1) && memcmp(s, REPORT_MAGIC_1, l) == 0)
                 v->version = 1; /* made before operators were recorded */
             else
                 return malformed(v, "not a Guardian audit report (the first line must be '" REPORT_MAGIC
-                                    "', or '" REPORT_MAGIC_1 "' for an earlier one)");
+                                    "', or '" REPORT_MAGIC_2 "' or '" REPORT_MAGIC_1 "' for an earlier one)");
             sec = SEC_EXPORTED;
             continue;
         case SEC_EXPORTED:
@@ -740,32 +783,24 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
                 return 0;
         } else if ((l > 7 && memcmp(s, "record ", 7) == 0) || (l > 9 && memcmp(s, "redacted ", 9) == 0)) {
             if (sec > SEC_RECORDS)
-                return malformed(v, "a record line after the certificates");
+                return malformed(v, "a record line after the templates or certificates");
             sec = SEC_RECORDS;
             if (v->n_recs == v->cap_recs)
                 return malformed(v, "more than %zu records", REPORT_MAX_RECORDS);
             if (!(s[2] == 'c' ? parse_record(v, s, l) : parse_redacted(v, s, l)))
                 return 0;
+        } else if (l > 9 && memcmp(s, "template ", 9) == 0) {
+            if (v->version < 3)
+                return malformed(v, "a template line in a version %d report", v->version);
+            if (sec > SEC_TEMPLATES)
+                return malformed(v, "a template line after the certificates");
+            sec = SEC_TEMPLATES;
+            if (!parse_seq_b64(v, s, l, "template", &last_tmpl_seq, v->tmpls, &v->n_tmpls))
+                return 0;
         } else if (l > 12 && memcmp(s, "certificate ", 12) == 0) {
-            const char *f[3];
-            size_t fl[3];
-            uint64_t seq;
-            char again[32];
             sec = SEC_CERTS;
-            if (split(s, l, f, fl, 3) != 3 || !get_u64(f[1], fl[1], INT64_MAX, &seq))
-                return malformed(v, "a certificate line is 'certificate SEQ BASE64-DER'");
-            snprintf(again, sizeof(again), "%llu", (unsigned long long)seq);
-            if (strlen(again) != fl[1])
-                return malformed(v, "not in canonical form");
-            if (seq <= last_cert_seq)
-                return malformed(v, "certificate lines must be in record order, one per record");
-            last_cert_seq = seq;
-            if (v->n_certs == v->cap_recs)
-                return malformed(v, "more certificate lines than records");
-            v->certs[v->n_certs].seq = seq;
-            v->certs[v->n_certs].b64 = f[2];
-            v->certs[v->n_certs].len = fl[2];
-            v->certs[v->n_certs++].line = v->line;
+            if (!parse_seq_b64(v, s, l, "certificate", &last_cert_seq, v->certs, &v->n_certs))
+                return 0;
         } else if (l > 10 && memcmp(s, "signature ", 10) == 0) {
             if (sec < SEC_PRODUCTS)
                 return malformed(v, "the signature line comes last");
@@ -774,8 +809,8 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
             v->sig_len = l - 10;
             sec = SEC_END;
         } else {
-            return malformed(v, "unknown line (a line starts with product, record, redacted, certificate or "
-                                "signature)");
+            return malformed(v, "unknown line (a line starts with product, record, redacted, template, "
+                                "certificate or signature)");
         }
     }
     if (sec == SEC_MAGIC) {
@@ -959,6 +994,13 @@ static void check_chain(struct vctx *v)
         r->cert_len = v->certs[i].len;
         r->cert_line = v->certs[i].line;
     }
+    /* Templates to their IMPORT records (attached to the package by check_accounting). */
+    for (size_t i = 0; i < v->n_tmpls; i++) {
+        const struct rrec *r = find_rec(v, v->tmpls[i].seq);
+        if (r == NULL || r->type != GUARDIAN_AUDIT_IMPORT)
+            problem(v, "line %lu: a template for record %llu, which is not an IMPORT record in this report",
+                    v->tmpls[i].line, (unsigned long long)v->tmpls[i].seq);
+    }
     if (v->n_recs == 0) {
         if (v->head_seq != 0 || memcmp(v->head_hash, zeros, GUARDIAN_HASH_LEN) != 0)
             problem(v, "the report has no records but its head is record %llu", (unsigned long long)v->head_seq);
@@ -1018,10 +1060,149 @@ static void check_clock(struct vctx *v)
 
 /* ---- certificates ------------------------------------------------------------------------ */
 
+/* The template of the package IMPORT record `seq` imported, decoded into
+ * `pkg`: strict DER, a device-extension setting the Guardian accepts, a
+ * subject pattern it can fill.  From the report's template line (version 3);
+ * for a report without one (versions 1 and 2), from the OEM's package file of
+ * that digest if --package gave it.  Without either, the package's
+ * certificates are checked against --device-ext-oid or the legacy default,
+ * as before. */
+static void attach_template(struct vctx *v, struct rpkg *pkg)
+{
+    size_t lo = 0, hi = v->n_tmpls, der_len = 0;
+    const struct rcert *t = NULL;
+    const struct report_package *f = NULL;
+    uint8_t *der = NULL, *again_der = NULL;
+    const uint8_t *src;
+    const unsigned char *p;
+    char again[REPORT_MAX_LINE], err[200], from[300];
+    const char *why = NULL;
+    int n;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v->tmpls[mid].seq < pkg->seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < v->n_tmpls && v->tmpls[lo].seq == pkg->seq) {
+        t = &v->tmpls[lo];
+        snprintf(from, sizeof(from), "line %lu: the template", t->line);
+    } else {
+        for (size_t j = 0; j < v->in->n_packages && f == NULL; j++)
+            if (v->in->packages[j].cert_template != NULL &&
+                memcmp(v->in->packages[j].digest, pkg->digest, GUARDIAN_HASH_LEN) == 0)
+                f = &v->in->packages[j];
+        if (f == NULL)
+            return;
+        snprintf(from, sizeof(from), "the template in package %s", f->name);
+    }
+    pkg->tmpl_bad = 1;
+    if (t != NULL) {
+        der = get_base64(t->b64, t->len, &der_len);
+        if (der == NULL || report_base64(der, der_len, again, sizeof(again)) != t->len ||
+            memcmp(again, t->b64, t->len) != 0) {
+            why = "it is not canonical base64";
+            goto out;
+        }
+        src = der;
+    } else {
+        src = f->cert_template;
+        der_len = f->cert_template_len;
+    }
+    p = src;
+    pkg->tmpl = d2i_GUARDIAN_CERT_TEMPLATE(NULL, &p, (long)der_len);
+    n = pkg->tmpl ? i2d_GUARDIAN_CERT_TEMPLATE(pkg->tmpl, &again_der) : -1;
+    if (pkg->tmpl == NULL || p != src + der_len || n < 0 || (size_t)n != der_len ||
+        memcmp(again_der, src, der_len) != 0) {
+        why = "it is not a DER DeviceCertTemplate";
+        goto out;
+    }
+    pkg->ext_oid_len = guardian_template_device_ext(pkg->tmpl, pkg->ext_oid);
+    if (pkg->ext_oid_len < 0) {
+        why = "its device-identity extension setting is invalid";
+        goto out;
+    }
+    pkg->subject = calloc(1, sizeof(*pkg->subject));
+    if (pkg->subject == NULL ||
+        !guardian_subject_pattern_parse((const char *)ASN1_STRING_get0_data(pkg->tmpl->subject),
+                                        (size_t)ASN1_STRING_length(pkg->tmpl->subject), pkg->subject, err,
+                                        sizeof(err))) {
+        why = pkg->subject == NULL ? "out of memory" : err;
+        goto out;
+    }
+    pkg->tmpl_bad = 0;
+out:
+    if (why != NULL) {
+        problem(v, "%s of record %llu (%s release %u) does not decode: %s", from, (unsigned long long)pkg->seq,
+                v->products[pkg->product].name, pkg->release, why);
+        GUARDIAN_CERT_TEMPLATE_free(pkg->tmpl);
+        pkg->tmpl = NULL;
+        free(pkg->subject);
+        pkg->subject = NULL;
+    }
+    OPENSSL_free(again_der);
+    free(der);
+}
+
+/* The certificate's subject is the template's pattern filled with the
+ * record's IDs: the device ID as text (if its bytes are a text ID's) or in
+ * lowercase hex (a binary ID), as the module fills it.  What ties a
+ * certificate without the device-identity extension to its record, with its
+ * serialNumber and SHA-256. */
+static int check_subject(const X509 *x, const struct rproduct *prod, const uint8_t *dev, size_t dev_len,
+                         const struct rpkg *pkg)
+{
+    uint8_t want[GUARDIAN_CERT_BUF];
+    char text[2 * GUARDIAN_DEVICE_ID_MAX + 1];
+    unsigned char *have = NULL;
+    int have_len = i2d_X509_NAME(X509_get_subject_name(x), &have), ok = 0, is_text = dev_len > 0;
+    size_t n;
+
+    for (size_t i = 0; i < dev_len; i++)
+        is_text = is_text && guardian_id_char(dev[i]);
+    for (int form = 0; form < 2 && !ok && have_len > 0; form++) {
+        if (form == 0 && !is_text)
+            continue;
+        if (form == 0) {
+            memcpy(text, dev, dev_len);
+            text[dev_len] = '\0';
+        } else {
+            put_hex(text, dev, dev_len);
+        }
+        n = guardian_subject_der(pkg->subject, text, prod->oem_id, prod->product_id, want, sizeof(want), NULL, 0);
+        ok = n > 0 && n == (size_t)have_len && memcmp(want, have, n) == 0;
+    }
+    OPENSSL_free(have);
+    return ok;
+}
+
+/* A certificate of a template without the device-identity extension has the
+ * profile's standard extensions only. */
+static int only_standard_extensions(const X509 *x)
+{
+    static const int allowed[] = {NID_basic_constraints, NID_key_usage, NID_ext_key_usage,
+                                  NID_authority_key_identifier, NID_subject_key_identifier};
+    for (int i = 0; i < X509_get_ext_count(x); i++) {
+        int nid = OBJ_obj2nid(X509_EXTENSION_get_object(X509_get_ext(x, i))), found = 0;
+        for (size_t k = 0; k < sizeof(allowed) / sizeof(allowed[0]); k++)
+            found = found || nid == allowed[k];
+        if (!found)
+            return 0;
+    }
+    return 1;
+}
+
 static int check_ext(const struct vctx *v, const X509 *x, const struct rproduct *prod, const uint8_t *dev,
                      size_t dev_len, const struct rpkg *pkg, const char **why)
 {
-    ASN1_OBJECT *oid = OBJ_txt2obj(v->in->device_ext_oid != NULL ? v->in->device_ext_oid : REPORT_DEVICE_EXT_OID, 1);
+    /* The release's own setting when the report carries its template; else
+     * what the OEM says (--device-ext-oid), else the legacy default. */
+    const char *flag = v->in->device_ext_oid != NULL ? v->in->device_ext_oid : REPORT_DEVICE_EXT_OID;
+    ASN1_OBJECT *oid = pkg->tmpl != NULL
+                           ? ASN1_OBJECT_create(NID_undef, (unsigned char *)pkg->ext_oid, pkg->ext_oid_len, NULL, NULL)
+                           : OBJ_txt2obj(flag, 1);
     int idx = oid ? X509_get_ext_by_OBJ(x, oid, -1) : -1, ok = 0;
     X509_EXTENSION *e;
     const ASN1_OCTET_STRING *val;
@@ -1160,8 +1341,23 @@ static void check_certificate(struct vctx *v, const struct rrec *r, struct rpkg 
         why = "its serialNumber does not carry the record's serial and package";
         goto out;
     }
-    if (!check_ext(v, x, prod, dev, r->dev_len, pkg, &why))
+    if (pkg->tmpl_bad) {
+        why = "its release's template in the report does not decode";
         goto out;
+    }
+    if (pkg->tmpl != NULL && !check_subject(x, prod, dev, r->dev_len, pkg)) {
+        why = "its subject is not the release's subject pattern filled with the record's IDs";
+        goto out;
+    }
+    if (pkg->tmpl != NULL && pkg->ext_oid_len == 0) {
+        if (!only_standard_extensions(x)) {
+            why = "it has an extension its release's template does not give (the template says no device-identity "
+                  "extension)";
+            goto out;
+        }
+    } else if (!check_ext(v, x, prod, dev, r->dev_len, pkg, &why)) {
+        goto out;
+    }
     pkg->certs_ok++;
 out:
     if (why != NULL)
@@ -1425,6 +1621,7 @@ static void check_accounting(struct vctx *v)
             memcpy(pkg->digest, r->digest, sizeof(pkg->digest));
             pkg->release = r->release;
             pkg->authorised = r->units;
+            attach_template(v, pkg);
             prod->pkg = (long)v->n_pkgs++;
             continue;
         }
@@ -1569,6 +1766,15 @@ static void check_oem_inputs(struct vctx *v)
                     (unsigned long long)k->seq, f->name, v->products[k->product].name, k->release,
                     (unsigned long long)k->authorised, f->oem_id, f->product_id, f->release_version,
                     (unsigned long long)f->authorised_units);
+        }
+        if (f->cert_template != NULL && k->tmpl != NULL) {
+            unsigned char *der = NULL;
+            int n = i2d_GUARDIAN_CERT_TEMPLATE(k->tmpl, &der);
+            if (n < 0 || (size_t)n != f->cert_template_len || memcmp(der, f->cert_template, (size_t)n) != 0)
+                problem(v, "record %llu imports package %s but the report's template of it differs from the "
+                           "package's (its certificates were checked against the report's)",
+                        (unsigned long long)k->seq, f->name);
+            OPENSSL_free(der);
         }
         if (k->peak > f->authorised_units && k->authorised == f->authorised_units && k->over)
             continue; /* already reported against the same number */
@@ -1898,7 +2104,12 @@ static void vctx_free(struct vctx *v)
     X509_free(v->signing);
     free(v->recs);
     free(v->certs);
+    free(v->tmpls);
     free(v->products);
+    for (size_t i = 0; v->pkgs != NULL && i < v->n_pkgs; i++) {
+        GUARDIAN_CERT_TEMPLATE_free(v->pkgs[i].tmpl);
+        free(v->pkgs[i].subject);
+    }
     free(v->pkgs);
     free(v->serials);
     free(v->ops);

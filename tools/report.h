@@ -49,6 +49,8 @@ struct report_package {
     char product_id[GUARDIAN_ID_MAX + 1];
     uint32_t release_version;
     uint64_t authorised_units;
+    uint8_t *cert_template;                     /* its DeviceCertTemplate, DER (NULL: not compared) */
+    size_t cert_template_len;
 };
 
 struct report_inputs {
@@ -60,7 +62,8 @@ struct report_inputs {
     size_t n_packages;
     const char *product;            /* "OEM/PRODUCT" for `authorised` */
     uint64_t authorised;            /* with `product`: the OEM's total for that product */
-    const char *device_ext_oid;     /* the package template's device-extension OID; NULL: Guardian's default */
+    const char *device_ext_oid;     /* for releases whose template the report does not carry (versions 1, 2):
+                                       their device-extension OID; NULL: the legacy default */
     const uint8_t *previous;        /* an earlier report of this Guardian: this one must extend it; NULL: none */
     size_t previous_len;
     const char *previous_name;

@@ -28,6 +28,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             __builtin_trap();
         if (cfg.log_level < -1 || cfg.log_level > GUARDIAN_LOG_TRACE)
             __builtin_trap();
+        /* backend_init_args: NUL-terminated, at most 1024 bytes, no NUL inside
+         * the line it came from (so the backend gets exactly those bytes). */
+        if (strnlen(cfg.backend_init_args, sizeof(cfg.backend_init_args)) > GUARDIAN_BACKEND_INIT_ARGS_MAX)
+            __builtin_trap();
     } else if (memchr(err, '\0', sizeof(err)) == NULL || err[0] == '\0') {
         __builtin_trap(); /* every refusal says why */
     }

@@ -882,7 +882,12 @@ static void assert_chains(X509 *x, const char *ca_name)
     X509_free(root);
 }
 
-static void assert_profile(X509 *x, const char *device_id, EVP_PKEY *device_key, uint64_t serial)
+/* The device certificate profile.  `legacy`: the package's template has
+ * neither deviceExtOid nor noDeviceExt (as packages signed before
+ * noDeviceExt), so the extension is under the legacy 2.25.<uuid>.3; else
+ * (what guardian-wrap makes by default) there is no device-identity
+ * extension at all: the five standard extensions only. */
+static void assert_profile_of(X509 *x, const char *device_id, EVP_PKEY *device_key, uint64_t serial, int legacy)
 {
     char cn[128];
     const ASN1_INTEGER *sn = X509_get_serialNumber(x);
@@ -907,8 +912,41 @@ static void assert_profile(X509 *x, const char *device_id, EVP_PKEY *device_key,
     assert_false(X509_check_ca(x));
     assert_non_null(X509_get0_subject_key_id(x));
     assert_non_null(X509_get0_authority_key_id(x));
-    assert_true(X509_get_ext_by_OBJ(x, oid, -1) >= 0);
+    if (legacy) {
+        assert_true(X509_get_ext_by_OBJ(x, oid, -1) >= 0);
+    } else {
+        /* Standard extensions only: BC, KU, EKU if any, AKI, SKI. */
+        for (int i = 0; i < X509_get_ext_count(x); i++) {
+            int nid = OBJ_obj2nid(X509_EXTENSION_get_object(X509_get_ext(x, i)));
+            assert_true(nid == NID_basic_constraints || nid == NID_key_usage || nid == NID_ext_key_usage ||
+                        nid == NID_authority_key_identifier || nid == NID_subject_key_identifier);
+        }
+    }
     ASN1_OBJECT_free(oid);
+}
+
+static void assert_profile(X509 *x, const char *device_id, EVP_PKEY *device_key, uint64_t serial)
+{
+    assert_profile_of(x, device_id, device_key, serial, 0);
+}
+
+/* A package signed before noDeviceExt existed keeps meaning what it meant:
+ * its certificates carry the device-identity extension under the legacy OID. */
+static void test_derive_legacy_template(void **st)
+{
+    CK_OBJECT_HANDLE pkg_obj = 0, cert;
+    EVP_PKEY *dk = gen_key("EC", "P-256");
+    X509 *x;
+    (void)st;
+
+    assert_int_equal(import("legacy.gpk", &pkg_obj), CKR_OK);
+    assert_int_equal(derive(ca_key_of(pkg_obj), "SN-legacy", dk, &cert), CKR_OK);
+    x = cert_of(cert);
+    assert_profile_of(x, "SN-legacy", dk, 1, 1);
+    assert_chains(x, "ca.pem");
+    X509_free(x);
+    assert_int_equal(m->C_DestroyObject(s, cert), CKR_OK);
+    EVP_PKEY_free(dk);
 }
 
 static void test_derive_certificates(void **st)
@@ -1157,6 +1195,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_x963_needs_backend_kdf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vectors_in_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_derive_certificates, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_derive_legacy_template, setup, teardown),
         cmocka_unit_test_setup_teardown(test_derive_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_derive_expired, setup, teardown),
     };

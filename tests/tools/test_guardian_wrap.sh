@@ -38,6 +38,24 @@ expect "x963 kdf variant" 0 "wrote q.gpk" -- "$W" "${base[@]}" --kdf x963-sha256
 expect "x963 inspect" 0 "X9.63 SHA-256" -- "$W" inspect q.gpk --oem-root root.pem
 expect "inspect: the container is as signed" 0 "container +exactly as signed" -- "$W" inspect p.gpk --oem-root root.pem
 
+# The device-identity extension: none unless the OEM names its own OID (no
+# 2.25.<uuid> default); inspect says which.
+expect "inspect: by default no device extension" 0 "template .*, no device extension$" -- "$W" inspect p.gpk
+expect "create --device-ext-oid" 0 "wrote oid.gpk" -- "$W" "${base[@]}" --device-ext-oid 1.3.6.1.4.1.55555.1 --out oid.gpk
+expect "inspect: the OEM's OID" 0 "template .*, device extension 1\.3\.6\.1\.4\.1\.55555\.1$" -- "$W" inspect oid.gpk
+expect "create: a standard extension's OID refused" 2 "--device-ext-oid: '2.5.29.99' is not a usable OID" -- \
+    "$W" "${base[@]}" --device-ext-oid 2.5.29.99 --out bad-oid.gpk
+# PrintableString values (C, serialNumber) are never changed: '_' is refused,
+# in the pattern's text or from an ID, before anything is written.
+expect "create: '_' in a serialNumber's literal text refused" 1 \
+    "serialNumber is a PrintableString, which cannot hold '_' \(allowed: A-Z a-z 0-9 space ' \( \) \+ , - \. / : = \?\)" -- \
+    "$W" "${base[@]}" --subject 'CN=${device_id},serialNumber=A_${device_id}' --out ps1.gpk
+expect "create: an OEM ID with '_' in C refused" 1 "the subject's C would hold '_', which a PrintableString cannot" -- \
+    "$W" "${base[@]/ACME/AC_ME}" --subject 'CN=${device_id},C=${oem_id}' --out ps2.gpk
+[ ! -e ps1.gpk ] && [ ! -e ps2.gpk ] && ok "nothing written for a refused subject" || ko "a refused subject wrote a package"
+expect "create: '-' in serialNumber is fine" 0 "wrote ps3.gpk" -- \
+    "$W" "${base[@]}" --subject 'CN=${device_id},serialNumber=A-${device_id}' --out ps3.gpk
+
 # The one container a Guardian takes (docs/package-format.md, "The container
 # exactly as signed").  OpenSSL's ECDSA s is random and (r, n-s) verifies too:
 # guardian-wrap writes the low-s form, every time, as a DER parser of our own

@@ -1,6 +1,7 @@
 /*
  * fake_backend.c — see fake_backend.h.  FAKE_WITH_3_0 selects libfake30.so.
  */
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -64,6 +65,10 @@ static CK_RV fake_C_Initialize(CK_VOID_PTR args)
         state.last_init_copy = *(CK_C_INITIALIZE_ARGS *)args;
     else
         memset(&state.last_init_copy, 0, sizeof(state.last_init_copy));
+    state.last_init_reserved[0] = '\0';
+    if (state.last_init_copy.pReserved != NULL)
+        snprintf(state.last_init_reserved, sizeof(state.last_init_reserved), "%s",
+                 (const char *)state.last_init_copy.pReserved);
     if (state.init_delay_us)
         usleep(state.init_delay_us);
     if (atomic_load(&state.initialized))

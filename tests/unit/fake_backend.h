@@ -38,6 +38,7 @@ struct fake_backend {
     atomic_int finalize_calls;
     CK_VOID_PTR last_init_args;        /* the pointer received */
     CK_C_INITIALIZE_ARGS last_init_copy; /* what it pointed to (zeros for NULL) */
+    char last_init_reserved[1100];     /* the string pReserved pointed to ("" for NULL) */
     const char *last_name;     /* last forwarded function reached */
     CK_ULONG last_a;           /* its first argument */
     CK_ULONG calls;

@@ -110,6 +110,38 @@ static void test_limits(void **st)
     assert_non_null(strstr(err, "NUL byte"));
 }
 
+/* backend_init_args: kept byte for byte (quotes, '=', inner spaces), trimmed
+ * like every value, at most 1024 bytes, once. */
+static void test_backend_init_args(void **st)
+{
+    static const char nss[] = "configdir='sql:/var/lib/guardian/nssdb' certPrefix='' keyPrefix='' "
+                              "secmod='secmod.db' flags= dbTokenDescription='guardian'";
+    char text[2200];
+    (void)st;
+
+    assert_true(parse("backend = /x.so\n"));
+    assert_string_equal(cfg.backend_init_args, "");
+    snprintf(text, sizeof(text), "backend = /x.so\nbackend_init_args =  %s \t\n", nss);
+    assert_true(parse(text));
+    assert_string_equal(cfg.backend_init_args, nss);
+    assert_true(parse("backend_init_args = a=b = c;#d\n"));
+    assert_string_equal(cfg.backend_init_args, "a=b = c;#d");
+
+    memset(text, 0, sizeof(text));
+    memcpy(text, "backend_init_args = ", 20);
+    memset(text + 20, 'x', GUARDIAN_BACKEND_INIT_ARGS_MAX);
+    assert_true(parse(text));
+    assert_int_equal(strlen(cfg.backend_init_args), GUARDIAN_BACKEND_INIT_ARGS_MAX);
+    text[20 + GUARDIAN_BACKEND_INIT_ARGS_MAX] = 'x';
+    assert_false(parse(text));
+    assert_string_equal(err, "test.conf:1: 'backend_init_args' is longer than 1024 bytes");
+
+    assert_false(parse("backend_init_args = a\nbackend_init_args = b\n"));
+    assert_string_equal(err, "test.conf:2: 'backend_init_args' is set twice");
+    assert_false(parse("backend_init_args =\n"));
+    assert_string_equal(err, "test.conf:1: 'backend_init_args' has no value");
+}
+
 static char dir[] = "/tmp/guardian-config-XXXXXX";
 static char path[PATH_MAX];
 
@@ -127,6 +159,7 @@ static int env_setup(void **st)
     unsetenv("GUARDIAN_CONF");
     unsetenv("GUARDIAN_BACKEND");
     unsetenv("GUARDIAN_STATE_DIR");
+    unsetenv("GUARDIAN_BACKEND_INIT_ARGS");
     snprintf(path, sizeof(path), "%s/guardian.conf", dir);
     unlink(path);
     return 0;
@@ -178,6 +211,31 @@ static void test_load_errors(void **st)
     assert_non_null(strstr(err, ":2: unknown key 'frobnicate'"));
 }
 
+static void test_backend_init_args_override(void **st)
+{
+    char big[GUARDIAN_BACKEND_INIT_ARGS_MAX + 2];
+    (void)st;
+    setenv("GUARDIAN_CONF", path, 1);
+    write_file("backend = /b.so\nbackend_init_args = configdir='sql:/file'\n");
+    assert_true(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_string_equal(cfg.backend_init_args, "configdir='sql:/file'");
+
+    setenv("GUARDIAN_BACKEND_INIT_ARGS", " configdir='sql:/env' flags= ", 1);
+    assert_true(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_string_equal(cfg.backend_init_args, " configdir='sql:/env' flags= "); /* as given */
+
+    memset(big, 'y', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    setenv("GUARDIAN_BACKEND_INIT_ARGS", big, 1);
+    assert_false(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_string_equal(err, "GUARDIAN_BACKEND_INIT_ARGS is longer than 1024 bytes");
+
+    setenv("GUARDIAN_BACKEND_INIT_ARGS", "", 1); /* empty: the file's value stays */
+    assert_true(guardian_config_load(&cfg, err, sizeof(err)));
+    assert_string_equal(cfg.backend_init_args, "configdir='sql:/file'");
+    unsetenv("GUARDIAN_BACKEND_INIT_ARGS");
+}
+
 static void test_default_state_dir(void **st)
 {
     (void)st;
@@ -205,10 +263,12 @@ int main(void)
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_backend_init_args),
         cmocka_unit_test(test_log_levels),
         cmocka_unit_test_setup(test_load_from_file_and_overrides, env_setup),
         cmocka_unit_test_setup(test_load_errors, env_setup),
         cmocka_unit_test_setup(test_default_state_dir, env_setup),
+        cmocka_unit_test_setup(test_backend_init_args_override, env_setup),
     };
     int failed;
     if (mkdtemp(dir) == NULL)

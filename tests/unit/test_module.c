@@ -126,6 +126,59 @@ static void test_initialize_args(void **st)
     assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
 }
 
+/* backend_init_args (here from GUARDIAN_BACKEND_INIT_ARGS; the configuration
+ * is re-read at every C_Initialize) reaches the backend as pReserved, byte for
+ * byte, beside the caller's callbacks and flags; unset, pReserved stays NULL. */
+static void test_initialize_backend_init_args(void **st)
+{
+    static const char nss[] = "configdir='sql:/var/lib/guardian/nssdb' certPrefix='' keyPrefix='' "
+                              "secmod='secmod.db' flags= dbTokenDescription='guardian'";
+    CK_C_INITIALIZE_ARGS args;
+    (void)st;
+
+    setenv("GUARDIAN_BACKEND_INIT_ARGS", nss, 1);
+    assert_int_equal(mod->C_Initialize(NULL), CKR_OK);
+    assert_non_null(fake_backend()->last_init_copy.pReserved);
+    assert_string_equal(fake_backend()->last_init_reserved, nss);
+    assert_int_equal(fake_backend()->last_init_copy.flags, CKF_OS_LOCKING_OK);
+    assert_null(fake_backend()->last_init_copy.CreateMutex);
+    assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
+
+    /* The caller's callbacks and flags are kept (a copy: the caller's struct is
+     * not written to); its own pReserved is still refused. */
+    memset(&args, 0, sizeof(args));
+    args.CreateMutex = mutex_create;
+    args.DestroyMutex = mutex_destroy;
+    args.LockMutex = mutex_noop;
+    args.UnlockMutex = mutex_noop;
+    args.flags = CKF_LIBRARY_CANT_CREATE_OS_THREADS;
+    assert_int_equal(mod->C_Initialize(&args), CKR_OK);
+    assert_ptr_not_equal(fake_backend()->last_init_args, &args);
+    assert_null(args.pReserved);
+    assert_ptr_equal(fake_backend()->last_init_copy.CreateMutex, mutex_create);
+    assert_ptr_equal(fake_backend()->last_init_copy.DestroyMutex, mutex_destroy);
+    assert_ptr_equal(fake_backend()->last_init_copy.LockMutex, mutex_noop);
+    assert_ptr_equal(fake_backend()->last_init_copy.UnlockMutex, mutex_noop);
+    assert_int_equal(fake_backend()->last_init_copy.flags, CKF_LIBRARY_CANT_CREATE_OS_THREADS);
+    assert_string_equal(fake_backend()->last_init_reserved, nss);
+    assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
+
+    args.pReserved = &args;
+    assert_int_equal(mod->C_Initialize(&args), CKR_ARGUMENTS_BAD);
+
+    unsetenv("GUARDIAN_BACKEND_INIT_ARGS");
+    args.pReserved = NULL;
+    args.flags = CKF_OS_LOCKING_OK;
+    assert_int_equal(mod->C_Initialize(&args), CKR_OK);
+    assert_ptr_equal(fake_backend()->last_init_args, &args);
+    assert_null(fake_backend()->last_init_copy.pReserved);
+    assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
+    assert_int_equal(mod->C_Initialize(NULL), CKR_OK);
+    assert_null(fake_backend()->last_init_copy.pReserved);
+    assert_string_equal(fake_backend()->last_init_reserved, "");
+    assert_int_equal(mod->C_Finalize(NULL), CKR_OK);
+}
+
 static void test_backend_initialize_failure_passes_through(void **st)
 {
     CK_ULONG n;
@@ -640,6 +693,7 @@ int main(void)
     const struct CMUnitTest before_init[] = {
         cmocka_unit_test_setup_teardown(test_calls_before_initialize, setup, teardown),
         cmocka_unit_test_setup_teardown(test_initialize_args, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_initialize_backend_init_args, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backend_initialize_failure_passes_through, setup, teardown),
         cmocka_unit_test_setup_teardown(test_initialize_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backend_initialized_by_someone_else, setup, teardown),
