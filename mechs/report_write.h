@@ -24,7 +24,8 @@
  * Version 2 (record lines naming the operator of each record of encoding 2;
  * EXPORT records, type 7, new in version 2 without a new number) and version
  * 1 (reports made before schema 4: every record of encoding 1, 14 fields,
- * types 1..5) are still read (docs/audit-report.md). */
+ * types 1..5) are still read (docs/audit-report.md).  OUTCOME (8) and
+ * REISSUE (9), of schema 6, are record lines of the same 15 fields. */
 #define REPORT_MAGIC "GUARDIAN AUDIT REPORT 3"
 #define REPORT_MAGIC_2 "GUARDIAN AUDIT REPORT 2"
 #define REPORT_MAGIC_1 "GUARDIAN AUDIT REPORT 1"

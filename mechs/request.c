@@ -22,6 +22,7 @@ static const struct guardian_request_type *const table[] = {
     &guardian_request_device_cert,
     &guardian_request_status,
     &guardian_request_device_certs,
+    &guardian_request_part_outcome,
     &guardian_request_retire_ca,
 };
 

@@ -73,6 +73,15 @@ extern const struct guardian_request_type guardian_request_device_cert;  /* deri
 extern const struct guardian_request_type guardian_request_device_certs; /* derive_device_cert.c */
 extern const struct guardian_request_type guardian_request_status;       /* status.c */
 extern const struct guardian_request_type guardian_request_retire_ca;    /* retire.c */
+extern const struct guardian_request_type guardian_request_part_outcome; /* outcome.c */
+
+/* A device ID as the derive mechanism checks it (derive_device_cert.c): its
+ * format CKG_GUARDIAN_DEVICE_ID_TEXT (1..64 of A-Z a-z 0-9 - . _ :) or
+ * _BINARY (1..32 bytes), copied into out[64] (*out_len bytes) and written
+ * for a log line into text[65] (binary: lower-case hex).  CKR_OK, or
+ * CKR_GUARDIAN_DEVICE_ID_INVALID with a log line. */
+CK_RV guardian_device_id_check(CK_ULONG format, const CK_BYTE *id, CK_ULONG id_len, uint8_t out[64], size_t *out_len,
+                               char text[65]);
 
 /* Non-zero when the template is a request (CKA_CLASS = CKO_GUARDIAN_REQUEST). */
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count);

@@ -38,7 +38,8 @@
 #define LOG "status"
 /* 2 adds records_export (EXPORT records: version 1 counted them as records_other).
  * 3 adds now, rate_window and issued_recent.OEM/PRODUCT (the running lines' rate),
- * and records_retire (RETIRE records: retired production CA keys). */
+ * records_retire (RETIRE records: retired production CA keys), and
+ * records_outcome and records_reissue (schema 6). */
 #define STATUS_VERSION 3
 /* The window of the running lines' rate: ISSUE records dated in the last
  * RATE_WINDOW_S seconds of the module's clock, per product. */
@@ -202,6 +203,8 @@ static CK_RV status(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
     add(t, "records_journal_lost=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_JOURNAL_LOST]);
     add(t, "records_credential=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_CREDENTIAL]);
     add(t, "records_export=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_EXPORT]);
+    add(t, "records_outcome=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_OUTCOME]);
+    add(t, "records_reissue=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_REISSUE]);
     add(t, "records_retire=%llu\n", (unsigned long long)c.by_type[GUARDIAN_AUDIT_RETIRE]);
     add(t, "records_other=%llu\n", (unsigned long long)c.by_type[0]);
     add(t, "anchor=%s\n", anchor_word(anchor));

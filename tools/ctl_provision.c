@@ -58,6 +58,7 @@ struct run {
     const char *out_dir, *prefix, *key_type;
     unsigned long long first, count;
     int threads, quiet;
+    CK_BBOOL reissue;        /* --reissue: CKA_GUARDIAN_REISSUE TRUE in each request */
     atomic_ullong next;      /* next index to take */
     atomic_ullong issued, skipped, failed;
     atomic_int stop;         /* 1: stop taking parts (Ctrl-C, quota, error) */
@@ -157,6 +158,40 @@ static EVP_PKEY *part_keygen(const char *type)
     return EVP_PKEY_Q_keygen(NULL, NULL, "EC", strcmp(type, "p384") == 0 ? "P-384" : "P-256");
 }
 
+/* The part's public key (SubjectPublicKeyInfo, DER) into spki[cap]: the one
+ * kept in <out>/<id>.spki by a run that was stopped before the part's
+ * certificate was written, else a new key pair's, kept there (temporary
+ * file, then rename) before it is sent.  A real part keeps its key; so does
+ * the simulated one until its certificate is written, so a resumed part asks
+ * again with the same key and gets the certificate already issued, nothing
+ * spent (docs/derive-mechanism.md, "Asking again").  The length, or -1. */
+static int part_spki(const struct run *r, const char *id, unsigned char *spki, size_t cap)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 16];
+    unsigned char *sp = spki;
+    EVP_PKEY *k;
+    FILE *f;
+    int len;
+
+    snprintf(path, sizeof(path), "%s/%s.spki", r->out_dir, id);
+    if ((f = fopen(path, "r")) != NULL) {
+        size_t n = fread(spki, 1, cap, f);
+        fclose(f);
+        return n > 0 && n < cap ? (int)n : -1;
+    }
+    k = part_keygen(r->key_type);
+    len = k != NULL && i2d_PUBKEY(k, NULL) <= (int)cap ? i2d_PUBKEY(k, &sp) : -1;
+    EVP_PKEY_free(k); /* the part keeps its private key; the simulation has no use for it */
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if (len <= 0 || (f = fopen(tmp, "w")) == NULL)
+        return -1;
+    if (fwrite(spki, 1, (size_t)len, f) != (size_t)len || fclose(f) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return len;
+}
+
 /* Write <out>/<id>.pem atomically (temporary file, then rename). */
 static int write_cert(const struct run *r, const char *id, const unsigned char *der, size_t len)
 {
@@ -208,8 +243,7 @@ static void *worker(void *arg)
     while (!atomic_load(&r->stop) && !interrupted) {
         unsigned long long i = atomic_fetch_add(&r->next, 1);
         char id[80], path[PATH_MAX];
-        unsigned char spki[1024], *sp = spki;
-        EVP_PKEY *k;
+        unsigned char spki[1024];
         int spki_len;
         CK_ULONG format = CKG_GUARDIAN_DEVICE_ID_TEXT;
         CK_OBJECT_HANDLE cert = CK_INVALID_HANDLE;
@@ -239,9 +273,7 @@ static void *worker(void *arg)
             atomic_fetch_add(&r->skipped, 1);
             continue;
         }
-        k = part_keygen(r->key_type);
-        spki_len = k != NULL ? i2d_PUBKEY(k, &sp) : -1;
-        EVP_PKEY_free(k); /* the part keeps its private key; the simulation has no use for it */
+        spki_len = part_spki(r, id, spki, sizeof(spki));
         if (spki_len <= 0) {
             record_error(r, CKR_HOST_MEMORY, id);
             atomic_fetch_add(&r->failed, 1);
@@ -254,8 +286,11 @@ static void *worker(void *arg)
             CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_PACKAGE_ID, r->package_id, sizeof(r->package_id)},
                                 {CKA_GUARDIAN_DEVICE_ID_FORMAT, &format, sizeof(format)},
                                 {CKA_GUARDIAN_DEVICE_ID, id, (CK_ULONG)strlen(id)},
-                                {CKA_GUARDIAN_DEVICE_SPKI, spki, (CK_ULONG)spki_len}};
-            rv = request_in(s, CKG_GUARDIAN_REQ_DEVICE_CERT, t, sizeof(t) / sizeof(t[0]), &cert);
+                                {CKA_GUARDIAN_DEVICE_SPKI, spki, (CK_ULONG)spki_len},
+                                {CKA_GUARDIAN_REISSUE, &r->reissue, sizeof(r->reissue)}};
+            /* Without --reissue the attribute is left out (a module of
+             * before re-issues refuses it). */
+            rv = request_in(s, CKG_GUARDIAN_REQ_DEVICE_CERT, t, sizeof(t) / sizeof(t[0]) - (r->reissue ? 0 : 1), &cert);
         }
         if (rv == CKR_OK) {
             /* Not destroyed: the session's close frees it (SESSION_CERTS). */
@@ -263,8 +298,13 @@ static void *worker(void *arg)
             rv = p11->C_GetAttributeValue(s, cert, &v, 1);
             if (rv == CKR_OK && !write_cert(r, id, value, v.ulValueLen))
                 rv = CKR_FUNCTION_FAILED;
-            if (rv == CKR_OK)
+            if (rv == CKR_OK) {
+                /* The certificate is written: the part's key goes with it. */
+                char kept[PATH_MAX];
+                snprintf(kept, sizeof(kept), "%s/%s.spki", r->out_dir, id);
+                unlink(kept);
                 manifest_add(r->manifest, id, value, v.ulValueLen, (int64_t)time(NULL));
+            }
         }
         if (rv != CKR_OK) {
             record_error(r, rv, id);
@@ -354,6 +394,9 @@ static const char *stop_reason(CK_RV rv)
     case CKR_GUARDIAN_PACKAGE_EXPIRED: return "the package's allowance has expired";
     case CKR_GUARDIAN_PACKAGE_SUPERSEDED: return "a newer release of the product was imported; run again to use it";
     case CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY: return "the token holds no usable production CA key of this package";
+    case CKR_GUARDIAN_DEVICE_ALREADY_ISSUED:
+        return "the part already holds a certificate for another key (its certificate file is gone, and the part "
+               "made a new key); run again with --reissue to issue it a new certificate (recorded as a re-issue)";
     case CKR_DEVICE_ERROR:
     case CKR_DEVICE_REMOVED:
     case CKR_TOKEN_NOT_PRESENT:
@@ -386,6 +429,10 @@ int cmd_provision(int argc, char **argv)
         char *end = NULL;
         if (strcmp(a, "--quiet") == 0) {
             r.quiet = 1;
+            continue;
+        }
+        if (strcmp(a, "--reissue") == 0) {
+            r.reissue = CK_TRUE;
             continue;
         }
         if (strncmp(a, "--", 2) != 0)

@@ -1597,10 +1597,12 @@ static const struct command {
      {"json", "watch"}, run_status},
     {"provision",
      "--product OEM/PRODUCT --count N [--out DIR] [--threads T] [--first K]\n"
-     "    [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet] [--manifest FILE] [--json]",
+     "    [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet] [--reissue]\n"
+     "    [--manifest FILE] [--json]",
      "issue certificates for N simulated parts (resumable); each is listed\n"
      "in the manifest (default DIR/manifest.jsonl) once its file is durable",
-     {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet", "manifest=", "json"},
+     {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet", "reissue", "manifest=",
+      "json"},
      cmd_provision},
     {"retire-ca", "--product OEM/PRODUCT --release N [--yes] [--json]",
      "destroy a superseded release's production CA key in the token\n"
@@ -1609,6 +1611,9 @@ static const struct command {
     {"audit", "export [--product OEM/PRODUCT] [--out FILE] [--force] [--json]",
      "the audit trail and certificates, signed by the Guardian's signing key", {"product=", "out=", "force", "json"},
      cmd_audit},
+    {"part", "--product OEM/PRODUCT (--device ID | --from FILE) [--hex] programmed|scrapped",
+     "report what became of issued parts (an OUTCOME audit record each)", {"product=", "device=", "from=", "hex"},
+     cmd_part},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -152,6 +152,7 @@ void check_output_dir(const char *dir);
 /* Commands in their own files. */
 int cmd_audit(int argc, char **argv);     /* ctl_audit.c */
 int cmd_provision(int argc, char **argv); /* ctl_provision.c */
+int cmd_part(int argc, char **argv);      /* ctl_part.c */
 int cmd_retire_ca(int argc, char **argv); /* ctl_retire.c */
 /* 1 when --yes was given or the terminal's answer is yes; dies without a terminal. */
 int confirm(const char *question);

@@ -1668,6 +1668,8 @@ static void check_accounting(struct vctx *v)
             check_lost(v, r, prod);
             continue;
         }
+        if (r->type == GUARDIAN_AUDIT_OUTCOME || r->type == GUARDIAN_AUDIT_REISSUE)
+            continue; /* a device's records: check_devices */
         if (r->serial == 0) {
             problem(v, "record %llu (%s) has serial 0", seq, type_names[r->type]);
             continue;
@@ -1831,6 +1833,166 @@ static void check_oem_inputs(struct vctx *v)
             problem(v, "%s: used %llu units (reserved, not released) but you authorised %llu", v->in->product,
                     (unsigned long long)v->products[i].peak, (unsigned long long)v->in->authorised);
     }
+}
+
+/* ---- devices: re-issues and part outcomes (schema 6) -------------------------------------- */
+
+/* A device of a product, as its records leave it: its certificate now (the
+ * serial of its last ISSUE, or of a REISSUE), and the outcome reported for
+ * it. */
+struct rdevice {
+    const struct rrec *issue; /* its certificate's ISSUE record; NULL: empty slot */
+    uint64_t serial;
+    uint64_t outcome;         /* 0 none, 1 programmed, 2 scrapped */
+};
+
+struct rdevcount {
+    uint64_t devices, programmed, scrapped, reissued, twice;
+};
+
+static struct rdevice *device_slot(struct rdevice *t, size_t cap, const struct rrec *r)
+{
+    size_t mask = cap - 1, h = (size_t)r->product * 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < 2u * r->dev_len; i++)
+        h = (h ^ (unsigned char)r->dev_hex[i]) * 0x100000001b3ULL;
+    for (h &= mask; t[h].issue != NULL; h = (h + 1) & mask)
+        if (t[h].issue->product == r->product && t[h].issue->dev_len == r->dev_len &&
+            memcmp(t[h].issue->dev_hex, r->dev_hex, 2u * r->dev_len) == 0)
+            break;
+    return &t[h];
+}
+
+/* Each device's certificates and outcomes, in trail order (docs/audit-report.md,
+ * "Devices"): a REISSUE must follow the ISSUE of its new serial, for the same
+ * device, and name the serial that device held; an OUTCOME must name a
+ * device with an ISSUE record and its certificate's serial, and an outcome
+ * 1 (programmed) or 2 (scrapped).  A device issued twice without a REISSUE
+ * (two processes asked for it at once, or a trail from before schema 6,
+ * when asking again issued again) is listed, not a problem: every unit is
+ * still accounted for.  Then per product: devices, programmed, scrapped, no
+ * outcome reported, re-issued. */
+static void check_devices(struct vctx *v)
+{
+    struct rdevice *t = NULL;
+    struct rdevcount *c = NULL;
+    size_t cap = 16, n_issue = 0, twice_shown = 0;
+
+    if (v->serials == NULL || v->pkgs == NULL)
+        return;
+    for (size_t i = 0; i < v->n_recs; i++)
+        n_issue += v->recs[i].type == GUARDIAN_AUDIT_ISSUE;
+    while (cap < 2 * n_issue + 2)
+        cap *= 2;
+    t = calloc(cap, sizeof(*t));
+    c = calloc(v->n_products + 1, sizeof(*c));
+    if (t == NULL || c == NULL) {
+        problem(v, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i], *next = i + 1 < v->n_recs ? &v->recs[i + 1] : NULL;
+        unsigned long long seq = (unsigned long long)r->seq;
+        const struct rserial *sl;
+        struct rdevice *d;
+        const char *name;
+
+        if ((r->type != GUARDIAN_AUDIT_ISSUE && r->type != GUARDIAN_AUDIT_OUTCOME &&
+             r->type != GUARDIAN_AUDIT_REISSUE) ||
+            (i > 0 && r->seq == v->recs[i - 1].seq))
+            continue;
+        name = v->products[r->product].name;
+        if (r->dev_len == 0) {
+            if (r->type != GUARDIAN_AUDIT_ISSUE)
+                problem(v, "record %llu (%s) names no device", seq, type_names[r->type]);
+            continue;
+        }
+        d = device_slot(t, cap, r);
+        if (r->type == GUARDIAN_AUDIT_ISSUE) {
+            sl = serial_slot(v, r->product, r->serial);
+            if (sl->state != S_ISSUED || sl->settled != i)
+                continue; /* not a certificate (check_accounting said why) */
+            if (d->issue == NULL) {
+                c[r->product].devices++;
+                d->issue = r;
+                d->serial = r->serial;
+                d->outcome = 0;
+            } else if (next == NULL || next->type != GUARDIAN_AUDIT_REISSUE || next->serial != r->serial) {
+                /* The device keeps its first certificate, as the Guardian's
+                 * device index does (its outcomes name that serial). */
+                c[r->product].twice++;
+                if (++twice_shown <= REPORT_PROBLEMS_SHOWN)
+                    say(v, "device %.*s of %s: serial %llu (record %llu) issued after serial %llu (record %llu) "
+                           "without a re-issue: it holds two certificates\n",
+                        2 * r->dev_len, r->dev_hex, name, (unsigned long long)r->serial, seq,
+                        (unsigned long long)d->serial, (unsigned long long)d->issue->seq);
+            } /* else: a re-issue, checked with its REISSUE record, next */
+            continue;
+        }
+        if (r->type == GUARDIAN_AUDIT_REISSUE) {
+            const struct rrec *prev = i > 0 ? &v->recs[i - 1] : NULL;
+            if (prev == NULL || prev->type != GUARDIAN_AUDIT_ISSUE || prev->serial != r->serial ||
+                prev->product != r->product || prev->dev_len != r->dev_len ||
+                memcmp(prev->dev_hex, r->dev_hex, 2u * r->dev_len) != 0 ||
+                memcmp(prev->digest, r->digest, GUARDIAN_HASH_LEN) != 0) {
+                problem(v, "record %llu (REISSUE of serial %llu of %s) does not follow the ISSUE record of that "
+                           "serial for that device and certificate",
+                        seq, (unsigned long long)r->serial, name);
+                continue;
+            }
+            if (d->issue == NULL || d->serial != r->units || r->units == r->serial) {
+                problem(v, "record %llu re-issues device %.*s of %s replacing serial %llu, but the device's "
+                           "certificate was %s",
+                        seq, 2 * r->dev_len, r->dev_hex, name, (unsigned long long)r->units,
+                        d->issue == NULL ? "none" : "another serial");
+                continue;
+            }
+            c[r->product].reissued++;
+            if (d->outcome != 0)
+                c[r->product].programmed -= d->outcome == 1, c[r->product].scrapped -= d->outcome == 2;
+            say(v, "reissue record %llu: device %.*s of %s: serial %llu replaces serial %llu, by %s\n", seq,
+                2 * r->dev_len, r->dev_hex, name, (unsigned long long)r->serial, (unsigned long long)r->units,
+                operator_label(v, r->op));
+            d->issue = prev;
+            d->serial = r->serial;
+            d->outcome = 0;
+            continue;
+        }
+        /* OUTCOME */
+        if (d->issue == NULL || d->serial != r->serial) {
+            problem(v, "record %llu reports an outcome for device %.*s of %s (serial %llu), which %s", seq,
+                    2 * r->dev_len, r->dev_hex, name, (unsigned long long)r->serial,
+                    d->issue == NULL ? "has no ISSUE record before it" : "is not that device's certificate");
+            continue;
+        }
+        if (r->units != 1 && r->units != 2) {
+            problem(v, "record %llu (OUTCOME) has outcome %llu: 1 (programmed) or 2 (scrapped)", seq,
+                    (unsigned long long)r->units);
+            continue;
+        }
+        if (d->outcome == 2 && r->units == 1)
+            problem(v, "record %llu reports device %.*s of %s programmed after it was scrapped", seq,
+                    2 * r->dev_len, r->dev_hex, name);
+        if (d->outcome != 0)
+            c[r->product].programmed -= d->outcome == 1, c[r->product].scrapped -= d->outcome == 2;
+        d->outcome = r->units;
+        c[r->product].programmed += r->units == 1;
+        c[r->product].scrapped += r->units == 2;
+    }
+    if (twice_shown > REPORT_PROBLEMS_SHOWN)
+        say(v, "(%zu more devices issued twice not shown)\n", twice_shown - REPORT_PROBLEMS_SHOWN);
+    for (size_t p = 0; p < v->n_products; p++) {
+        const struct rdevcount *k = &c[p];
+        if (k->devices == 0)
+            continue;
+        say(v, "%s devices %llu: programmed %llu, scrapped %llu, no outcome reported %llu; re-issued %llu, issued "
+               "twice without a re-issue %llu\n",
+            v->products[p].name, (unsigned long long)k->devices, (unsigned long long)k->programmed,
+            (unsigned long long)k->scrapped, (unsigned long long)(k->devices - k->programmed - k->scrapped),
+            (unsigned long long)k->reissued, (unsigned long long)k->twice);
+    }
+out:
+    free(t);
+    free(c);
 }
 
 /* The summary's order of operators: names alphabetically, then none, then
@@ -2099,6 +2261,7 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
         check_products(&v);
         check_oem_inputs(&v);
         summary(&v);
+        check_devices(&v);
     }
     if (v.problems > REPORT_PROBLEMS_SHOWN)
         say(&v, "(%lu more problems not shown)\n", v.problems - REPORT_PROBLEMS_SHOWN);

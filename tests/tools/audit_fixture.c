@@ -20,7 +20,10 @@
  *       (guardian_store_record_export), of the whole trail or of one product,
  *       without the report: what an export leaves in the trail for the next.
  *   In all three, $AUDIT_FIXTURE_OPERATOR, if set, is the operator the records
- *   name (guardian_store_set_operator).
+ *   name (guardian_store_set_operator); in issue, $AUDIT_FIXTURE_DEVICE, if
+ *   set, the device ID of every certificate (what two processes racing one
+ *   new device ID leave: the store API, below the module's device index,
+ *   records it as it comes).
  *   audit_fixture rehash IN OUT one|chain SEQ
  *       recomputes the hash of record SEQ (one), or of SEQ and every record
  *       after it with their prev_hash links and the head line (chain): what a
@@ -179,6 +182,8 @@ static int issue(char **argv, int die)
         int len;
         X509 *x;
         snprintf(device, sizeof(device), "DEV-%06llu", (unsigned long long)(first + i));
+        if (getenv("AUDIT_FIXTURE_DEVICE") != NULL) /* every certificate to one device: issued twice */
+            snprintf(device, sizeof(device), "%s", getenv("AUDIT_FIXTURE_DEVICE"));
         x = device_cert(st, ca_key, ca, p.oem_id, p.product_id, &p, first + i, device);
         len = i2d_X509(x, &der);
         if (len <= 0 || guardian_store_issue(st, p.oem_id, p.product_id, first + i, (const uint8_t *)device,

@@ -1145,8 +1145,12 @@ static int child_work(void)
     CK_ULONG v = 0;
     CK_ATTRIBUTE a = {CKA_GUARDIAN_RELEASE, &v, sizeof(v)};
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    char id[32];
 
     alarm(CHILD_TIMEOUT); /* a deadlock kills the child: the test fails, not hangs */
+    /* A device ID per child: another child's, asked again with this new key,
+     * would be refused (CKR_GUARDIAN_DEVICE_ALREADY_ISSUED). */
+    snprintf(id, sizeof(id), "SN-child-%ld", (long)getpid());
     if (mod->C_Initialize(NULL) != CKR_OK)
         return 2;
     h = guardian_package_object_handle(OEM, "SENSOR-1");
@@ -1154,7 +1158,7 @@ static int child_work(void)
         return 3;
     dk = EVP_EC_gen("P-256");
     n = spki_of(dk, spki);
-    if (derive(packages[0].key, "SN-child", spki, n, NULL, 0, &h) != CKR_OK)
+    if (derive(packages[0].key, id, spki, n, NULL, 0, &h) != CKR_OK)
         return 4;
     if (mod->C_DestroyObject(SESSION, h) != CKR_OK)
         return 5;
