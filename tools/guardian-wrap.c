@@ -1296,8 +1296,22 @@ static int cmd_verify_report(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
         case 'g': guardian_path = optarg; break;
-        case 'c': chain_path = optarg; break;
-        case 'r': root_path = optarg; break;
+        case 'c':
+            if (chain_path != NULL) {
+                if (in.n_more_chains == REPORT_MAX_CHAINS - 1)
+                    usage_die("verify-report", "at most %d --ca-chain", REPORT_MAX_CHAINS);
+                in.more_chains[in.n_more_chains++] = read_certs(optarg);
+            } else
+                chain_path = optarg;
+            break;
+        case 'r':
+            if (root_path != NULL) {
+                if (in.n_more_roots == REPORT_MAX_CHAINS - 1)
+                    usage_die("verify-report", "at most %d --root", REPORT_MAX_CHAINS);
+                in.more_roots[in.n_more_roots++] = read_cert(optarg);
+            } else
+                root_path = optarg;
+            break;
         case 'p':
             if (n_packages == GUARDIAN_PKG_MAX_ITEMS)
                 usage_die("verify-report", "at most %d --package", GUARDIAN_PKG_MAX_ITEMS);
@@ -1351,6 +1365,10 @@ static int cmd_verify_report(int argc, char **argv)
     X509_free(in.guardian_signing);
     X509_free(in.root);
     sk_X509_pop_free(in.ca_chain, X509_free);
+    for (size_t i = 0; i < in.n_more_chains; i++)
+        sk_X509_pop_free(in.more_chains[i], X509_free);
+    for (size_t i = 0; i < in.n_more_roots; i++)
+        X509_free(in.more_roots[i]);
     for (int i = 0; i < n_packages; i++)
         free(packages[i].cert_template);
     return problems == 0 ? 0 : 1;
@@ -1380,6 +1398,7 @@ static const char inspect_usage[] =
 static const char verify_usage[] =
     "usage: " PROG " verify-report REPORT --guardian GUARDIAN-CERT.pem --ca-chain PRODUCTION-CHAIN.pem\n"
     "         [--root OEM-ROOT.pem] [--package PACKAGE]... [--authorised N --product OEM/PRODUCT]\n"
+    "         (--ca-chain and --root repeat, up to 16 each, for a report over several production CAs)\n"
     "         [--device-ext-oid OID]   (for releases an old report or --package does not describe)\n"
     "         [--previous OLD-REPORT]  (an earlier report: this one must extend it)\n"
     "Checks the Guardian's signature, every record hash and the chain, the quotas and every\n"

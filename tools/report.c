@@ -1263,10 +1263,34 @@ out:
     return ok;
 }
 
+/* The i-th production chain given (0: ca_chain, then more_chains), or NULL. */
+static STACK_OF(X509) *input_chain(const struct report_inputs *in, size_t i)
+{
+    STACK_OF(X509) *c = i == 0 ? in->ca_chain : i <= in->n_more_chains ? in->more_chains[i - 1] : NULL;
+    return c != NULL && sk_X509_num(c) > 0 ? c : NULL;
+}
+
+/* The chain whose production CA issued x: the first given whose CA's
+ * subject is x's issuer name and whose key verifies x's signature (two OEMs'
+ * CAs may well share a name); else the first given, so that the caller names
+ * the certificate as not verifying against the production CA. */
+static STACK_OF(X509) *chain_for(const struct report_inputs *in, X509 *x)
+{
+    for (size_t i = 0; i <= in->n_more_chains; i++) {
+        STACK_OF(X509) *c = input_chain(in, i);
+        X509 *ca = c != NULL ? sk_X509_value(c, 0) : NULL;
+        if (ca != NULL && X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(ca)) == 0 &&
+            X509_verify(x, X509_get0_pubkey(ca)) == 1)
+            return c;
+    }
+    return input_chain(in, 0);
+}
+
 static void check_certificate(struct vctx *v, const struct rrec *r, struct rpkg *pkg)
 {
     const struct rproduct *prod = &v->products[r->product];
-    X509 *ca = v->in->ca_chain && sk_X509_num(v->in->ca_chain) > 0 ? sk_X509_value(v->in->ca_chain, 0) : NULL;
+    STACK_OF(X509) *chain = NULL;
+    X509 *ca = NULL;
     size_t der_len = 0;
     uint8_t *der, md[32], dev[GUARDIAN_DEVICE_ID_MAX], serial[16], want[16];
     unsigned int mdl = 0;
@@ -1306,6 +1330,8 @@ static void check_certificate(struct vctx *v, const struct rrec *r, struct rpkg 
     if (r->dev_len)
         get_hex(r->dev_hex, 2u * r->dev_len, dev, r->dev_len);
     nid = X509_get_signature_nid(x);
+    chain = chain_for(v->in, x);
+    ca = chain != NULL ? sk_X509_value(chain, 0) : NULL;
     if (ca != NULL) {
         if (X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(ca)) != 0 ||
             X509_verify(x, X509_get0_pubkey(ca)) != 1) {
@@ -1315,7 +1341,7 @@ static void check_certificate(struct vctx *v, const struct rrec *r, struct rpkg 
         }
         if (v->root_store != NULL) {
             X509_STORE_CTX *sc = X509_STORE_CTX_new();
-            int ok = sc && X509_STORE_CTX_init(sc, v->root_store, x, v->in->ca_chain) == 1 &&
+            int ok = sc && X509_STORE_CTX_init(sc, v->root_store, x, chain) == 1 &&
                      X509_verify_cert(sc) == 1;
             if (!ok)
                 problem(v, "certificate for serial %llu (record %llu) does not chain to the OEM root: %s",
@@ -2237,19 +2263,31 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
         say(&v, "guardian   %s sha256:%s\n", subject ? subject : "?", fpr);
         OPENSSL_free(subject);
         check_signature(&v, data);
-        if (in->root != NULL && in->ca_chain != NULL && sk_X509_num(in->ca_chain) > 0) {
+        if (in->root != NULL && input_chain(in, 0) != NULL) {
             v.root_store = X509_STORE_new();
             if (v.root_store != NULL) {
-                X509_STORE_CTX *sc = X509_STORE_CTX_new();
                 X509_STORE_add_cert(v.root_store, in->root);
+                for (size_t i = 0; i < in->n_more_roots; i++)
+                    X509_STORE_add_cert(v.root_store, in->more_roots[i]);
                 /* Device certificates outlive nothing here: the question is
                  * whether they were issued under the chain, not today. */
                 X509_STORE_set_flags(v.root_store, X509_V_FLAG_NO_CHECK_TIME);
-                if (sc == NULL || X509_STORE_CTX_init(sc, v.root_store, sk_X509_value(in->ca_chain, 0), in->ca_chain) != 1 ||
-                    X509_verify_cert(sc) != 1)
-                    problem(&v, "the production CA does not chain to the OEM root: %s",
-                            sc ? X509_verify_cert_error_string(X509_STORE_CTX_get_error(sc)) : "out of memory");
-                X509_STORE_CTX_free(sc);
+                for (size_t i = 0; i <= in->n_more_chains; i++) {
+                    STACK_OF(X509) *c = input_chain(in, i);
+                    X509_STORE_CTX *sc = c != NULL ? X509_STORE_CTX_new() : NULL;
+                    char *name = NULL;
+                    if (c == NULL)
+                        continue;
+                    if (sc == NULL || X509_STORE_CTX_init(sc, v.root_store, sk_X509_value(c, 0), c) != 1 ||
+                        X509_verify_cert(sc) != 1) {
+                        name = X509_NAME_oneline(X509_get_subject_name(sk_X509_value(c, 0)), NULL, 0);
+                        problem(&v, "the production CA %s does not chain to %s: %s", name ? name : "?",
+                                in->n_more_roots ? "any OEM root given" : "the OEM root",
+                                sc ? X509_verify_cert_error_string(X509_STORE_CTX_get_error(sc)) : "out of memory");
+                        OPENSSL_free(name);
+                    }
+                    X509_STORE_CTX_free(sc);
+                }
             }
         }
         check_chain(&v);

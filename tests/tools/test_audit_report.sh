@@ -268,6 +268,20 @@ awk 'FNR == NR { if ($1 == "record" && $5 == "BETA") clear[$2] = $0; next }
     beta.txt acme.txt >acme-leak.txt
 expect "a restricted report with another OEM's record in clear" 1 "record [0-9]+ is of BETA/GADGET, outside the report's scope" -- \
     verify acme-leak.txt "${V[@]}"
+# The centre's whole trail: two OEMs, two production CAs, two roots. Each
+# certificate is checked against the chain whose CA issued it (--ca-chain and
+# --root repeat); with ACME's chain alone BETA's certificates are named.
+"$CTL" audit export --out centre.txt >/dev/null 2>&1 || ko "export the whole trail"
+expect "a centre-wide report over two production CAs: OK" 0 "^OK$" -- verify centre.txt --guardian guardian.pem \
+    --ca-chain ca.pem --ca-chain beta/ca.pem --root root.pem --root beta/root.pem
+expect "... every certificate of both verified" 0 "BETA/GADGET release 1 .*issued 2, .*certificates verified 2/2" -- \
+    verify centre.txt --guardian guardian.pem --ca-chain beta/ca.pem --ca-chain ca.pem --root beta/root.pem --root root.pem
+expect "... with ACME's chain only, BETA's certificates do not verify" 1 \
+    "certificate for serial [0-9]+ \(record [0-9]+\) does not verify against the production CA" -- \
+    verify centre.txt "${V[@]}"
+expect "... and with BETA's CA but not its root, its chain is named" 1 \
+    "the production CA .* does not chain to the OEM root" -- \
+    verify centre.txt --guardian guardian.pem --ca-chain ca.pem --ca-chain beta/ca.pem --root root.pem
 
 # ---- operators and credentials --------------------------------------------------------------
 # Every record names the operator logged in when it was written (set here by
