@@ -103,7 +103,7 @@ ls ./*.tmp-* >/dev/null 2>&1 && ko "temporary files left" || ok "no temporary fi
 expect_rc "progress within COLUMNS=40" 0 "bars, the widest ([0-9]|[1-3][0-9]) columns" -- \
     env COLUMNS=40 python3 "$HERE/pty_checks.py" progress 0 "$CTL" provision --product ACME/ERR-1 --count 2 --out p40
 expect_rc "progress within a 200-column terminal" 0 "bars, the widest 199 columns" -- \
-    env COLUMNS=40 python3 "$HERE/pty_checks.py" progress 200 "$CTL" provision --product ACME/ERR-1 --count 2 --out p200
+    env COLUMNS=40 python3 "$HERE/pty_checks.py" progress 200 "$CTL" provision --product ACME/ERR-1 --count 2 --first 3 --out p200
 ISSUED=$(issued) RECORDS=$(records)
 
 # The echo comes back when SIGINT / SIGTERM hits the PIN prompt.
@@ -184,7 +184,7 @@ unspent "state directory missing, empty or read-only"
 # the same reason (a clock behind the trail) print one line.
 if command -v faketime >/dev/null; then
     out=$(env FAKETIME_DONT_FAKE_MONOTONIC=1 ${asan_rt:+ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0} \
-        timeout 120 faketime -f '-2d' "$CTL" "${prov[@]}" --count 4 --threads 4 --out clock 2>&1)
+        timeout 120 faketime -f '-2d' "$CTL" "${prov[@]}" --count 4 --threads 4 --first 100 --out clock 2>&1)
     n=$(grep -c "^guardian\[[0-9]*\]: error: .*clock" <<<"$out")
     [ "$n" = 1 ] && ok "one module error line for 4 threads" || shown_ko "module error lines for 4 threads: $n, not 1" "$out"
     ISSUED=$(issued) RECORDS=$(records)
