@@ -97,6 +97,12 @@ struct issued {
     char oem_id[GUARDIAN_ID_MAX + 1], product_id[GUARDIAN_ID_MAX + 1];
 };
 
+/* An in-clear IMPORT record: its package's template goes in a template line. */
+struct imported {
+    uint64_t seq;
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
+};
+
 struct export {
     char oem_id[GUARDIAN_ID_MAX + 1], product_id[GUARDIAN_ID_MAX + 1];
     int scoped;
@@ -105,6 +111,8 @@ struct export {
     struct guardian_audit_record last;
     struct issued *issued; /* the in-clear ISSUE records, in order */
     size_t n_issued, cap_issued;
+    struct imported *imported; /* the in-clear IMPORT records, in order */
+    size_t n_imported, cap_imported;
 };
 
 static int in_scope(const struct export *e, const char *oem_id)
@@ -143,6 +151,18 @@ static CK_RV record_line(const struct guardian_audit_record *r, void *ctx)
         return e->into->rv;
     }
     text_line(e->into, line, report_format_record(r, line, sizeof(line)), "a record");
+    if (e->into->rv == CKR_OK && r->type == GUARDIAN_AUDIT_IMPORT) {
+        if (e->n_imported == e->cap_imported) {
+            size_t cap = e->cap_imported ? 2 * e->cap_imported : 64;
+            struct imported *p = realloc(e->imported, cap * sizeof(*p));
+            if (p == NULL)
+                return CKR_HOST_MEMORY;
+            e->imported = p;
+            e->cap_imported = cap;
+        }
+        e->imported[e->n_imported].seq = r->seq;
+        memcpy(e->imported[e->n_imported++].package_id, r->package_id, GUARDIAN_PACKAGE_ID_LEN);
+    }
     if (e->into->rv != CKR_OK || r->type != GUARDIAN_AUDIT_ISSUE)
         return e->into->rv;
     if (e->n_issued == e->cap_issued) {
@@ -175,6 +195,47 @@ static CK_RV read_trail(struct guardian_store *st, struct export *e, struct text
         guardian_error(LOG, "the audit trail is corrupt (the line above names the record): not exported; keep "
                             "guardian.db as it is and tell the OEM");
     return rv;
+}
+
+/* The template of each in-clear IMPORT record's package, in record order: the
+ * verifier takes each release's certificate profile from it (its
+ * device-identity extension setting and subject pattern), so that one report
+ * can hold releases made with different settings.  A package recorded
+ * without a template (a store-only test) has no line. */
+static CK_RV template_lines(struct guardian_store *st, const struct export *e, struct text *t)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    CK_RV rv = CKR_OK;
+
+    for (size_t i = 0; i < e->n_imported && t->rv == CKR_OK; i++) {
+        struct guardian_package_material m;
+        size_t need;
+        rv = guardian_store_package_material(st, e->imported[i].package_id, &m);
+        if (rv != CKR_OK) {
+            guardian_error(LOG, "cannot read the template of the package imported by record %llu",
+                           (unsigned long long)e->imported[i].seq);
+            break;
+        }
+        need = m.cert_template_len / 3 * 4 + 64;
+        if (m.cert_template != NULL && need > cap) {
+            char *p = realloc(line, need);
+            if (p == NULL) {
+                guardian_store_package_material_free(&m);
+                rv = CKR_HOST_MEMORY;
+                break;
+            }
+            line = p;
+            cap = need;
+        }
+        if (m.cert_template != NULL)
+            text_line(t, line, report_format_template(e->imported[i].seq, m.cert_template, m.cert_template_len,
+                                                      line, cap),
+                      "a template");
+        guardian_store_package_material_free(&m);
+    }
+    free(line);
+    return rv != CKR_OK ? rv : t->rv;
 }
 
 /* The certificates of the in-clear ISSUE records, in record order. */
@@ -392,6 +453,8 @@ static CK_RV audit_export(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SE
     text_add(&report, pem.p, pem.len);
     text_add(&report, products.p, products.len);
     text_add(&report, body.p, body.len);
+    if ((rv = template_lines(st, &e, &report)) != CKR_OK)
+        goto out;
     if ((rv = certificate_lines(st, &e, &report)) != CKR_OK)
         goto out;
     if ((rv = sign_report(be, work, key, signing, &report)) != CKR_OK)
@@ -415,6 +478,7 @@ out:
     free(body.p);
     free(pem.p);
     free(e.issued);
+    free(e.imported);
     return rv;
 }
 

@@ -183,9 +183,6 @@ static const uint8_t oid_key_usage[] = {0x55, 0x1d, 0x0f};
 static const uint8_t oid_ext_key_usage[] = {0x55, 0x1d, 0x25};
 static const uint8_t oid_ski[] = {0x55, 0x1d, 0x0e};
 static const uint8_t oid_aki[] = {0x55, 0x1d, 0x23};
-/* GUARDIAN_OID_ARC.3: 2.25.62758544141009244537205961397770264239.3 */
-static const uint8_t oid_guardian_device[] = {0x69, 0xde, 0xb6, 0xed, 0xc7, 0xe2, 0x81, 0xc2, 0x83, 0x81,
-                                              0x94, 0xef, 0x85, 0xad, 0x99, 0x8e, 0xb8, 0xbd, 0x2f, 0x03};
 
 /* ---- the device key --------------------------------------------------------------- */
 
@@ -321,6 +318,12 @@ static bool isalnum_ascii(uint8_t c)
 
 static const char *const variables[] = {"${device_id}", "${oem_id}", "${product_id}"};
 
+/* PrintableString (X.680 41.4): A-Z a-z 0-9 space ' ( ) + , - . / : = ? */
+static bool printable_char(uint8_t c)
+{
+    return isalnum_ascii(c) || (c != '\0' && strchr(" '()+,-./:=?", c) != NULL);
+}
+
 /* Writes `msg` to err (when given) and returns 0: the parsers' refusal. */
 static int ierr(char *err, size_t errlen, const char *msg)
 {
@@ -361,6 +364,14 @@ int guardian_subject_pattern_parse(const char *s, size_t len, struct guardian_su
             unsigned char c = (unsigned char)s[v];
             if (c < 0x20 || c == 0x7f || c == '=' || c == '+' || c == '\\' || c == '"')
                 return ierr(err, errlen, "subject pattern: a value holds a character that needs escaping");
+            if (c != '$' && attribute_types[t].tag == 0x13 && !printable_char(c)) {
+                if (err != NULL && errlen > 0)
+                    snprintf(err, errlen,
+                             "subject pattern: %s is a PrintableString, which cannot hold '%c' (allowed: A-Z a-z "
+                             "0-9 space ' ( ) + , - . / : = ?)",
+                             attribute_types[t].name, c);
+                return 0;
+            }
             if (c == '$') {
                 size_t k, rest = value_start + value_len - v;
                 for (k = 0; k < sizeof(variables) / sizeof(variables[0]); k++)
@@ -387,17 +398,25 @@ int guardian_subject_pattern_parse(const char *s, size_t len, struct guardian_su
     return 1;
 }
 
-/* The subject Name: RDNs in DER order (the pattern's reversed). */
-static void put_subject(struct dout *d, const struct guardian_cert_issuer *is, const struct guardian_device *dev)
+static const char *attribute_name(const uint8_t *oid)
 {
-    const char *vals[3] = {dev->id_text, is->oem_id, is->product_id};
-    size_t name = d->len;
+    for (size_t t = 0; t < sizeof(attribute_types) / sizeof(attribute_types[0]); t++)
+        if (memcmp(attribute_types[t].oid, oid, 3) == 0)
+            return attribute_types[t].name;
+    return "?";
+}
 
-    for (size_t r = is->subject.n; r-- > 0;) {
-        const char *v = is->subject.rdn[r].value;
-        size_t set = d->len, seq = d->len, str;
-        dtlv(d, 0x06, is->subject.rdn[r].oid, is->subject.rdn[r].oid_len);
-        str = d->len;
+size_t guardian_subject_der(const struct guardian_subject_pattern *p, const char *device_text, const char *oem_id,
+                            const char *product_id, uint8_t *out, size_t cap, char *err, size_t errlen)
+{
+    const char *vals[3] = {device_text, oem_id, product_id};
+    struct dout d = {out, 0, cap, false};
+
+    for (size_t r = p->n; r-- > 0;) {
+        const char *v = p->rdn[r].value;
+        size_t set = d.len, seq = d.len, str;
+        dtlv(&d, 0x06, p->rdn[r].oid, p->rdn[r].oid_len);
+        str = d.len;
         while (*v != '\0') {
             size_t k = 0;
             if (*v == '$')
@@ -405,23 +424,57 @@ static void put_subject(struct dout *d, const struct guardian_cert_issuer *is, c
                     if (strncmp(v, variables[k], strlen(variables[k])) == 0)
                         break;
             if (*v == '$' && k < 3) {
-                dput(d, vals[k], strlen(vals[k]));
+                dput(&d, vals[k], strlen(vals[k]));
                 v += strlen(variables[k]);
             } else {
-                dput(d, v, 1);
+                dput(&d, v, 1);
                 v++;
             }
         }
-        /* PrintableString values (C, serialNumber) must stay printable. */
-        if (is->subject.rdn[r].string_tag == 0x13)
-            for (size_t c = str; !d->err && c < d->len; c++)
-                if (!(isalnum_ascii(d->p[c]) || strchr(" '()+,-./:=?", d->p[c]) != NULL))
-                    d->p[c] = '-';
-        dwrap(d, str, is->subject.rdn[r].string_tag);
-        dwrap(d, seq, 0x30);
-        dwrap(d, set, 0x31);
+        /* A PrintableString value (C, serialNumber) is written as it is or
+         * not at all: a character it cannot hold is never replaced (A_1 and
+         * A-1 would be one subject). */
+        if (p->rdn[r].string_tag == 0x13)
+            for (size_t c = str; !d.err && c < d.len; c++)
+                if (!printable_char(d.p[c])) {
+                    if (err != NULL && errlen > 0)
+                        snprintf(err, errlen,
+                                 "the subject's %s would hold '%c', which a PrintableString cannot (allowed: A-Z "
+                                 "a-z 0-9 space ' ( ) + , - . / : = ?)",
+                                 attribute_name(p->rdn[r].oid), d.p[c] >= 0x20 && d.p[c] < 0x7f ? d.p[c] : '?');
+                    return 0;
+                }
+        dwrap(&d, str, p->rdn[r].string_tag);
+        dwrap(&d, seq, 0x30);
+        dwrap(&d, set, 0x31);
     }
-    dwrap(d, name, 0x30);
+    dwrap(&d, 0, 0x30);
+    if (d.err) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "the subject does not fit");
+        return 0;
+    }
+    return d.len;
+}
+
+int guardian_subject_check(const struct guardian_cert_issuer *is, const char *device_text, char *err, size_t errlen)
+{
+    uint8_t name[GUARDIAN_CERT_BUF];
+    return guardian_subject_der(&is->subject, device_text, is->oem_id, is->product_id, name, sizeof(name), err,
+                                errlen) != 0;
+}
+
+/* The subject Name: RDNs in DER order (the pattern's reversed). */
+static void put_subject(struct dout *d, const struct guardian_cert_issuer *is, const struct guardian_device *dev)
+{
+    size_t n = 0;
+    if (!d->err && d->len <= d->cap)
+        n = guardian_subject_der(&is->subject, dev->id_text, is->oem_id, is->product_id, d->p + d->len,
+                                 d->cap - d->len, NULL, 0);
+    if (n == 0)
+        d->err = true;
+    else
+        d->len += n;
 }
 
 /* ---- time ---------------------------------------------------------------------------- */
@@ -511,16 +564,14 @@ int guardian_cert_issuer_init(struct guardian_cert_issuer *is, const uint8_t pac
         goto out;
     }
     is->validity_days = (uint32_t)days;
-    if (t->device_ext_oid != NULL) {
-        if (!guardian_device_ext_oid_ok(t->device_ext_oid)) {
+    {
+        /* No extension (0), the OEM's OID, or the legacy default: package.h. */
+        int n = guardian_template_device_ext(t, is->device_ext_oid);
+        if (n < 0) {
             ierr(err, errlen, "the template's device-identity extension OID is not acceptable");
             goto out;
         }
-        is->device_ext_oid_len = OBJ_length(t->device_ext_oid);
-        memcpy(is->device_ext_oid, OBJ_get0_data(t->device_ext_oid), is->device_ext_oid_len);
-    } else {
-        is->device_ext_oid_len = sizeof(oid_guardian_device);
-        memcpy(is->device_ext_oid, oid_guardian_device, sizeof(oid_guardian_device));
+        is->device_ext_oid_len = (size_t)n;
     }
 
     /* The CA: signature algorithm from its key, issuer name, key identifier. */
@@ -725,7 +776,8 @@ size_t guardian_tbs_build(const struct guardian_cert_issuer *is, uint64_t serial
     memcpy(ski_out, ski + 2, SHA_DIGEST_LENGTH);
     put_extension(&d, oid_ski, sizeof(oid_ski), false, ski, sizeof(ski));
     /* GuardianDeviceIdentity ::= SEQUENCE { oemId UTF8String, productId
-     * UTF8String, deviceId OCTET STRING, packageId OCTET STRING, release INTEGER } */
+     * UTF8String, deviceId OCTET STRING, packageId OCTET STRING, release INTEGER },
+     * unless the template says there is none (device_ext_oid_len 0). */
     dtlv(&g, 0x0c, is->oem_id, strlen(is->oem_id));
     dtlv(&g, 0x0c, is->product_id, strlen(is->product_id));
     dtlv(&g, 0x04, dev->id, dev->id_len);
@@ -736,7 +788,8 @@ size_t guardian_tbs_build(const struct guardian_cert_issuer *is, uint64_t serial
     dwrap(&g, 0, 0x30);
     if (g.err)
         return 0;
-    put_extension(&d, is->device_ext_oid, is->device_ext_oid_len, false, gext, g.len);
+    if (is->device_ext_oid_len > 0)
+        put_extension(&d, is->device_ext_oid, is->device_ext_oid_len, false, gext, g.len);
     dwrap(&d, exts, 0x30);
     dwrap(&d, exts, 0xa3);
 

@@ -68,6 +68,13 @@ struct guardian_subject_pattern {
 int guardian_subject_pattern_parse(const char *s, size_t len, struct guardian_subject_pattern *out, char *err,
                                    size_t errlen);
 
+/* The DER Name the pattern gives for a device (its text ID, or its binary ID
+ * in lowercase hex) into out[0..cap): its length, or 0 with a reason in `err`
+ * if it does not fit or a PrintableString value (C, serialNumber) would hold a
+ * character PrintableString lacks — such a value is refused, never altered. */
+size_t guardian_subject_der(const struct guardian_subject_pattern *p, const char *device_text, const char *oem_id,
+                            const char *product_id, uint8_t *out, size_t cap, char *err, size_t errlen);
+
 /* ---- the issuer: everything fixed per package ---------------------------------- */
 
 struct guardian_cert_issuer {
@@ -84,7 +91,7 @@ struct guardian_cert_issuer {
     size_t ca_sig_len;          /* raw signature length: 2 x field size, or the modulus bytes */
     uint8_t *issuer_name;       /* the CA certificate's subject, DER */
     size_t issuer_name_len;
-    uint8_t device_ext_oid[GUARDIAN_DEVICE_EXT_OID_MAX]; /* DER contents */
+    uint8_t device_ext_oid[GUARDIAN_DEVICE_EXT_OID_MAX]; /* DER contents; length 0: no such extension */
     size_t device_ext_oid_len;
     uint8_t *fixed_ext;         /* BC, KU, EKU, AKI: Extension DERs back to back */
     size_t fixed_ext_len;
@@ -103,6 +110,10 @@ int guardian_cert_issuer_init(struct guardian_cert_issuer *is, const uint8_t pac
                               const uint8_t *tmpl_der, size_t tmpl_len, const uint8_t *ca_der, size_t ca_len,
                               char *err, size_t errlen);
 void guardian_cert_issuer_free(struct guardian_cert_issuer *is);
+/* 1 if this issuer can write the subject of the device whose subject text is
+ * `device_text`; 0 and the reason (which attribute, which characters are
+ * allowed) in `err` otherwise.  The module asks before spending a unit. */
+int guardian_subject_check(const struct guardian_cert_issuer *is, const char *device_text, char *err, size_t errlen);
 
 /* ---- one certificate ------------------------------------------------------------- */
 

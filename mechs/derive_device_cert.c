@@ -46,6 +46,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
+#include <openssl/sha.h>
 
 #include "anchor.h"
 #include "cert_builder.h"
@@ -124,45 +125,54 @@ struct device_arg {
     CK_ULONG spki_len;
 };
 
-/* The device ID and key, checked and copied into `dev`: the same checks and
- * CKR codes for both paths. */
-static CK_RV check_device(const struct device_arg *p, struct device_in *dev)
+CK_RV guardian_device_id_check(CK_ULONG format, const CK_BYTE *id, CK_ULONG id_len, uint8_t out[DEVICE_TEXT_MAX],
+                                size_t *out_len, char text[2 * DEVICE_BINARY_MAX + 1])
 {
-    const uint8_t *spki = NULL;
     CK_ULONG id_max;
-    const char *why = NULL;
-    int r;
 
-    switch (p->format) {
+    switch (format) {
     case CKG_GUARDIAN_DEVICE_ID_TEXT: id_max = DEVICE_TEXT_MAX; break;
     case CKG_GUARDIAN_DEVICE_ID_BINARY: id_max = DEVICE_BINARY_MAX; break;
     default:
-        guardian_error(LOG, "refused: device ID format %lu is unknown (1 text, 2 binary)",
-                       (unsigned long)p->format);
+        guardian_error(LOG, "refused: device ID format %lu is unknown (1 text, 2 binary)", (unsigned long)format);
         return CKR_GUARDIAN_DEVICE_ID_INVALID;
     }
-    if (p->id_len < 1 || p->id_len > id_max) {
+    if (id_len < 1 || id_len > id_max || (id == NULL && id_len != 0)) {
         guardian_error(LOG, "refused: a %s device ID has 1..%lu %s, got %lu",
                        id_max == DEVICE_TEXT_MAX ? "text" : "binary", (unsigned long)id_max,
-                       id_max == DEVICE_TEXT_MAX ? "characters" : "bytes", (unsigned long)p->id_len);
+                       id_max == DEVICE_TEXT_MAX ? "characters" : "bytes", (unsigned long)id_len);
         return CKR_GUARDIAN_DEVICE_ID_INVALID;
     }
-    memcpy(dev->id, p->id, p->id_len);
-    dev->id_len = p->id_len;
-    if (p->format == CKG_GUARDIAN_DEVICE_ID_TEXT) {
-        for (size_t i = 0; i < dev->id_len; i++) {
-            if (!guardian_id_char(dev->id[i])) {
+    memcpy(out, id, id_len);
+    *out_len = id_len;
+    if (format == CKG_GUARDIAN_DEVICE_ID_TEXT) {
+        for (size_t i = 0; i < id_len; i++) {
+            if (!guardian_id_char(out[i])) {
                 guardian_error(LOG, "refused: a text device ID may hold only A-Z a-z 0-9 - . _ : (byte %zu is not)",
                                i);
                 return CKR_GUARDIAN_DEVICE_ID_INVALID;
             }
         }
-        memcpy(dev->text, dev->id, dev->id_len);
-        dev->text[dev->id_len] = '\0';
+        memcpy(text, out, id_len);
+        text[id_len] = '\0';
     } else {
-        for (size_t i = 0; i < dev->id_len; i++)
-            snprintf(dev->text + 2 * i, 3, "%02x", dev->id[i]);
+        for (size_t i = 0; i < id_len; i++)
+            snprintf(text + 2 * i, 3, "%02x", out[i]);
     }
+    return CKR_OK;
+}
+
+/* The device ID and key, checked and copied into `dev`: the same checks and
+ * CKR codes for both paths. */
+static CK_RV check_device(const struct device_arg *p, struct device_in *dev)
+{
+    const uint8_t *spki = NULL;
+    const char *why = NULL;
+    CK_RV rv = guardian_device_id_check(p->format, p->id, p->id_len, dev->id, &dev->id_len, dev->text);
+    int r;
+
+    if (rv != CKR_OK)
+        return rv;
 
     /* Longer than any key accepted, or empty: not copied; the check refuses
      * it by its length. */
@@ -207,6 +217,7 @@ static CK_RV check_params(const CK_MECHANISM *mech, struct device_in *dev)
 struct out_template {
     CK_BBOOL token;
     bool has_label, has_id;
+    bool reissue; /* CKA_GUARDIAN_REISSUE TRUE: a device with another key gets a new certificate */
     char label[LABEL_MAX + 1]; /* NUL-terminated */
     uint8_t id[ID_MAX];
     size_t id_len;
@@ -257,9 +268,14 @@ static CK_RV check_template(const CK_ATTRIBUTE *t, CK_ULONG n, struct out_templa
             o->id_len = a->ulValueLen;
             o->has_id = true;
             break;
+        case CKA_GUARDIAN_REISSUE:
+            if (a->pValue == NULL || a->ulValueLen != sizeof(CK_BBOOL))
+                return CKR_ATTRIBUTE_VALUE_INVALID;
+            o->reissue = *(CK_BBOOL *)a->pValue != CK_FALSE;
+            break;
         default:
             guardian_error(LOG, "template attribute 0x%lx is not accepted (only CKA_CLASS, CKA_CERTIFICATE_TYPE, "
-                                "CKA_TOKEN, CKA_PRIVATE FALSE, CKA_LABEL, CKA_ID)",
+                                "CKA_TOKEN, CKA_PRIVATE FALSE, CKA_LABEL, CKA_ID, CKA_GUARDIAN_REISSUE)",
                            (unsigned long)a->type);
             return CKR_ATTRIBUTE_TYPE_INVALID;
         }
@@ -734,12 +750,98 @@ static CK_RV check_output(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const
     return CKR_OK;
 }
 
+/* The device's certificate is the one issued before (a re-ask with the same
+ * key): a new object of the same DER, nothing spent, nothing recorded. */
+static CK_RV existing_certificate(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const struct device_in *dev,
+                                  const struct out_template *o, const struct issuer *is,
+                                  const struct guardian_device_cert *prev, CK_OBJECT_HANDLE *out)
+{
+    struct guardian_cert_object_value v;
+    struct guardian_cert_object *pending = NULL;
+    char default_label[LABEL_MAX + 1];
+    uint8_t ski[20];
+    CK_RV rv;
+
+    /* The subject key identifier the certificate carries, as guardian_tbs_build makes it. */
+    SHA1(dev->key.key, dev->key.key_len, ski);
+    snprintf(default_label, sizeof(default_label), "device:%s/%s:%s", is->cb.oem_id, is->cb.product_id, dev->text);
+    rv = object_values(o, prev->cert, prev->cert_len, ski, default_label, &v);
+    if (rv != CKR_OK)
+        return rv;
+    if (o->token)
+        rv = token_object_create(be, session, &v, out);
+    else if ((rv = guardian_cert_object_prepare(session, &v, &pending)) == CKR_OK)
+        rv = guardian_cert_object_publish(pending, out);
+    if (rv == CKR_OK)
+        guardian_info(LOG, "%s/%s: device %s asked again with the key of its certificate (serial %llu): the same "
+                           "certificate returned, nothing spent",
+                      is->cb.oem_id, is->cb.product_id, dev->text, (unsigned long long)prev->serial);
+    return rv;
+}
+
+/* Whether a device already holds a certificate of `is`'s product (`prev`,
+ * found by the store's device index) for the key it presents now. */
+static bool same_device_key(const struct device_in *dev, const struct guardian_device_cert *prev)
+{
+    uint8_t h[32];
+    unsigned int hl = 0;
+
+    return prev->has_spki && prev->cert != NULL &&
+           EVP_Digest(dev->key.spki, dev->key.spki_len, h, &hl, EVP_sha256(), NULL) == 1 && hl == sizeof(h) &&
+           memcmp(h, prev->spki_hash, sizeof(h)) == 0;
+}
+
+static void refuse_other_key(const struct device_in *dev, const struct issuer *is, uint64_t serial)
+{
+    guardian_error(LOG, "refused: device %s of %s/%s already holds a certificate (serial %llu) for another public "
+                        "key: nothing spent; to issue a new one for the new key, ask with CKA_GUARDIAN_REISSUE "
+                        "TRUE (guardianctl provision --reissue): it is recorded as a re-issue",
+                   dev->text, is->cb.oem_id, is->cb.product_id, (unsigned long long)serial);
+}
+
+static CK_RV issue_new_certificate(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                                   const struct device_in *dev, const struct out_template *o, struct issuer *is,
+                                   CK_OBJECT_HANDLE key, uint64_t old_serial, CK_OBJECT_HANDLE *out);
+
 /* One certificate for the checked device `dev`, signed with `key`, the proven
  * production CA key of `is`: the one code path of the mechanism and the
- * request from the CA key check to the handle. */
+ * request from the CA key check to the handle.  The device's claim in the
+ * store's index is held throughout, so no other thread of this process
+ * issues for it meanwhile: a device that holds a certificate for this key
+ * gets it again (nothing spent); one that holds a certificate for another
+ * key is refused (CKR_GUARDIAN_DEVICE_ALREADY_ISSUED) unless o->reissue. */
 static CK_RV issue_certificate(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
                                const struct device_in *dev, const struct out_template *o, struct issuer *is,
                                CK_OBJECT_HANDLE key, CK_OBJECT_HANDLE *out)
+{
+    struct guardian_device_cert prev;
+    bool found = false;
+    CK_RV rv;
+
+    if (dev->key.key_len == is->cb.ca_key_len && memcmp(dev->key.key, is->cb.ca_key, dev->key.key_len) == 0) {
+        guardian_error(LOG, "refused: device %s presents the production CA's own public key", dev->text);
+        return CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY;
+    }
+    rv = guardian_store_device_claim(st, is->cb.oem_id, is->cb.product_id, dev->id, dev->id_len, &prev, &found);
+    if (rv != CKR_OK)
+        return rv;
+    if (found && same_device_key(dev, &prev))
+        rv = existing_certificate(be, session, dev, o, is, &prev, out);
+    else if (found && !o->reissue) {
+        refuse_other_key(dev, is, prev.serial);
+        rv = CKR_GUARDIAN_DEVICE_ALREADY_ISSUED;
+    } else
+        rv = issue_new_certificate(be, st, session, dev, o, is, key, found ? prev.serial : 0, out);
+    guardian_store_device_unclaim(st, is->cb.oem_id, is->cb.product_id, dev->id, dev->id_len);
+    guardian_store_device_cert_free(&prev);
+    return rv;
+}
+
+/* A new certificate: a unit spent, an ISSUE record (and, replacing serial
+ * old_serial when that is not 0, a REISSUE record). */
+static CK_RV issue_new_certificate(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                                   const struct device_in *dev, const struct out_template *o, struct issuer *is,
+                                   CK_OBJECT_HANDLE key, uint64_t old_serial, CK_OBJECT_HANDLE *out)
 {
     struct guardian_device d;
     uint8_t buf[GUARDIAN_CERT_BUF], hash[EVP_MAX_MD_SIZE], sig[1024], ski[20];
@@ -754,16 +856,21 @@ static CK_RV issue_certificate(CK_FUNCTION_LIST *be, struct guardian_store *st, 
     size_t tbs_len, cert_len;
     CK_RV rv;
 
-    if (dev->key.key_len == is->cb.ca_key_len && memcmp(dev->key.key, is->cb.ca_key, dev->key.key_len) == 0) {
-        guardian_error(LOG, "refused: device %s presents the production CA's own public key", dev->text);
-        return CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY;
-    }
     if (is->not_after < now) {
         guardian_error(LOG, "refused: %s/%s r%u: the allowance expired", is->cb.oem_id, is->cb.product_id,
                        is->cb.release);
         return CKR_GUARDIAN_PACKAGE_EXPIRED;
     }
 
+    {
+        /* A subject the pattern cannot write faithfully (a PrintableString
+         * value with '_') is refused before a unit is spent. */
+        char why[200];
+        if (!guardian_subject_check(&is->cb, dev->text, why, sizeof(why))) {
+            guardian_error(LOG, "refused: device %s of %s/%s: %s", dev->text, is->cb.oem_id, is->cb.product_id, why);
+            return CKR_GUARDIAN_DEVICE_ID_INVALID;
+        }
+    }
     rv = take_serial(be, session, st, is, now, &serial);
     if (rv != CKR_OK) {
         if (rv == CKR_GUARDIAN_QUOTA_EXHAUSTED)
@@ -815,7 +922,11 @@ static CK_RV issue_certificate(CK_FUNCTION_LIST *be, struct guardian_store *st, 
     /* Recorded before anyone can see the certificate: no other thread finds
      * or reads the object, and the caller gets no handle, before its ISSUE
      * record is written. */
-    rv = guardian_store_issue(st, is->cb.oem_id, is->cb.product_id, serial, dev->id, dev->id_len, buf, cert_len);
+    if (old_serial != 0)
+        rv = guardian_store_reissue(st, is->cb.oem_id, is->cb.product_id, serial, dev->id, dev->id_len, buf, cert_len,
+                                    old_serial);
+    else
+        rv = guardian_store_issue(st, is->cb.oem_id, is->cb.product_id, serial, dev->id, dev->id_len, buf, cert_len);
     if (rv != CKR_OK) {
         guardian_cert_object_discard(pending);
         /* The serial stays reserved, not issued: whether the record reached
@@ -835,6 +946,10 @@ static CK_RV issue_certificate(CK_FUNCTION_LIST *be, struct guardian_store *st, 
                        guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "vendor CKR");
         return rv;
     }
+    if (old_serial != 0)
+        guardian_info(LOG, "re-issued: %s/%s device %s: serial %llu for its new key replaces serial %llu (recorded)",
+                      is->cb.oem_id, is->cb.product_id, dev->text, (unsigned long long)serial,
+                      (unsigned long long)old_serial);
     guardian_debug(LOG, "issued %s/%s serial %llu to %s", is->cb.oem_id, is->cb.product_id,
                    (unsigned long long)serial, dev->text);
     *out = h;
@@ -910,18 +1025,9 @@ static CK_RV request_package_name(const struct guardian_request *rq, struct pack
         memcpy(pn->package_id, pid->pValue, GUARDIAN_PACKAGE_ID_LEN);
         return CKR_OK;
     }
-    for (int i = 0; i < 2; i++) {
-        const CK_ATTRIBUTE *a = i == 0 ? oem : product;
-        char *to = i == 0 ? pn->oem_id : pn->product_id;
-        if (a->ulValueLen == 0 || a->ulValueLen > GUARDIAN_ID_MAX || memchr(a->pValue, 0, a->ulValueLen) != NULL) {
-            guardian_error(LOG, "refused: %s must be 1..%d bytes without NUL",
-                           i == 0 ? "CKA_GUARDIAN_OEM_ID" : "CKA_GUARDIAN_PRODUCT_ID", GUARDIAN_ID_MAX);
-            return CKR_GUARDIAN_REQUEST_INVALID;
-        }
-        memcpy(to, a->pValue, a->ulValueLen);
-        to[a->ulValueLen] = '\0';
-    }
-    return CKR_OK;
+    if ((rv = guardian_request_id(rq, CKA_GUARDIAN_OEM_ID, "CKA_GUARDIAN_OEM_ID", pn->oem_id)) != CKR_OK)
+        return rv;
+    return guardian_request_id(rq, CKA_GUARDIAN_PRODUCT_ID, "CKA_GUARDIAN_PRODUCT_ID", pn->product_id);
 }
 
 /* The package ID of a product's installed release, from the store. */
@@ -995,7 +1101,7 @@ static CK_RV package_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st,
 static CK_RV device_cert_request(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
                                  const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
 {
-    static const CK_ATTRIBUTE_TYPE output_types[] = {CKA_TOKEN, CKA_LABEL, CKA_ID};
+    static const CK_ATTRIBUTE_TYPE output_types[] = {CKA_TOKEN, CKA_LABEL, CKA_ID, CKA_GUARDIAN_REISSUE};
     CK_ATTRIBUTE output[sizeof(output_types) / sizeof(output_types[0])];
     CK_ULONG n_output = 0;
     const CK_ATTRIBUTE *id, *spki;
@@ -1090,8 +1196,12 @@ static CK_RV device_certs_request(CK_FUNCTION_LIST *be, struct guardian_store *s
             goto out;
         }
     }
-    /* The single request's output with no template: a session object. */
-    rv = check_output(be, session, NULL, 0, "C_CreateObject", &o);
+    /* The single request's output with no template: a session object
+     * (CKA_GUARDIAN_REISSUE as the single request takes it). */
+    {
+        const CK_ATTRIBUTE *r = guardian_request_attr(rq, CKA_GUARDIAN_REISSUE);
+        rv = check_output(be, session, r, r != NULL ? 1 : 0, "C_CreateObject", &o);
+    }
     if (rv != CKR_OK)
         goto out;
     if (!pn.by_id && (rv = installed_package(be, st, session, &pn)) != CKR_OK)
@@ -1107,6 +1217,34 @@ static CK_RV device_certs_request(CK_FUNCTION_LIST *be, struct guardian_store *s
                                 "key: nothing issued", i, dev[i].text);
             rv = CKR_GUARDIAN_DEVICE_KEY_IS_CA_KEY;
             goto out;
+        }
+        {
+            char subject_why[200];
+            if (!guardian_subject_check(&is->cb, dev[i].text, subject_why, sizeof(subject_why))) {
+                guardian_error(LOG, "refused: the batch's entry %zu, device %s: %s: nothing issued", i, dev[i].text,
+                               subject_why);
+                rv = CKR_GUARDIAN_DEVICE_ID_INVALID;
+                goto out;
+            }
+        }
+        /* A device with a certificate for another key, without a re-issue:
+         * refused before anything is spent too (issue_certificate checks it
+         * again, holding the device's claim). */
+        if (!o.reissue) {
+            struct guardian_device_cert prev;
+            bool found = false, other;
+            rv = guardian_store_device_get(st, is->cb.oem_id, is->cb.product_id, dev[i].id, dev[i].id_len, &prev,
+                                           &found);
+            other = rv == CKR_OK && found && !same_device_key(&dev[i], &prev);
+            if (other)
+                refuse_other_key(&dev[i], is, prev.serial);
+            guardian_store_device_cert_free(&prev);
+            if (other) {
+                guardian_error(LOG, "refused: the batch's entry %zu: nothing issued", i);
+                rv = CKR_GUARDIAN_DEVICE_ALREADY_ISSUED;
+            }
+            if (rv != CKR_OK)
+                goto out;
         }
     }
 
@@ -1161,6 +1299,7 @@ out:
 
 static const CK_ATTRIBUTE_TYPE batch_attributes[] = {
     CKA_GUARDIAN_PACKAGE_ID, CKA_GUARDIAN_OEM_ID, CKA_GUARDIAN_PRODUCT_ID, CKA_GUARDIAN_DEVICE_BATCH,
+    CKA_GUARDIAN_REISSUE,
 };
 
 const struct guardian_request_type guardian_request_device_certs = {
@@ -1174,7 +1313,7 @@ const struct guardian_request_type guardian_request_device_certs = {
 
 static const CK_ATTRIBUTE_TYPE request_attributes[] = {
     CKA_GUARDIAN_PACKAGE_ID, CKA_GUARDIAN_OEM_ID, CKA_GUARDIAN_PRODUCT_ID, CKA_GUARDIAN_DEVICE_ID,
-    CKA_GUARDIAN_DEVICE_ID_FORMAT, CKA_GUARDIAN_DEVICE_SPKI, CKA_TOKEN, CKA_LABEL, CKA_ID,
+    CKA_GUARDIAN_DEVICE_ID_FORMAT, CKA_GUARDIAN_DEVICE_SPKI, CKA_TOKEN, CKA_LABEL, CKA_ID, CKA_GUARDIAN_REISSUE,
 };
 
 const struct guardian_request_type guardian_request_device_cert = {

@@ -38,6 +38,7 @@ ASN1_SEQUENCE(GUARDIAN_CERT_TEMPLATE) = {
     ASN1_SIMPLE(GUARDIAN_CERT_TEMPLATE, key_usage, ASN1_BIT_STRING),
     ASN1_SEQUENCE_OF_OPT(GUARDIAN_CERT_TEMPLATE, ext_key_usage, ASN1_OBJECT),
     ASN1_IMP_OPT(GUARDIAN_CERT_TEMPLATE, device_ext_oid, ASN1_OBJECT, 0),
+    ASN1_IMP_OPT(GUARDIAN_CERT_TEMPLATE, no_device_ext, ASN1_NULL, 1),
 } ASN1_SEQUENCE_END(GUARDIAN_CERT_TEMPLATE)
 IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_CERT_TEMPLATE)
 
@@ -91,6 +92,29 @@ int guardian_device_ext_oid_ok(const ASN1_OBJECT *oid)
     if (d == NULL || n < 3 || n > GUARDIAN_DEVICE_EXT_OID_MAX)
         return 0;
     return memcmp(d, id_ce, sizeof(id_ce)) != 0 && (n < sizeof(id_pkix) || memcmp(d, id_pkix, sizeof(id_pkix)) != 0);
+}
+
+/* GUARDIAN_OID_DEVICE's DER contents: 2.25 = 0x69, then the UUID's 128-bit
+ * arc in base 128, then .3. */
+static const uint8_t oid_legacy_device[] = {0x69, 0xde, 0xb6, 0xed, 0xc7, 0xe2, 0x81, 0xc2, 0x83, 0x81,
+                                            0x94, 0xef, 0x85, 0xad, 0x99, 0x8e, 0xb8, 0xbd, 0x2f, 0x03};
+
+int guardian_template_device_ext(const GUARDIAN_CERT_TEMPLATE *t, uint8_t oid[GUARDIAN_DEVICE_EXT_OID_MAX])
+{
+    size_t n;
+    if (t->device_ext_oid != NULL && t->no_device_ext != NULL)
+        return -1;
+    if (t->no_device_ext != NULL)
+        return 0;
+    if (t->device_ext_oid == NULL) {
+        memcpy(oid, oid_legacy_device, sizeof(oid_legacy_device));
+        return (int)sizeof(oid_legacy_device);
+    }
+    if (!guardian_device_ext_oid_ok(t->device_ext_oid))
+        return -1;
+    n = (size_t)OBJ_length(t->device_ext_oid);
+    memcpy(oid, OBJ_get0_data(t->device_ext_oid), n);
+    return (int)n;
 }
 
 int guardian_id_char(unsigned char c)
@@ -240,6 +264,11 @@ int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_pack
             ASN1_STRING_length(t->key_usage) > 2 ||
             (t->ext_key_usage != NULL && sk_ASN1_OBJECT_num(t->ext_key_usage) > GUARDIAN_PKG_MAX_ITEMS)) {
             fail(err, errlen, "device certificate template is invalid (subject 1-512 bytes, validity 1-36500 days)");
+            goto out;
+        }
+        if (t->device_ext_oid != NULL && t->no_device_ext != NULL) {
+            fail(err, errlen, "device certificate template both names a device-identity extension OID and says "
+                              "there is none");
             goto out;
         }
         if (t->device_ext_oid != NULL && !guardian_device_ext_oid_ok(t->device_ext_oid)) {

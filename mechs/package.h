@@ -56,6 +56,7 @@ typedef struct {
     ASN1_BIT_STRING *key_usage;     /* X.509 KeyUsage bits */
     STACK_OF(ASN1_OBJECT) *ext_key_usage; /* OPTIONAL */
     ASN1_OBJECT *device_ext_oid;    /* [0] OPTIONAL: the device-identity extension's OID */
+    ASN1_NULL *no_device_ext;       /* [1] OPTIONAL: present = no device-identity extension */
 } GUARDIAN_CERT_TEMPLATE;
 
 typedef struct {
@@ -125,13 +126,25 @@ int guardian_kek_context(const uint8_t package_id[GUARDIAN_PKG_ID_LEN], const ui
 /* The same, from a decoded package. */
 int guardian_package_kek_context(const struct guardian_package *pkg, uint8_t out[32]);
 
-/* The device-identity extension's OID: the template's device_ext_oid when the
- * OEM names one (an arc under its own enterprise number, for consumers that
- * cannot parse 128-bit arcs), else GUARDIAN_OID_DEVICE.  Accepted: 3..32 bytes
- * of DER contents, not under id-ce (2.5.29) or id-pkix (1.3.6.1.5.5.7). */
+/* The device-identity extension (docs/certificate-profile.md).  A template
+ * says one of three things, and the signed package fixes which:
+ *   [1] noDeviceExt present: no such extension (what `guardian-wrap create`
+ *       writes unless the OEM names an OID: Go 1.19's crypto/x509 and
+ *       Python cryptography 38 refuse a whole certificate whose extension OID
+ *       has an arc over 64 bits, and we own no enterprise number);
+ *   [0] deviceExtOid: the extension under the OEM's own OID;
+ *   neither: GUARDIAN_OID_DEVICE (2.25.<uuid>.3), the legacy default, so a
+ *       package signed before [1] existed keeps meaning what it meant.
+ * Both at once is refused.  Accepted OIDs: 3..32 bytes of DER contents, not
+ * under id-ce (2.5.29) or id-pkix (1.3.6.1.5.5.7). */
 #define GUARDIAN_OID_DEVICE GUARDIAN_OID_ARC ".3"
 #define GUARDIAN_DEVICE_EXT_OID_MAX 32
 int guardian_device_ext_oid_ok(const ASN1_OBJECT *oid);
+/* The OID a template puts the extension under, as DER contents into `oid`
+ * (GUARDIAN_DEVICE_EXT_OID_MAX bytes): its length, 0 for no extension, -1 for
+ * a template that is invalid (both fields, or an unacceptable OID).  One
+ * reading for the module (mechs/cert_builder.c) and the verifier (tools/report.c). */
+int guardian_template_device_ext(const GUARDIAN_CERT_TEMPLATE *t, uint8_t oid[GUARDIAN_DEVICE_EXT_OID_MAX]);
 
 /* The alphabet of OEM IDs, product IDs and text device IDs, which end up in
  * certificate subjects and file names: A-Z a-z 0-9 . _ - : */

@@ -7,8 +7,9 @@
 #include <stdio.h>
 #include <string.h>
 
-const char *const report_type_names[REPORT_TYPE_MAX + 1] = {NULL,      "IMPORT",       "RESERVE",    "ISSUE",
-                                                              "RELEASE", "JOURNAL-LOST", "CREDENTIAL", "EXPORT"};
+const char *const report_type_names[REPORT_TYPE_MAX + 1] = {
+    NULL,      "IMPORT",  "RESERVE", "ISSUE",  "RELEASE", "JOURNAL-LOST", "CREDENTIAL", "EXPORT",
+    "OUTCOME", "REISSUE", "RETIRE"};
 const char report_base64_alphabet[65] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 char *report_hex(char *p, const uint8_t *b, size_t n)
@@ -123,7 +124,8 @@ size_t report_format_record(const struct guardian_audit_record *r, char *out, si
         return 0;
     /* Encoding 1 has no operator and knows no CREDENTIAL or EXPORT record
      * (the encoding refuses both: the line would show what no hash covers). */
-    if (r->encoding == GUARDIAN_AUDIT_ENCODING_1 && (credential || export || r->operator_name[0] != '\0'))
+    if (r->encoding == GUARDIAN_AUDIT_ENCODING_1 &&
+        (credential || export || r->type > GUARDIAN_AUDIT_JOURNAL_LOST || r->operator_name[0] != '\0'))
         return 0;
     /* A CREDENTIAL record is no product's, nor is the EXPORT record of the
      * whole trail: "-" is not an ID there (an ID "-" of another record type
@@ -190,6 +192,11 @@ static size_t base64_line(const char *word, const uint64_t *seq, const uint8_t *
 size_t report_format_certificate(uint64_t seq, const uint8_t *der, size_t der_len, char *out, size_t cap)
 {
     return base64_line("certificate", &seq, der, der_len, out, cap);
+}
+
+size_t report_format_template(uint64_t seq, const uint8_t *der, size_t der_len, char *out, size_t cap)
+{
+    return base64_line("template", &seq, der, der_len, out, cap);
 }
 
 size_t report_format_signature(const uint8_t *sig, size_t sig_len, char *out, size_t cap)

@@ -17,16 +17,21 @@
 
 #include "store.h"
 
-/* What the Guardian writes: version 2, whose record lines name the operator of
- * each record of encoding 2.  Version 1 (reports made before schema 4: every
- * record of encoding 1, 14 fields, types 1..5) is still read.  Records of
- * type EXPORT (7) are new in version 2 without a new number: a report made
- * since ends with its own (docs/audit-report.md). */
-#define REPORT_MAGIC "GUARDIAN AUDIT REPORT 2"
+/* What the Guardian writes: version 3, which adds a `template SEQ BASE64`
+ * line per in-clear IMPORT record (the package's DeviceCertTemplate as the
+ * Guardian recorded it, so that each release's certificate profile — its
+ * device-identity extension setting, its subject — is in the signed report).
+ * Version 2 (record lines naming the operator of each record of encoding 2;
+ * EXPORT records, type 7, new in version 2 without a new number) and version
+ * 1 (reports made before schema 4: every record of encoding 1, 14 fields,
+ * types 1..5) are still read (docs/audit-report.md).  OUTCOME (8) and
+ * REISSUE (9), of schema 6, are record lines of the same 15 fields. */
+#define REPORT_MAGIC "GUARDIAN AUDIT REPORT 3"
+#define REPORT_MAGIC_2 "GUARDIAN AUDIT REPORT 2"
 #define REPORT_MAGIC_1 "GUARDIAN AUDIT REPORT 1"
 
 /* Record types by their report name; [0] is NULL (a redacted line has no type). */
-#define REPORT_TYPE_MAX GUARDIAN_AUDIT_EXPORT
+#define REPORT_TYPE_MAX GUARDIAN_AUDIT_RETIRE
 extern const char *const report_type_names[REPORT_TYPE_MAX + 1];
 /* The base64 alphabet (standard, '=' padding). */
 extern const char report_base64_alphabet[65];
@@ -57,6 +62,9 @@ size_t report_format_redacted(const struct guardian_audit_record *r, char *out, 
 size_t report_format_product(const struct guardian_product *p, char *out, size_t cap);
 /* "certificate SEQ BASE64"; needs 4 * ceil(der_len / 3) + 36 bytes. */
 size_t report_format_certificate(uint64_t seq, const uint8_t *der, size_t der_len, char *out, size_t cap);
+/* "template SEQ BASE64": the DeviceCertTemplate DER of the package that the
+ * IMPORT record SEQ imported; needs 4 * ceil(der_len / 3) + 33 bytes. */
+size_t report_format_template(uint64_t seq, const uint8_t *der, size_t der_len, char *out, size_t cap);
 /* "signature BASE64" of a DER ECDSA-Sig-Value. */
 size_t report_format_signature(const uint8_t *sig, size_t sig_len, char *out, size_t cap);
 

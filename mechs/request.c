@@ -7,6 +7,7 @@
 
 #include "module.h"
 #include "request.h"
+#include "store.h" /* GUARDIAN_ID_MAX */
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 
@@ -21,6 +22,8 @@ static const struct guardian_request_type *const table[] = {
     &guardian_request_device_cert,
     &guardian_request_status,
     &guardian_request_device_certs,
+    &guardian_request_part_outcome,
+    &guardian_request_retire_ca,
 };
 
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count)
@@ -120,4 +123,19 @@ CK_RV guardian_request_run(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_S
         return CKR_SESSION_READ_ONLY;
     }
     return t->run(be, st, session, &rq, out);
+}
+
+CK_RV guardian_request_id(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, const char *name, char *out)
+{
+    const CK_ATTRIBUTE *a;
+    CK_RV rv = guardian_request_bytes(rq, type, true, &a);
+    if (rv != CKR_OK)
+        return rv;
+    if (a->ulValueLen == 0 || a->ulValueLen > GUARDIAN_ID_MAX || memchr(a->pValue, 0, a->ulValueLen) != NULL) {
+        guardian_error("request", "refused: %s must be 1..%d bytes without NUL", name, GUARDIAN_ID_MAX);
+        return CKR_GUARDIAN_REQUEST_INVALID;
+    }
+    memcpy(out, a->pValue, a->ulValueLen);
+    out[a->ulValueLen] = '\0';
+    return CKR_OK;
 }

@@ -37,6 +37,11 @@ CK_RV guardian_request_ulong(const struct guardian_request *rq, CK_ATTRIBUTE_TYP
 CK_RV guardian_request_bytes(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, bool required,
                              const CK_ATTRIBUTE **out);
 
+/* A required OEM or product ID attribute (`name` for the log): 1..64 bytes
+ * without NUL, copied NUL-terminated into out (GUARDIAN_ID_MAX + 1 bytes);
+ * CKR_GUARDIAN_REQUEST_INVALID (logged) otherwise. */
+CK_RV guardian_request_id(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, const char *name, char *out);
+
 typedef CK_RV (*guardian_request_fn)(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
                                      const struct guardian_request *rq, CK_OBJECT_HANDLE *out);
 
@@ -67,6 +72,16 @@ extern const struct guardian_request_type guardian_request_import;       /* unwr
 extern const struct guardian_request_type guardian_request_device_cert;  /* derive_device_cert.c */
 extern const struct guardian_request_type guardian_request_device_certs; /* derive_device_cert.c */
 extern const struct guardian_request_type guardian_request_status;       /* status.c */
+extern const struct guardian_request_type guardian_request_retire_ca;    /* retire.c */
+extern const struct guardian_request_type guardian_request_part_outcome; /* outcome.c */
+
+/* A device ID as the derive mechanism checks it (derive_device_cert.c): its
+ * format CKG_GUARDIAN_DEVICE_ID_TEXT (1..64 of A-Z a-z 0-9 - . _ :) or
+ * _BINARY (1..32 bytes), copied into out[64] (*out_len bytes) and written
+ * for a log line into text[65] (binary: lower-case hex).  CKR_OK, or
+ * CKR_GUARDIAN_DEVICE_ID_INVALID with a log line. */
+CK_RV guardian_device_id_check(CK_ULONG format, const CK_BYTE *id, CK_ULONG id_len, uint8_t out[64], size_t *out_len,
+                               char text[65]);
 
 /* Non-zero when the template is a request (CKA_CLASS = CKO_GUARDIAN_REQUEST). */
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count);

@@ -17,10 +17,15 @@
  *     creation fails, every object made so far is destroyed and nothing is
  *     recorded; if the commit fails, the objects are destroyed too.
  *
- * Every object of a package carries CKA_ID = the package ID (keys and
- * certificates) or CKA_APPLICATION = "guardian:<package id hex>" (data objects),
- * and a label "guardian:<oem>/<product>/r<release>:<name>", so C_FindObjects
- * finds them.  The handle returned is the package object, a CKO_GUARDIAN_PACKAGE
+ * The production CA key and its certificate carry CKA_ID = the package ID;
+ * the package's other keys (extra keys, confidential items) the package ID
+ * followed by their own label; the other certificates of the chain
+ * (intermediates, the OEM root) the SHA-1 of their own public key, the usual
+ * CKA_ID; data objects CKA_APPLICATION = "guardian:<package id hex>".  So
+ * clients that pair a key with its certificate by CKA_ID (NSS, Java's PKCS11
+ * keystore) pair the production CA key with its own certificate only.
+ * Every object has a label "guardian:<oem>/<product>/r<release>:<name>", so
+ * C_FindObjects finds them.  The handle returned is the package object, a CKO_GUARDIAN_PACKAGE
  * object served by the module (module/package_objects.c) with CKA_ID = the
  * package ID and live counters (docs/unwrap-mechanism.md).
  *
@@ -37,6 +42,7 @@
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 
 #include "module.h"
@@ -519,11 +525,18 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
     CK_BBOOL sign = cls == CKO_PRIVATE_KEY ? im->usage.sign : CK_FALSE;
     CK_BBOOL decrypt = im->usage.decrypt, derive = im->usage.derive, unwrap = im->usage.unwrap;
     char label[sizeof(im->prefix) + GUARDIAN_PKG_NAME_MAX + 2];
+    /* CKA_ID: the package ID for the production CA key (its certificate's);
+     * for every other key the package ID followed by the key's own label, so
+     * that no other key shares the CA certificate's CKA_ID (NSS and Java
+     * pair a certificate with the private key of its CKA_ID). */
+    int ca = strcmp(role, "production-ca") == 0;
+    CK_BYTE id[GUARDIAN_PKG_ID_LEN + GUARDIAN_PKG_NAME_MAX];
+    CK_ULONG id_len = GUARDIAN_PKG_ID_LEN;
     CK_ATTRIBUTE t[] = {
         {CKA_CLASS, &cls, sizeof(cls)},          {CKA_KEY_TYPE, &kt, sizeof(kt)},
         {CKA_TOKEN, &yes, sizeof(yes)},          {CKA_PRIVATE, &yes, sizeof(yes)},
         {CKA_SENSITIVE, &yes, sizeof(yes)},      {CKA_EXTRACTABLE, &no, sizeof(no)},
-        {CKA_ID, im->pkg.package_id, GUARDIAN_PKG_ID_LEN},
+        {CKA_ID, id, 0},
         {CKA_LABEL, label, 0},                   {CKA_SIGN, &sign, sizeof(sign)},
         {CKA_DECRYPT, &decrypt, sizeof(decrypt)}, {CKA_DERIVE, &derive, sizeof(derive)},
         {CKA_UNWRAP, &unwrap, sizeof(unwrap)},   {CKA_MODIFIABLE, &no, sizeof(no)},
@@ -536,8 +549,17 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
 
     /* The production CA key signs, nothing else; extra keys keep what the
      * package's key type allows, narrowed by the caller. */
-    if (strcmp(role, "production-ca") == 0)
+    if (ca)
         decrypt = derive = unwrap = CK_FALSE;
+    memcpy(id, im->pkg.package_id, GUARDIAN_PKG_ID_LEN);
+    if (!ca) {
+        int n = ASN1_STRING_length(wk->label);
+        if (n < 1 || n > GUARDIAN_PKG_NAME_MAX)
+            return CKR_GENERAL_ERROR; /* package.c checked the label already */
+        memcpy(id + GUARDIAN_PKG_ID_LEN, ASN1_STRING_get0_data(wk->label), (size_t)n);
+        id_len += (CK_ULONG)n;
+    }
+    t[6].ulValueLen = id_len;
     snprintf(label, sizeof(label), "%s:%.*s", im->prefix, ASN1_STRING_length(wk->label),
              ASN1_STRING_get0_data(wk->label));
     t[7].ulValueLen = strlen(label);
@@ -563,14 +585,22 @@ static CK_RV create_certificate(struct import *im, X509 *x, int index)
     int iss_len = i2d_X509_NAME(X509_get_issuer_name(x), &iss);
     int ser_len = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &serial);
     char label[sizeof(im->prefix) + 32];
+    /* The production CA certificate (index 0) has its key's CKA_ID, the
+     * package ID; every other certificate the SHA-1 of its public key (20
+     * bytes: never a package ID, 16). */
+    unsigned char key_sha1[SHA_DIGEST_LENGTH];
+    unsigned int key_sha1_len = 0;
+    int keyed = index > 0 && X509_pubkey_digest(x, EVP_sha1(), key_sha1, &key_sha1_len) == 1 &&
+                key_sha1_len == SHA_DIGEST_LENGTH;
     CK_OBJECT_HANDLE h;
     CK_RV rv = CKR_HOST_MEMORY;
 
-    if (der_len > 0 && subj_len > 0 && iss_len > 0 && ser_len > 0) {
+    if (der_len > 0 && subj_len > 0 && iss_len > 0 && ser_len > 0 && (index == 0 || keyed)) {
         CK_ATTRIBUTE t[] = {
             {CKA_CLASS, &cls, sizeof(cls)},      {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
             {CKA_TOKEN, &yes, sizeof(yes)},      {CKA_CERTIFICATE_CATEGORY, &category, sizeof(category)},
-            {CKA_ID, im->pkg.package_id, GUARDIAN_PKG_ID_LEN},
+            {CKA_ID, index == 0 ? im->pkg.package_id : key_sha1,
+             index == 0 ? GUARDIAN_PKG_ID_LEN : SHA_DIGEST_LENGTH},
             {CKA_LABEL, label, 0},               {CKA_VALUE, der, (CK_ULONG)der_len},
             {CKA_SUBJECT, subj, (CK_ULONG)subj_len}, {CKA_ISSUER, iss, (CK_ULONG)iss_len},
             {CKA_SERIAL_NUMBER, serial, (CK_ULONG)ser_len}, {CKA_MODIFIABLE, &no, sizeof(no)},

@@ -321,6 +321,10 @@ bool guardian_config_load(struct guardian_config *cfg, char *err, size_t errlen)
         /* A test bench with GUARDIAN_BACKEND needs no file at all. */
         cfg->source[0] = '\0';
     } else if (e == ENOENT) {
+        /* Without GUARDIAN_CONF the default file's absence means nobody set
+         * the module up (a p11-kit client that loads every registered
+         * module): state.c says nothing on stderr then. */
+        cfg->unconfigured = !explicit_file;
         set_err(err, errlen,
                 "configuration file %s not found (set GUARDIAN_CONF to its path, or GUARDIAN_BACKEND to a "
                 "backend module)",

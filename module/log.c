@@ -5,12 +5,19 @@
  * configuration (log_level) and GUARDIAN_DEBUG, which wins when set.  Nothing
  * that reaches this file may contain a PIN, a key or package bytes: callers log
  * names, lengths and CKR codes only.  The audit trail is data, not logging.
+ *
+ * An error or warning line is printed once: the same line again within
+ * LOG_REPEAT_SECONDS (several threads of one run failing on the same cause,
+ * each of guardianctl provision's workers say) is dropped.
  */
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "module.h"
@@ -71,6 +78,40 @@ void guardian_log_set_level(int configured_level)
     apply_level(lvl);
 }
 
+#define LOG_REPEAT_SECONDS 10
+#define LOG_RECENT 16
+
+/* 1 when the same line (level, category, text: `line` without its pid
+ * prefix) was printed less than LOG_REPEAT_SECONDS ago; else remembers it. */
+static int repeated(const char *line)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static struct {
+        uint64_t hash;
+        time_t when;
+    } recent[LOG_RECENT];
+    static unsigned next;
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    time_t now = time(NULL);
+    int seen = 0;
+
+    for (const unsigned char *p = (const unsigned char *)line; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    pthread_mutex_lock(&lock);
+    for (unsigned i = 0; i < LOG_RECENT; i++)
+        if (recent[i].hash == h && recent[i].when != 0 && now - recent[i].when < LOG_REPEAT_SECONDS) {
+            seen = 1;
+            break;
+        }
+    if (!seen) {
+        recent[next].hash = h;
+        recent[next].when = now;
+        next = (next + 1) % LOG_RECENT;
+    }
+    pthread_mutex_unlock(&lock);
+    return seen;
+}
+
 void guardian_log(enum guardian_log_level level, const char *category, const char *fmt, ...)
 {
     char line[1024];
@@ -87,6 +128,9 @@ void guardian_log(enum guardian_log_level level, const char *category, const cha
     va_start(ap, fmt);
     vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
     va_end(ap);
+    /* The pid prefix is the same for every line of this process. */
+    if (level <= GUARDIAN_LOG_WARN && repeated(strchr(line, ' ') != NULL ? strchr(line, ' ') : line))
+        return;
     /* One write per line keeps lines whole when several threads log. */
     n = (int)strlen(line);
     if ((size_t)n < sizeof(line) - 1) {

@@ -106,6 +106,10 @@ struct guardian_config {
     /* Passed as pReserved of the backend's C_Initialize ("" = NULL): NSS
      * softoken's "configdir='sql:…' …" string (docs/configuration.md). */
     char backend_init_args[GUARDIAN_BACKEND_INIT_ARGS_MAX + 1];
+    /* Set when guardian_config_load failed because nothing configures the
+     * module: no file at the default path, no GUARDIAN_CONF, no
+     * GUARDIAN_BACKEND (C_Initialize: CKR_GUARDIAN_NOT_CONFIGURED, quietly). */
+    bool unconfigured;
 };
 
 #define GUARDIAN_PIN_KDF_N_MIN 1024u

@@ -14,13 +14,27 @@
  * an in-memory list of the (few) products, refreshed from the store at most
  * once a second and after every import.
  *
+ * They are the Guardian token's: a package object appears only to sessions
+ * on the token its release was imported into, the one that holds that
+ * release's production CA certificate (CKA_ID the package ID, label
+ * "guardian:<oem>/<product>/r<n>:production-ca-cert0": a public object, so
+ * the answer is the same logged in or not, and a label callers cannot make
+ * through the module, policy.c).  A session on another token of the backend
+ * (a second SoftHSM token, another slot of the HSM) neither finds it nor
+ * reads it (CKR_OBJECT_HANDLE_INVALID), as it finds none of that token's
+ * keys.  The backend is asked in a session of the module's own (the caller's
+ * may have a search active), and the answer kept per slot for a second, like
+ * the products, and forgotten at each import.
+ *
  * The search machinery here also serves the certificate objects of
  * cert_objects.c: a search that may find either kind of module object gets a
  * find_state, whose matches (package objects, then certificate objects) follow
  * the backend's.
  */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -31,6 +45,7 @@
 
 #define MAX_PRODUCTS 256
 #define MAX_FINDS 64
+#define MAX_SLOTS 16
 
 struct vobj {
     CK_OBJECT_HANDLE handle;
@@ -54,6 +69,13 @@ static CK_OBJECT_HANDLE next_handle = GUARDIAN_VOBJ_BASE + 1;
 static atomic_llong refreshed_at; /* time() of the last refresh */
 static struct find_state finds[MAX_FINDS];
 static atomic_int n_finds; /* read without the lock on every C_FindObjects */
+/* Which products' releases each slot's token holds (bit i: objs[i]), asked
+ * at most once a second per slot. */
+static struct {
+    CK_SLOT_ID slot;
+    long long at; /* time() of the answer; 0: free */
+    uint64_t present[MAX_PRODUCTS / 64];
+} slots_seen[MAX_SLOTS];
 
 /* Free a search's slot (the lock held; the caller counts n_finds). */
 static void end_find_locked(struct find_state *f)
@@ -121,6 +143,7 @@ void guardian_package_objects_reset(void)
 {
     pthread_mutex_lock(&lock);
     n_objs = 0;
+    memset(slots_seen, 0, sizeof(slots_seen));
     atomic_store(&n_objs_visible, 0);
     atomic_store(&refreshed_at, 0);
     for (int i = 0; i < MAX_FINDS; i++)
@@ -142,11 +165,115 @@ CK_OBJECT_HANDLE guardian_package_object_handle(const char *oem_id, const char *
     struct guardian_store *st = store_or_null();
     pthread_mutex_lock(&lock);
     refresh_locked(st, 1);
+    memset(slots_seen, 0, sizeof(slots_seen)); /* after an import: ask the tokens again */
     for (size_t i = 0; i < n_objs; i++)
         if (strcmp(objs[i].p.oem_id, oem_id) == 0 && strcmp(objs[i].p.product_id, product_id) == 0)
             h = objs[i].handle;
     pthread_mutex_unlock(&lock);
     return h;
+}
+
+/* ---- the token a release was imported into ------------------------------------ */
+
+/* What identifies a release on its token: its production CA certificate. */
+struct release_mark {
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
+    char label[2 * GUARDIAN_ID_MAX + 48];
+};
+
+/* Sets bit i of `present` for each mark the token in `slot` holds, asked in a
+ * session of our own, without the lock.  A read/write one where the token
+ * allows it: a read-only session, even for a moment, would make another
+ * thread's C_Login(CKU_SO) fail with CKR_SESSION_READ_ONLY_EXISTS. */
+static CK_RV ask_token(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, const struct release_mark *marks, size_t n,
+                       uint64_t present[MAX_PRODUCTS / 64])
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_SESSION_HANDLE own = CK_INVALID_HANDLE;
+    CK_RV rv = be->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &own);
+
+    if (rv == CKR_TOKEN_WRITE_PROTECTED)
+        rv = be->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &own);
+
+    memset(present, 0, MAX_PRODUCTS / 8);
+    for (size_t i = 0; rv == CKR_OK && i < n; i++) {
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_ID, (void *)marks[i].package_id, GUARDIAN_PACKAGE_ID_LEN},
+                            {CKA_LABEL, (void *)marks[i].label, (CK_ULONG)strlen(marks[i].label)}};
+        CK_OBJECT_HANDLE h;
+        CK_ULONG got = 0;
+        rv = be->C_FindObjectsInit(own, t, 3);
+        if (rv != CKR_OK)
+            break;
+        rv = be->C_FindObjects(own, &h, 1, &got);
+        be->C_FindObjectsFinal(own);
+        if (rv == CKR_OK && got == 1)
+            present[i / 64] |= (uint64_t)1 << (i % 64);
+    }
+    if (own != CK_INVALID_HANDLE)
+        be->C_CloseSession(own);
+    return rv;
+}
+
+/* Which package objects belong to the session's token: bit i for objs[i]. */
+static CK_RV token_releases(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, uint64_t present[MAX_PRODUCTS / 64])
+{
+    CK_SESSION_INFO si;
+    long long now = (long long)time(NULL);
+    int hit = -1, slot_i = -1, free_i = -1, oldest = 0;
+    struct release_mark *marks = NULL;
+    size_t n = 0;
+    CK_RV rv = be->C_GetSessionInfo(s, &si);
+
+    if (rv != CKR_OK)
+        return rv;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_SLOTS && hit < 0; i++)
+        if (slots_seen[i].at == now && slots_seen[i].slot == si.slotID)
+            hit = i;
+    if (hit >= 0) {
+        memcpy(present, slots_seen[hit].present, sizeof(slots_seen[hit].present));
+        pthread_mutex_unlock(&lock);
+        return CKR_OK;
+    }
+    n = n_objs;
+    marks = n > 0 ? calloc(n, sizeof(*marks)) : NULL;
+    for (size_t i = 0; marks != NULL && i < n; i++) {
+        memcpy(marks[i].package_id, objs[i].p.package_id, GUARDIAN_PACKAGE_ID_LEN);
+        snprintf(marks[i].label, sizeof(marks[i].label), "guardian:%s/%s/r%u:production-ca-cert0", objs[i].p.oem_id,
+                 objs[i].p.product_id, objs[i].p.release_version);
+    }
+    pthread_mutex_unlock(&lock);
+    if (n > 0 && marks == NULL)
+        return CKR_HOST_MEMORY;
+    rv = ask_token(be, si.slotID, marks, n, present);
+    free(marks);
+    if (rv != CKR_OK) {
+        guardian_debug("objects", "cannot tell which releases the token in slot %lu holds: %s",
+                       (unsigned long)si.slotID, guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "vendor CKR");
+        return rv;
+    }
+    /* Keep the answer: in the slot's entry, a free one, or the oldest. */
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MAX_SLOTS; i++) {
+        if (slots_seen[i].at != 0 && slots_seen[i].slot == si.slotID)
+            slot_i = i;
+        else if (slots_seen[i].at == 0 && free_i < 0)
+            free_i = i;
+        if (slots_seen[i].at < slots_seen[oldest].at)
+            oldest = i;
+    }
+    hit = slot_i >= 0 ? slot_i : free_i >= 0 ? free_i : oldest;
+    slots_seen[hit].slot = si.slotID;
+    slots_seen[hit].at = now;
+    memcpy(slots_seen[hit].present, present, sizeof(slots_seen[hit].present));
+    pthread_mutex_unlock(&lock);
+    return CKR_OK;
+}
+
+static int has_release(const uint64_t present[MAX_PRODUCTS / 64], size_t i)
+{
+    return (present[i / 64] >> (i % 64)) & 1;
 }
 
 /* ---- attributes -------------------------------------------------------------- */
@@ -189,21 +316,26 @@ static struct vobj *lookup_locked(CK_OBJECT_HANDLE h)
 CK_RV guardian_package_objects_get(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE h,
                                    CK_ATTRIBUTE_PTR templ, CK_ULONG count)
 {
-    CK_SESSION_INFO si;
     struct vobj *o, copy;
-    CK_RV rv = be->C_GetSessionInfo(session, &si);
-    struct guardian_store *st;
+    uint64_t present[MAX_PRODUCTS / 64];
+    size_t i = 0;
+    struct guardian_store *st = store_or_null();
+    CK_RV rv;
 
-    if (rv != CKR_OK)
-        return rv;
-    st = store_or_null();
     pthread_mutex_lock(&lock);
     refresh_locked(st, 1); /* counters are live */
-    o = lookup_locked(h);
-    if (o != NULL)
-        copy = *o;
     pthread_mutex_unlock(&lock);
-    if (o == NULL)
+    if ((rv = token_releases(be, session, present)) != CKR_OK)
+        return rv;
+    pthread_mutex_lock(&lock);
+    o = lookup_locked(h);
+    if (o != NULL) {
+        copy = *o;
+        i = (size_t)(o - objs);
+    }
+    pthread_mutex_unlock(&lock);
+    /* Another token's session: not its object. */
+    if (o == NULL || !has_release(present, i))
         return CKR_OBJECT_HANDLE_INVALID;
     return guardian_attr_fill(&copy, attribute, templ, count);
 }
@@ -275,6 +407,7 @@ CK_RV guardian_package_objects_find_init(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE
                                          CK_ULONG count)
 {
     CK_OBJECT_HANDLE found[MAX_PRODUCTS], *certs = NULL, *all = NULL;
+    uint64_t present[MAX_PRODUCTS / 64];
     CK_ULONG n = 0, n_certs = 0;
     int only = templ != NULL && ours_only(templ, count);
     struct find_state *f = NULL;
@@ -298,13 +431,20 @@ CK_RV guardian_package_objects_find_init(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE
                         guardian_cert_objects_idle(templ, count)))
         return be->C_FindObjectsInit(s, templ, count);
     pthread_mutex_lock(&lock);
-    for (size_t i = 0; i < n_objs; i++)
-        if (matches(&objs[i], templ, count))
-            found[n++] = objs[i].handle;
     if (atomic_load(&n_finds) > 0 && find_locked(s) != NULL) {
         pthread_mutex_unlock(&lock);
         return CKR_OPERATION_ACTIVE;
     }
+    pthread_mutex_unlock(&lock);
+    /* Package objects of the session's token only. */
+    memset(present, 0, sizeof(present));
+    if (atomic_load_explicit(&n_objs_visible, memory_order_relaxed) > 0 &&
+        (rv = token_releases(be, s, present)) != CKR_OK)
+        return rv;
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < n_objs; i++)
+        if (has_release(present, i) && matches(&objs[i], templ, count))
+            found[n++] = objs[i].handle;
     pthread_mutex_unlock(&lock);
     /* A template that is ours alone names our class or attributes: no
      * certificate object has them. */

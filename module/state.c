@@ -19,10 +19,15 @@
  * process (p11-kit loading SoftHSM's own .module beside ours, or an application
  * using both): we use it as it is and do not finalize it for its owner.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <syslog.h>
+#include <unistd.h>
 
 #include "module.h"
 #include "registry.h"
@@ -75,6 +80,21 @@ static void register_atfork(void)
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
+/* Nothing configures the module (guardian_config.unconfigured): every p11-kit
+ * client loads the registered module, and one nobody set up must not write to
+ * their stderr.  One line to syslog per process, the debug log with
+ * GUARDIAN_DEBUG; C_Initialize fails with CKR_GUARDIAN_NOT_CONFIGURED, which
+ * p11-kit takes as "skip this module" (critical: no). */
+static void not_configured(const char *err)
+{
+    static bool said;
+    if (!said) {
+        said = true;
+        syslog(LOG_USER | LOG_NOTICE, "guardian-pkcs11: not configured, no slots offered: %s", err);
+    }
+    guardian_debug("config", "not configured: %s", err);
+}
+
 /* `quiet`: the caller is only probing (C_GetInterface* before C_Initialize);
  * C_Initialize will report the same failure, once. */
 static CK_RV load_locked(bool quiet)
@@ -89,6 +109,10 @@ static CK_RV load_locked(bool quiet)
         if (quiet)
             return CKR_OK;
         if (!guardian_config_load(&fresh, err, sizeof(err))) {
+            if (fresh.unconfigured) {
+                not_configured(err);
+                return CKR_GUARDIAN_NOT_CONFIGURED;
+            }
             guardian_error("config", "%s", err);
             return CKR_GUARDIAN_CONFIG_INVALID;
         }
@@ -101,6 +125,11 @@ static CK_RV load_locked(bool quiet)
         return CKR_OK;
     }
     if (!guardian_config_load(&config, err, sizeof(err))) {
+        if (config.unconfigured) {
+            if (!quiet)
+                not_configured(err);
+            return CKR_GUARDIAN_NOT_CONFIGURED;
+        }
         if (!quiet)
             guardian_error("config", "%s", err);
         return CKR_GUARDIAN_CONFIG_INVALID;
@@ -284,11 +313,74 @@ out:
     return rv;
 }
 
+/* Where state_dir came from, for the messages below. */
+static const char *state_dir_origin(char *buf, size_t cap)
+{
+    const char *env = secure_getenv("GUARDIAN_STATE_DIR");
+    if (env != NULL && *env != '\0')
+        snprintf(buf, cap, "GUARDIAN_STATE_DIR");
+    else if (config.source[0] != '\0' && strcmp(config.state_dir, GUARDIAN_DEFAULT_STATE_DIR) != 0)
+        snprintf(buf, cap, "state_dir in %s", config.source);
+    else
+        snprintf(buf, cap, "the default state_dir");
+    return buf;
+}
+
+/* Before the store opens its directory (under init_lock): the cases where it
+ * cannot hold the Guardian's state, each named with what to do
+ * (CKR_GUARDIAN_STATE_UNAVAILABLE).  A missing directory whose parent exists
+ * is left to the store, which creates it (a new Guardian); one whose parent is
+ * missing too is most often a file system that is not mounted. */
+static CK_RV state_dir_usable(const char *dir)
+{
+    char origin[PATH_MAX + 32], parent[PATH_MAX];
+    struct stat st;
+    struct statvfs vfs;
+    const char *slash;
+
+    if (stat(dir, &st) != 0) {
+        if (errno != ENOENT)
+            return CKR_OK; /* the store says what it is */
+        slash = strrchr(dir, '/');
+        snprintf(parent, sizeof(parent), "%.*s", slash != NULL && slash != dir ? (int)(slash - dir) : 1, dir);
+        if (stat(parent, &st) == 0)
+            return CKR_OK;
+        guardian_error("store",
+                       "the state directory %s (%s) does not exist, nor its parent %s: if it lives on a file system "
+                       "that is not mounted, mount it; otherwise create it (install -d -m 700 %s as the user the "
+                       "module runs as) or correct the setting; nothing was created, nothing granted",
+                       dir, state_dir_origin(origin, sizeof(origin)), parent, dir);
+        return CKR_GUARDIAN_STATE_UNAVAILABLE;
+    }
+    if (!S_ISDIR(st.st_mode))
+        return CKR_OK; /* the store refuses it (CKR_GUARDIAN_STATE_UNSAFE) */
+    if (statvfs(dir, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) != 0) {
+        guardian_error("store",
+                       "the state directory %s (%s) is on a read-only file system: the Guardian records every "
+                       "import, reservation and certificate there before it grants it; remount it read-write "
+                       "(mount -o remount,rw) or set state_dir to a writable directory; nothing granted",
+                       dir, state_dir_origin(origin, sizeof(origin)));
+        return CKR_GUARDIAN_STATE_UNAVAILABLE;
+    }
+    if (st.st_uid == geteuid() && access(dir, W_OK | X_OK) != 0) {
+        guardian_error("store",
+                       "the state directory %s (%s) is not writable (mode %04o): the Guardian records every import, "
+                       "reservation and certificate there; chmod 700 %s; nothing granted",
+                       dir, state_dir_origin(origin, sizeof(origin)), (unsigned)(st.st_mode & 07777), dir);
+        return CKR_GUARDIAN_STATE_UNAVAILABLE;
+    }
+    return CKR_OK;
+}
+
 /* The store, opened on first use.  `quiet`: no log line, and no database
- * created when the state directory does not exist (plain PKCS#11 users). */
+ * created when the state directory does not exist (plain PKCS#11 users);
+ * but a state directory that was set (not the default) and is missing is
+ * said once: a product list that is empty for that reason must not look
+ * like a Guardian without products. */
 static CK_RV state_store(struct guardian_store **out, bool quiet)
 {
     struct stat st_dir;
+    struct statvfs vfs;
     CK_RV rv = CKR_GENERAL_ERROR;
 
     pthread_mutex_lock(&init_lock);
@@ -297,15 +389,41 @@ static CK_RV state_store(struct guardian_store **out, bool quiet)
         goto out;
     }
     if (store == NULL) {
-        if (quiet && (stat(config.state_dir, &st_dir) != 0 || !S_ISDIR(st_dir.st_mode))) {
-            rv = CKR_GUARDIAN_STORE_FAILED;
-            goto out;
+        if (quiet) {
+            /* Missing (said only when it was set: the default's absence is
+             * a plain PKCS#11 user's), or read-only (SQLite cannot open it
+             * there, its -shm: said in words rather than its open error). */
+            static bool said_missing, said_ro;
+            const char *why = NULL;
+            bool *said = NULL;
+            char origin[PATH_MAX + 32];
+            if (stat(config.state_dir, &st_dir) != 0 || !S_ISDIR(st_dir.st_mode)) {
+                if (strcmp(config.state_dir, GUARDIAN_DEFAULT_STATE_DIR) != 0)
+                    why = "does not exist: no product is shown; mount its file system or correct the setting";
+                said = &said_missing;
+            } else if (statvfs(config.state_dir, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) != 0) {
+                why = "is on a read-only file system: no product is shown; remount it read-write";
+                said = &said_ro;
+            }
+            if (said != NULL) {
+                if (why != NULL && !*said) {
+                    *said = true;
+                    guardian_warn("store", "the state directory %s (%s) %s", config.state_dir,
+                                  state_dir_origin(origin, sizeof(origin)), why);
+                }
+                rv = CKR_GUARDIAN_STORE_FAILED;
+                goto out;
+            }
         }
+        if (!quiet && (rv = state_dir_usable(config.state_dir)) != CKR_OK)
+            goto out;
         rv = guardian_store_open(config.state_dir, &store);
         if (rv != CKR_OK) {
+            char origin[PATH_MAX + 32];
             if (!quiet)
-                guardian_error("store", "cannot open the Guardian state in %s (state_dir; see docs/configuration.md)",
-                               config.state_dir);
+                guardian_error("store", "cannot open the Guardian state in %s (%s; the line above says why; "
+                                        "docs/configuration.md)",
+                               config.state_dir, state_dir_origin(origin, sizeof(origin)));
             store = NULL;
             goto out;
         }

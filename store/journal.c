@@ -163,3 +163,67 @@ enum guardian_journal_parse guardian_journal_parse(const uint8_t *buf, size_t le
     *used = GUARDIAN_JOURNAL_HEADER + body + GUARDIAN_HASH_LEN;
     return GUARDIAN_JOURNAL_OK;
 }
+
+/* One DER TLV at *p (before end): a one-byte tag, a definite length of at
+ * most 4 bytes, all within end.  *tag, the value (*v, *len), the whole TLV
+ * (*tlv, *tlv_len); advances *p past it. */
+static bool der_take(const uint8_t **p, const uint8_t *end, uint8_t *tag, const uint8_t **v, size_t *len,
+                     const uint8_t **tlv, size_t *tlv_len)
+{
+    const uint8_t *q = *p;
+    size_t n;
+
+    if (q >= end || end - q < 2)
+        return false;
+    *tlv = q;
+    *tag = *q++;
+    if ((*tag & 0x1f) == 0x1f)
+        return false; /* multi-byte tags: none in a certificate's outline */
+    n = *q++;
+    if (n & 0x80) {
+        size_t k = n & 0x7f;
+        if (k == 0 || k > 4 || (size_t)(end - q) < k)
+            return false;
+        n = 0;
+        for (size_t i = 0; i < k; i++)
+            n = n << 8 | *q++;
+    }
+    if ((size_t)(end - q) < n)
+        return false;
+    *v = q;
+    *len = n;
+    *p = q + n;
+    *tlv_len = (size_t)(*p - *tlv);
+    return true;
+}
+
+int guardian_journal_cert_spki(const uint8_t *cert, size_t cert_len, const uint8_t **spki, size_t *spki_len)
+{
+    const uint8_t *p = cert, *end, *v, *tlv;
+    size_t len, tlv_len;
+    uint8_t tag;
+
+    *spki = NULL;
+    *spki_len = 0;
+    if (cert == NULL || !der_take(&p, cert + cert_len, &tag, &v, &len, &tlv, &tlv_len) || tag != 0x30)
+        return 0;
+    end = v + len;
+    p = v;
+    if (!der_take(&p, end, &tag, &v, &len, &tlv, &tlv_len) || tag != 0x30)
+        return 0; /* the TBSCertificate */
+    end = v + len;
+    p = v;
+    if (!der_take(&p, end, &tag, &v, &len, &tlv, &tlv_len))
+        return 0;
+    if (tag == 0xa0 && !der_take(&p, end, &tag, &v, &len, &tlv, &tlv_len))
+        return 0; /* after the version: the serial */
+    if (tag != 0x02)
+        return 0;
+    /* signature algorithm, issuer, validity, subject, then the key */
+    for (int i = 0; i < 5; i++)
+        if (!der_take(&p, end, &tag, &v, &len, &tlv, &tlv_len) || tag != 0x30)
+            return 0;
+    *spki = tlv;
+    *spki_len = tlv_len;
+    return 1;
+}

@@ -77,4 +77,15 @@ size_t guardian_journal_encode(uint8_t *buf, size_t cap, const char *oem_id, con
 enum guardian_journal_parse guardian_journal_parse(const uint8_t *buf, size_t len, struct guardian_journal_record *r,
                                                    size_t *used);
 
+/* The SubjectPublicKeyInfo inside a certificate's DER (cert_len bytes): the
+ * TBSCertificate's seventh element (after the optional [0] version, serial,
+ * signature algorithm, issuer, validity and subject), its whole TLV, into
+ * *spki (pointing into cert) and *spki_len.  Non-zero on success; 0 when the
+ * bytes are not that shape (DER definite lengths of at most 4 bytes, every
+ * length within what is left).  The device index (schema 6) keys re-asks by
+ * the SHA-256 of these bytes, taken from a journal's certificate or an ISSUE
+ * record's: hostile input, read like the journal's records.  Reads no byte
+ * outside cert[0..cert_len). */
+int guardian_journal_cert_spki(const uint8_t *cert, size_t cert_len, const uint8_t **spki, size_t *spki_len);
+
 #endif /* GUARDIAN_STORE_JOURNAL_H */

@@ -254,6 +254,76 @@ static CK_RV migrate_to_5(struct guardian_store *st, sqlite3 *db)
     return CKR_OK;
 }
 
+/* 5 -> 6: the device index (store.h, "the device index"; docs/audit-format.md,
+ * "The device index"): which certificate each device ID of a product holds -
+ * its serial, the ISSUE record's seq (its certificate is in `certificates`),
+ * the SHA-256 of the certificate's SubjectPublicKeyInfo (NULL when no
+ * certificate was recorded, before schema 2) - and the part's outcome.  The
+ * primary key makes a device ID's certificate unique per product.  Built
+ * here from every ISSUE recorded so far, in trail order: where two ISSUEs
+ * name one device (two processes racing before this index existed), the
+ * first keeps the index. */
+static const char schema_v6[] =
+    "CREATE TABLE devices ("
+    "  oem_id     TEXT    NOT NULL,"
+    "  product_id TEXT    NOT NULL,"
+    "  device_id  BLOB    NOT NULL CHECK (length(device_id) BETWEEN 1 AND 128),"
+    "  serial     INTEGER NOT NULL CHECK (serial >= 1),"
+    "  issue_seq  INTEGER NOT NULL,"
+    "  spki_hash  BLOB    CHECK (spki_hash IS NULL OR length(spki_hash) = 32),"
+    "  outcome    INTEGER NOT NULL DEFAULT 0 CHECK (outcome IN (0, 1, 2)),"
+    "  PRIMARY KEY (oem_id, product_id, device_id)"
+    ") WITHOUT ROWID;";
+
+static bool cert_spki_hash(const uint8_t *cert, size_t cert_len, uint8_t out[GUARDIAN_HASH_LEN]);
+
+static CK_RV migrate_to_6(struct guardian_store *st, sqlite3 *db)
+{
+    sqlite3_stmt *rd = NULL, *wr = NULL;
+    size_t n = 0, no_key = 0;
+    CK_RV rv;
+    int rc = sqlite3_exec(db, schema_v6, NULL, NULL, NULL);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db,
+                                "SELECT i.oem_id, i.product_id, i.device_id, i.serial, i.issue_seq, c.certificate "
+                                "FROM issuance i LEFT JOIN certificates c ON c.issue_seq = i.issue_seq "
+                                "WHERE i.issue_seq IS NOT NULL ORDER BY i.issue_seq",
+                                -1, &rd, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db,
+                                "INSERT INTO devices (oem_id, product_id, device_id, serial, issue_seq, spki_hash) "
+                                "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                                -1, &wr, NULL);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(rd)) == SQLITE_ROW) {
+        uint8_t h[GUARDIAN_HASH_LEN];
+        const void *cert = sqlite3_column_blob(rd, 5);
+        int cert_len = sqlite3_column_bytes(rd, 5);
+        bool has = cert != NULL && cert_len > 0 && cert_spki_hash(cert, (size_t)cert_len, h);
+
+        no_key += !has;
+        rc = SQLITE_OK;
+        for (int c = 0; c < 5; c++)
+            rc = rc == SQLITE_OK ? sqlite3_bind_value(wr, c + 1, sqlite3_column_value(rd, c)) : rc;
+        if (rc == SQLITE_OK)
+            rc = has ? sqlite3_bind_blob(wr, 6, h, sizeof(h), SQLITE_TRANSIENT) : sqlite3_bind_null(wr, 6);
+        if (rc == SQLITE_OK && (rc = sqlite3_step(wr)) == SQLITE_DONE)
+            rc = SQLITE_OK;
+        n += sqlite3_changes(db) == 1;
+        sqlite3_reset(wr);
+    }
+    if (rc == SQLITE_DONE)
+        rc = SQLITE_OK;
+    rv = map_sqlite(st, rc, "migrate the schema to version 6 (the device index)");
+    sqlite3_finalize(rd);
+    sqlite3_finalize(wr);
+    if (rv == CKR_OK)
+        guardian_info(STORE_LOG, "device index built from the trail: %zu devices (%zu issued without a recorded "
+                                 "certificate: no key to compare a re-ask with)",
+                      n, no_key);
+    return rv;
+}
+
 struct migration {
     int to_version;
     /* Runs inside the migration's write transaction; may read and rewrite
@@ -268,6 +338,7 @@ static const struct migration migrations[] = {
     {3, migrate_to_3},
     {4, migrate_to_4},
     {5, migrate_to_5},
+    {6, migrate_to_6},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -312,8 +383,20 @@ enum stmt_id {
     S_CREDENTIAL_FAILED,
     S_CREDENTIAL_SUCCEEDED,
     S_CREDENTIAL_SUMMARY,
+    S_DEVICE_GET,
+    S_DEVICE_INSERT,
+    S_DEVICE_MOVE,
+    S_DEVICE_SET_OUTCOME,
     S_COUNT
 };
+
+/* A device's certificate (the index row and the certificate recorded with its
+ * ISSUE): serial, spki_hash, outcome, certificate, the serial's package. */
+#define DEVICE_GET_SQL                                                                                     \
+    "SELECT d.serial, d.spki_hash, d.outcome, c.certificate, i.package_id FROM devices d "                 \
+    "LEFT JOIN certificates c ON c.issue_seq = d.issue_seq LEFT JOIN issuance i ON i.oem_id = d.oem_id " \
+    "AND i.product_id = d.product_id AND i.serial = d.serial "                                            \
+    "WHERE d.oem_id = ?1 AND d.product_id = ?2 AND d.device_id = ?3"
 
 #define PRODUCT_COLUMNS                                                                    \
     "SELECT p.oem_id, p.product_id, p.package_id, k.release_version, k.authorised_units, " \
@@ -391,6 +474,29 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_CREDENTIAL_SUCCEEDED] = "UPDATE credentials SET failures = 0 WHERE role = ?1 AND name = ?2 AND failures <> 0",
     [S_CREDENTIAL_SUMMARY] = "SELECT role, count(*), max(failures), sum(failures >= ?1) FROM credentials "
                              "GROUP BY role ORDER BY role",
+    [S_DEVICE_GET] = DEVICE_GET_SQL,
+    [S_DEVICE_INSERT] = "INSERT INTO devices (oem_id, product_id, device_id, serial, issue_seq, spki_hash) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, nullif(?6, x'')) ON CONFLICT DO NOTHING",
+    [S_DEVICE_MOVE] = "UPDATE devices SET serial = ?4, issue_seq = ?5, spki_hash = nullif(?6, x''), outcome = 0 "
+                      "WHERE oem_id = ?1 AND product_id = ?2 AND device_id = ?3 AND serial = ?7",
+    [S_DEVICE_SET_OUTCOME] = "UPDATE devices SET outcome = ?4 WHERE oem_id = ?1 AND product_id = ?2 "
+                             "AND device_id = ?3",
+};
+
+#define DEVICE_BUCKETS 1024
+struct device_entry {
+    struct device_entry *next;
+    char oem_id[GUARDIAN_ID_MAX + 1];
+    char product_id[GUARDIAN_ID_MAX + 1];
+    uint8_t device_id[GUARDIAN_DEVICE_ID_MAX];
+    size_t device_id_len;
+    bool claimed;   /* a thread is deciding whether to issue for it */
+    bool journaled; /* a certificate in this process's journal, not yet folded: */
+    uint64_t serial;
+    bool has_spki;
+    uint8_t spki_hash[GUARDIAN_HASH_LEN];
+    uint8_t *cert;
+    size_t cert_len;
 };
 
 struct guardian_store {
@@ -432,6 +538,22 @@ struct guardian_store {
      * that would record it until a valid one is set. */
     char operator_name[GUARDIAN_OPERATOR_MAX + 1];
     bool operator_invalid;
+    /* The device index's part in this process (store.h, "the device
+     * index"), guarded by journal_lock: every device with a claim (a thread
+     * about to issue for it) or a certificate in this journal not yet folded
+     * (`journaled`, forgotten when the journal is emptied: its records are
+     * committed then).  device_cond: a claim was released. */
+    struct device_entry *devices[DEVICE_BUCKETS];
+    size_t devices_journaled;
+    pthread_cond_t device_cond;
+    /* A second, read-only connection (file-backed stores) for the device
+     * lookup of every certificate: in WAL mode it reads the last commit
+     * without waiting for `lock`, which a write transaction (a reservation
+     * folding a block: ~20 ms) holds.  Guarded by read_lock; NULL for an
+     * in-memory store (its lookups use db under `lock`). */
+    sqlite3 *rdb;
+    sqlite3_stmt *rdb_device_get;
+    pthread_mutex_t read_lock;
     struct guardian_store *next_abandoned;
 };
 
@@ -473,15 +595,22 @@ static CK_RV map_sqlite(struct guardian_store *st, int rc, const char *what)
 
 /* ---- locking -------------------------------------------------------------------- */
 
+/* A store is bound to the process that opened it (logged when it is not). */
+static bool same_process(const struct guardian_store *st)
+{
+    if (st->pid == getpid())
+        return true;
+    guardian_error(STORE_LOG, "store opened by process %ld used in process %ld: reopen it after fork()", (long)st->pid,
+                   (long)getpid());
+    return false;
+}
+
 static CK_RV store_enter(struct guardian_store *st)
 {
     int err;
 
-    if (GUARDIAN_UNLIKELY(st->pid != getpid())) {
-        guardian_error(STORE_LOG, "store opened by process %ld used in process %ld: reopen it after fork()",
-                       (long)st->pid, (long)getpid());
+    if (GUARDIAN_UNLIKELY(!same_process(st)))
         return CKR_GUARDIAN_STORE_FAILED;
-    }
     err = pthread_mutex_lock(&st->lock);
     if (GUARDIAN_UNLIKELY(err == EDEADLK)) {
         guardian_error(STORE_LOG, "store re-entered by the thread holding it (from a commit_hook?)");
@@ -676,6 +805,7 @@ static CK_RV journal_lost_locked(struct guardian_store *st, sqlite3_int64 holder
                                  const uint8_t digest[GUARDIAN_HASH_LEN]);
 static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
                             const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len);
+static void devices_forget_journaled_jlocked(struct guardian_store *st);
 
 /* This process's own journal, read whole with journal_lock held by the
  * caller: its bytes, and `to`, the size its appends reached.  Only this
@@ -739,6 +869,7 @@ static void journal_catch_up_locked(struct guardian_store *st, off_t folded, boo
             if (nonempty || folded > 0) {
                 /* Committed: the journal's records are in the trail now.  A
                  * crash before this truncation folds them again, harmlessly. */
+                devices_forget_journaled_jlocked(st);
                 if (ftruncate(st->journal_fd, 0) == 0)
                     st->journal_size = 0;
                 else
@@ -757,6 +888,8 @@ static void journal_catch_up_locked(struct guardian_store *st, off_t folded, boo
             rv = tx_end(st, own_journal_fold_locked(st, &j, folded));
         free(j.buf);
         if (last) {
+            if (rv == CKR_OK)
+                devices_forget_journaled_jlocked(st);
             if (rv == CKR_OK && ftruncate(st->journal_fd, 0) == 0)
                 st->journal_size = 0;
             else if (rv == CKR_OK)
@@ -1147,11 +1280,23 @@ static void store_free(struct guardian_store *st)
     }
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(st->stmt[i]);
+    sqlite3_finalize(st->rdb_device_get);
+    if (st->rdb != NULL)
+        sqlite3_close(st->rdb);
+    for (size_t b = 0; b < DEVICE_BUCKETS; b++)
+        while (st->devices[b] != NULL) {
+            struct device_entry *e = st->devices[b];
+            st->devices[b] = e->next;
+            free(e->cert);
+            free(e);
+        }
     if (st->db != NULL && sqlite3_close(st->db) != SQLITE_OK)
         (void)map_sqlite(st, sqlite3_errcode(st->db), "close");
     if (st->lock_ready) {
         pthread_mutex_destroy(&st->lock);
         pthread_mutex_destroy(&st->journal_lock);
+        pthread_mutex_destroy(&st->read_lock);
+        pthread_cond_destroy(&st->device_cond);
     }
     if (st->journal_fd >= 0)
         close(st->journal_fd); /* an open that failed after creating it: the next opener folds it */
@@ -1430,6 +1575,25 @@ static CK_RV state_files_prepare(const struct guardian_store *st)
 
 static CK_RV journal_recover(struct guardian_store *st);
 static CK_RV journal_orphans(struct guardian_store *st);
+
+/* The device lookups' read-only connection (struct guardian_store, rdb). */
+static CK_RV read_connection_open(struct guardian_store *st, const char *path)
+{
+    int rc = sqlite3_open_v2(path, &st->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW,
+                             NULL);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_busy_timeout(st->rdb, GUARDIAN_STORE_BUSY_TIMEOUT_MS);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_db_config(st->rdb, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v3(st->rdb, DEVICE_GET_SQL, -1, SQLITE_PREPARE_PERSISTENT, &st->rdb_device_get, NULL);
+    if (rc != SQLITE_OK) {
+        guardian_error(STORE_LOG, "open the state database for reading: %s (SQLite %d)", sqlite3_errstr(rc), rc);
+        return CKR_GUARDIAN_STORE_FAILED;
+    }
+    return CKR_OK;
+}
 static CK_RV journal_open(struct guardian_store *st);
 
 static CK_RV store_open_path(const char *path, const char *dir, struct guardian_store **out)
@@ -1464,6 +1628,15 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
     rc = pthread_mutex_init(&st->lock, &attr);
     if (rc == 0 && (rc = pthread_mutex_init(&st->journal_lock, &attr)) != 0)
         pthread_mutex_destroy(&st->lock);
+    if (rc == 0 && (rc = pthread_mutex_init(&st->read_lock, &attr)) != 0) {
+        pthread_mutex_destroy(&st->journal_lock);
+        pthread_mutex_destroy(&st->lock);
+    }
+    if (rc == 0 && (rc = pthread_cond_init(&st->device_cond, NULL)) != 0) {
+        pthread_mutex_destroy(&st->read_lock);
+        pthread_mutex_destroy(&st->journal_lock);
+        pthread_mutex_destroy(&st->lock);
+    }
     pthread_mutexattr_destroy(&attr);
     if (rc != 0) {
         rv = CKR_GENERAL_ERROR;
@@ -1533,6 +1706,8 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
             rv = journal_orphans(st);
         if (rv == CKR_OK)
             rv = journal_open(st);
+        if (rv == CKR_OK)
+            rv = read_connection_open(st, path);
         if (rv != CKR_OK)
             goto out;
     }
@@ -2097,7 +2272,53 @@ struct issue_args {
     size_t cert_len;
     bool replay; /* from a journal: an ISSUE already recorded with this digest is fine */
     const char *operator_name; /* from a journal: its record's operator; NULL: the current one */
+    uint64_t reissue_of; /* a re-issue (reissue_tx moves the device index): the device's serial until now */
+    uint64_t issue_seq;  /* out: the ISSUE record's seq */
 };
+
+/* SHA-256 of the SubjectPublicKeyInfo inside a certificate; false if the
+ * certificate's outline cannot be read (journal.c). */
+static bool cert_spki_hash(const uint8_t *cert, size_t cert_len, uint8_t out[GUARDIAN_HASH_LEN])
+{
+    const uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    unsigned int hl = 0;
+
+    return guardian_journal_cert_spki(cert, cert_len, &spki, &spki_len) &&
+           EVP_Digest(spki, spki_len, out, &hl, EVP_sha256(), NULL) == 1 && hl == GUARDIAN_HASH_LEN;
+}
+
+/* The device index row of an ISSUE just appended (record `seq`), in its
+ * transaction.  A device that holds another certificate already (two
+ * processes issued for it, each before the other's journal was folded)
+ * keeps the first: the second ISSUE stays in the trail, logged here, and the
+ * OEM's verifier reports the device issued twice without a re-issue. */
+static CK_RV device_index_issue(struct guardian_store *st, const struct issue_args *a, uint64_t seq)
+{
+    uint8_t h[GUARDIAN_HASH_LEN];
+    bool has = a->cert != NULL && cert_spki_hash(a->cert, a->cert_len, h), row = false;
+    sqlite3_stmt *s = NULL;
+    uint64_t other = 0;
+    CK_RV rv;
+
+    rv = stmt_step(st, S_DEVICE_INSERT, &s, NULL, "index a device's certificate", "ttbiib", a->oem_id, a->product_id,
+                   a->device_id, (int)a->device_id_len, (sqlite3_int64)a->serial, (sqlite3_int64)seq,
+                   has ? (const void *)h : NULL, has ? GUARDIAN_HASH_LEN : 0);
+    if (rv != CKR_OK || sqlite3_changes(st->db) == 1)
+        goto out;
+    stmt_done(s);
+    rv = stmt_step(st, S_DEVICE_GET, &s, &row, "look up a device", "ttb", a->oem_id, a->product_id, a->device_id,
+                   (int)a->device_id_len);
+    if (rv == CKR_OK && row && column_uint(s, 0, INT64_MAX, &other))
+        guardian_warn(STORE_LOG, "%s/%s: serial %llu was issued to a device that already holds serial %llu, "
+                                 "without a re-issue (two processes issued for it at once): both are in the audit "
+                                 "trail, the device index keeps serial %llu",
+                      a->oem_id, a->product_id, (unsigned long long)a->serial, (unsigned long long)other,
+                      (unsigned long long)other);
+out:
+    stmt_done(s);
+    return rv;
+}
 
 /* Settle a reservation: ISSUE (the certificate left, or is about to leave, the
  * Guardian) or RELEASE (it never will; the unit is counted back). */
@@ -2192,7 +2413,15 @@ static CK_RV settle_tx(struct guardian_store *st, void *ctx)
                        a->cert, (int)a->cert_len);
         if (rv != CKR_OK)
             goto out;
+        stmt_done(s);
     }
+    if (a->type == GUARDIAN_AUDIT_ISSUE && a->reissue_of == 0) {
+        rv = device_index_issue(st, a, rec.seq);
+        if (rv != CKR_OK)
+            goto out;
+    }
+    if (a->type == GUARDIAN_AUDIT_ISSUE)
+        a->issue_seq = rec.seq;
     if (a->type == GUARDIAN_AUDIT_RELEASE) {
         /* Counted back against the package it was counted against. */
         rv = stmt_step(st, S_PACKAGE_COUNT, &s, NULL, "count a unit back", "bi", package_id,
@@ -2213,7 +2442,7 @@ CK_RV guardian_store_commit_issue(struct guardian_store *st, const char *oem_id,
                                   const uint8_t cert_digest[GUARDIAN_HASH_LEN])
 {
     struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_ISSUE, device_id, device_id_len,
-                           cert_digest, NULL, 0, false, NULL};
+                           cert_digest, NULL, 0, false, NULL, 0, 0};
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
         cert_digest == NULL || serial == 0 || serial > INT64_MAX)
@@ -2227,7 +2456,7 @@ CK_RV guardian_store_issue(struct guardian_store *st, const char *oem_id, const 
     uint8_t digest[GUARDIAN_HASH_LEN];
     unsigned int dl = 0;
     struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_ISSUE, device_id, device_id_len,
-                           digest, cert, cert_len, false, NULL};
+                           digest, cert, cert_len, false, NULL, 0, 0};
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || !device_id_ok(device_id, device_id_len) ||
         cert == NULL || cert_len == 0 || cert_len > GUARDIAN_CERT_MAX || serial == 0 || serial > INT64_MAX)
@@ -2242,7 +2471,7 @@ CK_RV guardian_store_issue(struct guardian_store *st, const char *oem_id, const 
 CK_RV guardian_store_release(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial)
 {
     struct issue_args a = {oem_id, product_id, serial, 0, GUARDIAN_AUDIT_RELEASE, NULL, 0, NULL, NULL, 0, false,
-                           NULL};
+                           NULL, 0, 0};
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || serial == 0 || serial > INT64_MAX)
         return CKR_ARGUMENTS_BAD;
@@ -3114,19 +3343,129 @@ static CK_RV journal_open(struct guardian_store *st)
     return CKR_OK;
 }
 
+/* ---- the device index: this process's part (journal_lock) ------------------------- */
+
+static size_t device_bucket(const char *oem_id, const char *product_id, const uint8_t *id, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+    for (const char *p = oem_id; *p != '\0'; p++)
+        h = (h ^ (uint8_t)*p) * 0x100000001b3ULL;
+    h = (h ^ 0xff) * 0x100000001b3ULL;
+    for (const char *p = product_id; *p != '\0'; p++)
+        h = (h ^ (uint8_t)*p) * 0x100000001b3ULL;
+    h = (h ^ 0xff) * 0x100000001b3ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ id[i]) * 0x100000001b3ULL;
+    return (size_t)(h % DEVICE_BUCKETS);
+}
+
+static struct device_entry **device_find_jlocked(struct guardian_store *st, const char *oem_id,
+                                                 const char *product_id, const uint8_t *id, size_t len)
+{
+    struct device_entry **p = &st->devices[device_bucket(oem_id, product_id, id, len)];
+    for (; *p != NULL; p = &(*p)->next)
+        if ((*p)->device_id_len == len && memcmp((*p)->device_id, id, len) == 0 &&
+            strcmp((*p)->oem_id, oem_id) == 0 && strcmp((*p)->product_id, product_id) == 0)
+            break;
+    return p;
+}
+
+/* The entry of a device, added if it has none; NULL when out of memory. */
+static struct device_entry *device_entry_jlocked(struct guardian_store *st, const char *oem_id,
+                                                 const char *product_id, const uint8_t *id, size_t len)
+{
+    struct device_entry **p = device_find_jlocked(st, oem_id, product_id, id, len), *e;
+
+    if (*p != NULL)
+        return *p;
+    e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return NULL;
+    snprintf(e->oem_id, sizeof(e->oem_id), "%s", oem_id);
+    snprintf(e->product_id, sizeof(e->product_id), "%s", product_id);
+    memcpy(e->device_id, id, len);
+    e->device_id_len = len;
+    *p = e;
+    return e;
+}
+
+/* Removes `e` when nothing holds it any more (no claim, not journaled). */
+static void device_drop_jlocked(struct guardian_store *st, struct device_entry *e)
+{
+    struct device_entry **p;
+
+    if (e->claimed || e->journaled)
+        return;
+    p = device_find_jlocked(st, e->oem_id, e->product_id, e->device_id, e->device_id_len);
+    if (*p == e)
+        *p = e->next;
+    free(e->cert);
+    free(e);
+}
+
+/* A certificate about to be appended to this process's journal: its device's
+ * entry holds it (a copy) until the journal is emptied. */
+static CK_RV device_journaled_jlocked(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                      const uint8_t *id, size_t len, uint64_t serial, const uint8_t *cert,
+                                      size_t cert_len, struct device_entry **out)
+{
+    struct device_entry *e = device_entry_jlocked(st, oem_id, product_id, id, len);
+    uint8_t *copy = malloc(cert_len);
+
+    *out = NULL;
+    if (e == NULL || copy == NULL) {
+        free(copy);
+        return CKR_HOST_MEMORY;
+    }
+    free(e->cert);
+    e->cert = copy;
+    memcpy(e->cert, cert, cert_len);
+    e->cert_len = cert_len;
+    e->serial = serial;
+    e->has_spki = cert_spki_hash(cert, cert_len, e->spki_hash);
+    if (!e->journaled)
+        st->devices_journaled++;
+    e->journaled = true;
+    *out = e;
+    return CKR_OK;
+}
+
+/* The append failed: the entry no longer stands for a journal record. */
+static void device_unjournal_jlocked(struct guardian_store *st, struct device_entry *e)
+{
+    if (e->journaled)
+        st->devices_journaled--;
+    e->journaled = false;
+    free(e->cert);
+    e->cert = NULL;
+    device_drop_jlocked(st, e);
+}
+
+/* The journal's records are committed: the index in the database has them. */
+static void devices_forget_journaled_jlocked(struct guardian_store *st)
+{
+    for (size_t b = 0; b < DEVICE_BUCKETS && st->devices_journaled > 0; b++) {
+        struct device_entry *e = st->devices[b], *next;
+        for (; e != NULL; e = next) {
+            next = e->next;
+            if (e->journaled)
+                device_unjournal_jlocked(st, e);
+        }
+    }
+    st->devices_journaled = 0;
+}
+
 /* Append one ISSUE to the journal, under journal_lock alone (not the
  * store's lock: a write transaction of another thread does not hold it up). */
 static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
                             const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len)
 {
+    struct device_entry *entry = NULL;
     size_t len, done = 0;
     CK_RV rv;
 
-    if (GUARDIAN_UNLIKELY(st->pid != getpid())) {
-        guardian_error(STORE_LOG, "store opened by process %ld used in process %ld: reopen it after fork()",
-                       (long)st->pid, (long)getpid());
+    if (GUARDIAN_UNLIKELY(!same_process(st)))
         return CKR_GUARDIAN_STORE_FAILED;
-    }
     pthread_mutex_lock(&st->journal_lock);
     if (st->operator_invalid) {
         guardian_error(STORE_LOG, "nothing is recorded while the operator name last set is invalid: set a valid "
@@ -3137,6 +3476,10 @@ static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const
     len = guardian_journal_encode(st->journal_buf, GUARDIAN_JOURNAL_RECORD_MAX, oem_id, product_id, serial,
                                   (int64_t)time(NULL), device_id, device_id_len, cert, cert_len, st->operator_name);
     rv = len > 0 ? CKR_OK : CKR_GENERAL_ERROR;
+    /* Its place in the device index first: a certificate in the journal that
+     * a re-ask could not find would be issued again. */
+    if (rv == CKR_OK)
+        rv = device_journaled_jlocked(st, oem_id, product_id, device_id, device_id_len, serial, cert, cert_len, &entry);
     while (rv == CKR_OK && done < len) {
         ssize_t n = write(st->journal_fd, st->journal_buf + done, len - done);
         if (n < 0 && errno == EINTR)
@@ -3153,6 +3496,8 @@ static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const
     }
     if (rv == CKR_OK)
         st->journal_size += (off_t)len;
+    else if (entry != NULL)
+        device_unjournal_jlocked(st, entry);
     pthread_mutex_unlock(&st->journal_lock);
     return rv;
 }
@@ -3587,5 +3932,507 @@ out:
     sqlite3_finalize(s);
     sqlite3_finalize(rec);
     store_leave(st);
+    return rv;
+}
+
+/* ---- the audit trail: retired production CA keys ----------------------------------------- */
+
+struct retire_args {
+    const char *oem_id, *product_id;
+    uint32_t release;
+    int64_t now;
+    struct guardian_audit_record rec;
+    bool already;
+};
+
+static const char retire_package_sql[] =
+    "SELECT k.package_id, COALESCE(p.package_id = k.package_id, 0) FROM packages k "
+    "LEFT JOIN products p ON p.oem_id = k.oem_id AND p.product_id = k.product_id "
+    "WHERE k.oem_id = ?1 AND k.product_id = ?2 AND k.release_version = ?3";
+static const char retire_record_sql[] = "SELECT seq, time, operator, hash FROM audit WHERE type = ?1 AND package_id = ?2 "
+                                        "ORDER BY seq LIMIT 1";
+
+static CK_RV retire_tx(struct guardian_store *st, void *ctx)
+{
+    struct retire_args *a = ctx;
+    sqlite3_stmt *s = NULL;
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
+    uint64_t current = 0, seq = 0, t = 0;
+    CK_RV rv = CKR_GUARDIAN_AUDIT_CORRUPT;
+    int rc = sqlite3_prepare_v2(st->db, retire_package_sql, -1, &s, NULL);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(s, 1, a->oem_id, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(s, 2, a->product_id, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)a->release);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+        guardian_error(STORE_LOG, "no release %u of %s/%s was imported", (unsigned)a->release, a->oem_id,
+                       a->product_id);
+        rv = CKR_GUARDIAN_PRODUCT_UNKNOWN;
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        rv = map_sqlite(st, rc, "read the package to retire");
+        goto out;
+    }
+    if (!column_blob_exact(s, 0, package_id, sizeof(package_id)) || !column_uint(s, 1, 1, &current))
+        goto out;
+    if (current) {
+        guardian_error(STORE_LOG, "release %u of %s/%s is the installed one: its production CA key is not retired",
+                       (unsigned)a->release, a->oem_id, a->product_id);
+        rv = CKR_GUARDIAN_RELEASE_CURRENT;
+        goto out;
+    }
+    sqlite3_finalize(s);
+    s = NULL;
+    rc = sqlite3_prepare_v2(st->db, retire_record_sql, -1, &s, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 1, GUARDIAN_AUDIT_RETIRE);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_blob(s, 2, package_id, sizeof(package_id), SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        rv = map_sqlite(st, rc, "look for the release's RETIRE record");
+        goto out;
+    }
+    memset(&a->rec, 0, sizeof(a->rec));
+    if (rc == SQLITE_ROW) {
+        const unsigned char *op = sqlite3_column_text(s, 2);
+        if (!column_uint(s, 0, INT64_MAX, &seq) || !column_uint(s, 1, INT64_MAX, &t) ||
+            !column_blob_exact(s, 3, a->rec.hash, sizeof(a->rec.hash)))
+            goto out;
+        a->already = true;
+        a->rec.type = GUARDIAN_AUDIT_RETIRE;
+        a->rec.seq = seq;
+        a->rec.time = (int64_t)t;
+        snprintf(a->rec.operator_name, sizeof(a->rec.operator_name), "%s", op != NULL ? (const char *)op : "");
+    } else {
+        rv = record_init(st, &a->rec, GUARDIAN_AUDIT_RETIRE, a->now, NULL);
+        if (rv != CKR_OK)
+            goto out;
+        snprintf(a->rec.oem_id, sizeof(a->rec.oem_id), "%s", a->oem_id);
+        snprintf(a->rec.product_id, sizeof(a->rec.product_id), "%s", a->product_id);
+        a->rec.release_version = a->release;
+        memcpy(a->rec.package_id, package_id, sizeof(package_id));
+        if ((rv = audit_append(st, &a->rec)) != CKR_OK)
+            goto out;
+    }
+    snprintf(a->rec.oem_id, sizeof(a->rec.oem_id), "%s", a->oem_id);
+    snprintf(a->rec.product_id, sizeof(a->rec.product_id), "%s", a->product_id);
+    memcpy(a->rec.package_id, package_id, sizeof(package_id));
+    a->rec.release_version = a->release;
+    rv = CKR_OK;
+out:
+    sqlite3_finalize(s);
+    return rv;
+}
+
+CK_RV guardian_store_record_retire(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                   uint32_t release, int64_t now, struct guardian_audit_record *record, bool *already)
+{
+    struct retire_args a;
+    CK_RV rv;
+
+    if (st == NULL || record == NULL || already == NULL || !id_ok(oem_id) || !id_ok(product_id))
+        return CKR_ARGUMENTS_BAD;
+    memset(&a, 0, sizeof(a));
+    a.oem_id = oem_id;
+    a.product_id = product_id;
+    a.release = release;
+    a.now = now;
+    rv = store_write(st, true, retire_tx, &a);
+    if (rv == CKR_OK) {
+        *record = a.rec;
+        *already = a.already;
+    }
+    return rv;
+}
+
+/* ---- the device index: lookups, re-issues, part outcomes ------------------------------- */
+
+void guardian_store_device_cert_free(struct guardian_device_cert *d)
+{
+    if (d == NULL)
+        return;
+    free(d->cert);
+    memset(d, 0, sizeof(*d));
+}
+
+static bool device_args_ok(struct guardian_store *st, const char *oem_id, const char *product_id,
+                           const uint8_t *device_id, size_t device_id_len)
+{
+    return st != NULL && id_ok(oem_id) && id_ok(product_id) && device_id_ok(device_id, device_id_len);
+}
+
+/* A row of DEVICE_GET_SQL into *d (and the serial's package, may be NULL). */
+static CK_RV device_from_row(sqlite3_stmt *s, struct guardian_device_cert *d,
+                             uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN])
+{
+    uint64_t outcome = 0;
+    size_t n = 0;
+
+    memset(d, 0, sizeof(*d));
+    if (!column_uint(s, 0, INT64_MAX, &d->serial) || !column_uint(s, 2, GUARDIAN_OUTCOME_SCRAPPED, &outcome) ||
+        (sqlite3_column_type(s, 1) != SQLITE_NULL &&
+         (!column_blob(s, 1, d->spki_hash, sizeof(d->spki_hash), &n) || n != GUARDIAN_HASH_LEN)) ||
+        (package_id != NULL && !column_blob_exact(s, 4, package_id, GUARDIAN_PACKAGE_ID_LEN))) {
+        guardian_error(STORE_LOG, "a device index row is malformed");
+        return CKR_GUARDIAN_STORE_FAILED;
+    }
+    d->has_spki = n == GUARDIAN_HASH_LEN;
+    d->outcome = (int)outcome;
+    return column_blob_dup(s, 3, &d->cert, &d->cert_len);
+}
+
+/* The index in the database: the read-only connection of a file-backed
+ * store (no wait for a write transaction), the store's own otherwise. */
+static CK_RV device_lookup_db(struct guardian_store *st, const char *oem_id, const char *product_id,
+                              const uint8_t *device_id, size_t device_id_len, struct guardian_device_cert *d,
+                              bool *found)
+{
+    sqlite3_stmt *s = NULL;
+    CK_RV rv;
+    int rc;
+
+    if (st->rdb == NULL) {
+        rv = store_enter(st);
+        if (rv != CKR_OK)
+            return rv;
+        rv = stmt_step(st, S_DEVICE_GET, &s, found, "look up a device", "ttb", oem_id, product_id, device_id,
+                       (int)device_id_len);
+        if (rv == CKR_OK && *found)
+            rv = device_from_row(s, d, NULL);
+        stmt_done(s);
+        store_leave(st);
+        return rv;
+    }
+    pthread_mutex_lock(&st->read_lock);
+    s = st->rdb_device_get;
+    rc = bind_all(s, "ttb", oem_id, product_id, device_id, (int)device_id_len);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(s);
+    *found = rc == SQLITE_ROW;
+    if (rc == SQLITE_ROW)
+        rv = device_from_row(s, d, NULL);
+    else if (rc == SQLITE_DONE)
+        rv = CKR_OK;
+    else {
+        guardian_error(STORE_LOG, "look up a device: %s (SQLite %d): %s", sqlite3_errstr(rc), rc,
+                       sqlite3_errmsg(st->rdb));
+        rv = CKR_GUARDIAN_STORE_FAILED;
+    }
+    stmt_done(s);
+    pthread_mutex_unlock(&st->read_lock);
+    if (rv != CKR_OK)
+        guardian_store_device_cert_free(d);
+    return rv;
+}
+
+/* A journaled entry's certificate into *d (not folded: no outcome yet). */
+static CK_RV device_from_entry(const struct device_entry *e, struct guardian_device_cert *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->serial = e->serial;
+    d->has_spki = e->has_spki;
+    memcpy(d->spki_hash, e->spki_hash, sizeof(d->spki_hash));
+    d->cert = malloc(e->cert_len);
+    if (d->cert == NULL)
+        return CKR_HOST_MEMORY;
+    memcpy(d->cert, e->cert, e->cert_len);
+    d->cert_len = e->cert_len;
+    return CKR_OK;
+}
+
+/* Both lookups, this process's journal first: a certificate appended to it
+ * is there until the journal is emptied, which is after its fold committed,
+ * so a miss there and then a read of the database sees it either way. */
+static CK_RV device_lookup(struct guardian_store *st, bool claim, const char *oem_id, const char *product_id,
+                           const uint8_t *device_id, size_t device_id_len, struct guardian_device_cert *d,
+                           bool *found)
+{
+    struct device_entry **p, *e = NULL;
+    CK_RV rv = CKR_OK;
+
+    if (found == NULL || d == NULL)
+        return CKR_ARGUMENTS_BAD;
+    memset(d, 0, sizeof(*d));
+    *found = false;
+    if (!device_args_ok(st, oem_id, product_id, device_id, device_id_len))
+        return CKR_ARGUMENTS_BAD;
+    if (GUARDIAN_UNLIKELY(!same_process(st)))
+        return CKR_GUARDIAN_STORE_FAILED;
+    pthread_mutex_lock(&st->journal_lock);
+    for (;;) {
+        p = device_find_jlocked(st, oem_id, product_id, device_id, device_id_len);
+        if (!claim || *p == NULL || !(*p)->claimed)
+            break;
+        pthread_cond_wait(&st->device_cond, &st->journal_lock);
+    }
+    e = *p;
+    if (claim) {
+        e = device_entry_jlocked(st, oem_id, product_id, device_id, device_id_len);
+        if (e == NULL)
+            rv = CKR_HOST_MEMORY;
+        else
+            e->claimed = true;
+    }
+    if (rv == CKR_OK && e != NULL && e->journaled) {
+        rv = device_from_entry(e, d);
+        *found = rv == CKR_OK;
+        pthread_mutex_unlock(&st->journal_lock);
+        goto out;
+    }
+    pthread_mutex_unlock(&st->journal_lock);
+    if (rv == CKR_OK)
+        rv = device_lookup_db(st, oem_id, product_id, device_id, device_id_len, d, found);
+out:
+    if (rv != CKR_OK && claim && e != NULL)
+        guardian_store_device_unclaim(st, oem_id, product_id, device_id, device_id_len);
+    return rv;
+}
+
+CK_RV guardian_store_device_claim(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                  const uint8_t *device_id, size_t device_id_len, struct guardian_device_cert *d,
+                                  bool *found)
+{
+    return device_lookup(st, true, oem_id, product_id, device_id, device_id_len, d, found);
+}
+
+CK_RV guardian_store_device_get(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                const uint8_t *device_id, size_t device_id_len, struct guardian_device_cert *d,
+                                bool *found)
+{
+    return device_lookup(st, false, oem_id, product_id, device_id, device_id_len, d, found);
+}
+
+void guardian_store_device_unclaim(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                   const uint8_t *device_id, size_t device_id_len)
+{
+    struct device_entry **p;
+
+    if (!device_args_ok(st, oem_id, product_id, device_id, device_id_len) || st->pid != getpid())
+        return;
+    pthread_mutex_lock(&st->journal_lock);
+    p = device_find_jlocked(st, oem_id, product_id, device_id, device_id_len);
+    if (*p != NULL) {
+        (*p)->claimed = false;
+        device_drop_jlocked(st, *p);
+    }
+    pthread_cond_broadcast(&st->device_cond);
+    pthread_mutex_unlock(&st->journal_lock);
+}
+
+/* The release of a package (for the records that name it). */
+static CK_RV package_release_locked(struct guardian_store *st, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                                    uint32_t *release)
+{
+    sqlite3_stmt *s = NULL;
+    uint64_t r = 0;
+    bool row = false;
+    CK_RV rv = stmt_step(st, S_PACKAGE_GET, &s, &row, "read a package", "b", package_id, GUARDIAN_PACKAGE_ID_LEN);
+
+    if (rv == CKR_OK && (!row || !column_uint(s, 2, UINT32_MAX, &r))) {
+        guardian_error(STORE_LOG, "a serial's package is missing or malformed");
+        rv = CKR_GUARDIAN_STORE_FAILED;
+    }
+    *release = (uint32_t)r;
+    stmt_done(s);
+    return rv;
+}
+
+/* A device's record (OUTCOME, REISSUE): the product, `serial`, the device,
+ * the serial's package and its release, `digest` (NULL: zeros) and `units`,
+ * the current operator; inside a write transaction. */
+static CK_RV device_record_locked(struct guardian_store *st, int type, int64_t t, const char *oem_id,
+                                  const char *product_id, uint64_t serial, const uint8_t *device_id,
+                                  size_t device_id_len, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                                  const uint8_t *digest, uint64_t units)
+{
+    struct guardian_audit_record rec;
+    uint32_t release = 0;
+    CK_RV rv = package_release_locked(st, package_id, &release);
+
+    if (rv == CKR_OK)
+        rv = record_init(st, &rec, type, t, NULL);
+    if (rv != CKR_OK)
+        return rv;
+    memcpy(rec.oem_id, oem_id, strlen(oem_id) + 1);
+    memcpy(rec.product_id, product_id, strlen(product_id) + 1);
+    rec.serial = serial;
+    memcpy(rec.device_id, device_id, device_id_len);
+    rec.device_id_len = device_id_len;
+    if (digest != NULL)
+        memcpy(rec.digest, digest, GUARDIAN_HASH_LEN);
+    memcpy(rec.package_id, package_id, GUARDIAN_PACKAGE_ID_LEN);
+    rec.release_version = release;
+    rec.authorised_units = units;
+    return audit_append(st, &rec);
+}
+
+/* The device's index row, read inside a write transaction. */
+static CK_RV device_get_locked(struct guardian_store *st, const char *oem_id, const char *product_id,
+                               const uint8_t *device_id, size_t device_id_len, struct guardian_device_cert *d,
+                               uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], bool *found)
+{
+    sqlite3_stmt *s = NULL;
+    CK_RV rv = stmt_step(st, S_DEVICE_GET, &s, found, "look up a device", "ttb", oem_id, product_id, device_id,
+                         (int)device_id_len);
+
+    memset(d, 0, sizeof(*d));
+    if (rv == CKR_OK && *found)
+        rv = device_from_row(s, d, package_id);
+    stmt_done(s);
+    return rv;
+}
+
+struct reissue_args {
+    struct issue_args issue;
+    uint64_t old_serial;
+};
+
+static CK_RV reissue_tx(struct guardian_store *st, void *ctx)
+{
+    struct reissue_args *ra = ctx;
+    struct issue_args *a = &ra->issue;
+    struct guardian_device_cert d;
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], h[GUARDIAN_HASH_LEN];
+    sqlite3_stmt *s = NULL;
+    bool found = false, has;
+    CK_RV rv = device_get_locked(st, a->oem_id, a->product_id, a->device_id, a->device_id_len, &d, package_id,
+                                 &found);
+    uint64_t current = d.serial;
+
+    guardian_store_device_cert_free(&d); /* only its serial is needed */
+    if (rv != CKR_OK)
+        return rv;
+    if (!found || current != ra->old_serial) {
+        guardian_error(STORE_LOG, "%s/%s: a re-issue of serial %llu for a device whose certificate is %s",
+                       a->oem_id, a->product_id, (unsigned long long)ra->old_serial,
+                       found ? "another one" : "none");
+        return CKR_ARGUMENTS_BAD;
+    }
+    rv = settle_tx(st, a);
+    if (rv != CKR_OK)
+        return rv;
+    rv = stmt_step(st, S_ISSUANCE_GET, &s, &found, "look up a reservation", "tti", a->oem_id, a->product_id,
+                   (sqlite3_int64)a->serial);
+    if (rv == CKR_OK && (!found || !column_blob_exact(s, 3, package_id, sizeof(package_id))))
+        rv = CKR_GUARDIAN_STORE_FAILED;
+    stmt_done(s);
+    if (rv == CKR_OK)
+        rv = device_record_locked(st, GUARDIAN_AUDIT_REISSUE, (int64_t)time(NULL), a->oem_id, a->product_id, a->serial,
+                                  a->device_id, a->device_id_len, package_id, a->digest, ra->old_serial);
+    if (rv != CKR_OK)
+        return rv;
+    has = cert_spki_hash(a->cert, a->cert_len, h);
+    rv = stmt_step(st, S_DEVICE_MOVE, &s, NULL, "move a device to its new certificate", "ttbiibi", a->oem_id,
+                   a->product_id, a->device_id, (int)a->device_id_len, (sqlite3_int64)a->serial,
+                   (sqlite3_int64)a->issue_seq, has ? (const void *)h : NULL, has ? GUARDIAN_HASH_LEN : 0,
+                   (sqlite3_int64)ra->old_serial);
+    if (rv == CKR_OK && sqlite3_changes(st->db) != 1)
+        rv = CKR_GUARDIAN_STORE_FAILED;
+    stmt_done(s);
+    return rv;
+}
+
+CK_RV guardian_store_reissue(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
+                             const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len,
+                             uint64_t old_serial)
+{
+    uint8_t digest[GUARDIAN_HASH_LEN];
+    unsigned int dl = 0;
+    struct reissue_args ra = {{oem_id, product_id, serial, 0, GUARDIAN_AUDIT_ISSUE, device_id, device_id_len, digest,
+                               cert, cert_len, false, NULL, old_serial, 0},
+                              old_serial};
+    struct device_entry **p;
+    CK_RV rv;
+
+    if (!device_args_ok(st, oem_id, product_id, device_id, device_id_len) || cert == NULL || cert_len == 0 ||
+        cert_len > GUARDIAN_CERT_MAX || serial == 0 || serial > INT64_MAX || old_serial == 0 ||
+        old_serial > INT64_MAX || old_serial == serial)
+        return CKR_ARGUMENTS_BAD;
+    if (EVP_Digest(cert, cert_len, digest, &dl, EVP_sha256(), NULL) != 1 || dl != GUARDIAN_HASH_LEN)
+        return CKR_GENERAL_ERROR;
+    rv = store_write(st, false, reissue_tx, &ra);
+    if (rv == CKR_OK) {
+        /* The old certificate, if it was in this journal, is folded now
+         * (store_write folded the journal first): the index has the new. */
+        pthread_mutex_lock(&st->journal_lock);
+        p = device_find_jlocked(st, oem_id, product_id, device_id, device_id_len);
+        if (*p != NULL && (*p)->journaled)
+            device_unjournal_jlocked(st, *p);
+        pthread_mutex_unlock(&st->journal_lock);
+    }
+    return rv;
+}
+
+struct outcome_args {
+    const char *oem_id, *product_id;
+    const uint8_t *device_id;
+    size_t device_id_len;
+    int outcome;
+    int64_t now;
+    uint64_t serial; /* out */
+    bool recorded;   /* out */
+};
+
+static CK_RV outcome_tx(struct guardian_store *st, void *ctx)
+{
+    struct outcome_args *a = ctx;
+    struct guardian_device_cert d = {0};
+    uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
+    sqlite3_stmt *s = NULL;
+    bool found = false;
+    int outcome;
+    CK_RV rv = clock_check_locked(st, a->now, "part outcome");
+
+    if (rv == CKR_OK)
+        rv = device_get_locked(st, a->oem_id, a->product_id, a->device_id, a->device_id_len, &d, package_id, &found);
+    a->serial = d.serial;
+    outcome = d.outcome;
+    guardian_store_device_cert_free(&d); /* only its serial and outcome are needed */
+    if (rv != CKR_OK)
+        return rv;
+    if (!found)
+        return CKR_GUARDIAN_DEVICE_NOT_ISSUED;
+    if (outcome == a->outcome)
+        return CKR_OK; /* reported before: nothing new to record */
+    if (outcome == GUARDIAN_OUTCOME_SCRAPPED)
+        return CKR_GUARDIAN_PART_SCRAPPED;
+    rv = device_record_locked(st, GUARDIAN_AUDIT_OUTCOME, a->now, a->oem_id, a->product_id, a->serial, a->device_id,
+                              a->device_id_len, package_id, NULL, (uint64_t)a->outcome);
+    if (rv != CKR_OK)
+        return rv;
+    rv = stmt_step(st, S_DEVICE_SET_OUTCOME, &s, NULL, "record a part's outcome", "ttbi", a->oem_id, a->product_id,
+                   a->device_id, (int)a->device_id_len, (sqlite3_int64)a->outcome);
+    if (rv == CKR_OK && sqlite3_changes(st->db) != 1)
+        rv = CKR_GUARDIAN_STORE_FAILED;
+    stmt_done(s);
+    a->recorded = rv == CKR_OK;
+    return rv;
+}
+
+CK_RV guardian_store_record_outcome(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                    const uint8_t *device_id, size_t device_id_len, int outcome, int64_t now,
+                                    uint64_t *serial, bool *recorded)
+{
+    struct outcome_args a = {oem_id, product_id, device_id, device_id_len, outcome, now, 0, false};
+    CK_RV rv;
+
+    if (!device_args_ok(st, oem_id, product_id, device_id, device_id_len) ||
+        (outcome != GUARDIAN_OUTCOME_PROGRAMMED && outcome != GUARDIAN_OUTCOME_SCRAPPED) || recorded == NULL)
+        return CKR_ARGUMENTS_BAD;
+    *recorded = false;
+    rv = store_write(st, false, outcome_tx, &a);
+    if (rv == CKR_OK) {
+        *recorded = a.recorded;
+        if (serial != NULL)
+            *serial = a.serial;
+    }
     return rv;
 }

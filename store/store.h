@@ -229,6 +229,73 @@ CK_RV guardian_store_flush(struct guardian_store *st);
 CK_RV guardian_store_certificate_get(struct guardian_store *st, const char *oem_id, const char *product_id,
                                      uint64_t serial, uint8_t **der, size_t *len);
 
+/* ---- the device index (schema 6) ------------------------------------------------- */
+
+/* Which certificate each device ID of a product holds (docs/audit-format.md,
+ * "The device index"): a table keyed by (OEM ID, product ID, device ID bytes
+ * as the ISSUE record holds them), written in the transaction that writes the
+ * ISSUE record (the fold of an issue journal, for a file-backed store), with
+ * the serial, the SHA-256 of the certificate's SubjectPublicKeyInfo and the
+ * part's outcome.  A lookup sees every certificate folded into the trail, by
+ * any process, and every one this store handle put in its own journal and has
+ * not folded yet (an in-memory map, emptied when the journal is).  Another
+ * process's unfolded journal is not seen: two processes issuing for the same
+ * new device ID at the same time both issue; the second ISSUE folded finds
+ * the index taken, keeps the first and logs it, and the OEM's verifier
+ * reports the device as issued twice without a re-issue. */
+struct guardian_device_cert {
+    uint64_t serial;
+    bool has_spki;                        /* false: no certificate was recorded (before schema 2) */
+    uint8_t spki_hash[GUARDIAN_HASH_LEN]; /* SHA-256 of the certificate's SubjectPublicKeyInfo DER */
+    int outcome;                          /* enum guardian_part_outcome */
+    uint8_t *cert;                        /* malloc'd DER, NULL when none was recorded */
+    size_t cert_len;
+};
+void guardian_store_device_cert_free(struct guardian_device_cert *d);
+
+/* Before issuing for a device: waits while another thread of this handle
+ * holds the device's claim, then takes it, and looks the device up.  CKR_OK:
+ * the claim is held (release it with guardian_store_device_unclaim after the
+ * certificate is recorded, or not), *found says whether the device has a
+ * certificate, and if so *d is it (free with guardian_store_device_cert_free).
+ * So two threads of one process never both issue for one new device ID. */
+CK_RV guardian_store_device_claim(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                  const uint8_t *device_id, size_t device_id_len, struct guardian_device_cert *d,
+                                  bool *found);
+void guardian_store_device_unclaim(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                   const uint8_t *device_id, size_t device_id_len);
+/* The same lookup without a claim. */
+CK_RV guardian_store_device_get(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                const uint8_t *device_id, size_t device_id_len, struct guardian_device_cert *d,
+                                bool *found);
+
+/* A re-issue: the ISSUE record of reserved serial `serial` for the device,
+ * with its certificate, and a REISSUE record (serial: the new one;
+ * authorised_units: `old_serial`, the device's certificate until now; digest:
+ * SHA-256 of the new certificate; package and release of the new serial),
+ * and the index moved to the new certificate (outcome: none), in one write
+ * transaction (synchronous=NORMAL: a re-issue is rare; it does not go through
+ * the journal, so the REISSUE record and its ISSUE are never apart).
+ * CKR_ARGUMENTS_BAD if the device's certificate is not `old_serial` now. */
+CK_RV guardian_store_reissue(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
+                             const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len,
+                             uint64_t old_serial);
+
+/* The line's report on a part: in one write transaction (this handle's
+ * journal folded first, synchronous=NORMAL) the device's certificate is looked
+ * up - CKR_GUARDIAN_DEVICE_NOT_ISSUED when it has none -, and unless its
+ * outcome is already `outcome` (then nothing is written: *recorded false) an
+ * OUTCOME record is appended (serial: the certificate's, device ID, package
+ * and release of that serial, authorised_units: the outcome, dated `now`,
+ * the current operator) and the index updated.  PROGRAMMED then SCRAPPED is
+ * allowed and recorded (a part damaged after programming); SCRAPPED then
+ * PROGRAMMED is refused, CKR_GUARDIAN_PART_SCRAPPED: a scrapped part's
+ * certificate is finished (a re-issue starts a new one).  *serial (may be
+ * NULL): the certificate's serial. */
+CK_RV guardian_store_record_outcome(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                    const uint8_t *device_id, size_t device_id_len, int outcome, int64_t now,
+                                    uint64_t *serial, bool *recorded);
+
 /* ---- audit trail ------------------------------------------------------------- */
 
 enum guardian_audit_type {
@@ -239,8 +306,19 @@ enum guardian_audit_type {
     GUARDIAN_AUDIT_JOURNAL_LOST = 5,
     GUARDIAN_AUDIT_CREDENTIAL = 6, /* a Guardian credential set, changed, locked or removed (schema 4 on) */
     GUARDIAN_AUDIT_EXPORT = 7,     /* an audit report exported: who, when, what scope (schema 5 on) */
+    GUARDIAN_AUDIT_OUTCOME = 8,    /* the line reported a part programmed or scrapped (schema 6 on) */
+    GUARDIAN_AUDIT_REISSUE = 9,    /* a device's certificate issued again for another key (schema 6 on) */
+    GUARDIAN_AUDIT_RETIRE = 10,    /* a superseded release's production CA key destroyed: who, when, which (schema 6 on) */
 };
-#define GUARDIAN_AUDIT_TYPE_MAX GUARDIAN_AUDIT_EXPORT
+#define GUARDIAN_AUDIT_TYPE_MAX GUARDIAN_AUDIT_RETIRE
+
+/* A part's outcome, as an OUTCOME record (its authorised_units field) and the
+ * device index hold it (0: none reported). */
+enum guardian_part_outcome {
+    GUARDIAN_OUTCOME_NONE = 0,
+    GUARDIAN_OUTCOME_PROGRAMMED = 1,
+    GUARDIAN_OUTCOME_SCRAPPED = 2,
+};
 
 /* The canonical encoding a record's hash covers (docs/audit-format.md).  Each
  * record keeps the one it was written with, so that a trail from before
@@ -334,6 +412,21 @@ CK_RV guardian_store_audit_each(struct guardian_store *st,
 CK_RV guardian_store_record_export(struct guardian_store *st, const char *oem_id, const char *product_id, int64_t now,
                                    CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx,
                                    struct guardian_audit_record *record);
+
+/* A superseded release's production CA key retired (mechs/retire.c): one
+ * write transaction, synchronous=FULL, this process's journal folded first.
+ * The release `release` of oem_id/product_id must have been imported
+ * (CKR_GUARDIAN_PRODUCT_UNKNOWN otherwise) and must not be the installed one
+ * (CKR_GUARDIAN_RELEASE_CURRENT: its key is the line's).  When a RETIRE
+ * record of that package exists already, nothing is written, *already is
+ * true and *record is that record; otherwise a RETIRE record is appended -
+ * time `now`, the IDs, the package ID, the release, the current operator,
+ * serial, device, digest and units zero - and *record is it (hash
+ * included).  The record comes before the key is destroyed: a crash between
+ * the two leaves a recorded retirement whose key the next retire-ca
+ * destroys, never a key gone without a record. */
+CK_RV guardian_store_record_retire(struct guardian_store *st, const char *oem_id, const char *product_id,
+                                   uint32_t release, int64_t now, struct guardian_audit_record *record, bool *already);
 
 /* The operator named in every record this store handle writes from now on
  * (IMPORT, RESERVE, ISSUE - in the issue journal too, so a folded ISSUE

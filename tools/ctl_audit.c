@@ -26,6 +26,7 @@
 /* What the summary line says, counted from the report's own lines. */
 struct counts {
     unsigned long long records, redacted, certificates, issued, head;
+    long long exported; /* the report's "exported" line: seconds since 1970 */
 };
 
 static void count_lines(const char *r, size_t len, struct counts *c)
@@ -46,6 +47,8 @@ static void count_lines(const char *r, size_t len, struct counts *c)
             c->certificates++;
         } else if (l > 5 && memcmp(p, "head ", 5) == 0) {
             c->head = strtoull(p + 5, NULL, 10);
+        } else if (l > 9 && memcmp(p, "exported ", 9) == 0) {
+            c->exported = strtoll(p + 9, NULL, 10);
         }
         p += l + 1;
     }
@@ -76,22 +79,7 @@ static void refused(CK_RV rv, const char *scope)
     }
 }
 
-static void write_atomically(const char *out, const unsigned char *report, size_t len)
-{
-    char tmp[4096];
-    FILE *o;
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", out) >= sizeof(tmp))
-        die("%s: path too long", out);
-    o = fopen(tmp, "w");
-    if (o == NULL)
-        die("cannot create %s: %s", tmp, strerror(errno));
-    if (fwrite(report, 1, len, o) != len || fflush(o) != 0 || fsync(fileno(o)) != 0 || fclose(o) != 0)
-        die("cannot write %s: %s", tmp, strerror(errno));
-    if (rename(tmp, out) != 0)
-        die("cannot rename %s to %s: %s", tmp, out, strerror(errno));
-}
-
-static int export_report(const char *scope, const char *out)
+static int export_report(const char *scope, const char *out, int force)
 {
     CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
     CK_ULONG type = CKG_GUARDIAN_REQ_AUDIT_EXPORT, n = 2;
@@ -118,7 +106,7 @@ static int export_report(const char *scope, const char *out)
     P11(p11->C_DestroyObject(session, h));
 
     if (out != NULL)
-        write_atomically(out, report, len);
+        write_output(out, report, len, force);
     else if (fwrite(report, 1, len, stdout) != len || fflush(stdout) != 0)
         die("cannot write the report to standard output");
 
@@ -131,9 +119,25 @@ static int export_report(const char *scope, const char *out)
         X509_free(x);
         BIO_free(b);
     }
-    fprintf(stderr, "exported %llu records (head %llu, %llu of them redacted), %llu certificates; signed by the "
-                    "Guardian sha256:%s%s%s\n",
-            c.records, c.head, c.redacted, c.certificates, fpr, out ? "; wrote " : "", out ? out : "");
+    if (json_out) {
+        struct ctl_json j;
+        ctl_json_begin(&j, stdout);
+        ctl_json_object(&j, NULL);
+        ctl_json_string(&j, "out", out);
+        ctl_json_string(&j, "scope", scope);
+        ctl_json_time(&j, "exported", (int64_t)c.exported);
+        ctl_json_uint(&j, "records", c.records);
+        ctl_json_uint(&j, "head_seq", c.head);
+        ctl_json_uint(&j, "redacted", c.redacted);
+        ctl_json_uint(&j, "certificates", c.certificates);
+        ctl_json_uint(&j, "issued", c.issued);
+        ctl_json_string(&j, "guardian_sha256", fpr);
+        ctl_json_end(&j);
+    } else {
+        fprintf(stderr, "exported %llu records (head %llu, %llu of them redacted), %llu certificates; signed by the "
+                        "Guardian sha256:%s%s%s\n",
+                c.records, c.head, c.redacted, c.certificates, fpr, out ? "; wrote " : "", out ? out : "");
+    }
     if (c.issued > c.certificates)
         fprintf(stderr, PROG ": warning: %llu issued certificates were not recorded in the store; the report lacks "
                         "them and will not verify\n",
@@ -146,9 +150,10 @@ int cmd_audit(int argc, char **argv)
 {
     static const struct option opts[] = {{"product", required_argument, NULL, 'p'},
                                          {"out", required_argument, NULL, 'o'},
+                                         {"force", no_argument, NULL, 'F'},
                                          {NULL, 0, NULL, 0}};
     const char *scope = NULL, *out = NULL;
-    int c;
+    int c, force = 0;
 
     if (argc < 2)
         usage_die("audit", "needs a subcommand: export");
@@ -159,11 +164,17 @@ int cmd_audit(int argc, char **argv)
         switch (c) {
         case 'p': scope = optarg; break;
         case 'o': out = optarg; break;
+        case 'F': force = 1; break;
         default: usage_die("audit", "unknown option '%s'", argv[optind]);
         }
     }
     if (optind != argc - 1)
         usage_die("audit", "unexpected argument '%s'", argv[optind + 1]);
+    if (json_out && out == NULL)
+        usage_die("audit", "--json needs --out FILE (standard output carries the JSON summary, not the report)");
+    /* Before the export, which is itself recorded: a report that could not
+     * be written must not leave an EXPORT record behind. */
+    check_output("audit export", out, force);
     need_token();
-    return export_report(scope, out);
+    return export_report(scope, out, force);
 }

@@ -15,6 +15,12 @@
  * cleanly (the parts in flight finish, the module gives back the units it
  * reserved and did not use); running the same command again resumes: a part
  * whose certificate file exists is skipped.  docs/guardianctl.md, "provision".
+ *
+ * The manifest (ctl_manifest.c) lists every certificate file of the
+ * directory, one JSON line per device, each line written only once its
+ * certificate file is on disk (syncfs first), so that after a crash or power
+ * loss every line names a file that exists; a file a crash left without its
+ * line gets it when the run resumes.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +39,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "ctl_manifest.h"
 #include "guardianctl.h"
 
 #define MAX_THREADS 16
@@ -50,15 +58,34 @@ struct run {
     const char *out_dir, *prefix, *key_type;
     unsigned long long first, count;
     int threads, quiet;
+    CK_BBOOL reissue;        /* --reissue: CKA_GUARDIAN_REISSUE TRUE in each request */
     atomic_ullong next;      /* next index to take */
     atomic_ullong issued, skipped, failed;
     atomic_int stop;         /* 1: stop taking parts (Ctrl-C, quota, error) */
     pthread_mutex_t err_lock;
     CK_RV first_error;
     char first_error_part[96];
+    struct manifest *manifest;
 };
 
+/* The largest part number (--first + --count - 1): device IDs are
+ * <prefix><number>, and the workers' counter runs up to one past the last
+ * part per thread, so it must not wrap (a wrapped counter issued part 0 and
+ * ran for ever).  2^63-1 leaves it room and is 19 digits. */
+#define PART_NUMBER_MAX 9223372036854775807ULL
+
 static volatile sig_atomic_t interrupted;
+
+/* --count / --first: a whole number (no sign), not out of range. */
+static unsigned long long number(const char *opt, const char *v, char **end)
+{
+    unsigned long long n;
+    errno = 0;
+    n = strtoull(v, end, 10);
+    if (errno == ERANGE)
+        usage_die("provision", "%s '%s' is larger than %llu", opt, v, (unsigned long long)PART_NUMBER_MAX);
+    return n;
+}
 
 static void on_signal(int sig)
 {
@@ -74,6 +101,27 @@ static double now_s(void)
 }
 
 /* ---- the package -------------------------------------------------------------------- */
+
+/* Before the first unit is spent: refuse a run that needs more units than
+ * remain.  The parts to issue are those without a certificate file (a resumed
+ * run skips the others); counted until more than `remaining` are found, so
+ * the check costs at most (files present + remaining + 1) stat calls. */
+static void check_remaining(const struct run *r, CK_ULONG remaining)
+{
+    unsigned long long missing = 0;
+    char path[PATH_MAX];
+    if (r->count <= remaining)
+        return;
+    for (unsigned long long i = r->first; i < r->first + r->count && missing <= remaining; i++) {
+        snprintf(path, sizeof(path), "%s/%s%06llu.pem", r->out_dir, r->prefix, i);
+        if (access(path, F_OK) != 0)
+            missing++;
+    }
+    if (missing > remaining)
+        die("--count %llu: %s/%s has only %lu units remaining, fewer than the parts to issue; nothing was issued "
+            "(lower --count to %lu, or import a new release of the product)",
+            r->count, r->oem, r->product, (unsigned long)remaining, (unsigned long)remaining);
+}
 
 static void find_package(struct run *r)
 {
@@ -96,7 +144,8 @@ static void find_package(struct run *r)
         die("product %s/%s is not installed ('" PROG " products' lists what is)", r->oem, r->product);
     }
     P11(p11->C_GetAttributeValue(session, h, a, 2));
-    if (!r->quiet)
+    check_remaining(r, remaining);
+    if (!r->quiet && !json_out)
         printf("%s/%s: %lu units remaining\n", r->oem, r->product, (unsigned long)remaining);
 }
 
@@ -107,6 +156,40 @@ static EVP_PKEY *part_keygen(const char *type)
     if (strcmp(type, "rsa2048") == 0)
         return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
     return EVP_PKEY_Q_keygen(NULL, NULL, "EC", strcmp(type, "p384") == 0 ? "P-384" : "P-256");
+}
+
+/* The part's public key (SubjectPublicKeyInfo, DER) into spki[cap]: the one
+ * kept in <out>/<id>.spki by a run that was stopped before the part's
+ * certificate was written, else a new key pair's, kept there (temporary
+ * file, then rename) before it is sent.  A real part keeps its key; so does
+ * the simulated one until its certificate is written, so a resumed part asks
+ * again with the same key and gets the certificate already issued, nothing
+ * spent (docs/derive-mechanism.md, "Asking again").  The length, or -1. */
+static int part_spki(const struct run *r, const char *id, unsigned char *spki, size_t cap)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 16];
+    unsigned char *sp = spki;
+    EVP_PKEY *k;
+    FILE *f;
+    int len;
+
+    snprintf(path, sizeof(path), "%s/%s.spki", r->out_dir, id);
+    if ((f = fopen(path, "r")) != NULL) {
+        size_t n = fread(spki, 1, cap, f);
+        fclose(f);
+        return n > 0 && n < cap ? (int)n : -1;
+    }
+    k = part_keygen(r->key_type);
+    len = k != NULL && i2d_PUBKEY(k, NULL) <= (int)cap ? i2d_PUBKEY(k, &sp) : -1;
+    EVP_PKEY_free(k); /* the part keeps its private key; the simulation has no use for it */
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if (len <= 0 || (f = fopen(tmp, "w")) == NULL)
+        return -1;
+    if (fwrite(spki, 1, (size_t)len, f) != (size_t)len || fclose(f) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return len;
 }
 
 /* Write <out>/<id>.pem atomically (temporary file, then rename). */
@@ -160,8 +243,7 @@ static void *worker(void *arg)
     while (!atomic_load(&r->stop) && !interrupted) {
         unsigned long long i = atomic_fetch_add(&r->next, 1);
         char id[80], path[PATH_MAX];
-        unsigned char spki[1024], *sp = spki;
-        EVP_PKEY *k;
+        unsigned char spki[1024];
         int spki_len;
         CK_ULONG format = CKG_GUARDIAN_DEVICE_ID_TEXT;
         CK_OBJECT_HANDLE cert = CK_INVALID_HANDLE;
@@ -187,12 +269,11 @@ static void *worker(void *arg)
         snprintf(id, sizeof(id), "%s%06llu", r->prefix, i);
         snprintf(path, sizeof(path), "%s/%s.pem", r->out_dir, id);
         if (access(path, F_OK) == 0) { /* done in an earlier run */
+            manifest_recover(r->manifest, id, path);
             atomic_fetch_add(&r->skipped, 1);
             continue;
         }
-        k = part_keygen(r->key_type);
-        spki_len = k != NULL ? i2d_PUBKEY(k, &sp) : -1;
-        EVP_PKEY_free(k); /* the part keeps its private key; the simulation has no use for it */
+        spki_len = part_spki(r, id, spki, sizeof(spki));
         if (spki_len <= 0) {
             record_error(r, CKR_HOST_MEMORY, id);
             atomic_fetch_add(&r->failed, 1);
@@ -205,8 +286,11 @@ static void *worker(void *arg)
             CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_PACKAGE_ID, r->package_id, sizeof(r->package_id)},
                                 {CKA_GUARDIAN_DEVICE_ID_FORMAT, &format, sizeof(format)},
                                 {CKA_GUARDIAN_DEVICE_ID, id, (CK_ULONG)strlen(id)},
-                                {CKA_GUARDIAN_DEVICE_SPKI, spki, (CK_ULONG)spki_len}};
-            rv = request_in(s, CKG_GUARDIAN_REQ_DEVICE_CERT, t, sizeof(t) / sizeof(t[0]), &cert);
+                                {CKA_GUARDIAN_DEVICE_SPKI, spki, (CK_ULONG)spki_len},
+                                {CKA_GUARDIAN_REISSUE, &r->reissue, sizeof(r->reissue)}};
+            /* Without --reissue the attribute is left out (a module of
+             * before re-issues refuses it). */
+            rv = request_in(s, CKG_GUARDIAN_REQ_DEVICE_CERT, t, sizeof(t) / sizeof(t[0]) - (r->reissue ? 0 : 1), &cert);
         }
         if (rv == CKR_OK) {
             /* Not destroyed: the session's close frees it (SESSION_CERTS). */
@@ -214,6 +298,13 @@ static void *worker(void *arg)
             rv = p11->C_GetAttributeValue(s, cert, &v, 1);
             if (rv == CKR_OK && !write_cert(r, id, value, v.ulValueLen))
                 rv = CKR_FUNCTION_FAILED;
+            if (rv == CKR_OK) {
+                /* The certificate is written: the part's key goes with it. */
+                char kept[PATH_MAX];
+                snprintf(kept, sizeof(kept), "%s/%s.spki", r->out_dir, id);
+                unlink(kept);
+                manifest_add(r->manifest, id, value, v.ulValueLen, (int64_t)time(NULL));
+            }
         }
         if (rv != CKR_OK) {
             record_error(r, rv, id);
@@ -230,6 +321,18 @@ static void *worker(void *arg)
 
 /* ---- progress -------------------------------------------------------------------------- */
 
+/* The terminal's width: TIOCGWINSZ on stderr, else COLUMNS, else 80. */
+static int terminal_columns(void)
+{
+    struct winsize ws;
+    const char *c = getenv("COLUMNS");
+    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        return ws.ws_col;
+    if (c != NULL && atoi(c) > 0)
+        return atoi(c);
+    return 80;
+}
+
 static void progress(struct run *r, double t0, int final, int *last_decile)
 {
     unsigned long long issued = atomic_load(&r->issued), done = issued + atomic_load(&r->skipped);
@@ -237,16 +340,40 @@ static void progress(struct run *r, double t0, int final, int *last_decile)
     double eta = rate > 0 ? (double)(r->count - done) / rate : 0;
     int pct = r->count ? (int)(100 * done / r->count) : 100;
 
-    if (r->quiet)
+    if (r->quiet || json_out)
         return;
     if (isatty(STDERR_FILENO)) {
-        char bar[31];
-        int fill = pct * 30 / 100;
-        memset(bar, '#', (size_t)fill);
-        memset(bar + fill, '.', (size_t)(30 - fill));
-        bar[30] = '\0';
-        fprintf(stderr, "\r[%s] %llu/%llu %3d%%  %.0f certs/s  ETA %d:%02d:%02d ", bar, done, r->count, pct, rate,
-                (int)eta / 3600, (int)eta / 60 % 60, (int)eta % 60);
+        /* One line that never wraps: the text, and a bar in what is left of
+         * the terminal's width (TIOCGWINSZ, else COLUMNS, else 80) minus one
+         * column (a line that fills the last column wraps on some terminals);
+         * narrower, the text without the rate; narrower still no bar, then
+         * the text cut. */
+        char text[160], bar[512];
+        int cols = terminal_columns(), width, len, fill;
+        len = snprintf(text, sizeof(text), "%llu/%llu %3d%%  %.0f certs/s  ETA %d:%02d:%02d", done, r->count, pct,
+                       rate, (int)eta / 3600, (int)eta / 60 % 60, (int)eta % 60);
+        if (len < 0 || len >= (int)sizeof(text))
+            len = (int)strlen(text);
+        width = cols - 1 - len - 3; /* "[" bar "] " */
+        if (width < 10) { /* narrow: the rate goes, the bar stays */
+            len = snprintf(text, sizeof(text), "%llu/%llu %3d%% ETA %d:%02d:%02d", done, r->count, pct,
+                           (int)eta / 3600, (int)eta / 60 % 60, (int)eta % 60);
+            if (len < 0 || len >= (int)sizeof(text))
+                len = (int)strlen(text);
+            width = cols - 1 - len - 3;
+        }
+        if (width > (int)sizeof(bar) - 1)
+            width = (int)sizeof(bar) - 1;
+        if (width >= 10) {
+            fill = pct * width / 100;
+            memset(bar, '#', (size_t)fill);
+            memset(bar + fill, '.', (size_t)(width - fill));
+            bar[width] = '\0';
+            fprintf(stderr, "\r[%s] %s", bar, text);
+        } else {
+            fprintf(stderr, "\r%.*s%*s", cols - 1 < len ? cols - 1 : len, text,
+                    cols - 1 > len ? cols - 1 - len : 0, "");
+        }
         if (final)
             fputc('\n', stderr);
         fflush(stderr);
@@ -267,6 +394,9 @@ static const char *stop_reason(CK_RV rv)
     case CKR_GUARDIAN_PACKAGE_EXPIRED: return "the package's allowance has expired";
     case CKR_GUARDIAN_PACKAGE_SUPERSEDED: return "a newer release of the product was imported; run again to use it";
     case CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY: return "the token holds no usable production CA key of this package";
+    case CKR_GUARDIAN_DEVICE_ALREADY_ISSUED:
+        return "the part already holds a certificate for another key (its certificate file is gone, and the part "
+               "made a new key); run again with --reissue to issue it a new certificate (recorded as a re-issue)";
     case CKR_DEVICE_ERROR:
     case CKR_DEVICE_REMOVED:
     case CKR_TOKEN_NOT_PRESENT:
@@ -284,7 +414,8 @@ int cmd_provision(int argc, char **argv)
     pthread_t th[MAX_THREADS];
     struct sigaction sa;
     char default_out[2 * GUARDIAN_ID_MAX + 32];
-    const char *product = NULL, *slash;
+    const char *product = NULL, *slash, *manifest_path = NULL;
+    char manifest_default[PATH_MAX];
     double t0;
     int last_decile = -1, n_threads;
 
@@ -300,6 +431,10 @@ int cmd_provision(int argc, char **argv)
             r.quiet = 1;
             continue;
         }
+        if (strcmp(a, "--reissue") == 0) {
+            r.reissue = CK_TRUE;
+            continue;
+        }
         if (strncmp(a, "--", 2) != 0)
             usage_die("provision", "unexpected argument '%s'", a);
         if (v == NULL)
@@ -308,9 +443,9 @@ int cmd_provision(int argc, char **argv)
         if (strcmp(a, "--product") == 0)
             product = v;
         else if (strcmp(a, "--count") == 0)
-            r.count = strtoull(v, &end, 10);
+            r.count = number(a, v, &end);
         else if (strcmp(a, "--first") == 0)
-            r.first = strtoull(v, &end, 10);
+            r.first = number(a, v, &end);
         else if (strcmp(a, "--threads") == 0)
             r.threads = (int)strtol(v, &end, 10);
         else if (strcmp(a, "--out") == 0)
@@ -319,6 +454,8 @@ int cmd_provision(int argc, char **argv)
             r.prefix = v;
         else if (strcmp(a, "--key-type") == 0)
             r.key_type = v;
+        else if (strcmp(a, "--manifest") == 0)
+            manifest_path = v;
         else
             usage_die("provision", "unknown option '%s'", a);
         if (end != NULL && (*end != '\0' || end == v || v[0] == '-'))
@@ -332,6 +469,10 @@ int cmd_provision(int argc, char **argv)
                   product);
     if (r.count < 1 || r.count > (1ULL << 40))
         usage_die("provision", "--count must be 1..2^40");
+    if (r.first > PART_NUMBER_MAX || r.count - 1 > PART_NUMBER_MAX - r.first)
+        usage_die("provision", "--first %llu --count %llu: the last part would be beyond the largest part number, "
+                  "%llu (2^63-1); lower --first or --count",
+                  r.first, r.count, (unsigned long long)PART_NUMBER_MAX);
     if (r.threads < 1 || r.threads > MAX_THREADS)
         usage_die("provision", "--threads must be 1..%d", MAX_THREADS);
     if (strcmp(r.key_type, "p256") != 0 && strcmp(r.key_type, "p384") != 0 && strcmp(r.key_type, "rsa2048") != 0)
@@ -346,8 +487,16 @@ int cmd_provision(int argc, char **argv)
         snprintf(default_out, sizeof(default_out), "certs-%s-%s", r.oem, r.product);
         r.out_dir = default_out;
     }
-    if (mkdir(r.out_dir, 0755) != 0 && errno != EEXIST)
-        die("cannot create %s: %s", r.out_dir, strerror(errno));
+    /* Before the login and the first unit: a directory no certificate can
+     * be written to would cost a unit per part. */
+    check_output_dir(r.out_dir);
+    if (manifest_path == NULL) {
+        if ((size_t)snprintf(manifest_default, sizeof(manifest_default), "%s/manifest.jsonl", r.out_dir) >=
+            sizeof(manifest_default))
+            die("--out %s: path too long", r.out_dir);
+        manifest_path = manifest_default;
+    }
+    r.manifest = manifest_open(manifest_path, r.out_dir);
     pthread_mutex_init(&r.err_lock, NULL);
 
     login(CKU_USER);
@@ -371,6 +520,10 @@ int cmd_provision(int argc, char **argv)
             break;
         progress(&r, t0, 0, &last_decile);
         usleep(200 * 1000);
+        if (!manifest_flush(r.manifest)) {
+            record_error(&r, CKR_FUNCTION_FAILED, "(manifest)");
+            atomic_store(&r.stop, 1);
+        }
     }
     /* After an error, a worker may never come back: p11-kit-client.so 0.24
      * leaves a thread waiting for ever on a connection that died under
@@ -387,17 +540,51 @@ int cmd_provision(int argc, char **argv)
             fprintf(stderr, PROG ": stopped at part %s: %s (%s); a call through the module has not returned 10 s "
                                  "later: exiting without it\n",
                     r.first_error_part, ckr(r.first_error), stop_reason(r.first_error));
+            manifest_flush(r.manifest); /* the certificates written so far */
             fflush(stdout);
             _exit(1);
         }
     }
     progress(&r, t0, 1, &last_decile);
+    if (!manifest_flush(r.manifest))
+        record_error(&r, CKR_FUNCTION_FAILED, "(manifest)");
+    manifest_close(r.manifest);
 
     {
         double el = now_s() - t0;
         unsigned long long issued = atomic_load(&r.issued), skipped = atomic_load(&r.skipped);
-        printf("provisioned %llu parts in %.1f s (%.0f certs/s, %d threads); %llu already done; certificates in %s/\n",
-               issued, el, el > 0 ? (double)issued / el : 0.0, n_threads, skipped, r.out_dir);
+        if (json_out) {
+            struct ctl_json j;
+            char msg[512];
+            ctl_json_begin(&j, stdout);
+            ctl_json_object(&j, NULL);
+            ctl_json_string(&j, "oem_id", r.oem);
+            ctl_json_string(&j, "product_id", r.product);
+            ctl_json_string(&j, "out", r.out_dir);
+            ctl_json_string(&j, "manifest", manifest_path);
+            ctl_json_uint(&j, "first", r.first);
+            ctl_json_uint(&j, "count", r.count);
+            ctl_json_uint(&j, "issued", issued);
+            ctl_json_uint(&j, "skipped", skipped);
+            ctl_json_uint(&j, "failed", atomic_load(&r.failed));
+            ctl_json_int(&j, "threads", n_threads);
+            ctl_json_real(&j, "elapsed_s", el);
+            ctl_json_real(&j, "rate_per_s", el > 0 ? (double)issued / el : 0.0);
+            ctl_json_bool(&j, "interrupted", interrupted && r.first_error == CKR_OK);
+            if (r.first_error != CKR_OK) {
+                snprintf(msg, sizeof(msg), "stopped at part %s: %s", r.first_error_part, stop_reason(r.first_error));
+                ctl_json_object(&j, "error");
+                ctl_json_string(&j, "code", ckr(r.first_error));
+                ctl_json_string(&j, "message", msg);
+                ctl_json_string(&j, "part", r.first_error_part);
+                ctl_json_close(&j);
+            }
+            ctl_json_end(&j);
+        } else {
+            printf("provisioned %llu parts in %.1f s (%.0f certs/s, %d threads); %llu already done; certificates in "
+                   "%s/\n",
+                   issued, el, el > 0 ? (double)issued / el : 0.0, n_threads, skipped, r.out_dir);
+        }
         if (r.first_error != CKR_OK) {
             const char *why = stop_reason(r.first_error);
             fprintf(stderr, PROG ": stopped at part %s: %s (%s)\n", r.first_error_part, ckr(r.first_error), why);

@@ -24,6 +24,9 @@
 #   --parts N    produce N parts (1..1000000, default 1000): the package
 #                authorises exactly max(N, 1000) units
 #   --service    the production way, through the Guardian service (root)
+# GUARDIAN_DEMO_INSTALLED=1: run the installed module and tools (a .deb,
+# `cmake --install`) instead of a build tree: guardianctl, guardian-wrap and
+# guardian-service-setup from PATH, the module named by guardian-pkcs11.pc.
 # Missing Debian packages (tools/debian-packages) are installed first when run
 # as root; otherwise the command to install them is printed and nothing runs.
 # Exit status: 0 the whole story passed; 1 a step failed; 2 usage error.
@@ -32,6 +35,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build="${GUARDIAN_BUILD_DIR:-$here/build}"
 module="$build/guardian-pkcs11.so"
+ctl_bin="$build/tools/guardianctl" wrap_bin="$build/tools/guardian-wrap" setup_bin="$build/tools/guardian-service-setup"
 softhsm="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 keep=0 parts=1000 service=0
 usage() { echo "usage: $0 [--keep] [--parts N] [--service] [--help]  (--help for details)"; }
@@ -86,7 +90,20 @@ if [ "$service" = 1 ]; then
     [ -r "$client_module" ] || die "$client_module not found (apt-get install p11-kit-modules)"
 fi
 
-if [ ! -f "$module" ] || [ ! -x "$build/tools/guardianctl" ] || [ ! -x "$build/tools/guardian-wrap" ]; then
+# The installed module and tools (GUARDIAN_DEMO_INSTALLED=1), not the build's.
+use_installed() {
+    module=$(pkg-config --variable=module guardian-pkcs11 2>/dev/null) ||
+        die "GUARDIAN_DEMO_INSTALLED: no guardian-pkcs11.pc (pkg-config guardian-pkcs11): is the module installed?"
+    [ -f "$module" ] || die "GUARDIAN_DEMO_INSTALLED: guardian-pkcs11.pc names $module, which does not exist"
+    ctl_bin=$(command -v guardianctl) || die "GUARDIAN_DEMO_INSTALLED: guardianctl is not on PATH"
+    wrap_bin=$(command -v guardian-wrap) || die "GUARDIAN_DEMO_INSTALLED: guardian-wrap is not on PATH"
+    setup_bin=$(PATH=$PATH:/usr/sbin:/sbin command -v guardian-service-setup) ||
+        die "GUARDIAN_DEMO_INSTALLED: guardian-service-setup is not on PATH"
+    echo "Installed files: $module, $ctl_bin, $wrap_bin, $setup_bin"
+}
+if [ "${GUARDIAN_DEMO_INSTALLED:-0}" = 1 ]; then
+    use_installed
+elif [ ! -f "$module" ] || [ ! -x "$ctl_bin" ] || [ ! -x "$wrap_bin" ]; then
     step "Building the module and tools ($build)"
     cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
     cmake --build "$build" -j"$(nproc)" --target guardian-pkcs11 guardianctl guardian-wrap >/dev/null
@@ -98,7 +115,7 @@ cleanup() {
     if [ "$keep" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-wrap() { "$build/tools/guardian-wrap" "$@"; }
+wrap() { "$wrap_bin" "$@"; }
 # The operator's own directory (what guardianctl and pkcs11-tool write), and
 # the Guardian certificates the OEM gets from it.
 opdir=$work
@@ -111,10 +128,10 @@ svc_user=$prefix-svc ops_group=$prefix-ops op_user=$prefix-op
 sandbox=$work/root
 svc_conf=$sandbox/etc/guardian svc_state=$sandbox/var/lib/guardian svc_tokens=$sandbox/var/lib/guardian-softhsm
 svc_socket=$sandbox/run/guardian/pkcs11.sock
-setup=("$build/tools/guardian-service-setup")
+setup=("$setup_bin")
 svc_opts=(--root "$sandbox" --user "$svc_user" --group "$svc_user" --operators-group "$ops_group"
     --conf-dir "$svc_conf" --state-dir "$svc_state" --token-dir "$svc_tokens" --socket "$svc_socket"
-    --token guardian-demo --module "$module" --guardianctl "$build/tools/guardianctl")
+    --token guardian-demo --module "$module" --guardianctl "$ctl_bin")
 service_pid="" made_accounts=0 made_op=0
 
 # as_operator CMD...: CMD as the operator's account (its groups: its own and
@@ -210,7 +227,7 @@ if [ "$service" = 1 ]; then
     gpem=$opdir/guardian.pem
     service_up
     p11() { as_operator pkcs11-tool --module "$client_module" "$@"; }
-    ctl() { as_operator "$build/tools/guardianctl" --token guardian-demo "$@"; }
+    ctl() { as_operator "$ctl_bin" --token guardian-demo "$@"; }
 
     step "The token through the service (p11-kit's proxy answers C_GetInfo)"
     p11 --show-info | sed 's/^/  /'
@@ -241,7 +258,7 @@ export GUARDIAN_CONF="$work/guardian.conf"
 unset GUARDIAN_BACKEND GUARDIAN_STATE_DIR
 
 p11() { pkcs11-tool --module "$module" "$@"; }
-ctl() { "$build/tools/guardianctl" --module "$module" --token guardian-demo "$@"; }
+ctl() { "$ctl_bin" --module "$module" --token guardian-demo "$@"; }
 export GUARDIAN_PIN=1234 GUARDIAN_SO_PIN=12345678 # demo only: an operator types them
 
 step "The module (C_GetInfo) and the token, through the Guardian"

@@ -9,8 +9,8 @@
  * The format is docs/package-format.md; the CLI is docs/guardian-wrap.md; the
  * audit report docs/audit-report.md (tools/report.c reads and checks it).
  * --version; --help on its own or after any command.  Exit 0 done, 1 refused
- * or failed, 2 usage error (verify-report: 1 does not verify, 2 also a file
- * it cannot read).
+ * or failed (verify-report: does not verify, or a file it cannot read), 2
+ * usage error: the convention of guardianctl.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -41,19 +41,16 @@
 #include "package.h"
 #include "package_container.h"
 #include "report.h"
+#include "tty_prompt.h"
 
 #define PROG "guardian-wrap"
 
-/* Exit statuses, as in guardianctl (docs/guardian-wrap.md): 0 done, 1 refused
- * or failed, 2 a usage error.  verify-report keeps its own documented meaning
- * of 1, "the report does not verify", so that a file it cannot read is not
- * taken for a failed check: its die() exits 2 (see die_status). */
+/* Exit statuses, one convention with guardianctl (docs/guardian-wrap.md):
+ * 0 done (verify-report: verifies), 1 refused or failed (a file that cannot
+ * be read, a report that does not verify), 2 a usage error: nothing read. */
 #define EXIT_REFUSED 1
 #define EXIT_USAGE 2
-
-/* exit status of die(): 1, but 2 for verify-report, whose 1 means "the
- * report does not verify" and 2 "the command could not run". */
-static int die_status = EXIT_REFUSED;
+/* 130: a passphrase prompt ended by SIGINT/SIGTERM (tty_prompt.c) */
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -72,7 +69,7 @@ static void die(const char *fmt, ...)
         ERR_error_string_n(e, buf, sizeof(buf));
         fprintf(stderr, PROG ": (OpenSSL: %s)\n", buf);
     }
-    exit(die_status);
+    exit(EXIT_REFUSED);
 }
 
 static void usage_die(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
@@ -101,12 +98,14 @@ static void bad_option(const char *cmd, int c, char **argv)
 
 /* ---- passphrases (--passin), as openssl takes them ------------------------- */
 
-/* A --passin source: pass:TEXT, env:VAR, file:PATH (its first line) or fd:N
- * (a line read from it).  Resolved when a key first needs it, once. */
+/* A --passin source: pass:TEXT, env:VAR, file:PATH (its first line), fd:N
+ * (a line read from it) or stdin (a line read from standard input), as
+ * openssl's -passin.  Resolved when a key first needs it, once. */
 struct passin {
     const char *spec;
     char value[1024];
-    int resolved, asked;
+    int resolved, asked, typed; /* typed: asked on the terminal */
+    const char *path;           /* the key being read, for the prompt */
 };
 
 static int passin_spec_valid(const char *spec)
@@ -120,7 +119,8 @@ static int passin_spec_valid(const char *spec)
                 return 0;
         return 1;
     }
-    return strncmp(spec, "pass:", 5) == 0 || (strncmp(spec, "env:", 4) == 0 && spec[4] != '\0') ||
+    return strcmp(spec, "stdin") == 0 || strncmp(spec, "pass:", 5) == 0 ||
+           (strncmp(spec, "env:", 4) == 0 && spec[4] != '\0') ||
            (strncmp(spec, "file:", 5) == 0 && spec[5] != '\0');
 }
 
@@ -158,6 +158,9 @@ static void passin_resolve(struct passin *p)
         if (!read_line_fd(fd, p->value, sizeof(p->value)))
             die("--passin %s: cannot read %s: %s", s, s + 5, strerror(errno));
         close(fd);
+    } else if (strcmp(s, "stdin") == 0) {
+        if (!read_line_fd(STDIN_FILENO, p->value, sizeof(p->value)))
+            die("--passin stdin: cannot read standard input: %s", strerror(errno));
     } else if (!read_line_fd(atoi(s + 3), p->value, sizeof(p->value))) {
         die("--passin %s: cannot read descriptor %s: %s", s, s + 3, strerror(errno));
     }
@@ -170,15 +173,29 @@ static void passin_wipe(struct passin *p)
     p->resolved = 0;
 }
 
-/* OpenSSL's pem_password_cb: the --passin passphrase; without one, the
- * terminal as openssl would ask; without a terminal, none (the caller says). */
+/* A passphrase asked on the terminal, echo off (tty_prompt.c: SIGINT or
+ * SIGTERM there restore the echo and exit 130).  OpenSSL's own prompt,
+ * PEM_def_callback, swallowed Ctrl-C and went on waiting for a line
+ * (measured). */
+static int prompt_passphrase(const char *path, char *buf, int size)
+{
+    char prompt[PATH_MAX + 32];
+    snprintf(prompt, sizeof(prompt), "Enter the pass phrase of %s", path);
+    return tty_read_secret(prompt, buf, (size_t)size) ? (int)strlen(buf) : -1;
+}
+
+/* OpenSSL's pem_password_cb: the --passin passphrase; without one, asked on
+ * the terminal; without a terminal, none (the caller says). */
 static int passin_cb(char *buf, int size, int rwflag, void *u)
 {
     struct passin *p = u;
     size_t len;
+    (void)rwflag;
     p->asked = 1;
-    if (p->spec == NULL)
-        return isatty(STDIN_FILENO) ? PEM_def_callback(buf, size, rwflag, NULL) : -1;
+    if (p->spec == NULL) {
+        p->typed = isatty(STDIN_FILENO);
+        return p->typed ? prompt_passphrase(p->path, buf, size) : -1;
+    }
     passin_resolve(p);
     len = strlen(p->value);
     if (len >= (size_t)size)
@@ -328,13 +345,16 @@ static EVP_PKEY *read_private_key(const char *path, struct passin *pass)
     data = read_all(path, 1 << 20, &len);
     bio = BIO_new_mem_buf(data, (int)len);
     pass->asked = 0;
+    pass->path = path;
     k = PEM_read_bio_PrivateKey(bio, NULL, passin_cb, pass);
     if (k == NULL && pass->asked) {
         OPENSSL_cleanse(data, len);
         free(data);
         BIO_free(bio);
+        if (pass->spec == NULL && pass->typed)
+            die("cannot decrypt %s with the passphrase typed (wrong passphrase?)", path);
         if (pass->spec == NULL)
-            die("%s is encrypted: give its passphrase with --passin pass:TEXT|env:VAR|file:PATH|fd:N (no terminal "
+            die("%s is encrypted: give its passphrase with --passin pass:TEXT|env:VAR|file:PATH|fd:N|stdin (no terminal "
                 "to ask on)",
                 path);
         die("cannot decrypt %s with the passphrase from --passin %.*s (wrong passphrase?)", path,
@@ -707,7 +727,14 @@ static int create_package(struct create_opts *o)
          * the package travels (same parser, mechs/cert_builder.c). */
         struct guardian_subject_pattern pat;
         char perr_buf[160];
+        uint8_t name[4096];
         if (!guardian_subject_pattern_parse(o->subject, strlen(o->subject), &pat, perr_buf, sizeof(perr_buf)))
+            die("--subject: %s", perr_buf);
+        /* The OEM and product IDs are known now: a PrintableString value
+         * they make unwritable ('_' in C or serialNumber) is refused here,
+         * not at every device ("A" stands for a device ID that fits). */
+        if (guardian_subject_der(&pat, "A", o->oem_id, o->product_id, name, sizeof(name), perr_buf,
+                                 sizeof(perr_buf)) == 0)
             die("--subject: %s", perr_buf);
     }
     set_utf8(pkg->cert_template->subject, o->subject);
@@ -717,6 +744,13 @@ static int create_package(struct create_opts *o)
             !guardian_device_ext_oid_ok(pkg->cert_template->device_ext_oid))
             die("--device-ext-oid: '%s' is not a usable OID (dotted numbers; not under 2.5.29 or 1.3.6.1.5.5.7)",
                 o->device_ext_oid);
+    } else {
+        /* No OID given: say "no device-identity extension" in the signed
+         * template ([1] noDeviceExt); a template with neither field means the
+         * legacy 2.25 default (docs/certificate-profile.md). */
+        pkg->cert_template->no_device_ext = ASN1_NULL_new();
+        if (pkg->cert_template->no_device_ext == NULL)
+            die("out of memory");
     }
     ASN1_INTEGER_set(pkg->cert_template->validity_days, o->validity_days);
     key_usage_bits(pkg->cert_template->key_usage, o->key_usage);
@@ -842,8 +876,14 @@ static int create_package(struct create_opts *o)
     print_hex(id, sizeof(id));
     printf("\n  for Guardian sha256:");
     print_hex(target, sizeof(target));
-    printf("\n  product      %s/%s release %ld, %llu units, not after %s\n", o->oem_id, o->product_id, o->release,
-           o->units, o->not_after);
+    {
+        char when[32];
+        struct tm tm;
+        if (gmtime_r(&o->not_after_time, &tm) == NULL || strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+            snprintf(when, sizeof(when), "%s", o->not_after);
+        printf("\n  product      %s/%s release %ld, %llu units, not after %s\n", o->oem_id, o->product_id,
+               o->release, o->units, when);
+    }
 
     CMS_ContentInfo_free(cms);
     BIO_free(content);
@@ -929,7 +969,7 @@ static int cmd_create(int argc, char **argv)
         case 'p':
         case 'a':
             if (!passin_spec_valid(optarg))
-                usage_die("create", "--%s '%s': use pass:TEXT, env:VAR, file:PATH or fd:N", c == 'p' ? "passin" : "ca-passin",
+                usage_die("create", "--%s '%s': use pass:TEXT, env:VAR, file:PATH, fd:N or stdin", c == 'p' ? "passin" : "ca-passin",
                           optarg);
             (c == 'p' ? &o.passin : &o.ca_passin)->spec = optarg;
             break;
@@ -970,7 +1010,7 @@ static void print_time(const char *label, int64_t t)
     time_t tt = (time_t)t;
     struct tm tm;
     gmtime_r(&tt, &tm);
-    strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm); /* ISO 8601, as every time the tools print */
     printf("%s%s", label, buf);
 }
 
@@ -1113,6 +1153,11 @@ static int cmd_inspect(int argc, char **argv)
             char oid[128];
             OBJ_obj2txt(oid, sizeof(oid), t->device_ext_oid, 1);
             printf(", device extension %s", oid);
+        } else if (t->no_device_ext != NULL) {
+            printf(", no device extension");
+        } else {
+            printf(", device extension %s (the legacy default: a package made before noDeviceExt)",
+                   GUARDIAN_OID_DEVICE);
         }
         printf("\n");
     }
@@ -1184,6 +1229,16 @@ static void read_package_file(const char *path, struct report_package *out)
     snprintf(out->product_id, sizeof(out->product_id), "%s", pkg.product_id);
     out->release_version = pkg.release_version;
     out->authorised_units = pkg.authorised_units;
+    {
+        /* Compared with the report's template line of its IMPORT. */
+        unsigned char *der = NULL;
+        int n = i2d_GUARDIAN_CERT_TEMPLATE(pkg.asn1->cert_template, &der);
+        if (n <= 0 || (out->cert_template = malloc((size_t)n)) == NULL)
+            die("out of memory");
+        memcpy(out->cert_template, der, (size_t)n);
+        out->cert_template_len = (size_t)n;
+        OPENSSL_free(der);
+    }
     guardian_package_free(&pkg);
     CMS_ContentInfo_free(cms);
     free(data);
@@ -1236,14 +1291,27 @@ static int cmd_verify_report(int argc, char **argv)
     int c, n_packages = 0;
     char *end;
 
-    die_status = 2;
     memset(&in, 0, sizeof(in));
     optind = 1;
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
         case 'g': guardian_path = optarg; break;
-        case 'c': chain_path = optarg; break;
-        case 'r': root_path = optarg; break;
+        case 'c':
+            if (chain_path != NULL) {
+                if (in.n_more_chains == REPORT_MAX_CHAINS - 1)
+                    usage_die("verify-report", "at most %d --ca-chain", REPORT_MAX_CHAINS);
+                in.more_chains[in.n_more_chains++] = read_certs(optarg);
+            } else
+                chain_path = optarg;
+            break;
+        case 'r':
+            if (root_path != NULL) {
+                if (in.n_more_roots == REPORT_MAX_CHAINS - 1)
+                    usage_die("verify-report", "at most %d --root", REPORT_MAX_CHAINS);
+                in.more_roots[in.n_more_roots++] = read_cert(optarg);
+            } else
+                root_path = optarg;
+            break;
         case 'p':
             if (n_packages == GUARDIAN_PKG_MAX_ITEMS)
                 usage_die("verify-report", "at most %d --package", GUARDIAN_PKG_MAX_ITEMS);
@@ -1297,6 +1365,12 @@ static int cmd_verify_report(int argc, char **argv)
     X509_free(in.guardian_signing);
     X509_free(in.root);
     sk_X509_pop_free(in.ca_chain, X509_free);
+    for (size_t i = 0; i < in.n_more_chains; i++)
+        sk_X509_pop_free(in.more_chains[i], X509_free);
+    for (size_t i = 0; i < in.n_more_roots; i++)
+        X509_free(in.more_roots[i]);
+    for (int i = 0; i < n_packages; i++)
+        free(packages[i].cert_template);
     return problems == 0 ? 0 : 1;
 }
 
@@ -1307,12 +1381,13 @@ static const char create_usage[] =
     "         [--signer-chain CHAIN.pem] --ca-key CA.key --ca-cert CA.pem [--ca-chain CHAIN.pem]\n"
     "         --oem-id ID --product-id ID --release N --units N --not-after YYYY-MM-DD|+DAYS\n"
     "         [--subject PATTERN] [--validity-days N] [--key-usage LIST] [--ext-key-usage OIDS]\n"
-    "         [--device-ext-oid OID]\n"
+    "         [--device-ext-oid OID]   (without it: no device-identity extension)\n"
     "         [--extra-key LABEL=KEY.pem]... [--data NAME=FILE]... [--secret-data NAME=FILE]...\n"
     "         [--kdf auto|aes-cbc|x963-sha256]\n"
-    "         [--passin pass:TEXT|env:VAR|file:PATH|fd:N] [--ca-passin SOURCE]\n"
+    "         [--passin pass:TEXT|env:VAR|file:PATH|fd:N|stdin] [--ca-passin SOURCE]\n"
     "         --out PACKAGE [--force]\n"
-    "Encrypted PEM keys: --passin (every key), --ca-passin (the CA key, if its passphrase differs).\n"
+    "Encrypted PEM keys: --passin (every key), --ca-passin (the CA key, if its passphrase differs);\n"
+    "pass:TEXT shows in ps: prefer env:, file:, fd: or stdin.\n"
     "An existing PACKAGE is not overwritten without --force.\n"
     "Exit 0: written; 1: refused or failed; 2: usage error.\n";
 static const char inspect_usage[] =
@@ -1323,10 +1398,11 @@ static const char inspect_usage[] =
 static const char verify_usage[] =
     "usage: " PROG " verify-report REPORT --guardian GUARDIAN-CERT.pem --ca-chain PRODUCTION-CHAIN.pem\n"
     "         [--root OEM-ROOT.pem] [--package PACKAGE]... [--authorised N --product OEM/PRODUCT]\n"
-    "         [--device-ext-oid OID]   (the --device-ext-oid the packages were made with)\n"
+    "         (--ca-chain and --root repeat, up to 16 each, for a report over several production CAs)\n"
+    "         [--device-ext-oid OID]   (for releases an old report or --package does not describe)\n"
     "         [--previous OLD-REPORT]  (an earlier report: this one must extend it)\n"
     "Checks the Guardian's signature, every record hash and the chain, the quotas and every\n"
-    "certificate.  Exit 0: OK; 1: the report does not verify; 2: usage or file error.\n";
+    "certificate.  Exit 0: OK; 1: the report does not verify, or a file cannot be read; 2: usage error.\n";
 
 static const struct command {
     const char *name, *usage;
@@ -1345,7 +1421,7 @@ static void usage(FILE *f)
                "       " PROG " --version | --help | COMMAND --help\n"
                "Run '" PROG " COMMAND --help' for a command's options.\n"
                "Exit status: 0 done; 1 refused or failed (verify-report: the report does not verify);\n"
-               "2 usage error (verify-report: also a file it cannot read).\n");
+               "2 usage error (nothing read); the same as guardianctl.\n");
 }
 
 int main(int argc, char **argv)

@@ -14,15 +14,19 @@
  *   guardianctl [options] enroll-oem ROOT.pem [--yes]
  *   guardianctl [options] list-oems
  *   guardianctl [options] remove-oem FINGERPRINT-PREFIX [--yes]
- *   guardianctl [options] import PACKAGE
- *   guardianctl [options] products
- *   guardianctl [options] status
+ *   guardianctl [options] import PACKAGE [--json]
+ *   guardianctl [options] products [--json]
+ *   guardianctl [options] status [--json] [--watch [SECONDS]]
+ *   guardianctl [options] provision --product OEM/PRODUCT --count N ... [--manifest FILE] [--json]
+ *   guardianctl [options] retire-ca --product OEM/PRODUCT --release N [--yes] [--json]
+ *   guardianctl [options] audit export [--product OEM/PRODUCT] [--out FILE] [--json]
  *
  * Options: --module PATH (or GUARDIAN_MODULE), --token LABEL (or
  * GUARDIAN_TOKEN); PINs from GUARDIAN_PIN / GUARDIAN_SO_PIN, else asked on the
  * terminal.  --version; --help on its own or after any command, answered
  * (like every usage error, exit 2) before the module is loaded.  Exit 0 done,
- * 1 refused or failed, 2 usage, 130 provision interrupted.  docs/guardianctl.md.
+ * 1 refused or failed, 2 usage, 130 interrupted (provision, a PIN prompt): the
+ * same as guardian-wrap.  docs/guardianctl.md, guardianctl(1).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -32,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,6 +50,7 @@
 #include <openssl/x509v3.h>
 
 #include "guardianctl.h"
+#include "tty_prompt.h"
 
 #define PACKAGE_MAX_BYTES (1024 * 1024) /* docs/package-format.md */
 
@@ -57,6 +63,7 @@ CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
 CK_SLOT_ID slot;
 const char *token_label;
 int assume_yes;
+int json_out;
 
 /* Close what open_token opened (if it ran) and exit with `status`. */
 static void __attribute__((noreturn)) leave(int status)
@@ -69,25 +76,48 @@ static void __attribute__((noreturn)) leave(int status)
     exit(status);
 }
 
+/* --json: the error as the one object on stdout.  Its code is the first
+ * CKR_ name the message gives (the module's answer), else `fallback`. */
+static void json_error(const char *msg, const char *fallback)
+{
+    struct ctl_json j;
+    char code[64];
+    const char *c = strstr(msg, "CKR_");
+    if (c != NULL)
+        snprintf(code, sizeof(code), "%.*s", (int)strspn(c, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"), c);
+    else
+        snprintf(code, sizeof(code), "%s", fallback);
+    ctl_json_begin(&j, stdout);
+    ctl_json_object(&j, NULL);
+    ctl_json_object(&j, "error");
+    ctl_json_string(&j, "code", code);
+    ctl_json_string(&j, "message", msg);
+    ctl_json_end(&j);
+}
+
 void die(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, PROG ": ");
+    char msg[4096];
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    fprintf(stderr, PROG ": %s\n", msg);
+    if (json_out)
+        json_error(msg, "CKR_FUNCTION_FAILED");
     leave(EXIT_REFUSED);
 }
 
 void usage_die(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, PROG ": %s: ", cmd);
+    char msg[4096];
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fprintf(stderr, " (" PROG " %s --help)\n", cmd);
+    fprintf(stderr, PROG ": %s: %s (" PROG " %s --help)\n", cmd, msg, cmd);
+    if (json_out)
+        json_error(msg, "CKR_ARGUMENTS_BAD");
     leave(EXIT_USAGE);
 }
 
@@ -103,8 +133,6 @@ const char *ckr(CK_RV rv)
 void read_pin(const char *env, const char *prompt, char *out, size_t cap)
 {
     const char *v = getenv(env);
-    struct termios old, quiet;
-    size_t n;
 
     if (v != NULL && *v != '\0') {
         snprintf(out, cap, "%s", v);
@@ -112,18 +140,9 @@ void read_pin(const char *env, const char *prompt, char *out, size_t cap)
     }
     if (!isatty(STDIN_FILENO))
         die("no %s in the environment and no terminal to ask for it", env);
-    fprintf(stderr, "%s: ", prompt);
-    tcgetattr(STDIN_FILENO, &old);
-    quiet = old;
-    quiet.c_lflag &= (tcflag_t)~ECHO;
-    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
-    if (fgets(out, (int)cap, stdin) == NULL)
-        out[0] = '\0';
-    tcsetattr(STDIN_FILENO, TCSANOW, &old);
-    fputc('\n', stderr);
-    n = strlen(out);
-    if (n > 0 && out[n - 1] == '\n')
-        out[n - 1] = '\0';
+    /* Echo off; Ctrl-C there puts it back and exits 130 (tty_prompt.c). */
+    if (!tty_read_secret(prompt, out, cap))
+        die("cannot read the %s from the terminal", prompt);
 }
 
 /* The module open_token loaded, to start again from it (login). */
@@ -156,11 +175,42 @@ void login(CK_USER_TYPE who)
     OPENSSL_cleanse(pin, sizeof(pin));
     if (rv == CKR_PIN_INCORRECT)
         die("wrong %s PIN for token '%s'", who == CKU_SO ? "Security Officer" : "user", token_label);
+    if (rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT)
+        /* p11-kit-client.so's answer once its connection is gone. */
+        die("login failed: %s: the token went away (through the Guardian service: the connection was lost, or the "
+            "service restarted); once it is back, run the same command again",
+            ckr(rv));
     if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN)
         die("login failed: %s", ckr(rv));
 }
 
 /* ---- module and token ------------------------------------------------------------ */
+
+/* A module that is not the Guardian (the plain SoftHSM module given as
+ * --module, say) answers every PKCS#11 call but no Guardian request: say so
+ * before anything is asked of it.  The Guardian's C_GetInfo names it; a
+ * module that forwards (p11-kit-client.so to the Guardian service) is taken
+ * as what it fronts. */
+static void not_guardian_dies(const char *module_path)
+{
+    CK_INFO info;
+    char manufacturer[33], description[33];
+    if (strstr(module_path, "p11-kit") != NULL || p11->C_GetInfo(&info) != CKR_OK)
+        return;
+    if (memcmp(info.manufacturerID, "Guardian", 8) == 0)
+        return;
+    snprintf(manufacturer, sizeof(manufacturer), "%.32s", (const char *)info.manufacturerID);
+    snprintf(description, sizeof(description), "%.32s", (const char *)info.libraryDescription);
+    for (int k = 31; k >= 0 && (manufacturer[k] == ' ' || manufacturer[k] == '\0'); k--)
+        manufacturer[k] = '\0';
+    for (int k = 31; k >= 0 && (description[k] == ' ' || description[k] == '\0'); k--)
+        description[k] = '\0';
+    p11->C_Finalize(NULL);
+    p11 = NULL;
+    die("%s is not the Guardian module (it is '%s' by '%s': it knows no Guardian request); use --module %s, "
+        "which loads it as its backend (guardian.conf(5))",
+        module_path, description, manufacturer, GUARDIAN_MODULE_PATH);
+}
 
 void open_token(const char *module_path)
 {
@@ -182,10 +232,18 @@ void open_token(const char *module_path)
     if (get == NULL || get(&p11) != CKR_OK)
         die("%s is not a PKCS#11 module", module_path);
     rv = p11->C_Initialize(&args);
+    if (rv == CKR_GUARDIAN_NOT_CONFIGURED) {
+        p11 = NULL;
+        die("the Guardian module %s is not configured: no configuration file %s, no GUARDIAN_CONF and no "
+            "GUARDIAN_BACKEND; write that file (backend = the HSM's module, state_dir = ...: guardian.conf(5)) "
+            "or set GUARDIAN_CONF",
+            module_path, GUARDIAN_DEFAULT_CONF);
+    }
     if (rv != CKR_OK) {
         p11 = NULL;
         die("the Guardian module did not initialize: %s (its log line above says why)", ckr(rv));
     }
+    not_guardian_dies(module_path);
     /* SoftHSM reads its token directory at C_Initialize: a process that
      * starts while another writes the token may not see it (measured, 4
      * processes started at once: ../shared/INTEROP-NOTES.md), or see it
@@ -220,12 +278,27 @@ void open_token(const char *module_path)
             }
         }
     }
-    if (strstr(module_path, "p11-kit-client") != NULL)
+    if (strstr(module_path, "p11-kit-client") != NULL && n == 0)
         die("no token labelled '%s' through the Guardian service at %s: is the service running, and are you in "
             "its operators' group? (p11-kit-client.so shows no token when it cannot connect; docs/service-mode.md)",
             token_label, getenv("P11_KIT_SERVER_ADDRESS") ? getenv("P11_KIT_SERVER_ADDRESS") : "(P11_KIT_SERVER_ADDRESS unset)");
-    die("no token labelled '%s' (use --token or GUARDIAN_TOKEN; 'pkcs11-tool --module %s -L' lists them)",
-        token_label, module_path);
+    {
+        /* Name the tokens there are: the label given may be a typo. */
+        char labels[1024] = "";
+        size_t used = 0;
+        for (CK_ULONG i = 0; i < n && used + 40 < sizeof(labels); i++) {
+            CK_TOKEN_INFO ti;
+            int len = 32;
+            if (p11->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+                continue;
+            while (len > 0 && ti.label[len - 1] == ' ')
+                len--;
+            used += (size_t)snprintf(labels + used, sizeof(labels) - used, len ? "%s'%.*s'" : "%s(one without a label)",
+                                     used ? ", " : "", len, (const char *)ti.label);
+        }
+        die("no token labelled '%s' (--token or GUARDIAN_TOKEN); %s%s", token_label,
+            n == 0 ? "the module shows no token at all" : "the tokens there are: ", labels);
+    }
 }
 
 static const char *module_path = GUARDIAN_MODULE_PATH;
@@ -327,19 +400,125 @@ X509 *cert_from_object(CK_OBJECT_HANDLE h)
     return x;
 }
 
-/* The Guardian's certificates as OEMs take them: A (the target of their
- * packages) first, then S (which issued A and signs the reports), if any. */
-static void write_pem_certs(X509 *a, X509 *sc, const char *out)
+/* ---- output files ---------------------------------------------------------------- */
+
+/* The directory part of `path` ("." when it has none) into dir. */
+static void dir_of(const char *path, char *dir, size_t cap)
 {
-    FILE *f = out ? fopen(out, "w") : stdout;
-    if (f == NULL)
-        die("cannot create %s: %s", out, strerror(errno));
-    if (!PEM_write_X509(f, a) || (sc != NULL && !PEM_write_X509(f, sc)) || fflush(f) != 0 || (out && fclose(f) != 0))
-        die("cannot write %s", out ? out : "the certificates");
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        snprintf(dir, cap, ".");
+    else if (slash == path)
+        snprintf(dir, cap, "/");
+    else
+        snprintf(dir, cap, "%.*s", (int)(slash - path), path);
 }
 
-/* The certificate object, or NULL when there is none. */
-static X509 *cert_or_null(CK_OBJECT_HANDLE h)
+/* Make and remove a file in `dir`: the one proof that a file can be written
+ * there (root passes every permission check, a read-only mount does not). */
+static void probe_dir(const char *dir, const char *what)
+{
+    char tmp[PATH_MAX];
+    struct stat st;
+    int fd;
+    if (stat(dir, &st) != 0)
+        die("cannot write %s: the directory %s %s; create it first", what, dir,
+            errno == ENOENT ? "does not exist" : strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        die("cannot write %s: %s is not a directory", what, dir);
+    if (snprintf(tmp, sizeof(tmp), "%s/.guardianctl-probe-XXXXXX", dir) >= (int)sizeof(tmp))
+        die("cannot write %s: the path is too long", what);
+    fd = mkstemp(tmp);
+    if (fd < 0)
+        die("cannot write %s: no new file can be made in %s: %s%s", what, dir, strerror(errno),
+            errno == EROFS ? " (remount it read-write or choose another directory)" : "");
+    close(fd);
+    unlink(tmp);
+}
+
+void check_output(const char *cmd, const char *path, int force)
+{
+    char dir[PATH_MAX];
+    struct stat st;
+    if (path == NULL)
+        return;
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            die("%s: %s is a directory: name a file", cmd, path);
+        if (!force)
+            die("%s: %s exists: not overwritten (give --force to replace it)", cmd, path);
+    }
+    dir_of(path, dir, sizeof(dir));
+    probe_dir(dir, path);
+}
+
+void check_output_dir(const char *dir)
+{
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        die("cannot create the directory %s: %s", dir, strerror(errno));
+    probe_dir(dir, "the certificates (--out)");
+}
+
+void write_output(const char *path, const void *data, size_t len, int force)
+{
+    char tmp[PATH_MAX + 32];
+    size_t done = 0;
+    int fd, e;
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp-XXXXXX", path) >= (int)sizeof(tmp))
+        die("%s: the path is too long", path);
+    fd = mkstemp(tmp);
+    if (fd < 0)
+        die("cannot create a temporary file next to %s: %s", path, strerror(errno));
+    {
+        mode_t mask = umask(0);
+        umask(mask);
+        fchmod(fd, 0666 & ~mask);
+    }
+    while (done < len) {
+        ssize_t w = write(fd, (const char *)data + done, len - done);
+        if (w <= 0)
+            break;
+        done += (size_t)w;
+    }
+    if (done != len || fsync(fd) != 0 || close(fd) != 0) {
+        e = errno;
+        unlink(tmp);
+        die("cannot write %s: %s", path, strerror(e));
+    }
+    if (force ? rename(tmp, path) != 0 : link(tmp, path) != 0) {
+        e = errno;
+        /* A file system without hard links (vfat, some FUSE): rename, which
+         * is still atomic, if the name is still free. */
+        if (!force && (e == EPERM || e == EOPNOTSUPP) && access(path, F_OK) != 0 && rename(tmp, path) == 0)
+            return;
+        unlink(tmp);
+        if (e == EEXIST)
+            die("%s appeared meanwhile: not overwritten (give --force to replace it)", path);
+        die("cannot write %s: %s", path, strerror(e));
+    }
+    if (!force)
+        unlink(tmp);
+}
+
+/* The Guardian's certificates as OEMs take them: A (the target of their
+ * packages) first, then S (which issued A and signs the reports), if any;
+ * to `out` (write_output) or standard output. */
+static void write_pem_certs(X509 *a, X509 *sc, const char *out, int force)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data;
+    long len;
+    if (b == NULL || !PEM_write_bio_X509(b, a) || (sc != NULL && !PEM_write_bio_X509(b, sc)))
+        die("out of memory");
+    len = BIO_get_mem_data(b, &data);
+    if (out != NULL)
+        write_output(out, data, (size_t)len, force);
+    else if (fwrite(data, 1, (size_t)len, stdout) != (size_t)len || fflush(stdout) != 0)
+        die("cannot write the certificates to standard output");
+    BIO_free(b);
+}
+
+X509 *cert_or_null(CK_OBJECT_HANDLE h)
 {
     return h == CK_INVALID_HANDLE ? NULL : cert_from_object(h);
 }
@@ -380,9 +559,11 @@ static int cmd_init(int argc, char **argv)
                                          {"days", required_argument, NULL, 'd'},
                                          {"csr", required_argument, NULL, 'c'},
                                          {"out", required_argument, NULL, 'o'},
+                                         {"force", no_argument, NULL, 'F'},
                                          {NULL, 0, NULL, 0}};
     const char *subject = NULL, *csr_out = NULL, *out = NULL;
     long days = 3650;
+    int force = 0;
     CK_OBJECT_HANDLE priv, sign_priv, h;
     X509 *old_a, *a, *sc;
     char subject_buf[128], fpr[65], old_fpr[65] = "", sfpr[65];
@@ -404,11 +585,15 @@ static int cmd_init(int argc, char **argv)
         }
         case 'c': csr_out = optarg; break;
         case 'o': out = optarg; break;
+        case 'F': force = 1; break;
         default: usage_die("init", "unknown option '%s'", argv[optind - 1]);
         }
     }
     if (optind != argc)
         usage_die("init", "unexpected argument '%s'", argv[optind]);
+    if (csr_out != NULL && out != NULL)
+        usage_die("init", "--csr and --out go separately (the certificates come with import-cert)");
+    check_output("init", csr_out ? csr_out : out, force);
     need_token();
     login(CKU_USER);
 
@@ -452,15 +637,17 @@ static int cmd_init(int argc, char **argv)
         unsigned char *der = get_attr(h, CKA_VALUE, &len);
         const unsigned char *p = der;
         X509_REQ *req = d2i_X509_REQ(NULL, &p, (long)len);
-        FILE *f;
+        BIO *b = BIO_new(BIO_s_mem());
+        char *pem;
+        long pem_len;
         P11(p11->C_DestroyObject(session, h));
         if (req == NULL)
             die("the module's CSR does not parse");
-        f = fopen(csr_out, "w");
-        if (f == NULL)
-            die("cannot create %s: %s", csr_out, strerror(errno));
-        if (!PEM_write_X509_REQ(f, req) || fclose(f) != 0)
-            die("cannot write %s", csr_out);
+        if (b == NULL || !PEM_write_bio_X509_REQ(b, req))
+            die("out of memory");
+        pem_len = BIO_get_mem_data(b, &pem);
+        write_output(csr_out, pem, (size_t)pem_len, force);
+        BIO_free(b);
         fprintf(stderr, "wrote %s, the signing key's CSR: have the centre's CA sign it as a CA certificate "
                         "(basicConstraints CA:TRUE,pathlen:0; keyUsage digitalSignature,keyCertSign), then '" PROG
                         " import-cert CERT.pem'\n",
@@ -483,7 +670,7 @@ static int cmd_init(int argc, char **argv)
     fprintf(stderr, "signing certificate (issued it, signs reports) sha256:%s\n", sfpr);
     if (old_a != NULL && strcmp(old_fpr, fpr) != 0)
         say_certificate_changed(old_fpr, fpr, out);
-    write_pem_certs(a, sc, out);
+    write_pem_certs(a, sc, out, force);
     if (out)
         fprintf(stderr, "wrote %s (the Guardian certificate, then its signing certificate): give it to your OEM "
                         "customers\n",
@@ -553,9 +740,17 @@ static int cmd_cert(int argc, char **argv)
 {
     CK_OBJECT_HANDLE h;
     X509 *a, *sc;
-    const char *out = (argc == 3 && strcmp(argv[1], "--out") == 0) ? argv[2] : NULL;
-    if (argc != 1 && out == NULL)
-        usage_die("cert", "takes only --out FILE");
+    const char *out = NULL;
+    int force = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--force") == 0)
+            force = 1;
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc && out == NULL)
+            out = argv[++i];
+        else
+            usage_die("cert", "takes only --out FILE [--force]");
+    }
+    check_output("cert", out, force);
     need_token();
     h = find_identity(CKO_CERTIFICATE);
     if (h == CK_INVALID_HANDLE)
@@ -566,7 +761,7 @@ static int cmd_cert(int argc, char **argv)
         fprintf(stderr, PROG ": warning: no signing certificate in token '%s' (a Guardian made before the "
                         "signing key was split off): run '" PROG " init' once (docs/operator-guide.md)\n",
                 token_label);
-    write_pem_certs(a, sc, out);
+    write_pem_certs(a, sc, out, force);
     X509_free(a);
     X509_free(sc);
     return 0;
@@ -574,7 +769,7 @@ static int cmd_cert(int argc, char **argv)
 
 /* ---- OEM roots ------------------------------------------------------------------------ */
 
-static CK_ULONG list_roots(CK_OBJECT_HANDLE *out, CK_ULONG max)
+CK_ULONG list_roots(CK_OBJECT_HANDLE *out, CK_ULONG max)
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_BBOOL yes = CK_TRUE;
@@ -602,7 +797,33 @@ static int roots_matching(const char *prefix, CK_OBJECT_HANDLE *match)
     return matches;
 }
 
-static int confirm(const char *question)
+/* One enrolled root as a --json object: subject, sha256, oem_ids (empty: a
+ * root enrolled before roots were bound to OEM IDs). */
+void json_root(struct ctl_json *j, CK_OBJECT_HANDLE h)
+{
+    X509 *x = cert_from_object(h);
+    char fpr[65], *subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+    CK_ULONG len;
+    unsigned char *label = get_attr(h, CKA_LABEL, &len);
+    const char *prefix = "guardian-root:";
+    fingerprint(x, fpr);
+    ctl_json_object(j, NULL);
+    ctl_json_string(j, "subject", subject);
+    ctl_json_string(j, "sha256", fpr);
+    ctl_json_array(j, "oem_ids");
+    if (len > strlen(prefix) && strncmp((char *)label, prefix, strlen(prefix)) == 0)
+        for (char *id = (char *)label + strlen(prefix), *comma; *id != '\0'; id = comma ? comma + 1 : id + strlen(id)) {
+            comma = strchr(id, ',');
+            ctl_json_string_n(j, NULL, id, comma ? (size_t)(comma - id) : strlen(id));
+        }
+    ctl_json_close(j);
+    ctl_json_close(j);
+    free(label);
+    OPENSSL_free(subject);
+    X509_free(x);
+}
+
+int confirm(const char *question)
 {
     char answer[16];
     if (assume_yes)
@@ -613,8 +834,7 @@ static int confirm(const char *question)
     return fgets(answer, sizeof(answer), stdin) != NULL && (answer[0] == 'y' || answer[0] == 'Y');
 }
 
-/* "AB:CD:..." as `openssl x509 -fingerprint -sha256` prints it. */
-static void colon_fingerprint(X509 *x, char out[96])
+void colon_fingerprint(X509 *x, char out[96])
 {
     unsigned char md[32];
     unsigned int n = 0;
@@ -700,10 +920,28 @@ static int cmd_enroll(int argc, char **argv)
     return 0;
 }
 
-static int cmd_list_oems(void)
+/* list-oems --json: {"oem_roots": [{"subject", "sha256", "oem_ids": [...]}]} */
+static int json_list_oems(void)
 {
     CK_OBJECT_HANDLE roots[64];
     CK_ULONG n = list_roots(roots, 64);
+    struct ctl_json j;
+    ctl_json_begin(&j, stdout);
+    ctl_json_object(&j, NULL);
+    ctl_json_array(&j, "oem_roots");
+    for (CK_ULONG i = 0; i < n; i++)
+        json_root(&j, roots[i]);
+    ctl_json_end(&j);
+    return 0;
+}
+
+static int cmd_list_oems(void)
+{
+    CK_OBJECT_HANDLE roots[64];
+    CK_ULONG n;
+    if (json_out)
+        return json_list_oems();
+    n = list_roots(roots, 64);
     for (CK_ULONG i = 0; i < n; i++) {
         X509 *x = cert_from_object(roots[i]);
         char fpr[65], *subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
@@ -778,14 +1016,28 @@ static int cmd_import(int argc, char **argv)
     CK_OBJECT_HANDLE obj = 0;
     CK_RV rv;
 
+    struct stat st;
+
     if (argc != 2)
         usage_die("import", "takes exactly one PACKAGE");
-    need_token();
+    /* The file before the token: a directory, an empty or an oversized file
+     * is named here, not sent to the module to be refused as bytes. */
+    if (stat(argv[1], &st) != 0)
+        die("cannot open %s: %s", argv[1], strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        die("%s is a directory, not a package: name the package file (guardian-wrap create --out FILE.gpk)",
+            argv[1]);
+    if (!S_ISREG(st.st_mode))
+        die("%s is not a regular file: name the package file", argv[1]);
+    if (st.st_size == 0 || st.st_size > PACKAGE_MAX_BYTES)
+        die("%s has %lld bytes: a package has 1..%d (docs/package-format.md)", argv[1], (long long)st.st_size,
+            PACKAGE_MAX_BYTES);
     f = fopen(argv[1], "rb");
     if (f == NULL || pkg == NULL)
         die("cannot open %s: %s", argv[1], strerror(errno));
     len = fread(pkg, 1, PACKAGE_MAX_BYTES + 1, f);
     fclose(f);
+    need_token();
     login(CKU_USER);
     if (find_identity(CKO_PRIVATE_KEY) == CK_INVALID_HANDLE)
         die("no Guardian key in token '%s': run '" PROG " init' first", token_label);
@@ -816,23 +1068,36 @@ static int cmd_import(int argc, char **argv)
         P11(p11->C_GetAttributeValue(session, obj, a, sizeof(a) / sizeof(a[0])));
         oem[a[0].ulValueLen] = '\0';
         product[a[1].ulValueLen] = '\0';
-        printf("imported %s\npackage_id=", argv[1]);
-        for (int i = 0; i < 16; i++)
-            printf("%02x", id[i]);
-        printf("\noem_id=%s\nproduct_id=%s\nrelease=%lu\nauthorised_units=%lu\nremaining_units=%lu\nnot_after=%lu\n",
-               oem, product, release, authorised, remaining, not_after);
+        if (json_out) {
+            struct ctl_json j;
+            ctl_json_begin(&j, stdout);
+            ctl_json_object(&j, NULL);
+            ctl_json_string(&j, "imported", argv[1]);
+            ctl_json_hex(&j, "package_id", id, sizeof(id));
+            ctl_json_string(&j, "oem_id", oem);
+            ctl_json_string(&j, "product_id", product);
+            ctl_json_uint(&j, "release", release);
+            ctl_json_uint(&j, "authorised_units", authorised);
+            ctl_json_uint(&j, "remaining_units", remaining);
+            ctl_json_time(&j, "not_after", (int64_t)not_after);
+            ctl_json_end(&j);
+            return 0;
+        }
+        {
+            char when[32];
+            ctl_iso8601((int64_t)not_after, when);
+            printf("imported %s\npackage_id=", argv[1]);
+            for (int i = 0; i < 16; i++)
+                printf("%02x", id[i]);
+            printf("\noem_id=%s\nproduct_id=%s\nrelease=%lu\nauthorised_units=%lu\nremaining_units=%lu\n"
+                   "not_after=%s\nnot_after_unix=%lu\n",
+                   oem, product, release, authorised, remaining, when, not_after);
+        }
     }
     return 0;
 }
 
 /* ---- products and the Guardian's state, through the module ------------------------------------ */
-
-/* An installed product as its CKO_GUARDIAN_PACKAGE object describes it (the
- * module reads the object's counters live from its store). */
-struct product {
-    char oem[GUARDIAN_ID_MAX + 1], product[GUARDIAN_ID_MAX + 1];
-    CK_ULONG release, authorised, issued, remaining, not_after;
-};
 
 static int product_order(const void *a, const void *b)
 {
@@ -845,7 +1110,7 @@ static int product_order(const void *a, const void *b)
  * objects the module serves (one per installed release, CKA_PRIVATE FALSE: no
  * login needed), so the same through p11-kit-client.so as in-process, and
  * nothing of the state directory is read here.  *out is malloc'd. */
-static size_t list_products(struct product **out)
+size_t list_products(struct product **out)
 {
     CK_OBJECT_CLASS cls = CKO_GUARDIAN_PACKAGE;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
@@ -861,11 +1126,12 @@ static size_t list_products(struct product **out)
                             {CKA_GUARDIAN_AUTHORISED_UNITS, &p[i].authorised, sizeof(CK_ULONG)},
                             {CKA_GUARDIAN_ISSUED_UNITS, &p[i].issued, sizeof(CK_ULONG)},
                             {CKA_GUARDIAN_REMAINING_UNITS, &p[i].remaining, sizeof(CK_ULONG)},
-                            {CKA_GUARDIAN_NOT_AFTER, &p[i].not_after, sizeof(CK_ULONG)}};
+                            {CKA_GUARDIAN_NOT_AFTER, &p[i].not_after, sizeof(CK_ULONG)},
+                            {CKA_GUARDIAN_PACKAGE_ID, p[i].package_id, sizeof(p[i].package_id)}};
         CK_RV rv = p11->C_GetAttributeValue(session, h[i], a, sizeof(a) / sizeof(a[0]));
         if (rv != CKR_OK)
             die("cannot read package object 0x%lx: %s (0x%lx)", (unsigned long)h[i], ckr(rv), (unsigned long)rv);
-        for (size_t k = 2; k < sizeof(a) / sizeof(a[0]); k++)
+        for (size_t k = 2; k < 7; k++)
             if (a[k].ulValueLen != sizeof(CK_ULONG))
                 die("package object 0x%lx: attribute 0x%lx is not a CK_ULONG (%lu bytes): a module of another "
                     "CK_ULONG size?",
@@ -888,23 +1154,51 @@ static void print_products(const char *indent)
     for (size_t i = 0; i < n; i++) {
         char when[32];
         time_t t = (time_t)p[i].not_after;
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(when, sizeof(when), "%Y-%m-%d", &tm);
+        ctl_iso8601((int64_t)p[i].not_after, when);
         printf("%s%-16s %-20s %8lu %10lu %10lu %10lu  %s%s\n", indent, p[i].oem, p[i].product, p[i].release,
                p[i].authorised, p[i].issued, p[i].remaining, when, t < time(NULL) ? " (expired)" : "");
     }
     free(p);
 }
 
+/* A product's members in a --json object (docs/guardianctl.md). */
+void json_product(struct ctl_json *j, const struct product *p)
+{
+    ctl_json_string(j, "oem_id", p->oem);
+    ctl_json_string(j, "product_id", p->product);
+    ctl_json_uint(j, "release", p->release);
+    ctl_json_hex(j, "package_id", p->package_id, sizeof(p->package_id));
+    ctl_json_uint(j, "authorised_units", p->authorised);
+    ctl_json_uint(j, "issued_units", p->issued);
+    ctl_json_uint(j, "remaining_units", p->remaining);
+    ctl_json_time(j, "not_after", (int64_t)p->not_after);
+    ctl_json_bool(j, "expired", (time_t)p->not_after < time(NULL));
+}
+
 static int cmd_products(void)
 {
-    print_products("");
+    struct product *p;
+    size_t n;
+    struct ctl_json j;
+    if (!json_out) {
+        print_products("");
+        return 0;
+    }
+    n = list_products(&p);
+    ctl_json_begin(&j, stdout);
+    ctl_json_object(&j, NULL);
+    ctl_json_array(&j, "products");
+    for (size_t i = 0; i < n; i++) {
+        ctl_json_object(&j, NULL);
+        json_product(&j, &p[i]);
+        ctl_json_close(&j);
+    }
+    ctl_json_end(&j);
+    free(p);
     return 0;
 }
 
-/* One "key=value" line of the status text; NULL when absent. */
-static const char *status_value(const struct guardian_status *s, const char *key, char *out, size_t cap)
+const char *status_value(const struct guardian_status *s, const char *key, char *out, size_t cap)
 {
     size_t klen = strlen(key);
     for (const char *line = s->text; *line != '\0';) {
@@ -919,7 +1213,7 @@ static const char *status_value(const struct guardian_status *s, const char *key
     return NULL;
 }
 
-static unsigned long long status_number(const struct guardian_status *s, const char *key)
+unsigned long long status_number(const struct guardian_status *s, const char *key)
 {
     char v[32], *end = NULL;
     unsigned long long n;
@@ -974,7 +1268,7 @@ static void print_state(const struct guardian_status *s)
     time_t t = (time_t)s->audit_head_time;
     struct tm tm;
     if (s->audit_head_seq > 0 && gmtime_r(&t, &tm) != NULL)
-        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+        ctl_iso8601((int64_t)t, when);
     if (s->chain_ok)
         printf("  audit trail   %llu record%s, hash chain intact; head %llu, %s\n", s->audit_records,
                s->audit_records == 1 ? "" : "s", s->audit_head_seq, when);
@@ -1026,26 +1320,51 @@ static void print_state(const struct guardian_status *s)
     }
 }
 
+const char *state_unsound(const struct guardian_status *s, const char **code)
+{
+    static char msg[PATH_MAX + 512];
+    *code = "CKR_GUARDIAN_STATE_ROLLBACK";
+    /* No record at all while the token has seen some: not an old copy but no
+     * state, most often a file system that is not mounted (its mount point
+     * is an empty directory) or a state_dir naming another directory. */
+    if (strcmp(s->anchor, "behind") == 0 && s->audit_records == 0)
+        snprintf(msg, sizeof(msg),
+                 "the Guardian state in %s is empty while the token has seen record %llu "
+                 "(CKR_GUARDIAN_STATE_ROLLBACK): is the file system that holds it mounted? is state_dir (or "
+                 "GUARDIAN_STATE_DIR) the Guardian's directory? mount it or correct the setting; nothing is granted "
+                 "from an empty state",
+                 s->state_dir, s->anchor_seq);
+    else if (strcmp(s->anchor, "behind") == 0)
+        snprintf(msg, sizeof(msg),
+                 "the Guardian state in %s is older than the token's anchor (CKR_GUARDIAN_STATE_ROLLBACK): a restored "
+                 "backup, a deleted or swapped guardian.db, or another state directory; put the Guardian's current "
+                 "state back, nothing is granted from this one",
+                 s->state_dir);
+    else if (strcmp(s->anchor, "invalid") == 0)
+        snprintf(msg, sizeof(msg),
+                 "the token's state anchor is not one the Guardian wrote (CKR_GUARDIAN_STATE_ROLLBACK): the token was "
+                 "changed outside the Guardian; nothing is granted until it is put right");
+    else if (!s->chain_ok) {
+        *code = "CKR_GUARDIAN_AUDIT_CORRUPT";
+        snprintf(msg, sizeof(msg),
+                 "the audit trail in %s is corrupt after record %llu (CKR_GUARDIAN_AUDIT_CORRUPT): a record was "
+                 "altered, removed or reordered; the module's log line names it",
+                 s->state_dir, s->audit_records);
+    } else
+        return NULL;
+    return msg;
+}
+
 void die_if_state_unsound(const struct guardian_status *s)
 {
-    if (strcmp(s->anchor, "behind") == 0)
-        die("the Guardian state in %s is older than the token's anchor (CKR_GUARDIAN_STATE_ROLLBACK): a restored "
-            "backup, a deleted or swapped guardian.db, or another state directory; put the Guardian's current state "
-            "back, nothing is granted from this one",
-            s->state_dir);
-    if (strcmp(s->anchor, "invalid") == 0)
-        die("the token's state anchor is not one the Guardian wrote (CKR_GUARDIAN_STATE_ROLLBACK): the token was "
-            "changed outside the Guardian; nothing is granted until it is put right");
-    if (!s->chain_ok)
-        die("the audit trail in %s is corrupt after record %llu (CKR_GUARDIAN_AUDIT_CORRUPT): a record was "
-            "altered, removed or reordered; the module's log line names it",
-            s->state_dir, s->audit_records);
+    const char *code, *msg = state_unsound(s, &code);
+    if (msg != NULL)
+        die("%s", msg);
 }
 
 /* ---- status ------------------------------------------------------------------------------------ */
 
-/* A fixed-width, blank-padded CK_TOKEN_INFO / CK_INFO field without its padding. */
-static void trimmed(char *out, const CK_UTF8CHAR *field, size_t width)
+void trimmed(char *out, const CK_UTF8CHAR *field, size_t width)
 {
     size_t n = width;
     while (n > 0 && (field[n - 1] == ' ' || field[n - 1] == '\0'))
@@ -1084,13 +1403,7 @@ static void print_token_flags(CK_FLAGS f)
     printf("\n");
 }
 
-/* One line of the probe's text: "<name> <verdict> <CKR> <sentence>". */
-struct probe_line {
-    char name[40], verdict[16], rv[64];
-    const char *sentence;
-};
-
-static int parse_probe_line(char *line, struct probe_line *out)
+int parse_probe_line(char *line, struct probe_line *out)
 {
     int off = 0;
     if (sscanf(line, "%39s %15s %63s %n", out->name, out->verdict, out->rv, &off) != 3 || off == 0)
@@ -1099,20 +1412,15 @@ static int parse_probe_line(char *line, struct probe_line *out)
     return 1;
 }
 
-static int cmd_status(void)
+void status_report(const struct guardian_status *s)
 {
-    struct guardian_status gs;
+    struct guardian_status gs = *s;
     CK_TOKEN_INFO ti;
     CK_OBJECT_HANDLE cert, roots[64], probe_out = CK_INVALID_HANDLE;
     CK_ULONG n_roots, probe_len = 0;
     char field[65], *probe_text = NULL, *save = NULL, *line;
     int n_not = 0;
     CK_RV rv;
-
-    login(CKU_USER);
-    /* What only the store knows, from the module (its configuration and its
-     * state may be another account's: the Guardian service). */
-    read_status(&gs);
 
     P11(p11->C_GetTokenInfo(slot, &ti));
     printf("Token\n");
@@ -1184,7 +1492,7 @@ static int cmd_status(void)
         printf("  none ('" PROG " enroll-oem ROOT.pem --oem-id OEM')\n");
 
     printf("\nProducts\n");
-    print_products("  ");
+    print_status_products(&gs, "  ");
 
     printf("\nGuardian state (checked by the module now)\n");
     print_state(&gs);
@@ -1238,10 +1546,6 @@ static int cmd_status(void)
                "setting removes.)\n");
     printf("Service mode (p11-kit server, next issue) removes that: the operators never hold the backend's PIN.\n");
     free(probe_text);
-    /* Everything is shown; a state that grants nothing ends in a refusal. */
-    die_if_state_unsound(&gs);
-    free(gs.text);
-    return 0;
 }
 
 /* ---- main -------------------------------------------------------------------------------------- */
@@ -1262,46 +1566,54 @@ static int run_products(int argc, char **argv)
     return cmd_products();
 }
 
-static int run_status(int argc, char **argv)
-{
-    if (argc != 1)
-        usage_die("status", "unexpected argument '%s'", argv[1]);
-    need_token();
-    return cmd_status();
-}
-
 /* The commands: their usage, the options they take ("name=" takes a value),
  * main checks a command's options against this
  * table, and answers --help, before anything is loaded or opened. */
 static const struct command {
     const char *name, *args, *about;
-    const char *opts[10];
+    const char *opts[12];
     int (*run)(int argc, char **argv);
 } commands[] = {
-    {"init", "[--subject /CN=NAME] [--days N] [--csr FILE] [--out FILE]",
+    {"init", "[--subject /CN=NAME] [--days N] [--csr FILE | --out FILE] [--force]",
      "create the Guardian's key pairs (agreement, signing) and certificates\n"
      "(or the signing key's CSR); upgrades a one-key Guardian",
-     {"subject=", "days=", "csr=", "out="}, cmd_init},
+     {"subject=", "days=", "csr=", "out=", "force"}, cmd_init},
     {"import-cert", "CERT", "install a CA-signed certificate for the signing key (or agreement key)", {""}, cmd_import_cert},
-    {"cert", "[--out FILE]", "print the Guardian certificate, then its signing certificate (PEM)", {"out="}, cmd_cert},
+    {"cert", "[--out FILE] [--force]", "print the Guardian certificate, then its signing certificate (PEM)",
+     {"out=", "force"}, cmd_cert},
     {"enroll-oem", "ROOT.pem --oem-id OEM [--oem-id OEM...] [--yes]", "trust an OEM root (Security Officer)",
      {"oem-id=", "yes"}, cmd_enroll},
-    {"list-oems", "", "list enrolled OEM roots", {""}, run_list_oems},
+    {"list-oems", "[--json]", "list enrolled OEM roots", {"json"}, run_list_oems},
     {"remove-oem", "FINGERPRINT-PREFIX [--yes]", "remove an OEM root (Security Officer)", {"yes"}, cmd_remove_oem},
-    {"import", "PACKAGE", "import a wrapped package (unwrapped inside the HSM by the module)", {""}, cmd_import},
-    {"products", "", "installed products, quotas, remaining units (the module's package objects)", {""}, run_products},
-    {"status", "",
-     "token, backend, identity, OEM roots, products, the state (audit chain,\n"
-     "anchor; checked by the module now), and what the backend\n"
-     "itself enforces against someone who holds its own PIN",
-     {""}, run_status},
+    {"import", "PACKAGE [--json]", "import a wrapped package (unwrapped inside the HSM by the module)", {"json"},
+     cmd_import},
+    {"products", "[--json]", "installed products, quotas, remaining units (the module's package objects)", {"json"},
+     run_products},
+    {"status", "[--json] [--watch [SECONDS]]",
+     "token, backend, identity, OEM roots, products with the running lines'\n"
+     "rate and ETA, the state (audit chain, anchor; checked by the module\n"
+     "now), and what the backend itself enforces against someone who holds\n"
+     "its own PIN; --watch refreshes every SECONDS (default 2) until Ctrl-C",
+     {"json", "watch"}, run_status},
     {"provision",
      "--product OEM/PRODUCT --count N [--out DIR] [--threads T] [--first K]\n"
-     "    [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet]",
-     "issue certificates for N simulated parts (resumable)",
-     {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet"}, cmd_provision},
-    {"audit", "export [--product OEM/PRODUCT] [--out FILE]",
-     "the audit trail and certificates, signed by the Guardian's signing key", {"product=", "out="}, cmd_audit},
+     "    [--prefix SN-] [--key-type p256|p384|rsa2048] [--quiet] [--reissue]\n"
+     "    [--manifest FILE] [--json]",
+     "issue certificates for N simulated parts (resumable); each is listed\n"
+     "in the manifest (default DIR/manifest.jsonl) once its file is durable",
+     {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet", "reissue", "manifest=",
+      "json"},
+     cmd_provision},
+    {"retire-ca", "--product OEM/PRODUCT --release N [--yes] [--json]",
+     "destroy a superseded release's production CA key in the token\n"
+     "(recorded in the audit trail; never the installed release's)",
+     {"product=", "release=", "yes", "json"}, cmd_retire_ca},
+    {"audit", "export [--product OEM/PRODUCT] [--out FILE] [--force] [--json]",
+     "the audit trail and certificates, signed by the Guardian's signing key", {"product=", "out=", "force", "json"},
+     cmd_audit},
+    {"part", "--product OEM/PRODUCT (--device ID | --from FILE) [--hex] programmed|scrapped",
+     "report what became of issued parts (an OUTCOME audit record each)", {"product=", "device=", "from=", "hex"},
+     cmd_part},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -1320,14 +1632,14 @@ static void usage(FILE *f)
         }
     }
     fprintf(f, "PINs: GUARDIAN_PIN, GUARDIAN_SO_PIN, else asked on the terminal.\n"
-               "Exit status: 0 done; 1 refused or failed; 2 usage error; 130 provision interrupted.\n");
+               "Exit status (as guardian-wrap): 0 done; 1 refused or failed; 2 usage error; 130 interrupted.\n");
 }
 
 static void command_usage(const struct command *c)
 {
     printf("usage: " PROG " [--module PATH] [--token LABEL] %s %s\n%s\n", c->name, c->args, c->about);
-    printf("docs/guardianctl.md; exit status: 0 done, 1 refused or failed, 2 usage error%s.\n",
-           strcmp(c->name, "provision") == 0 ? ", 130 interrupted" : "");
+    printf("guardianctl(1), docs/guardianctl.md; exit status: 0 done, 1 refused or failed, 2 usage error, "
+           "130 interrupted.\n");
 }
 
 /* 1 if `arg` ("--name" or "--name=value") is one of c's options; *takes_value
@@ -1442,10 +1754,13 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": unknown command '%s' (" PROG " --help)\n", argv[i]);
         return EXIT_USAGE;
     }
+    for (int j = i + 1; j < argc; j++) /* so that a usage error is JSON too */
+        if (strcmp(argv[j], "--json") == 0)
+            json_out = 1;
     cargv = check_options(cmd, argc - i, argv + i, &cargc);
     for (int j = 1; j < cargc; j++)
-        if (strcmp(cargv[j], "--yes") == 0) {
-            assume_yes = 1;
+        if (strcmp(cargv[j], "--yes") == 0 || strcmp(cargv[j], "--json") == 0) {
+            *(strcmp(cargv[j], "--yes") == 0 ? &assume_yes : &json_out) = 1;
             memmove(cargv + j, cargv + j + 1, (size_t)(cargc - j) * sizeof(*cargv));
             cargc--;
             j--;

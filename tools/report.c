@@ -13,6 +13,9 @@
  */
 #include "report.h"
 
+#include "cert_builder.h" /* the subject a template gives: mechs/cert_builder.c */
+#include "package.h"      /* DeviceCertTemplate and its device-extension setting */
+
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,8 +29,10 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-/* GUARDIAN_OID_ARC ".3" (mechs/package.h): the device certificate extension. */
-#define REPORT_DEVICE_EXT_OID "2.25.62758544141009244537205961397770264239.3"
+/* The device certificate extension of a release whose template the report
+ * does not carry (versions 1 and 2) and no --device-ext-oid names: the
+ * legacy default (mechs/package.h). */
+#define REPORT_DEVICE_EXT_OID GUARDIAN_OID_DEVICE
 #define REPORT_PROBLEMS_SHOWN 100
 #define REPORT_PEM_BEGIN "-----BEGIN CERTIFICATE-----"
 #define REPORT_PEM_END "-----END CERTIFICATE-----"
@@ -213,6 +218,13 @@ struct rpkg {
     uint64_t authorised, reserved, released, issued, certs_ok, net, peak;
     uint64_t lost; /* reserved, not issued, and named by a JOURNAL-LOST record */
     int over;
+    /* Its template (the report's template line, or the --package file's),
+     * decoded: its certificates' profile (attach_template). */
+    GUARDIAN_CERT_TEMPLATE *tmpl;      /* NULL: none known */
+    int tmpl_bad;                      /* a template line that does not decode (reported) */
+    struct guardian_subject_pattern *subject;
+    uint8_t ext_oid[GUARDIAN_DEVICE_EXT_OID_MAX];
+    int ext_oid_len;                   /* 0: no device-identity extension */
 };
 
 enum { S_RESERVED = 1, S_ISSUED, S_RELEASED };
@@ -242,7 +254,7 @@ struct vctx {
     const struct report_inputs *in;
     unsigned long problems, line;
     int parse_failed;
-    int version; /* of the report: 1 (REPORT_MAGIC_1) or 2 */
+    int version; /* of the report: 1 (REPORT_MAGIC_1), 2 (REPORT_MAGIC_2) or 3 */
     /* header */
     int64_t exported;
     int scoped;
@@ -262,6 +274,8 @@ struct vctx {
     size_t serial_cap;
     struct rcert *certs;
     size_t n_certs;
+    struct rcert *tmpls; /* template lines (version 3), in record order */
+    size_t n_tmpls;
     struct rop *ops; /* [OP_NOT_RECORDED] is a placeholder */
     size_t n_ops, last_op;
     const char *sig;
@@ -395,7 +409,7 @@ const char *report_parse_record(const char *s, size_t len, struct guardian_audit
     r->encoding = n == 15 ? GUARDIAN_AUDIT_ENCODING_2 : GUARDIAN_AUDIT_ENCODING_1;
     last = n - 1;
     for (int t = GUARDIAN_AUDIT_IMPORT; t <= TYPE_MAX; t++)
-        if (field_is(f[2], fl[2], type_names[t]))
+        if (type_names[t] != NULL && field_is(f[2], fl[2], type_names[t]))
             type = t;
     if (!get_u64(f[1], fl[1], INT64_MAX, &r->seq) || r->seq == 0)
         return "bad record number";
@@ -605,7 +619,33 @@ static int parse_pem(struct vctx *v, const char *start, const char *end, unsigne
 
 /* SEC_PEM_NEXT: after A, either S's block or (a one-key report) the body. */
 enum section { SEC_MAGIC, SEC_EXPORTED, SEC_SCOPE, SEC_HEAD, SEC_PEM, SEC_IN_PEM, SEC_PEM_NEXT, SEC_PRODUCTS,
-               SEC_RECORDS, SEC_CERTS, SEC_SIGNATURE, SEC_END };
+               SEC_RECORDS, SEC_TEMPLATES, SEC_CERTS, SEC_SIGNATURE, SEC_END };
+
+/* "WORD SEQ BASE64" (a certificate or template line) into `into`, in record
+ * order, one per record. */
+static int parse_seq_b64(struct vctx *v, const char *s, size_t l, const char *what, uint64_t *last,
+                         struct rcert *into, size_t *n)
+{
+    const char *f[3];
+    size_t fl[3];
+    uint64_t seq;
+    char again[32];
+    if (split(s, l, f, fl, 3) != 3 || !get_u64(f[1], fl[1], INT64_MAX, &seq))
+        return malformed(v, "a %s line is '%s SEQ BASE64-DER'", what, what);
+    snprintf(again, sizeof(again), "%llu", (unsigned long long)seq);
+    if (strlen(again) != fl[1])
+        return malformed(v, "not in canonical form");
+    if (seq <= *last)
+        return malformed(v, "%s lines must be in record order, one per record", what);
+    *last = seq;
+    if (*n == v->cap_recs)
+        return malformed(v, "more %s lines than records", what);
+    into[*n].seq = seq;
+    into[*n].b64 = f[2];
+    into[*n].len = fl[2];
+    into[(*n)++].line = v->line;
+    return 1;
+}
 
 static int parse(struct vctx *v, const uint8_t *data, size_t len)
 {
@@ -613,7 +653,7 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
     enum section sec = SEC_MAGIC;
     const char *pem_start = NULL;
     unsigned long pem_line = 0, pem_lines = 0;
-    uint64_t last_cert_seq = 0;
+    uint64_t last_cert_seq = 0, last_tmpl_seq = 0;
 
     if (len > REPORT_MAX_BYTES) {
         v->line = 0;
@@ -627,10 +667,11 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
         v->cap_recs = lines < REPORT_MAX_RECORDS ? lines : REPORT_MAX_RECORDS;
         v->recs = calloc(v->cap_recs + 1, sizeof(*v->recs));
         v->certs = calloc(v->cap_recs + 1, sizeof(*v->certs));
+        v->tmpls = calloc(v->cap_recs + 1, sizeof(*v->tmpls));
         v->products = calloc(REPORT_MAX_PRODUCTS, sizeof(*v->products));
         v->ops = calloc(REPORT_MAX_OPERATORS, sizeof(*v->ops));
         v->n_ops = OP_NOT_RECORDED + 1;
-        if (v->recs == NULL || v->certs == NULL || v->products == NULL || v->ops == NULL) {
+        if (v->recs == NULL || v->certs == NULL || v->tmpls == NULL || v->products == NULL || v->ops == NULL) {
             v->line = 0;
             return malformed(v, "out of memory");
         }
@@ -667,12 +708,14 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
         switch (sec) {
         case SEC_MAGIC:
             if (l == strlen(REPORT_MAGIC) && memcmp(s, REPORT_MAGIC, l) == 0)
-                v->version = 2;
+                v->version = 3;
+            else if (l == strlen(REPORT_MAGIC_2) && memcmp(s, REPORT_MAGIC_2, l) == 0)
+                v->version = 2; /* made before reports carried the templates */
             else if (l == strlen(REPORT_MAGIC_1) && memcmp(s, REPORT_MAGIC_1, l) == 0)
                 v->version = 1; /* made before operators were recorded */
             else
                 return malformed(v, "not a Guardian audit report (the first line must be '" REPORT_MAGIC
-                                    "', or '" REPORT_MAGIC_1 "' for an earlier one)");
+                                    "', or '" REPORT_MAGIC_2 "' or '" REPORT_MAGIC_1 "' for an earlier one)");
             sec = SEC_EXPORTED;
             continue;
         case SEC_EXPORTED:
@@ -740,32 +783,24 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
                 return 0;
         } else if ((l > 7 && memcmp(s, "record ", 7) == 0) || (l > 9 && memcmp(s, "redacted ", 9) == 0)) {
             if (sec > SEC_RECORDS)
-                return malformed(v, "a record line after the certificates");
+                return malformed(v, "a record line after the templates or certificates");
             sec = SEC_RECORDS;
             if (v->n_recs == v->cap_recs)
                 return malformed(v, "more than %zu records", REPORT_MAX_RECORDS);
             if (!(s[2] == 'c' ? parse_record(v, s, l) : parse_redacted(v, s, l)))
                 return 0;
+        } else if (l > 9 && memcmp(s, "template ", 9) == 0) {
+            if (v->version < 3)
+                return malformed(v, "a template line in a version %d report", v->version);
+            if (sec > SEC_TEMPLATES)
+                return malformed(v, "a template line after the certificates");
+            sec = SEC_TEMPLATES;
+            if (!parse_seq_b64(v, s, l, "template", &last_tmpl_seq, v->tmpls, &v->n_tmpls))
+                return 0;
         } else if (l > 12 && memcmp(s, "certificate ", 12) == 0) {
-            const char *f[3];
-            size_t fl[3];
-            uint64_t seq;
-            char again[32];
             sec = SEC_CERTS;
-            if (split(s, l, f, fl, 3) != 3 || !get_u64(f[1], fl[1], INT64_MAX, &seq))
-                return malformed(v, "a certificate line is 'certificate SEQ BASE64-DER'");
-            snprintf(again, sizeof(again), "%llu", (unsigned long long)seq);
-            if (strlen(again) != fl[1])
-                return malformed(v, "not in canonical form");
-            if (seq <= last_cert_seq)
-                return malformed(v, "certificate lines must be in record order, one per record");
-            last_cert_seq = seq;
-            if (v->n_certs == v->cap_recs)
-                return malformed(v, "more certificate lines than records");
-            v->certs[v->n_certs].seq = seq;
-            v->certs[v->n_certs].b64 = f[2];
-            v->certs[v->n_certs].len = fl[2];
-            v->certs[v->n_certs++].line = v->line;
+            if (!parse_seq_b64(v, s, l, "certificate", &last_cert_seq, v->certs, &v->n_certs))
+                return 0;
         } else if (l > 10 && memcmp(s, "signature ", 10) == 0) {
             if (sec < SEC_PRODUCTS)
                 return malformed(v, "the signature line comes last");
@@ -774,8 +809,8 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
             v->sig_len = l - 10;
             sec = SEC_END;
         } else {
-            return malformed(v, "unknown line (a line starts with product, record, redacted, certificate or "
-                                "signature)");
+            return malformed(v, "unknown line (a line starts with product, record, redacted, template, "
+                                "certificate or signature)");
         }
     }
     if (sec == SEC_MAGIC) {
@@ -959,6 +994,13 @@ static void check_chain(struct vctx *v)
         r->cert_len = v->certs[i].len;
         r->cert_line = v->certs[i].line;
     }
+    /* Templates to their IMPORT records (attached to the package by check_accounting). */
+    for (size_t i = 0; i < v->n_tmpls; i++) {
+        const struct rrec *r = find_rec(v, v->tmpls[i].seq);
+        if (r == NULL || r->type != GUARDIAN_AUDIT_IMPORT)
+            problem(v, "line %lu: a template for record %llu, which is not an IMPORT record in this report",
+                    v->tmpls[i].line, (unsigned long long)v->tmpls[i].seq);
+    }
     if (v->n_recs == 0) {
         if (v->head_seq != 0 || memcmp(v->head_hash, zeros, GUARDIAN_HASH_LEN) != 0)
             problem(v, "the report has no records but its head is record %llu", (unsigned long long)v->head_seq);
@@ -1018,10 +1060,149 @@ static void check_clock(struct vctx *v)
 
 /* ---- certificates ------------------------------------------------------------------------ */
 
+/* The template of the package IMPORT record `seq` imported, decoded into
+ * `pkg`: strict DER, a device-extension setting the Guardian accepts, a
+ * subject pattern it can fill.  From the report's template line (version 3);
+ * for a report without one (versions 1 and 2), from the OEM's package file of
+ * that digest if --package gave it.  Without either, the package's
+ * certificates are checked against --device-ext-oid or the legacy default,
+ * as before. */
+static void attach_template(struct vctx *v, struct rpkg *pkg)
+{
+    size_t lo = 0, hi = v->n_tmpls, der_len = 0;
+    const struct rcert *t = NULL;
+    const struct report_package *f = NULL;
+    uint8_t *der = NULL, *again_der = NULL;
+    const uint8_t *src;
+    const unsigned char *p;
+    char again[REPORT_MAX_LINE], err[200], from[300];
+    const char *why = NULL;
+    int n;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v->tmpls[mid].seq < pkg->seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < v->n_tmpls && v->tmpls[lo].seq == pkg->seq) {
+        t = &v->tmpls[lo];
+        snprintf(from, sizeof(from), "line %lu: the template", t->line);
+    } else {
+        for (size_t j = 0; j < v->in->n_packages && f == NULL; j++)
+            if (v->in->packages[j].cert_template != NULL &&
+                memcmp(v->in->packages[j].digest, pkg->digest, GUARDIAN_HASH_LEN) == 0)
+                f = &v->in->packages[j];
+        if (f == NULL)
+            return;
+        snprintf(from, sizeof(from), "the template in package %s", f->name);
+    }
+    pkg->tmpl_bad = 1;
+    if (t != NULL) {
+        der = get_base64(t->b64, t->len, &der_len);
+        if (der == NULL || report_base64(der, der_len, again, sizeof(again)) != t->len ||
+            memcmp(again, t->b64, t->len) != 0) {
+            why = "it is not canonical base64";
+            goto out;
+        }
+        src = der;
+    } else {
+        src = f->cert_template;
+        der_len = f->cert_template_len;
+    }
+    p = src;
+    pkg->tmpl = d2i_GUARDIAN_CERT_TEMPLATE(NULL, &p, (long)der_len);
+    n = pkg->tmpl ? i2d_GUARDIAN_CERT_TEMPLATE(pkg->tmpl, &again_der) : -1;
+    if (pkg->tmpl == NULL || p != src + der_len || n < 0 || (size_t)n != der_len ||
+        memcmp(again_der, src, der_len) != 0) {
+        why = "it is not a DER DeviceCertTemplate";
+        goto out;
+    }
+    pkg->ext_oid_len = guardian_template_device_ext(pkg->tmpl, pkg->ext_oid);
+    if (pkg->ext_oid_len < 0) {
+        why = "its device-identity extension setting is invalid";
+        goto out;
+    }
+    pkg->subject = calloc(1, sizeof(*pkg->subject));
+    if (pkg->subject == NULL ||
+        !guardian_subject_pattern_parse((const char *)ASN1_STRING_get0_data(pkg->tmpl->subject),
+                                        (size_t)ASN1_STRING_length(pkg->tmpl->subject), pkg->subject, err,
+                                        sizeof(err))) {
+        why = pkg->subject == NULL ? "out of memory" : err;
+        goto out;
+    }
+    pkg->tmpl_bad = 0;
+out:
+    if (why != NULL) {
+        problem(v, "%s of record %llu (%s release %u) does not decode: %s", from, (unsigned long long)pkg->seq,
+                v->products[pkg->product].name, pkg->release, why);
+        GUARDIAN_CERT_TEMPLATE_free(pkg->tmpl);
+        pkg->tmpl = NULL;
+        free(pkg->subject);
+        pkg->subject = NULL;
+    }
+    OPENSSL_free(again_der);
+    free(der);
+}
+
+/* The certificate's subject is the template's pattern filled with the
+ * record's IDs: the device ID as text (if its bytes are a text ID's) or in
+ * lowercase hex (a binary ID), as the module fills it.  What ties a
+ * certificate without the device-identity extension to its record, with its
+ * serialNumber and SHA-256. */
+static int check_subject(const X509 *x, const struct rproduct *prod, const uint8_t *dev, size_t dev_len,
+                         const struct rpkg *pkg)
+{
+    uint8_t want[GUARDIAN_CERT_BUF];
+    char text[2 * GUARDIAN_DEVICE_ID_MAX + 1];
+    unsigned char *have = NULL;
+    int have_len = i2d_X509_NAME(X509_get_subject_name(x), &have), ok = 0, is_text = dev_len > 0;
+    size_t n;
+
+    for (size_t i = 0; i < dev_len; i++)
+        is_text = is_text && guardian_id_char(dev[i]);
+    for (int form = 0; form < 2 && !ok && have_len > 0; form++) {
+        if (form == 0 && !is_text)
+            continue;
+        if (form == 0) {
+            memcpy(text, dev, dev_len);
+            text[dev_len] = '\0';
+        } else {
+            put_hex(text, dev, dev_len);
+        }
+        n = guardian_subject_der(pkg->subject, text, prod->oem_id, prod->product_id, want, sizeof(want), NULL, 0);
+        ok = n > 0 && n == (size_t)have_len && memcmp(want, have, n) == 0;
+    }
+    OPENSSL_free(have);
+    return ok;
+}
+
+/* A certificate of a template without the device-identity extension has the
+ * profile's standard extensions only. */
+static int only_standard_extensions(const X509 *x)
+{
+    static const int allowed[] = {NID_basic_constraints, NID_key_usage, NID_ext_key_usage,
+                                  NID_authority_key_identifier, NID_subject_key_identifier};
+    for (int i = 0; i < X509_get_ext_count(x); i++) {
+        int nid = OBJ_obj2nid(X509_EXTENSION_get_object(X509_get_ext(x, i))), found = 0;
+        for (size_t k = 0; k < sizeof(allowed) / sizeof(allowed[0]); k++)
+            found = found || nid == allowed[k];
+        if (!found)
+            return 0;
+    }
+    return 1;
+}
+
 static int check_ext(const struct vctx *v, const X509 *x, const struct rproduct *prod, const uint8_t *dev,
                      size_t dev_len, const struct rpkg *pkg, const char **why)
 {
-    ASN1_OBJECT *oid = OBJ_txt2obj(v->in->device_ext_oid != NULL ? v->in->device_ext_oid : REPORT_DEVICE_EXT_OID, 1);
+    /* The release's own setting when the report carries its template; else
+     * what the OEM says (--device-ext-oid), else the legacy default. */
+    const char *flag = v->in->device_ext_oid != NULL ? v->in->device_ext_oid : REPORT_DEVICE_EXT_OID;
+    ASN1_OBJECT *oid = pkg->tmpl != NULL
+                           ? ASN1_OBJECT_create(NID_undef, (unsigned char *)pkg->ext_oid, pkg->ext_oid_len, NULL, NULL)
+                           : OBJ_txt2obj(flag, 1);
     int idx = oid ? X509_get_ext_by_OBJ(x, oid, -1) : -1, ok = 0;
     X509_EXTENSION *e;
     const ASN1_OCTET_STRING *val;
@@ -1082,10 +1263,34 @@ out:
     return ok;
 }
 
+/* The i-th production chain given (0: ca_chain, then more_chains), or NULL. */
+static STACK_OF(X509) *input_chain(const struct report_inputs *in, size_t i)
+{
+    STACK_OF(X509) *c = i == 0 ? in->ca_chain : i <= in->n_more_chains ? in->more_chains[i - 1] : NULL;
+    return c != NULL && sk_X509_num(c) > 0 ? c : NULL;
+}
+
+/* The chain whose production CA issued x: the first given whose CA's
+ * subject is x's issuer name and whose key verifies x's signature (two OEMs'
+ * CAs may well share a name); else the first given, so that the caller names
+ * the certificate as not verifying against the production CA. */
+static STACK_OF(X509) *chain_for(const struct report_inputs *in, X509 *x)
+{
+    for (size_t i = 0; i <= in->n_more_chains; i++) {
+        STACK_OF(X509) *c = input_chain(in, i);
+        X509 *ca = c != NULL ? sk_X509_value(c, 0) : NULL;
+        if (ca != NULL && X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(ca)) == 0 &&
+            X509_verify(x, X509_get0_pubkey(ca)) == 1)
+            return c;
+    }
+    return input_chain(in, 0);
+}
+
 static void check_certificate(struct vctx *v, const struct rrec *r, struct rpkg *pkg)
 {
     const struct rproduct *prod = &v->products[r->product];
-    X509 *ca = v->in->ca_chain && sk_X509_num(v->in->ca_chain) > 0 ? sk_X509_value(v->in->ca_chain, 0) : NULL;
+    STACK_OF(X509) *chain = NULL;
+    X509 *ca = NULL;
     size_t der_len = 0;
     uint8_t *der, md[32], dev[GUARDIAN_DEVICE_ID_MAX], serial[16], want[16];
     unsigned int mdl = 0;
@@ -1125,6 +1330,8 @@ static void check_certificate(struct vctx *v, const struct rrec *r, struct rpkg 
     if (r->dev_len)
         get_hex(r->dev_hex, 2u * r->dev_len, dev, r->dev_len);
     nid = X509_get_signature_nid(x);
+    chain = chain_for(v->in, x);
+    ca = chain != NULL ? sk_X509_value(chain, 0) : NULL;
     if (ca != NULL) {
         if (X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(ca)) != 0 ||
             X509_verify(x, X509_get0_pubkey(ca)) != 1) {
@@ -1134,7 +1341,7 @@ static void check_certificate(struct vctx *v, const struct rrec *r, struct rpkg 
         }
         if (v->root_store != NULL) {
             X509_STORE_CTX *sc = X509_STORE_CTX_new();
-            int ok = sc && X509_STORE_CTX_init(sc, v->root_store, x, v->in->ca_chain) == 1 &&
+            int ok = sc && X509_STORE_CTX_init(sc, v->root_store, x, chain) == 1 &&
                      X509_verify_cert(sc) == 1;
             if (!ok)
                 problem(v, "certificate for serial %llu (record %llu) does not chain to the OEM root: %s",
@@ -1160,8 +1367,23 @@ static void check_certificate(struct vctx *v, const struct rrec *r, struct rpkg 
         why = "its serialNumber does not carry the record's serial and package";
         goto out;
     }
-    if (!check_ext(v, x, prod, dev, r->dev_len, pkg, &why))
+    if (pkg->tmpl_bad) {
+        why = "its release's template in the report does not decode";
         goto out;
+    }
+    if (pkg->tmpl != NULL && !check_subject(x, prod, dev, r->dev_len, pkg)) {
+        why = "its subject is not the release's subject pattern filled with the record's IDs";
+        goto out;
+    }
+    if (pkg->tmpl != NULL && pkg->ext_oid_len == 0) {
+        if (!only_standard_extensions(x)) {
+            why = "it has an extension its release's template does not give (the template says no device-identity "
+                  "extension)";
+            goto out;
+        }
+    } else if (!check_ext(v, x, prod, dev, r->dev_len, pkg, &why)) {
+        goto out;
+    }
     pkg->certs_ok++;
 out:
     if (why != NULL)
@@ -1326,6 +1548,41 @@ static void check_export(struct vctx *v, const struct rrec *r)
                 (unsigned long long)r->seq, v->products[r->product].name);
 }
 
+/* RETIRE: a superseded release's production CA key destroyed.  Nothing is
+ * counted; the fields must be those the store writes (the IDs, the package
+ * and its release, the operator; serial, device, digest and units zero), the
+ * package one that a record before it imported for that product and
+ * release, not the product's installed one at that point, and retired once. */
+static void check_retire(struct vctx *v, size_t at, const struct rproduct *prod)
+{
+    static const uint8_t zeros[GUARDIAN_HASH_LEN];
+    const struct rrec *r = &v->recs[at];
+    long found = -1;
+
+    if (r->serial != 0 || r->dev_len != 0 || memcmp(r->digest, zeros, sizeof(r->digest)) != 0 || r->units != 0) {
+        problem(v, "record %llu (RETIRE) is malformed: it has no serial, device, digest or units",
+                (unsigned long long)r->seq);
+        return;
+    }
+    for (size_t k = 0; k < v->n_pkgs; k++)
+        if (memcmp(v->pkgs[k].id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0 && v->pkgs[k].product == r->product &&
+            v->pkgs[k].release == r->release)
+            found = (long)k;
+    if (found < 0) {
+        problem(v, "record %llu (RETIRE) retires release %u of %s, which no record before it imported",
+                (unsigned long long)r->seq, r->release, prod->name);
+        return;
+    }
+    if (prod->pkg == found)
+        problem(v, "record %llu (RETIRE) retires release %u of %s while it is the installed release",
+                (unsigned long long)r->seq, r->release, prod->name);
+    for (size_t i = 0; i < at; i++)
+        if (v->recs[i].type == GUARDIAN_AUDIT_RETIRE && v->recs[i].seq != r->seq &&
+            memcmp(v->recs[i].package_id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0)
+            problem(v, "record %llu (RETIRE) retires release %u of %s again (record %llu did)",
+                    (unsigned long long)r->seq, r->release, prod->name, (unsigned long long)v->recs[i].seq);
+}
+
 /* The scope an EXPORT record names, as the scope line writes it. */
 static void export_scope(const struct vctx *v, const struct rrec *r, char *out, size_t cap)
 {
@@ -1406,6 +1663,10 @@ static void check_accounting(struct vctx *v)
             continue;
         }
         prod = &v->products[r->product];
+        if (r->type == GUARDIAN_AUDIT_RETIRE) {
+            check_retire(v, i, prod);
+            continue;
+        }
         if (r->type == GUARDIAN_AUDIT_IMPORT) {
             for (size_t k = 0; k < v->n_pkgs; k++)
                 if (memcmp(v->pkgs[k].id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0)
@@ -1425,6 +1686,7 @@ static void check_accounting(struct vctx *v)
             memcpy(pkg->digest, r->digest, sizeof(pkg->digest));
             pkg->release = r->release;
             pkg->authorised = r->units;
+            attach_template(v, pkg);
             prod->pkg = (long)v->n_pkgs++;
             continue;
         }
@@ -1432,6 +1694,8 @@ static void check_accounting(struct vctx *v)
             check_lost(v, r, prod);
             continue;
         }
+        if (r->type == GUARDIAN_AUDIT_OUTCOME || r->type == GUARDIAN_AUDIT_REISSUE)
+            continue; /* a device's records: check_devices */
         if (r->serial == 0) {
             problem(v, "record %llu (%s) has serial 0", seq, type_names[r->type]);
             continue;
@@ -1568,6 +1832,15 @@ static void check_oem_inputs(struct vctx *v)
                     (unsigned long long)k->authorised, f->oem_id, f->product_id, f->release_version,
                     (unsigned long long)f->authorised_units);
         }
+        if (f->cert_template != NULL && k->tmpl != NULL) {
+            unsigned char *der = NULL;
+            int n = i2d_GUARDIAN_CERT_TEMPLATE(k->tmpl, &der);
+            if (n < 0 || (size_t)n != f->cert_template_len || memcmp(der, f->cert_template, (size_t)n) != 0)
+                problem(v, "record %llu imports package %s but the report's template of it differs from the "
+                           "package's (its certificates were checked against the report's)",
+                        (unsigned long long)k->seq, f->name);
+            OPENSSL_free(der);
+        }
         if (k->peak > f->authorised_units && k->authorised == f->authorised_units && k->over)
             continue; /* already reported against the same number */
         if (k->peak > f->authorised_units)
@@ -1586,6 +1859,166 @@ static void check_oem_inputs(struct vctx *v)
             problem(v, "%s: used %llu units (reserved, not released) but you authorised %llu", v->in->product,
                     (unsigned long long)v->products[i].peak, (unsigned long long)v->in->authorised);
     }
+}
+
+/* ---- devices: re-issues and part outcomes (schema 6) -------------------------------------- */
+
+/* A device of a product, as its records leave it: its certificate now (the
+ * serial of its last ISSUE, or of a REISSUE), and the outcome reported for
+ * it. */
+struct rdevice {
+    const struct rrec *issue; /* its certificate's ISSUE record; NULL: empty slot */
+    uint64_t serial;
+    uint64_t outcome;         /* 0 none, 1 programmed, 2 scrapped */
+};
+
+struct rdevcount {
+    uint64_t devices, programmed, scrapped, reissued, twice;
+};
+
+static struct rdevice *device_slot(struct rdevice *t, size_t cap, const struct rrec *r)
+{
+    size_t mask = cap - 1, h = (size_t)r->product * 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < 2u * r->dev_len; i++)
+        h = (h ^ (unsigned char)r->dev_hex[i]) * 0x100000001b3ULL;
+    for (h &= mask; t[h].issue != NULL; h = (h + 1) & mask)
+        if (t[h].issue->product == r->product && t[h].issue->dev_len == r->dev_len &&
+            memcmp(t[h].issue->dev_hex, r->dev_hex, 2u * r->dev_len) == 0)
+            break;
+    return &t[h];
+}
+
+/* Each device's certificates and outcomes, in trail order (docs/audit-report.md,
+ * "Devices"): a REISSUE must follow the ISSUE of its new serial, for the same
+ * device, and name the serial that device held; an OUTCOME must name a
+ * device with an ISSUE record and its certificate's serial, and an outcome
+ * 1 (programmed) or 2 (scrapped).  A device issued twice without a REISSUE
+ * (two processes asked for it at once, or a trail from before schema 6,
+ * when asking again issued again) is listed, not a problem: every unit is
+ * still accounted for.  Then per product: devices, programmed, scrapped, no
+ * outcome reported, re-issued. */
+static void check_devices(struct vctx *v)
+{
+    struct rdevice *t = NULL;
+    struct rdevcount *c = NULL;
+    size_t cap = 16, n_issue = 0, twice_shown = 0;
+
+    if (v->serials == NULL || v->pkgs == NULL)
+        return;
+    for (size_t i = 0; i < v->n_recs; i++)
+        n_issue += v->recs[i].type == GUARDIAN_AUDIT_ISSUE;
+    while (cap < 2 * n_issue + 2)
+        cap *= 2;
+    t = calloc(cap, sizeof(*t));
+    c = calloc(v->n_products + 1, sizeof(*c));
+    if (t == NULL || c == NULL) {
+        problem(v, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i], *next = i + 1 < v->n_recs ? &v->recs[i + 1] : NULL;
+        unsigned long long seq = (unsigned long long)r->seq;
+        const struct rserial *sl;
+        struct rdevice *d;
+        const char *name;
+
+        if ((r->type != GUARDIAN_AUDIT_ISSUE && r->type != GUARDIAN_AUDIT_OUTCOME &&
+             r->type != GUARDIAN_AUDIT_REISSUE) ||
+            (i > 0 && r->seq == v->recs[i - 1].seq))
+            continue;
+        name = v->products[r->product].name;
+        if (r->dev_len == 0) {
+            if (r->type != GUARDIAN_AUDIT_ISSUE)
+                problem(v, "record %llu (%s) names no device", seq, type_names[r->type]);
+            continue;
+        }
+        d = device_slot(t, cap, r);
+        if (r->type == GUARDIAN_AUDIT_ISSUE) {
+            sl = serial_slot(v, r->product, r->serial);
+            if (sl->state != S_ISSUED || sl->settled != i)
+                continue; /* not a certificate (check_accounting said why) */
+            if (d->issue == NULL) {
+                c[r->product].devices++;
+                d->issue = r;
+                d->serial = r->serial;
+                d->outcome = 0;
+            } else if (next == NULL || next->type != GUARDIAN_AUDIT_REISSUE || next->serial != r->serial) {
+                /* The device keeps its first certificate, as the Guardian's
+                 * device index does (its outcomes name that serial). */
+                c[r->product].twice++;
+                if (++twice_shown <= REPORT_PROBLEMS_SHOWN)
+                    say(v, "device %.*s of %s: serial %llu (record %llu) issued after serial %llu (record %llu) "
+                           "without a re-issue: it holds two certificates\n",
+                        2 * r->dev_len, r->dev_hex, name, (unsigned long long)r->serial, seq,
+                        (unsigned long long)d->serial, (unsigned long long)d->issue->seq);
+            } /* else: a re-issue, checked with its REISSUE record, next */
+            continue;
+        }
+        if (r->type == GUARDIAN_AUDIT_REISSUE) {
+            const struct rrec *prev = i > 0 ? &v->recs[i - 1] : NULL;
+            if (prev == NULL || prev->type != GUARDIAN_AUDIT_ISSUE || prev->serial != r->serial ||
+                prev->product != r->product || prev->dev_len != r->dev_len ||
+                memcmp(prev->dev_hex, r->dev_hex, 2u * r->dev_len) != 0 ||
+                memcmp(prev->digest, r->digest, GUARDIAN_HASH_LEN) != 0) {
+                problem(v, "record %llu (REISSUE of serial %llu of %s) does not follow the ISSUE record of that "
+                           "serial for that device and certificate",
+                        seq, (unsigned long long)r->serial, name);
+                continue;
+            }
+            if (d->issue == NULL || d->serial != r->units || r->units == r->serial) {
+                problem(v, "record %llu re-issues device %.*s of %s replacing serial %llu, but the device's "
+                           "certificate was %s",
+                        seq, 2 * r->dev_len, r->dev_hex, name, (unsigned long long)r->units,
+                        d->issue == NULL ? "none" : "another serial");
+                continue;
+            }
+            c[r->product].reissued++;
+            if (d->outcome != 0)
+                c[r->product].programmed -= d->outcome == 1, c[r->product].scrapped -= d->outcome == 2;
+            say(v, "reissue record %llu: device %.*s of %s: serial %llu replaces serial %llu, by %s\n", seq,
+                2 * r->dev_len, r->dev_hex, name, (unsigned long long)r->serial, (unsigned long long)r->units,
+                operator_label(v, r->op));
+            d->issue = prev;
+            d->serial = r->serial;
+            d->outcome = 0;
+            continue;
+        }
+        /* OUTCOME */
+        if (d->issue == NULL || d->serial != r->serial) {
+            problem(v, "record %llu reports an outcome for device %.*s of %s (serial %llu), which %s", seq,
+                    2 * r->dev_len, r->dev_hex, name, (unsigned long long)r->serial,
+                    d->issue == NULL ? "has no ISSUE record before it" : "is not that device's certificate");
+            continue;
+        }
+        if (r->units != 1 && r->units != 2) {
+            problem(v, "record %llu (OUTCOME) has outcome %llu: 1 (programmed) or 2 (scrapped)", seq,
+                    (unsigned long long)r->units);
+            continue;
+        }
+        if (d->outcome == 2 && r->units == 1)
+            problem(v, "record %llu reports device %.*s of %s programmed after it was scrapped", seq,
+                    2 * r->dev_len, r->dev_hex, name);
+        if (d->outcome != 0)
+            c[r->product].programmed -= d->outcome == 1, c[r->product].scrapped -= d->outcome == 2;
+        d->outcome = r->units;
+        c[r->product].programmed += r->units == 1;
+        c[r->product].scrapped += r->units == 2;
+    }
+    if (twice_shown > REPORT_PROBLEMS_SHOWN)
+        say(v, "(%zu more devices issued twice not shown)\n", twice_shown - REPORT_PROBLEMS_SHOWN);
+    for (size_t p = 0; p < v->n_products; p++) {
+        const struct rdevcount *k = &c[p];
+        if (k->devices == 0)
+            continue;
+        say(v, "%s devices %llu: programmed %llu, scrapped %llu, no outcome reported %llu; re-issued %llu, issued "
+               "twice without a re-issue %llu\n",
+            v->products[p].name, (unsigned long long)k->devices, (unsigned long long)k->programmed,
+            (unsigned long long)k->scrapped, (unsigned long long)(k->devices - k->programmed - k->scrapped),
+            (unsigned long long)k->reissued, (unsigned long long)k->twice);
+    }
+out:
+    free(t);
+    free(c);
 }
 
 /* The summary's order of operators: names alphabetically, then none, then
@@ -1715,6 +2148,18 @@ static void summary(struct vctx *v)
     }
     if (n_exports > CREDENTIAL_LINES_SHOWN)
         say(v, "(%zu more export records not shown)\n", n_exports - CREDENTIAL_LINES_SHOWN);
+    /* Retired production CA keys, in trail order: which release, when, by whom. */
+    for (size_t i = 0; i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i];
+        char when[32], pkg[2 * GUARDIAN_PACKAGE_ID_LEN + 1];
+        if (r->type != GUARDIAN_AUDIT_RETIRE || (i > 0 && r->seq == v->recs[i - 1].seq))
+            continue;
+        iso8601(r->time, when);
+        report_hex(pkg, r->package_id, sizeof(r->package_id));
+        say(v, "retired    record %llu %s by %s: the production CA key of %s release %u (package %s)\n",
+            (unsigned long long)r->seq, when, operator_label(v, r->op), v->products[r->product].name, r->release,
+            pkg);
+    }
     if (own_export != NULL) {
         char when[32];
         iso8601(own_export->time, when);
@@ -1736,7 +2181,12 @@ static void vctx_free(struct vctx *v)
     X509_free(v->signing);
     free(v->recs);
     free(v->certs);
+    free(v->tmpls);
     free(v->products);
+    for (size_t i = 0; v->pkgs != NULL && i < v->n_pkgs; i++) {
+        GUARDIAN_CERT_TEMPLATE_free(v->pkgs[i].tmpl);
+        free(v->pkgs[i].subject);
+    }
     free(v->pkgs);
     free(v->serials);
     free(v->ops);
@@ -1804,11 +2254,8 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
     memset(&v, 0, sizeof(v));
     v.in = in;
     if (parse(&v, data, len)) {
-        time_t t = (time_t)v.exported;
-        struct tm tm;
         char *subject = X509_NAME_oneline(X509_get_subject_name(v.guardian), NULL, 0);
-        if (gmtime_r(&t, &tm) == NULL || strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
-            strcpy(when, "?");
+        iso8601(v.exported, when);
         fingerprint_hex(v.guardian, fpr);
         say(&v, "report     %s: %zu records (head %llu), %zu redacted, %zu certificates, exported %s, scope %s%s%s\n",
             in->name ? in->name : "-", v.n_recs, (unsigned long long)v.head_seq, v.n_redacted, v.n_certs, when,
@@ -1816,19 +2263,31 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
         say(&v, "guardian   %s sha256:%s\n", subject ? subject : "?", fpr);
         OPENSSL_free(subject);
         check_signature(&v, data);
-        if (in->root != NULL && in->ca_chain != NULL && sk_X509_num(in->ca_chain) > 0) {
+        if (in->root != NULL && input_chain(in, 0) != NULL) {
             v.root_store = X509_STORE_new();
             if (v.root_store != NULL) {
-                X509_STORE_CTX *sc = X509_STORE_CTX_new();
                 X509_STORE_add_cert(v.root_store, in->root);
+                for (size_t i = 0; i < in->n_more_roots; i++)
+                    X509_STORE_add_cert(v.root_store, in->more_roots[i]);
                 /* Device certificates outlive nothing here: the question is
                  * whether they were issued under the chain, not today. */
                 X509_STORE_set_flags(v.root_store, X509_V_FLAG_NO_CHECK_TIME);
-                if (sc == NULL || X509_STORE_CTX_init(sc, v.root_store, sk_X509_value(in->ca_chain, 0), in->ca_chain) != 1 ||
-                    X509_verify_cert(sc) != 1)
-                    problem(&v, "the production CA does not chain to the OEM root: %s",
-                            sc ? X509_verify_cert_error_string(X509_STORE_CTX_get_error(sc)) : "out of memory");
-                X509_STORE_CTX_free(sc);
+                for (size_t i = 0; i <= in->n_more_chains; i++) {
+                    STACK_OF(X509) *c = input_chain(in, i);
+                    X509_STORE_CTX *sc = c != NULL ? X509_STORE_CTX_new() : NULL;
+                    char *name = NULL;
+                    if (c == NULL)
+                        continue;
+                    if (sc == NULL || X509_STORE_CTX_init(sc, v.root_store, sk_X509_value(c, 0), c) != 1 ||
+                        X509_verify_cert(sc) != 1) {
+                        name = X509_NAME_oneline(X509_get_subject_name(sk_X509_value(c, 0)), NULL, 0);
+                        problem(&v, "the production CA %s does not chain to %s: %s", name ? name : "?",
+                                in->n_more_roots ? "any OEM root given" : "the OEM root",
+                                sc ? X509_verify_cert_error_string(X509_STORE_CTX_get_error(sc)) : "out of memory");
+                        OPENSSL_free(name);
+                    }
+                    X509_STORE_CTX_free(sc);
+                }
             }
         }
         check_chain(&v);
@@ -1840,6 +2299,7 @@ unsigned long report_verify(const uint8_t *data, size_t len, const struct report
         check_products(&v);
         check_oem_inputs(&v);
         summary(&v);
+        check_devices(&v);
     }
     if (v.problems > REPORT_PROBLEMS_SHOWN)
         say(&v, "(%lu more problems not shown)\n", v.problems - REPORT_PROBLEMS_SHOWN);

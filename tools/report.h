@@ -49,18 +49,32 @@ struct report_package {
     char product_id[GUARDIAN_ID_MAX + 1];
     uint32_t release_version;
     uint64_t authorised_units;
+    uint8_t *cert_template;                     /* its DeviceCertTemplate, DER (NULL: not compared) */
+    size_t cert_template_len;
 };
+
+/* --ca-chain / --root given at most this many times each. */
+#define REPORT_MAX_CHAINS 16
 
 struct report_inputs {
     X509 *guardian;                 /* the Guardian certificate the OEM trusts (A); NULL: the embedded one (fuzzing) */
     X509 *guardian_signing;         /* its signing certificate S, if the OEM has it; NULL: the report's */
     STACK_OF(X509) *ca_chain;       /* production CA first, then towards the root; NULL: certificates unchecked */
     X509 *root;                     /* OEM root: build every chain up to it; NULL: production CA only */
+    /* A centre-wide report holds the certificates of several production CAs
+     * (several OEMs, or an OEM's CA rolled over): further chains and roots,
+     * given beside ca_chain and root.  Each certificate is checked against
+     * the chain whose production CA issued it, up to any of the roots. */
+    STACK_OF(X509) *more_chains[REPORT_MAX_CHAINS - 1];
+    size_t n_more_chains;
+    X509 *more_roots[REPORT_MAX_CHAINS - 1];
+    size_t n_more_roots;
     const struct report_package *packages;
     size_t n_packages;
     const char *product;            /* "OEM/PRODUCT" for `authorised` */
     uint64_t authorised;            /* with `product`: the OEM's total for that product */
-    const char *device_ext_oid;     /* the package template's device-extension OID; NULL: Guardian's default */
+    const char *device_ext_oid;     /* for releases whose template the report does not carry (versions 1, 2):
+                                       their device-extension OID; NULL: the legacy default */
     const uint8_t *previous;        /* an earlier report of this Guardian: this one must extend it; NULL: none */
     size_t previous_len;
     const char *previous_name;

@@ -102,6 +102,19 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * SPKI; a byte string, so no CK_ULONG inside it crosses a remoting layer in
  * the sender's byte order (docs/vendor-interface.md, "The batch encoding"). */
 #define CKA_GUARDIAN_DEVICE_BATCH (CKA_GUARDIAN_BASE | 0x0016UL)
+/* CKG_GUARDIAN_REQ_PART_OUTCOME: CK_ULONG, CKG_GUARDIAN_OUTCOME_*. */
+#define CKA_GUARDIAN_PART_OUTCOME (CKA_GUARDIAN_BASE | 0x0017UL)
+/* CK_BBOOL, in the derive template, a CKG_GUARDIAN_REQ_DEVICE_CERT or a
+ * CKG_GUARDIAN_REQ_DEVICE_CERTS request: TRUE allows a device ID that already
+ * has a certificate with another key to get a new one (a unit spent, a
+ * REISSUE audit record); without it that is CKR_GUARDIAN_DEVICE_ALREADY_ISSUED.
+ * The same key asked for again returns the certificate already issued either
+ * way (docs/derive-mechanism.md, "Asking again"). */
+#define CKA_GUARDIAN_REISSUE (CKA_GUARDIAN_BASE | 0x0018UL)
+
+/* CKG_GUARDIAN_OUTCOME_* values of CKA_GUARDIAN_PART_OUTCOME. */
+#define CKG_GUARDIAN_OUTCOME_PROGRAMMED 1UL /* the part was programmed with its certificate */
+#define CKG_GUARDIAN_OUTCOME_SCRAPPED 2UL   /* the part was scrapped (its unit stays spent) */
 
 /* CKG_GUARDIAN_REQ_* values of CKA_GUARDIAN_REQUEST. */
 /* SO session: enrol CKA_VALUE (an OEM root CA certificate, DER) for the OEM IDs
@@ -146,8 +159,13 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * CKA_GUARDIAN_OEM_ID + CKA_GUARDIAN_PRODUCT_ID.  The device:
  * CKA_GUARDIAN_DEVICE_ID, CKA_GUARDIAN_DEVICE_ID_FORMAT (optional, default
  * CKG_GUARDIAN_DEVICE_ID_TEXT), CKA_GUARDIAN_DEVICE_SPKI; optional CKA_TOKEN,
- * CKA_LABEL, CKA_ID of the certificate object, as the derive template takes
- * them.  Returns the certificate object (CKO_CERTIFICATE, CKA_VALUE = DER). */
+ * CKA_LABEL, CKA_ID of the certificate object and CKA_GUARDIAN_REISSUE, as the
+ * derive template takes them.  Returns the certificate object
+ * (CKO_CERTIFICATE, CKA_VALUE = DER).  A device ID that already holds a
+ * certificate of the product gets that certificate again for the same key
+ * (nothing spent) and CKR_GUARDIAN_DEVICE_ALREADY_ISSUED for another key,
+ * unless CKA_GUARDIAN_REISSUE TRUE (docs/derive-mechanism.md, "Asking
+ * again"). */
 #define CKG_GUARDIAN_REQ_DEVICE_CERT 8UL
 /* User session (read-only will do): the Guardian's state as only the module
  * can read it, checked now: the configuration's paths, the audit trail's hash
@@ -160,7 +178,7 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 /* User session (read-only will do): issue up to 64 device certificates in one
  * call, for a gang programmer, each exactly as CKG_GUARDIAN_REQ_DEVICE_CERT
  * would.  The package as for CKG_GUARDIAN_REQ_DEVICE_CERT; the devices in
- * CKA_GUARDIAN_DEVICE_BATCH.  Every entry is checked before any is issued (a
+ * CKA_GUARDIAN_DEVICE_BATCH; optional CKA_GUARDIAN_REISSUE for all of them.  Every entry is checked before any is issued (a
  * bad one refuses the whole request, with the single request's code); then
  * they are issued in order until one fails (the quota, say): those before it
  * stay issued.  Returns a session CKO_DATA object "guardian-output:device-certs"
@@ -168,6 +186,29 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * bytes BE), certificate length (4, BE), the DER.  The call returns CKR_OK
  * when at least one certificate was issued, else the first entry's CKR. */
 #define CKG_GUARDIAN_REQ_DEVICE_CERTS 10UL
+/* User session (read-only will do): the line reports what became of a part
+ * whose certificate was issued: CKA_GUARDIAN_OEM_ID + CKA_GUARDIAN_PRODUCT_ID,
+ * CKA_GUARDIAN_DEVICE_ID (+ CKA_GUARDIAN_DEVICE_ID_FORMAT, default text),
+ * CKA_GUARDIAN_PART_OUTCOME.  The device must hold a certificate of this
+ * Guardian for that product (else CKR_GUARDIAN_DEVICE_NOT_ISSUED); an OUTCOME
+ * audit record is written (the same outcome again writes nothing;
+ * programmed then scrapped is recorded; scrapped then programmed is
+ * CKR_GUARDIAN_PART_SCRAPPED).  Units stay spent.  Returns a session CKO_DATA
+ * object "guardian-output:part-outcome" whose CKA_VALUE is text:
+ * "serial=N outcome=programmed|scrapped recorded=yes|no\n". */
+#define CKG_GUARDIAN_REQ_PART_OUTCOME 11UL
+/* Read-write user session: retire a superseded release's production CA key.
+ * CKA_GUARDIAN_OEM_ID, CKA_GUARDIAN_PRODUCT_ID, CKA_GUARDIAN_RELEASE name an
+ * imported release that is not the installed one.  The module records a
+ * RETIRE audit record (the operator, the package ID, the release), then
+ * destroys that release's production CA private key and its certificate
+ * object in the backend.  Refused: the installed release
+ * (CKR_GUARDIAN_RELEASE_CURRENT), a release never imported
+ * (CKR_GUARDIAN_PRODUCT_UNKNOWN), one retired already whose key is gone
+ * (CKR_GUARDIAN_CA_RETIRED; a recorded one whose key a crash left is
+ * destroyed, without a second record).  Returns a session CKO_DATA object
+ * "guardian-output:retire-ca", "key=value" lines (docs/vendor-interface.md). */
+#define CKG_GUARDIAN_REQ_RETIRE_CA 12UL
 
 /* ---- Return values ----------------------------------------------------- */
 
@@ -220,6 +261,20 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY (CKR_GUARDIAN_BASE | 0x0026UL)
 /* The base key belongs to a release that a newer one has replaced. */
 #define CKR_GUARDIAN_PACKAGE_SUPERSEDED (CKR_GUARDIAN_BASE | 0x0027UL)
+/* The device ID already has a certificate of this product for another public
+ * key; nothing was spent.  CKA_GUARDIAN_REISSUE TRUE issues a new one. */
+#define CKR_GUARDIAN_DEVICE_ALREADY_ISSUED (CKR_GUARDIAN_BASE | 0x0028UL)
+/* A part outcome for a device ID that holds no certificate of this product
+ * (none issued, or not yet folded from a running process's issue journal). */
+#define CKR_GUARDIAN_DEVICE_NOT_ISSUED (CKR_GUARDIAN_BASE | 0x0029UL)
+/* "programmed" reported for a part already reported scrapped. */
+#define CKR_GUARDIAN_PART_SCRAPPED (CKR_GUARDIAN_BASE | 0x002AUL)
+/* CKG_GUARDIAN_REQ_RETIRE_CA: the release named is the installed one; its
+ * production CA key is the line's and is never retired. */
+#define CKR_GUARDIAN_RELEASE_CURRENT (CKR_GUARDIAN_BASE | 0x002cUL)
+/* CKG_GUARDIAN_REQ_RETIRE_CA: that release's production CA key was retired
+ * already (its RETIRE record exists and the key is gone). */
+#define CKR_GUARDIAN_CA_RETIRED (CKR_GUARDIAN_BASE | 0x002dUL)
 
 /* 0x0030..0x003F: the Guardian's durable state (store). */
 /* The state store cannot be opened, read or written (see the log line). */
@@ -236,6 +291,16 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 /* The state directory or a file in it is a symbolic link, not owned by this
  * user, or open to other users. */
 #define CKR_GUARDIAN_STATE_UNSAFE (CKR_GUARDIAN_BASE | 0x0034UL)
+/* The state directory is missing, on a file system that is not mounted (it
+ * is empty while the token's anchor has seen records) or read-only: the log
+ * line names the directory, what is wrong and what to do.  Nothing was
+ * created in it and nothing granted. */
+#define CKR_GUARDIAN_STATE_UNAVAILABLE (CKR_GUARDIAN_BASE | 0x0035UL)
+/* C_Initialize: the module is not configured (no configuration file at the
+ * default path, no GUARDIAN_CONF, no GUARDIAN_BACKEND).  Returned without a
+ * line on stderr: every p11-kit client loads registered modules, and one that
+ * nobody set up must not speak in all of them (docs/configuration.md). */
+#define CKR_GUARDIAN_NOT_CONFIGURED (CKR_GUARDIAN_BASE | 0x0036UL)
 
 /* 0x0040..0x004F: Guardian requests and ownership. */
 /* A request object is malformed: unknown CKG_GUARDIAN_REQ_*, a missing or

@@ -18,6 +18,7 @@
  *                       key: the module reads them until the key is proven (then no longer)
  *   ECDSA sign          C_SignInit + C_Sign (CKM_ECDSA) with the CA key, in SoftHSM
  *   store issue         guardian_store_issue (the ISSUE record + certificate: a journal append)
+ *   device lookup       guardian_store_device_claim + _unclaim of a new device ID (schema 6)
  *   store reserve / 64  guardian_store_reserve_block(64) (FULL commit), per unit
  *   and for comparison:
  *   OpenSSL X509 build  the same TBSCertificate with OpenSSL's X509 API (d2i_PUBKEY,
@@ -184,6 +185,24 @@ static void step_issue(struct ctx *c)
     c->next_serial++;
 }
 
+/* The device index's lookup of a new device ID, as issue_certificate makes it
+ * before every certificate: claimed (this process's journal, then the
+ * database through the read-only connection), not found, unclaimed. */
+static void step_lookup(struct ctx *c)
+{
+    struct guardian_device_cert d;
+    char id[40];
+    bool found = true;
+
+    snprintf(id, sizeof(id), "Q%x-%lu", c->tag, c->n);
+    p11_check(guardian_store_device_claim(c->st, c->oem, c->product, (const uint8_t *)id, strlen(id), &d, &found),
+              "guardian_store_device_claim");
+    if (found)
+        die("a new device ID was found in the device index");
+    guardian_store_device_unclaim(c->st, c->oem, c->product, (const uint8_t *)id, strlen(id));
+    guardian_store_device_cert_free(&d);
+}
+
 /* The same TBSCertificate through OpenSSL's X509 API, as a straightforward
  * implementation would make it (the device key through d2i_PUBKEY). */
 static void step_openssl(struct ctx *c)
@@ -269,6 +288,7 @@ static const struct step {
     {"CA key C_GetAttributeValue (3 attrs)", step_ca_attrs, true},
     {"ECDSA P-256 C_SignInit+C_Sign (SoftHSM)", step_sign, true},
     {"guardian_store_issue (journal append)", step_issue, true},
+    {"device index lookup (claim, new device)", step_lookup, true},
     {"OpenSSL X509 API: same TBS (compare)", step_openssl, false},
     {"d2i_PUBKEY of the device key (compare)", step_d2i_pubkey, false},
 };

@@ -5,7 +5,9 @@
  * is read as a journal is folded: record after record until one does not
  * parse.  Every record that parses must encode back to exactly its bytes (a
  * GDJ1 record without an operator, a GDJ2 record with one), and must lie
- * within the input (ASan checks every read).
+ * within the input (ASan checks every read).  The certificate outline reader
+ * of the device index (guardian_journal_cert_spki) runs on the whole input
+ * and on each record's certificate: its key must lie within what it read.
  */
 #include <stdint.h>
 #include <string.h>
@@ -14,10 +16,26 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* The SubjectPublicKeyInfo found, if any, lies within cert[0..len). */
+static void check_spki(const uint8_t *cert, size_t len)
+{
+    const uint8_t *spki = NULL;
+    size_t spki_len = 0;
+
+    if (guardian_journal_cert_spki(cert, len, &spki, &spki_len)) {
+        if (spki < cert || spki_len < 2 || spki_len > len || spki + spki_len > cert + len || spki[0] != 0x30)
+            __builtin_trap();
+    } else if (spki != NULL || spki_len != 0) {
+        __builtin_trap();
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static uint8_t again[GUARDIAN_JOURNAL_RECORD_MAX];
     size_t off = 0;
+
+    check_spki(data, size);
 
     while (off < size) {
         struct guardian_journal_record r;
@@ -35,6 +53,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                       r.device_id_len, r.cert, r.cert_len, r.operator_name);
         if (len != used || memcmp(again, data + off, used) != 0)
             __builtin_trap(); /* one record, one encoding */
+        check_spki(r.cert, r.cert_len);
         off += used;
     }
     return 0;

@@ -112,6 +112,42 @@ open("content-expired.der", "wb").write(new)
 PY
 oem_sign content-expired.der expired.gpk
 
+# A package as signed before the template's noDeviceExt existed (neither
+# deviceExtOid nor noDeviceExt): take a new package's content, drop the
+# template's "81 00" (re-encoding the two lengths around it), sign it again.
+# Its certificates must carry the legacy 2.25.<uuid>.3 extension.
+"$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem \
+    --ca-key ca.key --ca-cert ca.pem --ca-chain oem-root.pem --oem-id ACME --product-id LEGACY-1 \
+    --release 1 --units 10 --not-after +30 --out legacy-src.gpk >/dev/null
+openssl cms -verify -inform DER -in legacy-src.gpk -CAfile oem-root.pem -binary -out content.der 2>/dev/null
+python3 - <<'PY'
+def tlv(d, i):  # (tag, header length, content length) at i
+    n, h = d[i + 1], 2
+    if n & 0x80:
+        k = n & 0x7f
+        n, h = int.from_bytes(d[i + 2:i + 2 + k], "big"), 2 + k
+    return d[i], h, n
+def enc(tag, body):
+    n = len(body)
+    if n < 128:
+        return bytes([tag, n]) + body
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(b)]) + b + body
+data = open("content.der", "rb").read()
+_, h, n = tlv(data, 0)
+i, parts = h, []
+while i < h + n:
+    _, ch, cn = tlv(data, i)
+    parts.append(data[i:i + ch + cn])
+    i += ch + cn
+t = parts[8]  # certTemplate
+_, th, tn = tlv(t, 0)
+assert t.endswith(b"\x81\x00"), "the template does not end with noDeviceExt"
+parts[8] = enc(0x30, t[th:th + tn - 2])
+open("content-legacy.der", "wb").write(enc(0x30, b"".join(parts)))
+PY
+oem_sign content-legacy.der legacy.gpk
+
 # An ephemeral key off the Guardian's curve, in a package the OEM's key signed
 # (whoever holds an OEM signing key can make one): take a valid package's
 # content, change the point's last byte, check with P-256's equation that it is

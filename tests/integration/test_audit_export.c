@@ -288,8 +288,9 @@ static void assert_own_export(const char *r, unsigned seq, const char *scope, co
              0, 0, op);
     if (strncmp(line, want, strlen(want)) != 0)
         fail_msg("record %u is\n  %s\nnot\n  %s...", seq, line, want);
-    /* The last record: certificates or the signature follow. */
-    assert_true(strncmp(after, "certificate ", 12) == 0 || strncmp(after, "signature ", 10) == 0);
+    /* The last record: templates, certificates or the signature follow. */
+    assert_true(strncmp(after, "template ", 9) == 0 || strncmp(after, "certificate ", 12) == 0 ||
+                strncmp(after, "signature ", 10) == 0);
     snprintf(prefix, sizeof(prefix), "head %u ", seq);
     head = line_starting(r, prefix, NULL);
     assert_non_null(head);
@@ -387,10 +388,12 @@ static void test_export_signed(void **st)
     assert_int_equal(export(NULL, NULL, &h), CKR_OK);
     r = value_of(h, &len);
     assert_int_equal(strlen((char *)r), len);
-    assert_memory_equal(r, "GUARDIAN AUDIT REPORT 2\nexported ", 33);
+    assert_memory_equal(r, "GUARDIAN AUDIT REPORT 3\nexported ", 33);
     assert_non_null(strstr((char *)r, "\nscope all\nhead 2 "));
     assert_non_null(strstr((char *)r, "\nproduct ACME SENSOR-1 3 "));
     assert_non_null(strstr((char *)r, "\nrecord 1 IMPORT "));
+    /* The imported package's template, which names its certificates' profile. */
+    assert_non_null(strstr((char *)r, "\ntemplate 1 "));
     /* Its own record, the last: an export of the whole trail, by nobody
      * (in-process, no service mode). */
     assert_own_export((char *)r, 2, "- -", "-");

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -848,6 +849,11 @@ static void test_device_cert_quota_and_records(void **st)
         CK_OBJECT_HANDLE old_obj = 0, new_obj = 0;
         CK_BYTE old_id[16];
         struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, "S-1", 3, spki, n};
+        /* A device ID each: asked again, one would get its certificate back
+         * without a reservation (nothing spent, nothing superseded). */
+        char ida[16], idb[16];
+        struct device da = {CKG_GUARDIAN_DEVICE_ID_TEXT, ida, 0, spki, n};
+        struct device db = {CKG_GUARDIAN_DEVICE_ID_TEXT, idb, 0, spki, n};
         CK_RV a = CKR_OK, b = CKR_OK;
         assert_int_equal(mech_import("good.gpk", &old_obj), CKR_OK);
         package_id_of(old_obj, old_id);
@@ -855,12 +861,17 @@ static void test_device_cert_quota_and_records(void **st)
         assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
         assert_int_equal(req_import("newer.gpk", &new_obj), CKR_OK);
         for (int i = 0; i < 64 && (a == CKR_OK || b == CKR_OK); i++) {
-            if (a == CKR_OK && (a = mech_cert_in(s, ca_key("SENSOR-1", 3), &d, NULL, 0, &h)) == CKR_OK)
+            snprintf(ida, sizeof(ida), "SA-%d", i);
+            snprintf(idb, sizeof(idb), "SB-%d", i);
+            da.id_len = strlen(ida);
+            db.id_len = strlen(idb);
+            if (a == CKR_OK && (a = mech_cert_in(s, ca_key("SENSOR-1", 3), &da, NULL, 0, &h)) == CKR_OK)
                 assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
-            if (b == CKR_OK && (b = req_cert_in(s, old_id, NULL, &d, NULL, 0, &h)) == CKR_OK)
+            if (b == CKR_OK && (b = req_cert_in(s, old_id, NULL, &db, NULL, 0, &h)) == CKR_OK)
                 assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
         }
         SAME(CKR_GUARDIAN_PACKAGE_SUPERSEDED, a, b, "the superseded release");
+        d.id = "S-2";
         assert_int_equal(req_cert_in(s, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_OK);
         assert_int_equal(ulong_of(new_obj, CKA_GUARDIAN_ISSUED_UNITS), 1);
     }
@@ -1184,7 +1195,7 @@ static void test_status(void **st)
     /* A new Guardian: an empty trail, no anchor, no product; the paths are
      * the module's configuration (from the environment here). */
     status_in(s, text, sizeof(text));
-    assert_true(strncmp(text, "version=2\n", 10) == 0);
+    assert_true(strncmp(text, "version=3\n", 10) == 0);
     STATUS_IS(text, "backend", test_softhsm_path());
     STATUS_IS(text, "configuration", "");
     STATUS_IS(text, "state_dir", path("state"));
@@ -1201,6 +1212,13 @@ static void test_status(void **st)
     STATUS_IS(text, "operators_locked", "0");
     STATUS_IS(text, "records_credential", "0");
     STATUS_IS(text, "records_export", "0");
+    /* The rate's window and the module's clock; no product, no rate line. */
+    STATUS_IS(text, "rate_window", "60");
+    {
+        long long now = strtoll(status_of(text, "now"), NULL, 10);
+        assert_true(now <= (long long)time(NULL) && now >= (long long)time(NULL) - 5);
+    }
+    assert_null(strstr(text, "issued_recent."));
     /* No secret and nothing of the token's PINs: only the documented keys. */
     assert_null(strstr(text, TEST_PIN "\n"));
 
@@ -1225,6 +1243,7 @@ static void test_status(void **st)
     snprintf(units, sizeof(units), "%lu", (unsigned long)ulong_of(pkg, CKA_GUARDIAN_AUTHORISED_UNITS));
     STATUS_IS(text, "units_authorised", units);
     STATUS_IS(text, "units_remaining", units);
+    STATUS_IS(text, "issued_recent.ACME/SENSOR-1", "0");
     assert_int_not_equal(strcmp(status_of(text, "audit_head_hash"),
                                 "0000000000000000000000000000000000000000000000000000000000000000"),
                          0);
@@ -1237,6 +1256,8 @@ static void test_status(void **st)
     STATUS_IS(text, "records_reserve", "1");
     STATUS_IS(text, "records_issue", "1");
     STATUS_IS(text, "audit_chain", "ok");
+    /* The running line's count: that ISSUE record is within the last 60 s. */
+    STATUS_IS(text, "issued_recent.ACME/SENSOR-1", "1");
     assert_true(strcmp(status_of(text, "anchor"), "agrees") == 0 || strcmp(status_of(text, "anchor"), "store-ahead") == 0);
     snprintf(units, sizeof(units), "%lu", (unsigned long)ulong_of(pkg, CKA_GUARDIAN_ISSUED_UNITS));
     STATUS_IS(text, "units_issued", units);
@@ -1247,6 +1268,7 @@ static void test_status(void **st)
     assert_int_equal(m->C_Finalize(NULL), CKR_OK);
     state_copy("state", "backup");
     open_module();
+    d.id = "ST-2"; /* a new device: ST-1 asked again would spend nothing, move no anchor */
     assert_int_equal(req_cert_in(s, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_OK);
     assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
     assert_int_equal(m->C_Finalize(NULL), CKR_OK);
@@ -1273,6 +1295,109 @@ static void test_status(void **st)
     STATUS_IS(text, "audit_chain", "corrupt");
     STATUS_IS(text, "audit_records", "1");
     STATUS_IS(text, "audit_head_seq", "1");
+    EVP_PKEY_free(k);
+}
+
+/* ---- retiring a superseded release's CA key (CKG_GUARDIAN_REQ_RETIRE_CA) ----------------- */
+
+static CK_RV req_retire(CK_SESSION_HANDLE session, const char *product, CK_ULONG release, CK_OBJECT_HANDLE *out)
+{
+    CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_OEM_ID, "ACME", 4},
+                        {CKA_GUARDIAN_PRODUCT_ID, (void *)product, (CK_ULONG)strlen(product)},
+                        {CKA_GUARDIAN_RELEASE, &release, sizeof(release)}};
+    return request(session, CKG_GUARDIAN_REQ_RETIRE_CA, t, 3, out);
+}
+
+static void test_retire_ca(void **st)
+{
+    static char text[8192];
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    unsigned char spki[1100];
+    char value[1024];
+    size_t n = spki_of(k, spki);
+    struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, "RT-1", 4, spki, n};
+    CK_OBJECT_HANDLE old_obj = 0, new_obj = 0, h = 0;
+    CK_SESSION_HANDLE ro = CK_INVALID_HANDLE;
+    CK_BYTE old_id[16];
+    const char *r3 = "guardian:ACME/SENSOR-1/r3:production-ca", *r3_cert = "guardian:ACME/SENSOR-1/r3:production-ca-cert0";
+    (void)st;
+
+    /* Release 3 installed: its key is the line's, never retired. */
+    assert_int_equal(req_import("good.gpk", &old_obj), CKR_OK);
+    package_id_of(old_obj, old_id);
+    assert_int_equal(req_retire(s, "SENSOR-1", 3, &h), CKR_GUARDIAN_RELEASE_CURRENT);
+    /* Release 4 replaces it; 4 is now the one refused. */
+    assert_int_equal(req_import("newer.gpk", &new_obj), CKR_OK);
+    assert_int_equal(req_retire(s, "SENSOR-1", 4, &h), CKR_GUARDIAN_RELEASE_CURRENT);
+    /* A release, or a product, never imported. */
+    assert_int_equal(req_retire(s, "SENSOR-1", 2, &h), CKR_GUARDIAN_PRODUCT_UNKNOWN);
+    assert_int_equal(req_retire(s, "NO-SUCH", 3, &h), CKR_GUARDIAN_PRODUCT_UNKNOWN);
+    /* A read-only session, a request without its release, a release that is no number. */
+    assert_int_equal(m->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &ro), CKR_OK);
+    assert_int_equal(req_retire(ro, "SENSOR-1", 3, &h), CKR_SESSION_READ_ONLY);
+    assert_int_equal(m->C_CloseSession(ro), CKR_OK);
+    {
+        CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_OEM_ID, "ACME", 4}, {CKA_GUARDIAN_PRODUCT_ID, "SENSOR-1", 8}};
+        assert_int_equal(request(s, CKG_GUARDIAN_REQ_RETIRE_CA, t, 2, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    }
+    assert_int_equal(req_retire(s, "SENSOR-1", (CK_ULONG)UINT32_MAX + 1, &h), CKR_GUARDIAN_REQUEST_INVALID);
+    /* Nothing of that was recorded or destroyed. */
+    assert_int_not_equal(find_one(CKO_PRIVATE_KEY, CKA_LABEL, r3, (CK_ULONG)strlen(r3)), CK_INVALID_HANDLE);
+    assert_int_not_equal(find_one(CKO_CERTIFICATE, CKA_LABEL, r3_cert, (CK_ULONG)strlen(r3_cert)), CK_INVALID_HANDLE);
+    status_in(s, text, sizeof(text));
+    STATUS_IS(text, "records_retire", "0");
+
+    /* Release 3: recorded, then its CA key and certificate destroyed; release 4's stay. */
+    assert_int_equal(req_retire(s, "SENSOR-1", 3, &h), CKR_OK);
+    {
+        char label[64];
+        CK_ATTRIBUTE a[] = {{CKA_LABEL, label, sizeof(label) - 1}, {CKA_VALUE, value, sizeof(value) - 1}};
+        assert_int_equal(m->C_GetAttributeValue(s, h, a, 2), CKR_OK);
+        label[a[0].ulValueLen] = '\0';
+        value[a[1].ulValueLen] = '\0';
+        assert_string_equal(label, "guardian-output:retire-ca");
+        assert_non_null(strstr(value, "release=3\n"));
+        assert_non_null(strstr(value, "recorded_now=yes\n"));
+        assert_non_null(strstr(value, "keys_destroyed=1\ncertificates_destroyed=1\n"));
+    }
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    assert_int_equal(find_one(CKO_PRIVATE_KEY, CKA_LABEL, r3, (CK_ULONG)strlen(r3)), CK_INVALID_HANDLE);
+    assert_int_equal(find_one(CKO_CERTIFICATE, CKA_LABEL, r3_cert, (CK_ULONG)strlen(r3_cert)), CK_INVALID_HANDLE);
+    assert_int_not_equal(ca_key("SENSOR-1", 4), CK_INVALID_HANDLE);
+    /* Twice: refused, nothing more recorded. */
+    assert_int_equal(req_retire(s, "SENSOR-1", 3, &h), CKR_GUARDIAN_CA_RETIRED);
+    /* Derive for release 3 is refused: the token holds no CA key of it now
+     * (found missing before the store would say superseded); 4 issues. */
+    assert_int_equal(req_cert_in(s, old_id, NULL, &d, NULL, 0, &h), CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY);
+    assert_int_equal(req_cert_in(s, NULL, "SENSOR-1", &d, NULL, 0, &h), CKR_OK);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    status_in(s, text, sizeof(text));
+    STATUS_IS(text, "records_retire", "1");
+    STATUS_IS(text, "audit_chain", "ok");
+    /* The one RETIRE record: type 10, the IDs, the package, the release; nothing else. */
+    {
+        sqlite3 *db = NULL;
+        sqlite3_stmt *q = NULL;
+        assert_int_equal(sqlite3_open_v2(path("state/guardian.db"), &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db,
+                                            "SELECT oem_id, product_id, release_version, serial, length(device_id), "
+                                            "authorised_units, package_id, operator FROM audit WHERE type = 10",
+                                            -1, &q, NULL),
+                         SQLITE_OK);
+        assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+        assert_string_equal((const char *)sqlite3_column_text(q, 0), "ACME");
+        assert_string_equal((const char *)sqlite3_column_text(q, 1), "SENSOR-1");
+        assert_int_equal(sqlite3_column_int64(q, 2), 3);
+        assert_int_equal(sqlite3_column_int64(q, 3), 0);
+        assert_int_equal(sqlite3_column_int64(q, 4), 0);
+        assert_int_equal(sqlite3_column_int64(q, 5), 0);
+        assert_int_equal(sqlite3_column_bytes(q, 6), 16);
+        assert_memory_equal(sqlite3_column_blob(q, 6), old_id, 16);
+        assert_string_equal((const char *)sqlite3_column_text(q, 7), ""); /* no Guardian operator outside service mode */
+        assert_int_equal(sqlite3_step(q), SQLITE_DONE);
+        sqlite3_finalize(q);
+        sqlite3_close(db);
+    }
     EVP_PKEY_free(k);
 }
 
@@ -1364,6 +1489,225 @@ static void test_status_service_mode(void **st)
     assert_null(strstr(text, "backend.pin"));
 }
 
+/* ---- asking again, re-issues (the device index, schema 6) ------------------------------------- */
+
+/* A certificate object's DER into der[4096]; its length. */
+static size_t der_of(CK_OBJECT_HANDLE h, unsigned char *der)
+{
+    CK_ATTRIBUTE a = {CKA_VALUE, der, 4096};
+    assert_int_equal(m->C_GetAttributeValue(s, h, &a, 1), CKR_OK);
+    return a.ulValueLen;
+}
+
+/* Asked again for a device with the key of its certificate, every path gives
+ * that certificate back, byte for byte, in a new object, and spends nothing;
+ * with another key every path refuses (CKR_GUARDIAN_DEVICE_ALREADY_ISSUED)
+ * and spends nothing, unless CKA_GUARDIAN_REISSUE: then a new certificate, a
+ * unit, and a REISSUE record naming both serials.  Before and after the
+ * journal is folded (a lookup in this process's journal, then in the
+ * database). */
+static void test_device_cert_asked_again(void **st)
+{
+    EVP_PKEY *k1 = EVP_EC_gen("P-256"), *k2 = EVP_EC_gen("P-256"), *k3 = EVP_EC_gen("P-256");
+    unsigned char spki1[1100], spki2[1100], spki3[1100], der1[4096], der[4096], b[8192];
+    size_t n1 = spki_of(k1, spki1), n2 = spki_of(k2, spki2), n3 = spki_of(k3, spki3), len1, len, blen;
+    struct device d1 = {CKG_GUARDIAN_DEVICE_ID_TEXT, "RA-1", 4, spki1, n1};
+    struct device d2 = {CKG_GUARDIAN_DEVICE_ID_TEXT, "RA-1", 4, spki2, n2};
+    struct device d3 = {CKG_GUARDIAN_DEVICE_ID_TEXT, "RA-1", 4, spki3, n3};
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE reissue = {CKA_GUARDIAN_REISSUE, &yes, sizeof(yes)};
+    CK_OBJECT_HANDLE h1 = 0, h = 0;
+    CK_RV status[64];
+    char cn[64][32], rec[8192], want[128];
+    X509 *x;
+    (void)st;
+
+    import_for_certs();
+    assert_int_equal(mech_cert_in(s, ca_key("SENSOR-1", 3), &d1, NULL, 0, &h1), CKR_OK);
+    len1 = der_of(h1, der1);
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS), 1);
+
+    /* The same key: the mechanism, the request, a batch. */
+    assert_int_equal(mech_cert_in(s, ca_key("SENSOR-1", 3), &d1, NULL, 0, &h), CKR_OK);
+    assert_int_not_equal(h, h1);
+    len = der_of(h, der);
+    assert_int_equal(len, len1);
+    assert_memory_equal(der, der1, len1);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    assert_int_equal(req_cert_in(s, pkg_id, NULL, &d1, NULL, 0, &h), CKR_OK);
+    len = der_of(h, der);
+    assert_int_equal(len, len1);
+    assert_memory_equal(der, der1, len1);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    blen = batch_of(b, "RA", 1, spki1, n1);
+    assert_int_equal(batch_req(pkg_id, NULL, b, blen, &h), CKR_OK);
+    assert_int_equal(batch_result(h, status, cn), 1);
+    assert_int_equal(status[0], CKR_OK);
+    assert_string_equal(cn[0], "RA-1");
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS), 1);
+
+    /* Another key: refused three ways, nothing spent (a batch with it and a
+     * new device issues neither). */
+    cert_both(&d2, NULL, 0, CKR_GUARDIAN_DEVICE_ALREADY_ISSUED, "another key");
+    blen = batch_of(b, "NEW", 1, spki2, n2);
+    blen += batch_of(b + blen, "RA", 1, spki2, n2);
+    assert_int_equal(batch_req(pkg_id, NULL, b, blen, &h), CKR_GUARDIAN_DEVICE_ALREADY_ISSUED);
+    assert_int_equal(h, CK_INVALID_HANDLE);
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS), 1);
+
+    /* Re-issued, by the request, then by the mechanism's template: a new
+     * certificate (serial 2, then 3) for the new key each time, a unit each. */
+    assert_int_equal(req_cert_in(s, pkg_id, NULL, &d2, &reissue, 1, &h), CKR_OK);
+    x = cert_of(h);
+    assert_cn(x, "RA-1");
+    X509_free(x);
+    len = der_of(h, der);
+    assert_true(len != len1 || memcmp(der, der1, len1) != 0);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    /* (A reservation counts a block of units at once: the units spent are
+     * the ISSUE records, checked below once folded.) */
+    /* k1 is no longer the device's key: refused now. */
+    cert_both(&d1, NULL, 0, CKR_GUARDIAN_DEVICE_ALREADY_ISSUED, "the replaced key");
+    assert_int_equal(mech_cert_in(s, ca_key("SENSOR-1", 3), &d3, &reissue, 1, &h), CKR_OK);
+    len1 = der_of(h, der1);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    /* With the flag and the same key: still the same certificate, no unit. */
+    assert_int_equal(req_cert_in(s, pkg_id, NULL, &d3, &reissue, 1, &h), CKR_OK);
+    len = der_of(h, der);
+    assert_int_equal(len, len1);
+    assert_memory_equal(der, der1, len1);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+
+    /* Folded (the module finalized, giving back what it reserved and did not
+     * use, and opened again): the ISSUE records of serials 1..3 and two
+     * REISSUE records, 2 replacing 1 and 3 replacing 2; 3 units used. */
+    records_of("SENSOR-1", rec, sizeof(rec));
+    assert_non_null(strstr(rec, "\n3 1 52412D31 0 0\n"));
+    assert_non_null(strstr(rec, "\n3 2 52412D31 0 0\n9 2 52412D31 3 1\n"));
+    assert_non_null(strstr(rec, "3 3 52412D31 0 0\n9 3 52412D31 3 2\n"));
+    snprintf(want, sizeof(want), "\n3 4 ");
+    assert_null(strstr(rec, want));
+    /* From the database now: the same answers. */
+    pkg_obj = package_object("SENSOR-1");
+    assert_int_equal(req_cert_in(s, pkg_id, NULL, &d3, NULL, 0, &h), CKR_OK);
+    len = der_of(h, der);
+    assert_int_equal(len, len1);
+    assert_memory_equal(der, der1, len1);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS), 3);
+    assert_int_equal(req_cert_in(s, pkg_id, NULL, &d2, NULL, 0, &h), CKR_GUARDIAN_DEVICE_ALREADY_ISSUED);
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS), 3);
+    EVP_PKEY_free(k1);
+    EVP_PKEY_free(k2);
+    EVP_PKEY_free(k3);
+}
+
+/* ---- part outcomes (CKG_GUARDIAN_REQ_PART_OUTCOME) ---------------------------------------------- */
+
+/* Report `outcome` for ACME's `product` device `id`; the CKR code, and the
+ * output's text in `text` (when CKR_OK). */
+static CK_RV outcome_req(const char *product, const char *id, CK_ULONG outcome, char *text, size_t cap)
+{
+    CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_OEM_ID, "ACME", 4},
+                        {CKA_GUARDIAN_PRODUCT_ID, (void *)product, (CK_ULONG)strlen(product)},
+                        {CKA_GUARDIAN_DEVICE_ID, (void *)id, (CK_ULONG)strlen(id)},
+                        {CKA_GUARDIAN_PART_OUTCOME, &outcome, sizeof(outcome)}};
+    CK_ATTRIBUTE v = {CKA_VALUE, text, (CK_ULONG)cap - 1};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv = request(s, CKG_GUARDIAN_REQ_PART_OUTCOME, t, 4, &h);
+    if (rv == CKR_OK) {
+        assert_int_equal(m->C_GetAttributeValue(s, h, &v, 1), CKR_OK);
+        text[v.ulValueLen] = '\0';
+        assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    }
+    return rv;
+}
+
+/* A part's outcome is recorded once per change, only for a device this
+ * Guardian issued a certificate to, spends nothing, and is in the export. */
+static void test_part_outcome(void **st)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    unsigned char spki[1100];
+    size_t n = spki_of(k, spki);
+    struct device d = {CKG_GUARDIAN_DEVICE_ID_TEXT, "PO-1", 4, spki, n};
+    CK_ULONG bad = 3, fmt = 7, issued;
+    CK_OBJECT_HANDLE h = 0;
+    char text[256], rec[8192];
+    (void)st;
+
+    import_for_certs();
+    assert_int_equal(req_cert_in(s, pkg_id, NULL, &d, NULL, 0, &h), CKR_OK);
+    d.id = "PO-2";
+    assert_int_equal(req_cert_in(s, pkg_id, NULL, &d, NULL, 0, &h), CKR_OK);
+    issued = ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS);
+
+    /* Refused: a device never issued, another product's, a product not
+     * installed, an outcome that is none, a bad ID, a missing attribute. */
+    assert_int_equal(outcome_req("SENSOR-1", "PO-9", CKG_GUARDIAN_OUTCOME_PROGRAMMED, text, sizeof(text)),
+                     CKR_GUARDIAN_DEVICE_NOT_ISSUED);
+    assert_int_equal(outcome_req("SMALL", "PO-1", CKG_GUARDIAN_OUTCOME_PROGRAMMED, text, sizeof(text)),
+                     CKR_GUARDIAN_DEVICE_NOT_ISSUED);
+    assert_int_equal(outcome_req("NOPE", "PO-1", CKG_GUARDIAN_OUTCOME_PROGRAMMED, text, sizeof(text)),
+                     CKR_GUARDIAN_PRODUCT_UNKNOWN);
+    assert_int_equal(outcome_req("SENSOR-1", "PO-1", bad, text, sizeof(text)), CKR_GUARDIAN_REQUEST_INVALID);
+    assert_int_equal(outcome_req("SENSOR-1", "PO 1", CKG_GUARDIAN_OUTCOME_PROGRAMMED, text, sizeof(text)),
+                     CKR_GUARDIAN_DEVICE_ID_INVALID);
+    {
+        CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_OEM_ID, "ACME", 4},
+                            {CKA_GUARDIAN_PRODUCT_ID, "SENSOR-1", 8},
+                            {CKA_GUARDIAN_DEVICE_ID, "PO-1", 4},
+                            {CKA_GUARDIAN_DEVICE_ID_FORMAT, &fmt, sizeof(fmt)}};
+        assert_int_equal(request(s, CKG_GUARDIAN_REQ_PART_OUTCOME, t, 3, &h), CKR_GUARDIAN_REQUEST_INVALID);
+        t[3].type = CKA_GUARDIAN_PART_OUTCOME;
+        t[3].pValue = &bad;
+        bad = CKG_GUARDIAN_OUTCOME_PROGRAMMED;
+        assert_int_equal(request(s, CKG_GUARDIAN_REQ_PART_OUTCOME, t, 4, &h), CKR_OK);
+        assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    }
+    /* Reported (the certificate still in this process's journal: the
+     * request folds it first); again: nothing new; scrapped after programmed:
+     * recorded; programmed after scrapped: refused. */
+    assert_int_equal(outcome_req("SENSOR-1", "PO-1", CKG_GUARDIAN_OUTCOME_PROGRAMMED, text, sizeof(text)), CKR_OK);
+    assert_string_equal(text, "serial=1 outcome=programmed recorded=no\n"); /* the one just above */
+    assert_int_equal(outcome_req("SENSOR-1", "PO-2", CKG_GUARDIAN_OUTCOME_PROGRAMMED, text, sizeof(text)), CKR_OK);
+    assert_string_equal(text, "serial=2 outcome=programmed recorded=yes\n");
+    assert_int_equal(outcome_req("SENSOR-1", "PO-2", CKG_GUARDIAN_OUTCOME_SCRAPPED, text, sizeof(text)), CKR_OK);
+    assert_string_equal(text, "serial=2 outcome=scrapped recorded=yes\n");
+    assert_int_equal(outcome_req("SENSOR-1", "PO-2", CKG_GUARDIAN_OUTCOME_SCRAPPED, text, sizeof(text)), CKR_OK);
+    assert_string_equal(text, "serial=2 outcome=scrapped recorded=no\n");
+    assert_int_equal(outcome_req("SENSOR-1", "PO-2", CKG_GUARDIAN_OUTCOME_PROGRAMMED, text, sizeof(text)),
+                     CKR_GUARDIAN_PART_SCRAPPED);
+    /* Units stay spent: none given back, none taken. */
+    assert_int_equal(ulong_of(pkg_obj, CKA_GUARDIAN_ISSUED_UNITS), issued);
+
+    /* The records: three OUTCOMEs (serial, device, release 3, the outcome). */
+    records_of("SENSOR-1", rec, sizeof(rec));
+    assert_non_null(strstr(rec, "8 1 504F2D31 3 1\n8 2 504F2D32 3 1\n8 2 504F2D32 3 2\n"));
+    assert_null(strstr(strstr(rec, "8 2 504F2D32 3 2\n") + 1, "\n8 "));
+    /* And the export, which the OEM reads. */
+    {
+        CK_ATTRIBUTE v = {CKA_VALUE, NULL, 0};
+        unsigned char *report;
+        const char *p;
+        int outcomes = 0;
+        assert_int_equal(request(s, CKG_GUARDIAN_REQ_AUDIT_EXPORT, NULL, 0, &h), CKR_OK);
+        assert_int_equal(m->C_GetAttributeValue(s, h, &v, 1), CKR_OK);
+        report = malloc(v.ulValueLen + 1);
+        assert_non_null(report);
+        v.pValue = report;
+        assert_int_equal(m->C_GetAttributeValue(s, h, &v, 1), CKR_OK);
+        report[v.ulValueLen] = '\0';
+        for (p = (const char *)report; (p = strstr(p, " OUTCOME ")) != NULL; p++)
+            outcomes++;
+        assert_int_equal(outcomes, 3);
+        assert_non_null(strstr((const char *)report, " OUTCOME 1"));
+        free(report);
+        assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    }
+    EVP_PKEY_free(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1374,7 +1718,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_cert_quota_and_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_certs_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_certs_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_cert_asked_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_part_outcome, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retire_ca, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status_service_mode, setup_service, teardown_service),
     };
     return cmocka_run_group_tests_name("integration: Guardian requests = mechanisms", tests, NULL, NULL);

@@ -66,6 +66,25 @@ static void assert_ecdsa_verifies(EVP_PKEY *key, const CK_BYTE *hash, size_t has
 
 static CK_ULONG count_objects(void) { return test_count_objects(m, s); }
 
+/* C_FindObjects with `t` in session `in`: up to `max` handles. */
+static CK_RV find_objects_in(CK_SESSION_HANDLE in, CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max,
+                             CK_ULONG *count)
+{
+    CK_RV rv = m->C_FindObjectsInit(in, t, n);
+    *count = 0;
+    if (rv != CKR_OK)
+        return rv;
+    rv = m->C_FindObjects(in, out, max, count);
+    if (m->C_FindObjectsFinal(in) != CKR_OK && rv == CKR_OK)
+        rv = CKR_GENERAL_ERROR;
+    return rv;
+}
+
+static CK_RV find_objects(CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max, CK_ULONG *count)
+{
+    return find_objects_in(s, t, n, out, max, count);
+}
+
 /* The Guardian's certificate for its in-token key, signed by a software CA. */
 static void make_guardian_cert(CK_OBJECT_HANDLE pub)
 {
@@ -277,16 +296,71 @@ static void test_import_and_use(void **st)
         for (CK_ULONG i = 0; i < n; i++)
             seen_pkg += all[i] == pkg_obj;
         assert_int_equal(seen_pkg, 1);
-        /* CA key, extra key, confidential data (a secret key), CA and root
-         * certificates, and the package object. */
-        assert_int_equal(n, 6);
+        /* The CA key, the CA certificate and the package object: not the
+         * root certificate, nor the extra key and the confidential item. */
+        assert_int_equal(n, 3);
+    }
+    /* Key and certificate pair by CKA_ID as NSS and Java pair them: the
+     * production CA key's CKA_ID is its own certificate's, the root's is the
+     * SHA-1 of the root's public key. */
+    {
+        CK_OBJECT_CLASS ccls = CKO_CERTIFICATE;
+        CK_BYTE label0[] = "guardian:ACME/SENSOR-1/r3:production-ca-cert0", label1[] = "guardian:ACME/SENSOR-1/r3:chain-1";
+        CK_BYTE key_label[] = "guardian:ACME/SENSOR-1/r3:production-ca";
+        CK_BYTE got[64], der[4096], sha1[20];
+        CK_OBJECT_HANDLE h[2];
+        CK_ATTRIBUTE c0[] = {{CKA_CLASS, &ccls, sizeof(ccls)}, {CKA_LABEL, label0, sizeof(label0) - 1}};
+        CK_ATTRIBUTE c1[] = {{CKA_CLASS, &ccls, sizeof(ccls)}, {CKA_LABEL, label1, sizeof(label1) - 1}};
+        CK_ATTRIBUTE k[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_LABEL, key_label, sizeof(key_label) - 1}};
+        CK_ATTRIBUTE ga = {CKA_ID, got, sizeof(got)}, va = {CKA_VALUE, der, sizeof(der)};
+        const unsigned char *p = der;
+        X509 *x;
+        unsigned int sha1_len = 0;
+
+        assert_int_equal(find_objects(k, 2, h, 2, &n), CKR_OK);
+        assert_int_equal(n, 1);
+        assert_int_equal(m->C_GetAttributeValue(s, h[0], &ga, 1), CKR_OK);
+        assert_int_equal(ga.ulValueLen, 16);
+        assert_memory_equal(got, id, 16);
+        assert_int_equal(find_objects(c0, 2, h, 2, &n), CKR_OK);
+        assert_int_equal(n, 1);
+        ga.ulValueLen = sizeof(got);
+        assert_int_equal(m->C_GetAttributeValue(s, h[0], &ga, 1), CKR_OK);
+        assert_int_equal(ga.ulValueLen, 16);
+        assert_memory_equal(got, id, 16);
+        assert_int_equal(find_objects(c1, 2, h, 2, &n), CKR_OK);
+        assert_int_equal(n, 1);
+        ga.ulValueLen = sizeof(got);
+        assert_int_equal(m->C_GetAttributeValue(s, h[0], &ga, 1), CKR_OK);
+        assert_int_equal(m->C_GetAttributeValue(s, h[0], &va, 1), CKR_OK);
+        x = d2i_X509(NULL, &p, (long)va.ulValueLen);
+        assert_non_null(x);
+        assert_int_equal(X509_pubkey_digest(x, EVP_sha1(), sha1, &sha1_len), 1);
+        X509_free(x);
+        assert_int_equal(ga.ulValueLen, 20);
+        assert_memory_equal(got, sha1, 20);
     }
     {
+        /* One private key has the package ID (the production CA key); the
+         * extra key's CKA_ID is the package ID followed by its label, the
+         * confidential item's too. */
+        CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
+        CK_BYTE extra_id[16 + 6], item_id[16 + 7];
         CK_ATTRIBUTE t[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_ID, id, 16}};
-        assert_int_equal(m->C_FindObjectsInit(s, t, 2), CKR_OK);
-        assert_int_equal(m->C_FindObjects(s, keys, 4, &n), CKR_OK);
-        assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
-        assert_int_equal(n, 2); /* production CA + the extra key */
+        CK_ATTRIBUTE te[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_ID, extra_id, sizeof(extra_id)}};
+        CK_ATTRIBUTE ti[] = {{CKA_CLASS, &secret, sizeof(secret)}, {CKA_ID, item_id, sizeof(item_id)}};
+        CK_ULONG n_extra = 0, n_item = 0;
+        memcpy(extra_id, id, 16);
+        memcpy(extra_id + 16, "attest", 6);
+        memcpy(item_id, id, 16);
+        memcpy(item_id + 16, "bootkey", 7);
+        assert_int_equal(find_objects(t, 2, keys, 4, &n), CKR_OK);
+        assert_int_equal(n, 1); /* the production CA key */
+        assert_int_equal(find_objects(te, 2, keys + 1, 3, &n_extra), CKR_OK);
+        assert_int_equal(n_extra, 1);
+        assert_int_equal(find_objects(ti, 2, keys + 2, 2, &n_item), CKR_OK);
+        assert_int_equal(n_item, 1);
+        n = 3; /* the CA key, the extra key, the confidential item: checked below */
     }
     for (CK_ULONG i = 0; i < n; i++) {
         CK_BBOOL extractable = CK_TRUE, sensitive = CK_FALSE;
@@ -882,7 +956,12 @@ static void assert_chains(X509 *x, const char *ca_name)
     X509_free(root);
 }
 
-static void assert_profile(X509 *x, const char *device_id, EVP_PKEY *device_key, uint64_t serial)
+/* The device certificate profile.  `legacy`: the package's template has
+ * neither deviceExtOid nor noDeviceExt (as packages signed before
+ * noDeviceExt), so the extension is under the legacy 2.25.<uuid>.3; else
+ * (what guardian-wrap makes by default) there is no device-identity
+ * extension at all: the five standard extensions only. */
+static void assert_profile_of(X509 *x, const char *device_id, EVP_PKEY *device_key, uint64_t serial, int legacy)
 {
     char cn[128];
     const ASN1_INTEGER *sn = X509_get_serialNumber(x);
@@ -907,8 +986,41 @@ static void assert_profile(X509 *x, const char *device_id, EVP_PKEY *device_key,
     assert_false(X509_check_ca(x));
     assert_non_null(X509_get0_subject_key_id(x));
     assert_non_null(X509_get0_authority_key_id(x));
-    assert_true(X509_get_ext_by_OBJ(x, oid, -1) >= 0);
+    if (legacy) {
+        assert_true(X509_get_ext_by_OBJ(x, oid, -1) >= 0);
+    } else {
+        /* Standard extensions only: BC, KU, EKU if any, AKI, SKI. */
+        for (int i = 0; i < X509_get_ext_count(x); i++) {
+            int nid = OBJ_obj2nid(X509_EXTENSION_get_object(X509_get_ext(x, i)));
+            assert_true(nid == NID_basic_constraints || nid == NID_key_usage || nid == NID_ext_key_usage ||
+                        nid == NID_authority_key_identifier || nid == NID_subject_key_identifier);
+        }
+    }
     ASN1_OBJECT_free(oid);
+}
+
+static void assert_profile(X509 *x, const char *device_id, EVP_PKEY *device_key, uint64_t serial)
+{
+    assert_profile_of(x, device_id, device_key, serial, 0);
+}
+
+/* A package signed before noDeviceExt existed keeps meaning what it meant:
+ * its certificates carry the device-identity extension under the legacy OID. */
+static void test_derive_legacy_template(void **st)
+{
+    CK_OBJECT_HANDLE pkg_obj = 0, cert;
+    EVP_PKEY *dk = gen_key("EC", "P-256");
+    X509 *x;
+    (void)st;
+
+    assert_int_equal(import("legacy.gpk", &pkg_obj), CKR_OK);
+    assert_int_equal(derive(ca_key_of(pkg_obj), "SN-legacy", dk, &cert), CKR_OK);
+    x = cert_of(cert);
+    assert_profile_of(x, "SN-legacy", dk, 1, 1);
+    assert_chains(x, "ca.pem");
+    X509_free(x);
+    assert_int_equal(m->C_DestroyObject(s, cert), CKR_OK);
+    EVP_PKEY_free(dk);
 }
 
 static void test_derive_certificates(void **st)
@@ -1147,6 +1259,66 @@ static void test_derive_expired(void **st)
     EVP_PKEY_free(k);
 }
 
+/* Package objects belong to the token their release was imported into: a
+ * second token of the same SoftHSM (initialised here, in the free slot)
+ * neither finds nor reads them, logged in or not; the first still does. */
+static void test_package_objects_on_own_token(void **st)
+{
+    CK_OBJECT_HANDLE pkg_obj = 0, found[8];
+    CK_OBJECT_CLASS pcls = CKO_GUARDIAN_PACKAGE;
+    CK_SLOT_ID slots[16], other = 0;
+    CK_ULONG n_slots = 16, n = 0, release = 0;
+    CK_SESSION_HANDLE s2;
+    CK_BYTE id[16];
+    CK_UTF8CHAR label[32];
+    CK_ATTRIBUTE by_class = {CKA_CLASS, &pcls, sizeof(pcls)}, by_id = {CKA_ID, id, sizeof(id)};
+    CK_ATTRIBUTE rel = {CKA_GUARDIAN_RELEASE, &release, sizeof(release)};
+    CK_ATTRIBUTE ida = {CKA_ID, id, sizeof(id)};
+    int have_free = 0;
+    (void)st;
+
+    assert_int_equal(import("good.gpk", &pkg_obj), CKR_OK);
+    assert_int_equal(m->C_GetAttributeValue(s, pkg_obj, &ida, 1), CKR_OK);
+    /* SoftHSM keeps one uninitialised token: make it a second token. */
+    assert_int_equal(m->C_GetSlotList(CK_FALSE, slots, &n_slots), CKR_OK);
+    for (CK_ULONG i = 0; i < n_slots && !have_free; i++) {
+        CK_TOKEN_INFO ti;
+        if (m->C_GetTokenInfo(slots[i], &ti) == CKR_OK && (ti.flags & CKF_TOKEN_INITIALIZED) == 0) {
+            other = slots[i];
+            have_free = 1;
+        }
+    }
+    assert_true(have_free);
+    memset(label, ' ', sizeof(label));
+    memcpy(label, "second", 6);
+    assert_int_equal(m->C_InitToken(other, (CK_UTF8CHAR_PTR)TEST_SO_PIN, strlen(TEST_SO_PIN), label), CKR_OK);
+    assert_int_equal(test_find_slot(m, "second", &other), CKR_OK);
+    assert_int_not_equal(other, slot);
+    assert_int_equal(m->C_OpenSession(other, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s2), CKR_OK);
+
+    /* Not logged in on the second token, then as its SO (so that its private
+     * objects would be visible too): never the first token's package. */
+    for (int pass = 0; pass < 2; pass++) {
+        assert_int_equal(find_objects_in(s2, &by_class, 1, found, 8, &n), CKR_OK);
+        assert_int_equal(n, 0);
+        assert_int_equal(find_objects_in(s2, &by_id, 1, found, 8, &n), CKR_OK);
+        assert_int_equal(n, 0);
+        assert_int_equal(find_objects_in(s2, NULL, 0, found, 8, &n), CKR_OK);
+        for (CK_ULONG i = 0; i < n; i++)
+            assert_int_not_equal(found[i] & ~(CK_OBJECT_HANDLE)0xFFFF, 0x47440000UL); /* no package object */
+        assert_int_equal(m->C_GetAttributeValue(s2, pkg_obj, &rel, 1), CKR_OBJECT_HANDLE_INVALID);
+        if (pass == 0)
+            assert_int_equal(m->C_Login(s2, CKU_SO, (CK_UTF8CHAR_PTR)TEST_SO_PIN, strlen(TEST_SO_PIN)), CKR_OK);
+    }
+    /* The Guardian's token still has it, by class and by CKA_ID. */
+    assert_int_equal(find_objects(&by_class, 1, found, 8, &n), CKR_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(found[0], pkg_obj);
+    assert_int_equal(m->C_GetAttributeValue(s, pkg_obj, &rel, 1), CKR_OK);
+    assert_int_equal(release, 3);
+    assert_int_equal(m->C_CloseSession(s2), CKR_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1157,8 +1329,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_x963_needs_backend_kdf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vectors_in_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_derive_certificates, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_derive_legacy_template, setup, teardown),
         cmocka_unit_test_setup_teardown(test_derive_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_derive_expired, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_package_objects_on_own_token, setup, teardown),
     };
     return cmocka_run_group_tests_name("integration: vendor mechanisms", tests, NULL, NULL);
 }

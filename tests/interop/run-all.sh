@@ -12,7 +12,7 @@ if [ $# -ne 1 ] || [ -z "$1" ]; then
 fi
 here=$(cd "$(dirname "$0")" && pwd)
 module=$1
-SCRIPTS="pkcs11_tool openssl_engine p11tool p11kit p11kit_remote pykcs11 nss examples"
+SCRIPTS="pkcs11_tool openssl_engine p11tool p11kit p11kit_remote pykcs11 nss cert_parsers examples"
 # examples.sh also needs the tools and the example programs: those of the
 # build directory the module is in (build/guardian-pkcs11.so), when there.
 build=$(dirname "$(readlink -f "$module")")

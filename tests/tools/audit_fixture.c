@@ -20,7 +20,10 @@
  *       (guardian_store_record_export), of the whole trail or of one product,
  *       without the report: what an export leaves in the trail for the next.
  *   In all three, $AUDIT_FIXTURE_OPERATOR, if set, is the operator the records
- *   name (guardian_store_set_operator).
+ *   name (guardian_store_set_operator); in issue, $AUDIT_FIXTURE_DEVICE, if
+ *   set, the device ID of every certificate (what two processes racing one
+ *   new device ID leave: the store API, below the module's device index,
+ *   records it as it comes).
  *   audit_fixture rehash IN OUT one|chain SEQ
  *       recomputes the hash of record SEQ (one), or of SEQ and every record
  *       after it with their prev_hash links and the head line (chain): what a
@@ -36,9 +39,10 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "cert_builder.h"
+#include "package.h"
 #include "report.h"
 
-#define DEVICE_EXT_OID "2.25.62758544141009244537205961397770264239.3"
 
 static void fail(const char *what)
 {
@@ -65,7 +69,7 @@ static size_t tlv(uint8_t *out, uint8_t tag, const void *v, size_t n)
     return h + n;
 }
 
-static X509 *device_cert(EVP_PKEY *ca_key, X509 *ca, const char *oem, const char *product,
+static X509 *device_cert(struct guardian_store *st, EVP_PKEY *ca_key, X509 *ca, const char *oem, const char *product,
                          const struct guardian_product *p, uint64_t serial, const char *device)
 {
     X509 *x = X509_new();
@@ -73,13 +77,38 @@ static X509 *device_cert(EVP_PKEY *ca_key, X509 *ca, const char *oem, const char
     uint8_t sn[16], body[1024], seq[1100], rel[5];
     size_t n = 0, rel_len = 0;
     BIGNUM *bn;
-    X509_NAME *name = X509_NAME_new();
+    X509_NAME *name = NULL;
     ASN1_OCTET_STRING *val = ASN1_OCTET_STRING_new();
-    ASN1_OBJECT *oid = OBJ_txt2obj(DEVICE_EXT_OID, 1);
-    X509_EXTENSION *ext;
+    ASN1_OBJECT *oid = NULL;
+    X509_EXTENSION *ext = NULL;
+    struct guardian_package_material m;
+    GUARDIAN_CERT_TEMPLATE *t = NULL;
+    struct guardian_subject_pattern pat;
+    uint8_t ext_oid[GUARDIAN_DEVICE_EXT_OID_MAX], name_der[1024];
+    const unsigned char *q;
+    size_t name_len;
+    int ext_oid_len;
 
-    if (x == NULL || dev == NULL || name == NULL || val == NULL || oid == NULL)
+    if (x == NULL || dev == NULL || val == NULL)
         fail("out of memory");
+    /* The profile of the package's own template, as the module follows it:
+     * its subject pattern, its device-identity extension setting. */
+    if (guardian_store_package_material(st, p->package_id, &m) != CKR_OK || m.cert_template == NULL)
+        fail("the package's template was not recorded");
+    q = m.cert_template;
+    if ((t = d2i_GUARDIAN_CERT_TEMPLATE(NULL, &q, (long)m.cert_template_len)) == NULL ||
+        (ext_oid_len = guardian_template_device_ext(t, ext_oid)) < 0 ||
+        !guardian_subject_pattern_parse((const char *)ASN1_STRING_get0_data(t->subject),
+                                        (size_t)ASN1_STRING_length(t->subject), &pat, NULL, 0) ||
+        (name_len = guardian_subject_der(&pat, device, oem, product, name_der, sizeof(name_der), NULL, 0)) == 0)
+        fail("the package's template is not usable");
+    q = name_der;
+    if ((name = d2i_X509_NAME(NULL, &q, (long)name_len)) == NULL)
+        fail("the subject does not parse");
+    if (ext_oid_len > 0 && (oid = ASN1_OBJECT_create(NID_undef, ext_oid, ext_oid_len, NULL, NULL)) == NULL)
+        fail("out of memory");
+    GUARDIAN_CERT_TEMPLATE_free(t);
+    guardian_store_package_material_free(&m);
     sn[0] = (uint8_t)(0x40 | (p->package_id[0] & 0x3f));
     memcpy(sn + 1, p->package_id + 1, 7);
     for (int i = 0; i < 8; i++)
@@ -88,7 +117,6 @@ static X509 *device_cert(EVP_PKEY *ca_key, X509 *ca, const char *oem, const char
     BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
     BN_free(bn);
     X509_set_version(x, 2);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)device, -1, -1, 0);
     X509_set_subject_name(x, name);
     X509_set_issuer_name(x, X509_get_subject_name(ca));
     X509_gmtime_adj(X509_getm_notBefore(x), 0);
@@ -111,8 +139,9 @@ static X509 *device_cert(EVP_PKEY *ca_key, X509 *ca, const char *oem, const char
     n += tlv(body + n, 0x02, rel, rel_len);
     n = tlv(seq, 0x30, body, n);
     ASN1_OCTET_STRING_set(val, seq, (int)n);
-    ext = X509_EXTENSION_create_by_OBJ(NULL, oid, 0, val);
-    if (ext == NULL || !X509_add_ext(x, ext, -1) || !X509_sign(x, ca_key, EVP_sha256()))
+    if (oid != NULL && ((ext = X509_EXTENSION_create_by_OBJ(NULL, oid, 0, val)) == NULL || !X509_add_ext(x, ext, -1)))
+        fail("cannot add the device-identity extension");
+    if (!X509_sign(x, ca_key, EVP_sha256()))
         fail("cannot make a device certificate");
     X509_EXTENSION_free(ext);
     ASN1_OBJECT_free(oid);
@@ -153,7 +182,9 @@ static int issue(char **argv, int die)
         int len;
         X509 *x;
         snprintf(device, sizeof(device), "DEV-%06llu", (unsigned long long)(first + i));
-        x = device_cert(ca_key, ca, p.oem_id, p.product_id, &p, first + i, device);
+        if (getenv("AUDIT_FIXTURE_DEVICE") != NULL) /* every certificate to one device: issued twice */
+            snprintf(device, sizeof(device), "%s", getenv("AUDIT_FIXTURE_DEVICE"));
+        x = device_cert(st, ca_key, ca, p.oem_id, p.product_id, &p, first + i, device);
         len = i2d_X509(x, &der);
         if (len <= 0 || guardian_store_issue(st, p.oem_id, p.product_id, first + i, (const uint8_t *)device,
                                              strlen(device), der, (size_t)len) != CKR_OK)

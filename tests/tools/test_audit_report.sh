@@ -14,7 +14,7 @@ set -uo pipefail
 M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") W=$(realpath "${3:?guardian-wrap}")
 FIX=$(realpath "${4:?audit_fixture}")
 work=$(mktemp -d "${TMPDIR:-/tmp}/audit-report-test-XXXXXX")
-trap 'rm -rf "$work"' EXIT
+trap '[ -n "${KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$work" || exit 1
 # shellcheck source=../lib/testlib.sh
@@ -33,11 +33,11 @@ oem_pki 2>/dev/null
 awk '/BEGIN CERT/ { n++ } n == 1' guardian.pem >agreement.pem
 "$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null 2>&1 || ko "enroll-oem"
 
-# wrap PRODUCT RELEASE UNITS OUT
+# wrap PRODUCT RELEASE UNITS OUT [CREATE-OPTION...]
 wrap() {
     "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
         --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id "$1" --release "$2" --units "$3" \
-        --not-after +30 --out "$4" >/dev/null || ko "guardian-wrap create $4"
+        --not-after +30 --out "$4" "${@:5}" >/dev/null || ko "guardian-wrap create $4"
 }
 wrap SENSOR-1 1 10 s1r1.gpk
 wrap SENSOR-1 2 3 s1r2.gpk
@@ -70,7 +70,7 @@ expect "the OEM's own total, exceeded" 1 "ACME/SENSOR-1: used 9 units \(reserved
     verify report.txt "${V[@]}" --authorised 8 --product ACME/SENSOR-1
 expect "a package the trail does not have" 1 "package s1r3.gpk .* was not imported" -- \
     bash -c "cp s1r1.gpk s1r3.gpk && echo >>s1r3.gpk; $W verify-report report.txt ${V[*]} --package s1r3.gpk"
-expect "export to stdout is the same format" 0 "^GUARDIAN AUDIT REPORT 2$" -- "$CTL" audit export # record 28
+expect "export to stdout is the same format" 0 "^GUARDIAN AUDIT REPORT 3$" -- "$CTL" audit export # record 28
 expect "the report's own EXPORT record, last: the whole trail, by nobody (in-process)" 0 \
     "^record 27 EXPORT [0-9]+ - - 26 - 0{64} 0{32} 0 0 - [0-9a-f]{64} [0-9a-f]{64}$" -- cat report.txt
 [ "$(grep '^record \|^redacted ' report.txt | tail -n 1 | cut -d' ' -f2,3)" = "27 EXPORT" ] &&
@@ -195,7 +195,7 @@ expect "checked against another Guardian certificate" 1 "the report names anothe
 z64=$(printf '0%.0s' $(seq 64)) z32=$(printf '0%.0s' $(seq 32))
 awk -v z64="$z64" -v z32="$z32" '
     $1 == "record" { last = $2; serial = ($3 == "RESERVE" && $7 > serial) ? $7 : serial }
-    $1 == "certificate" && !added {
+    ($1 == "template" || $1 == "certificate") && !added {
         for (i = 1; i <= 2; i++) {
             print "record " last + 1 " RESERVE 1700000000 ACME SENSOR-1 " serial + i " - " z64 " " z32 " 0 0 - " z64 " " z64
             print "record " last + 2 " ISSUE 1700000000 ACME SENSOR-1 " serial + i " 4445562d58 " z64 " " z32 " 0 0 - " z64 " " z64
@@ -268,6 +268,20 @@ awk 'FNR == NR { if ($1 == "record" && $5 == "BETA") clear[$2] = $0; next }
     beta.txt acme.txt >acme-leak.txt
 expect "a restricted report with another OEM's record in clear" 1 "record [0-9]+ is of BETA/GADGET, outside the report's scope" -- \
     verify acme-leak.txt "${V[@]}"
+# The centre's whole trail: two OEMs, two production CAs, two roots. Each
+# certificate is checked against the chain whose CA issued it (--ca-chain and
+# --root repeat); with ACME's chain alone BETA's certificates are named.
+"$CTL" audit export --out centre.txt >/dev/null 2>&1 || ko "export the whole trail"
+expect "a centre-wide report over two production CAs: OK" 0 "^OK$" -- verify centre.txt --guardian guardian.pem \
+    --ca-chain ca.pem --ca-chain beta/ca.pem --root root.pem --root beta/root.pem
+expect "... every certificate of both verified" 0 "BETA/GADGET release 1 .*issued 2, .*certificates verified 2/2" -- \
+    verify centre.txt --guardian guardian.pem --ca-chain beta/ca.pem --ca-chain ca.pem --root beta/root.pem --root root.pem
+expect "... with ACME's chain only, BETA's certificates do not verify" 1 \
+    "certificate for serial [0-9]+ \(record [0-9]+\) does not verify against the production CA" -- \
+    verify centre.txt "${V[@]}"
+expect "... and with BETA's CA but not its root, its chain is named" 1 \
+    "the production CA .* does not chain to the OEM root" -- \
+    verify centre.txt --guardian guardian.pem --ca-chain ca.pem --ca-chain beta/ca.pem --root root.pem
 
 # ---- operators and credentials --------------------------------------------------------------
 # Every record names the operator logged in when it was written (set here by
@@ -404,23 +418,27 @@ expect "an EXPORT record's scope half '-'" 1 "malformed report: line [0-9]+: an 
     verify expdash.txt "${V[@]}"
 
 # A report made before operators were recorded (version 1: every record of
-# the old encoding, 14 fields) still verifies: report.txt as such a Guardian
-# wrote it - magic 1, no operator field, hashed in the old encoding - signed by
-# the fake Guardian.
+# the old encoding, 14 fields, no template lines) still verifies: report.txt
+# as such a Guardian wrote it - magic 1, no operator field, hashed in the old
+# encoding - signed by the fake Guardian.  Its releases' templates come from
+# the OEM's package files (--package), as for any report without template
+# lines.
+V1P=(--package s1r1.gpk --package s1r2.gpk --package o2r1.gpk)
 awk 'NR == 1 { $0 = "GUARDIAN AUDIT REPORT 1" }
+     $1 == "template" { next }
      $1 == "record" && $3 == "EXPORT" { next }
      $1 == "record" { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line } { print }' \
     report.txt >v1body.txt
 "$FIX" rehash v1body.txt v1rehashed.txt chain 1
 embed_fake v1rehashed.txt v1.txt
 expect "a version 1 report still verifies" 0 "^OK$" -- verify v1.txt --guardian fake.pem --ca-chain ca.pem --root root.pem \
-    --package s1r1.gpk --package s1r2.gpk
+    "${V1P[@]}"
 expect "... with its summary" 0 "ACME/SENSOR-1 release 1 .*authorised 10, reserved 8, released 1, issued 6, reserved-not-issued 1, remaining 3, certificates verified 6/6" -- \
-    verify v1.txt --guardian fake.pem --ca-chain ca.pem
-verify v1.txt --guardian fake.pem --ca-chain ca.pem | grep -q 'operator' && ko "a version 1 report shows operators" ||
+    verify v1.txt --guardian fake.pem --ca-chain ca.pem "${V1P[@]}"
+verify v1.txt --guardian fake.pem --ca-chain ca.pem "${V1P[@]}" | grep -q 'operator' && ko "a version 1 report shows operators" ||
     ok "a version 1 report shows no operator lines"
 expect "... and says its exporter is not recorded" 0 "^exported by \(not recorded" -- \
-    verify v1.txt --guardian fake.pem --ca-chain ca.pem
+    verify v1.txt --guardian fake.pem --ca-chain ca.pem "${V1P[@]}"
 awk 'NR == 1 { $0 = "GUARDIAN AUDIT REPORT 1" } { print }' ops.txt >v1ops.txt
 expect "a version 1 report with an operator line" 1 "malformed report: line [0-9]+: a record line of 15 fields \(with an operator\) in a version 1 report" -- \
     verify v1ops.txt "${V[@]}"
@@ -441,6 +459,68 @@ if "$CTL" --help | grep -q '^  provision'; then
         verify real2.txt "${V[@]}" --previous real.txt
     expect "--previous: an older report cannot stand for a newer one" 1 "before the previous report's head" -- \
         verify real.txt "${V[@]}" --previous real2.txt
+
+    # Releases with different device-extension settings in one report: REAL-3
+    # has none (the default), EXT-5 the OEM's own OID, SENSOR-1 and OTHER-2
+    # none.  Each release's template line carries its setting, so the report
+    # verifies with no --device-ext-oid at all (before: one flag for the whole
+    # report).
+    wrap EXT-5 1 5 e5r1.gpk --device-ext-oid 1.3.6.1.4.1.55555.1
+    "$CTL" import e5r1.gpk >/dev/null || ko "import e5r1"
+    # SUBJ-6: another subject pattern (checked against each certificate too).
+    wrap SUBJ-6 1 5 s6r1.gpk --subject 'CN=${device_id},O=${oem_id}'
+    "$CTL" import s6r1.gpk >/dev/null || ko "import s6r1"
+    expect "provision EXT-5" 0 "provisioned 2 parts" -- "$CTL" provision --product ACME/EXT-5 --count 2 --out parts-e5
+    expect "provision SUBJ-6" 0 "provisioned 1 parts" -- "$CTL" provision --product ACME/SUBJ-6 --count 1 --out parts-s6
+    # ACME's report: all of ACME's products in clear (BETA's, under another
+    # production CA, redacted: one --ca-chain per report).
+    "$CTL" audit export --product ACME/EXT-5 --out mixed.txt 2>/dev/null || ko "export ACME's products"
+    expect "two extension settings in one report: OK" 0 "^OK$" -- \
+        verify mixed.txt "${V[@]}" --package r3r1.gpk --package e5r1.gpk
+    expect "... the OEM OID's release verified" 0 "ACME/EXT-5 release 1 .*issued 2, .*certificates verified 2/2" -- \
+        verify mixed.txt "${V[@]}"
+    expect "... the release without the extension verified" 0 "ACME/REAL-3 release 1 .*issued 4, .*certificates verified 4/4" -- \
+        verify mixed.txt "${V[@]}"
+    r3=$(awk '$1 == "record" && $3 == "IMPORT" && $6 == "REAL-3" { print $2 }' mixed.txt)
+    e5=$(awk '$1 == "record" && $3 == "IMPORT" && $6 == "EXT-5" { print $2 }' mixed.txt)
+    e5cert=$(awk -v s="$e5" '$1 == "record" && $3 == "ISSUE" && $6 == "EXT-5" { print $2; exit }' mixed.txt)
+    awk -v s="$e5cert" '$1 == "certificate" && $2 == s { print $3 }' mixed.txt | base64 -d >e5.der
+    openssl x509 -inform DER -in e5.der -noout -text | grep -q '1\.3\.6\.1\.4\.1\.55555\.1' &&
+        ok "EXT-5's certificate carries the OEM's extension" || ko "EXT-5's certificate lacks the OEM's extension"
+    r3cert=$(awk '$1 == "record" && $3 == "ISSUE" && $6 == "REAL-3" { print $2; exit }' mixed.txt)
+    awk -v s="$r3cert" '$1 == "certificate" && $2 == s { print $3 }' mixed.txt | base64 -d >r3.der
+    openssl x509 -inform DER -in r3.der -noout -text | grep -q '2\.25\.' &&
+        ko "REAL-3's certificate carries the 2.25 extension" || ok "REAL-3's certificate has no device extension"
+    # Tampered: EXT-5's template line replaced by REAL-3's, re-signed (by the
+    # fake Guardian, so the signature verifies): EXT-5's certificates carry an
+    # extension that template does not give.
+    awk -v r="$r3" -v e="$e5" '$1 == "template" && $2 == r { t = $3 } { line[NR] = $0; f2[NR] = $2; f1[NR] = $1 }
+        END { for (i = 1; i <= NR; i++) print (f1[i] == "template" && f2[i] == e ? "template " e " " t : line[i]) }' \
+        mixed.txt >mixswap0.txt
+    embed_fake mixswap0.txt mixswap.txt
+    expect "a release's template swapped: its certificates do not match" 1 \
+        "record $e5cert\) does not match the certificate profile: it has an extension its release's template does not give" -- \
+        verify mixswap.txt --guardian fake.pem --ca-chain ca.pem
+    expect "... and the OEM's package says otherwise" 1 "record $e5 imports package e5r1.gpk but the report's template of it differs from the package's" -- \
+        verify mixswap.txt --guardian fake.pem --ca-chain ca.pem --package e5r1.gpk
+    expect "... and the genuine signature no longer verifies" 1 "signature does not verify" -- verify mixswap0.txt "${V[@]}"
+    # REAL-3's template line replaced by SUBJ-6's (same extension setting,
+    # another subject pattern): REAL-3's certificates do not have that subject.
+    s6=$(awk '$1 == "record" && $3 == "IMPORT" && $6 == "SUBJ-6" { print $2 }' mixed.txt)
+    awk -v r="$r3" -v e="$s6" '$1 == "template" && $2 == e { t = $3 } { line[NR] = $0; f2[NR] = $2; f1[NR] = $1 }
+        END { for (i = 1; i <= NR; i++) print (f1[i] == "template" && f2[i] == r ? "template " r " " t : line[i]) }' \
+        mixed.txt >mixsubj0.txt
+    embed_fake mixsubj0.txt mixsubj.txt
+    expect "a release's subject pattern swapped: its certificates do not match" 1 \
+        "record $r3cert\) does not match the certificate profile: its subject is not the release's subject pattern filled with the record's IDs" -- \
+        verify mixsubj.txt --guardian fake.pem --ca-chain ca.pem
+    # A template line dropped from a version 3 report: EXT-5 then falls back to
+    # the legacy default, and its certificates do not match that either.
+    grep -v "^template $e5 " mixed.txt >mixdrop0.txt
+    embed_fake mixdrop0.txt mixdrop.txt
+    expect "a release's template removed: checked against the legacy default, fails" 1 \
+        "record $e5cert\) does not match the certificate profile: it has no Guardian device extension" -- \
+        verify mixdrop.txt --guardian fake.pem --ca-chain ca.pem
 else
     ok "guardianctl provision not built yet: certificates from audit_fixture only"
 fi
@@ -491,7 +571,8 @@ printf '\r' >>truncated.txt
 expect "a carriage return" 1 "malformed report: line [0-9]+" -- verify truncated.txt "${V[@]}"
 
 verify missing.txt "${V[@]}" >/dev/null 2>&1; rc=$?
-[ $rc -eq 2 ] && ok "missing report: exit 2" || ko "missing report: exit $rc"
+# One exit convention for both tools: a file that cannot be read is 1 (failed), 2 only a usage error.
+[ $rc -eq 1 ] && ok "missing report: exit 1" || ko "missing report: exit $rc"
 verify report.txt --ca-chain ca.pem >/dev/null 2>&1; rc=$?
 [ $rc -eq 2 ] && ok "missing --guardian: exit 2" || ko "missing --guardian: exit $rc"
 verify altered.txt "${V[@]}" >/dev/null 2>&1; rc=$?

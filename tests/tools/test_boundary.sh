@@ -244,6 +244,13 @@ if guardian main; then
     ok "main: Guardian initialised, ACME root enrolled, ACME/SENSOR-1 imported, 3 parts provisioned"
 fi
 pkgid=$("$W" inspect "$GD/s1r1.gpk" 2>/dev/null | awk '/^package id/ {print $3}')
+# The package's confidential item fw-key: CKA_ID = the package ID followed by
+# its name (mechs/unwrap_package.c). Found first, so that the attacks on it
+# below fail for the policy's reason, not for not finding it.
+secret_id=$pkgid$(printf fw-key | od -An -tx1 | tr -d ' \n')
+p11 --list-objects --type secrkey --id "$secret_id" 2>/dev/null | grep -q 'fw-key' &&
+    ok "the package's confidential item fw-key is found by its CKA_ID (package ID + name)" ||
+    ko "the package's confidential item fw-key not found by CKA_ID $secret_id"
 p11 --keypairgen --key-type EC:prime256v1 --label op-ec --id 0a01 --usage-sign --usage-derive >/dev/null 2>&1 &&
     p11 --keygen --key-type AES:32 --label op-aes --id 0a02 --extractable >/dev/null 2>&1 &&
     p11 --keygen --key-type GENERIC:32 --label op-secret --id 0a03 --extractable >/dev/null 2>&1 &&
@@ -362,7 +369,7 @@ attack "control: PyKCS11 C_SignInit/C_Sign with op-ec" allowed sign private:labe
 
 section "(5) the confidential item and the keys wrapped out under an operator's AES key"
 refused "pkcs11-tool --wrap -m AES-KEY-WRAP --id 0a02 (op-aes) --application-id <package ID> (the package's secret)" "" \
-    wrapped.bin -- p11 --wrap -m AES-KEY-WRAP --id 0a02 --application-id "$pkgid" -o wrapped.bin
+    wrapped.bin -- p11 --wrap -m AES-KEY-WRAP --id 0a02 --application-id "$secret_id" -o wrapped.bin
 p11 --wrap -m AES-KEY-WRAP --id 0a02 --application-id 0a03 -o wrapped-op.bin >/dev/null 2>&1 && [ -s wrapped-op.bin ] &&
     ok "control: pkcs11-tool --wrap of op-secret under op-aes works" || ko "control: pkcs11-tool --wrap of op-secret failed"
 attack "PyKCS11 C_WrapKey of the confidential item under op-aes" refused wrapped "$FW" secret:label=op-aes
@@ -583,7 +590,8 @@ fi
 wrap "$GD/big.gpk" BIG 1 100000 +30 && ctl import "$GD/big.gpk" >/dev/null 2>&1 || ko "import ACME/BIG"
 journal_bytes=0
 for try in $(seq 12); do
-    "$CTL" provision --product ACME/BIG --count 100000 --threads 2 --prefix "K$try-" --out "$GD/crash" >/dev/null 2>&1 &
+    # 50000: within what remains after the earlier tries (a --count beyond it is refused before the start).
+    "$CTL" provision --product ACME/BIG --count 50000 --threads 2 --prefix "K$try-" --out "$GD/crash" >/dev/null 2>&1 &
     bg=$!
     for _ in $(seq 300); do # until 40 more certificates are written (at most 30 s)
         [ "$(find "$GD/crash" -name "K$try-*.pem" 2>/dev/null | wc -l)" -ge 40 ] && break

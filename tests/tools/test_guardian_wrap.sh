@@ -38,6 +38,24 @@ expect "x963 kdf variant" 0 "wrote q.gpk" -- "$W" "${base[@]}" --kdf x963-sha256
 expect "x963 inspect" 0 "X9.63 SHA-256" -- "$W" inspect q.gpk --oem-root root.pem
 expect "inspect: the container is as signed" 0 "container +exactly as signed" -- "$W" inspect p.gpk --oem-root root.pem
 
+# The device-identity extension: none unless the OEM names its own OID (no
+# 2.25.<uuid> default); inspect says which.
+expect "inspect: by default no device extension" 0 "template .*, no device extension$" -- "$W" inspect p.gpk
+expect "create --device-ext-oid" 0 "wrote oid.gpk" -- "$W" "${base[@]}" --device-ext-oid 1.3.6.1.4.1.55555.1 --out oid.gpk
+expect "inspect: the OEM's OID" 0 "template .*, device extension 1\.3\.6\.1\.4\.1\.55555\.1$" -- "$W" inspect oid.gpk
+expect "create: a standard extension's OID refused" 2 "--device-ext-oid: '2.5.29.99' is not a usable OID" -- \
+    "$W" "${base[@]}" --device-ext-oid 2.5.29.99 --out bad-oid.gpk
+# PrintableString values (C, serialNumber) are never changed: '_' is refused,
+# in the pattern's text or from an ID, before anything is written.
+expect "create: '_' in a serialNumber's literal text refused" 1 \
+    "serialNumber is a PrintableString, which cannot hold '_' \(allowed: A-Z a-z 0-9 space ' \( \) \+ , - \. / : = \?\)" -- \
+    "$W" "${base[@]}" --subject 'CN=${device_id},serialNumber=A_${device_id}' --out ps1.gpk
+expect "create: an OEM ID with '_' in C refused" 1 "the subject's C would hold '_', which a PrintableString cannot" -- \
+    "$W" "${base[@]/ACME/AC_ME}" --subject 'CN=${device_id},C=${oem_id}' --out ps2.gpk
+[ ! -e ps1.gpk ] && [ ! -e ps2.gpk ] && ok "nothing written for a refused subject" || ko "a refused subject wrote a package"
+expect "create: '-' in serialNumber is fine" 0 "wrote ps3.gpk" -- \
+    "$W" "${base[@]}" --subject 'CN=${device_id},serialNumber=A-${device_id}' --out ps3.gpk
+
 # The one container a Guardian takes (docs/package-format.md, "The container
 # exactly as signed").  OpenSSL's ECDSA s is random and (r, n-s) verifies too:
 # guardian-wrap writes the low-s form, every time, as a DER parser of our own
@@ -180,6 +198,7 @@ for d in 2027-02-30 2027-13-01 2027-02-29 2027-12-31x 2027-1-01 27-12-31 +0 +-5 
         "$W" "${base[@]/+365/$d}" --out date.gpk
 done
 expect_rc "--not-after 2096-02-29 (a leap year) taken" 0 "wrote leap.gpk" -- "$W" "${base[@]/+365/2096-02-29}" --out leap.gpk
+expect_rc "--not-after 2028-02-29 (a leap year) taken" 0 "wrote leap28.gpk" -- "$W" "${base[@]/+365/2028-02-29}" --out leap28.gpk
 [ -e date.gpk ] && ko "a refused date left date.gpk" || ok "a refused date writes nothing"
 
 # An existing output is kept unless --force; the write goes through a rename.
@@ -207,7 +226,8 @@ expect_rc "--passin fd: of a closed descriptor" 1 "--passin fd:9: cannot read de
 expect_rc "--passin with the wrong passphrase: refused" 1 "cannot decrypt signer-enc.key .*wrong passphrase" -- \
     "$W" "${enc[@]}" --passin pass:nope --out enc5.gpk
 expect_rc "--passin env: of an unset variable" 1 "no variable NOPE_PW" -- "$W" "${enc[@]}" --passin env:NOPE_PW --out enc6.gpk
-expect_rc "--passin with an unknown source: exit 2" 2 "--passin 'stdin': use pass:" -- "$W" "${enc[@]}" --passin stdin --out enc7.gpk
+expect_rc "--passin with an unknown source: exit 2" 2 "--passin 'stdn': use pass:" -- "$W" "${enc[@]}" --passin stdn --out enc7.gpk
+expect_rc "--passin stdin" 0 "wrote enc10.gpk" -- bash -c '"$0" "$@" <pw.txt' "$W" "${enc[@]}" --passin stdin --out enc10.gpk
 expect_rc "--ca-passin for a CA key with its own passphrase" 0 "wrote enc8.gpk" -- \
     "$W" "${enc[@]/ca.key/ca-enc.key}" --passin pass:s3cret --ca-passin pass:ca-pass --out enc8.gpk
 expect_rc "the passphrase-made package inspects" 0 "container +exactly as signed" -- "$W" inspect enc8.gpk --oem-root root.pem

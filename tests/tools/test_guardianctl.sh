@@ -113,7 +113,7 @@ expect "status needs the user PIN" 1 "wrong user PIN" -- env GUARDIAN_PIN=9999 "
 # configuration (behind p11-kit server they are the service account's), and
 # links nothing of store/.
 expect "status: the audit chain, checked by the module" 0 \
-    "audit trail +1 record, hash chain intact; head 1, 20[0-9-]+ [0-9:]+ UTC" -- "$CTL" status
+    "audit trail +1 record, hash chain intact; head 1, 20[0-9-]+T[0-9:]+Z" -- "$CTL" status
 expect "status: records by type" 0 "^ +1 import, 0 reserve, 0 issue, 0 release, 0 journal lost, 0 credential, 0 export$" -- \
     "$CTL" status
 expect "status: not the service mode" 0 "service mode +no: C_Login takes the backend's own PINs" -- "$CTL" status

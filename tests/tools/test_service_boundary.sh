@@ -207,6 +207,7 @@ SO=$SO_SECRET expect "the SO enrols Other Corp's root for OTHER through the serv
     --ca-key other-ca.key --ca-cert other-ca.pem --ca-chain other-root.pem --oem-id ACME --product-id SENSOR-1 \
     --release 5 --units 1000000 --not-after +30 --out takeover.gpk >/dev/null || ko "guardian-wrap create (OTHER)"
 pkgid=$("$W" inspect s1r1.gpk 2>/dev/null | awk '/^package id/ {print $3}')
+secret_id=$pkgid$(printf fw-key | od -An -tx1 | tr -d ' \n') # its confidential item: package ID + name
 openssl x509 -in root.pem -outform DER -out root.der
 chmod 0644 ./*.gpk ./*.pem root.der
 expect "import ACME/SENSOR-1 (100 units) through the service" 0 "package_id=$pkgid" -- opctl import s1r1.gpk
@@ -406,7 +407,7 @@ both "PyKCS11 C_WrapKey of op-secret with the confidential item as wrapping key 
 
 section "(5) the confidential item and the keys wrapped out under an operator's key"
 p11both "pkcs11-tool --wrap -m AES-KEY-WRAP --id 0a02 (op-aes) --application-id <package ID>" \
-    notsent:CKR_ACTION_PROHIBITED wrapped.bin --wrap -m AES-KEY-WRAP --id 0a02 --application-id "$pkgid"
+    notsent:CKR_ACTION_PROHIBITED wrapped.bin --wrap -m AES-KEY-WRAP --id 0a02 --application-id "$secret_id"
 notsent "PyKCS11 C_WrapKey of the confidential item under op-aes (AES-KEY-WRAP-PAD)" CKR_ACTION_PROHIBITED \
     wrapped "$FW" secret:label=op-aes
 notsent "PyKCS11 C_WrapKey of the production CA key under op-aes (AES-KEY-WRAP-PAD)" CKR_ACTION_PROHIBITED \

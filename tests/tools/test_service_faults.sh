@@ -57,7 +57,9 @@ mkdir -p out && chown "$op:$op" out
 section "race: two clients x two threads on a quota of 60"
 for c in a b; do
     mkdir -p "out/race-$c" && chown "$op:$op" "out/race-$c"
-    opctl provision --product ACME/RACE --count 200 --threads 2 --prefix "R$c-" --out "out/race-$c" --quiet \
+    # Each asks for all 60 (a --count beyond the remaining units is refused
+    # before the start), together twice the quota.
+    opctl provision --product ACME/RACE --count 60 --threads 2 --prefix "R$c-" --out "out/race-$c" --quiet \
         >"race-$c.out" 2>&1 &
     eval "pid_$c=\$!"
 done
@@ -68,8 +70,12 @@ rc_b=$?
 n=$(find out/race-a out/race-b -name '*.pem' | wc -l)
 [ "$n" = 60 ] && ok "race: exactly 60 certificates between the two clients ($(find out/race-a -name '*.pem' | wc -l) + $(find out/race-b -name '*.pem' | wc -l))" ||
     ko "race: $n certificates for a quota of 60"
-[ "$rc_a" = 1 ] && [ "$rc_b" = 1 ] && grep -q QUOTA_EXHAUSTED race-a.out && grep -q QUOTA_EXHAUSTED race-b.out &&
-    ok "race: both clients stop with CKR_GUARDIAN_QUOTA_EXHAUSTED" ||
+# A client stops with the quota used up (1), is refused at its start when the
+# other has already spent some (1, "units remaining", nothing issued), or got
+# all 60 (0); not both 0, and every stop names its reason.
+stopped_right() { [ "$1" = 0 ] || { [ "$1" = 1 ] && grep -Eq "QUOTA_EXHAUSTED|units remaining, fewer than" "$2"; }; }
+stopped_right "$rc_a" race-a.out && stopped_right "$rc_b" race-b.out && [ "$rc_a$rc_b" != 00 ] &&
+    ok "race: the clients stop with CKR_GUARDIAN_QUOTA_EXHAUSTED or are refused at the start (exits $rc_a/$rc_b)" ||
     ko "race: exits $rc_a/$rc_b: $(tail -n 2 race-a.out race-b.out | tr '\n' ' ')"
 [ "$(issued RACE)" = 60 ] && ok "race: products says 60 issued" || ko "race: products says $(issued RACE) issued"
 

@@ -16,7 +16,8 @@
  * Packages (installed straight into the store, as an import would leave them):
  * SENSOR-1, whose CA certificate carries an uncompressed P-256 point,
  * COMPRESSED, whose CA certificate carries the point in compressed form, and
- * RSA-1, with an RSA-2048 CA (CKM_RSA_PKCS over a DigestInfo).
+ * RSA-1, with an RSA-2048 CA (CKM_RSA_PKCS over a DigestInfo), and PRINT-1,
+ * whose subject puts the device ID in a PrintableString (serialNumber).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -69,26 +70,28 @@ struct package {
     size_t ca_cert_len;
     int compressed;          /* the CA certificate's point is compressed */
     int rsa;                 /* an RSA-2048 CA instead of P-256 */
+    const char *subject;     /* the subject pattern; NULL: subject_pattern */
 };
 
 static struct package packages[] = {
     {.product = "SENSOR-1", .key = 0x100},
     {.product = "COMPRESSED", .key = 0x200, .compressed = 1},
     {.product = "RSA-1", .key = 0x400, .rsa = 1},
+    {.product = "PRINT-1", .key = 0x500, .subject = "serialNumber=${device_id},CN=${device_id}"},
 };
 #define N_PACKAGES (sizeof(packages) / sizeof(packages[0]))
 
 /* DeviceCertTemplate: subject pattern, 365 days, keyUsage digitalSignature. */
 static const char subject_pattern[] = "CN=${device_id},OU=${product_id},O=${oem_id}";
 
-static size_t cert_template(uint8_t *out)
+static size_t cert_template(uint8_t *out, const char *pattern)
 {
-    size_t n = 0, sl = strlen(subject_pattern);
+    size_t n = 0, sl = strlen(pattern);
     out[n++] = 0x30;
     out[n++] = (uint8_t)(2 + sl + 4 + 4);
     out[n++] = 0x0c;
     out[n++] = (uint8_t)sl;
-    memcpy(out + n, subject_pattern, sl);
+    memcpy(out + n, pattern, sl);
     n += sl;
     memcpy(out + n, "\x02\x02\x01\x6d", 4); /* INTEGER 365 */
     n += 4;
@@ -138,12 +141,11 @@ static void make_ca(struct package *p)
 static void install_packages(void)
 {
     struct guardian_store *st = NULL;
-    uint8_t tmpl[128];
-    size_t tmpl_len = cert_template(tmpl);
-
     assert_int_equal(guardian_store_open(state_dir, &st), CKR_OK);
     for (size_t i = 0; i < N_PACKAGES; i++) {
         struct package *p = &packages[i];
+        uint8_t tmpl[128];
+        size_t tmpl_len = cert_template(tmpl, p->subject != NULL ? p->subject : subject_pattern);
         struct guardian_package_info info;
         memset(&info, 0, sizeof(info));
         memset(p->id, (int)(0x11 * (i + 1)), sizeof(p->id));
@@ -345,16 +347,46 @@ static CK_RV token_sign(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG len, CK_
     return rv;
 }
 
+/* The module's own session, to ask which releases the token holds
+ * (package_objects.c): one in the slot asked. */
+static CK_RV token_open_session(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify,
+                                CK_SESSION_HANDLE_PTR out)
+{
+    (void)flags, (void)app, (void)notify;
+    *out = slot * 100 + 50;
+    return CKR_OK;
+}
+
+static CK_RV token_close_session(CK_SESSION_HANDLE s)
+{
+    (void)s;
+    return CKR_OK;
+}
+
+/* A search for a release's production CA certificate (by its label) finds
+ * it: the token holds every imported release; else nothing is found. */
+static _Thread_local int finding_ca_cert;
+
 static CK_RV token_find_init(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n)
 {
-    (void)t, (void)n;
+    static const char mark[] = ":production-ca-cert0";
+    finding_ca_cert = 0;
+    for (CK_ULONG i = 0; i < n; i++)
+        if (t[i].type == CKA_LABEL && t[i].ulValueLen >= sizeof(mark) - 1 &&
+            memcmp((const char *)t[i].pValue + t[i].ulValueLen - (sizeof(mark) - 1), mark, sizeof(mark) - 1) == 0)
+            finding_ca_cert = 1;
     return s == 0 || s >= 1000 ? CKR_SESSION_HANDLE_INVALID : CKR_OK;
 }
 
 static CK_RV token_find(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR out, CK_ULONG max, CK_ULONG_PTR count)
 {
-    (void)s, (void)out, (void)max;
-    *count = 0; /* the token holds no certificate */
+    (void)s;
+    *count = 0; /* the token holds no other certificate */
+    if (finding_ca_cert && max > 0) {
+        out[0] = 0x310;
+        *count = 1;
+        finding_ca_cert = 0;
+    }
     return CKR_OK;
 }
 
@@ -408,6 +440,8 @@ static void script_token(void)
     f->C_GetAttributeValue = token_get_attribute;
     f->C_SignInit = token_sign_init;
     f->C_Sign = token_sign;
+    f->C_OpenSession = token_open_session;
+    f->C_CloseSession = token_close_session;
     f->C_FindObjectsInit = token_find_init;
     f->C_FindObjects = token_find;
     f->C_FindObjectsFinal = token_find_final;
@@ -802,6 +836,54 @@ static void test_ca_key_refused(void **st)
     }
 }
 
+/* ---- a PrintableString value is written as it is, or refused ------------------------------------------ */
+
+static uint64_t next_serial_of(const char *product)
+{
+    struct guardian_store *st = NULL;
+    struct guardian_product prod;
+    assert_int_equal(guardian_store_open(state_dir, &st), CKR_OK);
+    assert_int_equal(guardian_store_product_get(st, OEM, product, &prod), CKR_OK);
+    guardian_store_close(st);
+    return prod.next_serial;
+}
+
+/* PRINT-1 puts the device ID in serialNumber, a PrintableString: "A_1" has a
+ * character it cannot hold, and was once written as "A-1" (the same subject
+ * as device A-1's).  Now it is refused before a unit is spent; A-1 works and
+ * its serialNumber is exactly "A-1". */
+static void test_printable_string_refused(void **st)
+{
+    EVP_PKEY *dk = device_key();
+    unsigned char spki[1024];
+    size_t n = spki_of(dk, spki);
+    struct package *p = &packages[3];
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    uint64_t before = next_serial_of(p->product);
+    int issued = atomic_load(&issues);
+    X509 *x;
+    char sn[16];
+    (void)st;
+
+    assert_int_equal(derive(p->key, "A_1", spki, n, NULL, 0, &h), CKR_GUARDIAN_DEVICE_ID_INVALID);
+    assert_int_equal(certificates_found(SESSION), 0);
+    assert_int_equal(atomic_load(&issues), issued);
+    assert_int_equal(next_serial_of(p->product), before); /* nothing reserved, nothing spent */
+    /* The same device ID is a UTF8String in CN under another package: fine. */
+    assert_int_equal(derive(packages[0].key, "A_1", spki, n, NULL, 0, &h), CKR_OK);
+    assert_int_equal(mod->C_DestroyObject(SESSION, h), CKR_OK);
+
+    assert_int_equal(derive(p->key, "A-1", spki, n, NULL, 0, &h), CKR_OK);
+    x = cert_of(h);
+    assert_int_equal(X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_serialNumber, sn, sizeof(sn)), 3);
+    assert_string_equal(sn, "A-1");
+    assert_int_equal(X509_verify(x, p->ca), 1);
+    X509_free(x);
+    assert_int_equal(mod->C_DestroyObject(SESSION, h), CKR_OK);
+    assert_true(next_serial_of(p->product) > before);
+    EVP_PKEY_free(dk);
+}
+
 /* ---- no certificate object before its ISSUE record --------------------------------------------------- */
 
 static atomic_long seen_found, seen_get_rv, seen_live, seen_creates;
@@ -1085,8 +1167,12 @@ static int child_work(void)
     CK_ULONG v = 0;
     CK_ATTRIBUTE a = {CKA_GUARDIAN_RELEASE, &v, sizeof(v)};
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    char id[32];
 
     alarm(CHILD_TIMEOUT); /* a deadlock kills the child: the test fails, not hangs */
+    /* A device ID per child: another child's, asked again with this new key,
+     * would be refused (CKR_GUARDIAN_DEVICE_ALREADY_ISSUED). */
+    snprintf(id, sizeof(id), "SN-child-%ld", (long)getpid());
     if (mod->C_Initialize(NULL) != CKR_OK)
         return 2;
     h = guardian_package_object_handle(OEM, "SENSOR-1");
@@ -1094,7 +1180,7 @@ static int child_work(void)
         return 3;
     dk = EVP_EC_gen("P-256");
     n = spki_of(dk, spki);
-    if (derive(packages[0].key, "SN-child", spki, n, NULL, 0, &h) != CKR_OK)
+    if (derive(packages[0].key, id, spki, n, NULL, 0, &h) != CKR_OK)
         return 4;
     if (mod->C_DestroyObject(SESSION, h) != CKR_OK)
         return 5;
@@ -1160,6 +1246,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_issue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_template_empty_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parameters_copied_before_checking, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_printable_string_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ca_key_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invisible_until_recorded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_issue_failure_leaves_no_object, setup, teardown),

@@ -3,7 +3,9 @@
  * hand-built GuardianPackage structures: a valid one decodes, and each field out
  * of its limits (docs/package-format.md) is refused with a message naming it.
  * And the container's building blocks (mechs/package_container.c): low-s
- * ECDSA, the signer's path, the signingCertificateV2 attribute.
+ * ECDSA, the signer's path, the signingCertificateV2 attribute.  And the
+ * template's device-identity extension setting and the subject's
+ * PrintableString values (mechs/cert_builder.c).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,7 @@
 #include <openssl/objects.h>
 #include <openssl/x509.h>
 
+#include "cert_builder.h"
 #include "package.h"
 #include "package_container.h"
 
@@ -225,6 +228,110 @@ static void test_fields_out_of_limits(void **st)
     refused(p, "invalid protection or value length");
 }
 
+/* The template's three device-extension settings, as signed bytes. */
+static int template_ext(GUARDIAN_PACKAGE *p, uint8_t oid[GUARDIAN_DEVICE_EXT_OID_MAX], unsigned char last2[2])
+{
+    unsigned char *der = NULL;
+    int n = i2d_GUARDIAN_CERT_TEMPLATE(p->cert_template, &der), r;
+    char err[256] = "";
+    struct guardian_package out;
+    unsigned char *pkg = NULL;
+    int pn = i2d_GUARDIAN_PACKAGE(p, &pkg);
+    assert_true(n > 2 && pn > 0);
+    memcpy(last2, der + n - 2, 2);
+    if (!guardian_package_decode(pkg, (size_t)pn, &out, err, sizeof(err)))
+        fail_msg("refused: %s", err);
+    r = guardian_template_device_ext(out.asn1->cert_template, oid);
+    guardian_package_free(&out);
+    OPENSSL_free(der);
+    OPENSSL_free(pkg);
+    GUARDIAN_PACKAGE_free(p);
+    return r;
+}
+
+static void test_device_ext_setting(void **st)
+{
+    uint8_t oid[GUARDIAN_DEVICE_EXT_OID_MAX];
+    unsigned char last2[2];
+    ASN1_OBJECT *legacy = OBJ_txt2obj(GUARDIAN_OID_DEVICE, 1), *oem = OBJ_txt2obj("1.3.6.1.4.1.55555.1", 1);
+    GUARDIAN_PACKAGE *p;
+    /* A template as packages signed before [1] existed carry it:
+     * SEQUENCE { "CN=${device_id}", 3650, digitalSignature }. */
+    static const unsigned char old_template[] = {0x30, 0x19, 0x0c, 0x0f, 'C', 'N', '=', '$', '{', 'd', 'e',
+                                                 'v', 'i', 'c', 'e', '_', 'i', 'd', '}', 0x02, 0x02, 0x0e,
+                                                 0x42, 0x03, 0x02, 0x07, 0x80};
+    const unsigned char *q = old_template;
+    GUARDIAN_CERT_TEMPLATE *t = d2i_GUARDIAN_CERT_TEMPLATE(NULL, &q, sizeof(old_template));
+    (void)st;
+
+    /* Neither field: the legacy default, 2.25.<uuid>.3, byte for byte. */
+    assert_non_null(t);
+    assert_ptr_equal(q, old_template + sizeof(old_template));
+    assert_int_equal(guardian_template_device_ext(t, oid), OBJ_length(legacy));
+    assert_memory_equal(oid, OBJ_get0_data(legacy), OBJ_length(legacy));
+    GUARDIAN_CERT_TEMPLATE_free(t);
+    assert_int_equal(template_ext(valid(), oid, last2), OBJ_length(legacy));
+
+    /* [1] noDeviceExt: no extension; encoded as 81 00 at the template's end. */
+    p = valid();
+    p->cert_template->no_device_ext = ASN1_NULL_new();
+    assert_int_equal(template_ext(p, oid, last2), 0);
+    assert_int_equal(last2[0], 0x81);
+    assert_int_equal(last2[1], 0x00);
+
+    /* [0] deviceExtOid: the OEM's OID. */
+    p = valid();
+    p->cert_template->device_ext_oid = OBJ_dup(oem);
+    assert_int_equal(template_ext(p, oid, last2), OBJ_length(oem));
+    assert_memory_equal(oid, OBJ_get0_data(oem), OBJ_length(oem));
+
+    /* Both: refused, it says two things. */
+    p = valid();
+    p->cert_template->device_ext_oid = OBJ_dup(oem);
+    p->cert_template->no_device_ext = ASN1_NULL_new();
+    refused(p, "both names a device-identity extension OID and says there is none");
+    /* A standard extension's OID: refused. */
+    p = valid();
+    p->cert_template->device_ext_oid = OBJ_txt2obj("2.5.29.99", 1);
+    refused(p, "device-identity extension OID is invalid");
+    ASN1_OBJECT_free(legacy);
+    ASN1_OBJECT_free(oem);
+}
+
+/* A PrintableString value (C, serialNumber) is written as it is or refused:
+ * A_1 is not silently A-1. */
+static void test_subject_printable_string(void **st)
+{
+    struct guardian_subject_pattern pat;
+    char err[256] = "";
+    uint8_t name[1024];
+    size_t n;
+    static const uint8_t a_1[] = {0x13, 0x03, 'A', '-', '1'};
+    (void)st;
+
+    assert_false(guardian_subject_pattern_parse("C=U_S,CN=x", 10, &pat, err, sizeof(err)));
+    assert_non_null(strstr(err, "C is a PrintableString, which cannot hold '_'"));
+    assert_true(guardian_subject_pattern_parse("C=US,CN=x", 9, &pat, err, sizeof(err)));
+
+    assert_true(guardian_subject_pattern_parse("serialNumber=${device_id},CN=${device_id}", 41, &pat, err,
+                                               sizeof(err)));
+    assert_int_equal(guardian_subject_der(&pat, "A_1", "ACME", "S1", name, sizeof(name), err, sizeof(err)), 0);
+    assert_non_null(strstr(err, "serialNumber would hold '_'"));
+    assert_non_null(strstr(err, "allowed: A-Z a-z 0-9 space ' ( ) + , - . / : = ?"));
+    n = guardian_subject_der(&pat, "A-1", "ACME", "S1", name, sizeof(name), err, sizeof(err));
+    assert_true(n > 0);
+    assert_non_null(memmem(name, n, a_1, sizeof(a_1)));
+    /* In a UTF8String (CN) the underscore is kept. */
+    assert_true(guardian_subject_pattern_parse("CN=${device_id}", 15, &pat, err, sizeof(err)));
+    n = guardian_subject_der(&pat, "A_1", "ACME", "S1", name, sizeof(name), err, sizeof(err));
+    assert_true(n > 0);
+    assert_non_null(memmem(name, n, "\x0c\x03" "A_1", 5));
+    /* An OEM ID with '_' in a PrintableString: what guardian-wrap create refuses. */
+    assert_true(guardian_subject_pattern_parse("C=${oem_id}", 11, &pat, err, sizeof(err)));
+    assert_int_equal(guardian_subject_der(&pat, "A", "AC_ME", "S1", name, sizeof(name), err, sizeof(err)), 0);
+    assert_non_null(strstr(err, "the subject's C would hold '_'"));
+}
+
 static void test_not_canonical_der(void **st)
 {
     GUARDIAN_PACKAGE *p = valid();
@@ -424,6 +531,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_fields_out_of_limits),
+        cmocka_unit_test(test_device_ext_setting),
+        cmocka_unit_test(test_subject_printable_string),
         cmocka_unit_test(test_not_canonical_der),
         cmocka_unit_test(test_ecdsa_low_s),
         cmocka_unit_test(test_signer_path_and_attribute),

@@ -235,7 +235,7 @@ static void test_open_reopen_file(void **state)
     assert_int_equal(reserve(st, "dev-1", NOW, &serial), CKR_OK);
     guardian_store_close(st);
 
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
 
     /* Reopen twice: the migration is not applied again, the data is there. */
     for (int round = 0; round < 2; round++) {
@@ -247,7 +247,7 @@ static void test_open_reopen_file(void **state)
         assert_int_equal(read_trail(st, t), CKR_OK);
         assert_int_equal(t->count, 2);
         guardian_store_close(st);
-        assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
+        assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
         assert_int_equal(query_int(&d, "SELECT count(*) FROM sqlite_schema WHERE name = 'audit'"), 1);
     }
 
@@ -317,7 +317,7 @@ static void test_migration_failure_rolls_back(void **state)
     tamper(&d, "DROP TABLE audit");
     st = open_dir(&d);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
     tmpdir_remove(&d);
 }
 
@@ -1472,7 +1472,7 @@ static void test_concurrent_fresh_open(void **state)
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
     }
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
     st = open_dir(&d);
     for (int i = 0; i < FRESH_PROCS; i++) {
         char product[16];
@@ -3417,7 +3417,7 @@ static void test_migration_from_v3(void **state)
     make_v3_state(&d, v3);
     assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
     st = open_dir(&d);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
     assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE encoding = 1 AND operator = ''"), 4);
     /* The old records verify as they were, and the journal of the process
      * the old module left behind folds into an encoding 2 ISSUE (no operator). */
@@ -3476,6 +3476,200 @@ static void test_migration_from_v3(void **state)
     tmpdir_remove(&d);
 }
 
+/* ---- the device index (schema 6) -------------------------------------------------------- */
+
+/* A certificate's outline as the index reads it (journal.c,
+ * guardian_journal_cert_spki): TBS { [0] version, serial, four SEQUENCEs,
+ * the SubjectPublicKeyInfo 30 03 02 01 `key` }, an algorithm, a signature.
+ * 28 bytes into out[28]; `serial` makes certificates of one key differ. */
+static size_t fake_cert(uint8_t key, uint8_t serial, uint8_t out[28])
+{
+    const uint8_t c[28] = {0x30, 0x1a, 0x30, 0x15, 0xa0, 0x03, 0x02, 0x01, 0x02, 0x02, 0x01, serial, 0x30, 0x00,
+                           0x30, 0x00, 0x30, 0x00, 0x30, 0x00, 0x30, 0x03, 0x02, 0x01, key,  0x30, 0x00, 0x03};
+    memcpy(out, c, sizeof(c));
+    out[1] = 0x19; /* TBS (23) + algorithm (2) */
+    return 27;
+}
+
+static void fake_spki_hash(uint8_t key, uint8_t out[GUARDIAN_HASH_LEN])
+{
+    const uint8_t spki[] = {0x30, 0x03, 0x02, 0x01, key};
+    unsigned int hl = 0;
+    assert_int_equal(EVP_Digest(spki, sizeof(spki), out, &hl, EVP_sha256(), NULL), 1);
+}
+
+/* One certificate of the block [first, first + got) to `dev`. */
+static void issue_fake(struct guardian_store *st, uint64_t serial, const char *dev, uint8_t key)
+{
+    uint8_t cert[28];
+    size_t n = fake_cert(key, (uint8_t)serial, cert);
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, serial, (const uint8_t *)dev, strlen(dev), cert, n),
+                     CKR_OK);
+}
+
+static void expect_device(struct guardian_store *st, const char *dev, bool found_want, uint64_t serial, uint8_t key,
+                          int outcome)
+{
+    struct guardian_device_cert d;
+    uint8_t h[GUARDIAN_HASH_LEN], cert[28];
+    size_t n = fake_cert(key, (uint8_t)serial, cert);
+    bool found = !found_want;
+
+    assert_int_equal(guardian_store_device_get(st, OEM, PRODUCT, (const uint8_t *)dev, strlen(dev), &d, &found),
+                     CKR_OK);
+    assert_int_equal(found, found_want);
+    if (found) {
+        fake_spki_hash(key, h);
+        assert_int_equal(d.serial, serial);
+        assert_true(d.has_spki);
+        assert_memory_equal(d.spki_hash, h, sizeof(h));
+        assert_int_equal(d.cert_len, n);
+        assert_memory_equal(d.cert, cert, n);
+        assert_int_equal(d.outcome, outcome);
+    }
+    guardian_store_device_cert_free(&d);
+}
+
+/* A lookup sees this handle's certificates in its journal and, once
+ * folded, in the database; re-issues move the index and are recorded;
+ * outcomes are recorded once per change and refused for a device never
+ * issued; another handle (another process) does not see an unfolded
+ * journal: both issue, the fold keeps the first in the index and the trail
+ * holds both ISSUE records (what verify-report lists). */
+static void test_device_index(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st, *other;
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 20);
+    struct guardian_device_cert dc;
+    struct trail *t = trail_new();
+    uint64_t first = 0, got = 0, first2 = 0, got2 = 0, serial = 0;
+    uint8_t cert[28];
+    size_t n_issue = 0;
+    bool found = false, recorded = true;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 8, &first, &got), CKR_OK);
+    assert_int_equal(got, 8);
+
+    /* Unknown, then claimed and issued: in the journal, seen at once. */
+    expect_device(st, "D-1", false, 0, 0, 0);
+    assert_int_equal(guardian_store_device_claim(st, OEM, PRODUCT, (const uint8_t *)"D-1", 3, &dc, &found), CKR_OK);
+    assert_false(found);
+    issue_fake(st, first, "D-1", 1);
+    guardian_store_device_unclaim(st, OEM, PRODUCT, (const uint8_t *)"D-1", 3);
+    guardian_store_device_cert_free(&dc);
+    expect_device(st, "D-1", true, first, 1, 0);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM devices"), 0); /* not folded yet */
+    /* An outcome folds the journal first, then finds it. */
+    assert_int_equal(guardian_store_record_outcome(st, OEM, PRODUCT, (const uint8_t *)"D-9", 3,
+                                                   GUARDIAN_OUTCOME_PROGRAMMED, NOW, &serial, &recorded),
+                     CKR_GUARDIAN_DEVICE_NOT_ISSUED);
+    assert_false(recorded);
+    assert_int_equal(guardian_store_record_outcome(st, OEM, PRODUCT, (const uint8_t *)"D-1", 3,
+                                                   GUARDIAN_OUTCOME_PROGRAMMED, NOW, &serial, &recorded),
+                     CKR_OK);
+    assert_true(recorded);
+    assert_int_equal(serial, first);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM devices"), 1);
+    expect_device(st, "D-1", true, first, 1, GUARDIAN_OUTCOME_PROGRAMMED);
+    assert_int_equal(guardian_store_record_outcome(st, OEM, PRODUCT, (const uint8_t *)"D-1", 3,
+                                                   GUARDIAN_OUTCOME_PROGRAMMED, NOW, &serial, &recorded),
+                     CKR_OK);
+    assert_false(recorded); /* the same again: nothing written */
+    assert_int_equal(guardian_store_record_outcome(st, OEM, PRODUCT, (const uint8_t *)"D-1", 3,
+                                                   GUARDIAN_OUTCOME_SCRAPPED, NOW, &serial, &recorded),
+                     CKR_OK);
+    assert_true(recorded);
+    assert_int_equal(guardian_store_record_outcome(st, OEM, PRODUCT, (const uint8_t *)"D-1", 3,
+                                                   GUARDIAN_OUTCOME_PROGRAMMED, NOW, &serial, &recorded),
+                     CKR_GUARDIAN_PART_SCRAPPED);
+
+    /* A re-issue: the next serial for key 2, recorded, the outcome reset. */
+    fake_cert(2, (uint8_t)(first + 1), cert);
+    assert_int_equal(guardian_store_reissue(st, OEM, PRODUCT, first + 1, (const uint8_t *)"D-1", 3, cert, 27, first + 5),
+                     CKR_ARGUMENTS_BAD); /* not the device's serial */
+    assert_int_equal(guardian_store_reissue(st, OEM, PRODUCT, first + 1, (const uint8_t *)"D-1", 3, cert, 27, first),
+                     CKR_OK);
+    expect_device(st, "D-1", true, first + 1, 2, GUARDIAN_OUTCOME_NONE);
+
+    /* Another handle on the same state: D-2 issued in each before either
+     * journal is folded, so neither sees the other's. */
+    other = open_dir(&d);
+    assert_int_equal(guardian_store_reserve_block(other, OEM, PRODUCT, a.package_id, NOW, 2, &first2, &got2), CKR_OK);
+    issue_fake(st, first + 2, "D-2", 3);
+    expect_device(other, "D-2", false, 0, 0, 0);
+    issue_fake(other, first2, "D-2", 4);
+    expect_device(other, "D-2", true, first2, 4, 0);
+    assert_int_equal(guardian_store_flush(st), CKR_OK);
+    assert_int_equal(guardian_store_flush(other), CKR_OK);
+    /* The first folded keeps the index, in both handles. */
+    expect_device(st, "D-2", true, first + 2, 3, 0);
+    expect_device(other, "D-2", true, first + 2, 3, 0);
+    guardian_store_close(other);
+    guardian_store_close(st);
+
+    st = open_dir(&d);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    for (size_t i = 0; i < t->count; i++)
+        n_issue += t->rec[i].type == GUARDIAN_AUDIT_ISSUE && t->rec[i].device_id_len == 3 &&
+                   memcmp(t->rec[i].device_id, "D-2", 3) == 0;
+    assert_int_equal(n_issue, 2);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_OUTCOME), 2);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_REISSUE), 1);
+    {
+        const struct guardian_audit_record *r = last_of_type(t, GUARDIAN_AUDIT_REISSUE);
+        assert_int_equal(r->serial, first + 1);
+        assert_int_equal(r->authorised_units, first);
+        assert_int_equal(r[-1].type, GUARDIAN_AUDIT_ISSUE);
+        assert_int_equal(r[-1].serial, first + 1);
+        assert_int_equal(r->release_version, 1);
+        r = last_of_type(t, GUARDIAN_AUDIT_OUTCOME);
+        assert_int_equal(r->serial, first);
+        assert_int_equal(r->authorised_units, GUARDIAN_OUTCOME_SCRAPPED);
+        assert_memory_equal(r->package_id, a.package_id, GUARDIAN_PACKAGE_ID_LEN);
+    }
+    expect_device(st, "D-1", true, first + 1, 2, GUARDIAN_OUTCOME_NONE);
+    guardian_store_close(st);
+    free(t);
+    tmpdir_remove(&d);
+}
+
+/* 5 -> 6: the index built from the ISSUE records there are (their
+ * certificates), the first ISSUE of a device keeping it. */
+static void test_migration_5_to_6(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 20);
+    uint64_t first = 0, got = 0;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 4, &first, &got), CKR_OK);
+    issue_fake(st, first, "M-1", 1);
+    issue_fake(st, first + 1, "M-2", 2);
+    issue_fake(st, first + 2, "M-1", 3); /* schema 5 let a device be issued twice */
+    guardian_store_close(st);
+    /* Back to what schema 5 had: no index. */
+    tamper(&d, "DROP TABLE devices; PRAGMA user_version = 5;");
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
+
+    st = open_dir(&d);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM devices"), 2);
+    expect_device(st, "M-1", true, first, 1, 0);
+    expect_device(st, "M-2", true, first + 1, 2, 0);
+    expect_device(st, "M-3", false, 0, 0, 0);
+    guardian_store_close(st);
+    tmpdir_remove(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -3517,6 +3711,8 @@ int main(void)
         cmocka_unit_test(test_operator_in_records),
         cmocka_unit_test(test_operator_threads),
         cmocka_unit_test(test_migration_from_v3),
+        cmocka_unit_test(test_device_index),
+        cmocka_unit_test(test_migration_5_to_6),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
