@@ -57,7 +57,8 @@ static void read_known(struct manifest *m, const char *text, size_t len)
         }
         p = nl + 1;
     }
-    qsort(m->known, m->n_known, sizeof(*m->known), by_name);
+    if (m->n_known > 1) /* qsort and bsearch want a real array, even of none */
+        qsort(m->known, m->n_known, sizeof(*m->known), by_name);
 }
 
 struct manifest *manifest_open(const char *path, const char *out_dir)
@@ -168,7 +169,7 @@ void manifest_recover(struct manifest *m, const char *id, const char *path)
     int len = 0;
     struct stat st;
 
-    if (bsearch(&key, m->known, m->n_known, sizeof(*m->known), by_name) != NULL)
+    if (m->n_known > 0 && bsearch(&key, m->known, m->n_known, sizeof(*m->known), by_name) != NULL)
         return;
     f = fopen(path, "r");
     if (f != NULL) {
