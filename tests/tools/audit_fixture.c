@@ -86,8 +86,8 @@ static X509 *device_cert(struct guardian_store *st, EVP_PKEY *ca_key, X509 *ca, 
     struct guardian_subject_pattern pat;
     uint8_t ext_oid[GUARDIAN_DEVICE_EXT_OID_MAX], name_der[1024];
     const unsigned char *q;
-    size_t name_len;
-    int ext_oid_len;
+    size_t name_len = 0;
+    int ext_oid_len = 0;
 
     if (x == NULL || dev == NULL || val == NULL)
         fail("out of memory");
