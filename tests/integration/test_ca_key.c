@@ -15,7 +15,8 @@
  *   - the import refuses, with CKR_GUARDIAN_CA_KEY_NOT_FOUND and nothing left
  *     behind or recorded, a package whose CA certificate is for another
  *     Guardian-made key, one whose key was made for another product, one
- *     naming no key; and a second package for a bound key (replay).
+ *     naming no key; and a second package for a bound key (replay);
+ *   - retire-ca of such a release destroys its key pair.
  * The refused packages are made here (guardian-wrap refuses to make them):
  * a valid package's content changed and signed again as guardian-wrap signs.
  */
@@ -540,6 +541,32 @@ static void test_import_other_key_refused(void **st)
     issue_and_verify("LINE", "DEV-1", "k2.pem");
     assert_int_equal(import("k3.gpk"), CKR_OK);
     issue_and_verify("OTHER", "DEV-1", "k3.pem");
+    /* The next release with the product's other key; retiring release 1
+     * destroys its Guardian-made key pair, the line goes on with release 2. */
+    create("k1.csr", "k1.pem", "LINE", 2, "k1.gpk");
+    assert_int_equal(import("k1.gpk"), CKR_OK);
+    {
+        CK_ULONG n = 0, release = 1;
+        CK_OBJECT_HANDLE h;
+        CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_OEM_ID, "ACME", 4},
+                            {CKA_GUARDIAN_PRODUCT_ID, "LINE", 4},
+                            {CKA_GUARDIAN_RELEASE, &release, sizeof(release)}};
+        char *text;
+        CK_ULONG len;
+        find_labelled(CKO_PRIVATE_KEY, "guardian:ACME/LINE:ca-key", &n);
+        assert_int_equal(n, 2);
+        assert_int_equal(request(CKG_GUARDIAN_REQ_RETIRE_CA, t, 3, &h), CKR_OK);
+        text = (char *)value_of(h, &len);
+        text[len] = '\0';
+        assert_non_null(strstr(text, "keys_destroyed=1\n"));
+        assert_non_null(strstr(text, "certificates_destroyed=1\n"));
+        free(text);
+        find_labelled(CKO_PRIVATE_KEY, "guardian:ACME/LINE:ca-key", &n);
+        assert_int_equal(n, 1);
+        find_labelled(CKO_PUBLIC_KEY, "guardian:ACME/LINE:ca-key", &n);
+        assert_int_equal(n, 1);
+    }
+    issue_and_verify("LINE", "DEV-2", "k1.pem");
 }
 
 int main(void)
