@@ -228,7 +228,11 @@ static void remade(const char *in, const char *ca, const uint8_t *id, const char
     bio = BIO_new_mem_buf(content, n);
     signed_cms = CMS_sign(NULL, NULL, NULL, NULL, CMS_BINARY | CMS_PARTIAL | CMS_NOSMIMECAP);
     assert_non_null(signed_cms);
-    assert_int_equal(CMS_set1_eContentType(signed_cms, OBJ_txt2obj(GUARDIAN_OID_PACKAGE, 1)), 1);
+    {
+        ASN1_OBJECT *type = OBJ_txt2obj(GUARDIAN_OID_PACKAGE, 1);
+        assert_int_equal(CMS_set1_eContentType(signed_cms, type), 1); /* a copy */
+        ASN1_OBJECT_free(type);
+    }
     si = CMS_add1_signer(signed_cms, signer, key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP);
     assert_non_null(si);
     attr_len = guardian_signing_cert_attr(signer_path, &attr);
