@@ -110,8 +110,12 @@ done
 [ "$n" = 3 ] && ok "openssl verify: 3 device certificates up to the OEM root" || ko "verified $n of 3"
 expect "a device certificate's issuer is the Guardian-made CA" 0 "CN ?= ?ACME SENSOR-1 CA" -- \
     sh -c "openssl x509 -in \$(ls run/*.pem | head -1) -noout -issuer"
-expect "a second package for the same key refused (replay)" 1 "REPLAYED|already imported" -- \
-    sh -c "'$W' ${pw[*]/--release 1/--release 2} --ca-request sensor.csr --out p2.gpk >/dev/null && '$CTL' import p2.gpk"
+# A later release with the same key: its package ID is the key's, a replay.
+"$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-cert pca.pem \
+    --ca-chain root.pem --oem-id ACME --product-id SENSOR-1 --release 2 --units 5 --not-after +30 \
+    --ca-request sensor.csr --out p2.gpk >/dev/null || ko "create release 2"
+expect "release 2 with the same key refused (replay)" 1 "CKR_GUARDIAN_PACKAGE_REPLAYED|already imported" -- \
+    "$CTL" import p2.gpk
 
 # A package whose production CA certificate is for another key of the
 # Guardian's (made with --ca-request of OTHER but carrying SENSOR-1's key ID):
