@@ -49,6 +49,7 @@
 #include <openssl/sha.h>
 
 #include "anchor.h"
+#include "ca_binding.h"
 #include "cert_builder.h"
 #include "device_batch.h"
 #include "identity.h"
@@ -83,6 +84,7 @@ struct issuer {
     struct guardian_cert_issuer cb;
     int64_t not_after;
     char label[GUARDIAN_PKG_NAME_MAX * 2 + 48]; /* the CA key's label */
+    char made_label[GUARDIAN_PKG_NAME_MAX * 2 + 48]; /* or, made in the Guardian (ca_request.c), this one */
     /* A handle shown (by a test signature) to hold this CA's private key;
      * guarded by cache_lock.  Forgotten when the module sees it destroyed, a
      * logout or a session close, or a signature with it fail. */
@@ -438,6 +440,7 @@ static CK_RV issuer_load(struct guardian_store *st, const uint8_t package_id[GUA
     is->block = 1;
     snprintf(is->label, sizeof(is->label), "guardian:%s/%s/r%u:production-ca", m.oem_id, m.product_id,
              m.release_version);
+    snprintf(is->made_label, sizeof(is->made_label), GUARDIAN_CA_KEY_LABEL_FMT, m.oem_id, m.product_id);
     guardian_store_package_material_free(&m);
     *out = is;
     return CKR_OK;
@@ -535,7 +538,7 @@ static CK_RV base_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st, CK
         return CKR_GUARDIAN_STATE_ROLLBACK;
     if (rv != CKR_OK)
         return rv;
-    if (strcmp(label, is->label) != 0) {
+    if (strcmp(label, is->label) != 0 && strcmp(label, is->made_label) != 0) {
         guardian_error(LOG, "refused: the base key is labelled \"%s\", not %s's production CA key \"%s\"", label,
                        is->cb.product_id, is->label);
         return CKR_GUARDIAN_NOT_PRODUCTION_CA_KEY;
@@ -1078,6 +1081,13 @@ static CK_RV package_key_issuer(CK_FUNCTION_LIST *be, struct guardian_store *st,
                             {CKA_ID, (void *)package_id, GUARDIAN_PACKAGE_ID_LEN},
                             {CKA_LABEL, is->label, (CK_ULONG)strlen(is->label)}};
         rv = guardian_backend_find(be, session, t, 3, found, sizeof(found) / sizeof(found[0]), &n);
+        /* A package of format version 2: the key the Guardian made itself
+         * (same CKA_ID rule, its own label). */
+        if (rv == CKR_OK && n == 0) {
+            t[2].pValue = is->made_label;
+            t[2].ulValueLen = (CK_ULONG)strlen(is->made_label);
+            rv = guardian_backend_find(be, session, t, 3, found, sizeof(found) / sizeof(found[0]), &n);
+        }
     }
     if (rv != CKR_OK)
         return rv;

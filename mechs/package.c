@@ -183,6 +183,8 @@ int guardian_package_scheme(const ASN1_OBJECT *oid)
         return GUARDIAN_KT_ECDH_AESCBC;
     if (strcmp(text, GUARDIAN_OID_KT_ECDH_SHA256KDF) == 0)
         return GUARDIAN_KT_ECDH_SHA256KDF;
+    if (strcmp(text, GUARDIAN_OID_KT_NONE) == 0)
+        return GUARDIAN_KT_NONE;
     return 0;
 }
 
@@ -221,11 +223,12 @@ int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_pack
         goto out;
     }
 
-    if (!get_u64(a->version, &u) || u != GUARDIAN_PACKAGE_VERSION) {
-        fail(err, errlen, "unsupported package format version (this Guardian reads version %d)",
-             GUARDIAN_PACKAGE_VERSION);
+    if (!get_u64(a->version, &u) || (u != GUARDIAN_PACKAGE_VERSION && u != GUARDIAN_PACKAGE_VERSION_CA_IN_GUARDIAN)) {
+        fail(err, errlen, "unsupported package format version (this Guardian reads versions %d and %d)",
+             GUARDIAN_PACKAGE_VERSION, GUARDIAN_PACKAGE_VERSION_CA_IN_GUARDIAN);
         goto out;
     }
+    out->ca_in_guardian = u == GUARDIAN_PACKAGE_VERSION_CA_IN_GUARDIAN;
     if (ASN1_STRING_length(a->package_id) != GUARDIAN_PKG_ID_LEN) {
         fail(err, errlen, "package ID must be %d bytes", GUARDIAN_PKG_ID_LEN);
         goto out;
@@ -284,12 +287,27 @@ int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_pack
         goto out;
     }
     n = ASN1_STRING_length(a->transport->ephemeral_key);
-    if ((n != 65 && n != 97) || ASN1_STRING_get0_data(a->transport->ephemeral_key)[0] != 0x04) {
+    if (out->scheme == GUARDIAN_KT_NONE) {
+        /* No transport: only where nothing is wrapped (checked below). */
+        if (!out->ca_in_guardian || n != 0) {
+            fail(err, errlen, "no key transport is for version-2 packages only, with an empty ephemeral key");
+            goto out;
+        }
+    } else if ((n != 65 && n != 97) || ASN1_STRING_get0_data(a->transport->ephemeral_key)[0] != 0x04) {
         fail(err, errlen, "ephemeral key must be an uncompressed P-256 or P-384 point");
         goto out;
     }
 
-    if (!wrapped_key_ok(a->production_ca->key, 1, "production CA key", err, errlen))
+    if (out->ca_in_guardian) {
+        /* The key is the Guardian's: only its type and label travel. */
+        uint64_t kt = 0;
+        if (!label_ok(a->production_ca->key->label) || !get_u64(a->production_ca->key->key_type, &kt) ||
+            (kt != PKG_CKK_EC && kt != PKG_CKK_RSA) || ASN1_STRING_length(a->production_ca->key->wrapped) != 0) {
+            fail(err, errlen, "version 2: the production CA key must be an EC or RSA key in the Guardian, with no "
+                              "wrapped bytes");
+            goto out;
+        }
+    } else if (!wrapped_key_ok(a->production_ca->key, 1, "production CA key", err, errlen))
         goto out;
     n = sk_X509_num(a->production_ca->chain);
     if (n < 1 || n > GUARDIAN_PKG_MAX_ITEMS) {
@@ -330,6 +348,16 @@ int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_pack
                 fail(err, errlen, "data item %d: invalid protection or value length", i);
                 goto out;
             }
+        }
+    }
+    if (out->scheme == GUARDIAN_KT_NONE) {
+        int secrets = a->extra_keys != NULL && sk_GUARDIAN_WRAPPED_KEY_num(a->extra_keys) > 0;
+        for (int i = 0; a->data_items != NULL && i < sk_GUARDIAN_DATA_ITEM_num(a->data_items); i++)
+            secrets |= ASN1_ENUMERATED_get(sk_GUARDIAN_DATA_ITEM_value(a->data_items, i)->protection) ==
+                       GUARDIAN_DATA_CONFIDENTIAL;
+        if (secrets) {
+            fail(err, errlen, "a package without key transport carries a wrapped key or a confidential item");
+            goto out;
         }
     }
     out->asn1 = a;

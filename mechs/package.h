@@ -24,8 +24,17 @@
 #define GUARDIAN_OID_PACKAGE GUARDIAN_OID_ARC ".1"
 #define GUARDIAN_OID_KT_ECDH_AESCBC GUARDIAN_OID_ARC ".2.1"
 #define GUARDIAN_OID_KT_ECDH_SHA256KDF GUARDIAN_OID_ARC ".2.2"
+/* No key transport: a version-2 package with no wrapped key and no
+ * confidential item; its ephemeralKey is empty. */
+#define GUARDIAN_OID_KT_NONE GUARDIAN_OID_ARC ".2.0"
 
 #define GUARDIAN_PACKAGE_VERSION 1
+/* Version 2: the production CA key is in the Guardian (made there by
+ * CKG_GUARDIAN_REQ_CA_KEY); the package carries its certificate and no key:
+ * productionCa.key.wrapped is empty, the package ID is the key's CKA_ID, and
+ * the transport may be id-guardian-kt-none (no secret at all).  Version-1
+ * readers refuse it (docs/package-format.md, "Version 2"). */
+#define GUARDIAN_PACKAGE_VERSION_CA_IN_GUARDIAN 2
 #define GUARDIAN_PACKAGE_MAX_BYTES (1024 * 1024)
 #define GUARDIAN_PKG_ID_LEN 16
 #define GUARDIAN_PKG_HASH_LEN 32
@@ -106,10 +115,12 @@ struct guardian_package {
     uint64_t authorised_units;
     int64_t not_after; /* seconds since the epoch */
     int scheme;        /* GUARDIAN_KT_* */
+    int ca_in_guardian; /* version 2: the production CA key is the Guardian's own */
 };
 
 #define GUARDIAN_KT_ECDH_AESCBC 1
 #define GUARDIAN_KT_ECDH_SHA256KDF 2
+#define GUARDIAN_KT_NONE 3
 
 /* Decode the DER GuardianPackage content (not the CMS wrapper) and check every
  * field against the format's limits.  On failure returns 0 and writes one line

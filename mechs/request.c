@@ -24,6 +24,7 @@ static const struct guardian_request_type *const table[] = {
     &guardian_request_device_certs,
     &guardian_request_part_outcome,
     &guardian_request_retire_ca,
+    &guardian_request_ca_key,
 };
 
 int guardian_request_is(const CK_ATTRIBUTE *templ, CK_ULONG count)

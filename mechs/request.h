@@ -74,6 +74,7 @@ extern const struct guardian_request_type guardian_request_device_certs; /* deri
 extern const struct guardian_request_type guardian_request_status;       /* status.c */
 extern const struct guardian_request_type guardian_request_retire_ca;    /* retire.c */
 extern const struct guardian_request_type guardian_request_part_outcome; /* outcome.c */
+extern const struct guardian_request_type guardian_request_ca_key;       /* ca_request.c */
 
 /* A device ID as the derive mechanism checks it (derive_device_cert.c): its
  * format CKG_GUARDIAN_DEVICE_ID_TEXT (1..64 of A-Z a-z 0-9 - . _ :) or

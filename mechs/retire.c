@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "anchor.h"
+#include "ca_binding.h"
 #include "identity.h"
 #include "module.h"
 #include "registry.h"
@@ -105,6 +106,15 @@ static CK_RV retire(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
     snprintf(label, sizeof(label), "guardian:%s/%s/r%lu:production-ca", oem_id, product_id, (unsigned long)release);
     if ((rv = destroy_labelled(be, session, CKO_PRIVATE_KEY, rec.package_id, label, &keys)) != CKR_OK)
         return rv;
+    {
+        /* A release of format version 2: its key pair was made in the
+         * Guardian (ca_request.c), the same CKA_ID, its own label. */
+        unsigned pubs = 0;
+        snprintf(label, sizeof(label), GUARDIAN_CA_KEY_LABEL_FMT, oem_id, product_id);
+        if ((rv = destroy_labelled(be, session, CKO_PRIVATE_KEY, rec.package_id, label, &keys)) != CKR_OK ||
+            (rv = destroy_labelled(be, session, CKO_PUBLIC_KEY, rec.package_id, label, &pubs)) != CKR_OK)
+            return rv;
+    }
     /* unwrap_package.c: certificate 0 of the package is the CA's, "…:production-ca-cert0". */
     snprintf(label, sizeof(label), "guardian:%s/%s/r%lu:production-ca-cert0", oem_id, product_id,
              (unsigned long)release);

@@ -39,6 +39,7 @@
 
 #include <openssl/bn.h>
 #include <openssl/cms.h>
+#include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -48,6 +49,7 @@
 #include "module.h"
 #include "package.h"
 #include "anchor.h"
+#include "ca_binding.h"
 #include "identity.h"
 #include "package_container.h"
 #include "registry.h"
@@ -516,6 +518,84 @@ static CK_RV derive_kek(struct import *im)
     return rv;
 }
 
+/* 1 when the public key object `pub` holds the public key `want`. */
+static int same_public_key(struct import *im, CK_OBJECT_HANDLE pub, EVP_PKEY *want)
+{
+    CK_BYTE *v = NULL;
+    CK_ULONG len = 0;
+    int ok = 0;
+
+    if (EVP_PKEY_get_base_id(want) == EVP_PKEY_EC) {
+        unsigned char point[160];
+        size_t pl = 0;
+        /* CKA_EC_POINT: a DER OCTET STRING around the X9.62 point. */
+        if (EVP_PKEY_get_octet_string_param(want, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, sizeof(point), &pl) == 1 &&
+            get_attr(im, pub, CKA_EC_POINT, &v, &len) == CKR_OK && pl < 128 && len == pl + 2 && v[0] == 0x04 &&
+            v[1] == pl)
+            ok = memcmp(v + 2, point, pl) == 0;
+    } else if (EVP_PKEY_get_base_id(want) == EVP_PKEY_RSA) {
+        BIGNUM *n = NULL, *have = NULL;
+        if (EVP_PKEY_get_bn_param(want, OSSL_PKEY_PARAM_RSA_N, &n) == 1 &&
+            get_attr(im, pub, CKA_MODULUS, &v, &len) == CKR_OK && (have = BN_bin2bn(v, (int)len, NULL)) != NULL)
+            ok = BN_cmp(n, have) == 0;
+        BN_free(n);
+        BN_free(have);
+    }
+    ERR_clear_error();
+    OPENSSL_free(v);
+    return ok;
+}
+
+/* Version 2: the production CA key is the Guardian's own, made by
+ * CKG_GUARDIAN_REQ_CA_KEY for this OEM and product: the key pair with CKA_ID
+ * the package ID and label "guardian:OEM/PRODUCT:ca-key" whose public key is
+ * the production CA certificate's.  Found before anything is created; it is
+ * not the import's to destroy if the import fails. */
+static CK_RV find_guardian_ca_key(struct import *im)
+{
+    CK_OBJECT_CLASS priv = CKO_PRIVATE_KEY, pub = CKO_PUBLIC_KEY;
+    char label[2 * GUARDIAN_PKG_NAME_MAX + 32], hex[2 * GUARDIAN_PKG_ID_LEN + 1];
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &priv, sizeof(priv)},
+                        {CKA_ID, im->pkg.package_id, GUARDIAN_PKG_ID_LEN},
+                        {CKA_LABEL, label, 0}};
+    CK_OBJECT_HANDLE found[2];
+    CK_ULONG n = 0, n_any = 0;
+    EVP_PKEY *ca_pub = X509_get0_pubkey(sk_X509_value(im->pkg.asn1->production_ca->chain, 0));
+    CK_RV rv;
+
+    for (int i = 0; i < GUARDIAN_PKG_ID_LEN; i++)
+        snprintf(hex + 2 * i, 3, "%02x", im->pkg.package_id[i]);
+    snprintf(label, sizeof(label), GUARDIAN_CA_KEY_LABEL_FMT, im->pkg.oem_id, im->pkg.product_id);
+    t[2].ulValueLen = (CK_ULONG)strlen(label);
+    if ((rv = find(im, t, 3, found, 2, &n)) != CKR_OK)
+        return rv;
+    if (n != 1) {
+        /* Made for another product?  Say so: the same key ID, another label. */
+        if (n == 0 && find(im, t, 2, found, 2, &n_any) == CKR_OK && n_any > 0)
+            guardian_error("unwrap", "refused: package %s/%s r%u: the Guardian's CA key %s was made for another "
+                                     "OEM or product, not for %s/%s",
+                           im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version, hex, im->pkg.oem_id,
+                           im->pkg.product_id);
+        else
+            guardian_error("unwrap", "refused: package %s/%s r%u: the token holds %s Guardian-made CA key %s for "
+                                     "this product (its CA key stays in the Guardian: 'guardianctl ca-request' "
+                                     "makes it, and the package must carry that key's certificate)",
+                           im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version, n == 0 ? "no" : "more than one",
+                           hex);
+        return CKR_GUARDIAN_CA_KEY_NOT_FOUND;
+    }
+    t[0].pValue = &pub;
+    if ((rv = find(im, t, 3, found, 2, &n)) != CKR_OK)
+        return rv;
+    if (n != 1 || ca_pub == NULL || !same_public_key(im, found[0], ca_pub)) {
+        guardian_error("unwrap", "refused: package %s/%s r%u: its production CA certificate is not for the "
+                                 "Guardian-made CA key %s (another key's certificate)",
+                       im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version, hex);
+        return CKR_GUARDIAN_CA_KEY_NOT_FOUND;
+    }
+    return CKR_OK;
+}
+
 static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const char *role, CK_OBJECT_HANDLE *out)
 {
     CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
@@ -648,7 +728,8 @@ static CK_RV create_objects(void *ctx)
     char label[sizeof(im->prefix) + GUARDIAN_PKG_NAME_MAX + 16];
     CK_RV rv;
 
-    rv = unwrap_one(im, a->production_ca->key, "production-ca", &h);
+    /* Version 2: the Guardian's own key, found already (find_guardian_ca_key). */
+    rv = im->pkg.ca_in_guardian ? CKR_OK : unwrap_one(im, a->production_ca->key, "production-ca", &h);
     for (int i = 0; rv == CKR_OK && i < sk_X509_num(a->production_ca->chain); i++)
         rv = create_certificate(im, sk_X509_value(a->production_ca->chain, i), i);
     for (int i = 0; rv == CKR_OK && a->extra_keys && i < sk_GUARDIAN_WRAPPED_KEY_num(a->extra_keys); i++)
@@ -835,10 +916,16 @@ static CK_RV import_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     info.ca_cert = ca_der;
     info.ca_cert_len = (size_t)ca_len;
 
-    rv = derive_kek(&im);
-    if (rv != CKR_OK)
+    if (im.pkg.ca_in_guardian && (rv = find_guardian_ca_key(&im)) != CKR_OK)
         goto out;
-    guardian_policy_forget(im.kek);
+    /* No transport, no secret: nothing to derive (a backend without ECDH
+     * or an unwrap imports such a package). */
+    if (im.pkg.scheme != GUARDIAN_KT_NONE) {
+        rv = derive_kek(&im);
+        if (rv != CKR_OK)
+            goto out;
+        guardian_policy_forget(im.kek);
+    }
     rv = guardian_store_package_install(st, &info, now, create_objects, &im);
     if (rv != CKR_OK) {
         destroy_all(&im);

@@ -37,6 +37,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "ca_binding.h"
 #include "cert_builder.h"
 #include "package.h"
 #include "package_container.h"
@@ -493,7 +494,7 @@ static GUARDIAN_WRAPPED_KEY *wrap_private_key(const uint8_t kek[32], EVP_PKEY *k
 
 struct create_opts {
     const char *guardian_cert, *signer_key, *signer_cert, *signer_chain;
-    const char *ca_key, *ca_cert, *ca_chain;
+    const char *ca_key, *ca_cert, *ca_chain, *ca_request;
     const char *oem_id, *product_id, *subject, *not_after, *out, *kdf;
     const char *key_usage, *ext_key_usage, *device_ext_oid;
     struct passin passin, ca_passin; /* ca_passin.spec NULL: the CA key takes --passin */
@@ -673,14 +674,179 @@ static void write_package(CMS_ContentInfo *cms, X509 *signer, const char *path, 
     OPENSSL_free(der);
 }
 
+/* ---- the Guardian-made production CA key (docs/guardian-wrap.md) ---------- */
+
+/* A `guardianctl ca-request` file checked against the Guardian's
+ * certificates (A, then S, as 'guardianctl cert' writes them): the CSR's own
+ * signature (the key in the token signed it), the binding's signature by S,
+ * that it binds this CSR to this Guardian (A's SHA-256) and to `oem`/`product`
+ * (when not NULL).  Returns the CSR; *b gets the binding; dies otherwise. */
+static X509_REQ *read_ca_request(const char *path, const char *guardian_path, const char *oem, const char *product,
+                                 struct guardian_ca_binding *b)
+{
+    X509 *sc = NULL, *a = read_guardian(guardian_path, &sc);
+    size_t len, bl = 0;
+    unsigned char *text = read_all(path, 65536, &len), *csr_der = NULL;
+    uint8_t *binding = NULL, target[32];
+    X509_REQ *req = NULL;
+    EVP_PKEY *pub;
+    char err[256];
+    int csr_len;
+
+    if (sc == NULL)
+        die("%s holds the Guardian certificate only: the binding is checked against its signing certificate, "
+            "which follows it in what 'guardianctl cert' writes",
+            guardian_path);
+    if (!guardian_ca_request_parse((const char *)text, len, &req, &binding, &bl, err, sizeof(err)))
+        die("%s: %s", path, err);
+    pub = X509_REQ_get0_pubkey(req);
+    if (pub == NULL || X509_REQ_verify(req, pub) != 1)
+        die("%s: the CSR's own signature does not verify (altered?)", path);
+    csr_len = i2d_X509_REQ(req, &csr_der);
+    if (csr_len <= 0 || !guardian_ca_binding_check(binding, bl, X509_get0_pubkey(sc), csr_der, (size_t)csr_len, b,
+                                                   err, sizeof(err)))
+        die("%s: refused: %s", path, csr_len <= 0 ? "the CSR does not encode" : err);
+    cert_sha256(a, target);
+    if (CRYPTO_memcmp(target, b->guardian, sizeof(target)) != 0)
+        die("%s: refused: the binding names another Guardian certificate than %s's", path, guardian_path);
+    if ((oem != NULL && strcmp(oem, b->oem_id) != 0) || (product != NULL && strcmp(product, b->product_id) != 0))
+        die("%s: refused: the key was made for %s/%s, not %s/%s", path, b->oem_id, b->product_id, oem ? oem : "*",
+            product ? product : "*");
+    ERR_clear_error();
+    OPENSSL_free(csr_der);
+    OPENSSL_free(binding);
+    free(text);
+    X509_free(a);
+    X509_free(sc);
+    return req;
+}
+
+static void add_ext(X509 *x, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509_EXTENSION *e;
+    X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
+    e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (e == NULL || X509_add_ext(x, e, -1) != 1)
+        die("cannot add an extension to the production CA certificate");
+    X509_EXTENSION_free(e);
+}
+
+static int cmd_certify_ca(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"csr", required_argument, NULL, 'r'},       {"guardian-cert", required_argument, NULL, 'g'},
+        {"ca-key", required_argument, NULL, 'K'},    {"ca-cert", required_argument, NULL, 'A'},
+        {"oem-id", required_argument, NULL, 'O'},    {"product-id", required_argument, NULL, 'P'},
+        {"days", required_argument, NULL, 'd'},      {"out", required_argument, NULL, 'o'},
+        {"passin", required_argument, NULL, 'p'},    {"force", no_argument, NULL, 'F'},
+        {NULL, 0, NULL, 0}};
+    const char *csr_path = NULL, *guardian = NULL, *ca_key_path = NULL, *ca_cert_path = NULL, *out = NULL;
+    const char *oem = NULL, *product = NULL;
+    struct passin passin = {0};
+    long days = 3650;
+    int force = 0, c, len;
+    char *end;
+    struct guardian_ca_binding b;
+    X509_REQ *req;
+    X509 *issuer, *x;
+    EVP_PKEY *ca_key;
+    unsigned char serial[16];
+    BIGNUM *bn;
+    BIO *pem;
+    char *text;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":o:", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'r': csr_path = optarg; break;
+        case 'g': guardian = optarg; break;
+        case 'K': ca_key_path = optarg; break;
+        case 'A': ca_cert_path = optarg; break;
+        case 'O': oem = optarg; break;
+        case 'P': product = optarg; break;
+        case 'o': out = optarg; break;
+        case 'F': force = 1; break;
+        case 'd':
+            days = strtol(optarg, &end, 10);
+            if (*end != '\0' || days < 1 || days > 36500)
+                usage_die("certify-ca", "--days must be 1..36500, not '%s'", optarg);
+            break;
+        case 'p':
+            if (!passin_spec_valid(optarg))
+                usage_die("certify-ca", "--passin '%s': use pass:TEXT, env:VAR, file:PATH, fd:N or stdin", optarg);
+            passin.spec = optarg;
+            break;
+        default: bad_option("certify-ca", c, argv);
+        }
+    }
+    if (optind != argc)
+        usage_die("certify-ca", "unexpected argument '%s'", argv[optind]);
+    if (csr_path == NULL || guardian == NULL || ca_key_path == NULL || ca_cert_path == NULL || out == NULL ||
+        oem == NULL || product == NULL)
+        usage_die("certify-ca", "needs --csr, --guardian-cert, --ca-key, --ca-cert, --oem-id, --product-id and --out");
+    if (!force && access(out, F_OK) == 0)
+        die("%s exists: not overwritten (give --force to replace it)", out);
+
+    req = read_ca_request(csr_path, guardian, oem, product, &b);
+    issuer = read_cert(ca_cert_path);
+    if (!(X509_get_extension_flags(issuer) & EXFLAG_CA) || !(X509_get_key_usage(issuer) & KU_KEY_CERT_SIGN))
+        die("%s is not a CA certificate that may sign certificates", ca_cert_path);
+    ca_key = read_private_key(ca_key_path, &passin);
+    if (X509_check_private_key(issuer, ca_key) != 1)
+        die("%s does not match the public key of %s", ca_key_path, ca_cert_path);
+    x = X509_new();
+    if (x == NULL || RAND_bytes(serial, sizeof(serial)) != 1)
+        die("out of memory");
+    serial[0] &= 0x7f;
+    bn = BN_bin2bn(serial, sizeof(serial), NULL);
+    if (bn == NULL || X509_set_version(x, 2) != 1 || BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) == NULL ||
+        X509_set_subject_name(x, X509_REQ_get_subject_name(req)) != 1 ||
+        X509_set_issuer_name(x, X509_get_subject_name(issuer)) != 1 ||
+        X509_gmtime_adj(X509_getm_notBefore(x), 0) == NULL ||
+        X509_gmtime_adj(X509_getm_notAfter(x), days * 86400L) == NULL ||
+        X509_set_pubkey(x, X509_REQ_get0_pubkey(req)) != 1)
+        die("cannot build the production CA certificate");
+    /* Within the issuer's validity: `openssl verify` checks both. */
+    if (ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(issuer)) > 0)
+        X509_set1_notAfter(x, X509_get0_notAfter(issuer));
+    add_ext(x, issuer, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
+    add_ext(x, issuer, NID_key_usage, "critical,keyCertSign,cRLSign");
+    add_ext(x, issuer, NID_subject_key_identifier, "hash");
+    add_ext(x, issuer, NID_authority_key_identifier, "keyid:always");
+    if (X509_sign(x, ca_key, EVP_sha256()) <= 0)
+        die("cannot sign the production CA certificate with %s", ca_key_path);
+    passin_wipe(&passin);
+    pem = BIO_new(BIO_s_mem());
+    if (pem == NULL || PEM_write_bio_X509(pem, x) != 1)
+        die("out of memory");
+    len = (int)BIO_get_mem_data(pem, &text);
+    write_new_file(out, (unsigned char *)text, (size_t)len, force);
+    printf("wrote %s: production CA certificate for %s/%s (key made in the Guardian, key ID ", out, b.oem_id,
+           b.product_id);
+    print_hex(b.key_id, sizeof(b.key_id));
+    printf(")\n  next: guardian-wrap create --ca-cert %s --ca-request %s ... (no --ca-key)\n", out, csr_path);
+    BIO_free(pem);
+    BN_free(bn);
+    X509_free(x);
+    X509_free(issuer);
+    EVP_PKEY_free(ca_key);
+    X509_REQ_free(req);
+    return 0;
+}
+
 static int create_package(struct create_opts *o)
 {
     X509 *guardian = read_guardian(o->guardian_cert, NULL), *signer = read_cert(o->signer_cert);
     X509 *ca_cert = read_cert(o->ca_cert);
     STACK_OF(X509) *signer_chain = o->signer_chain ? read_certs(o->signer_chain) : sk_X509_new_null();
     EVP_PKEY *signer_key = read_private_key(o->signer_key, &o->passin);
-    EVP_PKEY *ca_key = read_private_key(o->ca_key, o->ca_passin.spec ? &o->ca_passin : &o->passin);
+    /* --ca-request: the CA key is the Guardian's own (format version 2). */
+    EVP_PKEY *ca_key =
+        o->ca_key ? read_private_key(o->ca_key, o->ca_passin.spec ? &o->ca_passin : &o->passin) : NULL;
     EVP_PKEY *guardian_pub = X509_get0_pubkey(guardian);
+    struct guardian_ca_binding binding;
+    int secrets = o->n_extra > 0;
     GUARDIAN_PACKAGE *pkg = GUARDIAN_PACKAGE_new();
     uint8_t kek[32], eph[97], target[32], id[16];
     size_t eph_len = 0;
@@ -698,8 +864,16 @@ static int create_package(struct create_opts *o)
         die("%s: the Guardian certificate must carry an EC key (P-256 or P-384)", o->guardian_cert);
     if (X509_check_private_key(signer, signer_key) != 1)
         die("%s does not match the public key of %s", o->signer_key, o->signer_cert);
-    if (X509_check_private_key(ca_cert, ca_key) != 1)
+    if (ca_key != NULL && X509_check_private_key(ca_cert, ca_key) != 1)
         die("%s does not match the public key of %s", o->ca_key, o->ca_cert);
+    if (ca_key == NULL) {
+        X509_REQ *req = read_ca_request(o->ca_request, o->guardian_cert, o->oem_id, o->product_id, &binding);
+        if (EVP_PKEY_eq(X509_REQ_get0_pubkey(req), X509_get0_pubkey(ca_cert)) != 1)
+            die("%s is not a certificate for the key of %s (another key's certificate)", o->ca_cert, o->ca_request);
+        X509_REQ_free(req);
+    }
+    for (int i = 0; i < o->n_data; i++)
+        secrets |= o->data_conf[i];
 
     if (strcmp(o->kdf, "aes-cbc") == 0 || strcmp(o->kdf, "auto") == 0)
         scheme = GUARDIAN_KT_ECDH_AESCBC; /* every Guardian backend can run it in-token */
@@ -708,12 +882,19 @@ static int create_package(struct create_opts *o)
     else
         die("--kdf must be auto, aes-cbc or x963-sha256");
 
-    if (RAND_bytes(id, sizeof(id)) != 1)
+    if (ca_key == NULL)
+        memcpy(id, binding.key_id, sizeof(id)); /* the key's CKA_ID: one package per key */
+    else if (RAND_bytes(id, sizeof(id)) != 1)
         die("no randomness for the package ID");
     cert_sha256(guardian, target);
-    make_kek(guardian_pub, scheme, id, target, kek, eph, &eph_len);
+    /* No secret to carry (a Guardian-made CA key, no extra key, no secret
+     * item): no key transport at all, and the Guardian needs no ECDH. */
+    if (ca_key == NULL && !secrets)
+        scheme = GUARDIAN_KT_NONE;
+    else
+        make_kek(guardian_pub, scheme, id, target, kek, eph, &eph_len);
 
-    ASN1_INTEGER_set(pkg->version, GUARDIAN_PACKAGE_VERSION);
+    ASN1_INTEGER_set(pkg->version, ca_key ? GUARDIAN_PACKAGE_VERSION : GUARDIAN_PACKAGE_VERSION_CA_IN_GUARDIAN);
     ASN1_OCTET_STRING_set(pkg->package_id, id, sizeof(id));
     ASN1_OCTET_STRING_set(pkg->target_guardian, target, sizeof(target));
     set_utf8(pkg->oem_id, o->oem_id);
@@ -766,12 +947,24 @@ static int create_package(struct create_opts *o)
         free(copy);
     }
     ASN1_OBJECT_free(pkg->transport->scheme);
-    pkg->transport->scheme =
-        OBJ_txt2obj(scheme == GUARDIAN_KT_ECDH_AESCBC ? GUARDIAN_OID_KT_ECDH_AESCBC : GUARDIAN_OID_KT_ECDH_SHA256KDF, 1);
+    pkg->transport->scheme = OBJ_txt2obj(scheme == GUARDIAN_KT_NONE          ? GUARDIAN_OID_KT_NONE
+                                         : scheme == GUARDIAN_KT_ECDH_AESCBC ? GUARDIAN_OID_KT_ECDH_AESCBC
+                                                                             : GUARDIAN_OID_KT_ECDH_SHA256KDF,
+                                         1);
     ASN1_OCTET_STRING_set(pkg->transport->ephemeral_key, eph, (int)eph_len);
 
     GUARDIAN_WRAPPED_KEY_free(pkg->production_ca->key);
-    pkg->production_ca->key = wrap_private_key(kek, ca_key, "production-ca");
+    if (ca_key != NULL) {
+        pkg->production_ca->key = wrap_private_key(kek, ca_key, "production-ca");
+    } else {
+        /* Version 2: the key's type and label, no bytes: it is in the Guardian. */
+        GUARDIAN_WRAPPED_KEY *k = GUARDIAN_WRAPPED_KEY_new();
+        if (k == NULL)
+            die("out of memory");
+        set_utf8(k->label, "production-ca");
+        ASN1_INTEGER_set(k->key_type, EVP_PKEY_get_base_id(X509_get0_pubkey(ca_cert)) == EVP_PKEY_RSA ? 0x00 : 0x03);
+        pkg->production_ca->key = k;
+    }
     X509_up_ref(ca_cert);
     sk_X509_push(pkg->production_ca->chain, ca_cert);
     if (o->ca_chain != NULL) {
@@ -916,7 +1109,8 @@ static int cmd_create(int argc, char **argv)
         {"secret-data", required_argument, NULL, 'D'},   {"kdf", required_argument, NULL, 'f'},
         {"out", required_argument, NULL, 'o'},           {"force", no_argument, NULL, 'F'},
         {"passin", required_argument, NULL, 'p'},        {"ca-passin", required_argument, NULL, 'a'},
-        {"device-ext-oid", required_argument, NULL, 'X'}, {NULL, 0, NULL, 0}};
+        {"device-ext-oid", required_argument, NULL, 'X'}, {"ca-request", required_argument, NULL, 'R'},
+        {NULL, 0, NULL, 0}};
     int c;
     char *end;
 
@@ -929,6 +1123,7 @@ static int cmd_create(int argc, char **argv)
         case 'C': o.signer_chain = optarg; break;
         case 'K': o.ca_key = optarg; break;
         case 'A': o.ca_cert = optarg; break;
+        case 'R': o.ca_request = optarg; break;
         case 'H': o.ca_chain = optarg; break;
         case 'O': o.oem_id = optarg; break;
         case 'P': o.product_id = optarg; break;
@@ -985,7 +1180,9 @@ static int cmd_create(int argc, char **argv)
     REQUIRE(guardian_cert, "guardian-cert");
     REQUIRE(signer_key, "signer-key");
     REQUIRE(signer_cert, "signer-cert");
-    REQUIRE(ca_key, "ca-key");
+    if ((o.ca_key == NULL) == (o.ca_request == NULL))
+        usage_die("create", "give --ca-key (the CA key travels, wrapped) or --ca-request (the CA key was made in "
+                            "the Guardian by 'guardianctl ca-request'), not both");
     REQUIRE(ca_cert, "ca-cert");
     REQUIRE(oem_id, "oem-id");
     REQUIRE(product_id, "product-id");
@@ -1136,7 +1333,8 @@ static int cmd_inspect(int argc, char **argv)
         printf(" (EXPIRED)");
         problems++;
     }
-    printf("\ntransport    %s\n", pkg.scheme == GUARDIAN_KT_ECDH_AESCBC
+    printf("\ntransport    %s\n", pkg.scheme == GUARDIAN_KT_NONE ? "none (no secret travels)"
+                                  : pkg.scheme == GUARDIAN_KT_ECDH_AESCBC
                                       ? "ECDH + AES-256-CBC KDF + AES key wrap with padding (in-token)"
                                       : "ECDH + X9.63 SHA-256 KDF + AES key wrap with padding");
     {
@@ -1163,9 +1361,14 @@ static int cmd_inspect(int argc, char **argv)
     }
     {
         const GUARDIAN_PRODUCTION_CA *ca = pkg.asn1->production_ca;
-        printf("CA key       \"%.*s\" (%s, %d bytes wrapped)\n", ASN1_STRING_length(ca->key->label),
-               ASN1_STRING_get0_data(ca->key->label), key_type_name(ca->key->key_type),
-               ASN1_STRING_length(ca->key->wrapped));
+        if (pkg.ca_in_guardian)
+            printf("CA key       %s, made in the Guardian (format version 2: no key travels; the package ID is "
+                   "its key ID)\n",
+                   key_type_name(ca->key->key_type));
+        else
+            printf("CA key       \"%.*s\" (%s, %d bytes wrapped)\n", ASN1_STRING_length(ca->key->label),
+                   ASN1_STRING_get0_data(ca->key->label), key_type_name(ca->key->key_type),
+                   ASN1_STRING_length(ca->key->wrapped));
         for (int i = 0; i < sk_X509_num(ca->chain); i++)
             print_name(i == 0 ? "CA chain     " : "             ", X509_get_subject_name(sk_X509_value(ca->chain, i)));
     }
@@ -1378,7 +1581,8 @@ static int cmd_verify_report(int argc, char **argv)
 
 static const char create_usage[] =
     "usage: " PROG " create --guardian-cert G.pem --signer-key K.pem --signer-cert C.pem\n"
-    "         [--signer-chain CHAIN.pem] --ca-key CA.key --ca-cert CA.pem [--ca-chain CHAIN.pem]\n"
+    "         [--signer-chain CHAIN.pem] (--ca-key CA.key | --ca-request CA.csr) --ca-cert CA.pem\n"
+    "         [--ca-chain CHAIN.pem]\n"
     "         --oem-id ID --product-id ID --release N --units N --not-after YYYY-MM-DD|+DAYS\n"
     "         [--subject PATTERN] [--validity-days N] [--key-usage LIST] [--ext-key-usage OIDS]\n"
     "         [--device-ext-oid OID]   (without it: no device-identity extension)\n"
@@ -1386,9 +1590,18 @@ static const char create_usage[] =
     "         [--kdf auto|aes-cbc|x963-sha256]\n"
     "         [--passin pass:TEXT|env:VAR|file:PATH|fd:N|stdin] [--ca-passin SOURCE]\n"
     "         --out PACKAGE [--force]\n"
+    "--ca-request: the CA key was made in the Guardian ('guardianctl ca-request'); the package\n"
+    "carries its certificate and no key (format version 2; the Guardian must hold the key).\n"
     "Encrypted PEM keys: --passin (every key), --ca-passin (the CA key, if its passphrase differs);\n"
     "pass:TEXT shows in ps: prefer env:, file:, fd: or stdin.\n"
     "An existing PACKAGE is not overwritten without --force.\n"
+    "Exit 0: written; 1: refused or failed; 2: usage error.\n";
+static const char certify_usage[] =
+    "usage: " PROG " certify-ca --csr CA.csr --guardian-cert G.pem --oem-id ID --product-id ID\n"
+    "         --ca-key ISSUER.key --ca-cert ISSUER.pem [--days N] [--passin SOURCE] --out CA.pem [--force]\n"
+    "Checks the CSR's signature and the Guardian's binding ('guardianctl ca-request' wrote both; G.pem\n"
+    "as 'guardianctl cert' writes it, with the signing certificate), then issues the production CA\n"
+    "certificate: CA:TRUE pathlen 0, keyUsage keyCertSign+cRLSign (critical), SKI/AKI.\n"
     "Exit 0: written; 1: refused or failed; 2: usage error.\n";
 static const char inspect_usage[] =
     "usage: " PROG " inspect PACKAGE [--oem-root ROOT.pem] [--guardian-cert G.pem]\n"
@@ -1409,6 +1622,7 @@ static const struct command {
     int (*run)(int argc, char **argv);
 } commands[] = {
     {"create", create_usage, cmd_create},
+    {"certify-ca", certify_usage, cmd_certify_ca},
     {"inspect", inspect_usage, cmd_inspect},
     {"verify-report", verify_usage, cmd_verify_report},
 };
@@ -1416,6 +1630,7 @@ static const struct command {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: " PROG " create ...   wrap provisioning secrets for one Guardian\n"
+               "       " PROG " certify-ca --csr CA.csr --guardian-cert G.pem ...   certify a Guardian-made CA key\n"
                "       " PROG " inspect PACKAGE [--oem-root ROOT.pem] [--guardian-cert G.pem]\n"
                "       " PROG " verify-report REPORT --guardian G.pem --ca-chain CHAIN.pem [--root ROOT.pem] ...\n"
                "       " PROG " --version | --help | COMMAND --help\n"
@@ -1445,7 +1660,7 @@ int main(int argc, char **argv)
         if (strcmp(argv[1], commands[i].name) == 0)
             cmd = &commands[i];
     if (cmd == NULL) {
-        fprintf(stderr, PROG ": unknown %s '%s' (create, inspect, verify-report; " PROG " --help)\n",
+        fprintf(stderr, PROG ": unknown %s '%s' (create, certify-ca, inspect, verify-report; " PROG " --help)\n",
                 argv[1][0] == '-' ? "option" : "command", argv[1]);
         return EXIT_USAGE;
     }

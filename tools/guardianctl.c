@@ -1604,6 +1604,11 @@ static const struct command {
      {"product=", "count=", "out=", "threads=", "first=", "prefix=", "key-type=", "quiet", "reissue", "manifest=",
       "json"},
      cmd_provision},
+    {"ca-request", "--product OEM/PRODUCT --subject /O=ORG/CN=NAME [--key-type p256|p384|rsa2048]\n"
+     "    --out FILE [--force]",
+     "make a production CA key pair for a product inside the token and its\n"
+     "CSR, bound to this Guardian by its signing key (the key never leaves)",
+     {"product=", "subject=", "key-type=", "out=", "force"}, cmd_ca_request},
     {"retire-ca", "--product OEM/PRODUCT --release N [--yes] [--json]",
      "destroy a superseded release's production CA key in the token\n"
      "(recorded in the audit trail; never the installed release's)",

@@ -154,6 +154,7 @@ int cmd_audit(int argc, char **argv);     /* ctl_audit.c */
 int cmd_provision(int argc, char **argv); /* ctl_provision.c */
 int cmd_part(int argc, char **argv);      /* ctl_part.c */
 int cmd_retire_ca(int argc, char **argv); /* ctl_retire.c */
+int cmd_ca_request(int argc, char **argv); /* ctl_ca_request.c */
 /* 1 when --yes was given or the terminal's answer is yes; dies without a terminal. */
 int confirm(const char *question);
 /* ctl_status.c: `status` (--json, --watch) around guardianctl.c's human

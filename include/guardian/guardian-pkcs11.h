@@ -111,6 +111,14 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * The same key asked for again returns the certificate already issued either
  * way (docs/derive-mechanism.md, "Asking again"). */
 #define CKA_GUARDIAN_REISSUE (CKA_GUARDIAN_BASE | 0x0018UL)
+/* CKG_GUARDIAN_REQ_CA_KEY: CK_ULONG, CKG_GUARDIAN_CA_KEY_*: the production CA
+ * key pair the Guardian makes (default CKG_GUARDIAN_CA_KEY_P256). */
+#define CKA_GUARDIAN_CA_KEY_TYPE (CKA_GUARDIAN_BASE | 0x0020UL)
+
+/* CKG_GUARDIAN_CA_KEY_* values of CKA_GUARDIAN_CA_KEY_TYPE. */
+#define CKG_GUARDIAN_CA_KEY_P256 1UL    /* EC P-256, ecdsa-with-SHA256 */
+#define CKG_GUARDIAN_CA_KEY_P384 2UL    /* EC P-384, ecdsa-with-SHA384 */
+#define CKG_GUARDIAN_CA_KEY_RSA2048 3UL /* RSA 2048, sha256WithRSAEncryption */
 
 /* CKG_GUARDIAN_OUTCOME_* values of CKA_GUARDIAN_PART_OUTCOME. */
 #define CKG_GUARDIAN_OUTCOME_PROGRAMMED 1UL /* the part was programmed with its certificate */
@@ -209,6 +217,22 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * destroyed, without a second record).  Returns a session CKO_DATA object
  * "guardian-output:retire-ca", "key=value" lines (docs/vendor-interface.md). */
 #define CKG_GUARDIAN_REQ_RETIRE_CA 12UL
+/* Read-write user session: make a production CA key pair for
+ * CKA_GUARDIAN_OEM_ID + CKA_GUARDIAN_PRODUCT_ID inside the token
+ * (CKA_GUARDIAN_CA_KEY_TYPE, default P-256; private: token, private,
+ * sensitive, never extractable, sign only, not modifiable, not copyable;
+ * CKA_ID 16 random bytes, CKA_LABEL "guardian:OEM/PRODUCT:ca-key", so the
+ * policy refuses it to every standard call), a PKCS#10 CSR for it with the
+ * subject CKA_SUBJECT (a DER Name) signed by that key in the token, and a
+ * Guardian CA key binding signed by the Guardian's signing key (the CSR's
+ * SHA-256, the key ID, the OEM and product IDs, this Guardian's certificate
+ * hash: docs/vendor-interface.md, "The CA key binding").  The Guardian
+ * identity must exist.  Returns a session CKO_DATA object
+ * "guardian-output:ca-request" whose CKA_VALUE is text: the CSR PEM block,
+ * then the "GUARDIAN CA KEY BINDING" PEM block.  A package that carries the
+ * key's certificate and no key (docs/package-format.md, version 2) binds it
+ * to a release at import. */
+#define CKG_GUARDIAN_REQ_CA_KEY 13UL
 
 /* ---- Return values ----------------------------------------------------- */
 
@@ -301,6 +325,12 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * line on stderr: every p11-kit client loads registered modules, and one that
  * nobody set up must not speak in all of them (docs/configuration.md). */
 #define CKR_GUARDIAN_NOT_CONFIGURED (CKR_GUARDIAN_BASE | 0x0036UL)
+/* Import of a package whose production CA key is in the Guardian (format
+ * version 2): the token holds no key made by CKG_GUARDIAN_REQ_CA_KEY for the
+ * package's OEM and product with its package ID as CKA_ID, or that key's
+ * public key is not the production CA certificate's (the log line says
+ * which).  Nothing was created or recorded. */
+#define CKR_GUARDIAN_CA_KEY_NOT_FOUND (CKR_GUARDIAN_BASE | 0x0038UL)
 
 /* 0x0040..0x004F: Guardian requests and ownership. */
 /* A request object is malformed: unknown CKG_GUARDIAN_REQ_*, a missing or

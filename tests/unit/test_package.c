@@ -140,6 +140,82 @@ static void test_valid(void **st)
     GUARDIAN_PACKAGE_free(p);
 }
 
+/* Format version 2 (the production CA key in the Guardian): no wrapped
+ * bytes; no transport only there and only without a secret. */
+static GUARDIAN_PACKAGE *valid_v2(void)
+{
+    GUARDIAN_PACKAGE *p = valid();
+    ASN1_INTEGER_set(p->version, 2);
+    ASN1_OCTET_STRING_set(p->production_ca->key->wrapped, (const unsigned char *)"", 0);
+    ASN1_OBJECT_free(p->transport->scheme);
+    p->transport->scheme = OBJ_txt2obj(GUARDIAN_OID_KT_NONE, 1);
+    ASN1_OCTET_STRING_set(p->transport->ephemeral_key, (const unsigned char *)"", 0);
+    return p;
+}
+
+static void test_version_2(void **st)
+{
+    char err[256] = "";
+    GUARDIAN_PACKAGE *p = valid_v2();
+    struct guardian_package out;
+    unsigned char *der = NULL;
+    int n = i2d_GUARDIAN_PACKAGE(p, &der);
+    (void)st;
+    assert_true(guardian_package_decode(der, (size_t)n, &out, err, sizeof(err)));
+    assert_true(out.ca_in_guardian);
+    assert_int_equal(out.scheme, GUARDIAN_KT_NONE);
+    guardian_package_free(&out);
+    OPENSSL_free(der);
+    GUARDIAN_PACKAGE_free(p);
+    /* Version 1 keeps its meaning: a wrapped key, a transport. */
+    p = valid();
+    der = NULL;
+    n = i2d_GUARDIAN_PACKAGE(p, &der);
+    assert_true(guardian_package_decode(der, (size_t)n, &out, err, sizeof(err)));
+    assert_false(out.ca_in_guardian);
+    guardian_package_free(&out);
+    OPENSSL_free(der);
+    GUARDIAN_PACKAGE_free(p);
+
+    p = valid_v2();
+    GUARDIAN_WRAPPED_KEY_free(p->production_ca->key);
+    p->production_ca->key = wrapped_key("production-ca", 3, 152);
+    refused(p, "no wrapped bytes");
+    p = valid_v2(), ASN1_INTEGER_set(p->production_ca->key->key_type, 0x1f), refused(p, "EC or RSA key");
+    p = valid(), ASN1_OCTET_STRING_set(p->production_ca->key->wrapped, (const unsigned char *)"", 0),
+    refused(p, "wrapped key has an invalid length");
+    p = valid();
+    ASN1_OBJECT_free(p->transport->scheme);
+    p->transport->scheme = OBJ_txt2obj(GUARDIAN_OID_KT_NONE, 1);
+    refused(p, "no key transport is for version-2 packages only");
+    p = valid_v2(), ASN1_OCTET_STRING_set(p->transport->ephemeral_key, (const unsigned char *)"\x04", 1),
+    refused(p, "empty ephemeral key");
+    p = valid_v2();
+    p->extra_keys = sk_GUARDIAN_WRAPPED_KEY_new_null();
+    sk_GUARDIAN_WRAPPED_KEY_push(p->extra_keys, wrapped_key("attest", 3, 152));
+    refused(p, "without key transport carries a wrapped key");
+    {
+        GUARDIAN_DATA_ITEM *d = GUARDIAN_DATA_ITEM_new();
+        unsigned char v[32] = {0};
+        p = valid_v2();
+        set_str(d->name, "boot");
+        ASN1_ENUMERATED_set(d->protection, GUARDIAN_DATA_CONFIDENTIAL);
+        ASN1_OCTET_STRING_set(d->value, v, sizeof(v));
+        p->data_items = sk_GUARDIAN_DATA_ITEM_new_null();
+        sk_GUARDIAN_DATA_ITEM_push(p->data_items, d);
+        refused(p, "confidential item");
+    }
+    /* Version 2 with a real transport (a confidential item travels): fine. */
+    {
+        unsigned char point[65] = {0x04};
+        p = valid_v2();
+        ASN1_OBJECT_free(p->transport->scheme);
+        p->transport->scheme = OBJ_txt2obj(GUARDIAN_OID_KT_ECDH_AESCBC, 1);
+        ASN1_OCTET_STRING_set(p->transport->ephemeral_key, point, sizeof(point));
+        assert_true(decode(p, err, sizeof(err)));
+    }
+}
+
 static void test_fields_out_of_limits(void **st)
 {
     GUARDIAN_PACKAGE *p;
@@ -151,7 +227,7 @@ static void test_fields_out_of_limits(void **st)
     memset(long_subject, 'x', sizeof(long_subject) - 1);
     long_subject[sizeof(long_subject) - 1] = '\0';
 
-    p = valid(), ASN1_INTEGER_set(p->version, 2), refused(p, "format version");
+    p = valid(), ASN1_INTEGER_set(p->version, 3), refused(p, "format version");
     p = valid(), ASN1_OCTET_STRING_set(p->package_id, b15, 15), refused(p, "package ID must be 16 bytes");
     p = valid(), ASN1_OCTET_STRING_set(p->target_guardian, b31, 31), refused(p, "target Guardian");
     p = valid(), set_str(p->oem_id, long_id), refused(p, "OEM ID and product ID");
@@ -531,6 +607,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_fields_out_of_limits),
+        cmocka_unit_test(test_version_2),
         cmocka_unit_test(test_device_ext_setting),
         cmocka_unit_test(test_subject_printable_string),
         cmocka_unit_test(test_not_canonical_der),
