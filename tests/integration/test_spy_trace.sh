@@ -63,4 +63,29 @@ found "$scalar" && ko "the CA private key (scalar) appears in the trace" || ok "
 # public and do cross the interface; the secret in it is the scalar.)
 found "$(hex secret.bin)" && ko "the confidential data item appears in the trace" || ok "the confidential data item is not in the trace"
 
+# A package for a production CA key made inside the Guardian (format version
+# 2, no secret: docs/package-format.md) imports with no key agreement and no
+# unwrap at all, which is what lets it import on a backend that has neither
+# (a TPM): the spy sees no C_DeriveKey and no C_UnwrapKey during its import.
+"$CTL" ca-request --product ACME/SPY2 --subject "/O=ACME/CN=ACME SPY2 CA" --out spy2.csr >/dev/null 2>&1 ||
+    ko "ca-request through the spy"
+"$W" certify-ca --guardian-cert guardian.pem --oem-id ACME --product-id SPY2 --ca-key root.key --ca-cert root.pem \
+    --csr spy2.csr --days 365 --out spy2-ca.pem >/dev/null 2>&1 || ko "certify-ca"
+"$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-cert spy2-ca.pem \
+    --ca-chain root.pem --oem-id ACME --product-id SPY2 --release 1 --units 3 --not-after +10 \
+    --ca-request spy2.csr --out p2.gpk >/dev/null 2>&1 || ko "guardian-wrap create --ca-request"
+: >spy.log
+if "$CTL" import p2.gpk >import2.out 2>&1; then ok "import of a version 2 package through the spy"; else
+    ko "import of a version 2 package through the spy"
+    cat import2.out
+fi
+grep -q "C_FindObjects" spy.log && ok "the spy saw that import (C_FindObjects in its trace)" ||
+    ko "the spy saw nothing of the version 2 import"
+grep -Eq "C_DeriveKey|C_UnwrapKey" spy.log && ko "a version 2 import called $(grep -Eo 'C_DeriveKey|C_UnwrapKey' spy.log | sort -u | tr '\n' ' ')" ||
+    ok "a version 2 import calls neither C_DeriveKey nor C_UnwrapKey (no key transport)"
+"$CTL" provision --product ACME/SPY2 --count 1 --out spy2-certs >/dev/null 2>&1 &&
+    openssl verify -CAfile root.pem -untrusted spy2-ca.pem spy2-certs/SN-000001.pem >/dev/null 2>&1 &&
+    ok "a device certificate under the Guardian-made CA key verifies to the OEM root" ||
+    ko "no verifiable device certificate under the Guardian-made CA key"
+
 finish
