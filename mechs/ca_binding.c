@@ -41,20 +41,6 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     return 0;
 }
 
-static int copy_id(const ASN1_UTF8STRING *s, char out[GUARDIAN_PKG_NAME_MAX + 1])
-{
-    int n = ASN1_STRING_length(s);
-    const unsigned char *p = ASN1_STRING_get0_data(s);
-    if (n < 1 || n > GUARDIAN_PKG_NAME_MAX)
-        return 0;
-    for (int i = 0; i < n; i++)
-        if (!guardian_id_char(p[i]))
-            return 0;
-    memcpy(out, p, (size_t)n);
-    out[n] = '\0';
-    return 1;
-}
-
 GUARDIAN_CA_BINDING_TBS *guardian_ca_binding_tbs(const uint8_t csr_digest[32], const uint8_t key_id[16],
                                                  const char *oem_id, const char *product_id,
                                                  const uint8_t guardian[32])
@@ -106,8 +92,8 @@ int guardian_ca_binding_check(const uint8_t *der, size_t len, EVP_PKEY *signer, 
         goto out;
     }
     if (ASN1_STRING_length(b->tbs->csr_digest) != 32 || ASN1_STRING_length(b->tbs->key_id) != GUARDIAN_CA_KEY_ID_LEN ||
-        ASN1_STRING_length(b->tbs->guardian) != 32 || !copy_id(b->tbs->oem_id, out->oem_id) ||
-        !copy_id(b->tbs->product_id, out->product_id)) {
+        ASN1_STRING_length(b->tbs->guardian) != 32 || !guardian_pkg_id_copy(b->tbs->oem_id, out->oem_id) ||
+        !guardian_pkg_id_copy(b->tbs->product_id, out->product_id)) {
         fail(err, errlen, "the CA key binding has a field of the wrong size or an invalid OEM or product ID");
         goto out;
     }

@@ -123,8 +123,7 @@ int guardian_id_char(unsigned char c)
            c == '-' || c == ':';
 }
 
-/* IDs end up in certificate subjects and file names: a conservative alphabet. */
-static int id_ok(const ASN1_UTF8STRING *s, char *out)
+int guardian_pkg_id_copy(const ASN1_UTF8STRING *s, char out[GUARDIAN_PKG_NAME_MAX + 1])
 {
     int n = ASN1_STRING_length(s);
     const unsigned char *d = ASN1_STRING_get0_data(s);
@@ -239,7 +238,7 @@ int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_pack
         goto out;
     }
     memcpy(out->target_guardian, ASN1_STRING_get0_data(a->target_guardian), GUARDIAN_PKG_HASH_LEN);
-    if (!id_ok(a->oem_id, out->oem_id) || !id_ok(a->product_id, out->product_id)) {
+    if (!guardian_pkg_id_copy(a->oem_id, out->oem_id) || !guardian_pkg_id_copy(a->product_id, out->product_id)) {
         fail(err, errlen, "OEM ID and product ID must be 1-%d characters of A-Z a-z 0-9 . _ - :",
              GUARDIAN_PKG_NAME_MAX);
         goto out;

@@ -160,6 +160,9 @@ int guardian_template_device_ext(const GUARDIAN_CERT_TEMPLATE *t, uint8_t oid[GU
 /* The alphabet of OEM IDs, product IDs and text device IDs, which end up in
  * certificate subjects and file names: A-Z a-z 0-9 . _ - : */
 int guardian_id_char(unsigned char c);
+/* An OEM or product ID of a package (1..GUARDIAN_PKG_NAME_MAX bytes of that
+ * alphabet) copied NUL-terminated into out; 0 when it is not one. */
+int guardian_pkg_id_copy(const ASN1_UTF8STRING *s, char out[GUARDIAN_PKG_NAME_MAX + 1]);
 
 /* Map a scheme OID to GUARDIAN_KT_*, 0 if unknown. */
 int guardian_package_scheme(const ASN1_OBJECT *oid);

@@ -365,3 +365,34 @@ backend_up() {
     printf 'INFO backend %s up in %d ms (token %s in slot %s, module %s)\n' "$kind" "$BACKEND_UP_MS" \
         "$BACKEND_LABEL" "${BACKEND_SLOT:-?}" "$BACKEND_MODULE"
 }
+
+# backend_test_start NAME LABEL: the start both backend tests share, after
+# KIND and INTEROP_NAME are set: a work directory guardian-NAME-KIND.* in
+# WORK (log, out, state, home; the backend taken down and the summary printed
+# on exit), a clean environment, and the backend up with token LABEL-KIND;
+# exits 77 (SKIP) when the backend cannot be brought up here, fails when it
+# does not come up.
+backend_test_start() {
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardian-$1-$KIND.XXXXXX")
+    trap _interop_exit EXIT
+    trap 'exit 130' INT TERM
+    on_exit backend_down
+    mkdir -p "$WORK/log" "$WORK/out" "$WORK/state" "$WORK/home"
+    chmod 700 "$WORK/state"
+    cd "$WORK" || exit 1
+    ulimit -c 0
+    export HOME=$WORK/home
+    unset GUARDIAN_BACKEND GUARDIAN_STATE_DIR GUARDIAN_DEBUG GUARDIAN_BACKEND_INIT_ARGS OPENSSL_CONF PKCS11_MODULE_PATH
+
+    export BACKEND_LABEL=$2-$KIND
+    rc=0
+    backend_up "$KIND" "$WORK/backend" 2>"$WORK/log/backend_up.log" || rc=$?
+    if [ "$rc" -eq 77 ]; then
+        _FINISHED=1
+        printf 'SKIP %s: %s\n' "$INTEROP_NAME" "$(tr '\n' ' ' <"$WORK/log/backend_up.log")"
+        exit 77
+    elif [ "$rc" -ne 0 ]; then
+        fail "backend_up $KIND" "the backend did not come up" "$WORK/log/backend_up.log"
+        finish
+    fi
+}

@@ -51,28 +51,7 @@ G=$(readlink -f "$2")
 ML=$(readlink -f "$3")
 SHIM=${4:+$(readlink -f "$4")}
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardian-advertise-$KIND.XXXXXX")
-trap _interop_exit EXIT
-trap 'exit 130' INT TERM
-on_exit backend_down
-mkdir -p "$WORK/log" "$WORK/out" "$WORK/state" "$WORK/home"
-chmod 700 "$WORK/state"
-cd "$WORK"
-ulimit -c 0
-export HOME=$WORK/home
-unset GUARDIAN_BACKEND GUARDIAN_STATE_DIR GUARDIAN_DEBUG GUARDIAN_BACKEND_INIT_ARGS OPENSSL_CONF PKCS11_MODULE_PATH
-
-export BACKEND_LABEL=adv-$KIND
-rc=0
-backend_up "$KIND" "$WORK/backend" 2>"$WORK/log/backend_up.log" || rc=$?
-if [ "$rc" -eq 77 ]; then
-    _FINISHED=1
-    printf 'SKIP %s: %s\n' "$INTEROP_NAME" "$(tr '\n' ' ' <"$WORK/log/backend_up.log")"
-    exit 77
-elif [ "$rc" -ne 0 ]; then
-    fail "backend_up $KIND" "the backend did not come up" "$WORK/log/backend_up.log"
-    finish
-fi
+backend_test_start advertise adv
 L=$BACKEND_LABEL
 
 # debug: the self-test's lines (what passed, what failed, how long it took).

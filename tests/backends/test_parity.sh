@@ -52,28 +52,7 @@ if ! command -v pkcs11-tool >/dev/null; then
     exit 1
 fi
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardian-backends-$KIND.XXXXXX")
-trap _interop_exit EXIT
-trap 'exit 130' INT TERM
-on_exit backend_down
-mkdir -p "$WORK/log" "$WORK/out" "$WORK/state" "$WORK/home"
-chmod 700 "$WORK/state"
-cd "$WORK"
-ulimit -c 0
-export HOME=$WORK/home
-unset GUARDIAN_BACKEND GUARDIAN_STATE_DIR GUARDIAN_DEBUG GUARDIAN_BACKEND_INIT_ARGS OPENSSL_CONF PKCS11_MODULE_PATH
-
-export BACKEND_LABEL=parity-$KIND
-rc=0
-backend_up "$KIND" "$WORK/backend" 2>"$WORK/log/backend_up.log" || rc=$?
-if [ "$rc" -eq 77 ]; then
-    _FINISHED=1
-    printf 'SKIP %s: %s\n' "$INTEROP_NAME" "$(tr '\n' ' ' <"$WORK/log/backend_up.log")"
-    exit 77
-elif [ "$rc" -ne 0 ]; then
-    fail "backend_up $KIND" "the backend did not come up" "$WORK/log/backend_up.log"
-    finish
-fi
+backend_test_start backends parity
 PIN=$BACKEND_USER_PIN
 L=$BACKEND_LABEL
 
