@@ -774,7 +774,9 @@ static CK_RV create_data(struct import *im, const char *label, const ASN1_UTF8ST
         {CKA_MODIFIABLE, &no, sizeof(no)},    {CKA_ID, id, id_len},
         {CKA_LABEL, (void *)label, strlen(label)}, {CKA_VALUE, (void *)value, len},
         {CKA_SIGN, &no, sizeof(no)},          {CKA_VERIFY, &no, sizeof(no)},
-        {CKA_DERIVE, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},        {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_DECRYPT, &no, sizeof(no)},       {CKA_WRAP, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},        /* NSS sets these four when not told */
     };
     CK_OBJECT_HANDLE h;
     CK_RV rv = CKR_ATTRIBUTE_VALUE_INVALID;
