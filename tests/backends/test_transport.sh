@@ -1,6 +1,6 @@
 #!/bin/bash
 #
-# test_transport.sh KIND <guardian-pkcs11.so> <guardianctl> <guardian-wrap> —
+# test_transport.sh KIND <guardian-pkcs11.so> <guardianctl> <guardian-wrap> [<init_args_shim.so>] —
 # the key transport end to end on one backend, through the tools an operator
 # and an OEM use (docs/package-format.md "Which transports a Guardian states"):
 #
@@ -14,6 +14,9 @@
 #
 # Expected, measured on Debian 12:
 #   softhsm  A: aes-cbc, none (no CKD_SHA256_KDF); auto = aes-cbc; the item a CKO_DATA
+#   softhsm-nodata  SoftHSM behind init_args_shim.so refusing an integrity item's
+#            private token CKO_DATA as NSS does (INIT_ARGS_SHIM_NO_PACKAGE_DATA): the
+#            item a generic secret with no usage; an empty item refused, nothing made
 #   nss      A: x963-sha256, aes-cbc, none; auto = x963-sha256; the item a generic secret
 #            (NSS keeps no private or token CKO_DATA).  Steps 1-3 on NSS need the
 #            enrolment that holds where a plain user can set CKA_TRUSTED (issue 10,
@@ -30,8 +33,9 @@
 . "$(dirname "$0")/lib.sh"
 
 KIND=${1:-}
-if [ $# -ne 4 ] || [ -z "$KIND" ]; then
-    printf 'usage: %s softhsm|nss <guardian-pkcs11.so> <guardianctl> <guardian-wrap>\n' "$0" >&2
+if [ $# -lt 4 ] || [ $# -gt 5 ] || [ -z "$KIND" ]; then
+    printf 'usage: %s softhsm|softhsm-nodata|nss <guardian-pkcs11.so> <guardianctl> <guardian-wrap> [<init_args_shim.so>]\n' \
+        "$0" >&2
     exit 2
 fi
 INTEROP_NAME=transport_$KIND
@@ -41,12 +45,16 @@ softhsm)
     STATES="aes-cbc ($ARC.2.1), none ($ARC.2.0)"
     AUTO=aes-cbc UNLISTED=x963-sha256 ITEM_CLASS="Data object"
     ;;
+softhsm-nodata)
+    STATES="aes-cbc ($ARC.2.1), none ($ARC.2.0)"
+    AUTO=aes-cbc UNLISTED=x963-sha256 ITEM_CLASS="Secret Key Object"
+    ;;
 nss)
     STATES="x963-sha256 ($ARC.2.2), aes-cbc ($ARC.2.1), none ($ARC.2.0)"
     AUTO=x963-sha256 UNLISTED= ITEM_CLASS="Secret Key Object"
     ;;
 *)
-    printf 'FAIL %s: backend kind %s (softhsm or nss)\n0 passed, 1 failed\n' "$INTEROP_NAME" "$KIND"
+    printf 'FAIL %s: backend kind %s (softhsm, softhsm-nodata or nss)\n0 passed, 1 failed\n' "$INTEROP_NAME" "$KIND"
     exit 1
     ;;
 esac
@@ -59,9 +67,22 @@ done
 G=$(readlink -f "$2")
 CTL=$(readlink -f "$3")
 W=$(readlink -f "$4")
+SHIM=${5:+$(readlink -f "$5")}
 
+BACKEND_KIND_ASKED=$KIND
+if [ "$KIND" = softhsm-nodata ]; then
+    if [ -z "$SHIM" ] || [ ! -f "$SHIM" ]; then
+        printf 'FAIL %s: needs init_args_shim.so as fifth argument\n0 passed, 1 failed\n' "$INTEROP_NAME"
+        exit 1
+    fi
+    KIND=softhsm
+fi
 backend_test_start transport tp
+KIND=$BACKEND_KIND_ASKED
 export GUARDIAN_MODULE=$G GUARDIAN_BACKEND=$BACKEND_MODULE GUARDIAN_STATE_DIR=$WORK/state
+if [ "$KIND" = softhsm-nodata ]; then
+    export GUARDIAN_BACKEND=$SHIM INIT_ARGS_SHIM_MODULE=$BACKEND_MODULE INIT_ARGS_SHIM_NO_PACKAGE_DATA=1
+fi
 export GUARDIAN_TOKEN=$BACKEND_LABEL GUARDIAN_PIN=$BACKEND_USER_PIN GUARDIAN_SO_PIN=$BACKEND_SO_PIN
 if [ -n "$BACKEND_INIT_ARGS" ]; then
     export GUARDIAN_BACKEND_INIT_ARGS=$BACKEND_INIT_ARGS
@@ -147,6 +168,30 @@ if [ "${item_class#"$ITEM_CLASS"}" != "$item_class" ]; then
     pass "$KIND: the integrity item is a $ITEM_CLASS"
 else
     fail "$KIND: the integrity item is a $ITEM_CLASS" "its object: '$item_class'" out/objects
+fi
+if [ "$KIND" = softhsm-nodata ]; then
+    usage=$(awk '/label: .*guardian:ACME\/TP\/r1:config/ { f = 1 } f && /Usage:/ { print; exit }' out/objects)
+    if printf '%s' "$usage" | grep -q "Usage: *none"; then
+        pass "$KIND: the item as a secret has no usage"
+    else
+        fail "$KIND: the item as a secret has no usage" "'$usage'" out/objects
+    fi
+    # An empty integrity item cannot be a secret key: refused, nothing made,
+    # the same again (not recorded as imported).
+    : >out/empty.txt
+    wrap empty --data empty=out/empty.txt --product-id TP-EMPTY
+    n_before=$(grep -c "label:" out/objects)
+    run import-empty "$CTL" import out/empty.gpk
+    rc1=$RC
+    run import-empty2 "$CTL" import out/empty.gpk
+    rc2=$RC
+    run objects2 pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$BACKEND_USER_PIN" -O
+    if [ "$rc1" -ne 0 ] && [ "$rc2" -ne 0 ] && grep -q "cannot keep the empty data item" out/import-empty &&
+        ! grep -q "REPLAYED" out/import-empty2 && [ "$(grep -c "label:" out/objects2)" = "$n_before" ]; then
+        pass "$KIND: an empty integrity item refused twice, nothing made"
+    else
+        fail "$KIND: an empty integrity item refused twice, nothing made" "exit $rc1/$rc2" out/import-empty2
+    fi
 fi
 run provision "$CTL" provision --product ACME/TP --count 3 --out out/parts
 if [ "$RC" -eq 0 ] && [ "$(find out/parts -name '*.pem' | wc -l)" = 3 ] &&
