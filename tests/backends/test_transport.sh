@@ -23,7 +23,10 @@
 #            helper "enrol"): until it is merged the import is refused
 #            (CKR_GUARDIAN_OEM_NOT_ENROLLED) and this test says so and stops there,
 #            passing what it checked; GUARDIAN_EXPECT_NSS_IMPORT=1 makes that a
-#            failure (tests/backends/CMakeLists.txt, how to enable it).
+#            failure (tests/backends/CMakeLists.txt, how to enable it).  Today
+#            `guardianctl init` itself fails on NSS (identity keys with
+#            CKA_COPYABLE: CKR_GENERAL_ERROR there), and provisioning would stop
+#            at the state anchor (a private token CKO_DATA): docs/backends.md.
 #
 # Exit status: 0 all passed, 1 a failure, 77 the backend cannot run here.
 
