@@ -179,6 +179,23 @@ if [ "$KIND" = softhsm-nodata ]; then
     else
         fail "$KIND: the item as a secret has no usage" "'$usage'" out/objects
     fi
+    # The operator holding the user PIN, through the module: the item serves
+    # only the Guardian (a confidential item's role in the policy), so it can
+    # be neither read nor destroyed.
+    run delete pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$BACKEND_USER_PIN" \
+        --delete-object --type secrkey --label "guardian:ACME/TP/r1:config"
+    rc_del=$RC
+    run read pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$BACKEND_USER_PIN" \
+        --read-object --type secrkey --label "guardian:ACME/TP/r1:config"
+    rc_read=$RC
+    run objects3 pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$BACKEND_USER_PIN" -O
+    if [ "$rc_del" -ne 0 ] && grep -q "policy: C_DestroyObject refused" out/delete && [ "$rc_read" -ne 0 ] &&
+        grep -q "CKR_ATTRIBUTE_SENSITIVE" out/read && grep -q "guardian:ACME/TP/r1:config" out/objects3; then
+        pass "$KIND: the item cannot be read or destroyed through the module (it is still there)"
+    else
+        fail "$KIND: the item cannot be read or destroyed through the module" "delete $rc_del, read $rc_read" \
+            out/delete
+    fi
     # An empty integrity item cannot be a secret key: refused, nothing made,
     # the same again (not recorded as imported).
     : >out/empty.txt
