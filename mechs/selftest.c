@@ -12,11 +12,16 @@
  *
  *  - CKM_GUARDIAN_UNWRAP_PACKAGE: a fixed EC P-256 key, ECDH with a fixed
  *    point, the key-encryption key derived as an import derives it (CKD_NULL
- *    then CKM_AES_CBC_ENCRYPT_DATA, or CKD_SHA256_KDF), and C_UnwrapKey with
- *    CKM_AES_KEY_WRAP_PAD of a fixed RFC 5649 blob holding the PKCS#8 of an EC
- *    key, into a session private key.  The unwrap succeeds only when every
+ *    then CKM_AES_CBC_ENCRYPT_DATA, and CKD_SHA256_KDF, each measured), and
+ *    C_UnwrapKey of a fixed RFC 5649 blob holding the PKCS#8 of an EC key,
+ *    into a session private key, under 0x210A and else 0x210B (NSS's 0x210A
+ *    is RFC 3394 + PKCS#7), again with CKA_NSS_DB where the EC template is
+ *    refused after the wrap checked out.  The unwrap succeeds only when every
  *    step computed the right bytes (RFC 5649's integrity check).  Either KDF
- *    passing is enough: the package's scheme picks one.
+ *    passing is enough to advertise: the package's scheme picks one.  What
+ *    worked is kept per slot (guardian_transport_facts): the import unwraps
+ *    under that number with that template, and the agreement certificate
+ *    states those schemes (guardian_transport_state_in_cert, transport.h).
  *  - CKM_GUARDIAN_DERIVE_DEVICE_CERT: a signature with CKM_ECDSA by a fixed
  *    P-256 key, else with CKM_RSA_PKCS by a fixed RSA-2048 key (an RSA-only
  *    production CA: derive_device_cert.c signs with either); where the backend

@@ -11,8 +11,11 @@
  *     rollback (store/);
  *  2. key transport inside the backend: ECDH1_DERIVE with the Guardian's key
  *     (CKD_NULL) into a session AES key, AES_CBC_ENCRYPT_DATA into the KEK (or
- *     ECDH1 with CKD_SHA256_KDF straight into the KEK), then AES_KEY_WRAP_PAD
- *     unwraps of each key into token objects — no secret passes through here;
+ *     ECDH1 with CKD_SHA256_KDF straight into the KEK), then RFC 5649 unwraps
+ *     of each key into token objects, under the number the slot's self-test
+ *     found RFC 5649 under (0x210A SoftHSM, 0x210B NSS) and with CKA_NSS_DB
+ *     where the token wants it — no secret passes through here; a scheme the
+ *     self-test measured not to work there is refused before any of it;
  *  3. the objects are created inside the store's install transaction: if any
  *     creation fails, every object made so far is destroyed and nothing is
  *     recorded; if the commit fails, the objects are destroyed too.
