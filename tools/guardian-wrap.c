@@ -853,7 +853,8 @@ static int create_package(struct create_opts *o)
     size_t eph_len = 0;
     int scheme, requested, n;
     struct guardian_transports offered;
-    char err[256], offers[GUARDIAN_TRANSPORTS_MAX * (GUARDIAN_TRANSPORT_OID_MAX + 24) + 160];
+    char err[GUARDIAN_TRANSPORTS_MAX * (GUARDIAN_TRANSPORT_OID_MAX + 24) + 400],
+        offers[GUARDIAN_TRANSPORTS_MAX * (GUARDIAN_TRANSPORT_OID_MAX + 24) + 160];
     unsigned char *der = NULL;
     BIO *content = NULL;
     CMS_ContentInfo *cms = NULL;

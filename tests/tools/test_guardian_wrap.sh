@@ -76,6 +76,10 @@ states nss-guardian "$(oid_der $ARC.2.2 $ARC.2.1 $ARC.2.0)"
 states none-guardian "$(oid_der $ARC.2.0)"
 states bad-guardian 3000
 states future-guardian "$(oid_der 1.3.6.1.4.1.55555.7 $ARC.2.1)"
+states x963-guardian "$(oid_der $ARC.2.2 $ARC.2.0)"
+expect "an unlisted --kdf: the whole message, what is offered and what to do" 1 \
+    "offers: x963-sha256 \($ARC\.2\.2\), none \($ARC\.2\.0\)\); use --kdf auto, or --kdf-unlisted to make it all the same$" \
+    -- "$W" "${base[@]/guardian.pem/x963-guardian.pem}" --kdf aes-cbc --out x963-only.gpk
 nssbase=("${base[@]/guardian.pem/nss-guardian.pem}")
 expect "auto: x963-sha256 where the Guardian lists it first" 0 \
     "transport +x963-sha256 \(.*\.2\.2\), chosen by --kdf auto" -- "$W" "${nssbase[@]}" --out nss.gpk
