@@ -411,7 +411,9 @@ static CK_RV make_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const X509_NAM
              add_ext(x, issuer, NID_key_usage, "critical,keyAgreement") &&
              add_ext(x, issuer, NID_subject_key_identifier, "hash") &&
              (X509_get0_subject_key_id(issuer) == NULL ||
-              add_ext(x, issuer, NID_authority_key_identifier, "keyid:always"));
+              add_ext(x, issuer, NID_authority_key_identifier, "keyid:always")) &&
+             /* the key transports this token imports with (selftest.c) */
+             guardian_transport_state_in_cert(be, s, x);
     if (!ok || X509_sign(x, dummy, EVP_sha256()) <= 0 || (tbs_len = i2d_re_X509_tbs(x, &tbs)) <= 0)
         goto out;
     if ((rv = guardian_identity_sign(be, s, signer->priv, tbs, (size_t)tbs_len, &sig, &sig_len)) != CKR_OK)

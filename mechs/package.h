@@ -27,6 +27,12 @@
 /* No key transport: a version-2 package with no wrapped key and no
  * confidential item; its ephemeralKey is empty. */
 #define GUARDIAN_OID_KT_NONE GUARDIAN_OID_ARC ".2.0"
+/* id-guardian-transports: a non-critical extension of the Guardian's
+ * agreement certificate A, SEQUENCE OF OBJECT IDENTIFIER, the key-transport
+ * schemes above that this Guardian can import with, measured on its token
+ * when A was made, strongest first (mechs/transport.h,
+ * docs/package-format.md "Which transports a Guardian states"). */
+#define GUARDIAN_OID_TRANSPORTS GUARDIAN_OID_ARC ".3.1"
 
 #define GUARDIAN_PACKAGE_VERSION 1
 /* Version 2: the production CA key is in the Guardian (made there by

@@ -112,6 +112,24 @@ void guardian_selftest_atfork_child(void);
  * it cannot be seen.  The import counts enrolled roots only where it is true
  * (docs/threat-model.md). */
 bool guardian_trusted_so_only(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, char *why, size_t why_len);
+/* What the key transports of an import need on a slot, measured by the
+ * unwrap self-test (each scheme on its own, known answers): which schemes
+ * work (1u << GUARDIAN_KT_*), the number RFC 5649 has there (0x210A on
+ * SoftHSM, 0x210B on NSS; 0 none found), and whether an EC private-key
+ * unwrap needs CKA_NSS_DB.  state 0 / GUARDIAN_SELFTEST_*: like the self-test. */
+struct guardian_transport_facts {
+    int state;
+    unsigned schemes;
+    CK_MECHANISM_TYPE kwp;
+    bool nss_db;
+    bool partial; /* one scheme passed, another could not be tried now */
+};
+void guardian_transport_facts(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, struct guardian_transport_facts *out);
+/* The agreement certificate `x` (being made in session `s`) states what the
+ * session's slot measured: id-guardian-transports (transport.h), strongest
+ * first; nothing when it could not be measured now.  1, or 0 (no memory). */
+typedef struct x509_st X509;
+int guardian_transport_state_in_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *x);
 /* The self-tests themselves, for the mechanisms' tables. */
 int guardian_selftest_unwrap_package(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);
 int guardian_selftest_derive_device_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);

@@ -12,11 +12,16 @@
  *
  *  - CKM_GUARDIAN_UNWRAP_PACKAGE: a fixed EC P-256 key, ECDH with a fixed
  *    point, the key-encryption key derived as an import derives it (CKD_NULL
- *    then CKM_AES_CBC_ENCRYPT_DATA, or CKD_SHA256_KDF), and C_UnwrapKey with
- *    CKM_AES_KEY_WRAP_PAD of a fixed RFC 5649 blob holding the PKCS#8 of an EC
- *    key, into a session private key.  The unwrap succeeds only when every
+ *    then CKM_AES_CBC_ENCRYPT_DATA, and CKD_SHA256_KDF, each measured), and
+ *    C_UnwrapKey of a fixed RFC 5649 blob holding the PKCS#8 of an EC key,
+ *    into a session private key, under 0x210A and else 0x210B (NSS's 0x210A
+ *    is RFC 3394 + PKCS#7), again with CKA_NSS_DB where the EC template is
+ *    refused after the wrap checked out.  The unwrap succeeds only when every
  *    step computed the right bytes (RFC 5649's integrity check).  Either KDF
- *    passing is enough: the package's scheme picks one.
+ *    passing is enough to advertise: the package's scheme picks one.  What
+ *    worked is kept per slot (guardian_transport_facts): the import unwraps
+ *    under that number with that template, and the agreement certificate
+ *    states those schemes (guardian_transport_state_in_cert, transport.h).
  *  - CKM_GUARDIAN_DERIVE_DEVICE_CERT: a signature with CKM_ECDSA by a fixed
  *    P-256 key, else with CKM_RSA_PKCS by a fixed RSA-2048 key (an RSA-only
  *    production CA: derive_device_cert.c signs with either); where the backend
@@ -47,8 +52,10 @@
 #include <time.h>
 
 #include "module.h"
+#include "package.h"
 #include "registry.h"
 #include "selftest_vectors.h"
+#include "transport.h"
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 
@@ -195,9 +202,23 @@ static CK_RV derive_aes(struct run *r, CK_MECHANISM *m, CK_OBJECT_HANDLE base, C
     return rv;
 }
 
-static CK_RV unwrap_known(struct run *r, CK_OBJECT_HANDLE kek, const CK_BYTE *blob, CK_ULONG len)
+/* The RFC 5649 numbers a backend may implement it under, in the order tried. */
+static const CK_MECHANISM_TYPE kwp_numbers[] = {CKM_AES_KEY_WRAP_PAD, CKM_AES_KEY_WRAP_KWP};
+
+/* Written by the unwrap self-test, read by run_tests (the lock is held). */
+static struct guardian_transport_facts last_facts;
+
+/* Codes by which an EC private-key unwrap says its template lacks what the
+ * token wants (NSS: CKA_NSS_DB), after the wrap itself checked out. */
+static bool wants_more(CK_RV rv)
 {
-    CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    return rv == CKR_TEMPLATE_INCOMPLETE || rv == CKR_KEY_TYPE_INCONSISTENT;
+}
+
+static CK_RV unwrap_known(struct run *r, CK_OBJECT_HANDLE kek, const CK_BYTE *blob, CK_ULONG len,
+                          CK_MECHANISM_TYPE number, bool nss_db)
+{
+    CK_MECHANISM kwp = {number, NULL, 0};
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
     CK_KEY_TYPE kt = CKK_EC;
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
@@ -205,12 +226,42 @@ static CK_RV unwrap_known(struct run *r, CK_OBJECT_HANDLE kek, const CK_BYTE *bl
         {CKA_CLASS, &cls, sizeof(cls)},   {CKA_KEY_TYPE, &kt, sizeof(kt)},
         {CKA_TOKEN, &no, sizeof(no)},     {CKA_PRIVATE, &no, sizeof(no)},
         {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
-        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_SIGN, &yes, sizeof(yes)},    {GUARDIAN_CKA_NSS_DB, (void *)st_ec_point, sizeof(st_ec_point)},
     };
-    CK_RV rv = r->be->C_UnwrapKey(r->s, &kwp, kek, (CK_BYTE_PTR)blob, len, t, sizeof(t) / sizeof(t[0]), &h);
+    CK_ULONG n = sizeof(t) / sizeof(t[0]) - (nss_db ? 0 : 1);
+    CK_RV rv = r->be->C_UnwrapKey(r->s, &kwp, kek, (CK_BYTE_PTR)blob, len, t, n, &h);
     if (rv == CKR_OK)
         keep(r, h);
     return rv;
+}
+
+/* The RFC 5649 unwrap of the known blob under `kek`: under the number found
+ * already on this slot, else each number in turn; where the token refuses
+ * the EC template after the wrap checked out, again with CKA_NSS_DB.  Records
+ * what worked in last_facts. */
+static CK_RV unwrap_any(struct run *r, CK_OBJECT_HANDLE kek, const CK_BYTE *blob, CK_ULONG len)
+{
+    CK_RV rv = CKR_MECHANISM_INVALID, first = CKR_OK;
+    for (size_t i = 0; i < sizeof(kwp_numbers) / sizeof(kwp_numbers[0]); i++) {
+        CK_MECHANISM_TYPE number = kwp_numbers[i];
+        if (last_facts.kwp != 0 && last_facts.kwp != number)
+            continue;
+        rv = unwrap_known(r, kek, blob, len, number, last_facts.nss_db);
+        if (wants_more(rv) && !last_facts.nss_db && unwrap_known(r, kek, blob, len, number, true) == CKR_OK) {
+            last_facts.nss_db = true;
+            rv = CKR_OK;
+        }
+        if (rv == CKR_OK) {
+            last_facts.kwp = number;
+            return CKR_OK;
+        }
+        /* "Not now" decides nothing: say so rather than a later number's "no". */
+        if (undecided(rv))
+            return rv;
+        if (first == CKR_OK)
+            first = rv;
+    }
+    return first != CKR_OK ? first : rv;
 }
 
 /* One way of making the key-encryption key, then the unwrap under it. */
@@ -230,8 +281,8 @@ static int unwrap_path(struct run *r, CK_OBJECT_HANDLE key, bool sha256_kdf)
         ecdh.ulSharedDataLen = sizeof(st_context);
         if ((res = step(r, derive_aes(r, &m, key, CKA_UNWRAP, &kek), "ECDH1_DERIVE with CKD_SHA256_KDF")))
             return res;
-        return step(r, unwrap_known(r, kek, st_wrapped_kdf, sizeof(st_wrapped_kdf)),
-                    "AES_KEY_WRAP_PAD (RFC 5649) unwrap under the SHA256_KDF key");
+        return step(r, unwrap_any(r, kek, st_wrapped_kdf, sizeof(st_wrapped_kdf)),
+                    "RFC 5649 unwrap (0x210A, 0x210B) under the SHA256_KDF key");
     }
     ecdh.kdf = CKD_NULL;
     if ((res = step(r, derive_aes(r, &m, key, CKA_DERIVE, &z), "ECDH1_DERIVE with CKD_NULL")))
@@ -245,40 +296,51 @@ static int unwrap_path(struct run *r, CK_OBJECT_HANDLE key, bool sha256_kdf)
         if ((res = step(r, derive_aes(r, &m2, z, CKA_UNWRAP, &kek), "AES_CBC_ENCRYPT_DATA")))
             return res;
     }
-    return step(r, unwrap_known(r, kek, st_wrapped_cbc, sizeof(st_wrapped_cbc)),
-                "AES_KEY_WRAP_PAD (RFC 5649) unwrap under the AES_CBC_ENCRYPT_DATA key");
+    return step(r, unwrap_any(r, kek, st_wrapped_cbc, sizeof(st_wrapped_cbc)),
+                "RFC 5649 unwrap (0x210A, 0x210B) under the AES_CBC_ENCRYPT_DATA key");
 }
 
+/* Both schemes are measured, each on its own (the agreement certificate
+ * states every one that works, transport.h); the mechanism needs one. */
 int guardian_selftest_unwrap_package(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len)
 {
     struct run r = {.be = be, .s = s, .why = why, .why_len = why_len};
     CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-    char first[160] = "";
-    int a, b;
-    CK_RV rv = load_ec_key(&r, &key);
+    char kdf_why[200] = "", cbc_why[200] = "";
+    int kdf, cbc;
+    CK_RV rv;
 
+    memset(&last_facts, 0, sizeof(last_facts));
+    rv = load_ec_key(&r, &key);
     if (rv != CKR_OK) {
         snprintf(why, why_len, "the test's EC key cannot be loaded (C_CreateObject: %s)", ckr(rv));
+        last_facts.state = GUARDIAN_SELFTEST_UNKNOWN;
         return GUARDIAN_SELFTEST_UNKNOWN;
     }
-    a = unwrap_path(&r, key, false);
-    snprintf(first, sizeof(first), "%s", why);
-    b = a == 0 ? 0 : unwrap_path(&r, key, true);
+    kdf = unwrap_path(&r, key, true);
+    snprintf(kdf_why, sizeof(kdf_why), "%s", kdf == 0 ? "ECDH CKD_SHA256_KDF + RFC 5649 unwrap" : why);
+    cbc = unwrap_path(&r, key, false);
+    snprintf(cbc_why, sizeof(cbc_why), "%s", cbc == 0 ? "ECDH CKD_NULL + AES_CBC_ENCRYPT_DATA + RFC 5649 unwrap"
+                                                      : why);
     clean(&r);
-    if (a != 0 && b == 0)
-        snprintf(why, why_len, "ECDH CKD_SHA256_KDF + RFC 5649 unwrap (the CKD_NULL path: %s)", first);
-    if (a == 0 || b == 0) {
-        if (a == 0)
-            snprintf(why, why_len, "ECDH CKD_NULL + AES_CBC_ENCRYPT_DATA + RFC 5649 unwrap");
-        return GUARDIAN_SELFTEST_PASS;
-    }
-    {
-        char second[160];
-        snprintf(second, sizeof(second), "%s", why);
-        snprintf(why, why_len, "%s; %s", first, second);
-    }
-    return a == GUARDIAN_SELFTEST_UNKNOWN || b == GUARDIAN_SELFTEST_UNKNOWN ? GUARDIAN_SELFTEST_UNKNOWN
-                                                                            : GUARDIAN_SELFTEST_FAIL;
+    if (kdf == 0)
+        last_facts.schemes |= 1u << GUARDIAN_KT_ECDH_SHA256KDF;
+    if (cbc == 0)
+        last_facts.schemes |= 1u << GUARDIAN_KT_ECDH_AESCBC;
+    snprintf(why, why_len, "x963-sha256: %s; aes-cbc: %s; RFC 5649 as 0x%lx%s", kdf_why, cbc_why,
+             (unsigned long)last_facts.kwp, last_facts.nss_db ? ", EC unwrap with CKA_NSS_DB" : "");
+    if (kdf == 0 || cbc == 0)
+        last_facts.state = GUARDIAN_SELFTEST_PASS;
+    else if (kdf == GUARDIAN_SELFTEST_UNKNOWN || cbc == GUARDIAN_SELFTEST_UNKNOWN)
+        last_facts.state = GUARDIAN_SELFTEST_UNKNOWN;
+    else
+        last_facts.state = GUARDIAN_SELFTEST_FAIL;
+    /* A scheme undecided while the other passed is measured again after a
+     * login change: the statement in A must not miss it for a "not now". */
+    if (last_facts.state == GUARDIAN_SELFTEST_PASS &&
+        (kdf == GUARDIAN_SELFTEST_UNKNOWN || cbc == GUARDIAN_SELFTEST_UNKNOWN))
+        last_facts.partial = true;
+    return last_facts.state;
 }
 
 /* ---- CKM_GUARDIAN_DERIVE_DEVICE_CERT -------------------------------------- */
@@ -388,6 +450,7 @@ struct slot_result {
     unsigned char res[MAX_MECHS]; /* GUARDIAN_SELFTEST_*, 0 not run */
     bool retry;                   /* the login state changed: test the undecided again */
     unsigned char trusted;        /* CKA_TRUSTED: 0 not tried, 1 the SO's only, 2 not (or not known) */
+    struct guardian_transport_facts transport; /* what the unwrap self-test measured */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -473,6 +536,8 @@ static void run_tests(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, struct slot_result 
         clock_gettime(CLOCK_MONOTONIC, &t1);
         why[0] = '\0';
         res = m->selftest(be, s, why, sizeof(why));
+        if (m->selftest == guardian_selftest_unwrap_package)
+            e->transport = last_facts;
         guardian_debug(LOG, "slot %lu: %s %s (%s) in %.2f ms", (unsigned long)slot, m->name,
                        res == GUARDIAN_SELFTEST_PASS   ? "works: advertised"
                        : res == GUARDIAN_SELFTEST_FAIL ? "does not work: not advertised"
@@ -590,6 +655,58 @@ bool guardian_trusted_so_only(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, c
     }
     pthread_mutex_unlock(&lock);
     return res == 1;
+}
+
+/* ---- what the key transports need, per slot (transport.h) ---------------- */
+
+void guardian_transport_facts(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, struct guardian_transport_facts *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (size_t i = 0; i < guardian_mech_count() && i < MAX_MECHS; i++) {
+        if (guardian_mech_at(i)->selftest != guardian_selftest_unwrap_package)
+            continue;
+        (void)result_of(be, slot, i);
+        pthread_mutex_lock(&lock);
+        *out = slot_entry(slot)->transport;
+        pthread_mutex_unlock(&lock);
+    }
+}
+
+int guardian_transport_state_in_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *x)
+{
+    struct guardian_transport_facts f;
+    CK_SESSION_INFO si;
+    int kt[GUARDIAN_TRANSPORTS_MAX];
+    size_t n = 0;
+    char list[200] = "";
+
+    if (be->C_GetSessionInfo(s, &si) != CKR_OK)
+        return 0;
+    guardian_transport_facts(be, si.slotID, &f);
+    if (f.state != GUARDIAN_SELFTEST_PASS && f.state != GUARDIAN_SELFTEST_FAIL) {
+        /* Not measured: A says nothing, which readers take as aes-cbc only,
+         * what every Guardian certificate meant before the statement. */
+        guardian_warn(LOG, "slot %lu: the key transports could not be measured now: the Guardian certificate "
+                           "states none (read as aes-cbc only)", (unsigned long)si.slotID);
+        return 1;
+    }
+    /* Strongest first: the X9.63 KDF is the standard one; the AES-CBC
+     * construction exists for backends without it (SoftHSM). */
+    if (f.schemes & (1u << GUARDIAN_KT_ECDH_SHA256KDF))
+        kt[n++] = GUARDIAN_KT_ECDH_SHA256KDF;
+    if (f.schemes & (1u << GUARDIAN_KT_ECDH_AESCBC))
+        kt[n++] = GUARDIAN_KT_ECDH_AESCBC;
+    /* No key transport needs no primitive: every Guardian imports with it. */
+    kt[n++] = GUARDIAN_KT_NONE;
+    for (size_t i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "",
+                 guardian_transport_name(kt[i]));
+    if (f.partial)
+        guardian_warn(LOG, "slot %lu: one key transport could not be measured now: the Guardian certificate states "
+                           "only those that were", (unsigned long)si.slotID);
+    guardian_info(LOG, "slot %lu: the Guardian certificate states the key transports %s", (unsigned long)si.slotID,
+                  list);
+    return guardian_transports_add(x, kt, n);
 }
 
 bool guardian_mech_advertised(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, const struct guardian_mech *m,

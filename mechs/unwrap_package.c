@@ -11,8 +11,11 @@
  *     rollback (store/);
  *  2. key transport inside the backend: ECDH1_DERIVE with the Guardian's key
  *     (CKD_NULL) into a session AES key, AES_CBC_ENCRYPT_DATA into the KEK (or
- *     ECDH1 with CKD_SHA256_KDF straight into the KEK), then AES_KEY_WRAP_PAD
- *     unwraps of each key into token objects — no secret passes through here;
+ *     ECDH1 with CKD_SHA256_KDF straight into the KEK), then RFC 5649 unwraps
+ *     of each key into token objects, under the number the slot's self-test
+ *     found RFC 5649 under (0x210A SoftHSM, 0x210B NSS) and with CKA_NSS_DB
+ *     where the token wants it — no secret passes through here; a scheme the
+ *     self-test measured not to work there is refused before any of it;
  *  3. the objects are created inside the store's install transaction: if any
  *     creation fails, every object made so far is destroyed and nothing is
  *     recorded; if the commit fails, the objects are destroyed too.
@@ -56,6 +59,7 @@
 #include "request.h"
 #include "unwrap_package.h"
 #include "store.h"
+#include "transport.h"
 /* after the headers above: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 
@@ -78,6 +82,15 @@ struct import {
     char *root_labels[MAX_ROOTS];
     CK_ULONG root_label_lens[MAX_ROOTS];
     size_t n_roots;
+    /* What this slot's self-test measured (selftest.c): RFC 5649's number,
+     * whether an EC private-key unwrap needs CKA_NSS_DB, the schemes. */
+    struct guardian_transport_facts transport;
+    /* The production CA key's public point (X9.62), CKA_NSS_DB's value for it. */
+    unsigned char ca_point[133];
+    size_t ca_point_len;
+    /* The token keeps no private token CKO_DATA (NSS): integrity items are
+     * kept as generic secrets instead (create_data). */
+    bool data_as_secret;
 };
 
 static void roots_free(struct import *im);
@@ -452,6 +465,31 @@ static CK_RV track(struct import *im, CK_OBJECT_HANDLE h)
     return CKR_OK;
 }
 
+/* The slot's measured facts (selftest.c), and the package's scheme among
+ * the schemes that work there: a scheme the token was measured not to run is
+ * refused before any key operation (nothing recorded: the OEM makes the
+ * package again for what the Guardian certificate lists).  Where nothing
+ * could be measured, the backend decides, as before. */
+static CK_RV transport_runs_here(struct import *im, CK_SLOT_ID slot)
+{
+    EVP_PKEY *ca_pub = X509_get0_pubkey(sk_X509_value(im->pkg.asn1->production_ca->chain, 0));
+    guardian_transport_facts(im->be, slot, &im->transport);
+    if (ca_pub != NULL && EVP_PKEY_get_base_id(ca_pub) == EVP_PKEY_EC &&
+        EVP_PKEY_get_octet_string_param(ca_pub, OSSL_PKEY_PARAM_PUB_KEY, im->ca_point, sizeof(im->ca_point),
+                                        &im->ca_point_len) != 1)
+        im->ca_point_len = 0;
+    if ((im->transport.state == GUARDIAN_SELFTEST_PASS || im->transport.state == GUARDIAN_SELFTEST_FAIL) &&
+        !(im->transport.schemes & (1u << im->pkg.scheme))) {
+        guardian_error("unwrap", "refused: package %s/%s r%u uses the key transport %s, which this Guardian's token "
+                                 "was measured not to run (its certificate lists what it imports with: "
+                                 "guardian-wrap create --kdf auto chooses one of them)",
+                       im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version,
+                       guardian_transport_name(im->pkg.scheme));
+        return CKR_GUARDIAN_TRANSPORT_UNSUPPORTED;
+    }
+    return CKR_OK;
+}
+
 static CK_RV derive_kek(struct import *im)
 {
     const ASN1_OCTET_STRING *eph = im->pkg.asn1->transport->ephemeral_key;
@@ -598,7 +636,7 @@ static CK_RV find_guardian_ca_key(struct import *im)
 
 static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const char *role, CK_OBJECT_HANDLE *out)
 {
-    CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_MECHANISM kwp = {im->transport.kwp != 0 ? im->transport.kwp : CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_KEY_TYPE kt = (CK_KEY_TYPE)ASN1_INTEGER_get(wk->key_type);
     CK_OBJECT_CLASS cls = (kt == CKK_EC || kt == CKK_RSA) ? CKO_PRIVATE_KEY : CKO_SECRET_KEY;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
@@ -620,11 +658,12 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
         {CKA_LABEL, label, 0},                   {CKA_SIGN, &sign, sizeof(sign)},
         {CKA_DECRYPT, &decrypt, sizeof(decrypt)}, {CKA_DERIVE, &derive, sizeof(derive)},
         {CKA_UNWRAP, &unwrap, sizeof(unwrap)},   {CKA_MODIFIABLE, &no, sizeof(no)},
+        {GUARDIAN_CKA_NSS_DB, NULL, 0},
     };
     /* CKA_COPYABLE is read-only in SoftHSM's C_UnwrapKey, and a generic
      * secret cannot encrypt or wrap there; copies and every standard use are
      * refused by the policy (policy.c) in any case. */
-    CK_ULONG n_attrs = sizeof(t) / sizeof(t[0]);
+    CK_ULONG n_attrs = sizeof(t) / sizeof(t[0]) - 1;
     CK_RV rv;
 
     /* The production CA key signs, nothing else; extra keys keep what the
@@ -643,6 +682,15 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
     snprintf(label, sizeof(label), "%s:%.*s", im->prefix, ASN1_STRING_length(wk->label),
              ASN1_STRING_get0_data(wk->label));
     t[7].ulValueLen = strlen(label);
+    /* NSS unwraps an EC private key only with CKA_NSS_DB, its public value
+     * (measured: selftest.c): the certificate's point for the production CA
+     * key; for an extra key, whose public key the package does not carry,
+     * its CKA_ID (NSS's SQL store keeps the value and looks nothing up by it). */
+    if (im->transport.nss_db && kt == CKK_EC) {
+        t[n_attrs].pValue = ca && im->ca_point_len > 0 ? (void *)im->ca_point : (void *)id;
+        t[n_attrs].ulValueLen = ca && im->ca_point_len > 0 ? (CK_ULONG)im->ca_point_len : id_len;
+        n_attrs++;
+    }
     rv = im->be->C_UnwrapKey(im->session, &kwp, im->kek, (CK_BYTE_PTR)ASN1_STRING_get0_data(wk->wrapped),
                              (CK_ULONG)ASN1_STRING_length(wk->wrapped), t, n_attrs, out);
     if (rv != CKR_OK) {
@@ -700,18 +748,64 @@ static CK_RV create_certificate(struct import *im, X509 *x, int index)
     return rv;
 }
 
-static CK_RV create_data(struct import *im, const char *label, const void *value, CK_ULONG len)
+/* An integrity item, under its own name: a private token CKO_DATA where the
+ * token keeps one, else (NSS softoken refuses any private or token data
+ * object) a private token generic secret, sensitive and not extractable,
+ * CKA_ID the package ID followed by the name like a confidential item's: the
+ * bytes stay in the token, bound to the package, and serve only the
+ * Guardian (policy.c: a confidential item's role); they are the OEM's signed
+ * bytes, so the package file is their readable copy (docs/unwrap-mechanism.md).
+ * Which one is found by trying, per import, never by the backend's name. */
+static CK_RV create_data(struct import *im, const char *label, const ASN1_UTF8STRING *name, const void *value,
+                         CK_ULONG len)
 {
-    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_OBJECT_CLASS cls = CKO_DATA, secret = CKO_SECRET_KEY;
+    CK_KEY_TYPE gs = CKK_GENERIC_SECRET;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BYTE id[GUARDIAN_PKG_ID_LEN + GUARDIAN_PKG_NAME_MAX];
+    CK_ULONG id_len = GUARDIAN_PKG_ID_LEN + (CK_ULONG)ASN1_STRING_length(name);
     CK_ATTRIBUTE t[] = {
         {CKA_CLASS, &cls, sizeof(cls)},   {CKA_TOKEN, &yes, sizeof(yes)},
         {CKA_PRIVATE, &yes, sizeof(yes)}, {CKA_MODIFIABLE, &no, sizeof(no)},
         {CKA_APPLICATION, im->application, strlen(im->application)},
         {CKA_LABEL, (void *)label, strlen(label)}, {CKA_VALUE, (void *)value, len},
     };
+    CK_ATTRIBUTE k[] = {
+        {CKA_CLASS, &secret, sizeof(secret)}, {CKA_KEY_TYPE, &gs, sizeof(gs)},
+        {CKA_TOKEN, &yes, sizeof(yes)},       {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},   {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_MODIFIABLE, &no, sizeof(no)},    {CKA_ID, id, id_len},
+        {CKA_LABEL, (void *)label, strlen(label)}, {CKA_VALUE, (void *)value, len},
+        {CKA_SIGN, &no, sizeof(no)},          {CKA_VERIFY, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},        {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_DECRYPT, &no, sizeof(no)},       {CKA_WRAP, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},        /* NSS sets these four when not told */
+    };
     CK_OBJECT_HANDLE h;
-    CK_RV rv = im->be->C_CreateObject(im->session, t, sizeof(t) / sizeof(t[0]), &h);
+    CK_RV rv = CKR_ATTRIBUTE_VALUE_INVALID;
+
+    if (id_len > sizeof(id))
+        return CKR_GENERAL_ERROR; /* package.c checked the name already */
+    memcpy(id, im->pkg.package_id, GUARDIAN_PKG_ID_LEN);
+    memcpy(id + GUARDIAN_PKG_ID_LEN, ASN1_STRING_get0_data(name), (size_t)ASN1_STRING_length(name));
+    if (!im->data_as_secret) {
+        rv = im->be->C_CreateObject(im->session, t, sizeof(t) / sizeof(t[0]), &h);
+        /* NSS: CKR_ATTRIBUTE_VALUE_INVALID for a private or token CKO_DATA. */
+        if (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_TEMPLATE_INCONSISTENT) {
+            guardian_info("unwrap", "the token keeps no private token data object (%s): integrity items are kept "
+                                    "as sensitive generic secrets", ckr(rv));
+            im->data_as_secret = true;
+        }
+    }
+    /* A secret key of no bytes is no key: an empty item stays unrepresentable there. */
+    if (im->data_as_secret) {
+        if (len == 0) {
+            guardian_error("unwrap", "cannot keep the empty data item '%s': this token keeps no data object, and "
+                                     "a secret key of no bytes is none", label);
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        }
+        rv = im->be->C_CreateObject(im->session, k, sizeof(k) / sizeof(k[0]), &h);
+    }
     if (rv != CKR_OK) {
         guardian_error("unwrap", "cannot create data object '%s': %s", label, ckr(rv));
         return rv;
@@ -750,7 +844,8 @@ static CK_RV create_objects(void *ctx)
         } else {
             snprintf(label, sizeof(label), "%s:%.*s", im->prefix, ASN1_STRING_length(d->name),
                      ASN1_STRING_get0_data(d->name));
-            rv = create_data(im, label, ASN1_STRING_get0_data(d->value), (CK_ULONG)ASN1_STRING_length(d->value));
+            rv = create_data(im, label, d->name, ASN1_STRING_get0_data(d->value),
+                             (CK_ULONG)ASN1_STRING_length(d->value));
         }
     }
     return rv;
@@ -917,6 +1012,8 @@ static CK_RV import_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     info.ca_cert_len = (size_t)ca_len;
 
     if (im.pkg.ca_in_guardian && (rv = find_guardian_ca_key(&im)) != CKR_OK)
+        goto out;
+    if (im.pkg.scheme != GUARDIAN_KT_NONE && (rv = transport_runs_here(&im, si.slotID)) != CKR_OK)
         goto out;
     /* No transport, no secret: nothing to derive (a backend without ECDH
      * or an unwrap imports such a package). */

@@ -11,6 +11,18 @@
 
 #include <p11-kit/pkcs11.h>
 
+/* PKCS#11 3.0's number for RFC 5649 (AES key wrap with padding); 2.40 has
+ * only 0x210A, which its text defines as RFC 3394 with PKCS#7 padding (NSS)
+ * and SoftHSMv2 implements as RFC 5649.  The import picks the one that
+ * passes an RFC 5649 known-answer test on each slot (mechs/selftest.c). */
+#ifndef CKM_AES_KEY_WRAP_KWP
+#define CKM_AES_KEY_WRAP_KWP 0x0000210BUL
+#endif
+/* NSS softoken unwraps an EC (or DSA) private key only when the template
+ * carries this vendor attribute, its public value (pkcs11n.h); measured per
+ * slot like the number above, never assumed from the backend's name. */
+#define GUARDIAN_CKA_NSS_DB 0xD5A0DB00UL
+
 #ifndef CKF_INTERFACE_FORK_SAFE
 
 typedef struct CK_INTERFACE {

@@ -40,6 +40,7 @@
 #include "ca_binding.h"
 #include "cert_builder.h"
 #include "package.h"
+#include "transport.h"
 #include "package_container.h"
 #include "report.h"
 #include "tty_prompt.h"
@@ -498,7 +499,7 @@ struct create_opts {
     const char *oem_id, *product_id, *subject, *not_after, *out, *kdf;
     const char *key_usage, *ext_key_usage, *device_ext_oid;
     struct passin passin, ca_passin; /* ca_passin.spec NULL: the CA key takes --passin */
-    int force;
+    int force, kdf_unlisted;
     time_t not_after_time;
     long release, validity_days;
     unsigned long long units;
@@ -850,7 +851,10 @@ static int create_package(struct create_opts *o)
     GUARDIAN_PACKAGE *pkg = GUARDIAN_PACKAGE_new();
     uint8_t kek[32], eph[97], target[32], id[16];
     size_t eph_len = 0;
-    int scheme, n;
+    int scheme, requested, n;
+    struct guardian_transports offered;
+    char err[GUARDIAN_TRANSPORTS_MAX * (GUARDIAN_TRANSPORT_OID_MAX + 24) + 400],
+        offers[GUARDIAN_TRANSPORTS_MAX * (GUARDIAN_TRANSPORT_OID_MAX + 24) + 160];
     unsigned char *der = NULL;
     BIO *content = NULL;
     CMS_ContentInfo *cms = NULL;
@@ -875,12 +879,15 @@ static int create_package(struct create_opts *o)
     for (int i = 0; i < o->n_data; i++)
         secrets |= o->data_conf[i];
 
-    if (strcmp(o->kdf, "aes-cbc") == 0 || strcmp(o->kdf, "auto") == 0)
-        scheme = GUARDIAN_KT_ECDH_AESCBC; /* every Guardian backend can run it in-token */
-    else if (strcmp(o->kdf, "x963-sha256") == 0)
-        scheme = GUARDIAN_KT_ECDH_SHA256KDF;
-    else
+    /* The Guardian certificate states what its token imports with
+     * (id-guardian-transports, measured there when it was made); without
+     * the statement, aes-cbc only, what every Guardian could do before. */
+    if (!guardian_transports_read(guardian, &offered, err, sizeof(err)))
+        die("%s: %s", o->guardian_cert, err);
+    requested = strcmp(o->kdf, "auto") == 0 ? 0 : guardian_transport_by_name(o->kdf);
+    if (requested != GUARDIAN_KT_ECDH_AESCBC && requested != GUARDIAN_KT_ECDH_SHA256KDF && requested != 0)
         die("--kdf must be auto, aes-cbc or x963-sha256");
+    guardian_transports_describe(&offered, offers, sizeof(offers));
 
     if (ca_key == NULL)
         memcpy(id, binding.key_id, sizeof(id)); /* the key's CKA_ID: one package per key */
@@ -889,10 +896,13 @@ static int create_package(struct create_opts *o)
     cert_sha256(guardian, target);
     /* No secret to carry (a Guardian-made CA key, no extra key, no secret
      * item): no key transport at all, and the Guardian needs no ECDH. */
-    if (ca_key == NULL && !secrets)
+    if (ca_key == NULL && !secrets) {
         scheme = GUARDIAN_KT_NONE;
-    else
+    } else {
+        if ((scheme = guardian_transport_choose(&offered, requested, o->kdf_unlisted, err, sizeof(err))) == 0)
+            die("%s: %s", o->guardian_cert, err);
         make_kek(guardian_pub, scheme, id, target, kek, eph, &eph_len);
+    }
 
     ASN1_INTEGER_set(pkg->version, ca_key ? GUARDIAN_PACKAGE_VERSION : GUARDIAN_PACKAGE_VERSION_CA_IN_GUARDIAN);
     ASN1_OCTET_STRING_set(pkg->package_id, id, sizeof(id));
@@ -1015,7 +1025,6 @@ static int create_package(struct create_opts *o)
     {
         /* What we wrote must pass the Guardian's own decoder. */
         struct guardian_package check;
-        char err[256];
         if (!guardian_package_decode(der, (size_t)n, &check, err, sizeof(err)))
             die("invalid package: %s", err);
         guardian_package_free(&check);
@@ -1077,6 +1086,17 @@ static int create_package(struct create_opts *o)
         printf("\n  product      %s/%s release %ld, %llu units, not after %s\n", o->oem_id, o->product_id,
                o->release, o->units, when);
     }
+    printf("  transport    %s (%s)%s\n  the Guardian offers %s\n", guardian_transport_name(scheme),
+           guardian_transport_oid(scheme),
+           scheme == GUARDIAN_KT_NONE ? ", no secret travels"
+           : requested == 0           ? ", chosen by --kdf auto"
+                                      : "",
+           offers);
+    if (scheme != GUARDIAN_KT_NONE && requested != 0 && guardian_transport_choose(&offered, requested, 0, err,
+                                                                                  sizeof(err)) == 0)
+        fprintf(stderr, PROG ": warning: --kdf-unlisted: the Guardian certificate does not list %s: its Guardian "
+                        "will refuse the package (CKR_GUARDIAN_TRANSPORT_UNSUPPORTED) unless its token runs it\n",
+                guardian_transport_name(scheme));
 
     CMS_ContentInfo_free(cms);
     BIO_free(content);
@@ -1108,6 +1128,7 @@ static int cmd_create(int argc, char **argv)
         {"extra-key", required_argument, NULL, 'x'},     {"data", required_argument, NULL, 'd'},
         {"secret-data", required_argument, NULL, 'D'},   {"kdf", required_argument, NULL, 'f'},
         {"out", required_argument, NULL, 'o'},           {"force", no_argument, NULL, 'F'},
+        {"kdf-unlisted", no_argument, NULL, 'L'},
         {"passin", required_argument, NULL, 'p'},        {"ca-passin", required_argument, NULL, 'a'},
         {"device-ext-oid", required_argument, NULL, 'X'}, {"ca-request", required_argument, NULL, 'R'},
         {NULL, 0, NULL, 0}};
@@ -1160,6 +1181,7 @@ static int cmd_create(int argc, char **argv)
             o.data[o.n_data++] = optarg;
             break;
         case 'f': o.kdf = optarg; break;
+        case 'L': o.kdf_unlisted = 1; break;
         case 'o': o.out = optarg; break;
         case 'p':
         case 'a':
@@ -1247,6 +1269,7 @@ static int cmd_inspect(int argc, char **argv)
     const unsigned char *data;
     long dlen;
     int c, problems = 0;
+    struct guardian_transports offered;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
@@ -1318,6 +1341,8 @@ static int cmd_inspect(int argc, char **argv)
         X509 *g = read_guardian(guardian_path, NULL);
         uint8_t h[32];
         cert_sha256(g, h);
+        if (!guardian_transports_read(g, &offered, err, sizeof(err)))
+            die("%s: %s", guardian_path, err);
         X509_free(g);
         if (memcmp(h, pkg.target_guardian, 32) == 0) {
             printf(" (this is %s)", guardian_path);
@@ -1337,6 +1362,16 @@ static int cmd_inspect(int argc, char **argv)
                                   : pkg.scheme == GUARDIAN_KT_ECDH_AESCBC
                                       ? "ECDH + AES-256-CBC KDF + AES key wrap with padding (in-token)"
                                       : "ECDH + X9.63 SHA-256 KDF + AES key wrap with padding");
+    if (guardian_path != NULL) {
+        char offers[GUARDIAN_TRANSPORTS_MAX * (GUARDIAN_TRANSPORT_OID_MAX + 24) + 160];
+        int listed = pkg.scheme == GUARDIAN_KT_NONE;
+        for (size_t i = 0; i < offered.n; i++)
+            listed |= offered.kt[i] == pkg.scheme;
+        guardian_transports_describe(&offered, offers, sizeof(offers));
+        printf("guardian     offers %s%s\n", offers,
+               listed ? "" : "; the package's transport is NOT among them: that Guardian refuses it");
+        problems += !listed;
+    }
     {
         const GUARDIAN_CERT_TEMPLATE *t = pkg.asn1->cert_template;
         printf("template     subject \"%.*s\", %ld days, key usage 0x%02x", ASN1_STRING_length(t->subject),
@@ -1587,13 +1622,16 @@ static const char create_usage[] =
     "         [--subject PATTERN] [--validity-days N] [--key-usage LIST] [--ext-key-usage OIDS]\n"
     "         [--device-ext-oid OID]   (without it: no device-identity extension)\n"
     "         [--extra-key LABEL=KEY.pem]... [--data NAME=FILE]... [--secret-data NAME=FILE]...\n"
-    "         [--kdf auto|aes-cbc|x963-sha256]\n"
+    "         [--kdf auto|aes-cbc|x963-sha256] [--kdf-unlisted]\n"
     "         [--passin pass:TEXT|env:VAR|file:PATH|fd:N|stdin] [--ca-passin SOURCE]\n"
     "         --out PACKAGE [--force]\n"
     "--ca-request: the CA key was made in the Guardian ('guardianctl ca-request'); the package\n"
     "carries its certificate and no key (format version 2; the Guardian must hold the key).\n"
     "Encrypted PEM keys: --passin (every key), --ca-passin (the CA key, if its passphrase differs);\n"
     "pass:TEXT shows in ps: prefer env:, file:, fd: or stdin.\n"
+    "--kdf auto (the default): the strongest key transport the Guardian certificate lists\n"
+    "(id-guardian-transports; none listed: aes-cbc); a --kdf it does not list is refused\n"
+    "unless --kdf-unlisted.\n"
     "An existing PACKAGE is not overwritten without --force.\n"
     "Exit 0: written; 1: refused or failed; 2: usage error.\n";
 static const char certify_usage[] =

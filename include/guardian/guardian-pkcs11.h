@@ -331,6 +331,13 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * public key is not the production CA certificate's (the log line says
  * which).  Nothing was created or recorded. */
 #define CKR_GUARDIAN_CA_KEY_NOT_FOUND (CKR_GUARDIAN_BASE | 0x0038UL)
+/* Import of a package whose key transport (id-guardian-kt-*) this Guardian's
+ * token cannot run, as its self-test measured (the scheme is missing from
+ * the id-guardian-transports list of its agreement certificate): refused
+ * before any key operation, nothing created or recorded; the OEM makes the
+ * package again for this Guardian's certificate (guardian-wrap create
+ * --kdf auto chooses a scheme it lists). */
+#define CKR_GUARDIAN_TRANSPORT_UNSUPPORTED (CKR_GUARDIAN_BASE | 0x003CUL)
 
 /* 0x0040..0x004F: Guardian requests and ownership. */
 /* A request object is malformed: unknown CKG_GUARDIAN_REQ_*, a missing or

@@ -12,6 +12,15 @@
  * backend's.  Every other function pointer is the backend's own, so every
  * other call reaches the backend with nothing in between.  A test tool only:
  * never installed.
+ *
+ * With INIT_ARGS_SHIM_NO_PACKAGE_DATA=1 it also replaces C_CreateObject: a
+ * CKO_DATA whose CKA_APPLICATION starts "guardian:" (an imported package's
+ * integrity item) that is private or a token object is refused with
+ * CKR_ATTRIBUTE_VALUE_INVALID, what NSS softoken answers for any private or
+ * token data object; everything else passes.  So the import's other form of
+ * an integrity item (mechs/unwrap_package.c, create_data) runs on SoftHSM
+ * (tests/backends/test_transport.sh softhsm-nodata), with the state anchor, a
+ * data object of its own application, still working.
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -26,6 +35,7 @@
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static void *dl;
 static CK_C_Initialize backend_initialize;
+static CK_C_CreateObject backend_create;
 static CK_FUNCTION_LIST list2;      /* the backend's 2.x list, C_Initialize replaced */
 static CK_FUNCTION_LIST_3_0 list3;  /* its 3.x list, likewise */
 static CK_INTERFACE ifaces[8];      /* what C_GetInterface* hand out */
@@ -42,6 +52,34 @@ static CK_RV shim_initialize(CK_VOID_PTR init_args)
     if (args.pReserved == NULL && reserved != NULL && *reserved != '\0')
         args.pReserved = (CK_VOID_PTR)reserved;
     return backend_initialize(&args);
+}
+
+static CK_BBOOL true_in(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)
+{
+    for (CK_ULONG i = 0; i < n; i++)
+        if (t[i].type == type && t[i].pValue != NULL && t[i].ulValueLen == sizeof(CK_BBOOL))
+            return *(CK_BBOOL *)t[i].pValue;
+    return CK_FALSE;
+}
+
+static CK_RV shim_create(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR out)
+{
+    CK_BBOOL data = CK_FALSE, package = CK_FALSE;
+    for (CK_ULONG i = 0; t != NULL && i < n; i++) {
+        if (t[i].type == CKA_CLASS && t[i].pValue != NULL && t[i].ulValueLen == sizeof(CK_OBJECT_CLASS))
+            data = *(CK_OBJECT_CLASS *)t[i].pValue == CKO_DATA;
+        if (t[i].type == CKA_APPLICATION && t[i].pValue != NULL && t[i].ulValueLen >= 9)
+            package = memcmp(t[i].pValue, "guardian:", 9) == 0;
+    }
+    if (data && package && (true_in(t, n, CKA_PRIVATE) || true_in(t, n, CKA_TOKEN)))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    return backend_create(s, t, n, out);
+}
+
+static int no_package_data(void)
+{
+    const char *v = getenv("INIT_ARGS_SHIM_NO_PACKAGE_DATA");
+    return v != NULL && strcmp(v, "1") == 0;
 }
 
 /* dlopen the backend once.  Returns CKR_OK or CKR_GENERAL_ERROR (with a line
@@ -73,11 +111,19 @@ static CK_VOID_PTR substitute(CK_VOID_PTR fl)
         list3 = *(CK_FUNCTION_LIST_3_0 *)fl;
         backend_initialize = list3.C_Initialize;
         list3.C_Initialize = shim_initialize;
+        if (no_package_data()) {
+            backend_create = list3.C_CreateObject;
+            list3.C_CreateObject = shim_create;
+        }
         return &list3;
     }
     list2 = *(CK_FUNCTION_LIST *)fl;
     backend_initialize = list2.C_Initialize;
     list2.C_Initialize = shim_initialize;
+    if (no_package_data()) {
+        backend_create = list2.C_CreateObject;
+        list2.C_CreateObject = shim_create;
+    }
     return &list2;
 }
 
@@ -100,6 +146,10 @@ EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
         list2 = *fl;
         backend_initialize = list2.C_Initialize;
         list2.C_Initialize = shim_initialize;
+        if (no_package_data()) {
+            backend_create = list2.C_CreateObject;
+            list2.C_CreateObject = shim_create;
+        }
         *out = &list2;
     }
     pthread_mutex_unlock(&lock);

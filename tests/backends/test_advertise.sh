@@ -15,7 +15,8 @@
 #
 # Expected, measured on Debian 12 (the reason is in docs/backends.md):
 #   softhsm       unwrap-package and derive-device-cert
-#   nss           derive (its 0x210A is RFC 3394 + PKCS#7: the RFC 5649 unwrap fails)
+#   nss           unwrap-package and derive (its 0x210A is RFC 3394 + PKCS#7; the import
+#                 unwraps under 0x210B, its RFC 5649, and adds CKA_NSS_DB to EC keys)
 #   tpm2          derive (no session objects: the self-test cannot run, the list decides)
 #   opencryptoki  derive (no EC: the RSA-2048 signature passes)
 #
@@ -34,8 +35,8 @@ if [ $# -lt 3 ] || [ $# -gt 4 ] || [ -z "$KIND" ]; then
 fi
 INTEROP_NAME=advertise_$KIND
 case $KIND in
-softhsm) EXPECTED="0xc7440001 0xc7440002" ;;
-nss | tpm2 | opencryptoki) EXPECTED="0xc7440002" ;;
+softhsm | nss) EXPECTED="0xc7440001 0xc7440002" ;;
+tpm2 | opencryptoki) EXPECTED="0xc7440002" ;;
 *)
     printf 'FAIL %s: unknown backend kind %s\n0 passed, 1 failed\n' "$INTEROP_NAME" "$KIND"
     exit 1
@@ -119,6 +120,45 @@ for m in 0xc7440001 0xc7440002; do
 done
 grep -h 'selftest: ' out/module-2.40.err | sed "s/^guardian\[[0-9]*\]: debug: /$KIND: /" |
     while read -r line; do info "$line"; done
+# What the import will use (mechs/selftest.c measures it by known answers):
+# the schemes, the number RFC 5649 has here, whether EC unwraps need CKA_NSS_DB.
+case $KIND in
+softhsm) want='x963-sha256: ECDH1_DERIVE with CKD_SHA256_KDF: CKR_MECHANISM_PARAM_INVALID; aes-cbc: ECDH CKD_NULL + AES_CBC_ENCRYPT_DATA + RFC 5649 unwrap; RFC 5649 as 0x210a)' ;;
+nss) want='x963-sha256: ECDH CKD_SHA256_KDF + RFC 5649 unwrap; aes-cbc: ECDH CKD_NULL + AES_CBC_ENCRYPT_DATA + RFC 5649 unwrap; RFC 5649 as 0x210b, EC unwrap with CKA_NSS_DB)' ;;
+*) want= ;;
+esac
+if [ -n "$want" ]; then
+    if grep -qF -- "CKM_GUARDIAN_UNWRAP_PACKAGE works: advertised ($want" out/module-2.40.err; then
+        pass "$KIND: the key transports measured: $want"
+    else
+        fail "$KIND: the key transports measured: $want" "not in the self-test's log line" out/module-2.40.err
+    fi
+fi
+# The package format's own vectors (tests/vectors), in the token through the
+# module, each scheme as an import runs it (kt_vectors.c): the KEK, the
+# unwrap under the number measured, the signature; and the KDF context and
+# the wrap each bind: one bit changed, nothing unwraps.
+if [ -n "${GUARDIAN_TEST_KT_VECTORS:-}" ] && { [ "$KIND" = softhsm ] || [ "$KIND" = nss ]; }; then
+    backend_exec env "GUARDIAN_CONF=$WORK/guardian.conf" "$GUARDIAN_TEST_KT_VECTORS" "$G" "$L" "$BACKEND_USER_PIN" \
+        "$GUARDIAN_TEST_VECTORS" >out/kt-vectors 2>out/kt-vectors.err || true
+    bound='other-context 0x110 altered 0x110'
+    case $KIND in
+    softhsm)
+        # SoftHSM answers a failed RFC 5649 check with CKR_GENERAL_ERROR.
+        bound='other-context 0x5 altered 0x5'
+        want_cbc="aes-cbc derive 0x0 kek-matches 1 kwp 0x210a nss_db 0 verifies 1 $bound"
+        # no CKD_SHA256_KDF: CKR_MECHANISM_PARAM_INVALID, nothing further tried
+        want_x963='x963-sha256 derive 0x71 kek-matches 0 kwp 0x0 nss_db 0 verifies 0 other-context 0x5 altered 0x5'
+        ;;
+    nss)
+        bound='other-context 0x110 altered 0x110' # CKR_WRAPPED_KEY_INVALID
+        want_cbc="aes-cbc derive 0x0 kek-matches 1 kwp 0x210b nss_db 1 verifies 1 $bound"
+        want_x963="x963-sha256 derive 0x0 kek-matches 1 kwp 0x210b nss_db 1 verifies 1 $bound"
+        ;;
+    esac
+    check_eq "$KIND: the aes-cbc vectors in the token" "$want_cbc" "$(grep '^aes-cbc ' out/kt-vectors)"
+    check_eq "$KIND: the x963-sha256 vectors in the token" "$want_x963" "$(grep '^x963-sha256 ' out/kt-vectors)"
+fi
 list direct-2.40 direct 2.40
 info "$KIND: C_GetMechanismList µs, first and second, straight: $(sed -n 's/^first-list-us \([0-9]*\) second-list-us \([0-9]*\)$/\1, \2/p' out/direct-2.40.err); through the module: $(sed -n 's/^first-list-us \([0-9]*\) second-list-us \([0-9]*\)$/\1, \2/p' out/module-2.40.err)"
 # Logged in: the same answer (tpm2-pkcs11 makes no session object even then).

@@ -63,6 +63,51 @@ found "$scalar" && ko "the CA private key (scalar) appears in the trace" || ok "
 # public and do cross the interface; the secret in it is the scalar.)
 found "$(hex secret.bin)" && ko "the confidential data item appears in the trace" || ok "the confidential data item is not in the trace"
 
+# The package's ephemeral point (public) goes to the backend's ECDH: the
+# control that the trace shows the key agreement, for the X9.63 check below.
+ephemeral() { # PACKAGE: the hex of its KeyTransport.ephemeralKey
+    openssl cms -verify -noverify -inform DER -in "$1" -binary -out "$1.content" >/dev/null 2>&1
+    python3 - "$1.content" <<'PY'
+import sys
+c = open(sys.argv[1], "rb").read()
+def arc(v):  # base-128 of one arc
+    out = [v & 0x7f]
+    while v > 0x7f:
+        v >>= 7
+        out.insert(0, 0x80 | (v & 0x7f))
+    return bytes(out)
+# KeyTransport ::= SEQUENCE { id-guardian-kt-* (2.25.<uuid>.2.N), OCTET STRING point }
+kt = arc(105) + arc(62758544141009244537205961397770264239) + arc(2)
+i = c.find(kt)
+j = c.find(b"\x04\x41\x04", i) if i > 0 else -1
+print(c[j + 2:j + 67].hex() if j == i + len(kt) + 1 else "")
+PY
+}
+point=$(ephemeral p.gpk)
+[ ${#point} = 130 ] && found "$point" && ok "positive control: the aes-cbc package's ephemeral point is in the trace (its ECDH)" ||
+    ko "the aes-cbc package's ephemeral point is not in the trace (the X9.63 check below proves nothing)"
+
+# An X9.63 package (id-guardian-kt-ecdh-x963sha256-v1), which this Guardian's
+# certificate does not list (SoftHSM has no CKD_SHA256_KDF): refused before
+# any key operation, so its point never reaches the backend and its secrets
+# never cross, in any form.
+"$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
+    --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id SPY --release 2 --units 10 \
+    --not-after +10 --secret-data boot=secret.bin --kdf x963-sha256 --kdf-unlisted --out x963.gpk >/dev/null 2>&1 ||
+    ko "guardian-wrap create --kdf x963-sha256 --kdf-unlisted"
+: >spy.log
+"$CTL" import x963.gpk >import3.out 2>&1 && ko "the X9.63 package imported on SoftHSM" ||
+    { grep -q CKR_GUARDIAN_TRANSPORT_UNSUPPORTED import3.out && ok "the X9.63 package refused: CKR_GUARDIAN_TRANSPORT_UNSUPPORTED" ||
+        { ko "the X9.63 package refused otherwise"; cat import3.out; }; }
+awk "/^    $x$x$x$x$x$x$x$x  /"' { for (i = 2; i <= 17 && $i ~ /^[0-9A-Fa-f][0-9A-Fa-f]$/; i++) printf "%s", tolower($i) }' \
+    spy.log >dump.hex
+point=$(ephemeral x963.gpk)
+[ ${#point} = 130 ] || ko "could not read the X9.63 package's ephemeral point"
+found "$point" && ko "the X9.63 package's ephemeral point reached the backend" ||
+    ok "the X9.63 package's ephemeral point never reached the backend (no ECDH with it)"
+found "$scalar" && ko "the CA private key (scalar) appears in the X9.63 trace" || ok "the CA private key is not in the X9.63 trace"
+found "$(hex secret.bin)" && ko "the confidential item appears in the X9.63 trace" || ok "the confidential item is not in the X9.63 trace"
+
 # A package for a production CA key made inside the Guardian (format version
 # 2, no secret: docs/package-format.md) imports with no key agreement and no
 # unwrap at all, which is what lets it import on a backend that has neither

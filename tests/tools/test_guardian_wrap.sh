@@ -34,8 +34,67 @@ expect "inspect lists data and keys" 0 'data item +"bootkey" confidential' -- "$
 expect "inspect lists extra key" 0 'extra key +"attest" \(RSA private key' -- "$W" inspect p.gpk
 expect "openssl cms -verify accepts" 0 "" -- openssl cms -verify -inform DER -in p.gpk -CAfile root.pem \
     -binary -out content.der
-expect "x963 kdf variant" 0 "wrote q.gpk" -- "$W" "${base[@]}" --kdf x963-sha256 --out q.gpk
+# The key transport: the strongest one the Guardian certificate states
+# (id-guardian-transports, docs/package-format.md); a certificate without the
+# statement (guardian.pem, made before it) means aes-cbc only.
+expect "auto: aes-cbc for a certificate without id-guardian-transports" 0 \
+    "transport +aes-cbc \(.*2\.1\), chosen by --kdf auto" -- "$W" "${base[@]}" --out auto-old.gpk
+expect "an unlisted --kdf is refused, naming what the Guardian offers" 1 \
+    "--kdf x963-sha256: the Guardian certificate does not list it.*offers: aes-cbc \(.*\.2\.1\) \[no id-guardian-transports" \
+    -- "$W" "${base[@]}" --kdf x963-sha256 --out q.gpk
+[ ! -e q.gpk ] && ok "nothing written for a refused --kdf" || ko "a refused --kdf wrote a package"
+expect "x963 kdf variant with --kdf-unlisted (and a warning)" 0 "warning: --kdf-unlisted: the Guardian certificate does not list x963-sha256" -- \
+    "$W" "${base[@]}" --kdf x963-sha256 --kdf-unlisted --out q.gpk
 expect "x963 inspect" 0 "X9.63 SHA-256" -- "$W" inspect q.gpk --oem-root root.pem
+expect "inspect: the transport is not among what the Guardian offers" 1 \
+    "guardian +offers aes-cbc .*NOT among them" -- "$W" inspect q.gpk --guardian-cert guardian.pem
+# A Guardian whose token runs both (NSS softoken, measured): the X9.63 one.
+oid_der() { # the DER of a SEQUENCE OF the OIDs given, in hex
+    python3 - "$@" <<'PY'
+import sys
+def oid(t):
+    a = [int(x) for x in t.split(".")]
+    body = bytearray()
+    for v in [a[0] * 40 + a[1]] + a[2:]:
+        part = [v & 0x7f]
+        v >>= 7
+        while v:
+            part.insert(0, 0x80 | (v & 0x7f))
+            v >>= 7
+        body += bytes(part)
+    return bytes([6, len(body)]) + body
+inner = b"".join(oid(x) for x in sys.argv[1:])
+print((bytes([0x30, len(inner)]) + inner).hex())
+PY
+}
+ARC=2.25.62758544141009244537205961397770264239
+states() { # NAME HEXDER: a Guardian certificate stating HEXDER
+    ec_key "$1.key" && openssl req -new -x509 -key "$1.key" -subj "/CN=$1" -days 30 -out "$1.pem" \
+        -addext "$ARC.3.1=DER:$2" 2>/dev/null
+}
+states nss-guardian "$(oid_der $ARC.2.2 $ARC.2.1 $ARC.2.0)"
+states none-guardian "$(oid_der $ARC.2.0)"
+states bad-guardian 3000
+states future-guardian "$(oid_der 1.3.6.1.4.1.55555.7 $ARC.2.1)"
+states x963-guardian "$(oid_der $ARC.2.2 $ARC.2.0)"
+expect "an unlisted --kdf: the whole message, what is offered and what to do" 1 \
+    "offers: x963-sha256 \($ARC\.2\.2\), none \($ARC\.2\.0\)\); use --kdf auto, or --kdf-unlisted to make it all the same$" \
+    -- "$W" "${base[@]/guardian.pem/x963-guardian.pem}" --kdf aes-cbc --out x963-only.gpk
+nssbase=("${base[@]/guardian.pem/nss-guardian.pem}")
+expect "auto: x963-sha256 where the Guardian lists it first" 0 \
+    "transport +x963-sha256 \(.*\.2\.2\), chosen by --kdf auto" -- "$W" "${nssbase[@]}" --out nss.gpk
+expect "the chosen package is the X9.63 scheme" 0 "X9.63 SHA-256" -- "$W" inspect nss.gpk --oem-root root.pem
+expect "inspect lists what the Guardian offers" 0 \
+    "guardian +offers x963-sha256 \(.*\.2\.2\), aes-cbc \(.*\.2\.1\), none \(.*\.2\.0\)$" -- \
+    "$W" inspect nss.gpk --guardian-cert nss-guardian.pem
+expect "a listed --kdf aes-cbc is made" 0 "transport +aes-cbc" -- "$W" "${nssbase[@]}" --kdf aes-cbc --out nss-cbc.gpk
+expect "a scheme this tool does not know is skipped" 0 "transport +aes-cbc \(.*\), chosen by --kdf auto" -- \
+    "$W" "${base[@]/guardian.pem/future-guardian.pem}" --out future.gpk
+expect "a Guardian that states no ECDH scheme gets no package with a secret" 1 "offers no key transport" -- \
+    "$W" "${base[@]/guardian.pem/none-guardian.pem}" --out none.gpk
+expect "a malformed statement is refused" 1 "bad-guardian.pem: the id-guardian-transports extension lists 0 schemes" -- \
+    "$W" "${base[@]/guardian.pem/bad-guardian.pem}" --out bad.gpk
+[ ! -e none.gpk ] && [ ! -e bad.gpk ] && ok "nothing written for those" || ko "a refused Guardian certificate wrote a package"
 expect "inspect: the container is as signed" 0 "container +exactly as signed" -- "$W" inspect p.gpk --oem-root root.pem
 
 # The device-identity extension: none unless the OEM names its own OID (no

@@ -37,6 +37,30 @@ pkg() { # PRODUCT UNITS [guardian-wrap options]
 pkg RACE 50 && pkg CRASH 50000 && pkg RUN 300 && pkg PY 10 --device-ext-oid 2.999.1 && pkg RAMP 100000 ||
     ko "packages"
 
+# The Guardian certificate states what its token imports with, measured when
+# it was made (id-guardian-transports, docs/package-format.md): SoftHSM 2.6.1
+# has no CKD_SHA256_KDF, so aes-cbc and no transport; the packages above were
+# made with --kdf auto, hence aes-cbc, and imported.
+ARC=2.25.62758544141009244537205961397770264239
+expect "A carries id-guardian-transports, not critical" 0 "^ +$ARC\.3\.1: *$" -- \
+    openssl x509 -in guardian.pem -noout -text
+expect "A states aes-cbc and no transport (SoftHSM: no CKD_SHA256_KDF)" 0 \
+    "the Guardian offers aes-cbc \($ARC\.2\.1\), none \($ARC\.2\.0\)$" -- \
+    "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
+    --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id KDF --release 1 --units 1 --not-after +10 \
+    --out kdf-auto.gpk
+expect "an X9.63 package for this Guardian is refused by guardian-wrap" 1 \
+    "--kdf x963-sha256: the Guardian certificate does not list it.*offers: aes-cbc" -- \
+    "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
+    --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id KDF --release 2 --units 1 --not-after +10 \
+    --kdf x963-sha256 --out kdf-x963.gpk
+"$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key \
+    --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id KDF --release 2 --units 1 --not-after +10 \
+    --kdf x963-sha256 --kdf-unlisted --out kdf-x963.gpk >/dev/null 2>&1
+expect "... and made all the same, by the Guardian (nothing recorded)" 1 "CKR_GUARDIAN_TRANSPORT_UNSUPPORTED" -- \
+    "$CTL" import kdf-x963.gpk
+expect "the aes-cbc one imports" 0 "" -- "$CTL" import kdf-auto.gpk
+
 # issued/remaining of a product, from `guardianctl products`
 issued() { "$CTL" products | awk -v p="$1" '$2 == p {print $5}'; }
 remaining() { "$CTL" products | awk -v p="$1" '$2 == p {print $6}'; }

@@ -23,6 +23,8 @@
 #include "module.h"
 #include "guardian/guardian-pkcs11.h"
 #include "registry.h"
+#include "package.h"
+#include "transport.h"
 
 static CK_FUNCTION_LIST *mod;
 
@@ -474,10 +476,15 @@ static void test_mechanism_list(void **st)
     fake_backend()->mechs[3] = CKM_AES_ECB;
     reinitialize();
     assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
-    /* ... and one that lists it and fails it (NSS's 0x210A is not RFC 5649). */
+    /* ... and one that lists 0x210A and fails it (NSS's 0x210A is not RFC
+     * 5649) while 0x210B (PKCS#11 3.0's number) is RFC 5649: advertised ... */
     script_mechs();
     fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_KEY_WRAP_PAD;
     fake_backend()->broken_rv = CKR_WRAPPED_KEY_INVALID;
+    reinitialize();
+    assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
+    /* ... but not where neither number is RFC 5649. */
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_KEY_WRAP_KWP;
     reinitialize();
     assert_false(listed(CKM_GUARDIAN_UNWRAP_PACKAGE));
     assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
@@ -558,6 +565,7 @@ static void test_selftest_undecided_until_login(void **st)
     /* Keys can be made now, and the token's key wrap is not RFC 5649. */
     fake_backend()->create_rv = CKR_OK;
     fake_backend()->broken[0] = CKM_AES_KEY_WRAP_PAD;
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_KEY_WRAP_KWP;
     fake_backend()->broken_rv = CKR_WRAPPED_KEY_INVALID;
     assert_true(listed(CKM_GUARDIAN_UNWRAP_PACKAGE)); /* not run again yet */
     assert_int_equal(mod->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR) "1234", 4), CKR_OK);
@@ -565,6 +573,85 @@ static void test_selftest_undecided_until_login(void **st)
     assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
     fake_backend()->mechs[0] = CKM_SHA384; /* decided: the list no longer matters */
     assert_true(listed(CKM_GUARDIAN_DERIVE_DEVICE_CERT));
+}
+
+/* What the unwrap self-test measures for the key transports, per slot
+ * (selftest.c): each scheme on its own, and the number RFC 5649 has there;
+ * and what the agreement certificate then states (transport.h). */
+static void test_transport_facts(void **st)
+{
+    struct guardian_transport_facts f;
+    struct guardian_transports t;
+    char err[200];
+    X509 *x = X509_new();
+    (void)st;
+    script_mechs();
+    reinitialize();
+    guardian_transport_facts(fake_backend_list(), 1, &f);
+    assert_int_equal(f.state, GUARDIAN_SELFTEST_PASS);
+    assert_int_equal(f.schemes, (1u << GUARDIAN_KT_ECDH_SHA256KDF) | (1u << GUARDIAN_KT_ECDH_AESCBC));
+    assert_int_equal(f.kwp, CKM_AES_KEY_WRAP_PAD); /* 0x210A first, SoftHSM's */
+    assert_false(f.nss_db);
+    /* The statement: strongest first, and no transport last. */
+    assert_non_null(x);
+    assert_int_equal(guardian_transport_state_in_cert(fake_backend_list(), 5, x), 1);
+    assert_int_equal(guardian_transports_read(x, &t, err, sizeof(err)), 1);
+    assert_int_equal(t.present, 1);
+    assert_int_equal(t.n, 3);
+    assert_int_equal(t.kt[0], GUARDIAN_KT_ECDH_SHA256KDF);
+    assert_int_equal(t.kt[1], GUARDIAN_KT_ECDH_AESCBC);
+    assert_int_equal(t.kt[2], GUARDIAN_KT_NONE);
+
+    /* NSS: 0x210A is not RFC 5649, 0x210B is. */
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_KEY_WRAP_PAD;
+    fake_backend()->broken_rv = CKR_WRAPPED_KEY_INVALID;
+    reinitialize();
+    guardian_transport_facts(fake_backend_list(), 1, &f);
+    assert_int_equal(f.state, GUARDIAN_SELFTEST_PASS);
+    assert_int_equal(f.kwp, CKM_AES_KEY_WRAP_KWP);
+    assert_int_equal(f.schemes, (1u << GUARDIAN_KT_ECDH_SHA256KDF) | (1u << GUARDIAN_KT_ECDH_AESCBC));
+
+    /* No AES_CBC_ENCRYPT_DATA: the X9.63 scheme only, and A says so. */
+    fake_backend()->n_broken = 0;
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_CBC_ENCRYPT_DATA;
+    reinitialize();
+    guardian_transport_facts(fake_backend_list(), 1, &f);
+    assert_int_equal(f.schemes, 1u << GUARDIAN_KT_ECDH_SHA256KDF);
+    assert_int_equal(guardian_transport_state_in_cert(fake_backend_list(), 5, x), 1);
+    assert_int_equal(guardian_transports_read(x, &t, err, sizeof(err)), 1);
+    assert_int_equal(t.n, 2); /* replaced, not added twice */
+    assert_int_equal(t.kt[0], GUARDIAN_KT_ECDH_SHA256KDF);
+    assert_int_equal(t.kt[1], GUARDIAN_KT_NONE);
+
+    /* Neither RFC 5649 number: no ECDH scheme works, only no transport is stated. */
+    fake_backend()->n_broken = 0;
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_KEY_WRAP_PAD;
+    fake_backend()->broken[fake_backend()->n_broken++] = CKM_AES_KEY_WRAP_KWP;
+    reinitialize();
+    guardian_transport_facts(fake_backend_list(), 1, &f);
+    assert_int_equal(f.state, GUARDIAN_SELFTEST_FAIL);
+    assert_int_equal(f.schemes, 0);
+    assert_int_equal(f.kwp, 0);
+    assert_int_equal(guardian_transport_state_in_cert(fake_backend_list(), 5, x), 1);
+    assert_int_equal(guardian_transports_read(x, &t, err, sizeof(err)), 1);
+    assert_int_equal(t.n, 1);
+    assert_int_equal(t.kt[0], GUARDIAN_KT_NONE);
+
+    /* Not measurable now (no key can be made before a login): A states
+     * nothing, which reads as aes-cbc only. */
+    fake_backend()->n_broken = 0;
+    fake_backend()->create_rv = CKR_USER_NOT_LOGGED_IN;
+    reinitialize();
+    guardian_transport_facts(fake_backend_list(), 1, &f);
+    assert_int_equal(f.state, GUARDIAN_SELFTEST_UNKNOWN);
+    X509_free(x);
+    x = X509_new();
+    assert_int_equal(guardian_transport_state_in_cert(fake_backend_list(), 5, x), 1);
+    assert_int_equal(guardian_transports_read(x, &t, err, sizeof(err)), 1);
+    assert_int_equal(t.present, 0);
+    assert_int_equal(t.kt[0], GUARDIAN_KT_ECDH_AESCBC);
+    fake_backend()->create_rv = CKR_OK;
+    X509_free(x);
 }
 
 /* Calling a vendor mechanism on a slot that does not advertise it is
@@ -911,6 +998,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mechanism_info, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_selftest_once_per_slot, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_selftest_undecided_until_login, setup_init, teardown),
+        cmocka_unit_test_setup_teardown(test_transport_facts, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_unadvertised_mechanism_invalid, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_mechanism_info_3_0_flags, setup_init, teardown),
         cmocka_unit_test_setup_teardown(test_trusted_so_only, setup_init, teardown),
