@@ -1,13 +1,15 @@
 /*
- * store.c — the Guardian's durable state in SQLite: package registry, production
+ * store.c — the Guardian's durable state: package registry, production
  * counters, the hash-chained audit trail and the Guardian credentials
- * (store.h says what and why).
+ * (store.h says what and why), on the database engine of engine_sqlite.c
+ * (store_internal.h: the seam).
  *
  * Rules this file keeps:
  *  - every mutation runs in one BEGIN IMMEDIATE transaction that commits when
  *    rv is CKR_OK and rolls back otherwise (tx_begin / tx_end);
- *  - every SQLite result code becomes a CKR code in map_sqlite() and nowhere
- *    else; the log line names the SQLite error, never the data;
+ *  - every SQLite result code becomes a CKR code in map_sqlite()
+ *    (engine_sqlite.c) and nowhere else; the log line names the SQLite
+ *    error, never the data;
  *  - one error-checking mutex per store guards its connection and cached
  *    statements; it is never held while a caller's callback runs, except the
  *    install commit_hook, which must run inside the transaction by contract;
@@ -17,17 +19,11 @@
  *    by others) and then used through a descriptor: every file in it is
  *    opened relative to that descriptor, without following symlinks, 0600.
  */
-#include "store.h"
-#include "journal.h"
-
-#include "guardian/guardian-pkcs11.h"
+#include "store_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
-#include <pthread.h>
-#include <sqlite3.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -38,560 +34,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "module.h"
-
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-/* Two durabilities, chosen per transaction (docs/audit-format.md, "Durability"):
- *  - FULL for everything that makes units spendable or records what the OEM
- *    authorised: package installs and reservations.  In WAL mode NORMAL
- *    survives a process crash but a power loss may roll back the last commits,
- *    i.e. forget reservations whose certificates already left the Guardian,
- *    which would let the authorised count be exceeded.  FULL syncs the WAL on
- *    COMMIT, and with it every earlier NORMAL commit.
- *  - NORMAL for ISSUE and RELEASE records: they only ever spend or return
- *    units already reserved durably.  A process crash loses none of them; a
- *    power loss may lose the last few, which then read "reserved, not issued"
- *    - counted against the quota, never free again.  NORMAL costs ~8 us a
- *    commit here, FULL ~160 us. */
-#ifndef GUARDIAN_STORE_SYNCHRONOUS
-#define GUARDIAN_STORE_SYNCHRONOUS "FULL"
-#endif
-/* How long a process waits for another one's write transaction. */
-#ifndef GUARDIAN_STORE_BUSY_TIMEOUT_MS
-#define GUARDIAN_STORE_BUSY_TIMEOUT_MS 10000
-#endif
-/* WAL pages between automatic checkpoints (SQLite's default: 1000).  Each
- * checkpoint costs two fsyncs (~3 ms each on this VM's disk); at ~4 pages a
- * certificate the default made one every ~250 certificates, about 25 us a
- * certificate.  8192 pages (32 MiB of WAL at most) makes it ~3 us. */
-#ifndef GUARDIAN_STORE_WAL_CHECKPOINT_PAGES
-#define GUARDIAN_STORE_WAL_CHECKPOINT_PAGES 8192
-#endif
-/* Bytes per database page.  A WAL commit writes every page it dirtied, whole:
- * an ISSUE dirties ~4 pages (the audit tail, the audit head, the reservation,
- * the certificates tail) for ~1 KiB of data, so with SQLite's default 4096 a
- * certificate cost ~20 KiB of WAL and as much again at the checkpoint.  1024
- * cuts that fourfold; every row of the schema fits a 1 KiB page. */
-#ifndef GUARDIAN_STORE_PAGE_SIZE
-#define GUARDIAN_STORE_PAGE_SIZE "2048"
-#endif
-#define STORE_FILE_NAME "guardian.db"
-#define STORE_DIR_MODE 0700
-#define STORE_FILE_MODE 0600
-#define STORE_LOG "store"
 #define AUDIT_PAGE_RECORDS 64
-#define WAL_RETRY_MS 10
 
-/* ---- schema and migrations ---------------------------------------------------- */
-
-/* Version 1.  Integers are SQLite's signed 64-bit; the API's uint64_t values
- * are kept <= INT64_MAX.  The CHECK constraints are the last line of defence
- * of the counters: not even a bug can issue more than authorised. */
-static const char schema_v1[] =
-    "CREATE TABLE packages ("
-    "  package_id       BLOB    PRIMARY KEY CHECK (length(package_id) = 16),"
-    "  package_digest   BLOB    NOT NULL CHECK (length(package_digest) = 32),"
-    "  oem_id           TEXT    NOT NULL CHECK (length(CAST(oem_id AS BLOB)) BETWEEN 1 AND 64),"
-    "  product_id       TEXT    NOT NULL CHECK (length(CAST(product_id AS BLOB)) BETWEEN 1 AND 64),"
-    "  release_version  INTEGER NOT NULL CHECK (release_version BETWEEN 0 AND 4294967295),"
-    "  authorised_units INTEGER NOT NULL CHECK (authorised_units >= 0),"
-    "  issued_units     INTEGER NOT NULL DEFAULT 0"
-    "                   CHECK (issued_units >= 0 AND issued_units <= authorised_units),"
-    "  not_after        INTEGER NOT NULL,"
-    "  imported_at      INTEGER NOT NULL,"
-    "  import_seq       INTEGER NOT NULL"
-    ") WITHOUT ROWID;"
-    "CREATE INDEX packages_by_product ON packages (oem_id, product_id, release_version);"
-    "CREATE TABLE products ("
-    "  oem_id       TEXT    NOT NULL,"
-    "  product_id   TEXT    NOT NULL,"
-    "  package_id   BLOB    NOT NULL UNIQUE REFERENCES packages (package_id),"
-    "  next_serial  INTEGER NOT NULL CHECK (next_serial >= 1),"
-    "  installed_at INTEGER NOT NULL,"
-    "  PRIMARY KEY (oem_id, product_id)"
-    ") WITHOUT ROWID;"
-    "CREATE TABLE issuance ("
-    "  oem_id      TEXT    NOT NULL,"
-    "  product_id  TEXT    NOT NULL,"
-    "  serial      INTEGER NOT NULL CHECK (serial >= 1),"
-    "  package_id  BLOB    NOT NULL REFERENCES packages (package_id),"
-    "  device_id   BLOB    NOT NULL,"
-    "  reserve_seq INTEGER NOT NULL,"
-    "  issue_seq   INTEGER,"
-    "  cert_digest BLOB,"
-    "  PRIMARY KEY (oem_id, product_id, serial),"
-    "  FOREIGN KEY (oem_id, product_id) REFERENCES products (oem_id, product_id)"
-    ") WITHOUT ROWID;"
-    "CREATE TABLE audit ("
-    "  seq              INTEGER PRIMARY KEY CHECK (seq >= 1),"
-    "  type             INTEGER NOT NULL,"
-    "  time             INTEGER NOT NULL,"
-    "  oem_id           TEXT    NOT NULL,"
-    "  product_id       TEXT    NOT NULL,"
-    "  serial           INTEGER NOT NULL,"
-    "  device_id        BLOB    NOT NULL,"
-    "  digest           BLOB    NOT NULL,"
-    "  package_id       BLOB    NOT NULL,"
-    "  release_version  INTEGER NOT NULL,"
-    "  authorised_units INTEGER NOT NULL,"
-    "  prev_hash        BLOB    NOT NULL,"
-    "  hash             BLOB    NOT NULL"
-    ");"
-    /* The head of the chain, written in the same transaction as each record:
-     * it makes a truncated tail detectable. */
-    "CREATE TABLE audit_head ("
-    "  id   INTEGER PRIMARY KEY CHECK (id = 1),"
-    "  seq  INTEGER NOT NULL CHECK (seq >= 0),"
-    "  hash BLOB    NOT NULL CHECK (length(hash) = 32)"
-    ");"
-    "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, zeroblob(32));";
-
-struct guardian_store;
-static CK_RV map_sqlite(struct guardian_store *st, int rc, const char *what);
-
-/* 0 -> 1: the whole schema. */
-static CK_RV migrate_to_1(struct guardian_store *st, sqlite3 *db)
-{
-    int rc = sqlite3_exec(db, schema_v1, NULL, NULL, NULL);
-    return map_sqlite(st, rc, "create the schema (version 1)");
-}
-
-/* 1 -> 2: what issuing certificates needs.  packages: the certificate template
- * and the production CA certificate (DER), so that the module builds
- * certificates from the store alone; issuance: the RELEASE record of a
- * reservation given back; certificates: each issued certificate (for the
- * audit export), keyed by its ISSUE record's seq so that every insert is an
- * append at the end of the table (growing the reservation rows in place by
- * ~520 bytes split their pages: ~5 WAL pages per certificate, measured). */
-static const char schema_v2[] =
-    "ALTER TABLE packages ADD COLUMN cert_template BLOB;"
-    "ALTER TABLE packages ADD COLUMN ca_cert BLOB;"
-    "ALTER TABLE issuance ADD COLUMN release_seq INTEGER;"
-    "CREATE TABLE certificates ("
-    "  issue_seq   INTEGER PRIMARY KEY,"
-    "  certificate BLOB NOT NULL CHECK (length(certificate) BETWEEN 1 AND 16384)"
-    ");";
-
-static CK_RV migrate_to_2(struct guardian_store *st, sqlite3 *db)
-{
-    int rc = sqlite3_exec(db, schema_v2, NULL, NULL, NULL);
-    return map_sqlite(st, rc, "migrate the schema to version 2");
-}
-
-/* 2 -> 3: what makes a lost issue journal and a clock set back visible.
- * audit_head.max_time: the newest time of any record (the trail's times are
- * not monotone in seq: a journal folded late carries its ISSUEs' own times),
- * moved in the transaction of each append; NULL while the trail is empty.
- * holders: each process that reserved (its issue journal's file name), from
- * its first reservation until its journal is folded for the last time (at its
- * close, or by the opener that recovers it).  AUTOINCREMENT: an ID is never
- * reused, so a reservation's holder names one process forever.
- * issuance.holder: the process whose journal may hold the ISSUE; lost_seq:
- * the JOURNAL_LOST record that declared the serial lost. */
-static const char schema_v3[] =
-    "ALTER TABLE audit_head ADD COLUMN max_time INTEGER;"
-    "UPDATE audit_head SET max_time = (SELECT max(time) FROM audit);"
-    "CREATE TABLE holders ("
-    "  id        INTEGER PRIMARY KEY AUTOINCREMENT,"
-    "  journal   TEXT    NOT NULL UNIQUE CHECK (length(CAST(journal AS BLOB)) BETWEEN 1 AND 128),"
-    "  opened_at INTEGER NOT NULL"
-    ");"
-    "ALTER TABLE issuance ADD COLUMN holder INTEGER;"
-    "ALTER TABLE issuance ADD COLUMN lost_seq INTEGER;"
-    "CREATE INDEX issuance_by_holder ON issuance (holder) WHERE holder IS NOT NULL;";
-
-static CK_RV migrate_to_3(struct guardian_store *st, sqlite3 *db)
-{
-    int rc = sqlite3_exec(db, schema_v3, NULL, NULL, NULL);
-    return map_sqlite(st, rc, "migrate the schema to version 3");
-}
-
-/* 3 -> 4: Guardian credentials, and the operator of every record.
- * credentials: one row per role and name (the SO: role 0, name ''; an
- * operator: role 1 and its name), the scrypt salt, hash and parameters, the
- * consecutive failures (counted durably before a PIN is compared) and when
- * it was last set.  audit.operator: who was logged in when the record was
- * written; audit.encoding: the canonical encoding its hash covers (store.h,
- * enum guardian_audit_encoding) - 1 for every record written before this
- * migration, whose hashes must still verify as they were computed, 2 for
- * every record since. */
-static const char schema_v4[] =
-    "CREATE TABLE credentials ("
-    "  role       INTEGER NOT NULL CHECK (role IN (0, 1)),"
-    "  name       TEXT    NOT NULL CHECK (length(CAST(name AS BLOB)) <= 32),"
-    "  salt       BLOB    NOT NULL CHECK (length(salt) = 16),"
-    "  hash       BLOB    NOT NULL CHECK (length(hash) = 32),"
-    "  kdf_n      INTEGER NOT NULL CHECK (kdf_n BETWEEN 1 AND 4294967295),"
-    "  kdf_r      INTEGER NOT NULL CHECK (kdf_r BETWEEN 1 AND 4294967295),"
-    "  kdf_p      INTEGER NOT NULL CHECK (kdf_p BETWEEN 1 AND 4294967295),"
-    "  failures   INTEGER NOT NULL DEFAULT 0 CHECK (failures BETWEEN 0 AND 4294967295),"
-    "  changed_at INTEGER NOT NULL,"
-    "  PRIMARY KEY (role, name),"
-    "  CHECK ((role = 0 AND name = '') OR (role = 1 AND name <> ''))"
-    ") WITHOUT ROWID;"
-    "ALTER TABLE audit ADD COLUMN operator TEXT NOT NULL DEFAULT '' "
-    "  CHECK (length(CAST(operator AS BLOB)) <= 32);"
-    "ALTER TABLE audit ADD COLUMN encoding INTEGER NOT NULL DEFAULT 1 "
-    "  CHECK (encoding IN (1, 2) AND (encoding = 2 OR operator = ''));";
-
-static CK_RV migrate_to_4(struct guardian_store *st, sqlite3 *db)
-{
-    int rc = sqlite3_exec(db, schema_v4, NULL, NULL, NULL);
-    return map_sqlite(st, rc, "migrate the schema to version 4");
-}
-
-/* 4 -> 5: nothing to change in the tables; from now on the trail may hold
- * EXPORT records (type 7, store.h), which a module of schema 4 would read as
- * a corrupt trail.  The version says so first: that module refuses the
- * database ("state schema version 5 is not supported") instead of going on
- * producing on a trail it could no longer export (it would call it corrupt). */
-static CK_RV migrate_to_5(struct guardian_store *st, sqlite3 *db)
-{
-    (void)st;
-    (void)db;
-    return CKR_OK;
-}
-
-/* 5 -> 6: the device index (store.h, "the device index"; docs/audit-format.md,
- * "The device index"): which certificate each device ID of a product holds -
- * its serial, the ISSUE record's seq (its certificate is in `certificates`),
- * the SHA-256 of the certificate's SubjectPublicKeyInfo (NULL when no
- * certificate was recorded, before schema 2) - and the part's outcome.  The
- * primary key makes a device ID's certificate unique per product.  Built
- * here from every ISSUE recorded so far, in trail order: where two ISSUEs
- * name one device (two processes racing before this index existed), the
- * first keeps the index. */
-static const char schema_v6[] =
-    "CREATE TABLE devices ("
-    "  oem_id     TEXT    NOT NULL,"
-    "  product_id TEXT    NOT NULL,"
-    "  device_id  BLOB    NOT NULL CHECK (length(device_id) BETWEEN 1 AND 128),"
-    "  serial     INTEGER NOT NULL CHECK (serial >= 1),"
-    "  issue_seq  INTEGER NOT NULL,"
-    "  spki_hash  BLOB    CHECK (spki_hash IS NULL OR length(spki_hash) = 32),"
-    "  outcome    INTEGER NOT NULL DEFAULT 0 CHECK (outcome IN (0, 1, 2)),"
-    "  PRIMARY KEY (oem_id, product_id, device_id)"
-    ") WITHOUT ROWID;";
-
-static bool cert_spki_hash(const uint8_t *cert, size_t cert_len, uint8_t out[GUARDIAN_HASH_LEN]);
-
-static CK_RV migrate_to_6(struct guardian_store *st, sqlite3 *db)
-{
-    sqlite3_stmt *rd = NULL, *wr = NULL;
-    size_t n = 0, no_key = 0;
-    CK_RV rv;
-    int rc = sqlite3_exec(db, schema_v6, NULL, NULL, NULL);
-
-    if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(db,
-                                "SELECT i.oem_id, i.product_id, i.device_id, i.serial, i.issue_seq, c.certificate "
-                                "FROM issuance i LEFT JOIN certificates c ON c.issue_seq = i.issue_seq "
-                                "WHERE i.issue_seq IS NOT NULL ORDER BY i.issue_seq",
-                                -1, &rd, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(db,
-                                "INSERT INTO devices (oem_id, product_id, device_id, serial, issue_seq, spki_hash) "
-                                "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-                                -1, &wr, NULL);
-    while (rc == SQLITE_OK && (rc = sqlite3_step(rd)) == SQLITE_ROW) {
-        uint8_t h[GUARDIAN_HASH_LEN];
-        const void *cert = sqlite3_column_blob(rd, 5);
-        int cert_len = sqlite3_column_bytes(rd, 5);
-        bool has = cert != NULL && cert_len > 0 && cert_spki_hash(cert, (size_t)cert_len, h);
-
-        no_key += !has;
-        rc = SQLITE_OK;
-        for (int c = 0; c < 5; c++)
-            rc = rc == SQLITE_OK ? sqlite3_bind_value(wr, c + 1, sqlite3_column_value(rd, c)) : rc;
-        if (rc == SQLITE_OK)
-            rc = has ? sqlite3_bind_blob(wr, 6, h, sizeof(h), SQLITE_TRANSIENT) : sqlite3_bind_null(wr, 6);
-        if (rc == SQLITE_OK && (rc = sqlite3_step(wr)) == SQLITE_DONE)
-            rc = SQLITE_OK;
-        n += sqlite3_changes(db) == 1;
-        sqlite3_reset(wr);
-    }
-    if (rc == SQLITE_DONE)
-        rc = SQLITE_OK;
-    rv = map_sqlite(st, rc, "migrate the schema to version 6 (the device index)");
-    sqlite3_finalize(rd);
-    sqlite3_finalize(wr);
-    if (rv == CKR_OK)
-        guardian_info(STORE_LOG, "device index built from the trail: %zu devices (%zu issued without a recorded "
-                                 "certificate: no key to compare a re-ask with)",
-                      n, no_key);
-    return rv;
-}
-
-struct migration {
-    int to_version;
-    /* Runs inside the migration's write transaction; may read and rewrite
-     * data as well as the schema. */
-    CK_RV (*apply)(struct guardian_store *st, sqlite3 *db);
-};
-
-/* Append only: entry N turns a version N-1 database into version N. */
-static const struct migration migrations[] = {
-    {1, migrate_to_1},
-    {2, migrate_to_2},
-    {3, migrate_to_3},
-    {4, migrate_to_4},
-    {5, migrate_to_5},
-    {6, migrate_to_6},
-};
-#define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
-
-/* ---- cached statements --------------------------------------------------------- */
-
-enum stmt_id {
-    S_BEGIN,
-    S_SYNC_FULL,
-    S_SYNC_NORMAL,
-    S_COMMIT,
-    S_ROLLBACK,
-    S_USER_VERSION,
-    S_PACKAGE_SEEN,
-    S_INSTALLED_RELEASE,
-    S_PACKAGE_INSERT,
-    S_PRODUCT_UPSERT,
-    S_PRODUCT_GET,
-    S_PRODUCTS_ALL,
-    S_PACKAGE_COUNT,
-    S_SERIAL_ADVANCE,
-    S_ISSUANCE_INSERT,
-    S_ISSUANCE_GET,
-    S_ISSUANCE_SET_ISSUED,
-    S_ISSUANCE_SET_RELEASED,
-    S_CERTIFICATE_INSERT,
-    S_CERTIFICATE_GET,
-    S_PACKAGE_GET,
-    S_HEAD_GET,
-    S_HEAD_SET,
-    S_AUDIT_INSERT,
-    S_AUDIT_PAGE,
-    S_HOLDER_INSERT,
-    S_HOLDER_BY_JOURNAL,
-    S_HOLDER_GET,
-    S_HOLDER_DELETE,
-    S_HOLDERS_ALL,
-    S_ISSUANCE_OPEN_BY_HOLDER,
-    S_ISSUANCE_SET_LOST,
-    S_CREDENTIAL_GET,
-    S_CREDENTIAL_PUT,
-    S_CREDENTIAL_DELETE,
-    S_CREDENTIAL_FAILED,
-    S_CREDENTIAL_SUCCEEDED,
-    S_CREDENTIAL_SUMMARY,
-    S_DEVICE_GET,
-    S_DEVICE_INSERT,
-    S_DEVICE_MOVE,
-    S_DEVICE_SET_OUTCOME,
-    S_COUNT
-};
-
-/* A device's certificate (the index row and the certificate recorded with its
- * ISSUE): serial, spki_hash, outcome, certificate, the serial's package. */
-#define DEVICE_GET_SQL                                                                                     \
-    "SELECT d.serial, d.spki_hash, d.outcome, c.certificate, i.package_id FROM devices d "                 \
-    "LEFT JOIN certificates c ON c.issue_seq = d.issue_seq LEFT JOIN issuance i ON i.oem_id = d.oem_id " \
-    "AND i.product_id = d.product_id AND i.serial = d.serial "                                            \
-    "WHERE d.oem_id = ?1 AND d.product_id = ?2 AND d.device_id = ?3"
-
-#define PRODUCT_COLUMNS                                                                    \
-    "SELECT p.oem_id, p.product_id, p.package_id, k.release_version, k.authorised_units, " \
-    "k.issued_units, p.next_serial, k.not_after, p.installed_at "                          \
-    "FROM products p JOIN packages k ON k.package_id = p.package_id "
-
-static const char *const stmt_sql[S_COUNT] = {
-    [S_BEGIN] = "BEGIN IMMEDIATE",
-    [S_SYNC_FULL] = "PRAGMA synchronous = " GUARDIAN_STORE_SYNCHRONOUS,
-    [S_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
-    [S_COMMIT] = "COMMIT",
-    [S_ROLLBACK] = "ROLLBACK",
-    [S_USER_VERSION] = "PRAGMA user_version",
-    [S_PACKAGE_SEEN] = "SELECT 1 FROM packages WHERE package_id = ?1",
-    [S_INSTALLED_RELEASE] = "SELECT k.release_version FROM products p JOIN packages k "
-                            "ON k.package_id = p.package_id WHERE p.oem_id = ?1 AND p.product_id = ?2",
-    [S_PACKAGE_INSERT] = "INSERT INTO packages (package_id, package_digest, oem_id, product_id, "
-                         "release_version, authorised_units, issued_units, not_after, imported_at, "
-                         "import_seq, cert_template, ca_cert) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11)",
-    [S_PRODUCT_UPSERT] = "INSERT INTO products (oem_id, product_id, package_id, next_serial, installed_at) "
-                         "VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT (oem_id, product_id) DO UPDATE SET "
-                         "package_id = excluded.package_id, installed_at = excluded.installed_at",
-    [S_PRODUCT_GET] = PRODUCT_COLUMNS "WHERE p.oem_id = ?1 AND p.product_id = ?2",
-    [S_PRODUCTS_ALL] = PRODUCT_COLUMNS "ORDER BY p.oem_id, p.product_id",
-    [S_PACKAGE_COUNT] = "UPDATE packages SET issued_units = issued_units + ?2 "
-                        "WHERE package_id = ?1 AND issued_units + ?2 BETWEEN 0 AND authorised_units",
-    [S_SERIAL_ADVANCE] = "UPDATE products SET next_serial = next_serial + ?4 "
-                         "WHERE oem_id = ?1 AND product_id = ?2 AND next_serial = ?3",
-    [S_ISSUANCE_INSERT] = "INSERT INTO issuance (oem_id, product_id, serial, package_id, device_id, "
-                          "reserve_seq, holder) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    [S_ISSUANCE_GET] = "SELECT device_id, issue_seq, release_seq, package_id, cert_digest FROM issuance "
-                       "WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3",
-    [S_ISSUANCE_SET_ISSUED] = "UPDATE issuance SET issue_seq = ?4, cert_digest = ?5, device_id = ?6 "
-                              "WHERE oem_id = ?1 AND product_id = ?2 AND serial = ?3 "
-                              "AND issue_seq IS NULL AND release_seq IS NULL",
-    [S_ISSUANCE_SET_RELEASED] = "UPDATE issuance SET release_seq = ?4 WHERE oem_id = ?1 AND product_id = ?2 "
-                                "AND serial = ?3 AND issue_seq IS NULL AND release_seq IS NULL",
-    [S_CERTIFICATE_INSERT] = "INSERT INTO certificates (issue_seq, certificate) VALUES (?1, ?2)",
-    [S_CERTIFICATE_GET] = "SELECT c.certificate FROM issuance i JOIN certificates c ON c.issue_seq = i.issue_seq "
-                          "WHERE i.oem_id = ?1 AND i.product_id = ?2 AND i.serial = ?3",
-    [S_PACKAGE_GET] = "SELECT k.oem_id, k.product_id, k.release_version, k.not_after, k.cert_template, "
-                      "k.ca_cert, p.package_id IS NOT NULL FROM packages k LEFT JOIN products p "
-                      "ON p.package_id = k.package_id WHERE k.package_id = ?1",
-    [S_HEAD_GET] = "SELECT seq, hash, max_time FROM audit_head WHERE id = 1",
-    [S_HEAD_SET] = "UPDATE audit_head SET seq = ?1, hash = ?2, "
-                   "max_time = CASE WHEN max_time IS NULL OR max_time < ?4 THEN ?4 ELSE max_time END "
-                   "WHERE id = 1 AND seq = ?3",
-    [S_AUDIT_INSERT] = "INSERT INTO audit (seq, type, time, oem_id, product_id, serial, device_id, digest, "
-                       "package_id, release_version, authorised_units, prev_hash, hash, operator, encoding) "
-                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-    [S_AUDIT_PAGE] = "SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, "
-                     "release_version, authorised_units, prev_hash, hash, operator, encoding FROM audit "
-                     "WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-    [S_HOLDER_INSERT] = "INSERT INTO holders (journal, opened_at) VALUES (?1, ?2)",
-    [S_HOLDER_BY_JOURNAL] = "SELECT id FROM holders WHERE journal = ?1",
-    [S_HOLDER_GET] = "SELECT journal FROM holders WHERE id = ?1",
-    [S_HOLDER_DELETE] = "DELETE FROM holders WHERE id = ?1",
-    [S_HOLDERS_ALL] = "SELECT id, journal FROM holders ORDER BY id",
-    [S_ISSUANCE_OPEN_BY_HOLDER] = "SELECT oem_id, product_id, serial, package_id FROM issuance "
-                                  "WHERE holder = ?1 AND issue_seq IS NULL AND release_seq IS NULL "
-                                  "AND lost_seq IS NULL ORDER BY oem_id, product_id, serial",
-    [S_ISSUANCE_SET_LOST] = "UPDATE issuance SET lost_seq = ?6 WHERE oem_id = ?1 AND product_id = ?2 "
-                            "AND serial BETWEEN ?3 AND ?4 AND holder = ?5 AND issue_seq IS NULL "
-                            "AND release_seq IS NULL AND lost_seq IS NULL",
-    [S_CREDENTIAL_GET] = "SELECT salt, hash, kdf_n, kdf_r, kdf_p, failures, changed_at FROM credentials "
-                         "WHERE role = ?1 AND name = ?2",
-    [S_CREDENTIAL_PUT] = "INSERT INTO credentials (role, name, salt, hash, kdf_n, kdf_r, kdf_p, failures, changed_at) "
-                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8) ON CONFLICT (role, name) DO UPDATE SET "
-                         "salt = excluded.salt, hash = excluded.hash, kdf_n = excluded.kdf_n, "
-                         "kdf_r = excluded.kdf_r, kdf_p = excluded.kdf_p, failures = 0, "
-                         "changed_at = excluded.changed_at",
-    [S_CREDENTIAL_DELETE] = "DELETE FROM credentials WHERE role = ?1 AND name = ?2",
-    [S_CREDENTIAL_FAILED] = "UPDATE credentials SET failures = min(failures + 1, 4294967295) "
-                            "WHERE role = ?1 AND name = ?2",
-    [S_CREDENTIAL_SUCCEEDED] = "UPDATE credentials SET failures = 0 WHERE role = ?1 AND name = ?2 AND failures <> 0",
-    [S_CREDENTIAL_SUMMARY] = "SELECT role, count(*), max(failures), sum(failures >= ?1) FROM credentials "
-                             "GROUP BY role ORDER BY role",
-    [S_DEVICE_GET] = DEVICE_GET_SQL,
-    [S_DEVICE_INSERT] = "INSERT INTO devices (oem_id, product_id, device_id, serial, issue_seq, spki_hash) "
-                        "VALUES (?1, ?2, ?3, ?4, ?5, nullif(?6, x'')) ON CONFLICT DO NOTHING",
-    [S_DEVICE_MOVE] = "UPDATE devices SET serial = ?4, issue_seq = ?5, spki_hash = nullif(?6, x''), outcome = 0 "
-                      "WHERE oem_id = ?1 AND product_id = ?2 AND device_id = ?3 AND serial = ?7",
-    [S_DEVICE_SET_OUTCOME] = "UPDATE devices SET outcome = ?4 WHERE oem_id = ?1 AND product_id = ?2 "
-                             "AND device_id = ?3",
-};
-
-#define DEVICE_BUCKETS 1024
-struct device_entry {
-    struct device_entry *next;
-    char oem_id[GUARDIAN_ID_MAX + 1];
-    char product_id[GUARDIAN_ID_MAX + 1];
-    uint8_t device_id[GUARDIAN_DEVICE_ID_MAX];
-    size_t device_id_len;
-    bool claimed;   /* a thread is deciding whether to issue for it */
-    bool journaled; /* a certificate in this process's journal, not yet folded: */
-    uint64_t serial;
-    bool has_spki;
-    uint8_t spki_hash[GUARDIAN_HASH_LEN];
-    uint8_t *cert;
-    size_t cert_len;
-};
-
-struct guardian_store {
-    pthread_mutex_t lock; /* guards db and stmt[] */
-    bool lock_ready;
-    pid_t pid;            /* the process that opened the store */
-    sqlite3 *db;
-    sqlite3_stmt *stmt[S_COUNT];
-    bool sync_full;       /* the connection's synchronous setting is FULL */
-    /* The issue journal (file-backed stores): ISSUE records appended with one
-     * write() each, folded into the trail by the next write transaction that
-     * reserves or releases, by guardian_store_flush and at close; a dead
-     * process's journal by the next opener.  -1: none (in-memory store). */
-    int journal_fd;
-    off_t journal_size;
-    char journal_name[NAME_MAX + 1]; /* in the state directory */
-    uint8_t *journal_buf;            /* one encoded record */
-    /* Guards journal_fd's bytes, journal_size and journal_buf: an append
-     * takes only this lock, never `lock`, so a certificate is not kept
-     * waiting by a write transaction of another thread (a reservation folds
-     * a whole block's records and commits FULL: ~20 ms).  The operator
-     * fields below are written holding both, as an append reads them.
-     * Order: `lock`, then journal_lock. */
-    pthread_mutex_t journal_lock;
-    /* The state directory, checked once at open (file-backed stores; -1 for
-     * an in-memory one): every file in it is opened relative to this. */
-    int dir_fd;
-    /* anchor.lock in the state directory, opened on the first
-     * guardian_store_anchor_lock: serialises the token anchor's updates
-     * across processes. -1 until then. */
-    int anchor_lock_fd;
-    char dir[PATH_MAX];
-    /* This process's row in `holders`: 0 until its first reservation commits
-     * it (holder_uncommitted while the transaction that adds it is open). */
-    sqlite3_int64 holder_id;
-    bool holder_uncommitted;
-    /* Who every record this handle writes names (guardian_store_set_operator);
-     * operator_invalid: the last name set was refused, and so is every write
-     * that would record it until a valid one is set. */
-    char operator_name[GUARDIAN_OPERATOR_MAX + 1];
-    bool operator_invalid;
-    /* The device index's part in this process (store.h, "the device
-     * index"), guarded by journal_lock: every device with a claim (a thread
-     * about to issue for it) or a certificate in this journal not yet folded
-     * (`journaled`, forgotten when the journal is emptied: its records are
-     * committed then).  device_cond: a claim was released. */
-    struct device_entry *devices[DEVICE_BUCKETS];
-    size_t devices_journaled;
-    pthread_cond_t device_cond;
-    /* A second, read-only connection (file-backed stores) for the device
-     * lookup of every certificate: in WAL mode it reads the last commit
-     * without waiting for `lock`, which a write transaction (a reservation
-     * folding a block: ~20 ms) holds.  Guarded by read_lock; NULL for an
-     * in-memory store (its lookups use db under `lock`). */
-    sqlite3 *rdb;
-    sqlite3_stmt *rdb_device_get;
-    pthread_mutex_t read_lock;
-    struct guardian_store *next_abandoned;
-};
 
 /* Stores closed in a process that did not open them (after fork()): kept, not
  * freed, so that their memory stays reachable rather than leaked. */
 static struct guardian_store *abandoned;
 static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* ---- errors: the one place SQLite result codes become CKR codes ---------------- */
-
-static CK_RV map_sqlite(struct guardian_store *st, int rc, const char *what)
-{
-    if (rc == SQLITE_CANTOPEN_SYMLINK) {
-        /* SQLITE_OPEN_NOFOLLOW: the database was swapped for a link after
-         * the store's own check. */
-        guardian_error(STORE_LOG, "%s: the state database is a symbolic link: refused (remove the link, and find "
-                                  "out who made it)",
-                       what);
-        return CKR_GUARDIAN_STATE_UNSAFE;
-    }
-    switch (rc & 0xff) {
-    case SQLITE_OK:
-    case SQLITE_ROW:
-    case SQLITE_DONE:
-        return CKR_OK;
-    case SQLITE_NOMEM:
-        guardian_error(STORE_LOG, "%s: out of memory", what);
-        return CKR_HOST_MEMORY;
-    default:
-        /* BUSY (after the timeout), LOCKED, IOERR, FULL, CORRUPT, NOTADB,
-         * CANTOPEN, READONLY, CONSTRAINT, ...: the state cannot be used.
-         * sqlite3_errmsg names the failing table/column at most, never a
-         * bound value. */
-        guardian_error(STORE_LOG, "%s: %s (SQLite %d): %s", what, sqlite3_errstr(rc), rc,
-                       st != NULL && st->db != NULL ? sqlite3_errmsg(st->db) : "no connection");
-        return CKR_GUARDIAN_STORE_FAILED;
-    }
-}
 
 /* ---- locking -------------------------------------------------------------------- */
 
@@ -628,166 +80,6 @@ static void store_leave(struct guardian_store *st)
     pthread_mutex_unlock(&st->lock);
 }
 
-/* ---- statements ---------------------------------------------------------------- */
-
-static CK_RV stmt_get(struct guardian_store *st, enum stmt_id id, sqlite3_stmt **out)
-{
-    int rc;
-
-    if (st->stmt[id] == NULL) {
-        rc = sqlite3_prepare_v3(st->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[id], NULL);
-        if (rc != SQLITE_OK)
-            return map_sqlite(st, rc, "prepare");
-    }
-    *out = st->stmt[id];
-    return CKR_OK;
-}
-
-/* Every statement is reset as soon as its rows are read, so that no read is
- * left pending across COMMIT/ROLLBACK and bound pointers are not kept. */
-static void stmt_done(sqlite3_stmt *s)
-{
-    if (s != NULL) {
-        sqlite3_reset(s);
-        sqlite3_clear_bindings(s);
-    }
-}
-
-/* Runs a statement without bindings that returns no rows we need. */
-static CK_RV stmt_run(struct guardian_store *st, enum stmt_id id, const char *what)
-{
-    CK_RV rv = CKR_GENERAL_ERROR;
-    sqlite3_stmt *s = NULL;
-    int rc;
-
-    rv = stmt_get(st, id, &s);
-    if (rv != CKR_OK)
-        goto out;
-    do
-        rc = sqlite3_step(s);
-    while (rc == SQLITE_ROW);
-    rv = map_sqlite(st, rc, what);
-out:
-    stmt_done(s);
-    return rv;
-}
-
-/* bind_all: binds parameters 1, 2, ... of s, one per character of `types`, to
- * the arguments that follow it (bind_va: to those in ap).  Varargs are not
- * converted, so each argument must have exactly the type listed (cast at the
- * call):
- *   't'  const char *          text up to its NUL, not copied
- *   'i'  sqlite3_int64         integer
- *   'N'  sqlite3_int64         integer, or NULL when it is 0
- *   'b'  const void *, int     blob of that many bytes, not copied; 0 bytes
- *                              bind an empty blob, never NULL
- * `types` must name every parameter of the statement.  Returns the first
- * failing SQLite code, or SQLITE_OK. */
-static int bind_va(sqlite3_stmt *s, const char *types, va_list ap)
-{
-    int rc = SQLITE_OK;
-
-    if (strlen(types) != (size_t)sqlite3_bind_parameter_count(s))
-        return SQLITE_RANGE;
-    for (int i = 1; rc == SQLITE_OK && types[i - 1] != '\0'; i++) {
-        switch (types[i - 1]) {
-        case 't':
-            rc = sqlite3_bind_text(s, i, va_arg(ap, const char *), -1, SQLITE_STATIC);
-            break;
-        case 'i':
-            rc = sqlite3_bind_int64(s, i, va_arg(ap, sqlite3_int64));
-            break;
-        case 'N': {
-            sqlite3_int64 v = va_arg(ap, sqlite3_int64);
-            rc = v != 0 ? sqlite3_bind_int64(s, i, v) : sqlite3_bind_null(s, i);
-            break;
-        }
-        case 'b': {
-            const void *blob = va_arg(ap, const void *);
-            int len = va_arg(ap, int);
-            rc = len > 0 ? sqlite3_bind_blob(s, i, blob, len, SQLITE_STATIC) : sqlite3_bind_zeroblob(s, i, 0);
-            break;
-        }
-        default:
-            rc = SQLITE_MISUSE;
-            break;
-        }
-    }
-    return rc;
-}
-
-/* See bind_va. */
-static int bind_all(sqlite3_stmt *s, const char *types, ...)
-{
-    va_list ap;
-    int rc;
-
-    va_start(ap, types);
-    rc = bind_va(s, types, ap);
-    va_end(ap);
-    return rc;
-}
-
-/* Gets statement `id` into *s, binds it (types and arguments as for bind_all)
- * and steps it once.  With row NULL it must finish (INSERT, UPDATE: then
- * sqlite3_changes() tells how many rows it changed); otherwise it may also
- * stop at a row, and *row tells whether it did.  Any other result is mapped
- * as `what`.  *s is left to the caller's stmt_done, on failure too. */
-static CK_RV stmt_step(struct guardian_store *st, enum stmt_id id, sqlite3_stmt **s, bool *row, const char *what,
-                       const char *types, ...)
-{
-    CK_RV rv = CKR_GENERAL_ERROR;
-    va_list ap;
-    int rc;
-
-    rv = stmt_get(st, id, s);
-    if (rv != CKR_OK)
-        goto out;
-    va_start(ap, types);
-    rc = bind_va(*s, types, ap);
-    va_end(ap);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(*s);
-    if (rc != SQLITE_DONE && (row == NULL || rc != SQLITE_ROW)) {
-        rv = map_sqlite(st, rc, what);
-        goto out;
-    }
-    if (row != NULL)
-        *row = rc == SQLITE_ROW;
-    rv = CKR_OK;
-out:
-    return rv;
-}
-
-/* ---- transactions ---------------------------------------------------------------- */
-
-/* BEGIN IMMEDIATE, with the durability the transaction's COMMIT needs (see
- * GUARDIAN_STORE_SYNCHRONOUS above); the pragma runs only when it changes. */
-static CK_RV tx_begin(struct guardian_store *st, bool durable)
-{
-    if (st->sync_full != durable) {
-        CK_RV rv = stmt_run(st, durable ? S_SYNC_FULL : S_SYNC_NORMAL, "set synchronous");
-        if (rv != CKR_OK)
-            return rv;
-        st->sync_full = durable;
-    }
-    return stmt_run(st, S_BEGIN, "begin transaction");
-}
-
-/* Commit when rv is CKR_OK, roll back otherwise; returns the outcome. */
-static CK_RV tx_end(struct guardian_store *st, CK_RV rv)
-{
-    if (rv == CKR_OK) {
-        rv = stmt_run(st, S_COMMIT, "commit");
-        if (rv == CKR_OK)
-            return CKR_OK;
-    }
-    /* SQLite may already have rolled back on its own (IOERR, FULL, ...). */
-    if (!sqlite3_get_autocommit(st->db))
-        (void)stmt_run(st, S_ROLLBACK, "rollback");
-    return rv;
-}
-
 /* What folding one issue journal found. */
 struct fold_result {
     size_t folded;                     /* ISSUE records folded (or found folded before) */
@@ -801,7 +93,7 @@ static CK_RV journal_fold_locked(struct guardian_store *st, int fd, const char *
 static CK_RV journal_read(int fd, const char *name, off_t expect, uint8_t **buf, struct fold_result *res);
 static CK_RV journal_fold_buf(struct guardian_store *st, const char *name, const uint8_t *buf, size_t from,
                               struct fold_result *res);
-static CK_RV journal_lost_locked(struct guardian_store *st, sqlite3_int64 holder, const char *journal, int reason,
+static CK_RV journal_lost_locked(struct guardian_store *st, store_int holder, const char *journal, int reason,
                                  const uint8_t digest[GUARDIAN_HASH_LEN]);
 static CK_RV journal_append(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
                             const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len);
@@ -966,92 +258,8 @@ static bool package_ok(const struct guardian_package_info *pkg)
     return pkg != NULL && id_ok(pkg->oem_id) && id_ok(pkg->product_id) && pkg->authorised_units <= INT64_MAX;
 }
 
-/* ---- reading columns ------------------------------------------------------------- */
-
-static bool column_id(sqlite3_stmt *s, int col, char out[GUARDIAN_ID_MAX + 1])
-{
-    const unsigned char *text = sqlite3_column_text(s, col);
-    int n = sqlite3_column_bytes(s, col);
-
-    if (text == NULL || n < 0 || n > GUARDIAN_ID_MAX || memchr(text, '\0', (size_t)n) != NULL)
-        return false;
-    memcpy(out, text, (size_t)n);
-    out[n] = '\0';
-    return true;
-}
-
-/* An operator's name (TEXT, guardian_operator_name_ok, "" allowed). */
-static bool column_operator(sqlite3_stmt *s, int col, char out[GUARDIAN_OPERATOR_MAX + 1])
-{
-    const unsigned char *text = sqlite3_column_text(s, col);
-    int n = sqlite3_column_bytes(s, col);
-
-    if (sqlite3_column_type(s, col) != SQLITE_TEXT || text == NULL || n < 0 || n > GUARDIAN_OPERATOR_MAX ||
-        memchr(text, '\0', (size_t)n) != NULL)
-        return false;
-    memcpy(out, text, (size_t)n);
-    out[n] = '\0';
-    return guardian_operator_name_ok(out);
-}
-
-/* A BLOB of 0..max bytes; the length goes to *len. */
-static bool column_blob(sqlite3_stmt *s, int col, void *out, size_t max, size_t *len)
-{
-    const void *blob;
-    int n;
-
-    if (sqlite3_column_type(s, col) != SQLITE_BLOB)
-        return false;
-    blob = sqlite3_column_blob(s, col);
-    n = sqlite3_column_bytes(s, col);
-    if (n < 0 || (size_t)n > max || (n > 0 && blob == NULL))
-        return false;
-    if (n > 0)
-        memcpy(out, blob, (size_t)n);
-    *len = (size_t)n;
-    return true;
-}
-
-static bool column_blob_exact(sqlite3_stmt *s, int col, void *out, size_t len)
-{
-    size_t got = 0;
-    return column_blob(s, col, out, len, &got) && got == len;
-}
-
-/* A copy of a BLOB column in a fresh malloc'd buffer; *out NULL and *len 0
- * when the column is NULL or empty.  CKR_HOST_MEMORY if the copy fails. */
-static CK_RV column_blob_dup(sqlite3_stmt *s, int col, uint8_t **out, size_t *len)
-{
-    const void *blob = sqlite3_column_blob(s, col);
-    int n = sqlite3_column_bytes(s, col);
-
-    *out = NULL;
-    *len = 0;
-    if (blob == NULL || n <= 0)
-        return CKR_OK;
-    *out = malloc((size_t)n);
-    if (*out == NULL)
-        return CKR_HOST_MEMORY;
-    memcpy(*out, blob, (size_t)n);
-    *len = (size_t)n;
-    return CKR_OK;
-}
-
-static bool column_uint(sqlite3_stmt *s, int col, uint64_t max, uint64_t *out)
-{
-    sqlite3_int64 v;
-
-    if (sqlite3_column_type(s, col) != SQLITE_INTEGER)
-        return false;
-    v = sqlite3_column_int64(s, col);
-    if (v < 0 || (uint64_t)v > max)
-        return false;
-    *out = (uint64_t)v;
-    return true;
-}
-
 /* A row of PRODUCT_COLUMNS. */
-static CK_RV product_from_row(sqlite3_stmt *s, struct guardian_product *p)
+static CK_RV product_from_row(struct store_stmt *s, struct guardian_product *p)
 {
     uint64_t release = 0, issued = 0;
 
@@ -1059,27 +267,27 @@ static CK_RV product_from_row(sqlite3_stmt *s, struct guardian_product *p)
     if (!column_id(s, 0, p->oem_id) || !column_id(s, 1, p->product_id) ||
         !column_blob_exact(s, 2, p->package_id, sizeof(p->package_id)) || !column_uint(s, 3, UINT32_MAX, &release) ||
         !column_uint(s, 4, INT64_MAX, &p->authorised_units) || !column_uint(s, 5, p->authorised_units, &issued) ||
-        !column_uint(s, 6, INT64_MAX, &p->next_serial) || sqlite3_column_type(s, 7) != SQLITE_INTEGER ||
-        sqlite3_column_type(s, 8) != SQLITE_INTEGER) {
+        !column_uint(s, 6, INT64_MAX, &p->next_serial) || !col_is_int(s, 7) ||
+        !col_is_int(s, 8)) {
         guardian_error(STORE_LOG, "a product row is malformed");
         return CKR_GUARDIAN_STORE_FAILED;
     }
     p->release_version = (uint32_t)release;
     p->issued_units = issued;
     p->remaining_units = p->authorised_units - issued;
-    p->not_after = sqlite3_column_int64(s, 7);
-    p->installed_at = sqlite3_column_int64(s, 8);
+    p->not_after = col_int(s, 7);
+    p->installed_at = col_int(s, 8);
     return CKR_OK;
 }
 
 /* A row of S_AUDIT_PAGE; false if any field is out of its domain. */
-static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
+static bool audit_from_row(struct store_stmt *s, struct guardian_audit_record *r)
 {
     uint64_t type = 0, release = 0, encoding = 0;
 
     memset(r, 0, sizeof(*r));
     if (!column_uint(s, 0, INT64_MAX, &r->seq) || !column_uint(s, 1, GUARDIAN_AUDIT_TYPE_MAX, &type) ||
-        type < GUARDIAN_AUDIT_IMPORT || sqlite3_column_type(s, 2) != SQLITE_INTEGER || !column_id(s, 3, r->oem_id) ||
+        type < GUARDIAN_AUDIT_IMPORT || !col_is_int(s, 2) || !column_id(s, 3, r->oem_id) ||
         !column_id(s, 4, r->product_id) || !column_uint(s, 5, INT64_MAX, &r->serial) ||
         !column_blob(s, 6, r->device_id, sizeof(r->device_id), &r->device_id_len) ||
         !column_blob_exact(s, 7, r->digest, sizeof(r->digest)) ||
@@ -1090,7 +298,7 @@ static bool audit_from_row(sqlite3_stmt *s, struct guardian_audit_record *r)
         !column_uint(s, 14, GUARDIAN_AUDIT_ENCODING_2, &encoding) || encoding < GUARDIAN_AUDIT_ENCODING_1)
         return false;
     r->type = (int)type;
-    r->time = sqlite3_column_int64(s, 2);
+    r->time = col_int(s, 2);
     r->release_version = (uint32_t)release;
     r->encoding = (int)encoding;
     return true;
@@ -1104,31 +312,27 @@ static CK_RV audit_head_read(struct guardian_store *st, uint64_t *seq, uint8_t h
                              int64_t *max_time, bool *has_time)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
-    sqlite3_stmt *s = NULL;
-    int rc;
+    struct store_stmt *s = NULL;
+    bool row = false;
 
-    rv = stmt_get(st, S_HEAD_GET, &s);
+    rv = stmt_step(st, S_HEAD_GET, &s, &row, "read the audit head", "");
     if (rv != CKR_OK)
         goto out;
-    rc = sqlite3_step(s);
-    if (rc != SQLITE_ROW) {
-        rv = map_sqlite(st, rc, "read the audit head");
-        if (rv == CKR_OK) {
-            guardian_error(STORE_LOG, "the audit head is missing");
-            rv = CKR_GUARDIAN_AUDIT_CORRUPT;
-        }
+    if (!row) {
+        guardian_error(STORE_LOG, "the audit head is missing");
+        rv = CKR_GUARDIAN_AUDIT_CORRUPT;
         goto out;
     }
     if (!column_uint(s, 0, INT64_MAX - 1, seq) || !column_blob_exact(s, 1, hash, GUARDIAN_HASH_LEN) ||
-        (sqlite3_column_type(s, 2) != SQLITE_NULL && sqlite3_column_type(s, 2) != SQLITE_INTEGER) ||
-        (*seq > 0 && sqlite3_column_type(s, 2) == SQLITE_NULL)) {
+        (!col_is_null(s, 2) && !col_is_int(s, 2)) ||
+        (*seq > 0 && col_is_null(s, 2))) {
         guardian_error(STORE_LOG, "the audit head is malformed");
         rv = CKR_GUARDIAN_AUDIT_CORRUPT;
         goto out;
     }
     if (max_time != NULL) {
-        *has_time = sqlite3_column_type(s, 2) == SQLITE_INTEGER;
-        *max_time = *has_time ? sqlite3_column_int64(s, 2) : 0;
+        *has_time = col_is_int(s, 2);
+        *max_time = *has_time ? col_int(s, 2) : 0;
     }
     rv = CKR_OK;
 out:
@@ -1223,7 +427,7 @@ void guardian_store_set_operator(struct guardian_store *st, const char *name)
 static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_record *r)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     uint64_t head_seq = 0;
 
     rv = audit_head_get(st, &head_seq, r->prev_hash);
@@ -1236,21 +440,21 @@ static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_recor
         goto out;
     }
 
-    rv = stmt_step(st, S_AUDIT_INSERT, &s, NULL, "append an audit record", "iiittibbbiibbti", (sqlite3_int64)r->seq,
-                   (sqlite3_int64)r->type, (sqlite3_int64)r->time, r->oem_id, r->product_id,
-                   (sqlite3_int64)r->serial, r->device_id, (int)r->device_id_len, r->digest, GUARDIAN_HASH_LEN,
-                   r->package_id, GUARDIAN_PACKAGE_ID_LEN, (sqlite3_int64)r->release_version,
-                   (sqlite3_int64)r->authorised_units, r->prev_hash, GUARDIAN_HASH_LEN, r->hash, GUARDIAN_HASH_LEN,
-                   r->operator_name, (sqlite3_int64)r->encoding);
+    rv = stmt_step(st, S_AUDIT_INSERT, &s, NULL, "append an audit record", "iiittibbbiibbti", (store_int)r->seq,
+                   (store_int)r->type, (store_int)r->time, r->oem_id, r->product_id,
+                   (store_int)r->serial, r->device_id, (int)r->device_id_len, r->digest, GUARDIAN_HASH_LEN,
+                   r->package_id, GUARDIAN_PACKAGE_ID_LEN, (store_int)r->release_version,
+                   (store_int)r->authorised_units, r->prev_hash, GUARDIAN_HASH_LEN, r->hash, GUARDIAN_HASH_LEN,
+                   r->operator_name, (store_int)r->encoding);
     if (rv != CKR_OK)
         goto out;
     stmt_done(s);
 
-    rv = stmt_step(st, S_HEAD_SET, &s, NULL, "move the audit head", "ibii", (sqlite3_int64)r->seq, r->hash,
-                   GUARDIAN_HASH_LEN, (sqlite3_int64)head_seq, (sqlite3_int64)r->time);
+    rv = stmt_step(st, S_HEAD_SET, &s, NULL, "move the audit head", "ibii", (store_int)r->seq, r->hash,
+                   GUARDIAN_HASH_LEN, (store_int)head_seq, (store_int)r->time);
     if (rv != CKR_OK)
         goto out;
-    if (sqlite3_changes(st->db) != 1) {
+    if (store_changes(st) != 1) {
         guardian_error(STORE_LOG, "the audit head moved under a write transaction");
         rv = CKR_GUARDIAN_AUDIT_CORRUPT;
         goto out;
@@ -1278,11 +482,6 @@ static void store_free(struct guardian_store *st)
         pthread_mutex_unlock(&abandoned_lock);
         return;
     }
-    for (int i = 0; i < S_COUNT; i++)
-        sqlite3_finalize(st->stmt[i]);
-    sqlite3_finalize(st->rdb_device_get);
-    if (st->rdb != NULL)
-        sqlite3_close(st->rdb);
     for (size_t b = 0; b < DEVICE_BUCKETS; b++)
         while (st->devices[b] != NULL) {
             struct device_entry *e = st->devices[b];
@@ -1290,8 +489,7 @@ static void store_free(struct guardian_store *st)
             free(e->cert);
             free(e);
         }
-    if (st->db != NULL && sqlite3_close(st->db) != SQLITE_OK)
-        (void)map_sqlite(st, sqlite3_errcode(st->db), "close");
+    engine_close(st);
     if (st->lock_ready) {
         pthread_mutex_destroy(&st->lock);
         pthread_mutex_destroy(&st->journal_lock);
@@ -1306,121 +504,6 @@ static void store_free(struct guardian_store *st)
         close(st->anchor_lock_fd);
     free(st->journal_buf);
     free(st);
-}
-
-static CK_RV read_user_version(struct guardian_store *st, int *version)
-{
-    CK_RV rv = CKR_GENERAL_ERROR;
-    sqlite3_stmt *s = NULL;
-    int rc;
-
-    rv = stmt_get(st, S_USER_VERSION, &s);
-    if (rv != CKR_OK)
-        goto out;
-    rc = sqlite3_step(s);
-    if (rc != SQLITE_ROW) {
-        rv = map_sqlite(st, rc, "read the schema version");
-        if (rv == CKR_OK)
-            rv = CKR_GUARDIAN_STORE_FAILED;
-        goto out;
-    }
-    *version = sqlite3_column_int(s, 0);
-    rv = CKR_OK;
-out:
-    stmt_done(s);
-    return rv;
-}
-
-/* Bring the schema to STORE_SCHEMA_VERSION, in one write transaction so that
- * two processes opening a fresh state directory migrate it once. */
-static CK_RV migrate(struct guardian_store *st)
-{
-    CK_RV rv = CKR_GENERAL_ERROR;
-    bool in_tx = false;
-    int version = -1;
-    char sql[64];
-    int rc;
-
-    rv = read_user_version(st, &version);
-    if (rv != CKR_OK || version == STORE_SCHEMA_VERSION)
-        goto out;
-
-    rv = tx_begin(st, true);
-    if (rv != CKR_OK)
-        goto out;
-    in_tx = true;
-    rv = read_user_version(st, &version); /* another process may have migrated */
-    if (rv != CKR_OK)
-        goto out;
-    if (version < 0 || version > STORE_SCHEMA_VERSION) {
-        guardian_error(STORE_LOG, "state schema version %d is not supported (this module knows 0..%d)", version,
-                       STORE_SCHEMA_VERSION);
-        rv = CKR_GUARDIAN_STORE_FAILED;
-        goto out;
-    }
-    for (size_t i = 0; i < sizeof(migrations) / sizeof(migrations[0]); i++) {
-        if (migrations[i].to_version <= version)
-            continue;
-        rv = migrations[i].apply(st, st->db);
-        if (rv != CKR_OK)
-            goto out;
-        snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", migrations[i].to_version);
-        rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
-        if (rc != SQLITE_OK) {
-            rv = map_sqlite(st, rc, "set the schema version");
-            goto out;
-        }
-        guardian_info(STORE_LOG, "state schema migrated from version %d to %d", version,
-                      migrations[i].to_version);
-        version = migrations[i].to_version;
-    }
-    rv = CKR_OK;
-out:
-    if (in_tx)
-        rv = tx_end(st, rv);
-    return rv;
-}
-
-static CK_RV set_journal_wal(struct guardian_store *st)
-{
-    CK_RV rv = CKR_GENERAL_ERROR;
-    sqlite3_stmt *s = NULL;
-    const unsigned char *mode;
-    int rc;
-
-    rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &s, NULL);
-    if (rc != SQLITE_OK) {
-        rv = map_sqlite(st, rc, "set WAL mode");
-        goto out;
-    }
-    /* Switching a fresh file to WAL needs an exclusive lock, and SQLite
-     * does not call the busy handler for it: when several processes open a
-     * new state directory at once, retry for up to the busy timeout. */
-    for (int waited_ms = 0;; waited_ms += WAL_RETRY_MS) {
-        rc = sqlite3_step(s);
-        if ((rc & 0xff) != SQLITE_BUSY || waited_ms >= GUARDIAN_STORE_BUSY_TIMEOUT_MS)
-            break;
-        sqlite3_reset(s);
-        sqlite3_sleep(WAL_RETRY_MS);
-    }
-    if (rc != SQLITE_ROW) {
-        rv = map_sqlite(st, rc, "set WAL mode");
-        if (rv == CKR_OK)
-            rv = CKR_GUARDIAN_STORE_FAILED;
-        goto out;
-    }
-    mode = sqlite3_column_text(s, 0);
-    if (mode == NULL || strcmp((const char *)mode, "wal") != 0) {
-        /* The durability argument assumes WAL (docs/audit-format.md). */
-        guardian_error(STORE_LOG, "the state database cannot use WAL mode here (got '%s')",
-                       mode != NULL ? (const char *)mode : "?");
-        rv = CKR_GUARDIAN_STORE_FAILED;
-        goto out;
-    }
-    rv = CKR_OK;
-out:
-    sqlite3_finalize(s);
-    return rv;
 }
 
 /* ---- the state directory and its files ------------------------------------------- */
@@ -1575,25 +658,6 @@ static CK_RV state_files_prepare(const struct guardian_store *st)
 
 static CK_RV journal_recover(struct guardian_store *st);
 static CK_RV journal_orphans(struct guardian_store *st);
-
-/* The device lookups' read-only connection (struct guardian_store, rdb). */
-static CK_RV read_connection_open(struct guardian_store *st, const char *path)
-{
-    int rc = sqlite3_open_v2(path, &st->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW,
-                             NULL);
-
-    if (rc == SQLITE_OK)
-        rc = sqlite3_busy_timeout(st->rdb, GUARDIAN_STORE_BUSY_TIMEOUT_MS);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_db_config(st->rdb, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v3(st->rdb, DEVICE_GET_SQL, -1, SQLITE_PREPARE_PERSISTENT, &st->rdb_device_get, NULL);
-    if (rc != SQLITE_OK) {
-        guardian_error(STORE_LOG, "open the state database for reading: %s (SQLite %d)", sqlite3_errstr(rc), rc);
-        return CKR_GUARDIAN_STORE_FAILED;
-    }
-    return CKR_OK;
-}
 static CK_RV journal_open(struct guardian_store *st);
 
 static CK_RV store_open_path(const char *path, const char *dir, struct guardian_store **out)
@@ -1602,10 +666,9 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
     CK_RV rv = CKR_GENERAL_ERROR;
     struct guardian_store *st = NULL;
     pthread_mutexattr_t attr;
-    int fk = 0, rc;
+    int rc;
 
-    if (!sqlite3_threadsafe()) {
-        guardian_error(STORE_LOG, "the SQLite library was built without thread support");
+    if (!engine_usable()) {
         rv = CKR_GUARDIAN_STORE_FAILED;
         goto out;
     }
@@ -1652,50 +715,7 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
         if (rv != CKR_OK)
             goto out;
     }
-    rc = sqlite3_open_v2(path, &st->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX |
-                             (memory ? SQLITE_OPEN_MEMORY : SQLITE_OPEN_NOFOLLOW),
-                         NULL);
-    if (rc != SQLITE_OK) {
-        rv = map_sqlite(st, st->db != NULL ? sqlite3_extended_errcode(st->db) : rc, "open the state database");
-        goto out;
-    }
-    sqlite3_extended_result_codes(st->db, 1);
-    if ((rc = sqlite3_busy_timeout(st->db, GUARDIAN_STORE_BUSY_TIMEOUT_MS)) != SQLITE_OK ||
-        (rc = sqlite3_db_config(st->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL)) != SQLITE_OK ||
-        (rc = sqlite3_db_config(st->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL)) != SQLITE_OK ||
-        (rc = sqlite3_db_config(st->db, SQLITE_DBCONFIG_ENABLE_FKEY, 1, &fk)) != SQLITE_OK) {
-        rv = map_sqlite(st, rc, "configure the state database");
-        goto out;
-    }
-    if (fk != 1) {
-        guardian_error(STORE_LOG, "SQLite refused to enforce foreign keys");
-        rv = CKR_GUARDIAN_STORE_FAILED;
-        goto out;
-    }
-    if (!memory) {
-        /* Before WAL mode and the schema: only a new database takes it. */
-        rc = sqlite3_exec(st->db, "PRAGMA page_size = " GUARDIAN_STORE_PAGE_SIZE, NULL, NULL, NULL);
-        if (rc != SQLITE_OK) {
-            rv = map_sqlite(st, rc, "set the page size");
-            goto out;
-        }
-        rv = set_journal_wal(st);
-        if (rv != CKR_OK)
-            goto out;
-        rc = sqlite3_wal_autocheckpoint(st->db, GUARDIAN_STORE_WAL_CHECKPOINT_PAGES);
-        if (rc != SQLITE_OK) {
-            rv = map_sqlite(st, rc, "set the checkpoint interval");
-            goto out;
-        }
-    }
-    rc = sqlite3_exec(st->db, "PRAGMA synchronous = " GUARDIAN_STORE_SYNCHRONOUS, NULL, NULL, NULL);
-    if (rc != SQLITE_OK) {
-        rv = map_sqlite(st, rc, "set synchronous");
-        goto out;
-    }
-    st->sync_full = true;
-    rv = migrate(st);
+    rv = engine_open(st, path, memory);
     if (rv != CKR_OK)
         goto out;
     if (!memory) {
@@ -1707,7 +727,7 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
         if (rv == CKR_OK)
             rv = journal_open(st);
         if (rv == CKR_OK)
-            rv = read_connection_open(st, path);
+            rv = engine_reader_open(st, path);
         if (rv != CKR_OK)
             goto out;
     }
@@ -1760,7 +780,7 @@ CK_RV guardian_store_open_memory(struct guardian_store **out)
  * that no opener takes the journal's absence for a loss. */
 static CK_RV close_tx(struct guardian_store *st, void *ctx)
 {
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     CK_RV rv = CKR_OK;
 
     (void)ctx;
@@ -1792,7 +812,7 @@ void guardian_store_close(struct guardian_store *st)
 static CK_RV package_check_locked(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     bool row = false;
 
     rv = clock_check_locked(st, now, "import");
@@ -1815,7 +835,7 @@ static CK_RV package_check_locked(struct guardian_store *st, const struct guardi
                    pkg->product_id);
     if (rv != CKR_OK)
         goto out;
-    if (row && sqlite3_column_int64(s, 0) >= (sqlite3_int64)pkg->release_version) {
+    if (row && col_int(s, 0) >= (store_int)pkg->release_version) {
         rv = CKR_GUARDIAN_PACKAGE_ROLLBACK;
         goto out;
     }
@@ -1865,7 +885,7 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     struct guardian_audit_record rec;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
 
     rv = package_check_locked(st, pkg, now);
     if (rv != CKR_OK)
@@ -1886,8 +906,8 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
 
     rv = stmt_step(st, S_PACKAGE_INSERT, &s, NULL, "record a package", "bbttiiiiibb", pkg->package_id,
                    GUARDIAN_PACKAGE_ID_LEN, pkg->package_digest, GUARDIAN_HASH_LEN, pkg->oem_id, pkg->product_id,
-                   (sqlite3_int64)pkg->release_version, (sqlite3_int64)pkg->authorised_units,
-                   (sqlite3_int64)pkg->not_after, (sqlite3_int64)now, (sqlite3_int64)rec.seq, pkg->cert_template,
+                   (store_int)pkg->release_version, (store_int)pkg->authorised_units,
+                   (store_int)pkg->not_after, (store_int)now, (store_int)rec.seq, pkg->cert_template,
                    (int)pkg->cert_template_len, pkg->ca_cert, (int)pkg->ca_cert_len);
     if (rv != CKR_OK)
         goto out;
@@ -1896,7 +916,7 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     /* Install or supersede: the product now counts against this package's
      * allowance; next_serial is left as it was (never reused). */
     rv = stmt_step(st, S_PRODUCT_UPSERT, &s, NULL, "install a product release", "ttbi", pkg->oem_id,
-                   pkg->product_id, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, (sqlite3_int64)now);
+                   pkg->product_id, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN, (store_int)now);
 out:
     stmt_done(s);
     return rv;
@@ -1934,7 +954,7 @@ CK_RV guardian_store_package_material(struct guardian_store *st, const uint8_t p
                                       struct guardian_package_material *out)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     bool row = false;
     uint64_t release = 0;
 
@@ -1952,15 +972,15 @@ CK_RV guardian_store_package_material(struct guardian_store *st, const uint8_t p
         goto out;
     }
     if (!column_id(s, 0, out->oem_id) || !column_id(s, 1, out->product_id) ||
-        !column_uint(s, 2, UINT32_MAX, &release) || sqlite3_column_type(s, 3) != SQLITE_INTEGER) {
+        !column_uint(s, 2, UINT32_MAX, &release) || !col_is_int(s, 3)) {
         guardian_error(STORE_LOG, "a package row is malformed");
         rv = CKR_GUARDIAN_STORE_FAILED;
         goto out;
     }
     memcpy(out->package_id, package_id, GUARDIAN_PACKAGE_ID_LEN);
     out->release_version = (uint32_t)release;
-    out->not_after = sqlite3_column_int64(s, 3);
-    out->installed = sqlite3_column_int(s, 6) != 0;
+    out->not_after = col_int(s, 3);
+    out->installed = col_int(s, 6) != 0;
     /* NULL for a package imported before schema 2, or a store-only test. */
     rv = column_blob_dup(s, 4, &out->cert_template, &out->cert_template_len);
     if (rv == CKR_OK)
@@ -1992,7 +1012,7 @@ CK_RV guardian_store_product_get(struct guardian_store *st, const char *oem_id, 
                                  struct guardian_product *out)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     bool locked = false;
     bool row = false;
 
@@ -2026,16 +1046,14 @@ static CK_RV products_read_locked(struct guardian_store *st, struct guardian_pro
 {
     struct guardian_product *grown;
     size_t cap = 0;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
+    bool row = false;
     CK_RV rv;
-    int rc;
 
     *list = NULL;
     *count = 0;
-    rv = stmt_get(st, S_PRODUCTS_ALL, &s);
-    if (rv != CKR_OK)
-        goto out;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    rv = stmt_step(st, S_PRODUCTS_ALL, &s, &row, "list products", "");
+    while (rv == CKR_OK && row) {
         if (*count == cap) {
             cap = cap != 0 ? 2 * cap : 16;
             grown = realloc(*list, cap * sizeof(**list));
@@ -2049,8 +1067,8 @@ static CK_RV products_read_locked(struct guardian_store *st, struct guardian_pro
         if (rv != CKR_OK)
             goto out;
         (*count)++;
+        rv = stmt_next(st, s, &row, "list products");
     }
-    rv = map_sqlite(st, rc, "list products");
 out:
     stmt_done(s);
     if (rv != CKR_OK) {
@@ -2096,9 +1114,9 @@ CK_RV guardian_store_products_each(struct guardian_store *st,
 /* This process's row in `holders`, added by its first reservation (file-backed
  * stores: an in-memory store commits every ISSUE at once, so its
  * reservations have no holder).  *id 0: none. */
-static CK_RV holder_register_locked(struct guardian_store *st, sqlite3_int64 *id)
+static CK_RV holder_register_locked(struct guardian_store *st, store_int *id)
 {
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     CK_RV rv = CKR_OK;
 
     *id = 0;
@@ -2106,11 +1124,11 @@ static CK_RV holder_register_locked(struct guardian_store *st, sqlite3_int64 *id
         return CKR_OK;
     if (st->holder_id == 0) {
         rv = stmt_step(st, S_HOLDER_INSERT, &s, NULL, "record this process as a holder", "ti", st->journal_name,
-                       (sqlite3_int64)time(NULL));
+                       (store_int)time(NULL));
         stmt_done(s);
         if (rv != CKR_OK)
             return rv;
-        st->holder_id = sqlite3_last_insert_rowid(st->db);
+        st->holder_id = store_last_insert_id(st);
         st->holder_uncommitted = true; /* store_write forgets it if the transaction rolls back */
     }
     *id = st->holder_id;
@@ -2135,8 +1153,8 @@ static CK_RV reserve_tx(struct guardian_store *st, void *ctx)
     CK_RV rv = CKR_GENERAL_ERROR;
     struct guardian_product prod;
     struct guardian_audit_record rec;
-    sqlite3_stmt *s = NULL;
-    sqlite3_int64 holder = 0;
+    struct store_stmt *s = NULL;
+    store_int holder = 0;
     bool row = false;
     uint64_t n;
 
@@ -2176,20 +1194,20 @@ static CK_RV reserve_tx(struct guardian_store *st, void *ctx)
 
     /* Count the units; the WHERE clause re-checks the quota in SQL. */
     rv = stmt_step(st, S_PACKAGE_COUNT, &s, NULL, "count units", "bi", prod.package_id, GUARDIAN_PACKAGE_ID_LEN,
-                   (sqlite3_int64)n);
+                   (store_int)n);
     if (rv != CKR_OK)
         goto out;
-    if (sqlite3_changes(st->db) != 1) {
+    if (store_changes(st) != 1) {
         rv = CKR_GUARDIAN_QUOTA_EXHAUSTED;
         goto out;
     }
     stmt_done(s);
 
     rv = stmt_step(st, S_SERIAL_ADVANCE, &s, NULL, "advance the serial counter", "ttii", a->oem_id, a->product_id,
-                   (sqlite3_int64)prod.next_serial, (sqlite3_int64)n);
+                   (store_int)prod.next_serial, (store_int)n);
     if (rv != CKR_OK)
         goto out;
-    if (sqlite3_changes(st->db) != 1) {
+    if (store_changes(st) != 1) {
         guardian_error(STORE_LOG, "the serial counter moved under a write transaction");
         rv = CKR_GUARDIAN_STORE_FAILED;
         goto out;
@@ -2213,8 +1231,8 @@ static CK_RV reserve_tx(struct guardian_store *st, void *ctx)
         if (rv != CKR_OK)
             goto out;
         rv = stmt_step(st, S_ISSUANCE_INSERT, &s, NULL, "record a reservation", "ttibbiN", a->oem_id, a->product_id,
-                       (sqlite3_int64)rec.serial, prod.package_id, GUARDIAN_PACKAGE_ID_LEN, rec.device_id,
-                       (int)rec.device_id_len, (sqlite3_int64)rec.seq, holder);
+                       (store_int)rec.serial, prod.package_id, GUARDIAN_PACKAGE_ID_LEN, rec.device_id,
+                       (int)rec.device_id_len, (store_int)rec.seq, holder);
         if (rv != CKR_OK)
             goto out;
         stmt_done(s);
@@ -2276,9 +1294,8 @@ struct issue_args {
     uint64_t issue_seq;  /* out: the ISSUE record's seq */
 };
 
-/* SHA-256 of the SubjectPublicKeyInfo inside a certificate; false if the
- * certificate's outline cannot be read (journal.c). */
-static bool cert_spki_hash(const uint8_t *cert, size_t cert_len, uint8_t out[GUARDIAN_HASH_LEN])
+/* store_internal.h */
+bool cert_spki_hash(const uint8_t *cert, size_t cert_len, uint8_t out[GUARDIAN_HASH_LEN])
 {
     const uint8_t *spki = NULL;
     size_t spki_len = 0;
@@ -2297,14 +1314,14 @@ static CK_RV device_index_issue(struct guardian_store *st, const struct issue_ar
 {
     uint8_t h[GUARDIAN_HASH_LEN];
     bool has = a->cert != NULL && cert_spki_hash(a->cert, a->cert_len, h), row = false;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     uint64_t other = 0;
     CK_RV rv;
 
     rv = stmt_step(st, S_DEVICE_INSERT, &s, NULL, "index a device's certificate", "ttbiib", a->oem_id, a->product_id,
-                   a->device_id, (int)a->device_id_len, (sqlite3_int64)a->serial, (sqlite3_int64)seq,
+                   a->device_id, (int)a->device_id_len, (store_int)a->serial, (store_int)seq,
                    has ? (const void *)h : NULL, has ? GUARDIAN_HASH_LEN : 0);
-    if (rv != CKR_OK || sqlite3_changes(st->db) == 1)
+    if (rv != CKR_OK || store_changes(st) == 1)
         goto out;
     stmt_done(s);
     rv = stmt_step(st, S_DEVICE_GET, &s, &row, "look up a device", "ttb", a->oem_id, a->product_id, a->device_id,
@@ -2329,11 +1346,11 @@ static CK_RV settle_tx(struct guardian_store *st, void *ctx)
     struct guardian_audit_record rec;
     uint8_t reserved_device[GUARDIAN_DEVICE_ID_MAX], package_id[GUARDIAN_PACKAGE_ID_LEN];
     size_t reserved_len = 0;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     bool row = false;
 
     rv = stmt_step(st, S_ISSUANCE_GET, &s, &row, "look up a reservation", "tti", a->oem_id, a->product_id,
-                   (sqlite3_int64)a->serial);
+                   (store_int)a->serial);
     if (rv != CKR_OK)
         goto out;
     if (!row) {
@@ -2357,7 +1374,7 @@ static CK_RV settle_tx(struct guardian_store *st, void *ctx)
         rv = CKR_ARGUMENTS_BAD;
         goto out;
     }
-    if (a->replay && sqlite3_column_type(s, 1) != SQLITE_NULL) {
+    if (a->replay && !col_is_null(s, 1)) {
         /* Folded before, and the journal not yet emptied (a crash between
          * the fold's COMMIT and its truncation): nothing to do. */
         uint8_t recorded[GUARDIAN_HASH_LEN];
@@ -2369,9 +1386,9 @@ static CK_RV settle_tx(struct guardian_store *st, void *ctx)
         rv = CKR_GUARDIAN_AUDIT_CORRUPT;
         goto out;
     }
-    if (sqlite3_column_type(s, 1) != SQLITE_NULL || sqlite3_column_type(s, 2) != SQLITE_NULL) {
+    if (!col_is_null(s, 1) || !col_is_null(s, 2)) {
         guardian_error(STORE_LOG, "serial %llu of %s/%s is already %s", (unsigned long long)a->serial, a->oem_id,
-                       a->product_id, sqlite3_column_type(s, 1) != SQLITE_NULL ? "issued" : "released");
+                       a->product_id, !col_is_null(s, 1) ? "issued" : "released");
         rv = CKR_ARGUMENTS_BAD;
         goto out;
     }
@@ -2395,21 +1412,21 @@ static CK_RV settle_tx(struct guardian_store *st, void *ctx)
 
     if (a->type == GUARDIAN_AUDIT_ISSUE)
         rv = stmt_step(st, S_ISSUANCE_SET_ISSUED, &s, NULL, "record an issue", "ttiibb", a->oem_id, a->product_id,
-                       (sqlite3_int64)a->serial, (sqlite3_int64)rec.seq, a->digest, GUARDIAN_HASH_LEN, a->device_id,
+                       (store_int)a->serial, (store_int)rec.seq, a->digest, GUARDIAN_HASH_LEN, a->device_id,
                        (int)a->device_id_len);
     else
         rv = stmt_step(st, S_ISSUANCE_SET_RELEASED, &s, NULL, "record a release", "ttii", a->oem_id, a->product_id,
-                       (sqlite3_int64)a->serial, (sqlite3_int64)rec.seq);
+                       (store_int)a->serial, (store_int)rec.seq);
     if (rv != CKR_OK)
         goto out;
-    if (sqlite3_changes(st->db) != 1) {
+    if (store_changes(st) != 1) {
         guardian_error(STORE_LOG, "a reservation changed under a write transaction");
         rv = CKR_GUARDIAN_STORE_FAILED;
         goto out;
     }
     stmt_done(s);
     if (a->type == GUARDIAN_AUDIT_ISSUE && a->cert != NULL) {
-        rv = stmt_step(st, S_CERTIFICATE_INSERT, &s, NULL, "record a certificate", "ib", (sqlite3_int64)rec.seq,
+        rv = stmt_step(st, S_CERTIFICATE_INSERT, &s, NULL, "record a certificate", "ib", (store_int)rec.seq,
                        a->cert, (int)a->cert_len);
         if (rv != CKR_OK)
             goto out;
@@ -2425,8 +1442,8 @@ static CK_RV settle_tx(struct guardian_store *st, void *ctx)
     if (a->type == GUARDIAN_AUDIT_RELEASE) {
         /* Counted back against the package it was counted against. */
         rv = stmt_step(st, S_PACKAGE_COUNT, &s, NULL, "count a unit back", "bi", package_id,
-                       GUARDIAN_PACKAGE_ID_LEN, (sqlite3_int64)-1);
-        if (rv == CKR_OK && sqlite3_changes(st->db) != 1) {
+                       GUARDIAN_PACKAGE_ID_LEN, (store_int)-1);
+        if (rv == CKR_OK && store_changes(st) != 1) {
             guardian_error(STORE_LOG, "serial %llu of %s/%s: nothing to count back", (unsigned long long)a->serial,
                            a->oem_id, a->product_id);
             rv = CKR_GUARDIAN_STORE_FAILED;
@@ -2482,7 +1499,7 @@ CK_RV guardian_store_certificate_get(struct guardian_store *st, const char *oem_
                                      uint64_t serial, uint8_t **der, size_t *len)
 {
     CK_RV rv;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     bool row = false;
 
     if (st == NULL || !id_ok(oem_id) || !id_ok(product_id) || der == NULL || len == NULL || serial > INT64_MAX)
@@ -2493,7 +1510,7 @@ CK_RV guardian_store_certificate_get(struct guardian_store *st, const char *oem_
     if (rv != CKR_OK)
         return rv;
     rv = stmt_step(st, S_CERTIFICATE_GET, &s, &row, "read a certificate", "tti", oem_id, product_id,
-                   (sqlite3_int64)serial);
+                   (store_int)serial);
     if (rv == CKR_OK && row)
         rv = column_blob_dup(s, 0, der, len);
     stmt_done(s);
@@ -2551,9 +1568,9 @@ struct credential_args {
 static CK_RV credential_failures_locked(struct guardian_store *st, int role, const char *key, bool *found,
                                         uint32_t *failures)
 {
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     uint64_t f = 0;
-    CK_RV rv = stmt_step(st, S_CREDENTIAL_GET, &s, found, "read a credential", "it", (sqlite3_int64)role, key);
+    CK_RV rv = stmt_step(st, S_CREDENTIAL_GET, &s, found, "read a credential", "it", (store_int)role, key);
 
     if (rv == CKR_OK && *found) {
         if (!column_uint(s, 5, UINT32_MAX, &f)) {
@@ -2571,12 +1588,12 @@ static CK_RV credential_put_tx(struct guardian_store *st, void *ctx)
     struct credential_args *a = ctx;
     const struct guardian_credential *c = a->cred;
     int64_t now = (int64_t)time(NULL);
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     CK_RV rv;
 
-    rv = stmt_step(st, S_CREDENTIAL_PUT, &s, NULL, "write a credential", "itbbiiii", (sqlite3_int64)a->role, a->key,
-                   c->salt, (int)sizeof(c->salt), c->hash, (int)sizeof(c->hash), (sqlite3_int64)c->kdf_n,
-                   (sqlite3_int64)c->kdf_r, (sqlite3_int64)c->kdf_p, (sqlite3_int64)now);
+    rv = stmt_step(st, S_CREDENTIAL_PUT, &s, NULL, "write a credential", "itbbiiii", (store_int)a->role, a->key,
+                   c->salt, (int)sizeof(c->salt), c->hash, (int)sizeof(c->hash), (store_int)c->kdf_n,
+                   (store_int)c->kdf_r, (store_int)c->kdf_p, (store_int)now);
     stmt_done(s);
     if (rv == CKR_OK)
         rv = credential_record_locked(st, a->action, a->subject, now);
@@ -2586,11 +1603,11 @@ static CK_RV credential_put_tx(struct guardian_store *st, void *ctx)
 static CK_RV credential_remove_tx(struct guardian_store *st, void *ctx)
 {
     struct credential_args *a = ctx;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     CK_RV rv;
 
-    rv = stmt_step(st, S_CREDENTIAL_DELETE, &s, NULL, "remove a credential", "it", (sqlite3_int64)a->role, a->key);
-    if (rv == CKR_OK && sqlite3_changes(st->db) != 1)
+    rv = stmt_step(st, S_CREDENTIAL_DELETE, &s, NULL, "remove a credential", "it", (store_int)a->role, a->key);
+    if (rv == CKR_OK && store_changes(st) != 1)
         rv = CKR_USER_PIN_NOT_INITIALIZED;
     stmt_done(s);
     if (rv == CKR_OK)
@@ -2601,15 +1618,15 @@ static CK_RV credential_remove_tx(struct guardian_store *st, void *ctx)
 static CK_RV credential_failed_tx(struct guardian_store *st, void *ctx)
 {
     struct credential_args *a = ctx;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     bool found = false;
     CK_RV rv;
 
-    rv = stmt_step(st, S_CREDENTIAL_FAILED, &s, NULL, "count a failed login", "it", (sqlite3_int64)a->role, a->key);
+    rv = stmt_step(st, S_CREDENTIAL_FAILED, &s, NULL, "count a failed login", "it", (store_int)a->role, a->key);
     stmt_done(s);
     if (rv != CKR_OK)
         return rv;
-    if (sqlite3_changes(st->db) != 1)
+    if (store_changes(st) != 1)
         return CKR_USER_PIN_NOT_INITIALIZED;
     rv = credential_failures_locked(st, a->role, a->key, &found, &a->failures);
     if (rv == CKR_OK && !found) {
@@ -2628,7 +1645,7 @@ static CK_RV credential_failed_tx(struct guardian_store *st, void *ctx)
 static CK_RV credential_succeeded_tx(struct guardian_store *st, void *ctx)
 {
     struct credential_args *a = ctx;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     bool found = false;
     uint32_t failures = 0;
     CK_RV rv = credential_failures_locked(st, a->role, a->key, &found, &failures);
@@ -2639,7 +1656,7 @@ static CK_RV credential_succeeded_tx(struct guardian_store *st, void *ctx)
         return CKR_USER_PIN_NOT_INITIALIZED;
     if (failures == 0)
         return CKR_OK; /* nothing to write: the COMMIT of an unchanged database syncs nothing */
-    rv = stmt_step(st, S_CREDENTIAL_SUCCEEDED, &s, NULL, "reset the failed logins", "it", (sqlite3_int64)a->role,
+    rv = stmt_step(st, S_CREDENTIAL_SUCCEEDED, &s, NULL, "reset the failed logins", "it", (store_int)a->role,
                    a->key);
     stmt_done(s);
     return rv;
@@ -2649,7 +1666,7 @@ CK_RV guardian_store_credential_get(struct guardian_store *st, int role, const c
                                     struct guardian_credential *out)
 {
     uint64_t n = 0, r = 0, p = 0, failures = 0;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     const char *key = NULL;
     bool row = false;
     CK_RV rv;
@@ -2660,7 +1677,7 @@ CK_RV guardian_store_credential_get(struct guardian_store *st, int role, const c
     rv = store_enter(st);
     if (rv != CKR_OK)
         return rv;
-    rv = stmt_step(st, S_CREDENTIAL_GET, &s, &row, "read a credential", "it", (sqlite3_int64)role, key);
+    rv = stmt_step(st, S_CREDENTIAL_GET, &s, &row, "read a credential", "it", (store_int)role, key);
     if (rv != CKR_OK)
         goto out;
     if (!row) {
@@ -2670,7 +1687,7 @@ CK_RV guardian_store_credential_get(struct guardian_store *st, int role, const c
     if (!column_blob_exact(s, 0, out->salt, sizeof(out->salt)) ||
         !column_blob_exact(s, 1, out->hash, sizeof(out->hash)) || !column_uint(s, 2, UINT32_MAX, &n) ||
         !column_uint(s, 3, UINT32_MAX, &r) || !column_uint(s, 4, UINT32_MAX, &p) ||
-        !column_uint(s, 5, UINT32_MAX, &failures) || sqlite3_column_type(s, 6) != SQLITE_INTEGER) {
+        !column_uint(s, 5, UINT32_MAX, &failures) || !col_is_int(s, 6)) {
         guardian_error(STORE_LOG, "a credential row is malformed");
         rv = CKR_GUARDIAN_STORE_FAILED;
         goto out;
@@ -2681,7 +1698,7 @@ CK_RV guardian_store_credential_get(struct guardian_store *st, int role, const c
     out->kdf_r = (uint32_t)r;
     out->kdf_p = (uint32_t)p;
     out->failures = (uint32_t)failures;
-    out->changed_at = sqlite3_column_int64(s, 6);
+    out->changed_at = col_int(s, 6);
     rv = CKR_OK;
 out:
     stmt_done(s);
@@ -2765,24 +1782,19 @@ CK_RV guardian_store_credential_summary(struct guardian_store *st, bool *so_set,
     bool so = false;
     size_t users = 0, locked = 0;
     uint32_t user_max = 0, so_fail = 0;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
+    bool row = false;
     CK_RV rv;
-    int rc;
 
     if (st == NULL)
         return CKR_ARGUMENTS_BAD;
     rv = store_enter(st);
     if (rv != CKR_OK)
         return rv;
-    rv = stmt_get(st, S_CREDENTIAL_SUMMARY, &s);
-    if (rv != CKR_OK)
-        goto out;
-    rc = bind_all(s, "i", (sqlite3_int64)GUARDIAN_CREDENTIAL_MAX_FAILURES);
-    while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+    rv = stmt_step(st, S_CREDENTIAL_SUMMARY, &s, &row, "summarise the credentials", "i",
+                   (store_int)GUARDIAN_CREDENTIAL_MAX_FAILURES);
+    while (rv == CKR_OK && row) {
         uint64_t role = 0, count = 0, max = 0, n_locked = 0;
-        rc = sqlite3_step(s);
-        if (rc != SQLITE_ROW)
-            break;
         if (!column_uint(s, 0, CKU_USER, &role) || !column_uint(s, 1, INT64_MAX, &count) ||
             !column_uint(s, 2, UINT32_MAX, &max) || !column_uint(s, 3, INT64_MAX, &n_locked)) {
             guardian_error(STORE_LOG, "the credentials are malformed");
@@ -2797,8 +1809,8 @@ CK_RV guardian_store_credential_summary(struct guardian_store *st, bool *so_set,
             user_max = (uint32_t)max;
             locked = (size_t)n_locked;
         }
+        rv = stmt_next(st, s, &row, "summarise the credentials");
     }
-    rv = map_sqlite(st, rc, "summarise the credentials");
 out:
     stmt_done(s);
     store_leave(st);
@@ -3001,25 +2013,19 @@ struct open_serial {
 
 /* The serials `holder` reserved that are neither issued, released nor already
  * declared lost, in (OEM, product, serial) order; *list malloc'd. */
-static CK_RV holder_open_serials(struct guardian_store *st, sqlite3_int64 holder, struct open_serial **list,
+static CK_RV holder_open_serials(struct guardian_store *st, store_int holder, struct open_serial **list,
                                  size_t *count)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     struct open_serial *grown, *o;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     size_t cap = 0;
-    int rc;
+    bool row = false;
 
     *list = NULL;
     *count = 0;
-    rv = stmt_get(st, S_ISSUANCE_OPEN_BY_HOLDER, &s);
-    if (rv != CKR_OK)
-        goto out;
-    rc = bind_all(s, "i", holder);
-    while (rc == SQLITE_OK || rc == SQLITE_ROW) {
-        rc = sqlite3_step(s);
-        if (rc != SQLITE_ROW)
-            break;
+    rv = stmt_step(st, S_ISSUANCE_OPEN_BY_HOLDER, &s, &row, "list a holder's open reservations", "i", holder);
+    while (rv == CKR_OK && row) {
         if (*count == cap) {
             cap = cap != 0 ? 2 * cap : 64;
             grown = realloc(*list, cap * sizeof(**list));
@@ -3038,8 +2044,8 @@ static CK_RV holder_open_serials(struct guardian_store *st, sqlite3_int64 holder
             goto out;
         }
         (*count)++;
+        rv = stmt_next(st, s, &row, "list a holder's open reservations");
     }
-    rv = map_sqlite(st, rc, "list a holder's open reservations");
 out:
     stmt_done(s);
     if (rv != CKR_OK) {
@@ -3056,13 +2062,13 @@ out:
  * counted; the serials are marked so that no later opener declares them
  * again, and may still be issued by their holder if it is alive after all
  * (its journal deleted under it). */
-static CK_RV journal_lost_locked(struct guardian_store *st, sqlite3_int64 holder, const char *journal, int reason,
+static CK_RV journal_lost_locked(struct guardian_store *st, store_int holder, const char *journal, int reason,
                                  const uint8_t digest[GUARDIAN_HASH_LEN])
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     struct open_serial *list = NULL;
     struct guardian_audit_record rec;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     size_t count = 0, name_len = strnlen(journal, GUARDIAN_DEVICE_ID_MAX);
     long pid = journal_pid(journal);
     char process[32];
@@ -3099,11 +2105,11 @@ static CK_RV journal_lost_locked(struct guardian_store *st, sqlite3_int64 holder
         if (rv != CKR_OK)
             goto out;
         rv = stmt_step(st, S_ISSUANCE_SET_LOST, &s, NULL, "mark serials lost", "ttiiii", a->oem_id, a->product_id,
-                       (sqlite3_int64)a->serial, (sqlite3_int64)(a->serial + (j - i) - 1), holder,
-                       (sqlite3_int64)rec.seq);
+                       (store_int)a->serial, (store_int)(a->serial + (j - i) - 1), holder,
+                       (store_int)rec.seq);
         if (rv != CKR_OK)
             goto out;
-        if ((size_t)sqlite3_changes(st->db) != j - i) {
+        if ((size_t)store_changes(st) != j - i) {
             guardian_error(STORE_LOG, "reservations changed under a write transaction");
             rv = CKR_GUARDIAN_STORE_FAILED;
             goto out;
@@ -3123,9 +2129,9 @@ out:
     return rv;
 }
 
-static CK_RV holder_forget_locked(struct guardian_store *st, sqlite3_int64 holder)
+static CK_RV holder_forget_locked(struct guardian_store *st, store_int holder)
 {
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     CK_RV rv = stmt_step(st, S_HOLDER_DELETE, &s, NULL, "forget a holder", "i", holder);
     stmt_done(s);
     return rv;
@@ -3149,8 +2155,8 @@ struct recover_args {
 static CK_RV recover_tx(struct guardian_store *st, void *ctx)
 {
     struct recover_args *a = ctx;
-    sqlite3_stmt *s = NULL;
-    sqlite3_int64 holder = 0;
+    struct store_stmt *s = NULL;
+    store_int holder = 0;
     bool row = false;
     CK_RV rv = journal_fold_locked(st, a->fd, a->name, -1, &a->fr);
 
@@ -3162,7 +2168,7 @@ static CK_RV recover_tx(struct guardian_store *st, void *ctx)
          * records are folded, and a damage has no serials to name. */
         goto out;
     }
-    holder = sqlite3_column_int64(s, 0);
+    holder = col_int(s, 0);
     stmt_done(s);
     s = NULL;
     if (a->fr.damaged)
@@ -3228,7 +2234,7 @@ static CK_RV journal_recover(struct guardian_store *st)
 }
 
 struct orphan_args {
-    sqlite3_int64 id;
+    store_int id;
     char journal[NAME_MAX + 1];
 };
 
@@ -3239,7 +2245,7 @@ static CK_RV orphan_tx(struct guardian_store *st, void *ctx)
 {
     static const uint8_t zeros[GUARDIAN_HASH_LEN];
     struct orphan_args *a = ctx;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     struct stat sb;
     bool row = false;
     CK_RV rv = stmt_step(st, S_HOLDER_GET, &s, &row, "look up a holder", "i", a->id);
@@ -3262,16 +2268,16 @@ static CK_RV journal_orphans(struct guardian_store *st)
 {
     struct orphan_args *list = NULL, *grown;
     size_t count = 0, cap = 0;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
+    bool row = false;
     CK_RV rv;
-    int rc = SQLITE_OK;
 
     rv = store_enter(st);
     if (rv != CKR_OK)
         return rv;
-    rv = stmt_get(st, S_HOLDERS_ALL, &s);
-    while (rv == CKR_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        const unsigned char *name = sqlite3_column_text(s, 1);
+    rv = stmt_step(st, S_HOLDERS_ALL, &s, &row, "list the holders", "");
+    while (rv == CKR_OK && row) {
+        const char *name = col_text(s, 1);
         if (count == cap) {
             cap = cap != 0 ? 2 * cap : 16;
             grown = realloc(list, cap * sizeof(*list));
@@ -3281,12 +2287,11 @@ static CK_RV journal_orphans(struct guardian_store *st)
             }
             list = grown;
         }
-        list[count].id = sqlite3_column_int64(s, 0);
-        snprintf(list[count].journal, sizeof(list[count].journal), "%s", name != NULL ? (const char *)name : "");
+        list[count].id = col_int(s, 0);
+        snprintf(list[count].journal, sizeof(list[count].journal), "%s", name != NULL ? name : "");
         count++;
+        rv = stmt_next(st, s, &row, "list the holders");
     }
-    if (rv == CKR_OK)
-        rv = map_sqlite(st, rc, "list the holders");
     stmt_done(s);
     store_leave(st);
 
@@ -3511,29 +2516,24 @@ static CK_RV audit_page_read(struct guardian_store *st, uint64_t from, uint64_t 
                              struct guardian_audit_record *page, size_t cap, size_t *count, bool *bad)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
-    sqlite3_stmt *s = NULL;
-    int rc;
+    struct store_stmt *s = NULL;
+    bool row = false;
 
     *count = 0;
     *bad = false;
-    rv = stmt_get(st, S_AUDIT_PAGE, &s);
-    if (rv != CKR_OK)
-        goto out;
-    rc = bind_all(s, "iii", (sqlite3_int64)from, (sqlite3_int64)to, (sqlite3_int64)cap);
-    if (rc != SQLITE_OK) {
-        rv = map_sqlite(st, rc, "read the audit trail");
-        goto out;
-    }
-    while (*count < cap && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if (cap == 0)
+        return CKR_OK;
+    rv = stmt_step(st, S_AUDIT_PAGE, &s, &row, "read the audit trail", "iii", (store_int)from, (store_int)to,
+                   (store_int)cap);
+    while (rv == CKR_OK && row) {
         if (!audit_from_row(s, &page[*count])) {
             *bad = true;
-            rc = SQLITE_DONE;
             break;
         }
-        (*count)++;
+        if (++*count == cap)
+            break;
+        rv = stmt_next(st, s, &row, "read the audit trail");
     }
-    rv = map_sqlite(st, rc, "read the audit trail");
-out:
     stmt_done(s);
     return rv;
 }
@@ -3647,7 +2647,7 @@ struct export_args {
 static CK_RV export_tx(struct guardian_store *st, void *ctx)
 {
     struct export_args *a = ctx;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     uint8_t head_hash[GUARDIAN_HASH_LEN];
     uint64_t head_seq = 0;
     bool row = false;
@@ -3729,10 +2729,6 @@ static uint64_t get_be(const uint8_t *p, int n)
     return v;
 }
 
-static const char anchor_entries_sql[] =
-    "SELECT k.package_id, COALESCE(p.next_serial, 0) FROM packages k "
-    "LEFT JOIN products p ON p.package_id = k.package_id ORDER BY k.import_seq";
-
 uint64_t guardian_store_anchor_seq(const uint8_t *buf, size_t len)
 {
     return buf != NULL && len >= ANCHOR_HEADER && memcmp(buf, ANCHOR_MAGIC, 4) == 0 ? get_be(buf + 8, 8) : 0;
@@ -3775,12 +2771,12 @@ void guardian_store_anchor_unlock(struct guardian_store *st)
 
 CK_RV guardian_store_anchor_get(struct guardian_store *st, uint8_t **buf, size_t *len)
 {
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     uint8_t *b = NULL;
     size_t cap = ANCHOR_HEADER + 16 * ANCHOR_ENTRY, n = 0;
     uint64_t seq = 0;
     CK_RV rv = st != NULL && buf != NULL && len != NULL ? store_enter(st) : CKR_ARGUMENTS_BAD;
-    int rc;
+    bool row = false;
 
     if (rv != CKR_OK)
         return rv;
@@ -3795,8 +2791,8 @@ CK_RV guardian_store_anchor_get(struct guardian_store *st, uint8_t **buf, size_t
     if (rv != CKR_OK)
         goto out;
     put_be(b + 8, seq, 8);
-    rc = sqlite3_prepare_v2(st->db, anchor_entries_sql, -1, &s, NULL);
-    while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW && n < ANCHOR_MAX_ENTRIES) {
+    rv = stmt_step(st, S_ANCHOR_ENTRIES, &s, &row, "read the packages for the anchor", "");
+    while (rv == CKR_OK && row && n < ANCHOR_MAX_ENTRIES) {
         uint8_t *e;
         uint64_t next = 0;
         if (ANCHOR_HEADER + (n + 1) * ANCHOR_ENTRY > cap) {
@@ -3815,34 +2811,27 @@ CK_RV guardian_store_anchor_get(struct guardian_store *st, uint8_t **buf, size_t
         }
         put_be(e + GUARDIAN_PACKAGE_ID_LEN, next, 8);
         n++;
-        rc = SQLITE_OK;
+        rv = stmt_next(st, s, &row, "read the packages for the anchor");
     }
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
-        rv = map_sqlite(st, rc, "read the packages for the anchor");
+    if (rv != CKR_OK)
         goto out;
-    }
     put_be(b + 16 + GUARDIAN_HASH_LEN, n, 4);
     *buf = b;
     *len = ANCHOR_HEADER + n * ANCHOR_ENTRY;
     b = NULL;
     rv = CKR_OK;
 out:
-    sqlite3_finalize(s);
+    stmt_done(s);
     free(b);
     store_leave(st);
     return rv;
 }
 
-static const char anchor_package_sql[] =
-    "SELECT 0, COALESCE(p.next_serial, 0), k.oem_id, k.product_id, k.release_version, "
-    "(SELECT next_serial FROM products q WHERE q.oem_id = k.oem_id AND q.product_id = k.product_id) "
-    "FROM packages k LEFT JOIN products p ON p.package_id = k.package_id WHERE k.package_id = ?1";
-
 CK_RV guardian_store_anchor_check(struct guardian_store *st, const uint8_t *buf, size_t len, int *newer)
 {
     uint8_t hash[GUARDIAN_HASH_LEN];
     uint64_t seq = 0, a_seq, n;
-    sqlite3_stmt *s = NULL, *rec = NULL;
+    struct store_stmt *s = NULL, *rec = NULL;
     bool ahead = false;
     CK_RV rv = st != NULL && buf != NULL && newer != NULL ? store_enter(st) : CKR_ARGUMENTS_BAD;
 
@@ -3871,12 +2860,9 @@ CK_RV guardian_store_anchor_check(struct guardian_store *st, const uint8_t *buf,
     if (a_seq > 0) {
         bool row = false;
         uint8_t at[GUARDIAN_HASH_LEN];
-        int rc = sqlite3_prepare_v2(st->db, "SELECT hash FROM audit WHERE seq = ?1", -1, &rec, NULL);
-        if (rc == SQLITE_OK && sqlite3_bind_int64(rec, 1, (sqlite3_int64)a_seq) == SQLITE_OK)
-            rc = sqlite3_step(rec);
-        row = rc == SQLITE_ROW;
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-            rv = map_sqlite(st, rc, "read the anchored record");
+        CK_RV qrv = stmt_step(st, S_AUDIT_HASH_AT, &rec, &row, "read the anchored record", "i", (store_int)a_seq);
+        if (qrv != CKR_OK) {
+            rv = qrv;
             goto out;
         }
         if (!row || !column_blob_exact(rec, 0, at, GUARDIAN_HASH_LEN) ||
@@ -3891,19 +2877,16 @@ CK_RV guardian_store_anchor_check(struct guardian_store *st, const uint8_t *buf,
         const uint8_t *e = buf + ANCHOR_HEADER + i * ANCHOR_ENTRY;
         uint64_t want_next = get_be(e + GUARDIAN_PACKAGE_ID_LEN, 8);
         uint64_t next = 0, product_next = 0;
-        int rc;
-        sqlite3_finalize(s);
-        s = NULL;
-        rc = sqlite3_prepare_v2(st->db, anchor_package_sql, -1, &s, NULL);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_blob(s, 1, e, GUARDIAN_PACKAGE_ID_LEN, SQLITE_STATIC);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_step(s);
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-            rv = map_sqlite(st, rc, "read a package for the anchor");
+        bool row = false;
+        CK_RV qrv;
+        stmt_done(s);
+        qrv = stmt_step(st, S_ANCHOR_PACKAGE, &s, &row, "read a package for the anchor", "b", e,
+                        GUARDIAN_PACKAGE_ID_LEN);
+        if (qrv != CKR_OK) {
+            rv = qrv;
             goto out;
         }
-        if (rc == SQLITE_DONE) {
+        if (!row) {
             guardian_error(STORE_LOG, "the state store lacks package %llu of the token's anchor (a restored backup, or "
                                       "a database edited or swapped): it could be imported again",
                            (unsigned long long)i + 1);
@@ -3913,14 +2896,14 @@ CK_RV guardian_store_anchor_check(struct guardian_store *st, const uint8_t *buf,
             rv = CKR_GUARDIAN_AUDIT_CORRUPT;
             goto out;
         }
-        if (sqlite3_column_type(s, 5) == SQLITE_INTEGER)
-            product_next = (uint64_t)sqlite3_column_int64(s, 5);
+        if (col_is_int(s, 5))
+            product_next = (uint64_t)col_int(s, 5);
         if (want_next > 0 && product_next < want_next) {
             guardian_error(STORE_LOG, "the state store is behind the token's anchor for %s/%s r%lld: next serial %llu, "
                                       "the token has seen %llu (a restored backup or an edited database): units and "
                                       "serials would be granted twice",
-                           (const char *)sqlite3_column_text(s, 2), (const char *)sqlite3_column_text(s, 3),
-                           (long long)sqlite3_column_int64(s, 4), (unsigned long long)product_next,
+                           col_text(s, 2), col_text(s, 3),
+                           (long long)col_int(s, 4), (unsigned long long)product_next,
                            (unsigned long long)want_next);
             goto out;
         }
@@ -3929,8 +2912,8 @@ CK_RV guardian_store_anchor_check(struct guardian_store *st, const uint8_t *buf,
     *newer = ahead;
     rv = CKR_OK;
 out:
-    sqlite3_finalize(s);
-    sqlite3_finalize(rec);
+    stmt_done(s);
+    stmt_done(rec);
     store_leave(st);
     return rv;
 }
@@ -3945,40 +2928,26 @@ struct retire_args {
     bool already;
 };
 
-static const char retire_package_sql[] =
-    "SELECT k.package_id, COALESCE(p.package_id = k.package_id, 0) FROM packages k "
-    "LEFT JOIN products p ON p.oem_id = k.oem_id AND p.product_id = k.product_id "
-    "WHERE k.oem_id = ?1 AND k.product_id = ?2 AND k.release_version = ?3";
-static const char retire_record_sql[] = "SELECT seq, time, operator, hash FROM audit WHERE type = ?1 AND package_id = ?2 "
-                                        "ORDER BY seq LIMIT 1";
 
 static CK_RV retire_tx(struct guardian_store *st, void *ctx)
 {
     struct retire_args *a = ctx;
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
     uint64_t current = 0, seq = 0, t = 0;
-    CK_RV rv = CKR_GUARDIAN_AUDIT_CORRUPT;
-    int rc = sqlite3_prepare_v2(st->db, retire_package_sql, -1, &s, NULL);
+    bool row = false;
+    CK_RV rv = stmt_step(st, S_RETIRE_PACKAGE, &s, &row, "read the package to retire", "tti", a->oem_id,
+                         a->product_id, (store_int)a->release);
 
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_text(s, 1, a->oem_id, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_text(s, 2, a->product_id, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)a->release);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(s);
-    if (rc == SQLITE_DONE) {
+    if (rv != CKR_OK)
+        goto out;
+    if (!row) {
         guardian_error(STORE_LOG, "no release %u of %s/%s was imported", (unsigned)a->release, a->oem_id,
                        a->product_id);
         rv = CKR_GUARDIAN_PRODUCT_UNKNOWN;
         goto out;
     }
-    if (rc != SQLITE_ROW) {
-        rv = map_sqlite(st, rc, "read the package to retire");
-        goto out;
-    }
+    rv = CKR_GUARDIAN_AUDIT_CORRUPT;
     if (!column_blob_exact(s, 0, package_id, sizeof(package_id)) || !column_uint(s, 1, 1, &current))
         goto out;
     if (current) {
@@ -3987,22 +2956,15 @@ static CK_RV retire_tx(struct guardian_store *st, void *ctx)
         rv = CKR_GUARDIAN_RELEASE_CURRENT;
         goto out;
     }
-    sqlite3_finalize(s);
-    s = NULL;
-    rc = sqlite3_prepare_v2(st->db, retire_record_sql, -1, &s, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(s, 1, GUARDIAN_AUDIT_RETIRE);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_blob(s, 2, package_id, sizeof(package_id), SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(s);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        rv = map_sqlite(st, rc, "look for the release's RETIRE record");
+    stmt_done(s);
+    rv = stmt_step(st, S_RETIRE_RECORD, &s, &row, "look for the release's RETIRE record", "ib",
+                   (store_int)GUARDIAN_AUDIT_RETIRE, package_id, (int)sizeof(package_id));
+    if (rv != CKR_OK)
         goto out;
-    }
     memset(&a->rec, 0, sizeof(a->rec));
-    if (rc == SQLITE_ROW) {
-        const unsigned char *op = sqlite3_column_text(s, 2);
+    if (row) {
+        const char *op = col_text(s, 2);
+        rv = CKR_GUARDIAN_AUDIT_CORRUPT;
         if (!column_uint(s, 0, INT64_MAX, &seq) || !column_uint(s, 1, INT64_MAX, &t) ||
             !column_blob_exact(s, 3, a->rec.hash, sizeof(a->rec.hash)))
             goto out;
@@ -4010,7 +2972,7 @@ static CK_RV retire_tx(struct guardian_store *st, void *ctx)
         a->rec.type = GUARDIAN_AUDIT_RETIRE;
         a->rec.seq = seq;
         a->rec.time = (int64_t)t;
-        snprintf(a->rec.operator_name, sizeof(a->rec.operator_name), "%s", op != NULL ? (const char *)op : "");
+        snprintf(a->rec.operator_name, sizeof(a->rec.operator_name), "%s", op != NULL ? op : "");
     } else {
         rv = record_init(st, &a->rec, GUARDIAN_AUDIT_RETIRE, a->now, NULL);
         if (rv != CKR_OK)
@@ -4028,7 +2990,7 @@ static CK_RV retire_tx(struct guardian_store *st, void *ctx)
     a->rec.release_version = a->release;
     rv = CKR_OK;
 out:
-    sqlite3_finalize(s);
+    stmt_done(s);
     return rv;
 }
 
@@ -4070,7 +3032,7 @@ static bool device_args_ok(struct guardian_store *st, const char *oem_id, const 
 }
 
 /* A row of DEVICE_GET_SQL into *d (and the serial's package, may be NULL). */
-static CK_RV device_from_row(sqlite3_stmt *s, struct guardian_device_cert *d,
+static CK_RV device_from_row(struct store_stmt *s, struct guardian_device_cert *d,
                              uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN])
 {
     uint64_t outcome = 0;
@@ -4078,7 +3040,7 @@ static CK_RV device_from_row(sqlite3_stmt *s, struct guardian_device_cert *d,
 
     memset(d, 0, sizeof(*d));
     if (!column_uint(s, 0, INT64_MAX, &d->serial) || !column_uint(s, 2, GUARDIAN_OUTCOME_SCRAPPED, &outcome) ||
-        (sqlite3_column_type(s, 1) != SQLITE_NULL &&
+        (!col_is_null(s, 1) &&
          (!column_blob(s, 1, d->spki_hash, sizeof(d->spki_hash), &n) || n != GUARDIAN_HASH_LEN)) ||
         (package_id != NULL && !column_blob_exact(s, 4, package_id, GUARDIAN_PACKAGE_ID_LEN))) {
         guardian_error(STORE_LOG, "a device index row is malformed");
@@ -4095,11 +3057,10 @@ static CK_RV device_lookup_db(struct guardian_store *st, const char *oem_id, con
                               const uint8_t *device_id, size_t device_id_len, struct guardian_device_cert *d,
                               bool *found)
 {
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     CK_RV rv;
-    int rc;
 
-    if (st->rdb == NULL) {
+    if (!engine_has_reader(st)) {
         rv = store_enter(st);
         if (rv != CKR_OK)
             return rv;
@@ -4111,23 +3072,10 @@ static CK_RV device_lookup_db(struct guardian_store *st, const char *oem_id, con
         store_leave(st);
         return rv;
     }
-    pthread_mutex_lock(&st->read_lock);
-    s = st->rdb_device_get;
-    rc = bind_all(s, "ttb", oem_id, product_id, device_id, (int)device_id_len);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(s);
-    *found = rc == SQLITE_ROW;
-    if (rc == SQLITE_ROW)
+    rv = reader_device_get(st, &s, found, oem_id, product_id, device_id, device_id_len);
+    if (rv == CKR_OK && *found)
         rv = device_from_row(s, d, NULL);
-    else if (rc == SQLITE_DONE)
-        rv = CKR_OK;
-    else {
-        guardian_error(STORE_LOG, "look up a device: %s (SQLite %d): %s", sqlite3_errstr(rc), rc,
-                       sqlite3_errmsg(st->rdb));
-        rv = CKR_GUARDIAN_STORE_FAILED;
-    }
-    stmt_done(s);
-    pthread_mutex_unlock(&st->read_lock);
+    reader_done(st, s);
     if (rv != CKR_OK)
         guardian_store_device_cert_free(d);
     return rv;
@@ -4231,7 +3179,7 @@ void guardian_store_device_unclaim(struct guardian_store *st, const char *oem_id
 static CK_RV package_release_locked(struct guardian_store *st, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
                                     uint32_t *release)
 {
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     uint64_t r = 0;
     bool row = false;
     CK_RV rv = stmt_step(st, S_PACKAGE_GET, &s, &row, "read a package", "b", package_id, GUARDIAN_PACKAGE_ID_LEN);
@@ -4279,7 +3227,7 @@ static CK_RV device_get_locked(struct guardian_store *st, const char *oem_id, co
                                const uint8_t *device_id, size_t device_id_len, struct guardian_device_cert *d,
                                uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], bool *found)
 {
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     CK_RV rv = stmt_step(st, S_DEVICE_GET, &s, found, "look up a device", "ttb", oem_id, product_id, device_id,
                          (int)device_id_len);
 
@@ -4301,7 +3249,7 @@ static CK_RV reissue_tx(struct guardian_store *st, void *ctx)
     struct issue_args *a = &ra->issue;
     struct guardian_device_cert d;
     uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN], h[GUARDIAN_HASH_LEN];
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     bool found = false, has;
     CK_RV rv = device_get_locked(st, a->oem_id, a->product_id, a->device_id, a->device_id_len, &d, package_id,
                                  &found);
@@ -4320,7 +3268,7 @@ static CK_RV reissue_tx(struct guardian_store *st, void *ctx)
     if (rv != CKR_OK)
         return rv;
     rv = stmt_step(st, S_ISSUANCE_GET, &s, &found, "look up a reservation", "tti", a->oem_id, a->product_id,
-                   (sqlite3_int64)a->serial);
+                   (store_int)a->serial);
     if (rv == CKR_OK && (!found || !column_blob_exact(s, 3, package_id, sizeof(package_id))))
         rv = CKR_GUARDIAN_STORE_FAILED;
     stmt_done(s);
@@ -4331,10 +3279,10 @@ static CK_RV reissue_tx(struct guardian_store *st, void *ctx)
         return rv;
     has = cert_spki_hash(a->cert, a->cert_len, h);
     rv = stmt_step(st, S_DEVICE_MOVE, &s, NULL, "move a device to its new certificate", "ttbiibi", a->oem_id,
-                   a->product_id, a->device_id, (int)a->device_id_len, (sqlite3_int64)a->serial,
-                   (sqlite3_int64)a->issue_seq, has ? (const void *)h : NULL, has ? GUARDIAN_HASH_LEN : 0,
-                   (sqlite3_int64)ra->old_serial);
-    if (rv == CKR_OK && sqlite3_changes(st->db) != 1)
+                   a->product_id, a->device_id, (int)a->device_id_len, (store_int)a->serial,
+                   (store_int)a->issue_seq, has ? (const void *)h : NULL, has ? GUARDIAN_HASH_LEN : 0,
+                   (store_int)ra->old_serial);
+    if (rv == CKR_OK && store_changes(st) != 1)
         rv = CKR_GUARDIAN_STORE_FAILED;
     stmt_done(s);
     return rv;
@@ -4386,7 +3334,7 @@ static CK_RV outcome_tx(struct guardian_store *st, void *ctx)
     struct outcome_args *a = ctx;
     struct guardian_device_cert d = {0};
     uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN];
-    sqlite3_stmt *s = NULL;
+    struct store_stmt *s = NULL;
     bool found = false;
     int outcome;
     CK_RV rv = clock_check_locked(st, a->now, "part outcome");
@@ -4409,8 +3357,8 @@ static CK_RV outcome_tx(struct guardian_store *st, void *ctx)
     if (rv != CKR_OK)
         return rv;
     rv = stmt_step(st, S_DEVICE_SET_OUTCOME, &s, NULL, "record a part's outcome", "ttbi", a->oem_id, a->product_id,
-                   a->device_id, (int)a->device_id_len, (sqlite3_int64)a->outcome);
-    if (rv == CKR_OK && sqlite3_changes(st->db) != 1)
+                   a->device_id, (int)a->device_id_len, (store_int)a->outcome);
+    if (rv == CKR_OK && store_changes(st) != 1)
         rv = CKR_GUARDIAN_STORE_FAILED;
     stmt_done(s);
     a->recorded = rv == CKR_OK;
