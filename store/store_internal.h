@@ -262,4 +262,9 @@ void reader_done(struct guardian_store *st, struct store_stmt *s);
  * schema 6 migration. */
 bool cert_spki_hash(const uint8_t *cert, size_t cert_len, uint8_t out[GUARDIAN_HASH_LEN]);
 
+/* statedir.c: the state directory and its files */
+CK_RV state_dir_open(const char *dir, int *out);
+CK_RV state_file_open(const struct guardian_store *st, const char *name, int flags, int *fd);
+CK_RV state_files_prepare(const struct guardian_store *st);
+
 #endif
