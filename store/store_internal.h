@@ -257,6 +257,35 @@ void reader_done(struct guardian_store *st, struct store_stmt *s);
 
 /* ---- shared between the concerns --------------------------------------------------- */
 
+/* store.c: the handle.  same_process: false (and logged) in a process that
+ * did not open the store (after fork()).  store_enter/store_leave: the
+ * store's lock (`lock`; error-checking: re-entering from a commit_hook is
+ * CKR_GENERAL_ERROR, not a deadlock).  store_write: the one shape of every
+ * mutation - lock, begin (durable: see tx_begin), fold this process's issue
+ * journal into the trail, run fn (NULL: only the fold), commit if it returned
+ * CKR_OK and roll back otherwise, fold what was appended meanwhile and empty
+ * the journal once its records are committed, unlock. */
+bool same_process(const struct guardian_store *st);
+CK_RV store_enter(struct guardian_store *st);
+void store_leave(struct guardian_store *st);
+CK_RV store_write(struct guardian_store *st, bool durable, CK_RV (*fn)(struct guardian_store *st, void *ctx),
+                  void *ctx);
+/* The API's input checks: an OEM or product ID (1..GUARDIAN_ID_MAX bytes and
+ * a terminator), a device ID (1..GUARDIAN_DEVICE_ID_MAX bytes). */
+bool id_ok(const char *id);
+bool device_id_ok(const uint8_t *device_id, size_t len);
+
+/* trail.c: the audit trail inside a write transaction.  record_init: a new
+ * record of `type` dated `t`, encoding 2, naming operator_name or (NULL) the
+ * current operator, every other field zero; refused while the operator last
+ * set is invalid.  audit_append: fills seq, prev_hash and hash, inserts the
+ * record and moves the head.  audit_head_get: the last record's seq and hash.
+ * clock_check_locked: CKR_GUARDIAN_CLOCK_BEHIND when `now` is more than
+ * GUARDIAN_STORE_CLOCK_SLACK_S behind the newest record. */
+CK_RV record_init(struct guardian_store *st, struct guardian_audit_record *r, int type, int64_t t,
+                  const char *operator_name);
+CK_RV audit_append(struct guardian_store *st, struct guardian_audit_record *r);
+
 /* devices.c: SHA-256 of the SubjectPublicKeyInfo inside a certificate; false
  * if the certificate's outline cannot be read (journal.c).  Also used by the
  * schema 6 migration. */
