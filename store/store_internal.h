@@ -285,6 +285,8 @@ bool device_id_ok(const uint8_t *device_id, size_t len);
 CK_RV record_init(struct guardian_store *st, struct guardian_audit_record *r, int type, int64_t t,
                   const char *operator_name);
 CK_RV audit_append(struct guardian_store *st, struct guardian_audit_record *r);
+CK_RV audit_head_get(struct guardian_store *st, uint64_t *seq, uint8_t hash[GUARDIAN_HASH_LEN]);
+CK_RV clock_check_locked(struct guardian_store *st, int64_t now, const char *what);
 
 /* devices.c: SHA-256 of the SubjectPublicKeyInfo inside a certificate; false
  * if the certificate's outline cannot be read (journal.c).  Also used by the
