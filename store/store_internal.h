@@ -298,4 +298,12 @@ CK_RV state_dir_open(const char *dir, int *out);
 CK_RV state_file_open(const struct guardian_store *st, const char *name, int flags, int *fd);
 CK_RV state_files_prepare(const struct guardian_store *st);
 
+/* registry.c: packages and products (product_from_row: a row of S_PRODUCT_GET / S_PRODUCTS_ALL) */
+CK_RV product_from_row(struct store_stmt *s, struct guardian_product *p);
+CK_RV products_read_locked(struct guardian_store *st, struct guardian_product **list, size_t *count);
+CK_RV products_call(const struct guardian_product *list, size_t count,
+                    CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx);
+CK_RV package_release_locked(struct guardian_store *st, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
+                             uint32_t *release);
+
 #endif
