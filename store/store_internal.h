@@ -288,6 +288,29 @@ CK_RV audit_append(struct guardian_store *st, struct guardian_audit_record *r);
 CK_RV audit_head_get(struct guardian_store *st, uint64_t *seq, uint8_t hash[GUARDIAN_HASH_LEN]);
 CK_RV clock_check_locked(struct guardian_store *st, int64_t now, const char *what);
 
+/* counters.c: settling a reservation - ISSUE (the certificate left, or is
+ * about to leave, the Guardian) or RELEASE (it never will; the unit is
+ * counted back) - inside a write transaction: what to settle, and the ISSUE
+ * record's seq back.  Also how a journal's record is folded (journal_fold.c)
+ * and the ISSUE of a re-issue (devices.c). */
+struct issue_args {
+    const char *oem_id, *product_id;
+    uint64_t serial;
+    int64_t time; /* of the ISSUE record; 0: now */
+    int type; /* GUARDIAN_AUDIT_ISSUE or GUARDIAN_AUDIT_RELEASE */
+    const uint8_t *device_id;
+    size_t device_id_len;
+    const uint8_t *digest;
+    const uint8_t *cert;
+    size_t cert_len;
+    bool replay; /* from a journal: an ISSUE already recorded with this digest is fine */
+    const char *operator_name; /* from a journal: its record's operator; NULL: the current one */
+    uint64_t reissue_of; /* a re-issue (reissue_tx moves the device index): the device's serial until now */
+    uint64_t issue_seq;  /* out: the ISSUE record's seq */
+};
+/* ctx: a struct issue_args. */
+CK_RV settle_tx(struct guardian_store *st, void *ctx);
+
 /* devices.c: SHA-256 of the SubjectPublicKeyInfo inside a certificate; false
  * if the certificate's outline cannot be read (journal.c).  Also used by the
  * schema 6 migration. */
@@ -305,5 +328,13 @@ CK_RV products_call(const struct guardian_product *list, size_t count,
                     CK_RV (*fn)(const struct guardian_product *p, void *ctx), void *ctx);
 CK_RV package_release_locked(struct guardian_store *st, const uint8_t package_id[GUARDIAN_PACKAGE_ID_LEN],
                              uint32_t *release);
+
+/* devices.c: the index in this process (journal_lock held) and its row of an ISSUE */
+CK_RV device_index_issue(struct guardian_store *st, const struct issue_args *a, uint64_t seq);
+CK_RV device_journaled_jlocked(struct guardian_store *st, const char *oem_id, const char *product_id,
+                               const uint8_t *id, size_t len, uint64_t serial, const uint8_t *cert,
+                               size_t cert_len, struct device_entry **out);
+void device_unjournal_jlocked(struct guardian_store *st, struct device_entry *e);
+void devices_forget_journaled_jlocked(struct guardian_store *st);
 
 #endif
