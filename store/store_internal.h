@@ -311,6 +311,12 @@ struct issue_args {
 /* ctx: a struct issue_args. */
 CK_RV settle_tx(struct guardian_store *st, void *ctx);
 
+/* journal_fold.c: one ISSUE appended to this process's issue journal (one
+ * write(), under journal_lock alone: a write transaction of another thread
+ * does not hold it up), with its place in the device index first. */
+CK_RV journal_append(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
+                     const uint8_t *device_id, size_t device_id_len, const uint8_t *cert, size_t cert_len);
+
 /* devices.c: SHA-256 of the SubjectPublicKeyInfo inside a certificate; false
  * if the certificate's outline cannot be read (journal.c).  Also used by the
  * schema 6 migration. */
