@@ -311,7 +311,39 @@ struct issue_args {
 /* ctx: a struct issue_args. */
 CK_RV settle_tx(struct guardian_store *st, void *ctx);
 
-/* journal_fold.c: one ISSUE appended to this process's issue journal (one
+/* journal_fold.c: the issue journals (the record codec is journal.c's). */
+/* What folding one issue journal found. */
+struct fold_result {
+    size_t folded;                     /* ISSUE records folded (or found folded before) */
+    size_t size;                       /* bytes read from the file */
+    bool damaged;                      /* a cut or invalid record, or not the bytes its writer wrote */
+    uint8_t digest[GUARDIAN_HASH_LEN]; /* SHA-256 of the bytes read: set when damaged (it names them) */
+};
+
+/* This process's own journal, read whole with journal_lock held by the
+ * caller: its bytes, and `to`, the size its appends reached.  Only this
+ * process writes it (it holds the flock), so anything but the bytes it wrote
+ * means someone else changed it (fold_result.damaged). */
+struct own_journal {
+    uint8_t *buf;
+    off_t to;
+    bool nonempty; /* the file had bytes: empty it once they are committed */
+    struct fold_result fr;
+};
+/* store_write's part: this process's journal read (journal_lock held) and
+ * folded inside the write transaction, and the records appended meanwhile
+ * folded after it commits (the journal emptied once all are committed). */
+CK_RV own_journal_read_jlocked(struct guardian_store *st, struct own_journal *j);
+CK_RV own_journal_fold_locked(struct guardian_store *st, struct own_journal *j, off_t from);
+void journal_catch_up_locked(struct guardian_store *st, off_t folded, bool nonempty);
+/* At open, before this process has a journal or a holder row: fold the
+ * journals of processes that ended without closing the store, declare lost
+ * the open serials of holders whose journal is gone, then create this
+ * process's journal (locked, O_APPEND). */
+CK_RV journal_recover(struct guardian_store *st);
+CK_RV journal_orphans(struct guardian_store *st);
+CK_RV journal_open(struct guardian_store *st);
+/* One ISSUE appended to this process's issue journal (one
  * write(), under journal_lock alone: a write transaction of another thread
  * does not hold it up), with its place in the device index first. */
 CK_RV journal_append(struct guardian_store *st, const char *oem_id, const char *product_id, uint64_t serial,
