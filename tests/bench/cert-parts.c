@@ -7,7 +7,7 @@
  * The token and the state directory are the ones tests/bench/cert-bench.sh
  * made (an imported package, its production CA key in the token).  The steps
  * are those of mechs/derive_device_cert.c, called here directly (the
- * module's own sources: cert_builder.c, store.c), and the backend is SoftHSM
+ * module's own sources: cert_builder.c, store/), and the backend is SoftHSM
  * loaded alone, without the module:
  *
  *   device key check    guardian_device_key_check (strict DER + on-curve test)
