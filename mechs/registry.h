@@ -112,6 +112,12 @@ void guardian_selftest_atfork_child(void);
  * it cannot be seen.  The import counts enrolled roots only where it is true
  * (docs/threat-model.md). */
 bool guardian_trusted_so_only(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, char *why, size_t why_len);
+/* C_DestroyObject of `h` is allowed by the policy: when it is an enrolled
+ * root's certificate and the Guardian keeps roots in its ledger (service
+ * mode, the SO as the backend's user), remove the root from the ledger and
+ * record that first (mechs/enrol_root.c).  CKR_OK when there is nothing to
+ * do; otherwise the object must not be destroyed. */
+CK_RV guardian_root_destroying(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h);
 /* The self-tests themselves, for the mechanisms' tables. */
 int guardian_selftest_unwrap_package(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);
 int guardian_selftest_derive_device_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);

@@ -346,7 +346,7 @@ CK_RV guardian_policy_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT
         return CKR_OK;
     case SO_ONLY: {
         CK_SESSION_INFO si;
-        if (be->C_GetSessionInfo(s, &si) == CKR_OK && si.state == CKS_RW_SO_FUNCTIONS)
+        if (guardian_session_who(be, s, &si) == CKU_SO && (si.flags & CKF_RW_SESSION))
             return CKR_OK;
         rv = CKR_ACTION_PROHIBITED;
         break;

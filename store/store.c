@@ -19,6 +19,7 @@
  */
 #include "store.h"
 #include "journal.h"
+#include "store_internal.h"
 
 #include "guardian/guardian-pkcs11.h"
 
@@ -324,6 +325,23 @@ static CK_RV migrate_to_6(struct guardian_store *st, sqlite3 *db)
     return rv;
 }
 
+/* Schema 7: the ledger of enrolled OEM roots (store/roots.c, store.h). */
+static const char schema_v7[] =
+    "CREATE TABLE roots ("
+    "  sha256      BLOB    PRIMARY KEY CHECK (length(sha256) = 32),"
+    "  der         BLOB    NOT NULL CHECK (length(der) BETWEEN 1 AND 65536),"
+    "  oem_ids     TEXT    NOT NULL CHECK (length(oem_ids) BETWEEN 1 AND 1100),"
+    "  enrolled_at INTEGER NOT NULL,"
+    "  operator    TEXT    NOT NULL,"
+    "  enrol_seq   INTEGER NOT NULL CHECK (enrol_seq >= 1)"
+    ") WITHOUT ROWID;";
+
+static CK_RV migrate_to_7(struct guardian_store *st, sqlite3 *db)
+{
+    return map_sqlite(st, sqlite3_exec(db, schema_v7, NULL, NULL, NULL),
+                      "migrate the schema to version 7 (the OEM root ledger)");
+}
+
 struct migration {
     int to_version;
     /* Runs inside the migration's write transaction; may read and rewrite
@@ -339,6 +357,7 @@ static const struct migration migrations[] = {
     {4, migrate_to_4},
     {5, migrate_to_5},
     {6, migrate_to_6},
+    {7, migrate_to_7},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1259,6 +1278,68 @@ static CK_RV audit_append(struct guardian_store *st, struct guardian_audit_recor
 out:
     stmt_done(s);
     return rv;
+}
+
+/* ---- what store/roots.c borrows (store_internal.h) ------------------------------- */
+
+struct internal_call {
+    CK_RV (*fn)(struct guardian_store *st, sqlite3 *db, void *ctx);
+    void *ctx;
+};
+
+static CK_RV internal_tx(struct guardian_store *st, void *ctx)
+{
+    const struct internal_call *c = ctx;
+    return c->fn(st, st->db, c->ctx);
+}
+
+CK_RV guardian_store_internal_write(struct guardian_store *st,
+                                    CK_RV (*fn)(struct guardian_store *st, sqlite3 *db, void *ctx), void *ctx)
+{
+    struct internal_call c = {fn, ctx};
+    if (st == NULL || fn == NULL)
+        return CKR_ARGUMENTS_BAD;
+    return store_write(st, true, internal_tx, &c);
+}
+
+CK_RV guardian_store_internal_read(struct guardian_store *st,
+                                   CK_RV (*fn)(struct guardian_store *st, sqlite3 *db, void *ctx), void *ctx)
+{
+    CK_RV rv;
+    if (st == NULL || fn == NULL)
+        return CKR_ARGUMENTS_BAD;
+    rv = store_enter(st);
+    if (rv != CKR_OK)
+        return rv;
+    rv = fn(st, st->db, ctx);
+    store_leave(st);
+    return rv;
+}
+
+CK_RV guardian_store_internal_append(struct guardian_store *st, struct guardian_audit_record *r)
+{
+    struct guardian_audit_record rec = *r;
+    CK_RV rv = record_init(st, &rec, r->type, r->time, NULL);
+    if (rv != CKR_OK)
+        return rv;
+    memcpy(rec.oem_id, r->oem_id, sizeof(rec.oem_id));
+    memcpy(rec.product_id, r->product_id, sizeof(rec.product_id));
+    rec.serial = r->serial;
+    memcpy(rec.device_id, r->device_id, sizeof(rec.device_id));
+    rec.device_id_len = r->device_id_len;
+    memcpy(rec.digest, r->digest, sizeof(rec.digest));
+    memcpy(rec.package_id, r->package_id, sizeof(rec.package_id));
+    rec.release_version = r->release_version;
+    rec.authorised_units = r->authorised_units;
+    rv = audit_append(st, &rec);
+    if (rv == CKR_OK)
+        *r = rec;
+    return rv;
+}
+
+CK_RV guardian_store_internal_sqlite(struct guardian_store *st, int rc, const char *what)
+{
+    return map_sqlite(st, rc, what);
 }
 
 /* ---- open and close -------------------------------------------------------------- */
