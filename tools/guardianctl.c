@@ -769,12 +769,30 @@ static int cmd_cert(int argc, char **argv)
 
 /* ---- OEM roots ------------------------------------------------------------------------ */
 
+/* The enrolled roots' certificates: the token's trusted certificates, and
+ * the certificates labelled "guardian-root:" without CKA_TRUSTED that the
+ * module makes to list a root of its ledger where the token refuses a
+ * trusted certificate (opencryptoki, SoftHSM's user: mechs/enrol_root.c). */
 CK_ULONG list_roots(CK_OBJECT_HANDLE *out, CK_ULONG max)
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_BBOOL yes = CK_TRUE;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TRUSTED, &yes, 1}};
-    return find_all(t, 2, out, max);
+    CK_OBJECT_HANDLE all[256];
+    CK_ULONG n = find_all(t, 2, out, max), m = find_all(t, 1, all, 256);
+    for (CK_ULONG i = 0; i < m && n < max; i++) {
+        CK_ULONG len = 0, k;
+        unsigned char *label;
+        for (k = 0; k < n && out[k] != all[i]; k++)
+            ;
+        if (k < n)
+            continue;
+        label = get_attr(all[i], CKA_LABEL, &len);
+        if (label != NULL && len > strlen("guardian-root:") && strncmp((char *)label, "guardian-root:", 14) == 0)
+            out[n++] = all[i];
+        free(label);
+    }
+    return n;
 }
 
 /* How many enrolled roots have a SHA-256 fingerprint starting with `prefix`;
