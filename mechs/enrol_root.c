@@ -86,7 +86,7 @@ static CK_RV enrol_in_ledger(CK_FUNCTION_LIST *be, struct guardian_store *st, CK
         guardian_error("enrol", "OEM root sha256 %s is in the ledger, but the token's state anchor could not be moved "
                                 "over it (%s): it counts once the anchor moves (the next import or enrolment)",
                        fpr, ckr(rv));
-        return rv;
+        return CKR_GUARDIAN_ROOT_NOT_ANCHORED;
     }
     if (already)
         guardian_info("enrol", "OEM root sha256 %s was in the ledger already for %s", fpr, ids);

@@ -929,6 +929,10 @@ static int cmd_enroll(int argc, char **argv)
         die("%s is not a CA certificate", file);
     if (rv == CKR_ATTRIBUTE_VALUE_INVALID)
         die("the OEM IDs '%s' are not valid (1..64 characters of A-Z a-z 0-9 - . _ : each, at most 16)", ids);
+    if (rv == CKR_GUARDIAN_ROOT_NOT_ANCHORED)
+        die("enrolment not anchored: the root is in the Guardian's store, but the token refused its state anchor, "
+            "so the root does not count (%s; the module's log line names the backend's answer)",
+            ckr(rv));
     if (rv != CKR_OK)
         die("enrolment refused: %s (0x%lx); the module's log line says why", ckr(rv), (unsigned long)rv);
     P11(p11->C_Logout(session));

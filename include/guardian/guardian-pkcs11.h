@@ -331,6 +331,13 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * public key is not the production CA certificate's (the log line says
  * which).  Nothing was created or recorded. */
 #define CKR_GUARDIAN_CA_KEY_NOT_FOUND (CKR_GUARDIAN_BASE | 0x0038UL)
+/* An OEM root enrolled in the Guardian's ledger (a token that cannot hold
+ * roots: docs/threat-model.md section 2) whose enrolment could not be
+ * anchored: the backend refused the token's state anchor object (NSS
+ * softoken 3.87 makes no CKO_DATA token object) or it could not be moved.
+ * The ledger row and its ENROL record are in the store, but a root counts
+ * only at or before the anchored head: not until the anchor moves. */
+#define CKR_GUARDIAN_ROOT_NOT_ANCHORED (CKR_GUARDIAN_BASE | 0x0039UL)
 
 /* 0x0040..0x004F: Guardian requests and ownership. */
 /* A request object is malformed: unknown CKG_GUARDIAN_REQ_*, a missing or
