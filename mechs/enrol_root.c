@@ -18,7 +18,8 @@
  * instead (store/roots.c: a row and an ENROL audit record, the token's anchor
  * moved over it), by the Guardian's own Security Officer in service mode,
  * logged into the backend as its user (no backend_so_pin_file:
- * credentials.c).  The trusted certificate is still made where the token
+ * credentials.c; then on any token, opencryptoki's included, where nobody
+ * can make a trusted certificate).  The trusted certificate is still made where the token
  * lets the user make it, for list-oems and remove-oem; it counts for nothing
  * there.  Removing it through the module (C_DestroyObject in the SO's
  * session: guardian_root_destroying) removes the ledger row and records that.
@@ -67,12 +68,13 @@ static CK_RV enrol_in_ledger(CK_FUNCTION_LIST *be, struct guardian_store *st, CK
     char why[200];
     CK_RV rv;
 
-    if (guardian_trusted_so_only(be, session, why, sizeof(why))) {
-        guardian_error("enrol", "refused: this token keeps CKA_TRUSTED for its SO, and its enrolled roots are its "
-                                "trusted certificates: give the Guardian the backend's SO PIN (backend_so_pin_file) "
-                                "so that its Security Officer enrols in the token");
-        return CKR_GUARDIAN_CONFIG_INVALID;
-    }
+    /* Where the token keeps CKA_TRUSTED for its SO (SoftHSM), or nobody can
+     * make a trusted certificate (opencryptoki: the check reads that as the
+     * SO's), the Guardian SO without the backend's SO PIN cannot enrol in
+     * the token either: the ledger is the roots' place whenever the SO is the
+     * backend's user (the import reads it then: unwrap_package.c). */
+    if (guardian_trusted_so_only(be, session, why, sizeof(why)))
+        snprintf(why, sizeof(why), "the Guardian SO is the backend's user (no backend_so_pin_file)");
     rv = guardian_anchor_check(be, session, st);
     if (rv != CKR_OK)
         return rv;

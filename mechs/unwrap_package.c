@@ -248,7 +248,7 @@ static CK_RV ledger_roots(struct import *im, X509_STORE *store, const char *toke
         return rv;
     if (c.added == 0) {
         guardian_error("unwrap", "no OEM root is enrolled in this Guardian's ledger (guardianctl enroll-oem --oem-id, "
-                                 "as the Guardian's Security Officer in service mode)%s",
+                                 "as the Guardian's Security Officer in service mode without backend_so_pin_file)%s",
                        skipped ? "; rows of the ledger without their anchored ENROL record do not count" : "");
         return CKR_GUARDIAN_UNTRUSTED_SIGNER;
     }
@@ -278,7 +278,13 @@ static CK_RV enrolled_roots(struct import *im, X509_STORE **out)
 
     if (rv != CKR_OK)
         goto out;
-    if (!guardian_trusted_so_only(im->be, im->session, why, sizeof(why))) {
+    /* The ledger's roots where the token's trusted certificates prove no
+     * enrolment, and wherever the Guardian SO enrols as the backend's user
+     * (no backend_so_pin_file: enrol_root.c records there, whatever the token;
+     * opencryptoki lets nobody make a trusted certificate). */
+    if (guardian_so_as_backend_user() || !guardian_trusted_so_only(im->be, im->session, why, sizeof(why))) {
+        if (guardian_so_as_backend_user())
+            snprintf(why, sizeof(why), "the Guardian SO enrols as the backend's user (no backend_so_pin_file)");
         rv = ledger_roots(im, store, why);
         if (rv != CKR_OK)
             goto out;

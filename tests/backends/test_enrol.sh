@@ -99,13 +99,16 @@ fi
 grep -v '^backend_pin_file\|^backend_so_pin_file\|^pin_kdf_cost' "$WORK/guardian.conf" >"$WORK/inprocess.conf"
 umask 022
 
-gm() { backend_exec env "GUARDIAN_CONF=$WORK/guardian.conf" "$@"; }
+# Every client runs in $WORK (backend_exec may enter opencryptoki's namespace,
+# which does not keep the working directory).
+bx() { backend_exec env -C "$WORK" "$@"; }
+gm() { bx "GUARDIAN_CONF=$WORK/guardian.conf" "$@"; }
 ctl() {
-    backend_exec env "GUARDIAN_CONF=$WORK/guardian.conf" GUARDIAN_MODULE="$G" GUARDIAN_TOKEN="$L" \
+    bx "GUARDIAN_CONF=$WORK/guardian.conf" GUARDIAN_MODULE="$G" GUARDIAN_TOKEN="$L" \
         GUARDIAN_PIN="$ALICE" GUARDIAN_SO_PIN="$SO_PIN" "$CTL" "$@"
 }
 ctl_inprocess() {
-    backend_exec env "GUARDIAN_CONF=$WORK/inprocess.conf" GUARDIAN_MODULE="$G" GUARDIAN_TOKEN="$L" \
+    bx "GUARDIAN_CONF=$WORK/inprocess.conf" GUARDIAN_MODULE="$G" GUARDIAN_TOKEN="$L" \
         GUARDIAN_PIN="$BACKEND_USER_PIN" GUARDIAN_SO_PIN="${BACKEND_SO_PIN:-no-so-pin}" "$CTL" "$@"
 }
 # run NAME WANT REGEX CMD...: CMD exits 0 (WANT 0) or not (WANT 1), and its
@@ -177,11 +180,11 @@ run "enroll-oem again: a repeat" 0 "already enrolled" ctl enroll-oem root.pem --
 
 # ---- 3. refusals ----------------------------------------------------------------------
 # An operator's enrolment request: the SO's only.
-gm "$ER" "$G" "$L" user "$ALICE" evil.der EVIL >out/user-enrol 2>&1
+gm "$ER" "$G" "$L" user "$ALICE" evil.der EVIL >out/user-enrol 2>&1 || true
 check_eq "an operator (CKU_USER) enrolment request refused (CKR_USER_NOT_LOGGED_IN)" "login 0x0 enrol 0x101" \
     "$(grep -E '^(login|enrol) ' out/user-enrol | tr '\n' ' ' | sed 's/ $//')"
 # The operator's credential is no SO's.
-gm "$ER" "$G" "$L" so "$ALICE" evil.der EVIL >out/op-as-so 2>&1
+gm "$ER" "$G" "$L" so "$ALICE" evil.der EVIL >out/op-as-so 2>&1 || true
 check_grep "the operator's PIN does not log in as the SO" '^login 0xa0$' out/op-as-so
 
 # The adversary: the backend's PIN straight on the backend (the user's; on
@@ -189,17 +192,20 @@ check_grep "the operator's PIN does not log in as the SO" '^login 0xa0$' out/op-
 DIRECT=$BACKEND_MODULE
 [ -n "$BACKEND_INIT_ARGS" ] && DIRECT=$SHIM
 if [ "$KIND" = softhsm ]; then
-    backend_exec "$ER" "$BACKEND_MODULE" "$L" so "$BACKEND_SO_PIN" evil.der EVIL --plant >out/plant 2>out/plant.err
+    bx "$ER" "$BACKEND_MODULE" "$L" so "$BACKEND_SO_PIN" evil.der EVIL --plant >out/plant 2>out/plant.err || true
 else
-    backend_exec env "INIT_ARGS_SHIM_MODULE=$BACKEND_MODULE" "INIT_ARGS_SHIM_ARGS=$BACKEND_INIT_ARGS" \
+    bx "INIT_ARGS_SHIM_MODULE=$BACKEND_MODULE" "INIT_ARGS_SHIM_ARGS=$BACKEND_INIT_ARGS" \
         "$ML" "$DIRECT" "$L" --login "$BACKEND_USER_PIN" --plant "$WORK/evil.der" guardian-root:EVIL \
-        >out/plant 2>out/plant.err
+        >out/plant 2>out/plant.err || true
 fi
 info "$KIND: a trusted guardian-root:EVIL certificate planted straight on the backend: $(grep '^plant' out/plant)"
 if [ "$KIND" != opencryptoki ]; then
     check_grep "the trusted guardian-root:EVIL certificate is made on the backend" '^plant 0x0$' out/plant
+    run "list-oems shows the planted one too (it lists token certificates)" 0 "EVIL Root +for EVIL" ctl list-oems
+else
+    # Nobody makes a trusted certificate there (CKR_TEMPLATE_INCONSISTENT).
+    check_grep "opencryptoki refuses the trusted certificate to the backend's user too" '^plant 0xd1$' out/plant
 fi
-run "list-oems shows the planted one too (it lists token certificates)" 0 "EVIL Root +for EVIL" ctl list-oems
 
 # In-process (no credentials): enrolment and import fail closed, naming
 # service mode.  On SoftHSM behind the shim the SO makes the trusted
@@ -243,20 +249,20 @@ run "a package under a root planted on the backend refused" 1 "CKR_GUARDIAN_UNTR
 # seq of the real root, the anchor untouched).
 seq=$(sqlite3 "$WORK/state/guardian.db" "SELECT enrol_seq FROM roots WHERE oem_ids = 'ACME'")
 sqlite3 "$WORK/state/guardian.db" "INSERT INTO roots VALUES (X'$(openssl dgst -sha256 -r evil.der | cut -c1-64)', \
-    readfile('$WORK/evil.der'), 'EVIL', 0, 'so', $seq)" 2>out/sqlite.err
+    readfile('$WORK/evil.der'), 'EVIL', 0, 'so', ${seq:-1})" 2>out/sqlite.err || true
 check_eq "a ledger row inserted with sqlite3" 1 \
     "$(sqlite3 "$WORK/state/guardian.db" "SELECT count(*) FROM roots WHERE oem_ids = 'EVIL'")"
 run "a package under a root inserted into the ledger refused" 1 "CKR_GUARDIAN_UNTRUSTED_SIGNER" ctl import pe.gpk
 run "... the module says the row does not count" 1 "does not count: its certificate is not the one its ENROL" \
-    backend_exec env "GUARDIAN_CONF=$WORK/guardian.conf" GUARDIAN_DEBUG=info GUARDIAN_MODULE="$G" \
+    bx "GUARDIAN_CONF=$WORK/guardian.conf" GUARDIAN_DEBUG=info GUARDIAN_MODULE="$G" \
     GUARDIAN_TOKEN="$L" GUARDIAN_PIN="$ALICE" "$CTL" import pe.gpk
-sqlite3 "$WORK/state/guardian.db" "DELETE FROM roots WHERE oem_ids = 'EVIL'"
+sqlite3 "$WORK/state/guardian.db" "DELETE FROM roots WHERE oem_ids = 'EVIL'" || true
 
 # In-process (no credentials): the import fails closed, naming service mode.
 must "package ACME/INPROC" package pi ACME INPROC root signer
 run "in-process: import refused" 1 "CKR_GUARDIAN_OEM_NOT_ENROLLED" ctl_inprocess import pi.gpk
 run "... the module's message names service mode" 1 "holds only in service mode" \
-    backend_exec env "GUARDIAN_CONF=$WORK/inprocess.conf" GUARDIAN_DEBUG=info GUARDIAN_MODULE="$G" \
+    bx "GUARDIAN_CONF=$WORK/inprocess.conf" GUARDIAN_DEBUG=info GUARDIAN_MODULE="$G" \
     GUARDIAN_TOKEN="$L" GUARDIAN_PIN="$BACKEND_USER_PIN" "$CTL" import pi.gpk
 run "... the same package imports in service mode (control)" 0 "" ctl import pi.gpk
 
