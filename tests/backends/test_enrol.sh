@@ -242,6 +242,8 @@ for f in run/*.pem; do
     [ -e "$f" ] && openssl verify -CAfile root.pem -untrusted p1-ca.pem "$f" >/dev/null 2>&1 && n=$((n + 1))
 done
 check_eq "openssl verify: 3 device certificates up to the OEM root" 3 "$n"
+# A copy of the state as it is now, ledger row included, to restore later.
+must "a copy of the state" sqlite3 "$WORK/state/guardian.db" ".backup '$WORK/old.db'"
 
 must "package EVIL/X signed under the planted root" package pe EVIL X evil evilsigner
 run "a package under a root planted on the backend refused" 1 "CKR_GUARDIAN_UNTRUSTED_SIGNER" ctl import pe.gpk
@@ -286,4 +288,11 @@ done
 run "verify-report accepts the trail" 0 "^OK$" "$W" "${VR[@]}"
 run "verify-report lists the enrolments" 0 "enrol +record [0-9]+ .* by so: OEM root sha256:[0-9a-f]{64} removed" \
     "$W" "${VR[@]}"
+
+# The older copy restored (its ledger row and ENROL record genuine, the
+# anchor further on): refused as before.
+must "package ACME/SENSOR-3" package p3 ACME SENSOR-3 root signer
+cp "$WORK/old.db" "$WORK/state/guardian.db"
+rm -f "$WORK/state/guardian.db-wal" "$WORK/state/guardian.db-shm"
+run "a restored older store is refused" 1 "CKR_GUARDIAN_STATE_ROLLBACK" ctl import p3.gpk
 finish
