@@ -331,10 +331,10 @@ static CK_RV enrol_root(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESS
         rv = be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
     }
     if (rv != CKR_OK && ledger) {
-        /* opencryptoki: nobody makes a trusted certificate.  The ledger holds
-         * the enrolment; the certificate only lists it.  Made without
-         * CKA_TRUSTED then (list-oems looks for trusted ones: it does not
-         * show it). */
+        /* opencryptoki (nobody makes a trusted certificate), SoftHSM (only
+         * its SO): the ledger holds the enrolment, the certificate only lists
+         * it, so it is made without CKA_TRUSTED (list-oems and policy.c take
+         * its "guardian-root:" label for a root's). */
         guardian_warn("enrol", "the backend refused the trusted certificate (%s): the root is enrolled in the "
                                "ledger only",
                       ckr(rv));
