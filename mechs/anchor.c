@@ -12,6 +12,12 @@
  * backup, a deleted or swapped guardian.db, GUARDIAN_STATE_DIR pointing at
  * another directory — is refused with CKR_GUARDIAN_STATE_ROLLBACK.
  *
+ * Where the token makes no CKO_DATA token object (NSS softoken 3.87 refuses
+ * every one: CKR_ATTRIBUTE_VALUE_INVALID), the anchor is a private token
+ * generic secret key of no use (every usage flag false, not modifiable) with
+ * the same label, whose CKA_ID holds the bytes: NSS returns no secret key's
+ * CKA_VALUE, but keeps and returns a CKA_ID of 60,000 bytes (measured).
+ *
  * The object belongs to the Guardian (policy.c: role STATE): no standard call
  * through the module may change, copy or destroy it.  Someone who
  * loads the backend directly with the user PIN can delete it (then the next
@@ -65,6 +71,36 @@ void guardian_anchor_atfork_child(void)
     cached = CK_INVALID_HANDLE;
 }
 
+/* The bytes of anchor object `h` (malloc'd): CKA_VALUE of a data object,
+ * CKA_ID of the secret key that stands for one (above). */
+static CK_RV bytes_of(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, uint8_t **buf, size_t *len)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_ATTRIBUTE c = {CKA_CLASS, &cls, sizeof(cls)};
+    CK_ATTRIBUTE a = {CKA_VALUE, NULL, 0};
+    CK_RV rv = be->C_GetAttributeValue(s, h, &c, 1);
+
+    *buf = NULL;
+    if (rv != CKR_OK)
+        return rv;
+    if (cls == CKO_SECRET_KEY)
+        a.type = CKA_ID;
+    rv = be->C_GetAttributeValue(s, h, &a, 1);
+    if (rv == CKR_OK && (a.ulValueLen == 0 || a.ulValueLen > ANCHOR_MAX_BYTES))
+        return CKR_GUARDIAN_AUDIT_CORRUPT;
+    if (rv == CKR_OK && (a.pValue = malloc(a.ulValueLen)) == NULL)
+        return CKR_HOST_MEMORY;
+    if (rv == CKR_OK)
+        rv = be->C_GetAttributeValue(s, h, &a, 1);
+    if (rv != CKR_OK) {
+        free(a.pValue);
+        return rv;
+    }
+    *buf = a.pValue;
+    *len = a.ulValueLen;
+    return CKR_OK;
+}
+
 /* The anchor with the highest seq; an update writes the new one before it
  * destroys the old (SoftHSM keeps a data object's CKA_VALUE read-only), so
  * after a crash there may be two: the older is destroyed here. */
@@ -76,7 +112,7 @@ static CK_RV find_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HA
                         {CKA_TOKEN, &yes, sizeof(yes)},
                         {CKA_LABEL, (void *)GUARDIAN_ANCHOR_LABEL, sizeof(GUARDIAN_ANCHOR_LABEL) - 1}};
     CK_OBJECT_HANDLE found[4];
-    CK_ULONG n = 0;
+    CK_ULONG n = 0, k = 0;
     CK_RV rv;
     if (cached != CK_INVALID_HANDLE) {
         *out = cached;
@@ -85,28 +121,26 @@ static CK_RV find_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HA
     rv = guardian_backend_find(be, s, t, 3, found, 4, &n);
     if (rv != CKR_OK)
         return rv;
+    if (n < 4) {
+        cls = CKO_SECRET_KEY;
+        rv = guardian_backend_find(be, s, t, 3, found + n, 4 - n, &k);
+        if (rv != CKR_OK)
+            return rv;
+        n += k;
+    }
     if (n > 2) {
         guardian_error(LOG, "the token holds %lu state anchors: it was tampered with outside the Guardian",
                        (unsigned long)n);
         return CKR_GUARDIAN_STATE_ROLLBACK;
     }
     if (n == 2) {
-        uint8_t v[2][16];
-        CK_ATTRIBUTE a[2] = {{CKA_VALUE, NULL, 0}, {CKA_VALUE, NULL, 0}};
         uint64_t seq[2] = {0, 0};
         for (int i = 0; i < 2; i++) {
-            CK_BYTE *full = NULL;
-            rv = be->C_GetAttributeValue(s, found[i], &a[i], 1);
-            if (rv == CKR_OK && (full = malloc(a[i].ulValueLen ? a[i].ulValueLen : 1)) == NULL)
-                rv = CKR_HOST_MEMORY;
-            if (rv == CKR_OK) {
-                a[i].pValue = full;
-                rv = be->C_GetAttributeValue(s, found[i], &a[i], 1);
-            }
-            if (rv == CKR_OK) {
-                memcpy(v[i], full, a[i].ulValueLen < 16 ? a[i].ulValueLen : 16);
-                seq[i] = guardian_store_anchor_seq(full, a[i].ulValueLen);
-            }
+            uint8_t *full = NULL;
+            size_t len = 0;
+            rv = bytes_of(be, s, found[i], &full, &len);
+            if (rv == CKR_OK)
+                seq[i] = guardian_store_anchor_seq(full, len);
             free(full);
             if (rv != CKR_OK)
                 return rv;
@@ -125,7 +159,6 @@ static CK_RV find_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HA
 /* The anchor's bytes (malloc'd) or *buf NULL when the token has none. */
 static CK_RV read_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h, uint8_t **buf, size_t *len)
 {
-    CK_ATTRIBUTE a = {CKA_VALUE, NULL, 0};
     CK_RV rv = CKR_GENERAL_ERROR;
     *buf = NULL;
     /* A handle cached from before another process's update names an object
@@ -135,20 +168,7 @@ static CK_RV read_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HA
         rv = find_locked(be, s, h);
         if (rv != CKR_OK || *h == CK_INVALID_HANDLE)
             return rv;
-        a.pValue = NULL;
-        rv = be->C_GetAttributeValue(s, *h, &a, 1);
-        if (rv == CKR_OK && (a.ulValueLen == 0 || a.ulValueLen > ANCHOR_MAX_BYTES))
-            return CKR_GUARDIAN_AUDIT_CORRUPT;
-        if (rv == CKR_OK && (a.pValue = malloc(a.ulValueLen)) == NULL)
-            return CKR_HOST_MEMORY;
-        if (rv == CKR_OK)
-            rv = be->C_GetAttributeValue(s, *h, &a, 1);
-        if (rv == CKR_OK) {
-            *buf = a.pValue;
-            *len = a.ulValueLen;
-            return CKR_OK;
-        }
-        free(a.pValue);
+        rv = bytes_of(be, s, *h, buf, len);
         if (rv != CKR_OBJECT_HANDLE_INVALID)
             break;
         cached = CK_INVALID_HANDLE;
@@ -195,6 +215,33 @@ static CK_RV write_locked(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_H
         if (rv != CKR_GENERAL_ERROR || attempt == 3)
             break;
         usleep(20 * 1000);
+    }
+    if (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_TEMPLATE_INCONSISTENT) {
+        /* No data object on this token (NSS softoken): the secret key that
+         * stands for one (above). */
+        CK_OBJECT_CLASS key_cls = CKO_SECRET_KEY;
+        CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+        static const CK_BYTE filler[16];
+        CK_ATTRIBUTE k[] = {{CKA_CLASS, &key_cls, sizeof(key_cls)},
+                            {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                            {CKA_TOKEN, &yes, sizeof(yes)},
+                            {CKA_PRIVATE, &yes, sizeof(yes)},
+                            {CKA_MODIFIABLE, &no, sizeof(no)},
+                            {CKA_LABEL, (void *)GUARDIAN_ANCHOR_LABEL, sizeof(GUARDIAN_ANCHOR_LABEL) - 1},
+                            {CKA_VALUE, (void *)filler, sizeof(filler)},
+                            {CKA_ID, (void *)buf, (CK_ULONG)len},
+                            {CKA_ENCRYPT, &no, sizeof(no)},
+                            {CKA_DECRYPT, &no, sizeof(no)},
+                            {CKA_SIGN, &no, sizeof(no)},
+                            {CKA_VERIFY, &no, sizeof(no)},
+                            {CKA_WRAP, &no, sizeof(no)},
+                            {CKA_UNWRAP, &no, sizeof(no)},
+                            {CKA_DERIVE, &no, sizeof(no)}};
+        CK_RV data_rv = rv;
+        rv = be->C_CreateObject(s, k, sizeof(k) / sizeof(k[0]), &h);
+        if (rv == CKR_OK)
+            guardian_debug(LOG, "the token makes no data object (%s): the anchor is a secret key's CKA_ID",
+                           ckr(data_rv));
     }
     if (rv != CKR_OK) {
         guardian_error(LOG, "cannot write the state anchor into the token: %s", ckr(rv));

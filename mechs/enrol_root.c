@@ -10,6 +10,20 @@
  * plain user set it).  The import (unwrap_package.c) accepts a package only
  * when its signer chains to such a root AND the package's OEM ID is among the
  * root's.
+ *
+ * The ledger.  Where the token cannot be trusted to hold roots (tpm2-pkcs11,
+ * NSS softoken: a plain user with the backend's PIN makes a CKA_TRUSTED
+ * certificate too; opencryptoki: nobody can make one), a trusted certificate
+ * proves no enrolment, so the enrolment is recorded in the anchored store
+ * instead (store/roots.c: a row and an ENROL audit record, the token's anchor
+ * moved over it), by the Guardian's own Security Officer in service mode,
+ * logged into the backend as its user (no backend_so_pin_file:
+ * credentials.c; then on any token, opencryptoki's included, where nobody
+ * can make a trusted certificate).  The trusted certificate is still made where the token
+ * lets the user make it, for list-oems and remove-oem; it counts for nothing
+ * there.  Removing it through the module (C_DestroyObject in the SO's
+ * session: guardian_root_destroying) removes the ledger row and records that.
+ * docs/threat-model.md section 2.
  */
 #include <stdio.h>
 #include <string.h>
@@ -18,14 +32,137 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <time.h>
+
+#include "anchor.h"
 #include "module.h"
 #include "package.h"
+#include "store.h"
 #include "registry.h"
 #include "request.h"
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 
 #define MAX_OEM_IDS 16
+
+static const char *ckr(CK_RV rv)
+{
+    const char *n = guardian_ckr_name(rv);
+    return n ? n : "vendor CKR";
+}
+
+/* What to do where the SO's token path fails on a token that does not let
+ * its SO make a trusted certificate (tpm2-pkcs11, opencryptoki). */
+#define LEDGER_HINT                                                                                              \
+    "this token does not keep enrolled roots for its SO: run the Guardian in service mode (backend_pin_file; "   \
+    "docs/service-mode.md) without backend_so_pin_file, so that the Guardian's Security Officer enrols the root " \
+    "in the anchored store (docs/threat-model.md section 2)"
+
+/* The ledger path (above): the caller is the Guardian SO of service mode,
+ * logged into the backend as its user. */
+static CK_RV enrol_in_ledger(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE session,
+                             const CK_ATTRIBUTE *value, const char *ids, const char *fpr)
+{
+    struct guardian_audit_record rec;
+    bool already = false;
+    char why[200];
+    CK_RV rv;
+
+    /* Where the token keeps CKA_TRUSTED for its SO (SoftHSM), or nobody can
+     * make a trusted certificate (opencryptoki: the check reads that as the
+     * SO's), the Guardian SO without the backend's SO PIN cannot enrol in
+     * the token either: the ledger is the roots' place whenever the SO is the
+     * backend's user (the import reads it then: unwrap_package.c). */
+    if (guardian_trusted_so_only(be, session, why, sizeof(why)))
+        snprintf(why, sizeof(why), "the Guardian SO is the backend's user (no backend_so_pin_file)");
+    rv = guardian_anchor_check(be, session, st);
+    if (rv != CKR_OK)
+        return rv;
+    rv = guardian_store_root_enrol(st, value->pValue, value->ulValueLen, ids, (int64_t)time(NULL), &rec, &already);
+    if (rv != CKR_OK)
+        return rv;
+    /* Anchored before it is announced: a record after the anchored head
+     * does not count (guardian_store_roots_verified). */
+    rv = guardian_anchor_update(be, session, st);
+    if (rv != CKR_OK) {
+        guardian_error("enrol", "OEM root sha256 %s is in the ledger, but the token's state anchor could not be moved "
+                                "over it (%s): it counts once the anchor moves (the next import or enrolment)",
+                       fpr, ckr(rv));
+        return CKR_GUARDIAN_ROOT_NOT_ANCHORED;
+    }
+    if (already)
+        guardian_info("enrol", "OEM root sha256 %s was in the ledger already for %s", fpr, ids);
+    else
+        guardian_info("enrol", "enrolled OEM root sha256 %s for %s in the ledger (record %llu; %s)", fpr, ids,
+                      (unsigned long long)rec.seq, why);
+    return CKR_OK;
+}
+
+CK_RV guardian_root_destroying(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+{
+    CK_OBJECT_CLASS cls = 0;
+    char label[sizeof(GUARDIAN_ROOT_PREFIX)];
+    CK_ATTRIBUTE a[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, label, sizeof(label) - 1}};
+    CK_ATTRIBUTE v = {CKA_VALUE, NULL, 0};
+    struct guardian_store *st = NULL;
+    uint8_t md[32];
+    unsigned int md_len = 0;
+    bool found = false;
+    CK_RV rv;
+
+    if (!guardian_so_as_backend_user())
+        return CKR_OK;
+    /* A label longer than the prefix does not fit: CKR_BUFFER_TOO_SMALL with
+     * the class read; read it again for the prefix alone. */
+    rv = be->C_GetAttributeValue(s, h, a, 2);
+    if (rv == CKR_BUFFER_TOO_SMALL) {
+        CK_BYTE *full = NULL;
+        CK_ATTRIBUTE l = {CKA_LABEL, NULL, 0};
+        if (be->C_GetAttributeValue(s, h, &l, 1) == CKR_OK && l.ulValueLen != CK_UNAVAILABLE_INFORMATION &&
+            (full = malloc(l.ulValueLen + 1)) != NULL) {
+            l.pValue = full;
+            if (be->C_GetAttributeValue(s, h, &l, 1) == CKR_OK && l.ulValueLen >= strlen(GUARDIAN_ROOT_PREFIX)) {
+                memcpy(label, full, strlen(GUARDIAN_ROOT_PREFIX));
+                a[1].ulValueLen = strlen(GUARDIAN_ROOT_PREFIX);
+                rv = CKR_OK;
+            }
+        }
+        free(full);
+    }
+    if (rv != CKR_OK || cls != CKO_CERTIFICATE || a[1].ulValueLen < strlen(GUARDIAN_ROOT_PREFIX) ||
+        memcmp(label, GUARDIAN_ROOT_PREFIX, strlen(GUARDIAN_ROOT_PREFIX)) != 0)
+        return CKR_OK; /* no enrolled root's certificate */
+    rv = be->C_GetAttributeValue(s, h, &v, 1);
+    if (rv == CKR_OK && (v.ulValueLen == 0 || v.ulValueLen > GUARDIAN_ROOT_DER_MAX))
+        rv = CKR_GENERAL_ERROR;
+    if (rv == CKR_OK && (v.pValue = malloc(v.ulValueLen)) == NULL)
+        rv = CKR_HOST_MEMORY;
+    if (rv == CKR_OK)
+        rv = be->C_GetAttributeValue(s, h, &v, 1);
+    if (rv == CKR_OK && (EVP_Digest(v.pValue, v.ulValueLen, md, &md_len, EVP_sha256(), NULL) != 1 || md_len != 32))
+        rv = CKR_GENERAL_ERROR;
+    free(v.pValue);
+    if (rv == CKR_OK)
+        rv = guardian_state_store(&st);
+    if (rv == CKR_OK)
+        rv = guardian_anchor_check(be, s, st);
+    if (rv == CKR_OK)
+        rv = guardian_store_root_remove(st, md, (int64_t)time(NULL), &found);
+    if (rv == CKR_OK && found) {
+        char fpr[17];
+        for (int i = 0; i < 8; i++)
+            snprintf(fpr + 2 * i, 3, "%02x", md[i]);
+        if (guardian_anchor_update(be, s, st) != CKR_OK)
+            guardian_warn("enrol", "the removal of OEM root sha256 %s... is recorded, but the token's anchor could "
+                                   "not be moved over it (it moves with the next import)",
+                          fpr);
+        guardian_info("enrol", "removed OEM root sha256 %s... from the ledger", fpr);
+    }
+    if (rv != CKR_OK)
+        guardian_error("enrol", "the OEM root could not be removed from the ledger (%s): its certificate is kept",
+                       ckr(rv));
+    return rv;
+}
 
 int guardian_root_oem_ids_valid(const char *ids, size_t len, char *why, size_t why_len)
 {
@@ -98,8 +235,8 @@ static CK_RV enrol_root(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESS
     CK_ULONG category = 2, n = 0;
     CK_OBJECT_HANDLE found[2];
     int subj_len, iss_len, ser_len;
+    bool ledger = false;
     CK_RV rv = CKR_GENERAL_ERROR;
-    (void)st;
 
     if (value == NULL || value->pValue == NULL || value->ulValueLen == 0 || value->ulValueLen > 65536 || ids == NULL ||
         ids->pValue == NULL) {
@@ -128,6 +265,12 @@ static CK_RV enrol_root(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESS
     for (int i = 0; i < 32; i++)
         snprintf(fpr + 2 * i, 3, "%02x", md[i]);
     snprintf(label, sizeof(label), "%s%.*s", GUARDIAN_ROOT_PREFIX, (int)ids->ulValueLen, (const char *)ids->pValue);
+    ledger = guardian_so_as_backend_user();
+    if (ledger) {
+        rv = enrol_in_ledger(be, st, session, value, label + strlen(GUARDIAN_ROOT_PREFIX), fpr);
+        if (rv != CKR_OK)
+            goto out;
+    }
 
     /* Enrolled already: the same OEM IDs is a repeat (that object), others a
      * change the SO must make by removing it first. */
@@ -143,6 +286,17 @@ static CK_RV enrol_root(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESS
         rv = be->C_GetAttributeValue(session, found[0], &a, 1);
         if (rv == CKR_OK && a.ulValueLen == strlen(label) && memcmp(old, label, a.ulValueLen) == 0) {
             *out = found[0];
+            goto out;
+        }
+        if (ledger) {
+            /* The ledger holds the enrolment; a certificate of that root with
+             * other OEM IDs is not the module's (planted), and counts for
+             * nothing here: leave it, say so. */
+            guardian_warn("enrol", "a trusted certificate of this root with other OEM IDs is in the token ('%.*s'): "
+                                   "not made by the Guardian; it counts for nothing",
+                          rv == CKR_OK ? (int)a.ulValueLen : 0, old);
+            *out = found[0];
+            rv = CKR_OK;
             goto out;
         }
         guardian_error("enrol", "refused: this root (sha256 %s) is already enrolled as '%.*s'; remove it first to "
@@ -176,9 +330,32 @@ static CK_RV enrol_root(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESS
         };
         rv = be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
     }
+    if (rv != CKR_OK && ledger) {
+        /* opencryptoki (nobody makes a trusted certificate), SoftHSM (only
+         * its SO): the ledger holds the enrolment, the certificate only lists
+         * it, so it is made without CKA_TRUSTED (list-oems and policy.c take
+         * its "guardian-root:" label for a root's). */
+        guardian_warn("enrol", "the backend refused the trusted certificate (%s): the root is enrolled in the "
+                               "ledger only",
+                      ckr(rv));
+        {
+            CK_ATTRIBUTE t[] = {
+                {CKA_CLASS, &cls, sizeof(cls)},         {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+                {CKA_TOKEN, &yes, sizeof(yes)},         {CKA_MODIFIABLE, &no, sizeof(no)},
+                {CKA_ID, fpr, 40},                      {CKA_LABEL, label, (CK_ULONG)strlen(label)},
+                {CKA_VALUE, value->pValue, value->ulValueLen}, {CKA_SUBJECT, subj, (CK_ULONG)subj_len},
+            };
+            rv = be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
+        }
+    }
     if (rv != CKR_OK) {
-        guardian_error("enrol", "the backend refused to create the trusted certificate: %s",
-                       guardian_ckr_name(rv) ? guardian_ckr_name(rv) : "vendor CKR");
+        if (ledger)
+            guardian_error("enrol", "the root is enrolled in the ledger (it counts), but the backend refused a "
+                                    "certificate to list it: %s",
+                           ckr(rv));
+        else
+            guardian_error("enrol", "the backend refused to create the trusted certificate: %s; %s", ckr(rv),
+                           LEDGER_HINT);
         goto out;
     }
     guardian_policy_forget(*out);

@@ -130,6 +130,12 @@ void guardian_transport_facts(CK_FUNCTION_LIST *be, CK_SLOT_ID slot, struct guar
  * first; nothing when it could not be measured now.  1, or 0 (no memory). */
 typedef struct x509_st X509;
 int guardian_transport_state_in_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, X509 *x);
+/* C_DestroyObject of `h` is allowed by the policy: when it is an enrolled
+ * root's certificate and the Guardian keeps roots in its ledger (service
+ * mode, the SO as the backend's user), remove the root from the ledger and
+ * record that first (mechs/enrol_root.c).  CKR_OK when there is nothing to
+ * do; otherwise the object must not be destroyed. */
+CK_RV guardian_root_destroying(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h);
 /* The self-tests themselves, for the mechanisms' tables. */
 int guardian_selftest_unwrap_package(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);
 int guardian_selftest_derive_device_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);

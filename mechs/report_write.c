@@ -9,7 +9,7 @@
 
 const char *const report_type_names[REPORT_TYPE_MAX + 1] = {
     NULL,      "IMPORT",  "RESERVE", "ISSUE",  "RELEASE", "JOURNAL-LOST", "CREDENTIAL", "EXPORT",
-    "OUTCOME", "REISSUE", "RETIRE"};
+    "OUTCOME", "REISSUE", "RETIRE",  "ENROL"};
 const char report_base64_alphabet[65] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 char *report_hex(char *p, const uint8_t *b, size_t n)
@@ -116,7 +116,7 @@ size_t report_format_record(const struct guardian_audit_record *r, char *out, si
 {
     char oem[3 * GUARDIAN_ID_MAX + 1], product[3 * GUARDIAN_ID_MAX + 1], op[GUARDIAN_OPERATOR_MAX + 2];
     char dev[2 * GUARDIAN_DEVICE_ID_MAX + 1], digest[65], pkg[33], prev[65], hash[65];
-    const int credential = r->type == GUARDIAN_AUDIT_CREDENTIAL, export = r->type == GUARDIAN_AUDIT_EXPORT;
+    const int credential = r->type == GUARDIAN_AUDIT_CREDENTIAL || r->type == GUARDIAN_AUDIT_ENROL, export = r->type == GUARDIAN_AUDIT_EXPORT;
 
     if (r->type < GUARDIAN_AUDIT_IMPORT || r->type > REPORT_TYPE_MAX || r->device_id_len > GUARDIAN_DEVICE_ID_MAX ||
         (r->encoding != GUARDIAN_AUDIT_ENCODING_1 && r->encoding != GUARDIAN_AUDIT_ENCODING_2) ||

@@ -80,6 +80,7 @@ CK_RV guardian_request_run(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_S
     struct guardian_request rq = {templ, count, 0};
     const struct guardian_request_type *t = NULL;
     CK_SESSION_INFO si;
+    CK_USER_TYPE who;
     CK_RV rv;
 
     if (out == NULL || (templ == NULL && count != 0))
@@ -107,19 +108,22 @@ CK_RV guardian_request_run(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_S
             return CKR_GUARDIAN_REQUEST_INVALID;
         }
     }
+    /* Who is logged in as the Guardian sees it: in service mode the Guardian
+     * SO may be logged into the backend as its user (credentials.c), and
+     * must then get the SO's requests only. */
     rv = be->C_GetSessionInfo(session, &si);
     if (rv != CKR_OK)
         return rv;
-    if (t->session == GUARDIAN_REQUEST_SO && si.state != CKS_RW_SO_FUNCTIONS) {
+    who = guardian_session_who(be, session, &si);
+    if (t->session == GUARDIAN_REQUEST_SO && (who != CKU_SO || !(si.flags & CKF_RW_SESSION))) {
         guardian_error("request", "%s needs a read-write session with the Security Officer logged in", t->name);
-        return si.state == CKS_RO_PUBLIC_SESSION ? CKR_SESSION_READ_ONLY : CKR_USER_NOT_LOGGED_IN;
+        return who == CKU_SO || si.state == CKS_RO_PUBLIC_SESSION ? CKR_SESSION_READ_ONLY : CKR_USER_NOT_LOGGED_IN;
     }
-    if (t->session != GUARDIAN_REQUEST_SO && si.state != CKS_RW_USER_FUNCTIONS &&
-        si.state != CKS_RO_USER_FUNCTIONS) {
+    if (t->session != GUARDIAN_REQUEST_SO && who != CKU_USER) {
         guardian_error("request", "%s needs a session with the user logged in", t->name);
         return CKR_USER_NOT_LOGGED_IN;
     }
-    if (t->session == GUARDIAN_REQUEST_USER_RW && si.state != CKS_RW_USER_FUNCTIONS) {
+    if (t->session == GUARDIAN_REQUEST_USER_RW && !(si.flags & CKF_RW_SESSION)) {
         guardian_error("request", "%s needs a read-write session", t->name);
         return CKR_SESSION_READ_ONLY;
     }

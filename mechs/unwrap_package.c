@@ -68,6 +68,7 @@
 
 struct import {
     CK_FUNCTION_LIST *be;
+    struct guardian_store *st;
     CK_SESSION_HANDLE session;
     CK_OBJECT_HANDLE guardian_key;
     struct guardian_package pkg;
@@ -187,6 +188,86 @@ out:
     return rv;
 }
 
+/* A root of the ledger (store/roots.c) into `im` and the X509_STORE, with the
+ * label it would have as a certificate ("guardian-root:<oem ids>"). */
+struct ledger_ctx {
+    struct import *im;
+    X509_STORE *store;
+    int added;
+};
+
+static CK_RV ledger_root(const struct guardian_root_row *r, void *ctx)
+{
+    struct ledger_ctx *c = ctx;
+    struct import *im = c->im;
+    const unsigned char *p = r->der;
+    size_t plen = strlen(GUARDIAN_ROOT_PREFIX), ilen = strlen(r->oem_ids);
+    X509 *x;
+    char *label;
+
+    if (im->n_roots == MAX_ROOTS)
+        return CKR_OK;
+    x = d2i_X509(NULL, &p, (long)r->der_len);
+    label = OPENSSL_malloc(plen + ilen + 1);
+    if (x == NULL || label == NULL || X509_STORE_add_cert(c->store, x) != 1) {
+        X509_free(x);
+        OPENSSL_free(label);
+        return CKR_OK;
+    }
+    memcpy(label, GUARDIAN_ROOT_PREFIX, plen);
+    memcpy(label + plen, r->oem_ids, ilen + 1);
+    im->roots[im->n_roots] = x;
+    im->root_labels[im->n_roots] = label;
+    im->root_label_lens[im->n_roots++] = plen + ilen;
+    c->added++;
+    return CKR_OK;
+}
+
+/* Where the token cannot be trusted to hold roots: the roots of the ledger
+ * that the Guardian SO enrolled in service mode, counted only while the
+ * store agrees with the token's anchor, and only those whose ENROL record is
+ * in the verified chain up to the anchored head with the row's content
+ * (guardian_store_roots_verified). */
+static CK_RV ledger_roots(struct import *im, X509_STORE *store, const char *token_why)
+{
+    enum guardian_anchor_state state = GUARDIAN_ANCHOR_ABSENT;
+    struct ledger_ctx c = {im, store, 0};
+    uint64_t anchored = 0;
+    size_t skipped = 0;
+    CK_RV rv;
+
+    if (!guardian_service_mode()) {
+        guardian_error("unwrap", "refused: no OEM root counts on this token: %s; enrolment then holds only in "
+                                 "service mode (backend_pin_file, without backend_so_pin_file: the Guardian's "
+                                 "Security Officer enrols the root in the anchored store; docs/service-mode.md, "
+                                 "docs/threat-model.md section 2)",
+                       token_why);
+        return CKR_GUARDIAN_OEM_NOT_ENROLLED;
+    }
+    rv = guardian_anchor_check(im->be, im->session, im->st);
+    if (rv == CKR_OK)
+        rv = guardian_anchor_compare(im->be, im->session, im->st, &state, &anchored);
+    if (rv != CKR_OK)
+        return rv;
+    if (state != GUARDIAN_ANCHOR_AGREES && state != GUARDIAN_ANCHOR_STORE_AHEAD) {
+        guardian_error("unwrap", "refused: the OEM roots of the ledger count only while the state store agrees with "
+                                 "the token's anchor, and it does not (%s)",
+                       state == GUARDIAN_ANCHOR_ABSENT ? "the token has no anchor" : "the store is not the anchored one");
+        return state == GUARDIAN_ANCHOR_ABSENT ? CKR_GUARDIAN_OEM_NOT_ENROLLED : CKR_GUARDIAN_STATE_ROLLBACK;
+    }
+    roots_free(im);
+    rv = guardian_store_roots_verified(im->st, anchored, "so", ledger_root, &c, &skipped);
+    if (rv != CKR_OK)
+        return rv;
+    if (c.added == 0) {
+        guardian_error("unwrap", "no OEM root is enrolled in this Guardian's ledger (guardianctl enroll-oem --oem-id, "
+                                 "as the Guardian's Security Officer in service mode without backend_so_pin_file)%s",
+                       skipped ? "; rows of the ledger without their anchored ENROL record do not count" : "");
+        return CKR_GUARDIAN_UNTRUSTED_SIGNER;
+    }
+    return CKR_OK;
+}
+
 /* The enrolled OEM roots: trusted certificate objects that the module made at
  * enrolment (label "guardian-root:<oem ids>", enrol_root.c).  A trusted
  * certificate without that label was not enrolled through the Guardian (or
@@ -194,8 +275,8 @@ out:
  * Their certificates and labels stay in `im` for the OEM ID check.  Only on
  * a token that keeps CKA_TRUSTED for its SO: where a plain user can make a
  * trusted certificate (tpm2-pkcs11, NSS softoken), one that the module made
- * cannot be told from one a user planted with the backend's PIN, and none
- * counts (docs/threat-model.md). */
+ * cannot be told from one a user planted with the backend's PIN, and the
+ * roots are the ledger's instead (ledger_roots; docs/threat-model.md). */
 static CK_RV enrolled_roots(struct import *im, X509_STORE **out)
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
@@ -205,16 +286,26 @@ static CK_RV enrolled_roots(struct import *im, X509_STORE **out)
     CK_ULONG n = 0;
     X509_STORE *store = X509_STORE_new();
     int added = 0, unbound = 0;
-    CK_RV rv = store ? find(im, t, 2, found, MAX_ROOTS, &n) : CKR_HOST_MEMORY;
+    CK_RV rv = store ? CKR_OK : CKR_HOST_MEMORY;
     char why[200];
 
     if (rv != CKR_OK)
         goto out;
-    if (!guardian_trusted_so_only(im->be, im->session, why, sizeof(why))) {
-        guardian_error("unwrap", "refused: no OEM root counts on this token: %s (docs/threat-model.md)", why);
-        rv = CKR_GUARDIAN_OEM_NOT_ENROLLED;
-        goto out;
+    /* The ledger's roots where the token's trusted certificates prove no
+     * enrolment, and wherever the Guardian SO enrols as the backend's user
+     * (no backend_so_pin_file: enrol_root.c records there, whatever the token;
+     * opencryptoki lets nobody make a trusted certificate). */
+    if (guardian_so_as_backend_user() || !guardian_trusted_so_only(im->be, im->session, why, sizeof(why))) {
+        if (guardian_so_as_backend_user())
+            snprintf(why, sizeof(why), "the Guardian SO enrols as the backend's user (no backend_so_pin_file)");
+        rv = ledger_roots(im, store, why);
+        if (rv != CKR_OK)
+            goto out;
+        goto done;
     }
+    rv = find(im, t, 2, found, MAX_ROOTS, &n);
+    if (rv != CKR_OK)
+        goto out;
     roots_free(im);
     for (CK_ULONG i = 0; i < n; i++) {
         CK_BYTE *der = NULL, *label = NULL;
@@ -253,6 +344,7 @@ static CK_RV enrolled_roots(struct import *im, X509_STORE **out)
         rv = CKR_GUARDIAN_UNTRUSTED_SIGNER;
         goto out;
     }
+done:
     *out = store;
     store = NULL;
     rv = CKR_OK;
@@ -915,6 +1007,7 @@ static CK_RV import_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
 
     memset(&im, 0, sizeof(im));
     im.be = be;
+    im.st = st;
     im.session = session;
     im.guardian_key = unwrapping_key;
     im.kek = CK_INVALID_HANDLE;

@@ -494,7 +494,9 @@ static CK_RV service_login(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_USER_TY
     rv = credential_verify(st, who == CKU_SO ? CKU_SO : CKU_USER, name, secret, secret_len);
     if (rv != CKR_OK)
         goto out;
-    rv = backend_login(be, s, who);
+    /* The Guardian SO opens the backend as its SO when the configuration
+     * gives the backend's SO PIN, else as its user (guardian_session_who). */
+    rv = backend_login(be, s, who == CKU_SO && guardian_so_as_backend_user() ? CKU_USER : who);
     if (rv != CKR_OK || who == CKU_CONTEXT_SPECIFIC)
         goto out;
     for (size_t i = 0; i < MAX_LOGINS; i++)
@@ -539,6 +541,35 @@ CK_RV guardian_cred_C_LoginUser(CK_SESSION_HANDLE s, CK_USER_TYPE who, CK_UTF8CH
     else
         rv = service_login(be, s, who, pin, len, who == CKU_USER ? user : NULL, who == CKU_USER ? user_len : 0);
     return guardian_trace_out("C_LoginUser", rv);
+}
+
+bool guardian_so_as_backend_user(void)
+{
+    const struct guardian_config *cfg = guardian_state_config();
+    return guardian_service_mode() && cfg->backend_so_pin_file[0] == '\0';
+}
+
+CK_USER_TYPE guardian_session_who(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_SESSION_INFO *si)
+{
+    CK_SESSION_INFO mine;
+    struct login l;
+    CK_USER_TYPE who = GUARDIAN_NOBODY;
+
+    if (si == NULL)
+        si = &mine;
+    memset(si, 0, sizeof(*si));
+    if (!guardian_service_mode()) {
+        if (be->C_GetSessionInfo(s, si) != CKR_OK)
+            return GUARDIAN_NOBODY;
+        if (si->state == CKS_RW_SO_FUNCTIONS)
+            return CKU_SO;
+        return si->state == CKS_RO_USER_FUNCTIONS || si->state == CKS_RW_USER_FUNCTIONS ? CKU_USER : GUARDIAN_NOBODY;
+    }
+    pthread_mutex_lock(&cred_lock);
+    if (session_login(be, s, si, &l) == CKR_OK && l.used)
+        who = l.who;
+    pthread_mutex_unlock(&cred_lock);
+    return who;
 }
 
 void guardian_credentials_logged_out(CK_SLOT_ID slot)

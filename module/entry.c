@@ -397,7 +397,7 @@ static CK_RV entry_C_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
     else if (guardian_is_package_object(h))
         rv = module_object_refusal(be, s, h, CKR_ACTION_PROHIBITED);
     else if ((rv = guardian_policy_check(be, s, h, GUARDIAN_OP_DESTROY, "C_DestroyObject")) == CKR_OK &&
-             (rv = be->C_DestroyObject(s, h)) == CKR_OK) {
+             (rv = guardian_root_destroying(be, s, h)) == CKR_OK && (rv = be->C_DestroyObject(s, h)) == CKR_OK) {
         /* The backend may hand the number out again. */
         guardian_mechs_forget(h);
         guardian_policy_forget(h);

@@ -413,6 +413,19 @@ void guardian_credentials_reset(void);
 void guardian_credentials_atfork_child(void);
 /* The backend logged `slot` out (C_Logout, C_CloseAllSessions). */
 void guardian_credentials_logged_out(CK_SLOT_ID slot);
+/* Who is logged in on session `s` as the Guardian sees it: CKU_SO, CKU_USER,
+ * or GUARDIAN_NOBODY; *si (may be NULL) gets the backend's session info.
+ * Outside service mode, the backend's session state.  In service mode, the
+ * Guardian login (credentials.c): without backend_so_pin_file the Security
+ * Officer's login opens the backend as its user (NSS softoken has no SO,
+ * tpm2-pkcs11's SO cannot create objects; docs/service-mode.md), so the
+ * backend's state would say "user" for the Guardian SO. */
+#define GUARDIAN_NOBODY ((CK_USER_TYPE)~(CK_USER_TYPE)0)
+CK_USER_TYPE guardian_session_who(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_SESSION_INFO *si);
+/* True while the Guardian SO of service mode is logged into the backend as
+ * its user (no backend_so_pin_file): the SO's requests then run in a user
+ * session of the backend. */
+bool guardian_so_as_backend_user(void);
 /* Non-zero while this process runs the module in service mode: read on the
  * keyed forwarders' hot path. */
 extern atomic_int guardian_service_on;

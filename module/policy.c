@@ -301,7 +301,10 @@ CK_RV guardian_policy_classify(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJ
     }
 
     guardian_mark = has_mark(label, label_len) || is_identity_id(id, id_len) || has_mark(app, app_len);
-    if (cls == CKO_CERTIFICATE && trusted)
+    /* A certificate labelled "guardian-root:" is a root's too where the token
+     * refused it CKA_TRUSTED: the module made it to list a root of its
+     * ledger (mechs/enrol_root.c). */
+    if (cls == CKO_CERTIFICATE && (trusted || has_prefix(label, label_len, GUARDIAN_ROOT_PREFIX)))
         role = GUARDIAN_ROLE_ROOT;
     else if (!guardian_mark)
         role = GUARDIAN_ROLE_UNOWNED;
@@ -346,7 +349,7 @@ CK_RV guardian_policy_check(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT
         return CKR_OK;
     case SO_ONLY: {
         CK_SESSION_INFO si;
-        if (be->C_GetSessionInfo(s, &si) == CKR_OK && si.state == CKS_RW_SO_FUNCTIONS)
+        if (guardian_session_who(be, s, &si) == CKU_SO && (si.flags & CKF_RW_SESSION))
             return CKR_OK;
         rv = CKR_ACTION_PROHIBITED;
         break;

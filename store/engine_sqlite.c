@@ -306,6 +306,23 @@ static CK_RV migrate_to_6(struct guardian_store *st, sqlite3 *db)
     return rv;
 }
 
+/* Schema 7: the ledger of enrolled OEM roots (store/roots.c, store.h). */
+static const char schema_v7[] =
+    "CREATE TABLE roots ("
+    "  sha256      BLOB    PRIMARY KEY CHECK (length(sha256) = 32),"
+    "  der         BLOB    NOT NULL CHECK (length(der) BETWEEN 1 AND 65536),"
+    "  oem_ids     TEXT    NOT NULL CHECK (length(oem_ids) BETWEEN 1 AND 1100),"
+    "  enrolled_at INTEGER NOT NULL,"
+    "  operator    TEXT    NOT NULL,"
+    "  enrol_seq   INTEGER NOT NULL CHECK (enrol_seq >= 1)"
+    ") WITHOUT ROWID;";
+
+static CK_RV migrate_to_7(struct guardian_store *st, sqlite3 *db)
+{
+    return map_sqlite(st, sqlite3_exec(db, schema_v7, NULL, NULL, NULL),
+                      "migrate the schema to version 7 (the OEM root ledger)");
+}
+
 struct migration {
     int to_version;
     /* Runs inside the migration's write transaction; may read and rewrite
@@ -321,6 +338,7 @@ static const struct migration migrations[] = {
     {4, migrate_to_4},
     {5, migrate_to_5},
     {6, migrate_to_6},
+    {7, migrate_to_7},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -431,6 +449,13 @@ static const char *const stmt_sql[S_COUNT] = {
                          "WHERE k.oem_id = ?1 AND k.product_id = ?2 AND k.release_version = ?3",
     [S_RETIRE_RECORD] = "SELECT seq, time, operator, hash FROM audit WHERE type = ?1 AND package_id = ?2 "
                         "ORDER BY seq LIMIT 1",
+    /* The ledger of enrolled OEM roots (roots.c, schema 7). */
+    [S_ROOT_IDS_GET] = "SELECT oem_ids FROM roots WHERE sha256 = ?1",
+    [S_ROOT_INSERT] = "INSERT INTO roots (sha256, der, oem_ids, enrolled_at, operator, enrol_seq) "
+                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_ROOT_DELETE] = "DELETE FROM roots WHERE sha256 = ?1",
+    [S_ROOTS_ALL] = "SELECT sha256, der, oem_ids, enrolled_at, operator, enrol_seq FROM roots "
+                    "ORDER BY enrol_seq, sha256",
 };
 
 /* ---- errors: the one place SQLite result codes become CKR codes ---------------- */

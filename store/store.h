@@ -309,8 +309,9 @@ enum guardian_audit_type {
     GUARDIAN_AUDIT_OUTCOME = 8,    /* the line reported a part programmed or scrapped (schema 6 on) */
     GUARDIAN_AUDIT_REISSUE = 9,    /* a device's certificate issued again for another key (schema 6 on) */
     GUARDIAN_AUDIT_RETIRE = 10,    /* a superseded release's production CA key destroyed: who, when, which (schema 6 on) */
+    GUARDIAN_AUDIT_ENROL = 11,     /* an OEM root enrolled in or removed from the store's ledger (schema 7 on) */
 };
-#define GUARDIAN_AUDIT_TYPE_MAX GUARDIAN_AUDIT_RETIRE
+#define GUARDIAN_AUDIT_TYPE_MAX GUARDIAN_AUDIT_ENROL
 
 /* A part's outcome, as an OUTCOME record (its authorised_units field) and the
  * device index hold it (0: none reported). */
@@ -506,6 +507,61 @@ CK_RV guardian_store_credential_succeeded(struct guardian_store *st, int role, c
  * locked.  Any output may be NULL. */
 CK_RV guardian_store_credential_summary(struct guardian_store *st, bool *so_set, size_t *n_users,
                                         uint32_t *max_user_failures, size_t *n_users_locked, uint32_t *so_failures);
+
+/* ---- the ledger of enrolled OEM roots (schema 7, store/roots.c) ------------------- */
+/* Where the token cannot be trusted to hold OEM roots (a plain user can make
+ * a CKA_TRUSTED certificate: tpm2-pkcs11, NSS softoken; or nobody can:
+ * opencryptoki), the roots the Guardian's own SO enrolled in service mode are
+ * kept here (docs/threat-model.md section 2).  A row: the root's DER, its
+ * SHA-256, its OEM IDs ("A,B", as enrolled), when, who, and the seq of its
+ * ENROL record.  An ENROL record (type 11): serial = enum guardian_enrol_action,
+ * digest = SHA-256 of the root's DER, device_id = SHA-256 of the OEM IDs string
+ * (32 bytes), no OEM or product ID (they do not fit: up to 16 IDs), the
+ * operator.  A
+ * removal is an ENROL record too (serial GUARDIAN_ENROL_REMOVED), of the same
+ * digest and OEM IDs, written with the row's deletion. */
+enum guardian_enrol_action {
+    GUARDIAN_ENROL_ENROLLED = 1,
+    GUARDIAN_ENROL_REMOVED = 2,
+};
+#define GUARDIAN_ROOT_DER_MAX 65536
+#define GUARDIAN_ROOT_IDS_MAX 1100
+struct guardian_root_row {
+    uint8_t sha256[GUARDIAN_HASH_LEN];
+    const uint8_t *der; /* valid during the callback only */
+    size_t der_len;
+    char oem_ids[GUARDIAN_ROOT_IDS_MAX + 1];
+    int64_t enrolled_at;
+    char operator_name[GUARDIAN_OPERATOR_MAX + 1];
+    uint64_t seq; /* its ENROL record */
+};
+/* One write transaction, synchronous=FULL: when no row of this root exists,
+ * a row and its ENROL record (GUARDIAN_ENROL_ENROLLED, the current operator,
+ * dated `now`); *record (may be NULL) is that record.  A row of the same
+ * root with the same OEM IDs: nothing written, *already true.  With other
+ * OEM IDs: CKR_GUARDIAN_REQUEST_INVALID (remove it first), nothing written.
+ * CKR_ARGUMENTS_BAD for a DER of 0 or more than GUARDIAN_ROOT_DER_MAX bytes
+ * or OEM IDs of 0 or more than GUARDIAN_ROOT_IDS_MAX. */
+CK_RV guardian_store_root_enrol(struct guardian_store *st, const uint8_t *der, size_t der_len, const char *oem_ids,
+                                int64_t now, struct guardian_audit_record *record, bool *already);
+/* One write transaction: the row of the root whose DER has SHA-256 `sha256`
+ * deleted and an ENROL record GUARDIAN_ENROL_REMOVED appended; *found false
+ * (nothing written) when there is no such row. */
+CK_RV guardian_store_root_remove(struct guardian_store *st, const uint8_t sha256[GUARDIAN_HASH_LEN], int64_t now,
+                                 bool *found);
+/* Every row, ordered by enrolment, as the table holds it (nothing checked). */
+CK_RV guardian_store_roots_each(struct guardian_store *st, CK_RV (*fn)(const struct guardian_root_row *r, void *ctx),
+                                void *ctx);
+/* The rows that count: those whose ENROL record is in the verified chain at
+ * or before `anchored_seq` (the chain head the token's anchor names, which the
+ * caller has checked agrees with this store), is of type ENROL, action
+ * ENROLLED, names `operator_name` (the SO, "so"), and has the digest of the
+ * row's DER (recomputed) and of its OEM IDs, with no removal of that root
+ * after it.  A row that fails any of these is logged once and skipped (a row
+ * inserted or altered with sqlite3).  *skipped (may be NULL): how many. */
+CK_RV guardian_store_roots_verified(struct guardian_store *st, uint64_t anchored_seq, const char *operator_name,
+                                    CK_RV (*fn)(const struct guardian_root_row *r, void *ctx), void *ctx,
+                                    size_t *skipped);
 
 /* ---- the token's anchor of the store ------------------------------------------ */
 

@@ -102,6 +102,10 @@ enum stmt_id {
     S_AUDIT_HASH_AT,
     S_RETIRE_PACKAGE,
     S_RETIRE_RECORD,
+    S_ROOT_IDS_GET,
+    S_ROOT_INSERT,
+    S_ROOT_DELETE,
+    S_ROOTS_ALL,
     S_COUNT
 };
 

@@ -769,12 +769,30 @@ static int cmd_cert(int argc, char **argv)
 
 /* ---- OEM roots ------------------------------------------------------------------------ */
 
+/* The enrolled roots' certificates: the token's trusted certificates, and
+ * the certificates labelled "guardian-root:" without CKA_TRUSTED that the
+ * module makes to list a root of its ledger where the token refuses a
+ * trusted certificate (opencryptoki, SoftHSM's user: mechs/enrol_root.c). */
 CK_ULONG list_roots(CK_OBJECT_HANDLE *out, CK_ULONG max)
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_BBOOL yes = CK_TRUE;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TRUSTED, &yes, 1}};
-    return find_all(t, 2, out, max);
+    CK_OBJECT_HANDLE all[256];
+    CK_ULONG n = find_all(t, 2, out, max), m = find_all(t, 1, all, 256);
+    for (CK_ULONG i = 0; i < m && n < max; i++) {
+        CK_ULONG len = 0, k;
+        unsigned char *label;
+        for (k = 0; k < n && out[k] != all[i]; k++)
+            ;
+        if (k < n)
+            continue;
+        label = get_attr(all[i], CKA_LABEL, &len);
+        if (label != NULL && len > strlen("guardian-root:") && strncmp((char *)label, "guardian-root:", 14) == 0)
+            out[n++] = all[i];
+        free(label);
+    }
+    return n;
 }
 
 /* How many enrolled roots have a SHA-256 fingerprint starting with `prefix`;
@@ -911,6 +929,10 @@ static int cmd_enroll(int argc, char **argv)
         die("%s is not a CA certificate", file);
     if (rv == CKR_ATTRIBUTE_VALUE_INVALID)
         die("the OEM IDs '%s' are not valid (1..64 characters of A-Z a-z 0-9 - . _ : each, at most 16)", ids);
+    if (rv == CKR_GUARDIAN_ROOT_NOT_ANCHORED)
+        die("enrolment not anchored: the root is in the Guardian's store, but the token refused its state anchor, "
+            "so the root does not count (%s; the module's log line names the backend's answer)",
+            ckr(rv));
     if (rv != CKR_OK)
         die("enrolment refused: %s (0x%lx); the module's log line says why", ckr(rv), (unsigned long)rv);
     P11(p11->C_Logout(session));

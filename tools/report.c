@@ -418,9 +418,10 @@ const char *report_parse_record(const char *s, size_t len, struct guardian_audit
     r->type = type;
     if (!get_i64(f[3], fl[3], &r->time))
         return "bad time";
-    if (type == GUARDIAN_AUDIT_CREDENTIAL) {
+    if (type == GUARDIAN_AUDIT_CREDENTIAL || type == GUARDIAN_AUDIT_ENROL) {
         if (!field_is(f[4], fl[4], "-") || !field_is(f[5], fl[5], "-"))
-            return "a CREDENTIAL record has no OEM or product ID ('-')";
+            return type == GUARDIAN_AUDIT_ENROL ? "an ENROL record has no OEM or product ID ('-')"
+                                                : "a CREDENTIAL record has no OEM or product ID ('-')";
     } else if (type == GUARDIAN_AUDIT_EXPORT && (field_is(f[4], fl[4], "-") || field_is(f[5], fl[5], "-"))) {
         /* The whole trail: no scope ("-" is no ID here: the ID "-" is %2D). */
         if (!field_is(f[4], fl[4], "-") || !field_is(f[5], fl[5], "-"))
@@ -487,7 +488,7 @@ static int parse_record(struct vctx *v, const char *s, size_t len)
         return malformed(v, "%s", why);
     if (v->version == 1 && r.encoding != GUARDIAN_AUDIT_ENCODING_1)
         return malformed(v, "a record line of 15 fields (with an operator) in a version 1 report");
-    if (r.type != GUARDIAN_AUDIT_CREDENTIAL && r.oem_id[0] != '\0') {
+    if (r.type != GUARDIAN_AUDIT_CREDENTIAL && r.type != GUARDIAN_AUDIT_ENROL && r.oem_id[0] != '\0') {
         prod = find_product(v, r.oem_id, r.product_id, 1);
         if (prod == -2)
             return malformed(v, "more than %d products", REPORT_MAX_PRODUCTS);
@@ -1662,6 +1663,16 @@ static void check_accounting(struct vctx *v)
             check_export(v, r);
             continue;
         }
+        if (r->type == GUARDIAN_AUDIT_ENROL) {
+            /* An OEM root enrolled in the Guardian's ledger, or removed from it:
+             * no product's, no count. */
+            if ((r->serial != GUARDIAN_ENROL_ENROLLED && r->serial != GUARDIAN_ENROL_REMOVED) ||
+                r->dev_len != GUARDIAN_HASH_LEN)
+                problem(v, "record %llu (ENROL) is malformed: it needs an action 1 or 2 and the SHA-256 of its "
+                           "OEM IDs",
+                        seq);
+            continue;
+        }
         prod = &v->products[r->product];
         if (r->type == GUARDIAN_AUDIT_RETIRE) {
             check_retire(v, i, prod);
@@ -2148,6 +2159,18 @@ static void summary(struct vctx *v)
     }
     if (n_exports > CREDENTIAL_LINES_SHOWN)
         say(v, "(%zu more export records not shown)\n", n_exports - CREDENTIAL_LINES_SHOWN);
+    /* OEM roots enrolled in (or removed from) the Guardian's ledger, in trail
+     * order: which root (SHA-256), when, by whom. */
+    for (size_t i = 0; i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i];
+        char when[32], root[65];
+        if (r->type != GUARDIAN_AUDIT_ENROL || (i > 0 && r->seq == v->recs[i - 1].seq))
+            continue;
+        iso8601(r->time, when);
+        report_hex(root, r->digest, sizeof(r->digest));
+        say(v, "enrol      record %llu %s by %s: OEM root sha256:%s %s\n", (unsigned long long)r->seq, when,
+            operator_label(v, r->op), root, r->serial == GUARDIAN_ENROL_REMOVED ? "removed" : "enrolled");
+    }
     /* Retired production CA keys, in trail order: which release, when, by whom. */
     for (size_t i = 0; i < v->n_recs; i++) {
         const struct rrec *r = &v->recs[i];

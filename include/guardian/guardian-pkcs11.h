@@ -338,6 +338,13 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * package again for this Guardian's certificate (guardian-wrap create
  * --kdf auto chooses a scheme it lists). */
 #define CKR_GUARDIAN_TRANSPORT_UNSUPPORTED (CKR_GUARDIAN_BASE | 0x003CUL)
+/* An OEM root enrolled in the Guardian's ledger (a token that cannot hold
+ * roots: docs/threat-model.md section 2) whose enrolment could not be
+ * anchored: the backend refused the token's state anchor object (NSS
+ * softoken 3.87 makes no CKO_DATA token object) or it could not be moved.
+ * The ledger row and its ENROL record are in the store, but a root counts
+ * only at or before the anchored head: not until the anchor moves. */
+#define CKR_GUARDIAN_ROOT_NOT_ANCHORED (CKR_GUARDIAN_BASE | 0x0039UL)
 
 /* 0x0040..0x004F: Guardian requests and ownership. */
 /* A request object is malformed: unknown CKG_GUARDIAN_REQ_*, a missing or

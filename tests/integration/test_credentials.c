@@ -493,6 +493,53 @@ static void test_service_mechanisms(void **st)
     assert_int_equal(m->C_CloseSession(s), CKR_OK);
 }
 
+/* Without backend_so_pin_file (NSS has no SO; tpm2-pkcs11's SO makes no
+ * object) the Guardian SO logs into the backend as its user, and the module,
+ * not the backend's session state, says who it is: the SO's requests and
+ * C_InitPIN only, never an operator's request; an operator never gets the
+ * SO's (docs/service-mode.md, "Enrolment where the token cannot hold roots"). */
+static CK_RV request(CK_SESSION_HANDLE s, CK_ULONG type)
+{
+    CK_OBJECT_CLASS cls = CKO_GUARDIAN_REQUEST;
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_GUARDIAN_REQUEST, &type, sizeof(type)}};
+    CK_RV rv = m->C_CreateObject(s, t, 2, &h);
+    if (rv == CKR_OK)
+        m->C_DestroyObject(s, h);
+    return rv;
+}
+
+static void test_so_as_backend_user(void **st)
+{
+    char text[4 * PATH_MAX + 256];
+    CK_SESSION_INFO si;
+    CK_SESSION_HANDLE s;
+    (void)st;
+
+    snprintf(text, sizeof(text), "backend = %s\nstate_dir = %s\nbackend_pin_file = %s\npin_kdf_cost = 1024\n",
+             test_softhsm_path(), state_dir, pin_file);
+    write_file(conf, text, 0600);
+    assert_int_equal(m->C_Finalize(NULL), CKR_OK);
+    assert_int_equal(m->C_Initialize(NULL), CKR_OK);
+    provision_credentials(); /* the SO logs in (as the backend's user) and sets alice */
+    s = open_rw();
+    assert_int_equal(login(s, CKU_SO, SO_SECRET), CKR_OK);
+    assert_int_equal(m->C_GetSessionInfo(s, &si), CKR_OK);
+    assert_int_equal(si.state, CKS_RW_USER_FUNCTIONS); /* the backend's view */
+    /* An operator's request in the SO's session: refused. */
+    assert_int_equal(request(s, CKG_GUARDIAN_REQ_STATUS), CKR_USER_NOT_LOGGED_IN);
+    /* The SO's own request reaches its handler (which wants its attributes). */
+    assert_int_equal(request(s, CKG_GUARDIAN_REQ_ENROL_ROOT), CKR_GUARDIAN_REQUEST_INVALID);
+    assert_int_equal(m->C_Logout(s), CKR_OK);
+    /* The operator: its own request, never the SO's. */
+    assert_int_equal(login(s, CKU_USER, ALICE), CKR_OK);
+    assert_int_equal(request(s, CKG_GUARDIAN_REQ_STATUS), CKR_OK);
+    assert_int_equal(request(s, CKG_GUARDIAN_REQ_ENROL_ROOT), CKR_USER_NOT_LOGGED_IN);
+    assert_int_equal(m->C_InitPIN(s, (CK_UTF8CHAR_PTR) "bob:bob-secret-1", 16), CKR_USER_NOT_LOGGED_IN);
+    assert_int_equal(m->C_Logout(s), CKR_OK);
+    assert_int_equal(m->C_CloseSession(s), CKR_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -505,6 +552,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pin_file_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_credential_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_mechanisms, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_so_as_backend_user, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -235,7 +235,7 @@ static void test_open_reopen_file(void **state)
     assert_int_equal(reserve(st, "dev-1", NOW, &serial), CKR_OK);
     guardian_store_close(st);
 
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
 
     /* Reopen twice: the migration is not applied again, the data is there. */
     for (int round = 0; round < 2; round++) {
@@ -247,7 +247,7 @@ static void test_open_reopen_file(void **state)
         assert_int_equal(read_trail(st, t), CKR_OK);
         assert_int_equal(t->count, 2);
         guardian_store_close(st);
-        assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
+        assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
         assert_int_equal(query_int(&d, "SELECT count(*) FROM sqlite_schema WHERE name = 'audit'"), 1);
     }
 
@@ -317,7 +317,7 @@ static void test_migration_failure_rolls_back(void **state)
     tamper(&d, "DROP TABLE audit");
     st = open_dir(&d);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
     tmpdir_remove(&d);
 }
 
@@ -1472,7 +1472,7 @@ static void test_concurrent_fresh_open(void **state)
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
     }
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
     st = open_dir(&d);
     for (int i = 0; i < FRESH_PROCS; i++) {
         char product[16];
@@ -3417,7 +3417,7 @@ static void test_migration_from_v3(void **state)
     make_v3_state(&d, v3);
     assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
     st = open_dir(&d);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
     assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE encoding = 1 AND operator = ''"), 4);
     /* The old records verify as they were, and the journal of the process
      * the old module left behind folds into an encoding 2 ISSUE (no operator). */
@@ -3657,16 +3657,144 @@ static void test_migration_5_to_6(void **state)
     issue_fake(st, first + 2, "M-1", 3); /* schema 5 let a device be issued twice */
     guardian_store_close(st);
     /* Back to what schema 5 had: no index. */
-    tamper(&d, "DROP TABLE devices; PRAGMA user_version = 5;");
+    tamper(&d, "DROP TABLE devices; DROP TABLE roots; PRAGMA user_version = 5;");
     assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
 
     st = open_dir(&d);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 6);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
     assert_int_equal(query_int(&d, "SELECT count(*) FROM devices"), 2);
     expect_device(st, "M-1", true, first, 1, 0);
     expect_device(st, "M-2", true, first + 1, 2, 0);
     expect_device(st, "M-3", false, 0, 0, 0);
     guardian_store_close(st);
+    tmpdir_remove(&d);
+}
+
+/* The ledger of OEM roots (store/roots.c): a row counts only with its ENROL
+ * record in the verified chain up to the anchored head, with the row's
+ * content; a row inserted or altered with sqlite3 does not; a removal is
+ * recorded and ends it. */
+struct roots_seen {
+    size_t n;
+    char ids[4][GUARDIAN_ROOT_IDS_MAX + 1];
+};
+
+static CK_RV roots_collect(const struct guardian_root_row *r, void *ctx)
+{
+    struct roots_seen *s = ctx;
+    if (s->n < 4)
+        snprintf(s->ids[s->n], sizeof(s->ids[0]), "%s", r->oem_ids);
+    s->n++;
+    return CKR_OK;
+}
+
+static size_t roots_count(struct guardian_store *st, uint64_t anchored, size_t *skipped, struct roots_seen *seen)
+{
+    struct roots_seen mine;
+    if (seen == NULL)
+        seen = &mine;
+    memset(seen, 0, sizeof(*seen));
+    assert_int_equal(guardian_store_roots_verified(st, anchored, "so", roots_collect, seen, skipped), CKR_OK);
+    return seen->n;
+}
+
+static void test_root_ledger(void **state)
+{
+    static const uint8_t der_a[] = {0x30, 0x03, 0x02, 0x01, 0x01}, der_b[] = {0x30, 0x03, 0x02, 0x01, 0x02};
+    struct guardian_store *st;
+    struct guardian_audit_record rec, rec_b;
+    struct roots_seen seen;
+    struct tmpdir d;
+    struct trail *t = trail_new();
+    uint8_t sha_a[32];
+    size_t skipped = 0;
+    bool already = true, found = false;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(guardian_store_root_enrol(st, der_a, 0, "ACME", NOW, &rec, &already), CKR_ARGUMENTS_BAD);
+    assert_int_equal(guardian_store_root_enrol(st, der_a, sizeof(der_a), "", NOW, &rec, &already), CKR_ARGUMENTS_BAD);
+    /* The SO enrols: a row and its ENROL record. */
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(guardian_store_root_enrol(st, der_a, sizeof(der_a), "ACME,ACME2", NOW, &rec, &already), CKR_OK);
+    assert_false(already);
+    assert_int_equal(rec.type, GUARDIAN_AUDIT_ENROL);
+    assert_int_equal(rec.serial, GUARDIAN_ENROL_ENROLLED);
+    assert_string_equal(rec.operator_name, "so");
+    assert_int_equal(rec.device_id_len, 32);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM roots"), 1);
+    /* Again with the same IDs: nothing written; with others: refused. */
+    assert_int_equal(guardian_store_root_enrol(st, der_a, sizeof(der_a), "ACME,ACME2", NOW, NULL, &already), CKR_OK);
+    assert_true(already);
+    assert_int_equal(guardian_store_root_enrol(st, der_a, sizeof(der_a), "EVIL", NOW, NULL, &already),
+                     CKR_GUARDIAN_REQUEST_INVALID);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 1);
+    /* Counted when anchored; not when the anchor is behind its record. */
+    assert_int_equal(roots_count(st, rec.seq, &skipped, &seen), 1);
+    assert_string_equal(seen.ids[0], "ACME,ACME2");
+    assert_int_equal(skipped, 0);
+    assert_int_equal(roots_count(st, rec.seq - 1, &skipped, NULL), 0);
+    assert_int_equal(skipped, 1);
+    /* Another writer than the SO: not counted as the SO's. */
+    guardian_store_set_operator(st, "alice");
+    assert_int_equal(guardian_store_root_enrol(st, der_b, sizeof(der_b), "OTHER", NOW, &rec_b, &already), CKR_OK);
+    assert_int_equal(roots_count(st, rec_b.seq, &skipped, NULL), 1);
+    assert_int_equal(skipped, 1);
+    guardian_store_close(st);
+
+    /* sqlite3: the OEM IDs widened, a root swapped, a row inserted: none counts. */
+    tamper(&d, "UPDATE roots SET oem_ids = 'ACME,ACME2,EVIL' WHERE oem_ids = 'ACME,ACME2'");
+    st = open_dir(&d);
+    assert_int_equal(roots_count(st, rec_b.seq, &skipped, NULL), 0);
+    assert_int_equal(skipped, 2);
+    guardian_store_close(st);
+    tamper(&d, "UPDATE roots SET oem_ids = 'ACME,ACME2' WHERE oem_ids = 'ACME,ACME2,EVIL'");
+    tamper(&d, "UPDATE roots SET der = X'3003020103' WHERE oem_ids = 'ACME,ACME2'");
+    st = open_dir(&d);
+    assert_int_equal(roots_count(st, rec_b.seq, &skipped, NULL), 0);
+    guardian_store_close(st);
+    tamper(&d, "UPDATE roots SET der = X'3003020101' WHERE oem_ids = 'ACME,ACME2'");
+    tamper(&d, "INSERT INTO roots SELECT X'0101010101010101010101010101010101010101010101010101010101010101', "
+               "X'3003020109', 'EVIL', enrolled_at, operator, enrol_seq FROM roots WHERE oem_ids = 'ACME,ACME2'");
+    st = open_dir(&d);
+    assert_int_equal(roots_count(st, rec_b.seq, &skipped, &seen), 1);
+    assert_string_equal(seen.ids[0], "ACME,ACME2");
+    assert_int_equal(skipped, 2);
+    guardian_store_close(st);
+    tamper(&d, "DELETE FROM roots WHERE oem_ids = 'EVIL'");
+
+    /* Removal: the row goes, an ENROL record says so; a row put back with
+     * sqlite3 (the old seq) does not count. */
+    st = open_dir(&d);
+    guardian_store_set_operator(st, "so");
+    assert_int_equal(EVP_Digest(der_a, sizeof(der_a), sha_a, NULL, EVP_sha256(), NULL), 1);
+    assert_int_equal(guardian_store_root_remove(st, sha_a, NOW, &found), CKR_OK);
+    assert_true(found);
+    assert_int_equal(guardian_store_root_remove(st, sha_a, NOW, &found), CKR_OK);
+    assert_false(found);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 3);
+    assert_int_equal(t->rec[2].type, GUARDIAN_AUDIT_ENROL);
+    assert_int_equal(t->rec[2].serial, GUARDIAN_ENROL_REMOVED);
+    assert_memory_equal(t->rec[2].digest, sha_a, 32);
+    assert_memory_equal(t->rec[2].device_id, t->rec[0].device_id, 32);
+    assert_int_equal(roots_count(st, t->rec[2].seq, &skipped, NULL), 0);
+    guardian_store_close(st);
+    {
+        char sql[512], hex[65];
+        for (int i = 0; i < 32; i++)
+            snprintf(hex + 2 * i, 3, "%02x", sha_a[i]);
+        snprintf(sql, sizeof(sql), "INSERT INTO roots VALUES (X'%s', X'3003020101', 'ACME,ACME2', 0, 'so', %llu)", hex,
+                 (unsigned long long)rec.seq);
+        tamper(&d, sql);
+    }
+    st = open_dir(&d);
+    assert_int_equal(roots_count(st, t->rec[2].seq, &skipped, NULL), 0);
+    assert_int_equal(skipped, 2); /* the one put back, alice's */
+    guardian_store_close(st);
+    free(t);
     tmpdir_remove(&d);
 }
 
@@ -3713,6 +3841,7 @@ int main(void)
         cmocka_unit_test(test_migration_from_v3),
         cmocka_unit_test(test_device_index),
         cmocka_unit_test(test_migration_5_to_6),
+        cmocka_unit_test(test_root_ledger),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,298 @@
+#!/bin/bash
+#
+# test_enrol.sh KIND <guardian-pkcs11.so> <guardianctl> <guardian-wrap> <mechlist> <enrol_request>
+#               [<init_args_shim.so> [<tpm_like_shim.so>]]
+#
+# KIND = tpm2 | nss | opencryptoki, or softhsm-ledger: SoftHSM behind
+# tpm_like_shim.so, where the module's trusted-certificate check fails as on
+# tpm2-pkcs11 (so the roots are the ledger's) while SoftHSM still makes the EC
+# identity that tpm2-pkcs11 1.9 and NSS do not make today; there the
+# adversary holds the backend's SO PIN and plants the trusted certificate as
+# SoftHSM's SO (a plain user cannot there).
+#
+# OEM-root enrolment where the token cannot be trusted to hold roots
+# (docs/threat-model.md section 2): on tpm2-pkcs11 and NSS softoken a plain
+# user makes CKA_TRUSTED certificates, on opencryptoki nobody can.  There the
+# Guardian's own Security Officer, in service mode (backend_pin_file; no
+# backend_so_pin_file: the SO logs into the backend as its user), enrols the
+# root in the anchored store (store/roots.c, ENROL record type 11).
+#
+# On KIND's backend, brought up by lib.sh in a temporary directory:
+#  1. a guardian.conf in service mode; the Guardian SO and operator alice set
+#     through the module (pkcs11-tool --init-token / --init-pin);
+#  2. guardianctl init, enroll-oem, list-oems; the CA-request import (package
+#     v2: guardianctl ca-request, guardian-wrap certify-ca, create
+#     --ca-request), provision 3, openssl verify; timings printed (INFO);
+#  3. refusals: an operator's (CKU_USER) enrolment request; an in-process
+#     Guardian (no credentials) enrolling and importing, with the message
+#     naming service mode; a root planted straight on the backend with the
+#     backend's user PIN (CKA_TRUSTED, label guardian-root:EVIL) and a ledger
+#     row inserted with sqlite3 for it: a package signed under it refused;
+#  4. remove-oem: recorded (ENROL record, action 2), the root no longer
+#     counts; enrolled again, it counts; export + verify-report list the
+#     enrolments.
+# Exit status: 0 all passed, 1 a failure, 77 the backend cannot run here.
+
+# shellcheck source-path=SCRIPTDIR source=../interop/lib.sh
+. "$(dirname "$0")/../interop/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+KIND=${1:-}
+if [ $# -lt 6 ] || [ $# -gt 8 ] || [ -z "$KIND" ]; then
+    printf 'usage: %s tpm2|nss|opencryptoki|softhsm-ledger <guardian-pkcs11.so> <guardianctl> <guardian-wrap> ' "$0" >&2
+    printf '<mechlist> <enrol_request> [<init_args_shim.so> [<tpm_like_shim.so>]]\n' >&2
+    exit 2
+fi
+INTEROP_NAME=enrol_$KIND
+LEDGER_SHIM=
+if [ "$KIND" = softhsm-ledger ]; then
+    KIND=softhsm
+    LEDGER_SHIM=${8:+$(readlink -f "$8")}
+    if [ -z "$LEDGER_SHIM" ] || [ ! -f "$LEDGER_SHIM" ]; then
+        printf 'FAIL %s: softhsm-ledger needs tpm_like_shim.so (built in tests/backends)\n0 passed, 1 failed\n' \
+            "$INTEROP_NAME"
+        exit 1
+    fi
+fi
+for f in "$2" "$3" "$4" "$5" "$6"; do
+    if [ ! -f "$f" ]; then
+        printf 'FAIL %s: %s does not exist\n0 passed, 1 failed\n' "$INTEROP_NAME" "$f"
+        exit 1
+    fi
+done
+G=$(readlink -f "$2") CTL=$(readlink -f "$3") W=$(readlink -f "$4") ML=$(readlink -f "$5") ER=$(readlink -f "$6")
+SHIM=${7:+$(readlink -f "$7")}
+for c in pkcs11-tool sqlite3 openssl; do
+    if ! command -v "$c" >/dev/null; then
+        printf 'FAIL %s: %s is missing (tools/debian-packages)\n0 passed, 1 failed\n' "$INTEROP_NAME" "$c"
+        exit 1
+    fi
+done
+
+backend_test_start backends enrol
+L=$BACKEND_LABEL
+SO_PIN=guardian-so-secret
+ALICE=alice:alice-secret-1
+
+ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+
+# ---- 1. service mode ------------------------------------------------------------
+umask 077
+printf '%s\n' "$BACKEND_USER_PIN" >"$WORK/backend.pin"
+GBACKEND=$BACKEND_MODULE
+if [ -n "$LEDGER_SHIM" ]; then
+    GBACKEND=$LEDGER_SHIM
+    export TPM_LIKE_SHIM_MODULE=$BACKEND_MODULE
+fi
+{
+    printf 'backend = %s\n' "$GBACKEND"
+    printf 'state_dir = %s\n' "$WORK/state"
+    printf 'log_level = info\n'
+    printf 'pin_kdf_cost = 1024\n'
+    printf 'backend_pin_file = %s\n' "$WORK/backend.pin"
+    if [ -n "$BACKEND_INIT_ARGS" ]; then
+        printf 'backend_init_args = %s\n' "$BACKEND_INIT_ARGS"
+    fi
+} >"$WORK/guardian.conf"
+# The same Guardian in-process: no credentials, the backend's PINs.
+grep -v '^backend_pin_file\|^backend_so_pin_file\|^pin_kdf_cost' "$WORK/guardian.conf" >"$WORK/inprocess.conf"
+umask 022
+
+# Every client runs in $WORK (backend_exec may enter opencryptoki's namespace,
+# which does not keep the working directory).
+bx() { backend_exec env -C "$WORK" "$@"; }
+gm() { bx "GUARDIAN_CONF=$WORK/guardian.conf" "$@"; }
+ctl() {
+    bx "GUARDIAN_CONF=$WORK/guardian.conf" GUARDIAN_MODULE="$G" GUARDIAN_TOKEN="$L" \
+        GUARDIAN_PIN="$ALICE" GUARDIAN_SO_PIN="$SO_PIN" "$CTL" "$@"
+}
+ctl_inprocess() {
+    bx "GUARDIAN_CONF=$WORK/inprocess.conf" GUARDIAN_MODULE="$G" GUARDIAN_TOKEN="$L" \
+        GUARDIAN_PIN="$BACKEND_USER_PIN" GUARDIAN_SO_PIN="${BACKEND_SO_PIN:-no-so-pin}" "$CTL" "$@"
+}
+# run NAME WANT REGEX CMD...: CMD exits 0 (WANT 0) or not (WANT 1), and its
+# output (stdout+stderr) matches REGEX.
+run() {
+    local name=$1 want=$2 re=$3 log rc=0
+    shift 3
+    log=$(logfile "$name")
+    "$@" >"$log" 2>&1 </dev/null || rc=$?
+    if { [ "$want" = 0 ] && [ "$rc" -ne 0 ]; } || { [ "$want" != 0 ] && [ "$rc" -eq 0 ]; }; then
+        fail "$name" "exit status $rc (wanted $([ "$want" = 0 ] && echo 0 || echo non-zero))" "$log"
+    elif [ -n "$re" ] && ! grep -Eq -- "$re" "$log"; then
+        fail "$name" "no line matches /$re/" "$log"
+    else
+        pass "$name"
+    fi
+    return 0
+}
+
+must "Guardian SO set through the module (C_InitToken)" \
+    gm pkcs11-tool --module "$G" --token-label "$L" --init-token --label "$L" --so-pin "$SO_PIN"
+must "operator alice set by the SO (C_InitPIN)" \
+    gm pkcs11-tool --module "$G" --token-label "$L" --init-pin --login --login-type so --so-pin "$SO_PIN" \
+    --new-pin "$ALICE"
+
+# ---- the OEMs ---------------------------------------------------------------------
+ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+oem_root() {
+    ec_key "$1.key"
+    openssl req -new -x509 -key "$1.key" -subj "/CN=$2" -days 3650 -out "$1.pem" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    openssl x509 -in "$1.pem" -outform DER -out "$1.der"
+}
+oem_signer() {
+    ec_key "$1.key"
+    openssl req -new -key "$1.key" -subj "$2" -out "$1.csr" 2>/dev/null
+    openssl x509 -req -in "$1.csr" -CA "$3.pem" -CAkey "$3.key" -days 365 -out "$1.pem" \
+        -extfile <(printf 'keyUsage=critical,digitalSignature\n') 2>/dev/null
+}
+oem_root root "ACME Root"
+oem_signer signer "/CN=ACME Package Signer" root
+oem_root evil "EVIL Root"
+oem_root third "THIRD Root"
+oem_signer evilsigner "/CN=EVIL Package Signer" evil
+
+# package NAME OEM PRODUCT ROOT SIGNER: ca-request in the Guardian, certify-ca
+# by ROOT, create --ca-request signed by SIGNER: NAME.gpk.
+package() {
+    local n=$1 oem=$2 product=$3 root=$4 signer=$5
+    ctl ca-request --product "$oem/$product" --subject "/O=$oem/CN=$oem $product CA" --out "$n.csr" &&
+        "$W" certify-ca --guardian-cert guardian.pem --oem-id "$oem" --product-id "$product" --ca-key "$root.key" \
+            --ca-cert "$root.pem" --csr "$n.csr" --days 365 --out "$n-ca.pem" &&
+        "$W" create --guardian-cert guardian.pem --signer-key "$signer.key" --signer-cert "$signer.pem" \
+            --ca-cert "$n-ca.pem" --ca-chain "$root.pem" --oem-id "$oem" --product-id "$product" --release 1 \
+            --units 5 --not-after +30 --ca-request "$n.csr" --out "$n.gpk"
+}
+
+# ---- 2. enrolment --------------------------------------------------------------------
+t0=$(date +%s%N)
+run "enroll-oem by the Guardian SO" 0 "enrolled: packages signed under this root for ACME" \
+    ctl enroll-oem root.pem --oem-id ACME --yes
+info "$KIND: guardianctl enroll-oem took $(ms_since "$t0") ms"
+run "list-oems shows it" 0 "ACME Root +for ACME" ctl list-oems
+check_eq "the ledger holds the root" 1 \
+    "$(sqlite3 "$WORK/state/guardian.db" "SELECT count(*) FROM roots WHERE oem_ids = 'ACME'")"
+check_eq "its ENROL record (type 11, action 1) is the SO's" "1|so" \
+    "$(sqlite3 "$WORK/state/guardian.db" "SELECT serial, operator FROM audit WHERE type = 11")"
+run "enroll-oem again: a repeat" 0 "already enrolled" ctl enroll-oem root.pem --oem-id ACME --yes
+
+# ---- 3. refusals ----------------------------------------------------------------------
+# An operator's enrolment request: the SO's only.
+gm "$ER" "$G" "$L" user "$ALICE" evil.der EVIL >out/user-enrol 2>&1 || true
+check_eq "an operator (CKU_USER) enrolment request refused (CKR_USER_NOT_LOGGED_IN)" "login 0x0 enrol 0x101" \
+    "$(grep -E '^(login|enrol) ' out/user-enrol | tr '\n' ' ' | sed 's/ $//')"
+# The operator's credential is no SO's.
+gm "$ER" "$G" "$L" so "$ALICE" evil.der EVIL >out/op-as-so 2>&1 || true
+check_grep "the operator's PIN does not log in as the SO" '^login 0xa0$' out/op-as-so
+
+# The adversary: the backend's PIN straight on the backend (the user's; on
+# SoftHSM, where a user cannot, its SO's).
+DIRECT=$BACKEND_MODULE
+[ -n "$BACKEND_INIT_ARGS" ] && DIRECT=$SHIM
+if [ "$KIND" = softhsm ]; then
+    bx "$ER" "$BACKEND_MODULE" "$L" so "$BACKEND_SO_PIN" evil.der EVIL --plant >out/plant 2>out/plant.err || true
+else
+    bx "INIT_ARGS_SHIM_MODULE=$BACKEND_MODULE" "INIT_ARGS_SHIM_ARGS=$BACKEND_INIT_ARGS" \
+        "$ML" "$DIRECT" "$L" --login "$BACKEND_USER_PIN" --plant "$WORK/evil.der" guardian-root:EVIL \
+        >out/plant 2>out/plant.err || true
+fi
+info "$KIND: a trusted guardian-root:EVIL certificate planted straight on the backend: $(grep '^plant' out/plant)"
+if [ "$KIND" != opencryptoki ]; then
+    check_grep "the trusted guardian-root:EVIL certificate is made on the backend" '^plant 0x0$' out/plant
+    run "list-oems shows the planted one too (it lists token certificates)" 0 "EVIL Root +for EVIL" ctl list-oems
+else
+    # Nobody makes a trusted certificate there (CKR_TEMPLATE_INCONSISTENT).
+    check_grep "opencryptoki refuses the trusted certificate to the backend's user too" '^plant 0xd1$' out/plant
+fi
+
+# In-process (no credentials): enrolment and import fail closed, naming
+# service mode.  On SoftHSM behind the shim the SO makes the trusted
+# certificate (SoftHSM lets its SO), which counts for nothing there.
+if [ "$KIND" = softhsm ]; then
+    run "in-process: enroll-oem makes the token certificate only" 0 "enrolled" \
+        ctl_inprocess enroll-oem third.pem --oem-id THIRD --yes
+    check_eq "... and writes no ledger row" 0 \
+        "$(sqlite3 "$WORK/state/guardian.db" "SELECT count(*) FROM roots WHERE oem_ids = 'THIRD'")"
+elif [ "$KIND" = nss ]; then
+    # No SO at all: in-process nobody can enrol.
+    run "in-process: enroll-oem refused (NSS has no SO)" 1 "CKR_USER_TYPE_INVALID" \
+        ctl_inprocess enroll-oem third.pem --oem-id THIRD --yes
+else
+    run "in-process: enroll-oem refused, naming service mode" 1 "run the Guardian in service mode" \
+        ctl_inprocess enroll-oem third.pem --oem-id THIRD --yes
+fi
+
+# ---- 4. the identity, then packages ---------------------------------------------------
+# Enrolment needs no identity; everything below does (tpm2-pkcs11 1.9 and NSS
+# 3.87 make no derive-only EC key today: init stops there, named).
+t0=$(date +%s%N)
+must "guardianctl init (service mode, operator alice)" ctl init --out guardian.pem
+info "$KIND: guardianctl init took $(ms_since "$t0") ms"
+must "package ACME/SENSOR-1 (CA request, v2)" package p1 ACME SENSOR-1 root signer
+t0=$(date +%s%N)
+run "import under the enrolled root" 0 "" ctl import p1.gpk
+info "$KIND: guardianctl import took $(ms_since "$t0") ms"
+t0=$(date +%s%N)
+run "provision 3" 0 "provisioned 3 parts" ctl provision --product ACME/SENSOR-1 --count 3 --out run
+info "$KIND: guardianctl provision --count 3 took $(ms_since "$t0") ms"
+n=0
+for f in run/*.pem; do
+    [ -e "$f" ] && openssl verify -CAfile root.pem -untrusted p1-ca.pem "$f" >/dev/null 2>&1 && n=$((n + 1))
+done
+check_eq "openssl verify: 3 device certificates up to the OEM root" 3 "$n"
+# A copy of the state as it is now, ledger row included, to restore later.
+must "a copy of the state" sqlite3 "$WORK/state/guardian.db" ".backup '$WORK/old.db'"
+
+must "package EVIL/X signed under the planted root" package pe EVIL X evil evilsigner
+run "a package under a root planted on the backend refused" 1 "CKR_GUARDIAN_UNTRUSTED_SIGNER" ctl import pe.gpk
+# ... and with a ledger row for it inserted with sqlite3 (the ENROL record's
+# seq of the real root, the anchor untouched).
+seq=$(sqlite3 "$WORK/state/guardian.db" "SELECT enrol_seq FROM roots WHERE oem_ids = 'ACME'")
+sqlite3 "$WORK/state/guardian.db" "INSERT INTO roots VALUES (X'$(openssl dgst -sha256 -r evil.der | cut -c1-64)', \
+    readfile('$WORK/evil.der'), 'EVIL', 0, 'so', ${seq:-1})" 2>out/sqlite.err || true
+check_eq "a ledger row inserted with sqlite3" 1 \
+    "$(sqlite3 "$WORK/state/guardian.db" "SELECT count(*) FROM roots WHERE oem_ids = 'EVIL'")"
+run "a package under a root inserted into the ledger refused" 1 "CKR_GUARDIAN_UNTRUSTED_SIGNER" ctl import pe.gpk
+run "... the module says the row does not count" 1 "does not count: its certificate is not the one its ENROL" \
+    bx "GUARDIAN_CONF=$WORK/guardian.conf" GUARDIAN_DEBUG=info GUARDIAN_MODULE="$G" \
+    GUARDIAN_TOKEN="$L" GUARDIAN_PIN="$ALICE" "$CTL" import pe.gpk
+sqlite3 "$WORK/state/guardian.db" "DELETE FROM roots WHERE oem_ids = 'EVIL'" || true
+
+# In-process (no credentials): the import fails closed, naming service mode.
+must "package ACME/INPROC" package pi ACME INPROC root signer
+run "in-process: import refused" 1 "CKR_GUARDIAN_OEM_NOT_ENROLLED" ctl_inprocess import pi.gpk
+run "... the module's message names service mode" 1 "holds only in service mode" \
+    bx "GUARDIAN_CONF=$WORK/inprocess.conf" GUARDIAN_DEBUG=info GUARDIAN_MODULE="$G" \
+    GUARDIAN_TOKEN="$L" GUARDIAN_PIN="$BACKEND_USER_PIN" "$CTL" import pi.gpk
+run "... the same package imports in service mode (control)" 0 "" ctl import pi.gpk
+
+# ---- 5. removal -------------------------------------------------------------------------
+fpr=$(openssl x509 -in root.pem -outform DER | openssl dgst -sha256 -r | cut -c1-16)
+must "package ACME/SENSOR-2" package p2 ACME SENSOR-2 root signer
+run "remove-oem by the Guardian SO" 0 "removed" ctl remove-oem "$fpr" --yes
+check_eq "the removal is recorded (ENROL record, action 2)" "2|so" \
+    "$(sqlite3 "$WORK/state/guardian.db" "SELECT serial, operator FROM audit WHERE type = 11 ORDER BY seq DESC LIMIT 1")"
+check_eq "the ledger row is gone" 0 \
+    "$(sqlite3 "$WORK/state/guardian.db" "SELECT count(*) FROM roots")"
+run "after remove-oem the root no longer counts" 1 "CKR_GUARDIAN_UNTRUSTED_SIGNER" ctl import p2.gpk
+run "enrolled again" 0 "enrolled" ctl enroll-oem root.pem --oem-id ACME --yes
+run "... and it counts again" 0 "" ctl import p2.gpk
+
+must "audit export" ctl audit export --out audit.txt
+VR=(verify-report audit.txt --guardian guardian.pem --root root.pem)
+for p in p1 pi p2; do
+    [ -e "$p-ca.pem" ] && VR+=(--ca-chain "$p-ca.pem")
+done
+run "verify-report accepts the trail" 0 "^OK$" "$W" "${VR[@]}"
+run "verify-report lists the enrolments" 0 "enrol +record [0-9]+ .* by so: OEM root sha256:[0-9a-f]{64} removed" \
+    "$W" "${VR[@]}"
+
+# The older copy restored (its ledger row and ENROL record genuine, the
+# anchor further on): refused as before.
+must "package ACME/SENSOR-3" package p3 ACME SENSOR-3 root signer
+cp "$WORK/old.db" "$WORK/state/guardian.db"
+rm -f "$WORK/state/guardian.db-wal" "$WORK/state/guardian.db-shm"
+run "a restored older store is refused" 1 "CKR_GUARDIAN_STATE_ROLLBACK" ctl import p3.gpk
+finish

@@ -1,0 +1,71 @@
+/*
+ * tpm_like_shim.c — SoftHSM as the Guardian's trusted-certificate check sees
+ * tpm2-pkcs11: a test module that loads the backend named by
+ * TPM_LIKE_SHIM_MODULE and hands out its 2.x function list, copied, with one
+ * entry replaced: C_CreateObject of a session (CKA_TOKEN false or absent)
+ * certificate in a read-only session answers CKR_SESSION_READ_ONLY, as
+ * tpm2-pkcs11 1.9 does (it makes no session object in a read-only session;
+ * docs/backends.md).  Then the module cannot see that CKA_TRUSTED is the
+ * SO's (mechs/selftest.c guardian_trusted_so_only is false) and keeps the
+ * enrolled roots in its ledger, while SoftHSM still makes the EC identity
+ * that tpm2-pkcs11 does not (tests/backends/test_enrol.sh softhsm-ledger).
+ * Every other pointer is SoftHSM's own.  A test tool only: never installed.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "p11.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static void *dl;
+static CK_FUNCTION_LIST list2;
+static CK_C_CreateObject backend_create;
+
+static CK_RV shim_create(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR out)
+{
+    CK_SESSION_INFO si;
+    bool cert = false, token = false;
+    for (CK_ULONG i = 0; t != NULL && i < n; i++) {
+        if (t[i].type == CKA_CLASS && t[i].pValue != NULL && t[i].ulValueLen == sizeof(CK_OBJECT_CLASS))
+            cert = *(CK_OBJECT_CLASS *)t[i].pValue == CKO_CERTIFICATE;
+        if (t[i].type == CKA_TOKEN && t[i].pValue != NULL && t[i].ulValueLen == 1)
+            token = *(CK_BBOOL *)t[i].pValue == CK_TRUE;
+    }
+    if (cert && !token && list2.C_GetSessionInfo(s, &si) == CKR_OK && !(si.flags & CKF_RW_SESSION))
+        return CKR_SESSION_READ_ONLY;
+    return backend_create(s, t, n, out);
+}
+
+EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
+{
+    const char *path = getenv("TPM_LIKE_SHIM_MODULE");
+    CK_C_GetFunctionList get;
+    CK_FUNCTION_LIST_PTR fl = NULL;
+    CK_RV rv = CKR_OK;
+
+    if (out == NULL)
+        return CKR_ARGUMENTS_BAD;
+    pthread_mutex_lock(&lock);
+    if (dl == NULL && (path == NULL || (dl = dlopen(path, RTLD_NOW | RTLD_LOCAL)) == NULL)) {
+        fprintf(stderr, "tpm_like_shim: TPM_LIKE_SHIM_MODULE: %s\n", path ? dlerror() : "not set");
+        rv = CKR_GENERAL_ERROR;
+    }
+    if (rv == CKR_OK) {
+        get = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList");
+        rv = get == NULL ? CKR_GENERAL_ERROR : get(&fl);
+    }
+    if (rv == CKR_OK) {
+        list2 = *fl; /* sized as a 2.x list whatever its version says */
+        backend_create = list2.C_CreateObject;
+        list2.C_CreateObject = shim_create;
+        *out = &list2;
+    }
+    pthread_mutex_unlock(&lock);
+    return rv;
+}
