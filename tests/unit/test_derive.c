@@ -246,6 +246,9 @@ static CK_RV token_get_attribute(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATT
     if (is_anchor(h)) {
         if (h != anchor_handle)
             return CKR_OBJECT_HANDLE_INVALID;
+        CK_OBJECT_CLASS data = CKO_DATA;
+        if (n == 1 && t[0].type == CKA_CLASS) /* the anchor's form (mechs/anchor.c: a data object here) */
+            return put(&t[0], &data, sizeof(data));
         if (n != 1 || t[0].type != CKA_VALUE)
             return CKR_ATTRIBUTE_TYPE_INVALID;
         return put(&t[0], anchor_value, anchor_len);
