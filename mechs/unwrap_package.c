@@ -757,16 +757,20 @@ static CK_RV create_certificate(struct import *im, X509 *x, int index)
     if (der_len > 0 && subj_len > 0 && iss_len > 0 && ser_len > 0 && (index == 0 || keyed)) {
         CK_ATTRIBUTE t[] = {
             {CKA_CLASS, &cls, sizeof(cls)},      {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
-            {CKA_TOKEN, &yes, sizeof(yes)},      {CKA_CERTIFICATE_CATEGORY, &category, sizeof(category)},
+            {CKA_TOKEN, &yes, sizeof(yes)},      {CKA_MODIFIABLE, &no, sizeof(no)},
             {CKA_ID, index == 0 ? im->pkg.package_id : key_sha1,
              index == 0 ? GUARDIAN_PKG_ID_LEN : SHA_DIGEST_LENGTH},
             {CKA_LABEL, label, 0},               {CKA_VALUE, der, (CK_ULONG)der_len},
             {CKA_SUBJECT, subj, (CK_ULONG)subj_len}, {CKA_ISSUER, iss, (CK_ULONG)iss_len},
-            {CKA_SERIAL_NUMBER, serial, (CK_ULONG)ser_len}, {CKA_MODIFIABLE, &no, sizeof(no)},
+            {CKA_SERIAL_NUMBER, serial, (CK_ULONG)ser_len}, {CKA_CERTIFICATE_CATEGORY, &category, sizeof(category)},
         };
         snprintf(label, sizeof(label), "%s:%s%d", im->prefix, index == 0 ? "production-ca-cert" : "chain-", index);
         t[5].ulValueLen = strlen(label);
         rv = im->be->C_CreateObject(im->session, t, sizeof(t) / sizeof(t[0]), &h);
+        /* A 2.20 token (opencryptoki 3.8) knows no CKA_CERTIFICATE_CATEGORY
+         * (the last): the certificate without it. */
+        if (rv == CKR_ATTRIBUTE_TYPE_INVALID)
+            rv = im->be->C_CreateObject(im->session, t, sizeof(t) / sizeof(t[0]) - 1, &h);
         if (rv == CKR_OK)
             rv = track(im, h);
         else
