@@ -42,6 +42,35 @@ expect "the CSR verifies (signed in the token with RSA)" 0 "verify OK|self-signa
     openssl req -in s.csr -verify -noout
 expect "the CSR's signature algorithm" 0 "sha256WithRSAEncryption" -- openssl req -in s.csr -noout -text
 
+# ---- the keys' attributes, and the policy: no standard call may use them ------
+# The dishonest operator holds the user PIN: the RSA agreement key would be a
+# decryption or unwrap oracle for any OAEP ciphertext (a package's KEK), the
+# signing key would sign a forged report.  Both are refused through the module.
+pkcs11-tool --module "$GUARDIAN_BACKEND" --token-label rsaid --login --pin 1234 -O --type privkey >keys.txt 2>&1
+[ "$(grep -A2 'label: *guardian-identity' keys.txt | grep -c 'Usage: *unwrap$')" = 1 ] &&
+    ok "the agreement key's only usage is unwrap" || ko "the agreement key's usage: $(cat keys.txt)"
+[ "$(grep -A2 'label: *guardian-signing' keys.txt | grep -c 'Usage: *sign$')" = 1 ] &&
+    ok "the signing key's only usage is sign" || ko "the signing key's usage: $(cat keys.txt)"
+[ "$(grep -c 'sensitive, always sensitive, never extractable' keys.txt)" = 2 ] &&
+    ok "both private keys sensitive and never extractable" || ko "$(cat keys.txt)"
+P=(pkcs11-tool --module "$M" --token-label rsaid --login --pin 1234)
+echo hello >in.txt
+expect "policy: C_SignInit with the RSA signing key refused" 1 "policy: C_SignInit refused: .* Guardian identity key" -- \
+    "${P[@]}" --sign --id 677561726469616e2d7369676e696e67 -m RSA-PKCS --input-file in.txt --output-file s.bin
+openssl x509 -in cert00 -pubkey -noout >a.pub
+head -c 32 /dev/urandom >k.bin
+openssl pkeyutl -encrypt -pubin -inkey a.pub -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 \
+    -pkeyopt rsa_mgf1_md:sha256 -in k.bin -out enc.bin
+expect "policy: C_DecryptInit with the RSA agreement key refused" 1 "policy: C_DecryptInit refused: .* Guardian identity key" -- \
+    "${P[@]}" --decrypt --id 677561726469616e2d6964656e74697479 -m RSA-PKCS-OAEP --hash-algorithm SHA256 \
+    --mgf MGF1-SHA256 --input-file enc.bin
+expect "policy: C_UnwrapKey with the RSA agreement key refused" 1 "policy: C_UnwrapKey refused: .* Guardian identity key" -- \
+    "${P[@]}" --unwrap --id 677561726469616e2d6964656e74697479 -m RSA-PKCS-OAEP --hash-algorithm SHA256 \
+    --mgf MGF1-SHA256 --input-file enc.bin --key-type AES:32 --extractable
+"${P[@]}" --keypairgen --key-type rsa:2048 --id 01 --label control >/dev/null 2>&1 || ko "keypairgen control"
+expect "control: an RSA key of the caller's signs through the module" 0 "Using signature algorithm RSA-PKCS" -- \
+    "${P[@]}" --sign --id 01 -m RSA-PKCS --input-file in.txt --output-file s2.bin
+
 # ---- the CA request flow (version 2) -----------------------------------------
 oem_pki
 "$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null 2>&1 || ko "enroll-oem"
