@@ -128,6 +128,31 @@ after=$(count_objects)
 [ "$before" = "$after" ] && [ "$before" -gt 0 ] && ok "nothing left in the token ($after objects before and after)" ||
     ko "objects before $before, after $after"
 if "$CTL" status 2>&1 | grep -q 'RSA-1'; then ko "ACME/RSA-1 is installed"; else ok "nothing installed for ACME/RSA-1"; fi
+# An ECDH package whose target is this RSA Guardian (made for an EC key, the
+# target rewritten, signed again by the OEM signer): refused before any key
+# operation, since the scheme is not for the Guardian's key type.
+ec_key eg.key && openssl req -new -x509 -key eg.key -subj /CN=ec-guardian -days 2 -out eg.pem 2>/dev/null
+"$W" "${pw[@]/guardian.pem/eg.pem}" --ca-cert rca.pem --ca-key rca.key --product-id RSA-2 --release 1 --units 5 \
+    --out ec.gpk >/dev/null || ko "create for an EC Guardian"
+openssl cms -verify -inform DER -in ec.gpk -CAfile root.pem -binary -out content.der 2>/dev/null || ko "cms -verify"
+python3 - eg.pem cert00 content.der <<'PY'
+import hashlib, subprocess, sys
+der = lambda f: subprocess.run(["openssl", "x509", "-in", f, "-outform", "DER"], capture_output=True).stdout
+old, new = hashlib.sha256(der(sys.argv[1])).digest(), hashlib.sha256(der(sys.argv[2])).digest()
+d = open(sys.argv[3], "rb").read()
+assert d.count(old) == 1
+open("content-rsa-target.der", "wb").write(d.replace(old, new))
+PY
+for _ in $(seq 64); do
+    openssl cms -sign -binary -nodetach -nosmimecap -cades -md sha256 -outform DER \
+        -econtent_type 2.25.62758544141009244537205961397770264239.1 -in content-rsa-target.der \
+        -signer signer.pem -inkey signer.key -out ecdh-for-rsa.gpk 2>/dev/null
+    "$W" inspect ecdh-for-rsa.gpk --oem-root root.pem 2>/dev/null | grep -q '^container *exactly as signed' && break
+done
+before=$(count_objects)
+expect "import: an ECDH package for the RSA Guardian refused" 1 "uses a key transport for an EC Guardian key, this Guardian's is RSA" -- \
+    "$CTL" import ecdh-for-rsa.gpk
+[ "$(count_objects)" = "$before" ] && ok "nothing made by the refused ECDH package" || ko "objects changed"
 
 # ---- the audit report, signed by the RSA signing key -------------------------
 expect "audit export" 0 "exported" -- "$CTL" audit export --out report.txt
