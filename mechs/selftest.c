@@ -411,14 +411,14 @@ int guardian_selftest_unwrap_package(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, 
         res = a == GUARDIAN_SELFTEST_UNKNOWN || b == GUARDIAN_SELFTEST_UNKNOWN ? GUARDIAN_SELFTEST_UNKNOWN
                                                                                : GUARDIAN_SELFTEST_FAIL;
     }
-    /* No ECDH (opencryptoki has no EC at all): the RSA-OAEP transport, which
-     * an RSA Guardian imports with.  It passing is enough; else the ECDH
-     * answer stands, as before. */
+    /* Neither ECDH path works (opencryptoki has no EC at all; NSS's 0x210A
+     * is no RFC 5649): the RSA-OAEP transport, which an RSA Guardian imports
+     * with.  It passing is enough; else the ECDH answer stands, as before. */
     c = oaep_path(&r);
     clean(&r);
     snprintf(first, sizeof(first), "%s", why);
     if (c == 0) {
-        snprintf(why, why_len, "RSA-OAEP-SHA256 (label) + AES-CBC-PAD unwrap (no ECDH: %s)", ecdh);
+        snprintf(why, why_len, "RSA-OAEP-SHA256 (label) + AES-CBC-PAD unwrap (the ECDH paths: %s)", ecdh);
         return GUARDIAN_SELFTEST_PASS;
     }
     snprintf(why, why_len, "%s; RSA-OAEP: %s", ecdh, first);
