@@ -163,10 +163,8 @@ static CK_RV generate(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const uint8_t i
 static CK_RV ca_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const struct ca_key *k, const uint8_t *tbs,
                      size_t len, uint8_t **sig, int *sig_len)
 {
-    static const unsigned char digest_info[19] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-                                                  0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
     CK_MECHANISM m = {k->type == CKG_GUARDIAN_CA_KEY_RSA2048 ? CKM_RSA_PKCS : CKM_ECDSA, NULL, 0};
-    unsigned char hash[48], di[sizeof(digest_info) + 32], raw[512];
+    unsigned char hash[48], di[sizeof(guardian_sha256_digest_info) + 32], raw[512];
     unsigned int hl = 0;
     CK_ULONG raw_len = sizeof(raw);
     const uint8_t *in = tbs;
@@ -181,8 +179,8 @@ static CK_RV ca_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const struct ca_
         in = hash;
         in_len = hl;
     } else {
-        memcpy(di, digest_info, sizeof(digest_info));
-        if (EVP_Digest(tbs, len, di + sizeof(digest_info), &hl, EVP_sha256(), NULL) != 1 || hl != 32)
+        memcpy(di, guardian_sha256_digest_info, sizeof(guardian_sha256_digest_info));
+        if (EVP_Digest(tbs, len, di + sizeof(guardian_sha256_digest_info), &hl, EVP_sha256(), NULL) != 1 || hl != 32)
             return CKR_GENERAL_ERROR;
         in = di;
         in_len = sizeof(di);

@@ -136,15 +136,15 @@ static CK_RV key_type(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDL
     return rv;
 }
 
-/* The PKCS#1 v1.5 DigestInfo prefix of a SHA-256 hash (RFC 8017, 9.2). */
-static const unsigned char sha256_digest_info[19] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-                                                     0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+const unsigned char guardian_sha256_digest_info[19] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                                       0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                                       0x01, 0x05, 0x00, 0x04, 0x20};
 
 CK_RV guardian_identity_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const uint8_t *data,
                              size_t len, uint8_t **der, int *der_len)
 {
     CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
-    unsigned char in[sizeof(sha256_digest_info) + 32], raw[512];
+    unsigned char in[sizeof(guardian_sha256_digest_info) + 32], raw[512];
     unsigned int hl = 0;
     CK_ULONG raw_len = sizeof(raw), in_len = 32;
     CK_KEY_TYPE kt = CKK_EC;
@@ -157,8 +157,8 @@ CK_RV guardian_identity_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJEC
         return rv;
     /* RSA: CKM_RSA_PKCS over DigestInfo || hash, the one RSA signing
      * mechanism every token has; EC: CKM_ECDSA over the hash. */
-    memcpy(in, sha256_digest_info, sizeof(sha256_digest_info));
-    if (EVP_Digest(data, len, in + sizeof(sha256_digest_info), &hl, EVP_sha256(), NULL) != 1 || hl != 32)
+    memcpy(in, guardian_sha256_digest_info, sizeof(guardian_sha256_digest_info));
+    if (EVP_Digest(data, len, in + sizeof(guardian_sha256_digest_info), &hl, EVP_sha256(), NULL) != 1 || hl != 32)
         return CKR_GENERAL_ERROR;
     if (kt == CKK_RSA) {
         m.mechanism = CKM_RSA_PKCS;
@@ -166,7 +166,7 @@ CK_RV guardian_identity_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJEC
     }
     rv = be->C_SignInit(s, &m, key);
     if (rv == CKR_OK)
-        rv = be->C_Sign(s, kt == CKK_RSA ? in : in + sizeof(sha256_digest_info), in_len, raw, &raw_len);
+        rv = be->C_Sign(s, kt == CKK_RSA ? in : in + sizeof(guardian_sha256_digest_info), in_len, raw, &raw_len);
     if (rv != CKR_OK) {
         guardian_error("identity", "the Guardian key cannot sign in the backend: %s", ckr(rv));
         return rv;

@@ -31,6 +31,9 @@ int guardian_identity_issued_by(X509 *agreement, X509 *signing);
  * verifies with EVP_DigestVerify(SHA-256) and the key's certificate. */
 CK_RV guardian_identity_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const uint8_t *data,
                              size_t len, uint8_t **der, int *der_len);
+/* The PKCS#1 v1.5 DigestInfo prefix of a SHA-256 hash (RFC 8017, 9.2): what
+ * CKM_RSA_PKCS signs, followed by the hash, for sha256WithRSAEncryption. */
+extern const unsigned char guardian_sha256_digest_info[19];
 /* Sets `alg` to the signature algorithm guardian_identity_sign makes with
  * `signer`'s key: ecdsa-with-SHA256 or sha256WithRSAEncryption; 0 on failure. */
 int guardian_identity_sig_alg(X509_ALGOR *alg, const EVP_PKEY *signer);
