@@ -4,11 +4,14 @@
 # (docs/backends.md): `guardianctl init` chooses RSA by the slot's mechanism
 # list (no CKM_EC_KEY_PAIR_GEN), S and A verify with openssl (signed with
 # CKM_RSA_PKCS over a DigestInfo: no CKM_SHA256_RSA_PKCS there), the CSR
-# verifies, the unwrap mechanism is advertised because its RSA-OAEP-SHA256
-# self-test passes (OAEP with a label, another label refused, CBC-PAD unwrap
-# of a key whose value is checked), guardian-wrap picks the RSA-OAEP
-# transport for this Guardian, and the import stops where opencryptoki stops
-# it today: no OEM root can be enrolled there (CKA_TRUSTED →
+# verifies, the audit report (signed by the RSA key) passes verify-report and
+# a changed signature character fails it, the unwrap mechanism is advertised
+# because its RSA-OAEP-SHA256 self-test passes (OAEP with a label, another
+# label refused, CBC-PAD unwrap of a key whose value is checked), a production
+# CA key (RSA) made there gets a CSR and binding certify-ca accepts,
+# guardian-wrap picks the RSA-OAEP transport for this Guardian, and the import
+# stops where opencryptoki stops it today: no OEM root can be enrolled there
+# (enroll-oem: CKR_ATTRIBUTE_TYPE_INVALID; CKA_TRUSTED:
 # CKR_TEMPLATE_INCONSISTENT), so the package is refused with nothing made.
 # Where enroll-oem succeeds (the store-recorded enrolment), the test goes on:
 # a tamper sweep (no flip imported, nothing made), the import, provision and
@@ -62,6 +65,9 @@ check_grep "CKM_GUARDIAN_UNWRAP_PACKAGE advertised" "^0xc7440001" out/mechs
 { grep -h "selftest: .*UNWRAP" out/mechs.err || true; } | sed 's/^guardian\[[0-9]*\]: debug: /opencryptoki: /' |
     while read -r line; do info "$line"; done
 
+# The audit report, signed in opencryptoki by the RSA-3072 signing key.
+check "audit export" ctl audit export --out "$WORK/out/report.txt"
+check_grep "the report's signature line" "^signature " out/report.txt
 # An OEM PKI; guardian-wrap picks RSA-OAEP for this Guardian; the import stops at the roots.
 openssl req -new -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout out/root.key -subj "/CN=ACME Root" \
     -days 30 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign -out out/root.pem 2>/dev/null
@@ -81,6 +87,16 @@ check "certify-ca: the RSA Guardian's binding verifies" "$W" certify-ca --guardi
     --oem-id ACME --product-id SENSOR-1 --ca-key out/root.key --ca-cert out/root.pem --csr out/sensor.csr \
     --out out/pca.pem
 check "openssl verify: the production CA up to the OEM root" openssl verify -CAfile out/root.pem out/pca.pem
+check "verify-report: the RSA Guardian's report OK" "$W" verify-report out/report.txt --guardian out/guardian.pem \
+    --ca-chain out/pca.pem --root out/root.pem
+awk '/^signature / { c = substr($0, 31, 1); $0 = substr($0, 1, 30) (c == "A" ? "B" : "A") substr($0, 32) } 1' \
+    out/report.txt >out/bad.txt
+if cmp -s out/report.txt out/bad.txt; then
+    fail "a changed report signature" "the edit changed nothing"
+else
+    check_fails "verify-report: a changed signature character refused" "$W" verify-report out/bad.txt \
+        --guardian out/guardian.pem --ca-chain out/pca.pem --root out/root.pem
+fi
 check "guardian-wrap create for the RSA Guardian" "$W" create --guardian-cert out/guardian.pem \
     --signer-key out/signer.key --signer-cert out/signer.pem --ca-key out/ca.key --ca-cert out/ca.pem \
     --ca-chain out/root.pem --oem-id ACME --product-id RSA-1 --release 1 --units 3 --not-after +30 --out out/p.gpk
