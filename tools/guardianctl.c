@@ -697,7 +697,8 @@ static int cmd_init(int argc, char **argv)
     if (old_a != NULL && strcmp(old_fpr, fpr) == 0)
         fprintf(stderr, "Guardian already initialized in token '%s'; certificate sha256:%s\n", token_label, fpr);
     else
-        fprintf(stderr, "Guardian certificate (key agreement, the target of OEM packages) sha256:%s\n", fpr);
+        fprintf(stderr, "Guardian certificate (%s, the target of OEM packages) sha256:%s\n",
+                EVP_PKEY_get_base_id(X509_get0_pubkey(a)) == EVP_PKEY_RSA ? "RSA key transport" : "key agreement", fpr);
     fprintf(stderr, "signing certificate (issued it, signs reports) sha256:%s\n", sfpr);
     if (old_a != NULL && strcmp(old_fpr, fpr) != 0)
         say_certificate_changed(old_fpr, fpr, out);
@@ -1481,7 +1482,9 @@ void status_report(const struct guardian_status *s)
     } else {
         X509 *a = cert_from_object(cert), *sc = cert_or_null(find_signing(CKO_CERTIFICATE));
         X509 *both[2] = {a, sc};
-        const char *what[2] = {"certificate (key agreement: the target of OEM packages)",
+        int rsa = a != NULL && EVP_PKEY_get_base_id(X509_get0_pubkey(a)) == EVP_PKEY_RSA;
+        const char *what[2] = {rsa ? "certificate (RSA key transport: the target of OEM packages)"
+                                   : "certificate (key agreement: the target of OEM packages)",
                                "signing certificate (issued it; signs reports)"};
         for (int i = 0; i < 2 && both[i] != NULL; i++) {
             char colons[96], *subject = X509_NAME_oneline(X509_get_subject_name(both[i]), NULL, 0);

@@ -35,6 +35,7 @@ expect "S: sha256WithRSAEncryption, RSA 2048" 0 "sha256WithRSAEncryption.*Public
 expect "A: RSA, keyEncipherment (critical), signed sha256WithRSAEncryption" 0 "sha256WithRSAEncryption.*rsaEncryption.*Key Usage: critical +Key Encipherment" -- \
     sh -c "openssl x509 -in cert00 -noout -text | tr '\n' ' '"
 expect "init again: idempotent" 0 "already initialized" -- "$CTL" init
+expect "status: A is for RSA key transport" 0 "certificate \(RSA key transport: the target of OEM packages\)" -- "$CTL" status
 expect "init --key-type p256 on an RSA Guardian refused" 1 "type of the Guardian's existing keys" -- \
     "$CTL" init --key-type p256
 expect "init --csr: the signing key's CSR" 0 "wrote s.csr" -- "$CTL" init --csr s.csr
