@@ -336,7 +336,7 @@ static CK_RV sign_report(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HA
     uint8_t *der = NULL;
     int der_len = 0;
     EVP_MD_CTX *md = NULL;
-    char line[512];
+    char line[800]; /* "signature " and the base64 of up to an RSA 4096 signature */
     CK_RV rv = guardian_identity_sign(be, s, key, (const uint8_t *)t->p, t->len, &der, &der_len);
 
     if (rv != CKR_OK)

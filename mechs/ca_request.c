@@ -125,8 +125,10 @@ static CK_RV generate(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const uint8_t i
     CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1},      {CKA_PRIVATE, &yes, 1},   {CKA_SENSITIVE, &yes, 1},
                              {CKA_EXTRACTABLE, &no, 1}, {CKA_SIGN, &yes, 1},      {CKA_DERIVE, &no, 1},
                              {CKA_DECRYPT, &no, 1},     {CKA_UNWRAP, &no, 1},     {CKA_SIGN_RECOVER, &no, 1},
-                             {CKA_MODIFIABLE, &no, 1},  {CKA_COPYABLE, &no, 1},
-                             {CKA_ID, (void *)id, GUARDIAN_CA_KEY_ID_LEN}, {CKA_LABEL, (void *)label, ll}};
+                             {CKA_MODIFIABLE, &no, 1},
+                             {CKA_ID, (void *)id, GUARDIAN_CA_KEY_ID_LEN}, {CKA_LABEL, (void *)label, ll},
+                             {CKA_COPYABLE, &no, 1}};
+    CK_ULONG n_priv = sizeof(priv_t) / sizeof(priv_t[0]);
     CK_ULONG n_pub = 8;
     CK_RV rv;
 
@@ -138,7 +140,11 @@ static CK_RV generate(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const uint8_t i
     } else {
         pub_t[n_pub++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, p256, sizeof(p256)};
     }
-    rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, sizeof(priv_t) / sizeof(priv_t[0]), &k->pub, &k->priv);
+    rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv, &k->pub, &k->priv);
+    /* A 2.20 token (opencryptoki 3.8) knows no CKA_COPYABLE (the last): the
+     * policy refuses copies in any case (policy.c). */
+    if (rv == CKR_ATTRIBUTE_TYPE_INVALID)
+        rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv - 1, &k->pub, &k->priv);
     if (rv != CKR_OK) {
         guardian_error(LOG, "cannot generate the production CA key pair in the backend: %s", ckr(rv));
         k->pub = k->priv = CK_INVALID_HANDLE;
@@ -150,12 +156,15 @@ static CK_RV generate(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const uint8_t i
 }
 
 /* `tbs` signed by the new CA key in the token: a DER ECDSA-Sig-Value or the
- * RSA PKCS#1 v1.5 signature, into *sig (OPENSSL_free it). */
+ * RSA PKCS#1 v1.5 signature, into *sig (OPENSSL_free it).  RSA signs with
+ * CKM_RSA_PKCS over the SHA-256 DigestInfo, which every RSA token has
+ * (opencryptoki 3.8 has no CKM_SHA256_RSA_PKCS); derive_device_cert.c signs
+ * the same way. */
 static CK_RV ca_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const struct ca_key *k, const uint8_t *tbs,
                      size_t len, uint8_t **sig, int *sig_len)
 {
-    CK_MECHANISM m = {k->type == CKG_GUARDIAN_CA_KEY_RSA2048 ? CKM_SHA256_RSA_PKCS : CKM_ECDSA, NULL, 0};
-    unsigned char hash[48], raw[512];
+    CK_MECHANISM m = {k->type == CKG_GUARDIAN_CA_KEY_RSA2048 ? CKM_RSA_PKCS : CKM_ECDSA, NULL, 0};
+    unsigned char hash[48], di[sizeof(guardian_sha256_digest_info) + 32], raw[512];
     unsigned int hl = 0;
     CK_ULONG raw_len = sizeof(raw);
     const uint8_t *in = tbs;
@@ -169,6 +178,12 @@ static CK_RV ca_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const struct ca_
             return CKR_GENERAL_ERROR;
         in = hash;
         in_len = hl;
+    } else {
+        memcpy(di, guardian_sha256_digest_info, sizeof(guardian_sha256_digest_info));
+        if (EVP_Digest(tbs, len, di + sizeof(guardian_sha256_digest_info), &hl, EVP_sha256(), NULL) != 1 || hl != 32)
+            return CKR_GENERAL_ERROR;
+        in = di;
+        in_len = sizeof(di);
     }
     rv = be->C_SignInit(s, &m, k->priv);
     if (rv == CKR_OK)
@@ -177,7 +192,7 @@ static CK_RV ca_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const struct ca_
         guardian_error(LOG, "the new production CA key cannot sign in the backend: %s", ckr(rv));
         return rv;
     }
-    if (m.mechanism == CKM_SHA256_RSA_PKCS) {
+    if (m.mechanism == CKM_RSA_PKCS) {
         if ((*sig = OPENSSL_memdup(raw, raw_len)) == NULL)
             return CKR_HOST_MEMORY;
         *sig_len = (int)raw_len;

@@ -14,10 +14,18 @@
  * Two key pairs, each generated here with fixed attributes (sensitive, never
  * extractable, not modifiable, not copyable), so no caller chooses them:
  *   - the agreement key (CKA_ID "guardian-identity"): derive only — ECDH of a
- *     package import.  Its certificate A is what OEMs wrap for (a package's
- *     target is A's SHA-256);
+ *     package import — or, an RSA key, unwrap only (RSA-OAEP-SHA256 of the
+ *     package's key-encryption key).  Its certificate A is what OEMs wrap for
+ *     (a package's target is A's SHA-256);
  *   - the signing key (CKA_ID "guardian-signing"): sign only — its own
- *     certificate S or CSR, A, and the audit reports (audit_export.c).
+ *     certificate S or CSR, A, the CA key bindings (ca_request.c) and the
+ *     audit reports (audit_export.c).
+ * Both are EC P-256, or both RSA (2048 or 3072 bits) on a token without EC
+ * (opencryptoki's soft token): the request's CKA_GUARDIAN_IDENTITY_KEY_TYPE,
+ * else what the slot's mechanism list offers.  The signing key signs with
+ * CKM_ECDSA or CKM_RSA_PKCS over a DigestInfo (sha256WithRSAEncryption),
+ * which every token with RSA has (opencryptoki 3.8 has no
+ * CKM_SHA256_RSA_PKCS).
  * So whoever reaches the backend directly can no longer sign a report with
  * the key that must derive, nor derive with the key that signs.  The policy
  * (policy.c) refuses every standard call that would use either, and the
@@ -30,6 +38,7 @@
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/param_build.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -115,28 +124,61 @@ int guardian_identity_issued_by(X509 *agreement, X509 *signing)
     return ok;
 }
 
+/* The key type (CKK_EC or CKK_RSA) of an identity key object. */
+static CK_RV key_type(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, CK_KEY_TYPE *kt)
+{
+    CK_ATTRIBUTE a = {CKA_KEY_TYPE, kt, sizeof(*kt)};
+    CK_RV rv = be->C_GetAttributeValue(s, key, &a, 1);
+    if (rv == CKR_OK && *kt != CKK_EC && *kt != CKK_RSA) {
+        guardian_error("identity", "the Guardian key is neither EC nor RSA (CKA_KEY_TYPE 0x%lx)", (unsigned long)*kt);
+        rv = CKR_GENERAL_ERROR;
+    }
+    return rv;
+}
+
+const unsigned char guardian_sha256_digest_info[19] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                                       0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                                       0x01, 0x05, 0x00, 0x04, 0x20};
+
 CK_RV guardian_identity_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const uint8_t *data,
                              size_t len, uint8_t **der, int *der_len)
 {
-    CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0};
-    unsigned char hash[32], raw[132];
+    CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
+    unsigned char in[sizeof(guardian_sha256_digest_info) + 32], raw[512];
     unsigned int hl = 0;
-    CK_ULONG raw_len = sizeof(raw);
+    CK_ULONG raw_len = sizeof(raw), in_len = 32;
+    CK_KEY_TYPE kt = CKK_EC;
     ECDSA_SIG *sig = NULL;
     BIGNUM *r = NULL, *sv = NULL;
     CK_RV rv;
 
     *der = NULL;
-    if (EVP_Digest(data, len, hash, &hl, EVP_sha256(), NULL) != 1)
+    if ((rv = key_type(be, s, key, &kt)) != CKR_OK)
+        return rv;
+    /* RSA: CKM_RSA_PKCS over DigestInfo || hash, the one RSA signing
+     * mechanism every token has; EC: CKM_ECDSA over the hash. */
+    memcpy(in, guardian_sha256_digest_info, sizeof(guardian_sha256_digest_info));
+    if (EVP_Digest(data, len, in + sizeof(guardian_sha256_digest_info), &hl, EVP_sha256(), NULL) != 1 || hl != 32)
         return CKR_GENERAL_ERROR;
-    rv = be->C_SignInit(s, &ecdsa, key);
+    if (kt == CKK_RSA) {
+        m.mechanism = CKM_RSA_PKCS;
+        in_len = sizeof(in);
+    }
+    rv = be->C_SignInit(s, &m, key);
     if (rv == CKR_OK)
-        rv = be->C_Sign(s, hash, hl, raw, &raw_len);
+        rv = be->C_Sign(s, kt == CKK_RSA ? in : in + sizeof(guardian_sha256_digest_info), in_len, raw, &raw_len);
     if (rv != CKR_OK) {
         guardian_error("identity", "the Guardian key cannot sign in the backend: %s", ckr(rv));
         return rv;
     }
     rv = CKR_GENERAL_ERROR;
+    if (kt == CKK_RSA) {
+        /* The signature as it is: the BIT STRING of sha256WithRSAEncryption. */
+        if (raw_len == 0 || (*der = OPENSSL_memdup(raw, raw_len)) == NULL)
+            return CKR_GENERAL_ERROR;
+        *der_len = (int)raw_len;
+        return CKR_OK;
+    }
     if (raw_len == 0 || raw_len % 2 != 0 || (sig = ECDSA_SIG_new()) == NULL ||
         (r = BN_bin2bn(raw, (int)raw_len / 2, NULL)) == NULL ||
         (sv = BN_bin2bn(raw + raw_len / 2, (int)raw_len / 2, NULL)) == NULL || ECDSA_SIG_set0(sig, r, sv) != 1)
@@ -152,13 +194,56 @@ out:
     return rv;
 }
 
-/* The identity's public key as an EVP_PKEY (P-256 from CKA_EC_POINT). */
+int guardian_identity_sig_alg(X509_ALGOR *alg, const EVP_PKEY *signer)
+{
+    int rsa = EVP_PKEY_get_base_id(signer) == EVP_PKEY_RSA;
+    return X509_ALGOR_set0(alg, OBJ_nid2obj(rsa ? NID_sha256WithRSAEncryption : NID_ecdsa_with_SHA256),
+                           rsa ? V_ASN1_NULL : V_ASN1_UNDEF, NULL) == 1;
+}
+
+/* The identity's public key as an EVP_PKEY: P-256 from CKA_EC_POINT, or RSA
+ * from CKA_MODULUS and CKA_PUBLIC_EXPONENT. */
 static CK_RV public_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub, EVP_PKEY **out)
 {
     CK_BYTE pt[80];
     CK_ATTRIBUTE a = {CKA_EC_POINT, pt, sizeof(pt)};
     EVP_PKEY_CTX *ctx = NULL;
-    CK_RV rv = be->C_GetAttributeValue(s, pub, &a, 1);
+    CK_KEY_TYPE kt = CKK_EC;
+    CK_RV rv = key_type(be, s, pub, &kt);
+
+    *out = NULL;
+    if (rv != CKR_OK)
+        return rv;
+    if (kt == CKK_RSA) {
+        CK_BYTE n[512], e[8];
+        CK_ATTRIBUTE ra[] = {{CKA_MODULUS, n, sizeof(n)}, {CKA_PUBLIC_EXPONENT, e, sizeof(e)}};
+        OSSL_PARAM_BLD *b = NULL;
+        OSSL_PARAM *params = NULL;
+        BIGNUM *bn = NULL, *be_ = NULL;
+        if ((rv = be->C_GetAttributeValue(s, pub, ra, 2)) != CKR_OK)
+            return rv;
+        rv = CKR_GENERAL_ERROR;
+        if (ra[0].ulValueLen < 256 || ra[0].ulValueLen > sizeof(n) || ra[1].ulValueLen == 0) {
+            guardian_error("identity", "the Guardian public key is not an RSA key of 2048..4096 bits");
+            return rv;
+        }
+        if ((bn = BN_bin2bn(n, (int)ra[0].ulValueLen, NULL)) != NULL &&
+            (be_ = BN_bin2bn(e, (int)ra[1].ulValueLen, NULL)) != NULL && (b = OSSL_PARAM_BLD_new()) != NULL &&
+            OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_N, bn) == 1 &&
+            OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_E, be_) == 1 &&
+            (params = OSSL_PARAM_BLD_to_param(b)) != NULL &&
+            (ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL)) != NULL && EVP_PKEY_fromdata_init(ctx) == 1 &&
+            EVP_PKEY_fromdata(ctx, out, EVP_PKEY_PUBLIC_KEY, params) == 1)
+            rv = CKR_OK;
+        OSSL_PARAM_free(params);
+        OSSL_PARAM_BLD_free(b);
+        BN_free(bn);
+        BN_free(be_);
+        EVP_PKEY_CTX_free(ctx);
+        ERR_clear_error();
+        return rv;
+    }
+    rv = be->C_GetAttributeValue(s, pub, &a, 1);
     if (rv != CKR_OK)
         return rv;
     /* CKA_EC_POINT is a DER OCTET STRING around the X9.62 point. */
@@ -172,7 +257,6 @@ static CK_RV public_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HAN
             OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, pt + 2, 65),
             OSSL_PARAM_construct_end(),
         };
-        *out = NULL;
         ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
         rv = ctx != NULL && EVP_PKEY_fromdata_init(ctx) == 1 &&
                      EVP_PKEY_fromdata(ctx, out, EVP_PKEY_PUBLIC_KEY, params) == 1
@@ -181,6 +265,58 @@ static CK_RV public_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HAN
     }
     EVP_PKEY_CTX_free(ctx);
     return rv;
+}
+
+/* The identity key type for new key pairs: the request's
+ * CKA_GUARDIAN_IDENTITY_KEY_TYPE, else P-256 where the slot lists EC key
+ * generation and ECDSA, else RSA 3072 (a token without EC). */
+static CK_RV choose_key_type(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const struct guardian_request *rq,
+                             CK_ULONG *type)
+{
+    CK_SESSION_INFO si;
+    CK_MECHANISM_INFO mi;
+    CK_RV rv = guardian_request_ulong(rq, CKA_GUARDIAN_IDENTITY_KEY_TYPE, false, type);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (guardian_request_attr(rq, CKA_GUARDIAN_IDENTITY_KEY_TYPE) != NULL) {
+        if (*type != CKG_GUARDIAN_IDENTITY_P256 && *type != CKG_GUARDIAN_IDENTITY_RSA2048 &&
+            *type != CKG_GUARDIAN_IDENTITY_RSA3072) {
+            guardian_error("identity", "refused: CKA_GUARDIAN_IDENTITY_KEY_TYPE %lu is none of P-256 (1), RSA 2048 "
+                                       "(2), RSA 3072 (3)",
+                           (unsigned long)*type);
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        }
+        return CKR_OK;
+    }
+    /* A Guardian keeps its type: a missing signing key gets the agreement
+     * key's. */
+    {
+        CK_OBJECT_HANDLE agree;
+        CK_KEY_TYPE kt;
+        if ((rv = guardian_identity_find(be, s, GUARDIAN_IDENTITY_ID, CKO_PRIVATE_KEY, &agree)) != CKR_OK)
+            return rv;
+        if (agree != CK_INVALID_HANDLE) {
+            if ((rv = key_type(be, s, agree, &kt)) != CKR_OK)
+                return rv;
+            *type = kt == CKK_RSA ? CKG_GUARDIAN_IDENTITY_RSA3072 : CKG_GUARDIAN_IDENTITY_P256;
+            return CKR_OK;
+        }
+    }
+    *type = CKG_GUARDIAN_IDENTITY_RSA3072;
+    if ((rv = be->C_GetSessionInfo(s, &si)) != CKR_OK)
+        return rv;
+    if (be->C_GetMechanismInfo(si.slotID, CKM_EC_KEY_PAIR_GEN, &mi) == CKR_OK &&
+        be->C_GetMechanismInfo(si.slotID, CKM_ECDSA, &mi) == CKR_OK)
+        *type = CKG_GUARDIAN_IDENTITY_P256;
+    return CKR_OK;
+}
+
+static const char *type_name(CK_ULONG type)
+{
+    return type == CKG_GUARDIAN_IDENTITY_RSA2048   ? "RSA 2048"
+           : type == CKG_GUARDIAN_IDENTITY_RSA3072 ? "RSA 3072"
+                                                   : "EC P-256";
 }
 
 /* Which of the two key pairs. */
@@ -202,52 +338,93 @@ static void keys_free(struct keys *k)
     k->key = NULL;
 }
 
-/* One of the identity's key pairs, generated when the token has none.  The
- * agreement key derives only (package imports), the signing key signs only
- * (its certificate or CSR, the agreement certificate, reports): the module
- * chooses every attribute, no caller does. */
-static CK_RV ensure_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, enum key_role role, struct keys *k)
+/* One of the identity's key pairs, generated when the token has none, of
+ * `type` (CKG_GUARDIAN_IDENTITY_*).  The agreement key derives only (ECDH) or
+ * unwraps only (RSA-OAEP of a package's key-encryption key), the signing key
+ * signs only (its certificate or CSR, the agreement certificate, bindings,
+ * reports): the module chooses every attribute, no caller does.  A key pair
+ * that exists keeps its type; `explicit_type` asks for one, and a Guardian
+ * whose keys are of another type refuses it. */
+static CK_RV ensure_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, enum key_role role, CK_ULONG type,
+                        bool explicit_type, struct keys *k)
 {
     CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
     CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    CK_BYTE f4[] = {0x01, 0x00, 0x01};
+    CK_ULONG bits = type == CKG_GUARDIAN_IDENTITY_RSA2048 ? 2048 : 3072;
+    int rsa = type != CKG_GUARDIAN_IDENTITY_P256;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_BBOOL derive = role == AGREEMENT ? CK_TRUE : CK_FALSE, sign = role == SIGNING ? CK_TRUE : CK_FALSE;
+    CK_BBOOL sign = role == SIGNING ? CK_TRUE : CK_FALSE;
+    /* EC: the agreement key derives; RSA: it unwraps (OAEP), never decrypts. */
+    CK_BBOOL derive = role == AGREEMENT && !rsa ? CK_TRUE : CK_FALSE;
+    CK_BBOOL unwrap = role == AGREEMENT && rsa ? CK_TRUE : CK_FALSE;
     const char *id = key_id(role);
     CK_ULONG id_len = (CK_ULONG)strlen(id);
     CK_ATTRIBUTE pub_t[] = {{CKA_EC_PARAMS, p256, sizeof(p256)}, {CKA_TOKEN, &yes, 1},
                             {CKA_VERIFY, &sign, 1},               {CKA_ENCRYPT, &no, 1},
                             {CKA_WRAP, &no, 1},                   {CKA_DERIVE, &no, 1},
                             {CKA_MODIFIABLE, &no, 1},             {CKA_ID, (void *)id, id_len},
-                            {CKA_LABEL, (void *)id, id_len}};
+                            {CKA_LABEL, (void *)id, id_len},      {CKA_PUBLIC_EXPONENT, f4, sizeof(f4)}};
     CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},   {CKA_SENSITIVE, &yes, 1},
                              {CKA_EXTRACTABLE, &no, 1},  {CKA_DERIVE, &derive, 1}, {CKA_SIGN, &sign, 1},
-                             {CKA_DECRYPT, &no, 1},      {CKA_UNWRAP, &no, 1},     {CKA_SIGN_RECOVER, &no, 1},
-                             {CKA_MODIFIABLE, &no, 1},   {CKA_COPYABLE, &no, 1},   {CKA_ID, (void *)id, id_len},
-                             {CKA_LABEL, (void *)id, id_len}};
+                             {CKA_DECRYPT, &no, 1},      {CKA_UNWRAP, &unwrap, 1}, {CKA_SIGN_RECOVER, &no, 1},
+                             {CKA_MODIFIABLE, &no, 1},   {CKA_ID, (void *)id, id_len},
+                             {CKA_LABEL, (void *)id, id_len}, {CKA_COPYABLE, &no, 1}};
+    CK_ULONG n_pub = sizeof(pub_t) / sizeof(pub_t[0]) - 1, n_priv = sizeof(priv_t) / sizeof(priv_t[0]);
+    CK_KEY_TYPE have = CKK_EC;
     CK_RV rv = guardian_identity_find(be, s, id, CKO_PRIVATE_KEY, &k->priv);
     k->key = NULL;
     if (rv == CKR_OK)
         rv = guardian_identity_find(be, s, id, CKO_PUBLIC_KEY, &k->pub);
     if (rv != CKR_OK)
         return rv;
+    if (rsa) {
+        gen.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
+        pub_t[0] = (CK_ATTRIBUTE){CKA_MODULUS_BITS, &bits, sizeof(bits)};
+        n_pub++;
+    }
     if (k->priv == CK_INVALID_HANDLE && k->pub == CK_INVALID_HANDLE) {
-        rv = be->C_GenerateKeyPair(s, &gen, pub_t, sizeof(pub_t) / sizeof(pub_t[0]), priv_t,
-                                   sizeof(priv_t) / sizeof(priv_t[0]), &k->pub, &k->priv);
+        rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv, &k->pub, &k->priv);
+        if (rv == CKR_ATTRIBUTE_TYPE_INVALID) {
+            /* A 2.20 token (opencryptoki 3.8) knows no CKA_COPYABLE (the
+             * last): copies are refused by the policy (policy.c) in any
+             * case. */
+            rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv - 1, &k->pub, &k->priv);
+        }
         if (rv != CKR_OK) {
-            guardian_error("identity", "cannot generate the Guardian %s key pair in the backend: %s",
-                           role == AGREEMENT ? "agreement" : "signing", ckr(rv));
+            guardian_error("identity", "cannot generate the Guardian %s key pair (%s) in the backend: %s",
+                           role == AGREEMENT ? "agreement" : "signing", type_name(type), ckr(rv));
             return rv;
         }
         guardian_policy_forget(k->pub);
         guardian_policy_forget(k->priv);
-        guardian_info("identity", "generated the Guardian %s key pair %s (EC P-256, sensitive, never extractable, "
+        guardian_info("identity", "generated the Guardian %s key pair %s (%s, sensitive, never extractable, "
                                   "%s only)",
-                      role == AGREEMENT ? "agreement" : "signing", id, role == AGREEMENT ? "derive" : "sign");
+                      role == AGREEMENT ? "agreement" : "signing", id, type_name(type),
+                      role == SIGNING ? "sign" : rsa ? "unwrap" : "derive");
     } else if (k->priv == CK_INVALID_HANDLE || k->pub == CK_INVALID_HANDLE) {
         guardian_error("identity", "the token holds half of the Guardian key pair %s", id);
         return CKR_GENERAL_ERROR;
+    } else if (explicit_type && (rv = key_type(be, s, k->priv, &have)) == CKR_OK && (have == CKK_RSA) != rsa) {
+        guardian_error("identity", "refused: the Guardian's %s key pair exists and is %s, not %s: a Guardian keeps "
+                                   "its key type",
+                       role == AGREEMENT ? "agreement" : "signing", have == CKK_RSA ? "RSA" : "EC", type_name(type));
+        return CKR_ATTRIBUTE_VALUE_INVALID;
     }
+    if (rv != CKR_OK)
+        return rv;
     return public_key(be, s, k->pub, &k->key);
+}
+
+/* Both key pairs, of one type. */
+static CK_RV ensure_both(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const struct guardian_request *rq,
+                         CK_ULONG type, struct keys *agree, struct keys *sign)
+{
+    bool explicit_type = guardian_request_attr(rq, CKA_GUARDIAN_IDENTITY_KEY_TYPE) != NULL;
+    CK_RV rv = ensure_key(be, s, AGREEMENT, type, explicit_type, agree);
+    if (rv == CKR_OK)
+        rv = ensure_key(be, s, SIGNING, type, explicit_type, sign);
+    return rv;
 }
 
 /* The existing key pair `role`, or CKR_KEY_HANDLE_INVALID (logged). */
@@ -381,16 +558,16 @@ static CK_RV make_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const X509_NAM
                        X509 *issuer, const struct keys *signer, CK_ULONG days, X509 **out)
 {
     X509 *x = X509_new();
-    EVP_PKEY *dummy = EVP_EC_gen("P-256"); /* fills the algorithm fields; its signature is replaced */
     unsigned char *tbs = NULL, serial[16];
     uint8_t *sig = NULL;
     int tbs_len, sig_len = 0, ok;
     BIGNUM *bn = NULL;
     const ASN1_BIT_STRING *psig;
+    const X509_ALGOR *palg;
     CK_RV rv = CKR_GENERAL_ERROR;
 
     *out = NULL;
-    if (x == NULL || dummy == NULL || RAND_bytes(serial, sizeof(serial)) != 1)
+    if (x == NULL || RAND_bytes(serial, sizeof(serial)) != 1)
         goto out;
     serial[0] &= 0x7f;
     bn = BN_bin2bn(serial, sizeof(serial), NULL);
@@ -408,18 +585,24 @@ static CK_RV make_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const X509_NAM
              add_ext(x, x, NID_subject_key_identifier, "hash");
     else if (ok)
         ok = add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") &&
-             add_ext(x, issuer, NID_key_usage, "critical,keyAgreement") &&
+             add_ext(x, issuer, NID_key_usage,
+                     EVP_PKEY_get_base_id(subject_key) == EVP_PKEY_RSA ? "critical,keyEncipherment"
+                                                                        : "critical,keyAgreement") &&
              add_ext(x, issuer, NID_subject_key_identifier, "hash") &&
              (X509_get0_subject_key_id(issuer) == NULL ||
               add_ext(x, issuer, NID_authority_key_identifier, "keyid:always")) &&
              /* the key transports this token imports with (selftest.c) */
              guardian_transport_state_in_cert(be, s, x);
-    if (!ok || X509_sign(x, dummy, EVP_sha256()) <= 0 || (tbs_len = i2d_re_X509_tbs(x, &tbs)) <= 0)
+    /* Both algorithm fields (the TBS's and the outer one) name the signing
+     * key's algorithm; the signature itself comes from the token. */
+    X509_get0_signature(&psig, &palg, x);
+    if (!ok || !guardian_identity_sig_alg((X509_ALGOR *)palg, signer->key) ||
+        !guardian_identity_sig_alg((X509_ALGOR *)X509_get0_tbs_sigalg(x), signer->key) ||
+        (tbs_len = i2d_re_X509_tbs(x, &tbs)) <= 0)
         goto out;
     if ((rv = guardian_identity_sign(be, s, signer->priv, tbs, (size_t)tbs_len, &sig, &sig_len)) != CKR_OK)
         goto out;
     rv = CKR_GENERAL_ERROR;
-    X509_get0_signature(&psig, NULL, x);
     if (!set_signature(psig, sig, sig_len) || X509_verify(x, signer->key) != 1) {
         guardian_error("identity", "the certificate the backend signed does not verify");
         goto out;
@@ -433,7 +616,6 @@ out:
     OPENSSL_free(tbs);
     OPENSSL_free(sig);
     X509_free(x);
-    EVP_PKEY_free(dummy);
     return rv;
 }
 
@@ -548,6 +730,7 @@ static CK_RV identity(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSIO
     CK_ULONG days = DEFAULT_DAYS;
     X509_NAME *name = NULL;
     X509 *a = NULL, *sc = NULL;
+    CK_ULONG type;
     char cn[65];
     CK_RV rv;
     (void)st;
@@ -558,9 +741,9 @@ static CK_RV identity(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSIO
         guardian_error("identity", "CKA_GUARDIAN_VALIDITY_DAYS must be 1..%d", MAX_DAYS);
         return CKR_ATTRIBUTE_VALUE_INVALID;
     }
-    if ((rv = label_cn(rq, cn)) != CKR_OK)
+    if ((rv = label_cn(rq, cn)) != CKR_OK || (rv = choose_key_type(be, s, rq, &type)) != CKR_OK)
         return rv;
-    if ((rv = ensure_key(be, s, AGREEMENT, &agree)) != CKR_OK || (rv = ensure_key(be, s, SIGNING, &sign)) != CKR_OK ||
+    if ((rv = ensure_both(be, s, rq, type, &agree, &sign)) != CKR_OK ||
         (rv = guardian_identity_cert(be, s, GUARDIAN_IDENTITY_ID, &a, &a_handle)) != CKR_OK ||
         (rv = guardian_identity_cert(be, s, GUARDIAN_SIGNING_ID, &sc, &s_handle)) != CKR_OK)
         goto out;
@@ -598,26 +781,29 @@ static CK_RV identity_csr(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SE
     X509_NAME *name = NULL;
     X509_REQ *req = NULL;
     X509 *a = NULL;
-    EVP_PKEY *dummy = NULL;
     unsigned char *tbs = NULL, *der = NULL;
     uint8_t *sig = NULL;
     int tbs_len, sig_len = 0, der_len;
     const ASN1_BIT_STRING *psig;
+    const X509_ALGOR *palg;
+    CK_ULONG type;
     char cn[65];
     CK_RV rv;
     (void)st;
 
-    if ((rv = label_cn(rq, cn)) != CKR_OK)
+    if ((rv = label_cn(rq, cn)) != CKR_OK || (rv = choose_key_type(be, s, rq, &type)) != CKR_OK)
         return rv;
-    if ((rv = ensure_key(be, s, AGREEMENT, &agree)) != CKR_OK || (rv = ensure_key(be, s, SIGNING, &sign)) != CKR_OK ||
+    if ((rv = ensure_both(be, s, rq, type, &agree, &sign)) != CKR_OK ||
         (rv = guardian_identity_cert(be, s, GUARDIAN_IDENTITY_ID, &a, NULL)) != CKR_OK)
         goto out;
     rv = CKR_GENERAL_ERROR;
     name = signing_name(cn, a);
     req = X509_REQ_new();
-    dummy = EVP_EC_gen("P-256");
-    if (name == NULL || req == NULL || dummy == NULL || X509_REQ_set_subject_name(req, name) != 1 ||
-        X509_REQ_set_pubkey(req, sign.key) != 1 || X509_REQ_sign(req, dummy, EVP_sha256()) <= 0)
+    if (name == NULL || req == NULL || X509_REQ_set_subject_name(req, name) != 1 ||
+        X509_REQ_set_pubkey(req, sign.key) != 1)
+        goto out;
+    X509_REQ_get0_signature(req, &psig, &palg);
+    if (!guardian_identity_sig_alg((X509_ALGOR *)palg, sign.key))
         goto out;
     tbs_len = i2d_re_X509_REQ_tbs(req, &tbs);
     if (tbs_len <= 0)
@@ -625,7 +811,6 @@ static CK_RV identity_csr(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SE
     if ((rv = guardian_identity_sign(be, s, sign.priv, tbs, (size_t)tbs_len, &sig, &sig_len)) != CKR_OK)
         goto out;
     rv = CKR_GENERAL_ERROR;
-    X509_REQ_get0_signature(req, &psig, NULL);
     if (!set_signature(psig, sig, sig_len) || X509_REQ_verify(req, sign.key) != 1) {
         guardian_error("identity", "the CSR the backend signed does not verify");
         goto out;
@@ -644,7 +829,6 @@ out:
     X509_NAME_free(name);
     X509_REQ_free(req);
     X509_free(a);
-    EVP_PKEY_free(dummy);
     return rv;
 }
 
@@ -732,8 +916,9 @@ out:
     return rv;
 }
 
-static const CK_ATTRIBUTE_TYPE identity_attributes[] = {CKA_LABEL, CKA_GUARDIAN_VALIDITY_DAYS, CKA_TOKEN};
-static const CK_ATTRIBUTE_TYPE csr_attributes[] = {CKA_LABEL, CKA_TOKEN};
+static const CK_ATTRIBUTE_TYPE identity_attributes[] = {CKA_LABEL, CKA_GUARDIAN_VALIDITY_DAYS, CKA_TOKEN,
+                                                        CKA_GUARDIAN_IDENTITY_KEY_TYPE};
+static const CK_ATTRIBUTE_TYPE csr_attributes[] = {CKA_LABEL, CKA_TOKEN, CKA_GUARDIAN_IDENTITY_KEY_TYPE};
 static const CK_ATTRIBUTE_TYPE cert_attributes[] = {CKA_VALUE, CKA_GUARDIAN_VALIDITY_DAYS, CKA_TOKEN};
 
 const struct guardian_request_type guardian_request_identity = {

@@ -25,10 +25,18 @@ CK_RV guardian_identity_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const ch
 /* 1 when `agreement`'s issuer is `signing`'s subject and `signing`'s key
  * verifies its signature. */
 int guardian_identity_issued_by(X509 *agreement, X509 *signing);
-/* SHA-256 of `data`, signed with an identity key in the backend (CKM_ECDSA);
- * a DER ECDSA-Sig-Value in *der (OPENSSL_free it). */
+/* SHA-256 of `data`, signed with an identity key in the backend: CKM_ECDSA
+ * (a DER ECDSA-Sig-Value in *der) or, an RSA key, CKM_RSA_PKCS over the
+ * DigestInfo (the PKCS#1 v1.5 signature in *der); OPENSSL_free it.  Either
+ * verifies with EVP_DigestVerify(SHA-256) and the key's certificate. */
 CK_RV guardian_identity_sign(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const uint8_t *data,
                              size_t len, uint8_t **der, int *der_len);
+/* The PKCS#1 v1.5 DigestInfo prefix of a SHA-256 hash (RFC 8017, 9.2): what
+ * CKM_RSA_PKCS signs, followed by the hash, for sha256WithRSAEncryption. */
+extern const unsigned char guardian_sha256_digest_info[19];
+/* Sets `alg` to the signature algorithm guardian_identity_sign makes with
+ * `signer`'s key: ecdsa-with-SHA256 or sha256WithRSAEncryption; 0 on failure. */
+int guardian_identity_sig_alg(X509_ALGOR *alg, const EVP_PKEY *signer);
 /* A request's output: a session CKO_DATA object labelled
  * "guardian-output:<name>" holding `value`, which the caller reads and destroys. */
 CK_RV guardian_output_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *name, const uint8_t *value,

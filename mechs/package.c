@@ -184,6 +184,8 @@ int guardian_package_scheme(const ASN1_OBJECT *oid)
         return GUARDIAN_KT_ECDH_SHA256KDF;
     if (strcmp(text, GUARDIAN_OID_KT_NONE) == 0)
         return GUARDIAN_KT_NONE;
+    if (strcmp(text, GUARDIAN_OID_KT_RSAOAEP_SHA256) == 0)
+        return GUARDIAN_KT_RSAOAEP_SHA256;
     return 0;
 }
 
@@ -292,6 +294,12 @@ int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_pack
             fail(err, errlen, "no key transport is for version-2 packages only, with an empty ephemeral key");
             goto out;
         }
+    } else if (out->scheme == GUARDIAN_KT_RSAOAEP_SHA256) {
+        /* The OAEP ciphertext: as long as the modulus, RSA 2048..4096. */
+        if (n < 256 || n > 512) {
+            fail(err, errlen, "the RSA-OAEP encrypted key must be 256..512 bytes (RSA 2048..4096)");
+            goto out;
+        }
     } else if ((n != 65 && n != 97) || ASN1_STRING_get0_data(a->transport->ephemeral_key)[0] != 0x04) {
         fail(err, errlen, "ephemeral key must be an uncompressed P-256 or P-384 point");
         goto out;
@@ -388,6 +396,8 @@ int guardian_kek_context(const uint8_t package_id[GUARDIAN_PKG_ID_LEN], const ui
 int guardian_package_kek_context(const struct guardian_package *pkg, uint8_t out[32])
 {
     const ASN1_OCTET_STRING *eph = pkg->asn1->transport->ephemeral_key;
+    if (pkg->scheme == GUARDIAN_KT_RSAOAEP_SHA256)
+        return guardian_kek_context(pkg->package_id, pkg->target_guardian, NULL, 0, out);
     return guardian_kek_context(pkg->package_id, pkg->target_guardian, ASN1_STRING_get0_data(eph),
                                 (size_t)ASN1_STRING_length(eph), out);
 }

@@ -33,6 +33,14 @@
  * when A was made, strongest first (mechs/transport.h,
  * docs/package-format.md "Which transports a Guardian states"). */
 #define GUARDIAN_OID_TRANSPORTS GUARDIAN_OID_ARC ".3.1"
+/* id-guardian-kt-rsaoaep-sha256-v1: for a Guardian whose agreement key is RSA
+ * (a token without EC).  A fresh 32-byte AES KEK, RSAES-OAEP encrypted to A's
+ * key (SHA-256, MGF1-SHA-256, label = C of guardian_kek_context with no
+ * point), in ephemeralKey (the modulus' length, 256..512 bytes); every key and
+ * confidential item AES-256-CBC with PKCS#7 padding under the KEK, wrapped =
+ * IV (16 bytes) || ciphertext (docs/package-format.md, "RSA-OAEP"). */
+#define GUARDIAN_OID_KT_RSAOAEP_SHA256 GUARDIAN_OID_ARC ".2.3"
+#define GUARDIAN_KT_RSAOAEP_IV_LEN 16
 
 #define GUARDIAN_PACKAGE_VERSION 1
 /* Version 2: the production CA key is in the Guardian (made there by
@@ -127,6 +135,7 @@ struct guardian_package {
 #define GUARDIAN_KT_ECDH_AESCBC 1
 #define GUARDIAN_KT_ECDH_SHA256KDF 2
 #define GUARDIAN_KT_NONE 3
+#define GUARDIAN_KT_RSAOAEP_SHA256 4
 
 /* Decode the DER GuardianPackage content (not the CMS wrapper) and check every
  * field against the format's limits.  On failure returns 0 and writes one line
@@ -140,7 +149,8 @@ void guardian_package_free(struct guardian_package *pkg);
  * definition for both sides: guardian-wrap (making) and the module (opening). */
 int guardian_kek_context(const uint8_t package_id[GUARDIAN_PKG_ID_LEN], const uint8_t target[GUARDIAN_PKG_HASH_LEN],
                          const uint8_t *ephemeral_point, size_t point_len, uint8_t out[32]);
-/* The same, from a decoded package. */
+/* The same, from a decoded package (for GUARDIAN_KT_RSAOAEP_SHA256 with no
+ * point: the OAEP label; the ciphertext is under the OEM's signature). */
 int guardian_package_kek_context(const struct guardian_package *pkg, uint8_t out[32]);
 
 /* The device-identity extension (docs/certificate-profile.md).  A template

@@ -139,6 +139,12 @@ CK_RV guardian_root_destroying(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJ
 /* The self-tests themselves, for the mechanisms' tables. */
 int guardian_selftest_unwrap_package(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);
 int guardian_selftest_derive_device_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);
+/* The RSA-OAEP transport's primitives alone (id-guardian-kt-rsaoaep-sha256-v1:
+ * OAEP-SHA256 with a label honoured, CBC-PAD unwrap under the KEK), in
+ * session `s`: GUARDIAN_SELFTEST_PASS, _FAIL or _UNKNOWN, the reason in
+ * `why`.  What an RSA Guardian's certificate may list as a transport where
+ * it passes (SoftHSM 2.6: it fails, OAEP there is SHA-1 only). */
+int guardian_selftest_rsa_oaep(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len);
 
 /* Up to `max` handles of the objects matching `templ`, found through the
  * backend list (the mechanisms' own searches, never the caller's). */

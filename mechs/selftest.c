@@ -27,6 +27,14 @@
  *    production CA: derive_device_cert.c signs with either); where the backend
  *    refuses both keys from their values (tpm2-pkcs11), a generated P-256
  *    session key.
+ *  - CKM_GUARDIAN_UNWRAP_PACKAGE on a token without EC (the test's EC key
+ *    cannot be loaded: opencryptoki), the RSA-OAEP transport: the fixed
+ *    RSA-2048 key (unwrap), a fresh KEK that OpenSSL encrypts to it with OAEP
+ *    (SHA-256, MGF1-SHA-256, label = the test context), C_UnwrapKey with
+ *    CKM_RSA_PKCS_OAEP into a session AES key; the same ciphertext under
+ *    another label must NOT unwrap (a token that ignored labels would lose
+ *    the package binding); then CKM_AES_CBC_PAD unwraps a fresh AES key under
+ *    it, and one block that key encrypts in the token must equal OpenSSL's.
  *
  * A step can fail three ways: a code that says the primitive is not there or
  * not right (CKR_MECHANISM_INVALID, CKR_WRAPPED_KEY_INVALID, …) fails the test;
@@ -50,6 +58,13 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
 
 #include "module.h"
 #include "package.h"
@@ -155,7 +170,7 @@ static CK_RV load_ec_key(struct run *r, CK_OBJECT_HANDLE *out)
     return rv;
 }
 
-static CK_RV load_rsa_key(struct run *r, CK_OBJECT_HANDLE *out)
+static CK_RV load_rsa(struct run *r, CK_ATTRIBUTE_TYPE use, CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
     CK_KEY_TYPE kt = CKK_RSA;
@@ -165,7 +180,7 @@ static CK_RV load_rsa_key(struct run *r, CK_OBJECT_HANDLE *out)
         {CKA_TOKEN, &no, sizeof(no)},
         {CKA_PRIVATE, &no, sizeof(no)},
         {CKA_SENSITIVE, &yes, sizeof(yes)},
-        {CKA_SIGN, &yes, sizeof(yes)},
+        {use, &yes, sizeof(yes)},
         {CKA_MODULUS, (void *)st_rsa_n, sizeof(st_rsa_n)},
         {CKA_PUBLIC_EXPONENT, (void *)st_rsa_e, sizeof(st_rsa_e)},
         {CKA_PRIVATE_EXPONENT, (void *)st_rsa_d, sizeof(st_rsa_d)},
@@ -179,6 +194,11 @@ static CK_RV load_rsa_key(struct run *r, CK_OBJECT_HANDLE *out)
     if (rv == CKR_OK)
         keep(r, *out);
     return rv;
+}
+
+static CK_RV load_rsa_key(struct run *r, CK_OBJECT_HANDLE *out)
+{
+    return load_rsa(r, CKA_SIGN, out);
 }
 
 /* ---- CKM_GUARDIAN_UNWRAP_PACKAGE ------------------------------------------- */
@@ -300,45 +320,184 @@ static int unwrap_path(struct run *r, CK_OBJECT_HANDLE key, bool sha256_kdf)
                 "RFC 5649 unwrap (0x210A, 0x210B) under the AES_CBC_ENCRYPT_DATA key");
 }
 
+/* OAEP (SHA-256, MGF1-SHA-256, `label`) of `in` to the fixed RSA key, by OpenSSL. */
+static int oaep_encrypt(const uint8_t *label, size_t label_len, const uint8_t *in, size_t len, uint8_t *out,
+                        size_t *out_len)
+{
+    OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *p = NULL;
+    BIGNUM *n = BN_bin2bn(st_rsa_n, sizeof(st_rsa_n), NULL), *e = BN_bin2bn(st_rsa_e, sizeof(st_rsa_e), NULL);
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL), *ec = NULL;
+    EVP_PKEY *k = NULL;
+    unsigned char *l = OPENSSL_memdup(label, label_len);
+    int ok = b != NULL && n != NULL && e != NULL && c != NULL && l != NULL &&
+             OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_N, n) == 1 &&
+             OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_E, e) == 1 && (p = OSSL_PARAM_BLD_to_param(b)) != NULL &&
+             EVP_PKEY_fromdata_init(c) == 1 && EVP_PKEY_fromdata(c, &k, EVP_PKEY_PUBLIC_KEY, p) == 1 &&
+             (ec = EVP_PKEY_CTX_new_from_pkey(NULL, k, NULL)) != NULL && EVP_PKEY_encrypt_init(ec) == 1 &&
+             EVP_PKEY_CTX_set_rsa_padding(ec, RSA_PKCS1_OAEP_PADDING) == 1 &&
+             EVP_PKEY_CTX_set_rsa_oaep_md(ec, EVP_sha256()) == 1 && EVP_PKEY_CTX_set_rsa_mgf1_md(ec, EVP_sha256()) == 1 &&
+             EVP_PKEY_CTX_set0_rsa_oaep_label(ec, l, (int)label_len) == 1;
+    if (ok)
+        l = NULL; /* the context owns it */
+    ok = ok && EVP_PKEY_encrypt(ec, out, out_len, in, len) == 1;
+    OPENSSL_free(l);
+    EVP_PKEY_CTX_free(ec);
+    EVP_PKEY_CTX_free(c);
+    EVP_PKEY_free(k);
+    OSSL_PARAM_free(p);
+    OSSL_PARAM_BLD_free(b);
+    BN_free(n);
+    BN_free(e);
+    ERR_clear_error();
+    return ok;
+}
+
+/* AES-256 by OpenSSL: CBC with PKCS#7 padding under `iv`, or (iv NULL) ECB. */
+static int aes_host(const uint8_t key[32], const uint8_t *iv, const uint8_t *in, size_t len, uint8_t *out,
+                    int *out_len)
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int n1 = 0, n2 = 0;
+    int ok = c != NULL && EVP_EncryptInit_ex(c, iv ? EVP_aes_256_cbc() : EVP_aes_256_ecb(), NULL, key, iv) == 1 &&
+             EVP_CIPHER_CTX_set_padding(c, iv != NULL) == 1 && EVP_EncryptUpdate(c, out, &n1, in, (int)len) == 1 &&
+             EVP_EncryptFinal_ex(c, out + n1, &n2) == 1;
+    *out_len = n1 + n2;
+    EVP_CIPHER_CTX_free(c);
+    return ok;
+}
+
+/* The RSA-OAEP transport: OAEP-with-label unwrap of a KEK, the label
+ * honoured, CBC-PAD unwrap of a key under it, the right value. */
+static int oaep_path(struct run *r)
+{
+    CK_OBJECT_HANDLE key = CK_INVALID_HANDLE, kek = CK_INVALID_HANDLE, k2 = CK_INVALID_HANDLE;
+    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    uint8_t kek_v[32], v[32], iv[16], enc[256], wrong[32], wrapped[64], zero[16] = {0}, want[16];
+    CK_BYTE got[16];
+    CK_ULONG got_len = sizeof(got);
+    size_t enc_len = sizeof(enc);
+    int wrapped_len = 0, want_len = 0, res;
+    CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, wrong, sizeof(wrong)};
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)}, cbc = {CKM_AES_CBC_PAD, iv, sizeof(iv)};
+    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
+    CK_ATTRIBUTE kek_t[] = {{CKA_CLASS, &sk, sizeof(sk)},       {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                            {CKA_TOKEN, &no, sizeof(no)},       {CKA_PRIVATE, &no, sizeof(no)},
+                            {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+                            {CKA_UNWRAP, &yes, sizeof(yes)}};
+    CK_ATTRIBUTE k2_t[] = {{CKA_CLASS, &sk, sizeof(sk)},       {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                           {CKA_TOKEN, &no, sizeof(no)},       {CKA_PRIVATE, &no, sizeof(no)},
+                           {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+                           {CKA_ENCRYPT, &yes, sizeof(yes)}};
+    CK_RV rv = load_rsa(r, CKA_UNWRAP, &key);
+
+    if (rv != CKR_OK) {
+        snprintf(r->why, r->why_len, "the test's RSA key cannot be loaded (C_CreateObject: %s)", ckr(rv));
+        return GUARDIAN_SELFTEST_UNKNOWN;
+    }
+    memcpy(wrong, st_context, sizeof(wrong));
+    wrong[0] ^= 0x01;
+    if (RAND_bytes(kek_v, sizeof(kek_v)) != 1 || RAND_bytes(v, sizeof(v)) != 1 || RAND_bytes(iv, sizeof(iv)) != 1 ||
+        !oaep_encrypt(st_context, sizeof(st_context), kek_v, sizeof(kek_v), enc, &enc_len) ||
+        !aes_host(kek_v, iv, v, sizeof(v), wrapped, &wrapped_len) || !aes_host(v, NULL, zero, 16, want, &want_len)) {
+        snprintf(r->why, r->why_len, "OpenSSL could not make the RSA-OAEP test vectors");
+        return GUARDIAN_SELFTEST_UNKNOWN;
+    }
+    /* Another label first: it must be refused. */
+    rv = r->be->C_UnwrapKey(r->s, &m, key, enc, (CK_ULONG)enc_len, kek_t, 7, &kek);
+    if (rv == CKR_OK) {
+        keep(r, kek);
+        snprintf(r->why, r->why_len, "CKM_RSA_PKCS_OAEP unwrapped under another label: the token ignores OAEP "
+                                     "labels (the package binding)");
+        return GUARDIAN_SELFTEST_FAIL;
+    }
+    oaep.pSourceData = (CK_BYTE_PTR)st_context;
+    rv = r->be->C_UnwrapKey(r->s, &m, key, enc, (CK_ULONG)enc_len, kek_t, 7, &kek);
+    if (rv == CKR_OK)
+        keep(r, kek);
+    if ((res = step(r, rv, "CKM_RSA_PKCS_OAEP (SHA-256, MGF1-SHA-256, label) unwrap")))
+        return res;
+    rv = r->be->C_UnwrapKey(r->s, &cbc, kek, wrapped, (CK_ULONG)wrapped_len, k2_t, 7, &k2);
+    if (rv == CKR_OK)
+        keep(r, k2);
+    if ((res = step(r, rv, "CKM_AES_CBC_PAD unwrap under the OAEP key")))
+        return res;
+    rv = r->be->C_EncryptInit(r->s, &ecb, k2);
+    if (rv == CKR_OK)
+        rv = r->be->C_Encrypt(r->s, zero, 16, got, &got_len);
+    if ((res = step(r, rv, "CKM_AES_ECB with the key CKM_AES_CBC_PAD unwrapped")))
+        return res;
+    if (got_len != 16 || memcmp(got, want, 16) != 0) {
+        snprintf(r->why, r->why_len, "the key CKM_AES_CBC_PAD unwrapped under the OAEP key has another value");
+        return GUARDIAN_SELFTEST_FAIL;
+    }
+    return 0;
+}
+
+int guardian_selftest_rsa_oaep(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len)
+{
+    struct run r = {.be = be, .s = s, .why = why, .why_len = why_len};
+    int c = oaep_path(&r);
+    clean(&r);
+    if (c == 0) {
+        snprintf(why, why_len, "RSA-OAEP-SHA256 (label) + AES-CBC-PAD unwrap");
+        return GUARDIAN_SELFTEST_PASS;
+    }
+    return c;
+}
+
 /* Both schemes are measured, each on its own (the agreement certificate
  * states every one that works, transport.h); the mechanism needs one. */
 int guardian_selftest_unwrap_package(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, char *why, size_t why_len)
 {
     struct run r = {.be = be, .s = s, .why = why, .why_len = why_len};
     CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-    char kdf_why[200] = "", cbc_why[200] = "";
-    int kdf, cbc;
+    char kdf_why[200] = "", cbc_why[200] = "", oaep_why[200] = "";
+    int kdf, cbc, oaep;
     CK_RV rv;
 
     memset(&last_facts, 0, sizeof(last_facts));
     rv = load_ec_key(&r, &key);
     if (rv != CKR_OK) {
-        snprintf(why, why_len, "the test's EC key cannot be loaded (C_CreateObject: %s)", ckr(rv));
-        last_facts.state = GUARDIAN_SELFTEST_UNKNOWN;
-        return GUARDIAN_SELFTEST_UNKNOWN;
+        /* undecided here (tpm2-pkcs11 makes no session key; opencryptoki
+         * has no EC at all, which its ECDH answer below shows where it loads) */
+        snprintf(kdf_why, sizeof(kdf_why), "the test's EC key cannot be loaded (C_CreateObject: %s)", ckr(rv));
+        snprintf(cbc_why, sizeof(cbc_why), "%s", kdf_why);
+        kdf = cbc = GUARDIAN_SELFTEST_UNKNOWN;
+    } else {
+        kdf = unwrap_path(&r, key, true);
+        snprintf(kdf_why, sizeof(kdf_why), "%s", kdf == 0 ? "ECDH CKD_SHA256_KDF + RFC 5649 unwrap" : why);
+        cbc = unwrap_path(&r, key, false);
+        snprintf(cbc_why, sizeof(cbc_why), "%s",
+                 cbc == 0 ? "ECDH CKD_NULL + AES_CBC_ENCRYPT_DATA + RFC 5649 unwrap" : why);
+        clean(&r);
     }
-    kdf = unwrap_path(&r, key, true);
-    snprintf(kdf_why, sizeof(kdf_why), "%s", kdf == 0 ? "ECDH CKD_SHA256_KDF + RFC 5649 unwrap" : why);
-    cbc = unwrap_path(&r, key, false);
-    snprintf(cbc_why, sizeof(cbc_why), "%s", cbc == 0 ? "ECDH CKD_NULL + AES_CBC_ENCRYPT_DATA + RFC 5649 unwrap"
-                                                      : why);
-    clean(&r);
+    /* The RSA-OAEP transport, which an RSA Guardian imports with (a token
+     * without EC); which of these A states depends on its key's type
+     * (guardian_transport_state_in_cert). */
+    oaep = guardian_selftest_rsa_oaep(be, s, oaep_why, sizeof(oaep_why));
+    if (oaep == GUARDIAN_SELFTEST_PASS)
+        oaep = 0;
     if (kdf == 0)
         last_facts.schemes |= 1u << GUARDIAN_KT_ECDH_SHA256KDF;
     if (cbc == 0)
         last_facts.schemes |= 1u << GUARDIAN_KT_ECDH_AESCBC;
-    snprintf(why, why_len, "x963-sha256: %s; aes-cbc: %s; RFC 5649 as 0x%lx%s", kdf_why, cbc_why,
-             (unsigned long)last_facts.kwp, last_facts.nss_db ? ", EC unwrap with CKA_NSS_DB" : "");
-    if (kdf == 0 || cbc == 0)
+    if (oaep == 0)
+        last_facts.schemes |= 1u << GUARDIAN_KT_RSAOAEP_SHA256;
+    snprintf(why, why_len, "x963-sha256: %s; aes-cbc: %s; rsa-oaep: %s; RFC 5649 as 0x%lx%s", kdf_why, cbc_why,
+             oaep == 0 ? "RSA-OAEP-SHA256 (label) + AES-CBC-PAD unwrap" : oaep_why, (unsigned long)last_facts.kwp,
+             last_facts.nss_db ? ", EC unwrap with CKA_NSS_DB" : "");
+    if (kdf == 0 || cbc == 0 || oaep == 0)
         last_facts.state = GUARDIAN_SELFTEST_PASS;
-    else if (kdf == GUARDIAN_SELFTEST_UNKNOWN || cbc == GUARDIAN_SELFTEST_UNKNOWN)
+    else if (kdf == GUARDIAN_SELFTEST_UNKNOWN || cbc == GUARDIAN_SELFTEST_UNKNOWN || oaep == GUARDIAN_SELFTEST_UNKNOWN)
         last_facts.state = GUARDIAN_SELFTEST_UNKNOWN;
     else
         last_facts.state = GUARDIAN_SELFTEST_FAIL;
-    /* A scheme undecided while the other passed is measured again after a
+    /* A scheme undecided while another passed is measured again after a
      * login change: the statement in A must not miss it for a "not now". */
     if (last_facts.state == GUARDIAN_SELFTEST_PASS &&
-        (kdf == GUARDIAN_SELFTEST_UNKNOWN || cbc == GUARDIAN_SELFTEST_UNKNOWN))
+        (kdf == GUARDIAN_SELFTEST_UNKNOWN || cbc == GUARDIAN_SELFTEST_UNKNOWN || oaep == GUARDIAN_SELFTEST_UNKNOWN))
         last_facts.partial = true;
     return last_facts.state;
 }
@@ -690,12 +849,18 @@ int guardian_transport_state_in_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, 
                            "states none (read as aes-cbc only)", (unsigned long)si.slotID);
         return 1;
     }
-    /* Strongest first: the X9.63 KDF is the standard one; the AES-CBC
-     * construction exists for backends without it (SoftHSM). */
-    if (f.schemes & (1u << GUARDIAN_KT_ECDH_SHA256KDF))
-        kt[n++] = GUARDIAN_KT_ECDH_SHA256KDF;
-    if (f.schemes & (1u << GUARDIAN_KT_ECDH_AESCBC))
-        kt[n++] = GUARDIAN_KT_ECDH_AESCBC;
+    /* Only the schemes of A's key type: RSA-OAEP for an RSA key (a token
+     * without EC), else strongest first: the X9.63 KDF is the standard one;
+     * the AES-CBC construction exists for backends without it (SoftHSM). */
+    if (X509_get0_pubkey(x) != NULL && EVP_PKEY_get_base_id(X509_get0_pubkey(x)) == EVP_PKEY_RSA) {
+        if (f.schemes & (1u << GUARDIAN_KT_RSAOAEP_SHA256))
+            kt[n++] = GUARDIAN_KT_RSAOAEP_SHA256;
+    } else {
+        if (f.schemes & (1u << GUARDIAN_KT_ECDH_SHA256KDF))
+            kt[n++] = GUARDIAN_KT_ECDH_SHA256KDF;
+        if (f.schemes & (1u << GUARDIAN_KT_ECDH_AESCBC))
+            kt[n++] = GUARDIAN_KT_ECDH_AESCBC;
+    }
     /* No key transport needs no primitive: every Guardian imports with it. */
     kt[n++] = GUARDIAN_KT_NONE;
     for (size_t i = 0; i < n; i++)

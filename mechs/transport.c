@@ -8,6 +8,7 @@
 
 #include <openssl/asn1t.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/objects.h>
 
 #include "package.h"
@@ -27,6 +28,7 @@ static const struct {
 } schemes[] = {
     {GUARDIAN_KT_ECDH_SHA256KDF, "x963-sha256", GUARDIAN_OID_KT_ECDH_SHA256KDF},
     {GUARDIAN_KT_ECDH_AESCBC, "aes-cbc", GUARDIAN_OID_KT_ECDH_AESCBC},
+    {GUARDIAN_KT_RSAOAEP_SHA256, "rsa-oaep-sha256", GUARDIAN_OID_KT_RSAOAEP_SHA256},
     {GUARDIAN_KT_NONE, "none", GUARDIAN_OID_KT_NONE},
 };
 #define N_SCHEMES (sizeof(schemes) / sizeof(schemes[0]))
@@ -164,18 +166,24 @@ int guardian_transports_read(X509 *a, struct guardian_transports *out, char *err
         fail(err, errlen, "out of memory");
         return 0;
     }
+    out->rsa = X509_get0_pubkey(a) != NULL && EVP_PKEY_get_base_id(X509_get0_pubkey(a)) == EVP_PKEY_RSA;
     at = X509_get_ext_by_OBJ(a, oid, -1);
     if (at < 0) {
-        /* Made before the statement existed: what every Guardian could do then. */
+        /* Made before the statement existed: what every Guardian could do
+         * then (an RSA one, made where the token has no EC, only RSA-OAEP). */
+        int kt = out->rsa ? GUARDIAN_KT_RSAOAEP_SHA256 : GUARDIAN_KT_ECDH_AESCBC;
         out->n = 1;
-        out->kt[0] = GUARDIAN_KT_ECDH_AESCBC;
-        snprintf(out->oid[0], sizeof(out->oid[0]), "%s", GUARDIAN_OID_KT_ECDH_AESCBC);
+        out->kt[0] = kt;
+        snprintf(out->oid[0], sizeof(out->oid[0]), "%s",
+                 out->rsa ? GUARDIAN_OID_KT_RSAOAEP_SHA256 : GUARDIAN_OID_KT_ECDH_AESCBC);
         ok = 1;
     } else if (X509_get_ext_by_OBJ(a, oid, at) >= 0) {
         fail(err, errlen, "the Guardian certificate carries the id-guardian-transports extension twice");
     } else {
         const ASN1_OCTET_STRING *v = X509_EXTENSION_get_data(X509_get_ext(a, at));
+        int rsa = out->rsa;
         ok = guardian_transports_decode(ASN1_STRING_get0_data(v), (size_t)ASN1_STRING_length(v), out, err, errlen);
+        out->rsa = rsa;
     }
     ASN1_OBJECT_free(oid);
     return ok;
@@ -218,9 +226,12 @@ void guardian_transports_describe(const struct guardian_transports *t, char *out
                                          "before it existed]");
 }
 
-/* A scheme guardian-wrap makes for a package that carries a secret. */
-static int makes(int kt)
+/* A scheme guardian-wrap makes for a package that carries a secret, to a
+ * Guardian certificate of this key type (RSA: RSA-OAEP; EC: the ECDH ones). */
+static int makes(int kt, int rsa)
 {
+    if (rsa)
+        return kt == GUARDIAN_KT_RSAOAEP_SHA256;
     return kt == GUARDIAN_KT_ECDH_AESCBC || kt == GUARDIAN_KT_ECDH_SHA256KDF;
 }
 
@@ -232,15 +243,17 @@ int guardian_transport_choose(const struct guardian_transports *t, int requested
     guardian_transports_describe(t, offers, sizeof(offers));
     if (requested == 0) {
         for (size_t i = 0; i < t->n; i++)
-            if (makes(t->kt[i]))
+            if (makes(t->kt[i], t->rsa))
                 return t->kt[i];
         fail(err, errlen, "the Guardian certificate offers no key transport this guardian-wrap makes (it offers: %s)",
              offers);
         return 0;
     }
-    if (!makes(requested)) {
-        fail(err, errlen, "--kdf %s is not a key transport for a package that carries a secret",
-             guardian_transport_name(requested) ? guardian_transport_name(requested) : "?");
+    if (!makes(requested, t->rsa)) {
+        fail(err, errlen, "--kdf %s is not a key transport for a package that carries a secret to a Guardian "
+                          "with an %s key (it offers: %s)",
+             guardian_transport_name(requested) ? guardian_transport_name(requested) : "?", t->rsa ? "RSA" : "EC",
+             offers);
         return 0;
     }
     for (size_t i = 0; i < t->n; i++)

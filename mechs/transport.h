@@ -24,7 +24,8 @@
 
 /* What a certificate states, in its order. */
 struct guardian_transports {
-    int present;                    /* 0: no extension: the list is the default (aes-cbc only) */
+    int present;                    /* 0: no extension: the list is the default (aes-cbc only; rsa-oaep-sha256 for an RSA key) */
+    int rsa;                        /* the certificate's key is RSA: only rsa-oaep-sha256 can be used with it */
     size_t n;
     int kt[GUARDIAN_TRANSPORTS_MAX]; /* GUARDIAN_KT_*; 0 = a scheme this build does not know */
     char oid[GUARDIAN_TRANSPORTS_MAX][GUARDIAN_TRANSPORT_OID_MAX]; /* dotted text */

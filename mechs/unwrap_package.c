@@ -14,8 +14,10 @@
  *     ECDH1 with CKD_SHA256_KDF straight into the KEK), then RFC 5649 unwraps
  *     of each key into token objects, under the number the slot's self-test
  *     found RFC 5649 under (0x210A SoftHSM, 0x210B NSS) and with CKA_NSS_DB
- *     where the token wants it — no secret passes through here; a scheme the
- *     self-test measured not to work there is refused before any of it;
+ *     where the token wants it; or, an RSA Guardian, C_UnwrapKey of the KEK
+ *     with CKM_RSA_PKCS_OAEP (SHA-256, label C) and CKM_AES_CBC_PAD unwraps of
+ *     each key — no secret passes through here; a scheme the self-test
+ *     measured not to work there is refused before any of it;
  *  3. the objects are created inside the store's install transaction: if any
  *     creation fails, every object made so far is destroyed and nothing is
  *     recorded; if the commit fails, the objects are destroyed too.
@@ -71,6 +73,7 @@ struct import {
     struct guardian_store *st;
     CK_SESSION_HANDLE session;
     CK_OBJECT_HANDLE guardian_key;
+    CK_KEY_TYPE guardian_key_type; /* CKK_EC (ECDH schemes) or CKK_RSA (RSA-OAEP) */
     struct guardian_package pkg;
     CK_OBJECT_HANDLE kek;
     CK_OBJECT_HANDLE created[MAX_OBJECTS];
@@ -152,10 +155,11 @@ static CK_RV guardian_fingerprint(struct import *im, uint8_t out[32])
     }
     if (rv != CKR_OK)
         return rv;
-    if (cls != CKO_PRIVATE_KEY || kt != CKK_EC) {
-        guardian_error("unwrap", "the unwrapping key is not the Guardian's EC private key");
+    if (cls != CKO_PRIVATE_KEY || (kt != CKK_EC && kt != CKK_RSA)) {
+        guardian_error("unwrap", "the unwrapping key is not the Guardian's EC or RSA private key");
         return CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT;
     }
+    im->guardian_key_type = kt;
     rv = get_attr(im, im->guardian_key, CKA_ID, &id, &id_len);
     if (rv != CKR_OK || id_len == 0) {
         guardian_error("unwrap", "the Guardian key has no CKA_ID to find its certificate by");
@@ -582,6 +586,67 @@ static CK_RV transport_runs_here(struct import *im, CK_SLOT_ID slot)
     return CKR_OK;
 }
 
+/* id-guardian-kt-rsaoaep-sha256-v1: the KEK, RSA-OAEP encrypted to the
+ * Guardian's agreement key with label C, unwrapped inside the token into a
+ * session AES key (`kek_t`): it is never in the clear here.  A token that
+ * ignored the label would lose the binding to this package and Guardian: the
+ * self-test refuses to advertise the unwrap on such a token (selftest.c). */
+static CK_RV unwrap_kek_oaep(struct import *im, CK_ATTRIBUTE *kek_t, CK_ULONG n)
+{
+    const ASN1_OCTET_STRING *enc = im->pkg.asn1->transport->ephemeral_key;
+    uint8_t context[32];
+    CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, context, sizeof(context)};
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
+    CK_BYTE *mod = NULL;
+    CK_ULONG mod_len = 0;
+    CK_RV rv;
+
+    if (!guardian_package_kek_context(&im->pkg, context))
+        return CKR_GENERAL_ERROR;
+    /* The ciphertext is exactly as long as the modulus (RFC 8017, 7.1.2). */
+    if (get_attr(im, im->guardian_key, CKA_MODULUS, &mod, &mod_len) == CKR_OK && mod_len > 0 &&
+        mod_len != (CK_ULONG)ASN1_STRING_length(enc)) {
+        OPENSSL_free(mod);
+        guardian_error("unwrap", "refused: package %s/%s r%u: its RSA-OAEP encrypted key is %d bytes, the "
+                                 "Guardian's modulus %lu",
+                       im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version, ASN1_STRING_length(enc),
+                       (unsigned long)mod_len);
+        return CKR_WRAPPED_KEY_INVALID;
+    }
+    OPENSSL_free(mod);
+    /* The KEK template without CKA_VALUE_LEN (index 2): an unwrap takes the
+     * length from the plaintext, which must then be 32 bytes. */
+    {
+        CK_ATTRIBUTE t[9];
+        CK_ULONG k = 0, len = 0;
+        CK_ATTRIBUTE la = {CKA_VALUE_LEN, &len, sizeof(len)};
+        for (CK_ULONG i = 0; i < n && k < 9; i++)
+            if (kek_t[i].type != CKA_VALUE_LEN)
+                t[k++] = kek_t[i];
+        rv = im->be->C_UnwrapKey(im->session, &m, im->guardian_key, (CK_BYTE_PTR)ASN1_STRING_get0_data(enc),
+                                 (CK_ULONG)ASN1_STRING_length(enc), t, k, &im->kek);
+        if (rv == CKR_OK) {
+            guardian_policy_forget(im->kek);
+            if (im->be->C_GetAttributeValue(im->session, im->kek, &la, 1) != CKR_OK || len != 32) {
+                guardian_error("unwrap", "refused: package %s/%s r%u: its key-encryption key is not 32 bytes",
+                               im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version);
+                return CKR_WRAPPED_KEY_INVALID; /* import_package destroys im->kek */
+            }
+            return CKR_OK;
+        }
+    }
+    if (rv != CKR_OK) {
+        guardian_error("unwrap", "refused: package %s/%s r%u: the RSA-OAEP (SHA-256) key-encryption key does not "
+                                 "unwrap in the backend (%s): made for another Guardian or altered",
+                       im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version, ckr(rv));
+        im->kek = CK_INVALID_HANDLE;
+        return rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_FUNCTION_FAILED
+                   ? CKR_WRAPPED_KEY_INVALID
+                   : rv;
+    }
+    return CKR_OK;
+}
+
 static CK_RV derive_kek(struct import *im)
 {
     const ASN1_OCTET_STRING *eph = im->pkg.asn1->transport->ephemeral_key;
@@ -607,9 +672,11 @@ static CK_RV derive_kek(struct import *im)
                             {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
                             {CKA_UNWRAP, &yes, sizeof(yes)}, {CKA_LABEL, (void *)kek_label, sizeof(kek_label) - 1},
                             {CKA_MODIFIABLE, &no, sizeof(no)}};
-    CK_RV rv = check_ephemeral_point(im);
+    CK_RV rv;
 
-    if (rv != CKR_OK)
+    if (im->pkg.scheme == GUARDIAN_KT_RSAOAEP_SHA256)
+        return unwrap_kek_oaep(im, kek_t, 9);
+    if ((rv = check_ephemeral_point(im)) != CKR_OK)
         return rv;
     if (!guardian_package_kek_context(&im->pkg, context))
         return CKR_GENERAL_ERROR;
@@ -729,6 +796,8 @@ static CK_RV find_guardian_ca_key(struct import *im)
 static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const char *role, CK_OBJECT_HANDLE *out)
 {
     CK_MECHANISM kwp = {im->transport.kwp != 0 ? im->transport.kwp : CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    const CK_BYTE *wrapped = ASN1_STRING_get0_data(wk->wrapped);
+    CK_ULONG wrapped_len = (CK_ULONG)ASN1_STRING_length(wk->wrapped);
     CK_KEY_TYPE kt = (CK_KEY_TYPE)ASN1_INTEGER_get(wk->key_type);
     CK_OBJECT_CLASS cls = (kt == CKK_EC || kt == CKK_RSA) ? CKO_PRIVATE_KEY : CKO_SECRET_KEY;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
@@ -783,8 +852,18 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
         t[n_attrs].ulValueLen = ca && im->ca_point_len > 0 ? (CK_ULONG)im->ca_point_len : id_len;
         n_attrs++;
     }
-    rv = im->be->C_UnwrapKey(im->session, &kwp, im->kek, (CK_BYTE_PTR)ASN1_STRING_get0_data(wk->wrapped),
-                             (CK_ULONG)ASN1_STRING_length(wk->wrapped), t, n_attrs, out);
+    /* RSA-OAEP transport: IV || AES-256-CBC-PAD ciphertext (package.h). */
+    if (im->pkg.scheme == GUARDIAN_KT_RSAOAEP_SHA256) {
+        if (wrapped_len < 2 * GUARDIAN_KT_RSAOAEP_IV_LEN || wrapped_len % 16 != 0) {
+            guardian_error("unwrap", "refused: %s key '%.*s': not an IV and AES-CBC blocks", role,
+                           ASN1_STRING_length(wk->label), ASN1_STRING_get0_data(wk->label));
+            return CKR_WRAPPED_KEY_INVALID;
+        }
+        kwp = (CK_MECHANISM){CKM_AES_CBC_PAD, (CK_BYTE_PTR)wrapped, GUARDIAN_KT_RSAOAEP_IV_LEN};
+        wrapped += GUARDIAN_KT_RSAOAEP_IV_LEN;
+        wrapped_len -= GUARDIAN_KT_RSAOAEP_IV_LEN;
+    }
+    rv = im->be->C_UnwrapKey(im->session, &kwp, im->kek, (CK_BYTE_PTR)wrapped, wrapped_len, t, n_attrs, out);
     if (rv != CKR_OK) {
         guardian_error("unwrap", "refused: %s key '%.*s' does not unwrap (%s): wrong Guardian key or altered "
                                  "ciphertext", role, ASN1_STRING_length(wk->label), ASN1_STRING_get0_data(wk->label),
@@ -818,16 +897,20 @@ static CK_RV create_certificate(struct import *im, X509 *x, int index)
     if (der_len > 0 && subj_len > 0 && iss_len > 0 && ser_len > 0 && (index == 0 || keyed)) {
         CK_ATTRIBUTE t[] = {
             {CKA_CLASS, &cls, sizeof(cls)},      {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
-            {CKA_TOKEN, &yes, sizeof(yes)},      {CKA_CERTIFICATE_CATEGORY, &category, sizeof(category)},
+            {CKA_TOKEN, &yes, sizeof(yes)},      {CKA_MODIFIABLE, &no, sizeof(no)},
             {CKA_ID, index == 0 ? im->pkg.package_id : key_sha1,
              index == 0 ? GUARDIAN_PKG_ID_LEN : SHA_DIGEST_LENGTH},
             {CKA_LABEL, label, 0},               {CKA_VALUE, der, (CK_ULONG)der_len},
             {CKA_SUBJECT, subj, (CK_ULONG)subj_len}, {CKA_ISSUER, iss, (CK_ULONG)iss_len},
-            {CKA_SERIAL_NUMBER, serial, (CK_ULONG)ser_len}, {CKA_MODIFIABLE, &no, sizeof(no)},
+            {CKA_SERIAL_NUMBER, serial, (CK_ULONG)ser_len}, {CKA_CERTIFICATE_CATEGORY, &category, sizeof(category)},
         };
         snprintf(label, sizeof(label), "%s:%s%d", im->prefix, index == 0 ? "production-ca-cert" : "chain-", index);
         t[5].ulValueLen = strlen(label);
         rv = im->be->C_CreateObject(im->session, t, sizeof(t) / sizeof(t[0]), &h);
+        /* A 2.20 token (opencryptoki 3.8) knows no CKA_CERTIFICATE_CATEGORY
+         * (the last): the certificate without it. */
+        if (rv == CKR_ATTRIBUTE_TYPE_INVALID)
+            rv = im->be->C_CreateObject(im->session, t, sizeof(t) / sizeof(t[0]) - 1, &h);
         if (rv == CKR_OK)
             rv = track(im, h);
         else
@@ -1041,6 +1124,18 @@ static CK_RV import_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     dlen = BIO_get_mem_data(content, (char **)&data);
     if (!guardian_package_decode(data, (size_t)dlen, &im.pkg, err, sizeof(err))) {
         guardian_error("unwrap", "refused: %s", err);
+        rv = CKR_WRAPPED_KEY_INVALID;
+        goto out;
+    }
+    /* The scheme must be the Guardian key's: RSA-OAEP for an RSA key, ECDH
+     * for an EC key (or no transport). */
+    if (im.pkg.scheme != GUARDIAN_KT_NONE &&
+        (im.pkg.scheme == GUARDIAN_KT_RSAOAEP_SHA256) != (im.guardian_key_type == CKK_RSA)) {
+        guardian_error("unwrap", "refused: package %s/%s r%u uses a key transport for an %s Guardian key, this "
+                                 "Guardian's is %s",
+                       im.pkg.oem_id, im.pkg.product_id, im.pkg.release_version,
+                       im.pkg.scheme == GUARDIAN_KT_RSAOAEP_SHA256 ? "RSA" : "EC",
+                       im.guardian_key_type == CKK_RSA ? "RSA" : "EC");
         rv = CKR_WRAPPED_KEY_INVALID;
         goto out;
     }

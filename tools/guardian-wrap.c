@@ -35,6 +35,7 @@
 #include <openssl/kdf.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 #include <openssl/x509v3.h>
 
 #include "ca_binding.h"
@@ -448,28 +449,67 @@ static void make_kek(EVP_PKEY *guardian_pub, int scheme, const uint8_t package_i
     EVP_PKEY_free(eph);
 }
 
-/* RFC 5649 AES-256 key wrap with padding. */
-static ASN1_OCTET_STRING *wrap(const uint8_t kek[32], const uint8_t *in, size_t len)
+/* id-guardian-kt-rsaoaep-sha256-v1: a fresh KEK, RSAES-OAEP (SHA-256,
+ * MGF1-SHA-256, label C) to the Guardian's RSA key; the ciphertext in
+ * `enc` (the modulus' length). */
+static void make_kek_oaep(EVP_PKEY *guardian_pub, const uint8_t package_id[16], const uint8_t target[32],
+                          uint8_t kek[32], uint8_t *enc, size_t *enc_len)
+{
+    uint8_t label[32];
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, guardian_pub, NULL);
+    unsigned char *l = NULL;
+
+    if (EVP_PKEY_get_bits(guardian_pub) < 2048 || EVP_PKEY_get_bits(guardian_pub) > 4096)
+        die("the Guardian's RSA key must have 2048..4096 bits");
+    if (RAND_bytes(kek, 32) != 1)
+        die("no randomness for the key-encryption key");
+    if (!guardian_kek_context(package_id, target, NULL, 0, label) || (l = OPENSSL_memdup(label, 32)) == NULL)
+        die("SHA-256 failed");
+    if (c == NULL || EVP_PKEY_encrypt_init(c) != 1 || EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING) != 1 ||
+        EVP_PKEY_CTX_set_rsa_oaep_md(c, EVP_sha256()) != 1 || EVP_PKEY_CTX_set_rsa_mgf1_md(c, EVP_sha256()) != 1 ||
+        EVP_PKEY_CTX_set0_rsa_oaep_label(c, l, 32) != 1)
+        die("cannot set up RSA-OAEP with SHA-256");
+    if (EVP_PKEY_encrypt(c, enc, enc_len, kek, 32) != 1)
+        die("RSA-OAEP encryption to the Guardian's key failed");
+    EVP_PKEY_CTX_free(c);
+}
+
+/* Each key and confidential item under the KEK: RFC 5649 AES-256 key wrap
+ * with padding (the ECDH schemes) or, for id-guardian-kt-rsaoaep-sha256-v1,
+ * IV || AES-256-CBC with PKCS#7 padding (what CKM_AES_CBC_PAD unwraps; the
+ * CMS signature, checked before any unwrap, covers every byte). */
+static ASN1_OCTET_STRING *wrap(int scheme, const uint8_t kek[32], const uint8_t *in, size_t len)
 {
     EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
-    uint8_t *out = malloc(len + 16);
-    int n1 = 0, n2 = 0;
+    uint8_t *out = malloc(len + 48), *at = out;
+    int n1 = 0, n2 = 0, iv_len = 0;
     ASN1_OCTET_STRING *s = ASN1_OCTET_STRING_new();
 
     if (c == NULL || out == NULL || s == NULL)
         die("out of memory");
-    EVP_CIPHER_CTX_set_flags(c, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
-    if (EVP_EncryptInit_ex(c, EVP_aes_256_wrap_pad(), NULL, kek, NULL) != 1 ||
-        EVP_EncryptUpdate(c, out, &n1, in, (int)len) != 1 || EVP_EncryptFinal_ex(c, out + n1, &n2) != 1)
+    if (scheme == GUARDIAN_KT_RSAOAEP_SHA256) {
+        iv_len = GUARDIAN_KT_RSAOAEP_IV_LEN;
+        if (RAND_bytes(out, iv_len) != 1)
+            die("no randomness for the IV");
+        at = out + iv_len;
+        if (EVP_EncryptInit_ex(c, EVP_aes_256_cbc(), NULL, kek, out) != 1)
+            die("AES-CBC failed");
+    } else {
+        EVP_CIPHER_CTX_set_flags(c, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+        if (EVP_EncryptInit_ex(c, EVP_aes_256_wrap_pad(), NULL, kek, NULL) != 1)
+            die("AES key wrap failed");
+    }
+    if (EVP_EncryptUpdate(c, at, &n1, in, (int)len) != 1 || EVP_EncryptFinal_ex(c, at + n1, &n2) != 1)
         die("AES key wrap failed");
-    if (!ASN1_OCTET_STRING_set(s, out, n1 + n2))
+    if (!ASN1_OCTET_STRING_set(s, out, iv_len + n1 + n2))
         die("out of memory");
     EVP_CIPHER_CTX_free(c);
+    OPENSSL_cleanse(out, len + 48);
     free(out);
     return s;
 }
 
-static GUARDIAN_WRAPPED_KEY *wrap_private_key(const uint8_t kek[32], EVP_PKEY *key, const char *label)
+static GUARDIAN_WRAPPED_KEY *wrap_private_key(int scheme, const uint8_t kek[32], EVP_PKEY *key, const char *label)
 {
     GUARDIAN_WRAPPED_KEY *w = GUARDIAN_WRAPPED_KEY_new();
     unsigned char *p8 = NULL;
@@ -484,7 +524,7 @@ static GUARDIAN_WRAPPED_KEY *wrap_private_key(const uint8_t kek[32], EVP_PKEY *k
     ASN1_STRING_set(w->label, label, (int)strlen(label));
     ASN1_INTEGER_set(w->key_type, EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA ? 0x00 : 0x03);
     ASN1_OCTET_STRING_free(w->wrapped);
-    w->wrapped = wrap(kek, p8, (size_t)n);
+    w->wrapped = wrap(scheme, kek, p8, (size_t)n);
     OPENSSL_cleanse(p8, (size_t)n);
     OPENSSL_free(p8);
     PKCS8_PRIV_KEY_INFO_free(info);
@@ -849,7 +889,7 @@ static int create_package(struct create_opts *o)
     struct guardian_ca_binding binding;
     int secrets = o->n_extra > 0;
     GUARDIAN_PACKAGE *pkg = GUARDIAN_PACKAGE_new();
-    uint8_t kek[32], eph[97], target[32], id[16];
+    uint8_t kek[32], eph[512], target[32], id[16];
     size_t eph_len = 0;
     int scheme, requested, n;
     struct guardian_transports offered;
@@ -864,8 +904,9 @@ static int create_package(struct create_opts *o)
 
     if (pkg == NULL)
         die("out of memory");
-    if (guardian_pub == NULL || EVP_PKEY_get_base_id(guardian_pub) != EVP_PKEY_EC)
-        die("%s: the Guardian certificate must carry an EC key (P-256 or P-384)", o->guardian_cert);
+    if (guardian_pub == NULL ||
+        (EVP_PKEY_get_base_id(guardian_pub) != EVP_PKEY_EC && EVP_PKEY_get_base_id(guardian_pub) != EVP_PKEY_RSA))
+        die("%s: the Guardian certificate must carry an EC key (P-256 or P-384) or an RSA key", o->guardian_cert);
     if (X509_check_private_key(signer, signer_key) != 1)
         die("%s does not match the public key of %s", o->signer_key, o->signer_cert);
     if (ca_key != NULL && X509_check_private_key(ca_cert, ca_key) != 1)
@@ -885,8 +926,9 @@ static int create_package(struct create_opts *o)
     if (!guardian_transports_read(guardian, &offered, err, sizeof(err)))
         die("%s: %s", o->guardian_cert, err);
     requested = strcmp(o->kdf, "auto") == 0 ? 0 : guardian_transport_by_name(o->kdf);
-    if (requested != GUARDIAN_KT_ECDH_AESCBC && requested != GUARDIAN_KT_ECDH_SHA256KDF && requested != 0)
-        die("--kdf must be auto, aes-cbc or x963-sha256");
+    if (requested != GUARDIAN_KT_ECDH_AESCBC && requested != GUARDIAN_KT_ECDH_SHA256KDF &&
+        requested != GUARDIAN_KT_RSAOAEP_SHA256 && requested != 0)
+        die("--kdf must be auto, aes-cbc, x963-sha256 or rsa-oaep-sha256");
     guardian_transports_describe(&offered, offers, sizeof(offers));
 
     if (ca_key == NULL)
@@ -899,8 +941,14 @@ static int create_package(struct create_opts *o)
     if (ca_key == NULL && !secrets) {
         scheme = GUARDIAN_KT_NONE;
     } else {
+        /* An RSA Guardian (a token without EC) imports with RSA-OAEP, an EC
+         * one with ECDH: the key type decides what can be chosen at all. */
         if ((scheme = guardian_transport_choose(&offered, requested, o->kdf_unlisted, err, sizeof(err))) == 0)
             die("%s: %s", o->guardian_cert, err);
+        if (scheme == GUARDIAN_KT_RSAOAEP_SHA256) {
+            eph_len = sizeof(eph);
+            make_kek_oaep(guardian_pub, id, target, kek, eph, &eph_len);
+        } else
         make_kek(guardian_pub, scheme, id, target, kek, eph, &eph_len);
     }
 
@@ -957,15 +1005,16 @@ static int create_package(struct create_opts *o)
         free(copy);
     }
     ASN1_OBJECT_free(pkg->transport->scheme);
-    pkg->transport->scheme = OBJ_txt2obj(scheme == GUARDIAN_KT_NONE          ? GUARDIAN_OID_KT_NONE
-                                         : scheme == GUARDIAN_KT_ECDH_AESCBC ? GUARDIAN_OID_KT_ECDH_AESCBC
-                                                                             : GUARDIAN_OID_KT_ECDH_SHA256KDF,
+    pkg->transport->scheme = OBJ_txt2obj(scheme == GUARDIAN_KT_NONE              ? GUARDIAN_OID_KT_NONE
+                                         : scheme == GUARDIAN_KT_ECDH_AESCBC     ? GUARDIAN_OID_KT_ECDH_AESCBC
+                                         : scheme == GUARDIAN_KT_RSAOAEP_SHA256 ? GUARDIAN_OID_KT_RSAOAEP_SHA256
+                                                                                 : GUARDIAN_OID_KT_ECDH_SHA256KDF,
                                          1);
     ASN1_OCTET_STRING_set(pkg->transport->ephemeral_key, eph, (int)eph_len);
 
     GUARDIAN_WRAPPED_KEY_free(pkg->production_ca->key);
     if (ca_key != NULL) {
-        pkg->production_ca->key = wrap_private_key(kek, ca_key, "production-ca");
+        pkg->production_ca->key = wrap_private_key(scheme, kek, ca_key, "production-ca");
     } else {
         /* Version 2: the key's type and label, no bytes: it is in the Guardian. */
         GUARDIAN_WRAPPED_KEY *k = GUARDIAN_WRAPPED_KEY_new();
@@ -992,7 +1041,7 @@ static int create_package(struct create_opts *o)
         k = read_private_key(path, &o->passin);
         if (pkg->extra_keys == NULL)
             pkg->extra_keys = sk_GUARDIAN_WRAPPED_KEY_new_null();
-        sk_GUARDIAN_WRAPPED_KEY_push(pkg->extra_keys, wrap_private_key(kek, k, label));
+        sk_GUARDIAN_WRAPPED_KEY_push(pkg->extra_keys, wrap_private_key(scheme, kek, k, label));
         EVP_PKEY_free(k);
     }
     for (int i = 0; i < o->n_data; i++) {
@@ -1002,12 +1051,13 @@ static int create_package(struct create_opts *o)
         unsigned char *value;
         GUARDIAN_DATA_ITEM *item = GUARDIAN_DATA_ITEM_new();
         split_assignment(o->data[i], o->data_conf[i] ? "--secret-data" : "--data", name, sizeof(name), &path);
-        value = read_all(path, GUARDIAN_PKG_MAX_DATA_BYTES - 16, &len);
+        /* The wrapping adds up to 16 bytes (RFC 5649) or 32 (IV and padding). */
+        value = read_all(path, GUARDIAN_PKG_MAX_DATA_BYTES - (o->data_conf[i] ? 32 : 16), &len);
         set_utf8(item->name, name);
         ASN1_ENUMERATED_set(item->protection, o->data_conf[i] ? GUARDIAN_DATA_CONFIDENTIAL : GUARDIAN_DATA_INTEGRITY);
         if (o->data_conf[i]) {
             ASN1_OCTET_STRING_free(item->value);
-            item->value = wrap(kek, value, len);
+            item->value = wrap(scheme, kek, value, len);
             OPENSSL_cleanse(value, len);
         } else {
             ASN1_OCTET_STRING_set(item->value, value, (int)len);
@@ -1361,6 +1411,8 @@ static int cmd_inspect(int argc, char **argv)
     printf("\ntransport    %s\n", pkg.scheme == GUARDIAN_KT_NONE ? "none (no secret travels)"
                                   : pkg.scheme == GUARDIAN_KT_ECDH_AESCBC
                                       ? "ECDH + AES-256-CBC KDF + AES key wrap with padding (in-token)"
+                                  : pkg.scheme == GUARDIAN_KT_RSAOAEP_SHA256
+                                      ? "RSA-OAEP-SHA256 key-encryption key + AES-256-CBC-PAD (in-token)"
                                       : "ECDH + X9.63 SHA-256 KDF + AES key wrap with padding");
     if (guardian_path != NULL) {
         char offers[GUARDIAN_TRANSPORTS_MAX * (GUARDIAN_TRANSPORT_OID_MAX + 24) + 160];

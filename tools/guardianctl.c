@@ -560,14 +560,16 @@ static int cmd_init(int argc, char **argv)
                                          {"csr", required_argument, NULL, 'c'},
                                          {"out", required_argument, NULL, 'o'},
                                          {"force", no_argument, NULL, 'F'},
+                                         {"key-type", required_argument, NULL, 'k'},
                                          {NULL, 0, NULL, 0}};
-    const char *subject = NULL, *csr_out = NULL, *out = NULL;
+    const char *subject = NULL, *csr_out = NULL, *out = NULL, *key_type = NULL;
+    CK_ULONG ktype = 0;
     long days = 3650;
     int force = 0;
     CK_OBJECT_HANDLE priv, sign_priv, h;
     X509 *old_a, *a, *sc;
     char subject_buf[128], fpr[65], old_fpr[65] = "", sfpr[65];
-    CK_ATTRIBUTE t[2];
+    CK_ATTRIBUTE t[3];
     CK_ULONG udays, n = 0;
     CK_RV rv;
     int c;
@@ -586,6 +588,15 @@ static int cmd_init(int argc, char **argv)
         case 'c': csr_out = optarg; break;
         case 'o': out = optarg; break;
         case 'F': force = 1; break;
+        case 'k':
+            key_type = optarg;
+            ktype = strcmp(optarg, "p256") == 0      ? CKG_GUARDIAN_IDENTITY_P256
+                    : strcmp(optarg, "rsa2048") == 0 ? CKG_GUARDIAN_IDENTITY_RSA2048
+                    : strcmp(optarg, "rsa3072") == 0 ? CKG_GUARDIAN_IDENTITY_RSA3072
+                                                     : 0;
+            if (ktype == 0)
+                usage_die("init", "--key-type is p256, rsa2048 or rsa3072, not '%s'", optarg);
+            break;
         default: usage_die("init", "unknown option '%s'", argv[optind - 1]);
         }
     }
@@ -617,21 +628,41 @@ static int cmd_init(int argc, char **argv)
             subject += 4;
         t[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)subject, (CK_ULONG)strlen(subject)};
     }
+    if (key_type != NULL)
+        t[n++] = (CK_ATTRIBUTE){CKA_GUARDIAN_IDENTITY_KEY_TYPE, &ktype, sizeof(ktype)};
     udays = (CK_ULONG)days;
     if (csr_out == NULL)
         t[n++] = (CK_ATTRIBUTE){CKA_GUARDIAN_VALIDITY_DAYS, &udays, sizeof(udays)};
     rv = request(csr_out ? CKG_GUARDIAN_REQ_IDENTITY_CSR : CKG_GUARDIAN_REQ_IDENTITY, t, n, &h);
     if (rv == CKR_ATTRIBUTE_VALUE_INVALID)
-        die("invalid --subject: a CN of 1..56 characters, no control characters");
+        die("refused: %s (the module's log line says which)",
+            key_type != NULL ? "an invalid --subject (a CN of 1..56 characters, no control characters), or "
+                               "--key-type other than the type of the Guardian's existing keys"
+                             : "invalid --subject: a CN of 1..56 characters, no control characters");
     if (rv != CKR_OK)
         die("the module refused to make the Guardian identity: %s (0x%lx); its log line says why", ckr(rv),
             (unsigned long)rv);
-    if (priv == CK_INVALID_HANDLE)
-        fprintf(stderr, "generated the Guardian key pairs (EC P-256, sensitive, never extractable) in token '%s': "
-                        "agreement (derive only) and signing (sign only)\n",
-                token_label);
-    else if (sign_priv == CK_INVALID_HANDLE)
-        fprintf(stderr, "generated the Guardian signing key pair (EC P-256, sign only) in token '%s'\n", token_label);
+    {
+        CK_KEY_TYPE kt = CKK_EC;
+        CK_ULONG bits = 0;
+        CK_OBJECT_HANDLE pub = find_signing(CKO_PUBLIC_KEY);
+        CK_ATTRIBUTE ka[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)}};
+        CK_ATTRIBUTE ba[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}};
+        char what[32] = "EC P-256";
+        if (pub != CK_INVALID_HANDLE && p11->C_GetAttributeValue(session, pub, ka, 1) == CKR_OK && kt == CKK_RSA) {
+            if (p11->C_GetAttributeValue(session, pub, ba, 1) == CKR_OK)
+                snprintf(what, sizeof(what), "RSA %lu", (unsigned long)bits);
+            else
+                snprintf(what, sizeof(what), "RSA");
+        }
+        if (priv == CK_INVALID_HANDLE)
+            fprintf(stderr, "generated the Guardian key pairs (%s, sensitive, never extractable) in token '%s': "
+                            "agreement (%s only) and signing (sign only)\n",
+                    what, token_label, kt == CKK_RSA ? "unwrap" : "derive");
+        else if (sign_priv == CK_INVALID_HANDLE)
+            fprintf(stderr, "generated the Guardian signing key pair (%s, sign only) in token '%s'\n", what,
+                    token_label);
+    }
     if (csr_out != NULL) {
         CK_ULONG len;
         unsigned char *der = get_attr(h, CKA_VALUE, &len);
@@ -666,7 +697,8 @@ static int cmd_init(int argc, char **argv)
     if (old_a != NULL && strcmp(old_fpr, fpr) == 0)
         fprintf(stderr, "Guardian already initialized in token '%s'; certificate sha256:%s\n", token_label, fpr);
     else
-        fprintf(stderr, "Guardian certificate (key agreement, the target of OEM packages) sha256:%s\n", fpr);
+        fprintf(stderr, "Guardian certificate (%s, the target of OEM packages) sha256:%s\n",
+                EVP_PKEY_get_base_id(X509_get0_pubkey(a)) == EVP_PKEY_RSA ? "RSA key transport" : "key agreement", fpr);
     fprintf(stderr, "signing certificate (issued it, signs reports) sha256:%s\n", sfpr);
     if (old_a != NULL && strcmp(old_fpr, fpr) != 0)
         say_certificate_changed(old_fpr, fpr, out);
@@ -1472,7 +1504,9 @@ void status_report(const struct guardian_status *s)
     } else {
         X509 *a = cert_from_object(cert), *sc = cert_or_null(find_signing(CKO_CERTIFICATE));
         X509 *both[2] = {a, sc};
-        const char *what[2] = {"certificate (key agreement: the target of OEM packages)",
+        int rsa = a != NULL && EVP_PKEY_get_base_id(X509_get0_pubkey(a)) == EVP_PKEY_RSA;
+        const char *what[2] = {rsa ? "certificate (RSA key transport: the target of OEM packages)"
+                                   : "certificate (key agreement: the target of OEM packages)",
                                "signing certificate (issued it; signs reports)"};
         for (int i = 0; i < 2 && both[i] != NULL; i++) {
             char colons[96], *subject = X509_NAME_oneline(X509_get_subject_name(both[i]), NULL, 0);
@@ -1596,10 +1630,10 @@ static const struct command {
     const char *opts[12];
     int (*run)(int argc, char **argv);
 } commands[] = {
-    {"init", "[--subject /CN=NAME] [--days N] [--csr FILE | --out FILE] [--force]",
+    {"init", "[--subject /CN=NAME] [--days N] [--key-type p256|rsa2048|rsa3072] [--csr FILE | --out FILE] [--force]",
      "create the Guardian's key pairs (agreement, signing) and certificates\n"
      "(or the signing key's CSR); upgrades a one-key Guardian",
-     {"subject=", "days=", "csr=", "out=", "force"}, cmd_init},
+     {"subject=", "days=", "key-type=", "csr=", "out=", "force"}, cmd_init},
     {"import-cert", "CERT", "install a CA-signed certificate for the signing key (or agreement key)", {""}, cmd_import_cert},
     {"cert", "[--out FILE] [--force]", "print the Guardian certificate, then its signing certificate (PEM)",
      {"out=", "force"}, cmd_cert},

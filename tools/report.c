@@ -853,7 +853,7 @@ static void check_signature(struct vctx *v, const uint8_t *data)
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     size_t sig_len = 0;
     uint8_t *sig = get_base64(v->sig, v->sig_len, &sig_len);
-    char again[256], fpr[65], mine[65];
+    char again[700], fpr[65], mine[65]; /* base64 of up to an RSA 4096 signature */
     int ok = 0;
 
     if (given != NULL && X509_cmp(given, v->guardian) != 0) {
@@ -881,7 +881,7 @@ static void check_signature(struct vctx *v, const uint8_t *data)
                    "agreement only): only a Guardian made before its signing key was split off signs with its "
                    "Guardian certificate's key");
     }
-    if (sig == NULL || sig_len > 160 || report_base64(sig, sig_len, again, sizeof(again)) != v->sig_len ||
+    if (sig == NULL || sig_len > 512 || report_base64(sig, sig_len, again, sizeof(again)) != v->sig_len ||
         memcmp(again, v->sig, v->sig_len) != 0) {
         problem(v, "the report's signature line is not a canonical base64 signature");
     } else if (key != NULL && md != NULL && EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&

@@ -120,6 +120,18 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKG_GUARDIAN_CA_KEY_P384 2UL    /* EC P-384, ecdsa-with-SHA384 */
 #define CKG_GUARDIAN_CA_KEY_RSA2048 3UL /* RSA 2048, sha256WithRSAEncryption */
 
+/* CKG_GUARDIAN_REQ_IDENTITY and _IDENTITY_CSR: CK_ULONG, CKG_GUARDIAN_IDENTITY_*:
+ * the type of both identity key pairs, when the token has none yet.  Without
+ * it the module chooses by what the slot can do: P-256 where it lists
+ * CKM_EC_KEY_PAIR_GEN and CKM_ECDSA, else RSA 3072 (opencryptoki's soft
+ * token has no EC).  Existing keys keep their type (docs/vendor-interface.md). */
+#define CKA_GUARDIAN_IDENTITY_KEY_TYPE (CKA_GUARDIAN_BASE | 0x0024UL)
+
+/* CKG_GUARDIAN_IDENTITY_* values of CKA_GUARDIAN_IDENTITY_KEY_TYPE. */
+#define CKG_GUARDIAN_IDENTITY_P256 1UL    /* ECDH agreement, ECDSA signing */
+#define CKG_GUARDIAN_IDENTITY_RSA2048 2UL /* RSA-OAEP-SHA256 unwrap, sha256WithRSAEncryption */
+#define CKG_GUARDIAN_IDENTITY_RSA3072 3UL /* the same, 3072 bits */
+
 /* CKG_GUARDIAN_OUTCOME_* values of CKA_GUARDIAN_PART_OUTCOME. */
 #define CKG_GUARDIAN_OUTCOME_PROGRAMMED 1UL /* the part was programmed with its certificate */
 #define CKG_GUARDIAN_OUTCOME_SCRAPPED 2UL   /* the part was scrapped (its unit stays spent) */

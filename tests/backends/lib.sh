@@ -266,14 +266,18 @@ _backend_up_opencryptoki() {
     # 3.8.1 compiles in /etc/opencryptoki, /var/lib/opencryptoki,
     # /run/pkcsslotd.socket and /var/lock (-> /run/lock)/opencryptoki: each
     # is a directory of ours, bind-mounted over the real one in a private
-    # mount + IPC (its shared memory) namespace.
-    mkdir -p "$d/etc" "$d/lib/swtok/TOK_OBJ" "$d/run/lock/opencryptoki/swtok" "$d/log"
+    # mount + IPC (its shared memory) namespace.  The soft token keeps its
+    # object index in POSIX shared memory, /dev/shm/var.lib.opencryptoki.swtok,
+    # which the IPC namespace does not separate: without a /dev/shm of its own,
+    # two backends up at once (parallel tests) share one index and lose each
+    # other's objects (seen: a Guardian's keys gone mid-test).
+    mkdir -p "$d/etc" "$d/lib/swtok/TOK_OBJ" "$d/run/lock/opencryptoki/swtok" "$d/log" "$d/shm"
     printf 'version opencryptoki-3.1\n\nslot 3\n{\nstdll = libpkcs11_sw.so\n}\n' >"$d/etc/opencryptoki.conf"
     chgrp -R pkcs11 "$d/etc" "$d/lib" "$d/run/lock/opencryptoki"
     chmod 770 "$d/lib" "$d/lib/swtok" "$d/lib/swtok/TOK_OBJ" "$d/run/lock/opencryptoki" \
         "$d/run/lock/opencryptoki/swtok"
     chmod 755 "$d/run"
-    chmod 1777 "$d/run/lock"
+    chmod 1777 "$d/run/lock" "$d/shm"
     # The namespace lives as long as its holder (sleep) does.
     # shellcheck disable=SC2016 # $1 is the inner shell's
     unshare --mount --ipc --propagation private -- sh -c '
@@ -281,6 +285,7 @@ _backend_up_opencryptoki() {
         mount --bind "$1/lib" /var/lib/opencryptoki &&
         mount --bind "$1/run" /run &&
         mount --bind "$1/log" /var/log &&
+        mount --bind "$1/shm" /dev/shm &&
         : >/run/namespace-ready && exec sleep infinity' sh "$d" \
         </dev/null >"$BACKEND_DIR/log/unshare.log" 2>&1 &
     _BACKEND_PIDS+=("$!")

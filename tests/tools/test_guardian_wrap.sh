@@ -225,9 +225,22 @@ expect "bad OEM ID" 1 "OEM ID and product ID" -- "$W" create --guardian-cert gua
     --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --oem-id "AC ME" --product-id B --release 1 \
     --units 1 --not-after +1 --out x.gpk
 openssl req -new -x509 -key extra-rsa.key -subj /CN=rsa-guardian -days 1 -out rsa-guardian.pem
-expect "RSA Guardian refused" 1 "must carry an EC key" -- "$W" create --guardian-cert rsa-guardian.pem --signer-key signer.key \
-    --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --oem-id A --product-id B --release 1 \
-    --units 1 --not-after +1 --out x.gpk
+# An RSA Guardian (a token without EC) gets the RSA-OAEP transport; an RSA key
+# under 2048 bits, or a key neither EC nor RSA, is refused.
+expect "RSA Guardian: the RSA-OAEP transport" 0 "wrote rsa.gpk" -- "$W" create --guardian-cert rsa-guardian.pem \
+    --signer-key signer.key --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --oem-id A --product-id B \
+    --release 1 --units 1 --not-after +1 --out rsa.gpk
+expect "inspect: RSA-OAEP-SHA256" 0 "transport +RSA-OAEP-SHA256" -- "$W" inspect rsa.gpk
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out rsa1024.key 2>/dev/null
+openssl req -new -x509 -key rsa1024.key -subj /CN=rsa1024 -days 1 -out rsa1024.pem 2>/dev/null
+expect "RSA-1024 Guardian refused" 1 "RSA key must have 2048..4096 bits" -- "$W" create --guardian-cert rsa1024.pem \
+    --signer-key signer.key --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --oem-id A --product-id B \
+    --release 1 --units 1 --not-after +1 --out x.gpk
+openssl genpkey -algorithm ED25519 -out ed.key 2>/dev/null
+openssl req -new -x509 -key ed.key -subj /CN=ed -days 1 -out ed.pem 2>/dev/null
+expect "Ed25519 Guardian refused" 1 "must carry an EC key \(P-256 or P-384\) or an RSA key" -- "$W" create \
+    --guardian-cert ed.pem --signer-key signer.key --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem \
+    --oem-id A --product-id B --release 1 --units 1 --not-after +1 --out x.gpk
 expect "not a certificate" 1 "holds no certificate" -- "$W" create --guardian-cert config.txt --signer-key signer.key \
     --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --oem-id A --product-id B --release 1 \
     --units 1 --not-after +1 --out x.gpk

@@ -216,6 +216,45 @@ static void test_version_2(void **st)
     }
 }
 
+/* id-guardian-kt-rsaoaep-sha256-v1: ephemeralKey is the OAEP ciphertext,
+ * 256..512 bytes (RSA 2048..4096); C is the context with no point, the same
+ * for any ciphertext. */
+static void test_rsa_oaep(void **st)
+{
+    static const size_t ok_lens[] = {256, 384, 512}, bad_lens[] = {0, 65, 255, 513};
+    unsigned char enc[520];
+    char err[256] = "";
+    uint8_t c1[32], c2[32], want[32];
+    struct guardian_package out;
+    (void)st;
+    memset(enc, 0x5a, sizeof(enc));
+    for (size_t i = 0; i < sizeof(ok_lens) / sizeof(ok_lens[0]); i++) {
+        GUARDIAN_PACKAGE *p = valid();
+        unsigned char *der = NULL;
+        int n;
+        ASN1_OBJECT_free(p->transport->scheme);
+        p->transport->scheme = OBJ_txt2obj(GUARDIAN_OID_KT_RSAOAEP_SHA256, 1);
+        ASN1_OCTET_STRING_set(p->transport->ephemeral_key, enc, (int)ok_lens[i]);
+        n = i2d_GUARDIAN_PACKAGE(p, &der);
+        assert_true(guardian_package_decode(der, (size_t)n, &out, err, sizeof(err)));
+        assert_int_equal(out.scheme, GUARDIAN_KT_RSAOAEP_SHA256);
+        assert_true(guardian_package_kek_context(&out, i == 0 ? c1 : c2));
+        assert_true(guardian_kek_context(out.package_id, out.target_guardian, NULL, 0, want));
+        assert_memory_equal(i == 0 ? c1 : c2, want, 32);
+        guardian_package_free(&out);
+        OPENSSL_free(der);
+        GUARDIAN_PACKAGE_free(p);
+    }
+    assert_memory_equal(c1, c2, 32); /* the ciphertext is not in C */
+    for (size_t i = 0; i < sizeof(bad_lens) / sizeof(bad_lens[0]); i++) {
+        GUARDIAN_PACKAGE *p = valid();
+        ASN1_OBJECT_free(p->transport->scheme);
+        p->transport->scheme = OBJ_txt2obj(GUARDIAN_OID_KT_RSAOAEP_SHA256, 1);
+        ASN1_OCTET_STRING_set(p->transport->ephemeral_key, enc, (int)bad_lens[i]);
+        refused(p, "RSA-OAEP encrypted key must be 256..512 bytes");
+    }
+}
+
 static void test_fields_out_of_limits(void **st)
 {
     GUARDIAN_PACKAGE *p;
@@ -608,6 +647,7 @@ int main(void)
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_fields_out_of_limits),
         cmocka_unit_test(test_version_2),
+        cmocka_unit_test(test_rsa_oaep),
         cmocka_unit_test(test_device_ext_setting),
         cmocka_unit_test(test_subject_printable_string),
         cmocka_unit_test(test_not_canonical_der),
