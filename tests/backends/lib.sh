@@ -396,3 +396,10 @@ backend_test_start() {
         finish
     fi
 }
+
+# backend_pids: the PIDs of the daemons backend_up started (space-separated;
+# empty for SoftHSM and NSS, which run inside each process that loads them),
+# so that a caller can check they are gone after backend_down.
+backend_pids() {
+    printf '%s' "${_BACKEND_PIDS[*]}"
+}
