@@ -99,7 +99,7 @@ daemons_gone() {
         fail "$name: backend down" "still running after the demo:$left"
         for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done # ours: named by the demo
     else
-        pass "$name: backend down (${pids:+PIDs $pids gone}${pids:-no daemons: in-process})"
+        pass "$name: backend down ($([ -n "$pids" ] && echo "PIDs $pids gone" || echo "no daemons: in-process"))"
     fi
 }
 
