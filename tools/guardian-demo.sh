@@ -195,6 +195,9 @@ cleanup() {
     local rc=$?
     if [ -n "$kind" ] && [ "$rc" != 0 ] && [ -n "$step_name" ]; then
         printf 'guardian-demo: FAILED at step "%s": %s\n' "$step_name" "$(step_ckr)" >&2
+        step_done
+        echo "Timings up to the failure:"
+        printf '  %s\n' "${timings[@]}"
     fi
     [ -z "$kind" ] || backend_stop
     [ "$service" = 0 ] || service_down
