@@ -192,7 +192,25 @@ softhsm)
         fi
     done
 
-    demo softhsm --backend softhsm
+    # A spy on the environment of every command the demo runs on the token
+    # (pkcs11-tool, guardianctl: backend_exec) once the backend is up: in
+    # credentials mode none may hold the backend's PINs (an operator's
+    # process must not); in-process they do (the control: the spy sees).
+    cat >"$WORK/spy-lib.sh" <<EOF
+. "$SRC/tests/backends/lib.sh"
+eval "_real_\$(declare -f backend_up)"
+eval "_real_\$(declare -f backend_exec)"
+backend_up() { _real_backend_up "\$@" && _spy_on=1; }
+backend_exec() {
+    [ -z "\${_spy_on:-}" ] || env | grep -c -E '^BACKEND_(USER|SO)_PIN=' >>"$WORK/spy.\$_spy_run" || true
+    _real_backend_exec "\$@"
+}
+EOF
+    spy_seen() { # RUN: how many commands held a backend PIN, of how many
+        printf '%s of %s' "$(grep -c -v '^0$' "$WORK/spy.$1" 2>/dev/null || true)" "$(wc -l <"$WORK/spy.$1" 2>/dev/null || echo 0)"
+    }
+
+    _spy_run=inproc GUARDIAN_BACKEND_LIB=$WORK/spy-lib.sh demo softhsm --backend softhsm
     results softhsm 0
     grep -q '=> classic wrap' log/softhsm.log && pass "softhsm: auto chose the classic wrap (unwrap listed)" ||
         fail "softhsm: auto" "expected the classic wrap on SoftHSM" log/softhsm.log
@@ -206,8 +224,16 @@ softhsm)
         fail "softhsm-cred-careq: flow" "not the CA request" log/softhsm-cred-careq.log
     daemons_gone softhsm-cred-careq
 
-    demo softhsm-cred --backend softhsm --credentials
+    _spy_run=cred GUARDIAN_BACKEND_LIB=$WORK/spy-lib.sh demo softhsm-cred --backend softhsm --credentials
     results softhsm-cred 1
+    inproc=$(spy_seen inproc) cred=$(spy_seen cred)
+    read -r ih _ in <<<"$inproc"
+    read -r ch _ cn <<<"$cred"
+    if [ "$in" -gt 0 ] && [ "$ih" = "$in" ] && [ "$cn" -gt 0 ] && [ "$ch" = 0 ]; then
+        pass "the backend's PINs in no command's environment in credentials mode ($cred), in every one in-process ($inproc: the control)"
+    else
+        fail "the backend's PINs in the environment" "credentials mode: $cred commands held one (0 expected); in-process: $inproc (all expected)"
+    fi
     grep -q 'in-process (credentials mode lists no vendor mechanism)' log/softhsm-cred.log &&
         grep -q '=> classic wrap' log/softhsm-cred.log &&
         pass "softhsm-cred: the flow from the in-process list (credentials mode lists no vendor mechanism): wrap" ||
