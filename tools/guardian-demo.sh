@@ -27,9 +27,11 @@
 # mode (backend_pin_file: the Guardian's own Security Officer and operator
 # alice, the backend's PINs in files only the demo's user reads): there a root
 # enrolled as a token object cannot be trusted (docs/threat-model.md, 2).
-# The flow chooses itself from what the Guardian advertises on the slot: the
-# classic wrap (the OEM's CA key travels, unwrapped inside the token) where
-# CKM_GUARDIAN_UNWRAP_PACKAGE is listed, the CA request (the CA key made in
+# The flow chooses itself from what the Guardian states (the transports its
+# certificate lists, id-guardian-transports) or, for a certificate without
+# them, advertises on the slot: the classic wrap (the OEM's CA key travels,
+# unwrapped inside the token) where it can import a key
+# (CKM_GUARDIAN_UNWRAP_PACKAGE listed), the CA request (the CA key made in
 # the Guardian: nothing secret travels) elsewhere; the CA key is EC P-256
 # where CKM_ECDSA is listed, RSA-2048 otherwise. Each step's time is printed
 # at the end; a failed step is named with the CKR code it ended on.
@@ -50,7 +52,8 @@
 # guardian-service-setup from PATH, the module named by guardian-pkcs11.pc.
 # Missing Debian packages (tools/debian-packages) are installed first when run
 # as root; otherwise the command to install them is printed and nothing runs.
-# Exit status: 0 the whole story passed; 1 a step failed; 2 usage error.
+# Exit status: 0 the whole story passed; 1 a step failed; 2 usage error;
+# 77 the --backend cannot run on this machine (opencryptoki without root).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
