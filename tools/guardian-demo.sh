@@ -463,7 +463,8 @@ choose_flow() {
         echo "  the Guardian certificate's id-guardian-transports:"
         for t in $kinds; do echo "    $(transport_name "$t")"; done
         [ -n "$kinds" ] || echo "    (none)"
-        grep -q -v -F "$oid_arc.2.0" <<<"$kinds" && unwrap=yes
+        # (any transport but none: a key can be imported)
+        [ -z "$kinds" ] || ! grep -q -v -x -F "$oid_arc.2.0" <<<"$kinds" || unwrap=yes
         why="its certificate states"
     else
         echo "  the Guardian certificate has no id-guardian-transports extension: $mechs_from"

@@ -119,6 +119,14 @@ results() {
     else
         fail "$name: flow" "the demo did not say which flow and why" "log/$name.log"
     fi
+    if [ "$(grep -c -E '^  pkcs11-tool --sign with the (production CA|Guardian signing) key.*: CKR_KEY_FUNCTION_NOT_PERMITTED$' \
+        "log/$name.log")" = 2 ]; then
+        pass "$name: C_Sign with the CA key and with the signing key refused (CKR_KEY_FUNCTION_NOT_PERMITTED)"
+    else
+        grep 'pkcs11-tool --sign' "log/$name.log" >"log/$name.sign" || true
+        fail "$name: boundary" "the standard C_Sign refusals are not both CKR_KEY_FUNCTION_NOT_PERMITTED" \
+            "log/$name.sign"
+    fi
     if [ -z "$kept" ] || [ ! -d "$kept/certs" ]; then
         fail "$name: kept files" "no kept directory with certs/ ($kept)"
         return
@@ -238,6 +246,65 @@ EOF
         grep -q '=> classic wrap' log/softhsm-cred.log &&
         pass "softhsm-cred: the flow from the in-process list (credentials mode lists no vendor mechanism): wrap" ||
         fail "softhsm-cred: flow" "expected the wrap, read in-process" log/softhsm-cred.log
+
+    # A token without ECDSA in its list (opencryptoki's case), on SoftHSM:
+    # the slot's -M seen without the ECDSA lines. The CA key must then be
+    # RSA-2048, and the boundary's C_Sign tried with CKM_RSA_PKCS.
+    cat >"$WORK/noec-lib.sh" <<EOF
+. "$SRC/tests/backends/lib.sh"
+eval "_real_\$(declare -f backend_exec)"
+backend_exec() {
+    case " \$* " in
+    *" -M "*) _real_backend_exec "\$@" | grep -v -E '^ +ECDSA' ;;
+    *) _real_backend_exec "\$@" ;;
+    esac
+}
+EOF
+    GUARDIAN_BACKEND_LIB=$WORK/noec-lib.sh demo softhsm-rsa --backend softhsm --credentials --flow ca-request
+    results softhsm-rsa 1
+    if grep -q '=> CA request: the production CA key (rsa2048)' log/softhsm-rsa.log && [ -n "$kept" ] &&
+        openssl x509 -in "$kept/oem/production-ca.pem" -noout -text | grep -q 'rsaEncryption'; then
+        pass "softhsm-rsa: no CKM_ECDSA listed: an RSA-2048 CA key made in the Guardian"
+    else
+        fail "softhsm-rsa: key type" "not an RSA CA key" log/softhsm-rsa.log
+    fi
+
+    # The reading of id-guardian-transports (arc .3.1 in the Guardian
+    # certificate A), on certificates made here: the demo's own functions.
+    sed -n '/^oid_arc=/,/^choose_flow() {/p' "$DEMO" | sed '$d' >"$WORK/transports.sh"
+    # shellcheck source=/dev/null
+    . "$WORK/transports.sh"
+    oid_der() { # DOTTED: the DER of an OBJECT IDENTIFIER, in hex
+        python3 -c 'import sys
+p = [int(x) for x in sys.argv[1].split(".")]
+b = b""
+for v in [p[0] * 40 + p[1]] + p[2:]:
+    o = [v & 0x7f]; v >>= 7
+    while v: o.append(0x80 | (v & 0x7f)); v >>= 7
+    b += bytes(reversed(o))
+print((bytes([6, len(b)]) + b).hex())' "$1"
+    }
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/a.key" 2>/dev/null
+    a_cert() { # NAME [OID...]: a certificate with id-guardian-transports listing OIDs (none: no extension)
+        local name=$1 body="" o ext=()
+        shift
+        for o in "$@"; do body+=$(oid_der "$o"); done
+        [ $# -eq 0 ] || ext=(-addext "$oid_arc.3.1=DER:30$(printf '%02x' $((${#body} / 2)))$body")
+        openssl req -new -x509 -key "$WORK/a.key" -subj /CN=a -days 1 "${ext[@]}" -out "$WORK/$name.pem" 2>/dev/null
+    }
+    a_cert two "$oid_arc.2.2" "$oid_arc.2.1"
+    a_cert none-only "$oid_arc.2.0"
+    a_cert without
+    got=$(cert_transports "$WORK/two.pem" | tr '\n' ' ')
+    [ "$got" = "$oid_arc.2.2 $oid_arc.2.1 " ] && [ "$(transport_name "$oid_arc.2.2")" = "ECDH + X9.63 KDF + RFC 5649 key wrap" ] &&
+        pass "id-guardian-transports read in order: .2.2, .2.1" || fail "id-guardian-transports" "read '$got'"
+    got=$(cert_transports "$WORK/none-only.pem" | tr '\n' ' ')
+    [ "$got" = "$oid_arc.2.0 " ] && pass "id-guardian-transports with none only: read" || fail "none only" "read '$got'"
+    if cert_transports "$WORK/without.pem" >/dev/null; then
+        fail "no id-guardian-transports" "a certificate without the extension was read as having it"
+    else
+        pass "a certificate without id-guardian-transports: status 1 (the slot's list decides)"
+    fi
 
     # A failing step: a backend module that does not exist. The demo must
     # name the step and the CKR code, take the backend down and exit 1.
