@@ -6,6 +6,7 @@
 #   backend_up KIND DIR      # KIND = softhsm | tpm2 | nss | opencryptoki
 #   backend_exec CMD...      # run CMD where the backend is reachable
 #   backend_down             # stop every daemon backend_up started
+#   backend_pids             # their PIDs (to check afterwards that they are gone)
 #
 # Everything lives in DIR (created if missing; it should be empty): nothing
 # system-wide is read or written (docs/backends.md; facts in
