@@ -411,6 +411,20 @@ guardian_credentials() {
     echo "  their own credential (docs/service-mode.md; tools/guardian-demo.sh --service)"
 }
 
+# What the backend enforces beside the module (docs/backend-protections.md),
+# for the backend's page: shown, never a reason to stop (on a backend whose
+# status request fails the story may still run).
+backend_protections() {
+    step "What the $kind backend itself enforces (guardianctl status: the module's probe)"
+    local rc=0
+    ctl status >"$work/status.txt" 2>&1 || rc=$?
+    if grep -q '^What the backend itself enforces' "$work/status.txt"; then
+        sed -n '/^What the backend itself enforces/,/^$/{/^What/d;/^$/d;p}' "$work/status.txt"
+    else
+        echo "  not shown: guardianctl status failed (exit $rc, $(grep -o -E 'CKR_[A-Z0-9_]+' "$work/status.txt" | tail -n 1 || true)); the demo goes on"
+    fi
+}
+
 # The flow, from what the Guardian states and advertises:
 #  1. the id-guardian-transports extension of its certificate A (arc .3.1:
 #     the key transports it can import with, measured on its token when A was
@@ -511,6 +525,7 @@ elif [ -n "$kind" ]; then
     step "The module (C_GetInfo) and the token, through the Guardian"
     p11 --show-info | sed 's/^/  /'
     p11 --list-slots | grep -E 'Slot|token label' | sed 's/^/  /'
+    backend_protections
 
     step "1. Guardian identity: two key pairs inside the token (agreement: derive only; signing: sign only)"
     ctl init --subject /CN=guardian-demo --out "$gpem" 2>&1 | sed 's/^/  /'
@@ -616,6 +631,8 @@ if [ "$service" = 1 ]; then
     step "5. Import into the Guardian: the import request through the service, unwrapped inside the HSM"
 elif [ "$flow" = ca-request ]; then
     step "5. Import into the Guardian: the package names the CA key made in step 4 (nothing to unwrap)"
+elif [ "$credentials" = 1 ]; then
+    step "5. Import into the Guardian: the import request (credentials mode: no vendor mechanism), unwrapped inside the HSM"
 else
     step "5. Import into the Guardian: C_UnwrapKey, unwrapped inside the HSM"
 fi

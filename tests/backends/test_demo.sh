@@ -106,6 +106,14 @@ daemons_gone() {
 # results NAME CREDENTIALS(0|1): the certificates, the report, the credentials.
 results() {
     local name=$1 cred=$2 n=0 total=0 f line
+    # The probe's verdict on CKA_TRUSTED (docs/backends/KIND.md).
+    local want=ENFORCED # (shown before init, so checked whatever the result)
+    case $KIND in tpm2 | nss) want=NOT-ENFORCED ;; esac
+    if grep -q -E "^  trusted-so-only +$want " "log/$name.log"; then
+        pass "$name: the probe shown: trusted-so-only $want"
+    else
+        fail "$name: the probe" "no 'trusted-so-only $want' line" "log/$name.log"
+    fi
     if [ "$rc" -ne 0 ]; then
         tail -n 15 "log/$name.log" >"log/$name.tail"
         fail "$name: the demo" "exit $rc, $(grep -m1 'FAILED at step' "log/$name.log" || tail -n 1 "log/$name.log")" \
