@@ -19,17 +19,41 @@
 # group, through p11-kit-client.so. Needs root (it makes the accounts and removes
 # them at the end); GUARDIAN_DEMO_ACCOUNTS (default gdemo) prefixes their names.
 #
-# Usage: tools/guardian-demo.sh [--keep] [--parts N] [--service] [--help]
-#   --keep       leave the temporary directory (and say where it is)
-#   --parts N    produce N parts (1..1000000, default 1000): the package
-#                authorises exactly max(N, 1000) units
-#   --service    the production way, through the Guardian service (root)
+# --backend KIND: the same story on another PKCS#11 backend (docs/backends/):
+# softhsm, tpm2 (tpm2-pkcs11 on swtpm), nss (NSS softoken) or opencryptoki,
+# brought up in the temporary directory by tests/backends/lib.sh (of this
+# source tree, or GUARDIAN_BACKEND_LIB) and taken down at the end, whatever
+# happened. On tpm2, nss and opencryptoki the Guardian runs in credentials
+# mode (backend_pin_file: the Guardian's own Security Officer and operator
+# alice, the backend's PINs in files only the demo's user reads): there a root
+# enrolled as a token object cannot be trusted (docs/threat-model.md, 2).
+# The flow chooses itself from what the Guardian states (the transports its
+# certificate lists, id-guardian-transports) or, for a certificate without
+# them, advertises on the slot: the classic wrap (the OEM's CA key travels,
+# unwrapped inside the token) where it can import a key
+# (CKM_GUARDIAN_UNWRAP_PACKAGE listed), the CA request (the CA key made in
+# the Guardian: nothing secret travels) elsewhere; the CA key is EC P-256
+# where CKM_ECDSA is listed, RSA-2048 otherwise. Each step's time is printed
+# at the end; a failed step is named with the CKR code it ended on.
+#
+# Usage: tools/guardian-demo.sh [--keep] [--parts N] [--service]
+#                               [--backend KIND [--credentials] [--flow F]] [--help]
+#   --keep         leave the temporary directory (and say where it is)
+#   --parts N      produce N parts (1..1000000, default 1000): the package
+#                  authorises exactly max(N, 1000) units
+#   --service      the production way, through the Guardian service (root;
+#                  SoftHSM only, not with --backend)
+#   --backend KIND softhsm | tpm2 | nss | opencryptoki (opencryptoki: root)
+#   --credentials  credentials mode on --backend softhsm too (the others
+#                  always run in it)
+#   --flow F       auto (default), wrap or ca-request: overrides the choice
 # GUARDIAN_DEMO_INSTALLED=1: run the installed module and tools (a .deb,
 # `cmake --install`) instead of a build tree: guardianctl, guardian-wrap and
 # guardian-service-setup from PATH, the module named by guardian-pkcs11.pc.
 # Missing Debian packages (tools/debian-packages) are installed first when run
 # as root; otherwise the command to install them is printed and nothing runs.
-# Exit status: 0 the whole story passed; 1 a step failed; 2 usage error.
+# Exit status: 0 the whole story passed; 1 a step failed; 2 usage error;
+# 77 the --backend cannot run on this machine (opencryptoki without root).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,8 +61,8 @@ build="${GUARDIAN_BUILD_DIR:-$here/build}"
 module="$build/guardian-pkcs11.so"
 ctl_bin="$build/tools/guardianctl" wrap_bin="$build/tools/guardian-wrap" setup_bin="$build/tools/guardian-service-setup"
 softhsm="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
-keep=0 parts=1000 service=0
-usage() { echo "usage: $0 [--keep] [--parts N] [--service] [--help]  (--help for details)"; }
+keep=0 parts=1000 service=0 kind="" credentials=0 flow=auto
+usage() { echo "usage: $0 [--keep] [--parts N] [--service] [--backend KIND [--credentials] [--flow F]] [--help]  (--help for details)"; }
 usage_die() {
     printf 'guardian-demo: %s
 ' "$*" >&2
@@ -64,19 +88,79 @@ while [ $# -gt 0 ]; do
             usage_die "--parts must be a whole number from 1 to 1000000, not '$parts'"
         ;;
     --service) service=1 ;;
+    --backend | --backend=* | --flow | --flow=*)
+        opt=${1%%=*} val=${1#*=}
+        if [ "$opt" = "$1" ]; then
+            [ $# -ge 2 ] || usage_die "$opt needs a value"
+            val=$2
+            shift
+        fi
+        if [ "$opt" = --backend ]; then
+            case $val in softhsm | tpm2 | nss | opencryptoki) kind=$val ;;
+            *) usage_die "--backend must be softhsm, tpm2, nss or opencryptoki, not '$val'" ;;
+            esac
+        else
+            case $val in auto | wrap | ca-request) flow=$val ;;
+            *) usage_die "--flow must be auto, wrap or ca-request, not '$val'" ;;
+            esac
+        fi
+        ;;
+    --credentials) credentials=1 ;;
     *) usage_die "unknown option '$1'" ;;
     esac
     shift
 done
+if [ -n "$kind" ]; then
+    [ "$service" = 0 ] || usage_die "--service runs on SoftHSM only: give --service or --backend, not both"
+    [ "$kind" = softhsm ] || credentials=1 # a token root cannot be trusted there (docs/threat-model.md, 2)
+else
+    [ "$credentials" = 0 ] || usage_die "--credentials needs --backend"
+    [ "$flow" = auto ] || usage_die "--flow needs --backend"
+fi
 # The package is as large as the run: the OEM authorises at least what is made.
 units=$((parts > 1000 ? parts : 1000))
 # What the demo itself needs of tools/debian-packages (the tests need more).
 "$here/tools/ensure-packages.sh" build-essential cmake pkg-config libp11-kit-dev p11-kit p11-kit-modules \
     libssl-dev openssl libcmocka-dev libsqlite3-dev softhsm2 opensc procps || exit 1
+# and what --backend KIND needs (tests/backends/lib.sh names a missing one too).
+case $kind in
+tpm2) "$here/tools/ensure-packages.sh" swtpm tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0 \
+    libtpm2-pkcs11-1 libtpm2-pkcs11-tools dbus || exit 1 ;;
+nss) "$here/tools/ensure-packages.sh" libnss3 libnss3-tools || exit 1 ;;
+opencryptoki) "$here/tools/ensure-packages.sh" opencryptoki || exit 1 ;;
+esac
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
-step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
+step() {
+    printf '\n%s== %s%s\n' "$bold" "$*" "$plain"
+    [ -n "$kind" ] || return 0
+    step_done
+    step_name=$* step_t0=$(date +%s%N)
+    [ -z "${work:-}" ] || : >"$work/step.err"
+}
 die() { printf 'guardian-demo: %s\n' "$*" >&2; exit 1; }
+
+# --backend: each step's time, and which step failed with which CKR code.
+step_name="" step_t0=0 timings=()
+step_done() {
+    [ -n "$step_name" ] || return 0
+    timings+=("$(printf '%7.2f s  %s' "$((($(date +%s%N) - step_t0) / 1000000))e-3" "$step_name")")
+    step_name=""
+}
+# step_ckr: the last CKR code the step's commands printed (pkcs11-tool prints
+# a vendor code as a number: named from the vendor header).
+step_ckr() {
+    local c name
+    c=$(grep -o -E 'CKR_[A-Z0-9_]+|0x[cC]744[0-9a-fA-F]{4}' "$work/step.err" 2>/dev/null | tail -n 1) || true
+    if [[ $c == 0x* ]]; then
+        name=$(grep -o -E "define CKR_GUARDIAN_[A-Z0-9_]+ \(CKR_GUARDIAN_BASE \| 0x0*${c:6}UL\)" \
+            "$here/include/guardian/guardian-pkcs11.h" 2>/dev/null | awk '{print $2}') || true
+        c="${name:-vendor code} ($c)"
+    fi
+    printf '%s' "${c:-no CKR code: see the messages above}"
+}
+# capture CMD...: CMD, its stderr also kept in step.err for step_ckr.
+capture() { { "$@" 2>&1 1>&3 3>&- | tee -a "$work/step.err" >&2; } 3>&1; }
 
 for tool in cmake cc softhsm2-util pkcs11-tool openssl; do
     command -v "$tool" >/dev/null ||
@@ -111,6 +195,14 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/guardian-demo-XXXXXX")
 cleanup() {
+    local rc=$?
+    if [ -n "$kind" ] && [ "$rc" != 0 ] && [ -n "$step_name" ]; then
+        printf 'guardian-demo: FAILED at step "%s": %s\n' "$step_name" "$(step_ckr)" >&2
+        step_done
+        echo "Timings up to the failure:"
+        printf '  %s\n' "${timings[@]}"
+    fi
+    [ -z "$kind" ] || backend_stop
     [ "$service" = 0 ] || service_down
     if [ "$keep" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
@@ -222,6 +314,194 @@ service_boundary() {
         env SOFTHSM2_CONF="$opdir/softhsm2.conf" pkcs11-tool --module "$softhsm" --token-label guardian-demo -O
 }
 
+# ---- another backend (--backend KIND) ------------------------------------------------------
+
+backend_lib=${GUARDIAN_BACKEND_LIB:-$here/tests/backends/lib.sh}
+backend_up_done=0
+# The backend's PINs: the bench's fixed ones in-process (as softhsm2-util's
+# token above), random ones in credentials mode, where only the module reads
+# them (from files), nobody types them and no operator process holds them.
+backend_start() {
+    [ -r "$backend_lib" ] || die "tests/backends/lib.sh not found at $backend_lib (set GUARDIAN_BACKEND_LIB)"
+    # shellcheck source=tests/backends/lib.sh
+    . "$backend_lib"
+    step "The $kind backend, brought up by ${backend_lib#"$here"/} in $work/backend"
+    export BACKEND_LABEL=guardian-demo BACKEND_USER_PIN=1234 BACKEND_SO_PIN=12345678
+    if [ "$credentials" = 1 ]; then
+        BACKEND_USER_PIN=$(openssl rand -hex 4) BACKEND_SO_PIN=$(openssl rand -hex 4) # opencryptoki: 4-8 characters
+    fi
+    local rc=0
+    backend_up "$kind" "$work/backend" >"$work/backend-up.out" 2>&1 || rc=$?
+    sed 's/^/  /' "$work/backend-up.out"
+    if [ "$rc" = 77 ]; then
+        echo "guardian-demo: the $kind backend cannot run on this machine (above)" >&2
+        step_name=""
+        exit 77
+    fi
+    [ "$rc" = 0 ] || die "the $kind backend did not come up (its logs: $work/backend/log)"
+    backend_up_done=1
+    local pids
+    pids=$(backend_pids)
+    if [ -n "$pids" ]; then
+        # shellcheck disable=SC2086 # a list of PIDs
+        echo "  daemons: $(ps -o comm=,pid= -p "${pids// /,}" | awk '{printf "%s%s %s", n++ ? ", " : "", $1, $2}') (stopped by PID at the end)"
+    else
+        echo "  daemons: none (the backend runs inside each process that loads it)"
+    fi
+    mkdir -p "$work/state" "$work/conf"
+    chmod 0700 "$work/state" "$work/conf"
+    {
+        printf 'backend = %s\nstate_dir = %s\nlog_level = error\n' "$BACKEND_MODULE" "$work/state"
+        [ -z "$BACKEND_INIT_ARGS" ] || printf 'backend_init_args = %s\n' "$BACKEND_INIT_ARGS"
+    } >"$work/guardian.conf"
+    if [ "$credentials" = 1 ]; then
+        (umask 077 && printf '%s\n' "$BACKEND_USER_PIN" >"$work/conf/backend.pin")
+        chmod 0400 "$work/conf/backend.pin"
+        printf 'backend_pin_file = %s\n' "$work/conf/backend.pin" >>"$work/guardian.conf"
+        # NSS has no SO: no file, and the module says what that costs.
+        if [ -n "$BACKEND_SO_PIN" ]; then
+            (umask 077 && printf '%s\n' "$BACKEND_SO_PIN" >"$work/conf/backend-so.pin")
+            chmod 0400 "$work/conf/backend-so.pin"
+            printf 'backend_so_pin_file = %s\n' "$work/conf/backend-so.pin" >>"$work/guardian.conf"
+        fi
+        # From here on only the module knows them: not in any process's environment.
+        unset BACKEND_USER_PIN BACKEND_SO_PIN
+    else
+        export GUARDIAN_PIN=$BACKEND_USER_PIN GUARDIAN_SO_PIN=$BACKEND_SO_PIN # demo only: an operator types them
+        [ -n "$GUARDIAN_SO_PIN" ] || unset GUARDIAN_SO_PIN
+    fi
+    step "A Guardian configuration naming the $kind backend ($([ "$credentials" = 1 ] && echo "credentials mode" || echo "in-process, the backend's PINs"))"
+    sed 's/^/  /' "$work/guardian.conf"
+    [ "$credentials" = 0 ] || stat -c '  %A %U %n' "$work/conf" "$work/conf"/*.pin
+    export GUARDIAN_CONF="$work/guardian.conf"
+    unset GUARDIAN_BACKEND GUARDIAN_STATE_DIR
+}
+
+backend_stop() {
+    [ "$backend_up_done" = 1 ] || return 0
+    backend_up_done=0
+    local pids left=""
+    pids=$(backend_pids)
+    backend_down
+    for p in $pids; do
+        if kill -0 "$p" 2>/dev/null; then left="$left $p"; fi
+    done
+    if [ -n "$left" ]; then
+        echo "guardian-demo: backend daemons still running:$left" >&2
+    elif [ -n "$pids" ]; then
+        echo "  the $kind backend is down (PIDs $pids stopped)"
+    fi
+}
+
+# The Guardian's own credentials (docs/service-mode.md): the Security Officer
+# set with C_InitToken through the module (never forwarded: the backend token
+# stays), operator alice with C_InitPIN in the SO's session. Secrets in the
+# environment only (pkcs11-tool env:VAR), never on a command line.
+guardian_credentials() {
+    step "The Guardian's own credentials: Security Officer (C_InitToken through the module), operator alice (C_InitPIN)"
+    local so_secret alice_secret
+    so_secret=$(openssl rand -hex 12) alice_secret=$(openssl rand -hex 12)
+    GDEMO_SO=$so_secret p11 --token-label guardian-demo --init-token --label guardian-demo --so-pin env:GDEMO_SO |
+        sed 's/^/  /'
+    GDEMO_SO=$so_secret GDEMO_OP=alice:$alice_secret p11 --token-label guardian-demo --init-pin --login \
+        --login-type so --so-pin env:GDEMO_SO --new-pin env:GDEMO_OP | sed 's/^/  /'
+    export GUARDIAN_PIN="alice:$alice_secret" GUARDIAN_SO_PIN="$so_secret" # demo only: they would type them
+    echo "  in-process here: the backend's PINs are in $work/conf, readable by $(id -un) only; production"
+    echo "  runs the module behind p11-kit server under an account of its own, and the operators hold only"
+    echo "  their own credential (docs/service-mode.md; tools/guardian-demo.sh --service)"
+}
+
+# What the backend enforces beside the module (docs/backend-protections.md),
+# for the backend's page: shown, never a reason to stop (on a backend whose
+# status request fails the story may still run).
+backend_protections() {
+    step "What the $kind backend itself enforces (guardianctl status: the module's probe)"
+    local rc=0
+    ctl status >"$work/status.txt" 2>&1 || rc=$?
+    if grep -q '^What the backend itself enforces' "$work/status.txt"; then
+        sed -n '/^What the backend itself enforces/,/^$/{/^What/d;/^$/d;p}' "$work/status.txt"
+    else
+        echo "  not shown: guardianctl status failed (exit $rc, $(grep -o -E 'CKR_[A-Z0-9_]+' "$work/status.txt" | tail -n 1 || true)); the demo goes on"
+    fi
+}
+
+# The flow, from what the Guardian states and advertises:
+#  1. the id-guardian-transports extension of its certificate A (arc .3.1:
+#     the key transports it can import with, measured on its token when A was
+#     made; docs/package-format.md): one or more listed → wrap, none → CA
+#     request;
+#  2. an A without it (made by a module before the extension): the slot's
+#     mechanism list, where CKM_GUARDIAN_UNWRAP_PACKAGE is listed only when
+#     its self-test passed on the token (mechs/selftest.c). In credentials
+#     mode the module lists no vendor mechanism (requests only), so the list
+#     is read through the same module in-process, from a configuration
+#     without the PIN files (the self-test needs no login; a state directory
+#     of its own, which it does not write).
+# The CA key is EC P-256 where CKM_ECDSA is listed, RSA-2048 otherwise.
+oid_arc=2.25.62758544141009244537205961397770264239
+transport_name() {
+    case $1 in
+    "$oid_arc.2.0") echo "none (no secret travels)" ;;
+    "$oid_arc.2.1") echo "ECDH + AES-CBC KDF in the token + AES key wrap (id-guardian-kt-ecdh-aescbc)" ;;
+    "$oid_arc.2.2") echo "ECDH + X9.63 KDF + RFC 5649 key wrap" ;;
+    "$oid_arc.2.3") echo "RSA-OAEP SHA-256 (id-guardian-kt-rsaoaep-sha256-v1)" ;;
+    *) echo "unknown scheme $1" ;;
+    esac
+}
+# cert_transports PEM: the OIDs of A's id-guardian-transports, one a line;
+# status 1 when A has no such extension.
+cert_transports() {
+    local off
+    off=$(openssl asn1parse -in "$1" | awk -v oid=":$oid_arc.3.1" '$NF == oid {
+        getline; if ($0 ~ /BOOLEAN/) getline; sub(/:.*/, ""); print $1; exit }')
+    [ -n "$off" ] || return 1
+    openssl asn1parse -in "$1" -strparse "$off" | awk '/OBJECT/ { sub(/^.*OBJECT *:/, ""); print }'
+}
+choose_flow() {
+    step "The flow: what the Guardian states and advertises"
+    local unwrap=no ecdsa=no why kinds t mechs_from="the slot's mechanism list through the module"
+    if [ "$credentials" = 1 ]; then
+        mechs_from="the slot's mechanism list, in-process (credentials mode lists no vendor mechanism)"
+        mkdir -p "$work/probe-state"
+        chmod 0700 "$work/probe-state"
+        grep -v -E '^(backend_pin_file|backend_so_pin_file|state_dir) ' "$GUARDIAN_CONF" >"$work/probe.conf"
+        printf 'state_dir = %s\n' "$work/probe-state" >>"$work/probe.conf"
+        GUARDIAN_CONF=$work/probe.conf p11 --token-label guardian-demo -M >"$work/mechanisms.txt"
+    else
+        p11 --token-label guardian-demo -M >"$work/mechanisms.txt"
+    fi
+    grep -q -E '^ +ECDSA,' "$work/mechanisms.txt" && ecdsa=yes
+    ca_key_type=p256
+    [ "$ecdsa" = yes ] || ca_key_type=rsa2048
+    if kinds=$(cert_transports "$work/guardian-agreement.pem"); then
+        echo "  the Guardian certificate's id-guardian-transports:"
+        for t in $kinds; do echo "    $(transport_name "$t")"; done
+        [ -n "$kinds" ] || echo "    (none)"
+        # (any transport but none: a key can be imported)
+        [ -z "$kinds" ] || ! grep -q -v -x -F "$oid_arc.2.0" <<<"$kinds" || unwrap=yes
+        why="its certificate states"
+    else
+        echo "  the Guardian certificate has no id-guardian-transports extension: $mechs_from"
+        grep -q -i 'mechtype-0xC7440001' "$work/mechanisms.txt" && unwrap=yes
+        echo "  unwrap-into-token (CKM_GUARDIAN_UNWRAP_PACKAGE, 0xC7440001) listed: $unwrap"
+        echo "  derive-device-cert (CKM_GUARDIAN_DERIVE_DEVICE_CERT, 0xC7440002) listed: $(grep -q -i 'mechtype-0xC7440002' "$work/mechanisms.txt" && echo yes || echo no)"
+        why="the slot lists"
+    fi
+    echo "  CKM_ECDSA listed: $ecdsa"
+    if [ "$flow" != auto ]; then
+        why="chosen with --flow"
+    elif [ "$unwrap" = yes ]; then
+        flow=wrap why="$why that the Guardian can unwrap a package's keys inside this token"
+    else
+        flow=ca-request why="$why that the Guardian cannot unwrap a key into this token: the CA key is made inside it"
+    fi
+    if [ "$flow" = wrap ]; then
+        echo "  => classic wrap: the OEM's production CA key travels, wrapped for this Guardian ($why)"
+    else
+        echo "  => CA request: the production CA key ($ca_key_type) is made inside the Guardian, no private key travels ($why)"
+    fi
+}
+
 if [ "$service" = 1 ]; then
     opdir=$work/client
     gpem=$opdir/guardian.pem
@@ -235,6 +515,20 @@ if [ "$service" = 1 ]; then
 
     step "1. Guardian identity: made by guardian-service-setup (guardianctl init as alice); the certificates through the service"
     ctl cert --out "$gpem" 2>&1 | sed 's/^/  /'
+elif [ -n "$kind" ]; then
+    backend_start
+    p11() { capture backend_exec pkcs11-tool --module "$module" "$@"; }
+    ctl() { capture backend_exec "$ctl_bin" --module "$module" --token guardian-demo "$@"; }
+    wrap() { capture "$wrap_bin" "$@"; }
+    [ "$credentials" = 0 ] || guardian_credentials
+
+    step "The module (C_GetInfo) and the token, through the Guardian"
+    p11 --show-info | sed 's/^/  /'
+    p11 --list-slots | grep -E 'Slot|token label' | sed 's/^/  /'
+    backend_protections
+
+    step "1. Guardian identity: two key pairs inside the token (agreement: derive only; signing: sign only)"
+    ctl init --subject /CN=guardian-demo --out "$gpem" 2>&1 | sed 's/^/  /'
 else
 
 step "A fresh SoftHSMv2 token in $work"
@@ -275,8 +569,13 @@ for c in agreement signing; do
     openssl x509 -in "$work/guardian-$c.pem" -noout -subject -issuer -fingerprint -sha256 | sed 's/^/    /'
 done
 openssl verify -CAfile "$work/guardian-signing.pem" "$work/guardian-agreement.pem" | sed 's/^/  /'
+[ -z "$kind" ] || choose_flow
 
-step "2. OEM side (OpenSSL only): root, package signer, production CA"
+if [ "$flow" = ca-request ]; then
+    step "2. OEM side (OpenSSL only): root, package signer (the production CA key is the Guardian's: step 4)"
+else
+    step "2. OEM side (OpenSSL only): root, package signer, production CA"
+fi
 oem="$work/oem"
 mkdir -p "$oem"
 key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
@@ -290,21 +589,39 @@ issue() { # NAME SUBJECT EXTENSIONS
         -out "$oem/$1.pem" -extfile <(printf '%s\n' "$3") 2>/dev/null
 }
 issue signer "/O=ACME/CN=ACME Package Signer" "keyUsage=critical,digitalSignature"
-issue production-ca "/O=ACME/CN=ACME Production CA 1" "basicConstraints=critical,CA:TRUE,pathlen:0
-keyUsage=critical,keyCertSign"
 echo "telemetry_interval=60" >"$oem/config.txt"
-echo "  made $oem/{root,signer,production-ca}.pem"
+if [ "$flow" = ca-request ]; then
+    echo "  made $oem/{root,signer}.pem"
+else
+    issue production-ca "/O=ACME/CN=ACME Production CA 1" "basicConstraints=critical,CA:TRUE,pathlen:0
+keyUsage=critical,keyCertSign"
+    echo "  made $oem/{root,signer,production-ca}.pem"
+fi
 chmod 0700 "$oem" # the OEM's keys stay the OEM's
 cp "$oem/root.pem" "$work/acme-root.pem" # what the OEM gives the centre, with the package
 
 step "3. Security Officer enrols the OEM root (fingerprint checked out of band)"
 ctl enroll-oem "$work/acme-root.pem" --oem-id ACME --yes 2>&1 | sed 's/^/  /'
 
-step "4. OEM wraps its secrets for this one Guardian"
-wrap create --guardian-cert "$gpem" --signer-key "$oem/signer.key" --signer-cert "$oem/signer.pem" \
-    --ca-key "$oem/production-ca.key" --ca-cert "$oem/production-ca.pem" --ca-chain "$oem/root.pem" \
-    --oem-id ACME --product-id SENSOR-1 --release 1 --units "$units" --not-after +90 \
-    --data config="$oem/config.txt" --out "$work/acme-sensor-1-r1.gpk" | sed 's/^/  /'
+if [ "$flow" = ca-request ]; then
+    step "4. The production CA key made inside the Guardian (guardianctl ca-request), certified by the OEM (guardian-wrap certify-ca), and the package (no key travels)"
+    ctl ca-request --product ACME/SENSOR-1 --subject "/O=ACME/CN=ACME Production CA 1" --key-type "$ca_key_type" \
+        --out "$work/acme-sensor-1-ca.csr" 2>&1 | sed 's/^/  /'
+    cp "$work/acme-sensor-1-ca.csr" "$oem/" # what the centre sends the OEM
+    wrap certify-ca --guardian-cert "$gpem" --oem-id ACME --product-id SENSOR-1 --ca-key "$oem/root.key" \
+        --ca-cert "$oem/root.pem" --csr "$oem/acme-sensor-1-ca.csr" --days 730 --out "$oem/production-ca.pem" |
+        sed 's/^/  /'
+    wrap create --guardian-cert "$gpem" --signer-key "$oem/signer.key" --signer-cert "$oem/signer.pem" \
+        --ca-request "$oem/acme-sensor-1-ca.csr" --ca-cert "$oem/production-ca.pem" --ca-chain "$oem/root.pem" \
+        --oem-id ACME --product-id SENSOR-1 --release 1 --units "$units" --not-after +90 \
+        --data config="$oem/config.txt" --out "$work/acme-sensor-1-r1.gpk" | sed 's/^/  /'
+else
+    step "4. OEM wraps its secrets for this one Guardian"
+    wrap create --guardian-cert "$gpem" --signer-key "$oem/signer.key" --signer-cert "$oem/signer.pem" \
+        --ca-key "$oem/production-ca.key" --ca-cert "$oem/production-ca.pem" --ca-chain "$oem/root.pem" \
+        --oem-id ACME --product-id SENSOR-1 --release 1 --units "$units" --not-after +90 \
+        --data config="$oem/config.txt" --out "$work/acme-sensor-1-r1.gpk" | sed 's/^/  /'
+fi
 wrap inspect "$work/acme-sensor-1-r1.gpk" --oem-root "$oem/root.pem" --guardian-cert "$gpem" |
     sed 's/^/  /'
 openssl cms -verify -inform DER -in "$work/acme-sensor-1-r1.gpk" -CAfile "$oem/root.pem" -binary \
@@ -312,6 +629,10 @@ openssl cms -verify -inform DER -in "$work/acme-sensor-1-r1.gpk" -CAfile "$oem/r
 
 if [ "$service" = 1 ]; then
     step "5. Import into the Guardian: the import request through the service, unwrapped inside the HSM"
+elif [ "$flow" = ca-request ]; then
+    step "5. Import into the Guardian: the package names the CA key made in step 4 (nothing to unwrap)"
+elif [ "$credentials" = 1 ]; then
+    step "5. Import into the Guardian: the import request (credentials mode: no vendor mechanism), unwrapped inside the HSM"
 else
     step "5. Import into the Guardian: C_UnwrapKey, unwrapped inside the HSM"
 fi
@@ -342,12 +663,14 @@ fi
 pkgid=$(wrap inspect "$work/acme-sensor-1-r1.gpk" 2>/dev/null | awk '/^package id/ {print $3}')
 openssl rand 32 >"$work/h.bin"
 chmod 0644 "$work/h.bin"
-if p11 --token-label guardian-demo --login --pin env:GUARDIAN_PIN --sign -m ECDSA --id "$pkgid" -i "$work/h.bin" \
+# (the mechanism for the key's type: EC everywhere but on a token without EC)
+sig_mech() { if openssl x509 -in "$1" -noout -text | grep -q 'rsaEncryption'; then echo RSA-PKCS; else echo ECDSA; fi; }
+if p11 --token-label guardian-demo --login --pin env:GUARDIAN_PIN --sign -m "$(sig_mech "$oem/production-ca.pem")" --id "$pkgid" -i "$work/h.bin" \
     -o "$opdir/forged.sig" >"$work/sign.out" 2>&1; then
     die "a standard C_Sign with the production CA key was allowed"
 fi
 echo "  pkcs11-tool --sign with the production CA key: $(grep -o 'CKR_[A-Z_]*' "$work/sign.out" | head -1)"
-if p11 --token-label guardian-demo --login --pin env:GUARDIAN_PIN --sign -m ECDSA --id "$(printf guardian-signing |
+if p11 --token-label guardian-demo --login --pin env:GUARDIAN_PIN --sign -m "$(sig_mech "$work/guardian-signing.pem")" --id "$(printf guardian-signing |
     od -An -tx1 | tr -d ' \n')" -i "$work/h.bin" -o "$opdir/forged.sig" >"$work/sign.out" 2>&1; then
     die "a standard C_Sign with the Guardian signing key was allowed"
 fi
@@ -391,11 +714,23 @@ echo "  $verified of $parts certificates: OK"
 step "Summary"
 if [ "$service" = 1 ]; then
     echo "  service:   $module inside p11-kit server as $svc_user (backend $softhsm); clients as $op_user through $client_module"
+elif [ -n "$kind" ]; then
+    echo "  module:    $module (backend $kind: $BACKEND_MODULE)"
+    if [ "$credentials" = 1 ]; then
+        echo "  login:     credentials mode: the Guardian's SO and operator alice; the backend's PINs read by the module only"
+    else
+        echo "  login:     in-process: the backend's own PINs"
+    fi
+    echo "  flow:      $flow"
 else
     echo "  module:    $module (backend $softhsm)"
 fi
 echo "  Guardian:  $(openssl x509 -in "$gpem" -noout -fingerprint -sha256 | cut -d= -f2) (signing: $(openssl x509 -in "$work/guardian-signing.pem" -noout -fingerprint -sha256 | cut -d= -f2))"
-echo "  package:   ACME/SENSOR-1 release 1, $units units: imported, replay refused"
+if [ "$flow" = ca-request ]; then
+    echo "  package:   ACME/SENSOR-1 release 1, $units units, its CA key made in the Guardian: imported, replay refused"
+else
+    echo "  package:   ACME/SENSOR-1 release 1, $units units: imported, replay refused"
+fi
 echo "  produced:  $parts device certificates, all verify up to the OEM root"
 echo "  audit:     signed report verified by the OEM; an altered copy rejected"
 if [ "$service" = 1 ]; then
@@ -403,4 +738,10 @@ if [ "$service" = 1 ]; then
     echo "             no token file, no state, and cannot open the backend token"
 else
     echo "  boundary:  the CA key and the Guardian key refused to standard calls; a restored state refused"
+fi
+if [ -n "$kind" ]; then
+    step_done
+    step "Timings (wall clock, this machine)"
+    printf '  %s\n' "${timings[@]}"
+    step_name=""
 fi

@@ -6,6 +6,7 @@
 #   backend_up KIND DIR      # KIND = softhsm | tpm2 | nss | opencryptoki
 #   backend_exec CMD...      # run CMD where the backend is reachable
 #   backend_down             # stop every daemon backend_up started
+#   backend_pids             # their PIDs (to check afterwards that they are gone)
 #
 # Everything lives in DIR (created if missing; it should be empty): nothing
 # system-wide is read or written (docs/backends.md; facts in
@@ -400,4 +401,11 @@ backend_test_start() {
         fail "backend_up $KIND" "the backend did not come up" "$WORK/log/backend_up.log"
         finish
     fi
+}
+
+# backend_pids: the PIDs of the daemons backend_up started (space-separated;
+# empty for SoftHSM and NSS, which run inside each process that loads them),
+# so that a caller can check they are gone after backend_down.
+backend_pids() {
+    printf '%s' "${_BACKEND_PIDS[*]}"
 }
