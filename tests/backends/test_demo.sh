@@ -250,10 +250,10 @@ EOF
     else
         fail "the backend's PINs in the environment" "credentials mode: $cred commands held one (0 expected); in-process: $inproc (all expected)"
     fi
-    grep -q 'in-process (credentials mode lists no vendor mechanism)' log/softhsm-cred.log &&
-        grep -q '=> classic wrap' log/softhsm-cred.log &&
-        pass "softhsm-cred: the flow from the in-process list (credentials mode lists no vendor mechanism): wrap" ||
-        fail "softhsm-cred: flow" "expected the wrap, read in-process" log/softhsm-cred.log
+    grep -q "the Guardian certificate's id-guardian-transports:" log/softhsm-cred.log &&
+        grep -q '=> classic wrap: .*(its certificate states' log/softhsm-cred.log &&
+        pass "softhsm-cred: the flow from what the Guardian certificate states (id-guardian-transports): wrap" ||
+        fail "softhsm-cred: flow" "expected the wrap, from the certificate's id-guardian-transports" log/softhsm-cred.log
 
     # A token without ECDSA in its list (opencryptoki's case), on SoftHSM:
     # the slot's -M seen without the ECDSA lines. The CA key must then be
