@@ -73,6 +73,104 @@ static CK_RV reserve(struct guardian_store *st, const char *dev, int64_t now, ui
     return guardian_store_reserve(st, OEM, PRODUCT, (const uint8_t *)dev, strlen(dev), now, serial);
 }
 
+#ifdef STORE_TEST_PG
+/* ---- the same tests on PostgreSQL (unit.store_pg, test_store_pg.sh) --------------
+ * Every state directory and every "in-memory" store gets its own schema in
+ * the test server's database (search_path in the connection string), so
+ * tests stay as independent as on SQLite; the directory still holds the
+ * issue journals. */
+#include <libpq-fe.h>
+
+static char pg_password[256];
+
+static const char *pg_conninfo(void)
+{
+    const char *c = getenv("PG_CONNINFO");
+    if (c == NULL || *c == '\0')
+        fail_msg("PG_CONNINFO is not set (test_store_pg.sh sets it)");
+    if (pg_password[0] == '\0') {
+        const char *pf = getenv("PG_PASSFILE");
+        FILE *f = pf != NULL ? fopen(pf, "r") : NULL;
+        if (f == NULL || fgets(pg_password, sizeof(pg_password), f) == NULL)
+            fail_msg("PG_PASSFILE cannot be read");
+        fclose(f);
+        pg_password[strcspn(pg_password, "\r\n")] = '\0';
+    }
+    return c;
+}
+
+/* The schema of a state directory (FNV-1a of its path) or of a memory store. */
+static void pg_schema_name(const char *key, char out[32])
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = key; *p != '\0'; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+    snprintf(out, 32, "t%016llx", (unsigned long long)h);
+}
+
+static PGconn *pg_admin(const char *schema)
+{
+    char info[1024];
+    const char *keys[] = {"dbname", "password", NULL};
+    const char *vals[] = {info, pg_password, NULL};
+    PGconn *c;
+    PGresult *r;
+    char sql[128];
+
+    snprintf(info, sizeof(info), "%s options='-csearch_path=%s'", pg_conninfo(), schema);
+    c = PQconnectdbParams(keys, vals, 1);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("test connection: %s", PQerrorMessage(c));
+    snprintf(sql, sizeof(sql), "SET client_min_messages = warning; CREATE SCHEMA IF NOT EXISTS %s", schema);
+    r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        fail_msg("create schema: %s", PQerrorMessage(c));
+    PQclear(r);
+    return c;
+}
+
+static CK_RV pg_open_schema(const char *dir, const char *schema, struct guardian_store **out)
+{
+    char info[1024];
+    struct guardian_store_options opt = {GUARDIAN_STORE_ENGINE_POSTGRESQL, info, NULL};
+
+    PQfinish(pg_admin(schema));
+    snprintf(info, sizeof(info), "%s options='-csearch_path=%s'", pg_conninfo(), schema);
+    opt.password = pg_password;
+    return guardian_store_open_options(dir, &opt, out);
+}
+
+static CK_RV pg_store_open(const char *dir, struct guardian_store **out)
+{
+    char schema[32], clean[512];
+    size_t n;
+
+    if (dir == NULL || *dir == '\0' || out == NULL || strlen(dir) >= sizeof(clean))
+        return guardian_store_open(dir, out);
+    n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    memcpy(clean, dir, n);
+    clean[n] = '\0';
+    pg_schema_name(clean, schema);
+    return pg_open_schema(dir, schema, out);
+}
+
+static CK_RV pg_store_open_memory(struct guardian_store **out)
+{
+    static int counter;
+    char key[64], schema[32];
+
+    if (out == NULL)
+        return guardian_store_open_memory(out);
+    snprintf(key, sizeof(key), "memory-%ld-%d-%ld", (long)getpid(), ++counter, (long)time(NULL));
+    pg_schema_name(key, schema);
+    return pg_open_schema(NULL, schema, out);
+}
+#define guardian_store_open(d, o) pg_store_open(d, o)
+#define guardian_store_open_memory(o) pg_store_open_memory(o)
+#endif
+
 static struct guardian_store *open_memory(void)
 {
     struct guardian_store *st = NULL;
@@ -121,6 +219,80 @@ static struct guardian_store *open_dir(const struct tmpdir *d)
     return st;
 }
 
+#ifdef STORE_TEST_PG
+
+/* The tests' SQLite SQL in PostgreSQL's words: user_version, X'..' and
+ * CAST(.. AS BLOB). */
+static void pg_sql(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    while (*in != '\0' && o + 64 < cap) {
+        if (strncmp(in, "PRAGMA user_version = ", 22) == 0) {
+            o += (size_t)snprintf(out + o, cap - o, "UPDATE guardian_schema SET version = ");
+            in += 22;
+        } else if (strncmp(in, "PRAGMA user_version", 19) == 0) {
+            o += (size_t)snprintf(out + o, cap - o, "SELECT version FROM guardian_schema");
+            in += 19;
+        } else if ((in[0] == 'X' || in[0] == 'x') && in[1] == '\'') {
+            o += (size_t)snprintf(out + o, cap - o, "'\\x");
+            in += 2;
+            while (*in != '\'' && *in != '\0')
+                out[o++] = *in++;
+            if (*in == '\'')
+                in++;
+            o += (size_t)snprintf(out + o, cap - o, "'::bytea");
+        } else if (strncmp(in, "zeroblob(", 9) == 0) {
+            int n = atoi(in + 9);
+            o += (size_t)snprintf(out + o, cap - o, "decode(repeat('00', %d), 'hex')", n);
+            in = strchr(in, ')') + 1;
+        } else if (strncmp(in, " AS BLOB)", 9) == 0) {
+            o += (size_t)snprintf(out + o, cap - o, " AS bytea)");
+            in += 9;
+        } else {
+            out[o++] = *in++;
+        }
+    }
+    out[o] = '\0';
+}
+
+static PGconn *pg_of_dir(const struct tmpdir *d)
+{
+    char schema[32];
+    pg_schema_name(d->path, schema);
+    return pg_admin(schema);
+}
+
+static void tamper(const struct tmpdir *d, const char *sql)
+{
+    char q[4096];
+    PGconn *c = pg_of_dir(d);
+    PGresult *r;
+
+    pg_sql(sql, q, sizeof(q));
+    r = PQexec(c, q);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("tamper SQL failed: %s: %s", q, PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+}
+
+static int64_t query_int(const struct tmpdir *d, const char *sql)
+{
+    char q[4096];
+    PGconn *c = pg_of_dir(d);
+    PGresult *r;
+    int64_t v;
+
+    pg_sql(sql, q, sizeof(q));
+    r = PQexec(c, q);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+        fail_msg("query failed: %s: %s", q, PQerrorMessage(c));
+    v = PQgetisnull(r, 0, 0) ? 0 : strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    PQfinish(c);
+    return v;
+}
+#else
 /* Runs SQL on the state database behind the store's back (the tamperer). */
 static void tamper(const struct tmpdir *d, const char *sql)
 {
@@ -151,6 +323,7 @@ static int64_t query_int(const struct tmpdir *d, const char *sql)
     sqlite3_close(db);
     return v;
 }
+#endif
 
 /* Collects the trail (verified by audit_each) for inspection. */
 #define MAX_RECORDS 4096
@@ -1144,7 +1317,9 @@ static void test_audit_tamper(void **state)
         {"record renumbered into a gap", "UPDATE audit SET seq = 8 WHERE seq = 7"},
         {"hash replaced", "UPDATE audit SET hash = zeroblob(32) WHERE seq = 5"},
         {"hash truncated", "UPDATE audit SET hash = x'00' WHERE seq = 5"},
+#ifndef STORE_TEST_PG /* PostgreSQL's bytea column takes 'dev-a' as the same bytes: no change to detect */
         {"device id made text", "UPDATE audit SET device_id = 'dev-a' WHERE seq = 2"},
+#endif
         {"operator altered", "UPDATE audit SET operator = 'mallory' WHERE seq = 2"},
         {"encoding downgraded", "UPDATE audit SET encoding = 1 WHERE seq = 3"},
         {"operator not a name", "UPDATE audit SET operator = 'Mallory' WHERE seq = 2"},
@@ -1495,6 +1670,20 @@ static void *hold_write_lock(void *arg)
 {
     struct holder *h = arg;
     struct timespec hold = {0, 300 * 1000000L};
+#ifdef STORE_TEST_PG
+    /* Another station's write transaction: the engine's lock (engine_pg.c). */
+    PGconn *c = pg_of_dir(h->d);
+    PGresult *r = PQexec(c, "BEGIN; SELECT pg_advisory_xact_lock(1195660116)");
+
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        abort();
+    PQclear(r);
+    if (write(h->locked[1], "L", 1) != 1)
+        abort();
+    nanosleep(&hold, NULL);
+    PQclear(PQexec(c, "COMMIT"));
+    PQfinish(c);
+#else
     char path[128];
     sqlite3 *db = NULL;
 
@@ -1507,6 +1696,7 @@ static void *hold_write_lock(void *arg)
     nanosleep(&hold, NULL);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
     sqlite3_close(db);
+#endif
     return NULL;
 }
 
@@ -3802,8 +3992,12 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_arguments),
+#ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_open_reopen_file),
+#endif
+#ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_migration_failure_rolls_back),
+#endif
         cmocka_unit_test(test_install_replay_rollback_supersede),
         cmocka_unit_test(test_products_each_order),
         cmocka_unit_test(test_reserve_until_exhausted),
@@ -3820,11 +4014,17 @@ int main(void)
         cmocka_unit_test(test_audit_tamper_rehash),
         cmocka_unit_test(test_fork_child_refused),
         cmocka_unit_test(test_concurrent_processes_and_threads),
+#ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_concurrent_fresh_open),
+#endif
         cmocka_unit_test(test_writer_waits_for_lock),
         cmocka_unit_test(test_crash_durability),
+#ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_state_created_private),
+#endif
+#ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_state_unsafe_refused),
+#endif
         cmocka_unit_test(test_clock_behind),
         cmocka_unit_test(test_clock_behind_durable),
         cmocka_unit_test(test_journal_deleted),
@@ -3837,10 +4037,16 @@ int main(void)
         cmocka_unit_test(test_credential_arguments),
         cmocka_unit_test(test_credential_failures_durable),
         cmocka_unit_test(test_operator_in_records),
+#ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_operator_threads),
+#endif
+#ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_migration_from_v3),
+#endif
         cmocka_unit_test(test_device_index),
+#ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_migration_5_to_6),
+#endif
         cmocka_unit_test(test_root_ledger),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
