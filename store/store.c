@@ -261,7 +261,9 @@ static CK_RV store_open_path(const char *path, const char *dir, const struct gua
     if (!memory) {
         snprintf(st->dir, sizeof(st->dir), "%s", dir);
         rv = state_dir_open(dir, &st->dir_fd);
-        if (rv == CKR_OK)
+        /* SQLite's files; a server engine keeps only the journals and
+         * anchor.lock here. */
+        if (rv == CKR_OK && ops == &engine_sqlite_ops)
             rv = state_files_prepare(st);
         if (rv != CKR_OK)
             goto out;
