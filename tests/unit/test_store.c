@@ -1621,6 +1621,9 @@ static void test_concurrent_fresh_open(void **state)
     (void)state;
 
     tmpdir_make(&d);
+#ifdef STORE_TEST_PG
+    PQfinish(pg_of_dir(&d)); /* the test's schema (CREATE SCHEMA races itself); the tables are the engine's */
+#endif
     assert_int_equal(pipe(go), 0);
     for (int i = 0; i < FRESH_PROCS; i++) {
         pids[i] = fork();
@@ -3988,6 +3991,75 @@ static void test_root_ledger(void **state)
     tmpdir_remove(&d);
 }
 
+#ifdef STORE_TEST_PG
+/* The server ends this station's session (a restart, a failover, an
+ * administrator's pg_terminate_backend): the call that finds out gets
+ * CKR_GUARDIAN_STORE_UNREACHABLE and grants nothing; the next one
+ * reconnects, and no serial is granted twice. */
+static void test_pg_reconnect(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    uint64_t s1 = 0, s2 = 0, s3 = 0;
+    PGconn *c;
+    PGresult *r;
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    assert_int_equal(install(st, 1, OEM, PRODUCT, 1, 3), CKR_OK);
+    assert_int_equal(reserve(st, "dev-1", NOW, &s1), CKR_OK);
+    c = pg_of_dir(&d);
+    r = PQexec(c, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'guardian'");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_true(atoi(PQgetvalue(r, 0, 0)) >= 1);
+    PQclear(r);
+    assert_int_equal(reserve(st, "dev-2", NOW, &s2), CKR_GUARDIAN_STORE_UNREACHABLE);
+    assert_int_equal(reserve(st, "dev-2", NOW, &s2), CKR_OK); /* reconnected */
+    assert_int_equal(reserve(st, "dev-3", NOW, &s3), CKR_OK);
+    assert_int_equal(s1, 1);
+    assert_int_equal(s2, 2);
+    assert_int_equal(s3, 3);
+    assert_int_equal(reserve(st, "dev-4", NOW, &s3), CKR_GUARDIAN_QUOTA_EXHAUSTED);
+    assert_int_equal(query_int(&d, "SELECT issued_units FROM packages"), 3);
+    PQfinish(c);
+    assert_int_equal(guardian_store_audit_each(st, audit_ignore, NULL), CKR_OK);
+    guardian_store_close(st);
+    tmpdir_remove(&d);
+}
+
+/* A password in the connection string is refused before any connection; a
+ * wrong password and a server that is not there are
+ * CKR_GUARDIAN_STORE_UNREACHABLE, at open; the right one is the positive
+ * control. */
+static void test_pg_refusals(void **state)
+{
+    char info[1100];
+    struct guardian_store *st = NULL;
+    struct guardian_store_options opt = {GUARDIAN_STORE_ENGINE_POSTGRESQL, info, NULL};
+    (void)state;
+
+    assert_true(guardian_store_engine_available(GUARDIAN_STORE_ENGINE_POSTGRESQL));
+    PQfinish(pg_admin("trefusals"));
+    snprintf(info, sizeof(info), "%s options='-csearch_path=trefusals' password=x", pg_conninfo());
+    opt.password = pg_password;
+    assert_int_equal(guardian_store_open_options(NULL, &opt, &st), CKR_GUARDIAN_STORE_FAILED);
+    assert_null(st);
+    snprintf(info, sizeof(info), "%s options='-csearch_path=trefusals'", pg_conninfo());
+    opt.password = "not-the-password";
+    assert_int_equal(guardian_store_open_options(NULL, &opt, &st), CKR_GUARDIAN_STORE_UNREACHABLE);
+    assert_null(st);
+    opt.password = NULL;
+    assert_int_equal(guardian_store_open_options(NULL, &opt, &st), CKR_GUARDIAN_STORE_UNREACHABLE);
+    snprintf(info, sizeof(info), "host=/nonexistent/socket-dir port=1 dbname=x user=y");
+    assert_int_equal(guardian_store_open_options(NULL, &opt, &st), CKR_GUARDIAN_STORE_UNREACHABLE);
+    snprintf(info, sizeof(info), "%s options='-csearch_path=trefusals'", pg_conninfo());
+    opt.password = pg_password;
+    assert_int_equal(guardian_store_open_options(NULL, &opt, &st), CKR_OK);
+    guardian_store_close(st);
+}
+#endif
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -4014,9 +4086,7 @@ int main(void)
         cmocka_unit_test(test_audit_tamper_rehash),
         cmocka_unit_test(test_fork_child_refused),
         cmocka_unit_test(test_concurrent_processes_and_threads),
-#ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_concurrent_fresh_open),
-#endif
         cmocka_unit_test(test_writer_waits_for_lock),
         cmocka_unit_test(test_crash_durability),
 #ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
@@ -4048,6 +4118,10 @@ int main(void)
         cmocka_unit_test(test_migration_5_to_6),
 #endif
         cmocka_unit_test(test_root_ledger),
+#ifdef STORE_TEST_PG
+        cmocka_unit_test(test_pg_reconnect),
+        cmocka_unit_test(test_pg_refusals),
+#endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
