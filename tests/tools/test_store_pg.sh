@@ -128,6 +128,15 @@ iss=$(issued SENSOR-1)
     ok "issued $iss <= authorised 400, 320 ISSUE records (units reserved before the stop stay counted)" ||
     ko "issued $iss, records $(records SENSOR-1)"
 
+# ---- the adversary: the operator points the station at another database --------------------
+# (a fresh one: its own allowance, no records) - the token's anchor refuses it.
+pg_psql -c "CREATE DATABASE other" >/dev/null || ko "CREATE DATABASE other"
+conf "store = postgresql" "store_conninfo = ${PG_CONNINFO/dbname=$PG_DB/dbname=other}" "store_password_file = $PG_PASSFILE"
+expect "another (fresh) database: production refused by the token's anchor" 1 "STATE_ROLLBACK|older than" -- \
+    "$CTL" provision --product ACME/SENSOR-1 --count 1 --prefix OTHER- --out other
+conf "${PGOK[@]}"
+[ "$(issued SENSOR-1)" = "$iss" ] && ok "... and nothing was spent on the real one" || ko "issued moved to $(issued SENSOR-1)"
+
 # ---- two processes racing a small allowance on one database ---------------------------------
 "$CTL" provision --product ACME/RACE --count 7 --threads 2 --prefix A- --out race-a >race-a.out 2>&1 &
 a=$!
