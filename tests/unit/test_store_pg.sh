@@ -5,7 +5,7 @@
 # every "in-memory" store gets its own schema.  77 (skip) without PostgreSQL.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-bin=$1
+[ $# -ge 1 ] || { echo "usage: $0 TEST_STORE_PG [ARGS...] (or a valgrind command line ending in it)"; exit 2; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/store-pg-XXXXXX")
 # shellcheck source=../lib/pg.sh
 . "$HERE/../lib/pg.sh"
@@ -14,4 +14,4 @@ pg_up "$work"
 rc=$?
 [ $rc = 77 ] && exit 77
 [ $rc = 0 ] || { echo "pg_up failed"; exit 1; }
-"$bin"
+"$@"
