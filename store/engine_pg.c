@@ -606,13 +606,34 @@ static CK_RV pg_tx_begin(struct guardian_store *st, bool durable)
 {
     struct store_db *d = st->db;
     char sql[256];
+    bool was_up = d->conn != NULL && PQstatus(d->conn) == CONNECTION_OK;
     CK_RV rv = pg_ready(st);
 
     if (rv != CKR_OK)
         return rv;
     snprintf(sql, sizeof(sql), "BEGIN; %s; %s", stmt_sql[durable ? S_SYNC_FULL : S_SYNC_NORMAL], stmt_sql[S_BEGIN]);
     d->in_tx = true;
+    if (was_up) {
+        /* A session the server ended since the last call (a restart, a
+         * failover, pg_terminate_backend) shows only now: nothing of this
+         * transaction ran, so reconnect and begin once more, quietly. */
+        PGresult *res = PQexec(d->conn, sql);
+        bool lost = PQresultStatus(res) != PGRES_TUPLES_OK && PQstatus(d->conn) != CONNECTION_OK;
+        if (!lost) {
+            rv = PQresultStatus(res) == PGRES_TUPLES_OK ? CKR_OK : map_pg(st, res, "begin a write transaction (the state's lock)");
+            PQclear(res);
+            goto done;
+        }
+        PQclear(res);
+        guardian_info(STORE_LOG, "the state server %s ended this session: reconnecting", d->server);
+        d->in_tx = false;
+        rv = pg_connect(st);
+        if (rv != CKR_OK)
+            return rv;
+        d->in_tx = true;
+    }
     rv = pg_exec(st, sql, "begin a write transaction (the state's lock)");
+done:
     if (rv != CKR_OK) {
         if (d->conn != NULL && PQstatus(d->conn) == CONNECTION_OK) {
             if (PQtransactionStatus(d->conn) != PQTRANS_IDLE)

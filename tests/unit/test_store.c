@@ -3993,9 +3993,10 @@ static void test_root_ledger(void **state)
 
 #ifdef STORE_TEST_PG
 /* The server ends this station's session (a restart, a failover, an
- * administrator's pg_terminate_backend): the call that finds out gets
- * CKR_GUARDIAN_STORE_UNREACHABLE and grants nothing; the next one
- * reconnects, and no serial is granted twice. */
+ * administrator's pg_terminate_backend) between two calls: the next write
+ * reconnects before anything of it ran and goes on; a read outside a
+ * transaction that finds the session gone is CKR_GUARDIAN_STORE_UNREACHABLE,
+ * and the call after it reconnects.  No serial is granted twice. */
 static void test_pg_reconnect(void **state)
 {
     struct tmpdir d;
@@ -4014,8 +4015,16 @@ static void test_pg_reconnect(void **state)
     assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
     assert_true(atoi(PQgetvalue(r, 0, 0)) >= 1);
     PQclear(r);
-    assert_int_equal(reserve(st, "dev-2", NOW, &s2), CKR_GUARDIAN_STORE_UNREACHABLE);
-    assert_int_equal(reserve(st, "dev-2", NOW, &s2), CKR_OK); /* reconnected */
+    assert_int_equal(reserve(st, "dev-2", NOW, &s2), CKR_OK); /* reconnected at BEGIN */
+    r = PQexec(c, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'guardian'");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    {
+        struct guardian_product p;
+        assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_GUARDIAN_STORE_UNREACHABLE);
+        assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
+        assert_int_equal(p.issued_units, 2);
+    }
     assert_int_equal(reserve(st, "dev-3", NOW, &s3), CKR_OK);
     assert_int_equal(s1, 1);
     assert_int_equal(s2, 2);
