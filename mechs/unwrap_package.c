@@ -1225,6 +1225,9 @@ static CK_RV import_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     info.release_version = im.pkg.release_version;
     info.authorised_units = im.pkg.authorised_units;
     info.not_after = im.pkg.not_after;
+    /* A group member: the store records this member's import (the first one
+     * the package and its allowance, every other one a JOIN). */
+    info.group_member = im.member >= 0 ? self : NULL;
     /* The store must not be behind the token's anchor (a restored backup
      * would accept this package again). */
     rv = guardian_anchor_check(be, session, st);

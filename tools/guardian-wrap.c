@@ -1631,6 +1631,11 @@ static void read_package_file(const char *path, struct report_package *out)
     snprintf(out->product_id, sizeof(out->product_id), "%s", pkg.product_id);
     out->release_version = pkg.release_version;
     out->authorised_units = pkg.authorised_units;
+    _Static_assert(REPORT_MAX_MEMBERS == GUARDIAN_GROUP_MAX, "a report package holds every member");
+    out->n_members = (size_t)pkg.group_members;
+    for (int i = 0; i < pkg.group_members; i++)
+        memcpy(out->members[i], ASN1_STRING_get0_data(sk_GUARDIAN_GROUP_MEMBER_value(pkg.asn1->group, i)->guardian),
+               GUARDIAN_HASH_LEN);
     {
         /* Compared with the report's template line of its IMPORT. */
         unsigned char *der = NULL;
