@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test_group.sh MODULE GUARDIANCTL GUARDIAN_WRAP — a package for a group of
+# test_group.sh MODULE GUARDIANCTL GUARDIAN_WRAP AUDIT_FIXTURE — a package for a group of
 # Guardians sharing one allowance (docs/package-format.md, "A package for a
 # group of Guardians"), on three SoftHSM tokens, each its own Guardian, and one
 # state directory (the SQLite engine's shared store): guardian-wrap create
@@ -7,9 +7,12 @@
 # once (the second joins: JOIN record, the same allowance), a non-member is
 # refused with CKR_GUARDIAN_WRONG_GUARDIAN and nothing recorded; both members
 # provisioning at once spend the one allowance and stop exactly at it; one
-# export verifies with verify-report, and an altered member field is refused.
+# export verifies with verify-report, and an altered member field is refused,
+# as is a JOIN of a non-member written straight into the state (audit_fixture:
+# what an operator with the state directory could do) and a group trail
+# checked against another package.
 set -uo pipefail
-M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") W=$(realpath "${3:?guardian-wrap}")
+M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") W=$(realpath "${3:?guardian-wrap}") FIX=$(realpath "${4:?audit_fixture}")
 work=$(mktemp -d "${TMPDIR:-/tmp}/group-test-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -88,4 +91,34 @@ expect "verify-report: per member" 0 "member sha256:$d1 imported .*member sha256
 sed "s/$d2/$d3/" report.txt >tampered.txt
 cmp -s report.txt tampered.txt && ko "the report names g2" || ok "the report names g2's digest"
 expect "a tampered member field is refused" 1 "hash|signature" -- "$W" verify-report tampered.txt "${V[@]}"
+
+# A dishonest operator writes a JOIN for a non-member (g3) into the state with
+# the store's own code (so its hash chain is sound) and has a member sign the
+# export: verify-report refuses it against the OEM's package file.
+pid=$(sqlite3 state/guardian.db "SELECT lower(hex(package_id)) FROM packages")
+pdig=$(sha256sum grp.gpk | cut -c1-64)
+cp -a state state.genuine
+"$FIX" join state "$pid" "$pdig" ACME GRP 1 12 "$d3" || ko "fixture join"
+expect "the store took the forged JOIN" 0 "^12\|$d3$" -- \
+    sqlite3 state/guardian.db "SELECT type || '|' || lower(hex(device_id)) FROM audit ORDER BY seq DESC LIMIT 1"
+as g1 "$CTL" audit export --out forged.txt >/dev/null 2>&1 || ko "export with the forged JOIN"
+expect "verify-report: a non-member's JOIN refused" 1 "Guardian sha256:$d3 imported package grp.gpk, which does not name it as a member" -- \
+    "$W" verify-report forged.txt "${V[@]}"
+expect "the same trail, its signature valid" 1 "signature  valid" -- "$W" verify-report forged.txt "${V[@]}"
+# A second join by a member already in (g2) is refused by the store itself.
+expect "the store refuses a member's second join" 1 "refused" -- "$FIX" join state "$pid" "$pdig" ACME GRP 1 12 "$d2"
+# Nor can the forgery be undone by putting the earlier state back: the
+# members' tokens anchor the shared store (store/anchor.c).
+mv state state.forged && mv state.genuine state
+expect "the earlier state back: refused by the token's anchor" 1 "CKR_GUARDIAN_STATE_ROLLBACK" -- \
+    as g1 "$CTL" import grp.gpk
+rm -rf state && mv state.forged state
+
+# The group trail against a one-Guardian package file of the same product: not
+# the file it imported; and a one-Guardian package for g1 still imports.
+"$W" "${cw[@]/GRP/SOLO}" --guardian-cert g1.pem --units 2 --out solo.gpk >/dev/null || ko "create solo"
+expect "a one-Guardian package for g1" 0 "remaining_units=2" -- as g1 "$CTL" import solo.gpk
+expect "g2 refuses g1's package" 1 "CKR_GUARDIAN_WRONG_GUARDIAN" -- as g2 "$CTL" import solo.gpk
+expect "verify-report: the group trail is not solo.gpk's" 1 "was not imported in this trail" -- \
+    "$W" verify-report report.txt --guardian g1.pem --ca-chain ca.pem --root root.pem --package solo.gpk
 finish
