@@ -1931,6 +1931,20 @@ static void check_oem_inputs(struct vctx *v)
         if (f->n_members > 0 && k->n_members == 0)
             problem(v, "record %llu imports group package %s without naming the member that imported it",
                     (unsigned long long)k->seq, f->name);
+        /* Not a failure (a member may import later), but what the OEM must
+         * look for: a member that imported it into another store spends the
+         * allowance there too, and its own export shows that IMPORT. */
+        for (size_t j2 = 0; j2 < f->n_members; j2++) {
+            int in = 0;
+            for (size_t m = 0; m < k->n_members; m++)
+                in |= memcmp(f->members[j2], k->members[m], GUARDIAN_HASH_LEN) == 0;
+            if (!in) {
+                char hex[2 * GUARDIAN_HASH_LEN + 1];
+                put_hex(hex, f->members[j2], GUARDIAN_HASH_LEN);
+                say(v, "    member sha256:%s of %s has not imported it in this trail (an import in another store "
+                       "would spend the allowance again: see its export)\n", hex, f->name);
+            }
+        }
         if (f->cert_template != NULL && k->tmpl != NULL) {
             unsigned char *der = NULL;
             int n = i2d_GUARDIAN_CERT_TEMPLATE(k->tmpl, &der);

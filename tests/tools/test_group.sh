@@ -119,6 +119,19 @@ rm -rf state && mv state.forged state
 "$W" "${cw[@]/GRP/SOLO}" --guardian-cert g1.pem --units 2 --out solo.gpk >/dev/null || ko "create solo"
 expect "a one-Guardian package for g1" 0 "remaining_units=2" -- as g1 "$CTL" import solo.gpk
 expect "g2 refuses g1's package" 1 "CKR_GUARDIAN_WRONG_GUARDIAN" -- as g2 "$CTL" import solo.gpk
+# A group of g1 and g3 of which only g1 imported: the report says which
+# member is missing (an import elsewhere would be a second allowance).
+"$W" "${cw[@]/GRP/PAIR}" --guardian-cert g1.pem --guardian-cert g3.pem --units 4 --out pair.gpk >/dev/null ||
+    ko "create pair"
+as g1 "$CTL" import pair.gpk >/dev/null 2>&1 || ko "g1 imports pair"
+as g1 "$CTL" audit export --product ACME/PAIR --out pair.txt >/dev/null 2>&1 || ko "export pair"
+expect "verify-report: a member that has not imported is named" 0 "member sha256:$d3 of pair.gpk has not imported it in this trail" -- \
+    "$W" verify-report pair.txt --guardian g1.pem --ca-chain ca.pem --root root.pem --package pair.gpk
+# A member that imported into another store first is bound to it by its
+# token's anchor: it cannot then join the shared store as well.
+mkdir other
+GUARDIAN_STATE_DIR=$work/other as g3 "$CTL" import pair.gpk >/dev/null 2>&1 || ko "g3 imports pair elsewhere"
+expect "that member cannot then join the shared store" 1 "CKR_GUARDIAN_STATE_ROLLBACK" -- as g3 "$CTL" import pair.gpk
 expect "verify-report: the group trail is not solo.gpk's" 1 "was not imported in this trail" -- \
     "$W" verify-report report.txt --guardian g1.pem --ca-chain ca.pem --root root.pem --package solo.gpk
 finish
