@@ -134,4 +134,13 @@ GUARDIAN_STATE_DIR=$work/other as g3 "$CTL" import pair.gpk >/dev/null 2>&1 || k
 expect "that member cannot then join the shared store" 1 "CKR_GUARDIAN_STATE_ROLLBACK" -- as g3 "$CTL" import pair.gpk
 expect "verify-report: the group trail is not solo.gpk's" 1 "was not imported in this trail" -- \
     "$W" verify-report report.txt --guardian g1.pem --ca-chain ca.pem --root root.pem --package solo.gpk
+
+# The operator deletes g2's member row to import the group package again: the
+# store takes it as a first join (the row is its only memory), but it adds no
+# unit, and verify-report names the second JOIN a replay.
+sqlite3 state/guardian.db "DELETE FROM package_members WHERE guardian = X'$d2'" || ko "delete the member row"
+expect "a re-import after the row is deleted adds no allowance" 0 "remaining_units=0" -- as g2 "$CTL" import grp.gpk
+as g1 "$CTL" audit export --product ACME/GRP --out again.txt >/dev/null 2>&1 || ko "export again"
+expect "verify-report: the second JOIN is a replay" 1 "\(JOIN\): this member imported the package already .*a replay" -- \
+    "$W" verify-report again.txt "${V[@]}"
 finish
