@@ -1010,9 +1010,6 @@ static int create_package(struct create_opts *o)
     else if (RAND_bytes(id, sizeof(id)) != 1)
         die("no randomness for the package ID");
     cert_sha256(guardian, target);
-    if (o->n_guardians > 1 && ca_key == NULL)
-        die("a group package carries its production CA key (--ca-key): a key made in one Guardian "
-            "(--ca-request) cannot be shared by a group");
     /* No secret to carry (a Guardian-made CA key, no extra key, no secret
      * item): no key transport at all, and the Guardian needs no ECDH. */
     if (ca_key == NULL && !secrets) {
@@ -1353,6 +1350,9 @@ static int cmd_create(int argc, char **argv)
     if ((o.ca_key == NULL) == (o.ca_request == NULL))
         usage_die("create", "give --ca-key (the CA key travels, wrapped) or --ca-request (the CA key was made in "
                             "the Guardian by 'guardianctl ca-request'), not both");
+    if (o.n_guardians > 1 && o.ca_request != NULL)
+        usage_die("create", "a group package (--guardian-cert more than once) carries its production CA key "
+                            "(--ca-key): a key made in one Guardian (--ca-request) cannot be shared by a group");
     REQUIRE(ca_cert, "ca-cert");
     REQUIRE(oem_id, "oem-id");
     REQUIRE(product_id, "product-id");

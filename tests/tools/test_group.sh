@@ -48,7 +48,13 @@ expect "create: a member named twice refused" 1 "are the same Guardian certifica
 many=(); for i in $(seq 17); do many+=(--guardian-cert g1.pem); done
 expect_rc "create: 17 members refused" 2 "at most 16 --guardian-cert" -- \
     "$W" "${cw[@]}" "${many[@]}" --units 5 --out many.gpk
-[ ! -e twice.gpk ] && [ ! -e many.gpk ] && ok "nothing written when refused" || ko "a refused create wrote a file"
+expect_rc "create: a group with --ca-request refused" 2 "cannot be shared by a group" -- \
+    "$W" "${cw[@]/--ca-key/--ca-request}" --guardian-cert g1.pem --guardian-cert g2.pem --units 5 --out req.gpk
+openssl req -new -x509 -newkey rsa:2048 -nodes -keyout rsa.key -subj /CN=rsa-guardian -days 30 -out rsa.pem \
+    -addext keyUsage=critical,keyEncipherment 2>/dev/null
+expect "create: an RSA member refused" 1 "rsa.pem: a group package is for EC Guardians" -- \
+    "$W" "${cw[@]}" --guardian-cert g1.pem --guardian-cert rsa.pem --units 5 --out rsa.gpk
+[ ! -e twice.gpk ] && [ ! -e many.gpk ] && [ ! -e req.gpk ] && [ ! -e rsa.gpk ] && ok "nothing written when refused" || ko "a refused create wrote a file"
 
 # A non-member first: refused, nothing recorded (the members import after).
 expect "a non-member is refused" 1 "CKR_GUARDIAN_WRONG_GUARDIAN" -- as g3 "$CTL" import grp.gpk
