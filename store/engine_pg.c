@@ -65,7 +65,7 @@
 #ifndef GUARDIAN_PG_STATEMENT_TIMEOUT_MS
 #define GUARDIAN_PG_STATEMENT_TIMEOUT_MS 30000
 #endif
-#define PG_SCHEMA_VERSION 7
+#define PG_SCHEMA_VERSION 8
 
 struct store_stmt {
     const struct engine_ops *ops; /* first: engine.c dispatches on it */
@@ -198,6 +198,15 @@ static const char schema_v7[] =
     "  enrol_seq   bigint  NOT NULL CHECK (enrol_seq >= 1)"
     ");";
 
+/* 7 -> 8: the members of group packages (engine_sqlite.c, schema_v8). */
+static const char schema_v8[] =
+    "CREATE TABLE package_members ("
+    "  package_id bytea   NOT NULL REFERENCES packages (package_id),"
+    "  guardian   bytea   NOT NULL CHECK (octet_length(guardian) = 32),"
+    "  import_seq bigint  NOT NULL CHECK (import_seq >= 1),"
+    "  PRIMARY KEY (package_id, guardian)"
+    ");";
+
 /* ---- the named statements ------------------------------------------------------- */
 
 #define PRODUCT_COLUMNS                                                                    \
@@ -223,6 +232,9 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_PRODUCT_UPSERT] = "INSERT INTO products (oem_id, product_id, package_id, next_serial, installed_at) "
                          "VALUES ($1, $2, $3, 1, $4) ON CONFLICT (oem_id, product_id) DO UPDATE SET "
                          "package_id = excluded.package_id, installed_at = excluded.installed_at",
+    [S_MEMBER_SEEN] = "SELECT 1 FROM package_members WHERE package_id = $1 AND guardian = $2",
+    [S_MEMBER_INSERT] = "INSERT INTO package_members (package_id, guardian, import_seq) VALUES ($1, $2, $3)",
+    [S_PRODUCT_IS_PACKAGE] = "SELECT 1 FROM products WHERE oem_id = $1 AND product_id = $2 AND package_id = $3",
     [S_PRODUCT_GET] = PRODUCT_COLUMNS "WHERE p.oem_id = $1 AND p.product_id = $2",
     [S_PRODUCTS_ALL] = PRODUCT_COLUMNS "ORDER BY p.oem_id COLLATE \"C\", p.product_id COLLATE \"C\"",
     [S_PACKAGE_COUNT] = "UPDATE packages SET issued_units = issued_units + $2 "
@@ -852,17 +864,25 @@ static CK_RV pg_schema(struct guardian_store *st)
     if (rv == CKR_OK)
         version = pg_col_int(s, 0);
     pg_stmt_done(s);
-    if (rv == CKR_OK && version != 0 && version != PG_SCHEMA_VERSION) {
-        guardian_error(STORE_LOG, "state schema version %lld on %s is not supported (this module makes %d)",
+    /* 0: a fresh database (the whole schema as of version 7, then the steps
+     * after it); 7 and later: the steps from there.  1..6 never existed on
+     * PostgreSQL. */
+    if (rv == CKR_OK && ((version != 0 && version < 7) || version > PG_SCHEMA_VERSION)) {
+        guardian_error(STORE_LOG, "state schema version %lld on %s is not supported (this module knows 7..%d)",
                        (long long)version, st->db->server, PG_SCHEMA_VERSION);
         rv = CKR_GUARDIAN_STORE_FAILED;
     }
-    if (rv == CKR_OK && version == 0) {
+    if (rv == CKR_OK && version == 0)
         rv = pg_exec(st, schema_v7, "create the schema (version 7)");
+    if (rv == CKR_OK && version < 8)
+        rv = pg_exec(st, schema_v8, "migrate the schema to version 8 (the members of group packages)");
+    if (rv == CKR_OK && version != PG_SCHEMA_VERSION) {
+        char sql[80];
+        snprintf(sql, sizeof(sql), "UPDATE guardian_schema SET version = %d WHERE id = 1", PG_SCHEMA_VERSION);
+        rv = pg_exec(st, sql, "set the schema version");
         if (rv == CKR_OK)
-            rv = pg_exec(st, "UPDATE guardian_schema SET version = 7 WHERE id = 1", "set the schema version");
-        if (rv == CKR_OK)
-            guardian_info(STORE_LOG, "state schema version %d created on %s", PG_SCHEMA_VERSION, st->db->server);
+            guardian_info(STORE_LOG, "state schema version %d on %s (was %lld)", PG_SCHEMA_VERSION, st->db->server,
+                          (long long)version);
     }
     return pg_tx_end(st, rv);
 }
