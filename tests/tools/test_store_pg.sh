@@ -158,4 +158,55 @@ expect "guardian-wrap verify-report" 0 "" -- "$W" verify-report report.txt --gua
 sed "0,/^record [0-9]* IMPORT /{/^record [0-9]* IMPORT /s/ 400 / 4000 /}" report.txt >altered.txt
 expect "an altered report is rejected" 1 "" -- "$W" verify-report altered.txt --guardian guardian.pem \
     --ca-chain ca.pem --root root.pem
+# ---- three stations (three Guardians, each its token and state directory) on one allowance ----
+# One group package for the three (guardian-wrap create --guardian-cert x3):
+# the first import records it, the others join it; 3 stations x 2 threads
+# race its 11 units and stop at exactly 11.
+station() { # N: this shell's environment for station N
+    export SOFTHSM2_CONF=$work/st$1/softhsm2.conf GUARDIAN_TOKEN=st$1 GUARDIAN_CONF=$work/st$1.conf
+}
+for n in 1 2 3; do
+    mkdir -p "$work/st$n" && mkdir -m 0700 "$work/st$n/state"
+    softhsm_token "$work/st$n" "st$n"
+    printf 'backend = %s\nstate_dir = %s\nlog_level = error\n%s\n%s\n%s\n' "$backend" "$work/st$n/state" "${PGOK[@]}" \
+        >"$work/st$n.conf"
+    station $n
+    "$CTL" init --out "st$n.pem" >/dev/null 2>&1 || ko "station $n: init"
+    "$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null 2>&1 || ko "station $n: enroll-oem"
+done
+"$W" create --guardian-cert st1.pem --guardian-cert st2.pem --guardian-cert st3.pem --signer-key signer.key \
+    --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id LINES \
+    --release 1 --units 11 --not-after +10 --out LINES.gpk >/dev/null || ko "guardian-wrap create (a group of 3)"
+for n in 1 2 3; do
+    station $n
+    expect "station $n imports the group package" 0 "" -- "$CTL" import LINES.gpk
+done
+station 2
+expect "station 2 imports it once only" 1 "" -- "$CTL" import LINES.gpk
+[ "$(pg_psql -c "SELECT count(*) FROM package_members")" -ge 2 ] && ok "the members are on the server" ||
+    ko "package_members: $(pg_psql -c 'SELECT count(*) FROM package_members')"
+pids=()
+for n in 1 2 3; do
+    (station $n && exec "$CTL" provision --product ACME/LINES --count 11 --threads 2 --prefix "L$n-" \
+        --out "lines-$n" >"lines-$n.out" 2>&1) &
+    pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+files=$(find lines-1 lines-2 lines-3 -name '*.pem' 2>/dev/null | wc -l)
+[ "$files" = 11 ] && ok "3 stations x 2 threads: exactly 11 certificates" || ko "3 stations: $files certificates"
+echo "    per station: $(for n in 1 2 3; do printf '%s ' "$(find "lines-$n" -name '*.pem' 2>/dev/null | wc -l)"; done)"
+[ "$(issued LINES)" = 11 ] && [ "$(records LINES)" = 11 ] && ok "3 stations: issued 11 of 11 on the server" ||
+    ko "3 stations: issued $(issued LINES), records $(records LINES)"
+bad=$(find lines-1 lines-2 lines-3 -name '*.pem' -print0 | xargs -0 openssl verify -CAfile root.pem -untrusted ca.pem 2>&1 |
+    grep -vc ': OK$')
+[ "$bad" = 0 ] && ok "3 stations: every certificate verifies" || ko "3 stations: $bad do not verify"
+[ "$(check_recorded lines-1 lines-2 lines-3)" = 0 ] && ok "3 stations: every certificate has its ISSUE record" ||
+    ko "3 stations: certificates without a record"
+for n in 1 3; do
+    station $n
+    expect "station $n: audit export of the shared trail" 0 "exported [0-9]+ records" -- \
+        "$CTL" audit export --out "report-$n.txt"
+    expect "station $n: verify-report" 0 "" -- "$W" verify-report "report-$n.txt" --guardian "st$n.pem" \
+        --ca-chain ca.pem --root root.pem
+done
 finish
