@@ -7,7 +7,11 @@
 # provision, audit export and the OEM's verify-report; the server stopped in
 # the middle of production (a clear CKR naming the server, no record lost, no
 # unit spent twice, production resumes after pg_start); two processes racing a
-# small allowance on one database stop exactly at it.  77 without PostgreSQL.
+# small allowance on one database stop exactly at it; a station pointed at
+# another database is refused by its token's anchor; three stations (three
+# Guardians, a group package) x two threads stop at exactly its allowance,
+# and each station's export of the shared trail verifies.  77 without
+# PostgreSQL.
 set -uo pipefail
 M=$(realpath "${1:?module}") CTL=$(realpath "${2:?guardianctl}") W=$(realpath "${3:?guardian-wrap}")
 work=$(mktemp -d "${TMPDIR:-/tmp}/store-pg-test-XXXXXX")
