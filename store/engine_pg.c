@@ -406,8 +406,16 @@ static void pg_notice(void *arg, const char *message)
 static CK_RV pg_connect(struct guardian_store *st)
 {
     struct store_db *d = st->db;
-    const char *keys[] = {"connect_timeout", "application_name", "dbname", "password", NULL};
-    const char *vals[] = {GUARDIAN_PG_CONNECT_TIMEOUT_S, "guardian", d->conninfo, d->password, NULL};
+    /* Defaults first (the connection string may override them), the
+     * password last.  Over TCP a server that vanishes without closing the
+     * connection (a partition, a host powered off) would leave a call
+     * waiting for its reply: the keepalives (10 s idle, then 3 probes 5 s
+     * apart) and tcp_user_timeout (30 s for unacknowledged data) end it;
+     * libpq ignores them on a Unix socket. */
+    const char *keys[] = {"connect_timeout", "application_name", "keepalives", "keepalives_idle",
+                          "keepalives_interval", "keepalives_count", "tcp_user_timeout", "dbname", "password", NULL};
+    const char *vals[] = {GUARDIAN_PG_CONNECT_TIMEOUT_S, "guardian", "1", "10", "5", "3", "30000", d->conninfo,
+                          d->password, NULL};
     char session[256];
     PGresult *res;
     CK_RV rv;
@@ -419,7 +427,7 @@ static CK_RV pg_connect(struct guardian_store *st)
     memset(d->prepared, 0, sizeof(d->prepared));
     d->in_tx = false;
     if (d->password == NULL)
-        keys[3] = NULL;
+        keys[8] = NULL;
     d->conn = PQconnectdbParams(keys, vals, 1);
     if (d->conn == NULL) {
         guardian_error(STORE_LOG, "connect to the state server %s: out of memory", d->server);
