@@ -46,7 +46,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 /* PostgreSQL's type OIDs (catalog/pg_type_d.h, stable since 7.x). */
 #define OID_BOOL 16
@@ -80,6 +85,7 @@ struct store_db {
     char *conninfo;
     char *password;     /* cleansed at close */
     char server[512];   /* host, port, database, user: for the log lines */
+    char station[40];   /* this station's ID (station_id), "" without a state directory */
     bool prepared[S_COUNT];
     bool in_tx;
     int changes;
@@ -116,10 +122,15 @@ static const char schema_v7[] =
     "  installed_at bigint  NOT NULL,"
     "  PRIMARY KEY (oem_id, product_id)"
     ");"
+    /* station: which station's state directory holds the journal (its
+     * station.id; see station_id): an opener recovers only its own
+     * station's holders, never declares another station's journal lost. */
     "CREATE TABLE holders ("
     "  id        bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-    "  journal   text    NOT NULL UNIQUE CHECK (octet_length(journal) BETWEEN 1 AND 128),"
-    "  opened_at bigint  NOT NULL"
+    "  station   text    NOT NULL DEFAULT current_setting('guardian.station'),"
+    "  journal   text    NOT NULL CHECK (octet_length(journal) BETWEEN 1 AND 128),"
+    "  opened_at bigint  NOT NULL,"
+    "  UNIQUE (station, journal)"
     ");"
     "CREATE TABLE issuance ("
     "  oem_id      text    NOT NULL,"
@@ -268,10 +279,10 @@ static const char *const stmt_sql[S_COUNT] = {
                      "WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3",
     /* RETURNING: store_last_insert_id (the holder's ID). */
     [S_HOLDER_INSERT] = "INSERT INTO holders (journal, opened_at) VALUES ($1, $2) RETURNING id",
-    [S_HOLDER_BY_JOURNAL] = "SELECT id FROM holders WHERE journal = $1",
-    [S_HOLDER_GET] = "SELECT journal FROM holders WHERE id = $1",
+    [S_HOLDER_BY_JOURNAL] = "SELECT id FROM holders WHERE journal = $1 AND station = current_setting('guardian.station')",
+    [S_HOLDER_GET] = "SELECT journal FROM holders WHERE id = $1 AND station = current_setting('guardian.station')",
     [S_HOLDER_DELETE] = "DELETE FROM holders WHERE id = $1",
-    [S_HOLDERS_ALL] = "SELECT id, journal FROM holders ORDER BY id",
+    [S_HOLDERS_ALL] = "SELECT id, journal FROM holders WHERE station = current_setting('guardian.station') ORDER BY id",
     [S_ISSUANCE_OPEN_BY_HOLDER] = "SELECT oem_id, product_id, serial, package_id FROM issuance "
                                   "WHERE holder = $1 AND issue_seq IS NULL AND release_seq IS NULL "
                                   "AND lost_seq IS NULL ORDER BY oem_id COLLATE \"C\", product_id COLLATE \"C\", "
@@ -416,7 +427,7 @@ static CK_RV pg_connect(struct guardian_store *st)
                           "keepalives_interval", "keepalives_count", "tcp_user_timeout", "dbname", "password", NULL};
     const char *vals[] = {GUARDIAN_PG_CONNECT_TIMEOUT_S, "guardian", "1", "10", "5", "3", "30000", d->conninfo,
                           d->password, NULL};
-    char session[256];
+    char session[384];
     PGresult *res;
     CK_RV rv;
 
@@ -439,8 +450,9 @@ static CK_RV pg_connect(struct guardian_store *st)
     snprintf(session, sizeof(session),
              "SET statement_timeout = %d; SET lock_timeout = %d; SET idle_in_transaction_session_timeout = %d; "
              "SET default_transaction_isolation = 'read committed'; SET synchronous_commit = on; "
-             "SET client_min_messages = warning",
-             GUARDIAN_PG_STATEMENT_TIMEOUT_MS, GUARDIAN_STORE_BUSY_TIMEOUT_MS, GUARDIAN_PG_STATEMENT_TIMEOUT_MS);
+             "SET client_min_messages = warning; SET guardian.station = '%s'",
+             GUARDIAN_PG_STATEMENT_TIMEOUT_MS, GUARDIAN_STORE_BUSY_TIMEOUT_MS, GUARDIAN_PG_STATEMENT_TIMEOUT_MS,
+             d->station);
     res = PQexec(d->conn, session);
     rv = PQresultStatus(res) == PGRES_COMMAND_OK ? CKR_OK : map_pg(st, res, "configure the state connection");
     PQclear(res);
@@ -937,6 +949,62 @@ static void pg_close(struct guardian_store *st)
     st->db = NULL;
 }
 
+/* This station's ID: 32 hex digits in <state_dir>/station.id (0600, made
+ * at the first open, under flock so that two processes of the station agree).
+ * Every station sharing the database has its own state directory and so its
+ * own ID; the holders of the issue journals are scoped by it.  A copied
+ * state directory would share it: give each station its own. */
+#define STATION_FILE "station.id"
+static CK_RV station_id(struct guardian_store *st, char out[40])
+{
+    unsigned char rnd[16];
+    char buf[40];
+    ssize_t n;
+    int fd = -1;
+    CK_RV rv;
+
+    out[0] = '\0';
+    if (st->dir_fd < 0)
+        return CKR_OK; /* no state directory: no journals, no holders */
+    rv = state_file_open(st, STATION_FILE, O_RDWR | O_CREAT, &fd);
+    if (rv != CKR_OK)
+        return rv;
+    rv = CKR_GUARDIAN_STORE_FAILED;
+    if (flock(fd, LOCK_EX) != 0)
+        goto out;
+    n = pread(fd, buf, 32, 0);
+    if (n == 32) {
+        for (int i = 0; i < 32; i++)
+            if (!((buf[i] >= '0' && buf[i] <= '9') || (buf[i] >= 'a' && buf[i] <= 'f')))
+                goto bad;
+        memcpy(out, buf, 32);
+        out[32] = '\0';
+        rv = CKR_OK;
+        goto out;
+    }
+    if (n != 0)
+        goto bad;
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        goto out;
+    for (int i = 0; i < 16; i++)
+        snprintf(buf + 2 * i, 3, "%02x", rnd[i]);
+    if (pwrite(fd, buf, 32, 0) != 32 || fsync(fd) != 0) {
+        guardian_error(STORE_LOG, "cannot write %s in %s: %s", STATION_FILE, st->dir, strerror(errno));
+        goto out;
+    }
+    memcpy(out, buf, 33);
+    rv = CKR_OK;
+    goto out;
+bad:
+    guardian_error(STORE_LOG, "%s in %s is not a station ID (32 hex digits): refused; it names this station's issue "
+                              "journals on the shared server, find out who changed it",
+                   STATION_FILE, st->dir);
+    rv = CKR_GUARDIAN_STATE_UNSAFE;
+out:
+    close(fd);
+    return rv;
+}
+
 /* store_internal.h: `path` and `memory` are SQLite's; the server is
  * st->conninfo, its password st->password. */
 static CK_RV pg_open(struct guardian_store *st, const char *path, bool memory)
@@ -962,7 +1030,9 @@ static CK_RV pg_open(struct guardian_store *st, const char *path, bool memory)
     if (d->conninfo == NULL || (st->password != NULL && d->password == NULL))
         return CKR_HOST_MEMORY;
     describe_server(d);
-    rv = pg_connect(st);
+    rv = station_id(st, d->station);
+    if (rv == CKR_OK)
+        rv = pg_connect(st);
     if (rv == CKR_OK)
         rv = pg_schema(st);
     return rv;

@@ -191,7 +191,7 @@ static void tmpdir_make(struct tmpdir *d)
 
 static void tmpdir_remove(struct tmpdir *d)
 {
-    static const char *const files[] = {"guardian.db", "guardian.db-wal", "guardian.db-shm"};
+    static const char *const files[] = {"guardian.db", "guardian.db-wal", "guardian.db-shm", "station.id"};
     char path[512];
 
     DIR *dir = opendir(d->path);
@@ -4037,6 +4037,55 @@ static void test_pg_reconnect(void **state)
     tmpdir_remove(&d);
 }
 
+/* Two stations (two state directories) on one database: while station A
+ * holds a block (its holder row, its journal in its own directory), station
+ * B's open does not take A's journal for missing (no JOURNAL_LOST), and A
+ * issues from the block; each station has its own station.id. */
+static void test_pg_two_stations(void **state)
+{
+    struct tmpdir a, b;
+    struct guardian_store *sa = NULL, *sb = NULL;
+    struct guardian_package_info p = make_pkg(0x51, OEM, PRODUCT, 1, 10);
+    static const uint8_t cert[] = {0x30, 0x03, 0x01, 0x01, 0xff};
+    uint64_t first = 0, got = 0, s = 0;
+    struct trail *t = trail_new();
+    char schema[32], ida[40] = "", idb[40] = "", path[600];
+    FILE *f;
+    (void)state;
+
+    tmpdir_make(&a);
+    tmpdir_make(&b);
+    pg_schema_name(a.path, schema);
+    assert_int_equal(pg_open_schema(a.path, schema, &sa), CKR_OK);
+    assert_int_equal(guardian_store_package_install(sa, &p, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_reserve_block(sa, OEM, PRODUCT, p.package_id, NOW, 4, &first, &got), CKR_OK);
+    assert_int_equal(pg_open_schema(b.path, schema, &sb), CKR_OK); /* station B opens the shared database */
+    assert_int_equal(guardian_store_reserve(sb, OEM, PRODUCT, (const uint8_t *)"b-1", 3, NOW, &s), CKR_OK);
+    assert_int_equal(s, first + got); /* after A's block: never one of A's */
+    assert_int_equal(guardian_store_issue(sb, OEM, PRODUCT, s, (const uint8_t *)"b-1", 3, cert, sizeof(cert)), CKR_OK);
+    guardian_store_close(sb);
+    assert_int_equal(guardian_store_issue(sa, OEM, PRODUCT, first, (const uint8_t *)"a-1", 3, cert, sizeof(cert)),
+                     CKR_OK);
+    assert_int_equal(read_trail(sa, t), CKR_OK);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_JOURNAL_LOST), 0);
+    guardian_store_close(sa);
+    assert_int_equal(query_int(&a, "SELECT count(*) FROM audit WHERE type = 3"), 2);
+    assert_int_equal(query_int(&a, "SELECT count(DISTINCT station) FROM holders"), 0); /* both closed */
+    snprintf(path, sizeof(path), "%s/station.id", a.path);
+    assert_non_null(f = fopen(path, "r"));
+    assert_non_null(fgets(ida, sizeof(ida), f));
+    fclose(f);
+    snprintf(path, sizeof(path), "%s/station.id", b.path);
+    assert_non_null(f = fopen(path, "r"));
+    assert_non_null(fgets(idb, sizeof(idb), f));
+    fclose(f);
+    assert_int_equal(strlen(ida), 32);
+    assert_string_not_equal(ida, idb);
+    free(t);
+    tmpdir_remove(&a);
+    tmpdir_remove(&b);
+}
+
 /* The schema on PostgreSQL: a version 7 database (made before group
  * packages) is brought to 8 at open, in one transaction; a version the
  * engine never made (1..6) or a newer one (9) is refused, nothing changed. */
@@ -4224,6 +4273,7 @@ int main(void)
 #ifdef STORE_TEST_PG
         cmocka_unit_test(test_pg_reconnect),
         cmocka_unit_test(test_pg_schema),
+        cmocka_unit_test(test_pg_two_stations),
         cmocka_unit_test(test_pg_refusals),
 #endif
     };
