@@ -298,6 +298,42 @@ if [ "$KIND" = tpm2 ]; then
     bx tpm2_ptool listobjects --path "$TPM2_PKCS11_STORE" --label "$L" >out/listobjects 2>&1 || true
     check_grep "tpm2_ptool listobjects lists the CA key" "$CA_LABEL" out/listobjects
 
+    # A states the key transport none only: no secret can travel to it.
+    check_eq "A's id-guardian-transports: none only (.2.0; the TPM has no C_UnwrapKey)" \
+        "2.25.62758544141009244537205961397770264239.2.0" \
+        "$(openssl asn1parse -in guardian.pem -strparse "$(openssl asn1parse -in guardian.pem |
+            awk '$NF == ":2.25.62758544141009244537205961397770264239.3.1" { getline; sub(/:.*/, ""); print $1; exit }')" |
+            awk '/OBJECT/ { sub(/^.*OBJECT *:/, ""); print }' | tr '\n' ' ' | sed 's/ $//')"
+    ec_key oemca.key
+    openssl req -new -x509 -key oemca.key -subj "/CN=ACME CA K" -days 30 -out oemca.pem 2>/dev/null
+    printf 'secret' >secret.bin
+    run "guardian-wrap refuses the OEM's CA key for a Guardian stating none only" 1 "imports no secret at all" \
+        "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key oemca.key \
+        --ca-cert oemca.pem --ca-chain root.pem --oem-id ACME --product-id K --release 1 --units 5 --not-after +30 \
+        --out k.gpk
+    [ ! -e k.gpk ] && pass "... and writes no package" || fail "guardian-wrap" "k.gpk written"
+    must "ca-request for ACME/SECRET" ctl ca-request --product ACME/SECRET --subject "/O=ACME/CN=ACME SECRET CA" --out sec.csr
+    must "certify-ca for ACME/SECRET" "$W" certify-ca --guardian-cert guardian.pem --oem-id ACME --product-id SECRET \
+        --ca-key root.key --ca-cert root.pem --csr sec.csr --days 365 --out sec-ca.pem
+    sec_create() {
+        "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-cert sec-ca.pem \
+            --ca-chain root.pem --oem-id ACME --product-id SECRET --release 1 --units 5 --not-after +30 \
+            --ca-request sec.csr --secret-data key=secret.bin "$@" --out sec.gpk
+    }
+    run "guardian-wrap refuses a --secret-data item for it (CA request)" 1 "imports no secret at all" sec_create
+    run "--kdf aes-cbc --kdf-unlisted makes it all the same (the OEM overrides)" 0 "" sec_create --kdf aes-cbc --kdf-unlisted
+    n_before=$(bx pkcs11-tool --module "$BACKEND_MODULE" --token-label "$L" --login --pin "$BACKEND_USER_PIN" -O 2>/dev/null | grep -c 'Object;' || true)
+    run "the import refuses it before any key operation (CKR_GUARDIAN_TRANSPORT_UNSUPPORTED)" 1 \
+        "CKR_GUARDIAN_TRANSPORT_UNSUPPORTED" ctl import sec.gpk
+    [ "${n_before:-0}" -gt 0 ] || fail "objects on the token" "pkcs11-tool -O counted none (the count below would prove nothing)"
+    check_eq "... with nothing made on the token ($n_before objects before and after)" "$n_before" \
+        "$(bx pkcs11-tool --module "$BACKEND_MODULE" --token-label "$L" --login --pin "$BACKEND_USER_PIN" -O 2>/dev/null | grep -c 'Object;' || true)"
+    run "... while the same package without the secret imports (control)" 0 "" \
+        bash -c "cd '$WORK' && '$W' create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem \
+        --ca-cert sec-ca.pem --ca-chain root.pem --oem-id ACME --product-id SECRET --release 1 --units 5 \
+        --not-after +30 --ca-request sec.csr --data key=secret.bin --out sec2.gpk" 
+    run "... imported" 0 "" ctl import sec2.gpk
+
     # The trace: the module's backend is pkcs11-spy, the spy's tpm2-pkcs11.
     SPY=/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so
     sed "s|^backend = .*|backend = $SPY|" "$WORK/guardian.conf" >"$WORK/spy.conf"
