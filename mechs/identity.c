@@ -26,6 +26,11 @@
  * CKM_ECDSA or CKM_RSA_PKCS over a DigestInfo (sha256WithRSAEncryption),
  * which every token with RSA has (opencryptoki 3.8 has no
  * CKM_SHA256_RSA_PKCS).
+ * Where a token refuses these templates (tpm2-pkcs11 1.9: a TPM key needs
+ * its sign or decrypt bit, and the public usages must match its mapping),
+ * guardian_generate_key_pair tries once more with the public usages left to
+ * the token and CKA_DECRYPT on the EC agreement key, and reads every usage
+ * set FALSE back FALSE (docs/backends/tpm2.md).
  * So whoever reaches the backend directly can no longer sign a report with
  * the key that must derive, nor derive with the key that signs.  The policy
  * (policy.c) refuses every standard call that would use either, and the

@@ -5,10 +5,12 @@
 #
 # KIND = tpm2 | nss | opencryptoki, or softhsm-ledger: SoftHSM behind
 # tpm_like_shim.so, where the module's trusted-certificate check fails as on
-# tpm2-pkcs11 (so the roots are the ledger's) while SoftHSM still makes the EC
-# identity that tpm2-pkcs11 1.9 and NSS do not make today; there the
-# adversary holds the backend's SO PIN and plants the trusted certificate as
-# SoftHSM's SO (a plain user cannot there).
+# tpm2-pkcs11 (so the roots are the ledger's) and key templates are refused as
+# tpm2-pkcs11 1.9 refuses them (TPM_LIKE_SHIM_KEYGEN=tpm: the module's
+# fallback makes the keys, the agreement key still unable to sign), after a
+# first init against a backend that adds CKA_SIGN (addsign: refused, nothing
+# kept); there the adversary holds the backend's SO PIN and plants the
+# trusted certificate as SoftHSM's SO (a plain user cannot there).
 #
 # OEM-root enrolment where the token cannot be trusted to hold roots
 # (docs/threat-model.md section 2): on tpm2-pkcs11 and NSS softoken a plain
@@ -91,6 +93,9 @@ GBACKEND=$BACKEND_MODULE
 if [ -n "$LEDGER_SHIM" ]; then
     GBACKEND=$LEDGER_SHIM
     export TPM_LIKE_SHIM_MODULE=$BACKEND_MODULE
+    # ... and key generation as tpm2-pkcs11 1.9 answers it (the module's
+    # fallback templates: mechs/identity.c guardian_generate_key_pair).
+    export TPM_LIKE_SHIM_KEYGEN=tpm
 fi
 {
     printf 'backend = %s\n' "$GBACKEND"
@@ -234,9 +239,33 @@ fi
 # ---- 4. the identity, then packages ---------------------------------------------------
 # Enrolment needs no identity; everything below does (tpm2-pkcs11 1.9 and NSS
 # 3.87 make no derive-only EC key today: init stops there, named).
+if [ -n "$LEDGER_SHIM" ]; then
+    # A backend that adds CKA_SIGN to every private key it makes: the
+    # agreement key would sign, so init is refused and nothing kept.
+    export TPM_LIKE_SHIM_KEYGEN=addsign
+    run "a backend that adds CKA_SIGN to the agreement key: init refused (the two keys' separation)" 1 \
+        "usage 0x108 TRUE although the module's template sets it FALSE" ctl init --out refused.pem
+    check_eq "... and no Guardian private key left on the token" 0 \
+        "$(bx pkcs11-tool --module "$BACKEND_MODULE" --token-label "$L" --login --pin "$BACKEND_USER_PIN" -O --type privkey 2>/dev/null |
+            grep -c 'label: *guardian-\(identity\|signing\)' || true)"
+    export TPM_LIKE_SHIM_KEYGEN=tpm
+fi
 t0=$(date +%s%N)
 must "guardianctl init (service mode, operator alice)" ctl init --out guardian.pem
 info "$KIND: guardianctl init took $(ms_since "$t0") ms"
+if [ -n "$LEDGER_SHIM" ]; then
+    # The templates tpm2-pkcs11 refuses, refused by the shim: made by the
+    # fallback, and the agreement key still cannot sign (straight on SoftHSM).
+    bx "$ML" "$BACKEND_MODULE" "$L" --login "$BACKEND_USER_PIN" --key-attrs guardian-identity >out/agree-attrs 2>&1 || true
+    check_grep "templates refused as tpm2-pkcs11 does: the agreement key made with CKA_DECRYPT, CKA_SIGN still FALSE" \
+        '^key-attrs .*SENSITIVE=1 ALWAYS_SENSITIVE=1 SIGN=0 DERIVE=1 DECRYPT=1 UNWRAP=0 VALUE=0x11$' out/agree-attrs
+    bx "$ML" "$BACKEND_MODULE" "$L" --login "$BACKEND_USER_PIN" --key-attrs guardian-signing >out/sign-attrs 2>&1 || true
+    check_grep "... the signing key signs only" \
+        '^key-attrs .*SENSITIVE=1 ALWAYS_SENSITIVE=1 SIGN=1 DERIVE=0 DECRYPT=0 UNWRAP=0 VALUE=0x11$' out/sign-attrs
+    check_eq "... two Guardian private keys now (the count above is the control's)" 2 \
+        "$(bx pkcs11-tool --module "$BACKEND_MODULE" --token-label "$L" --login --pin "$BACKEND_USER_PIN" -O --type privkey 2>/dev/null |
+            grep -c 'label: *guardian-\(identity\|signing\)' || true)"
+fi
 must "package ACME/SENSOR-1 (CA request, v2)" package p1 ACME SENSOR-1 root signer
 t0=$(date +%s%N)
 run "import under the enrolled root" 0 "" ctl import p1.gpk
