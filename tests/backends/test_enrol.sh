@@ -327,6 +327,11 @@ if [ "$KIND" = tpm2 ]; then
     bx tpm2_ptool listobjects --path "$TPM2_PKCS11_STORE" --label "$L" >out/listobjects 2>&1 || true
     check_grep "tpm2_ptool listobjects lists the CA key" "$CA_LABEL" out/listobjects
 
+    # S (self-signed, in the TPM) and A under it, as openssl sees them.
+    awk '/BEGIN CERT/ { n++ } n == 1' guardian.pem >out/a.pem
+    awk '/BEGIN CERT/ { n++ } n == 2' guardian.pem >out/s.pem
+    run "openssl verify: S self-signed in the TPM, A issued by it" 0 "out/a.pem: OK" \
+        openssl verify -check_ss_sig -CAfile out/s.pem out/a.pem
     # A states the key transport none only: no secret can travel to it.
     check_eq "A's id-guardian-transports: none only (.2.0; the TPM has no C_UnwrapKey)" \
         "2.25.62758544141009244537205961397770264239.2.0" \
