@@ -369,7 +369,8 @@ CK_RV guardian_generate_key_pair(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_M
                                  CK_ULONG n_pub, CK_ATTRIBUTE *priv_t, CK_ULONG n_priv, CK_OBJECT_HANDLE *pub,
                                  CK_OBJECT_HANDLE *priv, const char *what)
 {
-    CK_ATTRIBUTE pub_min[24], *dec = find_attr(priv_t, n_priv, CKA_DECRYPT), *sig = find_attr(priv_t, n_priv, CKA_SIGN);
+    CK_ATTRIBUTE pub_min[24], *dec = find_attr(priv_t, n_priv, CKA_DECRYPT);
+    CK_ATTRIBUTE *sig = find_attr(priv_t, n_priv, CKA_SIGN);
     CK_ULONG n_min = 0;
     CK_BBOOL yes = CK_TRUE, *dec_was = dec ? dec->pValue : NULL;
     bool decrypt_added = false;
@@ -402,7 +403,8 @@ CK_RV guardian_generate_key_pair(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_M
         }
         guardian_info("identity", "the backend refused the %s key pair's template (%s): trying again with the "
                                   "public key's usages left to the token%s",
-                      what, ckr(rv), decrypt_added ? " and CKA_DECRYPT on the EC private key (it still cannot sign)" : "");
+                      what, ckr(rv),
+                      decrypt_added ? " and CKA_DECRYPT on the EC private key (it still cannot sign)" : "");
         rv = be->C_GenerateKeyPair(s, gen, pub_min, n_min, priv_t, n_priv, pub, priv);
         if (dec != NULL)
             dec->pValue = dec_was;
@@ -413,6 +415,8 @@ CK_RV guardian_generate_key_pair(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_M
     if (rv != CKR_OK) {
         be->C_DestroyObject(s, *priv);
         be->C_DestroyObject(s, *pub);
+        guardian_policy_forget(*priv);
+        guardian_policy_forget(*pub);
         *pub = *priv = CK_INVALID_HANDLE;
     }
     return rv;
