@@ -42,4 +42,16 @@ int guardian_identity_sig_alg(X509_ALGOR *alg, const EVP_PKEY *signer);
 CK_RV guardian_output_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *name, const uint8_t *value,
                              size_t len, CK_OBJECT_HANDLE *out);
 
+/* C_GenerateKeyPair with the module's templates, and the fallbacks a token's
+ * answer calls for, each keyed on that answer: without CKA_COPYABLE (the
+ * private template's last, CKR_ATTRIBUTE_TYPE_INVALID: a 2.20 token); on a
+ * template refused, the public key's usages left to the token and, for an EC
+ * key that neither signs nor decrypts, CKA_DECRYPT (tpm2-pkcs11 on a TPM:
+ * docs/backends/tpm2.md).  Every usage the private template sets FALSE is
+ * then read back FALSE, else the pair is destroyed (CKR_TEMPLATE_INCONSISTENT).
+ * `what` names the key in the log. */
+CK_RV guardian_generate_key_pair(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_MECHANISM *gen, CK_ATTRIBUTE *pub_t,
+                                 CK_ULONG n_pub, CK_ATTRIBUTE *priv_t, CK_ULONG n_priv, CK_OBJECT_HANDLE *pub,
+                                 CK_OBJECT_HANDLE *priv, const char *what);
+
 #endif /* GUARDIAN_MECHS_IDENTITY_H */
