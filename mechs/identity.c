@@ -385,10 +385,13 @@ static CK_RV ensure_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, enum key_role
     }
     if (k->priv == CK_INVALID_HANDLE && k->pub == CK_INVALID_HANDLE) {
         rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv, &k->pub, &k->priv);
-        if (rv == CKR_ATTRIBUTE_TYPE_INVALID) {
-            /* A 2.20 token (opencryptoki 3.8) knows no CKA_COPYABLE (the
-             * last): copies are refused by the policy (policy.c) in any
-             * case. */
+        if (rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_GENERAL_ERROR) {
+            /* Without CKA_COPYABLE (the last), which a 2.20 token
+             * (opencryptoki 3.8) does not know (CKR_ATTRIBUTE_TYPE_INVALID)
+             * and NSS softoken 3.87 fails on when FALSE (CKR_GENERAL_ERROR,
+             * a key pair without it works): copies are refused by the
+             * policy (policy.c) in any case.  Neither token leaves half a
+             * key pair behind; the checks below would refuse it if one did. */
             rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv - 1, &k->pub, &k->priv);
         }
         if (rv != CKR_OK) {
@@ -695,26 +698,19 @@ out:
     return rv;
 }
 
-/* A session output object (guardian-output:<name>) holding `value`. */
+/* A session output object (guardian-output:<name>) holding `value`: held by
+ * the module (module/cert_objects.c), not the backend, whose private CKO_DATA
+ * NSS softoken refuses (CKR_ATTRIBUTE_VALUE_INVALID); `be` is unused. */
 CK_RV guardian_output_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *name, const uint8_t *value,
                              size_t len, CK_OBJECT_HANDLE *out)
 {
-    CK_OBJECT_CLASS cls = CKO_DATA;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     char label[96];
     CK_RV rv;
+    (void)be;
     snprintf(label, sizeof(label), "%s%s", GUARDIAN_OUTPUT_PREFIX, name);
-    {
-        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},       {CKA_TOKEN, &no, sizeof(no)},
-                            {CKA_PRIVATE, &yes, sizeof(yes)},     {CKA_MODIFIABLE, &no, sizeof(no)},
-                            {CKA_LABEL, label, (CK_ULONG)strlen(label)},
-                            {CKA_VALUE, (void *)value, (CK_ULONG)len}};
-        rv = be->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), out);
-    }
+    rv = guardian_output_object_create(s, label, value, len, out);
     if (rv != CKR_OK)
         guardian_error("request", "cannot create the %s output object: %s", name, ckr(rv));
-    else
-        guardian_policy_forget(*out);
     return rv;
 }
 
