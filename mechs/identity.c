@@ -345,6 +345,21 @@ static void keys_free(struct keys *k)
  * reports): the module chooses every attribute, no caller does.  A key pair
  * that exists keeps its type; `explicit_type` asks for one, and a Guardian
  * whose keys are of another type refuses it. */
+CK_RV guardian_generate_key_pair(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_MECHANISM *gen, CK_ATTRIBUTE *pub_t,
+                                 CK_ULONG n_pub, CK_ATTRIBUTE *priv_t, CK_ULONG n_priv, CK_OBJECT_HANDLE *pub,
+                                 CK_OBJECT_HANDLE *priv)
+{
+    CK_RV rv = be->C_GenerateKeyPair(s, gen, pub_t, n_pub, priv_t, n_priv, pub, priv);
+    /* Without CKA_COPYABLE (the last), which a 2.20 token (opencryptoki 3.8)
+     * does not know (CKR_ATTRIBUTE_TYPE_INVALID) and NSS softoken 3.87 fails
+     * on when FALSE (CKR_GENERAL_ERROR; the same template without it works):
+     * the policy refuses copies in any case (policy.c). */
+    if ((rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_GENERAL_ERROR) && n_priv > 0 &&
+        priv_t[n_priv - 1].type == CKA_COPYABLE)
+        rv = be->C_GenerateKeyPair(s, gen, pub_t, n_pub, priv_t, n_priv - 1, pub, priv);
+    return rv;
+}
+
 static CK_RV ensure_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, enum key_role role, CK_ULONG type,
                         bool explicit_type, struct keys *k)
 {
@@ -384,16 +399,7 @@ static CK_RV ensure_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, enum key_role
         n_pub++;
     }
     if (k->priv == CK_INVALID_HANDLE && k->pub == CK_INVALID_HANDLE) {
-        rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv, &k->pub, &k->priv);
-        if (rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_GENERAL_ERROR) {
-            /* Without CKA_COPYABLE (the last), which a 2.20 token
-             * (opencryptoki 3.8) does not know (CKR_ATTRIBUTE_TYPE_INVALID)
-             * and NSS softoken 3.87 fails on when FALSE (CKR_GENERAL_ERROR,
-             * a key pair without it works): copies are refused by the
-             * policy (policy.c) in any case.  Neither token leaves half a
-             * key pair behind; the checks below would refuse it if one did. */
-            rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv - 1, &k->pub, &k->priv);
-        }
+        rv = guardian_generate_key_pair(be, s, &gen, pub_t, n_pub, priv_t, n_priv, &k->pub, &k->priv);
         if (rv != CKR_OK) {
             guardian_error("identity", "cannot generate the Guardian %s key pair (%s) in the backend: %s",
                            role == AGREEMENT ? "agreement" : "signing", type_name(type), ckr(rv));

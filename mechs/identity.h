@@ -37,6 +37,11 @@ extern const unsigned char guardian_sha256_digest_info[19];
 /* Sets `alg` to the signature algorithm guardian_identity_sign makes with
  * `signer`'s key: ecdsa-with-SHA256 or sha256WithRSAEncryption; 0 on failure. */
 int guardian_identity_sig_alg(X509_ALGOR *alg, const EVP_PKEY *signer);
+/* C_GenerateKeyPair, again without the private template's last attribute when
+ * it is CKA_COPYABLE and the token refuses it (identity.c says which tokens). */
+CK_RV guardian_generate_key_pair(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_MECHANISM *gen, CK_ATTRIBUTE *pub_t,
+                                 CK_ULONG n_pub, CK_ATTRIBUTE *priv_t, CK_ULONG n_priv, CK_OBJECT_HANDLE *pub,
+                                 CK_OBJECT_HANDLE *priv);
 /* A request's output: a session CKO_DATA object labelled
  * "guardian-output:<name>" holding `value`, which the caller reads and destroys. */
 CK_RV guardian_output_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *name, const uint8_t *value,
