@@ -152,8 +152,14 @@ wrap() { # NAME [options]
     run "$name" "$W" create --guardian-cert out/guardian.pem --signer-key out/signer.key \
         --signer-cert out/signer.pem --ca-key out/ca.key --ca-cert out/ca.pem --ca-chain out/root.pem \
         --oem-id ACME --product-id TP --release 1 --units 10 --not-after +10 --data config=out/config.txt \
-        --secret-data bootkey=out/boot.secret --out "out/$name.gpk" "$@"
+        --secret-data bootkey=out/boot.secret --out "out/$name.gpk" "${EXTRA[@]}" "$@"
 }
+# NSS: an extra EC key travels too (NSS unwraps an EC PKCS#8 only with CKA_NSS_DB).
+EXTRA=()
+if [ "$KIND" = nss ]; then
+    key out/extra.key
+    EXTRA=(--extra-key attest=out/extra.key)
+fi
 wrap auto
 if [ "$RC" -eq 0 ] && grep -qF "the Guardian offers $STATES" out/auto; then
     pass "$KIND: A states $STATES"
@@ -191,6 +197,17 @@ if [ "${item_class#"$ITEM_CLASS"}" != "$item_class" ]; then
     pass "$KIND: the integrity item is a $ITEM_CLASS"
 else
     fail "$KIND: the integrity item is a $ITEM_CLASS" "its object: '$item_class'" out/objects
+fi
+if [ "$KIND" = nss ]; then
+    # The extra key and the confidential item, each in the token under the package's prefix.
+    for want in "Private Key Object; EC:guardian:ACME/TP/r1:attest" "Secret Key Object:guardian:ACME/TP/r1:bootkey"; do
+        got=$(awk -v l="${want#*:}" '/^[^ ]/ { head = $0 } $0 ~ "label: +" l "$" { print head; exit }' out/objects)
+        if [ "${got#"${want%%:*}"}" != "$got" ]; then
+            pass "$KIND: ${want#*:} is a ${want%%:*}"
+        else
+            fail "$KIND: ${want#*:} is a ${want%%:*}" "its object: '$got'" out/objects
+        fi
+    done
 fi
 if [ "$KIND" = softhsm-nodata ]; then
     usage=$(awk '/label: .*guardian:ACME\/TP\/r1:config/ { f = 1 } f && /Usage:/ { print; exit }' out/objects)
