@@ -376,10 +376,13 @@ CK_RV guardian_generate_key_pair(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_M
     bool decrypt_added = false;
     CK_RV rv = be->C_GenerateKeyPair(s, gen, pub_t, n_pub, priv_t, n_priv, pub, priv);
 
-    /* A 2.20 token (opencryptoki 3.8) knows no CKA_COPYABLE (the last of the
-     * private template): copies are refused by the policy (policy.c) in any
-     * case. */
-    if (rv == CKR_ATTRIBUTE_TYPE_INVALID && n_priv > 0 && priv_t[n_priv - 1].type == CKA_COPYABLE)
+    /* Without CKA_COPYABLE (the last of the private template), which a 2.20
+     * token (opencryptoki 3.8) does not know (CKR_ATTRIBUTE_TYPE_INVALID) and
+     * NSS softoken 3.87 fails on when FALSE (CKR_GENERAL_ERROR; the same
+     * template without it works): copies are refused by the policy (policy.c)
+     * in any case. */
+    if ((rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_GENERAL_ERROR) && n_priv > 0 &&
+        priv_t[n_priv - 1].type == CKA_COPYABLE)
         rv = be->C_GenerateKeyPair(s, gen, pub_t, n_pub, priv_t, --n_priv, pub, priv);
     if (rv != CKR_OK && !not_now(rv) && n_pub <= sizeof(pub_min) / sizeof(pub_min[0])) {
         /* Refused as a template: tpm2-pkcs11 1.9 ties each public usage to a
@@ -793,26 +796,19 @@ out:
     return rv;
 }
 
-/* A session output object (guardian-output:<name>) holding `value`. */
+/* A session output object (guardian-output:<name>) holding `value`: held by
+ * the module (module/cert_objects.c), not the backend, whose private CKO_DATA
+ * NSS softoken refuses (CKR_ATTRIBUTE_VALUE_INVALID); `be` is unused. */
 CK_RV guardian_output_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *name, const uint8_t *value,
                              size_t len, CK_OBJECT_HANDLE *out)
 {
-    CK_OBJECT_CLASS cls = CKO_DATA;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     char label[96];
     CK_RV rv;
+    (void)be;
     snprintf(label, sizeof(label), "%s%s", GUARDIAN_OUTPUT_PREFIX, name);
-    {
-        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},       {CKA_TOKEN, &no, sizeof(no)},
-                            {CKA_PRIVATE, &yes, sizeof(yes)},     {CKA_MODIFIABLE, &no, sizeof(no)},
-                            {CKA_LABEL, label, (CK_ULONG)strlen(label)},
-                            {CKA_VALUE, (void *)value, (CK_ULONG)len}};
-        rv = be->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), out);
-    }
+    rv = guardian_output_object_create(s, label, value, len, out);
     if (rv != CKR_OK)
         guardian_error("request", "cannot create the %s output object: %s", name, ckr(rv));
-    else
-        guardian_policy_forget(*out);
     return rv;
 }
 
