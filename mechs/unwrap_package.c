@@ -797,6 +797,24 @@ static int same_public_key(struct import *im, CK_OBJECT_HANDLE pub, EVP_PKEY *wa
     return ok;
 }
 
+/* Does the token hold a certificate with exactly this DER (CKA_VALUE)? */
+static bool token_has_certificate(struct import *im, const unsigned char *der, CK_ULONG len)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, sizeof(yes)},
+                        {CKA_VALUE, (void *)der, len}};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG n = 0;
+
+    if (im->be->C_FindObjectsInit(im->session, t, sizeof(t) / sizeof(t[0])) != CKR_OK)
+        return false;
+    if (im->be->C_FindObjects(im->session, &h, 1, &n) != CKR_OK)
+        n = 0;
+    im->be->C_FindObjectsFinal(im->session);
+    return n == 1;
+}
+
 /* Version 2: the production CA key is the Guardian's own, made by
  * CKG_GUARDIAN_REQ_CA_KEY for this OEM and product: the key pair with CKA_ID
  * the package ID and label "guardian:OEM/PRODUCT:ca-key" whose public key is
@@ -967,7 +985,19 @@ static CK_RV create_certificate(struct import *im, X509 *x, int index)
             rv = im->be->C_CreateObject(im->session, t, sizeof(t) / sizeof(t[0]) - 1, &h);
         if (rv == CKR_OK)
             rv = track(im, h);
-        else
+        else if (index > 0 && token_has_certificate(im, der, (CK_ULONG)der_len)) {
+            /* NSS softoken keeps one copy of a certificate (CKR_GENERAL_ERROR
+             * for the same one again): the enrolled root's listing
+             * certificate, or an earlier release's chain.  A chain
+             * certificate in the token is the package's record only (the
+             * chain was verified from the package's bytes against the
+             * enrolled roots), so the one there serves; it is not this
+             * import's, so a failed import leaves it. */
+            guardian_info("unwrap", "certificate %d of the chain is in the token already (%s for another copy): "
+                                    "not stored twice",
+                          index, ckr(rv));
+            rv = CKR_OK;
+        } else
             guardian_error("unwrap", "cannot create certificate object %d: %s", index, ckr(rv));
     }
     OPENSSL_free(der);
