@@ -582,8 +582,8 @@ static CK_RV reserve(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct gua
          * again. */
         for (uint64_t u = *first; u < *first + *got; u++)
             guardian_store_release(st, is->cb.oem_id, is->cb.product_id, u);
-        if (rv != CKR_GUARDIAN_STATE_ROLLBACK)
-            rv = CKR_GUARDIAN_STORE_FAILED;
+        if (rv != CKR_GUARDIAN_STATE_ROLLBACK && rv != CKR_GUARDIAN_STORE_UNREACHABLE)
+            rv = CKR_GUARDIAN_STORE_FAILED; /* (a state server gone stays what it is: the line resumes) */
     }
     return rv;
 }

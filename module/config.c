@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -85,7 +86,37 @@ static const struct path_key {
     {"state_dir", offsetof(struct guardian_config, state_dir), 1u << 3},
     {"backend_pin_file", offsetof(struct guardian_config, backend_pin_file), 1u << 4},
     {"backend_so_pin_file", offsetof(struct guardian_config, backend_so_pin_file), 1u << 5},
+    {"store_password_file", offsetof(struct guardian_config, store_password_file), 1u << 6},
 };
+enum { SEEN_STORE = 1u << 7 };
+
+/* Whether a libpq connection string names a password (keyword password= or
+ * passfile=, or a URI's user:password@): refused, the password goes in
+ * store_password_file.  The engine checks again with libpq's own parser. */
+static bool conninfo_has_password(const char *v, size_t len)
+{
+    static const char *const keys[] = {"password", "passfile"};
+    const char *at, *colon;
+
+    for (size_t i = 0; i < len; i++)
+        for (size_t k = 0; k < 2; k++) {
+            size_t n = strlen(keys[k]), j = i + n;
+            if (len - i < n || strncasecmp(v + i, keys[k], n) != 0)
+                continue;
+            while (j < len && is_space(v[j]))
+                j++;
+            if (j < len && v[j] == '=')
+                return true;
+        }
+    if ((len >= 13 && strncmp(v, "postgresql://", 13) == 0) || (len >= 11 && strncmp(v, "postgres://", 11) == 0)) {
+        const char *auth = strstr(v, "//") + 2;
+        at = memchr(auth, '@', len - (size_t)(auth - v));
+        colon = at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon != NULL)
+            return true;
+    }
+    return false;
+}
 
 bool guardian_config_parse(const char *text, size_t len, const char *origin, struct guardian_config *cfg,
                            char *err, size_t errlen)
@@ -104,6 +135,9 @@ bool guardian_config_parse(const char *text, size_t len, const char *origin, str
     memset(cfg->backend_pin_file, 0, sizeof(cfg->backend_pin_file));
     memset(cfg->backend_so_pin_file, 0, sizeof(cfg->backend_so_pin_file));
     memset(cfg->backend_init_args, 0, sizeof(cfg->backend_init_args));
+    memset(cfg->store_conninfo, 0, sizeof(cfg->store_conninfo));
+    memset(cfg->store_password_file, 0, sizeof(cfg->store_password_file));
+    cfg->store_engine = 0;
     cfg->log_level = -1;
     cfg->pin_kdf_n = GUARDIAN_PIN_KDF_N_DEFAULT;
 
@@ -230,13 +264,61 @@ bool guardian_config_parse(const char *text, size_t len, const char *origin, str
             snprintf(where, sizeof(where), "%s:%u: 'backend_init_args'", origin, lineno);
             if (!take_init_args(cfg->backend_init_args, text + vstart, vend - vstart, where, err, errlen))
                 return false;
+        } else if (strcmp(key, "store") == 0) {
+            size_t n = vend - vstart;
+            if (seen & SEEN_STORE) {
+                set_err(err, errlen, "%s:%u: 'store' is set twice", origin, lineno);
+                return false;
+            }
+            if (n == 6 && strncmp(text + vstart, "sqlite", 6) == 0)
+                cfg->store_engine = 0;
+            else if (n == 10 && strncmp(text + vstart, "postgresql", 10) == 0)
+                cfg->store_engine = 1;
+            else {
+                set_err(err, errlen, "%s:%u: invalid store '%.*s' (use sqlite or postgresql)", origin, lineno,
+                        (int)(n > 32 ? 32 : n), text + vstart);
+                return false;
+            }
+            seen |= SEEN_STORE;
+        } else if (strcmp(key, "store_conninfo") == 0) {
+            size_t n = vend - vstart;
+            if (cfg->store_conninfo[0] != '\0') {
+                set_err(err, errlen, "%s:%u: 'store_conninfo' is set twice", origin, lineno);
+                return false;
+            }
+            if (n > GUARDIAN_STORE_CONNINFO_MAX) {
+                set_err(err, errlen, "%s:%u: 'store_conninfo' is longer than %d bytes", origin, lineno,
+                        GUARDIAN_STORE_CONNINFO_MAX);
+                return false;
+            }
+            if (conninfo_has_password(text + vstart, n)) {
+                /* the value is not repeated: it holds a password */
+                set_err(err, errlen,
+                        "%s:%u: 'store_conninfo' holds a password: refused; put the password alone in a file "
+                        "only the service's user can read and name it with store_password_file",
+                        origin, lineno);
+                return false;
+            }
+            memcpy(cfg->store_conninfo, text + vstart, n);
+            cfg->store_conninfo[n] = '\0';
         } else {
             set_err(err, errlen,
                     "%s:%u: unknown key '%s' (known: backend, state_dir, log_level, backend_pin_file, "
-                    "backend_so_pin_file, pin_kdf_cost, backend_init_args)",
+                    "backend_so_pin_file, pin_kdf_cost, backend_init_args, store, store_conninfo, "
+                    "store_password_file)",
                     origin, lineno, key);
             return false;
         }
+    }
+    if (cfg->store_engine == 1 && cfg->store_conninfo[0] == '\0') {
+        set_err(err, errlen, "%s: 'store = postgresql' needs store_conninfo (a libpq connection string: "
+                             "host=... port=... dbname=... user=...)",
+                origin);
+        return false;
+    }
+    if (cfg->store_engine != 1 && (cfg->store_conninfo[0] != '\0' || cfg->store_password_file[0] != '\0')) {
+        set_err(err, errlen, "%s: store_conninfo and store_password_file are for 'store = postgresql'", origin);
+        return false;
     }
     return true;
 }

@@ -188,6 +188,24 @@ bad:
     return CKR_GUARDIAN_CONFIG_INVALID;
 }
 
+CK_RV guardian_secret_file_read(const char *path, const char *key, char buf[256], size_t *len)
+{
+    unsigned char b[PIN_FILE_MAX + 1];
+    CK_RV rv = pin_file_read(path, key, b, len);
+
+    if (rv == CKR_OK) {
+        if (memchr(b, '\0', *len) != NULL) {
+            guardian_error("config", "%s %s holds a NUL byte: refused", key, path);
+            rv = CKR_GUARDIAN_CONFIG_INVALID;
+        } else {
+            memcpy(buf, b, *len);
+            buf[*len] = '\0';
+        }
+    }
+    OPENSSL_cleanse(b, sizeof(b));
+    return rv;
+}
+
 CK_RV guardian_credentials_check_config(const struct guardian_config *cfg)
 {
     unsigned char pin[PIN_FILE_MAX + 1];

@@ -91,6 +91,7 @@ const char *guardian_ckr_name(CK_RV rv);
 
 #define GUARDIAN_CONF_MAX_BYTES (64 * 1024)
 #define GUARDIAN_BACKEND_INIT_ARGS_MAX 1024
+#define GUARDIAN_STORE_CONNINFO_MAX 1024
 
 struct guardian_config {
     char source[PATH_MAX];    /* the file read, or "" when none was */
@@ -106,6 +107,13 @@ struct guardian_config {
     /* Passed as pReserved of the backend's C_Initialize ("" = NULL): NSS
      * softoken's "configdir='sql:…' …" string (docs/configuration.md). */
     char backend_init_args[GUARDIAN_BACKEND_INIT_ARGS_MAX + 1];
+    /* The store's engine (docs/configuration.md, `store`): 0 SQLite in
+     * state_dir (the default), 1 PostgreSQL at store_conninfo (a libpq
+     * connection string without a password) with the password in
+     * store_password_file (the backend_pin_file rules). */
+    int store_engine;
+    char store_conninfo[GUARDIAN_STORE_CONNINFO_MAX + 1];
+    char store_password_file[PATH_MAX];
     /* Set when guardian_config_load failed because nothing configures the
      * module: no file at the default path, no GUARDIAN_CONF, no
      * GUARDIAN_BACKEND (C_Initialize: CKR_GUARDIAN_NOT_CONFIGURED, quietly). */
@@ -418,6 +426,11 @@ bool guardian_service_mode(void);
 /* C_Initialize: the PIN files the configuration names are usable (one log
  * line and CKR_GUARDIAN_CONFIG_INVALID otherwise). */
 CK_RV guardian_credentials_check_config(const struct guardian_config *cfg);
+/* A secret in a file with backend_pin_file's rules (this user's regular
+ * file, mode 0600 or 0400, 1..255 bytes, one trailing newline dropped), `key`
+ * naming the setting in the log line; NUL-terminated in buf (cleanse it).
+ * CKR_GUARDIAN_CONFIG_INVALID otherwise. */
+CK_RV guardian_secret_file_read(const char *path, const char *key, char buf[256], size_t *len);
 /* Forget every login (C_Initialize, C_Finalize) / in a fork child. */
 void guardian_credentials_reset(void);
 void guardian_credentials_atfork_child(void);

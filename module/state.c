@@ -29,6 +29,8 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "module.h"
 #include "registry.h"
 #include "store.h"
@@ -193,6 +195,28 @@ static CK_RV check_init_args(const CK_C_INITIALIZE_ARGS *args)
     return CKR_OK;
 }
 
+/* At C_Initialize, as for the PIN files: store = postgresql in a build
+ * without it, or a store_password_file that breaks the rules, is refused
+ * with CKR_GUARDIAN_CONFIG_INVALID before anything runs. */
+static CK_RV store_check_config(const struct guardian_config *cfg)
+{
+    char password[256];
+    size_t len = 0;
+    CK_RV rv = CKR_OK;
+
+    if (cfg->store_engine != 1)
+        return CKR_OK;
+    if (!guardian_store_engine_available(GUARDIAN_STORE_ENGINE_POSTGRESQL)) {
+        guardian_error("config", "%s: store = postgresql, but this module was built without libpq",
+                       cfg->source[0] != '\0' ? cfg->source : "configuration");
+        return CKR_GUARDIAN_CONFIG_INVALID;
+    }
+    if (cfg->store_password_file[0] != '\0')
+        rv = guardian_secret_file_read(cfg->store_password_file, "store_password_file", password, &len);
+    OPENSSL_cleanse(password, sizeof(password));
+    return rv;
+}
+
 CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
 {
     CK_C_INITIALIZE_ARGS *args = init_args;
@@ -211,6 +235,8 @@ CK_RV guardian_state_initialize(CK_VOID_PTR init_args)
     rv = load_locked(false);
     if (rv == CKR_OK)
         rv = guardian_credentials_check_config(&config);
+    if (rv == CKR_OK)
+        rv = store_check_config(&config);
     if (rv != CKR_OK)
         goto out;
 
@@ -377,6 +403,31 @@ static CK_RV state_dir_usable(const char *dir)
  * but a state directory that was set (not the default) and is missing is
  * said once: a product list that is empty for that reason must not look
  * like a Guardian without products. */
+/* The store of the configuration: SQLite in state_dir, or PostgreSQL at
+ * store_conninfo with the password read from store_password_file now (a
+ * password changed in the file counts from the next open). */
+static CK_RV state_store_open(struct guardian_store **out)
+{
+    struct guardian_store_options opt = {GUARDIAN_STORE_ENGINE_SQLITE, NULL, NULL};
+    char password[256];
+    size_t len = 0;
+    CK_RV rv;
+
+    if (config.store_engine != 1)
+        return guardian_store_open(config.state_dir, out);
+    opt.engine = GUARDIAN_STORE_ENGINE_POSTGRESQL;
+    opt.conninfo = config.store_conninfo;
+    if (config.store_password_file[0] != '\0') {
+        rv = guardian_secret_file_read(config.store_password_file, "store_password_file", password, &len);
+        if (rv != CKR_OK)
+            return rv;
+        opt.password = password;
+    }
+    rv = guardian_store_open_options(config.state_dir, &opt, out);
+    OPENSSL_cleanse(password, sizeof(password));
+    return rv;
+}
+
 static CK_RV state_store(struct guardian_store **out, bool quiet)
 {
     struct stat st_dir;
@@ -417,7 +468,7 @@ static CK_RV state_store(struct guardian_store **out, bool quiet)
         }
         if (!quiet && (rv = state_dir_usable(config.state_dir)) != CKR_OK)
             goto out;
-        rv = guardian_store_open(config.state_dir, &store);
+        rv = state_store_open(&store);
         if (rv != CKR_OK) {
             char origin[PATH_MAX + 32];
             if (!quiet)

@@ -2,7 +2,7 @@
  * engine_sqlite.c — the store's database engine: SQLite.  The only file of
  * store/ that includes <sqlite3.h>; the concerns reach the database through
  * store_internal.h's engine interface (named statements, stmt_step and the
- * column readers, tx_begin/tx_end), which a second engine would implement.
+ * column readers, sq_tx_begin/sq_tx_end), which a second engine would implement.
  *
  * What is here: the connection's configuration (busy timeout, defensive mode,
  * foreign keys, page size, WAL, checkpoint interval, the two durabilities),
@@ -23,19 +23,26 @@
 
 _Static_assert(sizeof(store_int) == sizeof(sqlite3_int64), "store_int is SQLite's integer");
 
+/* A statement as the concerns hold it: its engine first (engine.c). */
+struct store_stmt {
+    const struct engine_ops *ops;
+    sqlite3_stmt *q;
+};
+
 struct store_db {
     sqlite3 *db;
+    struct store_stmt w[S_COUNT]; /* the handles of stmt[] */
+    struct store_stmt rw;         /* the handle of rdb_device_get */
     sqlite3_stmt *stmt[S_COUNT];
     bool sync_full; /* the connection's synchronous setting is FULL */
     /* The second, read-only connection (file-backed stores) and its one
-     * statement, S_DEVICE_GET (store_internal.h, reader_device_get). */
+     * statement, S_DEVICE_GET (store_internal.h, sq_reader_device_get). */
     sqlite3 *rdb;
     sqlite3_stmt *rdb_device_get;
 };
 
 /* The statement behind the opaque handle. */
-#define SQ(s) ((sqlite3_stmt *)(void *)(s))
-#define STMT(s) ((struct store_stmt *)(void *)(s))
+#define SQ(s) ((s)->q)
 
 /* Two durabilities, chosen per transaction (docs/audit-format.md, "Durability"):
  *  - FULL for everything that makes units spendable or records what the OEM
@@ -528,11 +535,20 @@ static CK_RV stmt_get(struct guardian_store *st, enum stmt_id id, sqlite3_stmt *
 }
 
 /* store_internal.h */
-void stmt_done(struct store_stmt *s)
+static void sq_stmt_done(struct store_stmt *s)
 {
-    if (s != NULL) {
+    if (s != NULL && SQ(s) != NULL) {
         sqlite3_reset(SQ(s));
         sqlite3_clear_bindings(SQ(s));
+    }
+}
+
+/* The same, on a statement of this file. */
+static void sq_reset(sqlite3_stmt *q)
+{
+    if (q != NULL) {
+        sqlite3_reset(q);
+        sqlite3_clear_bindings(q);
     }
 }
 
@@ -551,7 +567,7 @@ static CK_RV stmt_run(struct guardian_store *st, enum stmt_id id, const char *wh
     while (rc == SQLITE_ROW);
     rv = map_sqlite(st, rc, what);
 out:
-    stmt_done(STMT(s));
+    sq_reset(s);
     return rv;
 }
 
@@ -605,21 +621,19 @@ static int bind_all(sqlite3_stmt *s, const char *types, ...)
 }
 
 /* store_internal.h */
-CK_RV stmt_step(struct guardian_store *st, enum stmt_id id, struct store_stmt **s, bool *row, const char *what,
-                const char *types, ...)
+static CK_RV sq_stmt_step(struct guardian_store *st, enum stmt_id id, struct store_stmt **s, bool *row,
+                          const char *what, const char *types, va_list ap)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     sqlite3_stmt *q = NULL;
-    va_list ap;
     int rc;
 
     rv = stmt_get(st, id, &q);
-    *s = STMT(q);
+    st->db->w[id].q = q;
+    *s = q != NULL ? &st->db->w[id] : NULL;
     if (rv != CKR_OK)
         goto out;
-    va_start(ap, types);
     rc = bind_va(q, types, ap);
-    va_end(ap);
     if (rc == SQLITE_OK)
         rc = sqlite3_step(q);
     if (rc != SQLITE_DONE && (row == NULL || rc != SQLITE_ROW)) {
@@ -634,7 +648,7 @@ out:
 }
 
 /* store_internal.h */
-CK_RV stmt_next(struct guardian_store *st, struct store_stmt *s, bool *row, const char *what)
+static CK_RV sq_stmt_next(struct guardian_store *st, struct store_stmt *s, bool *row, const char *what)
 {
     int rc = sqlite3_step(SQ(s));
 
@@ -642,12 +656,12 @@ CK_RV stmt_next(struct guardian_store *st, struct store_stmt *s, bool *row, cons
     return *row ? CKR_OK : map_sqlite(st, rc, what);
 }
 
-int store_changes(struct guardian_store *st)
+static int sq_changes(struct guardian_store *st)
 {
     return sqlite3_changes(st->db->db);
 }
 
-store_int store_last_insert_id(struct guardian_store *st)
+static store_int sq_last_insert_id(struct guardian_store *st)
 {
     return sqlite3_last_insert_rowid(st->db->db);
 }
@@ -656,7 +670,7 @@ store_int store_last_insert_id(struct guardian_store *st)
 
 /* BEGIN IMMEDIATE, with the durability the transaction's COMMIT needs (see
  * GUARDIAN_STORE_SYNCHRONOUS above); the pragma runs only when it changes. */
-CK_RV tx_begin(struct guardian_store *st, bool durable)
+static CK_RV sq_tx_begin(struct guardian_store *st, bool durable)
 {
     if (st->db->sync_full != durable) {
         CK_RV rv = stmt_run(st, durable ? S_SYNC_FULL : S_SYNC_NORMAL, "set synchronous");
@@ -668,7 +682,7 @@ CK_RV tx_begin(struct guardian_store *st, bool durable)
 }
 
 /* Commit when rv is CKR_OK, roll back otherwise; returns the outcome. */
-CK_RV tx_end(struct guardian_store *st, CK_RV rv)
+static CK_RV sq_tx_end(struct guardian_store *st, CK_RV rv)
 {
     if (rv == CKR_OK) {
         rv = stmt_run(st, S_COMMIT, "commit");
@@ -683,7 +697,7 @@ CK_RV tx_end(struct guardian_store *st, CK_RV rv)
 
 /* ---- reading columns ------------------------------------------------------------- */
 
-bool column_id(struct store_stmt *s, int col, char out[GUARDIAN_ID_MAX + 1])
+static bool sq_column_id(struct store_stmt *s, int col, char out[GUARDIAN_ID_MAX + 1])
 {
     const unsigned char *text = sqlite3_column_text(SQ(s), col);
     int n = sqlite3_column_bytes(SQ(s), col);
@@ -696,7 +710,7 @@ bool column_id(struct store_stmt *s, int col, char out[GUARDIAN_ID_MAX + 1])
 }
 
 /* An operator's name (TEXT, guardian_operator_name_ok, "" allowed). */
-bool column_operator(struct store_stmt *s, int col, char out[GUARDIAN_OPERATOR_MAX + 1])
+static bool sq_column_operator(struct store_stmt *s, int col, char out[GUARDIAN_OPERATOR_MAX + 1])
 {
     const unsigned char *text = sqlite3_column_text(SQ(s), col);
     int n = sqlite3_column_bytes(SQ(s), col);
@@ -710,7 +724,7 @@ bool column_operator(struct store_stmt *s, int col, char out[GUARDIAN_OPERATOR_M
 }
 
 /* A BLOB of 0..max bytes; the length goes to *len. */
-bool column_blob(struct store_stmt *s, int col, void *out, size_t max, size_t *len)
+static bool sq_column_blob(struct store_stmt *s, int col, void *out, size_t max, size_t *len)
 {
     const void *blob;
     int n;
@@ -727,15 +741,9 @@ bool column_blob(struct store_stmt *s, int col, void *out, size_t max, size_t *l
     return true;
 }
 
-bool column_blob_exact(struct store_stmt *s, int col, void *out, size_t len)
-{
-    size_t got = 0;
-    return column_blob(s, col, out, len, &got) && got == len;
-}
-
 /* A copy of a BLOB column in a fresh malloc'd buffer; *out NULL and *len 0
  * when the column is NULL or empty.  CKR_HOST_MEMORY if the copy fails. */
-CK_RV column_blob_dup(struct store_stmt *s, int col, uint8_t **out, size_t *len)
+static CK_RV sq_column_blob_dup(struct store_stmt *s, int col, uint8_t **out, size_t *len)
 {
     const void *blob = sqlite3_column_blob(SQ(s), col);
     int n = sqlite3_column_bytes(SQ(s), col);
@@ -752,7 +760,7 @@ CK_RV column_blob_dup(struct store_stmt *s, int col, uint8_t **out, size_t *len)
     return CKR_OK;
 }
 
-bool column_uint(struct store_stmt *s, int col, uint64_t max, uint64_t *out)
+static bool sq_column_uint(struct store_stmt *s, int col, uint64_t max, uint64_t *out)
 {
     sqlite3_int64 v;
 
@@ -766,22 +774,22 @@ bool column_uint(struct store_stmt *s, int col, uint64_t max, uint64_t *out)
 }
 
 /* store_internal.h */
-bool col_is_null(struct store_stmt *s, int col)
+static bool sq_col_is_null(struct store_stmt *s, int col)
 {
     return sqlite3_column_type(SQ(s), col) == SQLITE_NULL;
 }
 
-bool col_is_int(struct store_stmt *s, int col)
+static bool sq_col_is_int(struct store_stmt *s, int col)
 {
     return sqlite3_column_type(SQ(s), col) == SQLITE_INTEGER;
 }
 
-store_int col_int(struct store_stmt *s, int col)
+static store_int sq_col_int(struct store_stmt *s, int col)
 {
     return sqlite3_column_int64(SQ(s), col);
 }
 
-const char *col_text(struct store_stmt *s, int col)
+static const char *sq_col_text(struct store_stmt *s, int col)
 {
     return (const char *)sqlite3_column_text(SQ(s), col);
 }
@@ -805,7 +813,7 @@ static CK_RV read_user_version(struct guardian_store *st, int *version)
     *version = sqlite3_column_int(s, 0);
     rv = CKR_OK;
 out:
-    stmt_done(STMT(s));
+    sq_reset(s);
     return rv;
 }
 
@@ -823,7 +831,7 @@ static CK_RV migrate(struct guardian_store *st)
     if (rv != CKR_OK || version == STORE_SCHEMA_VERSION)
         goto out;
 
-    rv = tx_begin(st, true);
+    rv = sq_tx_begin(st, true);
     if (rv != CKR_OK)
         goto out;
     in_tx = true;
@@ -855,7 +863,7 @@ static CK_RV migrate(struct guardian_store *st)
     rv = CKR_OK;
 out:
     if (in_tx)
-        rv = tx_end(st, rv);
+        rv = sq_tx_end(st, rv);
     return rv;
 }
 
@@ -904,7 +912,7 @@ out:
 
 /* ---- open and close ---------------------------------------------------------------- */
 
-bool engine_usable(void)
+static bool sq_usable(void)
 {
     if (sqlite3_threadsafe())
         return true;
@@ -913,7 +921,7 @@ bool engine_usable(void)
 }
 
 /* store_internal.h */
-CK_RV engine_open(struct guardian_store *st, const char *path, bool memory)
+static CK_RV sq_open(struct guardian_store *st, const char *path, bool memory)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     int fk = 0, rc;
@@ -921,6 +929,9 @@ CK_RV engine_open(struct guardian_store *st, const char *path, bool memory)
     st->db = calloc(1, sizeof(*st->db));
     if (st->db == NULL)
         return CKR_HOST_MEMORY;
+    for (int i = 0; i < S_COUNT; i++)
+        st->db->w[i].ops = &engine_sqlite_ops;
+    st->db->rw.ops = &engine_sqlite_ops;
     rc = sqlite3_open_v2(path, &st->db->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX |
                              (memory ? SQLITE_OPEN_MEMORY : SQLITE_OPEN_NOFOLLOW),
@@ -970,7 +981,7 @@ out:
 }
 
 /* store_internal.h: the device lookups' read-only connection. */
-CK_RV engine_reader_open(struct guardian_store *st, const char *path)
+static CK_RV sq_reader_open(struct guardian_store *st, const char *path)
 {
     int rc = sqlite3_open_v2(path, &st->db->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW,
                              NULL);
@@ -990,7 +1001,7 @@ CK_RV engine_reader_open(struct guardian_store *st, const char *path)
 }
 
 /* store_internal.h */
-void engine_close(struct guardian_store *st)
+static void sq_close(struct guardian_store *st)
 {
     struct store_db *d = st->db;
 
@@ -1009,13 +1020,13 @@ void engine_close(struct guardian_store *st)
 
 /* ---- the read-only connection -------------------------------------------------------- */
 
-bool engine_has_reader(const struct guardian_store *st)
+static bool sq_has_reader(const struct guardian_store *st)
 {
     return st->db->rdb != NULL;
 }
 
 /* store_internal.h */
-CK_RV reader_device_get(struct guardian_store *st, struct store_stmt **s, bool *found, const char *oem_id,
+static CK_RV sq_reader_device_get(struct guardian_store *st, struct store_stmt **s, bool *found, const char *oem_id,
                         const char *product_id, const uint8_t *device_id, size_t device_id_len)
 {
     sqlite3_stmt *q;
@@ -1023,7 +1034,8 @@ CK_RV reader_device_get(struct guardian_store *st, struct store_stmt **s, bool *
 
     pthread_mutex_lock(&st->read_lock);
     q = st->db->rdb_device_get;
-    *s = STMT(q);
+    st->db->rw.q = q;
+    *s = &st->db->rw;
     rc = bind_all(q, "ttb", oem_id, product_id, device_id, (int)device_id_len);
     if (rc == SQLITE_OK)
         rc = sqlite3_step(q);
@@ -1035,8 +1047,35 @@ CK_RV reader_device_get(struct guardian_store *st, struct store_stmt **s, bool *
     return CKR_GUARDIAN_STORE_FAILED;
 }
 
-void reader_done(struct guardian_store *st, struct store_stmt *s)
+static void sq_reader_done(struct guardian_store *st, struct store_stmt *s)
 {
-    stmt_done(s);
+    sq_stmt_done(s);
     pthread_mutex_unlock(&st->read_lock);
 }
+
+const struct engine_ops engine_sqlite_ops = {
+    .name = "sqlite",
+    .usable = sq_usable,
+    .open = sq_open,
+    .reader_open = sq_reader_open,
+    .close = sq_close,
+    .tx_begin = sq_tx_begin,
+    .tx_end = sq_tx_end,
+    .stmt_step = sq_stmt_step,
+    .stmt_next = sq_stmt_next,
+    .stmt_done = sq_stmt_done,
+    .changes = sq_changes,
+    .last_insert_id = sq_last_insert_id,
+    .column_id = sq_column_id,
+    .column_operator = sq_column_operator,
+    .column_blob = sq_column_blob,
+    .column_blob_dup = sq_column_blob_dup,
+    .column_uint = sq_column_uint,
+    .col_is_null = sq_col_is_null,
+    .col_is_int = sq_col_is_int,
+    .col_int = sq_col_int,
+    .col_text = sq_col_text,
+    .has_reader = sq_has_reader,
+    .reader_device_get = sq_reader_device_get,
+    .reader_done = sq_reader_done,
+};

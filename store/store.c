@@ -30,6 +30,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 /* Stores closed in a process that did not open them (after fork()): kept, not
  * freed, so that their memory stays reachable rather than leaked. */
 static struct guardian_store *abandoned;
@@ -165,18 +167,50 @@ static void store_free(struct guardian_store *st)
     if (st->anchor_lock_fd >= 0)
         close(st->anchor_lock_fd);
     free(st->journal_buf);
+    free(st->conninfo);
+    if (st->password != NULL) {
+        OPENSSL_cleanse(st->password, strlen(st->password));
+        free(st->password);
+    }
     free(st);
 }
 
-static CK_RV store_open_path(const char *path, const char *dir, struct guardian_store **out)
+/* The engine `opt` names; NULL when this build lacks it (logged). */
+static const struct engine_ops *engine_of(const struct guardian_store_options *opt)
+{
+    if (opt == NULL || opt->engine == GUARDIAN_STORE_ENGINE_SQLITE)
+        return &engine_sqlite_ops;
+#ifdef GUARDIAN_WITH_POSTGRESQL
+    if (opt->engine == GUARDIAN_STORE_ENGINE_POSTGRESQL)
+        return &engine_pg_ops;
+#endif
+    guardian_error(STORE_LOG, "store engine %d is not in this build (PostgreSQL needs libpq-dev at build time)",
+                   (int)opt->engine);
+    return NULL;
+}
+
+bool guardian_store_engine_available(enum guardian_store_engine engine)
+{
+#ifdef GUARDIAN_WITH_POSTGRESQL
+    if (engine == GUARDIAN_STORE_ENGINE_POSTGRESQL)
+        return true;
+#endif
+    return engine == GUARDIAN_STORE_ENGINE_SQLITE;
+}
+
+/* `memory`: no state directory (SQLite: an in-memory database; PostgreSQL:
+ * the server's, without issue journals). */
+static CK_RV store_open_path(const char *path, const char *dir, const struct guardian_store_options *opt,
+                             struct guardian_store **out)
 {
     const bool memory = dir == NULL;
+    const struct engine_ops *ops = engine_of(opt);
     CK_RV rv = CKR_GENERAL_ERROR;
     struct guardian_store *st = NULL;
     pthread_mutexattr_t attr;
     int rc;
 
-    if (!engine_usable()) {
+    if (ops == NULL || !ops->usable()) {
         rv = CKR_GUARDIAN_STORE_FAILED;
         goto out;
     }
@@ -184,6 +218,15 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
     if (st == NULL) {
         rv = CKR_HOST_MEMORY;
         goto out;
+    }
+    st->ops = ops;
+    if (ops != &engine_sqlite_ops) {
+        st->conninfo = strdup(opt->conninfo != NULL ? opt->conninfo : "");
+        st->password = opt->password != NULL ? strdup(opt->password) : NULL;
+        if (st->conninfo == NULL || (opt->password != NULL && st->password == NULL)) {
+            rv = CKR_HOST_MEMORY;
+            goto out;
+        }
     }
     st->pid = getpid();
     st->journal_fd = -1;
@@ -218,7 +261,9 @@ static CK_RV store_open_path(const char *path, const char *dir, struct guardian_
     if (!memory) {
         snprintf(st->dir, sizeof(st->dir), "%s", dir);
         rv = state_dir_open(dir, &st->dir_fd);
-        if (rv == CKR_OK)
+        /* SQLite's files; a server engine keeps only the journals and
+         * anchor.lock here. */
+        if (rv == CKR_OK && ops == &engine_sqlite_ops)
             rv = state_files_prepare(st);
         if (rv != CKR_OK)
             goto out;
@@ -250,13 +295,23 @@ out:
 
 CK_RV guardian_store_open(const char *dir, struct guardian_store **out)
 {
+    return guardian_store_open_options(dir, NULL, out);
+}
+
+CK_RV guardian_store_open_options(const char *dir, const struct guardian_store_options *opt,
+                                  struct guardian_store **out)
+{
     char path[PATH_MAX], clean[PATH_MAX];
     size_t len;
     int n;
 
-    if (dir == NULL || *dir == '\0' || out == NULL)
+    if (out == NULL)
         return CKR_ARGUMENTS_BAD;
     *out = NULL;
+    if (dir == NULL && opt != NULL && opt->engine != GUARDIAN_STORE_ENGINE_SQLITE)
+        return store_open_path(":server:", NULL, opt, out);
+    if (dir == NULL || *dir == '\0')
+        return CKR_ARGUMENTS_BAD;
     /* Without trailing slashes: "link/" would make lstat() and O_NOFOLLOW
      * look through a symbolic link. */
     len = strnlen(dir, sizeof(clean));
@@ -273,7 +328,7 @@ CK_RV guardian_store_open(const char *dir, struct guardian_store **out)
         guardian_error(STORE_LOG, "state directory path too long");
         return CKR_ARGUMENTS_BAD;
     }
-    return store_open_path(path, clean, out);
+    return store_open_path(path, clean, opt, out);
 }
 
 CK_RV guardian_store_open_memory(struct guardian_store **out)
@@ -281,7 +336,7 @@ CK_RV guardian_store_open_memory(struct guardian_store **out)
     if (out == NULL)
         return CKR_ARGUMENTS_BAD;
     *out = NULL;
-    return store_open_path(":memory:", NULL, out);
+    return store_open_path(":memory:", NULL, NULL, out);
 }
 
 /* The last fold of this process's journal: its holder row goes with it, so

@@ -72,6 +72,32 @@ struct guardian_store;
 CK_RV guardian_store_open(const char *dir, struct guardian_store **out);
 /* A private in-memory store, for unit tests. */
 CK_RV guardian_store_open_memory(struct guardian_store **out);
+
+/* The database engine of a store (docs/configuration.md, `store`). */
+enum guardian_store_engine {
+    GUARDIAN_STORE_ENGINE_SQLITE = 0,     /* <dir>/guardian.db (the default) */
+    GUARDIAN_STORE_ENGINE_POSTGRESQL = 1, /* a PostgreSQL 15 server shared by stations */
+};
+struct guardian_store_options {
+    enum guardian_store_engine engine;
+    /* PostgreSQL: a libpq connection string without a password ("host=/run/pg
+     * port=5432 dbname=guardian user=guardian"; one holding password= or
+     * passfile= is refused), and the role's password (NULL: none; copied,
+     * and cleansed at close). */
+    const char *conninfo;
+    const char *password;
+};
+/* guardian_store_open with the engine `opt` names (NULL: SQLite).  With
+ * PostgreSQL the state directory `dir` still holds this station's issue
+ * journals and anchor.lock; `dir` NULL opens a PostgreSQL store without one
+ * (no issue journal: every ISSUE is its own transaction; for tests).  A
+ * server that cannot be reached or refuses the login gives
+ * CKR_GUARDIAN_STORE_UNREACHABLE here and at any later call; the next call
+ * reconnects. */
+CK_RV guardian_store_open_options(const char *dir, const struct guardian_store_options *opt,
+                                  struct guardian_store **out);
+/* Whether this build has the PostgreSQL engine (GUARDIAN_WITH_POSTGRESQL). */
+bool guardian_store_engine_available(enum guardian_store_engine engine);
 void guardian_store_close(struct guardian_store *st);
 
 /* ---- package registry ------------------------------------------------------ */

@@ -21,6 +21,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -180,12 +181,55 @@ struct guardian_store {
      * store has none (its lookups use db under `lock`). */
     pthread_mutex_t read_lock;
     struct guardian_store *next_abandoned;
+    /* The engine (engine_ops) and, for a server engine, where the server is
+     * (a libpq connection string without a password) and the password read
+     * from store_password_file (cleansed at close); NULL for SQLite. */
+    const struct engine_ops *ops;
+    char *conninfo;
+    char *password;
 };
 
-/* ---- the engine (engine_sqlite.c) ------------------------------------------------ */
+/* ---- the engine (engine.c dispatches to engine_sqlite.c or engine_pg.c) ---------- */
 
-/* Whether the engine's library can serve several threads (checked first at open). */
-bool engine_usable(void);
+/* What an engine implements: the functions below, one for one (column_blob_exact
+ * is engine.c's, from column_blob; stmt_step takes a va_list).  A store's
+ * engine is st->ops, chosen at open (guardian_store_open_options); a
+ * statement's is its first member, so that the column readers, which take
+ * only the statement, reach it: every engine's struct store_stmt begins with
+ * `const struct engine_ops *ops`. */
+struct engine_ops {
+    const char *name;
+    bool (*usable)(void);
+    CK_RV (*open)(struct guardian_store *st, const char *path, bool memory);
+    CK_RV (*reader_open)(struct guardian_store *st, const char *path);
+    void (*close)(struct guardian_store *st);
+    CK_RV (*tx_begin)(struct guardian_store *st, bool durable);
+    CK_RV (*tx_end)(struct guardian_store *st, CK_RV rv);
+    CK_RV (*stmt_step)(struct guardian_store *st, enum stmt_id id, struct store_stmt **s, bool *row,
+                       const char *what, const char *types, va_list ap);
+    CK_RV (*stmt_next)(struct guardian_store *st, struct store_stmt *s, bool *row, const char *what);
+    void (*stmt_done)(struct store_stmt *s);
+    int (*changes)(struct guardian_store *st);
+    store_int (*last_insert_id)(struct guardian_store *st);
+    bool (*column_id)(struct store_stmt *s, int col, char out[GUARDIAN_ID_MAX + 1]);
+    bool (*column_operator)(struct store_stmt *s, int col, char out[GUARDIAN_OPERATOR_MAX + 1]);
+    bool (*column_blob)(struct store_stmt *s, int col, void *out, size_t max, size_t *len);
+    CK_RV (*column_blob_dup)(struct store_stmt *s, int col, uint8_t **out, size_t *len);
+    bool (*column_uint)(struct store_stmt *s, int col, uint64_t max, uint64_t *out);
+    bool (*col_is_null)(struct store_stmt *s, int col);
+    bool (*col_is_int)(struct store_stmt *s, int col);
+    store_int (*col_int)(struct store_stmt *s, int col);
+    const char *(*col_text)(struct store_stmt *s, int col);
+    bool (*has_reader)(const struct guardian_store *st);
+    CK_RV (*reader_device_get)(struct guardian_store *st, struct store_stmt **s, bool *found, const char *oem_id,
+                               const char *product_id, const uint8_t *device_id, size_t device_id_len);
+    void (*reader_done)(struct guardian_store *st, struct store_stmt *s);
+};
+extern const struct engine_ops engine_sqlite_ops;
+extern const struct engine_ops engine_pg_ops; /* GUARDIAN_WITH_POSTGRESQL builds only */
+
+/* Whether st's engine's library can serve several threads (checked first at open). */
+bool engine_usable(const struct guardian_store *st);
 /* Opens the database at `path` (":memory:" when `memory`), configures it
  * (for SQLite: busy timeout, defensive, foreign keys, 2 KiB pages, WAL,
  * synchronous FULL) and brings its schema to the current version, in one

@@ -364,5 +364,13 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKR_GUARDIAN_REQUEST_INVALID (CKR_GUARDIAN_BASE | 0x0040UL)
 /* The certificate offered as an OEM root is not a CA certificate. */
 #define CKR_GUARDIAN_ROOT_NOT_CA (CKR_GUARDIAN_BASE | 0x0041UL)
+/* 0x0042..0x0044: the state server (issue 12). */
+/* The state server (store = postgresql, docs/configuration.md) cannot be
+ * reached or refuses the connection: stopped, crashed, unreachable, starting
+ * up, too many clients, or the login refused (the log line names the server,
+ * never the password).  Nothing was granted by the call that failed; a
+ * reservation whose COMMIT was cut off stays counted, never granted twice.
+ * The next call reconnects: production resumes when the server is back. */
+#define CKR_GUARDIAN_STORE_UNREACHABLE (CKR_GUARDIAN_BASE | 0x0042UL)
 
 #endif /* GUARDIAN_PKCS11_H */

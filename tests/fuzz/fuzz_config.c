@@ -32,6 +32,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
          * the line it came from (so the backend gets exactly those bytes). */
         if (strnlen(cfg.backend_init_args, sizeof(cfg.backend_init_args)) > GUARDIAN_BACKEND_INIT_ARGS_MAX)
             __builtin_trap();
+        /* The store's keys: an engine named, a connection string only with
+         * PostgreSQL and never holding a password keyword, the password's
+         * file an absolute path. */
+        if (cfg.store_engine != 0 && cfg.store_engine != 1)
+            __builtin_trap();
+        if (strnlen(cfg.store_conninfo, sizeof(cfg.store_conninfo)) > GUARDIAN_STORE_CONNINFO_MAX ||
+            (cfg.store_engine == 1) != (cfg.store_conninfo[0] != '\0'))
+            __builtin_trap();
+        if (strstr(cfg.store_conninfo, "password=") != NULL || strstr(cfg.store_conninfo, "passfile=") != NULL)
+            __builtin_trap();
+        if (cfg.store_password_file[0] != '\0' && (cfg.store_password_file[0] != '/' || cfg.store_engine != 1))
+            __builtin_trap();
     } else if (memchr(err, '\0', sizeof(err)) == NULL || err[0] == '\0') {
         __builtin_trap(); /* every refusal says why */
     }

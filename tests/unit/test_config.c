@@ -165,6 +165,48 @@ static int env_setup(void **st)
     return 0;
 }
 
+/* store, store_conninfo, store_password_file (issue 12): the engine by name,
+ * a connection string without a password, the password's file by absolute
+ * path; a password in the string refused without repeating it. */
+static void test_store_keys(void **st)
+{
+    (void)st;
+    assert_true(parse("backend = /x.so\n"));
+    assert_int_equal(cfg.store_engine, 0);
+    assert_string_equal(cfg.store_conninfo, "");
+    assert_true(parse("store = sqlite\n"));
+    assert_int_equal(cfg.store_engine, 0);
+    assert_true(parse("store = postgresql\nstore_conninfo = host=/run/pg port=5432 dbname=g user=guardian\n"
+                      "store_password_file = /etc/guardian/pg.pass\n"));
+    assert_int_equal(cfg.store_engine, 1);
+    assert_string_equal(cfg.store_conninfo, "host=/run/pg port=5432 dbname=g user=guardian");
+    assert_string_equal(cfg.store_password_file, "/etc/guardian/pg.pass");
+    assert_true(parse("store = postgresql\nstore_conninfo = postgresql://guardian@db.example/guardian\n"));
+
+    assert_false(parse("store = postgresql\nstore_conninfo = host=/run/pg password=s3cret\n"));
+    assert_non_null(strstr(err, "'store_conninfo' holds a password: refused"));
+    assert_null(strstr(err, "s3cret"));
+    assert_false(parse("store = postgresql\nstore_conninfo = host=/run/pg PassWord = s3cret\n"));
+    assert_null(strstr(err, "s3cret"));
+    assert_false(parse("store = postgresql\nstore_conninfo = host=/run/pg passfile=/root/.pgpass\n"));
+    assert_false(parse("store = postgresql\nstore_conninfo = postgresql://guardian:s3cret@db/guardian\n"));
+    assert_null(strstr(err, "s3cret"));
+    assert_false(parse("store = postgresql\n"));
+    assert_string_equal(err, "test.conf: 'store = postgresql' needs store_conninfo (a libpq connection string: "
+                             "host=... port=... dbname=... user=...)");
+    assert_false(parse("store_conninfo = host=/run/pg\n"));
+    assert_string_equal(err, "test.conf: store_conninfo and store_password_file are for 'store = postgresql'");
+    assert_false(parse("store = sqlite\nstore_password_file = /p\n"));
+    assert_false(parse("store = postgresql\nstore_conninfo = host=/x\nstore_password_file = rel/p\n"));
+    assert_string_equal(err, "test.conf:3: 'store_password_file' must be an absolute path");
+    assert_false(parse("store = mysql\n"));
+    assert_string_equal(err, "test.conf:1: invalid store 'mysql' (use sqlite or postgresql)");
+    assert_false(parse("store = sqlite\nstore = postgresql\n"));
+    assert_string_equal(err, "test.conf:2: 'store' is set twice");
+    assert_false(parse("store = postgresql\nstore_conninfo = a\nstore_conninfo = b\n"));
+    assert_string_equal(err, "test.conf:3: 'store_conninfo' is set twice");
+}
+
 static void test_load_from_file_and_overrides(void **st)
 {
     (void)st;
@@ -265,6 +307,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_backend_init_args),
         cmocka_unit_test(test_log_levels),
+        cmocka_unit_test(test_store_keys),
         cmocka_unit_test_setup(test_load_from_file_and_overrides, env_setup),
         cmocka_unit_test_setup(test_load_errors, env_setup),
         cmocka_unit_test_setup(test_default_state_dir, env_setup),
