@@ -272,6 +272,13 @@ static CK_RV ledger_roots(struct import *im, X509_STORE *store, const char *toke
     return CKR_OK;
 }
 
+static CK_RV count_root_row(const struct guardian_root_row *r, void *ctx)
+{
+    (void)r;
+    ++*(size_t *)ctx;
+    return CKR_OK;
+}
+
 /* The enrolled OEM roots: trusted certificate objects that the module made at
  * enrolment (label "guardian-root:<oem ids>", enrol_root.c).  A trusted
  * certificate without that label was not enrolled through the Guardian (or
@@ -341,6 +348,19 @@ static CK_RV enrolled_roots(struct import *im, X509_STORE **out)
         }
     }
     if (added == 0) {
+        size_t in_ledger = 0;
+        /* Roots the Guardian SO enrolled in the ledger in service mode (on
+         * opencryptoki the only enrolment there is: nobody makes a trusted
+         * certificate) count only there: say so rather than "none". */
+        if (guardian_store_roots_each(im->st, count_root_row, &in_ledger) == CKR_OK && in_ledger > 0) {
+            guardian_error("unwrap", "refused: no OEM root is enrolled in this token, and the ledger's %zu, "
+                                     "enrolled by the Guardian's Security Officer, do not count here: that "
+                                     "enrolment holds only in service mode (backend_pin_file, without backend_so_pin_file; docs/service-mode.md, "
+                                     "docs/threat-model.md section 2)",
+                           in_ledger);
+            rv = CKR_GUARDIAN_OEM_NOT_ENROLLED;
+            goto out;
+        }
         guardian_error("unwrap", "no OEM root is enrolled in this Guardian (guardianctl enroll-oem --oem-id)%s",
                        unbound ? "; trusted certificates without OEM IDs (enrolled by an older version) do not "
                                  "count: remove and enrol them again"
