@@ -358,8 +358,13 @@ backend_start() {
         (umask 077 && printf '%s\n' "$BACKEND_USER_PIN" >"$work/conf/backend.pin")
         chmod 0400 "$work/conf/backend.pin"
         printf 'backend_pin_file = %s\n' "$work/conf/backend.pin" >>"$work/guardian.conf"
-        # NSS has no SO: no file, and the module says what that costs.
-        if [ -n "$BACKEND_SO_PIN" ]; then
+        # NSS has no SO: no file, and the module says what that costs. On a
+        # token that cannot be trusted to hold OEM roots (tpm2-pkcs11: its
+        # SO makes no object; opencryptoki: nobody makes a trusted
+        # certificate) the roots are the ledger's, which the Guardian SO
+        # writes as the backend's user: no backend_so_pin_file there
+        # (docs/service-mode.md, "Enrolment where the token cannot hold roots").
+        if [ -n "$BACKEND_SO_PIN" ] && [ "$kind" != opencryptoki ]; then
             (umask 077 && printf '%s\n' "$BACKEND_SO_PIN" >"$work/conf/backend-so.pin")
             chmod 0400 "$work/conf/backend-so.pin"
             printf 'backend_so_pin_file = %s\n' "$work/conf/backend-so.pin" >>"$work/guardian.conf"
@@ -582,8 +587,12 @@ key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"
 key "$oem/root.key"
 openssl req -new -x509 -key "$oem/root.key" -subj "/O=ACME/CN=ACME Root CA" -days 3650 -out "$oem/root.pem" \
     -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-issue() { # NAME SUBJECT EXTENSIONS
-    key "$oem/$1.key"
+issue() { # NAME SUBJECT EXTENSIONS [rsa2048]
+    if [ "${4:-}" = rsa2048 ]; then
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$oem/$1.key" 2>/dev/null
+    else
+        key "$oem/$1.key"
+    fi
     openssl req -new -key "$oem/$1.key" -subj "$2" -out "$oem/$1.csr"
     openssl x509 -req -in "$oem/$1.csr" -CA "$oem/root.pem" -CAkey "$oem/root.key" -days 730 \
         -out "$oem/$1.pem" -extfile <(printf '%s\n' "$3") 2>/dev/null
@@ -593,9 +602,11 @@ echo "telemetry_interval=60" >"$oem/config.txt"
 if [ "$flow" = ca-request ]; then
     echo "  made $oem/{root,signer}.pem"
 else
+    # The OEM's CA key of the type the token can sign with (an EC key
+    # cannot enter a token without EC: opencryptoki).
     issue production-ca "/O=ACME/CN=ACME Production CA 1" "basicConstraints=critical,CA:TRUE,pathlen:0
-keyUsage=critical,keyCertSign"
-    echo "  made $oem/{root,signer,production-ca}.pem"
+keyUsage=critical,keyCertSign" "${ca_key_type:-p256}"
+    echo "  made $oem/{root,signer,production-ca}.pem (production CA key: ${ca_key_type:-p256})"
 fi
 chmod 0700 "$oem" # the OEM's keys stay the OEM's
 cp "$oem/root.pem" "$work/acme-root.pem" # what the OEM gives the centre, with the package

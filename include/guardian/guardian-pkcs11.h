@@ -353,6 +353,11 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * package again for this Guardian's certificate (guardian-wrap create
  * --kdf auto chooses a scheme it lists). */
 #define CKR_GUARDIAN_TRANSPORT_UNSUPPORTED (CKR_GUARDIAN_BASE | 0x003CUL)
+/* The backend unwrapped a secret of a package readable (CKA_SENSITIVE false or
+ * CKA_EXTRACTABLE true, despite the template: opencryptoki 3.8 ignores both
+ * there) and would not make it sensitive and not extractable afterwards:
+ * the import is refused and nothing of it is kept (docs/vendor-interface.md). */
+#define CKR_GUARDIAN_KEY_NOT_SEALED (CKR_GUARDIAN_BASE | 0x003DUL)
 /* An OEM root enrolled in the Guardian's ledger (a token that cannot hold
  * roots: docs/threat-model.md section 2) whose enrolment could not be
  * anchored: the backend refused the token's state anchor object (NSS
