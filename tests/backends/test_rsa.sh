@@ -17,7 +17,9 @@
 # tamper sweep (no flip imported, nothing made), the import of an RSA CA key
 # and a confidential item, what the backend itself says of them (read
 # straight on opencryptoki with the backend's PIN: sensitive, never
-# extractable, the private exponent and the item's value refused), provision
+# extractable, the private exponent and the item's value refused), the CA
+# key's CKA_ID not changed by the operator through the module (it stays
+# modifiable on opencryptoki; a key of the operator's own changes), provision
 # and openssl verify of 3 device certificates, and a second import traced
 # with pkcs11-spy between the module and opencryptoki: one CKM_RSA_PKCS_OAEP
 # unwrap, CKM_AES_CBC_PAD unwraps, no C_Decrypt, and no byte of the CA key's
@@ -202,6 +204,20 @@ for a in "privkey production-ca" "secrkey bootkey"; do
     check_eq "reading ${a#* }'s value straight off opencryptoki gets nothing" 0 \
         "$(stat -c %s "$WORK/out/read-${a#* }" 2>/dev/null || echo 0)"
 done
+# On opencryptoki the imported keys stay modifiable on the backend (sealing
+# them needs it): through the module the operator still changes none of them
+# (the policy), while a key of the operator's own changes (control).
+pkg_id=$(awk '$1 == "package" && $2 == "id" { print $3; exit }' out/inspect.txt)
+mod() { bx GUARDIAN_CONF="$WORK/guardian.conf" pkcs11-tool --module "$G" --token-label "$L" --login --pin "$ALICE" "$@"; }
+check "control: alice makes a key pair of her own through the module" mod --keypairgen --key-type rsa:1024 \
+    --id 99 --label alice-own
+check "control: alice changes her own key's CKA_ID through the module" mod --type privkey --id 99 --set-id 98
+check_eq "the package ID (the CA key's CKA_ID) read from inspect" 1 "$(grep -c -E "^[0-9a-f]{32}$" <<<"$pkg_id")"
+mod --type privkey --id "$pkg_id" --set-id 01 >out/set-ca.log 2>&1 && fail "the imported CA key's CKA_ID" \
+    "changed through the module" out/set-ca.log
+check_grep "alice cannot change the imported CA key's CKA_ID through the module (the policy)" \
+    "policy: C_SetAttributeValue refused: .* production CA key" out/set-ca.log
+check_grep "... with CKR_ACTION_PROHIBITED (0x1b)" "C_SetAttributeValue failed: .*\(0x1b\)" out/set-ca.log
 t0=$(date +%s%N)
 check "provision 3 parts" ctl provision --product ACME/RSA-1 --count 3 --out "$WORK/out/run"
 info "opencryptoki: guardianctl provision --count 3 took $((($(date +%s%N) - t0) / 1000000)) ms"
