@@ -618,6 +618,16 @@ static CK_RV sealed(struct import *im, CK_OBJECT_HANDLE h, const char *what)
     return CKR_GUARDIAN_KEY_NOT_SEALED;
 }
 
+/* Whether the import's slot lists EC key generation (for the message of an
+ * EC key that does not unwrap). */
+static bool slot_has_ec(struct import *im)
+{
+    CK_SESSION_INFO si;
+    CK_MECHANISM_INFO mi;
+    return im->be->C_GetSessionInfo(im->session, &si) != CKR_OK ||
+           im->be->C_GetMechanismInfo(si.slotID, CKM_EC_KEY_PAIR_GEN, &mi) == CKR_OK;
+}
+
 /* C_UnwrapKey, then sealed().  Where the backend dropped CKA_SENSITIVE /
  * CKA_EXTRACTABLE and then refuses to set them because the key is not
  * modifiable (opencryptoki 3.8 honours CKA_MODIFIABLE false on the unwrap,
@@ -980,6 +990,15 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
     rv = unwrap_sealed(im, &kwp, im->kek, (CK_BYTE_PTR)wrapped, wrapped_len, t, n_attrs, false, what, out);
     if (rv == CKR_GUARDIAN_KEY_NOT_SEALED)
         return rv;
+    if (rv != CKR_OK && kt == CKK_EC && !slot_has_ec(im)) {
+        /* Not the ciphertext: an EC key cannot enter a token without EC
+         * (opencryptoki 3.8 answers CKR_TEMPLATE_INCOMPLETE). */
+        guardian_error("unwrap", "refused: %s key '%.*s' is an EC key, and this token has no EC (its slot lists no "
+                                 "CKM_EC_KEY_PAIR_GEN): the OEM wraps an RSA key for this Guardian, or uses the CA "
+                                 "request (guardianctl ca-request) (%s)",
+                       role, ASN1_STRING_length(wk->label), ASN1_STRING_get0_data(wk->label), ckr(rv));
+        return rv;
+    }
     if (rv != CKR_OK) {
         guardian_error("unwrap", "refused: %s key '%.*s' does not unwrap (%s): wrong Guardian key or altered "
                                  "ciphertext", role, ASN1_STRING_length(wk->label), ASN1_STRING_get0_data(wk->label),

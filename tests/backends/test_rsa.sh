@@ -14,7 +14,8 @@
 # key made there without --key-type is RSA 2048 (the slot's default) and gets
 # a CSR and binding certify-ca accepts, guardian-wrap picks the RSA-OAEP
 # transport for this Guardian; then the OEM root enrolled in the ledger, a
-# tamper sweep (no flip imported, nothing made), the import of an RSA CA key
+# tamper sweep (no flip imported, nothing made), a package with an EC CA key
+# refused as such (no EC here) with nothing made, the import of an RSA CA key
 # and a confidential item, what the backend itself says of them (read
 # straight on opencryptoki with the backend's PIN: sensitive, never
 # extractable, the private exponent and the item's value refused), the CA
@@ -171,6 +172,21 @@ done
 info "opencryptoki: tamper sweep of $tried flipped packages"
 check_eq "tamper sweep: no flipped package is imported" 0 "$accepted"
 check_eq "tamper sweep: nothing created" "$before" "$(count_objects)"
+# An EC CA key cannot enter this token: refused as that, nothing made, and
+# not recorded (the RSA package of the same product imports below).
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout out/ecca.key -subj "/CN=ACME EC CA" \
+    -out out/ecca.csr 2>/dev/null
+openssl x509 -req -in out/ecca.csr -CA out/root.pem -CAkey out/root.key -days 30 -out out/ecca.pem \
+    -extfile <(printf 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign\n') 2>/dev/null
+"$W" create --guardian-cert out/guardian.pem --signer-key out/signer.key --signer-cert out/signer.pem \
+    --ca-key out/ecca.key --ca-cert out/ecca.pem --ca-chain out/root.pem --oem-id ACME --product-id RSA-1 \
+    --release 1 --units 3 --not-after +30 --out out/ec.gpk >/dev/null 2>&1 || fail "guardian-wrap create (EC CA key)" "failed"
+bx GUARDIAN_CONF="$WORK/guardian.conf" GUARDIAN_DEBUG=info GUARDIAN_MODULE="$G" GUARDIAN_TOKEN="$L" \
+    GUARDIAN_PIN="$ALICE" "$CTL" import "$WORK/out/ec.gpk" >out/ec-import.log 2>&1 &&
+    fail "an EC CA key package" "imported on a token without EC" out/ec-import.log
+check_grep "an EC CA key refused as such (this token has no EC)" "is an EC key, and this token has no EC" \
+    out/ec-import.log
+check_eq "... nothing created" "$before" "$(count_objects)"
 t0=$(date +%s%N)
 check "import: the RSA-OAEP package" ctl import "$WORK/out/p.gpk"
 info "opencryptoki: guardianctl import (RSA-OAEP) took $((($(date +%s%N) - t0) / 1000000)) ms"
