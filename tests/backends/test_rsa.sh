@@ -235,7 +235,9 @@ check_grep "alice cannot change the imported CA key's CKA_ID through the module 
     "policy: C_SetAttributeValue refused: .* production CA key" out/set-ca.log
 check_grep "... with CKR_ACTION_PROHIBITED (0x1b)" "C_SetAttributeValue failed: .*\(0x1b\)" out/set-ca.log
 t0=$(date +%s%N)
-check "provision 3 parts" ctl provision --product ACME/RSA-1 --count 3 --out "$WORK/out/run"
+# One thread: opencryptoki 3.8's soft token crashes in C_Sign when two
+# threads sign with the same RSA key at once (docs/backends/opencryptoki.md).
+check "provision 3 parts" ctl provision --product ACME/RSA-1 --count 3 --threads 1 --out "$WORK/out/run"
 info "opencryptoki: guardianctl provision --count 3 took $((($(date +%s%N) - t0) / 1000000)) ms"
 n=0
 for f in out/run/*.pem; do
