@@ -649,10 +649,53 @@ static CK_RV unwrap_sealed(struct import *im, CK_MECHANISM *m, CK_OBJECT_HANDLE 
     for (CK_ULONG i = 0; i < n; i++)
         if (t[i].type != CKA_MODIFIABLE)
             again[k++] = t[i];
-    /* Once this import has seen the backend drop them, the next key goes
-     * the second way at once (one unwrap each). */
-    if (im->unwrap_unsealed && k < n)
-        goto again;
+    /* Once this import has seen the backend drop them, a token key is
+     * unwrapped as a session key and copied into the token sealed
+     * (C_CopyObject with CKA_SENSITIVE true, CKA_EXTRACTABLE false,
+     * CKA_MODIFIABLE false): the readable form never reaches the token's
+     * store, and the token key is never modified afterwards (opencryptoki
+     * 3.8 crashed in C_Sign from two threads with a key that had been
+     * modified: docs/backends/opencryptoki.md).  Where the copy does not
+     * come out sealed, the second way below. */
+    if (im->unwrap_unsealed && !kek) {
+        CK_ATTRIBUTE st[16];
+        CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+        CK_ATTRIBUTE ct[] = {{CKA_TOKEN, &yes, sizeof(yes)},
+                             {CKA_SENSITIVE, &yes, sizeof(yes)},
+                             {CKA_EXTRACTABLE, &no, sizeof(no)},
+                             {CKA_MODIFIABLE, &no, sizeof(no)}};
+        CK_OBJECT_HANDLE sh = CK_INVALID_HANDLE;
+        for (CK_ULONG i = 0; i < k; i++) {
+            st[i] = again[i];
+            if (st[i].type == CKA_TOKEN)
+                st[i].pValue = &no;
+        }
+        rv = im->be->C_UnwrapKey(im->session, m, with, wrapped, wrapped_len, st, k, &sh);
+        if (rv != CKR_OK)
+            return rv;
+        guardian_policy_forget(sh);
+        rv = im->be->C_CopyObject(im->session, sh, ct, sizeof(ct) / sizeof(ct[0]), out);
+        if (rv == CKR_OK && (rv = track(im, *out)) == CKR_OK) {
+            CK_BBOOL sens = CK_FALSE, extr = CK_TRUE;
+            CK_ATTRIBUTE a[] = {{CKA_SENSITIVE, &sens, sizeof(sens)}, {CKA_EXTRACTABLE, &extr, sizeof(extr)}};
+            if (im->be->C_GetAttributeValue(im->session, *out, a, 2) == CKR_OK && sens == CK_TRUE &&
+                extr == CK_FALSE) {
+                im->be->C_DestroyObject(im->session, sh);
+                guardian_policy_forget(sh);
+                guardian_info("unwrap", "%s was unwrapped as a session key and copied into the token sensitive, not "
+                                        "extractable, not modifiable (the backend drops both from an unwrap template)",
+                              what);
+                return CKR_OK;
+            }
+            im->be->C_DestroyObject(im->session, *out);
+            im->n_created--; /* the last tracked: this one */
+        }
+        im->be->C_DestroyObject(im->session, sh);
+        guardian_policy_forget(sh);
+        *out = CK_INVALID_HANDLE;
+        if (k < n)
+            goto again;
+    }
     rv = im->be->C_UnwrapKey(im->session, m, with, wrapped, wrapped_len, (CK_ATTRIBUTE_PTR)t, n, out);
     if (rv != CKR_OK)
         return rv;
