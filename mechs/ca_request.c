@@ -140,11 +140,10 @@ static CK_RV generate(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const uint8_t i
     } else {
         pub_t[n_pub++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, p256, sizeof(p256)};
     }
-    rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv, &k->pub, &k->priv);
-    /* A 2.20 token (opencryptoki 3.8) knows no CKA_COPYABLE (the last): the
-     * policy refuses copies in any case (policy.c). */
-    if (rv == CKR_ATTRIBUTE_TYPE_INVALID)
-        rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv - 1, &k->pub, &k->priv);
+    /* (without CKA_COPYABLE on a 2.20 token, the public usages left to a
+     * TPM: guardian_generate_key_pair) */
+    rv = guardian_generate_key_pair(be, s, &gen, pub_t, n_pub, priv_t, n_priv, &k->pub, &k->priv,
+                                    "production CA");
     if (rv != CKR_OK) {
         guardian_error(LOG, "cannot generate the production CA key pair in the backend: %s", ckr(rv));
         k->pub = k->priv = CK_INVALID_HANDLE;

@@ -26,6 +26,11 @@
  * CKM_ECDSA or CKM_RSA_PKCS over a DigestInfo (sha256WithRSAEncryption),
  * which every token with RSA has (opencryptoki 3.8 has no
  * CKM_SHA256_RSA_PKCS).
+ * Where a token refuses these templates (tpm2-pkcs11 1.9: a TPM key needs
+ * its sign or decrypt bit, and the public usages must match its mapping),
+ * guardian_generate_key_pair tries once more with the public usages left to
+ * the token and CKA_DECRYPT on the EC agreement key, and reads every usage
+ * set FALSE back FALSE (docs/backends/tpm2.md).
  * So whoever reaches the backend directly can no longer sign a report with
  * the key that must derive, nor derive with the key that signs.  The policy
  * (policy.c) refuses every standard call that would use either, and the
@@ -319,6 +324,107 @@ static const char *type_name(CK_ULONG type)
                                                    : "EC P-256";
 }
 
+/* Codes of C_GenerateKeyPair that say "not now" (a login, a session, the
+ * device), not "not this template": no other template is tried for them. */
+static bool not_now(CK_RV rv)
+{
+    return rv == CKR_USER_NOT_LOGGED_IN || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
+           rv == CKR_SESSION_READ_ONLY || rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_MEMORY ||
+           rv == CKR_DEVICE_REMOVED || rv == CKR_HOST_MEMORY || rv == CKR_TOKEN_NOT_PRESENT ||
+           rv == CKR_PIN_EXPIRED || rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_FUNCTION_CANCELED;
+}
+
+static CK_ATTRIBUTE *find_attr(CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)
+{
+    for (CK_ULONG i = 0; i < n; i++)
+        if (t[i].type == type)
+            return &t[i];
+    return NULL;
+}
+
+/* Every usage the private template sets FALSE is FALSE on the key made
+ * (CKA_DECRYPT aside where `decrypt_added`): a token that added one would
+ * undo the separation of the two keys (an agreement key that signs). */
+static CK_RV usages_kept(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv, CK_ATTRIBUTE *t,
+                         CK_ULONG n, bool decrypt_added)
+{
+    static const CK_ATTRIBUTE_TYPE usages[] = {CKA_SIGN, CKA_SIGN_RECOVER, CKA_DERIVE, CKA_DECRYPT, CKA_UNWRAP};
+    for (size_t i = 0; i < sizeof(usages) / sizeof(usages[0]); i++) {
+        CK_ATTRIBUTE *want = find_attr(t, n, usages[i]);
+        CK_BBOOL have = CK_FALSE;
+        CK_ATTRIBUTE a = {usages[i], &have, sizeof(have)};
+        if (want == NULL || *(CK_BBOOL *)want->pValue != CK_FALSE || (decrypt_added && usages[i] == CKA_DECRYPT))
+            continue;
+        if (be->C_GetAttributeValue(s, priv, &a, 1) == CKR_OK && have != CK_FALSE) {
+            guardian_error("identity", "refused: the backend made the key with usage 0x%lx TRUE although the "
+                                       "module's template sets it FALSE (the key pair is destroyed)",
+                           (unsigned long)usages[i]);
+            return CKR_TEMPLATE_INCONSISTENT;
+        }
+    }
+    return CKR_OK;
+}
+
+CK_RV guardian_generate_key_pair(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_MECHANISM *gen, CK_ATTRIBUTE *pub_t,
+                                 CK_ULONG n_pub, CK_ATTRIBUTE *priv_t, CK_ULONG n_priv, CK_OBJECT_HANDLE *pub,
+                                 CK_OBJECT_HANDLE *priv, const char *what)
+{
+    CK_ATTRIBUTE pub_min[24], *dec = find_attr(priv_t, n_priv, CKA_DECRYPT);
+    CK_ATTRIBUTE *sig = find_attr(priv_t, n_priv, CKA_SIGN);
+    CK_ULONG n_min = 0;
+    CK_BBOOL yes = CK_TRUE, *dec_was = dec ? dec->pValue : NULL;
+    bool decrypt_added = false;
+    CK_RV rv = be->C_GenerateKeyPair(s, gen, pub_t, n_pub, priv_t, n_priv, pub, priv);
+
+    /* Without CKA_COPYABLE (the last of the private template), which a 2.20
+     * token (opencryptoki 3.8) does not know (CKR_ATTRIBUTE_TYPE_INVALID) and
+     * NSS softoken 3.87 fails on when FALSE (CKR_GENERAL_ERROR; the same
+     * template without it works): copies are refused by the policy (policy.c)
+     * in any case. */
+    if ((rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_GENERAL_ERROR) && n_priv > 0 &&
+        priv_t[n_priv - 1].type == CKA_COPYABLE)
+        rv = be->C_GenerateKeyPair(s, gen, pub_t, n_pub, priv_t, --n_priv, pub, priv);
+    if (rv != CKR_OK && !not_now(rv) && n_pub <= sizeof(pub_min) / sizeof(pub_min[0])) {
+        /* Refused as a template: tpm2-pkcs11 1.9 ties each public usage to a
+         * TPM bit of its own mapping (CKA_VERIFY to decrypt, CKA_ENCRYPT to
+         * sign) and refuses a template that says otherwise, and a TPM key
+         * needs its sign or its decrypt bit ("inconsistent attributes" for a
+         * derive-only EC key).  So once more with the public key's usages
+         * left to the token (a public key grants nothing a copy of it in
+         * OpenSSL does not), and an EC key that neither signs nor decrypts
+         * (the agreement key) with CKA_DECRYPT: the TPM's decrypt bit of an
+         * ECC key is ECDH itself, and no PKCS#11 mechanism decrypts with an
+         * EC key.  It still cannot sign (checked below). */
+        for (CK_ULONG i = 0; i < n_pub; i++)
+            if (pub_t[i].type != CKA_VERIFY && pub_t[i].type != CKA_ENCRYPT && pub_t[i].type != CKA_WRAP &&
+                pub_t[i].type != CKA_DERIVE && pub_t[i].type != CKA_VERIFY_RECOVER)
+                pub_min[n_min++] = pub_t[i];
+        if (gen->mechanism == CKM_EC_KEY_PAIR_GEN && dec != NULL && *(CK_BBOOL *)dec->pValue == CK_FALSE &&
+            (sig == NULL || *(CK_BBOOL *)sig->pValue == CK_FALSE)) {
+            dec->pValue = &yes;
+            decrypt_added = true;
+        }
+        guardian_info("identity", "the backend refused the %s key pair's template (%s): trying again with the "
+                                  "public key's usages left to the token%s",
+                      what, ckr(rv),
+                      decrypt_added ? " and CKA_DECRYPT on the EC private key (it still cannot sign)" : "");
+        rv = be->C_GenerateKeyPair(s, gen, pub_min, n_min, priv_t, n_priv, pub, priv);
+        if (dec != NULL)
+            dec->pValue = dec_was;
+    }
+    if (rv != CKR_OK)
+        return rv;
+    rv = usages_kept(be, s, *priv, priv_t, n_priv, decrypt_added);
+    if (rv != CKR_OK) {
+        be->C_DestroyObject(s, *priv);
+        be->C_DestroyObject(s, *pub);
+        guardian_policy_forget(*priv);
+        guardian_policy_forget(*pub);
+        *pub = *priv = CK_INVALID_HANDLE;
+    }
+    return rv;
+}
+
 /* Which of the two key pairs. */
 enum key_role { AGREEMENT, SIGNING };
 
@@ -384,13 +490,8 @@ static CK_RV ensure_key(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, enum key_role
         n_pub++;
     }
     if (k->priv == CK_INVALID_HANDLE && k->pub == CK_INVALID_HANDLE) {
-        rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv, &k->pub, &k->priv);
-        if (rv == CKR_ATTRIBUTE_TYPE_INVALID) {
-            /* A 2.20 token (opencryptoki 3.8) knows no CKA_COPYABLE (the
-             * last): copies are refused by the policy (policy.c) in any
-             * case. */
-            rv = be->C_GenerateKeyPair(s, &gen, pub_t, n_pub, priv_t, n_priv - 1, &k->pub, &k->priv);
-        }
+        rv = guardian_generate_key_pair(be, s, &gen, pub_t, n_pub, priv_t, n_priv, &k->pub, &k->priv,
+                                        role == AGREEMENT ? "Guardian agreement" : "Guardian signing");
         if (rv != CKR_OK) {
             guardian_error("identity", "cannot generate the Guardian %s key pair (%s) in the backend: %s",
                            role == AGREEMENT ? "agreement" : "signing", type_name(type), ckr(rv));
@@ -695,26 +796,19 @@ out:
     return rv;
 }
 
-/* A session output object (guardian-output:<name>) holding `value`. */
+/* A session output object (guardian-output:<name>) holding `value`: held by
+ * the module (module/cert_objects.c), not the backend, whose private CKO_DATA
+ * NSS softoken refuses (CKR_ATTRIBUTE_VALUE_INVALID); `be` is unused. */
 CK_RV guardian_output_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *name, const uint8_t *value,
                              size_t len, CK_OBJECT_HANDLE *out)
 {
-    CK_OBJECT_CLASS cls = CKO_DATA;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     char label[96];
     CK_RV rv;
+    (void)be;
     snprintf(label, sizeof(label), "%s%s", GUARDIAN_OUTPUT_PREFIX, name);
-    {
-        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},       {CKA_TOKEN, &no, sizeof(no)},
-                            {CKA_PRIVATE, &yes, sizeof(yes)},     {CKA_MODIFIABLE, &no, sizeof(no)},
-                            {CKA_LABEL, label, (CK_ULONG)strlen(label)},
-                            {CKA_VALUE, (void *)value, (CK_ULONG)len}};
-        rv = be->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), out);
-    }
+    rv = guardian_output_object_create(s, label, value, len, out);
     if (rv != CKR_OK)
         guardian_error("request", "cannot create the %s output object: %s", name, ckr(rv));
-    else
-        guardian_policy_forget(*out);
     return rv;
 }
 

@@ -37,9 +37,22 @@ extern const unsigned char guardian_sha256_digest_info[19];
 /* Sets `alg` to the signature algorithm guardian_identity_sign makes with
  * `signer`'s key: ecdsa-with-SHA256 or sha256WithRSAEncryption; 0 on failure. */
 int guardian_identity_sig_alg(X509_ALGOR *alg, const EVP_PKEY *signer);
-/* A request's output: a session CKO_DATA object labelled
- * "guardian-output:<name>" holding `value`, which the caller reads and destroys. */
+/* A request's output: a CKO_DATA object held by the module (module/cert_objects.c),
+ * labelled "guardian-output:<name>", holding `value`, which the caller reads and destroys. */
 CK_RV guardian_output_create(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *name, const uint8_t *value,
                              size_t len, CK_OBJECT_HANDLE *out);
+
+/* C_GenerateKeyPair with the module's templates, and the fallbacks a token's
+ * answer calls for, each keyed on that answer: without CKA_COPYABLE (the
+ * private template's last: CKR_ATTRIBUTE_TYPE_INVALID on a 2.20 token,
+ * CKR_GENERAL_ERROR on NSS softoken 3.87); on a
+ * template refused, the public key's usages left to the token and, for an EC
+ * key that neither signs nor decrypts, CKA_DECRYPT (tpm2-pkcs11 on a TPM:
+ * docs/backends/tpm2.md).  Every usage the private template sets FALSE is
+ * then read back FALSE, else the pair is destroyed (CKR_TEMPLATE_INCONSISTENT).
+ * `what` names the key in the log. */
+CK_RV guardian_generate_key_pair(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_MECHANISM *gen, CK_ATTRIBUTE *pub_t,
+                                 CK_ULONG n_pub, CK_ATTRIBUTE *priv_t, CK_ULONG n_priv, CK_OBJECT_HANDLE *pub,
+                                 CK_OBJECT_HANDLE *priv, const char *what);
 
 #endif /* GUARDIAN_MECHS_IDENTITY_H */

@@ -54,6 +54,13 @@ ASN1_SEQUENCE(GUARDIAN_PRODUCTION_CA) = {
 } ASN1_SEQUENCE_END(GUARDIAN_PRODUCTION_CA)
 IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_PRODUCTION_CA)
 
+ASN1_SEQUENCE(GUARDIAN_GROUP_MEMBER) = {
+    ASN1_SIMPLE(GUARDIAN_GROUP_MEMBER, guardian, ASN1_OCTET_STRING),
+    ASN1_SIMPLE(GUARDIAN_GROUP_MEMBER, ephemeral_key, ASN1_OCTET_STRING),
+    ASN1_SIMPLE(GUARDIAN_GROUP_MEMBER, wrapped_kek, ASN1_OCTET_STRING),
+} ASN1_SEQUENCE_END(GUARDIAN_GROUP_MEMBER)
+IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_GROUP_MEMBER)
+
 ASN1_SEQUENCE(GUARDIAN_PACKAGE) = {
     ASN1_SIMPLE(GUARDIAN_PACKAGE, version, ASN1_INTEGER),
     ASN1_SIMPLE(GUARDIAN_PACKAGE, package_id, ASN1_OCTET_STRING),
@@ -68,6 +75,7 @@ ASN1_SEQUENCE(GUARDIAN_PACKAGE) = {
     ASN1_SIMPLE(GUARDIAN_PACKAGE, production_ca, GUARDIAN_PRODUCTION_CA),
     ASN1_IMP_SEQUENCE_OF_OPT(GUARDIAN_PACKAGE, extra_keys, GUARDIAN_WRAPPED_KEY, 0),
     ASN1_IMP_SEQUENCE_OF_OPT(GUARDIAN_PACKAGE, data_items, GUARDIAN_DATA_ITEM, 1),
+    ASN1_IMP_SEQUENCE_OF_OPT(GUARDIAN_PACKAGE, group, GUARDIAN_GROUP_MEMBER, 2),
 } ASN1_SEQUENCE_END(GUARDIAN_PACKAGE)
 IMPLEMENT_ASN1_FUNCTIONS(GUARDIAN_PACKAGE)
 
@@ -170,6 +178,88 @@ static int wrapped_key_ok(const GUARDIAN_WRAPPED_KEY *k, int private_only, const
     /* RFC 5649 output: a multiple of 8 bytes, at least 16. */
     if (n < 16 || n > 16384 || n % 8 != 0)
         return fail(err, errlen, "%s: wrapped key has an invalid length (%d bytes)", what, n);
+    return 1;
+}
+
+static int point_ok(const ASN1_OCTET_STRING *p)
+{
+    int n = ASN1_STRING_length(p);
+    return (n == 65 || n == 97) && ASN1_STRING_get0_data(p)[0] == 0x04;
+}
+
+int guardian_group_id(const uint8_t *members, size_t n, uint8_t out[GUARDIAN_PKG_HASH_LEN])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int len = 0;
+    int ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(md, GUARDIAN_GROUP_ID_LABEL, strlen(GUARDIAN_GROUP_ID_LABEL)) == 1 &&
+             EVP_DigestUpdate(md, members, n * GUARDIAN_PKG_HASH_LEN) == 1 && EVP_DigestFinal_ex(md, out, &len) == 1 &&
+             len == GUARDIAN_PKG_HASH_LEN;
+    EVP_MD_CTX_free(md);
+    return ok;
+}
+
+int guardian_group_member(const struct guardian_package *pkg, const uint8_t self[GUARDIAN_PKG_HASH_LEN])
+{
+    if (pkg->group_members == 0 || pkg->asn1 == NULL || pkg->asn1->group == NULL)
+        return -1;
+    for (int i = 0; i < sk_GUARDIAN_GROUP_MEMBER_num(pkg->asn1->group); i++)
+        if (memcmp(ASN1_STRING_get0_data(sk_GUARDIAN_GROUP_MEMBER_value(pkg->asn1->group, i)->guardian), self,
+                   GUARDIAN_PKG_HASH_LEN) == 0)
+            return i;
+    return -1;
+}
+
+int guardian_group_kek_context(const struct guardian_package *pkg, int i, uint8_t out[32])
+{
+    const GUARDIAN_GROUP_MEMBER *m;
+    if (i < 0 || pkg->asn1 == NULL || pkg->asn1->group == NULL || i >= sk_GUARDIAN_GROUP_MEMBER_num(pkg->asn1->group))
+        return 0;
+    m = sk_GUARDIAN_GROUP_MEMBER_value(pkg->asn1->group, i);
+    return guardian_kek_context(pkg->package_id, ASN1_STRING_get0_data(m->guardian),
+                                ASN1_STRING_get0_data(m->ephemeral_key), (size_t)ASN1_STRING_length(m->ephemeral_key),
+                                out);
+}
+
+/* A group package's own rules (docs/package-format.md, "A package for a group
+ * of Guardians"): version 1, an ECDH scheme, no package-level ephemeral key,
+ * 2..GUARDIAN_GROUP_MAX members in ascending order, each with a point and a
+ * 40-byte wrapped KEK, and targetGuardian = the group ID of the members. */
+static int group_ok(const GUARDIAN_PACKAGE *a, struct guardian_package *out, char *err, size_t errlen)
+{
+    int n = sk_GUARDIAN_GROUP_MEMBER_num(a->group);
+    uint8_t digests[GUARDIAN_GROUP_MAX * GUARDIAN_PKG_HASH_LEN], id[GUARDIAN_PKG_HASH_LEN];
+
+    if (n < 2 || n > GUARDIAN_GROUP_MAX)
+        return fail(err, errlen, "a group package names 2-%d Guardians (this one %d)", GUARDIAN_GROUP_MAX, n);
+    if (out->ca_in_guardian)
+        return fail(err, errlen, "a group package carries its production CA key (version 1): a key made in one "
+                                 "Guardian cannot be shared");
+    if (out->scheme != GUARDIAN_KT_ECDH_AESCBC && out->scheme != GUARDIAN_KT_ECDH_SHA256KDF)
+        return fail(err, errlen, "a group package uses an ECDH key transport (aes-cbc or x963-sha256)");
+    if (ASN1_STRING_length(a->transport->ephemeral_key) != 0)
+        return fail(err, errlen, "a group package has no package-level ephemeral key (each member has its own)");
+    for (int i = 0; i < n; i++) {
+        const GUARDIAN_GROUP_MEMBER *m = sk_GUARDIAN_GROUP_MEMBER_value(a->group, i);
+        if (ASN1_STRING_length(m->guardian) != GUARDIAN_PKG_HASH_LEN)
+            return fail(err, errlen, "group member %d: the Guardian must be a %d-byte SHA-256 digest", i,
+                        GUARDIAN_PKG_HASH_LEN);
+        memcpy(digests + (size_t)i * GUARDIAN_PKG_HASH_LEN, ASN1_STRING_get0_data(m->guardian), GUARDIAN_PKG_HASH_LEN);
+        if (i > 0 && memcmp(digests + (size_t)(i - 1) * GUARDIAN_PKG_HASH_LEN,
+                            digests + (size_t)i * GUARDIAN_PKG_HASH_LEN, GUARDIAN_PKG_HASH_LEN) >= 0)
+            return fail(err, errlen, "group member %d: members must be in ascending order of their digests, each "
+                                     "once", i);
+        if (!point_ok(m->ephemeral_key))
+            return fail(err, errlen, "group member %d: ephemeral key must be an uncompressed P-256 or P-384 point", i);
+        if (ASN1_STRING_length(m->wrapped_kek) != GUARDIAN_GROUP_WRAPPED_KEK_LEN)
+            return fail(err, errlen, "group member %d: the wrapped KEK must be %d bytes", i,
+                        GUARDIAN_GROUP_WRAPPED_KEK_LEN);
+    }
+    if (!guardian_group_id(digests, (size_t)n, id))
+        return fail(err, errlen, "SHA-256 failed");
+    if (memcmp(id, out->target_guardian, sizeof(id)) != 0)
+        return fail(err, errlen, "the target of a group package is not the group ID of its members");
+    out->group_members = n;
     return 1;
 }
 
@@ -288,7 +378,12 @@ int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_pack
         goto out;
     }
     n = ASN1_STRING_length(a->transport->ephemeral_key);
-    if (out->scheme == GUARDIAN_KT_NONE) {
+    if (a->group != NULL) {
+        /* First: a group package's transport is its members' (group_ok
+         * refuses every other scheme). */
+        if (!group_ok(a, out, err, errlen))
+            goto out;
+    } else if (out->scheme == GUARDIAN_KT_NONE) {
         /* No transport: only where nothing is wrapped (checked below). */
         if (!out->ca_in_guardian || n != 0) {
             fail(err, errlen, "no key transport is for version-2 packages only, with an empty ephemeral key");
@@ -300,7 +395,7 @@ int guardian_package_decode(const uint8_t *der, size_t len, struct guardian_pack
             fail(err, errlen, "the RSA-OAEP encrypted key must be 256..512 bytes (RSA 2048..4096)");
             goto out;
         }
-    } else if ((n != 65 && n != 97) || ASN1_STRING_get0_data(a->transport->ephemeral_key)[0] != 0x04) {
+    } else if (!point_ok(a->transport->ephemeral_key)) {
         fail(err, errlen, "ephemeral key must be an uncompressed P-256 or P-384 point");
         goto out;
     }

@@ -87,8 +87,17 @@ typedef struct {
     ASN1_OCTET_STRING *ephemeral_key; /* X9.62 uncompressed point */
 } GUARDIAN_KEY_TRANSPORT;
 
+/* A group package (docs/package-format.md, "A package for a group of
+ * Guardians"): one member, the KEK of the package wrapped for it. */
+typedef struct {
+    ASN1_OCTET_STRING *guardian;      /* SHA-256 of the member's certificate A */
+    ASN1_OCTET_STRING *ephemeral_key; /* its ECDH ephemeral point (X9.62 uncompressed, its curve) */
+    ASN1_OCTET_STRING *wrapped_kek;   /* RFC 5649 of the package KEK under the member's KEK: 40 bytes */
+} GUARDIAN_GROUP_MEMBER;
+
 DEFINE_STACK_OF(GUARDIAN_WRAPPED_KEY)
 DEFINE_STACK_OF(GUARDIAN_DATA_ITEM)
+DEFINE_STACK_OF(GUARDIAN_GROUP_MEMBER)
 
 typedef struct {
     GUARDIAN_WRAPPED_KEY *key;
@@ -109,6 +118,7 @@ typedef struct {
     GUARDIAN_PRODUCTION_CA *production_ca;
     STACK_OF(GUARDIAN_WRAPPED_KEY) *extra_keys; /* [0] OPTIONAL */
     STACK_OF(GUARDIAN_DATA_ITEM) *data_items;   /* [1] OPTIONAL */
+    STACK_OF(GUARDIAN_GROUP_MEMBER) *group;     /* [2] OPTIONAL: the members of a group package */
 } GUARDIAN_PACKAGE;
 
 DECLARE_ASN1_FUNCTIONS(GUARDIAN_WRAPPED_KEY)
@@ -117,6 +127,18 @@ DECLARE_ASN1_FUNCTIONS(GUARDIAN_CERT_TEMPLATE)
 DECLARE_ASN1_FUNCTIONS(GUARDIAN_KEY_TRANSPORT)
 DECLARE_ASN1_FUNCTIONS(GUARDIAN_PRODUCTION_CA)
 DECLARE_ASN1_FUNCTIONS(GUARDIAN_PACKAGE)
+DECLARE_ASN1_FUNCTIONS(GUARDIAN_GROUP_MEMBER)
+
+/* A group package names 2..GUARDIAN_GROUP_MAX members, in ascending order of
+ * their certificate digests (one encoding, no member twice); its
+ * targetGuardian is the group ID, SHA-256(GUARDIAN_GROUP_ID_LABEL || each
+ * member's digest in that order), and its keyTransport.ephemeralKey is empty:
+ * each member has its own ephemeral key and its own wrapped copy of the
+ * package KEK.  Why 16: one OEM's site runs a handful of lines; each member
+ * adds ~150 bytes and one line of `inspect`; a larger group is two packages. */
+#define GUARDIAN_GROUP_MAX 16
+#define GUARDIAN_GROUP_ID_LABEL "GUARDIAN-GROUP-v1"
+#define GUARDIAN_GROUP_WRAPPED_KEK_LEN 40 /* RFC 5649 of a 32-byte key */
 
 /* The checked, plain view of a decoded package (pointers into `asn1`). */
 struct guardian_package {
@@ -130,6 +152,7 @@ struct guardian_package {
     int64_t not_after; /* seconds since the epoch */
     int scheme;        /* GUARDIAN_KT_* */
     int ca_in_guardian; /* version 2: the production CA key is the Guardian's own */
+    int group_members;  /* a group package: its member count (2..GUARDIAN_GROUP_MAX); 0 otherwise */
 };
 
 #define GUARDIAN_KT_ECDH_AESCBC 1
@@ -179,6 +202,15 @@ int guardian_id_char(unsigned char c);
 /* An OEM or product ID of a package (1..GUARDIAN_PKG_NAME_MAX bytes of that
  * alphabet) copied NUL-terminated into out; 0 when it is not one. */
 int guardian_pkg_id_copy(const ASN1_UTF8STRING *s, char out[GUARDIAN_PKG_NAME_MAX + 1]);
+
+/* The group ID of `n` member digests (concatenated, 32 bytes each): what a
+ * group package's targetGuardian holds. */
+int guardian_group_id(const uint8_t *members, size_t n, uint8_t out[GUARDIAN_PKG_HASH_LEN]);
+/* The index of the member whose certificate digest is `self` in a decoded
+ * group package, -1 when it is not a member (or not a group package). */
+int guardian_group_member(const struct guardian_package *pkg, const uint8_t self[GUARDIAN_PKG_HASH_LEN]);
+/* C of member `i`: guardian_kek_context over its digest and its point. */
+int guardian_group_kek_context(const struct guardian_package *pkg, int i, uint8_t out[32]);
 
 /* Map a scheme OID to GUARDIAN_KT_*, 0 if unknown. */
 int guardian_package_scheme(const ASN1_OBJECT *oid);

@@ -593,6 +593,7 @@ out:
  * untrusted, is created). */
 static struct result t_trusted_so_only(struct probe *p)
 {
+    static CK_BYTE serial_one[] = {0x02, 0x01, 0x01}; /* self_signed's serial, DER */
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_CERTIFICATE_TYPE ct = CKC_X_509;
     unsigned char *der = NULL, *subj = NULL;
@@ -615,14 +616,22 @@ static struct result t_trusted_so_only(struct probe *p)
                             {CKA_LABEL, (void *)PROBE_LABEL, sizeof(PROBE_LABEL) - 1},
                             {CKA_SUBJECT, subj, (CK_ULONG)subj_len},
                             {CKA_VALUE, der, (CK_ULONG)len},
+                            /* NSS softoken: CKR_TEMPLATE_INCOMPLETE without these two */
+                            {CKA_ISSUER, subj, (CK_ULONG)subj_len},
+                            {CKA_SERIAL_NUMBER, serial_one, sizeof(serial_one)},
                             {CKA_TRUSTED, &yes, sizeof(yes)}};
-        rv = seen(p, p->be->C_CreateObject(p->s, t, 6, &h));
+        rv = seen(p, p->be->C_CreateObject(p->s, t, 8, &h));
         if (rv != CKR_OK) {
             r = verdict(UNSUPPORTED, rv);
             goto out;
         }
-        made(p, h);
-        rv = seen(p, p->be->C_CreateObject(p->s, t, 7, &h));
+        /* Gone before the trusted one: NSS keeps one copy of a certificate
+         * and refuses a second (which would read as enforced). */
+        if (seen(p, p->be->C_DestroyObject(p->s, h)) != CKR_OK)
+            made(p, h);
+        else
+            guardian_policy_forget(h);
+        rv = seen(p, p->be->C_CreateObject(p->s, t, 9, &h));
         if (rv == CKR_OK)
             made(p, h);
         r = verdict(rv == CKR_OK ? NOT_ENFORCED : ENFORCED, rv);

@@ -9,7 +9,7 @@
 
 const char *const report_type_names[REPORT_TYPE_MAX + 1] = {
     NULL,      "IMPORT",  "RESERVE", "ISSUE",  "RELEASE", "JOURNAL-LOST", "CREDENTIAL", "EXPORT",
-    "OUTCOME", "REISSUE", "RETIRE",  "ENROL"};
+    "OUTCOME", "REISSUE", "RETIRE",  "ENROL",        "JOIN"};
 const char report_base64_alphabet[65] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 char *report_hex(char *p, const uint8_t *b, size_t n)

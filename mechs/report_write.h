@@ -31,7 +31,7 @@
 #define REPORT_MAGIC_1 "GUARDIAN AUDIT REPORT 1"
 
 /* Record types by their report name; [0] is NULL (a redacted line has no type). */
-#define REPORT_TYPE_MAX GUARDIAN_AUDIT_ENROL
+#define REPORT_TYPE_MAX GUARDIAN_AUDIT_JOIN
 extern const char *const report_type_names[REPORT_TYPE_MAX + 1];
 /* The base64 alphabet (standard, '=' padding). */
 extern const char report_base64_alphabet[65];

@@ -245,6 +245,17 @@ int guardian_transport_choose(const struct guardian_transports *t, int requested
         for (size_t i = 0; i < t->n; i++)
             if (makes(t->kt[i], t->rsa))
                 return t->kt[i];
+        for (size_t i = 0; i < t->n; i++)
+            if (t->kt[i] != GUARDIAN_KT_NONE)
+                goto other;
+        /* none only (a TPM: no ECDH, no C_UnwrapKey): what can travel. */
+        fail(err, errlen, "the Guardian certificate offers no key transport this guardian-wrap makes (it offers: %s): "
+                          "its token imports no secret at all (no --ca-key, --extra-key or --secret-data); make the "
+                          "production CA key in the Guardian (guardianctl ca-request, guardian-wrap certify-ca, create "
+                          "--ca-request) and send data items with --data",
+             offers);
+        return 0;
+    other:
         fail(err, errlen, "the Guardian certificate offers no key transport this guardian-wrap makes (it offers: %s)",
              offers);
         return 0;

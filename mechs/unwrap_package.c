@@ -76,6 +76,7 @@ struct import {
     CK_KEY_TYPE guardian_key_type; /* CKK_EC (ECDH schemes) or CKK_RSA (RSA-OAEP) */
     struct guardian_package pkg;
     CK_OBJECT_HANDLE kek;
+    int member; /* a group package: this Guardian's index among its members; -1 otherwise */
     CK_OBJECT_HANDLE created[MAX_OBJECTS];
     size_t n_created;
     char prefix[GUARDIAN_PKG_NAME_MAX * 2 + 32]; /* "guardian:OEM/PRODUCT/rN" */
@@ -502,9 +503,18 @@ out:
  * key by a point of another curve or of small order (invalid-curve and
  * small-subgroup attacks on the key).  The OEM's signature does not make the
  * point safe: whoever holds an OEM signing key could otherwise probe the key. */
+/* The ephemeral point this Guardian's ECDH uses: the package's, or in a group
+ * package its member entry's. */
+static const ASN1_OCTET_STRING *ephemeral_point(const struct import *im)
+{
+    if (im->member >= 0)
+        return sk_GUARDIAN_GROUP_MEMBER_value(im->pkg.asn1->group, im->member)->ephemeral_key;
+    return im->pkg.asn1->transport->ephemeral_key;
+}
+
 static CK_RV check_ephemeral_point(struct import *im)
 {
-    const ASN1_OCTET_STRING *eph = im->pkg.asn1->transport->ephemeral_key;
+    const ASN1_OCTET_STRING *eph = ephemeral_point(im);
     const unsigned char *e = ASN1_STRING_get0_data(eph), *p;
     size_t e_len = (size_t)ASN1_STRING_length(eph), field;
     CK_BYTE *params = NULL;
@@ -812,9 +822,9 @@ static CK_RV unwrap_kek_oaep(struct import *im, CK_ATTRIBUTE *kek_t, CK_ULONG n)
     return CKR_OK;
 }
 
-static CK_RV derive_kek(struct import *im)
+static CK_RV derive_kek_here(struct import *im)
 {
-    const ASN1_OCTET_STRING *eph = im->pkg.asn1->transport->ephemeral_key;
+    const ASN1_OCTET_STRING *eph = ephemeral_point(im);
     CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
     CK_KEY_TYPE aes = CKK_AES;
     CK_ULONG len32 = 32;
@@ -843,7 +853,8 @@ static CK_RV derive_kek(struct import *im)
         return unwrap_kek_oaep(im, kek_t, 9);
     if ((rv = check_ephemeral_point(im)) != CKR_OK)
         return rv;
-    if (!guardian_package_kek_context(&im->pkg, context))
+    if (!(im->member >= 0 ? guardian_group_kek_context(&im->pkg, im->member, context)
+                          : guardian_package_kek_context(&im->pkg, context)))
         return CKR_GENERAL_ERROR;
     memset(&ecdh, 0, sizeof(ecdh));
     ecdh.pPublicData = (CK_BYTE_PTR)ASN1_STRING_get0_data(eph);
@@ -880,6 +891,49 @@ static CK_RV derive_kek(struct import *im)
     return rv;
 }
 
+/* The package's KEK.  A one-Guardian package: the KEK derived here.  A group
+ * package: the KEK derived here for this member unwraps (RFC 5649, the
+ * slot's number) the member's copy of the package KEK, which the items are
+ * wrapped under; the member KEK is destroyed at once.  Both are session
+ * objects, sensitive and never extractable, labelled as the Guardian's. */
+static CK_RV derive_kek(struct import *im)
+{
+    const ASN1_OCTET_STRING *w;
+    CK_OBJECT_HANDLE member_kek, pkg_kek = CK_INVALID_HANDLE;
+    CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    static const char kek_label[] = GUARDIAN_IMPORT_PREFIX "kek";
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &secret, sizeof(secret)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                        {CKA_TOKEN, &no, sizeof(no)},         {CKA_SENSITIVE, &yes, sizeof(yes)},
+                        {CKA_EXTRACTABLE, &no, sizeof(no)},   {CKA_UNWRAP, &yes, sizeof(yes)},
+                        {CKA_LABEL, (void *)kek_label, sizeof(kek_label) - 1},
+                        {CKA_MODIFIABLE, &no, sizeof(no)}};
+    CK_MECHANISM kwp = {im->transport.kwp != 0 ? im->transport.kwp : CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_RV rv = derive_kek_here(im);
+
+    if (rv != CKR_OK || im->member < 0)
+        return rv;
+    member_kek = im->kek;
+    guardian_policy_forget(member_kek);
+    w = sk_GUARDIAN_GROUP_MEMBER_value(im->pkg.asn1->group, im->member)->wrapped_kek;
+    rv = im->be->C_UnwrapKey(im->session, &kwp, member_kek, (CK_BYTE_PTR)ASN1_STRING_get0_data(w),
+                             (CK_ULONG)ASN1_STRING_length(w), t, sizeof(t) / sizeof(t[0]), &pkg_kek);
+    im->be->C_DestroyObject(im->session, member_kek);
+    im->kek = CK_INVALID_HANDLE;
+    if (rv != CKR_OK) {
+        guardian_error("unwrap", "refused: package %s/%s r%u: this member's copy of the package KEK does not "
+                                 "unwrap (%s): made for another Guardian or altered",
+                       im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version, ckr(rv));
+        return rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_FUNCTION_FAILED ||
+                       rv == CKR_GENERAL_ERROR
+                   ? CKR_WRAPPED_KEY_INVALID
+                   : rv;
+    }
+    im->kek = pkg_kek;
+    return CKR_OK;
+}
+
 /* 1 when the public key object `pub` holds the public key `want`. */
 static int same_public_key(struct import *im, CK_OBJECT_HANDLE pub, EVP_PKEY *want)
 {
@@ -906,6 +960,24 @@ static int same_public_key(struct import *im, CK_OBJECT_HANDLE pub, EVP_PKEY *wa
     ERR_clear_error();
     OPENSSL_free(v);
     return ok;
+}
+
+/* Does the token hold a certificate with exactly this DER (CKA_VALUE)? */
+static bool token_has_certificate(struct import *im, const unsigned char *der, CK_ULONG len)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, sizeof(yes)},
+                        {CKA_VALUE, (void *)der, len}};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG n = 0;
+
+    if (im->be->C_FindObjectsInit(im->session, t, sizeof(t) / sizeof(t[0])) != CKR_OK)
+        return false;
+    if (im->be->C_FindObjects(im->session, &h, 1, &n) != CKR_OK)
+        n = 0;
+    im->be->C_FindObjectsFinal(im->session);
+    return n == 1;
 }
 
 /* Version 2: the production CA key is the Guardian's own, made by
@@ -1091,7 +1163,19 @@ static CK_RV create_certificate(struct import *im, X509 *x, int index)
             rv = im->be->C_CreateObject(im->session, t, sizeof(t) / sizeof(t[0]) - 1, &h);
         if (rv == CKR_OK)
             rv = track(im, h);
-        else
+        else if (index > 0 && token_has_certificate(im, der, (CK_ULONG)der_len)) {
+            /* NSS softoken keeps one copy of a certificate (CKR_GENERAL_ERROR
+             * for the same one again): the enrolled root's listing
+             * certificate, or an earlier release's chain.  A chain
+             * certificate in the token is the package's record only (the
+             * chain was verified from the package's bytes against the
+             * enrolled roots), so the one there serves; it is not this
+             * import's, so a failed import leaves it. */
+            guardian_info("unwrap", "certificate %d of the chain is in the token already (%s for another copy): "
+                                    "not stored twice",
+                          index, ckr(rv));
+            rv = CKR_OK;
+        } else
             guardian_error("unwrap", "cannot create certificate object %d: %s", index, ckr(rv));
     }
     OPENSSL_free(der);
@@ -1272,6 +1356,7 @@ static CK_RV import_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     im.session = session;
     im.guardian_key = unwrapping_key;
     im.kek = CK_INVALID_HANDLE;
+    im.member = -1;
 
     im.usage = *usage;
 
@@ -1317,9 +1402,14 @@ static CK_RV import_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
         rv = CKR_WRAPPED_KEY_INVALID;
         goto out;
     }
-    if (memcmp(im.pkg.target_guardian, self, sizeof(self)) != 0) {
-        guardian_error("unwrap", "refused: package %s/%s r%u was made for another Guardian", im.pkg.oem_id,
-                       im.pkg.product_id, im.pkg.release_version);
+    /* A group package names its members (package.c checked that its target
+     * is their group ID); a one-Guardian package, its target. */
+    if (im.pkg.group_members > 0 ? (im.member = guardian_group_member(&im.pkg, self)) < 0
+                                 : memcmp(im.pkg.target_guardian, self, sizeof(self)) != 0) {
+        guardian_error("unwrap", "refused: package %s/%s r%u was made for %s", im.pkg.oem_id, im.pkg.product_id,
+                       im.pkg.release_version,
+                       im.pkg.group_members > 0 ? "a group of Guardians this one is not a member of"
+                                                : "another Guardian");
         rv = CKR_GUARDIAN_WRONG_GUARDIAN;
         goto out;
     }
@@ -1343,6 +1433,9 @@ static CK_RV import_package(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_
     info.release_version = im.pkg.release_version;
     info.authorised_units = im.pkg.authorised_units;
     info.not_after = im.pkg.not_after;
+    /* A group member: the store records this member's import (the first one
+     * the package and its allowance, every other one a JOIN). */
+    info.group_member = im.member >= 0 ? self : NULL;
     /* The store must not be behind the token's anchor (a restored backup
      * would accept this package again). */
     rv = guardian_anchor_check(be, session, st);

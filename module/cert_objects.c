@@ -25,6 +25,14 @@
  * certificate's ISSUE record in between: a prepared object holds a handle
  * number that no one else can get, but no call can find it or read it.
  *
+ * Request outputs (guardian_output_object_create): the same objects, of class
+ * CKO_DATA and private, for every request's answer (status, probe, CSR, audit
+ * report...).  NSS softoken 3.87 refuses every private CKO_DATA, so the
+ * backend cannot hold them there; held here they have one form everywhere.  A
+ * private object is seen only by sessions of its slot whose backend session
+ * is logged in as the user (what the backend's own private object would
+ * get): found, read and destroyed by those only.
+ *
  * Cost on the hot path: none but one relaxed load of guardian_cert_objects_live
  * in C_FindObjectsInit; handles are told apart with one mask compare
  * (guardian_is_module_object).  One mutex guards the tables; it is never held
@@ -49,6 +57,7 @@ struct cobj {
     CK_SLOT_ID slot;
     unsigned generation; /* of the tables its number was taken from */
     size_t size; /* of this allocation: C_GetObjectSize */
+    int output; /* a request's output (CKO_DATA, private), not a certificate */
     const unsigned char *value[N_VALUES];
     CK_ULONG len[N_VALUES];
     unsigned char check_value[CHECK_VALUE_LEN];
@@ -125,9 +134,20 @@ static struct cobj *lookup_locked(CK_OBJECT_HANDLE h)
     return guardian_is_cert_object(h) ? slots[h & MAX_OBJECTS] : NULL;
 }
 
+/* May a session (its backend's answer `si`) see `o`?  A private output only
+ * on its slot and logged in as the user, as the backend hides its own private
+ * objects. */
+static int visible(const struct cobj *o, const CK_SESSION_INFO *si)
+{
+    if (!o->output)
+        return 1;
+    return si->slotID == o->slot && (si->state == CKS_RO_USER_FUNCTIONS || si->state == CKS_RW_USER_FUNCTIONS);
+}
+
 /* For a call on `h` in `session`: the session must be valid (the backend's
- * error otherwise), the object live (CKR_OBJECT_HANDLE_INVALID).  On CKR_OK
- * the lock is held and *o is the object. */
+ * error otherwise), the object live and visible to it
+ * (CKR_OBJECT_HANDLE_INVALID).  On CKR_OK the lock is held and *o is the
+ * object. */
 static CK_RV lock_object(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE h, struct cobj **o)
 {
     CK_SESSION_INFO si;
@@ -137,7 +157,7 @@ static CK_RV lock_object(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJ
         return rv;
     pthread_mutex_lock(&lock);
     *o = lookup_locked(h);
-    if (*o == NULL) {
+    if (*o == NULL || !visible(*o, &si)) {
         pthread_mutex_unlock(&lock);
         return CKR_OBJECT_HANDLE_INVALID;
     }
@@ -174,7 +194,7 @@ CK_RV guardian_cert_object_prepare(CK_SESSION_HANDLE session, const struct guard
     CK_RV rv = CKR_GENERAL_ERROR;
 
     return_val_if_fail(v != NULL && out != NULL, CKR_ARGUMENTS_BAD);
-    return_val_if_fail(v->der != NULL && v->der_len > 0, CKR_ARGUMENTS_BAD);
+    return_val_if_fail(v->der != NULL && (v->der_len > 0 || v->output), CKR_ARGUMENTS_BAD);
     if (be == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     memset(&si, 0, sizeof(si));
@@ -199,6 +219,7 @@ CK_RV guardian_cert_object_prepare(CK_SESSION_HANDLE session, const struct guard
     o->session = session;
     o->slot = si.slotID;
     o->size = total;
+    o->output = v->output != 0;
     for (int i = 0; i < N_VALUES; i++) {
         o->value[i] = o->data + off;
         o->len[i] = (CK_ULONG)len[i];
@@ -249,7 +270,8 @@ CK_RV guardian_cert_object_publish(struct guardian_cert_object *p, CK_OBJECT_HAN
         return CKR_SESSION_HANDLE_INVALID;
     }
     *out = o->handle;
-    guardian_debug("objects", "certificate object %#lx created in session %lu", *out, o->session);
+    guardian_debug("objects", "%s object %#lx created in session %lu", o->output ? "output" : "certificate", *out,
+                   o->session);
     return CKR_OK;
 }
 
@@ -277,9 +299,23 @@ CK_RV guardian_cert_object_create(CK_SESSION_HANDLE session, const struct guardi
     return guardian_cert_object_publish(p, out);
 }
 
+CK_RV guardian_output_object_create(CK_SESSION_HANDLE session, const char *label, const uint8_t *value, size_t len,
+                                    CK_OBJECT_HANDLE *out)
+{
+    static const uint8_t empty[1];
+    struct guardian_cert_object_value v;
+
+    return_val_if_fail(label != NULL && (value != NULL || len == 0), CKR_ARGUMENTS_BAD);
+    memset(&v, 0, sizeof(v));
+    v.der = value != NULL ? value : empty, v.der_len = len;
+    v.label = label;
+    v.output = 1;
+    return guardian_cert_object_create(session, &v, out);
+}
+
 /* ---- attributes ------------------------------------------------------------------ */
 
-static const CK_OBJECT_CLASS class_certificate = CKO_CERTIFICATE;
+static const CK_OBJECT_CLASS class_certificate = CKO_CERTIFICATE, class_data = CKO_DATA;
 static const CK_CERTIFICATE_TYPE type_x509 = CKC_X_509;
 static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 /* CK_CERTIFICATE_CATEGORY_UNSPECIFIED, CK_SECURITY_DOMAIN_UNSPECIFIED */
@@ -289,16 +325,35 @@ enum { ATTR_NONE, ATTR_FIXED, ATTR_PER_OBJECT };
 
 /* Where attribute `type` is.  ATTR_FIXED: the same for every object (*p, *len
  * set); ATTR_PER_OBJECT: *p, *len set when `o` is not NULL; ATTR_NONE: the
- * objects have no such attribute. */
+ * objects have no such attribute (`o` NULL: none of either kind). */
 static int where(const struct cobj *o, CK_ATTRIBUTE_TYPE type, const void **p, CK_ULONG *len)
 {
     int i;
 
+    /* The two kinds: what only one has, and what differs between them. */
+    switch (type) {
+    case CKA_CLASS: case CKA_PRIVATE:
+        if (o != NULL && type == CKA_CLASS)
+            *p = o->output ? &class_data : &class_certificate, *len = sizeof(CK_OBJECT_CLASS);
+        else if (o != NULL)
+            *p = o->output ? &yes : &no, *len = sizeof(CK_BBOOL);
+        return ATTR_PER_OBJECT;
+    case CKA_APPLICATION: case CKA_OBJECT_ID:
+        if (o != NULL && !o->output)
+            return ATTR_NONE;
+        *p = &unspecified, *len = 0;
+        return ATTR_PER_OBJECT;
+    case CKA_TOKEN: case CKA_MODIFIABLE: case CKA_COPYABLE: case CKA_DESTROYABLE: case CKA_LABEL: case CKA_VALUE:
+        break;
+    default:
+        if (o != NULL && o->output)
+            return ATTR_NONE;
+        break;
+    }
     switch (type) {
 #define FIXED(x) *p = &(x), *len = sizeof(x); return ATTR_FIXED
-    case CKA_CLASS: FIXED(class_certificate);
     case CKA_CERTIFICATE_TYPE: FIXED(type_x509);
-    case CKA_TOKEN: case CKA_PRIVATE: case CKA_MODIFIABLE: case CKA_COPYABLE: case CKA_TRUSTED: FIXED(no);
+    case CKA_TOKEN: case CKA_MODIFIABLE: case CKA_COPYABLE: case CKA_TRUSTED: FIXED(no);
     case CKA_DESTROYABLE: FIXED(yes);
     case CKA_CERTIFICATE_CATEGORY: case CKA_JAVA_MIDP_SECURITY_DOMAIN: FIXED(unspecified);
 #undef FIXED
@@ -371,7 +426,16 @@ static int matches(const struct cobj *o, const CK_ATTRIBUTE *templ, CK_ULONG cou
     for (CK_ULONG i = 0; i < count; i++) {
         const void *p = NULL;
         CK_ULONG len = 0;
-        int kind = where(o, templ[i].type, &p, &len);
+        int kind;
+        /* Could any: a class other than these two keeps a search (of keys,
+         * say) on the backend's fast path while certificates are live. */
+        if (o == NULL && templ[i].type == CKA_CLASS) {
+            if (!guardian_attr_equal(&templ[i], &class_certificate, sizeof(class_certificate)) &&
+                !guardian_attr_equal(&templ[i], &class_data, sizeof(class_data)))
+                return 0;
+            continue;
+        }
+        kind = where(o, templ[i].type, &p, &len);
         if (kind == ATTR_NONE || ((kind == ATTR_FIXED || o != NULL) && !guardian_attr_equal(&templ[i], p, len)))
             return 0;
     }
@@ -385,11 +449,12 @@ int guardian_cert_objects_may_match(const CK_ATTRIBUTE *templ, CK_ULONG count)
     return matches(NULL, templ, count);
 }
 
-CK_RV guardian_cert_objects_match(const CK_ATTRIBUTE *templ, CK_ULONG count, CK_OBJECT_HANDLE **out,
-                                  CK_ULONG *n_out)
+CK_RV guardian_cert_objects_match(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const CK_ATTRIBUTE *templ,
+                                  CK_ULONG count, CK_OBJECT_HANDLE **out, CK_ULONG *n_out)
 {
     CK_OBJECT_HANDLE *found = NULL;
     CK_ULONG n = 0, room;
+    CK_SESSION_INFO si;
 
     *out = NULL;
     *n_out = 0;
@@ -400,12 +465,18 @@ CK_RV guardian_cert_objects_match(const CK_ATTRIBUTE *templ, CK_ULONG count, CK_
     room = atomic_load(&guardian_cert_objects_live);
     if (room == 0)
         return CKR_OK;
+    /* A session the backend does not know sees no private output (its own
+     * C_FindObjectsInit then refuses the search). */
+    memset(&si, 0, sizeof(si));
+    si.slotID = (CK_SLOT_ID)-1;
+    if (be->C_GetSessionInfo(session, &si) != CKR_OK)
+        si.slotID = (CK_SLOT_ID)-1, si.state = CKS_RO_PUBLIC_SESSION;
     found = malloc(room * sizeof(*found));
     if (found == NULL)
         return CKR_HOST_MEMORY;
     pthread_mutex_lock(&lock);
     for (const struct cobj *o = live; o != NULL && n < room; o = o->next)
-        if (matches(o, templ, count))
+        if (visible(o, &si) && matches(o, templ, count))
             found[n++] = o->handle;
     pthread_mutex_unlock(&lock);
     if (n == 0) {

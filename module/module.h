@@ -250,6 +250,7 @@ struct guardian_cert_object_value {
     const uint8_t *id;      /* CKA_ID */
     size_t id_len;
     const char *label;      /* CKA_LABEL, UTF-8, NUL-terminated */
+    int output;             /* non-zero: a request's output, CKO_DATA (see below) */
 };
 
 /* A session object (CKO_CERTIFICATE, CKC_X_509, CKA_TOKEN FALSE) of `session`,
@@ -266,6 +267,15 @@ CK_RV guardian_cert_object_create(CK_SESSION_HANDLE session, const struct guardi
  * object, only when C_Finalize or C_Initialize ran in between
  * (CKR_SESSION_HANDLE_INVALID: every session ended). */
 struct guardian_cert_object;
+/* A request's output (guardian_output_create, mechs/identity.c): a private
+ * session CKO_DATA object, label `label`, CKA_VALUE `value`, held by the module
+ * like the certificates (NSS softoken 3.87 refuses every private CKO_DATA; held
+ * here, the output has one form on every backend and through p11-kit).  Only
+ * a session of its slot whose backend session is logged in as the user finds
+ * it, reads it or destroys it, as the backend would treat a private object;
+ * it cannot be changed or copied. */
+CK_RV guardian_output_object_create(CK_SESSION_HANDLE session, const char *label, const uint8_t *value, size_t len,
+                                    CK_OBJECT_HANDLE *out);
 CK_RV guardian_cert_object_prepare(CK_SESSION_HANDLE session, const struct guardian_cert_object_value *v,
                                    struct guardian_cert_object **out);
 CK_RV guardian_cert_object_publish(struct guardian_cert_object *o, CK_OBJECT_HANDLE *out);
@@ -285,8 +295,8 @@ static inline int guardian_cert_objects_idle(const CK_ATTRIBUTE *templ, CK_ULONG
 }
 /* The handles of the live certificate objects matching the template, in a
  * fresh array (NULL when none; free it). */
-CK_RV guardian_cert_objects_match(const CK_ATTRIBUTE *templ, CK_ULONG count, CK_OBJECT_HANDLE **out,
-                                  CK_ULONG *n_out);
+CK_RV guardian_cert_objects_match(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const CK_ATTRIBUTE *templ,
+                                  CK_ULONG count, CK_OBJECT_HANDLE **out, CK_ULONG *n_out);
 /* C_GetAttributeValue, C_GetObjectSize, C_DestroyObject for a certificate
  * object handle (C_GetObjectSize and the refusals: entry.c checks the session). */
 CK_RV guardian_cert_objects_get(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE h,

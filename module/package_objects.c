@@ -449,7 +449,7 @@ CK_RV guardian_package_objects_find_init(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE
     /* A template that is ours alone names our class or attributes: no
      * certificate object has them. */
     if (!only) {
-        rv = guardian_cert_objects_match(templ, count, &certs, &n_certs);
+        rv = guardian_cert_objects_match(be, s, templ, count, &certs, &n_certs);
         if (rv != CKR_OK)
             return rv;
     }

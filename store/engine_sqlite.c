@@ -323,6 +323,24 @@ static CK_RV migrate_to_7(struct guardian_store *st, sqlite3 *db)
                       "migrate the schema to version 7 (the OEM root ledger)");
 }
 
+/* Schema 8: the members of group packages that imported them (registry.c):
+ * one row per member, so that each imports once and all share the package's
+ * one row and allowance.  A module of schema 7 refuses the database instead
+ * of reading JOIN records (type 12) it does not know. */
+static const char schema_v8[] =
+    "CREATE TABLE package_members ("
+    "  package_id BLOB    NOT NULL REFERENCES packages (package_id),"
+    "  guardian   BLOB    NOT NULL CHECK (length(guardian) = 32),"
+    "  import_seq INTEGER NOT NULL CHECK (import_seq >= 1),"
+    "  PRIMARY KEY (package_id, guardian)"
+    ") WITHOUT ROWID;";
+
+static CK_RV migrate_to_8(struct guardian_store *st, sqlite3 *db)
+{
+    return map_sqlite(st, sqlite3_exec(db, schema_v8, NULL, NULL, NULL),
+                      "migrate the schema to version 8 (the members of group packages)");
+}
+
 struct migration {
     int to_version;
     /* Runs inside the migration's write transaction; may read and rewrite
@@ -339,6 +357,7 @@ static const struct migration migrations[] = {
     {5, migrate_to_5},
     {6, migrate_to_6},
     {7, migrate_to_7},
+    {8, migrate_to_8},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -371,6 +390,9 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_PRODUCT_UPSERT] = "INSERT INTO products (oem_id, product_id, package_id, next_serial, installed_at) "
                          "VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT (oem_id, product_id) DO UPDATE SET "
                          "package_id = excluded.package_id, installed_at = excluded.installed_at",
+    [S_MEMBER_SEEN] = "SELECT 1 FROM package_members WHERE package_id = ?1 AND guardian = ?2",
+    [S_MEMBER_INSERT] = "INSERT INTO package_members (package_id, guardian, import_seq) VALUES (?1, ?2, ?3)",
+    [S_PRODUCT_IS_PACKAGE] = "SELECT 1 FROM products WHERE oem_id = ?1 AND product_id = ?2 AND package_id = ?3",
     [S_PRODUCT_GET] = PRODUCT_COLUMNS "WHERE p.oem_id = ?1 AND p.product_id = ?2",
     [S_PRODUCTS_ALL] = PRODUCT_COLUMNS "ORDER BY p.oem_id, p.product_id",
     [S_PACKAGE_COUNT] = "UPDATE packages SET issued_units = issued_units + ?2 "

@@ -41,12 +41,48 @@ CK_RV product_from_row(struct store_stmt *s, struct guardian_product *p)
 /* ---- package registry -------------------------------------------------------------- */
 
 /* The clock, expiry, replay and rollback checks; the caller holds the lock. */
-static CK_RV package_check_locked(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now)
+static CK_RV package_row_locked(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now,
+                                uint64_t import_seq);
+
+/* A group package seen before: this member may join it once, while it is its
+ * product's installed release. */
+static CK_RV member_check_locked(struct guardian_store *st, const struct guardian_package_info *pkg, bool *join)
+{
+    CK_RV rv;
+    struct store_stmt *s = NULL;
+    bool row = false;
+
+    rv = stmt_step(st, S_MEMBER_SEEN, &s, &row, "look up a group member", "bb", pkg->package_id,
+                   GUARDIAN_PACKAGE_ID_LEN, pkg->group_member, GUARDIAN_HASH_LEN);
+    if (rv != CKR_OK)
+        goto out;
+    if (row) {
+        rv = CKR_GUARDIAN_PACKAGE_REPLAYED; /* this member imported it already */
+        goto out;
+    }
+    stmt_done(s);
+    rv = stmt_step(st, S_PRODUCT_IS_PACKAGE, &s, &row, "look up the installed release", "ttb", pkg->oem_id,
+                   pkg->product_id, pkg->package_id, GUARDIAN_PACKAGE_ID_LEN);
+    if (rv != CKR_OK)
+        goto out;
+    if (!row) {
+        rv = CKR_GUARDIAN_PACKAGE_ROLLBACK; /* superseded since the first member imported it */
+        goto out;
+    }
+    *join = true;
+out:
+    stmt_done(s);
+    return rv;
+}
+
+static CK_RV package_check_locked(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now,
+                                  bool *join)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
     struct store_stmt *s = NULL;
     bool row = false;
 
+    *join = false;
     rv = clock_check_locked(st, now, "import");
     if (rv != CKR_OK)
         goto out;
@@ -58,7 +94,9 @@ static CK_RV package_check_locked(struct guardian_store *st, const struct guardi
     if (rv != CKR_OK)
         goto out;
     if (row) {
-        rv = CKR_GUARDIAN_PACKAGE_REPLAYED;
+        stmt_done(s);
+        s = NULL;
+        rv = pkg->group_member != NULL ? member_check_locked(st, pkg, join) : CKR_GUARDIAN_PACKAGE_REPLAYED;
         goto out;
     }
     stmt_done(s);
@@ -80,7 +118,7 @@ out:
 CK_RV guardian_store_package_check(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now)
 {
     CK_RV rv = CKR_GENERAL_ERROR;
-    bool locked = false;
+    bool locked = false, join = false;
 
     if (st == NULL || !package_ok(pkg)) {
         rv = CKR_ARGUMENTS_BAD;
@@ -91,7 +129,7 @@ CK_RV guardian_store_package_check(struct guardian_store *st, const struct guard
         goto out;
     locked = true;
     /* Advisory: install repeats the checks inside its write transaction. */
-    rv = package_check_locked(st, pkg, now);
+    rv = package_check_locked(st, pkg, now, &join);
 out:
     if (locked)
         store_leave(st);
@@ -104,14 +142,21 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     CK_RV rv = CKR_GENERAL_ERROR;
     struct guardian_audit_record rec;
     struct store_stmt *s = NULL;
+    bool join = false;
 
-    rv = package_check_locked(st, pkg, now);
+    rv = package_check_locked(st, pkg, now, &join);
     if (rv != CKR_OK)
         goto out;
 
-    rv = record_init(st, &rec, GUARDIAN_AUDIT_IMPORT, now, NULL);
+    /* A group package names its importing member in the record's device_id
+     * (docs/audit-format.md, "Group packages"); JOIN: a later member. */
+    rv = record_init(st, &rec, join ? GUARDIAN_AUDIT_JOIN : GUARDIAN_AUDIT_IMPORT, now, NULL);
     if (rv != CKR_OK)
         goto out;
+    if (pkg->group_member != NULL) {
+        memcpy(rec.device_id, pkg->group_member, GUARDIAN_HASH_LEN);
+        rec.device_id_len = GUARDIAN_HASH_LEN;
+    }
     memcpy(rec.oem_id, pkg->oem_id, strlen(pkg->oem_id) + 1);
     memcpy(rec.product_id, pkg->product_id, strlen(pkg->product_id) + 1);
     memcpy(rec.digest, pkg->package_digest, GUARDIAN_HASH_LEN);
@@ -121,11 +166,32 @@ static CK_RV package_install_locked(struct guardian_store *st, const struct guar
     rv = audit_append(st, &rec);
     if (rv != CKR_OK)
         goto out;
+    if (pkg->group_member != NULL) {
+        /* Joining spends nothing and installs nothing: the first member's
+         * package row and allowance are the group's. */
+        rv = join ? CKR_OK : package_row_locked(st, pkg, now, rec.seq);
+        if (rv == CKR_OK)
+            rv = stmt_step(st, S_MEMBER_INSERT, &s, NULL, "record a group member", "bbi", pkg->package_id,
+                           GUARDIAN_PACKAGE_ID_LEN, pkg->group_member, GUARDIAN_HASH_LEN, (store_int)rec.seq);
+        goto out;
+    }
+    rv = package_row_locked(st, pkg, now, rec.seq);
+out:
+    stmt_done(s);
+    return rv;
+}
+
+/* The package's row and its product's installed release (an IMPORT). */
+static CK_RV package_row_locked(struct guardian_store *st, const struct guardian_package_info *pkg, int64_t now,
+                                uint64_t import_seq)
+{
+    CK_RV rv;
+    struct store_stmt *s = NULL;
 
     rv = stmt_step(st, S_PACKAGE_INSERT, &s, NULL, "record a package", "bbttiiiiibb", pkg->package_id,
                    GUARDIAN_PACKAGE_ID_LEN, pkg->package_digest, GUARDIAN_HASH_LEN, pkg->oem_id, pkg->product_id,
                    (store_int)pkg->release_version, (store_int)pkg->authorised_units,
-                   (store_int)pkg->not_after, (store_int)now, (store_int)rec.seq, pkg->cert_template,
+                   (store_int)pkg->not_after, (store_int)now, (store_int)import_seq, pkg->cert_template,
                    (int)pkg->cert_template_len, pkg->ca_cert, (int)pkg->ca_cert_len);
     if (rv != CKR_OK)
         goto out;

@@ -91,6 +91,11 @@ struct guardian_package_info {
     size_t cert_template_len;
     const uint8_t *ca_cert;
     size_t ca_cert_len;
+    /* A group package (docs/package-format.md): the importing member, SHA-256
+     * of its certificate A.  The first member's import records the package
+     * and its allowance (IMPORT); each other member's only joins it (JOIN):
+     * one allowance, one import per member.  NULL: a one-Guardian package. */
+    const uint8_t *group_member;
 };
 
 /* Time never runs backwards.  An import or a reservation whose `now` is more
@@ -310,8 +315,9 @@ enum guardian_audit_type {
     GUARDIAN_AUDIT_REISSUE = 9,    /* a device's certificate issued again for another key (schema 6 on) */
     GUARDIAN_AUDIT_RETIRE = 10,    /* a superseded release's production CA key destroyed: who, when, which (schema 6 on) */
     GUARDIAN_AUDIT_ENROL = 11,     /* an OEM root enrolled in or removed from the store's ledger (schema 7 on) */
+    GUARDIAN_AUDIT_JOIN = 12,      /* another member of a group package imported it: one allowance (schema 8 on) */
 };
-#define GUARDIAN_AUDIT_TYPE_MAX GUARDIAN_AUDIT_ENROL
+#define GUARDIAN_AUDIT_TYPE_MAX GUARDIAN_AUDIT_JOIN
 
 /* A part's outcome, as an OUTCOME record (its authorised_units field) and the
  * device index hold it (0: none reported). */

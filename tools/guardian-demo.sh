@@ -358,13 +358,11 @@ backend_start() {
         (umask 077 && printf '%s\n' "$BACKEND_USER_PIN" >"$work/conf/backend.pin")
         chmod 0400 "$work/conf/backend.pin"
         printf 'backend_pin_file = %s\n' "$work/conf/backend.pin" >>"$work/guardian.conf"
-        # NSS has no SO: no file, and the module says what that costs. On a
-        # token that cannot be trusted to hold OEM roots (tpm2-pkcs11: its
-        # SO makes no object; opencryptoki: nobody makes a trusted
-        # certificate) the roots are the ledger's, which the Guardian SO
-        # writes as the backend's user: no backend_so_pin_file there
-        # (docs/service-mode.md, "Enrolment where the token cannot hold roots").
-        if [ -n "$BACKEND_SO_PIN" ] && [ "$kind" != opencryptoki ]; then
+        # NSS has no SO: no file, and the module says what that costs.  Where
+        # a token root cannot be trusted (credentials mode is forced there)
+        # the enrolment is the ledger's, by the Guardian SO logged into the
+        # backend as its user: no SO file either (mechs/enrol_root.c).
+        if [ -n "$BACKEND_SO_PIN" ] && [ "$kind" = softhsm ]; then
             (umask 077 && printf '%s\n' "$BACKEND_SO_PIN" >"$work/conf/backend-so.pin")
             chmod 0400 "$work/conf/backend-so.pin"
             printf 'backend_so_pin_file = %s\n' "$work/conf/backend-so.pin" >>"$work/guardian.conf"

@@ -533,6 +533,7 @@ static GUARDIAN_WRAPPED_KEY *wrap_private_key(int scheme, const uint8_t kek[32],
 
 /* ---- create ------------------------------------------------------------------ */
 
+
 struct create_opts {
     const char *guardian_cert, *signer_key, *signer_cert, *signer_chain;
     const char *ca_key, *ca_cert, *ca_chain, *ca_request;
@@ -548,6 +549,9 @@ struct create_opts {
     const char *data[GUARDIAN_PKG_MAX_ITEMS];
     int data_conf[GUARDIAN_PKG_MAX_ITEMS];
     int n_data;
+    /* --guardian-cert, each time given: more than one makes a group package. */
+    const char *guardians[GUARDIAN_GROUP_MAX];
+    int n_guardians;
 };
 
 static void set_utf8(ASN1_UTF8STRING *s, const char *v)
@@ -876,6 +880,76 @@ static int cmd_certify_ca(int argc, char **argv)
     return 0;
 }
 
+struct group_member_in {
+    uint8_t digest[32];
+    X509 *a;
+    const char *path;
+};
+
+static int member_cmp(const void *x, const void *y)
+{
+    return memcmp(((const struct group_member_in *)x)->digest, ((const struct group_member_in *)y)->digest, 32);
+}
+
+/* A group package (docs/package-format.md, "A package for a group of
+ * Guardians"): a fresh package KEK, and for each member in ascending order of
+ * its certificate digest its own ephemeral key and the package KEK wrapped
+ * (RFC 5649) under the member's KEK, which is derived as a one-Guardian
+ * package's with the member's digest as the target.  Every member must offer
+ * `scheme` (the first member's choice).  Returns the members; `target` gets
+ * the group ID, `kek` the package KEK. */
+static STACK_OF(GUARDIAN_GROUP_MEMBER) *make_group(const struct create_opts *o, int scheme, const uint8_t id[16],
+                                                   uint8_t kek[32], uint8_t target[32])
+{
+    struct group_member_in in[GUARDIAN_GROUP_MAX];
+    uint8_t digests[GUARDIAN_GROUP_MAX * 32];
+    STACK_OF(GUARDIAN_GROUP_MEMBER) *out = sk_GUARDIAN_GROUP_MEMBER_new_null();
+    char err[GUARDIAN_TRANSPORTS_MAX * (GUARDIAN_TRANSPORT_OID_MAX + 24) + 400];
+
+    if (out == NULL || RAND_bytes(kek, 32) != 1)
+        die("no randomness for the package key-encryption key");
+    for (int i = 0; i < o->n_guardians; i++) {
+        struct guardian_transports offered;
+        EVP_PKEY *pub;
+        in[i].path = o->guardians[i];
+        in[i].a = read_guardian(o->guardians[i], NULL);
+        pub = X509_get0_pubkey(in[i].a);
+        if (pub == NULL || EVP_PKEY_get_base_id(pub) != EVP_PKEY_EC)
+            die("%s: a group package is for EC Guardians (ECDH key transport); this certificate carries no EC key",
+                o->guardians[i]);
+        if (!guardian_transports_read(in[i].a, &offered, err, sizeof(err)))
+            die("%s: %s", o->guardians[i], err);
+        if (guardian_transport_choose(&offered, scheme, o->kdf_unlisted, err, sizeof(err)) != scheme)
+            die("%s: a group package uses one transport for every member, %s, and this Guardian does not offer it: "
+                "%s", o->guardians[i], guardian_transport_name(scheme), err);
+        cert_sha256(in[i].a, in[i].digest);
+    }
+    qsort(in, (size_t)o->n_guardians, sizeof(in[0]), member_cmp);
+    for (int i = 0; i < o->n_guardians; i++) {
+        GUARDIAN_GROUP_MEMBER *m = GUARDIAN_GROUP_MEMBER_new();
+        uint8_t member_kek[32], eph[97];
+        size_t eph_len = 0;
+        ASN1_OCTET_STRING *w;
+        if (i > 0 && memcmp(in[i - 1].digest, in[i].digest, 32) == 0)
+            die("%s and %s are the same Guardian certificate: name each member once", in[i - 1].path, in[i].path);
+        if (m == NULL)
+            die("out of memory");
+        make_kek(X509_get0_pubkey(in[i].a), scheme, id, in[i].digest, member_kek, eph, &eph_len);
+        w = wrap(scheme, member_kek, kek, 32);
+        OPENSSL_cleanse(member_kek, sizeof(member_kek));
+        ASN1_OCTET_STRING_set(m->guardian, in[i].digest, 32);
+        ASN1_OCTET_STRING_set(m->ephemeral_key, eph, (int)eph_len);
+        ASN1_OCTET_STRING_free(m->wrapped_kek);
+        m->wrapped_kek = w;
+        sk_GUARDIAN_GROUP_MEMBER_push(out, m);
+        memcpy(digests + (size_t)i * 32, in[i].digest, 32);
+        X509_free(in[i].a);
+    }
+    if (!guardian_group_id(digests, (size_t)o->n_guardians, target))
+        die("SHA-256 failed");
+    return out;
+}
+
 static int create_package(struct create_opts *o)
 {
     X509 *guardian = read_guardian(o->guardian_cert, NULL), *signer = read_cert(o->signer_cert);
@@ -948,8 +1022,12 @@ static int create_package(struct create_opts *o)
         if (scheme == GUARDIAN_KT_RSAOAEP_SHA256) {
             eph_len = sizeof(eph);
             make_kek_oaep(guardian_pub, id, target, kek, eph, &eph_len);
+        } else if (o->n_guardians > 1) {
+            if (scheme == GUARDIAN_KT_RSAOAEP_SHA256)
+                die("%s: a group package is for EC Guardians (ECDH key transport)", o->guardian_cert);
+            pkg->group = make_group(o, scheme, id, kek, target);
         } else
-        make_kek(guardian_pub, scheme, id, target, kek, eph, &eph_len);
+            make_kek(guardian_pub, scheme, id, target, kek, eph, &eph_len);
     }
 
     ASN1_INTEGER_set(pkg->version, ca_key ? GUARDIAN_PACKAGE_VERSION : GUARDIAN_PACKAGE_VERSION_CA_IN_GUARDIAN);
@@ -1126,8 +1204,18 @@ static int create_package(struct create_opts *o)
 
     printf("wrote %s\n  package id   ", o->out);
     print_hex(id, sizeof(id));
-    printf("\n  for Guardian sha256:");
-    print_hex(target, sizeof(target));
+    if (pkg->group != NULL) {
+        /* pkg is freed below: its members are still here. */
+        printf("\n  for a group of %d Guardians, group ID sha256:", sk_GUARDIAN_GROUP_MEMBER_num(pkg->group));
+        print_hex(target, sizeof(target));
+        for (int i = 0; i < sk_GUARDIAN_GROUP_MEMBER_num(pkg->group); i++) {
+            printf("\n    member     sha256:");
+            print_hex(ASN1_STRING_get0_data(sk_GUARDIAN_GROUP_MEMBER_value(pkg->group, i)->guardian), 32);
+        }
+    } else {
+        printf("\n  for Guardian sha256:");
+        print_hex(target, sizeof(target));
+    }
     {
         char when[32];
         struct tm tm;
@@ -1188,7 +1276,14 @@ static int cmd_create(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, ":o:", longopts, NULL)) != -1) {
         switch (c) {
-        case 'g': o.guardian_cert = optarg; break;
+        case 'g':
+            if (o.n_guardians == GUARDIAN_GROUP_MAX)
+                usage_die("create", "at most %d --guardian-cert (a group package names up to %d Guardians)",
+                          GUARDIAN_GROUP_MAX, GUARDIAN_GROUP_MAX);
+            o.guardians[o.n_guardians++] = optarg;
+            if (o.guardian_cert == NULL)
+                o.guardian_cert = optarg;
+            break;
         case 'k': o.signer_key = optarg; break;
         case 'c': o.signer_cert = optarg; break;
         case 'C': o.signer_chain = optarg; break;
@@ -1255,6 +1350,9 @@ static int cmd_create(int argc, char **argv)
     if ((o.ca_key == NULL) == (o.ca_request == NULL))
         usage_die("create", "give --ca-key (the CA key travels, wrapped) or --ca-request (the CA key was made in "
                             "the Guardian by 'guardianctl ca-request'), not both");
+    if (o.n_guardians > 1 && o.ca_request != NULL)
+        usage_die("create", "a group package (--guardian-cert more than once) carries its production CA key "
+                            "(--ca-key): a key made in one Guardian (--ca-request) cannot be shared by a group");
     REQUIRE(ca_cert, "ca-cert");
     REQUIRE(oem_id, "oem-id");
     REQUIRE(product_id, "product-id");
@@ -1387,6 +1485,13 @@ static int cmd_inspect(int argc, char **argv)
     print_hex(pkg.package_id, sizeof(pkg.package_id));
     printf("\ntarget       sha256:");
     print_hex(pkg.target_guardian, sizeof(pkg.target_guardian));
+    if (pkg.group_members > 0) {
+        printf(" (the group ID of %d Guardians)", pkg.group_members);
+        for (int i = 0; i < pkg.group_members; i++) {
+            printf("\nmember       sha256:");
+            print_hex(ASN1_STRING_get0_data(sk_GUARDIAN_GROUP_MEMBER_value(pkg.asn1->group, i)->guardian), 32);
+        }
+    }
     if (guardian_path != NULL) {
         X509 *g = read_guardian(guardian_path, NULL);
         uint8_t h[32];
@@ -1394,7 +1499,14 @@ static int cmd_inspect(int argc, char **argv)
         if (!guardian_transports_read(g, &offered, err, sizeof(err)))
             die("%s: %s", guardian_path, err);
         X509_free(g);
-        if (memcmp(h, pkg.target_guardian, 32) == 0) {
+        if (pkg.group_members > 0) {
+            if (guardian_group_member(&pkg, h) >= 0) {
+                printf("\n             (%s is a member)", guardian_path);
+            } else {
+                printf("\n             (%s is NOT a member)", guardian_path);
+                problems++;
+            }
+        } else if (memcmp(h, pkg.target_guardian, 32) == 0) {
             printf(" (this is %s)", guardian_path);
         } else {
             printf(" (NOT %s)", guardian_path);
@@ -1519,6 +1631,11 @@ static void read_package_file(const char *path, struct report_package *out)
     snprintf(out->product_id, sizeof(out->product_id), "%s", pkg.product_id);
     out->release_version = pkg.release_version;
     out->authorised_units = pkg.authorised_units;
+    _Static_assert(REPORT_MAX_MEMBERS == GUARDIAN_GROUP_MAX, "a report package holds every member");
+    out->n_members = (size_t)pkg.group_members;
+    for (int i = 0; i < pkg.group_members; i++)
+        memcpy(out->members[i], ASN1_STRING_get0_data(sk_GUARDIAN_GROUP_MEMBER_value(pkg.asn1->group, i)->guardian),
+               GUARDIAN_HASH_LEN);
     {
         /* Compared with the report's template line of its IMPORT. */
         unsigned char *der = NULL;
@@ -1679,6 +1796,8 @@ static const char create_usage[] =
     "         --out PACKAGE [--force]\n"
     "--ca-request: the CA key was made in the Guardian ('guardianctl ca-request'); the package\n"
     "carries its certificate and no key (format version 2; the Guardian must hold the key).\n"
+    "--guardian-cert given 2-16 times: one package for a group of EC Guardians sharing one\n"
+    "allowance (needs --ca-key; every member must offer the transport the first one's --kdf gives).\n"
     "Encrypted PEM keys: --passin (every key), --ca-passin (the CA key, if its passphrase differs);\n"
     "pass:TEXT shows in ps: prefer env:, file:, fd: or stdin.\n"
     "--kdf auto (the default): the strongest key transport the Guardian certificate lists\n"

@@ -225,6 +225,11 @@ struct rpkg {
     struct guardian_subject_pattern *subject;
     uint8_t ext_oid[GUARDIAN_DEVICE_EXT_OID_MAX];
     int ext_oid_len;                   /* 0: no device-identity extension */
+    /* A group package: the members the trail says imported it, in trail
+     * order (the IMPORT's first, then each JOIN's), and their records. */
+    uint8_t members[REPORT_MAX_MEMBERS][GUARDIAN_HASH_LEN];
+    uint64_t member_seq[REPORT_MAX_MEMBERS];
+    size_t n_members;
 };
 
 enum { S_RESERVED = 1, S_ISSUED, S_RELEASED };
@@ -1554,6 +1559,58 @@ static void check_export(struct vctx *v, const struct rrec *r)
  * and its release, the operator; serial, device, digest and units zero), the
  * package one that a record before it imported for that product and
  * release, not the product's installed one at that point, and retired once. */
+/* A JOIN record (type 12, docs/audit-format.md "Group packages"): another
+ * member of a group package imported it.  It must repeat an earlier IMPORT of
+ * a group package (ID, file digest, release, units), name a member
+ * (32 bytes) that has not imported it yet, and have serial 0; it adds no
+ * allowance.  Whether the member is one the package names is checked against
+ * the OEM's file (check_oem_inputs). */
+static void check_join(struct vctx *v, const struct rrec *r)
+{
+    unsigned long long seq = (unsigned long long)r->seq;
+    struct rpkg *k = NULL;
+    uint8_t member[GUARDIAN_HASH_LEN];
+
+    for (size_t i = 0; i < v->n_pkgs; i++)
+        if (memcmp(v->pkgs[i].id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0)
+            k = &v->pkgs[i];
+    if (k == NULL || k->n_members == 0) {
+        problem(v, "record %llu (JOIN) joins a package that no earlier IMPORT record imported as a group package",
+                seq);
+        return;
+    }
+    if (r->serial != 0 || r->dev_len != GUARDIAN_HASH_LEN ||
+        !get_hex(r->dev_hex, 2u * r->dev_len, member, GUARDIAN_HASH_LEN)) {
+        problem(v, "record %llu (JOIN) is malformed: it needs serial 0 and the member's %d-byte digest", seq,
+                GUARDIAN_HASH_LEN);
+        return;
+    }
+    if (memcmp(k->digest, r->digest, GUARDIAN_HASH_LEN) != 0 || k->release != r->release ||
+        k->authorised != r->units || r->product != k->product) {
+        problem(v, "record %llu (JOIN) describes package record %llu imported otherwise (product, file digest, "
+                   "release or units differ)",
+                seq, (unsigned long long)k->seq);
+        return;
+    }
+    for (size_t i = 0; i < k->n_members; i++)
+        if (memcmp(k->members[i], member, GUARDIAN_HASH_LEN) == 0) {
+            problem(v, "record %llu (JOIN): this member imported the package already (record %llu): a replay", seq,
+                    (unsigned long long)k->member_seq[i]);
+            return;
+        }
+    if (v->products[k->product].pkg < 0 || &v->pkgs[v->products[k->product].pkg] != k) {
+        problem(v, "record %llu (JOIN) joins a release of %s that another release superseded", seq,
+                v->products[k->product].name);
+        return;
+    }
+    if (k->n_members == REPORT_MAX_MEMBERS) {
+        problem(v, "record %llu (JOIN): more than %d members", seq, REPORT_MAX_MEMBERS);
+        return;
+    }
+    memcpy(k->members[k->n_members], member, GUARDIAN_HASH_LEN);
+    k->member_seq[k->n_members++] = r->seq;
+}
+
 static void check_retire(struct vctx *v, size_t at, const struct rproduct *prod)
 {
     static const uint8_t zeros[GUARDIAN_HASH_LEN];
@@ -1678,7 +1735,14 @@ static void check_accounting(struct vctx *v)
             check_retire(v, i, prod);
             continue;
         }
+        if (r->type == GUARDIAN_AUDIT_JOIN) {
+            check_join(v, r);
+            continue;
+        }
         if (r->type == GUARDIAN_AUDIT_IMPORT) {
+            if (r->dev_len != 0 && r->dev_len != GUARDIAN_HASH_LEN)
+                problem(v, "record %llu (IMPORT) is malformed: its member field holds %zu bytes, not 0 or %d", seq,
+                        (size_t)r->dev_len, GUARDIAN_HASH_LEN);
             for (size_t k = 0; k < v->n_pkgs; k++)
                 if (memcmp(v->pkgs[k].id, r->package_id, GUARDIAN_PACKAGE_ID_LEN) == 0)
                     problem(v, "record %llu imports package %s again (replay; first imported by record %llu)", seq,
@@ -1697,6 +1761,12 @@ static void check_accounting(struct vctx *v)
             memcpy(pkg->digest, r->digest, sizeof(pkg->digest));
             pkg->release = r->release;
             pkg->authorised = r->units;
+            pkg->n_members = 0;
+            if (r->dev_len == GUARDIAN_HASH_LEN && /* a group package: its first member */
+                get_hex(r->dev_hex, 2u * r->dev_len, pkg->members[0], GUARDIAN_HASH_LEN)) {
+                pkg->member_seq[0] = r->seq;
+                pkg->n_members = 1;
+            }
             attach_template(v, pkg);
             prod->pkg = (long)v->n_pkgs++;
             continue;
@@ -1842,6 +1912,38 @@ static void check_oem_inputs(struct vctx *v)
                     (unsigned long long)k->seq, f->name, v->products[k->product].name, k->release,
                     (unsigned long long)k->authorised, f->oem_id, f->product_id, f->release_version,
                     (unsigned long long)f->authorised_units);
+        }
+        /* Which Guardians imported it: the package's members only. */
+        if (f->n_members == 0 && k->n_members > 0)
+            problem(v, "record %llu imports package %s as a group package, but the package names one Guardian",
+                    (unsigned long long)k->seq, f->name);
+        for (size_t m = 0; f->n_members > 0 && m < k->n_members; m++) {
+            int named = 0;
+            for (size_t j2 = 0; j2 < f->n_members; j2++)
+                named |= memcmp(f->members[j2], k->members[m], GUARDIAN_HASH_LEN) == 0;
+            if (!named) {
+                char hex[2 * GUARDIAN_HASH_LEN + 1];
+                put_hex(hex, k->members[m], GUARDIAN_HASH_LEN);
+                problem(v, "record %llu: Guardian sha256:%s imported package %s, which does not name it as a member",
+                        (unsigned long long)k->member_seq[m], hex, f->name);
+            }
+        }
+        if (f->n_members > 0 && k->n_members == 0)
+            problem(v, "record %llu imports group package %s without naming the member that imported it",
+                    (unsigned long long)k->seq, f->name);
+        /* Not a failure (a member may import later), but what the OEM must
+         * look for: a member that imported it into another store spends the
+         * allowance there too, and its own export shows that IMPORT. */
+        for (size_t j2 = 0; j2 < f->n_members; j2++) {
+            int in = 0;
+            for (size_t m = 0; m < k->n_members; m++)
+                in |= memcmp(f->members[j2], k->members[m], GUARDIAN_HASH_LEN) == 0;
+            if (!in) {
+                char hex[2 * GUARDIAN_HASH_LEN + 1];
+                put_hex(hex, f->members[j2], GUARDIAN_HASH_LEN);
+                say(v, "    member sha256:%s of %s has not imported it in this trail (an import in another store "
+                       "would spend the allowance again: see its export)\n", hex, f->name);
+            }
         }
         if (f->cert_template != NULL && k->tmpl != NULL) {
             unsigned char *der = NULL;
@@ -2108,6 +2210,12 @@ static void summary(struct vctx *v)
             (unsigned long long)k->issued, (unsigned long long)(k->reserved - k->released - k->issued), lost,
             (unsigned long long)(k->authorised > k->net ? k->authorised - k->net : 0),
             (unsigned long long)k->certs_ok, (unsigned long long)k->issued);
+        for (size_t m = 0; m < k->n_members; m++) {
+            char hex[2 * GUARDIAN_HASH_LEN + 1];
+            put_hex(hex, k->members[m], GUARDIAN_HASH_LEN);
+            say(v, "    member sha256:%s %s (record %llu)\n", hex, m == 0 ? "imported" : "joined",
+                (unsigned long long)k->member_seq[m]);
+        }
         if (order != NULL && k->issued > 0) {
             say(v, "    issued by operator: ");
             say_operators(v, order, by_op + i * v->n_ops);

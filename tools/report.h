@@ -41,6 +41,9 @@ const char *report_parse_record(const char *s, size_t len, struct guardian_audit
 /* ---- verifying (guardian-wrap verify-report) -------------------------------- */
 
 /* A package file the OEM made, as it knows it (guardian-wrap decodes it). */
+/* A group package's members, at most (GUARDIAN_GROUP_MAX, mechs/package.h). */
+#define REPORT_MAX_MEMBERS 16
+
 struct report_package {
     const char *name;                           /* file name, for messages */
     uint8_t digest[GUARDIAN_HASH_LEN];          /* SHA-256 of the file */
@@ -51,6 +54,11 @@ struct report_package {
     uint64_t authorised_units;
     uint8_t *cert_template;                     /* its DeviceCertTemplate, DER (NULL: not compared) */
     size_t cert_template_len;
+    /* A group package: its members' certificate digests (SHA-256 of each A);
+     * n_members 0 for a one-Guardian package.  Every IMPORT and JOIN of it in
+     * the trail must name one of them (docs/audit-report.md). */
+    uint8_t members[REPORT_MAX_MEMBERS][GUARDIAN_HASH_LEN];
+    size_t n_members;
 };
 
 /* --ca-chain / --root given at most this many times each. */

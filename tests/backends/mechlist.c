@@ -10,7 +10,7 @@
  * runs the mechanisms' self-tests).
  *
  *   mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call] [--trusted]
- *            [--plant CERT.der LABEL]
+ *            [--plant CERT.der LABEL] [--key-attrs LABEL]
  *
  * --trusted (with --login): what the import's CKA_TRUSTED check
  * (mechs/selftest.c guardian_trusted_so_only) does, straight on the module
@@ -22,6 +22,14 @@
  * TRUE and the label an enrolment gives ("guardian-root:ACME"), straight on
  * the module given; one line "plant CKR".
  *
+ * --key-attrs LABEL (with --login): what the backend itself says of the one
+ * private key labelled LABEL, straight on the module given (a production CA
+ * key made in the Guardian: that it never left the token); one line
+ * "key-attrs LOCAL=1 NEVER_EXTRACTABLE=1 EXTRACTABLE=0 SENSITIVE=1
+ * ALWAYS_SENSITIVE=1 SIGN=1 DERIVE=0 DECRYPT=0 UNWRAP=0 VALUE=0x11", each
+ * CK_BBOOL as read (-1: not readable) and VALUE the CKR of reading
+ * CKA_VALUE (the private scalar).
+ *
  * --iface 2.40 takes the list of C_GetFunctionList (the default), 3.0 that of
  * C_GetInterface("PKCS 11", 3.0).  tests/backends/test_advertise.sh runs it
  * straight on each backend and through the module.  A test tool only.
@@ -32,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
 #include <openssl/x509.h>
 
 #include "p11.h"
@@ -43,7 +52,7 @@
 static int usage(void)
 {
     fprintf(stderr, "usage: mechlist MODULE LABEL [--iface 2.40|3.0] [--login PIN] [--call] [--trusted] "
-                    "[--plant CERT.der LABEL]\n");
+                    "[--plant CERT.der LABEL] [--key-attrs LABEL]\n");
     return 2;
 }
 
@@ -77,7 +86,7 @@ static CK_RV find_slot(CK_FUNCTION_LIST *f, const char *label, CK_SLOT_ID *out)
 
 int main(int argc, char **argv)
 {
-    const char *iface = "2.40", *pin = NULL, *plant = NULL, *plant_label = NULL;
+    const char *iface = "2.40", *pin = NULL, *plant = NULL, *plant_label = NULL, *key_label = NULL;
     int call = 0, trusted = 0;
     void *dl;
     CK_FUNCTION_LIST *f = NULL;
@@ -101,7 +110,8 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--plant") == 0 && i + 2 < argc) {
             plant = argv[++i];
             plant_label = argv[++i];
-        }
+        } else if (strcmp(argv[i], "--key-attrs") == 0 && i + 1 < argc)
+            key_label = argv[++i];
         else
             return usage();
     }
@@ -134,7 +144,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "mechlist: no token labelled %s: 0x%lx\n", argv[2], (unsigned long)rv);
         return 1;
     }
-    if (pin != NULL || call || plant != NULL) {
+    if (pin != NULL || call || plant != NULL || key_label != NULL) {
         rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
         if (rv == CKR_OK && pin != NULL)
             rv = f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)strlen(pin));
@@ -246,6 +256,41 @@ int main(int argc, char **argv)
         OPENSSL_free(iss);
         OPENSSL_free(ser);
         X509_free(x);
+    }
+    if (key_label != NULL) {
+        CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_LABEL, (void *)key_label, (CK_ULONG)strlen(key_label)}};
+        static const struct {
+            CK_ATTRIBUTE_TYPE type;
+            const char *name;
+        } b[] = {{CKA_LOCAL, "LOCAL"},         {CKA_NEVER_EXTRACTABLE, "NEVER_EXTRACTABLE"},
+                 {CKA_EXTRACTABLE, "EXTRACTABLE"}, {CKA_SENSITIVE, "SENSITIVE"},
+                 {CKA_ALWAYS_SENSITIVE, "ALWAYS_SENSITIVE"}, {CKA_SIGN, "SIGN"},
+                 {CKA_DERIVE, "DERIVE"},       {CKA_DECRYPT, "DECRYPT"},
+                 {CKA_UNWRAP, "UNWRAP"}};
+        CK_OBJECT_HANDLE h[2];
+        CK_ULONG found = 0;
+        CK_BYTE value[512];
+        CK_ATTRIBUTE v = {CKA_VALUE, value, sizeof(value)};
+        rv = f->C_FindObjectsInit(s, t, 2);
+        if (rv == CKR_OK) {
+            rv = f->C_FindObjects(s, h, 2, &found);
+            f->C_FindObjectsFinal(s);
+        }
+        if (rv != CKR_OK || found != 1) {
+            fprintf(stderr, "mechlist: %lu private keys labelled %s (0x%lx)\n", (unsigned long)found, key_label,
+                    (unsigned long)rv);
+            return 1;
+        }
+        printf("key-attrs");
+        for (size_t i = 0; i < sizeof(b) / sizeof(b[0]); i++) {
+            CK_BBOOL x = CK_FALSE;
+            CK_ATTRIBUTE a = {b[i].type, &x, sizeof(x)};
+            printf(" %s=%d", b[i].name, f->C_GetAttributeValue(s, h[0], &a, 1) == CKR_OK ? (int)x : -1);
+        }
+        printf(" VALUE=0x%lx\n", (unsigned long)f->C_GetAttributeValue(s, h[0], &v, 1));
+        OPENSSL_cleanse(value, sizeof(value));
     }
     if (s != CK_INVALID_HANDLE)
         f->C_CloseSession(s);

@@ -17,7 +17,7 @@
 #   softhsm       unwrap-package and derive-device-cert
 #   nss           unwrap-package and derive (its 0x210A is RFC 3394 + PKCS#7; the import
 #                 unwraps under 0x210B, its RFC 5649, and adds CKA_NSS_DB to EC keys)
-#   tpm2          derive (no session objects: the self-test cannot run, the list decides)
+#   tpm2          derive (the list decides: no session key for its self-test); unwrap decided not to work (C_UnwrapKey is CKR_FUNCTION_NOT_SUPPORTED)
 #   opencryptoki  derive (no EC: the RSA-2048 signature passes)
 #
 # Exit status: 0 all passed, 1 a failure, 77 the backend cannot run here.

@@ -5,10 +5,12 @@
 #
 # KIND = tpm2 | nss | opencryptoki, or softhsm-ledger: SoftHSM behind
 # tpm_like_shim.so, where the module's trusted-certificate check fails as on
-# tpm2-pkcs11 (so the roots are the ledger's) while SoftHSM still makes the EC
-# identity that tpm2-pkcs11 1.9 and NSS do not make today; there the
-# adversary holds the backend's SO PIN and plants the trusted certificate as
-# SoftHSM's SO (a plain user cannot there).
+# tpm2-pkcs11 (so the roots are the ledger's) and key templates are refused as
+# tpm2-pkcs11 1.9 refuses them (TPM_LIKE_SHIM_KEYGEN=tpm: the module's
+# fallback makes the keys, the agreement key still unable to sign), after a
+# first init against a backend that adds CKA_SIGN (addsign: refused, nothing
+# kept); there the adversary holds the backend's SO PIN and plants the
+# trusted certificate as SoftHSM's SO (a plain user cannot there).
 #
 # OEM-root enrolment where the token cannot be trusted to hold roots
 # (docs/threat-model.md section 2): on tpm2-pkcs11 and NSS softoken a plain
@@ -28,6 +30,13 @@
 #     naming service mode; a root planted straight on the backend with the
 #     backend's user PIN (CKA_TRUSTED, label guardian-root:EVIL) and a ledger
 #     row inserted with sqlite3 for it: a package signed under it refused;
+#  3b. on tpm2, that the production CA key never left the TPM: straight on
+#     the backend (mechlist --key-attrs, the backend's user PIN) it is
+#     local, never extractable, not extractable, sensitive, its CKA_VALUE
+#     unreadable; tpm2-pkcs11's store keeps it as a TPM2B_PRIVATE with no
+#     CKA_VALUE; a pkcs11-spy trace of ca-request + import shows
+#     C_GenerateKeyPair and no key unwrapped or created; the agreement key
+#     cannot sign there (the TPM refuses), the signing key signs only;
 #  4. remove-oem: recorded (ENROL record, action 2), the root no longer
 #     counts; enrolled again, it counts; export + verify-report list the
 #     enrolments.
@@ -84,6 +93,9 @@ GBACKEND=$BACKEND_MODULE
 if [ -n "$LEDGER_SHIM" ]; then
     GBACKEND=$LEDGER_SHIM
     export TPM_LIKE_SHIM_MODULE=$BACKEND_MODULE
+    # ... and key generation as tpm2-pkcs11 1.9 answers it (the module's
+    # fallback templates: mechs/identity.c guardian_generate_key_pair).
+    export TPM_LIKE_SHIM_KEYGEN=tpm
 fi
 {
     printf 'backend = %s\n' "$GBACKEND"
@@ -227,9 +239,33 @@ fi
 # ---- 4. the identity, then packages ---------------------------------------------------
 # Enrolment needs no identity; everything below does (tpm2-pkcs11 1.9 and NSS
 # 3.87 make no derive-only EC key today: init stops there, named).
+if [ -n "$LEDGER_SHIM" ]; then
+    # A backend that adds CKA_SIGN to every private key it makes: the
+    # agreement key would sign, so init is refused and nothing kept.
+    export TPM_LIKE_SHIM_KEYGEN=addsign
+    run "a backend that adds CKA_SIGN to the agreement key: init refused (the two keys' separation)" 1 \
+        "usage 0x108 TRUE although the module's template sets it FALSE" ctl init --out refused.pem
+    check_eq "... and no Guardian private key left on the token" 0 \
+        "$(bx pkcs11-tool --module "$BACKEND_MODULE" --token-label "$L" --login --pin "$BACKEND_USER_PIN" -O --type privkey 2>/dev/null |
+            grep -c 'label: *guardian-\(identity\|signing\)' || true)"
+    export TPM_LIKE_SHIM_KEYGEN=tpm
+fi
 t0=$(date +%s%N)
 must "guardianctl init (service mode, operator alice)" ctl init --out guardian.pem
 info "$KIND: guardianctl init took $(ms_since "$t0") ms"
+if [ -n "$LEDGER_SHIM" ]; then
+    # The templates tpm2-pkcs11 refuses, refused by the shim: made by the
+    # fallback, and the agreement key still cannot sign (straight on SoftHSM).
+    bx "$ML" "$BACKEND_MODULE" "$L" --login "$BACKEND_USER_PIN" --key-attrs guardian-identity >out/agree-attrs 2>&1 || true
+    check_grep "templates refused as tpm2-pkcs11 does: the agreement key made with CKA_DECRYPT, CKA_SIGN still FALSE" \
+        '^key-attrs .*SENSITIVE=1 ALWAYS_SENSITIVE=1 SIGN=0 DERIVE=1 DECRYPT=1 UNWRAP=0 VALUE=0x11$' out/agree-attrs
+    bx "$ML" "$BACKEND_MODULE" "$L" --login "$BACKEND_USER_PIN" --key-attrs guardian-signing >out/sign-attrs 2>&1 || true
+    check_grep "... the signing key signs only" \
+        '^key-attrs .*SENSITIVE=1 ALWAYS_SENSITIVE=1 SIGN=1 DERIVE=0 DECRYPT=0 UNWRAP=0 VALUE=0x11$' out/sign-attrs
+    check_eq "... two Guardian private keys now (the count above is the control's)" 2 \
+        "$(bx pkcs11-tool --module "$BACKEND_MODULE" --token-label "$L" --login --pin "$BACKEND_USER_PIN" -O --type privkey 2>/dev/null |
+            grep -c 'label: *guardian-\(identity\|signing\)' || true)"
+fi
 must "package ACME/SENSOR-1 (CA request, v2)" package p1 ACME SENSOR-1 root signer
 t0=$(date +%s%N)
 run "import under the enrolled root" 0 "" ctl import p1.gpk
@@ -242,6 +278,125 @@ for f in run/*.pem; do
     [ -e "$f" ] && openssl verify -CAfile root.pem -untrusted p1-ca.pem "$f" >/dev/null 2>&1 && n=$((n + 1))
 done
 check_eq "openssl verify: 3 device certificates up to the OEM root" 3 "$n"
+
+# ---- 4b. TPM: the CA key never left the TPM (issue 10) --------------------------------
+# Straight on the backend with its user PIN (what an operator holding it
+# sees beside the module), the store's own records, and a pkcs11-spy trace
+# of a CA request and its import through the module.
+if [ "$KIND" = tpm2 ]; then
+    CA_LABEL=guardian:ACME/SENSOR-1:ca-key
+    bx "$ML" "$BACKEND_MODULE" "$L" --login "$BACKEND_USER_PIN" --key-attrs "$CA_LABEL" >out/ca-attrs 2>&1 || true
+    check_grep "the CA key straight on the TPM: local, never extractable, not extractable, sensitive, sign only, CKA_VALUE unreadable (0x11 sensitive, 0x12: no such attribute)" \
+        '^key-attrs LOCAL=1 NEVER_EXTRACTABLE=1 EXTRACTABLE=0 SENSITIVE=1 ALWAYS_SENSITIVE=1 SIGN=1 DERIVE=0 DECRYPT=0 UNWRAP=0 VALUE=0x1[12]$' \
+        out/ca-attrs
+    bx "$ML" "$BACKEND_MODULE" "$L" --login "$BACKEND_USER_PIN" --key-attrs guardian-identity >out/agree-attrs 2>&1 || true
+    check_grep "the agreement key straight on the TPM cannot sign (CKA_SIGN FALSE; CKA_DECRYPT the TPM's ECC bit)" \
+        '^key-attrs LOCAL=1 NEVER_EXTRACTABLE=1 EXTRACTABLE=0 SENSITIVE=1 ALWAYS_SENSITIVE=1 SIGN=0 DERIVE=1 DECRYPT=1 UNWRAP=0 VALUE=0x1[12]$' \
+        out/agree-attrs
+    bx "$ML" "$BACKEND_MODULE" "$L" --login "$BACKEND_USER_PIN" --key-attrs guardian-signing >out/sign-attrs 2>&1 || true
+    check_grep "the signing key straight on the TPM signs only" \
+        '^key-attrs LOCAL=1 NEVER_EXTRACTABLE=1 EXTRACTABLE=0 SENSITIVE=1 ALWAYS_SENSITIVE=1 SIGN=1 DERIVE=0 DECRYPT=0 UNWRAP=0 VALUE=0x1[12]$' \
+        out/sign-attrs
+    openssl rand 32 >out/h.bin
+    run "the agreement key cannot sign straight on the TPM either (the TPM: key fields are not compatible with the selected use)" 1 "CKR_KEY_FUNCTION_NOT_PERMITTED|key fields are not compatible with the selected use" \
+        bx pkcs11-tool --module "$BACKEND_MODULE" --token-label "$L" --login --pin "$BACKEND_USER_PIN" --sign -m ECDSA \
+        --label guardian-identity -i out/h.bin -o out/forged.sig
+    # The control: a key made straight with pkcs11-tool's defaults reads otherwise.
+    bx pkcs11-tool --module "$BACKEND_MODULE" --token-label "$L" --login --pin "$BACKEND_USER_PIN" --keypairgen \
+        --key-type EC:prime256v1 --label control-key >out/control-gen 2>&1 || true
+    bx "$ML" "$BACKEND_MODULE" "$L" --login "$BACKEND_USER_PIN" --key-attrs control-key >out/control-attrs 2>&1 || true
+    if grep -q '^key-attrs ' out/control-attrs && ! grep -q 'SENSITIVE=1 ALWAYS_SENSITIVE=1 SIGN=1 DERIVE=0' out/control-attrs; then
+        pass "control: a key pkcs11-tool made with the token's defaults reads otherwise ($(sed -n "s/^key-attrs //p" out/control-attrs))"
+    else
+        fail "control" "pkcs11-tool's key reads like the Guardian's" out/control-attrs
+    fi
+    # tpm2-pkcs11's store: the CA key is a TPM-wrapped blob (CKA_TPM2_PRIV_BLOB,
+    # 0x8F000003: a TPM2B_PRIVATE sealed under the TPM's storage key), with no
+    # clear private value (no CKA_VALUE, 17); its public point (CKA_EC_POINT,
+    # 385) is there: the control that the row is the one read.
+    hexlabel=$(printf '%s' "$CA_LABEL" | od -An -tx1 | tr -d ' \n')
+    sqlite3 "$TPM2_PKCS11_STORE/tpm2_pkcs11.sqlite3" "SELECT attrs FROM tobjects WHERE attrs LIKE '%$hexlabel%' AND attrs LIKE '%\"2399141891\"%'" \
+        >out/ca-store 2>&1 || true
+    blob=$(awk '/"2399141891"/ { getline; gsub(/.*!!str "|".*/, ""); print; exit }' out/ca-store)
+    if [ -n "$blob" ] && grep -q '"385"' out/ca-store && ! grep -q '? !!int "17"$' out/ca-store &&
+        [ "$((16#${blob:0:4}))" = "$((${#blob} / 2 - 2))" ]; then
+        pass "the store keeps the CA key as a TPM2B_PRIVATE of $((${#blob} / 2)) bytes (TPM-wrapped), no CKA_VALUE"
+    else
+        fail "the CA key in tpm2-pkcs11's store" "no TPM blob, or a CKA_VALUE" out/ca-store
+    fi
+    bx tpm2_ptool listobjects --path "$TPM2_PKCS11_STORE" --label "$L" >out/listobjects 2>&1 || true
+    check_grep "tpm2_ptool listobjects lists the CA key" "$CA_LABEL" out/listobjects
+
+    # S (self-signed, in the TPM) and A under it, as openssl sees them.
+    awk '/BEGIN CERT/ { n++ } n == 1' guardian.pem >out/a.pem
+    awk '/BEGIN CERT/ { n++ } n == 2' guardian.pem >out/s.pem
+    run "openssl verify: S self-signed in the TPM, A issued by it" 0 "out/a.pem: OK" \
+        openssl verify -check_ss_sig -CAfile out/s.pem out/a.pem
+    # A states the key transport none only: no secret can travel to it.
+    check_eq "A's id-guardian-transports: none only (.2.0; the TPM has no C_UnwrapKey)" \
+        "2.25.62758544141009244537205961397770264239.2.0" \
+        "$(openssl asn1parse -in guardian.pem -strparse "$(openssl asn1parse -in guardian.pem |
+            awk '$NF == ":2.25.62758544141009244537205961397770264239.3.1" { getline; sub(/:.*/, ""); print $1; exit }')" |
+            awk '/OBJECT/ { sub(/^.*OBJECT *:/, ""); print }' | tr '\n' ' ' | sed 's/ $//')"
+    ec_key oemca.key
+    openssl req -new -x509 -key oemca.key -subj "/CN=ACME CA K" -days 30 -out oemca.pem 2>/dev/null
+    printf 'secret' >secret.bin
+    run "guardian-wrap refuses the OEM's CA key for a Guardian stating none only" 1 "imports no secret at all" \
+        "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-key oemca.key \
+        --ca-cert oemca.pem --ca-chain root.pem --oem-id ACME --product-id K --release 1 --units 5 --not-after +30 \
+        --out k.gpk
+    [ ! -e k.gpk ] && pass "... and writes no package" || fail "guardian-wrap" "k.gpk written"
+    must "ca-request for ACME/SECRET" ctl ca-request --product ACME/SECRET --subject "/O=ACME/CN=ACME SECRET CA" --out sec.csr
+    must "certify-ca for ACME/SECRET" "$W" certify-ca --guardian-cert guardian.pem --oem-id ACME --product-id SECRET \
+        --ca-key root.key --ca-cert root.pem --csr sec.csr --days 365 --out sec-ca.pem
+    sec_create() {
+        "$W" create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-cert sec-ca.pem \
+            --ca-chain root.pem --oem-id ACME --product-id SECRET --release 1 --units 5 --not-after +30 \
+            --ca-request sec.csr --secret-data key=secret.bin "$@" --out sec.gpk
+    }
+    run "guardian-wrap refuses a --secret-data item for it (CA request)" 1 "imports no secret at all" sec_create
+    run "--kdf aes-cbc --kdf-unlisted makes it all the same (the OEM overrides)" 0 "" sec_create --kdf aes-cbc --kdf-unlisted
+    n_before=$(bx pkcs11-tool --module "$BACKEND_MODULE" --token-label "$L" --login --pin "$BACKEND_USER_PIN" -O 2>/dev/null | grep -c 'Object;' || true)
+    run "the import refuses it before any key operation (CKR_GUARDIAN_TRANSPORT_UNSUPPORTED)" 1 \
+        "CKR_GUARDIAN_TRANSPORT_UNSUPPORTED" ctl import sec.gpk
+    [ "${n_before:-0}" -gt 0 ] || fail "objects on the token" "pkcs11-tool -O counted none (the count below would prove nothing)"
+    check_eq "... with nothing made on the token ($n_before objects before and after)" "$n_before" \
+        "$(bx pkcs11-tool --module "$BACKEND_MODULE" --token-label "$L" --login --pin "$BACKEND_USER_PIN" -O 2>/dev/null | grep -c 'Object;' || true)"
+    run "... while the same package without the secret imports (control)" 0 "" \
+        bash -c "cd '$WORK' && '$W' create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem \
+        --ca-cert sec-ca.pem --ca-chain root.pem --oem-id ACME --product-id SECRET --release 1 --units 5 \
+        --not-after +30 --ca-request sec.csr --data key=secret.bin --out sec2.gpk" 
+    run "... imported" 0 "" ctl import sec2.gpk
+
+    # The trace: the module's backend is pkcs11-spy, the spy's tpm2-pkcs11.
+    SPY=/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so
+    sed "s|^backend = .*|backend = $SPY|" "$WORK/guardian.conf" >"$WORK/spy.conf"
+    sp() {
+        bx "GUARDIAN_CONF=$WORK/spy.conf" PKCS11SPY="$BACKEND_MODULE" PKCS11SPY_OUTPUT="$WORK/out/spy.log" \
+            GUARDIAN_MODULE="$G" GUARDIAN_TOKEN="$L" GUARDIAN_PIN="$ALICE" "$CTL" "$@"
+    }
+    : >out/spy.log
+    run "ca-request through pkcs11-spy" 0 "" sp ca-request --product ACME/SPY --subject "/O=ACME/CN=ACME SPY CA" --out spy.csr
+    must "certify-ca and create --ca-request for ACME/SPY" bash -c "cd '$WORK' && '$W' certify-ca --guardian-cert guardian.pem \
+        --oem-id ACME --product-id SPY --ca-key root.key --ca-cert root.pem --csr spy.csr --days 365 --out spy-ca.pem &&
+        '$W' create --guardian-cert guardian.pem --signer-key signer.key --signer-cert signer.pem --ca-cert spy-ca.pem \
+        --ca-chain root.pem --oem-id ACME --product-id SPY --release 1 --units 5 --not-after +30 --ca-request spy.csr \
+        --out spy.gpk"
+    run "import through pkcs11-spy" 0 "" sp import spy.gpk
+    check_grep "the spy saw the CA key made in the TPM (C_GenerateKeyPair, CKM_EC_KEY_PAIR_GEN)" 'CKM_EC_KEY_PAIR_GEN' out/spy.log
+    # Every C_UnwrapKey (the module's probe whether the library has one at
+    # all) returned CKR_FUNCTION_NOT_SUPPORTED; no private key was created.
+    awk '/^[0-9]+: C_/ { fn = $2 } fn == "C_UnwrapKey" && /^Returned:/ { print }' out/spy.log >out/spy-unwrap
+    uw_ok=$(grep -c -v 'CKR_FUNCTION_NOT_SUPPORTED' out/spy-unwrap || true)
+    awk '/^[0-9]+: C_/ { fn = $2 } fn == "C_CreateObject" && /CKO_PRIVATE_KEY|CKO_SECRET_KEY/ { print }' out/spy.log \
+        >out/spy-create
+    if grep -q 'C_GenerateKeyPair' out/spy.log && [ "$uw_ok" = 0 ] && [ ! -s out/spy-create ]; then
+        pass "the trace of ca-request + import: C_GenerateKeyPair, no key unwrapped ($(wc -l <out/spy-unwrap) C_UnwrapKey, each CKR_FUNCTION_NOT_SUPPORTED), no private or secret key created"
+    else
+        fail "the trace" "C_UnwrapKey not refused $uw_ok times, or a key created" out/spy-create
+    fi
+fi
+
 # A copy of the state as it is now, ledger row included, to restore later.
 must "a copy of the state" sqlite3 "$WORK/state/guardian.db" ".backup '$WORK/old.db'"
 

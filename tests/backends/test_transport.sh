@@ -18,15 +18,12 @@
 #            private token CKO_DATA as NSS does (INIT_ARGS_SHIM_NO_PACKAGE_DATA): the
 #            item a generic secret with no usage; an empty item refused, nothing made
 #   nss      A: x963-sha256, aes-cbc, none; auto = x963-sha256; the item a generic secret
-#            (NSS keeps no private or token CKO_DATA).  Steps 1-3 on NSS need the
-#            enrolment that holds where a plain user can set CKA_TRUSTED (issue 10,
-#            helper "enrol"): until it is merged the import is refused
-#            (CKR_GUARDIAN_OEM_NOT_ENROLLED) and this test says so and stops there,
-#            passing what it checked; GUARDIAN_EXPECT_NSS_IMPORT=1 makes that a
-#            failure (tests/backends/CMakeLists.txt, how to enable it).  Today
-#            `guardianctl init` itself fails on NSS (identity keys with
-#            CKA_COPYABLE: CKR_GENERAL_ERROR there), and provisioning would stop
-#            at the state anchor (a private token CKO_DATA): docs/backends.md.
+#            (NSS keeps no private or token CKO_DATA).  In service mode (the
+#            Guardian SO and operator alice set through the module first): a plain
+#            user makes CKA_TRUSTED certificates there, so only the SO's enrolment
+#            in the anchored store counts.  CMake sets GUARDIAN_EXPECT_NSS_IMPORT=1:
+#            a refused import is a failure; without it the test says so and stops
+#            there, passing what it checked.
 #
 # Exit status: 0 all passed, 1 a failure, 77 the backend cannot run here.
 
@@ -90,6 +87,29 @@ export GUARDIAN_TOKEN=$BACKEND_LABEL GUARDIAN_PIN=$BACKEND_USER_PIN GUARDIAN_SO_
 if [ -n "$BACKEND_INIT_ARGS" ]; then
     export GUARDIAN_BACKEND_INIT_ARGS=$BACKEND_INIT_ARGS
 fi
+# The PIN the object listings below log in with.
+P11_PIN=$BACKEND_USER_PIN
+if [ "$KIND" = nss ]; then
+    # NSS: a plain user makes CKA_TRUSTED certificates, so only the Guardian
+    # SO's enrolment in the anchored store counts, in service mode (the
+    # Guardian's own credentials; docs/backends/nss.md).  NSS has no SO: the
+    # Guardian SO logs into the backend as its user.
+    umask 077
+    printf '%s\n' "$BACKEND_USER_PIN" >"$WORK/backend.pin"
+    printf 'backend = %s\nstate_dir = %s\npin_kdf_cost = 1024\nbackend_pin_file = %s\nbackend_init_args = %s\n' \
+        "$BACKEND_MODULE" "$WORK/state" "$WORK/backend.pin" "$BACKEND_INIT_ARGS" >"$WORK/guardian.conf"
+    umask 022
+    export GUARDIAN_CONF=$WORK/guardian.conf GUARDIAN_SO_PIN=guardian-so-secret GUARDIAN_PIN=alice:alice-secret-1
+    P11_PIN=$GUARDIAN_PIN
+    if ! backend_exec pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --init-token \
+        --label "$BACKEND_LABEL" --so-pin "$GUARDIAN_SO_PIN" >out/init-token 2>&1 ||
+        ! backend_exec pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --init-pin --login \
+            --login-type so --so-pin "$GUARDIAN_SO_PIN" --new-pin "$GUARDIAN_PIN" >out/init-pin 2>&1; then
+        fail "$KIND: the Guardian SO and operator alice (service mode)" "pkcs11-tool failed" out/init-pin
+        finish
+    fi
+    pass "$KIND: the Guardian SO and operator alice (service mode)"
+fi
 
 # run NAME CMD...: out/NAME (stdout and stderr), its exit status in $RC.
 run() {
@@ -132,8 +152,14 @@ wrap() { # NAME [options]
     run "$name" "$W" create --guardian-cert out/guardian.pem --signer-key out/signer.key \
         --signer-cert out/signer.pem --ca-key out/ca.key --ca-cert out/ca.pem --ca-chain out/root.pem \
         --oem-id ACME --product-id TP --release 1 --units 10 --not-after +10 --data config=out/config.txt \
-        --secret-data bootkey=out/boot.secret --out "out/$name.gpk" "$@"
+        --secret-data bootkey=out/boot.secret --out "out/$name.gpk" "${EXTRA[@]}" "$@"
 }
+# NSS: an extra EC key travels too (NSS unwraps an EC PKCS#8 only with CKA_NSS_DB).
+EXTRA=()
+if [ "$KIND" = nss ]; then
+    key out/extra.key
+    EXTRA=(--extra-key attest=out/extra.key)
+fi
 wrap auto
 if [ "$RC" -eq 0 ] && grep -qF "the Guardian offers $STATES" out/auto; then
     pass "$KIND: A states $STATES"
@@ -164,13 +190,24 @@ if [ "$RC" -ne 0 ]; then
     finish
 fi
 pass "$KIND: the $AUTO package imports"
-run objects pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$BACKEND_USER_PIN" -O
+run objects pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$P11_PIN" -O
 # The header line of the object whose label is the item's.
 item_class=$(awk '/^[^ ]/ { head = $0 } /label: .*guardian:ACME\/TP\/r1:config/ { print head; exit }' out/objects)
 if [ "${item_class#"$ITEM_CLASS"}" != "$item_class" ]; then
     pass "$KIND: the integrity item is a $ITEM_CLASS"
 else
     fail "$KIND: the integrity item is a $ITEM_CLASS" "its object: '$item_class'" out/objects
+fi
+if [ "$KIND" = nss ]; then
+    # The extra key and the confidential item, each in the token under the package's prefix.
+    for want in "Private Key Object; EC:guardian:ACME/TP/r1:attest" "Secret Key Object:guardian:ACME/TP/r1:bootkey"; do
+        got=$(awk -v l="${want#*:}" '/^[^ ]/ { head = $0 } $0 ~ "label: +" l "$" { print head; exit }' out/objects)
+        if [ "${got#"${want%%:*}"}" != "$got" ]; then
+            pass "$KIND: ${want#*:} is a ${want%%:*}"
+        else
+            fail "$KIND: ${want#*:} is a ${want%%:*}" "its object: '$got'" out/objects
+        fi
+    done
 fi
 if [ "$KIND" = softhsm-nodata ]; then
     usage=$(awk '/label: .*guardian:ACME\/TP\/r1:config/ { f = 1 } f && /Usage:/ { print; exit }' out/objects)
@@ -182,13 +219,13 @@ if [ "$KIND" = softhsm-nodata ]; then
     # The operator holding the user PIN, through the module: the item serves
     # only the Guardian (a confidential item's role in the policy), so it can
     # be neither read nor destroyed.
-    run delete pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$BACKEND_USER_PIN" \
+    run delete pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$P11_PIN" \
         --delete-object --type secrkey --label "guardian:ACME/TP/r1:config"
     rc_del=$RC
-    run read pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$BACKEND_USER_PIN" \
+    run read pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$P11_PIN" \
         --read-object --type secrkey --label "guardian:ACME/TP/r1:config"
     rc_read=$RC
-    run objects3 pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$BACKEND_USER_PIN" -O
+    run objects3 pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$P11_PIN" -O
     if [ "$rc_del" -ne 0 ] && grep -q "policy: C_DestroyObject refused" out/delete && [ "$rc_read" -ne 0 ] &&
         grep -q "CKR_ATTRIBUTE_SENSITIVE" out/read && grep -q "guardian:ACME/TP/r1:config" out/objects3; then
         pass "$KIND: the item cannot be read or destroyed through the module (it is still there)"
@@ -205,7 +242,7 @@ if [ "$KIND" = softhsm-nodata ]; then
     rc1=$RC
     run import-empty2 "$CTL" import out/empty.gpk
     rc2=$RC
-    run objects2 pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$BACKEND_USER_PIN" -O
+    run objects2 pkcs11-tool --module "$G" --token-label "$BACKEND_LABEL" --login --pin "$P11_PIN" -O
     if [ "$rc1" -ne 0 ] && [ "$rc2" -ne 0 ] && grep -q "cannot keep the empty data item" out/import-empty &&
         ! grep -q "REPLAYED" out/import-empty2 && [ "$(grep -c "label:" out/objects2)" = "$n_before" ]; then
         pass "$KIND: an empty integrity item refused twice, nothing made"

@@ -570,12 +570,51 @@ static void test_output_read_and_destroy_only(void **st)
     assert_int_equal(m->C_GetAttributeValue(s, h, read, 1), CKR_OBJECT_HANDLE_INVALID);
 }
 
+/* The number of objects a search with `t` finds in session `s`. */
+static CK_ULONG found(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    CK_OBJECT_HANDLE hs[8];
+    CK_ULONG count = 0;
+    assert_int_equal(m->C_FindObjectsInit(s, (CK_ATTRIBUTE_PTR)t, n), CKR_OK);
+    assert_int_equal(m->C_FindObjects(s, hs, 8, &count), CKR_OK);
+    assert_int_equal(m->C_FindObjectsFinal(s), CKR_OK);
+    return count;
+}
+
+/* The output is held by the module (module/cert_objects.c) and private: a
+ * session that is not logged in as the user neither finds it, reads it nor
+ * destroys it; logged in again (the control), it does all three. */
+static void test_output_private(void **st)
+{
+    CK_OBJECT_HANDLE h;
+    CK_OBJECT_CLASS data = CKO_DATA;
+    char label[] = "guardian-output:audit-report", got[64];
+    CK_ATTRIBUTE by_label[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_LABEL, label, sizeof(label) - 1}};
+    CK_ATTRIBUTE read = {CKA_LABEL, got, sizeof(got)};
+    (void)st;
+
+    assert_int_equal(export(NULL, NULL, &h), CKR_OK);
+    assert_int_equal(found(by_label, 2), 1);
+    assert_int_equal(m->C_Logout(s), CKR_OK);
+    assert_int_equal(found(by_label, 2), 0);
+    assert_int_equal(found(NULL, 0) > 0, 1); /* the search itself runs: the public objects */
+    assert_int_equal(m->C_GetAttributeValue(s, h, &read, 1), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(m->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)user_pin, strlen(user_pin)), CKR_OK);
+    assert_int_equal(found(by_label, 2), 1);
+    assert_int_equal(m->C_GetAttributeValue(s, h, &read, 1), CKR_OK);
+    assert_memory_equal(got, label, sizeof(label) - 1);
+    assert_int_equal(m->C_DestroyObject(s, h), CKR_OK);
+    assert_int_equal(found(by_label, 2), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_export_signed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_output_read_and_destroy_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_output_private, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_names_operator, setup_service, teardown),
         cmocka_unit_test_setup_teardown(test_export_moves_anchor, setup, teardown),
     };

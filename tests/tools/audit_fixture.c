@@ -24,6 +24,11 @@
  *   set, the device ID of every certificate (what two processes racing one
  *   new device ID leave: the store API, below the module's device index,
  *   records it as it comes).
+ *   audit_fixture join STATE_DIR PACKAGE_ID DIGEST OEM PRODUCT RELEASE UNITS MEMBER
+ *       a group package's import by MEMBER (hex: the SHA-256 of a Guardian
+ *       certificate) through the store API, as the module records it, but
+ *       with no check that MEMBER is one the package names: what an operator
+ *       writing straight into the state leaves, for verify-report to refuse.
  *   audit_fixture rehash IN OUT one|chain SEQ
  *       recomputes the hash of record SEQ (one), or of SEQ and every record
  *       after it with their prev_hash links and the head line (chain): what a
@@ -263,6 +268,44 @@ static int export_record(int argc, char **argv)
     return 0;
 }
 
+static void unhex(const char *hex, uint8_t *out, size_t n)
+{
+    if (strlen(hex) != 2 * n)
+        fail("a hex argument has the wrong length");
+    for (size_t i = 0; i < n; i++) {
+        unsigned int b;
+        if (sscanf(hex + 2 * i, "%2x", &b) != 1)
+            fail("not hex");
+        out[i] = (uint8_t)b;
+    }
+}
+
+static int join(char **argv)
+{
+    struct guardian_store *st;
+    struct guardian_package_info p;
+    uint8_t member[GUARDIAN_HASH_LEN];
+    CK_RV rv;
+
+    memset(&p, 0, sizeof(p));
+    unhex(argv[3], p.package_id, sizeof(p.package_id));
+    unhex(argv[4], p.package_digest, sizeof(p.package_digest));
+    snprintf(p.oem_id, sizeof(p.oem_id), "%s", argv[5]);
+    snprintf(p.product_id, sizeof(p.product_id), "%s", argv[6]);
+    p.release_version = (uint32_t)strtoul(argv[7], NULL, 10);
+    p.authorised_units = strtoull(argv[8], NULL, 10);
+    p.not_after = (int64_t)time(NULL) + 86400;
+    unhex(argv[9], member, sizeof(member));
+    p.group_member = member;
+    if (guardian_store_open(argv[2], &st) != CKR_OK)
+        fail("cannot open the store");
+    rv = guardian_store_package_install(st, &p, (int64_t)time(NULL), NULL, NULL);
+    guardian_store_close(st);
+    if (rv != CKR_OK)
+        fail("the join was refused");
+    return 0;
+}
+
 static int rehash(char **argv)
 {
     FILE *in = fopen(argv[2], "r"), *out = fopen(argv[3], "w");
@@ -329,9 +372,12 @@ int main(int argc, char **argv)
         return credential(argv);
     if ((argc == 3 || argc == 5) && strcmp(argv[1], "export") == 0)
         return export_record(argc, argv);
+    if (argc == 10 && strcmp(argv[1], "join") == 0)
+        return join(argv);
     fprintf(stderr, "usage: audit_fixture issue STATE_DIR CA.key CA.pem OEM PRODUCT ISSUE RELEASE KEEP [die]\n"
                     "       audit_fixture credential STATE_DIR ACTION SUBJECT\n"
                     "       audit_fixture export STATE_DIR [OEM PRODUCT]\n"
+                    "       audit_fixture join STATE_DIR PACKAGE_ID DIGEST OEM PRODUCT RELEASE UNITS MEMBER\n"
                     "       audit_fixture rehash IN OUT one|chain SEQ\n");
     return 2;
 }

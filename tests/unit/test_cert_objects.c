@@ -5,7 +5,8 @@
  * Objects are made with guardian_cert_object_create, as the derive mechanism
  * makes them, and used through the module's function list.  The fake's
  * C_GetSessionInfo and C_FindObjects* are replaced here by a small session
- * model (session s lives in slot s / 100; 0 and >= 1000 are invalid) and a
+ * model (session s lives in slot s / 100, logged in as the user when s % 100
+ * >= 50; 0 and >= 1000 are invalid) and a
  * scripted list of backend matches.
  */
 #include <openssl/sha.h>
@@ -42,7 +43,7 @@ static CK_RV test_session_info(CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR si)
         return CKR_SESSION_HANDLE_INVALID;
     memset(si, 0, sizeof(*si));
     si->slotID = s / 100;
-    si->state = CKS_RW_PUBLIC_SESSION;
+    si->state = s % 100 >= 50 ? CKS_RW_USER_FUNCTIONS : CKS_RW_PUBLIC_SESSION;
     si->flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
     return CKR_OK;
 }
@@ -605,6 +606,70 @@ static void *find_loop(void *arg)
     return NULL;
 }
 
+/* A request's output (guardian_output_object_create): a private CKO_DATA,
+ * seen only by a user session of its slot; its attributes are a data
+ * object's, none of a certificate's. */
+static void test_outputs(void **st)
+{
+    CK_OBJECT_CLASS cls = 0, data = CKO_DATA, cert = CKO_CERTIFICATE, key = CKO_PRIVATE_KEY;
+    CK_BBOOL priv = CK_FALSE, tok = CK_TRUE, yes = CK_TRUE;
+    char label[40], value[8], app[4];
+    CK_ATTRIBUTE a[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_PRIVATE, &priv, sizeof(priv)},
+                        {CKA_TOKEN, &tok, sizeof(tok)},   {CKA_LABEL, label, sizeof(label)},
+                        {CKA_VALUE, value, sizeof(value)}, {CKA_APPLICATION, app, sizeof(app)}};
+    CK_ATTRIBUTE cert_only[] = {{CKA_CERTIFICATE_TYPE, NULL, 0}, {CKA_ID, NULL, 0}, {CKA_CHECK_VALUE, NULL, 0},
+                                {CKA_SUBJECT, NULL, 0}, {CKA_TRUSTED, NULL, 0}};
+    CK_ATTRIBUTE by_data[] = {{CKA_CLASS, &data, sizeof(data)}};
+    CK_ATTRIBUTE by_cert[] = {{CKA_CLASS, &cert, sizeof(cert)}};
+    CK_ATTRIBUTE keys[] = {{CKA_CLASS, &key, sizeof(key)}};
+    CK_ATTRIBUTE private_ones[] = {{CKA_PRIVATE, &yes, sizeof(yes)}};
+    CK_OBJECT_HANDLE h, empty, c, found[16];
+    (void)st;
+
+    assert_int_equal(guardian_output_object_create(150, "guardian-output:t", (const uint8_t *)"hi", 2, &h), CKR_OK);
+    assert_true(guardian_is_cert_object(h));
+    assert_int_equal(mod->C_GetAttributeValue(150, h, a, 6), CKR_OK);
+    assert_int_equal(cls, CKO_DATA);
+    assert_true(priv);
+    assert_false(tok);
+    assert_int_equal(a[3].ulValueLen, strlen("guardian-output:t"));
+    assert_memory_equal(label, "guardian-output:t", a[3].ulValueLen);
+    assert_int_equal(a[4].ulValueLen, 2);
+    assert_memory_equal(value, "hi", 2);
+    assert_int_equal(a[5].ulValueLen, 0);
+    for (size_t i = 0; i < sizeof(cert_only) / sizeof(cert_only[0]); i++) {
+        assert_int_equal(mod->C_GetAttributeValue(150, h, &cert_only[i], 1), CKR_ATTRIBUTE_TYPE_INVALID);
+        assert_int_equal(cert_only[i].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    }
+    /* Unseen: a public session of its slot, a user session of another slot. */
+    assert_int_equal(mod->C_GetAttributeValue(101, h, a, 1), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(mod->C_GetAttributeValue(250, h, a, 1), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(mod->C_DestroyObject(101, h), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(mod->C_DestroyObject(250, h), CKR_OBJECT_HANDLE_INVALID);
+    c = make(101, 7);
+    assert_int_equal(find_all(150, by_data, 1, found, 16), 1);
+    assert_int_equal(found[0], h);
+    assert_int_equal(find_all(150, private_ones, 1, found, 16), 1);
+    assert_int_equal(find_all(150, NULL, 0, found, 16), 2);
+    assert_int_equal(find_all(101, by_data, 1, found, 16), 0);
+    assert_int_equal(find_all(250, NULL, 0, found, 16), 1);
+    assert_int_equal(found[0], c);
+    assert_int_equal(find_all(150, by_cert, 1, found, 16), 1);
+    assert_int_equal(found[0], c);
+    /* A search for keys stays the backend's alone while outputs are live. */
+    assert_true(guardian_cert_objects_idle(keys, 1));
+    assert_false(guardian_cert_objects_idle(by_data, 1));
+    /* An empty output is one; another user session of the slot destroys it. */
+    assert_int_equal(guardian_output_object_create(150, "guardian-output:e", NULL, 0, &empty), CKR_OK);
+    a[4].ulValueLen = sizeof(value);
+    assert_int_equal(mod->C_GetAttributeValue(151, empty, &a[4], 1), CKR_OK);
+    assert_int_equal(a[4].ulValueLen, 0);
+    assert_int_equal(mod->C_DestroyObject(151, empty), CKR_OK);
+    assert_int_equal(mod->C_DestroyObject(150, h), CKR_OK);
+    assert_int_equal(mod->C_GetAttributeValue(150, h, a, 1), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(mod->C_DestroyObject(101, c), CKR_OK);
+}
+
 static void test_threads(void **st)
 {
     static CK_OBJECT_HANDLE filler[FILLER];
@@ -645,6 +710,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_session_close_all_finalize, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fork_child_starts_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outputs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
     };
     return cmocka_run_group_tests_name("certificate objects", tests, NULL, NULL);

@@ -641,6 +641,153 @@ static void test_signer_path_and_attribute(void **st)
     EVP_PKEY_free(sk);
 }
 
+/* A group package of `n` members (digests 0x10+i...), ascending, target the
+ * group ID, no package-level point. */
+static GUARDIAN_PACKAGE *valid_group(int n)
+{
+    GUARDIAN_PACKAGE *p = valid();
+    uint8_t digests[(GUARDIAN_GROUP_MAX + 1) * 32], id[32], point[65] = {0x04}, w[GUARDIAN_GROUP_WRAPPED_KEK_LEN] = {7};
+    ASN1_OCTET_STRING_set(p->transport->ephemeral_key, (const unsigned char *)"", 0);
+    p->group = sk_GUARDIAN_GROUP_MEMBER_new_null();
+    for (int i = 0; i < n; i++) {
+        GUARDIAN_GROUP_MEMBER *m = GUARDIAN_GROUP_MEMBER_new();
+        memset(digests + 32 * i, 0x10 + i, 32);
+        ASN1_OCTET_STRING_set(m->guardian, digests + 32 * i, 32);
+        ASN1_OCTET_STRING_set(m->ephemeral_key, point, sizeof(point));
+        ASN1_OCTET_STRING_set(m->wrapped_kek, w, sizeof(w));
+        sk_GUARDIAN_GROUP_MEMBER_push(p->group, m);
+    }
+    assert_true(guardian_group_id(digests, (size_t)n, id));
+    ASN1_OCTET_STRING_set(p->target_guardian, id, sizeof(id));
+    return p;
+}
+
+static GUARDIAN_GROUP_MEMBER *member(GUARDIAN_PACKAGE *p, int i)
+{
+    return sk_GUARDIAN_GROUP_MEMBER_value(p->group, i);
+}
+
+/* The group ID of the members as they stand now (after a change to one). */
+static void retarget(GUARDIAN_PACKAGE *p)
+{
+    uint8_t digests[(GUARDIAN_GROUP_MAX + 1) * 32], id[32];
+    int n = sk_GUARDIAN_GROUP_MEMBER_num(p->group);
+    for (int i = 0; i < n; i++)
+        memcpy(digests + 32 * i, ASN1_STRING_get0_data(member(p, i)->guardian), 32);
+    assert_true(guardian_group_id(digests, (size_t)n, id));
+    ASN1_OCTET_STRING_set(p->target_guardian, id, sizeof(id));
+}
+
+static void test_group(void **st)
+{
+    char err[256] = "";
+    GUARDIAN_PACKAGE *p = valid_group(3);
+    struct guardian_package out;
+    unsigned char *der = NULL, same[32];
+    int n = i2d_GUARDIAN_PACKAGE(p, &der);
+    uint8_t self[32], c0[32], c1[32];
+    (void)st;
+
+    /* Decoded: three members, each found by its digest, each its own C. */
+    assert_true(guardian_package_decode(der, (size_t)n, &out, err, sizeof(err)));
+    assert_int_equal(out.group_members, 3);
+    for (int i = 0; i < 3; i++) {
+        memset(self, 0x10 + i, sizeof(self));
+        assert_int_equal(guardian_group_member(&out, self), i);
+    }
+    memset(self, 0x42, sizeof(self));
+    assert_int_equal(guardian_group_member(&out, self), -1); /* not a member */
+    assert_true(guardian_group_kek_context(&out, 0, c0));
+    assert_true(guardian_group_kek_context(&out, 1, c1));
+    assert_memory_not_equal(c0, c1, 32);
+    assert_false(guardian_group_kek_context(&out, 3, c1));
+    guardian_package_free(&out);
+    OPENSSL_free(der);
+    GUARDIAN_PACKAGE_free(p);
+    /* A one-Guardian package is no group: nobody is a "member". */
+    p = valid();
+    der = NULL;
+    n = i2d_GUARDIAN_PACKAGE(p, &der);
+    assert_true(guardian_package_decode(der, (size_t)n, &out, err, sizeof(err)));
+    assert_int_equal(out.group_members, 0);
+    memcpy(self, ASN1_STRING_get0_data(out.asn1->target_guardian), 32);
+    assert_int_equal(guardian_group_member(&out, self), -1);
+    guardian_package_free(&out);
+    OPENSSL_free(der);
+    GUARDIAN_PACKAGE_free(p);
+
+    /* The limits: 2..16 members. */
+    p = valid_group(GUARDIAN_GROUP_MAX);
+    assert_true(decode(p, err, sizeof(err)));
+    refused(valid_group(GUARDIAN_GROUP_MAX + 1), "names 2-16 Guardians (this one 17)");
+    refused(valid_group(1), "names 2-16 Guardians (this one 1)");
+    p = valid_group(2);
+    sk_GUARDIAN_GROUP_MEMBER_pop_free(p->group, GUARDIAN_GROUP_MEMBER_free);
+    p->group = sk_GUARDIAN_GROUP_MEMBER_new_null();
+    refused(p, "names 2-16 Guardians (this one 0)");
+
+    /* The target must be the members' group ID: another member set's, or a
+     * member's own digest, is refused. */
+    p = valid_group(3);
+    memset(same, 0x10, sizeof(same));
+    ASN1_OCTET_STRING_set(p->target_guardian, same, sizeof(same));
+    refused(p, "not the group ID of its members");
+    p = valid_group(3);
+    memset(same, 0x99, sizeof(same));
+    ASN1_OCTET_STRING_set(member(p, 2)->guardian, same, sizeof(same)); /* a member swapped, target not */
+    refused(p, "not the group ID of its members");
+
+    /* One encoding: ascending, each once. */
+    p = valid_group(3);
+    memset(same, 0x11, sizeof(same));
+    ASN1_OCTET_STRING_set(member(p, 0)->guardian, same, sizeof(same)); /* == member 1 */
+    retarget(p);
+    refused(p, "group member 1: members must be in ascending order");
+    p = valid_group(3);
+    {
+        GUARDIAN_GROUP_MEMBER *m0 = member(p, 0), *m1 = member(p, 1); /* sk_set returns the new value */
+        (void)sk_GUARDIAN_GROUP_MEMBER_set(p->group, 0, m1);
+        (void)sk_GUARDIAN_GROUP_MEMBER_set(p->group, 1, m0);
+    }
+    retarget(p);
+    refused(p, "group member 1: members must be in ascending order");
+
+    /* Each member's fields. */
+    p = valid_group(2);
+    ASN1_OCTET_STRING_set(member(p, 1)->guardian, same, 31);
+    refused(p, "group member 1: the Guardian must be a 32-byte SHA-256 digest");
+    p = valid_group(2);
+    ASN1_OCTET_STRING_set(member(p, 1)->ephemeral_key, (const unsigned char *)"\x02\x01", 2);
+    refused(p, "group member 1: ephemeral key must be an uncompressed P-256 or P-384 point");
+    p = valid_group(2);
+    ASN1_OCTET_STRING_set(member(p, 0)->wrapped_kek, same, 32);
+    refused(p, "group member 0: the wrapped KEK must be 40 bytes");
+
+    /* The package as a whole. */
+    p = valid_group(2);
+    {
+        uint8_t point[65] = {0x04};
+        ASN1_OCTET_STRING_set(p->transport->ephemeral_key, point, sizeof(point));
+    }
+    refused(p, "no package-level ephemeral key");
+    p = valid_group(2);
+    ASN1_INTEGER_set(p->version, 2);
+    ASN1_OCTET_STRING_set(p->production_ca->key->wrapped, (const unsigned char *)"", 0);
+    refused(p, "carries its production CA key (version 1)");
+    p = valid_group(2);
+    ASN1_OBJECT_free(p->transport->scheme);
+    p->transport->scheme = OBJ_txt2obj(GUARDIAN_OID_KT_NONE, 1);
+    refused(p, "uses an ECDH key transport");
+    p = valid_group(2);
+    ASN1_OBJECT_free(p->transport->scheme);
+    p->transport->scheme = OBJ_txt2obj(GUARDIAN_OID_KT_RSAOAEP_SHA256, 1);
+    refused(p, "uses an ECDH key transport");
+    p = valid_group(2);
+    ASN1_OBJECT_free(p->transport->scheme);
+    p->transport->scheme = OBJ_txt2obj(GUARDIAN_OID_KT_ECDH_SHA256KDF, 1);
+    assert_true(decode(p, err, sizeof(err)));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -653,6 +800,7 @@ int main(void)
         cmocka_unit_test(test_not_canonical_der),
         cmocka_unit_test(test_ecdsa_low_s),
         cmocka_unit_test(test_signer_path_and_attribute),
+        cmocka_unit_test(test_group),
     };
     int failed = cmocka_run_group_tests_name("package decoder", tests, NULL, NULL);
     X509_free(some_cert());

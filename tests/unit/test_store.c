@@ -235,7 +235,7 @@ static void test_open_reopen_file(void **state)
     assert_int_equal(reserve(st, "dev-1", NOW, &serial), CKR_OK);
     guardian_store_close(st);
 
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
 
     /* Reopen twice: the migration is not applied again, the data is there. */
     for (int round = 0; round < 2; round++) {
@@ -247,7 +247,7 @@ static void test_open_reopen_file(void **state)
         assert_int_equal(read_trail(st, t), CKR_OK);
         assert_int_equal(t->count, 2);
         guardian_store_close(st);
-        assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
+        assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
         assert_int_equal(query_int(&d, "SELECT count(*) FROM sqlite_schema WHERE name = 'audit'"), 1);
     }
 
@@ -317,7 +317,7 @@ static void test_migration_failure_rolls_back(void **state)
     tamper(&d, "DROP TABLE audit");
     st = open_dir(&d);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
     tmpdir_remove(&d);
 }
 
@@ -1472,7 +1472,7 @@ static void test_concurrent_fresh_open(void **state)
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
     }
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
     st = open_dir(&d);
     for (int i = 0; i < FRESH_PROCS; i++) {
         char product[16];
@@ -3417,7 +3417,7 @@ static void test_migration_from_v3(void **state)
     make_v3_state(&d, v3);
     assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
     st = open_dir(&d);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
     assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE encoding = 1 AND operator = ''"), 4);
     /* The old records verify as they were, and the journal of the process
      * the old module left behind folds into an encoding 2 ISSUE (no operator). */
@@ -3657,11 +3657,11 @@ static void test_migration_5_to_6(void **state)
     issue_fake(st, first + 2, "M-1", 3); /* schema 5 let a device be issued twice */
     guardian_store_close(st);
     /* Back to what schema 5 had: no index. */
-    tamper(&d, "DROP TABLE devices; DROP TABLE roots; PRAGMA user_version = 5;");
+    tamper(&d, "DROP TABLE devices; DROP TABLE roots; DROP TABLE package_members; PRAGMA user_version = 5;");
     assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
 
     st = open_dir(&d);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 7);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
     assert_int_equal(query_int(&d, "SELECT count(*) FROM devices"), 2);
     expect_device(st, "M-1", true, first, 1, 0);
     expect_device(st, "M-2", true, first + 1, 2, 0);
@@ -3798,6 +3798,68 @@ static void test_root_ledger(void **state)
     tmpdir_remove(&d);
 }
 
+/* A group package (schema 8): the first member's import records the package
+ * and its allowance (IMPORT naming the member), each other member only joins
+ * it (JOIN): one package row, one allowance; a member imports once; a join
+ * after a newer release superseded the package is a rollback; a
+ * one-Guardian package keeps its plain replay refusal. */
+static void test_group_members(void **state)
+{
+    struct guardian_store *st = open_memory();
+    struct guardian_package_info g = make_pkg(0x61, OEM, PRODUCT, 1, 3);
+    struct guardian_product p;
+    struct trail *t = trail_new();
+    uint8_t m1[32], m2[32], m3[32];
+    uint64_t serial = 0;
+    (void)state;
+
+    memset(m1, 0x11, sizeof(m1));
+    memset(m2, 0x22, sizeof(m2));
+    memset(m3, 0x33, sizeof(m3));
+    g.group_member = m1;
+    assert_int_equal(guardian_store_package_check(st, &g, NOW), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &g, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_package_check(st, &g, NOW), CKR_GUARDIAN_PACKAGE_REPLAYED);
+    assert_int_equal(guardian_store_package_install(st, &g, NOW, NULL, NULL), CKR_GUARDIAN_PACKAGE_REPLAYED);
+    g.group_member = m2;
+    assert_int_equal(guardian_store_package_check(st, &g, NOW), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &g, NOW, NULL, NULL), CKR_OK);
+    assert_int_equal(guardian_store_package_install(st, &g, NOW, NULL, NULL), CKR_GUARDIAN_PACKAGE_REPLAYED);
+    /* The same package without a member (a one-Guardian reading): a replay. */
+    g.group_member = NULL;
+    assert_int_equal(guardian_store_package_install(st, &g, NOW, NULL, NULL), CKR_GUARDIAN_PACKAGE_REPLAYED);
+
+    /* One allowance: 3 units, whoever reserves them. */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(reserve(st, "dev", NOW, &serial), CKR_OK);
+    assert_int_equal(reserve(st, "dev", NOW, &serial), CKR_GUARDIAN_QUOTA_EXHAUSTED);
+    assert_int_equal(guardian_store_product_get(st, OEM, PRODUCT, &p), CKR_OK);
+    assert_int_equal(p.authorised_units, 3);
+    assert_int_equal(p.remaining_units, 0);
+
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->rec[0].type, GUARDIAN_AUDIT_IMPORT);
+    assert_int_equal(t->rec[0].device_id_len, 32);
+    assert_memory_equal(t->rec[0].device_id, m1, 32);
+    assert_int_equal(t->rec[1].type, GUARDIAN_AUDIT_JOIN);
+    assert_int_equal(t->rec[1].device_id_len, 32);
+    assert_memory_equal(t->rec[1].device_id, m2, 32);
+    assert_memory_equal(t->rec[1].package_id, g.package_id, sizeof(g.package_id));
+    assert_int_equal(t->rec[1].authorised_units, 3);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_JOIN), 1);
+
+    /* Release 2 supersedes it: a third member can no longer join release 1. */
+    assert_int_equal(install(st, 0x62, OEM, PRODUCT, 2, 5), CKR_OK);
+    g.group_member = m3;
+    assert_int_equal(guardian_store_package_install(st, &g, NOW, NULL, NULL), CKR_GUARDIAN_PACKAGE_ROLLBACK);
+    /* A one-Guardian package's replay is unchanged. */
+    assert_int_equal(install(st, 0x62, OEM, PRODUCT, 2, 5), CKR_GUARDIAN_PACKAGE_REPLAYED);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(count_type(t, GUARDIAN_AUDIT_JOIN), 1);
+    free(t);
+    guardian_store_close(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -3841,6 +3903,7 @@ int main(void)
         cmocka_unit_test(test_migration_from_v3),
         cmocka_unit_test(test_device_index),
         cmocka_unit_test(test_migration_5_to_6),
+        cmocka_unit_test(test_group_members),
         cmocka_unit_test(test_root_ledger),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

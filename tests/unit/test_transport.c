@@ -177,6 +177,13 @@ static void test_choice(void **st)
     assert_int_equal(guardian_transport_choose(&t, 0, 0, err, sizeof(err)), 0);
     assert_non_null(strstr(err, "offers no key transport"));
     assert_non_null(strstr(err, "none (" GUARDIAN_OID_KT_NONE ")"));
+    assert_non_null(strstr(err, "imports no secret at all"));
+    assert_non_null(strstr(err, "guardianctl ca-request"));
+    /* ... which a list with another scheme (unknown here) does not say. */
+    t = listing(unknown_first, 1);
+    assert_int_equal(guardian_transport_choose(&t, 0, 0, err, sizeof(err)), 0);
+    assert_null(strstr(err, "imports no secret at all"));
+    t = listing(none_only, 1);
     /* "none" is never a --kdf for a package with a secret, listed or not. */
     assert_int_equal(guardian_transport_choose(&t, GUARDIAN_KT_NONE, 1, err, sizeof(err)), 0);
     /* No extension: aes-cbc, as before the statement existed. */
