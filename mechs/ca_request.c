@@ -293,6 +293,25 @@ out:
     return rv;
 }
 
+/* The CA key type when the request names none: P-256 where the slot lists
+ * EC key generation and ECDSA, else RSA 2048 (a token without EC:
+ * opencryptoki's soft token), as the identity's type is chosen
+ * (identity.c). */
+static CK_RV default_ca_key_type(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_ULONG *type)
+{
+    CK_SESSION_INFO si;
+    CK_MECHANISM_INFO mi;
+    CK_RV rv = be->C_GetSessionInfo(s, &si);
+
+    if (rv != CKR_OK)
+        return rv;
+    *type = CKG_GUARDIAN_CA_KEY_RSA2048;
+    if (be->C_GetMechanismInfo(si.slotID, CKM_EC_KEY_PAIR_GEN, &mi) == CKR_OK &&
+        be->C_GetMechanismInfo(si.slotID, CKM_ECDSA, &mi) == CKR_OK)
+        *type = CKG_GUARDIAN_CA_KEY_P256;
+    return CKR_OK;
+}
+
 static CK_RV ca_request(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_HANDLE s,
                         const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
 {
@@ -315,6 +334,9 @@ static CK_RV ca_request(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESS
         (rv = guardian_request_id(rq, CKA_GUARDIAN_PRODUCT_ID, "CKA_GUARDIAN_PRODUCT_ID", product)) != CKR_OK ||
         (rv = guardian_request_ulong(rq, CKA_GUARDIAN_CA_KEY_TYPE, false, &k.type)) != CKR_OK ||
         (rv = guardian_request_bytes(rq, CKA_SUBJECT, true, &subj)) != CKR_OK)
+        return rv;
+    if (guardian_request_attr(rq, CKA_GUARDIAN_CA_KEY_TYPE) == NULL &&
+        (rv = default_ca_key_type(be, s, &k.type)) != CKR_OK)
         return rv;
     if (k.type != CKG_GUARDIAN_CA_KEY_P256 && k.type != CKG_GUARDIAN_CA_KEY_P384 &&
         k.type != CKG_GUARDIAN_CA_KEY_RSA2048) {

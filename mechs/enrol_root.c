@@ -320,15 +320,20 @@ static CK_RV enrol_root(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESS
             {CKA_TOKEN, &yes, sizeof(yes)},
             {CKA_TRUSTED, &yes, sizeof(yes)},
             {CKA_MODIFIABLE, &no, sizeof(no)},
-            {CKA_CERTIFICATE_CATEGORY, &category, sizeof(category)},
             {CKA_ID, fpr, 40},
             {CKA_LABEL, label, (CK_ULONG)strlen(label)},
             {CKA_VALUE, value->pValue, value->ulValueLen},
             {CKA_SUBJECT, subj, (CK_ULONG)subj_len},
             {CKA_ISSUER, iss, (CK_ULONG)iss_len},
             {CKA_SERIAL_NUMBER, serial, (CK_ULONG)ser_len},
+            {CKA_CERTIFICATE_CATEGORY, &category, sizeof(category)},
         };
         rv = be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]), out);
+        /* A 2.20 token (opencryptoki 3.8) knows no CKA_CERTIFICATE_CATEGORY
+         * (the last; a 2.40 attribute) on certificates: without it, as the
+         * import's certificates (unwrap_package.c). */
+        if (rv == CKR_ATTRIBUTE_TYPE_INVALID)
+            rv = be->C_CreateObject(session, t, sizeof(t) / sizeof(t[0]) - 1, out);
     }
     if (rv != CKR_OK && ledger) {
         /* opencryptoki (nobody makes a trusted certificate), SoftHSM (only

@@ -96,6 +96,9 @@ struct import {
     /* The token keeps no private token CKO_DATA (NSS): integrity items are
      * kept as generic secrets instead (create_data). */
     bool data_as_secret;
+    /* The backend dropped CKA_SENSITIVE / CKA_EXTRACTABLE of an unwrap
+     * template in this import (sealed(): opencryptoki 3.8). */
+    bool unwrap_unsealed;
 };
 
 static void roots_free(struct import *im);
@@ -273,6 +276,13 @@ static CK_RV ledger_roots(struct import *im, X509_STORE *store, const char *toke
     return CKR_OK;
 }
 
+static CK_RV count_root_row(const struct guardian_root_row *r, void *ctx)
+{
+    (void)r;
+    ++*(size_t *)ctx;
+    return CKR_OK;
+}
+
 /* The enrolled OEM roots: trusted certificate objects that the module made at
  * enrolment (label "guardian-root:<oem ids>", enrol_root.c).  A trusted
  * certificate without that label was not enrolled through the Guardian (or
@@ -342,6 +352,19 @@ static CK_RV enrolled_roots(struct import *im, X509_STORE **out)
         }
     }
     if (added == 0) {
+        size_t in_ledger = 0;
+        /* Roots the Guardian SO enrolled in the ledger in service mode (on
+         * opencryptoki the only enrolment there is: nobody makes a trusted
+         * certificate) count only there: say so rather than "none". */
+        if (guardian_store_roots_each(im->st, count_root_row, &in_ledger) == CKR_OK && in_ledger > 0) {
+            guardian_error("unwrap", "refused: no OEM root is enrolled in this token, and the ledger's %zu, "
+                                     "enrolled by the Guardian's Security Officer, do not count here: that "
+                                     "enrolment holds only in service mode (backend_pin_file, without backend_so_pin_file; docs/service-mode.md, "
+                                     "docs/threat-model.md section 2)",
+                           in_ledger);
+            rv = CKR_GUARDIAN_OEM_NOT_ENROLLED;
+            goto out;
+        }
         guardian_error("unwrap", "no OEM root is enrolled in this Guardian (guardianctl enroll-oem --oem-id)%s",
                        unbound ? "; trusted certificates without OEM IDs (enrolled by an older version) do not "
                                  "count: remove and enrol them again"
@@ -571,6 +594,145 @@ static CK_RV track(struct import *im, CK_OBJECT_HANDLE h)
     return CKR_OK;
 }
 
+/* An unwrapped secret as the template asked: CKA_SENSITIVE true and
+ * CKA_EXTRACTABLE false, read back from the backend.  opencryptoki 3.8
+ * ignores both in C_UnwrapKey's template (measured: the CA key, the items
+ * and the KEK come out not sensitive and extractable, so whoever holds the
+ * backend's PIN could read them straight off the token); there the module
+ * sets them at once (both changes are the one-way ones PKCS#11 allows even
+ * on a key that is not modifiable, and opencryptoki makes them), and a
+ * backend that will not is refused: CKR_GUARDIAN_KEY_NOT_SEALED, the key
+ * destroyed with everything else of the import. */
+static CK_RV sealed(struct import *im, CK_OBJECT_HANDLE h, const char *what)
+{
+    CK_BBOOL sens = CK_FALSE, extr = CK_TRUE, yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE a[] = {{CKA_SENSITIVE, &sens, sizeof(sens)}, {CKA_EXTRACTABLE, &extr, sizeof(extr)}};
+    CK_ATTRIBUTE set[] = {{CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)}};
+    CK_RV rv = im->be->C_GetAttributeValue(im->session, h, a, 2);
+
+    if (rv == CKR_OK && sens == CK_TRUE && extr == CK_FALSE)
+        return CKR_OK;
+    rv = im->be->C_SetAttributeValue(im->session, h, set, 2);
+    sens = CK_FALSE, extr = CK_TRUE;
+    if (rv == CKR_OK)
+        rv = im->be->C_GetAttributeValue(im->session, h, a, 2);
+    if (rv == CKR_OK && sens == CK_TRUE && extr == CK_FALSE) {
+        im->unwrap_unsealed = true;
+        guardian_info("unwrap", "the backend did not keep CKA_SENSITIVE/CKA_EXTRACTABLE of the unwrap template for "
+                                "%s: set after the unwrap (sensitive, not extractable)", what);
+        return CKR_OK;
+    }
+    guardian_error("unwrap", "refused: the backend unwrapped %s readable (not sensitive or extractable, despite the "
+                             "template) and would not make it sensitive and not extractable (%s): nothing is kept",
+                   what, rv == CKR_OK ? "it answered OK but did not" : ckr(rv));
+    return CKR_GUARDIAN_KEY_NOT_SEALED;
+}
+
+/* Whether the import's slot lists EC key generation (for the message of an
+ * EC key that does not unwrap). */
+static bool slot_has_ec(struct import *im)
+{
+    CK_SESSION_INFO si;
+    CK_MECHANISM_INFO mi;
+    return im->be->C_GetSessionInfo(im->session, &si) != CKR_OK ||
+           im->be->C_GetMechanismInfo(si.slotID, CKM_EC_KEY_PAIR_GEN, &mi) == CKR_OK;
+}
+
+/* C_UnwrapKey, then sealed().  Where the backend dropped CKA_SENSITIVE /
+ * CKA_EXTRACTABLE and then refuses to set them because the key is not
+ * modifiable (opencryptoki 3.8 honours CKA_MODIFIABLE false on the unwrap,
+ * and checks it before any C_SetAttributeValue), the key is destroyed and
+ * unwrapped again without CKA_MODIFIABLE false, so that the two one-way
+ * changes can be made; it then stays modifiable on the backend (the
+ * module's policy refuses every change of it in any case: policy.c).  The
+ * key is tracked (destroyed if the import fails) unless `kek`. */
+static CK_RV unwrap_sealed(struct import *im, CK_MECHANISM *m, CK_OBJECT_HANDLE with, CK_BYTE_PTR wrapped,
+                           CK_ULONG wrapped_len, const CK_ATTRIBUTE *t, CK_ULONG n, bool kek, const char *what,
+                           CK_OBJECT_HANDLE *out)
+{
+    CK_ATTRIBUTE again[16];
+    CK_ULONG k = 0;
+    CK_RV rv;
+
+    if (n > 16)
+        return CKR_GENERAL_ERROR;
+    for (CK_ULONG i = 0; i < n; i++)
+        if (t[i].type != CKA_MODIFIABLE)
+            again[k++] = t[i];
+    /* Once this import has seen the backend drop them, a token key is
+     * unwrapped as a session key and copied into the token sealed
+     * (C_CopyObject with CKA_SENSITIVE true, CKA_EXTRACTABLE false,
+     * CKA_MODIFIABLE false): the readable form never reaches the token's
+     * store, and the token key is never modified afterwards (opencryptoki
+     * 3.8 crashed in C_Sign from two threads with a key that had been
+     * modified: docs/backends/opencryptoki.md).  Where the copy does not
+     * come out sealed, the second way below. */
+    if (im->unwrap_unsealed && !kek) {
+        CK_ATTRIBUTE st[16];
+        CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+        CK_ATTRIBUTE ct[] = {{CKA_TOKEN, &yes, sizeof(yes)},
+                             {CKA_SENSITIVE, &yes, sizeof(yes)},
+                             {CKA_EXTRACTABLE, &no, sizeof(no)},
+                             {CKA_MODIFIABLE, &no, sizeof(no)}};
+        CK_OBJECT_HANDLE sh = CK_INVALID_HANDLE;
+        for (CK_ULONG i = 0; i < k; i++) {
+            st[i] = again[i];
+            if (st[i].type == CKA_TOKEN)
+                st[i].pValue = &no;
+        }
+        rv = im->be->C_UnwrapKey(im->session, m, with, wrapped, wrapped_len, st, k, &sh);
+        if (rv != CKR_OK)
+            return rv;
+        guardian_policy_forget(sh);
+        rv = im->be->C_CopyObject(im->session, sh, ct, sizeof(ct) / sizeof(ct[0]), out);
+        if (rv == CKR_OK && (rv = track(im, *out)) == CKR_OK) {
+            CK_BBOOL sens = CK_FALSE, extr = CK_TRUE;
+            CK_ATTRIBUTE a[] = {{CKA_SENSITIVE, &sens, sizeof(sens)}, {CKA_EXTRACTABLE, &extr, sizeof(extr)}};
+            if (im->be->C_GetAttributeValue(im->session, *out, a, 2) == CKR_OK && sens == CK_TRUE &&
+                extr == CK_FALSE) {
+                im->be->C_DestroyObject(im->session, sh);
+                guardian_policy_forget(sh);
+                guardian_info("unwrap", "%s was unwrapped as a session key and copied into the token sensitive, not "
+                                        "extractable, not modifiable (the backend drops both from an unwrap template)",
+                              what);
+                return CKR_OK;
+            }
+            im->be->C_DestroyObject(im->session, *out);
+            im->n_created--; /* the last tracked: this one */
+        }
+        im->be->C_DestroyObject(im->session, sh);
+        guardian_policy_forget(sh);
+        *out = CK_INVALID_HANDLE;
+        if (k < n)
+            goto again;
+    }
+    rv = im->be->C_UnwrapKey(im->session, m, with, wrapped, wrapped_len, (CK_ATTRIBUTE_PTR)t, n, out);
+    if (rv != CKR_OK)
+        return rv;
+    if (!kek && (rv = track(im, *out)) != CKR_OK)
+        return rv;
+    guardian_policy_forget(*out);
+    rv = sealed(im, *out, what);
+    if (rv != CKR_GUARDIAN_KEY_NOT_SEALED || k == n)
+        return rv;
+    im->be->C_DestroyObject(im->session, *out);
+    if (!kek)
+        im->n_created--; /* the last tracked: this one */
+    *out = CK_INVALID_HANDLE;
+again:
+    rv = im->be->C_UnwrapKey(im->session, m, with, wrapped, wrapped_len, again, k, out);
+    if (rv != CKR_OK)
+        return rv;
+    if (!kek && (rv = track(im, *out)) != CKR_OK)
+        return rv;
+    guardian_policy_forget(*out);
+    rv = sealed(im, *out, what);
+    if (rv == CKR_OK)
+        guardian_info("unwrap", "%s was unwrapped modifiable so that the backend would let it be made sensitive "
+                                "and not extractable (the module refuses every change of it)", what);
+    return rv;
+}
+
 /* The slot's measured facts (selftest.c), and the package's scheme among
  * the schemes that work there: a scheme the token was measured not to run is
  * refused before any key operation (nothing recorded: the OEM makes the
@@ -625,18 +787,21 @@ static CK_RV unwrap_kek_oaep(struct import *im, CK_ATTRIBUTE *kek_t, CK_ULONG n)
     }
     OPENSSL_free(mod);
     /* The KEK template without CKA_VALUE_LEN (index 2): an unwrap takes the
-     * length from the plaintext, which must then be 32 bytes. */
+     * length from the plaintext, which must then be 32 bytes.  And without
+     * CKA_MODIFIABLE false: a session key of this import alone, which
+     * sealed() may have to make sensitive (opencryptoki). */
     {
         CK_ATTRIBUTE t[9];
         CK_ULONG k = 0, len = 0;
         CK_ATTRIBUTE la = {CKA_VALUE_LEN, &len, sizeof(len)};
         for (CK_ULONG i = 0; i < n && k < 9; i++)
-            if (kek_t[i].type != CKA_VALUE_LEN)
+            if (kek_t[i].type != CKA_VALUE_LEN && kek_t[i].type != CKA_MODIFIABLE)
                 t[k++] = kek_t[i];
-        rv = im->be->C_UnwrapKey(im->session, &m, im->guardian_key, (CK_BYTE_PTR)ASN1_STRING_get0_data(enc),
-                                 (CK_ULONG)ASN1_STRING_length(enc), t, k, &im->kek);
+        rv = unwrap_sealed(im, &m, im->guardian_key, (CK_BYTE_PTR)ASN1_STRING_get0_data(enc),
+                           (CK_ULONG)ASN1_STRING_length(enc), t, k, true, "the key-encryption key", &im->kek);
+        if (rv == CKR_GUARDIAN_KEY_NOT_SEALED)
+            return rv; /* import_package destroys im->kek */
         if (rv == CKR_OK) {
-            guardian_policy_forget(im->kek);
             if (im->be->C_GetAttributeValue(im->session, im->kek, &la, 1) != CKR_OK || len != 32) {
                 guardian_error("unwrap", "refused: package %s/%s r%u: its key-encryption key is not 32 bytes",
                                im->pkg.oem_id, im->pkg.product_id, im->pkg.release_version);
@@ -875,7 +1040,7 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     CK_BBOOL sign = cls == CKO_PRIVATE_KEY ? im->usage.sign : CK_FALSE;
     CK_BBOOL decrypt = im->usage.decrypt, derive = im->usage.derive, unwrap = im->usage.unwrap;
-    char label[sizeof(im->prefix) + GUARDIAN_PKG_NAME_MAX + 2];
+    char label[sizeof(im->prefix) + GUARDIAN_PKG_NAME_MAX + 2], what[GUARDIAN_PKG_NAME_MAX + 40];
     /* CKA_ID: the package ID for the production CA key (its certificate's);
      * for every other key the package ID followed by the key's own label, so
      * that no other key shares the CA certificate's CKA_ID (NSS and Java
@@ -935,14 +1100,27 @@ static CK_RV unwrap_one(struct import *im, const GUARDIAN_WRAPPED_KEY *wk, const
         wrapped += GUARDIAN_KT_RSAOAEP_IV_LEN;
         wrapped_len -= GUARDIAN_KT_RSAOAEP_IV_LEN;
     }
-    rv = im->be->C_UnwrapKey(im->session, &kwp, im->kek, (CK_BYTE_PTR)wrapped, wrapped_len, t, n_attrs, out);
+    snprintf(what, sizeof(what), "%s key '%.*s'", role, ASN1_STRING_length(wk->label),
+             ASN1_STRING_get0_data(wk->label));
+    rv = unwrap_sealed(im, &kwp, im->kek, (CK_BYTE_PTR)wrapped, wrapped_len, t, n_attrs, false, what, out);
+    if (rv == CKR_GUARDIAN_KEY_NOT_SEALED)
+        return rv;
+    if (rv != CKR_OK && kt == CKK_EC && !slot_has_ec(im)) {
+        /* Not the ciphertext: an EC key cannot enter a token without EC
+         * (opencryptoki 3.8 answers CKR_TEMPLATE_INCOMPLETE). */
+        guardian_error("unwrap", "refused: %s key '%.*s' is an EC key, and this token has no EC (its slot lists no "
+                                 "CKM_EC_KEY_PAIR_GEN): the OEM wraps an RSA key for this Guardian, or uses the CA "
+                                 "request (guardianctl ca-request) (%s)",
+                       role, ASN1_STRING_length(wk->label), ASN1_STRING_get0_data(wk->label), ckr(rv));
+        return rv;
+    }
     if (rv != CKR_OK) {
         guardian_error("unwrap", "refused: %s key '%.*s' does not unwrap (%s): wrong Guardian key or altered "
                                  "ciphertext", role, ASN1_STRING_length(wk->label), ASN1_STRING_get0_data(wk->label),
                        ckr(rv));
         return rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_ENCRYPTED_DATA_INVALID ? CKR_WRAPPED_KEY_INVALID : rv;
     }
-    return track(im, *out);
+    return CKR_OK;
 }
 
 static CK_RV create_certificate(struct import *im, X509 *x, int index)

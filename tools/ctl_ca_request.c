@@ -5,13 +5,17 @@
  * a CSR signed by it, bound to this Guardian by its signing key
  * (CKG_GUARDIAN_REQ_CA_KEY, mechs/ca_request.c).  The file holds the CSR,
  * then the "GUARDIAN CA KEY BINDING" block: the OEM certifies it with
- * `guardian-wrap certify-ca` (docs/guardianctl.md, "ca-request").
+ * `guardian-wrap certify-ca` (docs/guardianctl.md, "ca-request").  Without
+ * --key-type the module chooses by what the slot can do (P-256, or RSA 2048
+ * on a token without EC); the line printed names what the CSR holds.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "guardianctl.h"
@@ -48,10 +52,34 @@ static unsigned char *subject_der(const char *text, int *len)
     return der;
 }
 
+/* What the CSR at the start of the module's text holds ("RSA 2048", "EC
+ * P-256"), for the line that says what was made. */
+static void csr_key_name(const char *text, size_t len, char *name, size_t name_len)
+{
+    BIO *b = BIO_new_mem_buf(text, (int)len);
+    X509_REQ *req = b ? PEM_read_bio_X509_REQ(b, NULL, NULL, NULL) : NULL;
+    EVP_PKEY *k = req ? X509_REQ_get0_pubkey(req) : NULL;
+    char group[32] = "";
+    size_t glen = 0;
+
+    if (k == NULL)
+        snprintf(name, name_len, "a key the CSR does not show");
+    else if (EVP_PKEY_get_base_id(k) == EVP_PKEY_RSA)
+        snprintf(name, name_len, "RSA %d", EVP_PKEY_get_bits(k));
+    else if (EVP_PKEY_get_group_name(k, group, sizeof(group), &glen) == 1)
+        snprintf(name, name_len, "EC %s",
+                 strcmp(group, "prime256v1") == 0 ? "P-256" : strcmp(group, "secp384r1") == 0 ? "P-384" : group);
+    else
+        snprintf(name, name_len, "EC");
+    ERR_clear_error();
+    X509_REQ_free(req);
+    BIO_free(b);
+}
+
 int cmd_ca_request(int argc, char **argv)
 {
-    const char *product = NULL, *subject = NULL, *key_type = "p256", *out = NULL, *slash;
-    char oem[GUARDIAN_ID_MAX + 1] = "", prod[GUARDIAN_ID_MAX + 1] = "";
+    const char *product = NULL, *subject = NULL, *key_type = NULL, *out = NULL, *slash;
+    char oem[GUARDIAN_ID_MAX + 1] = "", prod[GUARDIAN_ID_MAX + 1] = "", made[48];
     CK_ULONG type;
     unsigned char *der;
     int der_len, force = 0;
@@ -82,7 +110,9 @@ int cmd_ca_request(int argc, char **argv)
                   product);
     memcpy(oem, product, (size_t)(slash - product));
     snprintf(prod, sizeof(prod), "%s", slash + 1);
-    if (strcmp(key_type, "p256") == 0)
+    if (key_type == NULL)
+        type = 0; /* not sent: the module chooses by the slot */
+    else if (strcmp(key_type, "p256") == 0)
         type = CKG_GUARDIAN_CA_KEY_P256;
     else if (strcmp(key_type, "p384") == 0)
         type = CKG_GUARDIAN_CA_KEY_P384;
@@ -98,9 +128,9 @@ int cmd_ca_request(int argc, char **argv)
     {
         CK_ATTRIBUTE t[] = {{CKA_GUARDIAN_OEM_ID, oem, (CK_ULONG)strlen(oem)},
                             {CKA_GUARDIAN_PRODUCT_ID, prod, (CK_ULONG)strlen(prod)},
-                            {CKA_GUARDIAN_CA_KEY_TYPE, &type, sizeof(type)},
-                            {CKA_SUBJECT, der, (CK_ULONG)der_len}};
-        rv = request_in(session, CKG_GUARDIAN_REQ_CA_KEY, t, 4, &h);
+                            {CKA_SUBJECT, der, (CK_ULONG)der_len},
+                            {CKA_GUARDIAN_CA_KEY_TYPE, &type, sizeof(type)}};
+        rv = request_in(session, CKG_GUARDIAN_REQ_CA_KEY, t, key_type != NULL ? 4 : 3, &h);
     }
     OPENSSL_free(der);
     switch (rv) {
@@ -116,13 +146,14 @@ int cmd_ca_request(int argc, char **argv)
     text = (char *)get_attr(h, CKA_VALUE, &len);
     P11(p11->C_DestroyObject(session, h));
     write_output(out, text, (size_t)len, force);
+    csr_key_name(text, (size_t)len, made, sizeof(made));
     fprintf(stderr,
             "made a production CA key pair for %s/%s in token '%s' (%s; sensitive, never extractable, sign only: it "
             "never leaves the Guardian)\n"
             "wrote %s: its CSR and the Guardian's binding; have the OEM certify it ('guardian-wrap certify-ca "
             "--csr %s ...') and send a package made with 'guardian-wrap create --ca-cert CA.pem --ca-request %s' "
             "(no --ca-key)\n",
-            oem, prod, token_label, key_type, out, out, out);
+            oem, prod, token_label, made, out, out, out);
     free(text);
     return 0;
 }

@@ -585,8 +585,12 @@ key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"
 key "$oem/root.key"
 openssl req -new -x509 -key "$oem/root.key" -subj "/O=ACME/CN=ACME Root CA" -days 3650 -out "$oem/root.pem" \
     -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-issue() { # NAME SUBJECT EXTENSIONS
-    key "$oem/$1.key"
+issue() { # NAME SUBJECT EXTENSIONS [rsa2048]
+    if [ "${4:-}" = rsa2048 ]; then
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$oem/$1.key" 2>/dev/null
+    else
+        key "$oem/$1.key"
+    fi
     openssl req -new -key "$oem/$1.key" -subj "$2" -out "$oem/$1.csr"
     openssl x509 -req -in "$oem/$1.csr" -CA "$oem/root.pem" -CAkey "$oem/root.key" -days 730 \
         -out "$oem/$1.pem" -extfile <(printf '%s\n' "$3") 2>/dev/null
@@ -596,9 +600,11 @@ echo "telemetry_interval=60" >"$oem/config.txt"
 if [ "$flow" = ca-request ]; then
     echo "  made $oem/{root,signer}.pem"
 else
+    # The OEM's CA key of the type the token can sign with (an EC key
+    # cannot enter a token without EC: opencryptoki).
     issue production-ca "/O=ACME/CN=ACME Production CA 1" "basicConstraints=critical,CA:TRUE,pathlen:0
-keyUsage=critical,keyCertSign"
-    echo "  made $oem/{root,signer,production-ca}.pem"
+keyUsage=critical,keyCertSign" "${ca_key_type:-p256}"
+    echo "  made $oem/{root,signer,production-ca}.pem (production CA key: ${ca_key_type:-p256})"
 fi
 chmod 0700 "$oem" # the OEM's keys stay the OEM's
 cp "$oem/root.pem" "$work/acme-root.pem" # what the OEM gives the centre, with the package

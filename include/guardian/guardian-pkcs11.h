@@ -112,7 +112,9 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * way (docs/derive-mechanism.md, "Asking again"). */
 #define CKA_GUARDIAN_REISSUE (CKA_GUARDIAN_BASE | 0x0018UL)
 /* CKG_GUARDIAN_REQ_CA_KEY: CK_ULONG, CKG_GUARDIAN_CA_KEY_*: the production CA
- * key pair the Guardian makes (default CKG_GUARDIAN_CA_KEY_P256). */
+ * key pair the Guardian makes.  Without it the module chooses by what the
+ * slot can do: P-256 where it lists CKM_EC_KEY_PAIR_GEN and CKM_ECDSA, else
+ * RSA 2048 (a token without EC). */
 #define CKA_GUARDIAN_CA_KEY_TYPE (CKA_GUARDIAN_BASE | 0x0020UL)
 
 /* CKG_GUARDIAN_CA_KEY_* values of CKA_GUARDIAN_CA_KEY_TYPE. */
@@ -231,7 +233,8 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
 #define CKG_GUARDIAN_REQ_RETIRE_CA 12UL
 /* Read-write user session: make a production CA key pair for
  * CKA_GUARDIAN_OEM_ID + CKA_GUARDIAN_PRODUCT_ID inside the token
- * (CKA_GUARDIAN_CA_KEY_TYPE, default P-256; private: token, private,
+ * (CKA_GUARDIAN_CA_KEY_TYPE, default by the slot: P-256, or RSA 2048 without
+ * EC; private: token, private,
  * sensitive, never extractable, sign only, not modifiable, not copyable;
  * CKA_ID 16 random bytes, CKA_LABEL "guardian:OEM/PRODUCT:ca-key", so the
  * policy refuses it to every standard call), a PKCS#10 CSR for it with the
@@ -350,6 +353,11 @@ typedef struct CK_GUARDIAN_DEVICE_CERT_PARAMS {
  * package again for this Guardian's certificate (guardian-wrap create
  * --kdf auto chooses a scheme it lists). */
 #define CKR_GUARDIAN_TRANSPORT_UNSUPPORTED (CKR_GUARDIAN_BASE | 0x003CUL)
+/* The backend unwrapped a secret of a package readable (CKA_SENSITIVE false or
+ * CKA_EXTRACTABLE true, despite the template: opencryptoki 3.8 ignores both
+ * there) and would not make it sensitive and not extractable afterwards:
+ * the import is refused and nothing of it is kept (docs/vendor-interface.md). */
+#define CKR_GUARDIAN_KEY_NOT_SEALED (CKR_GUARDIAN_BASE | 0x003DUL)
 /* An OEM root enrolled in the Guardian's ledger (a token that cannot hold
  * roots: docs/threat-model.md section 2) whose enrolment could not be
  * anchored: the backend refused the token's state anchor object (NSS

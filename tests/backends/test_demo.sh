@@ -9,6 +9,8 @@
 #     the OEM root, and there are exactly as many as parts asked for;
 #   - `guardian-wrap verify-report` of the audit report it exported says OK
 #     with the counts of the run (authorised, issued, remaining, verified);
+#   - every private key in the token, as pkcs11-tool lists it after the
+#     import (the backend's attributes), is sensitive and not extractable;
 #   - the backend's daemons it started (tpm2: swtpm, dbus-daemon,
 #     tpm2-abrmd; opencryptoki: the namespace's holder and pkcsslotd) are
 #     gone when it has ended, checked by the PIDs it printed, whatever the
@@ -134,6 +136,19 @@ results() {
         grep 'pkcs11-tool --sign' "log/$name.log" >"log/$name.sign" || true
         fail "$name: boundary" "the standard C_Sign refusals are not both CKR_KEY_FUNCTION_NOT_PERMITTED" \
             "log/$name.sign"
+    fi
+    # Step 5 lists the token's private keys with pkcs11-tool (their
+    # attributes are the backend's, read through the module): each sensitive
+    # and not extractable (opencryptoki drops both from an unwrap template;
+    # the import seals the keys afterwards).
+    local access
+    access=$(sed -n '/^== 5\./,/^== 6/p' "log/$name.log" | grep -E '^ +Access:' || true)
+    if [ -n "$access" ] && ! grep -v -w sensitive <<<"$access" | grep -q . &&
+        ! sed 's/never extractable//' <<<"$access" | grep -q -w extractable; then
+        pass "$name: every private key in the token sensitive and not extractable ($(grep -c . <<<"$access") keys)"
+    else
+        sed -n '/^== 5\./,/^== 6/p' "log/$name.log" >"log/$name.access"
+        fail "$name: private keys" "not all sensitive and not extractable on the backend" "log/$name.access"
     fi
     if [ -z "$kept" ] || [ ! -d "$kept/certs" ]; then
         fail "$name: kept files" "no kept directory with certs/ ($kept)"
