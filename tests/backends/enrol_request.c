@@ -19,30 +19,9 @@
 
 #include <openssl/x509.h>
 
-#include "p11.h"
+#include "test_p11.h"
 /* after p11.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
-
-static CK_RV find_slot(CK_FUNCTION_LIST *f, const char *label, CK_SLOT_ID *out)
-{
-    CK_SLOT_ID slots[64];
-    CK_ULONG n = 64;
-    CK_RV rv = f->C_GetSlotList(CK_TRUE, slots, &n);
-    if (rv != CKR_OK)
-        return rv;
-    for (CK_ULONG i = 0; i < n; i++) {
-        CK_TOKEN_INFO ti;
-        size_t len = strlen(label);
-        if (f->C_GetTokenInfo(slots[i], &ti) != CKR_OK || len > sizeof(ti.label))
-            continue;
-        if (memcmp(ti.label, label, len) == 0 &&
-            (len == sizeof(ti.label) || strspn((char *)ti.label + len, " ") == sizeof(ti.label) - len)) {
-            *out = slots[i];
-            return CKR_OK;
-        }
-    }
-    return CKR_TOKEN_NOT_PRESENT;
-}
 
 int main(int argc, char **argv)
 {
@@ -76,7 +55,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "enrol_request: cannot load %s\n", argv[1]);
         return 1;
     }
-    if ((rv = f->C_Initialize(NULL)) != CKR_OK || (rv = find_slot(f, argv[2], &slot)) != CKR_OK ||
+    if ((rv = f->C_Initialize(NULL)) != CKR_OK || (rv = test_find_slot(f, argv[2], &slot)) != CKR_OK ||
         (rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s)) != CKR_OK) {
         fprintf(stderr, "enrol_request: initialise, slot, session: 0x%lx\n", (unsigned long)rv);
         return 1;

@@ -43,7 +43,7 @@
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
 
-#include "p11.h"
+#include "test_p11.h"
 /* after p11.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
 /* st_cert, st_cert_subject: the certificate the module's check makes */
@@ -61,27 +61,6 @@ static double us_since(const struct timespec *t0)
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     return (double)(t1.tv_sec - t0->tv_sec) * 1e6 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e3;
-}
-
-static CK_RV find_slot(CK_FUNCTION_LIST *f, const char *label, CK_SLOT_ID *out)
-{
-    CK_SLOT_ID slots[64];
-    CK_ULONG n = 64;
-    CK_RV rv = f->C_GetSlotList(CK_TRUE, slots, &n);
-    if (rv != CKR_OK)
-        return rv;
-    for (CK_ULONG i = 0; i < n; i++) {
-        CK_TOKEN_INFO ti;
-        size_t len = strlen(label);
-        if (f->C_GetTokenInfo(slots[i], &ti) != CKR_OK || len > sizeof(ti.label))
-            continue;
-        if (memcmp(ti.label, label, len) == 0 &&
-            (len == sizeof(ti.label) || strspn((char *)ti.label + len, " ") == sizeof(ti.label) - len)) {
-            *out = slots[i];
-            return CKR_OK;
-        }
-    }
-    return CKR_TOKEN_NOT_PRESENT;
 }
 
 int main(int argc, char **argv)
@@ -140,7 +119,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "mechlist: C_Initialize: 0x%lx\n", (unsigned long)rv);
         return 1;
     }
-    if ((rv = find_slot(f, argv[2], &slot)) != CKR_OK) {
+    if ((rv = test_find_slot(f, argv[2], &slot)) != CKR_OK) {
         fprintf(stderr, "mechlist: no token labelled %s: 0x%lx\n", argv[2], (unsigned long)rv);
         return 1;
     }

@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "p11.h"
+#include "test_p11.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -88,24 +88,13 @@ static CK_RV shim_generate(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE
 
 EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
 {
-    const char *path = getenv("TPM_LIKE_SHIM_MODULE");
-    CK_C_GetFunctionList get;
-    CK_FUNCTION_LIST_PTR fl = NULL;
-    CK_RV rv = CKR_OK;
+    CK_RV rv;
 
     if (out == NULL)
         return CKR_ARGUMENTS_BAD;
     pthread_mutex_lock(&lock);
-    if (dl == NULL && (path == NULL || (dl = dlopen(path, RTLD_NOW | RTLD_LOCAL)) == NULL)) {
-        fprintf(stderr, "tpm_like_shim: TPM_LIKE_SHIM_MODULE: %s\n", path ? dlerror() : "not set");
-        rv = CKR_GENERAL_ERROR;
-    }
+    rv = test_shim_load("tpm_like_shim", "TPM_LIKE_SHIM_MODULE", &dl, &list2);
     if (rv == CKR_OK) {
-        get = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList");
-        rv = get == NULL ? CKR_GENERAL_ERROR : get(&fl);
-    }
-    if (rv == CKR_OK) {
-        list2 = *fl; /* sized as a 2.x list whatever its version says */
         backend_create = list2.C_CreateObject;
         list2.C_CreateObject = shim_create;
         backend_generate = list2.C_GenerateKeyPair;

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "p11.h"
+#include "test_p11.h"
 
 #define EXPORT __attribute__((visibility("default")))
 #define MAX_ATTRS 32
@@ -57,24 +57,13 @@ static CK_RV shim_set(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_PTR 
 
 EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
 {
-    const char *path = getenv("UNSEALING_SHIM_MODULE");
-    CK_C_GetFunctionList get;
-    CK_FUNCTION_LIST_PTR fl = NULL;
-    CK_RV rv = CKR_OK;
+    CK_RV rv;
 
     if (out == NULL)
         return CKR_ARGUMENTS_BAD;
     pthread_mutex_lock(&lock);
-    if (dl == NULL && (path == NULL || (dl = dlopen(path, RTLD_NOW | RTLD_LOCAL)) == NULL)) {
-        fprintf(stderr, "unsealing_shim: UNSEALING_SHIM_MODULE: %s\n", path ? dlerror() : "not set");
-        rv = CKR_GENERAL_ERROR;
-    }
+    rv = test_shim_load("unsealing_shim", "UNSEALING_SHIM_MODULE", &dl, &list2);
     if (rv == CKR_OK) {
-        get = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList");
-        rv = get == NULL ? CKR_GENERAL_ERROR : get(&fl);
-    }
-    if (rv == CKR_OK) {
-        list2 = *fl; /* sized as a 2.x list whatever its version says */
         backend_unwrap = list2.C_UnwrapKey;
         backend_set = list2.C_SetAttributeValue;
         list2.C_UnwrapKey = shim_unwrap;
