@@ -109,40 +109,36 @@ while [ $# -gt 0 ]; do
             usage_die "--parts must be a whole number from 1 to 1000000, not '$parts'"
         ;;
     --service) service=1 ;;
-    --backend | --backend=* | --flow | --flow=*)
+    --backend | --backend=* | --flow | --flow=* | --stations | --stations=* | --store | --store=*)
         opt=${1%%=*} val=${1#*=}
         if [ "$opt" = "$1" ]; then
             [ $# -ge 2 ] || usage_die "$opt needs a value"
             val=$2
             shift
         fi
-        if [ "$opt" = --backend ]; then
+        case $opt in
+        --backend)
             case $val in softhsm | tpm2 | nss | opencryptoki) kind=$val ;;
             *) usage_die "--backend must be softhsm, tpm2, nss or opencryptoki, not '$val'" ;;
             esac
-        else
+            ;;
+        --flow)
             case $val in auto | wrap | ca-request) flow=$val ;;
             *) usage_die "--flow must be auto, wrap or ca-request, not '$val'" ;;
             esac
-        fi
-        ;;
-    --credentials) credentials=1 ;;
-    --stations | --stations=* | --store | --store=*)
-        opt=${1%%=*} val=${1#*=}
-        if [ "$opt" = "$1" ]; then
-            [ $# -ge 2 ] || usage_die "$opt needs a value"
-            val=$2
-            shift
-        fi
-        if [ "$opt" = --stations ]; then
+            ;;
+        --stations)
             [[ $val =~ ^[1-8]$ ]] || usage_die "--stations must be a whole number from 1 to 8, not '$val'"
             stations=$val
-        else
+            ;;
+        *)
             case $val in sqlite | postgresql) store=$val ;;
             *) usage_die "--store must be sqlite or postgresql, not '$val'" ;;
             esac
-        fi
+            ;;
+        esac
         ;;
+    --credentials) credentials=1 ;;
     *) usage_die "unknown option '$1'" ;;
     esac
     shift

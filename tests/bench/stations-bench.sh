@@ -146,17 +146,7 @@ done
 
 echo
 echo "== medians over $ROUNDS rounds (rate: all stations together; p50: the median station's; p99: the worst station's)"
-awk '
-function field(line, key,   i, n, kv) {
-    n = split(line, kv, " ")
-    for (i = 1; i <= n; i++) if (index(kv[i], key "=") == 1) return substr(kv[i], length(key) + 2)
-    return ""
-}
-function median(arr, n,   i, j, t, s) {
-    for (i = 1; i <= n; i++) s[i] = arr[i]
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && s[j - 1] > s[j]; j--) { t = s[j]; s[j] = s[j - 1]; s[j - 1] = t }
-    return n % 2 ? s[(n + 1) / 2] : (s[n / 2] + s[n / 2 + 1]) / 2
-}
+awk "$(cat "$HERE/bench-stats.awk")"'
 $1 == "variant" {
     v = $2; k = ++cnt[v]
     if (!(v in seen)) { seen[v] = 1; order[++nv] = v }
