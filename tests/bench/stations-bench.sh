@@ -29,6 +29,9 @@
 # rate: where it is far above p99, fewer than 1 % of the calls, the
 # reservations of blocks, carry most of the time).
 #
+# Then, untimed, the round trips a certificate costs with 3 stations (the
+# server's statement log over one more run; STATIONS_BENCH_COUNT=0 skips it).
+#
 # Environment: STATIONS_BENCH_ROUNDS (default 3), STATIONS_BENCH_SECONDS
 # (default 5), STATIONS_BENCH_WARMUP (default 1), STATIONS_BENCH_THREADS
 # (default 1), STATIONS_BENCH_KEEP=1 keeps the temp dir (runs.txt: each
@@ -167,3 +170,26 @@ END {
 echo
 echo "PostgreSQL: $(pg_psql -c "SELECT issued_units FROM packages") certificates issued on the shared allowance," \
     "$(pg_psql -c "SELECT count(*) FROM audit") audit records"
+
+# Round trips, untimed: the server's statement log (one line a round trip,
+# as store-bench.sh counts them) over one more run of 3 stations, against
+# the certificates and reservation blocks that run added.  The give-backs of
+# unused units at each station's C_Finalize are in the count.
+if [ "${STATIONS_BENCH_COUNT:-1}" = 1 ]; then
+    count_state() { # statements logged, then RESERVE, ISSUE and RELEASE records
+        echo "$(grep -cE 'LOG:  (statement|execute)' "$work/pg/server.log" || true)" \
+            "$(pg_psql -c "SELECT count(*) FILTER (WHERE type = 2), count(*) FILTER (WHERE type = 3),
+                count(*) FILTER (WHERE type = 4) FROM audit" | tr '|' ' ')"
+    }
+    pg_psql -c "ALTER SYSTEM SET log_statement = 'all'" >/dev/null && pg_psql -c "SELECT pg_reload_conf()" >/dev/null
+    sleep 1
+    read -r s0 r0 i0 l0 < <(count_state)
+    SECS=2 run postgresql 3 0 >/dev/null # (round 0: after the summary)
+    read -r s1 r1 i1 l1 < <(count_state)
+    pg_psql -c "ALTER SYSTEM RESET log_statement" >/dev/null && pg_psql -c "SELECT pg_reload_conf()" >/dev/null
+    st=$((s1 - s0)) is=$((i1 - i0)) rs=$((r1 - r0)) rl=$((l1 - l0))
+    echo "round trips, 3 stations on PostgreSQL, $THREADS thread(s) each, 2 s (logged, untimed): $st for" \
+        "$is certificates issued, $rs units reserved, $rl given back at the end:" \
+        "$(echo "scale=1; $st / $is" | bc) a certificate;" \
+        "$(echo "scale=1; ($st - 8 * $rl) / $is" | bc) without the give-backs (8 each)"
+fi
