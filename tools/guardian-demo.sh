@@ -559,7 +559,7 @@ stations_story() {
     # ends): it stops with CKR_GUARDIAN_QUOTA_EXHAUSTED and resumes below.
     short=()
     for n in $(seq "$stations"); do
-        [ -n "${pids[n]:-}" ] || continue
+        [ -n "${pids[n]:-}" ] || { echo "  station $n: no share (fewer units than stations)"; continue; }
         rc=0
         wait "${pids[n]}" || rc=$?
         out=$work/st$n/provision.out
@@ -609,7 +609,11 @@ stations_story() {
 
     step "Summary"
     echo "  module:    $module (backend $softhsm), state on PostgreSQL 15 (embedded, $work/pg)"
-    echo "  stations:  $stations Guardians, one token and state directory each, one group package, one allowance"
+    if [ "$stations" = 1 ]; then
+        echo "  stations:  1 Guardian, its token and state directory, its package and allowance on the server"
+    else
+        echo "  stations:  $stations Guardians, one token and state directory each, one group package, one allowance"
+    fi
     echo "  package:   ACME/SENSOR-1 release 1, $units units: imported by each station once"
     for n in $(seq "$stations"); do
         echo "  station $n: ${made[n]} units (counted from its certificate files)"
