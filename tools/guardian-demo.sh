@@ -36,8 +36,25 @@
 # where CKM_ECDSA is listed, RSA-2048 otherwise. Each step's time is printed
 # at the end; a failed step is named with the CKR code it ended on.
 #
+# --stations N --store postgresql: N Guardians (stations) on one allowance
+# (issue 12). An embedded PostgreSQL 15 server in the temporary directory
+# (tests/lib/pg.sh of this source tree, or GUARDIAN_PG_LIB: unprivileged,
+# Unix socket only, password login), N SoftHSM tokens each with its own
+# Guardian identity, state directory and guardian.conf (store = postgresql);
+# the OEM wraps ONE group package for the N Guardians, each imports it (the
+# first an IMPORT, the others JOIN it), the N stations provision in
+# parallel, each asking for the whole allowance, until it is spent (the
+# first to find it exhausted stops with CKR_GUARDIAN_QUOTA_EXHAUSTED); then
+# ONE audit export of the shared trail, the OEM's verify-report and openssl
+# verify of every certificate. Units per station are counted from the
+# certificate files (the report does not show units per Guardian yet). The
+# server is stopped at the end, whatever happened. --stations above 1 needs
+# --store postgresql: SQLite's state is one file in one station's state
+# directory, and each station here is a Guardian with its own.
+#
 # Usage: tools/guardian-demo.sh [--keep] [--parts N] [--service]
-#                               [--backend KIND [--credentials] [--flow F]] [--help]
+#                               [--backend KIND [--credentials] [--flow F]]
+#                               [--stations N] [--store sqlite|postgresql] [--help]
 #   --keep         leave the temporary directory (and say where it is)
 #   --parts N      produce N parts (1..1000000, default 1000): the package
 #                  authorises exactly max(N, 1000) units
@@ -47,6 +64,10 @@
 #   --credentials  credentials mode on --backend softhsm too (the others
 #                  always run in it)
 #   --flow F       auto (default), wrap or ca-request: overrides the choice
+#   --stations N   N stations (1..8, default 1) on one allowance of --parts
+#                  units (default 1000); above 1 needs --store postgresql
+#   --store S      sqlite (default: the story above) or postgresql (the
+#                  stations' story on an embedded server; SoftHSM only)
 # GUARDIAN_DEMO_INSTALLED=1: run the installed module and tools (a .deb,
 # `cmake --install`) instead of a build tree: guardianctl, guardian-wrap and
 # guardian-service-setup from PATH, the module named by guardian-pkcs11.pc.
@@ -61,8 +82,8 @@ build="${GUARDIAN_BUILD_DIR:-$here/build}"
 module="$build/guardian-pkcs11.so"
 ctl_bin="$build/tools/guardianctl" wrap_bin="$build/tools/guardian-wrap" setup_bin="$build/tools/guardian-service-setup"
 softhsm="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
-keep=0 parts=1000 service=0 kind="" credentials=0 flow=auto
-usage() { echo "usage: $0 [--keep] [--parts N] [--service] [--backend KIND [--credentials] [--flow F]] [--help]  (--help for details)"; }
+keep=0 parts=1000 service=0 kind="" credentials=0 flow=auto stations="" store=sqlite
+usage() { echo "usage: $0 [--keep] [--parts N] [--service] [--backend KIND [--credentials] [--flow F]] [--stations N] [--store sqlite|postgresql] [--help]  (--help for details)"; }
 usage_die() {
     printf 'guardian-demo: %s
 ' "$*" >&2
@@ -88,22 +109,34 @@ while [ $# -gt 0 ]; do
             usage_die "--parts must be a whole number from 1 to 1000000, not '$parts'"
         ;;
     --service) service=1 ;;
-    --backend | --backend=* | --flow | --flow=*)
+    --backend | --backend=* | --flow | --flow=* | --stations | --stations=* | --store | --store=*)
         opt=${1%%=*} val=${1#*=}
         if [ "$opt" = "$1" ]; then
             [ $# -ge 2 ] || usage_die "$opt needs a value"
             val=$2
             shift
         fi
-        if [ "$opt" = --backend ]; then
+        case $opt in
+        --backend)
             case $val in softhsm | tpm2 | nss | opencryptoki) kind=$val ;;
             *) usage_die "--backend must be softhsm, tpm2, nss or opencryptoki, not '$val'" ;;
             esac
-        else
+            ;;
+        --flow)
             case $val in auto | wrap | ca-request) flow=$val ;;
             *) usage_die "--flow must be auto, wrap or ca-request, not '$val'" ;;
             esac
-        fi
+            ;;
+        --stations)
+            [[ $val =~ ^[1-8]$ ]] || usage_die "--stations must be a whole number from 1 to 8, not '$val'"
+            stations=$val
+            ;;
+        *)
+            case $val in sqlite | postgresql) store=$val ;;
+            *) usage_die "--store must be sqlite or postgresql, not '$val'" ;;
+            esac
+            ;;
+        esac
         ;;
     --credentials) credentials=1 ;;
     *) usage_die "unknown option '$1'" ;;
@@ -117,8 +150,22 @@ else
     [ "$credentials" = 0 ] || usage_die "--credentials needs --backend"
     [ "$flow" = auto ] || usage_die "--flow needs --backend"
 fi
-# The package is as large as the run: the OEM authorises at least what is made.
+# --stations/--store: the stations' story runs on PostgreSQL only; one
+# station on SQLite is the story above.
+if [ "${stations:-1}" -gt 1 ] && [ "$store" != postgresql ]; then
+    usage_die "--stations $stations needs --store postgresql: on SQLite the allowance is one station's state directory"
+fi
+multi=0
+if [ "$store" = postgresql ]; then
+    if [ "$service" = 1 ] || [ -n "$kind" ]; then
+        usage_die "--store postgresql runs on SoftHSM in-process: not with --service or --backend"
+    fi
+    multi=1 stations=${stations:-1}
+fi
+# The package is as large as the run: the OEM authorises at least what is made
+# (on several stations: exactly --parts, what they race for).
 units=$((parts > 1000 ? parts : 1000))
+[ "$multi" = 0 ] || units=$parts
 # What the demo itself needs of tools/debian-packages (the tests need more).
 "$here/tools/ensure-packages.sh" build-essential cmake pkg-config libp11-kit-dev p11-kit p11-kit-modules \
     libssl-dev openssl libcmocka-dev libsqlite3-dev softhsm2 opensc procps || exit 1
@@ -129,6 +176,7 @@ tpm2) "$here/tools/ensure-packages.sh" swtpm tpm2-tools tpm2-abrmd libtss2-tcti-
 nss) "$here/tools/ensure-packages.sh" libnss3 libnss3-tools || exit 1 ;;
 opencryptoki) "$here/tools/ensure-packages.sh" opencryptoki || exit 1 ;;
 esac
+[ "$multi" = 0 ] || "$here/tools/ensure-packages.sh" postgresql-15 postgresql-client-15 libpq-dev || exit 1
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 step() {
@@ -204,6 +252,7 @@ cleanup() {
     fi
     [ -z "$kind" ] || backend_stop
     [ "$service" = 0 ] || service_down
+    [ "$multi" = 0 ] || stations_server_stop
     if [ "$keep" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -396,6 +445,184 @@ backend_stop() {
     fi
 }
 
+# ---- several stations on one allowance (--stations N --store postgresql) --------------------
+
+pg_lib=${GUARDIAN_PG_LIB:-$here/tests/lib/pg.sh}
+pg_up_done=0
+# st N CMD...: CMD in station N's environment (its token, its configuration).
+st() {
+    local n=$1
+    shift
+    SOFTHSM2_CONF=$work/st$n/softhsm2.conf GUARDIAN_CONF=$work/st$n/guardian.conf "$@"
+}
+st_ctl() {
+    local n=$1
+    shift
+    st "$n" "$ctl_bin" --module "$module" --token "station-$n" "$@"
+}
+
+stations_server_up() {
+    [ -r "$pg_lib" ] || die "tests/lib/pg.sh not found at $pg_lib (set GUARDIAN_PG_LIB)"
+    # shellcheck source=tests/lib/pg.sh
+    . "$pg_lib"
+    step "An embedded PostgreSQL 15 server in $work/pg (${pg_lib#"$here"/}): Unix socket only, password login"
+    local rc=0
+    pg_up "$work" >"$work/pg-up.out" 2>&1 || rc=$?
+    [ "$rc" = 0 ] || { cat "$work/pg-up.out" >&2; die "the PostgreSQL server did not start"; }
+    pg_up_done=1
+    pg_pid=$(head -1 "$work/pg/data/postmaster.pid")
+    echo "  postmaster PID $pg_pid, socket $PG_HOST, port $PG_PORT (no TCP listener), database $PG_DB, role $PG_USER"
+    echo "  the role's password: $PG_PASSFILE ($(stat -c %a "$PG_PASSFILE"), never in a configuration file or a log)"
+}
+
+stations_server_stop() {
+    [ "$pg_up_done" = 1 ] || return 0
+    pg_up_done=0
+    pg_down || true
+    if kill -0 "$pg_pid" 2>/dev/null; then
+        echo "guardian-demo: the PostgreSQL server (PID $pg_pid) is still running" >&2
+    else
+        echo "  the PostgreSQL server is stopped (PID $pg_pid gone)"
+    fi
+}
+
+# N tokens, N Guardian identities, N configurations on the one server.
+stations_up() {
+    stations_server_up
+    step "$stations SoftHSMv2 tokens, one Guardian each: its own state directory, store = postgresql"
+    local n
+    for n in $(seq "$stations"); do
+        mkdir -p "$work/st$n/tokens" "$work/st$n/state"
+        chmod 0700 "$work/st$n/state"
+        printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$work/st$n" \
+            >"$work/st$n/softhsm2.conf"
+        st "$n" softhsm2-util --init-token --free --label "station-$n" --pin 1234 --so-pin 12345678 >/dev/null
+        printf 'backend = %s\nstate_dir = %s\nlog_level = error\nstore = postgresql\nstore_conninfo = %s\nstore_password_file = %s\n' \
+            "$softhsm" "$work/st$n/state" "$PG_CONNINFO" "$PG_PASSFILE" >"$work/st$n/guardian.conf"
+    done
+    echo "  station 1's $work/st1/guardian.conf (the others differ in state_dir only):"
+    sed 's/^/    /' "$work/st1/guardian.conf"
+    unset GUARDIAN_BACKEND GUARDIAN_STATE_DIR GUARDIAN_CONF SOFTHSM2_CONF
+    export GUARDIAN_PIN=1234 GUARDIAN_SO_PIN=12345678 # demo only: an operator types them
+
+    step "1. $stations Guardian identities (guardianctl init on each station's token)"
+    for n in $(seq "$stations"); do
+        st_ctl "$n" init --subject "/CN=guardian-station-$n" --out "$work/st$n/guardian.pem" >/dev/null 2>&1 ||
+            die "station $n: guardianctl init failed"
+        echo "  station $n: $(openssl x509 -in "$work/st$n/guardian.pem" -noout -fingerprint -sha256 | cut -d= -f2)"
+    done
+    echo "  the schema on the server: version $(pg_psql -c 'SELECT version FROM guardian_schema')"
+    gpem=$work/st1/guardian.pem
+}
+
+# The rest of the story, after the OEM PKI (step 2).
+stations_story() {
+    local n gcerts=() pids=() short=() rc out total=0 verified bad=0
+    made=() share=()
+    step "3. Each station's Security Officer enrols the OEM root"
+    for n in $(seq "$stations"); do
+        st_ctl "$n" enroll-oem "$work/acme-root.pem" --oem-id ACME --yes >"$work/st$n/enrol.out" 2>&1 ||
+            { cat "$work/st$n/enrol.out" >&2; die "station $n: enroll-oem failed"; }
+        echo "  station $n: enrolled"
+        gcerts+=(--guardian-cert "$work/st$n/guardian.pem")
+    done
+
+    step "4. OEM wraps ONE package for the $stations Guardians (a group package), $units units in all"
+    wrap create "${gcerts[@]}" --signer-key "$oem/signer.key" --signer-cert "$oem/signer.pem" \
+        --ca-key "$oem/production-ca.key" --ca-cert "$oem/production-ca.pem" --ca-chain "$oem/root.pem" \
+        --oem-id ACME --product-id SENSOR-1 --release 1 --units "$units" --not-after +90 \
+        --data config="$oem/config.txt" --out "$work/acme-sensor-1-r1.gpk" | sed 's/^/  /'
+
+    step "5. Each station imports it (the first an IMPORT, the others JOIN it; one allowance on the server)"
+    for n in $(seq "$stations"); do
+        st_ctl "$n" import "$work/acme-sensor-1-r1.gpk" >"$work/st$n/import.out" 2>&1 ||
+            { cat "$work/st$n/import.out" >&2; die "station $n: import failed"; }
+        echo "  station $n: $(head -1 "$work/st$n/import.out")"
+    done
+    echo "  a second import by station 1 is refused:"
+    st_ctl 1 import "$work/acme-sensor-1-r1.gpk" 2>&1 | grep guardianctl | sed 's/^/    /' || true
+    echo "  on the server: $(pg_psql -c "SELECT count(*) FROM package_members") member rows," \
+        "$(pg_psql -c "SELECT authorised_units FROM packages") units authorised"
+
+    step "6. Production: $stations stations in parallel, each its share of the $units units, until the allowance is spent"
+    mkdir -p "$work/certs"
+    for n in $(seq "$stations"); do
+        # shares: units / stations each, the first (units % stations) one more
+        share[n]=$((units / stations + (n <= units % stations ? 1 : 0)))
+        [ "${share[n]}" -gt 0 ] || continue
+        st_ctl "$n" provision --product ACME/SENSOR-1 --count "${share[n]}" --threads 2 --prefix "S$n-" --quiet \
+            --out "$work/certs/st$n" >"$work/st$n/provision.out" 2>&1 &
+        pids[n]=$!
+    done
+    # A station can find the allowance spent while another still holds a
+    # reserved block it will not use (released when that station's run
+    # ends): it stops with CKR_GUARDIAN_QUOTA_EXHAUSTED and resumes below.
+    short=()
+    for n in $(seq "$stations"); do
+        [ -n "${pids[n]:-}" ] || { echo "  station $n: no share (fewer units than stations)"; continue; }
+        rc=0
+        wait "${pids[n]}" || rc=$?
+        out=$work/st$n/provision.out
+        if [ "$rc" != 0 ] && ! grep -q -E 'QUOTA_EXHAUSTED|units remaining' "$out"; then
+            cat "$out" >&2
+            die "station $n: provisioning failed (exit $rc) other than by the allowance running out"
+        fi
+        made[n]=$(find "$work/certs/st$n" -name '*.pem' 2>/dev/null | wc -l)
+        if [ "$rc" = 0 ]; then
+            echo "  station $n: ${made[n]} of its ${share[n]} certificates"
+        else
+            echo "  station $n: ${made[n]} of its ${share[n]}, then: $(grep -m1 -o -E 'CKR_GUARDIAN_QUOTA_EXHAUSTED|only [0-9]+ units remaining' "$out")"
+            short+=("$n")
+        fi
+    done
+    for n in "${short[@]}"; do
+        st_ctl "$n" provision --product ACME/SENSOR-1 --count "${share[n]}" --threads 2 --prefix "S$n-" --quiet \
+            --out "$work/certs/st$n" >"$work/st$n/provision.out" 2>&1 ||
+            { cat "$work/st$n/provision.out" >&2; die "station $n: the resumed run failed"; }
+        made[n]=$(find "$work/certs/st$n" -name '*.pem' | wc -l)
+        echo "  station $n resumed (the others' unused reservations released): ${made[n]} of ${share[n]}"
+    done
+    for n in $(seq "$stations"); do total=$((total + ${made[n]:-0})); done
+    echo "  all stations: $total certificates of $units authorised"
+    [ "$total" = "$units" ] || die "$total certificates issued, $units authorised"
+    st_ctl 1 products | sed 's/^/  /'
+
+    step "7. ONE audit export of the shared trail (station 1), signed by its Guardian"
+    st_ctl 1 audit export --out "$work/audit-report.txt" 2>&1 | sed 's/^/  /'
+    echo "  $(wc -l <"$work/audit-report.txt") lines; ISSUE records: $(grep -c '^record [0-9]* ISSUE ' "$work/audit-report.txt" || true)," \
+        "JOIN records: $(grep -c '^record [0-9]* JOIN ' "$work/audit-report.txt" || true)"
+
+    step "8. OEM side, offline: verify the report"
+    wrap verify-report "$work/audit-report.txt" --guardian "$gpem" --ca-chain "$oem/production-ca.pem" \
+        --root "$oem/root.pem" 2>&1 | sed 's/^/  /'
+    [ "${PIPESTATUS[0]}" = 0 ] || die "verify-report failed"
+
+    step "9. openssl verify of every certificate against the OEM root"
+    for n in $(seq "$stations"); do
+        made[n]=${made[n]:-0} verified=0
+        [ "${made[n]}" = 0 ] || verified=$(find "$work/certs/st$n" -name '*.pem' -print0 |
+            xargs -0 openssl verify -CAfile "$oem/root.pem" -untrusted "$oem/production-ca.pem" | grep -c ': OK$' || true)
+        echo "  station $n: $verified of ${made[n]} certificates: OK"
+        [ "$verified" = "${made[n]}" ] || bad=1
+    done
+    [ "$bad" = 0 ] || die "not every certificate verifies"
+
+    step "Summary"
+    echo "  module:    $module (backend $softhsm), state on PostgreSQL 15 (embedded, $work/pg)"
+    if [ "$stations" = 1 ]; then
+        echo "  stations:  1 Guardian, its token and state directory, its package and allowance on the server"
+    else
+        echo "  stations:  $stations Guardians, one token and state directory each, one group package, one allowance"
+    fi
+    echo "  package:   ACME/SENSOR-1 release 1, $units units: imported by each station once"
+    for n in $(seq "$stations"); do
+        echo "  station $n: ${made[n]} units (counted from its certificate files)"
+    done
+    echo "  produced:  $total device certificates = $units authorised, all verify up to the OEM root"
+    echo "  audit:     one signed report of the shared trail, verified by the OEM"
+    echo "             (units per Guardian in the report itself: not built yet, counted from the files above)"
+}
+
 # The Guardian's own credentials (docs/service-mode.md): the Security Officer
 # set with C_InitToken through the module (never forwarded: the backend token
 # stays), operator alice with C_InitPIN in the SO's session. Secrets in the
@@ -532,6 +759,8 @@ elif [ -n "$kind" ]; then
 
     step "1. Guardian identity: two key pairs inside the token (agreement: derive only; signing: sign only)"
     ctl init --subject /CN=guardian-demo --out "$gpem" 2>&1 | sed 's/^/  /'
+elif [ "$multi" = 1 ]; then
+    stations_up
 else
 
 step "A fresh SoftHSMv2 token in $work"
@@ -608,6 +837,10 @@ keyUsage=critical,keyCertSign" "${ca_key_type:-p256}"
 fi
 chmod 0700 "$oem" # the OEM's keys stay the OEM's
 cp "$oem/root.pem" "$work/acme-root.pem" # what the OEM gives the centre, with the package
+if [ "$multi" = 1 ]; then
+    stations_story
+    exit 0
+fi
 
 step "3. Security Officer enrols the OEM root (fingerprint checked out of band)"
 ctl enroll-oem "$work/acme-root.pem" --oem-id ACME --yes 2>&1 | sed 's/^/  /'

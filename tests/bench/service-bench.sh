@@ -38,17 +38,7 @@ set -euo pipefail
 # summarize RUNS: the median per variant over the rounds, and paired ratios
 # (per round, then the median over rounds).  Also: service-bench.sh --summary RUNS.
 summarize() {
-    awk '
-function field(line, key,   i, n, kv) {
-    n = split(line, kv, " ")
-    for (i = 1; i <= n; i++) if (index(kv[i], key "=") == 1) return substr(kv[i], length(key) + 2)
-    return ""
-}
-function median(arr, n,   i, j, t, s) {
-    for (i = 1; i <= n; i++) s[i] = arr[i]
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && s[j - 1] > s[j]; j--) { t = s[j]; s[j] = s[j - 1]; s[j - 1] = t }
-    return n % 2 ? s[(n + 1) / 2] : (s[n / 2] + s[n / 2 + 1]) / 2
-}
+    awk "$(cat "$(dirname "${BASH_SOURCE[0]}")/bench-stats.awk")"'
 function minmax(arr, n, want,   i, m) {
     m = arr[1]
     for (i = 2; i <= n; i++) if ((want == "min" && arr[i] < m) || (want == "max" && arr[i] > m)) m = arr[i]
