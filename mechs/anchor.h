@@ -43,6 +43,21 @@ enum guardian_anchor_state {
  * the backend's or the store's error reading them. */
 CK_RV guardian_anchor_compare(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st,
                               enum guardian_anchor_state *state, uint64_t *seq);
+/* Before a Guardian mechanism or request runs on `session` (module/entry.c,
+ * mechs/request.c, and at C_Login in service mode): the store names this
+ * token's Guardian - the SHA-256 of its certificate A - in every record it
+ * writes from now on (guardian_store_set_guardian).  A token without A yet
+ * changes nothing.  One process serves one Guardian: a second token whose
+ * Guardian differs from the one this process's records already name is
+ * refused (CKR_GUARDIAN_WRONG_GUARDIAN, a log line naming both), since its
+ * records would name the wrong one and the token anchor is one per process;
+ * the same token with a new certificate (initialised again) is named anew.
+ * Cost: one C_GetSessionInfo while the slot is the one looked up last,
+ * else one certificate lookup and SHA-256. */
+CK_RV guardian_anchor_bind(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st);
+/* The token's certificate A may have changed (an identity request ran): the
+ * next guardian_anchor_bind looks it up again. */
+void guardian_anchor_forget_guardian(void);
 /* Forget the cached handle of the anchor object (logout, session closed). */
 void guardian_anchor_forget(void);
 /* In a fork() child: the lock may have been held by another parent thread;

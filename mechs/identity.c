@@ -120,6 +120,34 @@ out:
     return rv;
 }
 
+CK_RV guardian_identity_fingerprint(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, uint8_t out[32], int *found)
+{
+    CK_OBJECT_HANDLE h;
+    CK_ATTRIBUTE a = {CKA_VALUE, NULL, 0};
+    unsigned int hl = 0;
+    CK_RV rv = guardian_identity_find(be, s, GUARDIAN_IDENTITY_ID, CKO_CERTIFICATE, &h);
+
+    *found = 0;
+    if (rv != CKR_OK || h == CK_INVALID_HANDLE)
+        return rv;
+    if ((rv = be->C_GetAttributeValue(s, h, &a, 1)) != CKR_OK)
+        return rv;
+    if (a.ulValueLen == 0 || a.ulValueLen > 65536) {
+        guardian_error("identity", "the Guardian certificate %s in the token is empty or too large",
+                       GUARDIAN_IDENTITY_ID);
+        return CKR_GENERAL_ERROR;
+    }
+    if ((a.pValue = malloc(a.ulValueLen)) == NULL)
+        return CKR_HOST_MEMORY;
+    rv = be->C_GetAttributeValue(s, h, &a, 1);
+    if (rv == CKR_OK && (EVP_Digest(a.pValue, a.ulValueLen, out, &hl, EVP_sha256(), NULL) != 1 || hl != 32))
+        rv = CKR_GENERAL_ERROR;
+    if (rv == CKR_OK)
+        *found = 1;
+    free(a.pValue);
+    return rv;
+}
+
 int guardian_identity_issued_by(X509 *agreement, X509 *signing)
 {
     EVP_PKEY *k = X509_get0_pubkey(signing);

@@ -22,6 +22,10 @@ CK_RV guardian_identity_find(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const ch
  * it), and its handle if `handle` is not NULL. */
 CK_RV guardian_identity_cert(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, const char *id, X509 **x,
                              CK_OBJECT_HANDLE *handle);
+/* The SHA-256 of the Guardian certificate A (GUARDIAN_IDENTITY_ID) in the
+ * token: what packages name as their target and the records name as their
+ * Guardian.  *found false (CKR_OK) when the token has none yet. */
+CK_RV guardian_identity_fingerprint(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, uint8_t out[32], int *found);
 /* 1 when `agreement`'s issuer is `signing`'s subject and `signing`'s key
  * verifies its signature. */
 int guardian_identity_issued_by(X509 *agreement, X509 *signing);

@@ -115,12 +115,13 @@ static size_t put_scope_id(char *out, const char *id)
 size_t report_format_record(const struct guardian_audit_record *r, char *out, size_t cap)
 {
     char oem[3 * GUARDIAN_ID_MAX + 1], product[3 * GUARDIAN_ID_MAX + 1], op[GUARDIAN_OPERATOR_MAX + 2];
-    char dev[2 * GUARDIAN_DEVICE_ID_MAX + 1], digest[65], pkg[33], prev[65], hash[65];
+    char dev[2 * GUARDIAN_DEVICE_ID_MAX + 1], digest[65], pkg[33], prev[65], hash[65], guardian[2 * GUARDIAN_HASH_LEN + 2];
     const int credential = r->type == GUARDIAN_AUDIT_CREDENTIAL || r->type == GUARDIAN_AUDIT_ENROL, export = r->type == GUARDIAN_AUDIT_EXPORT;
 
     if (r->type < GUARDIAN_AUDIT_IMPORT || r->type > REPORT_TYPE_MAX || r->device_id_len > GUARDIAN_DEVICE_ID_MAX ||
-        (r->encoding != GUARDIAN_AUDIT_ENCODING_1 && r->encoding != GUARDIAN_AUDIT_ENCODING_2) ||
-        !guardian_operator_name_ok(r->operator_name))
+        r->encoding < GUARDIAN_AUDIT_ENCODING_1 || r->encoding > GUARDIAN_AUDIT_ENCODING_3 ||
+        !guardian_operator_name_ok(r->operator_name) ||
+        (r->guardian_len != 0 && (r->guardian_len != GUARDIAN_HASH_LEN || r->encoding != GUARDIAN_AUDIT_ENCODING_3)))
         return 0;
     /* Encoding 1 has no operator and knows no CREDENTIAL or EXPORT record
      * (the encoding refuses both: the line would show what no hash covers). */
@@ -141,6 +142,13 @@ size_t report_format_record(const struct guardian_audit_record *r, char *out, si
     }
     /* Names are [a-z0-9][a-z0-9._-]*: "-" is none of them. */
     snprintf(op, sizeof(op), "%s ", r->operator_name[0] != '\0' ? r->operator_name : "-");
+    /* Encoding 3: the Guardian, 64 hex digits, or "-" for none. */
+    if (r->guardian_len == 0) {
+        strcpy(guardian, "- ");
+    } else {
+        report_hex(guardian, r->guardian, GUARDIAN_HASH_LEN);
+        strcat(guardian, " ");
+    }
     if (r->device_id_len == 0)
         strcpy(dev, "-");
     else
@@ -149,11 +157,12 @@ size_t report_format_record(const struct guardian_audit_record *r, char *out, si
     report_hex(pkg, r->package_id, sizeof(r->package_id));
     report_hex(prev, r->prev_hash, sizeof(r->prev_hash));
     report_hex(hash, r->hash, sizeof(r->hash));
-    return fitted(snprintf(out, cap, "record %llu %s %lld %s %s %llu %s %s %s %u %llu %s%s %s\n",
+    return fitted(snprintf(out, cap, "record %llu %s %lld %s %s %llu %s %s %s %u %llu %s%s%s %s\n",
                            (unsigned long long)r->seq, report_type_names[r->type], (long long)r->time, oem, product,
                            (unsigned long long)r->serial, dev, digest, pkg, r->release_version,
                            (unsigned long long)r->authorised_units,
-                           r->encoding == GUARDIAN_AUDIT_ENCODING_2 ? op : "", prev, hash),
+                           r->encoding >= GUARDIAN_AUDIT_ENCODING_2 ? op : "",
+                           r->encoding == GUARDIAN_AUDIT_ENCODING_3 ? guardian : "", prev, hash),
                   cap);
 }
 

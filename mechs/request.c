@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "anchor.h"
 #include "module.h"
 #include "request.h"
 #include "store.h" /* GUARDIAN_ID_MAX */
@@ -127,7 +128,17 @@ CK_RV guardian_request_run(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_S
         guardian_error("request", "%s needs a read-write session", t->name);
         return CKR_SESSION_READ_ONLY;
     }
-    return t->run(be, st, session, &rq, out);
+    /* The records it writes name this token's Guardian (anchor.c). */
+    rv = guardian_anchor_bind(be, session, st);
+    if (rv != CKR_OK)
+        return rv;
+    rv = t->run(be, st, session, &rq, out);
+    /* A request that makes or replaces the Guardian's certificate: looked
+     * up again before the next record. */
+    if (rq.type == CKG_GUARDIAN_REQ_IDENTITY || rq.type == CKG_GUARDIAN_REQ_IDENTITY_CSR ||
+        rq.type == CKG_GUARDIAN_REQ_IDENTITY_CERT)
+        guardian_anchor_forget_guardian();
+    return rv;
 }
 
 CK_RV guardian_request_id(const struct guardian_request *rq, CK_ATTRIBUTE_TYPE type, const char *name, char *out)

@@ -34,6 +34,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "anchor.h"
 #include "module.h"
 #include "store.h"
 /* after module.h: the vendor header needs the PKCS#11 types */
@@ -507,6 +508,11 @@ static CK_RV service_login(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_USER_TY
         goto out;
     }
     rv = guardian_state_store(&st);
+    if (rv != CKR_OK)
+        goto out;
+    /* The login's records (a failure counted, a lock) name this token's
+     * Guardian, as every later one does (mechs/anchor.c). */
+    rv = guardian_anchor_bind(be, s, st);
     if (rv != CKR_OK)
         goto out;
     rv = credential_verify(st, who == CKU_SO ? CKU_SO : CKU_USER, name, secret, secret_len);

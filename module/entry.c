@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "anchor.h"
 #include "module.h"
 /* after module.h: the vendor header needs the PKCS#11 types */
 #include "guardian/guardian-pkcs11.h"
@@ -265,6 +266,8 @@ static CK_RV unwrap_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
         CK_RV rv = mech_callable(be, session, m, "C_UnwrapKey");
         if (rv == CKR_OK)
             rv = guardian_state_store(&st);
+        if (rv == CKR_OK)
+            rv = guardian_anchor_bind(be, session, st);
         if (rv != CKR_OK)
             return rv;
         return m->unwrap(be, st, session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out);
@@ -308,6 +311,8 @@ static CK_RV derive_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
         CK_RV rv = mech_callable(be, session, m, "C_DeriveKey");
         if (rv == CKR_OK)
             rv = guardian_state_store(&st);
+        if (rv == CKR_OK)
+            rv = guardian_anchor_bind(be, session, st);
         if (rv != CKR_OK)
             return rv;
         return m->derive(be, st, session, mech, base_key, templ, count, out);

@@ -7,8 +7,9 @@
  * docs/audit-format.md; change it only together with that page, and then with
  * a new magic, never silently.  There are two, and a record keeps the one it
  * was written with (its `encoding`): "GDAUDIT1" for every record written
- * before schema 4, unchanged so that those trails still verify, and
- * "GDAUDIT2", the same fields and the operator, for every record since.
+ * before schema 4, unchanged so that those trails still verify, "GDAUDIT2",
+ * the same fields and the operator, for schema 4 .. 8, and "GDAUDIT3", the
+ * operator and the Guardian that wrote it, for every record since.
  */
 #include <string.h>
 
@@ -20,15 +21,17 @@
 
 static const uint8_t audit_magic_1[8] = {'G', 'D', 'A', 'U', 'D', 'I', 'T', '1'};
 static const uint8_t audit_magic_2[8] = {'G', 'D', 'A', 'U', 'D', 'I', 'T', '2'};
+static const uint8_t audit_magic_3[8] = {'G', 'D', 'A', 'U', 'D', 'I', 'T', '3'};
 
 /* Largest encoding 1: magic, seq, type, time, 2 x (length + 64), serial,
  * length + 128, digest, package ID, release, units, prev_hash = 396 bytes;
- * encoding 2 adds length + 32 for the operator: 432 bytes. */
+ * encoding 2 adds length + 32 for the operator: 432 bytes; encoding 3 adds
+ * length + 32 for the Guardian: 468 bytes. */
 #define AUDIT_ENCODING_1_MAX                                                                        \
     (8 + 8 + 4 + 8 + 2 * (4 + GUARDIAN_ID_MAX) + 8 + (4 + GUARDIAN_DEVICE_ID_MAX) + GUARDIAN_HASH_LEN + \
      GUARDIAN_PACKAGE_ID_LEN + 4 + 8 + GUARDIAN_HASH_LEN)
-_Static_assert(AUDIT_ENCODING_1_MAX + 4 + GUARDIAN_OPERATOR_MAX == GUARDIAN_AUDIT_ENCODING_MAX,
-               "GUARDIAN_AUDIT_ENCODING_MAX is the largest encoding 2");
+_Static_assert(AUDIT_ENCODING_1_MAX + 4 + GUARDIAN_OPERATOR_MAX + 4 + GUARDIAN_HASH_LEN == GUARDIAN_AUDIT_ENCODING_MAX,
+               "GUARDIAN_AUDIT_ENCODING_MAX is the largest encoding 3");
 
 static uint8_t *put_u32(uint8_t *p, uint32_t v)
 {
@@ -64,7 +67,11 @@ size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf
 
     if (r == NULL || buf == NULL || r->type < 0)
         return 0;
-    if (r->encoding != GUARDIAN_AUDIT_ENCODING_1 && r->encoding != GUARDIAN_AUDIT_ENCODING_2)
+    if (r->encoding < GUARDIAN_AUDIT_ENCODING_1 || r->encoding > GUARDIAN_AUDIT_ENCODING_3)
+        return 0;
+    /* A Guardian is named in encoding 3 only, and is one digest or none. */
+    if ((r->guardian_len != 0 && r->guardian_len != GUARDIAN_HASH_LEN) ||
+        (r->encoding != GUARDIAN_AUDIT_ENCODING_3 && r->guardian_len != 0))
         return 0;
     /* The ID fields are C strings inside fixed arrays: a missing terminator
      * or an over-long ID makes the record unencodable, never truncated. */
@@ -83,13 +90,19 @@ size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf
 
     need = sizeof(audit_magic_1) + 8 + 4 + 8 + (4 + oem_len) + (4 + product_len) + 8 + (4 + r->device_id_len) +
            GUARDIAN_HASH_LEN + GUARDIAN_PACKAGE_ID_LEN + 4 + 8 + GUARDIAN_HASH_LEN;
-    if (r->encoding == GUARDIAN_AUDIT_ENCODING_2)
+    if (r->encoding >= GUARDIAN_AUDIT_ENCODING_2)
         need += 4 + operator_len;
+    if (r->encoding == GUARDIAN_AUDIT_ENCODING_3)
+        need += 4 + r->guardian_len;
     if (cap < need)
         return 0;
 
     p = buf;
-    p = put_bytes(p, r->encoding == GUARDIAN_AUDIT_ENCODING_1 ? audit_magic_1 : audit_magic_2, sizeof(audit_magic_1));
+    p = put_bytes(p,
+                  r->encoding == GUARDIAN_AUDIT_ENCODING_1   ? audit_magic_1
+                  : r->encoding == GUARDIAN_AUDIT_ENCODING_2 ? audit_magic_2
+                                                             : audit_magic_3,
+                  sizeof(audit_magic_1));
     p = put_u64(p, r->seq);
     p = put_u32(p, (uint32_t)r->type);
     p = put_u64(p, (uint64_t)r->time); /* two's complement */
@@ -101,8 +114,10 @@ size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf
     p = put_bytes(p, r->package_id, GUARDIAN_PACKAGE_ID_LEN);
     p = put_u32(p, r->release_version);
     p = put_u64(p, r->authorised_units);
-    if (r->encoding == GUARDIAN_AUDIT_ENCODING_2)
+    if (r->encoding >= GUARDIAN_AUDIT_ENCODING_2)
         p = put_string(p, r->operator_name, operator_len);
+    if (r->encoding == GUARDIAN_AUDIT_ENCODING_3)
+        p = put_string(p, r->guardian, r->guardian_len);
     p = put_bytes(p, r->prev_hash, GUARDIAN_HASH_LEN);
     return (size_t)(p - buf);
 }

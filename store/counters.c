@@ -239,7 +239,7 @@ CK_RV settle_tx(struct guardian_store *st, void *ctx)
     stmt_done(s);
 
     /* From a journal: who issued it, then (not whoever folds it now). */
-    rv = record_init(st, &rec, a->type, a->time != 0 ? a->time : (int64_t)time(NULL), a->operator_name);
+    rv = record_init(st, &rec, a->type, a->time != 0 ? a->time : (int64_t)time(NULL), a->author);
     if (rv != CKR_OK)
         goto out;
     memcpy(rec.oem_id, a->oem_id, strlen(a->oem_id) + 1);

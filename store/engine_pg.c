@@ -70,7 +70,7 @@
 #ifndef GUARDIAN_PG_STATEMENT_TIMEOUT_MS
 #define GUARDIAN_PG_STATEMENT_TIMEOUT_MS 30000
 #endif
-#define PG_SCHEMA_VERSION 8
+#define PG_SCHEMA_VERSION 9
 
 struct store_stmt {
     const struct engine_ops *ops; /* first: engine.c dispatches on it */
@@ -218,6 +218,23 @@ static const char schema_v8[] =
     "  PRIMARY KEY (package_id, guardian)"
     ");";
 
+/* 8 -> 9: the Guardian of every record (engine_sqlite.c, schema_v9): the CHECK
+ * on the encoding is replaced (PostgreSQL names a column constraint
+ * audit_encoding_check; found by its text rather than its name, so this
+ * one is replaced too when the step runs again) and the column added; the
+ * rows stay as they are. */
+static const char schema_v9[] =
+    "DO $$ DECLARE c text; BEGIN"
+    "  FOR c IN SELECT conname FROM pg_constraint WHERE conrelid = 'audit'::regclass AND contype = 'c'"
+    "           AND pg_get_constraintdef(oid) LIKE '%encoding%' LOOP"
+    "    EXECUTE 'ALTER TABLE audit DROP CONSTRAINT ' || quote_ident(c);"
+    "  END LOOP;"
+    "END $$;"
+    "ALTER TABLE audit ADD COLUMN IF NOT EXISTS guardian bytea NOT NULL DEFAULT ''::bytea;"
+    "ALTER TABLE audit ADD CONSTRAINT audit_encoding_guardian CHECK ("
+    "  encoding IN (1, 2, 3) AND (encoding >= 2 OR operator = '') AND"
+    "  octet_length(guardian) IN (0, 32) AND (encoding = 3 OR octet_length(guardian) = 0));";
+
 /* ---- the named statements ------------------------------------------------------- */
 
 #define PRODUCT_COLUMNS                                                                    \
@@ -272,11 +289,11 @@ static const char *const stmt_sql[S_COUNT] = {
                    "max_time = CASE WHEN max_time IS NULL OR max_time < $4 THEN $4 ELSE max_time END "
                    "WHERE id = 1 AND seq = $3",
     [S_AUDIT_INSERT] = "INSERT INTO audit (seq, type, time, oem_id, product_id, serial, device_id, digest, "
-                       "package_id, release_version, authorised_units, prev_hash, hash, operator, encoding) "
-                       "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                       "package_id, release_version, authorised_units, prev_hash, hash, operator, encoding, "
+                       "guardian) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     [S_AUDIT_PAGE] = "SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, "
-                     "release_version, authorised_units, prev_hash, hash, operator, encoding FROM audit "
-                     "WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                     "release_version, authorised_units, prev_hash, hash, operator, encoding, guardian "
+                     "FROM audit WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3",
     /* RETURNING: store_last_insert_id (the holder's ID). */
     [S_HOLDER_INSERT] = "INSERT INTO holders (journal, opened_at) VALUES ($1, $2) RETURNING id",
     [S_HOLDER_BY_JOURNAL] = "SELECT id FROM holders WHERE journal = $1 AND station = current_setting('guardian.station')",
@@ -896,6 +913,8 @@ static CK_RV pg_schema(struct guardian_store *st)
         rv = pg_exec(st, schema_v7, "create the schema (version 7)");
     if (rv == CKR_OK && version < 8)
         rv = pg_exec(st, schema_v8, "migrate the schema to version 8 (the members of group packages)");
+    if (rv == CKR_OK && version < 9)
+        rv = pg_exec(st, schema_v9, "migrate the schema to version 9 (the Guardian of every record)");
     if (rv == CKR_OK && version != PG_SCHEMA_VERSION) {
         char sql[80];
         snprintf(sql, sizeof(sql), "UPDATE guardian_schema SET version = %d WHERE id = 1", PG_SCHEMA_VERSION);

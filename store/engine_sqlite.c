@@ -348,6 +348,47 @@ static CK_RV migrate_to_8(struct guardian_store *st, sqlite3 *db)
                       "migrate the schema to version 8 (the members of group packages)");
 }
 
+/* Schema 9: every record names the Guardian that wrote it (audit encoding 3,
+ * audit.guardian: the SHA-256 of its certificate A, or empty for none).  The
+ * audit table is rebuilt because its CHECK knew encodings 1 and 2 only; the
+ * rows are copied as they are (their encodings and hashes unchanged), so the
+ * chain verifies as before.  A module of schema 8 refuses the database
+ * instead of writing encoding-2 records after encoding-3 ones (the verifier
+ * calls that a downgrade). */
+static const char schema_v9[] =
+    "CREATE TABLE audit_v9 ("
+    "  seq              INTEGER PRIMARY KEY CHECK (seq >= 1),"
+    "  type             INTEGER NOT NULL,"
+    "  time             INTEGER NOT NULL,"
+    "  oem_id           TEXT    NOT NULL,"
+    "  product_id       TEXT    NOT NULL,"
+    "  serial           INTEGER NOT NULL,"
+    "  device_id        BLOB    NOT NULL,"
+    "  digest           BLOB    NOT NULL,"
+    "  package_id       BLOB    NOT NULL,"
+    "  release_version  INTEGER NOT NULL,"
+    "  authorised_units INTEGER NOT NULL,"
+    "  prev_hash        BLOB    NOT NULL,"
+    "  hash             BLOB    NOT NULL,"
+    "  operator         TEXT    NOT NULL DEFAULT '' CHECK (length(CAST(operator AS BLOB)) <= 32),"
+    "  encoding         INTEGER NOT NULL DEFAULT 1,"
+    "  guardian         BLOB    NOT NULL DEFAULT x'',"
+    "  CHECK (encoding IN (1, 2, 3) AND (encoding >= 2 OR operator = '') AND"
+    "         length(guardian) IN (0, 32) AND (encoding = 3 OR length(guardian) = 0))"
+    ");"
+    "INSERT INTO audit_v9 (seq, type, time, oem_id, product_id, serial, device_id, digest, package_id,"
+    "  release_version, authorised_units, prev_hash, hash, operator, encoding)"
+    "  SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, release_version,"
+    "  authorised_units, prev_hash, hash, operator, encoding FROM audit;"
+    "DROP TABLE audit;"
+    "ALTER TABLE audit_v9 RENAME TO audit;";
+
+static CK_RV migrate_to_9(struct guardian_store *st, sqlite3 *db)
+{
+    return map_sqlite(st, sqlite3_exec(db, schema_v9, NULL, NULL, NULL),
+                      "migrate the schema to version 9 (the Guardian of every record)");
+}
+
 struct migration {
     int to_version;
     /* Runs inside the migration's write transaction; may read and rewrite
@@ -365,6 +406,7 @@ static const struct migration migrations[] = {
     {6, migrate_to_6},
     {7, migrate_to_7},
     {8, migrate_to_8},
+    {9, migrate_to_9},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -426,11 +468,11 @@ static const char *const stmt_sql[S_COUNT] = {
                    "max_time = CASE WHEN max_time IS NULL OR max_time < ?4 THEN ?4 ELSE max_time END "
                    "WHERE id = 1 AND seq = ?3",
     [S_AUDIT_INSERT] = "INSERT INTO audit (seq, type, time, oem_id, product_id, serial, device_id, digest, "
-                       "package_id, release_version, authorised_units, prev_hash, hash, operator, encoding) "
-                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                       "package_id, release_version, authorised_units, prev_hash, hash, operator, encoding, "
+                       "guardian) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     [S_AUDIT_PAGE] = "SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, "
-                     "release_version, authorised_units, prev_hash, hash, operator, encoding FROM audit "
-                     "WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+                     "release_version, authorised_units, prev_hash, hash, operator, encoding, guardian "
+                     "FROM audit WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
     [S_HOLDER_INSERT] = "INSERT INTO holders (journal, opened_at) VALUES (?1, ?2)",
     [S_HOLDER_BY_JOURNAL] = "SELECT id FROM holders WHERE journal = ?1",
     [S_HOLDER_GET] = "SELECT journal FROM holders WHERE id = ?1",

@@ -39,7 +39,8 @@ static bool id_in_range(const char *id)
 
 size_t guardian_journal_encode(uint8_t *buf, size_t cap, const char *oem_id, const char *product_id,
                                uint64_t serial, int64_t t, const uint8_t *device_id, size_t device_id_len,
-                               const uint8_t *cert, size_t cert_len, const char *operator_name)
+                               const uint8_t *cert, size_t cert_len, const char *operator_name,
+                               const uint8_t *guardian)
 {
     uint8_t *p;
     size_t ol, pl, opl, body;
@@ -54,11 +55,13 @@ size_t guardian_journal_encode(uint8_t *buf, size_t cap, const char *oem_id, con
     ol = strlen(oem_id);
     pl = strlen(product_id);
     opl = strlen(operator_name);
-    body = GUARDIAN_JOURNAL_BODY_FIXED + ol + pl + device_id_len + cert_len + (opl > 0 ? 1 + opl : 0);
+    body = GUARDIAN_JOURNAL_BODY_FIXED + ol + pl + device_id_len + cert_len +
+           (guardian != NULL ? 1 + opl + GUARDIAN_HASH_LEN : opl > 0 ? 1 + opl : 0);
     if (cap < GUARDIAN_JOURNAL_HEADER + body + GUARDIAN_HASH_LEN)
         return 0;
 
-    memcpy(buf, opl > 0 ? GUARDIAN_JOURNAL_MAGIC_2 : GUARDIAN_JOURNAL_MAGIC, 4);
+    memcpy(buf, guardian != NULL ? GUARDIAN_JOURNAL_MAGIC_3 : opl > 0 ? GUARDIAN_JOURNAL_MAGIC_2 : GUARDIAN_JOURNAL_MAGIC,
+           4);
     p = put_be(buf + 4, body, 4);
     p = put_be(p, serial, 8);
     p = put_be(p, (uint64_t)t, 8);
@@ -70,10 +73,13 @@ size_t guardian_journal_encode(uint8_t *buf, size_t cap, const char *oem_id, con
     memcpy(p, device_id, device_id_len), p += device_id_len;
     p = put_be(p, cert_len, 2);
     memcpy(p, cert, cert_len), p += cert_len;
-    if (opl > 0) {
+    if (opl > 0 || guardian != NULL) {
         *p++ = (uint8_t)opl;
-        memcpy(p, operator_name, opl), p += opl;
+        if (opl > 0)
+            memcpy(p, operator_name, opl), p += opl;
     }
+    if (guardian != NULL)
+        memcpy(p, guardian, GUARDIAN_HASH_LEN), p += GUARDIAN_HASH_LEN;
     if (EVP_Digest(buf + GUARDIAN_JOURNAL_HEADER, body, p, &hl, EVP_sha256(), NULL) != 1 || hl != GUARDIAN_HASH_LEN)
         return 0;
     return GUARDIAN_JOURNAL_HEADER + body + GUARDIAN_HASH_LEN;
@@ -113,32 +119,55 @@ static bool take_id(const uint8_t **p, const uint8_t *end, char out[GUARDIAN_ID_
     return take_text(p, end, GUARDIAN_ID_MAX, out);
 }
 
+/* GDJ3's tail: a u8-length operator of 0..32 bytes (guardian_operator_name_ok),
+ * then the 32-byte Guardian. */
+static bool take_operator_and_guardian(const uint8_t **p, const uint8_t *end, struct guardian_journal_record *r)
+{
+    size_t n;
+
+    if (*p >= end)
+        return false;
+    n = **p;
+    if (n == 0)
+        *p += 1; /* no operator: r->operator_name stays "" */
+    else if (!take_text(p, end, GUARDIAN_OPERATOR_MAX, r->operator_name))
+        return false;
+    if (!guardian_operator_name_ok(r->operator_name) || (size_t)(end - *p) < GUARDIAN_HASH_LEN)
+        return false;
+    memcpy(r->guardian, *p, GUARDIAN_HASH_LEN);
+    r->has_guardian = true;
+    *p += GUARDIAN_HASH_LEN;
+    return true;
+}
+
 enum guardian_journal_parse guardian_journal_parse(const uint8_t *buf, size_t len, struct guardian_journal_record *r,
                                                    size_t *used)
 {
     uint8_t hash[GUARDIAN_HASH_LEN];
     const uint8_t *p, *end;
     unsigned int hl = 0;
-    bool with_operator;
-    size_t body;
+    int version;
+    size_t body, min, max;
 
     memset(r, 0, sizeof(*r));
     *used = 0;
     if (len < GUARDIAN_JOURNAL_HEADER)
         return len == 0 || memcmp(buf, GUARDIAN_JOURNAL_MAGIC, len < 4 ? len : 4) == 0 ||
-                       memcmp(buf, GUARDIAN_JOURNAL_MAGIC_2, len < 4 ? len : 4) == 0
+                       memcmp(buf, GUARDIAN_JOURNAL_MAGIC_2, len < 4 ? len : 4) == 0 ||
+                       memcmp(buf, GUARDIAN_JOURNAL_MAGIC_3, len < 4 ? len : 4) == 0
                    ? GUARDIAN_JOURNAL_SHORT
                    : GUARDIAN_JOURNAL_BAD;
     if (memcmp(buf, GUARDIAN_JOURNAL_MAGIC, 4) == 0)
-        with_operator = false;
+        version = 1, min = GUARDIAN_JOURNAL_BODY_MIN, max = GUARDIAN_JOURNAL_BODY_1_MAX;
     else if (memcmp(buf, GUARDIAN_JOURNAL_MAGIC_2, 4) == 0)
-        with_operator = true;
+        version = 2, min = GUARDIAN_JOURNAL_BODY_2_MIN, max = GUARDIAN_JOURNAL_BODY_2_MAX;
+    else if (memcmp(buf, GUARDIAN_JOURNAL_MAGIC_3, 4) == 0)
+        version = 3, min = GUARDIAN_JOURNAL_BODY_3_MIN, max = GUARDIAN_JOURNAL_BODY_MAX;
     else
         return GUARDIAN_JOURNAL_BAD;
     body = (size_t)get_be(buf + 4, 4);
     /* Before anything else is read: the body must hold its fixed part. */
-    if (body < (with_operator ? GUARDIAN_JOURNAL_BODY_2_MIN : GUARDIAN_JOURNAL_BODY_MIN) ||
-        body > (with_operator ? GUARDIAN_JOURNAL_BODY_MAX : GUARDIAN_JOURNAL_BODY_1_MAX))
+    if (body < min || body > max)
         return GUARDIAN_JOURNAL_BAD;
     if (len - GUARDIAN_JOURNAL_HEADER < body + GUARDIAN_HASH_LEN)
         return GUARDIAN_JOURNAL_SHORT;
@@ -154,9 +183,9 @@ enum guardian_journal_parse guardian_journal_parse(const uint8_t *buf, size_t le
     if (r->serial == 0 || r->serial > INT64_MAX || !take_id(&p, end, r->oem_id) || !take_id(&p, end, r->product_id) ||
         !take_field(&p, end, 1, GUARDIAN_DEVICE_ID_MAX, &r->device_id, &r->device_id_len) ||
         !take_field(&p, end, 2, GUARDIAN_CERT_MAX, &r->cert, &r->cert_len) ||
-        (with_operator && (!take_text(&p, end, GUARDIAN_OPERATOR_MAX, r->operator_name) ||
-                           !guardian_operator_name_ok(r->operator_name))) ||
-        p != end) {
+        (version == 2 && (!take_text(&p, end, GUARDIAN_OPERATOR_MAX, r->operator_name) ||
+                          !guardian_operator_name_ok(r->operator_name))) ||
+        (version == 3 && !take_operator_and_guardian(&p, end, r)) || p != end) {
         memset(r, 0, sizeof(*r));
         return GUARDIAN_JOURNAL_BAD;
     }

@@ -16,15 +16,22 @@
  *   "GDJ2" | u32 body length | body | SHA-256(body)
  *   body = the GDJ1 body | u8 n + operator (1..32 bytes)
  *
+ *   "GDJ3" | u32 body length | body | SHA-256(body)
+ *   body = the GDJ1 body | u8 n + operator (0..32 bytes) | Guardian (32 bytes)
+ *
  * GDJ2 carries the operator who issued the certificate (the ISSUE record's
  * operator); a record without one is GDJ1, byte for byte what journals held
- * before operators were recorded, so each record has exactly one encoding and
- * a journal left by an earlier version still folds.  Integers big-endian.
+ * before operators were recorded.  GDJ3 also carries the Guardian that issued
+ * it (the SHA-256 of its certificate A: the ISSUE record's Guardian, schema 9
+ * on), with or without an operator; a record without a Guardian is GDJ2 or
+ * GDJ1 as before.  So each record has exactly one encoding and a journal left
+ * by an earlier version still folds.  Integers big-endian.
  * Only libcrypto (SHA-256), no SQLite, no logging.
  */
 #ifndef GUARDIAN_STORE_JOURNAL_H
 #define GUARDIAN_STORE_JOURNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,6 +39,7 @@
 
 #define GUARDIAN_JOURNAL_MAGIC "GDJ1"   /* without an operator */
 #define GUARDIAN_JOURNAL_MAGIC_2 "GDJ2" /* with one */
+#define GUARDIAN_JOURNAL_MAGIC_3 "GDJ3" /* with the Guardian, and an operator or none */
 #define GUARDIAN_JOURNAL_HEADER 8 /* magic, body length */
 /* The fixed part of a GDJ1 body and its four length fields: 8 + 8 + 1 + 1 + 1 + 2. */
 #define GUARDIAN_JOURNAL_BODY_FIXED 21
@@ -39,9 +47,12 @@
  * length and at least one byte of it: 27). */
 #define GUARDIAN_JOURNAL_BODY_MIN (GUARDIAN_JOURNAL_BODY_FIXED + 4)
 #define GUARDIAN_JOURNAL_BODY_2_MIN (GUARDIAN_JOURNAL_BODY_MIN + 2)
+/* GDJ3: the operator's length (its bytes may be none) and the Guardian. */
+#define GUARDIAN_JOURNAL_BODY_3_MIN (GUARDIAN_JOURNAL_BODY_MIN + 1 + GUARDIAN_HASH_LEN)
 #define GUARDIAN_JOURNAL_BODY_1_MAX \
     (GUARDIAN_JOURNAL_BODY_FIXED + 2 * GUARDIAN_ID_MAX + GUARDIAN_DEVICE_ID_MAX + GUARDIAN_CERT_MAX)
-#define GUARDIAN_JOURNAL_BODY_MAX (GUARDIAN_JOURNAL_BODY_1_MAX + 1 + GUARDIAN_OPERATOR_MAX)
+#define GUARDIAN_JOURNAL_BODY_2_MAX (GUARDIAN_JOURNAL_BODY_1_MAX + 1 + GUARDIAN_OPERATOR_MAX)
+#define GUARDIAN_JOURNAL_BODY_MAX (GUARDIAN_JOURNAL_BODY_2_MAX + GUARDIAN_HASH_LEN)
 #define GUARDIAN_JOURNAL_RECORD_MAX (GUARDIAN_JOURNAL_HEADER + GUARDIAN_JOURNAL_BODY_MAX + GUARDIAN_HASH_LEN)
 
 /* One parsed record.  device_id and cert point into the parsed buffer. */
@@ -54,7 +65,10 @@ struct guardian_journal_record {
     size_t device_id_len;
     const uint8_t *cert;                  /* 1..GUARDIAN_CERT_MAX bytes */
     size_t cert_len;
-    char operator_name[GUARDIAN_OPERATOR_MAX + 1]; /* GDJ2: 1..32 bytes (guardian_operator_name_ok); GDJ1: "" */
+    char operator_name[GUARDIAN_OPERATOR_MAX + 1]; /* GDJ2: 1..32 bytes (guardian_operator_name_ok); GDJ3: 0..32;
+                                                      GDJ1: "" */
+    uint8_t guardian[GUARDIAN_HASH_LEN];           /* GDJ3; zeros otherwise */
+    bool has_guardian;                             /* GDJ3 */
 };
 
 enum guardian_journal_parse {
@@ -64,12 +78,13 @@ enum guardian_journal_parse {
 };
 
 /* Encodes one record into buf (at least GUARDIAN_JOURNAL_RECORD_MAX bytes, or
- * `cap` if smaller and enough): GDJ2 when `operator_name` is a name, GDJ1
- * when it is "" or NULL.  The length written, or 0 if a field is out of its
+ * `cap` if smaller and enough): GDJ3 when `guardian` is not NULL; otherwise
+ * GDJ2 when `operator_name` is a name, GDJ1 when it is "" or NULL.  The length written, or 0 if a field is out of its
  * range (the same ranges the parser accepts) or SHA-256 failed. */
 size_t guardian_journal_encode(uint8_t *buf, size_t cap, const char *oem_id, const char *product_id,
                                uint64_t serial, int64_t t, const uint8_t *device_id, size_t device_id_len,
-                               const uint8_t *cert, size_t cert_len, const char *operator_name);
+                               const uint8_t *cert, size_t cert_len, const char *operator_name,
+                               const uint8_t *guardian);
 
 /* Parses the record at the start of buf[0..len).  GUARDIAN_JOURNAL_OK: *r is
  * filled and *used is the record's length; otherwise *r and *used are zero.

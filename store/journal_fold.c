@@ -215,6 +215,7 @@ static CK_RV journal_fold_buf(struct guardian_store *st, const char *name, const
         uint8_t digest[GUARDIAN_HASH_LEN];
         enum guardian_journal_parse pr;
         struct issue_args a;
+        struct record_author author;
         size_t used = 0;
 
         pr = guardian_journal_parse(buf + off, size - off, &jr, &used);
@@ -242,7 +243,9 @@ static CK_RV journal_fold_buf(struct guardian_store *st, const char *name, const
         a.cert = jr.cert;
         a.cert_len = jr.cert_len;
         a.replay = true;
-        a.operator_name = jr.operator_name;
+        author.operator_name = jr.operator_name;
+        author.guardian = jr.has_guardian ? jr.guardian : NULL;
+        a.author = &author;
         rv = settle_tx(st, &a);
         if (rv == CKR_ARGUMENTS_BAD || rv == CKR_GUARDIAN_AUDIT_CORRUPT) {
             /* Refused before it wrote anything (settle_tx logged why). */
@@ -654,7 +657,8 @@ CK_RV journal_append(struct guardian_store *st, const char *oem_id, const char *
         return CKR_ARGUMENTS_BAD;
     }
     len = guardian_journal_encode(st->journal_buf, GUARDIAN_JOURNAL_RECORD_MAX, oem_id, product_id, serial,
-                                  (int64_t)time(NULL), device_id, device_id_len, cert, cert_len, st->operator_name);
+                                  (int64_t)time(NULL), device_id, device_id_len, cert, cert_len, st->operator_name,
+                                  st->has_guardian ? st->guardian : NULL);
     rv = len > 0 ? CKR_OK : CKR_GENERAL_ERROR;
     /* Its place in the device index first: a certificate in the journal that
      * a re-ask could not find would be issued again. */

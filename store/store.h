@@ -358,7 +358,8 @@ enum guardian_part_outcome {
  * schema 4 still verifies: its records were hashed without an operator. */
 enum guardian_audit_encoding {
     GUARDIAN_AUDIT_ENCODING_1 = 1, /* "GDAUDIT1": no operator; every record written before schema 4 */
-    GUARDIAN_AUDIT_ENCODING_2 = 2, /* "GDAUDIT2": with the operator; every record written since */
+    GUARDIAN_AUDIT_ENCODING_2 = 2, /* "GDAUDIT2": with the operator; schema 4 .. 8 */
+    GUARDIAN_AUDIT_ENCODING_3 = 3, /* "GDAUDIT3": the operator and the Guardian; every record since schema 9 */
 };
 
 /* Why a JOURNAL_LOST record was written (its release_version field). */
@@ -398,6 +399,13 @@ struct guardian_audit_record {
      * (guardian_store_set_operator; an ISSUE: when the certificate was
      * issued): a name, "so" for the SO, "" for none.  Encoding 1: "". */
     char operator_name[GUARDIAN_OPERATOR_MAX + 1];
+    /* Encoding 3: the Guardian that wrote it (guardian_store_set_guardian; a
+     * folded ISSUE: the one that issued the certificate), the SHA-256 of its
+     * certificate A, what packages name; guardian_len 0: none known (a
+     * record written before the Guardian had its certificate).  Encodings 1
+     * and 2: guardian_len 0. */
+    uint8_t guardian[GUARDIAN_HASH_LEN];
+    size_t guardian_len;                  /* 0 or GUARDIAN_HASH_LEN */
     int encoding;                         /* enum guardian_audit_encoding; 0 is no encoding */
     uint8_t prev_hash[GUARDIAN_HASH_LEN]; /* hash of record seq-1; zeros for seq 1 */
     uint8_t hash[GUARDIAN_HASH_LEN];      /* SHA-256 over the canonical encoding */
@@ -406,14 +414,15 @@ struct guardian_audit_record {
 /* The canonical byte encoding of a record that its hash covers (everything but
  * `hash`), as documented in docs/audit-format.md, in the record's `encoding`:
  * 1 is exactly the bytes of before schema 4 (and needs operator_name "" and a
- * type of then, IMPORT .. JOURNAL_LOST), 2 adds operator_name.  Returns the length
+ * type of then, IMPORT .. JOURNAL_LOST), 2 adds operator_name, 3 adds the
+ * Guardian after it (1 and 2 need guardian_len 0).  Returns the length
  * written (at most GUARDIAN_AUDIT_ENCODING_MAX), or 0 if `cap` is too small or
  * the record cannot be encoded.  Shared with the OEM-side verifier. */
-#define GUARDIAN_AUDIT_ENCODING_MAX 432
+#define GUARDIAN_AUDIT_ENCODING_MAX 468
 size_t guardian_audit_encode(const struct guardian_audit_record *r, uint8_t *buf, size_t cap);
 /* hash = SHA-256(guardian_audit_encode(r)).  CKR_OK, or CKR_ARGUMENTS_BAD if
  * the record cannot be encoded (an ID without its terminator, device_id_len >
- * GUARDIAN_DEVICE_ID_MAX, an encoding other than 1 or 2, an operator name in
+ * GUARDIAN_DEVICE_ID_MAX, an encoding other than 1, 2 or 3, an operator name in
  * encoding 1 or not of guardian_operator_name_ok, ...), CKR_GENERAL_ERROR if
  * SHA-256 failed; `out` is then all zeros and must not be compared with
  * anything (a verifier that did would accept a forged record whose stored
@@ -471,6 +480,17 @@ CK_RV guardian_store_record_retire(struct guardian_store *st, const char *oem_id
  * that would record an operator (CKR_ARGUMENTS_BAD) until a valid name is
  * set: no record names the wrong one. */
 void guardian_store_set_operator(struct guardian_store *st, const char *name);
+
+/* The Guardian named in every record this handle writes from now on
+ * (encoding 3; in the issue journal too, so that a folded ISSUE names the
+ * Guardian that issued it): the SHA-256 of its certificate A (what packages
+ * name as their target and group members by), or NULL for none (records
+ * then name no Guardian).  The module sets it from its token before the
+ * store grants anything (mechs/anchor.c).  Per handle, thread-safe as
+ * guardian_store_set_operator.  guardian_store_guardian: the one set, false
+ * for none. */
+void guardian_store_set_guardian(struct guardian_store *st, const uint8_t guardian[GUARDIAN_HASH_LEN]);
+bool guardian_store_guardian(struct guardian_store *st, uint8_t out[GUARDIAN_HASH_LEN]);
 
 /* ---- Guardian credentials --------------------------------------------------------- */
 

@@ -166,6 +166,10 @@ struct guardian_store {
      * that would record it until a valid one is set. */
     char operator_name[GUARDIAN_OPERATOR_MAX + 1];
     bool operator_invalid;
+    /* Which Guardian every record names (guardian_store_set_guardian), under
+     * the same locks as the operator; has_guardian false: none. */
+    uint8_t guardian[GUARDIAN_HASH_LEN];
+    bool has_guardian;
     /* The device index's part in this process (store.h, "the device
      * index"), guarded by journal_lock: every device with a claim (a thread
      * about to issue for it) or a certificate in this journal not yet folded
@@ -326,15 +330,22 @@ CK_RV store_write(struct guardian_store *st, bool durable, CK_RV (*fn)(struct gu
 bool id_ok(const char *id);
 bool device_id_ok(const uint8_t *device_id, size_t len);
 
+/* Who wrote a record that comes from an issue journal: its operator ("" for
+ * none) and Guardian (NULL for none), not whoever folds it now. */
+struct record_author {
+    const char *operator_name;
+    const uint8_t *guardian;
+};
+
 /* trail.c: the audit trail inside a write transaction.  record_init: a new
- * record of `type` dated `t`, encoding 2, naming operator_name or (NULL) the
- * current operator, every other field zero; refused while the operator last
- * set is invalid.  audit_append: fills seq, prev_hash and hash, inserts the
+ * record of `type` dated `t`, encoding 3, naming `author` or (NULL) the
+ * current operator and Guardian, every other field zero; refused while the
+ * operator last set is invalid.  audit_append: fills seq, prev_hash and hash, inserts the
  * record and moves the head.  audit_head_get: the last record's seq and hash.
  * clock_check_locked: CKR_GUARDIAN_CLOCK_BEHIND when `now` is more than
  * GUARDIAN_STORE_CLOCK_SLACK_S behind the newest record. */
 CK_RV record_init(struct guardian_store *st, struct guardian_audit_record *r, int type, int64_t t,
-                  const char *operator_name);
+                  const struct record_author *author);
 CK_RV audit_append(struct guardian_store *st, struct guardian_audit_record *r);
 CK_RV audit_head_get(struct guardian_store *st, uint64_t *seq, uint8_t hash[GUARDIAN_HASH_LEN]);
 CK_RV clock_check_locked(struct guardian_store *st, int64_t now, const char *what);
@@ -355,7 +366,7 @@ struct issue_args {
     const uint8_t *cert;
     size_t cert_len;
     bool replay; /* from a journal: an ISSUE already recorded with this digest is fine */
-    const char *operator_name; /* from a journal: its record's operator; NULL: the current one */
+    const struct record_author *author; /* from a journal: its record's; NULL: the current ones */
     uint64_t reissue_of; /* a re-issue (reissue_tx moves the device index): the device's serial until now */
     uint64_t issue_seq;  /* out: the ISSUE record's seq */
 };

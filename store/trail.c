@@ -30,7 +30,9 @@ static bool audit_from_row(struct store_stmt *s, struct guardian_audit_record *r
         !column_uint(s, 10, INT64_MAX, &r->authorised_units) ||
         !column_blob_exact(s, 11, r->prev_hash, sizeof(r->prev_hash)) ||
         !column_blob_exact(s, 12, r->hash, sizeof(r->hash)) || !column_operator(s, 13, r->operator_name) ||
-        !column_uint(s, 14, GUARDIAN_AUDIT_ENCODING_2, &encoding) || encoding < GUARDIAN_AUDIT_ENCODING_1)
+        !column_uint(s, 14, GUARDIAN_AUDIT_ENCODING_3, &encoding) || encoding < GUARDIAN_AUDIT_ENCODING_1 ||
+        !column_blob(s, 15, r->guardian, sizeof(r->guardian), &r->guardian_len) ||
+        (r->guardian_len != 0 && r->guardian_len != GUARDIAN_HASH_LEN))
         return false;
     r->type = (int)type;
     r->time = col_int(s, 2);
@@ -114,25 +116,32 @@ CK_RV clock_check_locked(struct guardian_store *st, int64_t now, const char *wha
 }
 
 /* A new record of `type` dated `t`, as this store writes every record now:
- * encoding 2, naming `operator_name` - an ISSUE folded from a journal names
- * who issued it - or, when that is NULL, the current operator
- * (guardian_store_set_operator); every other field zero.  The caller holds
- * the lock.  Naming the current operator is refused while the one last set
- * was invalid: no record may name the wrong one. */
+ * encoding 3, naming `author` - an ISSUE folded from a journal names who
+ * issued it, on which Guardian - or, when that is NULL, the current operator
+ * (guardian_store_set_operator) and Guardian (guardian_store_set_guardian);
+ * every other field zero.  The caller holds the lock.  Naming the current
+ * operator is refused while the one last set was invalid: no record may name
+ * the wrong one. */
 CK_RV record_init(struct guardian_store *st, struct guardian_audit_record *r, int type, int64_t t,
-                  const char *operator_name)
+                  const struct record_author *author)
 {
+    const char *operator_name = author != NULL ? author->operator_name : st->operator_name;
+    const uint8_t *guardian = author != NULL ? author->guardian : st->has_guardian ? st->guardian : NULL;
+
     memset(r, 0, sizeof(*r));
-    if (operator_name == NULL && st->operator_invalid) {
+    if (author == NULL && st->operator_invalid) {
         guardian_error(STORE_LOG, "nothing is recorded while the operator name last set is invalid: set a valid "
                                   "one (guardian_store_set_operator)");
         return CKR_ARGUMENTS_BAD;
     }
     r->type = type;
     r->time = t;
-    r->encoding = GUARDIAN_AUDIT_ENCODING_2;
-    snprintf(r->operator_name, sizeof(r->operator_name), "%s",
-             operator_name != NULL ? operator_name : st->operator_name);
+    r->encoding = GUARDIAN_AUDIT_ENCODING_3;
+    snprintf(r->operator_name, sizeof(r->operator_name), "%s", operator_name != NULL ? operator_name : "");
+    if (guardian != NULL) {
+        memcpy(r->guardian, guardian, GUARDIAN_HASH_LEN);
+        r->guardian_len = GUARDIAN_HASH_LEN;
+    }
     return CKR_OK;
 }
 
@@ -158,6 +167,36 @@ void guardian_store_set_operator(struct guardian_store *st, const char *name)
     store_leave(st);
 }
 
+void guardian_store_set_guardian(struct guardian_store *st, const uint8_t guardian[GUARDIAN_HASH_LEN])
+{
+    if (st == NULL || store_enter(st) != CKR_OK)
+        return;
+    /* Both locks: journal_append reads it holding journal_lock alone. */
+    pthread_mutex_lock(&st->journal_lock);
+    st->has_guardian = guardian != NULL;
+    if (guardian != NULL)
+        memcpy(st->guardian, guardian, GUARDIAN_HASH_LEN);
+    else
+        memset(st->guardian, 0, GUARDIAN_HASH_LEN);
+    pthread_mutex_unlock(&st->journal_lock);
+    store_leave(st);
+}
+
+bool guardian_store_guardian(struct guardian_store *st, uint8_t out[GUARDIAN_HASH_LEN])
+{
+    bool has = false;
+
+    /* journal_lock alone (a setter holds it too): never waits for a write
+     * transaction of another thread. */
+    if (st == NULL)
+        return false;
+    pthread_mutex_lock(&st->journal_lock);
+    has = st->has_guardian;
+    memcpy(out, st->guardian, GUARDIAN_HASH_LEN);
+    pthread_mutex_unlock(&st->journal_lock);
+    return has;
+}
+
 /* Fills r->seq, r->prev_hash and r->hash, inserts the record and moves the head. */
 CK_RV audit_append(struct guardian_store *st, struct guardian_audit_record *r)
 {
@@ -175,12 +214,12 @@ CK_RV audit_append(struct guardian_store *st, struct guardian_audit_record *r)
         goto out;
     }
 
-    rv = stmt_step(st, S_AUDIT_INSERT, &s, NULL, "append an audit record", "iiittibbbiibbti", (store_int)r->seq,
+    rv = stmt_step(st, S_AUDIT_INSERT, &s, NULL, "append an audit record", "iiittibbbiibbtib", (store_int)r->seq,
                    (store_int)r->type, (store_int)r->time, r->oem_id, r->product_id,
                    (store_int)r->serial, r->device_id, (int)r->device_id_len, r->digest, GUARDIAN_HASH_LEN,
                    r->package_id, GUARDIAN_PACKAGE_ID_LEN, (store_int)r->release_version,
                    (store_int)r->authorised_units, r->prev_hash, GUARDIAN_HASH_LEN, r->hash, GUARDIAN_HASH_LEN,
-                   r->operator_name, (store_int)r->encoding);
+                   r->operator_name, (store_int)r->encoding, r->guardian, (int)r->guardian_len);
     if (rv != CKR_OK)
         goto out;
     stmt_done(s);

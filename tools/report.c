@@ -47,6 +47,10 @@
 #define NO_PRODUCT UINT16_MAX
 /* An operator index: records of encoding 1 (before operators were recorded). */
 #define OP_NOT_RECORDED 0
+/* Guardian indices: records of encodings 1 and 2 (before Guardians were
+ * recorded), and records of encoding 3 that name none ("-"). */
+#define GD_NOT_RECORDED 0
+#define GD_NONE 1
 #define put_hex report_hex
 #define id_safe report_id_char
 #define b64_alphabet report_base64_alphabet
@@ -192,6 +196,7 @@ struct rrec {
     uint8_t type;           /* TYPE_REDACTED or enum guardian_audit_type */
     uint8_t encoding;       /* enum guardian_audit_encoding; 0 for a redacted line */
     uint16_t op;            /* index into vctx.ops; OP_NOT_RECORDED for encoding 1 */
+    uint16_t gd;            /* index into vctx.gds; GD_NOT_RECORDED before encoding 3, GD_NONE for "-" */
     uint8_t dev_len;
     uint8_t altered;        /* the recomputed hash differs */
     uint8_t digest[GUARDIAN_HASH_LEN], package_id[GUARDIAN_PACKAGE_ID_LEN];
@@ -230,6 +235,10 @@ struct rpkg {
     uint8_t members[REPORT_MAX_MEMBERS][GUARDIAN_HASH_LEN];
     uint64_t member_seq[REPORT_MAX_MEMBERS];
     size_t n_members;
+    /* The Guardian that wrote its IMPORT (vctx.gds), GD_NOT_RECORDED before
+     * encoding 3; and the units each member issued (summary). */
+    uint16_t importer;
+    uint64_t member_issued[REPORT_MAX_MEMBERS];
 };
 
 enum { S_RESERVED = 1, S_ISSUED, S_RELEASED };
@@ -283,6 +292,8 @@ struct vctx {
     size_t n_tmpls;
     struct rop *ops; /* [OP_NOT_RECORDED] is a placeholder */
     size_t n_ops, last_op;
+    uint8_t (*gds)[GUARDIAN_HASH_LEN]; /* [GD_NOT_RECORDED], [GD_NONE] are placeholders */
+    size_t n_gds, last_gd;
     const char *sig;
     size_t sig_len, signed_len;
     X509_STORE *root_store;
@@ -389,6 +400,34 @@ static long find_operator(struct vctx *v, const char *name)
     return (long)v->n_ops++;
 }
 
+/* The index of Guardian `g` (GUARDIAN_HASH_LEN bytes) in v->gds, added if
+ * new; -1 beyond REPORT_MAX_GUARDIANS. */
+static long find_guardian(struct vctx *v, const uint8_t *g)
+{
+    if (v->n_gds > GD_NONE + 1 && memcmp(v->gds[v->last_gd], g, GUARDIAN_HASH_LEN) == 0)
+        return (long)v->last_gd;
+    for (size_t i = GD_NONE + 1; i < v->n_gds; i++)
+        if (memcmp(v->gds[i], g, GUARDIAN_HASH_LEN) == 0)
+            return (long)(v->last_gd = i);
+    if (v->n_gds == REPORT_MAX_GUARDIANS)
+        return -1;
+    memcpy(v->gds[v->n_gds], g, GUARDIAN_HASH_LEN);
+    v->last_gd = v->n_gds;
+    return (long)v->n_gds++;
+}
+
+/* A Guardian as the summary and the problems name it: "sha256:<64 hex>". */
+static const char *guardian_label(const struct vctx *v, size_t gd, char out[80])
+{
+    if (gd == GD_NOT_RECORDED)
+        return strcpy(out, "(not recorded)");
+    if (gd == GD_NONE)
+        return strcpy(out, "(none)");
+    strcpy(out, "sha256:");
+    put_hex(out + 7, v->gds[gd], GUARDIAN_HASH_LEN);
+    return out;
+}
+
 /* An operator as the summary names it. */
 static const char *operator_label(const struct vctx *v, size_t op)
 {
@@ -401,17 +440,21 @@ static const char *operator_label(const struct vctx *v, size_t op)
 
 const char *report_parse_record(const char *s, size_t len, struct guardian_audit_record *r, const char **dev_hex)
 {
-    const char *f[15];
-    size_t fl[15], n = split(s, len, f, fl, 15), last;
+    const char *f[16];
+    size_t fl[16], n = split(s, len, f, fl, 16), last;
     char again[REPORT_MAX_LINE];
     uint64_t u;
     int type = 0;
 
     memset(r, 0, sizeof(*r));
-    /* 14 fields: a record of encoding 1; 15: of encoding 2, with its operator. */
-    if ((n != 14 && n != 15) || !field_is(f[0], fl[0], "record"))
-        return "a record line has 14 fields, or 15 with its operator, separated by single spaces";
-    r->encoding = n == 15 ? GUARDIAN_AUDIT_ENCODING_2 : GUARDIAN_AUDIT_ENCODING_1;
+    /* 14 fields: a record of encoding 1; 15: of encoding 2, with its
+     * operator; 16: of encoding 3, with its operator and its Guardian. */
+    if ((n != 14 && n != 15 && n != 16) || !field_is(f[0], fl[0], "record"))
+        return "a record line has 14 fields, 15 with its operator or 16 with its operator and Guardian, separated "
+               "by single spaces";
+    r->encoding = n == 16   ? GUARDIAN_AUDIT_ENCODING_3
+                  : n == 15 ? GUARDIAN_AUDIT_ENCODING_2
+                            : GUARDIAN_AUDIT_ENCODING_1;
     last = n - 1;
     for (int t = GUARDIAN_AUDIT_IMPORT; t <= TYPE_MAX; t++)
         if (type_names[t] != NULL && field_is(f[2], fl[2], type_names[t]))
@@ -449,13 +492,18 @@ const char *report_parse_record(const char *s, size_t len, struct guardian_audit
     r->release_version = (uint32_t)u;
     if (!get_u64(f[11], fl[11], INT64_MAX, &r->authorised_units))
         return "bad authorised units";
-    if (n == 15 && !field_is(f[12], fl[12], "-")) {
+    if (n >= 15 && !field_is(f[12], fl[12], "-")) {
         if (fl[12] > GUARDIAN_OPERATOR_MAX)
             return "bad operator (a name of [a-z0-9][a-z0-9._-]{0,31}, or -)";
         memcpy(r->operator_name, f[12], fl[12]);
         r->operator_name[fl[12]] = '\0';
         if (!guardian_operator_name_ok(r->operator_name))
             return "bad operator (a name of [a-z0-9][a-z0-9._-]{0,31}, or -)";
+    }
+    if (n == 16 && !field_is(f[13], fl[13], "-")) {
+        if (!get_hex(f[13], fl[13], r->guardian, sizeof(r->guardian)))
+            return "bad Guardian (the SHA-256 of its certificate in lower-case hex, or -)";
+        r->guardian_len = GUARDIAN_HASH_LEN;
     }
     if (!get_hex(f[last - 1], fl[last - 1], r->prev_hash, sizeof(r->prev_hash)) ||
         !get_hex(f[last], fl[last], r->hash, sizeof(r->hash)))
@@ -487,27 +535,35 @@ static int parse_record(struct vctx *v, const char *s, size_t len)
     struct guardian_audit_record r;
     struct rrec *x;
     const char *dev_hex = NULL, *why = report_parse_record(s, len, &r, &dev_hex);
-    long prod = NO_PRODUCT, op = OP_NOT_RECORDED;
+    long prod = NO_PRODUCT, op = OP_NOT_RECORDED, gd = GD_NOT_RECORDED;
 
     if (why != NULL)
         return malformed(v, "%s", why);
     if (v->version == 1 && r.encoding != GUARDIAN_AUDIT_ENCODING_1)
-        return malformed(v, "a record line of 15 fields (with an operator) in a version 1 report");
+        return malformed(v, "a record line of %s in a version 1 report",
+                         r.encoding == GUARDIAN_AUDIT_ENCODING_2 ? "15 fields (with an operator)"
+                                                                 : "16 fields (with an operator and a Guardian)");
     if (r.type != GUARDIAN_AUDIT_CREDENTIAL && r.type != GUARDIAN_AUDIT_ENROL && r.oem_id[0] != '\0') {
         prod = find_product(v, r.oem_id, r.product_id, 1);
         if (prod == -2)
             return malformed(v, "more than %d products", REPORT_MAX_PRODUCTS);
     }
-    if (r.encoding == GUARDIAN_AUDIT_ENCODING_2) {
+    if (r.encoding >= GUARDIAN_AUDIT_ENCODING_2) {
         op = find_operator(v, r.operator_name);
         if (op < 0)
             return malformed(v, "more than %d operators", REPORT_MAX_OPERATORS);
+    }
+    if (r.encoding == GUARDIAN_AUDIT_ENCODING_3) {
+        gd = r.guardian_len == 0 ? GD_NONE : find_guardian(v, r.guardian);
+        if (gd < 0)
+            return malformed(v, "more than %d Guardians", REPORT_MAX_GUARDIANS);
     }
     x = append_rec(v, &r, r.type);
     x->time = r.time;
     x->product = (uint16_t)prod;
     x->encoding = (uint8_t)r.encoding;
     x->op = (uint16_t)op;
+    x->gd = (uint16_t)gd;
     x->serial = r.serial;
     x->dev_hex = dev_hex;
     x->dev_len = (uint8_t)r.device_id_len;
@@ -676,8 +732,11 @@ static int parse(struct vctx *v, const uint8_t *data, size_t len)
         v->tmpls = calloc(v->cap_recs + 1, sizeof(*v->tmpls));
         v->products = calloc(REPORT_MAX_PRODUCTS, sizeof(*v->products));
         v->ops = calloc(REPORT_MAX_OPERATORS, sizeof(*v->ops));
+        v->gds = calloc(REPORT_MAX_GUARDIANS, sizeof(*v->gds));
         v->n_ops = OP_NOT_RECORDED + 1;
-        if (v->recs == NULL || v->certs == NULL || v->tmpls == NULL || v->products == NULL || v->ops == NULL) {
+        v->n_gds = GD_NONE + 1;
+        if (v->recs == NULL || v->certs == NULL || v->tmpls == NULL || v->products == NULL || v->ops == NULL ||
+            v->gds == NULL) {
             v->line = 0;
             return malformed(v, "out of memory");
         }
@@ -925,8 +984,9 @@ static int outside_scope(const struct vctx *v, const struct rproduct *p)
 static void check_chain(struct vctx *v)
 {
     static const uint8_t zeros[GUARDIAN_HASH_LEN];
-    const struct rrec *first_2 = NULL; /* the first in-clear record of encoding 2 */
-    int downgraded = 0;
+    const struct rrec *first_2 = NULL; /* the first in-clear record of encoding 2 or 3 */
+    const struct rrec *first_3 = NULL; /* the first of encoding 3 */
+    int downgraded = 0, downgraded_3 = 0;
     size_t sorted = 1;
 
     /* In the file's order: any decrease is a disorder. */
@@ -978,7 +1038,18 @@ static void check_chain(struct vctx *v)
         /* Once a store has migrated, every record it writes names its
          * operator (docs/audit-format.md): an operator-less record after one
          * that names its operator is not the Guardian's doing. */
-        if (r->encoding == GUARDIAN_AUDIT_ENCODING_2 && first_2 == NULL)
+        /* Likewise, once records name their Guardian (encoding 3). */
+        if (r->encoding == GUARDIAN_AUDIT_ENCODING_3 && first_3 == NULL)
+            first_3 = r;
+        else if (r->type != TYPE_REDACTED && r->encoding < GUARDIAN_AUDIT_ENCODING_3 && first_3 != NULL &&
+                 !downgraded_3) {
+            downgraded_3 = 1;
+            problem(v, "record %llu does not name its Guardian (an encoding of before Guardians were recorded) but "
+                       "record %llu before it does: no Guardian writes that (the trail was edited, or written on by "
+                       "an older module)",
+                    (unsigned long long)r->seq, (unsigned long long)first_3->seq);
+        }
+        if (r->encoding >= GUARDIAN_AUDIT_ENCODING_2 && first_2 == NULL)
             first_2 = r;
         else if (r->encoding == GUARDIAN_AUDIT_ENCODING_1 && first_2 != NULL && !downgraded) {
             downgraded = 1;
@@ -1565,6 +1636,45 @@ static void check_export(struct vctx *v, const struct rrec *r)
  * (32 bytes) that has not imported it yet, and have serial 0; it adds no
  * allowance.  Whether the member is one the package names is checked against
  * the OEM's file (check_oem_inputs). */
+/* A group package's IMPORT or JOIN of encoding 3: the Guardian that wrote
+ * it is the member it names (it imported the package itself). */
+static void check_member_is_writer(struct vctx *v, const struct rrec *r, const uint8_t member[GUARDIAN_HASH_LEN])
+{
+    char who[80], hex[2 * GUARDIAN_HASH_LEN + 1];
+
+    if (r->gd > GD_NONE && memcmp(v->gds[r->gd], member, GUARDIAN_HASH_LEN) != 0) {
+        put_hex(hex, member, GUARDIAN_HASH_LEN);
+        problem(v, "record %llu (%s) names member sha256:%s but was written by Guardian %s",
+                (unsigned long long)r->seq, type_names[r->type], hex, guardian_label(v, r->gd, who));
+    }
+}
+
+/* A record that spends a package's units (RESERVE, ISSUE, RELEASE) names a
+ * Guardian that imported the package: its IMPORT's, or a JOIN's.  A
+ * Guardian that never imported it has no business with its serials. */
+static void check_spender(struct vctx *v, const struct rrec *r, const struct rpkg *k)
+{
+    char who[80];
+    int imported_by_it = 0, known = 0;
+
+    if (r->gd <= GD_NONE)
+        return; /* names none (or before Guardians were recorded): counted as such */
+    if (k->n_members > 0) {
+        /* A group package: the members the trail has import it so far. */
+        known = 1;
+        for (size_t i = 0; i < k->n_members; i++)
+            imported_by_it |= memcmp(k->members[i], v->gds[r->gd], GUARDIAN_HASH_LEN) == 0;
+    } else {
+        known = k->importer > GD_NONE;
+        imported_by_it = k->importer == r->gd;
+    }
+    if (known && !imported_by_it)
+        problem(v, "record %llu (%s of serial %llu of %s release %u) was written by Guardian %s, which did not "
+                   "import that package (it is no member of it)",
+                (unsigned long long)r->seq, type_names[r->type], (unsigned long long)r->serial,
+                v->products[k->product].name, k->release, guardian_label(v, r->gd, who));
+}
+
 static void check_join(struct vctx *v, const struct rrec *r)
 {
     unsigned long long seq = (unsigned long long)r->seq;
@@ -1607,6 +1717,7 @@ static void check_join(struct vctx *v, const struct rrec *r)
         problem(v, "record %llu (JOIN): more than %d members", seq, REPORT_MAX_MEMBERS);
         return;
     }
+    check_member_is_writer(v, r, member);
     memcpy(k->members[k->n_members], member, GUARDIAN_HASH_LEN);
     k->member_seq[k->n_members++] = r->seq;
 }
@@ -1766,7 +1877,9 @@ static void check_accounting(struct vctx *v)
                 get_hex(r->dev_hex, 2u * r->dev_len, pkg->members[0], GUARDIAN_HASH_LEN)) {
                 pkg->member_seq[0] = r->seq;
                 pkg->n_members = 1;
+                check_member_is_writer(v, r, pkg->members[0]);
             }
+            pkg->importer = r->gd;
             attach_template(v, pkg);
             prod->pkg = (long)v->n_pkgs++;
             continue;
@@ -1800,6 +1913,7 @@ static void check_accounting(struct vctx *v)
             s->pkg = (uint32_t)prod->pkg;
             s->rec = i;
             pkg = &v->pkgs[prod->pkg];
+            check_spender(v, r, pkg);
             pkg->reserved++;
             if (++pkg->net > pkg->peak)
                 pkg->peak = pkg->net;
@@ -1829,6 +1943,7 @@ static void check_accounting(struct vctx *v)
             continue;
         }
         pkg = &v->pkgs[s->pkg];
+        check_spender(v, r, pkg);
         s->settled = i;
         if (s->lost) {
             /* Its holder was alive after all (its journal deleted under it). */
@@ -2164,8 +2279,28 @@ static void say_operators(struct vctx *v, const size_t *order, const uint64_t *c
 
 #define CREDENTIAL_LINES_SHOWN 1000
 
+/* "sha256:<hex> 4, (none) 1": units issued per Guardian, from counts[gd],
+ * in the order the trail first names them; the ones that issued none are
+ * left out. */
+static void say_guardians(struct vctx *v, const uint64_t *counts)
+{
+    const char *sep = "";
+    char who[80];
+    for (size_t k = GD_NONE + 1; k <= v->n_gds; k++) {
+        size_t gd = k < v->n_gds ? k : GD_NONE; /* the named ones, then none, then not recorded */
+        if (counts[gd] == 0)
+            continue;
+        say(v, "%s%s %llu", sep, guardian_label(v, gd, who), (unsigned long long)counts[gd]);
+        sep = ", ";
+    }
+    if (counts[GD_NOT_RECORDED] > 0)
+        say(v, "%s%s %llu", sep, guardian_label(v, GD_NOT_RECORDED, who), (unsigned long long)counts[GD_NOT_RECORDED]);
+    say(v, "\n");
+}
+
 static void summary(struct vctx *v)
 {
+    uint64_t *by_gd = NULL, *total_gd = NULL, any_gd = 0;
     uint64_t *by_op = NULL, *total = NULL;
     size_t n_credentials = 0, n_exports = 0, *order = NULL;
     const struct rrec *own_export = NULL;
@@ -2196,8 +2331,29 @@ static void summary(struct vctx *v)
             }
         }
     }
+    /* Units issued per Guardian and package, likewise: each settling ISSUE
+     * counts for the Guardian it names (encoding 3). */
+    if (v->serials != NULL && v->pkgs != NULL && v->n_pkgs > 0 && v->gds != NULL) {
+        by_gd = calloc(v->n_pkgs * v->n_gds, sizeof(*by_gd));
+        total_gd = calloc(v->n_gds, sizeof(*total_gd));
+    }
+    if (by_gd != NULL && total_gd != NULL) {
+        for (size_t i = 0; i < v->n_recs; i++) {
+            const struct rrec *r = &v->recs[i];
+            const struct rserial *sl;
+            if (r->type != GUARDIAN_AUDIT_ISSUE || (i > 0 && r->seq == v->recs[i - 1].seq))
+                continue;
+            sl = serial_slot(v, r->product, r->serial);
+            if (sl->state == S_ISSUED && sl->settled == i) {
+                by_gd[sl->pkg * v->n_gds + r->gd]++;
+                total_gd[r->gd]++;
+                any_gd += r->gd != GD_NOT_RECORDED;
+            }
+        }
+    }
     for (size_t i = 0; i < v->n_pkgs; i++) {
         const struct rpkg *k = &v->pkgs[i];
+        const uint64_t *k_gd = by_gd != NULL ? by_gd + i * v->n_gds : NULL;
         char id[33], lost[64] = "";
         put_hex(id, k->id, sizeof(k->id));
         if (k->lost > 0)
@@ -2213,8 +2369,20 @@ static void summary(struct vctx *v)
         for (size_t m = 0; m < k->n_members; m++) {
             char hex[2 * GUARDIAN_HASH_LEN + 1];
             put_hex(hex, k->members[m], GUARDIAN_HASH_LEN);
-            say(v, "    member sha256:%s %s (record %llu)\n", hex, m == 0 ? "imported" : "joined",
+            say(v, "    member sha256:%s %s (record %llu)", hex, m == 0 ? "imported" : "joined",
                 (unsigned long long)k->member_seq[m]);
+            if (any_gd > 0 && k_gd != NULL) {
+                uint64_t n = 0;
+                for (size_t gd = GD_NONE + 1; gd < v->n_gds; gd++)
+                    if (memcmp(v->gds[gd], k->members[m], GUARDIAN_HASH_LEN) == 0)
+                        n = k_gd[gd];
+                say(v, ", issued %llu", (unsigned long long)n);
+            }
+            say(v, "\n");
+        }
+        if (any_gd > 0 && k_gd != NULL && k->issued > 0) {
+            say(v, "    issued by Guardian: ");
+            say_guardians(v, k_gd);
         }
         if (order != NULL && k->issued > 0) {
             say(v, "    issued by operator: ");
@@ -2229,6 +2397,10 @@ static void summary(struct vctx *v)
             say(v, "operators  units issued: ");
             say_operators(v, order, total);
         }
+    }
+    if (any_gd > 0) {
+        say(v, "Guardians  units issued: ");
+        say_guardians(v, total_gd);
     }
     /* Credential events, in trail order: what happened, to whom, by whom. */
     for (size_t i = 0; i < v->n_recs; i++) {
@@ -2302,6 +2474,8 @@ static void summary(struct vctx *v)
     free(by_op);
     free(total);
     free(order);
+    free(by_gd);
+    free(total_gd);
 }
 
 /* What parse() and the checks allocated. */
@@ -2321,6 +2495,7 @@ static void vctx_free(struct vctx *v)
     free(v->pkgs);
     free(v->serials);
     free(v->ops);
+    free(v->gds);
 }
 
 /* The trail is append-only and each hash covers every record before it, so

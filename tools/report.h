@@ -31,6 +31,7 @@
 #define REPORT_MAX_PACKAGES 4096
 #define REPORT_MAX_PEM_LINES 256             /* the Guardian certificate: 16 KiB */
 #define REPORT_MAX_OPERATORS 256             /* distinct operators named by the records */
+#define REPORT_MAX_GUARDIANS 256             /* distinct Guardians named by the records (encoding 3) */
 
 /* Parses one record line (without its '\n') strictly: NULL on success, else
  * why not.  14 fields make a record of encoding 1, 15 (with the operator) one

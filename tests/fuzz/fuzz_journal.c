@@ -50,7 +50,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (used == 0 || used > size - off || r.device_id < data + off || r.cert + r.cert_len > data + off + used)
             __builtin_trap();
         len = guardian_journal_encode(again, sizeof(again), r.oem_id, r.product_id, r.serial, r.time, r.device_id,
-                                      r.device_id_len, r.cert, r.cert_len, r.operator_name);
+                                      r.device_id_len, r.cert, r.cert_len, r.operator_name,
+                                      r.has_guardian ? r.guardian : NULL);
         if (len != used || memcmp(again, data + off, used) != 0)
             __builtin_trap(); /* one record, one encoding */
         check_spki(r.cert, r.cert_len);

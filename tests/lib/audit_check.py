@@ -7,7 +7,7 @@ operator of the service cannot):
                    digest is its SHA-256, and the store holds that very
                    certificate; no product's serial is issued twice
   chain            the audit hash chain, recomputed independently from
-                   docs/audit-format.md (encoding 1, and 2 with the operator)
+                   docs/audit-format.md (encoding 1, 2 with the operator, 3 with the Guardian too)
   operators NAME.. every ISSUE record names one of NAME...
 
 Prints one line saying what held; exits 1 (with the reason) when a check fails.
@@ -39,13 +39,14 @@ def recorded(db, dirs):
 
 def chain(db):
     prev, n = bytes(32), 0
-    for (seq, typ, t, oem, prod, serial, dev, dig, pid, rel, auth, op, v, ph, h) in db.execute(
+    for (seq, typ, t, oem, prod, serial, dev, dig, pid, rel, auth, op, v, g, ph, h) in db.execute(
             "SELECT seq, type, time, oem_id, product_id, serial, device_id, digest, package_id, release_version, "
-            "authorised_units, operator, encoding, prev_hash, hash FROM audit ORDER BY seq"):
+            "authorised_units, operator, encoding, guardian, prev_hash, hash FROM audit ORDER BY seq"):
         s = lambda b: struct.pack(">I", len(b)) + b
-        enc = ((b"GDAUDIT1" if v == 1 else b"GDAUDIT2") + struct.pack(">QIq", seq, typ, t) + s(oem.encode()) +
+        enc = (b"GDAUDIT%d" % v + struct.pack(">QIq", seq, typ, t) + s(oem.encode()) +
                s(prod.encode()) + struct.pack(">Q", serial) + s(bytes(dev)) + bytes(dig) + bytes(pid) +
-               struct.pack(">IQ", rel, auth) + (s(op.encode()) if v == 2 else b"") + bytes(ph))
+               struct.pack(">IQ", rel, auth) + (s(op.encode()) if v >= 2 else b"") +
+               (s(bytes(g)) if v == 3 else b"") + bytes(ph))
         if bytes(ph) != prev or hashlib.sha256(enc).digest() != bytes(h):
             print(f"record {seq} breaks the chain")
             return False

@@ -20,7 +20,9 @@
  *       (guardian_store_record_export), of the whole trail or of one product,
  *       without the report: what an export leaves in the trail for the next.
  *   In all three, $AUDIT_FIXTURE_OPERATOR, if set, is the operator the records
- *   name (guardian_store_set_operator); in issue, $AUDIT_FIXTURE_DEVICE, if
+ *   name (guardian_store_set_operator), and $AUDIT_FIXTURE_GUARDIAN, if set (64
+ *   hex digits), the Guardian they name (guardian_store_set_guardian; unset:
+ *   none, as a process without a Guardian certificate writes); in issue, $AUDIT_FIXTURE_DEVICE, if
  *   set, the device ID of every certificate (what two processes racing one
  *   new device ID leave: the store API, below the module's device index,
  *   records it as it comes).
@@ -48,6 +50,22 @@
 #include "package.h"
 #include "report.h"
 
+
+static void unhex(const char *hex, uint8_t *out, size_t n);
+
+/* Who the fixture's records name: $AUDIT_FIXTURE_OPERATOR and
+ * $AUDIT_FIXTURE_GUARDIAN (above). */
+static void set_author(struct guardian_store *st)
+{
+    const char *g = getenv("AUDIT_FIXTURE_GUARDIAN");
+    uint8_t fp[GUARDIAN_HASH_LEN];
+
+    guardian_store_set_operator(st, getenv("AUDIT_FIXTURE_OPERATOR"));
+    if (g != NULL && *g != '\0') {
+        unhex(g, fp, sizeof(fp));
+        guardian_store_set_guardian(st, fp);
+    }
+}
 
 static void fail(const char *what)
 {
@@ -174,7 +192,7 @@ static int issue(char **argv, int die)
     fclose(f);
     if (guardian_store_open(argv[2], &st) != CKR_OK)
         fail("cannot open the store");
-    guardian_store_set_operator(st, getenv("AUDIT_FIXTURE_OPERATOR"));
+    set_author(st);
     if (guardian_store_product_get(st, argv[5], argv[6], &p) != CKR_OK)
         fail("no such product");
     if (guardian_store_reserve_block(st, p.oem_id, p.product_id, p.package_id, (int64_t)time(NULL),
@@ -231,7 +249,7 @@ static int credential(char **argv)
         fail("unknown credential action");
     if (guardian_store_open(argv[2], &st) != CKR_OK)
         fail("cannot open the store");
-    guardian_store_set_operator(st, getenv("AUDIT_FIXTURE_OPERATOR"));
+    set_author(st);
     memset(&c, 0, sizeof(c));
     snprintf(c.name, sizeof(c.name), "%s", name);
     c.role = role;
@@ -259,7 +277,7 @@ static int export_record(int argc, char **argv)
 
     if (guardian_store_open(argv[2], &st) != CKR_OK)
         fail("cannot open the store");
-    guardian_store_set_operator(st, getenv("AUDIT_FIXTURE_OPERATOR"));
+    set_author(st);
     rv = guardian_store_record_export(st, argc == 5 ? argv[3] : NULL, argc == 5 ? argv[4] : NULL, (int64_t)time(NULL),
                                       NULL, NULL, NULL);
     guardian_store_close(st);

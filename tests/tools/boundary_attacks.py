@@ -49,6 +49,10 @@ Attacks (SEL = the object attacked):
                               a control: the device certificate request
                               (CKG_GUARDIAN_REQ_DEVICE_CERT, PRODUCT = OEM/PRODUCT), with
                               e.g. CKA_TOKEN=true; writes the certificate's DER to OUT.der
+  second-guardian TOKEN2      a status request (CKG_GUARDIAN_REQ_STATUS) in this session, then
+                              one in a session of TOKEN2 (same PIN) in the same process: a
+                              process serves one Guardian, so another Guardian's token is
+                              refused (ALLOWED when TOKEN2 is this token or the same Guardian)
 MECH (wrapping, unwrapping): aes-key-wrap-pad (the default), aes-ecb, rsa-pkcs.
 """
 import ctypes
@@ -394,6 +398,21 @@ def attack(lib_path, s, name, args):
             raise Refused(e.value, "C_CreateObject") from None
         s.destroyObject(h)
         return "ALLOWED the object was made (handle %d; destroyed again)" % h.value()
+    if name == "second-guardian":
+        request(s, "CKG_GUARDIAN_REQ_STATUS", [])
+        other = [sl for sl in LIB.getSlotList(tokenPresent=True) if LIB.getTokenInfo(sl).label.strip() == args[0]]
+        if len(other) != 1:
+            return "ERROR %d tokens labelled %r" % (len(other), args[0])
+        s2 = LIB.openSession(other[0], PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+        if args[0] != TOKEN:
+            s2.login(PIN)
+        try:
+            request(s2, "CKG_GUARDIAN_REQ_STATUS", [])
+        finally:
+            if args[0] != TOKEN:
+                s2.logout()
+            s2.closeSession()
+        return "ALLOWED a status request on %s in the same process" % args[0]
     if name == "enrol":
         with open(args[0], "rb") as f:
             der = f.read()
@@ -557,10 +576,10 @@ def attack(lib_path, s, name, args):
 def main():
     if len(sys.argv) < 5:
         sys.exit(__doc__)
-    global TOKEN, PIN
+    global TOKEN, PIN, LIB
     module, token, pin, name, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
     TOKEN, PIN = token, pin
-    lib = PyKCS11.PyKCS11Lib()
+    lib = LIB = PyKCS11.PyKCS11Lib()
     lib.load(module)
     slots = [sl for sl in lib.getSlotList(tokenPresent=True) if lib.getTokenInfo(sl).label.strip() == token]
     if len(slots) != 1:

@@ -31,6 +31,10 @@ oem_pki 2>/dev/null
 # guardian.pem: the Guardian certificate A (what packages target), then the
 # signing certificate S (issued A, signs reports).
 awk '/BEGIN CERT/ { n++ } n == 1' guardian.pem >agreement.pem
+# The Guardian every record names: the SHA-256 of A.  The fixture writes its
+# records on the same store as this Guardian's module would.
+gd=$(openssl x509 -in guardian.pem -outform DER | sha256sum | cut -c1-64)
+export AUDIT_FIXTURE_GUARDIAN=$gd
 "$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null 2>&1 || ko "enroll-oem"
 
 # wrap PRODUCT RELEASE UNITS OUT [CREATE-OPTION...]
@@ -71,16 +75,20 @@ expect "the OEM's own total, exceeded" 1 "ACME/SENSOR-1: used 9 units \(reserved
 expect "a package the trail does not have" 1 "package s1r3.gpk .* was not imported" -- \
     bash -c "cp s1r1.gpk s1r3.gpk && echo >>s1r3.gpk; $W verify-report report.txt ${V[*]} --package s1r3.gpk"
 expect "export to stdout is the same format" 0 "^GUARDIAN AUDIT REPORT 3$" -- "$CTL" audit export # record 28
-expect "the report's own EXPORT record, last: the whole trail, by nobody (in-process)" 0 \
-    "^record 27 EXPORT [0-9]+ - - 26 - 0{64} 0{32} 0 0 - [0-9a-f]{64} [0-9a-f]{64}$" -- cat report.txt
+expect "the report's own EXPORT record, last: the whole trail, by nobody (in-process), on this Guardian" 0 \
+    "^record 27 EXPORT [0-9]+ - - 26 - 0{64} 0{32} 0 0 - $gd [0-9a-f]{64} [0-9a-f]{64}$" -- cat report.txt
 [ "$(grep '^record \|^redacted ' report.txt | tail -n 1 | cut -d' ' -f2,3)" = "27 EXPORT" ] &&
     ok "the EXPORT record is the report's last" || ko "the EXPORT record is not the report's last"
 [ "$(awk '$1 == "exported" { t = $2 } $1 == "record" && $3 == "EXPORT" { r = $4 } END { print (t == r) }' report.txt)" = 1 ] &&
     ok "the EXPORT record is dated the report's export time" || ko "the EXPORT record's time differs from the report's"
 expect "the summary names the exporter" 0 "^exported by \(none\) at [-0-9T:]+Z \(record 27, the report's own\)$" -- \
     verify report.txt "${V[@]}"
-expect "every record names its operator (none here: no login in-process)" 0 \
-    "^record [0-9]+ ISSUE [0-9]+ ACME SENSOR-1 1 [0-9a-f]+ [0-9a-f]{64} 0{32} 0 0 - [0-9a-f]{64} [0-9a-f]{64}$" -- cat report.txt
+expect "every record names its operator (none here: no login in-process) and its Guardian" 0 \
+    "^record [0-9]+ ISSUE [0-9]+ ACME SENSOR-1 1 [0-9a-f]+ [0-9a-f]{64} 0{32} 0 0 - $gd [0-9a-f]{64} [0-9a-f]{64}$" -- cat report.txt
+[ "$(awk '$1 == "record" && $14 != "'"$gd"'"' report.txt | wc -l)" = 0 ] &&
+    ok "every record of the trail names this Guardian (the SHA-256 of guardian.pem)" ||
+    ko "records naming another Guardian: $(awk '$1 == "record" && $14 != "'"$gd"'" { print $2 }' report.txt | tr '\n' ' ')"
+expect "the summary counts units per Guardian" 0 "^Guardians  units issued: sha256:$gd 10$" -- verify report.txt "${V[@]}"
 grep -q '^certificate ' report.txt && {
     grep -m1 '^certificate ' report.txt | cut -d' ' -f3 | base64 -d | openssl x509 -inform DER -out dev.pem
     expect "a device certificate verifies with stock openssl" 0 "dev.pem: OK" -- \
@@ -332,14 +340,35 @@ expect "an ISSUE's operator changed" 1 "record [0-9]+ was altered: its hash does
 # Its operator dropped (the old encoding), the chain re-hashed and re-signed:
 # a record without an operator after records that have one is no Guardian's.
 seq=$(awk '$1 == "record" && $3 == "ISSUE" && $13 == "alice" { print $2; exit }' ops.txt)
-awk -v seq="$seq" '$1 == "record" && $2 == seq { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line } { print }' \
+awk -v seq="$seq" '$1 == "record" && $2 == seq { line = $1; for (i = 2; i <= NF; i++) if (i != 13 && i != 14) line = line " " $i; $0 = line } { print }' \
     ops.txt >opdrop0.txt
 "$FIX" rehash opdrop0.txt opdrop1.txt chain "$seq"
 embed_fake opdrop1.txt opdrop.txt
 expect "an operator dropped, the trail re-hashed and re-signed" 1 \
     "record $seq has no operator \(the encoding of before operators were recorded\) but record [0-9]+ before it has one" -- \
     verify opdrop.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
-awk '$1 == "record" && $3 == "CREDENTIAL" && !done { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line; done = 1 } { print }' \
+# Its Guardian dropped (encoding 2), re-hashed and re-signed: a record that
+# names no Guardian after records that do is no Guardian's either.
+awk -v seq="$seq" '$1 == "record" && $2 == seq { line = $1; for (i = 2; i <= NF; i++) if (i != 14) line = line " " $i; $0 = line } { print }' \
+    ops.txt >gddrop0.txt
+"$FIX" rehash gddrop0.txt gddrop1.txt chain "$seq"
+embed_fake gddrop1.txt gddrop.txt
+expect "a Guardian dropped, the trail re-hashed and re-signed" 1 \
+    "record $seq does not name its Guardian \(an encoding of before Guardians were recorded\) but record [0-9]+ before it does" -- \
+    verify gddrop.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
+# An ISSUE credited to another Guardian, re-hashed and re-signed: that
+# Guardian never imported the package, so it cannot have spent its units.
+other=$(printf other | sha256sum | cut -c1-64)
+awk -v seq="$seq" -v g="$other" '$1 == "record" && $2 == seq { $14 = g } { print }' ops.txt >gdalt0.txt
+"$FIX" rehash gdalt0.txt gdalt1.txt chain "$seq"
+embed_fake gdalt1.txt gdalt.txt
+expect "an ISSUE credited to a Guardian that did not import the package" 1 \
+    "record $seq \(ISSUE of serial [0-9]+ of ACME/OPS-5 release [0-9]+\) was written by Guardian sha256:$other, which did not import that package" -- \
+    verify gdalt.txt --guardian fake.pem --ca-chain ca.pem --root root.pem
+awk -v g="$other" '$1 == "record" && $3 == "IMPORT" && !done { $14 = g; done = 1 } { print }' ops.txt >gdimp.txt
+expect "... and its Guardian changed without re-hashing is an altered record" 1 "record [0-9]+ was altered: its hash does not match its content" -- \
+    verify gdimp.txt "${V[@]}"
+awk '$1 == "record" && $3 == "CREDENTIAL" && !done { line = $1; for (i = 2; i <= NF; i++) if (i != 13 && i != 14) line = line " " $i; $0 = line; done = 1 } { print }' \
     ops.txt >credold.txt
 expect "a CREDENTIAL line without its operator" 1 "malformed report: line [0-9]+: a CREDENTIAL record names its operator" -- \
     verify credold.txt "${V[@]}"
@@ -365,7 +394,7 @@ own=$(awk '$1 == "head" { print $2 }' ops.txt)
 awk -v s="$cseq" '$1 == "record" && $2 == s { $13 = "alice" } { print }' ops.txt >expop.txt
 expect "an EXPORT record's operator changed" 1 "record $cseq was altered: its hash does not match its content" -- \
     verify expop.txt "${V[@]}"
-awk -v s="$cseq" '$1 == "record" && $2 == s { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line } { print }' \
+awk -v s="$cseq" '$1 == "record" && $2 == s { line = $1; for (i = 2; i <= NF; i++) if (i != 13 && i != 14) line = line " " $i; $0 = line } { print }' \
     ops.txt >expold.txt
 expect "an EXPORT line without its operator" 1 "malformed report: line [0-9]+: an EXPORT record names its operator" -- \
     verify expold.txt "${V[@]}"
@@ -427,7 +456,7 @@ V1P=(--package s1r1.gpk --package s1r2.gpk --package o2r1.gpk)
 awk 'NR == 1 { $0 = "GUARDIAN AUDIT REPORT 1" }
      $1 == "template" { next }
      $1 == "record" && $3 == "EXPORT" { next }
-     $1 == "record" { line = $1; for (i = 2; i <= NF; i++) if (i != 13) line = line " " $i; $0 = line } { print }' \
+     $1 == "record" { line = $1; for (i = 2; i <= NF; i++) if (i != 13 && i != 14) line = line " " $i; $0 = line } { print }' \
     report.txt >v1body.txt
 "$FIX" rehash v1body.txt v1rehashed.txt chain 1
 embed_fake v1rehashed.txt v1.txt
@@ -440,7 +469,7 @@ verify v1.txt --guardian fake.pem --ca-chain ca.pem "${V1P[@]}" | grep -q 'opera
 expect "... and says its exporter is not recorded" 0 "^exported by \(not recorded" -- \
     verify v1.txt --guardian fake.pem --ca-chain ca.pem "${V1P[@]}"
 awk 'NR == 1 { $0 = "GUARDIAN AUDIT REPORT 1" } { print }' ops.txt >v1ops.txt
-expect "a version 1 report with an operator line" 1 "malformed report: line [0-9]+: a record line of 15 fields \(with an operator\) in a version 1 report" -- \
+expect "a version 1 report with an operator line" 1 "malformed report: line [0-9]+: a record line of 16 fields \(with an operator and a Guardian\) in a version 1 report" -- \
     verify v1ops.txt "${V[@]}"
 
 # ---- the real pipeline, when guardianctl has provision -----------------------------------
@@ -565,8 +594,11 @@ expect "truncated" 1 "ends without its signature line" -- verify truncated.txt "
 expect "garbage" 1 "malformed report: line 1: not a Guardian audit report" -- verify root.pem "${V[@]}"
 edit badline.txt '$1 == "record" && $2 == 2 { $0 = $0 " extra" } { print }'
 expect "an extra field" 1 "malformed report: line [0-9]+: a record line has 14 fields" -- verify badline.txt "${V[@]}"
-edit upper.txt '$1 == "record" && $2 == 2 { $14 = toupper($14) } { print }'
+edit upper.txt '$1 == "record" && $2 == 2 { $15 = toupper($15) } { print }'
 expect "upper-case hex" 1 "malformed report: line [0-9]+: bad prev_hash or hash" -- verify upper.txt "${V[@]}"
+edit upperg.txt '$1 == "record" && $2 == 2 { $14 = toupper($14) } { print }'
+expect "upper-case hex in the Guardian" 1 "malformed report: line [0-9]+: bad Guardian \(the SHA-256 of its certificate" -- \
+    verify upperg.txt "${V[@]}"
 printf '\r' >>truncated.txt
 expect "a carriage return" 1 "malformed report: line [0-9]+" -- verify truncated.txt "${V[@]}"
 

@@ -93,6 +93,18 @@ expect "verify-report OK" 0 "^OK$" -- "$W" verify-report report.txt "${V[@]}"
 expect "verify-report: the members' imports" 0 "ACME/GRP release 1 .*issued 12" -- "$W" verify-report report.txt "${V[@]}"
 expect "verify-report: per member" 0 "member sha256:$d1 imported .*member sha256:$d2 joined" -- \
     sh -c "'$W' verify-report report.txt ${V[*]} | tr '\n' ' '"
+# Every record names the Guardian that wrote it: the units each member issued.
+expect "verify-report: units per member" 0 "member sha256:$d1 imported \(record [0-9]+\), issued $n1 .*member sha256:$d2 joined \(record [0-9]+\), issued $n2 " -- \
+    sh -c "'$W' verify-report report.txt ${V[*]} | tr '\n' ' '"
+want="Guardians  units issued: "
+[ "$n1" -gt 0 ] && want="${want}sha256:$d1 $n1"
+[ "$n1" -gt 0 ] && [ "$n2" -gt 0 ] && want="$want, "
+[ "$n2" -gt 0 ] && want="${want}sha256:$d2 $n2"
+expect "verify-report: units per Guardian in all" 0 "^$want$" -- "$W" verify-report report.txt "${V[@]}"
+expect "the IMPORT names g1 as its writer, the JOIN g2" 0 "^1\|$d1 12\|$d2$" -- sh -c \
+    "sqlite3 state/guardian.db \"SELECT type || '|' || lower(hex(guardian)) FROM audit WHERE type IN (1, 12) ORDER BY seq\" | tr '\n' ' ' | sed 's/ \$//'"
+expect "each member's ISSUE records name it (the issue journals carry it)" 0 "^$n1 $n2$" -- sh -c \
+    "echo \$(sqlite3 state/guardian.db \"SELECT count(*) FROM audit WHERE type = 3 AND guardian = X'$d1'\") \$(sqlite3 state/guardian.db \"SELECT count(*) FROM audit WHERE type = 3 AND guardian = X'$d2'\")"
 # The JOIN record's member changed (to g3): its hash no longer matches.
 sed "s/$d2/$d3/" report.txt >tampered.txt
 cmp -s report.txt tampered.txt && ko "the report names g2" || ok "the report names g2's digest"
@@ -120,7 +132,16 @@ expect "the earlier state back: refused by the token's anchor" 1 "CKR_GUARDIAN_S
     as g1 "$CTL" import grp.gpk
 rm -rf state && mv state.forged state
 
-# The group trail against a one-Guardian package file of the same product: not
+# One process serves one Guardian: its records name it (and the state anchor
+# is its token's), so a request on a second Guardian's token in the same
+# process is refused; the same token again is the positive control.
+ATK=$HERE/boundary_attacks.py
+expect "a second Guardian's token in one process is refused" 0 "REFUSED CKR_GUARDIAN_WRONG_GUARDIAN" -- \
+    /usr/bin/python3 "$ATK" "$M" g1 1234 second-guardian g2
+expect "... the same Guardian's token twice is not" 0 "ALLOWED a status request on g1" -- \
+    /usr/bin/python3 "$ATK" "$M" g1 1234 second-guardian g1
+
+ of the same product: not
 # the file it imported; and a one-Guardian package for g1 still imports.
 "$W" "${cw[@]/GRP/SOLO}" --guardian-cert g1.pem --units 2 --out solo.gpk >/dev/null || ko "create solo"
 expect "a one-Guardian package for g1" 0 "remaining_units=2" -- as g1 "$CTL" import solo.gpk

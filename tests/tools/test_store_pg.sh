@@ -69,7 +69,7 @@ conf "${PGOK[@]}"
 # ---- the story on PostgreSQL ------------------------------------------------------------------
 oem_pki
 expect "guardianctl init (store = postgresql)" 0 "" -- "$CTL" init --out guardian.pem
-[ "$(pg_psql -c 'SELECT version FROM guardian_schema')" = 8 ] && ok "schema version 8 on the server" ||
+[ "$(pg_psql -c 'SELECT version FROM guardian_schema')" = 9 ] && ok "schema version 9 on the server" ||
     ko "schema version $(pg_psql -c 'SELECT version FROM guardian_schema')"
 [ ! -e state/guardian.db ] && ok "no SQLite file in the state directory" || ko "state/guardian.db exists"
 expect "enroll-oem" 0 "" -- "$CTL" enroll-oem root.pem --oem-id ACME --yes

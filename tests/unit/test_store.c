@@ -408,7 +408,7 @@ static void test_open_reopen_file(void **state)
     assert_int_equal(reserve(st, "dev-1", NOW, &serial), CKR_OK);
     guardian_store_close(st);
 
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 9);
 
     /* Reopen twice: the migration is not applied again, the data is there. */
     for (int round = 0; round < 2; round++) {
@@ -420,7 +420,7 @@ static void test_open_reopen_file(void **state)
         assert_int_equal(read_trail(st, t), CKR_OK);
         assert_int_equal(t->count, 2);
         guardian_store_close(st);
-        assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
+        assert_int_equal(query_int(&d, "PRAGMA user_version"), 9);
         assert_int_equal(query_int(&d, "SELECT count(*) FROM sqlite_schema WHERE name = 'audit'"), 1);
     }
 
@@ -490,7 +490,7 @@ static void test_migration_failure_rolls_back(void **state)
     tamper(&d, "DROP TABLE audit");
     st = open_dir(&d);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 9);
     tmpdir_remove(&d);
 }
 
@@ -980,6 +980,54 @@ static const char vec8_enc[] =
 static const char vec8_hash[] = "bfe5790bfc13829d9e04fd77e434bd52e0b0362f5bac912fa222a417692c75f3";
 static const char vec9_hash[] = "e382200854cbeafe9500dac8e170f96d66d64f1005d8c3ca1321a1d7102cbc7d";
 
+/* Record 10: encoding 3 (GDAUDIT3), RESERVE of serial 9 by "alice" on the
+ * Guardian whose certificate's SHA-256 is 00 01 .. 1f, after record 9.
+ * Computed independently of audit.c from docs/audit-format.md (Python). */
+static const char vec10_enc[] =
+    "4744415544495433000000000000000a00000002000000006553f4200000000461636d650000000873656e736f722d310000000000000009"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "000000000000000000000005616c69636500000020000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1fe38220"
+    "0854cbeafe9500dac8e170f96d66d64f1005d8c3ca1321a1d7102cbc7d";
+static const char vec10_hash[] = "5b31836a3fb8abecc671f97f8befa859c636f6e702b9af6db5c35404d8dab581";
+
+static void test_audit_encoding_3_vector(void)
+{
+    struct guardian_audit_record r;
+    uint8_t buf[GUARDIAN_AUDIT_ENCODING_MAX], enc[197], h[GUARDIAN_HASH_LEN], want[GUARDIAN_HASH_LEN];
+
+    memset(&r, 0, sizeof(r));
+    r.encoding = GUARDIAN_AUDIT_ENCODING_3;
+    r.seq = 10;
+    r.type = GUARDIAN_AUDIT_RESERVE;
+    r.time = 1700000800;
+    strcpy(r.oem_id, "acme");
+    strcpy(r.product_id, "sensor-1");
+    r.serial = 9;
+    strcpy(r.operator_name, "alice");
+    for (int i = 0; i < GUARDIAN_HASH_LEN; i++)
+        r.guardian[i] = (uint8_t)i;
+    r.guardian_len = GUARDIAN_HASH_LEN;
+    hex_to_bytes(vec9_hash, r.prev_hash, sizeof(r.prev_hash));
+    hex_to_bytes(vec10_enc, enc, sizeof(enc));
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), sizeof(enc));
+    assert_memory_equal(buf, enc, sizeof(enc));
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+    hex_to_bytes(vec10_hash, want, sizeof(want));
+    assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
+    /* The Guardian is covered: another one, or none, hashes otherwise. */
+    r.guardian[31] ^= 1;
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+    assert_memory_not_equal(h, want, GUARDIAN_HASH_LEN);
+    r.guardian_len = 0;
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), sizeof(enc) - GUARDIAN_HASH_LEN);
+    assert_int_equal(guardian_audit_hash(&r, h), CKR_OK);
+    assert_memory_not_equal(h, want, GUARDIAN_HASH_LEN);
+    /* ... and so is the encoding: the same fields in encoding 2 differ. */
+    r.encoding = GUARDIAN_AUDIT_ENCODING_2;
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), sizeof(enc) - GUARDIAN_HASH_LEN - 4);
+    assert_memory_equal(buf, "GDAUDIT2", 8);
+}
+
 static void test_audit_encoding_2_vectors(const uint8_t hash4[GUARDIAN_HASH_LEN])
 {
     struct guardian_audit_record r;
@@ -1144,18 +1192,28 @@ static void test_audit_encoding_vectors(void **state)
         assert_memory_equal(h, want, GUARDIAN_HASH_LEN);
     }
 
-    /* Records 5..9: encoding 2, with the operator (docs/audit-format.md). */
+    /* Records 5..9: encoding 2, with the operator (docs/audit-format.md);
+     * record 10: encoding 3, with the Guardian. */
     test_audit_encoding_2_vectors(want);
+    test_audit_encoding_3_vector();
 
     /* Largest record: 396 bytes in encoding 1, 432 in encoding 2 (a 32-byte
-     * operator).  Negative time is two's complement. */
+     * operator), 468 in encoding 3 (and the Guardian).  Negative time is
+     * two's complement. */
     memset(&r, 0, sizeof(r));
     r.encoding = GUARDIAN_AUDIT_ENCODING_2;
     memset(r.oem_id, 'o', GUARDIAN_ID_MAX);
     memset(r.product_id, 'p', GUARDIAN_ID_MAX);
     memset(r.operator_name, 'q', GUARDIAN_OPERATOR_MAX);
     r.device_id_len = GUARDIAN_DEVICE_ID_MAX;
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 432);
+    r.guardian_len = GUARDIAN_HASH_LEN; /* encoding 2 has no Guardian */
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
+    r.encoding = GUARDIAN_AUDIT_ENCODING_3;
     assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), GUARDIAN_AUDIT_ENCODING_MAX);
+    assert_int_equal(GUARDIAN_AUDIT_ENCODING_MAX, 468);
+    r.guardian_len = 31; /* one digest or none */
+    assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
     memset(&r, 0, sizeof(r));
     r.encoding = GUARDIAN_AUDIT_ENCODING_1;
     memset(r.oem_id, 'o', GUARDIAN_ID_MAX);
@@ -1180,7 +1238,7 @@ static void test_audit_encoding_vectors(void **state)
     vector_record(1, &r, zero);
     r.encoding = 0;
     assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
-    r.encoding = 3;
+    r.encoding = 4;
     assert_int_equal(guardian_audit_encode(&r, buf, sizeof(buf)), 0);
     /* Encoding 1 cannot carry an operator, nor a CREDENTIAL record: the
      * field would not be covered by the hash. */
@@ -1650,7 +1708,7 @@ static void test_concurrent_fresh_open(void **state)
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
     }
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 9);
     st = open_dir(&d);
     for (int i = 0; i < FRESH_PROCS; i++) {
         char product[16];
@@ -2638,7 +2696,7 @@ static void test_journal_parser(void **state)
     (void)state;
 
     len = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3, small_cert,
-                                  sizeof(small_cert), "");
+                                  sizeof(small_cert), "", NULL);
     assert_int_equal(len, 8 + 21 + 4 + 8 + 3 + sizeof(small_cert) + 32);
     assert_memory_equal(buf, "GDJ1", 4); /* no operator: the format of before, byte for byte */
     assert_int_equal(guardian_journal_parse(buf, len, &r, &used), GUARDIAN_JOURNAL_OK);
@@ -2653,14 +2711,14 @@ static void test_journal_parser(void **state)
     for (size_t cut = 0; cut < len; cut++)
         assert_int_equal(guardian_journal_parse(buf, cut, &r, &used), GUARDIAN_JOURNAL_SHORT);
     assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
-                                             small_cert, sizeof(small_cert), NULL),
+                                             small_cert, sizeof(small_cert), NULL, NULL),
                      len); /* NULL: no operator either */
 
     /* With an operator: GDJ2, one more field; the round trip keeps it. */
     {
         uint8_t again[GUARDIAN_JOURNAL_RECORD_MAX];
         size_t len2 = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
-                                              small_cert, sizeof(small_cert), "alice.b");
+                                              small_cert, sizeof(small_cert), "alice.b", NULL);
         assert_int_equal(len2, len + 1 + 7);
         assert_memory_equal(buf, "GDJ2", 4);
         assert_int_equal(guardian_journal_parse(buf, len2, &r, &used), GUARDIAN_JOURNAL_OK);
@@ -2669,32 +2727,71 @@ static void test_journal_parser(void **state)
         assert_int_equal(r.serial, 7);
         assert_int_equal(r.cert_len, sizeof(small_cert));
         assert_int_equal(guardian_journal_encode(again, sizeof(again), r.oem_id, r.product_id, r.serial, r.time,
-                                                 r.device_id, r.device_id_len, r.cert, r.cert_len, r.operator_name),
+                                                 r.device_id, r.device_id_len, r.cert, r.cert_len, r.operator_name,
+                                                 r.has_guardian ? r.guardian : NULL),
                          len2);
         assert_memory_equal(again, buf, len2);
         for (size_t cut = 0; cut < len2; cut++)
             assert_int_equal(guardian_journal_parse(buf, cut, &r, &used), GUARDIAN_JOURNAL_SHORT);
         /* The longest operator; one byte more, or outside the syntax, is refused. */
         assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
-                                                 small_cert, sizeof(small_cert), "abcdefghijklmnopqrstuvwxyz012345"),
+                                                 small_cert, sizeof(small_cert), "abcdefghijklmnopqrstuvwxyz012345", NULL),
                          len + 1 + 32);
         assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
-                                                 small_cert, sizeof(small_cert), "abcdefghijklmnopqrstuvwxyz0123456"),
+                                                 small_cert, sizeof(small_cert), "abcdefghijklmnopqrstuvwxyz0123456", NULL),
                          0);
         assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
-                                                 small_cert, sizeof(small_cert), "Alice"),
+                                                 small_cert, sizeof(small_cert), "Alice", NULL),
                          0);
         /* A GDJ2 record whose operator is not a name, hash recomputed: refused. */
         len2 = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3, small_cert,
-                                       sizeof(small_cert), "alice");
+                                       sizeof(small_cert), "alice", NULL);
         buf[len2 - 32 - 5] = 'A';
         assert_int_equal(EVP_Digest(buf + 8, len2 - 8 - 32, buf + len2 - 32, NULL, EVP_sha256(), NULL), 1);
         assert_int_equal(guardian_journal_parse(buf, len2, &r, &used), GUARDIAN_JOURNAL_BAD);
         /* ... and a GDJ1 body relabelled GDJ2 (no operator field): refused. */
         len2 = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3, small_cert,
-                                       sizeof(small_cert), "");
+                                       sizeof(small_cert), "", NULL);
         memcpy(buf, "GDJ2", 4);
         assert_int_equal(guardian_journal_parse(buf, len2, &r, &used), GUARDIAN_JOURNAL_BAD);
+    }
+    /* With the Guardian: GDJ3, the operator's length (its bytes may be none)
+     * and 32 bytes; the round trip keeps both. */
+    {
+        static const uint8_t g[GUARDIAN_HASH_LEN] = {0xab, 1, 2, 3, [31] = 0xcd};
+        uint8_t again[GUARDIAN_JOURNAL_RECORD_MAX];
+        size_t len3 = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3,
+                                              small_cert, sizeof(small_cert), "", g);
+        assert_int_equal(len3, len + 1 + 32);
+        assert_memory_equal(buf, "GDJ3", 4);
+        assert_int_equal(guardian_journal_parse(buf, len3, &r, &used), GUARDIAN_JOURNAL_OK);
+        assert_true(r.has_guardian);
+        assert_memory_equal(r.guardian, g, sizeof(g));
+        assert_string_equal(r.operator_name, "");
+        for (size_t cut = 0; cut < len3; cut++)
+            assert_int_equal(guardian_journal_parse(buf, cut, &r, &used), GUARDIAN_JOURNAL_SHORT);
+        len3 = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3, small_cert,
+                                       sizeof(small_cert), "bob", g);
+        assert_int_equal(len3, len + 1 + 3 + 32);
+        assert_int_equal(guardian_journal_parse(buf, len3, &r, &used), GUARDIAN_JOURNAL_OK);
+        assert_string_equal(r.operator_name, "bob");
+        assert_memory_equal(r.guardian, g, sizeof(g));
+        assert_int_equal(guardian_journal_encode(again, sizeof(again), r.oem_id, r.product_id, r.serial, r.time,
+                                                 r.device_id, r.device_id_len, r.cert, r.cert_len, r.operator_name,
+                                                 r.guardian),
+                         len3);
+        assert_memory_equal(again, buf, len3);
+        /* A GDJ2 record relabelled GDJ3 (no Guardian): refused; and a GDJ3
+         * record one Guardian byte short, hash recomputed: refused. */
+        len3 = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3, small_cert,
+                                       sizeof(small_cert), "bob", NULL);
+        memcpy(buf, "GDJ3", 4);
+        assert_int_equal(guardian_journal_parse(buf, len3, &r, &used), GUARDIAN_JOURNAL_BAD);
+        len3 = guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 7, -1, (const uint8_t *)"dev", 3, small_cert,
+                                       sizeof(small_cert), "bob", g);
+        buf[7]--; /* body one byte shorter: the last Guardian byte becomes the hash's first */
+        assert_int_equal(EVP_Digest(buf + 8, len3 - 8 - 33, buf + len3 - 33, NULL, EVP_sha256(), NULL), 1);
+        assert_int_equal(guardian_journal_parse(buf, len3 - 1, &r, &used), GUARDIAN_JOURNAL_BAD);
     }
     /* Bodies of 0..24 bytes (GDJ1), 0..26 (GDJ2) with a matching SHA-256:
      * refused as invalid. */
@@ -2715,13 +2812,13 @@ static void test_journal_parser(void **state)
     }
     /* Out of range on the way in. */
     assert_int_equal(guardian_journal_encode(buf, sizeof(buf), OEM, PRODUCT, 0, 0, (const uint8_t *)"d", 1,
-                                             small_cert, sizeof(small_cert), ""),
+                                             small_cert, sizeof(small_cert), "", NULL),
                      0);
     assert_int_equal(guardian_journal_encode(buf, sizeof(buf), "", PRODUCT, 1, 0, (const uint8_t *)"d", 1, small_cert,
-                                             sizeof(small_cert), ""),
+                                             sizeof(small_cert), "", NULL),
                      0);
     assert_int_equal(guardian_journal_encode(buf, 10, OEM, PRODUCT, 1, 0, (const uint8_t *)"d", 1, small_cert,
-                                             sizeof(small_cert), ""),
+                                             sizeof(small_cert), "", NULL),
                      0);
 }
 
@@ -2752,7 +2849,7 @@ static void assert_export_record(const struct trail *t, size_t i, const char *oe
     assert_true(i < t->count);
     r = &t->rec[i];
     assert_int_equal(r->type, GUARDIAN_AUDIT_EXPORT);
-    assert_int_equal(r->encoding, GUARDIAN_AUDIT_ENCODING_2);
+    assert_int_equal(r->encoding, GUARDIAN_AUDIT_ENCODING_3);
     assert_int_equal(r->seq, i + 1);
     assert_int_equal(r->serial, i);
     assert_string_equal(r->oem_id, oem);
@@ -2873,7 +2970,7 @@ static void test_export_after_journal(void **state)
     assert_int_equal(read_trail(st, t), CKR_OK);
     assert_int_equal(t->count, 5);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 7 AND encoding = 2"), 1);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE type = 7 AND encoding = 3"), 1);
     tmpdir_remove(&d);
     free(t);
 }
@@ -2906,7 +3003,7 @@ static void assert_credential_record(const struct trail *t, size_t i, int action
     assert_true(i < t->count);
     r = &t->rec[i];
     assert_int_equal(r->type, GUARDIAN_AUDIT_CREDENTIAL);
-    assert_int_equal(r->encoding, GUARDIAN_AUDIT_ENCODING_2);
+    assert_int_equal(r->encoding, GUARDIAN_AUDIT_ENCODING_3);
     assert_int_equal(r->serial, action);
     assert_int_equal(r->device_id_len, strlen(subject));
     assert_memory_equal(r->device_id, subject, strlen(subject));
@@ -3233,9 +3330,76 @@ static void test_credential_failures_durable(void **state)
 
 static void assert_operator(const struct guardian_audit_record *r, int type, const char *operator_name)
 {
-    if (r->type != type || strcmp(r->operator_name, operator_name) != 0 || r->encoding != GUARDIAN_AUDIT_ENCODING_2)
-        fail_msg("record %llu: type %d operator '%s' encoding %d, expected type %d operator '%s' encoding 2",
+    if (r->type != type || strcmp(r->operator_name, operator_name) != 0 || r->encoding != GUARDIAN_AUDIT_ENCODING_3)
+        fail_msg("record %llu: type %d operator '%s' encoding %d, expected type %d operator '%s' encoding 3",
                  (unsigned long long)r->seq, r->type, r->operator_name, r->encoding, type, operator_name);
+}
+
+/* ---- the Guardian in every record (encoding 3) ----------------------------------------------- */
+
+static void assert_guardian(const struct guardian_audit_record *r, int type, const uint8_t *g)
+{
+    if (r->type != type || r->encoding != GUARDIAN_AUDIT_ENCODING_3 ||
+        r->guardian_len != (g != NULL ? GUARDIAN_HASH_LEN : 0) ||
+        (g != NULL && memcmp(r->guardian, g, GUARDIAN_HASH_LEN) != 0))
+        fail_msg("record %llu: type %d encoding %d Guardian of %zu bytes (%02x..), expected type %d %s",
+                 (unsigned long long)r->seq, r->type, r->encoding, r->guardian_len, r->guardian[0], type,
+                 g != NULL ? "a given Guardian" : "none");
+}
+
+static void test_guardian_in_records(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    struct trail *t = trail_new();
+    struct guardian_package_info a = make_pkg(1, OEM, PRODUCT, 1, 20);
+    uint8_t g1[GUARDIAN_HASH_LEN], g2[GUARDIAN_HASH_LEN], got_g[GUARDIAN_HASH_LEN];
+    uint64_t first = 0, got = 0;
+    (void)state;
+
+    memset(g1, 0x11, sizeof(g1));
+    memset(g2, 0x22, sizeof(g2));
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    /* None set: records name none (a Guardian before its certificate). */
+    assert_false(guardian_store_guardian(st, got_g));
+    assert_int_equal(guardian_store_package_install(st, &a, NOW, NULL, NULL), CKR_OK);
+    guardian_store_set_guardian(st, g1);
+    assert_true(guardian_store_guardian(st, got_g));
+    assert_memory_equal(got_g, g1, sizeof(g1));
+    assert_int_equal(guardian_store_reserve_block(st, OEM, PRODUCT, a.package_id, NOW, 3, &first, &got), CKR_OK);
+    /* Issued on g1 into the journal, folded after g2 was set: names g1. */
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, first, (const uint8_t *)"dev-a", 5, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_OK);
+    guardian_store_set_guardian(st, g2);
+    assert_int_equal(guardian_store_issue(st, OEM, PRODUCT, first + 1, (const uint8_t *)"dev-b", 5, small_cert,
+                                          sizeof(small_cert)),
+                     CKR_OK);
+    assert_int_equal(guardian_store_flush(st), CKR_OK);
+    guardian_store_set_guardian(st, NULL);
+    assert_false(guardian_store_guardian(st, got_g));
+    assert_int_equal(guardian_store_release(st, OEM, PRODUCT, first + 2), CKR_OK);
+    assert_int_equal(read_trail(st, t), CKR_OK);
+    assert_int_equal(t->count, 7);
+    assert_guardian(&t->rec[0], GUARDIAN_AUDIT_IMPORT, NULL);
+    for (size_t i = 1; i <= 3; i++)
+        assert_guardian(&t->rec[i], GUARDIAN_AUDIT_RESERVE, g1);
+    assert_guardian(&t->rec[4], GUARDIAN_AUDIT_ISSUE, g1);
+    assert_guardian(&t->rec[5], GUARDIAN_AUDIT_ISSUE, g2);
+    assert_guardian(&t->rec[6], GUARDIAN_AUDIT_RELEASE, NULL);
+    /* The column holds what the hash covers; an edited Guardian breaks the
+     * chain. */
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE length(guardian) = 32"), 5);
+    guardian_store_close(st);
+    tamper(&d, "UPDATE audit SET guardian = X'0000000000000000000000000000000000000000000000000000000000000000' "
+               "WHERE seq = 5");
+    st = open_dir(&d);
+    assert_int_equal(read_trail(st, t), CKR_GUARDIAN_AUDIT_CORRUPT);
+    guardian_store_close(st);
+    assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE encoding = 3"), 7);
+    tmpdir_remove(&d);
+    free(t);
 }
 
 static void test_operator_in_records(void **state)
@@ -3582,7 +3746,7 @@ static void make_v3_state(const struct tmpdir *d, struct guardian_audit_record r
     {
         uint8_t buf[GUARDIAN_JOURNAL_RECORD_MAX];
         size_t len = guardian_journal_encode(buf, sizeof(buf), "acme", "sensor-1", 2, 1700000160,
-                                             (const uint8_t *)"DEV-0002", 8, small_cert, sizeof(small_cert), NULL);
+                                             (const uint8_t *)"DEV-0002", 8, small_cert, sizeof(small_cert), NULL, NULL);
         FILE *f;
         assert_memory_equal(buf, "GDJ1", 4);
         snprintf(path, sizeof(path), "%s/issued-1-1700000000000000000.journal", d->path);
@@ -3610,10 +3774,10 @@ static void test_migration_from_v3(void **state)
     make_v3_state(&d, v3);
     assert_int_equal(query_int(&d, "PRAGMA user_version"), 3);
     st = open_dir(&d);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 9);
     assert_int_equal(query_int(&d, "SELECT count(*) FROM audit WHERE encoding = 1 AND operator = ''"), 4);
     /* The old records verify as they were, and the journal of the process
-     * the old module left behind folds into an encoding 2 ISSUE (no operator). */
+     * the old module left behind folds into an encoding 3 ISSUE (no operator, no Guardian). */
     assert_int_equal(read_trail(st, t), CKR_OK);
     assert_int_equal(t->count, 5);
     for (int i = 0; i < 4; i++) {
@@ -3626,7 +3790,7 @@ static void test_migration_from_v3(void **state)
     assert_operator(&t->rec[4], GUARDIAN_AUDIT_ISSUE, "");
     assert_int_equal(t->rec[4].serial, 2);
     assert_memory_equal(t->rec[4].prev_hash, v3[3].hash, GUARDIAN_HASH_LEN);
-    /* New records continue the chain in encoding 2, with their operator. */
+    /* New records continue the chain in encoding 3, with their operator. */
     guardian_store_set_operator(st, "so");
     assert_int_equal(guardian_store_credential_put(st, &c, GUARDIAN_CREDENTIAL_USER_SET, NULL), CKR_OK);
     guardian_store_set_operator(st, "alice");
@@ -3854,7 +4018,7 @@ static void test_migration_5_to_6(void **state)
     assert_int_equal(query_int(&d, "PRAGMA user_version"), 5);
 
     st = open_dir(&d);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 9);
     assert_int_equal(query_int(&d, "SELECT count(*) FROM devices"), 2);
     expect_device(st, "M-1", true, first, 1, 0);
     expect_device(st, "M-2", true, first + 1, 2, 0);
@@ -4099,21 +4263,23 @@ static void test_pg_schema(void **state)
     st = open_dir(&d);
     assert_int_equal(install(st, 1, OEM, PRODUCT, 1, 3), CKR_OK);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 9);
     tamper(&d, "DROP TABLE package_members; PRAGMA user_version = 7");
     st = open_dir(&d);
     guardian_store_close(st);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 8);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 9);
     assert_int_equal(query_int(&d, "SELECT count(*) FROM package_members"), 0);
     tamper(&d, "PRAGMA user_version = 6");
     assert_int_equal(guardian_store_open(d.path, &st), CKR_GUARDIAN_STORE_FAILED);
-    tamper(&d, "PRAGMA user_version = 9");
+    tamper(&d, "PRAGMA user_version = 10");
     assert_int_equal(guardian_store_open(d.path, &st), CKR_GUARDIAN_STORE_FAILED);
-    assert_int_equal(query_int(&d, "PRAGMA user_version"), 9);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 10);
+    /* 8 -> 9 again on a table that has the column: the step is idempotent. */
     tamper(&d, "PRAGMA user_version = 8");
     st = open_dir(&d);
     assert_int_equal(guardian_store_audit_each(st, audit_ignore, NULL), CKR_OK);
     guardian_store_close(st);
+    assert_int_equal(query_int(&d, "PRAGMA user_version"), 9);
     tmpdir_remove(&d);
 }
 
@@ -4258,6 +4424,7 @@ int main(void)
         cmocka_unit_test(test_credential_arguments),
         cmocka_unit_test(test_credential_failures_durable),
         cmocka_unit_test(test_operator_in_records),
+        cmocka_unit_test(test_guardian_in_records),
 #ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_operator_threads),
 #endif
