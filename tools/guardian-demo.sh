@@ -46,8 +46,9 @@
 # parallel, each asking for the whole allowance, until it is spent (the
 # first to find it exhausted stops with CKR_GUARDIAN_QUOTA_EXHAUSTED); then
 # ONE audit export of the shared trail, the OEM's verify-report and openssl
-# verify of every certificate. Units per station are counted from the
-# certificate files (the report does not show units per Guardian yet). The
+# verify of every certificate. Units per station are read from the OEM's
+# verify-report (every record names the Guardian that wrote it) and checked
+# against each station's certificate files. The
 # server is stopped at the end, whatever happened. --stations above 1 needs
 # --store postgresql: SQLite's state is one file in one station's state
 # directory, and each station here is a Guardian with its own.
@@ -518,7 +519,7 @@ stations_up() {
 # The rest of the story, after the OEM PKI (step 2).
 stations_story() {
     local n gcerts=() pids=() short=() rc out total=0 verified bad=0
-    made=() share=()
+    made=() share=() reported=()
     step "3. Each station's Security Officer enrols the OEM root"
     for n in $(seq "$stations"); do
         st_ctl "$n" enroll-oem "$work/acme-root.pem" --oem-id ACME --yes >"$work/st$n/enrol.out" 2>&1 ||
@@ -593,9 +594,24 @@ stations_story() {
         "JOIN records: $(grep -c '^record [0-9]* JOIN ' "$work/audit-report.txt" || true)"
 
     step "8. OEM side, offline: verify the report"
+    rc=0
     wrap verify-report "$work/audit-report.txt" --guardian "$gpem" --ca-chain "$oem/production-ca.pem" \
-        --root "$oem/root.pem" 2>&1 | sed 's/^/  /'
-    [ "${PIPESTATUS[0]}" = 0 ] || die "verify-report failed"
+        --root "$oem/root.pem" >"$work/verify-report.out" 2>&1 || rc=$?
+    sed 's/^/  /' "$work/verify-report.out"
+    [ "$rc" = 0 ] || die "verify-report failed"
+    # Units per Guardian, as the report says them: a member line of the group
+    # package (", issued K"), or for one station its "issued by Guardian" line.
+    for n in $(seq "$stations"); do
+        gd=$(openssl x509 -in "$work/st$n/guardian.pem" -outform DER | sha256sum | cut -c1-64)
+        if [ "$stations" = 1 ]; then
+            reported[n]=$(grep -o "issued by Guardian: sha256:$gd [0-9]*" "$work/verify-report.out" | awk '{print $NF}')
+        else
+            reported[n]=$(grep -o "member sha256:$gd [a-z]* (record [0-9]*), issued [0-9]*" "$work/verify-report.out" |
+                awk '{print $NF}')
+        fi
+        [ "${reported[n]:-0}" = "${made[n]:-0}" ] ||
+            die "station $n: the report says ${reported[n]:-nothing} units for its Guardian, its files ${made[n]:-0}"
+    done
 
     step "9. openssl verify of every certificate against the OEM root"
     for n in $(seq "$stations"); do
@@ -616,11 +632,10 @@ stations_story() {
     fi
     echo "  package:   ACME/SENSOR-1 release 1, $units units: imported by each station once"
     for n in $(seq "$stations"); do
-        echo "  station $n: ${made[n]} units (counted from its certificate files)"
+        echo "  station $n: ${made[n]} units in the OEM's report (its Guardian's records), = its certificate files"
     done
     echo "  produced:  $total device certificates = $units authorised, all verify up to the OEM root"
-    echo "  audit:     one signed report of the shared trail, verified by the OEM"
-    echo "             (units per Guardian in the report itself: not built yet, counted from the files above)"
+    echo "  audit:     one signed report of the shared trail, verified by the OEM; every record names its Guardian"
 }
 
 # The Guardian's own credentials (docs/service-mode.md): the Security Officer

@@ -37,8 +37,12 @@ files=$(find "$d"/certs/st1 "$d"/certs/st2 "$d"/certs/st3 -name '*.pem' 2>/dev/n
     ko "$files certificates for $units units"
 for n in 1 2 3; do
     c=$(find "$d/certs/st$n" -name '*.pem' 2>/dev/null | wc -l)
-    grep -Eq "^  station $n: $c units \(counted from its certificate files\)" "$work/demo.out" &&
-        ok "station $n's count in the summary ($c) is its files'" || ko "station $n: $c files, summary says otherwise"
+    grep -Eq "^  station $n: $c units in the OEM's report \(its Guardian's records\), = its certificate files" \
+        "$work/demo.out" && ok "station $n: the report's units for its Guardian ($c) are its files'" ||
+        ko "station $n: $c files, the summary says otherwise"
+    gd=$(openssl x509 -in "$d/st$n/guardian.pem" -outform DER | sha256sum | cut -c1-64)
+    r=$(grep -c "^record [0-9]* ISSUE .* $gd [0-9a-f]\{64\} [0-9a-f]\{64\}$" "$d/audit-report.txt")
+    [ "$r" = "$c" ] && ok "station $n: $r ISSUE records name its Guardian" || ko "station $n: $r ISSUE records name it, $c files"
 done
 bad=$(find "$d/certs" -name '*.pem' -print0 | xargs -0 openssl verify -CAfile "$d/oem/root.pem" \
     -untrusted "$d/oem/production-ca.pem" 2>&1 | grep -vc ': OK$')
