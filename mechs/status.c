@@ -14,7 +14,8 @@
  * seconds (the running lines' rate, which guardianctl status turns into an
  * ETA: the trail is where every process's certificates meet).  It holds no secret:
  * paths, counts, the chain head's hash (which every audit report carries) and
- * words; no credential's name, salt or hash.
+ * words; no credential's name, salt or hash; the store's server by host, port
+ * and database only (guardian_store_location), never its password.
  *
  * The output: a session CKO_DATA object "guardian-output:status" whose
  * CKA_VALUE is text, one "key=value" per line, in the order and with the
@@ -39,8 +40,10 @@
 /* 2 adds records_export (EXPORT records: version 1 counted them as records_other).
  * 3 adds now, rate_window and issued_recent.OEM/PRODUCT (the running lines' rate),
  * records_retire (RETIRE records: retired production CA keys), and
- * records_outcome and records_reissue (schema 6). */
-#define STATUS_VERSION 3
+ * records_outcome and records_reissue (schema 6).
+ * 4 adds store and store_location (which store: SQLite's file, or the
+ * PostgreSQL server by host, port and database, never its password). */
+#define STATUS_VERSION 4
 /* The window of the running lines' rate: ISSUE records dated in the last
  * RATE_WINDOW_S seconds of the module's clock, per product. */
 #define RATE_WINDOW_S 60
@@ -153,6 +156,7 @@ static CK_RV status(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
                     const struct guardian_request *rq, CK_OBJECT_HANDLE *out)
 {
     const struct guardian_config *cfg = guardian_state_config();
+    char location[PATH_MAX + 32];
     struct counts c;
     struct text *t = NULL; /* 16 KiB: not on a PKCS#11 caller's stack */
     enum guardian_anchor_state anchor = GUARDIAN_ANCHOR_ABSENT;
@@ -188,6 +192,9 @@ static CK_RV status(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_SESSION_
     add_path(t, "backend", cfg->backend);
     add_path(t, "configuration", cfg->source);
     add_path(t, "state_dir", cfg->state_dir);
+    add(t, "store=%s\n", guardian_store_engine_name(st));
+    guardian_store_location(st, location, sizeof(location));
+    add_path(t, "store_location", location);
     add(t, "audit_chain=%s\n", chain == CKR_OK ? "ok" : "corrupt");
     add(t, "audit_records=%llu\n", (unsigned long long)c.records);
     add(t, "audit_head_seq=%llu\n", (unsigned long long)c.head_seq);

@@ -99,6 +99,15 @@ CK_RV guardian_store_open_options(const char *dir, const struct guardian_store_o
 /* Whether this build has the PostgreSQL engine (GUARDIAN_WITH_POSTGRESQL). */
 bool guardian_store_engine_available(enum guardian_store_engine engine);
 void guardian_store_close(struct guardian_store *st);
+/* Which store this is, for the status (docs/vendor-interface.md, "The
+ * status"): the engine's name ("sqlite", "postgresql"), and where the state
+ * is: the database file (<dir>/guardian.db, ":memory:" for an in-memory
+ * store), or the server as "host=H port=P dbname=D" read from the connection
+ * string, "(default)" for a keyword it does not set.  Only those three
+ * keywords: the password cannot be in the string (refused at open) and no
+ * other keyword is repeated.  Truncated to cap; out is always terminated. */
+const char *guardian_store_engine_name(const struct guardian_store *st);
+void guardian_store_location(const struct guardian_store *st, char *out, size_t cap);
 
 /* ---- package registry ------------------------------------------------------ */
 

@@ -63,6 +63,18 @@ static int64_t status_now(const struct guardian_status *gs)
     return status_value(gs, "now", v, sizeof(v)) != NULL ? (int64_t)status_number(gs, "now") : (int64_t)time(NULL);
 }
 
+/* The store (status keys store, store_location): a module before version 4
+ * does not name it. */
+void print_status_store(const struct guardian_status *gs)
+{
+    char engine[32], where[PATH_MAX];
+    if (status_value(gs, "store", engine, sizeof(engine)) == NULL ||
+        status_value(gs, "store_location", where, sizeof(where)) == NULL)
+        printf("  store         (not reported: a module older than this guardianctl)\n");
+    else
+        printf("  store         %s (%s)\n", engine, where);
+}
+
 void print_status_products(const struct guardian_status *gs, const char *indent)
 {
     struct product *p;
@@ -159,7 +171,7 @@ static void status_json(const struct guardian_status *gs)
     CK_ULONG n_roots;
     struct product *p;
     size_t n;
-    char field[65], v[32];
+    char field[65], v[32], where[PATH_MAX];
     const char *code, *unsound = state_unsound(gs, &code);
     int64_t now = status_now(gs);
     unsigned long long window = 0;
@@ -186,6 +198,14 @@ static void status_json(const struct guardian_status *gs)
     ctl_json_string(&j, "library", gs->backend);
     ctl_json_string(&j, "configuration", gs->configuration);
     ctl_json_string(&j, "state_dir", gs->state_dir);
+    if (status_value(gs, "store", field, sizeof(field)) != NULL)
+        ctl_json_string(&j, "store", field);
+    else
+        ctl_json_null(&j, "store");
+    if (status_value(gs, "store_location", where, sizeof(where)) != NULL)
+        ctl_json_string(&j, "store_location", where);
+    else
+        ctl_json_null(&j, "store_location");
     json_probe(&j);
     ctl_json_close(&j);
 

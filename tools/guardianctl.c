@@ -1493,6 +1493,7 @@ void status_report(const struct guardian_status *s)
     printf("  library       %s\n", gs.backend);
     printf("  configuration %s\n", gs.configuration[0] ? gs.configuration : "(none: GUARDIAN_BACKEND from the environment)");
     printf("  state         %s\n", gs.state_dir);
+    print_status_store(&gs);
 
     printf("\nGuardian identity\n");
     cert = find_identity(CKO_CERTIFICATE);

@@ -162,6 +162,8 @@ int confirm(const char *question);
 int run_status(int argc, char **argv);
 void status_report(const struct guardian_status *gs); /* guardianctl.c: the human report, sound or not */
 void print_status_products(const struct guardian_status *gs, const char *indent);
+/* The status's "  store  ENGINE (LOCATION)" line (status version 4 on). */
+void print_status_store(const struct guardian_status *gs);
 /* The message and CKR name when the state grants nothing (store behind the
  * anchor, anchor not the Guardian's, chain broken); NULL when sound. */
 const char *state_unsound(const struct guardian_status *s, const char **code);

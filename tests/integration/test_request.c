@@ -1195,10 +1195,17 @@ static void test_status(void **st)
     /* A new Guardian: an empty trail, no anchor, no product; the paths are
      * the module's configuration (from the environment here). */
     status_in(s, text, sizeof(text));
-    assert_true(strncmp(text, "version=3\n", 10) == 0);
+    assert_true(strncmp(text, "version=4\n", 10) == 0);
     STATUS_IS(text, "backend", test_softhsm_path());
     STATUS_IS(text, "configuration", "");
     STATUS_IS(text, "state_dir", path("state"));
+    /* The store: SQLite by default, its file in the state directory. */
+    STATUS_IS(text, "store", "sqlite");
+    {
+        char db[PATH_MAX];
+        snprintf(db, sizeof(db), "%s/guardian.db", path("state"));
+        STATUS_IS(text, "store_location", db);
+    }
     STATUS_IS(text, "audit_chain", "ok");
     STATUS_IS(text, "audit_records", "0");
     STATUS_IS(text, "audit_head_seq", "0");

@@ -121,6 +121,8 @@ expect "status: the anchor agrees" 0 "anchor +the store agrees with the token's 
 expect "status: the state's products and units" 0 \
     "products +1 installed: 25 units authorised, 0 issued, 25 remaining" -- "$CTL" status
 expect "status: the backend and state from the module" 0 "state +$work/state$" -- "$CTL" status
+expect "status: the store, from the module: SQLite and its file" 0 "^  store +sqlite \($work/state/guardian.db\)$" -- \
+    "$CTL" status
 if nm "$CTL" 2>/dev/null | grep -Eq ' [TtUu] (guardian_store_|guardian_config_|sqlite3_)'; then
     ko "guardianctl links no store, configuration or SQLite code"
 else

@@ -152,6 +152,7 @@ rc=$?
 schema "status --json: token, backend with its protections, identity, roots, state, products with rate" status.json \
     'time_pair(o, "time") and o["token"]["label"] == "json" and uint(o["token"]["flags"])
      and o["backend"]["library"].endswith(".so") and len(o["backend"]["protections"]) > 0
+     and o["backend"]["store"] == "sqlite" and o["backend"]["store_location"] == o["backend"]["state_dir"] + "/guardian.db"
      and all(set(p) == {"name", "verdict", "ckr", "what"} for p in o["backend"]["protections"])
      and len(o["identity"]["certificate"]["sha256"]) == 64 and o["identity"]["signing_key"] is True
      and o["oem_roots"][0]["oem_ids"] == ["ACME"]

@@ -286,6 +286,8 @@ expect_rc "status with the service running: as installed, the token through the 
 export P11_KIT_SERVER_ADDRESS=unix:path=$sock GUARDIAN_PIN=alice:$ALICE
 expect "the operator: guardianctl cert through the service" 0 "BEGIN CERTIFICATE" -- opctl cert
 expect "the operator: guardianctl status logged in as alice (service mode, the credentials)" 0 "service mode +yes: C_Login takes the Guardian.s own credentials" -- opctl status
+expect "the operator: status names the service's store, which the operator cannot read (below)" 0 \
+    "^  store +sqlite \($state/guardian.db\)$" -- opctl status
 expect "someone outside $ops: no token through the service" 1 "is the service running, and are you in its operators' group" -- \
     as "$other" env P11_KIT_SERVER_ADDRESS="$P11_KIT_SERVER_ADDRESS" "$CTL" --module "$CLIENT" --token gtest cert
 for f in "$conf/backend.pin" "$conf/backend-so.pin" "$tokens/softhsm2.conf" "$state/guardian.db"; do

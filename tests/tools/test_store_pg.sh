@@ -20,6 +20,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/testlib.sh"
 # shellcheck source=../lib/pg.sh
 . "$HERE/../lib/pg.sh"
+# shellcheck source=../lib/stations.sh
+. "$HERE/../lib/stations.sh"
 trap 'pg_down; [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
 cd "$work" || exit 1
 
@@ -90,16 +92,6 @@ bad=$(find run -name '*.pem' -print0 | xargs -0 openssl verify -CAfile root.pem 
 [ "$(issued SENSOR-1)" = 20 ] && [ "$(records SENSOR-1)" = 20 ] && ok "the server holds 20 issued, 20 ISSUE records" ||
     ko "server: issued $(issued SENSOR-1), records $(records SENSOR-1)"
 
-# Every certificate file has an ISSUE record with its SHA-256; no serial twice.
-check_recorded() {
-    local f d missing=0
-    pg_psql -c "SELECT encode(digest, 'hex') FROM audit WHERE type = 3" | sort >digests.txt
-    for f in $(find "$@" -name '*.pem'); do
-        d=$(openssl x509 -in "$f" -outform DER | sha256sum | cut -d' ' -f1)
-        grep -qx "$d" digests.txt || missing=$((missing + 1))
-    done
-    echo "$missing"
-}
 
 # ---- the server stopped in the middle of production -----------------------------------------
 "$CTL" provision --product ACME/SENSOR-1 --count 300 --prefix ST- --out stop >stop.out 2>&1 &
@@ -166,21 +158,8 @@ expect "an altered report is rejected" 1 "" -- "$W" verify-report altered.txt --
 # One group package for the three (guardian-wrap create --guardian-cert x3):
 # the first import records it, the others join it; 3 stations x 2 threads
 # race its 11 units and stop at exactly 11.
-station() { # N: this shell's environment for station N
-    export SOFTHSM2_CONF=$work/st$1/softhsm2.conf GUARDIAN_TOKEN=st$1 GUARDIAN_CONF=$work/st$1.conf
-}
-for n in 1 2 3; do
-    mkdir -p "$work/st$n" && mkdir -m 0700 "$work/st$n/state"
-    softhsm_token "$work/st$n" "st$n"
-    printf 'backend = %s\nstate_dir = %s\nlog_level = error\n%s\n%s\n%s\n' "$backend" "$work/st$n/state" "${PGOK[@]}" \
-        >"$work/st$n.conf"
-    station $n
-    "$CTL" init --out "st$n.pem" >/dev/null 2>&1 || ko "station $n: init"
-    "$CTL" enroll-oem root.pem --oem-id ACME --yes >/dev/null 2>&1 || ko "station $n: enroll-oem"
-done
-"$W" create --guardian-cert st1.pem --guardian-cert st2.pem --guardian-cert st3.pem --signer-key signer.key \
-    --signer-cert signer.pem --ca-key ca.key --ca-cert ca.pem --ca-chain root.pem --oem-id ACME --product-id LINES \
-    --release 1 --units 11 --not-after +10 --out LINES.gpk >/dev/null || ko "guardian-wrap create (a group of 3)"
+stations_make 3
+stations_package LINES 11 3
 for n in 1 2 3; do
     station $n
     expect "station $n imports the group package" 0 "" -- "$CTL" import LINES.gpk

@@ -393,6 +393,62 @@ static void test_open_arguments(void **state)
     guardian_store_close(NULL); /* harmless */
 }
 
+/* What the status names the store by (guardian_store_engine_name,
+ * guardian_store_location): SQLite's file, or the server by host, port and
+ * database only — never the password, nor another keyword of the string. */
+static void test_store_location(void **state)
+{
+    struct tmpdir d;
+    struct guardian_store *st;
+    char where[1024], want[1024];
+    (void)state;
+
+    tmpdir_make(&d);
+    st = open_dir(&d);
+    guardian_store_location(st, where, sizeof(where));
+#ifdef STORE_TEST_PG
+    assert_string_equal(guardian_store_engine_name(st), "postgresql");
+    /* pg_open_schema's string carries options='-csearch_path=...': not repeated */
+    snprintf(want, sizeof(want), "host=%s port=%s dbname=%s", getenv("PG_HOST"), getenv("PG_PORT"), getenv("PG_DB"));
+    assert_string_equal(where, want);
+    assert_null(strstr(where, "search_path"));
+    assert_null(strstr(where, pg_password));
+    guardian_store_close(st);
+    {
+        /* a URI, with no port: "(default)" for what it does not set */
+        struct guardian_store_options opt = {GUARDIAN_STORE_ENGINE_POSTGRESQL, want, pg_password};
+        char uri_host[512];
+        size_t o = 0;
+        for (const char *c = getenv("PG_HOST"); *c != '\0' && o + 4 < sizeof(uri_host); c++)
+            o += (size_t)snprintf(uri_host + o, sizeof(uri_host) - o, *c == '/' ? "%%2F" : "%c", *c);
+        snprintf(want, sizeof(want), "postgresql://%s@%s:%s/%s?application_name=x", getenv("PG_USER"), uri_host,
+                 getenv("PG_PORT"), getenv("PG_DB"));
+        assert_int_equal(guardian_store_open_options(NULL, &opt, &st), CKR_OK);
+        guardian_store_location(st, where, sizeof(where));
+        snprintf(want, sizeof(want), "host=%s port=%s dbname=%s", getenv("PG_HOST"), getenv("PG_PORT"),
+                 getenv("PG_DB"));
+        assert_string_equal(where, want);
+    }
+#else
+    assert_string_equal(guardian_store_engine_name(st), "sqlite");
+    snprintf(want, sizeof(want), "%s/guardian.db", d.path);
+    assert_string_equal(where, want);
+#endif
+    /* cut to the buffer, always terminated */
+    guardian_store_location(st, where, 8);
+    assert_int_equal(strlen(where), 7);
+    guardian_store_close(st);
+    st = open_memory();
+    guardian_store_location(st, where, sizeof(where));
+#ifndef STORE_TEST_PG
+    assert_string_equal(where, ":memory:");
+#else
+    assert_true(strncmp(where, "host=", 5) == 0);
+#endif
+    guardian_store_close(st);
+    tmpdir_remove(&d);
+}
+
 static void test_open_reopen_file(void **state)
 {
     struct tmpdir d;
@@ -4381,6 +4437,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_arguments),
+        cmocka_unit_test(test_store_location),
 #ifndef STORE_TEST_PG /* SQLite's files, migrations or SQL */
         cmocka_unit_test(test_open_reopen_file),
 #endif
