@@ -398,11 +398,12 @@ static CK_RV map_pg(struct guardian_store *st, const PGresult *res, const char *
 
 /* ---- the connection ------------------------------------------------------------------ */
 
-/* The server as the log names it, from the connection string (no password
- * can be in it: engine_open refuses one). */
-static void describe_server(struct store_db *d)
+/* The server a connection string names: host (or hostaddr), port and
+ * database, and with `with_user` the user; never another keyword (no
+ * password can be in it: engine_open refuses one, and none is shown). */
+static void server_of(const char *conninfo, bool with_user, char *out, size_t cap)
 {
-    PQconninfoOption *opts = PQconninfoParse(d->conninfo, NULL);
+    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
     const char *host = NULL, *port = NULL, *db = NULL, *user = NULL;
 
     for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
@@ -417,9 +418,22 @@ static void describe_server(struct store_db *d)
         else if (strcmp(o->keyword, "user") == 0)
             user = o->val;
     }
-    snprintf(d->server, sizeof(d->server), "host=%s port=%s dbname=%s user=%s", host != NULL ? host : "(default)",
-             port != NULL ? port : "(default)", db != NULL ? db : "(default)", user != NULL ? user : "(default)");
+    snprintf(out, cap, "host=%s port=%s dbname=%s%s%s", host != NULL ? host : "(default)",
+             port != NULL ? port : "(default)", db != NULL ? db : "(default)", with_user ? " user=" : "",
+             !with_user ? "" : user != NULL ? user : "(default)");
     PQconninfoFree(opts);
+}
+
+/* The server as the log names it. */
+static void describe_server(struct store_db *d)
+{
+    server_of(d->conninfo, true, d->server, sizeof(d->server));
+}
+
+/* guardianctl status: the server without the user. */
+static void pg_location(const struct guardian_store *st, char *out, size_t cap)
+{
+    server_of(st->conninfo, false, out, cap);
 }
 
 /* libpq's notices (e.g. "there is no transaction in progress") go to the log
@@ -1092,6 +1106,7 @@ static void pg_reader_done(struct guardian_store *st, struct store_stmt *s)
 }
 
 const struct engine_ops engine_pg_ops = {
+    .location = pg_location,
     .name = "postgresql",
     .usable = pg_usable,
     .open = pg_open,

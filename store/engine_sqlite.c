@@ -1095,7 +1095,16 @@ static void sq_reader_done(struct guardian_store *st, struct store_stmt *s)
     pthread_mutex_unlock(&st->read_lock);
 }
 
+static void sq_location(const struct guardian_store *st, char *out, size_t cap)
+{
+    if (st->dir[0] == '\0')
+        snprintf(out, cap, ":memory:");
+    else
+        snprintf(out, cap, "%s/guardian.db", st->dir);
+}
+
 const struct engine_ops engine_sqlite_ops = {
+    .location = sq_location,
     .name = "sqlite",
     .usable = sq_usable,
     .open = sq_open,

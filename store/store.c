@@ -31,9 +31,6 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
-#ifdef GUARDIAN_WITH_POSTGRESQL
-#include <libpq-fe.h>
-#endif
 
 /* Stores closed in a process that did not open them (after fork()): kept, not
  * freed, so that their memory stays reachable rather than leaked. */
@@ -210,32 +207,7 @@ void guardian_store_location(const struct guardian_store *st, char *out, size_t 
 {
     if (cap == 0)
         return;
-    if (st->ops == &engine_sqlite_ops) {
-        if (st->dir[0] == '\0')
-            snprintf(out, cap, ":memory:");
-        else
-            snprintf(out, cap, "%s/guardian.db", st->dir);
-        return;
-    }
-#ifdef GUARDIAN_WITH_POSTGRESQL
-    {
-        /* hostaddr stands for host when the string gives no host */
-        static const char *const wanted[] = {"host", "port", "dbname", "hostaddr"};
-        const char *val[4] = {NULL, NULL, NULL, NULL};
-        PQconninfoOption *opts = PQconninfoParse(st->conninfo, NULL);
-        for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++)
-            for (size_t i = 0; i < 4; i++)
-                if (o->val != NULL && strcmp(o->keyword, wanted[i]) == 0)
-                    val[i] = o->val;
-        if (val[0] == NULL)
-            val[0] = val[3];
-        snprintf(out, cap, "host=%s port=%s dbname=%s", val[0] != NULL ? val[0] : "(default)",
-                 val[1] != NULL ? val[1] : "(default)", val[2] != NULL ? val[2] : "(default)");
-        PQconninfoFree(opts);
-        return;
-    }
-#endif
-    snprintf(out, cap, "(unknown)");
+    st->ops->location(st, out, cap);
 }
 
 /* `memory`: no state directory (SQLite: an in-memory database; PostgreSQL:

@@ -228,6 +228,9 @@ struct engine_ops {
     CK_RV (*reader_device_get)(struct guardian_store *st, struct store_stmt **s, bool *found, const char *oem_id,
                                const char *product_id, const uint8_t *device_id, size_t device_id_len);
     void (*reader_done)(struct guardian_store *st, struct store_stmt *s);
+    /* Where the state is, for guardianctl status (guardian_store_location):
+     * never a credential. */
+    void (*location)(const struct guardian_store *st, char *out, size_t cap);
 };
 extern const struct engine_ops engine_sqlite_ops;
 extern const struct engine_ops engine_pg_ops; /* GUARDIAN_WITH_POSTGRESQL builds only */
