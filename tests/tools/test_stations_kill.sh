@@ -238,6 +238,19 @@ r_rem=$(sed -n 's/.*, remaining \([0-9]*\),.*/\1/p' <<<"$line")
     [ "$r_lost" = $((iss - recs)) ] && [ "$r_rem" = 0 ] &&
     ok "verify-report: issued $r_issued <= authorised $r_auth, reserved-not-issued $r_lost, remaining 0 (the server's figures)" ||
     ko "verify-report's figures: '$line'"
+# Which station issued what: every record names its Guardian, so the report's
+# per-member counts are each station's ISSUE records, and they add up.
+sum=0 per=""
+for n in 1 2 3; do
+    gd=$(openssl x509 -in "st$n.pem" -outform DER | sha256sum | cut -c1-64)
+    m=$(grep -o "member sha256:$gd [a-z]* (record [0-9]*), issued [0-9]*" <<<"$out" | awk '{print $NF}')
+    r=$(grep -c "^record [0-9]* ISSUE .* $gd [0-9a-f]\{64\} [0-9a-f]\{64\}$" report.txt)
+    [ -n "$m" ] && [ "$m" = "$r" ] && ok "station $n: verify-report credits its Guardian with its $r ISSUE records" ||
+        ko "station $n: verify-report says '$m', $r ISSUE records name its Guardian"
+    sum=$((sum + ${m:-0})) per="$per $n:${m:-?}"
+done
+[ "$sum" = "$recs" ] && ok "the members' units add up to the $recs issued (stations$per)" ||
+    ko "the members' units add up to $sum, $recs issued"
 
 # ---- guardianctl status names the store, never its password -------------------------------------
 for n in 1 2 3; do
