@@ -646,6 +646,24 @@ static bool slot_has_ec(struct import *im)
  * changes can be made; it then stays modifiable on the backend (the
  * module's policy refuses every change of it in any case: policy.c).  The
  * key is tracked (destroyed if the import fails) unless `kek`. */
+/* One C_UnwrapKey with template t, the result tracked (unless it is the KEK,
+ * which the caller destroys) and forgotten by the policy cache, then made
+ * sensitive and not extractable where the backend left it otherwise
+ * (sealed: CKR_GUARDIAN_KEY_NOT_SEALED where it cannot be). */
+static CK_RV unwrap_and_seal(struct import *im, CK_MECHANISM *m, CK_OBJECT_HANDLE with, CK_BYTE_PTR wrapped,
+                             CK_ULONG wrapped_len, const CK_ATTRIBUTE *t, CK_ULONG n, bool kek, const char *what,
+                             CK_OBJECT_HANDLE *out)
+{
+    CK_RV rv = im->be->C_UnwrapKey(im->session, m, with, wrapped, wrapped_len, (CK_ATTRIBUTE_PTR)t, n, out);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (!kek && (rv = track(im, *out)) != CKR_OK)
+        return rv;
+    guardian_policy_forget(*out);
+    return sealed(im, *out, what);
+}
+
 static CK_RV unwrap_sealed(struct import *im, CK_MECHANISM *m, CK_OBJECT_HANDLE with, CK_BYTE_PTR wrapped,
                            CK_ULONG wrapped_len, const CK_ATTRIBUTE *t, CK_ULONG n, bool kek, const char *what,
                            CK_OBJECT_HANDLE *out)
@@ -706,13 +724,7 @@ static CK_RV unwrap_sealed(struct import *im, CK_MECHANISM *m, CK_OBJECT_HANDLE 
         if (k < n)
             goto again;
     }
-    rv = im->be->C_UnwrapKey(im->session, m, with, wrapped, wrapped_len, (CK_ATTRIBUTE_PTR)t, n, out);
-    if (rv != CKR_OK)
-        return rv;
-    if (!kek && (rv = track(im, *out)) != CKR_OK)
-        return rv;
-    guardian_policy_forget(*out);
-    rv = sealed(im, *out, what);
+    rv = unwrap_and_seal(im, m, with, wrapped, wrapped_len, t, n, kek, what, out);
     if (rv != CKR_GUARDIAN_KEY_NOT_SEALED || k == n)
         return rv;
     im->be->C_DestroyObject(im->session, *out);
@@ -720,13 +732,7 @@ static CK_RV unwrap_sealed(struct import *im, CK_MECHANISM *m, CK_OBJECT_HANDLE 
         im->n_created--; /* the last tracked: this one */
     *out = CK_INVALID_HANDLE;
 again:
-    rv = im->be->C_UnwrapKey(im->session, m, with, wrapped, wrapped_len, again, k, out);
-    if (rv != CKR_OK)
-        return rv;
-    if (!kek && (rv = track(im, *out)) != CKR_OK)
-        return rv;
-    guardian_policy_forget(*out);
-    rv = sealed(im, *out, what);
+    rv = unwrap_and_seal(im, m, with, wrapped, wrapped_len, again, k, kek, what, out);
     if (rv == CKR_OK)
         guardian_info("unwrap", "%s was unwrapped modifiable so that the backend would let it be made sensitive "
                                 "and not extractable (the module refuses every change of it)", what);
