@@ -35,6 +35,7 @@
  * to 1,024 units, and an flock pair.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -54,8 +55,12 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static CK_OBJECT_HANDLE cached = CK_INVALID_HANDLE;
 /* guardian_anchor_bind: the slot whose Guardian the store names, and
  * whether that is still known (false after a forget: looked up again). */
-static CK_SLOT_ID bound_slot;
-static bool bound_known, bound_ever;
+/* bound_known and bound_slot are read without the lock on every call (the
+ * fast path of each certificate: two threads issuing must not queue on a
+ * mutex), written under it. */
+static _Atomic CK_SLOT_ID bound_slot;
+static atomic_bool bound_known;
+static bool bound_ever;
 
 static const char *ckr(CK_RV rv)
 {
@@ -67,39 +72,34 @@ void guardian_anchor_forget(void)
 {
     pthread_mutex_lock(&lock);
     cached = CK_INVALID_HANDLE;
-    bound_known = false; /* bound_ever stays: which slot the store names */
+    atomic_store(&bound_known, false); /* bound_ever stays: which slot the store names */
     pthread_mutex_unlock(&lock);
 }
 
 void guardian_anchor_forget_guardian(void)
 {
-    pthread_mutex_lock(&lock);
-    bound_known = false;
-    pthread_mutex_unlock(&lock);
+    atomic_store(&bound_known, false);
 }
 
 void guardian_anchor_atfork_child(void)
 {
     pthread_mutex_init(&lock, NULL);
     cached = CK_INVALID_HANDLE;
-    bound_known = bound_ever = false;
+    atomic_store(&bound_known, false);
+    bound_ever = false;
 }
 
-CK_RV guardian_anchor_bind(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st)
+CK_RV guardian_anchor_bind(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_SLOT_ID slot,
+                           struct guardian_store *st)
 {
-    CK_SESSION_INFO si;
     uint8_t fp[GUARDIAN_HASH_LEN], named[GUARDIAN_HASH_LEN];
     char fp_hex[2 * GUARDIAN_HASH_LEN + 1], named_hex[2 * GUARDIAN_HASH_LEN + 1];
     int found = 0;
-    CK_RV rv = be->C_GetSessionInfo(session, &si);
+    CK_RV rv;
 
-    if (rv != CKR_OK)
-        return rv;
-    pthread_mutex_lock(&lock);
-    if (bound_known && si.slotID == bound_slot) {
-        pthread_mutex_unlock(&lock);
+    if (atomic_load(&bound_known) && atomic_load(&bound_slot) == slot)
         return CKR_OK;
-    }
+    pthread_mutex_lock(&lock);
     rv = guardian_identity_fingerprint(be, session, fp, &found);
     if (rv != CKR_OK || !found)
         goto out; /* no certificate yet (before init): records name what they named */
@@ -108,21 +108,22 @@ CK_RV guardian_anchor_bind(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, stru
             snprintf(fp_hex + 2 * i, 3, "%02x", fp[i]);
             snprintf(named_hex + 2 * i, 3, "%02x", named[i]);
         }
-        if (!bound_ever || si.slotID != bound_slot) {
+        if (!bound_ever || slot != atomic_load(&bound_slot)) {
             guardian_error(LOG, "refused: this process works for Guardian sha256:%s already, and the token in slot "
                                 "%lu is Guardian sha256:%s: one process serves one Guardian (every record names "
                                 "it, and the state anchor is its token's); use a process per Guardian token",
-                           named_hex, (unsigned long)si.slotID, fp_hex);
+                           named_hex, (unsigned long)slot, fp_hex);
             rv = CKR_GUARDIAN_WRONG_GUARDIAN;
             goto out;
         }
         guardian_info(LOG, "the Guardian in slot %lu has a new certificate: records name sha256:%s from now on "
                            "(sha256:%s until now)",
-                      (unsigned long)si.slotID, fp_hex, named_hex);
+                      (unsigned long)slot, fp_hex, named_hex);
     }
     guardian_store_set_guardian(st, fp);
-    bound_slot = si.slotID;
-    bound_known = bound_ever = true;
+    atomic_store(&bound_slot, slot);
+    atomic_store(&bound_known, true);
+    bound_ever = true;
 out:
     pthread_mutex_unlock(&lock);
     return rv;

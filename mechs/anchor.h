@@ -52,9 +52,11 @@ CK_RV guardian_anchor_compare(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, s
  * refused (CKR_GUARDIAN_WRONG_GUARDIAN, a log line naming both), since its
  * records would name the wrong one and the token anchor is one per process;
  * the same token with a new certificate (initialised again) is named anew.
- * Cost: one C_GetSessionInfo while the slot is the one looked up last,
- * else one certificate lookup and SHA-256. */
-CK_RV guardian_anchor_bind(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, struct guardian_store *st);
+ * `slot`: the session's (the caller read its session info already).  Cost:
+ * two atomic loads while the slot is the one looked up last, else one
+ * certificate lookup and SHA-256. */
+CK_RV guardian_anchor_bind(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, CK_SLOT_ID slot,
+                           struct guardian_store *st);
 /* The token's certificate A may have changed (an identity request ran): the
  * next guardian_anchor_bind looks it up again. */
 void guardian_anchor_forget_guardian(void);

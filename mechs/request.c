@@ -129,7 +129,7 @@ CK_RV guardian_request_run(CK_FUNCTION_LIST *be, struct guardian_store *st, CK_S
         return CKR_SESSION_READ_ONLY;
     }
     /* The records it writes name this token's Guardian (anchor.c). */
-    rv = guardian_anchor_bind(be, session, st);
+    rv = guardian_anchor_bind(be, session, si.slotID, st);
     if (rv != CKR_OK)
         return rv;
     rv = t->run(be, st, session, &rq, out);

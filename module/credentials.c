@@ -512,7 +512,7 @@ static CK_RV service_login(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE s, CK_USER_TY
         goto out;
     /* The login's records (a failure counted, a lock) name this token's
      * Guardian, as every later one does (mechs/anchor.c). */
-    rv = guardian_anchor_bind(be, s, st);
+    rv = guardian_anchor_bind(be, s, si.slotID, st);
     if (rv != CKR_OK)
         goto out;
     rv = credential_verify(st, who == CKU_SO ? CKU_SO : CKU_USER, name, secret, secret_len);

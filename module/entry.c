@@ -219,7 +219,7 @@ static CK_RV entry_C_GetMechanismInfo_3_0(CK_SLOT_ID slot, CK_MECHANISM_TYPE typ
 /* A vendor mechanism is callable in `session` only where it is advertised:
  * CKR_MECHANISM_INVALID elsewhere, as for any mechanism a slot lacks. */
 static CK_RV mech_callable(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, const struct guardian_mech *m,
-                           const char *function)
+                           const char *function, CK_SLOT_ID *slot)
 {
     CK_SESSION_INFO si;
     CK_RV rv;
@@ -232,6 +232,7 @@ static CK_RV mech_callable(CK_FUNCTION_LIST *be, CK_SESSION_HANDLE session, cons
                       m->name, (unsigned long)si.slotID);
         return CKR_MECHANISM_INVALID;
     }
+    *slot = si.slotID;
     return CKR_OK;
 }
 
@@ -263,11 +264,12 @@ static CK_RV unwrap_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
     }
     {
         struct guardian_store *st = NULL;
-        CK_RV rv = mech_callable(be, session, m, "C_UnwrapKey");
+        CK_SLOT_ID slot = 0;
+        CK_RV rv = mech_callable(be, session, m, "C_UnwrapKey", &slot);
         if (rv == CKR_OK)
             rv = guardian_state_store(&st);
         if (rv == CKR_OK)
-            rv = guardian_anchor_bind(be, session, st);
+            rv = guardian_anchor_bind(be, session, slot, st);
         if (rv != CKR_OK)
             return rv;
         return m->unwrap(be, st, session, mech, unwrapping_key, wrapped, wrapped_len, templ, count, out);
@@ -308,11 +310,12 @@ static CK_RV derive_key(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJ
     }
     {
         struct guardian_store *st = NULL;
-        CK_RV rv = mech_callable(be, session, m, "C_DeriveKey");
+        CK_SLOT_ID slot = 0;
+        CK_RV rv = mech_callable(be, session, m, "C_DeriveKey", &slot);
         if (rv == CKR_OK)
             rv = guardian_state_store(&st);
         if (rv == CKR_OK)
-            rv = guardian_anchor_bind(be, session, st);
+            rv = guardian_anchor_bind(be, session, slot, st);
         if (rv != CKR_OK)
             return rv;
         return m->derive(be, st, session, mech, base_key, templ, count, out);
