@@ -135,13 +135,20 @@ rm -rf state && mv state.forged state
 # One process serves one Guardian: its records name it (and the state anchor
 # is its token's), so a request on a second Guardian's token in the same
 # process is refused; the same token again is the positive control.
+# PyKCS11's SWIG extension trips an ASan CHECK even with the runtime
+# preloaded (test_boundary.sh): under tests/run-all.sh's ASan build these two
+# run in the normal build only.
 ATK=$HERE/boundary_attacks.py
-expect "a second Guardian's token in one process is refused" 0 "REFUSED CKR_GUARDIAN_WRONG_GUARDIAN" -- \
-    /usr/bin/python3 "$ATK" "$M" g1 1234 second-guardian g2
-expect "... the same Guardian's token twice is not" 0 "ALLOWED a status request on g1" -- \
-    /usr/bin/python3 "$ATK" "$M" g1 1234 second-guardian g1
+if ldd "$M" 2>/dev/null | grep -q libasan; then
+    echo "SKIP the two-tokens-in-one-process checks (PyKCS11 under an ASan module; the normal build runs them)"
+else
+    expect "a second Guardian's token in one process is refused" 0 "REFUSED CKR_GUARDIAN_WRONG_GUARDIAN" -- \
+        /usr/bin/python3 "$ATK" "$M" g1 1234 second-guardian g2
+    expect "... the same Guardian's token twice is not" 0 "ALLOWED a status request on g1" -- \
+        /usr/bin/python3 "$ATK" "$M" g1 1234 second-guardian g1
+fi
 
- of the same product: not
+# The group trail against a one-Guardian package file of the same product: not
 # the file it imported; and a one-Guardian package for g1 still imports.
 "$W" "${cw[@]/GRP/SOLO}" --guardian-cert g1.pem --units 2 --out solo.gpk >/dev/null || ko "create solo"
 expect "a one-Guardian package for g1" 0 "remaining_units=2" -- as g1 "$CTL" import solo.gpk
