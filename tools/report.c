@@ -2305,50 +2305,53 @@ static void summary(struct vctx *v)
     size_t n_credentials = 0, n_exports = 0, *order = NULL;
     const struct rrec *own_export = NULL;
 
-    /* Units issued per operator and package: each ISSUE that settled its
-     * reservation (check_accounting) counts for the operator it names. */
-    /* Only records of encoding 2 name an operator: a report without one
-     * (made before operators were recorded) has no operator lines. */
-    if (v->serials != NULL && v->pkgs != NULL && v->n_pkgs > 0 && v->n_ops > OP_NOT_RECORDED + 1) {
-        by_op = calloc(v->n_pkgs * v->n_ops, sizeof(*by_op));
-        total = calloc(v->n_ops, sizeof(*total));
-        order = calloc(v->n_ops, sizeof(*order));
+    /* Units issued per operator and per Guardian, and per package: each
+     * ISSUE that settled its reservation (check_accounting) counts for the
+     * operator and the Guardian it names.  Only records of encoding 2 or 3
+     * name an operator (a report without one has no operator lines), only
+     * those of encoding 3 a Guardian. */
+    if (v->serials != NULL && v->pkgs != NULL && v->n_pkgs > 0) {
+        if (v->n_ops > OP_NOT_RECORDED + 1) {
+            by_op = calloc(v->n_pkgs * v->n_ops, sizeof(*by_op));
+            total = calloc(v->n_ops, sizeof(*total));
+            order = calloc(v->n_ops, sizeof(*order));
+        }
+        if (v->gds != NULL) {
+            by_gd = calloc(v->n_pkgs * v->n_gds, sizeof(*by_gd));
+            total_gd = calloc(v->n_gds, sizeof(*total_gd));
+        }
     }
-    if (by_op != NULL && total != NULL && order != NULL) {
+    if (by_op == NULL || total == NULL || order == NULL) {
+        free(by_op), free(total), free(order);
+        by_op = total = NULL;
+        order = NULL;
+    }
+    if (by_gd == NULL || total_gd == NULL) {
+        free(by_gd), free(total_gd);
+        by_gd = total_gd = NULL;
+    }
+    if (order != NULL) {
         for (size_t op = 0; op < v->n_ops; op++)
             order[op] = op;
         op_order_ctx = v;
         qsort(order, v->n_ops, sizeof(*order), op_order_cmp);
-        for (size_t i = 0; i < v->n_recs; i++) {
-            const struct rrec *r = &v->recs[i];
-            const struct rserial *sl;
-            if (r->type != GUARDIAN_AUDIT_ISSUE || (i > 0 && r->seq == v->recs[i - 1].seq))
-                continue;
-            sl = serial_slot(v, r->product, r->serial);
-            if (sl->state == S_ISSUED && sl->settled == i) {
-                by_op[sl->pkg * v->n_ops + r->op]++;
-                total[r->op]++;
-            }
+    }
+    for (size_t i = 0; (by_op != NULL || by_gd != NULL) && i < v->n_recs; i++) {
+        const struct rrec *r = &v->recs[i];
+        const struct rserial *sl;
+        if (r->type != GUARDIAN_AUDIT_ISSUE || (i > 0 && r->seq == v->recs[i - 1].seq))
+            continue;
+        sl = serial_slot(v, r->product, r->serial);
+        if (sl->state != S_ISSUED || sl->settled != i)
+            continue;
+        if (by_op != NULL) {
+            by_op[sl->pkg * v->n_ops + r->op]++;
+            total[r->op]++;
         }
-    }
-    /* Units issued per Guardian and package, likewise: each settling ISSUE
-     * counts for the Guardian it names (encoding 3). */
-    if (v->serials != NULL && v->pkgs != NULL && v->n_pkgs > 0 && v->gds != NULL) {
-        by_gd = calloc(v->n_pkgs * v->n_gds, sizeof(*by_gd));
-        total_gd = calloc(v->n_gds, sizeof(*total_gd));
-    }
-    if (by_gd != NULL && total_gd != NULL) {
-        for (size_t i = 0; i < v->n_recs; i++) {
-            const struct rrec *r = &v->recs[i];
-            const struct rserial *sl;
-            if (r->type != GUARDIAN_AUDIT_ISSUE || (i > 0 && r->seq == v->recs[i - 1].seq))
-                continue;
-            sl = serial_slot(v, r->product, r->serial);
-            if (sl->state == S_ISSUED && sl->settled == i) {
-                by_gd[sl->pkg * v->n_gds + r->gd]++;
-                total_gd[r->gd]++;
-                any_gd += r->gd != GD_NOT_RECORDED;
-            }
+        if (by_gd != NULL) {
+            by_gd[sl->pkg * v->n_gds + r->gd]++;
+            total_gd[r->gd]++;
+            any_gd += r->gd != GD_NOT_RECORDED;
         }
     }
     for (size_t i = 0; i < v->n_pkgs; i++) {
