@@ -78,8 +78,8 @@ struct store_db {
 
 /* ---- schema and migrations ---------------------------------------------------- */
 
-/* Version 1.  Integers are SQLite's signed 64-bit; the API's uint64_t values
- * are kept <= INT64_MAX.  The CHECK constraints are the last line of defence
+/* 0 -> 1, version 1: the whole schema.  Integers are SQLite's signed
+ * 64-bit; the API's uint64_t values are kept <= INT64_MAX.  The CHECK constraints are the last line of defence
  * of the counters: not even a bug can issue more than authorised. */
 static const char schema_v1[] =
     "CREATE TABLE packages ("
@@ -142,13 +142,6 @@ static const char schema_v1[] =
 struct guardian_store;
 static CK_RV map_sqlite(struct guardian_store *st, int rc, const char *what);
 
-/* 0 -> 1: the whole schema. */
-static CK_RV migrate_to_1(struct guardian_store *st, sqlite3 *db)
-{
-    int rc = sqlite3_exec(db, schema_v1, NULL, NULL, NULL);
-    return map_sqlite(st, rc, "create the schema (version 1)");
-}
-
 /* 1 -> 2: what issuing certificates needs.  packages: the certificate template
  * and the production CA certificate (DER), so that the module builds
  * certificates from the store alone; issuance: the RELEASE record of a
@@ -164,12 +157,6 @@ static const char schema_v2[] =
     "  issue_seq   INTEGER PRIMARY KEY,"
     "  certificate BLOB NOT NULL CHECK (length(certificate) BETWEEN 1 AND 16384)"
     ");";
-
-static CK_RV migrate_to_2(struct guardian_store *st, sqlite3 *db)
-{
-    int rc = sqlite3_exec(db, schema_v2, NULL, NULL, NULL);
-    return map_sqlite(st, rc, "migrate the schema to version 2");
-}
 
 /* 2 -> 3: what makes a lost issue journal and a clock set back visible.
  * audit_head.max_time: the newest time of any record (the trail's times are
@@ -192,12 +179,6 @@ static const char schema_v3[] =
     "ALTER TABLE issuance ADD COLUMN holder INTEGER;"
     "ALTER TABLE issuance ADD COLUMN lost_seq INTEGER;"
     "CREATE INDEX issuance_by_holder ON issuance (holder) WHERE holder IS NOT NULL;";
-
-static CK_RV migrate_to_3(struct guardian_store *st, sqlite3 *db)
-{
-    int rc = sqlite3_exec(db, schema_v3, NULL, NULL, NULL);
-    return map_sqlite(st, rc, "migrate the schema to version 3");
-}
 
 /* 3 -> 4: Guardian credentials, and the operator of every record.
  * credentials: one row per role and name (the SO: role 0, name ''; an
@@ -227,23 +208,12 @@ static const char schema_v4[] =
     "ALTER TABLE audit ADD COLUMN encoding INTEGER NOT NULL DEFAULT 1 "
     "  CHECK (encoding IN (1, 2) AND (encoding = 2 OR operator = ''));";
 
-static CK_RV migrate_to_4(struct guardian_store *st, sqlite3 *db)
-{
-    int rc = sqlite3_exec(db, schema_v4, NULL, NULL, NULL);
-    return map_sqlite(st, rc, "migrate the schema to version 4");
-}
-
 /* 4 -> 5: nothing to change in the tables; from now on the trail may hold
  * EXPORT records (type 7, store.h), which a module of schema 4 would read as
  * a corrupt trail.  The version says so first: that module refuses the
  * database ("state schema version 5 is not supported") instead of going on
  * producing on a trail it could no longer export (it would call it corrupt). */
-static CK_RV migrate_to_5(struct guardian_store *st, sqlite3 *db)
-{
-    (void)st;
-    (void)db;
-    return CKR_OK;
-}
+static const char *const schema_v5 = NULL;
 
 /* 5 -> 6: the device index (store.h, "the device index"; docs/audit-format.md,
  * "The device index"): which certificate each device ID of a product holds -
@@ -266,15 +236,13 @@ static const char schema_v6[] =
     "  PRIMARY KEY (oem_id, product_id, device_id)"
     ") WITHOUT ROWID;";
 
-static CK_RV migrate_to_6(struct guardian_store *st, sqlite3 *db)
+/* After schema_v6: the index built from the issued serials in the trail. */
+static CK_RV index_devices(struct guardian_store *st, sqlite3 *db)
 {
     sqlite3_stmt *rd = NULL, *wr = NULL;
     size_t n = 0, no_key = 0;
     CK_RV rv;
-    int rc = sqlite3_exec(db, schema_v6, NULL, NULL, NULL);
-
-    if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(db,
+    int rc = sqlite3_prepare_v2(db,
                                 "SELECT i.oem_id, i.product_id, i.device_id, i.serial, i.issue_seq, c.certificate "
                                 "FROM issuance i LEFT JOIN certificates c ON c.issue_seq = i.issue_seq "
                                 "WHERE i.issue_seq IS NOT NULL ORDER BY i.issue_seq",
@@ -324,12 +292,6 @@ static const char schema_v7[] =
     "  enrol_seq   INTEGER NOT NULL CHECK (enrol_seq >= 1)"
     ") WITHOUT ROWID;";
 
-static CK_RV migrate_to_7(struct guardian_store *st, sqlite3 *db)
-{
-    return map_sqlite(st, sqlite3_exec(db, schema_v7, NULL, NULL, NULL),
-                      "migrate the schema to version 7 (the OEM root ledger)");
-}
-
 /* Schema 8: the members of group packages that imported them (registry.c):
  * one row per member, so that each imports once and all share the package's
  * one row and allowance.  A module of schema 7 refuses the database instead
@@ -341,12 +303,6 @@ static const char schema_v8[] =
     "  import_seq INTEGER NOT NULL CHECK (import_seq >= 1),"
     "  PRIMARY KEY (package_id, guardian)"
     ") WITHOUT ROWID;";
-
-static CK_RV migrate_to_8(struct guardian_store *st, sqlite3 *db)
-{
-    return map_sqlite(st, sqlite3_exec(db, schema_v8, NULL, NULL, NULL),
-                      "migrate the schema to version 8 (the members of group packages)");
-}
 
 /* Schema 9: every record names the Guardian that wrote it (audit encoding 3,
  * audit.guardian: the SHA-256 of its certificate A, or empty for none).  The
@@ -383,30 +339,25 @@ static const char schema_v9[] =
     "DROP TABLE audit;"
     "ALTER TABLE audit_v9 RENAME TO audit;";
 
-static CK_RV migrate_to_9(struct guardian_store *st, sqlite3 *db)
-{
-    return map_sqlite(st, sqlite3_exec(db, schema_v9, NULL, NULL, NULL),
-                      "migrate the schema to version 9 (the Guardian of every record)");
-}
-
 struct migration {
     int to_version;
-    /* Runs inside the migration's write transaction; may read and rewrite
-     * data as well as the schema. */
-    CK_RV (*apply)(struct guardian_store *st, sqlite3 *db);
+    const char *sql;  /* the schema's change (NULL: none, only the version) */
+    const char *what; /* for the error message */
+    /* After `sql`, inside the same write transaction: data to rewrite (NULL: none). */
+    CK_RV (*then)(struct guardian_store *st, sqlite3 *db);
 };
 
 /* Append only: entry N turns a version N-1 database into version N. */
 static const struct migration migrations[] = {
-    {1, migrate_to_1},
-    {2, migrate_to_2},
-    {3, migrate_to_3},
-    {4, migrate_to_4},
-    {5, migrate_to_5},
-    {6, migrate_to_6},
-    {7, migrate_to_7},
-    {8, migrate_to_8},
-    {9, migrate_to_9},
+    {1, schema_v1, "create the schema (version 1)", NULL},
+    {2, schema_v2, "migrate the schema to version 2", NULL},
+    {3, schema_v3, "migrate the schema to version 3", NULL},
+    {4, schema_v4, "migrate the schema to version 4", NULL},
+    {5, schema_v5, "migrate the schema to version 5", NULL},
+    {6, schema_v6, "migrate the schema to version 6 (the device index)", index_devices},
+    {7, schema_v7, "migrate the schema to version 7 (the OEM root ledger)", NULL},
+    {8, schema_v8, "migrate the schema to version 8 (the members of group packages)", NULL},
+    {9, schema_v9, "migrate the schema to version 9 (the Guardian of every record)", NULL},
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -889,7 +840,11 @@ static CK_RV migrate(struct guardian_store *st)
     for (size_t i = 0; i < sizeof(migrations) / sizeof(migrations[0]); i++) {
         if (migrations[i].to_version <= version)
             continue;
-        rv = migrations[i].apply(st, st->db->db);
+        rv = migrations[i].sql == NULL
+                 ? CKR_OK
+                 : map_sqlite(st, sqlite3_exec(st->db->db, migrations[i].sql, NULL, NULL, NULL), migrations[i].what);
+        if (rv == CKR_OK && migrations[i].then != NULL)
+            rv = migrations[i].then(st, st->db->db);
         if (rv != CKR_OK)
             goto out;
         snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", migrations[i].to_version);
