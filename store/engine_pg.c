@@ -791,7 +791,9 @@ static const char *pg_col_text(struct store_stmt *s, int col)
     return PQgetvalue(s->res, s->row, col);
 }
 
-static bool pg_column_id(struct store_stmt *s, int col, char out[GUARDIAN_ID_MAX + 1])
+/* A text of 0..max bytes without a NUL into out[max + 1]; false if NULL or
+ * longer. */
+static bool pg_column_text_into(struct store_stmt *s, int col, size_t max, char *out)
 {
     const char *text = pg_col_text(s, col);
     int n;
@@ -799,26 +801,21 @@ static bool pg_column_id(struct store_stmt *s, int col, char out[GUARDIAN_ID_MAX
     if (text == NULL)
         return false;
     n = PQgetlength(s->res, s->row, col);
-    if (n < 0 || n > GUARDIAN_ID_MAX || memchr(text, '\0', (size_t)n) != NULL)
+    if (n < 0 || (size_t)n > max || memchr(text, '\0', (size_t)n) != NULL)
         return false;
     memcpy(out, text, (size_t)n);
     out[n] = '\0';
     return true;
 }
 
+static bool pg_column_id(struct store_stmt *s, int col, char out[GUARDIAN_ID_MAX + 1])
+{
+    return pg_column_text_into(s, col, GUARDIAN_ID_MAX, out);
+}
+
 static bool pg_column_operator(struct store_stmt *s, int col, char out[GUARDIAN_OPERATOR_MAX + 1])
 {
-    const char *text = pg_col_text(s, col);
-    int n;
-
-    if (text == NULL)
-        return false;
-    n = PQgetlength(s->res, s->row, col);
-    if (n < 0 || n > GUARDIAN_OPERATOR_MAX || memchr(text, '\0', (size_t)n) != NULL)
-        return false;
-    memcpy(out, text, (size_t)n);
-    out[n] = '\0';
-    return guardian_operator_name_ok(out);
+    return pg_column_text_into(s, col, GUARDIAN_OPERATOR_MAX, out) && guardian_operator_name_ok(out);
 }
 
 static bool pg_column_blob(struct store_stmt *s, int col, void *out, size_t max, size_t *len)
