@@ -2421,6 +2421,66 @@ static void test_state_unsafe_refused(void **state)
 
 /* ---- time never runs backwards -------------------------------------------------------------- */
 
+/* Lines of stderr naming a clock refusal, written while `fn` ran. */
+static int clock_lines_during(void (*fn)(struct guardian_store *), struct guardian_store *st)
+{
+    char path[] = "/tmp/guardian-unit-log-XXXXXX", text[8192];
+    int fd = mkstemp(path), saved = dup(STDERR_FILENO), n = 0;
+    ssize_t got;
+
+    assert_true(fd >= 0 && saved >= 0);
+    fflush(stderr);
+    dup2(fd, STDERR_FILENO);
+    fn(st);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    got = pread(fd, text, sizeof(text) - 1, 0);
+    close(fd);
+    unlink(path);
+    assert_true(got >= 0);
+    text[got] = '\0';
+    for (const char *p = text; (p = strstr(p, "the clock says")) != NULL; p++)
+        n++;
+    return n;
+}
+
+/* Dates no other test refuses at: the log's repeat filter would hide a line
+ * another test printed less than 10 s ago. */
+#define SAID_ONCE_AT (NOW + 50000)
+
+static void refuse_three_seconds(struct guardian_store *st)
+{
+    const int64_t behind = SAID_ONCE_AT - GUARDIAN_STORE_CLOCK_SLACK_S - 1;
+    uint64_t serial = 0;
+    assert_int_equal(guardian_store_check_clock(st, behind), CKR_GUARDIAN_CLOCK_BEHIND);
+    assert_int_equal(guardian_store_check_clock(st, behind - 1), CKR_GUARDIAN_CLOCK_BEHIND);
+    assert_int_equal(reserve(st, "dev-1", behind - 2, &serial), CKR_GUARDIAN_CLOCK_BEHIND);
+}
+
+static void refuse_after_the_floor_moved(struct guardian_store *st)
+{
+    uint64_t serial = 0;
+    assert_int_equal(reserve(st, "dev-2", SAID_ONCE_AT + 1000, &serial), CKR_OK);
+    assert_int_equal(guardian_store_check_clock(st, SAID_ONCE_AT), CKR_GUARDIAN_CLOCK_BEHIND);
+}
+
+/* One line per cause, not per second: threads of one run refused for the
+ * same clock read the clock at different seconds, and the log's repeat filter
+ * (same text within 10 s) would print one line per second they straddle. */
+static void test_clock_behind_said_once(void **state)
+{
+    struct guardian_store *st = open_memory();
+    struct guardian_package_info a = make_pkg(0xA1, OEM, PRODUCT, 1, 10);
+    (void)state;
+
+    assert_int_equal(guardian_store_package_install(st, &a, SAID_ONCE_AT, NULL, NULL), CKR_OK);
+    assert_int_equal(clock_lines_during(refuse_three_seconds, st), 1);
+    /* A record dated later is another cause: said again. */
+    assert_int_equal(clock_lines_during(refuse_after_the_floor_moved, st), 1);
+    guardian_store_close(st);
+}
+
 static void test_clock_behind(void **state)
 {
     struct guardian_store *st = open_memory();
@@ -4470,6 +4530,7 @@ int main(void)
         cmocka_unit_test(test_state_unsafe_refused),
 #endif
         cmocka_unit_test(test_clock_behind),
+        cmocka_unit_test(test_clock_behind_said_once),
         cmocka_unit_test(test_clock_behind_durable),
         cmocka_unit_test(test_journal_deleted),
         cmocka_unit_test(test_journal_damaged),
