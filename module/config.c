@@ -96,7 +96,8 @@ enum { SEEN_STORE = 1u << 7 };
 static bool conninfo_has_password(const char *v, size_t len)
 {
     static const char *const keys[] = {"password", "passfile"};
-    const char *at, *colon;
+    const char *auth, *at, *colon;
+    size_t scheme = 0;
 
     for (size_t i = 0; i < len; i++)
         for (size_t k = 0; k < 2; k++) {
@@ -108,14 +109,17 @@ static bool conninfo_has_password(const char *v, size_t len)
             if (j < len && v[j] == '=')
                 return true;
         }
-    if ((len >= 13 && strncmp(v, "postgresql://", 13) == 0) || (len >= 11 && strncmp(v, "postgres://", 11) == 0)) {
-        const char *auth = strstr(v, "//") + 2;
-        at = memchr(auth, '@', len - (size_t)(auth - v));
-        colon = at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-        if (colon != NULL)
-            return true;
-    }
-    return false;
+    /* v is not NUL-terminated (a line of the file): no str* function on it. */
+    if (len >= 13 && memcmp(v, "postgresql://", 13) == 0)
+        scheme = 13;
+    else if (len >= 11 && memcmp(v, "postgres://", 11) == 0)
+        scheme = 11;
+    if (scheme == 0)
+        return false;
+    auth = v + scheme;
+    at = memchr(auth, '@', len - scheme);
+    colon = at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    return colon != NULL;
 }
 
 bool guardian_config_parse(const char *text, size_t len, const char *origin, struct guardian_config *cfg,

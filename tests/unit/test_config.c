@@ -205,6 +205,21 @@ static void test_store_keys(void **st)
     assert_string_equal(err, "test.conf:2: 'store' is set twice");
     assert_false(parse("store = postgresql\nstore_conninfo = a\nstore_conninfo = b\n"));
     assert_string_equal(err, "test.conf:3: 'store_conninfo' is set twice");
+
+    /* A URI that ends the buffer, which is not NUL-terminated (the parser
+     * reads a file's bytes): judged on its own bytes alone. */
+    {
+        static const char uri[] = "store = postgresql\nstore_conninfo = postgresql://guardian:s3cret@db";
+        char *exact = malloc(sizeof(uri) - 1);
+        assert_non_null(exact);
+        memcpy(exact, uri, sizeof(uri) - 1);
+        assert_false(guardian_config_parse(exact, sizeof(uri) - 1, "test.conf", &cfg, err, sizeof(err)));
+        assert_non_null(strstr(err, "holds a password"));
+        assert_true(guardian_config_parse(exact, sizeof(uri) - 1 - strlen(":s3cret@db"), "test.conf", &cfg, err,
+                                          sizeof(err)));
+        assert_string_equal(cfg.store_conninfo, "postgresql://guardian");
+        free(exact);
+    }
 }
 
 static void test_load_from_file_and_overrides(void **st)
