@@ -937,8 +937,46 @@ static CK_RV pg_schema(struct guardian_store *st)
     return pg_tx_end(st, rv);
 }
 
+/* libpq fills a parameter the connection string leaves out from its
+ * environment variable (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, ...):
+ * whoever starts the process could then point the station at another server,
+ * or log in with another role, while the configuration says otherwise.  Where
+ * the allowance lives is the configuration's (docs/configuration.md, "No
+ * environment override"): such a variable is refused, named, its value never
+ * shown.  The keywords that say which server, database, role and password. */
+static const char *const where_keywords[] = {"host", "hostaddr", "port", "dbname", "user", "password", "passfile",
+                                             "service", "options"};
+static const char *const service_env[] = {"PGSERVICEFILE", "PGSYSCONFDIR"};
+
+static bool env_supplies(const PQconninfoOption *o, const char *why)
+{
+    const char *v;
+
+    if (o->val != NULL || o->envvar == NULL)
+        return true;
+    for (size_t i = 0; i < sizeof(where_keywords) / sizeof(where_keywords[0]); i++)
+        if (strcmp(o->keyword, where_keywords[i]) == 0) {
+            v = getenv(o->envvar);
+            if (v == NULL || *v == '\0')
+                return true;
+            if (strcmp(o->keyword, "password") == 0 || strcmp(o->keyword, "passfile") == 0) {
+                guardian_error(STORE_LOG, "the environment sets %s: refused (the state server's password goes in "
+                                          "store_password_file, never in the environment: unset %s)",
+                               o->envvar, o->envvar);
+                return false;
+            }
+            guardian_error(STORE_LOG, "%s %s and the environment sets %s: refused (where the allowance lives is the "
+                                      "configuration's, never the environment's: name %s in store_conninfo, or "
+                                      "unset %s)",
+                           why, o->keyword, o->envvar, o->keyword, o->envvar);
+            return false;
+        }
+    return true;
+}
+
 /* Whether the connection string holds a password (refused: it goes in a
- * file, store_password_file), or cannot be parsed. */
+ * file, store_password_file), cannot be parsed, or leaves to the
+ * environment which server it names (env_supplies). */
 static bool conninfo_ok(const char *conninfo)
 {
     char *err = NULL;
@@ -948,13 +986,28 @@ static bool conninfo_ok(const char *conninfo)
     if (opts == NULL)
         guardian_error(STORE_LOG, "the state server's connection string cannot be read: %.*s",
                        err != NULL ? (int)strcspn(err, "\n") : 2, err != NULL ? err : "?");
-    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++)
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
         if (o->val != NULL && (strcmp(o->keyword, "password") == 0 || strcmp(o->keyword, "passfile") == 0)) {
             guardian_error(STORE_LOG, "the state server's connection string holds a %s: refused (the password goes "
                                       "in store_password_file)",
                            o->keyword);
             ok = false;
         }
+        if (!env_supplies(o, "the connection string leaves out"))
+            ok = false;
+        if (o->val != NULL && strcmp(o->keyword, "service") == 0)
+            for (size_t i = 0; i < sizeof(service_env) / sizeof(service_env[0]); i++) {
+                const char *v = getenv(service_env[i]);
+                if (v != NULL && *v != '\0') {
+                    guardian_error(STORE_LOG, "the state server's connection string names a service and the "
+                                              "environment sets %s, which says where its file is: refused (where "
+                                              "the allowance lives is the configuration's, never the environment's: "
+                                              "unset %s)",
+                                   service_env[i], service_env[i]);
+                    ok = false;
+                }
+            }
+    }
     PQfreemem(err);
     PQconninfoFree(opts);
     return ok;
