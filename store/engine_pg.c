@@ -938,14 +938,16 @@ static CK_RV pg_schema(struct guardian_store *st)
 }
 
 /* libpq fills a parameter the connection string leaves out from its
- * environment variable (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, ...):
+ * environment variable (PGHOST, PGPORT, PGDATABASE, PGUSER, PGOPTIONS, ...):
  * whoever starts the process could then point the station at another server,
- * or log in with another role, while the configuration says otherwise.  Where
- * the allowance lives is the configuration's (docs/configuration.md, "No
- * environment override"): such a variable is refused, named, its value never
- * shown.  The keywords that say which server, database, role and password. */
-static const char *const where_keywords[] = {"host", "hostaddr", "port", "dbname", "user", "password", "passfile",
-                                             "service", "options"};
+ * database or role, or another schema (options: -c search_path=...), while
+ * the configuration says otherwise.  Where the allowance lives is the
+ * configuration's (docs/configuration.md, "No environment override"): such a
+ * variable is refused, named, its value never shown.  The keywords that say
+ * where: not password/passfile, which choose no server (store_password_file,
+ * when set, is passed explicitly and wins; without it libpq's usual
+ * PGPASSWORD or ~/.pgpass may log in to the server the string names). */
+static const char *const where_keywords[] = {"host", "hostaddr", "port", "dbname", "user", "service", "options"};
 static const char *const service_env[] = {"PGSERVICEFILE", "PGSYSCONFDIR"};
 
 static bool env_supplies(const PQconninfoOption *o, const char *why)
@@ -959,12 +961,6 @@ static bool env_supplies(const PQconninfoOption *o, const char *why)
             v = getenv(o->envvar);
             if (v == NULL || *v == '\0')
                 return true;
-            if (strcmp(o->keyword, "password") == 0 || strcmp(o->keyword, "passfile") == 0) {
-                guardian_error(STORE_LOG, "the environment sets %s: refused (the state server's password goes in "
-                                          "store_password_file, never in the environment: unset %s)",
-                               o->envvar, o->envvar);
-                return false;
-            }
             guardian_error(STORE_LOG, "%s %s and the environment sets %s: refused (where the allowance lives is the "
                                       "configuration's, never the environment's: name %s in store_conninfo, or "
                                       "unset %s)",

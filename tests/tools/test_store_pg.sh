@@ -69,15 +69,17 @@ out=$("$CTL" init --out guardian.pem 2>&1)
 # Where the allowance lives is the configuration's: libpq's environment
 # variables do not fill what the connection string leaves out (refused, the
 # variable named, its value not shown), and change nothing it names (the
-# init below runs with PGHOST and PGDATABASE pointing elsewhere).
+# init below runs with PGHOST and PGDATABASE pointing elsewhere, and a wrong
+# PGPASSWORD, which store_password_file overrides).
 conf "store = postgresql" "store_conninfo = host=$PG_HOST dbname=$PG_DB user=$PG_USER" "store_password_file = $PG_PASSFILE"
 out=$(env PGPORT="$PG_PORT" "$CTL" init --out refused.pem 2>&1)
 { [ $? -ne 0 ] && grep -q "the connection string leaves out port and the environment sets PGPORT: refused" <<<"$out" &&
     [ ! -e refused.pem ] && ! grep -q "=$PG_PORT" <<<"$out"; } && ok "a port left to PGPORT is refused, PGPORT named" ||
     shown_ko "PGPORT filled the connection string" "$out"
-conf "store = postgresql" "store_conninfo = $PG_CONNINFO"
-expect "a password left to PGPASSWORD is refused" 1 "the environment sets PGPASSWORD: refused \(the state server.s password goes in store_password_file" -- \
-    env PGPASSWORD="$pw" "$CTL" init --out refused.pem
+conf "store = postgresql" "store_conninfo = $PG_CONNINFO" "store_password_file = $PG_PASSFILE"
+expect "a schema left to PGOPTIONS (-c search_path) is refused" 1 \
+    "the connection string leaves out options and the environment sets PGOPTIONS: refused" -- \
+    env PGOPTIONS="-c search_path=elsewhere" "$CTL" init --out refused.pem
 conf "store = postgresql" "store_conninfo = $PG_CONNINFO service=guardian" "store_password_file = $PG_PASSFILE"
 expect "a service file moved by PGSERVICEFILE is refused" 1 "names a service and the environment sets PGSERVICEFILE, which says where its file is: refused" -- \
     env PGSERVICEFILE="$work/pg_service.conf" "$CTL" init --out refused.pem
@@ -85,8 +87,8 @@ conf "${PGOK[@]}"
 
 # ---- the story on PostgreSQL ------------------------------------------------------------------
 oem_pki
-expect "guardianctl init (store = postgresql; PGHOST, PGDATABASE elsewhere, unused)" 0 "" -- \
-    env PGHOST=/nonexistent PGDATABASE=elsewhere "$CTL" init --out guardian.pem
+expect "guardianctl init (store = postgresql; PGHOST, PGDATABASE elsewhere, PGPASSWORD wrong: unused)" 0 "" -- \
+    env PGHOST=/nonexistent PGDATABASE=elsewhere PGPASSWORD=wrong "$CTL" init --out guardian.pem
 [ "$(pg_psql -c 'SELECT version FROM guardian_schema')" = 9 ] && ok "schema version 9 on the server" ||
     ko "schema version $(pg_psql -c 'SELECT version FROM guardian_schema')"
 [ ! -e state/guardian.db ] && ok "no SQLite file in the state directory" || ko "state/guardian.db exists"
