@@ -7,8 +7,8 @@
  * names, lengths and CKR codes only.  The audit trail is data, not logging.
  *
  * An error or warning line is printed once: the same line again within
- * LOG_REPEAT_SECONDS (several threads of one run failing on the same cause,
- * each of guardianctl provision's workers say) is dropped.
+ * GUARDIAN_LOG_REPEAT_SECONDS (several threads of one run failing on the
+ * same cause, each of guardianctl provision's workers say) is dropped.
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -78,11 +78,11 @@ void guardian_log_set_level(int configured_level)
     apply_level(lvl);
 }
 
-#define LOG_REPEAT_SECONDS 10
 #define LOG_RECENT 16
 
 /* 1 when the same line (level, category, text: `line` without its pid
- * prefix) was printed less than LOG_REPEAT_SECONDS ago; else remembers it. */
+ * prefix) was printed less than GUARDIAN_LOG_REPEAT_SECONDS ago; else
+ * remembers it. */
 static int repeated(const char *line)
 {
     static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -99,7 +99,7 @@ static int repeated(const char *line)
         h = (h ^ *p) * 1099511628211ULL;
     pthread_mutex_lock(&lock);
     for (unsigned i = 0; i < LOG_RECENT; i++)
-        if (recent[i].hash == h && recent[i].when != 0 && now - recent[i].when < LOG_REPEAT_SECONDS) {
+        if (recent[i].hash == h && recent[i].when != 0 && now - recent[i].when < GUARDIAN_LOG_REPEAT_SECONDS) {
             seen = 1;
             break;
         }

@@ -60,6 +60,11 @@ static inline CK_RV guardian_trace_out(const char *fn, CK_RV rv)
     return rv;
 }
 
+/* guardian_log drops a line whose text was printed less than this many
+ * seconds ago (log.c); a caller that words one cause differently from call to
+ * call (a clock reading in it) keeps its own memory for the same window. */
+#define GUARDIAN_LOG_REPEAT_SECONDS 10
+
 #define guardian_error(cat, ...) guardian_log(GUARDIAN_LOG_ERROR, cat, __VA_ARGS__)
 #define guardian_warn(cat, ...) guardian_log(GUARDIAN_LOG_WARN, cat, __VA_ARGS__)
 #define guardian_info(cat, ...) guardian_log(GUARDIAN_LOG_INFO, cat, __VA_ARGS__)

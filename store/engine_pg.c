@@ -950,24 +950,41 @@ static CK_RV pg_schema(struct guardian_store *st)
 static const char *const where_keywords[] = {"host", "hostaddr", "port", "dbname", "user", "service", "options"};
 static const char *const service_env[] = {"PGSERVICEFILE", "PGSYSCONFDIR"};
 
-static bool env_supplies(const PQconninfoOption *o, const char *why)
+/* Whether the environment variable `name` is set to something (libpq reads
+ * it with getenv and ignores an empty one). */
+static bool env_set(const char *name)
 {
-    const char *v;
+    const char *v = getenv(name);
+    return v != NULL && *v != '\0';
+}
 
-    if (o->val != NULL || o->envvar == NULL)
-        return true;
-    for (size_t i = 0; i < sizeof(where_keywords) / sizeof(where_keywords[0]); i++)
-        if (strcmp(o->keyword, where_keywords[i]) == 0) {
-            v = getenv(o->envvar);
-            if (v == NULL || *v == '\0')
-                return true;
-            guardian_error(STORE_LOG, "%s %s and the environment sets %s: refused (where the allowance lives is the "
-                                      "configuration's, never the environment's: name %s in store_conninfo, or "
-                                      "unset %s)",
-                           why, o->keyword, o->envvar, o->keyword, o->envvar);
-            return false;
-        }
-    return true;
+/* Whether option `o` of the connection string is left to the environment
+ * (refused, logged): a where_keywords option without a value whose variable
+ * is set; a service= string whose file a variable moves. */
+static bool env_supplies(const PQconninfoOption *o)
+{
+    bool supplied = false;
+
+    if (o->val == NULL && o->envvar != NULL && env_set(o->envvar))
+        for (size_t i = 0; i < sizeof(where_keywords) / sizeof(where_keywords[0]); i++)
+            if (strcmp(o->keyword, where_keywords[i]) == 0) {
+                guardian_error(STORE_LOG, "the connection string leaves out %s and the environment sets %s: "
+                                          "refused (where the allowance lives is the configuration's, never the "
+                                          "environment's: name %s in store_conninfo, or unset %s)",
+                               o->keyword, o->envvar, o->keyword, o->envvar);
+                supplied = true;
+            }
+    if (o->val != NULL && strcmp(o->keyword, "service") == 0)
+        for (size_t i = 0; i < sizeof(service_env) / sizeof(service_env[0]); i++)
+            if (env_set(service_env[i])) {
+                guardian_error(STORE_LOG, "the state server's connection string names a service and the "
+                                          "environment sets %s, which says where its file is: refused (where the "
+                                          "allowance lives is the configuration's, never the environment's: unset "
+                                          "%s)",
+                               service_env[i], service_env[i]);
+                supplied = true;
+            }
+    return supplied;
 }
 
 /* Whether the connection string holds a password (refused: it goes in a
@@ -989,20 +1006,8 @@ static bool conninfo_ok(const char *conninfo)
                            o->keyword);
             ok = false;
         }
-        if (!env_supplies(o, "the connection string leaves out"))
+        if (env_supplies(o))
             ok = false;
-        if (o->val != NULL && strcmp(o->keyword, "service") == 0)
-            for (size_t i = 0; i < sizeof(service_env) / sizeof(service_env[0]); i++) {
-                const char *v = getenv(service_env[i]);
-                if (v != NULL && *v != '\0') {
-                    guardian_error(STORE_LOG, "the state server's connection string names a service and the "
-                                              "environment sets %s, which says where its file is: refused (where "
-                                              "the allowance lives is the configuration's, never the environment's: "
-                                              "unset %s)",
-                                   service_env[i], service_env[i]);
-                    ok = false;
-                }
-            }
     }
     PQfreemem(err);
     PQconninfoFree(opts);

@@ -194,8 +194,8 @@ struct guardian_store {
     /* The clock-behind refusal last logged (clock_check_locked, under
      * `lock`): the trail's newest date it named and when, on the monotonic
      * clock (the wall clock is the suspect).  The same refusal again within
-     * CLOCK_REPORT_SECONDS is not logged again: one line for the threads of
-     * one run, whatever second each read. */
+     * GUARDIAN_LOG_REPEAT_SECONDS is not logged again: one line for the
+     * threads of one run, whatever second each read. */
     int64_t clock_reported_newest;
     int64_t clock_reported_at;
 };

@@ -94,8 +94,6 @@ static void iso8601(int64_t t, char out[32])
 
 /* Time never runs backwards (store.h, GUARDIAN_STORE_CLOCK_SLACK_S): `now`
  * against the newest time of any record; the caller holds the lock. */
-#define CLOCK_REPORT_SECONDS 10 /* as module/log.c's repeat filter */
-
 CK_RV clock_check_locked(struct guardian_store *st, int64_t now, const char *what)
 {
     uint8_t hash[GUARDIAN_HASH_LEN];
@@ -103,21 +101,22 @@ CK_RV clock_check_locked(struct guardian_store *st, int64_t now, const char *wha
     int64_t newest = 0;
     bool has = false;
     char now_text[32], newest_text[32];
-    CK_RV rv = audit_head_read(st, &seq, hash, &newest, &has);
-
     struct timespec mono;
+    CK_RV rv = audit_head_read(st, &seq, hash, &newest, &has);
 
     if (rv != CKR_OK || !has || newest <= now || (uint64_t)newest - (uint64_t)now <= GUARDIAN_STORE_CLOCK_SLACK_S)
         return rv;
     /* Said once per cause: the line names the clock's reading, which differs
      * from one thread's refusal to the next when they straddle a second, so
-     * the log's repeat filter (same text) would print it once per second. */
+     * the log's repeat filter (same text) would print it once per second.
+     * `newest` is past the slack here, never 0: the zeroed store matches no
+     * refusal. */
     clock_gettime(CLOCK_MONOTONIC, &mono);
-    if (st->clock_reported_at != 0 && st->clock_reported_newest == newest &&
-        (int64_t)mono.tv_sec - st->clock_reported_at < CLOCK_REPORT_SECONDS)
+    if (st->clock_reported_newest == newest &&
+        (int64_t)mono.tv_sec - st->clock_reported_at < GUARDIAN_LOG_REPEAT_SECONDS)
         return CKR_GUARDIAN_CLOCK_BEHIND;
     st->clock_reported_newest = newest;
-    st->clock_reported_at = (int64_t)mono.tv_sec != 0 ? (int64_t)mono.tv_sec : 1;
+    st->clock_reported_at = (int64_t)mono.tv_sec;
     iso8601(now, now_text);
     iso8601(newest, newest_text);
     guardian_error(STORE_LOG, "%s refused: the clock says %s but the audit trail already has a record dated %s: "

@@ -115,7 +115,7 @@ for f in "${failures[@]}"; do echo "FAILED: $f"; done
 # A fuzz finding is random: repeat what reproduces it here, where a CI log's
 # tail shows it (the sanitizer's verdict and the input, which libFuzzer gives
 # in base64 when it is short, and the file it wrote).
-if [ -f "$here/build-fuzz/ctest-fuzz.log" ] && grep -q 'tests FAILED' "$here/build-fuzz/ctest-fuzz.log"; then
+if [[ " ${failures[*]-} " == *" fuzz: "* ]]; then
     grep -E '^(SUMMARY: |==[0-9]+==ERROR: |Base64: |artifact_prefix|Test unit written to |    #[0-4] )' \
         "$here/build-fuzz/ctest-fuzz.log" | cut -c1-300 | head -40
 fi
